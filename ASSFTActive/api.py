@@ -1,0 +1,220 @@
+"""The engine's entry points: rank a pool of volumes and write what an annotator needs.
+
+``rank_pool`` runs one sliding-window pass per volume (probabilities plus encoder features of the current and the
+frozen pre-trained model), reduces it to a :class:`~ASSFTActive.query.CaseEvidence`, writes the entropy overlay,
+its regions and the predicted label map at once (so memory holds one volume's maps at a time), then selects the
+budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import InputError
+from .inference import InferenceConfig, Predictor, default_device
+from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
+from .models import LoadedModel, ModelCard, load_model
+from .overlay import OverlayConfig, write_overlay
+from .progress import ProgressCallback, emit
+from .query import CaseEvidence, QueryConfig, Ranking, select, summarize_case
+
+
+@dataclass(frozen=True)
+class VolumeReport:
+    """One analysed volume and the files written for it.
+
+    Attributes:
+        labeled: the volume already has an expert label (not a candidate; its embedding anchors diversity).
+        evidence: the scores the selectors need.
+        entropy_map, regions, prediction: written files (``None`` when outputs were not requested).
+    """
+
+    case_id: str
+    image: Path
+    labeled: bool
+    evidence: CaseEvidence
+    entropy_map: Optional[Path] = None
+    regions: Optional[Path] = None
+    prediction: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Everything ``rank_pool`` produced."""
+
+    ranking: Ranking
+    volumes: Sequence[VolumeReport]
+    out_dir: Path
+    files: Mapping[str, Path] = field(default_factory=dict)
+
+
+def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
+                   inference: InferenceConfig = InferenceConfig(),
+                   feature_cache: Optional[Path] = None) -> Predictor:
+    """Load the card's model and, if it was adapted from another, the frozen pre-trained one."""
+    device = device or default_device()
+    current = load_model(card, device)
+    pretrained: Optional[LoadedModel] = None
+    if card.pretrained is not None:
+        pretrained = load_model(card.pretrained_card(), device)
+    return Predictor(current, pretrained, inference, device, feature_cache)
+
+
+def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *, labeled: bool = False,
+                   out_dir: Optional[Path] = None, image: Optional[Volume] = None) -> VolumeReport:
+    """Predict one volume, score it and (when ``out_dir`` is given) write its overlay, regions and prediction.
+
+    Args:
+        image_path: the image file (read unless ``image`` is given).
+        predictor: loaded current and pre-trained models.
+        query: scoring settings.
+        labeled: the volume already has an expert label; no outputs are written for it.
+        out_dir: the ranking folder; files go to ``overlays/`` and ``predictions/`` below it.
+        image: the volume, when already in memory.
+    """
+    image = image if image is not None else read_volume(image_path)
+    name = case_id(image_path)
+    mc_samples: List[np.ndarray] = []
+    wants_mc = query.strategy == "mc_dropout" and not labeled
+    prediction = predictor.predict(image, dropout_samples=query.mc_samples if wants_mc else 0,
+                                   sample_callback=mc_samples.append if wants_mc else None)
+    evidence = summarize_case(name, prediction.probs, prediction.features, prediction.pretrained_features, query,
+                              prob_samples=np.stack(mc_samples) if mc_samples else None)
+    entropy_path = regions_path = label_path = None
+    if out_dir is not None and not labeled:
+        entropy_path, regions_path = write_overlay(image, prediction.probs, Path(out_dir) / "overlays", name, query)
+        label_path = write_volume(image.with_array(prediction.label), Path(out_dir) / "predictions" / f"{name}.nii.gz")
+    return VolumeReport(case_id=name, image=Path(image_path), labeled=labeled, evidence=evidence,
+                        entropy_map=entropy_path, regions=regions_path, prediction=label_path)
+
+
+def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
+                 out_dir: Optional[Path], progress: Optional[ProgressCallback] = None) -> List[VolumeReport]:
+    """:func:`analyse_volume` for every image, with a progress event per volume."""
+    reports = []
+    labeled = set(labeled_ids)
+    for index, path in enumerate(images):
+        name = case_id(path)
+        reports.append(analyse_volume(Path(path), predictor, query, labeled=name in labeled, out_dir=out_dir))
+        emit(progress, "progress", phase="rank", step=index + 1, total=len(images), message=name)
+    return reports
+
+
+def select_from_reports(reports: Sequence[VolumeReport], budget: int, query: QueryConfig) -> Ranking:
+    """Rank the unlabeled volumes; the labeled ones anchor diversity and semantic distance."""
+    candidates = [r.evidence for r in reports if not r.labeled]
+    labeled = [r.evidence for r in reports if r.labeled]
+    return select(candidates, budget, query,
+                  labeled_embeddings=[e.pretrained_embedding for e in labeled],
+                  labeled_current_embeddings=[e.current_embedding for e in labeled])
+
+
+def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
+                  query: QueryConfig, extra: Optional[Mapping] = None) -> Dict[str, Path]:
+    """``ranking.csv``, ``ranking.json`` and ``config.json`` (resolved settings, model card, versions)."""
+    out_dir = Path(out_dir)
+    by_id = {r.case_id: r for r in reports}
+    rows = []
+    for case in ranking.cases:
+        report = by_id[case.case_id]
+        rows.append({
+            "case_id": case.case_id, "image": str(report.image), "dkd": case.dkd, "asd": case.asd,
+            "score": case.score, "rank": case.rank, "selected": case.selected, "labeled": False,
+            "knowledge_divergence": report.evidence.knowledge_divergence,
+            "entropy_map": str(report.entropy_map) if report.entropy_map else None,
+            "regions": str(report.regions) if report.regions else None,
+            "prediction": str(report.prediction) if report.prediction else None,
+        })
+    for report in reports:
+        if report.labeled:
+            rows.append({"case_id": report.case_id, "image": str(report.image), "dkd": None,
+                         "asd": report.evidence.asd, "score": None, "rank": None, "selected": False, "labeled": True,
+                         "knowledge_divergence": report.evidence.knowledge_divergence,
+                         "entropy_map": None, "regions": None, "prediction": None})
+    payload = {"strategy": ranking.strategy, "budget": ranking.budget,
+               "model": str(card.path) if card.path else card.name, "cases": rows}
+    files = {"ranking_json": atomic_write_text(out_dir / "ranking.json", json.dumps(payload, indent=2) + "\n")}
+    buffer = _stdio.StringIO()
+    columns = ["rank", "case_id", "selected", "labeled", "dkd", "asd", "score", "knowledge_divergence", "image"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v))
+                         for k, v in row.items()})
+    files["ranking_csv"] = atomic_write_text(out_dir / "ranking.csv", buffer.getvalue())
+    config = {"assft_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
+              "query": query.to_dict(), "model_card": card.to_dict(),
+              "model_card_path": str(card.path) if card.path else None, **(extra or {})}
+    files["config_json"] = atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    return files
+
+
+def _publish(report: VolumeReport, staging: Path, out_dir: Path) -> VolumeReport:
+    """Move a report's files from the staging folder into ``out_dir`` (each move is an atomic rename)."""
+    moved = {}
+    for key in ("entropy_map", "regions", "prediction"):
+        path = getattr(report, key)
+        if path is not None:
+            target = out_dir / Path(path).relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            path = target
+        moved[key] = path
+    return replace(report, **moved)
+
+
+def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Path, *,
+              labeled_ids: Sequence[str] = (), query: QueryConfig = QueryConfig(),
+              inference: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
+              feature_cache: Optional[Path] = None, write_outputs: bool = True,
+              progress: Optional[ProgressCallback] = None, predictor: Optional[Predictor] = None) -> RankResult:
+    """Score every volume, select ``budget`` of the unlabeled ones and write the ranking folder.
+
+    Args:
+        images: image files of the pool (labeled ones included).
+        card: the current model.
+        budget: how many volumes to propose.
+        out_dir: the ranking folder.
+        labeled_ids: case ids that already have expert labels.
+
+    Per-volume files are written to a hidden staging folder and moved into ``out_dir`` only after every volume was
+    analysed, so a corrupt file halfway through the pool leaves no partial results behind.
+        query: scoring and selection settings.
+        write_outputs: write overlays and predictions (the ranking files are always written).
+        predictor: reuse already loaded models.
+    """
+    if budget < 0:
+        raise InputError(f"--budget must be 0 or more, got {budget}.")
+    names = [case_id(p) for p in images]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"several images share the case id(s) {duplicates}; give each volume a unique file name.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = predictor or make_predictor(card, device, inference, feature_cache)
+    emit(progress, "phase", phase="rank", total=len(images),
+         message=f"ranking {len(images)} volumes on {predictor.device.type}")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(out_dir)))
+    try:
+        staged = analyse_pool(images, predictor, query, labeled_ids, staging if write_outputs else None, progress)
+        ranking = select_from_reports(staged, budget, query)
+        reports = [_publish(r, staging, out_dir) for r in staged]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = write_ranking(out_dir, ranking, reports, card, query,
+                          extra={"encoders_identical": predictor.encoders_identical,
+                                 "device": predictor.device.type})
+    return RankResult(ranking=ranking, volumes=reports, out_dir=out_dir, files=files)

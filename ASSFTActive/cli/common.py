@@ -1,0 +1,68 @@
+"""Pieces shared by the subcommands: model and device arguments, a progress bar fed by engine events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ..progress import Event
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default",
+                        help="model card JSON, or 'default' for the embedded hippocampus model (see `assft models`)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="compute device (auto: CUDA when present, else CPU)")
+
+
+def resolve_device(name: str):
+    import torch
+
+    from ..errors import InputError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+class ProgressBar:
+    """Turns engine :class:`Event` records into a tqdm bar per phase on stderr; warnings are printed."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stderr is not None
+        self._bar = None
+        self._phase: Optional[str] = None
+
+    def __call__(self, event: Event) -> None:
+        if event.event == "warning":
+            self._write(f"warning: {event.message}")
+            return
+        if event.event != "progress" or not self.enabled:
+            return
+        if self._bar is None or self._phase != event.phase:
+            self.close()
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=event.total or None, desc=event.phase, unit="step", file=sys.stderr,
+                             leave=False, dynamic_ncols=True)
+            self._phase = event.phase
+        self._bar.n = event.step
+        self._bar.set_postfix_str(event.message[:40], refresh=False)
+        self._bar.refresh()
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,43 @@
+"""``assft overlay``: the voxel-wise entropy map of one volume and its high-entropy regions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_device_argument, add_model_argument, resolve_device
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("overlay", help="write the entropy map and high-entropy regions of one volume",
+                                   description=__doc__)
+    parser.add_argument("--image", required=True, type=Path, help="a NIfTI/NRRD/MetaImage volume")
+    add_model_argument(parser)
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--threshold", type=float, default=0.3, help="entropy threshold of a region (0..1)")
+    parser.add_argument("--max-regions", type=int, default=5)
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import make_predictor
+    from ..io import case_id, read_volume
+    from ..models import resolve_card
+    from ..overlay import OverlayConfig, write_overlay
+    from ..query import QueryConfig
+
+    image = read_volume(args.image)
+    predictor = make_predictor(resolve_card(args.model), resolve_device(args.device))
+    prediction = predictor.predict(image)
+    config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)
+    map_path, regions_path = write_overlay(image, prediction.probs, args.out, case_id(args.image), QueryConfig(),
+                                           config)
+    regions = json.loads(regions_path.read_text())["regions"]
+    print(f"entropy map: {map_path}\nregions:     {regions_path}")
+    for index, region in enumerate(regions, 1):
+        x, y, z = region["center_ras"]
+        print(f"  {index}. centre RAS ({x:.1f}, {y:.1f}, {z:.1f}) mm, {region['volume_mm3']:.0f} mm³, "
+              f"mean entropy {region['mean_entropy']:.2f}")
+    return 0

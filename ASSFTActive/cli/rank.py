@@ -1,0 +1,62 @@
+"""``assft rank``: score a pool of volumes by DKD and ASD and propose a budget of them for annotation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import ProgressBar, add_device_argument, add_model_argument, resolve_device
+
+STRATEGIES = ("assft", "dkd_only", "asd_only", "random", "mean_entropy", "coreset", "clasp_pe", "mc_dropout")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("rank", help="rank volumes for annotation (DKD + ASD) and write overlays",
+                                   description=__doc__)
+    parser.add_argument("--images", required=True, help="folder or glob of NIfTI/NRRD/MetaImage volumes")
+    parser.add_argument("--labels", help="folder of existing labels; volumes with a label count as labeled")
+    add_model_argument(parser)
+    parser.add_argument("--budget", type=int, required=True, help="how many volumes to propose")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="assft", help="selection strategy")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--no-overlays", action="store_true", help="write only the ranking, no overlays")
+    parser.add_argument("--feature-cache", type=Path, help="folder caching the pre-trained encoder's features")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import rank_pool
+    from ..io import find_images, match_labels
+    from ..models import resolve_card
+    from ..query import QueryConfig
+
+    images = find_images(args.images)
+    labeled = sorted(match_labels(images, args.labels))
+    card = resolve_card(args.model)
+    query = QueryConfig(strategy=args.strategy, seed=args.seed)
+    bar = ProgressBar(enabled=not args.quiet)
+    try:
+        result = rank_pool(images, card, args.budget, args.out, labeled_ids=labeled, query=query,
+                           device=resolve_device(args.device), feature_cache=args.feature_cache,
+                           write_outputs=not args.no_overlays, progress=bar)
+    finally:
+        bar.close()
+    print(format_ranking(result.ranking, limit=max(args.budget, 10)))
+    print(f"\nproposed for annotation: {', '.join(result.ranking.selected_ids) or '(none)'}")
+    print(f"wrote {result.files['ranking_csv']}, {result.files['ranking_json'].name}"
+          + ("" if args.no_overlays else ", overlays/ and predictions/"))
+    return 0
+
+
+def format_ranking(ranking, limit: int = 10) -> str:
+    """A fixed-width table of the first ``limit`` ranked volumes."""
+    lines = [f"{'rank':>4}  {'volume':<28} {'DKD':>7} {'ASD':>7} {'score':>7}  proposed"]
+    for case in ranking.cases[:limit]:
+        lines.append(f"{case.rank:>4}  {case.case_id:<28} {case.dkd:7.3f} {case.asd:7.3f} {case.score:7.3f}  "
+                     f"{'yes' if case.selected else ''}")
+    if len(ranking.cases) > limit:
+        lines.append(f"      ... {len(ranking.cases) - limit} more in ranking.csv")
+    return "\n".join(lines)

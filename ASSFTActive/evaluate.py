@@ -1,0 +1,117 @@
+"""Segmentation quality: Dice and HD95 per class, per case, and their means, as tables."""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from torch import nn
+
+from .io import Volume, read_label
+from .models import LoadedModel, LoadReport, ModelCard
+
+
+def dice_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> Tuple[float, ...]:
+    """Dice of each foreground class ``1..C-1`` between two label maps ``[I, J, K]``.
+
+    A class absent from both maps scores 1 (nothing to find, nothing found).
+    """
+    scores = []
+    for c in range(1, num_classes):
+        p, t = prediction == c, truth == c
+        denominator = int(p.sum()) + int(t.sum())
+        scores.append(1.0 if denominator == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denominator)
+    return tuple(scores)
+
+
+def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
+                   spacing: Sequence[float]) -> Tuple[float, ...]:
+    """95th-percentile symmetric Hausdorff distance (mm) of each foreground class; NaN when a map lacks the class."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    out = []
+    for c in range(1, num_classes):
+        p, t = prediction == c, truth == c
+        if not p.any() or not t.any():
+            out.append(float("nan"))
+            continue
+        value = compute_hausdorff_distance(torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None],
+                                           percentile=95, spacing=[float(s) for s in spacing])
+        out.append(float(value.item()))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class CaseMetrics:
+    case_id: str
+    dice: Tuple[float, ...]   # per foreground class
+    hd95: Tuple[float, ...]   # per foreground class, mm (NaN if undefined)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Per-case metrics of one model on one set of labelled volumes."""
+
+    class_names: Tuple[str, ...]   # foreground classes
+    cases: Tuple[CaseMetrics, ...]
+
+    def mean_dice_per_class(self) -> Dict[str, float]:
+        return {name: float(np.mean([c.dice[i] for c in self.cases])) for i, name in enumerate(self.class_names)}
+
+    def mean_hd95_per_class(self) -> Dict[str, float]:
+        out = {}
+        for i, name in enumerate(self.class_names):
+            values = [c.hd95[i] for c in self.cases if not math.isnan(c.hd95[i])]
+            out[name] = float(np.mean(values)) if values else float("nan")
+        return out
+
+    def mean_dice(self) -> float:
+        return float(np.mean([np.mean(c.dice) for c in self.cases])) if self.cases else float("nan")
+
+    def to_csv(self) -> str:
+        buffer = _stdio.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["case_id"] + [f"dice_{n}" for n in self.class_names] + [f"hd95_{n}" for n in self.class_names])
+        for c in self.cases:
+            writer.writerow([c.case_id] + [f"{d:.4f}" for d in c.dice] + [f"{h:.2f}" for h in c.hd95])
+        writer.writerow(["mean"] + [f"{v:.4f}" for v in self.mean_dice_per_class().values()]
+                        + [f"{v:.2f}" for v in self.mean_hd95_per_class().values()])
+        return buffer.getvalue()
+
+    def to_markdown(self) -> str:
+        header = "| class | Dice | HD95 (mm) |\n|---|---|---|\n"
+        dice, hd = self.mean_dice_per_class(), self.mean_hd95_per_class()
+        rows = "".join(f"| {n} | {dice[n]:.3f} | {hd[n]:.2f} |\n" for n in self.class_names)
+        return header + rows + f"| **mean** | **{self.mean_dice():.3f}** | |\n"
+
+
+def evaluate_model(network: Union[nn.Module, LoadedModel], card: Optional[ModelCard],
+                   cases: Sequence[Tuple[Volume, Union[str, Path, Volume]]], hd95: bool = True,
+                   progress=None) -> EvaluationReport:
+    """Predict every ``(image, label)`` pair and score Dice (and HD95) per foreground class.
+
+    Args:
+        network: a network (with ``card``) or a :class:`LoadedModel`.
+        cases: image volumes with their label path or label volume.
+    """
+    from .inference import Predictor
+    from .progress import emit
+
+    model = network if isinstance(network, LoadedModel) else LoadedModel(card, network, LoadReport(0, (), ()))
+    predictor = Predictor(model)
+    results: List[CaseMetrics] = []
+    n = model.card.num_classes
+    for index, (image, label) in enumerate(cases):
+        truth = label if isinstance(label, Volume) else read_label(label, image, n)
+        prediction = predictor.predict(image).label
+        truth_array = np.asarray(truth.array)
+        hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([float("nan")] * (n - 1))
+        results.append(CaseMetrics(case_id=image.name, dice=dice_per_class(prediction, truth_array, n), hd95=hd))
+        emit(progress, "progress", phase="evaluate", step=index + 1, total=len(cases), message=image.name)
+    return EvaluationReport(class_names=tuple(model.card.class_names[1:]), cases=tuple(results))

@@ -1,0 +1,1 @@
+"""Fine-tuning: supervised training on labelled volumes plus selected pseudo-labelled ones."""

@@ -1,0 +1,229 @@
+"""Supervised training loop: Dice+CE on foreground-aware patches, with optional weighted pseudo-labelled cases.
+
+Each iteration draws ``batch_size`` patches from the labelled cases and, when pseudo-labelled cases are given, the
+same number from them; the pseudo-labelled loss is weighted by the ramp ``w(t)`` of method-spec §1.7 and may be
+restricted to confident voxels by a per-case voxel mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io import Volume
+from ..models import ModelCard
+from ..preprocess import label_to_model_space, to_model_space
+from ..progress import ProgressCallback, emit
+from .config import TrainConfig
+
+__all__ = ["SupervisedCase", "TrainConfig", "dice_ce_loss", "ema_update", "pseudo_weight_at", "train_supervised"]
+
+
+@dataclass(frozen=True)
+class SupervisedCase:
+    """A training volume with its (true or pseudo) label map on the same grid.
+
+    Attributes:
+        voxel_mask: optional bool ``[I, J, K]``; only these voxels count in the loss (confident pseudo-labels).
+    """
+
+    case_id: str
+    image: Volume
+    label: Volume
+    voxel_mask: Optional[np.ndarray] = None
+
+
+def pseudo_weight_at(step: int, config: TrainConfig) -> float:
+    """``w(t) = w_max·exp(-5(1 - t/t_ramp)²)`` for t < t_ramp, then ``w_max`` (method-spec §1.7)."""
+    ramp = max(1.0, config.rampup_fraction * config.iterations)
+    t = min(1.0, step / ramp)
+    return float(config.pseudo_weight * np.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of soft Dice loss (foreground classes) and cross-entropy.
+
+    Args:
+        logits: ``[B, C, X, Y, Z]``.
+        target: class indices ``[B, X, Y, Z]`` (int64).
+        mask: optional ``[B, X, Y, Z]`` float weights (1 = voxel counts).
+    """
+    num_classes = logits.shape[1]
+    weight = torch.ones_like(target, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
+    ce = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.sum().clamp_min(1.0)
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, num_classes).permute(0, 4, 1, 2, 3).to(probs.dtype)
+    w = weight[:, None]
+    dims = (0, 2, 3, 4)
+    intersection = (probs * onehot * w).sum(dims)
+    denominator = (probs * w).sum(dims) + (onehot * w).sum(dims)
+    dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
+    return ce + (1.0 - dice[1:].mean())
+
+
+class _PatchSampler:
+    """Random patches from cases held in model space: images ``[1, X, Y, Z]``, labels ``[X, Y, Z]``."""
+
+    def __init__(self, card: ModelCard, cases: Sequence[SupervisedCase], patch: Tuple[int, int, int],
+                 config: TrainConfig, rng: np.random.Generator):
+        self.patch = patch
+        self.config = config
+        self.rng = rng
+        self.items = []
+        for case in cases:
+            image, space = to_model_space(case.image, card)
+            label = torch.from_numpy(label_to_model_space(case.label.array, space)).long()
+            mask = None
+            if case.voxel_mask is not None:
+                mask = torch.from_numpy(label_to_model_space(case.voxel_mask.astype(np.uint8), space)).float()
+            image, label, mask = self._pad(image, label, mask)
+            foreground = torch.nonzero(label > 0).numpy()
+            self.items.append((image, label, mask, foreground))
+
+    def _pad(self, image, label, mask):
+        pads = []
+        for size, want in zip(reversed(image.shape[1:]), reversed(self.patch)):
+            extra = max(0, want - size)
+            pads += [extra // 2, extra - extra // 2]
+        if any(pads):
+            image = F.pad(image, pads, value=float(image.min()))
+            label = F.pad(label, pads, value=0)
+            mask = F.pad(mask, pads, value=0.0) if mask is not None else None
+        return image, label, mask
+
+    def sample(self, count: int):
+        images, labels, masks = [], [], []
+        for _ in range(count):
+            image, label, mask, foreground = self.items[self.rng.integers(len(self.items))]
+            shape = np.array(label.shape)
+            half = np.array(self.patch) // 2
+            if len(foreground) and self.rng.random() < self.config.foreground_fraction:
+                centre = foreground[self.rng.integers(len(foreground))]
+            else:
+                centre = np.array([self.rng.integers(s) for s in shape])
+            start = np.clip(centre - half, 0, shape - np.array(self.patch))
+            sl = tuple(slice(int(a), int(a) + p) for a, p in zip(start, self.patch))
+            patch = image[(slice(None),) + sl].clone()
+            if self.config.augment:
+                patch = self._augment(patch)
+            images.append(patch)
+            labels.append(label[sl])
+            masks.append(mask[sl] if mask is not None else torch.ones(self.patch))
+        return torch.stack(images), torch.stack(labels), torch.stack(masks)
+
+    def _augment(self, patch: torch.Tensor) -> torch.Tensor:
+        rng = self.rng
+        lo = patch.min()
+        span = (patch.max() - lo).clamp_min(1e-6)
+        if rng.random() < 0.3:
+            gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
+            patch = ((patch - lo) / span).pow(gamma) * span + lo
+        patch = patch * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.1, 0.1))
+        if rng.random() < 0.2:
+            patch = patch + torch.from_numpy(rng.normal(0, 0.05, patch.shape).astype(np.float32))
+        return patch
+
+
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """Mean-Teacher update ``t <- decay·t + (1 - decay)·s`` of every floating parameter and buffer, in place."""
+    student = getattr(student, "module", student)  # DistributedDataParallel wraps the network
+    with torch.no_grad():
+        teacher_state = teacher.state_dict()
+        for key, value in student.state_dict().items():
+            target = teacher_state[key]
+            if target.dtype.is_floating_point:
+                target.mul_(decay).add_(value.detach().to(target.device), alpha=1.0 - decay)
+            else:
+                target.copy_(value)
+
+
+def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[SupervisedCase],
+                     config: TrainConfig, pseudo: Sequence[SupervisedCase] = (),
+                     progress: Optional[ProgressCallback] = None, device: Optional[torch.device] = None,
+                     start_step: int = 0, optimizer_state: Optional[Mapping] = None,
+                     checkpoint: Optional[Callable] = None, checkpoint_every: int = 0, *,
+                     teacher: Optional[nn.Module] = None, ema_decay: float = 0.99,
+                     teacher_voxel_threshold: Optional[float] = None, rank: int = 0) -> List[float]:
+    """Train ``network`` in place; returns the loss of every step.
+
+    Args:
+        network: the model to train (moved to ``device``); may be wrapped in ``DistributedDataParallel``.
+        card: the model card (preprocessing, default patch size).
+        labeled: cases with expert labels.
+        config: optimisation settings.
+        pseudo: pseudo-labelled cases, weighted by the ramp :func:`pseudo_weight_at`.
+        progress: receives a ``progress`` event per step; may raise ``CancelledError``.
+        device: compute device (default CUDA when present).
+        start_step: resume from this step (with ``optimizer_state``).
+        optimizer_state: ``{"optimizer": ..., "scheduler": ...}`` as handed to ``checkpoint``.
+        checkpoint: called as ``checkpoint(step, network, state)`` every ``checkpoint_every`` steps, where
+            ``state`` holds the optimizer and scheduler state (and ``"teacher"``, the EMA teacher's state dict,
+            when there is one). The network is put back in training mode afterwards, so the callback may evaluate.
+        teacher: an EMA teacher (Mean Teacher, method-spec §1.7): when given, each pseudo-labelled patch is
+            labelled by the teacher's argmax instead of the fixed pseudo-label, and the teacher follows the student
+            by :func:`ema_update` after every step. The caller restores its state when resuming.
+        ema_decay: decay of the EMA teacher.
+        teacher_voxel_threshold: with a teacher, only voxels whose teacher max-probability reaches this count.
+        rank: process rank under data parallelism; each rank draws its own patches.
+    """
+    if not labeled:
+        raise ValueError("train_supervised needs at least one labelled case")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed + start_step + 7919 * rank)
+    rng = np.random.default_rng([config.seed, start_step, rank])
+    patch = config.patch_size or tuple(card.patch_size)
+    labeled_sampler = _PatchSampler(card, labeled, patch, config, rng)
+    pseudo_sampler = _PatchSampler(card, pseudo, patch, config, rng) if pseudo else None
+    network.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations,
+                                                           eta_min=config.learning_rate * 0.05)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state["optimizer"])
+        scheduler.load_state_dict(optimizer_state["scheduler"])
+    losses: List[float] = []
+    for step in range(start_step, config.iterations):
+        images, labels, masks = labeled_sampler.sample(config.batch_size)
+        loss = dice_ce_loss(network(images.to(device)), labels.to(device))
+        metrics = {"loss_labeled": float(loss)}
+        if pseudo_sampler is not None:
+            weight = pseudo_weight_at(step, config)
+            p_images, p_labels, p_masks = pseudo_sampler.sample(config.batch_size)
+            p_images, p_labels, p_masks = p_images.to(device), p_labels.to(device), p_masks.to(device)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_probs = torch.softmax(teacher(p_images).float(), dim=1)
+                    t_max, p_labels = t_probs.max(dim=1)
+                    p_masks = torch.ones_like(t_max)
+                    if teacher_voxel_threshold is not None:
+                        p_masks = (t_max >= teacher_voxel_threshold).float()
+            p_loss = dice_ce_loss(network(p_images), p_labels, p_masks)
+            loss = loss + weight * p_loss
+            metrics.update(loss_pseudo=float(p_loss), pseudo_weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if teacher is not None:
+            ema_update(teacher, network, ema_decay)
+        losses.append(float(loss))
+        metrics["loss"] = float(loss)
+        emit(progress, "progress", phase="train", step=step + 1, total=config.iterations,
+             message=f"step {step + 1}/{config.iterations} loss {float(loss):.4f}", metrics=metrics)
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            if teacher is not None:
+                state["teacher"] = teacher.state_dict()
+            checkpoint(step + 1, network, state)
+            network.train()
+    network.eval()
+    return losses

@@ -1,0 +1,300 @@
+"""One sliding-window pass per volume: class probabilities and pooled encoder features.
+
+Each window goes through the current network once; forward hooks on the card's encoder stages pool every stage
+output over space, and the pooled vectors are averaged over the windows (method-spec §1.3: "for whole volumes,
+average over the patches of a sliding window"). The frozen pre-trained encoder runs on the same windows only up to
+its deepest encoder stage (the decoder is skipped), and only when its weights differ from the current ones; its
+features can be cached on disk because they never change for a given volume.
+
+Windows run on the compute device (CUDA with mixed precision when present); the full-size output is assembled on
+the CPU so a large CT does not need a large GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .io import Volume
+from .models import LoadedModel
+from .preprocess import from_model_space, to_model_space
+
+
+def default_device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window settings (method-spec §1.5: roi = training patch, overlap 0.5, Gaussian blending).
+
+    Attributes:
+        overlap: fraction of overlap between neighbouring windows.
+        blend_mode: ``gaussian`` or ``constant`` weighting of overlapping windows.
+        sw_batch_size: windows per forward pass.
+        amp: use float16 autocast on CUDA (ignored on CPU).
+    """
+
+    overlap: float = 0.5
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 4
+    amp: bool = True
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What one pass over a volume yields.
+
+    Attributes:
+        probs: softmax probabilities ``[C, I, J, K]`` float32 on the input volume's grid.
+        features: pooled features of the current encoder, one ``[D_s]`` array per stage (shallow to deep).
+        pretrained_features: the same for the frozen pre-trained encoder.
+    """
+
+    probs: np.ndarray
+    features: Tuple[np.ndarray, ...]
+    pretrained_features: Tuple[np.ndarray, ...]
+
+    @property
+    def label(self) -> np.ndarray:
+        """Hard prediction ``[I, J, K]`` uint8 (argmax over classes)."""
+        return np.argmax(self.probs, axis=0).astype(np.uint8)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the deepest encoder stage ran."""
+
+
+class StageFeatures:
+    """Forward hooks that pool each encoder stage over space and average the pooled vectors over windows.
+
+    Args:
+        network: the module to hook.
+        stages: module names, shallow to deep.
+        stop_after_last: end the forward pass after the last stage (encoder-only pass).
+    """
+
+    def __init__(self, network: nn.Module, stages: Sequence[str], stop_after_last: bool = False):
+        modules = dict(network.named_modules())
+        self._sums: List[Optional[torch.Tensor]] = [None] * len(stages)
+        self._count = 0
+        self._handles = []
+        for index, name in enumerate(stages):
+            last = index == len(stages) - 1
+            self._handles.append(modules[name].register_forward_hook(self._hook(index, last and stop_after_last)))
+
+    def _hook(self, index: int, stop: bool):
+        def hook(_module, _inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            pooled = output.detach().float().flatten(2).mean(dim=2).sum(dim=0).cpu()  # [D]
+            self._sums[index] = pooled if self._sums[index] is None else self._sums[index] + pooled
+            if index == 0:
+                self._count += output.shape[0]
+            if stop:
+                raise _StopForward
+        return hook
+
+    def result(self) -> Tuple[np.ndarray, ...]:
+        if self._count == 0:
+            raise RuntimeError("no window was seen by the encoder hooks")
+        return tuple((s / self._count).numpy().astype(np.float32) for s in self._sums)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _weights_digest(network: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in network.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def volume_digest(volume: Volume) -> str:
+    """Content hash of a volume (voxels and geometry), the key of cached pre-trained features."""
+    digest = hashlib.sha256(np.ascontiguousarray(volume.array).tobytes())
+    digest.update(str(volume.array.dtype).encode())
+    digest.update(np.asarray(volume.affine, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+class Predictor:
+    """Runs the current model and, when it differs, the frozen pre-trained encoder over volumes.
+
+    Args:
+        current: the model being adapted.
+        pretrained: the frozen pre-trained model (``None`` or same weights: its features equal ``current``'s).
+        config: sliding-window settings.
+        device: compute device (default: CUDA when present).
+        feature_cache: folder for cached pre-trained features (``.npz`` per volume), or ``None``.
+    """
+
+    def __init__(self, current: LoadedModel, pretrained: Optional[LoadedModel] = None,
+                 config: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
+                 feature_cache: Optional[Path] = None):
+        self.current = current
+        self.config = config
+        self.device = device or default_device()
+        self.current.network.to(self.device).eval()
+        self.pretrained = None
+        self._pretrained_digest = ""
+        if pretrained is not None:
+            digest = _weights_digest(pretrained.network)
+            if digest != _weights_digest(current.network):
+                self.pretrained = pretrained
+                self._pretrained_digest = digest
+                pretrained.network.to(self.device).eval()
+        self.feature_cache = Path(feature_cache) if feature_cache is not None else None
+
+    @property
+    def encoders_identical(self) -> bool:
+        return self.pretrained is None
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _sliding_window(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                        out_channels: Optional[int] = None) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(
+            image[None], roi_size=self.current.card.patch_size, sw_batch_size=self.config.sw_batch_size,
+            predictor=fn, overlap=self.config.overlap, mode=self.config.blend_mode, sw_device=self.device,
+            device=torch.device("cpu"), progress=False,
+        )[0]
+
+    @torch.no_grad()
+    def predict(self, volume: Volume, *, dropout_samples: int = 0,
+                sample_callback: Optional[Callable[[np.ndarray], None]] = None) -> Prediction:
+        """Probabilities and encoder features of ``volume`` (see :class:`Prediction`).
+
+        Args:
+            volume: the input volume.
+            dropout_samples: when > 0, also run that many stochastic passes with dropout on (MC dropout) and hand
+                each sample's probabilities ``[C, I, J, K]`` to ``sample_callback``, one at a time (memory stays at
+                one sample).
+            sample_callback: receives each MC-dropout sample.
+        """
+        card = self.current.card
+        image, space = to_model_space(volume, card)
+        network = self.current.network
+        hooks = StageFeatures(network, card.encoder_stages)
+        cached = self._cached_pretrained(volume)
+        pre_hooks = None
+        if self.pretrained is not None and cached is None:
+            pre_hooks = StageFeatures(self.pretrained.network, self.pretrained.card.encoder_stages,
+                                      stop_after_last=True)
+
+        def forward(window: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                logits = network(window)
+                if pre_hooks is not None:
+                    try:
+                        self.pretrained.network(window)
+                    except _StopForward:
+                        pass
+            return logits.float()
+
+        try:
+            logits = self._sliding_window(image, forward)
+        finally:
+            hooks.close()
+            if pre_hooks is not None:
+                pre_hooks.close()
+        probs = self._to_input_grid(torch.softmax(logits, dim=0), space)
+        features = hooks.result()
+        if self.pretrained is None:
+            pretrained_features = features
+        elif cached is not None:
+            pretrained_features = cached
+        else:
+            pretrained_features = pre_hooks.result()
+            self._store_pretrained(volume, pretrained_features)
+        if dropout_samples > 0:
+            if sample_callback is None:
+                raise ValueError("dropout_samples needs a sample_callback")
+            for sample in self._mc_dropout(image, space, dropout_samples):
+                sample_callback(sample)
+        return Prediction(probs=probs, features=features, pretrained_features=pretrained_features)
+
+    def _to_input_grid(self, probs: torch.Tensor, space) -> np.ndarray:
+        out = from_model_space(probs, space)
+        if tuple(space.model_shape) != tuple(space.oriented_shape):
+            out /= np.clip(out.sum(axis=0, keepdims=True), 1e-6, None)
+        return out
+
+    def _mc_dropout(self, image: torch.Tensor, space, samples: int):
+        network = self.current.network
+        dropouts = [m for m in network.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Dropout3d))]
+        if not dropouts:
+            raise ValueError(f"model {self.current.card.name} has no dropout layers; MC dropout needs them")
+        for m in dropouts:
+            m.train()
+        try:
+            for _ in range(samples):
+                def forward(window: torch.Tensor) -> torch.Tensor:
+                    with self._autocast():
+                        return network(window).float()
+
+                logits = self._sliding_window(image, forward)
+                yield self._to_input_grid(torch.softmax(logits, dim=0), space)
+        finally:
+            for m in dropouts:
+                m.eval()
+
+    def plain_pass(self, volume: Volume) -> np.ndarray:
+        """One plain sliding-window pass without hooks: probabilities ``[C, I, J, K]`` (the benchmark's unit)."""
+        image, space = to_model_space(volume, self.current.card)
+        network = self.current.network
+
+        def forward(window: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return network(window).float()
+
+        with torch.no_grad():
+            logits = self._sliding_window(image, forward)
+        return self._to_input_grid(torch.softmax(logits, dim=0), space)
+
+    # --------------------------------------------------------------------------------- pre-trained feature cache
+
+    def _cache_file(self, volume: Volume) -> Optional[Path]:
+        if self.feature_cache is None or self.pretrained is None:
+            return None
+        return self.feature_cache / f"{volume_digest(volume)[:32]}-{self._pretrained_digest[:16]}.npz"
+
+    def _cached_pretrained(self, volume: Volume) -> Optional[Tuple[np.ndarray, ...]]:
+        path = self._cache_file(volume)
+        if path is None or not path.is_file():
+            return None
+        with np.load(path) as data:
+            return tuple(data[f"stage{i}"] for i in range(len(data.files)))
+
+    def _store_pretrained(self, volume: Volume, features: Tuple[np.ndarray, ...]) -> None:
+        path = self._cache_file(volume)
+        if path is None:
+            return
+        import io as _stdio
+
+        from .io import atomic_write_bytes
+
+        buffer = _stdio.BytesIO()
+        np.savez(buffer, **{f"stage{i}": f for i, f in enumerate(features)})
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def pretrained_stage_features(model: LoadedModel) -> Dict[str, nn.Module]:
+    """The encoder stage modules of a model by name (for inspection and tests)."""
+    modules = dict(model.network.named_modules())
+    return {name: modules[name] for name in model.card.encoder_stages}

@@ -1,0 +1,312 @@
+"""Read and write 3D volumes (NIfTI, NRRD, MetaImage) with their RAS geometry, and check label files against images.
+
+Conventions (used everywhere in the engine):
+    * ``Volume.array`` is indexed ``[i, j, k]`` (voxel order of the file, as nibabel returns it; the MRML logic
+      transposes Slicer's ``[k, j, i]`` arrays).
+    * ``Volume.affine`` maps homogeneous voxel indices ``(i, j, k, 1)`` to RAS millimetres.
+
+NRRD and MetaImage store LPS geometry; they are converted to RAS on read and back to LPS on write. Every writer is
+atomic: data go to a temporary file in the target folder, then the file is renamed into place, so a reader never
+sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+#: Largest allowed difference between the affine entries of an image and its label (mm), see
+#: :func:`check_same_geometry`.
+GEOMETRY_TOLERANCE_MM = 1e-3
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One 3D volume and where it lies in patient space.
+
+    Attributes:
+        array: voxel values ``[I, J, K]`` (or ``[I, J, K, C]`` when channels were allowed on read).
+        affine: ``[4, 4]`` float64 matrix from voxel index ``(i, j, k, 1)`` to RAS millimetres.
+        path: the file it was read from, if any.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Optional[Path] = None
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.array.shape[:3])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along i, j, k: ``[3]``."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def name(self) -> str:
+        return case_id(self.path) if self.path is not None else "volume"
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """The same geometry holding other voxel values (e.g. a label map or an entropy map)."""
+        if tuple(array.shape[:3]) != self.shape:
+            raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")
+        return Volume(array=array, affine=self.affine.copy(), path=None)
+
+
+def case_id(path: PathLike) -> str:
+    """File name without its image suffix: ``/a/hippocampus_001.nii.gz`` -> ``hippocampus_001``."""
+    name = Path(path).name
+    for suffix in SUPPORTED_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _suffix(path: Path) -> str:
+    lower = path.name.lower()
+    for suffix in SUPPORTED_SUFFIXES:
+        if lower.endswith(suffix):
+            return suffix
+    raise InputError(
+        f"{path}: unsupported file type. ASSFT reads NIfTI (.nii, .nii.gz), NRRD (.nrrd, .seg.nrrd) and "
+        "MetaImage (.mha, .mhd); convert the file to one of these."
+    )
+
+
+def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
+    """Read a 3D volume with its RAS affine.
+
+    Args:
+        path: a NIfTI, NRRD or MetaImage file.
+        allow_channels: accept a 4D file ``[I, J, K, C]`` (only for models whose card declares channels).
+
+    Raises:
+        InputError: missing, unreadable or corrupt file; not 3D; NaN or infinite voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found. Check the path or the --images/--labels argument.")
+    suffix = _suffix(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            array, affine = _read_nifti(path)
+        else:
+            array, affine = _read_itk(path)
+    except InputError:
+        raise
+    except Exception as exc:  # any reader failure means a corrupt or truncated file
+        raise InputError(
+            f"{path}: cannot read the file ({type(exc).__name__}: {exc}). It may be truncated or corrupt; "
+            "re-export it from the scanner or viewer."
+        ) from exc
+
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim < 3:
+        raise InputError(
+            f"{path}: the image is {array.ndim}D with shape {array.shape}; ASSFT needs a 3D volume. "
+            "Stack the slices into one 3D file."
+        )
+    if array.ndim > 3 and not (allow_channels and array.ndim == 4):
+        raise InputError(
+            f"{path}: the image is {array.ndim}D with shape {array.shape}; ASSFT needs a single 3D volume "
+            "(a time series or multi-channel file needs a model card that declares channels). Split it into 3D files."
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(
+                f"{path}: {bad} voxels are NaN or infinite. Fix or mask them before ranking (e.g. replace with 0)."
+            )
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: the voxel-to-world matrix is invalid (singular or not finite). Fix the header.")
+    return Volume(array=np.asarray(array), affine=affine, path=path)
+
+
+def _read_nifti(path: Path):
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    array = np.asanyarray(image.dataobj)
+    return array, np.asarray(image.affine, dtype=np.float64)
+
+
+def _read_itk(path: Path):
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)  # [k, j, i] or [k, j, i, c]
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = np.moveaxis(array, -1, 0)  # [c, k, j, i]
+        array = np.transpose(array, tuple(range(array.ndim - 1, 0, -1)) + (0,))  # [i, j, k, c]
+    else:
+        array = np.transpose(array, tuple(range(array.ndim - 1, -1, -1)))
+    dim = image.GetDimension()
+    if dim != 3:
+        return array, np.eye(4)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction @ np.diag(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    return array, _LPS_TO_RAS @ lps
+
+
+def write_volume(volume: Volume, path: PathLike) -> Path:
+    """Write ``volume`` atomically; the format follows the suffix of ``path``."""
+    path = Path(path)
+    suffix = _suffix(path)
+    array = np.asarray(volume.array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+
+    def write(tmp: Path) -> None:
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            image = nib.Nifti1Image(array, volume.affine)
+            image.set_qform(volume.affine, code=1)
+            image.set_sform(volume.affine, code=1)
+            nib.save(image, str(tmp))
+        else:
+            import SimpleITK as sitk
+
+            image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
+            lps = _LPS_TO_RAS @ volume.affine
+            spacing = np.linalg.norm(lps[:3, :3], axis=0)
+            image.SetSpacing([float(s) for s in spacing])
+            image.SetDirection([float(x) for x in (lps[:3, :3] / spacing).ravel()])
+            image.SetOrigin([float(x) for x in lps[:3, 3]])
+            sitk.WriteImage(image, str(tmp), True)
+
+    _atomic(path, write, suffix)
+    return path
+
+
+def _atomic(path: Path, write, suffix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write text so that ``path`` holds either the old or the complete new content, never a part."""
+    path = Path(path)
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), ".txt")
+    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    path = Path(path)
+    _atomic(path, lambda tmp: tmp.write_bytes(data), ".bin")
+    return path
+
+
+def check_same_geometry(image: Volume, label: Volume, tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> None:
+    """Raise :class:`InputError` unless ``label`` lies on the voxel grid of ``image``.
+
+    The shapes must be equal and every affine entry may differ by at most ``tolerance_mm``.
+    """
+    if image.shape != label.shape:
+        raise InputError(
+            f"{label.path}: label shape {label.shape} does not match image {image.path} shape {image.shape}. "
+            "The label must be drawn on the same voxel grid; resample it onto the image."
+        )
+    difference = float(np.max(np.abs(image.affine - label.affine)))
+    if difference > tolerance_mm:
+        raise InputError(
+            f"{label.path}: label geometry differs from image {image.path} (largest affine difference "
+            f"{difference:.4g} mm > tolerance {tolerance_mm} mm). Resample the label onto the image grid."
+        )
+
+
+def read_label(path: PathLike, image: Volume, num_classes: int,
+               tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> Volume:
+    """Read a class-index label map on the grid of ``image`` and check it.
+
+    Returns:
+        a :class:`Volume` whose array is ``uint8``/``int16`` ``[I, J, K]`` with values in ``[0, num_classes)``.
+
+    Raises:
+        InputError: unreadable file, geometry mismatch, non-integer values, or classes the model does not have.
+    """
+    label = read_volume(path)
+    check_same_geometry(image, label, tolerance_mm)
+    values = label.array
+    if np.issubdtype(values.dtype, np.floating):
+        rounded = np.rint(values)
+        if not np.array_equal(rounded, values):
+            raise InputError(f"{label.path}: label values must be whole numbers (class indices); found fractions.")
+        values = rounded
+    present = np.unique(values)
+    unknown = [int(v) for v in present if v < 0 or v >= num_classes]
+    if unknown:
+        raise InputError(
+            f"{label.path}: label values {unknown} are not classes of the model (0..{num_classes - 1}). "
+            "Relabel the file or choose a model card with these classes."
+        )
+    dtype = np.uint8 if num_classes <= 256 else np.int16
+    return Volume(array=values.astype(dtype), affine=label.affine, path=label.path)
+
+
+def find_images(spec: PathLike) -> List[Path]:
+    """Image files named by a folder or a glob pattern, sorted by name.
+
+    Raises:
+        InputError: nothing matches.
+    """
+    text = str(spec)
+    base = Path(text)
+    if base.is_dir():
+        candidates = [p for p in base.iterdir() if p.is_file()]
+    else:
+        candidates = [Path(p) for p in glob.glob(text) if Path(p).is_file()]
+    files = sorted(p for p in candidates if p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith("."))
+    if not files:
+        raise InputError(
+            f"{text}: no NIfTI/NRRD/MetaImage files found. Pass a folder or a glob such as 'images/*.nii.gz'."
+        )
+    return files
+
+
+def match_labels(images: Sequence[Path], labels_dir: Optional[PathLike]) -> Dict[str, Path]:
+    """Label files in ``labels_dir`` whose case id equals an image's case id: ``{case_id: label_path}``."""
+    if labels_dir is None:
+        return {}
+    folder = Path(labels_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: labels folder not found. Pass an existing folder to --labels.")
+    by_id = {case_id(p): p for p in folder.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES)}
+    return {case_id(image): by_id[case_id(image)] for image in images if case_id(image) in by_id}

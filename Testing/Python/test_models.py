@@ -1,0 +1,135 @@
+"""Model cards load safely; every encoder tensor arrives, or loading refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ASSFTActive.errors import ModelError
+from ASSFTActive.models import (EMBEDDED_DEFAULT_CARD, ModelCard, build_network, embedded_cards, load_card,
+                                load_model, load_weights, read_state_dict, resolve_card, save_card, save_weights)
+
+SWIN_ARGS = {"in_channels": 1, "out_channels": 3, "feature_size": 48}
+SWIN_STAGES = ["swinViT.layers1.0", "swinViT.layers2.0", "swinViT.layers3.0", "swinViT.layers4.0"]
+
+
+def _swin_card(tmp_path: Path, weights: str, fmt: str = "swinvit_ssl", args=None) -> ModelCard:
+    card = ModelCard.from_dict({
+        "name": "swin-ssl", "architecture": "SwinUNETR", "arguments": args or SWIN_ARGS, "weights": weights,
+        "weights_format": fmt, "class_names": ["background", "a", "b"], "encoder_stages": SWIN_STAGES,
+        "patch_size": [64, 64, 64], "preprocessing": {"profile": "ct_window", "a_min": -1000, "a_max": 1000},
+    })
+    save_card(card, tmp_path / "card.json")
+    return load_card(tmp_path / "card.json")
+
+
+def _published_swinvit_layout(network) -> dict:
+    """Encoder tensors of ``network`` renamed to the layout of the published model_swinvit.pt."""
+    state = {}
+    for key, value in network.state_dict().items():
+        if key.startswith("swinViT."):
+            name = key[len("swinViT."):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+            state["module." + name] = value.clone()
+    state["module.rotation_head.weight"] = torch.zeros(4, 768)  # an SSL head the segmentation net does not have
+    return {"state_dict": state, "epoch": 100}
+
+
+@pytest.fixture(scope="module")
+def swin_source():
+    torch.manual_seed(1)
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(**SWIN_ARGS)
+
+
+def test_swinvit_ssl_checkpoint_loads_every_encoder_tensor_including_mlp(tmp_path, swin_source):
+    checkpoint = _published_swinvit_layout(swin_source)
+    mlp_keys = [k for k in checkpoint["state_dict"] if ".mlp.fc" in k]
+    assert len(mlp_keys) == 32 and len(checkpoint["state_dict"]) == 127
+    torch.save(checkpoint, tmp_path / "model_swinvit.pt")
+    card = _swin_card(tmp_path, "model_swinvit.pt")
+    network = build_network(card)
+    report = load_weights(network, card)
+    assert report.loaded == 126
+    assert report.unexpected == ("rotation_head.weight",)
+    assert all(not k.startswith("swinViT.") for k in report.missing)  # only decoder/head left random
+    source, loaded = swin_source.state_dict(), network.state_dict()
+    for key in loaded:
+        if key.startswith("swinViT."):
+            assert torch.equal(loaded[key], source[key]), key
+
+
+def test_naively_prefixed_checkpoint_is_refused_because_the_encoder_did_not_load(tmp_path, swin_source):
+    # the common recipe "module." -> "swinViT." without the fc1/fc2 renaming, declared as a plain state dict
+    state = {k.replace("module.", "swinViT."): v for k, v in _published_swinvit_layout(swin_source)["state_dict"].items()}
+    torch.save(state, tmp_path / "naive.pt")
+    card = _swin_card(tmp_path, "naive.pt", fmt="state_dict")
+    with pytest.raises(ModelError, match=r"encoder did not load \(32 encoder tensors missing"):
+        load_weights(build_network(card), card)
+
+
+def test_checkpoint_of_another_size_is_refused_with_the_offending_tensor(tmp_path, swin_source):
+    torch.save(_published_swinvit_layout(swin_source), tmp_path / "model_swinvit.pt")
+    card = _swin_card(tmp_path, "model_swinvit.pt", args={**SWIN_ARGS, "feature_size": 24})
+    with pytest.raises(ModelError, match="checkpoint does not match the card: swinViT"):
+        load_weights(build_network(card), card)
+
+
+def test_pickled_model_object_is_never_unpickled(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole_model.pt")  # a pickled module, not a state dict
+    with pytest.raises(ModelError, match="never unpickles"):
+        read_state_dict(tmp_path / "whole_model.pt")
+
+
+def test_unknown_checkpoint_layout_is_reported(tmp_path):
+    torch.save({"epoch": 3, "config": {"lr": 0.1}}, tmp_path / "odd.pt")
+    with pytest.raises(ModelError, match="unknown checkpoint layout"):
+        read_state_dict(tmp_path / "odd.pt")
+
+
+def test_generic_card_builds_any_monai_network_and_round_trips_safetensors(tmp_path):
+    card = ModelCard.from_dict({
+        "name": "basic", "architecture": "monai:BasicUNet",
+        "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]},
+        "weights": "w.safetensors", "class_names": ["background", "organ"],
+        "encoder_stages": ["conv_0", "down_1", "down_2", "down_3", "down_4"], "patch_size": [32, 32, 32],
+        "preprocessing": {"profile": "zscore_nonzero"},
+    })
+    source = build_network(card)
+    save_weights(source, tmp_path / "w.safetensors")
+    save_card(card, tmp_path / "card.json")
+    model = load_model(load_card(tmp_path / "card.json"))
+    assert model.report.missing == () and model.report.unexpected == ()
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.network.state_dict()[key], value)
+
+
+def test_card_errors_name_the_problem(tmp_path):
+    base = json.loads(EMBEDDED_DEFAULT_CARD.read_text())
+    for change, message in [({"architecture": "NoSuchNet"}, "architecture 'NoSuchNet' unknown"),
+                            ({"encoder_stages": ["nope"]}, r"encoder_stages \['nope'\] are not modules"),
+                            ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+                            ({"preprocessing": {"profile": "magic"}}, "preprocessing profile 'magic' unknown")]:
+        path = tmp_path / "card.json"
+        path.write_text(json.dumps({**base, **change}))
+        with pytest.raises(ModelError, match=message):
+            build_network(load_card(path))
+    with pytest.raises(ModelError, match="model card not found"):
+        load_card(tmp_path / "missing.json")
+
+
+def test_embedded_default_card_loads_with_its_shipped_weights_and_records_its_split():
+    card = resolve_card("default")
+    assert card in embedded_cards()
+    model = load_model(card)
+    assert model.report.missing == () and model.report.unexpected == ()
+    provenance = card.provenance
+    assert provenance["seed"] == 0 and provenance["source_test_mean_dice"] > 0.7
+    assert not set(provenance["train_cases"]) & set(provenance["source_test_cases"])
+    reserved_file = Path(__file__).resolve().parents[3] / "shared" / "data" / "hippocampus" / "reserved.txt"
+    if reserved_file.is_file():
+        reserved = set(reserved_file.read_text().split())
+        assert not reserved & set(provenance["train_cases"] + provenance["source_test_cases"])
