@@ -29,7 +29,7 @@ from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
 from .models import LoadedModel, ModelCard, load_model
 from .overlay import OverlayConfig, write_overlay
 from .progress import ProgressCallback, emit
-from .query import CaseEvidence, QueryConfig, Ranking, select, summarize_case
+from .query import CaseEvidence, QueryConfig, Ranking, mc_dropout_epistemic_from_mean, select, summarize_case
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,22 @@ def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
     return Predictor(current, pretrained, inference, device, feature_cache)
 
 
+class _RunningMean:
+    """Mean of the MC-dropout samples ``[C, I, J, K]``, one sample in memory at a time."""
+
+    def __init__(self) -> None:
+        self.total: Optional[np.ndarray] = None
+        self.count = 0
+
+    def add(self, sample: np.ndarray) -> None:
+        self.total = sample.astype(np.float64) if self.total is None else self.total + sample
+        self.count += 1
+
+    @property
+    def value(self) -> np.ndarray:
+        return (self.total / self.count).astype(np.float32)
+
+
 def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *, labeled: bool = False,
                    out_dir: Optional[Path] = None, image: Optional[Volume] = None) -> VolumeReport:
     """Predict one volume, score it and (when ``out_dir`` is given) write its overlay, regions and prediction.
@@ -87,12 +103,12 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
     """
     image = image if image is not None else read_volume(image_path)
     name = case_id(image_path)
-    mc_samples: List[np.ndarray] = []
+    mc_mean = _RunningMean()
     wants_mc = query.strategy == "mc_dropout" and not labeled
     prediction = predictor.predict(image, dropout_samples=query.mc_samples if wants_mc else 0,
-                                   sample_callback=mc_samples.append if wants_mc else None)
+                                   sample_callback=mc_mean.add if wants_mc else None)
     evidence = summarize_case(name, prediction.probs, prediction.features, prediction.pretrained_features, query,
-                              prob_samples=np.stack(mc_samples) if mc_samples else None)
+                              epistemic=mc_dropout_epistemic_from_mean(mc_mean.value) if wants_mc else None)
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled:
         entropy_path, regions_path = write_overlay(image, prediction.probs, Path(out_dir) / "overlays", name, query)

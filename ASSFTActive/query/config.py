@@ -1,0 +1,246 @@
+"""Settings of the query step: which strategy ranks the pool and every tunable choice of its scores.
+
+Almost every ASSFT formula is a design decision, not a fact read from the paper (the full ASSFT text could not
+be reached; see ``method-spec.md`` §0). Each such decision is a named field of :class:`QueryConfig`, so that it can
+be changed by a default rather than by code once the paper is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any, Dict, Tuple, Type, TypeVar
+
+__all__ = [
+    "AsdReduce",
+    "Combine",
+    "DivSpace",
+    "FgMask",
+    "KDMetric",
+    "QueryConfig",
+    "SourceKnowledge",
+    "Strategy",
+]
+
+
+class Strategy(str, Enum):
+    """How the pool is ranked (method-spec.md §1.6, §3, §4.1)."""
+
+    ASSFT = "assft"  #: greedy DKD + ASD (the method)
+    DKD_ONLY = "dkd_only"  #: ablation, lambda = 1; also the cold start when no segmentation head exists
+    ASD_ONLY = "asd_only"  #: ablation, lambda = 0
+    RANDOM = "random"
+    MEAN_ENTROPY = "mean_entropy"
+    CORESET = "coreset"  #: k-centre greedy on pre-trained embeddings
+    CLASP_PE = "clasp_pe"  #: volume-level ClaSP PE (class-stratified power entropy)
+    MC_DROPOUT = "mc_dropout"  #: MONAI Label epistemic scoring
+
+
+class KDMetric(str, Enum):
+    """Divergence between the current and the pre-trained encoder features (method-spec.md §1.4b)."""
+
+    JS = "js"  #: Jensen-Shannon between softmax(g / tau) distributions (natural log, at most ln 2)
+    SYM_KL = "sym_kl"  #: KL(p || q) + KL(q || p) between the same distributions
+    COSINE = "cosine"  #: 1 - cos(g_current, g_pretrained) on the raw pooled features (tau unused)
+
+
+class SourceKnowledge(str, Enum):
+    """What stands for the pre-training ("source") knowledge without source data (method-spec.md §1.4a)."""
+
+    PRETRAINED_VS_ADAPTED = "pretrained_vs_adapted"  #: frozen pre-trained encoder vs current encoder
+    BN_STATS = "bn_stats"  #: Gaussian KL of sample feature statistics to stored BatchNorm running statistics
+
+
+class DivSpace(str, Enum):
+    """Embedding in which diversity is measured (method-spec.md §1.4c)."""
+
+    PRETRAINED = "pretrained"  #: frozen pre-trained encoder, fixed across rounds
+    CURRENT = "current"  #: current (adapted) encoder
+
+
+class FgMask(str, Enum):
+    """How the adaptive foreground of ASD is found (method-spec.md §1.5)."""
+
+    PRED_ARGMAX = "pred_argmax"  #: voxels whose most probable class is not background
+    PRED_PROB = "pred_prob"  #: voxels with 1 - p_background >= fg_prob_threshold
+
+
+class AsdReduce(str, Enum):
+    """How the entropy inside the foreground is reduced to one number (method-spec.md §1.5)."""
+
+    VOXEL_MEAN = "voxel_mean"  #: mean over all foreground voxels
+    CLASS_BALANCED = "class_balanced"  #: mean over predicted classes of the per-class mean
+
+
+class Combine(str, Enum):
+    """How DKD and ASD are combined in the greedy ASSFT query (method-spec.md §1.6)."""
+
+    WEIGHTED_SUM = "weighted_sum"
+    RANK_MEAN = "rank_mean"
+    PRODUCT = "product"
+    TWO_STAGE = "two_stage"
+
+
+_E = TypeVar("_E", bound=Enum)
+
+
+def _as_enum(enum_type: Type[_E], value: Any, name: str) -> _E:
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in enum_type)
+        raise ValueError(f"QueryConfig.{name}={value!r} is not valid; use one of {allowed}.") from None
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"QueryConfig.{name} must be a whole number, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"QueryConfig.{name} must be >= {minimum}, got {value}.")
+
+
+def _check_float(value: Any, name: str, low: float, high: float, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"QueryConfig.{name} must be a finite number, got {value!r}.")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        if math.isinf(high):
+            wanted = f"{'>' if low_open else '>='} {low}"
+        else:
+            wanted = f"in {'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"QueryConfig.{name} must be {wanted}, got {value}.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Every setting of scoring and selection; one frozen record shared by the CLI, the worker and Slicer.
+
+    Defaults marked [inferred] are design decisions of ``method-spec.md`` (section given), not values read from
+    the ASSFT paper; replace them when the paper text is available. String fields also accept plain strings
+    and are stored as their enum.
+
+    Attributes:
+        strategy: which ranking to run (:class:`Strategy`); ``"assft"`` by default.
+        kd_metric: divergence between current and pre-trained features, ``"js"`` [inferred, method-spec.md §1.4b].
+        kd_temperature: tau of ``softmax(g / tau)`` for ``"js"`` and ``"sym_kl"``, 1.0 [inferred, method-spec.md
+            §1.4b].
+        kd_stages: number of deepest encoder stages averaged in KD, 2 [inferred, method-spec.md §1.4b].
+        source_knowledge: representation of the pre-training knowledge, ``"pretrained_vs_adapted"`` [inferred,
+            method-spec.md §1.4a].
+        div_space: embedding of the diversity term, ``"pretrained"`` [inferred, method-spec.md §1.4c].
+        fg_mask: adaptive foreground of ASD, ``"pred_argmax"`` [inferred, method-spec.md §1.5].
+        fg_prob_threshold: delta of ``"pred_prob"`` (foreground where ``1 - p0 >= delta``), 0.5 [inferred,
+            method-spec.md §1.5].
+        fg_dilation: radius r in voxels of the dilation of the predicted foreground, 2 [inferred, method-spec.md
+            §1.5]; the structuring element is the 6-connected cross applied r times (a city-block ball).
+        asd_reduce: ``"voxel_mean"`` or ``"class_balanced"``, ``"voxel_mean"`` [inferred, method-spec.md §1.5;
+            §4.1 recommends ``"class_balanced"`` for multi-organ data].
+        asd_empty_fg: ASD of a volume whose predicted foreground is empty, 1.0 (the model missed the anatomy)
+            [inferred, method-spec.md §1.5].
+        combine: how DKD and ASD are combined, ``"weighted_sum"`` [inferred, method-spec.md §1.6].
+        dkd_weight: lambda of ``"weighted_sum"`` (and the weight of the DKD rank in ``"rank_mean"``), 0.5
+            [inferred, method-spec.md §1.6].
+        two_stage_factor: k of ``"two_stage"``: DKD keeps the top ``k * budget`` before ASD orders them, 3
+            [inferred, method-spec.md §1.6].
+        normalise_scores: min-max normalise KD and ASD over the pool, True [inferred, method-spec.md §1.4b, §1.5].
+        mc_samples: stochastic forward passes T of MC dropout, 10 (MONAI Label's ``EpistemicScoring`` default;
+            at least 2, as MONAI Label enforces).
+        clasp_fg_ratio: share of the budget split across the foreground classes in ClaSP PE, 0.66 [code,
+            method-spec.md §4.3].
+        clasp_beta: beta at the first query round of ClaSP PE; the Gumbel noise scale is ``1 / beta``, 1.0 [code,
+            method-spec.md §3.2].
+        clasp_beta_growth: beta grows exponentially from ``clasp_beta`` to ``clasp_beta * clasp_beta_growth``
+            over the query rounds, 100.0 [code, method-spec.md §3.2].
+        seed: seed of the random strategies (``"random"``, ``"clasp_pe"``), 0.
+    """
+
+    strategy: Strategy = Strategy.ASSFT
+    kd_metric: KDMetric = KDMetric.JS
+    kd_temperature: float = 1.0
+    kd_stages: int = 2
+    source_knowledge: SourceKnowledge = SourceKnowledge.PRETRAINED_VS_ADAPTED
+    div_space: DivSpace = DivSpace.PRETRAINED
+    fg_mask: FgMask = FgMask.PRED_ARGMAX
+    fg_prob_threshold: float = 0.5
+    fg_dilation: int = 2
+    asd_reduce: AsdReduce = AsdReduce.VOXEL_MEAN
+    asd_empty_fg: float = 1.0
+    combine: Combine = Combine.WEIGHTED_SUM
+    dkd_weight: float = 0.5
+    two_stage_factor: int = 3
+    normalise_scores: bool = True
+    mc_samples: int = 10
+    clasp_fg_ratio: float = 0.66
+    clasp_beta: float = 1.0
+    clasp_beta_growth: float = 100.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, enum_type in _ENUM_FIELDS.items():
+            object.__setattr__(self, name, _as_enum(enum_type, getattr(self, name), name))
+        for name, (low, high, low_open) in _FLOAT_RANGES.items():
+            object.__setattr__(self, name, _check_float(getattr(self, name), name, low, high, low_open))
+        for name, minimum in _INT_MINIMA.items():
+            _check_int(getattr(self, name), name, minimum)
+        if not isinstance(self.normalise_scores, bool):
+            raise ValueError(f"QueryConfig.normalise_scores must be true or false, got {self.normalise_scores!r}.")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-ready values (enums as their strings)."""
+        out: Dict[str, Any] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = value.value if isinstance(value, Enum) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> QueryConfig:
+        """Build from :meth:`to_dict` output (or a subset of it; missing keys take their defaults).
+
+        Raises:
+            ValueError: ``data`` is not a mapping, has a key that is not a setting, or a value is invalid.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"query settings must be a JSON object (mapping), got {type(data).__name__}.")
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown query setting(s) {', '.join(repr(k) for k in unknown)}; known settings are "
+                f"{', '.join(sorted(known))}. Check the spelling or remove the key."
+            )
+        return cls(**data)
+
+
+_ENUM_FIELDS: Dict[str, Type[Enum]] = {
+    "strategy": Strategy,
+    "kd_metric": KDMetric,
+    "source_knowledge": SourceKnowledge,
+    "div_space": DivSpace,
+    "fg_mask": FgMask,
+    "asd_reduce": AsdReduce,
+    "combine": Combine,
+}
+
+#: name -> (low, high, low end open); every value must be finite.
+_FLOAT_RANGES: Dict[str, Tuple[float, float, bool]] = {
+    "kd_temperature": (0.0, math.inf, True),
+    "fg_prob_threshold": (0.0, 1.0, True),
+    "asd_empty_fg": (0.0, 1.0, False),
+    "dkd_weight": (0.0, 1.0, False),
+    "clasp_fg_ratio": (0.0, 1.0, False),
+    "clasp_beta": (0.0, math.inf, True),
+    "clasp_beta_growth": (0.0, math.inf, True),
+}
+
+_INT_MINIMA: Dict[str, int] = {
+    "kd_stages": 1,
+    "fg_dilation": 0,
+    "two_stage_factor": 1,
+    "mc_samples": 2,
+    "seed": 0,
+}

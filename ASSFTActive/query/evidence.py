@@ -1,0 +1,105 @@
+"""Reduce the model outputs of one unlabeled volume to the :class:`~.records.CaseEvidence` the selectors use."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import QueryConfig, SourceKnowledge, Strategy
+from .records import CaseEvidence
+from .scores import _asd, _clasp_scores, batchnorm_divergence, knowledge_divergence, mc_dropout_epistemic
+from .voxelwise import _class_foreground_masks, _predictive_entropy, check_probs
+
+__all__ = ["summarize_case"]
+
+BnStats = Sequence[Tuple[np.ndarray, np.ndarray]]
+
+
+def summarize_case(
+    case_id: str,
+    probs: Optional[np.ndarray],
+    current_features: Sequence[np.ndarray],
+    pretrained_features: Sequence[np.ndarray],
+    config: QueryConfig,
+    prob_samples: Optional[np.ndarray] = None,
+    *,
+    bn_stage_stats: Optional[BnStats] = None,
+    bn_running_stats: Optional[BnStats] = None,
+    epistemic: Optional[float] = None,
+) -> CaseEvidence:
+    """Compute every per-case score of one volume in one pass over its probability map.
+
+    Args:
+        case_id: the volume's name.
+        probs: softmax probabilities ``[C, I, J, K]`` of the current model, or ``None`` at cold start (no
+            segmentation head yet): then ``asd`` and ``mean_entropy`` are NaN and ``clasp_scores`` is empty, and
+            only ``dkd_only``, ``random`` and ``coreset`` can rank the pool.
+        current_features: pooled features ``[D_s]`` of the current encoder, one per stage, shallow to deep.
+        pretrained_features: the same for the frozen pre-trained encoder. The deepest stage of each becomes the
+            case's embedding for diversity and coreset.
+        config: query settings (``source_knowledge``, ``kd_*``, ``fg_*``, ``asd_*``).
+        prob_samples: ``[T, C, I, J, K]`` softmax outputs of T passes with dropout active; required for the
+            ``mc_dropout`` strategy, ignored otherwise.
+        bn_stage_stats: with ``source_knowledge="bn_stats"``: per BatchNorm layer of the pre-trained encoder,
+            ``(mean [D_l], var [D_l])`` of its input on this case (see :func:`~.scores.batchnorm_divergence`).
+        bn_running_stats: with ``source_knowledge="bn_stats"``: the stored ``(running_mean, running_var)`` pairs.
+        epistemic: the MC-dropout score when already computed from a running mean of the passes
+            (:func:`~.scores.mc_dropout_epistemic_from_mean`), instead of ``prob_samples``.
+
+    Returns:
+        the case's :class:`CaseEvidence`.
+
+    Raises:
+        ValueError: inconsistent or missing inputs for the chosen settings.
+    """
+    current = list(current_features)
+    pretrained = list(pretrained_features)
+    if not current or not pretrained:
+        raise ValueError(f"case {case_id!r}: no encoder stage features were given; extract at least one stage.")
+
+    if config.source_knowledge == SourceKnowledge.BN_STATS:
+        if bn_stage_stats is None or bn_running_stats is None:
+            raise ValueError(
+                f"case {case_id!r}: source_knowledge='bn_stats' needs bn_stage_stats and bn_running_stats (BatchNorm "
+                "statistics of the pre-trained encoder); use source_knowledge='pretrained_vs_adapted' for encoders "
+                "without BatchNorm."
+            )
+        kd = batchnorm_divergence(bn_stage_stats, bn_running_stats)
+    else:
+        kd = knowledge_divergence(current, pretrained, config)
+
+    if probs is None:
+        asd = float("nan")
+        mean_ent = float("nan")
+        clasp = np.zeros(0, dtype=np.float64)
+    else:
+        array = check_probs(probs, f"case {case_id!r}: probs")
+        power_entropy = _predictive_entropy(array)
+        entropy = np.clip(power_entropy / np.float32(math.log(array.shape[0])), 0.0, 1.0)
+        class_masks = _class_foreground_masks(array, config)
+        asd = _asd(array, entropy, config, class_masks)
+        mean_ent = float(entropy.mean(dtype=np.float64))
+        clasp = _clasp_scores(array, power_entropy, class_masks)
+
+    if prob_samples is not None:
+        epistemic = mc_dropout_epistemic(prob_samples)
+    elif epistemic is not None:
+        epistemic = float(epistemic)
+    elif config.strategy == Strategy.MC_DROPOUT:
+        raise ValueError(
+            f"case {case_id!r}: strategy 'mc_dropout' needs prob_samples from {config.mc_samples} forward passes "
+            "with dropout active."
+        )
+
+    return CaseEvidence(
+        case_id=case_id,
+        knowledge_divergence=kd,
+        asd=asd,
+        mean_entropy=mean_ent,
+        pretrained_embedding=np.asarray(pretrained[-1]),
+        current_embedding=np.asarray(current[-1]),
+        clasp_scores=clasp,
+        epistemic=epistemic,
+    )

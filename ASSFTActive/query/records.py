@@ -1,0 +1,207 @@
+"""Typed records of the query step: the evidence about one case, and the ranking of a pool.
+
+Values that a strategy could not compute are ``float('nan')`` in the records and ``null`` in their JSON form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+__all__ = ["CaseEvidence", "RankedCase", "Ranking"]
+
+
+def _frozen_vector(value: Any, what: str, allow_empty: bool = False) -> np.ndarray:
+    vector = np.array(value, dtype=np.float64)  # always a copy: the record must not alias caller memory
+    if vector.ndim != 1 or (vector.size == 0 and not allow_empty):
+        raise ValueError(f"{what} must be a non-empty vector [D], got shape {vector.shape}.")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError(f"{what} contains NaN or infinite values.")
+    vector.setflags(write=False)
+    return vector
+
+
+def _number(value: Any, what: str, allow_nan: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{what} must be a number, got {value!r}.")
+    number = float(value)
+    if math.isnan(number) and allow_nan:
+        return number
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {number}.")
+    return number
+
+
+def _json_float(value: float) -> Optional[float]:
+    return None if math.isnan(value) else float(value)
+
+
+def _from_json_float(value: Optional[float]) -> float:
+    return float("nan") if value is None else float(value)
+
+
+@dataclass(frozen=True, eq=False)
+class CaseEvidence:
+    """Everything the selectors need about one unlabeled volume (built by :func:`~.evidence.summarize_case`).
+
+    Attributes:
+        case_id: the volume's name (unique within a pool).
+        knowledge_divergence: raw KD (method-spec.md §1.4b), >= 0; 0 when the encoders are identical.
+        asd: raw ASD in ``[0, 1]`` (method-spec.md §1.5); NaN when no segmentation head exists yet (cold start).
+        mean_entropy: whole-volume mean normalised entropy in ``[0, 1]``; NaN at cold start.
+        pretrained_embedding: ``[D]`` pooled deepest-stage feature of the frozen pre-trained encoder.
+        current_embedding: ``[D]`` the same for the current (adapted) encoder.
+        clasp_scores: ``[C]`` from :func:`~.scores.clasp_class_scores`; empty ``[0]`` at cold start.
+        epistemic: MC-dropout score (:func:`~.scores.mc_dropout_epistemic`), when computed.
+
+    Arrays are stored as read-only ``float64`` copies. Records compare by identity (they hold arrays).
+    """
+
+    case_id: str
+    knowledge_divergence: float
+    asd: float
+    mean_entropy: float
+    pretrained_embedding: np.ndarray
+    current_embedding: np.ndarray
+    clasp_scores: np.ndarray
+    epistemic: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.case_id, str) or not self.case_id:
+            raise ValueError(f"case_id must be a non-empty string, got {self.case_id!r}.")
+        where = f"case {self.case_id!r}"
+        kd = _number(self.knowledge_divergence, f"{where}: knowledge_divergence")
+        if kd < 0:
+            raise ValueError(f"{where}: knowledge_divergence must be >= 0, got {kd}.")
+        set_ = object.__setattr__
+        set_(self, "knowledge_divergence", kd)
+        for name in ("asd", "mean_entropy"):
+            value = _number(getattr(self, name), f"{where}: {name}", allow_nan=True)
+            if not math.isnan(value) and not 0.0 <= value <= 1.0 + 1e-6:
+                raise ValueError(f"{where}: {name} must lie in [0, 1], got {value}.")
+            set_(self, name, value)
+        set_(self, "pretrained_embedding", _frozen_vector(self.pretrained_embedding, f"{where}: pretrained_embedding"))
+        set_(self, "current_embedding", _frozen_vector(self.current_embedding, f"{where}: current_embedding"))
+        clasp = _frozen_vector(self.clasp_scores, f"{where}: clasp_scores", allow_empty=True)
+        if np.any(clasp < 0):
+            raise ValueError(f"{where}: clasp_scores must be >= 0.")
+        set_(self, "clasp_scores", clasp)
+        if self.epistemic is not None:
+            set_(self, "epistemic", _number(self.epistemic, f"{where}: epistemic"))
+
+    @property
+    def has_probabilities(self) -> bool:
+        """False at cold start, when the case was summarised without a segmentation posterior."""
+        return not math.isnan(self.asd)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form (arrays as lists, NaN as ``None``)."""
+        return {
+            "case_id": self.case_id,
+            "knowledge_divergence": self.knowledge_divergence,
+            "asd": _json_float(self.asd),
+            "mean_entropy": _json_float(self.mean_entropy),
+            "pretrained_embedding": self.pretrained_embedding.tolist(),
+            "current_embedding": self.current_embedding.tolist(),
+            "clasp_scores": self.clasp_scores.tolist(),
+            "epistemic": self.epistemic,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> CaseEvidence:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            case_id=data["case_id"],
+            knowledge_divergence=data["knowledge_divergence"],
+            asd=_from_json_float(data["asd"]),
+            mean_entropy=_from_json_float(data["mean_entropy"]),
+            pretrained_embedding=np.asarray(data["pretrained_embedding"], dtype=np.float64),
+            current_embedding=np.asarray(data["current_embedding"], dtype=np.float64),
+            clasp_scores=np.asarray(data["clasp_scores"], dtype=np.float64),
+            epistemic=data.get("epistemic"),
+        )
+
+
+@dataclass(frozen=True)
+class RankedCase:
+    """One row of a ranking.
+
+    Attributes:
+        case_id: the volume.
+        dkd: ``DKD = KD~ * Div`` of this case given the labeled set and every case ranked before it; for the
+            ``assft`` strategies this is the DKD at the moment the greedy query picked it (method-spec.md §1.4c).
+        asd: raw ASD of the case (NaN at cold start).
+        score: the key the strategy ranked this case by when it was ranked (higher = picked earlier); its
+            meaning depends on the strategy, see :func:`~.selection.select`.
+        rank: 1 = first pick.
+        selected: True for the first ``budget`` ranks.
+    """
+
+    case_id: str
+    dkd: float
+    asd: float
+    score: float
+    rank: int
+    selected: bool
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "rank": self.rank,
+            "selected": self.selected,
+            "dkd": _json_float(self.dkd),
+            "asd": _json_float(self.asd),
+            "score": _json_float(self.score),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> RankedCase:
+        return cls(
+            case_id=str(data["case_id"]),
+            dkd=_from_json_float(data["dkd"]),
+            asd=_from_json_float(data["asd"]),
+            score=_from_json_float(data["score"]),
+            rank=int(data["rank"]),
+            selected=bool(data["selected"]),
+        )
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A full ordering of the candidate pool by one strategy; the first ``budget`` cases are selected.
+
+    Attributes:
+        strategy: the strategy's name (a :class:`~.config.Strategy` value).
+        budget: the requested number of cases (may exceed the pool; then every case is selected).
+        cases: every candidate, ordered by rank (rank 1 first).
+    """
+
+    strategy: str
+    budget: int
+    cases: Tuple[RankedCase, ...]
+
+    @property
+    def selected_ids(self) -> Tuple[str, ...]:
+        """Case ids to annotate, in pick order."""
+        return tuple(case.case_id for case in self.cases if case.selected)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form: strategy, budget, selected ids and one row per case in rank order."""
+        return {
+            "strategy": self.strategy,
+            "budget": self.budget,
+            "selected_ids": list(self.selected_ids),
+            "cases": [case.to_dict() for case in self.cases],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> Ranking:
+        """Inverse of :meth:`to_dict` (``selected_ids`` is derived, not read)."""
+        return cls(
+            strategy=str(data["strategy"]),
+            budget=int(data["budget"]),
+            cases=tuple(RankedCase.from_dict(row) for row in data["cases"]),
+        )

@@ -1,0 +1,422 @@
+"""Rank a pool of unlabeled cases: ASSFT's greedy DKD + ASD query and the baselines it is compared with.
+
+Every strategy returns a *full* ordering of the candidates (rank 1 .. N, the first ``budget`` selected), built in
+pick order: the table is never re-sorted after the picks, so the selected cases are always the top ranks.
+Ties go to the case listed first in ``evidence``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .config import Combine, DivSpace, QueryConfig, Strategy
+from .diversity import (
+    cosine_distance_matrix,
+    diversity,
+    dkd_along_order,
+    has_spread,
+    initial_min_distance,
+    minmax_normalise,
+    unit_rows,
+)
+from .records import CaseEvidence, RankedCase, Ranking
+
+__all__ = ["clasp_beta", "select"]
+
+#: Floor of ClaSP PE scores before the logarithm (a class absent from a volume scores 0).
+CLASP_LOG_FLOOR = 1e-12
+
+Order = Tuple[List[int], np.ndarray]  # pool indices in rank order, and each case's score indexed like the pool
+
+
+def select(
+    evidence: Sequence[CaseEvidence],
+    budget: int,
+    config: QueryConfig,
+    labeled_embeddings: Sequence[np.ndarray] = (),
+    labeled_current_embeddings: Sequence[np.ndarray] = (),
+    round_index: int = 0,
+    total_rounds: int = 1,
+) -> Ranking:
+    """Order the whole pool with ``config.strategy`` and select the first ``budget`` cases.
+
+    Strategies (``RankedCase.score`` in brackets; higher = picked earlier):
+
+    * ``assft``: greedy query of method-spec.md §1.4c and §1.6. ``KD~`` = min-max normalised KD over the pool,
+      or 1 for every case when all KD are equal (cold start: identical encoders, so DKD reduces to diversity);
+      ``Div_i(Q)`` = smallest cosine distance, in the ``config.div_space`` embedding, to the labeled cases and
+      the cases already picked (1 while both are empty); ``DKD_i(Q) = KD~_i * Div_i(Q)``, recomputed after every
+      pick; ``ASD~`` = min-max normalised ASD. ``config.combine``: ``weighted_sum`` picks the largest
+      ``lambda * DKD + (1 - lambda) * ASD~`` [that value]; ``product`` the largest ``DKD * ASD~`` [that value];
+      ``rank_mean`` the smallest ``lambda * rank(DKD) + (1 - lambda) * rank(ASD~)`` among the remaining cases
+      (average ranks for ties, 1 = best; lambda = 0.5 is the plain mean) [``(n - r) / (n - 1)`` for that mean
+      rank r among n remaining, 1 = best]; ``two_stage`` orders the pool by greedy DKD alone, keeps the first
+      ``k * budget`` (``k = config.two_stage_factor``), puts them first ordered by ``ASD~`` [``ASD~``] and lets
+      the rest follow in DKD order [DKD at its greedy pick]. The greedy continues past the budget so every case
+      gets a rank. With ``normalise_scores=False`` raw KD and ASD are used (KD still becomes 1 when it has no
+      spread, for the cold start).
+    * ``dkd_only`` / ``asd_only``: the ablations lambda = 1 / lambda = 0 of ``weighted_sum`` (``combine`` is
+      ignored). ``dkd_only`` needs no probabilities: it is the cold-start query.
+    * ``random``: uniform order from ``numpy.random.default_rng(config.seed)`` [the uniform key].
+    * ``mean_entropy``: descending whole-volume mean entropy [mean entropy].
+    * ``coreset``: k-centre greedy on ``pretrained_embedding`` with cosine distance, starting from
+      ``labeled_embeddings``; without labeled cases the first pick is the case farthest from the pool's mean
+      direction (mean of the unit embeddings) [distance to the nearest labeled or picked case, or to the mean
+      direction for that first pick].
+    * ``clasp_pe``: volume-level ClaSP PE (method-spec.md §3.2, §3.4), see :func:`clasp_beta` for the noise
+      schedule [the noised log-score the case was picked by].
+    * ``mc_dropout``: descending MC-dropout epistemic score [epistemic score].
+
+    ``RankedCase.dkd`` is, for every strategy, ``KD~ * Div`` of the case given the labeled cases and all cases
+    ranked before it (for ``assft`` the DKD at the moment it was picked); ``RankedCase.asd`` is the raw ASD.
+
+    Args:
+        evidence: one record per unlabeled candidate (unique ``case_id``).
+        budget: number of cases to select, >= 0; a budget larger than the pool selects every case.
+        config: query settings.
+        labeled_embeddings: ``[D]`` pre-trained embeddings of the already labeled cases (diversity with
+            ``div_space="pretrained"``, and coreset).
+        labeled_current_embeddings: ``[D]`` current-encoder embeddings of the labeled cases (diversity with
+            ``div_space="current"``).
+        round_index: index t of this query round, ``0 <= t < total_rounds`` (ClaSP PE noise schedule).
+        total_rounds: number of query rounds T of the experiment.
+
+    Returns:
+        the :class:`Ranking` of every candidate; empty when ``evidence`` is empty.
+
+    Raises:
+        ValueError: invalid budget or rounds, duplicate case ids, inconsistent embeddings, or evidence missing a
+            score the strategy needs (e.g. no probabilities at cold start, no MC-dropout score).
+    """
+    cases = list(evidence)
+    _check_arguments(cases, budget, round_index, total_rounds)
+    budget, round_index, total_rounds = int(budget), int(round_index), int(total_rounds)
+    labeled_embeddings, labeled_current_embeddings = list(labeled_embeddings), list(labeled_current_embeddings)
+    if not cases:
+        return Ranking(strategy=config.strategy.value, budget=budget, cases=())
+
+    ids = [case.case_id for case in cases]
+    space = config.div_space
+    pool_vectors = [c.current_embedding if space == DivSpace.CURRENT else c.pretrained_embedding for c in cases]
+    pool = unit_rows(pool_vectors, ids, f"{space.value} embedding")
+    labeled = _labeled_rows(space, labeled_embeddings, labeled_current_embeddings, pool.shape[1])
+    kd_tilde = _kd_tilde(cases, config)
+
+    strategy = config.strategy
+    if strategy == Strategy.CORESET and not labeled_embeddings and labeled_current_embeddings:
+        raise ValueError(
+            "strategy 'coreset' works in the pre-trained embedding, but only labeled_current_embeddings were "
+            "given; pass labeled_embeddings for the labeled cases."
+        )
+    if strategy in (Strategy.ASSFT, Strategy.DKD_ONLY, Strategy.ASD_ONLY):
+        if strategy == Strategy.DKD_ONLY:
+            asd_tilde = np.zeros(len(cases))
+        else:
+            _require(cases, lambda c: c.has_probabilities, strategy, "probabilities (ASD)", _COLD_START_HINT)
+            asd_tilde = _asd_tilde(cases, config)
+        order, scores = _assft_order(kd_tilde, asd_tilde, pool, labeled, budget, config)
+    else:
+        order, scores = _BASELINES[strategy](cases, budget, config, labeled_embeddings, round_index, total_rounds)
+
+    dkd = dkd_along_order(order, kd_tilde, pool, labeled)
+    n_selected = min(budget, len(cases))
+    rows = tuple(
+        RankedCase(
+            case_id=ids[index],
+            dkd=float(dkd[index]),
+            asd=cases[index].asd,
+            score=float(scores[index]),
+            rank=rank,
+            selected=rank <= n_selected,
+        )
+        for rank, index in enumerate(order, start=1)
+    )
+    return Ranking(strategy=strategy.value, budget=budget, cases=rows)
+
+
+_COLD_START_HINT = "summarize the cases with the segmentation probabilities, or use strategy 'dkd_only' at cold start"
+
+
+def _check_arguments(cases: List[CaseEvidence], budget: int, round_index: int, total_rounds: int) -> None:
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise ValueError(f"budget must be a whole number of cases, got {budget!r}.")
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}.")
+    for name, value in (("round_index", round_index), ("total_rounds", total_rounds)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be a whole number, got {value!r}.")
+    if total_rounds < 1 or not 0 <= round_index < total_rounds:
+        raise ValueError(
+            f"round_index={round_index} and total_rounds={total_rounds}: need total_rounds >= 1 and "
+            "0 <= round_index < total_rounds."
+        )
+    for position, case in enumerate(cases):
+        if not isinstance(case, CaseEvidence):
+            raise ValueError(f"evidence[{position}] is a {type(case).__name__}, not a CaseEvidence.")
+    counts = Counter(case.case_id for case in cases)
+    duplicates = sorted(case_id for case_id, count in counts.items() if count > 1)
+    if duplicates:
+        raise ValueError(f"case ids must be unique in a pool; repeated: {', '.join(duplicates)}.")
+
+
+def _labeled_rows(
+    space: DivSpace,
+    labeled_embeddings: Sequence[np.ndarray],
+    labeled_current_embeddings: Sequence[np.ndarray],
+    dimension: int,
+) -> np.ndarray:
+    pretrained, current = list(labeled_embeddings), list(labeled_current_embeddings)
+    chosen, other, other_name = (
+        (current, pretrained, "labeled_embeddings")
+        if space == DivSpace.CURRENT
+        else (pretrained, current, "labeled_current_embeddings")
+    )
+    if not chosen and other:
+        wanted = "labeled_current_embeddings" if space == DivSpace.CURRENT else "labeled_embeddings"
+        raise ValueError(
+            f"div_space={space.value!r} measures diversity in that embedding, but only {other_name} were given; "
+            f"pass {wanted} for the labeled cases."
+        )
+    if not chosen:
+        return np.zeros((0, dimension), dtype=np.float64)
+    rows = unit_rows(chosen, None, f"labeled {space.value} embedding")
+    if rows.shape[1] != dimension:
+        raise ValueError(
+            f"labeled {space.value} embeddings have length {rows.shape[1]} but the pool's have {dimension}; they "
+            "must come from the same encoder stage."
+        )
+    return rows
+
+
+def _require(
+    cases: List[CaseEvidence], has: Callable[[CaseEvidence], bool], strategy: Strategy, what: str, hint: str
+) -> None:
+    missing = [case.case_id for case in cases if not has(case)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"strategy {strategy.value!r} needs {what} for every case; missing for {shown}. {hint}.")
+
+
+def _kd_tilde(cases: List[CaseEvidence], config: QueryConfig) -> np.ndarray:
+    kd = np.array([case.knowledge_divergence for case in cases], dtype=np.float64)
+    if config.normalise_scores or not has_spread(kd):
+        return minmax_normalise(kd)  # all ones without spread: the cold-start rule
+    return kd
+
+
+def _asd_tilde(cases: List[CaseEvidence], config: QueryConfig) -> np.ndarray:
+    asd = np.array([case.asd for case in cases], dtype=np.float64)
+    return minmax_normalise(asd) if config.normalise_scores else asd
+
+
+def _best(candidates: np.ndarray, primary: np.ndarray, secondary: np.ndarray) -> int:
+    """Index (into the pool) of the candidate with the largest ``primary``, then ``secondary``, then first listed."""
+    keys = np.lexsort((candidates, -secondary, -primary))
+    return int(candidates[keys[0]])
+
+
+def _assft_order(
+    kd_tilde: np.ndarray,
+    asd_tilde: np.ndarray,
+    pool: np.ndarray,
+    labeled: np.ndarray,
+    budget: int,
+    config: QueryConfig,
+) -> Order:
+    strategy = config.strategy
+    if strategy == Strategy.DKD_ONLY:
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0)
+    if strategy == Strategy.ASD_ONLY:
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 0.0)
+    if config.combine != Combine.TWO_STAGE:
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, config.combine, config.dkd_weight)
+
+    dkd_order, dkd_scores = _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0)
+    shortlist_size = min(config.two_stage_factor * budget, len(dkd_order))
+    shortlist = np.array(dkd_order[:shortlist_size], dtype=int)
+    by_asd = shortlist[np.argsort(-asd_tilde[shortlist], kind="stable")]  # ties keep their DKD order
+    scores = dkd_scores.copy()
+    scores[shortlist] = asd_tilde[shortlist]
+    return [int(i) for i in by_asd] + dkd_order[shortlist_size:], scores
+
+
+def _greedy(
+    kd_tilde: np.ndarray,
+    asd_tilde: np.ndarray,
+    pool: np.ndarray,
+    labeled: np.ndarray,
+    combine: Combine,
+    weight: float,
+) -> Order:
+    """Greedy batch query of method-spec.md §1.6, run until every case has a rank."""
+    n = pool.shape[0]
+    min_distance = initial_min_distance(pool, labeled)
+    remaining = np.ones(n, dtype=bool)
+    order: List[int] = []
+    scores = np.zeros(n, dtype=np.float64)
+    for _ in range(n):
+        candidates = np.flatnonzero(remaining)
+        dkd = kd_tilde[candidates] * diversity(min_distance[candidates])
+        asd = asd_tilde[candidates]
+        weighted = weight * dkd + (1.0 - weight) * asd
+        if combine == Combine.PRODUCT:
+            score = dkd * asd
+            pick = _best(candidates, score, weighted)
+        elif combine == Combine.RANK_MEAN:
+            mean_rank = weight * rankdata(-dkd) + (1.0 - weight) * rankdata(-asd)
+            score = (len(candidates) - mean_rank) / max(len(candidates) - 1, 1)
+            pick = _best(candidates, score, weighted)
+        else:
+            score = weighted
+            pick = _best(candidates, score, np.zeros_like(score))
+        scores[pick] = score[np.searchsorted(candidates, pick)]
+        order.append(pick)
+        remaining[pick] = False
+        min_distance = np.minimum(min_distance, cosine_distance_matrix(pool, pool[pick : pick + 1])[:, 0])
+    return order, scores
+
+
+# ------------------------------------------------------------------------------------------------- baselines
+
+Baseline = Callable[[List[CaseEvidence], int, QueryConfig, Sequence[np.ndarray], int, int], Order]
+
+
+def _by_descending(values: np.ndarray) -> Order:
+    order = np.argsort(-values, kind="stable")
+    return [int(i) for i in order], values.astype(np.float64)
+
+
+def _random(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    keys = np.random.default_rng(config.seed).random(len(cases))
+    return _by_descending(keys)
+
+
+def _mean_entropy(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    _require(
+        cases,
+        lambda c: not math.isnan(c.mean_entropy),
+        config.strategy,
+        "probabilities (mean entropy)",
+        _COLD_START_HINT,
+    )
+    return _by_descending(np.array([case.mean_entropy for case in cases], dtype=np.float64))
+
+
+def _mc_dropout(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    _require(
+        cases,
+        lambda c: c.epistemic is not None,
+        config.strategy,
+        "an MC-dropout epistemic score",
+        "pass prob_samples to summarize_case",
+    )
+    return _by_descending(np.array([case.epistemic for case in cases], dtype=np.float64))
+
+
+def _coreset(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    """k-centre greedy (Sener & Savarese, "Active learning for CNNs: a core-set approach", ICLR 2018)."""
+    ids = [case.case_id for case in cases]
+    pool = unit_rows([case.pretrained_embedding for case in cases], ids, "pretrained embedding")
+    labeled = _labeled_rows(DivSpace.PRETRAINED, labeled_embeddings, (), pool.shape[1])
+    n = pool.shape[0]
+    scores = np.zeros(n, dtype=np.float64)
+    remaining = np.ones(n, dtype=bool)
+    order: List[int] = []
+    min_distance = initial_min_distance(pool, labeled)
+    if labeled.shape[0] == 0:
+        mean = pool.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        to_mean = cosine_distance_matrix(pool, (mean / norm)[None, :])[:, 0] if norm > 0 else np.ones(n)
+        first = int(np.argmax(to_mean))
+        scores[first] = to_mean[first]
+        order.append(first)
+        remaining[first] = False
+        min_distance = cosine_distance_matrix(pool, pool[first : first + 1])[:, 0]
+    while len(order) < n:
+        candidates = np.flatnonzero(remaining)
+        pick = int(candidates[np.argmax(min_distance[candidates])])
+        scores[pick] = min_distance[pick]
+        order.append(pick)
+        remaining[pick] = False
+        min_distance = np.minimum(min_distance, cosine_distance_matrix(pool, pool[pick : pick + 1])[:, 0])
+    return order, scores
+
+
+def clasp_beta(config: QueryConfig, round_index: int, total_rounds: int) -> float:
+    """ClaSP PE inverse noise scale of round t: ``beta_t = beta_0 * growth ** (t / (T - 1))``.
+
+    With the defaults ``beta_0 = 1`` and ``growth = 100`` this is nnActive's exponential schedule from 1 to 100
+    over the T query steps (method-spec.md §3.2): heavy noise (diversity) early, near-greedy late. A single round
+    (T = 1) uses ``beta_0``, the first step of the schedule.
+    """
+    if total_rounds <= 1:
+        return float(config.clasp_beta)
+    return float(config.clasp_beta * config.clasp_beta_growth ** (round_index / (total_rounds - 1)))
+
+
+def _clasp_pe(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    """Volume-level ClaSP PE (method-spec.md §3.2 and §3.4 [inferred adaptation]).
+
+    Each class score s (index 0 = plain PE) is power-noised, ``log(max(s, 1e-12)) + Gumbel(0, 1 / beta_t)`` (one
+    independent draw per case and score, as nnActive's ``power_noising``). Of ``n = min(budget, N)`` picks,
+    ``floor(n * clasp_fg_ratio)`` are split equally across the foreground classes (the remainder goes to classes
+    drawn at random) and each class picks by its noised class score; the other picks go by the noised plain PE.
+    Buckets pick in turn (classes in a random order, then plain PE) so that every prefix of the ranking is
+    balanced, and a case is never picked twice. Cases beyond the budget follow by noised plain PE. One generator,
+    ``default_rng(config.seed)``, draws all noise and the class order.
+
+    References:
+        Lüth et al., arXiv 2601.13677 (TMLR 2026); nnActive ``class_power_pe66_exp`` (github.com/MIC-DKFZ/nnActive).
+    """
+    _require(cases, lambda c: c.clasp_scores.size >= 2, config.strategy, "ClaSP class scores", _COLD_START_HINT)
+    lengths = sorted({case.clasp_scores.size for case in cases})
+    if len(lengths) != 1:
+        raise ValueError(f"clasp_scores of the pool have different class counts {lengths}; use one model for all.")
+    raw = np.stack([case.clasp_scores for case in cases])  # [N, C]
+    n, n_classes = raw.shape
+    rng = np.random.default_rng(config.seed)
+    beta = clasp_beta(config, round_index, total_rounds)
+    noised = np.log(np.maximum(raw, CLASP_LOG_FLOOR)) + rng.gumbel(0.0, 1.0 / beta, size=raw.shape)
+
+    n_pick = min(budget, n)
+    n_class_picks = math.floor(n_pick * config.clasp_fg_ratio + 1e-9)
+    foreground = n_classes - 1
+    quota = np.zeros(n_classes, dtype=int)
+    quota[1:] = n_class_picks // foreground
+    class_order = [int(c) for c in rng.permutation(np.arange(1, n_classes))]
+    for c in class_order[: n_class_picks % foreground]:
+        quota[c] += 1
+    quota[0] = n_pick - n_class_picks
+
+    taken = np.zeros(n, dtype=bool)
+    order: List[int] = []
+    scores = np.zeros(n, dtype=np.float64)
+    buckets = class_order + [0]
+    while quota.sum() > 0:
+        for bucket in buckets:
+            if quota[bucket] == 0:
+                continue
+            candidates = np.flatnonzero(~taken)
+            pick = int(candidates[np.argmax(noised[candidates, bucket])])
+            scores[pick] = noised[pick, bucket]
+            order.append(pick)
+            taken[pick] = True
+            quota[bucket] -= 1
+    rest = np.flatnonzero(~taken)
+    rest = rest[np.argsort(-noised[rest, 0], kind="stable")]
+    scores[rest] = noised[rest, 0]
+    return order + [int(i) for i in rest], scores
+
+
+_BASELINES: Dict[Strategy, Baseline] = {
+    Strategy.RANDOM: _random,
+    Strategy.MEAN_ENTROPY: _mean_entropy,
+    Strategy.CORESET: _coreset,
+    Strategy.CLASP_PE: _clasp_pe,
+    Strategy.MC_DROPOUT: _mc_dropout,
+}
