@@ -1,0 +1,571 @@
+"""ASSFT: rank unlabeled volumes for annotation, annotate the proposed ones, adapt the segmentation model.
+
+Module, widget, thin Slicer logic wrapper and self-test. The widget only wires the panel to the parameter node and
+to the MRML logic (``ASSFTModuleLib.logic.ASSFTSceneLogic``); ranking and fine-tuning run in the engine's worker
+process (``PythonSlicer -m ASSFTActive.worker JOB_DIR``), never in Slicer's process.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import pathlib
+import tempfile
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from ASSFTModuleLib import enginePath  # also puts the engine (ASSFTActive) on sys.path
+from ASSFTModuleLib.errors import ASSFTModuleError, JobFailedError
+from ASSFTModuleLib.events import formatEvent
+from ASSFTModuleLib.logic import ASSFTSceneLogic
+from ASSFTModuleLib.modelCard import DEFAULT_MODEL
+from ASSFTModuleLib.ranking import HIDDEN_COLUMNS
+from ASSFTModuleLib.records import JobEvent
+from ASSFTModuleLib.workerProcess import deviceProbeCommand, parseDeviceProbe, workerCommand, workerEnvironment
+from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#
+# ASSFTModule
+#
+
+
+class ASSFTModule(ScriptedLoadableModule):
+    """Module description (title, category, help)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("ASSFT Active Annotation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        # MRML classes of these modules are used by the parameter node and the logic
+        self.parent.dependencies = ["Markups", "Segmentations", "Plots", "Tables"]
+        self.parent.contributors = ["ASSFT developers"]
+        self.parent.helpText = _(
+            "Adapt a pre-trained 3D segmentation model to your site with few expert labels. "
+            "<b>Rank Volumes</b> scores every volume in the scene (domain knowledge divergence, anatomical "
+            "diversity) and proposes the most useful ones; click a volume to see its uncertainty overlay and "
+            "high-entropy regions; <b>Annotate</b> opens the Segment Editor with one segment per model class; "
+            "<b>Adapt Model</b> fine-tunes the model in a separate process and re-ranks the pool."
+        )
+        self.parent.acknowledgementText = _(
+            "Built on 3D Slicer, MONAI and PyTorch. The embedded default model was trained on the Medical "
+            "Segmentation Decathlon hippocampus data (CC-BY-SA 4.0)."
+        )
+
+
+#
+# Parameter node
+#
+
+
+class ModelSource(enum.Enum):
+    """Which model the module uses."""
+
+    Default = "default"
+    CardFile = "card"
+
+    def label(self) -> str:
+        return _("Embedded default model") if self is ModelSource.Default else _("Model card file")
+
+
+@parameterNodeWrapper
+class ASSFTModuleParameterNode:
+    """The panel's state (saved with the scene).
+
+    modelSource - the embedded default model or a model card file.
+    modelCardPath - the card file (card.json) when modelSource is CardFile; an adapted model's card after Adapt.
+    workDirectory - folder for job folders (jobs/) and the model store (models/).
+    budget - volumes to propose per round.
+    overlayOpacity, overlayThreshold - entropy overlay display in the slice views.
+    prefillFromPrediction - Annotate starts from the model's prediction.
+    rankingTable - the ranking table node.
+    currentVolume, currentRegions - the volume shown and its high-entropy regions.
+    lastJobDirectory - the last job folder (results are loaded from it).
+    """
+
+    modelSource: ModelSource = ModelSource.Default
+    modelCardPath: pathlib.Path
+    workDirectory: pathlib.Path
+    budget: Annotated[int, WithinRange(1, 1000)] = 3
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    overlayThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.3
+    prefillFromPrediction: bool = True
+    rankingTable: Optional[vtkMRMLTableNode] = None
+    currentVolume: Optional[vtkMRMLScalarVolumeNode] = None
+    # a markups fiducial node; typed as vtkMRMLNode because Markups classes may not be loaded at import time
+    currentRegions: Optional[vtkMRMLNode] = None
+    lastJobDirectory: str = ""
+
+
+#
+# ASSFTModuleWidget
+#
+
+
+class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wires widgets to the parameter node and to the logic; no computation here."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[ASSFTModuleLogic] = None
+        self._parameterNode: Optional[ASSFTModuleParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._runner = None
+        self._jobModel = ""
+        self._deviceProcess = None
+        self._describedModel = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from ASSFTModuleLib.jobRunner import JobRunner
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ASSFTModule.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = ASSFTModuleLogic()
+        self._runner = JobRunner(self.onJobEvent, self.onJobFinished)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.rankButton.connect("clicked(bool)", self.onRankButton)
+        self.ui.adaptButton.connect("clicked(bool)", self.onAdaptButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.annotateButton.connect("clicked(bool)", self.onAnnotateButton)
+        self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
+        self.ui.rankingTableView.connect("clicked(QModelIndex)", self.onRankingRowClicked)
+        self.ui.regionListWidget.connect("itemClicked(QListWidgetItem*)", self.onRegionClicked)
+
+        self.initializeParameterNode()
+        self.probeDevice()
+        self.updateButtonStates()
+
+    def cleanup(self) -> None:
+        if self._runner is not None and self._runner.isRunning():
+            self._runner.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.refreshLabeledStates()
+
+    def refreshLabeledStates(self) -> None:
+        """Volumes annotated in the Segment Editor since ranking show as labeled when the user comes back."""
+        if self._parameterNode is None or self._parameterNode.rankingTable is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to update the annotation states."), waitCursor=True):
+            card = self.logic.sceneLogic.modelCard(self.logic.modelReference(self._parameterNode))
+            self.logic.sceneLogic.refreshLabeledStates(self._parameterNode.rankingTable, card)
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        parameterNode = self.logic.getParameterNode()
+        if str(parameterNode.workDirectory) in ("", "."):
+            parameterNode.workDirectory = self.logic.defaultWorkDirectory()
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, inputParameterNode: Optional[ASSFTModuleParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.ui.rankingTableView.setMRMLTableNode(self._parameterNode.rankingTable)
+            self.hideBookkeepingColumns()
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.updateButtonStates()
+        if self._parameterNode is None:
+            return
+        self.ui.modelCardPathLineEdit.enabled = self._parameterNode.modelSource == ModelSource.CardFile
+        modelKey = (self._parameterNode.modelSource, str(self._parameterNode.modelCardPath))
+        if modelKey != self._describedModel:
+            self._describedModel = modelKey
+            self.ui.activeModelLabel.text = self.logic.modelDescription(self._parameterNode)
+        self.updateOverlayDisplay()
+
+    def updateButtonStates(self) -> None:
+        running = self._runner is not None and self._runner.isRunning()
+        hasVolume = self._parameterNode is not None and self._parameterNode.currentVolume is not None
+        hasTable = self._parameterNode is not None and self._parameterNode.rankingTable is not None
+        self.ui.rankButton.enabled = not running
+        self.ui.adaptButton.enabled = not running
+        self.ui.cancelButton.enabled = running
+        self.ui.annotateButton.enabled = hasVolume and not running
+        self.ui.showPlotButton.enabled = hasTable
+
+    def hideBookkeepingColumns(self) -> None:
+        tableNode = self._parameterNode.rankingTable if self._parameterNode else None
+        if tableNode is None:
+            return
+        for name in HIDDEN_COLUMNS:
+            index = tableNode.GetColumnIndex(name)
+            if index >= 0:
+                self.ui.rankingTableView.setColumnHidden(index, True)
+
+    # ------------------------------------------------------------------ device
+    def probeDevice(self) -> None:
+        """Ask a child process where torch computes (the GUI process never imports torch)."""
+        command = deviceProbeCommand()
+        self._deviceProcess = qt.QProcess()
+        self._deviceProcess.setProcessChannelMode(qt.QProcess.MergedChannels)
+        environment = qt.QProcessEnvironment()
+        for key, value in self.logic.workerEnvironment().items():
+            environment.insert(key, value)
+        self._deviceProcess.setProcessEnvironment(environment)
+        self._deviceProcess.connect("finished(int,QProcess::ExitStatus)", self.onDeviceProbeFinished)
+        self._deviceProcess.start(command[0], command[1:])
+
+    def onDeviceProbeFinished(self, exitCode, exitStatus) -> None:
+        output = bytes(self._deviceProcess.readAllStandardOutput().data()).decode("utf-8", errors="replace")
+        self.ui.deviceLabel.text = parseDeviceProbe(output).describe()
+
+    # ------------------------------------------------------------------ jobs
+    def onRankButton(self) -> None:
+        self.startJob("rank")
+
+    def onAdaptButton(self) -> None:
+        self.startJob("adapt")
+
+    def startJob(self, kind: str) -> None:
+        ready = False
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages the worker needs.")):
+            ready = self.logic.ensureWorkerRequirements()
+        if not ready:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
+            self._jobModel = self.logic.modelReference(self._parameterNode)
+            spec = self.logic.sceneLogic.prepareJob(kind, self._parameterNode.workDirectory, self._jobModel,
+                                                   self._parameterNode.budget)
+            self._parameterNode.lastJobDirectory = str(spec.jobDir)
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Starting {kind} job in {folder}").format(kind=kind, folder=spec.jobDir)
+            self._runner.start(workerCommand(spec.jobDir), self.logic.workerEnvironment(), str(spec.jobDir))
+        self.updateButtonStates()
+
+    def onCancelButton(self) -> None:
+        self.ui.statusLabel.text = _("Cancelling...")
+        self._runner.cancel()
+
+    def onJobEvent(self, event: JobEvent) -> None:
+        self.ui.logTextEdit.appendPlainText(formatEvent(event))
+        if event.fraction is not None:
+            self.ui.progressBar.value = int(round(1000 * event.fraction))
+        if event.phase:
+            self.ui.statusLabel.text = f"{event.phase}: {event.message}" if event.message else event.phase
+
+    def onJobFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
+        self.updateButtonStates()
+        if cancelled:
+            self.ui.statusLabel.text = _("Cancelled. The active model is unchanged.")
+            return
+        if errorText:
+            self.ui.statusLabel.text = errorText
+            slicer.util.errorDisplay(_("The job failed: {error}").format(error=errorText))
+            return
+        try:
+            with slicer.util.WaitCursor():
+                loaded = self.logic.sceneLogic.loadJobResult(self._parameterNode.lastJobDirectory, self._jobModel,
+                                                             tableNode=self._parameterNode.rankingTable)
+        except JobFailedError as error:
+            self.ui.statusLabel.text = str(error)
+            slicer.util.errorDisplay(str(error), detailedText=error.logTail)
+            return
+        except ASSFTModuleError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.ui.progressBar.value = 1000
+        with slicer.util.NodeModify(self._parameterNode):
+            self._parameterNode.rankingTable = loaded.tableNode
+            if loaded.activeModel is not None:
+                self._parameterNode.modelSource = ModelSource.CardFile
+                self._parameterNode.modelCardPath = pathlib.Path(loaded.activeModel)
+        self.ui.rankingTableView.setMRMLTableNode(loaded.tableNode)
+        self.hideBookkeepingColumns()
+        message = _("Done.")
+        if loaded.activeModel is not None:
+            message = _("Adapted model is now active: {card}").format(card=loaded.activeModel)
+        elif loaded.adaptedModel is not None:
+            message = _("The adapted model was stored but not activated (validation did not improve): {card}").format(
+                card=loaded.adaptedModel)
+        if loaded.skippedCases:
+            message += " " + _("Not in the scene any more: {cases}").format(cases=", ".join(loaded.skippedCases))
+        self.ui.statusLabel.text = message
+        if loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() > 0:
+            self.showRankingRow(0)
+
+    # ------------------------------------------------------------------ looking at a case
+    def onRankingRowClicked(self, modelIndex) -> None:
+        self.showRankingRow(modelIndex.row())
+
+    def showRankingRow(self, row: int) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the volume."), waitCursor=True):
+            view = self.logic.sceneLogic.showCase(self._parameterNode.rankingTable, row,
+                                                  self._parameterNode.overlayThreshold,
+                                                  self._parameterNode.overlayOpacity)
+            with slicer.util.NodeModify(self._parameterNode):
+                self._parameterNode.currentVolume = view.volumeNode
+                self._parameterNode.currentRegions = view.regionsNode
+            self.ui.regionListWidget.clear()
+            for index, region in enumerate(view.regions):
+                self.ui.regionListWidget.addItem(region.describe(index))
+            slicer.util.setSliceViewerLayers(background=view.volumeNode, fit=True)
+
+    def onRegionClicked(self, item) -> None:
+        regionsNode = self._parameterNode.currentRegions if self._parameterNode else None
+        index = self.ui.regionListWidget.row(item)
+        if regionsNode is None or index < 0:
+            return
+        self.logic.sceneLogic.jumpToRegion(regionsNode, index)
+
+    def updateOverlayDisplay(self) -> None:
+        """Apply the parameter node's overlay opacity and threshold (the sliders are bound to it)."""
+        if self._parameterNode is None or self._parameterNode.currentVolume is None:
+            return
+        self.logic.sceneLogic.updateOverlay(self._parameterNode.currentVolume, self._parameterNode.overlayThreshold,
+                                            self._parameterNode.overlayOpacity)
+
+    def onShowPlotButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the plot."), waitCursor=True):
+            self.logic.sceneLogic.showScoresChart(self._parameterNode.rankingTable)
+
+    # ------------------------------------------------------------------ annotation
+    def onAnnotateButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the segmentation."), waitCursor=True):
+            volumeNode = self._parameterNode.currentVolume
+            card = self.logic.sceneLogic.modelCard(self.logic.modelReference(self._parameterNode))
+            prediction = None
+            if self._parameterNode.prefillFromPrediction:
+                case = self.logic.sceneLogic.caseForVolume(self._parameterNode.rankingTable, volumeNode)
+                prediction = case.prediction if case is not None else None
+            segmentationNode = self.logic.sceneLogic.annotationSegmentation(volumeNode, card, prediction)
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.util.getModuleWidget("SegmentEditor").editor
+            editor.setSegmentationNode(segmentationNode)
+            editor.setSourceVolumeNode(volumeNode)
+
+
+#
+# ASSFTModuleLogic
+#
+
+
+class ASSFTModuleLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side wrapper: the parameter node, paths, dependency installation, and the MRML logic on
+    ``slicer.mrmlScene`` (``self.sceneLogic``, an :class:`ASSFTSceneLogic`) that does the scene work."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.sceneLogic = ASSFTSceneLogic(slicer.mrmlScene, slicer.app.applicationLogic())
+
+    def getParameterNode(self) -> ASSFTModuleParameterNode:
+        return ASSFTModuleParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def defaultWorkDirectory() -> pathlib.Path:
+        documents = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
+        return pathlib.Path(documents or slicer.app.temporaryPath) / "ASSFT"
+
+    @staticmethod
+    def modelReference(parameterNode: ASSFTModuleParameterNode) -> str:
+        """``"default"`` or the card path chosen in the panel."""
+        if parameterNode.modelSource == ModelSource.Default:
+            return DEFAULT_MODEL
+        path = str(parameterNode.modelCardPath)
+        if path in ("", "."):
+            raise ASSFTModuleError(_("Choose a model card file (card.json), or select the embedded default model."))
+        return path
+
+    def modelDescription(self, parameterNode: ASSFTModuleParameterNode) -> str:
+        try:
+            card = self.sceneLogic.modelCard(self.modelReference(parameterNode))
+        except ASSFTModuleError as error:
+            return str(error)
+        return f"{card.name} ({', '.join(card.foregroundClassNames)})"
+
+    @staticmethod
+    def workerEnvironment() -> dict:
+        """Environment of child processes: Slicer's start-up environment (as slicer.util uses for PythonSlicer)
+        plus the engine on PYTHONPATH."""
+        return workerEnvironment(slicer.util.startupEnvironment())
+
+    @staticmethod
+    def ensureWorkerRequirements() -> bool:
+        """Install missing worker packages after asking the user (first use only)."""
+        from ASSFTModuleLib.installer import ensureWorkerRequirements
+
+        return ensureWorkerRequirements(enginePath.requirementsPath())
+
+
+#
+# ASSFTModuleTest
+#
+
+
+class ASSFTModuleTest(ScriptedLoadableModuleTest):
+    """Runs the MRML logic end to end in real Slicer; the worker job too when its packages are installed."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_GeometryAndSegmentation()
+        self.setUp()
+        self.test_RankingOverlayRegionsPlot()
+        self.setUp()
+        self.test_WorkerJob()
+
+    def _sceneLogic(self) -> ASSFTSceneLogic:
+        return ASSFTSceneLogic(slicer.mrmlScene, slicer.app.applicationLogic())
+
+    @staticmethod
+    def _syntheticCase(name: str):
+        import numpy as np
+        from ASSFTModuleLib import geometry
+
+        from ASSFTActive.io import Volume
+
+        shape = (24, 20, 16)
+        i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+        angle = np.deg2rad(25)
+        affine = np.eye(4)
+        affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                                   [0, 0, 1]]) @ np.diag([0.8, 1.1, 2.0])
+        affine[:3, 3] = (5.0, -10.0, 20.0)
+        image = (i * 100 + j * 10 + k).astype(np.int16)
+        labels = np.zeros(shape, np.uint8)
+        labels[3:9, 4:10, 2:6] = 1
+        labels[12:20, 8:15, 6:12] = 2
+        node = geometry.addVolumeNode(slicer.mrmlScene, Volume(image, affine), name)
+        return node, image, labels, affine
+
+    @staticmethod
+    def _writeCard(folder: pathlib.Path) -> pathlib.Path:
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "card.json"
+        path.write_text(json.dumps({"name": "self-test", "class_names": ["background", "anterior", "posterior"]}))
+        return path
+
+    def test_GeometryAndSegmentation(self):
+        import numpy as np
+        from ASSFTModuleLib import geometry, segmentation
+
+        from ASSFTActive.io import Volume
+
+        self.delayDisplay("Geometry and segmentation round trip")
+        logic = self._sceneLogic()
+        node, image, labels, affine = self._syntheticCase("selftest_geometry")
+        back = geometry.volumeFromNode(node)
+        np.testing.assert_array_equal(back.array, image)
+        np.testing.assert_allclose(back.affine, affine, atol=1e-9)
+
+        with tempfile.TemporaryDirectory() as folder:
+            card = logic.modelCard(self._writeCard(pathlib.Path(folder)))
+            segmentationNode = logic.annotationSegmentation(node, card)
+            self.assertEqual(segmentation.segmentNames(segmentationNode), ["anterior", "posterior"])
+            segmentation.fillSegmentationFromClassLabelmap(segmentationNode, Volume(labels, affine), card)
+            conversion = logic.classLabelmap(node, card)
+            np.testing.assert_array_equal(conversion.labels, labels)
+            segmentationNode.GetSegmentation().AddEmptySegment("unknown", "tumour", (1, 1, 0))
+            self.assertEqual(logic.classLabelmap(node, card).unknownSegments, ("tumour",))
+        self.delayDisplay("Geometry and segmentation passed")
+
+    def test_RankingOverlayRegionsPlot(self):
+        import json
+
+        import numpy as np
+        from ASSFTModuleLib import geometry
+
+        from ASSFTActive.io import Volume, write_volume
+
+        self.delayDisplay("Ranking table, overlay, regions and plot from result files")
+        logic = self._sceneLogic()
+        with tempfile.TemporaryDirectory() as folder:
+            folder = pathlib.Path(folder)
+            cardPath = self._writeCard(folder / "model")
+            nodes = [self._syntheticCase(f"selftest_{n}")[0] for n in range(2)]
+            spec = logic.prepareJob("rank", folder / "work", str(cardPath), budget=1)
+            cases = []
+            for rank, (caseId, node) in enumerate(zip(spec.images, nodes), start=1):
+                affine = geometry.ijkToRasArray(node)
+                entropy = np.zeros((24, 20, 16), np.float32)
+                entropy[10:14, 6:10, 4:8] = 0.8
+                entropyPath = write_volume(Volume(entropy, affine), spec.jobDir / f"{caseId}_entropy.nrrd")
+                regionsPath = spec.jobDir / f"{caseId}_regions.json"
+                center = (affine @ [11.5, 7.5, 5.5, 1.0])[:3].tolist()
+                regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
+                    {"center_ras": center, "bbox_ijk_min": [10, 6, 4], "bbox_ijk_max": [13, 9, 7],
+                     "volume_mm3": 112.6, "mean_entropy": 0.8, "voxel_count": 64}]}))
+                cases.append({"case_id": caseId, "image": str(spec.images[caseId]), "dkd": 1.0 / rank,
+                              "asd": 0.5 * rank, "score": 1.0 / rank, "rank": rank, "selected": rank == 1,
+                              "labeled": False, "entropy_map": str(entropyPath), "regions": str(regionsPath),
+                              "prediction": None})
+            (spec.jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1,
+                                                                  "model": str(cardPath), "cases": cases}))
+            (spec.jobDir / "result.json").write_text(json.dumps({
+                "status": "done", "kind": "rank", "ranking": str(spec.jobDir / "ranking.json"), "predictions": {},
+                "metrics": {}}))
+            loaded = logic.loadJobResult(spec.jobDir, str(cardPath))
+            self.assertEqual(loaded.tableNode.GetNumberOfRows(), 2)
+            self.assertEqual(loaded.chartNode.GetNumberOfPlotSeriesNodes(), 2)
+            view = logic.showCase(loaded.tableNode, 0, threshold=0.3, opacity=0.5)
+            self.assertTrue(geometry.sameGeometry(view.overlayNode, view.volumeNode))
+            np.testing.assert_allclose(logic.regionCenter(view.regionsNode, 0), view.regions[0].centerRas)
+            logic.jumpToRegion(view.regionsNode, 0)
+            logic.showScoresChart(loaded.tableNode)
+        self.delayDisplay("Ranking, overlay, regions and plot passed")
+
+    def test_WorkerJob(self):
+        """Rank a synthetic pool with the real worker and the embedded model (needs torch and monai)."""
+        from ASSFTModuleLib import installer, workerProcess
+
+        missing = installer.missingWorkerRequirements(enginePath.requirementsPath())
+        if missing or not enginePath.defaultModelCardPath().is_file():
+            logging.warning("ASSFT self-test: worker job not run; missing packages %s or default model card", missing)
+            self.delayDisplay("Worker job skipped: install the packages with Rank Volumes first")
+            return
+        self.delayDisplay("Worker job with the embedded model")
+        logic = self._sceneLogic()
+        for n in range(3):
+            self._syntheticCase(f"selftest_pool_{n}")
+        with tempfile.TemporaryDirectory() as folder:
+            spec = logic.prepareJob("rank", pathlib.Path(folder), DEFAULT_MODEL, budget=1)
+            result = workerProcess.runWorker(spec.jobDir, onEvent=lambda event: logging.info(formatEvent(event)),
+                                             timeout=1800, environment=ASSFTModuleLogic.workerEnvironment())
+            self.assertEqual(result.status, "done")
+            loaded = logic.loadJobResult(spec.jobDir, DEFAULT_MODEL)
+            self.assertEqual(loaded.tableNode.GetNumberOfRows(), 3)
+        self.delayDisplay("Worker job passed")

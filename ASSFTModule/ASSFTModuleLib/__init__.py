@@ -1,0 +1,14 @@
+"""Slicer side of ASSFT: the MRML logic (no Qt) and two GUI helpers.
+
+Importing this package puts the engine shipped beside the module (``ASSFTActive``) on ``sys.path``.
+
+MRML logic, importable headless on slicer-core: ``logic`` (the facade the widget calls), ``geometry``,
+``segmentation``, ``ranking``, ``overlay``, ``regions``, ``plot``, ``jobPreparation``.
+Plain Python (no MRML): ``jobs``, ``events``, ``workerProcess``, ``processTree``, ``requirements``, ``modelCard``,
+``records``, ``errors``, ``enginePath``.
+GUI helpers, desktop Slicer only: ``jobRunner`` (QProcess runner), ``installer`` (first-use pip installs).
+"""
+
+from .enginePath import ensureEngineOnPath
+
+ensureEngineOnPath()

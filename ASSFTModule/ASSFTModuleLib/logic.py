@@ -1,0 +1,269 @@
+"""The module's MRML logic: one object holding the scene (and application logic) that the widget calls.
+
+Every method works on MRML nodes and files only; there is no Qt here, so the same code runs in desktop Slicer
+(given ``slicer.mrmlScene`` and ``slicer.app.applicationLogic()``) and headless on slicer-core in tests.
+The heavy work (ranking, fine-tuning) is not done here: :meth:`prepareJob` writes a job folder for the engine's
+worker process, and :meth:`loadJobResult` brings its results back into the scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+from ASSFTActive.io import Volume
+
+from . import jobPreparation, jobs, overlay, plot, ranking, regions, segmentation
+from .errors import ASSFTModuleError
+from .geometry import loadVolumeFile
+from .modelCard import readModelCard
+from .records import CaseState, JobResult, JobSpec, LabelConversion, ModelCard, RankedCase, Region
+
+
+@dataclass(frozen=True)
+class LoadedResult:
+    """What :meth:`ASSFTSceneLogic.loadJobResult` put into the scene.
+
+    Attributes:
+        result: the job's ``result.json``.
+        activeModel: the card of the adapted model when an ``adapt`` job activated it, else None (keep the model).
+        adaptedModel: the card of the new model version of an ``adapt`` job (stored even when not activated).
+        tableNode: the ranking table (None when the job wrote no ranking).
+        chartNode: the DKD-against-ASD chart (None without ranking).
+        predictionNodes: ``{case_id: prediction segmentation node}``.
+        skippedCases: case ids whose volume is no longer in the scene.
+    """
+
+    result: JobResult
+    activeModel: Optional[Path]
+    adaptedModel: Optional[Path] = None
+    tableNode: object = None
+    chartNode: object = None
+    predictionNodes: Dict[str, object] = field(default_factory=dict)
+    skippedCases: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """What :meth:`ASSFTSceneLogic.showCase` shows for one ranked volume."""
+
+    case: RankedCase
+    volumeNode: object
+    overlayNode: object = None
+    regionsNode: object = None
+    regions: Tuple[Region, ...] = ()
+
+
+class ASSFTSceneLogic:
+    """MRML logic of the ASSFT module.
+
+    Args:
+        scene: the ``vtkMRMLScene``.
+        appLogic: the ``vtkSlicerApplicationLogic`` (module logics are looked up through it: Volumes, Plots).
+        volumesLogic: overrides the Volumes logic found through ``appLogic``.
+    """
+
+    def __init__(self, scene, appLogic=None, volumesLogic=None):
+        self.scene = scene
+        self.appLogic = appLogic
+        self.volumesLogic = volumesLogic or (appLogic.GetModuleLogic("Volumes") if appLogic is not None else None)
+
+    # ------------------------------------------------------------------ model and pool
+    def modelCard(self, model) -> ModelCard:
+        """The card of ``model`` (a card path, or ``"default"`` / empty for the embedded default)."""
+        return readModelCard(model)
+
+    def poolVolumeNodes(self) -> list:
+        """The scene's grey-level volumes, in scene order (ASSFT overlays and label maps excluded)."""
+        nodes = []
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+            if node.GetClassName() != "vtkMRMLScalarVolumeNode" or node.GetAttribute(overlay.ROLE_ATTRIBUTE):
+                continue
+            if node.GetHideFromEditors() or node.GetImageData() is None:
+                continue
+            nodes.append(node)
+        return nodes
+
+    # ------------------------------------------------------------------ segmentations
+    def annotationSegmentation(self, volumeNode, modelCard: ModelCard, predictionPath: Optional[str] = None):
+        """The volume's segmentation with one segment per model class, created when missing.
+
+        When ``predictionPath`` is given and the segmentation has no manual work yet, the class segments are
+        pre-filled from that prediction label map.
+        """
+        node = segmentation.ensureClassSegmentation(self.scene, volumeNode, modelCard)
+        if predictionPath:
+            segmentation.prefillFromPrediction(self.scene, self._volumesLogic(), node, str(predictionPath), modelCard,
+                                               overwrite=False, volumeNode=volumeNode)
+        return node
+
+    def classLabelmap(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> LabelConversion:
+        """The volume's segmentation as class indices ``[I, J, K]`` (unknown segment names reported)."""
+        if segmentationNode is None:
+            segmentationNode = segmentation.findSegmentationForVolume(self.scene, volumeNode)
+        if segmentationNode is None:
+            raise ASSFTModuleError(f"Volume '{volumeNode.GetName()}' has no segmentation yet; press Annotate first.")
+        return segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
+
+    def isLabeled(self, volumeNode, modelCard: ModelCard) -> bool:
+        """Whether the volume has a segmentation with a non-empty segment named after a model class."""
+        node = segmentation.findSegmentationForVolume(self.scene, volumeNode)
+        if node is None:
+            return False
+        return segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard).isLabeled
+
+    def refreshLabeledStates(self, tableNode, modelCard: ModelCard) -> int:
+        """Mark rows whose volume got a non-empty class segmentation since ranking as labeled.
+
+        Returns:
+            the number of rows whose state changed.
+        """
+        changed = 0
+        for row in range(tableNode.GetNumberOfRows()):
+            case, nodeId = ranking.rankedCaseFromTable(tableNode, row)
+            node = self.scene.GetNodeByID(nodeId) if nodeId else None
+            if node is None or case.labeled or not self.isLabeled(node, modelCard):
+                continue
+            ranking.setCaseState(tableNode, case.caseId, CaseState.LABELED)
+            changed += 1
+        return changed
+
+    # ------------------------------------------------------------------ jobs
+    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
+                   query: Optional[dict] = None, finetune: Optional[dict] = None) -> JobSpec:
+        """Write a ``rank`` or ``adapt`` job folder for the pool (default: :meth:`poolVolumeNodes`)."""
+        card = self.modelCard(model)
+        nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
+        return jobPreparation.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
+                               query=query, finetune=finetune)
+
+    def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True) -> LoadedResult:
+        """Bring a finished job's results into the scene.
+
+        Args:
+            jobDir: the job folder.
+            model: the model that was active when the job started (card path or ``"default"``).
+            tableNode: ranking table to overwrite (a new one when None).
+            showPredictions: refresh the prediction segmentations of the volumes still in the scene.
+
+        Returns:
+            :class:`LoadedResult`; ``activeModel`` is the adapted card after an ``adapt`` job that activated it.
+
+        Raises:
+            JobFailedError: the job did not finish with ``done``.
+        """
+        result = jobs.readJobResult(jobDir)
+        adaptedModel = result.modelCard if result.kind == "adapt" else None
+        activeModel = adaptedModel if result.activated else None
+        card = self.modelCard(adaptedModel if adaptedModel is not None else model)
+        cases = jobs.readCaseNodes(jobDir)
+        nodes = {caseId: self.scene.GetNodeByID(info.get("node_id", "")) for caseId, info in cases.items()}
+        nodes = {caseId: node for caseId, node in nodes.items() if node is not None}
+        skipped = tuple(sorted(set(cases) - set(nodes)))
+
+        chartNode = None
+        if result.ranking is not None:
+            rankingData = ranking.readRanking(result.ranking, result.pseudoLabeled)
+            labeled = {caseId for caseId, node in nodes.items() if self.isLabeled(node, card)}
+            tableNode = ranking.writeRankingTable(
+                self.scene, rankingData,
+                caseNames={caseId: node.GetName() for caseId, node in nodes.items()},
+                caseNodeIds={caseId: node.GetID() for caseId, node in nodes.items()},
+                labeled=labeled, tableNode=tableNode)
+            chartNode = plot.scoresChart(self.scene, tableNode)
+
+        predictionNodes = {}
+        if showPredictions:
+            for caseId, path in sorted(result.predictions.items()):
+                if caseId not in nodes or path is None:
+                    continue
+                labels = segmentation.readClassLabelmapFile(self.scene, self._volumesLogic(), str(path))
+                predictionNode = segmentation.showPredictionSegmentation(self.scene, nodes[caseId], labels, card)
+                predictionNode.GetDisplayNode().SetVisibility(False)
+                predictionNodes[caseId] = predictionNode
+        return LoadedResult(result=result, activeModel=activeModel, adaptedModel=adaptedModel, tableNode=tableNode,
+                            chartNode=chartNode, predictionNodes=predictionNodes, skippedCases=skipped)
+
+    # ------------------------------------------------------------------ looking at one case
+    def volumeNodeForCase(self, case: RankedCase, nodeId: str = ""):
+        """The case's volume node; loaded from the job's image file when it is no longer in the scene."""
+        node = self.scene.GetNodeByID(nodeId) if nodeId else None
+        if node is not None:
+            return node
+        if case.image is None:
+            raise ASSFTModuleError(f"Case '{case.caseId}' is not in the scene and its image file is unknown.")
+        return loadVolumeFile(self._volumesLogic(), str(case.image), name=case.caseId)
+
+    def showCase(self, tableNode, row: int, threshold: float, opacity: float) -> CaseView:
+        """Show a ranked volume: the volume in the slice views, its entropy overlay and its regions."""
+        case, nodeId = ranking.rankedCaseFromTable(tableNode, row)
+        volumeNode = self.volumeNodeForCase(case, nodeId)
+        overlayNode = None
+        if case.entropyMap is not None:
+            overlayNode = overlay.loadOverlay(self.scene, self._volumesLogic(), volumeNode, str(case.entropyMap))
+            overlay.showOverlay(self.scene, volumeNode, overlayNode, threshold, opacity)
+        else:
+            overlay.hideOverlay(self.scene)
+            for composite in self._sliceCompositeNodes():
+                composite.SetBackgroundVolumeID(volumeNode.GetID())
+        regionsNode, caseRegions = None, ()
+        if case.regions is not None:
+            caseRegions = regions.readRegions(case.regions).regions
+            regionsNode = regions.regionsToMarkups(self.scene, volumeNode, caseRegions)
+        regions.showOnlyRegionsOf(self.scene, volumeNode)
+        return CaseView(case=case, volumeNode=volumeNode, overlayNode=overlayNode, regionsNode=regionsNode,
+                        regions=tuple(caseRegions))
+
+    def caseForVolume(self, tableNode, volumeNode) -> Optional[RankedCase]:
+        """The ranking table row of ``volumeNode`` as a :class:`RankedCase`, or None when it is not ranked."""
+        if tableNode is None or volumeNode is None:
+            return None
+        for row in range(tableNode.GetNumberOfRows()):
+            case, nodeId = ranking.rankedCaseFromTable(tableNode, row)
+            if nodeId == volumeNode.GetID():
+                return case
+        return None
+
+    def showEntropy(self, volumeNode, entropy: Volume, threshold: float, opacity: float):
+        """Show an in-memory entropy map ``[I, J, K]`` as the overlay of ``volumeNode``; returns the overlay node."""
+        overlayNode = overlay.overlayFromVolume(self.scene, volumeNode, entropy)
+        overlay.showOverlay(self.scene, volumeNode, overlayNode, threshold, opacity)
+        return overlayNode
+
+    def updateOverlay(self, volumeNode, threshold: float, opacity: float) -> None:
+        """Apply new threshold and opacity to the overlay of ``volumeNode`` (no-op without overlay)."""
+        overlayNode = overlay.findOverlayNode(self.scene, volumeNode)
+        if overlayNode is None:
+            return
+        overlay.setOverlayDisplay(overlayNode, threshold)
+        overlay.setOverlayOpacity(self.scene, opacity, overlayNode)
+
+    def regionCenter(self, regionsNode, index: int) -> Tuple[float, float, float]:
+        """RAS centre of region ``index`` of a regions markups node."""
+        return regions.regionCenter(regionsNode, index)
+
+    def jumpToRegion(self, regionsNode, index: int) -> Dict[str, float]:
+        """Centre every slice view on region ``index``; returns ``{slice view: offset}``."""
+        return regions.jumpSlicesTo(self.scene, regions.regionCenter(regionsNode, index))
+
+    # ------------------------------------------------------------------ plot
+    def scoresChart(self, tableNode):
+        """The DKD-against-ASD chart of a ranking table."""
+        return plot.scoresChart(self.scene, tableNode)
+
+    def showScoresChart(self, tableNode) -> bool:
+        """Show the chart in a layout with a plot view (needs the Plots logic, i.e. desktop Slicer)."""
+        return plot.showChartInLayout(self.appLogic, plot.scoresChart(self.scene, tableNode))
+
+    # ------------------------------------------------------------------ helpers
+    def _volumesLogic(self):
+        if self.volumesLogic is None:
+            raise ASSFTModuleError("No Volumes module logic is available to read image files.")
+        return self.volumesLogic
+
+    def _sliceCompositeNodes(self) -> list:
+        className = "vtkMRMLSliceCompositeNode"
+        count = self.scene.GetNumberOfNodesByClass(className)
+        return [self.scene.GetNthNodeByClass(i, className) for i in range(count)]

@@ -1,0 +1,87 @@
+"""Which of the worker's Python requirements are missing, checked from package metadata (nothing is imported)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+TORCH = "torch"
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def readRequirements(path) -> List[str]:
+    """Requirement lines of a requirements file (comments and blank lines dropped)."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            lines.append(text)
+    return lines
+
+
+def requirementName(requirement: str) -> str:
+    """Distribution name of a requirement line: ``monai>=1.5`` -> ``monai``."""
+    match = _NAME.match(requirement)
+    if not match:
+        raise ValueError(f"cannot read the package name in requirement {requirement!r}")
+    return match.group(1)
+
+
+def _satisfied(requirement: str, version: str) -> bool:
+    specifier = requirement[len(requirementName(requirement)):].strip()
+    if not specifier:
+        return True
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+    except ImportError:  # without packaging only presence is checked
+        return True
+    try:
+        return Version(version) in SpecifierSet(specifier)
+    except Exception:  # an unparsable local version: presence is enough
+        return True
+
+
+def installedVersion(name: str) -> str:
+    """Installed version of distribution ``name``, "" when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def importable(name: str) -> bool:
+    """Whether the package of distribution ``name`` can be found on ``sys.path`` (without importing it)."""
+    try:
+        return importlib.util.find_spec(name.replace("-", "_")) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missingRequirements(requirements: Sequence[str]) -> List[str]:
+    """The requirements that are not installed or not satisfied by the installed version.
+
+    A package without distribution metadata that is importable counts as installed (Slicer bundles SimpleITK that
+    way); installing a second copy over it would break Slicer.
+    """
+    missing = []
+    for requirement in requirements:
+        name = requirementName(requirement)
+        version = installedVersion(name)
+        if version:
+            if not _satisfied(requirement, version):
+                missing.append(requirement)
+        elif not importable(name):
+            missing.append(requirement)
+    return missing
+
+
+def splitTorch(requirements: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``(torch requirements, other requirements)``: torch is installed differently (PyTorch extension)."""
+    torch = [r for r in requirements if requirementName(r).lower() == TORCH]
+    others = [r for r in requirements if requirementName(r).lower() != TORCH]
+    return torch, others

@@ -1,0 +1,296 @@
+"""Segmentations whose segments are the model's classes, and their conversion to and from class label maps.
+
+A segment maps to a class only by its name (``ModelCard.class_names``); a segment with any other name is
+reported (:class:`LabelConversion.unknownSegments`, :class:`UnknownSegmentNamesError`), never guessed.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from ASSFTActive.io import Volume
+
+from .errors import UnknownSegmentNamesError
+from .geometry import ijkToRasArray, loadVolumeFile, volumeFromNode, vtkMatrixFromArray
+from .records import LabelConversion, ModelCard
+
+#: Node attribute naming what an ASSFT node is for (annotation, prediction, entropy, regions, ranking, ...).
+ROLE_ATTRIBUTE = "ASSFT.Role"
+#: Node attribute holding the ID of the volume node an ASSFT node belongs to.
+VOLUME_ATTRIBUTE = "ASSFT.VolumeID"
+
+ANNOTATION_ROLE = "annotation"
+PREDICTION_ROLE = "prediction"
+
+#: Segment colours by foreground class (cycled when a model has more classes).
+CLASS_COLORS = (
+    (0.90, 0.35, 0.25),
+    (0.25, 0.60, 0.90),
+    (0.35, 0.80, 0.35),
+    (0.95, 0.80, 0.25),
+    (0.70, 0.45, 0.90),
+    (0.25, 0.80, 0.80),
+    (0.90, 0.50, 0.75),
+    (0.60, 0.60, 0.35),
+)
+
+_REFERENCE_ROLE = "referenceImageGeometryRef"
+
+
+def classColor(classIndex: int) -> tuple:
+    """Display colour of a foreground class (index >= 1)."""
+    return CLASS_COLORS[(classIndex - 1) % len(CLASS_COLORS)]
+
+
+def segmentNames(segmentationNode) -> List[str]:
+    """Names of the segments, in segment order."""
+    segmentation = segmentationNode.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def _segmentIdByName(segmentationNode, name: str) -> Optional[str]:
+    segmentation = segmentationNode.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        if segmentation.GetNthSegment(i).GetName().strip() == name:
+            return segmentation.GetNthSegmentID(i)
+    return None
+
+
+def _nodesByClass(scene, className: str) -> list:
+    return [scene.GetNthNodeByClass(i, className) for i in range(scene.GetNumberOfNodesByClass(className))]
+
+
+def findSegmentationForVolume(scene, volumeNode, role: str = ANNOTATION_ROLE):
+    """The segmentation of ``volumeNode`` for ``role``, or None.
+
+    For the annotation role, a segmentation the user made on the volume (reference geometry set to it) also
+    counts, so that an existing manual segmentation is used rather than duplicated.
+    """
+    volumeId = volumeNode.GetID()
+    candidates = _nodesByClass(scene, "vtkMRMLSegmentationNode")
+    for node in candidates:
+        if node.GetAttribute(ROLE_ATTRIBUTE) == role and node.GetAttribute(VOLUME_ATTRIBUTE) == volumeId:
+            return node
+    if role != ANNOTATION_ROLE:
+        return None
+    for node in candidates:
+        if node.GetAttribute(ROLE_ATTRIBUTE) not in (None, ANNOTATION_ROLE):
+            continue
+        if node.GetNodeReferenceID(_REFERENCE_ROLE) == volumeId:
+            return node
+    return None
+
+
+def ensureClassSegmentation(scene, volumeNode, modelCard: ModelCard, role: str = ANNOTATION_ROLE, name: str = ""):
+    """Find or create the segmentation of ``volumeNode`` with one segment per foreground class.
+
+    Existing segments are kept (their content too); missing class segments are added empty, named and coloured
+    after the class. Segments with other names are left as they are (they are reported on conversion).
+
+    Returns:
+        the ``vtkMRMLSegmentationNode``.
+    """
+    node = findSegmentationForVolume(scene, volumeNode, role)
+    if node is None:
+        suffix = "segmentation" if role == ANNOTATION_ROLE else role
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volumeNode.GetName()} {suffix}")
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    node.SetAttribute(VOLUME_ATTRIBUTE, volumeNode.GetID())
+    segmentation = node.GetSegmentation()
+    for classIndex, className in enumerate(modelCard.classNames):
+        if classIndex == 0 or _segmentIdByName(node, className) is not None:
+            continue
+        segmentId = segmentation.GenerateUniqueSegmentID(className)
+        segmentation.AddEmptySegment(segmentId, className, classColor(classIndex))
+    return node
+
+
+def _orientedMask(mask: np.ndarray, affine: np.ndarray):
+    """A ``vtkOrientedImageData`` (uint8) from a boolean ``[I, J, K]`` mask and its voxel -> RAS matrix."""
+    i, j, k = mask.shape
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, i - 1, 0, j - 1, 0, k - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    view = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
+    view[:] = np.ascontiguousarray(mask.transpose(2, 1, 0)).astype(np.uint8)
+    image.SetImageToWorldMatrix(vtkMatrixFromArray(affine))
+    return image
+
+
+def fillSegmentationFromClassLabelmap(segmentationNode, labels: Volume, modelCard: ModelCard) -> Dict[str, int]:
+    """Set every class segment to the voxels of its class in ``labels`` (replacing the segment's content).
+
+    Args:
+        segmentationNode: a segmentation with the class segments (see :func:`ensureClassSegmentation`).
+        labels: class indices ``[I, J, K]`` with their voxel -> RAS affine (e.g. a model prediction).
+        modelCard: gives the class names.
+
+    Returns:
+        voxels written per foreground class name.
+
+    Raises:
+        ValueError: ``labels`` holds values that are not classes of the model.
+    """
+    values = np.asarray(labels.array)
+    present = np.unique(values)
+    unknown = [int(v) for v in present if v < 0 or v >= len(modelCard.classNames)]
+    if unknown:
+        raise ValueError(
+            f"Label map values {unknown} are not classes of model '{modelCard.name}' "
+            f"(0..{len(modelCard.classNames) - 1}); use the prediction of this model."
+        )
+    counts: Dict[str, int] = {}
+    for classIndex, className in enumerate(modelCard.classNames):
+        if classIndex == 0:
+            continue
+        segmentId = _segmentIdByName(segmentationNode, className)
+        if segmentId is None:
+            segmentId = segmentationNode.GetSegmentation().AddEmptySegment(className, className, classColor(classIndex))
+        mask = values == classIndex
+        counts[className] = int(np.count_nonzero(mask))
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            _orientedMask(mask, labels.affine),
+            segmentationNode,
+            segmentId,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+        )
+    return counts
+
+
+def _classColorTable(scene, classNames: Sequence[str]):
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "ASSFT class colours (temporary)")
+    table.SetHideFromEditors(True)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(len(classNames))
+    for classIndex, className in enumerate(classNames):
+        color = (0.0, 0.0, 0.0) if classIndex == 0 else classColor(classIndex)
+        table.SetColor(classIndex, className, color[0], color[1], color[2], 0.0 if classIndex == 0 else 1.0)
+    return table
+
+
+def segmentationToClassLabelmap(scene, segmentationNode, volumeNode, modelCard: ModelCard) -> LabelConversion:
+    """Convert a segmentation into class indices on the grid of ``volumeNode``, mapping segments by name.
+
+    Segments named after a foreground class get that class's index; a segment named ``background`` is ignored;
+    any other name is listed in ``unknownSegments`` and left out. Where segments overlap the higher class wins.
+
+    Returns:
+        :class:`LabelConversion` with ``labels [I, J, K]`` and ``affine`` equal to the volume's IJK->RAS.
+    """
+    classNames = modelCard.classNames
+    known: List[tuple] = []
+    unknown: List[str] = []
+    segmentation = segmentationNode.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        name = segmentation.GetNthSegment(i).GetName()
+        classIndex = modelCard.classIndex(name)
+        if classIndex is None:
+            unknown.append(name)
+        elif classIndex > 0:
+            known.append((classIndex, segmentation.GetNthSegmentID(i)))
+    known.sort()
+
+    reference = volumeFromNode(volumeNode)
+    dtype = np.uint8 if len(classNames) <= 256 else np.int16
+    labels = np.zeros(reference.shape, dtype=dtype)
+    if known:
+        segmentIds = vtk.vtkStringArray()
+        for _, segmentId in known:
+            segmentIds.InsertNextValue(segmentId)
+        colorTable = _classColorTable(scene, classNames)
+        labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "ASSFT export (temporary)")
+        try:
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentationNode,
+                segmentIds,
+                labelmapNode,
+                volumeNode,
+                slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+                colorTable,
+            )
+            if not ok:
+                raise RuntimeError(
+                    f"Slicer could not export segmentation '{segmentationNode.GetName()}' onto volume "
+                    f"'{volumeNode.GetName()}'."
+                )
+            exported = volumeFromNode(labelmapNode)
+            if exported.shape != reference.shape:
+                raise RuntimeError(
+                    f"Exported label map shape {exported.shape} differs from volume shape {reference.shape}."
+                )
+            labels = exported.array.astype(dtype)
+        finally:
+            _removeNodeAndDisplay(scene, labelmapNode)
+            scene.RemoveNode(colorTable)
+    counts = {name: int(np.count_nonzero(labels == index)) for index, name in enumerate(classNames) if index > 0}
+    return LabelConversion(
+        labels=labels, affine=ijkToRasArray(volumeNode), voxelCounts=counts, unknownSegments=tuple(unknown)
+    )
+
+
+def requireKnownSegments(conversion: LabelConversion, segmentationNode, modelCard: ModelCard) -> None:
+    """Raise :class:`UnknownSegmentNamesError` when the conversion found segments that are not model classes."""
+    if conversion.unknownSegments:
+        raise UnknownSegmentNamesError(segmentationNode.GetName(), conversion.unknownSegments, modelCard.classNames)
+
+
+def conversionVolume(conversion: LabelConversion) -> Volume:
+    """The class label map of a conversion as an engine :class:`Volume` (for ``ASSFTActive.io.write_volume``)."""
+    return Volume(array=conversion.labels, affine=conversion.affine)
+
+
+def readClassLabelmapFile(scene, volumesLogic, path: str) -> Volume:
+    """Read a class label map file (e.g. a prediction) with Slicer's reader; no node stays in the scene."""
+    node = loadVolumeFile(volumesLogic, str(path), name="ASSFT label map (temporary)", labelMap=True)
+    try:
+        return volumeFromNode(node)
+    finally:
+        _removeNodeAndDisplay(scene, node)
+
+
+def prefillFromPrediction(scene, volumesLogic, segmentationNode, predictionPath: str, modelCard: ModelCard,
+                          overwrite: bool = False, volumeNode=None) -> bool:
+    """Fill the class segments from a prediction label map file.
+
+    Manual work is never overwritten silently: when the segmentation already has non-empty class segments
+    the prediction is not applied unless ``overwrite`` is true.
+
+    Returns:
+        True when the prediction was applied.
+    """
+    if not overwrite and volumeNode is not None:
+        conversion = segmentationToClassLabelmap(scene, segmentationNode, volumeNode, modelCard)
+        if conversion.isLabeled:
+            return False
+    labels = readClassLabelmapFile(scene, volumesLogic, predictionPath)
+    fillSegmentationFromClassLabelmap(segmentationNode, labels, modelCard)
+    return True
+
+
+def showPredictionSegmentation(scene, volumeNode, labels: Volume, modelCard: ModelCard):
+    """Create or refresh the read-only prediction segmentation of a volume (kept apart from manual work)."""
+    node = ensureClassSegmentation(scene, volumeNode, modelCard, role=PREDICTION_ROLE,
+                                   name=f"{volumeNode.GetName()} prediction")
+    fillSegmentationFromClassLabelmap(node, labels, modelCard)
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetOpacity2DFill(0.3)
+    return node
+
+
+def _removeNodeAndDisplay(scene, node) -> None:
+    if node is None:
+        return
+    attached = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    attached.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for other in attached:
+        if other is not None:
+            scene.RemoveNode(other)

@@ -1,0 +1,122 @@
+"""Headless Slicer scene for the module's MRML logic tests (real slicer-core classes, no Qt, no fake ``slicer``).
+
+Usage in a test module::
+
+    import slicer_scene
+    slicer = slicer_scene.requireSlicer()       # skips the module when slicer-core is not installed
+
+    def test_x(tmp_path):
+        env = slicer_scene.SlicerScene()
+        ...
+
+The set-up follows ``notes/slicer-stack.md`` section 1 (what trame-slicer's SlicerApp does) plus three slice views
+(Red, Yellow, Green) with their composite nodes, as a desktop layout would create them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO_ROOT / "ASSFTModule"
+for _path in (str(REPO_ROOT), str(MODULE_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+
+def requireSlicer():
+    """Import slicer-core's ``slicer`` or skip the calling test module with the reason."""
+    try:
+        import slicer
+    except ImportError as exc:
+        pytest.skip(f"slicer-core is not installed ({exc}); MRML logic tests need it", allow_module_level=True)
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)", allow_module_level=True)
+    return slicer
+
+
+class SlicerScene:
+    """A scene with application logic, Colors/Volumes/Segmentations/Markups/Plots logics and three slice views."""
+
+    SLICE_VIEWS = (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal"))
+
+    def __init__(self):
+        import slicer
+        import vtk
+
+        self.scene = slicer.vtkMRMLScene()
+        self.appLogic = slicer.vtkSlicerApplicationLogic()
+        self.appLogic.SetMRMLScene(self.scene)
+        colors = self.appLogic.GetColorLogic()
+        colors.SetMRMLScene(self.scene)
+        colors.AddDefaultColorNodes()
+        self.appLogic.SetModuleLogic("Colors", colors)
+        self.volumesLogic = self._register(slicer.vtkSlicerVolumesLogic(), "Volumes")
+        self.segmentationsLogic = self._register(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations")
+        self.markupsLogic = self._register(slicer.vtkSlicerMarkupsLogic(), "Markups")
+        self.plotsLogic = self._register(slicer.vtkSlicerPlotsLogic(), "Plots")
+        self.tablesLogic = self._register(slicer.vtkSlicerTablesLogic(), "Tables")
+
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene)
+        self.sliceLogics = []
+        collection = vtk.vtkCollection()
+        for layoutName, orientation in self.SLICE_VIEWS:
+            sliceLogic = slicer.vtkMRMLSliceLogic()
+            sliceLogic.SetMRMLScene(self.scene)
+            sliceLogic.SetMRMLApplicationLogic(self.appLogic)
+            sliceNode = sliceLogic.AddSliceNode(layoutName)
+            sliceNode.SetOrientation(orientation)
+            sliceNode.SetDimensions(256, 256, 1)
+            self.sliceLogics.append(sliceLogic)
+            collection.AddItem(sliceLogic)
+        self.appLogic.SetSliceLogics(collection)
+
+    def _register(self, logic, name):
+        logic.SetMRMLScene(self.scene)
+        logic.SetMRMLApplicationLogic(self.appLogic)
+        self.appLogic.SetModuleLogic(name, logic)
+        return logic
+
+    def nodes(self, className: str) -> list:
+        count = self.scene.GetNumberOfNodesByClass(className)
+        return [self.scene.GetNthNodeByClass(i, className) for i in range(count)]
+
+
+def rotatedAffine(spacing=(0.8, 1.2, 2.5), angleDegrees=30.0, origin=(10.0, -20.0, 30.0)) -> np.ndarray:
+    """A voxel -> RAS matrix rotated about S (and tilted about R) with anisotropic spacing."""
+    a = np.deg2rad(angleDegrees)
+    b = np.deg2rad(angleDegrees / 3.0)
+    rotationS = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    rotationR = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(b), -np.sin(b)], [0.0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotationS @ rotationR @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def syntheticImage(shape=(20, 16, 12), seed=0) -> np.ndarray:
+    """An int16 image ``[I, J, K]`` whose voxels all differ along every axis (a transposition would show)."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    rng = np.random.default_rng(seed)
+    return (i * 1000 + j * 30 + k + rng.integers(0, 3, size=shape)).astype(np.int16)
+
+
+def syntheticLabels(shape=(20, 16, 12)) -> np.ndarray:
+    """Class indices ``[I, J, K]`` with classes 1 and 2 in two separate boxes."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[2:7, 3:8, 2:6] = 1
+    labels[10:16, 6:12, 5:10] = 2
+    return labels
+
+
+def writeModelCard(folder: Path, classNames=("background", "anterior", "posterior"), name="test-unet") -> Path:
+    """A minimal model card JSON (only what the module reads)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "card.json"
+    path.write_text(json.dumps({"name": name, "class_names": list(classNames)}), encoding="utf-8")
+    return path

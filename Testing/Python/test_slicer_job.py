@@ -1,0 +1,123 @@
+"""End to end with the real worker: the logic prepares a job from a scene, ``python -m ASSFTActive.worker`` runs
+it in a child process (this venv's interpreter, as PythonSlicer would in Slicer), and the logic loads the result
+back into the scene (ranking table, chart, overlay, regions, predictions, new active model).
+
+Uses three hippocampus cases (not reserved ones) from ``../shared/data/hippocampus`` and the embedded default model.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib import geometry, ranking, segmentation, workerProcess  # noqa: E402
+from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
+from ASSFTModuleLib.records import CaseState  # noqa: E402
+
+DATA = slicer_scene.REPO_ROOT.parent / "shared" / "data" / "hippocampus"
+WORKER_TIMEOUT_S = 600
+
+
+def hippocampusCases(count: int):
+    if not (DATA / "imagesTr").is_dir():
+        pytest.skip(f"{DATA} is not available; the end-to-end job test needs the hippocampus sample data")
+    reserved = set((DATA / "reserved.txt").read_text().split())
+    images = sorted(p for p in (DATA / "imagesTr").glob("*.nii.gz") if p.name[: -len(".nii.gz")] not in reserved)
+    return images[:count]
+
+
+@pytest.fixture()
+def scene(tmp_path):
+    env = slicer_scene.SlicerScene()
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    card = logic.modelCard("default")
+    nodes = []
+    for path in hippocampusCases(3):
+        nodes.append(env.volumesLogic.AddArchetypeVolume(str(path), path.name[: -len(".nii.gz")], 0))
+    # the first volume is annotated: its expert label goes into its class segmentation
+    labelPath = DATA / "labelsTr" / f"{nodes[0].GetName()}.nii.gz"
+    labels = segmentation.readClassLabelmapFile(env.scene, env.volumesLogic, str(labelPath))
+    annotation = logic.annotationSegmentation(nodes[0], card)
+    segmentation.fillSegmentationFromClassLabelmap(annotation, labels, card)
+    return env, logic, card, nodes, tmp_path
+
+
+def runJob(spec):
+    events = []
+    result = workerProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=events.append,
+                                     timeout=WORKER_TIMEOUT_S)
+    return result, events
+
+
+def test_rank_job_runs_in_the_worker_and_comes_back_as_table_overlay_and_regions(scene):
+    env, logic, card, nodes, tmp_path = scene
+
+    spec = logic.prepareJob("rank", tmp_path / "work", "default", budget=2)
+    result, events = runJob(spec)
+    loaded = logic.loadJobResult(spec.jobDir, "default")
+
+    assert result.status == "done" and result.kind == "rank"
+    assert events[-1].event == "done"
+    assert any(e.event == "progress" and e.total > 0 for e in events)
+    assert loaded.activeModel is None and loaded.skippedCases == ()
+    table = loaded.tableNode
+    assert table.GetNumberOfRows() == 3
+    column = table.GetTable().GetColumnByName
+    states = {column("Case ID").GetValue(r): column("State").GetValue(r) for r in range(3)}
+    assert states[nodes[0].GetName()] == CaseState.LABELED
+    assert sum(state == CaseState.PROPOSED for state in states.values()) == 2
+    assert [column("Rank").GetValue(r) for r in range(3)] == [1, 2, 0]  # the labeled volume is not ranked
+    assert column("Case ID").GetValue(2) == nodes[0].GetName()
+    for row in range(3):
+        if column("State").GetValue(row) == CaseState.PROPOSED:
+            assert math.isfinite(column("DKD").GetValue(row)) and math.isfinite(column("ASD").GetValue(row))
+    assert loaded.chartNode.GetNthPlotSeriesNode(0).GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter
+
+    view = logic.showCase(table, 0, threshold=0.3, opacity=0.5)
+    assert view.volumeNode in nodes
+    if view.case.entropyMap is not None:
+        assert geometry.sameGeometry(view.overlayNode, view.volumeNode)
+        composites = env.nodes("vtkMRMLSliceCompositeNode")
+        assert all(c.GetForegroundVolumeID() == view.overlayNode.GetID() for c in composites)
+    if view.regionsNode is not None:
+        assert view.regionsNode.GetNumberOfControlPoints() == len(view.regions)
+        if view.regions:
+            np.testing.assert_allclose(logic.regionCenter(view.regionsNode, 0), view.regions[0].centerRas)
+    for predictionNode in loaded.predictionNodes.values():
+        assert segmentation.segmentNames(predictionNode) == list(card.foregroundClassNames)
+
+
+@pytest.mark.slow
+def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
+    env, logic, card, nodes, tmp_path = scene
+    # the smallest real run: one supervised and one semi-supervised step on 16^3 patches
+    finetune = {"train": {"iterations": 1, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
+                "semi_iterations": 1}
+
+    spec = logic.prepareJob("adapt", tmp_path / "work", "default", budget=1, finetune=finetune)
+    result, events = runJob(spec)
+    loaded = logic.loadJobResult(spec.jobDir, "default")
+
+    assert result.status == "done" and result.kind == "adapt"
+    assert loaded.activeModel is not None and Path(loaded.activeModel).is_file()
+    assert Path(loaded.activeModel).resolve().is_relative_to((tmp_path / "work" / "models").resolve())
+    assert logic.modelCard(loaded.activeModel).classNames == card.classNames
+    assert loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() == 3
+    assert any(e.event == "phase" and e.phase == "train" for e in events)
+    states = [loaded.tableNode.GetTable().GetColumnByName("State").GetValue(r) for r in range(3)]
+    assert states.count(CaseState.LABELED) == 1 and states.count(CaseState.PROPOSED) == 1
+    for caseId in loaded.result.pseudoLabeled:
+        row = ranking.tableRowOfCase(loaded.tableNode, caseId)
+        assert states[row] in (CaseState.PSEUDO_LABELED, CaseState.PROPOSED)
+    assert loaded.predictionNodes, "an adapt job refreshes the predictions of the pool"
+    for caseId, predictionNode in loaded.predictionNodes.items():
+        volumeNode = env.scene.GetNodeByID(spec.caseNodeIds[caseId])
+        conversion = segmentation.segmentationToClassLabelmap(env.scene, predictionNode, volumeNode, card)
+        assert conversion.labels.shape == geometry.volumeFromNode(volumeNode).shape

@@ -1,0 +1,269 @@
+"""The module logic end to end on real MRML, with job result files written by the test (no worker here).
+
+prepareJob: scene -> job folder (job.json per the engine's protocol, images and labels the engine reads back).
+loadJobResult / showCase: result.json + ranking + regions + entropy maps + predictions -> table, chart,
+prediction segmentations, overlay, region markups.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib import geometry, jobs, segmentation  # noqa: E402
+from ASSFTModuleLib.errors import ASSFTModuleError, JobFailedError, UnknownSegmentNamesError  # noqa: E402
+from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
+from ASSFTModuleLib.records import CaseState  # noqa: E402
+
+from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
+
+
+@pytest.fixture()
+def pool(tmp_path):
+    """A scene with three rotated volumes; 'case b' has a manual segmentation."""
+    env = slicer_scene.SlicerScene()
+    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    card = logic.modelCard(cardPath)
+    nodes = []
+    for n, name in enumerate(["case a", "case b", "case/c"]):
+        affine = slicer_scene.rotatedAffine(angleDegrees=10.0 * n, origin=(n, -n, 2 * n))
+        nodes.append(geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(seed=n), affine), name))
+    labeled = logic.annotationSegmentation(nodes[1], card)
+    segmentation.fillSegmentationFromClassLabelmap(
+        labeled, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
+    return env, logic, card, cardPath, nodes, tmp_path
+
+
+def test_pool_is_the_grey_level_volumes_only(pool):
+    env, logic, card, _, nodes, _ = pool
+    logic.showEntropy(nodes[0], Volume(np.zeros((20, 16, 12), np.float32), geometry.ijkToRasArray(nodes[0])), 0.5, 0.5)
+    geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticLabels(), np.eye(4)), "labels", labelMap=True)
+
+    assert logic.poolVolumeNodes() == nodes
+    assert [logic.isLabeled(node, card) for node in nodes] == [False, True, False]
+
+
+def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=2, query={"strategy": "assft"})
+
+    job = json.loads((spec.jobDir / "job.json").read_text())
+    assert spec.jobDir.parent == tmp_path / "work" / "jobs"
+    assert set(job) >= {"kind", "images", "labels", "model", "store", "name", "budget", "query", "finetune"}
+    assert job["kind"] == "rank" and job["budget"] == 2 and job["query"] == {"strategy": "assft"}
+    assert job["model"] == str(cardPath.resolve()) and job["name"] == "test-unet-adapted"
+    assert job["store"] == str((tmp_path / "work" / "models").resolve())
+    assert list(job["images"]) == ["case_a", "case_b", "case_c"]
+    assert list(job["labels"]) == ["case_b"]
+    assert spec.caseNodeIds == {"case_a": nodes[0].GetID(), "case_b": nodes[1].GetID(), "case_c": nodes[2].GetID()}
+    for caseId, node in zip(["case_a", "case_b", "case_c"], nodes):
+        engine = read_volume(job["images"][caseId])
+        np.testing.assert_array_equal(engine.array, geometry.volumeFromNode(node).array)
+        np.testing.assert_allclose(engine.affine, geometry.ijkToRasArray(node), atol=1e-9)
+    label = read_volume(job["labels"]["case_b"])
+    np.testing.assert_array_equal(label.array, slicer_scene.syntheticLabels())
+    np.testing.assert_allclose(label.affine, geometry.ijkToRasArray(nodes[1]), atol=1e-9)
+    assert jobs.readCaseNodes(spec.jobDir)["case_c"] == {"node_id": nodes[2].GetID(), "name": "case/c"}
+    # the engine's own job reader accepts the file as written
+    from ASSFTActive.jobs import read_job
+
+    engineSpec = read_job(spec.jobDir)
+    assert engineSpec.kind == "rank" and dict(engineSpec.labels) == job["labels"]
+
+
+def test_default_model_is_named_default_in_the_job(pool, monkeypatch):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    monkeypatch.setattr(logic, "modelCard", lambda model: card)
+
+    spec = logic.prepareJob("adapt", tmp_path / "work", "default", budget=1)
+
+    assert json.loads((spec.jobDir / "job.json").read_text())["model"] == "default"
+
+
+def test_prepare_job_refuses_unknown_segment_names_and_adapt_without_labels(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    segmentationNode = segmentation.findSegmentationForVolume(env.scene, nodes[1])
+    segmentationNode.GetSegmentation().AddEmptySegment("t", "tumor", (1, 1, 0))
+
+    with pytest.raises(UnknownSegmentNamesError, match="tumor"):
+        logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    with pytest.raises(ASSFTModuleError, match="at least one labeled volume"):
+        logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1, volumeNodes=[nodes[0], nodes[2]])
+    transform = env.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    nodes[2].SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(ASSFTModuleError, match="Harden the transform"):
+        logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1, volumeNodes=[nodes[2]])
+    with pytest.raises(ASSFTModuleError, match="no volumes"):
+        logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1, volumeNodes=[])
+    assert not (tmp_path / "work" / "jobs").exists() or not any((tmp_path / "work" / "jobs").iterdir())
+
+
+def test_case_ids_are_unique_and_file_safe():
+    from ASSFTActive.io import case_id
+
+    names = ["a b", "a b", "a_b", "../x", "", "a b", "scan.seg", "t1.nii", "ü-ß"]
+    ids = jobs.assignCaseIds(names)
+
+    assert ids == ["a_b", "a_b_2", "a_b_3", "x", "volume", "a_b_4", "scan_seg", "t1_nii", "volume_2"]
+    # the engine derives the same id from the file the job writes
+    assert all(case_id(f"/jobs/images/{caseId}{jobs.IMAGE_SUFFIX}") == caseId for caseId in ids)
+
+
+def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
+    """Write what the worker writes at the end of a job: result, ranking, regions, entropy maps, predictions."""
+    jobDir = spec.jobDir
+    caseIds = list(spec.images)
+    cases = []
+    predictions = {}
+    for rank, (caseId, node) in enumerate(zip(reversed(caseIds), reversed(nodes)), start=1):
+        affine = geometry.ijkToRasArray(node)
+        entropy = np.zeros((20, 16, 12), np.float32)
+        entropy[8:12, 4:9, 3:7] = 0.9
+        entropyPath = write_volume(Volume(entropy, affine), jobDir / "overlays" / f"{caseId}_entropy.nii.gz")
+        center = (affine @ [9.5, 6.0, 4.5, 1.0])[:3]
+        regionsPath = jobDir / "overlays" / f"{caseId}_regions.json"
+        regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
+            {"center_ras": center.tolist(), "bbox_ijk_min": [8, 4, 3], "bbox_ijk_max": [11, 8, 6],
+             "volume_mm3": 193.0, "mean_entropy": 0.9, "voxel_count": 80}]}))
+        predictionPath = write_volume(Volume(slicer_scene.syntheticLabels(), affine),
+                                      jobDir / "predictions" / f"{caseId}.nii.gz")
+        predictions[caseId] = str(predictionPath)
+        cases.append({"case_id": caseId, "image": str(spec.images[caseId]), "dkd": 1.0 / rank, "asd": 0.1 * rank,
+                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": caseId in spec.labels,
+                      "entropy_map": str(entropyPath), "regions": str(regionsPath), "prediction": str(predictionPath)})
+    (jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": cases}))
+    newCard = slicer_scene.writeModelCard(tmp_path / "store" / "test-unet-adapted-v2", name="test-unet-adapted")
+    result = {"status": "done", "kind": kind, "ranking": str(jobDir / "ranking.json"), "predictions": predictions,
+              "metrics": {"dice": 0.8, "activated": activated, "pseudo": [
+                  {"case_id": "case_a", "kept": True, "rank": 1}, {"case_id": "case_c", "kept": False, "rank": 2}]},
+              "model_card": str(newCard) if kind == "adapt" else "card-used-for-ranking.json"}
+    (jobDir / "result.json").write_text(json.dumps(result))
+    (jobDir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "adapt", "message": "ok"}) + "\n")
+    return newCard
+
+
+def test_load_job_result_fills_table_chart_predictions_and_active_model(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
+    newCard = fakeFinishedJob(spec, nodes, tmp_path)
+
+    loaded = logic.loadJobResult(spec.jobDir, cardPath)
+
+    assert loaded.activeModel == newCard and loaded.adaptedModel == newCard
+    assert loaded.result.metrics["dice"] == 0.8 and loaded.result.pseudoLabeled == ("case_a",)
+    table = loaded.tableNode
+    column = table.GetTable().GetColumnByName
+    assert [column("Volume").GetValue(r) for r in range(3)] == ["case/c", "case b", "case a"]
+    assert [column("State").GetValue(r) for r in range(3)] == [
+        CaseState.PROPOSED, CaseState.LABELED, CaseState.PSEUDO_LABELED]
+    assert loaded.chartNode.GetNumberOfPlotSeriesNodes() == 2
+    assert sorted(loaded.predictionNodes) == ["case_a", "case_b", "case_c"]
+    for caseId, node in zip(["case_a", "case_b", "case_c"], nodes):
+        prediction = loaded.predictionNodes[caseId]
+        assert prediction is not segmentation.findSegmentationForVolume(env.scene, node)
+        conversion = segmentation.segmentationToClassLabelmap(env.scene, prediction, node, card)
+        np.testing.assert_array_equal(conversion.labels, slicer_scene.syntheticLabels())
+    # refreshing again reuses the same nodes
+    again = logic.loadJobResult(spec.jobDir, cardPath, tableNode=table)
+    assert again.tableNode is table and again.predictionNodes["case_a"] is loaded.predictionNodes["case_a"]
+
+
+def test_show_case_puts_volume_overlay_and_regions_in_the_views(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    loaded = logic.loadJobResult(spec.jobDir, cardPath, showPredictions=False)
+
+    other = logic.showCase(loaded.tableNode, 1, threshold=0.4, opacity=0.6)
+    view = logic.showCase(loaded.tableNode, 0, threshold=0.4, opacity=0.6)
+
+    assert not other.regionsNode.GetDisplayNode().GetVisibility() and view.regionsNode.GetDisplayNode().GetVisibility()
+    assert loaded.activeModel is None and loaded.predictionNodes == {}
+    assert view.case.caseId == "case_c" and view.volumeNode is nodes[2]
+    assert geometry.sameGeometry(view.overlayNode, nodes[2])
+    for composite in env.nodes("vtkMRMLSliceCompositeNode"):
+        assert composite.GetBackgroundVolumeID() == nodes[2].GetID()
+        assert composite.GetForegroundVolumeID() == view.overlayNode.GetID()
+    expected = (geometry.ijkToRasArray(nodes[2]) @ [9.5, 6.0, 4.5, 1.0])[:3]
+    np.testing.assert_allclose(logic.regionCenter(view.regionsNode, 0), expected, atol=1e-9)
+    assert view.regions[0].voxelCount == 80
+    assert logic.caseForVolume(loaded.tableNode, nodes[2]) == view.case
+    assert logic.caseForVolume(loaded.tableNode, nodes[0]).caseId == "case_a"
+    offsets = logic.jumpToRegion(view.regionsNode, 0)
+    assert offsets["Red"] == pytest.approx(float(expected[2]))
+
+
+def test_case_whose_volume_left_the_scene_is_loaded_from_the_job_image(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    env.scene.RemoveNode(nodes[2])
+
+    loaded = logic.loadJobResult(spec.jobDir, cardPath)
+    view = logic.showCase(loaded.tableNode, 0, threshold=0.4, opacity=0.6)
+
+    assert loaded.skippedCases == ("case_c",)
+    assert view.volumeNode.GetName() == "case_c"
+    np.testing.assert_array_equal(geometry.volumeFromNode(view.volumeNode).array, slicer_scene.syntheticImage(seed=2))
+
+
+def test_failed_job_reports_the_workers_error(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    (spec.jobDir / "events.jsonl").write_text(
+        json.dumps({"event": "phase", "phase": "rank", "message": "start"}) + "\n"
+        + json.dumps({"event": "error", "phase": "rank", "message": "cancelled"}) + "\n")
+    (spec.jobDir / "log.txt").write_text("line 1\nline 2\n")
+
+    with pytest.raises(JobFailedError, match="cancelled") as caught:
+        logic.loadJobResult(spec.jobDir, cardPath)
+    assert caught.value.logTail == "line 1\nline 2"
+
+    (spec.jobDir / "result.json").write_text(json.dumps({"status": "cancelled", "message": "stopped by the user"}))
+    with pytest.raises(JobFailedError, match="status 'cancelled': stopped by the user"):
+        logic.loadJobResult(spec.jobDir, cardPath)
+
+
+def test_logic_imports_headless_without_qt_or_torch():
+    code = (
+        f"import sys; sys.path[:0] = [{str(slicer_scene.REPO_ROOT)!r}, {str(slicer_scene.MODULE_DIR)!r}]\n"
+        "import ASSFTModuleLib.logic, ASSFTModuleLib.jobs, ASSFTModuleLib.workerProcess\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'qt', 'ctk', 'PythonQt')))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert output.stdout.strip() == "[]"
+
+
+def test_annotating_a_proposed_volume_marks_its_row_labeled(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    loaded = logic.loadJobResult(spec.jobDir, cardPath, showPredictions=False)
+    assert logic.refreshLabeledStates(loaded.tableNode, card) == 0
+
+    annotation = logic.annotationSegmentation(nodes[2], card, predictionPath=loaded.result.predictions["case_c"])
+
+    np.testing.assert_array_equal(logic.classLabelmap(nodes[2], card, annotation).labels,
+                                  slicer_scene.syntheticLabels())
+    assert logic.refreshLabeledStates(loaded.tableNode, card) == 1
+    assert loaded.tableNode.GetTable().GetColumnByName("State").GetValue(0) == CaseState.LABELED
+
+
+def test_adapted_model_that_was_not_activated_leaves_the_active_model(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
+    newCard = fakeFinishedJob(spec, nodes, tmp_path, activated=False)
+
+    loaded = logic.loadJobResult(spec.jobDir, cardPath, showPredictions=False)
+
+    assert loaded.activeModel is None and loaded.adaptedModel == newCard
+    assert not loaded.result.activated

@@ -1,0 +1,156 @@
+"""ranking.json -> table node (columns, values, states) and the DKD-against-ASD scatter chart, on real MRML."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib import plot, ranking  # noqa: E402
+from ASSFTModuleLib.errors import ResultFormatError  # noqa: E402
+from ASSFTModuleLib.records import CaseState  # noqa: E402
+
+
+def writeRanking(folder):
+    cases = [
+        {"case_id": "c3", "image": str(folder / "c3.nrrd"), "dkd": 0.9, "asd": 0.5, "score": 0.95, "rank": 1,
+         "selected": True, "labeled": False, "entropy_map": str(folder / "c3_entropy.nii.gz"),
+         "regions": "c3_regions.json", "prediction": None},
+        {"case_id": "c1", "image": str(folder / "c1.nrrd"), "dkd": 0.4, "asd": 0.8, "score": 0.7, "rank": 2,
+         "selected": True, "labeled": False, "entropy_map": None, "regions": None, "prediction": None},
+        {"case_id": "c2", "image": str(folder / "c2.nrrd"), "dkd": 0.2, "asd": 0.1, "score": 0.1, "rank": 3,
+         "selected": False, "labeled": True, "entropy_map": None, "regions": None, "prediction": None},
+        {"case_id": "c4", "image": str(folder / "c4.nrrd"), "dkd": 0.1, "asd": None, "score": 0.05, "rank": 4,
+         "selected": False, "labeled": False, "pseudo_labeled": True},
+        {"case_id": "c5", "image": str(folder / "c5.nrrd"), "dkd": 0.05, "asd": 0.02, "score": 0.01, "rank": 5,
+         "selected": False, "labeled": False},
+    ]
+    path = folder / "ranking.json"
+    # written out of order on purpose: the reader orders by rank
+    data = {"strategy": "assft", "budget": 2, "model": "card.json", "cases": list(reversed(cases))}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_read_ranking_orders_by_rank_and_resolves_relative_paths(tmp_path):
+    result = ranking.readRanking(writeRanking(tmp_path))
+
+    assert [c.caseId for c in result.cases] == ["c3", "c1", "c2", "c4", "c5"]
+    assert result.strategy == "assft" and result.budget == 2
+    assert result.cases[0].regions == tmp_path / "c3_regions.json"
+    assert result.cases[0].prediction is None
+    assert math.isnan(result.case("c4").asd)
+    assert result.case("c4").pseudoLabeled
+
+
+def test_ranking_table_columns_values_and_states(tmp_path):
+    env = slicer_scene.SlicerScene()
+    data = ranking.readRanking(writeRanking(tmp_path), pseudoLabeled=["c5"])
+
+    table = ranking.writeRankingTable(
+        env.scene, data, caseNames={"c3": "Case three", "c1": "Case one"},
+        caseNodeIds={"c3": "vtkMRMLScalarVolumeNode3"}, labeled={"c1"})
+
+    assert table.IsA("vtkMRMLTableNode")
+    assert table.GetNumberOfRows() == 5
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert names[:6] == ["Volume", "DKD", "ASD", "Score", "Rank", "State"]
+    assert set(ranking.HIDDEN_COLUMNS) <= set(names)
+    column = table.GetTable().GetColumnByName
+    assert [column("Volume").GetValue(r) for r in range(5)] == ["Case three", "Case one", "c2", "c4", "c5"]
+    assert [column("DKD").GetValue(r) for r in range(5)] == [0.9, 0.4, 0.2, 0.1, 0.05]
+    assert [column("Score").GetValue(r) for r in range(5)] == [0.95, 0.7, 0.1, 0.05, 0.01]
+    assert [column("Rank").GetValue(r) for r in range(5)] == [1, 2, 3, 4, 5]
+    assert [column("State").GetValue(r) for r in range(5)] == [
+        CaseState.PROPOSED, CaseState.LABELED, CaseState.LABELED, CaseState.PSEUDO_LABELED, CaseState.PSEUDO_LABELED]
+    assert column("DKD").IsA("vtkDoubleArray") and column("Rank").IsA("vtkIntArray")
+    assert table.GetLocked()
+    assert table.GetAttribute("ASSFT.Role") == "ranking"
+
+
+def test_table_row_reads_back_as_the_ranked_case(tmp_path):
+    env = slicer_scene.SlicerScene()
+    data = ranking.readRanking(writeRanking(tmp_path))
+    table = ranking.writeRankingTable(env.scene, data, {}, {"c3": "vtkMRMLScalarVolumeNode3"})
+
+    case, nodeId = ranking.rankedCaseFromTable(table, 0)
+
+    assert nodeId == "vtkMRMLScalarVolumeNode3"
+    assert case == data.cases[0]
+    assert ranking.rankedCaseFromTable(table, 1)[1] == ""
+    with pytest.raises(IndexError):
+        ranking.rankedCaseFromTable(table, 5)
+
+
+def test_rewriting_reuses_the_table_and_state_can_change(tmp_path):
+    env = slicer_scene.SlicerScene()
+    data = ranking.readRanking(writeRanking(tmp_path))
+    table = ranking.writeRankingTable(env.scene, data, {}, {})
+
+    again = ranking.writeRankingTable(env.scene, data, {}, {}, tableNode=table)
+    ranking.setCaseState(table, "c3", CaseState.LABELED)
+
+    assert again is table and table.GetNumberOfColumns() == len(ranking.VISIBLE_COLUMNS + ranking.HIDDEN_COLUMNS)
+    assert table.GetTable().GetColumnByName("State").GetValue(0) == CaseState.LABELED
+    with pytest.raises(ValueError):
+        ranking.setCaseState(table, "c3", "done")
+
+
+def test_scores_chart_is_a_scatter_of_dkd_against_asd(tmp_path):
+    env = slicer_scene.SlicerScene()
+    table = ranking.writeRankingTable(env.scene, ranking.readRanking(writeRanking(tmp_path)), {}, {})
+
+    chart = plot.scoresChart(env.scene, table)
+    again = plot.scoresChart(env.scene, table)
+
+    assert again is chart and chart.IsA("vtkMRMLPlotChartNode")
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(2)]
+    for node in series:
+        assert node.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter
+        assert node.GetXColumnName() == "ASD" and node.GetYColumnName() == "DKD"
+        assert node.GetLabelColumnName() == "Volume"
+    assert series[0].GetTableNode() is table
+    proposed = series[1].GetTableNode()
+    assert proposed.GetNumberOfRows() == 2
+    assert [proposed.GetTable().GetColumnByName("DKD").GetValue(r) for r in range(2)] == [0.9, 0.4]
+    assert len(env.nodes("vtkMRMLPlotSeriesNode")) == 2
+    assert chart.GetXAxisTitle() == "ASD" and chart.GetYAxisTitle() == "DKD"
+
+
+def test_malformed_ranking_files_say_what_is_wrong(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ResultFormatError, match="not found"):
+        ranking.readRanking(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"cases": [{"dkd": 1}]}), encoding="utf-8")
+    with pytest.raises(ResultFormatError, match="case_id"):
+        ranking.readRanking(bad)
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps({"cases": [{"case_id": "a", "dkd": "high"}]}), encoding="utf-8")
+    with pytest.raises(ResultFormatError, match="dkd"):
+        ranking.readRanking(worse)
+
+
+def test_labeled_cases_without_rank_or_scores_come_last(tmp_path):
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": [
+        {"case_id": "lab", "image": "lab.nrrd", "dkd": None, "asd": 0.3, "score": None, "rank": None,
+         "selected": False, "labeled": True},
+        {"case_id": "u2", "dkd": 0.1, "asd": 0.2, "score": 0.1, "rank": 2, "selected": False, "labeled": False},
+        {"case_id": "u1", "dkd": 0.5, "asd": 0.4, "score": 0.6, "rank": 1, "selected": True, "labeled": False}]}))
+    env = slicer_scene.SlicerScene()
+
+    data = ranking.readRanking(path)
+    table = ranking.writeRankingTable(env.scene, data, {}, {})
+
+    assert [c.caseId for c in data.cases] == ["u1", "u2", "lab"]
+    assert data.case("lab").rank == ranking.NOT_RANKED and math.isnan(data.case("lab").dkd)
+    column = table.GetTable().GetColumnByName
+    assert [column("Rank").GetValue(r) for r in range(3)] == [1, 2, 0]
+    assert column("State").GetValue(2) == CaseState.LABELED
+    assert ranking.rankedCaseFromTable(table, 2)[0].rank == ranking.NOT_RANKED
