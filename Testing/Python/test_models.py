@@ -133,3 +133,17 @@ def test_embedded_default_card_loads_with_its_shipped_weights_and_records_its_sp
     if reserved_file.is_file():
         reserved = set(reserved_file.read_text().split())
         assert not reserved & set(provenance["train_cases"] + provenance["source_test_cases"])
+
+
+def test_shipped_cards_and_saved_cards_follow_the_published_schema(tmp_path):
+    import jsonschema
+
+    from ASSFTActive.models import RESOURCES
+
+    schema = json.loads((RESOURCES / "model-card.schema.json").read_text())
+    for card in embedded_cards():
+        jsonschema.validate(json.loads(card.path.read_text()), schema)
+        save_card(card, tmp_path / "copy.json")
+        jsonschema.validate(json.loads((tmp_path / "copy.json").read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**json.loads(EMBEDDED_DEFAULT_CARD.read_text()), "patch_size": [1, 2]}, schema)
