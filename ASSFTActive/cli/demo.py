@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     result = adapt_model({case_id(p): p for p in pool}, labels, store=out / "store", model="default",
                          config=config, progress=bar, device=device, predictions_dir=out / "round1" / "adapted")
     bar.close()
-    kept = [d.case_id for d in result.pseudo if d.selected]
+    kept = [d.case_id for d in result.pseudo if d.kept]
     print(f"   new version {result.name}/{result.version} ({result.seconds:.0f} s), active: {result.activated}")
     print(f"   pseudo-labelled volumes kept: {len(kept)} of {len(result.pseudo)}")
 

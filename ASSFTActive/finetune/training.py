@@ -194,7 +194,7 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
     for step in range(start_step, config.iterations):
         images, labels, masks = labeled_sampler.sample(config.batch_size)
         loss = dice_ce_loss(network(images.to(device)), labels.to(device))
-        metrics = {"loss_labeled": float(loss)}
+        metrics = {"loss_labeled": float(loss.detach())}
         if pseudo_sampler is not None:
             weight = pseudo_weight_at(step, config)
             p_images, p_labels, p_masks = pseudo_sampler.sample(config.batch_size)
@@ -208,17 +208,18 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
                         p_masks = (t_max >= teacher_voxel_threshold).float()
             p_loss = dice_ce_loss(network(p_images), p_labels, p_masks)
             loss = loss + weight * p_loss
-            metrics.update(loss_pseudo=float(p_loss), pseudo_weight=weight)
+            metrics.update(loss_pseudo=float(p_loss.detach()), pseudo_weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if teacher is not None:
             ema_update(teacher, network, ema_decay)
-        losses.append(float(loss))
-        metrics["loss"] = float(loss)
+        value = float(loss.detach())
+        losses.append(value)
+        metrics["loss"] = value
         emit(progress, "progress", phase="train", step=step + 1, total=config.iterations,
-             message=f"step {step + 1}/{config.iterations} loss {float(loss):.4f}", metrics=metrics)
+             message=f"step {step + 1}/{config.iterations} loss {value:.4f}", metrics=metrics)
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             if teacher is not None:

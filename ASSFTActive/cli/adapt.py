@@ -1,0 +1,135 @@
+"""``assft adapt``: fine-tune a model on labelled volumes plus reliable pseudo-labelled ones; store a new version.
+
+Images with a label file of the same name in ``--labels`` are the labelled set; the other images are the
+unlabelled pool that selective pseudo-labelling draws from. The new version is written to ``--store`` and becomes
+the active one only when training and validation finished (see ``assft models``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+from .common import ProgressBar, add_device_argument
+
+PSEUDO_MODES = ("selective", "all", "none")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("adapt", help="fine-tune the model on labelled + reliable pseudo-labelled volumes",
+                                   description=__doc__)
+    parser.add_argument("--images", required=True, help="folder or glob of all volumes (labelled and unlabelled)")
+    parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
+    parser.add_argument("--model", default="default",
+                        help="model to adapt: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
+    parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
+    parser.add_argument("--pseudo", choices=PSEUDO_MODES, default=None,
+                        help="pseudo-labelling of the unlabelled pool (default: selective)")
+    parser.add_argument("--iterations", type=int, help="supervised training steps (default 300)")
+    parser.add_argument("--semi-iterations", type=int, help="semi-supervised steps (default: = --iterations)")
+    parser.add_argument("--keep-fraction", type=float, help="share of the pool pseudo-labelled in selective mode "
+                                                            "(default 0.5)")
+    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="training patch in voxels (default: the card's patch size)")
+    parser.add_argument("--batch-size", type=int, help="patches per step (default 4)")
+    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the validation split")
+    parser.add_argument("--config", type=Path, help="JSON file of fine-tuning settings (FinetuneConfig); the "
+                                                    "options above override it")
+    parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
+                                                      "again continues from them")
+    parser.add_argument("--predictions", type=Path, help="write the adapted model's label maps of the unlabelled "
+                                                         "volumes to this folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace):
+    """The :class:`FinetuneConfig` of the command line: ``--config`` file, then the explicit options."""
+    from ..errors import InputError
+    from ..finetune.config import FinetuneConfig
+
+    data: Dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{args.config}: not a readable JSON settings file ({exc}).") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"{args.config}: the settings must be a JSON object.")
+    train = dict(data.get("train") or {})
+    for option, key in (("iterations", "iterations"), ("batch_size", "batch_size"),
+                        ("learning_rate", "learning_rate"), ("seed", "seed"), ("patch_size", "patch_size")):
+        value = getattr(args, option)
+        if value is not None:
+            train[key] = list(value) if option == "patch_size" else value
+    pseudo = dict(data.get("pseudo") or {})
+    if args.pseudo is not None:
+        pseudo["mode"] = args.pseudo
+    if args.keep_fraction is not None:
+        pseudo["keep_fraction"] = args.keep_fraction
+    data = dict(data, train=train, pseudo=pseudo)
+    if args.semi_iterations is not None:
+        data["semi_iterations"] = args.semi_iterations
+    try:
+        return FinetuneConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"invalid fine-tuning settings: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..finetune.adapt import adapt_model
+    from ..io import case_id, find_images, match_labels
+    from .common import resolve_device
+
+    config = build_config(args)
+    images = find_images(args.images)
+    labels = match_labels(images, args.labels)
+    bar = ProgressBar(enabled=not args.quiet)
+    try:
+        result = adapt_model({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
+                             name=args.name, config=config, progress=bar, work_dir=args.work_dir,
+                             predictions_dir=args.predictions, device=resolve_device(args.device))
+    finally:
+        bar.close()
+    print(format_summary(result))
+    return 0
+
+
+def format_summary(result) -> str:
+    """What an adaptation did, as a few lines and a per-class table of Dice/HD95 before and after."""
+    metrics = result.metrics
+    before, after = metrics["before"], metrics["after"]
+    kept = [d for d in result.pseudo if d.kept]
+    lines = [
+        f"model {result.name} {result.version} "
+        + ("is now active" if result.activated else "was stored but NOT activated (it scores lower than before)"),
+        f"card: {result.card_path}",
+        f"labelled volumes: {len(result.labeled)} trained on, {len(result.validation)} held out for validation",
+        (f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
+         + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})" if kept else ""))
+        if result.pseudo else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)",
+    ]
+    if result.skipped:
+        lines.append(f"skipped: {len(result.skipped)} volume(s): "
+                     + "; ".join(f"{s.case_id} ({s.reason[:80]})" for s in result.skipped[:3]))
+    where = "held-out validation" if metrics["evaluated_on"] == "validation" else "labelled training"
+    lines.append(f"\nDice and HD95 on {len(metrics['cases'])} {where} volume(s), before -> after:")
+    lines.append(f"{'class':<16} {'Dice before':>11} {'Dice after':>11} {'HD95 before':>12} {'HD95 after':>11}")
+    for name in before["dice"]:
+        lines.append(f"{name:<16} {_num(before['dice'][name]):>11} {_num(after['dice'][name]):>11} "
+                     f"{_num(before['hd95'].get(name), 2):>12} {_num(after['hd95'].get(name), 2):>11}")
+    lines.append(f"{'mean':<16} {_num(before['mean_dice']):>11} {_num(after['mean_dice']):>11}")
+    if result.predictions:
+        first = next(iter(result.predictions.values()))
+        lines.append(f"\npredictions of {len(result.predictions)} unlabelled volumes in {Path(first).parent}")
+    lines.append(f"done in {result.seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,98 @@
+"""``assft evaluate``: Dice and HD95 per class of a model on labelled volumes, printed and written as CSV/Markdown.
+
+Every image with a label file of the same name in ``--labels`` is predicted and scored. A label that does not fit
+its image (other grid, classes the model lacks) is skipped with a warning; the table says how many were scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+from .common import ProgressBar, add_device_argument
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="score a model (Dice, HD95 per class) on labelled volumes",
+                                   description=__doc__)
+    parser.add_argument("--images", required=True, help="folder or glob of volumes")
+    parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
+    parser.add_argument("--model", default="default",
+                        help="model: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for evaluation.csv (per case) and evaluation.md (per class)")
+    parser.add_argument("--no-hd95", action="store_true", help="skip the (slower) HD95")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def evaluate_files(model, pairs: List[Tuple[Path, Path]], hd95: bool = True, device=None, progress=None):
+    """Predict and score ``(image, label)`` files; unusable pairs are skipped with a warning event.
+
+    Returns:
+        the :class:`~ASSFTActive.evaluate.EvaluationReport` and the ``(path, reason)`` of every skipped pair.
+
+    Raises:
+        InputError: no pair could be scored.
+    """
+    from ..errors import InputError
+    from ..evaluate import CaseMetrics, EvaluationReport, dice_per_class, hd95_per_class
+    from ..inference import Predictor
+    from ..io import read_label, read_volume
+    from ..progress import emit
+
+    predictor = Predictor(model, device=device)
+    n = model.card.num_classes
+    cases, skipped = [], []
+    for index, (image_path, label_path) in enumerate(pairs):
+        try:
+            image = read_volume(image_path)
+            truth = read_label(label_path, image, n).array
+        except InputError as exc:
+            skipped.append((Path(label_path), str(exc)))
+            emit(progress, "warning", phase="evaluate", message=f"skipped {label_path}: {exc}")
+            continue
+        prediction = predictor.predict(image).label
+        hd = hd95_per_class(prediction, truth, n, image.spacing) if hd95 else tuple([float("nan")] * (n - 1))
+        cases.append(CaseMetrics(case_id=image.name, dice=dice_per_class(prediction, truth, n), hd95=hd))
+        emit(progress, "progress", phase="evaluate", step=index + 1, total=len(pairs), message=image.name)
+    if not cases:
+        raise InputError(f"none of the {len(pairs)} labelled volumes could be scored: {skipped[0][1]}")
+    return EvaluationReport(class_names=tuple(model.card.class_names[1:]), cases=tuple(cases)), skipped
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..io import atomic_write_text, case_id, find_images, match_labels
+    from ..models import load_card, load_model
+    from ..store import resolve_card_path
+    from .common import resolve_device
+
+    images = find_images(args.images)
+    labels = match_labels(images, args.labels)
+    if not labels:
+        raise InputError(f"{args.labels}: no label file is named like an image of {args.images}; name each label "
+                         "like its image (e.g. case_001.nii.gz in both folders).")
+    pairs = [(p, labels[case_id(p)]) for p in images if case_id(p) in labels]
+    device = resolve_device(args.device)
+    card = load_card(resolve_card_path(args.model))
+    model = load_model(card, device)
+    bar = ProgressBar(enabled=not args.quiet)
+    try:
+        report, skipped = evaluate_files(model, pairs, hd95=not args.no_hd95, device=device, progress=bar)
+    finally:
+        bar.close()
+    out = Path(args.out)
+    csv_path = atomic_write_text(out / "evaluation.csv", report.to_csv())
+    header = (f"Model `{card.name}` ({card.path}) on {len(report.cases)} labelled volume(s)"
+              + (f"; {len(skipped)} skipped" if skipped else "") + "\n\n")
+    md_path = atomic_write_text(out / "evaluation.md", header + report.to_markdown())
+    print(header + report.to_markdown(), end="")
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"\nwrote {csv_path} and {md_path}")
+    return 0
+

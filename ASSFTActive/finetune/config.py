@@ -1,0 +1,345 @@
+"""Settings of model adaptation: optimisation, selective pseudo-labelling, validation and checkpoints.
+
+Pure standard library (no torch, no numpy), so the job protocol and the Slicer GUI can read and check these settings
+without loading the heavy engine. Every field that is a design decision rather than a fact read from the ASSFT paper
+is marked [inferred] with the section of ``shared/research/method-spec.md`` it comes from (§1.7 for the selective
+semi-supervised fine-tuning, §4.1 for the table of tunable parameters); change the default once the paper is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
+
+__all__ = [
+    "ConfidenceMetric",
+    "FinetuneConfig",
+    "PseudoLabelConfig",
+    "PseudoMode",
+    "SelectMode",
+    "Teacher",
+    "TrainConfig",
+    "ValidationConfig",
+]
+
+
+class PseudoMode(str, Enum):
+    """Which unlabelled volumes get pseudo-labels (so the benefit of selection can be measured)."""
+
+    NONE = "none"  #: labelled volumes only (same number of steps as the other modes)
+    ALL = "all"  #: every unlabelled volume of the pool, no selection
+    SELECTIVE = "selective"  #: only the reliable ones (method-spec §1.7), the ASSFT method
+
+
+class SelectMode(str, Enum):
+    """How the reliable subset R is chosen in ``selective`` mode (method-spec §1.7, ``ssl_select_mode``)."""
+
+    TOPK = "topk"  #: the top ``ceil(keep_fraction * |U \\ L|)`` by reliability
+    THRESHOLD = "threshold"  #: confidence >= tau_conf and distance <= the tau_dist_quantile of the distances
+
+
+class ConfidenceMetric(str, Enum):
+    """Foreground confidence of one volume (method-spec §1.7 ``conf_u``, §4.1 ``conf_metric``)."""
+
+    FG_MAX_PROB = "fg_max_prob"  #: mean over predicted-foreground voxels of max_c p_c(v)
+    ONE_MINUS_FG_ENTROPY = "one_minus_fg_entropy"  #: 1 - mean normalised entropy over predicted foreground (1 - ASD)
+
+
+class Teacher(str, Enum):
+    """Where pseudo-labels come from during semi-supervised training (method-spec §1.7, §4.1 ``teacher``)."""
+
+    OFFLINE = "offline"  #: fixed hard labels from the supervised model (the teacher), computed once
+    EMA = "ema"  #: a Mean-Teacher copy updated as an exponential moving average labels each pseudo patch
+
+
+_E = TypeVar("_E", bound=Enum)
+
+
+def _enum(enum_type: Type[_E], value: Any, owner: str, name: str) -> _E:
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_type)
+        raise ValueError(f"{owner}.{name}={value!r} is not valid; use one of {allowed}.") from None
+
+
+def _number(value: Any, owner: str, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}.")
+    if (value <= low if low_open else value < low) or value > high:
+        bracket = "(" if low_open else "["
+        wanted = f"{'>' if low_open else '>='} {low}" if math.isinf(high) else f"in {bracket}{low}, {high}]"
+        raise ValueError(f"{owner}.{name} must be {wanted}, got {value}.")
+    return float(value)
+
+
+def _whole(value: Any, owner: str, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}.{name} must be a whole number, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def _flag(value: Any, owner: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}.")
+    return value
+
+
+def _check_keys(cls: type, data: Any) -> Dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__} settings must be a JSON object (mapping), got {type(data).__name__}.")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} setting(s) {', '.join(repr(k) for k in unknown)}; known settings are "
+            f"{', '.join(sorted(known))}. Check the spelling or remove the key."
+        )
+    return dict(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training run (method-spec §1.8, §4.1 ``optimizer``, ``lr``, ``iters``).
+
+    Attributes:
+        iterations: optimiser steps.
+        patch_size: training patch ``[3]`` in voxels; ``None`` uses the card's patch size.
+        batch_size: patches per step from the labelled cases (and as many from pseudo-labelled ones).
+        learning_rate: AdamW learning rate (cosine-decayed to 5 % over the run).
+        weight_decay: AdamW weight decay.
+        foreground_fraction: share of patches centred on a labelled foreground voxel (the rest anywhere).
+        augment: random intensity scale, shift, gamma and noise (no flips: left/right and anterior/posterior
+            carry meaning in anatomical labels).
+        pseudo_weight: ``w_max`` of the pseudo-labelled loss, 1.0 [inferred, method-spec §1.7 ``w_unsup``].
+        rampup_fraction: the pseudo weight ramps up as ``w_max·exp(-5(1 - t/t_ramp)²)`` over this share of the
+            run, 0.4 [inferred, method-spec §1.7 ``rampup_frac``].
+        seed: seeds patch sampling, augmentation and initialisation order.
+    """
+
+    iterations: int = 300
+    patch_size: Optional[Tuple[int, int, int]] = None
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    foreground_fraction: float = 0.67
+    augment: bool = True
+    pseudo_weight: float = 1.0
+    rampup_fraction: float = 0.4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"TrainConfig.iterations must be a whole number >= 1, got {self.iterations!r}.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"TrainConfig.batch_size must be a whole number >= 1, got {self.batch_size!r}.")
+        if self.patch_size is not None:
+            patch = tuple(int(p) for p in self.patch_size)
+            if len(patch) != 3 or min(patch) < 1:
+                raise ValueError(f"TrainConfig.patch_size must be three positive integers, got {self.patch_size!r}.")
+            object.__setattr__(self, "patch_size", patch)
+        _number(self.learning_rate, "TrainConfig", "learning_rate", 0.0, low_open=True)
+        _number(self.weight_decay, "TrainConfig", "weight_decay", 0.0)
+        _number(self.foreground_fraction, "TrainConfig", "foreground_fraction", 0.0, 1.0)
+        _number(self.pseudo_weight, "TrainConfig", "pseudo_weight", 0.0)
+        _number(self.rampup_fraction, "TrainConfig", "rampup_fraction", 0.0, 1.0)
+        _whole(self.seed, "TrainConfig", "seed", 0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["patch_size"] = list(self.patch_size) if self.patch_size is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        return cls(**_check_keys(cls, data))
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Selective pseudo-labelling of the unlabelled pool (method-spec §1.7; table §4.1).
+
+    For every unlabelled volume u the teacher (the model after supervised fine-tuning) gives a hard pseudo-label, a
+    foreground confidence ``conf_u`` and a semantic distance ``dist_u`` = min over labelled volumes l of
+    ``1 - cos(g(x_u), g(x_l))`` on the pooled deepest encoder stage. Reliability is
+    ``rel_u = conf~_u - dist_weight · dist~_u`` (min-max normalised over the pool).
+
+    Attributes:
+        mode: ``none``, ``all`` or ``selective`` (default; see :class:`PseudoMode`).
+        select_mode: ``topk`` [inferred, method-spec §1.7 / §4.1 ``ssl_select_mode``] or ``threshold``.
+        keep_fraction: rho, share of the pool kept in ``topk`` mode, 0.5 [inferred, method-spec §1.7].
+        dist_weight: mu, weight of the normalised distance in the reliability, 1.0 [inferred, method-spec §1.7].
+        tau_conf: confidence threshold of ``threshold`` mode, 0.90 [inferred, method-spec §1.7].
+        tau_dist_quantile: ``threshold`` mode keeps distances up to this quantile of the pool's distances, 0.5
+            (the median) [inferred, method-spec §1.7].
+        confidence: how ``conf_u`` is measured, ``fg_max_prob`` [inferred, method-spec §4.1 ``conf_metric``].
+        empty_foreground_confidence: ``conf_u`` of a volume with no predicted foreground, 0.0 (nothing to trust)
+            [inferred; the analogue of ``asd_empty_fg``, method-spec §1.5].
+        voxel_threshold: optional voxel mask: only voxels with ``max_c p_c(v) >=`` this count in the pseudo loss;
+            ``None`` = off (default), 0.5 when used [inferred, method-spec §1.7 ``pl_voxel_thresh``].
+        teacher: ``offline`` (fixed pseudo-labels, default) or ``ema`` [inferred, method-spec §1.7].
+        ema_decay: EMA decay of the ``ema`` teacher, 0.99 [inferred, method-spec §4.1].
+        rounds: self-training rounds (re-select, re-label, fine-tune), 1 [inferred, method-spec §1.7
+            ``ssl_rounds``].
+    """
+
+    mode: PseudoMode = PseudoMode.SELECTIVE
+    select_mode: SelectMode = SelectMode.TOPK
+    keep_fraction: float = 0.5
+    dist_weight: float = 1.0
+    tau_conf: float = 0.90
+    tau_dist_quantile: float = 0.5
+    confidence: ConfidenceMetric = ConfidenceMetric.FG_MAX_PROB
+    empty_foreground_confidence: float = 0.0
+    voxel_threshold: Optional[float] = None
+    teacher: Teacher = Teacher.OFFLINE
+    ema_decay: float = 0.99
+    rounds: int = 1
+
+    def __post_init__(self) -> None:
+        owner = "PseudoLabelConfig"
+        object.__setattr__(self, "mode", _enum(PseudoMode, self.mode, owner, "mode"))
+        object.__setattr__(self, "select_mode", _enum(SelectMode, self.select_mode, owner, "select_mode"))
+        object.__setattr__(self, "confidence", _enum(ConfidenceMetric, self.confidence, owner, "confidence"))
+        object.__setattr__(self, "teacher", _enum(Teacher, self.teacher, owner, "teacher"))
+        object.__setattr__(self, "keep_fraction", _number(self.keep_fraction, owner, "keep_fraction", 0.0, 1.0,
+                                                          low_open=True))
+        object.__setattr__(self, "dist_weight", _number(self.dist_weight, owner, "dist_weight", 0.0))
+        object.__setattr__(self, "tau_conf", _number(self.tau_conf, owner, "tau_conf", 0.0, 1.0))
+        object.__setattr__(self, "tau_dist_quantile", _number(self.tau_dist_quantile, owner, "tau_dist_quantile",
+                                                              0.0, 1.0))
+        object.__setattr__(self, "empty_foreground_confidence",
+                           _number(self.empty_foreground_confidence, owner, "empty_foreground_confidence", 0.0, 1.0))
+        if self.voxel_threshold is not None:
+            object.__setattr__(self, "voxel_threshold",
+                               _number(self.voxel_threshold, owner, "voxel_threshold", 0.0, 1.0))
+        object.__setattr__(self, "ema_decay", _number(self.ema_decay, owner, "ema_decay", 0.0, 1.0))
+        _whole(self.rounds, owner, "rounds", 1)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PseudoLabelConfig:
+        return cls(**_check_keys(cls, data))
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Hold-out validation, best-checkpoint selection and the activation rule.
+
+    Attributes:
+        min_labeled: hold volumes out only when at least this many labelled volumes are usable, 5 (with fewer,
+            every label is needed for training; the metrics are then reported on the training volumes and marked
+            so).
+        fraction: share of the labelled volumes held out, 0.2 (at least one).
+        every: validate every this many training steps (and at the end of each stage), 50.
+        keep_best: keep the weights with the best held-out mean Dice rather than the last ones, True.
+        hd95: also report the 95th-percentile Hausdorff distance before and after, True.
+        reject_if_worse: when True and the held-out mean Dice after adaptation is lower than before, the new
+            version is stored but not made active (a warning says so), False.
+    """
+
+    min_labeled: int = 5
+    fraction: float = 0.2
+    every: int = 50
+    keep_best: bool = True
+    hd95: bool = True
+    reject_if_worse: bool = False
+
+    def __post_init__(self) -> None:
+        owner = "ValidationConfig"
+        _whole(self.min_labeled, owner, "min_labeled", 2)
+        object.__setattr__(self, "fraction", _number(self.fraction, owner, "fraction", 0.0, 0.5, low_open=True))
+        _whole(self.every, owner, "every", 1)
+        _flag(self.keep_best, owner, "keep_best")
+        _flag(self.hd95, owner, "hd95")
+        _flag(self.reject_if_worse, owner, "reject_if_worse")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ValidationConfig:
+        return cls(**_check_keys(cls, data))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides an adaptation run; saved with every model version and job.
+
+    The run has two stages (method-spec §1.3 "Final", §1.7): a supervised stage on the labelled volumes
+    (``train.iterations`` steps; its result is the teacher), then a semi-supervised stage that continues from the
+    teacher on labelled plus pseudo-labelled volumes (``semi_iterations`` steps, repeated ``pseudo.rounds`` times).
+    In ``pseudo.mode = "none"`` the second stage still runs, on labelled volumes only, so the three modes train for
+    the same number of steps and their results can be compared.
+
+    Attributes:
+        train: optimiser, patches and augmentation (:class:`TrainConfig`); its ``seed`` seeds the whole run.
+        semi_iterations: steps of each semi-supervised round; ``None`` = ``train.iterations``.
+        pseudo: selective pseudo-labelling (:class:`PseudoLabelConfig`).
+        validation: hold-out, best checkpoint and activation rule (:class:`ValidationConfig`).
+        checkpoint_every: a resumable checkpoint is written every this many steps (worker jobs), 25.
+        predict_pool: after training, predict every unlabelled volume with the new model (label maps written by
+            the caller), True.
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    semi_iterations: Optional[int] = None
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint_every: int = 25
+    predict_pool: bool = True
+
+    def __post_init__(self) -> None:
+        owner = "FinetuneConfig"
+        for name, kind in (("train", TrainConfig), ("pseudo", PseudoLabelConfig), ("validation", ValidationConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, kind.from_dict(value))
+            elif not isinstance(value, kind):
+                raise ValueError(f"{owner}.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}.")
+        if self.semi_iterations is not None:
+            _whole(self.semi_iterations, owner, "semi_iterations", 1)
+        _whole(self.checkpoint_every, owner, "checkpoint_every", 1)
+        _flag(self.predict_pool, owner, "predict_pool")
+
+    @property
+    def semi_steps(self) -> int:
+        """Steps of one semi-supervised round."""
+        return self.semi_iterations if self.semi_iterations is not None else self.train.iterations
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "train": self.train.to_dict(),
+            "semi_iterations": self.semi_iterations,
+            "pseudo": self.pseudo.to_dict(),
+            "validation": self.validation.to_dict(),
+            "checkpoint_every": self.checkpoint_every,
+            "predict_pool": self.predict_pool,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
+        """Build from :meth:`to_dict` output or a subset of it (missing keys take their defaults).
+
+        Raises:
+            ValueError: not a mapping, an unknown key at any level, or an invalid value.
+        """
+        return cls(**_check_keys(cls, data))

@@ -1,0 +1,329 @@
+"""The background worker: ``python -m ASSFTActive.worker JOB_DIR`` (DESIGN.md §4).
+
+Reads ``JOB_DIR/job.json`` (:mod:`ASSFTActive.jobs`), runs a ``rank`` or ``adapt`` job, and reports on stdout one
+JSON event per line (:meth:`ASSFTActive.progress.Event.to_json`); the same lines go to ``JOB_DIR/events.jsonl``
+and a readable copy to ``JOB_DIR/log.txt``. The last line is ``done`` (exit code 0) or ``error`` (exit code 1, or
+130 when cancelled, with the message ``cancelled``). Only events are written to stdout: anything else a library
+prints goes to stderr.
+
+Cancelling: SIGTERM or SIGINT raises :class:`~ASSFTActive.errors.CancelledError` in the running computation (at
+the latest at the next progress event), so the job ends within seconds and leaves the model store untouched. Once
+the new model version starts being committed (the ``commit`` phase, a few milliseconds), a signal no longer
+interrupts; the job then finishes normally.
+
+Resuming: an ``adapt`` job writes checkpoints to ``JOB_DIR/checkpoints``; running the worker again on the same job
+(e.g. after ``kill -9``) continues from the last one.
+
+Scale-out: under ``torchrun --nproc_per_node N -m ASSFTActive.worker JOB_DIR`` training is
+DistributedDataParallel (NCCL on GPUs, Gloo on CPU) and ranking shards the pool across ranks; only rank 0 writes
+events and files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TextIO
+
+from .errors import AssftError, CancelledError, JobError
+from .jobs import (
+    CHECKPOINT_DIR,
+    EVENTS_FILE,
+    EXIT_CANCELLED,
+    EXIT_DONE,
+    EXIT_ERROR,
+    LOG_FILE,
+    RANKING_FILE,
+    RESULT_FILE,
+    JobSpec,
+    read_job,
+)
+from .progress import Event
+
+__all__ = ["main", "run_job"]
+
+#: Library caches of the job (torch's compiler caches), inside the job folder.
+CACHE_DIR = ".cache"
+
+
+class _Cancel:
+    """Cancellation state shared by the signal handler and the progress callback."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self.interruptible = True  # False from the commit phase on
+        self.busy = False  # True while an event is being written (never interrupt half a line)
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        if self.interruptible and not self.busy:
+            raise CancelledError("cancelled")
+
+    def check(self) -> None:
+        if self.requested and self.interruptible:
+            raise CancelledError("cancelled")
+
+
+class _Channel:
+    """Events to stdout, ``events.jsonl`` and ``log.txt`` (rank 0 only); a cancel check on every event."""
+
+    def __init__(self, job_dir: Path, cancel: _Cancel, stdout: Optional[TextIO], writer: bool):
+        self.job_dir = job_dir
+        self.cancel = cancel
+        self.stdout = stdout
+        self.writer = writer
+        self.events = open(job_dir / EVENTS_FILE, "a", encoding="utf-8") if writer else None
+        self.log = open(job_dir / LOG_FILE, "a", encoding="utf-8") if writer else None
+        self._last_logged_step: Dict[str, int] = {}
+
+    def send(self, event: Event) -> None:
+        if self.writer:
+            self.cancel.busy = True
+            try:
+                line = event.to_json() + "\n"
+                self.stdout.write(line)
+                self.stdout.flush()
+                self.events.write(line)
+                self.events.flush()
+                self._log(event)
+            finally:
+                self.cancel.busy = False
+
+    def __call__(self, event: Event) -> None:
+        """The progress callback handed to the engine."""
+        if event.event == "phase" and event.phase == "commit":
+            self.cancel.check()
+            self.cancel.interruptible = False
+        self.send(event)
+        self.cancel.check()
+
+    def emit(self, kind: str, **kwargs: Any) -> None:
+        self.send(Event(event=kind, **kwargs))
+
+    def note(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+            self.log.flush()
+
+    def _log(self, event: Event) -> None:
+        if event.event == "progress":
+            last = self._last_logged_step.get(event.phase, -10**9)
+            if event.step != event.total and event.step - last < 25:
+                return
+            self._last_logged_step[event.phase] = event.step
+        where = f"[{event.phase} {event.step}/{event.total}]" if event.total else f"[{event.phase}]"
+        metrics = ""
+        if event.metrics and event.event != "progress":
+            metrics = " " + json.dumps(dict(event.metrics), sort_keys=True)
+        self.note(f"{event.event.upper():8s} {where} {event.message}{metrics}")
+
+    def close(self) -> None:
+        for handle in (self.events, self.log):
+            if handle is not None:
+                handle.close()
+
+
+def _write_result(job_dir: Path, result: Dict[str, Any]) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(job_dir / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _images(spec: JobSpec) -> List[Path]:
+    return [Path(spec.images[k]) for k in sorted(spec.images)]
+
+
+def _check_case_ids(spec: JobSpec) -> None:
+    from .io import case_id
+
+    wrong = [(k, v) for k, v in spec.images.items() if case_id(v) != k]
+    if wrong:
+        key, path = wrong[0]
+        raise JobError(f"job.json: image {path} is listed as case {key!r} but its file name gives case "
+                       f"{case_id(path)!r}; key images by their file name (without suffix).")
+
+
+def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str, Any]:
+    from .distributed import rank_pool_distributed
+    from .models import load_card
+    from .store import resolve_card_path
+
+    _check_case_ids(spec)
+    card = load_card(resolve_card_path(spec.model or "default"))
+    query = spec.query_config()
+    result = rank_pool_distributed(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
+                                   query=query, ctx=ctx, progress=channel)
+    if not ctx.is_main:
+        return {}
+    return {
+        "status": "done", "kind": "rank", "model_card": str(card.path), "ranking": str(job_dir / RANKING_FILE),
+        "predictions": {v.case_id: str(v.prediction) for v in result.volumes if v.prediction is not None},
+        "metrics": {"volumes": len(result.volumes), "budget": spec.budget,
+                    "selected": list(result.ranking.selected_ids)},
+    }
+
+
+def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str, Any]:
+    from .finetune.adapt import adapt_model
+
+    config = spec.finetune_config()
+    reranked: Dict[str, Any] = {}
+
+    def rerank(model, rank_ctx) -> None:
+        """Re-rank the remaining pool with the adapted model, before it is committed (still cancellable)."""
+        from .distributed import rank_pool_distributed
+        from .finetune.adapt import default_name
+        from .inference import Predictor
+        from .models import derive_card, load_model
+
+        pool = [k for k in spec.images if k not in spec.labels]
+        if not pool:
+            return
+        _check_case_ids(spec)
+        pretrained = load_model(model.card.pretrained_card(), rank_ctx.device)
+        predictor = Predictor(model, pretrained, device=rank_ctx.device)
+        card = derive_card(model.card, name=spec.name or default_name(model.card), weights="weights.safetensors",
+                           pretrained=str(model.card.pretrained_card().path), provenance={})
+        result = rank_pool_distributed(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
+                                       query=spec.query_config(), ctx=rank_ctx, progress=channel,
+                                       predictor=predictor)
+        if rank_ctx.is_main:
+            reranked["ranking"] = str(job_dir / RANKING_FILE)
+            reranked["predictions"] = {v.case_id: str(v.prediction) for v in result.volumes
+                                       if v.prediction is not None}
+            reranked["selected"] = list(result.ranking.selected_ids)
+
+    outcome = adapt_model(spec.images, spec.labels, store=spec.store, model=spec.model or "default",
+                          name=spec.name or None, config=config, progress=channel,
+                          work_dir=job_dir / CHECKPOINT_DIR, predictions_dir=None, dist=ctx,
+                          before_commit=rerank)
+    if not ctx.is_main:
+        return {}
+    summary = outcome.to_dict()
+    metrics = dict(summary["metrics"], version=outcome.version, activated=outcome.activated,
+                   labeled=summary["labeled"], validation=summary["validation"], skipped=summary["skipped"],
+                   pseudo=summary["pseudo"], pseudo_labeled=[d["case_id"] for d in summary["pseudo"] if d["kept"]],
+                   seconds=summary["seconds"], resumed_from=summary["resumed_from"])
+    if "selected" in reranked:
+        metrics["selected"] = reranked["selected"]
+    result = {
+        "status": "done", "kind": "adapt", "model_card": str(outcome.card_path),
+        "predictions": reranked.get("predictions", summary["predictions"]), "metrics": metrics,
+    }
+    if "ranking" in reranked:
+        result["ranking"] = reranked["ranking"]
+    return result
+
+
+def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO] = None) -> int:
+    """Run the job in ``job_dir`` and return the exit code (see the module docstring)."""
+    job_dir = Path(job_dir).resolve()
+    if not (job_dir / "job.json").is_file():
+        print(f"error: {job_dir / 'job.json'}: job file not found", file=sys.stderr)
+        return EXIT_ERROR
+    # torch keeps compiler caches in the system temp folder; a job writes only in its own folder and the store
+    for variable, folder in (("TORCHINDUCTOR_CACHE_DIR", "torchinductor"), ("TRITON_CACHE_DIR", "triton")):
+        os.environ.setdefault(variable, str(job_dir / CACHE_DIR / folder))
+    cancel = _Cancel()
+    previous = {s: signal.signal(s, cancel.handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    rank = int(os.environ.get("RANK", "0"))
+    channel = _Channel(job_dir, cancel, stdout or sys.stdout, writer=rank == 0)
+    ctx = None
+    code = EXIT_ERROR
+    try:
+        try:
+            if rank == 0:
+                (job_dir / RESULT_FILE).unlink(missing_ok=True)
+            channel.note(f"worker started (pid {os.getpid()}, rank {rank})")
+            spec = read_job(job_dir)
+            channel.emit("phase", phase="start", message=f"{spec.kind} job in {job_dir}")
+            from .distributed import init_from_env
+
+            ctx = init_from_env(device)
+            if ctx.distributed:
+                channel.emit("phase", phase="start", message=(
+                    f"{ctx.world_size} ranks, backend {ctx.backend}, device {ctx.device.type}"))
+            result = (_run_adapt if spec.kind == "adapt" else _run_rank)(spec, job_dir, ctx, channel)
+            cancel.interruptible = False
+            if ctx.is_main:
+                _write_result(job_dir, result)
+            message = (f"new model {result.get('model_card')}" if spec.kind == "adapt" and result
+                       else f"ranking {result.get('ranking')}" if result else "done")
+            if cancel.requested:
+                channel.note(f"{cancel.signal_name} arrived after the new version was committed; finished normally")
+            channel.emit("done", phase="done", message=message, metrics=_numbers(result.get("metrics", {})))
+            code = EXIT_DONE
+        except CancelledError:
+            cancel.interruptible = False
+            channel.note(f"cancelled ({cancel.signal_name or 'by request'}); the model store was not changed")
+            if rank == 0:
+                _write_result(job_dir, {"status": "cancelled", "message": "cancelled"})
+            channel.emit("error", phase="cancelled", message="cancelled")
+            code = EXIT_CANCELLED
+        except AssftError as exc:
+            cancel.interruptible = False
+            channel.note(f"error: {exc}")
+            if rank == 0:
+                _write_result(job_dir, {"status": "error", "message": str(exc)})
+            channel.emit("error", phase="error", message=str(exc))
+            code = EXIT_ERROR
+        except Exception as exc:  # an unexpected failure still ends with an error event
+            cancel.interruptible = False
+            channel.note("unexpected error:\n" + traceback.format_exc())
+            message = f"unexpected {type(exc).__name__}: {exc} (details in {job_dir / LOG_FILE})"
+            if rank == 0:
+                _write_result(job_dir, {"status": "error", "message": message})
+            channel.emit("error", phase="error", message=message)
+            code = EXIT_ERROR
+    finally:
+        cancel.interruptible = False
+        if ctx is not None:
+            try:
+                ctx.close()
+            except Exception:
+                pass
+        channel.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
+    """The plain numeric entries of a metrics dict (an Event carries numbers only)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ASSFTActive.worker",
+                                     description="Run one ASSFT background job (rank or adapt) in JOB_DIR.")
+    parser.add_argument("job_dir", type=Path, help="folder holding job.json; outputs are written there")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="force the compute device (default: CUDA when present)")
+    args = parser.parse_args(argv)
+    # Only events go to stdout: keep a private handle on it and send everything else (print, C libraries) to stderr.
+    sys.stdout.flush()
+    events_out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        return run_job(args.job_dir, args.device, stdout=events_out)
+    finally:
+        events_out.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""`assft adapt` as a user types it: a new active version with a summary, settings from flags and files, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_finetune_training import make_tiny_card, read_json, tree, worker_env, write_dataset
+
+from ASSFTActive.cli import main
+from ASSFTActive.store import ModelStore
+
+FAST = ["--iterations", "12", "--semi-iterations", "8", "--batch-size", "2", "--learning-rate", "0.01"]
+
+
+def assft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ASSFTActive", *args], cwd=str(cwd), env=worker_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs use one thread, like the worker subprocesses (the CI machine has two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli-adapt")
+    card = make_tiny_card(tmp / "base")
+    write_dataset(tmp / "data", count=6, labeled=3)
+    return {"card": card, "images": tmp / "data" / "images", "labels": tmp / "data" / "labels", "tmp": tmp}
+
+
+@pytest.mark.slow
+def test_adapt_prints_a_summary_shows_progress_and_activates_the_new_version(world):
+    store = world["tmp"] / "store"
+    done = assft("adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
+                 str(world["card"]), "--store", str(store), "--name", "site", *FAST, "--predictions",
+                 str(world["tmp"] / "pred"), cwd=world["tmp"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "model site v1 is now active" in out
+    assert "labelled volumes: 3 trained on, 0 held out" in out
+    assert "pseudo-labelled volumes: 2 of 3 unlabelled" in out
+    assert "box_a" in out and "box_b" in out and "Dice before" in out
+    assert "train" in done.stderr  # the progress bar
+    assert ModelStore(store).active("site").version == "v1"
+    assert sorted(p.name for p in (world["tmp"] / "pred").iterdir()) == [
+        "case_003.nii.gz", "case_004.nii.gz", "case_005.nii.gz"]
+    config = read_json(store / "site" / "v1" / "config.json")["finetune"]
+    assert config["train"]["iterations"] == 12 and config["pseudo"]["mode"] == "selective"
+
+
+def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
+    settings = world["tmp"] / "settings.json"
+    settings.write_text(json.dumps({"train": {"iterations": 99, "batch_size": 2}, "semi_iterations": 4,
+                                    "pseudo": {"mode": "all", "keep_fraction": 0.3}}))
+    store = world["tmp"] / "store-none"
+    code = main(["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
+                 str(world["card"]), "--store", str(store), "--config", str(settings), "--iterations", "6",
+                 "--pseudo", "none", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "pseudo-labelled volumes: none" in out and "tiny-unet-adapted v1 is now active" in out
+    config = read_json(store / "tiny-unet-adapted" / "v1" / "config.json")["finetune"]
+    assert config["train"]["iterations"] == 6 and config["train"]["batch_size"] == 2
+    assert config["pseudo"] == {**config["pseudo"], "mode": "none", "keep_fraction": 0.3}
+    assert config["semi_iterations"] == 4
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_labels", "error: no labelled volumes"),
+    ("store_is_file", "is a file, not a folder"),
+    ("bad_setting", "unknown TrainConfig setting(s) 'lr'"),
+    ("missing_images", "no NIfTI/NRRD/MetaImage files found"),
+    ("bad_number", "PseudoLabelConfig.keep_fraction must be in (0.0, 1.0]"),
+])
+def test_bad_input_is_a_one_line_error_with_exit_code_2_and_no_store_change(world, capsys, case, message):
+    tmp = world["tmp"] / case
+    tmp.mkdir()
+    store = tmp / "store"
+    args = ["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
+            str(world["card"]), "--store", str(store), "--quiet", *FAST]
+    if case == "no_labels":
+        (tmp / "empty").mkdir()
+        args[4] = str(tmp / "empty")
+    elif case == "store_is_file":
+        (tmp / "file").write_text("x")
+        args[8] = str(tmp / "file" / "store")
+    elif case == "bad_setting":
+        (tmp / "s.json").write_text(json.dumps({"train": {"lr": 0.1}}))
+        args += ["--config", str(tmp / "s.json")]
+    elif case == "missing_images":
+        args[2] = str(tmp / "nowhere")
+    elif case == "bad_number":
+        args += ["--keep-fraction", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert tree(store) == []

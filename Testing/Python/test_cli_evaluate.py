@@ -1,0 +1,94 @@
+"""`assft evaluate` as a user types it: the per-class table printed and written as CSV and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_finetune_training import make_tiny_card, synthetic_case, worker_env, write_dataset
+
+from ASSFTActive.cli import main
+from ASSFTActive.io import Volume, write_volume
+
+HIPPOCAMPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs use one thread, like the worker subprocesses (the CI machine has two cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli-evaluate")
+    card = make_tiny_card(tmp / "base")
+    write_dataset(tmp / "data", count=4, labeled=3)
+    return {"card": card, "images": tmp / "data" / "images", "labels": tmp / "data" / "labels", "tmp": tmp}
+
+
+def test_evaluate_prints_the_table_and_writes_csv_and_markdown(world, capsys):
+    out = world["tmp"] / "eval"
+    code = main(["evaluate", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
+                 str(world["card"]), "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| class | Dice | HD95 (mm) |" in printed and "| box_a |" in printed and "| box_b |" in printed
+    assert "on 3 labelled volume(s)" in printed and str(out / "evaluation.csv") in printed
+    rows = list(csv.DictReader((out / "evaluation.csv").open()))
+    assert [r["case_id"] for r in rows] == ["case_000", "case_001", "case_002", "mean"]
+    assert {"dice_box_a", "dice_box_b", "hd95_box_a", "hd95_box_b"} <= set(rows[0])
+    mean = np.mean([float(r["dice_box_a"]) for r in rows[:3]])
+    assert float(rows[3]["dice_box_a"]) == pytest.approx(mean, abs=1e-3)
+    assert (out / "evaluation.md").read_text().count("| box_") == 2
+
+
+def test_a_label_that_does_not_fit_is_skipped_with_a_warning(world, capsys, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("case_000.nii.gz", "case_001.nii.gz"):
+        (labels / name).write_bytes((world["labels"] / name).read_bytes())
+    _, label, affine = synthetic_case(0)
+    write_volume(Volume(label[:-1], affine), labels / "case_002.nii.gz")
+    code = main(["evaluate", "--images", str(world["images"]), "--labels", str(labels), "--model",
+                 str(world["card"]), "--out", str(tmp_path / "eval"), "--quiet", "--no-hd95"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "on 2 labelled volume(s); 1 skipped" in captured.out
+    assert "skipped" in captured.err and "case_002.nii.gz" in captured.err
+
+
+def test_no_matching_labels_is_an_error(world, capsys, tmp_path):
+    (tmp_path / "none").mkdir()
+    code = main(["evaluate", "--images", str(world["images"]), "--labels", str(tmp_path / "none"), "--model",
+                 str(world["card"]), "--out", str(tmp_path / "eval"), "--quiet"])
+    assert code == 2
+    assert "no label file is named like an image" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_the_default_model_on_real_hippocampus_volumes(tmp_path):
+    if not (HIPPOCAMPUS / "imagesTr").is_dir():
+        pytest.skip(f"needs the MSD hippocampus data in {HIPPOCAMPUS} (shared data, absent in a bare clone)")
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for case in ("hippocampus_001", "hippocampus_003"):  # source-split training cases, not reserved
+        (images / f"{case}.nii.gz").symlink_to(HIPPOCAMPUS / "imagesTr" / f"{case}.nii.gz")
+        (labels / f"{case}.nii.gz").symlink_to(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz")
+    done = subprocess.run([sys.executable, "-m", "ASSFTActive", "evaluate", "--images", str(images), "--labels",
+                           str(labels), "--out", str(tmp_path / "eval"), "--quiet"], cwd=str(tmp_path),
+                          env=worker_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "eval" / "evaluation.csv").open()))
+    assert float(rows[-1]["dice_anterior"]) > 0.5 and float(rows[-1]["dice_posterior"]) > 0.5
+    assert "| anterior |" in done.stdout and "| posterior |" in done.stdout

@@ -1,0 +1,99 @@
+"""Scale-out: the worker under ``torchrun`` with two CPU processes (Gloo): DDP fine-tuning and sharded ranking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_finetune_training import FAST_FINETUNE, make_tiny_card, read_json, worker_env, write_dataset
+
+from ASSFTActive.distributed import DistContext, init_from_env, merge_shards
+from ASSFTActive.jobs import EXIT_DONE, JobSpec, read_events, write_job
+from ASSFTActive.store import ModelStore
+
+
+def test_a_single_process_context_shards_nothing_away_and_its_collectives_are_identities():
+    ctx = DistContext.single(torch.device("cpu"))
+    assert not ctx.distributed and ctx.is_main
+    assert ctx.shard([1, 2, 3]) == [1, 2, 3]
+    assert ctx.all_gather("x") == ["x"] and ctx.gather_to_main(5) == [5] and ctx.broadcast({"a": 1}) == {"a": 1}
+    network = torch.nn.Linear(2, 2)
+    assert ctx.wrap(network) is network
+    assert init_from_env("cpu").world_size == 1
+
+
+def test_shards_of_two_ranks_cover_the_pool_once_and_merge_back_in_order():
+    items = [f"case_{i}" for i in range(7)]
+    ranks = [DistContext(rank=r, world_size=2) for r in range(2)]
+    shards = [ctx.shard(items) for ctx in ranks]
+    assert sorted(shards[0] + shards[1]) == sorted(items) and not set(shards[0]) & set(shards[1])
+    results = [{item: item.upper() for item in shard} for shard in shards]
+    assert merge_shards(results, items) == [item.upper() for item in items]
+
+
+def _torchrun(job: Path, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ASSFTActive.worker", str(job), "--device", "cpu"]
+    return subprocess.run(command, cwd=str(cwd), env=worker_env(), capture_output=True, text=True, timeout=600)
+
+
+def _single(job: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(job)], cwd=str(cwd), env=worker_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    card = make_tiny_card(tmp / "base")
+    images, labels = write_dataset(tmp / "data", count=7, labeled=3)
+    (tmp / "cwd").mkdir()
+    return {"card": card, "images": {k: str(v) for k, v in images.items()},
+            "labels": {k: str(v) for k, v in labels.items()}, "tmp": tmp}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_fine_tune_with_ddp_and_store_one_version(world):
+    job = world["tmp"] / "adapt"
+    store = world["tmp"] / "store"
+    write_job(job, JobSpec(kind="adapt", images=world["images"], labels=world["labels"], model=str(world["card"]),
+                           store=str(store), name="site", budget=2, finetune=FAST_FINETUNE))
+    out = _torchrun(job, world["tmp"] / "cwd")
+    assert out.returncode == EXIT_DONE, out.stderr[-3000:]
+    events = read_events(job)
+    assert events[-1].event == "done" and not any(e.event == "error" for e in events)
+    messages = [e.message for e in events if e.event == "phase"]
+    assert "2 ranks, backend gloo, device cpu" in messages
+    assert any("2 ranks hold identical weights" in m for m in messages)
+    # only rank 0 reports: one event per training step, one done
+    assert [e.step for e in events if e.event == "progress" and e.phase == "train"] == list(range(1, 21))
+    assert out.stdout.count('"event": "done"') == 1
+    result = read_json(job / "result.json")
+    assert result["model_card"] == str(ModelStore(store).active("site").card_path)
+    assert [v.version for v in ModelStore(store).versions("site")] == ["v1"]
+    assert sorted(result["predictions"]) == ["case_003", "case_004", "case_005", "case_006"]
+
+
+@pytest.mark.slow
+def test_ranking_sharded_over_two_processes_equals_the_single_process_ranking(world):
+    rankings = {}
+    for name, launch in (("single", _single), ("sharded", _torchrun)):
+        job = world["tmp"] / f"rank-{name}"
+        write_job(job, JobSpec(kind="rank", images=world["images"], labels=world["labels"],
+                               model=str(world["card"]), budget=2))
+        out = launch(job, world["tmp"] / "cwd")
+        assert out.returncode == EXIT_DONE, out.stderr[-3000:]
+        assert read_events(job)[-1].event == "done"
+        rankings[name] = read_json(job / "ranking.json")
+        assert sorted(read_json(job / "result.json")["predictions"]) == ["case_003", "case_004", "case_005",
+                                                                        "case_006"]
+    single, sharded = rankings["single"]["cases"], rankings["sharded"]["cases"]
+    assert [r["case_id"] for r in sharded] == [r["case_id"] for r in single]
+    assert [r["selected"] for r in sharded] == [r["selected"] for r in single]
+    for a, b in zip(single, sharded):
+        for key in ("dkd", "asd", "score"):
+            assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], abs=1e-5)
+    assert read_json(world["tmp"] / "rank-sharded" / "config.json")["world_size"] == 2

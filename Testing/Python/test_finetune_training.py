@@ -1,0 +1,211 @@
+"""The patch trainer: ramp weight, EMA teacher, checkpoints and resume, on a tiny network and synthetic volumes.
+
+This module also holds the small synthetic world the other fine-tuning, store, worker and CLI tests share: a tiny
+3-class UNet card with random ("pre-trained") weights and volumes with two bright boxes as the two classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from ASSFTActive.finetune.config import TrainConfig
+from ASSFTActive.finetune.training import SupervisedCase, dice_ce_loss, ema_update, pseudo_weight_at, train_supervised
+from ASSFTActive.io import Volume, write_volume
+from ASSFTActive.models import ModelCard, build_network, load_card, save_card, save_weights
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = (24, 24, 20)
+
+TINY_CARD = {
+    "name": "tiny-unet",
+    "architecture": "UNet",
+    "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16],
+                  "strides": [2, 2], "num_res_units": 1, "norm": "instance"},
+    "weights": "weights.safetensors",
+    "class_names": ["background", "box_a", "box_b"],
+    "encoder_stages": ["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule"],
+    "patch_size": [16, 16, 16],
+    "preprocessing": {"profile": "zscore_nonzero"},
+    "spacing": None,
+    "orientation": "RAS",
+}
+
+#: Small, fast fine-tuning settings for tests (dict form, as in job.json).
+FAST_FINETUNE = {"train": {"iterations": 12, "batch_size": 2, "learning_rate": 0.01},
+                 "semi_iterations": 8, "validation": {"every": 6, "hd95": False}, "checkpoint_every": 4}
+
+
+def make_tiny_card(folder: Path, seed: int = 0, **changes) -> Path:
+    """A tiny UNet card with random weights in ``folder``; returns the card path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    card = ModelCard.from_dict({**TINY_CARD, **changes})
+    torch.manual_seed(seed)
+    save_weights(build_network(card), folder / "weights.safetensors")
+    save_card(card, folder / "card.json")
+    return folder / "card.json"
+
+
+def synthetic_case(seed: int, contrast: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, label, affine)``: two boxes (classes 1 and 2) of different brightness on a noisy background."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, 10.0, SHAPE).astype(np.float32)
+    label = np.zeros(SHAPE, dtype=np.uint8)
+    for cls in (1, 2):
+        size = rng.integers(5, 8, size=3)
+        start = [int(rng.integers(1, s - z - 1)) for s, z in zip(SHAPE, size)]
+        box = tuple(slice(a, a + int(z)) for a, z in zip(start, size))
+        label[box] = cls
+    for cls, level in ((1, 300.0), (2, 500.0)):
+        image[label == cls] = rng.normal(level * contrast, 10.0, int((label == cls).sum()))
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    return image, label, affine
+
+
+def write_dataset(folder: Path, count: int, labeled: int, first_seed: int = 0,
+                  contrast: float = 1.0) -> Tuple[Dict[str, Path], Dict[str, Path]]:
+    """``count`` synthetic volumes in ``folder/images``, the first ``labeled`` with labels in ``folder/labels``."""
+    images, labels = {}, {}
+    for index in range(count):
+        image, label, affine = synthetic_case(first_seed + index, contrast)
+        case = f"case_{index:03d}"
+        images[case] = write_volume(Volume(image, affine), folder / "images" / f"{case}.nii.gz")
+        if index < labeled:
+            labels[case] = write_volume(Volume(label, affine), folder / "labels" / f"{case}.nii.gz")
+    return images, labels
+
+
+def tree(folder: Path) -> List[str]:
+    """Every path below ``folder`` (relative, sorted), to compare a folder before and after."""
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def worker_env(**extra: str) -> Dict[str, str]:
+    """Environment of a worker subprocess: the repository importable, one thread (the CI machine is small)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONWARNINGS"] = "ignore"
+    env.update(extra)
+    return env
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cases(count: int, first_seed: int = 0) -> List[SupervisedCase]:
+    cases = []
+    for index in range(count):
+        image, label, affine = synthetic_case(first_seed + index)
+        volume = Volume(image, affine)
+        cases.append(SupervisedCase(f"c{index}", volume, volume.with_array(label)))
+    return cases
+
+
+def test_pseudo_weight_follows_the_gaussian_ramp_then_stays_at_its_maximum():
+    config = TrainConfig(iterations=100, pseudo_weight=2.0, rampup_fraction=0.4)
+    assert pseudo_weight_at(0, config) == pytest.approx(2.0 * np.exp(-5.0))
+    assert pseudo_weight_at(20, config) == pytest.approx(2.0 * np.exp(-5.0 * 0.25))
+    assert pseudo_weight_at(40, config) == pytest.approx(2.0)
+    assert pseudo_weight_at(90, config) == pytest.approx(2.0)
+
+
+def test_ema_update_moves_the_teacher_towards_the_student_by_one_minus_decay():
+    student, teacher = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+        teacher.weight.fill_(0.0)
+    ema_update(teacher, student, decay=0.9)
+    assert torch.allclose(teacher.weight, torch.full_like(teacher.weight, 0.1))
+
+
+def test_dice_ce_loss_ignores_masked_voxels():
+    logits = torch.zeros(1, 3, 4, 4, 4)
+    logits[:, 1] = 5.0
+    target = torch.ones(1, 4, 4, 4, dtype=torch.long)
+    wrong = target.clone()
+    wrong[..., :2] = 2
+    mask = torch.ones(1, 4, 4, 4)
+    mask[..., :2] = 0.0
+    assert float(dice_ce_loss(logits, wrong, mask)) == pytest.approx(float(dice_ce_loss(logits, target, mask)),
+                                                                      abs=1e-4)
+    assert float(dice_ce_loss(logits, wrong)) > float(dice_ce_loss(logits, target)) + 0.5
+
+
+def test_training_lowers_the_loss_on_synthetic_boxes(tmp_path, one_thread):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    network = build_network(card)
+    config = TrainConfig(iterations=60, batch_size=2, learning_rate=0.01, seed=1)
+    losses = train_supervised(network, card, _cases(3), config, device=torch.device("cpu"))
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert not network.training
+
+
+def test_ema_teacher_labels_pseudo_patches_and_is_handed_to_checkpoints(tmp_path, one_thread):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    network = build_network(card)
+    teacher = build_network(card)
+    teacher.load_state_dict(network.state_dict())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    seen = []
+    config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
+    train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
+                     device=torch.device("cpu"), teacher=teacher, ema_decay=0.5, teacher_voxel_threshold=0.5,
+                     checkpoint=lambda step, net, state: seen.append((step, sorted(state))), checkpoint_every=3)
+    assert seen == [(3, ["optimizer", "scheduler", "teacher"]), (6, ["optimizer", "scheduler", "teacher"])]
+    changed = [k for k, v in teacher.state_dict().items()
+               if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    assert changed, "the EMA teacher did not follow the student"
+
+
+def test_resuming_from_a_checkpoint_continues_the_step_count_and_schedule(tmp_path, one_thread):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    network = build_network(card)
+    saved = {}
+
+    def keep(step, net, state):
+        saved["step"], saved["state"] = step, state
+        saved["weights"] = {k: v.clone() for k, v in net.state_dict().items()}
+
+    config = TrainConfig(iterations=10, batch_size=1, learning_rate=0.01)
+    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"), checkpoint=keep,
+                     checkpoint_every=5)
+    resumed = build_network(card)
+    resumed.load_state_dict(saved["weights"])
+    events = []
+    losses = train_supervised(resumed, card, _cases(2), config, device=torch.device("cpu"), start_step=10 - 5,
+                              optimizer_state=saved["state"], progress=events.append)
+    assert len(losses) == 5
+    assert [e.step for e in events] == [6, 7, 8, 9, 10]
+
+
+def test_synthetic_helpers_write_matching_images_and_labels(tmp_path):
+    images, labels = write_dataset(tmp_path, count=3, labeled=2)
+    assert sorted(images) == ["case_000", "case_001", "case_002"] and sorted(labels) == ["case_000", "case_001"]
+    from ASSFTActive.io import read_label, read_volume
+
+    image = read_volume(images["case_000"])
+    label = read_label(labels["case_000"], image, 3)
+    assert set(np.unique(label.array)) == {0, 1, 2}
+    assert float(image.array[label.array == 2].mean()) > float(image.array[label.array == 1].mean())

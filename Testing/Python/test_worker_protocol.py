@@ -1,0 +1,237 @@
+"""The background worker as a real subprocess (DESIGN.md §4): events, result, cancel, kill -9 and resume, faults."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+import torch
+from test_finetune_training import (
+    FAST_FINETUNE,
+    make_tiny_card,
+    read_json,
+    synthetic_case,
+    tree,
+    worker_env,
+    write_dataset,
+)
+
+from ASSFTActive.io import Volume, write_volume
+from ASSFTActive.jobs import EXIT_CANCELLED, EXIT_DONE, EXIT_ERROR, JobSpec, read_events, write_job
+from ASSFTActive.progress import Event
+from ASSFTActive.store import ModelStore
+
+pytestmark = pytest.mark.slow
+
+
+class Worker:
+    """``python -m ASSFTActive.worker JOB_DIR`` with its stdout read line by line in the background."""
+
+    def __init__(self, job_dir: Path, cwd: Path, **env: str):
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = job_dir.parent / f"{job_dir.name}-stderr-{time.time_ns()}.txt"
+        self._stderr = open(self.stderr_path, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "ASSFTActive.worker", str(job_dir)], cwd=str(cwd),
+                                        env=worker_env(**env), stdout=subprocess.PIPE, stderr=self._stderr,
+                                        text=True)
+        self.lines: queue.Queue[Optional[str]] = queue.Queue()
+        self.raw: List[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def events_until(self, predicate, timeout: float = 120.0) -> List[Event]:
+        """Events read so far, up to and including the first one that satisfies ``predicate``."""
+        seen = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.time()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.raw.append(line)
+            event = Event.from_json(line)
+            seen.append(event)
+            if predicate(event):
+                return seen
+        raise AssertionError(f"no matching event; got {[(e.event, e.phase, e.step) for e in seen][-5:]}; stderr:\n"
+                             + self.stderr_path.read_text()[-3000:])
+
+    def finish(self, timeout: float = 300.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        while True:
+            line = self.lines.get(timeout=10)
+            if line is None:
+                break
+            self.raw.append(line)
+        self._stderr.close()
+        return code
+
+    @property
+    def events(self) -> List[Event]:
+        return [Event.from_json(line) for line in self.raw]
+
+
+def run_worker(job_dir: Path, cwd: Path, **env: str):
+    worker = Worker(job_dir, cwd, **env)
+    code = worker.finish()
+    return code, worker
+
+
+@pytest.fixture
+def world(tmp_path):
+    card = make_tiny_card(tmp_path / "base")
+    images, labels = write_dataset(tmp_path / "data", count=6, labeled=3)
+    return {"card": card, "images": images, "labels": labels, "store": tmp_path / "store", "tmp": tmp_path}
+
+
+@pytest.fixture(scope="module")
+def primed_store(tmp_path_factory):
+    """A store whose model ``site`` has an active version v1 (made once), and the world it was made from."""
+    from ASSFTActive.finetune.adapt import adapt_model
+    from ASSFTActive.finetune.config import FinetuneConfig
+
+    tmp = tmp_path_factory.mktemp("primed")
+    card = make_tiny_card(tmp / "base")
+    images, labels = write_dataset(tmp / "data", count=6, labeled=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        adapt_model(images, labels, store=tmp / "store", model=card, name="site",
+                    config=FinetuneConfig.from_dict(FAST_FINETUNE))
+    finally:
+        torch.set_num_threads(threads)
+    return {"card": card, "images": images, "labels": labels, "store": tmp / "store"}
+
+
+def adapt_job(world, job_dir: Path, finetune=None, labels=None, **changes) -> Path:
+    spec = JobSpec(kind="adapt", images={k: str(v) for k, v in world["images"].items()},
+                   labels={k: str(v) for k, v in (labels or world["labels"]).items()}, model=str(world["card"]),
+                   store=str(world["store"]), name="site", budget=2, finetune=finetune or FAST_FINETUNE, **changes)
+    write_job(job_dir, spec)
+    return job_dir
+
+
+def long_training(iterations: int = 100000, checkpoint_every: int = 4) -> dict:
+    return {"train": {"iterations": iterations, "batch_size": 1}, "semi_iterations": 4,
+            "validation": {"hd95": False}, "checkpoint_every": checkpoint_every}
+
+
+def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_model(world):
+    job = adapt_job(world, world["tmp"] / "job")
+    (world["tmp"] / "tmpdir").mkdir()
+    code, worker = run_worker(job, world["tmp"] / "cwd", TMPDIR=str(world["tmp"] / "tmpdir"))
+    assert code == EXIT_DONE, worker.stderr_path.read_text()[-2000:]
+    events = worker.events
+    assert events[0].event == "phase" and events[0].phase == "start"
+    assert events[-1].event == "done" and [e.event for e in events].count("done") == 1
+    assert not any(e.event == "error" for e in events)
+    train_steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
+    assert train_steps == list(range(1, 21)) and all(e.total == 20 for e in events if e.phase == "train")
+    assert any(e.event == "metric" and "dice_after" in e.metrics for e in events)
+    assert (job / "events.jsonl").read_text().splitlines() == [line.rstrip("\n") for line in worker.raw]
+    assert "DONE" in (job / "log.txt").read_text()
+
+    result = read_json(job / "result.json")
+    assert result["status"] == "done" and result["kind"] == "adapt"
+    active = ModelStore(world["store"]).active("site")
+    assert result["model_card"] == str(active.card_path) and active.version == "v1"
+    assert result["ranking"] == str(job / "ranking.json")
+    ranking = read_json(job / "ranking.json")
+    assert sum(row["selected"] for row in ranking["cases"]) == 2
+    assert sorted(result["predictions"]) == ["case_003", "case_004", "case_005"]
+    assert all(Path(p).is_file() and Path(p).parent.parent == job for p in result["predictions"].values())
+    assert result["metrics"]["after"]["mean_dice"] is not None and result["metrics"]["version"] == "v1"
+    # the worker wrote only in its job folder and the store
+    assert tree(world["tmp"] / "cwd") == [] and tree(world["tmp"] / "tmpdir") == []
+    assert sorted(p.name for p in world["tmp"].iterdir() if not p.name.startswith("job-stderr")) == \
+        ["base", "cwd", "data", "job", "store", "tmpdir"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_training_cancels_within_5_seconds_and_leaves_the_store_untouched(primed_store, tmp_path, sig):
+    world = dict(primed_store, store=tmp_path / "store", tmp=tmp_path)
+    shutil.copytree(primed_store["store"], world["store"])
+    before = tree(world["store"])
+    job = adapt_job(world, world["tmp"] / "job", finetune=long_training())
+    worker = Worker(job, world["tmp"] / "cwd")
+    worker.events_until(lambda e: e.event == "progress" and e.phase == "train" and e.step >= 10)
+    sent = time.time()
+    worker.process.send_signal(sig)
+    code = worker.finish(timeout=30)
+    assert time.time() - sent < 5.0
+    assert code == EXIT_CANCELLED
+    last = worker.events[-1]
+    assert (last.event, last.message) == ("error", "cancelled")
+    assert read_json(job / "result.json")["status"] == "cancelled"
+    assert tree(world["store"]) == before
+    assert ModelStore(world["store"]).active("site").version == "v1"
+
+
+def test_after_kill_9_a_new_run_of_the_job_resumes_from_the_last_checkpoint(world):
+    job = adapt_job(world, world["tmp"] / "job", finetune=long_training(iterations=160, checkpoint_every=10))
+    worker = Worker(job, world["tmp"] / "cwd")
+    worker.events_until(lambda e: e.event == "progress" and e.phase == "train" and e.step >= 25)
+    worker.process.kill()
+    worker.finish(timeout=30)
+    assert (job / "checkpoints" / "checkpoint.pt").is_file()
+    assert ModelStore(world["store"]).versions("site") == []
+    site = world["store"] / "site"
+    assert not site.exists() or not list(site.glob("v*"))
+
+    code, second = run_worker(job, world["tmp"] / "cwd")
+    assert code == EXIT_DONE, second.stderr_path.read_text()[-2000:]
+    resume = [e for e in second.events if e.phase == "resume"]
+    assert len(resume) == 1 and resume[0].step >= 20
+    steps = [e.step for e in second.events if e.event == "progress" and e.phase == "train"]
+    assert steps[0] == resume[0].step + 1 and steps[-1] == 164
+    assert read_json(job / "result.json")["metrics"]["resumed_from"] == resume[0].step
+    assert [v.version for v in ModelStore(world["store"]).versions("site")] == ["v1"]
+    assert len([e for e in read_events(job) if e.event == "done"]) == 1
+
+
+def test_a_job_without_usable_labels_ends_with_an_error_event_and_the_store_unchanged(world):
+    image, label, affine = synthetic_case(99)
+    bad = write_volume(Volume(label[:, :-3], affine), world["tmp"] / "bad" / "case_000.nii.gz")
+    job = adapt_job(world, world["tmp"] / "job", labels={"case_000": bad})
+    code, worker = run_worker(job, world["tmp"] / "cwd")
+    assert code == EXIT_ERROR
+    warnings = [e for e in worker.events if e.event == "warning"]
+    assert warnings and str(bad) in warnings[0].message
+    last = worker.events[-1]
+    assert last.event == "error" and "none of the 1 labelled volumes" in last.message
+    assert read_json(job / "result.json")["status"] == "error"
+    assert not world["store"].exists()
+
+
+def test_an_invalid_job_file_ends_with_an_error_event_naming_the_problem(world):
+    job = world["tmp"] / "job"
+    job.mkdir()
+    (job / "job.json").write_text(json.dumps({"kind": "adapt", "images": {"a": "/x.nii.gz"}, "colour": "red"}))
+    code, worker = run_worker(job, world["tmp"] / "cwd")
+    assert code == EXIT_ERROR
+    assert worker.events[-1].event == "error" and "unknown key(s) ['colour']" in worker.events[-1].message
+
+
+def test_an_unwritable_store_ends_with_an_error_before_training(world):
+    blocker = world["tmp"] / "blocker"
+    blocker.write_text("file")
+    world = dict(world, store=blocker / "store")
+    job = adapt_job(world, world["tmp"] / "job")
+    code, worker = run_worker(job, world["tmp"] / "cwd")
+    assert code == EXIT_ERROR and "not a folder" in worker.events[-1].message
+    assert not any(e.phase == "train" for e in worker.events)
