@@ -6,8 +6,11 @@ A job is a folder. The caller (the Slicer GUI, a script) writes ``job.json`` wit
 * ``events.jsonl``: the same JSON lines it prints on stdout (:class:`ASSFTActive.progress.Event`), last one
   ``done`` or ``error``;
 * ``log.txt``: human-readable log;
-* ``result.json``: ``{"status": "done", "kind", "model_card" (adapt), "ranking" (when ranked), "predictions":
-  {case_id: label_path}, "metrics": {...}}``; on failure ``{"status": "error" | "cancelled", "message"}``;
+* ``result.json``: ``{"status": "done", "kind", "model_card", "ranking" (when ranked), "predictions":
+  {case_id: label_path}, "pseudo_labeled": [case_id, ...], "activated" (adapt), "metrics": {...}}``, where
+  ``pseudo_labeled`` lists the cases kept by selective pseudo-labelling (``[]`` for a rank job) and ``activated``
+  says whether the new model version became the active one; on failure
+  ``{"status": "error" | "cancelled", "message"}``;
 * ``checkpoints/``: what a new run of the same job resumes from;
 * ``predictions/``, ``ranking.json`` and other outputs.
 
@@ -204,12 +207,13 @@ def read_events(job_dir: PathLike) -> List[Event]:
     if not path.is_file():
         return []
     events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a kill may cut the last line inside a multi-byte character
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
             events.append(Event.from_json(line))
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             continue
     return events
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from . import __version__
+from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
 from .errors import AssftError, ModelError
 from .io import PathLike, atomic_write_text
 
@@ -381,9 +382,7 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
     Raises:
         StoreError: a store folder with no active version, or a path that is none of the above.
     """
-    if spec is None or str(spec) == "default":
-        from .models import EMBEDDED_DEFAULT_CARD
-
+    if spec is None or str(spec) == DEFAULT_MODEL:
         return EMBEDDED_DEFAULT_CARD
     path = Path(spec).expanduser()
     if path.is_file():

@@ -18,11 +18,10 @@ import slicer
 import vtk
 from ASSFTModuleLib import enginePath  # also puts the engine (ASSFTActive) on sys.path
 from ASSFTModuleLib.errors import ASSFTModuleError, JobFailedError
-from ASSFTModuleLib.events import formatEvent
+from ASSFTModuleLib.events import WorkerOutput, eventFraction, formatEvent
 from ASSFTModuleLib.logic import ASSFTSceneLogic
-from ASSFTModuleLib.modelCard import DEFAULT_MODEL
 from ASSFTModuleLib.ranking import HIDDEN_COLUMNS
-from ASSFTModuleLib.records import JobEvent
+from ASSFTModuleLib.records import OutputLine
 from ASSFTModuleLib.workerProcess import deviceProbeCommand, parseDeviceProbe, workerCommand, workerEnvironment
 from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
@@ -35,6 +34,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from ASSFTActive.cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
 
 #
 # ASSFTModule
@@ -277,10 +278,13 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Cancelling...")
         self._runner.cancel()
 
-    def onJobEvent(self, event: JobEvent) -> None:
+    def onJobEvent(self, event: WorkerOutput) -> None:
         self.ui.logTextEdit.appendPlainText(formatEvent(event))
-        if event.fraction is not None:
-            self.ui.progressBar.value = int(round(1000 * event.fraction))
+        if isinstance(event, OutputLine):
+            return
+        fraction = eventFraction(event)
+        if fraction is not None:
+            self.ui.progressBar.value = int(round(1000 * fraction))
         if event.phase:
             self.ui.statusLabel.text = f"{event.phase}: {event.message}" if event.message else event.phase
 
@@ -411,7 +415,7 @@ class ASSFTModuleLogic(ScriptedLoadableModuleLogic):
             card = self.sceneLogic.modelCard(self.modelReference(parameterNode))
         except ASSFTModuleError as error:
             return str(error)
-        return f"{card.name} ({', '.join(card.foregroundClassNames)})"
+        return f"{card.name} ({', '.join(card.class_names[1:])})"
 
     @staticmethod
     def workerEnvironment() -> dict:
@@ -472,11 +476,14 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _writeCard(folder: pathlib.Path) -> pathlib.Path:
+        """A copy of the embedded card under another name (the module reads its name and class names)."""
         import json
 
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "card.json"
-        path.write_text(json.dumps({"name": "self-test", "class_names": ["background", "anterior", "posterior"]}))
+        card = json.loads(EMBEDDED_DEFAULT_CARD.read_text(encoding="utf-8"))
+        card.update(name="self-test", class_names=["background", "anterior", "posterior"])
+        path.write_text(json.dumps(card))
         return path
 
     def test_GeometryAndSegmentation(self):
@@ -519,7 +526,7 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
             nodes = [self._syntheticCase(f"selftest_{n}")[0] for n in range(2)]
             spec = logic.prepareJob("rank", folder / "work", str(cardPath), budget=1)
             cases = []
-            for rank, (caseId, node) in enumerate(zip(spec.images, nodes), start=1):
+            for rank, (caseId, node) in enumerate(zip(spec.job.images, nodes), start=1):
                 affine = geometry.ijkToRasArray(node)
                 entropy = np.zeros((24, 20, 16), np.float32)
                 entropy[10:14, 6:10, 4:8] = 0.8
@@ -529,7 +536,7 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
                 regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
                     {"center_ras": center, "bbox_ijk_min": [10, 6, 4], "bbox_ijk_max": [13, 9, 7],
                      "volume_mm3": 112.6, "mean_entropy": 0.8, "voxel_count": 64}]}))
-                cases.append({"case_id": caseId, "image": str(spec.images[caseId]), "dkd": 1.0 / rank,
+                cases.append({"case_id": caseId, "image": spec.job.images[caseId], "dkd": 1.0 / rank,
                               "asd": 0.5 * rank, "score": 1.0 / rank, "rank": rank, "selected": rank == 1,
                               "labeled": False, "entropy_map": str(entropyPath), "regions": str(regionsPath),
                               "prediction": None})
@@ -537,7 +544,7 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
                                                                   "model": str(cardPath), "cases": cases}))
             (spec.jobDir / "result.json").write_text(json.dumps({
                 "status": "done", "kind": "rank", "ranking": str(spec.jobDir / "ranking.json"), "predictions": {},
-                "metrics": {}}))
+                "pseudo_labeled": [], "metrics": {}}))
             loaded = logic.loadJobResult(spec.jobDir, str(cardPath))
             self.assertEqual(loaded.tableNode.GetNumberOfRows(), 2)
             self.assertEqual(loaded.chartNode.GetNumberOfPlotSeriesNodes(), 2)
@@ -553,7 +560,7 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
         from ASSFTModuleLib import installer, workerProcess
 
         missing = installer.missingWorkerRequirements(enginePath.requirementsPath())
-        if missing or not enginePath.defaultModelCardPath().is_file():
+        if missing or not EMBEDDED_DEFAULT_CARD.is_file():
             logging.warning("ASSFT self-test: worker job not run; missing packages %s or default model card", missing)
             self.delayDisplay("Worker job skipped: install the packages with Rank Volumes first")
             return

@@ -230,13 +230,14 @@ def _assft_order(
 ) -> Order:
     strategy = config.strategy
     if strategy == Strategy.DKD_ONLY:
-        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0)
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False)
     if strategy == Strategy.ASD_ONLY:
-        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 0.0)
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 0.0, False)
     if config.combine != Combine.TWO_STAGE:
-        return _greedy(kd_tilde, asd_tilde, pool, labeled, config.combine, config.dkd_weight)
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, config.combine, config.dkd_weight,
+                       config.normalise_scores)
 
-    dkd_order, dkd_scores = _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0)
+    dkd_order, dkd_scores = _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False)
     shortlist_size = min(config.two_stage_factor * budget, len(dkd_order))
     shortlist = np.array(dkd_order[:shortlist_size], dtype=int)
     by_asd = shortlist[np.argsort(-asd_tilde[shortlist], kind="stable")]  # ties keep their DKD order
@@ -252,8 +253,15 @@ def _greedy(
     labeled: np.ndarray,
     combine: Combine,
     weight: float,
+    normalise_dkd: bool,
 ) -> Order:
-    """Greedy batch query of method-spec.md §1.6, run until every case has a rank."""
+    """Greedy batch query of method-spec.md §1.6, run until every case has a rank.
+
+    With ``normalise_dkd`` the weighted sum uses DKD min-max normalised over the remaining candidates at each step
+    [inferred]: diversity is a raw cosine distance (often 0.02-0.1 between pooled features of one anatomy), so
+    without it the normalised ASD~ in [0, 1] decides every pick after the first and DKD is ignored. The reported
+    score is the combined value; ``RankedCase.dkd`` stays the raw DKD.
+    """
     n = pool.shape[0]
     min_distance = initial_min_distance(pool, labeled)
     remaining = np.ones(n, dtype=bool)
@@ -263,7 +271,7 @@ def _greedy(
         candidates = np.flatnonzero(remaining)
         dkd = kd_tilde[candidates] * diversity(min_distance[candidates])
         asd = asd_tilde[candidates]
-        weighted = weight * dkd + (1.0 - weight) * asd
+        weighted = weight * (minmax_normalise(dkd) if normalise_dkd else dkd) + (1.0 - weight) * asd
         if combine == Combine.PRODUCT:
             score = dkd * asd
             pick = _best(candidates, score, weighted)

@@ -5,7 +5,9 @@ Importing this package puts the engine shipped beside the module (``ASSFTActive`
 MRML logic, importable headless on slicer-core: ``logic`` (the facade the widget calls), ``geometry``,
 ``segmentation``, ``ranking``, ``overlay``, ``regions``, ``plot``, ``jobPreparation``.
 Plain Python (no MRML): ``jobs``, ``events``, ``workerProcess``, ``processTree``, ``requirements``, ``modelCard``,
-``records``, ``errors``, ``enginePath``.
+``records``, ``errors``, ``enginePath``. The job protocol, events and model cards themselves are the engine's
+torch-free modules (``ASSFTActive.jobs``, ``ASSFTActive.progress``, ``ASSFTActive.cards``); nothing here imports
+torch.
 GUI helpers, desktop Slicer only: ``jobRunner`` (QProcess runner), ``installer`` (first-use pip installs).
 """
 

@@ -15,9 +15,6 @@ from typing import List, Optional
 
 ENGINE_PACKAGE = "ASSFTActive"
 
-#: The embedded default model card, relative to the folder that holds ``ASSFTActive``.
-DEFAULT_CARD_RELATIVE = Path(ENGINE_PACKAGE) / "resources" / "models" / "hippocampus-unet" / "card.json"
-
 _LIB_DIR = Path(__file__).resolve().parent
 _MODULE_DIR = _LIB_DIR.parent
 
@@ -44,12 +41,6 @@ def ensureEngineOnPath() -> Optional[Path]:
     if root is not None and str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return root
-
-
-def defaultModelCardPath() -> Path:
-    """Where the embedded default model card lives (the file may be missing in a partial checkout)."""
-    root = engineRoot() or _MODULE_DIR.parent
-    return root / DEFAULT_CARD_RELATIVE
 
 
 def requirementsPath() -> Path:

@@ -1,90 +1,72 @@
-"""The worker's JSON-line events: parse them from a stream or from ``events.jsonl``; plain-text summaries."""
+"""The worker's output as the GUI reads it: engine events (``ASSFTActive.progress.Event``) line by line from a
+stream that also carries plain text (stderr is merged into stdout), and their plain-text form for the log.
+
+The JSON form of an event and ``events.jsonl`` belong to the engine (:meth:`Event.from_json`,
+:func:`ASSFTActive.jobs.read_events`); this file only adds what a live, merged output stream needs.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
-from .records import JobEvent
+from ASSFTActive.progress import Event
 
-EVENT_KINDS = ("progress", "metric", "phase", "warning", "error", "done")
-#: ``JobEvent.event`` of a stdout/stderr line that is not a JSON event (shown in the log as it is).
-LOG_EVENT = "log"
+from .records import OutputLine
+
+#: One line of worker output: an engine event, or any other text as it was printed.
+WorkerOutput = Union[Event, OutputLine]
 
 
-def parseEventLine(line: str) -> Optional[JobEvent]:
-    """One output line -> :class:`JobEvent`; None for a blank line; a ``log`` event for any non-event text."""
+def parseEventLine(line: str) -> Optional[WorkerOutput]:
+    """One output line -> an :class:`Event`; an :class:`OutputLine` for any other text; None for a blank line."""
     text = line.strip()
     if not text:
         return None
     try:
-        data = json.loads(text)
-    except ValueError:
-        return JobEvent(event=LOG_EVENT, message=text)
-    if not isinstance(data, dict) or data.get("event") not in EVENT_KINDS:
-        return JobEvent(event=LOG_EVENT, message=text)
-    metrics = data.get("metrics") or {}
-    try:
-        step = int(data.get("step") or 0)
-        total = int(data.get("total") or 0)
-        time = float(data.get("time") or 0.0)
-    except (TypeError, ValueError):
-        return JobEvent(event=LOG_EVENT, message=text)
-    return JobEvent(
-        event=str(data["event"]),
-        phase=str(data.get("phase") or ""),
-        step=step,
-        total=total,
-        message=str(data.get("message") or ""),
-        metrics=dict(metrics) if isinstance(metrics, dict) else {},
-        time=time,
-    )
+        return Event.from_json(text)
+    except (ValueError, KeyError, TypeError):  # not JSON, not an object, or not an event of the protocol
+        return OutputLine(text)
 
 
 class EventLineBuffer:
-    """Turns chunks of process output (which may end mid-line) into events, one per complete line."""
+    """Turns chunks of process output (which may end mid-line) into items, one per complete line."""
 
     def __init__(self):
         self._pending = ""
 
-    def feed(self, chunk: str) -> List[JobEvent]:
-        """Add output text; return the events of the lines it completed."""
+    def feed(self, chunk: str) -> List[WorkerOutput]:
+        """Add output text; return the items of the lines it completed."""
         self._pending += chunk
         *lines, self._pending = self._pending.split("\n")
-        return [event for event in (parseEventLine(line) for line in lines) if event is not None]
+        return [item for item in (parseEventLine(line) for line in lines) if item is not None]
 
-    def flush(self) -> List[JobEvent]:
-        """Events of the last line when the output ended without a newline."""
+    def flush(self) -> List[WorkerOutput]:
+        """The item of the last line when the output ended without a newline."""
         rest, self._pending = self._pending, ""
-        event = parseEventLine(rest)
-        return [event] if event is not None else []
+        item = parseEventLine(rest)
+        return [item] if item is not None else []
 
 
-def readEvents(path) -> List[JobEvent]:
-    """All events of an ``events.jsonl`` file (or of a job folder); an empty list when the file is missing."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "events.jsonl"
-    if not path.is_file():
-        return []
-    events = (parseEventLine(line) for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
-    return [event for event in events if event is not None]
+def eventFraction(event: Event) -> Optional[float]:
+    """Progress within the event's phase in [0, 1], or None when the event carries no step/total."""
+    if event.total and event.total > 0:
+        return min(max(event.step / event.total, 0.0), 1.0)
+    return None
 
 
-def formatEvent(event: JobEvent) -> str:
-    """A plain-text log line for an event (no markup; the widget decides how to show it)."""
-    if event.event == LOG_EVENT:
-        return event.message
-    parts = [f"[{event.phase}]" if event.phase else f"[{event.event}]"]
-    if event.event in ("warning", "error"):
-        parts.append(f"{event.event.upper()}:")
-    if event.total:
-        parts.append(f"{event.step}/{event.total}")
-    if event.message:
-        parts.append(event.message)
-    if event.metrics:
-        parts.append(", ".join(f"{key}={_formatValue(value)}" for key, value in sorted(event.metrics.items())))
+def formatEvent(item: WorkerOutput) -> str:
+    """A plain-text log line (no markup; the widget decides how to show it)."""
+    if isinstance(item, OutputLine):
+        return item.text
+    parts = [f"[{item.phase}]" if item.phase else f"[{item.event}]"]
+    if item.event in ("warning", "error"):
+        parts.append(f"{item.event.upper()}:")
+    if item.total:
+        parts.append(f"{item.step}/{item.total}")
+    if item.message:
+        parts.append(item.message)
+    if item.metrics:
+        parts.append(", ".join(f"{key}={_formatValue(value)}" for key, value in sorted(item.metrics.items())))
     return " ".join(parts)
 
 

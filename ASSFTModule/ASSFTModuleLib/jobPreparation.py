@@ -1,18 +1,21 @@
-"""Fill a job folder from the scene: the pool's volumes, the labeled volumes' class label maps, ``job.json``."""
+"""Fill a job folder from the scene: the pool's volumes, the labeled volumes' class label maps, ``job.json``
+(the engine's :class:`~ASSFTActive.jobs.JobSpec`) and the scene's case list."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
-from ASSFTActive.io import write_volume
+from ASSFTActive.cards import ModelCard
+from ASSFTActive.io import atomic_write_text, write_volume
+from ASSFTActive.jobs import JobSpec, write_job
 
 from .errors import ASSFTModuleError
 from .geometry import volumeFromNode
-from .jobs import CASES_FILE, IMAGE_SUFFIX, assignCaseIds, atomicWriteText, caseIdForName, newJobDir, writeJobFile
+from .jobs import CASES_FILE, IMAGE_SUFFIX, assignCaseIds, caseIdForName, newJobDir
 from .modelCard import modelReference
-from .records import JobSpec, ModelCard
+from .records import PreparedJob
 from .segmentation import (
     conversionVolume,
     findSegmentationForVolume,
@@ -23,7 +26,7 @@ from .segmentation import (
 
 def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
                storeDir=None, modelName: str = "", query: Optional[dict] = None,
-               finetune: Optional[dict] = None) -> JobSpec:
+               finetune: Optional[dict] = None) -> PreparedJob:
     """Write the scene's volumes and labels into a new job folder with its ``job.json``.
 
     A volume counts as labeled when its segmentation has a non-empty segment named after a model class; its
@@ -42,10 +45,11 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
         query, finetune: engine configuration dictionaries passed through unchanged.
 
     Returns:
-        :class:`JobSpec`.
+        :class:`PreparedJob`.
 
     Raises:
-        ASSFTModuleError: no volumes, a volume under a transform, or ``adapt`` without any labeled volume.
+        ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` without any labeled volume, or settings
+            the engine's :class:`~ASSFTActive.jobs.JobSpec` refuses (budget, ``finetune``).
         UnknownSegmentNamesError: a segmentation has segments that are not model classes.
     """
     if not volumeNodes:
@@ -74,19 +78,27 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
             "segmentation has a non-empty segment named after a model class."
         )
 
-    jobDir = newJobDir(workDir, kind)
-    images: Dict[str, Path] = {}
-    labels: Dict[str, Path] = {}
+    if int(budget) < 1:
+        raise ASSFTModuleError(f"The budget must be at least 1 volume, got {budget}.")
+    jobDir = newJobDir(workDir, kind).resolve()
+    images = {caseId: jobDir / "images" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds}
+    labels = {caseId: jobDir / "labels" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds if caseId in conversions}
+    store = (Path(storeDir) if storeDir else Path(workDir) / "models").resolve()
+    try:
+        job = JobSpec(kind=kind, images=images, labels=labels, model=modelReference(model), store=str(store),
+                      name=caseIdForName(modelName or f"{modelCard.name}-adapted"), budget=int(budget),
+                      query=dict(query or {}), finetune=dict(finetune or {}))
+    except ValueError as exc:
+        jobDir.rmdir()  # still empty: nothing was written yet
+        raise ASSFTModuleError(f"Cannot prepare the {kind} job: {exc}.") from exc
     for caseId, node in zip(caseIds, volumeNodes):
-        images[caseId] = write_volume(volumeFromNode(node), jobDir / "images" / f"{caseId}{IMAGE_SUFFIX}")
+        write_volume(volumeFromNode(node), images[caseId])
         if caseId in conversions:
-            labels[caseId] = write_volume(conversionVolume(conversions[caseId]),
-                                          jobDir / "labels" / f"{caseId}{IMAGE_SUFFIX}")
-    store = Path(storeDir) if storeDir else Path(workDir) / "models"
+            write_volume(conversionVolume(conversions[caseId]), labels[caseId])
     store.mkdir(parents=True, exist_ok=True)
-    writeJobFile(jobDir, kind, images, labels, modelReference(model), store,
-                 caseIdForName(modelName or f"{modelCard.name}-adapted"), budget, query, finetune)
+    write_job(jobDir, job)
     caseNodeIds = {caseId: node.GetID() for caseId, node in zip(caseIds, volumeNodes)}
     cases = {caseId: {"node_id": node.GetID(), "name": node.GetName()} for caseId, node in zip(caseIds, volumeNodes)}
-    atomicWriteText(jobDir / CASES_FILE, json.dumps(cases, indent=2))
-    return JobSpec(jobDir=jobDir, kind=kind, caseNodeIds=caseNodeIds, images=images, labels=labels)
+    atomic_write_text(jobDir / CASES_FILE, json.dumps(cases, indent=2))
+    return PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds)
+

@@ -1,9 +1,9 @@
 """Runs the engine's worker in a ``qt.QProcess`` without blocking Slicer (GUI side; needs desktop Slicer).
 
-stdout and stderr are merged; each line becomes a :class:`JobEvent` (JSON-line events, or ``log`` lines) for the
-widget. Cancel stops the whole process tree: SIGTERM first (the worker ends with an ``error: cancelled`` event),
-SIGKILL after a timeout. Callbacks are plain Python callables (custom ``qt.Signal`` objects are unreliable in
-PythonQt).
+stdout and stderr are merged; each line becomes an engine ``Event`` (the JSON-line events) or an
+:class:`OutputLine` (any other text) for the widget. Cancel stops the whole process tree: SIGTERM first (the
+worker ends with an ``error: cancelled`` event), SIGKILL after a timeout. Callbacks are plain Python callables
+(custom ``qt.Signal`` objects are unreliable in PythonQt).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import qt
 
-from .events import EventLineBuffer
+from .events import EventLineBuffer, WorkerOutput
 from .processTree import descendantPids, signalProcesses
-from .records import JobEvent
 
 #: How long the worker gets to stop after SIGTERM before it is killed.
 CANCEL_TIMEOUT_MS = 10000
@@ -29,12 +28,12 @@ class JobRunner:
     """One background job at a time.
 
     Args:
-        onEvent: called with each :class:`JobEvent` as the worker prints it.
+        onEvent: called with each line's ``Event`` or :class:`OutputLine` as the worker prints it.
         onFinished: called once with ``(exitCode, cancelled, errorText)`` when the process has ended (or failed to
             start; then ``exitCode`` is -1 and ``errorText`` says why).
     """
 
-    def __init__(self, onEvent: Callable[[JobEvent], None], onFinished: Callable[[int, bool, str], None]):
+    def __init__(self, onEvent: Callable[[WorkerOutput], None], onFinished: Callable[[int, bool, str], None]):
         self.onEvent = onEvent
         self.onFinished = onFinished
         self.process: Optional[qt.QProcess] = None
@@ -85,15 +84,15 @@ class JobRunner:
 
     def _onReadyRead(self) -> None:
         text = _bytesOf(self.process.readAllStandardOutput()).decode("utf-8", errors="replace")
-        for event in self._buffer.feed(text):
-            self.onEvent(event)
+        for item in self._buffer.feed(text):
+            self.onEvent(item)
 
     def _onProcessFinished(self, exitCode, exitStatus) -> None:
         if self._finished:
             return
         self._onReadyRead()
-        for event in self._buffer.flush():
-            self.onEvent(event)
+        for item in self._buffer.flush():
+            self.onEvent(item)
         self._finished = True
         crashed = exitStatus == qt.QProcess.CrashExit
         self.onFinished(int(exitCode) if not crashed else -1, self._cancelled, "the worker crashed" if crashed else "")

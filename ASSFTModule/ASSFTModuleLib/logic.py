@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
 
 from . import jobPreparation, jobs, overlay, plot, ranking, regions, segmentation
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
-from .records import CaseState, JobResult, JobSpec, LabelConversion, ModelCard, RankedCase, Region
+from .records import CaseState, JobResult, LabelConversion, PreparedJob, RankedCase, Region
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,12 @@ class ASSFTSceneLogic:
 
     # ------------------------------------------------------------------ model and pool
     def modelCard(self, model) -> ModelCard:
-        """The card of ``model`` (a card path, or ``"default"`` / empty for the embedded default)."""
+        """The card of ``model`` (a card path, or ``"default"`` / empty for the embedded default), read and checked
+        by the engine as the worker will read it (no torch is imported).
+
+        Raises:
+            ASSFTModuleError: the card is missing or not a valid model card.
+        """
         return readModelCard(model)
 
     def poolVolumeNodes(self) -> list:
@@ -132,7 +138,7 @@ class ASSFTSceneLogic:
 
     # ------------------------------------------------------------------ jobs
     def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
-                   query: Optional[dict] = None, finetune: Optional[dict] = None) -> JobSpec:
+                   query: Optional[dict] = None, finetune: Optional[dict] = None) -> PreparedJob:
         """Write a ``rank`` or ``adapt`` job folder for the pool (default: :meth:`poolVolumeNodes`)."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()

@@ -1,17 +1,21 @@
 """Typed records shared by the module logic and the widget.
 
-They mirror the files of the engine's job protocol (``ranking.json``, regions JSON, ``result.json``, JSON-line
-events); the readers in :mod:`ranking`, :mod:`regions` and :mod:`jobs` build them. Field names are camelCase
-(Slicer side); the JSON keys they come from are snake_case (engine side).
+They mirror the files of the engine's job protocol (``ranking.json``, regions JSON, ``result.json``); the readers
+in :mod:`ranking`, :mod:`regions` and :mod:`jobs` build them. Field names are camelCase (Slicer side); the JSON
+keys they come from are snake_case (engine side). Records the engine already has are used as they are: the model
+card (``ASSFTActive.cards.ModelCard``), events (``ASSFTActive.progress.Event``), ``job.json``
+(``ASSFTActive.jobs.JobSpec``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+
+from ASSFTActive.jobs import JobSpec
 
 
 class CaseState:
@@ -34,33 +38,6 @@ class CaseState:
         if pseudoLabeled:
             return CaseState.PSEUDO_LABELED
         return CaseState.UNLABELED
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """The parts of a model card the module needs.
-
-    Attributes:
-        name: model name shown to the user.
-        classNames: class names, index 0 is background.
-        path: the card file.
-    """
-
-    name: str
-    classNames: Tuple[str, ...]
-    path: Optional[Path] = None
-
-    @property
-    def foregroundClassNames(self) -> Tuple[str, ...]:
-        """Class names without background: one segment each."""
-        return self.classNames[1:]
-
-    def classIndex(self, name: str) -> Optional[int]:
-        """Class index of a segment name (exact match after stripping spaces), None when unknown."""
-        try:
-            return self.classNames.index(name.strip())
-        except ValueError:
-            return None
 
 
 @dataclass(frozen=True)
@@ -129,50 +106,25 @@ class RegionSet:
 
 
 @dataclass(frozen=True)
-class JobEvent:
-    """One JSON line printed by the worker (``event`` is progress, metric, phase, warning, error or done).
+class OutputLine:
+    """A line of worker output that is not an engine event (e.g. a traceback on stderr), shown as it is."""
 
-    Lines that are not JSON events become ``event == "log"`` with the raw text as message.
-    """
-
-    event: str
-    phase: str = ""
-    step: int = 0
-    total: int = 0
-    message: str = ""
-    metrics: Dict[str, float] = field(default_factory=dict)
-    time: float = 0.0
-
-    @property
-    def isFinal(self) -> bool:
-        """The worker's last line: ``done`` or ``error``."""
-        return self.event in ("done", "error")
-
-    @property
-    def fraction(self) -> Optional[float]:
-        """Progress within the current phase in [0, 1], or None when the event carries no step/total."""
-        if self.total and self.total > 0:
-            return min(max(self.step / self.total, 0.0), 1.0)
-        return None
+    text: str
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """A job folder prepared by :func:`jobs.prepareJob`.
+class PreparedJob:
+    """A job folder prepared from the scene by :func:`jobPreparation.prepareJob`.
 
     Attributes:
         jobDir: the folder holding ``job.json``.
-        kind: ``rank`` or ``adapt``.
+        job: what ``job.json`` holds (the engine's :class:`ASSFTActive.jobs.JobSpec`: kind, images, labels, ...).
         caseNodeIds: ``{case_id: volume node ID}`` of the scene volumes written into the job.
-        images: ``{case_id: image path}`` as written in ``job.json``.
-        labels: ``{case_id: class label map path}`` for the labeled cases.
     """
 
     jobDir: Path
-    kind: str
+    job: JobSpec
     caseNodeIds: Dict[str, str]
-    images: Dict[str, Path]
-    labels: Dict[str, Path]
 
 
 @dataclass(frozen=True)
@@ -181,8 +133,9 @@ class JobResult:
 
     Attributes:
         modelCard: the card the job used (rank) or the new model version's card (adapt).
-        activated: for adapt, whether the new version became the active model (``metrics.activated``).
-        pseudoLabeled: case ids the adaptation used as pseudo-labels.
+        pseudoLabeled: case ids the adaptation kept as pseudo-labels (``pseudo_labeled``; empty for rank).
+        activated: whether the job made a new model version the active model (``activated`` of an adapt job;
+            False for rank).
     """
 
     status: str
@@ -193,7 +146,7 @@ class JobResult:
     predictions: Dict[str, Path]
     metrics: Dict[str, object]
     pseudoLabeled: Tuple[str, ...] = ()
-    activated: bool = True
+    activated: bool = False
 
 
 @dataclass(frozen=True)

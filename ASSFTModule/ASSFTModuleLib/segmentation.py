@@ -13,11 +13,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
 
 from .errors import UnknownSegmentNamesError
 from .geometry import ijkToRasArray, loadVolumeFile, volumeFromNode, vtkMatrixFromArray
-from .records import LabelConversion, ModelCard
+from .records import LabelConversion
 
 #: Node attribute naming what an ASSFT node is for (annotation, prediction, entropy, regions, ranking, ...).
 ROLE_ATTRIBUTE = "ASSFT.Role"
@@ -45,6 +46,14 @@ _REFERENCE_ROLE = "referenceImageGeometryRef"
 def classColor(classIndex: int) -> tuple:
     """Display colour of a foreground class (index >= 1)."""
     return CLASS_COLORS[(classIndex - 1) % len(CLASS_COLORS)]
+
+
+def classIndexOfSegment(modelCard: ModelCard, segmentName: str) -> Optional[int]:
+    """Class index of a segment name (exact match after stripping spaces), None when it is not a class."""
+    try:
+        return modelCard.class_names.index(segmentName.strip())
+    except ValueError:
+        return None
 
 
 def segmentNames(segmentationNode) -> List[str]:
@@ -104,7 +113,7 @@ def ensureClassSegmentation(scene, volumeNode, modelCard: ModelCard, role: str =
     node.SetAttribute(ROLE_ATTRIBUTE, role)
     node.SetAttribute(VOLUME_ATTRIBUTE, volumeNode.GetID())
     segmentation = node.GetSegmentation()
-    for classIndex, className in enumerate(modelCard.classNames):
+    for classIndex, className in enumerate(modelCard.class_names):
         if classIndex == 0 or _segmentIdByName(node, className) is not None:
             continue
         segmentId = segmentation.GenerateUniqueSegmentID(className)
@@ -140,14 +149,14 @@ def fillSegmentationFromClassLabelmap(segmentationNode, labels: Volume, modelCar
     """
     values = np.asarray(labels.array)
     present = np.unique(values)
-    unknown = [int(v) for v in present if v < 0 or v >= len(modelCard.classNames)]
+    unknown = [int(v) for v in present if v < 0 or v >= len(modelCard.class_names)]
     if unknown:
         raise ValueError(
             f"Label map values {unknown} are not classes of model '{modelCard.name}' "
-            f"(0..{len(modelCard.classNames) - 1}); use the prediction of this model."
+            f"(0..{len(modelCard.class_names) - 1}); use the prediction of this model."
         )
     counts: Dict[str, int] = {}
-    for classIndex, className in enumerate(modelCard.classNames):
+    for classIndex, className in enumerate(modelCard.class_names):
         if classIndex == 0:
             continue
         segmentId = _segmentIdByName(segmentationNode, className)
@@ -184,13 +193,13 @@ def segmentationToClassLabelmap(scene, segmentationNode, volumeNode, modelCard: 
     Returns:
         :class:`LabelConversion` with ``labels [I, J, K]`` and ``affine`` equal to the volume's IJK->RAS.
     """
-    classNames = modelCard.classNames
+    classNames = modelCard.class_names
     known: List[tuple] = []
     unknown: List[str] = []
     segmentation = segmentationNode.GetSegmentation()
     for i in range(segmentation.GetNumberOfSegments()):
         name = segmentation.GetNthSegment(i).GetName()
-        classIndex = modelCard.classIndex(name)
+        classIndex = classIndexOfSegment(modelCard, name)
         if classIndex is None:
             unknown.append(name)
         elif classIndex > 0:
@@ -238,7 +247,7 @@ def segmentationToClassLabelmap(scene, segmentationNode, volumeNode, modelCard: 
 def requireKnownSegments(conversion: LabelConversion, segmentationNode, modelCard: ModelCard) -> None:
     """Raise :class:`UnknownSegmentNamesError` when the conversion found segments that are not model classes."""
     if conversion.unknownSegments:
-        raise UnknownSegmentNamesError(segmentationNode.GetName(), conversion.unknownSegments, modelCard.classNames)
+        raise UnknownSegmentNamesError(segmentationNode.GetName(), conversion.unknownSegments, modelCard.class_names)
 
 
 def conversionVolume(conversion: LabelConversion) -> Volume:

@@ -16,10 +16,10 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from .enginePath import pythonPathWithEngine
 from .errors import JobFailedError
-from .events import EventLineBuffer
+from .events import EventLineBuffer, WorkerOutput
 from .jobs import logTail, readJobResult
 from .processTree import terminateProcessTree
-from .records import DeviceInfo, JobEvent, JobResult
+from .records import DeviceInfo, JobResult, OutputLine
 
 WORKER_MODULE = "ASSFTActive.worker"
 #: Non-event output lines kept for the error message of a worker that died without a result.
@@ -65,9 +65,10 @@ def workerEnvironment(base: Optional[Mapping[str, str]] = None, useGpu: Optional
     return environment
 
 
-def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[JobEvent], None]] = None,
+def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[WorkerOutput], None]] = None,
               timeout: Optional[float] = None, environment: Optional[Mapping[str, str]] = None) -> JobResult:
-    """Run the worker on ``jobDir`` and wait for it (blocking); every output line goes to ``onEvent``.
+    """Run the worker on ``jobDir`` and wait for it (blocking); every output line goes to ``onEvent`` (an engine
+    ``Event``, or an :class:`OutputLine` for other text).
 
     Raises:
         JobFailedError: non-zero exit, a time-out (the process tree is stopped), or no ``done`` result.
@@ -87,11 +88,11 @@ def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[
     buffer = EventLineBuffer()
     outputTail: List[str] = []
 
-    def handle(event: JobEvent) -> None:
-        outputTail.append(event.message if event.event == "log" else "")
+    def handle(item: WorkerOutput) -> None:
+        outputTail.append(item.text if isinstance(item, OutputLine) else "")
         del outputTail[:-OUTPUT_TAIL_LINES]
         if onEvent is not None:
-            onEvent(event)
+            onEvent(item)
 
     timer = None
     timedOut = []
@@ -106,10 +107,10 @@ def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[
         timer.start()
     try:
         for line in process.stdout:
-            for event in buffer.feed(line):
-                handle(event)
-        for event in buffer.flush():
-            handle(event)
+            for item in buffer.feed(line):
+                handle(item)
+        for item in buffer.flush():
+            handle(item)
         returnCode = process.wait()
     finally:
         if timer is not None:

@@ -115,8 +115,14 @@ def syntheticLabels(shape=(20, 16, 12)) -> np.ndarray:
 
 
 def writeModelCard(folder: Path, classNames=("background", "anterior", "posterior"), name="test-unet") -> Path:
-    """A minimal model card JSON (only what the module reads)."""
+    """A valid model card JSON: the embedded card's network with another name and class names (the module reads
+    the card with the engine's checks, and uses its name and class names)."""
+    from ASSFTActive.cards import EMBEDDED_DEFAULT_CARD
+
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "card.json"
-    path.write_text(json.dumps({"name": name, "class_names": list(classNames)}), encoding="utf-8")
+    card = json.loads(EMBEDDED_DEFAULT_CARD.read_text(encoding="utf-8"))
+    card.update(name=name, class_names=list(classNames))
+    card["arguments"]["out_channels"] = len(classNames)
+    path.write_text(json.dumps(card), encoding="utf-8")
     return path

@@ -27,3 +27,19 @@ def test_importing_every_engine_module_loads_no_slicer_qt_vtk_or_trame():
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     offending = [m for m in loaded if m.split(".")[0] in FORBIDDEN or m.split(".")[0].lower() in ("pyqt5", "pyside6")]
     assert offending == []
+
+
+
+def test_the_job_protocol_and_card_modules_load_without_torch():
+    """What the Slicer GUI process imports from the engine: the job protocol and events without torch or numpy,
+    model cards and the store listing without torch."""
+    code = (
+        "import json, sys\n"
+        "import ASSFTActive.jobs, ASSFTActive.progress\n"
+        "light = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai'))\n"
+        "import ASSFTActive.cards, ASSFTActive.store\n"
+        "print(json.dumps([light, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai'))]))\n"
+    )
+    repo = Path(ASSFTActive.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[], []]

@@ -5,9 +5,12 @@ the logic's independence from Qt, the thin widget, extension metadata and icons.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import struct
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 import zlib
 from pathlib import Path
@@ -175,6 +178,49 @@ def test_no_module_file_imports_torch_or_installs_at_import_time(path):
                 name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
                 assert name not in ("pip_install", "ensureWorkerRequirements", "installTorch"), (
                     f"{path}: installs packages at import time")
+
+
+def libFilesNeedingSlicerCore() -> set:
+    """Stems of the lib files that need slicer-core at import: they import ``slicer`` or ``vtk``, or a lib file
+    that does."""
+    imports = {}
+    for path in LIB_DIR.glob("*.py"):
+        tree = parse(path)
+        relative = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                relative |= {node.module} if node.module else {alias.name for alias in node.names}
+        imports[path.stem] = ({name.split(".")[0] for name in importedModules(tree)}, relative)
+    needing = {stem for stem, (absolute, _) in imports.items() if absolute & {"slicer", "vtk"}}
+    while True:
+        more = {stem for stem, (_, relative) in imports.items() if relative & needing} - needing
+        if not more:
+            return needing
+        needing |= more
+
+
+def test_importing_the_logic_files_loads_no_torch_in_a_clean_interpreter():
+    """The GUI process never imports torch: the logic uses only the engine's torch-free modules (DESIGN.md §4-5).
+
+    Plain-Python files are imported everywhere; the MRML files (and those importing them) when slicer-core is
+    installed.
+    """
+    haveSlicerCore = importlib.util.find_spec("slicer") is not None and importlib.util.find_spec("vtk") is not None
+    skipped = set() if haveSlicerCore else libFilesNeedingSlicerCore()
+    names = sorted(f"ASSFTModuleLib.{path.stem}" for path in logicFiles()
+                   if path.parent == LIB_DIR and path.stem not in skipped)
+    assert {"ASSFTModuleLib.jobs", "ASSFTModuleLib.events", "ASSFTModuleLib.modelCard"} <= set(names)
+    assert "ASSFTModuleLib.logic" in names or not haveSlicerCore
+    code = (
+        f"import importlib, sys; sys.path[:0] = [{str(REPO)!r}, {str(MODULE_DIR)!r}]\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "assert 'ASSFTActive.jobs' in sys.modules and 'ASSFTActive.cards' in sys.modules\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert output.returncode == 0, output.stderr[-3000:]
+    assert output.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_widget_holds_no_computation():

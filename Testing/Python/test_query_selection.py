@@ -333,3 +333,19 @@ def test_select_does_not_modify_the_labeled_embeddings():
     select(full_pool(), 3, QueryConfig(), labeled_embeddings=labeled)
     select(full_pool(), 3, QueryConfig(strategy="coreset"), labeled_embeddings=labeled)
     np.testing.assert_array_equal(labeled[0], before)
+
+
+def test_weighted_sum_lets_small_raw_diversity_compete_with_normalised_asd():
+    """Pooled features of one anatomy are close (cosine distances ~0.05): DKD must still matter after pick one."""
+    rng = np.random.default_rng(2)
+    pool = []
+    for i in range(9):
+        cluster = i % 3
+        embedding = np.array([1.0, 0.0, 0.0]) + 0.05 * one_hot(cluster, 3) + 0.001 * rng.normal(size=3)
+        asd = 0.9 - 0.01 * i if cluster == 0 else 0.5  # cluster a is slightly harder everywhere
+        pool.append(case(f"{'abc'[cluster]}{i // 3}", embedding, asd=asd))
+    balanced = select(pool, 3, QueryConfig(strategy="assft"))
+    assert sorted(c[0] for c in balanced.selected_ids) == ["a", "b", "c"]
+    raw = select(pool, 3, QueryConfig(strategy="assft", normalise_scores=False))
+    assert [c[0] for c in raw.selected_ids] == ["a", "a", "a"]  # unnormalised: ASD alone decides
+    assert balanced.cases[1].dkd < 0.1  # the reported DKD stays the raw value

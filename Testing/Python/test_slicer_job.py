@@ -21,6 +21,9 @@ from ASSFTModuleLib import geometry, ranking, segmentation, workerProcess  # noq
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
+from ASSFTActive.jobs import read_result  # noqa: E402
+from ASSFTActive.progress import Event  # noqa: E402
+
 DATA = slicer_scene.REPO_ROOT.parent / "shared" / "data" / "hippocampus"
 WORKER_TIMEOUT_S = 600
 
@@ -50,10 +53,11 @@ def scene(tmp_path):
 
 
 def runJob(spec):
-    events = []
-    result = workerProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=events.append,
+    """Run the worker; returns its result and its events (other output lines, e.g. warnings, left out)."""
+    outputs = []
+    result = workerProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=outputs.append,
                                      timeout=WORKER_TIMEOUT_S)
-    return result, events
+    return result, [item for item in outputs if isinstance(item, Event)]
 
 
 def test_rank_job_runs_in_the_worker_and_comes_back_as_table_overlay_and_regions(scene):
@@ -64,6 +68,7 @@ def test_rank_job_runs_in_the_worker_and_comes_back_as_table_overlay_and_regions
     loaded = logic.loadJobResult(spec.jobDir, "default")
 
     assert result.status == "done" and result.kind == "rank"
+    assert result.pseudoLabeled == () and not result.activated
     assert events[-1].event == "done"
     assert any(e.event == "progress" and e.total > 0 for e in events)
     assert loaded.activeModel is None and loaded.skippedCases == ()
@@ -91,7 +96,7 @@ def test_rank_job_runs_in_the_worker_and_comes_back_as_table_overlay_and_regions
         if view.regions:
             np.testing.assert_allclose(logic.regionCenter(view.regionsNode, 0), view.regions[0].centerRas)
     for predictionNode in loaded.predictionNodes.values():
-        assert segmentation.segmentNames(predictionNode) == list(card.foregroundClassNames)
+        assert segmentation.segmentNames(predictionNode) == list(card.class_names[1:])
 
 
 @pytest.mark.slow
@@ -108,11 +113,15 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     assert result.status == "done" and result.kind == "adapt"
     assert loaded.activeModel is not None and Path(loaded.activeModel).is_file()
     assert Path(loaded.activeModel).resolve().is_relative_to((tmp_path / "work" / "models").resolve())
-    assert logic.modelCard(loaded.activeModel).classNames == card.classNames
+    assert logic.modelCard(loaded.activeModel).class_names == card.class_names
     assert loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() == 3
     assert any(e.event == "phase" and e.phase == "train" for e in events)
     states = [loaded.tableNode.GetTable().GetColumnByName("State").GetValue(r) for r in range(3)]
     assert states.count(CaseState.LABELED) == 1 and states.count(CaseState.PROPOSED) == 1
+    # the top-level result keys the module reads agree with the worker's metrics
+    written = read_result(spec.jobDir)
+    assert loaded.result.activated is True and written["metrics"]["activated"] is True
+    assert list(loaded.result.pseudoLabeled) == written["pseudo_labeled"] == written["metrics"]["pseudo_labeled"]
     for caseId in loaded.result.pseudoLabeled:
         row = ranking.tableRowOfCase(loaded.tableNode, caseId)
         assert states[row] in (CaseState.PSEUDO_LABELED, CaseState.PROPOSED)

@@ -18,7 +18,12 @@ import slicer_scene
 slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import geometry, jobs, segmentation  # noqa: E402
-from ASSFTModuleLib.errors import ASSFTModuleError, JobFailedError, UnknownSegmentNamesError  # noqa: E402
+from ASSFTModuleLib.errors import (  # noqa: E402
+    ASSFTModuleError,
+    JobFailedError,
+    ResultFormatError,
+    UnknownSegmentNamesError,
+)
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
@@ -121,7 +126,7 @@ def test_case_ids_are_unique_and_file_safe():
 def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
     """Write what the worker writes at the end of a job: result, ranking, regions, entropy maps, predictions."""
     jobDir = spec.jobDir
-    caseIds = list(spec.images)
+    caseIds = list(spec.job.images)
     cases = []
     predictions = {}
     for rank, (caseId, node) in enumerate(zip(reversed(caseIds), reversed(nodes)), start=1):
@@ -137,15 +142,18 @@ def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
         predictionPath = write_volume(Volume(slicer_scene.syntheticLabels(), affine),
                                       jobDir / "predictions" / f"{caseId}.nii.gz")
         predictions[caseId] = str(predictionPath)
-        cases.append({"case_id": caseId, "image": str(spec.images[caseId]), "dkd": 1.0 / rank, "asd": 0.1 * rank,
-                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": caseId in spec.labels,
+        cases.append({"case_id": caseId, "image": spec.job.images[caseId], "dkd": 1.0 / rank, "asd": 0.1 * rank,
+                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": caseId in spec.job.labels,
                       "entropy_map": str(entropyPath), "regions": str(regionsPath), "prediction": str(predictionPath)})
     (jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": cases}))
     newCard = slicer_scene.writeModelCard(tmp_path / "store" / "test-unet-adapted-v2", name="test-unet-adapted")
     result = {"status": "done", "kind": kind, "ranking": str(jobDir / "ranking.json"), "predictions": predictions,
+              "pseudo_labeled": ["case_a"] if kind == "adapt" else [],
               "metrics": {"dice": 0.8, "activated": activated, "pseudo": [
                   {"case_id": "case_a", "kept": True, "rank": 1}, {"case_id": "case_c", "kept": False, "rank": 2}]},
               "model_card": str(newCard) if kind == "adapt" else "card-used-for-ranking.json"}
+    if kind == "adapt":
+        result["activated"] = activated
     (jobDir / "result.json").write_text(json.dumps(result))
     (jobDir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "adapt", "message": "ok"}) + "\n")
     return newCard
@@ -267,3 +275,20 @@ def test_adapted_model_that_was_not_activated_leaves_the_active_model(pool):
 
     assert loaded.activeModel is None and loaded.adaptedModel == newCard
     assert not loaded.result.activated
+
+
+def test_result_without_the_top_level_activated_and_pseudo_labeled_keys_is_refused(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    spec = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
+    fakeFinishedJob(spec, nodes, tmp_path)
+    path = spec.jobDir / "result.json"
+    complete = json.loads(path.read_text())
+
+    # only the top-level keys count; the copies in metrics are there for older readers
+    path.write_text(json.dumps(dict(complete, activated=False, pseudo_labeled=[])))
+    loaded = logic.loadJobResult(spec.jobDir, cardPath, showPredictions=False)
+    assert loaded.activeModel is None and loaded.result.pseudoLabeled == ()
+    for key in ("activated", "pseudo_labeled"):
+        path.write_text(json.dumps({k: v for k, v in complete.items() if k != key}))
+        with pytest.raises(ResultFormatError, match=key):
+            logic.loadJobResult(spec.jobDir, cardPath, showPredictions=False)

@@ -10,15 +10,15 @@ slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import geometry, segmentation  # noqa: E402
 from ASSFTModuleLib.errors import UnknownSegmentNamesError  # noqa: E402
-from ASSFTModuleLib.modelCard import readModelCard  # noqa: E402
 
+from ASSFTActive.cards import load_card  # noqa: E402
 from ASSFTActive.io import Volume, write_volume  # noqa: E402
 
 
 @pytest.fixture()
 def setup(tmp_path):
     env = slicer_scene.SlicerScene()
-    card = readModelCard(slicer_scene.writeModelCard(tmp_path / "model"))
+    card = load_card(slicer_scene.writeModelCard(tmp_path / "model"))
     affine = slicer_scene.rotatedAffine()
     volumeNode = geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(), affine), "case_001")
     return env, card, volumeNode
@@ -163,3 +163,11 @@ def test_prediction_segmentation_is_kept_apart_from_annotation(setup):
     np.testing.assert_array_equal(
         segmentation.segmentationToClassLabelmap(env.scene, prediction, volumeNode, card).labels, labels
     )
+
+
+def test_segment_names_match_classes_exactly_after_stripping_spaces(setup):
+    env, card, volumeNode = setup
+
+    assert segmentation.classIndexOfSegment(card, " posterior ") == 2
+    assert segmentation.classIndexOfSegment(card, "background") == 0
+    assert segmentation.classIndexOfSegment(card, "Posterior") is None

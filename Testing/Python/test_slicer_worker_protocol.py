@@ -17,6 +17,11 @@ import slicer_scene
 from ASSFTModuleLib import enginePath, events, processTree, requirements, workerProcess  # noqa: E402
 from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
 from ASSFTModuleLib.modelCard import modelReference, readModelCard  # noqa: E402
+from ASSFTModuleLib.records import OutputLine  # noqa: E402
+
+from ASSFTActive.cards import EMBEDDED_DEFAULT_CARD  # noqa: E402
+from ASSFTActive.jobs import read_events  # noqa: E402
+from ASSFTActive.progress import Event  # noqa: E402
 
 
 def test_event_lines_split_across_chunks_become_events():
@@ -30,19 +35,19 @@ def test_event_lines_split_across_chunks_become_events():
     last = buffer.flush()
 
     assert first == []
-    assert [e.event for e in second] == ["progress", "log"]
+    assert second == [Event.from_json(line1), OutputLine("Traceback (most recent call last):")]
     progress = second[0]
     assert (progress.phase, progress.step, progress.total, progress.metrics) == ("train", 3, 12, {"loss": 0.41})
-    assert progress.fraction == pytest.approx(0.25) and not progress.isFinal
-    assert second[1].message == "Traceback (most recent call last):"
-    assert len(last) == 1 and last[0].isFinal and last[0].fraction is None
+    assert events.eventFraction(progress) == pytest.approx(0.25)
+    assert last == [Event.from_json(line2)] and events.eventFraction(last[0]) is None
     assert buffer.flush() == []
 
 
-def test_unknown_or_malformed_json_lines_are_log_lines():
-    assert events.parseEventLine('{"event": "banana"}').event == "log"
-    assert events.parseEventLine("[1, 2]").event == "log"
-    assert events.parseEventLine('{"event": "progress", "step": "x"}').event == "log"
+def test_unknown_or_malformed_json_lines_are_plain_output_lines():
+    assert events.parseEventLine('{"event": "banana"}') == OutputLine('{"event": "banana"}')
+    assert events.parseEventLine("[1, 2]") == OutputLine("[1, 2]")
+    badStep = '{"event": "progress", "step": "x"}'
+    assert events.parseEventLine(badStep) == OutputLine(badStep)
     assert events.parseEventLine("   ") is None
 
 
@@ -53,14 +58,15 @@ def test_event_text_is_plain():
 
     assert events.formatEvent(event) == "[validate] 2/5 dice=0.8123, epoch=2"
     assert events.formatEvent(warning) == "[warning] WARNING: few labels"
+    assert events.formatEvent(OutputLine("raw <text>")) == "raw <text>"
     assert "<" not in events.formatEvent(event)
 
 
 def test_read_events_from_a_job_folder(tmp_path):
     (tmp_path / "events.jsonl").write_text(
-        json.dumps({"event": "phase", "phase": "rank"}) + "\n\n" + json.dumps({"event": "done"}) + "\n")
-    assert [e.event for e in events.readEvents(tmp_path)] == ["phase", "done"]
-    assert events.readEvents(tmp_path / "missing") == []
+        json.dumps({"event": "phase", "phase": "rank"}) + "\n\n" + json.dumps({"event": "done"}) + "\n[1, 2]\n")
+    assert [e.event for e in read_events(tmp_path)] == ["phase", "done"]
+    assert read_events(tmp_path / "missing") == []
 
 
 def test_worker_command_and_environment_put_the_engine_first(tmp_path):
@@ -76,7 +82,8 @@ def test_worker_command_and_environment_put_the_engine_first(tmp_path):
 
 def test_engine_root_and_default_card_location():
     assert enginePath.engineRoot() == slicer_scene.REPO_ROOT
-    assert enginePath.defaultModelCardPath() == (
+    # the engine imported is the one shipped beside the module, with its embedded default card
+    assert EMBEDDED_DEFAULT_CARD == (
         slicer_scene.REPO_ROOT / "ASSFTActive" / "resources" / "models" / "hippocampus-unet" / "card.json")
     assert enginePath.requirementsPath() == slicer_scene.REPO_ROOT / "Resources" / "requirements.txt"
 
@@ -155,20 +162,25 @@ def test_missing_requirements_are_found_from_metadata(tmp_path):
     assert "torch" in [requirements.requirementName(r) for r in shipped]
 
 
-def test_model_card_reading_and_errors(tmp_path):
+def test_model_card_is_read_with_the_engines_checks(tmp_path):
     card = readModelCard(slicer_scene.writeModelCard(tmp_path / "m"))
-    assert card.foregroundClassNames == ("anterior", "posterior")
-    assert card.classIndex(" posterior ") == 2 and card.classIndex("Posterior") is None
+    assert card.class_names == ("background", "anterior", "posterior") and card.name == "test-unet"
+    assert readModelCard("default").path == readModelCard("").path == EMBEDDED_DEFAULT_CARD
     assert modelReference("") == "default" and modelReference("default") == "default"
     assert modelReference(tmp_path / "m" / "card.json") == str((tmp_path / "m" / "card.json").resolve())
 
-    with pytest.raises(ASSFTModuleError, match="not found"):
+    with pytest.raises(ASSFTModuleError, match="no model card there"):
         readModelCard(tmp_path / "missing.json")
+    full = json.loads((tmp_path / "m" / "card.json").read_text())
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"name": "x", "class_names": ["background"]}))
-    with pytest.raises(ASSFTModuleError, match="at least two"):
+    bad.write_text(json.dumps(dict(full, class_names=["background"])))
+    with pytest.raises(ASSFTModuleError, match="background plus at least one class"):
         readModelCard(bad)
     dup = tmp_path / "dup.json"
-    dup.write_text(json.dumps({"class_names": ["background", "a", "a"]}))
+    dup.write_text(json.dumps(dict(full, class_names=["background", "a", "a"])))
     with pytest.raises(ASSFTModuleError, match="duplicates"):
         readModelCard(dup)
+    partial = tmp_path / "partial.json"  # what the worker would refuse, the panel refuses too
+    partial.write_text(json.dumps({"name": "x", "class_names": ["background", "a"]}))
+    with pytest.raises(ASSFTModuleError, match="missing required field"):
+        readModelCard(partial)

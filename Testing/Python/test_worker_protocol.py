@@ -148,6 +148,11 @@ def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_m
 
     result = read_json(job / "result.json")
     assert result["status"] == "done" and result["kind"] == "adapt"
+    # activated and pseudo_labeled are top-level keys (what the Slicer module reads), also kept in metrics
+    assert result["activated"] is True and result["metrics"]["activated"] is True
+    kept = [d["case_id"] for d in result["metrics"]["pseudo"] if d["kept"]]
+    assert result["pseudo_labeled"] == result["metrics"]["pseudo_labeled"] == kept
+    assert set(kept) <= {"case_003", "case_004", "case_005"}
     active = ModelStore(world["store"]).active("site")
     assert result["model_card"] == str(active.card_path) and active.version == "v1"
     assert result["ranking"] == str(job / "ranking.json")
@@ -160,6 +165,18 @@ def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_m
     assert tree(world["tmp"] / "cwd") == [] and tree(world["tmp"] / "tmpdir") == []
     assert sorted(p.name for p in world["tmp"].iterdir() if not p.name.startswith("job-stderr")) == \
         ["base", "cwd", "data", "job", "store", "tmpdir"]
+
+
+def test_rank_job_result_lists_no_pseudo_labels_and_activates_nothing(world):
+    job = world["tmp"] / "job"
+    write_job(job, JobSpec(kind="rank", images={k: str(v) for k, v in world["images"].items()},
+                           labels={k: str(v) for k, v in world["labels"].items()}, model=str(world["card"]), budget=2))
+    code, worker = run_worker(job, world["tmp"] / "cwd")
+    assert code == EXIT_DONE, worker.stderr_path.read_text()[-2000:]
+    result = read_json(job / "result.json")
+    assert result["status"] == "done" and result["kind"] == "rank"
+    assert result["pseudo_labeled"] == [] and "activated" not in result
+    assert result["ranking"] == str(job / "ranking.json") and len(result["metrics"]["selected"]) == 2
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
