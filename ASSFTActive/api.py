@@ -27,7 +27,7 @@ from .errors import InputError
 from .inference import InferenceConfig, Predictor, default_device
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
 from .models import LoadedModel, ModelCard, load_model
-from .overlay import OverlayConfig, write_overlay
+from .overlay import write_overlay
 from .progress import ProgressCallback, emit
 from .query import CaseEvidence, QueryConfig, Ranking, mc_dropout_epistemic_from_mean, select, summarize_case
 

@@ -63,7 +63,7 @@ class Volume:
     def name(self) -> str:
         return case_id(self.path) if self.path is not None else "volume"
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """The same geometry holding other voxel values (e.g. a label map or an entropy map)."""
         if tuple(array.shape[:3]) != self.shape:
             raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")

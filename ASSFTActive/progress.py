@@ -39,7 +39,7 @@ class Event:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, line: str) -> "Event":
+    def from_json(cls, line: str) -> Event:
         data = json.loads(line)
         return cls(event=data["event"], phase=data.get("phase", ""), step=int(data.get("step", 0)),
                    total=int(data.get("total", 0)), message=data.get("message", ""),

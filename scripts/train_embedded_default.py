@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ASSFTActive.evaluate import evaluate_model  # noqa: E402
 from ASSFTActive.finetune.training import SupervisedCase, TrainConfig, train_supervised  # noqa: E402
 from ASSFTActive.io import case_id, read_label, read_volume  # noqa: E402
 from ASSFTActive.models import ModelCard, build_network, save_card, save_weights  # noqa: E402
 from ASSFTActive.splits import read_reserved, split_cases  # noqa: E402
-from ASSFTActive.evaluate import evaluate_model  # noqa: E402
 
 CARD = {
     "name": "hippocampus-unet",

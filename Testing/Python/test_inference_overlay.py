@@ -10,7 +10,7 @@ import torch
 from conftest import rotated_affine
 
 from ASSFTActive.inference import Predictor
-from ASSFTActive.io import Volume, read_volume, write_volume
+from ASSFTActive.io import Volume, read_volume
 from ASSFTActive.models import load_model, resolve_card
 from ASSFTActive.overlay import OverlayConfig, entropy_map, high_entropy_regions, write_overlay
 from ASSFTActive.query import QueryConfig

@@ -11,8 +11,16 @@ import pytest
 from conftest import rotated_affine
 
 from ASSFTActive.errors import InputError
-from ASSFTActive.io import (Volume, case_id, check_same_geometry, find_images, match_labels, read_label, read_volume,
-                            write_volume)
+from ASSFTActive.io import (
+    Volume,
+    case_id,
+    check_same_geometry,
+    find_images,
+    match_labels,
+    read_label,
+    read_volume,
+    write_volume,
+)
 
 
 def _volume(shape=(12, 10, 8), affine=None, dtype=np.int16) -> Volume:

@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from ASSFTActive.errors import ModelError
-from ASSFTActive.models import (EMBEDDED_DEFAULT_CARD, ModelCard, build_network, embedded_cards, load_card,
-                                load_model, load_weights, read_state_dict, resolve_card, save_card, save_weights)
+from ASSFTActive.models import (
+    EMBEDDED_DEFAULT_CARD,
+    ModelCard,
+    build_network,
+    embedded_cards,
+    load_card,
+    load_model,
+    load_weights,
+    read_state_dict,
+    resolve_card,
+    save_card,
+    save_weights,
+)
 
 SWIN_ARGS = {"in_channels": 1, "out_channels": 3, "feature_size": 48}
 SWIN_STAGES = ["swinViT.layers1.0", "swinViT.layers2.0", "swinViT.layers3.0", "swinViT.layers4.0"]
@@ -64,7 +75,8 @@ def test_swinvit_ssl_checkpoint_loads_every_encoder_tensor_including_mlp(tmp_pat
 
 def test_naively_prefixed_checkpoint_is_refused_because_the_encoder_did_not_load(tmp_path, swin_source):
     # the common recipe "module." -> "swinViT." without the fc1/fc2 renaming, declared as a plain state dict
-    state = {k.replace("module.", "swinViT."): v for k, v in _published_swinvit_layout(swin_source)["state_dict"].items()}
+    published = _published_swinvit_layout(swin_source)["state_dict"]
+    state = {k.replace("module.", "swinViT."): v for k, v in published.items()}
     torch.save(state, tmp_path / "naive.pt")
     card = _swin_card(tmp_path, "naive.pt", fmt="state_dict")
     with pytest.raises(ModelError, match=r"encoder did not load \(32 encoder tensors missing"):
