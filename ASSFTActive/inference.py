@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -293,8 +293,3 @@ class Predictor:
         np.savez(buffer, **{f"stage{i}": f for i, f in enumerate(features)})
         atomic_write_bytes(path, buffer.getvalue())
 
-
-def pretrained_stage_features(model: LoadedModel) -> Dict[str, nn.Module]:
-    """The encoder stage modules of a model by name (for inspection and tests)."""
-    modules = dict(model.network.named_modules())
-    return {name: modules[name] for name in model.card.encoder_stages}
