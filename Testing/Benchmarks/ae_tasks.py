@@ -1,0 +1,396 @@
+"""Worker side of the annotation-efficiency benchmark: shifted data, pool analysis, fine-tuning, evaluation.
+
+Every function here runs in a worker process with one torch thread (see :func:`init_worker`), so arms run in
+parallel and each result is bit-for-bit independent of which worker ran it: training and MC dropout are seeded per
+task, never from the process's history.
+
+The pool analysis is the product's ranking pass (``Predictor.predict`` -> ``query.summarize_case``, what
+``api.analyse_volume`` does) split in two so that one network pass serves every strategy: the worker returns the
+probabilities and pooled encoder features, the parent summarises them with each arm's :class:`QueryConfig`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: Filled by :func:`init_worker` in each worker process.
+_STATE: Dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every worker needs to rebuild the experiment's data and models deterministically.
+
+    Attributes:
+        data: MSD hippocampus folder (``imagesTr``, ``labelsTr``).
+        pool: target-pool case ids (candidates for labelling).
+        test: target-test case ids (evaluation only).
+        shift: ``ShiftConfig.to_dict()`` of the simulated new site.
+        train: ``TrainConfig.to_dict()`` of the supervised stage (its seed is replaced per run).
+        semi_iterations: steps of the second stage (labelled only in ``none`` mode, labelled + pseudo otherwise).
+        pseudo: ``PseudoLabelConfig.to_dict()`` of the selective stage (its ``mode`` is replaced per arm).
+        trainer: ``adapt``: fine-tune through the product's ``finetune.adapt.adapt_model`` (reads the shifted
+            volumes from ``image_dir``); ``direct``: the same two stages built here from ``training`` and ``pseudo``.
+        image_dir: folder of the shifted pool volumes as ``<case>.nii.gz`` (written by the parent).
+    """
+
+    data: str
+    pool: Tuple[str, ...]
+    test: Tuple[str, ...]
+    shift: Dict[str, Any]
+    train: Dict[str, Any]
+    semi_iterations: int
+    pseudo: Dict[str, Any]
+    trainer: str = "adapt"
+    image_dir: str = ""
+
+
+def init_worker(setup: Setup, threads: int = 1) -> None:
+    """Process initialiser: one torch thread, the setup, and lazily loaded shifted volumes."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _STATE.clear()
+    _STATE["setup"] = setup
+    _STATE["volumes"] = {}
+
+
+def _seed_of(*parts: Any) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def shifted_case(case: str):
+    """``(image, label)`` of one case on the simulated new site (cached per worker)."""
+    from ASSFTActive.io import read_label, read_volume
+    from ASSFTActive.shifts import ShiftConfig, apply_shift
+
+    cache = _STATE["volumes"]
+    if case not in cache:
+        setup: Setup = _STATE["setup"]
+        root = Path(setup.data)
+        original = read_volume(root / "imagesTr" / f"{case}.nii.gz")
+        image = apply_shift(original, ShiftConfig(**setup.shift), case)
+        image = replace(image, path=Path(f"{case}.nii.gz"))  # case_id() of the in-memory volume
+        label = read_label(root / "labelsTr" / f"{case}.nii.gz", original, 3)
+        cache[case] = (image, label)
+    return cache[case]
+
+
+def default_card():
+    from ASSFTActive.models import resolve_card
+
+    if "card" not in _STATE:
+        _STATE["card"] = resolve_card("default")
+    return _STATE["card"]
+
+
+def pretrained_model():
+    """The frozen embedded default (the "pre-trained Med-VFM" of this benchmark)."""
+    from ASSFTActive.models import load_model
+
+    if "pretrained" not in _STATE:
+        _STATE["pretrained"] = load_model(default_card())
+    return _STATE["pretrained"]
+
+
+def fresh_network():
+    """A new copy of the default network with its pre-trained weights."""
+    from ASSFTActive.models import load_model
+
+    return load_model(default_card()).network
+
+
+# ------------------------------------------------------------------------------------------------- analysis
+
+
+def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] = None, mc_samples: int = 0,
+                  tag: str = "") -> List[Dict[str, Any]]:
+    """One ranking pass per case with the pre-trained model (``network_state=None``) or an adapted one.
+
+    Returns, per case: ``probs [C, I, J, K]`` (float16 to keep the transfer small), ``features`` and
+    ``pretrained_features`` (pooled encoder stages), ``epistemic`` (MC-dropout score, when ``mc_samples > 0``),
+    ``dice`` of this model on the case (diagnostic only: never used by a selector) and ``seconds``.
+    """
+    import torch
+
+    from ASSFTActive.evaluate import dice_per_class
+    from ASSFTActive.inference import Predictor
+    from ASSFTActive.models import LoadedModel, LoadReport
+    from ASSFTActive.query import mc_dropout_epistemic
+
+    card = default_card()
+    if network_state is None:
+        predictor = Predictor(pretrained_model())
+    else:
+        network = fresh_network()
+        network.load_state_dict(network_state)
+        network.eval()
+        predictor = Predictor(LoadedModel(card, network, LoadReport(0, (), ())), pretrained_model())
+    out = []
+    for case in cases:
+        image, label = shifted_case(case)
+        start = time.perf_counter()
+        torch.manual_seed(_seed_of("mc", tag, case))
+        samples: List[np.ndarray] = []
+        prediction = predictor.predict(image, dropout_samples=mc_samples,
+                                       sample_callback=samples.append if mc_samples else None)
+        epistemic = mc_dropout_epistemic(np.stack(samples)) if samples else None
+        dice = dice_per_class(prediction.label, np.asarray(label.array), card.num_classes)
+        out.append({"case_id": case, "probs": prediction.probs.astype(np.float16),
+                    "features": [f.copy() for f in prediction.features],
+                    "pretrained_features": [f.copy() for f in prediction.pretrained_features],
+                    "epistemic": epistemic, "dice": float(np.mean(dice)),
+                    "seconds": time.perf_counter() - start})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+
+
+def _supervised_cases(ids: Sequence[str]):
+    from ASSFTActive.finetune.training import SupervisedCase
+
+    return [SupervisedCase(case_id=c, image=shifted_case(c)[0], label=shifted_case(c)[1]) for c in ids]
+
+
+def finetune(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple[Any, Dict[str, Any]]:
+    """Fine-tune the pre-trained model on ``labeled`` with the trainer of the setup (see :class:`Setup`).
+
+    ``pseudo_mode="selective_band"`` is a prototype the product does not have yet (always the direct trainer):
+    selective pseudo-labels whose loss ignores the predicted-background voxels within ``BAND_RADIUS`` voxels of the
+    predicted foreground (see :func:`boundary_band_mask`).
+    """
+    if _STATE["setup"].trainer == "adapt" and pseudo_mode != "selective_band":
+        return finetune_adapt(labeled, pseudo_mode, seed)
+    return finetune_direct(labeled, pseudo_mode, seed)
+
+
+def finetune_adapt(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple[Any, Dict[str, Any]]:
+    """The product's adaptation run (``adapt_model``) into a throw-away model store.
+
+    Same settings as :func:`finetune_direct`; the hold-out validation of ``adapt_model`` is switched off
+    (``min_labeled`` above any budget) so that every arm trains on all of its labelled volumes and the last weights
+    are evaluated, whatever the budget.
+    """
+    import shutil
+    import tempfile
+
+    from ASSFTActive.finetune.adapt import adapt_model
+    from ASSFTActive.finetune.config import FinetuneConfig, PseudoLabelConfig, TrainConfig, ValidationConfig
+    from ASSFTActive.models import load_card, load_model
+
+    setup: Setup = _STATE["setup"]
+    config = FinetuneConfig(
+        train=TrainConfig.from_dict({**setup.train, "seed": seed}), semi_iterations=setup.semi_iterations,
+        pseudo=PseudoLabelConfig.from_dict({**setup.pseudo, "mode": pseudo_mode}),
+        validation=ValidationConfig(min_labeled=NO_HOLD_OUT, hd95=False), predict_pool=False)
+    root = Path(setup.data)
+    images = {c: str(Path(setup.image_dir) / f"{c}.nii.gz") for c in setup.pool}
+    labels = {c: str(root / "labelsTr" / f"{c}.nii.gz") for c in labeled}
+    start = time.perf_counter()
+    store = tempfile.mkdtemp(prefix="ae-store-")
+    try:
+        result = adapt_model(images, labels, store=store, model="default", name="benchmark", config=config)
+        network = load_model(load_card(result.card_path)).network
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    network.eval()
+    kept = [d.case_id for d in result.pseudo if d.kept]
+    record = {"trainer": "adapt_model", "pseudo_mode": pseudo_mode, "kept": kept,
+              "decisions": [d.to_dict() for d in result.pseudo], "seconds": time.perf_counter() - start,
+              "labeled_dice_after": result.dice_after}
+    return network, record
+
+
+#: ``ValidationConfig.min_labeled`` that no budget reaches (no hold-out volumes).
+NO_HOLD_OUT = 1_000_000
+
+
+def finetune_direct(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple[Any, Dict[str, Any]]:
+    """Fine-tune the pre-trained model on ``labeled`` expert labels (plus pseudo-labels of the rest of the pool).
+
+    Two stages, the same number of steps for every arm (method-spec §1.3 "Final" and §1.7; the settings of
+    ``FinetuneConfig``): a supervised stage on the labelled volumes (its result is the teacher), then
+    ``semi_iterations`` more steps on the labelled volumes plus, in ``selective`` / ``all`` mode, the teacher's
+    hard pseudo-labels of the reliable / all unlabelled pool volumes (``finetune.pseudo.select_reliable``). In
+    ``none`` mode the second stage runs on the labelled volumes only.
+
+    Returns:
+        the trained network and a record (seconds, pseudo-label decisions, last losses).
+    """
+    from ASSFTActive.finetune.config import PseudoLabelConfig, TrainConfig
+    from ASSFTActive.finetune.pseudo import (
+        PseudoCandidate,
+        foreground_confidence,
+        select_reliable,
+        semantic_distance,
+        voxel_confidence_mask,
+    )
+    from ASSFTActive.finetune.training import SupervisedCase, train_supervised
+    from ASSFTActive.inference import Predictor
+    from ASSFTActive.models import LoadedModel, LoadReport
+
+    setup: Setup = _STATE["setup"]
+    card = default_card()
+    start = time.perf_counter()
+    network = fresh_network()
+    labeled_cases = _supervised_cases(labeled)
+    stage1 = TrainConfig.from_dict({**setup.train, "seed": seed})
+    losses = train_supervised(network, card, labeled_cases, stage1)
+    stage2 = replace(stage1, iterations=setup.semi_iterations, seed=seed + 1)
+    record: Dict[str, Any] = {"trainer": "direct", "pseudo_mode": pseudo_mode, "kept": [], "decisions": []}
+    pseudo_cases = []
+    if pseudo_mode != "none":
+        band = pseudo_mode == "selective_band"
+        config = PseudoLabelConfig.from_dict({**setup.pseudo, "mode": "selective" if band else pseudo_mode})
+        teacher = Predictor(LoadedModel(card, network, LoadReport(0, (), ())))
+        labeled_features = [teacher.predict(shifted_case(c)[0]).features[-1] for c in labeled]
+        unlabeled = [c for c in setup.pool if c not in set(labeled)]
+        candidates, outputs = [], {}
+        for case in unlabeled:
+            image = shifted_case(case)[0]
+            prediction = teacher.predict(image)
+            conf = foreground_confidence(prediction.probs, config.confidence, config.empty_foreground_confidence)
+            dist = semantic_distance(prediction.features[-1], labeled_features)
+            candidates.append(PseudoCandidate(case, conf, dist))
+            mask = voxel_confidence_mask(prediction.probs, config.voxel_threshold)
+            if band:
+                mask = boundary_band_mask(prediction.label, BAND_RADIUS, mask)
+            outputs[case] = (image, prediction.label, mask)
+        decisions = select_reliable(candidates, config)
+        for decision in decisions:
+            if decision.kept:
+                image, hard, mask = outputs[decision.case_id]
+                pseudo_cases.append(SupervisedCase(decision.case_id, image, image.with_array(hard), mask))
+        record["decisions"] = [d.to_dict() for d in decisions]
+        record["kept"] = [d.case_id for d in decisions if d.kept]
+        # how good the kept pseudo-labels were (diagnostic: uses the hidden labels, never used for training)
+        record["kept_pseudo_dice"] = _pseudo_quality(pseudo_cases)
+    losses += train_supervised(network, card, labeled_cases, stage2, pseudo=pseudo_cases)
+    record["seconds"] = time.perf_counter() - start
+    record["final_loss"] = float(np.mean(losses[-10:]))
+    network.eval()
+    return network, record
+
+
+#: Radius (voxels) of the ignored band of ``selective_band`` pseudo-labels.
+BAND_RADIUS = 3
+
+
+def boundary_band_mask(hard: np.ndarray, radius: int, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Voxels that count in the pseudo loss: all but the predicted background within ``radius`` of the foreground.
+
+    Under a scanner shift the teacher under-segments (its predicted hippocampus is often half the true volume), and
+    its hard labels then teach the student to under-segment further. Ignoring the predicted-background rim, where
+    the missed foreground lies, keeps the confident core of both classes and removes that pull.
+
+    Args:
+        hard: the teacher's argmax ``[I, J, K]``.
+        radius: rim width in voxels (6-connected dilation applied ``radius`` times).
+        mask: an existing voxel mask to combine with (``None`` = all voxels).
+    """
+    from scipy import ndimage
+
+    foreground = hard > 0
+    rim = ndimage.binary_dilation(foreground, iterations=radius) & ~foreground
+    keep = ~rim
+    return keep if mask is None else keep & mask
+
+
+def _pseudo_quality(pseudo_cases) -> Optional[float]:
+    from ASSFTActive.evaluate import dice_per_class
+
+    if not pseudo_cases:
+        return None
+    scores = [np.mean(dice_per_class(np.asarray(c.label.array), np.asarray(shifted_case(c.case_id)[1].array), 3))
+              for c in pseudo_cases]
+    return float(np.mean(scores))
+
+
+def evaluate(network) -> Dict[str, Any]:
+    """Dice per test case and class of ``network`` on the shifted target-test cases."""
+    from ASSFTActive.evaluate import evaluate_model
+
+    setup: Setup = _STATE["setup"]
+    pairs = [shifted_case(c) for c in setup.test]
+    report = evaluate_model(network, default_card(), pairs, hd95=False)
+    return {"mean_dice": report.mean_dice(), "per_class": report.mean_dice_per_class(),
+            "per_case": {c: [float(d) for d in m.dice] for c, m in zip(setup.test, report.cases)}}
+
+
+def train_and_evaluate(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Dict[str, Any]:
+    """One training run of an arm; the unit of work of phase B."""
+    if not labeled:
+        start = time.perf_counter()
+        result = evaluate(pretrained_model().network)
+        return {**result, "train": {"seconds": 0.0, "pseudo_mode": "none", "kept": []},
+                "seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    network, record = finetune(labeled, pseudo_mode, seed)
+    result = evaluate(network)
+    return {**result, "train": record, "seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------------------------- multi-round paths
+
+
+def query_path(strategy_key: str, query: Dict[str, Any], first: Sequence[str], round_sizes: Sequence[int],
+               seed: int, mc_samples: int) -> Dict[str, Any]:
+    """Rounds 1..R-1 of one strategy at one budget: fine-tune on what is labelled, re-rank, label the next batch.
+
+    Round 0 (``first``) was chosen in the parent from the shared cold-start analysis. Each later round trains the
+    pre-trained model on the labelled set so far (supervised, the same steps as a final run in ``none`` mode),
+    analyses the whole pool with it (the frozen pre-trained encoder runs beside it, so DKD's knowledge divergence
+    is no longer 0) and selects the round's batch with the same :class:`QueryConfig`.
+    """
+    from ASSFTActive.query import QueryConfig, select
+
+    config = QueryConfig.from_dict(query)
+    labeled = list(first)
+    rounds = [{"selected": list(first)}]
+    total_rounds = len(round_sizes)
+    for index, size in enumerate(round_sizes[1:], start=1):
+        network, record = finetune(labeled, "none", seed)
+        state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        wants_mc = config.strategy.value == "mc_dropout"
+        analysis = analyse_cases([c for c in _STATE["setup"].pool], state,
+                                 mc_samples=mc_samples if wants_mc else 0, tag=f"{strategy_key}-r{index}")
+        evidence = {a["case_id"]: summarize(a, config) for a in analysis}
+        candidates = [evidence[c] for c in _STATE["setup"].pool if c not in set(labeled)]
+        anchors = [evidence[c] for c in labeled]
+        ranking = select(candidates, size, config,
+                         labeled_embeddings=[e.pretrained_embedding for e in anchors],
+                         labeled_current_embeddings=[e.current_embedding for e in anchors],
+                         round_index=index, total_rounds=total_rounds)
+        picked = list(ranking.selected_ids)
+        labeled += picked
+        kd = [evidence[c].knowledge_divergence for c in _STATE["setup"].pool]
+        rounds.append({"selected": picked, "train_seconds": record["seconds"],
+                       "kd_min": float(np.min(kd)), "kd_max": float(np.max(kd)),
+                       "interim_pool_dice": float(np.mean([a["dice"] for a in analysis]))})
+    return {"labeled": labeled, "rounds": rounds}
+
+
+def summarize(analysis: Dict[str, Any], config) -> Any:
+    """``CaseEvidence`` of one analysed case under ``config`` (the second half of ``api.analyse_volume``)."""
+    from ASSFTActive.query import summarize_case
+
+    evidence = summarize_case(analysis["case_id"], analysis["probs"].astype(np.float32), analysis["features"],
+                              analysis["pretrained_features"], replace(config, strategy="assft"))
+    if analysis.get("epistemic") is not None:
+        evidence = replace(evidence, epistemic=float(analysis["epistemic"]))
+    return evidence
+
+
+def nan_to_none(value: float) -> Optional[float]:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -1,0 +1,702 @@
+"""Annotation efficiency: target-test Dice against the number of expert-labelled volumes, per query strategy.
+
+Setting (issue 5): the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split
+of MSD Hippocampus). The target domain is the other non-reserved cases under a seeded scanner-appearance shift
+(``ASSFTActive.shifts``; kind and strength are parameters), split deterministically into a target pool
+(candidates for labelling) and a target test set (``ASSFTActive.splits``). The 40 cases of ``reserved.txt`` are
+never read.
+
+For each strategy and budget B the pool is ranked, B volumes get their (hidden) expert labels, the pre-trained
+model is fine-tuned with the same number of steps and the same seed for every arm, and Dice is measured on the
+shifted target-test cases. Arms:
+
+* baselines, supervised fine-tuning on the labelled volumes only: ``random`` (several seeds), ``mean_entropy``,
+  ``coreset`` (k-centre), ``clasp_pe`` (volume-level ClaSP PE), ``mc_dropout`` (MONAI Label epistemic);
+* ``assft``: the method, DKD+ASD query and selective pseudo-labels;
+* ablations: ``dkd_only`` and ``asd_only`` (query ablations, same selective fine-tuning as ``assft``),
+  ``assft_no_pseudo`` and ``assft_all_pseudo`` (same query as ``assft``, fine-tuning ablations) and
+  ``random_selective`` (random query with ASSFT's selective fine-tuning: separates the query from the SSL);
+* ``assft_band``: a proposed engine change prototyped here (always through the direct trainer): ASSFT with
+  selective pseudo-labels whose loss ignores the predicted-background rim around the predicted foreground;
+* ``ceiling``: every pool volume labelled; ``floor``: no adaptation.
+
+One query round (the default of the quick profile) ranks the whole budget from one cold-start pass of the
+pre-trained model over the pool, shared by every strategy (MC dropout adds its own stochastic passes). With
+``--rounds R`` the budget is split over R rounds and each later round re-ranks the pool with a model fine-tuned
+on the volumes labelled so far (the frozen pre-trained encoder runs beside it, so DKD's knowledge divergence is
+no longer zero).
+
+Outputs: ``results/annotation_efficiency_<profile><tag>.md`` (tables), ``.json`` (everything, per case),
+``.png`` (Dice against budget).
+
+Usage (from the repository root):
+
+    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile quick   # ~15 min, 2 cores
+    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile full    # hours
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+for entry in (str(ROOT), str(HERE)):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+import ae_tasks  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
+RESULTS = HERE / "results"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Size of one benchmark run.
+
+    Attributes:
+        pool_size: target-pool cases offered for labelling (``None`` = the whole target-pool split).
+        test_size: target-test cases evaluated (``None`` = the whole target-test split).
+        budgets: numbers of labelled volumes.
+        rounds: query rounds per budget.
+        iterations: supervised steps of each fine-tuning run (stage 1).
+        semi_iterations: steps of stage 2 (labelled + pseudo-labelled, or labelled only).
+        random_seeds: seeds of the random strategy.
+        train_seeds: training seeds per arm (the spread of deterministic strategies).
+        mc_samples: stochastic passes of MC dropout.
+    """
+
+    pool_size: Optional[int]
+    test_size: Optional[int]
+    budgets: Tuple[int, ...]
+    rounds: int
+    iterations: int
+    semi_iterations: int
+    random_seeds: int
+    train_seeds: int
+    mc_samples: int
+
+
+PROFILES = {
+    "quick": Profile(pool_size=36, test_size=20, budgets=(2, 4, 8), rounds=1, iterations=60, semi_iterations=60,
+                     random_seeds=3, train_seeds=1, mc_samples=10),
+    "full": Profile(pool_size=None, test_size=None, budgets=(2, 4, 8, 16), rounds=2, iterations=200,
+                    semi_iterations=200, random_seeds=5, train_seeds=3, mc_samples=10),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One line of the results table.
+
+    Attributes:
+        name: key in the outputs.
+        strategy: the query strategy (``QueryConfig.strategy``).
+        pseudo: pseudo-labelling of the fine-tuning (``none``, ``selective``, ``all``).
+        label: text in the table.
+        seeded: the query is random: run it with every random seed.
+        assft_query: the arm uses the ASSFT query settings (``--assft-query`` overrides).
+    """
+
+    name: str
+    strategy: str
+    pseudo: str
+    label: str
+    seeded: bool = False
+    assft_query: bool = False
+
+
+ARMS = (
+    Arm("random", "random", "none", "random", seeded=True),
+    Arm("mean_entropy", "mean_entropy", "none", "mean entropy"),
+    Arm("coreset", "coreset", "none", "k-centre coreset"),
+    Arm("clasp_pe", "clasp_pe", "none", "ClaSP PE (volume level)"),
+    Arm("mc_dropout", "mc_dropout", "none", "MC dropout (epistemic)"),
+    Arm("assft", "assft", "selective", "**ASSFT** (DKD+ASD, selective pseudo-labels)", assft_query=True),
+    Arm("dkd_only", "dkd_only", "selective", "ablation: DKD only (+ selective)", assft_query=True),
+    Arm("asd_only", "asd_only", "selective", "ablation: ASD only (+ selective)", assft_query=True),
+    Arm("assft_no_pseudo", "assft", "none", "ablation: ASSFT query, no pseudo-labels", assft_query=True),
+    Arm("assft_all_pseudo", "assft", "all", "ablation: ASSFT query, all pseudo-labels", assft_query=True),
+    Arm("random_selective", "random", "selective", "control: random query + selective pseudo-labels", seeded=True),
+    Arm("assft_band", "assft", "selective_band", "proposed: ASSFT, selective pseudo-labels without the boundary rim",
+        assft_query=True),
+)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def machine() -> Dict[str, Any]:
+    """Where the numbers were measured."""
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram = f"{int(line.split()[1]) / 1024 ** 2:.1f} GiB"
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram": ram, "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(), "gpu": torch.cuda.is_available(),
+            "load_average_at_start": [round(x, 2) for x in load]}
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True)
+        return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def split_budget(budget: int, rounds: int) -> List[int]:
+    """Round sizes: ``budget`` split as evenly as possible over ``min(rounds, budget)`` rounds, larger first."""
+    rounds = max(1, min(rounds, budget))
+    base, extra = divmod(budget, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def aubc(budgets: Sequence[int], values: Sequence[float]) -> float:
+    """Normalised area under the Dice-versus-budget curve on a log2 budget axis (each doubling weighs the same).
+
+    Equals the mean Dice when the curve is flat; a single budget gives its own value.
+    """
+    if len(budgets) == 1:
+        return float(values[0])
+    x = np.log2(np.asarray(budgets, dtype=np.float64))
+    y = np.asarray(values, dtype=np.float64)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / (x[-1] - x[0]))
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Experiment:
+    """Resolved settings of one run (written to the JSON)."""
+
+    profile: str
+    tag: str
+    data: str
+    pool: List[str]
+    test: List[str]
+    budgets: List[int]
+    rounds: int
+    shift: Dict[str, Any]
+    train: Dict[str, Any]
+    semi_iterations: int
+    pseudo: Dict[str, Any]
+    assft_query: Dict[str, Any]
+    random_seeds: List[int]
+    train_seeds: List[int]
+    mc_samples: int
+    workers: int
+    arms: List[str]
+    command: str
+    trainer: str = "adapt"
+
+
+def resolve(args: argparse.Namespace) -> Experiment:
+    from ASSFTActive.finetune.config import PseudoLabelConfig, TrainConfig
+    from ASSFTActive.io import case_id
+    from ASSFTActive.query import QueryConfig
+    from ASSFTActive.shifts import ShiftConfig
+    from ASSFTActive.splits import read_reserved, split_cases
+
+    profile = PROFILES[args.profile]
+    data = Path(args.data)
+    if not (data / "imagesTr").is_dir():
+        sys.exit(f"error: {data} has no imagesTr folder; pass --data <MSD hippocampus folder>.")
+    reserved = read_reserved(data / "reserved.txt")
+    if not reserved:
+        sys.exit(f"error: {data / 'reserved.txt'} is missing or empty; it must list the reserved cases.")
+    split = split_cases([case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))], reserved)
+    pool_size = args.pool_size if args.pool_size is not None else profile.pool_size
+    test_size = args.test_size if args.test_size is not None else profile.test_size
+    pool = list(split.target_pool[args.pool_offset:])
+    test = list(split.target_test[args.test_offset:])
+    pool, test = pool[:pool_size] if pool_size else pool, test[:test_size] if test_size else test
+    overlap = set(reserved) & (set(pool) | set(test))
+    if overlap:  # split_cases already drops them; this guards the rule itself
+        sys.exit(f"error: reserved cases {sorted(overlap)} reached the benchmark.")
+    budgets = sorted(args.budgets or profile.budgets)
+    if max(budgets) > len(pool):
+        sys.exit(f"error: budget {max(budgets)} exceeds the pool of {len(pool)} cases.")
+    shift = ShiftConfig(kind=args.shift_kind, strength=args.shift_strength, seed=args.shift_seed)
+    train = TrainConfig(iterations=args.iterations or profile.iterations, patch_size=(32, 48, 32), batch_size=4,
+                        learning_rate=args.learning_rate, seed=0)
+    if args.train_config:
+        train = TrainConfig.from_dict({**train.to_dict(), **json.loads(args.train_config)})
+    pseudo = PseudoLabelConfig.from_dict(json.loads(args.pseudo_config)) if args.pseudo_config else PseudoLabelConfig()
+    assft_query = QueryConfig.from_dict(json.loads(args.assft_query)) if args.assft_query else QueryConfig()
+    names = args.arms.split(",") if args.arms else [a.name for a in ARMS]
+    unknown = sorted(set(names) - {a.name for a in ARMS})
+    if unknown:
+        sys.exit(f"error: unknown arm(s) {unknown}; known: {[a.name for a in ARMS]}")
+    return Experiment(
+        profile=args.profile, tag=args.tag, data=str(data), pool=pool, test=test, budgets=budgets,
+        rounds=args.rounds or profile.rounds, shift=shift.to_dict(), train=train.to_dict(),
+        semi_iterations=args.semi_iterations or profile.semi_iterations, pseudo=pseudo.to_dict(),
+        assft_query={k: v for k, v in assft_query.to_dict().items() if k not in ("strategy", "seed")},
+        random_seeds=list(range(args.random_seeds or profile.random_seeds)),
+        train_seeds=list(range(args.train_seeds or profile.train_seeds)),
+        mc_samples=args.mc_samples or profile.mc_samples, workers=args.workers, arms=names, trainer=args.trainer,
+        command=" ".join(["PYTHONPATH=. .venv/bin/python", "Testing/Benchmarks/annotation_efficiency.py"]
+                         + sys.argv[1:]),
+    )
+
+
+def query_config(arm: Arm, seed: int, exp: Experiment):
+    from ASSFTActive.query import QueryConfig
+
+    base = dict(exp.assft_query) if arm.assft_query else {}
+    return QueryConfig.from_dict({**base, "strategy": arm.strategy, "seed": seed, "mc_samples": exp.mc_samples})
+
+
+_EVIDENCE_CACHE: Dict[str, List[Any]] = {}
+
+
+def pool_evidence(analysis: Dict[str, Dict[str, Any]], config, exp: Experiment) -> List[Any]:
+    """``CaseEvidence`` of every pool case under ``config`` (cached: the strategy and seed do not change it)."""
+    key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("strategy", "seed")}, sort_keys=True)
+    if key not in _EVIDENCE_CACHE:
+        _EVIDENCE_CACHE[key] = [ae_tasks.summarize(analysis[c], config) for c in exp.pool]
+    return _EVIDENCE_CACHE[key]
+
+
+def first_round(arm: Arm, seed: int, size: int, analysis: Dict[str, Dict[str, Any]], exp: Experiment,
+                total_rounds: int) -> List[str]:
+    """Round-0 batch of one arm from the shared cold-start analysis (what ``assft rank`` selects)."""
+    from ASSFTActive.query import select
+
+    config = query_config(arm, seed, exp)
+    evidence = pool_evidence(analysis, config, exp)
+    return list(select(evidence, size, config, round_index=0, total_rounds=total_rounds).selected_ids)
+
+
+def run(exp: Experiment, out_stem: Path) -> Dict[str, Any]:
+    started = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="annotation-efficiency-")
+    image_dir = write_shifted_pool(exp, Path(work))
+    setup = ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=tuple(exp.test), shift=exp.shift,
+                           train=exp.train, semi_iterations=exp.semi_iterations, pseudo=exp.pseudo,
+                           trainer=exp.trainer, image_dir=str(image_dir))
+    try:
+        return _run(exp, setup, started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_shifted_pool(exp: Experiment, work: Path) -> Path:
+    """The shifted pool volumes as NIfTI files (``adapt_model`` reads its images from disk)."""
+    from ASSFTActive.io import write_volume
+
+    folder = work / "images"
+    ae_tasks.init_worker(ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=(), shift=exp.shift, train={},
+                                        semi_iterations=0, pseudo={}), threads=1)
+    for case in exp.pool:
+        image = ae_tasks.shifted_case(case)[0]
+        write_volume(image, folder / f"{case}.nii.gz")
+    ae_tasks._STATE.clear()
+    return folder
+
+
+def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, Any]:
+    arms = [a for a in ARMS if a.name in exp.arms]
+    context = multiprocessing.get_context("spawn")
+    timings: Dict[str, float] = {}
+    with futures.ProcessPoolExecutor(max_workers=exp.workers, mp_context=context, initializer=ae_tasks.init_worker,
+                                     initargs=(setup, 1)) as pool:
+        # phase 0: one cold-start pass of the pre-trained model over the pool (with MC-dropout samples)
+        t0 = time.perf_counter()
+        wants_mc = any(a.strategy == "mc_dropout" for a in arms)
+        chunks = [exp.pool[i::exp.workers * 2] for i in range(exp.workers * 2)]
+        jobs = [pool.submit(ae_tasks.analyse_cases, chunk, None, exp.mc_samples if wants_mc else 0, "cold")
+                for chunk in chunks if chunk]
+        floor_job = pool.submit(ae_tasks.train_and_evaluate, [], "none", 0)
+        analysis = {a["case_id"]: a for job in jobs for a in job.result()}
+        timings["cold_start_analysis_s"] = time.perf_counter() - t0
+        log(f"cold-start analysis of {len(analysis)} pool volumes: {timings['cold_start_analysis_s']:.1f} s "
+            f"(MC dropout {'on' if wants_mc else 'off'})")
+
+        # phase A: which volumes each arm labels, per budget (and random seed)
+        t0 = time.perf_counter()
+        selections: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
+        path_jobs = {}
+        for arm in arms:
+            seeds = exp.random_seeds if arm.seeded else [0]
+            for seed in seeds:
+                for budget in exp.budgets:
+                    sizes = split_budget(budget, exp.rounds)
+                    first = first_round(arm, seed, sizes[0], analysis, exp, len(sizes))
+                    key = (arm.name, seed, budget)
+                    if len(sizes) == 1:
+                        selections[key] = {"labeled": first, "rounds": [{"selected": first}]}
+                        continue
+                    query_key = (arm.strategy, arm.assft_query, seed, budget)  # arms sharing a query share a path
+                    if query_key not in path_jobs:
+                        config = query_config(arm, seed, exp).to_dict()
+                        path_jobs[query_key] = pool.submit(ae_tasks.query_path, f"{arm.strategy}-{seed}-{budget}",
+                                                           config, first, sizes, exp.train_seeds[0], exp.mc_samples)
+                    selections[key] = path_jobs[query_key]
+        for key, value in list(selections.items()):
+            if isinstance(value, futures.Future):
+                selections[key] = value.result()
+        timings["selection_s"] = time.perf_counter() - t0
+        log(f"selections done: {len(selections)} ({len(path_jobs)} multi-round paths) in "
+            f"{timings['selection_s']:.1f} s")
+
+        # phase B: fine-tune and evaluate every distinct (labelled set, pseudo mode, training seed) once
+        t0 = time.perf_counter()
+        runs: Dict[Tuple[Tuple[str, ...], str, int], futures.Future] = {}
+        for arm in arms:
+            for seed in (exp.random_seeds if arm.seeded else [0]):
+                for budget in exp.budgets:
+                    labeled = tuple(sorted(selections[(arm.name, seed, budget)]["labeled"]))
+                    for train_seed in exp.train_seeds:
+                        key = (labeled, arm.pseudo, train_seed)
+                        if key not in runs:
+                            runs[key] = pool.submit(ae_tasks.train_and_evaluate, list(labeled), arm.pseudo,
+                                                    train_seed)
+        for train_seed in exp.train_seeds:
+            key = (tuple(sorted(exp.pool)), "none", train_seed)
+            runs.setdefault(key, pool.submit(ae_tasks.train_and_evaluate, list(exp.pool), "none", train_seed))
+        log(f"{len(runs)} distinct fine-tuning runs queued on {exp.workers} worker(s)")
+        done = 0
+        for job in futures.as_completed(list(runs.values())):
+            result = job.result()
+            done += 1
+            log(f"  run {done}/{len(runs)}: mean Dice {result['mean_dice']:.3f} "
+                f"({result['train'].get('pseudo_mode')}, {result['seconds']:.1f} s)")
+        results = {key: job.result() for key, job in runs.items()}
+        floor = floor_job.result()
+        timings["finetune_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
+
+    train_seconds = [r["train"]["seconds"] for r in results.values()]
+    timings["mean_train_seconds_per_run"] = float(np.mean(train_seconds))
+    arm_rows: Dict[str, Any] = {}
+    for arm in arms:
+        per_budget = {}
+        for budget in exp.budgets:
+            entries = []
+            for seed in (exp.random_seeds if arm.seeded else [0]):
+                selection = selections[(arm.name, seed, budget)]
+                labeled = tuple(sorted(selection["labeled"]))
+                for train_seed in exp.train_seeds:
+                    r = results[(labeled, arm.pseudo, train_seed)]
+                    entries.append({"query_seed": seed, "train_seed": train_seed, "labeled": selection["labeled"],
+                                    "rounds": selection["rounds"], "mean_dice": r["mean_dice"],
+                                    "per_class": r["per_class"], "per_case": r["per_case"], "train": r["train"],
+                                    "selected_pretrained_dice": float(np.mean([analysis[c]["dice"]
+                                                                                for c in selection["labeled"]]))})
+            dice = [e["mean_dice"] for e in entries]
+            per_budget[budget] = {"mean": float(np.mean(dice)), "sd": float(np.std(dice, ddof=1)) if len(dice) > 1
+                                  else None, "n": len(dice), "runs": entries}
+        arm_rows[arm.name] = {"label": arm.label, "strategy": arm.strategy, "pseudo": arm.pseudo,
+                              "budgets": per_budget,
+                              "aubc": aubc(exp.budgets, [per_budget[b]["mean"] for b in exp.budgets])}
+    ceiling_runs = [results[(tuple(sorted(exp.pool)), "none", s)] for s in exp.train_seeds]
+    pool_dice = {c: analysis[c]["dice"] for c in exp.pool}
+    return {
+        "experiment": asdict(exp), "machine": MACHINE, "git": MACHINE["git"], "timings": timings,
+        "floor": {"mean_dice": floor["mean_dice"], "per_class": floor["per_class"], "per_case": floor["per_case"]},
+        "ceiling": {"mean": float(np.mean([r["mean_dice"] for r in ceiling_runs])),
+                    "sd": float(np.std([r["mean_dice"] for r in ceiling_runs], ddof=1)) if len(ceiling_runs) > 1
+                    else None, "n": len(ceiling_runs), "runs": [{k: r[k] for k in ("mean_dice", "per_class",
+                                                                                   "per_case")}
+                                                                for r in ceiling_runs]},
+        "arms": arm_rows,
+        "pool_diagnostics": diagnostics(analysis, exp),
+        "pool_pretrained_dice": pool_dice,
+        # cold-start evidence under the ASSFT query settings, to replay any selection offline
+        "pool_evidence": [e.to_dict() for e in pool_evidence(
+            analysis, query_config(next(a for a in ARMS if a.name == "assft"), 0, exp), exp)],
+    }
+
+
+def diagnostics(analysis: Dict[str, Dict[str, Any]], exp: Experiment) -> Dict[str, Any]:
+    """How well each cold-start score predicts where the pre-trained model fails (Spearman rho with 1 - Dice).
+
+    Uses the hidden pool labels, so it is a diagnosis of the scores, never an input of any selector.
+    """
+    from scipy.stats import spearmanr
+
+    from ASSFTActive.query import QueryConfig
+
+    config = QueryConfig.from_dict({**exp.assft_query, "strategy": "assft", "mc_samples": exp.mc_samples})
+    evidence = pool_evidence(analysis, config, exp)
+    error = np.array([1.0 - analysis[c]["dice"] for c in exp.pool])
+    scores = {
+        "asd": [e.asd for e in evidence],
+        "mean_entropy": [e.mean_entropy for e in evidence],
+        "clasp_pe_plain": [float(e.clasp_scores[0]) for e in evidence],
+        "clasp_pe_class_mean": [float(np.mean(e.clasp_scores[1:])) for e in evidence],
+    }
+    if all(e.epistemic is not None for e in evidence):
+        scores["mc_dropout"] = [e.epistemic for e in evidence]
+    out = {}
+    for name, values in scores.items():
+        rho, p = spearmanr(values, error)
+        out[name] = {"spearman_rho": float(rho), "p": float(p)}
+    return {"score_vs_pretrained_error": out, "pool_pretrained_mean_dice": float(np.mean(1 - error)),
+            "pool_pretrained_dice_range": [float(np.min(1 - error)), float(np.max(1 - error))]}
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def _cell(entry: Dict[str, Any]) -> str:
+    if entry["sd"] is None:
+        return f"{entry['mean']:.3f}"
+    return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+
+
+def _paired_vs_random(report: Dict[str, Any], arm: str, budget: int) -> Optional[Tuple[float, float]]:
+    """Mean over test cases of (arm - mean of the random runs), and the 95 % t half-width over test cases."""
+    from scipy.stats import t as student
+
+    rows = report["arms"]
+    if "random" not in rows or arm not in rows:
+        return None
+    def per_case(name: str) -> Dict[str, float]:
+        runs = rows[name]["budgets"][str(budget)]["runs"] if str(budget) in rows[name]["budgets"] else \
+            rows[name]["budgets"][budget]["runs"]
+        cases = runs[0]["per_case"].keys()
+        return {c: float(np.mean([np.mean(r["per_case"][c]) for r in runs])) for c in cases}
+    a, r = per_case(arm), per_case("random")
+    diff = np.array([a[c] - r[c] for c in a])
+    half = float(student.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 \
+        else float("nan")
+    return float(diff.mean()), half
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    exp = report["experiment"]
+    budgets = exp["budgets"]
+    m = report["machine"]
+    t = report["timings"]
+    lines = [f"# Annotation efficiency ({exp['profile']} profile{' ' + exp['tag'] if exp['tag'] else ''})", ""]
+    lines += [
+        f"- Command: `{exp['command']}`",
+        f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram']} RAM, torch {m['torch']}, "
+        f"GPU {'yes' if m['gpu'] else 'no'}; load average at start {m['load_average_at_start']}; "
+        f"{exp['workers']} worker process(es) x 1 torch thread; revision {report['git']}",
+        f"- Wall time: **{t['total_s'] / 60:.1f} min** (cold-start analysis {t['cold_start_analysis_s']:.0f} s, "
+        f"selection {t['selection_s']:.0f} s, fine-tuning + evaluation {t['finetune_s']:.0f} s; "
+        f"{t['mean_train_seconds_per_run']:.1f} s of training per run on average)",
+        f"- Shift: `{exp['shift']}`; target pool {len(exp['pool'])} cases ({exp['pool'][0]} .. {exp['pool'][-1]}), "
+        f"target test {len(exp['test'])} cases ({exp['test'][0]} .. {exp['test'][-1]}) (hash split, reserved cases "
+        "excluded)",
+        f"- Fine-tuning, identical for every arm: {exp['train']['iterations']} supervised steps + "
+        f"{exp['semi_iterations']} second-stage steps through `{exp.get('trainer', 'adapt')}` (batch "
+        f"{exp['train']['batch_size']} patches {tuple(exp['train']['patch_size'])}, AdamW lr "
+        f"{exp['train']['learning_rate']}, pseudo-loss weight {exp['train']['pseudo_weight']} ramped over "
+        f"{exp['train']['rampup_fraction']:.0%} of the stage), training seeds {exp['train_seeds']}; query rounds "
+        f"{exp['rounds']}; random seeds {exp['random_seeds']}; MC dropout {exp['mc_samples']} passes",
+        f"- ASSFT query settings: `{ {k: v for k, v in exp['assft_query'].items() if k in _SHOWN_QUERY} }`; "
+        f"pseudo-labels: `{ {k: v for k, v in exp['pseudo'].items() if k in _SHOWN_PSEUDO} }`",
+    ]
+    lines += ["", "Mean target-test Dice (mean of the two hippocampus classes); ± is the standard deviation over "
+              "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
+              "normalised area under the Dice-versus-budget curve on a log2 budget axis.", ""]
+    header = "| strategy | fine-tuning | " + " | ".join(f"B = {b}" for b in budgets) + " | AUBC |"
+    lines += [header, "|" + "---|" * (len(budgets) + 3)]
+    lines.append("| no adaptation (floor) | none | " + " | ".join(f"{report['floor']['mean_dice']:.3f}"
+                                                                for _ in budgets)
+                 + f" | {report['floor']['mean_dice']:.3f} |")
+    for row in report["arms"].values():
+        cells = [_cell(row["budgets"][_k(row, b)]) for b in budgets]
+        n = row["budgets"][_k(row, budgets[0])]["n"]
+        lines.append(f"| {row['label']}{f' (n={n})' if n > 1 else ''} | {row['pseudo']} | " + " | ".join(cells)
+                     + f" | {row['aubc']:.3f} |")
+    ceiling = report["ceiling"]
+    lines.append(f"| all {len(exp['pool'])} pool volumes labelled (ceiling) | none | "
+                 + " | ".join(_cell(ceiling) for _ in budgets) + f" | {ceiling['mean']:.3f} |")
+    lines += ["", "Difference to random (same fine-tuning type unless noted), mean over test cases of the per-case "
+              "Dice difference, with a 95 % interval over the test cases (it covers test-case sampling, not "
+              "the run-to-run noise given by the ± of the random row):", ""]
+    lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+    for name, row in report["arms"].items():
+        if name == "random":
+            continue
+        cells = []
+        for b in budgets:
+            paired = _paired_vs_random(report, name, b)
+            cells.append("" if paired is None else f"{paired[0]:+.3f} ± {paired[1]:.3f}")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean cold-start Dice of the pre-trained model on the volumes each arm chose (low = the arm "
+              "picked volumes the model fails on; hidden labels, diagnostic only):", ""]
+    lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+    for row in report["arms"].values():
+        cells = [f"{np.mean([r['selected_pretrained_dice'] for r in row['budgets'][_k(row, b)]['runs']]):.3f}"
+                 for b in budgets]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    diag = report["pool_diagnostics"]
+    lines += ["", f"Pool under the shift, pre-trained model: mean Dice {diag['pool_pretrained_mean_dice']:.3f} "
+              f"(range {diag['pool_pretrained_dice_range'][0]:.3f} to {diag['pool_pretrained_dice_range'][1]:.3f}). "
+              "Spearman correlation of each cold-start score with the model's error (1 - Dice) over the pool:", ""]
+    lines += ["| score | rho | p |", "|---|---|---|"]
+    for name, v in diag["score_vs_pretrained_error"].items():
+        lines.append(f"| {name} | {v['spearman_rho']:+.2f} | {v['p']:.3f} |")
+    pseudo_rows = []
+    for row in report["arms"].values():
+        if row["pseudo"] == "none":
+            continue
+        for b in budgets:
+            runs = row["budgets"][_k(row, b)]["runs"]
+            kept = [len(r["train"]["kept"]) for r in runs]
+            quality = [r["train"].get("kept_pseudo_dice") for r in runs if r["train"].get("kept_pseudo_dice")]
+            shown = f"{np.mean(quality):.3f}" if quality else "not recorded"
+            pseudo_rows.append(f"| {row['label']} | {b} | {np.mean(kept):.1f} | {shown} |")
+    if pseudo_rows:
+        lines += ["", "Pseudo-labelled volumes used, and their true Dice against the hidden labels (diagnostic):",
+                  "", "| strategy | B | volumes | Dice of the pseudo-labels |", "|---|---|---|---|"] + pseudo_rows
+    lines += ["", f"![Dice against budget]({Path(report['png']).name})", ""]
+    return "\n".join(lines)
+
+
+_SHOWN_QUERY = ("combine", "dkd_weight", "asd_reduce", "div_space", "fg_mask", "fg_dilation", "kd_metric",
+                "kd_stages", "normalise_scores")
+_SHOWN_PSEUDO = ("select_mode", "keep_fraction", "dist_weight", "confidence", "voxel_threshold", "teacher")
+
+
+def _k(row: Dict[str, Any], budget: int):
+    return budget if budget in row["budgets"] else str(budget)
+
+
+def plot(report: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exp = report["experiment"]
+    budgets = exp["budgets"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = {"assft": dict(color="C3", lw=2.5, marker="o"), "random": dict(color="k", lw=2, marker="s")}
+    for index, (name, row) in enumerate(report["arms"].items()):
+        means = [row["budgets"][_k(row, b)]["mean"] for b in budgets]
+        sds = [row["budgets"][_k(row, b)]["sd"] or 0.0 for b in budgets]
+        style = styles.get(name, dict(color=f"C{(index + 4) % 10}", lw=1.2, marker=".",
+                                      ls="--" if name.startswith(("assft_", "dkd", "asd", "random_")) else "-"))
+        ax.errorbar(budgets, means, yerr=sds if any(sds) else None, label=name, capsize=3, **style)
+    ax.axhline(report["floor"]["mean_dice"], color="grey", ls=":", label="no adaptation")
+    ax.axhline(report["ceiling"]["mean"], color="grey", ls="-.", label=f"all {len(exp['pool'])} labelled")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([str(b) for b in budgets])
+    ax.set_xlabel("labelled target volumes (budget)")
+    ax.set_ylabel("target-test mean Dice")
+    ax.set_title(f"Annotation efficiency, {exp['profile']} profile, shift {exp['shift']['kind']} "
+                 f"{exp['shift']['strength']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def main() -> None:
+    global ARGS, MACHINE
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MSD hippocampus folder")
+    parser.add_argument("--shift-kind", default="scanner",
+                        choices=("gamma", "inversion", "bias_field", "noise", "blur", "scanner"))
+    parser.add_argument("--shift-strength", type=float, default=0.7)
+    parser.add_argument("--shift-seed", type=int, default=0)
+    parser.add_argument("--budgets", type=int, nargs="+", help="override the profile's budgets")
+    parser.add_argument("--rounds", type=int, help="query rounds per budget (profile default)")
+    parser.add_argument("--pool-size", type=int, help="target-pool cases (0 = all)")
+    parser.add_argument("--test-size", type=int, help="target-test cases (0 = all)")
+    parser.add_argument("--pool-offset", type=int, default=0,
+                        help="skip this many target-pool cases (a disjoint development pool for tuning)")
+    parser.add_argument("--test-offset", type=int, default=0,
+                        help="skip this many target-test cases (a disjoint development test set for tuning)")
+    parser.add_argument("--iterations", type=int, help="supervised fine-tuning steps per run")
+    parser.add_argument("--semi-iterations", type=int, help="second-stage steps per run")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--random-seeds", type=int, help="number of random-query seeds")
+    parser.add_argument("--train-seeds", type=int, help="number of training seeds per arm")
+    parser.add_argument("--mc-samples", type=int, help="MC-dropout passes")
+    parser.add_argument("--arms", help=f"comma-separated subset of {','.join(a.name for a in ARMS)}")
+    parser.add_argument("--assft-query", help="JSON QueryConfig overrides for the ASSFT arms, e.g. "
+                                              "'{\"asd_reduce\": \"class_balanced\"}'")
+    parser.add_argument("--pseudo-config", help="JSON PseudoLabelConfig overrides, e.g. '{\"keep_fraction\": 0.3}'")
+    parser.add_argument("--train-config", help="JSON TrainConfig overrides, e.g. '{\"pseudo_weight\": 0.5}'")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes, one torch thread each (default: CPU cores)")
+    parser.add_argument("--trainer", choices=("adapt", "direct"), default="adapt",
+                        help="adapt: the product's adapt_model (default); direct: the same stages built from "
+                             "finetune.training and finetune.pseudo")
+    parser.add_argument("--tag", default="", help="suffix of the output names (for variants)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    ARGS = parser.parse_args()
+    MACHINE = {**machine(), "git": git_revision()}  # the revision the run started from
+    exp = resolve(ARGS)
+    ARGS.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = ARGS.out_dir / f"annotation_efficiency_{exp.profile}{('_' + exp.tag) if exp.tag else ''}"
+    log(f"profile {exp.profile}: pool {len(exp.pool)}, test {len(exp.test)}, budgets {exp.budgets}, rounds "
+        f"{exp.rounds}, arms {len(exp.arms)}, workers {exp.workers}; machine {MACHINE['nproc']} cores")
+    report = run(exp, stem)
+    report["png"] = str(stem.with_suffix(".png"))
+    plot(report, stem.with_suffix(".png"))
+    stem.with_suffix(".json").write_text(json.dumps(_jsonable(report), indent=1) + "\n")
+    text = markdown(_jsonable(report))
+    stem.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    log(f"wrote {stem}.md, .json, .png; wall time {report['timings']['total_s'] / 60:.1f} min")
+
+
+ARGS: argparse.Namespace
+MACHINE: Dict[str, Any]
+
+if __name__ == "__main__":
+    main()
