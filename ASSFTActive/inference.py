@@ -23,7 +23,7 @@ from torch import nn
 
 from .io import Volume
 from .models import LoadedModel
-from .preprocess import from_model_space, to_model_space
+from .preprocess import PAD_VALUE, from_model_space, to_model_space
 
 
 def default_device() -> torch.device:
@@ -172,7 +172,7 @@ class Predictor:
         return sliding_window_inference(
             image[None], roi_size=self.current.card.patch_size, sw_batch_size=self.config.sw_batch_size,
             predictor=fn, overlap=self.config.overlap, mode=self.config.blend_mode, sw_device=self.device,
-            device=torch.device("cpu"), progress=False,
+            device=torch.device("cpu"), progress=False, padding_mode="constant", cval=PAD_VALUE,
         )[0]
 
     @torch.no_grad()

@@ -7,9 +7,11 @@ A job is a folder. The caller (the Slicer GUI, a script) writes ``job.json`` wit
   ``done`` or ``error``;
 * ``log.txt``: human-readable log;
 * ``result.json``: ``{"status": "done", "kind", "model_card", "ranking" (when ranked), "predictions":
-  {case_id: label_path}, "pseudo_labeled": [case_id, ...], "activated" (adapt), "metrics": {...}}``, where
-  ``pseudo_labeled`` lists the cases kept by selective pseudo-labelling (``[]`` for a rank job) and ``activated``
-  says whether the new model version became the active one; on failure
+  {case_id: label_path}, "pseudo_labeled": [case_id, ...], "activated" (adapt), "activation" (adapt),
+  "metrics": {...}}``, where ``pseudo_labeled`` lists the cases kept by selective pseudo-labelling (``[]`` for a
+  rank job), ``activated`` says whether the new model version became the active one and ``activation`` why
+  (the guard's decision: ``activate``, ``reason``, ``method``, ``stop_step``, cross-validated Dice before and
+  after, the pool check); on failure
   ``{"status": "error" | "cancelled", "message"}``;
 * ``checkpoints/``: what a new run of the same job resumes from;
 * ``predictions/``, ``ranking.json`` and other outputs.

@@ -36,6 +36,13 @@ class ModelSpace:
     original_shape: Tuple[int, int, int]
 
 
+#: Value of the voxels added around a volume smaller than the network's patch, in model space (after intensity
+#: normalisation). Sliding-window inference and the training patch sampler must pad alike: a network fine-tuned on
+#: patches padded otherwise than what it sees at inference learns a border it never meets, and its predictions
+#: degrade (measured: RESULTS.md, "Few-label fine-tuning").
+PAD_VALUE = 0.0
+
+
 def normalise_intensity(array: np.ndarray, preprocessing: Mapping) -> np.ndarray:
     """Intensity profile of a model card; returns float32 of the same shape.
 

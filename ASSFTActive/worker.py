@@ -214,14 +214,15 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
     pseudo_labeled = [d["case_id"] for d in summary["pseudo"] if d["kept"]]
     # activated and pseudo_labeled are also top-level keys (the contract readers use); kept in metrics as before
     metrics = dict(summary["metrics"], version=outcome.version, activated=outcome.activated,
-                   labeled=summary["labeled"], validation=summary["validation"], skipped=summary["skipped"],
+                   labeled=summary["labeled"], activation=summary["activation"], skipped=summary["skipped"],
                    pseudo=summary["pseudo"], pseudo_labeled=pseudo_labeled,
                    seconds=summary["seconds"], resumed_from=summary["resumed_from"])
     if "selected" in reranked:
         metrics["selected"] = reranked["selected"]
     result = {
         "status": "done", "kind": "adapt", "model_card": str(outcome.card_path),
-        "activated": bool(outcome.activated), "pseudo_labeled": list(pseudo_labeled),
+        "activated": bool(outcome.activated), "activation": summary["activation"],
+        "pseudo_labeled": list(pseudo_labeled),
         "predictions": reranked.get("predictions", summary["predictions"]), "metrics": metrics,
     }
     if "ranking" in reranked:

@@ -320,8 +320,8 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if loaded.activeModel is not None:
             message = _("Adapted model is now active: {card}").format(card=loaded.activeModel)
         elif loaded.adaptedModel is not None:
-            message = _("The adapted model was stored but not activated (validation did not improve): {card}").format(
-                card=loaded.adaptedModel)
+            message = _("The adapted model was stored but not activated: {reason} ({card})").format(
+                reason=loaded.result.activationReason, card=loaded.adaptedModel)
         if loaded.skippedCases:
             message += " " + _("Not in the scene any more: {cases}").format(cases=", ".join(loaded.skippedCases))
         self.ui.statusLabel.text = message

@@ -28,15 +28,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
     parser.add_argument("--pseudo", choices=PSEUDO_MODES, default=None,
                         help="pseudo-labelling of the unlabelled pool (default: selective)")
-    parser.add_argument("--iterations", type=int, help="supervised training steps (default 300)")
+    parser.add_argument("--iterations", type=int, help="supervised training steps (default 100)")
     parser.add_argument("--semi-iterations", type=int, help="semi-supervised steps (default: = --iterations)")
     parser.add_argument("--keep-fraction", type=float, help="share of the pool pseudo-labelled in selective mode "
                                                             "(default 0.5)")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="training patch in voxels (default: the card's patch size)")
     parser.add_argument("--batch-size", type=int, help="patches per step (default 4)")
-    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the validation split")
+    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the cross-validation folds")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="skip the cross-validated check and activate the new version unconditionally "
+                             "(one training run instead of folds + 1)")
     parser.add_argument("--config", type=Path, help="JSON file of fine-tuning settings (FinetuneConfig); the "
                                                     "options above override it")
     parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
@@ -72,7 +75,10 @@ def build_config(args: argparse.Namespace):
         pseudo["mode"] = args.pseudo
     if args.keep_fraction is not None:
         pseudo["keep_fraction"] = args.keep_fraction
-    data = dict(data, train=train, pseudo=pseudo)
+    validation = dict(data.get("validation") or {})
+    if args.no_guard:
+        validation["guard"] = False
+    data = dict(data, train=train, pseudo=pseudo, validation=validation)
     if args.semi_iterations is not None:
         data["semi_iterations"] = args.semi_iterations
     try:
@@ -107,9 +113,10 @@ def format_summary(result) -> str:
     kept = [d for d in result.pseudo if d.kept]
     lines = [
         f"model {result.name} {result.version} "
-        + ("is now active" if result.activated else "was stored but NOT activated (it scores lower than before)"),
+        + ("is now active" if result.activated else "was stored but NOT activated"),
+        f"why: {result.decision.reason}",
         f"card: {result.card_path}",
-        f"labelled volumes: {len(result.labeled)} trained on, {len(result.validation)} held out for validation",
+        f"labelled volumes: {len(result.labeled)}; training stopped at step {metrics['stop_step']}",
         (f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
          + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})" if kept else ""))
         if result.pseudo else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)",
@@ -117,8 +124,9 @@ def format_summary(result) -> str:
     if result.skipped:
         lines.append(f"skipped: {len(result.skipped)} volume(s): "
                      + "; ".join(f"{s.case_id} ({s.reason[:80]})" for s in result.skipped[:3]))
-    where = "held-out validation" if metrics["evaluated_on"] == "validation" else "labelled training"
-    lines.append(f"\nDice and HD95 on {len(metrics['cases'])} {where} volume(s), before -> after:")
+    where = ("labelled volume(s), each held out once (cross-validation; no HD95 after)"
+             if metrics["evaluated_on"] == "cross_validation" else "labelled training volume(s)")
+    lines.append(f"\nDice and HD95 on {len(metrics['cases'])} {where}, before -> after:")
     lines.append(f"{'class':<16} {'Dice before':>11} {'Dice after':>11} {'HD95 before':>12} {'HD95 after':>11}")
     for name in before["dice"]:
         lines.append(f"{name:<16} {_num(before['dice'][name]):>11} {_num(after['dice'][name]):>11} "

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--budget", type=int, default=3, help="volumes to annotate (default 3)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="assft")
-    parser.add_argument("--iterations", type=int, default=200, help="training steps per stage (default 200)")
+    parser.add_argument("--iterations", type=int, help="training steps per stage (default: Adapt Model's)")
     parser.add_argument("--pseudo", choices=("selective", "all", "none"), default="selective")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -66,16 +66,20 @@ def run(args: argparse.Namespace) -> int:
     labels = {c: SAMPLE / "pool" / "labels" / f"{c}.nii.gz" for c in proposed}
 
     print(f"\n3. Adapt Model (pseudo-labels: {args.pseudo})")
-    config = FinetuneConfig(train=TrainConfig(iterations=args.iterations, patch_size=(32, 48, 32), seed=args.seed),
-                            pseudo=PseudoLabelConfig(mode=args.pseudo))
+    train = TrainConfig(seed=args.seed)
+    if args.iterations is not None:
+        train = TrainConfig.from_dict({**train.to_dict(), "iterations": args.iterations})
+    config = FinetuneConfig(train=train, pseudo=PseudoLabelConfig(mode=args.pseudo))
     result = adapt_model({case_id(p): p for p in pool}, labels, store=out / "store", model="default",
                          config=config, progress=bar, device=device, predictions_dir=out / "round1" / "adapted")
     bar.close()
     kept = [d.case_id for d in result.pseudo if d.kept]
-    print(f"   new version {result.name}/{result.version} ({result.seconds:.0f} s), active: {result.activated}")
+    print(f"   new version {result.name}/{result.version} ({result.seconds:.0f} s): "
+          + ("now active" if result.activated else "stored, NOT activated"))
+    print(f"   why: {result.decision.reason}")
     print(f"   pseudo-labelled volumes kept: {len(kept)} of {len(result.pseudo)}")
 
-    print(f"\n4. Evaluate on {len(test)} held-out volumes")
+    print(f"\n4. Evaluate on {len(test)} held-out volumes (the adapted model, whether or not it was activated)")
     cases = [(read_volume(p), SAMPLE / "test" / "labels" / p.name) for p in test]
     before = evaluate_model(load_model(card, device), None, cases)
     adapted_card = load_card(result.card_path)
@@ -83,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     print(_before_after(before, after))
     (out / "evaluation.md").write_text(f"# Before\n\n{before.to_markdown()}\n# After\n\n{after.to_markdown()}")
 
-    print("\n5. Re-rank the rest of the pool with the adapted model")
-    second = rank_pool(pool, adapted_card, args.budget, out / "round2", labeled_ids=proposed, query=query,
+    active_card = adapted_card if result.activated else card
+    print(f"\n5. Re-rank the rest of the pool with the active model ({active_card.name})")
+    second = rank_pool(pool, active_card, args.budget, out / "round2", labeled_ids=proposed, query=query,
                        device=device, progress=bar, feature_cache=out / "store" / "feature-cache")
     bar.close()
     print(format_ranking(second.ranking, limit=args.budget + 3))

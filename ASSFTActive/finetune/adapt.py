@@ -1,22 +1,26 @@
-"""Adapt a model to a new site: supervised fine-tuning, selective pseudo-labelling, validation, a new store version.
+"""Adapt a model to a new site: the guard's cross-validation, fine-tuning with pseudo-labels, a new store version.
 
 :func:`adapt_model` is the one entry point used by ``assft adapt``, the background worker and the demo. A run:
 
 1. checks the inputs (missing files, empty labelled set, an unwritable store) before any heavy work;
 2. reads every labelled volume; a label whose geometry does not match its image, or with classes the model does
-   not have, is skipped with a ``warning`` event naming the file (no usable labelled volume left: an error);
-3. holds out validation volumes when there are enough (:class:`~.config.ValidationConfig`) and scores the model
-   before adaptation (Dice, HD95 per class);
-4. **supervised stage**: Dice+CE on foreground-aware patches of the labelled volumes; the result is the teacher;
-5. **semi-supervised stage(s)** (method-spec §1.7): the teacher predicts every unlabelled volume; each gets a
-   foreground confidence and a semantic distance (pooled deepest encoder stage, cosine, min over labelled
-   volumes); the reliable subset (mode ``selective``; ``all`` and ``none`` for comparison) is pseudo-labelled and
-   training continues on labelled + pseudo-labelled patches, the pseudo loss ramped up (optional voxel mask,
-   optional EMA teacher);
-6. keeps the best validated weights, scores them again (before/after), predicts the pool, runs ``before_commit``
-   (e.g. re-ranking), and only then writes a new version to the model store and makes it active.
+   not have, is skipped with a ``warning`` event naming the file (no usable labelled volume left: an error), and
+   scores the current model on each (Dice, HD95 per class);
+3. **the recipe**, run once per cross-validation fold (:mod:`.guard`; each fold trains on the other labelled volumes
+   and scores its held-out ones along the way) and once on every labelled volume up to the step where the
+   cross-validated Dice peaked:
+   a. **supervised stage**: Dice+CE on foreground-aware patches of the labelled volumes; the result is the teacher;
+   b. **semi-supervised stage(s)** (method-spec §1.7): the teacher predicts every unlabelled volume; each gets a
+      foreground confidence and a semantic distance (pooled deepest encoder stage, cosine, min over labelled
+      volumes); the reliable subset (mode ``selective``; ``all`` and ``none`` for comparison) is pseudo-labelled
+      and training continues on labelled + pseudo-labelled patches (:mod:`.training`, :mod:`.semi`);
+4. **the guard** (:func:`.guard.decide`): the new model becomes active only when the cross-validated Dice beats
+   the current model's and its predictions on the unlabelled pool did not collapse; otherwise it is stored,
+   not activated, and the reason is given (``assft models activate`` overrides);
+5. predicts the pool, runs ``before_commit`` (e.g. re-ranking), and only then writes a new version to the model
+   store (and switches the active pointer when the guard allows).
 
-Everything before step 6's commit can be cancelled (the progress callback raises ``CancelledError``) and leaves the
+Everything before step 5's commit can be cancelled (the progress callback raises ``CancelledError``) and leaves the
 store as it was. With ``work_dir`` the run writes resumable checkpoints there and a new run continues from them.
 Under ``torchrun`` (a :class:`~ASSFTActive.distributed.DistContext` with several ranks) training is
 DistributedDataParallel, and prediction and validation are sharded across ranks; only rank 0 writes.
@@ -49,6 +53,7 @@ from ..models import LoadedModel, LoadReport, ModelCard, derive_card, load_card,
 from ..progress import Event, ProgressCallback, emit
 from ..store import ModelStore, check_name, resolve_card_path
 from .config import FinetuneConfig, PseudoMode, Teacher
+from .guard import ActivationDecision, CrossValidation, PoolCheck, assign_folds, check_pool, decide
 from .pseudo import (
     PseudoCandidate,
     PseudoDecision,
@@ -57,7 +62,7 @@ from .pseudo import (
     semantic_distance,
     voxel_confidence_mask,
 )
-from .training import SupervisedCase, train_supervised
+from .training import SemiParts, SupervisedCase, train_supervised
 
 __all__ = ["AdaptResult", "SkippedVolume", "adapt_model", "card_signature", "summarise_report"]
 
@@ -90,12 +95,15 @@ class AdaptResult:
         version_dir: its folder.
         card_path: its model card (the active card when ``activated``).
         activated: whether the new version became the active one.
+        decision: the guard's verdict and its reason (:class:`~.guard.ActivationDecision`).
         labeled: labelled volumes trained on.
-        validation: labelled volumes held out for validation (empty when too few labels).
         skipped: volumes left out, with the reason.
         pseudo: the pseudo-labelling decision on every unlabelled volume (last self-training round).
-        metrics: ``{"evaluated_on": "validation" | "labeled", "before": {...}, "after": {...}, "best_step",
-            "history": [...]}``, each summary ``{"mean_dice", "dice": {class: x}, "hd95": {class: mm}}``.
+        metrics: ``{"evaluated_on": "cross_validation" | "labeled", "cases", "before": {...}, "after": {...},
+            "stop_step", "cross_validation": {...} | None, "activation": {...}}``, each summary
+            ``{"mean_dice", "dice": {class: x}, "hd95": {class: mm}}``. With cross-validation, "before" is the
+            current model on the labelled volumes and "after" the held-out score of the folds at ``stop_step``;
+            without it (one label, or the guard off), "after" is the new model on its own training volumes.
         predictions: ``{case_id: label file}`` of the unlabelled volumes predicted by the new model.
         seconds: wall time of the run.
         resumed_from: global training step the run resumed from (0 = fresh start).
@@ -106,8 +114,8 @@ class AdaptResult:
     version_dir: Path
     card_path: Path
     activated: bool
+    decision: ActivationDecision
     labeled: Tuple[str, ...]
-    validation: Tuple[str, ...]
     skipped: Tuple[SkippedVolume, ...]
     pseudo: Tuple[PseudoDecision, ...]
     metrics: Mapping[str, Any]
@@ -126,8 +134,9 @@ class AdaptResult:
     def to_dict(self) -> Dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "version_dir": str(self.version_dir),
-            "card_path": str(self.card_path), "activated": self.activated, "labeled": list(self.labeled),
-            "validation": list(self.validation), "skipped": [s.to_dict() for s in self.skipped],
+            "card_path": str(self.card_path), "activated": self.activated,
+            "activation": self.decision.to_dict(), "labeled": list(self.labeled),
+            "skipped": [s.to_dict() for s in self.skipped],
             "pseudo": [d.to_dict() for d in self.pseudo], "metrics": _jsonable(self.metrics),
             "predictions": {k: str(v) for k, v in self.predictions.items()}, "seconds": round(self.seconds, 2),
             "resumed_from": self.resumed_from,
@@ -212,6 +221,10 @@ class _Checkpoints:
         except Exception as exc:
             raise JobError(f"{path}: the checkpoint cannot be read ({type(exc).__name__}: {exc}). Delete "
                            f"{self.folder} to start the job over.") from exc
+        return self._verified(state, path)
+
+    def _verified(self, state: Any, path: Path) -> Dict[str, Any]:
+        """``state`` when it was written by this ASSFT version for the same card, volumes and settings."""
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise JobError(f"{path}: not a checkpoint of this ASSFT version. Delete {self.folder} to start over.")
         if state.get("card_signature") != self.signature:
@@ -234,26 +247,11 @@ class _Checkpoints:
                        card_signature=self.signature)
         atomic_write_bytes(self.folder / CHECKPOINT_FILE, _state_bytes(payload))
 
-    def save_tensors(self, filename: str, state: Mapping[str, torch.Tensor]) -> None:
-        if not self.writer:
-            return
-        from safetensors.torch import save
-
-        atomic_write_bytes(self.folder / filename, save({k: v.contiguous() for k, v in state.items()}))
-
-    def load_tensors(self, filename: str) -> Dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        path = self.folder / filename
-        if not path.is_file():
-            raise JobError(f"{path}: missing from the checkpoints; delete {self.folder} to start over.")
-        return load_file(str(path))
-
     def clear(self) -> None:
         """Remove every file this class wrote (after the version was committed: nothing is left to resume)."""
         if not self.writer:
             return
-        for pattern in (CHECKPOINT_FILE, "best-*.safetensors", "pseudo-r*.json", "pseudo-r*.npz"):
+        for pattern in (CHECKPOINT_FILE, "cv-fold*.json", "pseudo-r*.json", "pseudo-r*.npz"):
             for item in self.folder.glob(pattern):
                 item.unlink(missing_ok=True)
         try:
@@ -261,12 +259,23 @@ class _Checkpoints:
         except OSError:
             pass  # the folder holds other files of the caller
 
-    def remove_unused(self, keep: Sequence[str]) -> None:
-        if not self.writer:
-            return
-        for item in self.folder.glob("best-*.safetensors"):
-            if item.name not in keep:
-                item.unlink(missing_ok=True)
+    def save_fold(self, index: int, data: Mapping[str, Any]) -> None:
+        """The held-out scores of a finished cross-validation fold (a resumed job skips that fold)."""
+        if self.writer:
+            payload = dict(data, format=CHECKPOINT_FORMAT, fingerprint=self.fingerprint,
+                           card_signature=self.signature)
+            atomic_write_text(self.folder / f"cv-fold{index}.json", json.dumps(_jsonable(payload)))
+
+    def load_fold(self, index: int) -> Optional[Dict[str, Any]]:
+        path = None if self.folder is None else self.folder / f"cv-fold{index}.json"
+        if path is None or not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JobError(f"{path}: the fold's scores cannot be read ({exc}). Delete {self.folder} to start the "
+                           "job over.") from exc
+        return self._verified(state, path)
 
     # pseudo-labels of one self-training round
 
@@ -307,8 +316,11 @@ class _Labeled:
     label_path: str
 
 
+Scorer = Callable[[nn.Module, int], None]
+
+
 class _Run:
-    """One adaptation run (state shared by the stages; see :func:`adapt_model`)."""
+    """One adaptation run (state shared by the folds and the final training; see :func:`adapt_model`)."""
 
     def __init__(self, images: Mapping[str, str], labels: Mapping[str, str], card: ModelCard, store: ModelStore,
                  name: str, config: FinetuneConfig, progress: Optional[ProgressCallback], work_dir: Optional[Path],
@@ -325,8 +337,6 @@ class _Run:
         self.device = ctx.device
         self.before_commit = before_commit
         self.skipped: List[SkippedVolume] = []
-        self.history: List[Dict[str, Any]] = []
-        self.best: Optional[Dict[str, Any]] = None
         self.started = time.time()
         fingerprint = hashlib.sha256(json.dumps({
             "images": dict(sorted(images.items())), "labels": dict(sorted(labels.items())),
@@ -334,9 +344,15 @@ class _Run:
         }, sort_keys=True).encode()).hexdigest()
         checkpoint_dir = Path(work_dir) if work_dir is not None else None
         self.checkpoints = _Checkpoints(checkpoint_dir, fingerprint, card_signature(card), ctx.is_main)
-        pseudo = config.pseudo
-        self.rounds = pseudo.rounds
-        self.total_steps = config.train.iterations + self.rounds * config.semi_steps
+        self.rounds = config.pseudo.rounds
+        self.recipe_steps = config.train.iterations + self.rounds * config.semi_steps
+        self.folds = 0
+        self.anchor: Dict[str, torch.Tensor] = {}
+
+    @property
+    def total_steps(self) -> int:
+        """Progress steps of the whole run: every fold's recipe, then the final one."""
+        return (self.folds + 1) * self.recipe_steps
 
     # ------------------------------------------------------------------ events
 
@@ -370,16 +386,6 @@ class _Run:
             )
         return cases
 
-    def split(self, cases: List[_Labeled]) -> Tuple[List[_Labeled], List[_Labeled]]:
-        rule = self.config.validation
-        if len(cases) < rule.min_labeled:
-            return cases, []
-        count = max(1, int(round(rule.fraction * len(cases))))
-        seed = self.config.train.seed
-        order = sorted(cases, key=lambda c: hashlib.sha256(f"{seed}:{c.case_id}".encode()).hexdigest())
-        held = {c.case_id for c in order[:count]}
-        return [c for c in cases if c.case_id not in held], [c for c in cases if c.case_id in held]
-
     # ------------------------------------------------------------------ evaluation (sharded across ranks)
 
     def predictor(self, network: nn.Module) -> Predictor:
@@ -406,19 +412,20 @@ class _Run:
     # ------------------------------------------------------------------ pseudo-labels
 
     def pseudo_round(self, round_index: int, network: nn.Module, train: Sequence[_Labeled],
-                     pool: Mapping[str, str]) -> Tuple[List[SupervisedCase], Tuple[PseudoDecision, ...]]:
+                     pool: Mapping[str, str], cache: bool) -> Tuple[List[SupervisedCase], Tuple[PseudoDecision, ...]]:
         rule = self.config.pseudo
         if rule.mode == PseudoMode.NONE or not pool:
             if rule.mode != PseudoMode.NONE:
                 self.emit("phase", phase="pseudo", message="no unlabelled volumes: training on labelled ones only")
             return [], ()
-        saved = self.checkpoints.load_pseudo(round_index)
+        saved = self.checkpoints.load_pseudo(round_index) if cache else None
         if saved is not None:
             decisions, arrays = saved
         else:
             decisions, arrays = self._pseudo_label(round_index, network, train, pool)
-            self.checkpoints.save_pseudo(round_index, decisions, arrays)
-            self.ctx.barrier()
+            if cache:
+                self.checkpoints.save_pseudo(round_index, decisions, arrays)
+                self.ctx.barrier()
         kept = [d for d in decisions if d.kept]
         cases = []
         for decision in kept:
@@ -455,7 +462,7 @@ class _Run:
                                                     rule.empty_foreground_confidence),
                 "distance": semantic_distance(prediction.features[-1], references),
                 "label": prediction.label,
-                "mask": voxel_confidence_mask(prediction.probs, rule.voxel_threshold),
+                "mask": voxel_confidence_mask(prediction.probs, rule.voxel_threshold, rule.class_keep_min),
             }
             self.emit("progress", phase="pseudo", step=index + 1, total=len(ids), message=f"pseudo-labelled {case}")
         joined: Dict[str, Any] = {}
@@ -465,8 +472,9 @@ class _Run:
         for case in ids:
             item = joined[case]
             if isinstance(item, str):
-                self.skipped.append(SkippedVolume(case, pool[case], item))
-                self.warn(f"skipped unlabelled volume {case} ({pool[case]}): {item}", phase="pseudo")
+                if not any(s.case_id == case for s in self.skipped):
+                    self.skipped.append(SkippedVolume(case, pool[case], item))
+                    self.warn(f"skipped unlabelled volume {case} ({pool[case]}): {item}", phase="pseudo")
                 continue
             candidates.append(PseudoCandidate(case, item["confidence"], item["distance"]))
             arrays[f"label_{case}"] = item["label"]
@@ -477,92 +485,191 @@ class _Run:
         arrays = {k: v for k, v in arrays.items() if k.split("_", 1)[1] in kept}
         return decisions, arrays
 
-    # ------------------------------------------------------------------ training with validation and checkpoints
+    # ------------------------------------------------------------------ the recipe: supervised + semi-supervised
 
     def stage_offset(self, stage: int) -> int:
         return 0 if stage == 0 else self.config.train.iterations + (stage - 1) * self.config.semi_steps
 
-    def validate(self, network: nn.Module, validation: Sequence[_Labeled], global_step: int) -> None:
-        if not validation:
-            return
-        report = self.evaluate(network, validation, hd95=False, phase="validate")
-        score = report.mean_dice()
-        self.history.append({"step": global_step, "mean_dice": score, "dice": report.mean_dice_per_class()})
-        metrics = {"val_dice": score}
-        metrics.update({f"val_dice_{k}": v for k, v in report.mean_dice_per_class().items()})
-        self.emit("metric", phase="validate", step=global_step, total=self.total_steps,
-                  message=f"validation Dice {score:.3f} at step {global_step}", metrics=metrics)
-        if self.config.validation.keep_best and (self.best is None or score > self.best["score"]):
-            filename = f"best-{global_step}.safetensors"
-            self.best = {"score": score, "step": global_step, "file": filename, "state": _cpu_state(network)}
-            self.checkpoints.save_tensors(filename, self.best["state"])
-
-    def save_checkpoint(self, stage: int, step: int, network: nn.Module, optim: Optional[Mapping[str, Any]],
-                        before: Mapping[str, Any]) -> None:
-        if not self.checkpoints.writer:
-            return
-        best = None if self.best is None else {k: self.best[k] for k in ("score", "step", "file")}
-        self.checkpoints.save({
-            "stage": stage, "step": step, "network": _cpu_state(network), "optim": optim,
-            "best": json.dumps(best), "history": json.dumps(_jsonable(self.history)),
-            "before": json.dumps(_jsonable(before)),
-        })
-        self.checkpoints.remove_unused([best["file"]] if best else [])
-
-    def stage_progress(self, stage: int) -> ProgressCallback:
-        offset = self.stage_offset(stage)
-        label = "supervised" if stage == 0 else f"semi-supervised round {stage}"
+    def stage_progress(self, stage: int, offset: int, label: str) -> ProgressCallback:
+        stage_start = self.stage_offset(stage)
+        name = "supervised" if stage == 0 else f"semi-supervised round {stage}"
 
         def forward(event: Event) -> None:
             if self.progress is None:
                 return
-            self.progress(Event(event=event.event, phase="train", step=offset + event.step, total=self.total_steps,
-                                message=f"{label}: {event.message}", metrics=dict(event.metrics, stage=float(stage))))
+            self.progress(Event(event=event.event, phase="train", step=offset + stage_start + event.step,
+                                total=self.total_steps, message=f"{label}{name}: {event.message}",
+                                metrics=dict(event.metrics, stage=float(stage))))
 
         return forward
 
-    def train_stage(self, stage: int, network: nn.Module, train: Sequence[_Labeled], validation: Sequence[_Labeled],
-                    pseudo: Sequence[SupervisedCase], start_step: int, optim: Optional[Mapping[str, Any]],
-                    before: Mapping[str, Any]) -> None:
+    def run_recipe(self, network: nn.Module, train: Sequence[_Labeled], pool: Mapping[str, str], stop: int, *,
+                   progress_offset: int, label: str, scorer: Optional[Scorer] = None, final: bool = False,
+                   resume: Optional[Mapping[str, Any]] = None) -> List[Tuple[PseudoDecision, ...]]:
+        """Train ``network`` in place on ``train`` (+ pseudo-labels of ``pool``) up to global step ``stop``.
+
+        Args:
+            scorer: called as ``scorer(network, global_step)`` every ``validation.every`` steps and at the end of
+                each stage (cross-validation folds).
+            final: the run on every labelled volume: writes resumable checkpoints and caches its pseudo-labels.
+            resume: the final run's checkpoint to continue from.
+
+        Returns:
+            the pseudo-labelling decisions of each self-training round that ran (none in ``none`` mode).
+        """
+        rounds: List[Tuple[PseudoDecision, ...]] = []
+        start_stage = int(resume["stage"]) if resume else 0
+        if final and self.config.pseudo.mode != PseudoMode.NONE:
+            for stage in range(1, min(start_stage, 1 + self.rounds)):
+                saved = self.checkpoints.load_pseudo(stage)  # rounds finished before a resume
+                if saved is not None:
+                    rounds.append(saved[0])
+        for stage in range(start_stage, 1 + self.rounds):
+            offset = self.stage_offset(stage)
+            if offset >= stop:
+                break
+            pseudo: List[SupervisedCase] = []
+            if stage > 0:
+                pseudo, decisions = self.pseudo_round(stage, network, train, pool, cache=final)
+                if decisions:
+                    rounds.append(decisions)
+            resuming = resume is not None and stage == start_stage
+            self.train_stage(stage, network, train, pseudo, stop - offset, progress_offset, label, scorer, final,
+                             start_step=int(resume["step"]) if resuming else 0,
+                             optim=resume["optim"] if resuming else None)
+        return rounds
+
+    def train_stage(self, stage: int, network: nn.Module, train: Sequence[_Labeled],
+                    pseudo: Sequence[SupervisedCase], stop: int, progress_offset: int, label: str,
+                    scorer: Optional[Scorer], final: bool, start_step: int = 0,
+                    optim: Optional[Mapping[str, Any]] = None) -> None:
         config = self.config
         base = config.train
         train_config = base if stage == 0 else replace(base, iterations=config.semi_steps, seed=base.seed + stage)
+        last = min(stop, train_config.iterations)
         labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
-        teacher = None
         rule = config.pseudo
+        teacher = None
         if stage > 0 and pseudo and rule.teacher == Teacher.EMA:
             teacher = copy.deepcopy(_unwrap(network))
             if optim is not None and optim.get("teacher") is not None:
                 teacher.load_state_dict(optim["teacher"])
-        every_validate = config.validation.every if validation else 0
-        every_checkpoint = config.checkpoint_every if self.checkpoints.enabled else 0
-        interval = math.gcd(every_validate, every_checkpoint) or max(every_validate, every_checkpoint)
+        every_score = config.validation.every if scorer is not None else 0
+        every_checkpoint = config.checkpoint_every if final and self.checkpoints.enabled else 0
+        interval = math.gcd(every_score, every_checkpoint) or max(every_score, every_checkpoint)
         offset = self.stage_offset(stage)
 
         def on_checkpoint(step: int, net: nn.Module, state: Mapping[str, Any]) -> None:
-            if every_validate and step % every_validate == 0:
-                self.validate(net, validation, offset + step)
-            if every_checkpoint and step % every_checkpoint == 0 and step < train_config.iterations:
-                self.save_checkpoint(stage, step, net, state, before)
+            if every_score and step % every_score == 0 and step < last:
+                scorer(net, offset + step)
+            if every_checkpoint and step % every_checkpoint == 0 and step < last:
+                self.save_checkpoint(stage, step, net, state)
 
-        if start_step < train_config.iterations:
+        if start_step < last:
             resuming = f", resuming at {start_step}" if start_step else ""
-            self.emit("phase", phase="train", step=offset + start_step, total=self.total_steps,
-                      message=f"{'supervised' if stage == 0 else f'semi-supervised round {stage}'} training: "
+            self.emit("phase", phase="train", step=progress_offset + offset + start_step, total=self.total_steps,
+                      message=f"{label}{'supervised' if stage == 0 else f'semi-supervised round {stage}'} training: "
                               f"{len(labeled)} labelled + {len(pseudo)} pseudo-labelled volumes, "
-                              f"{train_config.iterations} steps{resuming}")
-            wrapped = self.ctx.wrap(network)
-            train_supervised(wrapped, self.card, labeled, train_config, pseudo=pseudo,
-                             progress=self.stage_progress(stage), device=self.device, start_step=start_step,
-                             optimizer_state=optim, checkpoint=on_checkpoint, checkpoint_every=interval,
-                             teacher=teacher, ema_decay=rule.ema_decay,
-                             teacher_voxel_threshold=rule.voxel_threshold, rank=self.ctx.rank)
-        end = offset + train_config.iterations
-        if validation and not any(h["step"] == end for h in self.history):
-            self.validate(network, validation, end)
-        if self.best is not None:
-            _load_state(network, self.best["state"], "best checkpoint")
-        self.save_checkpoint(stage + 1, 0, network, None, before)
+                              f"{last} of {train_config.iterations} steps{resuming}")
+            semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
+                             strong_view=rule.strong_view, cutmix_probability=rule.cutmix_probability,
+                             ema_decay=rule.ema_decay)
+            train_supervised(self.ctx.wrap(network), self.card, labeled, train_config, pseudo=pseudo,
+                             progress=self.stage_progress(stage, progress_offset, label), device=self.device,
+                             start_step=start_step, optimizer_state=optim, checkpoint=on_checkpoint,
+                             checkpoint_every=interval, teacher=teacher, semi=semi,
+                             encoder_stages=self.card.encoder_stages, anchor=self.anchor, stop_at=last,
+                             rank=self.ctx.rank)
+        if scorer is not None:
+            scorer(network, offset + last)
+        if final:
+            self.save_checkpoint(stage + 1, 0, network, None)
+
+    def save_checkpoint(self, stage: int, step: int, network: nn.Module, optim: Optional[Mapping[str, Any]]) -> None:
+        if self.checkpoints.writer:
+            self.checkpoints.save({"stage": stage, "step": step, "network": _cpu_state(network), "optim": optim})
+
+    # ------------------------------------------------------------------ the guard
+
+    def cross_validate(self, base: nn.Module, labeled: Sequence[_Labeled], pool: Mapping[str, str],
+                       before: EvaluationReport) -> CrossValidation:
+        """Run the recipe once per fold from the current weights; score each fold's held-out volumes."""
+        folds = assign_folds([c.case_id for c in labeled], self.config.validation.folds, self.config.train.seed)
+        first = {c.case_id: c.dice for c in before.cases}
+        dice: Dict[str, Dict[int, float]] = {c: {0: float(np.mean(first[c]))} for c in first}
+        per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {0: tuple(first[c])} for c in first}
+        for index, held in enumerate(folds):
+            saved = self.checkpoints.load_fold(index)
+            if saved is None:
+                held_cases = [c for c in labeled if c.case_id in held]
+                train = [c for c in labeled if c.case_id not in held]
+                network = copy.deepcopy(_unwrap(base))
+                _load_state(network, self.anchor, "current model")
+                scores: Dict[str, Dict[str, List[float]]] = {c: {} for c in held}
+
+                def score(net: nn.Module, step: int, held_cases=held_cases, scores=scores, index=index) -> None:
+                    report = self.evaluate(net, held_cases, hd95=False, phase="validate")
+                    for case in report.cases:
+                        scores[case.case_id][str(step)] = list(case.dice)
+                    self.emit("metric", phase="validate", step=step, total=self.recipe_steps,
+                              message=f"fold {index + 1}/{len(folds)}: held-out Dice {report.mean_dice():.3f} at "
+                                      f"step {step}", metrics={"cv_dice": report.mean_dice(), "fold": float(index)})
+
+                self.emit("phase", phase="validate", message=(
+                    f"cross-validation fold {index + 1} of {len(folds)}: adapting on {len(train)} labelled "
+                    f"volume(s), scoring {', '.join(held)}"))
+                self.run_recipe(network, train, pool, self.recipe_steps, progress_offset=index * self.recipe_steps,
+                                label=f"fold {index + 1}/{len(folds)} ", scorer=score)
+                saved = {"held_out": list(held), "scores": scores}
+                self.checkpoints.save_fold(index, saved)
+            for case, by_step in saved["scores"].items():
+                for step, values in by_step.items():
+                    dice[case][int(step)] = float(np.mean(values))
+                    per_class[case][int(step)] = tuple(float(v) for v in values)
+        steps = sorted(set.intersection(*(set(v) for v in dice.values())))
+        return CrossValidation(steps=tuple(steps), dice={c: tuple(v[s] for s in steps) for c, v in dice.items()},
+                               dice_per_class={c: tuple(v[s] for s in steps) for c, v in per_class.items()},
+                               folds=tuple(folds))
+
+    def check_pool(self, base: nn.Module, adapted: nn.Module, pool: Mapping[str, str],
+                   labeled: Sequence[_Labeled]) -> Optional[PoolCheck]:
+        """Voxels per class that both models predict on up to ``validation.pool_cases`` unlabelled volumes."""
+        wanted = self.config.validation.pool_cases
+        ids = sorted(pool)
+        if not wanted or not ids:
+            return None
+        picks = sorted({ids[int(i)] for i in np.linspace(0, len(ids) - 1, min(wanted, len(ids)))})
+        current = copy.deepcopy(_unwrap(base))
+        _load_state(current, self.anchor, "current model")
+        n = self.card.num_classes
+        counts: Dict[str, Dict[str, List[int]]] = {"current": {}, "adapted": {}}
+        for key, network in (("current", current), ("adapted", adapted)):
+            predictor = self.predictor(network)
+            mine = {}
+            for case in self.ctx.shard(picks):
+                try:
+                    image = read_volume(pool[case])
+                except InputError:
+                    continue  # reported by pseudo-labelling or ranking
+                label = predictor.predict(image).label
+                mine[case] = [int(np.count_nonzero(label == c)) for c in range(1, n)]
+            for part in self.ctx.all_gather(mine):
+                counts[key].update(part)
+        if not counts["current"]:
+            return None
+        labelled_mean = [float(np.mean([np.count_nonzero(np.asarray(c.label.array) == k) for c in labeled]))
+                         for k in range(1, n)]
+        return check_pool(counts["current"], counts["adapted"], self.card.class_names[1:],
+                          self.config.validation.collapse_ratio, labelled_mean)
+
+
+def _cv_summary(cv: CrossValidation, step: int, class_names: Sequence[str]) -> Dict[str, Any]:
+    """The ``summarise_report`` shape of the cross-validated held-out scores at ``step`` (no HD95)."""
+    index = cv.steps.index(step)
+    per_class = np.array([cv.dice_per_class[c][index] for c in cv.cases])
+    return _jsonable({"mean_dice": float(np.mean([cv.dice[c][index] for c in cv.cases])),
+                      "dice": {name: float(per_class[:, i].mean()) for i, name in enumerate(class_names)},
+                      "hd95": {name: None for name in class_names}, "cases": len(cv.cases)})
 
 
 def _check_replicas(network: nn.Module, ctx: DistContext, progress: Optional[ProgressCallback]) -> None:
@@ -609,7 +716,8 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
                 work_dir: Optional[PathLike] = None, predictions_dir: Optional[PathLike] = None,
                 device: Optional[torch.device] = None, dist: Optional[DistContext] = None,
                 before_commit: Optional[BeforeCommit] = None) -> AdaptResult:
-    """Fine-tune ``model`` on the labelled volumes plus reliable pseudo-labelled ones; store and activate it.
+    """Fine-tune ``model`` on the labelled volumes plus reliable pseudo-labelled ones; store it, and activate it
+    when the guard finds it better than the current model.
 
     Args:
         images: ``{case_id: image path}`` of every volume (labelled and unlabelled).
@@ -651,58 +759,58 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
                Path(work_dir) if work_dir is not None else None,
                Path(predictions_dir) if predictions_dir is not None else None, ctx, before_commit)
     labeled = run.read_labeled()
-    train, validation = run.split(labeled)
-    eval_cases = validation or train
     pool = {k: v for k, v in image_paths.items() if k not in label_paths}
     network = base.network
+    run.anchor = _cpu_state(network)
+    guard = config.validation
+    cross_validated = guard.guard and len(labeled) >= 2
+    run.folds = min(guard.folds, len(labeled)) if cross_validated else 0
+
+    emit(progress, "phase", phase="evaluate", message=f"scoring the current model on {len(labeled)} labelled "
+                                                      "volume(s)")
+    before_report = run.evaluate(network, labeled, guard.hd95, "evaluate")
+    cv = run.cross_validate(base.network, labeled, pool, before_report) if cross_validated else None
+    stop = cv.stop_step() if cv is not None else run.recipe_steps
 
     state = run.checkpoints.load()
-    stage, step, optim, before = 0, 0, None, None
+    resumed = 0
     if state is not None:
         _load_state(network, state["network"], str(run.checkpoints.folder / CHECKPOINT_FILE))
-        stage, step, optim = int(state["stage"]), int(state["step"]), state["optim"]
-        before = json.loads(state["before"])
-        run.history = json.loads(state["history"])
-        best = json.loads(state["best"])
-        if best is not None:
-            run.best = dict(best, state=run.checkpoints.load_tensors(best["file"]))
-        resumed = run.stage_offset(stage) + step
-        emit(progress, "phase", phase="resume", step=resumed, total=run.total_steps,
-             message=f"resuming from the checkpoint at step {resumed} of {run.total_steps}")
-    else:
-        resumed = 0
-    if before is None:
-        emit(progress, "phase", phase="evaluate", message=(
-            f"scoring the model before adaptation on {len(eval_cases)} "
-            + ("held-out" if validation else "labelled") + " volume(s)"))
-        before = summarise_report(run.evaluate(network, eval_cases, config.validation.hd95, "evaluate"))
-    decisions: Tuple[PseudoDecision, ...] = ()
-    all_decisions: List[List[Dict[str, Any]]] = []
-    for current in range(stage, 1 + run.rounds):
-        pseudo: List[SupervisedCase] = []
-        if current > 0:
-            pseudo, decisions = run.pseudo_round(current, network, train, pool)
-            all_decisions.append([d.to_dict() for d in decisions])
-        run.train_stage(current, network, train, validation, pseudo, step if current == stage else 0,
-                        optim if current == stage else None, before)
+        resumed = run.stage_offset(int(state["stage"])) + int(state["step"])
+        emit(progress, "phase", phase="resume", step=run.folds * run.recipe_steps + resumed, total=run.total_steps,
+             message=f"resuming the final training from its checkpoint at step {resumed}")
+    emit(progress, "phase", phase="train", message=(
+        f"final training on all {len(labeled)} labelled volume(s) up to step {stop} of {run.recipe_steps}"
+        + (" (the cross-validated best)" if cv is not None else "")))
+    rounds = run.run_recipe(network, labeled, pool, stop, progress_offset=run.folds * run.recipe_steps, label="",
+                            final=True, resume=state)
+    decisions = rounds[-1] if rounds else ()
     _check_replicas(network, ctx, progress)
-    if not all_decisions and run.rounds and config.pseudo.mode != PseudoMode.NONE:
-        saved = run.checkpoints.load_pseudo(run.rounds)
-        decisions = saved[0] if saved else ()
     network.eval()
 
-    emit(progress, "phase", phase="evaluate", message="scoring the adapted model")
-    after = summarise_report(run.evaluate(network, eval_cases, config.validation.hd95, "evaluate"))
+    pool_check = run.check_pool(base.network, network, pool, labeled) if guard.guard else None
+    if guard.guard:
+        decision = decide(cv, pool_check, guard.min_gain, stop, len(labeled))
+    else:
+        decision = ActivationDecision(activate=True, method="unguarded", stop_step=stop, reason=(
+            "the guard is off (validation.guard = false): activated without checking that it is better."))
+    if cv is not None:
+        after = _cv_summary(cv, cv.stop_step(), card.class_names[1:])
+    else:
+        emit(progress, "phase", phase="evaluate", message="scoring the adapted model on its training volumes")
+        after = summarise_report(run.evaluate(network, labeled, guard.hd95, "evaluate"))
+    before = summarise_report(before_report)
     metrics = {
-        "evaluated_on": "validation" if validation else "labeled",
-        "cases": [c.case_id for c in eval_cases],
-        "before": before, "after": after,
-        "best_step": run.best["step"] if run.best else run.total_steps,
-        "history": _jsonable(run.history),
+        "evaluated_on": "cross_validation" if cv is not None else "labeled",
+        "cases": [c.case_id for c in labeled],
+        "before": before, "after": after, "stop_step": stop,
+        "cross_validation": cv.to_dict() if cv is not None else None,
+        "activation": decision.to_dict(),
     }
     emit(progress, "metric", phase="evaluate", step=run.total_steps, total=run.total_steps,
-         message=f"mean Dice {before['mean_dice']:.3f} -> {after['mean_dice']:.3f} on "
-                 f"{len(eval_cases)} {metrics['evaluated_on']} volume(s)",
+         message=f"mean Dice {before['mean_dice']:.3f} -> {after['mean_dice']:.3f} "
+                 + ("cross-validated" if cv is not None else "on the training volumes")
+                 + f"; {'activating' if decision.activate else 'not activating'}: {decision.reason}",
          metrics={"dice_before": before["mean_dice"] or 0.0, "dice_after": after["mean_dice"] or 0.0})
 
     adapted = LoadedModel(card, network, base.report)
@@ -711,16 +819,16 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
         before_commit(adapted, ctx)
 
     emit(progress, "phase", phase="commit", message=f"writing a new version of {name}")
-    held_out = {c.case_id for c in validation}
     provenance = {
         "base_model": str(card.path), "base_name": card.name, "pretrained": str(pretrained_path),
-        "labeled": [{"case_id": c.case_id, "image": c.image_path, "label": c.label_path,
-                     "role": "validation" if c.case_id in held_out else "train"} for c in labeled],
+        "labeled": [{"case_id": c.case_id, "image": c.image_path, "label": c.label_path, "role": "train"}
+                    for c in labeled],
         "skipped": [s.to_dict() for s in run.skipped],
         "pseudo_labeled": [d.to_dict() for d in decisions if d.kept],
-        "pseudo_decisions": all_decisions or [[d.to_dict() for d in decisions]],
+        "pseudo_decisions": [[d.to_dict() for d in r] for r in rounds],
         "pseudo_mode": config.pseudo.mode.value,
-        "seeds": {"train": config.train.seed, "validation_split": config.train.seed},
+        "seeds": {"train": config.train.seed, "folds": config.train.seed},
+        "activation": decision.to_dict(),
         "metrics": metrics,
         "package_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "device": str(ctx.device), "world_size": ctx.world_size,
@@ -728,27 +836,27 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
     }
     version_info = None
     if ctx.is_main:
-        version_info = _commit(run, network, card, pretrained_path, provenance, metrics)
+        version_info = _commit(run, network, card, pretrained_path, provenance, metrics, decision)
     version_info = ctx.broadcast(version_info)
     run.checkpoints.clear()
     result = AdaptResult(
         name=name, version=version_info["version"], version_dir=Path(version_info["path"]),
-        card_path=Path(version_info["path"]) / "card.json", activated=version_info["activated"],
-        labeled=tuple(c.case_id for c in train), validation=tuple(c.case_id for c in validation),
-        skipped=tuple(run.skipped), pseudo=tuple(decisions), metrics=_jsonable(metrics), predictions=predictions,
-        seconds=time.time() - run.started, resumed_from=resumed)
+        card_path=Path(version_info["path"]) / "card.json", activated=version_info["activated"], decision=decision,
+        labeled=tuple(c.case_id for c in labeled), skipped=tuple(run.skipped), pseudo=tuple(decisions),
+        metrics=_jsonable(metrics), predictions=predictions, seconds=time.time() - run.started, resumed_from=resumed)
     emit(progress, "phase", phase="done", message=(
         f"{name} {result.version} written" + (" and active" if result.activated else " (not activated)")))
     return result
 
 
 def _commit(run: _Run, network: nn.Module, card: ModelCard, pretrained_path: Path, provenance: Dict[str, Any],
-            metrics: Dict[str, Any]) -> Dict[str, Any]:
+            metrics: Dict[str, Any], decision: ActivationDecision) -> Dict[str, Any]:
     from ..models import save_weights
 
     summary = {"dice_before": metrics["before"]["mean_dice"], "dice_after": metrics["after"]["mean_dice"],
                "evaluated_on": metrics["evaluated_on"], "labeled": len(provenance["labeled"]),
-               "pseudo_labeled": len(provenance["pseudo_labeled"]), "pseudo_mode": provenance["pseudo_mode"]}
+               "pseudo_labeled": len(provenance["pseudo_labeled"]), "pseudo_mode": provenance["pseudo_mode"],
+               "activation": decision.to_dict()}
     with run.store.begin(run.name) as pending:
         save_weights(_unwrap(network), pending.path / WEIGHTS_FILE)
         new_card = derive_card(card, name=run.name, weights=WEIGHTS_FILE, pretrained=str(pretrained_path),
@@ -758,16 +866,12 @@ def _commit(run: _Run, network: nn.Module, card: ModelCard, pretrained_path: Pat
                                            "name": run.name, "package_version": __version__})
         pending.write_json("provenance.json", _jsonable(provenance))
         version = pending.commit(metrics=_jsonable(summary))
-    worse = (metrics["after"]["mean_dice"] or 0.0) < (metrics["before"]["mean_dice"] or 0.0)
-    activated = False
-    if run.config.validation.reject_if_worse and worse:
-        run.warn(f"{run.name} {version.version} scores lower than the model it was adapted from "
-                 f"({metrics['after']['mean_dice']:.3f} < {metrics['before']['mean_dice']:.3f}); it is stored but the "
-                 "active model was not changed (validation.reject_if_worse).", phase="commit")
-    else:
+    if decision.activate:
         run.store.activate(run.name, version.version)
-        activated = True
-    return {"version": version.version, "path": str(version.path), "activated": activated}
+    else:
+        run.warn(f"{run.name} {version.version} is stored but the active model was not changed: {decision.reason}",
+                 phase="commit")
+    return {"version": version.version, "path": str(version.path), "activated": decision.activate}
 
 
 def _predict_pool(run: _Run, network: nn.Module, pool: Mapping[str, str]) -> Dict[str, Path]:

@@ -181,8 +181,21 @@ def select_reliable(candidates: Sequence[PseudoCandidate], config: PseudoLabelCo
                  for i, c in enumerate(candidates))
 
 
-def voxel_confidence_mask(probs: np.ndarray, threshold: Optional[float]) -> Optional[np.ndarray]:
-    """``m_u(v) = 1[max_c p_c(v) >= threshold]`` as bool ``[I, J, K]``; ``None`` when the threshold is off."""
+def voxel_confidence_mask(probs: np.ndarray, threshold: Optional[float],
+                          class_keep_min: float = 0.0) -> Optional[np.ndarray]:
+    """The trusted voxels of an offline pseudo-label as bool ``[I, J, K]``; ``None`` when the threshold is off.
+
+    ``max_c p_c(v) >= threshold``, relaxed per predicted class by ``class_keep_min`` (the rule of
+    :func:`~ASSFTActive.finetune.semi.confident_voxels`, shared with the online teacher).
+
+    Args:
+        probs: teacher probabilities ``[C, I, J, K]``.
+    """
     if threshold is None:
         return None
-    return np.asarray(probs).max(axis=0) >= float(threshold)
+    import torch
+
+    from .semi import confident_voxels
+
+    return confident_voxels(torch.from_numpy(np.ascontiguousarray(probs)), float(threshold),
+                            class_keep_min).numpy()

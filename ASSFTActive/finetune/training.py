@@ -1,8 +1,11 @@
-"""Supervised training loop: Dice+CE on foreground-aware patches, with optional weighted pseudo-labelled cases.
+"""The training loop: Dice+CE on foreground-aware patches, with optional weighted pseudo-labelled cases.
 
 Each iteration draws ``batch_size`` patches from the labelled cases and, when pseudo-labelled cases are given, the
-same number from them; the pseudo-labelled loss is weighted by the ramp ``w(t)`` of method-spec §1.7 and may be
-restricted to confident voxels by a per-case voxel mask.
+same number from them (a fixed 1:1 ratio, so every batch holds expert labels); the pseudo-labelled loss is weighted
+by the ramp ``w(t)`` of method-spec §1.7 and may be restricted to confident voxels. With a teacher network (Mean
+Teacher) the pseudo-labels come from the teacher on the weak view; the student may see a strong view with labelled
+boxes pasted in (:mod:`.semi`). Two protections of the prior: lower learning rates for the encoder stages and an
+L2-SP penalty toward the starting weights (:class:`~.config.TrainConfig`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from torch import nn
 
 from ..io import Volume
 from ..models import ModelCard
-from ..preprocess import label_to_model_space, to_model_space
+from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
 from .config import TrainConfig
+from .semi import StrongView, confident_voxels, paste_labelled_boxes
 
-__all__ = ["SupervisedCase", "TrainConfig", "dice_ce_loss", "ema_update", "pseudo_weight_at", "train_supervised"]
+__all__ = ["SemiParts", "SupervisedCase", "TrainConfig", "dice_ce_loss", "ema_update", "l2sp_penalty",
+           "parameter_groups", "pseudo_weight_at", "train_supervised"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class _PatchSampler:
             extra = max(0, want - size)
             pads += [extra // 2, extra - extra // 2]
         if any(pads):
-            image = F.pad(image, pads, value=float(image.min()))
+            image = F.pad(image, pads, value=PAD_VALUE)  # as sliding-window inference pads
             label = F.pad(label, pads, value=0)
             mask = F.pad(mask, pads, value=0.0) if mask is not None else None
         return image, label, mask
@@ -142,13 +147,73 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
                 target.copy_(value)
 
 
+def parameter_groups(network: nn.Module, encoder_stages: Sequence[str], learning_rate: float,
+                     encoder_lr_scale: float) -> List[dict]:
+    """AdamW parameter groups: encoder-stage parameters at ``learning_rate × encoder_lr_scale``, the rest at
+    ``learning_rate``. With a scale of 0 the encoder parameters are frozen (``requires_grad=False``) and left out.
+
+    Args:
+        network: the model (a ``DistributedDataParallel`` wrapper is looked through).
+        encoder_stages: module names of the encoder stages (the card's ``encoder_stages``).
+    """
+    network = getattr(network, "module", network)
+    prefixes = tuple(f"{stage}." for stage in encoder_stages)
+    encoder, rest = [], []
+    for name, parameter in network.named_parameters():
+        (encoder if name.startswith(prefixes) else rest).append(parameter)
+    groups = [{"params": rest, "lr": learning_rate}]
+    if encoder_lr_scale == 0.0:
+        for parameter in encoder:
+            parameter.requires_grad_(False)
+    elif encoder:
+        groups.append({"params": encoder, "lr": learning_rate * encoder_lr_scale})
+    return groups
+
+
+def l2sp_penalty(network: nn.Module, anchor: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``Σ (w - w0)²`` over the trainable parameters named in ``anchor`` (L2-SP, Li et al. 2018).
+
+    Args:
+        network: the model (a ``DistributedDataParallel`` wrapper is looked through).
+        anchor: ``{parameter name: starting value}`` on the network's device.
+    """
+    network = getattr(network, "module", network)
+    total = None
+    for name, parameter in network.named_parameters():
+        if parameter.requires_grad and name in anchor:
+            term = (parameter - anchor[name]).pow(2).sum()
+            total = term if total is None else total + term
+    return total if total is not None else torch.zeros(())
+
+
+@dataclass(frozen=True)
+class SemiParts:
+    """How pseudo-labelled patches are used (see :class:`~.config.PseudoLabelConfig` for each setting).
+
+    Attributes:
+        voxel_threshold: with a teacher network, only voxels whose teacher confidence reaches this count (``None``
+            = all voxels).
+        class_keep_min: class-aware relaxation of that threshold (:func:`~.semi.confident_voxels`).
+        strong_view: the student sees :class:`~.semi.StrongView` of the patch.
+        cutmix_probability: chance of a labelled box pasted into a pseudo-labelled patch.
+        ema_decay: decay of the EMA teacher.
+    """
+
+    voxel_threshold: Optional[float] = None
+    class_keep_min: float = 0.0
+    strong_view: bool = False
+    cutmix_probability: float = 0.0
+    ema_decay: float = 0.99
+
+
 def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[SupervisedCase],
                      config: TrainConfig, pseudo: Sequence[SupervisedCase] = (),
                      progress: Optional[ProgressCallback] = None, device: Optional[torch.device] = None,
                      start_step: int = 0, optimizer_state: Optional[Mapping] = None,
                      checkpoint: Optional[Callable] = None, checkpoint_every: int = 0, *,
-                     teacher: Optional[nn.Module] = None, ema_decay: float = 0.99,
-                     teacher_voxel_threshold: Optional[float] = None, rank: int = 0) -> List[float]:
+                     teacher: Optional[nn.Module] = None, semi: SemiParts = SemiParts(),
+                     encoder_stages: Sequence[str] = (), anchor: Optional[Mapping[str, torch.Tensor]] = None,
+                     stop_at: Optional[int] = None, rank: int = 0) -> List[float]:
     """Train ``network`` in place; returns the loss of every step.
 
     Args:
@@ -165,10 +230,15 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
             ``state`` holds the optimizer and scheduler state (and ``"teacher"``, the EMA teacher's state dict,
             when there is one). The network is put back in training mode afterwards, so the callback may evaluate.
         teacher: an EMA teacher (Mean Teacher, method-spec §1.7): when given, each pseudo-labelled patch is
-            labelled by the teacher's argmax instead of the fixed pseudo-label, and the teacher follows the student
-            by :func:`ema_update` after every step. The caller restores its state when resuming.
-        ema_decay: decay of the EMA teacher.
-        teacher_voxel_threshold: with a teacher, only voxels whose teacher max-probability reaches this count.
+            labelled by the teacher's argmax on the weak view instead of the fixed pseudo-label, and the teacher
+            follows the student by :func:`ema_update` after every step. The caller restores its state when
+            resuming.
+        semi: how pseudo-labelled patches are used (masks, strong view, pasted boxes, EMA decay).
+        encoder_stages: module names of the encoder stages, for ``config.encoder_lr_scale``.
+        anchor: the L2-SP reference weights ``{name: tensor}`` (default: the weights at the call); used when
+            ``config.l2sp_weight > 0``.
+        stop_at: stop after this step although the learning-rate schedule spans ``config.iterations`` (early
+            stopping at a step chosen by cross-validation).
         rank: process rank under data parallelism; each rank draws its own patches.
     """
     if not labeled:
@@ -184,17 +254,29 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         teacher.to(device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    groups = parameter_groups(network, encoder_stages, config.learning_rate, config.encoder_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    reference = None
+    if config.l2sp_weight > 0:
+        source = anchor if anchor is not None else getattr(network, "module", network).state_dict()
+        reference = {k: v.detach().to(device).clone() for k, v in source.items()}
+    strong = StrongView(config.seed * 1009 + start_step + 7919 * rank) if semi.strong_view and pseudo else None
+    last = config.iterations if stop_at is None else min(int(stop_at), config.iterations)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations,
                                                            eta_min=config.learning_rate * 0.05)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state["optimizer"])
         scheduler.load_state_dict(optimizer_state["scheduler"])
     losses: List[float] = []
-    for step in range(start_step, config.iterations):
+    for step in range(start_step, last):
         images, labels, masks = labeled_sampler.sample(config.batch_size)
-        loss = dice_ce_loss(network(images.to(device)), labels.to(device))
+        images, labels = images.to(device), labels.to(device)
+        loss = dice_ce_loss(network(images), labels)
         metrics = {"loss_labeled": float(loss.detach())}
+        if reference is not None:
+            penalty = l2sp_penalty(network, reference)
+            loss = loss + config.l2sp_weight * penalty
+            metrics["l2sp"] = float(penalty.detach())
         if pseudo_sampler is not None:
             weight = pseudo_weight_at(step, config)
             p_images, p_labels, p_masks = pseudo_sampler.sample(config.batch_size)
@@ -202,11 +284,14 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
             if teacher is not None:
                 with torch.no_grad():
                     t_probs = torch.softmax(teacher(p_images).float(), dim=1)
-                    t_max, p_labels = t_probs.max(dim=1)
-                    p_masks = torch.ones_like(t_max)
-                    if teacher_voxel_threshold is not None:
-                        p_masks = (t_max >= teacher_voxel_threshold).float()
-            p_loss = dice_ce_loss(network(p_images), p_labels, p_masks)
+                    p_labels = t_probs.argmax(dim=1)
+                    p_masks = torch.ones_like(p_masks)
+                    if semi.voxel_threshold is not None:
+                        p_masks = confident_voxels(t_probs, semi.voxel_threshold, semi.class_keep_min).float()
+            student_view = strong(p_images.cpu()).to(device) if strong is not None else p_images
+            student_view, p_labels, p_masks = paste_labelled_boxes(student_view, p_labels, p_masks, images, labels,
+                                                                   semi.cutmix_probability, rng)
+            p_loss = dice_ce_loss(network(student_view), p_labels, p_masks)
             loss = loss + weight * p_loss
             metrics.update(loss_pseudo=float(p_loss.detach()), pseudo_weight=weight)
         optimizer.zero_grad(set_to_none=True)
@@ -214,7 +299,7 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         optimizer.step()
         scheduler.step()
         if teacher is not None:
-            ema_update(teacher, network, ema_decay)
+            ema_update(teacher, network, semi.ema_decay)
         value = float(loss.detach())
         losses.append(value)
         metrics["loss"] = value

@@ -137,6 +137,9 @@ def readJobResult(jobDir) -> JobResult:
     if not isinstance(activated, bool):
         raise ResultFormatError(f"{path}: an adapt result needs \"activated\" (true or false); the worker that wrote "
                                 "it is older than this module. Run the job again.")
+    activation = data.get("activation") or {}
+    if not isinstance(activation, dict):
+        raise ResultFormatError(f"{path}: \"activation\" must be a JSON object.")
     return JobResult(
         status=status,
         kind=kind,
@@ -147,4 +150,5 @@ def readJobResult(jobDir) -> JobResult:
         metrics=dict(metrics),
         pseudoLabeled=tuple(str(caseId) for caseId in pseudoLabeled),
         activated=activated,
+        activationReason=str(activation.get("reason", "")),
     )

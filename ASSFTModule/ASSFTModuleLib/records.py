@@ -136,6 +136,7 @@ class JobResult:
         pseudoLabeled: case ids the adaptation kept as pseudo-labels (``pseudo_labeled``; empty for rank).
         activated: whether the job made a new model version the active model (``activated`` of an adapt job;
             False for rank).
+        activationReason: why the guard did or did not activate it (``activation.reason``; empty for rank).
     """
 
     status: str
@@ -147,6 +148,7 @@ class JobResult:
     metrics: Dict[str, object]
     pseudoLabeled: Tuple[str, ...] = ()
     activated: bool = False
+    activationReason: str = ""
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ class Setup:
         train: ``TrainConfig.to_dict()`` of the supervised stage (its seed is replaced per run).
         semi_iterations: steps of the second stage (labelled only in ``none`` mode, labelled + pseudo otherwise).
         pseudo: ``PseudoLabelConfig.to_dict()`` of the selective stage (its ``mode`` is replaced per arm).
-        trainer: ``adapt``: fine-tune through the product's ``finetune.adapt.adapt_model`` (reads the shifted
-            volumes from ``image_dir``); ``direct``: the same two stages built here from ``training`` and ``pseudo``.
-        image_dir: folder of the shifted pool volumes as ``<case>.nii.gz`` (written by the parent).
+        image_dir: folder of the shifted pool volumes as ``<case>.nii.gz`` (written by the parent); fine-tuning
+            goes through the product's ``finetune.adapt.adapt_model``, which reads its images from disk.
+        guard: run Adapt Model's activation guard (the product default) or use every adapted model.
     """
 
     data: str
@@ -49,8 +49,8 @@ class Setup:
     train: Dict[str, Any]
     semi_iterations: int
     pseudo: Dict[str, Any]
-    trainer: str = "adapt"
     image_dir: str = ""
+    guard: bool = True
 
 
 def init_worker(setup: Setup, threads: int = 1) -> None:
@@ -157,30 +157,12 @@ def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] 
 # ---------------------------------------------------------------------------------------------- fine-tuning
 
 
-def _supervised_cases(ids: Sequence[str]):
-    from ASSFTActive.finetune.training import SupervisedCase
-
-    return [SupervisedCase(case_id=c, image=shifted_case(c)[0], label=shifted_case(c)[1]) for c in ids]
-
-
 def finetune(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple[Any, Dict[str, Any]]:
-    """Fine-tune the pre-trained model on ``labeled`` with the trainer of the setup (see :class:`Setup`).
+    """Adapt Model as the user gets it: the product's ``adapt_model`` into a throw-away model store.
 
-    ``pseudo_mode="selective_band"`` is a prototype the product does not have yet (always the direct trainer):
-    selective pseudo-labels whose loss ignores the predicted-background voxels within ``BAND_RADIUS`` voxels of the
-    predicted foreground (see :func:`boundary_band_mask`).
-    """
-    if _STATE["setup"].trainer == "adapt" and pseudo_mode != "selective_band":
-        return finetune_adapt(labeled, pseudo_mode, seed)
-    return finetune_direct(labeled, pseudo_mode, seed)
-
-
-def finetune_adapt(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple[Any, Dict[str, Any]]:
-    """The product's adaptation run (``adapt_model``) into a throw-away model store.
-
-    Same settings as :func:`finetune_direct`; the hold-out validation of ``adapt_model`` is switched off
-    (``min_labeled`` above any budget) so that every arm trains on all of its labelled volumes and the last weights
-    are evaluated, whatever the budget.
+    Returns the network that is **active afterwards** (the adapted one when the guard activated it, else the
+    pre-trained one) and a record with the guard's decision. With ``Setup.guard`` false every arm's adapted model
+    is used whatever the guard would say (cheaper: one training run instead of folds + 1).
     """
     import shutil
     import tempfile
@@ -193,7 +175,7 @@ def finetune_adapt(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple
     config = FinetuneConfig(
         train=TrainConfig.from_dict({**setup.train, "seed": seed}), semi_iterations=setup.semi_iterations,
         pseudo=PseudoLabelConfig.from_dict({**setup.pseudo, "mode": pseudo_mode}),
-        validation=ValidationConfig(min_labeled=NO_HOLD_OUT, hd95=False), predict_pool=False)
+        validation=ValidationConfig(guard=setup.guard, hd95=False), predict_pool=False)
     root = Path(setup.data)
     images = {c: str(Path(setup.image_dir) / f"{c}.nii.gz") for c in setup.pool}
     labels = {c: str(root / "labelsTr" / f"{c}.nii.gz") for c in labeled}
@@ -201,120 +183,15 @@ def finetune_adapt(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple
     store = tempfile.mkdtemp(prefix="ae-store-")
     try:
         result = adapt_model(images, labels, store=store, model="default", name="benchmark", config=config)
-        network = load_model(load_card(result.card_path)).network
+        network = load_model(load_card(result.card_path)).network if result.activated else fresh_network()
     finally:
         shutil.rmtree(store, ignore_errors=True)
     network.eval()
     kept = [d.case_id for d in result.pseudo if d.kept]
     record = {"trainer": "adapt_model", "pseudo_mode": pseudo_mode, "kept": kept,
               "decisions": [d.to_dict() for d in result.pseudo], "seconds": time.perf_counter() - start,
-              "labeled_dice_after": result.dice_after}
+              "activated": result.activated, "activation": result.decision.to_dict()}
     return network, record
-
-
-#: ``ValidationConfig.min_labeled`` that no budget reaches (no hold-out volumes).
-NO_HOLD_OUT = 1_000_000
-
-
-def finetune_direct(labeled: Sequence[str], pseudo_mode: str, seed: int) -> Tuple[Any, Dict[str, Any]]:
-    """Fine-tune the pre-trained model on ``labeled`` expert labels (plus pseudo-labels of the rest of the pool).
-
-    Two stages, the same number of steps for every arm (method-spec §1.3 "Final" and §1.7; the settings of
-    ``FinetuneConfig``): a supervised stage on the labelled volumes (its result is the teacher), then
-    ``semi_iterations`` more steps on the labelled volumes plus, in ``selective`` / ``all`` mode, the teacher's
-    hard pseudo-labels of the reliable / all unlabelled pool volumes (``finetune.pseudo.select_reliable``). In
-    ``none`` mode the second stage runs on the labelled volumes only.
-
-    Returns:
-        the trained network and a record (seconds, pseudo-label decisions, last losses).
-    """
-    from ASSFTActive.finetune.config import PseudoLabelConfig, TrainConfig
-    from ASSFTActive.finetune.pseudo import (
-        PseudoCandidate,
-        foreground_confidence,
-        select_reliable,
-        semantic_distance,
-        voxel_confidence_mask,
-    )
-    from ASSFTActive.finetune.training import SupervisedCase, train_supervised
-    from ASSFTActive.inference import Predictor
-    from ASSFTActive.models import LoadedModel, LoadReport
-
-    setup: Setup = _STATE["setup"]
-    card = default_card()
-    start = time.perf_counter()
-    network = fresh_network()
-    labeled_cases = _supervised_cases(labeled)
-    stage1 = TrainConfig.from_dict({**setup.train, "seed": seed})
-    losses = train_supervised(network, card, labeled_cases, stage1)
-    stage2 = replace(stage1, iterations=setup.semi_iterations, seed=seed + 1)
-    record: Dict[str, Any] = {"trainer": "direct", "pseudo_mode": pseudo_mode, "kept": [], "decisions": []}
-    pseudo_cases = []
-    if pseudo_mode != "none":
-        band = pseudo_mode == "selective_band"
-        config = PseudoLabelConfig.from_dict({**setup.pseudo, "mode": "selective" if band else pseudo_mode})
-        teacher = Predictor(LoadedModel(card, network, LoadReport(0, (), ())))
-        labeled_features = [teacher.predict(shifted_case(c)[0]).features[-1] for c in labeled]
-        unlabeled = [c for c in setup.pool if c not in set(labeled)]
-        candidates, outputs = [], {}
-        for case in unlabeled:
-            image = shifted_case(case)[0]
-            prediction = teacher.predict(image)
-            conf = foreground_confidence(prediction.probs, config.confidence, config.empty_foreground_confidence)
-            dist = semantic_distance(prediction.features[-1], labeled_features)
-            candidates.append(PseudoCandidate(case, conf, dist))
-            mask = voxel_confidence_mask(prediction.probs, config.voxel_threshold)
-            if band:
-                mask = boundary_band_mask(prediction.label, BAND_RADIUS, mask)
-            outputs[case] = (image, prediction.label, mask)
-        decisions = select_reliable(candidates, config)
-        for decision in decisions:
-            if decision.kept:
-                image, hard, mask = outputs[decision.case_id]
-                pseudo_cases.append(SupervisedCase(decision.case_id, image, image.with_array(hard), mask))
-        record["decisions"] = [d.to_dict() for d in decisions]
-        record["kept"] = [d.case_id for d in decisions if d.kept]
-        # how good the kept pseudo-labels were (diagnostic: uses the hidden labels, never used for training)
-        record["kept_pseudo_dice"] = _pseudo_quality(pseudo_cases)
-    losses += train_supervised(network, card, labeled_cases, stage2, pseudo=pseudo_cases)
-    record["seconds"] = time.perf_counter() - start
-    record["final_loss"] = float(np.mean(losses[-10:]))
-    network.eval()
-    return network, record
-
-
-#: Radius (voxels) of the ignored band of ``selective_band`` pseudo-labels.
-BAND_RADIUS = 3
-
-
-def boundary_band_mask(hard: np.ndarray, radius: int, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Voxels that count in the pseudo loss: all but the predicted background within ``radius`` of the foreground.
-
-    Under a scanner shift the teacher under-segments (its predicted hippocampus is often half the true volume), and
-    its hard labels then teach the student to under-segment further. Ignoring the predicted-background rim, where
-    the missed foreground lies, keeps the confident core of both classes and removes that pull.
-
-    Args:
-        hard: the teacher's argmax ``[I, J, K]``.
-        radius: rim width in voxels (6-connected dilation applied ``radius`` times).
-        mask: an existing voxel mask to combine with (``None`` = all voxels).
-    """
-    from scipy import ndimage
-
-    foreground = hard > 0
-    rim = ndimage.binary_dilation(foreground, iterations=radius) & ~foreground
-    keep = ~rim
-    return keep if mask is None else keep & mask
-
-
-def _pseudo_quality(pseudo_cases) -> Optional[float]:
-    from ASSFTActive.evaluate import dice_per_class
-
-    if not pseudo_cases:
-        return None
-    scores = [np.mean(dice_per_class(np.asarray(c.label.array), np.asarray(shifted_case(c.case_id)[1].array), 3))
-              for c in pseudo_cases]
-    return float(np.mean(scores))
 
 
 def evaluate(network) -> Dict[str, Any]:

@@ -16,8 +16,6 @@ shifted target-test cases. Arms:
 * ablations: ``dkd_only`` and ``asd_only`` (query ablations, same selective fine-tuning as ``assft``),
   ``assft_no_pseudo`` and ``assft_all_pseudo`` (same query as ``assft``, fine-tuning ablations) and
   ``random_selective`` (random query with ASSFT's selective fine-tuning: separates the query from the SSL);
-* ``assft_band``: a proposed engine change prototyped here (always through the direct trainer): ASSFT with
-  selective pseudo-labels whose loss ignores the predicted-background rim around the predicted foreground;
 * ``ceiling``: every pool volume labelled; ``floor``: no adaptation.
 
 One query round (the default of the quick profile) ranks the whole budget from one cold-start pass of the
@@ -135,8 +133,6 @@ ARMS = (
     Arm("assft_no_pseudo", "assft", "none", "ablation: ASSFT query, no pseudo-labels", assft_query=True),
     Arm("assft_all_pseudo", "assft", "all", "ablation: ASSFT query, all pseudo-labels", assft_query=True),
     Arm("random_selective", "random", "selective", "control: random query + selective pseudo-labels", seeded=True),
-    Arm("assft_band", "assft", "selective_band", "proposed: ASSFT, selective pseudo-labels without the boundary rim",
-        assft_query=True),
 )
 
 
@@ -229,7 +225,7 @@ class Experiment:
     workers: int
     arms: List[str]
     command: str
-    trainer: str = "adapt"
+    guard: bool = True
 
 
 def resolve(args: argparse.Namespace) -> Experiment:
@@ -259,8 +255,9 @@ def resolve(args: argparse.Namespace) -> Experiment:
     if max(budgets) > len(pool):
         sys.exit(f"error: budget {max(budgets)} exceeds the pool of {len(pool)} cases.")
     shift = ShiftConfig(kind=args.shift_kind, strength=args.shift_strength, seed=args.shift_seed)
-    train = TrainConfig(iterations=args.iterations or profile.iterations, patch_size=(32, 48, 32), batch_size=4,
-                        learning_rate=args.learning_rate, seed=0)
+    train = TrainConfig(iterations=args.iterations or profile.iterations, seed=0)  # the product's other defaults
+    if args.learning_rate is not None:
+        train = TrainConfig.from_dict({**train.to_dict(), "learning_rate": args.learning_rate})
     if args.train_config:
         train = TrainConfig.from_dict({**train.to_dict(), **json.loads(args.train_config)})
     pseudo = PseudoLabelConfig.from_dict(json.loads(args.pseudo_config)) if args.pseudo_config else PseudoLabelConfig()
@@ -276,7 +273,7 @@ def resolve(args: argparse.Namespace) -> Experiment:
         assft_query={k: v for k, v in assft_query.to_dict().items() if k not in ("strategy", "seed")},
         random_seeds=list(range(args.random_seeds or profile.random_seeds)),
         train_seeds=list(range(args.train_seeds or profile.train_seeds)),
-        mc_samples=args.mc_samples or profile.mc_samples, workers=args.workers, arms=names, trainer=args.trainer,
+        mc_samples=args.mc_samples or profile.mc_samples, workers=args.workers, arms=names, guard=not args.no_guard,
         command=" ".join(["PYTHONPATH=. .venv/bin/python", "Testing/Benchmarks/annotation_efficiency.py"]
                          + sys.argv[1:]),
     )
@@ -316,7 +313,7 @@ def run(exp: Experiment, out_stem: Path) -> Dict[str, Any]:
     image_dir = write_shifted_pool(exp, Path(work))
     setup = ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=tuple(exp.test), shift=exp.shift,
                            train=exp.train, semi_iterations=exp.semi_iterations, pseudo=exp.pseudo,
-                           trainer=exp.trainer, image_dir=str(image_dir))
+                           guard=exp.guard, image_dir=str(image_dir))
     try:
         return _run(exp, setup, started)
     finally:
@@ -512,6 +509,7 @@ def markdown(report: Dict[str, Any]) -> str:
     budgets = exp["budgets"]
     m = report["machine"]
     t = report["timings"]
+    guard = "on" if exp.get("guard", True) else "off"
     lines = [f"# Annotation efficiency ({exp['profile']} profile{' ' + exp['tag'] if exp['tag'] else ''})", ""]
     lines += [
         f"- Command: `{exp['command']}`",
@@ -525,8 +523,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"target test {len(exp['test'])} cases ({exp['test'][0]} .. {exp['test'][-1]}) (hash split, reserved cases "
         "excluded)",
         f"- Fine-tuning, identical for every arm: {exp['train']['iterations']} supervised steps + "
-        f"{exp['semi_iterations']} second-stage steps through `{exp.get('trainer', 'adapt')}` (batch "
-        f"{exp['train']['batch_size']} patches {tuple(exp['train']['patch_size'])}, AdamW lr "
+        f"{exp['semi_iterations']} second-stage steps through `adapt_model` (guard {guard}; batch "
+        f"{exp['train']['batch_size']} patches {exp['train']['patch_size'] or 'of the card'}, AdamW lr "
         f"{exp['train']['learning_rate']}, pseudo-loss weight {exp['train']['pseudo_weight']} ramped over "
         f"{exp['train']['rampup_fraction']:.0%} of the stage), training seeds {exp['train_seeds']}; query rounds "
         f"{exp['rounds']}; random seeds {exp['random_seeds']}; MC dropout {exp['mc_samples']} passes",
@@ -662,7 +660,7 @@ def main() -> None:
                         help="skip this many target-test cases (a disjoint development test set for tuning)")
     parser.add_argument("--iterations", type=int, help="supervised fine-tuning steps per run")
     parser.add_argument("--semi-iterations", type=int, help="second-stage steps per run")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default: the product's)")
     parser.add_argument("--random-seeds", type=int, help="number of random-query seeds")
     parser.add_argument("--train-seeds", type=int, help="number of training seeds per arm")
     parser.add_argument("--mc-samples", type=int, help="MC-dropout passes")
@@ -673,9 +671,9 @@ def main() -> None:
     parser.add_argument("--train-config", help="JSON TrainConfig overrides, e.g. '{\"pseudo_weight\": 0.5}'")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes, one torch thread each (default: CPU cores)")
-    parser.add_argument("--trainer", choices=("adapt", "direct"), default="adapt",
-                        help="adapt: the product's adapt_model (default); direct: the same stages built from "
-                             "finetune.training and finetune.pseudo")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="use every adapted model, whatever Adapt Model's guard would decide (one training run "
+                             "per arm instead of folds + 1)")
     parser.add_argument("--tag", default="", help="suffix of the output names (for variants)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     ARGS = parser.parse_args()

@@ -48,8 +48,9 @@ def test_adapt_prints_a_summary_shows_progress_and_activates_the_new_version(wor
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "model site v1 is now active" in out
-    assert "labelled volumes: 3 trained on, 0 held out" in out
-    assert "pseudo-labelled volumes: 2 of 3 unlabelled" in out
+    assert "why: better than the current model: cross-validated mean Dice" in out
+    assert "labelled volumes: 3; training stopped at step" in out
+    assert "each held out once (cross-validation" in out
     assert "box_a" in out and "box_b" in out and "Dice before" in out
     assert "train" in done.stderr  # the progress bar
     assert ModelStore(store).active("site").version == "v1"
@@ -57,6 +58,16 @@ def test_adapt_prints_a_summary_shows_progress_and_activates_the_new_version(wor
         "case_003.nii.gz", "case_004.nii.gz", "case_005.nii.gz"]
     config = read_json(store / "site" / "v1" / "config.json")["finetune"]
     assert config["train"]["iterations"] == 12 and config["pseudo"]["mode"] == "selective"
+
+
+def test_no_guard_activates_without_cross_validation(world, capsys):
+    store = world["tmp"] / "store-unguarded"
+    code = main(["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
+                 str(world["card"]), "--store", str(store), "--no-guard", "--quiet", *FAST])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "is now active" in out and "why: the guard is off" in out and "labelled training volume(s)" in out
+    assert read_json(store / "tiny-unet-adapted" / "v1" / "config.json")["finetune"]["validation"]["guard"] is False
 
 
 def test_a_settings_file_is_read_and_flags_override_it(world, capsys):

@@ -10,7 +10,7 @@ import torch
 from test_finetune_training import FAST_FINETUNE, make_tiny_card, read_json, synthetic_case, tree, write_dataset
 
 from ASSFTActive.errors import CancelledError, InputError, JobError, ModelError
-from ASSFTActive.finetune.adapt import adapt_model
+from ASSFTActive.finetune.adapt import adapt_model, card_signature
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.io import Volume, write_volume
 from ASSFTActive.models import load_card
@@ -43,10 +43,13 @@ def _config(**changes) -> FinetuneConfig:
     return FinetuneConfig.from_dict(data)
 
 
+UNGUARDED = {"guard": False}
+
+
 def test_adapting_writes_an_active_version_with_card_weights_config_and_provenance(world):
     events = []
     result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                         config=_config(), progress=events.append)
+                         config=_config(validation=UNGUARDED), progress=events.append)
     assert (result.name, result.version, result.activated) == ("site", "v1", True)
     assert ModelStore(world["store"]).active("site").version == "v1"
     files = sorted(p.name for p in result.version_dir.iterdir())
@@ -60,7 +63,8 @@ def test_adapting_writes_an_active_version_with_card_weights_config_and_provenan
     kept = [d for d in provenance["pseudo_decisions"][0] if d["kept"]]
     assert len(kept) == 2 and all({"confidence", "distance", "reliability"} <= set(d) for d in kept)
     assert provenance["seeds"]["train"] == 0 and provenance["package_version"]
-    assert read_json(result.version_dir / "config.json")["finetune"] == _config().to_dict()
+    assert read_json(result.version_dir / "config.json")["finetune"] == _config(validation=UNGUARDED).to_dict()
+    assert provenance["activation"]["method"] == "unguarded" and "guard is off" in provenance["activation"]["reason"]
     assert card.provenance["metrics"]["after"]["mean_dice"] == pytest.approx(result.dice_after)
     phases = [e.phase for e in events if e.event == "phase"]
     assert phases.index("train") < phases.index("pseudo") < phases.index("commit") < phases.index("done")
@@ -68,25 +72,96 @@ def test_adapting_writes_an_active_version_with_card_weights_config_and_provenan
     assert steps == list(range(1, 21))
 
 
-def test_training_improves_the_fit_on_the_labelled_volumes(world):
+def test_a_cross_validated_improvement_is_activated_with_its_reason(world):
     result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
                          config=_config(train={"iterations": 60}, semi_iterations=20))
-    assert result.metrics["evaluated_on"] == "labeled"
-    assert result.dice_after > result.dice_before + 0.2
+    assert result.metrics["evaluated_on"] == "cross_validation"
+    assert result.dice_after > result.dice_before + 0.2, "held-out Dice of the folds against the random model"
+    assert result.activated and result.decision.method == "cross_validation"
+    assert "better than the current model" in result.decision.reason
+    provenance = read_json(result.version_dir / "provenance.json")
+    assert provenance["activation"] == result.decision.to_dict()
 
 
-def test_enough_labels_are_split_into_training_and_validation_with_the_best_step_kept(world):
-    images, labels = write_dataset(world["tmp"] / "more", count=7, labeled=6, first_seed=20)
-    result = adapt_model(images, labels, store=world["store"], model=world["card"],
-                         config=_config(validation={"min_labeled": 5, "fraction": 0.2, "hd95": True}))
-    assert len(result.validation) == 1 and len(result.labeled) == 5
-    assert result.metrics["evaluated_on"] == "validation" and result.metrics["cases"] == list(result.validation)
-    history = result.metrics["history"]
-    assert [h["step"] for h in history] == [6, 12, 18, 20]
-    best = max(history, key=lambda h: h["mean_dice"])
-    assert result.metrics["best_step"] == best["step"]
-    assert result.dice_after == pytest.approx(best["mean_dice"])
-    assert set(result.metrics["after"]["hd95"]) == {"box_a", "box_b"}
+def test_cross_validation_holds_each_label_out_once_and_the_final_run_stops_at_the_best_step(world):
+    events = []
+    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
+                         config=_config(), progress=events.append)
+    cv = result.metrics["cross_validation"]
+    assert sorted(c for fold in cv["folds"] for c in fold) == ["case_000", "case_001", "case_002"]
+    assert len(cv["folds"]) == 3 and cv["steps"] == [0, 6, 12, 18, 20]
+    curve = [sum(cv["dice"][c][i] for c in cv["dice"]) / 3 for i in range(len(cv["steps"]))]
+    best = cv["steps"][1 + max(range(len(curve) - 1), key=lambda i: (curve[i + 1], -i))]
+    assert result.metrics["stop_step"] == best == result.decision.stop_step
+    assert result.dice_after == pytest.approx(curve[cv["steps"].index(best)])
+    assert result.dice_before == pytest.approx(curve[0])
+    final = [e.step for e in events if e.event == "progress" and e.phase == "train"]
+    assert final == list(range(1, 3 * 20 + best + 1)), "three folds of 20 steps, then the final run to the stop"
+    assert set(result.metrics["before"]["hd95"]) == {"box_a", "box_b"}
+
+
+def test_adapting_on_contradicting_labels_does_not_change_the_active_model(tmp_path):
+    """A decent model, then two labelled volumes whose classes are swapped in one of them: not activated."""
+    card = _trained_card(tmp_path)
+    images, labels = write_dataset(tmp_path / "data", count=4, labeled=2, first_seed=40)
+    from ASSFTActive.io import read_volume
+
+    swapped = read_volume(labels["case_001"])
+    array = np.asarray(swapped.array).copy()
+    array[swapped.array == 1], array[swapped.array == 2] = 2, 1
+    labels["case_001"] = write_volume(swapped.with_array(array), tmp_path / "swapped" / "case_001.nii.gz")
+    store = tmp_path / "store"
+    first = adapt_model(images, {"case_000": labels["case_000"]}, store=store, model=card, name="site",
+                        config=_config(validation=UNGUARDED))
+    events = []
+    result = adapt_model(images, labels, store=store, model=store / "site", name="site", config=_config(),
+                         progress=events.append)
+    assert result.version == "v2" and not result.activated
+    assert ModelStore(store).active("site").version == first.version
+    assert result.decision.gain < 0.005 and "likely not better" in result.decision.reason
+    assert any("active model was not changed" in e.message for e in events if e.event == "warning")
+    assert read_json(result.version_dir / "provenance.json")["activation"]["activate"] is False
+
+
+def test_empty_labels_are_caught_by_the_pool_check(tmp_path):
+    card = _trained_card(tmp_path)
+    images, labels = write_dataset(tmp_path / "data", count=5, labeled=2, first_seed=60)
+    from ASSFTActive.io import read_volume
+
+    for case in labels:
+        empty = read_volume(labels[case])
+        labels[case] = write_volume(empty.with_array(np.zeros_like(empty.array)), tmp_path / "empty" / f"{case}.nii.gz")
+    result = adapt_model(images, labels, store=tmp_path / "store", model=card, name="site",
+                         config=_config(train={"iterations": 30}))
+    assert not result.activated and ModelStore(tmp_path / "store").active("site") is None
+    assert result.decision.pool is not None and set(result.decision.pool.collapsed) == {"box_a", "box_b"}
+
+
+def test_one_labelled_volume_is_stored_but_not_activated(world):
+    result = adapt_model(world["images"], {"case_000": world["labels"]["case_000"]}, store=world["store"],
+                         model=world["card"], name="site", config=_config())
+    assert not result.activated and result.decision.method == "too_few_labels"
+    assert result.metrics["evaluated_on"] == "labeled" and result.metrics["stop_step"] == 20
+    assert ModelStore(world["store"]).active("site") is None
+    assert [v.version for v in ModelStore(world["store"]).versions("site")] == ["v1"]
+
+
+def _trained_card(tmp_path):
+    """A tiny model fitted to the synthetic boxes (a decent "pre-trained" model), as a card."""
+    from ASSFTActive.models import load_card as read_card
+    from ASSFTActive.models import load_model, save_card, save_weights
+
+    base = make_tiny_card(tmp_path / "untrained")
+    images, labels = write_dataset(tmp_path / "source", count=3, labeled=3, first_seed=80)
+    result = adapt_model(images, labels, store=tmp_path / "pretraining", model=base, name="source",
+                         config=_config(train={"iterations": 60}, semi_iterations=1, validation=UNGUARDED,
+                                        pseudo={"mode": "none"}))
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    save_weights(load_model(read_card(result.card_path)).network, folder / "weights.safetensors")
+    card = read_card(base)
+    save_card(card, folder / "card.json")
+    return folder / "card.json"
 
 
 @pytest.mark.parametrize("mode, kept", [("none", 0), ("all", 3), ("selective", 2)])
@@ -99,7 +174,9 @@ def test_pseudo_label_modes_decide_how_many_unlabelled_volumes_are_used(world, m
 
 def test_ema_teacher_and_voxel_mask_run_and_are_recorded(world):
     result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(pseudo={"teacher": "ema", "voxel_threshold": 0.5, "rounds": 2}))
+                         config=_config(pseudo={"teacher": "ema", "voxel_threshold": 0.5, "rounds": 2,
+                                                "class_keep_min": 0.5, "strong_view": True,
+                                                "cutmix_probability": 0.5}, validation=UNGUARDED))
     config = read_json(result.version_dir / "config.json")["finetune"]
     assert config["pseudo"]["teacher"] == "ema" and config["pseudo"]["rounds"] == 2
     assert len(read_json(result.version_dir / "provenance.json")["pseudo_decisions"]) == 2
@@ -107,9 +184,9 @@ def test_ema_teacher_and_voxel_mask_run_and_are_recorded(world):
 
 def test_a_model_adapted_twice_still_points_at_the_original_pretrained_card(world):
     first = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                        config=_config())
+                        config=_config(validation=UNGUARDED))
     second = adapt_model(world["images"], world["labels"], store=world["store"],
-                         model=world["store"] / "site", config=_config())
+                         model=world["store"] / "site", config=_config(validation=UNGUARDED))
     assert second.name == "site" and second.version == "v2"
     assert load_card(second.card_path).pretrained_card().path == world["card"].resolve()
     assert load_card(second.card_path).provenance["base_model"] == str(first.card_path)
@@ -164,7 +241,7 @@ def test_an_unwritable_store_fails_before_training(world):
 
 def test_cancelling_mid_training_leaves_the_store_and_the_active_version_as_they_were(world):
     adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                config=_config())
+                config=_config(validation=UNGUARDED))
     before = tree(world["store"])
 
     def cancel_at_step_5(event):
@@ -185,18 +262,45 @@ def test_a_cancelled_run_resumes_from_its_last_checkpoint(world):
         if event.phase == "train" and event.step == 14:
             raise CancelledError("cancelled")
 
+    config = _config(validation=UNGUARDED)
     with pytest.raises(CancelledError):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(),
+        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], config=config,
                     work_dir=work, progress=cancel_at_step_14)
     assert (work / "checkpoint.pt").is_file() and (work / "pseudo-r1.npz").is_file()
     events = []
     result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(), work_dir=work, progress=events.append)
+                         config=config, work_dir=work, progress=events.append)
     assert result.resumed_from == 12  # stage 1 ended at 12; the semi-supervised checkpoint every 4 steps is next
     steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
     assert steps == list(range(13, 21))
     assert [v.version for v in ModelStore(world["store"]).versions(result.name)] == ["v1"]
     assert not work.exists(), "checkpoints are removed once the version is committed"
+
+
+def test_a_cancelled_cross_validation_resumes_after_its_finished_folds(world):
+    work = world["tmp"] / "work"
+
+    def cancel_in_the_second_fold(event):
+        if event.phase == "train" and event.step == 25:
+            raise CancelledError("cancelled")
+
+    with pytest.raises(CancelledError):
+        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(),
+                    work_dir=work, progress=cancel_in_the_second_fold)
+    assert (work / "cv-fold0.json").is_file() and not (work / "cv-fold1.json").exists()
+    events = []
+    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
+                         config=_config(), work_dir=work, progress=events.append)
+    steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
+    assert steps[0] == 21, "fold 1 is not trained again"
+    assert len(result.metrics["cross_validation"]["folds"]) == 3
+    with pytest.raises(JobError, match="changed since this checkpoint"):
+        (work / "cv-fold0.json").parent.mkdir(exist_ok=True)
+        signature = card_signature(load_card(world["card"]))
+        (work / "cv-fold0.json").write_text(json.dumps({"format": 1, "fingerprint": "other",
+                                                        "card_signature": signature, "scores": {}}))
+        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
+                    config=_config(), work_dir=work)
 
 
 def test_a_checkpoint_written_for_another_card_is_refused(world):
@@ -207,41 +311,17 @@ def test_a_checkpoint_written_for_another_card_is_refused(world):
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(),
-                    work_dir=work, progress=cancel)
+        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
+                    config=_config(validation=UNGUARDED), work_dir=work, progress=cancel)
     other = make_tiny_card(world["tmp"] / "other", arguments={**load_card(world["card"]).arguments,
                                                               "channels": [8, 16, 32]})
     with pytest.raises(ModelError, match="another model card"):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=other, config=_config(),
-                    work_dir=work)
+        adapt_model(world["images"], world["labels"], store=world["store"], model=other,
+                    config=_config(validation=UNGUARDED), work_dir=work)
     with pytest.raises(JobError, match="changed since this checkpoint"):
         adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                    config=_config(train={"seed": 3}), work_dir=work)
+                    config=_config(train={"seed": 3}, validation=UNGUARDED), work_dir=work)
     assert not world["store"].exists()
-
-
-def test_reject_if_worse_stores_the_version_without_activating_it(world, monkeypatch):
-    import ASSFTActive.finetune.adapt as adapt
-
-    first = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                        config=_config())
-    real = adapt.summarise_report
-    calls = []
-
-    def worse_after(report):
-        summary = real(report)
-        calls.append(1)
-        if len(calls) > 1:  # the second evaluation is "after"
-            summary["mean_dice"] = -1.0
-        return summary
-
-    monkeypatch.setattr(adapt, "summarise_report", worse_after)
-    events = []
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                         config=_config(validation={"reject_if_worse": True}), progress=events.append)
-    assert result.version == "v2" and not result.activated
-    assert ModelStore(world["store"]).active("site").version == first.version
-    assert any("not changed" in e.message for e in events if e.event == "warning")
 
 
 def test_predictions_of_the_unlabelled_pool_are_written_on_the_image_grid(world):

@@ -21,20 +21,28 @@ from ASSFTActive.finetune.config import (
 )
 
 
-def test_defaults_are_the_inferred_values_of_method_spec_section_1_7():
+def test_selection_defaults_are_the_inferred_values_of_method_spec_section_1_7():
     pseudo = PseudoLabelConfig()
     assert pseudo.mode == PseudoMode.SELECTIVE and pseudo.select_mode == SelectMode.TOPK
     assert (pseudo.keep_fraction, pseudo.dist_weight, pseudo.tau_conf, pseudo.tau_dist_quantile) == (0.5, 1.0, 0.9, 0.5)
-    assert pseudo.confidence == ConfidenceMetric.FG_MAX_PROB and pseudo.voxel_threshold is None
-    assert pseudo.teacher == Teacher.OFFLINE and pseudo.ema_decay == 0.99 and pseudo.rounds == 1
+    assert pseudo.confidence == ConfidenceMetric.FG_MAX_PROB and pseudo.ema_decay == 0.99 and pseudo.rounds == 1
     train = TrainConfig()
     assert (train.pseudo_weight, train.rampup_fraction) == (1.0, 0.4)
+
+
+def test_training_defaults_are_the_recipe_that_won_the_adapt_benchmark():
+    """RESULTS.md, "Adapt Model": lr 1e-4, no encoder protection, a Mean Teacher with the student on a strong view."""
+    train, pseudo = TrainConfig(), PseudoLabelConfig()
+    assert (train.iterations, train.learning_rate, train.encoder_lr_scale, train.l2sp_weight) == (100, 1e-4, 1.0, 0.0)
+    assert pseudo.teacher == Teacher.EMA and pseudo.strong_view
+    assert (pseudo.voxel_threshold, pseudo.class_keep_min, pseudo.cutmix_probability) == (0.7, 0.5, 0.5)
+    assert ValidationConfig().guard and ValidationConfig().folds == 3
 
 
 def test_config_round_trips_through_json_unchanged():
     config = FinetuneConfig(train=TrainConfig(iterations=7, patch_size=(8, 16, 8)), semi_iterations=3,
                             pseudo=PseudoLabelConfig(mode="all", voxel_threshold=0.5, teacher="ema"),
-                            validation=ValidationConfig(min_labeled=3, reject_if_worse=True), checkpoint_every=2)
+                            validation=ValidationConfig(folds=4, guard=False, min_gain=0.01), checkpoint_every=2)
     text = json.dumps(config.to_dict())
     again = FinetuneConfig.from_dict(json.loads(text))
     assert again == config
@@ -54,7 +62,12 @@ def test_configs_are_frozen():
     ({"pseudo": {"voxel_threshold": 1.5}}, ["voxel_threshold"]),
     ({"train": {"iterations": 0}}, ["iterations"]),
     ({"train": {"lr": 0.1}}, ["unknown TrainConfig setting", "'lr'"]),
-    ({"validation": {"fraction": 0.9}}, ["ValidationConfig.fraction"]),
+    ({"validation": {"folds": 1}}, ["ValidationConfig.folds"]),
+    ({"validation": {"collapse_ratio": 2}}, ["ValidationConfig.collapse_ratio"]),
+    ({"train": {"encoder_lr_scale": 1.5}}, ["TrainConfig.encoder_lr_scale"]),
+    ({"train": {"l2sp_weight": -1}}, ["TrainConfig.l2sp_weight"]),
+    ({"pseudo": {"cutmix_probability": 2}}, ["PseudoLabelConfig.cutmix_probability"]),
+    ({"pseudo": {"strong_view": "yes"}}, ["PseudoLabelConfig.strong_view"]),
     ({"checkpoint_every": "5"}, ["checkpoint_every"]),
 ])
 def test_bad_settings_name_the_setting(data, words):

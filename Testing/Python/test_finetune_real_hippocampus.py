@@ -69,8 +69,9 @@ def test_adapting_the_default_model_to_a_shifted_site_raises_dice_on_held_out_ta
         default = Predictor(load_model(load_card(EMBEDDED_DEFAULT_CARD)), device=torch.device("cpu"))
         dice_source = _mean_dice(default, test_source)
         dice_before = _mean_dice(default, test_site)
-        config = FinetuneConfig.from_dict({"train": {"iterations": 100, "patch_size": [32, 48, 32]},
-                                           "semi_iterations": 60, "validation": {"hd95": False}})
+        # Adapt Model's defaults (the guard included), shorter runs
+        config = FinetuneConfig.from_dict({"train": {"iterations": 60}, "semi_iterations": 40,
+                                           "validation": {"hd95": False}})
         result = adapt_model(images, labels, store=tmp_path / "store", config=config, device=torch.device("cpu"))
         adapted = Predictor(load_model(load_card(result.card_path)), device=torch.device("cpu"))
         dice_after = _mean_dice(adapted, test_site)
@@ -80,6 +81,8 @@ def test_adapting_the_default_model_to_a_shifted_site_raises_dice_on_held_out_ta
           f"after adaptation {dice_after:.3f}; pseudo-labelled {[d.case_id for d in result.pseudo if d.kept]}")
     assert dice_before < dice_source - 0.1, "the simulated shift should clearly hurt the default model"
     assert dice_after > dice_before + 0.08
-    assert sum(d.kept for d in result.pseudo) == UNLABELED // 2
+    assert result.activated and result.decision.gain > 0.0, result.decision.reason
+    if result.metrics["stop_step"] > 60:  # the final run reached the semi-supervised stage
+        assert sum(d.kept for d in result.pseudo) == UNLABELED // 2
     assert ModelStore(tmp_path / "store").active(result.name).version == "v1"
     assert load_card(result.card_path).pretrained_card().path == EMBEDDED_DEFAULT_CARD.resolve()

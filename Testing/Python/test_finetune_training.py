@@ -16,7 +16,16 @@ import pytest
 import torch
 
 from ASSFTActive.finetune.config import TrainConfig
-from ASSFTActive.finetune.training import SupervisedCase, dice_ce_loss, ema_update, pseudo_weight_at, train_supervised
+from ASSFTActive.finetune.training import (
+    SemiParts,
+    SupervisedCase,
+    dice_ce_loss,
+    ema_update,
+    l2sp_penalty,
+    parameter_groups,
+    pseudo_weight_at,
+    train_supervised,
+)
 from ASSFTActive.io import Volume, write_volume
 from ASSFTActive.models import ModelCard, build_network, load_card, save_card, save_weights
 
@@ -171,7 +180,9 @@ def test_ema_teacher_labels_pseudo_patches_and_is_handed_to_checkpoints(tmp_path
     seen = []
     config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
     train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
-                     device=torch.device("cpu"), teacher=teacher, ema_decay=0.5, teacher_voxel_threshold=0.5,
+                     device=torch.device("cpu"), teacher=teacher,
+                     semi=SemiParts(ema_decay=0.5, voxel_threshold=0.5, class_keep_min=0.5, strong_view=True,
+                                    cutmix_probability=0.5),
                      checkpoint=lambda step, net, state: seen.append((step, sorted(state))), checkpoint_every=3)
     assert seen == [(3, ["optimizer", "scheduler", "teacher"]), (6, ["optimizer", "scheduler", "teacher"])]
     changed = [k for k, v in teacher.state_dict().items()
@@ -198,6 +209,82 @@ def test_resuming_from_a_checkpoint_continues_the_step_count_and_schedule(tmp_pa
                               optimizer_state=saved["state"], progress=events.append)
     assert len(losses) == 5
     assert [e.step for e in events] == [6, 7, 8, 9, 10]
+
+
+def test_encoder_stages_learn_at_the_scaled_rate_and_freeze_at_zero(tmp_path):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    network = build_network(card)
+    groups = parameter_groups(network, card.encoder_stages, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    encoder_names = {n for n, _ in network.named_parameters() if n.startswith(tuple(f"{s}." for s in
+                                                                                  card.encoder_stages))}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for n, p in network.named_parameters()
+                                                    if n in encoder_names}
+    frozen = parameter_groups(network, card.encoder_stages, 1e-3, 0.0)
+    assert len(frozen) == 1
+    assert all(not p.requires_grad for n, p in network.named_parameters() if n in encoder_names)
+    assert all(p.requires_grad for n, p in network.named_parameters() if n not in encoder_names)
+
+
+def test_a_frozen_encoder_does_not_move_during_training(tmp_path, one_thread):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    network = build_network(card)
+    start = {n: p.detach().clone() for n, p in network.named_parameters()}
+    train_supervised(network, card, _cases(2), TrainConfig(iterations=4, batch_size=1, learning_rate=0.01,
+                                                           encoder_lr_scale=0.0), device=torch.device("cpu"),
+                     encoder_stages=card.encoder_stages)
+    moved = {n for n, p in network.named_parameters() if not torch.equal(p, start[n])}
+    assert moved and not any(n.startswith("model.0.") for n in moved)
+
+
+def test_l2sp_penalty_is_the_squared_distance_to_the_anchor():
+    network = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        network.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        network.bias.fill_(3.0)
+    anchor = {"weight": torch.zeros(1, 2), "bias": torch.tensor([1.0])}
+    assert float(l2sp_penalty(network, anchor).detach()) == pytest.approx(1 + 4 + 4)
+
+
+def test_l2sp_keeps_the_weights_closer_to_where_they_started(tmp_path, one_thread):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    distances = []
+    for weight in (0.0, 1.0):
+        network = build_network(card)
+        start = {n: p.detach().clone() for n, p in network.named_parameters()}
+        train_supervised(network, card, _cases(2), TrainConfig(iterations=15, batch_size=1, learning_rate=0.01,
+                                                               l2sp_weight=weight, seed=3), device=torch.device("cpu"))
+        distances.append(float(l2sp_penalty(network, start).detach()))
+    assert distances[1] < 0.8 * distances[0]
+
+
+def test_stop_at_ends_early_on_the_full_run_schedule(tmp_path, one_thread):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    events = []
+    losses = train_supervised(build_network(card), card, _cases(2), TrainConfig(iterations=10, batch_size=1),
+                              device=torch.device("cpu"), stop_at=4, progress=events.append)
+    assert len(losses) == 4 and [e.total for e in events] == [10] * 4
+
+
+def test_patches_larger_than_the_volume_are_padded_as_sliding_window_inference_pads(tmp_path):
+    """The regression behind issue 8: padding with the image minimum taught the network a border it never sees."""
+    from ASSFTActive.finetune.training import _PatchSampler
+    from ASSFTActive.preprocess import PAD_VALUE
+
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    case = _cases(1)[0]
+    config = TrainConfig(augment=False, foreground_fraction=0.0)
+    sampler = _PatchSampler(card, [case], (32, 32, 28), config, np.random.default_rng(0))
+    image, label, _, _ = sampler.items[0]
+    assert image.shape[1:] == (32, 32, 28) and image.min() < PAD_VALUE - 0.5, "normalised values go below the pad"
+    border = image[0, :4]  # SHAPE is 24 wide: 4 padded planes on each side
+    assert torch.all(border == PAD_VALUE) and torch.all(label[:4] == 0)
+    import inspect
+
+    from ASSFTActive import inference
+
+    source = inspect.getsource(inference.Predictor._sliding_window)
+    assert "cval=PAD_VALUE" in source and 'padding_mode="constant"' in source
 
 
 def test_synthetic_helpers_write_matching_images_and_labels(tmp_path):

@@ -103,8 +103,9 @@ def test_rank_job_runs_in_the_worker_and_comes_back_as_table_overlay_and_regions
 def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     env, logic, card, nodes, tmp_path = scene
     # the smallest real run: one supervised and one semi-supervised step on 16^3 patches
+    # with one labelled volume the guard cannot cross-validate; switched off, the new version is activated
     finetune = {"train": {"iterations": 1, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
-                "semi_iterations": 1}
+                "semi_iterations": 1, "validation": {"guard": False}}
 
     spec = logic.prepareJob("adapt", tmp_path / "work", "default", budget=1, finetune=finetune)
     result, events = runJob(spec)
@@ -121,6 +122,7 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     # the top-level result keys the module reads agree with the worker's metrics
     written = read_result(spec.jobDir)
     assert loaded.result.activated is True and written["metrics"]["activated"] is True
+    assert "guard is off" in loaded.result.activationReason == written["activation"]["reason"]
     assert list(loaded.result.pseudoLabeled) == written["pseudo_labeled"] == written["metrics"]["pseudo_labeled"]
     for caseId in loaded.result.pseudoLabeled:
         row = ranking.tableRowOfCase(loaded.tableNode, caseId)

@@ -141,7 +141,9 @@ def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_m
     assert events[-1].event == "done" and [e.event for e in events].count("done") == 1
     assert not any(e.event == "error" for e in events)
     train_steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
-    assert train_steps == list(range(1, 21)) and all(e.total == 20 for e in events if e.phase == "train")
+    # three cross-validation folds of 20 steps, then the final run up to the cross-validated stopping step
+    assert train_steps == list(range(1, len(train_steps) + 1)) and 60 < len(train_steps) <= 80
+    assert all(e.total == 80 for e in events if e.phase == "train" and e.event == "progress")
     assert any(e.event == "metric" and "dice_after" in e.metrics for e in events)
     assert (job / "events.jsonl").read_text().splitlines() == [line.rstrip("\n") for line in worker.raw]
     assert "DONE" in (job / "log.txt").read_text()
@@ -150,6 +152,7 @@ def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_m
     assert result["status"] == "done" and result["kind"] == "adapt"
     # activated and pseudo_labeled are top-level keys (what the Slicer module reads), also kept in metrics
     assert result["activated"] is True and result["metrics"]["activated"] is True
+    assert result["activation"]["method"] == "cross_validation" and result["activation"]["activate"] is True
     kept = [d["case_id"] for d in result["metrics"]["pseudo"] if d["kept"]]
     assert result["pseudo_labeled"] == result["metrics"]["pseudo_labeled"] == kept
     assert set(kept) <= {"case_003", "case_004", "case_005"}

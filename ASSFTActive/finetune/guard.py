@@ -1,0 +1,263 @@
+"""The activation guard: may an adapted model replace the active one, and where should its training stop?
+
+Pure functions on small records, each testable with a known answer:
+
+* :func:`assign_folds` splits the labelled volumes into cross-validation folds (leave-one-out when few);
+* :class:`CrossValidation` holds, for every labelled volume, its held-out Dice along the training steps of the fold
+  that did not train on it (step 0 = the current model), and gives the mean curve, the stopping step and the paired
+  per-volume gains with a 95 % interval;
+* :func:`check_pool` compares what the current and the adapted model predict on unlabelled volumes and flags a
+  collapse (a class that all but disappears, as after training on empty or wrong labels);
+* :func:`decide` turns both into an :class:`ActivationDecision` with a reason a user can read.
+
+Why not a held-out labelled split: with two or three labelled volumes there is nothing to spare, and the labelled
+volumes are the only ones whose truth is known. Cross-validating the whole recipe uses each of them once as a
+held-out case at the price of ``folds`` extra training runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "ActivationDecision",
+    "CrossValidation",
+    "PoolCheck",
+    "assign_folds",
+    "check_pool",
+    "decide",
+    "mean_interval",
+]
+
+
+def assign_folds(case_ids: Sequence[str], folds: int, seed: int = 0) -> List[Tuple[str, ...]]:
+    """Held-out case ids of each fold: ``min(folds, n)`` folds of near-equal size, by a seeded hash of the names.
+
+    Args:
+        case_ids: the labelled volumes (at least 2).
+        folds: the most folds wanted (>= 2).
+        seed: changes the assignment (the run's training seed).
+
+    Returns:
+        one tuple of held-out ids per fold; every id is held out exactly once.
+    """
+    ids = sorted(set(case_ids))
+    if len(ids) < 2:
+        raise ValueError(f"cross-validation needs at least 2 labelled volumes, got {len(ids)}")
+    count = min(int(folds), len(ids))
+    order = sorted(ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    return [tuple(sorted(order[k::count])) for k in range(count)]
+
+
+def mean_interval(values: Sequence[float]) -> Tuple[float, float, float]:
+    """Mean and a 95 % t-interval ``(mean, low, high)``; the interval is NaN for fewer than 2 values."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(array.mean())
+    if array.size < 2:
+        return mean, float("nan"), float("nan")
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
+    return mean, mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Held-out Dice of every labelled volume along the training steps of its fold.
+
+    Attributes:
+        steps: the global training steps scored, ascending, starting with 0 (the current model).
+        dice: ``{case_id: (mean foreground Dice at each step)}``, same length as ``steps``.
+        dice_per_class: ``{case_id: ((Dice of each foreground class) at each step)}``.
+        folds: the held-out case ids of each fold.
+    """
+
+    steps: Tuple[int, ...]
+    dice: Mapping[str, Tuple[float, ...]]
+    dice_per_class: Mapping[str, Tuple[Tuple[float, ...], ...]] = field(default_factory=dict)
+    folds: Tuple[Tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.steps or self.steps[0] != 0 or list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"steps must be ascending, distinct and start at 0, got {self.steps}")
+        for case, values in self.dice.items():
+            if len(values) != len(self.steps):
+                raise ValueError(f"{case}: {len(values)} Dice values for {len(self.steps)} steps")
+
+    @property
+    def cases(self) -> Tuple[str, ...]:
+        return tuple(sorted(self.dice))
+
+    def curve(self) -> np.ndarray:
+        """Mean held-out Dice over the labelled volumes at each step ``[S]``."""
+        return np.array([np.mean([self.dice[c][i] for c in self.cases]) for i in range(len(self.steps))])
+
+    def stop_step(self) -> int:
+        """The step after 0 where the mean held-out Dice is highest (the earliest of equal ones)."""
+        if len(self.steps) < 2:
+            raise ValueError("no training step was scored")
+        curve = self.curve()
+        best = 1 + int(np.argmax(curve[1:]))
+        return int(self.steps[best])
+
+    def gains(self, step: int) -> Dict[str, float]:
+        """Paired per-volume gain ``Dice(step) - Dice(0)``."""
+        index = self.steps.index(step)
+        return {c: float(self.dice[c][index] - self.dice[c][0]) for c in self.cases}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"steps": list(self.steps), "dice": {c: list(v) for c, v in self.dice.items()},
+                "dice_per_class": {c: [list(x) for x in v] for c, v in self.dice_per_class.items()},
+                "folds": [list(f) for f in self.folds]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CrossValidation:
+        return cls(steps=tuple(int(s) for s in data["steps"]),
+                   dice={str(c): tuple(float(x) for x in v) for c, v in data["dice"].items()},
+                   dice_per_class={str(c): tuple(tuple(float(y) for y in x) for x in v)
+                                   for c, v in data.get("dice_per_class", {}).items()},
+                   folds=tuple(tuple(str(c) for c in f) for f in data.get("folds", ())))
+
+
+@dataclass(frozen=True)
+class PoolCheck:
+    """Predicted voxels per foreground class on a sample of unlabelled volumes, current vs adapted model.
+
+    Attributes:
+        cases: the unlabelled volumes predicted.
+        current: voxels of each foreground class summed over ``cases``, current model.
+        adapted: the same for the adapted model.
+        class_names: foreground class names.
+        collapsed: the classes whose adapted count is below ``collapse_ratio`` × the current count.
+    """
+
+    cases: Tuple[str, ...]
+    current: Tuple[int, ...]
+    adapted: Tuple[int, ...]
+    class_names: Tuple[str, ...]
+    collapsed: Tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.collapsed
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"cases": list(self.cases), "class_names": list(self.class_names), "current_voxels": list(self.current),
+                "adapted_voxels": list(self.adapted), "collapsed": list(self.collapsed), "passed": self.passed}
+
+
+def check_pool(current: Mapping[str, Sequence[int]], adapted: Mapping[str, Sequence[int]],
+               class_names: Sequence[str], collapse_ratio: float,
+               labelled_mean: Optional[Sequence[float]] = None) -> PoolCheck:
+    """Flag the classes the adapted model all but stops predicting on unlabelled volumes.
+
+    The reference amount of a class is what the current model predicts on the same volumes, capped by what the
+    expert labels suggest (``labelled_mean`` voxels per volume × the number of volumes) when the labels contain the
+    class: a poor current model that over-segments must not make a correct shrink look like a collapse. A class
+    absent from every label keeps the current model as its reference, so training on empty (or other) labels is
+    caught.
+
+    Args:
+        current: ``{case_id: voxels of each foreground class}`` predicted by the current model.
+        adapted: the same cases predicted by the adapted model.
+        class_names: foreground class names (one per count).
+        collapse_ratio: a class collapses when ``adapted < collapse_ratio · reference`` (and the reference is not 0).
+        labelled_mean: mean voxels of each foreground class per labelled volume (expert labels), or ``None``.
+    """
+    cases = tuple(sorted(current))
+    if set(adapted) != set(cases):
+        raise ValueError("both models must be scored on the same cases")
+    width = len(class_names)
+    now = np.array([current[c] for c in cases], dtype=np.int64).reshape(len(cases), width).sum(axis=0)
+    new = np.array([adapted[c] for c in cases], dtype=np.int64).reshape(len(cases), width).sum(axis=0)
+    reference = now.astype(np.float64)
+    if labelled_mean is not None:
+        expected = np.asarray(labelled_mean, dtype=np.float64) * len(cases)
+        reference = np.where(expected > 0, np.minimum(reference, expected), reference)
+    collapsed = tuple(name for name, ref, b in zip(class_names, reference, new) if ref > 0 and b < collapse_ratio * ref)
+    return PoolCheck(cases=cases, current=tuple(int(x) for x in now), adapted=tuple(int(x) for x in new),
+                     class_names=tuple(class_names), collapsed=collapsed)
+
+
+@dataclass(frozen=True)
+class ActivationDecision:
+    """Whether a new version becomes active, and why (stored in the version's provenance and the job result).
+
+    Attributes:
+        activate: the verdict.
+        reason: one sentence for the user.
+        method: ``cross_validation``, ``too_few_labels`` or ``unguarded``.
+        stop_step: the training step the final model stopped at.
+        dice_before: cross-validated mean Dice of the current model (NaN without cross-validation).
+        dice_after: cross-validated mean Dice of the recipe at ``stop_step``.
+        gain: ``dice_after - dice_before``; ``gain_low``/``gain_high``: its 95 % interval over labelled volumes.
+        pool: the pool check (``None`` when not run).
+    """
+
+    activate: bool
+    reason: str
+    method: str
+    stop_step: int
+    dice_before: float = float("nan")
+    dice_after: float = float("nan")
+    gain: float = float("nan")
+    gain_low: float = float("nan")
+    gain_high: float = float("nan")
+    pool: Optional[PoolCheck] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        def clean(x: float) -> Optional[float]:
+            return None if math.isnan(x) else round(float(x), 6)
+
+        return {"activate": self.activate, "reason": self.reason, "method": self.method, "stop_step": self.stop_step,
+                "dice_before": clean(self.dice_before), "dice_after": clean(self.dice_after),
+                "gain": clean(self.gain), "gain_low": clean(self.gain_low), "gain_high": clean(self.gain_high),
+                "pool": None if self.pool is None else self.pool.to_dict()}
+
+
+def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: float, stop_step: int,
+           labelled: int) -> ActivationDecision:
+    """The guard's verdict.
+
+    Activate only when cross-validation over at least two labelled volumes shows a mean held-out Dice gain of at
+    least ``min_gain`` at the stopping step, and the pool check (when run) found no collapsed class.
+
+    Args:
+        cv: the cross-validation (``None`` with fewer than two labelled volumes).
+        pool: the pool check, or ``None``.
+        min_gain: the smallest mean gain that activates.
+        stop_step: the step the final model was trained to.
+        labelled: number of usable labelled volumes.
+    """
+    if cv is None:
+        return ActivationDecision(
+            activate=False, method="too_few_labels", stop_step=stop_step, pool=pool,
+            reason=(f"only {labelled} labelled volume(s): nothing can be held out to check that the adapted model is "
+                    "better, so it was stored but not activated. Label at least one more volume, or activate it "
+                    "yourself (assft models activate)."))
+    gains = cv.gains(cv.stop_step())
+    mean, low, high = mean_interval(list(gains.values()))
+    index = cv.steps.index(cv.stop_step())
+    before = float(np.mean([cv.dice[c][0] for c in cv.cases]))
+    after = float(np.mean([cv.dice[c][index] for c in cv.cases]))
+    common = dict(method="cross_validation", stop_step=stop_step, dice_before=before, dice_after=after, gain=mean,
+                  gain_low=low, gain_high=high, pool=pool)
+    scores = f"cross-validated mean Dice {before:.3f} -> {after:.3f} on {len(cv.cases)} labelled volume(s)"
+    if mean < min_gain:
+        return ActivationDecision(activate=False, **common, reason=(
+            f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}); stored but "
+            "not activated (assft models activate makes it active anyway)."))
+    if pool is not None and not pool.passed:
+        return ActivationDecision(activate=False, **common, reason=(
+            f"its predictions on the unlabelled pool collapsed for {', '.join(pool.collapsed)} (far fewer voxels "
+            f"than the current model predicts), although {scores}; the labels may be empty or of another structure. "
+            "Stored but not activated."))
+    return ActivationDecision(activate=True, **common, reason=f"better than the current model: {scores} "
+                                                              f"(gain {mean:+.3f}).")
