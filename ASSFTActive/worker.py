@@ -181,7 +181,7 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
     reranked: Dict[str, Any] = {}
 
     def rerank(model, rank_ctx) -> None:
-        """Re-rank the remaining pool with the adapted model, before it is committed (still cancellable)."""
+        """Re-rank the remaining pool with the model that will be active, before the commit (cancellable)."""
         from .distributed import rank_pool_distributed
         from .finetune.adapt import default_name
         from .inference import Predictor

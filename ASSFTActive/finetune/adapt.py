@@ -732,8 +732,9 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
             by the new model are written there as ``<case_id>.nii.gz``.
         device: compute device (default: CUDA when present; ignored when ``dist`` is given).
         dist: data-parallel context under torchrun (default: one process).
-        before_commit: called with the adapted model just before the new version is committed (e.g. to re-rank
-            the pool); still cancellable.
+        before_commit: called just before the new version is committed with the model that will be active
+            afterwards: the adapted one, or the current one when the guard refused it (e.g. to re-rank the pool
+            with the active model); still cancellable.
 
     Returns:
         the :class:`AdaptResult` (on every rank).
@@ -813,10 +814,15 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
                  + f"; {'activating' if decision.activate else 'not activating'}: {decision.reason}",
          metrics={"dice_before": before["mean_dice"] or 0.0, "dice_after": after["mean_dice"] or 0.0})
 
-    adapted = LoadedModel(card, network, base.report)
     predictions = _predict_pool(run, network, pool) if predictions_dir is not None and config.predict_pool else {}
     if before_commit is not None:
-        before_commit(adapted, ctx)
+        if decision.activate:
+            active = LoadedModel(card, network, base.report)
+        else:
+            current = copy.deepcopy(_unwrap(network))
+            _load_state(current, run.anchor, "current model")
+            active = LoadedModel(card, current, base.report)
+        before_commit(active, ctx)
 
     emit(progress, "phase", phase="commit", message=f"writing a new version of {name}")
     provenance = {

@@ -100,9 +100,9 @@ for _lr, _name in ((1e-4, "lr1e-4"), (3e-5, "lr3e-5")):
 
 PROFILES = {
     "quick": {"budgets": [2, 4], "draws": 2, "train_seeds": 2, "pool_size": 36, "test_size": 20,
-              "iterations": 120, "semi_iterations": 120},
+              "iterations": 100, "semi_iterations": 100},
     "full": {"budgets": [2, 4, 8], "draws": 3, "train_seeds": 3, "pool_size": 0, "test_size": 0,
-             "iterations": 300, "semi_iterations": 300},
+             "iterations": 100, "semi_iterations": 100},
 }
 
 
@@ -228,11 +228,10 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
                                           if all(r["adapted_dice"] is not None for r in mine) else None),
                          "noise_floor": float(np.mean(spreads)) if spreads else None,
                          "vs_floor": _interval(per_case - floor)}
-                reference_arm = reference
-                reference = [r for r in runs if r["task"]["shift"] == shift and r["task"]["budget"] == budget
-                             and r["task"]["arm"] == reference_arm]
-                if reference and arm != reference_arm:
-                    ref = np.array([r["test_dice"] for r in reference]).mean(axis=0)
+                paired = [r for r in runs if r["task"]["shift"] == shift and r["task"]["budget"] == budget
+                          and r["task"]["arm"] == reference]
+                if paired and arm != reference:
+                    ref = np.array([r["test_dice"] for r in paired]).mean(axis=0)
                     entry["vs_labels_only"] = _interval(per_case - ref)
                 row[arm] = entry
             table[shift]["budgets"][str(budget)] = row
@@ -289,16 +288,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reference", default="assft_no_pseudo", help="the labels-only arm others are paired with")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--summarise", type=Path, metavar="JSON",
-                        help="only rewrite the tables of an earlier run's JSON (e.g. with another --reference)")
+    parser.add_argument("--first-seed", type=int, default=0, help="training seeds start here (to add seeds)")
+    parser.add_argument("--summarise", type=Path, nargs="+", metavar="JSON",
+                        help="only rewrite the tables of earlier runs' JSON (the runs of several files are merged "
+                             "into the first, e.g. more seeds of the same arms; --reference may change)")
     args = parser.parse_args()
     if args.summarise is not None:
-        report = json.loads(args.summarise.read_text())
+        report = json.loads(args.summarise[0].read_text())
+        for extra in args.summarise[1:]:
+            more = json.loads(extra.read_text())
+            report["runs"] += [r for r in more["runs"] if r["task"]["arm"] != "floor"]
+            report["command"] += f" + {more['command']}"
+            report["seconds"] += more["seconds"]
         arms = list(dict.fromkeys(r["task"]["arm"] for r in report["runs"] if r["task"]["arm"] != "floor"))
         report.update(reference=args.reference, tag=report.get("tag", ""),
                       summary=summarise(report["runs"], arms, report["profile_settings"]["budgets"], args.reference))
-        args.summarise.write_text(json.dumps(report, indent=1))
-        args.summarise.with_suffix(".md").write_text(markdown(report))
+        args.summarise[0].write_text(json.dumps(report, indent=1))
+        args.summarise[0].with_suffix(".md").write_text(markdown(report))
         print(markdown(report))
         return
     if not (args.data / "imagesTr").is_dir():
@@ -328,7 +334,7 @@ def main() -> None:
             for draw in range(profile["draws"]):
                 rng = np.random.default_rng([budget, draw, 11])
                 labeled = tuple(sorted(rng.choice(pool, size=budget, replace=False).tolist()))
-                for seed in range(profile["train_seeds"]):
+                for seed in range(args.first_seed, args.first_seed + profile["train_seeds"]):
                     for arm in arms:
                         rng_tasks.append(Task(shift, budget, draw, seed, arm, labeled))
     work = Path(tempfile.mkdtemp(prefix="adapt-bench-pool-"))

@@ -72,7 +72,8 @@ def test_no_guard_activates_without_cross_validation(world, capsys):
 
 def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
     settings = world["tmp"] / "settings.json"
-    settings.write_text(json.dumps({"train": {"iterations": 99, "batch_size": 2}, "semi_iterations": 4,
+    settings.write_text(json.dumps({"train": {"iterations": 99, "batch_size": 2, "learning_rate": 0.01},
+                                    "semi_iterations": 4,
                                     "pseudo": {"mode": "all", "keep_fraction": 0.3}}))
     store = world["tmp"] / "store-none"
     code = main(["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
@@ -83,6 +84,7 @@ def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
     assert "pseudo-labelled volumes: none" in out and "tiny-unet-adapted v1 is now active" in out
     config = read_json(store / "tiny-unet-adapted" / "v1" / "config.json")["finetune"]
     assert config["train"]["iterations"] == 6 and config["train"]["batch_size"] == 2
+    assert config["train"]["learning_rate"] == 0.01
     assert config["pseudo"] == {**config["pseudo"], "mode": "none", "keep_fraction": 0.3}
     assert config["semi_iterations"] == 4
 

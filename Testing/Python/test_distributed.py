@@ -68,8 +68,9 @@ def test_two_gloo_processes_fine_tune_with_ddp_and_store_one_version(world):
     messages = [e.message for e in events if e.event == "phase"]
     assert "2 ranks, backend gloo, device cpu" in messages
     assert any("2 ranks hold identical weights" in m for m in messages)
-    # only rank 0 reports: one event per training step, one done
-    assert [e.step for e in events if e.event == "progress" and e.phase == "train"] == list(range(1, 21))
+    # only rank 0 reports: one event per training step (three guard folds of 20, then the final run), one done
+    steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
+    assert steps == list(range(1, len(steps) + 1)) and 60 < len(steps) <= 80
     assert out.stdout.count('"event": "done"') == 1
     result = read_json(job / "result.json")
     assert result["model_card"] == str(ModelStore(store).active("site").card_path)

@@ -13,7 +13,7 @@ from ASSFTActive.errors import CancelledError, InputError, JobError, ModelError
 from ASSFTActive.finetune.adapt import adapt_model, card_signature
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.io import Volume, write_volume
-from ASSFTActive.models import load_card
+from ASSFTActive.models import load_card, load_model
 from ASSFTActive.store import ModelStore, StoreError
 
 
@@ -113,10 +113,13 @@ def test_adapting_on_contradicting_labels_does_not_change_the_active_model(tmp_p
     store = tmp_path / "store"
     first = adapt_model(images, {"case_000": labels["case_000"]}, store=store, model=card, name="site",
                         config=_config(validation=UNGUARDED))
-    events = []
+    events, handed = [], []
     result = adapt_model(images, labels, store=store, model=store / "site", name="site", config=_config(),
-                         progress=events.append)
+                         progress=events.append, before_commit=lambda model, ctx: handed.append(model))
     assert result.version == "v2" and not result.activated
+    current = load_model(load_card(first.card_path)).network.state_dict()
+    assert all(torch.equal(v, current[k]) for k, v in handed[0].network.state_dict().items()), \
+        "re-ranking (before_commit) gets the model that stays active"
     assert ModelStore(store).active("site").version == first.version
     assert result.decision.gain < 0.005 and "likely not better" in result.decision.reason
     assert any("active model was not changed" in e.message for e in events if e.event == "warning")
