@@ -97,6 +97,9 @@ for _lr, _name in ((1e-4, "lr1e-4"), (3e-5, "lr3e-5")):
                                       "validation": {"guard": False}}
     ARMS[f"{_name}_plain_mean_teacher"] = {"train": {"learning_rate": _lr, **_PLAIN}, "pseudo": _MEAN_TEACHER,
                                            "validation": {"guard": False}}
+    ARMS[f"{_name}_plain_mean_teacher_confidence"] = {"train": {"learning_rate": _lr, **_PLAIN},
+                                                      "pseudo": {**_MEAN_TEACHER, "dist_weight": 0.0},
+                                                      "validation": {"guard": False}}
 
 PROFILES = {
     "quick": {"budgets": [2, 4], "draws": 2, "train_seeds": 2, "pool_size": 36, "test_size": 20,
