@@ -214,7 +214,7 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
     pseudo_labeled = [d["case_id"] for d in summary["pseudo"] if d["kept"]]
     # activated and pseudo_labeled are also top-level keys (the contract readers use); kept in metrics as before
     metrics = dict(summary["metrics"], version=outcome.version, activated=outcome.activated,
-                   labeled=summary["labeled"], activation=summary["activation"], skipped=summary["skipped"],
+                   labeled=summary["labeled"], skipped=summary["skipped"],
                    pseudo=summary["pseudo"], pseudo_labeled=pseudo_labeled,
                    seconds=summary["seconds"], resumed_from=summary["resumed_from"])
     if "selected" in reranked:

@@ -591,7 +591,13 @@ class _Run:
 
     # ------------------------------------------------------------------ the guard
 
-    def cross_validate(self, base: nn.Module, labeled: Sequence[_Labeled], pool: Mapping[str, str],
+    def current_network(self, network: nn.Module) -> nn.Module:
+        """A copy of ``network`` holding the weights the run started from (the current, active model)."""
+        current = copy.deepcopy(_unwrap(network))
+        _load_state(current, self.anchor, "current model")
+        return current
+
+    def cross_validate(self, network: nn.Module, labeled: Sequence[_Labeled], pool: Mapping[str, str],
                        before: EvaluationReport) -> CrossValidation:
         """Run the recipe once per fold from the current weights; score each fold's held-out volumes."""
         folds = assign_folds([c.case_id for c in labeled], self.config.validation.folds, self.config.train.seed)
@@ -603,8 +609,7 @@ class _Run:
             if saved is None:
                 held_cases = [c for c in labeled if c.case_id in held]
                 train = [c for c in labeled if c.case_id not in held]
-                network = copy.deepcopy(_unwrap(base))
-                _load_state(network, self.anchor, "current model")
+                fold_network = self.current_network(network)
                 scores: Dict[str, Dict[str, List[float]]] = {c: {} for c in held}
 
                 def score(net: nn.Module, step: int, held_cases=held_cases, scores=scores, index=index) -> None:
@@ -618,7 +623,7 @@ class _Run:
                 self.emit("phase", phase="validate", message=(
                     f"cross-validation fold {index + 1} of {len(folds)}: adapting on {len(train)} labelled "
                     f"volume(s), scoring {', '.join(held)}"))
-                self.run_recipe(network, train, pool, self.recipe_steps, progress_offset=index * self.recipe_steps,
+                self.run_recipe(fold_network, train, pool, self.recipe_steps, progress_offset=index * self.recipe_steps,
                                 label=f"fold {index + 1}/{len(folds)} ", scorer=score)
                 saved = {"held_out": list(held), "scores": scores}
                 self.checkpoints.save_fold(index, saved)
@@ -631,7 +636,7 @@ class _Run:
                                dice_per_class={c: tuple(v[s] for s in steps) for c, v in per_class.items()},
                                folds=tuple(folds))
 
-    def check_pool(self, base: nn.Module, adapted: nn.Module, pool: Mapping[str, str],
+    def check_pool(self, adapted: nn.Module, pool: Mapping[str, str],
                    labeled: Sequence[_Labeled]) -> Optional[PoolCheck]:
         """Voxels per class that both models predict on up to ``validation.pool_cases`` unlabelled volumes."""
         wanted = self.config.validation.pool_cases
@@ -639,22 +644,21 @@ class _Run:
         if not wanted or not ids:
             return None
         picks = sorted({ids[int(i)] for i in np.linspace(0, len(ids) - 1, min(wanted, len(ids)))})
-        current = copy.deepcopy(_unwrap(base))
-        _load_state(current, self.anchor, "current model")
+        predictors = {"current": self.predictor(self.current_network(adapted)), "adapted": self.predictor(adapted)}
         n = self.card.num_classes
-        counts: Dict[str, Dict[str, List[int]]] = {"current": {}, "adapted": {}}
-        for key, network in (("current", current), ("adapted", adapted)):
-            predictor = self.predictor(network)
-            mine = {}
-            for case in self.ctx.shard(picks):
-                try:
-                    image = read_volume(pool[case])
-                except InputError:
-                    continue  # reported by pseudo-labelling or ranking
+        mine: Dict[str, Dict[str, List[int]]] = {"current": {}, "adapted": {}}
+        for case in self.ctx.shard(picks):
+            try:
+                image = read_volume(pool[case])
+            except InputError:
+                continue  # reported by pseudo-labelling or ranking
+            for key, predictor in predictors.items():
                 label = predictor.predict(image).label
-                mine[case] = [int(np.count_nonzero(label == c)) for c in range(1, n)]
-            for part in self.ctx.all_gather(mine):
-                counts[key].update(part)
+                mine[key][case] = [int(np.count_nonzero(label == c)) for c in range(1, n)]
+        counts: Dict[str, Dict[str, List[int]]] = {"current": {}, "adapted": {}}
+        for part in self.ctx.all_gather(mine):
+            for key in counts:
+                counts[key].update(part[key])
         if not counts["current"]:
             return None
         labelled_mean = [float(np.mean([np.count_nonzero(np.asarray(c.label.array) == k) for c in labeled]))
@@ -770,7 +774,7 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
     emit(progress, "phase", phase="evaluate", message=f"scoring the current model on {len(labeled)} labelled "
                                                       "volume(s)")
     before_report = run.evaluate(network, labeled, guard.hd95, "evaluate")
-    cv = run.cross_validate(base.network, labeled, pool, before_report) if cross_validated else None
+    cv = run.cross_validate(network, labeled, pool, before_report) if cross_validated else None
     stop = cv.stop_step() if cv is not None else run.recipe_steps
 
     state = run.checkpoints.load()
@@ -789,7 +793,7 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
     _check_replicas(network, ctx, progress)
     network.eval()
 
-    pool_check = run.check_pool(base.network, network, pool, labeled) if guard.guard else None
+    pool_check = run.check_pool(network, pool, labeled) if guard.guard else None
     if guard.guard:
         decision = decide(cv, pool_check, guard.min_gain, stop, len(labeled))
     else:
@@ -816,13 +820,8 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
 
     predictions = _predict_pool(run, network, pool) if predictions_dir is not None and config.predict_pool else {}
     if before_commit is not None:
-        if decision.activate:
-            active = LoadedModel(card, network, base.report)
-        else:
-            current = copy.deepcopy(_unwrap(network))
-            _load_state(current, run.anchor, "current model")
-            active = LoadedModel(card, current, base.report)
-        before_commit(active, ctx)
+        active = network if decision.activate else run.current_network(network)
+        before_commit(LoadedModel(card, active, base.report), ctx)
 
     emit(progress, "phase", phase="commit", message=f"writing a new version of {name}")
     provenance = {

@@ -233,7 +233,8 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
         cv: the cross-validation (``None`` with fewer than two labelled volumes).
         pool: the pool check, or ``None``.
         min_gain: the smallest mean gain that activates.
-        stop_step: the step the final model was trained to.
+        stop_step: the step the final model was trained to (with cross-validation, one of ``cv.steps``: the
+            verdict is read there).
         labelled: number of usable labelled volumes.
     """
     if cv is None:
@@ -242,9 +243,9 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
             reason=(f"only {labelled} labelled volume(s): nothing can be held out to check that the adapted model is "
                     "better, so it was stored but not activated. Label at least one more volume, or activate it "
                     "yourself (assft models activate)."))
-    gains = cv.gains(cv.stop_step())
+    gains = cv.gains(stop_step)
     mean, low, high = mean_interval(list(gains.values()))
-    index = cv.steps.index(cv.stop_step())
+    index = cv.steps.index(stop_step)
     before = float(np.mean([cv.dice[c][0] for c in cv.cases]))
     after = float(np.mean([cv.dice[c][index] for c in cv.cases]))
     common = dict(method="cross_validation", stop_step=stop_step, dice_before=before, dice_after=after, gain=mean,

@@ -89,9 +89,8 @@ class StrongView:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 1, X, Y, Z]`` -> the same shape, a new tensor (the input is not modified)."""
-        out = [torch.as_tensor(self.transform(image.clone())) for image in images]
-        return torch.stack([o.as_subclass(torch.Tensor) if hasattr(o, "as_subclass") else o for o in out]).to(
-            images.dtype)
+        views = [torch.as_tensor(self.transform(image.clone())).as_subclass(torch.Tensor) for image in images]
+        return torch.stack(views).to(images.dtype)  # MONAI returns MetaTensors; plain tensors go on
 
 
 def paste_labelled_boxes(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
