@@ -7,7 +7,6 @@ process (``PythonSlicer -m ASSFTActive.worker JOB_DIR``), never in Slicer's proc
 
 from __future__ import annotations
 
-import enum
 import logging
 import pathlib
 import tempfile
@@ -16,13 +15,15 @@ from typing import Annotated, Optional
 import qt
 import slicer
 import vtk
-from ASSFTModuleLib import enginePath  # also puts the engine (ASSFTActive) on sys.path
-from ASSFTModuleLib.errors import ASSFTModuleError, JobFailedError
-from ASSFTModuleLib.events import WorkerOutput, eventFraction, formatEvent
+from ASSFTModuleLib import (
+    enginePath,  # also puts the engine (ASSFTActive) on sys.path
+    parameters,
+)
+from ASSFTModuleLib.guiBinding import GuiBinding
 from ASSFTModuleLib.logic import ASSFTSceneLogic
+from ASSFTModuleLib.parameters import ModelSource
 from ASSFTModuleLib.ranking import HIDDEN_COLUMNS
-from ASSFTModuleLib.records import OutputLine
-from ASSFTModuleLib.workerProcess import deviceProbeCommand, parseDeviceProbe, workerCommand, workerEnvironment
+from ASSFTModuleLib.workerProcess import workerEnvironment
 from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -37,6 +38,8 @@ from slicer.util import VTKObservationMixin
 
 from ASSFTActive.cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
 
+parameters.translateLabel = _
+
 #
 # ASSFTModule
 #
@@ -48,7 +51,7 @@ class ASSFTModule(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("ASSFT Active Annotation")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Active Learning")]
         # MRML classes of these modules are used by the parameter node and the logic
         self.parent.dependencies = ["Markups", "Segmentations", "Plots", "Tables"]
         self.parent.contributors = ["ASSFT developers"]
@@ -70,21 +73,11 @@ class ASSFTModule(ScriptedLoadableModule):
 #
 
 
-class ModelSource(enum.Enum):
-    """Which model the module uses."""
-
-    Default = "default"
-    CardFile = "card"
-
-    def label(self) -> str:
-        return _("Embedded default model") if self is ModelSource.Default else _("Model card file")
-
-
 @parameterNodeWrapper
 class ASSFTModuleParameterNode:
     """The panel's state (saved with the scene).
 
-    modelSource - the embedded default model or a model card file.
+    modelSource - the embedded default model or a model card file (ASSFTModuleLib.parameters.ModelSource).
     modelCardPath - the card file (card.json) when modelSource is CardFile; an adapted model's card after Adapt.
     workDirectory - folder for job folders (jobs/) and the model store (models/).
     budget - volumes to propose per round.
@@ -115,68 +108,80 @@ class ASSFTModuleParameterNode:
 
 
 class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: wires widgets to the parameter node and to the logic; no computation here."""
+    """The panel: wires widgets to the parameter node, to the job controller and to the scene logic.
 
-    def __init__(self, parent=None) -> None:
+    Args:
+        parent: the module panel.
+        controller: the :class:`ASSFTModuleLib.jobController.JobController` (default: the logic makes one with
+            Qt process runners); it owns the jobs, the device probe and what happens when a job ends.
+    """
+
+    def __init__(self, parent=None, controller=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic: Optional[ASSFTModuleLogic] = None
+        self.controller = controller
+        self.sceneLogic: Optional[ASSFTSceneLogic] = None
         self._parameterNode: Optional[ASSFTModuleParameterNode] = None
-        self._parameterNodeGuiTag = None
-        self._runner = None
-        self._jobModel = ""
-        self._deviceProcess = None
+        self._binding: Optional[GuiBinding] = None
         self._describedModel = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from ASSFTModuleLib.jobRunner import JobRunner
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/ASSFTModule.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._binding = GuiBinding(self.ui)
 
         self.logic = ASSFTModuleLogic()
-        self._runner = JobRunner(self.onJobEvent, self.onJobFinished)
+        self.sceneLogic = self.logic.sceneLogic
+        if self.controller is None:
+            self.controller = self.logic.createJobController()
+        self.controller.statusChanged.connect(self.setStatus)
+        self.controller.logLine.connect(self.ui.logTextEdit.appendPlainText)
+        self.controller.progressChanged.connect(self.setProgress)
+        self.controller.runningChanged.connect(self.onRunningChanged)
+        self.controller.deviceChanged.connect(self.setDevice)
+        self.controller.failed.connect(self.showFailure)
+        self.controller.finished.connect(self.onJobFinished)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.rankButton.connect("clicked(bool)", self.onRankButton)
         self.ui.adaptButton.connect("clicked(bool)", self.onAdaptButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.controller.cancel)
         self.ui.annotateButton.connect("clicked(bool)", self.onAnnotateButton)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
         self.ui.rankingTableView.connect("clicked(QModelIndex)", self.onRankingRowClicked)
         self.ui.regionListWidget.connect("itemClicked(QListWidgetItem*)", self.onRegionClicked)
 
         self.initializeParameterNode()
-        self.probeDevice()
+        self.ui.deviceLabel.text = _("checking...")
+        self.controller.probeDevice()
         self.updateButtonStates()
 
     def cleanup(self) -> None:
-        if self._runner is not None and self._runner.isRunning():
-            self._runner.cancel()
+        self.controller.cancel()
+        self._binding.unbind()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
         self.refreshLabeledStates()
 
+    def exit(self) -> None:
+        """The panel stays connected to its parameter node while hidden (see ASSFTModuleLib.guiBinding)."""
+
     def refreshLabeledStates(self) -> None:
         """Volumes annotated in the Segment Editor since ranking show as labeled when the user comes back."""
         if self._parameterNode is None or self._parameterNode.rankingTable is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to update the annotation states."), waitCursor=True):
-            card = self.logic.sceneLogic.modelCard(self.logic.modelReference(self._parameterNode))
-            self.logic.sceneLogic.refreshLabeledStates(self._parameterNode.rankingTable, card)
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            card = self.sceneLogic.modelCard(self.controller.modelReference())
+            self.sceneLogic.refreshLabeledStates(self._parameterNode.rankingTable, card)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -189,18 +194,21 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameterNode = self.logic.getParameterNode()
         if str(parameterNode.workDirectory) in ("", "."):
             parameterNode.workDirectory = self.logic.defaultWorkDirectory()
+        cardPath = parameters.initialCardPath(parameterNode.modelCardPath)
+        if cardPath != parameterNode.modelCardPath:
+            parameterNode.modelCardPath = cardPath
         self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode: Optional[ASSFTModuleParameterNode]) -> None:
+        if not self._binding.bind(inputParameterNode):
+            return  # the same MRML node (each getParameterNode() makes a new wrapper): already connected
+        self.controller.setParameterNode(inputParameterNode)
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-            self.ui.rankingTableView.setMRMLTableNode(self._parameterNode.rankingTable)
-            self.hideBookkeepingColumns()
+            self.showRankingTable(self._parameterNode.rankingTable)
             self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -208,14 +216,14 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None:
             return
         self.ui.modelCardPathLineEdit.enabled = self._parameterNode.modelSource == ModelSource.CardFile
-        modelKey = (self._parameterNode.modelSource, str(self._parameterNode.modelCardPath))
+        modelKey = (self._parameterNode.modelSource, parameters.cardPathText(self._parameterNode.modelCardPath))
         if modelKey != self._describedModel:
             self._describedModel = modelKey
-            self.ui.activeModelLabel.text = self.logic.modelDescription(self._parameterNode)
+            self.ui.activeModelLabel.text = self.controller.modelDescription()
         self.updateOverlayDisplay()
 
     def updateButtonStates(self) -> None:
-        running = self._runner is not None and self._runner.isRunning()
+        running = self.controller is not None and self.controller.isRunning()
         hasVolume = self._parameterNode is not None and self._parameterNode.currentVolume is not None
         hasTable = self._parameterNode is not None and self._parameterNode.rankingTable is not None
         self.ui.rankButton.enabled = not running
@@ -224,8 +232,8 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.annotateButton.enabled = hasVolume and not running
         self.ui.showPlotButton.enabled = hasTable
 
-    def hideBookkeepingColumns(self) -> None:
-        tableNode = self._parameterNode.rankingTable if self._parameterNode else None
+    def showRankingTable(self, tableNode) -> None:
+        self.ui.rankingTableView.setMRMLTableNode(tableNode)
         if tableNode is None:
             return
         for name in HIDDEN_COLUMNS:
@@ -233,24 +241,30 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if index >= 0:
                 self.ui.rankingTableView.setColumnHidden(index, True)
 
-    # ------------------------------------------------------------------ device
-    def probeDevice(self) -> None:
-        """Ask a child process where torch computes (the GUI process never imports torch)."""
-        command = deviceProbeCommand()
-        self._deviceProcess = qt.QProcess()
-        self._deviceProcess.setProcessChannelMode(qt.QProcess.MergedChannels)
-        environment = qt.QProcessEnvironment()
-        for key, value in self.logic.workerEnvironment().items():
-            environment.insert(key, value)
-        self._deviceProcess.setProcessEnvironment(environment)
-        self._deviceProcess.connect("finished(int,QProcess::ExitStatus)", self.onDeviceProbeFinished)
-        self._deviceProcess.start(command[0], command[1:])
+    # ------------------------------------------------------------------ controller signals
+    def setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
 
-    def onDeviceProbeFinished(self, exitCode, exitStatus) -> None:
-        output = bytes(self._deviceProcess.readAllStandardOutput().data()).decode("utf-8", errors="replace")
-        self.ui.deviceLabel.text = parseDeviceProbe(output).describe()
+    def setProgress(self, fraction: float) -> None:
+        self.ui.progressBar.value = int(round(1000 * fraction))
 
-    # ------------------------------------------------------------------ jobs
+    def setDevice(self, text: str) -> None:
+        self.ui.deviceLabel.text = text
+
+    def showFailure(self, message: str, details: str) -> None:
+        slicer.util.errorDisplay(_("The job failed: {error}").format(error=message), detailedText=details or None)
+
+    def onRunningChanged(self, running: bool) -> None:
+        if running:
+            self.ui.logTextEdit.clear()
+        self.updateButtonStates()
+
+    def onJobFinished(self, outcome) -> None:
+        self.updateButtonStates()
+        if self._parameterNode is not None:
+            self.showRankingTable(self._parameterNode.rankingTable)
+
+    # ------------------------------------------------------------------ buttons
     def onRankButton(self) -> None:
         self.startJob("rank")
 
@@ -258,85 +272,20 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startJob("adapt")
 
     def startJob(self, kind: str) -> None:
-        ready = False
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages the worker needs.")):
-            ready = self.logic.ensureWorkerRequirements()
-        if not ready:
-            return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
-            self._jobModel = self.logic.modelReference(self._parameterNode)
-            spec = self.logic.sceneLogic.prepareJob(kind, self._parameterNode.workDirectory, self._jobModel,
-                                                   self._parameterNode.budget)
-            self._parameterNode.lastJobDirectory = str(spec.jobDir)
-            self.ui.logTextEdit.clear()
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Starting {kind} job in {folder}").format(kind=kind, folder=spec.jobDir)
-            self._runner.start(workerCommand(spec.jobDir), self.logic.workerEnvironment(), str(spec.jobDir))
+            self.controller.startJob(kind)
         self.updateButtonStates()
-
-    def onCancelButton(self) -> None:
-        self.ui.statusLabel.text = _("Cancelling...")
-        self._runner.cancel()
-
-    def onJobEvent(self, event: WorkerOutput) -> None:
-        self.ui.logTextEdit.appendPlainText(formatEvent(event))
-        if isinstance(event, OutputLine):
-            return
-        fraction = eventFraction(event)
-        if fraction is not None:
-            self.ui.progressBar.value = int(round(1000 * fraction))
-        if event.phase:
-            self.ui.statusLabel.text = f"{event.phase}: {event.message}" if event.message else event.phase
-
-    def onJobFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
-        self.updateButtonStates()
-        if cancelled:
-            self.ui.statusLabel.text = _("Cancelled. The active model is unchanged.")
-            return
-        if errorText:
-            self.ui.statusLabel.text = errorText
-            slicer.util.errorDisplay(_("The job failed: {error}").format(error=errorText))
-            return
-        try:
-            with slicer.util.WaitCursor():
-                loaded = self.logic.sceneLogic.loadJobResult(self._parameterNode.lastJobDirectory, self._jobModel,
-                                                             tableNode=self._parameterNode.rankingTable)
-        except JobFailedError as error:
-            self.ui.statusLabel.text = str(error)
-            slicer.util.errorDisplay(str(error), detailedText=error.logTail)
-            return
-        except ASSFTModuleError as error:
-            slicer.util.errorDisplay(str(error))
-            return
-        self.ui.progressBar.value = 1000
-        with slicer.util.NodeModify(self._parameterNode):
-            self._parameterNode.rankingTable = loaded.tableNode
-            if loaded.activeModel is not None:
-                self._parameterNode.modelSource = ModelSource.CardFile
-                self._parameterNode.modelCardPath = pathlib.Path(loaded.activeModel)
-        self.ui.rankingTableView.setMRMLTableNode(loaded.tableNode)
-        self.hideBookkeepingColumns()
-        message = _("Done.")
-        if loaded.activeModel is not None:
-            message = _("Adapted model is now active: {card}").format(card=loaded.activeModel)
-        elif loaded.adaptedModel is not None:
-            message = _("The adapted model was stored but not activated: {reason} ({card})").format(
-                reason=loaded.result.activationReason, card=loaded.adaptedModel)
-        if loaded.skippedCases:
-            message += " " + _("Not in the scene any more: {cases}").format(cases=", ".join(loaded.skippedCases))
-        self.ui.statusLabel.text = message
-        if loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() > 0:
-            self.showRankingRow(0)
 
     # ------------------------------------------------------------------ looking at a case
     def onRankingRowClicked(self, modelIndex) -> None:
         self.showRankingRow(modelIndex.row())
 
     def showRankingRow(self, row: int) -> None:
+        """Show a ranked volume (the user clicked its row): the only place that changes the slice views."""
         with slicer.util.tryWithErrorDisplay(_("Failed to show the volume."), waitCursor=True):
-            view = self.logic.sceneLogic.showCase(self._parameterNode.rankingTable, row,
-                                                  self._parameterNode.overlayThreshold,
-                                                  self._parameterNode.overlayOpacity)
+            view = self.sceneLogic.showCase(self._parameterNode.rankingTable, row,
+                                            self._parameterNode.overlayThreshold,
+                                            self._parameterNode.overlayOpacity)
             with slicer.util.NodeModify(self._parameterNode):
                 self._parameterNode.currentVolume = view.volumeNode
                 self._parameterNode.currentRegions = view.regionsNode
@@ -350,29 +299,29 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.regionListWidget.row(item)
         if regionsNode is None or index < 0:
             return
-        self.logic.sceneLogic.jumpToRegion(regionsNode, index)
+        self.sceneLogic.jumpToRegion(regionsNode, index)
 
     def updateOverlayDisplay(self) -> None:
         """Apply the parameter node's overlay opacity and threshold (the sliders are bound to it)."""
         if self._parameterNode is None or self._parameterNode.currentVolume is None:
             return
-        self.logic.sceneLogic.updateOverlay(self._parameterNode.currentVolume, self._parameterNode.overlayThreshold,
-                                            self._parameterNode.overlayOpacity)
+        self.sceneLogic.updateOverlay(self._parameterNode.currentVolume, self._parameterNode.overlayThreshold,
+                                      self._parameterNode.overlayOpacity)
 
     def onShowPlotButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the plot."), waitCursor=True):
-            self.logic.sceneLogic.showScoresChart(self._parameterNode.rankingTable)
+            self.sceneLogic.showScoresChart(self._parameterNode.rankingTable)
 
     # ------------------------------------------------------------------ annotation
     def onAnnotateButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to open the segmentation."), waitCursor=True):
             volumeNode = self._parameterNode.currentVolume
-            card = self.logic.sceneLogic.modelCard(self.logic.modelReference(self._parameterNode))
+            card = self.sceneLogic.modelCard(self.controller.modelReference())
             prediction = None
             if self._parameterNode.prefillFromPrediction:
-                case = self.logic.sceneLogic.caseForVolume(self._parameterNode.rankingTable, volumeNode)
+                case = self.sceneLogic.caseForVolume(self._parameterNode.rankingTable, volumeNode)
                 prediction = case.prediction if case is not None else None
-            segmentationNode = self.logic.sceneLogic.annotationSegmentation(volumeNode, card, prediction)
+            segmentationNode = self.sceneLogic.annotationSegmentation(volumeNode, card, prediction)
             slicer.util.selectModule("SegmentEditor")
             editor = slicer.util.getModuleWidget("SegmentEditor").editor
             editor.setSegmentationNode(segmentationNode)
@@ -385,8 +334,8 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class ASSFTModuleLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side wrapper: the parameter node, paths, dependency installation, and the MRML logic on
-    ``slicer.mrmlScene`` (``self.sceneLogic``, an :class:`ASSFTSceneLogic`) that does the scene work."""
+    """Slicer-side wrapper: the parameter node, paths, and the objects that do the work on ``slicer.mrmlScene``:
+    the MRML logic (``self.sceneLogic``, an :class:`ASSFTSceneLogic`) and the job controller it builds."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -401,23 +350,6 @@ class ASSFTModuleLogic(ScriptedLoadableModuleLogic):
         return pathlib.Path(documents or slicer.app.temporaryPath) / "ASSFT"
 
     @staticmethod
-    def modelReference(parameterNode: ASSFTModuleParameterNode) -> str:
-        """``"default"`` or the card path chosen in the panel."""
-        if parameterNode.modelSource == ModelSource.Default:
-            return DEFAULT_MODEL
-        path = str(parameterNode.modelCardPath)
-        if path in ("", "."):
-            raise ASSFTModuleError(_("Choose a model card file (card.json), or select the embedded default model."))
-        return path
-
-    def modelDescription(self, parameterNode: ASSFTModuleParameterNode) -> str:
-        try:
-            card = self.sceneLogic.modelCard(self.modelReference(parameterNode))
-        except ASSFTModuleError as error:
-            return str(error)
-        return f"{card.name} ({', '.join(card.class_names[1:])})"
-
-    @staticmethod
     def workerEnvironment() -> dict:
         """Environment of child processes: Slicer's start-up environment (as slicer.util uses for PythonSlicer)
         plus the engine on PYTHONPATH."""
@@ -430,6 +362,12 @@ class ASSFTModuleLogic(ScriptedLoadableModuleLogic):
 
         return ensureWorkerRequirements(enginePath.requirementsPath())
 
+    def createJobController(self):
+        """The job controller of desktop Slicer (Qt process runners)."""
+        from ASSFTModuleLib.jobRunner import createJobController
+
+        return createJobController(self.sceneLogic, self.workerEnvironment, self.ensureWorkerRequirements)
+
 
 #
 # ASSFTModuleTest
@@ -438,6 +376,9 @@ class ASSFTModuleLogic(ScriptedLoadableModuleLogic):
 
 class ASSFTModuleTest(ScriptedLoadableModuleTest):
     """Runs the MRML logic end to end in real Slicer; the worker job too when its packages are installed."""
+
+    #: The worker job of the self-test is cancelled after this many seconds (the GUI stays responsive meanwhile).
+    WORKER_SELFTEST_TIMEOUT_S = 300
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -556,8 +497,14 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Ranking, overlay, regions and plot passed")
 
     def test_WorkerJob(self):
-        """Rank a synthetic pool with the real worker and the embedded model (needs torch and monai)."""
-        from ASSFTModuleLib import installer, workerProcess
+        """Rank a synthetic pool with the real worker and the embedded model (needs torch and monai).
+
+        The worker runs in a child process while the GUI keeps processing events; it is cancelled after
+        ``WORKER_SELFTEST_TIMEOUT_S``.
+        """
+        from ASSFTModuleLib import installer, jobs, workerProcess
+        from ASSFTModuleLib.events import formatEvent
+        from ASSFTModuleLib.jobRun import SubprocessJobRunner
 
         missing = installer.missingWorkerRequirements(enginePath.requirementsPath())
         if missing or not EMBEDDED_DEFAULT_CARD.is_file():
@@ -570,9 +517,20 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
             self._syntheticCase(f"selftest_pool_{n}")
         with tempfile.TemporaryDirectory() as folder:
             spec = logic.prepareJob("rank", pathlib.Path(folder), DEFAULT_MODEL, budget=1)
-            result = workerProcess.runWorker(spec.jobDir, onEvent=lambda event: logging.info(formatEvent(event)),
-                                             timeout=1800, environment=ASSFTModuleLogic.workerEnvironment())
-            self.assertEqual(result.status, "done")
+            ended = []
+            runner = SubprocessJobRunner(lambda event: logging.info(formatEvent(event)),
+                                         lambda *args: ended.append(args))
+            runner.start(workerProcess.workerCommand(spec.jobDir), ASSFTModuleLogic.workerEnvironment(),
+                         str(spec.jobDir))
+            deadline = qt.QElapsedTimer()
+            deadline.start()
+            while not runner.wait(0.05):
+                slicer.app.processEvents()
+                if deadline.elapsed() > 1000 * self.WORKER_SELFTEST_TIMEOUT_S:
+                    runner.cancel()
+                    runner.wait(30)
+                    self.fail(f"the worker job took longer than {self.WORKER_SELFTEST_TIMEOUT_S} s")
+            self.assertEqual(jobs.readJobResult(spec.jobDir).status, "done")
             loaded = logic.loadJobResult(spec.jobDir, DEFAULT_MODEL)
             self.assertEqual(loaded.tableNode.GetNumberOfRows(), 3)
         self.delayDisplay("Worker job passed")

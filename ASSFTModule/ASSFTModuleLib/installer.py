@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import tempfile
+from pathlib import Path
 from typing import List
 
 import slicer
 
-from .requirements import missingRequirements, readRequirements, splitTorch
+from .requirements import (
+    missingRequirements,
+    missingShipped,
+    pipInstallArguments,
+    readRequirements,
+    shippedConstraints,
+    splitTorch,
+)
 from .workerProcess import pythonExecutable
 
 
@@ -27,10 +36,10 @@ def pyTorchExtensionPresent() -> bool:
     return importlib.util.find_spec("PyTorchUtils") is not None
 
 
-def installTorch(requirement: str) -> None:
+def installTorch(requirement: str, constraintsFile=None) -> None:
     """Install torch (``requirement`` like ``torch>=2.4``) without importing it in this process."""
     if not pyTorchExtensionPresent():
-        slicer.util.pip_install(requirement)
+        slicer.util.pip_install(pipInstallArguments([requirement], constraintsFile))
         return
     if importlib.util.find_spec("light_the_torch") is None:
         slicer.util.pip_install("light-the-torch>=0.5")
@@ -46,6 +55,10 @@ def ensureWorkerRequirements(requirementsFile, askConfirmation: bool = True) -> 
     Returns:
         True when everything is installed (now or before); False when the user declined.
     """
+    broken = missingShipped()
+    if broken:
+        raise RuntimeError(f"Slicer's Python lacks {', '.join(broken)}, which Slicer ships; ASSFT does not install "
+                           "them. Reinstall Slicer.")
     missing = missingWorkerRequirements(requirementsFile)
     if not missing:
         return True
@@ -60,11 +73,13 @@ def ensureWorkerRequirements(requirementsFile, askConfirmation: bool = True) -> 
         if not accepted:
             return False
     torch, others = splitTorch(missing)
-    with slicer.util.WaitCursor():
+    with slicer.util.WaitCursor(), tempfile.TemporaryDirectory() as folder:
+        constraints = Path(folder) / "slicer-shipped-constraints.txt"
+        constraints.write_text("\n".join(shippedConstraints()) + "\n", encoding="utf-8")
         for requirement in torch:
-            installTorch(requirement)
+            installTorch(requirement, constraints)
         if others:
-            slicer.util.pip_install(others)
+            slicer.util.pip_install(pipInstallArguments(others, constraints))
     stillMissing = missingWorkerRequirements(requirementsFile)
     if stillMissing:
         raise RuntimeError(f"These packages could not be installed: {', '.join(stillMissing)}. See the Python console.")

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ASSFTActive.cards import ModelCard
-from ASSFTActive.io import atomic_write_text, write_volume
+from ASSFTActive.io import GEOMETRY_TOLERANCE_MM, atomic_write_text, read_volume, write_volume
 from ASSFTActive.jobs import JobSpec, write_job
 
 from .errors import ASSFTModuleError
@@ -18,10 +22,52 @@ from .modelCard import modelReference
 from .records import PreparedJob
 from .segmentation import (
     conversionVolume,
-    findSegmentationForVolume,
+    findLabelSegmentation,
     requireKnownSegments,
     segmentationToClassLabelmap,
 )
+
+#: Source files a job may link instead of copying: one file per volume that the engine reads the same way.
+LINKABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def unchangedSourceFile(volumeNode) -> Optional[Path]:
+    """The file ``volumeNode`` was loaded from, when the engine reads exactly the node's voxels and geometry from
+    it (not modified since it was read, one file, and checked by reading it); else None."""
+    storage = volumeNode.GetStorageNode()
+    if storage is None or volumeNode.GetModifiedSinceRead() or storage.GetNumberOfFileNames() > 0:
+        return None
+    fileName = storage.GetFileName() or ""
+    if not fileName.lower().endswith(LINKABLE_SUFFIXES) or not os.path.isfile(fileName):
+        return None
+    try:
+        onDisk = read_volume(fileName)
+    except Exception:  # anything the engine cannot read is written from the scene instead
+        return None
+    inScene = volumeFromNode(volumeNode)
+    if (onDisk.array.shape != inScene.array.shape
+            or not np.allclose(onDisk.affine, inScene.affine, atol=GEOMETRY_TOLERANCE_MM)
+            or not np.array_equal(onDisk.array, inScene.array)):
+        return None
+    return Path(fileName)
+
+
+def linkImage(volumeNode, caseId: str, imagesDir: Path) -> Optional[Path]:
+    """``imagesDir/<caseId><suffix>`` as a hard link (else a symbolic link) to the volume's unchanged source file,
+    so that a job does not copy every pool volume; None when the volume must be written."""
+    source = unchangedSourceFile(volumeNode)
+    if source is None:
+        return None
+    suffix = next(s for s in LINKABLE_SUFFIXES if source.name.lower().endswith(s))
+    target = imagesDir / f"{caseId}{suffix}"
+    imagesDir.mkdir(parents=True, exist_ok=True)
+    for link in (os.link, os.symlink):
+        try:
+            link(str(source.resolve()), str(target))
+            return target
+        except (OSError, NotImplementedError):
+            continue
+    return None
 
 
 def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
@@ -29,8 +75,13 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
                finetune: Optional[dict] = None) -> PreparedJob:
     """Write the scene's volumes and labels into a new job folder with its ``job.json``.
 
-    A volume counts as labeled when its segmentation has a non-empty segment named after a model class; its
-    class label map goes to ``labels/``. Segments with other names stop the preparation (they are never guessed).
+    A volume loaded from a NIfTI/NRRD/MetaImage file and unchanged since is linked into the job folder
+    (:func:`linkImage`) rather than copied; others are written from the scene.
+
+    A volume counts as labeled when its segmentation (:func:`~.segmentation.findLabelSegmentation`) has a
+    non-empty segment named after a model class; its class label map goes to ``labels/``. Segments with other
+    names are never guessed: a ``rank`` job leaves them out (listed in ``PreparedJob.ignoredSegments``); an
+    ``adapt`` job refuses a labeled segmentation that has them (a misnamed class would train as background).
 
     Args:
         scene: the MRML scene.
@@ -41,7 +92,9 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
         model: ``"default"`` or the card path, as the user chose it.
         budget: volumes to propose.
         storeDir: model store folder; default ``<workDir>/models``.
-        modelName: name of the adapted model; default ``<card name>-adapted``.
+        modelName: name of the adapted model in the store; default ``""``: the engine names it
+            (``ASSFTActive.finetune.adapt.default_name``: an adapted model's next version keeps its name, a
+            pre-trained model's becomes ``<card name>-adapted``). The rule lives in the engine only.
         query, finetune: engine configuration dictionaries passed through unchanged.
 
     Returns:
@@ -50,7 +103,8 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     Raises:
         ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` without any labeled volume, or settings
             the engine's :class:`~ASSFTActive.jobs.JobSpec` refuses (budget, ``finetune``).
-        UnknownSegmentNamesError: a segmentation has segments that are not model classes.
+        UnknownSegmentNamesError: an ``adapt`` job, and a labeled segmentation has segments that are not model
+            classes.
     """
     if not volumeNodes:
         raise ASSFTModuleError("There are no volumes to work on. Load the unlabeled volumes into the scene first.")
@@ -64,12 +118,16 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
             )
     caseIds = assignCaseIds([node.GetName() for node in volumeNodes])
     conversions = {}
+    ignored = []
     for caseId, node in zip(caseIds, volumeNodes):
-        segmentationNode = findSegmentationForVolume(scene, node)
+        segmentationNode = findLabelSegmentation(scene, node, modelCard)
         if segmentationNode is None:
             continue
         conversion = segmentationToClassLabelmap(scene, segmentationNode, node, modelCard)
-        requireKnownSegments(conversion, segmentationNode, modelCard)
+        if conversion.unknownSegments:
+            if kind == "adapt" and conversion.isLabeled:  # training labels must not drop a misnamed class
+                requireKnownSegments(conversion, segmentationNode, modelCard)
+            ignored.append(f"{segmentationNode.GetName()}: {', '.join(conversion.unknownSegments)}")
         if conversion.isLabeled:
             conversions[caseId] = conversion
     if kind == "adapt" and not conversions:
@@ -86,19 +144,24 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     store = (Path(storeDir) if storeDir else Path(workDir) / "models").resolve()
     try:
         job = JobSpec(kind=kind, images=images, labels=labels, model=modelReference(model), store=str(store),
-                      name=caseIdForName(modelName or f"{modelCard.name}-adapted"), budget=int(budget),
+                      name=caseIdForName(modelName) if modelName else "", budget=int(budget),
                       query=dict(query or {}), finetune=dict(finetune or {}))
     except ValueError as exc:
         jobDir.rmdir()  # still empty: nothing was written yet
         raise ASSFTModuleError(f"Cannot prepare the {kind} job: {exc}.") from exc
     for caseId, node in zip(caseIds, volumeNodes):
-        write_volume(volumeFromNode(node), images[caseId])
+        linked = linkImage(node, caseId, jobDir / "images")
+        if linked is not None:
+            images[caseId] = linked
+        else:
+            write_volume(volumeFromNode(node), images[caseId])
         if caseId in conversions:
             write_volume(conversionVolume(conversions[caseId]), labels[caseId])
+    job = dataclasses.replace(job, images=images)
     store.mkdir(parents=True, exist_ok=True)
     write_job(jobDir, job)
     caseNodeIds = {caseId: node.GetID() for caseId, node in zip(caseIds, volumeNodes)}
     cases = {caseId: {"node_id": node.GetID(), "name": node.GetName()} for caseId, node in zip(caseIds, volumeNodes)}
     atomic_write_text(jobDir / CASES_FILE, json.dumps(cases, indent=2))
-    return PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds)
+    return PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored))
 

@@ -152,3 +152,33 @@ def readJobResult(jobDir) -> JobResult:
         activated=activated,
         activationReason=str(activation.get("reason", "")),
     )
+
+
+def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:
+    """Remove all but the newest ``keep`` job folders under ``<workDir>/jobs`` (by the time their ``job.json`` was
+    written), never one in ``protect`` (e.g. the folder of the ranking shown in the panel, whose images
+    and overlays the table points to) and never a folder a worker may still be using (no ``result.json``
+    and modified in the last day).
+
+    Returns:
+        the removed folders.
+    """
+    import shutil
+    import time
+
+    jobsDir = Path(workDir) / "jobs"
+    if not jobsDir.is_dir():
+        return []
+    protected = {Path(p).resolve() for p in protect if p and str(p) not in (".", "")}
+    folders = sorted((p for p in jobsDir.iterdir() if p.is_dir() and (p / "job.json").is_file()),
+                     key=lambda p: ((p / "job.json").stat().st_mtime_ns, p.name), reverse=True)
+    removed = []
+    for folder in folders[max(int(keep), 0):]:
+        if folder.resolve() in protected:
+            continue
+        unfinished = not (folder / RESULT_FILE).is_file()
+        if unfinished and time.time() - folder.stat().st_mtime < 24 * 3600:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

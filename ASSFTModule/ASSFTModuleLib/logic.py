@@ -108,14 +108,14 @@ class ASSFTSceneLogic:
     def classLabelmap(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> LabelConversion:
         """The volume's segmentation as class indices ``[I, J, K]`` (unknown segment names reported)."""
         if segmentationNode is None:
-            segmentationNode = segmentation.findSegmentationForVolume(self.scene, volumeNode)
+            segmentationNode = segmentation.findLabelSegmentation(self.scene, volumeNode, modelCard)
         if segmentationNode is None:
             raise ASSFTModuleError(f"Volume '{volumeNode.GetName()}' has no segmentation yet; press Annotate first.")
         return segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
 
     def isLabeled(self, volumeNode, modelCard: ModelCard) -> bool:
         """Whether the volume has a segmentation with a non-empty segment named after a model class."""
-        node = segmentation.findSegmentationForVolume(self.scene, volumeNode)
+        node = segmentation.findLabelSegmentation(self.scene, volumeNode, modelCard)
         if node is None:
             return False
         return segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard).isLabeled

@@ -120,11 +120,13 @@ class PreparedJob:
         jobDir: the folder holding ``job.json``.
         job: what ``job.json`` holds (the engine's :class:`ASSFTActive.jobs.JobSpec`: kind, images, labels, ...).
         caseNodeIds: ``{case_id: volume node ID}`` of the scene volumes written into the job.
+        ignoredSegments: ``"<segmentation>: <names>"`` for segments left out because they are not model classes.
     """
 
     jobDir: Path
     job: JobSpec
     caseNodeIds: Dict[str, str]
+    ignoredSegments: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

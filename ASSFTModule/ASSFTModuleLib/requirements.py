@@ -10,6 +10,12 @@ from typing import List, Sequence, Tuple
 
 TORCH = "torch"
 
+#: Packages Slicer's Python ships and the worker uses: never installed, upgraded or replaced by pip. Slicer builds
+#: its own SimpleITK (with Slicer's IO classes; its version string can be a pre-release a version check rejects)
+#: and its own numpy that Slicer's compiled modules are built against. During installs they are pinned to the
+#: installed versions (:func:`shippedConstraints`), so that a dependency cannot pull a replacement in.
+SLICER_SHIPPED = ("numpy", "SimpleITK")
+
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -66,10 +72,13 @@ def missingRequirements(requirements: Sequence[str]) -> List[str]:
     """The requirements that are not installed or not satisfied by the installed version.
 
     A package without distribution metadata that is importable counts as installed (Slicer bundles SimpleITK that
-    way); installing a second copy over it would break Slicer.
+    way); installing a second copy over it would break Slicer. Packages Slicer ships (:data:`SLICER_SHIPPED`) are
+    never listed, whatever their version: see :func:`missingShipped`.
     """
     missing = []
     for requirement in requirements:
+        if isShipped(requirement):
+            continue
         name = requirementName(requirement)
         version = installedVersion(name)
         if version:
@@ -78,6 +87,47 @@ def missingRequirements(requirements: Sequence[str]) -> List[str]:
         elif not importable(name):
             missing.append(requirement)
     return missing
+
+
+def isShipped(requirement: str) -> bool:
+    """Whether the requirement names a package Slicer ships (:data:`SLICER_SHIPPED`)."""
+    return requirementName(requirement).lower() in {name.lower() for name in SLICER_SHIPPED}
+
+
+def missingShipped() -> List[str]:
+    """The packages of :data:`SLICER_SHIPPED` that cannot be found (a broken Slicer install: not fixed by pip)."""
+    return [name for name in SLICER_SHIPPED if not installedVersion(name) and not importable(name)]
+
+
+def shippedConstraints() -> List[str]:
+    """pip constraint lines pinning the installed versions of :data:`SLICER_SHIPPED` (``numpy==2.0.2``).
+
+    A version pip cannot parse is left out (pip would reject the whole constraints file); so is a package
+    without distribution metadata (pip does not see it anyway).
+    """
+    lines = []
+    for name in SLICER_SHIPPED:
+        version = installedVersion(name)
+        if not version:
+            continue
+        try:
+            from packaging.version import InvalidVersion, Version
+
+            try:
+                Version(version)
+            except InvalidVersion:
+                continue
+        except ImportError:
+            pass
+        lines.append(f"{name}=={version}")
+    return lines
+
+
+def pipInstallArguments(requirements: Sequence[str], constraintsFile=None) -> List[str]:
+    """Arguments after ``pip install`` for ``requirements``: packages Slicer ships are dropped, and the
+    constraints file (from :func:`shippedConstraints`) is passed with ``-c``."""
+    arguments = ["-c", str(constraintsFile)] if constraintsFile is not None else []
+    return arguments + [r for r in requirements if not isShipped(r)]
 
 
 def splitTorch(requirements: Sequence[str]) -> Tuple[List[str], List[str]]:

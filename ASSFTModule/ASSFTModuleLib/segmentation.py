@@ -75,43 +75,70 @@ def _nodesByClass(scene, className: str) -> list:
 
 
 def findSegmentationForVolume(scene, volumeNode, role: str = ANNOTATION_ROLE):
-    """The segmentation of ``volumeNode`` for ``role``, or None.
+    """The ASSFT segmentation of ``volumeNode`` for ``role`` (one this module made), or None.
 
-    For the annotation role, a segmentation the user made on the volume (reference geometry set to it) also
-    counts, so that an existing manual segmentation is used rather than duplicated.
+    A segmentation the user made on the volume is not returned: the module never edits it (see
+    :func:`findLabelSegmentation` for reading labels from it).
     """
     volumeId = volumeNode.GetID()
-    candidates = _nodesByClass(scene, "vtkMRMLSegmentationNode")
-    for node in candidates:
+    for node in _nodesByClass(scene, "vtkMRMLSegmentationNode"):
         if node.GetAttribute(ROLE_ATTRIBUTE) == role and node.GetAttribute(VOLUME_ATTRIBUTE) == volumeId:
-            return node
-    if role != ANNOTATION_ROLE:
-        return None
-    for node in candidates:
-        if node.GetAttribute(ROLE_ATTRIBUTE) not in (None, ANNOTATION_ROLE):
-            continue
-        if node.GetNodeReferenceID(_REFERENCE_ROLE) == volumeId:
             return node
     return None
 
 
+def userSegmentationsForVolume(scene, volumeNode) -> list:
+    """Segmentations the user made on ``volumeNode`` (reference geometry set to it, no ASSFT role)."""
+    return [node for node in _nodesByClass(scene, "vtkMRMLSegmentationNode")
+            if node.GetAttribute(ROLE_ATTRIBUTE) is None
+            and node.GetNodeReferenceID(_REFERENCE_ROLE) == volumeNode.GetID()]
+
+
+def hasClassSegment(segmentationNode, modelCard: ModelCard) -> bool:
+    """Whether a segment is named after a foreground class of the model."""
+    return any((classIndexOfSegment(modelCard, name) or 0) > 0 for name in segmentNames(segmentationNode))
+
+
+def findLabelSegmentation(scene, volumeNode, modelCard: ModelCard):
+    """The segmentation the labels of ``volumeNode`` are read from, or None.
+
+    The ASSFT annotation segmentation when there is one; else the first segmentation the user made on the volume
+    that has a segment named after a model class (read only). A segmentation with other names only (a "liver"
+    from another project) is not an annotation for this model and is not used.
+    """
+    node = findSegmentationForVolume(scene, volumeNode)
+    if node is not None:
+        return node
+    for candidate in userSegmentationsForVolume(scene, volumeNode):
+        if hasClassSegment(candidate, modelCard):
+            return candidate
+    return None
+
+
 def ensureClassSegmentation(scene, volumeNode, modelCard: ModelCard, role: str = ANNOTATION_ROLE, name: str = ""):
-    """Find or create the segmentation of ``volumeNode`` with one segment per foreground class.
+    """Find or create the ASSFT segmentation of ``volumeNode`` with one segment per foreground class.
 
     Existing segments are kept (their content too); missing class segments are added empty, named and coloured
-    after the class. Segments with other names are left as they are (they are reported on conversion).
+    after the class. A new annotation segmentation starts with copies of the class-named segments of a
+    segmentation the user made on the volume; the user's own segmentation is never changed.
 
     Returns:
         the ``vtkMRMLSegmentationNode``.
     """
     node = findSegmentationForVolume(scene, volumeNode, role)
     if node is None:
+        userNode = findLabelSegmentation(scene, volumeNode, modelCard) if role == ANNOTATION_ROLE else None
         suffix = "segmentation" if role == ANNOTATION_ROLE else role
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volumeNode.GetName()} {suffix}")
         node.CreateDefaultDisplayNodes()
         node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-    node.SetAttribute(ROLE_ATTRIBUTE, role)
-    node.SetAttribute(VOLUME_ATTRIBUTE, volumeNode.GetID())
+        node.SetAttribute(ROLE_ATTRIBUTE, role)
+        node.SetAttribute(VOLUME_ATTRIBUTE, volumeNode.GetID())
+        if userNode is not None:
+            source = userNode.GetSegmentation()
+            for i in range(source.GetNumberOfSegments()):
+                if (classIndexOfSegment(modelCard, source.GetNthSegment(i).GetName()) or 0) > 0:
+                    node.GetSegmentation().CopySegmentFromSegmentation(source, source.GetNthSegmentID(i))
     segmentation = node.GetSegmentation()
     for classIndex, className in enumerate(modelCard.class_names):
         if classIndex == 0 or _segmentIdByName(node, className) is not None:

@@ -233,9 +233,44 @@ def test_widget_holds_no_computation():
     assert not {chain for chain in chains if chain.split(".")[-1] in (
         "arrayFromVolume", "updateVolumeFromArray", "GetImageData", "AddNewNodeByClass", "GetNumberOfNodesByClass")}
     # scene work goes through the logic
-    assert any(chain.startswith("self.logic.sceneLogic.") for chain in chains)
+    assert any(chain.startswith("self.sceneLogic.") for chain in chains)
     parameterNode = classNode(tree, "ASSFTModuleParameterNode")
     assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in parameterNode.decorator_list)
+
+
+def test_module_file_holds_no_job_or_model_logic():
+    """The widget and the module logic only wire: jobs, processes, the device probe, the end of a job and which
+    model becomes active belong to the job controller (ASSFTModuleLib.jobController); model names to the engine."""
+    tree = parse(MODULE_FILE)
+    wiring = [classNode(tree, "ASSFTModuleWidget"), classNode(tree, "ASSFTModuleLogic")]
+    topLevelImports = importedModules(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import,
+                                                                                            ast.ImportFrom))],
+                                                 type_ignores=[]))
+    names = set()
+    for node in wiring:
+        names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    strings = {n.value for node in wiring for n in ast.walk(node) if isinstance(n, ast.Constant)
+               and isinstance(n.value, str)}
+
+    assert not names & {"QProcess", "JobRunner", "SubprocessJobRunner", "workerCommand", "deviceProbeCommand",
+                        "parseDeviceProbe", "prepareJob", "loadJobResult", "readJobResult", "activeModel",
+                        "adaptedModel", "activationReason", "terminateProcessTree", "signalProcesses",
+                        "modelReferenceFor", "DEFAULT_MODEL", "pruneJobFolders", "eventFraction", "formatEvent"}
+    assert not {s for s in strings if "-adapted" in s or "ASSFTActive.worker" in s}
+    assert not {name for name in topLevelImports if name.startswith(("ASSFTModuleLib.jobRunner",
+                                                                     "ASSFTModuleLib.workerProcess.workerCommand",
+                                                                     "ASSFTModuleLib.events",
+                                                                     "ASSFTModuleLib.processTree"))}
+    widget = classNode(tree, "ASSFTModuleWidget")
+    init = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert "controller" in [a.arg for a in init.args.args], "the widget receives its job controller"
+    chains = attributeChains(widget)
+    assert {"self.controller.startJob", "self.controller.cancel", "self.controller.probeDevice"} <= chains
+    # the only slice view change is the user's click on a row, never the end of a job
+    onFinished = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "onJobFinished")
+    assert not {c for c in attributeChains(onFinished) if c.endswith(("showRankingRow", "setSliceViewerLayers",
+                                                                      "showCase"))}
 
 
 def test_module_has_a_scripted_loadable_module_test_with_run_test():
@@ -270,8 +305,13 @@ def test_top_level_cmake_follows_the_extension_template():
     text = TOP_CMAKE.read_text(encoding="utf-8")
 
     for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
-                     "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+                     "EXTENSION_DEPENDS"):
         assert re.search(r"set\(" + variable + r" \"[^\"]+\"\)", text), variable
+    # every screenshot URL names a file of this repository (none is allowed; a URL without its file is not)
+    screenshots = re.search(r"set\(EXTENSION_SCREENSHOTURLS \"([^\"]*)\"\)", text).group(1).split()
+    for url in screenshots:
+        relative = re.match(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+)$", url)
+        assert relative and (REPO / relative.group(1)).is_file(), f"screenshot {url} has no file in the repository"
     assert re.search(r"project\(ASSFT\)", text)
     assert "find_package(Slicer REQUIRED)" in text and "include(${Slicer_USE_FILE})" in text
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text and "include(${Slicer_EXTENSION_CPACK})" in text
@@ -295,6 +335,17 @@ def test_extensions_index_entry_matches_the_schema_and_the_cmake_metadata():
     depends = re.search(r"set\(EXTENSION_DEPENDS \"([^\"]+)\"\)", TOP_CMAKE.read_text(encoding="utf-8")).group(1)
     expected = [] if depends == "NA" else depends.split()
     assert entry.get("build_dependencies", []) == expected
+    assert entry["category"] == "Active Learning"
+    category = re.search(r"set\(EXTENSION_CATEGORY \"([^\"]+)\"\)", TOP_CMAKE.read_text(encoding="utf-8"))
+    assert category is None or category.group(1) == entry["category"]
+
+
+def test_the_licence_file_is_the_declared_apache_2_licence():
+    """The ExtensionsIndex needs a LICENSE file at the root; pyproject.toml and README declare Apache-2.0."""
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    project = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^license = "Apache-2.0"$', project, re.M) and 'license-files = ["LICENSE"]' in project
 
 
 def readPng(path: Path):
@@ -325,4 +376,6 @@ def test_icons_are_real_128_pixel_pngs(path):
 def test_requirements_file_lists_the_worker_packages():
     lines = [line.split("#")[0].strip() for line in (REPO / "Resources" / "requirements.txt").read_text().splitlines()]
     names = {re.match(r"[A-Za-z0-9._-]+", line).group(0).lower() for line in lines if line}
-    assert {"torch", "monai", "numpy", "nibabel", "simpleitk"} <= names
+    assert {"torch", "monai", "nibabel", "scipy", "safetensors", "psutil"} <= names
+    # what Slicer ships is never installed by the module (Slicer's own SimpleITK and numpy)
+    assert not names & {"numpy", "simpleitk"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
     assert spec.jobDir.parent == tmp_path / "work" / "jobs"
     assert set(job) >= {"kind", "images", "labels", "model", "store", "name", "budget", "query", "finetune"}
     assert job["kind"] == "rank" and job["budget"] == 2 and job["query"] == {"strategy": "assft"}
-    assert job["model"] == str(cardPath.resolve()) and job["name"] == "test-unet-adapted"
+    assert job["model"] == str(cardPath.resolve()) and job["name"] == ""  # the engine names adapted models
     assert job["store"] == str((tmp_path / "work" / "models").resolve())
     assert list(job["images"]) == ["case_a", "case_b", "case_c"]
     assert list(job["labels"]) == ["case_b"]
@@ -100,7 +101,7 @@ def test_prepare_job_refuses_unknown_segment_names_and_adapt_without_labels(pool
     segmentationNode.GetSegmentation().AddEmptySegment("t", "tumor", (1, 1, 0))
 
     with pytest.raises(UnknownSegmentNamesError, match="tumor"):
-        logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+        logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
     with pytest.raises(ASSFTModuleError, match="at least one labeled volume"):
         logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1, volumeNodes=[nodes[0], nodes[2]])
     transform = env.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
@@ -110,6 +111,60 @@ def test_prepare_job_refuses_unknown_segment_names_and_adapt_without_labels(pool
     with pytest.raises(ASSFTModuleError, match="no volumes"):
         logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1, volumeNodes=[])
     assert not (tmp_path / "work" / "jobs").exists() or not any((tmp_path / "work" / "jobs").iterdir())
+
+
+def test_foreign_segmentations_do_not_block_rank_and_are_never_edited(pool):
+    """A segmentation from another project ("liver") on a pool volume: Rank runs (it is left out, and said so),
+    Adapt runs on the real annotations, and Annotate makes the module's own segmentation instead of editing it."""
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    foreign = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "liver work")
+    foreign.SetReferenceImageGeometryParameterFromVolumeNode(nodes[0])
+    foreign.GetSegmentation().AddEmptySegment("liver", "liver", (1, 0, 0))
+    annotation = segmentation.findSegmentationForVolume(env.scene, nodes[1])
+    annotation.GetSegmentation().AddEmptySegment("t", "tumor", (1, 1, 0))
+
+    ranked = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    assert sorted(ranked.job.labels) == ["case_b"]
+    assert ranked.ignoredSegments == (f"{annotation.GetName()}: tumor",)
+    annotation.GetSegmentation().RemoveSegment("t")
+    adapted = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
+    assert sorted(adapted.job.labels) == ["case_b"] and adapted.ignoredSegments == ()
+
+    created = logic.annotationSegmentation(nodes[0], card)
+    assert created is not foreign
+    assert segmentation.segmentNames(foreign) == ["liver"] and foreign.GetAttribute(segmentation.ROLE_ATTRIBUTE) is None
+    assert segmentation.segmentNames(created) == ["anterior", "posterior"]
+
+
+def test_job_links_unchanged_source_files_instead_of_copying_them(tmp_path):
+    """A volume loaded from a file and not changed since is linked into the job (same file on disk); an edited
+    one, and one whose file Slicer and the engine read differently, are written from the scene."""
+    import os
+
+    from ASSFTActive.io import case_id
+
+    env = slicer_scene.SlicerScene()
+    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    nodes = []
+    for n in range(2):
+        path = write_volume(Volume(slicer_scene.syntheticImage(seed=n), slicer_scene.rotatedAffine()),
+                            tmp_path / "data" / f"scan{n}.nii.gz")
+        nodes.append(env.volumesLogic.AddArchetypeVolume(str(path), f"scan{n}", 0))
+    edited = nodes[1].GetImageData()
+    edited.GetPointData().GetScalars().SetValue(0, 4321)
+    edited.Modified()
+    nodes[1].Modified()
+
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+
+    linked, written = Path(spec.job.images["scan0"]), Path(spec.job.images["scan1"])
+    assert linked.parent == written.parent == spec.jobDir / "images"
+    assert os.path.samefile(linked, tmp_path / "data" / "scan0.nii.gz")
+    assert not os.path.samefile(written, tmp_path / "data" / "scan1.nii.gz") and written.suffix == ".nrrd"
+    assert read_volume(written).array.flat[0] == 4321
+    assert json.loads((spec.jobDir / "job.json").read_text())["images"]["scan0"] == str(linked)
+    assert all(case_id(path) == caseId for caseId, path in spec.job.images.items())
 
 
 def test_case_ids_are_unique_and_file_safe():

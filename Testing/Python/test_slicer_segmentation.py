@@ -37,16 +37,28 @@ def test_segmentation_has_one_named_segment_per_foreground_class(setup):
     assert len(env.nodes("vtkMRMLSegmentationNode")) == 1
 
 
-def test_existing_user_segmentation_is_reused_and_completed(setup):
+def test_user_segmentation_is_read_but_never_edited(setup):
+    """The user's own segmentation keeps its segments; its class-named work is copied into the module's one."""
     env, card, volumeNode = setup
     userNode = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work")
     userNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-    userNode.GetSegmentation().AddEmptySegment("posterior", "posterior", (1, 0, 0))
+    labels = slicer_scene.syntheticLabels()
+    posterior = np.where(labels == 2, 2, 0).astype(np.uint8)
+    segmentation.fillSegmentationFromClassLabelmap(userNode, Volume(posterior, geometry.ijkToRasArray(volumeNode)),
+                                                   card)
+    userNode.GetSegmentation().RemoveSegment(userNode.GetSegmentation().GetSegmentIdBySegmentName("anterior"))
+    userNode.GetSegmentation().AddEmptySegment("liver", "liver", (1, 0, 0))
+    assert segmentation.findLabelSegmentation(env.scene, volumeNode, card) is userNode
 
     node = segmentation.ensureClassSegmentation(env.scene, volumeNode, card)
 
-    assert node is userNode
+    assert node is not userNode
+    assert segmentation.segmentNames(userNode) == ["posterior", "liver"]
+    assert userNode.GetAttribute(segmentation.ROLE_ATTRIBUTE) is None
     assert sorted(segmentation.segmentNames(node)) == ["anterior", "posterior"]
+    conversion = segmentation.segmentationToClassLabelmap(env.scene, node, volumeNode, card)
+    np.testing.assert_array_equal(conversion.labels, posterior)
+    assert segmentation.findLabelSegmentation(env.scene, volumeNode, card) is node
 
 
 def test_class_labelmap_to_segmentation_and_back_is_exact(setup):

@@ -143,12 +143,12 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(tmp_path):
 
 def test_missing_requirements_are_found_from_metadata(tmp_path):
     path = tmp_path / "requirements.txt"
-    path.write_text("# comment\nnumpy>=1.0  # inline\nnumpy>=999\nno-such-package-assft\n\n")
+    path.write_text("# comment\npytest>=1.0  # inline\npytest>=999\nno-such-package-assft\n\n")
 
     lines = requirements.readRequirements(path)
 
-    assert lines == ["numpy>=1.0", "numpy>=999", "no-such-package-assft"]
-    assert requirements.missingRequirements(lines) == ["numpy>=999", "no-such-package-assft"]
+    assert lines == ["pytest>=1.0", "pytest>=999", "no-such-package-assft"]
+    assert requirements.missingRequirements(lines) == ["pytest>=999", "no-such-package-assft"]
     # importable without distribution metadata (how Slicer bundles SimpleITK): not reinstalled
     (tmp_path / "bundled_pkg_assft").mkdir()
     (tmp_path / "bundled_pkg_assft" / "__init__.py").write_text("")
@@ -158,6 +158,20 @@ def test_missing_requirements_are_found_from_metadata(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     assert requirements.splitTorch(["torch>=2.4", "monai>=1.5"]) == (["torch>=2.4"], ["monai>=1.5"])
+
+
+def test_what_slicer_ships_is_never_installed_and_is_pinned_during_installs(tmp_path):
+    """numpy and SimpleITK come with Slicer (Slicer's own SimpleITK build, pre-release version strings): even a
+    requirement they do not satisfy is not reported missing, never reaches pip, and their versions are pinned."""
+    import importlib.metadata
+
+    assert requirements.missingRequirements(["numpy>=999", "SimpleITK>=999", "monai>=999"]) == ["monai>=999"]
+    constraints = requirements.shippedConstraints()
+    assert f"numpy=={importlib.metadata.version('numpy')}" in constraints
+    arguments = requirements.pipInstallArguments(["numpy>=2", "monai>=1.5", "simpleitk", "psutil>=5.9"],
+                                                 tmp_path / "c.txt")
+    assert arguments == ["-c", str(tmp_path / "c.txt"), "monai>=1.5", "psutil>=5.9"]
+    assert requirements.missingShipped() == []
     shipped = requirements.readRequirements(enginePath.requirementsPath())
     assert "torch" in [requirements.requirementName(r) for r in shipped]
 

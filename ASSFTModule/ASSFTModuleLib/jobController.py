@@ -1,0 +1,276 @@
+"""The job controller: starts, follows and ends the module's background work, without Qt.
+
+The widget receives one :class:`JobController` (as SlicerNNUnet's widget receives its logic) and subscribes to
+its signals; it never builds a process, reads a job folder or decides which model is active. The controller
+owns:
+
+* the runner of the worker process (``python -m ASSFTActive.worker JOB_DIR``; a ``qt.QProcess`` runner in
+  desktop Slicer, :class:`~.jobRun.SubprocessJobRunner` headless) and the device probe (the same runner kind);
+* the running job: the model it started with, its folder, Cancel;
+* what happens at the end: the outcome (``done`` / ``cancelled`` / ``error``, read from the job folder, not from
+  how the launcher died), loading the results into the scene, switching the parameter node to an adapted model
+  that the engine activated, and pruning old job folders. The slice views are left as the user has them.
+
+Signals are plain Python callbacks (:class:`Signal`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional
+
+from ASSFTActive.jobs import RESULT_FILE, read_result
+
+from . import jobs
+from .errors import ASSFTModuleError, JobFailedError
+from .events import WorkerOutput, eventFraction, formatEvent
+from .parameters import ModelSource, modelReferenceFor
+from .records import OutputLine, PreparedJob
+from .workerProcess import deviceProbeCommand, parseDeviceProbe, workerCommand
+
+#: Job folders kept under ``<workDir>/jobs`` (older ones are removed when a new job starts; the folder of the
+#: ranking shown in the panel is always kept).
+KEEP_JOB_FOLDERS = 3
+
+DONE, CANCELLED, ERROR = "done", "cancelled", "error"
+
+
+class Signal:
+    """A list of callbacks: ``connect(callback)``, ``emit(*args)``."""
+
+    def __init__(self):
+        self._callbacks: List[Callable] = []
+
+    def connect(self, callback: Callable) -> None:
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+
+    def disconnect(self, callback: Callable) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def emit(self, *args) -> None:
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended.
+
+    Attributes:
+        status: ``done``, ``cancelled`` or ``error``.
+        message: plain text for the status line.
+        jobDir: the job folder.
+        kind: ``rank`` or ``adapt``.
+        details: longer text (the log's tail) for an error.
+        loaded: what was loaded into the scene (``logic.LoadedResult``), None when nothing was.
+    """
+
+    status: str
+    message: str
+    jobDir: Optional[Path]
+    kind: str = ""
+    details: str = ""
+    loaded: object = None
+
+
+def jobOutcome(jobDir, exitCode: int, cancelled: bool, errorText: str) -> tuple:
+    """``(status, message)`` of an ended worker from its job folder: the worker's own ``result.json`` decides
+    (a Cancel that arrived after the new model was committed still ends ``done``); without a result, a Cancel is
+    ``cancelled`` and anything else an ``error``."""
+    data = read_result(jobDir) if jobDir is not None and (Path(jobDir) / RESULT_FILE).is_file() else None
+    status = str(data.get("status", "")) if isinstance(data, dict) else ""
+    if status == DONE:
+        return DONE, ""
+    if status == CANCELLED or cancelled:
+        return CANCELLED, "Cancelled. The active model is unchanged."
+    return ERROR, errorText
+
+
+class JobController:
+    """Runs the module's jobs for one scene.
+
+    Args:
+        sceneLogic: the MRML logic (:class:`~.logic.ASSFTSceneLogic`).
+        runnerFactory: ``runnerFactory(onEvent, onFinished)`` -> a runner with ``start(command, environment,
+            workingDirectory)``, ``cancel()`` and ``isRunning()``.
+        environment: returns the environment of child processes.
+        ensureRequirements: installs what the worker needs (may ask the user); False when declined.
+        python: interpreter of the child processes (default ``PythonSlicer`` or this interpreter).
+        keepJobFolders: job folders kept (see :data:`KEEP_JOB_FOLDERS`).
+
+    Signals: ``statusChanged(text)``, ``logLine(text)``, ``progressChanged(fraction)``, ``runningChanged(bool)``,
+    ``deviceChanged(text)``, ``failed(message, details)``, ``finished(JobOutcome)``.
+    """
+
+    def __init__(self, sceneLogic, runnerFactory: Callable, environment: Callable[[], Mapping[str, str]],
+                 ensureRequirements: Callable[[], bool] = lambda: True, python: Optional[str] = None,
+                 keepJobFolders: int = KEEP_JOB_FOLDERS):
+        self.sceneLogic = sceneLogic
+        self.runnerFactory = runnerFactory
+        self.environment = environment
+        self.ensureRequirements = ensureRequirements
+        self.python = python
+        self.keepJobFolders = keepJobFolders
+        self.parameterNode = None
+        self.job: Optional[PreparedJob] = None
+        self.jobModel = ""
+        self.lastOutcome: Optional[JobOutcome] = None
+        self.statusChanged = Signal()
+        self.logLine = Signal()
+        self.progressChanged = Signal()
+        self.runningChanged = Signal()
+        self.deviceChanged = Signal()
+        self.failed = Signal()
+        self.finished = Signal()
+        self._runner = runnerFactory(self._onEvent, self._onFinished)
+        self._probe = None
+        self._probeOutput: List[str] = []
+
+    # ------------------------------------------------------------------ state
+    def setParameterNode(self, parameterNode) -> None:
+        """The panel's parameter node (None while the scene is closed)."""
+        self.parameterNode = parameterNode
+
+    def isRunning(self) -> bool:
+        return self._runner.isRunning()
+
+    def modelReference(self, parameterNode=None) -> str:
+        """``"default"`` or the card path of the parameter node."""
+        node = parameterNode if parameterNode is not None else self.parameterNode
+        if node is None:
+            raise ASSFTModuleError("The module has no parameter node; open the module again.")
+        return modelReferenceFor(node.modelSource, node.modelCardPath)
+
+    def modelDescription(self, parameterNode=None) -> str:
+        """``name (class, class)`` of the chosen model, or what is wrong with the choice."""
+        try:
+            card = self.sceneLogic.modelCard(self.modelReference(parameterNode))
+        except ASSFTModuleError as error:
+            return str(error)
+        return f"{card.name} ({', '.join(card.class_names[1:])})"
+
+    # ------------------------------------------------------------------ device
+    def probeDevice(self) -> None:
+        """Ask a child process where torch computes (the GUI process never imports torch); the answer comes as
+        ``deviceChanged``, also when the child cannot start."""
+        self._probeOutput = []
+        self._probe = self.runnerFactory(self._onProbeOutput, self._onProbeFinished)
+        self._probe.start(deviceProbeCommand(self.python), self.environment(), str(Path.cwd()))
+
+    def _onProbeOutput(self, item: WorkerOutput) -> None:
+        self._probeOutput.append(item.text if isinstance(item, OutputLine) else item.to_json())
+
+    def _onProbeFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
+        if errorText and not self._probeOutput:
+            self.deviceChanged.emit(f"unknown ({errorText})")
+            return
+        self.deviceChanged.emit(parseDeviceProbe("\n".join(self._probeOutput)).describe())
+
+    # ------------------------------------------------------------------ jobs
+    def startJob(self, kind: str) -> Optional[PreparedJob]:
+        """Prepare a ``rank`` or ``adapt`` job from the scene and start the worker.
+
+        Returns:
+            the prepared job; None when the user declined installing the worker's packages.
+
+        Raises:
+            ASSFTModuleError: nothing to run, or a job is already running.
+        """
+        node = self.parameterNode
+        if node is None:
+            raise ASSFTModuleError("The module has no parameter node; open the module again.")
+        if self.isRunning():
+            raise ASSFTModuleError("A job is already running; cancel it or wait for it to finish.")
+        if not self.ensureRequirements():
+            self.statusChanged.emit("Not started: the Python packages the worker needs were not installed.")
+            return None
+        model = self.modelReference(node)
+        jobs.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
+                             protect=[node.lastJobDirectory])
+        spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget)
+        self.job, self.jobModel = spec, model
+        node.lastJobDirectory = str(spec.jobDir)
+        self.progressChanged.emit(0.0)
+        self.statusChanged.emit(f"Starting {kind} job in {spec.jobDir}")
+        self._runner.start(workerCommand(spec.jobDir, self.python), self.environment(), str(spec.jobDir))
+        self.runningChanged.emit(self.isRunning())
+        for note in spec.ignoredSegments:
+            self.logLine.emit(f"Left out, not classes of the model: {note}")
+        return spec
+
+    def cancel(self) -> None:
+        if not self.isRunning():
+            return
+        self.statusChanged.emit("Cancelling...")
+        self._runner.cancel()
+
+    def _onEvent(self, item: WorkerOutput) -> None:
+        self.logLine.emit(formatEvent(item))
+        if isinstance(item, OutputLine):
+            return
+        fraction = eventFraction(item)
+        if fraction is not None:
+            self.progressChanged.emit(fraction)
+        if item.phase:
+            self.statusChanged.emit(f"{item.phase}: {item.message}" if item.message else item.phase)
+
+    def _onFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
+        spec = self.job
+        jobDir = spec.jobDir if spec is not None else None
+        kind = spec.job.kind if spec is not None else ""
+        status, message = jobOutcome(jobDir, exitCode, cancelled, errorText)
+        details = ""
+        loaded = None
+        if status == ERROR and jobDir is not None:
+            try:
+                jobs.readJobResult(jobDir)
+                message = message or "the worker ended without a result"
+            except JobFailedError as error:
+                message, details = (errorText or str(error)), error.logTail
+            except ASSFTModuleError as error:
+                message = str(error)
+        elif status == DONE:
+            try:
+                loaded, message = self._loadResult(jobDir)
+            except JobFailedError as error:
+                status, message, details = ERROR, str(error), error.logTail
+            except ASSFTModuleError as error:
+                status, message = ERROR, str(error)
+        outcome = JobOutcome(status=status, message=message, jobDir=jobDir, kind=kind, details=details,
+                             loaded=loaded)
+        self.lastOutcome = outcome
+        if status == DONE and loaded is not None:
+            self.progressChanged.emit(1.0)
+        self.runningChanged.emit(False)
+        self.statusChanged.emit(message)
+        if status == ERROR:
+            self.failed.emit(message, details)
+        self.finished.emit(outcome)
+
+    def _loadResult(self, jobDir) -> tuple:
+        """Load a finished job into the scene and the parameter node; ``(LoadedResult or None, message)``.
+
+        The slice views are not touched: the user may be painting (the ranking table and the hidden prediction
+        segmentations change; showing a case is the user's click).
+        """
+        node = self.parameterNode
+        if node is None:  # the scene was closed while the job ran
+            return None, (f"The job finished while the scene was closed; its results are in {jobDir}. "
+                          "Load the volumes again and rank to see them.")
+        loaded = self.sceneLogic.loadJobResult(jobDir, self.jobModel, tableNode=node.rankingTable)
+        node.rankingTable = loaded.tableNode
+        if loaded.activeModel is not None:
+            node.modelSource = ModelSource.CardFile
+            node.modelCardPath = Path(loaded.activeModel)
+        message = "Done."
+        if loaded.activeModel is not None:
+            message = f"Adapted model is now active: {loaded.activeModel}"
+        elif loaded.adaptedModel is not None:
+            message = (f"The adapted model was stored but not activated: {loaded.result.activationReason} "
+                       f"({loaded.adaptedModel})")
+        if loaded.skippedCases:
+            message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
+        return loaded, message

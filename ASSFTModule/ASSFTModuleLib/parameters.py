@@ -1,0 +1,58 @@
+"""Panel values that the widget, the parameter node and the job controller share (no Qt, no MRML).
+
+The parameter node itself (``@parameterNodeWrapper``) lives in ``ASSFTModule.py``; its enum and the mapping of
+its model fields to the engine's model reference live here, so that the job controller can use them headless.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from ASSFTActive.cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
+
+from .errors import ASSFTModuleError
+
+#: Translates the labels below; desktop Slicer sets it to ``slicer.i18n.tr`` (identity here).
+translateLabel: Callable[[str], str] = lambda text: text  # noqa: E731
+
+
+class ModelSource(enum.Enum):
+    """Which model the module uses."""
+
+    Default = "default"
+    CardFile = "card"
+
+    def label(self) -> str:
+        return translateLabel("Embedded default model" if self is ModelSource.Default else "Model card file")
+
+
+def cardPathText(path: Union[str, Path, None]) -> str:
+    """The card path as the user typed it; ``""`` for an empty field (``pathlib.Path("")`` reads as ``"."``)."""
+    text = "" if path is None else str(path).strip()
+    return "" if text == "." else text
+
+
+def initialCardPath(current: Union[str, Path, None]) -> Path:
+    """What the card field starts with: the current path, or the embedded default card when it is empty.
+
+    Slicer's path field shows ``pathlib.Path("")`` as ``"."``; the embedded card is a real card to start from
+    (the field is disabled while the embedded default model is selected).
+    """
+    text = cardPathText(current)
+    return Path(text) if text else EMBEDDED_DEFAULT_CARD
+
+
+def modelReferenceFor(modelSource: ModelSource, modelCardPath: Optional[Union[str, Path]]) -> str:
+    """``"default"`` or the card path chosen in the panel.
+
+    Raises:
+        ASSFTModuleError: a card file is chosen but the field is empty.
+    """
+    if modelSource == ModelSource.Default:
+        return DEFAULT_MODEL
+    path = cardPathText(modelCardPath)
+    if not path:
+        raise ASSFTModuleError("Choose a model card file (card.json), or select the embedded default model.")
+    return path

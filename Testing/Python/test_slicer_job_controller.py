@@ -1,0 +1,300 @@
+"""The job controller the widget receives: jobs, the device probe and the end of a job, on real MRML.
+
+The process runner is replaced by a recording runner here (what a real runner does is tested with real
+processes in ``test_slicer_cancel.py``); the scene, the logic, the job folders and the result files are real.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib import geometry, jobs  # noqa: E402
+from ASSFTModuleLib.guiBinding import GuiBinding  # noqa: E402
+from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
+from ASSFTModuleLib.jobRun import SubprocessJobRunner  # noqa: E402
+from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
+from ASSFTModuleLib.parameters import (  # noqa: E402
+    ModelSource,
+    cardPathText,
+    initialCardPath,
+    modelReferenceFor,
+)
+from test_slicer_logic import fakeFinishedJob  # noqa: E402
+
+from ASSFTActive.io import Volume  # noqa: E402
+
+
+class RecordingRunner:
+    """Runner interface (start, cancel, isRunning); the test ends the run with :meth:`end`."""
+
+    def __init__(self, onEvent, onFinished):
+        self.onEvent, self.onFinished = onEvent, onFinished
+        self.commands = []
+        self.running = False
+        self.cancelled = False
+
+    def start(self, command, environment, workingDirectory):
+        self.commands.append(list(command))
+        self.running = True
+
+    def isRunning(self):
+        return self.running
+
+    def cancel(self):
+        self.cancelled = True
+
+    def end(self, exitCode=0, cancelled=False, errorText=""):
+        self.running = False
+        self.onFinished(exitCode, cancelled, errorText)
+
+
+def parameterNode(workDirectory, cardPath=None):
+    """The fields of the module's parameter node the controller uses (the real one needs desktop Slicer)."""
+    return types.SimpleNamespace(modelSource=ModelSource.CardFile if cardPath else ModelSource.Default,
+                                 modelCardPath=Path(cardPath) if cardPath else Path(""), workDirectory=workDirectory,
+                                 budget=1, rankingTable=None, lastJobDirectory="")
+
+
+class Signals:
+    def __init__(self, controller):
+        self.status, self.device, self.failed, self.finished, self.running = [], [], [], [], []
+        controller.statusChanged.connect(self.status.append)
+        controller.deviceChanged.connect(self.device.append)
+        controller.failed.connect(lambda message, details: self.failed.append(message))
+        controller.finished.connect(self.finished.append)
+        controller.runningChanged.connect(self.running.append)
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    env = slicer_scene.SlicerScene()
+    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    card = logic.modelCard(cardPath)
+    nodes = []
+    for n, name in enumerate(["case a", "case b", "case/c"]):
+        affine = slicer_scene.rotatedAffine(angleDegrees=10.0 * n, origin=(n, -n, 2 * n))
+        nodes.append(geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(seed=n), affine), name))
+    labeled = logic.annotationSegmentation(nodes[1], card)
+    from ASSFTModuleLib import segmentation
+
+    segmentation.fillSegmentationFromClassLabelmap(
+        labeled, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable)
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
+    return env, logic, controller, Signals(controller), nodes, cardPath, tmp_path
+
+
+def sliceViewState(env):
+    state = []
+    for sliceLogic in env.sliceLogics:
+        sliceNode, composite = sliceLogic.GetSliceNode(), sliceLogic.GetSliceCompositeNode()
+        matrix = [sliceNode.GetSliceToRAS().GetElement(i, j) for i in range(4) for j in range(4)]
+        state.append((composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(),
+                      tuple(sliceNode.GetFieldOfView()), tuple(matrix)))
+    return state
+
+
+def test_finished_adapt_job_loads_results_switches_model_and_leaves_the_slice_views(setup):
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    for sliceLogic in env.sliceLogics:  # the user is painting on 'case b'
+        sliceLogic.GetSliceCompositeNode().SetBackgroundVolumeID(nodes[1].GetID())
+        sliceLogic.GetSliceNode().SetFieldOfView(37.0, 41.0, 1.0)
+    before = sliceViewState(env)
+
+    spec = controller.startJob("adapt")
+    assert controller._runner.commands[0][1:] == ["-m", "ASSFTActive.worker", str(spec.jobDir)]
+    assert signals.running == [True] and controller.isRunning()
+    newCard = fakeFinishedJob(spec, nodes, tmp_path)
+    controller._runner.end(0)
+
+    outcome = signals.finished[-1]
+    assert outcome.status == DONE and outcome.message.startswith("Adapted model is now active")
+    node = controller.parameterNode
+    assert node.modelSource == ModelSource.CardFile and node.modelCardPath == newCard
+    assert node.rankingTable is outcome.loaded.tableNode and node.rankingTable.GetNumberOfRows() == 3
+    assert node.lastJobDirectory == str(spec.jobDir)
+    assert sliceViewState(env) == before
+    assert signals.running[-1] is False and signals.failed == []
+
+
+def test_job_ending_after_the_scene_was_closed_reports_where_the_results_are(setup):
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    spec = controller.startJob("rank")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    controller.setParameterNode(None)  # the widget does this on StartCloseEvent
+
+    controller._runner.end(0)
+
+    outcome = signals.finished[-1]
+    assert outcome.status == DONE and outcome.loaded is None
+    assert "scene was closed" in outcome.message and str(spec.jobDir) in outcome.message
+    assert signals.failed == []
+
+
+def test_cancelled_job_ends_cancelled_even_when_the_launcher_exit_looks_like_a_crash(setup):
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    spec = controller.startJob("rank")
+    controller.cancel()
+    assert controller._runner.cancelled and signals.status[-1] == "Cancelling..."
+    (spec.jobDir / "result.json").write_text(json.dumps({"status": "cancelled", "message": "cancelled"}))
+
+    controller._runner.end(-1, cancelled=True)
+
+    assert signals.finished[-1].status == CANCELLED and signals.failed == []
+    assert signals.status[-1] == "Cancelled. The active model is unchanged."
+
+
+def test_failed_job_reports_the_workers_error(setup):
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    spec = controller.startJob("rank")
+    (spec.jobDir / "result.json").write_text(json.dumps({"status": "error", "message": "disk full"}))
+
+    controller._runner.end(1)
+
+    assert signals.finished[-1].status == ERROR and "disk full" in signals.failed[-1]
+
+
+def test_declining_the_install_says_so_and_starts_nothing(setup):
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    controller.ensureRequirements = lambda: False
+
+    assert controller.startJob("rank") is None
+
+    assert controller._runner.commands == [] and "not installed" in signals.status[-1]
+    assert not (tmp_path / "work" / "jobs").exists()
+
+
+def test_device_probe_that_cannot_start_says_so(setup, tmp_path):
+    env, logic, _, _, nodes, cardPath, _ = setup
+    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=dict,
+                               python=str(tmp_path / "no-such-PythonSlicer"))
+    signals = Signals(controller)
+
+    controller.probeDevice()
+    controller._probe.wait(30)
+
+    assert len(signals.device) == 1 and signals.device[0].startswith("unknown (")
+    assert "could not start" in signals.device[0]
+
+
+def test_device_probe_reports_the_device_of_a_child_process(setup):
+    env, logic, _, _, nodes, cardPath, tmp_path = setup
+    import os
+
+    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=lambda: dict(os.environ),
+                               python=sys.executable)
+    signals = Signals(controller)
+
+    controller.probeDevice()
+    assert controller._probe.wait(120)
+
+    assert len(signals.device) == 1 and signals.device[0].split()[0] in ("CPU", "GPU")
+
+
+def test_old_job_folders_are_pruned_but_the_shown_ranking_is_kept(setup):
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    controller.keepJobFolders = 2
+    folders = []
+    for n in range(4):
+        spec = controller.startJob("rank")
+        fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+        controller._runner.end(0)
+        folders.append(spec.jobDir)
+        if n == 0:
+            shown = spec.jobDir
+            controller.parameterNode = parameterNode(tmp_path / "work", cardPath)
+            controller.parameterNode.lastJobDirectory = str(shown)
+            controller.setParameterNode(controller.parameterNode)
+
+    remaining = set((tmp_path / "work" / "jobs").iterdir())
+    assert remaining == {shown, folders[-1], folders[-2]}
+
+
+def test_pruning_keeps_unfinished_recent_folders(tmp_path):
+    import os
+
+    for age, name in enumerate(("20260101-000002-rank", "20260101-000001-rank", "20260101-000000-rank")):
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text("{}")
+        os.utime(folder / "job.json", ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
+    (tmp_path / "jobs" / "20260101-000001-rank" / "result.json").write_text("{}")
+
+    removed = jobs.pruneJobFolders(tmp_path, keep=1)
+
+    assert [p.name for p in removed] == ["20260101-000001-rank"]
+
+
+def test_second_adapt_leaves_the_model_name_to_the_engine(setup):
+    """Adapting an adapted model writes the next version of the same model (the engine's default_name)."""
+    env, logic, controller, signals, nodes, cardPath, tmp_path = setup
+    from ASSFTActive.cards import load_card
+    from ASSFTActive.finetune.adapt import default_name
+
+    adaptedCard = json.loads(cardPath.read_text())
+    adaptedCard.update(name="test-unet-adapted", pretrained=str(cardPath))
+    adaptedPath = tmp_path / "store" / "test-unet-adapted" / "v1" / "card.json"
+    adaptedPath.parent.mkdir(parents=True)
+    adaptedPath.write_text(json.dumps(adaptedCard))
+    controller.setParameterNode(parameterNode(tmp_path / "work", adaptedPath))
+
+    spec = controller.startJob("adapt")
+
+    assert spec.job.name == ""  # job.json: the worker derives the name from the card
+    assert default_name(load_card(adaptedPath)) == "test-unet-adapted"
+    assert default_name(load_card(cardPath)) == "test-unet-adapted"
+
+
+def test_model_reference_of_the_panel_and_the_card_field_never_shows_a_dot():
+    from ASSFTActive.cards import EMBEDDED_DEFAULT_CARD
+
+    assert initialCardPath(Path("")) == EMBEDDED_DEFAULT_CARD and str(initialCardPath(Path(""))) != "."
+    assert initialCardPath(Path("/x/card.json")) == Path("/x/card.json")
+    assert modelReferenceFor(ModelSource.CardFile, initialCardPath(Path(""))) == str(EMBEDDED_DEFAULT_CARD)
+    assert modelReferenceFor(ModelSource.Default, Path("")) == "default"
+    assert cardPathText(Path("")) == "" and cardPathText(None) == "" and cardPathText("a/card.json") == "a/card.json"
+    with pytest.raises(Exception, match="Choose a model card file"):
+        modelReferenceFor(ModelSource.CardFile, Path(""))
+
+
+class ParameterNodeLike:
+    """What GuiBinding needs of a parameterNodeWrapper: ``parameterNode``, ``connectGui``, ``disconnectGui``."""
+
+    def __init__(self, mrmlNode, tag):
+        self.parameterNode, self.tag, self.connects, self.disconnects = mrmlNode, tag, [], []
+
+    def connectGui(self, ui):
+        self.connects.append(ui)
+        return self.tag
+
+    def disconnectGui(self, tag):
+        self.disconnects.append(tag)
+
+
+@pytest.mark.parametrize("tag", [None, "tag"], ids=["slicer-5.8-no-tag", "tag"])
+def test_gui_is_connected_once_per_parameter_node(tag):
+    mrmlNode, other = slicer.vtkMRMLScriptedModuleNode(), slicer.vtkMRMLScriptedModuleNode()
+    first, sameAgain = ParameterNodeLike(mrmlNode, tag), ParameterNodeLike(mrmlNode, tag)
+    binding = GuiBinding(ui="panel")
+
+    assert binding.bind(first) is True
+    for _ in range(3):  # enter() wraps the same MRML node again each time
+        assert binding.bind(sameAgain) is False
+    assert first.connects == ["panel"] and sameAgain.connects == []
+
+    replacement = ParameterNodeLike(other, tag)
+    assert binding.bind(replacement) is True
+    assert replacement.connects == ["panel"]
+    assert first.disconnects == ([tag] if tag else [])
+    binding.bind(None)
+    assert binding.node is None and np.all([replacement.disconnects == ([tag] if tag else [])])
