@@ -1,0 +1,11 @@
+"""SFR and SFR+ (Stitching, Fine-tuning, Re-training): a 2D SAM fine-tuned on stitched 3D volumes as a teacher.
+
+What exists so far: ``stitching`` (a volume's slices tiled on one square canvas and the exact inverse), ``sam``
+(a SAM written here with the parameter names of Meta's segment-anything, so that user-supplied official weights
+load; LoRA on the image encoder's q/v), ``pseudo`` (un-stitched SAM probabilities and the SFR+ volume confidence).
+Nothing heavy is imported here.
+
+References:
+    Li, Qi, Yu, Huo, Shi, Gao, "Stitching, Fine-tuning, Re-training: A SAM-enabled Framework for Semi-supervised 3D
+    Medical Image Segmentation", arXiv:2403.11229, IEEE TMI 44(10), 2025; ``shared/research/method-spec.md`` §2.
+"""
