@@ -13,6 +13,7 @@ which re-exports everything here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -30,6 +31,10 @@ DEFAULT_MODEL = "default"
 WEIGHT_FORMATS = ("state_dict", "swinvit_ssl")
 #: Preprocessing profiles understood by :mod:`ASSFTActive.preprocess`.
 PREPROCESSING_PROFILES = ("zscore_nonzero", "ct_window")
+#: Bounds of a card's ``patch_size`` (voxels per axis) and ``spacing`` (mm per axis): values outside them are
+#: typing mistakes (a patch of 100000 voxels, a spacing of 0 or -1 mm), refused when the card is read.
+MIN_PATCH_EDGE, MAX_PATCH_EDGE = 4, 512
+MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 50.0
 
 
 @dataclass(frozen=True)
@@ -114,24 +119,54 @@ class ModelCard:
         missing = [k for k in required if k not in data]
         if missing:
             raise ModelError(f"{where}: missing required field(s) {missing}. See resources/model-card.schema.json.")
+        _check_types(data, where)
         card = cls(
-            name=str(data["name"]),
-            architecture=str(data["architecture"]),
+            name=data["name"],
+            architecture=data["architecture"],
             arguments=dict(data["arguments"]),
-            weights=str(data["weights"]),
-            class_names=tuple(str(c) for c in data["class_names"]),
-            encoder_stages=tuple(str(s) for s in data["encoder_stages"]),
+            weights=data["weights"],
+            class_names=tuple(data["class_names"]),
+            encoder_stages=tuple(data["encoder_stages"]),
             patch_size=tuple(int(s) for s in data["patch_size"]),
             preprocessing=dict(data["preprocessing"]),
-            weights_format=str(data.get("weights_format", "state_dict")),
+            weights_format=data.get("weights_format", "state_dict"),
             spacing=tuple(float(s) for s in data["spacing"]) if data.get("spacing") is not None else None,
             orientation=data.get("orientation", "RAS"),
             pretrained=data.get("pretrained"),
-            provenance=dict(data.get("provenance", {})),
+            provenance=dict(data.get("provenance") or {}),
             path=path,
         )
         _validate(card, where)
         return card
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_types(data: Mapping[str, Any], where: str) -> None:
+    """Refuse a card whose fields have the wrong JSON types (the schema's ``type`` of every field)."""
+    def need(ok: bool, field_name: str, what: str) -> None:
+        if not ok:
+            raise ModelError(f"{where}: field {field_name!r} must be {what}, got {data.get(field_name)!r}. "
+                             "See resources/model-card.schema.json.")
+
+    for key in ("name", "architecture", "weights"):
+        need(isinstance(data[key], str) and bool(data[key].strip()), key, "a non-empty string")
+    need(isinstance(data["arguments"], dict), "arguments", "a JSON object of constructor arguments")
+    need(isinstance(data["preprocessing"], dict), "preprocessing", "a JSON object with a \"profile\"")
+    for key in ("class_names", "encoder_stages"):
+        need(isinstance(data[key], (list, tuple)) and all(isinstance(x, str) and x for x in data[key]), key,
+             "a list of non-empty strings")
+    patch = data["patch_size"]
+    whole = isinstance(patch, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in patch)
+    need(whole and len(patch) == 3, "patch_size", "three integers")
+    spacing = data.get("spacing")
+    triple = isinstance(spacing, (list, tuple)) and len(spacing) == 3
+    need(spacing is None or (triple and all(map(_is_number, spacing))), "spacing", "null or three numbers (mm)")
+    need(isinstance(data.get("weights_format", "state_dict"), str), "weights_format", "a string")
+    need(data.get("pretrained") is None or isinstance(data["pretrained"], str), "pretrained", "null or a path")
+    need(data.get("provenance") is None or isinstance(data["provenance"], dict), "provenance", "a JSON object")
 
 
 def _validate(card: ModelCard, where: str) -> None:
@@ -143,15 +178,33 @@ def _validate(card: ModelCard, where: str) -> None:
     if duplicates:
         raise ModelError(f"{where}: class_names has duplicates {duplicates}; every class needs its own name "
                          "(segments are matched to classes by name).")
-    if len(card.patch_size) != 3 or min(card.patch_size) < 1:
-        raise ModelError(f"{where}: patch_size must be three positive integers, got {list(card.patch_size)}.")
+    out_channels = card.arguments.get("out_channels")
+    if out_channels is not None and out_channels != card.num_classes:
+        raise ModelError(f"{where}: the network has out_channels = {out_channels!r} but class_names lists "
+                         f"{card.num_classes} classes; give one class name per output channel (background first).")
+    if (len(card.patch_size) != 3 or min(card.patch_size) < MIN_PATCH_EDGE
+            or max(card.patch_size) > MAX_PATCH_EDGE):
+        raise ModelError(f"{where}: patch_size must be three integers from {MIN_PATCH_EDGE} to {MAX_PATCH_EDGE} "
+                         f"voxels, got {list(card.patch_size)}.")
+    if card.spacing is not None and not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in card.spacing):
+        raise ModelError(f"{where}: spacing must be three voxel sizes from {MIN_SPACING_MM} to {MAX_SPACING_MM} mm, "
+                         f"got {list(card.spacing)}.")
     if not card.encoder_stages:
         raise ModelError(f"{where}: encoder_stages is empty; name the encoder layers (network.named_modules()).")
     profile = card.preprocessing.get("profile")
     if profile not in PREPROCESSING_PROFILES:
         raise ModelError(f"{where}: preprocessing profile {profile!r} unknown; use one of {PREPROCESSING_PROFILES}.")
+    if profile == "ct_window":
+        a_min, a_max = card.preprocessing.get("a_min"), card.preprocessing.get("a_max")
+        if not (_is_number(a_min) and _is_number(a_max)) or not a_min < a_max:
+            raise ModelError(f"{where}: the ct_window profile needs numbers a_min < a_max (HU), got a_min={a_min!r}, "
+                             f"a_max={a_max!r}.")
     if card.orientation not in (None, "RAS"):
         raise ModelError(f"{where}: orientation must be \"RAS\" or null, got {card.orientation!r}.")
+    asks_download = sorted(k for k, v in card.arguments.items() if "pretrained" in str(k).lower() and v)
+    if asks_download:
+        raise ModelError(f"{where}: arguments {asks_download} would make the network fetch weights from the "
+                         "internet; ASSFT loads weights only from the card's \"weights\" file. Remove them.")
 
 
 def load_card(path: PathLike) -> ModelCard:
@@ -174,7 +227,12 @@ def save_card(card: ModelCard, path: PathLike) -> Path:
 
 
 def resolve_card(spec: Optional[PathLike]) -> ModelCard:
-    """A card from a CLI/job argument: ``None`` or ``"default"`` is the embedded default, else a card path."""
-    if spec is None or str(spec) == DEFAULT_MODEL:
-        return load_card(EMBEDDED_DEFAULT_CARD)
-    return load_card(spec)
+    """The card a CLI/job/GUI model argument means; the one resolver every command uses.
+
+    ``None`` or ``"default"`` is the embedded default; otherwise a card file, a store version folder
+    (``<store>/<name>/v<k>``) or a store model folder (``<store>/<name>``: its active version), resolved and
+    verified against the version's manifest by :func:`ASSFTActive.store.resolve_card_path`.
+    """
+    from .store import resolve_card_path  # the store imports this module
+
+    return load_card(resolve_card_path(spec))

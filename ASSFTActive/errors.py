@@ -2,6 +2,18 @@
 
 Every error raised for bad input names the file (or setting), says what is wrong and what to do. The CLI and the
 worker print the message of an :class:`AssftError` without a traceback.
+
+The hierarchy (what a caller may expect, by where it comes from)::
+
+    AssftError
+    ├── InputError      an image, label, settings file or option
+    ├── ModelError      a model card or its weights
+    ├── OutputError     an output cannot be written (permissions, a file where a folder should be, a full disk)
+    ├── StoreError      the model store (ASSFTActive.store)
+    └── JobError        a background job; CancelledError: the user cancelled (SIGTERM, SIGINT, Cancel)
+
+``assft`` maps them in one place (:func:`ASSFTActive.cli.main`): one ``error: ...`` line and exit code 2, or
+``cancelled`` and exit code 130.
 """
 
 from __future__ import annotations
@@ -17,6 +29,10 @@ class InputError(AssftError):
 
 class ModelError(AssftError):
     """A model card or checkpoint cannot be used: unknown layout, missing weights, encoder not loaded."""
+
+
+class OutputError(AssftError, OSError):
+    """An output file or folder cannot be written: not writable, a file in the way, the disk is full."""
 
 
 class JobError(AssftError):

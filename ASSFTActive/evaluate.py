@@ -1,4 +1,11 @@
-"""Segmentation quality: Dice and HD95 per class, per case, and their means, as tables."""
+"""Segmentation quality: Dice and HD95 per class, per case, and their means, as tables.
+
+A class that neither the prediction nor the label contains is **not scored**: its Dice is NaN, not 1, and every
+mean here skips NaN (:func:`mean_scored`). Scoring it 1 ("nothing to find, nothing found") made a model that
+predicts nothing look perfect on an all-background label, and gave a class the network cannot even output a
+perfect score. A case with no scored class has a NaN mean and is left out of the overall mean; a mean over
+nothing scored is NaN (written ``nan`` in CSV, ``not scored`` in Markdown, ``null`` in JSON).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import io as _stdio
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import nn
@@ -19,14 +26,25 @@ from .models import LoadedModel, LoadReport, ModelCard
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> Tuple[float, ...]:
     """Dice of each foreground class ``1..C-1`` between two label maps ``[I, J, K]``.
 
-    A class absent from both maps scores 1 (nothing to find, nothing found).
+    A class absent from both maps is not scored: NaN (see the module docstring), never 1.
     """
     scores = []
     for c in range(1, num_classes):
         p, t = prediction == c, truth == c
         denominator = int(p.sum()) + int(t.sum())
-        scores.append(1.0 if denominator == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denominator)
+        scores.append(NOT_SCORED if denominator == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denominator)
     return tuple(scores)
+
+
+#: The score of a class absent from both the prediction and the label.
+NOT_SCORED = float("nan")
+
+
+def mean_scored(values: Iterable[float]) -> float:
+    """Mean of the scored values (not NaN, not ``None`` as NaN reads back from JSON); NaN when nothing was scored
+    (without the warning of ``np.nanmean``)."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(kept)) if kept else NOT_SCORED
 
 
 def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
@@ -62,17 +80,19 @@ class EvaluationReport:
     cases: Tuple[CaseMetrics, ...]
 
     def mean_dice_per_class(self) -> Dict[str, float]:
-        return {name: float(np.mean([c.dice[i] for c in self.cases])) for i, name in enumerate(self.class_names)}
+        """Mean Dice of each class over the cases where it was scored (NaN when it never was)."""
+        return {name: mean_scored(c.dice[i] for c in self.cases) for i, name in enumerate(self.class_names)}
 
     def mean_hd95_per_class(self) -> Dict[str, float]:
-        out = {}
-        for i, name in enumerate(self.class_names):
-            values = [c.hd95[i] for c in self.cases if not math.isnan(c.hd95[i])]
-            out[name] = float(np.mean(values)) if values else float("nan")
-        return out
+        return {name: mean_scored(c.hd95[i] for c in self.cases) for i, name in enumerate(self.class_names)}
 
     def mean_dice(self) -> float:
-        return float(np.mean([np.mean(c.dice) for c in self.cases])) if self.cases else float("nan")
+        """Mean over cases of each case's mean Dice over its scored classes; cases with none scored are left out."""
+        return mean_scored(mean_scored(c.dice) for c in self.cases)
+
+    def scored_cases(self) -> int:
+        """How many cases had at least one scored class."""
+        return sum(1 for c in self.cases if not math.isnan(mean_scored(c.dice)))
 
     def to_csv(self) -> str:
         buffer = _stdio.StringIO()
@@ -87,8 +107,13 @@ class EvaluationReport:
     def to_markdown(self) -> str:
         header = "| class | Dice | HD95 (mm) |\n|---|---|---|\n"
         dice, hd = self.mean_dice_per_class(), self.mean_hd95_per_class()
-        rows = "".join(f"| {n} | {dice[n]:.3f} | {hd[n]:.2f} |\n" for n in self.class_names)
-        return header + rows + f"| **mean** | **{self.mean_dice():.3f}** | |\n"
+        rows = "".join(f"| {n} | {format_score(dice[n])} | {format_score(hd[n], 2)} |\n" for n in self.class_names)
+        return header + rows + f"| **mean** | **{format_score(self.mean_dice())}** | |\n"
+
+
+def format_score(value: Optional[float], digits: int = 3) -> str:
+    """A score for people: ``0.812``, or ``not scored`` for NaN/``None`` (a class absent from prediction and label)."""
+    return "not scored" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def evaluate_model(network: Union[nn.Module, LoadedModel], card: Optional[ModelCard],

@@ -10,6 +10,7 @@ never unpickled.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -36,12 +37,33 @@ from .io import PathLike
 
 
 def _monai_network(name: str) -> Callable[..., nn.Module]:
+    """The network class ``name`` of ``monai.networks.nets``: only ``torch.nn.Module`` subclasses defined in MONAI.
+
+    A card is data from anywhere; resolving any attribute of the namespace would let it call functions (e.g.
+    ``resnet10(pretrained=True)``, which downloads weights) or reach objects like ``__class__``.
+    """
+    import inspect
+
     from monai.networks import nets
 
-    builder = getattr(nets, name, None)
-    if builder is None or not callable(builder):
-        raise ModelError(f"architecture monai:{name} is not a network of monai.networks.nets.")
+    builder = getattr(nets, name, None) if name.isidentifier() and not name.startswith("_") else None
+    if (builder is None or not inspect.isclass(builder) or not issubclass(builder, nn.Module)
+            or not str(getattr(builder, "__module__", "")).startswith("monai.networks")):
+        raise ModelError(f"architecture monai:{name} is not a network class (torch.nn.Module) of "
+                         "monai.networks.nets; name a network class such as monai:BasicUNet or monai:SwinUNETR.")
     return builder
+
+
+def _default_out_channels(builder: Callable[..., nn.Module]) -> Optional[int]:
+    """The constructor's default ``out_channels``, when it has one."""
+    import inspect
+
+    try:
+        parameter = inspect.signature(builder).parameters.get("out_channels")
+    except (TypeError, ValueError):
+        return None
+    default = parameter.default if parameter is not None else None
+    return default if isinstance(default, int) and not isinstance(default, bool) else None
 
 
 ARCHITECTURES: Dict[str, str] = {
@@ -63,10 +85,14 @@ def build_network(card: ModelCard) -> nn.Module:
             f"{card.path or card.name}: architecture {arch!r} unknown. Use one of {sorted(ARCHITECTURES)} or "
             "'monai:<NetworkName>'."
         )
+    out_channels = card.arguments.get("out_channels", _default_out_channels(builder))
+    if out_channels is not None and out_channels != card.num_classes:
+        raise ModelError(f"{card.path or card.name}: {arch} has out_channels = {out_channels} but class_names lists "
+                         f"{card.num_classes} classes; give one class name per output channel (background first).")
     try:
         network = builder(**dict(card.arguments))
-    except TypeError as exc:
-        raise ModelError(f"{card.path or card.name}: arguments do not fit {arch}: {exc}") from exc
+    except (TypeError, ValueError, AssertionError, KeyError) as exc:
+        raise ModelError(f"{card.path or card.name}: arguments do not fit {arch}: {type(exc).__name__}: {exc}") from exc
     names = dict(network.named_modules())
     absent = [s for s in card.encoder_stages if s not in names]
     if absent:
@@ -130,6 +156,35 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+#: Environment variable that, set to ``1``, lets a card read weights outside its own folder (see
+#: :func:`card_weights_file`).
+ALLOW_EXTERNAL_WEIGHTS_ENV = "ASSFT_ALLOW_EXTERNAL_WEIGHTS"
+
+
+def card_weights_file(card: ModelCard, allow_external: Optional[bool] = None) -> Path:
+    """The card's weights file, which must lie in the card's folder (or below it), links resolved.
+
+    A card is often a file someone else wrote; without this rule ``"weights": "/etc/shadow"`` or ``"../../x.pt"``
+    would make ASSFT open any file the user can read. A user who keeps weights elsewhere on purpose sets
+    ``ASSFT_ALLOW_EXTERNAL_WEIGHTS=1`` (the explicit flag). Cards built in memory (no ``path``) are not checked.
+
+    Raises:
+        ModelError: the weights resolve outside the card's folder.
+    """
+    path = card.weights_path
+    if card.path is None:
+        return path
+    if allow_external is None:
+        allow_external = os.environ.get(ALLOW_EXTERNAL_WEIGHTS_ENV, "") == "1"
+    folder = Path(card.path).resolve().parent
+    if not allow_external and folder != path and folder not in path.parents:
+        raise ModelError(
+            f"{card.path}: weights {card.weights!r} resolve to {path}, outside the card's folder {folder}. Put the "
+            f"weights beside the card, or set {ALLOW_EXTERNAL_WEIGHTS_ENV}=1 if you trust this card."
+        )
+    return path
+
+
 def _is_tensor_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -169,7 +224,7 @@ def load_weights(network: nn.Module, card: ModelCard, state: Optional[Mapping[st
     """
     where = card.path or card.name
     if state is None:
-        state = read_state_dict(card.weights_path)
+        state = read_state_dict(card_weights_file(card))
     if card.weights_format == "swinvit_ssl":
         state = swinvit_ssl_to_swinunetr(state)
         encoder_prefixes: Tuple[str, ...] = ("swinViT.",)

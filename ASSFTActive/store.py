@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from . import __version__
 from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
-from .errors import AssftError, ModelError
+from .errors import AssftError, ModelError, OutputError
 from .io import PathLike, atomic_write_text
 
 __all__ = [
@@ -334,7 +334,7 @@ class ModelStore:
         record = {"version": item.version, "activated": time.time(), "previous": previous}
         try:
             atomic_write_text(self.root / name / ACTIVE_FILE, json.dumps(record, indent=2) + "\n")
-        except OSError as exc:
+        except (OSError, OutputError) as exc:
             raise StoreError(f"{self.root / name / ACTIVE_FILE}: cannot switch the active version ({exc}).") from exc
         return ModelVersion(name=item.name, version=item.version, path=item.path, created=item.created,
                             metrics=item.metrics, active=True)
@@ -377,18 +377,24 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
     """The model card a user means by ``spec``.
 
     Accepted: ``None`` or ``"default"`` (the embedded default), a card JSON file, a version folder of a store
-    (``<store>/<name>/v2``), or a model folder of a store (``<store>/<name>``: its active version).
+    (``<store>/<name>/v2``), or a model folder of a store (``<store>/<name>``: its active version). Whenever the card
+    lies in a store version (however it was named), the version is checked against its manifest (every file's size
+    and SHA-256, :func:`verify_version` without loading) on every call, so a version changed after it was written is
+    never used silently.
 
     Raises:
-        StoreError: a store folder with no active version, or a path that is none of the above.
+        StoreError: a store folder with no active version, a version that differs from its manifest, or a path
+            that is none of the above.
     """
     if spec is None or str(spec) == DEFAULT_MODEL:
         return EMBEDDED_DEFAULT_CARD
     path = Path(spec).expanduser()
     if path.is_file():
+        if _is_version_folder(path.parent):
+            verify_version(path.parent, load=False)
         return path.resolve()
     if path.is_dir():
-        if (path / MANIFEST_FILE).is_file():
+        if _is_version_folder(path):
             verify_version(path, load=False)
             return (path / CARD_FILE).resolve()
         if (path / ACTIVE_FILE).is_file() or any(_VERSION.match(p.name) for p in path.iterdir()):
@@ -396,6 +402,7 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
             active = store.active(path.name)
             if active is None:
                 raise StoreError(f"{path}: model has no active version; activate one with `assft models activate`.")
+            verify_version(active.path, load=False)
             return active.card_path.resolve()
         if (path / CARD_FILE).is_file():
             return (path / CARD_FILE).resolve()
@@ -403,3 +410,8 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
         f"{path}: no model card there. Pass 'default', a card JSON file, or a model folder of a store "
         "(<store>/<name> or <store>/<name>/v<k>)."
     )
+
+
+def _is_version_folder(path: Path) -> bool:
+    """A store version (or a copy of one): a folder holding a manifest."""
+    return (path / MANIFEST_FILE).is_file()

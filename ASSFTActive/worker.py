@@ -82,8 +82,8 @@ class _Channel:
         self.cancel = cancel
         self.stdout = stdout
         self.writer = writer
-        self.events = open(job_dir / EVENTS_FILE, "a", encoding="utf-8") if writer else None
-        self.log = open(job_dir / LOG_FILE, "a", encoding="utf-8") if writer else None
+        self.events = _open_append(job_dir / EVENTS_FILE) if writer else None
+        self.log = _open_append(job_dir / LOG_FILE) if writer else None
         self._last_logged_step: Dict[str, int] = {}
 
     def send(self, event: Event) -> None:
@@ -133,6 +133,46 @@ class _Channel:
                 handle.close()
 
 
+def _open_append(path: Path) -> TextIO:
+    """``path`` opened for appending text, refusing to follow a symbolic link planted there (``O_NOFOLLOW``)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(str(path), flags, 0o666)
+    except OSError as exc:
+        raise JobError(f"{path}: cannot be opened for writing ({exc.strerror or exc}); it must be a plain file "
+                       "inside the job folder.") from exc
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def find_links(job_dir: Path) -> List[Path]:
+    """Symbolic links anywhere inside ``job_dir`` (not followed), sorted."""
+    found = []
+    for root, dirs, files in os.walk(str(job_dir), followlinks=False):
+        found.extend(Path(root) / name for name in dirs + files if (Path(root) / name).is_symlink())
+    return sorted(found)
+
+
+def _refuse_links(job_dir: Path) -> None:
+    """A job writes only inside its folder: a symbolic link in it (``log.txt``, ``events.jsonl``, ``predictions/``,
+    ``overlays/``, ...) would redirect a write elsewhere, so the job does not start.
+
+    Raises:
+        JobError: naming the links.
+    """
+    links = find_links(job_dir)
+    if links:
+        shown = ", ".join(str(p.relative_to(job_dir)) for p in links[:5]) + (" ..." if len(links) > 5 else "")
+        raise JobError(f"{job_dir}: the job folder contains symbolic links ({shown}); the worker writes only plain "
+                       "files inside its job folder and refuses to follow links. Remove them and run the job again.")
+
+
+def _resolve_in_job(job_dir: Path, value: str) -> str:
+    """A relative path of ``job.json`` (store, model card) is relative to the job folder, not the working directory."""
+    if not value or value == "default" or Path(value).expanduser().is_absolute():
+        return value
+    return str(job_dir / value)
+
+
 def _write_result(job_dir: Path, result: Dict[str, Any]) -> None:
     from .io import atomic_write_text
 
@@ -159,7 +199,7 @@ def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str,
     from .store import resolve_card_path
 
     _check_case_ids(spec)
-    card = load_card(resolve_card_path(spec.model or "default"))
+    card = load_card(resolve_card_path(_resolve_in_job(job_dir, spec.model or "default")))
     query = spec.query_config()
     result = rank_pool_distributed(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
                                    query=query, ctx=ctx, progress=channel)
@@ -204,7 +244,8 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
                                        if v.prediction is not None}
             reranked["selected"] = list(result.ranking.selected_ids)
 
-    outcome = adapt_model(spec.images, spec.labels, store=spec.store, model=spec.model or "default",
+    outcome = adapt_model(spec.images, spec.labels, store=_resolve_in_job(job_dir, spec.store),
+                          model=_resolve_in_job(job_dir, spec.model or "default"),
                           name=spec.name or None, config=config, progress=channel,
                           work_dir=job_dir / CHECKPOINT_DIR, predictions_dir=None, dist=ctx,
                           before_commit=rerank)
@@ -239,6 +280,16 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
     # torch keeps compiler caches in the system temp folder; a job writes only in its own folder and the store
     for variable, folder in (("TORCHINDUCTOR_CACHE_DIR", "torchinductor"), ("TRITON_CACHE_DIR", "triton")):
         os.environ.setdefault(variable, str(job_dir / CACHE_DIR / folder))
+    # MONAI imports matplotlib, which would otherwise write its font cache to $HOME
+    os.environ["MPLCONFIGDIR"] = str(job_dir / CACHE_DIR / "matplotlib")
+    try:
+        _refuse_links(job_dir)
+    except JobError as exc:
+        out = stdout or sys.stdout
+        out.write(Event(event="error", phase="error", message=str(exc)).to_json() + "\n")
+        out.flush()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     cancel = _Cancel()
     previous = {s: signal.signal(s, cancel.handler) for s in (signal.SIGTERM, signal.SIGINT)}
     rank = int(os.environ.get("RANK", "0"))

@@ -1,8 +1,13 @@
 """The ``assft`` command line: a thin shell over the engine's API.
 
 Each subcommand lives in its own module of this package with two functions, ``add_parser(subparsers)`` and
-``run(args) -> int``. Errors a user can act on (:class:`ASSFTActive.errors.AssftError`) are printed as one line,
-``error: ...``, with exit code 2 and no traceback.
+``run(args) -> int``. :func:`main` is the one place that turns expected failures into the user contract:
+
+* an :class:`ASSFTActive.errors.AssftError` (bad input, card, store, output; see :mod:`ASSFTActive.errors`) or an
+  ``OSError`` from a file or the disk: one line ``error: ...`` on stderr, exit code 2, no traceback;
+* SIGTERM or SIGINT (:mod:`ASSFTActive.cli.signals`): ``cancelled``, exit code 130.
+
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from ..errors import AssftError
+from ..errors import AssftError, CancelledError
 
-SUBCOMMANDS = ("rank", "overlay", "adapt", "evaluate", "models", "demo")
+SUBCOMMANDS = ("rank", "overlay", "adapt", "evaluate", "models", "demo", "check_card")
+#: Exit code of an expected failure (bad input, card, store, output) and of a cancelled command.
+EXIT_ERROR, EXIT_CANCELLED = 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,16 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .signals import cancel_on_signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with cancel_on_signals() as cancellation:
+            args.cancellation = cancellation
+            return int(args.run(args) or 0)
+    except (CancelledError, KeyboardInterrupt):
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
     except AssftError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
+        return EXIT_ERROR
+    except OSError as exc:  # a file or the disk (permissions, a file where a folder should be, disk full)
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<file>: <reason>`` of a file-system error, with what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}. Check the path, its permissions and the free disk space."
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the active one only when training and validation finished (see ``assft models``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Dict
@@ -40,6 +41,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-guard", action="store_true",
                         help="skip the cross-validated check and activate the new version unconditionally "
                              "(one training run instead of folds + 1)")
+    parser.add_argument("--allow-implausible-labels", action="store_true",
+                        help="train even when a label has no foreground or a model class appears in no label "
+                             "(refused by default: such labels train a model that predicts nothing)")
     parser.add_argument("--config", type=Path, help="JSON file of fine-tuning settings (FinetuneConfig); the "
                                                     "options above override it")
     parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
@@ -81,6 +85,8 @@ def build_config(args: argparse.Namespace):
     data = dict(data, train=train, pseudo=pseudo, validation=validation)
     if args.semi_iterations is not None:
         data["semi_iterations"] = args.semi_iterations
+    if args.allow_implausible_labels:
+        data["allow_implausible_labels"] = True
     try:
         return FinetuneConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
@@ -90,16 +96,20 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..finetune.adapt import adapt_model
     from ..io import case_id, find_images, match_labels
+    from ..locks import folder_lock
     from .common import resolve_device
 
     config = build_config(args)
     images = find_images(args.images)
     labels = match_labels(images, args.labels)
     bar = ProgressBar(enabled=not args.quiet)
+    cancellation = getattr(args, "cancellation", None)
+    progress = cancellation.watch(bar) if cancellation is not None else bar
     try:
-        result = adapt_model({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
-                             name=args.name, config=config, progress=bar, work_dir=args.work_dir,
-                             predictions_dir=args.predictions, device=resolve_device(args.device))
+        with folder_lock(args.work_dir, "--work-dir") if args.work_dir is not None else contextlib.nullcontext():
+            result = adapt_model({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
+                                 name=args.name, config=config, progress=progress, work_dir=args.work_dir,
+                                 predictions_dir=args.predictions, device=resolve_device(args.device))
     finally:
         bar.close()
     print(format_summary(result))

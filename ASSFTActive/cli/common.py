@@ -11,7 +11,8 @@ from ..progress import Event
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default",
-                        help="model card JSON, or 'default' for the embedded hippocampus model (see `assft models`)")
+                        help="model: 'default' (the embedded hippocampus model), a card JSON, or a store folder "
+                             "<store>/<name>[/v<k>] (see `assft models`)")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

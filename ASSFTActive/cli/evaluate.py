@@ -42,6 +42,7 @@ def evaluate_files(model, pairs: List[Tuple[Path, Path]], hd95: bool = True, dev
     from ..evaluate import CaseMetrics, EvaluationReport, dice_per_class, hd95_per_class
     from ..inference import Predictor
     from ..io import read_label, read_volume
+    from ..plausibility import check_image
     from ..progress import emit
 
     predictor = Predictor(model, device=device)
@@ -49,7 +50,7 @@ def evaluate_files(model, pairs: List[Tuple[Path, Path]], hd95: bool = True, dev
     cases, skipped = [], []
     for index, (image_path, label_path) in enumerate(pairs):
         try:
-            image = read_volume(image_path)
+            image = check_image(read_volume(image_path))
             truth = read_label(label_path, image, n).array
         except InputError as exc:
             skipped.append((Path(label_path), str(exc)))

@@ -26,14 +26,15 @@ def run(args: argparse.Namespace) -> int:
     from ..io import case_id, read_volume
     from ..models import resolve_card
     from ..overlay import OverlayConfig, write_overlay
-    from ..query import QueryConfig
+    from ..plausibility import check_image
+    from ..query import QueryConfig, RegionSpec
 
-    image = read_volume(args.image)
+    image = check_image(read_volume(args.image))
     predictor = make_predictor(resolve_card(args.model), resolve_device(args.device))
-    prediction = predictor.predict(image)
+    prediction = predictor.predict(image, regions=RegionSpec.from_config(QueryConfig()))
     config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)
-    map_path, regions_path = write_overlay(image, prediction.probs, args.out, case_id(args.image), QueryConfig(),
-                                           config)
+    map_path, regions_path = write_overlay(image, prediction.entropy, prediction.region, args.out,
+                                           case_id(args.image), config)
     regions = json.loads(regions_path.read_text())["regions"]
     print(f"entropy map: {map_path}\nregions:     {regions_path}")
     for index, region in enumerate(regions, 1):

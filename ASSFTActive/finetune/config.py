@@ -344,6 +344,9 @@ class FinetuneConfig:
         checkpoint_every: a resumable checkpoint is written every this many steps (worker jobs), 25.
         predict_pool: after training, predict every unlabelled volume with the new model (label maps written by
             the caller), True.
+        allow_implausible_labels: train even on labels that look wrong (an all-background label, a class that no
+            labelled volume contains; :mod:`ASSFTActive.finetune.label_checks`), with a warning instead of an
+            error, False.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -352,6 +355,7 @@ class FinetuneConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint_every: int = 25
     predict_pool: bool = True
+    allow_implausible_labels: bool = False
 
     def __post_init__(self) -> None:
         owner = "FinetuneConfig"
@@ -365,6 +369,7 @@ class FinetuneConfig:
             _whole(self.semi_iterations, owner, "semi_iterations", 1)
         _whole(self.checkpoint_every, owner, "checkpoint_every", 1)
         _flag(self.predict_pool, owner, "predict_pool")
+        _flag(self.allow_implausible_labels, owner, "allow_implausible_labels")
 
     @property
     def semi_steps(self) -> int:
@@ -379,6 +384,7 @@ class FinetuneConfig:
             "validation": self.validation.to_dict(),
             "checkpoint_every": self.checkpoint_every,
             "predict_pool": self.predict_pool,
+            "allow_implausible_labels": self.allow_implausible_labels,
         }
 
     @classmethod

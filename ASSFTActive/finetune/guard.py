@@ -55,8 +55,10 @@ def assign_folds(case_ids: Sequence[str], folds: int, seed: int = 0) -> List[Tup
 
 
 def mean_interval(values: Sequence[float]) -> Tuple[float, float, float]:
-    """Mean and a 95 % t-interval ``(mean, low, high)``; the interval is NaN for fewer than 2 values."""
+    """Mean and a 95 % t-interval ``(mean, low, high)`` of the non-NaN values (a NaN is a volume whose classes were
+    all "not scored", see :mod:`ASSFTActive.evaluate`); the interval is NaN for fewer than 2 values."""
     array = np.asarray(values, dtype=np.float64)
+    array = array[~np.isnan(array)]
     if array.size == 0:
         return float("nan"), float("nan"), float("nan")
     mean = float(array.mean())
@@ -97,14 +99,14 @@ class CrossValidation:
 
     def curve(self) -> np.ndarray:
         """Mean held-out Dice over the labelled volumes at each step ``[S]``."""
-        return np.array([np.mean([self.dice[c][i] for c in self.cases]) for i in range(len(self.steps))])
+        return np.array([mean_interval([self.dice[c][i] for c in self.cases])[0] for i in range(len(self.steps))])
 
     def stop_step(self) -> int:
         """The step after 0 where the mean held-out Dice is highest (the earliest of equal ones)."""
         if len(self.steps) < 2:
             raise ValueError("no training step was scored")
         curve = self.curve()
-        best = 1 + int(np.argmax(curve[1:]))
+        best = 1 + int(np.argmax(np.nan_to_num(curve[1:], nan=-1.0)))
         return int(self.steps[best])
 
     def gains(self, step: int) -> Dict[str, float]:
@@ -246,12 +248,12 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
     gains = cv.gains(stop_step)
     mean, low, high = mean_interval(list(gains.values()))
     index = cv.steps.index(stop_step)
-    before = float(np.mean([cv.dice[c][0] for c in cv.cases]))
-    after = float(np.mean([cv.dice[c][index] for c in cv.cases]))
+    before = mean_interval([cv.dice[c][0] for c in cv.cases])[0]
+    after = mean_interval([cv.dice[c][index] for c in cv.cases])[0]
     common = dict(method="cross_validation", stop_step=stop_step, dice_before=before, dice_after=after, gain=mean,
                   gain_low=low, gain_high=high, pool=pool)
     scores = f"cross-validated mean Dice {before:.3f} -> {after:.3f} on {len(cv.cases)} labelled volume(s)"
-    if mean < min_gain:
+    if not mean >= min_gain:  # a NaN gain (nothing scored) is no evidence of a gain
         return ActivationDecision(activate=False, **common, reason=(
             f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}); stored but "
             "not activated (assft models activate makes it active anyway)."))

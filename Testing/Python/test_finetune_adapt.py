@@ -135,7 +135,7 @@ def test_empty_labels_are_caught_by_the_pool_check(tmp_path):
         empty = read_volume(labels[case])
         labels[case] = write_volume(empty.with_array(np.zeros_like(empty.array)), tmp_path / "empty" / f"{case}.nii.gz")
     result = adapt_model(images, labels, store=tmp_path / "store", model=card, name="site",
-                         config=_config(train={"iterations": 30}))
+                         config=_config(train={"iterations": 30}, allow_implausible_labels=True))
     assert not result.activated and ModelStore(tmp_path / "store").active("site") is None
     assert result.decision.pool is not None and set(result.decision.pool.collapsed) == {"box_a", "box_b"}
 

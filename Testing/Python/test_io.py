@@ -165,3 +165,48 @@ def test_find_images_accepts_folder_and_glob_and_matches_labels(tmp_path):
     assert list(match_labels(by_folder, tmp_path / "lab")) == ["b"]
     with pytest.raises(InputError, match="no NIfTI/NRRD/MetaImage files"):
         find_images(tmp_path / "lab" / "*.mha")
+
+
+def _corrupt_middle(data: bytes, offset: int, length: int = 16) -> bytes:
+    """``data`` with ``length`` bytes inverted from ``offset`` (a damaged disk block or transfer)."""
+    damaged = bytearray(data)
+    for i in range(offset, offset + length):
+        damaged[i] ^= 0xFF
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_nifti_gz_with_corrupted_bytes_is_refused_by_its_crc(tmp_path, fraction):
+    good = write_volume(_volume(shape=(40, 40, 30)), tmp_path / "good.nii.gz")
+    data = good.read_bytes()
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(_corrupt_middle(data, int(len(data) * fraction)))
+    with pytest.raises(InputError, match=r"bad\.nii\.gz: cannot read the file.*corrupt"):
+        read_volume(bad)
+
+
+def test_real_hippocampus_gz_with_flipped_bytes_is_refused(hippocampus_dir, tmp_path):
+    source = sorted((hippocampus_dir / "imagesTr").glob("*.nii.gz"))[0]
+    data = source.read_bytes()
+    assert read_volume(source).array.size > 0
+    for index, fraction in enumerate((0.3, 0.6, 0.9)):
+        bad = tmp_path / f"flipped_{index}.nii.gz"
+        bad.write_bytes(_corrupt_middle(data, int(len(data) * fraction)))
+        with pytest.raises(InputError, match="corrupt"):
+            read_volume(bad)
+
+
+def test_corrupt_gz_label_is_refused(tmp_path):
+    image = _volume(shape=(40, 40, 30))
+    label = write_volume(image.with_array((image.array > 500).astype(np.uint8)), tmp_path / "label.nii.gz")
+    data = label.read_bytes()
+    label.write_bytes(_corrupt_middle(data, len(data) // 2, 4))
+    with pytest.raises(InputError, match="corrupt"):
+        read_label(label, image, 2)
+
+
+def test_nifti2_gz_is_read(tmp_path):
+    volume = _volume()
+    path = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti2Image(volume.array, volume.affine), str(path))
+    assert np.array_equal(read_volume(path).array, volume.array)

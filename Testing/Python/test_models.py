@@ -159,3 +159,77 @@ def test_shipped_cards_and_saved_cards_follow_the_published_schema(tmp_path):
         jsonschema.validate(json.loads((tmp_path / "copy.json").read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**json.loads(EMBEDDED_DEFAULT_CARD.read_text()), "patch_size": [1, 2]}, schema)
+
+
+def _default_card_data(**changes):
+    data = json.loads(EMBEDDED_DEFAULT_CARD.read_text())
+    data.update(changes)
+    return data
+
+
+def _card_beside_weights(tmp_path: Path, **changes) -> Path:
+    """The embedded default card, changed, in a folder of its own with a copy of its weights."""
+    folder = tmp_path / "card"
+    folder.mkdir(exist_ok=True)
+    (folder / "weights.safetensors").write_bytes((EMBEDDED_DEFAULT_CARD.parent / "weights.safetensors").read_bytes())
+    (folder / "card.json").write_text(json.dumps(_default_card_data(**changes)))
+    return folder / "card.json"
+
+
+@pytest.mark.parametrize("architecture", ["monai:__class__", "monai:resnet10", "monai:__builtins__", "monai:os"])
+def test_card_architectures_are_limited_to_network_classes_of_monai(architecture):
+    card = ModelCard.from_dict(_default_card_data(architecture=architecture))
+    with pytest.raises(ModelError, match="not a network class"):
+        build_network(card)
+
+
+def test_card_arguments_that_would_download_weights_are_refused():
+    with pytest.raises(ModelError, match="fetch weights from the internet"):
+        ModelCard.from_dict(_default_card_data(architecture="monai:DenseNet121",
+                                               arguments={"spatial_dims": 3, "in_channels": 1, "out_channels": 3,
+                                                          "pretrained": True}))
+
+
+def test_out_channels_must_match_the_class_names():
+    names = ["background", "anterior", "posterior", "tail"]
+    with pytest.raises(ModelError, match="out_channels = 3 but class_names lists 4"):
+        ModelCard.from_dict(_default_card_data(class_names=names))
+    card = ModelCard.from_dict(_default_card_data(architecture="BasicUNet", class_names=names[:3],
+                                                  arguments={"spatial_dims": 3, "in_channels": 1}))
+    with pytest.raises(ModelError, match="out_channels = 2 but class_names lists 3"):
+        build_network(card)  # BasicUNet's default out_channels is 2
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"spacing": [-1.0, 1.0, 1.0]}, "spacing must be"),
+    ({"spacing": [0, 1, 1]}, "spacing must be"),
+    ({"spacing": "1mm"}, "'spacing' must be"),
+    ({"patch_size": [100000, 64, 48]}, "patch_size must be"),
+    ({"patch_size": [1, 1, 1]}, "patch_size must be"),
+    ({"patch_size": "48"}, "'patch_size' must be"),
+    ({"class_names": "background,a"}, "'class_names' must be"),
+    ({"arguments": [1, 2]}, "'arguments' must be"),
+    ({"name": 3}, "'name' must be"),
+    ({"preprocessing": {"profile": "ct_window", "a_min": 5, "a_max": 5}}, "a_min < a_max"),
+    ({"preprocessing": {"profile": "ct_window", "a_max": 5}}, "a_min < a_max"),
+    ({"preprocessing": {"profile": "ct_window", "a_min": "low", "a_max": 5}}, "a_min < a_max"),
+])
+def test_implausible_or_mistyped_card_fields_are_refused(changes, message):
+    with pytest.raises(ModelError, match=message):
+        ModelCard.from_dict(_default_card_data(**changes))
+
+
+def test_card_weights_outside_the_card_folder_are_refused_unless_allowed(tmp_path, monkeypatch):
+    from ASSFTActive.models import ALLOW_EXTERNAL_WEIGHTS_ENV, load_model
+
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes((EMBEDDED_DEFAULT_CARD.parent / "weights.safetensors").read_bytes())
+    for weights in ("../elsewhere.safetensors", str(outside)):
+        card = load_card(_card_beside_weights(tmp_path, weights=weights))
+        with pytest.raises(ModelError, match="outside the card's folder"):
+            load_model(card)
+    (tmp_path / "card" / "link.safetensors").symlink_to(outside)
+    with pytest.raises(ModelError, match="outside the card's folder"):
+        load_model(load_card(_card_beside_weights(tmp_path, weights="link.safetensors")))
+    monkeypatch.setenv(ALLOW_EXTERNAL_WEIGHTS_ENV, "1")
+    assert load_model(load_card(_card_beside_weights(tmp_path, weights=str(outside)))).report.loaded > 0

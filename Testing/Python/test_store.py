@@ -142,3 +142,33 @@ def test_resolve_card_path_understands_default_cards_versions_and_model_folders(
     with pytest.raises(ModelError, match="no model card"):
         resolve_card_path(tmp_path)
     verify_version(tmp_path / "store" / "m" / "v2")
+
+
+def _flip_one_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_tampered_active_version_is_refused_when_loaded_through_the_model_folder(tmp_path, base):
+    store = ModelStore(tmp_path / "store")
+    _add_version(store, "m", base)
+    store.activate("m", "v1")
+    assert resolve_card_path(tmp_path / "store" / "m") == (tmp_path / "store" / "m" / "v1" / "card.json").resolve()
+    _flip_one_byte(tmp_path / "store" / "m" / "v1" / "weights.safetensors")
+    with pytest.raises(StoreError, match="differs from the manifest"):
+        resolve_card_path(tmp_path / "store" / "m")
+    with pytest.raises(StoreError, match="differs from the manifest"):
+        resolve_card_path(tmp_path / "store" / "m" / "v1" / "card.json")
+
+
+def test_every_command_resolves_a_store_folder_with_the_same_verified_resolver(tmp_path, base):
+    from ASSFTActive.models import resolve_card
+
+    store = ModelStore(tmp_path / "store")
+    _add_version(store, "m", base)
+    store.activate("m", "v1")
+    assert resolve_card(tmp_path / "store" / "m").path == (tmp_path / "store" / "m" / "v1" / "card.json").resolve()
+    (tmp_path / "store" / "m" / "v1" / "provenance.json").write_text("{}")
+    with pytest.raises(StoreError, match="differs from the manifest"):
+        resolve_card(tmp_path / "store" / "m")

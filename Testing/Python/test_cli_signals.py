@@ -1,0 +1,44 @@
+"""`assft adapt` handles SIGTERM like the worker: it stops within seconds, exit 130, and the store is unchanged."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from test_finetune_training import make_tiny_card, worker_env, write_dataset
+
+from ASSFTActive.locks import LOCK_FILE
+
+
+def test_sigterm_cancels_adapt_cleanly(tmp_path):
+    card = make_tiny_card(tmp_path / "base")
+    images, labels = write_dataset(tmp_path / "data", count=4, labeled=2)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"train": {"iterations": 100000, "batch_size": 1}, "semi_iterations": 4,
+                                    "validation": {"guard": False, "hd95": False}}))
+    store = tmp_path / "store"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ASSFTActive", "adapt", "--images", str(tmp_path / "data" / "images"),
+         "--labels", str(tmp_path / "data" / "labels"), "--model", str(card), "--store", str(store),
+         "--config", str(settings), "--work-dir", str(tmp_path / "work"), "--device", "cpu"],
+        env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "work" / LOCK_FILE).exists() and process.poll() is None:
+            time.sleep(0.2)  # the lock is taken once the engine is imported, just before the model loads
+        time.sleep(4.0)  # well into training
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        started = time.time()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert time.time() - started < 30
+    assert err.strip().splitlines()[-1] == "cancelled" and "Traceback" not in err
+    assert not [p for p in store.rglob("version.json")]
+    assert not [p for p in store.rglob(".pending-*")]
