@@ -28,8 +28,17 @@ from .inference import InferenceConfig, Predictor, default_device
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
 from .models import LoadedModel, ModelCard, load_model
 from .overlay import write_overlay
+from .plausibility import check_image
 from .progress import ProgressCallback, emit
-from .query import CaseEvidence, QueryConfig, Ranking, mc_dropout_epistemic_from_mean, select, summarize_case
+from .query import (
+    CaseEvidence,
+    QueryConfig,
+    Ranking,
+    RegionSpec,
+    mc_dropout_epistemic_from_mean,
+    select,
+    summarize_case,
+)
 
 
 @dataclass(frozen=True)
@@ -101,17 +110,19 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
         out_dir: the ranking folder; files go to ``overlays/`` and ``predictions/`` below it.
         image: the volume, when already in memory.
     """
-    image = image if image is not None else read_volume(image_path)
+    image = check_image(image if image is not None else read_volume(image_path))
     name = case_id(image_path)
     mc_mean = _RunningMean()
     wants_mc = query.strategy == "mc_dropout" and not labeled
-    prediction = predictor.predict(image, dropout_samples=query.mc_samples if wants_mc else 0,
+    prediction = predictor.predict(image, regions=RegionSpec.from_config(query),
+                                   dropout_samples=query.mc_samples if wants_mc else 0,
                                    sample_callback=mc_mean.add if wants_mc else None)
-    evidence = summarize_case(name, prediction.probs, prediction.features, prediction.pretrained_features, query,
+    evidence = summarize_case(name, prediction.sums, prediction.features, prediction.pretrained_features, query,
                               epistemic=mc_dropout_epistemic_from_mean(mc_mean.value) if wants_mc else None)
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled:
-        entropy_path, regions_path = write_overlay(image, prediction.probs, Path(out_dir) / "overlays", name, query)
+        entropy_path, regions_path = write_overlay(image, prediction.entropy_levels, prediction.region,
+                                                   Path(out_dir) / "overlays", name)
         label_path = write_volume(image.with_array(prediction.label), Path(out_dir) / "predictions" / f"{name}.nii.gz")
     return VolumeReport(case_id=name, image=Path(image_path), labeled=labeled, evidence=evidence,
                         entropy_map=entropy_path, regions=regions_path, prediction=label_path)

@@ -1,19 +1,27 @@
-"""One sliding-window pass per volume: class probabilities and pooled encoder features.
+"""One sliding-window pass per volume: the reduced voxel maps, the score sums and pooled encoder features.
 
-Each window goes through the current network once; forward hooks on the card's encoder stages pool every stage
-output over space, and the pooled vectors are averaged over the windows (method-spec §1.3: "for whole volumes,
-average over the patches of a sliding window"). The frozen pre-trained encoder runs on the same windows only up to
-its deepest encoder stage (the decoder is skipped), and only when its weights differ from the current ones; its
-features can be cached on disk because they never change for a given volume.
+Each window goes through the current network once; the blended logits stream out in finished rows
+(``ASSFTActive.sliding``) and are reduced on the compute device to the one-channel maps and the region sums the
+scores need (``ASSFTActive.reduction``), so the softmax ``[C, ...]`` never exists for the whole volume unless a
+caller asks for it (``keep_probs``, for small class counts). Scores are computed in model space; only the maps that
+are written (label, entropy, confidence, regions) are brought back to the input grid.
 
-Windows run on the compute device (CUDA with mixed precision when present); the full-size output is assembled on
-the CPU so a large CT does not need a large GPU.
+Forward hooks on the card's encoder stages pool every stage output over space, and the pooled vectors are averaged
+over the windows (method-spec §1.3: "for whole volumes, average over the patches of a sliding window"). The frozen
+pre-trained encoder runs on the same windows only up to its deepest encoder stage (the decoder is skipped), and only
+when its weights differ from the current ones; its features can be cached on disk because they never change for a
+given volume.
+
+Windows and reductions run on the compute device (CUDA with mixed precision when present); the one-channel maps are
+gathered on the CPU, so a large CT does not need a large GPU.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -23,7 +31,17 @@ from torch import nn
 
 from .io import Volume
 from .models import LoadedModel
-from .preprocess import PAD_VALUE, from_model_space, to_model_space
+from .preprocess import (
+    PAD_VALUE,
+    ModelSpace,
+    from_model_space,
+    label_from_model_space,
+    to_model_space,
+    unit_levels_from_model_space,
+)
+from .query.regions import RegionSpec, RegionSums
+from .reduction import MapReducer, VoxelMaps
+from .sliding import stream_sliding_window
 
 
 def default_device() -> torch.device:
@@ -48,24 +66,56 @@ class InferenceConfig:
     amp: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prediction:
     """What one pass over a volume yields.
 
     Attributes:
-        probs: softmax probabilities ``[C, I, J, K]`` float32 on the input volume's grid.
+        maps: the reduced voxel maps in model space and the region sums of the scores.
+        space: how the volume was mapped into model space (to bring maps back to its grid).
         features: pooled features of the current encoder, one ``[D_s]`` array per stage (shallow to deep).
         pretrained_features: the same for the frozen pre-trained encoder.
+        probs: softmax probabilities ``[C, I, J, K]`` float32 on the input grid, only when asked for
+            (``Predictor.predict(..., keep_probs=True)``), else ``None``.
     """
 
-    probs: np.ndarray
+    maps: VoxelMaps
+    space: ModelSpace
     features: Tuple[np.ndarray, ...]
     pretrained_features: Tuple[np.ndarray, ...]
+    probs: Optional[np.ndarray] = None
 
     @property
+    def sums(self) -> RegionSums:
+        return self.maps.sums
+
+    @cached_property
     def label(self) -> np.ndarray:
-        """Hard prediction ``[I, J, K]`` uint8 (argmax over classes)."""
-        return np.argmax(self.probs, axis=0).astype(np.uint8)
+        """Hard prediction ``[I, J, K]`` on the input grid (nearest neighbour from model space), uint8 or int16."""
+        return label_from_model_space(self.maps.label, self.space)
+
+    @cached_property
+    def entropy(self) -> np.ndarray:
+        """Normalised entropy ``[I, J, K]`` float32 in ``[0, 1]`` on the input grid."""
+        return self._to_input_grid(self.maps.entropy)
+
+    @cached_property
+    def entropy_levels(self) -> np.ndarray:
+        """The normalised entropy on the input grid as uint8 ``round(255 H)`` (overlays: a quarter of float32)."""
+        return unit_levels_from_model_space(self.maps.entropy, self.space)
+
+    @cached_property
+    def max_prob(self) -> np.ndarray:
+        """``max_c p_c`` ``[I, J, K]`` float32 on the input grid."""
+        return self._to_input_grid(self.maps.max_prob)
+
+    @cached_property
+    def region(self) -> np.ndarray:
+        """The dilated predicted foreground (ASD's region) ``[I, J, K]`` bool on the input grid."""
+        return label_from_model_space(self.maps.region, self.space).astype(bool)
+
+    def _to_input_grid(self, array: np.ndarray) -> np.ndarray:
+        return np.clip(from_model_space(torch.from_numpy(array)[None], self.space)[0], 0.0, 1.0)
 
 
 class _StopForward(Exception):
@@ -165,23 +215,36 @@ class Predictor:
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast("cpu", enabled=False)
 
-    def _sliding_window(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                        out_channels: Optional[int] = None) -> torch.Tensor:
+    def _stream(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                on_rows: Callable[[torch.Tensor, int], None]) -> None:
+        stream_sliding_window(image, self.current.card.patch_size, fn, on_rows, overlap=self.config.overlap,
+                              mode=self.config.blend_mode, sw_batch_size=self.config.sw_batch_size,
+                              device=self.device, cval=PAD_VALUE)
+
+    def _sliding_window(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """MONAI's whole-volume sliding window (MC dropout needs every class of every sample)."""
         from monai.inferers import sliding_window_inference
 
-        return sliding_window_inference(
-            image[None], roi_size=self.current.card.patch_size, sw_batch_size=self.config.sw_batch_size,
-            predictor=fn, overlap=self.config.overlap, mode=self.config.blend_mode, sw_device=self.device,
-            device=torch.device("cpu"), progress=False, padding_mode="constant", cval=PAD_VALUE,
-        )[0]
+        with warnings.catch_warnings():
+            # MONAI <= 1.5.2 indexes tensors with a list of slices, and torch >= 2.8 warns at every window: noise on
+            # the user's stderr, which must hold nothing but an `error:` line when something fails.
+            warnings.filterwarnings("ignore", message=r"Using a non-tuple sequence for multidimensional indexing",
+                                    category=UserWarning)
+            return sliding_window_inference(
+                image[None], roi_size=self.current.card.patch_size, sw_batch_size=self.config.sw_batch_size,
+                predictor=fn, overlap=self.config.overlap, mode=self.config.blend_mode, sw_device=self.device,
+                device=torch.device("cpu"), progress=False, padding_mode="constant", cval=PAD_VALUE,
+            )[0]
 
     @torch.no_grad()
-    def predict(self, volume: Volume, *, dropout_samples: int = 0,
-                sample_callback: Optional[Callable[[np.ndarray], None]] = None) -> Prediction:
-        """Probabilities and encoder features of ``volume`` (see :class:`Prediction`).
+    def predict(self, volume: Volume, *, regions: RegionSpec = RegionSpec(), keep_probs: bool = False,
+                dropout_samples: int = 0, sample_callback: Optional[Callable[[np.ndarray], None]] = None) -> Prediction:
+        """Reduced maps, score sums and encoder features of ``volume`` (see :class:`Prediction`).
 
         Args:
             volume: the input volume.
+            regions: the regions of the score sums (``RegionSpec.from_config(query)`` when ranking).
+            keep_probs: also return the full softmax on the input grid (memory ``C`` times the volume's).
             dropout_samples: when > 0, also run that many stochastic passes with dropout on (MC dropout) and hand
                 each sample's probabilities ``[C, I, J, K]`` to ``sample_callback``, one at a time (memory stays at
                 one sample).
@@ -207,13 +270,21 @@ class Predictor:
                         pass
             return logits.float()
 
+        reducer = MapReducer(space.model_shape, card.num_classes, regions, self.device)
+        full = torch.zeros((card.num_classes,) + tuple(space.model_shape)) if keep_probs else None
+
+        def on_rows(logits: torch.Tensor, first: int) -> None:
+            probs = torch.softmax(logits, dim=0)
+            reducer.add_probs(probs, first)
+            if full is not None:
+                full[:, first:first + probs.shape[1]] = probs.cpu()
+
         try:
-            logits = self._sliding_window(image, forward)
+            self._stream(image, forward, on_rows)
         finally:
             hooks.close()
             if pre_hooks is not None:
                 pre_hooks.close()
-        probs = self._to_input_grid(torch.softmax(logits, dim=0), space)
         features = hooks.result()
         if self.pretrained is None:
             pretrained_features = features
@@ -227,7 +298,9 @@ class Predictor:
                 raise ValueError("dropout_samples needs a sample_callback")
             for sample in self._mc_dropout(image, space, dropout_samples):
                 sample_callback(sample)
-        return Prediction(probs=probs, features=features, pretrained_features=pretrained_features)
+        return Prediction(maps=reducer.result(), space=space, features=features,
+                          pretrained_features=pretrained_features,
+                          probs=None if full is None else self._to_input_grid(full, space))
 
     def _to_input_grid(self, probs: torch.Tensor, space) -> np.ndarray:
         out = from_model_space(probs, space)
@@ -255,17 +328,21 @@ class Predictor:
                 m.eval()
 
     def plain_pass(self, volume: Volume) -> np.ndarray:
-        """One plain sliding-window pass without hooks: probabilities ``[C, I, J, K]`` (the benchmark's unit)."""
+        """One plain sliding-window pass without hooks or scores: the label map ``[I, J, K]`` (the benchmark's unit)."""
         image, space = to_model_space(volume, self.current.card)
         network = self.current.network
+        label = torch.zeros(tuple(space.model_shape), dtype=torch.int16)
 
         def forward(window: torch.Tensor) -> torch.Tensor:
             with self._autocast():
                 return network(window).float()
 
+        def on_rows(logits: torch.Tensor, first: int) -> None:
+            label[first:first + logits.shape[1]] = logits.argmax(dim=0).to(torch.int16).cpu()
+
         with torch.no_grad():
-            logits = self._sliding_window(image, forward)
-        return self._to_input_grid(torch.softmax(logits, dim=0), space)
+            self._stream(image, forward, on_rows)
+        return label_from_model_space(label.numpy(), space)
 
     # --------------------------------------------------------------------------------- pre-trained feature cache
 

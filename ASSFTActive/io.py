@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -141,11 +141,48 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
 
 
 def _read_nifti(path: Path):
+    """Voxels and affine of a NIfTI-1/2 file; a ``.nii.gz`` is decompressed to its end first.
+
+    nibabel reads a gzip stream only as far as the voxels reach, so the gzip CRC-32 and length trailer, the only
+    check that the bytes are the ones written, would never be looked at: a corrupted block inside a ``.nii.gz``
+    decodes to plausible wrong voxels. Reading the whole stream with :mod:`gzip` checks it.
+    """
     import nibabel as nib
 
-    image = nib.load(str(path))
+    if path.name.lower().endswith(".nii.gz"):
+        raw = _gunzip_checked(path)
+        image = _nifti_class(raw, path).from_bytes(raw)
+    else:
+        image = nib.load(str(path))
     array = np.asanyarray(image.dataobj)
     return array, np.asarray(image.affine, dtype=np.float64)
+
+
+def _gunzip_checked(path: Path) -> bytes:
+    """The decompressed bytes of a gzip file, after its CRC-32 and length were checked."""
+    import gzip
+    import zlib
+
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(
+            f"{path}: cannot read the file: its compressed data are corrupt or truncated ({exc}), so the voxels cannot "
+            "be trusted. Copy or export the file again."
+        ) from exc
+
+
+def _nifti_class(raw: bytes, path: Path):
+    """``Nifti1Image`` or ``Nifti2Image``, from the header size in the first four bytes."""
+    import nibabel as nib
+
+    size = raw[:4]
+    if size in ((348).to_bytes(4, "little"), (348).to_bytes(4, "big")):
+        return nib.Nifti1Image
+    if size in ((540).to_bytes(4, "little"), (540).to_bytes(4, "big")):
+        return nib.Nifti2Image
+    raise InputError(f"{path}: cannot read the file: not a NIfTI file (the header size is neither 348 nor 540 "
+                     "bytes); it may be corrupt.")
 
 
 def _read_itk(path: Path):
@@ -202,17 +239,32 @@ def write_volume(volume: Volume, path: PathLike) -> Path:
 
 
 def _atomic(path: Path, write, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
+    """Write through a temporary file in the target folder, then rename it into place.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or the disk is full (nothing is left behind).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _output_error(path, exc) from exc
         raise
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"{path}: cannot be written ({exc.strerror or exc}). Choose another output folder, fix its "
+                       "permissions or free disk space.")
 
 
 def _umask() -> int:
@@ -310,3 +362,42 @@ def match_labels(images: Sequence[Path], labels_dir: Optional[PathLike]) -> Dict
         raise InputError(f"{folder}: labels folder not found. Pass an existing folder to --labels.")
     by_id = {case_id(p): p for p in folder.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES)}
     return {case_id(image): by_id[case_id(image)] for image in images if case_id(image) in by_id}
+
+
+#: Levels of a map in ``[0, 1]`` stored by :func:`write_unit_map` (uint8 with a NIfTI scale of ``1 / 255``).
+UNIT_MAP_LEVELS = 255
+#: The header stores the slope as float32; float32(1/255) * 255 exceeds 1, so take the float32 just below it.
+_UNIT_SLOPE = float(np.nextafter(np.float32(1.0 / UNIT_MAP_LEVELS), np.float32(0.0)))
+
+
+def unit_levels(values: np.ndarray) -> np.ndarray:
+    """uint8 levels ``round(255 v)`` of a map with values in ``[0, 1]`` (clipped); uint8 input is returned as is."""
+    array = np.asarray(values)
+    if array.dtype == np.uint8:
+        return array
+    return np.round(np.clip(array.astype(np.float32), 0.0, 1.0) * UNIT_MAP_LEVELS).astype(np.uint8)
+
+
+def write_unit_map(volume: Volume, path: PathLike) -> Path:
+    """Write a map with values in ``[0, 1]`` (entropy, confidence) as NIfTI uint8 with ``scl_slope = 1/255``.
+
+    A quarter of float32's size (before compression) and readers that honour the NIfTI scale (Slicer, nibabel,
+    :func:`read_volume`) see the values back to within ``1/510``. Values outside ``[0, 1]`` are clipped. A uint8
+    array is taken as the levels ``round(255 v)`` already.
+    """
+    path = Path(path)
+    if _suffix(path) not in NIFTI_SUFFIXES:
+        raise ValueError(f"{path}: a unit map is written as NIfTI (.nii.gz or .nii)")
+    levels = unit_levels(volume.array)
+
+    def write(tmp: Path) -> None:
+        import nibabel as nib
+
+        image = nib.Nifti1Image(levels, volume.affine)
+        image.header.set_slope_inter(_UNIT_SLOPE, 0.0)
+        image.set_qform(volume.affine, code=1)
+        image.set_sform(volume.affine, code=1)
+        nib.save(image, str(tmp))
+
+    _atomic(path, write, _suffix(path))
+    return path

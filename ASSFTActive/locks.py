@@ -47,8 +47,20 @@ def folder_lock(folder: Path, what: str = "folder") -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode("ascii"))
         yield path
+        _remove_lock_file(folder, path)
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _remove_lock_file(folder: Path, path: Path) -> None:
+    """While still holding the lock: remove the lock file, and the folder when nothing else is left in it (a
+    finished ``assft adapt`` leaves no empty work folder behind)."""
+    try:
+        path.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:
+        pass  # best effort: a left-over lock file does no harm (the lock is the open file, not the file)
 
 
 def _try_lock(fd: int) -> bool:

@@ -1,6 +1,7 @@
 """Where is the model unsure? A voxel-wise entropy volume and the high-entropy anatomical regions.
 
-The entropy volume lies on the input's exact voxel grid (same shape and affine), so a viewer overlays it directly.
+The entropy volume lies on the input's exact voxel grid (same shape and affine), so a viewer overlays it directly;
+it is stored as uint8 with a NIfTI scale (:func:`~ASSFTActive.io.write_unit_map`), a quarter of float32's size.
 Regions are connected components of high entropy inside the dilated predicted foreground (the ASD region of
 method-spec §1.5), so the annotator is sent to uncertain anatomy, not to uncertain background.
 """
@@ -15,8 +16,7 @@ from typing import List, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .io import Volume, atomic_write_text, write_volume
-from .query import QueryConfig, foreground_mask, normalized_entropy
+from .io import UNIT_MAP_LEVELS, Volume, atomic_write_text, unit_levels, write_unit_map
 
 
 @dataclass(frozen=True)
@@ -54,25 +54,26 @@ class Region:
     voxel_count: int
 
 
-def entropy_map(image: Volume, probs: np.ndarray) -> Volume:
-    """Normalised entropy ``[I, J, K]`` float32 in [0, 1] of ``probs`` ``[C, I, J, K]``, with ``image``'s geometry."""
-    return image.with_array(normalized_entropy(probs).astype(np.float32))
-
-
 def high_entropy_regions(entropy: Volume, region_mask: np.ndarray,
                          config: OverlayConfig = OverlayConfig()) -> List[Region]:
     """Connected components of ``entropy >= threshold`` inside ``region_mask`` (bool ``[I, J, K]``).
 
-    Sorted by total entropy (mean entropy × voxels), so a large uncertain structure outranks a small hot spot.
+    ``entropy.array`` holds the normalised entropy ``[I, J, K]``, as floats in ``[0, 1]`` or as uint8 levels
+    ``round(255 H)`` (:func:`~ASSFTActive.io.unit_levels`). Sorted by total entropy (mean entropy × voxels), so a
+    large uncertain structure outranks a small hot spot. Memory stays at the component labels plus one value per
+    uncertain voxel, whatever the region sizes (a CT grid has 78 M voxels).
     """
-    values = np.asarray(entropy.array, dtype=np.float32)
-    uncertain = (values >= config.threshold) & region_mask
+    values = np.asarray(entropy.array)
+    scale = 1.0 / UNIT_MAP_LEVELS if values.dtype == np.uint8 else 1.0
+    limit = config.threshold / scale - (1e-6 if values.dtype == np.uint8 else 0.0)  # 0.2 * 255 is 51.000000001
+    uncertain = (values >= limit) & np.asarray(region_mask, dtype=bool)
     labels, count = ndimage.label(uncertain, structure=ndimage.generate_binary_structure(3, 3))
     if count == 0:
         return []
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(np.ones_like(values), labels, index)
-    totals = ndimage.sum_labels(values, labels, index)
+    component = labels[uncertain]
+    sizes = np.bincount(component, minlength=count + 1)[1:]
+    totals = np.bincount(component, weights=values[uncertain], minlength=count + 1)[1:] * scale
+    del component
     voxel_volume = float(abs(np.linalg.det(entropy.affine[:3, :3])))
     boxes = ndimage.find_objects(labels)
     regions = []
@@ -80,12 +81,16 @@ def high_entropy_regions(entropy: Volume, region_mask: np.ndarray,
         size = int(sizes[order])
         if size < config.min_voxels:
             continue
-        component = labels == order + 1
-        ijk = np.argwhere(component).astype(np.float64)
-        weights = values[component].astype(np.float64)
-        centre_ijk = (ijk * weights[:, None]).sum(0) / max(weights.sum(), 1e-12)
-        centre_ras = entropy.affine @ np.append(centre_ijk, 1.0)
         box = boxes[order]
+        inside = labels[box] == order + 1
+        weights = values[box]
+        centre_ijk = []
+        for axis in range(3):  # entropy-weighted centre from marginal sums: no per-voxel coordinate arrays
+            others = tuple(a for a in range(3) if a != axis)
+            marginal = np.sum(weights, axis=others, where=inside, dtype=np.float64)
+            coordinate = np.arange(box[axis].start, box[axis].stop, dtype=np.float64)
+            centre_ijk.append(float((coordinate * marginal).sum() / max(marginal.sum(), 1e-12)))
+        centre_ras = entropy.affine @ np.append(centre_ijk, 1.0)
         regions.append(Region(
             center_ras=tuple(round(float(x), 3) for x in centre_ras[:3]),
             bbox_ijk_min=tuple(int(s.start) for s in box),
@@ -99,13 +104,24 @@ def high_entropy_regions(entropy: Volume, region_mask: np.ndarray,
     return regions
 
 
-def write_overlay(image: Volume, probs: np.ndarray, out_dir: Path, case: str,
-                  query: QueryConfig = QueryConfig(), config: OverlayConfig = OverlayConfig()) -> Tuple[Path, Path]:
-    """Write ``<case>_entropy.nii.gz`` and ``<case>_regions.json`` into ``out_dir``; returns both paths."""
+def write_overlay(image: Volume, entropy: np.ndarray, region_mask: np.ndarray, out_dir: Path, case: str,
+                  config: OverlayConfig = OverlayConfig()) -> Tuple[Path, Path]:
+    """Write ``<case>_entropy.nii.gz`` and ``<case>_regions.json`` into ``out_dir``; returns both paths.
+
+    Args:
+        image: the input volume (its geometry is the overlay's).
+        entropy: normalised entropy ``[I, J, K]`` on the input grid, floats in ``[0, 1]`` or uint8 levels
+            ``round(255 H)`` (``Prediction.entropy_levels``).
+        region_mask: bool ``[I, J, K]``, where regions may lie: the dilated predicted foreground
+            (``Prediction.region``).
+    """
     out_dir = Path(out_dir)
-    entropy = entropy_map(image, probs)
-    regions = high_entropy_regions(entropy, foreground_mask(probs, query), config)
-    map_path = write_volume(entropy, out_dir / f"{case}_entropy.nii.gz")
+    if entropy.shape != image.shape or region_mask.shape != image.shape:
+        raise ValueError(f"entropy {entropy.shape} and region mask {region_mask.shape} must have the image's shape "
+                         f"{image.shape}")
+    entropy_volume = image.with_array(unit_levels(entropy))
+    regions = high_entropy_regions(entropy_volume, np.asarray(region_mask, dtype=bool), config)
+    map_path = write_unit_map(entropy_volume, out_dir / f"{case}_entropy.nii.gz")
     payload = {"case_id": case, "threshold": config.threshold, "regions": [asdict(r) for r in regions]}
     regions_path = atomic_write_text(out_dir / f"{case}_regions.json", json.dumps(payload, indent=2) + "\n")
     return map_path, regions_path

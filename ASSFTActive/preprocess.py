@@ -138,3 +138,37 @@ def label_to_model_space(label: np.ndarray, space: ModelSpace) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(oriented)).float()[None, None]
         oriented = F.interpolate(t, size=space.model_shape, mode="nearest")[0, 0].numpy()
     return np.ascontiguousarray(oriented).astype(np.int64)
+
+
+def label_from_model_space(label: np.ndarray, space: ModelSpace) -> np.ndarray:
+    """A map of labels or flags ``[X, Y, Z]`` in model space back on the input grid ``[I, J, K]``; the dtype is kept.
+
+    Nearest neighbour by index (torch's ``nearest`` rule, source index ``floor(i * in / out)``), so the output is
+    built in the map's own dtype (one byte per voxel for a label map of a CT), then the reorientation is undone.
+    """
+    import nibabel.orientations as nio
+
+    array = np.asarray(label)
+    if tuple(array.shape) != tuple(space.oriented_shape):
+        index = [np.minimum((np.arange(out) * (size / out)).astype(np.int64), size - 1)
+                 for size, out in zip(array.shape, space.oriented_shape)]
+        array = array[np.ix_(*index)]
+    return np.ascontiguousarray(nio.apply_orientation(array, _inverse_ornt(space.ornt)))
+
+
+def unit_levels_from_model_space(unit_map: np.ndarray, space: ModelSpace, levels: int = 255) -> np.ndarray:
+    """A map with values in ``[0, 1]`` ``[X, Y, Z]`` in model space on the input grid as uint8 ``round(levels * v)``.
+
+    Trilinear like :func:`from_model_space`, quantised in place, so a CT-sized grid holds one float32 copy at most
+    once and ends at one byte per voxel (what :func:`~ASSFTActive.io.write_unit_map` stores).
+    """
+    import nibabel.orientations as nio
+
+    values = torch.from_numpy(np.ascontiguousarray(unit_map, dtype=np.float32))
+    if tuple(values.shape) != tuple(space.oriented_shape):
+        values = F.interpolate(values[None, None], size=space.oriented_shape, mode="trilinear",
+                               align_corners=False)[0, 0]
+    else:
+        values = values.clone()
+    quantised = values.mul_(levels).round_().clamp_(0, levels).to(torch.uint8).numpy()
+    return np.ascontiguousarray(nio.apply_orientation(quantised, _inverse_ornt(space.ornt)))

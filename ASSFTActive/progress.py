@@ -8,6 +8,7 @@ The worker turns the same records into JSON lines.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -32,11 +33,13 @@ class Event:
             raise ValueError(f"event kind {self.event!r} not one of {EVENT_KINDS}")
 
     def to_dict(self) -> Dict[str, Any]:
+        """The JSON form; a metric that is not a finite number (a Dice that was not scored) becomes ``null``."""
+        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()}
         return {"event": self.event, "phase": self.phase, "step": self.step, "total": self.total,
-                "message": self.message, "metrics": dict(self.metrics), "time": self.time}
+                "message": self.message, "metrics": metrics, "time": self.time}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, line: str) -> Event:

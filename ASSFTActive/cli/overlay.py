@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = make_predictor(resolve_card(args.model), resolve_device(args.device))
     prediction = predictor.predict(image, regions=RegionSpec.from_config(QueryConfig()))
     config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)
-    map_path, regions_path = write_overlay(image, prediction.entropy, prediction.region, args.out,
+    map_path, regions_path = write_overlay(image, prediction.entropy_levels, prediction.region, args.out,
                                            case_id(args.image), config)
     regions = json.loads(regions_path.read_text())["regions"]
     print(f"entropy map: {map_path}\nregions:     {regions_path}")

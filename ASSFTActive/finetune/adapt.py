@@ -46,14 +46,24 @@ from torch import nn
 from .. import __version__
 from ..distributed import DistContext
 from ..errors import InputError, JobError, ModelError
-from ..evaluate import CaseMetrics, EvaluationReport, dice_per_class, hd95_per_class
+from ..evaluate import (
+    NOT_SCORED,
+    CaseMetrics,
+    EvaluationReport,
+    dice_per_class,
+    format_score,
+    hd95_per_class,
+    mean_scored,
+)
 from ..inference import Predictor
 from ..io import PathLike, Volume, atomic_write_bytes, atomic_write_text, read_label, read_volume, write_volume
 from ..models import LoadedModel, LoadReport, ModelCard, derive_card, load_card, load_model, save_card
+from ..plausibility import check_image
 from ..progress import Event, ProgressCallback, emit
 from ..store import ModelStore, check_name, resolve_card_path
 from .config import FinetuneConfig, PseudoMode, Teacher
 from .guard import ActivationDecision, CrossValidation, PoolCheck, assign_folds, check_pool, decide
+from .label_checks import require_plausible_labelled_set
 from .pseudo import (
     PseudoCandidate,
     PseudoDecision,
@@ -452,17 +462,18 @@ class _Run:
         mine: Dict[str, Any] = {}
         for index, case in enumerate(self.ctx.shard(ids)):
             try:
-                image = read_volume(pool[case])
+                image = check_image(read_volume(pool[case]))
             except InputError as exc:
                 mine[case] = str(exc)
                 continue
             prediction = predictor.predict(image)
             mine[case] = {
-                "confidence": foreground_confidence(prediction.probs, rule.confidence,
-                                                    rule.empty_foreground_confidence),
+                "confidence": foreground_confidence(prediction.label, prediction.max_prob, prediction.entropy,
+                                                    rule.confidence, rule.empty_foreground_confidence),
                 "distance": semantic_distance(prediction.features[-1], references),
                 "label": prediction.label,
-                "mask": voxel_confidence_mask(prediction.probs, rule.voxel_threshold, rule.class_keep_min),
+                "mask": voxel_confidence_mask(prediction.label, prediction.max_prob, rule.voxel_threshold,
+                                              rule.class_keep_min),
             }
             self.emit("progress", phase="pseudo", step=index + 1, total=len(ids), message=f"pseudo-labelled {case}")
         joined: Dict[str, Any] = {}
@@ -602,7 +613,7 @@ class _Run:
         """Run the recipe once per fold from the current weights; score each fold's held-out volumes."""
         folds = assign_folds([c.case_id for c in labeled], self.config.validation.folds, self.config.train.seed)
         first = {c.case_id: c.dice for c in before.cases}
-        dice: Dict[str, Dict[int, float]] = {c: {0: float(np.mean(first[c]))} for c in first}
+        dice: Dict[str, Dict[int, float]] = {c: {0: mean_scored(first[c])} for c in first}
         per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {0: tuple(first[c])} for c in first}
         for index, held in enumerate(folds):
             saved = self.checkpoints.load_fold(index)
@@ -629,8 +640,8 @@ class _Run:
                 self.checkpoints.save_fold(index, saved)
             for case, by_step in saved["scores"].items():
                 for step, values in by_step.items():
-                    dice[case][int(step)] = float(np.mean(values))
-                    per_class[case][int(step)] = tuple(float(v) for v in values)
+                    dice[case][int(step)] = mean_scored(values)
+                    per_class[case][int(step)] = tuple(NOT_SCORED if v is None else float(v) for v in values)
         steps = sorted(set.intersection(*(set(v) for v in dice.values())))
         return CrossValidation(steps=tuple(steps), dice={c: tuple(v[s] for s in steps) for c, v in dice.items()},
                                dice_per_class={c: tuple(v[s] for s in steps) for c, v in per_class.items()},
@@ -649,7 +660,7 @@ class _Run:
         mine: Dict[str, Dict[str, List[int]]] = {"current": {}, "adapted": {}}
         for case in self.ctx.shard(picks):
             try:
-                image = read_volume(pool[case])
+                image = check_image(read_volume(pool[case]))
             except InputError:
                 continue  # reported by pseudo-labelling or ranking
             for key, predictor in predictors.items():
@@ -671,8 +682,8 @@ def _cv_summary(cv: CrossValidation, step: int, class_names: Sequence[str]) -> D
     """The ``summarise_report`` shape of the cross-validated held-out scores at ``step`` (no HD95)."""
     index = cv.steps.index(step)
     per_class = np.array([cv.dice_per_class[c][index] for c in cv.cases])
-    return _jsonable({"mean_dice": float(np.mean([cv.dice[c][index] for c in cv.cases])),
-                      "dice": {name: float(per_class[:, i].mean()) for i, name in enumerate(class_names)},
+    return _jsonable({"mean_dice": mean_scored(cv.dice[c][index] for c in cv.cases),
+                      "dice": {name: mean_scored(per_class[:, i]) for i, name in enumerate(class_names)},
                       "hd95": {name: None for name in class_names}, "cases": len(cv.cases)})
 
 
@@ -764,6 +775,7 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
                Path(work_dir) if work_dir is not None else None,
                Path(predictions_dir) if predictions_dir is not None else None, ctx, before_commit)
     labeled = run.read_labeled()
+    require_plausible_labelled_set(labeled, card.class_names, config.allow_implausible_labels, run.warn)
     pool = {k: v for k, v in image_paths.items() if k not in label_paths}
     network = base.network
     run.anchor = _cpu_state(network)
@@ -813,7 +825,7 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
         "activation": decision.to_dict(),
     }
     emit(progress, "metric", phase="evaluate", step=run.total_steps, total=run.total_steps,
-         message=f"mean Dice {before['mean_dice']:.3f} -> {after['mean_dice']:.3f} "
+         message=f"mean Dice {format_score(before['mean_dice'])} -> {format_score(after['mean_dice'])} "
                  + ("cross-validated" if cv is not None else "on the training volumes")
                  + f"; {'activating' if decision.activate else 'not activating'}: {decision.reason}",
          metrics={"dice_before": before["mean_dice"] or 0.0, "dice_after": after["mean_dice"] or 0.0})
@@ -886,7 +898,7 @@ def _predict_pool(run: _Run, network: nn.Module, pool: Mapping[str, str]) -> Dic
     mine: Dict[str, str] = {}
     for index, case in enumerate(run.ctx.shard(ids)):
         try:
-            image = read_volume(pool[case])
+            image = check_image(read_volume(pool[case]))
         except InputError:
             continue  # already reported when pseudo-labelling, or reported by ranking
         prediction = predictor.predict(image)

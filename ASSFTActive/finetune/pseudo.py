@@ -31,33 +31,32 @@ __all__ = [
 ]
 
 
-def foreground_confidence(probs: np.ndarray, metric: ConfidenceMetric = ConfidenceMetric.FG_MAX_PROB,
-                          empty_value: float = 0.0) -> float:
+def foreground_confidence(label: np.ndarray, max_prob: np.ndarray, entropy: np.ndarray,
+                          metric: ConfidenceMetric = ConfidenceMetric.FG_MAX_PROB, empty_value: float = 0.0) -> float:
     """``conf_u`` of method-spec §1.7: confidence of the teacher inside its own predicted foreground.
 
     Args:
-        probs: softmax probabilities ``[C, I, J, K]`` (class 0 is background).
+        label: the teacher's argmax ``[I, J, K]`` (class 0 is background).
+        max_prob: ``max_c p_c`` ``[I, J, K]``.
+        entropy: normalised entropy ``H / log C`` ``[I, J, K]``.
         metric: ``fg_max_prob``: mean over predicted-foreground voxels of ``max_c p_c(v)``;
-            ``one_minus_fg_entropy``: ``1 -`` mean normalised entropy ``H(v) / log C`` over the same voxels.
+            ``one_minus_fg_entropy``: ``1 -`` mean normalised entropy over the same voxels.
         empty_value: the confidence when no voxel is predicted foreground.
 
     Returns:
         a number in ``[0, 1]``.
     """
-    probs = np.asarray(probs)
-    if probs.ndim != 4 or probs.shape[0] < 2:
-        raise ValueError(f"probs must be [C, I, J, K] with C >= 2, got shape {probs.shape}")
+    label, max_prob, entropy = np.asarray(label), np.asarray(max_prob), np.asarray(entropy)
+    if not (label.ndim == 3 and label.shape == max_prob.shape == entropy.shape):
+        raise ValueError(f"label, max_prob and entropy must be [I, J, K] maps of one shape, got {label.shape}, "
+                         f"{max_prob.shape}, {entropy.shape}")
     metric = ConfidenceMetric(metric)
-    hard = np.argmax(probs, axis=0)
-    foreground = hard != 0
+    foreground = label != 0
     if not foreground.any():
         return float(empty_value)
-    fg = probs[:, foreground].astype(np.float64)  # [C, N]
     if metric == ConfidenceMetric.FG_MAX_PROB:
-        return float(np.clip(fg.max(axis=0).mean(), 0.0, 1.0))
-    p = np.clip(fg, 1e-12, 1.0)
-    entropy = -(fg * np.log(p)).sum(axis=0) / math.log(probs.shape[0])
-    return float(np.clip(1.0 - entropy.mean(), 0.0, 1.0))
+        return float(np.clip(max_prob[foreground].mean(dtype=np.float64), 0.0, 1.0))
+    return float(np.clip(1.0 - entropy[foreground].mean(dtype=np.float64), 0.0, 1.0))
 
 
 def semantic_distance(features: np.ndarray, labeled_features: Sequence[np.ndarray]) -> float:
@@ -181,7 +180,7 @@ def select_reliable(candidates: Sequence[PseudoCandidate], config: PseudoLabelCo
                  for i, c in enumerate(candidates))
 
 
-def voxel_confidence_mask(probs: np.ndarray, threshold: Optional[float],
+def voxel_confidence_mask(label: np.ndarray, max_prob: np.ndarray, threshold: Optional[float],
                           class_keep_min: float = 0.0) -> Optional[np.ndarray]:
     """The trusted voxels of an offline pseudo-label as bool ``[I, J, K]``; ``None`` when the threshold is off.
 
@@ -189,13 +188,15 @@ def voxel_confidence_mask(probs: np.ndarray, threshold: Optional[float],
     :func:`~ASSFTActive.finetune.semi.confident_voxels`, shared with the online teacher).
 
     Args:
-        probs: teacher probabilities ``[C, I, J, K]``.
+        label: the teacher's argmax ``[I, J, K]``.
+        max_prob: its ``max_c p_c`` ``[I, J, K]``.
     """
     if threshold is None:
         return None
     import torch
 
-    from .semi import confident_voxels
+    from .semi import confident_from_maps
 
-    return confident_voxels(torch.from_numpy(np.ascontiguousarray(probs)), float(threshold),
-                            class_keep_min).numpy()
+    return confident_from_maps(torch.from_numpy(np.ascontiguousarray(max_prob)),
+                               torch.from_numpy(np.ascontiguousarray(label)).long(), float(threshold),
+                               class_keep_min).numpy()

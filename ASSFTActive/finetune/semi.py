@@ -19,7 +19,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["StrongView", "confident_voxels", "paste_labelled_boxes"]
+__all__ = ["StrongView", "confident_from_maps", "confident_voxels", "paste_labelled_boxes"]
 
 
 def confident_voxels(probs: torch.Tensor, threshold: float, class_keep_min: float = 0.0) -> torch.Tensor:
@@ -41,12 +41,19 @@ def confident_voxels(probs: torch.Tensor, threshold: float, class_keep_min: floa
     Returns:
         bool mask ``[B, X, Y, Z]`` (or ``[X, Y, Z]``).
     """
-    single = probs.dim() == 4
-    batch = probs[None] if single else probs
-    confidence, hard = batch.max(dim=1)
+    confidence, hard = probs.max(dim=-4)
+    return confident_from_maps(confidence, hard, threshold, class_keep_min)
+
+
+def confident_from_maps(confidence: torch.Tensor, hard: torch.Tensor, threshold: float,
+                        class_keep_min: float = 0.0) -> torch.Tensor:
+    """:func:`confident_voxels` from the maximum probability and the predicted class, ``[B, X, Y, Z]`` or
+    ``[X, Y, Z]`` each (what the streaming predictor keeps)."""
+    single = confidence.dim() == 3
+    confidence, hard = (confidence[None], hard[None]) if single else (confidence, hard)
     mask = confidence >= threshold
     if class_keep_min > 0.0:
-        for b in range(batch.shape[0]):
+        for b in range(confidence.shape[0]):
             for k in torch.unique(hard[b]).tolist():
                 values = confidence[b][hard[b] == k]
                 keep = int(np.ceil(class_keep_min * values.numel()))

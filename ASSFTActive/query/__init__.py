@@ -3,7 +3,8 @@
 Pipeline, each step a pure function testable alone:
 
 1. voxel maps from the class probabilities (:mod:`.voxelwise`): normalised entropy, adaptive foreground;
-2. per-case scores (:mod:`.scores`): ASD, knowledge divergence, mean entropy, MC-dropout, ClaSP PE;
+2. entropy sums over the scored regions (:mod:`.regions`) and per-case scores (:mod:`.scores`): ASD, knowledge
+   divergence, mean entropy, MC-dropout, ClaSP PE;
 3. one :class:`CaseEvidence` per case (:func:`summarize_case`);
 4. a full ordering of the pool, the first ``budget`` selected (:func:`select`).
 
@@ -15,6 +16,7 @@ from .config import AsdReduce, Combine, DivSpace, FgMask, KDMetric, QueryConfig,
 from .diversity import minmax_normalise
 from .evidence import summarize_case
 from .records import CaseEvidence, RankedCase, Ranking
+from .regions import RegionSpec, RegionSums, region_sums
 from .scores import (
     anatomical_segmentation_difficulty,
     batchnorm_divergence,
@@ -36,6 +38,9 @@ from .voxelwise import (
 )
 
 __all__ = [
+    "RegionSpec",
+    "RegionSums",
+    "region_sums",
     "AsdReduce",
     "CaseEvidence",
     "Combine",

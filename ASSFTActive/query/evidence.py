@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from .config import QueryConfig, SourceKnowledge, Strategy
 from .records import CaseEvidence
-from .scores import _asd, _clasp_scores, batchnorm_divergence, knowledge_divergence, mc_dropout_epistemic
-from .voxelwise import _class_foreground_masks, _predictive_entropy, check_probs
+from .regions import RegionSums
+from .scores import batchnorm_divergence, knowledge_divergence, mc_dropout_epistemic
 
 __all__ = ["summarize_case"]
 
@@ -19,7 +18,7 @@ BnStats = Sequence[Tuple[np.ndarray, np.ndarray]]
 
 def summarize_case(
     case_id: str,
-    probs: Optional[np.ndarray],
+    sums: Optional[RegionSums],
     current_features: Sequence[np.ndarray],
     pretrained_features: Sequence[np.ndarray],
     config: QueryConfig,
@@ -29,13 +28,14 @@ def summarize_case(
     bn_running_stats: Optional[BnStats] = None,
     epistemic: Optional[float] = None,
 ) -> CaseEvidence:
-    """Compute every per-case score of one volume in one pass over its probability map.
+    """Compute every per-case score of one volume from the entropy sums of its prediction and its features.
 
     Args:
         case_id: the volume's name.
-        probs: softmax probabilities ``[C, I, J, K]`` of the current model, or ``None`` at cold start (no
-            segmentation head yet): then ``asd`` and ``mean_entropy`` are NaN and ``clasp_scores`` is empty, and
-            only ``dkd_only``, ``random`` and ``coreset`` can rank the pool.
+        sums: the :class:`~.regions.RegionSums` of the current model's prediction over the regions ``config``
+            asks for (streamed by the predictor, or :func:`~.regions.region_sums` of a probability volume), or
+            ``None`` at cold start (no segmentation head yet): then ``asd`` and ``mean_entropy`` are NaN and
+            ``clasp_scores`` is empty, and only ``dkd_only``, ``random`` and ``coreset`` can rank the pool.
         current_features: pooled features ``[D_s]`` of the current encoder, one per stage, shallow to deep.
         pretrained_features: the same for the frozen pre-trained encoder. The deepest stage of each becomes the
             case's embedding for diversity and coreset.
@@ -70,18 +70,14 @@ def summarize_case(
     else:
         kd = knowledge_divergence(current, pretrained, config)
 
-    if probs is None:
+    if sums is None:
         asd = float("nan")
         mean_ent = float("nan")
         clasp = np.zeros(0, dtype=np.float64)
     else:
-        array = check_probs(probs, f"case {case_id!r}: probs")
-        power_entropy = _predictive_entropy(array)
-        entropy = np.clip(power_entropy / np.float32(math.log(array.shape[0])), 0.0, 1.0)
-        class_masks = _class_foreground_masks(array, config)
-        asd = _asd(array, entropy, config, class_masks)
-        mean_ent = float(entropy.mean(dtype=np.float64))
-        clasp = _clasp_scores(array, power_entropy, class_masks)
+        asd = sums.asd(config)
+        mean_ent = sums.mean_entropy()
+        clasp = sums.clasp_scores()
 
     if prob_samples is not None:
         epistemic = mc_dropout_epistemic(prob_samples)

@@ -7,18 +7,13 @@ modifies its input. Formulas marked [inferred] are design decisions of ``method-
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
-from .config import AsdReduce, KDMetric, QueryConfig
-from .voxelwise import (
-    _class_foreground_masks,
-    _foreground_mask,
-    _normalized_entropy,
-    _predictive_entropy,
-    check_probs,
-)
+from .config import KDMetric, QueryConfig
+from .regions import RegionSpec, region_sums
+from .voxelwise import _normalized_entropy, check_probs
 
 __all__ = [
     "anatomical_segmentation_difficulty",
@@ -57,22 +52,7 @@ def anatomical_segmentation_difficulty(probs: np.ndarray, config: QueryConfig) -
     Returns:
         ASD in ``[0, 1]``.
     """
-    array = check_probs(probs)
-    return _asd(array, _normalized_entropy(array), config)
-
-
-def _asd(
-    array: np.ndarray, entropy: np.ndarray, config: QueryConfig, class_masks: Optional[List[np.ndarray]] = None
-) -> float:
-    if config.asd_reduce == AsdReduce.CLASS_BALANCED:
-        if class_masks is None:
-            class_masks = _class_foreground_masks(array, config)
-        class_means = [float(entropy[mask].mean(dtype=np.float64)) for mask in class_masks if mask.any()]
-        return float(np.mean(class_means)) if class_means else float(config.asd_empty_fg)
-    mask = _foreground_mask(array, config)
-    if not mask.any():
-        return float(config.asd_empty_fg)
-    return float(entropy[mask].mean(dtype=np.float64))
+    return region_sums(probs, RegionSpec.from_config(config)).asd(config)
 
 
 def mean_entropy(probs: np.ndarray) -> float:
@@ -333,14 +313,4 @@ def clasp_class_scores(probs: np.ndarray, config: QueryConfig) -> np.ndarray:
     Returns:
         ``float64`` ``[C]``, all >= 0.
     """
-    array = check_probs(probs)
-    return _clasp_scores(array, _predictive_entropy(array), _class_foreground_masks(array, config))
-
-
-def _clasp_scores(array: np.ndarray, entropy: np.ndarray, class_masks: List[np.ndarray]) -> np.ndarray:
-    scores = np.zeros(array.shape[0], dtype=np.float64)
-    scores[0] = float(entropy.mean(dtype=np.float64))
-    for c, mask in enumerate(class_masks, start=1):
-        if mask.any():
-            scores[c] = float(np.mean(entropy[mask] * array[c][mask], dtype=np.float64))
-    return scores
+    return region_sums(probs, RegionSpec.from_config(config)).clasp_scores()

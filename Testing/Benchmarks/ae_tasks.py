@@ -123,7 +123,7 @@ def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] 
     """
     import torch
 
-    from ASSFTActive.evaluate import dice_per_class
+    from ASSFTActive.evaluate import dice_per_class, mean_scored
     from ASSFTActive.inference import Predictor
     from ASSFTActive.models import LoadedModel, LoadReport
     from ASSFTActive.query import mc_dropout_epistemic
@@ -142,14 +142,14 @@ def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] 
         start = time.perf_counter()
         torch.manual_seed(_seed_of("mc", tag, case))
         samples: List[np.ndarray] = []
-        prediction = predictor.predict(image, dropout_samples=mc_samples,
+        prediction = predictor.predict(image, keep_probs=True, dropout_samples=mc_samples,
                                        sample_callback=samples.append if mc_samples else None)
         epistemic = mc_dropout_epistemic(np.stack(samples)) if samples else None
         dice = dice_per_class(prediction.label, np.asarray(label.array), card.num_classes)
         out.append({"case_id": case, "probs": prediction.probs.astype(np.float16),
                     "features": [f.copy() for f in prediction.features],
                     "pretrained_features": [f.copy() for f in prediction.pretrained_features],
-                    "epistemic": epistemic, "dice": float(np.mean(dice)),
+                    "epistemic": epistemic, "dice": float(mean_scored(dice)),
                     "seconds": time.perf_counter() - start})
     return out
 
@@ -260,9 +260,10 @@ def query_path(strategy_key: str, query: Dict[str, Any], first: Sequence[str], r
 
 def summarize(analysis: Dict[str, Any], config) -> Any:
     """``CaseEvidence`` of one analysed case under ``config`` (the second half of ``api.analyse_volume``)."""
-    from ASSFTActive.query import summarize_case
+    from ASSFTActive.query import RegionSpec, region_sums, summarize_case
 
-    evidence = summarize_case(analysis["case_id"], analysis["probs"].astype(np.float32), analysis["features"],
+    sums = region_sums(analysis["probs"].astype(np.float32), RegionSpec.from_config(config))
+    evidence = summarize_case(analysis["case_id"], sums, analysis["features"],
                               analysis["pretrained_features"], replace(config, strategy="assft"))
     if analysis.get("epistemic") is not None:
         evidence = replace(evidence, epistemic=float(analysis["epistemic"]))

@@ -43,7 +43,7 @@ def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iter
              ) -> Dict[str, Any]:
     from scipy import stats
 
-    from ASSFTActive.evaluate import dice_per_class
+    from ASSFTActive.evaluate import dice_per_class, mean_scored
     from ASSFTActive.finetune.adapt import adapt_model
     from ASSFTActive.finetune.config import FinetuneConfig, PseudoLabelConfig
     from ASSFTActive.finetune.pseudo import PseudoCandidate, foreground_confidence, select_reliable, semantic_distance
@@ -72,10 +72,10 @@ def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iter
         prediction = teacher.predict(image)
         truth = np.asarray(read_label(data / "labelsTr" / f"{case}.nii.gz", image, 3).array)
         rows.append({"case": case,
-                     "confidence": foreground_confidence(prediction.probs, rule.confidence,
-                                                         rule.empty_foreground_confidence),
+                     "confidence": foreground_confidence(prediction.label, prediction.max_prob, prediction.entropy,
+                                                         rule.confidence, rule.empty_foreground_confidence),
                      "distance": semantic_distance(prediction.features[-1], references),
-                     "true_dice": float(np.mean(dice_per_class(prediction.label, truth, 3))),
+                     "true_dice": float(mean_scored(dice_per_class(prediction.label, truth, 3))),
                      "volume_ratio": float((prediction.label > 0).sum() / max(1, (truth > 0).sum()))})
     decisions = select_reliable([PseudoCandidate(r["case"], r["confidence"], r["distance"]) for r in rows], rule)
     for row, decision in zip(rows, decisions):

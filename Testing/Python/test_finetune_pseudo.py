@@ -18,6 +18,8 @@ from ASSFTActive.finetune.pseudo import (
     semantic_distance,
     voxel_confidence_mask,
 )
+from ASSFTActive.query import RegionSpec
+from ASSFTActive.reduction import reduce_probs
 
 
 def _probs(foreground_prob: float, background_prob: float = 0.9) -> np.ndarray:
@@ -30,24 +32,35 @@ def _probs(foreground_prob: float, background_prob: float = 0.9) -> np.ndarray:
     return probs
 
 
+def _confidence(probs: np.ndarray, *args, **kwargs) -> float:
+    """foreground_confidence of the maps the streaming predictor keeps of ``probs``."""
+    maps = reduce_probs(probs, RegionSpec())
+    return foreground_confidence(maps.label, maps.max_prob, maps.entropy, *args, **kwargs)
+
+
+def _mask(probs: np.ndarray, *args, **kwargs):
+    maps = reduce_probs(probs, RegionSpec())
+    return voxel_confidence_mask(maps.label, maps.max_prob, *args, **kwargs)
+
+
 def test_confidence_is_the_mean_max_probability_inside_the_predicted_foreground_only():
-    assert foreground_confidence(_probs(0.8)) == pytest.approx(0.8)
-    assert foreground_confidence(_probs(0.8, background_prob=0.4)) == pytest.approx(0.8)
+    assert _confidence(_probs(0.8)) == pytest.approx(0.8)
+    assert _confidence(_probs(0.8, background_prob=0.4)) == pytest.approx(0.8)
 
 
 def test_confidence_of_an_empty_foreground_is_the_configured_value():
     probs = np.zeros((2, 3, 3, 3), dtype=np.float32)
     probs[0] = 1.0
-    assert foreground_confidence(probs) == 0.0
-    assert foreground_confidence(probs, empty_value=0.3) == 0.3
+    assert _confidence(probs) == 0.0
+    assert _confidence(probs, empty_value=0.3) == 0.3
 
 
 def test_entropy_confidence_is_one_minus_normalised_entropy():
     certain = _probs(1.0)
-    assert foreground_confidence(certain, "one_minus_fg_entropy") == pytest.approx(1.0, abs=1e-6)
+    assert _confidence(certain, "one_minus_fg_entropy") == pytest.approx(1.0, abs=1e-6)
     p = np.array([0.2, 0.6, 0.2])
     expected = 1 + float((p * np.log(p)).sum()) / math.log(3)
-    assert foreground_confidence(_probs(0.6), "one_minus_fg_entropy") == pytest.approx(expected, abs=1e-5)
+    assert _confidence(_probs(0.6), "one_minus_fg_entropy") == pytest.approx(expected, abs=1e-5)
 
 
 def test_semantic_distance_is_the_smallest_cosine_distance_to_a_labelled_volume():
@@ -97,6 +110,6 @@ def test_decisions_round_trip_through_json():
 
 def test_voxel_mask_keeps_voxels_whose_max_probability_reaches_the_threshold():
     probs = _probs(0.8, background_prob=0.4)
-    mask = voxel_confidence_mask(probs, 0.5)
+    mask = _mask(probs, 0.5)
     assert mask[0].all() and not mask[1].any()
-    assert voxel_confidence_mask(probs, None) is None
+    assert _mask(probs, None) is None

@@ -32,7 +32,9 @@ def test_the_class_aware_mask_keeps_the_most_confident_share_of_every_class():
 
 
 def test_the_offline_mask_uses_the_same_rule():
-    mask = voxel_confidence_mask(_probs().numpy(), 0.8, class_keep_min=0.5)
+    probs = _probs()
+    confidence, hard = probs.max(dim=0)
+    mask = voxel_confidence_mask(hard.numpy(), confidence.numpy(), 0.8, class_keep_min=0.5)
     assert isinstance(mask, np.ndarray) and mask.flatten().tolist() == [True, True, True, True, False, False]
 
 

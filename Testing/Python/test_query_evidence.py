@@ -13,14 +13,21 @@ from ASSFTActive.query import (
     QueryConfig,
     RankedCase,
     Ranking,
+    RegionSpec,
+    RegionSums,
     anatomical_segmentation_difficulty,
     clasp_class_scores,
     knowledge_divergence,
     mc_dropout_epistemic,
     mean_entropy,
+    region_sums,
     select,
     summarize_case,
 )
+
+
+def sums_of(probs: np.ndarray, config: QueryConfig = QueryConfig()) -> RegionSums:
+    return region_sums(probs, RegionSpec.from_config(config))
 
 
 def random_probs(seed: int, shape=(3, 8, 8, 8)) -> np.ndarray:
@@ -40,7 +47,7 @@ def test_summary_matches_the_individual_scores(asd_reduce):
     config = QueryConfig(asd_reduce=asd_reduce)
     probs = random_probs(0)
     current, pretrained = features(1), features(2)
-    evidence = summarize_case("case_a", probs, current, pretrained, config)
+    evidence = summarize_case("case_a", sums_of(probs, config), current, pretrained, config)
     assert evidence.case_id == "case_a"
     assert evidence.asd == pytest.approx(anatomical_segmentation_difficulty(probs, config), rel=1e-6)
     assert evidence.mean_entropy == pytest.approx(mean_entropy(probs), rel=1e-6)
@@ -53,7 +60,7 @@ def test_summary_matches_the_individual_scores(asd_reduce):
 
 def test_identical_encoders_give_kd_zero_in_the_summary():
     pretrained = features(3)
-    evidence = summarize_case("c", random_probs(1), [f.copy() for f in pretrained], pretrained, QueryConfig())
+    evidence = summarize_case("c", sums_of(random_probs(1)), [f.copy() for f in pretrained], pretrained, QueryConfig())
     assert evidence.knowledge_divergence < 1e-7
 
 
@@ -61,17 +68,18 @@ def test_summary_does_not_modify_its_inputs():
     probs, samples = random_probs(2), np.stack([random_probs(3), random_probs(4)])
     current, pretrained = features(5), features(6)
     saved = [probs.copy(), samples.copy()] + [f.copy() for f in current + pretrained]
-    summarize_case("c", probs, current, pretrained, QueryConfig(), prob_samples=samples)
+    summarize_case("c", sums_of(probs), current, pretrained, QueryConfig(), prob_samples=samples)
     for before, after in zip(saved, [probs, samples] + current + pretrained):
         np.testing.assert_array_equal(before, after)
 
 
 def test_summary_stores_the_mc_dropout_score_and_mc_dropout_needs_samples():
     samples = np.stack([random_probs(7), random_probs(8), random_probs(9)])
-    evidence = summarize_case("c", random_probs(7), features(0), features(0), QueryConfig(), prob_samples=samples)
+    evidence = summarize_case("c", sums_of(random_probs(7)), features(0), features(0), QueryConfig(),
+                              prob_samples=samples)
     assert evidence.epistemic == pytest.approx(mc_dropout_epistemic(samples))
     with pytest.raises(ValueError, match="prob_samples"):
-        summarize_case("c", random_probs(7), features(0), features(0), QueryConfig(strategy="mc_dropout"))
+        summarize_case("c", sums_of(random_probs(7)), features(0), features(0), QueryConfig(strategy="mc_dropout"))
 
 
 def test_bn_stats_source_knowledge_uses_batchnorm_statistics():
@@ -79,11 +87,12 @@ def test_bn_stats_source_knowledge_uses_batchnorm_statistics():
     shifted = [(np.ones(2), np.ones(2))]
     config = QueryConfig(source_knowledge="bn_stats")
     evidence = summarize_case(
-        "c", random_probs(0), features(0), features(0), config, bn_stage_stats=shifted, bn_running_stats=running
+        "c", sums_of(random_probs(0), config), features(0), features(0), config, bn_stage_stats=shifted,
+        bn_running_stats=running,
     )
     assert evidence.knowledge_divergence == pytest.approx(0.5, rel=1e-4)  # mean shift of 1 at unit variance
     with pytest.raises(ValueError, match="bn_stage_stats"):
-        summarize_case("c", random_probs(0), features(0), features(0), config)
+        summarize_case("c", sums_of(random_probs(0)), features(0), features(0), config)
 
 
 def test_cold_start_summary_without_probabilities_ranks_only_with_probability_free_strategies():
