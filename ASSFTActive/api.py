@@ -3,29 +3,32 @@
 ``rank_pool`` runs one sliding-window pass per volume (probabilities plus encoder features of the current and the
 frozen pre-trained model), reduces it to a :class:`~ASSFTActive.query.CaseEvidence`, writes the entropy overlay,
 its regions and the predicted label map at once (so memory holds one volume's maps at a time), then selects the
-budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` and ``config.json``.
+budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` (one
+:class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``. Given a data-parallel context it shards the pool
+across ranks itself, with the same staging and the same all-or-nothing output.
 """
 
 from __future__ import annotations
 
-import csv
-import io as _stdio
 import json
 import os
+import pickle
 import platform
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import __version__
-from .errors import InputError
+from .distributed import DistContext, merge_shards
+from .errors import InputError, JobError
 from .inference import InferenceConfig, Predictor, default_device
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
+from .jobs import RANKING_CSV, RANKING_FILE, RankingEntry, RankingFile, write_ranking_file
 from .models import LoadedModel, ModelCard, load_model
 from .overlay import write_overlay
 from .plausibility import check_image
@@ -149,39 +152,39 @@ def select_from_reports(reports: Sequence[VolumeReport], budget: int, query: Que
                   labeled_current_embeddings=[e.current_embedding for e in labeled])
 
 
-def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
-                  query: QueryConfig, extra: Optional[Mapping] = None) -> Dict[str, Path]:
-    """``ranking.csv``, ``ranking.json`` and ``config.json`` (resolved settings, model card, versions)."""
-    out_dir = Path(out_dir)
+def _text(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path else None
+
+
+def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard) -> RankingFile:
+    """The :class:`~ASSFTActive.jobs.RankingFile` of a selection: the ranked volumes in rank order with their scores
+    and files, then the labelled ones (not ranked; their ASD and KD are reported)."""
     by_id = {r.case_id: r for r in reports}
-    rows = []
+    entries = []
     for case in ranking.cases:
         report = by_id[case.case_id]
-        rows.append({
-            "case_id": case.case_id, "image": str(report.image), "dkd": case.dkd, "asd": case.asd,
-            "score": case.score, "rank": case.rank, "selected": case.selected, "labeled": False,
-            "knowledge_divergence": report.evidence.knowledge_divergence,
-            "entropy_map": str(report.entropy_map) if report.entropy_map else None,
-            "regions": str(report.regions) if report.regions else None,
-            "prediction": str(report.prediction) if report.prediction else None,
-        })
+        entries.append(RankingEntry(
+            case_id=case.case_id, rank=case.rank, selected=case.selected, labeled=False, dkd=case.dkd, asd=case.asd,
+            score=case.score, knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
+            entropy_map=_text(report.entropy_map), regions=_text(report.regions),
+            prediction=_text(report.prediction)))
     for report in reports:
         if report.labeled:
-            rows.append({"case_id": report.case_id, "image": str(report.image), "dkd": None,
-                         "asd": report.evidence.asd, "score": None, "rank": None, "selected": False, "labeled": True,
-                         "knowledge_divergence": report.evidence.knowledge_divergence,
-                         "entropy_map": None, "regions": None, "prediction": None})
-    payload = {"strategy": ranking.strategy, "budget": ranking.budget,
-               "model": str(card.path) if card.path else card.name, "cases": rows}
-    files = {"ranking_json": atomic_write_text(out_dir / "ranking.json", json.dumps(payload, indent=2) + "\n")}
-    buffer = _stdio.StringIO()
-    columns = ["rank", "case_id", "selected", "labeled", "dkd", "asd", "score", "knowledge_divergence", "image"]
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v))
-                         for k, v in row.items()})
-    files["ranking_csv"] = atomic_write_text(out_dir / "ranking.csv", buffer.getvalue())
+            entries.append(RankingEntry(
+                case_id=report.case_id, rank=None, selected=False, labeled=True, asd=report.evidence.asd,
+                knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image)))
+    return RankingFile(strategy=ranking.strategy, budget=ranking.budget,
+                       model=str(card.path) if card.path else card.name, cases=tuple(entries))
+
+
+def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
+                  query: QueryConfig, extra: Optional[Mapping] = None) -> Dict[str, Path]:
+    """``ranking.json`` and ``ranking.csv`` (one :class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``
+    (resolved settings, model card, versions)."""
+    out_dir = Path(out_dir)
+    record = ranking_file(ranking, reports, card)
+    files = {"ranking_json": write_ranking_file(out_dir / RANKING_FILE, record),
+             "ranking_csv": atomic_write_text(out_dir / RANKING_CSV, record.to_csv())}
     config = {"assft_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
               "query": query.to_dict(), "model_card": card.to_dict(),
               "model_card_path": str(card.path) if card.path else None, **(extra or {})}
@@ -203,25 +206,11 @@ def _publish(report: VolumeReport, staging: Path, out_dir: Path) -> VolumeReport
     return replace(report, **moved)
 
 
-def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Path, *,
-              labeled_ids: Sequence[str] = (), query: QueryConfig = QueryConfig(),
-              inference: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
-              feature_cache: Optional[Path] = None, write_outputs: bool = True,
-              progress: Optional[ProgressCallback] = None, predictor: Optional[Predictor] = None) -> RankResult:
-    """Score every volume, select ``budget`` of the unlabeled ones and write the ranking folder.
+def _check_pool(images: Sequence[Path], budget: int) -> List[str]:
+    """The case ids of the pool.
 
-    Args:
-        images: image files of the pool (labeled ones included).
-        card: the current model.
-        budget: how many volumes to propose.
-        out_dir: the ranking folder.
-        labeled_ids: case ids that already have expert labels.
-
-    Per-volume files are written to a hidden staging folder and moved into ``out_dir`` only after every volume was
-    analysed, so a corrupt file halfway through the pool leaves no partial results behind.
-        query: scoring and selection settings.
-        write_outputs: write overlays and predictions (the ranking files are always written).
-        predictor: reuse already loaded models.
+    Raises:
+        InputError: a negative budget, or two images with the same case id.
     """
     if budget < 0:
         raise InputError(f"--budget must be 0 or more, got {budget}.")
@@ -229,19 +218,110 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InputError(f"several images share the case id(s) {duplicates}; give each volume a unique file name.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = predictor or make_predictor(card, device, inference, feature_cache)
-    emit(progress, "phase", phase="rank", total=len(images),
-         message=f"ranking {len(images)} volumes on {predictor.device.type}")
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(out_dir)))
+    return names
+
+
+def _shippable(exc: BaseException) -> BaseException:
+    """``exc`` itself when it can be sent to the other ranks, else a :class:`JobError` with its message."""
     try:
-        staged = analyse_pool(images, predictor, query, labeled_ids, staging if write_outputs else None, progress)
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return JobError(f"{type(exc).__name__}: {exc}")
+
+
+def _analyse_shard(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
+                   staging: Optional[Path], progress: Optional[ProgressCallback],
+                   ctx: DistContext) -> Tuple[Dict[str, VolumeReport], Optional[BaseException]]:
+    """This rank's share of the pool analysed into ``staging``: ``({case_id: report}, None)`` or ``({}, error)``."""
+    try:
+        reports = analyse_pool(ctx.shard(images), predictor, query, labeled_ids, staging, progress)
+    except Exception as exc:  # every rank must reach the gather, or the others wait for it until the timeout
+        if not ctx.distributed:
+            raise
+        return {}, _shippable(exc)
+    return {r.case_id: r for r in reports}, None
+
+
+def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Path, *,
+              labeled_ids: Sequence[str] = (), query: QueryConfig = QueryConfig(),
+              inference: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
+              feature_cache: Optional[Path] = None, write_outputs: bool = True,
+              progress: Optional[ProgressCallback] = None, predictor: Optional[Predictor] = None,
+              ctx: Optional[DistContext] = None) -> RankResult:
+    """Score every volume, select ``budget`` of the unlabeled ones and write the ranking folder.
+
+    Per-volume files are written to a hidden staging folder and moved into ``out_dir`` only after every volume was
+    analysed and the selection made, so a corrupt file halfway through the pool leaves no partial results behind.
+    With a distributed ``ctx`` the same happens across ranks: every rank analyses ``images[rank::world_size]`` into
+    the one staging folder (the ranks share the file system), the reports are gathered in the pool's order, and
+    rank 0 publishes the files and writes the ranking exactly as one process would; when any rank fails, every
+    rank raises (rank 0 the failing rank's error) and nothing is published.
+
+    Args:
+        images: image files of the pool (labeled ones included).
+        card: the current model.
+        budget: how many volumes to propose.
+        out_dir: the ranking folder.
+        labeled_ids: case ids that already have expert labels.
+        query: scoring and selection settings.
+        inference: sliding-window settings (when ``predictor`` is not given).
+        device: compute device when ``ctx`` is not given (default: :func:`~ASSFTActive.inference.default_device`).
+        feature_cache: folder caching the pre-trained encoder's features.
+        write_outputs: write overlays and predictions (the ranking files are always written).
+        progress: event callback (every rank calls it).
+        predictor: reuse already loaded models.
+        ctx: the data-parallel context (default: one process on ``device``).
+
+    Returns:
+        the :class:`RankResult`; on ranks other than 0 the same ranking with no volumes and no files.
+    """
+    if ctx is not None and device is not None and torch.device(device) != ctx.device:
+        raise ValueError(f"device {device} differs from the context's device {ctx.device}; pass one of them")
+    ctx = ctx or DistContext.single(device)
+    images = [Path(p) for p in images]
+    names = _check_pool(images, budget)
+    out_dir = Path(out_dir)
+    staging: Optional[Path] = None
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=str(out_dir)))
+    try:
+        staging = Path(ctx.broadcast(str(staging) if staging is not None else None))
+        predictor = predictor or make_predictor(card, ctx.device, inference, feature_cache)
+        where = f"{ctx.world_size} ranks ({predictor.device.type})" if ctx.distributed else predictor.device.type
+        emit(progress, "phase", phase="rank", total=len(images), message=f"ranking {len(images)} volumes on {where}")
+        mine, error = _analyse_shard(images, predictor, query, labeled_ids, staging if write_outputs else None,
+                                     progress, ctx)
+        shards = ctx.all_gather((mine, error))
+        if error is not None:
+            raise error
+        failed = [e for _, e in shards if e is not None]
+        if failed:
+            raise failed[0]
+        staged = merge_shards([reports for reports, _ in shards], names)
         ranking = select_from_reports(staged, budget, query)
-        reports = [_publish(r, staging, out_dir) for r in staged]
+        reports: Sequence[VolumeReport] = ()
+        files: Dict[str, Path] = {}
+        written: Optional[BaseException] = None
+        if ctx.is_main:
+            try:
+                reports = [_publish(r, staging, out_dir) for r in staged]
+                extra = {"encoders_identical": predictor.encoders_identical, "device": predictor.device.type}
+                if ctx.distributed:
+                    extra["world_size"] = ctx.world_size
+                files = write_ranking(out_dir, ranking, reports, card, query, extra=extra)
+            except Exception as exc:
+                if not ctx.distributed:
+                    raise
+                written = exc
+        # the other ranks leave only once rank 0 has written the ranking, and fail with it
+        failure = ctx.broadcast(_shippable(written) if written is not None else None)
+        if written is not None:
+            raise written
+        if failure is not None:
+            raise failure
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    files = write_ranking(out_dir, ranking, reports, card, query,
-                          extra={"encoders_identical": predictor.encoders_identical,
-                                 "device": predictor.device.type})
+        if ctx.is_main and staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return RankResult(ranking=ranking, volumes=reports, out_dir=out_dir, files=files)

@@ -7,7 +7,9 @@ collectives are plain identities, so callers never branch on whether they run di
 
 Work is split by :meth:`DistContext.shard` (every ``world_size``-th item starting at ``rank``) and results are joined
 with :meth:`DistContext.all_gather` / :meth:`DistContext.gather_to_main` (Python objects, pickled by
-``torch.distributed``; only ever exchanged between ranks of the same job).
+``torch.distributed``; only ever exchanged between ranks of the same job) and :func:`merge_shards`. This module is
+only the process-group context: what is sharded is decided by its callers (ranking:
+:func:`ASSFTActive.api.rank_pool` with ``ctx``; fine-tuning: :mod:`ASSFTActive.finetune`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, TypeVar, Union
 
 import torch
 
-__all__ = ["DistContext", "init_from_env", "merge_shards", "rank_pool_distributed"]
+__all__ = ["DistContext", "init_from_env", "merge_shards"]
 
 T = TypeVar("T")
 
@@ -47,11 +48,13 @@ class DistContext:
     backend: str = ""
 
     @classmethod
-    def single(cls, device: Optional[torch.device] = None) -> DistContext:
-        """A one-process context on ``device`` (CUDA when present)."""
+    def single(cls, device: Optional[Union[str, torch.device]] = None) -> DistContext:
+        """A one-process context on ``device`` (default: :func:`ASSFTActive.inference.default_device`)."""
         if device is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(device=device)
+            from .inference import default_device
+
+            device = default_device()
+        return cls(device=torch.device(device))
 
     @property
     def distributed(self) -> bool:
@@ -121,20 +124,22 @@ class DistContext:
                 dist.destroy_process_group()
 
 
-def init_from_env(device: Optional[str] = None) -> DistContext:
+def init_from_env(device: Optional[Union[str, torch.device]] = None) -> DistContext:
     """Join the process group described by torchrun's environment, or return a single-process context.
 
     Args:
-        device: ``"cpu"`` forces CPU (and Gloo); ``None`` uses CUDA when every rank can have its own GPU.
+        device: a CPU device forces CPU (and Gloo); ``None`` or a CUDA device uses CUDA when every rank can have
+            its own GPU (one process: ``device``, default :func:`ASSFTActive.inference.default_device`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistContext.single(torch.device(device) if device else None)
+        return DistContext.single(device)
     import torch.distributed as dist
 
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > local_rank
+    wants_cpu = device is not None and torch.device(device).type == "cpu"
+    use_cuda = not wants_cpu and torch.cuda.is_available() and torch.cuda.device_count() > local_rank
     if use_cuda:
         torch.cuda.set_device(local_rank)
         compute = torch.device("cuda", local_rank)
@@ -153,68 +158,3 @@ def merge_shards(shards: Sequence[Dict[str, Any]], order: Sequence[str]) -> List
     for shard in shards:
         joined.update(shard)
     return [joined[key] for key in order]
-
-
-def rank_pool_distributed(images: Sequence[Path], card, budget: int, out_dir: Path, *, labeled_ids: Sequence[str] = (),
-                          query=None, ctx: Optional[DistContext] = None, progress=None, predictor=None):
-    """Rank a pool with its volumes sharded across ranks; the scores are gathered and selected on rank 0.
-
-    With one process this is :func:`ASSFTActive.api.rank_pool`. With several, every rank analyses
-    ``images[rank::world_size]`` (one sliding-window pass per volume, its overlay and predicted label map written to
-    ``out_dir`` as each is finished), the per-volume evidence is gathered on rank 0 in the original order, and rank 0
-    selects the budget and writes ``ranking.json``, ``ranking.csv`` and ``config.json``, exactly as a single process
-    would.
-
-    Args:
-        images: image files of the pool (labelled ones included).
-        card: the current model's card.
-        budget: volumes to propose.
-        out_dir: the ranking folder.
-        labeled_ids: case ids with expert labels (anchors of diversity, not candidates).
-        query: :class:`~ASSFTActive.query.QueryConfig` (default settings when ``None``).
-        ctx: the data-parallel context (default: one process).
-        progress: event callback (every rank calls it; only rank 0's usually prints).
-        predictor: already loaded models (default: built from ``card``).
-
-    Returns:
-        the :class:`~ASSFTActive.api.RankResult` on rank 0; on other ranks a result with the same ranking and only
-        their own volumes.
-    """
-    from . import api
-    from .io import case_id
-    from .query import QueryConfig
-
-    ctx = ctx or DistContext.single()
-    query = query or QueryConfig()
-    if not ctx.distributed:
-        return api.rank_pool(list(images), card, budget, Path(out_dir), labeled_ids=labeled_ids, query=query,
-                             device=ctx.device, progress=progress, predictor=predictor)
-    from .errors import InputError
-    from .progress import emit
-
-    if budget < 0:
-        raise InputError(f"--budget must be 0 or more, got {budget}.")
-    images = [Path(p) for p in images]
-    names = [case_id(p) for p in images]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InputError(f"several images share the case id(s) {duplicates}; give each volume a unique file name.")
-    out_dir = Path(out_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.barrier()
-    predictor = predictor or api.make_predictor(card, ctx.device)
-    emit(progress, "phase", phase="rank", total=len(images),
-         message=f"ranking {len(images)} volumes on {ctx.world_size} ranks ({predictor.device.type})")
-    mine = ctx.shard(images)
-    reports = api.analyse_pool(mine, predictor, query, labeled_ids, out_dir, progress)
-    gathered = ctx.all_gather({r.case_id: r for r in reports})
-    ordered = merge_shards(gathered, names)
-    ranking = api.select_from_reports(ordered, budget, query)
-    files = {}
-    if ctx.is_main:
-        files = api.write_ranking(out_dir, ranking, ordered, card, query,
-                                  extra={"encoders_identical": predictor.encoders_identical,
-                                         "device": predictor.device.type, "world_size": ctx.world_size})
-    ctx.barrier()
-    return api.RankResult(ranking=ranking, volumes=ordered if ctx.is_main else reports, out_dir=out_dir, files=files)

@@ -5,6 +5,9 @@ mean here skips NaN (:func:`mean_scored`). Scoring it 1 ("nothing to find, nothi
 predicts nothing look perfect on an all-background label, and gave a class the network cannot even output a
 perfect score. A case with no scored class has a NaN mean and is left out of the overall mean; a mean over
 nothing scored is NaN (written ``nan`` in CSV, ``not scored`` in Markdown, ``null`` in JSON).
+
+:func:`evaluate_cases` is the one evaluation loop: ``assft evaluate``, :func:`evaluate_model` (demo, benchmarks) and
+adaptation (the current model before, the cross-validation folds) all score through it.
 """
 
 from __future__ import annotations
@@ -14,13 +17,32 @@ import io as _stdio
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from torch import nn
 
-from .io import Volume, read_label
+from .distributed import DistContext, merge_shards
+from .errors import InputError
+from .io import PathLike, Volume, read_label, read_volume
 from .models import LoadedModel, LoadReport, ModelCard
+from .progress import ProgressCallback, emit
+
+__all__ = [
+    "NOT_SCORED",
+    "CaseMetrics",
+    "EvaluationReport",
+    "LabelledCase",
+    "SkippedVolume",
+    "dice_per_class",
+    "evaluate_cases",
+    "evaluate_model",
+    "format_score",
+    "hd95_per_class",
+    "json_ready",
+    "mean_scored",
+]
 
 
 def dice_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> Tuple[float, ...]:
@@ -73,11 +95,46 @@ class CaseMetrics:
 
 
 @dataclass(frozen=True)
+class SkippedVolume:
+    """A volume left out of training or scoring, and why (the message names the file)."""
+
+    case_id: str
+    path: str
+    reason: str
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"case_id": self.case_id, "path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class LabelledCase:
+    """One volume with its expert label; either may still be a file, read when the case is scored."""
+
+    case_id: str
+    image: Union[Volume, PathLike]
+    label: Union[Volume, PathLike]
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN/inf as ``None`` and numpy numbers as Python numbers (recursively), ready for JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return json_ready(value.item())
+    return value
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
-    """Per-case metrics of one model on one set of labelled volumes."""
+    """Per-case metrics of one model on one set of labelled volumes, and the volumes that could not be scored."""
 
     class_names: Tuple[str, ...]   # foreground classes
     cases: Tuple[CaseMetrics, ...]
+    skipped: Tuple[SkippedVolume, ...] = ()
 
     def mean_dice_per_class(self) -> Dict[str, float]:
         """Mean Dice of each class over the cases where it was scored (NaN when it never was)."""
@@ -93,6 +150,11 @@ class EvaluationReport:
     def scored_cases(self) -> int:
         """How many cases had at least one scored class."""
         return sum(1 for c in self.cases if not math.isnan(mean_scored(c.dice)))
+
+    def summary(self) -> Dict[str, Any]:
+        """``{"mean_dice", "dice": {class: x}, "hd95": {class: mm or None}, "cases": n}``, ready for JSON."""
+        return json_ready({"mean_dice": self.mean_dice(), "dice": self.mean_dice_per_class(),
+                           "hd95": self.mean_hd95_per_class(), "cases": len(self.cases)})
 
     def to_csv(self) -> str:
         buffer = _stdio.StringIO()
@@ -116,27 +178,65 @@ def format_score(value: Optional[float], digits: int = 3) -> str:
     return "not scored" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: bool = True,
+                   device: Optional[torch.device] = None, progress: Optional[ProgressCallback] = None,
+                   phase: str = "evaluate", skip_unreadable: bool = False,
+                   ctx: Optional[DistContext] = None) -> EvaluationReport:
+    """Predict every case and score Dice (and HD95) per foreground class.
+
+    Args:
+        model: the network with its card.
+        cases: labelled volumes; a file is read when its case is scored (an image through the plausibility check).
+        hd95: also compute HD95 (slower); NaN otherwise.
+        device: compute device (default: CUDA when present); ``ctx.device`` when ``ctx`` is given.
+        progress: a ``progress`` event per scored case, a ``warning`` per skipped one.
+        phase: the events' phase.
+        skip_unreadable: a case whose files cannot be used (:class:`~ASSFTActive.errors.InputError`) is skipped
+            and listed in ``report.skipped``; otherwise the error propagates.
+        ctx: under data parallelism, each rank scores its share and every rank gets the whole report.
+
+    Returns:
+        the :class:`EvaluationReport`, cases in the order given.
+    """
+    from .inference import Predictor
+    from .plausibility import check_image
+
+    predictor = Predictor(model, device=ctx.device if ctx is not None else device)
+    n = model.card.num_classes
+    indexed = list(enumerate(cases))
+    mine: Dict[str, Union[CaseMetrics, SkippedVolume]] = {}
+    for step, (index, case) in enumerate(indexed if ctx is None else ctx.shard(indexed)):
+        try:
+            image = case.image if isinstance(case.image, Volume) else check_image(read_volume(case.image))
+            truth = case.label if isinstance(case.label, Volume) else read_label(case.label, image, n)
+        except InputError as exc:
+            if not skip_unreadable:
+                raise
+            mine[str(index)] = SkippedVolume(case.case_id, str(case.label), str(exc))
+            emit(progress, "warning", phase=phase, message=f"skipped {case.label}: {exc}")
+            continue
+        prediction = predictor.predict(image).label
+        truth_array = np.asarray(truth.array)
+        hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([NOT_SCORED] * (n - 1))
+        mine[str(index)] = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd)
+        emit(progress, "progress", phase=phase, step=step + 1, total=len(indexed), message=f"scored {case.case_id}")
+    shards = ctx.all_gather(mine) if ctx is not None else [mine]
+    results = merge_shards(shards, [str(index) for index, _ in indexed])
+    return EvaluationReport(class_names=tuple(model.card.class_names[1:]),
+                            cases=tuple(r for r in results if isinstance(r, CaseMetrics)),
+                            skipped=tuple(r for r in results if isinstance(r, SkippedVolume)))
+
+
 def evaluate_model(network: Union[nn.Module, LoadedModel], card: Optional[ModelCard],
                    cases: Sequence[Tuple[Volume, Union[str, Path, Volume]]], hd95: bool = True,
-                   progress=None) -> EvaluationReport:
-    """Predict every ``(image, label)`` pair and score Dice (and HD95) per foreground class.
+                   progress: Optional[ProgressCallback] = None) -> EvaluationReport:
+    """Predict every ``(image, label)`` pair and score Dice (and HD95) per foreground class (:func:`evaluate_cases`
+    with each image's name as its case id).
 
     Args:
         network: a network (with ``card``) or a :class:`LoadedModel`.
         cases: image volumes with their label path or label volume.
     """
-    from .inference import Predictor
-    from .progress import emit
-
     model = network if isinstance(network, LoadedModel) else LoadedModel(card, network, LoadReport(0, (), ()))
-    predictor = Predictor(model)
-    results: List[CaseMetrics] = []
-    n = model.card.num_classes
-    for index, (image, label) in enumerate(cases):
-        truth = label if isinstance(label, Volume) else read_label(label, image, n)
-        prediction = predictor.predict(image).label
-        truth_array = np.asarray(truth.array)
-        hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([float("nan")] * (n - 1))
-        results.append(CaseMetrics(case_id=image.name, dice=dice_per_class(prediction, truth_array, n), hd95=hd))
-        emit(progress, "progress", phase="evaluate", step=index + 1, total=len(cases), message=image.name)
-    return EvaluationReport(class_names=tuple(model.card.class_names[1:]), cases=tuple(results))
+    return evaluate_cases(model, [LabelledCase(image.name, image, label) for image, label in cases], hd95=hd95,
+                          progress=progress)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
+from .errors import InputError
+
 #: Share of cases (in tenths) per part: 4/10 source, 4/10 target pool, 2/10 target test.
 SOURCE_TENTHS = 4
 POOL_TENTHS = 4
@@ -41,7 +43,15 @@ def split_cases(cases: Iterable[str], reserved: Iterable[str] = ()) -> DomainSpl
 
 
 def read_reserved(path: Optional[Path]) -> Tuple[str, ...]:
-    """Case ids in a ``reserved.txt`` (one per line); empty when the file is absent."""
-    if path is None or not Path(path).is_file():
+    """Case ids in a ``reserved.txt`` (one per line); empty only when ``path`` is ``None``.
+
+    Raises:
+        InputError: the file is named but absent: a split made without it could train or select on reserved cases,
+            so it must not fall back to "nothing reserved" silently.
+    """
+    if path is None:
         return ()
+    if not Path(path).is_file():
+        raise InputError(f"{path}: the list of reserved cases is missing; without it a split could use cases kept "
+                         "for external evaluation. Restore the file (or pass no list on purpose).")
     return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())

@@ -7,14 +7,15 @@ Layout::
     <store>/<name>/active.json    {"version": "v2", ...}: which version is in use
     <store>/<name>/.pending-*/    a version being written (invisible; removed when its process is gone)
 
-A new version is assembled in a ``.pending-*`` folder; ``version.json`` (the manifest: every file with its size and
-SHA-256) is written last, the folder is checked (manifest, card, weights loading into the card's network), and only
-then renamed to ``v<k>`` in one ``rename``. The ``active.json`` pointer is replaced atomically, and only to point at
-a version that passes the same check. A killed writer therefore leaves either nothing visible or a complete version,
-and never changes the active model halfway. Old versions stay; :meth:`ModelStore.activate` rolls back.
+:meth:`ModelStore.add_version` writes a whole version (weights, card, settings, provenance) and activates it when
+asked. A new version is assembled in a ``.pending-*`` folder; ``version.json`` (the manifest: every file with its
+size and SHA-256) is written last, the folder is checked (manifest, card, weights loading into the card's network),
+and only then renamed to ``v<k>`` in one ``rename``. The ``active.json`` pointer is replaced atomically, and only to
+point at a version that passes the same check. A killed writer therefore leaves either nothing visible or a complete
+version, and never changes the active model halfway. Old versions stay; :meth:`ModelStore.activate` rolls back.
 
-This module imports torch only to check weights (:func:`verify_version` with ``load=True``); listing versions is
-torch-free so the Slicer GUI can show them.
+This module imports torch only to check and write weights (:func:`verify_version` with ``load=True``,
+:meth:`ModelStore.add_version`); listing versions is torch-free so the Slicer GUI can show them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ __all__ = [
 MANIFEST_FILE = "version.json"
 ACTIVE_FILE = "active.json"
 CARD_FILE = "card.json"
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+PROVENANCE_FILE = "provenance.json"
 PENDING_PREFIX = ".pending-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
@@ -321,6 +325,38 @@ class ModelStore:
         self.check_writable(name)
         self.remove_stale(name)
         return PendingVersion(self, check_name(name))
+
+    def add_version(self, name: str, card: Any, network: Any, *, pretrained: PathLike, config: Mapping[str, Any],
+                    provenance: Mapping[str, Any], metrics: Mapping[str, Any], activate: bool) -> ModelVersion:
+        """Write ``network`` as the next version of ``name``; make it the active one when ``activate``.
+
+        The version holds the weights (``weights.safetensors``), a card derived from ``card`` (same network, this
+        name, ``pretrained`` as the original pre-trained card, ``provenance`` inside), ``config.json`` (the settings
+        that made it) and ``provenance.json``; its manifest records ``metrics``. All of it is checked before the
+        version becomes visible (:class:`PendingVersion`), and the active pointer changes only after that.
+
+        Args:
+            card: the :class:`~ASSFTActive.models.ModelCard` of the model that was adapted.
+            network: the ``torch.nn.Module`` to store (not wrapped in DistributedDataParallel).
+            config, provenance, metrics: JSON-ready mappings.
+
+        Returns:
+            the new :class:`ModelVersion` (``active`` tells whether it was activated).
+
+        Raises:
+            StoreError, ModelError: the version cannot be written or does not check out; nothing changed.
+        """
+        from .models import derive_card, save_card, save_weights
+
+        with self.begin(name) as pending:
+            save_weights(network, pending.path / WEIGHTS_FILE)
+            new_card = derive_card(card, name=name, weights=WEIGHTS_FILE, pretrained=str(pretrained),
+                                   provenance=dict(provenance))
+            save_card(new_card, pending.path / CARD_FILE)
+            pending.write_json(CONFIG_FILE, dict(config))
+            pending.write_json(PROVENANCE_FILE, dict(provenance))
+            version = pending.commit(metrics=metrics)
+        return self.activate(name, version.version) if activate else version
 
     def activate(self, name: str, version: str, load: bool = True) -> ModelVersion:
         """Make ``version`` the active one after checking it (:func:`verify_version`); the switch is one rename.

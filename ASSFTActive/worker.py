@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Mapping, Optional, TextIO
 
 from .errors import AssftError, CancelledError, JobError
 from .jobs import (
@@ -40,9 +40,14 @@ from .jobs import (
     EXIT_ERROR,
     LOG_FILE,
     RANKING_FILE,
+    RESULT_CANCELLED,
+    RESULT_DONE,
+    RESULT_ERROR,
     RESULT_FILE,
+    JobResult,
     JobSpec,
     read_job,
+    write_result,
 )
 from .progress import Event
 
@@ -173,12 +178,6 @@ def _resolve_in_job(job_dir: Path, value: str) -> str:
     return str(job_dir / value)
 
 
-def _write_result(job_dir: Path, result: Dict[str, Any]) -> None:
-    from .io import atomic_write_text
-
-    atomic_write_text(job_dir / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def _images(spec: JobSpec) -> List[Path]:
     return [Path(spec.images[k]) for k in sorted(spec.images)]
 
@@ -193,28 +192,30 @@ def _check_case_ids(spec: JobSpec) -> None:
                        f"{case_id(path)!r}; key images by their file name (without suffix).")
 
 
-def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str, Any]:
-    from .distributed import rank_pool_distributed
+def _predictions(result) -> Dict[str, str]:
+    """``{case_id: predicted label file}`` of a :class:`~ASSFTActive.api.RankResult`."""
+    return {v.case_id: str(v.prediction) for v in result.volumes if v.prediction is not None}
+
+
+def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
+    from .api import rank_pool
     from .models import load_card
     from .store import resolve_card_path
 
     _check_case_ids(spec)
     card = load_card(resolve_card_path(_resolve_in_job(job_dir, spec.model or "default")))
     query = spec.query_config()
-    result = rank_pool_distributed(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
-                                   query=query, ctx=ctx, progress=channel)
+    result = rank_pool(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels), query=query,
+                       ctx=ctx, progress=channel)
     if not ctx.is_main:
-        return {}
-    return {
-        "status": "done", "kind": "rank", "model_card": str(card.path), "ranking": str(job_dir / RANKING_FILE),
-        "predictions": {v.case_id: str(v.prediction) for v in result.volumes if v.prediction is not None},
-        "metrics": {"volumes": len(result.volumes), "budget": spec.budget,
-                    "selected": list(result.ranking.selected_ids)},
-        "pseudo_labeled": [],
-    }
+        return None
+    return JobResult(status=RESULT_DONE, kind="rank", model_card=str(card.path), ranking=str(job_dir / RANKING_FILE),
+                     predictions=_predictions(result),
+                     metrics={"volumes": len(result.volumes), "budget": spec.budget,
+                              "selected": list(result.ranking.selected_ids)})
 
 
-def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str, Any]:
+def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
     from .finetune.adapt import adapt_model
 
     config = spec.finetune_config()
@@ -222,7 +223,7 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
 
     def rerank(model, rank_ctx) -> None:
         """Re-rank the remaining pool with the model that will be active, before the commit (cancellable)."""
-        from .distributed import rank_pool_distributed
+        from .api import rank_pool
         from .finetune.adapt import default_name
         from .inference import Predictor
         from .models import derive_card, load_model
@@ -235,13 +236,11 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
         predictor = Predictor(model, pretrained, device=rank_ctx.device)
         card = derive_card(model.card, name=spec.name or default_name(model.card), weights="weights.safetensors",
                            pretrained=str(model.card.pretrained_card().path), provenance={})
-        result = rank_pool_distributed(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
-                                       query=spec.query_config(), ctx=rank_ctx, progress=channel,
-                                       predictor=predictor)
+        result = rank_pool(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
+                           query=spec.query_config(), ctx=rank_ctx, progress=channel, predictor=predictor)
         if rank_ctx.is_main:
             reranked["ranking"] = str(job_dir / RANKING_FILE)
-            reranked["predictions"] = {v.case_id: str(v.prediction) for v in result.volumes
-                                       if v.prediction is not None}
+            reranked["predictions"] = _predictions(result)
             reranked["selected"] = list(result.ranking.selected_ids)
 
     outcome = adapt_model(spec.images, spec.labels, store=_resolve_in_job(job_dir, spec.store),
@@ -250,29 +249,27 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Dict[str
                           work_dir=job_dir / CHECKPOINT_DIR, predictions_dir=None, dist=ctx,
                           before_commit=rerank)
     if not ctx.is_main:
-        return {}
+        return None
     summary = outcome.to_dict()
-    pseudo_labeled = [d["case_id"] for d in summary["pseudo"] if d["kept"]]
-    # activated and pseudo_labeled are also top-level keys (the contract readers use); kept in metrics as before
-    metrics = dict(summary["metrics"], version=outcome.version, activated=outcome.activated,
-                   labeled=summary["labeled"], skipped=summary["skipped"],
-                   pseudo=summary["pseudo"], pseudo_labeled=pseudo_labeled,
-                   seconds=summary["seconds"], resumed_from=summary["resumed_from"])
+    # activated, activation and pseudo_labeled are top-level keys of the result, written once (not in metrics)
+    metrics = dict(summary["metrics"], version=outcome.version, labeled=summary["labeled"],
+                   skipped=summary["skipped"], pseudo=summary["pseudo"], seconds=summary["seconds"],
+                   resumed_from=summary["resumed_from"])
     if "selected" in reranked:
         metrics["selected"] = reranked["selected"]
-    result = {
-        "status": "done", "kind": "adapt", "model_card": str(outcome.card_path),
-        "activated": bool(outcome.activated), "activation": summary["activation"],
-        "pseudo_labeled": list(pseudo_labeled),
-        "predictions": reranked.get("predictions", summary["predictions"]), "metrics": metrics,
-    }
-    if "ranking" in reranked:
-        result["ranking"] = reranked["ranking"]
-    return result
+    return JobResult(status=RESULT_DONE, kind="adapt", model_card=str(outcome.card_path),
+                     ranking=reranked.get("ranking"), activated=bool(outcome.activated),
+                     activation=summary["activation"],
+                     pseudo_labeled=tuple(d["case_id"] for d in summary["pseudo"] if d["kept"]),
+                     predictions=reranked.get("predictions", summary["predictions"]), metrics=metrics)
 
 
 def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO] = None) -> int:
-    """Run the job in ``job_dir`` and return the exit code (see the module docstring)."""
+    """Run the job in ``job_dir`` and return the exit code (see the module docstring).
+
+    Args:
+        device: a :class:`ASSFTActive.cli.common.Device` name; ``None`` is ``auto``.
+    """
     job_dir = Path(job_dir).resolve()
     if not (job_dir / "job.json").is_file():
         print(f"error: {job_dir / 'job.json'}: job file not found", file=sys.stderr)
@@ -303,34 +300,36 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
             channel.note(f"worker started (pid {os.getpid()}, rank {rank})")
             spec = read_job(job_dir)
             channel.emit("phase", phase="start", message=f"{spec.kind} job in {job_dir}")
+            from .cli.common import resolve_device
             from .distributed import init_from_env
 
-            ctx = init_from_env(device)
+            ctx = init_from_env(resolve_device(device))
             if ctx.distributed:
                 channel.emit("phase", phase="start", message=(
                     f"{ctx.world_size} ranks, backend {ctx.backend}, device {ctx.device.type}"))
             result = (_run_adapt if spec.kind == "adapt" else _run_rank)(spec, job_dir, ctx, channel)
             cancel.interruptible = False
-            if ctx.is_main:
-                _write_result(job_dir, result)
-            message = (f"new model {result.get('model_card')}" if spec.kind == "adapt" and result
-                       else f"ranking {result.get('ranking')}" if result else "done")
+            if result is not None:
+                write_result(job_dir, result)
+            message = ("done" if result is None else f"new model {result.model_card}" if spec.kind == "adapt"
+                       else f"ranking {result.ranking}")
             if cancel.requested:
                 channel.note(f"{cancel.signal_name} arrived after the new version was committed; finished normally")
-            channel.emit("done", phase="done", message=message, metrics=_numbers(result.get("metrics", {})))
+            channel.emit("done", phase="done", message=message,
+                         metrics=_numbers(result.metrics if result is not None else {}))
             code = EXIT_DONE
         except CancelledError:
             cancel.interruptible = False
             channel.note(f"cancelled ({cancel.signal_name or 'by request'}); the model store was not changed")
             if rank == 0:
-                _write_result(job_dir, {"status": "cancelled", "message": "cancelled"})
+                write_result(job_dir, JobResult(status=RESULT_CANCELLED, message="cancelled"))
             channel.emit("error", phase="cancelled", message="cancelled")
             code = EXIT_CANCELLED
         except AssftError as exc:
             cancel.interruptible = False
             channel.note(f"error: {exc}")
             if rank == 0:
-                _write_result(job_dir, {"status": "error", "message": str(exc)})
+                write_result(job_dir, JobResult(status=RESULT_ERROR, message=str(exc)))
             channel.emit("error", phase="error", message=str(exc))
             code = EXIT_ERROR
         except Exception as exc:  # an unexpected failure still ends with an error event
@@ -338,7 +337,7 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
             channel.note("unexpected error:\n" + traceback.format_exc())
             message = f"unexpected {type(exc).__name__}: {exc} (details in {job_dir / LOG_FILE})"
             if rank == 0:
-                _write_result(job_dir, {"status": "error", "message": message})
+                write_result(job_dir, JobResult(status=RESULT_ERROR, message=message))
             channel.emit("error", phase="error", message=message)
             code = EXIT_ERROR
     finally:
@@ -354,7 +353,7 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
     return code
 
 
-def _numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
+def _numbers(metrics: Mapping[str, Any]) -> Dict[str, float]:
     """The plain numeric entries of a metrics dict (an Event carries numbers only)."""
     out = {}
     for key, value in metrics.items():
@@ -364,11 +363,12 @@ def _numbers(metrics: Dict[str, Any]) -> Dict[str, float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .cli.common import add_device_argument
+
     parser = argparse.ArgumentParser(prog="python -m ASSFTActive.worker",
                                      description="Run one ASSFT background job (rank or adapt) in JOB_DIR.")
     parser.add_argument("job_dir", type=Path, help="folder holding job.json; outputs are written there")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="force the compute device (default: CUDA when present)")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     # Only events go to stdout: keep a private handle on it and send everything else (print, C libraries) to stderr.
     sys.stdout.flush()

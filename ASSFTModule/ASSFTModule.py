@@ -458,6 +458,14 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
         from ASSFTModuleLib import geometry
 
         from ASSFTActive.io import Volume, write_volume
+        from ASSFTActive.jobs import (
+            RANKING_FILE,
+            JobResult,
+            RankingEntry,
+            RankingFile,
+            write_ranking_file,
+            write_result,
+        )
 
         self.delayDisplay("Ranking table, overlay, regions and plot from result files")
         logic = self._sceneLogic()
@@ -477,15 +485,13 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
                 regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
                     {"center_ras": center, "bbox_ijk_min": [10, 6, 4], "bbox_ijk_max": [13, 9, 7],
                      "volume_mm3": 112.6, "mean_entropy": 0.8, "voxel_count": 64}]}))
-                cases.append({"case_id": caseId, "image": spec.job.images[caseId], "dkd": 1.0 / rank,
-                              "asd": 0.5 * rank, "score": 1.0 / rank, "rank": rank, "selected": rank == 1,
-                              "labeled": False, "entropy_map": str(entropyPath), "regions": str(regionsPath),
-                              "prediction": None})
-            (spec.jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1,
-                                                                  "model": str(cardPath), "cases": cases}))
-            (spec.jobDir / "result.json").write_text(json.dumps({
-                "status": "done", "kind": "rank", "ranking": str(spec.jobDir / "ranking.json"), "predictions": {},
-                "pseudo_labeled": [], "metrics": {}}))
+                cases.append(RankingEntry(case_id=caseId, image=spec.job.images[caseId], dkd=1.0 / rank,
+                                          asd=0.5 * rank, score=1.0 / rank, rank=rank, selected=rank == 1,
+                                          labeled=False, entropy_map=str(entropyPath), regions=str(regionsPath)))
+            # the engine's own records and writers: the files are exactly what the worker writes
+            rankingPath = write_ranking_file(spec.jobDir / RANKING_FILE, RankingFile(
+                strategy="assft", budget=1, model=str(cardPath), cases=tuple(cases)))
+            write_result(spec.jobDir, JobResult(status="done", kind="rank", ranking=str(rankingPath)))
             loaded = logic.loadJobResult(spec.jobDir, str(cardPath))
             self.assertEqual(loaded.tableNode.GetNumberOfRows(), 2)
             self.assertEqual(loaded.chartNode.GetNumberOfPlotSeriesNodes(), 2)

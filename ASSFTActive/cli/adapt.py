@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+from ..finetune.config import PseudoMode
 from .common import ProgressBar, add_device_argument
 
-PSEUDO_MODES = ("selective", "all", "none")
+#: ``--pseudo`` choices: the values of :class:`~ASSFTActive.finetune.config.PseudoMode`.
+PSEUDO_MODES = tuple(mode.value for mode in PseudoMode)
 
 
 def add_parser(subparsers) -> None:

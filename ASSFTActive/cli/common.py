@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from enum import Enum
 from typing import Optional
 
 from ..progress import Event
+
+
+class Device(str, Enum):
+    """The ``--device`` choices of every command and of the worker."""
+
+    AUTO = "auto"  #: :func:`ASSFTActive.inference.default_device` (CUDA when present, else CPU)
+    CPU = "cpu"
+    CUDA = "cuda"
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -16,20 +25,30 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--device", choices=[d.value for d in Device], default=Device.AUTO.value,
                         help="compute device (auto: CUDA when present, else CPU)")
 
 
-def resolve_device(name: str):
+def resolve_device(name: Optional[str]):
+    """The ``torch.device`` of a :class:`Device` name (``None`` is ``auto``).
+
+    Raises:
+        InputError: an unknown name, or ``cuda`` without a CUDA GPU.
+    """
     import torch
 
     from ..errors import InputError
+    from ..inference import default_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    try:
+        choice = Device(name or Device.AUTO.value)
+    except ValueError as exc:
+        raise InputError(f"--device must be one of {[d.value for d in Device]}, got {name!r}.") from exc
+    if choice is Device.AUTO:
+        return default_device()
+    if choice is Device.CUDA and not torch.cuda.is_available():
         raise InputError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
-    return torch.device(name)
+    return torch.device(choice.value)
 
 
 class ProgressBar:

@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..finetune.config import PseudoMode
+from ..query.config import Strategy
 from .common import ProgressBar, add_device_argument, resolve_device
 from .rank import STRATEGIES, format_ranking
 
@@ -25,9 +27,9 @@ def add_parser(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--budget", type=int, default=3, help="volumes to annotate (default 3)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="assft")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=Strategy.ASSFT.value)
     parser.add_argument("--iterations", type=int, help="training steps per stage (default: Adapt Model's)")
-    parser.add_argument("--pseudo", choices=("selective", "all", "none"), default="selective")
+    parser.add_argument("--pseudo", choices=[m.value for m in PseudoMode], default=PseudoMode.SELECTIVE.value)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_argument(parser)

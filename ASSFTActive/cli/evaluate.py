@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Tuple
 
 from .common import ProgressBar, add_device_argument
 
@@ -29,44 +28,9 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def evaluate_files(model, pairs: List[Tuple[Path, Path]], hd95: bool = True, device=None, progress=None):
-    """Predict and score ``(image, label)`` files; unusable pairs are skipped with a warning event.
-
-    Returns:
-        the :class:`~ASSFTActive.evaluate.EvaluationReport` and the ``(path, reason)`` of every skipped pair.
-
-    Raises:
-        InputError: no pair could be scored.
-    """
-    from ..errors import InputError
-    from ..evaluate import CaseMetrics, EvaluationReport, dice_per_class, hd95_per_class
-    from ..inference import Predictor
-    from ..io import read_label, read_volume
-    from ..plausibility import check_image
-    from ..progress import emit
-
-    predictor = Predictor(model, device=device)
-    n = model.card.num_classes
-    cases, skipped = [], []
-    for index, (image_path, label_path) in enumerate(pairs):
-        try:
-            image = check_image(read_volume(image_path))
-            truth = read_label(label_path, image, n).array
-        except InputError as exc:
-            skipped.append((Path(label_path), str(exc)))
-            emit(progress, "warning", phase="evaluate", message=f"skipped {label_path}: {exc}")
-            continue
-        prediction = predictor.predict(image).label
-        hd = hd95_per_class(prediction, truth, n, image.spacing) if hd95 else tuple([float("nan")] * (n - 1))
-        cases.append(CaseMetrics(case_id=image.name, dice=dice_per_class(prediction, truth, n), hd95=hd))
-        emit(progress, "progress", phase="evaluate", step=index + 1, total=len(pairs), message=image.name)
-    if not cases:
-        raise InputError(f"none of the {len(pairs)} labelled volumes could be scored: {skipped[0][1]}")
-    return EvaluationReport(class_names=tuple(model.card.class_names[1:]), cases=tuple(cases)), skipped
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..evaluate import LabelledCase, evaluate_cases
     from ..io import atomic_write_text, case_id, find_images, match_labels
     from ..models import load_card, load_model
     from ..store import resolve_card_path
@@ -77,23 +41,27 @@ def run(args: argparse.Namespace) -> int:
     if not labels:
         raise InputError(f"{args.labels}: no label file is named like an image of {args.images}; name each label "
                          "like its image (e.g. case_001.nii.gz in both folders).")
-    pairs = [(p, labels[case_id(p)]) for p in images if case_id(p) in labels]
+    cases = [LabelledCase(case_id(p), p, labels[case_id(p)]) for p in images if case_id(p) in labels]
     device = resolve_device(args.device)
     card = load_card(resolve_card_path(args.model))
     model = load_model(card, device)
     bar = ProgressBar(enabled=not args.quiet)
     try:
-        report, skipped = evaluate_files(model, pairs, hd95=not args.no_hd95, device=device, progress=bar)
+        report = evaluate_cases(model, cases, hd95=not args.no_hd95, device=device, progress=bar,
+                                skip_unreadable=True)
     finally:
         bar.close()
+    if not report.cases:
+        raise InputError(f"none of the {len(cases)} labelled volumes could be scored: {report.skipped[0].reason}")
+    skipped = report.skipped
     out = Path(args.out)
     csv_path = atomic_write_text(out / "evaluation.csv", report.to_csv())
     header = (f"Model `{card.name}` ({card.path}) on {len(report.cases)} labelled volume(s)"
               + (f"; {len(skipped)} skipped" if skipped else "") + "\n\n")
     md_path = atomic_write_text(out / "evaluation.md", header + report.to_markdown())
     print(header + report.to_markdown(), end="")
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for item in skipped:
+        print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     print(f"\nwrote {csv_path} and {md_path}")
     return 0
 

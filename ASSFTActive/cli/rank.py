@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..query.config import Strategy
 from .common import ProgressBar, add_device_argument, add_model_argument, resolve_device
 
-STRATEGIES = ("assft", "dkd_only", "asd_only", "random", "mean_entropy", "coreset", "clasp_pe", "mc_dropout")
+#: ``--strategy`` choices: the :class:`~ASSFTActive.query.Strategy` values.
+STRATEGIES = tuple(s.value for s in Strategy)
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--labels", help="folder of existing labels; volumes with a label count as labeled")
     add_model_argument(parser)
     parser.add_argument("--budget", type=int, required=True, help="how many volumes to propose")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="assft", help="selection strategy")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=Strategy.ASSFT.value, help="selection strategy")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--no-overlays", action="store_true", help="write only the ranking, no overlays")

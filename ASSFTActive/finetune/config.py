@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..settings import check_fields, check_keys, plain
 
 __all__ = [
     "ConfidenceMetric",
@@ -52,66 +54,6 @@ class Teacher(str, Enum):
 
     OFFLINE = "offline"  #: fixed hard labels from the supervised model (the teacher), computed once
     EMA = "ema"  #: a Mean-Teacher copy updated as an exponential moving average labels each pseudo patch
-
-
-_E = TypeVar("_E", bound=Enum)
-
-
-def _enum(enum_type: Type[_E], value: Any, owner: str, name: str) -> _E:
-    if isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in enum_type)
-        raise ValueError(f"{owner}.{name}={value!r} is not valid; use one of {allowed}.") from None
-
-
-def _number(value: Any, owner: str, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}.")
-    if (value <= low if low_open else value < low) or value > high:
-        bracket = "(" if low_open else "["
-        wanted = f"{'>' if low_open else '>='} {low}" if math.isinf(high) else f"in {bracket}{low}, {high}]"
-        raise ValueError(f"{owner}.{name} must be {wanted}, got {value}.")
-    return float(value)
-
-
-def _whole(value: Any, owner: str, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{owner}.{name} must be a whole number, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
-def _flag(value: Any, owner: str, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}.")
-    return value
-
-
-def _check_keys(cls: type, data: Any) -> Dict[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{cls.__name__} settings must be a JSON object (mapping), got {type(data).__name__}.")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in known)
-    if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} setting(s) {', '.join(repr(k) for k in unknown)}; known settings are "
-            f"{', '.join(sorted(known))}. Check the spelling or remove the key."
-        )
-    return dict(data)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 @dataclass(frozen=True)
@@ -158,23 +100,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"TrainConfig.iterations must be a whole number >= 1, got {self.iterations!r}.")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"TrainConfig.batch_size must be a whole number >= 1, got {self.batch_size!r}.")
+        check_fields(self, wholes={"iterations": 1, "batch_size": 1, "seed": 0}, numbers={
+            "learning_rate": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, False),
+            "foreground_fraction": (0.0, 1.0, False), "encoder_lr_scale": (0.0, 1.0, False),
+            "l2sp_weight": (0.0, math.inf, False), "pseudo_weight": (0.0, math.inf, False),
+            "rampup_fraction": (0.0, 1.0, False)}, flags=("augment",))
         if self.patch_size is not None:
             patch = tuple(int(p) for p in self.patch_size)
             if len(patch) != 3 or min(patch) < 1:
                 raise ValueError(f"TrainConfig.patch_size must be three positive integers, got {self.patch_size!r}.")
             object.__setattr__(self, "patch_size", patch)
-        _number(self.learning_rate, "TrainConfig", "learning_rate", 0.0, low_open=True)
-        _number(self.weight_decay, "TrainConfig", "weight_decay", 0.0)
-        _number(self.foreground_fraction, "TrainConfig", "foreground_fraction", 0.0, 1.0)
-        _number(self.encoder_lr_scale, "TrainConfig", "encoder_lr_scale", 0.0, 1.0)
-        _number(self.l2sp_weight, "TrainConfig", "l2sp_weight", 0.0)
-        _number(self.pseudo_weight, "TrainConfig", "pseudo_weight", 0.0)
-        _number(self.rampup_fraction, "TrainConfig", "rampup_fraction", 0.0, 1.0)
-        _whole(self.seed, "TrainConfig", "seed", 0)
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -183,7 +118,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        return cls(**_check_keys(cls, data))
+        return cls(**check_keys(cls, data))
 
 
 @dataclass(frozen=True)
@@ -242,35 +177,21 @@ class PseudoLabelConfig:
     class_keep_min: float = 0.5
 
     def __post_init__(self) -> None:
-        owner = "PseudoLabelConfig"
-        object.__setattr__(self, "mode", _enum(PseudoMode, self.mode, owner, "mode"))
-        object.__setattr__(self, "select_mode", _enum(SelectMode, self.select_mode, owner, "select_mode"))
-        object.__setattr__(self, "confidence", _enum(ConfidenceMetric, self.confidence, owner, "confidence"))
-        object.__setattr__(self, "teacher", _enum(Teacher, self.teacher, owner, "teacher"))
-        object.__setattr__(self, "keep_fraction", _number(self.keep_fraction, owner, "keep_fraction", 0.0, 1.0,
-                                                          low_open=True))
-        object.__setattr__(self, "dist_weight", _number(self.dist_weight, owner, "dist_weight", 0.0))
-        object.__setattr__(self, "tau_conf", _number(self.tau_conf, owner, "tau_conf", 0.0, 1.0))
-        object.__setattr__(self, "tau_dist_quantile", _number(self.tau_dist_quantile, owner, "tau_dist_quantile",
-                                                              0.0, 1.0))
-        object.__setattr__(self, "empty_foreground_confidence",
-                           _number(self.empty_foreground_confidence, owner, "empty_foreground_confidence", 0.0, 1.0))
-        if self.voxel_threshold is not None:
-            object.__setattr__(self, "voxel_threshold",
-                               _number(self.voxel_threshold, owner, "voxel_threshold", 0.0, 1.0))
-        object.__setattr__(self, "ema_decay", _number(self.ema_decay, owner, "ema_decay", 0.0, 1.0))
-        _whole(self.rounds, owner, "rounds", 1)
-        _flag(self.strong_view, owner, "strong_view")
-        object.__setattr__(self, "cutmix_probability",
-                           _number(self.cutmix_probability, owner, "cutmix_probability", 0.0, 1.0))
-        object.__setattr__(self, "class_keep_min", _number(self.class_keep_min, owner, "class_keep_min", 0.0, 1.0))
+        check_fields(self, enums={"mode": PseudoMode, "select_mode": SelectMode, "confidence": ConfidenceMetric,
+                                  "teacher": Teacher},
+                     numbers={"keep_fraction": (0.0, 1.0, True), "dist_weight": (0.0, math.inf, False),
+                              "tau_conf": (0.0, 1.0, False), "tau_dist_quantile": (0.0, 1.0, False),
+                              "empty_foreground_confidence": (0.0, 1.0, False), "voxel_threshold": (0.0, 1.0, False),
+                              "ema_decay": (0.0, 1.0, False), "cutmix_probability": (0.0, 1.0, False),
+                              "class_keep_min": (0.0, 1.0, False)},
+                     wholes={"rounds": 1}, flags=("strong_view",), optional=("voxel_threshold",))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PseudoLabelConfig:
-        return cls(**_check_keys(cls, data))
+        return cls(**check_keys(cls, data))
 
 
 @dataclass(frozen=True)
@@ -309,21 +230,15 @@ class ValidationConfig:
     hd95: bool = True
 
     def __post_init__(self) -> None:
-        owner = "ValidationConfig"
-        _flag(self.guard, owner, "guard")
-        _whole(self.folds, owner, "folds", 2)
-        _whole(self.every, owner, "every", 1)
-        object.__setattr__(self, "min_gain", _number(self.min_gain, owner, "min_gain", -1.0, 1.0))
-        object.__setattr__(self, "collapse_ratio", _number(self.collapse_ratio, owner, "collapse_ratio", 0.0, 1.0))
-        _whole(self.pool_cases, owner, "pool_cases", 0)
-        _flag(self.hd95, owner, "hd95")
+        check_fields(self, numbers={"min_gain": (-1.0, 1.0, False), "collapse_ratio": (0.0, 1.0, False)},
+                     wholes={"folds": 2, "every": 1, "pool_cases": 0}, flags=("guard", "hd95"))
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ValidationConfig:
-        return cls(**_check_keys(cls, data))
+        return cls(**check_keys(cls, data))
 
 
 @dataclass(frozen=True)
@@ -365,11 +280,8 @@ class FinetuneConfig:
                 object.__setattr__(self, name, kind.from_dict(value))
             elif not isinstance(value, kind):
                 raise ValueError(f"{owner}.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}.")
-        if self.semi_iterations is not None:
-            _whole(self.semi_iterations, owner, "semi_iterations", 1)
-        _whole(self.checkpoint_every, owner, "checkpoint_every", 1)
-        _flag(self.predict_pool, owner, "predict_pool")
-        _flag(self.allow_implausible_labels, owner, "allow_implausible_labels")
+        check_fields(self, wholes={"semi_iterations": 1, "checkpoint_every": 1},
+                     flags=("predict_pool", "allow_implausible_labels"), optional=("semi_iterations",))
 
     @property
     def semi_steps(self) -> int:
@@ -394,4 +306,4 @@ class FinetuneConfig:
         Raises:
             ValueError: not a mapping, an unknown key at any level, or an invalid value.
         """
-        return cls(**_check_keys(cls, data))
+        return cls(**check_keys(cls, data))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference import default_device
 from ..io import Volume
 from ..models import ModelCard
 from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
@@ -243,7 +244,7 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
     """
     if not labeled:
         raise ValueError("train_supervised needs at least one labelled case")
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     torch.manual_seed(config.seed + start_step + 7919 * rank)
     rng = np.random.default_rng([config.seed, start_step, rank])
     patch = config.patch_size or tuple(card.patch_size)

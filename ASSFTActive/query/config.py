@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, Dict, Tuple, Type, TypeVar
+from typing import Any, Dict, Mapping, Type
+
+from ..settings import Range, check_fields, check_keys
 
 __all__ = [
     "AsdReduce",
@@ -82,39 +84,6 @@ class Combine(str, Enum):
     TWO_STAGE = "two_stage"
 
 
-_E = TypeVar("_E", bound=Enum)
-
-
-def _as_enum(enum_type: Type[_E], value: Any, name: str) -> _E:
-    if isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        allowed = ", ".join(repr(member.value) for member in enum_type)
-        raise ValueError(f"QueryConfig.{name}={value!r} is not valid; use one of {allowed}.") from None
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"QueryConfig.{name} must be a whole number, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"QueryConfig.{name} must be >= {minimum}, got {value}.")
-
-
-def _check_float(value: Any, name: str, low: float, high: float, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"QueryConfig.{name} must be a finite number, got {value!r}.")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        if math.isinf(high):
-            wanted = f"{'>' if low_open else '>='} {low}"
-        else:
-            wanted = f"in {'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"QueryConfig.{name} must be {wanted}, got {value}.")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class QueryConfig:
     """Every setting of scoring and selection; one frozen record shared by the CLI, the worker and Slicer.
@@ -180,14 +149,7 @@ class QueryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, enum_type in _ENUM_FIELDS.items():
-            object.__setattr__(self, name, _as_enum(enum_type, getattr(self, name), name))
-        for name, (low, high, low_open) in _FLOAT_RANGES.items():
-            object.__setattr__(self, name, _check_float(getattr(self, name), name, low, high, low_open))
-        for name, minimum in _INT_MINIMA.items():
-            _check_int(getattr(self, name), name, minimum)
-        if not isinstance(self.normalise_scores, bool):
-            raise ValueError(f"QueryConfig.normalise_scores must be true or false, got {self.normalise_scores!r}.")
+        check_fields(self, enums=_ENUM_FIELDS, numbers=_FLOAT_RANGES, wholes=_INT_MINIMA, flags=("normalise_scores",))
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-ready values (enums as their strings)."""
@@ -198,22 +160,13 @@ class QueryConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> QueryConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> QueryConfig:
         """Build from :meth:`to_dict` output (or a subset of it; missing keys take their defaults).
 
         Raises:
             ValueError: ``data`` is not a mapping, has a key that is not a setting, or a value is invalid.
         """
-        if not isinstance(data, dict):
-            raise ValueError(f"query settings must be a JSON object (mapping), got {type(data).__name__}.")
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(str(key) for key in data if key not in known)
-        if unknown:
-            raise ValueError(
-                f"unknown query setting(s) {', '.join(repr(k) for k in unknown)}; known settings are "
-                f"{', '.join(sorted(known))}. Check the spelling or remove the key."
-            )
-        return cls(**data)
+        return cls(**check_keys(cls, data, "query"))
 
 
 _ENUM_FIELDS: Dict[str, Type[Enum]] = {
@@ -227,7 +180,7 @@ _ENUM_FIELDS: Dict[str, Type[Enum]] = {
 }
 
 #: name -> (low, high, low end open); every value must be finite.
-_FLOAT_RANGES: Dict[str, Tuple[float, float, bool]] = {
+_FLOAT_RANGES: Dict[str, Range] = {
     "kd_temperature": (0.0, math.inf, True),
     "fg_prob_threshold": (0.0, 1.0, True),
     "asd_empty_fg": (0.0, 1.0, False),

@@ -1,6 +1,9 @@
 """Typed records of the query step: the evidence about one case, and the ranking of a pool.
 
-Values that a strategy could not compute are ``float('nan')`` in the records and ``null`` in their JSON form.
+Values that a strategy could not compute are ``float('nan')`` in the records. A :class:`Ranking` is the in-memory
+result of :func:`~.selection.select`; it has no JSON form of its own: on disk a ranking is
+:class:`ASSFTActive.jobs.RankingFile` (``ranking.json``, the one schema, with ``null`` for NaN), built from it by
+:func:`ASSFTActive.api.ranking_file`.
 """
 
 from __future__ import annotations
@@ -147,27 +150,6 @@ class RankedCase:
     rank: int
     selected: bool
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "case_id": self.case_id,
-            "rank": self.rank,
-            "selected": self.selected,
-            "dkd": _json_float(self.dkd),
-            "asd": _json_float(self.asd),
-            "score": _json_float(self.score),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> RankedCase:
-        return cls(
-            case_id=str(data["case_id"]),
-            dkd=_from_json_float(data["dkd"]),
-            asd=_from_json_float(data["asd"]),
-            score=_from_json_float(data["score"]),
-            rank=int(data["rank"]),
-            selected=bool(data["selected"]),
-        )
-
 
 @dataclass(frozen=True)
 class Ranking:
@@ -187,21 +169,3 @@ class Ranking:
     def selected_ids(self) -> Tuple[str, ...]:
         """Case ids to annotate, in pick order."""
         return tuple(case.case_id for case in self.cases if case.selected)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-ready form: strategy, budget, selected ids and one row per case in rank order."""
-        return {
-            "strategy": self.strategy,
-            "budget": self.budget,
-            "selected_ids": list(self.selected_ids),
-            "cases": [case.to_dict() for case in self.cases],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> Ranking:
-        """Inverse of :meth:`to_dict` (``selected_ids`` is derived, not read)."""
-        return cls(
-            strategy=str(data["strategy"]),
-            budget=int(data["budget"]),
-            cases=tuple(RankedCase.from_dict(row) for row in data["cases"]),
-        )

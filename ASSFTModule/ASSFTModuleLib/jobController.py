@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
-from ASSFTActive.jobs import RESULT_FILE, read_result
+from ASSFTActive.errors import JobError
+from ASSFTActive.jobs import RESULT_CANCELLED, RESULT_DONE, RESULT_ERROR, read_job_result
 
 from . import jobs
 from .errors import ASSFTModuleError, JobFailedError
@@ -33,7 +34,7 @@ from .workerProcess import deviceProbeCommand, parseDeviceProbe, workerCommand
 #: ranking shown in the panel is always kept).
 KEEP_JOB_FOLDERS = 3
 
-DONE, CANCELLED, ERROR = "done", "cancelled", "error"
+DONE, CANCELLED, ERROR = RESULT_DONE, RESULT_CANCELLED, RESULT_ERROR
 
 
 class Signal:
@@ -80,8 +81,11 @@ def jobOutcome(jobDir, exitCode: int, cancelled: bool, errorText: str) -> tuple:
     """``(status, message)`` of an ended worker from its job folder: the worker's own ``result.json`` decides
     (a Cancel that arrived after the new model was committed still ends ``done``); without a result, a Cancel is
     ``cancelled`` and anything else an ``error``."""
-    data = read_result(jobDir) if jobDir is not None and (Path(jobDir) / RESULT_FILE).is_file() else None
-    status = str(data.get("status", "")) if isinstance(data, dict) else ""
+    try:
+        record = read_job_result(jobDir) if jobDir is not None else None
+    except JobError:  # a malformed result: an error, reported with the file's problem when the result is loaded
+        record = None
+    status = record.status if record is not None else ""
     if status == DONE:
         return DONE, ""
     if status == CANCELLED or cancelled:

@@ -17,9 +17,10 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
-from ASSFTActive.jobs import JOB_KINDS, LOG_FILE, RESULT_FILE, read_events, read_result
+from ASSFTActive.errors import JobError
+from ASSFTActive.jobs import JOB_KINDS, LOG_FILE, RESULT_FILE, read_events, read_job_result
 
 from .errors import ASSFTModuleError, JobFailedError, ResultFormatError
 from .records import JobResult
@@ -97,61 +98,25 @@ def _failureMessage(jobDir: Path) -> str:
 
 
 def readJobResult(jobDir) -> JobResult:
-    """Read ``result.json`` of a finished job (:func:`ASSFTActive.jobs.read_result`), paths resolved.
+    """Read ``result.json`` of a finished job with the engine's reader (:func:`ASSFTActive.jobs.read_job_result`,
+    which checks it), paths resolved against the job folder.
 
     Raises:
         JobFailedError: no result, or a status other than ``done`` (message from the last ``error`` event).
-        ResultFormatError: a malformed result file.
+        ResultFormatError: a malformed result file (the engine's message: the file and what is wrong).
     """
     jobDir = Path(jobDir)
-    path = jobDir / RESULT_FILE
-    data = read_result(jobDir)
-    if data is None:
-        if path.is_file():
-            raise ResultFormatError(f"{path}: cannot read the job result (not a JSON object).")
+    try:
+        record = read_job_result(jobDir)
+    except JobError as exc:
+        raise ResultFormatError(str(exc)) from exc
+    if record is None:
         raise JobFailedError(f"Job {jobDir.name} failed: {_failureMessage(jobDir)}.", str(jobDir), logTail(jobDir))
-    status = str(data.get("status", ""))
-    if status != "done":
-        message = str(data.get("message") or "") or _failureMessage(jobDir)
-        raise JobFailedError(f"Job {jobDir.name} ended with status '{status}': {message}.", str(jobDir),
+    if not record.done:
+        message = record.message or _failureMessage(jobDir)
+        raise JobFailedError(f"Job {jobDir.name} ended with status '{record.status}': {message}.", str(jobDir),
                              logTail(jobDir))
-
-    def resolve(value) -> Optional[Path]:
-        if not value:
-            return None
-        candidate = Path(str(value))
-        return candidate if candidate.is_absolute() else jobDir / candidate
-
-    kind = str(data.get("kind", ""))
-    predictions = data.get("predictions") or {}
-    if not isinstance(predictions, dict):
-        raise ResultFormatError(f"{path}: \"predictions\" must map case ids to label files.")
-    metrics = data.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        raise ResultFormatError(f"{path}: \"metrics\" must be a JSON object.")
-    pseudoLabeled = data.get("pseudo_labeled")
-    if not isinstance(pseudoLabeled, list):
-        raise ResultFormatError(f"{path}: \"pseudo_labeled\" must be a list of case ids; the worker that wrote it "
-                                "is older than this module. Run the job again.")
-    activated = data.get("activated") if kind == "adapt" else False  # a rank job activates no model
-    if not isinstance(activated, bool):
-        raise ResultFormatError(f"{path}: an adapt result needs \"activated\" (true or false); the worker that wrote "
-                                "it is older than this module. Run the job again.")
-    activation = data.get("activation") or {}
-    if not isinstance(activation, dict):
-        raise ResultFormatError(f"{path}: \"activation\" must be a JSON object.")
-    return JobResult(
-        status=status,
-        kind=kind,
-        jobDir=jobDir,
-        modelCard=resolve(data.get("model_card")),
-        ranking=resolve(data.get("ranking")),
-        predictions={str(k): resolve(v) for k, v in predictions.items() if v},
-        metrics=dict(metrics),
-        pseudoLabeled=tuple(str(caseId) for caseId in pseudoLabeled),
-        activated=activated,
-        activationReason=str(activation.get("reason", "")),
-    )
+    return JobResult(jobDir=jobDir, record=record)
 
 
 def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:

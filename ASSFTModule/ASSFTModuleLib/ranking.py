@@ -1,17 +1,21 @@
 """Read the engine's ``ranking.json`` and show it as a table node (one row per volume).
 
-The table holds everything needed to act on a row (case id, volume node ID, entropy map, regions and prediction
-files), so a saved scene keeps working without the job folder's ``ranking.json``.
+The file is read and checked by the engine's own reader (:func:`ASSFTActive.jobs.read_ranking_file`, the one
+ranking schema); this module only turns its entries into table rows. The table holds everything needed to act on a
+row (case id, volume node ID, entropy map, regions and prediction files), so a saved scene keeps working without
+the job folder's ``ranking.json``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Collection, Dict, Optional, Tuple
 
 import vtk
+
+from ASSFTActive.errors import JobError
+from ASSFTActive.jobs import RankingEntry, read_ranking_file
 
 from .errors import ResultFormatError
 from .records import CaseState, RankedCase, Ranking
@@ -45,31 +49,33 @@ _NUMERIC = (COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE)
 _INTEGER = (COLUMN_RANK, COLUMN_SELECTED)
 
 
-def _optionalPath(value, base: Path) -> Optional[Path]:
-    if value in (None, ""):
+def _optionalPath(value: Optional[str], base: Path) -> Optional[Path]:
+    if not value:
         return None
-    path = Path(str(value))
+    path = Path(value)
     return path if path.is_absolute() else (base / path)
 
 
-def _number(entry: dict, key: str, where: str) -> float:
-    value = entry.get(key)
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ResultFormatError(f"{where}: \"{key}\" is {value!r}, expected a number.") from exc
+def _orNan(value: Optional[float]) -> float:
+    return math.nan if value is None else value
 
 
-def _rank(entry: dict, where: str) -> int:
-    value = entry.get("rank")
-    if value is None:
-        return NOT_RANKED
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise ResultFormatError(f"{where}: \"rank\" is {value!r}, expected a whole number or null.") from exc
+def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str]) -> RankedCase:
+    """The table row of a ``ranking.json`` entry."""
+    return RankedCase(
+        caseId=entry.case_id,
+        image=_optionalPath(entry.image, base),
+        dkd=_orNan(entry.dkd),
+        asd=_orNan(entry.asd),
+        score=_orNan(entry.score),
+        rank=NOT_RANKED if entry.rank is None else entry.rank,
+        selected=entry.selected,
+        labeled=entry.labeled,
+        pseudoLabeled=entry.case_id in pseudoLabeled,
+        entropyMap=_optionalPath(entry.entropy_map, base),
+        regions=_optionalPath(entry.regions, base),
+        prediction=_optionalPath(entry.prediction, base),
+    )
 
 
 def readRanking(path, pseudoLabeled: Collection[str] = ()) -> Ranking:
@@ -79,52 +85,21 @@ def readRanking(path, pseudoLabeled: Collection[str] = ()) -> Ranking:
 
     Args:
         path: the ranking file; relative paths inside it are taken relative to its folder.
-        pseudoLabeled: case ids the job used as pseudo-labeled (from ``result.json``), in addition to a per-case
-            ``"pseudo_labeled": true``.
+        pseudoLabeled: case ids the job used as pseudo-labeled (``pseudo_labeled`` of ``result.json``).
 
     Raises:
-        ResultFormatError: missing file, invalid JSON, or a case without ``case_id``.
+        ResultFormatError: missing file, invalid JSON, or an entry the engine's schema refuses (the message names
+            the file, the case and the key).
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ResultFormatError(f"{path}: ranking file not found; the job did not write it.") from exc
-    except (OSError, ValueError) as exc:
-        raise ResultFormatError(f"{path}: cannot read the ranking ({exc}).") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise ResultFormatError(f"{path}: expected an object with a \"cases\" list.")
-    base = path.parent
-    cases = []
-    for position, entry in enumerate(data["cases"]):
-        where = f"{path}, case {position}"
-        if not isinstance(entry, dict) or not entry.get("case_id"):
-            raise ResultFormatError(f"{where}: every case needs a \"case_id\".")
-        caseId = str(entry["case_id"])
-        cases.append(
-            RankedCase(
-                caseId=caseId,
-                image=_optionalPath(entry.get("image"), base),
-                dkd=_number(entry, "dkd", where),
-                asd=_number(entry, "asd", where),
-                score=_number(entry, "score", where),
-                rank=_rank(entry, where),
-                selected=bool(entry.get("selected", False)),
-                labeled=bool(entry.get("labeled", False)),
-                pseudoLabeled=bool(entry.get("pseudo_labeled", False)) or caseId in pseudoLabeled,
-                entropyMap=_optionalPath(entry.get("entropy_map"), base),
-                regions=_optionalPath(entry.get("regions"), base),
-                prediction=_optionalPath(entry.get("prediction"), base),
-            )
-        )
+        data = read_ranking_file(path)
+    except JobError as exc:
+        raise ResultFormatError(str(exc)) from exc
+    pseudo = set(pseudoLabeled)
+    cases = [_row(entry, path.parent, pseudo) for entry in data.cases]
     cases.sort(key=lambda case: (case.rank == NOT_RANKED, case.rank))  # stable: file order within equal keys
-    return Ranking(
-        strategy=str(data.get("strategy", "")),
-        budget=int(data.get("budget", 0) or 0),
-        model=str(data.get("model", "")),
-        cases=tuple(cases),
-        path=path,
-    )
+    return Ranking(strategy=data.strategy, budget=data.budget, model=data.model, cases=tuple(cases), path=path)
 
 
 def _column(name: str, values) -> vtk.vtkAbstractArray:

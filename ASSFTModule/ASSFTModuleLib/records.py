@@ -1,10 +1,11 @@
 """Typed records shared by the module logic and the widget.
 
-They mirror the files of the engine's job protocol (``ranking.json``, regions JSON, ``result.json``); the readers
-in :mod:`ranking`, :mod:`regions` and :mod:`jobs` build them. Field names are camelCase (Slicer side); the JSON
-keys they come from are snake_case (engine side). Records the engine already has are used as they are: the model
-card (``ASSFTActive.cards.ModelCard``), events (``ASSFTActive.progress.Event``), ``job.json``
-(``ASSFTActive.jobs.JobSpec``).
+The files of the engine's job protocol are read with the engine's own records, which check them (one schema, one
+validation): ``job.json`` (``ASSFTActive.jobs.JobSpec``), ``result.json`` (``ASSFTActive.jobs.JobResult``, held by
+:class:`JobResult` with the job folder), ``ranking.json`` (``ASSFTActive.jobs.RankingFile``, shown as the rows of
+the ranking table, :class:`RankedCase`), events (``ASSFTActive.progress.Event``), the model card
+(``ASSFTActive.cards.ModelCard``). The records here add what only the scene has (table state, node IDs, resolved
+paths), camelCase (Slicer side).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from ASSFTActive.jobs import JobResult as EngineJobResult
 from ASSFTActive.jobs import JobSpec
 
 
@@ -42,7 +44,8 @@ class CaseState:
 
 @dataclass(frozen=True)
 class RankedCase:
-    """One row of ``ranking.json``."""
+    """One row of the ranking table: a ``ranking.json`` entry (``ASSFTActive.jobs.RankingEntry``) as the table
+    shows it (missing numbers NaN, an unranked case rank 0, paths resolved) plus its state in the scene."""
 
     caseId: str
     image: Optional[Path]
@@ -60,7 +63,8 @@ class RankedCase:
 
 @dataclass(frozen=True)
 class Ranking:
-    """A whole ``ranking.json``: cases ordered by rank."""
+    """The content of a ranking table: a ``ranking.json`` read by :func:`ranking.readRanking`, cases ordered by
+    rank."""
 
     strategy: str
     budget: int
@@ -131,26 +135,57 @@ class PreparedJob:
 
 @dataclass(frozen=True)
 class JobResult:
-    """``result.json`` of a finished job, paths resolved.
+    """``result.json`` of a finished job (the engine's ``ASSFTActive.jobs.JobResult``, checked by the engine's reader)
+    with its job folder, paths resolved against it.
 
     Attributes:
-        modelCard: the card the job used (rank) or the new model version's card (adapt).
-        pseudoLabeled: case ids the adaptation kept as pseudo-labels (``pseudo_labeled``; empty for rank).
-        activated: whether the job made a new model version the active model (``activated`` of an adapt job;
-            False for rank).
-        activationReason: why the guard did or did not activate it (``activation.reason``; empty for rank).
+        jobDir: the job folder.
+        record: what the worker wrote.
     """
 
-    status: str
-    kind: str
     jobDir: Path
-    modelCard: Optional[Path]
-    ranking: Optional[Path]
-    predictions: Dict[str, Path]
-    metrics: Dict[str, object]
-    pseudoLabeled: Tuple[str, ...] = ()
-    activated: bool = False
-    activationReason: str = ""
+    record: EngineJobResult
+
+    @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+    @property
+    def modelCard(self) -> Optional[Path]:
+        """The card the job used (rank) or the new model version's card (adapt)."""
+        return EngineJobResult.path(self.record.model_card, self.jobDir)
+
+    @property
+    def ranking(self) -> Optional[Path]:
+        return EngineJobResult.path(self.record.ranking, self.jobDir)
+
+    @property
+    def predictions(self) -> Dict[str, Path]:
+        return {caseId: EngineJobResult.path(path, self.jobDir) for caseId, path in self.record.predictions.items()
+                if path}
+
+    @property
+    def metrics(self) -> Dict[str, object]:
+        return dict(self.record.metrics)
+
+    @property
+    def pseudoLabeled(self) -> Tuple[str, ...]:
+        """Case ids the adaptation kept as pseudo-labels (empty for rank)."""
+        return self.record.pseudo_labeled
+
+    @property
+    def activated(self) -> bool:
+        """Whether the job made a new model version the active model (False for rank)."""
+        return self.record.activated
+
+    @property
+    def activationReason(self) -> str:
+        """Why the guard did or did not activate it (empty for rank)."""
+        return self.record.activation_reason
 
 
 @dataclass(frozen=True)

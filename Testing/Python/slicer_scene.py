@@ -9,6 +9,9 @@ Usage in a test module::
         env = slicer_scene.SlicerScene()
         ...
 
+``fakeFinishedJob`` writes the files a finished worker job leaves (result, ranking, overlays, predictions), for the
+logic and job-controller tests that load a result without running a worker.
+
 The set-up follows ``notes/slicer-stack.md`` section 1 (what trame-slicer's SlicerApp does) plus three slice views
 (Red, Yellow, Green) with their composite nodes, as a desktop layout would create them.
 """
@@ -126,3 +129,47 @@ def writeModelCard(folder: Path, classNames=("background", "anterior", "posterio
     card["arguments"]["out_channels"] = len(classNames)
     path.write_text(json.dumps(card), encoding="utf-8")
     return path
+
+
+def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
+    """Write what the worker writes at the end of a job: result, ranking, regions, entropy maps, predictions.
+
+    The logic and job-controller tests load these files without running a worker; ``nodes`` are the job's volume
+    nodes in the order of ``spec.job.images``. Returns the card of the new model version (adapt jobs).
+    """
+    from ASSFTModuleLib import geometry
+
+    from ASSFTActive.io import Volume, write_volume
+
+    jobDir = spec.jobDir
+    caseIds = list(spec.job.images)
+    cases = []
+    predictions = {}
+    for rank, (caseId, node) in enumerate(zip(reversed(caseIds), reversed(nodes)), start=1):
+        affine = geometry.ijkToRasArray(node)
+        entropy = np.zeros((20, 16, 12), np.float32)
+        entropy[8:12, 4:9, 3:7] = 0.9
+        entropyPath = write_volume(Volume(entropy, affine), jobDir / "overlays" / f"{caseId}_entropy.nii.gz")
+        center = (affine @ [9.5, 6.0, 4.5, 1.0])[:3]
+        regionsPath = jobDir / "overlays" / f"{caseId}_regions.json"
+        regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
+            {"center_ras": center.tolist(), "bbox_ijk_min": [8, 4, 3], "bbox_ijk_max": [11, 8, 6],
+             "volume_mm3": 193.0, "mean_entropy": 0.9, "voxel_count": 80}]}))
+        predictionPath = write_volume(Volume(syntheticLabels(), affine),
+                                      jobDir / "predictions" / f"{caseId}.nii.gz")
+        predictions[caseId] = str(predictionPath)
+        cases.append({"case_id": caseId, "image": spec.job.images[caseId], "dkd": 1.0 / rank, "asd": 0.1 * rank,
+                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": caseId in spec.job.labels,
+                      "entropy_map": str(entropyPath), "regions": str(regionsPath), "prediction": str(predictionPath)})
+    (jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": cases}))
+    newCard = writeModelCard(tmp_path / "store" / "test-unet-adapted-v2", name="test-unet-adapted")
+    result = {"status": "done", "kind": kind, "ranking": str(jobDir / "ranking.json"), "predictions": predictions,
+              "pseudo_labeled": ["case_a"] if kind == "adapt" else [],
+              "metrics": {"dice": 0.8, "activated": activated, "pseudo": [
+                  {"case_id": "case_a", "kept": True, "rank": 1}, {"case_id": "case_c", "kept": False, "rank": 2}]},
+              "model_card": str(newCard) if kind == "adapt" else "card-used-for-ranking.json"}
+    if kind == "adapt":
+        result["activated"] = activated
+    (jobDir / "result.json").write_text(json.dumps(result))
+    (jobDir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "adapt", "message": "ok"}) + "\n")
+    return newCard

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_finetune_training import make_tiny_card, read_json, tree, worker_env, write_dataset
+from conftest import make_tiny_card, read_json, tree, worker_env, write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.store import ModelStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_finetune_training import make_tiny_card
+from conftest import make_tiny_card
 
 from ASSFTActive.cli import main
 from ASSFTActive.models import load_card, save_card

@@ -127,6 +127,7 @@ def test_missing_images_and_broken_model_card_are_reported(tmp_path):
     assert done.returncode == 2 and "missing required field(s)" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # a whole overlay pass of the default model over a 256x256x25 brain MRI: 14 s on 2 cores
 def test_overlay_command_on_an_anisotropic_rotated_nrrd_fixture(fixtures_dir, tmp_path):
     image_path = fixtures_dir / "pyradiomics" / "brain1_image.nrrd"
     done = assft("overlay", "--image", str(image_path), "--out", str(tmp_path))

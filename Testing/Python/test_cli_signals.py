@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from test_finetune_training import make_tiny_card, worker_env, write_dataset
+from conftest import make_tiny_card, worker_env, write_dataset
 
 from ASSFTActive.locks import LOCK_FILE
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
-from test_finetune_training import FAST_FINETUNE, make_tiny_card, read_json, worker_env, write_dataset
+from conftest import FAST_FINETUNE, make_tiny_card, read_json, tree, worker_env, write_dataset
 
 from ASSFTActive.distributed import DistContext, init_from_env, merge_shards
-from ASSFTActive.jobs import EXIT_DONE, JobSpec, read_events, write_job
+from ASSFTActive.jobs import EXIT_DONE, JobSpec, read_events, read_ranking_file, write_job
 from ASSFTActive.store import ModelStore
 
 
@@ -32,6 +33,117 @@ def test_shards_of_two_ranks_cover_the_pool_once_and_merge_back_in_order():
     assert sorted(shards[0] + shards[1]) == sorted(items) and not set(shards[0]) & set(shards[1])
     results = [{item: item.upper() for item in shard} for shard in shards]
     assert merge_shards(results, items) == [item.upper() for item in items]
+
+
+class ThreadRank:
+    """One rank of an in-process data-parallel group: the collectives ``rank_pool`` uses, over threads (the same
+    contract as :class:`DistContext`, without a process group), so sharding, staging and failure run in seconds."""
+
+    def __init__(self, rank: int, group: ThreadGroup):
+        self.rank, self.group = rank, group
+        self.world_size, self.local_rank, self.backend = group.size, rank, "threads"
+        self.device = torch.device("cpu")
+        self.distributed, self.is_main = True, rank == 0
+
+    def shard(self, items):
+        return list(items[self.rank::self.world_size])
+
+    def all_gather(self, obj):
+        self.group.slots[self.rank] = obj
+        self.group.barrier.wait()
+        out = list(self.group.slots)
+        self.group.barrier.wait()
+        return out
+
+    def broadcast(self, obj):
+        return self.all_gather(obj)[0]
+
+    def barrier(self):
+        self.group.barrier.wait()
+
+
+class ThreadGroup:
+    def __init__(self, size: int):
+        self.size, self.slots = size, [None] * size
+        self.barrier = threading.Barrier(size, timeout=300)
+
+    def run(self, work):
+        """``work(ctx)`` on every rank at once; ``[(result, error)]`` in rank order."""
+        outcomes = [None] * self.size
+
+        def target(rank):
+            try:
+                outcomes[rank] = (work(ThreadRank(rank, self)), None)
+            except BaseException as exc:  # noqa: BLE001 - the test inspects what every rank raised
+                outcomes[rank] = (None, exc)
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes
+
+
+@pytest.fixture(scope="module")
+def small_pool(tmp_path_factory):
+    from ASSFTActive.models import load_card
+
+    tmp = tmp_path_factory.mktemp("pool")
+    images, labels = write_dataset(tmp / "data", count=5, labeled=2)
+    return load_card(make_tiny_card(tmp / "base")), [images[k] for k in sorted(images)], sorted(labels), tmp
+
+
+def test_rank_pool_sharded_over_ranks_writes_what_one_process_writes(small_pool):
+    """``rank_pool(..., ctx)`` shards, stages and gathers itself; rank 0 publishes and writes the ranking."""
+    from ASSFTActive.api import rank_pool
+
+    card, images, labeled, tmp = small_pool
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = rank_pool(images, card, 2, tmp / "single", labeled_ids=labeled, device=torch.device("cpu"))
+        outcomes = ThreadGroup(2).run(lambda ctx: rank_pool(images, card, 2, tmp / "sharded", labeled_ids=labeled,
+                                                            ctx=ctx))
+    finally:
+        torch.set_num_threads(threads)
+    assert [error for _, error in outcomes] == [None, None]
+    main, other = outcomes[0][0], outcomes[1][0]
+    assert main.ranking == single.ranking and other.ranking == single.ranking
+    assert other.volumes == () and other.files == {}
+    assert tree(tmp / "sharded") == tree(tmp / "single")  # no staging folder left, the same files
+    a, b = read_ranking_file(tmp / "single" / "ranking.json"), read_ranking_file(tmp / "sharded" / "ranking.json")
+    assert [(c.case_id, c.rank, c.selected, c.labeled) for c in a.cases] == \
+        [(c.case_id, c.rank, c.selected, c.labeled) for c in b.cases]
+    for x, y in zip(a.cases, b.cases):
+        assert (x.dkd is None and y.dkd is None) or x.dkd == pytest.approx(y.dkd, abs=1e-6)
+        if not y.labeled:  # published from the staging folder into the ranking folder
+            assert Path(y.prediction).parent == tmp / "sharded" / "predictions"
+    assert read_json(tmp / "sharded" / "config.json")["world_size"] == 2
+
+
+def test_a_volume_failing_on_one_rank_fails_every_rank_and_publishes_nothing(small_pool, tmp_path):
+    """All-or-nothing across ranks: the failing rank's error reaches rank 0 and no rank waits for the timeout."""
+    import shutil
+
+    from ASSFTActive.api import rank_pool
+    from ASSFTActive.errors import InputError
+
+    card, images, labeled, tmp = small_pool
+    pool = [tmp_path / p.name for p in images]
+    for source, target in zip(images, pool):
+        shutil.copy(source, target)
+    pool[3].write_bytes(b"\x1f\x8b\x08garbage")  # images[3::2] is rank 1's shard
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outcomes = ThreadGroup(2).run(lambda ctx: rank_pool(pool, card, 2, out, labeled_ids=labeled, ctx=ctx))
+    finally:
+        torch.set_num_threads(threads)
+    errors = [error for _, error in outcomes]
+    assert all(isinstance(e, InputError) and pool[3].name in str(e) for e in errors), errors
+    assert tree(out) == []  # no ranking, no overlay, no prediction, no staging folder
 
 
 def _torchrun(job: Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -50,3 +50,29 @@ def test_the_guard_never_activates_on_gains_that_were_not_scored():
     assert mean_interval([0.2, nan, 0.4])[0] == pytest.approx(0.3)
     partly = CrossValidation(steps=(0, 25, 50), dice={"a": (0.5, 0.6, 0.7), "b": (nan, nan, nan)})
     assert partly.stop_step() == 50 and decide(partly, None, 0.005, 50, 2).activate
+
+
+def test_evaluate_cases_scores_in_the_given_order_and_lists_an_unusable_label_when_asked_to_skip(tmp_path):
+    from conftest import make_tiny_card, synthetic_case, write_dataset
+
+    from ASSFTActive.errors import InputError
+    from ASSFTActive.evaluate import LabelledCase, evaluate_cases
+    from ASSFTActive.io import Volume, read_volume, write_volume
+    from ASSFTActive.models import load_card, load_model
+
+    model = load_model(load_card(make_tiny_card(tmp_path / "model")))
+    images, labels = write_dataset(tmp_path / "data", count=3, labeled=3)
+    _, label, affine = synthetic_case(0)
+    bad = write_volume(Volume(label[:-2], affine), tmp_path / "bad" / "case_001.nii.gz")
+    cases = [LabelledCase("case_002", images["case_002"], labels["case_002"]),
+             LabelledCase("case_001", images["case_001"], bad),
+             LabelledCase("case_000", read_volume(images["case_000"]), read_volume(labels["case_000"]))]
+    events = []
+    report = evaluate_cases(model, cases, hd95=False, progress=events.append, skip_unreadable=True)
+    assert [c.case_id for c in report.cases] == ["case_002", "case_000"]
+    assert [(s.case_id, s.path) for s in report.skipped] == [("case_001", str(bad))]
+    assert all(len(c.dice) == 2 and all(math.isnan(h) for h in c.hd95) for c in report.cases)
+    assert [e.event for e in events] == ["progress", "warning", "progress"]
+    assert report.summary()["cases"] == 2
+    with pytest.raises(InputError):
+        evaluate_cases(model, cases, hd95=False)

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_finetune_training import FAST_FINETUNE, make_tiny_card, read_json, synthetic_case, tree, write_dataset
+from conftest import FAST_FINETUNE, make_tiny_card, read_json, synthetic_case, tree, write_dataset
 
 from ASSFTActive.errors import CancelledError, InputError, JobError, ModelError
-from ASSFTActive.finetune.adapt import adapt_model, card_signature
+from ASSFTActive.finetune.adapt import adapt_model
+from ASSFTActive.finetune.checkpoints import card_signature
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.io import Volume, write_volume
 from ASSFTActive.models import load_card, load_model
@@ -175,14 +176,54 @@ def test_pseudo_label_modes_decide_how_many_unlabelled_volumes_are_used(world, m
     assert len(result.pseudo) == (0 if mode == "none" else 3)
 
 
-def test_ema_teacher_and_voxel_mask_run_and_are_recorded(world):
+def _spy_on_training(monkeypatch):
+    """Record what each training stage of adapt_model hands the trainer, and the teacher before and after."""
+    from ASSFTActive.finetune import recipe
+
+    stages = []
+    real = recipe.train_supervised
+
+    def spy(network, card, labeled, config, pseudo=(), **kwargs):
+        teacher = kwargs.get("teacher")
+        start = None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()}
+        losses = real(network, card, labeled, config, pseudo=pseudo, **kwargs)
+        stages.append({"pseudo": list(pseudo), "teacher": teacher, "teacher_start": start, "student": network,
+                       "semi": kwargs["semi"]})
+        return losses
+
+    monkeypatch.setattr(recipe, "train_supervised", spy)
+    return stages
+
+
+def _moved(state, reference):
+    return any(v.dtype.is_floating_point and not torch.equal(v, reference[k]) for k, v in state.items())
+
+
+def test_an_ema_teacher_follows_the_student_and_voxel_masks_leave_unsure_voxels_out(world, monkeypatch):
+    stages = _spy_on_training(monkeypatch)
     result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
                          config=_config(pseudo={"teacher": "ema", "voxel_threshold": 0.5, "rounds": 2,
-                                                "class_keep_min": 0.5, "strong_view": True,
-                                                "cutmix_probability": 0.5}, validation=UNGUARDED))
-    config = read_json(result.version_dir / "config.json")["finetune"]
-    assert config["pseudo"]["teacher"] == "ema" and config["pseudo"]["rounds"] == 2
-    assert len(read_json(result.version_dir / "provenance.json")["pseudo_decisions"]) == 2
+                                                "class_keep_min": 0.5}, validation=UNGUARDED))
+    supervised, *semi = stages
+    assert supervised["teacher"] is None and not supervised["pseudo"]
+    assert len(semi) == 2 and len(read_json(result.version_dir / "provenance.json")["pseudo_decisions"]) == 2
+    for stage in semi:
+        teacher, student = stage["teacher"].state_dict(), stage["student"].state_dict()
+        assert _moved(teacher, stage["teacher_start"]), "the EMA teacher followed the student"
+        assert _moved(teacher, student), "the EMA teacher lags the student (it is not a copy)"
+        assert stage["semi"].voxel_threshold == 0.5 and stage["semi"].class_keep_min == 0.5
+        masks = [case.voxel_mask for case in stage["pseudo"]]
+        assert masks and all(m is not None and m.any() for m in masks)
+        assert not all(m.all() for m in masks), "some unsure voxels of the pseudo-labels are left out"
+
+
+def test_an_offline_teacher_without_voxel_threshold_trains_on_whole_fixed_pseudo_labels(world, monkeypatch):
+    stages = _spy_on_training(monkeypatch)
+    adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
+                config=_config(pseudo={"teacher": "offline", "voxel_threshold": None}, validation=UNGUARDED))
+    semi = stages[1]
+    assert semi["teacher"] is None and semi["pseudo"]
+    assert all(case.voxel_mask is None for case in semi["pseudo"]) and semi["semi"].voxel_threshold is None
 
 
 def test_a_model_adapted_twice_still_points_at_the_original_pretrained_card(world):

@@ -9,34 +9,51 @@ import sys
 
 import pytest
 
-from ASSFTActive.finetune.config import (
-    ConfidenceMetric,
-    FinetuneConfig,
-    PseudoLabelConfig,
-    PseudoMode,
-    SelectMode,
-    Teacher,
-    TrainConfig,
-    ValidationConfig,
-)
+from ASSFTActive.finetune.config import FinetuneConfig, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
 
 
-def test_selection_defaults_are_the_inferred_values_of_method_spec_section_1_7():
-    pseudo = PseudoLabelConfig()
-    assert pseudo.mode == PseudoMode.SELECTIVE and pseudo.select_mode == SelectMode.TOPK
-    assert (pseudo.keep_fraction, pseudo.dist_weight, pseudo.tau_conf, pseudo.tau_dist_quantile) == (0.5, 1.0, 0.9, 0.5)
-    assert pseudo.confidence == ConfidenceMetric.FG_MAX_PROB and pseudo.ema_decay == 0.99 and pseudo.rounds == 1
-    train = TrainConfig()
-    assert (train.pseudo_weight, train.rampup_fraction) == (1.0, 0.4)
+def test_missing_settings_take_their_defaults_at_every_level():
+    assert FinetuneConfig.from_dict({}) == FinetuneConfig()
+    partial = FinetuneConfig.from_dict({"pseudo": {"mode": "all"}, "train": {"seed": 3}})
+    assert partial == dataclasses.replace(FinetuneConfig(), pseudo=PseudoLabelConfig(mode=PseudoMode.ALL),
+                                          train=TrainConfig(seed=3))
 
 
-def test_training_defaults_are_the_recipe_that_won_the_adapt_benchmark():
-    """RESULTS.md, "Adapt Model": lr 1e-4, no encoder protection, a Mean Teacher with the student on a strong view."""
-    train, pseudo = TrainConfig(), PseudoLabelConfig()
-    assert (train.iterations, train.learning_rate, train.encoder_lr_scale, train.l2sp_weight) == (100, 1e-4, 1.0, 0.0)
-    assert pseudo.teacher == Teacher.EMA and pseudo.strong_view
-    assert (pseudo.voxel_threshold, pseudo.class_keep_min, pseudo.cutmix_probability) == (0.7, 0.5, 0.5)
-    assert ValidationConfig().guard and ValidationConfig().folds == 3
+def test_a_default_run_is_guarded_and_its_semi_supervised_rounds_are_as_long_as_the_supervised_stage():
+    config = FinetuneConfig()
+    assert config.validation.guard and config.validation.folds >= 2
+    assert config.semi_steps == config.train.iterations
+    assert FinetuneConfig(semi_iterations=7).semi_steps == 7
+
+
+def test_the_default_selection_keeps_the_more_reliable_half_of_the_pool():
+    """Reliability = confidence - distance (both min-max normalised); the top half is pseudo-labelled."""
+    from ASSFTActive.finetune.pseudo import PseudoCandidate, select_reliable
+
+    pool = [PseudoCandidate("near_sure", 0.9, 0.1), PseudoCandidate("far_sure", 0.9, 0.9),
+            PseudoCandidate("near_unsure", 0.3, 0.1), PseudoCandidate("far_unsure", 0.2, 0.9),
+            PseudoCandidate("middle", 0.6, 0.4)]
+    decisions = select_reliable(pool, PseudoLabelConfig())
+    assert [d.case_id for d in decisions if d.kept] == ["near_sure", "near_unsure", "middle"]
+    assert min(decisions, key=lambda d: d.rank).case_id == "near_sure"
+
+
+def test_the_default_voxel_mask_keeps_confident_voxels_and_part_of_every_predicted_class():
+    """A small class the teacher is unsure about everywhere keeps some voxels instead of vanishing."""
+    import numpy as np
+
+    from ASSFTActive.finetune.pseudo import voxel_confidence_mask
+
+    label = np.zeros((4, 4, 4), dtype=np.int64)
+    label[0, 0, :] = 2
+    max_prob = np.full((4, 4, 4), 0.99, dtype=np.float32)
+    max_prob[0, 0, :] = [0.40, 0.45, 0.50, 0.55]
+    max_prob[3, 3, 3] = 0.30  # one unsure background voxel
+    rule = PseudoLabelConfig()
+    mask = voxel_confidence_mask(label, max_prob, rule.voxel_threshold, rule.class_keep_min)
+    assert mask.dtype == bool and not mask[3, 3, 3]
+    assert mask[label == 0].sum() == label.size - 4 - 1
+    assert 0 < mask[label == 2].sum() < 4 and mask[0, 0, 3], "the most confident voxels of class 2 stay"
 
 
 def test_config_round_trips_through_json_unchanged():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_finetune_training import FAST_FINETUNE, make_tiny_card, write_dataset
+from conftest import FAST_FINETUNE, make_tiny_card, write_dataset
 
 from ASSFTActive.errors import InputError
 from ASSFTActive.finetune.adapt import adapt_model

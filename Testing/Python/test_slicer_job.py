@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer_scene
+from conftest import HIPPOCAMPUS
 
 slicer = slicer_scene.requireSlicer()
 
@@ -21,31 +22,32 @@ from ASSFTModuleLib import geometry, ranking, segmentation, workerProcess  # noq
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
+from ASSFTActive.io import case_id  # noqa: E402
 from ASSFTActive.jobs import read_result  # noqa: E402
 from ASSFTActive.progress import Event  # noqa: E402
 
-DATA = slicer_scene.REPO_ROOT.parent / "shared" / "data" / "hippocampus"
 WORKER_TIMEOUT_S = 600
 
 
-def hippocampusCases(count: int):
-    if not (DATA / "imagesTr").is_dir():
-        pytest.skip(f"{DATA} is not available; the end-to-end job test needs the hippocampus sample data")
-    reserved = set((DATA / "reserved.txt").read_text().split())
-    images = sorted(p for p in (DATA / "imagesTr").glob("*.nii.gz") if p.name[: -len(".nii.gz")] not in reserved)
+def hippocampusCases(count: int, reserved) -> list:
+    """The first ``count`` hippocampus images that are not reserved."""
+    if not (HIPPOCAMPUS / "imagesTr").is_dir():
+        pytest.skip(f"{HIPPOCAMPUS} is not available; the end-to-end job test needs the hippocampus sample data")
+    images = sorted(p for p in (HIPPOCAMPUS / "imagesTr").glob("*.nii.gz") if case_id(p) not in reserved)
+    assert len(images) >= count
     return images[:count]
 
 
 @pytest.fixture()
-def scene(tmp_path):
+def scene(tmp_path, reserved_cases):
     env = slicer_scene.SlicerScene()
     logic = ASSFTSceneLogic(env.scene, env.appLogic)
     card = logic.modelCard("default")
     nodes = []
-    for path in hippocampusCases(3):
+    for path in hippocampusCases(3, reserved_cases):
         nodes.append(env.volumesLogic.AddArchetypeVolume(str(path), path.name[: -len(".nii.gz")], 0))
     # the first volume is annotated: its expert label goes into its class segmentation
-    labelPath = DATA / "labelsTr" / f"{nodes[0].GetName()}.nii.gz"
+    labelPath = HIPPOCAMPUS / "labelsTr" / f"{nodes[0].GetName()}.nii.gz"
     labels = segmentation.readClassLabelmapFile(env.scene, env.volumesLogic, str(labelPath))
     annotation = logic.annotationSegmentation(nodes[0], card)
     segmentation.fillSegmentationFromClassLabelmap(annotation, labels, card)
@@ -80,21 +82,22 @@ def test_rank_job_runs_in_the_worker_and_comes_back_as_table_overlay_and_regions
     assert sum(state == CaseState.PROPOSED for state in states.values()) == 2
     assert [column("Rank").GetValue(r) for r in range(3)] == [1, 2, 0]  # the labeled volume is not ranked
     assert column("Case ID").GetValue(2) == nodes[0].GetName()
-    for row in range(3):
-        if column("State").GetValue(row) == CaseState.PROPOSED:
-            assert math.isfinite(column("DKD").GetValue(row)) and math.isfinite(column("ASD").GetValue(row))
+    for row in (0, 1):  # the two proposed volumes are scored
+        assert math.isfinite(column("DKD").GetValue(row)) and math.isfinite(column("ASD").GetValue(row))
     assert loaded.chartNode.GetNthPlotSeriesNode(0).GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter
 
+    # a rank job writes an overlay, regions and a prediction for every volume it ranks, and each of them comes back
     view = logic.showCase(table, 0, threshold=0.3, opacity=0.5)
-    assert view.volumeNode in nodes
-    if view.case.entropyMap is not None:
-        assert geometry.sameGeometry(view.overlayNode, view.volumeNode)
-        composites = env.nodes("vtkMRMLSliceCompositeNode")
-        assert all(c.GetForegroundVolumeID() == view.overlayNode.GetID() for c in composites)
-    if view.regionsNode is not None:
-        assert view.regionsNode.GetNumberOfControlPoints() == len(view.regions)
-        if view.regions:
-            np.testing.assert_allclose(logic.regionCenter(view.regionsNode, 0), view.regions[0].centerRas)
+    assert view.volumeNode in nodes and view.volumeNode is not nodes[0]
+    assert view.case.entropyMap is not None and view.overlayNode is not None
+    assert geometry.sameGeometry(view.overlayNode, view.volumeNode)
+    composites = env.nodes("vtkMRMLSliceCompositeNode")
+    assert len(composites) == 3
+    assert all(c.GetForegroundVolumeID() == view.overlayNode.GetID() for c in composites)
+    assert view.regionsNode is not None and view.regions, "the top-ranked volume has high-entropy regions"
+    assert view.regionsNode.GetNumberOfControlPoints() == len(view.regions)
+    np.testing.assert_allclose(logic.regionCenter(view.regionsNode, 0), view.regions[0].centerRas)
+    assert sorted(loaded.predictionNodes) == sorted(node.GetName() for node in nodes[1:])  # not the labeled one
     for predictionNode in loaded.predictionNodes.values():
         assert segmentation.segmentNames(predictionNode) == list(card.class_names[1:])
 
@@ -119,14 +122,17 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     assert any(e.event == "phase" and e.phase == "train" for e in events)
     states = [loaded.tableNode.GetTable().GetColumnByName("State").GetValue(r) for r in range(3)]
     assert states.count(CaseState.LABELED) == 1 and states.count(CaseState.PROPOSED) == 1
-    # the top-level result keys the module reads agree with the worker's metrics
+    # what the module read is what the worker wrote, each key once (no copies inside the metrics)
     written = read_result(spec.jobDir)
-    assert loaded.result.activated is True and written["metrics"]["activated"] is True
+    assert loaded.result.activated is True and written["activated"] is True
     assert "guard is off" in loaded.result.activationReason == written["activation"]["reason"]
-    assert list(loaded.result.pseudoLabeled) == written["pseudo_labeled"] == written["metrics"]["pseudo_labeled"]
-    for caseId in loaded.result.pseudoLabeled:
-        row = ranking.tableRowOfCase(loaded.tableNode, caseId)
-        assert states[row] in (CaseState.PSEUDO_LABELED, CaseState.PROPOSED)
+    assert list(loaded.result.pseudoLabeled) == written["pseudo_labeled"]
+    assert "activated" not in written["metrics"] and "pseudo_labeled" not in written["metrics"]
+    # selective pseudo-labelling keeps the top half of the two unlabelled volumes: ceil(0.5 * 2) = 1
+    (pseudoCase,) = loaded.result.pseudoLabeled
+    assert pseudoCase != nodes[0].GetName()
+    row = ranking.tableRowOfCase(loaded.tableNode, pseudoCase)
+    assert states[row] in (CaseState.PSEUDO_LABELED, CaseState.PROPOSED)
     assert loaded.predictionNodes, "an adapt job refreshes the predictions of the pool"
     for caseId, predictionNode in loaded.predictionNodes.items():
         volumeNode = env.scene.GetNodeByID(spec.caseNodeIds[caseId])

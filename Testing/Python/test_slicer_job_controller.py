@@ -28,7 +28,7 @@ from ASSFTModuleLib.parameters import (  # noqa: E402
     initialCardPath,
     modelReferenceFor,
 )
-from test_slicer_logic import fakeFinishedJob  # noqa: E402
+from slicer_scene import fakeFinishedJob  # noqa: E402
 
 from ASSFTActive.io import Volume  # noqa: E402
 

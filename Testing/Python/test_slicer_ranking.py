@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import slicer_scene
@@ -14,42 +15,43 @@ from ASSFTModuleLib import plot, ranking  # noqa: E402
 from ASSFTModuleLib.errors import ResultFormatError  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
+from ASSFTActive.jobs import RankingEntry, RankingFile, write_ranking_file  # noqa: E402
+
 
 def writeRanking(folder):
+    """A ranking as the engine writes it (its own record and writer), entries out of rank order on purpose."""
     cases = [
-        {"case_id": "c3", "image": str(folder / "c3.nrrd"), "dkd": 0.9, "asd": 0.5, "score": 0.95, "rank": 1,
-         "selected": True, "labeled": False, "entropy_map": str(folder / "c3_entropy.nii.gz"),
-         "regions": "c3_regions.json", "prediction": None},
-        {"case_id": "c1", "image": str(folder / "c1.nrrd"), "dkd": 0.4, "asd": 0.8, "score": 0.7, "rank": 2,
-         "selected": True, "labeled": False, "entropy_map": None, "regions": None, "prediction": None},
-        {"case_id": "c2", "image": str(folder / "c2.nrrd"), "dkd": 0.2, "asd": 0.1, "score": 0.1, "rank": 3,
-         "selected": False, "labeled": True, "entropy_map": None, "regions": None, "prediction": None},
-        {"case_id": "c4", "image": str(folder / "c4.nrrd"), "dkd": 0.1, "asd": None, "score": 0.05, "rank": 4,
-         "selected": False, "labeled": False, "pseudo_labeled": True},
-        {"case_id": "c5", "image": str(folder / "c5.nrrd"), "dkd": 0.05, "asd": 0.02, "score": 0.01, "rank": 5,
-         "selected": False, "labeled": False},
+        RankingEntry(case_id="c3", image=str(folder / "c3.nrrd"), dkd=0.9, asd=0.5, score=0.95, rank=1,
+                     selected=True, labeled=False, entropy_map=str(folder / "c3_entropy.nii.gz"),
+                     regions="c3_regions.json"),
+        RankingEntry(case_id="c1", image=str(folder / "c1.nrrd"), dkd=0.4, asd=0.8, score=0.7, rank=2,
+                     selected=True, labeled=False),
+        RankingEntry(case_id="c2", image=str(folder / "c2.nrrd"), dkd=0.2, asd=0.1, score=0.1, rank=3,
+                     selected=False, labeled=True),
+        RankingEntry(case_id="c4", image=str(folder / "c4.nrrd"), dkd=0.1, asd=None, score=0.05, rank=4,
+                     selected=False, labeled=False),
+        RankingEntry(case_id="c5", image=str(folder / "c5.nrrd"), dkd=0.05, asd=0.02, score=0.01, rank=5,
+                     selected=False, labeled=False),
     ]
-    path = folder / "ranking.json"
     # written out of order on purpose: the reader orders by rank
-    data = {"strategy": "assft", "budget": 2, "model": "card.json", "cases": list(reversed(cases))}
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
+    return write_ranking_file(folder / "ranking.json", RankingFile(strategy="assft", budget=2, model="card.json",
+                                                                   cases=tuple(reversed(cases))))
 
 
 def test_read_ranking_orders_by_rank_and_resolves_relative_paths(tmp_path):
-    result = ranking.readRanking(writeRanking(tmp_path))
+    result = ranking.readRanking(writeRanking(tmp_path), pseudoLabeled=["c4"])
 
     assert [c.caseId for c in result.cases] == ["c3", "c1", "c2", "c4", "c5"]
     assert result.strategy == "assft" and result.budget == 2
     assert result.cases[0].regions == tmp_path / "c3_regions.json"
     assert result.cases[0].prediction is None
     assert math.isnan(result.case("c4").asd)
-    assert result.case("c4").pseudoLabeled
+    assert result.case("c4").pseudoLabeled and not result.case("c5").pseudoLabeled
 
 
 def test_ranking_table_columns_values_and_states(tmp_path):
     env = slicer_scene.SlicerScene()
-    data = ranking.readRanking(writeRanking(tmp_path), pseudoLabeled=["c5"])
+    data = ranking.readRanking(writeRanking(tmp_path), pseudoLabeled=["c4", "c5"])
 
     table = ranking.writeRankingTable(
         env.scene, data, caseNames={"c3": "Case three", "c1": "Case one"},
@@ -123,17 +125,45 @@ def test_scores_chart_is_a_scatter_of_dkd_against_asd(tmp_path):
 
 
 def test_malformed_ranking_files_say_what_is_wrong(tmp_path):
+    """The engine's reader checks the file (one schema); the module passes its message on."""
     missing = tmp_path / "nope.json"
     with pytest.raises(ResultFormatError, match="not found"):
         ranking.readRanking(missing)
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"cases": [{"dkd": 1}]}), encoding="utf-8")
+    bad.write_text(json.dumps({"strategy": "assft", "budget": 1, "cases": [{"dkd": 1}]}), encoding="utf-8")
     with pytest.raises(ResultFormatError, match="case_id"):
         ranking.readRanking(bad)
     worse = tmp_path / "worse.json"
-    worse.write_text(json.dumps({"cases": [{"case_id": "a", "dkd": "high"}]}), encoding="utf-8")
+    worse.write_text(json.dumps({"strategy": "assft", "budget": 1, "cases": [
+        {"case_id": "a", "rank": 1, "selected": False, "labeled": False, "dkd": "high"}]}), encoding="utf-8")
     with pytest.raises(ResultFormatError, match="dkd"):
         ranking.readRanking(worse)
+    # a key the engine does not write (a per-case "pseudo_labeled" once read here) is refused, not ignored
+    stray = tmp_path / "stray.json"
+    stray.write_text(json.dumps({"strategy": "assft", "budget": 1, "cases": [
+        {"case_id": "a", "rank": 1, "selected": False, "labeled": False, "pseudo_labeled": True}]}), encoding="utf-8")
+    with pytest.raises(ResultFormatError, match="pseudo_labeled"):
+        ranking.readRanking(stray)
+
+
+def test_the_module_reads_rankings_through_the_engine_reader(tmp_path, monkeypatch):
+    """No second validation in the module: what the engine's reader returns is what the table shows."""
+    import ASSFTActive.jobs as engineJobs
+
+    calls = []
+    original = engineJobs.read_ranking_file
+
+    def spy(path):
+        calls.append(path)
+        return original(path)
+
+    monkeypatch.setattr(ranking, "read_ranking_file", spy)
+    path = writeRanking(tmp_path)
+    data = ranking.readRanking(path)
+    assert calls == [path]
+    assert sorted(c.caseId for c in data.cases) == sorted(e.case_id for e in original(path).cases)
+    source = Path(ranking.__file__).read_text()
+    assert "json.loads" not in source
 
 
 def test_labeled_cases_without_rank_or_scores_come_last(tmp_path):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_finetune_training import make_tiny_card, tree
+from conftest import make_tiny_card, tree
 
 from ASSFTActive.errors import ModelError
 from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, load_card, save_card
@@ -172,3 +172,27 @@ def test_every_command_resolves_a_store_folder_with_the_same_verified_resolver(t
     (tmp_path / "store" / "m" / "v1" / "provenance.json").write_text("{}")
     with pytest.raises(StoreError, match="differs from the manifest"):
         resolve_card(tmp_path / "store" / "m")
+
+
+def test_add_version_stores_weights_card_settings_and_provenance_and_activates_only_when_asked(tmp_path, base):
+    import torch
+
+    from ASSFTActive.models import load_model
+
+    store = ModelStore(tmp_path / "store")
+    card = load_card(base / "card.json")
+    network = load_model(card).network
+    kept = store.add_version("m", card, network, pretrained=base / "card.json", config={"finetune": {"seed": 1}},
+                             provenance={"note": "kept"}, metrics={"dice_after": 0.7}, activate=False)
+    assert (kept.version, kept.active, store.active("m")) == ("v1", False, None)
+    assert sorted(p.name for p in kept.path.iterdir()) == ["card.json", "config.json", "provenance.json",
+                                                           "version.json", "weights.safetensors"]
+    stored = load_card(kept.card_path)
+    assert (stored.name, stored.pretrained, stored.provenance) == ("m", str(base / "card.json"), {"note": "kept"})
+    assert json.loads((kept.path / "config.json").read_text()) == {"finetune": {"seed": 1}}
+    assert store.version("m", "v1").metrics == {"dice_after": 0.7}
+    again = load_model(stored).network.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in network.state_dict().items())
+    active = store.add_version("m", card, network, pretrained=base / "card.json", config={}, provenance={},
+                               metrics={}, activate=True)
+    assert active.version == "v2" and active.active and store.active("m").version == "v2"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_finetune_training import worker_env
+from conftest import worker_env
 
 from ASSFTActive.jobs import EXIT_DONE, EXIT_ERROR, JobSpec, write_job
 from ASSFTActive.models import EMBEDDED_DEFAULT_CARD

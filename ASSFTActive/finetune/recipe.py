@@ -1,0 +1,150 @@
+"""The recipe: a supervised stage, then semi-supervised rounds on labelled plus pseudo-labelled volumes.
+
+The same recipe runs once per cross-validation fold (with a ``scorer`` that scores the fold's held-out volumes) and
+once on every labelled volume (``final``: it writes resumable checkpoints and caches its pseudo-labels). Steps are
+counted globally over the recipe: stage 0 covers ``train.iterations`` steps, each round ``semi_steps`` more.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import JobError
+from ..progress import Event, ProgressCallback
+from .checkpoints import TrainingCheckpoint
+from .config import PseudoMode, Teacher
+from .pseudo import PseudoDecision
+from .pseudo_round import pseudo_round
+from .state import AdaptRun, LabeledVolume, cpu_state, unwrap
+from .training import SemiParts, SupervisedCase, train_supervised
+
+__all__ = ["Scorer", "check_replicas", "run_recipe"]
+
+#: Called as ``scorer(network, global_step)`` during a cross-validation fold.
+Scorer = Callable[[nn.Module, int], None]
+
+
+def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume], stop: int, *,
+               progress_offset: int, label: str, scorer: Optional[Scorer] = None, final: bool = False,
+               resume: Optional[TrainingCheckpoint] = None) -> List[Tuple[PseudoDecision, ...]]:
+    """Train ``network`` in place on ``train`` (+ pseudo-labels of the pool) up to global step ``stop``.
+
+    Args:
+        progress_offset: progress steps done before this run of the recipe (earlier folds).
+        label: prefix of the event messages (e.g. ``"fold 1/3 "``).
+        scorer: called every ``validation.every`` steps and at the end of each stage (cross-validation folds).
+        final: the run on every labelled volume: writes resumable checkpoints and caches its pseudo-labels.
+        resume: the final run's checkpoint to continue from.
+
+    Returns:
+        the pseudo-labelling decisions of each self-training round that ran (none in ``none`` mode).
+    """
+    rounds: List[Tuple[PseudoDecision, ...]] = []
+    start_stage = resume.stage if resume else 0
+    if final and run.config.pseudo.mode != PseudoMode.NONE:
+        for stage in range(1, min(start_stage, 1 + run.rounds)):
+            saved = run.checkpoints.load_pseudo(stage)  # rounds finished before a resume
+            if saved is not None:
+                rounds.append(saved.decisions)
+    for stage in range(start_stage, 1 + run.rounds):
+        offset = run.stage_offset(stage)
+        if offset >= stop:
+            break
+        pseudo: List[SupervisedCase] = []
+        if stage > 0:
+            pseudo, decisions = pseudo_round(run, stage, network, train, cache=final)
+            if decisions:
+                rounds.append(decisions)
+        resuming = resume is not None and stage == start_stage
+        _train_stage(run, stage, network, train, pseudo, stop - offset, progress_offset, label, scorer, final,
+                     start_step=resume.step if resuming else 0, optim=resume.optimizer if resuming else None)
+    return rounds
+
+
+def _stage_name(stage: int) -> str:
+    return "supervised" if stage == 0 else f"semi-supervised round {stage}"
+
+
+def _stage_progress(run: AdaptRun, stage: int, offset: int, label: str) -> ProgressCallback:
+    """The trainer's events as steps of the whole run."""
+    stage_start = run.stage_offset(stage)
+
+    def forward(event: Event) -> None:
+        if run.progress is None:
+            return
+        run.progress(Event(event=event.event, phase="train", step=offset + stage_start + event.step,
+                           total=run.total_steps, message=f"{label}{_stage_name(stage)}: {event.message}",
+                           metrics=dict(event.metrics, stage=float(stage))))
+
+    return forward
+
+
+def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[LabeledVolume],
+                 pseudo: Sequence[SupervisedCase], stop: int, progress_offset: int, label: str,
+                 scorer: Optional[Scorer], final: bool, start_step: int = 0,
+                 optim: Optional[Mapping] = None) -> None:
+    config = run.config
+    base = config.train
+    train_config = base if stage == 0 else replace(base, iterations=config.semi_steps, seed=base.seed + stage)
+    last = min(stop, train_config.iterations)
+    labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
+    rule = config.pseudo
+    teacher = None
+    if stage > 0 and pseudo and rule.teacher == Teacher.EMA:
+        teacher = copy.deepcopy(unwrap(network))
+        if optim is not None and optim.get("teacher") is not None:
+            teacher.load_state_dict(optim["teacher"])
+    every_score = config.validation.every if scorer is not None else 0
+    every_checkpoint = config.checkpoint_every if final and run.checkpoints.enabled else 0
+    interval = math.gcd(every_score, every_checkpoint) or max(every_score, every_checkpoint)
+    offset = run.stage_offset(stage)
+
+    def on_checkpoint(step: int, net: nn.Module, state: Mapping) -> None:
+        if every_score and step % every_score == 0 and step < last:
+            scorer(net, offset + step)
+        if every_checkpoint and step % every_checkpoint == 0 and step < last:
+            _save(run, stage, step, net, state)
+
+    if start_step < last:
+        resuming = f", resuming at {start_step}" if start_step else ""
+        run.emit("phase", phase="train", step=progress_offset + offset + start_step, total=run.total_steps,
+                 message=f"{label}{_stage_name(stage)} training: {len(labeled)} labelled + {len(pseudo)} "
+                         f"pseudo-labelled volumes, {last} of {train_config.iterations} steps{resuming}")
+        semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
+                         strong_view=rule.strong_view, cutmix_probability=rule.cutmix_probability,
+                         ema_decay=rule.ema_decay)
+        train_supervised(run.ctx.wrap(network), run.card, labeled, train_config, pseudo=pseudo,
+                         progress=_stage_progress(run, stage, progress_offset, label), device=run.device,
+                         start_step=start_step, optimizer_state=optim, checkpoint=on_checkpoint,
+                         checkpoint_every=interval, teacher=teacher, semi=semi,
+                         encoder_stages=run.card.encoder_stages, anchor=run.anchor, stop_at=last, rank=run.ctx.rank)
+    if scorer is not None:
+        scorer(network, offset + last)
+    if final:
+        _save(run, stage + 1, 0, network, None)
+
+
+def _save(run: AdaptRun, stage: int, step: int, network: nn.Module, optim: Optional[Mapping]) -> None:
+    if run.checkpoints.writer:
+        run.checkpoints.save(TrainingCheckpoint(stage, step, cpu_state(network), optim))
+
+
+def check_replicas(run: AdaptRun, network: nn.Module) -> None:
+    """Under data parallelism every rank must end with the same weights; refuse to store a model otherwise."""
+    ctx = run.ctx
+    if not ctx.distributed:
+        return
+    with torch.no_grad():
+        checksum = float(sum(p.double().abs().sum() for p in unwrap(network).parameters()))
+    sums = ctx.all_gather(checksum)
+    spread = max(sums) - min(sums)
+    if spread > 1e-6 * max(1.0, abs(sums[0])):
+        raise JobError(f"the {ctx.world_size} ranks ended with different weights (parameter checksums {sums}); the "
+                       "data-parallel run is inconsistent and no model was stored.")
+    run.emit("phase", phase="train", message=f"{ctx.world_size} ranks hold identical weights (checksum {sums[0]:.6g})")

@@ -1,0 +1,142 @@
+"""The browser annotator's server side without a browser: the pool, labels next to the data, one job at a time,
+and ``assft serve`` as a user types it (on real slicer-core MRML; no trame needed)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
+
+from ASSFTActive.cli import build_parser  # noqa: E402
+from ASSFTActive.cli.serve import server_command  # noqa: E402
+from ASSFTActive.io import Volume, read_volume  # noqa: E402
+from ASSFTWeb.label_files import save_label_file  # noqa: E402
+from ASSFTWeb.plot import scores_svg  # noqa: E402
+from ASSFTWeb.session import AnnotatorSession, ServeConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "ASSFTActive" / "resources" / "sample" / "pool"
+
+
+class RecordingRunner:
+    """Runner interface of the job controller; nothing is started, the run stays 'running' until :meth:`end`."""
+
+    def __init__(self, onEvent, onFinished):
+        self.onFinished = onFinished
+        self.running = False
+
+    def start(self, command, environment, workingDirectory):
+        self.running = True
+
+    def isRunning(self):
+        return self.running
+
+    def cancel(self):
+        pass
+
+
+@pytest.fixture()
+def pool(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for case in ("hippocampus_011", "hippocampus_023"):
+        shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
+    (data / "labels").mkdir()
+    shutil.copy(SAMPLE / "labels" / "hippocampus_011.nii.gz", data / "labels")
+    (data / "notes.txt").write_text("not a volume")
+    (data / "broken.nii.gz").write_bytes(b"not an image")
+    env = slicer_scene.SlicerScene()
+    session = AnnotatorSession(env.scene, env.appLogic, ServeConfig(data_dir=data), RecordingRunner)
+    return session, data
+
+
+def test_the_pool_loads_volumes_and_their_labels_and_reports_files_it_skips(pool):
+    session, data = pool
+    messages = session.load_pool()
+    assert session.volume_names() == ["hippocampus_011", "hippocampus_023"]
+    assert any(m.startswith("Skipped broken.nii.gz") and "could not read" in m for m in messages)
+    assert any(m.startswith("Skipped notes.txt") for m in messages)
+    on_disk = read_volume(data / "labels" / "hippocampus_011.nii.gz").array
+    counts = session.voxel_counts(session.volume_node("hippocampus_011"))
+    assert counts == {"anterior": int(np.sum(on_disk == 1)), "posterior": int(np.sum(on_disk == 2))}
+    assert session.voxel_counts(session.volume_node("hippocampus_023")) == {}
+
+
+def test_a_second_job_is_refused_while_one_runs(pool):
+    session, _ = pool
+    session.load_pool()
+    session.start_job("adapt")
+    assert session.is_running()
+    with pytest.raises(ASSFTModuleError, match="already running"):
+        session.start_job("adapt")
+
+
+def test_save_labels_writes_next_to_the_data_and_keeps_the_old_file_as_backup(pool):
+    session, data = pool
+    session.load_pool()
+    node = session.volume_node("hippocampus_011")
+    before = (data / "labels" / "hippocampus_011.nii.gz").read_bytes()
+    saved = session.save_labels(node)
+    assert saved.path == data / "labels" / "hippocampus_011.nii.gz"
+    assert saved.backup is not None and saved.backup.parent == data / "labels" / "backup"
+    assert saved.backup.read_bytes() == before
+    # the labels read at start went through the class segmentation and back unchanged, on the image's grid
+    np.testing.assert_array_equal(read_volume(saved.path).array, read_volume(saved.backup).array)
+    with pytest.raises(ASSFTModuleError, match="no labeled voxels"):
+        session.save_labels(session.volume_node("hippocampus_023"), session.annotate(
+            session.volume_node("hippocampus_023")))
+
+
+def test_label_file_backups_never_overwrite_each_other(tmp_path):
+    volume = Volume(array=np.ones((4, 4, 4), dtype=np.uint8), affine=np.eye(4))
+    first = save_label_file(volume, tmp_path, "case")
+    second = save_label_file(volume, tmp_path, "case")
+    third = save_label_file(volume, tmp_path, "case")
+    assert first.backup is None and second.backup is not None and third.backup is not None
+    assert second.backup != third.backup and second.backup.is_file() and third.backup.is_file()
+
+
+def test_the_scores_chart_has_one_dot_per_finite_case():
+    rows = [{"volume": "a", "dkd": 0.1, "asd": 0.2, "state": "proposed"},
+            {"volume": "b", "dkd": 0.3, "asd": 0.1, "state": "labeled"},
+            {"volume": "c", "dkd": float("nan"), "asd": 0.1, "state": "labeled"}]
+    svg = scores_svg(rows)
+    assert svg.startswith("<svg") and svg.count("<circle") == 2 and "#ff9800" in svg
+
+
+def test_assft_serve_passes_its_options_to_the_server_package():
+    args = build_parser().parse_args(["serve", "--data", "pool", "--labels", "labs", "--port", "9000",
+                                      "--finetune-json", '{"train": {"iterations": 5}}'])
+    assert isinstance(args, argparse.Namespace)
+    command = server_command(args)
+    assert command[1:3] == ["-m", "ASSFTWeb"]
+    assert command[command.index("--data") + 1] == "pool" and command[command.index("--labels") + 1] == "labs"
+    assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "9000"
+    assert command[command.index("--finetune-json") + 1] == '{"train": {"iterations": 5}}'
+
+
+def test_the_server_refuses_a_missing_data_folder_with_one_error_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ASSFTWeb", "--data", str(tmp_path / "nope")], cwd=str(REPO),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: data folder not found. "
+                                               "Pass an existing folder to --data."]
+
+
+def test_the_web_server_process_never_imports_torch():
+    pytest.importorskip("trame_slicer", reason="trame-slicer is not installed (pip install -e '.[web]')")
+    code = ("import json, sys\nimport ASSFTWeb.app, ASSFTWeb.session\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
