@@ -2,8 +2,11 @@
 
 What exists so far: ``stitching`` (a volume's slices tiled on one square canvas and the exact inverse), ``sam``
 (a SAM written here with the parameter names of Meta's segment-anything, so that user-supplied official weights
-load; LoRA on the image encoder's q/v), ``pseudo`` (un-stitched SAM probabilities and the SFR+ volume confidence).
-Nothing heavy is imported here.
+load; LoRA on the image encoder's q/v), ``inputs`` (how volumes enter SAM), ``finetune`` (stage 2: SAM fine-tuned on
+stitched labelled volumes), ``pseudo`` (un-stitched 3D pseudo-labels of a pool, the SFR+ volume confidence and
+selection), ``plus`` (SFR+: select confident pseudo-labelled volumes, fine-tune SAM again) and ``prior`` (the
+embedded small SAM-architecture prior, which is not Meta's SAM). Stage 3, the Mean-Teacher re-training of a 3D
+network, belongs to the shared trainer of ``finetune/`` and is not here yet. Nothing heavy is imported here.
 
 References:
     Li, Qi, Yu, Huo, Shi, Gao, "Stitching, Fine-tuning, Re-training: A SAM-enabled Framework for Semi-supervised 3D
