@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from . import __version__
@@ -35,13 +34,19 @@ from .plausibility import check_image
 from .progress import ProgressCallback, emit
 from .query import (
     CaseEvidence,
+    McDropoutAccumulator,
     QueryConfig,
     Ranking,
     RegionSpec,
-    mc_dropout_epistemic_from_mean,
+    RoundPlan,
+    Strategy,
+    plan_round,
     select,
     summarize_case,
 )
+
+#: Strategies that need MC-dropout passes (their running moments: :class:`~ASSFTActive.query.McDropoutAccumulator`).
+MC_STRATEGIES = (Strategy.MC_DROPOUT, Strategy.BALD)
 
 
 @dataclass(frozen=True)
@@ -85,22 +90,6 @@ def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
     return Predictor(current, pretrained, inference, device, feature_cache)
 
 
-class _RunningMean:
-    """Mean of the MC-dropout samples ``[C, I, J, K]``, one sample in memory at a time."""
-
-    def __init__(self) -> None:
-        self.total: Optional[np.ndarray] = None
-        self.count = 0
-
-    def add(self, sample: np.ndarray) -> None:
-        self.total = sample.astype(np.float64) if self.total is None else self.total + sample
-        self.count += 1
-
-    @property
-    def value(self) -> np.ndarray:
-        return (self.total / self.count).astype(np.float32)
-
-
 def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *, labeled: bool = False,
                    out_dir: Optional[Path] = None, image: Optional[Volume] = None) -> VolumeReport:
     """Predict one volume, score it and (when ``out_dir`` is given) write its overlay, regions and prediction.
@@ -115,13 +104,16 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
     """
     image = check_image(image if image is not None else read_volume(image_path))
     name = case_id(image_path)
-    mc_mean = _RunningMean()
-    wants_mc = query.strategy == "mc_dropout" and not labeled
+    moments = McDropoutAccumulator()  # running mean of the passes and of their entropies, one pass in memory
+    wants_mc = query.strategy in MC_STRATEGIES and not labeled
     prediction = predictor.predict(image, regions=RegionSpec.from_config(query),
                                    dropout_samples=query.mc_samples if wants_mc else 0,
-                                   sample_callback=mc_mean.add if wants_mc else None)
-    evidence = summarize_case(name, prediction.sums, prediction.features, prediction.pretrained_features, query,
-                              epistemic=mc_dropout_epistemic_from_mean(mc_mean.value) if wants_mc else None)
+                                   sample_callback=moments.add if wants_mc else None)
+    # a labelled volume is never a candidate, only an anchor of diversity: it needs no MC-dropout score
+    scoring = replace(query, strategy=Strategy.ASSFT) if labeled and query.strategy in MC_STRATEGIES else query
+    evidence = summarize_case(name, prediction.sums, prediction.features, prediction.pretrained_features, scoring,
+                              epistemic=moments.epistemic() if wants_mc else None,
+                              mutual_information=moments.mutual_information() if wants_mc else None)
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled:
         entropy_path, regions_path = write_overlay(image, prediction.entropy_levels, prediction.region,
@@ -143,13 +135,38 @@ def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfi
     return reports
 
 
-def select_from_reports(reports: Sequence[VolumeReport], budget: int, query: QueryConfig) -> Ranking:
-    """Rank the unlabeled volumes; the labeled ones anchor diversity and semantic distance."""
+def select_from_reports(reports: Sequence[VolumeReport], budget: int, query: QueryConfig, *, round_index: int = 0,
+                        total_rounds: int = 1) -> Ranking:
+    """Rank the unlabeled volumes; the labeled ones are never candidates and anchor diversity (DKD, coreset).
+
+    ``round_index`` of ``total_rounds`` is the query round (ClaSP PE's noise schedule; :func:`round_plan`).
+    """
     candidates = [r.evidence for r in reports if not r.labeled]
     labeled = [r.evidence for r in reports if r.labeled]
     return select(candidates, budget, query,
                   labeled_embeddings=[e.pretrained_embedding for e in labeled],
-                  labeled_current_embeddings=[e.current_embedding for e in labeled])
+                  labeled_current_embeddings=[e.current_embedding for e in labeled],
+                  round_index=round_index, total_rounds=total_rounds)
+
+
+def round_plan(names: Sequence[str], labeled_ids: Sequence[str], budget: int, query: QueryConfig) -> RoundPlan:
+    """The round of ``query.rounds`` this ranking of the pool ``names`` belongs to and how many volumes it proposes
+    (:func:`~ASSFTActive.query.plan_round`: read from how many pool volumes are labelled)."""
+    return plan_round(budget, query.rounds, len(set(labeled_ids) & set(names)))
+
+
+def _round_warnings(plan: RoundPlan, budget: int, encoders_identical: bool) -> List[str]:
+    """What an annotator should know about where the schedule stands (multi-round query only)."""
+    if plan.total_rounds == 1:
+        return []
+    if plan.complete:
+        return [f"the {plan.total_rounds}-round schedule of budget {budget} is complete ({plan.labeled} pool volumes "
+                "are labelled); nothing is proposed. Raise --budget to label more."]
+    if plan.round_index > 0 and encoders_identical:
+        return [f"round {plan.round_index + 1} of {plan.total_rounds} ranks with a model that was not adapted, so "
+                "DKD's knowledge divergence is 0; run Adapt Model (assft adapt) on the labelled volumes and rank "
+                "with the adapted model (--model <store>/<name>)."]
+    return []
 
 
 def _text(path: Optional[Path]) -> Optional[str]:
@@ -261,9 +278,12 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
     Args:
         images: image files of the pool (labeled ones included).
         card: the current model.
-        budget: how many volumes to propose.
+        budget: how many volumes to propose; with ``query.rounds = R > 1`` the schedule's total, of which this
+            ranking proposes the current round's share (:func:`round_plan`; ``config.json`` records the plan
+            under ``query_round``).
         out_dir: the ranking folder.
-        labeled_ids: case ids that already have expert labels.
+        labeled_ids: case ids that already have expert labels: never proposed, they anchor diversity, and with
+            ``query.rounds > 1`` their number among the pool says which round this is.
         query: scoring and selection settings.
         inference: sliding-window settings (when ``predictor`` is not given).
         device: compute device when ``ctx`` is not given (default: :func:`~ASSFTActive.inference.default_device`).
@@ -300,14 +320,19 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
         if failed:
             raise failed[0]
         staged = merge_shards([reports for reports, _ in shards], names)
-        ranking = select_from_reports(staged, budget, query)
+        plan = round_plan(names, labeled_ids, budget, query)
+        for message in _round_warnings(plan, budget, predictor.encoders_identical) if ctx.is_main else ():
+            emit(progress, "warning", phase="rank", message=message)
+        ranking = select_from_reports(staged, plan.size, query, round_index=plan.round_index,
+                                      total_rounds=plan.total_rounds)
         reports: Sequence[VolumeReport] = ()
         files: Dict[str, Path] = {}
         written: Optional[BaseException] = None
         if ctx.is_main:
             try:
                 reports = [_publish(r, staging, out_dir) for r in staged]
-                extra = {"encoders_identical": predictor.encoders_identical, "device": predictor.device.type}
+                extra = {"encoders_identical": predictor.encoders_identical, "device": predictor.device.type,
+                         "query_round": plan.to_dict()}
                 if ctx.distributed:
                     extra["world_size"] = ctx.world_size
                 files = write_ranking(out_dir, ranking, reports, card, query, extra=extra)

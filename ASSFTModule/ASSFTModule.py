@@ -146,6 +146,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.controller.deviceChanged.connect(self.setDevice)
         self.controller.failed.connect(self.showFailure)
         self.controller.finished.connect(self.onJobFinished)
+        self.controller.cardChecked.connect(self.onCardChecked)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -153,6 +154,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.rankButton.connect("clicked(bool)", self.onRankButton)
         self.ui.adaptButton.connect("clicked(bool)", self.onAdaptButton)
         self.ui.cancelButton.connect("clicked(bool)", self.controller.cancel)
+        self.ui.checkCardButton.connect("clicked(bool)", self.onCheckCardButton)
         self.ui.annotateButton.connect("clicked(bool)", self.onAnnotateButton)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
         self.ui.rankingTableView.connect("clicked(QModelIndex)", self.onRankingRowClicked)
@@ -229,6 +231,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.rankButton.enabled = not running
         self.ui.adaptButton.enabled = not running
         self.ui.cancelButton.enabled = running
+        self.ui.checkCardButton.enabled = self.controller is not None and not self.controller.isCheckingCard()
         self.ui.annotateButton.enabled = hasVolume and not running
         self.ui.showPlotButton.enabled = hasTable
 
@@ -270,6 +273,15 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAdaptButton(self) -> None:
         self.startJob("adapt")
+
+    def onCheckCardButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to check the model card."), waitCursor=True):
+            self.controller.checkCard()
+        self.updateButtonStates()
+
+    def onCardChecked(self, check) -> None:
+        """The verdict is in the status line and the module names in the log (both from the controller)."""
+        self.updateButtonStates()
 
     def startJob(self, kind: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):

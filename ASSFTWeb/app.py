@@ -123,6 +123,7 @@ class ASSFTWebApp(TrameApp):
         s.overlay_visible = True
         s.overlay_opacity = DEFAULT_OPACITY
         s.regions = []
+        s.slice_offsets = {}  # {slice view: offset} after the last region click (what each view's slider shows)
         s.current_volume = ""
         s.prefill = False
         s.voxel_counts = {}
@@ -196,8 +197,7 @@ class ASSFTWebApp(TrameApp):
             self._show_volume(nodes[0])
 
     def _show_volume(self, node) -> None:
-        for composite in overlay_logic._nodesByClass(self.slicer_app.scene, "vtkMRMLSliceCompositeNode"):
-            composite.SetBackgroundVolumeID(node.GetID())
+        self.slicer_app.display_manager.show_volume_in_slice_background(node)
         self.slicer_app.display_manager.reset_views()
         self.state.current_volume = node.GetName()
 
@@ -258,7 +258,7 @@ class ASSFTWebApp(TrameApp):
     def jump_to_region(self, index: int) -> None:
         if self.case_view is None or self.case_view.regionsNode is None:
             return
-        self.session.logic.jumpToRegion(self.case_view.regionsNode, int(index))
+        self.state.slice_offsets = self.session.logic.jumpToRegion(self.case_view.regionsNode, int(index))
 
     def _on_overlay_changed(self, overlay_visible, overlay_opacity, **_) -> None:
         view = self.case_view
@@ -427,7 +427,7 @@ class ASSFTWebApp(TrameApp):
                 html.Span("to {{ labels_dir }}", classes="text-caption")
             html.Div("{{ saved_message }}", id="saved_message", classes="text-caption mb-2",
                      style="word-break: break-all;")
-            html.Div("DKD against ASD (orange: proposed, green: labeled)", v_if=("plot_svg",),
+            html.Div("DKD against ASD (orange: proposed, blue: pseudo-labeled, grey: other)", v_if=("plot_svg",),
                      classes="text-subtitle-2")
             html.Div(v_html=("plot_svg",), id="scores_plot")
         self.server.trigger("select_row")(self.select_row)

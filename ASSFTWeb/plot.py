@@ -1,7 +1,8 @@
 """The DKD-against-ASD chart as a small SVG (the browser has no Slicer plot view).
 
-Each ranked volume is a dot at (ASD, DKD); proposed volumes are orange, labeled ones green, the others grey, so the
-user sees why a volume was chosen: high knowledge divergence (DKD), far from what is labeled (ASD), or both.
+Each scored volume is a dot at (ASD, DKD); proposed volumes are orange, pseudo-labeled ones blue, the others grey
+(labeled volumes have no DKD and no dot), so the user sees why a volume was chosen: far from what the pre-trained
+encoder knows and from what is labeled (DKD), hard to segment (ASD: entropy inside the predicted anatomy), or both.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def scores_svg(rows: Sequence[dict], width: int = 320, height: int = 220) -> str
         parts.append(f'<text x="{left - 4}" y="{py(value) + 3:.1f}" fill="#bbb" font-size="10" '
                      f'text-anchor="end">{value:.2f}</text>')
     parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 4}" fill="#ddd" font-size="11" '
-                 'text-anchor="middle">ASD (diversity)</text>')
+                 'text-anchor="middle">ASD (difficulty)</text>')
     parts.append(f'<text x="12" y="{(top + height - bottom) / 2:.1f}" fill="#ddd" font-size="11" '
                  f'text-anchor="middle" transform="rotate(-90 12 {(top + height - bottom) / 2:.1f})">DKD</text>')
     for row, x, y in zip(rows, xs, ys):

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
 from ASSFTModuleLib import jobPreparation, ranking, segmentation
 from ASSFTModuleLib.errors import ASSFTModuleError
-from ASSFTModuleLib.geometry import ijkToRasArray, loadVolumeFile
+from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
 from ASSFTModuleLib.logic import ASSFTSceneLogic, CaseView
 from ASSFTModuleLib.parameters import ModelSource
@@ -25,7 +24,7 @@ from ASSFTModuleLib.records import CaseState
 from ASSFTModuleLib.workerProcess import workerEnvironment
 
 from ASSFTActive.cards import DEFAULT_MODEL
-from ASSFTActive.io import GEOMETRY_TOLERANCE_MM, SUPPORTED_SUFFIXES, Volume, case_id
+from ASSFTActive.io import SUPPORTED_SUFFIXES, Volume, case_id
 
 from .label_files import SavedLabel, save_label_file
 
@@ -172,10 +171,8 @@ class AnnotatorSession:
             if path is None:
                 continue
             try:
-                labels = segmentation.readClassLabelmapFile(self.scene, self.logic.volumesLogic, str(path))
-                if (tuple(labels.array.shape) != tuple(node.GetImageData().GetDimensions())
-                        or not np.allclose(labels.affine, ijkToRasArray(node), atol=GEOMETRY_TOLERANCE_MM)):
-                    raise ValueError("its voxel grid differs from the volume's; it belongs to another image")
+                labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self.logic.volumesLogic, str(path),
+                                                                  node)
                 segmentationNode = self.logic.annotationSegmentation(node, card)
                 segmentation.fillSegmentationFromClassLabelmap(segmentationNode, labels, card)
             except (OSError, ValueError) as error:

@@ -18,8 +18,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--images", required=True, help="folder or glob of NIfTI/NRRD/MetaImage volumes")
     parser.add_argument("--labels", help="folder of existing labels; volumes with a label count as labeled")
     add_model_argument(parser)
-    parser.add_argument("--budget", type=int, required=True, help="how many volumes to propose")
+    parser.add_argument("--budget", type=int, required=True,
+                        help="how many volumes to propose; with --rounds R > 1 the total over the R rounds")
     parser.add_argument("--strategy", choices=STRATEGIES, default=Strategy.ASSFT.value, help="selection strategy")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="multi-round test-time query: spread --budget over R rounds with Adapt Model between "
+                             "them; each call proposes the current round's share, the round being read from how "
+                             "many pool volumes are labelled (default 1: the whole budget at once)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--no-overlays", action="store_true", help="write only the ranking, no overlays")
@@ -30,15 +35,19 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import rank_pool
-    from ..io import find_images, match_labels
+    from ..api import rank_pool, round_plan
+    from ..errors import InputError
+    from ..io import case_id, find_images, match_labels
     from ..models import resolve_card
     from ..query import QueryConfig
 
     images = find_images(args.images)
     labeled = sorted(match_labels(images, args.labels))
     card = resolve_card(args.model)
-    query = QueryConfig(strategy=args.strategy, seed=args.seed)
+    try:
+        query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds)
+    except ValueError as exc:  # e.g. --rounds 0 or a negative --seed
+        raise InputError(f"{exc} (--strategy, --seed, --rounds)") from exc
     bar = ProgressBar(enabled=not args.quiet)
     try:
         result = rank_pool(images, card, args.budget, args.out, labeled_ids=labeled, query=query,
@@ -47,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(format_ranking(result.ranking, limit=max(args.budget, 10)))
+    if query.rounds > 1:
+        plan = round_plan([case_id(p) for p in images], labeled, args.budget, query)
+        print(f"\nround {plan.round_index + 1} of {plan.total_rounds} (round budgets {list(plan.budgets)}, "
+              f"{plan.labeled} pool volumes labelled): {plan.size} proposed"
+              + ("; after labelling them, run assft adapt and rank again with the adapted model"
+                 if plan.round_index + 1 < plan.total_rounds and plan.size else ""))
     print(f"\nproposed for annotation: {', '.join(result.ranking.selected_ids) or '(none)'}")
     print(f"wrote {result.files['ranking_csv']}, {result.files['ranking_json'].name}"
           + ("" if args.no_overlays else ", overlays/ and predictions/"))

@@ -4,8 +4,9 @@
 
 1. checks the inputs (missing files, empty labelled set, an unwritable store) before any heavy work;
 2. reads every labelled volume; a label whose geometry does not match its image, or with classes the model does
-   not have, is skipped with a ``warning`` event naming the file (no usable labelled volume left: an error), and
-   scores the current model on each (Dice, HD95 per class);
+   not have, is skipped with a ``warning`` event naming the file (no usable labelled volume left: an error);
+   refuses implausible labels (:mod:`.label_checks`: no foreground, a class never labelled, a label far from the
+   current model's prediction), and scores the current model on each (Dice, HD95 per class);
 3. **the recipe**, run once per cross-validation fold (:mod:`.guard`; each fold trains on the other labelled volumes
    and scores its held-out ones along the way) and once on every labelled volume up to the step where the
    cross-validated Dice peaked:
@@ -54,7 +55,7 @@ from .checkpoints import CHECKPOINT_FILE, Checkpoints, card_signature, run_finge
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .guard import ActivationDecision, CrossValidation, decide
-from .label_checks import require_plausible_labelled_set
+from .label_checks import require_labels_near_prediction, require_plausible_labelled_set
 from .pseudo import PseudoDecision
 from .recipe import check_replicas, run_recipe
 from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, load_state, read_labeled, unwrap
@@ -167,6 +168,8 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
                     work_dir=work_dir, predictions_dir=predictions_dir, ctx=dist or DistContext.single(device))
     labeled = read_labeled(run)
     require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn)
+    require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
+                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress)
     run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
     before = score_current_model(run, labeled)
     cv = cross_validate(run, labeled, before) if run.folds else None

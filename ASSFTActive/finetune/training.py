@@ -6,6 +6,12 @@ by the ramp ``w(t)`` of method-spec §1.7 and may be restricted to confident vox
 Teacher) the pseudo-labels come from the teacher on the weak view; the student may see a strong view with labelled
 boxes pasted in (:mod:`.semi`). Two protections of the prior: lower learning rates for the encoder stages and an
 L2-SP penalty toward the starting weights (:class:`~.config.TrainConfig`).
+
+SFR's Mean-Teacher re-training (method-spec §2.3) is a configuration of the same loop, with two teachers: the
+fine-tuned SAM is an offline teacher whose hard pseudo-labels stay the targets of the pseudo-labelled patches at a
+constant weight (:attr:`SemiParts.fixed_pseudo_weight`), and the EMA teacher adds a consistency term, the softmax MSE
+between the student on a patch and the teacher on the same patch plus clipped Gaussian noise, ramped up by
+:func:`consistency_weight_at` (:attr:`SemiParts.consistency_weight`). Both are off by default.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from ..io import Volume
 from ..models import ModelCard
 from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
-from .config import TrainConfig
+from .config import Optimizer, TrainConfig
 from .semi import StrongView, confident_voxels, paste_labelled_boxes
 
-__all__ = ["SemiParts", "SupervisedCase", "TrainConfig", "dice_ce_loss", "ema_update", "l2sp_penalty",
-           "parameter_groups", "pseudo_weight_at", "train_supervised"]
+__all__ = ["SemiParts", "SupervisedCase", "TrainConfig", "consistency_weight_at", "dice_ce_loss", "ema_update",
+           "l2sp_penalty", "make_optimizer", "noisy_view", "parameter_groups", "pseudo_weight_at", "softmax_mse",
+           "train_supervised"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,24 @@ def l2sp_penalty(network: nn.Module, anchor: Mapping[str, torch.Tensor]) -> torc
     return total if total is not None else torch.zeros(())
 
 
+def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean Teacher's consistency: ``mean((softmax(s) - softmax(t))²)`` over every element of ``[B, C, X, Y, Z]``
+    (the teacher side carries no gradient).
+
+    References:
+        Tarvainen and Valpola, "Mean teachers are better role models", NeurIPS 2017; ``softmax_mse_loss`` of the
+        SFR / UA-MT code (method-spec §2.3).
+    """
+    student = torch.softmax(student_logits.float(), dim=1)
+    teacher = torch.softmax(teacher_logits.detach().float(), dim=1)
+    return (student - teacher).pow(2).mean()
+
+
+def noisy_view(images: torch.Tensor, std: float, clip: float) -> torch.Tensor:
+    """``x + clamp(N(0, std²), -clip, clip)``, a new tensor (the teacher's input in SFR's Mean Teacher)."""
+    return images + torch.clamp(torch.randn_like(images) * std, -clip, clip)
+
+
 @dataclass(frozen=True)
 class SemiParts:
     """How pseudo-labelled patches are used (see :class:`~.config.PseudoLabelConfig` for each setting).
@@ -198,6 +223,19 @@ class SemiParts:
         strong_view: the student sees :class:`~.semi.StrongView` of the patch.
         cutmix_probability: chance of a labelled box pasted into a pseudo-labelled patch.
         ema_decay: decay of the EMA teacher.
+        fixed_pseudo_weight: ``None`` (default): with a teacher network the pseudo-labelled patches are labelled by
+            the teacher, else their fixed labels are weighted by the ramp :func:`pseudo_weight_at`. A number ``w``:
+            the pseudo-labelled cases keep their fixed labels (and voxel masks) even with a teacher, weighted by the
+            constant ``w`` (SFR: the fine-tuned SAM's hard pseudo-labels at weight 1, method-spec §2.3); the
+            teacher's masks (``voxel_threshold``) are not applied to them.
+        consistency_weight: ``λ_max`` of the Mean-Teacher consistency term ``λ(t)·softmax_mse(student(x),
+            teacher(x + ξ))`` over the pseudo-labelled (unlabelled) patches; 0 (default) = off. Needs a teacher
+            network. SFR: 0.1.
+        consistency_rampup: ramp length in "epochs" of ``consistency_epoch_steps`` steps (SFR: 40 × 150), see
+            :func:`consistency_weight_at`.
+        consistency_epoch_steps: steps per "epoch" of that ramp, 150.
+        noise_std: std of the teacher's input noise ``ξ``, 0.1; ``noise_clip``: ``ξ`` is clipped to ``±noise_clip``,
+            0.2.
     """
 
     voxel_threshold: Optional[float] = None
@@ -205,6 +243,39 @@ class SemiParts:
     strong_view: bool = False
     cutmix_probability: float = 0.0
     ema_decay: float = 0.99
+    fixed_pseudo_weight: Optional[float] = None
+    consistency_weight: float = 0.0
+    consistency_rampup: int = 40
+    consistency_epoch_steps: int = 150
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+
+
+def consistency_weight_at(step: int, semi: SemiParts) -> float:
+    """SFR's ramp ``λ(t) = λ_max·exp(-5(1 - min(e/R, 1))²)`` with ``e = step // consistency_epoch_steps`` and
+    ``R = consistency_rampup`` (``λ_max`` from the start when ``R`` is 0)."""
+    if semi.consistency_rampup <= 0:
+        return float(semi.consistency_weight)
+    epoch = step // max(1, semi.consistency_epoch_steps)
+    t = min(1.0, epoch / semi.consistency_rampup)
+    return float(semi.consistency_weight * np.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def make_optimizer(groups: List[dict], config: TrainConfig) -> Tuple[torch.optim.Optimizer, object]:
+    """The optimiser and learning-rate scheduler of ``config``: AdamW or SGD with momentum, and a cosine decay to
+    5 % over ``iterations`` or a step decay ``× lr_step_gamma`` every ``lr_step_every`` steps."""
+    if config.optimizer == Optimizer.SGD:
+        optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.lr_step_every is not None:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_every,
+                                                    gamma=config.lr_step_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations,
+                                                               eta_min=config.learning_rate * 0.05)
+    return optimizer, scheduler
 
 
 def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[SupervisedCase],
@@ -222,7 +293,8 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         card: the model card (preprocessing, default patch size).
         labeled: cases with expert labels.
         config: optimisation settings.
-        pseudo: pseudo-labelled cases, weighted by the ramp :func:`pseudo_weight_at`.
+        pseudo: pseudo-labelled cases, weighted by the ramp :func:`pseudo_weight_at` (or the constant
+            ``semi.fixed_pseudo_weight``).
         progress: receives a ``progress`` event per step; may raise ``CancelledError``.
         device: compute device (default CUDA when present).
         start_step: resume from this step (with ``optimizer_state``).
@@ -233,8 +305,10 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         teacher: an EMA teacher (Mean Teacher, method-spec §1.7): when given, each pseudo-labelled patch is
             labelled by the teacher's argmax on the weak view instead of the fixed pseudo-label, and the teacher
             follows the student by :func:`ema_update` after every step. The caller restores its state when
-            resuming.
-        semi: how pseudo-labelled patches are used (masks, strong view, pasted boxes, EMA decay).
+            resuming. With ``semi.fixed_pseudo_weight`` set the fixed pseudo-labels stay, and with
+            ``semi.consistency_weight > 0`` the teacher gives the consistency term instead.
+        semi: how pseudo-labelled patches are used (masks, strong view, pasted boxes, EMA decay, fixed targets,
+            consistency).
         encoder_stages: module names of the encoder stages, for ``config.encoder_lr_scale``.
         anchor: the L2-SP reference weights ``{name: tensor}`` (default: the weights at the call); used when
             ``config.l2sp_weight > 0``.
@@ -244,6 +318,9 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
     """
     if not labeled:
         raise ValueError("train_supervised needs at least one labelled case")
+    if semi.consistency_weight > 0 and teacher is None:
+        raise ValueError("SemiParts.consistency_weight > 0 needs a teacher network (Mean Teacher)")
+    fixed_targets = semi.fixed_pseudo_weight is not None
     device = device or default_device()
     torch.manual_seed(config.seed + start_step + 7919 * rank)
     rng = np.random.default_rng([config.seed, start_step, rank])
@@ -256,15 +333,13 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
     groups = parameter_groups(network, encoder_stages, config.learning_rate, config.encoder_lr_scale)
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer, scheduler = make_optimizer(groups, config)
     reference = None
     if config.l2sp_weight > 0:
         source = anchor if anchor is not None else getattr(network, "module", network).state_dict()
         reference = {k: v.detach().to(device).clone() for k, v in source.items()}
     strong = StrongView(config.seed * 1009 + start_step + 7919 * rank) if semi.strong_view and pseudo else None
     last = config.iterations if stop_at is None else min(int(stop_at), config.iterations)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations,
-                                                           eta_min=config.learning_rate * 0.05)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state["optimizer"])
         scheduler.load_state_dict(optimizer_state["scheduler"])
@@ -279,10 +354,10 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
             loss = loss + config.l2sp_weight * penalty
             metrics["l2sp"] = float(penalty.detach())
         if pseudo_sampler is not None:
-            weight = pseudo_weight_at(step, config)
+            weight = float(semi.fixed_pseudo_weight) if fixed_targets else pseudo_weight_at(step, config)
             p_images, p_labels, p_masks = pseudo_sampler.sample(config.batch_size)
             p_images, p_labels, p_masks = p_images.to(device), p_labels.to(device), p_masks.to(device)
-            if teacher is not None:
+            if teacher is not None and not fixed_targets:
                 with torch.no_grad():
                     t_probs = torch.softmax(teacher(p_images).float(), dim=1)
                     p_labels = t_probs.argmax(dim=1)
@@ -292,9 +367,17 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
             student_view = strong(p_images.cpu()).to(device) if strong is not None else p_images
             student_view, p_labels, p_masks = paste_labelled_boxes(student_view, p_labels, p_masks, images, labels,
                                                                    semi.cutmix_probability, rng)
-            p_loss = dice_ce_loss(network(student_view), p_labels, p_masks)
+            p_logits = network(student_view)
+            p_loss = dice_ce_loss(p_logits, p_labels, p_masks)
             loss = loss + weight * p_loss
             metrics.update(loss_pseudo=float(p_loss.detach()), pseudo_weight=weight)
+            if semi.consistency_weight > 0:
+                with torch.no_grad():
+                    t_logits = teacher(noisy_view(student_view, semi.noise_std, semi.noise_clip))
+                c_weight = consistency_weight_at(step, semi)
+                c_loss = softmax_mse(p_logits, t_logits)
+                loss = loss + c_weight * c_loss
+                metrics.update(loss_consistency=float(c_loss.detach()), consistency_weight=c_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

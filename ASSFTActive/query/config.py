@@ -37,6 +37,8 @@ class Strategy(str, Enum):
     CORESET = "coreset"  #: k-centre greedy on pre-trained embeddings
     CLASP_PE = "clasp_pe"  #: volume-level ClaSP PE (class-stratified power entropy)
     MC_DROPOUT = "mc_dropout"  #: MONAI Label epistemic scoring
+    FG_RANDOM = "fg_random"  #: random among volumes whose predicted foreground is not tiny (nnActive's lesson)
+    BALD = "bald"  #: MC-dropout mutual information (BALD)
 
 
 class KDMetric(str, Enum):
@@ -124,7 +126,15 @@ class QueryConfig:
             method-spec.md §3.2].
         clasp_beta_growth: beta grows exponentially from ``clasp_beta`` to ``clasp_beta * clasp_beta_growth``
             over the query rounds, 100.0 [code, method-spec.md §3.2].
-        seed: seed of the random strategies (``"random"``, ``"clasp_pe"``), 0.
+        seed: seed of the random strategies (``"random"``, ``"fg_random"``, ``"clasp_pe"``), 0.
+        fg_random_min_share: ``"fg_random"`` draws uniformly among the volumes whose predicted foreground (the
+            dilated ``M`` of ASD, voxels in model space) is non-empty and at least this share of the pool's median
+            foreground; the others follow, largest foreground first. 0.5 [inferred: a volume-level reading of
+            nnActive's foreground-aware random, method-spec.md §3.3]; 0 excludes only empty predictions.
+        rounds: query rounds R the budget is spread over (multi-round test-time query, method-spec.md §1.3, §4.1
+            ``query_schedule``), 1. With R > 1 the budget is the total over the schedule, split by
+            :func:`~.rounds.round_budgets`, and each ranking proposes the current round's share (see
+            :func:`~.rounds.plan_round`); R = 1 proposes the whole budget at once.
     """
 
     strategy: Strategy = Strategy.ASSFT
@@ -147,6 +157,8 @@ class QueryConfig:
     clasp_beta: float = 1.0
     clasp_beta_growth: float = 100.0
     seed: int = 0
+    fg_random_min_share: float = 0.5
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         check_fields(self, enums=_ENUM_FIELDS, numbers=_FLOAT_RANGES, wholes=_INT_MINIMA, flags=("normalise_scores",))
@@ -188,6 +200,7 @@ _FLOAT_RANGES: Dict[str, Range] = {
     "clasp_fg_ratio": (0.0, 1.0, False),
     "clasp_beta": (0.0, math.inf, True),
     "clasp_beta_growth": (0.0, math.inf, True),
+    "fg_random_min_share": (0.0, 1.0, False),
 }
 
 _INT_MINIMA: Dict[str, int] = {
@@ -196,4 +209,5 @@ _INT_MINIMA: Dict[str, int] = {
     "two_stage_factor": 1,
     "mc_samples": 2,
     "seed": 0,
+    "rounds": 1,
 }

@@ -9,7 +9,7 @@ import numpy as np
 from .config import QueryConfig, SourceKnowledge, Strategy
 from .records import CaseEvidence
 from .regions import RegionSums
-from .scores import batchnorm_divergence, knowledge_divergence, mc_dropout_epistemic
+from .scores import McDropoutAccumulator, batchnorm_divergence, knowledge_divergence
 
 __all__ = ["summarize_case"]
 
@@ -27,6 +27,7 @@ def summarize_case(
     bn_stage_stats: Optional[BnStats] = None,
     bn_running_stats: Optional[BnStats] = None,
     epistemic: Optional[float] = None,
+    mutual_information: Optional[float] = None,
 ) -> CaseEvidence:
     """Compute every per-case score of one volume from the entropy sums of its prediction and its features.
 
@@ -35,18 +36,22 @@ def summarize_case(
         sums: the :class:`~.regions.RegionSums` of the current model's prediction over the regions ``config``
             asks for (streamed by the predictor, or :func:`~.regions.region_sums` of a probability volume), or
             ``None`` at cold start (no segmentation head yet): then ``asd`` and ``mean_entropy`` are NaN and
-            ``clasp_scores`` is empty, and only ``dkd_only``, ``random`` and ``coreset`` can rank the pool.
+            ``clasp_scores`` is empty, ``foreground_voxels`` is NaN, and only ``dkd_only``, ``random`` and
+            ``coreset`` can rank the pool.
         current_features: pooled features ``[D_s]`` of the current encoder, one per stage, shallow to deep.
         pretrained_features: the same for the frozen pre-trained encoder. The deepest stage of each becomes the
             case's embedding for diversity and coreset.
         config: query settings (``source_knowledge``, ``kd_*``, ``fg_*``, ``asd_*``).
         prob_samples: ``[T, C, I, J, K]`` softmax outputs of T passes with dropout active; required for the
-            ``mc_dropout`` strategy, ignored otherwise.
+            ``mc_dropout`` and ``bald`` strategies (unless ``epistemic`` / ``mutual_information`` are given); both
+            scores are computed from them.
         bn_stage_stats: with ``source_knowledge="bn_stats"``: per BatchNorm layer of the pre-trained encoder,
             ``(mean [D_l], var [D_l])`` of its input on this case (see :func:`~.scores.batchnorm_divergence`).
         bn_running_stats: with ``source_knowledge="bn_stats"``: the stored ``(running_mean, running_var)`` pairs.
         epistemic: the MC-dropout score when already computed from a running mean of the passes
             (:func:`~.scores.mc_dropout_epistemic_from_mean`), instead of ``prob_samples``.
+        mutual_information: the BALD score when already computed from the running moments of the passes
+            (:class:`~.scores.McDropoutAccumulator`), instead of ``prob_samples``.
 
     Returns:
         the case's :class:`CaseEvidence`.
@@ -74,20 +79,26 @@ def summarize_case(
         asd = float("nan")
         mean_ent = float("nan")
         clasp = np.zeros(0, dtype=np.float64)
+        fg_voxels = float("nan")
     else:
         asd = sums.asd(config)
         mean_ent = sums.mean_entropy()
         clasp = sums.clasp_scores()
+        fg_voxels = float(sums.foreground_voxels)
 
     if prob_samples is not None:
-        epistemic = mc_dropout_epistemic(prob_samples)
-    elif epistemic is not None:
-        epistemic = float(epistemic)
-    elif config.strategy == Strategy.MC_DROPOUT:
-        raise ValueError(
-            f"case {case_id!r}: strategy 'mc_dropout' needs prob_samples from {config.mc_samples} forward passes "
-            "with dropout active."
-        )
+        moments = McDropoutAccumulator()
+        for sample in _samples(prob_samples):
+            moments.add(sample)
+        epistemic = moments.epistemic()
+        mutual_information = moments.mutual_information()
+    for strategy, value, what in ((Strategy.MC_DROPOUT, epistemic, "epistemic"),
+                                  (Strategy.BALD, mutual_information, "mutual_information")):
+        if config.strategy == strategy and value is None:
+            raise ValueError(
+                f"case {case_id!r}: strategy {strategy.value!r} needs prob_samples from {config.mc_samples} forward "
+                f"passes with dropout active (or {what} from their running moments)."
+            )
 
     return CaseEvidence(
         case_id=case_id,
@@ -97,5 +108,16 @@ def summarize_case(
         pretrained_embedding=np.asarray(pretrained[-1]),
         current_embedding=np.asarray(current[-1]),
         clasp_scores=clasp,
-        epistemic=epistemic,
+        epistemic=None if epistemic is None else float(epistemic),
+        mutual_information=None if mutual_information is None else float(mutual_information),
+        foreground_voxels=fg_voxels,
     )
+
+
+def _samples(prob_samples: np.ndarray) -> np.ndarray:
+    samples = np.asarray(prob_samples)
+    if samples.ndim != 5 or samples.shape[0] < 2:
+        raise ValueError(
+            f"prob_samples must have shape [T, C, I, J, K] with T >= 2 stochastic passes, got shape {samples.shape}."
+        )
+    return samples

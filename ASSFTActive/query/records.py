@@ -59,6 +59,9 @@ class CaseEvidence:
         current_embedding: ``[D]`` the same for the current (adapted) encoder.
         clasp_scores: ``[C]`` from :func:`~.scores.clasp_class_scores`; empty ``[0]`` at cold start.
         epistemic: MC-dropout score (:func:`~.scores.mc_dropout_epistemic`), when computed.
+        mutual_information: BALD score (:func:`~.scores.bald_mutual_information`), when computed.
+        foreground_voxels: ``|M|``, voxels (in model space) of the dilated predicted foreground that ASD averages
+            over (:class:`~.regions.RegionSums`); NaN at cold start. Used by ``fg_random``.
 
     Arrays are stored as read-only ``float64`` copies. Records compare by identity (they hold arrays).
     """
@@ -71,6 +74,8 @@ class CaseEvidence:
     current_embedding: np.ndarray
     clasp_scores: np.ndarray
     epistemic: Optional[float] = None
+    mutual_information: Optional[float] = None
+    foreground_voxels: float = float("nan")
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
@@ -94,6 +99,15 @@ class CaseEvidence:
         set_(self, "clasp_scores", clasp)
         if self.epistemic is not None:
             set_(self, "epistemic", _number(self.epistemic, f"{where}: epistemic"))
+        if self.mutual_information is not None:
+            mi = _number(self.mutual_information, f"{where}: mutual_information")
+            if mi < 0:
+                raise ValueError(f"{where}: mutual_information must be >= 0, got {mi}.")
+            set_(self, "mutual_information", mi)
+        size = _number(self.foreground_voxels, f"{where}: foreground_voxels", allow_nan=True)
+        if size < 0:
+            raise ValueError(f"{where}: foreground_voxels must be >= 0, got {size}.")
+        set_(self, "foreground_voxels", size)
 
     @property
     def has_probabilities(self) -> bool:
@@ -111,6 +125,8 @@ class CaseEvidence:
             "current_embedding": self.current_embedding.tolist(),
             "clasp_scores": self.clasp_scores.tolist(),
             "epistemic": self.epistemic,
+            "mutual_information": self.mutual_information,
+            "foreground_voxels": _json_float(self.foreground_voxels),
         }
 
     @classmethod
@@ -125,6 +141,8 @@ class CaseEvidence:
             current_embedding=np.asarray(data["current_embedding"], dtype=np.float64),
             clasp_scores=np.asarray(data["clasp_scores"], dtype=np.float64),
             epistemic=data.get("epistemic"),
+            mutual_information=data.get("mutual_information"),
+            foreground_voxels=_from_json_float(data.get("foreground_voxels")),
         )
 
 

@@ -7,7 +7,7 @@ modifies its input. Formulas marked [inferred] are design decisions of ``method-
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,7 +16,11 @@ from .regions import RegionSpec, region_sums
 from .voxelwise import _normalized_entropy, check_probs
 
 __all__ = [
+    "McDropoutAccumulator",
     "anatomical_segmentation_difficulty",
+    "bald_from_moments",
+    "bald_mutual_information",
+    "bald_voxel_map",
     "batchnorm_divergence",
     "clasp_class_scores",
     "feature_divergence",
@@ -294,6 +298,134 @@ def mc_dropout_epistemic(prob_samples: np.ndarray) -> float:
         finite, so the mean equals the nanmean).
     """
     return float(np.mean(mc_dropout_voxel_map(prob_samples), dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------------------------- BALD
+
+
+def _entropy_nats64(probs: np.ndarray) -> np.ndarray:
+    """``-sum_c p_c ln p_c`` per voxel of ``probs`` ``[C, ...]`` in float64, with ``0 ln 0 = 0``."""
+    entropy = np.zeros(probs.shape[1:], dtype=np.float64)
+    for channel in probs:  # one class at a time keeps memory at a few [I, J, K] arrays
+        p = channel.astype(np.float64)
+        positive = p > 0
+        entropy -= np.where(positive, p * np.log(np.where(positive, p, 1.0)), 0.0)
+    return entropy
+
+
+def bald_from_moments(mean_probs: np.ndarray, mean_sample_entropy: np.ndarray) -> np.ndarray:
+    """BALD voxel map from the two running means of T passes: ``MI(v) = H[pbar](v) - mean_t H[p_t](v)``.
+
+    Args:
+        mean_probs: ``pbar = (1/T) sum_t p_t``, ``[C, I, J, K]``.
+        mean_sample_entropy: ``(1/T) sum_t H[p_t]``, ``[I, J, K]``, entropies in nats over all C classes.
+
+    Returns:
+        ``float64`` ``[I, J, K]`` in ``[0, ln C]`` (negative rounding residues are clipped to 0; the exact value is
+        >= 0 because entropy is concave).
+    """
+    mean = np.asarray(mean_probs)
+    expected = np.asarray(mean_sample_entropy, dtype=np.float64)
+    if mean.ndim != 4 or not np.all(np.isfinite(mean)):
+        raise ValueError(f"mean_probs must be finite with shape [C, I, J, K], got shape {mean.shape}.")
+    if expected.shape != mean.shape[1:] or not np.all(np.isfinite(expected)):
+        raise ValueError(f"mean_sample_entropy must be finite with shape {mean.shape[1:]}, got {expected.shape}.")
+    return np.clip(_entropy_nats64(mean) - expected, 0.0, math.log(mean.shape[0]))
+
+
+def bald_voxel_map(prob_samples: np.ndarray) -> np.ndarray:
+    """Voxel map of BALD: the mutual information between the prediction and the model weights under MC dropout.
+
+    ``MI(v) = H[(1/T) sum_t p_t(v)] - (1/T) sum_t H[p_t(v)]`` with ``H[p] = -sum_c p_c ln p_c`` over **all** C
+    classes, background included (nats). The first term is the total predictive entropy, the second its expected
+    aleatoric part; what remains is the disagreement between the passes: 0 when every pass predicts the same
+    distribution (however uncertain), ``ln 2`` for two passes that are one-hot on different classes.
+
+    Args:
+        prob_samples: softmax outputs of T >= 2 passes with dropout active, ``[T, C, I, J, K]``.
+
+    Returns:
+        ``float64`` ``[I, J, K]`` in ``[0, ln C]``.
+
+    References:
+        Houlsby et al., "Bayesian active learning for classification and preference learning", arXiv 1112.5745
+        (2011); Gal, Islam & Ghahramani, "Deep Bayesian active learning with image data", ICML 2017.
+    """
+    samples = _check_prob_samples(prob_samples)
+    accumulator = McDropoutAccumulator()
+    for sample in samples:
+        accumulator.add(sample)
+    return accumulator.bald_voxel_map()
+
+
+def bald_mutual_information(prob_samples: np.ndarray) -> float:
+    """BALD score of a case: the whole-volume mean of :func:`bald_voxel_map` (nats, in ``[0, ln C]``).
+
+    The volume mean mirrors :func:`mc_dropout_epistemic` (MONAI Label's reduction), so the two MC-dropout
+    baselines differ only in the voxel map: entropy of the mean foreground prediction versus mutual information.
+    """
+    return float(np.mean(bald_voxel_map(prob_samples), dtype=np.float64))
+
+
+class McDropoutAccumulator:
+    """Running moments of T MC-dropout passes, one pass in memory at a time (the predictor streams them).
+
+    Keeps the sum of the passes' probabilities ``[C, I, J, K]`` and the sum of their entropies ``[I, J, K]``
+    (float64), which is all the two MC-dropout scores need: :meth:`epistemic` (MONAI Label, entropy of the mean)
+    and :meth:`mutual_information` (BALD, entropy of the mean minus the mean entropy). Memory is one probability
+    volume plus one scalar volume, whatever T is.
+    """
+
+    def __init__(self) -> None:
+        self._total: Optional[np.ndarray] = None
+        self._entropy_total: Optional[np.ndarray] = None
+        self.count = 0
+
+    def add(self, sample: np.ndarray) -> None:
+        """Add one pass's softmax probabilities ``[C, I, J, K]`` (not modified, not kept)."""
+        array = check_probs(sample, "MC-dropout sample")
+        if self._total is not None and array.shape != self._total.shape:
+            raise ValueError(f"MC-dropout sample has shape {array.shape}, the earlier ones {self._total.shape}.")
+        entropy = _entropy_nats64(array)
+        if self._total is None:
+            self._total = array.astype(np.float64)
+            self._entropy_total = entropy
+        else:
+            self._total += array
+            self._entropy_total += entropy
+        self.count += 1
+
+    def _check(self) -> None:
+        if self.count < 2:
+            raise ValueError(
+                f"MC-dropout scoring needs at least 2 stochastic passes, got T={self.count}; raise "
+                "QueryConfig.mc_samples."
+            )
+
+    @property
+    def mean_probs(self) -> np.ndarray:
+        """``pbar`` ``[C, I, J, K]`` float32."""
+        self._check()
+        return (self._total / self.count).astype(np.float32)
+
+    @property
+    def mean_sample_entropy(self) -> np.ndarray:
+        """``(1/T) sum_t H[p_t]`` ``[I, J, K]`` float64 (nats)."""
+        self._check()
+        return self._entropy_total / self.count
+
+    def bald_voxel_map(self) -> np.ndarray:
+        """:func:`bald_voxel_map` of the passes added so far."""
+        self._check()
+        return bald_from_moments(self._total / self.count, self.mean_sample_entropy)
+
+    def mutual_information(self) -> float:
+        """:func:`bald_mutual_information` of the passes added so far."""
+        return float(np.mean(self.bald_voxel_map(), dtype=np.float64))
+
+    def epistemic(self) -> float:
+        """:func:`mc_dropout_epistemic` (from the mean, :func:`mc_dropout_epistemic_from_mean`)."""
+        return mc_dropout_epistemic_from_mean(self.mean_probs)
 
 
 # ------------------------------------------------------------------------------------------------------ ClaSP

@@ -26,7 +26,7 @@ from .diversity import (
 )
 from .records import CaseEvidence, RankedCase, Ranking
 
-__all__ = ["clasp_beta", "select"]
+__all__ = ["clasp_beta", "fg_random_eligible", "select"]
 
 #: Floor of ClaSP PE scores before the logarithm (a class absent from a volume scores 0).
 CLASP_LOG_FLOOR = 1e-12
@@ -71,6 +71,12 @@ def select(
     * ``clasp_pe``: volume-level ClaSP PE (method-spec.md §3.2, §3.4), see :func:`clasp_beta` for the noise
       schedule [the noised log-score the case was picked by].
     * ``mc_dropout``: descending MC-dropout epistemic score [epistemic score].
+    * ``bald``: descending BALD mutual information (:func:`~.scores.bald_mutual_information`) [that value].
+    * ``fg_random``: foreground-size-aware random (:func:`fg_random_eligible`): the eligible cases (predicted
+      foreground non-empty and at least ``config.fg_random_min_share`` times the pool's median) in the uniform
+      order of ``random`` with the same seed, then the others by descending foreground size [``1 + u`` for an
+      eligible case with uniform key ``u``, the foreground voxel count divided by the pool's largest (at most 1)
+      for the others].
 
     ``RankedCase.dkd`` is, for every strategy, ``KD~ * Div`` of the case given the labeled cases and all cases
     ranked before it (for ``assft`` the DKD at the moment it was picked); ``RankedCase.asd`` is the raw ASD.
@@ -304,6 +310,48 @@ def _random(cases, budget, config, labeled_embeddings, round_index, total_rounds
     return _by_descending(keys)
 
 
+def fg_random_eligible(foreground_voxels: np.ndarray, min_share: float) -> np.ndarray:
+    """Which cases ``fg_random`` draws from: ``f_i > 0`` and ``f_i >= min_share * median_j f_j``.
+
+    ``f`` is the predicted foreground size of each pool case (``CaseEvidence.foreground_voxels``: voxels of the
+    dilated predicted foreground ``M``, in model space, so a physical volume at the card's spacing). The median is
+    over the whole candidate pool. An empty prediction is never eligible (the model found no anatomy there, so a
+    label teaches little about the anatomy, or the volume does not show it); a tiny one is not eligible either.
+    When the median is 0 (most predictions empty) every non-empty case is eligible.
+
+    Args:
+        foreground_voxels: ``[N]`` finite, >= 0.
+        min_share: ``QueryConfig.fg_random_min_share`` in ``[0, 1]``.
+
+    Returns:
+        boolean ``[N]``.
+
+    References:
+        nnActive's foreground-aware random baselines (``random-label``, method-spec.md §3.3): random that knows
+        where the anatomy is; here at volume level and from the model's prediction instead of the labels.
+    """
+    sizes = np.asarray(foreground_voxels, dtype=np.float64)
+    if sizes.size == 0:
+        return np.zeros(0, dtype=bool)
+    return (sizes > 0) & (sizes >= min_share * float(np.median(sizes)))
+
+
+def _fg_random(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    _require(
+        cases,
+        lambda c: not math.isnan(c.foreground_voxels),
+        config.strategy,
+        "the predicted foreground size",
+        _COLD_START_HINT,
+    )
+    keys = np.random.default_rng(config.seed).random(len(cases))  # the same draw as 'random' with this seed
+    sizes = np.array([case.foreground_voxels for case in cases], dtype=np.float64)
+    eligible = fg_random_eligible(sizes, config.fg_random_min_share)
+    largest = float(sizes.max())
+    scores = np.where(eligible, 1.0 + keys, sizes / largest if largest > 0 else 0.0)
+    return _by_descending(scores)
+
+
 def _mean_entropy(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
     _require(
         cases,
@@ -324,6 +372,17 @@ def _mc_dropout(cases, budget, config, labeled_embeddings, round_index, total_ro
         "pass prob_samples to summarize_case",
     )
     return _by_descending(np.array([case.epistemic for case in cases], dtype=np.float64))
+
+
+def _bald(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+    _require(
+        cases,
+        lambda c: c.mutual_information is not None,
+        config.strategy,
+        "a BALD mutual-information score",
+        "pass prob_samples (or mutual_information) to summarize_case",
+    )
+    return _by_descending(np.array([case.mutual_information for case in cases], dtype=np.float64))
 
 
 def _coreset(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
@@ -427,4 +486,6 @@ _BASELINES: Dict[Strategy, Baseline] = {
     Strategy.CORESET: _coreset,
     Strategy.CLASP_PE: _clasp_pe,
     Strategy.MC_DROPOUT: _mc_dropout,
+    Strategy.FG_RANDOM: _fg_random,
+    Strategy.BALD: _bald,
 }

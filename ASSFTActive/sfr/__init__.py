@@ -5,8 +5,9 @@ What exists so far: ``stitching`` (a volume's slices tiled on one square canvas 
 load; LoRA on the image encoder's q/v), ``inputs`` (how volumes enter SAM), ``finetune`` (stage 2: SAM fine-tuned on
 stitched labelled volumes), ``pseudo`` (un-stitched 3D pseudo-labels of a pool, the SFR+ volume confidence and
 selection), ``plus`` (SFR+: select confident pseudo-labelled volumes, fine-tune SAM again) and ``prior`` (the
-embedded small SAM-architecture prior, which is not Meta's SAM). Stage 3, the Mean-Teacher re-training of a 3D
-network, belongs to the shared trainer of ``finetune/`` and is not here yet. Nothing heavy is imported here.
+embedded small SAM-architecture prior, which is not Meta's SAM), ``retrain`` (stage 3: Mean-Teacher re-training of
+the 3D model in the shared trainer of ``finetune/``) and ``pipeline`` (:func:`~.pipeline.sfr_adapt`, the product run
+behind ``assft sfr``, with Adapt Model's guard and store). Nothing heavy is imported here.
 
 References:
     Li, Qi, Yu, Huo, Shi, Gao, "Stitching, Fine-tuning, Re-training: A SAM-enabled Framework for Semi-supervised 3D

@@ -5,7 +5,8 @@ its signals; it never builds a process, reads a job folder or decides which mode
 owns:
 
 * the runner of the worker process (``python -m ASSFTActive.worker JOB_DIR``; a ``qt.QProcess`` runner in
-  desktop Slicer, :class:`~.jobRun.SubprocessJobRunner` headless) and the device probe (the same runner kind);
+  desktop Slicer, :class:`~.jobRun.SubprocessJobRunner` headless), the device probe and the card check
+  (``python -m ASSFTActive check-card CARD --modules``, :class:`CardCheck`), each with the same runner kind;
 * the running job: the model it started with, its folder, Cancel;
 * what happens at the end: the outcome (``done`` / ``cancelled`` / ``error``, read from the job folder, not from
   how the launcher died), loading the results into the scene, switching the parameter node to an adapted model
@@ -16,9 +17,10 @@ Signals are plain Python callbacks (:class:`Signal`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import RESULT_CANCELLED, RESULT_DONE, RESULT_ERROR, read_job_result
@@ -28,7 +30,7 @@ from .errors import ASSFTModuleError, JobFailedError
 from .events import WorkerOutput, eventFraction, formatEvent
 from .parameters import ModelSource, modelReferenceFor
 from .records import OutputLine, PreparedJob
-from .workerProcess import deviceProbeCommand, parseDeviceProbe, workerCommand
+from .workerProcess import deviceProbeCommand, parseDeviceProbe, pythonExecutable, workerCommand
 
 #: Job folders kept under ``<workDir>/jobs`` (older ones are removed when a new job starts; the folder of the
 #: ranking shown in the panel is always kept).
@@ -93,6 +95,78 @@ def jobOutcome(jobDir, exitCode: int, cancelled: bool, errorText: str) -> tuple:
     return ERROR, errorText
 
 
+#: The engine's verdict on a usable card (last line of ``assft check-card``).
+CARD_USABLE = "the card is usable"
+#: A module line of the ``--modules`` listing (stripped of its indent): ``* name: Type`` for an encoder stage.
+_MODULE_LINE = re.compile(r"^(\*\s+)?(\S+): (\S+)$")
+
+
+@dataclass(frozen=True)
+class CardCheck:
+    """What ``assft check-card CARD --modules`` said about a model card (run in a child process: the GUI never
+    imports torch).
+
+    Attributes:
+        card: the card reference checked (``"default"`` or a card path).
+        usable: the check passed (exit code 0 and the engine's verdict line).
+        message: the verdict: ``the card is usable``, or the engine's ``error:`` line without its prefix.
+        modules: ``(name, type)`` of every module of the network, in the network's order (empty when the card
+            failed before the network was built).
+        encoderStages: the modules the card names as ``encoder_stages``.
+        output: everything the check printed.
+    """
+
+    card: str
+    usable: bool
+    message: str
+    modules: Tuple[Tuple[str, str], ...] = ()
+    encoderStages: Tuple[str, ...] = ()
+    output: str = ""
+
+    def summary(self) -> str:
+        """One line for the status label."""
+        if not self.usable:
+            return f"Card check failed: {self.message}"
+        return (f"Card check passed: {self.card} is usable ({len(self.modules)} modules; encoder stages: "
+                f"{', '.join(self.encoderStages) or 'none'}).")
+
+
+def cardCheckCommand(card: str, python: Optional[str] = None) -> List[str]:
+    """``[python, "-m", "ASSFTActive", "check-card", CARD, "--modules"]``."""
+    return [python or pythonExecutable(), "-m", "ASSFTActive", "check-card", str(card), "--modules"]
+
+
+def parseCardCheck(card: str, output: str, exitCode: int, errorText: str = "") -> CardCheck:
+    """The :class:`CardCheck` of a finished ``check-card`` process from its merged stdout/stderr and exit code."""
+    lines = [line.strip() for line in output.splitlines()]
+    modules, stages = [], []
+    listing = False
+    for line in lines:
+        if line.startswith("modules (name: type)"):
+            listing = True
+            continue
+        match = _MODULE_LINE.match(line) if listing else None
+        if match is None:
+            listing = False
+            continue
+        modules.append((match.group(2), match.group(3)))
+        if match.group(1):
+            stages.append(match.group(2))
+    errors = [line[len("error:"):].strip() for line in lines if line.startswith("error:")]
+    usable = exitCode == 0 and CARD_USABLE in lines
+    if usable:
+        message = CARD_USABLE
+    elif errors:
+        message = errors[-1]
+    elif errorText:
+        message = errorText
+    else:
+        tail = [line for line in lines if line.strip()][-1:]
+        message = f"the check ended with exit code {exitCode}" + (f": {tail[0]}" if tail else "")
+    return CardCheck(card=str(card), usable=usable, message=message, modules=tuple(modules),
+                     encoderStages=tuple(stages), output=output)
+
+
 class JobController:
     """Runs the module's jobs for one scene.
 
@@ -106,7 +180,7 @@ class JobController:
         keepJobFolders: job folders kept (see :data:`KEEP_JOB_FOLDERS`).
 
     Signals: ``statusChanged(text)``, ``logLine(text)``, ``progressChanged(fraction)``, ``runningChanged(bool)``,
-    ``deviceChanged(text)``, ``failed(message, details)``, ``finished(JobOutcome)``.
+    ``deviceChanged(text)``, ``failed(message, details)``, ``finished(JobOutcome)``, ``cardChecked(CardCheck)``.
     """
 
     def __init__(self, sceneLogic, runnerFactory: Callable, environment: Callable[[], Mapping[str, str]],
@@ -129,9 +203,13 @@ class JobController:
         self.deviceChanged = Signal()
         self.failed = Signal()
         self.finished = Signal()
+        self.cardChecked = Signal()
         self._runner = runnerFactory(self._onEvent, self._onFinished)
         self._probe = None
         self._probeOutput: List[str] = []
+        self._cardCheck = None
+        self._cardCheckCard = ""
+        self._cardCheckOutput: List[str] = []
 
     # ------------------------------------------------------------------ state
     def setParameterNode(self, parameterNode) -> None:
@@ -172,6 +250,42 @@ class JobController:
             self.deviceChanged.emit(f"unknown ({errorText})")
             return
         self.deviceChanged.emit(parseDeviceProbe("\n".join(self._probeOutput)).describe())
+
+    # ------------------------------------------------------------------ card check
+    def isCheckingCard(self) -> bool:
+        return self._cardCheck is not None and self._cardCheck.isRunning()
+
+    def checkCard(self, parameterNode=None) -> str:
+        """Check the chosen model's card in a child process (``assft check-card CARD --modules``: the schema, the
+        weights, the module names, one forward pass); the verdict comes as ``statusChanged`` and ``cardChecked``,
+        the module names as ``logLine``.
+
+        Returns:
+            the card reference being checked.
+
+        Raises:
+            ASSFTModuleError: no parameter node, or a check is already running.
+        """
+        card = self.modelReference(parameterNode)
+        if self.isCheckingCard():
+            raise ASSFTModuleError("A card check is already running; wait for its verdict.")
+        self._cardCheckCard, self._cardCheckOutput = card, []
+        self._cardCheck = self.runnerFactory(self._onCardCheckOutput, self._onCardCheckFinished)
+        self.statusChanged.emit(f"Checking the model card {card}...")
+        self._cardCheck.start(cardCheckCommand(card, self.python), self.environment(), str(Path.cwd()))
+        return card
+
+    def _onCardCheckOutput(self, item: WorkerOutput) -> None:
+        self._cardCheckOutput.append(item.text if isinstance(item, OutputLine) else item.to_json())
+
+    def _onCardCheckFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
+        check = parseCardCheck(self._cardCheckCard, "\n".join(self._cardCheckOutput), exitCode, errorText)
+        if check.modules:
+            self.logLine.emit(f"Modules of {check.card} (name: type; * = an encoder stage of the card):")
+            for name, kind in check.modules:
+                self.logLine.emit(f"{'*' if name in check.encoderStages else ' '} {name}: {kind}")
+        self.statusChanged.emit(check.summary())
+        self.cardChecked.emit(check)
 
     # ------------------------------------------------------------------ jobs
     def startJob(self, kind: str) -> Optional[PreparedJob]:

@@ -17,7 +17,7 @@ from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
 
 from .errors import UnknownSegmentNamesError
-from .geometry import ijkToRasArray, loadVolumeFile, volumeFromNode, vtkMatrixFromArray
+from .geometry import ijkToRasArray, loadVolumeFile, sameGeometry, volumeFromNode, vtkMatrixFromArray
 from .records import LabelConversion
 
 #: Node attribute naming what an ASSFT node is for (annotation, prediction, entropy, regions, ranking, ...).
@@ -286,6 +286,23 @@ def readClassLabelmapFile(scene, volumesLogic, path: str) -> Volume:
     """Read a class label map file (e.g. a prediction) with Slicer's reader; no node stays in the scene."""
     node = loadVolumeFile(volumesLogic, str(path), name="ASSFT label map (temporary)", labelMap=True)
     try:
+        return volumeFromNode(node)
+    finally:
+        _removeNodeAndDisplay(scene, node)
+
+
+def readClassLabelmapFileOnGrid(scene, volumesLogic, path: str, volumeNode) -> Volume:
+    """Read a class label map file that must lie on the voxel grid of ``volumeNode`` (e.g. a label file saved
+    for it); no node stays in the scene.
+
+    Raises:
+        FileNotFoundError, ValueError: missing or unreadable file, or a label map on another voxel grid.
+    """
+    node = loadVolumeFile(volumesLogic, str(path), name="ASSFT label map (temporary)", labelMap=True)
+    try:
+        if not sameGeometry(node, volumeNode):
+            raise ValueError(f"its voxel grid differs from that of '{volumeNode.GetName()}'; it belongs to another "
+                             "image")
         return volumeFromNode(node)
     finally:
         _removeNodeAndDisplay(scene, node)

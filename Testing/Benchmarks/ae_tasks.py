@@ -24,6 +24,9 @@ import numpy as np
 #: Filled by :func:`init_worker` in each worker process.
 _STATE: Dict[str, Any] = {}
 
+#: Strategies whose ranking pass adds MC-dropout passes (``ASSFTActive.api.MC_STRATEGIES``, without importing torch).
+MC_STRATEGIES = ("mc_dropout", "bald")
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -118,7 +121,8 @@ def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] 
     """One ranking pass per case with the pre-trained model (``network_state=None``) or an adapted one.
 
     Returns, per case: ``probs [C, I, J, K]`` (float16 to keep the transfer small), ``features`` and
-    ``pretrained_features`` (pooled encoder stages), ``epistemic`` (MC-dropout score, when ``mc_samples > 0``),
+    ``pretrained_features`` (pooled encoder stages), ``epistemic`` and ``mutual_information`` (MC-dropout
+    scores: MONAI Label's entropy of the mean and BALD, when ``mc_samples > 0``),
     ``dice`` of this model on the case (diagnostic only: never used by a selector) and ``seconds``.
     """
     import torch
@@ -126,7 +130,7 @@ def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] 
     from ASSFTActive.evaluate import dice_per_class, mean_scored
     from ASSFTActive.inference import Predictor
     from ASSFTActive.models import LoadedModel, LoadReport
-    from ASSFTActive.query import mc_dropout_epistemic
+    from ASSFTActive.query import McDropoutAccumulator
 
     card = default_card()
     if network_state is None:
@@ -141,15 +145,17 @@ def analyse_cases(cases: Sequence[str], network_state: Optional[Dict[str, Any]] 
         image, label = shifted_case(case)
         start = time.perf_counter()
         torch.manual_seed(_seed_of("mc", tag, case))
-        samples: List[np.ndarray] = []
+        moments = McDropoutAccumulator()  # the product's streamed MC-dropout moments (api.analyse_volume)
         prediction = predictor.predict(image, keep_probs=True, dropout_samples=mc_samples,
-                                       sample_callback=samples.append if mc_samples else None)
-        epistemic = mc_dropout_epistemic(np.stack(samples)) if samples else None
+                                       sample_callback=moments.add if mc_samples else None)
+        epistemic = moments.epistemic() if mc_samples else None
+        mutual_information = moments.mutual_information() if mc_samples else None
         dice = dice_per_class(prediction.label, np.asarray(label.array), card.num_classes)
         out.append({"case_id": case, "probs": prediction.probs.astype(np.float16),
                     "features": [f.copy() for f in prediction.features],
                     "pretrained_features": [f.copy() for f in prediction.pretrained_features],
-                    "epistemic": epistemic, "dice": float(mean_scored(dice)),
+                    "epistemic": epistemic, "mutual_information": mutual_information,
+                    "dice": float(mean_scored(dice)),
                     "seconds": time.perf_counter() - start})
     return out
 
@@ -239,7 +245,7 @@ def query_path(strategy_key: str, query: Dict[str, Any], first: Sequence[str], r
     for index, size in enumerate(round_sizes[1:], start=1):
         network, record = finetune(labeled, "none", seed)
         state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        wants_mc = config.strategy.value == "mc_dropout"
+        wants_mc = config.strategy.value in MC_STRATEGIES
         analysis = analyse_cases([c for c in _STATE["setup"].pool], state,
                                  mc_samples=mc_samples if wants_mc else 0, tag=f"{strategy_key}-r{index}")
         evidence = {a["case_id"]: summarize(a, config) for a in analysis}
@@ -250,12 +256,38 @@ def query_path(strategy_key: str, query: Dict[str, Any], first: Sequence[str], r
                          labeled_current_embeddings=[e.current_embedding for e in anchors],
                          round_index=index, total_rounds=total_rounds)
         picked = list(ranking.selected_ids)
-        labeled += picked
         kd = [evidence[c].knowledge_divergence for c in _STATE["setup"].pool]
         rounds.append({"selected": picked, "train_seconds": record["seconds"],
                        "kd_min": float(np.min(kd)), "kd_max": float(np.max(kd)),
-                       "interim_pool_dice": float(np.mean([a["dice"] for a in analysis]))})
+                       "interim_pool_dice": float(np.mean([a["dice"] for a in analysis])),
+                       "score_vs_interim_error": interim_correlations(analysis, evidence, labeled, config)})
+        labeled += picked
     return {"labeled": labeled, "rounds": rounds}
+
+
+def interim_correlations(analysis: Sequence[Dict[str, Any]], evidence: Dict[str, Any], labeled: Sequence[str],
+                         config) -> Dict[str, Any]:
+    """Spearman rho of each score with the interim (adapted) model's error over the unlabelled candidates.
+
+    After adaptation DKD's knowledge divergence is live, so this is where it can show whether it predicts error
+    (hidden labels; a diagnosis, never an input of a selector). DKD is measured against the labelled cases.
+    """
+    from ASSFTActive.query import RegionSpec, region_sums, score_error_correlations
+
+    done = set(labeled)
+    rows = [a for a in analysis if a["case_id"] not in done]
+    if len(rows) < 3:
+        return {}
+    spec = RegionSpec.from_config(config)
+    sums = [region_sums(a["probs"].astype(np.float32), spec) for a in rows]
+    cases = [evidence[a["case_id"]] for a in rows]
+    anchors = [evidence[c] for c in labeled]
+    embed = "current_embedding" if config.div_space.value == "current" else "pretrained_embedding"
+    extra = {name: [a[key] for a in rows] for key, name in (("epistemic", "mc_dropout"), ("mutual_information", "bald"))
+             if all(a.get(key) is not None for a in rows)}
+    result = score_error_correlations(sums, [1.0 - a["dice"] for a in rows], config, evidence=cases,
+                                      labeled_embeddings=[getattr(e, embed) for e in anchors], extra=extra)
+    return {name: r.to_dict() for name, r in result.items()}
 
 
 def summarize(analysis: Dict[str, Any], config) -> Any:
@@ -267,6 +299,8 @@ def summarize(analysis: Dict[str, Any], config) -> Any:
                               analysis["pretrained_features"], replace(config, strategy="assft"))
     if analysis.get("epistemic") is not None:
         evidence = replace(evidence, epistemic=float(analysis["epistemic"]))
+    if analysis.get("mutual_information") is not None:
+        evidence = replace(evidence, mutual_information=float(analysis["mutual_information"]))
     return evidence
 
 

@@ -10,8 +10,11 @@ For each strategy and budget B the pool is ranked, B volumes get their (hidden) 
 model is fine-tuned with the same number of steps and the same seed for every arm, and Dice is measured on the
 shifted target-test cases. Arms:
 
-* baselines, supervised fine-tuning on the labelled volumes only: ``random`` (several seeds), ``mean_entropy``,
-  ``coreset`` (k-centre), ``clasp_pe`` (volume-level ClaSP PE), ``mc_dropout`` (MONAI Label epistemic);
+* baselines, supervised fine-tuning on the labelled volumes only: ``random`` (several seeds), ``fg_random``
+  (foreground-size-aware random, several seeds: random among the volumes whose predicted foreground is at least
+  ``QueryConfig.fg_random_min_share`` of the pool's median), ``mean_entropy``, ``coreset`` (k-centre), ``clasp_pe``
+  (volume-level ClaSP PE), ``mc_dropout`` (MONAI Label epistemic) and ``bald`` (MC-dropout mutual information,
+  from the same passes);
 * ``assft``: the method, DKD+ASD query and selective pseudo-labels;
 * ablations: ``dkd_only`` and ``asd_only`` (query ablations, same selective fine-tuning as ``assft``),
   ``assft_no_pseudo`` and ``assft_all_pseudo`` (same query as ``assft``, fine-tuning ablations) and
@@ -127,6 +130,8 @@ ARMS = (
     Arm("coreset", "coreset", "none", "k-centre coreset"),
     Arm("clasp_pe", "clasp_pe", "none", "ClaSP PE (volume level)"),
     Arm("mc_dropout", "mc_dropout", "none", "MC dropout (epistemic)"),
+    Arm("fg_random", "fg_random", "none", "foreground-aware random", seeded=True),
+    Arm("bald", "bald", "none", "BALD (MC-dropout mutual information)"),
     Arm("assft", "assft", "selective", "**ASSFT** (DKD+ASD, selective pseudo-labels)", assft_query=True),
     Arm("dkd_only", "dkd_only", "selective", "ablation: DKD only (+ selective)", assft_query=True),
     Arm("asd_only", "asd_only", "selective", "ablation: ASD only (+ selective)", assft_query=True),
@@ -182,10 +187,11 @@ def git_revision() -> str:
 
 
 def split_budget(budget: int, rounds: int) -> List[int]:
-    """Round sizes: ``budget`` split as evenly as possible over ``min(rounds, budget)`` rounds, larger first."""
-    rounds = max(1, min(rounds, budget))
-    base, extra = divmod(budget, rounds)
-    return [base + (1 if r < extra else 0) for r in range(rounds)]
+    """Round sizes: the product's schedule (``ASSFTActive.query.round_budgets``, what ``assft rank --rounds``
+    follows): ``budget`` split as evenly as possible over ``min(rounds, budget)`` rounds, larger first."""
+    from ASSFTActive.query import round_budgets
+
+    return round_budgets(budget, rounds)
 
 
 def aubc(budgets: Sequence[int], values: Sequence[float]) -> float:
@@ -342,7 +348,7 @@ def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, An
                                      initargs=(setup, 1)) as pool:
         # phase 0: one cold-start pass of the pre-trained model over the pool (with MC-dropout samples)
         t0 = time.perf_counter()
-        wants_mc = any(a.strategy == "mc_dropout" for a in arms)
+        wants_mc = any(a.strategy in ae_tasks.MC_STRATEGIES for a in arms)
         chunks = [exp.pool[i::exp.workers * 2] for i in range(exp.workers * 2)]
         jobs = [pool.submit(ae_tasks.analyse_cases, chunk, None, exp.mc_samples if wants_mc else 0, "cold")
                 for chunk in chunks if chunk]
@@ -451,28 +457,25 @@ def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, An
 def diagnostics(analysis: Dict[str, Dict[str, Any]], exp: Experiment) -> Dict[str, Any]:
     """How well each cold-start score predicts where the pre-trained model fails (Spearman rho with 1 - Dice).
 
-    Uses the hidden pool labels, so it is a diagnosis of the scores, never an input of any selector.
+    Uses the hidden pool labels, so it is a diagnosis of the scores, never an input of any selector. The scores
+    and the correlation are the product's (``ASSFTActive.query.score_error_correlations``): ASD voxel mean and
+    class-balanced, ClaSP PE class mean and plain, mean entropy, DKD and KD (constant at cold start, so no
+    correlation), MC-dropout epistemic and BALD when the passes were run.
     """
-    from scipy.stats import spearmanr
-
-    from ASSFTActive.query import QueryConfig
+    from ASSFTActive.query import QueryConfig, RegionSpec, region_sums, score_error_correlations
 
     config = QueryConfig.from_dict({**exp.assft_query, "strategy": "assft", "mc_samples": exp.mc_samples})
     evidence = pool_evidence(analysis, config, exp)
     error = np.array([1.0 - analysis[c]["dice"] for c in exp.pool])
-    scores = {
-        "asd": [e.asd for e in evidence],
-        "mean_entropy": [e.mean_entropy for e in evidence],
-        "clasp_pe_plain": [float(e.clasp_scores[0]) for e in evidence],
-        "clasp_pe_class_mean": [float(np.mean(e.clasp_scores[1:])) for e in evidence],
-    }
-    if all(e.epistemic is not None for e in evidence):
-        scores["mc_dropout"] = [e.epistemic for e in evidence]
-    out = {}
-    for name, values in scores.items():
-        rho, p = spearmanr(values, error)
-        out[name] = {"spearman_rho": float(rho), "p": float(p)}
-    return {"score_vs_pretrained_error": out, "pool_pretrained_mean_dice": float(np.mean(1 - error)),
+    spec = RegionSpec.from_config(config)
+    sums = [region_sums(analysis[c]["probs"].astype(np.float32), spec) for c in exp.pool]
+    extra = {}
+    for key, name in (("epistemic", "mc_dropout"), ("mutual_information", "bald")):
+        if all(analysis[c].get(key) is not None for c in exp.pool):
+            extra[name] = [analysis[c][key] for c in exp.pool]
+    result = score_error_correlations(sums, error, config, evidence=evidence, extra=extra)
+    return {"score_vs_pretrained_error": {name: r.to_dict() for name, r in result.items()},
+            "pool_pretrained_mean_dice": float(np.mean(1 - error)),
             "pool_pretrained_dice_range": [float(np.min(1 - error)), float(np.max(1 - error))]}
 
 
@@ -572,7 +575,11 @@ def markdown(report: Dict[str, Any]) -> str:
               "Spearman correlation of each cold-start score with the model's error (1 - Dice) over the pool:", ""]
     lines += ["| score | rho | p |", "|---|---|---|"]
     for name, v in diag["score_vs_pretrained_error"].items():
-        lines.append(f"| {name} | {v['spearman_rho']:+.2f} | {v['p']:.3f} |")
+        if v["spearman_rho"] is None:
+            lines.append(f"| {name} | n/a (constant over the pool) | |")
+        else:
+            lines.append(f"| {name} | {v['spearman_rho']:+.2f} | {v['p']:.3f} |")
+    lines += interim_table(report)
     pseudo_rows = []
     for row in report["arms"].values():
         if row["pseudo"] == "none":
@@ -588,6 +595,33 @@ def markdown(report: Dict[str, Any]) -> str:
                   "", "| strategy | B | volumes | Dice of the pseudo-labels |", "|---|---|---|---|"] + pseudo_rows
     lines += ["", f"![Dice against budget]({Path(report['png']).name})", ""]
     return "\n".join(lines)
+
+
+_INTERIM_SCORES = ("asd_voxel_mean", "asd_class_balanced", "clasp_class_mean", "mean_entropy", "dkd",
+                   "knowledge_divergence", "mc_dropout", "bald")
+
+
+def interim_table(report: Dict[str, Any]) -> List[str]:
+    """With several rounds: Spearman rho of each score with the interim (adapted) model's error over the remaining
+    candidates, mean over the later rounds of every path of an arm (hidden labels, diagnostic only)."""
+    rows = []
+    for row in report["arms"].values():
+        collected: Dict[str, List[float]] = {}
+        for entry in row["budgets"].values():
+            for run in entry["runs"]:
+                for record in run.get("rounds", [])[1:]:
+                    for name, value in record.get("score_vs_interim_error", {}).items():
+                        if value.get("spearman_rho") is not None:
+                            collected.setdefault(name, []).append(value["spearman_rho"])
+        if collected:
+            cells = [f"{np.mean(collected[n]):+.2f}" if n in collected else "n/a" for n in _INTERIM_SCORES]
+            rows.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "After adaptation (rounds 2+): Spearman rho of each score with the interim model's error over the "
+            "remaining candidates, mean over the arm's later rounds (KD is live here; hidden labels, diagnostic "
+            "only):", "", "| strategy | " + " | ".join(_INTERIM_SCORES) + " |",
+            "|" + "---|" * (len(_INTERIM_SCORES) + 1)] + rows
 
 
 _SHOWN_QUERY = ("combine", "dkd_weight", "asd_reduce", "div_space", "fg_mask", "fg_dilation", "kd_metric",

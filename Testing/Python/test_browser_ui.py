@@ -1,9 +1,12 @@
 """The browser annotator (``assft serve``) in a real headless Chromium against the real server.
 
 One round as a user does it: open the page, Rank Volumes on the shipped sample data with the embedded model, see
-the ranking rows, toggle the entropy overlay, paint a stroke with the mouse and see the segment's voxel count grow,
-Save labels and find the file on disk with the painted voxels, Adapt Model (tiny training through the job spec) and
-see progress reach done and the table re-ranked; a second tab sees the same state. Screenshots go to
+the ranking rows, toggle the entropy overlay, paint a stroke of each class with the mouse (the second class chosen in
+the page's segment list) and see the segment voxel counts grow, Save labels and find the file on disk with the
+painted voxels, Adapt Model (tiny training through the job spec, the product's label checks on) and see progress
+reach done and the table re-ranked, in a second tab opened while the job runs after the first tab was closed.
+A second, shorter round: a region click moves the slice views, Annotate pre-filled with the prediction, and Cancel
+during Adapt (the job ends cancelled, the model unchanged, the buttons usable again). Screenshots go to
 ``$ASSFT_SCREENSHOT_DIR`` (the committed ones: ``Testing/Benchmarks/results/browser_ui/``), else a temporary folder.
 
 Needs Debian's ``chromium`` (never a browser downloaded by Playwright), Playwright for Python, trame-slicer and Mesa
@@ -37,9 +40,12 @@ CHROMIUM = Path(os.environ.get("ASSFT_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(os.environ.get("ASSFT_SCREENSHOT_DIR", tempfile.mkdtemp(prefix="assft-browser-shots-")))
 CASES = ("hippocampus_011", "hippocampus_023", "hippocampus_026", "hippocampus_035")
 #: The smallest real Adapt: two supervised and one semi-supervised step on 16^3 patches, guard off (one labelled
-#: volume cannot be cross-validated); one painted stroke holds one class only, which the label check would refuse.
+#: volume cannot be cross-validated); the label checks stay on (both classes are painted).
 TINY_FINETUNE = {"train": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
-                 "semi_iterations": 1, "validation": {"guard": False}, "allow_implausible_labels": True}
+                 "semi_iterations": 1, "validation": {"guard": False}}
+#: An Adapt long enough to be cancelled while it trains.
+LONG_FINETUNE = {"train": {"iterations": 5000, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
+                 "semi_iterations": 1, "validation": {"guard": False}}
 
 pytestmark = pytest.mark.slow
 
@@ -85,26 +91,32 @@ def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 
 
 
 @pytest.fixture()
-def served(tmp_path):
-    """``assft serve`` on a copy of four sample volumes plus two files it must skip; stopped by its process id."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for case in CASES:
-        shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
-    (data / "notes.txt").write_text("not a volume\n")
-    (data / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    port = _free_port()
-    log = tmp_path / "server.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, "-m", "ASSFTActive", "serve", "--data", str(data), "--port", str(port),
-               "--budget", "2", "--finetune-json", json.dumps(TINY_FINETUNE)]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
+def serve(tmp_path):
+    """``serve(finetune)``: ``assft serve`` on a copy of four sample volumes plus two files it must skip, with
+    ``finetune`` as the engine's fine-tuning settings; every server is stopped by its process id at the end."""
+    processes = []
+
+    def start(finetune: dict) -> dict:
+        data = tmp_path / "data"
+        data.mkdir()
+        for case in CASES:
+            shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
+        (data / "notes.txt").write_text("not a volume\n")
+        (data / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+        port = _free_port()
+        log = tmp_path / "server.log"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        command = [sys.executable, "-m", "ASSFTActive", "serve", "--data", str(data), "--port", str(port),
+                   "--budget", "2", "--finetune-json", json.dumps(finetune)]
+        with open(log, "w") as out:
+            process = subprocess.Popen(command, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        processes.append(process)
         _wait_http(f"http://127.0.0.1:{port}/", process, log)
-        yield {"url": f"http://127.0.0.1:{port}/", "data": data, "log": log, "process": process}
-    finally:
+        return {"url": f"http://127.0.0.1:{port}/", "data": data, "log": log, "process": process}
+
+    yield start
+    for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)  # the server and any worker it started (its own session)
             try:
@@ -112,6 +124,16 @@ def served(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+@pytest.fixture()
+def chromium():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def _shot(page, name: str) -> None:
@@ -124,6 +146,67 @@ def _labeled_voxels(page) -> int:
     return int(text.split(":", 1)[1].split("(", 1)[0].strip())
 
 
+def _class_voxels(page) -> dict:
+    text = page.inner_text("#voxel_counts")
+    inside = text.split("(", 1)[1].split(")", 1)[0]
+    return {name: int(count) for name, count in (part.rsplit(" ", 1) for part in inside.split(", ") if part)}
+
+
+def _wait_until(condition, timeout: float, what) -> None:
+    """Poll ``condition`` until true; ``what`` (text, or a function giving it) says what failed to happen."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what() if callable(what) else what}")
+        time.sleep(0.3)
+
+
+def _open(browser, url: str, height: int = 1000):
+    page = browser.new_page(viewport={"width": 1600, "height": height})
+    page.goto(url)
+    expect(page.locator("#btn_rank")).to_be_visible(timeout=90_000)
+    return page
+
+
+def _rank(page) -> None:
+    page.click("#btn_rank")
+    expect(page.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES), timeout=180_000)
+    expect(page.locator("#job_status")).to_contain_text("rank done", timeout=30_000)
+    expect(page.locator("#region_list .region-item").first).to_be_visible(timeout=30_000)
+
+
+def _select_segment(page, name: str) -> None:
+    """Click the segment called ``name`` in the segment editor's list (its name is an input's value)."""
+    script = """(name) => {
+        const items = Array.from(document.querySelectorAll('.v-list-item'));
+        const item = items.find(i => Array.from(i.querySelectorAll('input')).some(x => x.value === name));
+        if (item) { item.click(); }
+        return !!item; }"""
+    assert page.evaluate(script, name), f"no segment called {name!r} in the page's segment list"
+    active = """(name) => Array.from(document.querySelectorAll('.v-list-item.v-list-item--active input'))
+        .some(x => x.value === name)"""
+    _wait_until(lambda: page.evaluate(active, name), 15, f"segment {name!r} is the active one")
+
+
+def _stroke(page, x0: float, y0: float, dx: float, dy: float, steps: int = 20) -> None:
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for step in range(steps):
+        page.mouse.move(x0 + dx * step, y0 + dy * step)
+        time.sleep(0.05)
+    page.mouse.up()
+
+
+def _slice_offsets(page) -> list:
+    """The slice offset each slice view's slider shows, in page order (axial, coronal, sagittal)."""
+    return page.evaluate("() => Array.from(document.querySelectorAll('.slice-slider [role=slider]'))"
+                         ".map(e => parseFloat(e.getAttribute('aria-valuenow')))")
+
+
+def _row_of(page, volume: str):
+    return page.locator("#ranking_table tr.ranking-row").filter(has_text=volume)
+
+
 def _axial_view_centre(page) -> tuple:
     rects = page.evaluate("() => Array.from(document.querySelectorAll('.v-main img')).map(e => {"
                           "const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })")
@@ -132,103 +215,142 @@ def _axial_view_centre(page) -> tuple:
     return x + w / 2, y + h / 2
 
 
-def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(served):
+def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(serve, chromium):
     import nibabel as nib
 
+    served = serve(TINY_FINETUNE)
     data = served["data"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(served["url"])
-            expect(page.locator("#btn_rank")).to_be_visible(timeout=90_000)
-            # the pool, and the two files that are not volumes reported and skipped
-            expect(page.locator("#volume_list")).to_contain_text(", ".join(CASES))
-            expect(page.locator("#skipped_messages")).to_contain_text("Skipped notes.txt")
-            expect(page.locator("#skipped_messages")).to_contain_text("Skipped truncated.nii.gz")
+    page = _open(chromium, served["url"])
+    # the pool, and the two files that are not volumes reported and skipped
+    expect(page.locator("#volume_list")).to_contain_text(", ".join(CASES))
+    expect(page.locator("#skipped_messages")).to_contain_text("Skipped notes.txt")
+    expect(page.locator("#skipped_messages")).to_contain_text("Skipped truncated.nii.gz")
 
-            # Rank
-            page.click("#btn_rank")
-            expect(page.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES), timeout=180_000)
-            expect(page.locator("#job_status")).to_contain_text("rank done", timeout=30_000)
-            expect(page.locator("#ranking_caption")).to_contain_text("Ranked: round 1")
-            states = page.locator("#ranking_table td.row-state").all_inner_texts()
-            assert states.count("proposed") == 2, states
-            first_scores = page.inner_text("#ranking_table")
-            expect(page.locator("#region_list .region-item").first).to_be_visible(timeout=30_000)
-            assert page.locator("#scores_plot circle").count() == len(CASES)
-            time.sleep(2)
-            _shot(page, "01_ranked_overlay_on.png")
+    # Rank
+    _rank(page)
+    expect(page.locator("#ranking_caption")).to_contain_text("Ranked: round 1")
+    states = page.locator("#ranking_table td.row-state").all_inner_texts()
+    assert states.count("proposed") == 2, states
+    first_scores = page.inner_text("#ranking_table")
+    assert page.locator("#scores_plot circle").count() == len(CASES)
+    time.sleep(2)
+    _shot(page, "01_ranked_overlay_on.png")
 
-            # Look: overlay off and on, a region click centres the views
-            toggle = page.locator("#overlay_toggle")  # Vuetify puts the id on the switch's input
-            expect(toggle).to_be_checked()
-            toggle.click()
-            expect(toggle).not_to_be_checked()
-            time.sleep(2)
-            _shot(page, "02_overlay_off.png")
-            toggle.click()
-            expect(toggle).to_be_checked()
-            page.locator("#region_list .region-item").first.click()
-            time.sleep(1)
+    # Look: overlay off and on
+    toggle = page.locator("#overlay_toggle")  # Vuetify puts the id on the switch's input
+    expect(toggle).to_be_checked()
+    toggle.click()
+    expect(toggle).not_to_be_checked()
+    time.sleep(2)
+    _shot(page, "02_overlay_off.png")
+    toggle.click()
+    expect(toggle).to_be_checked()
 
-            # Paint a stroke with the mouse on the proposed volume
-            volume = page.inner_text("#current_volume").split(":", 1)[1].strip()
-            page.click("#btn_annotate")
-            expect(page.locator("#voxel_counts")).to_contain_text("anterior 0", timeout=30_000)
-            assert _labeled_voxels(page) == 0
-            time.sleep(2)
-            cx, cy = _axial_view_centre(page)
-            page.mouse.move(cx - 40, cy)
-            page.mouse.down()
-            for step in range(20):
-                page.mouse.move(cx - 40 + 4 * step, cy + 2 * step)
-                time.sleep(0.05)
-            page.mouse.up()
-            deadline = time.monotonic() + 30
-            while _labeled_voxels(page) == 0 and time.monotonic() < deadline:
-                time.sleep(0.5)
-            painted = _labeled_voxels(page)
-            assert painted > 0, page.inner_text("#voxel_counts")
-            time.sleep(1)
-            _shot(page, "03_painted.png")
+    # Paint one stroke of each class with the mouse on the proposed volume; the second class is chosen in the
+    # segment editor's list, as a user does
+    volume = page.inner_text("#current_volume").split(":", 1)[1].strip()
+    page.click("#btn_annotate")
+    expect(page.locator("#voxel_counts")).to_contain_text("anterior 0", timeout=30_000)
+    assert _labeled_voxels(page) == 0
+    time.sleep(2)
+    cx, cy = _axial_view_centre(page)
+    _stroke(page, cx - 40, cy + 10, 4, 1)
+    _wait_until(lambda: _class_voxels(page).get("anterior", 0) > 0, 30, "the anterior stroke is counted")
+    _select_segment(page, "posterior")
+    _stroke(page, cx - 40, cy - 70, 4, 1)
+    _wait_until(lambda: _class_voxels(page).get("posterior", 0) > 0, 30, "the posterior stroke is counted")
+    time.sleep(1)  # a last count after the stroke's final modification
+    counts = _class_voxels(page)
+    assert counts["anterior"] > 0 and counts["posterior"] > 0, counts
+    assert _labeled_voxels(page) == counts["anterior"] + counts["posterior"]
+    _shot(page, "03_painted.png")
 
-            # Save labels: the file is next to the data and holds the painted voxels; a second save keeps a backup
-            page.click("#btn_save")
-            expect(page.locator("#saved_message")).to_contain_text("Saved", timeout=30_000)
-            label_file = data / "labels" / f"{volume}.nii.gz"
-            assert label_file.is_file()
-            labels = np.asanyarray(nib.load(str(label_file)).dataobj)
-            image = nib.load(str(data / f"{volume}.nii.gz"))
-            assert labels.shape == image.shape
-            assert int(np.count_nonzero(labels == 1)) == painted
-            page.click("#btn_save")
-            expect(page.locator("#saved_message")).to_contain_text("previous file is kept", timeout=30_000)
-            backups = list((data / "labels" / "backup").glob(f"{volume}.*.nii.gz"))
-            assert len(backups) == 1
+    # Save labels: the file is next to the data and holds the painted voxels; a second save keeps a backup
+    page.click("#btn_save")
+    expect(page.locator("#saved_message")).to_contain_text("Saved", timeout=30_000)
+    label_file = data / "labels" / f"{volume}.nii.gz"
+    assert label_file.is_file()
+    labels = np.asanyarray(nib.load(str(label_file)).dataobj)
+    image = nib.load(str(data / f"{volume}.nii.gz"))
+    assert labels.shape == image.shape
+    assert int(np.count_nonzero(labels == 1)) == counts["anterior"]
+    assert int(np.count_nonzero(labels == 2)) == counts["posterior"]
+    page.click("#btn_save")
+    expect(page.locator("#saved_message")).to_contain_text("previous file is kept", timeout=30_000)
+    backups = list((data / "labels" / "backup").glob(f"{volume}.*.nii.gz"))
+    assert len(backups) == 1
 
-            # Adapt: refused twice while running (the button is disabled), progress to done, table re-ranked
-            page.click("#btn_adapt")
-            expect(page.locator("#btn_adapt")).to_be_disabled(timeout=10_000)
-            expect(page.locator("#btn_cancel")).to_be_enabled()
-            _shot(page, "04_adapting.png")
-            expect(page.locator("#job_status")).to_contain_text(re.compile("adapt (done|error|cancelled)"),
-                                                                timeout=600_000)
-            expect(page.locator("#job_status")).to_contain_text("adapt done")
-            expect(page.locator("#job_status")).to_contain_text("100%")
-            expect(page.locator("#ranking_caption")).to_contain_text("Re-ranked with the adapted model: round 2")
-            expect(page.locator("#model_description")).to_contain_text("adapted")
-            expect(page.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES))
-            assert page.inner_text("#ranking_table") != first_scores
-            assert "labeled" in page.locator("#ranking_table td.row-state").all_inner_texts()
-            assert list((data / ".assft" / "models").rglob("card.json")), "the adapted model is in the store"
-            time.sleep(2)
-            _shot(page, "05_adapted_reranked.png")
+    # Adapt (label checks on): the buttons lock while it runs; a second tab opens on the running job and the
+    # first tab closes, which must neither cancel nor disturb the job
+    page.click("#btn_adapt")
+    expect(page.locator("#btn_adapt")).to_be_disabled(timeout=10_000)
+    expect(page.locator("#btn_cancel")).to_be_enabled()
+    _shot(page, "04_adapting.png")
+    other = _open(chromium, served["url"], height=1250)  # tall enough for the chart under the table
+    expect(other.locator("#job_status")).to_contain_text("adapt running", timeout=30_000)
+    expect(other.locator("#btn_adapt")).to_be_disabled()
+    expect(other.locator("#ranking_caption")).to_contain_text("Ranked: round 1")
+    assert other.inner_text("#ranking_table") == page.inner_text("#ranking_table")
+    page.close()
+    expect(other.locator("#job_status")).to_contain_text(re.compile("adapt (done|error|cancelled)"),
+                                                         timeout=600_000)
+    assert "adapt done" in other.inner_text("#job_status"), (other.inner_text("#job_status"),
+                                                             other.inner_text("#error_message")
+                                                             if other.locator("#error_message").count() else "")
+    expect(other.locator("#job_status")).to_contain_text("100%")
+    expect(other.locator("#ranking_caption")).to_contain_text("Re-ranked with the adapted model: round 2")
+    expect(other.locator("#model_description")).to_contain_text("adapted")
+    expect(other.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES))
+    assert other.inner_text("#ranking_table") != first_scores
+    assert "labeled" in other.locator("#ranking_table td.row-state").all_inner_texts()
+    assert list((data / ".assft" / "models").rglob("card.json")), "the adapted model is in the store"
+    # the README picture: the painted volume again, with its overlay, in the re-ranked table and the chart
+    _row_of(other, volume).click()
+    expect(other.locator("#current_volume")).to_contain_text(volume, timeout=30_000)
+    expect(other.locator("#scores_plot circle")).to_have_count(len(CASES) - 1)  # a labelled volume has no DKD
+    time.sleep(3)
+    _shot(other, "05_adapted_reranked.png")
 
-            # a second tab sees the same round
-            other = browser.new_page(viewport={"width": 1600, "height": 1000})
-            other.goto(served["url"])
-            expect(other.locator("#ranking_caption")).to_contain_text("round 2", timeout=90_000)
-            assert other.inner_text("#ranking_table") == page.inner_text("#ranking_table")
-        finally:
-            browser.close()
+
+def test_region_click_prefill_and_cancel_during_adapt_in_headless_chromium(serve, chromium):
+    served = serve(LONG_FINETUNE)
+    page = _open(chromium, served["url"])
+    _rank(page)
+    model_before = page.inner_text("#model_description")
+    assert "adapted" not in model_before
+
+    # a region click moves the slice views: each view's slider ends at the offset of the plane through the
+    # region's centre that the server computed (Slicer's own slice-offset rule)
+    before = _slice_offsets(page)
+    assert len(before) == 3, before
+    page.locator("#region_list .region-item").nth(1).click()
+    _wait_until(lambda: page.evaluate("() => window.trame.state.get('slice_offsets')"), 20,
+                "the server reports the region's slice offsets")
+    expected = sorted(page.evaluate("() => Object.values(window.trame.state.get('slice_offsets'))"))
+    assert len(expected) == 3, expected
+    _wait_until(lambda: all(abs(a - e) <= 1.0 for a, e in zip(sorted(_slice_offsets(page)), expected)), 20,
+                lambda: f"the sliders show {expected} (offsets {before} -> {_slice_offsets(page)})")
+    assert max(abs(a - b) for a, b in zip(_slice_offsets(page), before)) > 1.0
+
+    # Annotate pre-filled with the model's prediction: both classes have voxels before any painting
+    page.locator("#prefill_toggle").check()
+    page.click("#btn_annotate")
+    _wait_until(lambda: _labeled_voxels(page) > 0, 30, "the prediction fills the segments")
+    counts = _class_voxels(page)
+    assert counts["anterior"] > 0 and counts["posterior"] > 0, counts
+    _shot(page, "06_prefilled.png")
+
+    # Adapt on the pre-filled labels, cancelled while it trains
+    page.click("#btn_adapt")
+    expect(page.locator("#btn_cancel")).to_be_enabled(timeout=10_000)
+    expect(page.locator("#job_status")).to_contain_text("| train", timeout=240_000)  # the status is the phase
+    page.click("#btn_cancel")
+    expect(page.locator("#job_status")).to_contain_text("adapt cancelled", timeout=60_000)
+    expect(page.locator("#job_status")).to_contain_text("The active model is unchanged")
+    expect(page.locator("#btn_adapt")).to_be_enabled()
+    expect(page.locator("#btn_rank")).to_be_enabled()
+    expect(page.locator("#btn_cancel")).to_be_disabled()
+    assert page.inner_text("#model_description") == model_before
+    assert page.input_value("#model_field") == "default"
+    assert not list((served["data"] / ".assft" / "models").rglob("card.json")), "a cancelled job stored a model"
+    _shot(page, "07_cancelled.png")

@@ -1,4 +1,5 @@
-"""Adaptation refuses labels that would train a model on nothing or on another structure, unless allowed."""
+"""Adaptation refuses labels that would train a model on nothing or on another structure, unless allowed: empty
+labels, classes never labelled, labels far from the current model's prediction (real hippocampus labels pass)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from conftest import FAST_FINETUNE, make_tiny_card, write_dataset
 from ASSFTActive.errors import InputError
 from ASSFTActive.finetune.adapt import adapt_model
 from ASSFTActive.finetune.config import FinetuneConfig
-from ASSFTActive.finetune.label_checks import find_label_issues, require_plausible_labels
+from ASSFTActive.finetune.label_checks import (
+    ForegroundAgreement,
+    find_label_issues,
+    find_prediction_issues,
+    foreground_agreement,
+    require_labels_near_prediction,
+    require_plausible_labels,
+)
 from ASSFTActive.io import read_volume, write_volume
 from ASSFTActive.store import ModelStore
 
@@ -69,3 +77,116 @@ def test_the_cli_flag_allows_implausible_labels():
     base = ["adapt", "--images", "i", "--labels", "l", "--store", "s"]
     assert build_config(parser.parse_args(base)).allow_implausible_labels is False
     assert build_config(parser.parse_args(base + ["--allow-implausible-labels"])).allow_implausible_labels is True
+
+
+# ------------------------------------------------------------------ labels far from the current model's prediction
+
+
+def _agreement(label: int, predicted: int, near: int) -> ForegroundAgreement:
+    return ForegroundAgreement("case", label, predicted, near)
+
+
+@pytest.mark.parametrize("agreement, kind", [
+    (_agreement(3100, 200, 3100), "more_foreground_than_predicted"),  # 15.5 times the prediction
+    (_agreement(500, 0, 0), "more_foreground_than_predicted"),  # the model predicts nothing there
+    (_agreement(3000, 2900, 190), "away_from_prediction"),  # 6 % of the label near the prediction
+])
+def test_a_label_far_above_or_away_from_the_prediction_is_refused(agreement, kind):
+    refused, warned = find_prediction_issues([agreement], max_ratio=15.0)
+    assert [i.kind for i in refused] == [kind] and warned == []
+
+
+def test_a_label_far_below_the_prediction_only_warns_and_close_labels_pass():
+    refused, warned = find_prediction_issues([_agreement(100, 1600, 100)], max_ratio=15.0)
+    assert refused == [] and [i.kind for i in warned] == ["less_foreground_than_predicted"]
+    assert find_prediction_issues([_agreement(2900, 200, 600), _agreement(0, 300, 0)], 15.0) == ([], [])
+
+
+def test_label_voxels_within_three_steps_of_the_prediction_count_as_near():
+    prediction = np.zeros((12, 12, 12), np.uint8)
+    prediction[5, 5, 5] = 2
+    label = np.zeros_like(prediction)
+    label[5, 5, 8] = 1  # three face steps away
+    label[5, 5, 9] = 1  # four
+    label[7, 7, 6] = 1  # five (diagonal steps count twice)
+    assert foreground_agreement("c", label, prediction) == ForegroundAgreement("c", 3, 1, 1)
+
+
+HIPPOCAMPUS_CASES = ("hippocampus_001", "hippocampus_107", "hippocampus_199")  # 199: the model's worst, 8.7 at 1.0
+
+
+def _hippocampus(folder, case: str):
+    from ASSFTActive.io import read_label
+
+    image = read_volume(folder / "imagesTr" / f"{case}.nii.gz")
+    return image, read_label(folder / "labelsTr" / f"{case}.nii.gz", image, 3)
+
+
+def _case(case_id, image, label_array):
+    from ASSFTActive.finetune.state import LabeledVolume
+
+    return LabeledVolume(case_id, image, image.with_array(np.asarray(label_array, np.uint8)), "", "")
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from ASSFTActive.models import load_model, resolve_card
+
+    return load_model(resolve_card("default"))
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.7, 1.0])
+def test_real_hippocampus_labels_pass_also_on_a_shifted_site(hippocampus_dir, default_model, strength):
+    from ASSFTActive.shifts import ShiftConfig, apply_shift
+
+    cases = []
+    for case in HIPPOCAMPUS_CASES:
+        image, label = _hippocampus(hippocampus_dir, case)
+        if strength:
+            image = apply_shift(image, ShiftConfig(kind="scanner", strength=strength, seed=0), case)
+        cases.append(_case(case, image, label.array))
+    agreements = require_labels_near_prediction(cases, default_model, FinetuneConfig().label_prediction_ratio,
+                                                allow=False)
+    assert [a.case_id for a in agreements] == list(HIPPOCAMPUS_CASES)
+    assert max(max(a.excess, a.away, 1 / a.excess) for a in agreements) < 10
+
+
+def _spinal_cord_like(label: np.ndarray) -> np.ndarray:
+    """A 0/1 tube of radius 3 voxels along the last axis, in the corner of the volume farthest from the label."""
+    centre = np.argwhere(label > 0).mean(axis=0)
+    size = np.array(label.shape)
+    corners = [np.array([i, j]) for i in (4, size[0] - 5) for j in (4, size[1] - 5)]
+    corner = max(corners, key=lambda c: float(np.linalg.norm(c - centre[:2])))
+    ii, jj = np.mgrid[:size[0], :size[1]]
+    tube = np.zeros(label.shape, np.uint8)
+    tube[(ii - corner[0]) ** 2 + (jj - corner[1]) ** 2 <= 9] = 1
+    return tube
+
+
+def test_adapt_refuses_a_spinal_cord_mask_given_as_anterior_hippocampus(hippocampus_dir, tmp_path):
+    images, labels = {}, {}
+    for case, wrong in (("hippocampus_107", False), ("hippocampus_001", True)):
+        image, label = _hippocampus(hippocampus_dir, case)
+        images[case] = write_volume(image, tmp_path / "images" / f"{case}.nii.gz")
+        array = _spinal_cord_like(np.asarray(label.array)) if wrong else label.array
+        labels[case] = write_volume(label.with_array(array), tmp_path / "labels" / f"{case}.nii.gz")
+    events = []
+    with pytest.raises(InputError, match=r"hippocampus_001: only 0\.0 % of the label's foreground") as error:
+        adapt_model(images, labels, store=tmp_path / "store", model="default", name="site",
+                    config=FinetuneConfig.from_dict(FAST_FINETUNE), progress=events.append)
+    assert "hippocampus_107" not in str(error.value) and "--allow-implausible-labels" in str(error.value)
+    assert ModelStore(tmp_path / "store").versions("site") == []
+    assert not any(e.phase in ("train", "evaluate") for e in events)
+
+
+def test_a_mask_with_far_too_much_foreground_is_refused_unless_allowed(hippocampus_dir, default_model):
+    cases = []
+    for case in HIPPOCAMPUS_CASES:
+        image, label = _hippocampus(hippocampus_dir, case)
+        cases.append(_case(case, image, np.asarray(label.array) == 0))  # foreground and background swapped
+    with pytest.raises(InputError, match="times more foreground than the current model predicts") as error:
+        require_labels_near_prediction(cases, default_model, 15.0, allow=False)
+    assert all(case in str(error.value) for case in HIPPOCAMPUS_CASES)
+    warnings = []
+    agreements = require_labels_near_prediction(cases, default_model, 15.0, allow=True, warn=warnings.append)
+    assert min(a.excess for a in agreements) > 15 and len(warnings) == 3 and "allowed" in warnings[0]

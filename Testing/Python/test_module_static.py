@@ -256,8 +256,9 @@ def test_module_file_holds_no_job_or_model_logic():
     assert not names & {"QProcess", "JobRunner", "SubprocessJobRunner", "workerCommand", "deviceProbeCommand",
                         "parseDeviceProbe", "prepareJob", "loadJobResult", "readJobResult", "activeModel",
                         "adaptedModel", "activationReason", "terminateProcessTree", "signalProcesses",
-                        "modelReferenceFor", "DEFAULT_MODEL", "pruneJobFolders", "eventFraction", "formatEvent"}
-    assert not {s for s in strings if "-adapted" in s or "ASSFTActive.worker" in s}
+                        "modelReferenceFor", "DEFAULT_MODEL", "pruneJobFolders", "eventFraction", "formatEvent",
+                        "cardCheckCommand", "parseCardCheck", "CardCheck"}
+    assert not {s for s in strings if "-adapted" in s or "ASSFTActive.worker" in s or "check-card" in s}
     assert not {name for name in topLevelImports if name.startswith(("ASSFTModuleLib.jobRunner",
                                                                      "ASSFTModuleLib.workerProcess.workerCommand",
                                                                      "ASSFTModuleLib.events",
@@ -266,7 +267,8 @@ def test_module_file_holds_no_job_or_model_logic():
     init = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     assert "controller" in [a.arg for a in init.args.args], "the widget receives its job controller"
     chains = attributeChains(widget)
-    assert {"self.controller.startJob", "self.controller.cancel", "self.controller.probeDevice"} <= chains
+    assert {"self.controller.startJob", "self.controller.cancel", "self.controller.probeDevice",
+            "self.controller.checkCard"} <= chains
     # the only slice view change is the user's click on a row, never the end of a job
     onFinished = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "onJobFinished")
     assert not {c for c in attributeChains(onFinished) if c.endswith(("showRankingRow", "setSliceViewerLayers",

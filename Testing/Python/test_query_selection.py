@@ -19,6 +19,8 @@ def case(
     clasp: Sequence[float] = (0.5, 0.1),
     epistemic: Optional[float] = None,
     current: Optional[Sequence[float]] = None,
+    mutual_information: Optional[float] = None,
+    foreground_voxels: float = float("nan"),
 ) -> CaseEvidence:
     return CaseEvidence(
         case_id=case_id,
@@ -29,6 +31,8 @@ def case(
         current_embedding=np.asarray(embedding if current is None else current, dtype=float),
         clasp_scores=np.asarray(clasp, dtype=float),
         epistemic=epistemic,
+        mutual_information=mutual_information,
+        foreground_voxels=foreground_voxels,
     )
 
 
@@ -264,6 +268,8 @@ def full_pool():
             mean_entropy=float(rng.random()),
             clasp=rng.random(3),
             epistemic=float(rng.random()),
+            mutual_information=float(rng.random()),
+            foreground_voxels=float(rng.integers(0, 500)),
         )
         for i in range(12)
     ]

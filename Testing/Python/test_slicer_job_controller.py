@@ -18,6 +18,7 @@ import slicer_scene
 slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import geometry, jobs  # noqa: E402
+from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
 from ASSFTModuleLib.guiBinding import GuiBinding  # noqa: E402
 from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.jobRun import SubprocessJobRunner  # noqa: E402
@@ -201,20 +202,85 @@ def test_device_probe_reports_the_device_of_a_child_process(setup):
     assert len(signals.device) == 1 and signals.device[0].split()[0] in ("CPU", "GPU")
 
 
+def cardChecks(controller):
+    checks, status, log = [], [], []
+    controller.cardChecked.connect(checks.append)
+    controller.statusChanged.connect(status.append)
+    controller.logLine.connect(log.append)
+    return checks, status, log
+
+
+def test_card_check_in_a_child_process_gives_the_verdict_and_the_module_names(setup):
+    env, logic, _, _, nodes, cardPath, tmp_path = setup
+    from ASSFTModuleLib.workerProcess import workerEnvironment
+
+    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment,
+                               python=sys.executable)
+    controller.setParameterNode(parameterNode(tmp_path / "work"))  # the embedded default model
+    checks, status, log = cardChecks(controller)
+
+    assert controller.checkCard() == "default"
+    assert controller._cardCheck.wait(180)
+
+    assert len(checks) == 1 and checks[0].usable, checks[0].output
+    names = [name for name, _ in checks[0].modules]
+    assert "model.0" in names and names == sorted(set(names), key=names.index)
+    assert checks[0].encoderStages and set(checks[0].encoderStages) <= set(names)
+    assert status[0].startswith("Checking the model card default") and status[-1].startswith("Card check passed")
+    assert any(line.startswith("* ") and checks[0].encoderStages[0] in line for line in log)
+
+
+def test_card_check_of_a_card_contradicting_its_network_reports_the_engines_error(setup):
+    env, logic, _, _, nodes, cardPath, tmp_path = setup
+    from ASSFTModuleLib.workerProcess import workerEnvironment
+
+    bad = json.loads(cardPath.read_text(encoding="utf-8"))
+    bad["arguments"]["out_channels"] = 2  # three class names, a two-channel network
+    cardPath.write_text(json.dumps(bad), encoding="utf-8")
+    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment,
+                               python=sys.executable)
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
+    checks, status, _ = cardChecks(controller)
+
+    controller.checkCard()
+    assert controller._cardCheck.wait(180)
+
+    assert len(checks) == 1 and not checks[0].usable and checks[0].modules == ()
+    assert "out_channels" in checks[0].message and str(cardPath) in checks[0].message
+    assert status[-1] == f"Card check failed: {checks[0].message}"
+
+
+def test_card_check_that_cannot_start_says_so_and_a_second_check_waits_for_the_first(setup, tmp_path):
+    env, logic, _, _, nodes, cardPath, _ = setup
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable)
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
+    checks, status, _ = cardChecks(controller)
+
+    controller.checkCard()
+    assert controller._cardCheck.commands == [[sys.executable, "-m", "ASSFTActive", "check-card", str(cardPath),
+                                               "--modules"]]
+    with pytest.raises(ASSFTModuleError, match="already running"):
+        controller.checkCard()
+    controller._cardCheck.end(exitCode=-1, errorText="the worker could not start: no such file")
+
+    assert len(checks) == 1 and not checks[0].usable
+    assert checks[0].message == "the worker could not start: no such file"
+    assert not controller.isCheckingCard()
+
+
 def test_old_job_folders_are_pruned_but_the_shown_ranking_is_kept(setup):
     env, logic, controller, signals, nodes, cardPath, tmp_path = setup
     controller.keepJobFolders = 2
-    folders = []
+    folders, shown = [], None
     for n in range(4):
+        if shown is not None:  # the panel still shows the first ranking (its table points into that folder)
+            controller.parameterNode.lastJobDirectory = str(shown)
         spec = controller.startJob("rank")
         fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
         controller._runner.end(0)
         folders.append(spec.jobDir)
         if n == 0:
             shown = spec.jobDir
-            controller.parameterNode = parameterNode(tmp_path / "work", cardPath)
-            controller.parameterNode.lastJobDirectory = str(shown)
-            controller.setParameterNode(controller.parameterNode)
 
     remaining = set((tmp_path / "work" / "jobs").iterdir())
     assert remaining == {shown, folders[-1], folders[-2]}

@@ -72,6 +72,16 @@ def test_the_pool_loads_volumes_and_their_labels_and_reports_files_it_skips(pool
     assert session.voxel_counts(session.volume_node("hippocampus_023")) == {}
 
 
+def test_a_label_file_on_another_voxel_grid_is_reported_and_not_used(pool):
+    session, data = pool
+    shutil.copy(SAMPLE / "labels" / "hippocampus_011.nii.gz", data / "labels" / "hippocampus_023.nii.gz")
+    messages = session.load_pool()
+    assert any(m.startswith("Label file hippocampus_023.nii.gz not used") and "voxel grid differs" in m
+               for m in messages), messages
+    assert session.voxel_counts(session.volume_node("hippocampus_023")) == {}
+    assert session.voxel_counts(session.volume_node("hippocampus_011"))["anterior"] > 0
+
+
 def test_a_second_job_is_refused_while_one_runs(pool):
     session, _ = pool
     session.load_pool()

@@ -1,0 +1,135 @@
+"""``assft sfr``: adapt a model with SFR or SFR+ (SAM fine-tuned on stitched volumes as a teacher, then Mean-Teacher
+re-training of the 3D model); store a new version, activated when the same guard as ``assft adapt`` agrees.
+
+Images with a label file of the same name in ``--labels`` are the labelled set; the other images are the pool SAM
+pseudo-labels. The SAM is the embedded ``sfr-sam-tiny`` prior (not Meta's SAM) unless ``--sam`` names a SAM prior
+folder (``sam-card.json`` + weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+from .common import ProgressBar, add_device_argument
+
+METHODS = ("sfr", "sfr_plus")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("sfr", help="adapt the model with SFR / SFR+ (SAM pseudo-labels + Mean Teacher)",
+                                   description=__doc__)
+    parser.add_argument("--images", required=True, help="folder or glob of all volumes (labelled and unlabelled)")
+    parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
+    parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
+    parser.add_argument("--model", default="default",
+                        help="model to re-train: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
+    parser.add_argument("--method", choices=METHODS, default=None, help="sfr (default) or sfr_plus")
+    parser.add_argument("--sam", type=Path,
+                        help="SAM prior folder (default: the embedded sfr-sam-tiny, not Meta's SAM)")
+    parser.add_argument("--sam-iterations", type=int, help="SAM fine-tuning steps (default 6000, SFR's)")
+    parser.add_argument("--iterations", type=int, help="3D re-training steps (default 6000, SFR's)")
+    parser.add_argument("--seed", type=int, help="seed of SAM fine-tuning, re-training and the folds")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="skip the cross-validated check and activate the new version unconditionally")
+    parser.add_argument("--allow-implausible-labels", action="store_true",
+                        help="train even on labels that look wrong (refused by default)")
+    parser.add_argument("--config", type=Path, help="JSON file of SFR settings (SfrConfig); the options above "
+                                                    "override it")
+    parser.add_argument("--predictions", type=Path, help="write the new model's label maps of the unlabelled "
+                                                         "volumes to this folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace):
+    """The :class:`~ASSFTActive.sfr.pipeline.SfrConfig` of the command line: ``--config``, then the options."""
+    from ..errors import InputError
+    from ..sfr.pipeline import SfrConfig
+
+    data: Dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{args.config}: not a readable JSON settings file ({exc}).") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"{args.config}: the settings must be a JSON object.")
+    try:
+        base = SfrConfig.from_dict(data)
+        sam, retrain, validation = base.sam.to_dict(), base.retrain.to_dict(), base.validation.to_dict()
+        if args.sam_iterations is not None:
+            sam["iterations"] = args.sam_iterations
+            sam["warmup_iterations"] = min(sam["warmup_iterations"], max(0, args.sam_iterations - 1))
+        if args.iterations is not None:
+            retrain["iterations"] = args.iterations
+        if args.seed is not None:
+            sam["seed"] = retrain["seed"] = args.seed
+        if args.no_guard:
+            validation["guard"] = False
+        updates: Dict[str, Any] = dict(base.to_dict(), sam=sam, retrain=retrain, validation=validation)
+        if args.method is not None:
+            updates["method"] = args.method
+        if args.allow_implausible_labels:
+            updates["allow_implausible_labels"] = True
+        return SfrConfig.from_dict(updates)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"invalid SFR settings: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io import case_id, find_images, match_labels
+    from ..sfr.pipeline import sfr_adapt
+    from .common import resolve_device
+
+    config = build_config(args)
+    images = find_images(args.images)
+    labels = match_labels(images, args.labels)
+    bar = ProgressBar(enabled=not args.quiet)
+    cancellation = getattr(args, "cancellation", None)
+    progress = cancellation.watch(bar) if cancellation is not None else bar
+    try:
+        result = sfr_adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
+                           sam_prior=args.sam, name=args.name, config=config, progress=progress,
+                           predictions_dir=args.predictions, device=resolve_device(args.device))
+    finally:
+        bar.close()
+    print(format_summary(result))
+    return 0
+
+
+def format_summary(result) -> str:
+    """What an SFR run did: the verdict, the pseudo-labels, and Dice before -> after per class."""
+    metrics = result.metrics
+    before, after = metrics["before"], metrics["after"]
+    kept = [p for p in result.pseudo if p.kept]
+    lines = [
+        f"{result.method.value}: model {result.name} {result.version} "
+        + ("is now active" if result.activated else "was stored but NOT activated"),
+        f"why: {result.decision.reason}",
+        f"card: {result.card_path}",
+        f"labelled volumes: {len(result.labeled)}; re-training stopped at step {metrics['stop_step']}",
+        f"SAM pseudo-labelled volumes re-trained on: {len(kept)} of {len(result.pseudo)} unlabelled",
+    ]
+    if result.skipped:
+        lines.append(f"skipped: {len(result.skipped)} volume(s): "
+                     + "; ".join(f"{s.case_id} ({s.reason[:80]})" for s in result.skipped[:3]))
+    where = ("labelled volume(s), each held out once (cross-validation)"
+             if metrics["evaluated_on"] == "cross_validation" else "labelled training volume(s)")
+    lines.append(f"\nDice on {len(metrics['cases'])} {where}, before -> after:")
+    for name in before["dice"]:
+        lines.append(f"{name:<16} {_num(before['dice'][name]):>7} -> {_num(after['dice'][name])}")
+    lines.append(f"{'mean':<16} {_num(before['mean_dice']):>7} -> {_num(after['mean_dice'])}")
+    if result.predictions:
+        first = next(iter(result.predictions.values()))
+        lines.append(f"\npredictions of {len(result.predictions)} unlabelled volumes in {Path(first).parent}")
+    lines.append(f"done in {result.seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,404 @@
+"""SFR and SFR+ as a second Adapt method: SAM fine-tuning, SAM pseudo-labels, Mean-Teacher re-training, the guard.
+
+:func:`sfr_adapt` is the product entry point (``assft sfr``). A run:
+
+1. checks the inputs, loads the 3D model and the SAM prior, reads and checks the labelled volumes and scores the
+   current model on them: the same steps as :func:`~ASSFTActive.finetune.adapt.adapt_model` (``start_run``,
+   ``read_labeled``, the label checks, ``score_current_model``);
+2. **SFR stage 2** fine-tunes SAM on the stitched labelled volumes (:func:`~.finetune.finetune_sam`) and
+   pseudo-labels the whole unlabelled pool (:func:`~.pseudo.sfr_pseudo_labels`); **SFR+** instead fine-tunes twice
+   with a confident selection between (:func:`~.plus.sfr_plus_finetune`) and re-trains only on the ``kappa`` most
+   confident volumes of the final SAM, on their voxels whose SAM confidence reaches ``plus_voxel_threshold``;
+3. **SFR stage 3** re-trains the current 3D model with Mean Teacher on labels + SAM pseudo-labels in the shared
+   trainer (:func:`~.retrain.mean_teacher_retrain`);
+4. **the same guard** as Adapt Model: with at least two labelled volumes the whole SFR pipeline (stages 2 and 3) is
+   cross-validated over the labelled volumes, each fold with a SAM fine-tuned on that fold's labels only (so no
+   held-out label leaks through the pseudo-labels); the final re-training stops at the cross-validated best step;
+   the verdict is :func:`ASSFTActive.finetune.adapt.decide_activation` (cross-validated gain and the pool check) and
+   the metrics are :func:`~ASSFTActive.finetune.adapt.summarise_metrics`'s;
+5. writes a new version with :meth:`ASSFTActive.store.ModelStore.add_version`, activated only when the guard agreed.
+
+What differs from Adapt Model: the recipe per fold is SFR's (the fold's SAM is fine-tuned and pseudo-labels the pool
+again, so the guard costs ``folds`` extra SAM fine-tunings as well as re-trainings); the SAM's fine-tuning is not
+early-stopped; there are no resumable checkpoints yet (a cancelled or killed run starts again); the commit is
+written here (same store call, SFR's provenance: method, SAM prior, pseudo-label confidences and selection).
+Cancellation (``progress`` raising ``CancelledError``) before the commit leaves the store unchanged.
+
+References:
+    Li et al., SFR / SFR+, arXiv:2403.11229; ``shared/research/method-spec.md`` §2.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..distributed import DistContext
+from ..errors import InputError, ModelError
+from ..evaluate import EvaluationReport, SkippedVolume, json_ready, mean_scored
+from ..finetune.adapt import (
+    decide_activation,
+    predict_pool,
+    score_current_model,
+    start_run,
+    summarise_metrics,
+)
+from ..finetune.config import FinetuneConfig, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
+from ..finetune.guard import ActivationDecision, CrossValidation, assign_folds
+from ..finetune.label_checks import require_labels_near_prediction, require_plausible_labelled_set
+from ..finetune.state import AdaptRun, LabeledVolume, read_labeled, unwrap
+from ..finetune.training import SupervisedCase
+from ..io import PathLike, Volume, read_volume
+from ..plausibility import check_image
+from ..progress import Event, ProgressCallback
+from ..settings import check_enum, check_keys, plain
+from .finetune import SfrFinetuneConfig, finetune_sam
+from .inputs import SfrCase
+from .plus import SfrPlusConfig, sfr_plus_finetune
+from .prior import PRIOR_DIR, SamPrior, load_sam_prior
+from .pseudo import sfr_plus_select, sfr_pseudo_labels
+from .retrain import MeanTeacherConfig, mean_teacher_retrain, sfr_train_config
+
+__all__ = ["SfrConfig", "SfrMethod", "SfrPseudoRecord", "SfrResult", "sfr_adapt"]
+
+
+class SfrMethod(str, Enum):
+    """Which of the two SFR variants runs."""
+
+    SFR = "sfr"  #: SAM fine-tuned on the labels; every pool volume pseudo-labelled and re-trained on
+    SFR_PLUS = "sfr_plus"  #: confident selection for a second SAM fine-tuning and for the re-training
+
+
+@dataclass(frozen=True)
+class SfrConfig:
+    """Every setting of an SFR / SFR+ run (saved with the new version).
+
+    Attributes:
+        method: ``sfr`` or ``sfr_plus``.
+        sam: SAM fine-tuning (stage 2; :class:`~.finetune.SfrFinetuneConfig`, SFR's recipe by default).
+        plus: SFR+'s selection for the second SAM fine-tuning (:class:`~.plus.SfrPlusConfig`).
+        plus_voxel_threshold: SFR+'s re-training counts only pseudo-label voxels with SAM confidence at least this,
+            0.9 (method-spec §2.4, [inferred]); ``None`` = every voxel of a selected volume.
+        retrain: 3D re-training optimisation (:func:`~.retrain.sfr_train_config`: SGD, 6,000 steps).
+        mean_teacher: pseudo-label weight and consistency term (:class:`~.retrain.MeanTeacherConfig`).
+        validation: the guard, as for Adapt Model (:class:`~ASSFTActive.finetune.config.ValidationConfig`).
+        predict_pool: predict the unlabelled volumes with the new model when a predictions folder is given.
+        allow_implausible_labels: as for Adapt Model.
+    """
+
+    method: SfrMethod = SfrMethod.SFR
+    sam: SfrFinetuneConfig = field(default_factory=SfrFinetuneConfig)
+    plus: SfrPlusConfig = field(default_factory=SfrPlusConfig)
+    plus_voxel_threshold: Optional[float] = 0.9
+    retrain: TrainConfig = field(default_factory=sfr_train_config)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    predict_pool: bool = True
+    allow_implausible_labels: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", check_enum(SfrMethod, self.method, "SfrConfig", "method"))
+        for name, kind in (("sam", SfrFinetuneConfig), ("plus", SfrPlusConfig), ("retrain", TrainConfig),
+                           ("mean_teacher", MeanTeacherConfig), ("validation", ValidationConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, kind.from_dict(value))
+            elif not isinstance(value, kind):
+                raise ValueError(f"SfrConfig.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
+        if self.plus_voxel_threshold is not None and not 0.0 <= self.plus_voxel_threshold <= 1.0:
+            raise ValueError(f"SfrConfig.plus_voxel_threshold must lie in [0, 1] or be null, got "
+                             f"{self.plus_voxel_threshold}")
+
+    def finetune_config(self) -> FinetuneConfig:
+        """The :class:`FinetuneConfig` the shared run state and guard read (re-training steps, validation)."""
+        return FinetuneConfig(train=self.retrain, semi_iterations=1, pseudo=PseudoLabelConfig(mode=PseudoMode.NONE),
+                              validation=self.validation, predict_pool=self.predict_pool,
+                              allow_implausible_labels=self.allow_implausible_labels)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"method": plain(self.method), "sam": self.sam.to_dict(), "plus": self.plus.to_dict(),
+                "plus_voxel_threshold": self.plus_voxel_threshold, "retrain": self.retrain.to_dict(),
+                "mean_teacher": self.mean_teacher.to_dict(), "validation": self.validation.to_dict(),
+                "predict_pool": self.predict_pool, "allow_implausible_labels": self.allow_implausible_labels}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SfrConfig:
+        return cls(**check_keys(cls, data))
+
+
+@dataclass(frozen=True)
+class SfrPseudoRecord:
+    """One unlabelled volume as SAM saw it in the final run: its SFR+ confidence and whether it was re-trained on."""
+
+    case_id: str
+    confidence: float
+    kept: bool
+    foreground_voxels: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"case_id": self.case_id, "confidence": round(float(self.confidence), 6), "kept": self.kept,
+                "foreground_voxels": self.foreground_voxels}
+
+
+@dataclass(frozen=True)
+class SfrResult:
+    """What an SFR / SFR+ run produced (the fields of :class:`~ASSFTActive.finetune.adapt.AdaptResult`, plus the
+    method and SAM's pseudo-labels).
+
+    Attributes:
+        metrics: as ``AdaptResult.metrics``: ``before`` the current model on the labelled volumes, ``after`` the
+            cross-validated held-out score at ``stop_step`` (or the new model on its training volumes without
+            cross-validation).
+        pseudo: SAM's final pseudo-labels of the pool (confidence, kept for re-training).
+    """
+
+    name: str
+    version: str
+    version_dir: Path
+    card_path: Path
+    activated: bool
+    decision: ActivationDecision
+    method: SfrMethod
+    labeled: Tuple[str, ...]
+    skipped: Tuple[SkippedVolume, ...]
+    pseudo: Tuple[SfrPseudoRecord, ...]
+    metrics: Mapping[str, Any]
+    predictions: Mapping[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def dice_before(self) -> float:
+        return float(self.metrics["before"]["mean_dice"])
+
+    @property
+    def dice_after(self) -> float:
+        return float(self.metrics["after"]["mean_dice"])
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "version": self.version, "version_dir": str(self.version_dir),
+                "card_path": str(self.card_path), "activated": self.activated, "method": self.method.value,
+                "activation": self.decision.to_dict(), "labeled": list(self.labeled),
+                "skipped": [s.to_dict() for s in self.skipped], "pseudo": [p.to_dict() for p in self.pseudo],
+                "metrics": json_ready(self.metrics),
+                "predictions": {k: str(v) for k, v in self.predictions.items()}, "seconds": round(self.seconds, 2)}
+
+
+def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *, store: PathLike,
+              model: Optional[PathLike] = "default", sam_prior: Union[None, PathLike, SamPrior] = None,
+              method: Union[str, SfrMethod, None] = None, name: Optional[str] = None,
+              config: SfrConfig = SfrConfig(), progress: Optional[ProgressCallback] = None,
+              predictions_dir: Optional[PathLike] = None, device: Optional[torch.device] = None) -> SfrResult:
+    """Adapt ``model`` with SFR or SFR+; store the result, and activate it when the guard finds it better.
+
+    Args:
+        images: ``{case_id: image path}`` of every volume (labelled and unlabelled).
+        labels: ``{case_id: label path}``; the other images form the unlabelled pool.
+        store: model store folder.
+        model: ``"default"``, a card file, or a store folder; its weights are where re-training starts.
+        sam_prior: a SAM prior folder (``sam-card.json``) or a loaded :class:`~.prior.SamPrior`; default the
+            embedded ``sfr-sam-tiny`` (not Meta's SAM). Its classes must be the model's.
+        method: ``sfr`` or ``sfr_plus``; overrides ``config.method`` when given.
+        name: model name in the store; default as Adapt Model's.
+        config: every setting (saved with the new version).
+        progress: receives the events; raising ``CancelledError`` cancels (the store is unchanged).
+        predictions_dir: when given (and ``config.predict_pool``), label maps of the pool by the new model.
+        device: compute device (default CUDA when present).
+
+    Raises:
+        InputError: no labelled volume, missing files, no unlabelled volume, no usable labelled volume.
+        ModelError: the SAM prior's classes differ from the model's.
+        CancelledError: ``progress`` asked to cancel.
+    """
+    if method is not None:
+        config = replace(config, method=method)
+    finetune = config.finetune_config()
+    run = start_run(images, labels, store=store, model=model, name=name, config=finetune, progress=progress,
+                    work_dir=None, predictions_dir=predictions_dir, ctx=DistContext.single(device))
+    prior = _load_prior(sam_prior, run)
+    pool = _read_pool(run)
+    labeled = read_labeled(run)
+    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn)
+    require_labels_near_prediction(labeled, run.loaded(run.network), finetune.label_prediction_ratio,
+                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress)
+    run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
+    before = score_current_model(run, labeled)
+    cv = _cross_validate(run, config, prior, labeled, pool, before) if run.folds else None
+    stop = cv.stop_step() if cv is not None else config.retrain.iterations
+    run.emit("phase", phase="train", message=(
+        f"{config.method.value}: final run on all {len(labeled)} labelled volume(s), re-training up to step {stop} of "
+        f"{config.retrain.iterations}" + (" (the cross-validated best)" if cv is not None else "")))
+    records = _sfr_recipe(run, config, prior, run.network, labeled, pool, stop, label="")
+    run.network.eval()
+    decision = decide_activation(run, labeled, cv, stop)
+    metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
+    predictions = predict_pool(run) if run.predictions_dir is not None and config.predict_pool else {}
+    version = _commit(run, config, prior, labeled, records, metrics, decision)
+    result = SfrResult(name=run.name, version=version.version, version_dir=version.path,
+                       card_path=version.path / "card.json", activated=decision.activate, decision=decision,
+                       method=config.method, labeled=tuple(c.case_id for c in labeled), skipped=tuple(run.skipped),
+                       pseudo=tuple(records), metrics=json_ready(metrics), predictions=predictions,
+                       seconds=time.time() - run.started)
+    run.emit("phase", phase="done", message=(
+        f"{run.name} {result.version} written" + (" and active" if result.activated else " (not activated)")))
+    return result
+
+
+# --------------------------------------------------------------------------------------------- the steps
+
+
+def _load_prior(sam_prior: Union[None, PathLike, SamPrior], run: AdaptRun) -> SamPrior:
+    prior = sam_prior if isinstance(sam_prior, SamPrior) else load_sam_prior(
+        PRIOR_DIR if sam_prior is None else Path(sam_prior), device=None)
+    if len(prior.class_names) != run.card.num_classes:
+        raise ModelError(f"the SAM prior {prior.path} has {len(prior.class_names)} classes "
+                         f"({', '.join(prior.class_names)}) but the model {run.card.name} has {run.card.num_classes} "
+                         f"({', '.join(run.card.class_names)}); give a SAM with the model's classes.")
+    run.emit("phase", phase="load", message=f"SAM prior {prior.card.get('name', prior.path.name)} ({prior.path})"
+             + ("; NOT Meta's SAM" if prior.card.get("not_meta_sam") else ""))
+    return prior
+
+
+def _read_pool(run: AdaptRun) -> List[Tuple[str, Volume]]:
+    """The readable unlabelled volumes (the others are skipped with a warning); none is an error."""
+    pool = []
+    for case, path in sorted(run.pool.items()):
+        try:
+            pool.append((case, check_image(read_volume(path))))
+        except InputError as exc:
+            run.skipped.append(SkippedVolume(case, path, str(exc)))
+            run.warn(f"skipped unlabelled volume {case} ({path}): {exc}")
+    if not pool:
+        raise InputError("SFR needs unlabelled volumes to pseudo-label: give --images with volumes that have no "
+                         "label file in --labels (or use assft adapt --pseudo none).")
+    return pool
+
+
+def _prefixed(run: AdaptRun, label: str) -> Optional[ProgressCallback]:
+    if run.progress is None or not label:
+        return run.progress
+
+    def forward(event: Event) -> None:
+        run.progress(Event(event=event.event, phase=event.phase, step=event.step, total=event.total,
+                           message=f"{label}{event.message}", metrics=event.metrics))
+
+    return forward
+
+
+def _sam_pseudo_labels(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],
+                       pool: Sequence[Tuple[str, Volume]], progress: Optional[ProgressCallback]
+                       ) -> Tuple[List[SupervisedCase], List[SfrPseudoRecord]]:
+    """Stage 2: SAM fine-tuned on ``labeled`` and its pseudo-labels of ``pool`` (SFR: all; SFR+: the selection)."""
+    cases = [SfrCase(c.case_id, c.image, c.label) for c in labeled]
+    ids, volumes = [c for c, _ in pool], [v for _, v in pool]
+    if config.method == SfrMethod.SFR_PLUS:
+        plus = sfr_plus_finetune(prior.model, cases, volumes, config.sam, config.plus, prior.sam_input, ids,
+                                 progress=progress, device=run.device)
+        labels = plus.pseudo_labels
+        decisions = sfr_plus_select(ids, [p.confidence for p in labels], config.plus.kappa)
+        kept = {d.case_id for d in decisions if d.kept}
+        threshold = config.plus_voxel_threshold
+    else:
+        tuned = finetune_sam(prior.model, cases, config.sam, prior.sam_input, progress, run.device)
+        labels = sfr_pseudo_labels(tuned.model, volumes, prior.sam_input, ids, progress, run.device)
+        kept, threshold = set(ids), None
+    pseudo, records = [], []
+    for image, label in zip(volumes, labels):
+        keep = label.case_id in kept
+        if keep:
+            mask = label.voxel_mask(threshold) if threshold is not None else None
+            pseudo.append(SupervisedCase(label.case_id, image, label.label, mask))
+        records.append(SfrPseudoRecord(label.case_id, label.confidence, keep,
+                                       int(np.count_nonzero(np.asarray(label.label.array)))))
+    return pseudo, records
+
+
+def _sfr_recipe(run: AdaptRun, config: SfrConfig, prior: SamPrior, network: torch.nn.Module,
+                train: Sequence[LabeledVolume], pool: Sequence[Tuple[str, Volume]], stop: int, *, label: str,
+                scorer=None) -> List[SfrPseudoRecord]:
+    """Stages 2 and 3 on ``train``: SAM fine-tuning and pseudo-labels, then the Mean-Teacher re-training of
+    ``network`` in place up to ``stop``."""
+    progress = _prefixed(run, label)
+    run.emit("phase", phase="sfr_finetune", message=f"{label}{config.method.value} stage 2: fine-tuning SAM on "
+                                                    f"{len(train)} labelled volume(s)")
+    pseudo, records = _sam_pseudo_labels(run, config, prior, train, pool, progress)
+    run.emit("phase", phase="train", message=(
+        f"{label}{config.method.value} stage 3: Mean-Teacher re-training on {len(train)} labelled + {len(pseudo)} "
+        f"SAM-pseudo-labelled volume(s), {min(stop, config.retrain.iterations)} of {config.retrain.iterations} "
+        "steps"))
+    labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
+    mean_teacher_retrain(network, run.card, labeled, pseudo, config.retrain, config.mean_teacher,
+                         progress=progress, device=run.device, scorer=scorer,
+                         score_every=config.validation.every if scorer is not None else 0, stop_at=stop)
+    return records
+
+
+def _cross_validate(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],
+                    pool: Sequence[Tuple[str, Volume]], before: EvaluationReport) -> CrossValidation:
+    """The whole SFR pipeline once per fold from the current weights; held-out Dice along the re-training."""
+    folds = assign_folds([c.case_id for c in labeled], config.validation.folds, config.retrain.seed)
+    per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c.case_id: {0: tuple(c.dice)} for c in before.cases}
+    for index, held in enumerate(folds):
+        held_cases = [c for c in labeled if c.case_id in held]
+        train = [c for c in labeled if c.case_id not in held]
+        tag = f"fold {index + 1}/{len(folds)} "
+
+        def score(net: torch.nn.Module, step: int, held_cases=held_cases, tag=tag) -> None:
+            report = run.evaluate(net, held_cases, hd95=False, phase="validate")
+            for case in report.cases:
+                per_class[case.case_id][step] = tuple(case.dice)
+            run.emit("metric", phase="validate", step=step, total=config.retrain.iterations,
+                     message=f"{tag}held-out Dice {report.mean_dice():.3f} at step {step}",
+                     metrics={"cv_dice": report.mean_dice()})
+
+        run.emit("phase", phase="validate", message=(
+            f"cross-validation {tag}: SFR on {len(train)} labelled volume(s), scoring {', '.join(held)}"))
+        _sfr_recipe(run, config, prior, run.current_network(run.network), train, pool, config.retrain.iterations,
+                    label=tag, scorer=score)
+    steps = sorted(set.intersection(*(set(v) for v in per_class.values())))
+    return CrossValidation(steps=tuple(steps),
+                           dice={c: tuple(mean_scored(v[s]) for s in steps) for c, v in per_class.items()},
+                           dice_per_class={c: tuple(v[s] for s in steps) for c, v in per_class.items()},
+                           folds=tuple(folds))
+
+
+def _commit(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],
+            records: Sequence[SfrPseudoRecord], metrics: Mapping[str, Any], decision: ActivationDecision):
+    """The new version through :meth:`~ASSFTActive.store.ModelStore.add_version`, with SFR's provenance."""
+    run.emit("phase", phase="commit", message=f"writing a new version of {run.name}")
+    card = run.card
+    provenance = json_ready({
+        "method": config.method.value, "base_model": str(card.path), "base_name": card.name,
+        "pretrained": str(run.pretrained),
+        "sam_prior": {"path": str(prior.path), "name": prior.card.get("name"),
+                      "not_meta_sam": prior.card.get("not_meta_sam")},
+        "labeled": [{"case_id": c.case_id, "image": c.image_path, "label": c.label_path, "role": "train"}
+                    for c in labeled],
+        "skipped": [s.to_dict() for s in run.skipped],
+        "pseudo_labeled": [r.to_dict() for r in records if r.kept],
+        "sam_pseudo_labels": [r.to_dict() for r in records],
+        "seeds": {"sam": config.sam.seed, "retrain": config.retrain.seed},
+        "activation": decision.to_dict(), "metrics": metrics,
+        "package_version": __version__, "torch_version": torch.__version__,
+        "python_version": platform.python_version(), "device": str(run.device),
+        "created": time.time(), "seconds": round(time.time() - run.started, 1),
+    })
+    summary = {"dice_before": metrics["before"]["mean_dice"], "dice_after": metrics["after"]["mean_dice"],
+               "evaluated_on": metrics["evaluated_on"], "labeled": len(labeled),
+               "pseudo_labeled": sum(1 for r in records if r.kept), "method": config.method.value,
+               "activation": decision.to_dict()}
+    version = run.store.add_version(
+        run.name, card, unwrap(run.network), pretrained=run.pretrained, provenance=provenance,
+        config={"sfr": config.to_dict(), "model": str(card.path), "name": run.name, "package_version": __version__},
+        metrics=json_ready(summary), activate=decision.activate)
+    if not decision.activate:
+        run.warn(f"{run.name} {version.version} is stored but the active model was not changed: {decision.reason}",
+                 phase="commit")
+    return version
