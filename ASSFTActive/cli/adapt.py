@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..finetune.config import PseudoMode
-from .common import ProgressBar, add_device_argument
+from .common import add_device_argument, progress_channel, read_settings_file
 
 #: ``--pseudo`` choices: the values of :class:`~ASSFTActive.finetune.config.PseudoMode`.
 PSEUDO_MODES = tuple(mode.value for mode in PseudoMode)
@@ -62,14 +61,7 @@ def build_config(args: argparse.Namespace):
     from ..errors import InputError
     from ..finetune.config import FinetuneConfig
 
-    data: Dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{args.config}: not a readable JSON settings file ({exc}).") from exc
-        if not isinstance(data, dict):
-            raise InputError(f"{args.config}: the settings must be a JSON object.")
+    data: Dict[str, Any] = read_settings_file(args.config)
     train = dict(data.get("train") or {})
     for option, key in (("iterations", "iterations"), ("batch_size", "batch_size"),
                         ("learning_rate", "learning_rate"), ("seed", "seed"), ("patch_size", "patch_size")):
@@ -104,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     images = find_images(args.images)
     labels = match_labels(images, args.labels)
-    bar = ProgressBar(enabled=not args.quiet)
-    cancellation = getattr(args, "cancellation", None)
-    progress = cancellation.watch(bar) if cancellation is not None else bar
+    bar, progress = progress_channel(args)
     try:
         with folder_lock(args.work_dir, "--work-dir") if args.work_dir is not None else contextlib.nullcontext():
             result = adapt_model({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
@@ -118,20 +108,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_summary(result) -> str:
-    """What an adaptation did, as a few lines and a per-class table of Dice/HD95 before and after."""
+def format_summary(result, title: str = "", pseudo_line: Optional[str] = None) -> str:
+    """What an adaptation did (``assft adapt``, and ``assft sfr`` with its ``title`` and ``pseudo_line``), as a few
+    lines and a per-class table of Dice/HD95 before and after."""
     metrics = result.metrics
     before, after = metrics["before"], metrics["after"]
     kept = [d for d in result.pseudo if d.kept]
+    if pseudo_line is None:
+        pseudo_line = ((f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
+                        + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})"
+                           if kept else ""))
+                       if result.pseudo else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)")
     lines = [
-        f"model {result.name} {result.version} "
+        f"{title}model {result.name} {result.version} "
         + ("is now active" if result.activated else "was stored but NOT activated"),
         f"why: {result.decision.reason}",
         f"card: {result.card_path}",
         f"labelled volumes: {len(result.labeled)}; training stopped at step {metrics['stop_step']}",
-        (f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
-         + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})" if kept else ""))
-        if result.pseudo else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)",
+        pseudo_line,
     ]
     if result.skipped:
         lines.append(f"skipped: {len(result.skipped)} volume(s): "

@@ -1,11 +1,13 @@
-"""Pieces shared by the subcommands: model and device arguments, a progress bar fed by engine events."""
+"""Pieces shared by the subcommands: model and device arguments, settings files, a progress bar fed by engine
+events."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from enum import Enum
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional, Tuple
 
 from ..progress import Event
 
@@ -86,3 +88,31 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def read_settings_file(path: Optional[Path]) -> dict:
+    """The JSON object of a ``--config`` settings file (empty without one).
+
+    Raises:
+        InputError: unreadable, not JSON, or not an object.
+    """
+    import json
+
+    from ..errors import InputError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON settings file ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the settings must be a JSON object.")
+    return data
+
+
+def progress_channel(args: argparse.Namespace) -> Tuple[ProgressBar, Any]:
+    """The progress bar of a long command and the callback to hand the engine (it also watches for a cancel)."""
+    bar = ProgressBar(enabled=not args.quiet)
+    cancellation = getattr(args, "cancellation", None)
+    return bar, (cancellation.watch(bar) if cancellation is not None else bar)

@@ -9,11 +9,10 @@ folder (``sam-card.json`` + weights).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Dict
 
-from .common import ProgressBar, add_device_argument
+from .common import add_device_argument, progress_channel, read_settings_file
 
 METHODS = ("sfr", "sfr_plus")
 
@@ -51,14 +50,7 @@ def build_config(args: argparse.Namespace):
     from ..errors import InputError
     from ..sfr.pipeline import SfrConfig
 
-    data: Dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{args.config}: not a readable JSON settings file ({exc}).") from exc
-        if not isinstance(data, dict):
-            raise InputError(f"{args.config}: the settings must be a JSON object.")
+    data: Dict[str, Any] = read_settings_file(args.config)
     try:
         base = SfrConfig.from_dict(data)
         sam, retrain, validation = base.sam.to_dict(), base.retrain.to_dict(), base.validation.to_dict()
@@ -89,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     images = find_images(args.images)
     labels = match_labels(images, args.labels)
-    bar = ProgressBar(enabled=not args.quiet)
-    cancellation = getattr(args, "cancellation", None)
-    progress = cancellation.watch(bar) if cancellation is not None else bar
+    bar, progress = progress_channel(args)
     try:
         result = sfr_adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
                            sam_prior=args.sam, name=args.name, config=config, progress=progress,
@@ -103,33 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(result) -> str:
-    """What an SFR run did: the verdict, the pseudo-labels, and Dice before -> after per class."""
-    metrics = result.metrics
-    before, after = metrics["before"], metrics["after"]
+    """What an SFR run did: ``assft adapt``'s summary with the method and SAM's pseudo-labels."""
+    from .adapt import format_summary as adapt_summary
+
     kept = [p for p in result.pseudo if p.kept]
-    lines = [
-        f"{result.method.value}: model {result.name} {result.version} "
-        + ("is now active" if result.activated else "was stored but NOT activated"),
-        f"why: {result.decision.reason}",
-        f"card: {result.card_path}",
-        f"labelled volumes: {len(result.labeled)}; re-training stopped at step {metrics['stop_step']}",
-        f"SAM pseudo-labelled volumes re-trained on: {len(kept)} of {len(result.pseudo)} unlabelled",
-    ]
-    if result.skipped:
-        lines.append(f"skipped: {len(result.skipped)} volume(s): "
-                     + "; ".join(f"{s.case_id} ({s.reason[:80]})" for s in result.skipped[:3]))
-    where = ("labelled volume(s), each held out once (cross-validation)"
-             if metrics["evaluated_on"] == "cross_validation" else "labelled training volume(s)")
-    lines.append(f"\nDice on {len(metrics['cases'])} {where}, before -> after:")
-    for name in before["dice"]:
-        lines.append(f"{name:<16} {_num(before['dice'][name]):>7} -> {_num(after['dice'][name])}")
-    lines.append(f"{'mean':<16} {_num(before['mean_dice']):>7} -> {_num(after['mean_dice'])}")
-    if result.predictions:
-        first = next(iter(result.predictions.values()))
-        lines.append(f"\npredictions of {len(result.predictions)} unlabelled volumes in {Path(first).parent}")
-    lines.append(f"done in {result.seconds:.0f} s")
-    return "\n".join(lines)
-
-
-def _num(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return adapt_summary(result, title=f"{result.method.value}: ",
+                         pseudo_line=f"SAM pseudo-labelled volumes re-trained on: {len(kept)} of {len(result.pseudo)} "
+                                     "unlabelled")
