@@ -57,8 +57,8 @@ class ASSFTModule(ScriptedLoadableModule):
         self.parent.contributors = ["ASSFT developers"]
         self.parent.helpText = _(
             "Adapt a pre-trained 3D segmentation model to your site with few expert labels. "
-            "<b>Rank Volumes</b> scores every volume in the scene (domain knowledge divergence, anatomical "
-            "diversity) and proposes the most useful ones; click a volume to see its uncertainty overlay and "
+            "<b>Rank Volumes</b> scores every volume in the scene (diversified knowledge divergence, anatomical "
+            "segmentation difficulty) and proposes the most useful ones; click a volume to see its uncertainty overlay and "
             "high-entropy regions; <b>Annotate</b> opens the Segment Editor with one segment per model class; "
             "<b>Adapt Model</b> fine-tunes the model in a separate process and re-ranks the pool."
         )

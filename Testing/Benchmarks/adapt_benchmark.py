@@ -134,15 +134,17 @@ def _init(setup: Dict[str, Any]) -> None:
 def _test_cases(shift: str):
     """Shifted target-test images with their labels (cached per worker)."""
     from ASSFTActive.io import read_label, read_volume
+    from ASSFTActive.models import resolve_card
     from ASSFTActive.shifts import ShiftConfig, apply_shift
 
     if shift not in _WORKER["test"]:
+        classes = resolve_card("default").num_classes
         root = Path(_WORKER["data"])
         pairs = []
         for case in _WORKER["test_ids"]:
             original = read_volume(root / "imagesTr" / f"{case}.nii.gz")
             image = apply_shift(original, ShiftConfig(strength=SHIFTS[shift]), case)
-            pairs.append((image, read_label(root / "labelsTr" / f"{case}.nii.gz", original, 3)))
+            pairs.append((image, read_label(root / "labelsTr" / f"{case}.nii.gz", original, classes)))
         _WORKER["test"][shift] = pairs
     return _WORKER["test"][shift]
 

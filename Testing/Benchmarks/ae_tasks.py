@@ -84,7 +84,7 @@ def shifted_case(case: str):
         original = read_volume(root / "imagesTr" / f"{case}.nii.gz")
         image = apply_shift(original, ShiftConfig(**setup.shift), case)
         image = replace(image, path=Path(f"{case}.nii.gz"))  # case_id() of the in-memory volume
-        label = read_label(root / "labelsTr" / f"{case}.nii.gz", original, 3)
+        label = read_label(root / "labelsTr" / f"{case}.nii.gz", original, default_card().num_classes)
         cache[case] = (image, label)
     return cache[case]
 

@@ -70,12 +70,13 @@ def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iter
             continue
         image = read_volume(images[case])
         prediction = teacher.predict(image)
-        truth = np.asarray(read_label(data / "labelsTr" / f"{case}.nii.gz", image, 3).array)
+        classes = teacher.current.card.num_classes
+        truth = np.asarray(read_label(data / "labelsTr" / f"{case}.nii.gz", image, classes).array)
         rows.append({"case": case,
                      "confidence": foreground_confidence(prediction.label, prediction.max_prob, prediction.entropy,
                                                          rule.confidence, rule.empty_foreground_confidence),
                      "distance": semantic_distance(prediction.features[-1], references),
-                     "true_dice": float(mean_scored(dice_per_class(prediction.label, truth, 3))),
+                     "true_dice": float(mean_scored(dice_per_class(prediction.label, truth, classes))),
                      "volume_ratio": float((prediction.label > 0).sum() / max(1, (truth > 0).sum()))})
     decisions = select_reliable([PseudoCandidate(r["case"], r["confidence"], r["distance"]) for r in rows], rule)
     for row, decision in zip(rows, decisions):
