@@ -129,6 +129,19 @@ def default_name(card: ModelCard) -> str:
     return card.name if card.pretrained is not None else f"{card.name}-adapted"
 
 
+def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
+    """The labelled volumes of ``run`` after the label checks (refused or warned, per ``run.config``), with
+    ``run.folds`` set: cross-validation folds when the guard is on and there are at least two labels, else 0.
+    Shared by every adaptation method (Adapt Model, SFR), so each runs the same checks and guard."""
+    config = run.config
+    labeled = read_labeled(run)
+    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn)
+    require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
+                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress)
+    run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
+    return labeled
+
+
 def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *, store: PathLike,
                 model: Optional[PathLike] = "default", name: Optional[str] = None,
                 config: FinetuneConfig = FinetuneConfig(), progress: Optional[ProgressCallback] = None,
@@ -166,11 +179,7 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
     """
     run = start_run(images, labels, store=store, model=model, name=name, config=config, progress=progress,
                     work_dir=work_dir, predictions_dir=predictions_dir, ctx=dist or DistContext.single(device))
-    labeled = read_labeled(run)
-    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn)
-    require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
-                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress)
-    run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
+    labeled = read_checked_labels(run)
     before = score_current_model(run, labeled)
     cv = cross_validate(run, labeled, before) if run.folds else None
     stop = cv.stop_step() if cv is not None else run.recipe_steps

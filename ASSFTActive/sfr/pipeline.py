@@ -45,16 +45,17 @@ from ..distributed import DistContext
 from ..errors import InputError, ModelError
 from ..evaluate import EvaluationReport, SkippedVolume, json_ready, mean_scored
 from ..finetune.adapt import (
+    AdaptResult,
     decide_activation,
     predict_pool,
+    read_checked_labels,
     score_current_model,
     start_run,
     summarise_metrics,
 )
 from ..finetune.config import FinetuneConfig, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
 from ..finetune.guard import ActivationDecision, CrossValidation, assign_folds
-from ..finetune.label_checks import require_labels_near_prediction, require_plausible_labelled_set
-from ..finetune.state import AdaptRun, LabeledVolume, read_labeled, unwrap
+from ..finetune.state import AdaptRun, LabeledVolume, unwrap
 from ..finetune.training import SupervisedCase
 from ..io import PathLike, Volume, read_volume
 from ..plausibility import check_image
@@ -149,46 +150,15 @@ class SfrPseudoRecord:
 
 
 @dataclass(frozen=True)
-class SfrResult:
-    """What an SFR / SFR+ run produced (the fields of :class:`~ASSFTActive.finetune.adapt.AdaptResult`, plus the
-    method and SAM's pseudo-labels).
+class SfrResult(AdaptResult):
+    """What an SFR / SFR+ run produced: an :class:`~ASSFTActive.finetune.adapt.AdaptResult` whose ``pseudo`` holds
+    SAM's final pseudo-labels of the pool (:class:`SfrPseudoRecord`: confidence, kept for re-training), plus the
+    method. ``metrics`` as in ``AdaptResult``; ``resumed_from`` is always 0 (an SFR run does not resume)."""
 
-    Attributes:
-        metrics: as ``AdaptResult.metrics``: ``before`` the current model on the labelled volumes, ``after`` the
-            cross-validated held-out score at ``stop_step`` (or the new model on its training volumes without
-            cross-validation).
-        pseudo: SAM's final pseudo-labels of the pool (confidence, kept for re-training).
-    """
-
-    name: str
-    version: str
-    version_dir: Path
-    card_path: Path
-    activated: bool
-    decision: ActivationDecision
-    method: SfrMethod
-    labeled: Tuple[str, ...]
-    skipped: Tuple[SkippedVolume, ...]
-    pseudo: Tuple[SfrPseudoRecord, ...]
-    metrics: Mapping[str, Any]
-    predictions: Mapping[str, Path] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def dice_before(self) -> float:
-        return float(self.metrics["before"]["mean_dice"])
-
-    @property
-    def dice_after(self) -> float:
-        return float(self.metrics["after"]["mean_dice"])
+    method: SfrMethod = SfrMethod.SFR
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "version": self.version, "version_dir": str(self.version_dir),
-                "card_path": str(self.card_path), "activated": self.activated, "method": self.method.value,
-                "activation": self.decision.to_dict(), "labeled": list(self.labeled),
-                "skipped": [s.to_dict() for s in self.skipped], "pseudo": [p.to_dict() for p in self.pseudo],
-                "metrics": json_ready(self.metrics),
-                "predictions": {k: str(v) for k, v in self.predictions.items()}, "seconds": round(self.seconds, 2)}
+        return dict(super().to_dict(), method=self.method.value)
 
 
 def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *, store: PathLike,
@@ -224,11 +194,7 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
                     work_dir=None, predictions_dir=predictions_dir, ctx=DistContext.single(device))
     prior = _load_prior(sam_prior, run)
     pool = _read_pool(run)
-    labeled = read_labeled(run)
-    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn)
-    require_labels_near_prediction(labeled, run.loaded(run.network), finetune.label_prediction_ratio,
-                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress)
-    run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
+    labeled = read_checked_labels(run)
     before = score_current_model(run, labeled)
     cv = _cross_validate(run, config, prior, labeled, pool, before) if run.folds else None
     stop = cv.stop_step() if cv is not None else config.retrain.iterations

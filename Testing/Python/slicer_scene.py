@@ -173,3 +173,25 @@ def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
     (jobDir / "result.json").write_text(json.dumps(result))
     (jobDir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "adapt", "message": "ok"}) + "\n")
     return newCard
+
+
+def threeVolumeScene(folder: Path):
+    """A scene with three rotated volumes ('case b' has a manual segmentation of the model's classes) and the
+    logic over it: ``(env, logic, card, cardPath, nodes)``."""
+    from ASSFTModuleLib import geometry, segmentation
+    from ASSFTModuleLib.logic import ASSFTSceneLogic
+
+    from ASSFTActive.io import Volume
+
+    env = SlicerScene()
+    cardPath = writeModelCard(Path(folder) / "model")
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    card = logic.modelCard(cardPath)
+    nodes = []
+    for n, name in enumerate(["case a", "case b", "case/c"]):
+        affine = rotatedAffine(angleDegrees=10.0 * n, origin=(n, -n, 2 * n))
+        nodes.append(geometry.addVolumeNode(env.scene, Volume(syntheticImage(seed=n), affine), name))
+    labeled = logic.annotationSegmentation(nodes[1], card)
+    segmentation.fillSegmentationFromClassLabelmap(
+        labeled, Volume(syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
+    return env, logic, card, cardPath, nodes

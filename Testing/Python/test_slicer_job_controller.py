@@ -17,12 +17,11 @@ import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
 
-from ASSFTModuleLib import geometry, jobs  # noqa: E402
+from ASSFTModuleLib import jobs  # noqa: E402
 from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
 from ASSFTModuleLib.guiBinding import GuiBinding  # noqa: E402
 from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.jobRun import SubprocessJobRunner  # noqa: E402
-from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.parameters import (  # noqa: E402
     ModelSource,
     cardPathText,
@@ -30,8 +29,6 @@ from ASSFTModuleLib.parameters import (  # noqa: E402
     modelReferenceFor,
 )
 from slicer_scene import fakeFinishedJob  # noqa: E402
-
-from ASSFTActive.io import Volume  # noqa: E402
 
 
 class RecordingRunner:
@@ -77,19 +74,7 @@ class Signals:
 
 @pytest.fixture()
 def setup(tmp_path):
-    env = slicer_scene.SlicerScene()
-    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
-    logic = ASSFTSceneLogic(env.scene, env.appLogic)
-    card = logic.modelCard(cardPath)
-    nodes = []
-    for n, name in enumerate(["case a", "case b", "case/c"]):
-        affine = slicer_scene.rotatedAffine(angleDegrees=10.0 * n, origin=(n, -n, 2 * n))
-        nodes.append(geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(seed=n), affine), name))
-    labeled = logic.annotationSegmentation(nodes[1], card)
-    from ASSFTModuleLib import segmentation
-
-    segmentation.fillSegmentationFromClassLabelmap(
-        labeled, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
+    env, logic, _card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
     controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable)
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
     return env, logic, controller, Signals(controller), nodes, cardPath, tmp_path

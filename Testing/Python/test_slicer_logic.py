@@ -35,18 +35,7 @@ from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
 @pytest.fixture()
 def pool(tmp_path):
     """A scene with three rotated volumes; 'case b' has a manual segmentation."""
-    env = slicer_scene.SlicerScene()
-    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
-    logic = ASSFTSceneLogic(env.scene, env.appLogic)
-    card = logic.modelCard(cardPath)
-    nodes = []
-    for n, name in enumerate(["case a", "case b", "case/c"]):
-        affine = slicer_scene.rotatedAffine(angleDegrees=10.0 * n, origin=(n, -n, 2 * n))
-        nodes.append(geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(seed=n), affine), name))
-    labeled = logic.annotationSegmentation(nodes[1], card)
-    segmentation.fillSegmentationFromClassLabelmap(
-        labeled, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
-    return env, logic, card, cardPath, nodes, tmp_path
+    return (*slicer_scene.threeVolumeScene(tmp_path), tmp_path)
 
 
 def test_pool_is_the_grey_level_volumes_only(pool):
