@@ -22,12 +22,7 @@ PSEUDO_MODES = tuple(mode.value for mode in PseudoMode)
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("adapt", help="fine-tune the model on labelled + reliable pseudo-labelled volumes",
                                    description=__doc__)
-    parser.add_argument("--images", required=True, help="folder or glob of all volumes (labelled and unlabelled)")
-    parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
-    parser.add_argument("--model", default="default",
-                        help="model to adapt: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
-    parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
-    parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
+    add_input_arguments(parser, "adapt")
     parser.add_argument("--pseudo", choices=PSEUDO_MODES, default=None,
                         help="pseudo-labelling of the unlabelled pool (default: selective)")
     parser.add_argument("--iterations", type=int, help="supervised training steps (default 100)")
@@ -39,21 +34,35 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help="patches per step (default 4)")
     parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the cross-validation folds")
+    add_run_arguments(parser, "fine-tuning settings (FinetuneConfig)")
+    parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
+                                                      "again continues from them")
+    parser.set_defaults(run=run)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The data, model and store options of every adaptation command (``assft adapt``, ``assft sfr``)."""
+    parser.add_argument("--images", required=True, help="folder or glob of all volumes (labelled and unlabelled)")
+    parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
+    parser.add_argument("--model", default="default",
+                        help=f"model to {verb}: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
+    parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, settings: str) -> None:
+    """The guard, label-check, settings-file, output and device options of every adaptation command."""
     parser.add_argument("--no-guard", action="store_true",
                         help="skip the cross-validated check and activate the new version unconditionally "
                              "(one training run instead of folds + 1)")
     parser.add_argument("--allow-implausible-labels", action="store_true",
-                        help="train even when a label has no foreground or a model class appears in no label "
-                             "(refused by default: such labels train a model that predicts nothing)")
-    parser.add_argument("--config", type=Path, help="JSON file of fine-tuning settings (FinetuneConfig); the "
-                                                    "options above override it")
-    parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
-                                                      "again continues from them")
-    parser.add_argument("--predictions", type=Path, help="write the adapted model's label maps of the unlabelled "
+                        help="train even when a label has no foreground, a model class appears in no label, or a "
+                             "label lies far from the current model's prediction (refused by default)")
+    parser.add_argument("--config", type=Path, help=f"JSON file of {settings}; the other options override it")
+    parser.add_argument("--predictions", type=Path, help="write the new model's label maps of the unlabelled "
                                                          "volumes to this folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(parser)
-    parser.set_defaults(run=run)
 
 
 def build_config(args: argparse.Namespace):

@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
-from .common import add_device_argument, progress_channel, read_settings_file
+from .adapt import add_input_arguments, add_run_arguments
+from .common import progress_channel, read_settings_file
 
 METHODS = ("sfr", "sfr_plus")
 
@@ -20,28 +21,14 @@ METHODS = ("sfr", "sfr_plus")
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("sfr", help="adapt the model with SFR / SFR+ (SAM pseudo-labels + Mean Teacher)",
                                    description=__doc__)
-    parser.add_argument("--images", required=True, help="folder or glob of all volumes (labelled and unlabelled)")
-    parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
-    parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
-    parser.add_argument("--model", default="default",
-                        help="model to re-train: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
-    parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
+    add_input_arguments(parser, "re-train")
     parser.add_argument("--method", choices=METHODS, default=None, help="sfr (default) or sfr_plus")
     parser.add_argument("--sam", type=Path,
                         help="SAM prior folder (default: the embedded sfr-sam-tiny, not Meta's SAM)")
     parser.add_argument("--sam-iterations", type=int, help="SAM fine-tuning steps (default 6000, SFR's)")
     parser.add_argument("--iterations", type=int, help="3D re-training steps (default 6000, SFR's)")
     parser.add_argument("--seed", type=int, help="seed of SAM fine-tuning, re-training and the folds")
-    parser.add_argument("--no-guard", action="store_true",
-                        help="skip the cross-validated check and activate the new version unconditionally")
-    parser.add_argument("--allow-implausible-labels", action="store_true",
-                        help="train even on labels that look wrong (refused by default)")
-    parser.add_argument("--config", type=Path, help="JSON file of SFR settings (SfrConfig); the options above "
-                                                    "override it")
-    parser.add_argument("--predictions", type=Path, help="write the new model's label maps of the unlabelled "
-                                                         "volumes to this folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_device_argument(parser)
+    add_run_arguments(parser, "SFR settings (SfrConfig)")
     parser.set_defaults(run=run)
 
 
