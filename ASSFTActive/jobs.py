@@ -8,7 +8,7 @@ A job is a folder. The caller (the Slicer GUI, a script) writes ``job.json`` wit
 * ``log.txt``: human-readable log;
 * ``result.json`` (:class:`JobResult`, written with :func:`write_result`, read with :func:`read_job_result`):
   ``{"status": "done", "kind", "model_card", "ranking" (when ranked), "predictions": {case_id: label_path},
-  "pseudo_labeled": [case_id, ...], "activated" (adapt), "activation" (adapt), "metrics": {...}}``, where
+  "pseudo_labeled": [case_id, ...], "activated" (adapt, sfr), "activation" (adapt, sfr), "metrics": {...}}``, where
   ``pseudo_labeled`` lists the cases kept by selective pseudo-labelling (``[]`` for a rank job), ``activated``
   says whether the new model version became the active one and ``activation`` why (the guard's decision:
   ``activate``, ``reason``, ``method``, ``stop_step``, cross-validated Dice before and after, the pool check);
@@ -16,7 +16,8 @@ A job is a folder. The caller (the Slicer GUI, a script) writes ``job.json`` wit
   ``{"status": "error" | "cancelled", "message"}``;
 * ``ranking.json`` (:class:`RankingFile`, the one schema of a ranking on disk, also written by ``assft rank``;
   :func:`write_ranking_file`, :func:`read_ranking_file`) and ``ranking.csv`` (:meth:`RankingFile.to_csv`);
-* ``checkpoints/``: what a new run of the same job resumes from;
+* ``checkpoints/``: what a new run of the same job resumes from (an ``sfr`` job also keeps its SAM pseudo-labels
+  there);
 * ``predictions/`` and other outputs.
 
 This module imports neither torch nor numpy: the GUI process uses it, and reads the worker's files through the same
@@ -45,6 +46,7 @@ __all__ = [
     "EXIT_DONE",
     "EXIT_ERROR",
     "JOB_FILE",
+    "ADAPT_KINDS",
     "JOB_KINDS",
     "JobResult",
     "JobSpec",
@@ -55,6 +57,7 @@ __all__ = [
     "RESULT_STATUSES",
     "RankingEntry",
     "RankingFile",
+    "SFR_METHODS",
     "read_events",
     "read_job",
     "read_job_result",
@@ -73,7 +76,12 @@ CHECKPOINT_DIR = "checkpoints"
 PREDICTIONS_DIR = "predictions"
 RANKING_FILE = "ranking.json"
 RANKING_CSV = "ranking.csv"
-JOB_KINDS = ("rank", "adapt")
+JOB_KINDS = ("rank", "adapt", "sfr")
+#: The kinds that adapt the model: they store a new version, decide its activation and pseudo-label the pool.
+ADAPT_KINDS = ("adapt", "sfr")
+#: ``method`` of an ``sfr`` job's settings: the values of :class:`ASSFTActive.sfr.pipeline.SfrMethod` (kept here as
+#: plain strings so that this module imports no torch; a test checks that the two agree).
+SFR_METHODS = ("sfr", "sfr_plus")
 
 #: Worker exit codes: the last event is ``done`` exactly when the code is :data:`EXIT_DONE`.
 EXIT_DONE = 0
@@ -88,17 +96,24 @@ class JobSpec:
     """The inputs of one background job, as stored in ``JOB_DIR/job.json``.
 
     Attributes:
-        kind: ``"rank"`` (score the unlabelled pool and propose ``budget`` volumes) or ``"adapt"`` (fine-tune on
-            the labelled volumes plus reliable pseudo-labelled ones, store a new model version, re-rank).
+        kind: ``"rank"`` (score the unlabelled pool and propose ``budget`` volumes), ``"adapt"`` (fine-tune on
+            the labelled volumes plus reliable pseudo-labelled ones, store a new model version, re-rank) or
+            ``"sfr"`` (the same with SFR / SFR+: SAM pseudo-labels and Mean-Teacher re-training,
+            :func:`ASSFTActive.sfr.pipeline.sfr_adapt`).
         images: ``{case_id: image path}``, every volume of the pool (labelled or not).
         labels: ``{case_id: label path}`` for the labelled volumes; each id must be in ``images``.
         model: a model card path, ``"default"`` (the embedded model), or a store folder
             (``<store>/<name>`` for its active version, ``<store>/<name>/v<k>``).
-        store: model store folder (required for ``adapt``).
+        store: model store folder (required for ``adapt`` and ``sfr``).
         name: model name in the store; ``""`` derives one from the card.
         budget: volumes to propose when ranking.
         query: :class:`ASSFTActive.query.config.QueryConfig` settings (a dict; checked by the worker).
         finetune: :class:`ASSFTActive.finetune.config.FinetuneConfig` settings (a dict; checked here).
+        sfr: :class:`ASSFTActive.sfr.pipeline.SfrConfig` settings of an ``sfr`` job (a dict, e.g.
+            ``{"method": "sfr_plus"}``; missing keys take SFR's defaults). ``method`` (one of :data:`SFR_METHODS`)
+            is checked here, the rest by :meth:`sfr_config` in the worker (the settings classes need torch).
+        sam_prior: SAM prior folder (``sam-card.json`` + weights) of an ``sfr`` job; ``""`` is the embedded
+            ``sfr-sam-tiny`` (not Meta's SAM).
     """
 
     kind: str
@@ -110,6 +125,8 @@ class JobSpec:
     budget: int = 0
     query: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)
+    sfr: Mapping[str, Any] = field(default_factory=dict)
+    sam_prior: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -125,30 +142,52 @@ class JobSpec:
         stray = sorted(set(self.labels) - set(self.images))
         if stray:
             raise ValueError(f"labels {stray} have no image in images; every labelled case needs its image")
-        for key in ("model", "store", "name"):
+        for key in ("model", "store", "name", "sam_prior"):
             if not isinstance(getattr(self, key), (str, os.PathLike)):
                 raise ValueError(f"{key} must be a string")
             object.__setattr__(self, key, str(getattr(self, key)))
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
             raise ValueError(f"budget must be a whole number >= 0, got {self.budget!r}")
-        for key in ("query", "finetune"):
+        for key in ("query", "finetune", "sfr"):
             if not isinstance(getattr(self, key), Mapping):
                 raise ValueError(f"{key} must be a JSON object of settings")
             object.__setattr__(self, key, dict(getattr(self, key)))
-        if self.kind == "adapt":
+        if self.kind in ADAPT_KINDS:
             if not self.store:
-                raise ValueError("an adapt job needs store (the model store folder)")
+                raise ValueError(f"an {self.kind} job needs store (the model store folder)")
             if not self.labels:
-                raise ValueError("an adapt job needs at least one labelled volume in labels")
+                raise ValueError(f"an {self.kind} job needs at least one labelled volume in labels")
+        if self.sfr_method not in SFR_METHODS:
+            raise ValueError(f"sfr.method must be one of {list(SFR_METHODS)}, got {self.sfr.get('method')!r}")
         from .finetune.config import FinetuneConfig
 
         FinetuneConfig.from_dict(self.finetune)
+
+    @property
+    def sfr_method(self) -> str:
+        """The SFR variant of an ``sfr`` job (``sfr`` unless the settings say ``sfr_plus``)."""
+        method = self.sfr.get("method", SFR_METHODS[0])
+        return method.value if hasattr(method, "value") else method
 
     def finetune_config(self):
         """The :class:`~ASSFTActive.finetune.config.FinetuneConfig` of this job."""
         from .finetune.config import FinetuneConfig
 
         return FinetuneConfig.from_dict(self.finetune)
+
+    def sfr_config(self):
+        """The :class:`~ASSFTActive.sfr.pipeline.SfrConfig` of this job (imports torch).
+
+        Raises:
+            JobError: invalid SFR settings.
+        """
+        from .errors import InputError
+        from .sfr.pipeline import SfrConfig
+
+        try:
+            return SfrConfig.from_dict(dict(self.sfr))
+        except (InputError, TypeError, ValueError) as exc:
+            raise JobError(f"job.json: invalid sfr settings: {exc}") from exc
 
     def query_config(self):
         """The :class:`~ASSFTActive.query.config.QueryConfig` of this job (imports the query package).
@@ -164,8 +203,14 @@ class JobSpec:
             raise JobError(f"job.json: {exc}") from exc
 
     def to_dict(self) -> Dict[str, Any]:
-        return {f.name: (dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), Mapping)
+        """The JSON form; ``sfr`` and ``sam_prior`` only for an ``sfr`` job or when set."""
+        data = {f.name: (dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), Mapping)
                          else getattr(self, f.name)) for f in fields(self)}
+        if self.kind != "sfr":
+            for key in ("sfr", "sam_prior"):
+                if not data[key]:
+                    del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -476,11 +521,12 @@ class JobResult:
     Attributes:
         status: ``done``, ``error`` or ``cancelled``.
         message: why a job failed (empty when done).
-        kind: ``rank`` or ``adapt`` (empty for a failure).
-        model_card: the card the job ranked with (rank) or the new model version's card (adapt).
+        kind: ``rank``, ``adapt`` or ``sfr`` (empty for a failure).
+        model_card: the card the job ranked with (rank) or the new model version's card (adapt, sfr).
         ranking: the ``ranking.json`` written (``None`` when nothing was ranked).
         predictions: ``{case_id: predicted label file}``.
-        pseudo_labeled: case ids kept by selective pseudo-labelling (empty for a rank job).
+        pseudo_labeled: case ids kept by selective pseudo-labelling (adapt) or re-trained on with SAM's
+            pseudo-label (sfr); empty for a rank job.
         activated: whether the new model version became the active one (always False for rank).
         activation: the guard's decision (``activate``, ``reason``, ``method``, ...; empty for rank).
         metrics: numbers and summaries of the run (written as they come; not re-checked).
@@ -523,8 +569,8 @@ class JobResult:
         object.__setattr__(self, "pseudo_labeled", tuple(pseudo))
         if not isinstance(self.activated, bool):
             raise ValueError(f"\"activated\" must be true or false, got {self.activated!r}")
-        if self.kind != "adapt" and (self.activated or self.activation or self.pseudo_labeled):
-            raise ValueError("only an adapt job activates a model or keeps pseudo-labels")
+        if self.kind not in ADAPT_KINDS and (self.activated or self.activation or self.pseudo_labeled):
+            raise ValueError("only an adapt or sfr job activates a model or keeps pseudo-labels")
         for key in ("activation", "metrics"):
             if not isinstance(getattr(self, key), Mapping):
                 raise ValueError(f"\"{key}\" must be a JSON object")
@@ -549,7 +595,7 @@ class JobResult:
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form: a failure has ``status`` and ``message`` only; ``activated`` and ``activation`` only for
-        adapt; ``ranking`` only when one was written."""
+        adapt and sfr; ``ranking`` only when one was written."""
         if self.status != RESULT_DONE:
             return {"status": self.status, "message": self.message}
         data: Dict[str, Any] = {"status": self.status, "kind": self.kind, "model_card": self.model_card,
@@ -557,7 +603,7 @@ class JobResult:
                                 "metrics": dict(self.metrics)}
         if self.ranking is not None:
             data["ranking"] = self.ranking
-        if self.kind == "adapt":
+        if self.kind in ADAPT_KINDS:
             data["activated"] = self.activated
             data["activation"] = dict(self.activation)
         return data
@@ -575,7 +621,7 @@ class JobResult:
             _check_keys(data, "a failed job's result", required=("status",), optional=("message", "kind"))
             return cls(status=data["status"], message=data.get("message") or "", kind=data.get("kind", ""))
         required = ["status", "kind", "predictions", "pseudo_labeled", "metrics"]
-        if data.get("kind") == "adapt":
+        if data.get("kind") in ADAPT_KINDS:
             required.append("activated")
         _check_keys(data, "a finished job's result", required=required,
                     optional=[f.name for f in fields(cls) if f.name not in required])

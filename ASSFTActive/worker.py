@@ -1,22 +1,23 @@
 """The background worker: ``python -m ASSFTActive.worker JOB_DIR`` (DESIGN.md §4).
 
-Reads ``JOB_DIR/job.json`` (:mod:`ASSFTActive.jobs`), runs a ``rank`` or ``adapt`` job, and reports on stdout one
-JSON event per line (:meth:`ASSFTActive.progress.Event.to_json`); the same lines go to ``JOB_DIR/events.jsonl``
-and a readable copy to ``JOB_DIR/log.txt``. The last line is ``done`` (exit code 0) or ``error`` (exit code 1, or
-130 when cancelled, with the message ``cancelled``). Only events are written to stdout: anything else a library
-prints goes to stderr.
+Reads ``JOB_DIR/job.json`` (:mod:`ASSFTActive.jobs`), runs a ``rank``, ``adapt`` or ``sfr`` job, and reports on
+stdout one JSON event per line (:meth:`ASSFTActive.progress.Event.to_json`); the same lines go to
+``JOB_DIR/events.jsonl`` and a readable copy to ``JOB_DIR/log.txt``. The last line is ``done`` (exit code 0) or
+``error`` (exit code 1, or 130 when cancelled, with the message ``cancelled``). Only events are written to stdout:
+anything else a library prints goes to stderr.
 
 Cancelling: SIGTERM or SIGINT raises :class:`~ASSFTActive.errors.CancelledError` in the running computation (at
 the latest at the next progress event), so the job ends within seconds and leaves the model store untouched. Once
 the new model version starts being committed (the ``commit`` phase, a few milliseconds), a signal no longer
 interrupts; the job then finishes normally.
 
-Resuming: an ``adapt`` job writes checkpoints to ``JOB_DIR/checkpoints``; running the worker again on the same job
-(e.g. after ``kill -9``) continues from the last one.
+Resuming: an ``adapt`` or ``sfr`` job writes checkpoints to ``JOB_DIR/checkpoints`` (an ``sfr`` job also its SAM
+pseudo-labels and finished cross-validation folds); running the worker again on the same job (e.g. after
+``kill -9``) continues from the last one.
 
 Scale-out: under ``torchrun --nproc_per_node N -m ASSFTActive.worker JOB_DIR`` training is
 DistributedDataParallel (NCCL on GPUs, Gloo on CPU) and ranking shards the pool across ranks; only rank 0 writes
-events and files.
+events and files. An ``sfr`` job runs in one process.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, TextIO
 
 from .errors import AssftError, CancelledError, JobError
 from .jobs import (
+    ADAPT_KINDS,
     CHECKPOINT_DIR,
     EVENTS_FILE,
     EXIT_CANCELLED,
@@ -215,19 +217,23 @@ def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[
                               "selected": list(result.ranking.selected_ids)})
 
 
-def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
-    from .finetune.adapt import adapt_model
+class _Rerank:
+    """The ``before_commit`` of an adaptation job (adapt, sfr): re-rank the remaining pool with the model that will be
+    active, before the commit (cancellable); what it wrote is kept for the result."""
 
-    config = spec.finetune_config()
-    reranked: Dict[str, Any] = {}
+    def __init__(self, spec: JobSpec, job_dir: Path, channel: _Channel):
+        self.spec, self.job_dir, self.channel = spec, job_dir, channel
+        self.ranking: Optional[str] = None
+        self.predictions: Optional[Dict[str, str]] = None
+        self.selected: Optional[List[str]] = None
 
-    def rerank(model, rank_ctx) -> None:
-        """Re-rank the remaining pool with the model that will be active, before the commit (cancellable)."""
+    def __call__(self, model, rank_ctx) -> None:
         from .api import rank_pool
         from .finetune.adapt import default_name
         from .inference import Predictor
         from .models import derive_card, load_model
 
+        spec = self.spec
         pool = [k for k in spec.images if k not in spec.labels]
         if not pool:
             return
@@ -236,13 +242,38 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional
         predictor = Predictor(model, pretrained, device=rank_ctx.device)
         card = derive_card(model.card, name=spec.name or default_name(model.card), weights="weights.safetensors",
                            pretrained=str(model.card.pretrained_card().path), provenance={})
-        result = rank_pool(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels),
-                           query=spec.query_config(), ctx=rank_ctx, progress=channel, predictor=predictor)
+        result = rank_pool(_images(spec), card, spec.budget, self.job_dir, labeled_ids=sorted(spec.labels),
+                           query=spec.query_config(), ctx=rank_ctx, progress=self.channel, predictor=predictor)
         if rank_ctx.is_main:
-            reranked["ranking"] = str(job_dir / RANKING_FILE)
-            reranked["predictions"] = _predictions(result)
-            reranked["selected"] = list(result.ranking.selected_ids)
+            self.ranking = str(self.job_dir / RANKING_FILE)
+            self.predictions = _predictions(result)
+            self.selected = list(result.ranking.selected_ids)
 
+
+def _adaptation_result(kind: str, outcome, rerank: _Rerank) -> JobResult:
+    """The :class:`JobResult` of an adaptation (an ``AdaptResult``, or an ``SfrResult`` with its ``method``)."""
+    summary = outcome.to_dict()
+    # activated, activation and pseudo_labeled are top-level keys of the result, written once (not in metrics)
+    metrics = dict(summary["metrics"], version=outcome.version, labeled=summary["labeled"],
+                   skipped=summary["skipped"], pseudo=summary["pseudo"], seconds=summary["seconds"],
+                   resumed_from=summary["resumed_from"])
+    if "method" in summary:
+        metrics["method"] = summary["method"]
+    if rerank.selected is not None:
+        metrics["selected"] = rerank.selected
+    return JobResult(status=RESULT_DONE, kind=kind, model_card=str(outcome.card_path),
+                     ranking=rerank.ranking, activated=bool(outcome.activated),
+                     activation=summary["activation"],
+                     pseudo_labeled=tuple(d["case_id"] for d in summary["pseudo"] if d["kept"]),
+                     predictions=rerank.predictions if rerank.predictions is not None else summary["predictions"],
+                     metrics=metrics)
+
+
+def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
+    from .finetune.adapt import adapt_model
+
+    config = spec.finetune_config()
+    rerank = _Rerank(spec, job_dir, channel)
     outcome = adapt_model(spec.images, spec.labels, store=_resolve_in_job(job_dir, spec.store),
                           model=_resolve_in_job(job_dir, spec.model or "default"),
                           name=spec.name or None, config=config, progress=channel,
@@ -250,18 +281,28 @@ def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional
                           before_commit=rerank)
     if not ctx.is_main:
         return None
-    summary = outcome.to_dict()
-    # activated, activation and pseudo_labeled are top-level keys of the result, written once (not in metrics)
-    metrics = dict(summary["metrics"], version=outcome.version, labeled=summary["labeled"],
-                   skipped=summary["skipped"], pseudo=summary["pseudo"], seconds=summary["seconds"],
-                   resumed_from=summary["resumed_from"])
-    if "selected" in reranked:
-        metrics["selected"] = reranked["selected"]
-    return JobResult(status=RESULT_DONE, kind="adapt", model_card=str(outcome.card_path),
-                     ranking=reranked.get("ranking"), activated=bool(outcome.activated),
-                     activation=summary["activation"],
-                     pseudo_labeled=tuple(d["case_id"] for d in summary["pseudo"] if d["kept"]),
-                     predictions=reranked.get("predictions", summary["predictions"]), metrics=metrics)
+    return _adaptation_result("adapt", outcome, rerank)
+
+
+def _run_sfr(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
+    """SFR / SFR+ (:func:`ASSFTActive.sfr.pipeline.sfr_adapt`), with the same re-ranking and result as adapt."""
+    if ctx.distributed:
+        raise JobError("an sfr job runs in one process; start the worker without torchrun "
+                       "(python -m ASSFTActive.worker JOB_DIR).")
+    from .sfr.pipeline import sfr_adapt
+
+    config = spec.sfr_config()
+    rerank = _Rerank(spec, job_dir, channel)
+    outcome = sfr_adapt(spec.images, spec.labels, store=_resolve_in_job(job_dir, spec.store),
+                        model=_resolve_in_job(job_dir, spec.model or "default"),
+                        sam_prior=_resolve_in_job(job_dir, spec.sam_prior) or None, name=spec.name or None,
+                        config=config, progress=channel, work_dir=job_dir / CHECKPOINT_DIR, predictions_dir=None,
+                        device=ctx.device, before_commit=rerank)
+    return _adaptation_result("sfr", outcome, rerank)
+
+
+#: The function that runs each job kind.
+_RUNNERS = {"rank": _run_rank, "adapt": _run_adapt, "sfr": _run_sfr}
 
 
 def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO] = None) -> int:
@@ -307,11 +348,11 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
             if ctx.distributed:
                 channel.emit("phase", phase="start", message=(
                     f"{ctx.world_size} ranks, backend {ctx.backend}, device {ctx.device.type}"))
-            result = (_run_adapt if spec.kind == "adapt" else _run_rank)(spec, job_dir, ctx, channel)
+            result = _RUNNERS[spec.kind](spec, job_dir, ctx, channel)
             cancel.interruptible = False
             if result is not None:
                 write_result(job_dir, result)
-            message = ("done" if result is None else f"new model {result.model_card}" if spec.kind == "adapt"
+            message = ("done" if result is None else f"new model {result.model_card}" if spec.kind in ADAPT_KINDS
                        else f"ranking {result.ranking}")
             if cancel.requested:
                 channel.note(f"{cancel.signal_name} arrived after the new version was committed; finished normally")
@@ -366,7 +407,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .cli.common import add_device_argument
 
     parser = argparse.ArgumentParser(prog="python -m ASSFTActive.worker",
-                                     description="Run one ASSFT background job (rank or adapt) in JOB_DIR.")
+                                     description="Run one ASSFT background job (rank, adapt or sfr) in JOB_DIR.")
     parser.add_argument("job_dir", type=Path, help="folder holding job.json; outputs are written there")
     add_device_argument(parser)
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ from ASSFTModuleLib import (
 )
 from ASSFTModuleLib.guiBinding import GuiBinding
 from ASSFTModuleLib.logic import ASSFTSceneLogic
-from ASSFTModuleLib.parameters import ModelSource
+from ASSFTModuleLib.parameters import AdaptMethod, ModelSource
 from ASSFTModuleLib.ranking import HIDDEN_COLUMNS
 from ASSFTModuleLib.workerProcess import workerEnvironment
 from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
@@ -58,9 +58,11 @@ class ASSFTModule(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Adapt a pre-trained 3D segmentation model to your site with few expert labels. "
             "<b>Rank Volumes</b> scores every volume in the scene (diversified knowledge divergence, anatomical "
-            "segmentation difficulty) and proposes the most useful ones; click a volume to see its uncertainty overlay and "
-            "high-entropy regions; <b>Annotate</b> opens the Segment Editor with one segment per model class; "
-            "<b>Adapt Model</b> fine-tunes the model in a separate process and re-ranks the pool."
+            "segmentation difficulty) and proposes the most useful ones; click a volume to see its uncertainty "
+            "overlay and high-entropy regions; <b>Annotate</b> opens the Segment Editor with one segment per model "
+            "class; <b>Adapt Model</b> fine-tunes the model in a separate process and re-ranks the pool, with "
+            "the chosen <b>Adapt method</b>: ASSFT (selective pseudo-labels), SFR or SFR+ (SAM fine-tuned on the "
+            "labeled volumes gives the pseudo-labels, then Mean-Teacher re-training)."
         )
         self.parent.acknowledgementText = _(
             "Built on 3D Slicer, MONAI and PyTorch. The embedded default model was trained on the Medical "
@@ -81,6 +83,7 @@ class ASSFTModuleParameterNode:
     modelCardPath - the card file (card.json) when modelSource is CardFile; an adapted model's card after Adapt.
     workDirectory - folder for job folders (jobs/) and the model store (models/).
     budget - volumes to propose per round.
+    adaptMethod - how Adapt Model adapts: ASSFT, SFR or SFR+ (ASSFTModuleLib.parameters.AdaptMethod).
     overlayOpacity, overlayThreshold - entropy overlay display in the slice views.
     prefillFromPrediction - Annotate starts from the model's prediction.
     rankingTable - the ranking table node.
@@ -92,6 +95,7 @@ class ASSFTModuleParameterNode:
     modelCardPath: pathlib.Path
     workDirectory: pathlib.Path
     budget: Annotated[int, WithinRange(1, 1000)] = 3
+    adaptMethod: AdaptMethod = AdaptMethod.ASSFT
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     overlayThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.3
     prefillFromPrediction: bool = True
@@ -272,6 +276,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startJob("rank")
 
     def onAdaptButton(self) -> None:
+        """Adapt Model with the parameter node's adapt method (the controller picks the job kind)."""
         self.startJob("adapt")
 
     def onCheckCardButton(self) -> None:

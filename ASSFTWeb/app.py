@@ -3,7 +3,7 @@
 Left: trame-slicer's segment editor (Paint, Erase, Draw, Scissors, Threshold, Islands, undo) on the class
 segmentation of the volume being annotated. Centre: axial, coronal and sagittal views rendered server-side by VTK.
 Right: the ASSFT panel (volumes, model and budget, Rank Volumes, ranking table, overlay, regions, Annotate,
-Save labels, Adapt Model with progress and Cancel, the DKD-against-ASD chart).
+Save labels, Adapt Model with its method (ASSFT, SFR, SFR+), progress and Cancel, the DKD-against-ASD chart).
 
 All state lives on the server, so every browser tab shows the same round and a tab that closes mid-job changes
 nothing: the job runs in its own worker process (``JobController``), whose callbacks are moved onto the server's
@@ -20,6 +20,7 @@ import slicer
 from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.jobRun import SubprocessJobRunner
+from ASSFTModuleLib.parameters import AdaptMethod
 from trame.app import TrameApp
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
@@ -32,6 +33,7 @@ from trame_slicer.segmentation import BrushDiameterMode, SegmentationEffectPaint
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from ASSFTActive.errors import AssftError
+from ASSFTActive.jobs import ADAPT_KINDS
 
 from .plot import scores_svg
 from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, AnnotatorSession, ServeConfig
@@ -115,6 +117,8 @@ class ASSFTWebApp(TrameApp):
         s.model_text = str(config.model)
         s.model_description = self.session.model_description()
         s.budget = int(config.budget)
+        s.adapt_methods = [{"title": m.label(), "value": m.value} for m in AdaptMethod]
+        s.adapt_method = self.session.parameters.adaptMethod.value
         s.rows = []
         s.selected_row = -1
         s.ranking_round = 0
@@ -138,6 +142,7 @@ class ASSFTWebApp(TrameApp):
         s.log = []
         s.change("overlay_visible", "overlay_opacity")(self._on_overlay_changed)
         s.change("budget")(self._on_budget_changed)
+        s.change("adapt_method")(self._on_adapt_method_changed)
 
     def _connect_controller(self) -> None:
         c = self.session.controller
@@ -171,7 +176,7 @@ class ASSFTWebApp(TrameApp):
             model = self.session.model_description()
             self.state.model_description = model
             self.state.model_text = self.session.controller.modelReference()
-            what = "Re-ranked with the adapted model" if outcome.kind == "adapt" else "Ranked"
+            what = "Re-ranked with the adapted model" if outcome.kind in ADAPT_KINDS else "Ranked"
             self.state.ranking_caption = f"{what}: round {self.state.ranking_round}, model {model}."
             self._refresh_rows()
             if self.state.rows:
@@ -214,6 +219,12 @@ class ASSFTWebApp(TrameApp):
             self.session.parameters.budget = max(1, int(budget))
         except (TypeError, ValueError):
             self.state.error = f"The budget must be a whole number, got {budget!r}."
+
+    def _on_adapt_method_changed(self, adapt_method, **_) -> None:
+        try:
+            self.session.set_adapt_method(adapt_method)
+        except ASSFTModuleError as error:
+            self.state.error = str(error)
 
     # ------------------------------------------------------------------ jobs
     def start_job(self, kind: str) -> None:
@@ -376,6 +387,8 @@ class ASSFTWebApp(TrameApp):
                     v3.VTextField(v_model_number=("budget",), type="number", min=1, label="Budget",
                                   density="compact", hide_details=True, id="budget_field")
             html.Div("{{ model_description }}", classes="text-caption mb-2", id="model_description")
+            v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
+                       density="compact", hide_details=True, id="adapt_method", classes="mb-2")
             with html.Div(classes="d-flex ga-2 mb-2"):
                 v3.VBtn("Rank Volumes", click=self.rank, disabled=("job_running",), color="primary", size="small",
                         id="btn_rank")

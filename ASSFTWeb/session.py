@@ -19,7 +19,7 @@ from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
 from ASSFTModuleLib.logic import ASSFTSceneLogic, CaseView
-from ASSFTModuleLib.parameters import ModelSource
+from ASSFTModuleLib.parameters import AdaptMethod, ModelSource
 from ASSFTModuleLib.records import CaseState
 from ASSFTModuleLib.workerProcess import workerEnvironment
 
@@ -40,6 +40,7 @@ class WebParameters:
     modelCardPath: Path = Path("")
     workDirectory: Path = Path("")
     budget: int = 2
+    adaptMethod: AdaptMethod = AdaptMethod.ASSFT
     rankingTable: object = None
     lastJobDirectory: str = ""
 
@@ -87,12 +88,12 @@ class _JobSettings:
     def __getattr__(self, name):
         return getattr(self._logic, name)
 
-    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None):
+    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, sfr=None):
         card = self._logic.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self._logic.poolVolumeNodes()
         return jobPreparation.prepareJob(self._logic.scene, workDir, kind, nodes, card, str(model or ""), budget,
                                          storeDir=self._config.store_dir, query=self._config.query,
-                                         finetune=self._config.finetune)
+                                         finetune=self._config.finetune, sfr=sfr)
 
 
 class AnnotatorSession:
@@ -189,8 +190,21 @@ class AnnotatorSession:
         raise ASSFTModuleError(f"Volume '{name}' is not loaded.")
 
     # ------------------------------------------------------------------ jobs
+    def set_adapt_method(self, method) -> None:
+        """How Adapt Model adapts: ``assft``, ``sfr`` or ``sfr_plus`` (an :class:`AdaptMethod` value).
+
+        Raises:
+            ASSFTModuleError: an unknown method.
+        """
+        try:
+            self.parameters.adaptMethod = AdaptMethod(method)
+        except ValueError as error:
+            raise ASSFTModuleError(f"Unknown adapt method {method!r}; choose one of "
+                                   f"{[m.value for m in AdaptMethod]}.") from error
+
     def start_job(self, kind: str):
-        """Start a ``rank`` or ``adapt`` job (the controller refuses a second one while one runs)."""
+        """Start a ``rank`` job, or Adapt Model with ``kind`` ``adapt`` (an ``adapt`` or ``sfr`` job, by the adapt
+        method); the controller refuses a second one while one runs."""
         return self.controller.startJob(kind)
 
     def cancel(self) -> None:

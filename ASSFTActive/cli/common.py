@@ -90,6 +90,21 @@ class ProgressBar:
             self._bar = None
 
 
+def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--work-dir`` of the resumable commands (``assft sfr``; ``assft adapt`` words it the same)."""
+    parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
+                                                      "again continues from them")
+
+
+def work_dir_lock(work_dir: Optional[Path]):
+    """A lock on ``--work-dir`` for the run (two runs never share one); nothing without a work dir."""
+    import contextlib
+
+    from ..locks import folder_lock
+
+    return folder_lock(work_dir, "--work-dir") if work_dir is not None else contextlib.nullcontext()
+
+
 def read_settings_file(path: Optional[Path]) -> dict:
     """The JSON object of a ``--config`` settings file (empty without one).
 

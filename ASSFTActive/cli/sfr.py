@@ -3,7 +3,9 @@ re-training of the 3D model); store a new version, activated when the same guard
 
 Images with a label file of the same name in ``--labels`` are the labelled set; the other images are the pool SAM
 pseudo-labels. The SAM is the embedded ``sfr-sam-tiny`` prior (not Meta's SAM) unless ``--sam`` names a SAM prior
-folder (``sam-card.json`` + weights).
+folder (``sam-card.json`` + weights). With ``--work-dir`` the run is resumable: running the same command again skips
+the finished cross-validation folds, reuses SAM's pseudo-labels and continues the re-training from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
+from ..jobs import SFR_METHODS
 from .adapt import add_input_arguments, add_run_arguments
-from .common import progress_channel, read_settings_file
+from .common import add_work_dir_argument, progress_channel, read_settings_file, work_dir_lock
 
-METHODS = ("sfr", "sfr_plus")
+#: ``--method`` choices: the values of :class:`~ASSFTActive.sfr.pipeline.SfrMethod`.
+METHODS = SFR_METHODS
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--iterations", type=int, help="3D re-training steps (default 6000, SFR's)")
     parser.add_argument("--seed", type=int, help="seed of SAM fine-tuning, re-training and the folds")
     add_run_arguments(parser, "SFR settings (SfrConfig)")
+    add_work_dir_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -70,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     labels = match_labels(images, args.labels)
     bar, progress = progress_channel(args)
     try:
-        result = sfr_adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
-                           sam_prior=args.sam, name=args.name, config=config, progress=progress,
-                           predictions_dir=args.predictions, device=resolve_device(args.device))
+        with work_dir_lock(args.work_dir):
+            result = sfr_adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
+                               sam_prior=args.sam, name=args.name, config=config, progress=progress,
+                               predictions_dir=args.predictions, device=resolve_device(args.device),
+                               work_dir=args.work_dir)
     finally:
         bar.close()
     print(format_summary(result))

@@ -16,11 +16,26 @@
    held-out label leaks through the pseudo-labels); the final re-training stops at the cross-validated best step;
    the verdict is :func:`ASSFTActive.finetune.adapt.decide_activation` (cross-validated gain and the pool check) and
    the metrics are :func:`~ASSFTActive.finetune.adapt.summarise_metrics`'s;
-5. writes a new version with :meth:`ASSFTActive.store.ModelStore.add_version`, activated only when the guard agreed.
+5. runs ``before_commit`` (the worker re-ranks the pool with the model that will be active), then writes a new
+   version with :meth:`ASSFTActive.store.ModelStore.add_version`, activated only when the guard agreed.
+
+**Resuming** (``work_dir``; ``assft sfr --work-dir`` and the worker's ``JOB_DIR/checkpoints``): the run keeps its
+state in :class:`~ASSFTActive.finetune.checkpoints.Checkpoints`, whose identity is a fingerprint of the volumes,
+*every* SFR setting and the SAM prior (its card and weights file), so nothing of another run is ever applied:
+
+* each finished cross-validation fold leaves its held-out scores (``cv-fold<k>.json``); a resumed run skips it;
+* the final run's stage 2 leaves SAM's pseudo-labels of the pool, their confidences and SFR+'s selection
+  (``pseudo-r0.json`` + ``.npz``, :data:`SAM_PSEUDO_ROUND`) and a ``checkpoint.pt`` at re-training step 0: a resumed
+  run reads them instead of fine-tuning SAM again (the fine-tuned SAM itself is not needed afterwards and is not
+  kept);
+* the final Mean-Teacher re-training writes ``checkpoint.pt`` every ``checkpoint_every`` steps (student weights,
+  optimiser and scheduler, the EMA teacher) and at its end; a resumed run continues from the last one.
+
+A fold interrupted midway runs again from its start. The commit removes the files.
 
 What differs from Adapt Model: the recipe per fold is SFR's (the fold's SAM is fine-tuned and pseudo-labels the pool
 again, so the guard costs ``folds`` extra SAM fine-tunings as well as re-trainings); the SAM's fine-tuning is not
-early-stopped; there are no resumable checkpoints yet (a cancelled or killed run starts again); the commit is
+early-stopped; resuming is by stage and re-training step (above), not inside a SAM fine-tuning; the commit is
 written here (same store call, SFR's provenance: method, SAM prior, pseudo-label confidences and selection).
 Cancellation (``progress`` raising ``CancelledError``) before the commit leaves the store unchanged.
 
@@ -30,6 +45,9 @@ References:
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -42,10 +60,11 @@ import torch
 
 from .. import __version__
 from ..distributed import DistContext
-from ..errors import InputError, ModelError
+from ..errors import InputError, JobError, ModelError
 from ..evaluate import EvaluationReport, SkippedVolume, json_ready, mean_scored
 from ..finetune.adapt import (
     AdaptResult,
+    BeforeCommit,
     decide_activation,
     predict_pool,
     read_checked_labels,
@@ -53,11 +72,22 @@ from ..finetune.adapt import (
     start_run,
     summarise_metrics,
 )
+from ..finetune.checkpoints import (
+    CHECKPOINT_FILE,
+    Checkpoints,
+    FoldScores,
+    PseudoLabels,
+    TrainingCheckpoint,
+    card_signature,
+    run_fingerprint,
+)
 from ..finetune.config import FinetuneConfig, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
 from ..finetune.guard import ActivationDecision, CrossValidation, assign_folds
-from ..finetune.state import AdaptRun, LabeledVolume, unwrap
-from ..finetune.training import SupervisedCase
+from ..finetune.pseudo import PseudoDecision
+from ..finetune.state import AdaptRun, LabeledVolume, cpu_state, load_state, unwrap
+from ..finetune.training import SupervisedCase, train_supervised
 from ..io import PathLike, Volume, read_volume
+from ..models import LoadedModel
 from ..plausibility import check_image
 from ..progress import Event, ProgressCallback
 from ..settings import check_enum, check_keys, plain
@@ -68,7 +98,11 @@ from .prior import PRIOR_DIR, SamPrior, load_sam_prior
 from .pseudo import sfr_plus_select, sfr_pseudo_labels
 from .retrain import MeanTeacherConfig, mean_teacher_retrain, sfr_train_config
 
-__all__ = ["SfrConfig", "SfrMethod", "SfrPseudoRecord", "SfrResult", "sfr_adapt"]
+__all__ = ["SAM_PSEUDO_ROUND", "SfrConfig", "SfrMethod", "SfrPseudoRecord", "SfrResult", "sfr_adapt"]
+
+#: Round index under which the final run's SAM pseudo-labels are kept in the work dir (Adapt Model's self-training
+#: rounds are 1, 2, ...; an SFR run has none).
+SAM_PSEUDO_ROUND = 0
 
 
 class SfrMethod(str, Enum):
@@ -88,11 +122,14 @@ class SfrConfig:
         plus: SFR+'s selection for the second SAM fine-tuning (:class:`~.plus.SfrPlusConfig`).
         plus_voxel_threshold: SFR+'s re-training counts only pseudo-label voxels with SAM confidence at least this,
             0.9 (method-spec §2.4, [inferred]); ``None`` = every voxel of a selected volume.
-        retrain: 3D re-training optimisation (:func:`~.retrain.sfr_train_config`: SGD, 6,000 steps).
+        retrain: 3D re-training optimisation (:func:`~.retrain.sfr_train_config`: SGD, 6,000 steps); a mapping
+            given here (``job.json``, a settings file) overrides SFR's defaults key by key.
         mean_teacher: pseudo-label weight and consistency term (:class:`~.retrain.MeanTeacherConfig`).
         validation: the guard, as for Adapt Model (:class:`~ASSFTActive.finetune.config.ValidationConfig`).
         predict_pool: predict the unlabelled volumes with the new model when a predictions folder is given.
         allow_implausible_labels: as for Adapt Model.
+        checkpoint_every: with a work dir, the final re-training writes a resumable checkpoint every this many
+            steps, 25 (as Adapt Model).
     """
 
     method: SfrMethod = SfrMethod.SFR
@@ -104,9 +141,13 @@ class SfrConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     predict_pool: bool = True
     allow_implausible_labels: bool = False
+    checkpoint_every: int = 25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", check_enum(SfrMethod, self.method, "SfrConfig", "method"))
+        if isinstance(self.retrain, Mapping):  # key by key over SFR's optimisation, not TrainConfig's defaults
+            object.__setattr__(self, "retrain", TrainConfig.from_dict(
+                dict(sfr_train_config().to_dict(), **check_keys(TrainConfig, self.retrain, "SfrConfig.retrain"))))
         for name, kind in (("sam", SfrFinetuneConfig), ("plus", SfrPlusConfig), ("retrain", TrainConfig),
                            ("mean_teacher", MeanTeacherConfig), ("validation", ValidationConfig)):
             value = getattr(self, name)
@@ -117,18 +158,23 @@ class SfrConfig:
         if self.plus_voxel_threshold is not None and not 0.0 <= self.plus_voxel_threshold <= 1.0:
             raise ValueError(f"SfrConfig.plus_voxel_threshold must lie in [0, 1] or be null, got "
                              f"{self.plus_voxel_threshold}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 1:
+            raise ValueError(f"SfrConfig.checkpoint_every must be a whole number >= 1, got {self.checkpoint_every!r}")
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`FinetuneConfig` the shared run state and guard read (re-training steps, validation)."""
         return FinetuneConfig(train=self.retrain, semi_iterations=1, pseudo=PseudoLabelConfig(mode=PseudoMode.NONE),
                               validation=self.validation, predict_pool=self.predict_pool,
-                              allow_implausible_labels=self.allow_implausible_labels)
+                              allow_implausible_labels=self.allow_implausible_labels,
+                              checkpoint_every=self.checkpoint_every)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"method": plain(self.method), "sam": self.sam.to_dict(), "plus": self.plus.to_dict(),
                 "plus_voxel_threshold": self.plus_voxel_threshold, "retrain": self.retrain.to_dict(),
                 "mean_teacher": self.mean_teacher.to_dict(), "validation": self.validation.to_dict(),
-                "predict_pool": self.predict_pool, "allow_implausible_labels": self.allow_implausible_labels}
+                "predict_pool": self.predict_pool, "allow_implausible_labels": self.allow_implausible_labels,
+                "checkpoint_every": self.checkpoint_every}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SfrConfig:
@@ -153,7 +199,8 @@ class SfrPseudoRecord:
 class SfrResult(AdaptResult):
     """What an SFR / SFR+ run produced: an :class:`~ASSFTActive.finetune.adapt.AdaptResult` whose ``pseudo`` holds
     SAM's final pseudo-labels of the pool (:class:`SfrPseudoRecord`: confidence, kept for re-training), plus the
-    method. ``metrics`` as in ``AdaptResult``; ``resumed_from`` is always 0 (an SFR run does not resume)."""
+    method. ``metrics`` as in ``AdaptResult``; ``resumed_from`` is the re-training step the final run resumed from
+    (0 = its re-training started afresh)."""
 
     method: SfrMethod = SfrMethod.SFR
 
@@ -165,7 +212,8 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
               model: Optional[PathLike] = "default", sam_prior: Union[None, PathLike, SamPrior] = None,
               method: Union[str, SfrMethod, None] = None, name: Optional[str] = None,
               config: SfrConfig = SfrConfig(), progress: Optional[ProgressCallback] = None,
-              predictions_dir: Optional[PathLike] = None, device: Optional[torch.device] = None) -> SfrResult:
+              predictions_dir: Optional[PathLike] = None, device: Optional[torch.device] = None,
+              work_dir: Optional[PathLike] = None, before_commit: Optional[BeforeCommit] = None) -> SfrResult:
     """Adapt ``model`` with SFR or SFR+; store the result, and activate it when the guard finds it better.
 
     Args:
@@ -181,11 +229,16 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
         progress: receives the events; raising ``CancelledError`` cancels (the store is unchanged).
         predictions_dir: when given (and ``config.predict_pool``), label maps of the pool by the new model.
         device: compute device (default CUDA when present).
+        work_dir: folder for resumable state (see the module docstring); a later call with the same inputs,
+            settings and SAM prior resumes there.
+        before_commit: called just before the commit with the model that will be active afterwards (the
+            re-trained one, or the current one when the guard refused it), as for Adapt Model; still cancellable.
 
     Raises:
         InputError: no labelled volume, missing files, no unlabelled volume, no usable labelled volume.
         ModelError: the SAM prior's classes differ from the model's.
         CancelledError: ``progress`` asked to cancel.
+        JobError, ModelError: the work dir holds state of another run (the message says what to delete).
     """
     if method is not None:
         config = replace(config, method=method)
@@ -193,6 +246,8 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
     run = start_run(images, labels, store=store, model=model, name=name, config=finetune, progress=progress,
                     work_dir=None, predictions_dir=predictions_dir, ctx=DistContext.single(device))
     prior = _load_prior(sam_prior, run)
+    if work_dir is not None:
+        run.checkpoints = _checkpoints(run, config, prior, Path(work_dir))
     pool = _read_pool(run)
     labeled = read_checked_labels(run)
     before = score_current_model(run, labeled)
@@ -201,17 +256,21 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
     run.emit("phase", phase="train", message=(
         f"{config.method.value}: final run on all {len(labeled)} labelled volume(s), re-training up to step {stop} of "
         f"{config.retrain.iterations}" + (" (the cross-validated best)" if cv is not None else "")))
-    records = _sfr_recipe(run, config, prior, run.network, labeled, pool, stop, label="")
+    records, resumed = _final_run(run, config, prior, labeled, pool, stop)
     run.network.eval()
     decision = decide_activation(run, labeled, cv, stop)
     metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
     predictions = predict_pool(run) if run.predictions_dir is not None and config.predict_pool else {}
+    if before_commit is not None:
+        active = run.network if decision.activate else run.current_network(run.network)
+        before_commit(LoadedModel(run.card, active, run.model.report), run.ctx)
     version = _commit(run, config, prior, labeled, records, metrics, decision)
+    run.checkpoints.clear()
     result = SfrResult(name=run.name, version=version.version, version_dir=version.path,
                        card_path=version.path / "card.json", activated=decision.activate, decision=decision,
                        method=config.method, labeled=tuple(c.case_id for c in labeled), skipped=tuple(run.skipped),
                        pseudo=tuple(records), metrics=json_ready(metrics), predictions=predictions,
-                       seconds=time.time() - run.started)
+                       seconds=time.time() - run.started, resumed_from=resumed)
     run.emit("phase", phase="done", message=(
         f"{run.name} {result.version} written" + (" and active" if result.activated else " (not activated)")))
     return result
@@ -230,6 +289,29 @@ def _load_prior(sam_prior: Union[None, PathLike, SamPrior], run: AdaptRun) -> Sa
     run.emit("phase", phase="load", message=f"SAM prior {prior.card.get('name', prior.path.name)} ({prior.path})"
              + ("; NOT Meta's SAM" if prior.card.get("not_meta_sam") else ""))
     return prior
+
+
+def _checkpoints(run: AdaptRun, config: SfrConfig, prior: SamPrior, folder: Path) -> Checkpoints:
+    """The run's resumable state in ``folder``, identified by the volumes, every SFR setting and the SAM prior."""
+
+    class Identity:  # what run_fingerprint hashes: the settings that make a cached state valid
+        @staticmethod
+        def to_dict() -> Dict[str, Any]:
+            return {"sfr": config.to_dict(), "sam_prior": _prior_identity(prior)}
+
+    return Checkpoints(folder, run_fingerprint(run.images, run.labels, Identity()), card_signature(run.card),
+                       run.ctx.is_main)
+
+
+def _prior_identity(prior: SamPrior) -> Dict[str, Any]:
+    """The SAM prior as far as a cached pseudo-label depends on it: its card, and its weights file's size and time."""
+    identity: Dict[str, Any] = {"card": hashlib.sha256(json.dumps(prior.card, sort_keys=True, default=str)
+                                                       .encode()).hexdigest()}
+    weights = Path(prior.path) / str(prior.card.get("weights", ""))
+    if weights.is_file():
+        stat = weights.stat()
+        identity["weights"] = {"path": str(weights.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return identity
 
 
 def _read_pool(run: AdaptRun) -> List[Tuple[str, Volume]]:
@@ -260,8 +342,13 @@ def _prefixed(run: AdaptRun, label: str) -> Optional[ProgressCallback]:
 
 def _sam_pseudo_labels(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],
                        pool: Sequence[Tuple[str, Volume]], progress: Optional[ProgressCallback]
-                       ) -> Tuple[List[SupervisedCase], List[SfrPseudoRecord]]:
-    """Stage 2: SAM fine-tuned on ``labeled`` and its pseudo-labels of ``pool`` (SFR: all; SFR+: the selection)."""
+                       ) -> Tuple[List[SupervisedCase], List[SfrPseudoRecord], PseudoLabels]:
+    """Stage 2: SAM fine-tuned on ``labeled`` and its pseudo-labels of ``pool`` (SFR: all; SFR+: the selection).
+
+    Returns:
+        the pseudo-labelled cases re-trained on, one record per pool volume, and all of it as the
+        :class:`~ASSFTActive.finetune.checkpoints.PseudoLabels` a work dir keeps (:func:`_restore_sam_pseudo`).
+    """
     cases = [SfrCase(c.case_id, c.image, c.label) for c in labeled]
     ids, volumes = [c for c, _ in pool], [v for _, v in pool]
     if config.method == SfrMethod.SFR_PLUS:
@@ -283,27 +370,119 @@ def _sam_pseudo_labels(run: AdaptRun, config: SfrConfig, prior: SamPrior, labele
             pseudo.append(SupervisedCase(label.case_id, image, label.label, mask))
         records.append(SfrPseudoRecord(label.case_id, label.confidence, keep,
                                        int(np.count_nonzero(np.asarray(label.label.array)))))
+    order = sorted(range(len(records)), key=lambda i: -records[i].confidence)
+    decisions = tuple(PseudoDecision(r.case_id, r.confidence, float("nan"), float("nan"), r.kept,
+                                     order.index(i) + 1) for i, r in enumerate(records))
+    saved = PseudoLabels(decisions, labels={p.case_id: np.asarray(p.label.array) for p in labels},
+                         masks={c.case_id: np.asarray(c.voxel_mask) for c in pseudo if c.voxel_mask is not None})
+    return pseudo, records, saved
+
+
+def _restore_sam_pseudo(saved: PseudoLabels, pool: Sequence[Tuple[str, Volume]], where: Path
+                        ) -> Tuple[List[SupervisedCase], List[SfrPseudoRecord]]:
+    """The pseudo-labelled cases and records of :func:`_sam_pseudo_labels` from what a work dir kept."""
+    images = dict(pool)
+    missing = [d.case_id for d in saved.decisions if d.case_id not in images or d.case_id not in saved.labels]
+    if missing:
+        raise JobError(f"{where}: the kept SAM pseudo-labels do not match the unlabelled volumes now readable "
+                       f"({', '.join(missing[:5])}). Delete {where} to start over.")
+    pseudo, records = [], []
+    for decision in saved.decisions:
+        image, array = images[decision.case_id], saved.labels[decision.case_id]
+        if decision.kept:
+            pseudo.append(SupervisedCase(decision.case_id, image, image.with_array(array),
+                                         saved.masks.get(decision.case_id)))
+        records.append(SfrPseudoRecord(decision.case_id, decision.confidence, decision.kept,
+                                       int(np.count_nonzero(array))))
     return pseudo, records
+
+
+def _stage2(run: AdaptRun, config: SfrConfig, prior: SamPrior, train: Sequence[LabeledVolume],
+            pool: Sequence[Tuple[str, Volume]], label: str
+            ) -> Tuple[List[SupervisedCase], List[SfrPseudoRecord], PseudoLabels]:
+    run.emit("phase", phase="sfr_finetune", message=f"{label}{config.method.value} stage 2: fine-tuning SAM on "
+                                                    f"{len(train)} labelled volume(s)")
+    return _sam_pseudo_labels(run, config, prior, train, pool, _prefixed(run, label))
+
+
+def _announce_stage3(run: AdaptRun, config: SfrConfig, train: Sequence[LabeledVolume],
+                     pseudo: Sequence[SupervisedCase], stop: int, label: str, start: int = 0) -> None:
+    run.emit("phase", phase="train", step=start, total=config.retrain.iterations, message=(
+        f"{label}{config.method.value} stage 3: Mean-Teacher re-training on {len(train)} labelled + {len(pseudo)} "
+        f"SAM-pseudo-labelled volume(s), {min(stop, config.retrain.iterations)} of {config.retrain.iterations} "
+        "steps" + (f", resuming at {start}" if start else "")))
 
 
 def _sfr_recipe(run: AdaptRun, config: SfrConfig, prior: SamPrior, network: torch.nn.Module,
                 train: Sequence[LabeledVolume], pool: Sequence[Tuple[str, Volume]], stop: int, *, label: str,
                 scorer=None) -> List[SfrPseudoRecord]:
-    """Stages 2 and 3 on ``train``: SAM fine-tuning and pseudo-labels, then the Mean-Teacher re-training of
-    ``network`` in place up to ``stop``."""
-    progress = _prefixed(run, label)
-    run.emit("phase", phase="sfr_finetune", message=f"{label}{config.method.value} stage 2: fine-tuning SAM on "
-                                                    f"{len(train)} labelled volume(s)")
-    pseudo, records = _sam_pseudo_labels(run, config, prior, train, pool, progress)
-    run.emit("phase", phase="train", message=(
-        f"{label}{config.method.value} stage 3: Mean-Teacher re-training on {len(train)} labelled + {len(pseudo)} "
-        f"SAM-pseudo-labelled volume(s), {min(stop, config.retrain.iterations)} of {config.retrain.iterations} "
-        "steps"))
+    """Stages 2 and 3 of a cross-validation fold on ``train``: SAM fine-tuning and pseudo-labels, then the
+    Mean-Teacher re-training of ``network`` in place up to ``stop``, scored along the way."""
+    pseudo, records, _ = _stage2(run, config, prior, train, pool, label)
+    _announce_stage3(run, config, train, pseudo, stop, label)
     labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
     mean_teacher_retrain(network, run.card, labeled, pseudo, config.retrain, config.mean_teacher,
-                         progress=progress, device=run.device, scorer=scorer,
+                         progress=_prefixed(run, label), device=run.device, scorer=scorer,
                          score_every=config.validation.every if scorer is not None else 0, stop_at=stop)
     return records
+
+
+def _final_run(run: AdaptRun, config: SfrConfig, prior: SamPrior, train: Sequence[LabeledVolume],
+               pool: Sequence[Tuple[str, Volume]], stop: int) -> Tuple[List[SfrPseudoRecord], int]:
+    """Stages 2 and 3 on every labelled volume, re-training ``run.network`` in place up to ``stop``; resumes from
+    the work dir: stage 2 when its pseudo-labels were kept, stage 3 from its last checkpoint.
+
+    Returns:
+        the pseudo-label records and the re-training step resumed from (0: from the start).
+    """
+    checkpoints = run.checkpoints
+    checkpoint = checkpoints.load()
+    last = min(int(stop), config.retrain.iterations)
+    if checkpoint is None:
+        pseudo, records, saved = _stage2(run, config, prior, train, pool, "")
+        if checkpoints.writer:
+            checkpoints.save_pseudo(SAM_PSEUDO_ROUND, saved)
+            checkpoints.save(TrainingCheckpoint(0, 0, cpu_state(run.network), None))  # stage 2 is done
+        start, optim = 0, None
+    else:
+        saved = checkpoints.load_pseudo(SAM_PSEUDO_ROUND)
+        if saved is None:
+            raise JobError(f"{checkpoints.folder}: a re-training checkpoint without the SAM pseudo-labels it was "
+                           f"trained on. Delete {checkpoints.folder} to start over.")
+        pseudo, records = _restore_sam_pseudo(saved, pool, checkpoints.folder)
+        load_state(run.network, checkpoint.network, str(checkpoints.folder / CHECKPOINT_FILE))
+        start, optim = (checkpoint.step, checkpoint.optimizer) if checkpoint.stage == 0 else (last, None)
+        run.emit("phase", phase="resume", step=start, total=config.retrain.iterations, message=(
+            f"resuming the final run: SAM's pseudo-labels of {len(records)} volume(s) kept from stage 2, "
+            f"re-training from step {start}"))
+    _announce_stage3(run, config, train, pseudo, stop, "", start)
+    if start < last:
+        _retrain_final(run, config, train, pseudo, last, start, optim)
+    if checkpoints.writer:
+        checkpoints.save(TrainingCheckpoint(1, 0, cpu_state(run.network), None))  # stage 3 is done
+    return records, start
+
+
+def _retrain_final(run: AdaptRun, config: SfrConfig, train: Sequence[LabeledVolume],
+                   pseudo: Sequence[SupervisedCase], last: int, start: int, optim: Optional[Mapping]) -> None:
+    """The final Mean-Teacher re-training with resumable checkpoints: :func:`~.retrain.mean_teacher_retrain`'s call
+    of the shared trainer (its teacher and parts) plus the trainer's own resume arguments, which
+    ``mean_teacher_retrain`` does not pass on."""
+    network, checkpoints = run.network, run.checkpoints
+    teacher = copy.deepcopy(unwrap(network))
+    if optim is not None and optim.get("teacher") is not None:
+        teacher.load_state_dict(optim["teacher"])
+    every = config.checkpoint_every if checkpoints.writer else 0
+
+    def on_checkpoint(step: int, net: torch.nn.Module, state: Mapping) -> None:
+        if step < last:
+            checkpoints.save(TrainingCheckpoint(0, step, cpu_state(net), state))
+
+    labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
+    train_supervised(network, run.card, labeled, config.retrain, pseudo=pseudo, progress=run.progress,
+                     device=run.device, start_step=start, optimizer_state=optim,
+                     checkpoint=on_checkpoint if every else None, checkpoint_every=every, teacher=teacher,
+                     semi=config.mean_teacher.semi_parts(), stop_at=last)
 
 
 def _cross_validate(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],
@@ -315,6 +494,12 @@ def _cross_validate(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: 
         held_cases = [c for c in labeled if c.case_id in held]
         train = [c for c in labeled if c.case_id not in held]
         tag = f"fold {index + 1}/{len(folds)} "
+        saved = run.checkpoints.load_fold(index)
+        if saved is not None and set(saved.held_out) == set(held):
+            for case, by_step in saved.scores.items():
+                per_class[case].update(by_step)
+            run.emit("phase", phase="resume", message=f"cross-validation {tag}: kept from an earlier run, skipped")
+            continue
 
         def score(net: torch.nn.Module, step: int, held_cases=held_cases, tag=tag) -> None:
             report = run.evaluate(net, held_cases, hd95=False, phase="validate")
@@ -328,6 +513,8 @@ def _cross_validate(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: 
             f"cross-validation {tag}: SFR on {len(train)} labelled volume(s), scoring {', '.join(held)}"))
         _sfr_recipe(run, config, prior, run.current_network(run.network), train, pool, config.retrain.iterations,
                     label=tag, scorer=score)
+        run.checkpoints.save_fold(index, FoldScores(held_out=tuple(held), scores={
+            c.case_id: dict(per_class[c.case_id]) for c in held_cases}))
     steps = sorted(set.intersection(*(set(v) for v in per_class.values())))
     return CrossValidation(steps=tuple(steps),
                            dice={c: tuple(mean_scored(v[s]) for s in steps) for c, v in per_class.items()},

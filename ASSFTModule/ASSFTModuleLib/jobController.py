@@ -28,7 +28,7 @@ from ASSFTActive.jobs import RESULT_CANCELLED, RESULT_DONE, RESULT_ERROR, read_j
 from . import jobs
 from .errors import ASSFTModuleError, JobFailedError
 from .events import WorkerOutput, eventFraction, formatEvent
-from .parameters import ModelSource, modelReferenceFor
+from .parameters import AdaptMethod, ModelSource, adaptJobFor, modelReferenceFor
 from .records import OutputLine, PreparedJob
 from .workerProcess import deviceProbeCommand, parseDeviceProbe, pythonExecutable, workerCommand
 
@@ -66,7 +66,7 @@ class JobOutcome:
         status: ``done``, ``cancelled`` or ``error``.
         message: plain text for the status line.
         jobDir: the job folder.
-        kind: ``rank`` or ``adapt``.
+        kind: the job kind, ``rank``, ``adapt`` or ``sfr``.
         details: longer text (the log's tail) for an error.
         loaded: what was loaded into the scene (``logic.LoadedResult``), None when nothing was.
     """
@@ -289,7 +289,11 @@ class JobController:
 
     # ------------------------------------------------------------------ jobs
     def startJob(self, kind: str) -> Optional[PreparedJob]:
-        """Prepare a ``rank`` or ``adapt`` job from the scene and start the worker.
+        """Prepare a job from the scene and start the worker.
+
+        Args:
+            kind: ``rank`` (Rank Volumes) or ``adapt`` (Adapt Model: an ``adapt`` job, or an ``sfr`` job with the
+                parameter node's ``adaptMethod`` SFR or SFR+; see :func:`~.parameters.adaptJobFor`).
 
         Returns:
             the prepared job; None when the user declined installing the worker's packages.
@@ -306,9 +310,12 @@ class JobController:
             self.statusChanged.emit("Not started: the Python packages the worker needs were not installed.")
             return None
         model = self.modelReference(node)
+        sfr = {}
+        if kind == "adapt":
+            kind, sfr = adaptJobFor(getattr(node, "adaptMethod", AdaptMethod.ASSFT))
         jobs.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
                              protect=[node.lastJobDirectory])
-        spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget)
+        spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, sfr=sfr)
         self.job, self.jobModel = spec, model
         node.lastJobDirectory = str(spec.jobDir)
         self.progressChanged.emit(0.0)
@@ -384,11 +391,12 @@ class JobController:
             node.modelSource = ModelSource.CardFile
             node.modelCardPath = Path(loaded.activeModel)
         message = "Done."
+        method = f" Adapt method: {loaded.result.adaptMethod}." if loaded.result.adaptMethod else ""
         if loaded.activeModel is not None:
-            message = f"Adapted model is now active: {loaded.activeModel}"
+            message = f"Adapted model is now active: {loaded.activeModel}.{method}"
         elif loaded.adaptedModel is not None:
             message = (f"The adapted model was stored but not activated: {loaded.result.activationReason} "
-                       f"({loaded.adaptedModel})")
+                       f"({loaded.adaptedModel}).{method}")
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

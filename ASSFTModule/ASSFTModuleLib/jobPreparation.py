@@ -13,7 +13,7 @@ import numpy as np
 
 from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import GEOMETRY_TOLERANCE_MM, atomic_write_text, read_volume, write_volume
-from ASSFTActive.jobs import JobSpec, write_job
+from ASSFTActive.jobs import ADAPT_KINDS, JobSpec, write_job
 
 from .errors import ASSFTModuleError
 from .geometry import volumeFromNode
@@ -72,7 +72,7 @@ def linkImage(volumeNode, caseId: str, imagesDir: Path) -> Optional[Path]:
 
 def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
                storeDir=None, modelName: str = "", query: Optional[dict] = None,
-               finetune: Optional[dict] = None) -> PreparedJob:
+               finetune: Optional[dict] = None, sfr: Optional[dict] = None) -> PreparedJob:
     """Write the scene's volumes and labels into a new job folder with its ``job.json``.
 
     A volume loaded from a NIfTI/NRRD/MetaImage file and unchanged since is linked into the job folder
@@ -81,12 +81,13 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     A volume counts as labeled when its segmentation (:func:`~.segmentation.findLabelSegmentation`) has a
     non-empty segment named after a model class; its class label map goes to ``labels/``. Segments with other
     names are never guessed: a ``rank`` job leaves them out (listed in ``PreparedJob.ignoredSegments``); an
-    ``adapt`` job refuses a labeled segmentation that has them (a misnamed class would train as background).
+    ``adapt`` or ``sfr`` job refuses a labeled segmentation that has them (a misnamed class would train as
+    background).
 
     Args:
         scene: the MRML scene.
         workDir: folder for jobs (``<workDir>/jobs``) and, by default, the model store (``<workDir>/models``).
-        kind: ``rank`` or ``adapt``.
+        kind: ``rank``, ``adapt`` or ``sfr`` (Adapt Model with SFR / SFR+).
         volumeNodes: the pool (scalar volume nodes).
         modelCard: the active model's card (class names).
         model: ``"default"`` or the card path, as the user chose it.
@@ -96,15 +97,16 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
             (``ASSFTActive.finetune.adapt.default_name``: an adapted model's next version keeps its name, a
             pre-trained model's becomes ``<card name>-adapted``). The rule lives in the engine only.
         query, finetune: engine configuration dictionaries passed through unchanged.
+        sfr: the SFR settings of an ``sfr`` job (``JobSpec.sfr``, e.g. ``{"method": "sfr_plus"}``), unchanged.
 
     Returns:
         :class:`PreparedJob`.
 
     Raises:
-        ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` without any labeled volume, or settings
-            the engine's :class:`~ASSFTActive.jobs.JobSpec` refuses (budget, ``finetune``).
-        UnknownSegmentNamesError: an ``adapt`` job, and a labeled segmentation has segments that are not model
-            classes.
+        ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` / ``sfr`` without any labeled volume, or
+            settings the engine's :class:`~ASSFTActive.jobs.JobSpec` refuses (budget, ``finetune``, ``sfr``).
+        UnknownSegmentNamesError: an ``adapt`` / ``sfr`` job, and a labeled segmentation has segments that are not
+            model classes.
     """
     if not volumeNodes:
         raise ASSFTModuleError("There are no volumes to work on. Load the unlabeled volumes into the scene first.")
@@ -125,12 +127,12 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
             continue
         conversion = segmentationToClassLabelmap(scene, segmentationNode, node, modelCard)
         if conversion.unknownSegments:
-            if kind == "adapt" and conversion.isLabeled:  # training labels must not drop a misnamed class
+            if kind in ADAPT_KINDS and conversion.isLabeled:  # training labels must not drop a misnamed class
                 requireKnownSegments(conversion, segmentationNode, modelCard)
             ignored.append(f"{segmentationNode.GetName()}: {', '.join(conversion.unknownSegments)}")
         if conversion.isLabeled:
             conversions[caseId] = conversion
-    if kind == "adapt" and not conversions:
+    if kind in ADAPT_KINDS and not conversions:
         raise ASSFTModuleError(
             "Adapt Model needs at least one labeled volume: annotate a proposed volume (Annotate) so that its "
             "segmentation has a non-empty segment named after a model class."
@@ -145,7 +147,7 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     try:
         job = JobSpec(kind=kind, images=images, labels=labels, model=modelReference(model), store=str(store),
                       name=caseIdForName(modelName) if modelName else "", budget=int(budget),
-                      query=dict(query or {}), finetune=dict(finetune or {}))
+                      query=dict(query or {}), finetune=dict(finetune or {}), sfr=dict(sfr or {}))
     except ValueError as exc:
         jobDir.rmdir()  # still empty: nothing was written yet
         raise ASSFTModuleError(f"Cannot prepare the {kind} job: {exc}.") from exc

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
+from ASSFTActive.jobs import ADAPT_KINDS
 
 from . import jobPreparation, jobs, overlay, plot, ranking, regions, segmentation
 from .errors import ASSFTModuleError
@@ -28,8 +29,10 @@ class LoadedResult:
 
     Attributes:
         result: the job's ``result.json``.
-        activeModel: the card of the adapted model when an ``adapt`` job activated it, else None (keep the model).
-        adaptedModel: the card of the new model version of an ``adapt`` job (stored even when not activated).
+        activeModel: the card of the adapted model when an ``adapt`` or ``sfr`` job activated it, else None (keep
+            the model).
+        adaptedModel: the card of the new model version of an ``adapt`` or ``sfr`` job (stored even when not
+            activated).
         tableNode: the ranking table (None when the job wrote no ranking).
         chartNode: the DKD-against-ASD chart (None without ranking).
         predictionNodes: ``{case_id: prediction segmentation node}``.
@@ -138,12 +141,14 @@ class ASSFTSceneLogic:
 
     # ------------------------------------------------------------------ jobs
     def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
-                   query: Optional[dict] = None, finetune: Optional[dict] = None) -> PreparedJob:
-        """Write a ``rank`` or ``adapt`` job folder for the pool (default: :meth:`poolVolumeNodes`)."""
+                   query: Optional[dict] = None, finetune: Optional[dict] = None,
+                   sfr: Optional[dict] = None) -> PreparedJob:
+        """Write a ``rank``, ``adapt`` or ``sfr`` job folder for the pool (default: :meth:`poolVolumeNodes`);
+        ``sfr`` holds an ``sfr`` job's settings (its ``method``: ``sfr`` or ``sfr_plus``)."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
         return jobPreparation.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
-                               query=query, finetune=finetune)
+                                         query=query, finetune=finetune, sfr=sfr)
 
     def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True) -> LoadedResult:
         """Bring a finished job's results into the scene.
@@ -155,13 +160,14 @@ class ASSFTSceneLogic:
             showPredictions: refresh the prediction segmentations of the volumes still in the scene.
 
         Returns:
-            :class:`LoadedResult`; ``activeModel`` is the adapted card after an ``adapt`` job that activated it.
+            :class:`LoadedResult`; ``activeModel`` is the adapted card after an ``adapt`` or ``sfr`` job that
+            activated it.
 
         Raises:
             JobFailedError: the job did not finish with ``done``.
         """
         result = jobs.readJobResult(jobDir)
-        adaptedModel = result.modelCard if result.kind == "adapt" else None
+        adaptedModel = result.modelCard if result.kind in ADAPT_KINDS else None
         activeModel = adaptedModel if result.activated else None
         card = self.modelCard(adaptedModel if adaptedModel is not None else model)
         cases = jobs.readCaseNodes(jobDir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from ASSFTActive.cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
 
@@ -26,6 +26,28 @@ class ModelSource(enum.Enum):
 
     def label(self) -> str:
         return translateLabel("Embedded default model" if self is ModelSource.Default else "Model card file")
+
+
+class AdaptMethod(enum.Enum):
+    """How Adapt Model adapts the model: ASSFT's selective fine-tuning (an ``adapt`` job) or SFR / SFR+ (an ``sfr``
+    job: SAM pseudo-labels and Mean-Teacher re-training, ``ASSFTActive.sfr.pipeline.sfr_adapt``)."""
+
+    ASSFT = "assft"
+    SFR = "sfr"
+    SFR_PLUS = "sfr_plus"
+
+    def label(self) -> str:
+        return translateLabel({"assft": "ASSFT", "sfr": "SFR", "sfr_plus": "SFR+"}[self.value])
+
+
+def adaptJobFor(method: Union[AdaptMethod, str, None]) -> Tuple[str, Dict[str, str]]:
+    """The job kind and SFR settings of the Adapt Model button for ``method``: ``("adapt", {})`` for ASSFT,
+    ``("sfr", {"method": ...})`` for SFR and SFR+ (the engine's ``JobSpec.sfr``; its other settings keep SFR's
+    defaults)."""
+    method = AdaptMethod(method) if method is not None else AdaptMethod.ASSFT
+    if method is AdaptMethod.ASSFT:
+        return "adapt", {}
+    return "sfr", {"method": method.value}
 
 
 def cardPathText(path: Union[str, Path, None]) -> str:

@@ -156,7 +156,7 @@ class JobResult:
 
     @property
     def modelCard(self) -> Optional[Path]:
-        """The card the job used (rank) or the new model version's card (adapt)."""
+        """The card the job used (rank) or the new model version's card (adapt, sfr)."""
         return EngineJobResult.path(self.record.model_card, self.jobDir)
 
     @property
@@ -186,6 +186,15 @@ class JobResult:
     def activationReason(self) -> str:
         """Why the guard did or did not activate it (empty for rank)."""
         return self.record.activation_reason
+
+    @property
+    def adaptMethod(self) -> str:
+        """How the model was adapted, as the panel names it: ``ASSFT``, ``SFR`` or ``SFR+`` (empty for rank)."""
+        if self.kind == "adapt":
+            return "ASSFT"
+        if self.kind == "sfr":
+            return "SFR+" if self.record.metrics.get("method") == "sfr_plus" else "SFR"
+        return ""
 
 
 @dataclass(frozen=True)

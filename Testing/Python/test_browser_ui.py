@@ -92,15 +92,19 @@ def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 
 
 @pytest.fixture()
 def serve(tmp_path):
-    """``serve(finetune)``: ``assft serve`` on a copy of four sample volumes plus two files it must skip, with
-    ``finetune`` as the engine's fine-tuning settings; every server is stopped by its process id at the end."""
+    """``serve(finetune, labels=())``: ``assft serve`` on a copy of four sample volumes plus two files it must skip
+    (and the sample's label files of the cases ``labels``), with ``finetune`` as the engine's fine-tuning settings;
+    every server is stopped by its process id at the end."""
     processes = []
 
-    def start(finetune: dict) -> dict:
+    def start(finetune: dict, labels=()) -> dict:
         data = tmp_path / "data"
         data.mkdir()
         for case in CASES:
             shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
+        for case in labels:
+            (data / "labels").mkdir(exist_ok=True)
+            shutil.copy(SAMPLE / "labels" / f"{case}.nii.gz", data / "labels")
         (data / "notes.txt").write_text("not a volume\n")
         (data / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
         port = _free_port()
@@ -354,3 +358,25 @@ def test_region_click_prefill_and_cancel_during_adapt_in_headless_chromium(serve
     assert page.input_value("#model_field") == "default"
     assert not list((served["data"] / ".assft" / "models").rglob("card.json")), "a cancelled job stored a model"
     _shot(page, "07_cancelled.png")
+
+
+def test_adapt_with_sfr_plus_chosen_on_the_page_starts_an_sfr_job_that_cancels(serve, chromium):
+    served = serve(TINY_FINETUNE, labels=[CASES[0]])
+    page = _open(chromium, served["url"])
+    expect(page.locator("#adapt_method")).to_have_value("ASSFT")  # the select's input shows the label
+    page.locator("#adapt_method").click(force=True)  # Vuetify's field wrapper takes the pointer events
+    page.get_by_role("option", name="SFR+").click()
+    expect(page.locator("#adapt_method")).to_have_value("SFR+")
+    _wait_until(lambda: page.evaluate("() => window.trame.state.get('adapt_method')") == "sfr_plus", 10,
+                "the page's choice reaches the server")
+
+    page.click("#btn_adapt")  # SFR's default settings: thousands of SAM steps, so it is still running when cancelled
+    expect(page.locator("#btn_cancel")).to_be_enabled(timeout=10_000)
+    (job,) = list((served["data"] / ".assft" / "jobs").glob("*-sfr"))
+    spec = json.loads((job / "job.json").read_text())
+    assert spec["kind"] == "sfr" and spec["sfr"] == {"method": "sfr_plus"} and list(spec["labels"]) == [CASES[0]]
+    expect(page.locator("#job_status")).to_contain_text("| sfr", timeout=240_000)  # a phase of the SFR run
+    page.click("#btn_cancel")
+    expect(page.locator("#job_status")).to_contain_text("sfr cancelled", timeout=60_000)
+    expect(page.locator("#btn_adapt")).to_be_enabled()
+    assert not list((served["data"] / ".assft" / "models").rglob("card.json")), "a cancelled job stored a model"

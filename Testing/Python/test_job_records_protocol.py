@@ -69,7 +69,7 @@ def test_a_rank_result_has_no_activation_and_a_failure_only_status_and_message(t
     assert JobResult.from_dict(rank.to_dict()) == rank
     cancelled = JobResult(status="cancelled", message="cancelled")
     assert cancelled.to_dict() == {"status": "cancelled", "message": "cancelled"} and not cancelled.done
-    with pytest.raises(ValueError, match="only an adapt job"):
+    with pytest.raises(ValueError, match="only an adapt or sfr job"):
         JobResult(status="done", kind="rank", activated=True)
 
 

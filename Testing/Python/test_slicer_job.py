@@ -138,3 +138,26 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
         volumeNode = env.scene.GetNodeByID(spec.caseNodeIds[caseId])
         conversion = segmentation.segmentationToClassLabelmap(env.scene, predictionNode, volumeNode, card)
         assert conversion.labels.shape == geometry.volumeFromNode(volumeNode).shape
+
+
+@pytest.mark.slow
+def test_sfr_plus_job_from_the_scene_runs_in_the_worker_and_comes_back_like_adapt(scene):
+    env, logic, card, nodes, tmp_path = scene
+    # the smallest real SFR+ run: two SAM steps, two re-training steps; one labelled volume, so no folds
+    sfr = {"method": "sfr_plus", "sam": {"iterations": 2, "batch_size": 1},
+           "retrain": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16]}, "validation": {"guard": False}}
+
+    spec = logic.prepareJob("sfr", tmp_path / "work", "default", budget=1, sfr=sfr)
+    result, events = runJob(spec)
+    loaded = logic.loadJobResult(spec.jobDir, "default")
+
+    assert result.status == "done" and result.kind == "sfr" and result.adaptMethod == "SFR+"
+    assert any(e.phase == "sfr_finetune" for e in events) and events[-1].event == "done"
+    assert loaded.activeModel is not None and loaded.adaptedModel == loaded.activeModel
+    assert "guard is off" in loaded.result.activationReason
+    assert logic.modelCard(loaded.activeModel).class_names == card.class_names
+    written = read_result(spec.jobDir)
+    assert written["metrics"]["method"] == "sfr_plus" and list(loaded.result.pseudoLabeled) == written["pseudo_labeled"]
+    assert len(written["pseudo_labeled"]) == 1  # SFR+ keeps ceil(0.5 * 2) of the two unlabelled volumes
+    assert loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() == 3  # re-ranked like adapt
+    assert sorted(loaded.predictionNodes) == sorted(node.GetName() for node in nodes[1:])

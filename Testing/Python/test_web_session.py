@@ -91,6 +91,19 @@ def test_a_second_job_is_refused_while_one_runs(pool):
         session.start_job("adapt")
 
 
+def test_the_adapt_method_chosen_on_the_page_decides_the_adapt_job(pool):
+    from ASSFTActive.jobs import read_job
+
+    session, _ = pool
+    session.load_pool()
+    session.set_adapt_method("sfr_plus")
+    job = read_job(session.start_job("adapt").jobDir)
+    assert job.kind == "sfr" and job.sfr == {"method": "sfr_plus"} and list(job.labels) == ["hippocampus_011"]
+    assert job.store == str((session.config.work_folder / "models").resolve())  # the server's store, as for adapt
+    with pytest.raises(ASSFTModuleError, match="Unknown adapt method 'sam'"):
+        session.set_adapt_method("sam")
+
+
 def test_save_labels_writes_next_to_the_data_and_keeps_the_old_file_as_backup(pool):
     session, data = pool
     session.load_pool()
