@@ -6,6 +6,14 @@ of MSD Hippocampus). The target domain is the other non-reserved cases under a s
 (candidates for labelling) and a target test set (``ASSFTActive.splits``). The 40 cases of ``reserved.txt`` are
 never read.
 
+Two anatomies (``--anatomy``, issue 15 item 5), each with its data folder, split, pre-trained model and a mild and a
+harsh shift (``--shift``; ``ASSFTActive.shifts.BENCHMARK_SHIFTS``):
+
+* ``hippocampus`` (default): MSD Hippocampus, split by case, the embedded default model;
+* ``acdc``: ACDC cine cardiac MRI (RV, myocardium, LV), split by patient (both frames of a patient in one part,
+  ``ASSFTActive.splits.split_acdc``), the ACDC source model that ``scripts/train_acdc_source.py`` writes to
+  ``~/.cache/assft/acdc-source`` (not shipped: ACDC is non-commercial; ``--model`` names another folder).
+
 For each strategy and budget B the pool is ranked, B volumes get their (hidden) expert labels, the pre-trained
 model is fine-tuned with the same number of steps and the same seed for every arm, and Dice is measured on the
 shifted target-test cases. Arms:
@@ -34,6 +42,7 @@ Usage (from the repository root):
 
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile quick   # ~15 min, 2 cores
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile full    # hours
+    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --anatomy acdc --shift mild
 """
 
 from __future__ import annotations
@@ -66,6 +75,68 @@ import ae_tasks  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 RESULTS = HERE / "results"
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One anatomy of the benchmark: where its data is, how it is split, which model was pre-trained on it.
+
+    Attributes:
+        name: ``--anatomy`` value (a key of ``ASSFTActive.shifts.BENCHMARK_SHIFTS``).
+        data: default data folder (``imagesTr``, ``labelsTr``, ``reserved.txt``).
+        model: the pre-trained model (``resolve_card`` spec): ``"default"`` or a model folder.
+        grouping: ``"case"`` (every case its own group) or ``"patient"`` (ACDC: both frames of a patient in the
+            same part), see ``ASSFTActive.splits``.
+        classes: how the table text names the foreground classes.
+        make_model: what to run when ``model`` is missing.
+    """
+
+    name: str
+    data: Path
+    model: str
+    grouping: str
+    classes: str
+    make_model: str = ""
+
+
+#: The ACDC source model: where ``scripts/train_acdc_source.py`` writes it by default (its ``DEFAULT_OUT``).
+ACDC_SOURCE_MODEL = Path("~/.cache/assft/acdc-source")
+
+ANATOMIES = {
+    "hippocampus": Anatomy("hippocampus", DEFAULT_DATA, "default", "case", "the two hippocampus classes"),
+    "acdc": Anatomy("acdc", ROOT.parent / "shared" / "data" / "acdc", str(ACDC_SOURCE_MODEL), "patient",
+                    "RV, myocardium and LV",
+                    make_model="OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py"),
+}
+
+
+def anatomy_split(anatomy: Anatomy, cases: Sequence[str], reserved: Sequence[str]):
+    """The anatomy's source / target pool / target test split (``ASSFTActive.splits``)."""
+    from ASSFTActive.splits import acdc_patient, each_case, split_cases
+
+    group = {"case": each_case, "patient": acdc_patient}[anatomy.grouping]
+    return split_cases(cases, reserved, group=group)
+
+
+def resolve_model(anatomy: Anatomy, spec: Optional[str]) -> str:
+    """The pre-trained model's card spec, checked to load; exits with what to run when it is missing."""
+    from ASSFTActive.errors import AssftError
+    from ASSFTActive.models import resolve_card
+
+    model = spec or anatomy.model
+    if model != "default":
+        path = Path(model).expanduser()
+        if not path.exists():
+            hint = (f"train it with `{anatomy.make_model}` (it writes {anatomy.model}), or " if anatomy.make_model
+                    and spec is None else "")
+            sys.exit(f"error: the pre-trained {anatomy.name} model {path} does not exist; {hint}pass --model "
+                     "<model folder or card.json>.")
+        model = str(path.resolve())
+    try:
+        card = resolve_card(model)
+    except AssftError as error:
+        sys.exit(f"error: the pre-trained {anatomy.name} model cannot be used: {error}")
+    return model if model == "default" else str(card.path)
 
 
 @dataclass(frozen=True)
@@ -232,23 +303,26 @@ class Experiment:
     arms: List[str]
     command: str
     guard: bool = True
+    anatomy: str = "hippocampus"
+    model: str = "default"
 
 
 def resolve(args: argparse.Namespace) -> Experiment:
     from ASSFTActive.finetune.config import PseudoLabelConfig, TrainConfig
     from ASSFTActive.io import case_id
     from ASSFTActive.query import QueryConfig
-    from ASSFTActive.shifts import ShiftConfig
-    from ASSFTActive.splits import read_reserved, split_cases
+    from ASSFTActive.shifts import ShiftConfig, benchmark_shift
+    from ASSFTActive.splits import read_reserved
 
     profile = PROFILES[args.profile]
-    data = Path(args.data)
+    anatomy = ANATOMIES[args.anatomy]
+    data = Path(args.data) if args.data is not None else anatomy.data
     if not (data / "imagesTr").is_dir():
-        sys.exit(f"error: {data} has no imagesTr folder; pass --data <MSD hippocampus folder>.")
+        sys.exit(f"error: {data} has no imagesTr folder; pass --data <{anatomy.name} data folder>.")
     reserved = read_reserved(data / "reserved.txt")
     if not reserved:
         sys.exit(f"error: {data / 'reserved.txt'} is missing or empty; it must list the reserved cases.")
-    split = split_cases([case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))], reserved)
+    split = anatomy_split(anatomy, [case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))], reserved)
     pool_size = args.pool_size if args.pool_size is not None else profile.pool_size
     test_size = args.test_size if args.test_size is not None else profile.test_size
     pool = list(split.target_pool[args.pool_offset:])
@@ -260,7 +334,11 @@ def resolve(args: argparse.Namespace) -> Experiment:
     budgets = sorted(args.budgets or profile.budgets)
     if max(budgets) > len(pool):
         sys.exit(f"error: budget {max(budgets)} exceeds the pool of {len(pool)} cases.")
-    shift = ShiftConfig(kind=args.shift_kind, strength=args.shift_strength, seed=args.shift_seed)
+    preset = benchmark_shift(anatomy.name, args.shift)  # --shift-kind / --shift-strength override its parts
+    shift = ShiftConfig(kind=args.shift_kind or preset.kind,
+                        strength=preset.strength if args.shift_strength is None else args.shift_strength,
+                        seed=args.shift_seed)
+    model = resolve_model(anatomy, args.model)
     train = TrainConfig(iterations=args.iterations or profile.iterations, seed=0)  # the product's other defaults
     if args.learning_rate is not None:
         train = TrainConfig.from_dict({**train.to_dict(), "learning_rate": args.learning_rate})
@@ -280,6 +358,7 @@ def resolve(args: argparse.Namespace) -> Experiment:
         random_seeds=list(range(args.random_seeds or profile.random_seeds)),
         train_seeds=list(range(args.train_seeds or profile.train_seeds)),
         mc_samples=args.mc_samples or profile.mc_samples, workers=args.workers, arms=names, guard=not args.no_guard,
+        anatomy=anatomy.name, model=model,
         command=" ".join(["PYTHONPATH=. .venv/bin/python", "Testing/Benchmarks/annotation_efficiency.py"]
                          + sys.argv[1:]),
     )
@@ -319,7 +398,7 @@ def run(exp: Experiment, out_stem: Path) -> Dict[str, Any]:
     image_dir = write_shifted_pool(exp, Path(work))
     setup = ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=tuple(exp.test), shift=exp.shift,
                            train=exp.train, semi_iterations=exp.semi_iterations, pseudo=exp.pseudo,
-                           guard=exp.guard, image_dir=str(image_dir))
+                           guard=exp.guard, image_dir=str(image_dir), model=exp.model)
     try:
         return _run(exp, setup, started)
     finally:
@@ -332,7 +411,7 @@ def write_shifted_pool(exp: Experiment, work: Path) -> Path:
 
     folder = work / "images"
     ae_tasks.init_worker(ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=(), shift=exp.shift, train={},
-                                        semi_iterations=0, pseudo={}), threads=1)
+                                        semi_iterations=0, pseudo={}, model=exp.model), threads=1)
     for case in exp.pool:
         image = ae_tasks.shifted_case(case)[0]
         write_volume(image, folder / f"{case}.nii.gz")
@@ -513,7 +592,10 @@ def markdown(report: Dict[str, Any]) -> str:
     m = report["machine"]
     t = report["timings"]
     guard = "on" if exp.get("guard", True) else "off"
-    lines = [f"# Annotation efficiency ({exp['profile']} profile{' ' + exp['tag'] if exp['tag'] else ''})", ""]
+    anatomy = ANATOMIES[exp.get("anatomy", "hippocampus")]
+    where = "" if anatomy.name == "hippocampus" else f", {anatomy.name}"
+    lines = [f"# Annotation efficiency ({exp['profile']} profile{where}{' ' + exp['tag'] if exp['tag'] else ''})",
+             ""]
     lines += [
         f"- Command: `{exp['command']}`",
         f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram']} RAM, torch {m['torch']}, "
@@ -534,7 +616,10 @@ def markdown(report: Dict[str, Any]) -> str:
         f"- ASSFT query settings: `{ {k: v for k, v in exp['assft_query'].items() if k in _SHOWN_QUERY} }`; "
         f"pseudo-labels: `{ {k: v for k, v in exp['pseudo'].items() if k in _SHOWN_PSEUDO} }`",
     ]
-    lines += ["", "Mean target-test Dice (mean of the two hippocampus classes); ± is the standard deviation over "
+    if anatomy.name != "hippocampus":
+        lines.insert(3, f"- Anatomy: {anatomy.name}, pre-trained model `{exp['model']}` (split by "
+                        f"{anatomy.grouping})")
+    lines += ["", f"Mean target-test Dice (mean of {anatomy.classes}); ± is the standard deviation over "
               "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
               "normalised area under the Dice-versus-budget curve on a log2 budget axis.", ""]
     header = "| strategy | fine-tuning | " + " | ".join(f"B = {b}" for b in budgets) + " | AUBC |"
@@ -656,8 +741,9 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     ax.set_xticklabels([str(b) for b in budgets])
     ax.set_xlabel("labelled target volumes (budget)")
     ax.set_ylabel("target-test mean Dice")
-    ax.set_title(f"Annotation efficiency, {exp['profile']} profile, shift {exp['shift']['kind']} "
-                 f"{exp['shift']['strength']}")
+    anatomy = exp.get("anatomy", "hippocampus")
+    ax.set_title(f"Annotation efficiency{'' if anatomy == 'hippocampus' else ', ' + anatomy}, {exp['profile']} "
+                 f"profile, shift {exp['shift']['kind']} {exp['shift']['strength']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
@@ -675,14 +761,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def main() -> None:
-    global ARGS, MACHINE
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (a function so that tests can resolve an experiment without running it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MSD hippocampus folder")
-    parser.add_argument("--shift-kind", default="scanner",
-                        choices=("gamma", "inversion", "bias_field", "noise", "blur", "scanner"))
-    parser.add_argument("--shift-strength", type=float, default=0.7)
+    parser.add_argument("--anatomy", choices=sorted(ANATOMIES), default="hippocampus",
+                        help="data folder, split, pre-trained model and shifts of this anatomy (default hippocampus)")
+    parser.add_argument("--data", type=Path, help="data folder (default: ../shared/data/<anatomy>)")
+    parser.add_argument("--model", help="pre-trained model folder or card.json (default: the anatomy's: the embedded "
+                                        "default for hippocampus, ~/.cache/assft/acdc-source for acdc)")
+    parser.add_argument("--shift", choices=("mild", "harsh"), default="harsh",
+                        help="the anatomy's mild or harsh shift (ASSFTActive.shifts.BENCHMARK_SHIFTS; hippocampus: "
+                             "scanner 0.3 / 0.7)")
+    parser.add_argument("--shift-kind", choices=("gamma", "inversion", "bias_field", "noise", "blur", "scanner"),
+                        help="override the kind of --shift")
+    parser.add_argument("--shift-strength", type=float, help="override the strength of --shift")
     parser.add_argument("--shift-seed", type=int, default=0)
     parser.add_argument("--budgets", type=int, nargs="+", help="override the profile's budgets")
     parser.add_argument("--rounds", type=int, help="query rounds per budget (profile default)")
@@ -710,13 +803,19 @@ def main() -> None:
                              "per arm instead of folds + 1)")
     parser.add_argument("--tag", default="", help="suffix of the output names (for variants)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    ARGS = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    global ARGS, MACHINE
+    ARGS = build_parser().parse_args()
     MACHINE = {**machine(), "git": git_revision()}  # the revision the run started from
     exp = resolve(ARGS)
     ARGS.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = ARGS.out_dir / f"annotation_efficiency_{exp.profile}{('_' + exp.tag) if exp.tag else ''}"
-    log(f"profile {exp.profile}: pool {len(exp.pool)}, test {len(exp.test)}, budgets {exp.budgets}, rounds "
-        f"{exp.rounds}, arms {len(exp.arms)}, workers {exp.workers}; machine {MACHINE['nproc']} cores")
+    where = "" if exp.anatomy == "hippocampus" else f"{exp.anatomy}_"
+    stem = ARGS.out_dir / f"annotation_efficiency_{where}{exp.profile}{('_' + exp.tag) if exp.tag else ''}"
+    log(f"{exp.anatomy}, profile {exp.profile}: pool {len(exp.pool)}, test {len(exp.test)}, budgets {exp.budgets}, "
+        f"rounds {exp.rounds}, arms {len(exp.arms)}, workers {exp.workers}; machine {MACHINE['nproc']} cores")
     report = run(exp, stem)
     report["png"] = str(stem.with_suffix(".png"))
     plot(report, stem.with_suffix(".png"))
