@@ -8,12 +8,11 @@ the active one only when training and validation finished (see ``assft models``)
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..finetune.config import PseudoMode
-from .common import add_device_argument, progress_channel, read_settings_file
+from .common import add_device_argument, add_work_dir_argument, progress_channel, read_settings_file, work_dir_lock
 
 #: ``--pseudo`` choices: the values of :class:`~ASSFTActive.finetune.config.PseudoMode`.
 PSEUDO_MODES = tuple(mode.value for mode in PseudoMode)
@@ -35,8 +34,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the cross-validation folds")
     add_run_arguments(parser, "fine-tuning settings (FinetuneConfig)")
-    parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
-                                                      "again continues from them")
+    add_work_dir_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -99,7 +97,6 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..finetune.adapt import adapt_model
     from ..io import case_id, find_images, match_labels
-    from ..locks import folder_lock
     from .common import resolve_device
 
     config = build_config(args)
@@ -107,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     labels = match_labels(images, args.labels)
     bar, progress = progress_channel(args)
     try:
-        with folder_lock(args.work_dir, "--work-dir") if args.work_dir is not None else contextlib.nullcontext():
+        with work_dir_lock(args.work_dir):
             result = adapt_model({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
                                  name=args.name, config=config, progress=progress, work_dir=args.work_dir,
                                  predictions_dir=args.predictions, device=resolve_device(args.device))

@@ -91,7 +91,7 @@ class ProgressBar:
 
 
 def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """``--work-dir`` of the resumable commands (``assft sfr``; ``assft adapt`` words it the same)."""
+    """``--work-dir`` of the resumable commands (``assft adapt``, ``assft sfr``)."""
     parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
                                                       "again continues from them")
 

@@ -187,9 +187,7 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
     decision = decide_activation(run, labeled, cv, stop)
     metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
     predictions = predict_pool(run) if run.predictions_dir is not None and config.predict_pool else {}
-    if before_commit is not None:
-        active = run.network if decision.activate else run.current_network(run.network)
-        before_commit(LoadedModel(run.card, active, run.model.report), run.ctx)
+    run_before_commit(run, decision, before_commit)
     version = commit(run, labeled, rounds, metrics, decision, resumed)
     result = AdaptResult(
         name=run.name, version=version["version"], version_dir=Path(version["path"]),
@@ -254,6 +252,14 @@ def train_final_model(run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int
     check_replicas(run, run.network)
     run.network.eval()
     return resumed, rounds
+
+
+
+def run_before_commit(run: AdaptRun, decision: ActivationDecision, before_commit: Optional[BeforeCommit]) -> None:
+    """Hand ``before_commit`` the model that will be active after the commit (the new one only when activated)."""
+    if before_commit is not None:
+        active = run.network if decision.activate else run.current_network(run.network)
+        before_commit(LoadedModel(run.card, active, run.model.report), run.ctx)
 
 
 def decide_activation(run: AdaptRun, labeled: Sequence[LabeledVolume], cv: Optional[CrossValidation],

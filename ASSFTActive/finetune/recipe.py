@@ -117,7 +117,8 @@ def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[
                  message=f"{label}{_stage_name(stage)} training: {len(labeled)} labelled + {len(pseudo)} "
                          f"pseudo-labelled volumes, {last} of {train_config.iterations} steps{resuming}")
         semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
-                         strong_view=rule.strong_view, cutmix_probability=rule.cutmix_probability,
+                         strong_view=rule.strong_view, spatial_view=rule.spatial_view,
+                         cutmix_probability=rule.cutmix_probability,
                          ema_decay=rule.ema_decay)
         train_supervised(run.ctx.wrap(network), run.card, labeled, train_config, pseudo=pseudo,
                          progress=_stage_progress(run, stage, progress_offset, label), device=run.device,

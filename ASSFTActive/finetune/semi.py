@@ -1,5 +1,6 @@
-"""Parts of teacher-student training: the student's strong view, labelled boxes pasted into pseudo-labelled
-patches, and class-aware voxel confidence masks.
+"""Parts of teacher-student training: the student's strong view (intensity, and optionally a small spatial
+jitter that moves the targets with it), labelled boxes pasted into pseudo-labelled patches, and class-aware voxel
+confidence masks.
 
 Each part is a small function or class on batched tensors ``[B, C, X, Y, Z]`` so that it can be tested alone and
 combined by :func:`~ASSFTActive.finetune.training.train_supervised` (ASSFT's selective self-training) or by any
@@ -19,7 +20,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["StrongView", "confident_from_maps", "confident_voxels", "paste_labelled_boxes"]
+__all__ = ["SpatialJitter", "StrongView", "confident_from_maps", "confident_voxels", "paste_labelled_boxes"]
 
 
 def confident_voxels(probs: torch.Tensor, threshold: float, class_keep_min: float = 0.0) -> torch.Tensor:
@@ -68,8 +69,9 @@ class StrongView:
     """The student's strongly perturbed view of a batch of patches (intensity only, labels stay valid).
 
     MONAI's random intensity transforms, applied per sample: contrast (gamma), Gaussian noise, Gaussian smoothing,
-    intensity scale and shift. No spatial transforms: the pseudo-labels come from the unperturbed (weak) view and
-    must stay aligned with the student's input.
+    intensity scale and shift. No spatial transforms here: the pseudo-labels come from the unperturbed (weak)
+    view and must stay aligned with the student's input; :class:`SpatialJitter` moves the view and its labels
+    together.
 
     Args:
         seed: seeds the transforms (each call draws new parameters).
@@ -98,6 +100,45 @@ class StrongView:
         """``[B, 1, X, Y, Z]`` -> the same shape, a new tensor (the input is not modified)."""
         views = [torch.as_tensor(self.transform(image.clone())).as_subclass(torch.Tensor) for image in images]
         return torch.stack(views).to(images.dtype)  # MONAI returns MetaTensors; plain tensors go on
+
+
+class SpatialJitter:
+    """A small random rotation and scaling of the student's view, applied to its targets and voxel mask alike.
+
+    The teacher labels the unperturbed (weak) patch; the student then sees the patch rotated by up to ``rotate``
+    radians about each axis and scaled by up to ``1 ± scale``, and learns the teacher's labels moved the same way
+    (nearest-neighbour), so the labels stay aligned with what the student sees. Voxels that come from outside the
+    patch get mask 0 and do not count in the loss. MONAI's ``RandAffined`` does the resampling (one draw per sample,
+    shared by the three keys).
+
+    Args:
+        seed: seeds the draws (each call draws new parameters).
+        rotate: largest rotation about each axis, radians; 0.15 (about 9 degrees).
+        scale: largest relative scaling per axis; 0.1.
+    """
+
+    def __init__(self, seed: int, rotate: float = 0.15, scale: float = 0.1):
+        from monai.transforms import RandAffined
+
+        self.transform = RandAffined(keys=("image", "label", "mask"), prob=1.0, rotate_range=(rotate,) * 3,
+                                     scale_range=(scale,) * 3, mode=("bilinear", "nearest", "nearest"),
+                                     padding_mode="zeros")
+        self.transform.set_random_state(seed=int(seed) % (2 ** 32))
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``images [B, 1, X, Y, Z]``, ``labels [B, X, Y, Z]`` (integer), ``masks [B, X, Y, Z]`` -> the jittered
+        triple, same shapes and dtypes, new tensors on the inputs' devices."""
+        out_images, out_labels, out_masks = [], [], []
+        for image, label, mask in zip(images.cpu(), labels.cpu(), masks.cpu()):
+            moved = self.transform({"image": image.clone(), "label": label[None].float(),
+                                    "mask": mask[None].float()})
+            out_images.append(torch.as_tensor(moved["image"]).as_subclass(torch.Tensor))
+            out_labels.append(torch.as_tensor(moved["label"]).as_subclass(torch.Tensor)[0].round())
+            out_masks.append(torch.as_tensor(moved["mask"]).as_subclass(torch.Tensor)[0])
+        return (torch.stack(out_images).to(images.device, images.dtype),
+                torch.stack(out_labels).to(labels.device, labels.dtype),
+                torch.stack(out_masks).to(masks.device, masks.dtype))
 
 
 def paste_labelled_boxes(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,

@@ -30,7 +30,7 @@ from ..models import ModelCard
 from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
 from .config import Optimizer, TrainConfig
-from .semi import StrongView, confident_voxels, paste_labelled_boxes
+from .semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
 
 __all__ = ["SemiParts", "SupervisedCase", "TrainConfig", "consistency_weight_at", "dice_ce_loss", "ema_update",
            "l2sp_penalty", "make_optimizer", "noisy_view", "parameter_groups", "pseudo_weight_at", "softmax_mse",
@@ -221,6 +221,7 @@ class SemiParts:
             = all voxels).
         class_keep_min: class-aware relaxation of that threshold (:func:`~.semi.confident_voxels`).
         strong_view: the student sees :class:`~.semi.StrongView` of the patch.
+        spatial_view: the student's view, its targets and mask are moved by :class:`~.semi.SpatialJitter`.
         cutmix_probability: chance of a labelled box pasted into a pseudo-labelled patch.
         ema_decay: decay of the EMA teacher.
         fixed_pseudo_weight: ``None`` (default): with a teacher network the pseudo-labelled patches are labelled by
@@ -241,6 +242,7 @@ class SemiParts:
     voxel_threshold: Optional[float] = None
     class_keep_min: float = 0.0
     strong_view: bool = False
+    spatial_view: bool = False
     cutmix_probability: float = 0.0
     ema_decay: float = 0.99
     fixed_pseudo_weight: Optional[float] = None
@@ -339,6 +341,7 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         source = anchor if anchor is not None else getattr(network, "module", network).state_dict()
         reference = {k: v.detach().to(device).clone() for k, v in source.items()}
     strong = StrongView(config.seed * 1009 + start_step + 7919 * rank) if semi.strong_view and pseudo else None
+    jitter = SpatialJitter(config.seed * 2003 + start_step + 7919 * rank) if semi.spatial_view and pseudo else None
     last = config.iterations if stop_at is None else min(int(stop_at), config.iterations)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state["optimizer"])
@@ -365,6 +368,8 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
                     if semi.voxel_threshold is not None:
                         p_masks = confident_voxels(t_probs, semi.voxel_threshold, semi.class_keep_min).float()
             student_view = strong(p_images.cpu()).to(device) if strong is not None else p_images
+            if jitter is not None:
+                student_view, p_labels, p_masks = jitter(student_view, p_labels, p_masks)
             student_view, p_labels, p_masks = paste_labelled_boxes(student_view, p_labels, p_masks, images, labels,
                                                                    semi.cutmix_probability, rng)
             p_logits = network(student_view)

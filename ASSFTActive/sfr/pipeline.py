@@ -45,7 +45,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import platform
@@ -68,6 +67,7 @@ from ..finetune.adapt import (
     decide_activation,
     predict_pool,
     read_checked_labels,
+    run_before_commit,
     score_current_model,
     start_run,
     summarise_metrics,
@@ -85,9 +85,8 @@ from ..finetune.config import FinetuneConfig, PseudoLabelConfig, PseudoMode, Tra
 from ..finetune.guard import ActivationDecision, CrossValidation, assign_folds
 from ..finetune.pseudo import PseudoDecision
 from ..finetune.state import AdaptRun, LabeledVolume, cpu_state, load_state, unwrap
-from ..finetune.training import SupervisedCase, train_supervised
+from ..finetune.training import SupervisedCase
 from ..io import PathLike, Volume, read_volume
-from ..models import LoadedModel
 from ..plausibility import check_image
 from ..progress import Event, ProgressCallback
 from ..settings import check_enum, check_keys, plain
@@ -261,9 +260,7 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
     decision = decide_activation(run, labeled, cv, stop)
     metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
     predictions = predict_pool(run) if run.predictions_dir is not None and config.predict_pool else {}
-    if before_commit is not None:
-        active = run.network if decision.activate else run.current_network(run.network)
-        before_commit(LoadedModel(run.card, active, run.model.report), run.ctx)
+    run_before_commit(run, decision, before_commit)
     version = _commit(run, config, prior, labeled, records, metrics, decision)
     run.checkpoints.clear()
     result = SfrResult(name=run.name, version=version.version, version_dir=version.path,
@@ -465,24 +462,17 @@ def _final_run(run: AdaptRun, config: SfrConfig, prior: SamPrior, train: Sequenc
 
 def _retrain_final(run: AdaptRun, config: SfrConfig, train: Sequence[LabeledVolume],
                    pseudo: Sequence[SupervisedCase], last: int, start: int, optim: Optional[Mapping]) -> None:
-    """The final Mean-Teacher re-training with resumable checkpoints: :func:`~.retrain.mean_teacher_retrain`'s call
-    of the shared trainer (its teacher and parts) plus the trainer's own resume arguments, which
-    ``mean_teacher_retrain`` does not pass on."""
-    network, checkpoints = run.network, run.checkpoints
-    teacher = copy.deepcopy(unwrap(network))
-    if optim is not None and optim.get("teacher") is not None:
-        teacher.load_state_dict(optim["teacher"])
-    every = config.checkpoint_every if checkpoints.writer else 0
+    """The final Mean-Teacher re-training, resumable: checkpoints every ``checkpoint_every`` steps."""
+    checkpoints = run.checkpoints
 
-    def on_checkpoint(step: int, net: torch.nn.Module, state: Mapping) -> None:
-        if step < last:
-            checkpoints.save(TrainingCheckpoint(0, step, cpu_state(net), state))
+    def save(step: int, net: torch.nn.Module, state: Mapping) -> None:
+        checkpoints.save(TrainingCheckpoint(0, step, cpu_state(net), state))
 
     labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
-    train_supervised(network, run.card, labeled, config.retrain, pseudo=pseudo, progress=run.progress,
-                     device=run.device, start_step=start, optimizer_state=optim,
-                     checkpoint=on_checkpoint if every else None, checkpoint_every=every, teacher=teacher,
-                     semi=config.mean_teacher.semi_parts(), stop_at=last)
+    mean_teacher_retrain(run.network, run.card, labeled, pseudo, config.retrain, config.mean_teacher,
+                         progress=run.progress, device=run.device, stop_at=last, start_step=start,
+                         optimizer_state=optim, checkpoint=save if checkpoints.writer else None,
+                         checkpoint_every=config.checkpoint_every)
 
 
 def _cross_validate(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],

@@ -96,7 +96,8 @@ def mean_teacher_retrain(network: nn.Module, card: ModelCard, labeled: Sequence[
                          mean_teacher: MeanTeacherConfig = MeanTeacherConfig(), *,
                          progress: Optional[ProgressCallback] = None, device: Optional[torch.device] = None,
                          scorer: Optional[Scorer] = None, score_every: int = 0, stop_at: Optional[int] = None,
-                         rank: int = 0) -> List[float]:
+                         rank: int = 0, start_step: int = 0, optimizer_state: Optional[Mapping] = None,
+                         checkpoint: Optional[Callable] = None, checkpoint_every: int = 0) -> List[float]:
     """Re-train ``network`` in place (student) with an EMA copy of it as the Mean Teacher; returns the step losses.
 
     Args:
@@ -111,18 +112,31 @@ def mean_teacher_retrain(network: nn.Module, card: ModelCard, labeled: Sequence[
         scorer: called as ``scorer(network, step)`` every ``score_every`` steps and at the last step.
         stop_at: stop after this step (the cross-validated stopping step) while the schedule spans
             ``config.iterations``.
+        start_step, optimizer_state: resume (``optimizer_state`` as handed to ``checkpoint``; its ``"teacher"``
+            entry, the EMA teacher's weights, is restored).
+        checkpoint: called as ``checkpoint(step, network, state)`` every ``checkpoint_every`` steps before the last
+            (the trainer's resumable state, see :func:`~ASSFTActive.finetune.training.train_supervised`).
     """
     teacher = copy.deepcopy(getattr(network, "module", network))
+    if optimizer_state is not None and optimizer_state.get("teacher") is not None:
+        teacher.load_state_dict(optimizer_state["teacher"])
     last = config.iterations if stop_at is None else min(int(stop_at), config.iterations)
+    every_score = score_every if scorer is not None else 0
+    every_checkpoint = checkpoint_every if checkpoint is not None else 0
+    interval = math.gcd(every_score, every_checkpoint) or max(every_score, every_checkpoint)
 
-    def on_checkpoint(step: int, net: nn.Module, _state: Mapping) -> None:
-        if scorer is not None and step < last:
+    def on_checkpoint(step: int, net: nn.Module, state: Mapping) -> None:
+        if step >= last:
+            return
+        if every_score and step % every_score == 0:
             scorer(net, step)
+        if every_checkpoint and step % every_checkpoint == 0:
+            checkpoint(step, net, state)
 
-    every = score_every if scorer is not None else 0
     losses = train_supervised(network, card, labeled, config, pseudo=pseudo, progress=progress, device=device,
-                              checkpoint=on_checkpoint if every else None, checkpoint_every=every, teacher=teacher,
-                              semi=mean_teacher.semi_parts(), stop_at=stop_at, rank=rank)
+                              start_step=start_step, optimizer_state=optimizer_state,
+                              checkpoint=on_checkpoint if interval else None, checkpoint_every=interval,
+                              teacher=teacher, semi=mean_teacher.semi_parts(), stop_at=stop_at, rank=rank)
     if scorer is not None:
         scorer(network, last)
     return losses

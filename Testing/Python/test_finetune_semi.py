@@ -1,4 +1,5 @@
-"""Teacher-student parts with known answers: class-aware confidence masks, pasted labelled boxes, the strong view."""
+"""Teacher-student parts with known answers: class-aware confidence masks, pasted labelled boxes, the strong view,
+the spatial jitter."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import torch
 
 from ASSFTActive.finetune.pseudo import voxel_confidence_mask
-from ASSFTActive.finetune.semi import StrongView, confident_voxels, paste_labelled_boxes
+from ASSFTActive.finetune.semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
 
 
 def _probs():
@@ -63,3 +64,42 @@ def test_the_strong_view_changes_intensities_only_and_leaves_its_input_alone():
     assert view.shape == images.shape and view.dtype == images.dtype and type(view) is torch.Tensor
     assert torch.equal(images, copy) and not torch.allclose(view, images)
     assert torch.equal(StrongView(seed=1)(images), view), "seeded"
+
+
+def _block_batch():
+    """Two 16³ patches whose image equals their label (0/1/2 blocks off centre), with full masks."""
+    labels = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    labels[:, 3:9, 4:11, 5:12] = 1
+    labels[:, 9:13, 4:11, 5:12] = 2
+    return labels[:, None].float(), labels, torch.ones(2, 16, 16, 16)
+
+
+def test_the_spatial_jitter_moves_the_labels_with_the_image():
+    images, labels, masks = _block_batch()
+    out_images, out_labels, out_masks = SpatialJitter(seed=3)(images, labels, masks)
+    assert out_images.shape == images.shape and out_labels.shape == labels.shape and out_masks.shape == masks.shape
+    assert out_labels.dtype == torch.long and set(out_labels.unique().tolist()) <= {0, 1, 2}
+    assert not torch.equal(out_labels, labels), "the patch moved"
+    assert torch.equal(images, labels[:, None].float()), "the inputs are not modified"
+    for k in (1, 2):  # the same seed draws the same motion: the image of one class lands where its label lands
+        indicator = (labels == k)[:, None].float()
+        moved_image, moved_labels, _ = SpatialJitter(seed=3)(indicator, labels, masks)
+        for b in range(2):
+            label_centre = torch.nonzero(moved_labels[b] == k).float().mean(dim=0)
+            image_centre = torch.nonzero(moved_image[b, 0] > 0.5).float().mean(dim=0)
+            assert float((label_centre - image_centre).norm()) < 0.5, f"class {k} follows its image"
+
+
+def test_the_spatial_jitter_masks_voxels_from_outside_the_patch():
+    images, labels, masks = _block_batch()
+    _, _, out_masks = SpatialJitter(seed=0, rotate=0.5, scale=0.0)(images, labels, masks)
+    corners = out_masks[:, [0, 0, -1, -1], [0, -1, 0, -1], :]
+    assert float(corners.sum()) < corners.numel(), "rotated-in corners do not count"
+    assert float(out_masks[:, 6:10, 6:10, 6:10].min()) == 1.0, "the centre stays in the loss"
+
+
+def test_the_spatial_jitter_without_range_is_the_identity():
+    images, labels, masks = _block_batch()
+    out_images, out_labels, out_masks = SpatialJitter(seed=0, rotate=0.0, scale=0.0)(images, labels, masks)
+    assert torch.allclose(out_images, images, atol=1e-5) and torch.equal(out_labels, labels)
+    assert torch.equal(out_masks, masks)

@@ -212,3 +212,31 @@ def test_synthetic_helpers_write_matching_images_and_labels(tmp_path):
     label = read_label(labels["case_000"], image, 3)
     assert set(np.unique(label.array)) == {0, 1, 2}
     assert float(image.array[label.array == 2].mean()) > float(image.array[label.array == 1].mean())
+
+
+def test_the_spatial_view_moves_every_pseudo_batch_with_its_targets(tmp_path, one_thread, monkeypatch):
+    from ASSFTActive.finetune import training
+
+    calls = []
+
+    class Recording(training.SpatialJitter):
+        def __call__(self, images, labels, masks):
+            out = super().__call__(images, labels, masks)
+            calls.append((tuple(images.shape), tuple(out[1].shape), out[1].dtype))
+            return out
+
+    monkeypatch.setattr(training, "SpatialJitter", Recording)
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    network = build_network(card)
+    teacher = build_network(card)
+    teacher.load_state_dict(network.state_dict())
+    config = TrainConfig(iterations=4, batch_size=1, learning_rate=0.01)
+    losses = train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
+                              device=torch.device("cpu"), teacher=teacher,
+                              semi=SemiParts(voxel_threshold=0.5, strong_view=True, spatial_view=True))
+    assert len(calls) == 4 and all(dtype == torch.long for _, _, dtype in calls)
+    assert np.isfinite(losses).all()
+    calls.clear()
+    train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
+                     device=torch.device("cpu"), teacher=teacher, semi=SemiParts(strong_view=True))
+    assert calls == [], "off by default"
