@@ -50,7 +50,10 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 RESULTS = HERE / "results"
-SHIFTS = {"mild": 0.3, "harsh": 0.7}
+from ASSFTActive.shifts import BENCHMARK_SHIFTS  # noqa: E402
+
+#: Shift strength of each severity: the hippocampus's benchmark shifts (scanner kind, seed 0).
+SHIFTS = {severity: shift.strength for severity, shift in BENCHMARK_SHIFTS["hippocampus"].items()}
 
 #: Arms: FinetuneConfig overrides on top of the product defaults (the ``assft`` arm is the default itself).
 #: ``legacy`` is the recipe before issue 8 (full learning rate everywhere, no penalty, no guard).
@@ -101,6 +104,32 @@ for _lr, _name in ((1e-4, "lr1e-4"), (3e-5, "lr3e-5")):
                                                       "pseudo": {**_MEAN_TEACHER, "dist_weight": 0.0},
                                                       "validation": {"guard": False}}
 
+ARMS["lr1e-4_plain_mean_teacher_spatial"] = {"train": {"learning_rate": 1e-4, **_PLAIN},
+                                             "pseudo": {**_MEAN_TEACHER, "spatial_view": True},
+                                             "validation": {"guard": False}}
+#: Oracle arms (diagnosis only, issue 8 item 3): the base arm's recipe, but the kept share of the pool is chosen by
+#: the true Dice of the teacher's pseudo-labels against the hidden labels instead of by reliability: how much a
+#: perfect volume selection would add.
+ORACLE_ARMS = {"oracle_mean_teacher": "lr1e-4_plain_mean_teacher"}
+#: Query arms (the full method, issue 8's ``assft``): the base arm's recipe on the labelled set that the product's
+#: query proposes (``rank_pool`` with the default ``QueryConfig`` and the embedded model on the shifted pool), one
+#: "draw" per budget; paired with the base arm on random draws (``--reference``) they give ASSFT's gain over random.
+QUERY_ARMS = {"query_mean_teacher": "lr1e-4_plain_mean_teacher"}
+ARMS.update({name: ARMS[base] for name, base in {**ORACLE_ARMS, **QUERY_ARMS}.items()})
+
+#: SFR arms (issue 13): ``sfr_adapt`` from the embedded SAM prior (``sfr-sam-tiny``, not Meta's SAM), guard off like
+#: the sweep arms. SFR's own schedule (6,000 SAM steps, 6,000 SGD re-training steps) does not fit a CPU benchmark:
+#: SAM is fine-tuned ``SFR_SAM_STEPS`` steps, the 3D re-training runs as many steps as Adapt Model's two stages, with
+#: SFR's optimiser (SGD lr 0.01) and its consistency ramp shrunk in proportion (40 "epochs" over those steps).
+#: ``mean_teacher_no_sam`` is SFR's own baseline: the same re-training with the SAM pseudo-labels' weight at 0 (the
+#: unlabelled patches only feed the consistency term).
+SFR_ARMS: Dict[str, Dict[str, Any]] = {
+    "sfr": {"method": "sfr"},
+    "sfr_plus": {"method": "sfr_plus"},
+    "mean_teacher_no_sam": {"method": "sfr", "mean_teacher": {"pseudo_weight": 0.0}, "sam": {"iterations": 1}},
+}
+SFR_SAM_STEPS = 300
+
 PROFILES = {
     "quick": {"budgets": [2, 4], "draws": 2, "train_seeds": 2, "pool_size": 36, "test_size": 20,
               "iterations": 100, "semi_iterations": 100},
@@ -135,7 +164,7 @@ def _test_cases(shift: str):
     """Shifted target-test images with their labels (cached per worker)."""
     from ASSFTActive.io import read_label, read_volume
     from ASSFTActive.models import resolve_card
-    from ASSFTActive.shifts import ShiftConfig, apply_shift
+    from ASSFTActive.shifts import apply_shift
 
     if shift not in _WORKER["test"]:
         classes = resolve_card("default").num_classes
@@ -143,7 +172,7 @@ def _test_cases(shift: str):
         pairs = []
         for case in _WORKER["test_ids"]:
             original = read_volume(root / "imagesTr" / f"{case}.nii.gz")
-            image = apply_shift(original, ShiftConfig(strength=SHIFTS[shift]), case)
+            image = apply_shift(original, BENCHMARK_SHIFTS["hippocampus"][shift], case)
             pairs.append((image, read_label(root / "labelsTr" / f"{case}.nii.gz", original, classes)))
         _WORKER["test"][shift] = pairs
     return _WORKER["test"][shift]
@@ -172,7 +201,90 @@ def _config(arm: str, seed: int):
     return FinetuneConfig.from_dict(data)
 
 
+def _oracle_label_pool(label_dir: Path):
+    """``pseudo_round.label_pool`` that keeps the pool volumes whose teacher label has the highest true Dice."""
+    from dataclasses import replace
+
+    from ASSFTActive.evaluate import dice_per_class, mean_scored
+    from ASSFTActive.finetune import pseudo_round
+    from ASSFTActive.finetune.checkpoints import PseudoLabels
+    from ASSFTActive.finetune.config import PseudoMode
+    from ASSFTActive.finetune.pseudo import PseudoDecision
+    from ASSFTActive.io import read_label, read_volume
+
+    original_label_pool, original_select = pseudo_round.label_pool, pseudo_round.select_reliable
+
+    def label_pool(run, round_index, network, train):
+        pseudo_round.select_reliable = lambda c, rule: original_select(c, replace(rule, mode=PseudoMode.ALL))
+        try:
+            everything = original_label_pool(run, round_index, network, train)
+        finally:
+            pseudo_round.select_reliable = original_select
+        classes = run.card.num_classes
+        dice = {}
+        for case, label in everything.labels.items():
+            truth = read_label(label_dir / f"{case}.nii.gz", read_volume(run.pool[case]), classes).array
+            dice[case] = float(mean_scored(dice_per_class(label, truth, classes)))
+        order = sorted(dice, key=lambda c: (-dice[c], c))
+        keep = set(order[: int(math.ceil(run.config.pseudo.keep_fraction * len(order) - 1e-9))])
+        decisions = tuple(PseudoDecision(d.case_id, d.confidence, d.distance, dice.get(d.case_id, float("nan")),
+                                         d.case_id in keep, order.index(d.case_id) + 1 if d.case_id in dice else 0)
+                          for d in everything.decisions)
+        return PseudoLabels(decisions, labels={c: v for c, v in everything.labels.items() if c in keep},
+                            masks={c: v for c, v in everything.masks.items() if c in keep})
+
+    return label_pool
+
+
+def _sfr_config(arm: str, seed: int):
+    from ASSFTActive.sfr.pipeline import SfrConfig
+
+    steps = _WORKER["iterations"] + _WORKER["semi_iterations"]
+    data: Dict[str, Any] = {"sam": {"iterations": _WORKER["sam_iterations"], "seed": 1337 + seed},
+                            "retrain": {"iterations": steps, "seed": seed},
+                            "mean_teacher": {"consistency_epoch_steps": max(1, steps // 40)},
+                            "validation": {"guard": False, "hd95": False}, "predict_pool": False}
+    for key, value in SFR_ARMS[arm].items():
+        data[key] = dict(data.get(key, {}), **value) if isinstance(value, dict) else value
+    return SfrConfig.from_dict(data)
+
+
+def _run_sfr(task: Task, images: Dict[str, str], labels: Dict[str, str], store: str):
+    """``sfr_adapt`` for an SFR arm; also the true Dice of SAM's last pseudo-labels of the pool (hidden labels)."""
+    from ASSFTActive.evaluate import dice_per_class, mean_scored
+    from ASSFTActive.io import read_label
+    from ASSFTActive.models import resolve_card
+    from ASSFTActive.sfr import pipeline, plus
+
+    classes = resolve_card("default").num_classes
+    seen: Dict[str, float] = {}
+    original = pipeline.sfr_pseudo_labels
+    root = Path(_WORKER["data"])
+
+    def recording(model, volumes, *args, **kwargs):
+        out = original(model, volumes, *args, **kwargs)
+        seen.clear()
+        for pseudo, volume in zip(out, volumes):
+            truth = read_label(root / "labelsTr" / f"{pseudo.case_id}.nii.gz", volume, classes).array
+            seen[pseudo.case_id] = float(mean_scored(dice_per_class(np.asarray(pseudo.label.array), truth,
+                                                                    classes)))
+        return out
+
+    config = _sfr_config(task.arm, task.seed)
+    if config.mean_teacher.pseudo_weight > 0:  # SAM's labels are used: score them
+        pipeline.sfr_pseudo_labels = plus.sfr_pseudo_labels = recording
+    try:
+        result = pipeline.sfr_adapt(images, labels, store=store, model="default", name="bench", config=config)
+    finally:
+        pipeline.sfr_pseudo_labels = plus.sfr_pseudo_labels = original
+    kept = [r.case_id for r in result.pseudo if r.kept]
+    diagnosis = {"pseudo_true_dice": float(np.mean(list(seen.values()))) if seen else None,
+                 "pseudo_true_dice_kept": float(np.mean([seen[c] for c in kept if c in seen])) if kept else None}
+    return result, kept, diagnosis
+
+
 def run_task(task: Task) -> Dict[str, Any]:
+    from ASSFTActive.finetune import pseudo_round
     from ASSFTActive.finetune.adapt import adapt_model
 
     if task.arm == "floor":
@@ -183,16 +295,25 @@ def run_task(task: Task) -> Dict[str, Any]:
     labels = {c: str(root / "labelsTr" / f"{c}.nii.gz") for c in task.labeled}
     store = tempfile.mkdtemp(prefix="adapt-bench-")
     start = time.perf_counter()
+    original_label_pool = pseudo_round.label_pool
+    if task.arm in ORACLE_ARMS:
+        pseudo_round.label_pool = _oracle_label_pool(root / "labelsTr")
+    diagnosis: Dict[str, Any] = {}
     try:
-        result = adapt_model(images, labels, store=store, model="default", name="bench",
-                             config=_config(task.arm, task.seed))
+        if task.arm in SFR_ARMS:
+            result, kept, diagnosis = _run_sfr(task, images, labels, store)
+        else:
+            result = adapt_model(images, labels, store=store, model="default", name="bench",
+                                 config=_config(task.arm, task.seed))
+            kept = [d.case_id for d in result.pseudo if d.kept]
         adapted = _test_dice(result.card_path, task.shift)
     finally:
+        pseudo_round.label_pool = original_label_pool
         shutil.rmtree(store, ignore_errors=True)
     floor = _test_dice(None, task.shift)
     return {"task": task.__dict__, "activated": result.activated, "adapted_dice": adapted,
             "test_dice": adapted if result.activated else floor, "activation": result.decision.to_dict(),
-            "kept": [d.case_id for d in result.pseudo if d.kept], "seconds": time.perf_counter() - start}
+            "kept": kept, "seconds": time.perf_counter() - start, **diagnosis}
 
 
 def _interval(values: Sequence[float]) -> Tuple[float, float]:
@@ -233,6 +354,10 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
                                           if all(r["adapted_dice"] is not None for r in mine) else None),
                          "noise_floor": float(np.mean(spreads)) if spreads else None,
                          "vs_floor": _interval(per_case - floor)}
+                for key in ("pseudo_true_dice", "pseudo_true_dice_kept"):
+                    values = [r[key] for r in mine if r.get(key) is not None]
+                    if values:
+                        entry[key] = float(np.mean(values))
                 paired = [r for r in runs if r["task"]["shift"] == shift and r["task"]["budget"] == budget
                           and r["task"]["arm"] == reference]
                 if paired and arm != reference:
@@ -266,10 +391,19 @@ def markdown(report: Dict[str, Any]) -> str:
                 lines.append(f"| {budget} | {arm} | {e['mean']:.3f} | {adapted} | {e['activated']}/{e['runs']} | "
                              f"{fmt(e['vs_floor'])} | {fmt(e.get('vs_labels_only'))} | {noise} |")
         lines.append("")
+        sam = [(budget, arm, e) for budget, row in data["budgets"].items() for arm, e in row.items()
+               if e.get("pseudo_true_dice") is not None]
+        if sam:
+            lines += ["True Dice of SAM's pseudo-labels of the pool (hidden labels; diagnosis only):", "",
+                      "| budget | arm | all pool volumes | kept for re-training |", "|---|---|---|---|"]
+            lines += [f"| {budget} | {arm} | {e['pseudo_true_dice']:.3f} | "
+                      f"{e.get('pseudo_true_dice_kept', float('nan')):.3f} |" for budget, arm, e in sam]
+            lines.append("")
     return "\n".join(lines)
 
 
 def write_pool(data: Path, pool: Sequence[str], strength: float, folder: Path) -> None:
+    """The pool's images under the scanner shift of ``strength`` (seed 0), written to ``folder``."""
     from ASSFTActive.io import read_volume, write_volume
     from ASSFTActive.shifts import ShiftConfig, apply_shift
 
@@ -277,6 +411,17 @@ def write_pool(data: Path, pool: Sequence[str], strength: float, folder: Path) -
     for case in pool:
         original = read_volume(data / "imagesTr" / f"{case}.nii.gz")
         write_volume(apply_shift(original, ShiftConfig(strength=strength), case), folder / f"{case}.nii.gz")
+
+
+def query_selection(pool_dir: Path, budget: int) -> Tuple[str, ...]:
+    """The ``budget`` volumes the product's query proposes in a pool folder (cold start: nothing labelled yet)."""
+    from ASSFTActive.api import rank_pool
+    from ASSFTActive.models import resolve_card
+
+    with tempfile.TemporaryDirectory(prefix="adapt-bench-rank-") as out:
+        result = rank_pool(sorted(pool_dir.glob("*.nii.gz")), resolve_card("default"), budget, Path(out),
+                           write_outputs=False)
+    return tuple(sorted(result.ranking.selected_ids))
 
 
 def main() -> None:
@@ -290,6 +435,8 @@ def main() -> None:
     parser.add_argument("--train-seeds", type=int)
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--semi-iterations", type=int)
+    parser.add_argument("--sam-iterations", type=int, default=SFR_SAM_STEPS, help="SAM fine-tuning steps of the "
+                                                                                  "SFR arms")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reference", default="assft_no_pseudo", help="the labels-only arm others are paired with")
     parser.add_argument("--tag", default="")
@@ -318,10 +465,12 @@ def main() -> None:
     for key in ("budgets", "draws", "train_seeds", "iterations", "semi_iterations"):
         if getattr(args, key) is not None:
             profile[key] = getattr(args, key)
+    if any(a in SFR_ARMS for a in args.arms.split(",")):
+        profile["sam_iterations"] = args.sam_iterations
     arms = [a for a in args.arms.split(",") if a]
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in ARMS and a not in SFR_ARMS]
     if unknown:
-        raise SystemExit(f"error: unknown arm(s) {unknown}; known: {sorted(ARMS)}")
+        raise SystemExit(f"error: unknown arm(s) {unknown}; known: {sorted(ARMS) + sorted(SFR_ARMS)}")
     shifts = [s for s in args.shifts.split(",") if s]
 
     from ASSFTActive.splits import split_cases
@@ -332,16 +481,6 @@ def main() -> None:
     pool = list(split.target_pool[: profile["pool_size"] or None])
     test = list(split.target_test[: profile["test_size"] or None])
     assert not (set(pool) | set(test)) & reserved, "a reserved case was selected"
-    rng_tasks: List[Task] = []
-    for shift in shifts:
-        rng_tasks.append(Task(shift, 0, 0, 0, "floor", ()))
-        for budget in profile["budgets"]:
-            for draw in range(profile["draws"]):
-                rng = np.random.default_rng([budget, draw, 11])
-                labeled = tuple(sorted(rng.choice(pool, size=budget, replace=False).tolist()))
-                for seed in range(args.first_seed, args.first_seed + profile["train_seeds"]):
-                    for arm in arms:
-                        rng_tasks.append(Task(shift, budget, draw, seed, arm, labeled))
     work = Path(tempfile.mkdtemp(prefix="adapt-bench-pool-"))
     started = time.time()
     try:
@@ -351,9 +490,26 @@ def main() -> None:
             write_pool(args.data, pool, SHIFTS[shift], work / shift)
         setup = {"data": str(args.data), "pool_ids": pool, "test_ids": test, "pool_dirs": pool_dirs,
                  "iterations": profile["iterations"], "semi_iterations": profile["semi_iterations"],
-                 "threads": max(1, (os.cpu_count() or 2) // args.workers)}
+                 "sam_iterations": args.sam_iterations, "threads": max(1, (os.cpu_count() or 2) // args.workers)}
         runs = []
         with futures.ProcessPoolExecutor(args.workers, initializer=_init, initargs=(setup,)) as pool_exec:
+            # the query runs in a worker: torch threads in this process would hang the forked workers
+            queried = ({shift: {b: pool_exec.submit(query_selection, Path(pool_dirs[shift]), b).result()
+                                for b in profile["budgets"]} for shift in shifts}
+                       if any(a in QUERY_ARMS for a in arms) else {})
+            rng_tasks: List[Task] = []
+            for shift in shifts:
+                rng_tasks.append(Task(shift, 0, 0, 0, "floor", ()))
+                for budget in profile["budgets"]:
+                    for draw in range(profile["draws"]):
+                        rng = np.random.default_rng([budget, draw, 11])
+                        labeled = tuple(sorted(rng.choice(pool, size=budget, replace=False).tolist()))
+                        for seed in range(args.first_seed, args.first_seed + profile["train_seeds"]):
+                            for arm in arms:
+                                if arm not in QUERY_ARMS:
+                                    rng_tasks.append(Task(shift, budget, draw, seed, arm, labeled))
+                                elif draw == 0:
+                                    rng_tasks.append(Task(shift, budget, 0, seed, arm, queried[shift][budget]))
             jobs = {pool_exec.submit(run_task, t): t for t in rng_tasks}
             for done, job in enumerate(futures.as_completed(jobs), 1):
                 result = job.result()
@@ -371,7 +527,8 @@ def main() -> None:
                                                                       + sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "revision": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
-        "seconds": time.time() - started, "profile_settings": profile, "arms": {a: ARMS[a] for a in arms},
+        "seconds": time.time() - started, "profile_settings": profile,
+        "arms": {a: ARMS.get(a, SFR_ARMS.get(a)) for a in arms},
         "pool": pool, "test": test, "runs": runs, "reference": args.reference,
         "summary": summarise(runs, arms, profile["budgets"], args.reference),
     }
