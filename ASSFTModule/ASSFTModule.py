@@ -60,7 +60,9 @@ class ASSFTModule(ScriptedLoadableModule):
             "<b>Rank Volumes</b> scores every volume in the scene (diversified knowledge divergence, anatomical "
             "segmentation difficulty) and proposes the most useful ones; click a volume to see its uncertainty "
             "overlay and high-entropy regions; <b>Annotate</b> opens the Segment Editor with one segment per model "
-            "class; <b>Adapt Model</b> fine-tunes the model in a separate process and re-ranks the pool, with "
+            "class; <b>Query rounds</b> R &gt; 1 spreads the budget over R rounds (label a round, Adapt Model, "
+            "rank the next one with the adapted model); <b>Adapt Model</b> fine-tunes the model in a separate "
+            "process and re-ranks the pool, with "
             "the chosen <b>Adapt method</b>: ASSFT (selective pseudo-labels), SFR or SFR+ (SAM fine-tuned on the "
             "labeled volumes gives the pseudo-labels, then Mean-Teacher re-training)."
         )
@@ -82,7 +84,10 @@ class ASSFTModuleParameterNode:
     modelSource - the embedded default model or a model card file (ASSFTModuleLib.parameters.ModelSource).
     modelCardPath - the card file (card.json) when modelSource is CardFile; an adapted model's card after Adapt.
     workDirectory - folder for job folders (jobs/) and the model store (models/).
-    budget - volumes to propose per round.
+    budget - volumes to propose; with queryRounds R > 1 the total over R rounds.
+    queryRounds - rounds of the multi-round test-time query (job.json's query.rounds, for Rank and for the re-rank
+        after Adapt Model): 1 proposes the whole budget at once; R > 1 spreads it over R rounds, each ranked with the
+        model adapted on the rounds before (ASSFTModuleLib.parameters.queryRoundsValue).
     adaptMethod - how Adapt Model adapts: ASSFT, SFR or SFR+ (ASSFTModuleLib.parameters.AdaptMethod).
     overlayOpacity, overlayThreshold - entropy overlay display in the slice views.
     prefillFromPrediction - Annotate starts from the model's prediction.
@@ -95,6 +100,7 @@ class ASSFTModuleParameterNode:
     modelCardPath: pathlib.Path
     workDirectory: pathlib.Path
     budget: Annotated[int, WithinRange(1, 1000)] = 3
+    queryRounds: Annotated[int, WithinRange(1, parameters.MAX_QUERY_ROUNDS)] = parameters.DEFAULT_QUERY_ROUNDS
     adaptMethod: AdaptMethod = AdaptMethod.ASSFT
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     overlayThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.3

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", type=Path, help="model store for adapted models (default: <work>/models)")
     parser.add_argument("--work", type=Path, help="folder of job folders (default: <data>/.assft)")
     parser.add_argument("--budget", type=int, default=2, help="volumes proposed for annotation (default 2)")
-    parser.add_argument("--query-json", default="{}", help="engine QueryConfig settings for every job, as JSON")
+    parser.add_argument("--query-json", default="{}",
+                        help="engine QueryConfig settings for every job, as JSON; its 'rounds' is where the page's "
+                             "Query rounds field starts (e.g. '{\"rounds\": 2}')")
     parser.add_argument("--finetune-json", default="{}",
                         help="engine FinetuneConfig settings for Adapt jobs, as JSON "
                              "(e.g. '{\"train\": {\"iterations\": 50}}')")
@@ -53,12 +55,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import ensure_module_lib_on_path
 
     ensure_module_lib_on_path()
+    from ASSFTModuleLib.errors import ASSFTModuleError
+    from ASSFTModuleLib.parameters import queryRoundsValue
+
     from .session import ServeConfig
 
+    query = _json_option(args.query_json, "--query-json")
+    if "rounds" in query:
+        try:
+            queryRoundsValue(query["rounds"])
+        except ASSFTModuleError as error:
+            print(f"error: --query-json: {error}", file=sys.stderr)
+            return 2
     config = ServeConfig(data_dir=args.data.resolve(), labels_dir=args.labels.resolve() if args.labels else None,
                          model=args.model, store_dir=args.store.resolve() if args.store else None,
                          work_dir=args.work.resolve() if args.work else None, budget=args.budget,
-                         query=_json_option(args.query_json, "--query-json"),
+                         query=query,
                          finetune=_json_option(args.finetune_json, "--finetune-json"))
     from .app import serve
 

@@ -2,8 +2,9 @@
 
 Left: trame-slicer's segment editor (Paint, Erase, Draw, Scissors, Threshold, Islands, undo) on the class
 segmentation of the volume being annotated. Centre: axial, coronal and sagittal views rendered server-side by VTK.
-Right: the ASSFT panel (volumes, model and budget, Rank Volumes, ranking table, overlay, regions, Annotate,
-Save labels, Adapt Model with its method (ASSFT, SFR, SFR+), progress and Cancel, the DKD-against-ASD chart).
+Right: the ASSFT panel (volumes, model, budget and query rounds, Rank Volumes, ranking table with its query round,
+overlay, regions, Annotate, Save labels, Adapt Model with its method (ASSFT, SFR, SFR+), progress and Cancel, the
+DKD-against-ASD chart).
 
 All state lives on the server, so every browser tab shows the same round and a tab that closes mid-job changes
 nothing: the job runs in its own worker process (``JobController``), whose callbacks are moved onto the server's
@@ -77,6 +78,7 @@ class ASSFTWebApp(TrameApp):
         self.annotated_segmentation = None
         self._count_pending = False
         self._observed = set()
+        self._rounds_error = ""  # the page's report of a bad Query rounds value, taken back once it is good
         self._init_state(config)
         self._connect_controller()
         self._build_ui()
@@ -117,6 +119,7 @@ class ASSFTWebApp(TrameApp):
         s.model_text = str(config.model)
         s.model_description = self.session.model_description()
         s.budget = int(config.budget)
+        s.query_rounds = self.session.parameters.queryRounds
         s.adapt_methods = [{"title": m.label(), "value": m.value} for m in AdaptMethod]
         s.adapt_method = self.session.parameters.adaptMethod.value
         s.rows = []
@@ -142,6 +145,7 @@ class ASSFTWebApp(TrameApp):
         s.log = []
         s.change("overlay_visible", "overlay_opacity")(self._on_overlay_changed)
         s.change("budget")(self._on_budget_changed)
+        s.change("query_rounds")(self._on_query_rounds_changed)
         s.change("adapt_method")(self._on_adapt_method_changed)
 
     def _connect_controller(self) -> None:
@@ -177,7 +181,9 @@ class ASSFTWebApp(TrameApp):
             self.state.model_description = model
             self.state.model_text = self.session.controller.modelReference()
             what = "Re-ranked with the adapted model" if outcome.kind in ADAPT_KINDS else "Ranked"
-            self.state.ranking_caption = f"{what}: round {self.state.ranking_round}, model {model}."
+            caption = f"{what}: ranking {self.state.ranking_round}, model {model}."
+            query_round = getattr(outcome.loaded, "queryRound", None)
+            self.state.ranking_caption = caption + (f" {query_round.describe()}" if query_round is not None else "")
             self._refresh_rows()
             if self.state.rows:
                 self.select_row(self.state.selected_row if self.state.selected_row >= 0 else 0)
@@ -220,6 +226,18 @@ class ASSFTWebApp(TrameApp):
         except (TypeError, ValueError):
             self.state.error = f"The budget must be a whole number, got {budget!r}."
 
+    def _on_query_rounds_changed(self, query_rounds, **_) -> None:
+        """Checked as typed: a bad value is reported at once, and its report goes when the value is good again
+        (Rank and Adapt check the field's value once more)."""
+        try:
+            self.session.set_query_rounds(query_rounds)
+        except ASSFTModuleError as error:
+            self.state.error = self._rounds_error = str(error)
+            return
+        if self._rounds_error and self.state.error == self._rounds_error:
+            self.state.error = ""
+        self._rounds_error = ""
+
     def _on_adapt_method_changed(self, adapt_method, **_) -> None:
         try:
             self.session.set_adapt_method(adapt_method)
@@ -231,6 +249,7 @@ class ASSFTWebApp(TrameApp):
         """Rank or Adapt; refused (with the reason on the page) while a job runs or when nothing can run."""
         self.state.error = ""
         try:
+            self.session.set_query_rounds(self.state.query_rounds)  # what the field shows, never an older value
             spec = self.session.start_job(kind)
         except (ASSFTModuleError, AssftError, OSError) as error:
             self.state.error = str(error)
@@ -379,13 +398,19 @@ class ASSFTWebApp(TrameApp):
                 v3.VAlert(v_for="(m, i) in skipped", key="i", text=("m",), type="warning", density="compact",
                           classes="mb-1 text-caption")
             with v3.VRow(dense=True, classes="mt-1"):
-                with v3.VCol(cols=8):
+                with v3.VCol(cols=6):
                     v3.VTextField(v_model=("model_text",), label="Model (default, card JSON or store folder)",
                                   density="compact", hide_details=True, id="model_field",
                                   append_inner_icon="mdi-check", click_append_inner=self.apply_model)
-                with v3.VCol(cols=4):
+                with v3.VCol(cols=3):
                     v3.VTextField(v_model_number=("budget",), type="number", min=1, label="Budget",
                                   density="compact", hide_details=True, id="budget_field")
+                with v3.VCol(cols=3):
+                    v3.VTextField(v_model_number=("query_rounds",), type="number", min=1, label="Query rounds",
+                                  density="compact", hide_details=True, id="query_rounds_field",
+                                  title="Spread the budget over this many rounds: each Rank proposes the current "
+                                        "round's share; label it, Adapt Model, and the re-ranking proposes the next "
+                                        "round with the adapted model. 1: the whole budget at once.")
             html.Div("{{ model_description }}", classes="text-caption mb-2", id="model_description")
             v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
                        density="compact", hide_details=True, id="adapt_method", classes="mb-2")

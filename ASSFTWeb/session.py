@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from ASSFTModuleLib import jobPreparation, ranking, segmentation
+from ASSFTModuleLib import ranking, segmentation
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
 from ASSFTModuleLib.logic import ASSFTSceneLogic, CaseView
-from ASSFTModuleLib.parameters import AdaptMethod, ModelSource
+from ASSFTModuleLib.parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, queryRoundsValue
 from ASSFTModuleLib.records import CaseState
 from ASSFTModuleLib.workerProcess import workerEnvironment
 
@@ -40,6 +40,7 @@ class WebParameters:
     modelCardPath: Path = Path("")
     workDirectory: Path = Path("")
     budget: int = 2
+    queryRounds: int = DEFAULT_QUERY_ROUNDS
     adaptMethod: AdaptMethod = AdaptMethod.ASSFT
     rankingTable: object = None
     lastJobDirectory: str = ""
@@ -56,8 +57,9 @@ class ServeConfig:
         model: ``"default"``, a card JSON, or a store folder (``<store>/<name>[/v<k>]``).
         store_dir: the model store adapted models go to; default ``<work_dir>/models``.
         work_dir: job folders (``<work_dir>/jobs``); default ``<data_dir>/.assft``.
-        budget: volumes to propose.
-        query, finetune: engine configuration dictionaries passed to every job unchanged (``job.json``).
+        budget: volumes to propose (with several query rounds: the total over the rounds).
+        query, finetune: engine configuration dictionaries passed to every job (``job.json``); ``query["rounds"]``
+            is only where the page's Query rounds field starts, the field's value goes into every job.
     """
 
     data_dir: Path
@@ -79,7 +81,12 @@ class ServeConfig:
 
 
 class _JobSettings:
-    """The scene logic as the job controller sees it, with the server's store and engine settings in every job."""
+    """The scene logic as the job controller sees it, with the server's store and engine settings in every job.
+
+    The job is built by the module's own :meth:`ASSFTSceneLogic.prepareJob` from what the controller passes (the
+    panel's query rounds among it); only the server's store and its ``--query-json`` / ``--finetune-json`` settings
+    are added here, the controller's ``query`` keys deciding over the server's.
+    """
 
     def __init__(self, logic: ASSFTSceneLogic, config: ServeConfig):
         self._logic = logic
@@ -88,12 +95,10 @@ class _JobSettings:
     def __getattr__(self, name):
         return getattr(self._logic, name)
 
-    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, sfr=None):
-        card = self._logic.modelCard(model)
-        nodes = list(volumeNodes) if volumeNodes is not None else self._logic.poolVolumeNodes()
-        return jobPreparation.prepareJob(self._logic.scene, workDir, kind, nodes, card, str(model or ""), budget,
-                                         storeDir=self._config.store_dir, query=self._config.query,
-                                         finetune=self._config.finetune, sfr=sfr)
+    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, query=None, sfr=None):
+        return self._logic.prepareJob(kind, workDir, model, budget, volumeNodes=volumeNodes,
+                                      query={**self._config.query, **(query or {})}, finetune=self._config.finetune,
+                                      sfr=sfr, storeDir=self._config.store_dir)
 
 
 class AnnotatorSession:
@@ -111,7 +116,9 @@ class AnnotatorSession:
         self.config = config
         self.logic = ASSFTSceneLogic(scene, app_logic)
         self.controller = JobController(_JobSettings(self.logic, config), runner_factory, environment=workerEnvironment)
-        self.parameters = WebParameters(workDirectory=config.work_folder, budget=int(config.budget))
+        self.parameters = WebParameters(workDirectory=config.work_folder, budget=int(config.budget),
+                                        queryRounds=queryRoundsValue(config.query.get("rounds",
+                                                                                      DEFAULT_QUERY_ROUNDS)))
         self.set_model(config.model)
         self.controller.setParameterNode(self.parameters)
         self.messages: List[str] = []
@@ -201,6 +208,16 @@ class AnnotatorSession:
         except ValueError as error:
             raise ASSFTModuleError(f"Unknown adapt method {method!r}; choose one of "
                                    f"{[m.value for m in AdaptMethod]}.") from error
+
+    def set_query_rounds(self, rounds) -> int:
+        """Rounds of the multi-round query (the Slicer panel's Query rounds): every later Rank and the re-rank after
+        Adapt Model write them into ``job.json``'s ``query.rounds``. Returns the value set.
+
+        Raises:
+            ASSFTModuleError: not a whole number >= 1 (the value in use is kept).
+        """
+        self.parameters.queryRounds = queryRoundsValue(rounds)
+        return self.parameters.queryRounds
 
     def start_job(self, kind: str):
         """Start a ``rank`` job, or Adapt Model with ``kind`` ``adapt`` (an ``adapt`` or ``sfr`` job, by the adapt

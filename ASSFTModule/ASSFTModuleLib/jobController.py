@@ -28,7 +28,7 @@ from ASSFTActive.jobs import RESULT_CANCELLED, RESULT_DONE, RESULT_ERROR, read_j
 from . import jobs
 from .errors import ASSFTModuleError, JobFailedError
 from .events import WorkerOutput, eventFraction, formatEvent
-from .parameters import AdaptMethod, ModelSource, adaptJobFor, modelReferenceFor
+from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
 from .records import OutputLine, PreparedJob
 from .workerProcess import deviceProbeCommand, parseDeviceProbe, pythonExecutable, workerCommand
 
@@ -291,6 +291,9 @@ class JobController:
     def startJob(self, kind: str) -> Optional[PreparedJob]:
         """Prepare a job from the scene and start the worker.
 
+        Every job's ``query`` holds the parameter node's ``queryRounds`` as ``rounds`` (the multi-round schedule
+        over ``budget``): a ``rank`` job ranks with it, an ``adapt`` / ``sfr`` job re-ranks with it.
+
         Args:
             kind: ``rank`` (Rank Volumes) or ``adapt`` (Adapt Model: an ``adapt`` job, or an ``sfr`` job with the
                 parameter node's ``adaptMethod`` SFR or SFR+; see :func:`~.parameters.adaptJobFor`).
@@ -299,13 +302,14 @@ class JobController:
             the prepared job; None when the user declined installing the worker's packages.
 
         Raises:
-            ASSFTModuleError: nothing to run, or a job is already running.
+            ASSFTModuleError: nothing to run, a job is already running, or query rounds below 1.
         """
         node = self.parameterNode
         if node is None:
             raise ASSFTModuleError("The module has no parameter node; open the module again.")
         if self.isRunning():
             raise ASSFTModuleError("A job is already running; cancel it or wait for it to finish.")
+        query = jobQuery(getattr(node, "queryRounds", DEFAULT_QUERY_ROUNDS))
         if not self.ensureRequirements():
             self.statusChanged.emit("Not started: the Python packages the worker needs were not installed.")
             return None
@@ -315,7 +319,7 @@ class JobController:
             kind, sfr = adaptJobFor(getattr(node, "adaptMethod", AdaptMethod.ASSFT))
         jobs.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
                              protect=[node.lastJobDirectory])
-        spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, sfr=sfr)
+        spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr)
         self.job, self.jobModel = spec, model
         node.lastJobDirectory = str(spec.jobDir)
         self.progressChanged.emit(0.0)
@@ -397,6 +401,8 @@ class JobController:
         elif loaded.adaptedModel is not None:
             message = (f"The adapted model was stored but not activated: {loaded.result.activationReason} "
                        f"({loaded.adaptedModel}).{method}")
+        if loaded.queryRound is not None:
+            message += " " + loaded.queryRound.describe()
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

@@ -19,6 +19,7 @@ from .errors import ASSFTModuleError
 from .geometry import volumeFromNode
 from .jobs import CASES_FILE, IMAGE_SUFFIX, assignCaseIds, caseIdForName, newJobDir
 from .modelCard import modelReference
+from .parameters import queryRoundsValue
 from .records import PreparedJob
 from .segmentation import (
     conversionVolume,
@@ -91,20 +92,23 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
         volumeNodes: the pool (scalar volume nodes).
         modelCard: the active model's card (class names).
         model: ``"default"`` or the card path, as the user chose it.
-        budget: volumes to propose.
+        budget: volumes to propose; with ``query["rounds"]`` R > 1 the schedule's total over R rounds.
         storeDir: model store folder; default ``<workDir>/models``.
         modelName: name of the adapted model in the store; default ``""``: the engine names it
             (``ASSFTActive.finetune.adapt.default_name``: an adapted model's next version keeps its name, a
             pre-trained model's becomes ``<card name>-adapted``). The rule lives in the engine only.
-        query, finetune: engine configuration dictionaries passed through unchanged.
+        query, finetune: engine configuration dictionaries passed through unchanged, except ``query["rounds"]``
+            (the multi-round schedule, :func:`~.parameters.queryRoundsValue`), checked and written as a whole
+            number; the worker uses it for a ``rank`` job and for the re-rank after an ``adapt`` / ``sfr`` job.
         sfr: the SFR settings of an ``sfr`` job (``JobSpec.sfr``, e.g. ``{"method": "sfr_plus"}``), unchanged.
 
     Returns:
         :class:`PreparedJob`.
 
     Raises:
-        ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` / ``sfr`` without any labeled volume, or
-            settings the engine's :class:`~ASSFTActive.jobs.JobSpec` refuses (budget, ``finetune``, ``sfr``).
+        ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` / ``sfr`` without any labeled volume,
+            query rounds that are not a whole number >= 1, or settings the engine's
+            :class:`~ASSFTActive.jobs.JobSpec` refuses (budget, ``finetune``, ``sfr``).
         UnknownSegmentNamesError: an ``adapt`` / ``sfr`` job, and a labeled segmentation has segments that are not
             model classes.
     """
@@ -140,6 +144,9 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
 
     if int(budget) < 1:
         raise ASSFTModuleError(f"The budget must be at least 1 volume, got {budget}.")
+    query = dict(query or {})
+    if "rounds" in query:
+        query["rounds"] = queryRoundsValue(query["rounds"])
     jobDir = newJobDir(workDir, kind).resolve()
     images = {caseId: jobDir / "images" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds}
     labels = {caseId: jobDir / "labels" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds if caseId in conversions}
@@ -147,7 +154,7 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     try:
         job = JobSpec(kind=kind, images=images, labels=labels, model=modelReference(model), store=str(store),
                       name=caseIdForName(modelName) if modelName else "", budget=int(budget),
-                      query=dict(query or {}), finetune=dict(finetune or {}), sfr=dict(sfr or {}))
+                      query=query, finetune=dict(finetune or {}), sfr=dict(sfr or {}))
     except ValueError as exc:
         jobDir.rmdir()  # still empty: nothing was written yet
         raise ASSFTModuleError(f"Cannot prepare the {kind} job: {exc}.") from exc

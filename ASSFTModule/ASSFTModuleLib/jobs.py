@@ -9,6 +9,7 @@ The folder follows the engine's job protocol (:mod:`ASSFTActive.jobs`, which wri
     JOB_DIR/images/<case>.nrrd  the scene's volumes
     JOB_DIR/labels/<case>.nrrd  class label maps of the labeled volumes
     JOB_DIR/events.jsonl, log.txt, result.json, ...   written by the worker
+    JOB_DIR/config.json         the ranking's settings; its query_round is read here (:func:`readQueryRound`)
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import JOB_KINDS, LOG_FILE, RESULT_FILE, read_events, read_job_result
 
 from .errors import ASSFTModuleError, JobFailedError, ResultFormatError
-from .records import JobResult
+from .records import JobResult, QueryRound
 
 CASES_FILE = "slicer-cases.json"
+#: The engine's file beside ``ranking.json`` with the ranking's settings and ``query_round`` (``rank_pool``).
+CONFIG_FILE = "config.json"
 IMAGE_SUFFIX = ".nrrd"
 
 
@@ -147,3 +150,41 @@ def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+def _wholeNumber(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def readQueryRound(rankingPath) -> Optional[QueryRound]:
+    """The round of the multi-round query schedule a ranking belongs to: ``query_round`` of the ``config.json``
+    beside ``rankingPath`` (written by the engine's ``rank_pool``).
+
+    Returns:
+        the :class:`QueryRound`; None when there is no ``config.json`` or it has no ``query_round`` (a ranking
+        written by an engine without the multi-round query).
+
+    Raises:
+        ResultFormatError: ``config.json`` is not valid JSON, or its ``query_round`` is malformed (the message names
+            the file and the key).
+    """
+    path = Path(rankingPath).parent / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFormatError(f"{path}: not a readable JSON file ({exc}).") from exc
+    plan = config.get("query_round") if isinstance(config, dict) else None
+    if plan is None:
+        return None
+    budgets = plan.get("round_budgets") if isinstance(plan, dict) else None
+    if (not isinstance(budgets, list) or not budgets or not all(_wholeNumber(b, 0) for b in budgets)
+            or not _wholeNumber(plan.get("rounds"), 1) or plan["rounds"] != len(budgets)
+            or not _wholeNumber(plan.get("round"), 1) or plan["round"] > plan["rounds"]
+            or not _wholeNumber(plan.get("proposed"), 0) or not _wholeNumber(plan.get("labeled_before"), 0)):
+        raise ResultFormatError(
+            f"{path}: 'query_round' must hold whole numbers 'round' (1..rounds), 'rounds', 'round_budgets' (one "
+            f"per round), 'proposed' and 'labeled_before', got {plan!r}.")
+    return QueryRound(round=plan["round"], rounds=plan["rounds"], roundBudgets=tuple(budgets),
+                      proposed=plan["proposed"], labeledBefore=plan["labeled_before"])

@@ -20,7 +20,7 @@ from . import jobPreparation, jobs, overlay, plot, ranking, regions, segmentatio
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
-from .records import CaseState, JobResult, LabelConversion, PreparedJob, RankedCase, Region
+from .records import CaseState, JobResult, LabelConversion, PreparedJob, QueryRound, RankedCase, Region
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class LoadedResult:
         chartNode: the DKD-against-ASD chart (None without ranking).
         predictionNodes: ``{case_id: prediction segmentation node}``.
         skippedCases: case ids whose volume is no longer in the scene.
+        queryRound: the round of the multi-round query schedule the ranking belongs to and how many volumes it
+            proposes (None without ranking, or when its ``config.json`` does not record it).
     """
 
     result: JobResult
@@ -46,6 +48,7 @@ class LoadedResult:
     chartNode: object = None
     predictionNodes: Dict[str, object] = field(default_factory=dict)
     skippedCases: Tuple[str, ...] = ()
+    queryRound: Optional[QueryRound] = None
 
 
 @dataclass(frozen=True)
@@ -142,13 +145,15 @@ class ASSFTSceneLogic:
     # ------------------------------------------------------------------ jobs
     def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
                    query: Optional[dict] = None, finetune: Optional[dict] = None,
-                   sfr: Optional[dict] = None) -> PreparedJob:
+                   sfr: Optional[dict] = None, storeDir=None) -> PreparedJob:
         """Write a ``rank``, ``adapt`` or ``sfr`` job folder for the pool (default: :meth:`poolVolumeNodes`);
-        ``sfr`` holds an ``sfr`` job's settings (its ``method``: ``sfr`` or ``sfr_plus``)."""
+        ``query`` holds the engine's query settings (``rounds``: the multi-round schedule, also for the re-rank of
+        an adaptation), ``sfr`` an ``sfr`` job's settings (its ``method``: ``sfr`` or ``sfr_plus``), ``storeDir``
+        the model store (default ``<workDir>/models``); see :func:`~.jobPreparation.prepareJob`."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
         return jobPreparation.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
-                                         query=query, finetune=finetune, sfr=sfr)
+                                         storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
 
     def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True) -> LoadedResult:
         """Bring a finished job's results into the scene.
@@ -176,8 +181,10 @@ class ASSFTSceneLogic:
         skipped = tuple(sorted(set(cases) - set(nodes)))
 
         chartNode = None
+        queryRound = None
         if result.ranking is not None:
             rankingData = ranking.readRanking(result.ranking, result.pseudoLabeled)
+            queryRound = jobs.readQueryRound(result.ranking)
             labeled = {caseId for caseId, node in nodes.items() if self.isLabeled(node, card)}
             tableNode = ranking.writeRankingTable(
                 self.scene, rankingData,
@@ -196,7 +203,8 @@ class ASSFTSceneLogic:
                 predictionNode.GetDisplayNode().SetVisibility(False)
                 predictionNodes[caseId] = predictionNode
         return LoadedResult(result=result, activeModel=activeModel, adaptedModel=adaptedModel, tableNode=tableNode,
-                            chartNode=chartNode, predictionNodes=predictionNodes, skippedCases=skipped)
+                            chartNode=chartNode, predictionNodes=predictionNodes, skippedCases=skipped,
+                            queryRound=queryRound)
 
     # ------------------------------------------------------------------ looking at one case
     def volumeNodeForCase(self, case: RankedCase, nodeId: str = ""):

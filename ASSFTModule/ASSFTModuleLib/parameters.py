@@ -78,3 +78,46 @@ def modelReferenceFor(modelSource: ModelSource, modelCardPath: Optional[Union[st
     if not path:
         raise ASSFTModuleError("Choose a model card file (card.json), or select the embedded default model.")
     return path
+
+
+#: Query rounds the panel starts with: 1 proposes the whole budget at once (the engine's ``QueryConfig.rounds``).
+DEFAULT_QUERY_ROUNDS = 1
+#: The most query rounds the panel's field offers.
+MAX_QUERY_ROUNDS = 100
+
+
+def queryRoundsValue(value) -> int:
+    """The number of query rounds R of the multi-round test-time query (``QueryConfig.rounds``) as a whole number.
+
+    With R > 1 the budget is the schedule's total over R rounds and each ranking proposes the current round's share
+    (``ASSFTActive.query.rounds.plan_round``; the round is read from how many pool volumes are labelled). Accepts a
+    whole number, a float without a fraction (a number field's value) or its text.
+
+    Raises:
+        ASSFTModuleError: not a whole number, or below 1.
+    """
+    number = None
+    if isinstance(value, str):
+        text = value.strip()
+        number = int(text) if text.lstrip("+-").isdigit() else None
+    elif isinstance(value, float):
+        number = int(value) if value.is_integer() else None
+    elif not isinstance(value, bool) and hasattr(value, "__index__"):
+        number = int(value.__index__())
+    if number is None or number < 1:
+        raise ASSFTModuleError(
+            f"Query rounds must be a whole number of at least 1 (1 proposes the whole budget at once; R > 1 spreads "
+            f"the budget over R rounds with Adapt Model between them), got {value!r}.")
+    if number > MAX_QUERY_ROUNDS:
+        raise ASSFTModuleError(f"Query rounds must be at most {MAX_QUERY_ROUNDS}, got {number}.")
+    return number
+
+
+def jobQuery(rounds, settings: Optional[Dict] = None) -> Dict:
+    """The ``query`` of a job's ``job.json``: the engine's ``QueryConfig`` settings ``settings`` (unchanged) with the
+    panel's ``rounds`` (:func:`queryRoundsValue`), which decides over any ``rounds`` in ``settings``.
+
+    Raises:
+        ASSFTModuleError: ``rounds`` is not a whole number >= 1.
+    """
+    return {**dict(settings or {}), "rounds": queryRoundsValue(rounds)}

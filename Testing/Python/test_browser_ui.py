@@ -232,7 +232,7 @@ def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(serve, ch
 
     # Rank
     _rank(page)
-    expect(page.locator("#ranking_caption")).to_contain_text("Ranked: round 1")
+    expect(page.locator("#ranking_caption")).to_contain_text("Ranked: ranking 1")
     states = page.locator("#ranking_table td.row-state").all_inner_texts()
     assert states.count("proposed") == 2, states
     first_scores = page.inner_text("#ranking_table")
@@ -293,7 +293,7 @@ def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(serve, ch
     other = _open(chromium, served["url"], height=1250)  # tall enough for the chart under the table
     expect(other.locator("#job_status")).to_contain_text("adapt running", timeout=30_000)
     expect(other.locator("#btn_adapt")).to_be_disabled()
-    expect(other.locator("#ranking_caption")).to_contain_text("Ranked: round 1")
+    expect(other.locator("#ranking_caption")).to_contain_text("Ranked: ranking 1")
     assert other.inner_text("#ranking_table") == page.inner_text("#ranking_table")
     page.close()
     expect(other.locator("#job_status")).to_contain_text(re.compile("adapt (done|error|cancelled)"),
@@ -302,7 +302,7 @@ def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(serve, ch
                                                              other.inner_text("#error_message")
                                                              if other.locator("#error_message").count() else "")
     expect(other.locator("#job_status")).to_contain_text("100%")
-    expect(other.locator("#ranking_caption")).to_contain_text("Re-ranked with the adapted model: round 2")
+    expect(other.locator("#ranking_caption")).to_contain_text("Re-ranked with the adapted model: ranking 2")
     expect(other.locator("#model_description")).to_contain_text("adapted")
     expect(other.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES))
     assert other.inner_text("#ranking_table") != first_scores
@@ -380,3 +380,25 @@ def test_adapt_with_sfr_plus_chosen_on_the_page_starts_an_sfr_job_that_cancels(s
     expect(page.locator("#job_status")).to_contain_text("sfr cancelled", timeout=60_000)
     expect(page.locator("#btn_adapt")).to_be_enabled()
     assert not list((served["data"] / ".assft" / "models").rglob("card.json")), "a cancelled job stored a model"
+
+
+def test_query_rounds_typed_on_the_page_rank_the_first_rounds_share(serve, chromium):
+    """The page's Query rounds field: a value below 1 is refused on the page, 2 rounds of the budget 2 make Rank
+    propose one volume (round 1 of 2), written into the job's query and said in the caption."""
+    served = serve(TINY_FINETUNE)
+    page = _open(chromium, served["url"])
+    expect(page.locator("#query_rounds_field")).to_have_value("1")
+    page.fill("#query_rounds_field", "0")
+    expect(page.locator("#error_message")).to_contain_text("Query rounds must be a whole number of at least 1")
+    page.fill("#query_rounds_field", "2")
+    expect(page.locator("#error_message")).to_have_count(0)  # the report goes once the value is good
+    _wait_until(lambda: page.evaluate("() => window.trame.state.get('query_rounds')") == 2, 10,
+                "the page's value reaches the server")
+
+    _rank(page)
+    (job,) = list((served["data"] / ".assft" / "jobs").glob("*-rank"))
+    assert json.loads((job / "job.json").read_text())["query"] == {"rounds": 2}
+    expect(page.locator("#ranking_caption")).to_contain_text(
+        "Query round 1 of 2 (1 + 1 volumes): 1 volume proposed.")
+    assert page.locator("#ranking_table td.row-state").all_inner_texts().count("proposed") == 1
+    _shot(page, "08_query_rounds.png")

@@ -94,6 +94,30 @@ def test_ui_parameter_bindings_name_parameter_node_fields():
     assert len(set(bound.values())) == len(bound), "two widgets bound to one parameter"
 
 
+def test_query_rounds_spin_box_sits_beside_the_budget_and_is_bound_to_the_parameter_node():
+    """Query rounds (the multi-round test-time query) is a whole number >= 1 in the parameter node, default 1, set by
+    a spin box next to the budget whose range is the one the logic accepts."""
+    sys.path[:0] = [str(REPO), str(MODULE_DIR)]
+    try:
+        from ASSFTModuleLib.parameters import DEFAULT_QUERY_ROUNDS, MAX_QUERY_ROUNDS
+    finally:
+        del sys.path[:2]
+    root = ElementTree.parse(UI_FILE).getroot()
+    layout = next(layout for layout in root.iter("layout") if layout.get("name") == "budgetLayout")
+    widgets = {w.get("name"): w for w in layout.iter("widget")}
+    assert {"budgetSpinBox", "queryRoundsSpinBox"} <= set(widgets)
+    spinBox = widgets["queryRoundsSpinBox"]
+    properties = {p.get("name"): p for p in spinBox.findall("property")}
+    assert spinBox.get("class") == "QSpinBox"
+    assert properties["SlicerParameterName"].find("string").text == "queryRounds"
+    assert int(properties["minimum"].find("number").text) == 1
+    assert int(properties["maximum"].find("number").text) == MAX_QUERY_ROUNDS
+    field = next(node for node in classNode(parse(MODULE_FILE), "ASSFTModuleParameterNode").body
+                 if isinstance(node, ast.AnnAssign) and node.target.id == "queryRounds")
+    assert ast.unparse(field.annotation) == "Annotated[int, WithinRange(1, parameters.MAX_QUERY_ROUNDS)]"
+    assert ast.unparse(field.value) == "parameters.DEFAULT_QUERY_ROUNDS" and DEFAULT_QUERY_ROUNDS == 1
+
+
 def test_ui_file_has_a_qmrmlwidget_root_and_declares_its_custom_widgets():
     root = ElementTree.parse(UI_FILE).getroot()
     top = root.find("widget")

@@ -15,15 +15,19 @@ import numpy as np
 import pytest
 import slicer_scene
 from conftest import HIPPOCAMPUS
+from test_query_rounds_panel import parameterNode
+from test_slicer_job_controller import RecordingRunner
 
 slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import geometry, ranking, segmentation, workerProcess  # noqa: E402
+from ASSFTModuleLib.jobController import DONE, JobController  # noqa: E402
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
+from ASSFTModuleLib.parameters import ModelSource, jobQuery  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
 from ASSFTActive.io import case_id  # noqa: E402
-from ASSFTActive.jobs import read_result  # noqa: E402
+from ASSFTActive.jobs import read_job, read_result  # noqa: E402
 from ASSFTActive.progress import Event  # noqa: E402
 
 WORKER_TIMEOUT_S = 600
@@ -110,11 +114,15 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     finetune = {"train": {"iterations": 1, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
                 "semi_iterations": 1, "validation": {"guard": False}}
 
-    spec = logic.prepareJob("adapt", tmp_path / "work", "default", budget=1, finetune=finetune)
+    # the panel's two query rounds over a budget of 2 (1 + 1): one volume is labelled, so the re-ranking with the
+    # adapted model is round 2 and proposes one volume
+    spec = logic.prepareJob("adapt", tmp_path / "work", "default", budget=2, finetune=finetune, query=jobQuery(2))
+    assert read_job(spec.jobDir).query == {"rounds": 2}
     result, events = runJob(spec)
     loaded = logic.loadJobResult(spec.jobDir, "default")
 
     assert result.status == "done" and result.kind == "adapt"
+    assert loaded.queryRound.describe() == "Query round 2 of 2 (1 + 1 volumes): 1 volume proposed."
     assert loaded.activeModel is not None and Path(loaded.activeModel).is_file()
     assert Path(loaded.activeModel).resolve().is_relative_to((tmp_path / "work" / "models").resolve())
     assert logic.modelCard(loaded.activeModel).class_names == card.class_names
@@ -161,3 +169,27 @@ def test_sfr_plus_job_from_the_scene_runs_in_the_worker_and_comes_back_like_adap
     assert len(written["pseudo_labeled"]) == 1  # SFR+ keeps ceil(0.5 * 2) of the two unlabelled volumes
     assert loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() == 3  # re-ranked like adapt
     assert sorted(loaded.predictionNodes) == sorted(node.GetName() for node in nodes[1:])
+
+
+def test_two_query_rounds_from_the_panel_rank_the_first_rounds_share_in_the_worker(scene):
+    """The panel's Query rounds through the job controller into the real worker: budget 4 over 2 rounds is 2 + 2;
+    one volume of the pool is labelled already, so round 1 proposes the 1 volume left of its share."""
+    env, logic, card, nodes, tmp_path = scene
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable)
+    node = parameterNode(tmp_path / "work", Path(""), queryRounds=2, budget=4)
+    node.modelSource = ModelSource.Default  # the embedded default model
+    controller.setParameterNode(node)
+    finished = []
+    controller.finished.connect(finished.append)
+
+    spec = controller.startJob("rank")
+    assert read_job(spec.jobDir).query == {"rounds": 2}
+    result, _ = runJob(spec)
+    controller._runner.end(0)
+
+    outcome = finished[-1]
+    assert result.status == "done" and outcome.status == DONE
+    assert outcome.message == "Done. Query round 1 of 2 (2 + 2 volumes): 1 volume proposed."
+    table = outcome.loaded.tableNode
+    states = [table.GetTable().GetColumnByName("State").GetValue(r) for r in range(table.GetNumberOfRows())]
+    assert states.count(CaseState.PROPOSED) == 1 and states.count(CaseState.LABELED) == 1

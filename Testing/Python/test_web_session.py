@@ -44,6 +44,10 @@ class RecordingRunner:
     def cancel(self):
         pass
 
+    def end(self, exitCode=0):
+        self.running = False
+        self.onFinished(exitCode, False, "")
+
 
 @pytest.fixture()
 def pool(tmp_path):
@@ -102,6 +106,60 @@ def test_the_adapt_method_chosen_on_the_page_decides_the_adapt_job(pool):
     assert job.store == str((session.config.work_folder / "models").resolve())  # the server's store, as for adapt
     with pytest.raises(ASSFTModuleError, match="Unknown adapt method 'sam'"):
         session.set_adapt_method("sam")
+
+
+def test_the_query_rounds_chosen_on_the_page_go_into_rank_and_adapt_jobs(pool):
+    from ASSFTActive.jobs import read_job
+
+    session, _ = pool
+    session.load_pool()
+    assert session.parameters.queryRounds == 1  # the single-shot query unless the page says otherwise
+    assert session.set_query_rounds("3") == 3  # a number field may send text
+    rank = read_job(session.start_job("rank").jobDir)
+    assert rank.kind == "rank" and rank.query == {"rounds": 3} and rank.query_config().rounds == 3
+    session.controller._runner.end(1)  # let the next job start (this one failed without a result)
+    session.set_adapt_method("sfr")
+    adapt = read_job(session.start_job("adapt").jobDir)
+    assert adapt.kind == "sfr" and adapt.query == {"rounds": 3}  # the re-ranking after Adapt Model follows it
+
+
+@pytest.mark.parametrize("rounds", [0, -2, 1.5, "", "x"])
+def test_query_rounds_below_one_are_refused_on_the_page_and_the_value_in_use_is_kept(pool, rounds):
+    session, data = pool
+    session.load_pool()
+    session.set_query_rounds(2)
+    with pytest.raises(ASSFTModuleError, match="Query rounds must be a whole number of at least 1"):
+        session.set_query_rounds(rounds)
+    assert session.parameters.queryRounds == 2
+    # a value that reaches the controller some other way is refused there, before any job folder is written
+    session.parameters.queryRounds = rounds
+    with pytest.raises(ASSFTModuleError, match="Query rounds must be a whole number of at least 1"):
+        session.start_job("rank")
+    assert not session.is_running() and not (session.config.work_folder / "jobs").exists()
+
+
+def test_the_servers_query_settings_start_the_field_and_reach_every_job_with_the_pages_rounds(tmp_path):
+    from ASSFTActive.jobs import read_job
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(SAMPLE / "images" / "hippocampus_011.nii.gz", data)
+    env = slicer_scene.SlicerScene()
+    config = ServeConfig(data_dir=data, query={"rounds": 2, "strategy": "random"})
+    session = AnnotatorSession(env.scene, env.appLogic, config, RecordingRunner)
+    session.load_pool()
+    assert session.parameters.queryRounds == 2
+    session.set_query_rounds(4)
+    assert read_job(session.start_job("rank").jobDir).query == {"rounds": 4, "strategy": "random"}
+    assert config.query == {"rounds": 2, "strategy": "random"}  # the server's settings are not changed
+
+
+def test_the_server_refuses_query_rounds_below_one_with_one_error_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ASSFTWeb", "--data", str(tmp_path), "--query-json",
+                          '{"rounds": 0}'], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: --query-json: Query rounds must be a whole number of at least 1") and "got 0" in line
 
 
 def test_save_labels_writes_next_to_the_data_and_keeps_the_old_file_as_backup(pool):
