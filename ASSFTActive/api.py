@@ -27,7 +27,7 @@ from .distributed import DistContext, merge_shards
 from .errors import InputError, JobError
 from .inference import InferenceConfig, Predictor, default_device
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
-from .jobs import RANKING_CSV, RANKING_FILE, RankingEntry, RankingFile, write_ranking_file
+from .jobs import RANKING_CONFIG_FILE, RANKING_CSV, RANKING_FILE, RankingEntry, RankingFile, write_ranking_file
 from .models import LoadedModel, ModelCard, load_model
 from .overlay import write_overlay
 from .plausibility import check_image
@@ -205,7 +205,7 @@ def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeRepor
     config = {"assft_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
               "query": query.to_dict(), "model_card": card.to_dict(),
               "model_card_path": str(card.path) if card.path else None, **(extra or {})}
-    files["config_json"] = atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    files["config_json"] = atomic_write_text(out_dir / RANKING_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return files
 
 

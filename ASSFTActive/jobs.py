@@ -51,16 +51,19 @@ __all__ = [
     "JobResult",
     "JobSpec",
     "LOG_FILE",
+    "RANKING_CONFIG_FILE",
     "RANKING_CSV_COLUMNS",
     "RANKING_FILE",
     "RESULT_FILE",
     "RESULT_STATUSES",
     "RankingEntry",
     "RankingFile",
+    "RoundPlan",
     "SFR_METHODS",
     "read_events",
     "read_job",
     "read_job_result",
+    "read_query_round",
     "read_ranking_file",
     "read_result",
     "write_job",
@@ -504,6 +507,91 @@ def read_ranking_file(path: PathLike) -> RankingFile:
         raise JobError(f"{path}: cannot read the ranking ({exc}).") from exc
     try:
         return RankingFile.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"{path}: {exc}.") from exc
+
+
+#: The ranking's settings beside ``ranking.json`` (written by ``rank_pool``); its ``query_round`` is a
+#: :class:`RoundPlan`.
+RANKING_CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Where a ranking stands in a multi-round query schedule (``query_round`` of the ranking's ``config.json``;
+    made by :func:`ASSFTActive.query.rounds.plan_round`).
+
+    Attributes:
+        budgets: the per-round budgets (:func:`~ASSFTActive.query.rounds.round_budgets`); they sum to the
+            schedule's total budget.
+        round_index: the current round, 0-based (``round_index + 1`` of ``len(budgets)`` for people).
+        size: how many volumes this ranking proposes.
+        labeled: labelled pool volumes counted when the plan was made.
+    """
+
+    budgets: Tuple[int, ...]
+    round_index: int
+    size: int
+    labeled: int
+
+    @property
+    def total_rounds(self) -> int:
+        return len(self.budgets)
+
+    @property
+    def complete(self) -> bool:
+        """Every round's volumes are labelled: nothing is left to propose."""
+        return self.labeled >= sum(self.budgets)
+
+    def to_dict(self) -> dict:
+        return {"round": self.round_index + 1, "rounds": self.total_rounds, "round_budgets": list(self.budgets),
+                "proposed": self.size, "labeled_before": self.labeled}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundPlan:
+        """Read :meth:`to_dict`'s output.
+
+        Raises:
+            ValueError: missing or unknown keys, values that are not whole numbers, ``rounds`` other than the number
+                of round budgets, or ``round`` outside ``1..rounds``.
+        """
+        _check_keys(data, "a query round", required=("round", "rounds", "round_budgets", "proposed",
+                                                     "labeled_before"), optional=())
+
+        def whole(value: Any, minimum: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+        budgets = data["round_budgets"]
+        if (not isinstance(budgets, list) or not budgets or not all(whole(b, 0) for b in budgets)
+                or not whole(data["rounds"], 1) or data["rounds"] != len(budgets)
+                or not whole(data["round"], 1) or data["round"] > data["rounds"]
+                or not whole(data["proposed"], 0) or not whole(data["labeled_before"], 0)):
+            raise ValueError("'query_round' must hold whole numbers 'round' (1..rounds), 'rounds', 'round_budgets' "
+                             f"(one per round), 'proposed' and 'labeled_before', got {dict(data)!r}")
+        return cls(budgets=tuple(budgets), round_index=data["round"] - 1, size=data["proposed"],
+                   labeled=data["labeled_before"])
+
+
+def read_query_round(ranking_dir: PathLike) -> Optional[RoundPlan]:
+    """The :class:`RoundPlan` of the ranking in ``ranking_dir`` (``query_round`` of its ``config.json``); ``None``
+    when there is no ``config.json`` or it has no ``query_round`` (a ranking written before multi-round queries).
+
+    Raises:
+        JobError: ``config.json`` is not readable JSON, or its ``query_round`` is malformed (the message names the
+            file).
+    """
+    path = Path(ranking_dir) / RANKING_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise JobError(f"{path}: not a readable JSON file ({exc}).") from exc
+    plan = config.get("query_round") if isinstance(config, dict) else None
+    if plan is None:
+        return None
+    try:
+        return RoundPlan.from_dict(plan)
     except (TypeError, ValueError) as exc:
         raise JobError(f"{path}: {exc}.") from exc
 

@@ -21,6 +21,7 @@ import slicer
 from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.jobRun import SubprocessJobRunner
+from ASSFTModuleLib.jobs import describeQueryRound
 from ASSFTModuleLib.parameters import AdaptMethod
 from trame.app import TrameApp
 from trame.widgets import html
@@ -183,7 +184,8 @@ class ASSFTWebApp(TrameApp):
             what = "Re-ranked with the adapted model" if outcome.kind in ADAPT_KINDS else "Ranked"
             caption = f"{what}: ranking {self.state.ranking_round}, model {model}."
             query_round = getattr(outcome.loaded, "queryRound", None)
-            self.state.ranking_caption = caption + (f" {query_round.describe()}" if query_round is not None else "")
+            self.state.ranking_caption = caption + (f" {describeQueryRound(query_round)}"
+                                                    if query_round is not None else "")
             self._refresh_rows()
             if self.state.rows:
                 self.select_row(self.state.selected_row if self.state.selected_row >= 0 else 0)

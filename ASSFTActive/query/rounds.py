@@ -12,8 +12,9 @@ how many pool volumes are already labelled, so no state has to be kept between c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List
+
+from ..jobs import RoundPlan
 
 __all__ = ["RoundPlan", "plan_round", "round_budgets"]
 
@@ -43,36 +44,6 @@ def round_budgets(budget: int, rounds: int) -> List[int]:
     rounds = max(1, min(rounds, budget))
     base, extra = divmod(budget, rounds)
     return [base + (1 if r < extra else 0) for r in range(rounds)]
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """Where a ranking stands in a multi-round schedule.
-
-    Attributes:
-        budgets: the per-round budgets (:func:`round_budgets`); they sum to the schedule's total budget.
-        round_index: the current round, 0-based (``round_index + 1`` of ``len(budgets)`` for people).
-        size: how many volumes this ranking proposes.
-        labeled: labelled pool volumes counted when the plan was made.
-    """
-
-    budgets: Tuple[int, ...]
-    round_index: int
-    size: int
-    labeled: int
-
-    @property
-    def total_rounds(self) -> int:
-        return len(self.budgets)
-
-    @property
-    def complete(self) -> bool:
-        """Every round's volumes are labelled: nothing is left to propose."""
-        return self.labeled >= sum(self.budgets)
-
-    def to_dict(self) -> dict:
-        return {"round": self.round_index + 1, "rounds": self.total_rounds, "round_budgets": list(self.budgets),
-                "proposed": self.size, "labeled_before": self.labeled}
 
 
 def plan_round(budget: int, rounds: int, labeled: int) -> RoundPlan:

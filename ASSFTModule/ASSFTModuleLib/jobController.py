@@ -402,7 +402,7 @@ class JobController:
             message = (f"The adapted model was stored but not activated: {loaded.result.activationReason} "
                        f"({loaded.adaptedModel}).{method}")
         if loaded.queryRound is not None:
-            message += " " + loaded.queryRound.describe()
+            message += " " + jobs.describeQueryRound(loaded.queryRound)
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

@@ -9,7 +9,7 @@ The folder follows the engine's job protocol (:mod:`ASSFTActive.jobs`, which wri
     JOB_DIR/images/<case>.nrrd  the scene's volumes
     JOB_DIR/labels/<case>.nrrd  class label maps of the labeled volumes
     JOB_DIR/events.jsonl, log.txt, result.json, ...   written by the worker
-    JOB_DIR/config.json         the ranking's settings; its query_round is read here (:func:`readQueryRound`)
+    JOB_DIR/config.json         the ranking's settings; its query_round (ASSFTActive.jobs.read_query_round)
 """
 
 from __future__ import annotations
@@ -21,14 +21,20 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ASSFTActive.errors import JobError
-from ASSFTActive.jobs import JOB_KINDS, LOG_FILE, RESULT_FILE, read_events, read_job_result
+from ASSFTActive.jobs import (
+    JOB_KINDS,
+    LOG_FILE,
+    RESULT_FILE,
+    RoundPlan,
+    read_events,
+    read_job_result,
+    read_query_round,
+)
 
 from .errors import ASSFTModuleError, JobFailedError, ResultFormatError
-from .records import JobResult, QueryRound
+from .records import JobResult
 
 CASES_FILE = "slicer-cases.json"
-#: The engine's file beside ``ranking.json`` with the ranking's settings and ``query_round`` (``rank_pool``).
-CONFIG_FILE = "config.json"
 IMAGE_SUFFIX = ".nrrd"
 
 
@@ -152,39 +158,24 @@ def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:
     return removed
 
 
-def _wholeNumber(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def readQueryRound(rankingPath) -> Optional[QueryRound]:
-    """The round of the multi-round query schedule a ranking belongs to: ``query_round`` of the ``config.json``
-    beside ``rankingPath`` (written by the engine's ``rank_pool``).
-
-    Returns:
-        the :class:`QueryRound`; None when there is no ``config.json`` or it has no ``query_round`` (a ranking
-        written by an engine without the multi-round query).
+def readQueryRound(rankingPath) -> Optional[RoundPlan]:
+    """The round of the multi-round query schedule a ranking belongs to (the engine's
+    :func:`ASSFTActive.jobs.read_query_round` on the folder of ``rankingPath``); None for a ranking without one.
 
     Raises:
-        ResultFormatError: ``config.json`` is not valid JSON, or its ``query_round`` is malformed (the message names
-            the file and the key).
+        ResultFormatError: ``config.json`` is not valid JSON, or its ``query_round`` is malformed (the engine's
+            message: the file and what is wrong).
     """
-    path = Path(rankingPath).parent / CONFIG_FILE
-    if not path.is_file():
-        return None
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultFormatError(f"{path}: not a readable JSON file ({exc}).") from exc
-    plan = config.get("query_round") if isinstance(config, dict) else None
-    if plan is None:
-        return None
-    budgets = plan.get("round_budgets") if isinstance(plan, dict) else None
-    if (not isinstance(budgets, list) or not budgets or not all(_wholeNumber(b, 0) for b in budgets)
-            or not _wholeNumber(plan.get("rounds"), 1) or plan["rounds"] != len(budgets)
-            or not _wholeNumber(plan.get("round"), 1) or plan["round"] > plan["rounds"]
-            or not _wholeNumber(plan.get("proposed"), 0) or not _wholeNumber(plan.get("labeled_before"), 0)):
-        raise ResultFormatError(
-            f"{path}: 'query_round' must hold whole numbers 'round' (1..rounds), 'rounds', 'round_budgets' (one "
-            f"per round), 'proposed' and 'labeled_before', got {plan!r}.")
-    return QueryRound(round=plan["round"], rounds=plan["rounds"], roundBudgets=tuple(budgets),
-                      proposed=plan["proposed"], labeledBefore=plan["labeled_before"])
+        return read_query_round(Path(rankingPath).parent)
+    except JobError as exc:
+        raise ResultFormatError(str(exc)) from exc
+
+
+def describeQueryRound(plan: RoundPlan) -> str:
+    """One plain line, e.g. ``Query round 2 of 2 (2 + 2 volumes): 2 volumes proposed.``"""
+    sizes = " + ".join(str(size) for size in plan.budgets)
+    where = f"Query round {plan.round_index + 1} of {plan.total_rounds} ({sizes} volume{'' if sizes == '1' else 's'})"
+    if plan.total_rounds > 1 and plan.complete:
+        return f"{where}: the schedule is complete, no volume proposed."
+    return f"{where}: {plan.size} volume{'' if plan.size == 1 else 's'} proposed."

@@ -14,13 +14,13 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
-from ASSFTActive.jobs import ADAPT_KINDS
+from ASSFTActive.jobs import ADAPT_KINDS, RoundPlan
 
 from . import jobPreparation, jobs, overlay, plot, ranking, regions, segmentation
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
-from .records import CaseState, JobResult, LabelConversion, PreparedJob, QueryRound, RankedCase, Region
+from .records import CaseState, JobResult, LabelConversion, PreparedJob, RankedCase, Region
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LoadedResult:
     chartNode: object = None
     predictionNodes: Dict[str, object] = field(default_factory=dict)
     skippedCases: Tuple[str, ...] = ()
-    queryRound: Optional[QueryRound] = None
+    queryRound: Optional[RoundPlan] = None
 
 
 @dataclass(frozen=True)

@@ -62,39 +62,6 @@ class RankedCase:
 
 
 @dataclass(frozen=True)
-class QueryRound:
-    """Where a ranking stands in the multi-round query schedule: ``query_round`` of the ranking's ``config.json``
-    (the engine's ``ASSFTActive.query.rounds.RoundPlan.to_dict``, read by :func:`jobs.readQueryRound`).
-
-    Attributes:
-        round: the ranking's round, 1-based.
-        rounds: rounds in the schedule (``QueryConfig.rounds``, at most the budget).
-        roundBudgets: volumes per round; they sum to the schedule's budget.
-        proposed: volumes this ranking proposes (the rest of its round; 0 once the schedule is complete).
-        labeledBefore: labelled pool volumes when it was ranked.
-    """
-
-    round: int
-    rounds: int
-    roundBudgets: Tuple[int, ...]
-    proposed: int
-    labeledBefore: int
-
-    @property
-    def complete(self) -> bool:
-        """A multi-round schedule whose volumes are all labelled: nothing is left to propose."""
-        return self.rounds > 1 and self.proposed == 0
-
-    def describe(self) -> str:
-        """One plain line, e.g. ``Query round 2 of 2 (2 + 2 volumes): 2 volumes proposed.``"""
-        plan = " + ".join(str(size) for size in self.roundBudgets)
-        where = f"Query round {self.round} of {self.rounds} ({plan} volume{'' if plan == '1' else 's'})"
-        if self.complete:
-            return f"{where}: the schedule is complete, no volume proposed."
-        return f"{where}: {self.proposed} volume{'' if self.proposed == 1 else 's'} proposed."
-
-
-@dataclass(frozen=True)
 class Ranking:
     """The content of a ranking table: a ``ranking.json`` read by :func:`ranking.readRanking`, cases ordered by
     rank."""

@@ -105,3 +105,21 @@ def test_mc_dropout_strategies_rank_from_streamed_passes_beside_labelled_volumes
                        query=QueryConfig(strategy=strategy, mc_samples=3), write_outputs=False)
     scores = [row.score for row in result.ranking.cases]
     assert len(scores) == 2 and scores == sorted(scores, reverse=True) and scores[0] > 0
+
+
+def test_a_round_plan_reads_back_from_the_ranking_config_and_refuses_a_malformed_one(tmp_path):
+    from ASSFTActive.errors import JobError
+    from ASSFTActive.jobs import RANKING_CONFIG_FILE, RoundPlan, read_query_round
+
+    plan = plan_round(5, 2, 3)
+    assert RoundPlan.from_dict(plan.to_dict()) == plan
+    assert read_query_round(tmp_path) is None, "no config.json: a ranking without a schedule"
+    (tmp_path / RANKING_CONFIG_FILE).write_text(json.dumps({"query_round": plan.to_dict()}))
+    assert read_query_round(tmp_path) == plan
+    (tmp_path / RANKING_CONFIG_FILE).write_text(json.dumps({"query": {}}))
+    assert read_query_round(tmp_path) is None
+    for bad in ({**plan.to_dict(), "round": 3}, {**plan.to_dict(), "rounds": 3}, {**plan.to_dict(), "proposed": -1},
+                {**plan.to_dict(), "round_budgets": [3, "2"]}, {k: v for k, v in plan.to_dict().items() if k != "round"}):
+        (tmp_path / RANKING_CONFIG_FILE).write_text(json.dumps({"query_round": bad}))
+        with pytest.raises(JobError, match=RANKING_CONFIG_FILE):
+            read_query_round(tmp_path)

@@ -149,9 +149,7 @@ def test_the_status_says_which_query_round_a_finished_ranking_is_and_what_it_pro
     assert outcome.status == DONE and status[-1] == outcome.message
     assert outcome.message == f"Done. {text}"
     queryRound = outcome.loaded.queryRound
-    assert (queryRound.round, queryRound.rounds, list(queryRound.roundBudgets), queryRound.proposed,
-            queryRound.labeledBefore) == (plan["round"], plan["rounds"], plan["round_budgets"], plan["proposed"],
-                                          plan["labeled_before"])
+    assert queryRound.to_dict() == plan
 
 
 def test_the_re_ranking_after_adapt_model_reports_its_round_after_the_model(setup):

@@ -22,6 +22,7 @@ slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import geometry, ranking, segmentation, workerProcess  # noqa: E402
 from ASSFTModuleLib.jobController import DONE, JobController  # noqa: E402
+from ASSFTModuleLib.jobs import describeQueryRound  # noqa: E402
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.parameters import ModelSource, jobQuery  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
@@ -122,7 +123,7 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     loaded = logic.loadJobResult(spec.jobDir, "default")
 
     assert result.status == "done" and result.kind == "adapt"
-    assert loaded.queryRound.describe() == "Query round 2 of 2 (1 + 1 volumes): 1 volume proposed."
+    assert describeQueryRound(loaded.queryRound) == "Query round 2 of 2 (1 + 1 volumes): 1 volume proposed."
     assert loaded.activeModel is not None and Path(loaded.activeModel).is_file()
     assert Path(loaded.activeModel).resolve().is_relative_to((tmp_path / "work" / "models").resolve())
     assert logic.modelCard(loaded.activeModel).class_names == card.class_names
