@@ -118,8 +118,9 @@ def test_a_round_plan_reads_back_from_the_ranking_config_and_refuses_a_malformed
     assert read_query_round(tmp_path) == plan
     (tmp_path / RANKING_CONFIG_FILE).write_text(json.dumps({"query": {}}))
     assert read_query_round(tmp_path) is None
-    for bad in ({**plan.to_dict(), "round": 3}, {**plan.to_dict(), "rounds": 3}, {**plan.to_dict(), "proposed": -1},
-                {**plan.to_dict(), "round_budgets": [3, "2"]}, {k: v for k, v in plan.to_dict().items() if k != "round"}):
+    good = plan.to_dict()
+    for bad in ({**good, "round": 3}, {**good, "rounds": 3}, {**good, "proposed": -1},
+                {**good, "round_budgets": [3, "2"]}, {k: v for k, v in good.items() if k != "round"}):
         (tmp_path / RANKING_CONFIG_FILE).write_text(json.dumps({"query_round": bad}))
         with pytest.raises(JobError, match=RANKING_CONFIG_FILE):
             read_query_round(tmp_path)
