@@ -323,6 +323,15 @@ def _interval(values: Sequence[float]) -> Tuple[float, float]:
     return mean, (high - low) / 2 if not math.isnan(low) else float("nan")
 
 
+def _draw_balanced_mean(runs: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """Per-test-case Dice ``[cases]``: the mean over training seeds of each labelled draw, then over draws (merged
+    files may hold more seeds of some draws than of others)."""
+    by_draw: Dict[int, List[List[float]]] = {}
+    for r in runs:
+        by_draw.setdefault(r["task"]["draw"], []).append(r["test_dice"])
+    return np.mean([np.mean(np.array(v), axis=0) for v in by_draw.values()], axis=0)
+
+
 def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence[int],
               reference: str = "assft_no_pseudo") -> Dict[str, Any]:
     """Per shift, budget and arm: mean Dice, paired differences to ``reference`` (labels only) and to the floor,
@@ -342,7 +351,7 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
                 if not mine:
                     continue
                 per_run = np.array([r["test_dice"] for r in mine])  # [runs, cases]
-                per_case = per_run.mean(axis=0)
+                per_case = _draw_balanced_mean(mine)
                 by_draw: Dict[int, List[float]] = {}
                 for r in mine:
                     by_draw.setdefault(r["task"]["draw"], []).append(float(np.mean(r["test_dice"])))
@@ -361,7 +370,7 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
                 paired = [r for r in runs if r["task"]["shift"] == shift and r["task"]["budget"] == budget
                           and r["task"]["arm"] == reference]
                 if paired and arm != reference:
-                    ref = np.array([r["test_dice"] for r in paired]).mean(axis=0)
+                    ref = _draw_balanced_mean(paired)
                     entry["vs_labels_only"] = _interval(per_case - ref)
                 row[arm] = entry
             table[shift]["budgets"][str(budget)] = row
@@ -441,6 +450,7 @@ def main() -> None:
     parser.add_argument("--reference", default="assft_no_pseudo", help="the labels-only arm others are paired with")
     parser.add_argument("--tag", default="")
     parser.add_argument("--first-seed", type=int, default=0, help="training seeds start here (to add seeds)")
+    parser.add_argument("--first-draw", type=int, default=0, help="random labelled draws start here (to add draws)")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="JSON",
                         help="only rewrite the tables of earlier runs' JSON (the runs of several files are merged "
                              "into the first, e.g. more seeds of the same arms; --reference may change)")
@@ -501,14 +511,14 @@ def main() -> None:
             for shift in shifts:
                 rng_tasks.append(Task(shift, 0, 0, 0, "floor", ()))
                 for budget in profile["budgets"]:
-                    for draw in range(profile["draws"]):
+                    for draw in range(args.first_draw, args.first_draw + profile["draws"]):
                         rng = np.random.default_rng([budget, draw, 11])
                         labeled = tuple(sorted(rng.choice(pool, size=budget, replace=False).tolist()))
                         for seed in range(args.first_seed, args.first_seed + profile["train_seeds"]):
                             for arm in arms:
                                 if arm not in QUERY_ARMS:
                                     rng_tasks.append(Task(shift, budget, draw, seed, arm, labeled))
-                                elif draw == 0:
+                                elif draw == args.first_draw:
                                     rng_tasks.append(Task(shift, budget, 0, seed, arm, queried[shift][budget]))
             jobs = {pool_exec.submit(run_task, t): t for t in rng_tasks}
             for done, job in enumerate(futures.as_completed(jobs), 1):
