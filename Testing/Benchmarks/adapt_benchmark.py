@@ -63,7 +63,7 @@ ARMS: Dict[str, Dict[str, Any]] = {
     "labels_only_unguarded": {"pseudo": {"mode": "none"}, "validation": {"guard": False}},
     "assft_unguarded": {"validation": {"guard": False}},
     "legacy": {"train": {"learning_rate": 1e-3, "encoder_lr_scale": 1.0, "l2sp_weight": 0.0},
-               "pseudo": {"mode": "selective", "teacher": "offline", "strong_view": False,
+               "pseudo": {"mode": "selective", "teacher": "offline", "strong_view": False, "spatial_view": False,
                           "cutmix_probability": 0.0, "voxel_threshold": None},
                "validation": {"guard": False}},
     "legacy_no_pseudo": {"train": {"learning_rate": 1e-3, "encoder_lr_scale": 1.0, "l2sp_weight": 0.0},
@@ -72,21 +72,22 @@ ARMS: Dict[str, Dict[str, Any]] = {
                             "pseudo": {"mode": "none"}, "validation": {"guard": False}},
     "protected_offline": {"train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
                           "pseudo": {"mode": "selective", "teacher": "offline", "strong_view": False,
-                                     "cutmix_probability": 0.0, "voxel_threshold": None},
+                                     "spatial_view": False, "cutmix_probability": 0.0, "voxel_threshold": None},
                           "validation": {"guard": False}},
     "protected_mean_teacher": {"train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
                                "pseudo": {"mode": "selective", "teacher": "ema", "strong_view": True,
-                                          "cutmix_probability": 0.5, "voxel_threshold": 0.7,
+                                          "spatial_view": False, "cutmix_probability": 0.5, "voxel_threshold": 0.7,
                                           "class_keep_min": 0.5},
                                "validation": {"guard": False}},
 }
 #: The learning-rate and protection sweep that chose the defaults (RESULTS.md, "Few-label fine-tuning").
 _PLAIN = {"encoder_lr_scale": 1.0, "l2sp_weight": 0.0}
 _PROTECTED = {"encoder_lr_scale": 0.1, "l2sp_weight": 0.01}
-_OFFLINE = {"mode": "selective", "teacher": "offline", "strong_view": False, "cutmix_probability": 0.0,
-            "voxel_threshold": None}
-_MEAN_TEACHER = {"mode": "selective", "teacher": "ema", "strong_view": True, "cutmix_probability": 0.5,
-                 "voxel_threshold": 0.7, "class_keep_min": 0.5}
+_OFFLINE = {"mode": "selective", "teacher": "offline", "strong_view": False, "spatial_view": False,
+            "cutmix_probability": 0.0, "voxel_threshold": None}
+#: The Mean-Teacher recipe as measured in the sweep (intensity-only strong view; the spatial jitter is its own arm).
+_MEAN_TEACHER = {"mode": "selective", "teacher": "ema", "strong_view": True, "spatial_view": False,
+                 "cutmix_probability": 0.5, "voxel_threshold": 0.7, "class_keep_min": 0.5}
 for _lr, _name in ((1e-4, "lr1e-4"), (3e-5, "lr3e-5")):
     ARMS[f"{_name}_plain_no_pseudo"] = {"train": {"learning_rate": _lr, **_PLAIN}, "pseudo": {"mode": "none"},
                                         "validation": {"guard": False}}

@@ -239,4 +239,4 @@ def test_the_spatial_view_moves_every_pseudo_batch_with_its_targets(tmp_path, on
     calls.clear()
     train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
                      device=torch.device("cpu"), teacher=teacher, semi=SemiParts(strong_view=True))
-    assert calls == [], "off by default"
+    assert calls == [], "only when asked for (SemiParts)"
