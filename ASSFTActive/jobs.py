@@ -288,6 +288,20 @@ def read_result(job_dir: PathLike) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
+def _read_json_if_present(path: Path, what: str) -> Any:
+    """The JSON value in ``path``; ``None`` when there is no such file.
+
+    Raises:
+        JobError: the file exists but is not readable JSON (the message names the file and ``what`` it holds).
+    """
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise JobError(f"{path}: cannot read {what} ({exc}).") from exc
+
+
 # ---------------------------------------------------------------------------------------------------- atomic write
 def _write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
@@ -581,12 +595,7 @@ def read_query_round(ranking_dir: PathLike) -> Optional[RoundPlan]:
             file).
     """
     path = Path(ranking_dir) / RANKING_CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise JobError(f"{path}: not a readable JSON file ({exc}).") from exc
+    config = _read_json_if_present(path, "the ranking's settings")
     plan = config.get("query_round") if isinstance(config, dict) else None
     if plan is None:
         return None
@@ -729,12 +738,9 @@ def read_job_result(job_dir: PathLike) -> Optional[JobResult]:
         JobError: a result file that is not valid JSON or not a valid result (the message names the file).
     """
     path = Path(job_dir) / RESULT_FILE
-    if not path.is_file():
+    data = _read_json_if_present(path, "the job result")
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise JobError(f"{path}: cannot read the job result ({exc}).") from exc
     try:
         return JobResult.from_dict(data)
     except (TypeError, ValueError) as exc:
