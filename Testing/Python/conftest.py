@@ -36,6 +36,17 @@ def require(path: Path) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """In-process torch runs use one thread, like the worker subprocesses (the CI machine has two cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def hippocampus_dir() -> Path:
     return require(HIPPOCAMPUS)
 

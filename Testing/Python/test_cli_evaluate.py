@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_tiny_card, synthetic_case, worker_env, write_dataset
 
 from ASSFTActive.cli import main
@@ -18,13 +17,8 @@ from ASSFTActive.io import Volume, write_volume
 HIPPOCAMPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs use one thread, like the worker subprocesses (the CI machine has two cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: In-process runs use one thread (the conftest fixture), like the worker subprocesses.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,8 @@ from ASSFTActive.io import Volume, write_volume
 from ASSFTActive.models import load_card, load_model
 from ASSFTActive.store import ModelStore, StoreError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: In-process runs use one thread (the conftest fixture), like the worker subprocesses.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -30,14 +30,6 @@ from ASSFTActive.models import build_network, load_card
 # --------------------------------------------------------------------------------------------- tests
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cases(count: int, first_seed: int = 0) -> List[SupervisedCase]:
     cases = []
     for index in range(count):

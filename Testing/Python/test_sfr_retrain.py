@@ -32,14 +32,6 @@ from ASSFTActive.sfr.retrain import MeanTeacherConfig, mean_teacher_retrain, sfr
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cases(count: int, first_seed: int = 0, background: bool = False) -> List[SupervisedCase]:
     cases = []
     for index in range(count):
