@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..finetune.config import PseudoMode
 from .common import add_device_argument, add_work_dir_argument, progress_channel, read_settings_file, work_dir_lock
@@ -96,21 +96,29 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune.adapt import adapt_model
+
+    return run_adaptation(args, adapt_model, build_config(args), format_summary)
+
+
+def run_adaptation(args: argparse.Namespace, adapt: Callable[..., Any], config: Any,
+                   summary: Callable[[Any], str], **extra: Any) -> int:
+    """Run an adaptation command (``adapt_model`` or ``sfr_adapt``) on the options of :func:`add_input_arguments`
+    and :func:`add_run_arguments`: the volumes and labels, a progress bar, the ``--work-dir`` lock; print
+    ``summary(result)``. ``extra`` goes to ``adapt`` (e.g. SFR's ``sam_prior``)."""
     from ..io import case_id, find_images, match_labels
     from .common import resolve_device
 
-    config = build_config(args)
     images = find_images(args.images)
     labels = match_labels(images, args.labels)
     bar, progress = progress_channel(args)
     try:
         with work_dir_lock(args.work_dir):
-            result = adapt_model({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
-                                 name=args.name, config=config, progress=progress, work_dir=args.work_dir,
-                                 predictions_dir=args.predictions, device=resolve_device(args.device))
+            result = adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
+                           name=args.name, config=config, progress=progress, work_dir=args.work_dir,
+                           predictions_dir=args.predictions, device=resolve_device(args.device), **extra)
     finally:
         bar.close()
-    print(format_summary(result))
+    print(summary(result))
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from ..jobs import SFR_METHODS
 from .adapt import add_input_arguments, add_run_arguments
-from .common import add_work_dir_argument, progress_channel, read_settings_file, work_dir_lock
+from .common import add_work_dir_argument, read_settings_file
 
 #: ``--method`` choices: the values of :class:`~ASSFTActive.sfr.pipeline.SfrMethod`.
 METHODS = SFR_METHODS
@@ -66,24 +66,10 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import case_id, find_images, match_labels
     from ..sfr.pipeline import sfr_adapt
-    from .common import resolve_device
+    from .adapt import run_adaptation
 
-    config = build_config(args)
-    images = find_images(args.images)
-    labels = match_labels(images, args.labels)
-    bar, progress = progress_channel(args)
-    try:
-        with work_dir_lock(args.work_dir):
-            result = sfr_adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
-                               sam_prior=args.sam, name=args.name, config=config, progress=progress,
-                               predictions_dir=args.predictions, device=resolve_device(args.device),
-                               work_dir=args.work_dir)
-    finally:
-        bar.close()
-    print(format_summary(result))
-    return 0
+    return run_adaptation(args, sfr_adapt, build_config(args), format_summary, sam_prior=args.sam)
 
 
 def format_summary(result) -> str:
