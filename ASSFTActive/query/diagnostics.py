@@ -15,12 +15,14 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from .config import AsdReduce, DivSpace, QueryConfig
+from .config import AsdReduce, DivSpace, KDMetric, QueryConfig
 from .diversity import diversity, initial_min_distance, minmax_normalise, unit_rows
 from .records import CaseEvidence
 from .regions import RegionSums
+from .scores import knowledge_divergence
 
-__all__ = ["ScoreCorrelation", "pool_dkd", "score_error_correlations", "spearman_with_error"]
+__all__ = ["ScoreCorrelation", "kd_variant_correlations", "pool_dkd", "score_error_correlations",
+           "spearman_with_error"]
 
 #: The scores :func:`score_error_correlations` computes from the region sums and the evidence, in report order.
 STANDARD_SCORES = ("asd_voxel_mean", "asd_class_balanced", "clasp_class_mean", "clasp_plain", "mean_entropy",
@@ -149,3 +151,37 @@ def score_error_correlations(sums: Sequence[RegionSums], errors: Sequence[float]
             raise ValueError(f"extra score {name!r} would replace the standard score of that name; rename it.")
         scores[name] = list(values)
     return {name: spearman_with_error(name, values, errors) for name, values in scores.items()}
+
+
+def kd_variant_correlations(current_features: Sequence[Sequence[np.ndarray]],
+                            pretrained_features: Sequence[Sequence[np.ndarray]], errors: Sequence[float],
+                            config: QueryConfig) -> Dict[str, ScoreCorrelation]:
+    """Which encoder stages and which divergence give a knowledge divergence that predicts the error (issue 15).
+
+    For every ``kd_metric`` and every ``kd_stages`` from 1 (the deepest stage) to all stages, the Spearman
+    correlation of that KD (:func:`~.scores.knowledge_divergence`, the other settings from ``config``) with the
+    per-case error. Meaningful only after adaptation: at cold start the two encoders are the same and every KD is 0
+    (rho NaN).
+
+    Args:
+        current_features: per case, the pooled features ``[D_s]`` of each encoder stage of the current encoder.
+        pretrained_features: the same for the frozen pre-trained encoder.
+        errors: ``[N]`` per-case error ``1 - Dice`` of the current model.
+        config: the other query settings (``kd_temperature``).
+
+    Returns:
+        ``{"<metric>_deepest<S>": ScoreCorrelation}``, metrics in :class:`KDMetric` order, S ascending.
+    """
+    current, pretrained = list(current_features), list(pretrained_features)
+    if not (len(current) == len(pretrained) == len(errors)):
+        raise ValueError(f"{len(current)} current and {len(pretrained)} pre-trained feature sets for {len(errors)} "
+                         "errors; give one of each per case.")
+    stages = min((len(f) for f in current), default=0)
+    out: Dict[str, ScoreCorrelation] = {}
+    for metric in KDMetric:
+        for count in range(1, stages + 1):
+            variant = QueryConfig.from_dict({**config.to_dict(), "kd_metric": metric.value, "kd_stages": count})
+            name = f"{metric.value}_deepest{count}"
+            values = [knowledge_divergence(c, q, variant) for c, q in zip(current, pretrained)]
+            out[name] = spearman_with_error(name, values, errors)
+    return out

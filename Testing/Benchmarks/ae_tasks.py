@@ -283,7 +283,7 @@ def interim_correlations(analysis: Sequence[Dict[str, Any]], evidence: Dict[str,
     After adaptation DKD's knowledge divergence is live, so this is where it can show whether it predicts error
     (hidden labels; a diagnosis, never an input of a selector). DKD is measured against the labelled cases.
     """
-    from ASSFTActive.query import RegionSpec, region_sums, score_error_correlations
+    from ASSFTActive.query import RegionSpec, kd_variant_correlations, region_sums, score_error_correlations
 
     done = set(labeled)
     rows = [a for a in analysis if a["case_id"] not in done]
@@ -296,9 +296,13 @@ def interim_correlations(analysis: Sequence[Dict[str, Any]], evidence: Dict[str,
     embed = "current_embedding" if config.div_space.value == "current" else "pretrained_embedding"
     extra = {name: [a[key] for a in rows] for key, name in (("epistemic", "mc_dropout"), ("mutual_information", "bald"))
              if all(a.get(key) is not None for a in rows)}
-    result = score_error_correlations(sums, [1.0 - a["dice"] for a in rows], config, evidence=cases,
+    errors = [1.0 - a["dice"] for a in rows]
+    result = score_error_correlations(sums, errors, config, evidence=cases,
                                       labeled_embeddings=[getattr(e, embed) for e in anchors], extra=extra)
-    return {name: r.to_dict() for name, r in result.items()}
+    variants = kd_variant_correlations([a["features"] for a in rows], [a["pretrained_features"] for a in rows],
+                                       errors, config)
+    return {**{name: r.to_dict() for name, r in result.items()},
+            **{f"kd_{name}": r.to_dict() for name, r in variants.items()}}
 
 
 def summarize(analysis: Dict[str, Any], config) -> Any:

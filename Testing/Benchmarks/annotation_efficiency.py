@@ -72,6 +72,7 @@ for entry in (str(ROOT), str(HERE)):
         sys.path.insert(0, entry)
 
 import ae_tasks  # noqa: E402
+import query_stats  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 RESULTS = HERE / "results"
@@ -118,6 +119,21 @@ def anatomy_split(anatomy: Anatomy, cases: Sequence[str], reserved: Sequence[str
     return split_cases(cases, reserved, group=group)
 
 
+def whole_groups(cases: Sequence[str], size: Optional[int], anatomy: Anatomy) -> List[str]:
+    """The first ``size`` of ``cases`` (all when ``size`` is falsy), extended to the end of the last group, so that a
+    patient is never split between the pool and the test set."""
+    from ASSFTActive.splits import acdc_patient, each_case
+
+    cases = list(cases)
+    if not size or size >= len(cases):
+        return cases
+    group = {"case": each_case, "patient": acdc_patient}[anatomy.grouping]
+    end = size
+    while end < len(cases) and group(cases[end]) == group(cases[end - 1]):
+        end += 1
+    return cases[:end]
+
+
 def resolve_model(anatomy: Anatomy, spec: Optional[str]) -> str:
     """The pre-trained model's card spec, checked to load; exits with what to run when it is missing."""
     from ASSFTActive.errors import AssftError
@@ -153,6 +169,8 @@ class Profile:
         random_seeds: seeds of the random strategy.
         train_seeds: training seeds per arm (the spread of deterministic strategies).
         mc_samples: stochastic passes of MC dropout.
+        test_adds_unused_pool: the target test also holds the target-pool split's cases (whole groups) that are not
+            in the pool, for more test cases (statistical power, issue 15 item 1).
     """
 
     pool_size: Optional[int]
@@ -164,6 +182,7 @@ class Profile:
     random_seeds: int
     train_seeds: int
     mc_samples: int
+    test_adds_unused_pool: bool = False
 
 
 PROFILES = {
@@ -171,6 +190,10 @@ PROFILES = {
                      random_seeds=3, train_seeds=1, mc_samples=10),
     "full": Profile(pool_size=None, test_size=None, budgets=(2, 4, 8, 16), rounds=2, iterations=200,
                     semi_iterations=200, random_seeds=5, train_seeds=3, mc_samples=10),
+    # the query comparison with power (issue 15): budgets 2 and 4, 5 random seeds x 3 training seeds, and every
+    # non-reserved, non-source case outside the pool in the test set
+    "power": Profile(pool_size=36, test_size=None, budgets=(2, 4), rounds=1, iterations=60, semi_iterations=60,
+                     random_seeds=5, train_seeds=3, mc_samples=10, test_adds_unused_pool=True),
 }
 
 
@@ -185,6 +208,7 @@ class Arm:
         label: text in the table.
         seeded: the query is random: run it with every random seed.
         assft_query: the arm uses the ASSFT query settings (``--assft-query`` overrides).
+        query_overrides: ``QueryConfig`` fields the arm sets on top (a query variant, issue 15 item 3).
     """
 
     name: str
@@ -193,6 +217,7 @@ class Arm:
     label: str
     seeded: bool = False
     assft_query: bool = False
+    query_overrides: Tuple[Tuple[str, Any], ...] = ()
 
 
 ARMS = (
@@ -208,6 +233,11 @@ ARMS = (
     Arm("asd_only", "asd_only", "selective", "ablation: ASD only (+ selective)", assft_query=True),
     Arm("assft_no_pseudo", "assft", "none", "ablation: ASSFT query, no pseudo-labels", assft_query=True),
     Arm("assft_all_pseudo", "assft", "all", "ablation: ASSFT query, all pseudo-labels", assft_query=True),
+    # query variants with labels-only fine-tuning (issue 15 item 3: which scores earn their weight)
+    Arm("assft_class_balanced_no_pseudo", "assft", "none", "variant: ASSFT query, class-balanced ASD, no pseudo-labels",
+        assft_query=True, query_overrides=(("asd_reduce", "class_balanced"),)),
+    Arm("asd_only_no_pseudo", "asd_only", "none", "variant: ASD only, no pseudo-labels", assft_query=True),
+    Arm("dkd_only_no_pseudo", "dkd_only", "none", "variant: DKD only, no pseudo-labels", assft_query=True),
     Arm("random_selective", "random", "selective", "control: random query + selective pseudo-labels", seeded=True),
 )
 
@@ -325,9 +355,11 @@ def resolve(args: argparse.Namespace) -> Experiment:
     split = anatomy_split(anatomy, [case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))], reserved)
     pool_size = args.pool_size if args.pool_size is not None else profile.pool_size
     test_size = args.test_size if args.test_size is not None else profile.test_size
-    pool = list(split.target_pool[args.pool_offset:])
+    pool = whole_groups(split.target_pool[args.pool_offset:], pool_size, anatomy)
     test = list(split.target_test[args.test_offset:])
-    pool, test = pool[:pool_size] if pool_size else pool, test[:test_size] if test_size else test
+    if profile.test_adds_unused_pool:
+        test += [c for c in split.target_pool if c not in set(pool)]
+    test = test[:test_size] if test_size else test
     overlap = set(reserved) & (set(pool) | set(test))
     if overlap:  # split_cases already drops them; this guards the rule itself
         sys.exit(f"error: reserved cases {sorted(overlap)} reached the benchmark.")
@@ -368,7 +400,7 @@ def query_config(arm: Arm, seed: int, exp: Experiment):
     from ASSFTActive.query import QueryConfig
 
     base = dict(exp.assft_query) if arm.assft_query else {}
-    return QueryConfig.from_dict({**base, "strategy": arm.strategy, "seed": seed, "mc_samples": exp.mc_samples})
+    return QueryConfig.from_dict({**base, **dict(arm.query_overrides), "strategy": arm.strategy, "seed": seed, "mc_samples": exp.mc_samples})
 
 
 _EVIDENCE_CACHE: Dict[str, List[Any]] = {}
@@ -451,7 +483,7 @@ def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, An
                     if len(sizes) == 1:
                         selections[key] = {"labeled": first, "rounds": [{"selected": first}]}
                         continue
-                    query_key = (arm.strategy, arm.assft_query, seed, budget)  # arms sharing a query share a path
+                    query_key = (arm.strategy, arm.assft_query, arm.query_overrides, seed, budget)  # arms sharing a query share a path
                     if query_key not in path_jobs:
                         config = query_config(arm, seed, exp).to_dict()
                         path_jobs[query_key] = pool.submit(ae_tasks.query_path, f"{arm.strategy}-{seed}-{budget}",
@@ -513,7 +545,9 @@ def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, An
                                   else None, "n": len(dice), "runs": entries}
         arm_rows[arm.name] = {"label": arm.label, "strategy": arm.strategy, "pseudo": arm.pseudo,
                               "budgets": per_budget,
-                              "aubc": aubc(exp.budgets, [per_budget[b]["mean"] for b in exp.budgets])}
+                              "aubc": aubc(exp.budgets, [per_budget[b]["mean"] for b in exp.budgets]),
+                              "aubc_runs": query_stats.aubc_runs({b: per_budget[b]["runs"] for b in exp.budgets},
+                                                                 aubc)}
     ceiling_runs = [results[(tuple(sorted(exp.pool)), "none", s)] for s in exp.train_seeds]
     pool_dice = {c: analysis[c]["dice"] for c in exp.pool}
     return {
@@ -561,29 +595,83 @@ def diagnostics(analysis: Dict[str, Dict[str, Any]], exp: Experiment) -> Dict[st
 # -------------------------------------------------------------------------------------------------- report
 
 
+def _aubc_cell(row: Dict[str, Any]) -> str:
+    """The AUBC of the mean curve, ± the spread of the per-run AUBCs (runs present at every budget)."""
+    sd = query_stats.spread(row.get("aubc_runs", []))
+    return f"{row['aubc']:.3f}" if sd is None else f"{row['aubc']:.3f} ± {sd:.3f}"
+
+
 def _cell(entry: Dict[str, Any]) -> str:
     if entry["sd"] is None:
         return f"{entry['mean']:.3f}"
     return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
 
 
-def _paired_vs_random(report: Dict[str, Any], arm: str, budget: int) -> Optional[Tuple[float, float]]:
-    """Mean over test cases of (arm - mean of the random runs), and the 95 % t half-width over test cases."""
-    from scipy.stats import t as student
+def _runs(report: Dict[str, Any], arm: str, budget: int) -> List[Dict[str, Any]]:
+    row = report["arms"][arm]
+    return row["budgets"][_k(row, budget)]["runs"]
 
+
+def gap(report: Dict[str, Any], arm: str, reference: str, budget: int):
+    """``query_stats.PairedGap`` of ``arm`` over ``reference`` at ``budget``, paired over the target-test cases."""
+    cases = report["experiment"]["test"]
+    return query_stats.paired_gap(query_stats.draw_matrix(_runs(report, arm, budget), cases),
+                                  query_stats.draw_matrix(_runs(report, reference, budget), cases))
+
+
+def _gap_cell(g) -> str:
+    p = "" if math.isnan(g.p_wilcoxon) else f", p {g.p_wilcoxon:.3f}"
+    return f"{g.gap:+.3f} [{g.low:+.3f}, {g.high:+.3f}]{p}"
+
+
+#: Arms that run ASSFT's query with labels-only fine-tuning: the candidates of issue 15's goal.
+QUERY_ARMS = ("assft_no_pseudo", "assft_class_balanced_no_pseudo", "asd_only_no_pseudo", "dkd_only_no_pseudo")
+#: The strongest simple baselines of issue 15's goal.
+STRONG_BASELINES = ("coreset", "clasp_pe")
+#: Issue 15's goal: at least this much over random (bootstrap interval above 0) and over the best strong baseline.
+GOAL_OVER_RANDOM, GOAL_OVER_BEST = 0.05, 0.02
+
+
+def comparison_lines(report: Dict[str, Any]) -> List[str]:
+    """The paired gaps to random, the noise floor, and the goal of issue 15 (met / missed)."""
+    exp = report["experiment"]
+    budgets = exp["budgets"]
     rows = report["arms"]
-    if "random" not in rows or arm not in rows:
-        return None
-    def per_case(name: str) -> Dict[str, float]:
-        runs = rows[name]["budgets"][str(budget)]["runs"] if str(budget) in rows[name]["budgets"] else \
-            rows[name]["budgets"][budget]["runs"]
-        cases = runs[0]["per_case"].keys()
-        return {c: float(np.mean([np.mean(r["per_case"][c]) for r in runs])) for c in cases}
-    a, r = per_case(arm), per_case("random")
-    diff = np.array([a[c] - r[c] for c in a])
-    half = float(student.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 \
-        else float("nan")
-    return float(diff.mean()), half
+    if "random" not in rows:
+        return []
+    floors = [gap(report, "random", "random", b).noise_floor for b in budgets]
+    lines = ["", "Difference to random: mean over the target-test cases of the per-case Dice difference (each side "
+             "averaged over its runs), [95 % interval] from a two-level bootstrap that resamples the test cases "
+             "and the query seeds together, and the two-sided Wilcoxon signed-rank p over the test cases. "
+             "Noise floor: the standard deviation of random's mean Dice between its query seeds "
+             + ", ".join(f"B = {b}: {f:.3f}" for b, f in zip(budgets, floors)) + ".", ""]
+    lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " | noise floor |",
+              "|" + "---|" * (len(budgets) + 2)]
+    for name, row in rows.items():
+        if name == "random":
+            continue
+        cells = [_gap_cell(gap(report, name, "random", b)) for b in budgets]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " | "
+                     + " / ".join(f"{f:.3f}" for f in floors) + " |")
+    candidates = [a for a in QUERY_ARMS if a in rows]
+    baselines = [a for a in STRONG_BASELINES if a in rows]
+    if not candidates:
+        return lines
+    lines += ["", f"Goal of issue 15 (labels-only fine-tuning): ASSFT's query >= random + {GOAL_OVER_RANDOM} with the "
+              f"interval above 0, and >= the best of {' / '.join(baselines) or 'the strong baselines'} + "
+              f"{GOAL_OVER_BEST} (the best chosen per budget by its mean):", "",
+              "| query | B | vs random | vs best strong baseline | goal |", "|---|---|---|---|---|"]
+    for name in candidates:
+        for b in budgets:
+            over_random = gap(report, name, "random", b)
+            best = max(baselines, key=lambda a: rows[a]["budgets"][_k(rows[a], b)]["mean"]) if baselines else None
+            over_best = gap(report, name, best, b) if best else None
+            met = (over_random.gap >= GOAL_OVER_RANDOM and over_random.low > 0
+                   and (over_best is None or over_best.gap >= GOAL_OVER_BEST))
+            lines.append(f"| {rows[name]['label']} | {b} | {_gap_cell(over_random)} | "
+                         + (f"{best}: {_gap_cell(over_best)}" if best else "n/a") + f" | "
+                         f"{'met' if met else 'missed'} |")
+    return lines
 
 
 def markdown(report: Dict[str, Any]) -> str:
@@ -621,7 +709,8 @@ def markdown(report: Dict[str, Any]) -> str:
                         f"{anatomy.grouping})")
     lines += ["", f"Mean target-test Dice (mean of {anatomy.classes}); ± is the standard deviation over "
               "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
-              "normalised area under the Dice-versus-budget curve on a log2 budget axis.", ""]
+              "normalised area under the Dice-versus-budget curve on a log2 budget axis, ± the spread of the "
+              "per-run AUBCs.", ""]
     header = "| strategy | fine-tuning | " + " | ".join(f"B = {b}" for b in budgets) + " | AUBC |"
     lines += [header, "|" + "---|" * (len(budgets) + 3)]
     lines.append("| no adaptation (floor) | none | " + " | ".join(f"{report['floor']['mean_dice']:.3f}"
@@ -631,22 +720,11 @@ def markdown(report: Dict[str, Any]) -> str:
         cells = [_cell(row["budgets"][_k(row, b)]) for b in budgets]
         n = row["budgets"][_k(row, budgets[0])]["n"]
         lines.append(f"| {row['label']}{f' (n={n})' if n > 1 else ''} | {row['pseudo']} | " + " | ".join(cells)
-                     + f" | {row['aubc']:.3f} |")
+                     + f" | {_aubc_cell(row)} |")
     ceiling = report["ceiling"]
     lines.append(f"| all {len(exp['pool'])} pool volumes labelled (ceiling) | none | "
                  + " | ".join(_cell(ceiling) for _ in budgets) + f" | {ceiling['mean']:.3f} |")
-    lines += ["", "Difference to random (same fine-tuning type unless noted), mean over test cases of the per-case "
-              "Dice difference, with a 95 % interval over the test cases (it covers test-case sampling, not "
-              "the run-to-run noise given by the ± of the random row):", ""]
-    lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
-    for name, row in report["arms"].items():
-        if name == "random":
-            continue
-        cells = []
-        for b in budgets:
-            paired = _paired_vs_random(report, name, b)
-            cells.append("" if paired is None else f"{paired[0]:+.3f} ± {paired[1]:.3f}")
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += comparison_lines(report)
     lines += ["", "Mean cold-start Dice of the pre-trained model on the volumes each arm chose (low = the arm "
               "picked volumes the model fails on; hidden labels, diagnostic only):", ""]
     lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
@@ -703,6 +781,37 @@ def interim_table(report: Dict[str, Any]) -> List[str]:
             rows.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     if not rows:
         return []
+    return _interim_lines(rows) + kd_variant_table(report)
+
+
+def kd_variant_table(report: Dict[str, Any]) -> List[str]:
+    """With several rounds: Spearman rho of the knowledge divergence of each metric and number of deepest encoder
+    stages with the interim model's error (``ASSFTActive.query.kd_variant_correlations``), mean over the later
+    rounds of an arm's paths, with the number of rounds averaged (hidden labels, diagnostic only)."""
+    rows, names = [], []
+    for row in report["arms"].values():
+        collected: Dict[str, List[float]] = {}
+        for entry in row["budgets"].values():
+            for run in entry["runs"]:
+                for record in run.get("rounds", [])[1:]:
+                    for name, value in record.get("score_vs_interim_error", {}).items():
+                        if name.startswith("kd_") and value.get("spearman_rho") is not None:
+                            collected.setdefault(name, []).append(value["spearman_rho"])
+        if collected:
+            names = names or list(collected)
+            count = max(len(v) for v in collected.values())
+            rows.append(f"| {row['label']} | {count} | " + " | ".join(
+                f"{np.mean(collected[n]):+.2f}" if n in collected else "n/a" for n in names) + " |")
+    if not rows:
+        return []
+    return ["", "Knowledge divergence variants after adaptation: Spearman rho with the interim model's error over "
+            "the remaining candidates, per divergence and number of deepest encoder stages (features globally "
+            "mean-pooled), mean over the arm's later rounds (hidden labels, diagnostic only):", "",
+            "| strategy | rounds | " + " | ".join(n[3:] for n in names) + " |",
+            "|" + "---|" * (len(names) + 2)] + rows
+
+
+def _interim_lines(rows: List[str]) -> List[str]:
     return ["", "After adaptation (rounds 2+): Spearman rho of each score with the interim model's error over the "
             "remaining candidates, mean over the arm's later rounds (KD is live here; hidden labels, diagnostic "
             "only):", "", "| strategy | " + " | ".join(_INTERIM_SCORES) + " |",
@@ -803,12 +912,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "per arm instead of folds + 1)")
     parser.add_argument("--tag", default="", help="suffix of the output names (for variants)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="only re-render the .md and .png of an earlier run's JSON (no computation)")
     return parser
+
+
+def render(json_path: Path) -> None:
+    """Re-render the tables and the plot of an earlier run from its JSON (after a change of the report only)."""
+    report = json.loads(json_path.read_text())
+    report["png"] = str(json_path.with_suffix(".png"))
+    plot(report, json_path.with_suffix(".png"))
+    text = markdown(report)
+    json_path.with_suffix(".md").write_text(text + "\n")
+    print(text)
 
 
 def main() -> None:
     global ARGS, MACHINE
     ARGS = build_parser().parse_args()
+    if ARGS.report is not None:
+        render(ARGS.report)
+        return
     MACHINE = {**machine(), "git": git_revision()}  # the revision the run started from
     exp = resolve(ARGS)
     ARGS.out_dir.mkdir(parents=True, exist_ok=True)

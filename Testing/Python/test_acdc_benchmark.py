@@ -133,6 +133,31 @@ def test_acdc_resolves_its_data_patient_split_model_and_shifts(bench, acdc_card)
     assert harsh.shift == {**BENCHMARK_SHIFTS["acdc"]["harsh"].to_dict(), "strength": 0.95}
 
 
+def test_the_power_profile_tests_on_every_case_outside_the_pool_and_never_splits_a_patient(bench, acdc_card):
+    need(ACDC)
+    from ASSFTActive.io import case_id
+    from ASSFTActive.splits import acdc_patient, read_reserved, split_acdc
+
+    args = ["--profile", "power", "--anatomy", "acdc", "--model", str(acdc_card), "--pool-size", "23"]
+    exp = bench.resolve(bench.build_parser().parse_args(args))
+    split = split_acdc([case_id(p) for p in sorted((ACDC / "imagesTr").glob("*.nii.gz"))],
+                       read_reserved(ACDC / "reserved.txt"))
+
+    assert exp.pool == list(split.target_pool[:24])  # 23 cases end inside a patient: its other frame joins the pool
+    assert sorted(exp.test) == sorted(set(split.target_test) | set(split.target_pool[24:]))
+    assert not {acdc_patient(c) for c in exp.pool} & {acdc_patient(c) for c in exp.test}
+    assert exp.budgets == [2, 4] and len(exp.random_seeds) >= 5 and len(exp.train_seeds) >= 3
+
+
+def test_whole_groups_extends_a_cut_to_the_end_of_its_group(bench):
+    acdc, hippocampus = bench.ANATOMIES["acdc"], bench.ANATOMIES["hippocampus"]
+    cases = ["patient001_frame01", "patient001_frame02", "patient002_frame01", "patient002_frame02"]
+    assert bench.whole_groups(cases, 1, acdc) == cases[:2]
+    assert bench.whole_groups(cases, 2, acdc) == cases[:2]
+    assert bench.whole_groups(cases, 0, acdc) == cases
+    assert bench.whole_groups(["a", "b", "c"], 1, hippocampus) == ["a"]
+
+
 def test_the_workers_load_the_anatomy_model_named_in_the_setup(acdc_card):
     ae_tasks = load("ae_tasks", BENCHMARKS / "ae_tasks.py")
     setup = ae_tasks.Setup(data=str(ACDC), pool=(), test=(), shift={}, train={}, semi_iterations=0, pseudo={},
