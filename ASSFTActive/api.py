@@ -2,8 +2,9 @@
 
 ``rank_pool`` runs one sliding-window pass per volume (probabilities plus encoder features of the current and the
 frozen pre-trained model), reduces it to a :class:`~ASSFTActive.query.CaseEvidence`, writes the entropy overlay,
-its regions and the predicted label map at once (so memory holds one volume's maps at a time), then selects the
-budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` (one
+its regions and the predicted label map on a background thread while the next volume is predicted
+(:class:`~ASSFTActive.writing.BackgroundWriter`: the maps of at most two earlier volumes wait beside the one being
+predicted), then selects the budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` (one
 :class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``. Given a data-parallel context it shards the pool
 across ranks itself, with the same staging and the same all-or-nothing output.
 """
@@ -20,16 +21,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from . import __version__
 from .distributed import DistContext, merge_shards
 from .errors import InputError, JobError
-from .inference import InferenceConfig, Predictor, default_device
+from .inference import InferenceConfig, Prediction, Predictor, default_device
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
 from .jobs import RANKING_CONFIG_FILE, RANKING_CSV, RANKING_FILE, RankingEntry, RankingFile, write_ranking_file
 from .models import LoadedModel, ModelCard, load_model
-from .overlay import write_overlay
+from .overlay import overlay_paths, write_overlay
 from .plausibility import check_image
 from .progress import ProgressCallback, emit
 from .query import (
@@ -44,6 +46,7 @@ from .query import (
     select,
     summarize_case,
 )
+from .writing import BackgroundWriter
 
 #: Strategies that need MC-dropout passes (their running moments: :class:`~ASSFTActive.query.McDropoutAccumulator`).
 MC_STRATEGIES = (Strategy.MC_DROPOUT, Strategy.BALD)
@@ -90,8 +93,32 @@ def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
     return Predictor(current, pretrained, inference, device, feature_cache)
 
 
+def output_paths(out_dir: Path, name: str) -> Tuple[Path, Path, Path]:
+    """Where :func:`analyse_volume` writes a volume's files: ``(entropy map, regions, prediction)``, known before
+    they are written (the names :func:`~ASSFTActive.overlay.write_overlay` gives)."""
+    out_dir = Path(out_dir)
+    return (*overlay_paths(out_dir / "overlays", name), out_dir / "predictions" / f"{name}.nii.gz")
+
+
+def _geometry(image: Volume) -> Volume:
+    """``image``'s grid and affine without its voxels (a zero-stride array), so a queued write does not hold them."""
+    return Volume(array=np.broadcast_to(np.zeros((), dtype=np.uint8), image.shape), affine=image.affine.copy(),
+                  path=image.path)
+
+
+def _write_outputs(prediction: Prediction, geometry: Volume, paths: Tuple[Path, Path, Path], name: str) -> None:
+    """Bring ``prediction``'s entropy, region and label maps onto the input grid and write them (atomically) to
+    ``paths`` (:func:`output_paths`)."""
+    entropy_path, regions_path, label_path = paths
+    written = write_overlay(geometry, prediction.entropy_levels, prediction.region, entropy_path.parent, name)
+    written += (write_volume(geometry.with_array(prediction.label), label_path),)
+    if written != paths:  # the report names the files before they exist; the writers must agree
+        raise RuntimeError(f"outputs of {name} were written to {written}, expected {paths}")
+
+
 def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *, labeled: bool = False,
-                   out_dir: Optional[Path] = None, image: Optional[Volume] = None) -> VolumeReport:
+                   out_dir: Optional[Path] = None, image: Optional[Volume] = None,
+                   writer: Optional[BackgroundWriter] = None) -> VolumeReport:
     """Predict one volume, score it and (when ``out_dir`` is given) write its overlay, regions and prediction.
 
     Args:
@@ -101,6 +128,8 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
         labeled: the volume already has an expert label; no outputs are written for it.
         out_dir: the ranking folder; files go to ``overlays/`` and ``predictions/`` below it.
         image: the volume, when already in memory.
+        writer: queue the outputs on this writer and return at once (the report names the files; they exist once
+            the writer is closed); default: write them before returning.
     """
     image = check_image(image if image is not None else read_volume(image_path))
     name = case_id(image_path)
@@ -116,22 +145,33 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
                               mutual_information=moments.mutual_information() if wants_mc else None)
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled:
-        entropy_path, regions_path = write_overlay(image, prediction.entropy_levels, prediction.region,
-                                                   Path(out_dir) / "overlays", name)
-        label_path = write_volume(image.with_array(prediction.label), Path(out_dir) / "predictions" / f"{name}.nii.gz")
+        paths = output_paths(Path(out_dir), name)
+        geometry = _geometry(image)
+        if writer is None:
+            _write_outputs(prediction, geometry, paths, name)
+        else:
+            writer.submit(lambda: _write_outputs(prediction, geometry, paths, name))
+        entropy_path, regions_path, label_path = paths
     return VolumeReport(case_id=name, image=Path(image_path), labeled=labeled, evidence=evidence,
                         entropy_map=entropy_path, regions=regions_path, prediction=label_path)
 
 
 def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
-                 out_dir: Optional[Path], progress: Optional[ProgressCallback] = None) -> List[VolumeReport]:
-    """:func:`analyse_volume` for every image, with a progress event per volume."""
+                 out_dir: Optional[Path], progress: Optional[ProgressCallback] = None, *,
+                 background_writes: bool = True) -> List[VolumeReport]:
+    """:func:`analyse_volume` for every image, with a progress event per volume (once it is predicted and scored).
+
+    The outputs of a volume are written while the next one is predicted (``background_writes=False``: before it);
+    every file exists when this returns, and a failed write raises here, as a failed prediction does.
+    """
     reports = []
     labeled = set(labeled_ids)
-    for index, path in enumerate(images):
-        name = case_id(path)
-        reports.append(analyse_volume(Path(path), predictor, query, labeled=name in labeled, out_dir=out_dir))
-        emit(progress, "progress", phase="rank", step=index + 1, total=len(images), message=name)
+    with BackgroundWriter(enabled=background_writes) as writer:
+        for index, path in enumerate(images):
+            name = case_id(path)
+            reports.append(analyse_volume(Path(path), predictor, query, labeled=name in labeled, out_dir=out_dir,
+                                          writer=writer))
+            emit(progress, "progress", phase="rank", step=index + 1, total=len(images), message=name)
     return reports
 
 

@@ -104,6 +104,12 @@ def high_entropy_regions(entropy: Volume, region_mask: np.ndarray,
     return regions
 
 
+def overlay_paths(out_dir: Path, case: str) -> Tuple[Path, Path]:
+    """``(entropy map, regions)`` files of ``case`` in ``out_dir``: the one naming rule of :func:`write_overlay`."""
+    out_dir = Path(out_dir)
+    return out_dir / f"{case}_entropy.nii.gz", out_dir / f"{case}_regions.json"
+
+
 def write_overlay(image: Volume, entropy: np.ndarray, region_mask: np.ndarray, out_dir: Path, case: str,
                   config: OverlayConfig = OverlayConfig()) -> Tuple[Path, Path]:
     """Write ``<case>_entropy.nii.gz`` and ``<case>_regions.json`` into ``out_dir``; returns both paths.
@@ -121,7 +127,8 @@ def write_overlay(image: Volume, entropy: np.ndarray, region_mask: np.ndarray, o
                          f"{image.shape}")
     entropy_volume = image.with_array(unit_levels(entropy))
     regions = high_entropy_regions(entropy_volume, np.asarray(region_mask, dtype=bool), config)
-    map_path = write_unit_map(entropy_volume, out_dir / f"{case}_entropy.nii.gz")
+    map_path, regions_path = overlay_paths(out_dir, case)
+    write_unit_map(entropy_volume, map_path)
     payload = {"case_id": case, "threshold": config.threshold, "regions": [asdict(r) for r in regions]}
-    regions_path = atomic_write_text(out_dir / f"{case}_regions.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(regions_path, json.dumps(payload, indent=2) + "\n")
     return map_path, regions_path

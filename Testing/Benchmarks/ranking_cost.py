@@ -10,7 +10,12 @@ For each size and card:
   every ratio;
 * ``assft``: a cold-start ranking pass (current = pre-trained model): reduced maps, features, DKD/ASD evidence;
 * ``assft_with_outputs``: the same plus what ``assft rank`` writes for a proposed volume (the uint8 entropy overlay,
-  the regions, the predicted label map);
+  the regions, the predicted label map), one volume at a time, so the writes stay on the critical path;
+* ``assft_pool`` and ``assft_pool_with_outputs``: one ``rank_pool`` call (selection and ranking files included) over
+  a pool of ``--pool-size`` volumes (default 4; for 128³ and the CT the one made volume under as many names),
+  without and with the per-volume outputs. There the outputs of a volume are written on a background thread while
+  the next one is predicted (:class:`~ASSFTActive.writing.BackgroundWriter`), so their cost shows as the difference
+  between the two rows; seconds and ratios are per volume;
 * ``assft_full_softmax``: the ranking pass that also keeps the whole softmax on the input grid (what every pass did
   before the streamed reduction; the memory it needs grows with C; not run for the ``many`` card on the CT);
 * ``assft_adapted``: ranking with an adapted model, so the frozen pre-trained encoder runs too (encoder only);
@@ -24,6 +29,8 @@ Usage:
     .venv/bin/python Testing/Benchmarks/ranking_cost.py --profile quick   # hippocampus + 128³ (~5 min)
     .venv/bin/python Testing/Benchmarks/ranking_cost.py --profile full    # adds 512×512×300 (hours on 2 cores)
     python Testing/Benchmarks/ranking_cost.py --profile full --device cuda --json out.json   # on a GPU machine
+    python Testing/Benchmarks/ranking_cost.py --sizes ct --cards default --no-cli --device cuda \
+        --methods plain assft assft_with_outputs assft_pool assft_pool_with_outputs --pool-size 4  # write overlap
 
 ``--json`` is rewritten after every measurement, so a run stopped early keeps what it measured.
 """
@@ -49,7 +56,10 @@ SHARED = ROOT.parent / "shared" / "data"
 HIPPOCAMPUS = SHARED / "hippocampus"
 CT_FIXTURE = SHARED / "fixtures" / "totalsegmentator-ct" / "example_ct_sm.nii.gz"
 METHODS = ("plain", "assft", "assft_with_outputs", "assft_full_softmax", "assft_adapted", "assft_adapted_cached",
-           "mc_dropout")
+           "mc_dropout", "assft_pool", "assft_pool_with_outputs")
+#: Methods that rank a pool in one ``rank_pool`` call (their seconds cover ``pool_size`` volumes).
+POOL_METHODS = ("assft_pool", "assft_pool_with_outputs")
+POOL_SIZE = 4
 #: Methods run with the many-class card (its adapted and MC-dropout rows would repeat the default card's story).
 MANY_CLASS_METHODS = ("plain", "assft", "assft_with_outputs", "assft_full_softmax")
 MANY_CLASSES = 105
@@ -124,11 +134,29 @@ def _many_class_card(folder: Path):
     return folder / "card.json"
 
 
-def measure(method: str, card_name: str, images, work: Path, device: str) -> dict:
-    """Run one method over ``images`` in this process; seconds exclude model loading and a warm-up pass."""
+def _pool(images, pool_size: int, folder: Path):
+    """``pool_size`` image files named apart (links to ``images``, repeated when there are fewer of them)."""
+    from ASSFTActive.io import case_id
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = []
+    for index in range(pool_size):
+        source = Path(images[index % len(images)])
+        link = folder / f"{case_id(source)}_{index:02d}.nii.gz"
+        if not link.exists():
+            os.symlink(source.resolve(), link)
+        pool.append(link)
+    return pool
+
+
+def measure(method: str, card_name: str, images, work: Path, device: str, pool_size: int = POOL_SIZE) -> dict:
+    """Run one method over ``images`` in this process; seconds exclude model loading and a warm-up pass.
+
+    The pool methods rank ``pool_size`` volumes made from ``images`` (:func:`_pool`) in one ``rank_pool`` call.
+    """
     import torch
 
-    from ASSFTActive.api import analyse_volume, make_predictor
+    from ASSFTActive.api import analyse_volume, make_predictor, rank_pool
     from ASSFTActive.io import read_volume
     from ASSFTActive.models import load_card, resolve_card
     from ASSFTActive.query import QueryConfig, RegionSpec
@@ -150,7 +178,9 @@ def measure(method: str, card_name: str, images, work: Path, device: str) -> dic
     outputs = work / f"outputs-{card_name}-{method}"
 
     def run_once(path) -> None:
-        if method == "plain":
+        if method in POOL_METHODS:  # only the warm-up comes here; the pool is ranked below
+            analyse_volume(Path(path), predictor, query)
+        elif method == "plain":
             predictor.plain_pass(read_volume(path))
         elif method == "assft_full_softmax":
             predictor.predict(read_volume(path), regions=RegionSpec.from_config(query), keep_probs=True)
@@ -161,9 +191,15 @@ def measure(method: str, card_name: str, images, work: Path, device: str) -> dic
     run_once(_hippocampus_cases(1)[0])  # warm-up: the first convolutions of a process pick their kernels
     if device == "cuda":
         torch.cuda.synchronize()
+    if method in POOL_METHODS:
+        images = _pool(images, pool_size, work / "pool")
     start = time.perf_counter()
-    for path in images:
-        run_once(path)
+    if method in POOL_METHODS:
+        rank_pool(images, card, 1, outputs, query=query, device=torch.device(device), predictor=predictor,
+                  write_outputs=method == "assft_pool_with_outputs")
+    else:
+        for path in images:
+            run_once(path)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -175,9 +211,10 @@ def measure(method: str, card_name: str, images, work: Path, device: str) -> dic
     return result
 
 
-def _run_isolated(method: str, card: str, size: str, images, work: Path, device: str) -> dict:
+def _run_isolated(method: str, card: str, size: str, images, work: Path, device: str,
+                  pool_size: int = POOL_SIZE) -> dict:
     spec = json.dumps({"method": method, "card": card, "size": size, "images": [str(p) for p in images],
-                       "work": str(work), "device": device})
+                       "work": str(work), "device": device, "pool_size": pool_size})
     out = subprocess.run([sys.executable, __file__, "--measure", spec], capture_output=True, text=True)
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -202,6 +239,8 @@ def main() -> None:
                         help="volume sizes (default: the profile's)")
     parser.add_argument("--cards", nargs="+", choices=("default", "many"), default=["default", "many"])
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods (default: all)")
+    parser.add_argument("--pool-size", type=int, default=POOL_SIZE,
+                        help=f"volumes ranked in one call by the pool methods (default {POOL_SIZE})")
     parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end `assft rank` timing")
     parser.add_argument("--render", type=Path, help="print the table of a JSON file written by --json, and stop")
     args = parser.parse_args()
@@ -213,11 +252,13 @@ def main() -> None:
     if args.measure:
         spec = json.loads(args.measure)
         result = measure(spec["method"], spec["card"], [Path(p) for p in spec["images"]], Path(spec["work"]),
-                         spec["device"])
+                         spec["device"], spec.get("pool_size", POOL_SIZE))
         print(json.dumps({**result, "size": spec["size"]}))
         return
     if not HIPPOCAMPUS.is_dir():
         sys.exit(f"needs {HIPPOCAMPUS} (the project's shared data)")
+    if args.pool_size < 1:
+        parser.error(f"--pool-size must be 1 or more, got {args.pool_size}")
 
     sizes = args.sizes or (["hippocampus", "128"] + (["ct"] if args.profile == "full" else []))
     rows: list = []
@@ -247,7 +288,8 @@ def main() -> None:
                         continue
                     if card == "many" and size == "ct" and method == "assft_full_softmax":
                         continue  # 105 × 78.6 M float32 on the input grid: 33 GB, the point of the reduction
-                    rows.append({**_run_isolated(method, card, size, images, work, args.device), "size": size})
+                    rows.append({**_run_isolated(method, card, size, images, work, args.device, args.pool_size),
+                                 "size": size})
                     row = rows[-1]
                     print(f"  {size:<12} {card:<8} {method:<22} " + (
                         f"{row['seconds']:8.2f} s  {row['peak_rss_mb']:7.0f} MB" if "seconds" in row
@@ -283,9 +325,10 @@ def format_table(rows, cli_seconds, profile: str, device: str, machine: Optional
             continue
         plain = next((p for p in rows if p["size"] == r["size"] and p["card"] == r["card"]
                       and p["method"] == "plain" and "seconds" in p), None)
-        ratio = f"{r['seconds'] / plain['seconds']:.2f}" if plain else "-"
+        per_volume = r["seconds"] / r["volumes"]  # the pool methods rank more volumes than the others
+        ratio = f"{per_volume / (plain['seconds'] / plain['volumes']):.2f}" if plain else "-"
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
-        lines.append(f"| {r['size']} | {r['card']} | {r['method']} | {r['seconds'] / r['volumes']:.3f} | {ratio} | "
+        lines.append(f"| {r['size']} | {r['card']} | {r['method']} | {per_volume:.3f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} | {gpu} |")
     return "\n".join(lines)
 
