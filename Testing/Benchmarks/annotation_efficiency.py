@@ -595,6 +595,12 @@ def diagnostics(analysis: Dict[str, Dict[str, Any]], exp: Experiment) -> Dict[st
 # -------------------------------------------------------------------------------------------------- report
 
 
+def _home_relative(path: str) -> str:
+    """``path`` with the user's home folder written ``~`` (reports name no machine's home)."""
+    home = str(Path.home())
+    return "~" + path[len(home):] if path.startswith(home + "/") else path
+
+
 def _aubc_cell(row: Dict[str, Any]) -> str:
     """The AUBC of the mean curve, ± the spread of the per-run AUBCs (runs present at every budget)."""
     sd = query_stats.spread(row.get("aubc_runs", []))
@@ -705,7 +711,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"pseudo-labels: `{ {k: v for k, v in exp['pseudo'].items() if k in _SHOWN_PSEUDO} }`",
     ]
     if anatomy.name != "hippocampus":
-        lines.insert(3, f"- Anatomy: {anatomy.name}, pre-trained model `{exp['model']}` (split by "
+        lines.insert(3, f"- Anatomy: {anatomy.name}, pre-trained model `{_home_relative(exp['model'])}` (split by "
                         f"{anatomy.grouping})")
     lines += ["", f"Mean target-test Dice (mean of {anatomy.classes}); ± is the standard deviation over "
               "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
@@ -764,18 +770,24 @@ _INTERIM_SCORES = ("asd_voxel_mean", "asd_class_balanced", "clasp_class_mean", "
                    "knowledge_divergence", "mc_dropout", "bald")
 
 
+def interim_rhos(row: Dict[str, Any]) -> Dict[str, List[float]]:
+    """``{score: [Spearman rho with the interim model's error]}`` over the later rounds of every run of an arm."""
+    collected: Dict[str, List[float]] = {}
+    for entry in row["budgets"].values():
+        for run in entry["runs"]:
+            for record in run.get("rounds", [])[1:]:
+                for name, value in record.get("score_vs_interim_error", {}).items():
+                    if value.get("spearman_rho") is not None:
+                        collected.setdefault(name, []).append(value["spearman_rho"])
+    return collected
+
+
 def interim_table(report: Dict[str, Any]) -> List[str]:
     """With several rounds: Spearman rho of each score with the interim (adapted) model's error over the remaining
     candidates, mean over the later rounds of every path of an arm (hidden labels, diagnostic only)."""
     rows = []
     for row in report["arms"].values():
-        collected: Dict[str, List[float]] = {}
-        for entry in row["budgets"].values():
-            for run in entry["runs"]:
-                for record in run.get("rounds", [])[1:]:
-                    for name, value in record.get("score_vs_interim_error", {}).items():
-                        if value.get("spearman_rho") is not None:
-                            collected.setdefault(name, []).append(value["spearman_rho"])
+        collected = {n: v for n, v in interim_rhos(row).items() if not n.startswith("kd_")}
         if collected:
             cells = [f"{np.mean(collected[n]):+.2f}" if n in collected else "n/a" for n in _INTERIM_SCORES]
             rows.append(f"| {row['label']} | " + " | ".join(cells) + " |")
@@ -790,13 +802,7 @@ def kd_variant_table(report: Dict[str, Any]) -> List[str]:
     rounds of an arm's paths, with the number of rounds averaged (hidden labels, diagnostic only)."""
     rows, names = [], []
     for row in report["arms"].values():
-        collected: Dict[str, List[float]] = {}
-        for entry in row["budgets"].values():
-            for run in entry["runs"]:
-                for record in run.get("rounds", [])[1:]:
-                    for name, value in record.get("score_vs_interim_error", {}).items():
-                        if name.startswith("kd_") and value.get("spearman_rho") is not None:
-                            collected.setdefault(name, []).append(value["spearman_rho"])
+        collected = {n: v for n, v in interim_rhos(row).items() if n.startswith("kd_")}
         if collected:
             names = names or list(collected)
             count = max(len(v) for v in collected.values())
