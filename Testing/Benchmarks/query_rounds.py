@@ -12,7 +12,8 @@ Usage (from the repository root):
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/query_rounds.py \\
         Testing/Benchmarks/results/annotation_efficiency_power_harsh.json \\
         Testing/Benchmarks/results/annotation_efficiency_power_harsh_rounds2.json \\
-        Testing/Benchmarks/results/annotation_efficiency_power_harsh_rounds4.json --out results/query_rounds_harsh
+        Testing/Benchmarks/results/annotation_efficiency_power_harsh_rounds4.json \\
+        --out Testing/Benchmarks/results/query_rounds_harsh
 """
 
 from __future__ import annotations

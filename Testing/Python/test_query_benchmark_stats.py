@@ -160,3 +160,41 @@ def test_runs_that_differ_in_more_than_rounds_are_refused(rounds, tmp_path):
     files[1].write_text(json.dumps(_report(2, {}, test=("a", "b"))))
     with pytest.raises(SystemExit, match="differ in"):
         rounds.load(files)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load("annotation_efficiency")
+
+
+def _full_report(arms, floor=0.4, ceiling=0.8, git="abc", pool=("p1", "p2")):
+    experiment = {key: None for key in ("data", "shift", "train", "semi_iterations", "pseudo", "assft_query",
+                                        "random_seeds", "train_seeds", "mc_samples", "guard", "rounds")}
+    experiment.update(anatomy="hippocampus", profile="power", pool=list(pool), test=["a", "b"], budgets=[2],
+                      command=f"run {git}", arms=list(arms))
+    return {"experiment": experiment, "git": git, "floor": {"mean_dice": floor}, "ceiling": {"mean": ceiling},
+            "timings": {"total_s": 60.0, "finetune_s": 50.0, "mean_train_seconds_per_run": 10.0},
+            "arms": {name: {"aubc": aubc, "budgets": {"2": {"mean": aubc}}} for name, aubc in arms.items()}}
+
+
+def test_merging_runs_of_one_experiment_puts_all_their_arms_in_one_report(bench):
+    second = _full_report({"asd_only_no_pseudo": 0.7}, git="def", ceiling=0.800006)  # CPU training's 1e-5 jitter
+    merged = bench.merge_reports([_full_report({"random": 0.6}), second], ["a.json", "b.json"])
+    assert list(merged["arms"]) == ["random", "asd_only_no_pseudo"]
+    assert merged["experiment"]["arms"] == ["random", "asd_only_no_pseudo"]
+    assert merged["git"] == "abc + def"
+    assert [part["file"] for part in merged["experiment"]["merged_from"]] == ["a.json", "b.json"]
+    assert merged["timings"]["total_s"] == 120.0
+    assert merged["timings"]["mean_train_seconds_per_run"] == pytest.approx(10.0)
+    assert bench.headroom(merged, 2) == pytest.approx(0.2)  # ceiling 0.8 - random 0.6
+
+
+def test_merging_refuses_runs_of_different_experiments_or_disagreeing_arms(bench):
+    with pytest.raises(ValueError, match="'pool' differs"):
+        bench.merge_reports([_full_report({"random": 0.6}), _full_report({"coreset": 0.7}, pool=("p1",))])
+    with pytest.raises(ValueError, match="ceiling"):
+        bench.merge_reports([_full_report({"random": 0.6}), _full_report({"coreset": 0.7}, ceiling=0.801)])
+    with pytest.raises(ValueError, match="different results"):
+        bench.merge_reports([_full_report({"random": 0.6}), _full_report({"random": 0.61})])
+    with pytest.raises(ValueError, match="at least two"):
+        bench.merge_reports([_full_report({"random": 0.6})])
