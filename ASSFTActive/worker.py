@@ -385,7 +385,7 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
         cancel.interruptible = False
         if ctx is not None:
             try:
-                ctx.close()
+                ctx.close(synchronise=code == EXIT_DONE)
             except Exception:
                 pass
         channel.close()

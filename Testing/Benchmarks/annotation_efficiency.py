@@ -43,6 +43,10 @@ Usage (from the repository root):
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile quick   # ~15 min, 2 cores
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile full    # hours
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --anatomy acdc --shift mild
+    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile power --shift harsh \
+        --arms asd_only_no_pseudo --tag harsh_asd_only                 # one more arm for an earlier run, then
+    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --tag harsh_variants \
+        --merge results/A.json results/B.json                          # one report of both (no computation)
 """
 
 from __future__ import annotations
@@ -238,8 +242,9 @@ ARMS = (
         assft_query=True, query_overrides=(("asd_reduce", "class_balanced"),)),
     Arm("asd_only_no_pseudo", "asd_only", "none", "variant: ASD only, no pseudo-labels", assft_query=True),
     Arm("dkd_only_no_pseudo", "dkd_only", "none", "variant: DKD only, no pseudo-labels", assft_query=True),
-    Arm("assft_two_stage_no_pseudo", "assft", "none", "variant: ASSFT query, diversity first (two-stage), no pseudo-labels",
-        assft_query=True, query_overrides=(("combine", "two_stage"),)),
+    Arm("assft_two_stage_no_pseudo", "assft", "none",
+        "variant: ASSFT query, diversity first (two-stage), no pseudo-labels", assft_query=True,
+        query_overrides=(("combine", "two_stage"),)),
     Arm("random_selective", "random", "selective", "control: random query + selective pseudo-labels", seeded=True),
 )
 
@@ -652,6 +657,27 @@ def headroom(report: Dict[str, Any], budget: int) -> float:
     return float(report["ceiling"]["mean"] - random_row["budgets"][_k(random_row, budget)]["mean"])
 
 
+#: The product's default query (labels-only arm), the reference of :func:`variant_lines`.
+DEFAULT_QUERY_ARM = "assft_no_pseudo"
+
+
+def variant_lines(report: Dict[str, Any]) -> List[str]:
+    """The paired gap of each query variant to the default query: the evidence a default change needs."""
+    rows = report["arms"]
+    variants = [a for a in QUERY_ARMS if a in rows and a != DEFAULT_QUERY_ARM]
+    if DEFAULT_QUERY_ARM not in rows or not variants:
+        return []
+    budgets = report["experiment"]["budgets"]
+    lines = ["", f"Difference of each query variant to the default ({rows[DEFAULT_QUERY_ARM]['label']}): mean "
+             "over the test cases of the per-case Dice difference, [95 % bootstrap interval], Wilcoxon p (same "
+             "model, same fine-tuning):", "",
+             "| variant | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+    for name in variants:
+        lines.append(f"| {rows[name]['label']} | "
+                     + " | ".join(_gap_cell(gap(report, name, DEFAULT_QUERY_ARM, b)) for b in budgets) + " |")
+    return lines
+
+
 def comparison_lines(report: Dict[str, Any]) -> List[str]:
     """The paired gaps to random, the noise floor, and the goal of issue 15 (met / missed)."""
     exp = report["experiment"]
@@ -727,8 +753,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"pseudo-labels: `{ {k: v for k, v in exp['pseudo'].items() if k in _SHOWN_PSEUDO} }`",
     ]
     for index, part in enumerate(exp.get("merged_from", [])):
-        lines.insert(3 + index, f"- Merged from `{part['file']}` (revision {part['git']}, {part['total_s'] / 60:.1f} min): "
-                        f"`{part['command']}`")
+        lines.insert(3 + index, f"- Merged from `{part['file']}` (revision {part['git']}, "
+                                f"{part['total_s'] / 60:.1f} min): `{part['command']}`")
     if anatomy.name != "hippocampus":
         lines.insert(3, f"- Anatomy: {anatomy.name}, pre-trained model `{_home_relative(exp['model'])}` (split by "
                         f"{anatomy.grouping})")
@@ -750,6 +776,7 @@ def markdown(report: Dict[str, Any]) -> str:
     lines.append(f"| all {len(exp['pool'])} pool volumes labelled (ceiling) | none | "
                  + " | ".join(_cell(ceiling) for _ in budgets) + f" | {ceiling['mean']:.3f} |")
     lines += comparison_lines(report)
+    lines += variant_lines(report)
     lines += ["", "Mean cold-start Dice of the pre-trained model on the volumes each arm chose (low = the arm "
               "picked volumes the model fails on; hidden labels, diagnostic only):", ""]
     lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
@@ -946,8 +973,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Experiment settings two runs must share for their arms to stand in one table.
-MERGE_KEYS = ("anatomy", "model", "data", "pool", "test", "budgets", "rounds", "shift", "train", "semi_iterations", "pseudo",
-              "assft_query", "random_seeds", "train_seeds", "mc_samples", "guard", "profile")
+MERGE_KEYS = ("anatomy", "model", "data", "pool", "test", "budgets", "rounds", "shift", "train", "semi_iterations",
+              "pseudo", "assft_query", "random_seeds", "train_seeds", "mc_samples", "guard", "profile")
 
 
 #: How far two runs' floor, ceiling or shared arm may differ and still be the same experiment: CPU training of one
@@ -1028,6 +1055,9 @@ def main() -> None:
         render(ARGS.report)
         return
     if ARGS.merge:
+        missing = [str(path) for path in ARGS.merge if not path.is_file()]
+        if missing:
+            raise SystemExit(f"error: --merge: no such report: {', '.join(missing)}")
         reports = [json.loads(path.read_text()) for path in ARGS.merge]
         try:
             merged = merge_reports(reports, [path.name for path in ARGS.merge])

@@ -198,3 +198,19 @@ def test_merging_refuses_runs_of_different_experiments_or_disagreeing_arms(bench
         bench.merge_reports([_full_report({"random": 0.6}), _full_report({"random": 0.61})])
     with pytest.raises(ValueError, match="at least two"):
         bench.merge_reports([_full_report({"random": 0.6})])
+
+
+def test_each_query_variant_is_compared_with_the_default_query_case_by_case(bench):
+    def arm(label, dice):
+        runs = [run(0, seed, {"a": dice, "b": dice + 0.1}) for seed in (0, 1)]
+        return {"label": label, "budgets": {"2": {"mean": dice + 0.05, "runs": runs}}}
+
+    report = {"experiment": {"budgets": [2], "test": ["a", "b"]},
+              "arms": {"assft_no_pseudo": arm("default", 0.5), "asd_only_no_pseudo": arm("ASD only", 0.6),
+                       "coreset": arm("coreset", 0.9)}}
+    lines = bench.variant_lines(report)
+    rows = [line for line in lines if line.startswith("| ASD only")]
+    assert rows == ["| ASD only | +0.100 [+0.100, +0.100], p 0.500 |"]  # both cases +0.1: exact p = 2 / 2**2
+    assert not any("coreset" in line for line in lines)  # a baseline is not a variant of the query
+    del report["arms"]["assft_no_pseudo"]
+    assert bench.variant_lines(report) == []
