@@ -1028,11 +1028,18 @@ def merge_reports(reports: Sequence[Dict[str, Any]], names: Sequence[str] = ()) 
     return merged
 
 
-def write_report(report: Dict[str, Any], stem: Path) -> None:
-    """Write ``stem``.json, .md and .png and print the tables."""
+def report_stem(out_dir: Path, anatomy: str, profile: str, tag: str) -> Path:
+    """The one naming rule of the outputs: ``annotation_efficiency_[<anatomy>_]<profile>[_<tag>]`` (no suffix)."""
+    where = "" if anatomy == "hippocampus" else f"{anatomy}_"
+    return out_dir / f"annotation_efficiency_{where}{profile}{('_' + tag) if tag else ''}"
+
+
+def write_report(report: Dict[str, Any], stem: Path, with_json: bool = True) -> None:
+    """Write ``stem``.md and .png (and .json unless ``with_json`` is false) and print the tables."""
     report["png"] = str(stem.with_suffix(".png"))
     plot(report, stem.with_suffix(".png"))
-    stem.with_suffix(".json").write_text(json.dumps(_jsonable(report), indent=1) + "\n")
+    if with_json:
+        stem.with_suffix(".json").write_text(json.dumps(_jsonable(report), indent=1) + "\n")
     text = markdown(_jsonable(report))
     stem.with_suffix(".md").write_text(text + "\n")
     print(text)
@@ -1040,12 +1047,7 @@ def write_report(report: Dict[str, Any], stem: Path) -> None:
 
 def render(json_path: Path) -> None:
     """Re-render the tables and the plot of an earlier run from its JSON (after a change of the report only)."""
-    report = json.loads(json_path.read_text())
-    report["png"] = str(json_path.with_suffix(".png"))
-    plot(report, json_path.with_suffix(".png"))
-    text = markdown(report)
-    json_path.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    write_report(json.loads(json_path.read_text()), json_path.with_suffix(""), with_json=False)
 
 
 def main() -> None:
@@ -1066,18 +1068,16 @@ def main() -> None:
         merged["experiment"]["tag"] = ARGS.tag
         merged["experiment"]["command"] = " ".join(["PYTHONPATH=. .venv/bin/python",
                                                     "Testing/Benchmarks/annotation_efficiency.py", *sys.argv[1:]])
-        where = "" if merged["experiment"]["anatomy"] == "hippocampus" else f"{merged['experiment']['anatomy']}_"
-        stem = ARGS.out_dir / f"annotation_efficiency_{where}{merged['experiment']['profile']}" \
-                              f"{('_' + ARGS.tag) if ARGS.tag else ''}"
+        stem = report_stem(ARGS.out_dir, merged["experiment"]["anatomy"], merged["experiment"]["profile"], ARGS.tag)
         if any(stem.with_suffix(".json").resolve() == path.resolve() for path in ARGS.merge):
             raise SystemExit(f"--merge would overwrite its input {stem}.json; give another --tag.")
+        ARGS.out_dir.mkdir(parents=True, exist_ok=True)
         write_report(merged, stem)
         return
     MACHINE = {**machine(), "git": git_revision()}  # the revision the run started from
     exp = resolve(ARGS)
     ARGS.out_dir.mkdir(parents=True, exist_ok=True)
-    where = "" if exp.anatomy == "hippocampus" else f"{exp.anatomy}_"
-    stem = ARGS.out_dir / f"annotation_efficiency_{where}{exp.profile}{('_' + exp.tag) if exp.tag else ''}"
+    stem = report_stem(ARGS.out_dir, exp.anatomy, exp.profile, exp.tag)
     log(f"{exp.anatomy}, profile {exp.profile}: pool {len(exp.pool)}, test {len(exp.test)}, budgets {exp.budgets}, "
         f"rounds {exp.rounds}, arms {len(exp.arms)}, workers {exp.workers}; machine {MACHINE['nproc']} cores")
     report = run(exp, stem)

@@ -214,3 +214,9 @@ def test_each_query_variant_is_compared_with_the_default_query_case_by_case(benc
     assert not any("coreset" in line for line in lines)  # a baseline is not a variant of the query
     del report["arms"]["assft_no_pseudo"]
     assert bench.variant_lines(report) == []
+
+
+def test_runs_and_merges_share_one_naming_rule(bench, tmp_path):
+    assert bench.report_stem(tmp_path, "hippocampus", "power", "").name == "annotation_efficiency_power"
+    assert bench.report_stem(tmp_path, "acdc", "power", "mild_variants").name == \
+        "annotation_efficiency_acdc_power_mild_variants"
