@@ -13,6 +13,7 @@ sees a half-written file.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
             "(a time series or multi-channel file needs a model card that declares channels). Split it into 3D files."
         )
     if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        bad = _count_non_finite(array)
         if bad:
             raise InputError(
                 f"{path}: {bad} voxels are NaN or infinite. Fix or mask them before ranking (e.g. replace with 0)."
@@ -140,43 +141,92 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
     return Volume(array=np.asarray(array), affine=affine, path=path)
 
 
+def _count_non_finite(array: np.ndarray, voxels: int = 1 << 22) -> int:
+    """NaN and infinite voxels of ``array``, counted in slabs along its slowest-stored axis (no full-size mask)."""
+    array = np.moveaxis(array, int(np.argmax(np.abs(array.strides))), 0)
+    rows = max(1, voxels // max(1, int(np.prod(array.shape[1:]))))
+    return sum(int(slab.size - np.count_nonzero(np.isfinite(slab)))
+               for slab in (array[first:first + rows] for first in range(0, array.shape[0], rows)))
+
+
 def _read_nifti(path: Path):
-    """Voxels and affine of a NIfTI-1/2 file; a ``.nii.gz`` is decompressed to its end first.
+    """Voxels and affine of a NIfTI-1/2 file.
 
-    nibabel reads a gzip stream only as far as the voxels reach, so the gzip CRC-32 and length trailer, the only
-    check that the bytes are the ones written, would never be looked at: a corrupted block inside a ``.nii.gz``
-    decodes to plausible wrong voxels. Reading the whole stream with :mod:`gzip` checks it.
+    A ``.nii`` is memory-mapped (nibabel's default), so its voxels are read from disk as they are used. A ``.nii.gz``
+    is decompressed as a stream straight into the voxel array, then read to its end: nibabel reads a gzip stream
+    only as far as the voxels reach, so the gzip CRC-32 and length trailer, the only check that the bytes are the
+    ones written, would never be looked at, and a corrupted block inside a ``.nii.gz`` would decode to plausible
+    wrong voxels. The peak memory is the voxel array itself (no second copy of the decompressed bytes).
     """
-    import nibabel as nib
-
-    if path.name.lower().endswith(".nii.gz"):
-        raw = _gunzip_checked(path)
-        image = _nifti_class(raw, path).from_bytes(raw)
-    else:
-        image = nib.load(str(path))
-    array = np.asanyarray(image.dataobj)
-    return array, np.asarray(image.affine, dtype=np.float64)
-
-
-def _gunzip_checked(path: Path) -> bytes:
-    """The decompressed bytes of a gzip file, after its CRC-32 and length were checked."""
     import gzip
     import zlib
 
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+
+    if not path.name.lower().endswith(".nii.gz"):
+        image = nib.load(str(path))
+        return np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
     try:
-        return gzip.decompress(path.read_bytes())
+        with gzip.open(path, "rb") as stream:
+            nifti = _nifti_class(stream.read(4), path)
+            stream.seek(0)
+            holder = FileHolder(fileobj=_ChunkedReader(stream))
+            image = nifti.from_file_map({"header": holder, "image": holder}, mmap=False)
+            array = np.asanyarray(image.dataobj)
+            while stream.read(1 << 20):  # to the trailer: gzip checks the CRC-32 and length there
+                pass
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise InputError(
             f"{path}: cannot read the file: its compressed data are corrupt or truncated ({exc}), so the voxels cannot "
             "be trusted. Copy or export the file again."
         ) from exc
+    return array, np.asarray(image.affine, dtype=np.float64)
 
 
-def _nifti_class(raw: bytes, path: Path):
+class _ChunkedReader(io.RawIOBase):
+    """A read-only binary stream whose ``readinto`` fills the caller's buffer in 1 MiB pieces.
+
+    ``GzipFile.readinto`` (``BufferedIOBase``'s) reads the whole request into a temporary ``bytes`` and copies it,
+    which doubles the peak memory of a volume read into its array; reading piece by piece keeps the extra memory at
+    one piece.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, stream):
+        super().__init__()
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            piece = self._stream.read(min(self.CHUNK, len(view) - filled))
+            if not piece:
+                break
+            view[filled:filled + len(piece)] = piece
+            filled += len(piece)
+        return filled
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
+def _nifti_class(magic: bytes, path: Path):
     """``Nifti1Image`` or ``Nifti2Image``, from the header size in the first four bytes."""
     import nibabel as nib
 
-    size = raw[:4]
+    size = magic[:4]
     if size in ((348).to_bytes(4, "little"), (348).to_bytes(4, "big")):
         return nib.Nifti1Image
     if size in ((540).to_bytes(4, "little"), (540).to_bytes(4, "big")):
