@@ -157,8 +157,8 @@ def to_model_space(volume: Volume, card) -> Tuple[torch.Tensor, ModelSpace]:
     resampled in-plane (bilinear) and blended along the first axis into its output rows, which equals one
     trilinear ``F.interpolate`` of the whole normalised volume to float tolerance. Extra memory beyond the input
     and the output is one slab (:data:`SLAB_VOXELS`), where the whole-volume version held about three float32
-    copies of the input at once (1 GB more for a 512×512×300 CT, and 6 s instead of 1.2 s on 2 cores). A memory-mapped input (uncompressed NIfTI) is read from disk
-    as the slabs reach it.
+    copies of the input at once (1 GB more for a 512×512×300 CT, and 6 s instead of 1.2 s on 2 cores). A
+    memory-mapped input (uncompressed NIfTI) is read from disk as the slabs reach it.
     """
     import nibabel.orientations as nio
 

@@ -15,8 +15,13 @@ Formulas and defaults follow ``method-spec.md`` (§1.4 DKD, §1.5 ASD, §1.6 com
 """
 
 from .config import AsdReduce, Combine, DivSpace, FgMask, KDMetric, QueryConfig, SourceKnowledge, Strategy
-from .diagnostics import (ScoreCorrelation, kd_variant_correlations, pool_dkd, score_error_correlations,
-                          spearman_with_error)
+from .diagnostics import (
+    ScoreCorrelation,
+    kd_variant_correlations,
+    pool_dkd,
+    score_error_correlations,
+    spearman_with_error,
+)
 from .diversity import minmax_normalise
 from .evidence import summarize_case
 from .records import CaseEvidence, RankedCase, Ranking

@@ -407,7 +407,8 @@ def query_config(arm: Arm, seed: int, exp: Experiment):
     from ASSFTActive.query import QueryConfig
 
     base = dict(exp.assft_query) if arm.assft_query else {}
-    return QueryConfig.from_dict({**base, **dict(arm.query_overrides), "strategy": arm.strategy, "seed": seed, "mc_samples": exp.mc_samples})
+    return QueryConfig.from_dict({**base, **dict(arm.query_overrides), "strategy": arm.strategy, "seed": seed,
+                                  "mc_samples": exp.mc_samples})
 
 
 _EVIDENCE_CACHE: Dict[str, List[Any]] = {}
@@ -490,7 +491,8 @@ def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, An
                     if len(sizes) == 1:
                         selections[key] = {"labeled": first, "rounds": [{"selected": first}]}
                         continue
-                    query_key = (arm.strategy, arm.assft_query, arm.query_overrides, seed, budget)  # arms sharing a query share a path
+                    # arms sharing a query share a path
+                    query_key = (arm.strategy, arm.assft_query, arm.query_overrides, seed, budget)
                     if query_key not in path_jobs:
                         config = query_config(arm, seed, exp).to_dict()
                         path_jobs[query_key] = pool.submit(ae_tasks.query_path, f"{arm.strategy}-{seed}-{budget}",
