@@ -103,6 +103,17 @@ def test_nan_voxels_are_refused_with_their_count(tmp_path):
         read_volume(path)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_non_finite_voxels_are_counted_across_slabs(order):
+    from ASSFTActive.io import _count_non_finite
+
+    rng = np.random.default_rng(1)
+    array = np.asarray(rng.normal(size=(9, 7, 5)).astype(np.float32), order=order)
+    flat = array.reshape(-1, order="A")
+    flat[rng.choice(flat.size, 23, replace=False)] = rng.choice([np.nan, np.inf, -np.inf], 23)
+    assert _count_non_finite(array, voxels=11) == _count_non_finite(array) == 23
+
+
 def test_label_with_other_shape_is_refused(tmp_path):
     image = read_volume(write_volume(_volume(), tmp_path / "img.nii.gz"))
     label = write_volume(Volume(np.zeros((12, 10, 7), np.uint8), image.affine), tmp_path / "lab.nii.gz")
