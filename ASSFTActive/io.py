@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -141,12 +141,32 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
     return Volume(array=np.asarray(array), affine=affine, path=path)
 
 
-def _count_non_finite(array: np.ndarray, voxels: int = 1 << 22) -> int:
-    """NaN and infinite voxels of ``array``, counted in slabs along its slowest-stored axis (no full-size mask)."""
+#: Voxels converted or reduced at a time when a volume is walked in slabs (16 MiB as float32): no full-size float
+#: copy or mask of a CT-sized input is ever made.
+SLAB_VOXELS = 1 << 22
+
+
+def slab_rows(shape: Sequence[int], voxels: int) -> int:
+    """Rows along axis 0 of a ``shape`` array that hold at most ``voxels`` voxels (at least one row)."""
+    return max(1, voxels // max(1, int(np.prod(shape[1:]))))
+
+
+def storage_slabs(array: np.ndarray, voxels: int = SLAB_VOXELS) -> Iterator[np.ndarray]:
+    """Views of ``array`` in slabs of at most ``voxels`` voxels along the axis it is stored slowest on.
+
+    Each slab is one contiguous block of memory (or of a memory-mapped file), so a whole-volume reduction done slab
+    by slab reads the data in order and needs extra memory for one slab only.
+    """
+    array = np.asarray(array)
     array = np.moveaxis(array, int(np.argmax(np.abs(array.strides))), 0)
-    rows = max(1, voxels // max(1, int(np.prod(array.shape[1:]))))
-    return sum(int(slab.size - np.count_nonzero(np.isfinite(slab)))
-               for slab in (array[first:first + rows] for first in range(0, array.shape[0], rows)))
+    rows = slab_rows(array.shape, voxels)
+    for first in range(0, array.shape[0], rows):
+        yield array[first:first + rows]
+
+
+def _count_non_finite(array: np.ndarray, voxels: int = SLAB_VOXELS) -> int:
+    """NaN and infinite voxels of ``array``, counted slab by slab (no full-size mask)."""
+    return sum(int(slab.size - np.count_nonzero(np.isfinite(slab))) for slab in storage_slabs(array, voxels))
 
 
 def _read_nifti(path: Path):

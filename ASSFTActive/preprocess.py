@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import Volume
+from .io import SLAB_VOXELS, Volume, slab_rows, storage_slabs
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_TOLERANCE = 0.01
@@ -41,11 +41,6 @@ class ModelSpace:
 #: patches padded otherwise than what it sees at inference learns a border it never meets, and its predictions
 #: degrade (measured: RESULTS.md, "Few-label fine-tuning").
 PAD_VALUE = 0.0
-
-
-#: Voxels of the input grid converted to float32 at a time (16 MiB): preprocessing walks the volume in slabs of
-#: whole rows along its first (oriented) axis, so no float copy of a CT-sized input ever exists.
-SLAB_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -90,11 +85,8 @@ def nonzero_mean_std(array: np.ndarray) -> Tuple[float, float]:
     References:
         Chan, Golub, LeVeque, "Updating formulae and a pairwise algorithm for computing sample variances", 1979.
     """
-    array = np.asarray(array)
-    array = np.moveaxis(array, int(np.argmax(np.abs(array.strides))), 0) if array.ndim else array.reshape(1)
     count, mean, m2 = 0, 0.0, 0.0
-    for first, stop in _slabs(array.shape):
-        slab = array[first:stop]
+    for slab in storage_slabs(array, SLAB_VOXELS):
         values = slab[slab != 0].astype(np.float64)
         n = int(values.size)
         if n == 0:
@@ -113,7 +105,7 @@ def nonzero_mean_std(array: np.ndarray) -> Tuple[float, float]:
 
 def _slabs(shape: Sequence[int]):
     """``(first, stop)`` row ranges along axis 0 of at most :data:`SLAB_VOXELS` voxels each (at least one row)."""
-    rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+    rows = slab_rows(shape, SLAB_VOXELS)
     for first in range(0, int(shape[0]), rows):
         yield first, min(first + rows, int(shape[0]))
 
@@ -184,8 +176,7 @@ def _resample_rows(array: np.ndarray, transform: IntensityTransform, out: torch.
     lower, upper, weight = linear_source_rows(array.shape[0], out.shape[0])
     plane = tuple(int(s) for s in out.shape[1:])
     same_plane = plane == tuple(int(s) for s in array.shape[1:])
-    rows_in = max(1, SLAB_VOXELS // max(1, int(np.prod(array.shape[1:]))))
-    rows_out = max(1, SLAB_VOXELS // max(1, int(np.prod(plane))))
+    rows_in, rows_out = slab_rows(array.shape, SLAB_VOXELS), slab_rows(out.shape, SLAB_VOXELS)
     first_out = 0
     while first_out < out.shape[0]:
         stop_out = first_out + 1  # grow the output chunk while it and its input rows fit in one slab each
