@@ -7,7 +7,7 @@ Usage:
 
 Writes ``pool/{images,labels}`` (volumes to rank and adapt on; their labels stand in for the annotator) and
 ``test/{images,labels}`` (held-out volumes to measure Dice before and after adaptation). Cases come from the target
-pool and target test parts of :func:`ASSFTActive.splits.split_cases`; reserved cases are never used. The data are a
+pool and target test parts of :func:`harness.splits.split_cases`; reserved cases are never used. The data are a
 derivative of MSD Task04 Hippocampus and keep its CC-BY-SA 4.0 licence (see the README written beside them).
 """
 
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ASSFTActive.io import case_id, read_volume, write_volume  # noqa: E402
-from ASSFTActive.shifts import ShiftConfig, apply_shift  # noqa: E402
-from ASSFTActive.splits import read_reserved, split_cases  # noqa: E402
+from Testing.Benchmarks.harness.shifts import ShiftConfig, apply_shift  # noqa: E402
+from Testing.Benchmarks.harness.splits import read_reserved, split_cases  # noqa: E402
 
 LICENCE = """# Sample data: a simulated new site
 

@@ -10,9 +10,9 @@ evaluation sweep about 10 min):
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py --evaluate # evaluate only
 
 Data and split: ``../shared/data/acdc`` (200 cine-MRI volumes, 100 patients x 2 frames, identity affines). The split
-is :func:`ASSFTActive.splits.split_acdc`: a hash of the *patient* (both frames always in the same part), the 40
+is :func:`harness.splits.split_acdc`: a hash of the *patient* (both frames always in the same part), the 40
 volumes of ``reserved.txt`` left out before splitting and never read. Training uses the source part only; the source
-patients whose hash bucket is 0 (:func:`ASSFTActive.splits.hold_out`) are held out for the source-test Dice.
+patients whose hash bucket is 0 (:func:`harness.splits.hold_out`) are held out for the source-test Dice.
 
 Where the model goes: ``--out`` (default ``~/.cache/assft/acdc-source``, the folder the annotation-efficiency
 benchmark looks in with ``--anatomy acdc``), a folder holding ``card.json`` and ``weights.safetensors``. It is kept
@@ -35,8 +35,8 @@ real slices being 5-10 mm apart against 1.4-1.7 mm in plane. So:
 
 Outputs besides the model: ``Testing/Benchmarks/results/acdc_source_model.md`` and ``.json`` (``--results``): the
 source-test Dice per class, the target-test and target-pool Dice without a shift and under a sweep of
-``ASSFTActive.shifts`` strengths, and the mild and harsh shifts chosen for the benchmark
-(``ASSFTActive.shifts.BENCHMARK_SHIFTS["acdc"]``, chosen on the target pool; the target test is only reported).
+``harness.shifts`` strengths, and the mild and harsh shifts chosen for the benchmark
+(``harness.shifts.BENCHMARK_SHIFTS["acdc"]``, chosen on the target pool; the target test is only reported).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from ASSFTActive.evaluate import evaluate_model  # noqa: E402
 from ASSFTActive.finetune.training import SupervisedCase, TrainConfig, train_supervised  # noqa: E402
 from ASSFTActive.io import Volume, case_id, read_label, read_volume  # noqa: E402
 from ASSFTActive.models import ModelCard, build_network, load_model, resolve_card, save_card, save_weights  # noqa: E402
-from ASSFTActive.shifts import BENCHMARK_SHIFTS, ShiftConfig, apply_shift  # noqa: E402
-from ASSFTActive.splits import acdc_patient, groups_of, hold_out, read_reserved, split_acdc  # noqa: E402
+from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, ShiftConfig, apply_shift  # noqa: E402
+from Testing.Benchmarks.harness.splits import acdc_patient, groups_of, hold_out, read_reserved, split_acdc  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "acdc"
 #: Where the model is written and where ``Testing/Benchmarks/annotation_efficiency.py --anatomy acdc`` looks for it
@@ -143,7 +143,7 @@ def train(args: argparse.Namespace, parts: Dict[str, List[str]]) -> float:
         "data": "ACDC (Bernard et al., IEEE TMI 37(11):2514-2525, 2018), CC BY-NC-SA 4.0; 100 training patients x 2 "
                 "frames, SSL4MIS min-max preprocessing, identity affines (voxel space)",
         "licence_note": "derived from CC BY-NC-SA 4.0 data: non-commercial use only, do not ship",
-        "split": "ASSFTActive.splits.split_acdc (sha256 of the patient id; both frames in one part); every patient "
+        "split": "harness.splits.split_acdc (sha256 of the patient id; both frames in one part); every patient "
                  "of reserved.txt excluded; source patients of hash bucket 0 held out (splits.hold_out)",
         "train_cases": parts["train"],
         "source_test_cases": parts["source_test"],
@@ -198,7 +198,7 @@ def evaluate(args: argparse.Namespace, parts: Dict[str, List[str]]) -> Dict[str,
     results["chosen"] = chosen
     results["rule_choice"] = choose_shifts(results)
     if results["rule_choice"] != chosen:
-        print(f"warning: the rule picks {results['rule_choice']} but ASSFTActive.shifts.BENCHMARK_SHIFTS['acdc'] "
+        print(f"warning: the rule picks {results['rule_choice']} but harness.shifts.BENCHMARK_SHIFTS['acdc'] "
               f"holds {chosen}; update BENCHMARK_SHIFTS (or the rule) and rerun with --evaluate.", flush=True)
     return results
 
@@ -242,7 +242,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"{prov['train_config']['patch_size']}; {prov['iterations']} steps of batch "
         f"{prov['train_config']['batch_size']}, AdamW lr {prov['train_config']['learning_rate']} (cosine), seed "
         f"{prov['seed']}; **training wall time {prov['train_seconds'] / 60:.1f} min**",
-        f"- Split by patient (`ASSFTActive.splits.split_acdc`, reserved patients excluded): source "
+        f"- Split by patient (`harness.splits.split_acdc`, reserved patients excluded): source "
         f"{len(parts['train']) + len(parts['source_test'])} volumes ({len(parts['train'])} trained on, "
         f"{len(parts['source_test'])} held out as source test), target pool {len(parts['target_pool'])}, target test "
         f"{len(parts['target_test'])} (volumes; two per patient)",
@@ -265,7 +265,7 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['target_pool']['mean_dice']:.3f} | {row['target_test']['mean_dice']:.3f} | "
                      f"{fmt(row['target_test']['per_class'])} |")
     agrees = res["rule_choice"] == res["chosen"]
-    lines += ["", "## Chosen benchmark shifts (`ASSFTActive.shifts.BENCHMARK_SHIFTS[\"acdc\"]`)", "",
+    lines += ["", "## Chosen benchmark shifts (`harness.shifts.BENCHMARK_SHIFTS[\"acdc\"]`)", "",
               report["rule"] + (" The shifts in `BENCHMARK_SHIFTS` are the ones the rule picks." if agrees else
                                 f" **The rule picks {res['rule_choice']}, not the shifts below: update "
                                 "`BENCHMARK_SHIFTS`.**"), "", "| severity | shift | target pool | target test | "

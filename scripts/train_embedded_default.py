@@ -5,7 +5,7 @@ Usage (about 5 minutes on 2 CPU cores):
     .venv/bin/python scripts/train_embedded_default.py --data ../shared/data/hippocampus \
         --out ASSFTActive/resources/models/hippocampus-unet
 
-The source split comes from :func:`ASSFTActive.splits.split_cases` (a hash of each case name); the cases in
+The source split comes from :func:`harness.splits.split_cases` (a hash of each case name); the cases in
 ``reserved.txt`` are excluded before splitting and never read. One tenth of the source split (by the same hash) is
 held out to report the source-test Dice recorded in the card.
 """
@@ -29,7 +29,7 @@ from ASSFTActive.evaluate import evaluate_model  # noqa: E402
 from ASSFTActive.finetune.training import SupervisedCase, TrainConfig, train_supervised  # noqa: E402
 from ASSFTActive.io import case_id, read_label, read_volume  # noqa: E402
 from ASSFTActive.models import ModelCard, build_network, save_card, save_weights  # noqa: E402
-from ASSFTActive.splits import read_reserved, split_cases  # noqa: E402
+from Testing.Benchmarks.harness.splits import read_reserved, split_cases  # noqa: E402
 
 CARD = {
     "name": "hippocampus-unet",
@@ -89,7 +89,7 @@ def main() -> None:
         "description": "Small 3D UNet trained from scratch on the source split of MSD Task04 Hippocampus (T1 MRI). "
                        "Stands in for a pre-trained foundation model in demos and tests.",
         "data": "MSD Task04 Hippocampus, CC-BY-SA 4.0 (Simpson et al. 2019; Antonelli et al. 2022)",
-        "split": "ASSFTActive.splits.split_cases (sha256 of case name); reserved.txt excluded",
+        "split": "harness.splits.split_cases (sha256 of case name); reserved.txt excluded",
         "train_cases": train,
         "source_test_cases": held_out,
         "seed": args.seed,

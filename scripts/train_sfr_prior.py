@@ -6,7 +6,7 @@ Usage (about 10 minutes on one CPU thread):
     .venv/bin/python scripts/train_sfr_prior.py --data ../shared/data/hippocampus \
         --out ASSFTActive/resources/models/sfr-sam-tiny
 
-The source split comes from :func:`ASSFTActive.splits.split_cases` (a hash of each case name) with the cases in
+The source split comes from :func:`harness.splits.split_cases` (a hash of each case name) with the cases in
 ``reserved.txt`` excluded before splitting and never read; the target pool and target test are never read either.
 One tenth of the source split (by the same hash as ``scripts/train_embedded_default.py``) is held out to report the
 source-test Dice recorded in the card. Training is single-threaded (``torch.set_num_threads(1)``) and deterministic
@@ -34,7 +34,7 @@ from ASSFTActive.sfr.inputs import SamInput, SfrCase  # noqa: E402
 from ASSFTActive.sfr.prior import NOT_META_SAM, prior_sam_config, save_sam_prior  # noqa: E402
 from ASSFTActive.sfr.pseudo import sfr_pseudo_labels  # noqa: E402
 from ASSFTActive.sfr.sam import build_sam  # noqa: E402
-from ASSFTActive.splits import read_reserved, split_cases  # noqa: E402
+from Testing.Benchmarks.harness.splits import read_reserved, split_cases  # noqa: E402
 
 CLASS_NAMES = ("background", "anterior", "posterior")
 
@@ -88,7 +88,7 @@ def main() -> None:
     provenance = {
         "description": NOT_META_SAM,
         "data": "MSD Task04 Hippocampus, CC-BY-SA 4.0 (Simpson et al. 2019; Antonelli et al. 2022)",
-        "split": "ASSFTActive.splits.split_cases (sha256 of case name); reserved.txt excluded; source split only",
+        "split": "harness.splits.split_cases (sha256 of case name); reserved.txt excluded; source split only",
         "train_cases": train,
         "source_test_cases": held_out,
         "seed": args.seed,

@@ -7,21 +7,14 @@ Pipeline, each step a pure function testable alone:
    divergence, mean entropy, MC-dropout (epistemic and BALD), ClaSP PE;
 3. one :class:`CaseEvidence` per case (:func:`summarize_case`);
 4. a full ordering of the pool, the first ``budget`` selected (:func:`select`);
-5. the multi-round schedule (:mod:`.rounds`: :func:`round_budgets`, :func:`plan_round`) and, for benchmarks with
-   hidden labels, how well each score predicts the model's error (:mod:`.diagnostics`).
+5. the multi-round schedule (:mod:`.rounds`: :func:`round_budgets`, :func:`plan_round`). How well each score
+   predicts the model's error (hidden labels) is the benchmark harness's (``Testing/Benchmarks/harness``).
 
 No torch, no I/O: inputs are numpy arrays, settings are one frozen :class:`QueryConfig`.
 Formulas and defaults follow ``method-spec.md`` (§1.4 DKD, §1.5 ASD, §1.6 combination, §3 ClaSP PE).
 """
 
 from .config import AsdReduce, Combine, DivSpace, FgMask, KDMetric, QueryConfig, SourceKnowledge, Strategy
-from .diagnostics import (
-    ScoreCorrelation,
-    kd_variant_correlations,
-    pool_dkd,
-    score_error_correlations,
-    spearman_with_error,
-)
 from .diversity import minmax_normalise
 from .evidence import summarize_case
 from .records import CaseEvidence, RankedCase, Ranking
@@ -58,7 +51,6 @@ __all__ = [
     "AsdReduce",
     "McDropoutAccumulator",
     "RoundPlan",
-    "ScoreCorrelation",
     "CaseEvidence",
     "Combine",
     "DivSpace",
@@ -80,7 +72,6 @@ __all__ = [
     "feature_divergence",
     "fg_random_eligible",
     "foreground_mask",
-    "kd_variant_correlations",
     "knowledge_divergence",
     "mc_dropout_epistemic",
     "mc_dropout_epistemic_from_mean",
@@ -89,12 +80,9 @@ __all__ = [
     "minmax_normalise",
     "normalized_entropy",
     "plan_round",
-    "pool_dkd",
     "power_entropy_class_maps",
     "predictive_entropy",
     "round_budgets",
-    "score_error_correlations",
     "select",
-    "spearman_with_error",
     "summarize_case",
 ]

@@ -7,7 +7,7 @@ one when the guard activated it, else the current (pre-trained) one. The adapted
 so what the guard prevented is visible.
 
 Setting: the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split of MSD
-Hippocampus). The target site is the target pool and target test split (``ASSFTActive.splits``; the 40 cases of
+Hippocampus). The target site is the target pool and target test split (``harness.splits``; the 40 cases of
 ``reserved.txt`` are never read) under a seeded scanner shift at two strengths: **mild** (0.3: the default model
 is decent, mean Dice ~0.64) and **harsh** (0.7: it fails, ~0.46). Labelled volumes are random draws from the pool
 (the query is not under test here; ``annotation_efficiency.py`` measures queries), the same draws for every arm.
@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 RESULTS = HERE / "results"
-from ASSFTActive.shifts import BENCHMARK_SHIFTS  # noqa: E402
+from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS  # noqa: E402
 
 #: Shift strength of each severity: the hippocampus's benchmark shifts (scanner kind, seed 0).
 SHIFTS = {severity: shift.strength for severity, shift in BENCHMARK_SHIFTS["hippocampus"].items()}
@@ -165,7 +165,7 @@ def _test_cases(shift: str):
     """Shifted target-test images with their labels (cached per worker)."""
     from ASSFTActive.io import read_label, read_volume
     from ASSFTActive.models import resolve_card
-    from ASSFTActive.shifts import apply_shift
+    from Testing.Benchmarks.harness.shifts import apply_shift
 
     if shift not in _WORKER["test"]:
         classes = resolve_card("default").num_classes
@@ -415,7 +415,7 @@ def markdown(report: Dict[str, Any]) -> str:
 def write_pool(data: Path, pool: Sequence[str], strength: float, folder: Path) -> None:
     """The pool's images under the scanner shift of ``strength`` (seed 0), written to ``folder``."""
     from ASSFTActive.io import read_volume, write_volume
-    from ASSFTActive.shifts import ShiftConfig, apply_shift
+    from Testing.Benchmarks.harness.shifts import ShiftConfig, apply_shift
 
     folder.mkdir(parents=True, exist_ok=True)
     for case in pool:
@@ -484,7 +484,7 @@ def main() -> None:
         raise SystemExit(f"error: unknown arm(s) {unknown}; known: {sorted(ARMS) + sorted(SFR_ARMS)}")
     shifts = [s for s in args.shifts.split(",") if s]
 
-    from ASSFTActive.splits import split_cases
+    from Testing.Benchmarks.harness.splits import split_cases
 
     reserved = set((args.data / "reserved.txt").read_text().split())
     cases = sorted(p.name[: -len(".nii.gz")] for p in (args.data / "imagesTr").glob("*.nii.gz"))

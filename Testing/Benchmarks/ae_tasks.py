@@ -79,7 +79,7 @@ def _seed_of(*parts: Any) -> int:
 def shifted_case(case: str):
     """``(image, label)`` of one case on the simulated new site (cached per worker)."""
     from ASSFTActive.io import read_label, read_volume
-    from ASSFTActive.shifts import ShiftConfig, apply_shift
+    from Testing.Benchmarks.harness.shifts import ShiftConfig, apply_shift
 
     cache = _STATE["volumes"]
     if case not in cache:
@@ -283,7 +283,8 @@ def interim_correlations(analysis: Sequence[Dict[str, Any]], evidence: Dict[str,
     After adaptation DKD's knowledge divergence is live, so this is where it can show whether it predicts error
     (hidden labels; a diagnosis, never an input of a selector). DKD is measured against the labelled cases.
     """
-    from ASSFTActive.query import RegionSpec, kd_variant_correlations, region_sums, score_error_correlations
+    from ASSFTActive.query import RegionSpec, region_sums
+    from Testing.Benchmarks.harness.diagnostics import kd_variant_correlations, score_error_correlations
 
     done = set(labeled)
     rows = [a for a in analysis if a["case_id"] not in done]

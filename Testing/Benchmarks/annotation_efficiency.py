@@ -2,16 +2,16 @@
 
 Setting (issue 5): the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split
 of MSD Hippocampus). The target domain is the other non-reserved cases under a seeded scanner-appearance shift
-(``ASSFTActive.shifts``; kind and strength are parameters), split deterministically into a target pool
-(candidates for labelling) and a target test set (``ASSFTActive.splits``). The 40 cases of ``reserved.txt`` are
+(``harness.shifts``; kind and strength are parameters), split deterministically into a target pool
+(candidates for labelling) and a target test set (``harness.splits``). The 40 cases of ``reserved.txt`` are
 never read.
 
 Two anatomies (``--anatomy``, issue 15 item 5), each with its data folder, split, pre-trained model and a mild and a
-harsh shift (``--shift``; ``ASSFTActive.shifts.BENCHMARK_SHIFTS``):
+harsh shift (``--shift``; ``harness.shifts.BENCHMARK_SHIFTS``):
 
 * ``hippocampus`` (default): MSD Hippocampus, split by case, the embedded default model;
 * ``acdc``: ACDC cine cardiac MRI (RV, myocardium, LV), split by patient (both frames of a patient in one part,
-  ``ASSFTActive.splits.split_acdc``), the ACDC source model that ``scripts/train_acdc_source.py`` writes to
+  ``harness.splits.split_acdc``), the ACDC source model that ``scripts/train_acdc_source.py`` writes to
   ``~/.cache/assft/acdc-source`` (not shipped: ACDC is non-commercial; ``--model`` names another folder).
 
 For each strategy and budget B the pool is ranked, B volumes get their (hidden) expert labels, the pre-trained
@@ -87,11 +87,11 @@ class Anatomy:
     """One anatomy of the benchmark: where its data is, how it is split, which model was pre-trained on it.
 
     Attributes:
-        name: ``--anatomy`` value (a key of ``ASSFTActive.shifts.BENCHMARK_SHIFTS``).
+        name: ``--anatomy`` value (a key of ``harness.shifts.BENCHMARK_SHIFTS``).
         data: default data folder (``imagesTr``, ``labelsTr``, ``reserved.txt``).
         model: the pre-trained model (``resolve_card`` spec): ``"default"`` or a model folder.
         grouping: ``"case"`` (every case its own group) or ``"patient"`` (ACDC: both frames of a patient in the
-            same part), see ``ASSFTActive.splits``.
+            same part), see ``harness.splits``.
         classes: how the table text names the foreground classes.
         make_model: what to run when ``model`` is missing.
     """
@@ -116,8 +116,8 @@ ANATOMIES = {
 
 
 def anatomy_split(anatomy: Anatomy, cases: Sequence[str], reserved: Sequence[str]):
-    """The anatomy's source / target pool / target test split (``ASSFTActive.splits``)."""
-    from ASSFTActive.splits import acdc_patient, each_case, split_cases
+    """The anatomy's source / target pool / target test split (``harness.splits``)."""
+    from Testing.Benchmarks.harness.splits import acdc_patient, each_case, split_cases
 
     group = {"case": each_case, "patient": acdc_patient}[anatomy.grouping]
     return split_cases(cases, reserved, group=group)
@@ -126,7 +126,7 @@ def anatomy_split(anatomy: Anatomy, cases: Sequence[str], reserved: Sequence[str
 def whole_groups(cases: Sequence[str], size: Optional[int], anatomy: Anatomy) -> List[str]:
     """The first ``size`` of ``cases`` (all when ``size`` is falsy), extended to the end of the last group, so that a
     patient is never split between the pool and the test set."""
-    from ASSFTActive.splits import acdc_patient, each_case
+    from Testing.Benchmarks.harness.splits import acdc_patient, each_case
 
     cases = list(cases)
     if not size or size >= len(cases):
@@ -348,8 +348,8 @@ def resolve(args: argparse.Namespace) -> Experiment:
     from ASSFTActive.finetune.config import PseudoLabelConfig, TrainConfig
     from ASSFTActive.io import case_id
     from ASSFTActive.query import QueryConfig
-    from ASSFTActive.shifts import ShiftConfig, benchmark_shift
-    from ASSFTActive.splits import read_reserved
+    from Testing.Benchmarks.harness.shifts import ShiftConfig, benchmark_shift
+    from Testing.Benchmarks.harness.splits import read_reserved
 
     profile = PROFILES[args.profile]
     anatomy = ANATOMIES[args.anatomy]
@@ -584,7 +584,8 @@ def diagnostics(analysis: Dict[str, Dict[str, Any]], exp: Experiment) -> Dict[st
     class-balanced, ClaSP PE class mean and plain, mean entropy, DKD and KD (constant at cold start, so no
     correlation), MC-dropout epistemic and BALD when the passes were run.
     """
-    from ASSFTActive.query import QueryConfig, RegionSpec, region_sums, score_error_correlations
+    from ASSFTActive.query import QueryConfig, RegionSpec, region_sums
+    from Testing.Benchmarks.harness.diagnostics import score_error_correlations
 
     config = QueryConfig.from_dict({**exp.assft_query, "strategy": "assft", "mc_samples": exp.mc_samples})
     evidence = pool_evidence(analysis, config, exp)
@@ -934,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="pre-trained model folder or card.json (default: the anatomy's: the embedded "
                                         "default for hippocampus, ~/.cache/assft/acdc-source for acdc)")
     parser.add_argument("--shift", choices=("mild", "harsh"), default="harsh",
-                        help="the anatomy's mild or harsh shift (ASSFTActive.shifts.BENCHMARK_SHIFTS; hippocampus: "
+                        help="the anatomy's mild or harsh shift (harness.shifts.BENCHMARK_SHIFTS; hippocampus: "
                              "scanner 0.3 / 0.7)")
     parser.add_argument("--shift-kind", choices=("gamma", "inversion", "bias_field", "noise", "blur", "scanner"),
                         help="override the kind of --shift")

@@ -108,7 +108,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from ASSFTActive.splits import read_reserved, split_cases
+    from Testing.Benchmarks.harness.splits import read_reserved, split_cases
 
     reserved = read_reserved(args.data / "reserved.txt")
     cases = sorted(p.name[: -len(".nii.gz")] for p in (args.data / "imagesTr").glob("*.nii.gz"))

@@ -68,7 +68,7 @@ MC_SAMPLES = 10
 
 def _hippocampus_cases(count: int):
     from ASSFTActive.io import case_id
-    from ASSFTActive.splits import read_reserved, split_cases
+    from Testing.Benchmarks.harness.splits import read_reserved, split_cases
 
     ids = [case_id(p) for p in sorted((HIPPOCAMPUS / "imagesTr").glob("*.nii.gz"))]
     pool = split_cases(ids, read_reserved(HIPPOCAMPUS / "reserved.txt")).target_pool[:count]

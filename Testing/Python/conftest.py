@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 SHARED_DATA = REPO.parent / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "hippocampus"
 FIXTURES = SHARED_DATA / "fixtures"
-#: Cases kept for external evaluation: never trained, tuned or selected on (``ASSFTActive.splits``).
+#: Cases kept for external evaluation: never trained, tuned or selected on (``harness.splits``).
 RESERVED_LIST = HIPPOCAMPUS / "reserved.txt"
 
 
@@ -60,7 +60,7 @@ def fixtures_dir() -> Path:
 def reserved_cases() -> FrozenSet[str]:
     """The case ids of the shared ``reserved.txt``; skips when it is absent, fails when it lists nothing (an empty
     list would make every "no reserved case was used" check pass without checking anything)."""
-    from ASSFTActive.splits import read_reserved
+    from Testing.Benchmarks.harness.splits import read_reserved
 
     cases = frozenset(read_reserved(require(RESERVED_LIST)))
     assert cases, f"{RESERVED_LIST} lists no case; it must name the reserved cases, one per line"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import HIPPOCAMPUS, REPO, SHARED_DATA
 
-from ASSFTActive.shifts import BENCHMARK_SHIFTS, ShiftConfig, ShiftKind, benchmark_shift
+from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, ShiftConfig, ShiftKind, benchmark_shift
 
 ACDC = SHARED_DATA / "acdc"
 BENCHMARKS = REPO / "Testing" / "Benchmarks"
@@ -104,7 +104,7 @@ def test_a_missing_acdc_model_says_which_script_makes_it(bench, tmp_path):
 def test_the_default_anatomy_resolves_as_before(bench):
     need(HIPPOCAMPUS)
     from ASSFTActive.io import case_id
-    from ASSFTActive.splits import read_reserved, split_cases
+    from Testing.Benchmarks.harness.splits import read_reserved, split_cases
 
     exp = bench.resolve(bench.build_parser().parse_args([]))
     split = split_cases([case_id(p) for p in sorted((HIPPOCAMPUS / "imagesTr").glob("*.nii.gz"))],
@@ -118,7 +118,7 @@ def test_the_default_anatomy_resolves_as_before(bench):
 def test_acdc_resolves_its_data_patient_split_model_and_shifts(bench, acdc_card):
     need(ACDC)
     from ASSFTActive.io import case_id
-    from ASSFTActive.splits import acdc_patient, read_reserved, split_acdc
+    from Testing.Benchmarks.harness.splits import acdc_patient, read_reserved, split_acdc
 
     args = ["--anatomy", "acdc", "--model", str(acdc_card), "--shift", "mild", "--pool-size", "0", "--test-size", "0"]
     exp = bench.resolve(bench.build_parser().parse_args(args))
@@ -136,7 +136,7 @@ def test_acdc_resolves_its_data_patient_split_model_and_shifts(bench, acdc_card)
 def test_the_power_profile_tests_on_every_case_outside_the_pool_and_never_splits_a_patient(bench, acdc_card):
     need(ACDC)
     from ASSFTActive.io import case_id
-    from ASSFTActive.splits import acdc_patient, read_reserved, split_acdc
+    from Testing.Benchmarks.harness.splits import acdc_patient, read_reserved, split_acdc
 
     args = ["--profile", "power", "--anatomy", "acdc", "--model", str(acdc_card), "--pool-size", "23"]
     exp = bench.resolve(bench.build_parser().parse_args(args))

@@ -17,7 +17,7 @@ from conftest import REPO, SHARED_DATA
 
 from ASSFTActive.errors import InputError
 from ASSFTActive.io import case_id
-from ASSFTActive.splits import (
+from Testing.Benchmarks.harness.splits import (
     acdc_patient,
     each_case,
     groups_of,

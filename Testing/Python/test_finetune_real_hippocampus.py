@@ -1,7 +1,7 @@
 """A real adaptation on MSD hippocampus: the embedded default model, a simulated scanner shift, a few labels.
 
-The target site is the target pool / target test split of :func:`ASSFTActive.splits.split_cases` (reserved cases
-excluded) seen through :func:`ASSFTActive.shifts.apply_shift` (``scanner``, strength 0.7: gamma, bias field and
+The target site is the target pool / target test split of :func:`harness.splits.split_cases` (reserved cases
+excluded) seen through :func:`harness.shifts.apply_shift` (``scanner``, strength 0.7: gamma, bias field and
 noise). At that strength the default model loses about a third of its Dice on the target test volumes (0.72 -> 0.47
 on 12 of them when the test was written). Adapting on 4 labelled shifted volumes plus selective pseudo-labels of 6
 unlabelled ones must raise the Dice on held-out shifted test volumes clearly (0.48 -> 0.65 when written).
@@ -21,9 +21,9 @@ from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.inference import Predictor
 from ASSFTActive.io import case_id, read_label, read_volume, write_volume
 from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, load_card, load_model
-from ASSFTActive.shifts import ShiftConfig, apply_shift
-from ASSFTActive.splits import read_reserved, split_cases
 from ASSFTActive.store import ModelStore
+from Testing.Benchmarks.harness.shifts import ShiftConfig, apply_shift
+from Testing.Benchmarks.harness.splits import read_reserved, split_cases
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
 SHIFT = ShiftConfig(kind="scanner", strength=0.7, seed=0)

@@ -137,7 +137,7 @@ def default_model():
 
 @pytest.mark.parametrize("strength", [0.0, 0.7, 1.0])
 def test_real_hippocampus_labels_pass_also_on_a_shifted_site(hippocampus_dir, default_model, strength):
-    from ASSFTActive.shifts import ShiftConfig, apply_shift
+    from Testing.Benchmarks.harness.shifts import ShiftConfig, apply_shift
 
     cases = []
     for case in HIPPOCAMPUS_CASES:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from ASSFTActive.query import QueryConfig, kd_variant_correlations
+from ASSFTActive.query import QueryConfig
+from Testing.Benchmarks.harness.diagnostics import kd_variant_correlations
 
 
 def load(name):

@@ -7,15 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ASSFTActive.query import (
-    CaseEvidence,
-    QueryConfig,
-    RegionSpec,
-    RegionSums,
-    pool_dkd,
-    score_error_correlations,
-    spearman_with_error,
-)
+from ASSFTActive.query import CaseEvidence, QueryConfig, RegionSpec, RegionSums
+from Testing.Benchmarks.harness.diagnostics import pool_dkd, score_error_correlations, spearman_with_error
 
 
 def test_spearman_known_value_with_a_tie():

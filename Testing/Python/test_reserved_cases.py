@@ -2,7 +2,7 @@
 
 The guarantee, part by part:
 
-- the split (:func:`ASSFTActive.splits.split_cases`) never assigns a reserved case (known answer, no data needed);
+- the split (:func:`harness.splits.split_cases`) never assigns a reserved case (known answer, no data needed);
 - what ships was made without them: the embedded model's training and source-test cases, the sample pool and test;
 - what the tests and benchmarks use: no case id written in ``Testing/``, ``scripts/`` or the shipped resources (test
   inputs, benchmark results, which chose the defaults) is reserved.
@@ -19,7 +19,7 @@ import pytest
 from conftest import HIPPOCAMPUS, REPO
 
 from ASSFTActive.io import case_id
-from ASSFTActive.splits import read_reserved, split_cases
+from Testing.Benchmarks.harness.splits import read_reserved, split_cases
 
 CASE_ID = re.compile(r"hippocampus_\d{3}")
 EMBEDDED_CARD = REPO / "ASSFTActive" / "resources" / "models" / "hippocampus-unet" / "card.json"

@@ -222,7 +222,7 @@ def test_the_embedded_prior_was_trained_on_the_source_split_only_and_segments_a_
     assert (PRIOR_DIR / "weights.safetensors").stat().st_size < 8 * 2 ** 20
     from conftest import HIPPOCAMPUS
 
-    from ASSFTActive.splits import read_reserved, split_cases
+    from Testing.Benchmarks.harness.splits import read_reserved, split_cases
 
     if HIPPOCAMPUS.exists():
         names = [p.name.split(".")[0] for p in (HIPPOCAMPUS / "imagesTr").glob("*.nii.gz")]

@@ -14,7 +14,7 @@ from typing import Any, Dict
 import numpy as np
 from scipy import ndimage
 
-from .io import Volume
+from ASSFTActive.io import Volume
 
 
 class ShiftKind(str, Enum):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import InputError
+from ASSFTActive.errors import InputError
 
 #: Share of groups (in tenths) per part: 4/10 source, 4/10 target pool, 2/10 target test.
 SOURCE_TENTHS = 4

@@ -15,11 +15,11 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from .config import AsdReduce, DivSpace, KDMetric, QueryConfig
-from .diversity import diversity, initial_min_distance, minmax_normalise, unit_rows
-from .records import CaseEvidence
-from .regions import RegionSums
-from .scores import knowledge_divergence
+from ASSFTActive.query.config import AsdReduce, DivSpace, KDMetric, QueryConfig
+from ASSFTActive.query.diversity import diversity, initial_min_distance, minmax_normalise, unit_rows
+from ASSFTActive.query.records import CaseEvidence
+from ASSFTActive.query.regions import RegionSums
+from ASSFTActive.query.scores import knowledge_divergence
 
 __all__ = ["ScoreCorrelation", "kd_variant_correlations", "pool_dkd", "score_error_correlations",
            "spearman_with_error"]
