@@ -263,6 +263,34 @@ def _publish(report: VolumeReport, staging: Path, out_dir: Path) -> VolumeReport
     return replace(report, **moved)
 
 
+def remove_stale_outputs(out_dir: Path, pool: Sequence[str]) -> List[Path]:
+    """Delete the per-volume files a previous ranking in ``out_dir`` wrote for volumes no longer in ``pool``.
+
+    Re-ranking into the same folder after volumes left the pool would otherwise leave their overlays and
+    predictions beside the new ones, and a viewer (or a script globbing ``predictions/``) would take them as current.
+    Only the files :func:`output_paths` names for the volumes the previous ``ranking.json`` lists are removed
+    (nothing else in the folder); a folder without a readable ``ranking.json`` is left as it is.
+
+    Returns:
+        the files removed.
+    """
+    out_dir = Path(out_dir)
+    try:
+        previous = json.loads((out_dir / RANKING_FILE).read_text(encoding="utf-8"))
+        old = {e["case_id"] for e in previous["cases"] if isinstance(e, dict) and isinstance(e.get("case_id"), str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    removed = []
+    for name in sorted(old - set(pool)):
+        if Path(name).name != name:  # a case id is a file name; anything else was not written by a ranking
+            continue
+        for path in output_paths(out_dir, name):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def _check_pool(images: Sequence[Path], budget: int) -> List[str]:
     """The case ids of the pool.
 
@@ -370,6 +398,11 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
         written: Optional[BaseException] = None
         if ctx.is_main:
             try:
+                removed = remove_stale_outputs(out_dir, names)
+                if removed:
+                    emit(progress, "warning", phase="rank", message=(
+                        f"removed {len(removed)} file(s) of an earlier ranking in {out_dir} for volumes no longer in "
+                        "the pool"))
                 reports = [_publish(r, staging, out_dir) for r in staged]
                 extra = {"encoders_identical": predictor.encoders_identical, "device": predictor.device.type,
                          "query_round": plan.to_dict()}

@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -423,14 +423,27 @@ def find_images(spec: PathLike) -> List[Path]:
     return files
 
 
-def match_labels(images: Sequence[Path], labels_dir: Optional[PathLike]) -> Dict[str, Path]:
-    """Label files in ``labels_dir`` whose case id equals an image's case id: ``{case_id: label_path}``."""
+def match_labels(images: Sequence[Path], labels_dir: Optional[PathLike],
+                 warn: Optional[Callable[[str], None]] = None) -> Dict[str, Path]:
+    """Label files in ``labels_dir`` whose case id equals an image's case id: ``{case_id: label_path}``.
+
+    Args:
+        warn: receives one sentence naming the label files that match no image (a typo in a file name, a label
+            whose image was left out of ``--images``); they are never used, and the user should know.
+    """
     if labels_dir is None:
         return {}
     folder = Path(labels_dir)
     if not folder.is_dir():
         raise InputError(f"{folder}: labels folder not found. Pass an existing folder to --labels.")
-    by_id = {case_id(p): p for p in folder.iterdir() if p.name.lower().endswith(SUPPORTED_SUFFIXES)}
+    by_id = {case_id(p): p for p in folder.iterdir()
+             if p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith(".")}
+    wanted = {case_id(image) for image in images}
+    orphans = sorted(name for name in by_id if name not in wanted)
+    if orphans and warn is not None:
+        shown = ", ".join(by_id[name].name for name in orphans[:8]) + (", ..." if len(orphans) > 8 else "")
+        warn(f"{len(orphans)} label file(s) in {folder} match no image and are not used: {shown}. Name each label "
+             "like its image, or add the image to --images.")
     return {case_id(image): by_id[case_id(image)] for image in images if case_id(image) in by_id}
 
 

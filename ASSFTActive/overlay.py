@@ -33,6 +33,15 @@ class OverlayConfig:
     max_regions: int = 5
     min_voxels: int = 5
 
+    def __post_init__(self) -> None:
+        # normalised entropy lies in [0, 1]: a threshold of 0 marks every voxel, one of 1 or more none
+        if isinstance(self.threshold, bool) or not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1 (normalised entropy), got {self.threshold}")
+        for name in ("max_regions", "min_voxels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Region:

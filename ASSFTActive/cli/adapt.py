@@ -106,10 +106,10 @@ def run_adaptation(args: argparse.Namespace, adapt: Callable[..., Any], config: 
     and :func:`add_run_arguments`: the volumes and labels, a progress bar, the ``--work-dir`` lock; print
     ``summary(result)``. ``extra`` goes to ``adapt`` (e.g. SFR's ``sam_prior``)."""
     from ..io import case_id, find_images, match_labels
-    from .common import resolve_device
+    from .common import resolve_device, warn_line
 
     images = find_images(args.images)
-    labels = match_labels(images, args.labels)
+    labels = match_labels(images, args.labels, warn=warn_line)
     bar, progress = progress_channel(args)
     try:
         with work_dir_lock(args.work_dir):

@@ -9,7 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from ..progress import Event
+from ..progress import DONE, Event, JobProgress, format_duration
 
 
 class Device(str, Enum):
@@ -54,28 +54,42 @@ def resolve_device(name: Optional[str]):
 
 
 class ProgressBar:
-    """Turns engine :class:`Event` records into a tqdm bar per phase on stderr; warnings are printed."""
+    """One bar per run on stderr, fed by engine :class:`Event` records through the job's progress model
+    (:class:`~ASSFTActive.progress.JobProgress`): the whole run's percentage, the phase and its step, and the time
+    left; no per-phase restarts and no step rates. Warnings are printed. :meth:`finish` ends it with a line in
+    words (done / failed / cancelled).
 
-    def __init__(self, enabled: bool = True):
+    Args:
+        enabled: draw the bar (warnings are printed either way).
+        kind: the run's job kind for the phase weights (``rank``, ``adapt``, ``sfr``, ``evaluate``; any other name
+            adds phases as they come).
+        volumes: the pool's size, for the weights before the first event of a per-volume phase.
+    """
+
+    #: The bar's text: no counts or rates (the units are the model's, not the phase's steps).
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+
+    def __init__(self, enabled: bool = True, kind: str = "", volumes: int = 1):
         self.enabled = enabled and sys.stderr is not None
+        self.model = JobProgress(kind, volumes=volumes)
         self._bar = None
-        self._phase: Optional[str] = None
 
     def __call__(self, event: Event) -> None:
         if event.event == "warning":
             self._write(f"warning: {event.message}")
             return
-        if event.event != "progress" or not self.enabled:
+        state = self.model.update(event)
+        if not self.enabled or event.event not in ("progress", "phase"):
             return
-        if self._bar is None or self._phase != event.phase:
-            self.close()
+        if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=event.total or None, desc=event.phase, unit="step", file=sys.stderr,
-                             leave=False, dynamic_ncols=True)
-            self._phase = event.phase
-        self._bar.n = event.step
-        self._bar.set_postfix_str(event.message[:40], refresh=False)
+            self._bar = tqdm(total=100, desc=self.model.kind or "progress", file=sys.stderr, leave=False,
+                             dynamic_ncols=True, bar_format=self.BAR_FORMAT)
+        self._bar.n = round(100 * state.fraction, 1)
+        left = f", {format_duration(state.remaining_s)} left" if state.remaining_s is not None else ""
+        step = f" {state.step}/{state.total}" if state.total else ""
+        self._bar.set_postfix_str(f"{state.phase}{step}{left}", refresh=False)
         self._bar.refresh()
 
     def _write(self, text: str) -> None:
@@ -83,6 +97,15 @@ class ProgressBar:
             self._bar.write(text, file=sys.stderr)
         else:
             print(text, file=sys.stderr)
+
+    def finish(self, status: str = DONE, message: str = ""):
+        """End the run (``done``, ``failed`` or ``cancelled``): close the bar and print the final state in words.
+        Returns the final :class:`~ASSFTActive.progress.ProgressState`."""
+        state = self.model.finish(status, message)
+        self.close()
+        if self.enabled:
+            print(state.describe(), file=sys.stderr)
+        return state
 
     def close(self) -> None:
         if self._bar is not None:
@@ -126,8 +149,9 @@ def read_settings_file(path: Optional[Path]) -> dict:
     return data
 
 
-def progress_channel(args: argparse.Namespace) -> Tuple[ProgressBar, Any]:
-    """The progress bar of a long command and the callback to hand the engine (it also watches for a cancel)."""
-    bar = ProgressBar(enabled=not args.quiet)
+def progress_channel(args: argparse.Namespace, kind: str = "") -> Tuple[ProgressBar, Any]:
+    """The progress bar of a long command (``kind``: its job kind, see :class:`ProgressBar`) and the callback to hand
+    the engine (it also watches for a cancel)."""
+    bar = ProgressBar(enabled=not args.quiet, kind=kind)
     cancellation = getattr(args, "cancellation", None)
     return bar, (cancellation.watch(bar) if cancellation is not None else bar)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import ProgressBar, add_device_argument
+from .common import ProgressBar, add_device_argument, warn_line
 
 
 def add_parser(subparsers) -> None:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import resolve_device
 
     images = find_images(args.images)
-    labels = match_labels(images, args.labels)
+    labels = match_labels(images, args.labels, warn=warn_line)
     if not labels:
         raise InputError(f"{args.labels}: no label file is named like an image of {args.images}; name each label "
                          "like its image (e.g. case_001.nii.gz in both folders).")

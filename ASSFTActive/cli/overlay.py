@@ -15,24 +15,30 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--image", required=True, type=Path, help="a NIfTI/NRRD/MetaImage volume")
     add_model_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--threshold", type=float, default=0.3, help="entropy threshold of a region (0..1)")
-    parser.add_argument("--max-regions", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=0.3,
+                        help="normalised entropy at or above which a voxel is uncertain, strictly between 0 and 1")
+    parser.add_argument("--max-regions", type=int, default=5,
+                        help="how many regions to list, largest total entropy first (1 or more)")
     add_device_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..api import make_predictor
+    from ..errors import InputError
     from ..io import case_id, read_volume
     from ..models import resolve_card
     from ..overlay import OverlayConfig, write_overlay
     from ..plausibility import check_image
     from ..query import QueryConfig, RegionSpec
 
+    try:  # the settings are checked before the image is read or the model loaded
+        config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)
+    except ValueError as exc:
+        raise InputError(f"{exc} (--threshold, --max-regions).") from exc
     image = check_image(read_volume(args.image))
     predictor = make_predictor(resolve_card(args.model), resolve_device(args.device))
     prediction = predictor.predict(image, regions=RegionSpec.from_config(QueryConfig()))
-    config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)
     map_path, regions_path = write_overlay(image, prediction.entropy_levels, prediction.region, args.out,
                                            case_id(args.image), config)
     regions = json.loads(regions_path.read_text())["regions"]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..query.config import Strategy
-from .common import ProgressBar, add_device_argument, add_model_argument, resolve_device
+from .common import ProgressBar, add_device_argument, add_model_argument, resolve_device, warn_line
 
 #: ``--strategy`` choices: the :class:`~ASSFTActive.query.Strategy` values.
 STRATEGIES = tuple(s.value for s in Strategy)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..query import QueryConfig
 
     images = find_images(args.images)
-    labeled = sorted(match_labels(images, args.labels))
+    labeled = sorted(match_labels(images, args.labels, warn=warn_line))
     card = resolve_card(args.model)
     try:
         query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds)
