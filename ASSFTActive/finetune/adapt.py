@@ -269,7 +269,8 @@ def decide_activation(run: AdaptRun, labeled: Sequence[LabeledVolume], cv: Optio
     if not guard.guard:
         return ActivationDecision(activate=True, method="unguarded", stop_step=stop, reason=(
             "the guard is off (validation.guard = false): activated without checking that it is better."))
-    return decide(cv, pool_check(run, run.network, labeled), guard.min_gain, stop, len(labeled))
+    return decide(cv, pool_check(run, run.network, labeled), guard.min_gain, stop, len(labeled),
+                  max_fold_loss=guard.max_fold_loss, min_gain_low=guard.min_gain_low)
 
 
 def summarise_metrics(run: AdaptRun, labeled: Sequence[LabeledVolume], before_report: EvaluationReport,

@@ -127,10 +127,14 @@ class TrainConfig:
             "lr_step_gamma": (0.0, 1.0, True)}, flags=("augment",), enums={"optimizer": Optimizer},
             optional=("lr_step_every",))
         if self.patch_size is not None:
-            patch = tuple(int(p) for p in self.patch_size)
-            if len(patch) != 3 or min(patch) < 1:
-                raise ValueError(f"TrainConfig.patch_size must be three positive integers, got {self.patch_size!r}.")
-            object.__setattr__(self, "patch_size", patch)
+            # the card's bounds (cards.MAX_PATCH_EDGE): a patch of 100000 voxels per axis is a typing mistake that
+            # would otherwise surface as an allocation of petabytes after the earlier stages ran
+            patch = tuple(self.patch_size) if isinstance(self.patch_size, (list, tuple)) else ()
+            if (len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) for p in patch)
+                    or min(patch) < 1 or max(patch) > 512):
+                raise ValueError(f"TrainConfig.patch_size must be three whole numbers from 1 to 512 voxels, got "
+                                 f"{self.patch_size!r}.")
+            object.__setattr__(self, "patch_size", tuple(int(p) for p in patch))
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -241,6 +245,24 @@ class ValidationConfig:
         every: score the held-out volumes every this many steps (and at the end of each stage), 25.
         min_gain: the cross-validated mean Dice at the stopping step must exceed the current model's by at least
             this much, 0.005.
+        max_fold_loss: besides the mean gain, no cross-validation fold may lose more than this much Dice at the
+            stopping step (a fold's gain is the mean gain of its held-out volumes), so a mean gain that hides a fold
+            far below zero is refused (:func:`~ASSFTActive.finetune.guard.judge`); ``None`` = not checked. Not yet
+            measured; default unchanged (``None``) until the calibration on the development split
+            (:mod:`ASSFTActive.finetune.guard_calibration`: false activation and false refusal over many labelled
+            sets) picks a value.
+        min_gain_low: the lower end of the gain's 95 % t-interval over the labelled volumes must reach this;
+            ``None`` = not checked. Not yet measured; default unchanged (``None``). With 2-3 labelled volumes the
+            interval is so wide that this refuses almost every model.
+        fold_fraction: each cross-validation fold trains this share of every stage's steps (its learning-rate
+            schedule and pseudo-weight ramp compressed alike), and its held-out curve is read at the final run's
+            steps (fold step / ``fold_fraction``), so the stopping step keeps its meaning; 1.0 = folds as long as
+            the final run. A shorter fold gains less, so the shortcut errs toward refusing, not toward activating.
+            Not yet measured on the development split; default unchanged (1.0). Cost on a tiny synthetic setting:
+            ``Testing/Benchmarks/results/guard_cost.json``.
+        fold_pool_cases: inside cross-validation folds the teacher pseudo-labels at most this many unlabelled
+            volumes (evenly spread over the sorted pool; the final run uses the whole pool); ``None`` = the whole
+            pool. Not yet measured; default unchanged (``None``).
         collapse_ratio: the pool check refuses a model that predicts less than this share of the current model's
             voxels of some class on the unlabelled pool (e.g. after training on empty labels), 0.2.
         pool_cases: unlabelled volumes predicted by both models for the pool check (evenly spread over the sorted
@@ -252,13 +274,20 @@ class ValidationConfig:
     folds: int = 3
     every: int = 25
     min_gain: float = 0.005
+    max_fold_loss: Optional[float] = None
+    min_gain_low: Optional[float] = None
+    fold_fraction: float = 1.0
+    fold_pool_cases: Optional[int] = None
     collapse_ratio: float = 0.2
     pool_cases: int = 8
     hd95: bool = True
 
     def __post_init__(self) -> None:
-        check_fields(self, numbers={"min_gain": (-1.0, 1.0, False), "collapse_ratio": (0.0, 1.0, False)},
-                     wholes={"folds": 2, "every": 1, "pool_cases": 0}, flags=("guard", "hd95"))
+        check_fields(self, numbers={"min_gain": (-1.0, 1.0, False), "collapse_ratio": (0.0, 1.0, False),
+                                    "max_fold_loss": (0.0, 1.0, False), "min_gain_low": (-1.0, 1.0, False),
+                                    "fold_fraction": (0.0, 1.0, True)},
+                     wholes={"folds": 2, "every": 1, "pool_cases": 0, "fold_pool_cases": 1},
+                     flags=("guard", "hd95"), optional=("max_fold_loss", "min_gain_low", "fold_pool_cases"))
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,7 @@ activation decision.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,16 +19,21 @@ from ..errors import InputError
 from ..evaluate import EvaluationReport, json_ready, mean_scored
 from ..io import read_volume
 from ..plausibility import check_image
+from ..progress import Event
 from .checkpoints import FoldScores
 from .guard import CrossValidation, PoolCheck, assign_folds, check_pool
 from .recipe import run_recipe
 from .state import AdaptRun, LabeledVolume
 
-__all__ = ["cross_validate", "cv_summary", "pool_check"]
+__all__ = ["cross_validate", "cv_summary", "fold_run", "fold_stage_steps", "pool_check", "to_final_step"]
 
 
 def cross_validate(run: AdaptRun, labeled: Sequence[LabeledVolume], before: EvaluationReport) -> CrossValidation:
     """Run the recipe once per fold from the current weights; score each fold's held-out volumes.
+
+    With ``validation.fold_fraction < 1`` each fold runs a shortened recipe (:func:`fold_run`) and its scores are
+    recorded at the final run's steps (:func:`to_final_step`); with ``validation.fold_pool_cases`` the folds
+    pseudo-label only part of the pool.
 
     Args:
         before: the current model on ``labeled`` (step 0 of every curve).
@@ -48,13 +54,73 @@ def cross_validate(run: AdaptRun, labeled: Sequence[LabeledVolume], before: Eval
                            folds=tuple(folds))
 
 
+def fold_stage_steps(iterations: int, semi_steps: int, fraction: float) -> Tuple[int, int]:
+    """Steps of a fold's supervised stage and of each of its semi-supervised rounds: ``fraction`` of the final
+    run's, rounded, at least 1."""
+    return max(1, int(round(iterations * fraction))), max(1, int(round(semi_steps * fraction)))
+
+
+def to_final_step(step: int, iterations: int, semi_steps: int, fold_iterations: int, fold_semi_steps: int) -> int:
+    """A fold's global step as the final run's step: each stage stretched linearly onto the final stage, so stage
+    ends meet stage ends (the supervised stage's last fold step is the final run's step ``iterations``).
+
+    Example: a final recipe of 100 + 100 steps and a fold of 33 + 33: fold step 33 -> 100, 66 -> 200, 10 -> 30.
+    """
+    if step <= fold_iterations:
+        return int(round(step * iterations / fold_iterations))
+    rounds_done, within = divmod(step - fold_iterations, fold_semi_steps)
+    if within == 0:
+        rounds_done, within = rounds_done - 1, fold_semi_steps
+    return iterations + rounds_done * semi_steps + int(round(within * semi_steps / fold_semi_steps))
+
+
+def fold_run(run: AdaptRun, progress_offset: int) -> AdaptRun:
+    """The run a cross-validation fold trains in: ``run`` itself when ``validation.fold_fraction`` is 1 and the
+    folds use the whole pool, else a copy with the shortened recipe (scored every ``every × fraction`` steps),
+    part of the pool, and training progress shown at the final run's steps (from ``progress_offset`` on)."""
+    config, validation = run.config, run.config.validation
+    fraction, wanted = validation.fold_fraction, validation.fold_pool_cases
+    pool = sorted(run.pool)
+    if fraction == 1.0 and (wanted is None or wanted >= len(pool)):
+        return run
+    iterations, semi = fold_stage_steps(config.train.iterations, config.semi_steps, fraction)
+    short = replace(config, train=replace(config.train, iterations=iterations), semi_iterations=semi,
+                    validation=replace(validation, every=max(1, int(round(validation.every * fraction)))))
+    images = dict(run.images)
+    if wanted is not None and wanted < len(pool):
+        kept = {pool[int(i)] for i in np.linspace(0, len(pool) - 1, wanted)}
+        images = {k: v for k, v in run.images.items() if k in run.labels or k in kept}
+
+    def forward(event: Event) -> None:
+        if run.progress is None:
+            return
+        if event.phase != "train":
+            run.progress(event)
+            return
+        step = progress_offset + to_final_step(max(0, event.step - progress_offset), config.train.iterations,
+                                               config.semi_steps, iterations, semi)
+        run.progress(replace(event, step=step, total=run.total_steps))
+
+    return replace(run, config=short, images=images, progress=forward)
+
+
 def _run_fold(run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count: int,
               held: Sequence[str]) -> FoldScores:
     held_cases = [c for c in labeled if c.case_id in held]
     train = [c for c in labeled if c.case_id not in held]
     scores: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {} for c in held}
+    offset = index * run.recipe_steps
+    fold = fold_run(run, offset)
+    short = fold.config
+
+    def final_step(step: int) -> int:
+        if fold is run:
+            return step
+        return to_final_step(step, run.config.train.iterations, run.config.semi_steps, short.train.iterations,
+                             short.semi_steps)
 
     def score(net: nn.Module, step: int) -> None:
+        step = final_step(step)
         report = run.evaluate(net, held_cases, hd95=False, phase="validate")
         for case in report.cases:
             scores[case.case_id][step] = tuple(case.dice)
@@ -62,11 +128,14 @@ def _run_fold(run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count
                  message=f"fold {index + 1}/{count}: held-out Dice {report.mean_dice():.3f} at step {step}",
                  metrics={"cv_dice": report.mean_dice(), "fold": float(index)})
 
+    shortened = "" if fold is run else (
+        f" ({short.train.iterations} + {short.semi_steps} steps per stage instead of {run.config.train.iterations} "
+        f"+ {run.config.semi_steps}, {len(fold.pool)} of {len(run.pool)} unlabelled volumes)")
     run.emit("phase", phase="validate", message=(
         f"cross-validation fold {index + 1} of {count}: adapting on {len(train)} labelled volume(s), scoring "
-        f"{', '.join(held)}"))
-    run_recipe(run, run.current_network(run.network), train, run.recipe_steps,
-               progress_offset=index * run.recipe_steps, label=f"fold {index + 1}/{count} ", scorer=score)
+        f"{', '.join(held)}{shortened}"))
+    run_recipe(fold, fold.current_network(fold.network), train, fold.recipe_steps, progress_offset=offset,
+               label=f"fold {index + 1}/{count} ", scorer=score)
     return FoldScores(held_out=tuple(held), scores=scores)
 
 

@@ -8,7 +8,11 @@ Pure functions on small records, each testable with a known answer:
   per-volume gains with a 95 % interval;
 * :func:`check_pool` compares what the current and the adapted model predict on unlabelled volumes and flags a
   collapse (a class that all but disappears, as after training on empty or wrong labels);
-* :func:`decide` turns both into an :class:`ActivationDecision` with a reason a user can read.
+* :func:`judge` applies the decision rule (:class:`GuardRule`: the mean gain, the worst fold, optionally the
+  interval's lower end) to the folds' gains, for the guard and for its calibration
+  (:mod:`.guard_calibration`);
+* :func:`decide` turns both into an :class:`ActivationDecision` with a reason a user can read: which check decided,
+  with the numbers, and what the folds can and cannot know (at two labelled volumes each fold trains on one).
 
 Why not a held-out labelled split: with two or three labelled volumes there is nothing to spare, and the labelled
 volumes are the only ones whose truth is known. Cross-validating the whole recipe uses each of them once as a
@@ -27,11 +31,15 @@ import numpy as np
 __all__ = [
     "ActivationDecision",
     "CrossValidation",
+    "GuardRule",
+    "Judgement",
     "PoolCheck",
     "assign_folds",
     "check_pool",
     "decide",
+    "judge",
     "mean_interval",
+    "what_folds_can_know",
 ]
 
 
@@ -114,6 +122,20 @@ class CrossValidation:
         index = self.steps.index(step)
         return {c: float(self.dice[c][index] - self.dice[c][0]) for c in self.cases}
 
+    def fold_cases(self) -> Tuple[Tuple[str, ...], ...]:
+        """The held-out volumes of each fold (one volume per fold when the folds were not recorded)."""
+        return tuple(self.folds) if self.folds else tuple((c,) for c in self.cases)
+
+    def fold_gains(self, step: int) -> Tuple[float, ...]:
+        """Mean gain of each fold's held-out volumes at ``step`` (NaN when none of them was scored)."""
+        gains = self.gains(step)
+        out = []
+        for held in self.fold_cases():
+            values = np.array([gains[c] for c in held if c in gains], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            out.append(float(values.mean()) if values.size else float("nan"))
+        return tuple(out)
+
     def to_dict(self) -> Dict[str, Any]:
         return {"steps": list(self.steps), "dice": {c: list(v) for c, v in self.dice.items()},
                 "dice_per_class": {c: [list(x) for x in v] for c, v in self.dice_per_class.items()},
@@ -189,18 +211,85 @@ def check_pool(current: Mapping[str, Sequence[int]], adapted: Mapping[str, Seque
 
 
 @dataclass(frozen=True)
+class GuardRule:
+    """When cross-validated evidence is enough to activate (see :class:`~.config.ValidationConfig`).
+
+    Attributes:
+        min_gain: the mean held-out gain over the labelled volumes must reach this.
+        max_fold_loss: no fold may lose more than this (a fold's gain is the mean gain of its held-out volumes);
+            ``None`` = no such limit. This is what refuses a model whose mean gain hides a fold far below zero.
+        min_gain_low: the lower end of the 95 % t-interval of the gain over the labelled volumes must reach this;
+            ``None`` = not used. With 2-3 labelled volumes the interval is very wide (t at 1-2 degrees of freedom),
+            so this refuses almost everything there.
+    """
+
+    min_gain: float = 0.005
+    max_fold_loss: Optional[float] = None
+    min_gain_low: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"min_gain": self.min_gain, "max_fold_loss": self.max_fold_loss, "min_gain_low": self.min_gain_low}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The rule applied to the gains: ``activate``, and ``failed``, the first check that refused (``"mean"``,
+    ``"worst_fold"``, ``"lower_bound"``; empty when activated). ``worst_fold`` is the index of the fold with the
+    smallest gain (-1 when no fold was scored)."""
+
+    activate: bool
+    failed: str
+    mean: float
+    low: float
+    high: float
+    worst_gain: float
+    worst_fold: int
+
+
+def judge(fold_gains: Sequence[float], rule: GuardRule, volume_gains: Optional[Sequence[float]] = None) -> Judgement:
+    """Apply ``rule`` to the held-out gains of one labelled set (pure: the guard and its calibration share it).
+
+    Args:
+        fold_gains: the mean held-out gain of each fold (NaN = nothing scored in that fold).
+        rule: the thresholds.
+        volume_gains: the gain of each labelled volume (the mean and the interval are taken over these);
+            default ``fold_gains`` (leave-one-out: one volume per fold).
+    """
+    folds = np.asarray(fold_gains, dtype=np.float64)
+    mean, low, high = mean_interval(list(folds if volume_gains is None else volume_gains))
+    scored = np.where(np.isnan(folds), np.inf, folds)
+    worst = int(np.argmin(scored)) if folds.size and np.isfinite(scored).any() else -1
+    worst_gain = float(folds[worst]) if worst >= 0 else float("nan")
+
+    def verdict(failed: str) -> Judgement:
+        return Judgement(not failed, failed, mean, low, high, worst_gain, worst)
+
+    if not mean >= rule.min_gain:  # a NaN gain (nothing scored) is no evidence of a gain
+        return verdict("mean")
+    if rule.max_fold_loss is not None and not worst_gain >= -rule.max_fold_loss:
+        return verdict("worst_fold")
+    if rule.min_gain_low is not None and not low >= rule.min_gain_low:  # NaN with one volume: refused
+        return verdict("lower_bound")
+    return verdict("")
+
+
+@dataclass(frozen=True)
 class ActivationDecision:
     """Whether a new version becomes active, and why (stored in the version's provenance and the job result).
 
     Attributes:
         activate: the verdict.
-        reason: one sentence for the user.
+        reason: what was checked and what it showed, for the user (several sentences).
         method: ``cross_validation``, ``too_few_labels`` or ``unguarded``.
         stop_step: the training step the final model stopped at.
         dice_before: cross-validated mean Dice of the current model (NaN without cross-validation).
         dice_after: cross-validated mean Dice of the recipe at ``stop_step``.
         gain: ``dice_after - dice_before``; ``gain_low``/``gain_high``: its 95 % interval over labelled volumes.
         pool: the pool check (``None`` when not run).
+        fold_gains: the mean held-out gain of each cross-validation fold at ``stop_step``.
+        volume_gains: ``{case_id: held-out gain}`` of each labelled volume at ``stop_step``.
+        rule: the thresholds the verdict applied (``None`` without cross-validation).
+        failed: the check that refused (``mean``, ``worst_fold``, ``lower_bound``, ``pool``), empty otherwise.
     """
 
     activate: bool
@@ -213,6 +302,10 @@ class ActivationDecision:
     gain_low: float = float("nan")
     gain_high: float = float("nan")
     pool: Optional[PoolCheck] = None
+    fold_gains: Tuple[float, ...] = ()
+    volume_gains: Mapping[str, float] = field(default_factory=dict)
+    rule: Optional[GuardRule] = None
+    failed: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         def clean(x: float) -> Optional[float]:
@@ -221,15 +314,37 @@ class ActivationDecision:
         return {"activate": self.activate, "reason": self.reason, "method": self.method, "stop_step": self.stop_step,
                 "dice_before": clean(self.dice_before), "dice_after": clean(self.dice_after),
                 "gain": clean(self.gain), "gain_low": clean(self.gain_low), "gain_high": clean(self.gain_high),
-                "pool": None if self.pool is None else self.pool.to_dict()}
+                "pool": None if self.pool is None else self.pool.to_dict(),
+                "fold_gains": [clean(g) for g in self.fold_gains],
+                "volume_gains": {c: clean(g) for c, g in self.volume_gains.items()},
+                "rule": None if self.rule is None else self.rule.to_dict(), "failed": self.failed}
+
+
+_OVERRIDE = "Stored but not activated (assft models activate makes it active anyway)."
+
+
+def what_folds_can_know(cv: CrossValidation, low: float, high: float) -> str:
+    """One or two sentences on what this cross-validation can and cannot show (said with every verdict)."""
+    n = len(cv.cases)
+    if n == 2:
+        return ("With 2 labelled volumes each fold adapts on one volume and scores the other: this shows whether "
+                "adapting on one labelled volume helped the other, not how the model trained on both does on the "
+                "rest of the site, and 2 values give no useful interval. Label more volumes for firmer evidence.")
+    interval = f"[{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "not available"
+    return (f"The 95 % interval of the gain over the {n} labelled volumes is {interval}; it says how the recipe "
+            f"does on volumes like these {n}, not on the whole site.")
 
 
 def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: float, stop_step: int,
-           labelled: int) -> ActivationDecision:
+           labelled: int, max_fold_loss: Optional[float] = None,
+           min_gain_low: Optional[float] = None) -> ActivationDecision:
     """The guard's verdict.
 
-    Activate only when cross-validation over at least two labelled volumes shows a mean held-out Dice gain of at
-    least ``min_gain`` at the stopping step, and the pool check (when run) found no collapsed class.
+    Activate only when cross-validation over at least two labelled volumes passes :func:`judge` at the stopping
+    step (a mean held-out Dice gain of at least ``min_gain``, no fold losing more than ``max_fold_loss``, and
+    the interval's lower end at least ``min_gain_low``, the last two when set), and the pool check (when run)
+    found no collapsed class. The reason says which check decided, with the numbers, and what the folds can and
+    cannot know (:func:`what_folds_can_know`).
 
     Args:
         cv: the cross-validation (``None`` with fewer than two labelled volumes).
@@ -238,29 +353,63 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
         stop_step: the step the final model was trained to (with cross-validation, one of ``cv.steps``: the
             verdict is read there).
         labelled: number of usable labelled volumes.
+        max_fold_loss: the largest loss any fold may show (``None``: not checked).
+        min_gain_low: the smallest allowed lower end of the gain's 95 % interval (``None``: not checked).
     """
     if cv is None:
         return ActivationDecision(
-            activate=False, method="too_few_labels", stop_step=stop_step, pool=pool,
+            activate=False, method="too_few_labels", stop_step=stop_step, pool=pool, failed="too_few_labels",
             reason=(f"only {labelled} labelled volume(s): nothing can be held out to check that the adapted model is "
                     "better, so it was stored but not activated. Label at least one more volume, or activate it "
                     "yourself (assft models activate)."))
-    gains = cv.gains(stop_step)
-    mean, low, high = mean_interval(list(gains.values()))
+    rule = GuardRule(min_gain=min_gain, max_fold_loss=max_fold_loss, min_gain_low=min_gain_low)
+    volume_gains = cv.gains(stop_step)
+    fold_gains = cv.fold_gains(stop_step)
+    verdict = judge(fold_gains, rule, list(volume_gains.values()))
     index = cv.steps.index(stop_step)
     before = mean_interval([cv.dice[c][0] for c in cv.cases])[0]
     after = mean_interval([cv.dice[c][index] for c in cv.cases])[0]
-    common = dict(method="cross_validation", stop_step=stop_step, dice_before=before, dice_after=after, gain=mean,
-                  gain_low=low, gain_high=high, pool=pool)
+    common = dict(method="cross_validation", stop_step=stop_step, dice_before=before, dice_after=after,
+                  gain=verdict.mean, gain_low=verdict.low, gain_high=verdict.high, pool=pool,
+                  fold_gains=tuple(fold_gains), volume_gains=dict(volume_gains), rule=rule)
     scores = f"cross-validated mean Dice {before:.3f} -> {after:.3f} on {len(cv.cases)} labelled volume(s)"
-    if not mean >= min_gain:  # a NaN gain (nothing scored) is no evidence of a gain
-        return ActivationDecision(activate=False, **common, reason=(
-            f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}); stored but "
-            "not activated (assft models activate makes it active anyway)."))
+    limits = what_folds_can_know(cv, verdict.low, verdict.high)
+    mean = verdict.mean
+    worst = _fold_words(cv, verdict)
+    if verdict.failed == "mean":
+        return ActivationDecision(activate=False, failed="mean", **common, reason=(
+            f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}). {limits} "
+            + _OVERRIDE))
+    if verdict.failed == "worst_fold":
+        return ActivationDecision(activate=False, failed="worst_fold", **common, reason=(
+            f"not activated although the mean gain is {mean:+.3f} ({scores}): {worst} lost "
+            f"{-verdict.worst_gain:.3f}, more than the {max_fold_loss:.3f} allowed (validation.max_fold_loss). "
+            f"The folds disagree, so the adapted model may be worse on part of the site. {limits} " + _OVERRIDE))
+    if verdict.failed == "lower_bound":
+        return ActivationDecision(activate=False, failed="lower_bound", **common, reason=(
+            f"not activated although the mean gain is {mean:+.3f} ({scores}): the lower end of its 95 % interval, "
+            f"{verdict.low:+.3f}, is below the {min_gain_low:+.3f} required (validation.min_gain_low). {limits} "
+            + _OVERRIDE))
     if pool is not None and not pool.passed:
-        return ActivationDecision(activate=False, **common, reason=(
+        return ActivationDecision(activate=False, failed="pool", **common, reason=(
             f"its predictions on the unlabelled pool collapsed for {', '.join(pool.collapsed)} (far fewer voxels "
             f"than the current model predicts), although {scores}; the labels may be empty or of another structure. "
-            "Stored but not activated."))
-    return ActivationDecision(activate=True, **common, reason=f"better than the current model: {scores} "
-                                                              f"(gain {mean:+.3f}).")
+            + _OVERRIDE))
+    if max_fold_loss is not None:
+        spread = (f"no fold lost more than the {max_fold_loss:.3f} allowed (worst: {worst}, "
+                  f"{verdict.worst_gain:+.3f})")
+    elif verdict.worst_gain < 0:
+        spread = (f"note: {worst} lost {-verdict.worst_gain:.3f}; no limit on a fold's loss is set "
+                  "(validation.max_fold_loss)")
+    else:
+        spread = f"every fold gained (worst: {worst}, {verdict.worst_gain:+.3f})"
+    return ActivationDecision(activate=True, **common, reason=(
+        f"better than the current model: {scores} (gain {mean:+.3f} >= {min_gain:+.3f}); {spread}. {limits}"))
+
+
+def _fold_words(cv: CrossValidation, verdict: Judgement) -> str:
+    """``fold 2 (case_a, case_b)``: the fold with the smallest gain."""
+    if verdict.worst_fold < 0:
+        return "no fold"
+    held = cv.fold_cases()[verdict.worst_fold]
+    return f"fold {verdict.worst_fold + 1} ({', '.join(held)})"

@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from ASSFTActive.finetune.guard import CrossValidation, assign_folds, check_pool, decide, mean_interval
+from ASSFTActive.finetune.guard import (
+    CrossValidation,
+    GuardRule,
+    assign_folds,
+    check_pool,
+    decide,
+    judge,
+    mean_interval,
+)
 
 
 def test_every_labelled_volume_is_held_out_exactly_once():
@@ -95,3 +103,69 @@ def test_one_labelled_volume_is_never_activated_by_the_guard():
     decision = decide(None, None, min_gain=0.005, stop_step=600, labelled=1)
     assert not decision.activate and decision.method == "too_few_labels"
     assert "assft models activate" in decision.reason
+
+
+def _cv_folds(steps, folds, **dice):
+    return CrossValidation(steps=steps, dice={k: tuple(v) for k, v in dice.items()},
+                           dice_per_class={k: tuple((x,) for x in v) for k, v in dice.items()}, folds=folds)
+
+
+def test_a_mean_gain_with_one_fold_far_below_zero_is_refused_with_that_fold_named():
+    """ACDC mild B = 4 of the audit: a positive mean gain, one fold far below zero."""
+    folds = (("a",), ("b",), ("c", "d"))
+    cv = _cv_folds((0, 100), folds, a=(0.60, 0.70), b=(0.60, 0.72), c=(0.60, 0.45), d=(0.60, 0.68))
+    assert cv.fold_gains(100) == pytest.approx((0.10, 0.12, -0.035))
+    permissive = decide(cv, None, min_gain=0.005, stop_step=100, labelled=4)
+    assert permissive.activate and "fold 3 (c, d) lost 0.035" in permissive.reason, "the loss is said even when allowed"
+    guarded = decide(cv, None, min_gain=0.005, stop_step=100, labelled=4, max_fold_loss=0.02)
+    assert not guarded.activate and guarded.failed == "worst_fold"
+    assert guarded.gain == pytest.approx(0.0375), "the mean over the four volumes"
+    assert "fold 3 (c, d) lost 0.035, more than the 0.020 allowed" in guarded.reason
+    assert "assft models activate" in guarded.reason
+    record = guarded.to_dict()
+    assert record["fold_gains"] == pytest.approx([0.10, 0.12, -0.035]) and record["failed"] == "worst_fold"
+    assert record["rule"] == {"min_gain": 0.005, "max_fold_loss": 0.02, "min_gain_low": None}
+    assert record["volume_gains"]["c"] == pytest.approx(-0.15)
+
+
+def test_a_consistent_gain_is_activated_under_the_fold_loss_limit():
+    folds = (("a",), ("b",), ("c",))
+    cv = _cv_folds((0, 100), folds, a=(0.60, 0.66), b=(0.50, 0.55), c=(0.70, 0.695))
+    decision = decide(cv, None, min_gain=0.005, stop_step=100, labelled=3, max_fold_loss=0.02)
+    assert decision.activate and decision.failed == ""
+    assert "better than the current model" in decision.reason
+    assert "no fold lost more than the 0.020 allowed (worst: fold 3 (c), -0.005)" in decision.reason
+    assert "95 % interval of the gain over the 3 labelled volumes" in decision.reason
+
+
+def test_the_lower_bound_rule_refuses_what_the_interval_cannot_vouch_for():
+    folds = (("a",), ("b",), ("c",))
+    cv = _cv_folds((0, 100), folds, a=(0.6, 0.7), b=(0.6, 0.61), c=(0.6, 0.62))
+    decision = decide(cv, None, min_gain=0.005, stop_step=100, labelled=3, min_gain_low=0.0)
+    assert decision.gain_low < 0 and not decision.activate and decision.failed == "lower_bound"
+    assert "lower end of its 95 % interval" in decision.reason
+    assert decide(cv, None, min_gain=0.005, stop_step=100, labelled=3, min_gain_low=-0.2).activate
+
+
+def test_with_two_labelled_volumes_the_verdict_says_what_it_can_and_cannot_know():
+    cv = _cv_folds((0, 100), (("a",), ("b",)), a=(0.6, 0.7), b=(0.5, 0.6))
+    decision = decide(cv, None, min_gain=0.005, stop_step=100, labelled=2, max_fold_loss=0.02)
+    assert decision.activate
+    assert "each fold adapts on one volume and scores the other" in decision.reason
+    assert "2 values give no useful interval" in decision.reason
+    refused = decide(_cv_folds((0, 100), (("a",), ("b",)), a=(0.6, 0.8), b=(0.5, 0.45)), None, min_gain=0.005,
+                     stop_step=100, labelled=2, max_fold_loss=0.02)
+    assert not refused.activate and "fold 2 (b) lost 0.050" in refused.reason
+    assert "each fold adapts on one volume" in refused.reason
+
+
+def test_judge_applies_the_checks_in_order_and_a_fold_with_nothing_scored_is_no_evidence():
+    rule = GuardRule(min_gain=0.01, max_fold_loss=0.03)
+    assert judge([0.05, 0.02, -0.01], rule).activate
+    assert judge([0.005, 0.0, 0.0], rule).failed == "mean"
+    worst = judge([0.2, 0.1, -0.05], rule)
+    assert worst.failed == "worst_fold" and worst.worst_fold == 2 and worst.worst_gain == pytest.approx(-0.05)
+    assert judge([0.05, math.nan], rule).activate, "an unscored fold neither refuses nor activates by itself"
+    assert judge([math.nan, math.nan], rule).failed == "mean"
+    assert judge([0.1, 0.1, 0.1], GuardRule(min_gain=0.0), volume_gains=[0.3, 0.0, 0.0, 0.0]).mean == pytest.approx(
+        0.075), "the mean is over volumes when they are given"

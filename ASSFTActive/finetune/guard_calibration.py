@@ -1,0 +1,175 @@
+"""Calibration of the guard's decision rule: how often it activates a worse model and refuses a better one.
+
+Input: one record per labelled set of a benchmark (the development split), with the cross-validated gains the guard
+saw and the gain the adapted model really had on that split's test cases. The same :func:`~.guard.judge` the guard
+uses is applied under each candidate rule, and two rates come out:
+
+* **false activation**: among the sets whose adapted model is worse than the current one on the test cases by more
+  than ``worse`` (0.01), the share the rule activates;
+* **false refusal**: among the sets whose adapted model is better by more than ``better`` (0.02), the share the rule
+  refuses.
+
+A rate is ``None`` when no set falls in its group (nothing to err on); the counts are always given. Input JSON::
+
+    {"sets": [{"setting": "hippocampus_mild", "budget": 4, "set": "draw0",
+               "fold_gains": [0.03, -0.01, 0.02], "volume_gains": [0.03, -0.02, 0.0, 0.02],
+               "test_gain": 0.015}, ...]}
+
+``fold_gains`` / ``volume_gains`` may instead come as the guard's own record, ``"activation": {...}`` (the
+``activation`` of a job result or of a version's provenance, which holds both). ``volume_gains`` is optional (the
+fold gains stand in for it, as at leave-one-out).
+
+Command line (prints a table, writes JSON with ``--out``)::
+
+    python -m ASSFTActive.finetune.guard_calibration sets.json --max-fold-loss none 0.01 0.02 0.05 --out calib.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from ..io import atomic_write_text
+from .guard import GuardRule, judge
+
+__all__ = ["CalibrationRecord", "calibrate", "main", "read_records", "sweep"]
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """One labelled set: what the guard saw (held-out gains per fold and per volume) and the truth on the test cases.
+
+    Attributes:
+        setting: e.g. ``hippocampus_mild``; ``budget``: labelled volumes; ``labelled_set``: the set's name.
+        fold_gains: mean held-out gain of each cross-validation fold at the stopping step.
+        volume_gains: held-out gain of each labelled volume (``None``: the fold gains stand in).
+        test_gain: adapted minus current mean Dice on the split's test cases.
+    """
+
+    setting: str
+    budget: int
+    labelled_set: str
+    fold_gains: Tuple[float, ...]
+    volume_gains: Optional[Tuple[float, ...]]
+    test_gain: float
+
+
+def _floats(values: Iterable[Any], where: str) -> Tuple[float, ...]:
+    try:
+        return tuple(float("nan") if v is None else float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a list of numbers (null = not scored)") from None
+
+
+def read_records(data: Mapping[str, Any]) -> List[CalibrationRecord]:
+    """The records of the input JSON (see the module docstring).
+
+    Raises:
+        ValueError: no ``sets`` list, or a set without gains or ``test_gain``, naming the set.
+    """
+    sets = data.get("sets") if isinstance(data, Mapping) else None
+    if not isinstance(sets, list) or not sets:
+        raise ValueError('the calibration input must be a JSON object with a non-empty list "sets"')
+    records = []
+    for index, item in enumerate(sets):
+        where = f"sets[{index}]"
+        source = item.get("activation") or item
+        if "fold_gains" not in source or "test_gain" not in item:
+            raise ValueError(f'{where}: needs "fold_gains" (or "activation" holding them) and "test_gain"')
+        volumes = source.get("volume_gains")
+        if isinstance(volumes, Mapping):
+            volumes = list(volumes.values())
+        records.append(CalibrationRecord(
+            setting=str(item.get("setting", "")), budget=int(item.get("budget", 0)),
+            labelled_set=str(item.get("set", index)), fold_gains=_floats(source["fold_gains"], where),
+            volume_gains=None if volumes is None else _floats(volumes, where),
+            test_gain=float(item["test_gain"])))
+    return records
+
+
+def _rate(count: int, total: int) -> Optional[float]:
+    return None if total == 0 else count / total
+
+
+def calibrate(records: Sequence[CalibrationRecord], rule: GuardRule, worse: float = 0.01,
+              better: float = 0.02) -> Dict[str, Any]:
+    """False activation and false refusal of ``rule`` over ``records``, overall and per (setting, budget).
+
+    Returns:
+        ``{"rule", "sets", "activated", "worse_sets", "false_activations", "false_activation_rate", "better_sets",
+        "false_refusals", "false_refusal_rate", "by_setting": {"<setting> B=<budget>": {same counts}}}``.
+    """
+    def count(group: Sequence[CalibrationRecord]) -> Dict[str, Any]:
+        verdicts = [judge(r.fold_gains, rule, r.volume_gains).activate for r in group]
+        worse_sets = [a for r, a in zip(group, verdicts) if r.test_gain < -worse]
+        better_sets = [a for r, a in zip(group, verdicts) if r.test_gain > better]
+        false_activations, false_refusals = sum(worse_sets), sum(not a for a in better_sets)
+        return {"sets": len(group), "activated": sum(verdicts),
+                "worse_sets": len(worse_sets), "false_activations": false_activations,
+                "false_activation_rate": _rate(false_activations, len(worse_sets)),
+                "better_sets": len(better_sets), "false_refusals": false_refusals,
+                "false_refusal_rate": _rate(false_refusals, len(better_sets))}
+
+    groups: Dict[str, List[CalibrationRecord]] = {}
+    for record in records:
+        groups.setdefault(f"{record.setting} B={record.budget}", []).append(record)
+    result = {"rule": rule.to_dict(), "worse": worse, "better": better}
+    result.update(count(records))
+    result["by_setting"] = {key: count(group) for key, group in sorted(groups.items())}
+    return result
+
+
+def sweep(records: Sequence[CalibrationRecord], min_gains: Sequence[float],
+          max_fold_losses: Sequence[Optional[float]], worse: float = 0.01,
+          better: float = 0.02) -> List[Dict[str, Any]]:
+    """:func:`calibrate` for every pair of ``min_gain`` and ``max_fold_loss``."""
+    return [calibrate(records, GuardRule(min_gain=g, max_fold_loss=m), worse, better)
+            for g in min_gains for m in max_fold_losses]
+
+
+def _optional_float(text: str) -> Optional[float]:
+    return None if text.lower() == "none" else float(text)
+
+
+def _show(rate: Optional[float]) -> str:
+    return "-" if rate is None or (isinstance(rate, float) and math.isnan(rate)) else f"{100 * rate:.0f} %"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ASSFTActive.finetune.guard_calibration",
+                                     description="False activation / refusal of guard rules over labelled sets.")
+    parser.add_argument("input", type=Path, help="JSON with a list \"sets\" (see the module docstring)")
+    parser.add_argument("--min-gain", type=float, nargs="+", default=[0.005])
+    parser.add_argument("--max-fold-loss", type=_optional_float, nargs="+", default=[None],
+                        help="limits on a fold's loss to try ('none' = no limit)")
+    parser.add_argument("--worse", type=float, default=0.01, help="a test loss beyond this makes activation false")
+    parser.add_argument("--better", type=float, default=0.02, help="a test gain beyond this makes refusal false")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        records = read_records(json.loads(args.input.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.input}: {exc}", file=sys.stderr)
+        return 2
+    rows = sweep(records, args.min_gain, args.max_fold_loss, args.worse, args.better)
+    print(f"{len(records)} labelled sets from {args.input}")
+    print("| min_gain | max_fold_loss | activated | false activation | false refusal |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        rule = row["rule"]
+        print(f"| {rule['min_gain']:.3f} | {rule['max_fold_loss'] if rule['max_fold_loss'] is not None else 'none'} "
+              f"| {row['activated']}/{row['sets']} | {_show(row['false_activation_rate'])} "
+              f"({row['false_activations']}/{row['worse_sets']}) | {_show(row['false_refusal_rate'])} "
+              f"({row['false_refusals']}/{row['better_sets']}) |")
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps({"input": str(args.input), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

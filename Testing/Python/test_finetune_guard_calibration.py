@@ -1,0 +1,72 @@
+"""The guard's calibration on hand-built labelled sets with known false-activation and false-refusal counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ASSFTActive.finetune.guard import GuardRule
+from ASSFTActive.finetune.guard_calibration import calibrate, main, read_records, sweep
+
+SETS = {"sets": [
+    # consistent gain, better on test: activated by both rules
+    {"setting": "s", "budget": 2, "set": "d0", "fold_gains": [0.05, 0.04], "test_gain": 0.05},
+    # mean gain hiding a fold far below zero, worse on test: the mean-only rule activates it (false activation)
+    {"setting": "s", "budget": 4, "set": "d1", "fold_gains": [0.10, 0.08, -0.12], "test_gain": -0.03},
+    # a fold slightly below zero, better on test: refused by a tight limit (false refusal), kept by a loose one
+    {"setting": "s", "budget": 4, "set": "d2", "fold_gains": [0.06, 0.05, -0.015], "test_gain": 0.04},
+    # no gain, no change on test: refused, counts in neither group
+    {"setting": "s", "budget": 4, "set": "d3", "fold_gains": [0.0, -0.01], "test_gain": 0.0},
+    # the guard's own record as input
+    {"setting": "t", "budget": 2, "set": "d4", "test_gain": -0.02,
+     "activation": {"fold_gains": [0.01, 0.02], "volume_gains": {"a": 0.01, "b": 0.02}}},
+]}
+
+
+def test_the_mean_only_rule_activates_a_worse_model_and_the_fold_limit_refuses_it():
+    records = read_records(SETS)
+    mean_only = calibrate(records, GuardRule(min_gain=0.005))
+    assert (mean_only["worse_sets"], mean_only["false_activations"]) == (2, 2)
+    assert mean_only["false_activation_rate"] == 1.0
+    assert (mean_only["better_sets"], mean_only["false_refusals"], mean_only["false_refusal_rate"]) == (2, 0, 0.0)
+    tight = calibrate(records, GuardRule(min_gain=0.005, max_fold_loss=0.01))
+    assert (tight["false_activations"], tight["false_refusals"]) == (1, 1), "d4 has no losing fold; d2 is refused"
+    assert tight["false_activation_rate"] == 0.5 and tight["false_refusal_rate"] == 0.5
+    loose = calibrate(records, GuardRule(min_gain=0.005, max_fold_loss=0.05))
+    assert (loose["false_activations"], loose["false_refusals"]) == (1, 0)
+    assert loose["by_setting"]["s B=4"] == {"sets": 3, "activated": 1, "worse_sets": 1, "false_activations": 0,
+                                            "false_activation_rate": 0.0, "better_sets": 1, "false_refusals": 0,
+                                            "false_refusal_rate": 0.0}
+
+
+def test_a_rate_with_no_set_to_err_on_is_none_not_zero():
+    records = read_records({"sets": [{"fold_gains": [0.1, 0.1], "test_gain": 0.0}]})
+    result = calibrate(records, GuardRule())
+    assert result["false_activation_rate"] is None and result["false_refusal_rate"] is None
+    assert result["sets"] == result["activated"] == 1
+
+
+def test_sweep_covers_every_pair_of_thresholds():
+    rows = sweep(read_records(SETS), [0.0, 0.03], [None, 0.02])
+    assert [(r["rule"]["min_gain"], r["rule"]["max_fold_loss"]) for r in rows] == [
+        (0.0, None), (0.0, 0.02), (0.03, None), (0.03, 0.02)]
+    assert rows[2]["activated"] == 2, "a min_gain of 0.03 keeps d0 (mean 0.045) and d2 (0.032) only"
+
+
+def test_bad_input_names_the_set():
+    with pytest.raises(ValueError, match=r"sets\[0\].*test_gain"):
+        read_records({"sets": [{"fold_gains": [0.1]}]})
+    with pytest.raises(ValueError, match="non-empty list"):
+        read_records({"rows": []})
+
+
+def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
+    source = tmp_path / "sets.json"
+    source.write_text(json.dumps(SETS))
+    out = tmp_path / "calibration.json"
+    assert main([str(source), "--max-fold-loss", "none", "0.01", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0.005 | none | 4/5 | 100 % (2/2) | 0 % (0/2) |" in printed
+    assert [r["false_activations"] for r in json.loads(out.read_text())["rows"]] == [2, 1]
+    assert main([str(tmp_path / "missing.json")]) == 2
