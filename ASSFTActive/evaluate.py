@@ -71,9 +71,15 @@ def mean_scored(values: Iterable[float]) -> float:
 
 def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
                    spacing: Sequence[float]) -> Tuple[float, ...]:
-    """95th-percentile symmetric Hausdorff distance (mm) of each foreground class; NaN when a map lacks the class."""
+    """95th-percentile symmetric Hausdorff distance (mm) of each foreground class; NaN when a map lacks the class.
+
+    MONAI's edge and surface-distance pieces (``get_mask_edges``, ``get_surface_distance``), combined as
+    ``compute_hausdorff_distance(percentile=95)`` does (the larger of the two directed 95th percentiles), called
+    without the argument MONAI 1.5+ deprecates: ``compute_hausdorff_distance`` itself passes
+    ``always_return_as_numpy`` and prints a FutureWarning on every call.
+    """
     import torch
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.utils import get_mask_edges, get_surface_distance
 
     out = []
     for c in range(1, num_classes):
@@ -81,9 +87,11 @@ def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
         if not p.any() or not t.any():
             out.append(float("nan"))
             continue
-        value = compute_hausdorff_distance(torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None],
-                                           percentile=95, spacing=[float(s) for s in spacing])
-        out.append(float(value.item()))
+        edges_p, edges_t = get_mask_edges(torch.from_numpy(p), torch.from_numpy(t), crop=True)
+        steps = [float(s) for s in spacing]
+        forward = torch.as_tensor(get_surface_distance(edges_p, edges_t, spacing=steps), dtype=torch.float64)
+        backward = torch.as_tensor(get_surface_distance(edges_t, edges_p, spacing=steps), dtype=torch.float64)
+        out.append(max(float(torch.quantile(d, 0.95)) if d.numel() else 0.0 for d in (forward, backward)))
     return tuple(out)
 
 

@@ -111,13 +111,10 @@ def run_adaptation(args: argparse.Namespace, adapt: Callable[..., Any], config: 
     images = find_images(args.images)
     labels = match_labels(images, args.labels, warn=warn_line)
     bar, progress = progress_channel(args)
-    try:
-        with work_dir_lock(args.work_dir):
-            result = adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
-                           name=args.name, config=config, progress=progress, work_dir=args.work_dir,
-                           predictions_dir=args.predictions, device=resolve_device(args.device), **extra)
-    finally:
-        bar.close()
+    with bar.job(), work_dir_lock(args.work_dir):
+        result = adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
+                       name=args.name, config=config, progress=progress, work_dir=args.work_dir,
+                       predictions_dir=args.predictions, device=resolve_device(args.device), **extra)
     print(summary(result))
     return 0
 

@@ -4,12 +4,13 @@ events."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from ..progress import DONE, Event, JobProgress, format_duration
+from ..progress import CANCELLED, DONE, FAILED, Event, JobProgress, format_duration
 
 
 class Device(str, Enum):
@@ -107,10 +108,31 @@ class ProgressBar:
             print(state.describe(), file=sys.stderr)
         return state
 
+    @contextlib.contextmanager
+    def job(self):
+        """``with bar.job(): ...`` runs the command's work and ends the bar in words: ``done``, ``cancelled`` on
+        :class:`~ASSFTActive.errors.CancelledError` or Ctrl-C, else ``failed`` with the error (which propagates)."""
+        from ..errors import CancelledError
+
+        try:
+            yield self
+        except (CancelledError, KeyboardInterrupt):
+            self.finish(CANCELLED)
+            raise
+        except BaseException as exc:
+            self.finish(FAILED, str(exc))
+            raise
+        self.finish(DONE)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def warn_line(message: str) -> None:
+    """Print a ``warning:`` line on stderr (e.g. label files that match no image)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +174,6 @@ def read_settings_file(path: Optional[Path]) -> dict:
 def progress_channel(args: argparse.Namespace, kind: str = "") -> Tuple[ProgressBar, Any]:
     """The progress bar of a long command (``kind``: its job kind, see :class:`ProgressBar`) and the callback to hand
     the engine (it also watches for a cancel)."""
-    bar = ProgressBar(enabled=not args.quiet, kind=kind)
+    bar = ProgressBar(enabled=not args.quiet, kind=kind or getattr(args, "command", "") or "")
     cancellation = getattr(args, "cancellation", None)
     return bar, (cancellation.watch(bar) if cancellation is not None else bar)

@@ -48,13 +48,11 @@ def run(args: argparse.Namespace) -> int:
         query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds)
     except ValueError as exc:  # e.g. --rounds 0 or a negative --seed
         raise InputError(f"{exc} (--strategy, --seed, --rounds)") from exc
-    bar = ProgressBar(enabled=not args.quiet)
-    try:
+    bar = ProgressBar(enabled=not args.quiet, kind="rank", volumes=len(images))
+    with bar.job():
         result = rank_pool(images, card, args.budget, args.out, labeled_ids=labeled, query=query,
                            device=resolve_device(args.device), feature_cache=args.feature_cache,
                            write_outputs=not args.no_overlays, progress=bar)
-    finally:
-        bar.close()
     print(format_ranking(result.ranking, limit=max(args.budget, 10)))
     if query.rounds > 1:
         plan = round_plan([case_id(p) for p in images], labeled, args.budget, query)

@@ -1,0 +1,142 @@
+"""One progress model for a whole job (ASSFTActive.progress.JobProgress): monotonic, weighted by phase cost, a time
+left, a final state in words; the command-line bar that uses it; hd95 without MONAI's FutureWarning."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+from ASSFTActive.progress import CANCELLED, DONE, FAILED, Event, JobProgress, format_duration
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def adaptEvents():
+    """The events of an adapt job on 12 volumes (3 labelled) as the worker sends them, with the seconds each took
+    on the sample: start-up, load, evaluate, 300 train steps (a fold restart would not restart the bar), two
+    pseudo-labelling rounds, predict, commit, re-rank."""
+    events = [(9.0, Event("phase", phase="start"))]
+    events += [(0.15, Event("progress", phase="load", step=i, total=12)) for i in range(1, 13)]
+    events += [(0.3, Event("progress", phase="evaluate", step=i, total=3)) for i in range(1, 4)]
+    events += [(1.2, Event("progress", phase="train", step=i, total=300)) for i in range(1, 301)]
+    for _ in range(2):
+        events += [(0.25, Event("progress", phase="pseudo", step=i, total=9)) for i in range(1, 10)]
+    events += [(0.25, Event("progress", phase="predict", step=i, total=12)) for i in range(1, 13)]
+    events += [(1.0, Event("phase", phase="commit"))]
+    events += [(0.25, Event("progress", phase="rank", step=i, total=12)) for i in range(1, 13)]
+    return events
+
+
+def test_adapt_job_fraction_only_moves_forward_and_follows_time_not_phases():
+    clock = Clock()
+    model = JobProgress("adapt", volumes=12, clock=clock)
+    fractions, times = [], []
+    events = adaptEvents()
+    total_time = sum(seconds for seconds, _ in events)
+    for seconds, event in events:
+        clock.now += seconds
+        state = model.update(event)
+        fractions.append(state.fraction)
+        times.append(clock.now / total_time)
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    assert fractions[-1] < 1.0 and model.state.status == "running"
+    # weighted by cost: the fraction stays close to the share of the time spent (per-phase bars were off by 50 %)
+    assert max(abs(f - t) for f, t in zip(fractions, times)) < 0.1
+    assert model.finish(DONE).fraction == 1.0
+
+
+def test_time_left_estimate_is_close_halfway_through_training():
+    clock = Clock()
+    model = JobProgress("adapt", volumes=12, clock=clock)
+    events = adaptEvents()
+    total_time = sum(seconds for seconds, _ in events)
+    for seconds, event in events:
+        clock.now += seconds
+        state = model.update(event)
+        if event.phase == "train" and event.step == 150:
+            break
+    assert state.remaining_s is not None
+    assert state.remaining_s == pytest.approx(total_time - clock.now, rel=0.15)
+    assert "left" in state.describe() and "train step 150/300" in state.describe()
+
+
+def test_failed_and_cancelled_jobs_never_end_on_a_full_bar_and_say_so_in_words():
+    for status, words in ((FAILED, "failed at"), (CANCELLED, "cancelled at")):
+        model = JobProgress("adapt", volumes=4)
+        model.update(Event("progress", phase="load", step=2, total=4))
+        end = model.finish(status, "the labels look wrong")
+        assert end.status == status and end.fraction < 1.0 and words in end.describe()
+        assert end.colour in ("red", "grey")
+        assert model.update(Event("progress", phase="rank", step=4, total=4)) == end  # an ended job stays ended
+    done = JobProgress("rank", volumes=3)
+    assert done.finish(DONE).describe().startswith("Rank done in") and done.state.colour == "green"
+    with pytest.raises(ValueError):
+        JobProgress("rank").finish("running")
+
+
+def test_a_phase_that_starts_over_adds_its_units_and_the_bar_never_goes_back():
+    model = JobProgress("adapt", volumes=6)
+    seen = []
+    for _round in range(3):
+        for step in range(1, 5):
+            seen.append(model.update(Event("progress", phase="pseudo", step=step, total=4)).fraction)
+    seen.append(model.update(Event("progress", phase="evaluate", step=1, total=3)).fraction)  # an earlier phase again
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+
+
+def test_format_duration_reads_as_words():
+    assert format_duration(42.4) == "42 s"
+    assert format_duration(185) == "3 min 05 s"
+    assert format_duration(3720) == "1 h 02 min"
+
+
+def test_cli_bar_shows_one_percentage_for_the_run_without_step_rates(monkeypatch):
+    from ASSFTActive.cli import common
+
+    stream = io.StringIO()
+    monkeypatch.setattr(common.sys, "stderr", stream)
+    bar = common.ProgressBar(kind="rank", volumes=4)
+    with bar.job():
+        bar(Event("phase", phase="rank", total=4, message="ranking 4 volumes on cpu"))
+        for step in range(1, 5):
+            bar(Event("progress", phase="rank", step=step, total=4, message=f"case {step}"))
+    text = stream.getvalue()
+    assert "it/s" not in text and "step/s" not in text
+    assert "rank 4/4" in text
+    assert text.strip().splitlines()[-1].startswith("Rank done in")
+
+
+def test_cli_bar_ends_failed_in_words_when_the_command_raises(monkeypatch):
+    from ASSFTActive.cli import common
+
+    stream = io.StringIO()
+    monkeypatch.setattr(common.sys, "stderr", stream)
+    bar = common.ProgressBar(kind="adapt", volumes=2)
+    with pytest.raises(RuntimeError):
+        with bar.job():
+            bar(Event("progress", phase="load", step=1, total=2))
+            raise RuntimeError("no labels")
+    assert "Adapt failed at" in stream.getvalue() and "no labels" in stream.getvalue()
+
+
+def test_hd95_uses_monai_without_its_future_warning():
+    pytest.importorskip("monai")
+    from ASSFTActive.evaluate import hd95_per_class
+
+    a = np.zeros((12, 10, 8), np.uint8)
+    b = np.zeros_like(a)
+    a[2:8, 2:7, 1:6] = 1
+    b[3:9, 2:7, 1:6] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        value = hd95_per_class(a, b, 2, (1.0, 1.0, 2.0))
+    assert value[0] == pytest.approx(1.0)
