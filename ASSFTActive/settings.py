@@ -8,6 +8,7 @@ settings file knows which key to fix.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import fields
 from enum import Enum
 from typing import Any, Collection, Dict, Mapping, Optional, Tuple, Type, TypeVar
@@ -19,7 +20,10 @@ __all__ = [
     "check_flag",
     "check_keys",
     "check_number",
+    "check_record_keys",
     "check_whole",
+    "optional_number",
+    "optional_text",
     "plain",
 ]
 
@@ -122,6 +126,43 @@ def check_keys(cls: type, data: Any, what: str = "") -> Dict[str, Any]:
             f"{', '.join(sorted(known))}. Check the spelling or remove the key."
         )
     return dict(data)
+
+
+def check_record_keys(data: Any, what: str, required: Collection[str], optional: Collection[str]) -> None:
+    """Refuse a JSON record (``ranking.json``, ``result.json``, ...) that is not an object, has keys outside
+    ``required`` and ``optional``, or lacks a ``required`` one; ``what`` names the record in the message."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = list(required) + list(optional)
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(f"{what}: unknown key(s) {unknown}; the keys are {sorted(known)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{what}: missing key(s) {missing}")
+
+
+def optional_text(value: Any, what: str) -> Optional[str]:
+    """A file path as a string, or ``None`` for ``None`` and ``""``."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{what} must be a file path or null, got {value!r}")
+    return str(value)
+
+
+def optional_number(value: Any, what: str) -> Optional[float]:
+    """A finite number, or ``None`` for a value that was not computed (NaN in memory, ``null`` in JSON)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number or null, got {value!r}")
+    number = float(value)
+    if math.isnan(number):
+        return None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {number}")
+    return number
 
 
 def plain(value: Any) -> Any:

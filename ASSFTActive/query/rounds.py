@@ -12,11 +12,68 @@ how many pool volumes are already labelled, so no state has to be kept between c
 
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Tuple
 
-from ..jobs import RoundPlan
+from ..settings import check_record_keys
 
 __all__ = ["RoundPlan", "plan_round", "round_budgets"]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Where a ranking stands in a multi-round query schedule (``query_round`` of the ranking's ``config.json``,
+    read by :func:`ASSFTActive.jobs.read_query_round`; made by :func:`plan_round`).
+
+    Attributes:
+        budgets: the per-round budgets (:func:`~ASSFTActive.query.rounds.round_budgets`); they sum to the
+            schedule's total budget.
+        round_index: the current round, 0-based (``round_index + 1`` of ``len(budgets)`` for people).
+        size: how many volumes this ranking proposes.
+        labeled: labelled pool volumes counted when the plan was made.
+    """
+
+    budgets: Tuple[int, ...]
+    round_index: int
+    size: int
+    labeled: int
+
+    @property
+    def total_rounds(self) -> int:
+        return len(self.budgets)
+
+    @property
+    def complete(self) -> bool:
+        """Every round's volumes are labelled: nothing is left to propose."""
+        return self.labeled >= sum(self.budgets)
+
+    def to_dict(self) -> dict:
+        return {"round": self.round_index + 1, "rounds": self.total_rounds, "round_budgets": list(self.budgets),
+                "proposed": self.size, "labeled_before": self.labeled}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundPlan:
+        """Read :meth:`to_dict`'s output.
+
+        Raises:
+            ValueError: missing or unknown keys, values that are not whole numbers, ``rounds`` other than the number
+                of round budgets, or ``round`` outside ``1..rounds``.
+        """
+        check_record_keys(data, "a query round", required=("round", "rounds", "round_budgets", "proposed",
+                                                     "labeled_before"), optional=())
+
+        def whole(value: Any, minimum: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+        budgets = data["round_budgets"]
+        if (not isinstance(budgets, list) or not budgets or not all(whole(b, 0) for b in budgets)
+                or not whole(data["rounds"], 1) or data["rounds"] != len(budgets)
+                or not whole(data["round"], 1) or data["round"] > data["rounds"]
+                or not whole(data["proposed"], 0) or not whole(data["labeled_before"], 0)):
+            raise ValueError("'query_round' must hold whole numbers 'round' (1..rounds), 'rounds', 'round_budgets' "
+                             f"(one per round), 'proposed' and 'labeled_before', got {dict(data)!r}")
+        return cls(budgets=tuple(budgets), round_index=data["round"] - 1, size=data["proposed"],
+                   labeled=data["labeled_before"])
 
 
 def _whole(value: object, name: str, minimum: int) -> int:

@@ -1,0 +1,167 @@
+"""The ranking on disk: ``ranking.json`` and ``ranking.csv``, the one schema every reader and writer shares.
+
+A :class:`~.records.Ranking` is the in-memory result of :func:`~.selection.select`; :class:`RankingFile` is its file
+form (``null`` for a score that was not computed), built by :func:`ASSFTActive.api.ranking_file`, written and read
+through :func:`ASSFTActive.jobs.write_ranking_file` / :func:`ASSFTActive.jobs.read_ranking_file` (the job protocol
+owns the files, this module the record). Standard library only, so the Slicer GUI reads a ranking without numpy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..settings import check_record_keys, optional_number, optional_text
+
+__all__ = ["RANKING_CSV_COLUMNS", "RankingEntry", "RankingFile"]
+
+
+@dataclass(frozen=True)
+class RankingEntry:
+    """One volume of ``ranking.json`` (and one line of ``ranking.csv``).
+
+    Attributes:
+        case_id: the volume's case id (file name without suffix).
+        rank: 1 = proposed first; ``None`` for a labelled volume (the engine does not rank them).
+        selected: among the first ``budget`` ranks (proposed for annotation); never true for a labelled volume.
+        labeled: the volume already has an expert label; its embedding anchored diversity.
+        dkd, asd, score: the ranking's scores (:class:`ASSFTActive.query.RankedCase`); ``None`` when not computed
+            (NaN in memory is ``None`` here: the DKD and score of a labelled volume, ASD at cold start).
+        knowledge_divergence: raw KD of the volume (``None`` when not computed).
+        image: the image file; entropy_map, regions, prediction: the files written for it (``None`` when not).
+    """
+
+    case_id: str
+    rank: Optional[int]
+    selected: bool
+    labeled: bool
+    dkd: Optional[float] = None
+    asd: Optional[float] = None
+    score: Optional[float] = None
+    knowledge_divergence: Optional[float] = None
+    image: Optional[str] = None
+    entropy_map: Optional[str] = None
+    regions: Optional[str] = None
+    prediction: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.case_id, str) or not self.case_id:
+            raise ValueError(f"every case needs a \"case_id\" (a non-empty string), got {self.case_id!r}")
+        where = f"case {self.case_id!r}"
+        for key in ("selected", "labeled"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{where}: \"{key}\" must be true or false, got {getattr(self, key)!r}")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
+                                      or self.rank < 1):
+            raise ValueError(f"{where}: \"rank\" must be a whole number >= 1 or null, got {self.rank!r}")
+        if self.labeled and self.selected:
+            raise ValueError(f"{where}: a labelled volume is not proposed for annotation (\"selected\": false)")
+        if not self.labeled and self.rank is None:
+            raise ValueError(f"{where}: an unlabelled volume needs a \"rank\"")
+        for key in ("dkd", "asd", "score", "knowledge_divergence"):
+            object.__setattr__(self, key, optional_number(getattr(self, key), f"{where}: \"{key}\""))
+        for key in ("image", "entropy_map", "regions", "prediction"):
+            object.__setattr__(self, key, optional_text(getattr(self, key), f"{where}: \"{key}\""))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "case") -> RankingEntry:
+        """Build and check one entry.
+
+        Raises:
+            ValueError: unknown or missing keys, wrong types.
+        """
+        names = [f.name for f in fields(cls)]
+        check_record_keys(data, where, required=("case_id", "rank", "selected", "labeled"),
+                    optional=[n for n in names if n not in ("case_id", "rank", "selected", "labeled")])
+        try:
+            return cls(**dict(data))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+
+
+#: Columns of ``ranking.csv``, in order.
+RANKING_CSV_COLUMNS = ("rank", "case_id", "selected", "labeled", "dkd", "asd", "score", "knowledge_divergence",
+                       "image")
+
+
+@dataclass(frozen=True)
+class RankingFile:
+    """``ranking.json``: the one schema of a ranking on disk, written by the engine (:func:`ASSFTActive.api.rank_pool`
+    and the worker) and read by the Slicer module and scripts through :func:`ASSFTActive.jobs.read_ranking_file`.
+
+    Attributes:
+        strategy: the selection strategy (a :class:`ASSFTActive.query.Strategy` value).
+        budget: volumes requested.
+        model: the model card's path (its name when it has no file).
+        cases: the ranked volumes in rank order, then the labelled ones (``rank`` null).
+    """
+
+    strategy: str
+    budget: int
+    model: str
+    cases: Tuple[RankingEntry, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strategy, str) or not self.strategy:
+            raise ValueError(f"\"strategy\" must be a non-empty string, got {self.strategy!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
+            raise ValueError(f"\"budget\" must be a whole number >= 0, got {self.budget!r}")
+        if not isinstance(self.model, str):
+            raise ValueError(f"\"model\" must be a string, got {self.model!r}")
+        cases = tuple(self.cases)
+        if not all(isinstance(c, RankingEntry) for c in cases):
+            raise ValueError("\"cases\" must hold RankingEntry records")
+        ids = [c.case_id for c in cases]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"case id(s) {repeated} appear more than once")
+        ranks = sorted(c.rank for c in cases if c.rank is not None)
+        if ranks != list(range(1, len(ranks) + 1)):
+            raise ValueError(f"the ranks must be 1..{len(ranks)}, got {ranks}")
+        if sum(c.selected for c in cases) > self.budget:
+            raise ValueError(f"more volumes are selected than the budget {self.budget}")
+        object.__setattr__(self, "cases", cases)
+
+    @property
+    def selected_ids(self) -> Tuple[str, ...]:
+        """Case ids proposed for annotation, in rank order."""
+        return tuple(c.case_id for c in sorted(self.cases, key=lambda c: c.rank or 0) if c.selected)
+
+    def entry(self, case_id: str) -> RankingEntry:
+        for case in self.cases:
+            if case.case_id == case_id:
+                return case
+        raise KeyError(case_id)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"strategy": self.strategy, "budget": self.budget, "model": self.model,
+                "cases": [case.to_dict() for case in self.cases]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RankingFile:
+        """Build and check a ranking.
+
+        Raises:
+            ValueError: unknown or missing keys, wrong types, inconsistent ranks (the message names the case).
+        """
+        check_record_keys(data, "a ranking", required=("strategy", "budget", "cases"), optional=("model",))
+        if not isinstance(data["cases"], (list, tuple)):
+            raise ValueError("\"cases\" must be a list")
+        cases = tuple(RankingEntry.from_dict(row, where=f"case {index}") for index, row in enumerate(data["cases"]))
+        return cls(strategy=data["strategy"], budget=data["budget"], model=data.get("model", ""), cases=cases)
+
+    def to_csv(self) -> str:
+        """``ranking.csv``: :data:`RANKING_CSV_COLUMNS`, numbers with 6 decimals, ``None`` as an empty cell."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(RANKING_CSV_COLUMNS)
+        for case in self.cases:
+            row = case.to_dict()
+            writer.writerow([f"{row[k]:.6f}" if isinstance(row[k], float) else ("" if row[k] is None else row[k])
+                             for k in RANKING_CSV_COLUMNS])
+        return buffer.getvalue()
