@@ -62,6 +62,7 @@ _LAZY = {
     "mean_entropy": "scores",
     "clasp_beta": "selection",
     "fg_random_eligible": "selection",
+    "resolved_strategy": "selection",
     "select": "selection",
     "class_foreground_masks": "voxelwise",
     "foreground_mask": "voxelwise",

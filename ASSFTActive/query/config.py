@@ -17,10 +17,13 @@ from ..settings import Range, check_fields, check_keys
 __all__ = [
     "AsdReduce",
     "Combine",
+    "Coverage",
     "DivSpace",
     "FgMask",
+    "KDDirection",
     "KDMetric",
     "QueryConfig",
+    "Sampling",
     "SourceKnowledge",
     "Strategy",
 ]
@@ -39,6 +42,30 @@ class Strategy(str, Enum):
     MC_DROPOUT = "mc_dropout"  #: MONAI Label epistemic scoring
     FG_RANDOM = "fg_random"  #: random among volumes whose predicted foreground is not tiny (nnActive's lesson)
     BALD = "bald"  #: MC-dropout mutual information (BALD)
+    TYPICLUST = "typiclust"  #: most typical volume of each of |L| + B k-means clusters (coverage, tiny budgets)
+    PROBCOVER = "probcover"  #: greedy maximum coverage by balls of the purity radius (coverage, tiny budgets)
+    BUDGET_AWARE = "budget_aware"  #: coverage up to ``coverage_max_budget``, the ASSFT query beyond (not default)
+
+
+class Coverage(str, Enum):
+    """Which coverage rule ``budget_aware`` uses at small budgets."""
+
+    TYPICLUST = "typiclust"
+    PROBCOVER = "probcover"
+
+
+class Sampling(str, Enum):
+    """How picks are made from a score: the hard top-k, or sampled from a noised score (ClaSP PE's recipe)."""
+
+    TOP_K = "top_k"  #: the highest score first
+    POWER = "power"  #: ``log(score) + Gumbel(0, 1 / sampling_beta)``: sampling proportional to ``score ** beta``
+
+
+class KDDirection(str, Enum):
+    """Which end of the live knowledge divergence DKD prefers (RESULTS.md: its sign, once live, is negative)."""
+
+    HIGH = "high"  #: the method: the volumes on which the adapted encoder moved most from the pre-trained one
+    LOW = "low"  #: the measured sign: live KD correlates negatively with the adapted model's error
 
 
 class KDMetric(str, Enum):
@@ -135,6 +162,32 @@ class QueryConfig:
             ``query_schedule``), 1. With R > 1 the budget is the total over the schedule, split by
             :func:`~.rounds.round_budgets`, and each ranking proposes the current round's share (see
             :func:`~.rounds.plan_round`); R = 1 proposes the whole budget at once.
+        sampling: ``"top_k"`` (default) or ``"power"``: picks are made from the noised key
+            ``log(max(score, 1e-12)) + g``, ``g ~ Gumbel(0, 1 / sampling_beta)`` drawn once per case from
+            ``default_rng(seed)`` (the Gumbel-top-k trick: the first pick is drawn with probability proportional to
+            ``score ** sampling_beta``, later ones without replacement). ClaSP PE's power noising (method-spec.md
+            §3.2), offered for the scores that are otherwise taken top-k: ``assft`` (its combined score at each
+            greedy step), ``asd_only``, ``dkd_only``, ``mean_entropy``, ``mc_dropout``, ``bald``, and the ASSFT branch
+            of ``budget_aware``. Refused for strategies that already draw or cover (``random``, ``fg_random``,
+            ``clasp_pe``, ``coreset``, ``typiclust``, ``probcover``).
+        sampling_beta: beta of ``"power"``, 1.0 (ClaSP PE's first-round beta; larger = closer to top-k).
+        kd_direction: ``"high"`` (the method, default) or ``"low"``: DKD uses ``1 - KD~`` instead of ``KD~``, so the
+            volumes on which the adapted encoder moved *least* are preferred. RESULTS.md ("DKD's knowledge
+            divergence once it is live") measured live KD at -0.38 to -0.61 Spearman with the adapted model's error
+            on one setting (hippocampus harsh); ``"low"`` is that sign, offered for the benchmark to decide.
+        kd_min_budget: the knowledge divergence enters DKD only when this ranking proposes at least this many
+            volumes; below it KD~ is 1 for every case (DKD = diversity, as at cold start). 0 (always).
+        kd_min_round: the same by query round: the divergence enters from round index ``kd_min_round`` on
+            (0 = the first round). 0 (always).
+        coverage: the coverage rule of ``budget_aware`` at small budgets, ``"typiclust"``.
+        coverage_max_budget: ``budget_aware`` uses ``coverage`` when the ranking proposes at most this many
+            volumes and the ASSFT query (DKD + ASD with the settings above) beyond, 4 [query-research.md §1.3:
+            "opposite strategies suit high and low budgets"; the switch point is a hypothesis until the benchmark
+            decides it on the development split, which is why ``budget_aware`` is not the default].
+        probcover_purity: alpha of ProbCover's radius rule (the largest ball radius whose balls are at least this
+            pure with respect to k-means pseudo-labels), 0.95 [ProbCover's default].
+        propose_ood: propose volumes flagged as out of distribution (:mod:`.ood`) like any other, False: by default
+            they are ranked after every in-distribution volume and never proposed.
     """
 
     strategy: Strategy = Strategy.ASSFT
@@ -159,9 +212,19 @@ class QueryConfig:
     seed: int = 0
     fg_random_min_share: float = 0.5
     rounds: int = 1
+    sampling: Sampling = Sampling.TOP_K
+    sampling_beta: float = 1.0
+    kd_direction: KDDirection = KDDirection.HIGH
+    kd_min_budget: int = 0
+    kd_min_round: int = 0
+    coverage: Coverage = Coverage.TYPICLUST
+    coverage_max_budget: int = 4
+    probcover_purity: float = 0.95
+    propose_ood: bool = False
 
     def __post_init__(self) -> None:
-        check_fields(self, enums=_ENUM_FIELDS, numbers=_FLOAT_RANGES, wholes=_INT_MINIMA, flags=("normalise_scores",))
+        check_fields(self, enums=_ENUM_FIELDS, numbers=_FLOAT_RANGES, wholes=_INT_MINIMA,
+                     flags=("normalise_scores", "propose_ood"))
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-ready values (enums as their strings)."""
@@ -189,6 +252,9 @@ _ENUM_FIELDS: Dict[str, Type[Enum]] = {
     "fg_mask": FgMask,
     "asd_reduce": AsdReduce,
     "combine": Combine,
+    "sampling": Sampling,
+    "kd_direction": KDDirection,
+    "coverage": Coverage,
 }
 
 #: name -> (low, high, low end open); every value must be finite.
@@ -201,6 +267,8 @@ _FLOAT_RANGES: Dict[str, Range] = {
     "clasp_beta": (0.0, math.inf, True),
     "clasp_beta_growth": (0.0, math.inf, True),
     "fg_random_min_share": (0.0, 1.0, False),
+    "sampling_beta": (0.0, math.inf, True),
+    "probcover_purity": (0.0, 1.0, True),
 }
 
 _INT_MINIMA: Dict[str, int] = {
@@ -210,4 +278,7 @@ _INT_MINIMA: Dict[str, int] = {
     "mc_samples": 2,
     "seed": 0,
     "rounds": 1,
+    "kd_min_budget": 0,
+    "kd_min_round": 0,
+    "coverage_max_budget": 0,
 }

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import QueryConfig, SourceKnowledge, Strategy
+from .config import AsdReduce, QueryConfig, SourceKnowledge, Strategy
 from .records import CaseEvidence
 from .regions import RegionSums
 from .scores import McDropoutAccumulator, batchnorm_divergence, knowledge_divergence
@@ -80,8 +80,11 @@ def summarize_case(
         mean_ent = float("nan")
         clasp = np.zeros(0, dtype=np.float64)
         fg_voxels = float("nan")
+        asd_balanced = float("nan")
     else:
         asd = sums.asd(config)
+        balanced = QueryConfig.from_dict({**config.to_dict(), "asd_reduce": AsdReduce.CLASS_BALANCED.value})
+        asd_balanced = asd if config.asd_reduce == AsdReduce.CLASS_BALANCED else sums.asd(balanced)
         mean_ent = sums.mean_entropy()
         clasp = sums.clasp_scores()
         fg_voxels = float(sums.foreground_voxels)
@@ -111,6 +114,7 @@ def summarize_case(
         epistemic=None if epistemic is None else float(epistemic),
         mutual_information=None if mutual_information is None else float(mutual_information),
         foreground_voxels=fg_voxels,
+        asd_class_balanced=asd_balanced,
     )
 
 

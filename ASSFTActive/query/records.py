@@ -62,6 +62,11 @@ class CaseEvidence:
         mutual_information: BALD score (:func:`~.scores.bald_mutual_information`), when computed.
         foreground_voxels: ``|M|``, voxels (in model space) of the dilated predicted foreground that ASD averages
             over (:class:`~.regions.RegionSums`); NaN at cold start. Used by ``fg_random``.
+        asd_class_balanced: ASD with ``asd_reduce="class_balanced"`` whatever the query's setting (the score of the
+            "where the model is probably wrong" list, :func:`~.wrong.probably_wrong`); NaN at cold start.
+        ood_reason: empty when the volume looks like what the model was made for; otherwise one line saying why
+            it is flagged as out of distribution (:mod:`.ood`). Flagged volumes are not proposed unless
+            ``QueryConfig.propose_ood``.
 
     Arrays are stored as read-only ``float64`` copies. Records compare by identity (they hold arrays).
     """
@@ -76,6 +81,8 @@ class CaseEvidence:
     epistemic: Optional[float] = None
     mutual_information: Optional[float] = None
     foreground_voxels: float = float("nan")
+    asd_class_balanced: float = float("nan")
+    ood_reason: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
@@ -86,7 +93,7 @@ class CaseEvidence:
             raise ValueError(f"{where}: knowledge_divergence must be >= 0, got {kd}.")
         set_ = object.__setattr__
         set_(self, "knowledge_divergence", kd)
-        for name in ("asd", "mean_entropy"):
+        for name in ("asd", "mean_entropy", "asd_class_balanced"):
             value = _number(getattr(self, name), f"{where}: {name}", allow_nan=True)
             if not math.isnan(value) and not 0.0 <= value <= 1.0 + 1e-6:
                 raise ValueError(f"{where}: {name} must lie in [0, 1], got {value}.")
@@ -108,6 +115,13 @@ class CaseEvidence:
         if size < 0:
             raise ValueError(f"{where}: foreground_voxels must be >= 0, got {size}.")
         set_(self, "foreground_voxels", size)
+        if not isinstance(self.ood_reason, str):
+            raise ValueError(f"{where}: ood_reason must be a string, got {self.ood_reason!r}.")
+
+    @property
+    def out_of_distribution(self) -> bool:
+        """True when :mod:`.ood` flagged the volume (``ood_reason`` says why)."""
+        return bool(self.ood_reason)
 
     @property
     def has_probabilities(self) -> bool:
@@ -127,6 +141,8 @@ class CaseEvidence:
             "epistemic": self.epistemic,
             "mutual_information": self.mutual_information,
             "foreground_voxels": _json_float(self.foreground_voxels),
+            "asd_class_balanced": _json_float(self.asd_class_balanced),
+            "ood_reason": self.ood_reason,
         }
 
     @classmethod
@@ -143,6 +159,8 @@ class CaseEvidence:
             epistemic=data.get("epistemic"),
             mutual_information=data.get("mutual_information"),
             foreground_voxels=_from_json_float(data.get("foreground_voxels")),
+            asd_class_balanced=_from_json_float(data.get("asd_class_balanced")),
+            ood_reason=data.get("ood_reason", ""),
         )
 
 
@@ -159,6 +177,8 @@ class RankedCase:
             meaning depends on the strategy, see :func:`~.selection.select`.
         rank: 1 = first pick.
         selected: True for the first ``budget`` ranks.
+        reason: one line saying why the case was proposed (e.g. "most typical of a group of 9 similar volumes"),
+            or why an out-of-distribution case was held back; empty for the other cases.
     """
 
     case_id: str
@@ -167,6 +187,7 @@ class RankedCase:
     score: float
     rank: int
     selected: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)

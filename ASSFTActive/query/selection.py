@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.stats import rankdata
 
-from .config import Combine, DivSpace, QueryConfig, Strategy
+from .config import Combine, Coverage, DivSpace, KDDirection, QueryConfig, Sampling, Strategy
+from .coverage import probcover_order, typiclust_order
 from .diversity import (
     cosine_distance_matrix,
     diversity,
@@ -26,12 +27,16 @@ from .diversity import (
 )
 from .records import CaseEvidence, RankedCase, Ranking
 
-__all__ = ["clasp_beta", "fg_random_eligible", "select"]
+__all__ = ["clasp_beta", "fg_random_eligible", "resolved_strategy", "select"]
 
-#: Floor of ClaSP PE scores before the logarithm (a class absent from a volume scores 0).
+#: Floor of ClaSP PE scores (and of power-sampled scores) before the logarithm (a class absent scores 0).
 CLASP_LOG_FLOOR = 1e-12
 
 Order = Tuple[List[int], np.ndarray]  # pool indices in rank order, and each case's score indexed like the pool
+
+#: Strategies whose picks can be sampled from a noised score (``QueryConfig.sampling = "power"``).
+SAMPLED_STRATEGIES = (Strategy.ASSFT, Strategy.DKD_ONLY, Strategy.ASD_ONLY, Strategy.MEAN_ENTROPY,
+                      Strategy.MC_DROPOUT, Strategy.BALD, Strategy.BUDGET_AWARE)
 
 
 def select(
@@ -78,6 +83,23 @@ def select(
       eligible case with uniform key ``u``, the foreground voxel count divided by the pool's largest (at most 1)
       for the others].
 
+    * ``typiclust``: :func:`~.coverage.typiclust_order` in the pre-trained embedding [typicality within the
+      case's cluster].
+    * ``probcover``: :func:`~.coverage.probcover_order` in the pre-trained embedding, radius by
+      ``config.probcover_purity`` [volumes newly covered by the pick].
+    * ``budget_aware``: ``config.coverage`` (``typiclust`` or ``probcover``) when ``budget <=
+      config.coverage_max_budget``, otherwise ``assft`` with the other settings (:func:`resolved_strategy`). Not the
+      default: the switch is a hypothesis until the benchmark decides it on the development split.
+
+    ``config.sampling = "power"`` replaces each top-k pick by a pick from the noised key (see
+    :class:`~.config.QueryConfig`) for the strategies in :data:`SAMPLED_STRATEGIES` [the noised key]. The knowledge
+    divergence enters DKD as ``KD~`` (``kd_direction="high"``) or ``1 - KD~`` (``"low"``), and only when ``budget
+    >= kd_min_budget`` and ``round_index >= kd_min_round`` (else KD~ = 1: DKD is diversity alone).
+
+    Out-of-distribution cases (``CaseEvidence.ood_reason`` not empty) are ranked after every other case, in the
+    order listed, and never selected, unless ``config.propose_ood`` [NaN]. Every selected case gets a one-line
+    ``RankedCase.reason``; a held-back case gets the reason it was held back.
+
     ``RankedCase.dkd`` is, for every strategy, ``KD~ * Div`` of the case given the labeled cases and all cases
     ranked before it (for ``assft`` the DKD at the moment it was picked); ``RankedCase.asd`` is the raw ASD.
 
@@ -103,6 +125,13 @@ def select(
     _check_arguments(cases, budget, round_index, total_rounds)
     budget, round_index, total_rounds = int(budget), int(round_index), int(total_rounds)
     labeled_embeddings, labeled_current_embeddings = list(labeled_embeddings), list(labeled_current_embeddings)
+    strategy = resolved_strategy(config, budget)
+    if config.sampling == Sampling.POWER and config.strategy not in SAMPLED_STRATEGIES:
+        raise ValueError(
+            f"sampling='power' noises a score that is otherwise taken top-k; strategy {config.strategy.value!r} "
+            f"already draws or covers. Use sampling='top_k', or one of "
+            f"{', '.join(s.value for s in SAMPLED_STRATEGIES)}."
+        )
     if not cases:
         return Ranking(strategy=config.strategy.value, budget=budget, cases=())
 
@@ -111,26 +140,36 @@ def select(
     pool_vectors = [c.current_embedding if space == DivSpace.CURRENT else c.pretrained_embedding for c in cases]
     pool = unit_rows(pool_vectors, ids, f"{space.value} embedding")
     labeled = _labeled_rows(space, labeled_embeddings, labeled_current_embeddings, pool.shape[1])
-    kd_tilde = _kd_tilde(cases, config)
-
-    strategy = config.strategy
     if strategy == Strategy.CORESET and not labeled_embeddings and labeled_current_embeddings:
         raise ValueError(
             "strategy 'coreset' works in the pre-trained embedding, but only labeled_current_embeddings were "
             "given; pass labeled_embeddings for the labeled cases."
         )
-    if strategy in (Strategy.ASSFT, Strategy.DKD_ONLY, Strategy.ASD_ONLY):
-        if strategy == Strategy.DKD_ONLY:
-            asd_tilde = np.zeros(len(cases))
-        else:
-            _require(cases, lambda c: c.has_probabilities, strategy, "probabilities (ASD)", _COLD_START_HINT)
-            asd_tilde = _asd_tilde(cases, config)
-        order, scores = _assft_order(kd_tilde, asd_tilde, pool, labeled, budget, config)
-    else:
-        order, scores = _BASELINES[strategy](cases, budget, config, labeled_embeddings, round_index, total_rounds)
 
+    held = [] if config.propose_ood else [i for i, c in enumerate(cases) if c.out_of_distribution]
+    ranked = [i for i in range(len(cases)) if i not in set(held)]
+    scores = np.full(len(cases), np.nan)
+    reasons = [""] * len(cases)
+    order: List[int] = []
+    if ranked:
+        sub = [cases[i] for i in ranked]
+        sub_order, sub_scores, sub_reasons = _order(sub, pool[ranked], labeled, budget, config, strategy,
+                                                    labeled_embeddings, round_index, total_rounds)
+        order = [ranked[j] for j in sub_order]
+        scores[ranked] = sub_scores
+        for j, text in enumerate(sub_reasons):
+            reasons[ranked[j]] = text
+    for i in held:
+        order.append(i)
+        reasons[i] = f"not proposed: {cases[i].ood_reason}"
+    n_selected = min(budget, len(ranked))
+    if config.propose_ood:
+        for i in order[:n_selected]:
+            if cases[i].out_of_distribution:
+                reasons[i] += f" (flagged: {cases[i].ood_reason})"
+
+    kd_tilde = _kd_tilde(cases, config, budget, round_index)
     dkd = dkd_along_order(order, kd_tilde, pool, labeled)
-    n_selected = min(budget, len(cases))
     rows = tuple(
         RankedCase(
             case_id=ids[index],
@@ -139,10 +178,126 @@ def select(
             score=float(scores[index]),
             rank=rank,
             selected=rank <= n_selected,
+            reason=reasons[index] if (rank <= n_selected or index in held) else "",
         )
         for rank, index in enumerate(order, start=1)
     )
-    return Ranking(strategy=strategy.value, budget=budget, cases=rows)
+    return Ranking(strategy=config.strategy.value, budget=budget, cases=rows)
+
+
+def resolved_strategy(config: QueryConfig, budget: int) -> Strategy:
+    """The strategy that ranks a pool for ``budget`` proposals: ``config.strategy``, except that ``budget_aware``
+    becomes ``config.coverage`` when ``budget <= config.coverage_max_budget`` and ``assft`` beyond."""
+    if config.strategy != Strategy.BUDGET_AWARE:
+        return config.strategy
+    if budget <= config.coverage_max_budget:
+        return Strategy.TYPICLUST if config.coverage == Coverage.TYPICLUST else Strategy.PROBCOVER
+    return Strategy.ASSFT
+
+
+def _order(cases: List[CaseEvidence], pool: np.ndarray, labeled: np.ndarray, budget: int, config: QueryConfig,
+           strategy: Strategy, labeled_embeddings: Sequence[np.ndarray], round_index: int,
+           total_rounds: int) -> Tuple[List[int], np.ndarray, List[str]]:
+    """Order ``cases`` (all candidates) with ``strategy``: ``(order, scores, reason of each case)``."""
+    noise = _noise(len(cases), config)
+    reasons = [""] * len(cases)
+    if strategy in (Strategy.ASSFT, Strategy.DKD_ONLY, Strategy.ASD_ONLY):
+        kd_tilde = _kd_tilde(cases, config, budget, round_index)
+        if strategy == Strategy.DKD_ONLY:
+            asd_tilde = np.zeros(len(cases))
+        else:
+            _require(cases, lambda c: c.has_probabilities, strategy, "probabilities (ASD)", _COLD_START_HINT)
+            asd_tilde = _asd_tilde(cases, config)
+        order, scores, asd_led = _assft_order(kd_tilde, asd_tilde, pool, labeled, budget, config, strategy, noise)
+        kd_live = has_spread(np.array([c.knowledge_divergence for c in cases])) and bool(np.any(kd_tilde != 1.0))
+        reasons = _assft_reasons(cases, order, asd_led, kd_live, config, budget)
+    elif strategy in (Strategy.TYPICLUST, Strategy.PROBCOVER):
+        ids = [case.case_id for case in cases]
+        embedded = unit_rows([c.pretrained_embedding for c in cases], ids, "pretrained embedding")
+        anchors = _labeled_rows(DivSpace.PRETRAINED, labeled_embeddings, (), embedded.shape[1])
+        if strategy == Strategy.TYPICLUST:
+            result = typiclust_order(embedded, anchors, budget, config.seed)
+        else:
+            result = probcover_order(embedded, anchors, budget, config.probcover_purity, config.seed)
+        order, scores = result.order, result.scores
+        for index in order[:budget]:
+            reasons[index] = _coverage_reason(strategy, int(result.group_sizes[index]))
+    else:
+        order, scores = _BASELINES[strategy](cases, budget, config, labeled_embeddings, round_index, total_rounds,
+                                             noise)
+        for index in order[:budget]:
+            reasons[index] = _baseline_reason(strategy, cases[index], config, scores[index])
+    if config.strategy == Strategy.BUDGET_AWARE:
+        why = (f"coverage at budget {budget} <= {config.coverage_max_budget}" if budget <= config.coverage_max_budget
+               else f"DKD + ASD at budget {budget} > {config.coverage_max_budget}")
+        for index in order[:budget]:
+            reasons[index] += f" ({why})"
+    if noise is not None:
+        for index in order[:budget]:
+            reasons[index] += f"; drawn from the noised score (beta {config.sampling_beta:g})"
+    return order, scores, reasons
+
+
+def _noise(n: int, config: QueryConfig) -> Optional[np.ndarray]:
+    """``[N]`` Gumbel(0, 1 / beta) draws, one per case, for ``sampling="power"``; None for top-k."""
+    if config.sampling != Sampling.POWER:
+        return None
+    return np.random.default_rng(config.seed).gumbel(0.0, 1.0 / config.sampling_beta, size=n)
+
+
+def _noised(values: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
+    """The key picks are made by: ``values`` (top-k), or ``log(max(values, floor)) + noise``."""
+    if noise is None:
+        return values
+    return np.log(np.maximum(values, CLASP_LOG_FLOOR)) + noise
+
+
+def _ordinal(value: float, values: np.ndarray) -> str:
+    """"#k of N": the place of ``value`` among ``values`` sorted from the highest."""
+    finite = values[np.isfinite(values)]
+    return f"#{int(np.sum(finite > value)) + 1} of {finite.size}"
+
+
+def _coverage_reason(strategy: Strategy, group: int) -> str:
+    if strategy == Strategy.TYPICLUST:
+        return f"most typical of a group of {group} similar volume{'s' if group != 1 else ''}"
+    if group > 0:
+        return f"covers a group of {group} similar volume{'s' if group != 1 else ''} not yet covered"
+    return "densest volume left once every group is covered"
+
+
+def _assft_reasons(cases: List[CaseEvidence], order: List[int], asd_led: np.ndarray, kd_live: bool,
+                   config: QueryConfig, budget: int) -> List[str]:
+    asd = np.array([c.asd for c in cases], dtype=np.float64)
+    reasons = [""] * len(cases)
+    for index in order[:budget]:
+        if asd_led[index]:
+            reasons[index] = f"most uncertain anatomy (ASD {asd[index]:.2f}, {_ordinal(asd[index], asd)})"
+        elif kd_live and config.kd_direction == KDDirection.LOW:
+            reasons[index] = "unlike the volumes already chosen, and the adapted encoder moved little on it"
+        elif kd_live:
+            reasons[index] = "unlike the volumes already chosen, and the adapted encoder moved most on it"
+        else:
+            reasons[index] = "unlike the volumes already chosen or labelled (diversity)"
+    return reasons
+
+
+def _baseline_reason(strategy: Strategy, case: CaseEvidence, config: QueryConfig, score: float) -> str:
+    if strategy == Strategy.RANDOM:
+        return f"drawn at random (seed {config.seed})"
+    if strategy == Strategy.FG_RANDOM:
+        return "drawn at random among volumes with a typical predicted foreground size"
+    if strategy == Strategy.MEAN_ENTROPY:
+        return f"most uncertain volume overall (mean entropy {case.mean_entropy:.2f})"
+    if strategy == Strategy.MC_DROPOUT:
+        return "the model's dropout passes disagree most on it"
+    if strategy == Strategy.BALD:
+        return "the model's dropout passes disagree most on it (BALD)"
+    if strategy == Strategy.CORESET:
+        return f"farthest from the volumes already chosen or labelled (cosine distance {score:.2f})"
+    if strategy == Strategy.CLASP_PE:
+        return "drawn by ClaSP PE's class-stratified, noised entropy"
+    return ""
 
 
 _COLD_START_HINT = "summarize the cases with the segmentation probabilities, or use strategy 'dkd_only' at cold start"
@@ -208,11 +363,17 @@ def _require(
         raise ValueError(f"strategy {strategy.value!r} needs {what} for every case; missing for {shown}. {hint}.")
 
 
-def _kd_tilde(cases: List[CaseEvidence], config: QueryConfig) -> np.ndarray:
+def _kd_tilde(cases: List[CaseEvidence], config: QueryConfig, budget: int, round_index: int) -> np.ndarray:
+    """KD~ ``[N]``: min-max normalised KD (raw with ``normalise_scores=False``), ``1 - KD~`` with
+    ``kd_direction="low"``, and all ones without spread (cold start) or while the divergence is not active yet
+    (``budget < kd_min_budget`` or ``round_index < kd_min_round``)."""
     kd = np.array([case.knowledge_divergence for case in cases], dtype=np.float64)
-    if config.normalise_scores or not has_spread(kd):
-        return minmax_normalise(kd)  # all ones without spread: the cold-start rule
-    return kd
+    active = budget >= config.kd_min_budget and round_index >= config.kd_min_round
+    if not active or not has_spread(kd):
+        return np.ones_like(kd)  # the cold-start rule: DKD is diversity alone
+    if config.kd_direction == KDDirection.LOW:
+        return 1.0 - minmax_normalise(kd) if config.normalise_scores else float(kd.max()) - kd
+    return minmax_normalise(kd) if config.normalise_scores else kd
 
 
 def _asd_tilde(cases: List[CaseEvidence], config: QueryConfig) -> np.ndarray:
@@ -233,23 +394,28 @@ def _assft_order(
     labeled: np.ndarray,
     budget: int,
     config: QueryConfig,
-) -> Order:
-    strategy = config.strategy
+    strategy: Strategy,
+    noise: Optional[np.ndarray],
+) -> Tuple[List[int], np.ndarray, np.ndarray]:
+    """``(order, scores, asd_led)``: ``asd_led[i]`` is True when ASD's term outweighed DKD's at the pick of i."""
     if strategy == Strategy.DKD_ONLY:
-        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False)
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False, noise)
     if strategy == Strategy.ASD_ONLY:
-        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 0.0, False)
+        return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 0.0, False, noise)
     if config.combine != Combine.TWO_STAGE:
         return _greedy(kd_tilde, asd_tilde, pool, labeled, config.combine, config.dkd_weight,
-                       config.normalise_scores)
+                       config.normalise_scores, noise)
 
-    dkd_order, dkd_scores = _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False)
+    dkd_order, dkd_scores, _ = _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False, None)
     shortlist_size = min(config.two_stage_factor * budget, len(dkd_order))
     shortlist = np.array(dkd_order[:shortlist_size], dtype=int)
-    by_asd = shortlist[np.argsort(-asd_tilde[shortlist], kind="stable")]  # ties keep their DKD order
+    key = _noised(asd_tilde[shortlist], None if noise is None else noise[shortlist])
+    by_asd = shortlist[np.argsort(-key, kind="stable")]  # ties keep their DKD order
     scores = dkd_scores.copy()
-    scores[shortlist] = asd_tilde[shortlist]
-    return [int(i) for i in by_asd] + dkd_order[shortlist_size:], scores
+    scores[shortlist] = key
+    asd_led = np.zeros(len(dkd_order), dtype=bool)
+    asd_led[shortlist] = True
+    return [int(i) for i in by_asd] + dkd_order[shortlist_size:], scores, asd_led
 
 
 def _greedy(
@@ -260,52 +426,67 @@ def _greedy(
     combine: Combine,
     weight: float,
     normalise_dkd: bool,
-) -> Order:
+    noise: Optional[np.ndarray] = None,
+) -> Tuple[List[int], np.ndarray, np.ndarray]:
     """Greedy batch query of method-spec.md §1.6, run until every case has a rank.
 
     With ``normalise_dkd`` the weighted sum uses DKD min-max normalised over the remaining candidates at each step
     [inferred]: diversity is a raw cosine distance (often 0.02-0.1 between pooled features of one anatomy), so
     without it the normalised ASD~ in [0, 1] decides every pick after the first and DKD is ignored. The reported
-    score is the combined value; ``RankedCase.dkd`` stays the raw DKD.
+    score is the combined value (the noised key with ``noise``); ``RankedCase.dkd`` stays the raw DKD. With
+    ``noise`` ``[N]`` (one Gumbel draw per case) each pick is the largest ``log(max(score, 1e-12)) + noise``.
+
+    Returns:
+        ``(order, scores, asd_led)``; ``asd_led[i]``: ASD's term ``(1 - weight) * ASD~`` was at least DKD's
+        ``weight * DKD`` (normalised as combined) when i was picked.
     """
     n = pool.shape[0]
     min_distance = initial_min_distance(pool, labeled)
     remaining = np.ones(n, dtype=bool)
     order: List[int] = []
     scores = np.zeros(n, dtype=np.float64)
+    asd_led = np.zeros(n, dtype=bool)
     for _ in range(n):
         candidates = np.flatnonzero(remaining)
         dkd = kd_tilde[candidates] * diversity(min_distance[candidates])
         asd = asd_tilde[candidates]
-        weighted = weight * (minmax_normalise(dkd) if normalise_dkd else dkd) + (1.0 - weight) * asd
+        dkd_term = weight * (minmax_normalise(dkd) if normalise_dkd else dkd)
+        asd_term = (1.0 - weight) * asd
+        weighted = dkd_term + asd_term
+        cand_noise = None if noise is None else noise[candidates]
         if combine == Combine.PRODUCT:
-            score = dkd * asd
+            score = _noised(dkd * asd, cand_noise)
             pick = _best(candidates, score, weighted)
         elif combine == Combine.RANK_MEAN:
             mean_rank = weight * rankdata(-dkd) + (1.0 - weight) * rankdata(-asd)
-            score = (len(candidates) - mean_rank) / max(len(candidates) - 1, 1)
+            score = _noised((len(candidates) - mean_rank) / max(len(candidates) - 1, 1), cand_noise)
             pick = _best(candidates, score, weighted)
         else:
-            score = weighted
+            score = _noised(weighted, cand_noise)
             pick = _best(candidates, score, np.zeros_like(score))
-        scores[pick] = score[np.searchsorted(candidates, pick)]
+        at = np.searchsorted(candidates, pick)
+        scores[pick] = score[at]
+        asd_led[pick] = weight < 1.0 and asd_term[at] >= dkd_term[at]
         order.append(pick)
         remaining[pick] = False
         min_distance = np.minimum(min_distance, cosine_distance_matrix(pool, pool[pick : pick + 1])[:, 0])
-    return order, scores
+    return order, scores, asd_led
 
 
 # ------------------------------------------------------------------------------------------------- baselines
 
-Baseline = Callable[[List[CaseEvidence], int, QueryConfig, Sequence[np.ndarray], int, int], Order]
+Baseline = Callable[[List[CaseEvidence], int, QueryConfig, Sequence[np.ndarray], int, int, Optional[np.ndarray]],
+                    Order]
 
 
-def _by_descending(values: np.ndarray) -> Order:
-    order = np.argsort(-values, kind="stable")
-    return [int(i) for i in order], values.astype(np.float64)
+def _by_descending(values: np.ndarray, noise: Optional[np.ndarray] = None) -> Order:
+    """Descending order of ``values`` (top-k), or of the noised key with ``noise`` (``sampling="power"``)."""
+    key = _noised(values.astype(np.float64), noise)
+    order = np.argsort(-key, kind="stable")
+    return [int(i) for i in order], key
 
 
-def _random(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _random(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     keys = np.random.default_rng(config.seed).random(len(cases))
     return _by_descending(keys)
 
@@ -336,7 +517,7 @@ def fg_random_eligible(foreground_voxels: np.ndarray, min_share: float) -> np.nd
     return (sizes > 0) & (sizes >= min_share * float(np.median(sizes)))
 
 
-def _fg_random(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _fg_random(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     _require(
         cases,
         lambda c: not math.isnan(c.foreground_voxels),
@@ -352,7 +533,7 @@ def _fg_random(cases, budget, config, labeled_embeddings, round_index, total_rou
     return _by_descending(scores)
 
 
-def _mean_entropy(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _mean_entropy(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     _require(
         cases,
         lambda c: not math.isnan(c.mean_entropy),
@@ -360,10 +541,10 @@ def _mean_entropy(cases, budget, config, labeled_embeddings, round_index, total_
         "probabilities (mean entropy)",
         _COLD_START_HINT,
     )
-    return _by_descending(np.array([case.mean_entropy for case in cases], dtype=np.float64))
+    return _by_descending(np.array([case.mean_entropy for case in cases], dtype=np.float64), noise)
 
 
-def _mc_dropout(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _mc_dropout(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     _require(
         cases,
         lambda c: c.epistemic is not None,
@@ -371,10 +552,10 @@ def _mc_dropout(cases, budget, config, labeled_embeddings, round_index, total_ro
         "an MC-dropout epistemic score",
         "pass prob_samples to summarize_case",
     )
-    return _by_descending(np.array([case.epistemic for case in cases], dtype=np.float64))
+    return _by_descending(np.array([case.epistemic for case in cases], dtype=np.float64), noise)
 
 
-def _bald(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _bald(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     _require(
         cases,
         lambda c: c.mutual_information is not None,
@@ -382,10 +563,10 @@ def _bald(cases, budget, config, labeled_embeddings, round_index, total_rounds) 
         "a BALD mutual-information score",
         "pass prob_samples (or mutual_information) to summarize_case",
     )
-    return _by_descending(np.array([case.mutual_information for case in cases], dtype=np.float64))
+    return _by_descending(np.array([case.mutual_information for case in cases], dtype=np.float64), noise)
 
 
-def _coreset(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _coreset(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     """k-centre greedy (Sener & Savarese, "Active learning for CNNs: a core-set approach", ICLR 2018)."""
     ids = [case.case_id for case in cases]
     pool = unit_rows([case.pretrained_embedding for case in cases], ids, "pretrained embedding")
@@ -426,7 +607,7 @@ def clasp_beta(config: QueryConfig, round_index: int, total_rounds: int) -> floa
     return float(config.clasp_beta * config.clasp_beta_growth ** (round_index / (total_rounds - 1)))
 
 
-def _clasp_pe(cases, budget, config, labeled_embeddings, round_index, total_rounds) -> Order:
+def _clasp_pe(cases, budget, config, labeled_embeddings, round_index, total_rounds, noise=None) -> Order:
     """Volume-level ClaSP PE (method-spec.md §3.2 and §3.4 [inferred adaptation]).
 
     Each class score s (index 0 = plain PE) is power-noised, ``log(max(s, 1e-12)) + Gumbel(0, 1 / beta_t)`` (one
