@@ -8,6 +8,22 @@ Conventions (used everywhere in the engine):
 NRRD and MetaImage store LPS geometry; they are converted to RAS on read and back to LPS on write. Every writer is
 atomic: data go to a temporary file in the target folder, then the file is renamed into place, so a reader never
 sees a half-written file.
+
+Two rules for what is read (both in one place, :func:`read_volume`; the README's refusal table names them):
+
+* **Geometry is ITK's (Slicer's).** Every format's voxel-to-world matrix is the one ITK reads, because Slicer reads
+  with ITK and every file ASSFT writes is displayed there. For NIfTI, nibabel and ITK disagree on headers a user
+  does meet: a sheared (non-orthogonal) sform (ITK falls back to the qform, or refuses when there is none), a
+  negative ``pixdim`` (nibabel takes its absolute value, ITK flips the axis), the qform/sform preference when both
+  are set with different codes, and a header with neither. NIfTI voxels are read by nibabel (streamed, CRC-checked)
+  and their geometry by ITK's header reader (:func:`itk_geometry`); a geometry ITK refuses is refused here with
+  ITK's reason.
+* **Declared sizes are checked before anything is allocated** (:func:`check_declared_size`): the voxel bytes the
+  header declares must fit the limit of :data:`MAX_IMAGE_MB_ENV` (default :data:`DEFAULT_MAX_IMAGE_MB` MiB) and,
+  for NIfTI, the file that holds them (a ``.nii`` must be that long; a ``.nii.gz`` cannot decompress to more than
+  :data:`MAX_DEFLATE_RATIO` times its size, and its gzip trailer records the length). A 1 KB file declaring
+  2 GB and a gzip bomb above the limit are refused before their voxels exist. Reading a ``.nii.gz`` needs the
+  voxel array plus one 1 MiB piece.
 """
 
 from __future__ import annotations
@@ -35,6 +51,15 @@ SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 GEOMETRY_TOLERANCE_MM = 1e-3
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Environment variable: the largest image (voxel bytes as stored, after decompression) ASSFT reads, in MiB.
+MAX_IMAGE_MB_ENV = "ASSFT_MAX_IMAGE_MB"
+#: Its default: 1 GiB holds a 512 x 512 x 1024 CT as int16 twice over, or as float32 once. Processing an image costs
+#: a few times its size (preprocessing, probabilities, overlays), so larger inputs need a deliberate choice.
+DEFAULT_MAX_IMAGE_MB = 1024
+#: DEFLATE's largest compression ratio (258-byte matches coded in about 2 bits): no gzip stream decompresses to more
+#: than this many times its own size (plus a little for headers).
+MAX_DEFLATE_RATIO = 1032
 
 
 @dataclass(frozen=True)
@@ -99,7 +124,9 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
         allow_channels: accept a 4D file ``[I, J, K, C]`` (only for models whose card declares channels).
 
     Raises:
-        InputError: missing, unreadable or corrupt file; not 3D; NaN or infinite voxels.
+        InputError: missing, unreadable or corrupt file; a declared size beyond the limit or the file
+            (:func:`check_declared_size`); a geometry ITK cannot read (:func:`itk_geometry`); not 3D; NaN or
+            infinite voxels.
     """
     path = Path(path)
     if not path.is_file():
@@ -186,10 +213,16 @@ def _read_nifti(path: Path):
 
     if not path.name.lower().endswith(".nii.gz"):
         image = nib.load(str(path))
-        return np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
+        header = image.header
+        check_declared_size(path, header.get_data_shape(), header.get_data_dtype().itemsize,
+                            stored=path.stat().st_size - int(header.get_data_offset()))
+        return np.asanyarray(image.dataobj), itk_geometry(path, header)
     try:
         with gzip.open(path, "rb") as stream:
             nifti = _nifti_class(stream.read(4), path)
+            stream.seek(0)
+            header = nifti.header_class.from_fileobj(stream)
+            _check_gzip_size(path, header)
             stream.seek(0)
             holder = FileHolder(fileobj=_ChunkedReader(stream))
             image = nifti.from_file_map({"header": holder, "image": holder}, mmap=False)
@@ -201,7 +234,143 @@ def _read_nifti(path: Path):
             f"{path}: cannot read the file: its compressed data are corrupt or truncated ({exc}), so the voxels cannot "
             "be trusted. Copy or export the file again."
         ) from exc
-    return array, np.asarray(image.affine, dtype=np.float64)
+    return array, itk_geometry(path, header)
+
+
+def max_image_bytes() -> int:
+    """The limit on an image's voxel bytes: :data:`MAX_IMAGE_MB_ENV` MiB, default :data:`DEFAULT_MAX_IMAGE_MB`.
+
+    Raises:
+        InputError: the variable is set to something other than a positive number.
+    """
+    text = os.environ.get(MAX_IMAGE_MB_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_MB << 20
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = float("nan")
+    if not megabytes > 0 or megabytes == float("inf"):
+        raise InputError(f"{MAX_IMAGE_MB_ENV}={text!r}: the image size limit must be a positive number of MiB "
+                         f"(default {DEFAULT_MAX_IMAGE_MB}).")
+    return int(megabytes * (1 << 20))
+
+
+def check_declared_size(path: Path, shape: Sequence[int], itemsize: int, *, stored: Optional[int] = None,
+                        most: Optional[int] = None) -> int:
+    """Refuse an image whose header declares more voxel bytes than the limit or than its file can hold.
+
+    Args:
+        path: the file (for the message).
+        shape, itemsize: the header's dimensions and bytes per voxel value.
+        stored: bytes of voxel data the file holds (uncompressed files), if known.
+        most: the most voxel bytes the file could hold (compressed files), if known.
+
+    Returns:
+        the declared voxel bytes.
+
+    Raises:
+        InputError: beyond the limit (the message names :data:`MAX_IMAGE_MB_ENV`), or beyond the file.
+    """
+    declared = int(itemsize)
+    for edge in shape:
+        declared *= max(int(edge), 0)
+    limit = max_image_bytes()
+    dims = "×".join(str(int(e)) for e in shape)
+    if declared > limit:
+        raise InputError(
+            f"{path}: the header declares {dims} voxels of {itemsize} byte(s), {declared / (1 << 20):.0f} MiB, more "
+            f"than the limit of {limit / (1 << 20):.0f} MiB. If the image is real, raise the limit with the "
+            f"environment variable {MAX_IMAGE_MB_ENV} (in MiB); otherwise the header is damaged or the file is a "
+            "decompression bomb.")
+    short = stored if stored is not None and stored < declared else most if most is not None and most < declared \
+        else None
+    if short is not None:
+        raise InputError(
+            f"{path}: the header declares {dims} voxels ({declared} bytes), but the file can hold at most "
+            f"{max(short, 0)} bytes of them; the file is truncated or its header is damaged. Export it again.")
+    return declared
+
+
+def _check_gzip_size(path: Path, header) -> None:
+    """:func:`check_declared_size` of a ``.nii.gz`` from its header, before its voxels are decompressed.
+
+    The decompressed length ``L`` is at most :data:`MAX_DEFLATE_RATIO` times the compressed size, and the gzip
+    trailer stores ``L mod 2**32``; the largest ``L`` that fits both bounds what the file can hold. A file with
+    several gzip members records only its last member's length, so a shortfall is confirmed by decompressing into
+    nothing (bounded memory) before the file is refused.
+    """
+    import gzip
+
+    offset = int(header.get_data_offset())
+    shape, itemsize = header.get_data_shape(), header.get_data_dtype().itemsize
+    compressed = path.stat().st_size
+    bound = MAX_DEFLATE_RATIO * compressed + (1 << 16)
+    with open(path, "rb") as raw:
+        raw.seek(max(compressed - 4, 0))
+        recorded = int.from_bytes(raw.read(4), "little")
+    most = recorded + ((bound - recorded) >> 32 << 32) if bound >= recorded else bound
+    try:
+        check_declared_size(path, shape, itemsize, most=most - offset)
+    except InputError:
+        if max_image_bytes() < int(np.prod([max(int(e), 0) for e in shape], dtype=np.float64)) * itemsize:
+            raise  # beyond the limit: no need to look further
+        length = 0
+        with gzip.open(path, "rb") as stream:
+            while True:
+                piece = stream.read(1 << 20)
+                if not piece:
+                    break
+                length += len(piece)
+        check_declared_size(path, shape, itemsize, stored=length - offset)
+
+
+def itk_geometry(path: Path, header=None) -> np.ndarray:
+    """The RAS voxel-to-world matrix ``[4, 4]`` that ITK (Slicer's reader) gives the file's header.
+
+    Only the header is read. ITK's own warnings (e.g. "unexpected scales in sform") are not printed: what matters
+    is the geometry it settles on, and a geometry it refuses is refused here. A NIfTI-2 header (which this ITK has
+    no reader for) is handed to ITK as the equivalent NIfTI-1 header.
+
+    Args:
+        header: the file's nibabel header (used for NIfTI-2).
+
+    Raises:
+        InputError: ITK cannot read a geometry from the header (e.g. a sheared sform and no qform).
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    try:
+        if header is not None and header.sizeof_hdr == 540:
+            with tempfile.TemporaryDirectory(prefix="assft-header-") as folder:
+                import nibabel as nib
+
+                copy = Path(folder) / "header.nii"
+                copy.write_bytes(nib.Nifti1Header.from_header(header).binaryblock + b"\0" * 4)
+                reader.SetFileName(str(copy))
+                reader.ReadImageInformation()
+        else:
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].replace("ITK ERROR: ", "")
+        raise InputError(
+            f"{path}: its voxel-to-world geometry cannot be read the way 3D Slicer (ITK) reads it: {reason} The "
+            "header is probably sheared (non-orthogonal) without an orthogonal alternative; resample the image "
+            "onto an orthogonal grid (e.g. in Slicer or with ITK) and export it again.") from exc
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
+    dim = reader.GetDimension()
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    lps = np.eye(4)
+    if dim < 3:
+        return lps
+    lps[:3, :3] = direction @ np.diag(reader.GetSpacing()[:3])
+    lps[:3, 3] = reader.GetOrigin()[:3]
+    return _LPS_TO_RAS @ lps
 
 
 class _ChunkedReader(io.RawIOBase):
@@ -258,7 +427,12 @@ def _nifti_class(magic: bytes, path: Path):
 def _read_itk(path: Path):
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    check_declared_size(path, reader.GetSize(), reader.GetNumberOfComponents() * pixel.GetSizeOfPixelComponent())
+    image = reader.Execute()
     array = sitk.GetArrayFromImage(image)  # [k, j, i] or [k, j, i, c]
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = np.moveaxis(array, -1, 0)  # [c, k, j, i]
