@@ -7,7 +7,8 @@ JSON Schema of a card.
 
 This module imports neither torch nor MONAI, so a process that only needs a card (the Slicer GUI reading class
 names, the job protocol) can read one; building the network and loading weights is :mod:`ASSFTActive.models`,
-which re-exports everything here.
+which re-exports everything here. What a model *reference* means (``default``, a card file, a store folder) is the
+store's to say: :func:`ASSFTActive.store.resolve_card`, so that this module imports nothing above it.
 """
 
 from __future__ import annotations
@@ -224,15 +225,3 @@ def load_card(path: PathLike) -> ModelCard:
 def save_card(card: ModelCard, path: PathLike) -> Path:
     """Write ``card`` as JSON, atomically."""
     return atomic_write_text(path, json.dumps(card.to_dict(), indent=2) + "\n")
-
-
-def resolve_card(spec: Optional[PathLike]) -> ModelCard:
-    """The card a CLI/job/GUI model argument means; the one resolver every command uses.
-
-    ``None`` or ``"default"`` is the embedded default; otherwise a card file, a store version folder
-    (``<store>/<name>/v<k>``) or a store model folder (``<store>/<name>``: its active version), resolved and
-    verified against the version's manifest by :func:`ASSFTActive.store.resolve_card_path`.
-    """
-    from .store import resolve_card_path  # the store imports this module
-
-    return load_card(resolve_card_path(spec))

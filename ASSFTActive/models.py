@@ -1,6 +1,6 @@
 """Model cards, the architecture registry and safe weight loading.
 
-The card itself (:class:`ModelCard`, :func:`load_card`, :func:`resolve_card`, ...) lives in the torch-free
+The card itself (:class:`ModelCard`, :func:`load_card`, ...) lives in the torch-free
 :mod:`ASSFTActive.cards` and is re-exported here; this module adds what needs torch: building the card's network
 and loading its weights.
 
@@ -27,7 +27,6 @@ from .cards import (  # noqa: F401  (re-exported: the card API has always been i
     WEIGHT_FORMATS,
     ModelCard,
     load_card,
-    resolve_card,
     save_card,
 )
 from .errors import ModelError

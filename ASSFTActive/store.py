@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from . import __version__
-from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD
+from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD, ModelCard, load_card, save_card
 from .errors import AssftError, ModelError, OutputError
 from .io import PathLike, atomic_write_text
 
@@ -43,6 +43,7 @@ __all__ = [
     "ModelVersion",
     "PendingVersion",
     "StoreError",
+    "resolve_card",
     "resolve_card_path",
     "verify_version",
 ]
@@ -145,7 +146,7 @@ def verify_version(path: PathLike, load: bool = True) -> Dict[str, Any]:
         if target.stat().st_size != int(entry.get("bytes", -1)) or _sha256(target) != entry.get("sha256"):
             raise StoreError(f"{target}: content differs from the manifest (changed or truncated after writing).")
     if load:
-        from .models import load_card, load_model
+        from .models import load_model
 
         card = load_card(path / CARD_FILE)
         if card.weights_path.parent != path.resolve():
@@ -346,7 +347,7 @@ class ModelStore:
         Raises:
             StoreError, ModelError: the version cannot be written or does not check out; nothing changed.
         """
-        from .models import derive_card, save_card, save_weights
+        from .models import derive_card, save_weights
 
         with self.begin(name) as pending:
             save_weights(network, pending.path / WEIGHTS_FILE)
@@ -446,6 +447,16 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
         f"{path}: no model card there. Pass 'default', a card JSON file, or a model folder of a store "
         "(<store>/<name> or <store>/<name>/v<k>)."
     )
+
+
+def resolve_card(spec: Optional[PathLike]) -> ModelCard:
+    """The card a CLI/job/GUI model argument means; the one resolver every command uses.
+
+    ``None`` or ``"default"`` is the embedded default; otherwise a card file, a store version folder
+    (``<store>/<name>/v<k>``) or a store model folder (``<store>/<name>``: its active version), resolved and
+    verified against the version's manifest by :func:`resolve_card_path`.
+    """
+    return load_card(resolve_card_path(spec))
 
 
 def _is_version_folder(path: Path) -> bool:

@@ -59,7 +59,8 @@ sys.path.insert(0, str(ROOT))
 from ASSFTActive.evaluate import evaluate_model  # noqa: E402
 from ASSFTActive.finetune.training import SupervisedCase, TrainConfig, train_supervised  # noqa: E402
 from ASSFTActive.io import Volume, case_id, read_label, read_volume  # noqa: E402
-from ASSFTActive.models import ModelCard, build_network, load_model, resolve_card, save_card, save_weights  # noqa: E402
+from ASSFTActive.models import ModelCard, build_network, load_model, save_card, save_weights  # noqa: E402
+from ASSFTActive.store import resolve_card  # noqa: E402
 from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, ShiftConfig, apply_shift  # noqa: E402
 from Testing.Benchmarks.harness.splits import acdc_patient, groups_of, hold_out, read_reserved, split_acdc  # noqa: E402
 

@@ -76,7 +76,8 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_model, resolve_card
+    from ..models import load_model
+    from ..store import resolve_card
     from .common import resolve_device
 
     device = resolve_device(args.device)

@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from ..finetune.adapt import adapt_model
     from ..finetune.config import FinetuneConfig, PseudoLabelConfig, TrainConfig
     from ..io import case_id, find_images, read_volume
-    from ..models import load_card, load_model, resolve_card
+    from ..models import load_card, load_model
     from ..query import QueryConfig
+    from ..store import resolve_card
 
     device = resolve_device(args.device)
     out: Path = args.out

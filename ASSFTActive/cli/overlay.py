@@ -27,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from ..api import make_predictor
     from ..errors import InputError
     from ..io import case_id, read_volume
-    from ..models import resolve_card
     from ..overlay import OverlayConfig, write_overlay
     from ..plausibility import check_image
     from ..query import QueryConfig, RegionSpec
+    from ..store import resolve_card
 
     try:  # the settings are checked before the image is read or the model loaded
         config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)

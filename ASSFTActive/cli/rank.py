@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from ..api import rank_pool, round_plan
     from ..errors import InputError
     from ..io import case_id, find_images, match_labels
-    from ..models import resolve_card
     from ..query import QueryConfig
+    from ..store import resolve_card
 
     images = find_images(args.images)
     labeled = sorted(match_labels(images, args.labels, warn=warn_line))

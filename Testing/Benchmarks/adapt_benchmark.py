@@ -164,7 +164,7 @@ def _init(setup: Dict[str, Any]) -> None:
 def _test_cases(shift: str):
     """Shifted target-test images with their labels (cached per worker)."""
     from ASSFTActive.io import read_label, read_volume
-    from ASSFTActive.models import resolve_card
+    from ASSFTActive.store import resolve_card
     from Testing.Benchmarks.harness.shifts import apply_shift
 
     if shift not in _WORKER["test"]:
@@ -182,7 +182,8 @@ def _test_cases(shift: str):
 def _test_dice(card_path: Optional[Path], shift: str) -> List[float]:
     """Mean foreground Dice of each target-test case for a model card (``None`` = the embedded default)."""
     from ASSFTActive.evaluate import evaluate_model
-    from ASSFTActive.models import load_card, load_model, resolve_card
+    from ASSFTActive.models import load_card, load_model
+    from ASSFTActive.store import resolve_card
 
     card = resolve_card("default") if card_path is None else load_card(card_path)
     report = evaluate_model(load_model(card), None, _test_cases(shift), hd95=False)
@@ -254,8 +255,8 @@ def _run_sfr(task: Task, images: Dict[str, str], labels: Dict[str, str], store: 
     """``sfr_adapt`` for an SFR arm; also the true Dice of SAM's last pseudo-labels of the pool (hidden labels)."""
     from ASSFTActive.evaluate import dice_per_class, mean_scored
     from ASSFTActive.io import read_label
-    from ASSFTActive.models import resolve_card
     from ASSFTActive.sfr import pipeline, plus
+    from ASSFTActive.store import resolve_card
 
     classes = resolve_card("default").num_classes
     seen: Dict[str, float] = {}
@@ -426,7 +427,7 @@ def write_pool(data: Path, pool: Sequence[str], strength: float, folder: Path) -
 def query_selection(pool_dir: Path, budget: int) -> Tuple[str, ...]:
     """The ``budget`` volumes the product's query proposes in a pool folder (cold start: nothing labelled yet)."""
     from ASSFTActive.api import rank_pool
-    from ASSFTActive.models import resolve_card
+    from ASSFTActive.store import resolve_card
 
     with tempfile.TemporaryDirectory(prefix="adapt-bench-rank-") as out:
         result = rank_pool(sorted(pool_dir.glob("*.nii.gz")), resolve_card("default"), budget, Path(out),

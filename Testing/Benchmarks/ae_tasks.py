@@ -43,7 +43,7 @@ class Setup:
         image_dir: folder of the shifted pool volumes as ``<case>.nii.gz`` (written by the parent); fine-tuning
             goes through the product's ``finetune.adapt.adapt_model``, which reads its images from disk.
         guard: run Adapt Model's activation guard (the product default) or use every adapted model.
-        model: the pre-trained model, as ``ASSFTActive.models.resolve_card`` reads it: ``"default"`` (the embedded
+        model: the pre-trained model, as ``ASSFTActive.store.resolve_card`` reads it: ``"default"`` (the embedded
             hippocampus model) or a model folder / card file (the ACDC source model of
             ``scripts/train_acdc_source.py``).
     """
@@ -95,7 +95,7 @@ def shifted_case(case: str):
 
 def default_card():
     """The card of the pre-trained model of this run (``Setup.model``)."""
-    from ASSFTActive.models import resolve_card
+    from ASSFTActive.store import resolve_card
 
     if "card" not in _STATE:
         _STATE["card"] = resolve_card(_STATE["setup"].model)

@@ -101,7 +101,8 @@ def _adapted_card(folder: Path):
     """A copy of the embedded default with perturbed weights whose card points back to the original."""
     import torch
 
-    from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, derive_card, load_model, resolve_card, save_card, save_weights
+    from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, derive_card, load_model, save_card, save_weights
+    from ASSFTActive.store import resolve_card
 
     base = resolve_card("default")
     model = load_model(base)
@@ -120,7 +121,8 @@ def _many_class_card(folder: Path):
     """The default UNet with ``MANY_CLASSES`` outputs and random weights (a generic many-class model)."""
     import torch
 
-    from ASSFTActive.models import build_network, resolve_card, save_card, save_weights
+    from ASSFTActive.models import build_network, save_card, save_weights
+    from ASSFTActive.store import resolve_card
 
     folder.mkdir(parents=True, exist_ok=True)
     names = ["background"] + [f"structure_{i:03d}" for i in range(1, MANY_CLASSES)]
@@ -158,8 +160,9 @@ def measure(method: str, card_name: str, images, work: Path, device: str, pool_s
 
     from ASSFTActive.api import analyse_volume, make_predictor, rank_pool
     from ASSFTActive.io import read_volume
-    from ASSFTActive.models import load_card, resolve_card
+    from ASSFTActive.models import load_card
     from ASSFTActive.query import QueryConfig, RegionSpec
+    from ASSFTActive.store import resolve_card
 
     torch.set_num_threads(os.cpu_count() or 1)
     cache = work / "feature-cache"

@@ -79,7 +79,8 @@ def test_the_benchmark_looks_for_the_acdc_model_where_the_training_script_writes
 
 
 def test_the_acdc_card_has_four_classes_and_a_patch_fit_for_few_slices(acdc_card):
-    from ASSFTActive.models import build_network, resolve_card
+    from ASSFTActive.models import build_network
+    from ASSFTActive.store import resolve_card
 
     card = resolve_card(acdc_card)
     network = build_network(card)

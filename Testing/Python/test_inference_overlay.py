@@ -11,9 +11,10 @@ from conftest import rotated_affine
 
 from ASSFTActive.inference import Predictor
 from ASSFTActive.io import Volume, read_volume
-from ASSFTActive.models import load_model, resolve_card
+from ASSFTActive.models import load_model
 from ASSFTActive.overlay import OverlayConfig, high_entropy_regions, write_overlay
 from ASSFTActive.query import normalized_entropy
+from ASSFTActive.store import resolve_card
 
 
 @pytest.fixture(scope="module")

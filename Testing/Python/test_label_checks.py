@@ -130,7 +130,8 @@ def _case(case_id, image, label_array):
 
 @pytest.fixture(scope="module")
 def default_model():
-    from ASSFTActive.models import load_model, resolve_card
+    from ASSFTActive.models import load_model
+    from ASSFTActive.store import resolve_card
 
     return load_model(resolve_card("default"))
 

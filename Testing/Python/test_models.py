@@ -18,10 +18,10 @@ from ASSFTActive.models import (
     load_model,
     load_weights,
     read_state_dict,
-    resolve_card,
     save_card,
     save_weights,
 )
+from ASSFTActive.store import resolve_card
 
 SWIN_ARGS = {"in_channels": 1, "out_channels": 3, "feature_size": 48}
 SWIN_STAGES = ["swinViT.layers1.0", "swinViT.layers2.0", "swinViT.layers3.0", "swinViT.layers4.0"]

@@ -163,7 +163,7 @@ def test_a_tampered_active_version_is_refused_when_loaded_through_the_model_fold
 
 
 def test_every_command_resolves_a_store_folder_with_the_same_verified_resolver(tmp_path, base):
-    from ASSFTActive.models import resolve_card
+    from ASSFTActive.store import resolve_card
 
     store = ModelStore(tmp_path / "store")
     _add_version(store, "m", base)

@@ -120,7 +120,8 @@ def test_sums_taken_over_other_regions_are_refused_by_the_scores():
 def test_predictor_maps_equal_the_scores_of_its_full_softmax(overlap):
     from ASSFTActive.inference import InferenceConfig, Predictor
     from ASSFTActive.io import Volume
-    from ASSFTActive.models import load_model, resolve_card
+    from ASSFTActive.models import load_model
+    from ASSFTActive.store import resolve_card
 
     model = load_model(resolve_card("default"))
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in (40, 52, 30)], indexing="ij"))
