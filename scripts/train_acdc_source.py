@@ -57,7 +57,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ASSFTActive.evaluate import evaluate_model  # noqa: E402
-from ASSFTActive.finetune.training import SupervisedCase, TrainConfig, train_supervised  # noqa: E402
+from ASSFTActive.finetune.training import (  # noqa: E402
+    ProgressHook,
+    SupervisedCase,
+    TrainConfig,
+    train_supervised,
+)
 from ASSFTActive.io import Volume, case_id, read_label, read_volume  # noqa: E402
 from ASSFTActive.models import ModelCard, build_network, load_model, save_card, save_weights  # noqa: E402
 from ASSFTActive.store import resolve_card  # noqa: E402
@@ -132,7 +137,7 @@ def train(args: argparse.Namespace, parts: Dict[str, List[str]]) -> float:
             elapsed = time.time() - start
             print(f"[{elapsed / 60:5.1f} min] {event.message}", flush=True)
 
-    train_supervised(network, card, cases, config, progress=progress)
+    train_supervised(network, card, cases, config, hooks=[ProgressHook(progress)])
     seconds = time.time() - start
     out = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)

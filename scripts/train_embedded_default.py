@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ASSFTActive.evaluate import evaluate_model  # noqa: E402
-from ASSFTActive.finetune.training import SupervisedCase, TrainConfig, train_supervised  # noqa: E402
+from ASSFTActive.finetune.training import (  # noqa: E402
+    ProgressHook,
+    SupervisedCase,
+    TrainConfig,
+    train_supervised,
+)
 from ASSFTActive.io import case_id, read_label, read_volume  # noqa: E402
 from ASSFTActive.models import ModelCard, build_network, save_card, save_weights  # noqa: E402
 from Testing.Benchmarks.harness.splits import read_reserved, split_cases  # noqa: E402
@@ -76,8 +81,8 @@ def main() -> None:
     config = TrainConfig(iterations=args.iterations, patch_size=(32, 48, 32), batch_size=4, learning_rate=2e-3,
                          seed=args.seed)
     start = time.time()
-    train_supervised(network, card, cases, config, progress=lambda e: print(e.message, flush=True)
-                     if e.step % 100 == 0 else None)
+    train_supervised(network, card, cases, config, hooks=[ProgressHook(lambda e: print(e.message, flush=True)
+                                                                   if e.step % 100 == 0 else None)])
     seconds = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)

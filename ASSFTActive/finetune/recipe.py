@@ -7,8 +7,6 @@ counted globally over the recipe: stage 0 covers ``train.iterations`` steps, eac
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import replace
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
@@ -22,7 +20,20 @@ from .config import PseudoMode, Teacher
 from .pseudo import PseudoDecision
 from .pseudo_round import pseudo_round
 from .state import AdaptRun, LabeledVolume, cpu_state, unwrap
-from .training import SemiParts, SupervisedCase, train_supervised
+from .training import (
+    CheckpointHook,
+    L2SpPenalty,
+    LossTerm,
+    ProgressHook,
+    PseudoLabelTerm,
+    ScoreHook,
+    SemiParts,
+    SupervisedCase,
+    TrainHook,
+    TrainSchedule,
+    ema_teacher,
+    train_supervised,
+)
 
 __all__ = ["Scorer", "check_replicas", "run_recipe"]
 
@@ -93,42 +104,52 @@ def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[
     base = config.train
     train_config = base if stage == 0 else replace(base, iterations=config.semi_steps, seed=base.seed + stage)
     last = min(stop, train_config.iterations)
-    labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
-    rule = config.pseudo
-    teacher = None
-    if stage > 0 and pseudo and rule.teacher == Teacher.EMA:
-        teacher = copy.deepcopy(unwrap(network))
-        if optim is not None and optim.get("teacher") is not None:
-            teacher.load_state_dict(optim["teacher"])
-    every_score = config.validation.every if scorer is not None else 0
-    every_checkpoint = config.checkpoint_every if final and run.checkpoints.enabled else 0
-    interval = math.gcd(every_score, every_checkpoint) or max(every_score, every_checkpoint)
     offset = run.stage_offset(stage)
-
-    def on_checkpoint(step: int, net: nn.Module, state: Mapping) -> None:
-        if every_score and step % every_score == 0 and step < last:
-            scorer(net, offset + step)
-        if every_checkpoint and step % every_checkpoint == 0 and step < last:
-            _save(run, stage, step, net, state)
-
     if start_step < last:
+        labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
         resuming = f", resuming at {start_step}" if start_step else ""
         run.emit("phase", phase="train", step=progress_offset + offset + start_step, total=run.total_steps,
                  message=f"{label}{_stage_name(stage)} training: {len(labeled)} labelled + {len(pseudo)} "
                          f"pseudo-labelled volumes, {last} of {train_config.iterations} steps{resuming}")
-        semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
-                         strong_view=rule.strong_view, spatial_view=rule.spatial_view,
-                         cutmix_probability=rule.cutmix_probability,
-                         ema_decay=rule.ema_decay)
-        train_supervised(run.ctx.wrap(network), run.card, labeled, train_config, pseudo=pseudo,
-                         progress=_stage_progress(run, stage, progress_offset, label), device=run.device,
-                         start_step=start_step, optimizer_state=optim, checkpoint=on_checkpoint,
-                         checkpoint_every=interval, teacher=teacher, semi=semi,
-                         encoder_stages=run.card.encoder_stages, anchor=run.anchor, stop_at=last, rank=run.ctx.rank)
-    if scorer is not None:
+        hooks: List[TrainHook] = [ProgressHook(_stage_progress(run, stage, progress_offset, label))]
+        if final and run.checkpoints.enabled:
+            hooks.append(CheckpointHook(config.checkpoint_every, _saver(run, stage, last)))
+        if scorer is not None:
+            hooks.append(ScoreHook(scorer, offset))
+        train_supervised(run.ctx.wrap(network), run.card, labeled, train_config,
+                         terms=_terms(run, stage, network, pseudo, optim), hooks=hooks,
+                         schedule=TrainSchedule(start=start_step, stop=last, resume_state=optim, rank=run.ctx.rank,
+                                                validate_every=config.validation.every if scorer else 0),
+                         device=run.device)
+    elif scorer is not None:
         scorer(network, offset + last)
     if final:
         _save(run, stage + 1, 0, network, None)
+
+
+def _terms(run: AdaptRun, stage: int, network: nn.Module, pseudo: Sequence[SupervisedCase],
+           optim: Optional[Mapping]) -> List[LossTerm]:
+    """L2-SP toward the run's starting weights, and in a semi-supervised round the pseudo-labelled patches (with an
+    EMA teacher when ``pseudo.teacher`` is ``ema``)."""
+    rule = run.config.pseudo
+    terms: List[LossTerm] = [L2SpPenalty(run.anchor)] if run.config.train.l2sp_weight > 0 else []
+    if stage > 0 and pseudo:
+        teacher = ema_teacher(network, optim) if rule.teacher == Teacher.EMA else None
+        semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
+                         strong_view=rule.strong_view, spatial_view=rule.spatial_view,
+                         cutmix_probability=rule.cutmix_probability, ema_decay=rule.ema_decay)
+        terms.append(PseudoLabelTerm(pseudo, semi, teacher))
+    return terms
+
+
+def _saver(run: AdaptRun, stage: int, last: int):
+    """The checkpoint hook's ``save``: the stage's resumable state before its last step (its end is saved after)."""
+
+    def save(step: int, net: nn.Module, state: Mapping) -> None:
+        if step < last:
+            _save(run, stage, step, net, state)
+
+    return save
 
 
 def _save(run: AdaptRun, stage: int, step: int, network: nn.Module, optim: Optional[Mapping]) -> None:

@@ -1,13 +1,19 @@
-"""The training loop: Dice+CE on foreground-aware patches, with optional weighted pseudo-labelled cases.
+"""The training loop: Dice+CE on foreground-aware patches, with loss terms and hooks as plug-ins.
 
-Each iteration draws ``batch_size`` patches from the labelled cases and, when pseudo-labelled cases are given, the
-same number from them (a fixed 1:1 ratio, so every batch holds expert labels); the pseudo-labelled loss is weighted
-by the ramp ``w(t)`` of method-spec §1.7 and may be restricted to confident voxels. With a teacher network (Mean
-Teacher) the pseudo-labels come from the teacher on the weak view; the student may see a strong view with labelled
-boxes pasted in (:mod:`.semi`). Two protections of the prior: lower learning rates for the encoder stages and an
-L2-SP penalty toward the starting weights (:class:`~.config.TrainConfig`).
+:func:`train_supervised` is one loop, written once, with the plug points of nnU-Net's trainer: a caller adds
+:class:`LossTerm` objects (pseudo-labelled patches with or without a teacher, :class:`PseudoLabelTerm`; the L2-SP
+penalty, :class:`L2SpPenalty`) and :class:`TrainHook` objects (``on_train_start``, ``on_step``, ``on_validation``,
+``on_train_end``: progress events, resumable checkpoints, held-out scoring, or a caller's own), all seeing one
+:class:`TrainState`. Nothing is reached by keyword arguments or by patching this module.
 
-SFR's Mean-Teacher re-training (method-spec §2.3) is a configuration of the same loop, with two teachers: the
+With a :class:`PseudoLabelTerm`, each iteration draws ``batch_size`` patches from the labelled cases and the same
+number from the pseudo-labelled ones (a fixed 1:1 ratio, so every batch holds expert labels); the pseudo-labelled
+loss is weighted by the ramp ``w(t)`` of method-spec §1.7 and may be restricted to confident voxels. With a teacher
+network (Mean Teacher) the pseudo-labels come from the teacher on the weak view; the student may see a strong view
+with labelled boxes pasted in (:mod:`.semi`). Two protections of the prior: lower learning rates for the encoder
+stages and an L2-SP penalty toward the starting weights (:class:`~.config.TrainConfig`).
+
+SFR's Mean-Teacher re-training (method-spec §2.3) is a configuration of the same term, with two teachers: the
 fine-tuned SAM is an offline teacher whose hard pseudo-labels stay the targets of the pseudo-labelled patches at a
 constant weight (:attr:`SemiParts.fixed_pseudo_weight`), and the EMA teacher adds a consistency term, the softmax MSE
 between the student on a patch and the teacher on the same patch plus clipped Gaussian noise, ramped up by
@@ -16,8 +22,9 @@ between the student on a patch and the teacher on the same patch plus clipped Ga
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,9 +39,10 @@ from ..progress import ProgressCallback, emit
 from .config import Optimizer, TrainConfig
 from .semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
 
-__all__ = ["SemiParts", "SupervisedCase", "TrainConfig", "consistency_weight_at", "dice_ce_loss", "ema_update",
-           "l2sp_penalty", "make_optimizer", "noisy_view", "parameter_groups", "pseudo_weight_at", "softmax_mse",
-           "train_supervised"]
+__all__ = ["Batch", "CheckpointHook", "L2SpPenalty", "LossTerm", "ProgressHook", "PseudoLabelTerm", "ScoreHook",
+           "SemiParts", "SupervisedCase", "TrainConfig", "TrainHook", "TrainSchedule", "TrainState",
+           "consistency_weight_at", "dice_ce_loss", "ema_teacher", "ema_update", "l2sp_penalty", "make_optimizer",
+           "noisy_view", "parameter_groups", "pseudo_weight_at", "softmax_mse", "train_supervised"]
 
 
 @dataclass(frozen=True)
@@ -280,125 +288,341 @@ def make_optimizer(groups: List[dict], config: TrainConfig) -> Tuple[torch.optim
     return optimizer, scheduler
 
 
-def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[SupervisedCase],
-                     config: TrainConfig, pseudo: Sequence[SupervisedCase] = (),
-                     progress: Optional[ProgressCallback] = None, device: Optional[torch.device] = None,
-                     start_step: int = 0, optimizer_state: Optional[Mapping] = None,
-                     checkpoint: Optional[Callable] = None, checkpoint_every: int = 0, *,
-                     teacher: Optional[nn.Module] = None, semi: SemiParts = SemiParts(),
-                     encoder_stages: Sequence[str] = (), anchor: Optional[Mapping[str, torch.Tensor]] = None,
-                     stop_at: Optional[int] = None, rank: int = 0) -> List[float]:
-    """Train ``network`` in place; returns the loss of every step.
+def ema_teacher(network: nn.Module, resume_state: Optional[Mapping] = None) -> nn.Module:
+    """A Mean-Teacher copy of ``network`` (unwrapped), holding the ``"teacher"`` weights of ``resume_state`` (the
+    state a :class:`CheckpointHook` saved) when there are some."""
+    teacher = copy.deepcopy(getattr(network, "module", network))
+    if resume_state is not None and resume_state.get("teacher") is not None:
+        teacher.load_state_dict(resume_state["teacher"])
+    return teacher
+
+
+# ------------------------------------------------------------------------------------- the trainer's plug points
+
+
+@dataclass
+class TrainState:
+    """What the trainer shares with its hooks and loss terms while it runs (what nnU-Net's trainer keeps on ``self``).
+
+    Attributes:
+        network: the model being trained, on ``device`` (may be wrapped in ``DistributedDataParallel``).
+        card: its model card; ``config``: the optimisation settings; ``device``; ``rank``: the data-parallel rank.
+        patch: the training patch ``(X, Y, Z)`` in voxels.
+        rng: the run's generator (patch draws, pasted boxes); terms that draw use it in the trainer's order.
+        optimizer, scheduler: the optimiser and learning-rate scheduler.
+        start: steps done when this call began (a resumed run starts past 0).
+        step: steps done so far; in ``on_step`` the step just finished (1-based), in ``on_validation`` the step
+            whose weights are scored.
+        last: the call ends after this step (``config.iterations``, or ``TrainSchedule.stop``).
+        teacher: the EMA teacher when a term keeps one (its weights go into :meth:`resumable`).
+        loss: the last step's total loss; ``metrics``: its parts (``loss_labeled``, ``l2sp``, ``loss_pseudo``, ...,
+            ``loss``), as the ``progress`` event carries them.
+        losses: every step's loss so far.
+        stop: a hook sets this to end training after the current step (early stopping).
+    """
+
+    network: nn.Module
+    card: ModelCard
+    config: TrainConfig
+    device: torch.device
+    rank: int
+    patch: Tuple[int, int, int]
+    rng: np.random.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    start: int
+    step: int
+    last: int
+    teacher: Optional[nn.Module] = None
+    loss: float = float("nan")
+    metrics: Dict[str, float] = field(default_factory=dict)
+    losses: List[float] = field(default_factory=list)
+    stop: bool = False
+
+    def resumable(self) -> Dict[str, Any]:
+        """``{"optimizer", "scheduler"[, "teacher"]}``: what :class:`TrainSchedule.resume_state` takes back."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+
+class TrainHook:
+    """A plug-in of the trainer, in the manner of nnU-Net's trainer hooks; override what you need (each default
+    does nothing). Hooks run in the order given, loss terms first. Each receives the :class:`TrainState`.
+
+    * ``on_train_start``: after the optimiser is built (and restored), before the first step;
+    * ``on_step``: after each optimiser step (``state.step`` is the step just done); may raise ``CancelledError``;
+    * ``on_validation``: every ``TrainSchedule.validate_every`` steps before the last, and once after the last step
+      (the network may be evaluated; the trainer puts it back in training mode);
+    * ``on_train_end``: after training, with the network in eval mode.
+    """
+
+    def on_train_start(self, state: TrainState) -> None:
+        pass
+
+    def on_step(self, state: TrainState) -> None:
+        pass
+
+    def on_validation(self, state: TrainState) -> None:
+        pass
+
+    def on_train_end(self, state: TrainState) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The labelled patches of one step, on the compute device: ``images [B, 1, X, Y, Z]``, ``labels [B, X, Y, Z]``
+    (int64), and the student's ``logits [B, C, X, Y, Z]`` on them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+
+
+class LossTerm(TrainHook):
+    """A part of the loss beyond the supervised Dice+CE of the labelled patches (also a :class:`TrainHook`, so it can
+    prepare in ``on_train_start`` and update in ``on_step``)."""
+
+    def add(self, loss: torch.Tensor, batch: Batch, state: TrainState) -> torch.Tensor:
+        """``loss`` plus this term (weighted); what it adds is recorded in ``state.metrics``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TrainSchedule:
+    """Which part of the schedule one call trains.
+
+    Attributes:
+        start: steps already done (resume; with ``resume_state``); the schedule always spans ``config.iterations``.
+        stop: stop after this step (early stopping at a step chosen by cross-validation); ``None``: the last.
+        validate_every: hooks' ``on_validation`` every this many steps (and once after the last); 0: after the last
+            only.
+        resume_state: ``{"optimizer", "scheduler"[, "teacher"]}`` as :meth:`TrainState.resumable` gave it.
+        rank: process rank under data parallelism; each rank draws its own patches.
+    """
+
+    start: int = 0
+    stop: Optional[int] = None
+    validate_every: int = 0
+    resume_state: Optional[Mapping[str, Any]] = None
+    rank: int = 0
+
+
+class ProgressHook(TrainHook):
+    """A ``progress`` event per step: ``step``/``total`` of the schedule, the loss, ``metrics`` = the loss parts."""
+
+    def __init__(self, progress: Optional[ProgressCallback]):
+        self.progress = progress
+
+    def on_step(self, state: TrainState) -> None:
+        total = state.config.iterations
+        emit(self.progress, "progress", phase="train", step=state.step, total=total,
+             message=f"step {state.step}/{total} loss {state.loss:.4f}", metrics=state.metrics)
+
+
+class CheckpointHook(TrainHook):
+    """``save(step, network, state)`` every ``every`` steps, ``state`` being :meth:`TrainState.resumable`."""
+
+    def __init__(self, every: int, save: Callable[[int, nn.Module, Mapping[str, Any]], None]):
+        self.every, self.save = int(every), save
+
+    def on_step(self, state: TrainState) -> None:
+        if self.every and state.step % self.every == 0:
+            self.save(state.step, state.network, state.resumable())
+
+
+class ScoreHook(TrainHook):
+    """``scorer(network, offset + step)`` at each validation (a cross-validation fold's held-out scores)."""
+
+    def __init__(self, scorer: Callable[[nn.Module, int], None], offset: int = 0):
+        self.scorer, self.offset = scorer, int(offset)
+
+    def on_validation(self, state: TrainState) -> None:
+        self.scorer(state.network, self.offset + state.step)
+
+
+class L2SpPenalty(LossTerm):
+    """``config.l2sp_weight · Σ (w - w0)²`` toward ``anchor`` (default: the weights when training starts);
+    :func:`l2sp_penalty`. Added by the trainer itself when ``l2sp_weight > 0`` and no such term is given."""
+
+    def __init__(self, anchor: Optional[Mapping[str, torch.Tensor]] = None):
+        self.anchor = anchor
+        self.reference: Dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, state: TrainState) -> None:
+        source = self.anchor if self.anchor is not None else getattr(state.network, "module",
+                                                                      state.network).state_dict()
+        self.reference = {k: v.detach().to(state.device).clone() for k, v in source.items()}
+
+    def add(self, loss: torch.Tensor, batch: Batch, state: TrainState) -> torch.Tensor:
+        penalty = l2sp_penalty(state.network, self.reference)
+        state.metrics["l2sp"] = float(penalty.detach())
+        return loss + state.config.l2sp_weight * penalty
+
+
+class PseudoLabelTerm(LossTerm):
+    """Dice+CE on pseudo-labelled patches, ``batch_size`` of them per step beside the labelled ones (1:1).
+
+    Without a teacher the fixed pseudo-labels (and voxel masks) are the targets, weighted by the ramp
+    :func:`pseudo_weight_at`. With an EMA ``teacher`` (Mean Teacher, method-spec §1.7) each patch is labelled by the
+    teacher's argmax on the weak view (masked by ``semi.voxel_threshold``), and the teacher follows the student by
+    :func:`ema_update` after every step; ``semi.fixed_pseudo_weight`` keeps the fixed labels at a constant weight
+    instead, and ``semi.consistency_weight > 0`` adds the consistency term on a noisy view (SFR's re-training). The
+    student may see :class:`~.semi.StrongView`, :class:`~.semi.SpatialJitter` and pasted labelled boxes.
+
+    Args:
+        cases: the pseudo-labelled cases (none: the term adds nothing).
+        semi: how they are used (:class:`SemiParts`).
+        teacher: the EMA teacher (:func:`ema_teacher`; the caller restores it when resuming).
+
+    Raises:
+        ValueError: ``semi.consistency_weight > 0`` without a teacher.
+    """
+
+    def __init__(self, cases: Sequence[SupervisedCase], semi: SemiParts = SemiParts(),
+                 teacher: Optional[nn.Module] = None):
+        if semi.consistency_weight > 0 and teacher is None:
+            raise ValueError("SemiParts.consistency_weight > 0 needs a teacher network (Mean Teacher)")
+        self.cases, self.semi, self.teacher = list(cases), semi, teacher
+        self.sampler: Optional[_PatchSampler] = None
+        self.strong: Optional[StrongView] = None
+        self.jitter: Optional[SpatialJitter] = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        config, seed_step = state.config, state.start + 7919 * state.rank
+        if self.teacher is not None:
+            self.teacher.to(state.device).eval()
+            for parameter in self.teacher.parameters():
+                parameter.requires_grad_(False)
+            state.teacher = self.teacher
+        if not self.cases:
+            return
+        self.sampler = _PatchSampler(state.card, self.cases, state.patch, config, state.rng)
+        self.strong = StrongView(config.seed * 1009 + seed_step) if self.semi.strong_view else None
+        self.jitter = SpatialJitter(config.seed * 2003 + seed_step) if self.semi.spatial_view else None
+
+    def add(self, loss: torch.Tensor, batch: Batch, state: TrainState) -> torch.Tensor:
+        if self.sampler is None:
+            return loss
+        semi, device, teacher = self.semi, state.device, self.teacher
+        fixed = semi.fixed_pseudo_weight is not None
+        weight = float(semi.fixed_pseudo_weight) if fixed else pseudo_weight_at(state.step, state.config)
+        images, labels, masks = self.sampler.sample(state.config.batch_size)
+        images, labels, masks = images.to(device), labels.to(device), masks.to(device)
+        if teacher is not None and not fixed:
+            with torch.no_grad():
+                probs = torch.softmax(teacher(images).float(), dim=1)
+                labels = probs.argmax(dim=1)
+                masks = torch.ones_like(masks)
+                if semi.voxel_threshold is not None:
+                    masks = confident_voxels(probs, semi.voxel_threshold, semi.class_keep_min).float()
+        view = self.strong(images.cpu()).to(device) if self.strong is not None else images
+        if self.jitter is not None:
+            view, labels, masks = self.jitter(view, labels, masks)
+        view, labels, masks = paste_labelled_boxes(view, labels, masks, batch.images, batch.labels,
+                                                   semi.cutmix_probability, state.rng)
+        logits = state.network(view)
+        p_loss = dice_ce_loss(logits, labels, masks)
+        loss = loss + weight * p_loss
+        state.metrics.update(loss_pseudo=float(p_loss.detach()), pseudo_weight=weight)
+        if semi.consistency_weight > 0:
+            with torch.no_grad():
+                t_logits = teacher(noisy_view(view, semi.noise_std, semi.noise_clip))
+            c_weight = consistency_weight_at(state.step, semi)
+            c_loss = softmax_mse(logits, t_logits)
+            loss = loss + c_weight * c_loss
+            state.metrics.update(loss_consistency=float(c_loss.detach()), consistency_weight=c_weight)
+        return loss
+
+    def on_step(self, state: TrainState) -> None:
+        if self.teacher is not None:
+            ema_update(self.teacher, state.network, self.semi.ema_decay)
+
+
+# --------------------------------------------------------------------------------------------- the trainer
+
+
+def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[SupervisedCase], config: TrainConfig,
+                     *, terms: Sequence[LossTerm] = (), hooks: Sequence[TrainHook] = (),
+                     schedule: TrainSchedule = TrainSchedule(), device: Optional[torch.device] = None) -> List[float]:
+    """Train ``network`` in place on Dice+CE of labelled patches plus ``terms``; returns the loss of every step.
+
+    Each step draws ``config.batch_size`` patches (foreground-aware) of the labelled cases, adds every loss term
+    (:class:`PseudoLabelTerm`: pseudo-labelled patches, teachers; :class:`L2SpPenalty`), takes an optimiser step
+    (:func:`make_optimizer`; the card's encoder stages at ``config.encoder_lr_scale``) and calls the hooks
+    (:class:`ProgressHook`, :class:`CheckpointHook`, :class:`ScoreHook`, or the caller's own :class:`TrainHook`).
 
     Args:
         network: the model to train (moved to ``device``); may be wrapped in ``DistributedDataParallel``.
-        card: the model card (preprocessing, default patch size).
+        card: the model card (preprocessing, default patch size, encoder stages).
         labeled: cases with expert labels.
-        config: optimisation settings.
-        pseudo: pseudo-labelled cases, weighted by the ramp :func:`pseudo_weight_at` (or the constant
-            ``semi.fixed_pseudo_weight``).
-        progress: receives a ``progress`` event per step; may raise ``CancelledError``.
+        config: optimisation settings; ``l2sp_weight > 0`` adds :class:`L2SpPenalty` toward the weights at the call
+            unless ``terms`` holds one (with its own anchor).
+        terms: loss terms, added in this order after the supervised loss.
+        hooks: plug-ins called at the start, after each step, at validation and at the end.
+        schedule: start (resume), stop, validation interval and rank (:class:`TrainSchedule`).
         device: compute device (default CUDA when present).
-        start_step: resume from this step (with ``optimizer_state``).
-        optimizer_state: ``{"optimizer": ..., "scheduler": ...}`` as handed to ``checkpoint``.
-        checkpoint: called as ``checkpoint(step, network, state)`` every ``checkpoint_every`` steps, where
-            ``state`` holds the optimizer and scheduler state (and ``"teacher"``, the EMA teacher's state dict,
-            when there is one). The network is put back in training mode afterwards, so the callback may evaluate.
-        teacher: an EMA teacher (Mean Teacher, method-spec §1.7): when given, each pseudo-labelled patch is
-            labelled by the teacher's argmax on the weak view instead of the fixed pseudo-label, and the teacher
-            follows the student by :func:`ema_update` after every step. The caller restores its state when
-            resuming. With ``semi.fixed_pseudo_weight`` set the fixed pseudo-labels stay, and with
-            ``semi.consistency_weight > 0`` the teacher gives the consistency term instead.
-        semi: how pseudo-labelled patches are used (masks, strong view, pasted boxes, EMA decay, fixed targets,
-            consistency).
-        encoder_stages: module names of the encoder stages, for ``config.encoder_lr_scale``.
-        anchor: the L2-SP reference weights ``{name: tensor}`` (default: the weights at the call); used when
-            ``config.l2sp_weight > 0``.
-        stop_at: stop after this step although the learning-rate schedule spans ``config.iterations`` (early
-            stopping at a step chosen by cross-validation).
-        rank: process rank under data parallelism; each rank draws its own patches.
+
+    Raises:
+        ValueError: no labelled case.
     """
     if not labeled:
         raise ValueError("train_supervised needs at least one labelled case")
-    if semi.consistency_weight > 0 and teacher is None:
-        raise ValueError("SemiParts.consistency_weight > 0 needs a teacher network (Mean Teacher)")
-    fixed_targets = semi.fixed_pseudo_weight is not None
     device = device or default_device()
-    torch.manual_seed(config.seed + start_step + 7919 * rank)
-    rng = np.random.default_rng([config.seed, start_step, rank])
-    patch = config.patch_size or tuple(card.patch_size)
-    labeled_sampler = _PatchSampler(card, labeled, patch, config, rng)
-    pseudo_sampler = _PatchSampler(card, pseudo, patch, config, rng) if pseudo else None
+    start = schedule.start
+    torch.manual_seed(config.seed + start + 7919 * schedule.rank)
+    rng = np.random.default_rng([config.seed, start, schedule.rank])
+    patch = tuple(config.patch_size or card.patch_size)
+    sampler = _PatchSampler(card, labeled, patch, config, rng)
     network.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
-    groups = parameter_groups(network, encoder_stages, config.learning_rate, config.encoder_lr_scale)
-    optimizer, scheduler = make_optimizer(groups, config)
-    reference = None
-    if config.l2sp_weight > 0:
-        source = anchor if anchor is not None else getattr(network, "module", network).state_dict()
-        reference = {k: v.detach().to(device).clone() for k, v in source.items()}
-    strong = StrongView(config.seed * 1009 + start_step + 7919 * rank) if semi.strong_view and pseudo else None
-    jitter = SpatialJitter(config.seed * 2003 + start_step + 7919 * rank) if semi.spatial_view and pseudo else None
-    last = config.iterations if stop_at is None else min(int(stop_at), config.iterations)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state["optimizer"])
-        scheduler.load_state_dict(optimizer_state["scheduler"])
-    losses: List[float] = []
-    for step in range(start_step, last):
-        images, labels, masks = labeled_sampler.sample(config.batch_size)
+    optimizer, scheduler = make_optimizer(
+        parameter_groups(network, card.encoder_stages, config.learning_rate, config.encoder_lr_scale), config)
+    if schedule.resume_state is not None:
+        optimizer.load_state_dict(schedule.resume_state["optimizer"])
+        scheduler.load_state_dict(schedule.resume_state["scheduler"])
+    last = config.iterations if schedule.stop is None else min(int(schedule.stop), config.iterations)
+    state = TrainState(network, card, config, device, schedule.rank, patch, rng, optimizer, scheduler, start, start,
+                       last)
+    terms = list(terms)
+    if config.l2sp_weight > 0 and not any(isinstance(t, L2SpPenalty) for t in terms):
+        terms.insert(0, L2SpPenalty())
+    parts: List[TrainHook] = [*terms, *hooks]
+    for part in parts:
+        part.on_train_start(state)
+    for step in range(start, last):
+        state.step = step
+        images, labels, _ = sampler.sample(config.batch_size)
         images, labels = images.to(device), labels.to(device)
-        loss = dice_ce_loss(network(images), labels)
-        metrics = {"loss_labeled": float(loss.detach())}
-        if reference is not None:
-            penalty = l2sp_penalty(network, reference)
-            loss = loss + config.l2sp_weight * penalty
-            metrics["l2sp"] = float(penalty.detach())
-        if pseudo_sampler is not None:
-            weight = float(semi.fixed_pseudo_weight) if fixed_targets else pseudo_weight_at(step, config)
-            p_images, p_labels, p_masks = pseudo_sampler.sample(config.batch_size)
-            p_images, p_labels, p_masks = p_images.to(device), p_labels.to(device), p_masks.to(device)
-            if teacher is not None and not fixed_targets:
-                with torch.no_grad():
-                    t_probs = torch.softmax(teacher(p_images).float(), dim=1)
-                    p_labels = t_probs.argmax(dim=1)
-                    p_masks = torch.ones_like(p_masks)
-                    if semi.voxel_threshold is not None:
-                        p_masks = confident_voxels(t_probs, semi.voxel_threshold, semi.class_keep_min).float()
-            student_view = strong(p_images.cpu()).to(device) if strong is not None else p_images
-            if jitter is not None:
-                student_view, p_labels, p_masks = jitter(student_view, p_labels, p_masks)
-            student_view, p_labels, p_masks = paste_labelled_boxes(student_view, p_labels, p_masks, images, labels,
-                                                                   semi.cutmix_probability, rng)
-            p_logits = network(student_view)
-            p_loss = dice_ce_loss(p_logits, p_labels, p_masks)
-            loss = loss + weight * p_loss
-            metrics.update(loss_pseudo=float(p_loss.detach()), pseudo_weight=weight)
-            if semi.consistency_weight > 0:
-                with torch.no_grad():
-                    t_logits = teacher(noisy_view(student_view, semi.noise_std, semi.noise_clip))
-                c_weight = consistency_weight_at(step, semi)
-                c_loss = softmax_mse(p_logits, t_logits)
-                loss = loss + c_weight * c_loss
-                metrics.update(loss_consistency=float(c_loss.detach()), consistency_weight=c_weight)
+        logits = network(images)
+        loss = dice_ce_loss(logits, labels)
+        state.metrics = {"loss_labeled": float(loss.detach())}
+        batch = Batch(images, labels, logits)
+        for term in terms:
+            loss = term.add(loss, batch, state)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if teacher is not None:
-            ema_update(teacher, network, semi.ema_decay)
-        value = float(loss.detach())
-        losses.append(value)
-        metrics["loss"] = value
-        emit(progress, "progress", phase="train", step=step + 1, total=config.iterations,
-             message=f"step {step + 1}/{config.iterations} loss {value:.4f}", metrics=metrics)
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            if teacher is not None:
-                state["teacher"] = teacher.state_dict()
-            checkpoint(step + 1, network, state)
-            network.train()
+        state.step, state.loss = step + 1, float(loss.detach())
+        state.losses.append(state.loss)
+        state.metrics["loss"] = state.loss
+        for part in parts:
+            part.on_step(state)
+        network.train()
+        if schedule.validate_every and state.step % schedule.validate_every == 0 and state.step < last:
+            _validate(parts, state)
+        if state.stop:
+            break
+    _validate(parts, state)
     network.eval()
-    return losses
+    for part in parts:
+        part.on_train_end(state)
+    return state.losses
+
+
+def _validate(parts: Sequence[TrainHook], state: TrainState) -> None:
+    for part in parts:
+        part.on_validation(state)
+    state.network.train()

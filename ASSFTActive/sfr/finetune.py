@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -40,7 +40,8 @@ from torch import nn
 from ..errors import InputError
 from ..preprocess import label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
-from .inputs import SamInput, SfrCase, known_fields
+from .config import SfrFinetuneConfig
+from .inputs import SamInput, SfrCase
 from .loss import stitched_dice_ce
 from .pseudo import volume_layout
 from .sam import LoRAQKV, Sam, apply_lora
@@ -58,76 +59,6 @@ __all__ = [
 ]
 
 PHASE = "sfr_finetune"
-
-
-@dataclass(frozen=True)
-class SfrFinetuneConfig:
-    """Settings of SAM fine-tuning on stitched volumes. Defaults are SFR's released script (method-spec §2.2).
-
-    Attributes:
-        iterations: optimiser steps (6,000).
-        batch_size: stitched canvases per step (2).
-        learning_rate, weight_decay, betas: AdamW (1e-3, 0.1, (0.9, 0.999)).
-        poly_power: ``lr * (1 - t / iterations) ** poly_power`` after the warm-up (0.9).
-        warmup_iterations: linear warm-up steps (0; SFR's optional warm-up is 250).
-        lora_rank: LoRA rank on every image-encoder block's q/v, the rest of the encoder frozen (4); 0 trains every
-            parameter (pre-training a prior from scratch).
-        lora_alpha: LoRA scale numerator (``None``: ``alpha = rank``, scale 1).
-        canvas: side of the stitched canvas; ``None`` uses the model's ``image_size`` (they must agree).
-        rot_flip: random rot90/flip of the whole canvas (one of the 8 square symmetries).
-        bezier_probability: chance that a slice gets a random monotone Bezier intensity curve (0.5; 0 = off).
-        amp: bfloat16 autocast on CUDA (ignored on the CPU).
-        seed: sampling, augmentation and LoRA initialisation (1337).
-    """
-
-    iterations: int = 6000
-    batch_size: int = 2
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.1
-    betas: Tuple[float, float] = (0.9, 0.999)
-    poly_power: float = 0.9
-    warmup_iterations: int = 0
-    lora_rank: int = 4
-    lora_alpha: Optional[float] = None
-    canvas: Optional[int] = None
-    rot_flip: bool = True
-    bezier_probability: float = 0.5
-    amp: bool = True
-    seed: int = 1337
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        problems = []
-        if self.iterations < 1 or self.batch_size < 1:
-            problems.append("iterations and batch_size must be >= 1")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.poly_power < 0:
-            problems.append("learning_rate > 0, weight_decay >= 0 and poly_power >= 0 are required")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not 0 <= self.warmup_iterations < self.iterations:
-            problems.append("warmup_iterations must lie in 0..iterations-1")
-        if self.lora_rank < 0:
-            problems.append("lora_rank must be >= 0 (0 trains every parameter)")
-        if not 0.0 <= self.bezier_probability <= 1.0:
-            problems.append("bezier_probability must lie in [0, 1]")
-        if self.canvas is not None and self.canvas < 16:
-            problems.append("canvas must be >= 16 pixels")
-        if problems:
-            raise InputError("invalid SFR fine-tuning settings: " + "; ".join(problems))
-
-    @classmethod
-    def tiny(cls, iterations: int = 40, seed: int = 0) -> SfrFinetuneConfig:
-        """A CPU-test preset: few iterations, a higher learning rate, the same recipe otherwise."""
-        return cls(iterations=iterations, batch_size=2, learning_rate=3e-3, weight_decay=0.01, seed=seed)
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SfrFinetuneConfig:
-        return cls(**known_fields(cls, data))
 
 
 @dataclass(frozen=True)

@@ -5,24 +5,16 @@ Kept apart from :mod:`.finetune` and :mod:`.pseudo` so both import it without im
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..io import Volume
+from .config import known_fields
 
-__all__ = ["SamInput", "SfrCase", "known_fields"]
-
-
-def known_fields(cls: type, data: Mapping[str, Any]) -> Dict[str, Any]:
-    """``data`` as keyword arguments of the dataclass ``cls``; an unknown key is an :class:`InputError`."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(known)}")
-    return dict(data)
+__all__ = ["SamInput", "SfrCase"]
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -81,103 +80,34 @@ from ..finetune.checkpoints import (
     card_signature,
     run_fingerprint,
 )
-from ..finetune.config import FinetuneConfig, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
 from ..finetune.guard import ActivationDecision, CrossValidation, assign_folds
 from ..finetune.pseudo import PseudoDecision
 from ..finetune.state import AdaptRun, LabeledVolume, cpu_state, load_state, unwrap
-from ..finetune.training import SupervisedCase
+from ..finetune.training import (
+    CheckpointHook,
+    ProgressHook,
+    ScoreHook,
+    SupervisedCase,
+    TrainHook,
+    TrainSchedule,
+    train_supervised,
+)
 from ..io import PathLike, Volume, read_volume
 from ..plausibility import check_image
 from ..progress import Event, ProgressCallback
-from ..settings import check_enum, check_keys, plain
-from .finetune import SfrFinetuneConfig, finetune_sam
+from .config import SfrConfig, SfrMethod
+from .finetune import finetune_sam
 from .inputs import SfrCase
-from .plus import SfrPlusConfig, sfr_plus_finetune
+from .plus import sfr_plus_finetune
 from .prior import PRIOR_DIR, SamPrior, load_sam_prior
 from .pseudo import sfr_plus_select, sfr_pseudo_labels
-from .retrain import MeanTeacherConfig, mean_teacher_retrain, sfr_train_config
+from .retrain import mean_teacher_term
 
 __all__ = ["SAM_PSEUDO_ROUND", "SfrConfig", "SfrMethod", "SfrPseudoRecord", "SfrResult", "sfr_adapt"]
 
 #: Round index under which the final run's SAM pseudo-labels are kept in the work dir (Adapt Model's self-training
 #: rounds are 1, 2, ...; an SFR run has none).
 SAM_PSEUDO_ROUND = 0
-
-
-class SfrMethod(str, Enum):
-    """Which of the two SFR variants runs."""
-
-    SFR = "sfr"  #: SAM fine-tuned on the labels; every pool volume pseudo-labelled and re-trained on
-    SFR_PLUS = "sfr_plus"  #: confident selection for a second SAM fine-tuning and for the re-training
-
-
-@dataclass(frozen=True)
-class SfrConfig:
-    """Every setting of an SFR / SFR+ run (saved with the new version).
-
-    Attributes:
-        method: ``sfr`` or ``sfr_plus``.
-        sam: SAM fine-tuning (stage 2; :class:`~.finetune.SfrFinetuneConfig`, SFR's recipe by default).
-        plus: SFR+'s selection for the second SAM fine-tuning (:class:`~.plus.SfrPlusConfig`).
-        plus_voxel_threshold: SFR+'s re-training counts only pseudo-label voxels with SAM confidence at least this,
-            0.9 (method-spec §2.4, [inferred]); ``None`` = every voxel of a selected volume.
-        retrain: 3D re-training optimisation (:func:`~.retrain.sfr_train_config`: SGD, 6,000 steps); a mapping
-            given here (``job.json``, a settings file) overrides SFR's defaults key by key.
-        mean_teacher: pseudo-label weight and consistency term (:class:`~.retrain.MeanTeacherConfig`).
-        validation: the guard, as for Adapt Model (:class:`~ASSFTActive.finetune.config.ValidationConfig`).
-        predict_pool: predict the unlabelled volumes with the new model when a predictions folder is given.
-        allow_implausible_labels: as for Adapt Model.
-        checkpoint_every: with a work dir, the final re-training writes a resumable checkpoint every this many
-            steps, 25 (as Adapt Model).
-    """
-
-    method: SfrMethod = SfrMethod.SFR
-    sam: SfrFinetuneConfig = field(default_factory=SfrFinetuneConfig)
-    plus: SfrPlusConfig = field(default_factory=SfrPlusConfig)
-    plus_voxel_threshold: Optional[float] = 0.9
-    retrain: TrainConfig = field(default_factory=sfr_train_config)
-    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    predict_pool: bool = True
-    allow_implausible_labels: bool = False
-    checkpoint_every: int = 25
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "method", check_enum(SfrMethod, self.method, "SfrConfig", "method"))
-        if isinstance(self.retrain, Mapping):  # key by key over SFR's optimisation, not TrainConfig's defaults
-            object.__setattr__(self, "retrain", TrainConfig.from_dict(
-                dict(sfr_train_config().to_dict(), **check_keys(TrainConfig, self.retrain, "SfrConfig.retrain"))))
-        for name, kind in (("sam", SfrFinetuneConfig), ("plus", SfrPlusConfig), ("retrain", TrainConfig),
-                           ("mean_teacher", MeanTeacherConfig), ("validation", ValidationConfig)):
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                object.__setattr__(self, name, kind.from_dict(value))
-            elif not isinstance(value, kind):
-                raise ValueError(f"SfrConfig.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
-        if self.plus_voxel_threshold is not None and not 0.0 <= self.plus_voxel_threshold <= 1.0:
-            raise ValueError(f"SfrConfig.plus_voxel_threshold must lie in [0, 1] or be null, got "
-                             f"{self.plus_voxel_threshold}")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 1:
-            raise ValueError(f"SfrConfig.checkpoint_every must be a whole number >= 1, got {self.checkpoint_every!r}")
-
-    def finetune_config(self) -> FinetuneConfig:
-        """The :class:`FinetuneConfig` the shared run state and guard read (re-training steps, validation)."""
-        return FinetuneConfig(train=self.retrain, semi_iterations=1, pseudo=PseudoLabelConfig(mode=PseudoMode.NONE),
-                              validation=self.validation, predict_pool=self.predict_pool,
-                              allow_implausible_labels=self.allow_implausible_labels,
-                              checkpoint_every=self.checkpoint_every)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"method": plain(self.method), "sam": self.sam.to_dict(), "plus": self.plus.to_dict(),
-                "plus_voxel_threshold": self.plus_voxel_threshold, "retrain": self.retrain.to_dict(),
-                "mean_teacher": self.mean_teacher.to_dict(), "validation": self.validation.to_dict(),
-                "predict_pool": self.predict_pool, "allow_implausible_labels": self.allow_implausible_labels,
-                "checkpoint_every": self.checkpoint_every}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SfrConfig:
-        return cls(**check_keys(cls, data))
 
 
 @dataclass(frozen=True)
@@ -418,9 +348,13 @@ def _sfr_recipe(run: AdaptRun, config: SfrConfig, prior: SamPrior, network: torc
     pseudo, records, _ = _stage2(run, config, prior, train, pool, label)
     _announce_stage3(run, config, train, pseudo, stop, label)
     labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
-    mean_teacher_retrain(network, run.card, labeled, pseudo, config.retrain, config.mean_teacher,
-                         progress=_prefixed(run, label), device=run.device, scorer=scorer,
-                         score_every=config.validation.every if scorer is not None else 0, stop_at=stop)
+    hooks: List[TrainHook] = [ProgressHook(_prefixed(run, label))]
+    if scorer is not None:
+        hooks.append(ScoreHook(scorer))
+    train_supervised(network, run.card, labeled, config.retrain,
+                     terms=[mean_teacher_term(network, pseudo, config.mean_teacher)], hooks=hooks,
+                     schedule=TrainSchedule(stop=stop, validate_every=config.validation.every if scorer else 0),
+                     device=run.device)
     return records
 
 
@@ -466,13 +400,16 @@ def _retrain_final(run: AdaptRun, config: SfrConfig, train: Sequence[LabeledVolu
     checkpoints = run.checkpoints
 
     def save(step: int, net: torch.nn.Module, state: Mapping) -> None:
-        checkpoints.save(TrainingCheckpoint(0, step, cpu_state(net), state))
+        if step < last:
+            checkpoints.save(TrainingCheckpoint(0, step, cpu_state(net), state))
 
     labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
-    mean_teacher_retrain(run.network, run.card, labeled, pseudo, config.retrain, config.mean_teacher,
-                         progress=run.progress, device=run.device, stop_at=last, start_step=start,
-                         optimizer_state=optim, checkpoint=save if checkpoints.writer else None,
-                         checkpoint_every=config.checkpoint_every)
+    hooks: List[TrainHook] = [ProgressHook(run.progress)]
+    if checkpoints.writer:
+        hooks.append(CheckpointHook(config.checkpoint_every, save))
+    train_supervised(run.network, run.card, labeled, config.retrain,
+                     terms=[mean_teacher_term(run.network, pseudo, config.mean_teacher, optim)], hooks=hooks,
+                     schedule=TrainSchedule(start=start, stop=last, resume_state=optim), device=run.device)
 
 
 def _cross_validate(run: AdaptRun, config: SfrConfig, prior: SamPrior, labeled: Sequence[LabeledVolume],

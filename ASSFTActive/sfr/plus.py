@@ -17,8 +17,8 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -26,46 +26,15 @@ from ..errors import InputError
 from ..finetune.pseudo import PseudoDecision
 from ..io import Volume
 from ..progress import ProgressCallback, emit
-from .finetune import SfrFinetuneConfig, SfrFinetuneResult, finetune_sam
-from .inputs import SamInput, SfrCase, known_fields
+from .config import SfrFinetuneConfig, SfrPlusConfig
+from .finetune import SfrFinetuneResult, finetune_sam
+from .inputs import SamInput, SfrCase
 from .pseudo import SfrPseudoLabel, sfr_plus_select, sfr_pseudo_labels
 from .sam import Sam
 
 __all__ = ["SfrPlusConfig", "SfrPlusResult", "sfr_plus_finetune"]
 
 PHASE = "sfr_plus"
-
-
-@dataclass(frozen=True)
-class SfrPlusConfig:
-    """SFR+ selection settings ([inferred], method-spec §2.4).
-
-    Attributes:
-        kappa: share of the unlabelled pool kept for the second fine-tuning, ``ceil(kappa * N)`` volumes (0.5; the
-            spec's range is 0.2-0.5).
-        voxel_threshold: only voxels with ``max_c p_c >= voxel_threshold`` of a selected pseudo-label count in the
-            second fine-tuning (``None``: every voxel of a selected volume counts). The spec's 0.9 is for
-            re-training; it is offered here too.
-        restart_from_prior: the second fine-tuning starts from the given SAM (true) or continues the first
-            stage's fine-tuned SAM (false).
-    """
-
-    kappa: float = 0.5
-    voxel_threshold: Optional[float] = None
-    restart_from_prior: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.kappa <= 1.0:
-            raise InputError(f"kappa must lie in (0, 1], got {self.kappa}")
-        if self.voxel_threshold is not None and not 0.0 <= self.voxel_threshold <= 1.0:
-            raise InputError(f"voxel_threshold must lie in [0, 1] or be null, got {self.voxel_threshold}")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SfrPlusConfig:
-        return cls(**known_fields(cls, data))
 
 
 @dataclass(frozen=True)

@@ -178,12 +178,14 @@ def _spy_on_training(monkeypatch):
     stages = []
     real = recipe.train_supervised
 
-    def spy(network, card, labeled, config, pseudo=(), **kwargs):
-        teacher = kwargs.get("teacher")
+    def spy(network, card, labeled, config, **kwargs):
+        term = next((t for t in kwargs.get("terms", ()) if isinstance(t, recipe.PseudoLabelTerm)), None)
+        pseudo = term.cases if term is not None else []
+        teacher = term.teacher if term is not None else None
         start = None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()}
-        losses = real(network, card, labeled, config, pseudo=pseudo, **kwargs)
+        losses = real(network, card, labeled, config, **kwargs)
         stages.append({"pseudo": list(pseudo), "teacher": teacher, "teacher_start": start, "student": network,
-                       "semi": kwargs["semi"]})
+                       "semi": term.semi if term is not None else None})
         return losses
 
     monkeypatch.setattr(recipe, "train_supervised", spy)

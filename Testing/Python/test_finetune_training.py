@@ -15,8 +15,12 @@ from conftest import make_tiny_card, synthetic_case, write_dataset
 
 from ASSFTActive.finetune.config import TrainConfig
 from ASSFTActive.finetune.training import (
+    CheckpointHook,
+    ProgressHook,
+    PseudoLabelTerm,
     SemiParts,
     SupervisedCase,
+    TrainSchedule,
     dice_ce_loss,
     ema_update,
     l2sp_penalty,
@@ -87,11 +91,10 @@ def test_ema_teacher_labels_pseudo_patches_and_is_handed_to_checkpoints(tmp_path
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     seen = []
     config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
-    train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
-                     device=torch.device("cpu"), teacher=teacher,
-                     semi=SemiParts(ema_decay=0.5, voxel_threshold=0.5, class_keep_min=0.5, strong_view=True,
-                                    cutmix_probability=0.5),
-                     checkpoint=lambda step, net, state: seen.append((step, sorted(state))), checkpoint_every=3)
+    semi = SemiParts(ema_decay=0.5, voxel_threshold=0.5, class_keep_min=0.5, strong_view=True, cutmix_probability=0.5)
+    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), semi, teacher)],
+                     hooks=[CheckpointHook(3, lambda step, net, state: seen.append((step, sorted(state))))])
     assert seen == [(3, ["optimizer", "scheduler", "teacher"]), (6, ["optimizer", "scheduler", "teacher"])]
     changed = [k for k, v in teacher.state_dict().items()
                if v.dtype.is_floating_point and not torch.equal(v, before[k])]
@@ -108,13 +111,13 @@ def test_resuming_from_a_checkpoint_continues_the_step_count_and_schedule(tmp_pa
         saved["weights"] = {k: v.clone() for k, v in net.state_dict().items()}
 
     config = TrainConfig(iterations=10, batch_size=1, learning_rate=0.01)
-    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"), checkpoint=keep,
-                     checkpoint_every=5)
+    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"), hooks=[CheckpointHook(5, keep)])
     resumed = build_network(card)
     resumed.load_state_dict(saved["weights"])
     events = []
-    losses = train_supervised(resumed, card, _cases(2), config, device=torch.device("cpu"), start_step=10 - 5,
-                              optimizer_state=saved["state"], progress=events.append)
+    losses = train_supervised(resumed, card, _cases(2), config, device=torch.device("cpu"),
+                              schedule=TrainSchedule(start=10 - 5, resume_state=saved["state"]),
+                              hooks=[ProgressHook(events.append)])
     assert len(losses) == 5
     assert [e.step for e in events] == [6, 7, 8, 9, 10]
 
@@ -139,8 +142,7 @@ def test_a_frozen_encoder_does_not_move_during_training(tmp_path, one_thread):
     network = build_network(card)
     start = {n: p.detach().clone() for n, p in network.named_parameters()}
     train_supervised(network, card, _cases(2), TrainConfig(iterations=4, batch_size=1, learning_rate=0.01,
-                                                           encoder_lr_scale=0.0), device=torch.device("cpu"),
-                     encoder_stages=card.encoder_stages)
+                                                           encoder_lr_scale=0.0), device=torch.device("cpu"))
     moved = {n for n, p in network.named_parameters() if not torch.equal(p, start[n])}
     assert moved and not any(n.startswith("model.0.") for n in moved)
 
@@ -170,7 +172,8 @@ def test_stop_at_ends_early_on_the_full_run_schedule(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     events = []
     losses = train_supervised(build_network(card), card, _cases(2), TrainConfig(iterations=10, batch_size=1),
-                              device=torch.device("cpu"), stop_at=4, progress=events.append)
+                              device=torch.device("cpu"), schedule=TrainSchedule(stop=4),
+                              hooks=[ProgressHook(events.append)])
     assert len(losses) == 4 and [e.total for e in events] == [10] * 4
 
 
@@ -223,12 +226,12 @@ def test_the_spatial_view_moves_every_pseudo_batch_with_its_targets(tmp_path, on
     teacher = build_network(card)
     teacher.load_state_dict(network.state_dict())
     config = TrainConfig(iterations=4, batch_size=1, learning_rate=0.01)
-    losses = train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
-                              device=torch.device("cpu"), teacher=teacher,
-                              semi=SemiParts(voxel_threshold=0.5, strong_view=True, spatial_view=True))
+    semi = SemiParts(voxel_threshold=0.5, strong_view=True, spatial_view=True)
+    losses = train_supervised(network, card, _cases(2), config, device=torch.device("cpu"),
+                              terms=[PseudoLabelTerm(_cases(2, first_seed=10), semi, teacher)])
     assert len(calls) == 4 and all(dtype == torch.long for _, _, dtype in calls)
     assert np.isfinite(losses).all()
     calls.clear()
-    train_supervised(network, card, _cases(2), config, pseudo=_cases(2, first_seed=10),
-                     device=torch.device("cpu"), teacher=teacher, semi=SemiParts(strong_view=True))
+    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), SemiParts(strong_view=True), teacher)])
     assert calls == [], "only when asked for (SemiParts)"

@@ -16,8 +16,12 @@ from conftest import make_tiny_card, synthetic_case
 
 from ASSFTActive.finetune.config import Optimizer, TrainConfig
 from ASSFTActive.finetune.training import (
+    ProgressHook,
+    PseudoLabelTerm,
+    ScoreHook,
     SemiParts,
     SupervisedCase,
+    TrainSchedule,
     consistency_weight_at,
     dice_ce_loss,
     make_optimizer,
@@ -27,7 +31,7 @@ from ASSFTActive.finetune.training import (
 )
 from ASSFTActive.io import Volume
 from ASSFTActive.models import build_network, load_card
-from ASSFTActive.sfr.retrain import MeanTeacherConfig, mean_teacher_retrain, sfr_train_config
+from ASSFTActive.sfr.retrain import MeanTeacherConfig, mean_teacher_parts, mean_teacher_term, sfr_train_config
 
 CPU = torch.device("cpu")
 
@@ -111,7 +115,7 @@ def test_sfrs_settings_are_the_released_codes():
     assert (config.optimizer, config.learning_rate, config.momentum, config.weight_decay) == (
         Optimizer.SGD, 0.01, 0.9, 1e-4)
     assert (config.lr_step_every, config.lr_step_gamma, config.iterations, config.batch_size) == (2500, 0.1, 6000, 2)
-    semi = MeanTeacherConfig().semi_parts()
+    semi = mean_teacher_parts(MeanTeacherConfig())
     assert (semi.fixed_pseudo_weight, semi.consistency_weight, semi.consistency_rampup,
             semi.consistency_epoch_steps, semi.noise_std, semi.noise_clip, semi.ema_decay) == (
         1.0, 0.1, 40, 150, 0.1, 0.2, 0.99)
@@ -130,8 +134,9 @@ def test_fixed_pseudo_targets_stay_and_are_weighted_by_a_constant(tmp_path, one_
     _record(teacher, teacher_calls)
     config = TrainConfig(iterations=3, batch_size=1, learning_rate=0.01, augment=False, seed=3)
     # pseudo-labels all background on images with foreground: a teacher's argmax would not give that
-    train_supervised(network, card, _cases(1), config, pseudo=_cases(1, 10, background=True), device=CPU,
-                     teacher=teacher, semi=SemiParts(fixed_pseudo_weight=0.7), progress=events.append)
+    train_supervised(network, card, _cases(1), config, device=CPU,
+                     terms=[PseudoLabelTerm(_cases(1, 10, background=True), SemiParts(fixed_pseudo_weight=0.7),
+                                            teacher)], hooks=[ProgressHook(events.append)])
     assert teacher_calls == []  # the EMA teacher labels nothing
     metrics = [e.metrics for e in events if e.event == "progress"]
     assert [m["pseudo_weight"] for m in metrics] == [0.7] * 3  # no ramp
@@ -152,8 +157,8 @@ def test_the_ema_teacher_adds_the_consistency_term_on_a_noisy_view(tmp_path, one
     config = TrainConfig(iterations=4, batch_size=1, learning_rate=0.01, augment=False, seed=5)
     semi = SemiParts(fixed_pseudo_weight=1.0, consistency_weight=0.1, consistency_rampup=1,
                      consistency_epoch_steps=2)
-    train_supervised(network, card, _cases(1), config, pseudo=_cases(1, 10), device=CPU, teacher=teacher,
-                     semi=semi, progress=events.append)
+    train_supervised(network, card, _cases(1), config, device=CPU,
+                     terms=[PseudoLabelTerm(_cases(1, 10), semi, teacher)], hooks=[ProgressHook(events.append)])
     assert len(teacher_calls) == 4  # once per step, on the unlabelled patches
     metrics = [e.metrics for e in events if e.event == "progress"]
     assert [m["consistency_weight"] for m in metrics] == pytest.approx([0.1 * np.exp(-5.0)] * 2 + [0.1] * 2)
@@ -171,16 +176,18 @@ def test_the_ema_teacher_adds_the_consistency_term_on_a_noisy_view(tmp_path, one
 def test_consistency_without_a_teacher_is_refused(tmp_path):
     card = load_card(make_tiny_card(tmp_path / "model"))
     with pytest.raises(ValueError, match="teacher"):
-        train_supervised(build_network(card), card, _cases(1), TrainConfig(iterations=1), pseudo=_cases(1, 10),
-                         device=CPU, semi=SemiParts(consistency_weight=0.1))
+        train_supervised(build_network(card), card, _cases(1), TrainConfig(iterations=1), device=CPU,
+                         terms=[PseudoLabelTerm(_cases(1, 10), SemiParts(consistency_weight=0.1))])
 
 
-def test_mean_teacher_retrain_scores_along_the_way_and_stops_early(tmp_path, one_thread):
+def test_mean_teacher_re_training_scores_along_the_way_and_stops_early(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     network = build_network(card)
     scored = []
     config = sfr_train_config(iterations=6, batch_size=1, augment=False, lr_step_every=4)
-    losses = mean_teacher_retrain(network, card, _cases(1), _cases(1, 10), config, device=CPU,
-                                  scorer=lambda net, step: scored.append(step), score_every=2, stop_at=5)
+    losses = train_supervised(network, card, _cases(1), config, device=CPU,
+                              terms=[mean_teacher_term(network, _cases(1, 10), MeanTeacherConfig())],
+                              hooks=[ScoreHook(lambda net, step: scored.append(step))],
+                              schedule=TrainSchedule(stop=5, validate_every=2))
     assert len(losses) == 5 and all(np.isfinite(losses))
     assert scored == [2, 4, 5]
