@@ -151,7 +151,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.controller = self.logic.createJobController()
         self.controller.statusChanged.connect(self.setStatus)
         self.controller.logLine.connect(self.ui.logTextEdit.appendPlainText)
-        self.controller.progressChanged.connect(self.setProgress)
+        self.controller.progressStateChanged.connect(self.setProgressState)
         self.controller.runningChanged.connect(self.onRunningChanged)
         self.controller.deviceChanged.connect(self.setDevice)
         self.controller.failed.connect(self.showFailure)
@@ -258,13 +258,22 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
 
-    def setProgress(self, fraction: float) -> None:
-        self.ui.progressBar.value = int(round(1000 * fraction))
+    def setProgressState(self, state) -> None:
+        """One bar per job (``ASSFTActive.progress.ProgressState``): it only moves forward, shows the phase and the
+        time left, and ends in words and colour (green done, red failed, grey cancelled)."""
+        self.ui.progressBar.value = int(round(1000 * state.fraction))
+        self.ui.progressBar.setFormat(state.describe())  # no %p, %v or %m in it: shown as written
+        self.ui.progressBar.toolTip = state.describe()
+        self.ui.progressBar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {state.colour}; }}")
 
     def setDevice(self, text: str) -> None:
         self.ui.deviceLabel.text = text
 
     def showFailure(self, message: str, details: str) -> None:
+        """The worker's error in the status line and a dialog, and its last lines in the panel's log."""
+        if details:
+            self.ui.logTextEdit.appendPlainText(_("--- the worker's last lines ---"))
+            self.ui.logTextEdit.appendPlainText(details)
         slicer.util.errorDisplay(_("The job failed: {error}").format(error=message), detailedText=details or None)
 
     def onRunningChanged(self, running: bool) -> None:

@@ -18,23 +18,30 @@ Signals are plain Python callbacks (:class:`Signal`).
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import RESULT_CANCELLED, RESULT_DONE, RESULT_ERROR, read_job_result
+from ASSFTActive.progress import CANCELLED as PROGRESS_CANCELLED
+from ASSFTActive.progress import DONE as PROGRESS_DONE
+from ASSFTActive.progress import FAILED as PROGRESS_FAILED
+from ASSFTActive.progress import JobProgress, ProgressState
 
 from . import jobs
 from .errors import ASSFTModuleError, JobFailedError
-from .events import WorkerOutput, eventFraction, formatEvent
+from .events import WorkerOutput, formatEvent
 from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
 from .records import OutputLine, PreparedJob
 from .workerProcess import deviceProbeCommand, parseDeviceProbe, pythonExecutable, workerCommand
 
 #: Job folders kept under ``<workDir>/jobs`` (older ones are removed when a new job starts; the folder of the
-#: ranking shown in the panel is always kept).
+#: ranking shown in the panel and that of the newest ranking are always kept).
 KEEP_JOB_FOLDERS = 3
+#: Worker output lines kept for the failure report (:func:`~.jobs.failureReport`).
+OUTPUT_LINES_KEPT = 200
 
 DONE, CANCELLED, ERROR = RESULT_DONE, RESULT_CANCELLED, RESULT_ERROR
 
@@ -67,8 +74,9 @@ class JobOutcome:
         message: plain text for the status line.
         jobDir: the job folder.
         kind: the job kind, ``rank``, ``adapt`` or ``sfr``.
-        details: longer text (the log's tail) for an error.
+        details: the worker's last lines (its log's tail, else its printed output) for an error.
         loaded: what was loaded into the scene (``logic.LoadedResult``), None when nothing was.
+        progress: the job's final :class:`~ASSFTActive.progress.ProgressState` (done / failed / cancelled in words).
     """
 
     status: str
@@ -77,6 +85,7 @@ class JobOutcome:
     kind: str = ""
     details: str = ""
     loaded: object = None
+    progress: Optional[ProgressState] = None
 
 
 def jobOutcome(jobDir, exitCode: int, cancelled: bool, errorText: str) -> tuple:
@@ -179,8 +188,11 @@ class JobController:
         python: interpreter of the child processes (default ``PythonSlicer`` or this interpreter).
         keepJobFolders: job folders kept (see :data:`KEEP_JOB_FOLDERS`).
 
-    Signals: ``statusChanged(text)``, ``logLine(text)``, ``progressChanged(fraction)``, ``runningChanged(bool)``,
-    ``deviceChanged(text)``, ``failed(message, details)``, ``finished(JobOutcome)``, ``cardChecked(CardCheck)``.
+    Signals: ``statusChanged(text)``, ``logLine(text)``, ``progressChanged(fraction)`` (the whole job's fraction of
+    :class:`~ASSFTActive.progress.JobProgress`: it only moves forward and is 1 only for a job that ended ``done``),
+    ``progressStateChanged(ProgressState)`` (the same with the phase, time left and the final state in words),
+    ``runningChanged(bool)``, ``deviceChanged(text)``, ``failed(message, details)`` (details: the worker's last
+    lines), ``finished(JobOutcome)``, ``cardChecked(CardCheck)``.
     """
 
     def __init__(self, sceneLogic, runnerFactory: Callable, environment: Callable[[], Mapping[str, str]],
@@ -196,9 +208,13 @@ class JobController:
         self.job: Optional[PreparedJob] = None
         self.jobModel = ""
         self.lastOutcome: Optional[JobOutcome] = None
+        self.progress: Optional[JobProgress] = None
+        self._output: deque = deque(maxlen=OUTPUT_LINES_KEPT)
+        self._workerError = ""
         self.statusChanged = Signal()
         self.logLine = Signal()
         self.progressChanged = Signal()
+        self.progressStateChanged = Signal()
         self.runningChanged = Signal()
         self.deviceChanged = Signal()
         self.failed = Signal()
@@ -318,11 +334,15 @@ class JobController:
         if kind == "adapt":
             kind, sfr = adaptJobFor(getattr(node, "adaptMethod", AdaptMethod.ASSFT))
         jobs.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
-                             protect=[node.lastJobDirectory])
+                             protect=self.sceneLogic.protectedJobFolders(node.workDirectory, node.rankingTable))
         spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr)
         self.job, self.jobModel = spec, model
         node.lastJobDirectory = str(spec.jobDir)
+        self._output.clear()
+        self._workerError = ""
+        self.progress = JobProgress(kind, volumes=len(spec.job.images))
         self.progressChanged.emit(0.0)
+        self.progressStateChanged.emit(self.progress.state)
         self.statusChanged.emit(f"Starting {kind} job in {spec.jobDir}")
         self._runner.start(workerCommand(spec.jobDir, self.python), self.environment(), str(spec.jobDir))
         self.runningChanged.emit(self.isRunning())
@@ -337,14 +357,29 @@ class JobController:
         self._runner.cancel()
 
     def _onEvent(self, item: WorkerOutput) -> None:
-        self.logLine.emit(formatEvent(item))
+        text = formatEvent(item)
+        self._output.append(text)
+        self.logLine.emit(text)
         if isinstance(item, OutputLine):
             return
-        fraction = eventFraction(item)
-        if fraction is not None:
-            self.progressChanged.emit(fraction)
-        if item.phase:
-            self.statusChanged.emit(f"{item.phase}: {item.message}" if item.message else item.phase)
+        if item.event == "error" and item.message:
+            self._workerError = item.message
+        if self.progress is None:
+            return
+        before = self.progress.state.fraction
+        state = self.progress.update(item)
+        if state.fraction != before:
+            self.progressChanged.emit(state.fraction)
+        self.progressStateChanged.emit(state)
+        if item.phase and item.event != "error":
+            detail = f" ({item.message})" if item.message and item.event != "progress" else ""
+            self.statusChanged.emit(state.describe() + detail)
+
+    def failureReport(self, jobDir=None) -> Tuple[str, str]:
+        """``(message, details)`` of the last job's failure: the worker's error and its last lines (log, else what
+        it printed; :func:`~.jobs.failureReport`). The panel and the browser show both."""
+        folder = jobDir if jobDir is not None else (self.job.jobDir if self.job is not None else None)
+        return jobs.failureReport(folder, list(self._output), self._workerError)
 
     def _onFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
         spec = self.job
@@ -357,8 +392,10 @@ class JobController:
             try:
                 jobs.readJobResult(jobDir)
                 message = message or "the worker ended without a result"
-            except JobFailedError as error:
-                message, details = (errorText or str(error)), error.logTail
+            except JobFailedError:
+                reason, details = self.failureReport(jobDir)
+                message = errorText or f"Job {Path(jobDir).name} failed: {reason}"
+                message = message if message.endswith(".") else message + "."
             except ASSFTModuleError as error:
                 message = str(error)
         elif status == DONE:
@@ -368,11 +405,15 @@ class JobController:
                 status, message, details = ERROR, str(error), error.logTail
             except ASSFTModuleError as error:
                 status, message = ERROR, str(error)
+        final = None
+        if self.progress is not None:
+            ended = {DONE: PROGRESS_DONE, CANCELLED: PROGRESS_CANCELLED}.get(status, PROGRESS_FAILED)
+            final = self.progress.finish(ended, message if status == ERROR else "")
+            self.progressChanged.emit(final.fraction)
+            self.progressStateChanged.emit(final)
         outcome = JobOutcome(status=status, message=message, jobDir=jobDir, kind=kind, details=details,
-                             loaded=loaded)
+                             loaded=loaded, progress=final)
         self.lastOutcome = outcome
-        if status == DONE and loaded is not None:
-            self.progressChanged.emit(1.0)
         self.runningChanged.emit(False)
         self.statusChanged.emit(message)
         if status == ERROR:

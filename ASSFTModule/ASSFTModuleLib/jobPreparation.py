@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -53,22 +55,63 @@ def unchangedSourceFile(volumeNode) -> Optional[Path]:
     return Path(fileName)
 
 
+def linkOrCopy(source: Path, target: Path) -> Path:
+    """``target`` as a hard link to ``source``, else (another filesystem, a filesystem without hard links) a copy.
+
+    Never a symbolic link: the worker refuses job folders that hold links it would have to follow.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(str(Path(source).resolve()), str(target))
+    except (OSError, NotImplementedError):
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(str(source), str(partial))
+        os.replace(str(partial), str(target))
+    return target
+
+
 def linkImage(volumeNode, caseId: str, imagesDir: Path) -> Optional[Path]:
-    """``imagesDir/<caseId><suffix>`` as a hard link (else a symbolic link) to the volume's unchanged source file,
-    so that a job does not copy every pool volume; None when the volume must be written."""
+    """``imagesDir/<caseId><suffix>``: a hard link to the volume's unchanged source file (a copy when the job folder
+    is on another filesystem, :func:`linkOrCopy`), so that a job does not re-encode every pool volume; None when
+    the volume must be written from the scene."""
     source = unchangedSourceFile(volumeNode)
     if source is None:
         return None
     suffix = next(s for s in LINKABLE_SUFFIXES if source.name.lower().endswith(s))
-    target = imagesDir / f"{caseId}{suffix}"
-    imagesDir.mkdir(parents=True, exist_ok=True)
-    for link in (os.link, os.symlink):
-        try:
-            link(str(source.resolve()), str(target))
-            return target
-        except (OSError, NotImplementedError):
+    return linkOrCopy(source, imagesDir / f"{caseId}{suffix}")
+
+
+#: Attribute of a pool volume node: a token written into the job's case list, so that a job's results are attached
+#: only to the node it was prepared from (Slicer reuses node IDs after a scene is closed).
+CASE_TOKEN_ATTRIBUTE = "ASSFT.CaseToken"
+
+
+def caseToken(volumeNode) -> str:
+    """The node's :data:`CASE_TOKEN_ATTRIBUTE`, set to a new random token the first time."""
+    token = volumeNode.GetAttribute(CASE_TOKEN_ATTRIBUTE)
+    if not token:
+        token = uuid.uuid4().hex
+        volumeNode.SetAttribute(CASE_TOKEN_ATTRIBUTE, token)
+    return token
+
+
+def caseNodesInScene(scene, cases) -> dict:
+    """``{case_id: volume node}`` of a job's case list (:func:`~.jobs.readCaseNodes`) whose node is still the one
+    the job was prepared from: same ID *and* same :data:`CASE_TOKEN_ATTRIBUTE` (a case list without tokens, from an
+    older version, needs the same ID and name). A node that took over a reused ID after the scene was closed is not
+    the case's node."""
+    nodes = {}
+    for caseId, info in cases.items():
+        node = scene.GetNodeByID(info.get("node_id", "") or "")
+        if node is None:
             continue
-    return None
+        token = info.get("token")
+        if token is not None and node.GetAttribute(CASE_TOKEN_ATTRIBUTE) != token:
+            continue
+        if token is None and node.GetName() != info.get("name"):
+            continue
+        nodes[caseId] = node
+    return nodes
 
 
 def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
@@ -170,7 +213,8 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     store.mkdir(parents=True, exist_ok=True)
     write_job(jobDir, job)
     caseNodeIds = {caseId: node.GetID() for caseId, node in zip(caseIds, volumeNodes)}
-    cases = {caseId: {"node_id": node.GetID(), "name": node.GetName()} for caseId, node in zip(caseIds, volumeNodes)}
+    cases = {caseId: {"node_id": node.GetID(), "name": node.GetName(), "token": caseToken(node)}
+             for caseId, node in zip(caseIds, volumeNodes)}
     atomic_write_text(jobDir / CASES_FILE, json.dumps(cases, indent=2))
     return PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored))
 

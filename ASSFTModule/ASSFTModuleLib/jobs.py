@@ -18,7 +18,7 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import (
@@ -100,10 +100,7 @@ def logTail(jobDir, lines: int = 50) -> str:
 
 
 def _failureMessage(jobDir: Path) -> str:
-    errors = [event for event in read_events(jobDir) if event.event == "error"]
-    if errors:
-        return errors[-1].message or "the worker reported an error"
-    return "the worker ended without a result"
+    return failureReport(jobDir)[0]
 
 
 def readJobResult(jobDir) -> JobResult:
@@ -156,6 +153,55 @@ def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+def latestRankingJobDir(workDir) -> str:
+    """The newest job folder under ``<workDir>/jobs`` whose ``result.json`` is ``done`` with a ranking ("" when
+    there is none); a malformed result does not count."""
+    jobsDir = Path(workDir) / "jobs"
+    if not jobsDir.is_dir():
+        return ""
+    folders = sorted((p for p in jobsDir.iterdir() if (p / RESULT_FILE).is_file()),
+                     key=lambda p: ((p / RESULT_FILE).stat().st_mtime_ns, p.name), reverse=True)
+    for folder in folders:
+        try:
+            record = read_job_result(folder)
+        except JobError:
+            continue
+        if record is not None and record.done and record.ranking:
+            return str(folder.resolve())
+    return ""
+
+
+def failureReport(jobDir, output: Sequence[str] = (), workerError: str = "", lines: int = 30) -> Tuple[str, str]:
+    """``(message, details)`` of a failed job, for the panel and the browser alike.
+
+    Args:
+        jobDir: the job folder (None when the job never got one).
+        output: the worker's printed lines as the GUI received them (merged stdout/stderr, events as text).
+        workerError: the message of the last ``error`` event the worker printed (it prints one even when it refuses
+            a job before opening its log, e.g. a job folder with symbolic links).
+        lines: how many last lines go into ``details``.
+
+    Returns:
+        the worker's error (the message of ``result.json``, else the last ``error`` event of ``events.jsonl``, else
+        ``workerError``, else "the worker ended without a result") and the last ``lines`` lines of ``log.txt``,
+        else of ``output``.
+    """
+    message = ""
+    if jobDir is not None and Path(jobDir).is_dir():
+        try:
+            record = read_job_result(jobDir)
+        except JobError:
+            record = None
+        if record is not None and not record.done:
+            message = record.message
+        errors = [event for event in read_events(jobDir) if event.event == "error"]
+        message = message or (errors[-1].message if errors else "")
+    details = logTail(jobDir, lines) if jobDir is not None else ""
+    if not details:
+        details = "\n".join(list(output)[-lines:])
+    return message or workerError or "the worker ended without a result", details
 
 
 def readQueryRound(rankingPath) -> Optional[RoundPlan]:

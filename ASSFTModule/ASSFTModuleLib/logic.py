@@ -22,6 +22,10 @@ from .geometry import loadVolumeFile
 from .modelCard import readModelCard
 from .records import CaseState, JobResult, LabelConversion, PreparedJob, RankedCase, Region
 
+#: Attribute of a ranking table node: the job folder its rows point into (overlays, regions, predictions); that
+#: folder is never pruned while the table is shown (:meth:`ASSFTSceneLogic.protectedJobFolders`).
+RANKING_JOB_ATTRIBUTE = "ASSFT.JobDirectory"
+
 
 @dataclass(frozen=True)
 class LoadedResult:
@@ -175,10 +179,8 @@ class ASSFTSceneLogic:
         adaptedModel = result.modelCard if result.kind in ADAPT_KINDS else None
         activeModel = adaptedModel if result.activated else None
         card = self.modelCard(adaptedModel if adaptedModel is not None else model)
-        cases = jobs.readCaseNodes(jobDir)
-        nodes = {caseId: self.scene.GetNodeByID(info.get("node_id", "")) for caseId, info in cases.items()}
-        nodes = {caseId: node for caseId, node in nodes.items() if node is not None}
-        skipped = tuple(sorted(set(cases) - set(nodes)))
+        nodes = jobPreparation.caseNodesInScene(self.scene, jobs.readCaseNodes(jobDir))
+        skipped = tuple(sorted(set(jobs.readCaseNodes(jobDir)) - set(nodes)))
 
         chartNode = None
         queryRound = None
@@ -191,6 +193,7 @@ class ASSFTSceneLogic:
                 caseNames={caseId: node.GetName() for caseId, node in nodes.items()},
                 caseNodeIds={caseId: node.GetID() for caseId, node in nodes.items()},
                 labeled=labeled, tableNode=tableNode)
+            tableNode.SetAttribute(RANKING_JOB_ATTRIBUTE, str(Path(jobDir).resolve()))
             chartNode = plot.scoresChart(self.scene, tableNode)
 
         predictionNodes = {}
@@ -233,8 +236,27 @@ class ASSFTSceneLogic:
             caseRegions = regions.readRegions(case.regions).regions
             regionsNode = regions.regionsToMarkups(self.scene, volumeNode, caseRegions)
         regions.showOnlyRegionsOf(self.scene, volumeNode)
+        self.showOnlyLabelsOf(volumeNode)
         return CaseView(case=case, volumeNode=volumeNode, overlayNode=overlayNode, regionsNode=regionsNode,
                         regions=tuple(caseRegions))
+
+    def showOnlyLabelsOf(self, volumeNode) -> int:
+        """Hide every segmentation that belongs to another volume (ASSFT annotations and predictions, and the user's
+        segmentations made on another volume), so that no other case's labels are drawn over ``volumeNode``; its
+        own annotation is shown. Returns the number of segmentations hidden."""
+        return segmentation.showOnlySegmentationsOf(self.scene, volumeNode)
+
+    # ------------------------------------------------------------------ job folders
+    @staticmethod
+    def rankingJobDirectory(tableNode) -> str:
+        """The job folder a ranking table's rows point into ("" for no table or a table without one)."""
+        return (tableNode.GetAttribute(RANKING_JOB_ATTRIBUTE) or "") if tableNode is not None else ""
+
+    def protectedJobFolders(self, workDir, tableNode=None) -> list:
+        """Job folders that pruning must keep: the folder of the ranking shown (``tableNode``) and the newest job
+        that ended with a ranking (a failed or cancelled job never pushes it out)."""
+        folders = [self.rankingJobDirectory(tableNode), jobs.latestRankingJobDir(workDir)]
+        return [str(folder) for folder in folders if folder]
 
     def caseForVolume(self, tableNode, volumeNode) -> Optional[RankedCase]:
         """The ranking table row of ``volumeNode`` as a :class:`RankedCase`, or None when it is not ranked."""

@@ -28,6 +28,11 @@ VOLUME_ATTRIBUTE = "ASSFT.VolumeID"
 ANNOTATION_ROLE = "annotation"
 PREDICTION_ROLE = "prediction"
 
+#: Attribute of a segmentation the module did not create: ``"1"`` when the user marked it as expert labels of its
+#: volume (the tick per volume). Without it an automatic segmentation (TotalSegmentator, MONAI Auto3DSeg) whose
+#: segments are named after the model's classes is not used as labels.
+EXPERT_LABEL_ATTRIBUTE = "ASSFT.ExpertLabel"
+
 #: Segment colours by foreground class (cycled when a model has more classes).
 CLASS_COLORS = (
     (0.90, 0.35, 0.25),
@@ -88,10 +93,53 @@ def findSegmentationForVolume(scene, volumeNode, role: str = ANNOTATION_ROLE):
 
 
 def userSegmentationsForVolume(scene, volumeNode) -> list:
-    """Segmentations the user made on ``volumeNode`` (reference geometry set to it, no ASSFT role)."""
+    """Segmentations made outside the module on ``volumeNode`` (reference geometry set to it, no ASSFT role)."""
     return [node for node in _nodesByClass(scene, "vtkMRMLSegmentationNode")
             if node.GetAttribute(ROLE_ATTRIBUTE) is None
             and node.GetNodeReferenceID(_REFERENCE_ROLE) == volumeNode.GetID()]
+
+
+def isExpertLabel(segmentationNode) -> bool:
+    """Whether a segmentation counts as expert labels: the module's annotation segmentation (made with Annotate),
+    or another segmentation the user marked so (:func:`setExpertLabel`)."""
+    if segmentationNode.GetAttribute(ROLE_ATTRIBUTE) == ANNOTATION_ROLE:
+        return True
+    return segmentationNode.GetAttribute(EXPERT_LABEL_ATTRIBUTE) == "1"
+
+
+def setExpertLabel(segmentationNode, expert: bool) -> None:
+    """Mark (or unmark) a segmentation the module did not create as the expert labels of its volume."""
+    segmentationNode.SetAttribute(EXPERT_LABEL_ATTRIBUTE, "1" if expert else "0")
+
+
+def expertLabelCandidates(scene, volumeNode, modelCard: ModelCard) -> list:
+    """Segmentations made outside the module on ``volumeNode`` with a segment named after a model class: what the
+    per-volume "expert labels" tick offers (each with :func:`isExpertLabel`)."""
+    return [node for node in userSegmentationsForVolume(scene, volumeNode) if hasClassSegment(node, modelCard)]
+
+
+def showOnlySegmentationsOf(scene, volumeNode) -> int:
+    """Hide every segmentation drawn on another volume: ASSFT annotations and predictions of other volumes, and
+    segmentations whose reference geometry is another volume. The volume's own annotation is shown.
+
+    Returns:
+        the number of segmentations hidden.
+    """
+    volumeId = volumeNode.GetID()
+    hidden = 0
+    for node in _nodesByClass(scene, "vtkMRMLSegmentationNode"):
+        display = node.GetDisplayNode()
+        if display is None:
+            continue
+        role = node.GetAttribute(ROLE_ATTRIBUTE)
+        owner = node.GetAttribute(VOLUME_ATTRIBUTE) if role else node.GetNodeReferenceID(_REFERENCE_ROLE)
+        if owner and owner != volumeId:
+            if display.GetVisibility():
+                display.SetVisibility(False)
+                hidden += 1
+        elif role == ANNOTATION_ROLE:
+            display.SetVisibility(True)
+    return hidden
 
 
 def hasClassSegment(segmentationNode, modelCard: ModelCard) -> bool:
@@ -102,15 +150,16 @@ def hasClassSegment(segmentationNode, modelCard: ModelCard) -> bool:
 def findLabelSegmentation(scene, volumeNode, modelCard: ModelCard):
     """The segmentation the labels of ``volumeNode`` are read from, or None.
 
-    The ASSFT annotation segmentation when there is one; else the first segmentation the user made on the volume
-    that has a segment named after a model class (read only). A segmentation with other names only (a "liver"
-    from another project) is not an annotation for this model and is not used.
+    The ASSFT annotation segmentation when there is one; else the first segmentation made outside the module on the
+    volume that the user marked as expert labels (:func:`setExpertLabel`) and that has a segment named after a
+    model class (read only). An unmarked segmentation (an automatic one from TotalSegmentator, say) is never used
+    as labels, and one with other names only (a "liver" from another project) is not an annotation for this model.
     """
     node = findSegmentationForVolume(scene, volumeNode)
     if node is not None:
         return node
-    for candidate in userSegmentationsForVolume(scene, volumeNode):
-        if hasClassSegment(candidate, modelCard):
+    for candidate in expertLabelCandidates(scene, volumeNode, modelCard):
+        if isExpertLabel(candidate):
             return candidate
     return None
 

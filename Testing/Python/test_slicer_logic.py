@@ -68,7 +68,8 @@ def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
     label = read_volume(job["labels"]["case_b"])
     np.testing.assert_array_equal(label.array, slicer_scene.syntheticLabels())
     np.testing.assert_allclose(label.affine, geometry.ijkToRasArray(nodes[1]), atol=1e-9)
-    assert jobs.readCaseNodes(spec.jobDir)["case_c"] == {"node_id": nodes[2].GetID(), "name": "case/c"}
+    assert jobs.readCaseNodes(spec.jobDir)["case_c"] == {"node_id": nodes[2].GetID(), "name": "case/c",
+                                                         "token": nodes[2].GetAttribute("ASSFT.CaseToken")}
     # the engine's own job reader accepts the file as written
     from ASSFTActive.jobs import read_job
 

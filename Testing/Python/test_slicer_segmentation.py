@@ -38,7 +38,8 @@ def test_segmentation_has_one_named_segment_per_foreground_class(setup):
 
 
 def test_user_segmentation_is_read_but_never_edited(setup):
-    """The user's own segmentation keeps its segments; its class-named work is copied into the module's one."""
+    """The user's own segmentation, marked as expert labels, keeps its segments; its class-named work is copied
+    into the module's one."""
     env, card, volumeNode = setup
     userNode = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work")
     userNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
@@ -48,6 +49,7 @@ def test_user_segmentation_is_read_but_never_edited(setup):
                                                    card)
     userNode.GetSegmentation().RemoveSegment(userNode.GetSegmentation().GetSegmentIdBySegmentName("anterior"))
     userNode.GetSegmentation().AddEmptySegment("liver", "liver", (1, 0, 0))
+    segmentation.setExpertLabel(userNode, True)
     assert segmentation.findLabelSegmentation(env.scene, volumeNode, card) is userNode
 
     node = segmentation.ensureClassSegmentation(env.scene, volumeNode, card)

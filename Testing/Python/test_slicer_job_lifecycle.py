@@ -1,0 +1,177 @@
+"""What an annotator hit in the job lifecycle (issue 26), on real MRML through slicer-core: other cases' labels over
+the case shown, the shown ranking's folder pruned, links across filesystems, a silent worker failure, results
+attached to new volumes after the scene was closed, automatic segmentations used as expert labels, one progress
+bar per job."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib import geometry, jobPreparation, jobs, ranking, segmentation  # noqa: E402
+from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
+from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
+from ASSFTModuleLib.records import OutputLine  # noqa: E402
+from slicer_scene import fakeFinishedJob  # noqa: E402
+from test_slicer_job_controller import RecordingRunner, Signals, parameterNode  # noqa: E402
+
+from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
+from ASSFTActive.progress import Event  # noqa: E402
+
+
+def controllerFor(tmp_path):
+    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable)
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
+    return env, logic, card, controller, Signals(controller), nodes
+
+
+def rowOf(table, volumeNode) -> int:
+    return next(row for row in range(table.GetNumberOfRows())
+                if ranking.rankedCaseFromTable(table, row)[1] == volumeNode.GetID())
+
+
+def visible(node) -> bool:
+    return bool(node.GetDisplayNode().GetVisibility())
+
+
+def test_showing_a_case_hides_every_other_cases_labels(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    spec = controller.startJob("rank")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    controller._runner.end(0)
+    table = controller.parameterNode.rankingTable
+    otherAnnotation = logic.annotationSegmentation(nodes[0], card)  # painted on case a
+    userOnOther = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my work on case b")
+    userOnOther.CreateDefaultDisplayNodes()
+    userOnOther.SetReferenceImageGeometryParameterFromVolumeNode(nodes[1])
+    view = logic.showCase(table, rowOf(table, nodes[2]), threshold=0.3, opacity=0.5)
+
+    assert view.volumeNode is nodes[2]
+    caseB = segmentation.findSegmentationForVolume(env.scene, nodes[1])
+    assert not visible(otherAnnotation) and not visible(caseB) and not visible(userOnOther)
+    ownAnnotation = logic.annotationSegmentation(nodes[2], card)
+    assert visible(ownAnnotation)
+    # back to case a: its own annotation is drawn again, case c's is not
+    logic.showCase(table, rowOf(table, nodes[0]), threshold=0.3, opacity=0.5)
+    assert visible(otherAnnotation) and not visible(ownAnnotation)
+
+
+def test_failed_and_cancelled_jobs_never_push_the_shown_ranking_out(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    controller.keepJobFolders = 2
+    spec = controller.startJob("rank")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    controller._runner.end(0)
+    rankingDir = spec.jobDir
+    table = controller.parameterNode.rankingTable
+    assert logic.rankingJobDirectory(table) == str(rankingDir.resolve())
+
+    for n in range(4):  # three failed Adapts and a cancelled one
+        failed = controller.startJob("adapt")
+        status = "cancelled" if n == 3 else "error"
+        (failed.jobDir / "result.json").write_text(json.dumps({"status": status, "message": "the labels look wrong"}))
+        controller._runner.end(1, cancelled=n == 3)
+    assert signals.finished[-1].status == CANCELLED
+
+    assert rankingDir.is_dir()
+    view = logic.showCase(table, 2, threshold=0.3, opacity=0.5)  # an unviewed row still has its overlay
+    assert view.overlayNode is not None and view.regions
+    # with the table gone (a new scene), the newest successful ranking is still protected
+    assert str(rankingDir.resolve()) in logic.protectedJobFolders(tmp_path / "work", None)
+
+
+def test_image_on_another_filesystem_is_copied_never_symlinked(tmp_path, monkeypatch):
+    env = slicer_scene.SlicerScene()
+    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    source = write_volume(Volume(slicer_scene.syntheticImage(), slicer_scene.rotatedAffine()),
+                          tmp_path / "data" / "scan.nii.gz")
+    env.volumesLogic.AddArchetypeVolume(str(source), "scan", 0)
+
+    def crossDevice(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(jobPreparation.os, "link", crossDevice)
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+
+    image = Path(spec.job.images["scan"])
+    assert image.name == "scan.nii.gz" and not image.is_symlink() and image.is_file()
+    assert not os.path.samefile(image, source)
+    assert image.read_bytes() == source.read_bytes()
+    assert not any(p.is_symlink() for p in (spec.jobDir / "images").iterdir())
+
+
+def test_worker_refusal_before_its_log_shows_the_error_and_its_last_lines(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    states = []
+    controller.progressStateChanged.connect(states.append)
+    spec = controller.startJob("rank")
+    refusal = "the job folder contains symbolic links (images/case_a.nrrd); the worker refuses to follow links"
+    controller._onEvent(OutputLine("Traceback is not needed here: the worker explains"))
+    controller._onEvent(Event("error", phase="error", message=refusal))
+    controller._runner.end(1)
+
+    outcome = signals.finished[-1]
+    assert outcome.status == ERROR and refusal in outcome.message
+    assert "the worker explains" in outcome.details and refusal in outcome.details
+    assert controller.failureReport(spec.jobDir)[0] == refusal
+    assert states[-1].status == "failed" and states[-1].fraction < 1.0 and "failed at" in states[-1].describe()
+
+
+def test_closing_the_scene_mid_job_never_attaches_results_to_new_volumes_with_reused_ids(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    spec = controller.startJob("adapt")
+    fakeFinishedJob(spec, nodes, tmp_path)
+    oldIds = [node.GetID() for node in nodes]
+    env.scene.Clear(0)  # File > Close Scene; the panel binds the new scene's parameter node
+    controller.setParameterNode(parameterNode(tmp_path / "work", controller.parameterNode.modelCardPath))
+    newNodes = [geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(seed=9),
+                                                         slicer_scene.rotatedAffine()), f"unrelated {n}")
+                for n in range(3)]
+    assert [node.GetID() for node in newNodes] == oldIds  # Slicer reuses the IDs
+
+    controller._runner.end(0)
+
+    outcome = signals.finished[-1]
+    assert outcome.status == DONE
+    assert outcome.loaded.predictionNodes == {} and sorted(outcome.loaded.skippedCases) == sorted(spec.job.images)
+    assert env.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_an_automatic_segmentation_counts_as_labels_only_when_the_user_marks_it(tmp_path):
+    env = slicer_scene.SlicerScene()
+    cardPath = slicer_scene.writeModelCard(tmp_path / "model")
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    card = logic.modelCard(cardPath)
+    volume = geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(), slicer_scene.rotatedAffine()),
+                                    "ct")
+    automatic = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    automatic.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentation.fillSegmentationFromClassLabelmap(
+        automatic, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(volume)), card)
+
+    assert not logic.isLabeled(volume, card)
+    assert logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1).job.labels == {}
+    assert segmentation.expertLabelCandidates(env.scene, volume, card) == [automatic]
+
+    segmentation.setExpertLabel(automatic, True)
+    assert logic.isLabeled(volume, card)
+    job = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1).job
+    np.testing.assert_array_equal(read_volume(job.labels["ct"]).array, slicer_scene.syntheticLabels())
+
+
+def test_case_list_without_tokens_from_an_older_version_still_needs_the_same_name(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    cases = {"case_a": {"node_id": nodes[0].GetID(), "name": "case a"},
+             "case_b": {"node_id": nodes[1].GetID(), "name": "renamed"}}
+    assert jobPreparation.caseNodesInScene(env.scene, cases) == {"case_a": nodes[0]}
+    assert jobs.readCaseNodes(tmp_path) == {}
