@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(e.g. '{\"train\": {\"iterations\": 50}}')")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="another host name the page may be opened under (a DNS alias or a reverse proxy's "
+                             "name); requests naming any other host are refused. Repeatable")
     return parser
 
 
@@ -58,6 +61,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ASSFTModuleLib.errors import ASSFTModuleError
     from ASSFTModuleLib.parameters import queryRoundsValue
 
+    from ASSFTActive.errors import OutputError
+
+    from .label_files import check_labels_folder
     from .session import ServeConfig
 
     query = _json_option(args.query_json, "--query-json")
@@ -72,10 +78,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                          work_dir=args.work.resolve() if args.work else None, budget=args.budget,
                          query=query,
                          finetune=_json_option(args.finetune_json, "--finetune-json"))
+    try:
+        check_labels_folder(config.labels_folder)
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from .app import serve
 
     sys.argv = sys.argv[:1]  # trame parses the command line again; it must not see ours
-    serve(config, host=args.host, port=args.port)
+    serve(config, host=args.host, port=args.port, allow_hosts=args.allow_host)
     return 0
 
 

@@ -22,7 +22,7 @@ from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.jobRun import SubprocessJobRunner
 from ASSFTModuleLib.jobs import describeQueryRound
-from ASSFTModuleLib.parameters import AdaptMethod
+from ASSFTModuleLib.parameters import AdaptMethod, queryRoundsValue
 from trame.app import TrameApp
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
@@ -37,17 +37,33 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from ASSFTActive.errors import AssftError
 from ASSFTActive.jobs import ADAPT_KINDS
 
-from .plot import scores_svg
-from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, AnnotatorSession, ServeConfig
+from . import fields
+from .guidance import next_step
+from .plot import LEGEND, scores_svg
+from .security import AccessPolicy, install, is_loopback
+from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, LABEL_REFUSAL_MARK, AnnotatorSession, ServeConfig
 
 LAYOUT_ID = "ASSFT"
 #: Brush diameter (mm) the Paint effect starts with on Annotate; the segment editor's slider changes it.
 BRUSH_DIAMETER_MM = 4.0
 LOG_LINES = 200
+#: Worker log lines shown under a failed job's error.
+ERROR_LOG_LINES = 15
+#: The engine's refusal ends with command-line advice; the page offers its button instead.
+CLI_ADVICE = "pass --allow-implausible-labels (FinetuneConfig.allow_implausible_labels)"
+TRAIN_ANYWAY_WARNING = ("The label checks refused these labels (above). Train anyway uses them as they are: if a "
+                        "class is missing, swapped or misplaced, the adapted model learns that mistake.")
 
 
 def _finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _query_rounds(value) -> int:
+    try:
+        return queryRoundsValue(value)
+    except ASSFTModuleError as error:
+        raise fields.FieldError(str(error)) from error
 
 
 class ASSFTWebApp(TrameApp):
@@ -56,10 +72,12 @@ class ASSFTWebApp(TrameApp):
     Args:
         config: :class:`~ASSFTWeb.session.ServeConfig`.
         server: a trame server (a new one when None).
+        policy: who may connect (:class:`~ASSFTWeb.security.AccessPolicy`); a new secret for loopback when None.
     """
 
-    def __init__(self, config: ServeConfig, server=None):
+    def __init__(self, config: ServeConfig, server=None, policy: Optional[AccessPolicy] = None):
         super().__init__(server)
+        self.policy = policy or AccessPolicy.for_address("127.0.0.1")
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, self.server)
@@ -79,8 +97,9 @@ class ASSFTWebApp(TrameApp):
         self.annotated_segmentation = None
         self._count_pending = False
         self._observed = set()
-        self._rounds_error = ""  # the page's report of a bad Query rounds value, taken back once it is good
+        self._field_error = ""  # the page's report of refused field values, taken back once they are good
         self._init_state(config)
+        install(self.server, self.policy, self.guard, self._on_fields_refused)
         self._connect_controller()
         self._build_ui()
         self.layout_manager.set_layout(LAYOUT_ID)
@@ -111,43 +130,51 @@ class ASSFTWebApp(TrameApp):
 
     # ------------------------------------------------------------------ state
     def _init_state(self, config: ServeConfig) -> None:
+        """The page's state, and the rules for what a browser may change in it (:class:`fields.StateGuard`): the
+        fields the user edits are validated, every other ASSFT field is the server's."""
+        initial = dict(
+            trame__title="ASSFT annotator", data_dir=str(config.data_dir), labels_dir=str(config.labels_folder),
+            volumes=[], skipped=[], model_text=str(config.model), model_description=self.session.model_description(),
+            budget=int(config.budget), query_rounds=self.session.parameters.queryRounds,
+            adapt_methods=[{"title": m.label(), "value": m.value} for m in AdaptMethod],
+            adapt_method=self.session.parameters.adaptMethod.value, rows=[], selected_row=-1, ranking_round=0,
+            ranking_caption="Not ranked yet.", plot_svg="", plot_legend=LEGEND, overlay_visible=True,
+            overlay_opacity=DEFAULT_OPACITY, regions=[], slice_offsets={}, current_volume="", prefill=False,
+            voxel_counts={}, voxel_total=0, annotated_name="", saved_message="", saved=False, job_running=False,
+            job_kind="", job_outcome="", progress=0, status="Ready.", error="", error_details="",
+            can_train_anyway=False, train_anyway_warning=TRAIN_ANYWAY_WARNING, next_step="", log=[],
+        )
+        editable = {
+            "model_text": fields.text("Model"),
+            "budget": fields.whole_number("Budget", 1, lambda: max(1, len(self.state.volumes))),
+            "query_rounds": _query_rounds,
+            "adapt_method": fields.choice("Adapt method", [m.value for m in AdaptMethod]),
+            "overlay_visible": fields.boolean("Entropy overlay"),
+            "overlay_opacity": fields.number_in("Overlay opacity", 0.0, 1.0),
+            "prefill": fields.boolean("Pre-fill with the prediction"),
+        }
+        self.guard = fields.StateGuard(editable, server_owned=set(initial) - set(editable))
+        self.state.update(initial)
+        self._update_next_step()
         s = self.state
-        s.trame__title = "ASSFT annotator"
-        s.data_dir = str(config.data_dir)
-        s.labels_dir = str(config.labels_folder)
-        s.volumes = []
-        s.skipped = []
-        s.model_text = str(config.model)
-        s.model_description = self.session.model_description()
-        s.budget = int(config.budget)
-        s.query_rounds = self.session.parameters.queryRounds
-        s.adapt_methods = [{"title": m.label(), "value": m.value} for m in AdaptMethod]
-        s.adapt_method = self.session.parameters.adaptMethod.value
-        s.rows = []
-        s.selected_row = -1
-        s.ranking_round = 0
-        s.ranking_caption = "Not ranked yet."
-        s.plot_svg = ""
-        s.overlay_visible = True
-        s.overlay_opacity = DEFAULT_OPACITY
-        s.regions = []
-        s.slice_offsets = {}  # {slice view: offset} after the last region click (what each view's slider shows)
-        s.current_volume = ""
-        s.prefill = False
-        s.voxel_counts = {}
-        s.voxel_total = 0
-        s.annotated_name = ""
-        s.saved_message = ""
-        s.job_running = False
-        s.job_kind = ""
-        s.progress = 0
-        s.status = "Ready."
-        s.error = ""
-        s.log = []
         s.change("overlay_visible", "overlay_opacity")(self._on_overlay_changed)
         s.change("budget")(self._on_budget_changed)
         s.change("query_rounds")(self._on_query_rounds_changed)
         s.change("adapt_method")(self._on_adapt_method_changed)
+
+    def _on_fields_refused(self, result: fields.GuardResult) -> None:
+        """Report refused values of the page's fields; the report goes once every field is good again."""
+        if result.refused:
+            self.state.error = self._field_error = " ".join(result.refused.values())
+        elif self._field_error and self.state.error == self._field_error:
+            self.state.error = self._field_error = " ".join(self.guard.errors.values())
+
+    def _update_next_step(self) -> None:
+        s = self.state
+        s.next_step = next_step(s.rows, bool(s.job_running), str(s.job_kind).split(" ")[0],
+                                failed=s.job_outcome == "error", annotated=s.annotated_name,
+                                painted_voxels=int(s.voxel_total), saved=bool(s.saved),
+                                can_train_anyway=bool(s.can_train_anyway))
 
     def _connect_controller(self) -> None:
         c = self.session.controller
@@ -171,10 +198,18 @@ class ASSFTWebApp(TrameApp):
         self.state.log = (list(self.state.log) + [text])[-LOG_LINES:]
 
     def _on_failed(self, message: str, details: str) -> None:
-        self.state.error = message
+        """The error, and the worker's last lines under it (what it printed before it ended)."""
+        self.state.error = message.replace(CLI_ADVICE, "press Train anyway")
+        lines = [line for line in (details or "").splitlines() if line.strip()]
+        if not lines:
+            lines = [line for line in self.state.log if line.strip()]
+        self.state.error_details = "\n".join(lines[-ERROR_LOG_LINES:])
 
     def _on_finished(self, outcome) -> None:
         self.state.job_running = False
+        self.state.job_outcome = outcome.status
+        self.state.can_train_anyway = (outcome.status == "error" and outcome.kind in ADAPT_KINDS
+                                       and LABEL_REFUSAL_MARK in (outcome.message or ""))
         if outcome.status == "done":
             self.state.progress = 100
             self.state.ranking_round += 1
@@ -191,6 +226,7 @@ class ASSFTWebApp(TrameApp):
                 self.select_row(self.state.selected_row if self.state.selected_row >= 0 else 0)
         self.state.status = outcome.message or outcome.status
         self.state.job_kind = f"{outcome.kind} {outcome.status}"
+        self._update_next_step()
 
     def _refresh_rows(self) -> None:
         rows = [{k: _finite(v) for k, v in row.items()} for row in self.session.ranking_rows()]
@@ -215,51 +251,51 @@ class ASSFTWebApp(TrameApp):
         self.state.current_volume = node.GetName()
 
     def apply_model(self) -> None:
+        """The Model field's check: use the typed model (``default``, a card JSON or a store folder) from the next
+        job on; a model that cannot be used is refused with the reason and the one in use stays."""
+        if self.guard.errors.get("model_text"):
+            self.state.error = self.guard.errors["model_text"]
+            return
         try:
             self.session.set_model(self.state.model_text)
-            self.state.model_description = self.session.model_description()
-            self.state.error = ""
         except (ASSFTModuleError, AssftError, OSError) as error:
             self.state.error = str(error)
+            return
+        self.state.model_description = self.session.model_description()
+        self.state.error = ""
+        self.state.status = f"Model set: {self.state.model_description}. Rank Volumes uses it."
 
     def _on_budget_changed(self, budget, **_) -> None:
-        try:
-            self.session.parameters.budget = max(1, int(budget))
-        except (TypeError, ValueError):
-            self.state.error = f"The budget must be a whole number, got {budget!r}."
+        self.session.parameters.budget = int(budget)  # a whole number in range: the guard refused anything else
 
     def _on_query_rounds_changed(self, query_rounds, **_) -> None:
-        """Checked as typed: a bad value is reported at once, and its report goes when the value is good again
-        (Rank and Adapt check the field's value once more)."""
-        try:
-            self.session.set_query_rounds(query_rounds)
-        except ASSFTModuleError as error:
-            self.state.error = self._rounds_error = str(error)
-            return
-        if self._rounds_error and self.state.error == self._rounds_error:
-            self.state.error = ""
-        self._rounds_error = ""
+        self.session.set_query_rounds(query_rounds)
 
     def _on_adapt_method_changed(self, adapt_method, **_) -> None:
-        try:
-            self.session.set_adapt_method(adapt_method)
-        except ASSFTModuleError as error:
-            self.state.error = str(error)
+        self.session.set_adapt_method(adapt_method)
 
     # ------------------------------------------------------------------ jobs
-    def start_job(self, kind: str) -> None:
-        """Rank or Adapt; refused (with the reason on the page) while a job runs or when nothing can run."""
+    def start_job(self, kind: str, allow_implausible_labels: bool = False) -> None:
+        """Rank or Adapt; refused (with the reason on the page) while a job runs, while a field of the page holds
+        a refused value, or when nothing can run."""
+        pending = self.guard.pending()
+        if pending:
+            self.state.error = pending
+            return
         self.state.error = ""
+        self.state.error_details = ""
+        self.state.can_train_anyway = False
         try:
-            self.session.set_query_rounds(self.state.query_rounds)  # what the field shows, never an older value
-            spec = self.session.start_job(kind)
+            spec = self.session.start_job(kind, allow_implausible_labels=allow_implausible_labels)
         except (ASSFTModuleError, AssftError, OSError) as error:
             self.state.error = str(error)
             return
         if spec is not None:
             self.state.job_running = True
             self.state.job_kind = f"{kind} running"
+            self.state.job_outcome = "running"
             self.state.progress = 0
+        self._update_next_step()
 
     def rank(self) -> None:
         self.start_job("rank")
@@ -267,15 +303,20 @@ class ASSFTWebApp(TrameApp):
     def adapt(self) -> None:
         self.start_job("adapt")
 
+    def train_anyway(self) -> None:
+        """Adapt Model once more with the label checks' refusals turned into warnings (what the page offers after a
+        refusal instead of ``--allow-implausible-labels``)."""
+        self.start_job("adapt", allow_implausible_labels=True)
+
     def cancel(self) -> None:
         self.session.cancel()
 
     # ------------------------------------------------------------------ look
-    def select_row(self, row: int) -> None:
-        row = int(row)
+    def select_row(self, row) -> None:
         try:
+            row = fields.whole_number("The row", 0, max(len(self.state.rows) - 1, 0))(row)
             view = self.session.show_row(row, DEFAULT_THRESHOLD, float(self.state.overlay_opacity))
-        except (ASSFTModuleError, AssftError, OSError, IndexError) as error:
+        except (fields.FieldError, ASSFTModuleError, AssftError, OSError, IndexError) as error:
             self.state.error = str(error)
             return
         self.case_view = view
@@ -287,10 +328,15 @@ class ASSFTWebApp(TrameApp):
         self.slicer_app.display_manager.reset_views()
         self._update_counts()
 
-    def jump_to_region(self, index: int) -> None:
+    def jump_to_region(self, index) -> None:
         if self.case_view is None or self.case_view.regionsNode is None:
             return
-        self.state.slice_offsets = self.session.logic.jumpToRegion(self.case_view.regionsNode, int(index))
+        try:
+            index = fields.whole_number("The region", 0, max(len(self.state.regions) - 1, 0))(index)
+        except fields.FieldError as error:
+            self.state.error = str(error)
+            return
+        self.state.slice_offsets = self.session.logic.jumpToRegion(self.case_view.regionsNode, index)
 
     def _on_overlay_changed(self, overlay_visible, overlay_opacity, **_) -> None:
         view = self.case_view
@@ -321,6 +367,7 @@ class ASSFTWebApp(TrameApp):
             return
         self.annotated_volume, self.annotated_segmentation = volume, segmentation
         self.state.annotated_name = volume.GetName()
+        self.state.saved_message, self.state.saved = "", False
         self.editor.set_active_segmentation(segmentation, volume)
         segment_ids = self.editor.get_segment_ids()
         if segment_ids:
@@ -354,10 +401,14 @@ class ASSFTWebApp(TrameApp):
         volume = self.annotated_volume
         if volume is None:
             self.state.voxel_counts, self.state.voxel_total = {}, 0
-            return
-        counts = self.session.voxel_counts(volume, self.annotated_segmentation)
-        self.state.voxel_counts = counts
-        self.state.voxel_total = int(sum(counts.values()))
+        else:
+            counts = self.session.voxel_counts(volume, self.annotated_segmentation)
+            total = int(sum(counts.values()))
+            if total != self.state.voxel_total or counts != self.state.voxel_counts:
+                self.state.saved = False
+            self.state.voxel_counts = counts
+            self.state.voxel_total = total
+        self._update_next_step()
 
     def save_labels(self) -> None:
         self.state.error = ""
@@ -371,7 +422,9 @@ class ASSFTWebApp(TrameApp):
         if saved.backup is not None:
             message += f"; the previous file is kept as {saved.backup}"
         self.state.saved_message = message
+        self.state.saved = True
         self._refresh_rows()
+        self._update_next_step()
 
     # ------------------------------------------------------------------ page
     def _build_ui(self) -> None:
@@ -391,58 +444,94 @@ class ASSFTWebApp(TrameApp):
                 self._build_panel()
 
     def _build_panel(self) -> None:
-        with html.Div(classes="pa-3", style="font-size: 13px;"):
-            v3.VAlert(v_if=("error",), text=("error",), type="error", density="compact", closable=True,
-                      id="error_message", classes="mb-2")
-            html.Div("Volumes ({{ volumes.length }}) in {{ data_dir }}", classes="text-subtitle-2")
-            html.Div("{{ volumes.join(', ') }}", id="volume_list", classes="text-caption mb-1")
-            with html.Div(v_if=("skipped.length",), id="skipped_messages"):
-                v3.VAlert(v_for="(m, i) in skipped", key="i", text=("m",), type="warning", density="compact",
-                          classes="mb-1 text-caption")
-            with v3.VRow(dense=True, classes="mt-1"):
-                with v3.VCol(cols=6):
+        """The panel, in the order of the round: what went wrong, the job's settings and buttons, the next step,
+        Annotate and Save (visible without scrolling at 1366x768), then the ranking with its legend, the overlay,
+        the regions, the pool and the chart."""
+        with html.Div(classes="pa-2", style="font-size: 13px;"):
+            with v3.VAlert(v_if=("error",), type="error", density="compact", closable=True, id="error_message",
+                           classes="mb-2 text-caption", style="overflow-wrap: anywhere;"):
+                html.Div("{{ error }}")
+                html.Pre("{{ error_details }}", v_if=("error_details",), id="error_details",
+                         style="white-space: pre-wrap; max-height: 160px; overflow-y: auto; font-size: 11px; "
+                               "margin-top: 4px; background: rgba(0,0,0,0.25); padding: 4px;")
+                with html.Div(v_if=("can_train_anyway",), id="train_anyway_box", classes="mt-1"):
+                    html.Div("{{ train_anyway_warning }}", classes="mb-1")
+                    v3.VBtn("Train anyway", click=self.train_anyway, disabled=("job_running",), size="small",
+                            color="warning", variant="flat", id="btn_train_anyway")
+            with v3.VRow(dense=True):
+                with v3.VCol(cols=12):
                     v3.VTextField(v_model=("model_text",), label="Model (default, card JSON or store folder)",
                                   density="compact", hide_details=True, id="model_field",
-                                  append_inner_icon="mdi-check", click_append_inner=self.apply_model)
+                                  append_inner_icon="mdi-check", click_appendInner=self.apply_model,
+                                  keydown_enter=self.apply_model, __events=[("keydown_enter", "keydown.enter")],
+                                  title="Type a model and press the check mark (or Enter) to use it")
+            html.Div("{{ model_description }}", classes="text-caption mb-1", id="model_description",
+                     style="overflow-wrap: anywhere;")
+            with v3.VRow(dense=True):
                 with v3.VCol(cols=3):
                     v3.VTextField(v_model_number=("budget",), type="number", min=1, label="Budget",
-                                  density="compact", hide_details=True, id="budget_field")
+                                  density="compact", hide_details=True, id="budget_field",
+                                  title="How many volumes to propose for labelling")
                 with v3.VCol(cols=3):
-                    v3.VTextField(v_model_number=("query_rounds",), type="number", min=1, label="Query rounds",
+                    v3.VTextField(v_model_number=("query_rounds",), type="number", min=1, label="Rounds",
                                   density="compact", hide_details=True, id="query_rounds_field",
                                   title="Spread the budget over this many rounds: each Rank proposes the current "
                                         "round's share; label it, Adapt Model, and the re-ranking proposes the next "
                                         "round with the adapted model. 1: the whole budget at once.")
-            html.Div("{{ model_description }}", classes="text-caption mb-2", id="model_description")
-            v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
-                       density="compact", hide_details=True, id="adapt_method", classes="mb-2")
-            with html.Div(classes="d-flex ga-2 mb-2"):
+                with v3.VCol(cols=6):
+                    v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
+                               density="compact", hide_details=True, id="adapt_method")
+            with html.Div(classes="d-flex ga-2 mt-2 mb-1"):
                 v3.VBtn("Rank Volumes", click=self.rank, disabled=("job_running",), color="primary", size="small",
                         id="btn_rank")
                 v3.VBtn("Adapt Model", click=self.adapt, disabled=("job_running",), color="secondary",
                         size="small", id="btn_adapt")
                 v3.VBtn("Cancel", click=self.cancel, disabled=("!job_running",), color="error", size="small",
                         variant="outlined", id="btn_cancel")
-            v3.VProgressLinear(model_value=("progress",), height=14, color="green", id="job_progress",
-                               striped=("job_running",))
+            v3.VProgressLinear(model_value=("progress",), height=12, id="job_progress", striped=("job_running",),
+                               color=("job_outcome === 'error' ? 'red' : (job_outcome === 'cancelled' ? 'grey' "
+                                      ": 'green')",))
             html.Div("{{ progress }}% | {{ job_kind }} | {{ status }}", id="job_status",
-                     classes="text-caption mb-2", style="word-break: break-all;")
+                     classes="text-caption mb-1", style="overflow-wrap: anywhere;")
+            html.Div("{{ next_step }}", id="next_step", classes="text-body-2 mb-2 pa-1",
+                     style="border-left: 3px solid #ff9800; background: rgba(255,152,0,0.08);")
+            with html.Div(classes="d-flex align-center ga-2"):
+                v3.VBtn("Annotate", click=self.annotate, size="small", color="primary", id="btn_annotate")
+                v3.VCheckbox(v_model=("prefill",), label="Pre-fill with the prediction", density="compact",
+                             hide_details=True, id="prefill_toggle")
+                v3.VBtn("Save labels", click=self.save_labels, size="small", color="success", id="btn_save",
+                        title=("'Writes the label file into ' + labels_dir",))
+            html.Div("Labeled voxels: {{ voxel_total }} ({{ Object.entries(voxel_counts).map(([k, v]) => k + ' '"
+                     " + v).join(', ') }}) in {{ annotated_name || 'no volume yet' }}", id="voxel_counts",
+                     classes="text-caption")
+            html.Div("{{ saved_message }}", id="saved_message", classes="text-caption mb-1",
+                     style="overflow-wrap: anywhere;")
             html.Div("{{ ranking_caption }}", id="ranking_caption", classes="text-subtitle-2")
             with html.Table(id="ranking_table", style="width: 100%; border-collapse: collapse;",
-                            classes="text-caption mb-2"):
+                            classes="text-caption"):
                 with html.Tr():
-                    for title in ("#", "Volume", "DKD", "ASD", "Score", "State"):
-                        html.Th(title, style="text-align: left; border-bottom: 1px solid #666;")
+                    for title, tip in COLUMNS:
+                        html.Th(title, title=tip, style="text-align: left; border-bottom: 1px solid #666; "
+                                                        "cursor: help;")
                 with html.Tr(v_for="r in rows", key="r.case", classes="ranking-row",
                              click="trigger('select_row', [r.row])",
-                             style=("{cursor: 'pointer', background: r.row === selected_row ? '#37474f' : "
-                                    "(r.state === 'proposed' ? '#3e2a00' : '')}",)):
+                             style=("{cursor: 'pointer', background: r.row === selected_row ? '" + ROW_SHOWN
+                                    + "' : (r.state === 'proposed' ? '" + ROW_PROPOSED + "' : '')}",)):
                     html.Td("{{ r.rank || '-' }}")
                     html.Td("{{ r.volume }}")
                     html.Td("{{ r.dkd === null ? '-' : r.dkd.toFixed(3) }}")
                     html.Td("{{ r.asd === null ? '-' : r.asd.toFixed(3) }}")
                     html.Td("{{ r.score === null ? '-' : r.score.toFixed(3) }}")
                     html.Td("{{ r.state }}", classes="row-state")
+            with html.Div(id="table_legend", classes="text-caption mb-2", v_if=("rows.length",),
+                          style="opacity: 0.85;"):
+                html.Span("", style=f"display:inline-block;width:10px;height:10px;background:{ROW_PROPOSED};"
+                                    "border:1px solid #aaa;margin-right:3px;")
+                html.Span("proposed for labelling  ")
+                html.Span("", style=f"display:inline-block;width:10px;height:10px;background:{ROW_SHOWN};"
+                                    "border:1px solid #aaa;margin:0 3px 0 8px;")
+                html.Span("shown in the views. ")
+                html.Span(TABLE_NOTE)
             html.Div("Showing: {{ current_volume }}", classes="text-subtitle-2", id="current_volume")
             with html.Div(classes="d-flex align-center ga-2"):
                 v3.VSwitch(v_model=("overlay_visible",), label="Entropy overlay", density="compact",
@@ -455,26 +544,51 @@ class ASSFTWebApp(TrameApp):
                 html.Div("{{ reg.text }}", v_for="reg in regions", key="reg.index", classes="region-item text-caption",
                          style="cursor: pointer; text-decoration: underline;",
                          click="trigger('jump_to_region', [reg.index])")
-            with html.Div(classes="d-flex align-center ga-2 mt-2"):
-                v3.VBtn("Annotate", click=self.annotate, size="small", color="primary", id="btn_annotate")
-                v3.VCheckbox(v_model=("prefill",), label="Pre-fill with the prediction", density="compact",
-                             hide_details=True, id="prefill_toggle")
-            html.Div("Labeled voxels: {{ voxel_total }} ({{ Object.entries(voxel_counts).map(([k, v]) => k + ' '"
-                     " + v).join(', ') }}) in {{ annotated_name || 'no volume yet' }}", id="voxel_counts",
-                     classes="text-caption")
-            with html.Div(classes="d-flex align-center ga-2 mt-1"):
-                v3.VBtn("Save labels", click=self.save_labels, size="small", color="success", id="btn_save")
-                html.Span("to {{ labels_dir }}", classes="text-caption")
-            html.Div("{{ saved_message }}", id="saved_message", classes="text-caption mb-2",
-                     style="word-break: break-all;")
-            html.Div("DKD against ASD (orange: proposed, blue: pseudo-labeled, grey: other)", v_if=("plot_svg",),
-                     classes="text-subtitle-2")
+            html.Div("DKD against ASD", v_if=("plot_svg",), classes="text-subtitle-2 mt-2")
+            html.Div("{{ plot_legend }}", v_if=("plot_svg",), id="plot_legend", classes="text-caption")
             html.Div(v_html=("plot_svg",), id="scores_plot")
+            html.Div("Volumes ({{ volumes.length }}) in {{ data_dir }}", classes="text-subtitle-2 mt-2")
+            html.Div("{{ volumes.join(', ') }}", id="volume_list", classes="text-caption mb-1",
+                     style="max-height: 60px; overflow-y: auto;")
+            with html.Div(v_if=("skipped.length",), id="skipped_messages"):
+                v3.VAlert(v_for="(m, i) in skipped", key="i", text=("m",), type="warning", density="compact",
+                          classes="mb-1 text-caption")
         self.server.trigger("select_row")(self.select_row)
         self.server.trigger("jump_to_region")(self.jump_to_region)
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Build the page and serve it until interrupted."""
-    app = ASSFTWebApp(config)
-    app.server.start(host=host, port=port, open_browser=False)
+#: Row colours of the ranking table (also in its legend).
+ROW_PROPOSED, ROW_SHOWN = "#5a3d00", "#37474f"
+#: The ranking table's columns and what each means (a tooltip on the header).
+COLUMNS = (
+    ("#", "Rank: the order in which the query picked the volumes (1 first)."),
+    ("Volume", "The volume's name (its file name without the extension)."),
+    ("DKD", "Diversified knowledge divergence: how far the volume's features lie from what the pre-trained model "
+            "knows and from the labelled volumes (higher: newer to the model)."),
+    ("ASD", "Anatomical segmentation difficulty: the prediction's entropy inside the predicted anatomy (higher: "
+            "harder to segment)."),
+    ("Score", "The combined score when the volume was picked. Picks are greedy: each later pick is scored against "
+              "the ones already picked, so the column need not fall with the rank."),
+    ("State", "unlabeled, proposed (label it), labeled (a label file exists), pseudo-labeled (the model's own "
+              "prediction is trusted for training)."),
+)
+TABLE_NOTE = ("DKD: newness to the model; ASD: difficulty; Score: value at the time of the pick (hover a column "
+              "title for more).")
+
+
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, allow_hosts=()) -> None:
+    """Build the page and serve it until interrupted; prints the page's address with this start's secret."""
+    policy = AccessPolicy.for_address(host, extra_hosts=allow_hosts)
+    app = ASSFTWebApp(config, policy=policy)
+
+    def announce(**_):
+        print(f"\nASSFT annotator ready. Open this address in a browser (it holds this start's secret; keep it to "
+              f"yourself):\n\n    {policy.url(app.server.port)}\n", flush=True)
+        if not is_loopback(host):
+            print(f"Listening on {host}: anyone who can reach this address AND has the secret can drive the "
+                  "annotator, and the connection is not encrypted (plain http). On a remote GPU machine prefer "
+                  "--host 127.0.0.1 with an SSH tunnel (ssh -L 8080:127.0.0.1:8080 <machine>) and open the "
+                  "address above with the tunnel's port.", flush=True)
+
+    app.server.controller.on_server_ready.add(announce)
+    app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)

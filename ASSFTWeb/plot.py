@@ -13,6 +13,9 @@ from typing import Sequence
 
 COLORS = {"proposed": "#ff9800", "labeled": "#4caf50", "pseudo-labeled": "#03a9f4"}
 DEFAULT_COLOR = "#9e9e9e"
+#: The chart's legend (the page shows it above the chart): every colour of :data:`COLORS` and the axes' meaning.
+LEGEND = ("Dots: orange proposed, green labeled, blue pseudo-labeled, grey unlabeled. Right: harder to segment (ASD); "
+          "up: newer to the model (DKD). A labeled volume has no DKD and no dot.")
 
 
 def _span(values: Sequence[float]) -> tuple:

@@ -30,6 +30,9 @@ from .label_files import SavedLabel, save_label_file
 
 #: Default overlay display, as in the Slicer panel.
 DEFAULT_THRESHOLD, DEFAULT_OPACITY = 0.2, 0.5
+#: The name of the setting the engine's label-check refusals end with (``FinetuneConfig.allow_implausible_labels``,
+#: also ``SfrConfig``'s): a failed Adapt whose message names it was refused by the label checks.
+LABEL_REFUSAL_MARK = "allow_implausible_labels"
 
 
 @dataclass
@@ -91,13 +94,21 @@ class _JobSettings:
     def __init__(self, logic: ASSFTSceneLogic, config: ServeConfig):
         self._logic = logic
         self._config = config
+        #: True for the next job only: the label checks' refusals become warnings ("Train anyway").
+        self.allow_implausible_labels = False
 
     def __getattr__(self, name):
         return getattr(self._logic, name)
 
     def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, query=None, sfr=None):
+        finetune = dict(self._config.finetune)
+        if self.allow_implausible_labels:  # an sfr job reads the setting from its sfr block, adapt from finetune
+            if kind == "sfr":
+                sfr = {**(sfr or {}), LABEL_REFUSAL_MARK: True}
+            else:
+                finetune[LABEL_REFUSAL_MARK] = True
         return self._logic.prepareJob(kind, workDir, model, budget, volumeNodes=volumeNodes,
-                                      query={**self._config.query, **(query or {})}, finetune=self._config.finetune,
+                                      query={**self._config.query, **(query or {})}, finetune=finetune,
                                       sfr=sfr, storeDir=self._config.store_dir)
 
 
@@ -115,7 +126,8 @@ class AnnotatorSession:
         self.scene = scene
         self.config = config
         self.logic = ASSFTSceneLogic(scene, app_logic)
-        self.controller = JobController(_JobSettings(self.logic, config), runner_factory, environment=workerEnvironment)
+        self._settings = _JobSettings(self.logic, config)
+        self.controller = JobController(self._settings, runner_factory, environment=workerEnvironment)
         self.parameters = WebParameters(workDirectory=config.work_folder, budget=int(config.budget),
                                         queryRounds=queryRoundsValue(config.query.get("rounds",
                                                                                       DEFAULT_QUERY_ROUNDS)))
@@ -178,6 +190,10 @@ class AnnotatorSession:
             path = files.get(node.GetName())
             if path is None:
                 continue
+            if path.is_symlink():
+                messages.append(f"Label file {path.name} not used: it is a symbolic link (Save labels never writes "
+                                "through links). Replace it with the file it points to.")
+                continue
             try:
                 labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self.logic.volumesLogic, str(path),
                                                                   node)
@@ -219,10 +235,19 @@ class AnnotatorSession:
         self.parameters.queryRounds = queryRoundsValue(rounds)
         return self.parameters.queryRounds
 
-    def start_job(self, kind: str):
+    def start_job(self, kind: str, allow_implausible_labels: bool = False):
         """Start a ``rank`` job, or Adapt Model with ``kind`` ``adapt`` (an ``adapt`` or ``sfr`` job, by the adapt
-        method); the controller refuses a second one while one runs."""
-        return self.controller.startJob(kind)
+        method); the controller refuses a second one while one runs.
+
+        Args:
+            allow_implausible_labels: for this job only, the label checks warn instead of refusing (the page's
+                "Train anyway" after a refusal; ``FinetuneConfig.allow_implausible_labels`` in ``job.json``).
+        """
+        self._settings.allow_implausible_labels = bool(allow_implausible_labels)
+        try:
+            return self.controller.startJob(kind)
+        finally:
+            self._settings.allow_implausible_labels = False
 
     def cancel(self) -> None:
         self.controller.cancel()

@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--query-json", help="engine QueryConfig settings for every job, as JSON")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--allow-host", action="append", metavar="NAME",
+                        help="another host name the page may be opened under (a DNS alias, a reverse proxy); "
+                             "repeatable")
     parser.set_defaults(run=run)
 
 
@@ -44,6 +47,8 @@ def server_command(args: argparse.Namespace) -> list:
                           ("--finetune-json", args.finetune_json), ("--query-json", args.query_json)):
         if value is not None:
             command += [option, str(value)]
+    for name in getattr(args, "allow_host", None) or ():
+        command += ["--allow-host", str(name)]
     return command
 
 

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +75,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+def _wait_address(process: subprocess.Popen, log: Path, timeout: float = 180.0) -> str:
+    """The page's address with this start's secret, as ``assft serve`` prints it (nothing else opens the page)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        found = re.search(r"http://127\.0\.0\.1:\d+/\?secret=[A-Za-z0-9_-]+", log.read_text())
+        if found:
+            return found.group(0)
         if process.poll() is not None:
             raise AssertionError(f"assft serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"assft serve did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"assft serve printed no address within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture()
@@ -116,8 +114,9 @@ def serve(tmp_path):
             process = subprocess.Popen(command, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         processes.append(process)
-        _wait_http(f"http://127.0.0.1:{port}/", process, log)
-        return {"url": f"http://127.0.0.1:{port}/", "data": data, "log": log, "process": process}
+        url = _wait_address(process, log)
+        assert url.startswith(f"http://127.0.0.1:{port}/?secret=")
+        return {"url": url, "data": data, "log": log, "process": process}
 
     yield start
     for process in processes:
