@@ -5,25 +5,27 @@ rendezvous variables; :func:`init_from_env` then joins the process group (NCCL w
 CPU) and returns a :class:`DistContext`. Without those variables it returns a single-process context whose
 collectives are plain identities, so callers never branch on whether they run distributed.
 
-Work is split by :meth:`DistContext.shard` (every ``world_size``-th item starting at ``rank``) and results are joined
-with :meth:`DistContext.all_gather` / :meth:`DistContext.gather_to_main` (Python objects, pickled by
-``torch.distributed``; only ever exchanged between ranks of the same job) and :func:`merge_shards`. This module is
-only the process-group context: what is sharded is decided by its callers (ranking:
-:func:`ASSFTActive.api.rank_pool` with ``ctx``; fine-tuning: :mod:`ASSFTActive.finetune`).
+Work over a list of items goes through :func:`map_shards`, the one place that shards (every ``world_size``-th item
+starting at ``rank``), runs, gathers (Python objects, pickled by ``torch.distributed``; only ever exchanged between
+ranks of the same job), ships a failing rank's error to every rank and merges the results back in the items' order.
+What is mapped is decided by its callers (ranking: :func:`ASSFTActive.api.rank_pool`; evaluation, cross-validation,
+pseudo-labelling, label checks and pool predictions in :mod:`ASSFTActive.finetune` and :mod:`ASSFTActive.evaluate`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Dict, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 import torch
 
-__all__ = ["DistContext", "init_from_env", "merge_shards"]
+__all__ = ["DistContext", "init_from_env", "map_shards", "merge_shards", "shippable"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: How long a rank waits for the others in a collective before failing (a crashed rank must not hang the job).
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -169,8 +171,72 @@ def init_from_env(device: Optional[Union[str, torch.device]] = None) -> DistCont
 
 
 def merge_shards(shards: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Any]:
-    """Join per-rank ``{key: value}`` results into one list following ``order`` (keys missing raise KeyError)."""
+    """Join per-rank ``{key: value}`` results into one list following ``order`` (keys missing raise KeyError).
+
+    Superseded by :func:`map_shards`; kept only until every caller has moved to it.
+    """
     joined: Dict[str, Any] = {}
     for shard in shards:
         joined.update(shard)
     return [joined[key] for key in order]
+
+
+def shippable(exc: BaseException) -> BaseException:
+    """``exc`` itself when it can be sent to the other ranks (pickled), else a :class:`~ASSFTActive.errors.JobError`
+    with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        from .errors import JobError
+
+        return JobError(f"{type(exc).__name__}: {exc}")
+
+
+def map_shards(ctx: Optional[DistContext], items: Sequence[T], fn: Callable[[Any], Any], *,
+               whole_shard: bool = False) -> List[Any]:
+    """``[fn(item) for item in items]`` with the items shared out over the ranks of ``ctx``, on every rank.
+
+    Each rank runs ``fn`` on its share (``items[rank::world_size]``), the results are gathered on every rank and
+    merged back in the items' order. When ``fn`` raises on any rank, the rank stops its share and still reaches the
+    gather with the error; then **every** rank raises: the failing rank its own exception, the others the first
+    failing rank's (pickled, or a :class:`~ASSFTActive.errors.JobError` with its message). So no rank waits in the
+    gather for a rank that died, and rank 0, which writes ``result.json``, reports the real error. Without a
+    distributed ``ctx`` (``None`` or one process) this is the plain loop and the exception propagates unchanged.
+
+    Args:
+        ctx: the data-parallel context, or ``None`` for one process.
+        items: what to map over, in the order of the result.
+        fn: one item to its result; with ``whole_shard``, this rank's list of items to a list of results in the
+            same order (for work that overlaps items, e.g. writing one volume's files while the next is predicted).
+        whole_shard: call ``fn`` once on the rank's share instead of once per item.
+
+    Returns:
+        the results in the items' order (the same list on every rank).
+
+    Raises:
+        Exception: ``fn``'s exception, on every rank.
+    """
+    items = list(items)
+    if ctx is None or not ctx.distributed:
+        return list(fn(items)) if whole_shard else [fn(item) for item in items]
+    mine = ctx.shard(items)
+    error: Optional[BaseException] = None
+    results: List[Any] = []
+    try:
+        results = list(fn(mine)) if whole_shard else [fn(item) for item in mine]
+        if len(results) != len(mine):
+            raise ValueError(f"map_shards: fn returned {len(results)} results for {len(mine)} items")
+    except Exception as exc:  # every rank must reach the gather, or the others wait for it until the timeout
+        error = exc
+    shards = ctx.all_gather((results, None if error is None else shippable(error)))
+    if error is not None:
+        raise error
+    failed = [shipped for _, shipped in shards if shipped is not None]
+    if failed:
+        raise failed[0]
+    merged: List[Any] = [None] * len(items)
+    for rank, (values, _) in enumerate(shards):
+        for offset, value in enumerate(values):
+            merged[rank + offset * ctx.world_size] = value
+    return merged

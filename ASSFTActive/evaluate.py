@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import DistContext, merge_shards
+from .distributed import DistContext, map_shards
 from .errors import InputError
 from .io import PathLike, Volume, read_label, read_volume
 from .models import LoadedModel, LoadReport, ModelCard
@@ -211,25 +211,27 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
 
     predictor = Predictor(model, device=ctx.device if ctx is not None else device)
     n = model.card.num_classes
-    indexed = list(enumerate(cases))
-    mine: Dict[str, Union[CaseMetrics, SkippedVolume]] = {}
-    for step, (index, case) in enumerate(indexed if ctx is None else ctx.shard(indexed)):
+    cases = list(cases)
+    steps = iter(range(1, len(cases) + 1))  # this rank's count, as its progress events say
+
+    def score(case) -> Union[CaseMetrics, SkippedVolume]:
+        step = next(steps)
         try:
             image = case.image if isinstance(case.image, Volume) else check_image(read_volume(case.image))
             truth = case.label if isinstance(case.label, Volume) else read_label(case.label, image, n)
         except InputError as exc:
             if not skip_unreadable:
                 raise
-            mine[str(index)] = SkippedVolume(case.case_id, str(case.label), str(exc))
             emit(progress, "warning", phase=phase, message=f"skipped {case.label}: {exc}")
-            continue
+            return SkippedVolume(case.case_id, str(case.label), str(exc))
         prediction = predictor.predict(image).label
         truth_array = np.asarray(truth.array)
         hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([NOT_SCORED] * (n - 1))
-        mine[str(index)] = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd)
-        emit(progress, "progress", phase=phase, step=step + 1, total=len(indexed), message=f"scored {case.case_id}")
-    shards = ctx.all_gather(mine) if ctx is not None else [mine]
-    results = merge_shards(shards, [str(index) for index, _ in indexed])
+        metrics = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd)
+        emit(progress, "progress", phase=phase, step=step, total=len(cases), message=f"scored {case.case_id}")
+        return metrics
+
+    results = map_shards(ctx, cases, score)
     return EvaluationReport(class_names=tuple(model.card.class_names[1:]),
                             cases=tuple(r for r in results if isinstance(r, CaseMetrics)),
                             skipped=tuple(r for r in results if isinstance(r, SkippedVolume)))

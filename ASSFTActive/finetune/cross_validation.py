@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from torch import nn
 
-from ..distributed import merge_shards
+from ..distributed import map_shards
 from ..errors import InputError
 from ..evaluate import EvaluationReport, json_ready, mean_scored
 from ..io import read_volume
@@ -22,7 +22,6 @@ from ..plausibility import check_image
 from ..progress import Event
 from .checkpoints import FoldScores
 from .guard import CrossValidation, PoolCheck, assign_folds, check_pool
-from .recipe import run_recipe
 from .state import AdaptRun, LabeledVolume
 
 __all__ = ["cross_validate", "cv_summary", "fold_run", "fold_stage_steps", "pool_check", "to_final_step"]
@@ -42,7 +41,10 @@ def cross_validate(run: AdaptRun, labeled: Sequence[LabeledVolume], before: Eval
     per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c.case_id: {0: tuple(c.dice)} for c in before.cases}
     for index, held in enumerate(folds):
         fold = run.checkpoints.load_fold(index)
-        if fold is None:
+        if fold is not None and set(fold.held_out) == set(held):
+            run.emit("phase", phase="resume", message=(
+                f"cross-validation fold {index + 1} of {len(folds)}: kept from an earlier run, skipped"))
+        else:
             fold = _run_fold(run, labeled, index, len(folds), held)
             run.checkpoints.save_fold(index, fold)
         for case, by_step in fold.scores.items():
@@ -134,8 +136,8 @@ def _run_fold(run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count
     run.emit("phase", phase="validate", message=(
         f"cross-validation fold {index + 1} of {count}: adapting on {len(train)} labelled volume(s), scoring "
         f"{', '.join(held)}{shortened}"))
-    run_recipe(fold, fold.current_network(fold.network), train, fold.recipe_steps, progress_offset=offset,
-               label=f"fold {index + 1}/{count} ", scorer=score)
+    fold.method.recipe(fold, fold.current_network(fold.network), train, fold.recipe_steps, progress_offset=offset,
+                       label=f"fold {index + 1}/{count} ", scorer=score)
     return FoldScores(held_out=tuple(held), scores=scores)
 
 
@@ -159,16 +161,16 @@ def pool_check(run: AdaptRun, adapted: nn.Module, labeled: Sequence[LabeledVolum
     picks = sorted({ids[int(i)] for i in np.linspace(0, len(ids) - 1, min(wanted, len(ids)))})
     predictors = {"current": run.predictor(run.current_network(adapted)), "adapted": run.predictor(adapted)}
     n = run.card.num_classes
-    mine: Dict[str, Optional[Dict[str, List[int]]]] = {}
-    for case in run.ctx.shard(picks):
+
+    def count(case: str) -> Optional[Dict[str, List[int]]]:
         try:
             image = check_image(read_volume(pool[case]))
         except InputError:
-            mine[case] = None  # reported by pseudo-labelling or ranking
-            continue
+            return None  # reported by pseudo-labelling or ranking
         labels = {key: predictor.predict(image).label for key, predictor in predictors.items()}
-        mine[case] = {key: [int(np.count_nonzero(label == c)) for c in range(1, n)] for key, label in labels.items()}
-    counted = {c: v for c, v in zip(picks, merge_shards(run.ctx.all_gather(mine), picks)) if v is not None}
+        return {key: [int(np.count_nonzero(label == c)) for c in range(1, n)] for key, label in labels.items()}
+
+    counted = {c: v for c, v in zip(picks, map_shards(run.ctx, picks, count)) if v is not None}
     if not counted:
         return None
     labelled_mean = [float(np.mean([np.count_nonzero(np.asarray(c.label.array) == k) for c in labeled]))

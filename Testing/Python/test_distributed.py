@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ import pytest
 import torch
 from conftest import FAST_FINETUNE, make_tiny_card, read_json, tree, worker_env, write_dataset
 
-from ASSFTActive.distributed import DistContext, init_from_env, merge_shards
+from ASSFTActive.distributed import DistContext, init_from_env, map_shards
 from ASSFTActive.jobs import EXIT_DONE, JobSpec, read_events, read_ranking_file, write_job
 from ASSFTActive.store import ModelStore
 
@@ -24,15 +25,6 @@ def test_a_single_process_context_shards_nothing_away_and_its_collectives_are_id
     network = torch.nn.Linear(2, 2)
     assert ctx.wrap(network) is network
     assert init_from_env("cpu").world_size == 1
-
-
-def test_shards_of_two_ranks_cover_the_pool_once_and_merge_back_in_order():
-    items = [f"case_{i}" for i in range(7)]
-    ranks = [DistContext(rank=r, world_size=2) for r in range(2)]
-    shards = [ctx.shard(items) for ctx in ranks]
-    assert sorted(shards[0] + shards[1]) == sorted(items) and not set(shards[0]) & set(shards[1])
-    results = [{item: item.upper() for item in shard} for shard in shards]
-    assert merge_shards(results, items) == [item.upper() for item in items]
 
 
 class ThreadRank:
@@ -83,6 +75,99 @@ class ThreadGroup:
         for thread in threads:
             thread.join()
         return outcomes
+
+
+def test_map_shards_over_two_ranks_runs_each_item_once_and_returns_the_items_order_on_every_rank():
+    items = [f"case_{i}" for i in range(7)]
+    calls = []
+
+    def upper(item):
+        calls.append(item)
+        return item.upper()
+
+    outcomes = ThreadGroup(2).run(lambda ctx: map_shards(ctx, items, upper))
+    assert [error for _, error in outcomes] == [None, None]
+    assert [result for result, _ in outcomes] == [[item.upper() for item in items]] * 2
+    assert sorted(calls) == sorted(items)  # every item once, on one rank
+    whole = ThreadGroup(3).run(lambda ctx: map_shards(ctx, items, lambda shard: [len(shard)] * len(shard),
+                                                      whole_shard=True))
+    assert whole[0][0] == [3, 2, 2, 3, 2, 2, 3]  # rank r's share is items[r::3]
+    assert map_shards(None, items, upper) == [item.upper() for item in items]
+
+
+def test_map_shards_raises_a_failing_ranks_own_error_on_every_rank():
+    """Rank 1 fails on its first item: rank 0 finishes its share, reaches the gather and raises rank 1's error."""
+    from ASSFTActive.errors import InputError
+
+    def fail_on_one(item):
+        if item == 1:
+            raise InputError("case_1.nii.gz: not a readable volume")
+        return item
+
+    outcomes = ThreadGroup(2).run(lambda ctx: map_shards(ctx, list(range(6)), fail_on_one))
+    errors = [error for _, error in outcomes]
+    assert all(isinstance(e, InputError) and "case_1.nii.gz" in str(e) for e in errors), errors
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot pickle")
+
+
+def test_an_error_that_cannot_be_pickled_reaches_the_other_ranks_as_a_job_error_with_its_message():
+    from ASSFTActive.errors import JobError
+
+    def fail(item):
+        if item == 0:
+            raise _Unpicklable("a lock held by the reader")
+        return item
+
+    outcomes = ThreadGroup(2).run(lambda ctx: map_shards(ctx, [0, 1], fail))
+    assert isinstance(outcomes[0][1], _Unpicklable)
+    assert isinstance(outcomes[1][1], JobError) and "a lock held by the reader" in str(outcomes[1][1])
+
+
+_GLOO_RANK = """
+import json, os, sys
+import torch.distributed as dist
+from ASSFTActive.distributed import init_from_env, map_shards
+from ASSFTActive.errors import InputError
+ctx = init_from_env("cpu")
+
+def work(item):
+    if item == 3:
+        raise InputError("case_3.nii.gz: the file is truncated (rank %d)" % ctx.rank)
+    return item * 10
+
+try:
+    out = {"result": map_shards(ctx, list(range(6)), work)}
+except Exception as exc:
+    out = {"error": type(exc).__name__, "message": str(exc)}
+print(json.dumps(out))
+sys.stdout.flush()
+ctx.close()
+"""
+
+
+def _gloo_pair(code: str, tmp_path: Path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=worker_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for rank in range(2)]
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs], outs
+
+
+def test_map_shards_in_two_gloo_processes_gives_both_ranks_the_failing_ranks_message(tmp_path):
+    """Item 3 is rank 1's (items[1::2]); without the error shipping rank 0 would wait in the gather."""
+    results, outs = _gloo_pair(_GLOO_RANK, tmp_path)
+    assert results == [{"error": "InputError", "message": "case_3.nii.gz: the file is truncated (rank 1)"}] * 2, outs
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +295,22 @@ def test_ranking_sharded_over_two_processes_equals_the_single_process_ranking(wo
         for key in ("dkd", "asd", "score"):
             assert (a[key] is None and b[key] is None) or a[key] == pytest.approx(b[key], abs=1e-5)
     assert read_json(world["tmp"] / "rank-sharded" / "config.json")["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_volume_failing_on_rank_1_under_torchrun_puts_its_real_error_in_result_json(world):
+    """The worker's rank 0 writes ``result.json``; the error raised on rank 1 (a truncated image of its shard) is the
+    message there, and both ranks end promptly (no collective timeout)."""
+    images = dict(world["images"])
+    bad = world["tmp"] / "broken" / "case_005.nii.gz"  # the sorted pool's images[5]: rank 1's share (images[1::2])
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(b"\x1f\x8b\x08garbage")
+    images["case_005"] = str(bad)
+    job = world["tmp"] / "rank-failing"
+    write_job(job, JobSpec(kind="rank", images=images, labels=world["labels"], model=str(world["card"]), budget=2))
+    out = _torchrun(job, world["tmp"] / "cwd")
+    assert out.returncode != EXIT_DONE
+    result = read_json(job / "result.json")
+    assert result["status"] == "error" and "case_005.nii.gz" in result["message"], result
+    assert not result["message"].startswith("unexpected"), result
+    assert read_events(job)[-1].event == "error"
