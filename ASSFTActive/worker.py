@@ -341,6 +341,7 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
             channel.note(f"worker started (pid {os.getpid()}, rank {rank})")
             spec = read_job(job_dir)
             channel.emit("phase", phase="start", message=f"{spec.kind} job in {job_dir}")
+            channel.note(f"torch threads: {_size_threads()}")
             from .cli.common import resolve_device
             from .distributed import init_from_env
 
@@ -392,6 +393,16 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code
+
+
+def _size_threads() -> int:
+    """Torch's thread pools sized to this process's cores (:func:`ASSFTActive.threads.size_thread_pools`)."""
+    from .threads import size_thread_pools
+
+    try:
+        return size_thread_pools()
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
 
 
 def _numbers(metrics: Mapping[str, Any]) -> Dict[str, float]:

@@ -44,6 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command not in _NO_TORCH:
+            _size_threads()
         with cancel_on_signals() as cancellation:
             args.cancellation = cancellation
             return int(args.run(args) or 0)
@@ -56,6 +58,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:  # a file or the disk (permissions, a file where a folder should be, disk full)
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+#: Subcommands that run no torch computation in this process (listing a store; the browser server starts workers).
+_NO_TORCH = ("models", "serve")
+
+
+def _size_threads() -> None:
+    """Torch's thread pools sized to the cores this process may use (``ASSFT_NUM_THREADS`` overrides)."""
+    from ..errors import InputError
+    from ..threads import size_thread_pools
+
+    try:
+        size_thread_pools()
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def describe_os_error(exc: OSError) -> str:
