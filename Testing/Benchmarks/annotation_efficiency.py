@@ -76,7 +76,8 @@ for entry in (str(ROOT), str(HERE)):
         sys.path.insert(0, entry)
 
 import ae_tasks  # noqa: E402
-import query_stats  # noqa: E402
+
+from Testing.Benchmarks.harness import stats as query_stats  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 RESULTS = HERE / "results"
@@ -141,7 +142,7 @@ def whole_groups(cases: Sequence[str], size: Optional[int], anatomy: Anatomy) ->
 def resolve_model(anatomy: Anatomy, spec: Optional[str]) -> str:
     """The pre-trained model's card spec, checked to load; exits with what to run when it is missing."""
     from ASSFTActive.errors import AssftError
-    from ASSFTActive.models import resolve_card
+    from ASSFTActive.store import resolve_card
 
     model = spec or anatomy.model
     if model != "default":
@@ -302,16 +303,7 @@ def split_budget(budget: int, rounds: int) -> List[int]:
     return round_budgets(budget, rounds)
 
 
-def aubc(budgets: Sequence[int], values: Sequence[float]) -> float:
-    """Normalised area under the Dice-versus-budget curve on a log2 budget axis (each doubling weighs the same).
-
-    Equals the mean Dice when the curve is flat; a single budget gives its own value.
-    """
-    if len(budgets) == 1:
-        return float(values[0])
-    x = np.log2(np.asarray(budgets, dtype=np.float64))
-    y = np.asarray(values, dtype=np.float64)
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / (x[-1] - x[0]))
+aubc = query_stats.aubc
 
 
 # ------------------------------------------------------------------------------------------------ the run

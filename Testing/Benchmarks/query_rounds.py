@@ -27,10 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+ROOT = HERE.parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import query_stats  # noqa: E402
+from Testing.Benchmarks.harness import stats as query_stats  # noqa: E402
 
 #: Settings that must agree between the runs for their per-case Dice to be paired.
 SAME = ("anatomy", "shift", "test", "pool", "train", "semi_iterations", "assft_query", "pseudo", "guard")

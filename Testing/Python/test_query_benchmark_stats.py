@@ -1,4 +1,4 @@
-"""The query benchmark's paired statistics (``Testing/Benchmarks/query_stats.py``) on hand-built runs with known
+"""The query benchmark's paired statistics (``Testing/Benchmarks/harness/stats.py``) on hand-built runs with known
 answers, and the knowledge-divergence variants of the score diagnostics."""
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def load(name):
 
 @pytest.fixture(scope="module")
 def stats():
-    return load("query_stats")
+    from Testing.Benchmarks.harness import stats
+
+    return stats
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""Command line of the harness (from the repository root):
+
+    .venv/bin/python -m Testing.Benchmarks.harness splits                 # write the committed split files
+    .venv/bin/python -m Testing.Benchmarks.harness run --profile development --name dev1 [--settings ...]
+        [--pools 0 1] [--arms random coreset strategy=typicality] [--threads 1]
+    .venv/bin/python -m Testing.Benchmarks.harness report --name dev1     # Markdown, JSON, PNG, goal rows
+
+A run writes one record per unit under ``Testing/Benchmarks/results/harness/<name>/``; running it again skips the
+records that exist (resume). ``report`` reads only the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import report, runner
+from .splits import BENCHMARK_SPLIT_RULE
+from .tasks import ANATOMIES, SPLITS_DIR
+
+
+def write_splits(out_dir: Path = SPLITS_DIR) -> List[Path]:
+    """One JSON file per anatomy: the rule, the reserved cases left out, and the case lists of each part."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, anatomy in ANATOMIES.items():
+        split = anatomy.split()
+        data = {"anatomy": name, "rule": BENCHMARK_SPLIT_RULE, "data": f"../shared/data/{anatomy.data.name}",
+                "reserved_excluded": len(anatomy.reserved()), "command": "python -m Testing.Benchmarks.harness splits",
+                **split.to_dict()}
+        path = out_dir / f"{name}.json"
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        written.append(path)
+    return written
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m Testing.Benchmarks.harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("splits", help="write Testing/Benchmarks/splits/<anatomy>.json")
+    run = sub.add_parser("run", help="compute the missing records of a profile")
+    run.add_argument("--profile", choices=sorted(runner.PROFILES), required=True)
+    run.add_argument("--name", help="record folder name (default: the profile's name)")
+    run.add_argument("--settings", nargs="+", help="only these settings")
+    run.add_argument("--pools", type=int, nargs="+", help="only these pool replicates")
+    run.add_argument("--arms", nargs="+", help="arm names or strategy=<QueryConfig strategy>[,field=value]")
+    run.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    run.add_argument("--records", type=Path, default=runner.RECORDS, help="parent folder of the record folders")
+    rep = sub.add_parser("report", help="tables, plots and goal rows from the records")
+    rep.add_argument("--name", required=True)
+    rep.add_argument("--default-arm", default="assft", help="the arm whose goal rows are written")
+    rep.add_argument("--records", type=Path, default=runner.RECORDS)
+    rep.add_argument("--out-dir", type=Path, default=runner.RESULTS)
+    rep.add_argument("--goals", type=Path, default=report.GOALS, help="goals file ('' = do not write rows)")
+    args = parser.parse_args(argv)
+    if args.command == "splits":
+        for path in write_splits():
+            print(f"wrote {path}")
+        return 0
+    if args.command == "run":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        profile = runner.PROFILES[args.profile]
+        units = runner.plan(profile, settings=args.settings, pools=args.pools, arms=args.arms)
+        root = args.records / (args.name or args.profile)
+        print(f"{len(units)} units under {root}", flush=True)
+        summary = runner.run(units, root, profile, log=lambda line: print(line, flush=True))
+        print(f"done {summary.done}, skipped {summary.skipped} (already there), {summary.seconds:.0f} s")
+        return 0
+    stem = args.out_dir / f"harness_{args.name}"
+    command = f"python -m Testing.Benchmarks.harness report --name {args.name}"
+    result = report.write(args.records / args.name, stem, default_arm=args.default_arm,
+                          goals=Path(args.goals) if str(args.goals) else None, git=runner.git_revision(),
+                          command=command)
+    print(stem.with_suffix(".md").read_text())
+    print("wrote", stem.with_suffix(".md"), stem.with_suffix(".json"), *result["png"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The report of a run, from its records only: a Markdown table, a JSON summary, a PNG per setting (Dice against
+budget, the random-subset distribution as a band, each strategy on it) and the goal rows of issue 23 merged into
+``Testing/Benchmarks/results/goals.json``.
+
+Everything is recomputed from the records (``results/harness/<run>/...``), so one command regenerates a table:
+``python -m Testing.Benchmarks.harness report <run>``. The statistics are :mod:`.stats`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import stats
+from .arms import BASELINES
+from .runner import REPO, RESULTS
+
+GOALS = RESULTS / "goals.json"
+GOAL_KEY = ("topic", "goal", "setting", "budget", "split")
+#: Goal-row names of the split parts (``BENCHMARKS.md``'s goals file; the same as the other benchmarks write).
+SPLIT_NAMES = {"development": "dev", "test": "test"}
+#: A step count is the ceiling's flat point when the next one gains less than this (mean Dice).
+FLAT = 0.01
+
+
+def _case_matrix(records: Sequence[Mapping[str, Any]], cases: Sequence[str]) -> np.ndarray:
+    """Per-case Dice ``[draws, N]``: one row per draw, each the mean over that draw's training seeds."""
+    return stats.draw_matrix([{"query_seed": r["draw"], "per_case": r["per_case"]} for r in records], cases)
+
+
+def _index(records: Sequence[Mapping[str, Any]]) -> Dict[Tuple[str, str], Dict[Tuple[str, int], Dict[int, list]]]:
+    """``{(setting, split): {(arm, budget): {pool: [records]}}}``."""
+    out: Dict[Tuple[str, str], Dict[Tuple[str, int], Dict[int, list]]] = {}
+    for r in records:
+        cell = out.setdefault((r["setting"], r["split"]), {}).setdefault((r["arm"]["name"], int(r["budget"])), {})
+        cell.setdefault(int(r["pool"]), []).append(r)
+    return out
+
+
+def _worst_group(groups: Mapping[str, str], cases: Sequence[str], floor: np.ndarray) -> Optional[str]:
+    """The group where the source model is worst (fixed before any arm is looked at); ``None`` with one group."""
+    names = sorted({groups[c] for c in cases})
+    if len(names) < 2:
+        return None
+    means = {g: float(np.nanmean([floor[i] for i, c in enumerate(cases) if groups[c] == g])) for g in names}
+    return min(means, key=means.get)
+
+
+def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") -> Dict[str, Any]:
+    """Per (setting, split): floor, ceiling by steps, the random distribution and every arm's statistics."""
+    out: Dict[str, Any] = {}
+    for (setting, split), cells in sorted(_index(records).items()):
+        any_record = next(iter(next(iter(cells.values())).values()))[0]
+        cases = list(any_record["eval_cases"])
+        clusters = list(any_record["clusters"])
+        groups = dict(any_record.get("groups") or {c: "all" for c in cases})
+        for cell in cells.values():
+            for rs in cell.values():
+                for r in rs:
+                    if list(r["eval_cases"]) != cases:
+                        raise ValueError(f"{r['key']}: evaluated on other cases than the rest of {setting}/{split}")
+        pools = sorted(cells.get(("floor", 0), {}))
+        floor = {p: _case_matrix(cells[("floor", 0)][p], cases)[0] for p in pools}
+        floor_mean = float(np.mean([np.nanmean(floor[p]) for p in pools])) if pools else float("nan")
+        worst = _worst_group(groups, cases, np.nanmean(np.stack(list(floor.values())), axis=0)) if pools else None
+        worst_idx = [i for i, c in enumerate(cases) if worst is not None and groups[c] == worst]
+        entry: Dict[str, Any] = {"setting": setting, "split": split, "pools": pools, "cases": len(cases),
+                                 "clusters": len(set(clusters)), "floor": floor_mean, "worst_group": worst,
+                                 "ceiling": _ceiling(cells, cases), "budgets": {}}
+        budgets = sorted({b for (_, b) in cells if b > 0})
+        for budget in budgets:
+            random_cell = cells.get(("random", budget), {})
+            common = [p for p in pools if p in random_cell] or sorted(random_cell)
+            random_m = {p: _case_matrix(random_cell[p], cases) for p in common}
+            random_draw_means = {p: np.nanmean(m, axis=1) for p, m in random_m.items()}
+            headrooms = {p: stats.oracle_headroom(v) for p, v in random_draw_means.items()}
+            row: Dict[str, Any] = {"random": {
+                "mean": float(np.mean([h.mean for h in headrooms.values()])) if headrooms else float("nan"),
+                "subsets_per_pool": [h.subsets for h in headrooms.values()],
+                "best_gain": float(np.mean([h.best_gain for h in headrooms.values()])) if headrooms else None,
+                "p90_gain": float(np.mean([h.p90_gain for h in headrooms.values()])) if headrooms else None,
+                "band": _band(random_draw_means)}, "arms": {}}
+            arm_mats: Dict[str, Dict[int, np.ndarray]] = {}
+            for (arm, b), cell in sorted(cells.items()):
+                if b != budget or arm == "random":
+                    continue
+                arm_mats[arm] = {p: _case_matrix(cell[p], cases) for p in common if p in cell}
+            for arm, mats in arm_mats.items():
+                if set(mats) != set(common) or not common:
+                    row["arms"][arm] = {"mean": float(np.mean([np.nanmean(m) for m in mats.values()])) if mats
+                                        else None, "incomplete": True, "pools": sorted(mats)}
+                    continue
+                row["arms"][arm] = _arm_stats(arm, mats, random_m, random_draw_means, headrooms, common, clusters,
+                                              worst_idx, arm_mats)
+            entry["budgets"][str(budget)] = row
+        entry["default_arm"] = default_arm
+        out[f"{setting}/{split}"] = entry
+    return out
+
+
+def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:
+    values = np.concatenate(list(random_draw_means.values())) if random_draw_means else np.array([np.nan])
+    return {k: float(np.nanpercentile(values, q)) for k, q in (("p10", 10), ("p25", 25), ("p50", 50), ("p75", 75),
+                                                               ("p90", 90))} | {"max": float(np.nanmax(values))}
+
+
+def _restrict(mats: Mapping[int, np.ndarray], idx: Sequence[int]) -> List[np.ndarray]:
+    return [m[:, list(idx)] for _, m in sorted(mats.items())]
+
+
+def _arm_stats(arm: str, mats: Mapping[int, np.ndarray], random_m: Mapping[int, np.ndarray],
+               random_draw_means: Mapping[int, np.ndarray], headrooms: Mapping[int, stats.Headroom],
+               pools: Sequence[int], clusters: Sequence[str], worst_idx: Sequence[int],
+               all_arms: Mapping[str, Mapping[int, np.ndarray]]) -> Dict[str, Any]:
+    per_pool = {p: float(np.nanmean(mats[p])) for p in pools}
+    gap = stats.clustered_gap([mats[p] for p in pools], [random_m[p] for p in pools], clusters)
+    result: Dict[str, Any] = {
+        "mean": float(np.mean(list(per_pool.values()))), "per_pool": per_pool, "draws": [int(mats[p].shape[0])
+                                                                                        for p in pools],
+        "gap_vs_random": gap.to_dict(),
+        "random_percentile": stats.pooled_percentile([per_pool[p] for p in pools],
+                                                     [random_draw_means[p] for p in pools]),
+        "headroom_captured": _nanmean([stats.headroom_captured(per_pool[p], headrooms[p]) for p in pools]),
+    }
+    if worst_idx:
+        worst = stats.clustered_gap(_restrict(mats, worst_idx), _restrict(random_m, worst_idx),
+                                    [clusters[i] for i in worst_idx])
+        result["worst_group_gap_vs_random"] = worst.to_dict()
+        result["worst_group_mean"] = float(np.mean([np.nanmean(m) for m in _restrict(mats, worst_idx)]))
+    baselines = {b: m for b, m in all_arms.items() if b in BASELINES and b != arm and set(m) == set(pools)}
+    if baselines:
+        best = max(baselines, key=lambda b: np.mean([np.nanmean(baselines[b][p]) for p in pools]))
+        result["gap_vs_best_baseline"] = {"baseline": best, **stats.clustered_gap(
+            [mats[p] for p in pools], [baselines[best][p] for p in pools], clusters).to_dict()}
+    return result
+
+
+def _nanmean(values: Sequence[float]) -> Optional[float]:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def _ceiling(cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequence[str]) -> Dict[str, Any]:
+    """Whole-pool Dice per step count and the flat point: the first step count the next one improves by < FLAT."""
+    steps = sorted(int(a[len("ceiling_"):]) for (a, _) in cells if a.startswith("ceiling_"))
+    means = {}
+    for s in steps:
+        cell = cells[(f"ceiling_{s}", 0)]
+        means[s] = float(np.mean([np.nanmean(_case_matrix(rs, cases)) for rs in cell.values()]))
+    flat = next((s for s, t in zip(steps, steps[1:]) if means[t] - means[s] < FLAT), None)
+    # the ceiling: the flat point's Dice (or, not flat yet, the best measured, a lower bound of the ceiling)
+    value = means[flat] if flat is not None else (max(means.values()) if means else None)
+    return {"by_steps": {str(s): v for s, v in means.items()}, "flat_at": flat, "value": value,
+            "converged": flat is not None}
+
+
+# ------------------------------------------------------------------------------------------------ goal rows
+
+def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: str) -> List[Dict[str, Any]]:
+    """Issue 23's goal rows (topic ``query``) of the default arm, per setting, budget and split."""
+    rows = []
+    for entry in summary.values():
+        for budget, row in entry["budgets"].items():
+            arm = row["arms"].get(default_arm)
+            if not arm or arm.get("incomplete"):
+                continue
+            hetero = entry["setting"] in ("hippocampus_multisite", "acdc_path")
+            base = {"topic": "query", "setting": entry["setting"], "budget": int(budget),
+                    "split": SPLIT_NAMES.get(entry["split"], entry["split"]), "source": source, "git": git}
+            gap = arm["gap_vs_random"]
+            rows.append({**base, "goal": "gap_vs_random", "value": gap["gap"], "ci_low": gap["ci_low"],
+                         "ci_high": gap["ci_high"], "target": -0.01, "higher_is_better": True})
+            if hetero:
+                rows.append({**base, "goal": "hetero_mean_gap_vs_random", "value": gap["gap"], "ci_low": gap["ci_low"],
+                             "ci_high": gap["ci_high"], "target": 0.03, "higher_is_better": True})
+                worst = arm.get("worst_group_gap_vs_random")
+                if worst:
+                    rows.append({**base, "goal": "hetero_worst_group_gap_vs_random", "value": worst["gap"],
+                                 "ci_low": worst["ci_low"], "ci_high": worst["ci_high"], "target": 0.05,
+                                 "higher_is_better": True})
+            rows.append({**base, "goal": "random_percentile", "value": arm["random_percentile"], "ci_low": None,
+                         "ci_high": None, "target": 75.0, "higher_is_better": True})
+            rows.append({**base, "goal": "headroom_captured", "value": arm["headroom_captured"], "ci_low": None,
+                         "ci_high": None, "target": 0.5, "higher_is_better": True})
+            best = arm.get("gap_vs_best_baseline")
+            if best:
+                rows.append({**base, "goal": "gap_vs_best_baseline", "value": best["gap"], "ci_low": best["ci_low"],
+                             "ci_high": best["ci_high"], "target": 0.0, "higher_is_better": True,
+                             "baseline": best["baseline"]})
+    return rows
+
+
+def merge_goal_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Merge ``rows`` into the goals file by :data:`GOAL_KEY` (a row with the same key is replaced, other rows kept),
+    written atomically."""
+    existing = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+    key = lambda r: tuple(r.get(k) for k in GOAL_KEY)  # noqa: E731
+    merged = {key(r): r for r in existing}
+    for r in rows:
+        merged[key(r)] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+    ordered = sorted(merged.values(), key=lambda r: tuple(str(r.get(k)) for k in GOAL_KEY))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".goals.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"rows": ordered}, handle, indent=1)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+
+def _f(x: Optional[float], sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.3f}" if sign else f"{x:.3f}"
+
+
+def _gap_cell(gap: Optional[Mapping[str, Any]]) -> str:
+    if not gap:
+        return "–"
+    p = gap.get("p_wilcoxon")
+    return f"{_f(gap['gap'], True)} [{_f(gap['ci_low'], True)}, {_f(gap['ci_high'], True)}]" + (
+        f", p {p:.3f}" if p is not None else "")
+
+
+def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
+    lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
+             "Mean Dice over pool replicates; gaps are paired per pool and evaluation case, with 95 % intervals from a "
+             "bootstrap over pools, draws and evaluation cases (ACDC: by patient); p: Wilcoxon signed-rank over the "
+             "per-pool gaps (from 5 pools). Percentile: where the arm sits in the pool's random-subset distribution "
+             "(mean over pools). Headroom: best / 90th-percentile random subset minus random's mean; captured: "
+             "(arm - random mean) / (best - random mean).", ""]
+    for name, entry in summary.items():
+        ceiling = entry["ceiling"]
+        steps = ", ".join(f"{s} steps {_f(v)}" for s, v in ceiling["by_steps"].items()) or "not run"
+        flat = (f"flat at {ceiling['flat_at']} steps" if ceiling["converged"] else "not flat yet") if \
+            ceiling["by_steps"] else ""
+        lines += [f"## {name} ({len(entry['pools'])} pools, {entry['cases']} evaluation cases in "
+                  f"{entry['clusters']} clusters)", "",
+                  f"No adaptation: {_f(entry['floor'])}. Whole pool labelled: {steps} ({flat})."
+                  + (f" Worst group (by the source model): {entry['worst_group']}." if entry["worst_group"] else ""),
+                  ""]
+        for budget, row in entry["budgets"].items():
+            rnd = row["random"]
+            lines += [f"B = {budget}: random mean {_f(rnd['mean'])} over {sum(rnd['subsets_per_pool'])} subsets "
+                      f"({rnd['subsets_per_pool']} per pool); oracle-subset headroom best "
+                      f"{_f(rnd['best_gain'], True)}, 90th percentile {_f(rnd['p90_gain'], True)}.", "",
+                      "| arm | mean Dice | gap vs random | percentile | headroom captured | worst-group gap | "
+                      "gap vs best baseline |", "|---|---|---|---|---|---|---|"]
+            for arm, s in row["arms"].items():
+                if s.get("incomplete"):
+                    lines.append(f"| {arm} | {_f(s['mean'])} | incomplete (pools {s['pools']}) | | | | |")
+                    continue
+                best = s.get("gap_vs_best_baseline")
+                lines.append(f"| {arm} | {_f(s['mean'])} | {_gap_cell(s['gap_vs_random'])} | "
+                             f"{s['random_percentile']:.0f} | {_f(s['headroom_captured'])} | "
+                             f"{_gap_cell(s.get('worst_group_gap_vs_random'))} | "
+                             + (f"{_gap_cell(best)} ({best['baseline']})" if best else "–") + " |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Mapping[str, Any], path_of) -> List[Path]:
+    """One PNG per (setting, split): Dice against budget; random's 10-90 % and 25-75 % bands with its median;
+    each arm's mean; the floor and the ceiling as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, entry in summary.items():
+        budgets = sorted(int(b) for b in entry["budgets"])
+        if not budgets:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        bands = [entry["budgets"][str(b)]["random"]["band"] for b in budgets]
+        ax.fill_between(budgets, [b["p10"] for b in bands], [b["p90"] for b in bands], alpha=0.15, color="grey",
+                        label="random subsets 10-90 %")
+        ax.fill_between(budgets, [b["p25"] for b in bands], [b["p75"] for b in bands], alpha=0.3, color="grey",
+                        label="random subsets 25-75 %")
+        ax.plot(budgets, [b["p50"] for b in bands], color="grey", lw=1)
+        arms = sorted({a for b in budgets for a in entry["budgets"][str(b)]["arms"]})
+        for arm in arms:
+            ys = [entry["budgets"][str(b)]["arms"].get(arm, {}).get("mean") for b in budgets]
+            ax.plot(budgets, [np.nan if y is None else y for y in ys], marker="o", label=arm)
+        ax.axhline(entry["floor"], color="black", ls=":", label="no adaptation")
+        if entry["ceiling"]["value"] is not None:
+            ax.axhline(entry["ceiling"]["value"], color="black", ls="--", label="whole pool (ceiling)")
+        ax.set_xlabel("labelled volumes (B)")
+        ax.set_ylabel("mean Dice (evaluation cases)")
+        ax.set_xticks(budgets)
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = path_of(name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write(records_root: Path, out_stem: Path, *, default_arm: str = "assft", goals: Optional[Path] = GOALS,
+          git: str = "", command: str = "") -> Dict[str, Any]:
+    """Summarise the records under ``records_root`` into ``<out_stem>.md``, ``.json`` and one PNG per setting;
+    merge the goal rows into ``goals`` (skipped when ``None``)."""
+    from .runner import load_records
+
+    records = load_records(records_root)
+    if not records:
+        raise FileNotFoundError(f"no record under {records_root}; run `python -m Testing.Benchmarks.harness run` first")
+    summary = summarise(records, default_arm)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    source = _relative(out_stem.with_suffix(".json"))
+    report = {"records": _relative(records_root), "default_arm": default_arm, "git": git, "command": command,
+              "summary": summary}
+    out_stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    out_stem.with_suffix(".md").write_text(markdown(summary, f"Query benchmark: {out_stem.name}", command))
+    pngs = plot(summary, lambda name: out_stem.parent / f"{out_stem.name}_{name.replace('/', '_')}.png")
+    if goals is not None:
+        merge_goal_rows(goals, goal_rows(summary, default_arm, source, git))
+    report["png"] = [_relative(p) for p in pngs]
+    return report
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -1,0 +1,256 @@
+"""The runner: one JSON record per (setting, split, pool replicate, arm, budget, draw, training seed), written
+atomically; a rerun skips the records that exist, so a sweep split over stops (or killed) resumes where it was.
+
+A profile says what to run (:data:`PROFILES`): settings, split, pool replicates, budgets, arms, training seeds,
+and step overrides for tiny runs. :func:`plan` lists the units; :func:`run` executes the missing ones with
+``execute(task, unit, work)`` (default :func:`execute_unit`, the product's Adapt Model via :mod:`.work`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .arms import ARMS, CEILING_STEPS, Arm, ceiling_arm, parse_arm
+from .tasks import REPO, Task, make_task
+
+RESULTS = REPO / "Testing" / "Benchmarks" / "results"
+#: Where records go by default: one folder per run name (``results/harness/<name>/<setting>/<split>/...``).
+RECORDS = RESULTS / "harness"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One record to compute. ``budget`` is 0 for the floor and the whole-pool (ceiling) arms."""
+
+    setting: str
+    split: str
+    pool: int
+    arm: Arm
+    budget: int
+    draw: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}/{self.split}/pool{self.pool}/{self.arm.name}/B{self.budget}_d{self.draw}_s{self.seed}"
+
+    def path(self, root: Path) -> Path:
+        return root / f"{self.key}.json"
+
+
+FLOOR = Arm("floor", label="no adaptation (the source model)")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Size of one run.
+
+    Attributes:
+        settings: setting names (:data:`~.tasks.SETTINGS`).
+        split: ``development`` (every choice) or ``test`` (once per default, after the rule is written).
+        pools: pool replicates per setting (>= 5 for a decision).
+        budgets: labelled volumes per arm.
+        arms: arm names or ``strategy=...`` specs (:func:`~.arms.parse_arm`).
+        seeds: training seeds per labelled set.
+        draws: random subsets per (pool, budget) for seeded arms; 0 = :data:`~.arms.RANDOM_DRAWS`.
+        ceiling_steps: step counts of the whole-pool ceiling (half supervised, half second stage).
+        finetune: ``FinetuneConfig`` overrides for every arm (tiny runs only; the real profiles use the default).
+        pool_size, eval_size: override the settings' pool size / evaluate on the first cases only (tiny runs).
+    """
+
+    settings: Tuple[str, ...]
+    split: str
+    pools: int
+    budgets: Tuple[int, ...]
+    arms: Tuple[str, ...]
+    seeds: int = 1
+    draws: int = 0
+    ceiling_steps: Tuple[int, ...] = CEILING_STEPS
+    finetune: Tuple[Tuple[str, Any], ...] = ()
+    pool_size: Optional[int] = None
+    eval_size: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+UNIFORM = ("hippocampus_mild", "hippocampus_harsh", "acdc_mild", "acdc_harsh")
+HETERO = ("hippocampus_multisite", "acdc_path")
+COMPARED = ("random", "fg_random", "coreset", "clasp_pe", "assft")
+
+PROFILES: Dict[str, Profile] = {
+    # the whole pipeline on tiny settings (the slow-marked smoke test): < 3 min on one thread
+    "smoke": Profile(settings=("hippocampus_mild",), split="development", pools=2, budgets=(2,),
+                     arms=("random", "assft"), draws=2, ceiling_steps=(4,),
+                     finetune=(("train.iterations", 2), ("semi_iterations", 2), ("train.batch_size", 1)),
+                     pool_size=5, eval_size=3),
+    # every choice is made here
+    "development": Profile(settings=UNIFORM + HETERO, split="development", pools=5, budgets=(2, 4), arms=COMPARED),
+    # once per default, after the choice rule is in RESULTS.md
+    "test": Profile(settings=UNIFORM + HETERO, split="test", pools=5, budgets=(2, 4), arms=COMPARED),
+    # the one final table with the guard on
+    "guarded": Profile(settings=UNIFORM + HETERO, split="test", pools=5, budgets=(2, 4), arms=("assft_guarded",),
+                       ceiling_steps=()),
+}
+
+
+def with_finetune(arm: Arm, overrides: Sequence[Tuple[str, Any]]) -> Arm:
+    if not overrides:
+        return arm
+    merged = dict(overrides)
+    merged.update(dict(arm.finetune))  # an arm's own steps (the ceiling) win over the profile's
+    return Arm(arm.name, arm.query, tuple(sorted(merged.items())), arm.guard, arm.seeded, arm.whole_pool, arm.label)
+
+
+def plan(profile: Profile, settings: Optional[Sequence[str]] = None, pools: Optional[Iterable[int]] = None,
+         arms: Optional[Sequence[str]] = None) -> List[Unit]:
+    """Every unit of ``profile`` (optionally only some settings, pool replicates or arms), in run order: per pool,
+    the floor, then each arm's budgets, draws and seeds, then the ceiling step counts."""
+    chosen = [parse_arm(a) for a in (arms or profile.arms)]
+    replicates = list(pools) if pools is not None else list(range(profile.pools))
+    units: List[Unit] = []
+    for name in settings or profile.settings:
+        for pool in replicates:
+            units.append(Unit(name, profile.split, pool, FLOOR, 0, 0, 0))
+            for arm in chosen:
+                arm = with_finetune(arm, profile.finetune)
+                for budget in ((0,) if arm.whole_pool else profile.budgets):
+                    for draw in range(arm.draws(budget, profile.draws)):
+                        for seed in range(profile.seeds):
+                            units.append(Unit(name, profile.split, pool, arm, budget, draw, seed))
+            for steps in profile.ceiling_steps:
+                for seed in range(profile.seeds):
+                    units.append(Unit(name, profile.split, pool, with_finetune(ceiling_arm(steps), profile.finetune),
+                                      0, 0, seed))
+    return units
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True)
+        return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def write_atomic(path: Path, data: Dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it into place: a reader (or a resumed run) sees
+    the whole record or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, allow_nan=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_done(path: Path) -> bool:
+    """The record exists and parses (a half-written file cannot exist: see :func:`write_atomic`)."""
+    try:
+        return "per_case" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def execute_unit(task: Task, unit: Unit, work: Path) -> Dict[str, Any]:
+    """Select, adapt and evaluate one unit through the product (see :mod:`.work`)."""
+    from . import work as units
+
+    if unit.arm.name == FLOOR.name:
+        return {"labelled": [], **units.floor(task)}
+    labelled = units.select_cases(task, unit.arm, unit.budget, unit.draw)
+    result = units.adapt_and_evaluate(task, unit.arm, labelled, unit.seed, work)
+    return {"labelled": labelled, "labelled_source_dice": list(units.pool_dice(task, labelled))
+            if not unit.arm.whole_pool else None, **result}
+
+
+@dataclass
+class RunSummary:
+    done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    keys: List[str] = field(default_factory=list)
+
+
+def run(units: Sequence[Unit], root: Path, profile: Profile,
+        execute: Callable[[Task, Unit, Path], Dict[str, Any]] = execute_unit,
+        task_of: Optional[Callable[[Unit, Profile], Task]] = None, log: Callable[[str], None] = print) -> RunSummary:
+    """Compute every unit whose record is missing under ``root``; skip the others.
+
+    Args:
+        units: from :func:`plan`.
+        root: record folder (``results/harness/<run name>``).
+        profile: the run's profile (pool / evaluation size overrides reach the task).
+        execute: computes one record's body (a test passes a fake).
+        task_of: builds the unit's task (default :func:`default_task`).
+        log: progress lines.
+    """
+    task_of = task_of or default_task
+    summary = RunSummary()
+    started = time.perf_counter()
+    revision = git_revision()
+    tasks: Dict[Tuple[str, str, int], Task] = {}
+    work = Path(tempfile.mkdtemp(prefix="harness-"))
+    try:
+        for index, unit in enumerate(units, start=1):
+            path = unit.path(root)
+            if is_done(path):
+                summary.skipped += 1
+                continue
+            task_key = (unit.setting, unit.split, unit.pool)
+            if task_key not in tasks:
+                tasks[task_key] = task_of(unit, profile)
+            task = tasks[task_key]
+            start = time.perf_counter()
+            body = execute(task, unit, work)
+            record = {"key": unit.key, "setting": unit.setting, "split": unit.split, "pool": unit.pool,
+                      "arm": unit.arm.to_dict(), "budget": unit.budget, "draw": unit.draw, "seed": unit.seed,
+                      "pool_cases": list(task.pool), "eval_cases": list(task.eval), "clusters": task.clusters(),
+                      "groups": {c: task.setting.group_of(c) for c in task.eval}, "model": task.model,
+                      "profile": profile.to_dict(), "git": revision,
+                      "seconds": round(time.perf_counter() - start, 2), **body}
+            write_atomic(path, record)
+            summary.done += 1
+            summary.keys.append(unit.key)
+            log(f"[{index}/{len(units)}] {unit.key}: mean Dice {record['mean_dice']:.3f} ({record['seconds']:.1f} s)")
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def default_task(unit: Unit, profile: Profile) -> Task:
+    return make_task(unit.setting, unit.split, unit.pool, pool_size=profile.pool_size, eval_size=profile.eval_size)
+
+
+def load_records(root: Path) -> List[Dict[str, Any]]:
+    """Every record under ``root`` (sorted by key)."""
+    records = []
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if "per_case" in record and "key" in record:
+            records.append(record)
+    return records
+
+
+__all__ = ["ARMS", "PROFILES", "Profile", "Unit", "execute_unit", "load_records", "plan", "run", "write_atomic"]

@@ -1,0 +1,346 @@
+"""The benchmark's statistics, in one module: paired gaps with intervals, the random-subset distribution, headroom.
+
+Two layouts of the same numbers:
+
+* one pool (the issue-15 reports of ``annotation_efficiency.py``): a strategy's runs at one budget are ``(query
+  seed, training seed)`` pairs, each with a Dice per target-test case. :func:`draw_matrix` gives per-case Dice
+  ``[S, N]`` (one row per query seed), :func:`paired_gap` the mean paired gap with a t-interval over the cases, a
+  Wilcoxon p over the cases, a two-level (cases x draws) bootstrap interval and the *noise floor* (sd of the
+  reference's draw means); :func:`aubc_runs` the area under the Dice-versus-budget curve per run;
+* replicated pools (the harness, issue 23): per pool ``p`` a strategy has ``[S_p, N]`` per-case Dice (its draws:
+  one row for a deterministic query, 30 for random), on the **same** N evaluation cases in every pool.
+  :func:`clustered_gap` resamples pools, each strategy's draws within a pool, and the evaluation cases by cluster
+  (ACDC: by patient, both frames together), the case resample shared by every pool because the cases are;
+  :func:`percentile_in_random` places a strategy in the distribution of random subsets; :func:`oracle_headroom`
+  is what the best (and the 90th-percentile) random subset gains over random's mean; :func:`headroom_captured`
+  the share of it a strategy gets; :func:`wilcoxon_over_pools` is the signed-rank test over the per-pool gaps
+  (meaningful from 5 pools: it then carries the draw noise, unlike a test over cases against random's mean).
+
+Written here rather than taken from a library: scipy gives the pieces (``scipy.stats.wilcoxon``, the t quantile),
+not the crossed (pools x draws x clustered cases) resampling of a benchmark gap.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: Bootstrap resamples of :func:`paired_gap`; its seed is fixed so that a re-rendered report prints the same.
+BOOTSTRAP_RESAMPLES = 4000
+BOOTSTRAP_SEED = 0
+
+
+def case_dice(run: Mapping[str, Any], cases: Sequence[str]) -> np.ndarray:
+    """Mean foreground Dice of each case in ``cases`` ``[N]`` from a run's ``per_case`` (``{case: [Dice per
+    class]}``); classes that were not scored (NaN) are left out of a case's mean."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN case is NaN, on purpose
+        return np.array([np.nanmean(np.asarray(run["per_case"][c], dtype=np.float64)) for c in cases])
+
+
+def draw_matrix(runs: Sequence[Mapping[str, Any]], cases: Sequence[str]) -> np.ndarray:
+    """Per-case Dice ``[S, N]``: one row per query seed (sorted), each the mean over that seed's training seeds."""
+    by_seed: Dict[int, List[np.ndarray]] = {}
+    for run in runs:
+        by_seed.setdefault(int(run.get("query_seed", 0)), []).append(case_dice(run, cases))
+    return np.stack([np.mean(by_seed[s], axis=0) for s in sorted(by_seed)])
+
+
+@dataclass(frozen=True)
+class PairedGap:
+    """Strategy A minus reference R at one budget, paired over the same test cases.
+
+    Attributes:
+        gap: mean over test cases of (A's per-case Dice - R's), each averaged over its runs.
+        case_half_width: half-width of the 95 % t-interval over the test cases (test-case sampling only).
+        p_wilcoxon: two-sided Wilcoxon signed-rank p of the per-case differences (NaN when all are 0).
+        low, high: 95 % two-level bootstrap interval: test cases and the query seeds of both strategies resampled
+            together (covers the test-case sampling *and* the draw-to-draw noise).
+        noise_floor: standard deviation of R's mean Dice between its query seeds (NaN with one seed): how much a
+            different random draw moves the reference on its own.
+        cases: number of test cases; draws: ``(query seeds of A, query seeds of R)``.
+    """
+
+    gap: float
+    case_half_width: float
+    p_wilcoxon: float
+    low: float
+    high: float
+    noise_floor: float
+    cases: int
+    draws: Tuple[int, int]
+
+    @property
+    def excludes_zero(self) -> bool:
+        """The bootstrap interval lies wholly above or below 0."""
+        return bool(self.low > 0 or self.high < 0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"gap": self.gap, "case_half_width": self.case_half_width, "p_wilcoxon": self.p_wilcoxon,
+                "low": self.low, "high": self.high, "noise_floor": self.noise_floor, "cases": self.cases,
+                "draws": list(self.draws), "excludes_zero": self.excludes_zero}
+
+
+def paired_gap(arm: np.ndarray, reference: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+               seed: int = BOOTSTRAP_SEED) -> PairedGap:
+    """The gap of ``arm`` over ``reference``.
+
+    Args:
+        arm, reference: per-case Dice ``[S, N]`` (:func:`draw_matrix`), the same N cases in the same order; S may
+            differ (a deterministic query has one row, random has one per seed).
+        resamples: bootstrap resamples.
+        seed: the bootstrap's seed.
+
+    Cases whose Dice is NaN in either matrix are dropped.
+    """
+    from scipy import stats
+
+    arm = np.atleast_2d(np.asarray(arm, dtype=np.float64))
+    reference = np.atleast_2d(np.asarray(reference, dtype=np.float64))
+    if arm.shape[1] != reference.shape[1]:
+        raise ValueError(f"the two strategies were scored on different cases: {arm.shape} vs {reference.shape}")
+    keep = ~(np.isnan(arm).any(axis=0) | np.isnan(reference).any(axis=0))
+    arm, reference = arm[:, keep], reference[:, keep]
+    n = arm.shape[1]
+    diff = np.round(arm.mean(axis=0) - reference.mean(axis=0), 12)  # float noise of the means is no difference
+    gap = float(diff.mean())
+    half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    p = float(stats.wilcoxon(diff).pvalue) if n > 1 and np.any(diff != 0) else float("nan")
+    rng = np.random.default_rng(seed)
+    case_idx = rng.integers(0, n, size=(resamples, n))
+    arm_idx = rng.integers(0, arm.shape[0], size=(resamples, arm.shape[0]))
+    ref_idx = rng.integers(0, reference.shape[0], size=(resamples, reference.shape[0]))
+    arm_case_means = arm[arm_idx].mean(axis=1)  # [resamples, N]: the arm's per-case mean over resampled draws
+    ref_case_means = reference[ref_idx].mean(axis=1)
+    rows = np.arange(resamples)[:, None]
+    boot = (arm_case_means[rows, case_idx] - ref_case_means[rows, case_idx]).mean(axis=1)
+    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    draw_means = reference.mean(axis=1)
+    floor = float(draw_means.std(ddof=1)) if draw_means.size > 1 else float("nan")
+    return PairedGap(gap=gap, case_half_width=half, p_wilcoxon=p, low=low, high=high, noise_floor=floor, cases=n,
+                     draws=(arm.shape[0], reference.shape[0]))
+
+
+def aubc_runs(runs_by_budget: Mapping[int, Sequence[Mapping[str, Any]]], aubc) -> List[float]:
+    """AUBC of every ``(query seed, training seed)`` present at all budgets, with ``aubc(budgets, values)``."""
+    budgets = sorted(runs_by_budget)
+    keyed = [{(int(r.get("query_seed", 0)), int(r.get("train_seed", 0))): float(r["mean_dice"])
+              for r in runs_by_budget[b]} for b in budgets]
+    common = sorted(set.intersection(*(set(k) for k in keyed))) if keyed else []
+    return [aubc(budgets, [k[pair] for k in keyed]) for pair in common]
+
+
+def spread(values: Sequence[float]) -> Optional[float]:
+    """Sample standard deviation, ``None`` for fewer than 2 values."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def aubc(budgets: Sequence[int], values: Sequence[float]) -> float:
+    """Normalised area under the Dice-versus-budget curve on a log2 budget axis (each doubling weighs the same).
+
+    Equals the mean Dice when the curve is flat; a single budget gives its own value.
+    """
+    if len(budgets) == 1:
+        return float(values[0])
+    x = np.log2(np.asarray(budgets, dtype=np.float64))
+    y = np.asarray(values, dtype=np.float64)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0) / (x[-1] - x[0]))
+
+
+# ---------------------------------------------------------------------------------------- replicated pools
+
+#: Per pool, per-case Dice ``[S_p, N]`` of one strategy (S_p draws; the same N evaluation cases in every pool).
+PoolMatrices = Sequence[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClusteredGap:
+    """Strategy A minus reference R over replicated pools, paired per pool and per evaluation case.
+
+    Attributes:
+        gap: mean over pools of (mean over cases of A's per-case Dice - R's), each averaged over its draws.
+        low, high: 95 % percentile interval of a bootstrap that resamples the pools, each strategy's draws within
+            a pool, and the evaluation cases by cluster (one resample of the cases shared by all pools).
+        pools: number of pools; cases: evaluation cases; clusters: distinct clusters among them.
+        per_pool: the gap in each pool.
+        p_wilcoxon: two-sided Wilcoxon signed-rank p over ``per_pool`` (NaN below :data:`MIN_POOLS_FOR_WILCOXON`
+            pools or when every pool gap is 0).
+    """
+
+    gap: float
+    low: float
+    high: float
+    pools: int
+    cases: int
+    clusters: int
+    per_pool: Tuple[float, ...]
+    p_wilcoxon: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"gap": self.gap, "ci_low": self.low, "ci_high": self.high, "pools": self.pools, "cases": self.cases,
+                "clusters": self.clusters, "per_pool": list(self.per_pool),
+                "p_wilcoxon": None if math.isnan(self.p_wilcoxon) else self.p_wilcoxon}
+
+
+#: Below this many pools a signed-rank test over pools cannot reach p < 0.05 (n = 5 gives at best 0.0625).
+MIN_POOLS_FOR_WILCOXON = 5
+
+
+def _matrices(values: PoolMatrices, name: str) -> List[np.ndarray]:
+    out = [np.atleast_2d(np.asarray(m, dtype=np.float64)) for m in values]
+    if not out:
+        raise ValueError(f"{name}: no pool")
+    widths = {m.shape[1] for m in out}
+    if len(widths) != 1:
+        raise ValueError(f"{name}: the pools were scored on different numbers of cases {sorted(widths)}; every "
+                         "pool of a setting must be evaluated on the same cases")
+    return out
+
+
+def clustered_gap(arm: PoolMatrices, reference: PoolMatrices, clusters: Optional[Sequence[str]] = None,
+                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> ClusteredGap:
+    """The gap of ``arm`` over ``reference`` with an interval over pools, draws and clustered evaluation cases.
+
+    Args:
+        arm, reference: per pool, per-case Dice ``[S_p, N]`` (same pools in the same order; draw counts may differ
+            between the two and between pools).
+        clusters: the cluster of each of the N cases (ACDC: the patient); ``None`` = every case its own cluster.
+        resamples: bootstrap resamples.
+        seed: the bootstrap's seed (fixed, so a re-rendered report prints the same).
+
+    Cases whose Dice is NaN anywhere are dropped (with their cluster's other cases kept).
+    """
+    from scipy import stats
+
+    arm_m, ref_m = _matrices(arm, "arm"), _matrices(reference, "reference")
+    if len(arm_m) != len(ref_m):
+        raise ValueError(f"the arm has {len(arm_m)} pools and the reference {len(ref_m)}; pair them pool by pool")
+    n = arm_m[0].shape[1]
+    if ref_m[0].shape[1] != n:
+        raise ValueError(f"the two strategies were scored on different cases: {n} vs {ref_m[0].shape[1]}")
+    labels = list(range(n)) if clusters is None else list(clusters)
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} cluster names for {n} cases")
+    keep = np.ones(n, dtype=bool)
+    for m in arm_m + ref_m:
+        keep &= ~np.isnan(m).any(axis=0)
+    arm_m, ref_m = [m[:, keep] for m in arm_m], [m[:, keep] for m in ref_m]
+    labels = [c for c, k in zip(labels, keep) if k]
+    names = sorted(set(labels), key=str)
+    index = {c: i for i, c in enumerate(names)}
+    member = np.array([index[c] for c in labels])
+    # per pool: per-case gap of the draw means, and the cluster sums (for a fast clustered resample)
+    diffs = np.stack([a.mean(axis=0) - r.mean(axis=0) for a, r in zip(arm_m, ref_m)])  # [P, N]
+    per_pool = np.round(diffs.mean(axis=1), 12)
+    gap = float(per_pool.mean())
+    p = float("nan")
+    if len(per_pool) >= MIN_POOLS_FOR_WILCOXON and np.any(per_pool != 0):
+        p = float(stats.wilcoxon(per_pool).pvalue)
+    rng = np.random.default_rng(seed)
+    k, pools = len(names), len(arm_m)
+    boot = np.empty(resamples)
+    for b in range(resamples):
+        weights = np.bincount(rng.integers(0, k, size=k), minlength=k)[member].astype(np.float64)  # [N]
+        chosen = rng.integers(0, pools, size=pools)
+        total = 0.0
+        for q in chosen:
+            a, r = arm_m[q], ref_m[q]
+            a_mean = a[rng.integers(0, a.shape[0], size=a.shape[0])].mean(axis=0)
+            r_mean = r[rng.integers(0, r.shape[0], size=r.shape[0])].mean(axis=0)
+            total += float(np.dot(weights, a_mean - r_mean) / weights.sum())
+        boot[b] = total / pools
+    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    return ClusteredGap(gap=gap, low=low, high=high, pools=pools, cases=int(keep.sum()), clusters=k,
+                        per_pool=tuple(float(x) for x in per_pool), p_wilcoxon=p)
+
+
+def wilcoxon_over_pools(per_pool_gaps: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p of per-pool gaps; NaN below :data:`MIN_POOLS_FOR_WILCOXON` pools or when
+    every gap is 0 (no test is meaningful there)."""
+    from scipy import stats
+
+    gaps = np.asarray(per_pool_gaps, dtype=np.float64)
+    if gaps.size < MIN_POOLS_FOR_WILCOXON or not np.any(gaps != 0):
+        return float("nan")
+    return float(stats.wilcoxon(gaps).pvalue)
+
+
+def percentile_in_random(value: float, random_values: Sequence[float]) -> float:
+    """Where ``value`` falls in the distribution of random subsets, in percent: the share of random subsets below
+    it, ties counted half (the mid-rank percentile). 50 = random's median, 100 = above every random subset.
+
+    Raises:
+        ValueError: no random subset.
+    """
+    values = np.asarray(random_values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no random subset to compare with")
+    return float(100.0 * ((values < value).sum() + 0.5 * (values == value).sum()) / values.size)
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What choosing could gain over random in one pool: best and 90th-percentile random subset minus the mean.
+
+    Attributes:
+        mean: random's mean Dice over its subsets; best: the best subset; p90: the 90th percentile.
+        best_gain, p90_gain: ``best - mean`` and ``p90 - mean`` (>= 0).
+        subsets: how many random subsets were measured (the best of more subsets is higher: report it).
+    """
+
+    mean: float
+    best: float
+    p90: float
+    subsets: int
+
+    @property
+    def best_gain(self) -> float:
+        return self.best - self.mean
+
+    @property
+    def p90_gain(self) -> float:
+        return self.p90 - self.mean
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"mean": self.mean, "best": self.best, "p90": self.p90, "best_gain": self.best_gain,
+                "p90_gain": self.p90_gain, "subsets": self.subsets}
+
+
+def oracle_headroom(random_values: Sequence[float]) -> Headroom:
+    """The oracle-subset headroom of one pool from the mean Dice of each random subset.
+
+    Raises:
+        ValueError: no random subset.
+    """
+    values = np.asarray(random_values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no random subset: the headroom needs the random-subset distribution")
+    return Headroom(mean=float(values.mean()), best=float(values.max()), p90=float(np.percentile(values, 90)),
+                    subsets=int(values.size))
+
+
+def headroom_captured(value: float, headroom: Headroom) -> float:
+    """The share of the oracle-subset headroom a strategy captures: ``(value - mean) / (best - mean)``.
+
+    1 = as good as the best random subset, 0 = random's mean, negative = below it; NaN when every random subset
+    scored the same (no headroom to capture).
+    """
+    span = headroom.best_gain
+    if span <= 0:
+        return float("nan")
+    return float((value - headroom.mean) / span)
+
+
+def pooled_percentile(values: Sequence[float], random_by_pool: Sequence[Sequence[float]]) -> float:
+    """Mean over pools of :func:`percentile_in_random` (a strategy's value in pool p against that pool's random
+    subsets)."""
+    if len(values) != len(random_by_pool):
+        raise ValueError(f"{len(values)} values for {len(random_by_pool)} pools")
+    return float(np.mean([percentile_in_random(v, r) for v, r in zip(values, random_by_pool)]))
+
+
+

@@ -1,0 +1,206 @@
+"""The units of work of a run, each through the product's own code: shifted data, the ranking pass, the selection,
+Adapt Model (``ASSFTActive.finetune.adapt.adapt_model``), the evaluation.
+
+One process (the runner's); caches live per process and per task: a pool's shifted images are written once to a
+work folder (Adapt Model reads its images from disk) and the ranking pass over the pool runs once per task, shared
+by every arm, budget and draw. Training seeds come from the record key, never from the process's history, so a
+resumed run computes the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from .arms import Arm
+from .shifts import apply_shift
+from .tasks import Task
+
+_CACHE: Dict[str, Any] = {}
+
+
+def _seed_of(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()[:4], "little")
+
+
+def card_of(task: Task):
+    """The source model's card (cached per model spec)."""
+    from ASSFTActive.store import resolve_card
+
+    key = f"card:{task.model}"
+    if key not in _CACHE:
+        spec = task.model if task.model == "default" else str(Path(task.model).expanduser())
+        _CACHE[key] = resolve_card(spec)
+    return _CACHE[key]
+
+
+def pretrained(task: Task):
+    """The frozen source model (``LoadedModel``), cached per model spec."""
+    from ASSFTActive.models import load_model
+
+    key = f"model:{task.model}"
+    if key not in _CACHE:
+        _CACHE[key] = load_model(card_of(task))
+    return _CACHE[key]
+
+
+def case_pair(task: Task, case: str):
+    """``(image, label)`` of ``case`` as its site shows it (cached per setting and case)."""
+    from ASSFTActive.io import read_label, read_volume
+
+    key = f"case:{task.setting.name}:{case}"
+    if key not in _CACHE:
+        original = read_volume(task.data / "imagesTr" / f"{case}.nii.gz")
+        shift = task.setting.site_of(case).shift
+        image = original if shift is None else apply_shift(original, shift, case)
+        image = replace(image, path=Path(f"{case}.nii.gz"))  # case_id() of the in-memory volume
+        label = read_label(task.data / "labelsTr" / f"{case}.nii.gz", original, card_of(task).num_classes)
+        _CACHE[key] = (image, label)
+    return _CACHE[key]
+
+
+def pool_images(task: Task, work: Path) -> Dict[str, str]:
+    """``{case: path}`` of the pool's shifted images, written once per task under ``work``."""
+    from ASSFTActive.io import write_volume
+
+    folder = work / "images" / task.key.replace("/", "_")
+    paths = {c: str(folder / f"{c}.nii.gz") for c in task.pool}
+    for case, path in paths.items():
+        if not Path(path).is_file():
+            write_volume(case_pair(task, case)[0], Path(path))
+    return paths
+
+
+def analyse_pool(task: Task) -> Dict[str, Dict[str, Any]]:
+    """The ranking pass of the source model over the pool (what ``assft rank`` computes), per case: ``probs
+    [C, I, J, K]`` (float16), pooled ``features`` / ``pretrained_features`` and the source model's ``dice``
+    (diagnostic only, never an input of a selector). Cached per task."""
+    from ASSFTActive.evaluate import dice_per_class, mean_scored
+    from ASSFTActive.inference import Predictor
+
+    key = f"analysis:{task.key}:{task.model}"
+    if key not in _CACHE:
+        predictor = Predictor(pretrained(task))
+        out = {}
+        for case in task.pool:
+            image, label = case_pair(task, case)
+            prediction = predictor.predict(image, keep_probs=True)
+            dice = dice_per_class(prediction.label, np.asarray(label.array), card_of(task).num_classes)
+            out[case] = {"case_id": case, "probs": prediction.probs.astype(np.float16),
+                         "features": [f.copy() for f in prediction.features],
+                         "pretrained_features": [f.copy() for f in prediction.pretrained_features],
+                         "dice": float(mean_scored(dice))}
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def evidence_of(analysis: Mapping[str, Any], config) -> Any:
+    """``CaseEvidence`` of one analysed case under ``config`` (the second half of ``api.analyse_volume``)."""
+    from ASSFTActive.query import RegionSpec, region_sums, summarize_case
+
+    sums = region_sums(analysis["probs"].astype(np.float32), RegionSpec.from_config(config))
+    return summarize_case(analysis["case_id"], sums, analysis["features"], analysis["pretrained_features"], config)
+
+
+def query_config(arm: Arm, draw: int):
+    """The arm's ``QueryConfig`` (``QueryConfig.from_dict`` checks every field; the draw seeds a random query)."""
+    from ASSFTActive.query import QueryConfig
+
+    return QueryConfig.from_dict({**dict(arm.query), "seed": int(draw)})
+
+
+def select_cases(task: Task, arm: Arm, budget: int, draw: int) -> List[str]:
+    """The ``budget`` pool cases the arm labels (the product's ``query.select`` on the ranking pass)."""
+    from ASSFTActive.query import select
+
+    if arm.whole_pool:
+        return list(task.pool)
+    if budget > len(task.pool):
+        raise ValueError(f"budget {budget} exceeds the pool of {len(task.pool)} cases of {task.key}")
+    config = query_config(arm, draw)
+    analysis = analyse_pool(task)
+    scoring = replace(config, strategy="assft")  # evidence is strategy-free; the selection uses ``config``
+    evidence = [evidence_of(analysis[c], scoring) for c in task.pool]
+    return sorted(select(evidence, budget, config, round_index=0, total_rounds=1).selected_ids)
+
+
+def finetune_config(arm: Arm, seed: int):
+    """Adapt Model's default ``FinetuneConfig`` with the arm's overrides, the guard as the arm says, no pool
+    prediction, and the label checks off (the labels are the collection's ground truth: the checks guard a user's
+    mistakes and could only refuse them falsely under a harsh shift)."""
+    from ASSFTActive.finetune.config import FinetuneConfig
+
+    data = FinetuneConfig().to_dict()
+    data["train"]["seed"] = int(seed)
+    data["validation"]["guard"] = arm.guard
+    data["validation"]["hd95"] = False
+    data["predict_pool"] = False
+    data["allow_implausible_labels"] = True
+    for dotted, value in arm.finetune:
+        node = data
+        *path, leaf = dotted.split(".")
+        for part in path:
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"arm {arm.name}: FinetuneConfig has no field {dotted!r}")
+        node[leaf] = value
+    return FinetuneConfig.from_dict(data)
+
+
+def evaluate(task: Task, network) -> Dict[str, Any]:
+    """Dice per evaluation case and class (``{case: [Dice per foreground class]}``) and the mean."""
+    from ASSFTActive.evaluate import evaluate_model
+
+    pairs = [case_pair(task, c) for c in task.eval]
+    report = evaluate_model(network, card_of(task), pairs, hd95=False)
+    return {"mean_dice": float(report.mean_dice()),
+            "per_case": {c: [float(d) for d in m.dice] for c, m in zip(task.eval, report.cases)}}
+
+
+def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int, work: Path) -> Dict[str, Any]:
+    """Adapt Model on ``labelled`` (the rest of the pool unlabelled) into a throw-away store, then score the model
+    that is active afterwards on the evaluation cases. The record keeps the guard's decision and the
+    cross-validation (fold gains; what the guard calibration consumes)."""
+    from ASSFTActive.finetune.adapt import adapt_model
+    from ASSFTActive.models import load_card, load_model
+
+    images = pool_images(task, work)
+    labels = {c: str(task.data / "labelsTr" / f"{c}.nii.gz") for c in labelled}
+    config = finetune_config(arm, seed)
+    start = time.perf_counter()
+    store = tempfile.mkdtemp(prefix="harness-store-", dir=work)
+    try:
+        result = adapt_model(images, labels, store=store, model=task.model if task.model == "default"
+                             else str(Path(task.model).expanduser()), name="benchmark", config=config)
+        network = load_model(load_card(result.card_path)).network if result.activated else pretrained(task).network
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    network.eval()
+    seconds = time.perf_counter() - start
+    scores = evaluate(task, network)
+    metrics = dict(result.metrics)
+    return {**scores, "train_seconds": round(seconds, 2), "activated": bool(result.activated),
+            "activation": result.decision.to_dict(), "cross_validation": metrics.get("cross_validation"),
+            "kept_pseudo": [d.case_id for d in result.pseudo if d.kept]}
+
+
+def floor(task: Task) -> Dict[str, Any]:
+    """The source model without adaptation on the evaluation cases."""
+    return {**evaluate(task, pretrained(task).network), "train_seconds": 0.0, "activated": False}
+
+
+def pool_dice(task: Task, cases: Sequence[str]) -> Tuple[float, ...]:
+    """The source model's Dice on ``cases`` of the pool (from the ranking pass; diagnostic)."""
+    analysis = analyse_pool(task)
+    return tuple(float(analysis[c]["dice"]) for c in cases)
+
+
+def work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="harness-"))

@@ -1,0 +1,116 @@
+"""The harness's runner and report without training: units planned per profile, one record per unit written
+atomically, a rerun that skips what exists (resume), arms naming any QueryConfig strategy, the report's statistics
+and goal rows from hand-made records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from Testing.Benchmarks.harness import arms, report, runner, tasks
+
+
+def fake_task(unit, profile):
+    setting = tasks.SETTINGS[unit.setting]
+    return tasks.Task(setting=setting, split=unit.split, replicate=unit.pool, pool=("a", "b", "c", "d"),
+                      eval=("x1", "x2", "x3"), model="default", data=Path("/nowhere"))
+
+
+def fake_execute(calls):
+    def execute(task, unit, work):
+        calls.append(unit.key)
+        base = {"floor": 0.5, "random": 0.6 + 0.01 * unit.draw, "assft": 0.66}.get(unit.arm.name, 0.7)
+        dice = {c: [base + 0.01 * i, base + 0.01 * i] for i, c in enumerate(task.eval)}
+        return {"labelled": list(task.pool[:unit.budget]), "per_case": dice,
+                "mean_dice": base + 0.01, "activated": True}
+    return execute
+
+
+PROFILE = runner.Profile(settings=("hippocampus_mild",), split="development", pools=2, budgets=(2,),
+                         arms=("random", "assft"), draws=3, ceiling_steps=(4, 8))
+
+
+def test_the_plan_has_a_floor_every_draw_and_the_ceiling_steps_per_pool():
+    units = runner.plan(PROFILE)
+    keys = [u.key for u in units]
+    assert len(keys) == len(set(keys)) == 2 * (1 + 3 + 1 + 2)
+    assert "hippocampus_mild/development/pool1/random/B2_d2_s0" in keys
+    assert "hippocampus_mild/development/pool0/ceiling_8/B0_d0_s0" in keys
+    ceiling = next(u.arm for u in units if u.arm.name == "ceiling_8")
+    assert dict(ceiling.finetune) == {"train.iterations": 4, "semi_iterations": 4} and ceiling.whole_pool
+
+
+def test_the_default_random_distribution_has_30_subsets_at_b2_and_15_at_b4():
+    assert arms.ARMS["random"].draws(2) == 30 and arms.ARMS["random"].draws(4) == 15
+    assert arms.ARMS["coreset"].draws(2) == 1
+    units = runner.plan(runner.PROFILES["development"], settings=["acdc_mild"], pools=[0], arms=["random"])
+    assert sum(u.budget == 2 for u in units) == 30 and sum(u.budget == 4 for u in units) == 15
+
+
+def test_a_rerun_skips_every_record_that_exists_and_computes_only_the_missing(tmp_path):
+    units = runner.plan(PROFILE)
+    calls = []
+    first = runner.run(units, tmp_path, PROFILE, execute=fake_execute(calls), task_of=fake_task, log=lambda _: None)
+    assert first.done == len(units) and first.skipped == 0 and len(calls) == len(units)
+    record = json.loads(units[1].path(tmp_path).read_text())
+    assert record["key"] == units[1].key and record["eval_cases"] == ["x1", "x2", "x3"]
+    # a killed run: one record missing, one half-written temporary file left beside it
+    units[3].path(tmp_path).unlink()
+    (units[3].path(tmp_path).parent / f".{units[3].path(tmp_path).name}.tmp").write_text("{")
+    calls.clear()
+    again = runner.run(units, tmp_path, PROFILE, execute=fake_execute(calls), task_of=fake_task, log=lambda _: None)
+    assert calls == [units[3].key] and again.done == 1 and again.skipped == len(units) - 1
+    assert len(runner.load_records(tmp_path)) == len(units)
+
+
+def test_a_failed_unit_leaves_no_record_and_the_next_run_retries_it(tmp_path):
+    units = runner.plan(PROFILE)[:2]
+
+    def failing(task, unit, work):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        runner.run(units, tmp_path, PROFILE, execute=failing, task_of=fake_task, log=lambda _: None)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_arms_name_any_query_strategy_with_fields():
+    arm = arms.parse_arm("strategy=typicality")
+    assert arm.name == "typicality" and dict(arm.query) == {"strategy": "typicality"} and not arm.seeded
+    named = arms.parse_arm("cb:strategy=assft,asd_reduce=class_balanced,dkd_weight=0.3")
+    assert named.name == "cb" and dict(named.query) == {"strategy": "assft", "asd_reduce": "class_balanced",
+                                                        "dkd_weight": 0.3}
+    assert arms.parse_arm("strategy=random").seeded
+    with pytest.raises(ValueError, match="unknown arm"):
+        arms.parse_arm("typicality")
+    with pytest.raises(ValueError, match="no strategy"):
+        arms.parse_arm("dkd_weight=0.3")
+
+
+def test_the_report_places_the_default_in_the_random_distribution_and_writes_goal_rows(tmp_path):
+    units = runner.plan(PROFILE)
+    runner.run(units, tmp_path / "records", PROFILE, execute=fake_execute([]), task_of=fake_task, log=lambda _: None)
+    summary = report.summarise(runner.load_records(tmp_path / "records"))
+    entry = summary["hippocampus_mild/development"]
+    row = entry["budgets"]["2"]
+    assert row["random"]["subsets_per_pool"] == [3, 3]
+    assert row["random"]["best_gain"] == pytest.approx(0.01)  # draws 0.60, 0.61, 0.62 (+ case offsets)
+    assisted = row["arms"]["assft"]
+    assert assisted["gap_vs_random"]["gap"] == pytest.approx(0.05)
+    assert assisted["random_percentile"] == 100.0
+    assert assisted["headroom_captured"] == pytest.approx(5.0)
+    assert entry["floor"] == pytest.approx(0.51)
+    assert entry["ceiling"]["by_steps"] == {"4": pytest.approx(0.71), "8": pytest.approx(0.71)}
+    assert entry["ceiling"]["flat_at"] == 4 and entry["ceiling"]["converged"]
+    goals = tmp_path / "goals.json"
+    goals.write_text(json.dumps({"rows": [{"topic": "adapt", "goal": "other", "setting": "s", "budget": 2,
+                                           "split": "dev", "value": 1.0}]}))
+    report.merge_goal_rows(goals, report.goal_rows(summary, "assft", "src.json", "abc"))
+    report.merge_goal_rows(goals, report.goal_rows(summary, "assft", "src.json", "abc"))  # merged by key, no dup
+    rows = json.loads(goals.read_text())["rows"]
+    mine = {r["goal"]: r for r in rows if r["topic"] == "query"}
+    assert set(mine) == {"gap_vs_random", "random_percentile", "headroom_captured"}
+    assert mine["gap_vs_random"]["split"] == "dev" and mine["gap_vs_random"]["value"] == pytest.approx(0.05)
+    assert any(r["topic"] == "adapt" for r in rows) and len(rows) == 4
