@@ -1,7 +1,8 @@
 """``assft models``: list the embedded models and every version in a model store; ``activate`` rolls back.
 
     assft models                                   embedded models
-    assft models --store STORE                     ... and every model version in STORE (* = active)
+    assft models --store STORE                     ... and every model version in STORE (* = active; a version
+                                                   whose files differ from its manifest is marked CHANGED)
     assft models activate --store STORE NAME v2    make v2 the active version of NAME
 """
 
@@ -45,7 +46,7 @@ def run_list(args: argparse.Namespace) -> int:
     stored = []
     if args.store is not None:
         store = _store(args)
-        stored = [v.to_dict() for name in store.names() for v in store.versions(name)]
+        stored = [dict(v.to_dict(), problem=_problem(v)) for name in store.names() for v in store.versions(name)]
     if args.json:
         print(json.dumps({"embedded": embedded, "store": stored}, indent=2))
         return 0
@@ -66,9 +67,27 @@ def run_list(args: argparse.Namespace) -> int:
             created = time.strftime("%Y-%m-%d %H:%M", time.localtime(item["created"]))
             marker = "*" if item["active"] else " "
             print(f"{marker} {item['name']:<28} {item['version']:<5} {created}  {dice:<22} {item['card']}")
+            if item["problem"]:
+                print(f"  ! CHANGED since it was written, not usable: {item['problem']}")
         if stored:
             print("\n* = active version; roll back with `assft models activate --store STORE NAME vK`")
+        changed = [f"{item['name']} {item['version']}" for item in stored if item["problem"]]
+        if changed:
+            print(f"! {len(changed)} version(s) differ from their manifest ({', '.join(changed)}): every load refuses "
+                  "them; activate another version or adapt again.")
     return 0
+
+
+def _problem(version) -> str:
+    """Why a listed version cannot be used (its files differ from its manifest), or ``""``; the same check every load
+    makes (:func:`ASSFTActive.store.verify_version` without loading the weights)."""
+    from ..store import StoreError, verify_version
+
+    try:
+        verify_version(version.path, load=False)
+    except StoreError as exc:
+        return str(exc)
+    return ""
 
 
 def run_activate(args: argparse.Namespace) -> int:

@@ -39,6 +39,22 @@ def test_models_lists_every_version_and_marks_the_active_one(store, capsys):
     assert lines[1].startswith("* site") and "v2" in lines[1] and "Dice 0.500 -> 0.720" in lines[1]
 
 
+def test_models_marks_a_version_whose_weights_were_changed_after_writing(store, capsys):
+    weights = store.root / "site" / "v2" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the active version's weights flipped
+    weights.write_bytes(bytes(data))
+    assert main(["models", "--store", str(store.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("* site") and "v2" in line)
+    assert "CHANGED" in lines[index + 1] and "weights.safetensors" in lines[index + 1]
+    assert not any("CHANGED" in line for line in lines[:index])  # v1 is intact
+    assert any(line.startswith("! 1 version(s) differ") and "site v2" in line for line in lines)
+    assert main(["models", "--store", str(store.root), "--json"]) == 0
+    listing = {v["version"]: v["problem"] for v in json.loads(capsys.readouterr().out)["store"]}
+    assert listing["v1"] == "" and "content differs from the manifest" in listing["v2"]
+
+
 def test_activate_rolls_back_and_the_listing_follows(store, capsys):
     assert main(["models", "activate", "--store", str(store.root), "site", "v1"]) == 0
     assert "active version v2 -> v1" in capsys.readouterr().out
