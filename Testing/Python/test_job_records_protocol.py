@@ -288,3 +288,22 @@ def test_the_worker_takes_the_same_device_choices(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", "--help"], capture_output=True, text=True,
                          cwd=str(REPO), timeout=120)
     assert out.returncode == 0 and "{auto,cpu,cuda}" in out.stdout
+
+
+def test_the_protocols_files_are_readable_by_others_like_every_other_output(tmp_path):
+    """``ranking.json`` was written 0600 (a bare temporary file renamed): others on a shared lab folder could not read
+    it. Every file of the protocol now gets ``0666 & ~umask`` (0644 under the usual umask 022)."""
+    import os
+    import stat
+
+    from ASSFTActive.jobs import JobSpec, write_job
+
+    previous = os.umask(0o022)
+    try:
+        ranking = RankingFile(strategy="assft", budget=1, model="m", cases=(entry("a", 1, selected=True),))
+        paths = [write_ranking_file(tmp_path / "ranking.json", ranking),
+                 write_result(tmp_path, adapt_result()),
+                 write_job(tmp_path, JobSpec(kind="rank", images={"a": "/x/a.nii.gz"}))]
+    finally:
+        os.umask(previous)
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in paths] == [oct(0o644)] * 3
