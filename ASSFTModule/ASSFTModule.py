@@ -194,6 +194,11 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to update the annotation states."), waitCursor=True):
             card = self.sceneLogic.modelCard(self.controller.modelReference())
             self.sceneLogic.refreshLabeledStates(self._parameterNode.rankingTable, card)
+            volume = self._parameterNode.currentVolume
+            issues = self.sceneLogic.labelIssues(volume, card) if volume is not None else ()
+            if issues:  # flagged as the labels come back from the Segment Editor, not 13 s into Adapt Model
+                self.setStatus(_("Check the labels of {volume}: {issues}").format(volume=volume.GetName(),
+                                                                               issues=" ".join(issues)))
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -270,10 +275,14 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceLabel.text = text
 
     def showFailure(self, message: str, details: str) -> None:
-        """The worker's error in the status line and a dialog, and its last lines in the panel's log."""
+        """The worker's error in the status line and a dialog, and its last lines in the panel's log. A refusal of
+        the labels offers "Train anyway" instead (see :meth:`onJobFinished`)."""
         if details:
             self.ui.logTextEdit.appendPlainText(_("--- the worker's last lines ---"))
             self.ui.logTextEdit.appendPlainText(details)
+        outcome = self.controller.lastOutcome
+        if outcome is not None and outcome.labelsRefused:
+            return
         slicer.util.errorDisplay(_("The job failed: {error}").format(error=message), detailedText=details or None)
 
     def onRunningChanged(self, running: bool) -> None:
@@ -285,6 +294,11 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtonStates()
         if self._parameterNode is not None:
             self.showRankingTable(self._parameterNode.rankingTable)
+        if outcome.labelsRefused and slicer.util.confirmYesNoDisplay(
+                _("Adapt Model refused the labels:\n\n{reason}\n\nTrain anyway? The model may learn to miss a "
+                  "class or to predict nothing; the previous model stays available.").format(reason=outcome.message),
+                windowTitle=_("Train anyway?")):
+            self.startJob("adapt", trainAnyway=True)
 
     # ------------------------------------------------------------------ buttons
     def onRankButton(self) -> None:
@@ -303,9 +317,9 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The verdict is in the status line and the module names in the log (both from the controller)."""
         self.updateButtonStates()
 
-    def startJob(self, kind: str) -> None:
+    def startJob(self, kind: str, trainAnyway: bool = False) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
-            self.controller.startJob(kind)
+            self.controller.startJob(kind, trainAnyway=trainAnyway)
         self.updateButtonStates()
 
     # ------------------------------------------------------------------ looking at a case

@@ -18,6 +18,7 @@ Signals are plain Python callbacks (:class:`Signal`).
 from __future__ import annotations
 
 import re
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from .workerProcess import deviceProbeCommand, parseDeviceProbe, pythonExecutabl
 #: Job folders kept under ``<workDir>/jobs`` (older ones are removed when a new job starts; the folder of the
 #: ranking shown in the panel and that of the newest ranking are always kept).
 KEEP_JOB_FOLDERS = 3
+#: The job setting behind "Train anyway" (``FinetuneConfig.allow_implausible_labels``, ``SfrConfig``'s too).
+ALLOW_IMPLAUSIBLE_LABELS = "allow_implausible_labels"
 #: Worker output lines kept for the failure report (:func:`~.jobs.failureReport`).
 OUTPUT_LINES_KEPT = 200
 
@@ -77,6 +80,8 @@ class JobOutcome:
         details: the worker's last lines (its log's tail, else its printed output) for an error.
         loaded: what was loaded into the scene (``logic.LoadedResult``), None when nothing was.
         progress: the job's final :class:`~ASSFTActive.progress.ProgressState` (done / failed / cancelled in words).
+        labelsRefused: the engine's label checks refused the labels: the UI offers "Train anyway"
+            (``startJob("adapt", trainAnyway=True)``), with the engine's warning as the message.
     """
 
     status: str
@@ -86,6 +91,20 @@ class JobOutcome:
     details: str = ""
     loaded: object = None
     progress: Optional[ProgressState] = None
+    labelsRefused: bool = False
+
+
+#: The engine's refusal of implausible labels ends with command-line advice; the GUIs offer a button instead.
+_CLI_LABEL_ADVICE = re.compile(r"pass --allow-implausible-labels \(FinetuneConfig\.allow_implausible_labels\)")
+
+
+def labelRefusal(message: str) -> Tuple[bool, str]:
+    """``(refused, message)``: whether ``message`` is the engine's refusal of implausible labels, and the message
+    with its command-line advice replaced by the panel's choice (``Train anyway``)."""
+    if "--allow-implausible-labels" not in message:
+        return False, message
+    text = _CLI_LABEL_ADVICE.sub("choose Train anyway", message)
+    return True, re.sub(r"\.{2,}", ".", text).strip()
 
 
 def jobOutcome(jobDir, exitCode: int, cancelled: bool, errorText: str) -> tuple:
@@ -187,6 +206,10 @@ class JobController:
         ensureRequirements: installs what the worker needs (may ask the user); False when declined.
         python: interpreter of the child processes (default ``PythonSlicer`` or this interpreter).
         keepJobFolders: job folders kept (see :data:`KEEP_JOB_FOLDERS`).
+        callInMainThread: runs a callable in the thread that owns the runner (Qt: the GUI thread). Given, the job's
+            files are written by a background thread, which hands the worker's start back through it (desktop
+            Slicer: ``jobRunner.MainThreadCalls.post``; the browser and tests with the subprocess runner can pass
+            ``lambda call: call()``). None: the files are written in the calling thread before the worker starts.
 
     Signals: ``statusChanged(text)``, ``logLine(text)``, ``progressChanged(fraction)`` (the whole job's fraction of
     :class:`~ASSFTActive.progress.JobProgress`: it only moves forward and is 1 only for a job that ended ``done``),
@@ -197,7 +220,8 @@ class JobController:
 
     def __init__(self, sceneLogic, runnerFactory: Callable, environment: Callable[[], Mapping[str, str]],
                  ensureRequirements: Callable[[], bool] = lambda: True, python: Optional[str] = None,
-                 keepJobFolders: int = KEEP_JOB_FOLDERS):
+                 keepJobFolders: int = KEEP_JOB_FOLDERS,
+                 callInMainThread: Optional[Callable[[Callable[[], None]], None]] = None):
         self.sceneLogic = sceneLogic
         self.runnerFactory = runnerFactory
         self.environment = environment
@@ -209,6 +233,9 @@ class JobController:
         self.jobModel = ""
         self.lastOutcome: Optional[JobOutcome] = None
         self.progress: Optional[JobProgress] = None
+        self.callInMainThread = callInMainThread
+        self._writer: Optional[threading.Thread] = None
+        self._cancelWriting = False
         self._output: deque = deque(maxlen=OUTPUT_LINES_KEPT)
         self._workerError = ""
         self.statusChanged = Signal()
@@ -233,7 +260,8 @@ class JobController:
         self.parameterNode = parameterNode
 
     def isRunning(self) -> bool:
-        return self._runner.isRunning()
+        """A job is being written or its worker runs."""
+        return self._writer is not None or self._runner.isRunning()
 
     def modelReference(self, parameterNode=None) -> str:
         """``"default"`` or the card path of the parameter node."""
@@ -304,18 +332,25 @@ class JobController:
         self.cardChecked.emit(check)
 
     # ------------------------------------------------------------------ jobs
-    def startJob(self, kind: str) -> Optional[PreparedJob]:
-        """Prepare a job from the scene and start the worker.
+    def startJob(self, kind: str, trainAnyway: bool = False) -> Optional[PreparedJob]:
+        """Take a job from the scene, write its folder off the GUI thread, then start the worker.
 
         Every job's ``query`` holds the parameter node's ``queryRounds`` as ``rounds`` (the multi-round schedule
         over ``budget``): a ``rank`` job ranks with it, an ``adapt`` / ``sfr`` job re-ranks with it.
 
+        The volumes are linked, copied or re-encoded into the job folder by a background thread (minutes for a
+        pool of CTs loaded from DICOM); the worker starts when they are written (through ``callInMainThread``).
+        Until then :meth:`isRunning` is true and Cancel removes the half-written folder.
+
         Args:
             kind: ``rank`` (Rank Volumes) or ``adapt`` (Adapt Model: an ``adapt`` job, or an ``sfr`` job with the
                 parameter node's ``adaptMethod`` SFR or SFR+; see :func:`~.parameters.adaptJobFor`).
+            trainAnyway: the user chose "Train anyway" after the label checks refused the labels: the job's
+                ``allow_implausible_labels`` is set (the engine then warns instead of refusing).
 
         Returns:
-            the prepared job; None when the user declined installing the worker's packages.
+            the prepared job (its files may still be being written); None when the user declined installing the
+            worker's packages.
 
         Raises:
             ASSFTModuleError: nothing to run, a job is already running, or query rounds below 1.
@@ -330,30 +365,81 @@ class JobController:
             self.statusChanged.emit("Not started: the Python packages the worker needs were not installed.")
             return None
         model = self.modelReference(node)
-        sfr = {}
+        sfr, finetune = {}, {}
         if kind == "adapt":
             kind, sfr = adaptJobFor(getattr(node, "adaptMethod", AdaptMethod.ASSFT))
+            if trainAnyway:
+                if kind == "sfr":
+                    sfr = {**sfr, ALLOW_IMPLAUSIBLE_LABELS: True}
+                else:
+                    finetune = {ALLOW_IMPLAUSIBLE_LABELS: True}
         jobs.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
                              protect=self.sceneLogic.protectedJobFolders(node.workDirectory, node.rankingTable))
-        spec = self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr)
+        extra = {"finetune": finetune} if finetune else {}
+        if self.callInMainThread is None:  # written here, before the worker starts
+            plan, spec = None, self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, query=query,
+                                                          sfr=sfr, **extra)
+        else:
+            plan = self.sceneLogic.planJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr,
+                                           **extra)
+            spec = plan.prepared
         self.job, self.jobModel = spec, model
         node.lastJobDirectory = str(spec.jobDir)
         self._output.clear()
         self._workerError = ""
+        self._cancelWriting = False
         self.progress = JobProgress(kind, volumes=len(spec.job.images))
         self.progressChanged.emit(0.0)
         self.progressStateChanged.emit(self.progress.state)
-        self.statusChanged.emit(f"Starting {kind} job in {spec.jobDir}")
-        self._runner.start(workerCommand(spec.jobDir, self.python), self.environment(), str(spec.jobDir))
+        if plan is None:
+            self._jobFilesWritten(spec, "")
+        else:
+            self.statusChanged.emit(f"Writing {len(spec.job.images)} volume(s) into the {kind} job "
+                                    f"{spec.jobDir.name}...")
+            self._writer = threading.Thread(target=self._writeJobFiles, args=(plan,), daemon=True,
+                                            name="ASSFT job writer")
+            self._writer.start()
         self.runningChanged.emit(self.isRunning())
         for note in spec.ignoredSegments:
             self.logLine.emit(f"Left out, not classes of the model: {note}")
         return spec
 
+    def _writeJobFiles(self, plan) -> None:
+        """The writer thread: writes the job's files (no MRML), then hands the start to the GUI thread."""
+        try:
+            written = plan.writeFiles(cancelled=lambda: self._cancelWriting)
+            error = ""
+        except Exception as exc:  # any failure to write is the job's failure, reported like a worker's
+            written, error = None, f"the job folder could not be written: {exc}"
+        self.callInMainThread(lambda: self._jobFilesWritten(written, error))
+
+    def _jobFilesWritten(self, written, error: str) -> None:
+        self._writer = None
+        if written is None or self._cancelWriting:
+            self._onFinished(-1, not error, error)
+            return
+        self.statusChanged.emit(f"Starting {written.job.kind} job in {written.jobDir}")
+        self._runner.start(workerCommand(written.jobDir, self.python), self.environment(), str(written.jobDir))
+
+    def isWritingJob(self) -> bool:
+        """Whether the job's files are still being written (the worker has not started)."""
+        return self._writer is not None
+
+    def waitUntilWritten(self, timeout: Optional[float] = None) -> bool:
+        """Block until the background writer has finished (tests, shutdown); False on time-out."""
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout)
+            return not writer.is_alive()
+        return True
+
     def cancel(self) -> None:
         if not self.isRunning():
             return
         self.statusChanged.emit("Cancelling...")
+        if self.isWritingJob():
+            self._cancelWriting = True
+            return
         self._runner.cancel()
 
     def _onEvent(self, item: WorkerOutput) -> None:
@@ -405,6 +491,9 @@ class JobController:
                 status, message, details = ERROR, str(error), error.logTail
             except ASSFTModuleError as error:
                 status, message = ERROR, str(error)
+        labelsRefused = False
+        if status == ERROR:
+            labelsRefused, message = labelRefusal(message)
         final = None
         if self.progress is not None:
             ended = {DONE: PROGRESS_DONE, CANCELLED: PROGRESS_CANCELLED}.get(status, PROGRESS_FAILED)
@@ -412,7 +501,7 @@ class JobController:
             self.progressChanged.emit(final.fraction)
             self.progressStateChanged.emit(final)
         outcome = JobOutcome(status=status, message=message, jobDir=jobDir, kind=kind, details=details,
-                             loaded=loaded, progress=final)
+                             loaded=loaded, progress=final, labelsRefused=labelsRefused)
         self.lastOutcome = outcome
         self.runningChanged.emit(False)
         self.statusChanged.emit(message)

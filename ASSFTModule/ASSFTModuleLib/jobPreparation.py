@@ -9,16 +9,17 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from vtk.util import numpy_support
 
 from ASSFTActive.cards import ModelCard
-from ASSFTActive.io import GEOMETRY_TOLERANCE_MM, atomic_write_text, read_volume, write_volume
+from ASSFTActive.io import GEOMETRY_TOLERANCE_MM, Volume, atomic_write_text, read_volume, write_volume
 from ASSFTActive.jobs import ADAPT_KINDS, JobSpec, write_job
 
 from .errors import ASSFTModuleError
-from .geometry import volumeFromNode
+from .geometry import ijkToRasArray
 from .jobs import CASES_FILE, IMAGE_SUFFIX, assignCaseIds, caseIdForName, newJobDir
 from .modelCard import modelReference
 from .parameters import queryRoundsValue
@@ -34,25 +35,45 @@ from .segmentation import (
 LINKABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def unchangedSourceFile(volumeNode) -> Optional[Path]:
-    """The file ``volumeNode`` was loaded from, when the engine reads exactly the node's voxels and geometry from
-    it (not modified since it was read, one file, and checked by reading it); else None."""
+def sourceFileCandidate(volumeNode) -> Optional[Path]:
+    """The file ``volumeNode`` was loaded from when it may hold exactly the node's voxels (not modified since it was
+    read, one file of a linkable format); else None. Cheap: the file is not read (see :func:`sameVoxels`)."""
     storage = volumeNode.GetStorageNode()
     if storage is None or volumeNode.GetModifiedSinceRead() or storage.GetNumberOfFileNames() > 0:
         return None
     fileName = storage.GetFileName() or ""
     if not fileName.lower().endswith(LINKABLE_SUFFIXES) or not os.path.isfile(fileName):
         return None
+    return Path(fileName)
+
+
+def sameVoxels(fileName: Path, inScene: Volume) -> bool:
+    """Whether the engine reads exactly ``inScene``'s voxels and geometry from ``fileName`` (reads the file; no
+    MRML, so it runs off the GUI thread)."""
     try:
         onDisk = read_volume(fileName)
     except Exception:  # anything the engine cannot read is written from the scene instead
-        return None
-    inScene = volumeFromNode(volumeNode)
-    if (onDisk.array.shape != inScene.array.shape
-            or not np.allclose(onDisk.affine, inScene.affine, atol=GEOMETRY_TOLERANCE_MM)
-            or not np.array_equal(onDisk.array, inScene.array)):
-        return None
-    return Path(fileName)
+        return False
+    return (onDisk.array.shape == inScene.array.shape
+            and np.allclose(onDisk.affine, inScene.affine, atol=GEOMETRY_TOLERANCE_MM)
+            and np.array_equal(onDisk.array, inScene.array))
+
+
+def voxelSnapshot(volumeNode) -> Volume:
+    """The node's voxels ``[I, J, K]`` and affine without copying them: a view of the node's current VTK array,
+    which the view keeps alive (a filter that replaces the node's image data leaves this array as it was). For
+    writing the volume off the GUI thread."""
+    image = volumeNode.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise ASSFTModuleError(f"Volume '{volumeNode.GetName()}' has no voxel data. Load the image again.")
+    scalars = image.GetPointData().GetScalars()
+    if scalars.GetNumberOfComponents() != 1:
+        raise ASSFTModuleError(
+            f"Volume '{volumeNode.GetName()}' has {scalars.GetNumberOfComponents()} components per voxel; "
+            "ASSFT needs a scalar (grey-level) volume.")
+    i, j, k = image.GetDimensions()
+    kji = numpy_support.vtk_to_numpy(scalars).reshape(k, j, i)
+    return Volume(array=kji.transpose(2, 1, 0), affine=ijkToRasArray(volumeNode))
 
 
 def linkOrCopy(source: Path, target: Path) -> Path:
@@ -68,17 +89,6 @@ def linkOrCopy(source: Path, target: Path) -> Path:
         shutil.copyfile(str(source), str(partial))
         os.replace(str(partial), str(target))
     return target
-
-
-def linkImage(volumeNode, caseId: str, imagesDir: Path) -> Optional[Path]:
-    """``imagesDir/<caseId><suffix>``: a hard link to the volume's unchanged source file (a copy when the job folder
-    is on another filesystem, :func:`linkOrCopy`), so that a job does not re-encode every pool volume; None when
-    the volume must be written from the scene."""
-    source = unchangedSourceFile(volumeNode)
-    if source is None:
-        return None
-    suffix = next(s for s in LINKABLE_SUFFIXES if source.name.lower().endswith(s))
-    return linkOrCopy(source, imagesDir / f"{caseId}{suffix}")
 
 
 #: Attribute of a pool volume node: a token written into the job's case list, so that a job's results are attached
@@ -114,13 +124,63 @@ def caseNodesInScene(scene, cases) -> dict:
     return nodes
 
 
+@dataclasses.dataclass(frozen=True)
+class JobPlan:
+    """A job taken from the scene, its files not written yet: :meth:`writeFiles` writes them without touching MRML,
+    so it runs off the GUI thread (re-encoding a 512 x 512 x 100 volume takes about a second).
+
+    Attributes:
+        prepared: the job as it will be once written (folder, ``job.json``'s spec with the final image paths).
+        volumes: ``{case_id: (source file that may be linked or None, the node's voxels)}``.
+        labels: ``{case_id: class label map}`` of the labeled volumes.
+    """
+
+    prepared: PreparedJob
+    volumes: Dict[str, Tuple[Optional[Path], Volume]]
+    labels: Dict[str, Volume]
+
+    @property
+    def jobDir(self) -> Path:
+        return self.prepared.jobDir
+
+    def writeFiles(self, cancelled: Callable[[], bool] = lambda: False) -> Optional[PreparedJob]:
+        """Link, copy or write every image, write the label maps, then ``job.json`` (last: a folder with ``job.json``
+        is complete). Returns the prepared job, or None when ``cancelled()`` became true (the folder is removed)."""
+        job = self.prepared.job
+        for caseId, (source, inScene) in self.volumes.items():
+            if cancelled():
+                shutil.rmtree(self.jobDir, ignore_errors=True)
+                return None
+            target = Path(job.images[caseId])
+            if source is not None and sameVoxels(source, inScene):
+                linkOrCopy(source, target)
+            else:
+                write_volume(inScene, target)
+        for caseId, labels in self.labels.items():
+            write_volume(labels, job.labels[caseId])
+        Path(job.store).mkdir(parents=True, exist_ok=True)
+        write_job(self.jobDir, job)
+        return self.prepared
+
+
 def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
                storeDir=None, modelName: str = "", query: Optional[dict] = None,
                finetune: Optional[dict] = None, sfr: Optional[dict] = None) -> PreparedJob:
-    """Write the scene's volumes and labels into a new job folder with its ``job.json``.
+    """Write the scene's volumes and labels into a new job folder with its ``job.json`` (:func:`planJob`, then
+    :meth:`JobPlan.writeFiles` in this thread); arguments and errors as :func:`planJob`."""
+    return planJob(scene, workDir, kind, volumeNodes, modelCard, model, budget, storeDir=storeDir,
+                   modelName=modelName, query=query, finetune=finetune, sfr=sfr).writeFiles()
+
+
+def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
+            storeDir=None, modelName: str = "", query: Optional[dict] = None,
+            finetune: Optional[dict] = None, sfr: Optional[dict] = None) -> JobPlan:
+    """Take a job from the scene (the GUI-thread part: checks, label maps, a view of each volume's voxels, the job
+    folder and its case list); :meth:`JobPlan.writeFiles` writes the volumes, labels and ``job.json``.
 
     A volume loaded from a NIfTI/NRRD/MetaImage file and unchanged since is linked into the job folder
-    (:func:`linkImage`) rather than copied; others are written from the scene.
+    (:func:`linkOrCopy`, after :func:`sameVoxels` checked it) rather than re-encoded; others are written from the
+    scene.
 
     A volume counts as labeled when its segmentation (:func:`~.segmentation.findLabelSegmentation`) has a
     non-empty segment named after a model class; its class label map goes to ``labels/``. Segments with other
@@ -146,7 +206,7 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
         sfr: the SFR settings of an ``sfr`` job (``JobSpec.sfr``, e.g. ``{"method": "sfr_plus"}``), unchanged.
 
     Returns:
-        :class:`PreparedJob`.
+        :class:`JobPlan`.
 
     Raises:
         ASSFTModuleError: no volumes, a volume under a transform, ``adapt`` / ``sfr`` without any labeled volume,
@@ -190,8 +250,10 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     query = dict(query or {})
     if "rounds" in query:
         query["rounds"] = queryRoundsValue(query["rounds"])
+    sources = {caseId: sourceFileCandidate(node) for caseId, node in zip(caseIds, volumeNodes)}
+    snapshots = {caseId: voxelSnapshot(node) for caseId, node in zip(caseIds, volumeNodes)}
     jobDir = newJobDir(workDir, kind).resolve()
-    images = {caseId: jobDir / "images" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds}
+    images = {caseId: jobDir / "images" / f"{caseId}{_suffixOf(sources[caseId])}" for caseId in caseIds}
     labels = {caseId: jobDir / "labels" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds if caseId in conversions}
     store = (Path(storeDir) if storeDir else Path(workDir) / "models").resolve()
     try:
@@ -201,20 +263,19 @@ def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: Mode
     except ValueError as exc:
         jobDir.rmdir()  # still empty: nothing was written yet
         raise ASSFTModuleError(f"Cannot prepare the {kind} job: {exc}.") from exc
-    for caseId, node in zip(caseIds, volumeNodes):
-        linked = linkImage(node, caseId, jobDir / "images")
-        if linked is not None:
-            images[caseId] = linked
-        else:
-            write_volume(volumeFromNode(node), images[caseId])
-        if caseId in conversions:
-            write_volume(conversionVolume(conversions[caseId]), labels[caseId])
-    job = dataclasses.replace(job, images=images)
-    store.mkdir(parents=True, exist_ok=True)
-    write_job(jobDir, job)
     caseNodeIds = {caseId: node.GetID() for caseId, node in zip(caseIds, volumeNodes)}
     cases = {caseId: {"node_id": node.GetID(), "name": node.GetName(), "token": caseToken(node)}
              for caseId, node in zip(caseIds, volumeNodes)}
     atomic_write_text(jobDir / CASES_FILE, json.dumps(cases, indent=2))
-    return PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored))
+    prepared = PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored))
+    return JobPlan(prepared=prepared, volumes={caseId: (sources[caseId], snapshots[caseId]) for caseId in caseIds},
+                   labels={caseId: conversionVolume(conversion) for caseId, conversion in conversions.items()})
+
+
+def _suffixOf(source: Optional[Path]) -> str:
+    """The image suffix in the job: the source file's (linked, copied, or written in its format when the scene's
+    voxels differ), else :data:`~.jobs.IMAGE_SUFFIX`."""
+    if source is None:
+        return IMAGE_SUFFIX
+    return next(s for s in LINKABLE_SUFFIXES if source.name.lower().endswith(s))
 

@@ -10,6 +10,7 @@ callables (custom ``qt.Signal`` objects are unreliable in PythonQt).
 
 from __future__ import annotations
 
+import queue
 from typing import Callable, Mapping, Optional, Sequence
 
 import qt
@@ -86,10 +87,41 @@ class JobRunner:
             self.core.failedToStart(self.process.errorString())
 
 
+class MainThreadCalls:
+    """Runs callables posted from any thread in the GUI thread: a ``qt.QTimer`` of the GUI thread empties a queue
+    every :data:`POLL_MS` (a timer cannot be started from another thread, so the queue is polled while not empty).
+    """
+
+    POLL_MS = 50
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_MS)
+        self._timer.connect("timeout()", self._run)
+        self._timer.start()
+
+    def post(self, call: Callable[[], None]) -> None:
+        """Queue ``call`` (thread-safe); it runs in the GUI thread within :data:`POLL_MS`."""
+        self._queue.put(call)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                call = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            call()
+
+
 def createJobController(sceneLogic, environment: Callable[[], Mapping[str, str]],
                         ensureRequirements: Callable[[], bool]):
-    """The controller desktop Slicer uses: jobs and the device probe in ``qt.QProcess`` runners."""
+    """The controller desktop Slicer uses: jobs and the device probe in ``qt.QProcess`` runners; the job's files are
+    written by a background thread that hands the worker's start back to the GUI thread."""
     from .jobController import JobController
 
-    return JobController(sceneLogic, runnerFactory=JobRunner, environment=environment,
-                         ensureRequirements=ensureRequirements)
+    calls = MainThreadCalls()
+    controller = JobController(sceneLogic, runnerFactory=JobRunner, environment=environment,
+                               ensureRequirements=ensureRequirements, callInMainThread=calls.post)
+    controller.mainThreadCalls = calls  # kept alive with the controller
+    return controller

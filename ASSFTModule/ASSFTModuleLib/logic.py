@@ -123,6 +123,23 @@ class ASSFTSceneLogic:
             raise ASSFTModuleError(f"Volume '{volumeNode.GetName()}' has no segmentation yet; press Annotate first.")
         return segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
 
+    def labelIssues(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> Tuple[str, ...]:
+        """What the engine's label checks (``ASSFTActive.finetune.label_checks.find_label_issues``, numpy only) say
+        of this volume's labels alone: no foreground, or a model class with no voxel (a half-labelled volume).
+        Shown when labels are saved, so that the user paints the missing class (or later chooses Train anyway)
+        instead of learning it from Adapt Model's refusal. Empty when the labels look complete or there are none.
+        """
+        from ASSFTActive.finetune.label_checks import find_label_issues
+
+        if segmentationNode is None:
+            segmentationNode = segmentation.findLabelSegmentation(self.scene, volumeNode, modelCard)
+        if segmentationNode is None:
+            return ()
+        conversion = segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
+        caseId = jobs.caseIdForName(volumeNode.GetName())
+        return tuple(issue.message for issue in find_label_issues({caseId: conversion.labels},
+                                                                  modelCard.class_names))
+
     def isLabeled(self, volumeNode, modelCard: ModelCard) -> bool:
         """Whether the volume has a segmentation with a non-empty segment named after a model class."""
         node = segmentation.findLabelSegmentation(self.scene, volumeNode, modelCard)
@@ -158,6 +175,16 @@ class ASSFTSceneLogic:
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
         return jobPreparation.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
                                          storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
+
+    def planJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
+                query: Optional[dict] = None, finetune: Optional[dict] = None, sfr: Optional[dict] = None,
+                storeDir=None) -> jobPreparation.JobPlan:
+        """:meth:`prepareJob` without writing the volumes: the returned :class:`~.jobPreparation.JobPlan` writes them
+        with ``writeFiles()`` in any thread (the job controller does it off the GUI thread)."""
+        card = self.modelCard(model)
+        nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
+        return jobPreparation.planJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
+                                      storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
 
     def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True) -> LoadedResult:
         """Bring a finished job's results into the scene.

@@ -175,3 +175,112 @@ def test_case_list_without_tokens_from_an_older_version_still_needs_the_same_nam
              "case_b": {"node_id": nodes[1].GetID(), "name": "renamed"}}
     assert jobPreparation.caseNodesInScene(env.scene, cases) == {"case_a": nodes[0]}
     assert jobs.readCaseNodes(tmp_path) == {}
+
+
+class MainThread:
+    """What ``jobRunner.MainThreadCalls`` does in Slicer: calls posted from the writer thread run when the GUI thread
+    next processes them (here: when the test calls :meth:`process`)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def post(self, call):
+        self.calls.append(call)
+
+    def process(self):
+        calls, self.calls = self.calls, []
+        for call in calls:
+            call()
+
+
+def test_volumes_that_cannot_be_linked_are_written_off_the_gui_thread(tmp_path):
+    """A 512 x 512 x 100 CT-like volume made in the scene (as DICOM loads it: no file to link) next to the three
+    small ones: taking the job from the scene stays under 0.5 s; writing it (gzip NRRD, 1-3 s here) happens in the
+    writer thread, and the worker starts only once the volumes are on disk."""
+    import time
+
+    env, logic, card, _, _, _ = controllerFor(tmp_path)
+    rng = np.random.default_rng(0)
+    geometry.addVolumeNode(env.scene, Volume(rng.integers(-1000, 2000, (512, 512, 100), dtype=np.int16),
+                                             slicer_scene.rotatedAffine(spacing=(0.7, 0.7, 2.5))), "ct 1")
+    gui = MainThread()
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable,
+                               callInMainThread=gui.post)
+    controller.setParameterNode(parameterNode(tmp_path / "work2", controller_card(tmp_path)))
+
+    began = time.perf_counter()
+    spec = controller.startJob("rank")
+    gui_seconds = time.perf_counter() - began
+
+    assert gui_seconds < 0.5, f"the GUI thread was blocked {gui_seconds:.2f} s"
+    assert controller.isRunning() and controller.isWritingJob() and controller._runner.commands == []
+    assert controller.waitUntilWritten(120)
+    gui.process()
+    assert controller._runner.commands and not controller.isWritingJob()
+    for caseId, path in spec.job.images.items():
+        assert Path(path).is_file(), caseId
+    ct = read_volume(spec.job.images["ct_1"])
+    assert ct.array.shape == (512, 512, 100)
+    assert (spec.jobDir / "job.json").is_file()
+
+
+def controller_card(tmp_path):
+    return tmp_path / "model" / "card.json"
+
+
+def test_cancel_while_the_job_is_being_written_removes_the_folder_and_starts_nothing(tmp_path, monkeypatch):
+    import threading
+
+    env, logic, card, _, signals0, nodes = controllerFor(tmp_path)
+    gui = MainThread()
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable,
+                               callInMainThread=gui.post)
+    controller.setParameterNode(parameterNode(tmp_path / "work", controller_card(tmp_path)))
+    signals = Signals(controller)
+    release = threading.Event()
+    realWrite = jobPreparation.write_volume
+
+    def slowWrite(volume, path):
+        release.wait(30)
+        return realWrite(volume, path)
+
+    monkeypatch.setattr(jobPreparation, "write_volume", slowWrite)
+    spec = controller.startJob("rank")
+    controller.cancel()
+    release.set()
+    assert controller.waitUntilWritten(60)
+    gui.process()
+
+    assert signals.finished[-1].status == CANCELLED and controller._runner.commands == []
+    assert not spec.jobDir.exists() and not controller.isRunning()
+    assert signals.finished[-1].progress.describe().startswith("Rank cancelled at")
+
+
+def test_train_anyway_sets_the_jobs_allow_implausible_labels_and_the_refusal_offers_it(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    spec = controller.startJob("adapt")
+    assert "allow_implausible_labels" not in spec.job.finetune
+    refusal = ("the labels look wrong, so the model was not adapted: class 'posterior' (value 2) appears in none of "
+               "the 1 labelled volume(s) (case_b). Fix the label files (or the model card's class_names), or pass "
+               "--allow-implausible-labels (FinetuneConfig.allow_implausible_labels) if this is intended.")
+    (spec.jobDir / "result.json").write_text(json.dumps({"status": "error", "message": refusal}))
+    controller._runner.end(1)
+
+    outcome = signals.finished[-1]
+    assert outcome.labelsRefused and "--allow" not in outcome.message
+    assert outcome.message.endswith("or choose Train anyway if this is intended.")
+    again = controller.startJob("adapt", trainAnyway=True)
+    assert again.job.finetune == {"allow_implausible_labels": True}
+    controller._runner.end(1)
+    assert not signals.finished[-1].labelsRefused  # a failure that is not a label refusal offers nothing
+
+
+def test_a_half_labelled_volume_is_flagged_with_what_adapt_would_say(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    half = logic.annotationSegmentation(nodes[0], card)
+    labels = np.where(slicer_scene.syntheticLabels() == 1, 1, 0).astype(np.uint8)  # anterior only
+    segmentation.fillSegmentationFromClassLabelmap(half, Volume(labels, geometry.ijkToRasArray(nodes[0])), card)
+
+    issues = logic.labelIssues(nodes[0], card)
+    assert len(issues) == 1 and "'posterior'" in issues[0]
+    assert logic.labelIssues(nodes[1], card) == ()  # case b has both classes
