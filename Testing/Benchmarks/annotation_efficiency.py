@@ -1,18 +1,18 @@
-"""Annotation efficiency: target-test Dice against the number of expert-labelled volumes, per query strategy.
+"""Annotation efficiency (issues 5 and 15): the reports of the committed runs, re-rendered or merged from their JSON.
 
-Setting (issue 5): the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split
+What the committed runs measured. Setting (issue 5): the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split
 of MSD Hippocampus). The target domain is the other non-reserved cases under a seeded scanner-appearance shift
 (``harness.shifts``; kind and strength are parameters), split deterministically into a target pool
 (candidates for labelling) and a target test set (``harness.splits``). The 40 cases of ``reserved.txt`` are
 never read.
 
-Two anatomies (``--anatomy``, issue 15 item 5), each with its data folder, split, pre-trained model and a mild and a
-harsh shift (``--shift``; ``harness.shifts.BENCHMARK_SHIFTS``):
+Two anatomies (``experiment.anatomy``, issue 15 item 5), each with its data folder, split, pre-trained model and a mild and a
+harsh shift (``experiment.shift``; ``harness.shifts.BENCHMARK_SHIFTS``):
 
 * ``hippocampus`` (default): MSD Hippocampus, split by case, the embedded default model;
 * ``acdc``: ACDC cine cardiac MRI (RV, myocardium, LV), split by patient (both frames of a patient in one part,
   ``harness.splits.split_acdc``), the ACDC source model that ``scripts/train_acdc_source.py`` writes to
-  ``~/.cache/assft/acdc-source`` (not shipped: ACDC is non-commercial; ``--model`` names another folder).
+  ``~/.cache/assft/acdc-source`` (not shipped: ACDC is non-commercial).
 
 For each strategy and budget B the pool is ranked, B volumes get their (hidden) expert labels, the pre-trained
 model is fine-tuned with the same number of steps and the same seed for every arm, and Dice is measured on the
@@ -29,43 +29,33 @@ shifted target-test cases. Arms:
   ``random_selective`` (random query with ASSFT's selective fine-tuning: separates the query from the SSL);
 * ``ceiling``: every pool volume labelled; ``floor``: no adaptation.
 
-One query round (the default of the quick profile) ranks the whole budget from one cold-start pass of the
+One query round (the quick and power profiles) ranked the whole budget from one cold-start pass of the
 pre-trained model over the pool, shared by every strategy (MC dropout adds its own stochastic passes). With
-``--rounds R`` the budget is split over R rounds and each later round re-ranks the pool with a model fine-tuned
+``rounds`` R the budget was split over R rounds and each later round re-ranks the pool with a model fine-tuned
 on the volumes labelled so far (the frozen pre-trained encoder runs beside it, so DKD's knowledge divergence is
 no longer zero).
 
 Outputs: ``results/annotation_efficiency_<profile><tag>.md`` (tables), ``.json`` (everything, per case),
 ``.png`` (Dice against budget).
 
-Usage (from the repository root):
+**The computing path is superseded by the benchmark harness** (``Testing/Benchmarks/harness``, issue 23:
+development / test splits, replicated pools, the random-subset distribution, a converged ceiling; ``python -m
+Testing.Benchmarks.harness run ...``); its copies of the data, split, shift and fine-tuning code were deleted. This
+script keeps what regenerates the committed issue-15 reports from their JSON (no computation):
 
-    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile quick   # ~15 min, 2 cores
-    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile full    # hours
-    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --anatomy acdc --shift mild
-    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --profile power --shift harsh \
-        --arms asd_only_no_pseudo --tag harsh_asd_only                 # one more arm for an earlier run, then
+    PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --report results/A.json  # re-render
     PYTHONPATH=. .venv/bin/python Testing/Benchmarks/annotation_efficiency.py --tag harsh_variants \
-        --merge results/A.json results/B.json                          # one report of both (no computation)
+        --merge results/A.json results/B.json                          # one report of both
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import json
 import math
-import multiprocessing
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -75,526 +65,12 @@ for entry in (str(ROOT), str(HERE)):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
-import ae_tasks  # noqa: E402
-
 from Testing.Benchmarks.harness import stats as query_stats  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 RESULTS = HERE / "results"
 
-
-@dataclass(frozen=True)
-class Anatomy:
-    """One anatomy of the benchmark: where its data is, how it is split, which model was pre-trained on it.
-
-    Attributes:
-        name: ``--anatomy`` value (a key of ``harness.shifts.BENCHMARK_SHIFTS``).
-        data: default data folder (``imagesTr``, ``labelsTr``, ``reserved.txt``).
-        model: the pre-trained model (``resolve_card`` spec): ``"default"`` or a model folder.
-        grouping: ``"case"`` (every case its own group) or ``"patient"`` (ACDC: both frames of a patient in the
-            same part), see ``harness.splits``.
-        classes: how the table text names the foreground classes.
-        make_model: what to run when ``model`` is missing.
-    """
-
-    name: str
-    data: Path
-    model: str
-    grouping: str
-    classes: str
-    make_model: str = ""
-
-
-#: The ACDC source model: where ``scripts/train_acdc_source.py`` writes it by default (its ``DEFAULT_OUT``).
-ACDC_SOURCE_MODEL = Path("~/.cache/assft/acdc-source")
-
-ANATOMIES = {
-    "hippocampus": Anatomy("hippocampus", DEFAULT_DATA, "default", "case", "the two hippocampus classes"),
-    "acdc": Anatomy("acdc", ROOT.parent / "shared" / "data" / "acdc", str(ACDC_SOURCE_MODEL), "patient",
-                    "RV, myocardium and LV",
-                    make_model="OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py"),
-}
-
-
-def anatomy_split(anatomy: Anatomy, cases: Sequence[str], reserved: Sequence[str]):
-    """The anatomy's source / target pool / target test split (``harness.splits``)."""
-    from Testing.Benchmarks.harness.splits import acdc_patient, each_case, split_cases
-
-    group = {"case": each_case, "patient": acdc_patient}[anatomy.grouping]
-    return split_cases(cases, reserved, group=group)
-
-
-def whole_groups(cases: Sequence[str], size: Optional[int], anatomy: Anatomy) -> List[str]:
-    """The first ``size`` of ``cases`` (all when ``size`` is falsy), extended to the end of the last group, so that a
-    patient is never split between the pool and the test set."""
-    from Testing.Benchmarks.harness.splits import acdc_patient, each_case
-
-    cases = list(cases)
-    if not size or size >= len(cases):
-        return cases
-    group = {"case": each_case, "patient": acdc_patient}[anatomy.grouping]
-    end = size
-    while end < len(cases) and group(cases[end]) == group(cases[end - 1]):
-        end += 1
-    return cases[:end]
-
-
-def resolve_model(anatomy: Anatomy, spec: Optional[str]) -> str:
-    """The pre-trained model's card spec, checked to load; exits with what to run when it is missing."""
-    from ASSFTActive.errors import AssftError
-    from ASSFTActive.store import resolve_card
-
-    model = spec or anatomy.model
-    if model != "default":
-        path = Path(model).expanduser()
-        if not path.exists():
-            hint = (f"train it with `{anatomy.make_model}` (it writes {anatomy.model}), or " if anatomy.make_model
-                    and spec is None else "")
-            sys.exit(f"error: the pre-trained {anatomy.name} model {path} does not exist; {hint}pass --model "
-                     "<model folder or card.json>.")
-        model = str(path.resolve())
-    try:
-        card = resolve_card(model)
-    except AssftError as error:
-        sys.exit(f"error: the pre-trained {anatomy.name} model cannot be used: {error}")
-    return model if model == "default" else str(card.path)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Size of one benchmark run.
-
-    Attributes:
-        pool_size: target-pool cases offered for labelling (``None`` = the whole target-pool split).
-        test_size: target-test cases evaluated (``None`` = the whole target-test split).
-        budgets: numbers of labelled volumes.
-        rounds: query rounds per budget.
-        iterations: supervised steps of each fine-tuning run (stage 1).
-        semi_iterations: steps of stage 2 (labelled + pseudo-labelled, or labelled only).
-        random_seeds: seeds of the random strategy.
-        train_seeds: training seeds per arm (the spread of deterministic strategies).
-        mc_samples: stochastic passes of MC dropout.
-        test_adds_unused_pool: the target test also holds the target-pool split's cases (whole groups) that are not
-            in the pool, for more test cases (statistical power, issue 15 item 1).
-    """
-
-    pool_size: Optional[int]
-    test_size: Optional[int]
-    budgets: Tuple[int, ...]
-    rounds: int
-    iterations: int
-    semi_iterations: int
-    random_seeds: int
-    train_seeds: int
-    mc_samples: int
-    test_adds_unused_pool: bool = False
-
-
-PROFILES = {
-    "quick": Profile(pool_size=36, test_size=20, budgets=(2, 4, 8), rounds=1, iterations=60, semi_iterations=60,
-                     random_seeds=3, train_seeds=1, mc_samples=10),
-    "full": Profile(pool_size=None, test_size=None, budgets=(2, 4, 8, 16), rounds=2, iterations=200,
-                    semi_iterations=200, random_seeds=5, train_seeds=3, mc_samples=10),
-    # the query comparison with power (issue 15): budgets 2 and 4, 5 random seeds x 3 training seeds, and every
-    # non-reserved, non-source case outside the pool in the test set
-    "power": Profile(pool_size=36, test_size=None, budgets=(2, 4), rounds=1, iterations=60, semi_iterations=60,
-                     random_seeds=5, train_seeds=3, mc_samples=10, test_adds_unused_pool=True),
-}
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One line of the results table.
-
-    Attributes:
-        name: key in the outputs.
-        strategy: the query strategy (``QueryConfig.strategy``).
-        pseudo: pseudo-labelling of the fine-tuning (``none``, ``selective``, ``all``).
-        label: text in the table.
-        seeded: the query is random: run it with every random seed.
-        assft_query: the arm uses the ASSFT query settings (``--assft-query`` overrides).
-        query_overrides: ``QueryConfig`` fields the arm sets on top (a query variant, issue 15 item 3).
-    """
-
-    name: str
-    strategy: str
-    pseudo: str
-    label: str
-    seeded: bool = False
-    assft_query: bool = False
-    query_overrides: Tuple[Tuple[str, Any], ...] = ()
-
-
-ARMS = (
-    Arm("random", "random", "none", "random", seeded=True),
-    Arm("mean_entropy", "mean_entropy", "none", "mean entropy"),
-    Arm("coreset", "coreset", "none", "k-centre coreset"),
-    Arm("clasp_pe", "clasp_pe", "none", "ClaSP PE (volume level)"),
-    Arm("mc_dropout", "mc_dropout", "none", "MC dropout (epistemic)"),
-    Arm("fg_random", "fg_random", "none", "foreground-aware random", seeded=True),
-    Arm("bald", "bald", "none", "BALD (MC-dropout mutual information)"),
-    Arm("assft", "assft", "selective", "**ASSFT** (DKD+ASD, selective pseudo-labels)", assft_query=True),
-    Arm("dkd_only", "dkd_only", "selective", "ablation: DKD only (+ selective)", assft_query=True),
-    Arm("asd_only", "asd_only", "selective", "ablation: ASD only (+ selective)", assft_query=True),
-    Arm("assft_no_pseudo", "assft", "none", "ablation: ASSFT query, no pseudo-labels", assft_query=True),
-    Arm("assft_all_pseudo", "assft", "all", "ablation: ASSFT query, all pseudo-labels", assft_query=True),
-    # query variants with labels-only fine-tuning (issue 15 item 3: which scores earn their weight)
-    Arm("assft_class_balanced_no_pseudo", "assft", "none", "variant: ASSFT query, class-balanced ASD, no pseudo-labels",
-        assft_query=True, query_overrides=(("asd_reduce", "class_balanced"),)),
-    Arm("asd_only_no_pseudo", "asd_only", "none", "variant: ASD only, no pseudo-labels", assft_query=True),
-    Arm("dkd_only_no_pseudo", "dkd_only", "none", "variant: DKD only, no pseudo-labels", assft_query=True),
-    Arm("assft_two_stage_no_pseudo", "assft", "none",
-        "variant: ASSFT query, diversity first (two-stage), no pseudo-labels", assft_query=True,
-        query_overrides=(("combine", "two_stage"),)),
-    Arm("random_selective", "random", "selective", "control: random query + selective pseudo-labels", seeded=True),
-)
-
-
-# --------------------------------------------------------------------------------------------------- helpers
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def machine() -> Dict[str, Any]:
-    """Where the numbers were measured."""
-    import torch
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 1024 ** 2:.1f} GiB"
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram": ram, "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform(), "gpu": torch.cuda.is_available(),
-            "load_average_at_start": [round(x, 2) for x in load]}
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True)
-        return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
-
-
-def split_budget(budget: int, rounds: int) -> List[int]:
-    """Round sizes: the product's schedule (``ASSFTActive.query.round_budgets``, what ``assft rank --rounds``
-    follows): ``budget`` split as evenly as possible over ``min(rounds, budget)`` rounds, larger first."""
-    from ASSFTActive.query import round_budgets
-
-    return round_budgets(budget, rounds)
-
-
-aubc = query_stats.aubc
-
-
-# ------------------------------------------------------------------------------------------------ the run
-
-
-@dataclass
-class Experiment:
-    """Resolved settings of one run (written to the JSON)."""
-
-    profile: str
-    tag: str
-    data: str
-    pool: List[str]
-    test: List[str]
-    budgets: List[int]
-    rounds: int
-    shift: Dict[str, Any]
-    train: Dict[str, Any]
-    semi_iterations: int
-    pseudo: Dict[str, Any]
-    assft_query: Dict[str, Any]
-    random_seeds: List[int]
-    train_seeds: List[int]
-    mc_samples: int
-    workers: int
-    arms: List[str]
-    command: str
-    guard: bool = True
-    anatomy: str = "hippocampus"
-    model: str = "default"
-
-
-def resolve(args: argparse.Namespace) -> Experiment:
-    from ASSFTActive.finetune.config import PseudoLabelConfig, TrainConfig
-    from ASSFTActive.io import case_id
-    from ASSFTActive.query import QueryConfig
-    from Testing.Benchmarks.harness.shifts import ShiftConfig, benchmark_shift
-    from Testing.Benchmarks.harness.splits import read_reserved
-
-    profile = PROFILES[args.profile]
-    anatomy = ANATOMIES[args.anatomy]
-    data = Path(args.data) if args.data is not None else anatomy.data
-    if not (data / "imagesTr").is_dir():
-        sys.exit(f"error: {data} has no imagesTr folder; pass --data <{anatomy.name} data folder>.")
-    reserved = read_reserved(data / "reserved.txt")
-    if not reserved:
-        sys.exit(f"error: {data / 'reserved.txt'} is missing or empty; it must list the reserved cases.")
-    split = anatomy_split(anatomy, [case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))], reserved)
-    pool_size = args.pool_size if args.pool_size is not None else profile.pool_size
-    test_size = args.test_size if args.test_size is not None else profile.test_size
-    pool = whole_groups(split.target_pool[args.pool_offset:], pool_size, anatomy)
-    test = list(split.target_test[args.test_offset:])
-    if profile.test_adds_unused_pool:
-        test += [c for c in split.target_pool if c not in set(pool)]
-    test = test[:test_size] if test_size else test
-    overlap = set(reserved) & (set(pool) | set(test))
-    if overlap:  # split_cases already drops them; this guards the rule itself
-        sys.exit(f"error: reserved cases {sorted(overlap)} reached the benchmark.")
-    budgets = sorted(args.budgets or profile.budgets)
-    if max(budgets) > len(pool):
-        sys.exit(f"error: budget {max(budgets)} exceeds the pool of {len(pool)} cases.")
-    preset = benchmark_shift(anatomy.name, args.shift)  # --shift-kind / --shift-strength override its parts
-    shift = ShiftConfig(kind=args.shift_kind or preset.kind,
-                        strength=preset.strength if args.shift_strength is None else args.shift_strength,
-                        seed=args.shift_seed)
-    model = resolve_model(anatomy, args.model)
-    train = TrainConfig(iterations=args.iterations or profile.iterations, seed=0)  # the product's other defaults
-    if args.learning_rate is not None:
-        train = TrainConfig.from_dict({**train.to_dict(), "learning_rate": args.learning_rate})
-    if args.train_config:
-        train = TrainConfig.from_dict({**train.to_dict(), **json.loads(args.train_config)})
-    pseudo = PseudoLabelConfig.from_dict(json.loads(args.pseudo_config)) if args.pseudo_config else PseudoLabelConfig()
-    assft_query = QueryConfig.from_dict(json.loads(args.assft_query)) if args.assft_query else QueryConfig()
-    names = args.arms.split(",") if args.arms else [a.name for a in ARMS]
-    unknown = sorted(set(names) - {a.name for a in ARMS})
-    if unknown:
-        sys.exit(f"error: unknown arm(s) {unknown}; known: {[a.name for a in ARMS]}")
-    return Experiment(
-        profile=args.profile, tag=args.tag, data=str(data), pool=pool, test=test, budgets=budgets,
-        rounds=args.rounds or profile.rounds, shift=shift.to_dict(), train=train.to_dict(),
-        semi_iterations=args.semi_iterations or profile.semi_iterations, pseudo=pseudo.to_dict(),
-        assft_query={k: v for k, v in assft_query.to_dict().items() if k not in ("strategy", "seed")},
-        random_seeds=list(range(args.random_seeds or profile.random_seeds)),
-        train_seeds=list(range(args.train_seeds or profile.train_seeds)),
-        mc_samples=args.mc_samples or profile.mc_samples, workers=args.workers, arms=names, guard=not args.no_guard,
-        anatomy=anatomy.name, model=model,
-        command=" ".join(["PYTHONPATH=. .venv/bin/python", "Testing/Benchmarks/annotation_efficiency.py"]
-                         + sys.argv[1:]),
-    )
-
-
-def query_config(arm: Arm, seed: int, exp: Experiment):
-    from ASSFTActive.query import QueryConfig
-
-    base = dict(exp.assft_query) if arm.assft_query else {}
-    return QueryConfig.from_dict({**base, **dict(arm.query_overrides), "strategy": arm.strategy, "seed": seed,
-                                  "mc_samples": exp.mc_samples})
-
-
-_EVIDENCE_CACHE: Dict[str, List[Any]] = {}
-
-
-def pool_evidence(analysis: Dict[str, Dict[str, Any]], config, exp: Experiment) -> List[Any]:
-    """``CaseEvidence`` of every pool case under ``config`` (cached: the strategy and seed do not change it)."""
-    key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("strategy", "seed")}, sort_keys=True)
-    if key not in _EVIDENCE_CACHE:
-        _EVIDENCE_CACHE[key] = [ae_tasks.summarize(analysis[c], config) for c in exp.pool]
-    return _EVIDENCE_CACHE[key]
-
-
-def first_round(arm: Arm, seed: int, size: int, analysis: Dict[str, Dict[str, Any]], exp: Experiment,
-                total_rounds: int) -> List[str]:
-    """Round-0 batch of one arm from the shared cold-start analysis (what ``assft rank`` selects)."""
-    from ASSFTActive.query import select
-
-    config = query_config(arm, seed, exp)
-    evidence = pool_evidence(analysis, config, exp)
-    return list(select(evidence, size, config, round_index=0, total_rounds=total_rounds).selected_ids)
-
-
-def run(exp: Experiment, out_stem: Path) -> Dict[str, Any]:
-    started = time.perf_counter()
-    work = tempfile.mkdtemp(prefix="annotation-efficiency-")
-    image_dir = write_shifted_pool(exp, Path(work))
-    setup = ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=tuple(exp.test), shift=exp.shift,
-                           train=exp.train, semi_iterations=exp.semi_iterations, pseudo=exp.pseudo,
-                           guard=exp.guard, image_dir=str(image_dir), model=exp.model)
-    try:
-        return _run(exp, setup, started)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def write_shifted_pool(exp: Experiment, work: Path) -> Path:
-    """The shifted pool volumes as NIfTI files (``adapt_model`` reads its images from disk)."""
-    from ASSFTActive.io import write_volume
-
-    folder = work / "images"
-    ae_tasks.init_worker(ae_tasks.Setup(data=exp.data, pool=tuple(exp.pool), test=(), shift=exp.shift, train={},
-                                        semi_iterations=0, pseudo={}, model=exp.model), threads=1)
-    for case in exp.pool:
-        image = ae_tasks.shifted_case(case)[0]
-        write_volume(image, folder / f"{case}.nii.gz")
-    ae_tasks._STATE.clear()
-    return folder
-
-
-def _run(exp: Experiment, setup: ae_tasks.Setup, started: float) -> Dict[str, Any]:
-    arms = [a for a in ARMS if a.name in exp.arms]
-    context = multiprocessing.get_context("spawn")
-    timings: Dict[str, float] = {}
-    with futures.ProcessPoolExecutor(max_workers=exp.workers, mp_context=context, initializer=ae_tasks.init_worker,
-                                     initargs=(setup, 1)) as pool:
-        # phase 0: one cold-start pass of the pre-trained model over the pool (with MC-dropout samples)
-        t0 = time.perf_counter()
-        wants_mc = any(a.strategy in ae_tasks.MC_STRATEGIES for a in arms)
-        chunks = [exp.pool[i::exp.workers * 2] for i in range(exp.workers * 2)]
-        jobs = [pool.submit(ae_tasks.analyse_cases, chunk, None, exp.mc_samples if wants_mc else 0, "cold")
-                for chunk in chunks if chunk]
-        floor_job = pool.submit(ae_tasks.train_and_evaluate, [], "none", 0)
-        analysis = {a["case_id"]: a for job in jobs for a in job.result()}
-        timings["cold_start_analysis_s"] = time.perf_counter() - t0
-        log(f"cold-start analysis of {len(analysis)} pool volumes: {timings['cold_start_analysis_s']:.1f} s "
-            f"(MC dropout {'on' if wants_mc else 'off'})")
-
-        # phase A: which volumes each arm labels, per budget (and random seed)
-        t0 = time.perf_counter()
-        selections: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
-        path_jobs = {}
-        for arm in arms:
-            seeds = exp.random_seeds if arm.seeded else [0]
-            for seed in seeds:
-                for budget in exp.budgets:
-                    sizes = split_budget(budget, exp.rounds)
-                    first = first_round(arm, seed, sizes[0], analysis, exp, len(sizes))
-                    key = (arm.name, seed, budget)
-                    if len(sizes) == 1:
-                        selections[key] = {"labeled": first, "rounds": [{"selected": first}]}
-                        continue
-                    # arms sharing a query share a path
-                    query_key = (arm.strategy, arm.assft_query, arm.query_overrides, seed, budget)
-                    if query_key not in path_jobs:
-                        config = query_config(arm, seed, exp).to_dict()
-                        path_jobs[query_key] = pool.submit(ae_tasks.query_path, f"{arm.strategy}-{seed}-{budget}",
-                                                           config, first, sizes, exp.train_seeds[0], exp.mc_samples)
-                    selections[key] = path_jobs[query_key]
-        for key, value in list(selections.items()):
-            if isinstance(value, futures.Future):
-                selections[key] = value.result()
-        timings["selection_s"] = time.perf_counter() - t0
-        log(f"selections done: {len(selections)} ({len(path_jobs)} multi-round paths) in "
-            f"{timings['selection_s']:.1f} s")
-
-        # phase B: fine-tune and evaluate every distinct (labelled set, pseudo mode, training seed) once
-        t0 = time.perf_counter()
-        runs: Dict[Tuple[Tuple[str, ...], str, int], futures.Future] = {}
-        for arm in arms:
-            for seed in (exp.random_seeds if arm.seeded else [0]):
-                for budget in exp.budgets:
-                    labeled = tuple(sorted(selections[(arm.name, seed, budget)]["labeled"]))
-                    for train_seed in exp.train_seeds:
-                        key = (labeled, arm.pseudo, train_seed)
-                        if key not in runs:
-                            runs[key] = pool.submit(ae_tasks.train_and_evaluate, list(labeled), arm.pseudo,
-                                                    train_seed)
-        for train_seed in exp.train_seeds:
-            key = (tuple(sorted(exp.pool)), "none", train_seed)
-            runs.setdefault(key, pool.submit(ae_tasks.train_and_evaluate, list(exp.pool), "none", train_seed))
-        log(f"{len(runs)} distinct fine-tuning runs queued on {exp.workers} worker(s)")
-        done = 0
-        for job in futures.as_completed(list(runs.values())):
-            result = job.result()
-            done += 1
-            log(f"  run {done}/{len(runs)}: mean Dice {result['mean_dice']:.3f} "
-                f"({result['train'].get('pseudo_mode')}, {result['seconds']:.1f} s)")
-        results = {key: job.result() for key, job in runs.items()}
-        floor = floor_job.result()
-        timings["finetune_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - started
-
-    train_seconds = [r["train"]["seconds"] for r in results.values()]
-    timings["mean_train_seconds_per_run"] = float(np.mean(train_seconds))
-    arm_rows: Dict[str, Any] = {}
-    for arm in arms:
-        per_budget = {}
-        for budget in exp.budgets:
-            entries = []
-            for seed in (exp.random_seeds if arm.seeded else [0]):
-                selection = selections[(arm.name, seed, budget)]
-                labeled = tuple(sorted(selection["labeled"]))
-                for train_seed in exp.train_seeds:
-                    r = results[(labeled, arm.pseudo, train_seed)]
-                    entries.append({"query_seed": seed, "train_seed": train_seed, "labeled": selection["labeled"],
-                                    "rounds": selection["rounds"], "mean_dice": r["mean_dice"],
-                                    "per_class": r["per_class"], "per_case": r["per_case"], "train": r["train"],
-                                    "selected_pretrained_dice": float(np.mean([analysis[c]["dice"]
-                                                                                for c in selection["labeled"]]))})
-            dice = [e["mean_dice"] for e in entries]
-            per_budget[budget] = {"mean": float(np.mean(dice)), "sd": float(np.std(dice, ddof=1)) if len(dice) > 1
-                                  else None, "n": len(dice), "runs": entries}
-        arm_rows[arm.name] = {"label": arm.label, "strategy": arm.strategy, "pseudo": arm.pseudo,
-                              "budgets": per_budget,
-                              "aubc": aubc(exp.budgets, [per_budget[b]["mean"] for b in exp.budgets]),
-                              "aubc_runs": query_stats.aubc_runs({b: per_budget[b]["runs"] for b in exp.budgets},
-                                                                 aubc)}
-    ceiling_runs = [results[(tuple(sorted(exp.pool)), "none", s)] for s in exp.train_seeds]
-    pool_dice = {c: analysis[c]["dice"] for c in exp.pool}
-    return {
-        "experiment": asdict(exp), "machine": MACHINE, "git": MACHINE["git"], "timings": timings,
-        "floor": {"mean_dice": floor["mean_dice"], "per_class": floor["per_class"], "per_case": floor["per_case"]},
-        "ceiling": {"mean": float(np.mean([r["mean_dice"] for r in ceiling_runs])),
-                    "sd": float(np.std([r["mean_dice"] for r in ceiling_runs], ddof=1)) if len(ceiling_runs) > 1
-                    else None, "n": len(ceiling_runs), "runs": [{k: r[k] for k in ("mean_dice", "per_class",
-                                                                                   "per_case")}
-                                                                for r in ceiling_runs]},
-        "arms": arm_rows,
-        "pool_diagnostics": diagnostics(analysis, exp),
-        "pool_pretrained_dice": pool_dice,
-        # cold-start evidence under the ASSFT query settings, to replay any selection offline
-        "pool_evidence": [e.to_dict() for e in pool_evidence(
-            analysis, query_config(next(a for a in ARMS if a.name == "assft"), 0, exp), exp)],
-    }
-
-
-def diagnostics(analysis: Dict[str, Dict[str, Any]], exp: Experiment) -> Dict[str, Any]:
-    """How well each cold-start score predicts where the pre-trained model fails (Spearman rho with 1 - Dice).
-
-    Uses the hidden pool labels, so it is a diagnosis of the scores, never an input of any selector. The scores
-    and the correlation are the product's (``ASSFTActive.query.score_error_correlations``): ASD voxel mean and
-    class-balanced, ClaSP PE class mean and plain, mean entropy, DKD and KD (constant at cold start, so no
-    correlation), MC-dropout epistemic and BALD when the passes were run.
-    """
-    from ASSFTActive.query import QueryConfig, RegionSpec, region_sums
-    from Testing.Benchmarks.harness.diagnostics import score_error_correlations
-
-    config = QueryConfig.from_dict({**exp.assft_query, "strategy": "assft", "mc_samples": exp.mc_samples})
-    evidence = pool_evidence(analysis, config, exp)
-    error = np.array([1.0 - analysis[c]["dice"] for c in exp.pool])
-    spec = RegionSpec.from_config(config)
-    sums = [region_sums(analysis[c]["probs"].astype(np.float32), spec) for c in exp.pool]
-    extra = {}
-    for key, name in (("epistemic", "mc_dropout"), ("mutual_information", "bald")):
-        if all(analysis[c].get(key) is not None for c in exp.pool):
-            extra[name] = [analysis[c][key] for c in exp.pool]
-    result = score_error_correlations(sums, error, config, evidence=evidence, extra=extra)
-    return {"score_vs_pretrained_error": {name: r.to_dict() for name, r in result.items()},
-            "pool_pretrained_mean_dice": float(np.mean(1 - error)),
-            "pool_pretrained_dice_range": [float(np.min(1 - error)), float(np.max(1 - error))]}
-
-
-# -------------------------------------------------------------------------------------------------- report
+#: How a report names each anatomy's split unit and classes (the anatomies of the committed issue-15 reports).
+ANATOMY_TEXT = {"hippocampus": ("case", "the two hippocampus classes"), "acdc": ("patient", "RV, myocardium and LV")}
 
 
 def _home_relative(path: str) -> str:
@@ -723,8 +199,9 @@ def markdown(report: Dict[str, Any]) -> str:
     m = report["machine"]
     t = report["timings"]
     guard = "on" if exp.get("guard", True) else "off"
-    anatomy = ANATOMIES[exp.get("anatomy", "hippocampus")]
-    where = "" if anatomy.name == "hippocampus" else f", {anatomy.name}"
+    anatomy_name = exp.get("anatomy", "hippocampus")
+    grouping, classes = ANATOMY_TEXT[anatomy_name]
+    where = "" if anatomy_name == "hippocampus" else f", {anatomy_name}"
     lines = [f"# Annotation efficiency ({exp['profile']} profile{where}{' ' + exp['tag'] if exp['tag'] else ''})",
              ""]
     lines += [
@@ -750,10 +227,10 @@ def markdown(report: Dict[str, Any]) -> str:
     for index, part in enumerate(exp.get("merged_from", [])):
         lines.insert(3 + index, f"- Merged from `{part['file']}` (revision {part['git']}, "
                                 f"{part['total_s'] / 60:.1f} min): `{part['command']}`")
-    if anatomy.name != "hippocampus":
-        lines.insert(3, f"- Anatomy: {anatomy.name}, pre-trained model `{_home_relative(exp['model'])}` (split by "
-                        f"{anatomy.grouping})")
-    lines += ["", f"Mean target-test Dice (mean of {anatomy.classes}); ± is the standard deviation over "
+    if anatomy_name != "hippocampus":
+        lines.insert(3, f"- Anatomy: {anatomy_name}, pre-trained model `{_home_relative(exp['model'])}` (split by "
+                        f"{grouping})")
+    lines += ["", f"Mean target-test Dice (mean of {classes}); ± is the standard deviation over "
               "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
               "normalised area under the Dice-versus-budget curve on a log2 budget axis, ± the spread of the "
               "per-run AUBCs.", ""]
@@ -918,45 +395,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line (a function so that tests can resolve an experiment without running it)."""
+    """The command line: re-render or merge committed reports (the computing path is the harness's)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--anatomy", choices=sorted(ANATOMIES), default="hippocampus",
-                        help="data folder, split, pre-trained model and shifts of this anatomy (default hippocampus)")
-    parser.add_argument("--data", type=Path, help="data folder (default: ../shared/data/<anatomy>)")
-    parser.add_argument("--model", help="pre-trained model folder or card.json (default: the anatomy's: the embedded "
-                                        "default for hippocampus, ~/.cache/assft/acdc-source for acdc)")
-    parser.add_argument("--shift", choices=("mild", "harsh"), default="harsh",
-                        help="the anatomy's mild or harsh shift (harness.shifts.BENCHMARK_SHIFTS; hippocampus: "
-                             "scanner 0.3 / 0.7)")
-    parser.add_argument("--shift-kind", choices=("gamma", "inversion", "bias_field", "noise", "blur", "scanner"),
-                        help="override the kind of --shift")
-    parser.add_argument("--shift-strength", type=float, help="override the strength of --shift")
-    parser.add_argument("--shift-seed", type=int, default=0)
-    parser.add_argument("--budgets", type=int, nargs="+", help="override the profile's budgets")
-    parser.add_argument("--rounds", type=int, help="query rounds per budget (profile default)")
-    parser.add_argument("--pool-size", type=int, help="target-pool cases (0 = all)")
-    parser.add_argument("--test-size", type=int, help="target-test cases (0 = all)")
-    parser.add_argument("--pool-offset", type=int, default=0,
-                        help="skip this many target-pool cases (a disjoint development pool for tuning)")
-    parser.add_argument("--test-offset", type=int, default=0,
-                        help="skip this many target-test cases (a disjoint development test set for tuning)")
-    parser.add_argument("--iterations", type=int, help="supervised fine-tuning steps per run")
-    parser.add_argument("--semi-iterations", type=int, help="second-stage steps per run")
-    parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default: the product's)")
-    parser.add_argument("--random-seeds", type=int, help="number of random-query seeds")
-    parser.add_argument("--train-seeds", type=int, help="number of training seeds per arm")
-    parser.add_argument("--mc-samples", type=int, help="MC-dropout passes")
-    parser.add_argument("--arms", help=f"comma-separated subset of {','.join(a.name for a in ARMS)}")
-    parser.add_argument("--assft-query", help="JSON QueryConfig overrides for the ASSFT arms, e.g. "
-                                              "'{\"asd_reduce\": \"class_balanced\"}'")
-    parser.add_argument("--pseudo-config", help="JSON PseudoLabelConfig overrides, e.g. '{\"keep_fraction\": 0.3}'")
-    parser.add_argument("--train-config", help="JSON TrainConfig overrides, e.g. '{\"pseudo_weight\": 0.5}'")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes, one torch thread each (default: CPU cores)")
-    parser.add_argument("--no-guard", action="store_true",
-                        help="use every adapted model, whatever Adapt Model's guard would decide (one training run "
-                             "per arm instead of folds + 1)")
     parser.add_argument("--tag", default="", help="suffix of the output names (for variants)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -1046,7 +486,7 @@ def render(json_path: Path) -> None:
 
 
 def main() -> None:
-    global ARGS, MACHINE
+    global ARGS
     ARGS = build_parser().parse_args()
     if ARGS.report is not None:
         render(ARGS.report)
@@ -1069,19 +509,11 @@ def main() -> None:
         ARGS.out_dir.mkdir(parents=True, exist_ok=True)
         write_report(merged, stem)
         return
-    MACHINE = {**machine(), "git": git_revision()}  # the revision the run started from
-    exp = resolve(ARGS)
-    ARGS.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = report_stem(ARGS.out_dir, exp.anatomy, exp.profile, exp.tag)
-    log(f"{exp.anatomy}, profile {exp.profile}: pool {len(exp.pool)}, test {len(exp.test)}, budgets {exp.budgets}, "
-        f"rounds {exp.rounds}, arms {len(exp.arms)}, workers {exp.workers}; machine {MACHINE['nproc']} cores")
-    report = run(exp, stem)
-    write_report(report, stem)
-    log(f"wrote {stem}.md, .json, .png; wall time {report['timings']['total_s'] / 60:.1f} min")
+    raise SystemExit("error: pass --report JSON or --merge JSON...; runs are made by the benchmark harness now: "
+                     "python -m Testing.Benchmarks.harness run --profile development (see RESULTS.md)")
 
 
 ARGS: argparse.Namespace
-MACHINE: Dict[str, Any]
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
-"""The annotation-efficiency benchmark on a second anatomy: ``--anatomy acdc`` picks ACDC's data folder, split by
-patient, source model and shifts; ``--anatomy hippocampus`` (the default) resolves as before.
+"""The benchmark harness on its second anatomy: ACDC tasks pick ACDC's data folder, split by patient, source model
+and shifts; ACDC-Path keeps the two diagnoses its source model never saw.
 
 Nothing here trains or needs the trained ACDC source model: the model is a card written from
-``scripts/train_acdc_source.py``'s ``CARD`` (resolving an experiment reads the card, not the weights). Parts that
+``scripts/train_acdc_source.py``'s ``CARD`` (resolving a card reads the card, not the weights). Parts that
 read the shared data skip saying so when it is absent.
 """
 
@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import HIPPOCAMPUS, REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA
 
+from Testing.Benchmarks.harness import tasks, work
 from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, ShiftConfig, ShiftKind, benchmark_shift
+from Testing.Benchmarks.harness.splits import acdc_patient
 
 ACDC = SHARED_DATA / "acdc"
 BENCHMARKS = REPO / "Testing" / "Benchmarks"
@@ -30,11 +33,6 @@ def load(name: str, path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load("annotation_efficiency", BENCHMARKS / "annotation_efficiency.py")
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +70,10 @@ def test_every_benchmark_anatomy_has_a_mild_shift_weaker_than_its_harsh_one():
         benchmark_shift("acdc", "medium")
 
 
-def test_the_benchmark_looks_for_the_acdc_model_where_the_training_script_writes_it(bench, train_script):
-    assert bench.ACDC_SOURCE_MODEL == train_script.DEFAULT_OUT
-    assert bench.ANATOMIES["acdc"].model == str(train_script.DEFAULT_OUT)
+def test_the_harness_looks_for_the_acdc_models_where_the_training_script_writes_them(train_script):
+    assert Path(tasks.ACDC_SOURCE_MODEL) == train_script.DEFAULT_OUT
+    assert tasks.ANATOMIES["acdc"].model == tasks.ACDC_SOURCE_MODEL
+    assert "--split acdc_path" in tasks.ANATOMIES["acdc_path"].make_model
     assert not str(train_script.DEFAULT_OUT.expanduser().resolve()).startswith(str(REPO.resolve()))
 
 
@@ -91,83 +90,26 @@ def test_the_acdc_card_has_four_classes_and_a_patch_fit_for_few_slices(acdc_card
     assert set(card.encoder_stages) <= names
 
 
-def test_a_missing_acdc_model_says_which_script_makes_it(bench, tmp_path):
-    from dataclasses import replace
-
-    anatomy = replace(bench.ANATOMIES["acdc"], model=str(tmp_path / "nowhere"))
-
-    with pytest.raises(SystemExit, match="scripts/train_acdc_source.py"):
-        bench.resolve_model(anatomy, None)
-    with pytest.raises(SystemExit, match="does not exist"):
-        bench.resolve_model(anatomy, str(tmp_path / "elsewhere"))
-
-
-def test_the_default_anatomy_resolves_as_before(bench):
-    need(HIPPOCAMPUS)
-    from ASSFTActive.io import case_id
-    from Testing.Benchmarks.harness.splits import read_reserved, split_cases
-
-    exp = bench.resolve(bench.build_parser().parse_args([]))
-    split = split_cases([case_id(p) for p in sorted((HIPPOCAMPUS / "imagesTr").glob("*.nii.gz"))],
-                        read_reserved(HIPPOCAMPUS / "reserved.txt"))
-
-    assert (exp.anatomy, exp.model, Path(exp.data)) == ("hippocampus", "default", HIPPOCAMPUS)
-    assert exp.shift == ShiftConfig(ShiftKind.SCANNER, 0.7, 0).to_dict()  # the old --shift-kind/--shift-strength
-    assert exp.pool == list(split.target_pool[:36]) and exp.test == list(split.target_test[:20])
-
-
-def test_acdc_resolves_its_data_patient_split_model_and_shifts(bench, acdc_card):
+def test_a_missing_acdc_model_says_which_script_makes_it(tmp_path):
     need(ACDC)
-    from ASSFTActive.io import case_id
-    from Testing.Benchmarks.harness.splits import acdc_patient, read_reserved, split_acdc
-
-    args = ["--anatomy", "acdc", "--model", str(acdc_card), "--shift", "mild", "--pool-size", "0", "--test-size", "0"]
-    exp = bench.resolve(bench.build_parser().parse_args(args))
-    split = split_acdc([case_id(p) for p in sorted((ACDC / "imagesTr").glob("*.nii.gz"))],
-                       read_reserved(ACDC / "reserved.txt"))
-
-    assert (exp.anatomy, Path(exp.data), Path(exp.model)) == ("acdc", ACDC, acdc_card / "card.json")
-    assert exp.shift == BENCHMARK_SHIFTS["acdc"]["mild"].to_dict()
-    assert exp.pool == list(split.target_pool) and exp.test == list(split.target_test)
-    assert not {acdc_patient(c) for c in exp.pool} & {acdc_patient(c) for c in exp.test}
-    harsh = bench.resolve(bench.build_parser().parse_args(args[:4] + ["--shift-strength", "0.95"]))
-    assert harsh.shift == {**BENCHMARK_SHIFTS["acdc"]["harsh"].to_dict(), "strength": 0.95}
+    task = replace(tasks.make_task("acdc_mild", "development", 0), model=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="scripts/train_acdc_source.py"):
+        work.card_of(task)
 
 
-def test_the_power_profile_tests_on_every_case_outside_the_pool_and_never_splits_a_patient(bench, acdc_card):
+def test_acdc_tasks_use_the_patient_split_the_mild_shift_and_patient_clusters(acdc_card):
     need(ACDC)
-    from ASSFTActive.io import case_id
-    from Testing.Benchmarks.harness.splits import acdc_patient, read_reserved, split_acdc
-
-    args = ["--profile", "power", "--anatomy", "acdc", "--model", str(acdc_card), "--pool-size", "23"]
-    exp = bench.resolve(bench.build_parser().parse_args(args))
-    split = split_acdc([case_id(p) for p in sorted((ACDC / "imagesTr").glob("*.nii.gz"))],
-                       read_reserved(ACDC / "reserved.txt"))
-
-    assert exp.pool == list(split.target_pool[:24])  # 23 cases end inside a patient: its other frame joins the pool
-    assert sorted(exp.test) == sorted(set(split.target_test) | set(split.target_pool[24:]))
-    assert not {acdc_patient(c) for c in exp.pool} & {acdc_patient(c) for c in exp.test}
-    assert exp.budgets == [2, 4] and len(exp.random_seeds) >= 5 and len(exp.train_seeds) >= 3
+    task = tasks.make_task("acdc_mild", "development", 0, model=str(acdc_card))
+    assert task.setting.site_of(task.pool[0]).shift == BENCHMARK_SHIFTS["acdc"]["mild"]
+    assert not {acdc_patient(c) for c in task.pool} & {acdc_patient(c) for c in task.eval}
+    assert len(task.pool) == tasks.SETTINGS["acdc_mild"].pool_size
+    assert task.clusters() == [acdc_patient(c) for c in task.eval]
+    assert all(c.replace("frame01", "frame02") in task.eval for c in task.eval if c.endswith("frame01"))
+    assert work.card_of(task).class_names == ("background", "RV", "myocardium", "LV")
 
 
-def test_whole_groups_extends_a_cut_to_the_end_of_its_group(bench):
-    acdc, hippocampus = bench.ANATOMIES["acdc"], bench.ANATOMIES["hippocampus"]
-    cases = ["patient001_frame01", "patient001_frame02", "patient002_frame01", "patient002_frame02"]
-    assert bench.whole_groups(cases, 1, acdc) == cases[:2]
-    assert bench.whole_groups(cases, 2, acdc) == cases[:2]
-    assert bench.whole_groups(cases, 0, acdc) == cases
-    assert bench.whole_groups(["a", "b", "c"], 1, hippocampus) == ["a"]
-
-
-def test_the_workers_load_the_anatomy_model_named_in_the_setup(acdc_card):
-    ae_tasks = load("ae_tasks", BENCHMARKS / "ae_tasks.py")
-    setup = ae_tasks.Setup(data=str(ACDC), pool=(), test=(), shift={}, train={}, semi_iterations=0, pseudo={},
-                           model=str(acdc_card))
-    saved = dict(ae_tasks._STATE)
-    try:
-        ae_tasks._STATE.clear()
-        ae_tasks._STATE.update(setup=setup, volumes={})
-        assert ae_tasks.default_card().class_names == ("background", "RV", "myocardium", "LV")
-    finally:
-        ae_tasks._STATE.clear()
-        ae_tasks._STATE.update(saved)
+def test_acdc_path_tasks_report_the_two_unseen_diagnoses_as_groups():
+    need(ACDC)
+    task = tasks.make_task("acdc_path", "development", 0)
+    assert {task.setting.group_of(c) for c in task.eval} == {"hypertrophic", "abnormal_rv"}
+    assert task.setting.site_of(task.pool[0]).shift is None and task.model == tasks.ACDC_PATH_SOURCE_MODEL

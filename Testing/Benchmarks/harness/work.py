@@ -21,7 +21,7 @@ import numpy as np
 
 from .arms import Arm
 from .shifts import apply_shift
-from .tasks import Task
+from .tasks import ANATOMIES, Task
 
 _CACHE: Dict[str, Any] = {}
 
@@ -37,6 +37,10 @@ def card_of(task: Task):
     key = f"card:{task.model}"
     if key not in _CACHE:
         spec = task.model if task.model == "default" else str(Path(task.model).expanduser())
+        if spec != "default" and not Path(spec).exists():
+            anatomy = ANATOMIES[task.setting.anatomy]
+            raise FileNotFoundError(f"the {anatomy.name} source model {spec} does not exist; train it with "
+                                    f"`{anatomy.make_model}`")
         _CACHE[key] = resolve_card(spec)
     return _CACHE[key]
 
