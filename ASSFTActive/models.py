@@ -35,11 +35,25 @@ from .io import PathLike
 # --------------------------------------------------------------------------------------------- architectures
 
 
+#: The MONAI networks a card may name (``monai:<Name>``): 3D segmentation networks whose constructors were checked to
+#: have no argument that fetches weights (no ``pretrained``, ``weights``, ``url`` or ``download``; a test re-checks
+#: the installed MONAI). Others are refused even when they are network classes: ``EfficientNetBN``,
+#: ``ResNetFeatures`` and ``MILModel`` download from the internet by default (into ``$HOME/.cache``), whatever the card
+#: says.
+ALLOWED_MONAI_NETWORKS = ("AttentionUnet", "BasicUNet", "BasicUNetPlusPlus", "DynUNet", "HighResNet", "MedNeXt",
+                          "SegResNet", "SegResNetDS", "SegResNetDS2", "SwinUNETR", "UNETR", "UNet", "VNet")
+#: A network with more parameters than this (2 GB of float32 weights) is refused before it is allocated: a card with
+#: channels in the tens of thousands is a mistake, not a model.
+MAX_PARAMETERS = 500_000_000
+
+
 def _monai_network(name: str) -> Callable[..., nn.Module]:
-    """The network class ``name`` of ``monai.networks.nets``: only ``torch.nn.Module`` subclasses defined in MONAI.
+    """The network class ``name`` of ``monai.networks.nets``: only ``torch.nn.Module`` subclasses defined in MONAI,
+    and of those only :data:`ALLOWED_MONAI_NETWORKS`.
 
     A card is data from anywhere; resolving any attribute of the namespace would let it call functions (e.g.
-    ``resnet10(pretrained=True)``, which downloads weights) or reach objects like ``__class__``.
+    ``resnet10(pretrained=True)``, which downloads weights) or reach objects like ``__class__``, and some network
+    classes download weights from their constructor by default.
     """
     import inspect
 
@@ -50,7 +64,22 @@ def _monai_network(name: str) -> Callable[..., nn.Module]:
             or not str(getattr(builder, "__module__", "")).startswith("monai.networks")):
         raise ModelError(f"architecture monai:{name} is not a network class (torch.nn.Module) of "
                          "monai.networks.nets; name a network class such as monai:BasicUNet or monai:SwinUNETR.")
+    if name not in ALLOWED_MONAI_NETWORKS:
+        raise ModelError(f"architecture monai:{name} is not one of the networks ASSFT builds: its constructor is not "
+                         "checked to stay off the network (some MONAI networks download weights by default). Use one "
+                         f"of {', '.join('monai:' + n for n in ALLOWED_MONAI_NETWORKS)}.")
     return builder
+
+
+def _parameters_on_meta(builder: Callable[..., nn.Module], arguments: Mapping[str, Any]) -> Optional[int]:
+    """Parameters of the network built on torch's ``meta`` device (shapes only, nothing allocated); ``None`` when it
+    cannot be built there (the real build then reports why)."""
+    try:
+        with torch.device("meta"):
+            network = builder(**dict(arguments))
+    except Exception:
+        return None
+    return sum(p.numel() for p in network.parameters())
 
 
 def _default_out_channels(builder: Callable[..., nn.Module]) -> Optional[int]:
@@ -88,10 +117,19 @@ def build_network(card: ModelCard) -> nn.Module:
     if out_channels is not None and out_channels != card.num_classes:
         raise ModelError(f"{card.path or card.name}: {arch} has out_channels = {out_channels} but class_names lists "
                          f"{card.num_classes} classes; give one class name per output channel (background first).")
+    where = card.path or card.name
+    count = _parameters_on_meta(builder, card.arguments)
+    if count is not None and count > MAX_PARAMETERS:
+        raise ModelError(f"{where}: {arch} with these arguments has {count:,} parameters (more than "
+                         f"{MAX_PARAMETERS:,}); check the channel counts of the card's \"arguments\".")
     try:
         network = builder(**dict(card.arguments))
-    except (TypeError, ValueError, AssertionError, KeyError) as exc:
-        raise ModelError(f"{card.path or card.name}: arguments do not fit {arch}: {type(exc).__name__}: {exc}") from exc
+    except ImportError as exc:  # MONAI's optional imports (OptionalImportError is an ImportError)
+        raise ModelError(f"{where}: {arch} needs an optional package that is not installed ({exc}); install it or "
+                         "choose another architecture.") from exc
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError, NotImplementedError, ZeroDivisionError,
+            RuntimeError, MemoryError) as exc:
+        raise ModelError(f"{where}: arguments do not fit {arch}: {type(exc).__name__}: {exc}") from exc
     names = dict(network.named_modules())
     absent = [s for s in card.encoder_stages if s not in names]
     if absent:

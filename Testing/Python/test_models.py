@@ -183,6 +183,68 @@ def test_card_architectures_are_limited_to_network_classes_of_monai(architecture
         build_network(card)
 
 
+@pytest.mark.parametrize("architecture", ["monai:EfficientNetBN", "monai:ResNetFeatures", "monai:MILModel",
+                                          "monai:DenseNet121"])
+def test_networks_whose_constructors_may_download_are_refused_before_they_are_built(architecture, monkeypatch):
+    """EfficientNetBN, ResNetFeatures and MILModel default to pretrained=True (a download into $HOME/.cache, or a
+    ModuleNotFoundError traceback for torchvision / huggingface_hub); none is ever constructed."""
+    from monai.networks import nets
+
+    name = architecture.split(":")[1]
+    monkeypatch.setattr(nets, name, type(name, (getattr(nets, name),), {"__init__": _never_called,
+                                                                         "__module__": "monai.networks.nets.x"}))
+    card = ModelCard.from_dict(_default_card_data(architecture=architecture,
+                                                  arguments={"spatial_dims": 3, "in_channels": 1, "num_classes": 3}))
+    with pytest.raises(ModelError, match="not one of the networks ASSFT builds"):
+        build_network(card)
+
+
+def _never_called(self, *args, **kwargs):
+    raise AssertionError("the constructor of a refused network ran")
+
+
+def test_every_allowed_network_exists_and_has_no_constructor_argument_that_fetches_weights():
+    import inspect
+
+    from monai.networks import nets
+
+    from ASSFTActive.models import ALLOWED_MONAI_NETWORKS
+
+    for name in ALLOWED_MONAI_NETWORKS:
+        builder = getattr(nets, name)
+        parameters = inspect.signature(builder).parameters
+        fetching = [p for p in parameters if any(w in p.lower() for w in ("pretrain", "weights", "url", "download",
+                                                                             "hub"))]
+        assert inspect.isclass(builder) and fetching == [], (name, fetching)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2],
+      "kernel_size": 0}, "arguments do not fit"),
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4096, 8192, 16384, 32768],
+      "strides": [2, 2, 2]}, "parameters"),
+])
+def test_card_arguments_that_cannot_build_a_network_are_card_errors_not_tracebacks(arguments, message):
+    card = ModelCard.from_dict(_default_card_data(arguments=arguments))
+    with pytest.raises(ModelError, match=message):
+        build_network(card)
+
+
+def test_a_network_needing_a_missing_optional_package_is_a_card_error(monkeypatch):
+    from monai.networks import nets
+    from monai.utils import OptionalImportError
+
+    def needs_einops(self, *args, **kwargs):
+        raise OptionalImportError("required package `einops` is not installed")
+
+    monkeypatch.setattr(nets, "UNETR", type("UNETR", (nets.UNETR,), {"__init__": needs_einops,
+                                                                      "__module__": "monai.networks.nets.unetr"}))
+    card = ModelCard.from_dict(_default_card_data(architecture="monai:UNETR",
+                                                  arguments={"in_channels": 1, "out_channels": 3, "img_size": 32}))
+    with pytest.raises(ModelError, match="needs an optional package that is not installed.*einops"):
+        build_network(card)
+
+
 def test_card_arguments_that_would_download_weights_are_refused():
     with pytest.raises(ModelError, match="fetch weights from the internet"):
         ModelCard.from_dict(_default_card_data(architecture="monai:DenseNet121",
