@@ -41,16 +41,14 @@ from . import fields
 from .guidance import next_step
 from .plot import LEGEND, scores_svg
 from .security import AccessPolicy, install, is_loopback
-from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, LABEL_REFUSAL_MARK, AnnotatorSession, ServeConfig
+from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, AnnotatorSession, ServeConfig
 
 LAYOUT_ID = "ASSFT"
 #: Brush diameter (mm) the Paint effect starts with on Annotate; the segment editor's slider changes it.
 BRUSH_DIAMETER_MM = 4.0
 LOG_LINES = 200
 #: Worker log lines shown under a failed job's error.
-ERROR_LOG_LINES = 15
-#: The engine's refusal ends with command-line advice; the page offers its button instead.
-CLI_ADVICE = "pass --allow-implausible-labels (FinetuneConfig.allow_implausible_labels)"
+ERROR_LOG_LINES = 8
 TRAIN_ANYWAY_WARNING = ("The label checks refused these labels (above). Train anyway uses them as they are: if a "
                         "class is missing, swapped or misplaced, the adapted model learns that mistake.")
 
@@ -91,7 +89,7 @@ class ASSFTWebApp(TrameApp):
         ]))
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self.session = AnnotatorSession(self.slicer_app.scene, self.slicer_app.app_logic, config,
-                                        self._runner_factory)
+                                        self._runner_factory, call_in_main_thread=self._post)
         self.case_view = None
         self.annotated_volume = None
         self.annotated_segmentation = None
@@ -141,8 +139,8 @@ class ASSFTWebApp(TrameApp):
             ranking_caption="Not ranked yet.", plot_svg="", plot_legend=LEGEND, overlay_visible=True,
             overlay_opacity=DEFAULT_OPACITY, regions=[], slice_offsets={}, current_volume="", prefill=False,
             voxel_counts={}, voxel_total=0, annotated_name="", saved_message="", saved=False, job_running=False,
-            job_kind="", job_outcome="", progress=0, status="Ready.", error="", error_details="",
-            can_train_anyway=False, train_anyway_warning=TRAIN_ANYWAY_WARNING, next_step="", log=[],
+            job_kind="", job_outcome="", progress=0, progress_colour="green", status="Ready.", error="",
+            error_details="", can_train_anyway=False, train_anyway_warning=TRAIN_ANYWAY_WARNING, next_step="", log=[],
         )
         editable = {
             "model_text": fields.text("Model"),
@@ -179,7 +177,7 @@ class ASSFTWebApp(TrameApp):
     def _connect_controller(self) -> None:
         c = self.session.controller
         c.statusChanged.connect(self._on_status)
-        c.progressChanged.connect(self._on_progress)
+        c.progressStateChanged.connect(self._on_progress_state)
         c.runningChanged.connect(self._on_running)
         c.logLine.connect(self._on_log)
         c.failed.connect(self._on_failed)
@@ -188,8 +186,11 @@ class ASSFTWebApp(TrameApp):
     def _on_status(self, text: str) -> None:
         self.state.status = text
 
-    def _on_progress(self, fraction: float) -> None:
-        self.state.progress = int(round(100 * float(fraction)))
+    def _on_progress_state(self, progress) -> None:
+        """The whole job's progress (``ASSFTActive.progress.ProgressState``): a bar that only moves forward, in the
+        state's colour (the status line says it in words: time left, then done / failed / cancelled)."""
+        self.state.progress = int(100 * float(progress.fraction))
+        self.state.progress_colour = progress.colour  # the line in words arrives as the status
 
     def _on_running(self, running: bool) -> None:
         self.state.job_running = bool(running)
@@ -199,7 +200,7 @@ class ASSFTWebApp(TrameApp):
 
     def _on_failed(self, message: str, details: str) -> None:
         """The error, and the worker's last lines under it (what it printed before it ended)."""
-        self.state.error = message.replace(CLI_ADVICE, "press Train anyway")
+        self.state.error = message
         lines = [line for line in (details or "").splitlines() if line.strip()]
         if not lines:
             lines = [line for line in self.state.log if line.strip()]
@@ -208,10 +209,8 @@ class ASSFTWebApp(TrameApp):
     def _on_finished(self, outcome) -> None:
         self.state.job_running = False
         self.state.job_outcome = outcome.status
-        self.state.can_train_anyway = (outcome.status == "error" and outcome.kind in ADAPT_KINDS
-                                       and LABEL_REFUSAL_MARK in (outcome.message or ""))
+        self.state.can_train_anyway = bool(outcome.labelsRefused) and outcome.kind in ADAPT_KINDS
         if outcome.status == "done":
-            self.state.progress = 100
             self.state.ranking_round += 1
             model = self.session.model_description()
             self.state.model_description = model
@@ -294,7 +293,6 @@ class ASSFTWebApp(TrameApp):
             self.state.job_running = True
             self.state.job_kind = f"{kind} running"
             self.state.job_outcome = "running"
-            self.state.progress = 0
         self._update_next_step()
 
     def rank(self) -> None:
@@ -450,7 +448,7 @@ class ASSFTWebApp(TrameApp):
         with html.Div(classes="pa-2", style="font-size: 13px;"):
             with v3.VAlert(v_if=("error",), type="error", density="compact", closable=True, id="error_message",
                            classes="mb-2 text-caption", style="overflow-wrap: anywhere;"):
-                html.Div("{{ error }}")
+                html.Div("{{ error }}", id="error_text")
                 html.Pre("{{ error_details }}", v_if=("error_details",), id="error_details",
                          style="white-space: pre-wrap; max-height: 160px; overflow-y: auto; font-size: 11px; "
                                "margin-top: 4px; background: rgba(0,0,0,0.25); padding: 4px;")
@@ -489,8 +487,7 @@ class ASSFTWebApp(TrameApp):
                 v3.VBtn("Cancel", click=self.cancel, disabled=("!job_running",), color="error", size="small",
                         variant="outlined", id="btn_cancel")
             v3.VProgressLinear(model_value=("progress",), height=12, id="job_progress", striped=("job_running",),
-                               color=("job_outcome === 'error' ? 'red' : (job_outcome === 'cancelled' ? 'grey' "
-                                      ": 'green')",))
+                               color=("progress_colour",))
             html.Div("{{ progress }}% | {{ job_kind }} | {{ status }}", id="job_status",
                      classes="text-caption mb-1", style="overflow-wrap: anywhere;")
             html.Div("{{ next_step }}", id="next_step", classes="text-body-2 mb-2 pa-1",

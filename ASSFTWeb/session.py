@@ -30,9 +30,6 @@ from .label_files import SavedLabel, save_label_file
 
 #: Default overlay display, as in the Slicer panel.
 DEFAULT_THRESHOLD, DEFAULT_OPACITY = 0.2, 0.5
-#: The name of the setting the engine's label-check refusals end with (``FinetuneConfig.allow_implausible_labels``,
-#: also ``SfrConfig``'s): a failed Adapt whose message names it was refused by the label checks.
-LABEL_REFUSAL_MARK = "allow_implausible_labels"
 
 
 @dataclass
@@ -86,30 +83,29 @@ class ServeConfig:
 class _JobSettings:
     """The scene logic as the job controller sees it, with the server's store and engine settings in every job.
 
-    The job is built by the module's own :meth:`ASSFTSceneLogic.prepareJob` from what the controller passes (the
-    panel's query rounds among it); only the server's store and its ``--query-json`` / ``--finetune-json`` settings
-    are added here, the controller's ``query`` keys deciding over the server's.
+    The job is planned by the module's own :meth:`ASSFTSceneLogic.planJob` from what the controller passes (the
+    panel's query rounds, the adapt method, "Train anyway"); only the server's store and its ``--query-json`` /
+    ``--finetune-json`` settings are added here, the controller's keys deciding over the server's.
     """
 
     def __init__(self, logic: ASSFTSceneLogic, config: ServeConfig):
         self._logic = logic
         self._config = config
-        #: True for the next job only: the label checks' refusals become warnings ("Train anyway").
-        self.allow_implausible_labels = False
 
     def __getattr__(self, name):
         return getattr(self._logic, name)
 
-    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, query=None, sfr=None):
-        finetune = dict(self._config.finetune)
-        if self.allow_implausible_labels:  # an sfr job reads the setting from its sfr block, adapt from finetune
-            if kind == "sfr":
-                sfr = {**(sfr or {}), LABEL_REFUSAL_MARK: True}
-            else:
-                finetune[LABEL_REFUSAL_MARK] = True
+    def _settings(self, query=None, finetune=None, sfr=None, storeDir=None) -> dict:
+        return {"query": {**self._config.query, **(query or {})},
+                "finetune": {**self._config.finetune, **(finetune or {})}, "sfr": sfr,
+                "storeDir": storeDir or self._config.store_dir}
+
+    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, **settings):
         return self._logic.prepareJob(kind, workDir, model, budget, volumeNodes=volumeNodes,
-                                      query={**self._config.query, **(query or {})}, finetune=finetune,
-                                      sfr=sfr, storeDir=self._config.store_dir)
+                                      **self._settings(**settings))
+
+    def planJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, **settings):
+        return self._logic.planJob(kind, workDir, model, budget, volumeNodes=volumeNodes, **self._settings(**settings))
 
 
 class AnnotatorSession:
@@ -120,14 +116,17 @@ class AnnotatorSession:
         config: :class:`ServeConfig`.
         runner_factory: ``runner_factory(onEvent, onFinished)`` -> a job runner (see ``JobController``); the web app
             passes one whose callbacks arrive on its event loop.
+        call_in_main_thread: ``JobController``'s ``callInMainThread`` (the web app: onto its event loop, so a job's
+            volumes are written off the loop); None writes them before the worker starts, in the calling thread.
     """
 
-    def __init__(self, scene, app_logic, config: ServeConfig, runner_factory: Callable):
+    def __init__(self, scene, app_logic, config: ServeConfig, runner_factory: Callable,
+                 call_in_main_thread: Optional[Callable] = None):
         self.scene = scene
         self.config = config
         self.logic = ASSFTSceneLogic(scene, app_logic)
-        self._settings = _JobSettings(self.logic, config)
-        self.controller = JobController(self._settings, runner_factory, environment=workerEnvironment)
+        self.controller = JobController(_JobSettings(self.logic, config), runner_factory, environment=workerEnvironment,
+                                        callInMainThread=call_in_main_thread)
         self.parameters = WebParameters(workDirectory=config.work_folder, budget=int(config.budget),
                                         queryRounds=queryRoundsValue(config.query.get("rounds",
                                                                                       DEFAULT_QUERY_ROUNDS)))
@@ -241,13 +240,9 @@ class AnnotatorSession:
 
         Args:
             allow_implausible_labels: for this job only, the label checks warn instead of refusing (the page's
-                "Train anyway" after a refusal; ``FinetuneConfig.allow_implausible_labels`` in ``job.json``).
+                "Train anyway" after a refusal; ``JobController.startJob``'s ``trainAnyway``).
         """
-        self._settings.allow_implausible_labels = bool(allow_implausible_labels)
-        try:
-            return self.controller.startJob(kind)
-        finally:
-            self._settings.allow_implausible_labels = False
+        return self.controller.startJob(kind, trainAnyway=bool(allow_implausible_labels))
 
     def cancel(self) -> None:
         self.controller.cancel()

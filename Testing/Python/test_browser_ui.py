@@ -68,6 +68,8 @@ if _REASON:
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
+from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -90,12 +92,13 @@ def _wait_address(process: subprocess.Popen, log: Path, timeout: float = 180.0) 
 
 @pytest.fixture()
 def serve(tmp_path):
-    """``serve(finetune, labels=())``: ``assft serve`` on a copy of four sample volumes plus two files it must skip
-    (and the sample's label files of the cases ``labels``), with ``finetune`` as the engine's fine-tuning settings;
-    every server is stopped by its process id at the end."""
+    """``serve(finetune, labels=(), keep_classes=None)``: ``assft serve`` on a copy of four sample volumes plus two
+    files it must skip (and the sample's label files of the cases ``labels``, with only ``keep_classes`` kept when
+    given), with ``finetune`` as the engine's fine-tuning settings; every server is stopped by its process id at the
+    end."""
     processes = []
 
-    def start(finetune: dict, labels=()) -> dict:
+    def start(finetune: dict, labels=(), keep_classes=None) -> dict:
         data = tmp_path / "data"
         data.mkdir()
         for case in CASES:
@@ -103,6 +106,11 @@ def serve(tmp_path):
         for case in labels:
             (data / "labels").mkdir(exist_ok=True)
             shutil.copy(SAMPLE / "labels" / f"{case}.nii.gz", data / "labels")
+            if keep_classes is not None:  # a half-labelled volume: the other classes erased
+                path = data / "labels" / f"{case}.nii.gz"
+                label = read_volume(path)
+                write_volume(Volume(array=np.where(np.isin(label.array, keep_classes), label.array, 0)
+                                    .astype(np.uint8), affine=label.affine), path)
         (data / "notes.txt").write_text("not a volume\n")
         (data / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
         port = _free_port()
@@ -401,3 +409,89 @@ def test_query_rounds_typed_on_the_page_rank_the_first_rounds_share(serve, chrom
         "Query round 1 of 2 (1 + 1 volumes): 1 volume proposed.")
     assert page.locator("#ranking_table td.row-state").all_inner_texts().count("proposed") == 1
     _shot(page, "08_query_rounds.png")
+
+
+def _in_viewport(page, selector: str) -> bool:
+    return page.evaluate("(s) => { const r = document.querySelector(s).getBoundingClientRect(); "
+                         "return r.top >= 0 && r.left >= 0 && r.bottom <= window.innerHeight "
+                         "&& r.right <= window.innerWidth; }", selector)
+
+
+def _apply_model(page, text: str) -> None:
+    """Type ``text`` into the Model field and press its check mark, as a user does."""
+    page.fill("#model_field", text)
+    _wait_until(lambda: page.evaluate("() => window.trame.state.get('model_text')") == text, 10,
+                "the typed model reaches the server")
+    page.locator(".v-field:has(#model_field) .v-field__append-inner .v-icon").click()
+
+
+def test_a_small_screen_shows_the_round_s_buttons_next_step_and_legends_and_the_model_check_applies(serve, chromium):
+    """1366x768: Rank, Adapt, Annotate and Save visible without scrolling, a next-step line that follows the round,
+    legends for the table and the chart; the Model field's check refuses a missing card and applies a real one (the
+    next Rank's job uses it); the page keeps its secret across a reload and says what to open without it."""
+    served = serve(TINY_FINETUNE)
+    page = chromium.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(served["url"])
+    expect(page.locator("#btn_rank")).to_be_visible(timeout=90_000)
+    for button in ("#btn_rank", "#btn_adapt", "#btn_annotate", "#btn_save"):
+        assert _in_viewport(page, button), f"{button} is below the fold at 1366x768"
+    expect(page.locator("#next_step")).to_contain_text("press Rank Volumes")
+
+    _apply_model(page, "/nowhere/card.json")
+    expect(page.locator("#error_message")).to_contain_text("/nowhere/card.json", timeout=30_000)
+    card = str(REPO / "ASSFTActive" / "resources" / "models" / "hippocampus-unet" / "card.json")
+    _apply_model(page, card)
+    expect(page.locator("#job_status")).to_contain_text("Model set:", timeout=30_000)
+    expect(page.locator("#error_message")).to_have_count(0)
+
+    _rank(page)
+    (job,) = list((served["data"] / ".assft" / "jobs").glob("*-rank"))
+    assert json.loads((job / "job.json").read_text())["model"] == card  # the typed model, not the default
+    expect(page.locator("#next_step")).to_contain_text("click an orange (proposed) row")
+    expect(page.locator("#table_legend")).to_contain_text("proposed for labelling")
+    expect(page.locator("#plot_legend")).to_contain_text("green labeled")
+    assert page.locator("#ranking_table th").nth(2).get_attribute("title").startswith("Diversified knowledge")
+    for button in ("#btn_rank", "#btn_adapt", "#btn_annotate", "#btn_save"):
+        assert _in_viewport(page, button), f"{button} is below the fold at 1366x768 after ranking"
+    time.sleep(2)
+    _shot(page, "09_small_screen_next_step.png")
+
+    page.reload()  # the address bar lost the secret (trame removes it); the tab kept it
+    expect(page.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES), timeout=90_000)
+    bare = chromium.new_page(viewport={"width": 1366, "height": 768})
+    bare.goto(served["url"].split("?", 1)[0])
+    expect(bare.locator("#assft_no_secret")).to_contain_text("Open the address that assft serve printed",
+                                                             timeout=30_000)
+
+
+def test_a_label_check_refusal_shows_the_workers_lines_and_train_anyway_adapts(serve, chromium):
+    """A half-labelled volume (posterior erased): Adapt is refused by the label checks; the page shows the error
+    without command-line advice, the worker's last lines, and Train anyway, which starts an Adapt that allows the
+    labels (written into its job.json)."""
+    served = serve(TINY_FINETUNE, labels=[CASES[0]], keep_classes=[1])
+    page = _open(chromium, served["url"])
+    page.click("#btn_adapt")
+    expect(page.locator("#job_status")).to_contain_text("adapt error", timeout=300_000)
+    error = page.locator("#error_text")  # the message; the worker's own lines follow it in #error_details
+    expect(error).to_contain_text("the labels look wrong")
+    expect(error).to_contain_text("Train anyway")
+    assert "--allow-implausible-labels" not in error.inner_text()
+    expect(page.locator("#error_details")).to_be_visible()
+    assert len(page.inner_text("#error_details").splitlines()) >= 2, page.inner_text("#error_details")
+    expect(page.locator("#train_anyway_box")).to_contain_text("the adapted model learns that mistake")
+    expect(page.locator("#next_step")).to_contain_text("Train anyway")
+    time.sleep(1)
+    _shot(page, "10_label_refusal_train_anyway.png")
+
+    refused = {job.name for job in (served["data"] / ".assft" / "jobs").glob("*-adapt")}
+    page.click("#btn_train_anyway")
+
+    def started() -> list:
+        return [j for j in (served["data"] / ".assft" / "jobs").glob("*-adapt")
+                if j.name not in refused and (j / "job.json").is_file()]
+
+    _wait_until(started, 60, "Train anyway starts another Adapt job")
+    (job,) = started()
+    assert json.loads((job / "job.json").read_text())["finetune"]["allow_implausible_labels"] is True
+    expect(page.locator("#job_status")).to_contain_text(re.compile("adapt (done|error|cancelled)"), timeout=600_000)
+    assert "adapt done" in page.inner_text("#job_status"), page.inner_text("#job_status")

@@ -221,3 +221,30 @@ def test_the_web_server_process_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_train_anyway_turns_the_label_checks_refusal_into_warnings_for_that_one_job(pool):
+    from ASSFTActive.jobs import read_job
+
+    session, _ = pool
+    session.load_pool()
+    anyway = read_job(session.start_job("adapt", allow_implausible_labels=True).jobDir)
+    assert anyway.finetune.get("allow_implausible_labels") is True
+    session.controller._runner.end(1)
+    plain = read_job(session.start_job("adapt").jobDir)  # the next Adapt checks the labels again
+    assert "allow_implausible_labels" not in plain.finetune
+    session.controller._runner.end(1)
+    session.set_adapt_method("sfr")
+    sfr = read_job(session.start_job("adapt", allow_implausible_labels=True).jobDir)
+    assert sfr.kind == "sfr" and sfr.sfr.get("allow_implausible_labels") is True
+
+
+def test_a_label_file_that_is_a_link_is_reported_and_not_used(pool):
+    session, data = pool
+    target = data.parent / "elsewhere.nii.gz"
+    shutil.copy(SAMPLE / "labels" / "hippocampus_011.nii.gz", target)
+    (data / "labels" / "hippocampus_011.nii.gz").unlink()
+    (data / "labels" / "hippocampus_011.nii.gz").symlink_to(target)
+    messages = session.load_pool()
+    assert any(m.startswith("Label file hippocampus_011.nii.gz not used: it is a symbolic link") for m in messages)
+    assert session.voxel_counts(session.volume_node("hippocampus_011")) == {}
