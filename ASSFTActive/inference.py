@@ -45,8 +45,14 @@ from .sliding import stream_sliding_window
 
 
 def default_device() -> torch.device:
-    """CUDA when present, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else Apple's MPS (Apple Silicon; operations MPS lacks fall back to the CPU when the worker's
+    environment sets ``PYTORCH_ENABLE_MPS_FALLBACK=1``, as the Slicer module's does), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, TextIO
 
+from .confine import confined_to
 from .errors import AssftError, CancelledError, JobError
 from .jobs import (
     ADAPT_KINDS,
+    CANCEL_FILE,
     CHECKPOINT_DIR,
     EVENTS_FILE,
     EXIT_CANCELLED,
@@ -62,7 +64,8 @@ CACHE_DIR = ".cache"
 class _Cancel:
     """Cancellation state shared by the signal handler and the progress callback."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancel_file: Optional[Path] = None) -> None:
+        self.cancel_file = cancel_file  # JOB_DIR/cancel: a GUI's polite stop where signals do not reach (Windows)
         self.requested = False
         self.signal_name = ""
         self.interruptible = True  # False from the commit phase on
@@ -77,6 +80,8 @@ class _Cancel:
             raise CancelledError("cancelled")
 
     def check(self) -> None:
+        if not self.requested and self.cancel_file is not None and self.cancel_file.exists():
+            self.requested, self.signal_name = True, "cancel request"
         if self.requested and self.interruptible:
             raise CancelledError("cancelled")
 
@@ -328,7 +333,8 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
         out.flush()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    cancel = _Cancel()
+    (job_dir / CANCEL_FILE).unlink(missing_ok=True)  # a request left from an earlier run of this job
+    cancel = _Cancel(job_dir / CANCEL_FILE)
     previous = {s: signal.signal(s, cancel.handler) for s in (signal.SIGTERM, signal.SIGINT)}
     rank = int(os.environ.get("RANK", "0"))
     channel = _Channel(job_dir, cancel, stdout or sys.stdout, writer=rank == 0)
@@ -349,7 +355,8 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
             if ctx.distributed:
                 channel.emit("phase", phase="start", message=(
                     f"{ctx.world_size} ranks, backend {ctx.backend}, device {ctx.device.type}"))
-            result = _RUNNERS[spec.kind](spec, job_dir, ctx, channel)
+            with confined_to(job_dir):  # no write inside the job folder follows a link, even one planted now
+                result = _RUNNERS[spec.kind](spec, job_dir, ctx, channel)
             cancel.interruptible = False
             if result is not None:
                 write_result(job_dir, result)

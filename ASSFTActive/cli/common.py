@@ -16,9 +16,10 @@ from ..progress import CANCELLED, DONE, FAILED, Event, JobProgress, format_durat
 class Device(str, Enum):
     """The ``--device`` choices of every command and of the worker."""
 
-    AUTO = "auto"  #: :func:`ASSFTActive.inference.default_device` (CUDA when present, else CPU)
+    AUTO = "auto"  #: :func:`ASSFTActive.inference.default_device` (CUDA, else Apple MPS, else CPU)
     CPU = "cpu"
     CUDA = "cuda"
+    MPS = "mps"  #: Apple Silicon GPU
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=[d.value for d in Device], default=Device.AUTO.value,
-                        help="compute device (auto: CUDA when present, else CPU)")
+                        help="compute device (auto: CUDA when present, else Apple MPS, else CPU)")
 
 
 def resolve_device(name: Optional[str]):
@@ -51,6 +52,9 @@ def resolve_device(name: Optional[str]):
         return default_device()
     if choice is Device.CUDA and not torch.cuda.is_available():
         raise InputError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
+    if choice is Device.MPS and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was requested but Apple's MPS is not available (it needs Apple Silicon and "
+                         "macOS 12.3+); use --device cpu or auto.")
     return torch.device(choice.value)
 
 

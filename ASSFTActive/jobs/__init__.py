@@ -27,6 +27,7 @@ from ..query.rounds import RoundPlan
 from .blocks import check_finetune, check_query, check_sfr
 from .files import (
     ADAPT_KINDS,
+    CANCEL_FILE,
     CHECKPOINT_DIR,
     EVENTS_FILE,
     EXIT_CANCELLED,
@@ -62,6 +63,7 @@ from .spec import JobSpec, read_job, write_job
 __all__ = [
     "ADAPT_KINDS",
     "CHECKPOINT_DIR",
+    "CANCEL_FILE",
     "EVENTS_FILE",
     "EXIT_CANCELLED",
     "EXIT_DONE",

@@ -28,6 +28,7 @@ __all__ = [
     "JOB_KINDS",
     "LOG_FILE",
     "RESULT_FILE",
+    "CANCEL_FILE",
     "SFR_METHODS",
     "PathLike",
     "read_events",
@@ -39,6 +40,9 @@ JOB_FILE = "job.json"
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "log.txt"
 RESULT_FILE = "result.json"
+#: Written by a GUI to ask the worker to stop (polled at every event): the polite stop on Windows, where a
+#: console-less child gets no signal the worker could handle.
+CANCEL_FILE = "cancel"
 CHECKPOINT_DIR = "checkpoints"
 JOB_KINDS = ("rank", "adapt", "sfr")
 #: The kinds that adapt the model: they store a new version, decide its activation and pseudo-label the pool.

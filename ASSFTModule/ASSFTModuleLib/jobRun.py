@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from ASSFTActive.jobs import CANCEL_FILE
+
 from .events import EventLineBuffer, WorkerOutput
-from .processTree import ProcessTreeStopper
+from .processTree import NO_WINDOW, ProcessTreeStopper
+from .workerProcess import WORKER_MODULE
 
 #: Seconds the worker gets to stop after Cancel before the remaining processes are killed.
 CANCEL_TIMEOUT_S = 10.0
 #: How often a runner polls a cancelled process tree.
 CANCEL_POLL_S = 0.1
+
+def cancelFileOf(command: Sequence[str]) -> Optional[Path]:
+    """The cancel file of a worker command (``python -m ASSFTActive.worker JOB_DIR``: ``JOB_DIR/cancel``); None for
+    other commands (the device probe, the card check)."""
+    parts = [str(part) for part in command]
+    if len(parts) >= 3 and parts[-2] == WORKER_MODULE:
+        return Path(parts[-1]) / CANCEL_FILE
+    return None
+
 
 OnEvent = Callable[[WorkerOutput], None]
 #: ``onFinished(exitCode, cancelled, errorText)``; ``exitCode`` is -1 for a crash or a failed start.
@@ -44,13 +57,15 @@ class JobRunCore:
         self.cancelled = False
         self.finished = True
         self.stopper: Optional[ProcessTreeStopper] = None
+        self.cancelFile: Optional[Path] = None
         self._buffer = EventLineBuffer()
         self._ended: Optional[tuple] = None
         self._lock = threading.RLock()
 
-    def begin(self) -> None:
-        """A new run starts (the process is being started)."""
+    def begin(self, command: Sequence[str] = ()) -> None:
+        """A new run of ``command`` starts (the process is being started)."""
         with self._lock:
+            self.cancelFile = cancelFileOf(command)
             self._buffer = EventLineBuffer()
             self.pid = None
             self.cancelled = False
@@ -99,7 +114,7 @@ class JobRunCore:
                 return False
             self.cancelled = True
             if self.stopper is None:
-                self.stopper = ProcessTreeStopper(self.pid, self.cancelTimeout)
+                self.stopper = ProcessTreeStopper(self.pid, self.cancelTimeout, cancelFile=self.cancelFile)
                 self.stopper.start()
             return True
 
@@ -151,11 +166,12 @@ class SubprocessJobRunner:
                 self._done.set()
 
         self.core.onFinished = finished
-        self.core.begin()
+        self.core.begin(command)
         try:
             self.process = subprocess.Popen([str(part) for part in command], cwd=str(workingDirectory),
                                             env=dict(environment), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            text=True, encoding="utf-8", errors="replace", bufsize=1)
+                                            text=True, encoding="utf-8", errors="replace", bufsize=1,
+                                            creationflags=NO_WINDOW)
         except OSError as exc:
             self.core.failedToStart(str(exc))
             return

@@ -44,7 +44,7 @@ class JobRunner:
         """Start ``command`` (e.g. ``workerProcess.workerCommand(jobDir)``) with ``environment``."""
         if self.isRunning():
             raise RuntimeError("A job is already running; cancel it or wait for it to finish.")
-        self.core.begin()
+        self.core.begin(command)
         process = qt.QProcess()
         process.setProcessChannelMode(qt.QProcess.MergedChannels)
         processEnvironment = qt.QProcessEnvironment()

@@ -137,15 +137,21 @@ def isRunning(pid: int) -> bool:
     return bool(state) and not state.startswith("Z")
 
 
+#: ``subprocess`` flag that keeps a console window from flashing up on Windows (0 elsewhere).
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0) if IS_WINDOWS else 0
+
+
 def signalProcesses(pids: Iterable[int], force: bool) -> None:
     """Send SIGTERM (or SIGKILL when ``force``) to each process; processes already gone are skipped.
 
-    On Windows every stop is forceful (``TerminateProcess`` through ``taskkill /F``): a console process has no
-    polite stop that reaches Python code.
+    On Windows a stop is forceful (``TerminateProcess`` through ``taskkill /F``, without a console window): a
+    console-less process gets no polite signal that reaches Python code, so the polite stop there is the worker's
+    cancel file (:class:`ProcessTreeStopper`).
     """
     for pid in pids:
         if IS_WINDOWS:
-            subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False,
+                           creationflags=NO_WINDOW)
             continue
         try:
             os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
@@ -156,21 +162,26 @@ def signalProcesses(pids: Iterable[int], force: bool) -> None:
 class ProcessTreeStopper:
     """Stops the process ``rootPid`` and its descendants without cutting the root's output pipe too early.
 
-    :meth:`start` sends the polite signal to the descendants (the launcher's worker); the root gets it when it
+    :meth:`start` writes the worker's cancel file when there is one (``JOB_DIR/cancel``, polled by the worker at
+    every event) and sends the polite signal to the descendants (the launcher's worker); the root gets it when it
     has no descendants (then it is the worker itself) or once they are gone. :meth:`poll` is called until it
     returns True: it kills what is left (the remembered tree plus descendants found since) once ``timeout``
-    seconds have passed. On Windows :meth:`start` kills the whole tree at once, children first.
+    seconds have passed. On Windows the cancel file is the polite stop (no signal); without one the whole tree is
+    killed at once, children first, without console windows.
 
     Args:
         rootPid: the process the caller started (``PythonSlicer`` or ``python``).
-        timeout: seconds between the polite signal and the kill.
+        timeout: seconds between the polite stop and the kill.
         clock: the time source (tests may pass another).
+        cancelFile: the worker's cancel file (``ASSFTActive.jobs.CANCEL_FILE`` in the job folder), or None.
     """
 
-    def __init__(self, rootPid: int, timeout: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rootPid: int, timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 cancelFile=None):
         self.rootPid = int(rootPid)
         self.timeout = float(timeout)
         self.clock = clock
+        self.cancelFile = cancelFile
         self.tree: List[int] = []
         self.killed: List[int] = []
         self._deadline: Optional[float] = None
@@ -187,11 +198,24 @@ class ProcessTreeStopper:
         descendants = descendantPids(self.rootPid)
         self.tree = descendants + [self.rootPid]
         self._deadline = self.clock() + self.timeout
+        asked = self._writeCancelFile()
         if IS_WINDOWS:
-            self._kill(self.tree)
+            self._rootSignalled = True
+            if not asked:
+                self._kill(self.tree)
             return
         self._rootSignalled = not descendants
         signalProcesses(descendants or [self.rootPid], force=False)
+
+    def _writeCancelFile(self) -> bool:
+        if self.cancelFile is None:
+            return False
+        try:
+            with open(self.cancelFile, "w", encoding="utf-8") as handle:
+                handle.write("cancel\n")
+        except OSError:
+            return False
+        return True
 
     def remaining(self) -> List[int]:
         """Processes of the tree still running (descendants found since :meth:`start` included)."""

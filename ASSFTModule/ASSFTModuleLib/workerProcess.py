@@ -34,8 +34,9 @@ DEVICE_PROBE_CODE = (
     "    print(json.dumps({'kind': 'unknown', 'message': 'torch is not installed (%s)' % type(exc).__name__}))\n"
     "else:\n"
     "    gpu = torch.cuda.is_available()\n"
-    "    print(json.dumps({'kind': 'GPU' if gpu else 'CPU', 'torch': torch.__version__,\n"
-    "                      'name': torch.cuda.get_device_name(0) if gpu else ''}))\n"
+    "    mps = not gpu and getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()\n"
+    "    print(json.dumps({'kind': 'GPU' if gpu or mps else 'CPU', 'torch': torch.__version__,\n"
+    "                      'name': torch.cuda.get_device_name(0) if gpu else ('Apple MPS' if mps else '')}))\n"
 )
 
 
@@ -50,7 +51,8 @@ def workerCommand(jobDir, python: Optional[str] = None) -> List[str]:
 
 
 def workerEnvironment(base: Optional[Mapping[str, str]] = None, useGpu: Optional[bool] = None) -> Dict[str, str]:
-    """Environment of the worker: the engine first on ``PYTHONPATH``, unbuffered output.
+    """Environment of the worker: the engine first on ``PYTHONPATH``, unbuffered output, the CPU fallback of
+    Apple's MPS device.
 
     Args:
         base: starting environment (default ``os.environ``).
@@ -60,6 +62,7 @@ def workerEnvironment(base: Optional[Mapping[str, str]] = None, useGpu: Optional
     environment["PYTHONPATH"] = pythonPathWithEngine(environment.get("PYTHONPATH"))
     environment["PYTHONUNBUFFERED"] = "1"
     environment.setdefault("PYTHONIOENCODING", "utf-8")
+    environment.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")  # Apple MPS: operations it lacks run on the CPU
     if useGpu is False:
         environment["CUDA_VISIBLE_DEVICES"] = ""
     return environment

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
@@ -284,3 +285,57 @@ def test_a_half_labelled_volume_is_flagged_with_what_adapt_would_say(tmp_path):
     issues = logic.labelIssues(nodes[0], card)
     assert len(issues) == 1 and "'posterior'" in issues[0]
     assert logic.labelIssues(nodes[1], card) == ()  # case b has both classes
+
+
+def test_windows_cancel_asks_the_worker_first_then_kills_without_console_windows(tmp_path, monkeypatch):
+    """On Windows the polite stop is the job's cancel file; the kill after the timeout runs taskkill with
+    CREATE_NO_WINDOW. (Simulated here: the process look-ups and taskkill are recorded.)"""
+    from ASSFTModuleLib import jobRun, processTree
+
+    calls = []
+    monkeypatch.setattr(processTree, "IS_WINDOWS", True)
+    monkeypatch.setattr(processTree, "NO_WINDOW", 0x08000000)
+    monkeypatch.setattr(processTree, "descendantPids", lambda pid: [pid + 1])
+    alive = {"value": True}
+    monkeypatch.setattr(processTree, "isRunning", lambda pid: alive["value"])
+    monkeypatch.setattr(processTree.subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
+    clock = Clock()
+    jobDir = tmp_path / "job"
+    jobDir.mkdir()
+    cancelFile = jobRun.cancelFileOf(["PythonSlicer", "-m", "ASSFTActive.worker", str(jobDir)])
+    assert cancelFile == jobDir / "cancel"
+    assert jobRun.cancelFileOf(["PythonSlicer", "-m", "ASSFTActive", "check-card", "default"]) is None
+
+    stopper = processTree.ProcessTreeStopper(100, timeout=10.0, clock=clock, cancelFile=cancelFile)
+    stopper.start()
+    assert cancelFile.is_file() and calls == []  # asked, not killed
+    clock.now = 5.0
+    assert not stopper.poll() and calls == []
+    clock.now = 10.5
+    stopper.poll()
+    assert [command[:3] for command, _ in calls] == [["taskkill", "/PID", "101"], ["taskkill", "/PID", "100"]]
+    assert all(kwargs["creationflags"] == 0x08000000 for _, kwargs in calls)
+
+    calls.clear()  # a probe (no cancel file) is killed at once, still without a console window
+    processTree.ProcessTreeStopper(200, timeout=10.0, clock=clock).start()
+    assert [command[2] for command, _ in calls] == ["201", "200"]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_worker_stops_at_its_next_event_when_the_cancel_file_appears(tmp_path):
+    from ASSFTActive.errors import CancelledError
+    from ASSFTActive.worker import _Cancel
+
+    cancel = _Cancel(tmp_path / "cancel")
+    cancel.check()  # nothing asked yet
+    (tmp_path / "cancel").write_text("cancel\n")
+    with pytest.raises(CancelledError):
+        cancel.check()
+    assert cancel.requested
