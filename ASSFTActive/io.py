@@ -485,9 +485,21 @@ def write_volume(volume: Volume, path: PathLike) -> Path:
 def _atomic(path: Path, write, suffix: str) -> None:
     """Write through a temporary file in the target folder, then rename it into place.
 
+    Below a confinement root (the worker's job folder, :mod:`ASSFTActive.confine`) the folder is reached without
+    following any link, and the temporary file is created and renamed relative to it.
+
     Raises:
         OutputError: the folder cannot be created or written, or the disk is full (nothing is left behind).
     """
+    from .confine import write_confined
+
+    try:
+        if write_confined(path, write, suffix, 0o666 & ~_umask()):
+            return
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))

@@ -274,40 +274,35 @@ def _adaptation_result(kind: str, outcome, rerank: _Rerank) -> JobResult:
                      metrics=metrics)
 
 
-def _run_adapt(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
-    from .finetune.adapt import adapt_model
+def _method(spec: JobSpec, job_dir: Path):
+    """The adaptation method of an ``adapt`` or ``sfr`` job: the only thing the two kinds differ in."""
+    if spec.kind == "sfr":
+        from .sfr.pipeline import Sfr
 
-    config = spec.finetune_config()
+        return Sfr(spec.sfr_config(), _resolve_in_job(job_dir, spec.sam_prior) or None)
+    from .finetune.assft import SelectiveSelfTraining
+
+    return SelectiveSelfTraining(spec.finetune_config())
+
+
+def _run_adaptation(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
+    """An ``adapt`` or ``sfr`` job: :func:`ASSFTActive.finetune.adapt.run_adaptation` with the job's method,
+    re-ranking the pool with the model that will be active before the commit."""
+    from .finetune.adapt import AdaptRequest, run_adaptation
+
+    method = _method(spec, job_dir)
     rerank = _Rerank(spec, job_dir, channel)
-    outcome = adapt_model(spec.images, spec.labels, store=_resolve_in_job(job_dir, spec.store),
-                          model=_resolve_in_job(job_dir, spec.model or "default"),
-                          name=spec.name or None, config=config, progress=channel,
-                          work_dir=job_dir / CHECKPOINT_DIR, predictions_dir=None, dist=ctx,
-                          before_commit=rerank)
+    request = AdaptRequest(spec.images, spec.labels, _resolve_in_job(job_dir, spec.store),
+                           model=_resolve_in_job(job_dir, spec.model or "default"), name=spec.name or None,
+                           progress=channel, work_dir=job_dir / CHECKPOINT_DIR, ctx=ctx, before_commit=rerank)
+    outcome = run_adaptation(request, method)
     if not ctx.is_main:
         return None
-    return _adaptation_result("adapt", outcome, rerank)
-
-
-def _run_sfr(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:
-    """SFR / SFR+ (:func:`ASSFTActive.sfr.pipeline.sfr_adapt`), with the same re-ranking and result as adapt."""
-    if ctx.distributed:
-        raise JobError("an sfr job runs in one process; start the worker without torchrun "
-                       "(python -m ASSFTActive.worker JOB_DIR).")
-    from .sfr.pipeline import sfr_adapt
-
-    config = spec.sfr_config()
-    rerank = _Rerank(spec, job_dir, channel)
-    outcome = sfr_adapt(spec.images, spec.labels, store=_resolve_in_job(job_dir, spec.store),
-                        model=_resolve_in_job(job_dir, spec.model or "default"),
-                        sam_prior=_resolve_in_job(job_dir, spec.sam_prior) or None, name=spec.name or None,
-                        config=config, progress=channel, work_dir=job_dir / CHECKPOINT_DIR, predictions_dir=None,
-                        device=ctx.device, before_commit=rerank)
-    return _adaptation_result("sfr", outcome, rerank)
+    return _adaptation_result(spec.kind, outcome, rerank)
 
 
 #: The function that runs each job kind.
-_RUNNERS = {"rank": _run_rank, "adapt": _run_adapt, "sfr": _run_sfr}
+_RUNNERS = {"rank": _run_rank, "adapt": _run_adaptation, "sfr": _run_adaptation}
 
 
 def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO] = None) -> int:
