@@ -189,7 +189,7 @@ def format_score(value: Optional[float], digits: int = 3) -> str:
 def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: bool = True,
                    device: Optional[torch.device] = None, progress: Optional[ProgressCallback] = None,
                    phase: str = "evaluate", skip_unreadable: bool = False,
-                   ctx: Optional[DistContext] = None) -> EvaluationReport:
+                   ctx: Optional[DistContext] = None, label_checks: Any = None) -> EvaluationReport:
     """Predict every case and score Dice (and HD95) per foreground class.
 
     Args:
@@ -202,9 +202,19 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
         skip_unreadable: a case whose files cannot be used (:class:`~ASSFTActive.errors.InputError`) is skipped
             and listed in ``report.skipped``; otherwise the error propagates.
         ctx: under data parallelism, each rank scores its share and every rank gets the whole report.
+        label_checks: an :class:`~ASSFTActive.finetune.label_checks.EvaluationChecks`: each label is checked as
+            Adapt checks it (all background, shape, far from or swapped against the prediction,
+            :func:`~ASSFTActive.finetune.label_checks.check_evaluation_label`) and a refused label is skipped (or,
+            without ``skip_unreadable``, raises) unless the checks allow it, then it is scored with a warning; a
+            class that no label contains is refused for the whole set. ``None`` (adaptation, benchmarks: labels
+            already checked or known to be true): no checks.
 
     Returns:
         the :class:`EvaluationReport`, cases in the order given.
+
+    Raises:
+        InputError: an unusable case without ``skip_unreadable``, or (with ``label_checks``, not allowed) a model
+            class that none of the labels contains.
     """
     from .inference import Predictor
     from .plausibility import check_image
@@ -214,24 +224,53 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
     cases = list(cases)
     steps = iter(range(1, len(cases) + 1))  # this rank's count, as its progress events say
 
-    def score(case) -> Union[CaseMetrics, SkippedVolume]:
+    def skip(case, exc: InputError) -> SkippedVolume:
+        if not skip_unreadable:
+            raise exc
+        emit(progress, "warning", phase=phase, message=f"skipped {case.label}: {exc}")
+        return SkippedVolume(case.case_id, str(case.label), str(exc))
+
+    def score(case) -> Tuple[Union[CaseMetrics, SkippedVolume], Tuple[int, ...]]:
         step = next(steps)
         try:
             image = case.image if isinstance(case.image, Volume) else check_image(read_volume(case.image))
             truth = case.label if isinstance(case.label, Volume) else read_label(case.label, image, n)
         except InputError as exc:
-            if not skip_unreadable:
-                raise
-            emit(progress, "warning", phase=phase, message=f"skipped {case.label}: {exc}")
-            return SkippedVolume(case.case_id, str(case.label), str(exc))
+            return skip(case, exc), ()
         prediction = predictor.predict(image).label
         truth_array = np.asarray(truth.array)
+        present = tuple(int(v) for v in np.unique(truth_array))
+        if label_checks is not None:
+            from .finetune.label_checks import check_evaluation_label
+
+            refused, warned = check_evaluation_label(case.case_id, truth_array, prediction, image.spacing,
+                                                     label_checks)
+            if refused and not label_checks.allow:
+                return skip(case, InputError(
+                    "the label looks wrong for this model, so it is not scored: "
+                    + " ".join(i.message for i in refused) + " Fix the label file (or the model card's class_names), "
+                    "or pass --allow-implausible-labels to score it anyway.")), present
+            for issue in refused + warned:
+                emit(progress, "warning", phase=phase, message=(
+                    "scored although implausible (allowed): " if issue in refused else "") + issue.message)
         hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([NOT_SCORED] * (n - 1))
         metrics = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd)
         emit(progress, "progress", phase=phase, step=step, total=len(cases), message=f"scored {case.case_id}")
-        return metrics
+        return metrics, present
 
-    results = map_shards(ctx, cases, score)
+    scored = map_shards(ctx, cases, score)
+    results = [r for r, _ in scored]
+    if label_checks is not None:
+        from .finetune.label_checks import find_label_issues
+
+        labels = {c.case_id: np.asarray(present) for c, (r, present) in zip(cases, scored) if present}
+        never = [i for i in find_label_issues(labels, label_checks.class_names) if i.kind == "class_never_labelled"]
+        if never and not label_checks.allow:
+            raise InputError("the labels do not mark every class of the model, so no score would mean what it says: "
+                             + " ".join(i.message for i in never) + " Fix the label files (or the model card's "
+                             "class_names), or pass --allow-implausible-labels to score them anyway.")
+        for issue in never:
+            emit(progress, "warning", phase=phase, message=f"scored although implausible (allowed): {issue.message}")
     return EvaluationReport(class_names=tuple(model.card.class_names[1:]),
                             cases=tuple(r for r in results if isinstance(r, CaseMetrics)),
                             skipped=tuple(r for r in results if isinstance(r, SkippedVolume)))

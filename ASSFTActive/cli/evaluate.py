@@ -2,6 +2,11 @@
 
 Every image with a label file of the same name in ``--labels`` is predicted and scored. A label that does not fit
 its image (other grid, classes the model lacks) is skipped with a warning; the table says how many were scored.
+The labels go through Adapt's label checks first (:mod:`ASSFTActive.finetune.label_checks`): an all-background
+label, a painted box, an inverted mask, a one-slice label or an outline, a class far larger than the anatomy's
+structure, a label away from or with classes swapped against the model's prediction is skipped with the reason, and
+a model class that no label contains (a 0/1 mask for a two-class model) refuses the evaluation, unless
+``--allow-implausible-labels``; ``--partial-labels`` accepts partial labels.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="folder for evaluation.csv (per case) and evaluation.md (per class)")
     parser.add_argument("--no-hd95", action="store_true", help="skip the (slower) HD95")
+    parser.add_argument("--allow-implausible-labels", action="store_true",
+                        help="score labels the label checks refuse (empty, a box, swapped classes, ...), with a "
+                             "warning each")
+    parser.add_argument("--partial-labels", action="store_true",
+                        help="the labels are deliberately partial (some slices, part of a structure)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(parser)
     parser.set_defaults(run=run)
@@ -31,6 +41,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..evaluate import LabelledCase, evaluate_cases
+    from ..finetune.label_checks import EvaluationChecks, thresholds_for
     from ..io import atomic_write_text, case_id, find_images, match_labels
     from ..models import load_card, load_model
     from ..store import resolve_card_path
@@ -45,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     card = load_card(resolve_card_path(args.model))
     model = load_model(card, device)
+    checks = EvaluationChecks(tuple(card.class_names), thresholds_for(card), partial=args.partial_labels,
+                              allow=args.allow_implausible_labels)
     bar = ProgressBar(enabled=not args.quiet)
     try:
         report = evaluate_cases(model, cases, hd95=not args.no_hd95, device=device, progress=bar,
-                                skip_unreadable=True)
+                                skip_unreadable=True, label_checks=checks)
     finally:
         bar.close()
     if not report.cases:

@@ -8,15 +8,25 @@ caught here, by looking at what the labelled set contains, and reported with the
 * **no foreground**: a label with only background voxels;
 * **class never labelled**: a foreground class of the model that no labelled volume contains;
 * **far from the prediction** (:func:`require_labels_near_prediction`): the current model predicts each labelled
-  volume once; a label with ``FinetuneConfig.label_prediction_ratio`` (15) times more foreground voxels than the
-  model predicts there (a filled or inverted mask, a mask of a larger structure), or whose foreground lies mostly
-  away from anything the model predicts (fewer than 1/15 of its voxels within :data:`REACH_VOXELS` of the predicted
-  foreground: a mask of another structure, e.g. a spinal-cord mask given as "anterior hippocampus"), is refused.
-  The evidence for 15 is in the field's docstring. A label with 15 times *less* foreground than predicted only
-  warns: a model that fails on a new site often
-  over-segments (a model with an untrained head predicts most of the volume), and its labels are exactly what
-  adaptation needs. Foreground is every class > 0 together: per-class counts of a shifted site swing too far
-  (anterior ratios up to 1529 on real labels under the scanner shift at strength 1.0).
+  volume once; a label where it predicts no foreground at all, or whose foreground lies mostly away from anything
+  it predicts (fewer than 1/``FinetuneConfig.label_prediction_ratio`` (15) of its voxels within
+  :data:`REACH_VOXELS` of the predicted foreground: a mask of another structure) is refused. A label with 15 times
+  more or less foreground than predicted only warns: a model that fails on a new site under- or over-segments, and
+  its labels are exactly what adaptation needs (ACDC's patient006_frame01 under the harsh shift holds 19 times the
+  failing model's foreground);
+* **swapped classes** (:func:`find_swap_issues`): a label class ``k`` far more of whose voxels lie where the model
+  predicts another class ``j`` than where it predicts ``k`` (anterior and posterior swapped in the export);
+* **shape** (:func:`find_shape_issues`, no model needed): an inverted mask (too much of the volume), a painted box
+  (too much of its bounding box), a class spanning one slice, a one-voxel-thick outline, a class far larger than
+  the anatomy's structure (another organ: a spleen given as hippocampus) or far smaller. The last three are
+  expected of a partial label and pass when the labels are declared partial (``FinetuneConfig.partial_labels``,
+  ``--partial-labels``).
+
+The limits of the swap and shape checks are per anatomy (:data:`LABEL_CHECK_THRESHOLDS`, chosen by the card,
+:func:`thresholds_for`), measured on each anatomy's development cases so that every true label passes under every
+benchmark shift (``scripts/measure_label_checks.py``). Cross-validation cannot see any of these errors (it scores
+against the same labels), so they are checked here, before training, and ``assft evaluate`` applies the same checks
+(:func:`check_evaluation_labels`).
 
 ``FinetuneConfig.allow_implausible_labels`` (``assft adapt --allow-implausible-labels``) turns the refusal into a
 warning for the rare case where this is intended (e.g. healthy volumes with truly nothing to segment).
@@ -25,8 +35,8 @@ warning for the rare case where this is intended (e.g. healthy volumes with trul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -92,13 +102,17 @@ def find_label_issues(labels: Mapping[str, np.ndarray], class_names: Sequence[st
 
 
 def require_plausible_labels(labels: Mapping[str, np.ndarray], class_names: Sequence[str], allow: bool,
-                             warn: Optional[Callable[[str], None]] = None) -> List[LabelIssue]:
+                             warn: Optional[Callable[[str], None]] = None,
+                             more: Sequence[LabelIssue] = ()) -> List[LabelIssue]:
     """Raise on implausible labels unless ``allow``; then each issue is passed to ``warn`` instead.
+
+    Args:
+        more: issues found by other checks (e.g. :func:`find_shape_issues`), reported with these.
 
     Raises:
         InputError: an issue was found and ``allow`` is false; the message lists every issue and how to proceed.
     """
-    issues = find_label_issues(labels, class_names)
+    issues = find_label_issues(labels, class_names) + list(more)
     if issues and not allow:
         raise InputError(
             "the labels look wrong, so the model was not adapted: " + " ".join(i.message for i in issues)
@@ -112,12 +126,16 @@ def require_plausible_labels(labels: Mapping[str, np.ndarray], class_names: Sequ
 
 
 def require_plausible_labelled_set(cases: Sequence[Any], class_names: Sequence[str], allow: bool,
-                                   warn: Optional[Callable[[str], None]] = None) -> List[LabelIssue]:
-    """The checks of adaptation's labelled set: every image plausible, then the labels.
+                                   warn: Optional[Callable[[str], None]] = None, *,
+                                   limits: Optional[LabelCheckThresholds] = None,
+                                   partial: bool = False) -> List[LabelIssue]:
+    """The checks of adaptation's labelled set: every image plausible, then the labels (and their shapes).
 
     Args:
         cases: records with ``case_id``, ``image`` and ``label`` (:class:`~ASSFTActive.io.Volume`) attributes.
         class_names, allow, warn: as in :func:`require_plausible_labels`.
+        limits: the shape limits (:func:`thresholds_for` the card); ``None``: no shape checks.
+        partial: the labels are declared partial (:func:`find_shape_issues`).
 
     Raises:
         InputError: an implausible image (:func:`ASSFTActive.plausibility.check_image`, never allowed), or
@@ -125,7 +143,271 @@ def require_plausible_labelled_set(cases: Sequence[Any], class_names: Sequence[s
     """
     for case in cases:
         check_image(case.image)
-    return require_plausible_labels({c.case_id: np.asarray(c.label.array) for c in cases}, class_names, allow, warn)
+    labels = {c.case_id: np.asarray(c.label.array) for c in cases}
+    shapes = [label_shape(c.case_id, labels[c.case_id], c.image.spacing, len(class_names)) for c in cases]
+    more = find_shape_issues(shapes, class_names, limits, partial) if limits is not None else []
+    return require_plausible_labels(labels, class_names, allow, warn, more)
+
+
+# ------------------------------------------------------------------------------------- label meaning (issue 29)
+
+
+@dataclass(frozen=True)
+class LabelShape:
+    """What one label map looks like on its own (no model needed), the evidence of the shape checks.
+
+    Attributes:
+        case_id: the labelled volume.
+        volume_share: share of the volume's voxels that are foreground (an inverted mask: most of them).
+        box_fill: share of the foreground's bounding box that is foreground (a filled box: 1).
+        thinnest: the fewest slices any present class spans along any axis (a one-slice label, one voxel per
+            class: 1).
+        interior_share: the lowest, over present classes, share of a class's voxels whose four in-plane neighbours
+            hold the same class, in the plane of the two axes with the most voxels (a one-voxel-thick outline: near
+            0; the plane is the one a contour is drawn in, and it stays meaningful for thick-slice volumes).
+        class_volume_mm3: volume of each foreground class in mm³ (0 when absent).
+    """
+
+    case_id: str
+    volume_share: float
+    box_fill: float
+    thinnest: int
+    interior_share: float
+    class_volume_mm3: Tuple[float, ...]
+
+
+def label_shape(case_id: str, label: np.ndarray, spacing: Sequence[float], num_classes: int) -> LabelShape:
+    """The :class:`LabelShape` of a class-index label map ``[I, J, K]`` with voxel ``spacing`` (mm, ``[3]``)."""
+    label = np.asarray(label)
+    foreground = label > 0
+    count = int(np.count_nonzero(foreground))
+    voxel_mm3 = float(np.prod([float(s) for s in spacing]))
+    volumes = tuple(float(np.count_nonzero(label == c)) * voxel_mm3 for c in range(1, num_classes))
+    if count == 0:
+        return LabelShape(str(case_id), 0.0, 0.0, 0, 0.0, volumes)
+    where = np.nonzero(foreground)
+    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
+    box_voxels = int(np.prod([b.stop - b.start for b in box]))
+    crop = label[box]
+    plane = tuple(sorted(np.argsort(label.shape)[-2:]))  # the two axes with the most voxels
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1, 1, 1] = True
+    for axis in plane:
+        index = [1, 1, 1]
+        for offset in (0, 2):
+            index[axis] = offset
+            cross[tuple(index)] = True
+        index[axis] = 1
+    thinnest, interior = None, None
+    for c in range(1, num_classes):
+        mask = crop == c
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            continue
+        spans = [int(np.count_nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))) for axis in range(3)]
+        thinnest = min(spans) if thinnest is None else min(thinnest, min(spans))
+        kept = int(np.count_nonzero(ndimage.binary_erosion(mask, structure=cross, border_value=0)))
+        interior = kept / n if interior is None else min(interior, kept / n)
+    return LabelShape(str(case_id), count / label.size, count / box_voxels, int(thinnest), float(interior), volumes)
+
+
+@dataclass(frozen=True)
+class ClassOverlap:
+    """Voxels of each label class inside each predicted class of the current model (the evidence of the swap check).
+
+    Attributes:
+        case_id: the labelled volume.
+        counts: ``counts[k][j]`` = voxels labelled ``k`` that the model predicts as ``j`` (``[C][C]``, background 0).
+    """
+
+    case_id: str
+    counts: Tuple[Tuple[int, ...], ...]
+
+    def swap(self, k: int) -> Tuple[int, float, float]:
+        """``(j, ratio, share)`` for label class ``k``: the other foreground class ``j`` the model predicts most
+        inside it, how many times more of class ``k`` lies in predicted ``j`` than in predicted ``k``, and the share
+        of class ``k``'s voxels that lie in predicted ``j``. ``(0, 0, 0)`` when ``k`` is absent or the model has no
+        other foreground class."""
+        row = self.counts[k]
+        total = sum(row)
+        others = [(row[j], j) for j in range(1, len(row)) if j != k]
+        if total == 0 or not others:
+            return 0, 0.0, 0.0
+        inside, j = max(others)
+        ratio = inside / row[k] if row[k] else (math.inf if inside else 0.0)
+        return j, ratio, inside / total
+
+
+def class_overlap(case_id: str, label: np.ndarray, prediction: np.ndarray, num_classes: int) -> ClassOverlap:
+    """:class:`ClassOverlap` of a label map and the model's prediction ``[I, J, K]`` of the same volume."""
+    flat = np.asarray(label).astype(np.int64).ravel() * num_classes + np.asarray(prediction).astype(np.int64).ravel()
+    table = np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return ClassOverlap(str(case_id), tuple(tuple(int(v) for v in row) for row in table))
+
+
+@dataclass(frozen=True)
+class LabelCheckThresholds:
+    """The limits of the label-meaning checks for one anatomy, measured on its development cases.
+
+    ``scripts/measure_label_checks.py`` measures every statistic on the true labels of an anatomy's development
+    split (reserved cases never read), under no shift and each benchmark shift, and sets each limit from the worst
+    true label with a stated margin; ``Testing/Benchmarks/results/label_check_thresholds.json`` holds the
+    measurements, and ``Testing/Python/test_label_meaning.py`` checks that :data:`LABEL_CHECK_THRESHOLDS` equals it.
+
+    Attributes:
+        anatomy: what the limits were measured on (``default``: the loosest of the measured anatomies, for a card
+            of another anatomy).
+        max_volume_share: a label whose foreground covers more of the volume is refused (inverted mask).
+        max_box_fill: a label that fills more of its bounding box is refused (a painted box).
+        min_thinnest: a class spanning fewer slices along an axis is refused unless labels are declared partial
+            (a one-slice label, one voxel per class).
+        min_interior_share: a class with a smaller in-plane interior is refused unless declared partial (an
+            outline).
+        max_swap_ratio, min_swap_share: label class ``k`` is refused as swapped with ``j`` when more than
+            ``max_swap_ratio`` times as many of its voxels lie in the model's predicted ``j`` as in predicted ``k``
+            and they are at least ``min_swap_share`` of the class.
+        class_volume_mm3: ``{class name: (least, most)}`` mm³ of a complete label's class; outside is another
+            structure (most) or a partial label (least, unless declared); ``None``: not measured (no check).
+        measured_on: where the numbers come from, in words.
+    """
+
+    anatomy: str
+    max_volume_share: float
+    max_box_fill: float
+    min_thinnest: int
+    min_interior_share: float
+    max_swap_ratio: float
+    min_swap_share: float
+    class_volume_mm3: Optional[Mapping[str, Tuple[float, float]]]
+    measured_on: str
+
+
+_MEASURED = ("development split ({n} cases, reserved.txt excluded) by scripts/measure_label_checks.py; "
+             "Testing/Benchmarks/results/label_check_thresholds.json")
+
+#: The limits per anatomy (:class:`LabelCheckThresholds`), as ``scripts/measure_label_checks.py`` set them. ACDC's
+#: swap limit is the hippocampus's: the ACDC source model was not on the machine that measured (its shape limits
+#: need no model and are ACDC's own).
+LABEL_CHECK_THRESHOLDS: Dict[str, LabelCheckThresholds] = {
+    "hippocampus": LabelCheckThresholds(
+        "hippocampus", max_volume_share=0.1495, max_box_fill=0.6237, min_thinnest=2, min_interior_share=0.2442,
+        max_swap_ratio=19.263, min_swap_share=0.2,
+        class_volume_mm3={"anterior": (386.0, 7431.0), "posterior": (360.0, 5958.0)},
+        measured_on="MSD hippocampus " + _MEASURED.format(n=70) + "; embedded default model, no shift, scanner 0.3 "
+                    "and 0.7"),
+    "acdc": LabelCheckThresholds(
+        "acdc", max_volume_share=0.1356, max_box_fill=0.767, min_thinnest=2, min_interior_share=0.2383,
+        max_swap_ratio=19.263, min_swap_share=0.2,
+        class_volume_mm3={"RV": (231.3, 45465.0), "myocardium": (627.3, 69291.0), "LV": (386.0, 61140.0)},
+        measured_on="ACDC " + _MEASURED.format(n=50) + " (label shapes; swap limit from the hippocampus)"),
+    "default": LabelCheckThresholds(
+        "default", max_volume_share=0.1495, max_box_fill=0.767, min_thinnest=2, min_interior_share=0.2383,
+        max_swap_ratio=19.263, min_swap_share=0.2, class_volume_mm3=None,
+        measured_on="the loosest limit of each check over the measured anatomies; no class volume range"),
+}
+
+#: Source-model card names whose anatomy is known; a card may also say ``provenance.anatomy``.
+CARD_ANATOMY = {"hippocampus-unet": "hippocampus", "acdc-source-unet": "acdc"}
+
+
+def thresholds_for(card: Any) -> LabelCheckThresholds:
+    """The limits for a model card: those of its anatomy (its own or its pre-trained card's ``provenance.anatomy``,
+    else its source card's name, :data:`CARD_ANATOMY`), else ``default``. A class-volume range is used only when the
+    card's foreground class names are the measured ones."""
+    anatomy = None
+    for candidate in (card, _pretrained(card)):
+        if candidate is None:
+            continue
+        anatomy = (candidate.provenance or {}).get("anatomy") or CARD_ANATOMY.get(candidate.name)
+        if anatomy in LABEL_CHECK_THRESHOLDS:
+            break
+    limits = LABEL_CHECK_THRESHOLDS.get(anatomy or "default", LABEL_CHECK_THRESHOLDS["default"])
+    if limits.class_volume_mm3 is not None and set(limits.class_volume_mm3) != set(card.class_names[1:]):
+        limits = replace(limits, class_volume_mm3=None)
+    return limits
+
+
+def _pretrained(card: Any) -> Any:
+    try:
+        return card.pretrained_card() if getattr(card, "pretrained", None) else None
+    except Exception:  # an unreadable pre-trained card is reported where the model is loaded, not here
+        return None
+
+
+def find_shape_issues(shapes: Sequence[LabelShape], class_names: Sequence[str], limits: LabelCheckThresholds,
+                      partial: bool = False) -> List[LabelIssue]:
+    """Labels whose shape says they mark something else than a complete structure of the model's classes.
+
+    Args:
+        shapes: one per labelled volume (an all-background label is left to :func:`find_label_issues`).
+        class_names: the model's classes, background first.
+        limits: :func:`thresholds_for` the model's card.
+        partial: the labels are declared partial (``FinetuneConfig.partial_labels``, ``--partial-labels``): a
+            one-slice label, an outline or a class smaller than a complete one is then expected.
+
+    Returns:
+        the issues (kinds ``inverted``, ``filled_box``, ``one_slice``, ``outline``, ``class_too_large``,
+        ``class_too_small``), in case order.
+    """
+    issues: List[LabelIssue] = []
+    partial_hint = " If the labels are deliberately partial, declare it with --partial-labels."
+    for s in shapes:
+        if s.thinnest == 0:
+            continue
+        c = s.case_id
+        if s.volume_share > limits.max_volume_share:
+            issues.append(LabelIssue("inverted", (c,), None, (
+                f"{c}: {100 * s.volume_share:.0f} % of the volume is foreground (at most "
+                f"{100 * limits.max_volume_share:.0f} % in true {limits.anatomy} labels); an inverted mask?")))
+        if s.box_fill > limits.max_box_fill:
+            issues.append(LabelIssue("filled_box", (c,), None, (
+                f"{c}: the foreground fills {100 * s.box_fill:.0f} % of its bounding box (at most "
+                f"{100 * limits.max_box_fill:.0f} % in true {limits.anatomy} labels); a painted box, not a "
+                "structure?")))
+        for index, name in enumerate(class_names[1:]):
+            volume = s.class_volume_mm3[index] if index < len(s.class_volume_mm3) else 0.0
+            span = (limits.class_volume_mm3 or {}).get(name)
+            if span is None or volume == 0:
+                continue
+            if volume > span[1]:
+                issues.append(LabelIssue("class_too_large", (c,), name, (
+                    f"{c}: class {name!r} covers {volume:.0f} mm³, more than any true {limits.anatomy} label allows "
+                    f"({span[1]:.0f} mm³); the label marks another structure?")))
+            elif volume < span[0] and not partial:
+                issues.append(LabelIssue("class_too_small", (c,), name, (
+                    f"{c}: class {name!r} covers only {volume:.0f} mm³ (a complete {limits.anatomy} label has at "
+                    f"least {span[0]:.0f} mm³); a partial or misplaced label?" + partial_hint)))
+        if partial:
+            continue
+        if s.thinnest < limits.min_thinnest:
+            issues.append(LabelIssue("one_slice", (c,), None, (
+                f"{c}: a class spans only {s.thinnest} slice(s) along an axis; a one-slice label trains the rest of "
+                "the structure as background." + partial_hint)))
+        elif s.interior_share < limits.min_interior_share:
+            issues.append(LabelIssue("outline", (c,), None, (
+                f"{c}: only {100 * s.interior_share:.0f} % of a class's voxels lie inside it (at least "
+                f"{100 * limits.min_interior_share:.0f} % in true {limits.anatomy} labels); an outline trains the "
+                "interior as background. Fill the outline." + partial_hint)))
+    return issues
+
+
+def find_swap_issues(overlaps: Sequence[ClassOverlap], class_names: Sequence[str],
+                     limits: LabelCheckThresholds) -> List[LabelIssue]:
+    """Label classes that the current model predicts, far more than as themselves, as another foreground class
+    (classes swapped in the label file or the card, e.g. anterior and posterior)."""
+    issues: List[LabelIssue] = []
+    for overlap in overlaps:
+        for k in range(1, len(class_names)):
+            j, ratio, share = overlap.swap(k)
+            if j and share >= limits.min_swap_share and ratio > limits.max_swap_ratio:
+                times = "all" if math.isinf(ratio) else f"{ratio:.0f} times as many"
+                issues.append(LabelIssue("swapped", (overlap.case_id,), class_names[k], (
+                    f"{overlap.case_id}: of the voxels labelled {class_names[k]!r} (value {k}), {times} lie where "
+                    f"the current model predicts {class_names[j]!r} (value {j}) as where it predicts "
+                    f"{class_names[k]!r} ({100 * share:.0f} % of the class; at most {limits.max_swap_ratio:g} times "
+                    f"in true {limits.anatomy} labels); are classes {k} and {j} swapped in the label file or the "
+                    "model card?")))
+    return issues
 
 
 @dataclass(frozen=True)
@@ -137,12 +419,14 @@ class ForegroundAgreement:
         label_voxels: foreground voxels of the label.
         predicted_voxels: foreground voxels of the prediction.
         near_voxels: label foreground voxels within :data:`REACH_VOXELS` of the predicted foreground.
+        overlap: the per-class comparison (:func:`class_overlap`), when computed.
     """
 
     case_id: str
     label_voxels: int
     predicted_voxels: int
     near_voxels: int
+    overlap: Optional[ClassOverlap] = None
 
     @property
     def excess(self) -> float:
@@ -156,12 +440,14 @@ class ForegroundAgreement:
         return self.label_voxels / self.near_voxels if self.near_voxels else math.inf
 
 
-def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray) -> ForegroundAgreement:
+def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray,
+                         num_classes: Optional[int] = None) -> ForegroundAgreement:
     """Compare a label with a prediction of the same volume.
 
     Args:
         label: class-index label map ``[I, J, K]``.
         prediction: the model's class-index map ``[I, J, K]`` on the same grid.
+        num_classes: also compare class by class (:func:`class_overlap`).
     """
     truth, predicted = np.asarray(label) > 0, np.asarray(prediction) > 0
     near = 0
@@ -171,7 +457,9 @@ def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray
         box = tuple(slice(max(int(w.min()) - REACH_VOXELS, 0), int(w.max()) + REACH_VOXELS + 1) for w in where)
         grown = ndimage.binary_dilation(predicted[box], iterations=REACH_VOXELS)
         near = int(np.count_nonzero(truth[box] & grown))
-    return ForegroundAgreement(str(case_id), int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)), near)
+    overlap = class_overlap(case_id, label, prediction, num_classes) if num_classes else None
+    return ForegroundAgreement(str(case_id), int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)), near,
+                               overlap)
 
 
 def find_prediction_issues(agreements: Sequence[ForegroundAgreement],
@@ -183,8 +471,10 @@ def find_prediction_issues(agreements: Sequence[ForegroundAgreement],
         max_ratio: ``FinetuneConfig.label_prediction_ratio``.
 
     Returns:
-        ``(refused, warned)``: labels with ``max_ratio`` times more foreground than predicted or mostly away from
-        the prediction; labels with ``max_ratio`` times less foreground than predicted.
+        ``(refused, warned)``: labels where the model predicts no foreground at all or that lie mostly away from
+        the prediction; labels with ``max_ratio`` times more or less foreground than predicted (a filled box, an
+        inverted mask and a larger structure are refused by their shape, :func:`find_shape_issues`, which needs no
+        model that works on the image).
     """
     refused: List[LabelIssue] = []
     warned: List[LabelIssue] = []
@@ -197,16 +487,17 @@ def find_prediction_issues(agreements: Sequence[ForegroundAgreement],
                 f"{a.case_id}: the current model predicts no foreground at all where the label has "
                 f"{a.label_voxels} voxels; the label may be of another structure, or the model fails completely "
                 "on this image.")))
-        elif a.excess > max_ratio:
-            refused.append(LabelIssue("more_foreground_than_predicted", (a.case_id,), None, (
-                f"{a.case_id}: the label has {a.excess:.0f} times more foreground than the current model predicts "
-                f"({counts}; more than {max_ratio:g} times); a filled or inverted mask, or a larger structure?")))
         elif a.away > max_ratio:
             share = a.near_voxels / a.label_voxels
             refused.append(LabelIssue("away_from_prediction", (a.case_id,), None, (
                 f"{a.case_id}: only {100 * share:.1f} % of the label's foreground lies within {REACH_VOXELS} voxels "
                 f"of what the current model predicts ({counts}; less than 1/{max_ratio:g}); a mask of another "
                 "structure?")))
+        elif a.excess > max_ratio:
+            warned.append(LabelIssue("more_foreground_than_predicted", (a.case_id,), None, (
+                f"{a.case_id}: the label has {a.excess:.0f} times more foreground than the current model predicts "
+                f"({counts}); the model under-segments this image (its label is what adaptation needs), or the "
+                "label marks a larger structure.")))
         elif a.excess < 1.0 / max_ratio:
             warned.append(LabelIssue("less_foreground_than_predicted", (a.case_id,), None, (
                 f"{a.case_id}: the label has {1.0 / a.excess:.0f} times less foreground than the current model "
@@ -229,32 +520,38 @@ def predict_agreements(cases: Sequence[Any], model: Any, *, ctx: Any = None, dev
     Returns:
         one agreement per case, in the order given.
     """
-    from ..distributed import merge_shards
+    from ..distributed import map_shards
     from ..inference import Predictor
 
     predictor = Predictor(model, device=ctx.device if ctx is not None else device)
-    indexed = [(str(i), case) for i, case in enumerate(cases)]
-    mine = {}
-    for step, (key, case) in enumerate(indexed if ctx is None else ctx.shard(indexed)):
+    cases = list(cases)
+    steps = iter(range(1, len(cases) + 1))  # this rank's count, as its progress events say
+
+    def compare(case: Any) -> ForegroundAgreement:
+        step = next(steps)
         prediction = predictor.predict(case.image).label
-        mine[key] = foreground_agreement(case.case_id, np.asarray(case.label.array), prediction)
-        emit(progress, "progress", phase=phase, step=step + 1, total=len(indexed),
+        agreement = foreground_agreement(case.case_id, np.asarray(case.label.array), prediction,
+                                         model.card.num_classes)
+        emit(progress, "progress", phase=phase, step=step, total=len(cases),
              message=f"compared the label of {case.case_id} with the current model's prediction")
-    shards = ctx.all_gather(mine) if ctx is not None else [mine]
-    return merge_shards(shards, [key for key, _ in indexed])
+        return agreement
+
+    return map_shards(ctx, cases, compare)
 
 
 def require_labels_near_prediction(cases: Sequence[Any], model: Any, max_ratio: float, allow: bool,
                                    warn: Optional[Callable[[str], None]] = None, *, ctx: Any = None,
-                                   device: Any = None, progress: Optional[ProgressCallback] = None
-                                   ) -> List[ForegroundAgreement]:
-    """Refuse labels far from the current model's prediction (:func:`find_prediction_issues`) unless ``allow``.
+                                   device: Any = None, progress: Optional[ProgressCallback] = None,
+                                   limits: Optional[LabelCheckThresholds] = None) -> List[ForegroundAgreement]:
+    """Refuse labels far from the current model's prediction (:func:`find_prediction_issues`) or with classes
+    swapped against it (:func:`find_swap_issues`, with ``limits``) unless ``allow``.
 
     Args:
         cases, model, ctx, device, progress: as in :func:`predict_agreements`.
         max_ratio: ``FinetuneConfig.label_prediction_ratio``.
         allow: ``FinetuneConfig.allow_implausible_labels``: refusals become warnings.
         warn: receives each warning.
+        limits: the swap limits (:func:`thresholds_for` the card); ``None``: no swap check.
 
     Returns:
         the agreements (one per case).
@@ -264,6 +561,9 @@ def require_labels_near_prediction(cases: Sequence[Any], model: Any, max_ratio: 
     """
     agreements = predict_agreements(cases, model, ctx=ctx, device=device, progress=progress)
     refused, warned = find_prediction_issues(agreements, max_ratio)
+    if limits is not None:
+        refused += find_swap_issues([a.overlap for a in agreements if a.overlap is not None],
+                                    model.card.class_names, limits)
     if refused and not allow:
         raise InputError(
             "the labels do not fit the current model's prediction, so the model was not adapted: "
@@ -278,3 +578,41 @@ def require_labels_near_prediction(cases: Sequence[Any], model: Any, max_ratio: 
         for issue in warned:
             warn(issue.message)
     return agreements
+
+
+@dataclass(frozen=True)
+class EvaluationChecks:
+    """The label checks ``assft evaluate`` applies to each labelled volume (the ones Adapt applies).
+
+    Attributes:
+        class_names: the model's classes, background first.
+        limits: :func:`thresholds_for` the model's card.
+        max_ratio: the ``label_prediction_ratio`` of :func:`find_prediction_issues`.
+        partial: the labels are declared partial (:func:`find_shape_issues`).
+        allow: score refused labels anyway, with a warning each.
+    """
+
+    class_names: Tuple[str, ...]
+    limits: LabelCheckThresholds
+    max_ratio: float = 15.0
+    partial: bool = False
+    allow: bool = False
+
+
+def check_evaluation_label(case_id: str, label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
+                           checks: EvaluationChecks) -> Tuple[List[LabelIssue], List[LabelIssue]]:
+    """``(refused, warned)`` issues of one labelled volume scored against ``prediction`` (the evaluated model's
+    class-index map ``[I, J, K]`` on the label's grid): an all-background label, its shape, its distance from the
+    prediction and swapped classes. The set-level check (a class no label contains) is
+    :func:`find_label_issues` on all labels."""
+    label = np.asarray(label)
+    n = len(checks.class_names)
+    if not np.any(label > 0):
+        return [LabelIssue("no_foreground", (case_id,), None, (
+            f"{case_id}: the label contains only background; a score against it says nothing."))], []
+    refused = find_shape_issues([label_shape(case_id, label, spacing, n)], checks.class_names, checks.limits,
+                                checks.partial)
+    agreement = foreground_agreement(case_id, label, prediction, n)
+    far, warned = find_prediction_issues([agreement], checks.max_ratio)
+    refused += far + find_swap_issues([agreement.overlap], checks.class_names, checks.limits)
+    return refused, warned

@@ -11,11 +11,13 @@ from ASSFTActive.errors import InputError
 from ASSFTActive.finetune.adapt import adapt_model
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.finetune.label_checks import (
+    LABEL_CHECK_THRESHOLDS,
     ForegroundAgreement,
     find_label_issues,
     find_prediction_issues,
     foreground_agreement,
     require_labels_near_prediction,
+    require_plausible_labelled_set,
     require_plausible_labels,
 )
 from ASSFTActive.io import read_volume, write_volume
@@ -87,18 +89,23 @@ def _agreement(label: int, predicted: int, near: int) -> ForegroundAgreement:
 
 
 @pytest.mark.parametrize("agreement, kind", [
-    (_agreement(3100, 200, 3100), "more_foreground_than_predicted"),  # 15.5 times the prediction
     (_agreement(500, 0, 0), "more_foreground_than_predicted"),  # the model predicts nothing there
     (_agreement(3000, 2900, 190), "away_from_prediction"),  # 6 % of the label near the prediction
 ])
-def test_a_label_far_above_or_away_from_the_prediction_is_refused(agreement, kind):
+def test_a_label_away_from_the_prediction_or_where_nothing_is_predicted_is_refused(agreement, kind):
     refused, warned = find_prediction_issues([agreement], max_ratio=15.0)
     assert [i.kind for i in refused] == [kind] and warned == []
 
 
-def test_a_label_far_below_the_prediction_only_warns_and_close_labels_pass():
-    refused, warned = find_prediction_issues([_agreement(100, 1600, 100)], max_ratio=15.0)
-    assert refused == [] and [i.kind for i in warned] == ["less_foreground_than_predicted"]
+@pytest.mark.parametrize("agreement, kind", [
+    (_agreement(100, 1600, 100), "less_foreground_than_predicted"),
+    # 15.5 times the prediction: a model failing under a shift (ACDC patient006_frame01, harsh: 19 times); a filled
+    # or inverted mask is refused by its shape instead (test_label_meaning.py)
+    (_agreement(3100, 200, 3100), "more_foreground_than_predicted"),
+])
+def test_a_label_far_below_or_above_the_prediction_only_warns_and_close_labels_pass(agreement, kind):
+    refused, warned = find_prediction_issues([agreement], max_ratio=15.0)
+    assert refused == [] and [i.kind for i in warned] == [kind]
     assert find_prediction_issues([_agreement(2900, 200, 600), _agreement(0, 300, 0)], 15.0) == ([], [])
 
 
@@ -180,14 +187,16 @@ def test_adapt_refuses_a_spinal_cord_mask_given_as_anterior_hippocampus(hippocam
     assert not any(e.phase in ("train", "evaluate") for e in events)
 
 
-def test_a_mask_with_far_too_much_foreground_is_refused_unless_allowed(hippocampus_dir, default_model):
+def test_an_inverted_mask_is_refused_by_its_shape_unless_allowed(hippocampus_dir):
     cases = []
     for case in HIPPOCAMPUS_CASES:
         image, label = _hippocampus(hippocampus_dir, case)
-        cases.append(_case(case, image, np.asarray(label.array) == 0))  # foreground and background swapped
-    with pytest.raises(InputError, match="times more foreground than the current model predicts") as error:
-        require_labels_near_prediction(cases, default_model, 15.0, allow=False)
+        cases.append(_case(case, image, (np.asarray(label.array) == 0).astype(np.uint8)))  # fg and bg swapped
+    limits = LABEL_CHECK_THRESHOLDS["hippocampus"]
+    names = ("background", "anterior", "posterior")
+    with pytest.raises(InputError, match="of the volume is foreground") as error:
+        require_plausible_labelled_set(cases, names, allow=False, limits=limits)
     assert all(case in str(error.value) for case in HIPPOCAMPUS_CASES)
     warnings = []
-    agreements = require_labels_near_prediction(cases, default_model, 15.0, allow=True, warn=warnings.append)
-    assert min(a.excess for a in agreements) > 15 and len(warnings) == 3 and "allowed" in warnings[0]
+    issues = require_plausible_labelled_set(cases, names, allow=True, warn=warnings.append, limits=limits)
+    assert {i.kind for i in issues} >= {"inverted"} and all("allowed" in w for w in warnings)
