@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help="patches per step (default 4)")
     parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the cross-validation folds")
+    parser.add_argument("--partial-labels", action="store_true",
+                        help="the labels are deliberately partial (some slices, an outline, part of a structure); "
+                             "without it such labels are refused")
     add_run_arguments(parser, "fine-tuning settings (FinetuneConfig)")
     add_work_dir_argument(parser)
     parser.set_defaults(run=run)
@@ -88,6 +91,8 @@ def build_config(args: argparse.Namespace):
         data["semi_iterations"] = args.semi_iterations
     if args.allow_implausible_labels:
         data["allow_implausible_labels"] = True
+    if getattr(args, "partial_labels", False):
+        data["partial_labels"] = True
     try:
         return FinetuneConfig.from_dict(data)
     except (TypeError, ValueError) as exc:

@@ -55,7 +55,7 @@ from .checkpoints import CHECKPOINT_FILE, Checkpoints, card_signature, run_finge
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .guard import ActivationDecision, CrossValidation, decide
-from .label_checks import require_labels_near_prediction, require_plausible_labelled_set
+from .label_checks import require_labels_near_prediction, require_plausible_labelled_set, thresholds_for
 from .pseudo import PseudoDecision
 from .recipe import check_replicas, run_recipe
 from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, load_state, read_labeled, unwrap
@@ -135,9 +135,12 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
     Shared by every adaptation method (Adapt Model, SFR), so each runs the same checks and guard."""
     config = run.config
     labeled = read_labeled(run)
-    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn)
+    limits = thresholds_for(run.card)
+    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn,
+                                   limits=limits, partial=getattr(config, "partial_labels", False))
     require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
-                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress)
+                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress,
+                                   limits=limits)
     run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
     return labeled
 

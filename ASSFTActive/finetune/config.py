@@ -318,10 +318,13 @@ class FinetuneConfig:
         allow_implausible_labels: train even on labels that look wrong (an all-background label, a class that no
             labelled volume contains; :mod:`ASSFTActive.finetune.label_checks`), with a warning instead of an
             error, False.
-        label_prediction_ratio: a labelled volume is refused when its label has more than this many times the
-            foreground voxels the current model predicts on it, or when less than 1/this of its foreground lies
-            within 3 voxels of the predicted foreground (a mask of another structure); this many times *less*
-            foreground only warns (:func:`~ASSFTActive.finetune.label_checks.find_prediction_issues`), 15.
+        partial_labels: the labels are declared partial (some slices or part of a structure painted): the label
+            checks then accept a one-slice label, an outline and a class smaller than a complete one
+            (:func:`~ASSFTActive.finetune.label_checks.find_shape_issues`), False.
+        label_prediction_ratio: a labelled volume is refused when less than 1/this of its foreground lies within
+            3 voxels of the predicted foreground (a mask of another structure); this many times more or less
+            foreground than predicted only warns since issue 29 (a filled or inverted mask is refused by its shape;
+            :func:`~ASSFTActive.finetune.label_checks.find_prediction_issues`), 15.
             Measured with the embedded default model on the 191 non-reserved MSD Hippocampus cases: label/predicted
             foreground is at most 2.8 unshifted, 7.7 under the scanner shift at strength 0.7 (the adapt benchmark's
             harsh site) and 8.7 at 1.0; label/label-near-the-prediction at most 1.4, 2.8 and 5.4. 15 leaves a
@@ -340,6 +343,7 @@ class FinetuneConfig:
     predict_pool: bool = True
     allow_implausible_labels: bool = False
     label_prediction_ratio: float = 15.0
+    partial_labels: bool = False
 
     def __post_init__(self) -> None:
         owner = "FinetuneConfig"
@@ -351,7 +355,8 @@ class FinetuneConfig:
                 raise ValueError(f"{owner}.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}.")
         check_fields(self, wholes={"semi_iterations": 1, "checkpoint_every": 1},
                      numbers={"label_prediction_ratio": (1.0, math.inf, True)},
-                     flags=("predict_pool", "allow_implausible_labels"), optional=("semi_iterations",))
+                     flags=("predict_pool", "allow_implausible_labels", "partial_labels"),
+                     optional=("semi_iterations",))
 
     @property
     def semi_steps(self) -> int:
@@ -368,6 +373,7 @@ class FinetuneConfig:
             "predict_pool": self.predict_pool,
             "allow_implausible_labels": self.allow_implausible_labels,
             "label_prediction_ratio": self.label_prediction_ratio,
+            "partial_labels": self.partial_labels,
         }
 
     @classmethod
