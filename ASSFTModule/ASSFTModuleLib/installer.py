@@ -1,8 +1,9 @@
 """Install the worker's Python packages into Slicer's Python on first use (GUI side; needs desktop Slicer).
 
-Nothing is installed at import time. torch goes through light-the-torch as the PyTorch extension (PyTorchUtils)
-does it, so the wheel matches the NVIDIA driver; it runs in a child process so that the GUI process never
-imports torch. Without the PyTorch extension torch comes from pip like the other packages.
+Nothing is installed at import time. An installed torch is never replaced or upgraded (it may be the CUDA build
+the PyTorch extension installed): it is pinned while the other packages are installed. A missing torch comes from
+the PyTorch extension's installer (``PyTorchUtils``, light-the-torch: the wheel matches the NVIDIA driver; that
+installer imports torch once in Slicer's process), else from pip like the other packages.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from pathlib import Path
 from typing import List
 
 import slicer
+from slicer.i18n import tr as _
 
 from .requirements import (
+    installPlan,
     missingRequirements,
     missingShipped,
     pipInstallArguments,
     readRequirements,
     shippedConstraints,
-    splitTorch,
+    torchVersionRequirement,
 )
-from .workerProcess import pythonExecutable
 
 
 def missingWorkerRequirements(requirementsFile) -> List[str]:
@@ -37,49 +39,67 @@ def pyTorchExtensionPresent() -> bool:
 
 
 def installTorch(requirement: str, constraintsFile=None) -> None:
-    """Install torch (``requirement`` like ``torch>=2.4``) without importing it in this process."""
-    if not pyTorchExtensionPresent():
-        slicer.util.pip_install(pipInstallArguments([requirement], constraintsFile))
+    """Install torch (``requirement`` like ``torch>=2.8``) when it is missing.
+
+    With the PyTorch extension: its installer (``PyTorchUtils.PyTorchUtilsLogic().installTorch``, light-the-torch:
+    the wheel matches the NVIDIA driver; the same call SlicerNNUnet and MONAIAuto3DSeg make). Without it: pip.
+    """
+    if pyTorchExtensionPresent():
+        import PyTorchUtils
+
+        logging.info("Installing %s with the PyTorch extension", requirement)
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=torchVersionRequirement(requirement))
+        if torch is None:
+            raise RuntimeError("The PyTorch extension did not install torch; install it in the PyTorch Utils module.")
         return
-    if importlib.util.find_spec("light_the_torch") is None:
-        slicer.util.pip_install("light-the-torch>=0.5")
-    command = [pythonExecutable(), "-m", "light_the_torch", "install", requirement]
-    logging.info("Installing %s with light-the-torch: %s", requirement, " ".join(command))
-    process = slicer.util.launchConsoleProcess(command)
-    slicer.util.logProcessOutput(process)
+    slicer.util.pip_install(pipInstallArguments([requirement], constraintsFile))
 
 
 def ensureWorkerRequirements(requirementsFile, askConfirmation: bool = True) -> bool:
-    """Install what the worker needs if something is missing.
+    """Install what the worker needs if something is missing (:func:`~.requirements.installPlan`): an installed
+    torch is never replaced (it is pinned while monai and the others are installed); a missing one comes from the
+    PyTorch extension when present.
 
     Returns:
         True when everything is installed (now or before); False when the user declined.
+
+    Raises:
+        RuntimeError: Slicer's own packages are broken, the installed torch is too old (what to do is said), or an
+            install failed.
     """
     broken = missingShipped()
     if broken:
         raise RuntimeError(f"Slicer's Python lacks {', '.join(broken)}, which Slicer ships; ASSFT does not install "
                            "them. Reinstall Slicer.")
-    missing = missingWorkerRequirements(requirementsFile)
+    requirements = readRequirements(requirementsFile)
+    missing = missingRequirements(requirements)
     if not missing:
         return True
+    plan = installPlan(requirements)
+    if plan.problem:
+        raise RuntimeError(plan.problem)
     if askConfirmation and not slicer.app.commandOptions().testingEnabled:
         accepted = slicer.util.confirmOkCancelDisplay(
-            "ASSFT needs these Python packages to rank volumes and adapt the model:\n\n  "
-            + "\n  ".join(missing)
-            + "\n\nThey will be downloaded and installed into Slicer's Python (this can take several minutes, "
-            "torch is large).",
-            "Install Python packages",
+            _("ASSFT needs these Python packages to rank volumes and adapt the model:\n\n  {packages}\n\nThey will "
+              "be downloaded and installed into Slicer's Python (this can take several minutes, torch is large). "
+              "{torch}").format(
+                packages="\n  ".join(missing),
+                torch=_("torch comes from the PyTorch extension (a GPU build when a GPU is found).")
+                if plan.torch and pyTorchExtensionPresent() else ""),
+            _("Install Python packages"),
         )
         if not accepted:
             return False
-    torch, others = splitTorch(missing)
     with slicer.util.WaitCursor(), tempfile.TemporaryDirectory() as folder:
-        constraints = Path(folder) / "slicer-shipped-constraints.txt"
-        constraints.write_text("\n".join(shippedConstraints()) + "\n", encoding="utf-8")
-        for requirement in torch:
-            installTorch(requirement, constraints)
-        if others:
-            slicer.util.pip_install(pipInstallArguments(others, constraints))
+        constraints = Path(folder) / "assft-constraints.txt"
+        if plan.torch:
+            constraints.write_text("\n".join(shippedConstraints()) + "\n", encoding="utf-8")
+            installTorch(plan.torch, constraints)
+            plan = installPlan(requirements)  # torch is now installed: pinned for the rest
+        if plan.others:
+            constraints.write_text("\n".join(plan.constraints) + "\n", encoding="utf-8")
+            slicer.util.pip_install(pipInstallArguments(list(plan.others), constraints))
     stillMissing = missingWorkerRequirements(requirementsFile)
     if stillMissing:
         raise RuntimeError(f"These packages could not be installed: {', '.join(stillMissing)}. See the Python console.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -128,6 +129,50 @@ def pipInstallArguments(requirements: Sequence[str], constraintsFile=None) -> Li
     constraints file (from :func:`shippedConstraints`) is passed with ``-c``."""
     arguments = ["-c", str(constraintsFile)] if constraintsFile is not None else []
     return arguments + [r for r in requirements if not isShipped(r)]
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What the first-use install does (:func:`installPlan`).
+
+    Attributes:
+        torch: the torch requirement to install (``torch>=2.8``), or "" when torch is present: an installed torch
+            (a CUDA build from the PyTorch extension, say) is never replaced.
+        others: the other missing requirements, installed with pip.
+        constraints: pip constraint lines for those installs: the packages Slicer ships and the installed torch
+            pinned to their versions, so that no dependency (monai's ``torch>=...``) can pull a replacement in.
+        problem: why the install cannot go on ("" when it can): an installed torch older than the requirement,
+            with what to do.
+    """
+
+    torch: str
+    others: Tuple[str, ...]
+    constraints: Tuple[str, ...]
+    problem: str = ""
+
+
+def installPlan(requirements: Sequence[str]) -> InstallPlan:
+    """The install of the missing ``requirements``: torch left alone when present (pinned while the rest is
+    installed); installed only when missing."""
+    missing = missingRequirements(requirements)
+    torch, others = splitTorch(missing)
+    torchRequirement = next((r for r in requirements if requirementName(r).lower() == TORCH), TORCH)
+    installed = installedVersion(TORCH)
+    constraints = list(shippedConstraints())
+    problem = ""
+    if installed:
+        constraints.append(f"{TORCH}=={installed}")
+        if torch:
+            problem = (f"torch {installed} is installed but ASSFT needs {torchRequirement}. ASSFT does not replace an "
+                       "installed torch (it may be a GPU build): update it in the PyTorch Utils module (PyTorch "
+                       "extension) or with Slicer's pip, then restart Slicer.")
+        return InstallPlan(torch="", others=tuple(others), constraints=tuple(constraints), problem=problem)
+    return InstallPlan(torch=torch[0] if torch else "", others=tuple(others), constraints=tuple(constraints))
+
+
+def torchVersionRequirement(requirement: str) -> str:
+    """The version part of a torch requirement (``torch>=2.8`` -> ``>=2.8``), as PyTorchUtils takes it."""
+    return requirement[len(requirementName(requirement)):].strip()
 
 
 def splitTorch(requirements: Sequence[str]) -> Tuple[List[str], List[str]]:
