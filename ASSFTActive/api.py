@@ -12,8 +12,6 @@ across ranks itself, with the same staging and the same all-or-nothing output.
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import platform
 import shutil
 import tempfile
@@ -25,8 +23,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .distributed import DistContext, merge_shards
-from .errors import InputError, JobError
+from .confine import replace_into
+from .distributed import DistContext, map_shards, shippable
+from .errors import InputError
 from .inference import InferenceConfig, Prediction, Predictor, default_device
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
 from .jobs import RANKING_CONFIG_FILE, RANKING_CSV, RANKING_FILE, RankingEntry, RankingFile, write_ranking_file
@@ -255,10 +254,8 @@ def _publish(report: VolumeReport, staging: Path, out_dir: Path) -> VolumeReport
     for key in ("entropy_map", "regions", "prediction"):
         path = getattr(report, key)
         if path is not None:
-            target = out_dir / Path(path).relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-            path = target
+            # no link planted in out_dir (overlays/, predictions/) is followed, even mid-job: confine.replace_into
+            path = replace_into(Path(path), out_dir / Path(path).relative_to(staging))
         moved[key] = path
     return replace(report, **moved)
 
@@ -304,28 +301,6 @@ def _check_pool(images: Sequence[Path], budget: int) -> List[str]:
     if duplicates:
         raise InputError(f"several images share the case id(s) {duplicates}; give each volume a unique file name.")
     return names
-
-
-def _shippable(exc: BaseException) -> BaseException:
-    """``exc`` itself when it can be sent to the other ranks, else a :class:`JobError` with its message."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return JobError(f"{type(exc).__name__}: {exc}")
-
-
-def _analyse_shard(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
-                   staging: Optional[Path], progress: Optional[ProgressCallback],
-                   ctx: DistContext) -> Tuple[Dict[str, VolumeReport], Optional[BaseException]]:
-    """This rank's share of the pool analysed into ``staging``: ``({case_id: report}, None)`` or ``({}, error)``."""
-    try:
-        reports = analyse_pool(ctx.shard(images), predictor, query, labeled_ids, staging, progress)
-    except Exception as exc:  # every rank must reach the gather, or the others wait for it until the timeout
-        if not ctx.distributed:
-            raise
-        return {}, _shippable(exc)
-    return {r.case_id: r for r in reports}, None
 
 
 def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Path, *,
@@ -379,15 +354,8 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
         predictor = predictor or make_predictor(card, ctx.device, inference, feature_cache)
         where = f"{ctx.world_size} ranks ({predictor.device.type})" if ctx.distributed else predictor.device.type
         emit(progress, "phase", phase="rank", total=len(images), message=f"ranking {len(images)} volumes on {where}")
-        mine, error = _analyse_shard(images, predictor, query, labeled_ids, staging if write_outputs else None,
-                                     progress, ctx)
-        shards = ctx.all_gather((mine, error))
-        if error is not None:
-            raise error
-        failed = [e for _, e in shards if e is not None]
-        if failed:
-            raise failed[0]
-        staged = merge_shards([reports for reports, _ in shards], names)
+        staged = map_shards(ctx, images, lambda shard: analyse_pool(
+            shard, predictor, query, labeled_ids, staging if write_outputs else None, progress), whole_shard=True)
         plan = round_plan(names, labeled_ids, budget, query)
         for message in _round_warnings(plan, budget, predictor.encoders_identical) if ctx.is_main else ():
             emit(progress, "warning", phase="rank", message=message)
@@ -414,7 +382,7 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
                     raise
                 written = exc
         # the other ranks leave only once rank 0 has written the ranking, and fail with it
-        failure = ctx.broadcast(_shippable(written) if written is not None else None)
+        failure = ctx.broadcast(shippable(written) if written is not None else None)
         if written is not None:
             raise written
         if failure is not None:

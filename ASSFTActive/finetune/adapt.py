@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .. import __version__
-from ..distributed import DistContext, merge_shards
+from ..distributed import DistContext, map_shards
 from ..errors import InputError
 from ..evaluate import EvaluationReport, SkippedVolume, format_score, json_ready
 from ..io import PathLike, read_volume, write_volume
@@ -303,17 +303,20 @@ def predict_pool(run: AdaptRun) -> Dict[str, Path]:
     pool = run.pool
     predictor = run.predictor(run.network)
     ids = sorted(pool)
-    mine: Dict[str, Optional[str]] = {}
-    for index, case in enumerate(run.ctx.shard(ids)):
+    steps = iter(range(1, len(ids) + 1))  # this rank's count, as its progress events say
+
+    def write(case: str) -> Optional[str]:
+        step = next(steps)
         try:
             image = check_image(read_volume(pool[case]))
         except InputError:
-            mine[case] = None  # already reported when pseudo-labelling, or reported by ranking
-            continue
+            return None  # already reported when pseudo-labelling, or reported by ranking
         prediction = predictor.predict(image)
-        mine[case] = str(write_volume(image.with_array(prediction.label), run.predictions_dir / f"{case}.nii.gz"))
-        run.emit("progress", phase="predict", step=index + 1, total=len(ids), message=f"predicted {case}")
-    written = merge_shards(run.ctx.all_gather(mine), ids)
+        path = str(write_volume(image.with_array(prediction.label), run.predictions_dir / f"{case}.nii.gz"))
+        run.emit("progress", phase="predict", step=step, total=len(ids), message=f"predicted {case}")
+        return path
+
+    written = map_shards(run.ctx, ids, write)
     return {case: Path(path) for case, path in zip(ids, written) if path is not None}
 
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 from torch import nn
 
-from ..distributed import merge_shards
+from ..distributed import map_shards
 from ..errors import InputError
 from ..evaluate import SkippedVolume
 from ..io import read_volume
@@ -75,18 +75,18 @@ def label_pool(run: AdaptRun, round_index: int, network: nn.Module,
     pool = run.pool
     run.emit("phase", phase="pseudo", message=f"round {round_index}: the teacher predicts the unlabelled pool")
     predictor = run.predictor(network)
-    features = {c.case_id: predictor.predict(c.image).features[-1] for c in run.ctx.shard(list(train))}
-    references = merge_shards(run.ctx.all_gather(features), [c.case_id for c in train])
+    references = map_shards(run.ctx, list(train), lambda c: predictor.predict(c.image).features[-1])
     ids = sorted(pool)
-    mine: Dict[str, Union[str, Dict]] = {}
-    for index, case in enumerate(run.ctx.shard(ids)):
+    steps = iter(range(1, len(ids) + 1))  # this rank's count, as its progress events say
+
+    def teach(case: str) -> Union[str, Dict]:
+        step = next(steps)
         try:
             image = check_image(read_volume(pool[case]))
         except InputError as exc:
-            mine[case] = str(exc)
-            continue
+            return str(exc)
         prediction = predictor.predict(image)
-        mine[case] = {
+        item = {
             "confidence": foreground_confidence(prediction.label, prediction.max_prob, prediction.entropy,
                                                 rule.confidence, rule.empty_foreground_confidence),
             "distance": semantic_distance(prediction.features[-1], references),
@@ -94,9 +94,11 @@ def label_pool(run: AdaptRun, round_index: int, network: nn.Module,
             "mask": voxel_confidence_mask(prediction.label, prediction.max_prob, rule.voxel_threshold,
                                           rule.class_keep_min),
         }
-        run.emit("progress", phase="pseudo", step=index + 1, total=len(ids), message=f"pseudo-labelled {case}")
+        run.emit("progress", phase="pseudo", step=step, total=len(ids), message=f"pseudo-labelled {case}")
+        return item
+
     candidates, labels, masks = [], {}, {}
-    for case, item in zip(ids, merge_shards(run.ctx.all_gather(mine), ids)):
+    for case, item in zip(ids, map_shards(run.ctx, ids, teach)):
         if isinstance(item, str):
             if not any(s.case_id == case for s in run.skipped):
                 run.skipped.append(SkippedVolume(case, pool[case], item))
