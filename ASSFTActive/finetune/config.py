@@ -62,6 +62,9 @@ class Teacher(str, Enum):
 
     OFFLINE = "offline"  #: fixed hard labels from the supervised model (the teacher), computed once
     EMA = "ema"  #: a Mean-Teacher copy updated as an exponential moving average labels each pseudo patch
+    #: the frozen model the run started from (not the student) labels each pseudo patch, its softmax averaged over
+    #: flipped copies of the patch (:class:`~ASSFTActive.finetune.teachers.FrozenFlipTeacher`)
+    SOURCE_FLIP = "source_flip"
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,9 @@ class PseudoLabelConfig:
             benchmarked one].
         teacher: ``offline`` (fixed pseudo-labels of the supervised model) or ``ema`` (default: a Mean Teacher
             that labels each pseudo patch on the weak view; it beat ``offline`` by 0.004-0.02 and labels-only by
-            0.01 / 0.04 on the mild / harsh shift; RESULTS.md).
+            0.01 / 0.04 on the mild / harsh shift; RESULTS.md), or ``source_flip``: the frozen model the run started
+            from, with flip test-time augmentation (``flip_axes``), labels each pseudo patch, a labeller that is not
+            the student (not yet measured; default unchanged).
         ema_decay: EMA decay of the ``ema`` teacher, 0.99 [inferred, method-spec §4.1].
         rounds: self-training rounds (re-select, re-label, fine-tune), 1 [inferred, method-spec §1.7
             ``ssl_rounds``].
@@ -188,6 +193,18 @@ class PseudoLabelConfig:
         class_keep_min: class-aware voxel mask: with ``voxel_threshold`` set, every class the teacher predicts
             keeps at least this share of its own most confident voxels, so small or hard foreground classes are
             not wiped out by one global threshold; 0 = a plain global threshold; 0.5.
+        bcp: bidirectional copy-paste inside the teacher-student stage (:mod:`~ASSFTActive.finetune.mixing`): each
+            pseudo-labelled patch is mixed with a labelled one both ways (a labelled box into the unlabelled patch
+            and an unlabelled box into the labelled one), the targets following the box (expert label where the
+            voxels came from the labelled patch, the teacher's label elsewhere); the student learns on the two
+            mixed patches in place of the pseudo-labelled one. Bai et al., CVPR 2023. Not yet measured; default
+            unchanged (off) until the development split decides.
+        bcp_box_share: side of the pasted box as a share of the patch side, 2/3 (BCP's value; not yet measured
+            here).
+        bcp_pseudo_weight: weight of the pseudo-labelled voxels of a mixed patch relative to the expert ones, 0.5
+            (BCP's α; not yet measured here).
+        flip_axes: with ``teacher = "source_flip"``, the patch axes flipped in the extra test-time passes (one pass
+            per axis, plus the patch as it is), ``(0, 1, 2)``. Not yet measured.
     """
 
     mode: PseudoMode = PseudoMode.SELECTIVE
@@ -206,6 +223,10 @@ class PseudoLabelConfig:
     spatial_view: bool = True
     cutmix_probability: float = 0.5
     class_keep_min: float = 0.5
+    bcp: bool = False
+    bcp_box_share: float = 2.0 / 3.0
+    bcp_pseudo_weight: float = 0.5
+    flip_axes: Tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
         check_fields(self, enums={"mode": PseudoMode, "select_mode": SelectMode, "confidence": ConfidenceMetric,
@@ -214,8 +235,15 @@ class PseudoLabelConfig:
                               "tau_conf": (0.0, 1.0, False), "tau_dist_quantile": (0.0, 1.0, False),
                               "empty_foreground_confidence": (0.0, 1.0, False), "voxel_threshold": (0.0, 1.0, False),
                               "ema_decay": (0.0, 1.0, False), "cutmix_probability": (0.0, 1.0, False),
-                              "class_keep_min": (0.0, 1.0, False)},
-                     wholes={"rounds": 1}, flags=("strong_view", "spatial_view"), optional=("voxel_threshold",))
+                              "class_keep_min": (0.0, 1.0, False), "bcp_box_share": (0.0, 1.0, True),
+                              "bcp_pseudo_weight": (0.0, math.inf, False)},
+                     wholes={"rounds": 1}, flags=("strong_view", "spatial_view", "bcp"), optional=("voxel_threshold",))
+        axes = self.flip_axes
+        valid = isinstance(axes, (list, tuple)) and len(set(axes)) == len(axes) and all(
+            isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in axes)
+        if not valid:
+            raise ValueError(f"PseudoLabelConfig.flip_axes must list distinct patch axes among 0, 1, 2, got {axes!r}.")
+        object.__setattr__(self, "flip_axes", tuple(axes))
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self)}

@@ -17,15 +17,32 @@ References:
 from __future__ import annotations
 
 import copy
-from typing import Sequence, Tuple
+from typing import Protocol, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["ALL_SINGLE_FLIPS", "FrozenFlipTeacher", "flip_tta_probabilities"]
+__all__ = ["ALL_SINGLE_FLIPS", "FrozenFlipTeacher", "PatchLabeller", "flip_tta_probabilities", "flips_of_axes"]
 
 #: No flip, then a flip along each spatial axis of ``[B, C, X, Y, Z]`` (4 passes).
 ALL_SINGLE_FLIPS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+
+
+class PatchLabeller(Protocol):
+    """Labels the student's pseudo-labelled patches during training (in place of the EMA teacher), see
+    :class:`~ASSFTActive.finetune.training.PseudoLabelTerm`."""
+
+    def to(self, device: torch.device) -> PatchLabeller:
+        """Move to the compute device (called when training starts)."""
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, X, Y, Z]`` patches -> class probabilities ``[B, C, X, Y, Z]``."""
+
+
+def flips_of_axes(axes: Sequence[int]) -> Tuple[Tuple[int, ...], ...]:
+    """The passes for patch axes ``axes`` (0, 1, 2 = X, Y, Z): the patch as it is, then one flip per axis, as
+    dimensions of ``[B, C, X, Y, Z]``."""
+    return ((),) + tuple((2 + int(a),) for a in axes)
 
 
 @torch.no_grad()

@@ -37,7 +37,9 @@ from ..models import ModelCard
 from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
 from .config import Optimizer, TrainConfig
+from .mixing import bidirectional_copy_paste, random_boxes
 from .semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
+from .teachers import PatchLabeller
 
 __all__ = ["Batch", "CheckpointHook", "L2SpPenalty", "LossTerm", "ProgressHook", "PseudoLabelTerm", "ScoreHook",
            "SemiParts", "SupervisedCase", "TrainConfig", "TrainHook", "TrainSchedule", "TrainState",
@@ -245,6 +247,10 @@ class SemiParts:
         consistency_epoch_steps: steps per "epoch" of that ramp, 150.
         noise_std: std of the teacher's input noise ``ξ``, 0.1; ``noise_clip``: ``ξ`` is clipped to ``±noise_clip``,
             0.2.
+        bcp: bidirectional copy-paste (:func:`~.mixing.bidirectional_copy_paste`): the student learns on each
+            pseudo-labelled patch mixed with a labelled one both ways instead of on the patch itself (the pasted
+            box of ``cutmix_probability`` is then not used); ``bcp_box_share``: the box side as a share of the
+            patch side; ``bcp_pseudo_weight``: BCP's α, the weight of the pseudo-labelled voxels.
     """
 
     voxel_threshold: Optional[float] = None
@@ -259,6 +265,9 @@ class SemiParts:
     consistency_epoch_steps: int = 150
     noise_std: float = 0.1
     noise_clip: float = 0.2
+    bcp: bool = False
+    bcp_box_share: float = 2.0 / 3.0
+    bcp_pseudo_weight: float = 0.5
 
 
 def consistency_weight_at(step: int, semi: SemiParts) -> float:
@@ -476,16 +485,18 @@ class PseudoLabelTerm(LossTerm):
         cases: the pseudo-labelled cases (none: the term adds nothing).
         semi: how they are used (:class:`SemiParts`).
         teacher: the EMA teacher (:func:`ema_teacher`; the caller restores it when resuming).
+        labeller: a pseudo-labeller that is not the student (:class:`~.teachers.PatchLabeller`, e.g. the frozen
+            current model with flip test-time augmentation): labels each patch in place of the EMA teacher.
 
     Raises:
         ValueError: ``semi.consistency_weight > 0`` without a teacher.
     """
 
     def __init__(self, cases: Sequence[SupervisedCase], semi: SemiParts = SemiParts(),
-                 teacher: Optional[nn.Module] = None):
+                 teacher: Optional[nn.Module] = None, labeller: Optional[PatchLabeller] = None):
         if semi.consistency_weight > 0 and teacher is None:
             raise ValueError("SemiParts.consistency_weight > 0 needs a teacher network (Mean Teacher)")
-        self.cases, self.semi, self.teacher = list(cases), semi, teacher
+        self.cases, self.semi, self.teacher, self.labeller = list(cases), semi, teacher, labeller
         self.sampler: Optional[_PatchSampler] = None
         self.strong: Optional[StrongView] = None
         self.jitter: Optional[SpatialJitter] = None
@@ -497,6 +508,8 @@ class PseudoLabelTerm(LossTerm):
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)
             state.teacher = self.teacher
+        if self.labeller is not None:
+            self.labeller.to(state.device)
         if not self.cases:
             return
         self.sampler = _PatchSampler(state.card, self.cases, state.patch, config, state.rng)
@@ -511,9 +524,11 @@ class PseudoLabelTerm(LossTerm):
         weight = float(semi.fixed_pseudo_weight) if fixed else pseudo_weight_at(state.step, state.config)
         images, labels, masks = self.sampler.sample(state.config.batch_size)
         images, labels, masks = images.to(device), labels.to(device), masks.to(device)
-        if teacher is not None and not fixed:
+        labeller = self.labeller
+        if (teacher is not None or labeller is not None) and not fixed:
             with torch.no_grad():
-                probs = torch.softmax(teacher(images).float(), dim=1)
+                probs = (labeller.probabilities(images) if labeller is not None
+                         else torch.softmax(teacher(images).float(), dim=1))
                 labels = probs.argmax(dim=1)
                 masks = torch.ones_like(masks)
                 if semi.voxel_threshold is not None:
@@ -521,8 +536,14 @@ class PseudoLabelTerm(LossTerm):
         view = self.strong(images.cpu()).to(device) if self.strong is not None else images
         if self.jitter is not None:
             view, labels, masks = self.jitter(view, labels, masks)
-        view, labels, masks = paste_labelled_boxes(view, labels, masks, batch.images, batch.labels,
-                                                   semi.cutmix_probability, state.rng)
+        if semi.bcp:
+            boxes = random_boxes(view.shape[0], view.shape[2:], semi.bcp_box_share, state.rng)
+            mixed = bidirectional_copy_paste(batch.images, batch.labels, view, labels, masks, boxes,
+                                             semi.bcp_pseudo_weight)
+            view, labels, masks = mixed.images, mixed.targets, mixed.weights
+        else:
+            view, labels, masks = paste_labelled_boxes(view, labels, masks, batch.images, batch.labels,
+                                                       semi.cutmix_probability, state.rng)
         logits = state.network(view)
         p_loss = dice_ce_loss(logits, labels, masks)
         loss = loss + weight * p_loss

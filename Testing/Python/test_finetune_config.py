@@ -99,3 +99,32 @@ def test_settings_module_imports_without_torch_or_numpy():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip():
+    """Issue 25: BCP, the frozen flip teacher, the fold-loss limit and the fast folds are options, off by default."""
+    from ASSFTActive.finetune.config import Teacher
+
+    config = FinetuneConfig()
+    assert not config.pseudo.bcp and config.pseudo.teacher is Teacher.EMA
+    assert config.validation.max_fold_loss is None and config.validation.min_gain_low is None
+    assert config.validation.fold_fraction == 1.0 and config.validation.fold_pool_cases is None
+    chosen = FinetuneConfig.from_dict({"pseudo": {"bcp": True, "teacher": "source_flip", "flip_axes": [2]},
+                                       "validation": {"max_fold_loss": 0.02, "fold_fraction": 0.25,
+                                                      "fold_pool_cases": 4}})
+    assert chosen.pseudo.teacher is Teacher.SOURCE_FLIP and chosen.pseudo.flip_axes == (2,)
+    assert FinetuneConfig.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"pseudo": {"flip_axes": [3]}}, ["PseudoLabelConfig.flip_axes", "0, 1, 2"]),
+    ({"pseudo": {"flip_axes": [0, 0]}}, ["flip_axes", "distinct"]),
+    ({"pseudo": {"bcp_box_share": 0.0}}, ["bcp_box_share"]),
+    ({"validation": {"fold_fraction": 0.0}}, ["fold_fraction"]),
+    ({"validation": {"max_fold_loss": -0.1}}, ["max_fold_loss"]),
+    ({"validation": {"fold_pool_cases": 0}}, ["fold_pool_cases"]),
+])
+def test_bad_new_options_name_the_setting(data, words):
+    with pytest.raises(ValueError) as error:
+        FinetuneConfig.from_dict(data)
+    assert all(w in str(error.value) for w in words), str(error.value)
