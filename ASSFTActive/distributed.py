@@ -18,11 +18,11 @@ import os
 import pickle
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, List, Optional, Sequence, TypeVar, Union
 
 import torch
 
-__all__ = ["DistContext", "init_from_env", "map_shards", "merge_shards", "shippable"]
+__all__ = ["DistContext", "init_from_env", "map_shards", "shippable"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -168,17 +168,6 @@ def init_from_env(device: Optional[Union[str, torch.device]] = None) -> DistCont
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=compute, backend=backend)
-
-
-def merge_shards(shards: Sequence[Dict[str, Any]], order: Sequence[str]) -> List[Any]:
-    """Join per-rank ``{key: value}`` results into one list following ``order`` (keys missing raise KeyError).
-
-    Superseded by :func:`map_shards`; kept only until every caller has moved to it.
-    """
-    joined: Dict[str, Any] = {}
-    for shard in shards:
-        joined.update(shard)
-    return [joined[key] for key in order]
 
 
 def shippable(exc: BaseException) -> BaseException:
