@@ -20,6 +20,7 @@ from .config import PseudoMode, Teacher
 from .pseudo import PseudoDecision
 from .pseudo_round import pseudo_round
 from .state import AdaptRun, LabeledVolume, cpu_state, unwrap
+from .teachers import FrozenFlipTeacher, flips_of_axes
 from .training import (
     CheckpointHook,
     L2SpPenalty,
@@ -130,15 +131,19 @@ def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[
 def _terms(run: AdaptRun, stage: int, network: nn.Module, pseudo: Sequence[SupervisedCase],
            optim: Optional[Mapping]) -> List[LossTerm]:
     """L2-SP toward the run's starting weights, and in a semi-supervised round the pseudo-labelled patches (with an
-    EMA teacher when ``pseudo.teacher`` is ``ema``)."""
+    EMA teacher when ``pseudo.teacher`` is ``ema``, the frozen current model with flip test-time augmentation when
+    it is ``source_flip``; with bidirectional copy-paste when ``pseudo.bcp``)."""
     rule = run.config.pseudo
     terms: List[LossTerm] = [L2SpPenalty(run.anchor)] if run.config.train.l2sp_weight > 0 else []
     if stage > 0 and pseudo:
         teacher = ema_teacher(network, optim) if rule.teacher == Teacher.EMA else None
+        labeller = (FrozenFlipTeacher(run.current_network(network), flips_of_axes(rule.flip_axes))
+                    if rule.teacher == Teacher.SOURCE_FLIP else None)
         semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
                          strong_view=rule.strong_view, spatial_view=rule.spatial_view,
-                         cutmix_probability=rule.cutmix_probability, ema_decay=rule.ema_decay)
-        terms.append(PseudoLabelTerm(pseudo, semi, teacher))
+                         cutmix_probability=rule.cutmix_probability, ema_decay=rule.ema_decay, bcp=rule.bcp,
+                         bcp_box_share=rule.bcp_box_share, bcp_pseudo_weight=rule.bcp_pseudo_weight)
+        terms.append(PseudoLabelTerm(pseudo, semi, teacher, labeller))
     return terms
 
 
