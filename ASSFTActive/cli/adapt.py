@@ -100,26 +100,30 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..finetune.adapt import adapt_model
+    from ..finetune.assft import SelectiveSelfTraining
 
-    return run_adaptation(args, adapt_model, build_config(args), format_summary)
+    return run_command(args, SelectiveSelfTraining(build_config(args)), format_summary)
 
 
-def run_adaptation(args: argparse.Namespace, adapt: Callable[..., Any], config: Any,
-                   summary: Callable[[Any], str], **extra: Any) -> int:
-    """Run an adaptation command (``adapt_model`` or ``sfr_adapt``) on the options of :func:`add_input_arguments`
-    and :func:`add_run_arguments`: the volumes and labels, a progress bar, the ``--work-dir`` lock; print
-    ``summary(result)``. ``extra`` goes to ``adapt`` (e.g. SFR's ``sam_prior``)."""
+def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], str]) -> int:
+    """Run :func:`~ASSFTActive.finetune.adapt.run_adaptation` with ``method`` (``assft adapt``: ASSFT's, ``assft
+    sfr``: SFR's) on the options of :func:`add_input_arguments` and :func:`add_run_arguments`: the volumes and labels,
+    a progress bar, the ``--work-dir`` lock; print ``summary(result)``."""
+    from ..finetune.adapt import AdaptRequest, run_adaptation
     from ..io import case_id, find_images, match_labels
-    from .common import resolve_device, warn_line
+    from .common import resolve_device
 
     images = find_images(args.images)
-    labels = match_labels(images, args.labels, warn=warn_line)
+    labels = match_labels(images, args.labels)
     bar, progress = progress_channel(args)
-    with bar.job(), work_dir_lock(args.work_dir):
-        result = adapt({case_id(p): p for p in images}, labels, store=args.store, model=args.model,
-                       name=args.name, config=config, progress=progress, work_dir=args.work_dir,
-                       predictions_dir=args.predictions, device=resolve_device(args.device), **extra)
+    try:
+        with work_dir_lock(args.work_dir):
+            request = AdaptRequest({case_id(p): p for p in images}, labels, args.store, model=args.model,
+                                   name=args.name, progress=progress, work_dir=args.work_dir,
+                                   predictions_dir=args.predictions, device=resolve_device(args.device))
+            result = run_adaptation(request, method)
+    finally:
+        bar.close()
     print(summary(result))
     return 0
 

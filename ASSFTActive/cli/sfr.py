@@ -18,7 +18,7 @@ from ..jobs import SFR_METHODS
 from .adapt import add_input_arguments, add_run_arguments
 from .common import add_work_dir_argument, read_settings_file
 
-#: ``--method`` choices: the values of :class:`~ASSFTActive.sfr.pipeline.SfrMethod`.
+#: ``--method`` choices: the values of :class:`~ASSFTActive.sfr.config.SfrMethod`.
 METHODS = SFR_METHODS
 
 
@@ -38,9 +38,9 @@ def add_parser(subparsers) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The :class:`~ASSFTActive.sfr.pipeline.SfrConfig` of the command line: ``--config``, then the options."""
+    """The :class:`~ASSFTActive.sfr.config.SfrConfig` of the command line: ``--config``, then the options."""
     from ..errors import InputError
-    from ..sfr.pipeline import SfrConfig
+    from ..sfr.config import SfrConfig
 
     data: Dict[str, Any] = read_settings_file(args.config)
     try:
@@ -66,10 +66,10 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sfr.pipeline import sfr_adapt
-    from .adapt import run_adaptation
+    from ..sfr.pipeline import Sfr
+    from .adapt import run_command
 
-    return run_adaptation(args, sfr_adapt, build_config(args), format_summary, sam_prior=args.sam)
+    return run_command(args, Sfr(build_config(args), args.sam), format_summary)
 
 
 def format_summary(result) -> str:

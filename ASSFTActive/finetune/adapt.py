@@ -1,35 +1,34 @@
-"""Adapt a model to a new site: the guard's cross-validation, fine-tuning with pseudo-labels, a new store version.
+"""The adaptation spine: one run, from the inputs to a new model version, for every adaptation method.
 
-:func:`adapt_model` is the one entry point used by ``assft adapt``, the background worker and the demo. A run:
+:func:`run_adaptation` is the one entry point behind ``assft adapt``, ``assft sfr``, the background worker, the demo
+and the benchmarks; they differ only in the :class:`~.method.AdaptMethod` they pass
+(:class:`~.assft.SelectiveSelfTraining` or :class:`~ASSFTActive.sfr.pipeline.Sfr`). A run:
 
-1. checks the inputs (missing files, empty labelled set, an unwritable store) before any heavy work;
+1. checks the inputs (missing files, empty labelled set, an unwritable store) before any heavy work, loads the model
+   and what the method needs beside it, and opens the resumable checkpoints (:func:`start_run`);
 2. reads every labelled volume; a label whose geometry does not match its image, or with classes the model does
    not have, is skipped with a ``warning`` event naming the file (no usable labelled volume left: an error);
-   refuses implausible labels (:mod:`.label_checks`: no foreground, a class never labelled, a label far from the
-   current model's prediction), and scores the current model on each (Dice, HD95 per class);
-3. **the recipe**, run once per cross-validation fold (:mod:`.guard`; each fold trains on the other labelled volumes
-   and scores its held-out ones along the way) and once on every labelled volume up to the step where the
-   cross-validated Dice peaked:
-   a. **supervised stage**: Dice+CE on foreground-aware patches of the labelled volumes; the result is the teacher;
-   b. **semi-supervised stage(s)** (method-spec §1.7): the teacher predicts every unlabelled volume; each gets a
-      foreground confidence and a semantic distance (pooled deepest encoder stage, cosine, min over labelled
-      volumes); the reliable subset (mode ``selective``; ``all`` and ``none`` for comparison) is pseudo-labelled
-      and training continues on labelled + pseudo-labelled patches (:mod:`.training`, :mod:`.semi`);
-4. **the guard** (:func:`.guard.decide`): the new model becomes active only when the cross-validated Dice beats
+   refuses implausible labels (:mod:`.label_checks`), and scores the current model on each (Dice, HD95 per class);
+3. **the guard's cross-validation** (:func:`~.cross_validation.cross_validate`): the method's recipe once per fold,
+   each fold trained on the other labelled volumes and scored on its held-out ones along the way;
+4. **the method's final training** on every labelled volume, up to the step where the cross-validated Dice peaked
+   (ASSFT: a supervised stage, then selective semi-supervised rounds, :mod:`.assft`; SFR: SAM fine-tuning, SAM
+   pseudo-labels, Mean-Teacher re-training, :mod:`ASSFTActive.sfr.pipeline`);
+5. **the guard** (:func:`.guard.decide`): the new model becomes active only when the cross-validated Dice beats
    the current model's and its predictions on the unlabelled pool did not collapse; otherwise it is stored,
    not activated, and the reason is given (``assft models activate`` overrides);
-5. predicts the pool, runs ``before_commit`` (e.g. re-ranking), and only then writes a new version to the model
-   store (and switches the active pointer when the guard allows).
+6. predicts the pool, runs ``before_commit`` (e.g. re-ranking), and only then writes a new version to the model
+   store (and switches the active pointer when the guard allows) with the method's provenance (:func:`commit`).
 
-Everything before step 5's commit can be cancelled (the progress callback raises ``CancelledError``) and leaves the
+Everything before step 6's commit can be cancelled (the progress callback raises ``CancelledError``) and leaves the
 store as it was. With ``work_dir`` the run writes resumable checkpoints there and a new run continues from them.
 Under ``torchrun`` (a :class:`~ASSFTActive.distributed.DistContext` with several ranks) training is
 DistributedDataParallel, and prediction and validation are sharded across ranks; only rank 0 writes.
 
 Where each step lives: the run state and the reading of inputs :mod:`.state`; resumable state :mod:`.checkpoints`;
-the recipe :mod:`.recipe` (its pseudo-labelling round :mod:`.pseudo_round`, the trainer :mod:`.training`); the
-cross-validation and the pool check :mod:`.cross_validation`, the decision :mod:`.guard`; scoring
-:func:`ASSFTActive.evaluate.evaluate_cases`; the new version :meth:`ASSFTActive.store.ModelStore.add_version`.
+what a method supplies :mod:`.method`; the cross-validation and the pool check :mod:`.cross_validation`, the
+decision :mod:`.guard`; scoring :func:`ASSFTActive.evaluate.evaluate_cases`; the new version
+:meth:`ASSFTActive.store.ModelStore.add_version`.
 """
 
 from __future__ import annotations
@@ -51,19 +50,56 @@ from ..models import LoadedModel, ModelCard, load_card, load_model
 from ..plausibility import check_image
 from ..progress import ProgressCallback, emit
 from ..store import ModelStore, ModelVersion, check_name, resolve_card_path
-from .checkpoints import CHECKPOINT_FILE, Checkpoints, card_signature, run_fingerprint
+from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .guard import ActivationDecision, CrossValidation, decide
 from .label_checks import require_labels_near_prediction, require_plausible_labelled_set, thresholds_for
+from .method import AdaptMethod, Trained
 from .pseudo import PseudoDecision
-from .recipe import check_replicas, run_recipe
-from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, load_state, read_labeled, unwrap
+from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, read_labeled, unwrap
 
-__all__ = ["AdaptResult", "SkippedVolume", "adapt_model", "default_name"]
+__all__ = ["AdaptRequest", "AdaptResult", "SkippedVolume", "adapt_model", "default_name", "run_adaptation"]
 
+#: Called as ``before_commit(model, ctx)`` just before the commit with the model that will be active afterwards.
 BeforeCommit = Callable[[LoadedModel, DistContext], None]
-Rounds = List[Tuple[PseudoDecision, ...]]
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """What to adapt, where to store it, and how the run reports: the inputs of :func:`run_adaptation`.
+
+    Attributes:
+        images: ``{case_id: image path}`` of every volume (labelled and unlabelled).
+        labels: ``{case_id: label path}``; the other images form the unlabelled pool.
+        store: model store folder (see :mod:`ASSFTActive.store`).
+        model: ``"default"``, a card file, or a store folder (``<store>/<name>`` = its active version).
+        name: model name in the store; default :func:`default_name` of the card.
+        progress: receives :class:`~ASSFTActive.progress.Event` records; raising ``CancelledError`` cancels.
+        work_dir: folder for resumable checkpoints (a later run with the same inputs and settings resumes there).
+        predictions_dir: when given (and the method's ``predict_pool``), label maps of the unlabelled volumes
+            predicted by the new model are written there as ``<case_id>.nii.gz``.
+        device: compute device (default: CUDA when present; ignored when ``ctx`` is given).
+        ctx: data-parallel context under torchrun (default: one process).
+        before_commit: called just before the new version is committed with the model that will be active
+            afterwards: the adapted one, or the current one when the guard refused it (e.g. to re-rank the pool
+            with the active model); still cancellable.
+    """
+
+    images: Mapping[str, PathLike]
+    labels: Mapping[str, PathLike]
+    store: PathLike
+    model: Optional[PathLike] = "default"
+    name: Optional[str] = None
+    progress: Optional[ProgressCallback] = None
+    work_dir: Optional[PathLike] = None
+    predictions_dir: Optional[PathLike] = None
+    device: Optional[torch.device] = None
+    ctx: Optional[DistContext] = None
+    before_commit: Optional[BeforeCommit] = None
+
+    def context(self) -> DistContext:
+        return self.ctx if self.ctx is not None else DistContext.single(self.device)
 
 
 @dataclass(frozen=True)
@@ -145,85 +181,86 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
     return labeled
 
 
+def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
+    """Adapt ``request.model`` with ``method``; store the result, and activate it when the guard finds it better
+    than the current model. The steps are listed in the module docstring; each is a function of this module.
+
+    Returns:
+        the method's :class:`AdaptResult` (on every rank).
+
+    Raises:
+        InputError: no labelled volume, missing files, no usable labelled volume after the checks (or what the
+            method refuses, e.g. SFR without unlabelled volumes).
+        StoreError: the store cannot be written.
+        ModelError: the card, its weights or a checkpoint do not fit.
+        JobError: the work dir holds state of another run (the message says what to delete).
+        CancelledError: ``progress`` asked to cancel; the store is unchanged.
+    """
+    run = start_run(request, method)
+    method.prepare(run)
+    labeled = read_checked_labels(run)
+    before = score_current_model(run, labeled)
+    cv = cross_validate(run, labeled, before) if run.folds else None
+    stop = cv.stop_step() if cv is not None else run.recipe_steps
+    trained = method.train_final(run, labeled, stop, cross_validated=cv is not None)
+    decision = decide_activation(run, labeled, cv, stop)
+    metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
+    predictions = predict_pool(run) if run.predictions_dir is not None and run.config.predict_pool else {}
+    run_before_commit(run, decision, request.before_commit)
+    version = commit(run, labeled, trained, metrics, decision)
+    result = method.result(AdaptResult(
+        name=run.name, version=version["version"], version_dir=Path(version["path"]),
+        card_path=Path(version["path"]) / "card.json", activated=version["activated"], decision=decision,
+        labeled=tuple(c.case_id for c in labeled), skipped=tuple(run.skipped), pseudo=tuple(trained.pseudo),
+        metrics=json_ready(metrics), predictions=predictions, seconds=time.time() - run.started,
+        resumed_from=trained.resumed_from))
+    run.emit("phase", phase="done", message=(
+        f"{run.name} {result.version} written" + (" and active" if result.activated else " (not activated)")))
+    return result
+
+
 def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *, store: PathLike,
                 model: Optional[PathLike] = "default", name: Optional[str] = None,
                 config: FinetuneConfig = FinetuneConfig(), progress: Optional[ProgressCallback] = None,
                 work_dir: Optional[PathLike] = None, predictions_dir: Optional[PathLike] = None,
                 device: Optional[torch.device] = None, dist: Optional[DistContext] = None,
                 before_commit: Optional[BeforeCommit] = None) -> AdaptResult:
-    """Fine-tune ``model`` on the labelled volumes plus reliable pseudo-labelled ones; store it, and activate it
-    when the guard finds it better than the current model.
+    """:func:`run_adaptation` with ASSFT's method (:class:`~.assft.SelectiveSelfTraining` of ``config``): fine-tune
+    on the labelled volumes plus reliable pseudo-labelled ones. The arguments are :class:`AdaptRequest`'s (``dist``
+    is its ``ctx``)."""
+    from .assft import SelectiveSelfTraining
 
-    Args:
-        images: ``{case_id: image path}`` of every volume (labelled and unlabelled).
-        labels: ``{case_id: label path}``; the other images form the unlabelled pool.
-        store: model store folder (see :mod:`ASSFTActive.store`).
-        model: ``"default"``, a card file, or a store folder (``<store>/<name>`` = its active version).
-        name: model name in the store; default :func:`default_name` of the card.
-        config: every setting of the run (saved with the new version).
-        progress: receives :class:`~ASSFTActive.progress.Event` records; raising ``CancelledError`` cancels.
-        work_dir: folder for resumable checkpoints (a later call with the same inputs resumes there).
-        predictions_dir: when given (and ``config.predict_pool``), label maps of the unlabelled volumes predicted
-            by the new model are written there as ``<case_id>.nii.gz``.
-        device: compute device (default: CUDA when present; ignored when ``dist`` is given).
-        dist: data-parallel context under torchrun (default: one process).
-        before_commit: called just before the new version is committed with the model that will be active
-            afterwards: the adapted one, or the current one when the guard refused it (e.g. to re-rank the pool
-            with the active model); still cancellable.
-
-    Returns:
-        the :class:`AdaptResult` (on every rank).
-
-    Raises:
-        InputError: no labelled volume, missing files, no usable labelled volume after the checks.
-        StoreError: the store cannot be written.
-        ModelError: the card, its weights or a checkpoint do not fit.
-        CancelledError: ``progress`` asked to cancel; the store is unchanged.
-    """
-    run = start_run(images, labels, store=store, model=model, name=name, config=config, progress=progress,
-                    work_dir=work_dir, predictions_dir=predictions_dir, ctx=dist or DistContext.single(device))
-    labeled = read_checked_labels(run)
-    before = score_current_model(run, labeled)
-    cv = cross_validate(run, labeled, before) if run.folds else None
-    stop = cv.stop_step() if cv is not None else run.recipe_steps
-    resumed, rounds = train_final_model(run, labeled, stop, cross_validated=cv is not None)
-    decision = decide_activation(run, labeled, cv, stop)
-    metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
-    predictions = predict_pool(run) if run.predictions_dir is not None and config.predict_pool else {}
-    run_before_commit(run, decision, before_commit)
-    version = commit(run, labeled, rounds, metrics, decision, resumed)
-    result = AdaptResult(
-        name=run.name, version=version["version"], version_dir=Path(version["path"]),
-        card_path=Path(version["path"]) / "card.json", activated=version["activated"], decision=decision,
-        labeled=tuple(c.case_id for c in labeled), skipped=tuple(run.skipped), pseudo=rounds[-1] if rounds else (),
-        metrics=json_ready(metrics), predictions=predictions, seconds=time.time() - run.started, resumed_from=resumed)
-    run.emit("phase", phase="done", message=(
-        f"{run.name} {result.version} written" + (" and active" if result.activated else " (not activated)")))
-    return result
+    return run_adaptation(AdaptRequest(images, labels, store, model=model, name=name, progress=progress,
+                                       work_dir=work_dir, predictions_dir=predictions_dir, device=device, ctx=dist,
+                                       before_commit=before_commit), SelectiveSelfTraining(config))
 
 
 # --------------------------------------------------------------------------------------------- the steps
 
 
-def start_run(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *, store: PathLike,
-              model: Optional[PathLike], name: Optional[str], config: FinetuneConfig,
-              progress: Optional[ProgressCallback], work_dir: Optional[PathLike],
-              predictions_dir: Optional[PathLike], ctx: DistContext) -> AdaptRun:
-    """Check the inputs and the store (before any heavy work), load the model, open the checkpoints."""
-    image_paths, label_paths = check_inputs(images, labels)
-    card_path = resolve_card_path(model)
+def start_run(request: AdaptRequest, method: AdaptMethod) -> AdaptRun:
+    """Check the inputs and the store (before any heavy work), load the model and what the method needs beside it,
+    open the checkpoints (identified by the volumes and :meth:`~.method.AdaptMethod.identity`)."""
+    config = method.run_config()
+    image_paths, label_paths = check_inputs(request.images, request.labels)
+    card_path = resolve_card_path(request.model)
     card = load_card(card_path)
-    name = check_name(name or default_name(card))
-    model_store = ModelStore(store)
+    name = check_name(request.name or default_name(card))
+    model_store = ModelStore(request.store)
+    ctx = request.context()
     if ctx.is_main:
         model_store.check_writable(name)
-    emit(progress, "phase", phase="load", message=f"adapting {card.name} ({card_path}) into {model_store.root / name}")
+    emit(request.progress, "phase", phase="load",
+         message=f"adapting {card.name} ({card_path}) into {model_store.root / name}")
     loaded = load_model(card)
-    checkpoints = Checkpoints(Path(work_dir) if work_dir is not None else None,
-                              run_fingerprint(image_paths, label_paths, config), card_signature(card), ctx.is_main)
+    method.load(card, request.progress)
+    work_dir = Path(request.work_dir) if request.work_dir is not None else None
+    checkpoints = Checkpoints(work_dir, run_fingerprint(image_paths, label_paths, method.identity()),
+                              card_signature(card), ctx.is_main)
+    predictions_dir = Path(request.predictions_dir) if request.predictions_dir is not None else None
     return AdaptRun(images=image_paths, labels=label_paths, card=card, pretrained=card.pretrained_card().path,
                     model=loaded, store=model_store, name=name, config=config, ctx=ctx, checkpoints=checkpoints,
-                    progress=progress, predictions_dir=Path(predictions_dir) if predictions_dir is not None else None,
+                    method=method, progress=request.progress, predictions_dir=predictions_dir,
                     anchor=cpu_state(loaded.network))
 
 
@@ -231,31 +268,6 @@ def score_current_model(run: AdaptRun, labeled: Sequence[LabeledVolume]) -> Eval
     """The current model on every labelled volume (step 0 of the cross-validation, "before" of the result)."""
     run.emit("phase", phase="evaluate", message=f"scoring the current model on {len(labeled)} labelled volume(s)")
     return run.evaluate(run.network, labeled, run.config.validation.hd95, "evaluate")
-
-
-def train_final_model(run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int,
-                      cross_validated: bool) -> Tuple[int, Rounds]:
-    """Train the run's network on every labelled volume up to ``stop``, resuming from a checkpoint when there is one.
-
-    Returns:
-        the global step resumed from (0 = fresh start) and the pseudo-labelling decisions of each round.
-    """
-    checkpoint = run.checkpoints.load()
-    resumed = 0
-    if checkpoint is not None:
-        load_state(run.network, checkpoint.network, str(run.checkpoints.folder / CHECKPOINT_FILE))
-        resumed = run.stage_offset(checkpoint.stage) + checkpoint.step
-        run.emit("phase", phase="resume", step=run.folds * run.recipe_steps + resumed, total=run.total_steps,
-                 message=f"resuming the final training from its checkpoint at step {resumed}")
-    run.emit("phase", phase="train", message=(
-        f"final training on all {len(labeled)} labelled volume(s) up to step {stop} of {run.recipe_steps}"
-        + (" (the cross-validated best)" if cross_validated else "")))
-    rounds = run_recipe(run, run.network, labeled, stop, progress_offset=run.folds * run.recipe_steps, label="",
-                        final=True, resume=checkpoint)
-    check_replicas(run, run.network)
-    run.network.eval()
-    return resumed, rounds
-
 
 
 def run_before_commit(run: AdaptRun, decision: ActivationDecision, before_commit: Optional[BeforeCommit]) -> None:
@@ -320,36 +332,34 @@ def predict_pool(run: AdaptRun) -> Dict[str, Path]:
     return {case: Path(path) for case, path in zip(ids, written) if path is not None}
 
 
-def commit(run: AdaptRun, labeled: Sequence[LabeledVolume], rounds: Rounds, metrics: Mapping[str, Any],
-           decision: ActivationDecision, resumed: int) -> Dict[str, Any]:
-    """Write the new version (rank 0; :meth:`~ASSFTActive.store.ModelStore.add_version`), activated when the
-    guard agreed; remove the checkpoints. Returns ``{"version", "path", "activated"}`` on every rank."""
+def commit(run: AdaptRun, labeled: Sequence[LabeledVolume], trained: Trained, metrics: Mapping[str, Any],
+           decision: ActivationDecision) -> Dict[str, Any]:
+    """Write the new version (rank 0; :meth:`~ASSFTActive.store.ModelStore.add_version`) with the shared provenance
+    plus the method's (``trained.provenance``) and the method's settings, activated when the guard agreed; remove
+    the checkpoints. Returns ``{"version", "path", "activated"}`` on every rank."""
     run.emit("phase", phase="commit", message=f"writing a new version of {run.name}")
-    config, card, ctx = run.config, run.card, run.ctx
-    kept = [d.to_dict() for d in (rounds[-1] if rounds else ()) if d.kept]
+    card, ctx = run.card, run.ctx
     provenance = json_ready({
         "base_model": str(card.path), "base_name": card.name, "pretrained": str(run.pretrained),
         "labeled": [{"case_id": c.case_id, "image": c.image_path, "label": c.label_path, "role": "train"}
                     for c in labeled],
         "skipped": [s.to_dict() for s in run.skipped],
-        "pseudo_labeled": kept,
-        "pseudo_decisions": [[d.to_dict() for d in r] for r in rounds],
-        "pseudo_mode": config.pseudo.mode.value,
-        "seeds": {"train": config.train.seed, "folds": config.train.seed},
+        **trained.provenance,
         "activation": decision.to_dict(),
         "metrics": metrics,
         "package_version": __version__, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "device": str(ctx.device), "world_size": ctx.world_size,
-        "created": time.time(), "seconds": round(time.time() - run.started, 1), "resumed_from_step": resumed,
+        "created": time.time(), "seconds": round(time.time() - run.started, 1),
+        "resumed_from_step": trained.resumed_from,
     })
     info = None
     if ctx.is_main:
         summary = {"dice_before": metrics["before"]["mean_dice"], "dice_after": metrics["after"]["mean_dice"],
-                   "evaluated_on": metrics["evaluated_on"], "labeled": len(labeled), "pseudo_labeled": len(kept),
-                   "pseudo_mode": config.pseudo.mode.value, "activation": decision.to_dict()}
+                   "evaluated_on": metrics["evaluated_on"], "labeled": len(labeled), **trained.summary,
+                   "activation": decision.to_dict()}
         version: ModelVersion = run.store.add_version(
             run.name, card, unwrap(run.network), pretrained=run.pretrained, provenance=provenance,
-            config={"finetune": config.to_dict(), "model": str(card.path), "name": run.name,
+            config={**run.method.settings(), "model": str(card.path), "name": run.name,
                     "package_version": __version__},
             metrics=json_ready(summary), activate=decision.activate)
         if not decision.activate:

@@ -27,7 +27,6 @@ from ..errors import JobError, ModelError
 from ..evaluate import NOT_SCORED, json_ready
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models import ModelCard
-from .config import FinetuneConfig
 from .pseudo import PseudoDecision
 
 __all__ = [
@@ -52,11 +51,12 @@ def card_signature(card: ModelCard) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def run_fingerprint(images: Mapping[str, str], labels: Mapping[str, str], config: FinetuneConfig) -> str:
-    """Hash of a run's volumes and settings: a checkpoint of another run is refused."""
+def run_fingerprint(images: Mapping[str, str], labels: Mapping[str, str], identity: Mapping[str, Any]) -> str:
+    """Hash of a run's volumes and its method's identity (:meth:`~.method.AdaptMethod.identity`: every setting, and
+    what else the state depends on): a checkpoint of another run is refused."""
     return hashlib.sha256(json.dumps({
-        "images": dict(sorted(images.items())), "labels": dict(sorted(labels.items())), "config": config.to_dict(),
-    }, sort_keys=True).encode()).hexdigest()
+        "images": dict(sorted(images.items())), "labels": dict(sorted(labels.items())), "config": dict(identity),
+    }, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The guard's evidence: the recipe cross-validated over the labelled volumes, and the pool check.
 
-:func:`cross_validate` runs the recipe once per fold from the current weights and scores the fold's held-out
-volumes along the way (a finished fold is kept in the checkpoints and not run again); :func:`pool_check` compares
-what the current and the adapted model predict on a few unlabelled volumes. :mod:`.guard` turns both into the
+:func:`cross_validate` runs the method's recipe (:meth:`~.method.AdaptMethod.recipe`: ASSFT's or SFR's) once per
+fold from the current weights and scores the fold's held-out volumes along the way (a finished fold is kept in the
+checkpoints and not run again); :func:`pool_check` compares what the current and the adapted model predict on a few
+unlabelled volumes. :mod:`.guard` turns both into the
 activation decision.
 """
 

@@ -4,11 +4,14 @@ Each unlabelled volume gets a foreground confidence and a semantic distance to t
 encoder stage, cosine, min over labelled volumes; method-spec §1.7); :func:`~.pseudo.select_reliable` keeps the
 reliable subset (``selective``), every volume (``all``) or none (``none``). Prediction is sharded across ranks.
 The final training caches each round's result in the checkpoints, so a resumed run does not label the pool again.
+
+Who labels the pool is a :class:`PseudoLabeller` the method is given (default :class:`TeacherLabeller`, the above);
+a benchmark's oracle or a partial-label source plugs in there, not by replacing this module's functions.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Protocol, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -18,7 +21,7 @@ from ..evaluate import SkippedVolume
 from ..io import read_volume
 from ..plausibility import check_image
 from .checkpoints import PseudoLabels
-from .config import PseudoMode
+from .config import PseudoLabelConfig, PseudoMode
 from .pseudo import (
     PseudoCandidate,
     PseudoDecision,
@@ -30,17 +33,46 @@ from .pseudo import (
 from .state import AdaptRun, LabeledVolume
 from .training import SupervisedCase
 
-__all__ = ["label_pool", "pseudo_round"]
+__all__ = ["PseudoLabeller", "Selection", "TeacherLabeller", "label_pool", "pseudo_round"]
+
+#: Called as ``select(candidates, rule)``: the decision on every candidate (:func:`~.pseudo.select_reliable`).
+Selection = Callable[[Sequence[PseudoCandidate], PseudoLabelConfig], Tuple[PseudoDecision, ...]]
+
+
+class PseudoLabeller(Protocol):
+    """Labels the unlabelled pool in a self-training round."""
+
+    def label_pool(self, run: AdaptRun, round_index: int, network: nn.Module,
+                   train: Sequence[LabeledVolume]) -> PseudoLabels:
+        """The decision on every pool volume of ``run`` and the label (and voxel mask) of the kept ones.
+
+        Args:
+            network: the teacher (the model after the previous stage).
+            train: the labelled volumes of this run.
+        """
+
+
+class TeacherLabeller:
+    """The teacher's labels, with ``select`` deciding which volumes are kept (default: the run's rule,
+    :func:`~.pseudo.select_reliable`)."""
+
+    def __init__(self, select: Selection = select_reliable):
+        self.select = select
+
+    def label_pool(self, run: AdaptRun, round_index: int, network: nn.Module,
+                   train: Sequence[LabeledVolume]) -> PseudoLabels:
+        return label_pool(run, round_index, network, train, self.select)
 
 
 def pseudo_round(run: AdaptRun, round_index: int, network: nn.Module, train: Sequence[LabeledVolume],
-                 cache: bool) -> Tuple[List[SupervisedCase], Tuple[PseudoDecision, ...]]:
+                 cache: bool, labeller: PseudoLabeller) -> Tuple[List[SupervisedCase], Tuple[PseudoDecision, ...]]:
     """The pseudo-labelled training cases of round ``round_index`` and the decision on every pool volume.
 
     Args:
         network: the teacher (the model after the previous stage).
         train: the labelled volumes of this run (the references of the semantic distance).
         cache: read and write the round in the run's checkpoints (the final training).
+        labeller: labels the pool (when the round is not cached).
     """
     rule = run.config.pseudo
     pool = run.pool
@@ -50,7 +82,7 @@ def pseudo_round(run: AdaptRun, round_index: int, network: nn.Module, train: Seq
         return [], ()
     labelled = run.checkpoints.load_pseudo(round_index) if cache else None
     if labelled is None:
-        labelled = label_pool(run, round_index, network, train)
+        labelled = labeller.label_pool(run, round_index, network, train)
         if cache:
             run.checkpoints.save_pseudo(round_index, labelled)
             run.ctx.barrier()
@@ -68,9 +100,9 @@ def pseudo_round(run: AdaptRun, round_index: int, network: nn.Module, train: Seq
     return cases, labelled.decisions
 
 
-def label_pool(run: AdaptRun, round_index: int, network: nn.Module,
-               train: Sequence[LabeledVolume]) -> PseudoLabels:
-    """The teacher's label, confidence, distance and voxel mask of every pool volume; the selection applied."""
+def label_pool(run: AdaptRun, round_index: int, network: nn.Module, train: Sequence[LabeledVolume],
+               select: Selection = select_reliable) -> PseudoLabels:
+    """The teacher's label, confidence, distance and voxel mask of every pool volume; ``select`` applied."""
     rule = run.config.pseudo
     pool = run.pool
     run.emit("phase", phase="pseudo", message=f"round {round_index}: the teacher predicts the unlabelled pool")
@@ -108,7 +140,7 @@ def label_pool(run: AdaptRun, round_index: int, network: nn.Module,
         labels[case] = item["label"]
         if item["mask"] is not None:
             masks[case] = item["mask"]
-    decisions = select_reliable(candidates, rule)
+    decisions = select(candidates, rule)
     kept = {d.case_id for d in decisions if d.kept}
     return PseudoLabels(decisions, labels={k: v for k, v in labels.items() if k in kept},
                         masks={k: v for k, v in masks.items() if k in kept})

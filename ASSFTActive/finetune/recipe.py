@@ -18,7 +18,7 @@ from ..progress import Event, ProgressCallback
 from .checkpoints import TrainingCheckpoint
 from .config import PseudoMode, Teacher
 from .pseudo import PseudoDecision
-from .pseudo_round import pseudo_round
+from .pseudo_round import PseudoLabeller, TeacherLabeller, pseudo_round
 from .state import AdaptRun, LabeledVolume, cpu_state, unwrap
 from .teachers import FrozenFlipTeacher, flips_of_axes
 from .training import (
@@ -44,7 +44,8 @@ Scorer = Callable[[nn.Module, int], None]
 
 def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume], stop: int, *,
                progress_offset: int, label: str, scorer: Optional[Scorer] = None, final: bool = False,
-               resume: Optional[TrainingCheckpoint] = None) -> List[Tuple[PseudoDecision, ...]]:
+               resume: Optional[TrainingCheckpoint] = None,
+               labeller: PseudoLabeller = TeacherLabeller()) -> List[Tuple[PseudoDecision, ...]]:
     """Train ``network`` in place on ``train`` (+ pseudo-labels of the pool) up to global step ``stop``.
 
     Args:
@@ -53,6 +54,7 @@ def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume]
         scorer: called every ``validation.every`` steps and at the end of each stage (cross-validation folds).
         final: the run on every labelled volume: writes resumable checkpoints and caches its pseudo-labels.
         resume: the final run's checkpoint to continue from.
+        labeller: labels the pool in each round (:class:`~.pseudo_round.PseudoLabeller`).
 
     Returns:
         the pseudo-labelling decisions of each self-training round that ran (none in ``none`` mode).
@@ -70,7 +72,7 @@ def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume]
             break
         pseudo: List[SupervisedCase] = []
         if stage > 0:
-            pseudo, decisions = pseudo_round(run, stage, network, train, cache=final)
+            pseudo, decisions = pseudo_round(run, stage, network, train, final, labeller)
             if decisions:
                 rounds.append(decisions)
         resuming = resume is not None and stage == start_stage

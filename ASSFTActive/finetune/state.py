@@ -2,7 +2,8 @@
 
 :class:`AdaptRun` is what nnU-Net's trainer keeps on ``self``, as one typed record: the inputs, the model card and
 the weights the run started from, the store, the settings, the data-parallel context, the event channel and the
-checkpoints. Every step of :func:`~ASSFTActive.finetune.adapt.adapt_model` is a function of it.
+checkpoints, and the method being run. Every step of :func:`~ASSFTActive.finetune.adapt.run_adaptation` is a
+function of it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from ..progress import ProgressCallback, emit
 from ..store import ModelStore
 from .checkpoints import Checkpoints
 from .config import FinetuneConfig
+
+if TYPE_CHECKING:
+    from .method import AdaptMethod
 
 __all__ = ["AdaptRun", "LabeledVolume", "check_inputs", "cpu_state", "load_state", "read_labeled", "unwrap"]
 
@@ -64,7 +68,7 @@ def load_state(network: nn.Module, state: Mapping[str, torch.Tensor], where: str
 
 @dataclass
 class AdaptRun:
-    """One adaptation run (see :func:`~ASSFTActive.finetune.adapt.adapt_model`).
+    """One adaptation run (see :func:`~ASSFTActive.finetune.adapt.run_adaptation`).
 
     Attributes:
         images: ``{case_id: resolved image path}`` of every volume.
@@ -73,9 +77,10 @@ class AdaptRun:
         pretrained: the original pre-trained card behind ``card`` (recorded in the new version's card).
         model: that model, loaded; ``model.network`` is trained in place by the final run.
         store: the model store; ``name`` the model name in it.
-        config: every setting of the run.
+        config: the settings the shared steps read (:meth:`~.method.AdaptMethod.run_config`).
         ctx: the data-parallel context (one process by default).
         checkpoints: the resumable state in ``work_dir``.
+        method: what the run adapts with (:class:`~.method.AdaptMethod`).
         progress: the event callback (may raise ``CancelledError``).
         predictions_dir: where the pool's label maps are written (``None``: not written).
         anchor: the weights the run started from (the current model; L2-SP's reference).
@@ -94,6 +99,7 @@ class AdaptRun:
     config: FinetuneConfig
     ctx: DistContext
     checkpoints: Checkpoints
+    method: AdaptMethod
     progress: Optional[ProgressCallback] = None
     predictions_dir: Optional[Path] = None
     anchor: Dict[str, torch.Tensor] = field(default_factory=dict)
@@ -120,8 +126,8 @@ class AdaptRun:
 
     @property
     def recipe_steps(self) -> int:
-        """Steps of one run of the recipe: the supervised stage and every semi-supervised round."""
-        return self.config.train.iterations + self.rounds * self.config.semi_steps
+        """Steps of one run of the method's recipe (ASSFT: the supervised stage and every semi-supervised round)."""
+        return self.method.recipe_steps(self.config)
 
     @property
     def total_steps(self) -> int:
@@ -129,7 +135,7 @@ class AdaptRun:
         return (self.folds + 1) * self.recipe_steps
 
     def stage_offset(self, stage: int) -> int:
-        """First global step of ``stage`` (0 = supervised, ``k`` = semi-supervised round ``k``)."""
+        """First global step of ``stage`` of ASSFT's recipe (0 = supervised, ``k`` = semi-supervised round ``k``)."""
         return 0 if stage == 0 else self.config.train.iterations + (stage - 1) * self.config.semi_steps
 
     def emit(self, kind: str, **kwargs: Any) -> None:

@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -68,8 +68,8 @@ def sfr_plus_finetune(model: Sam, labelled: Sequence[SfrCase], pool: Sequence[Vo
                       config: SfrFinetuneConfig = SfrFinetuneConfig(), plus: SfrPlusConfig = SfrPlusConfig(),
                       sam_input: Optional[SamInput] = None, pool_ids: Optional[Sequence[str]] = None,
                       second_config: Optional[SfrFinetuneConfig] = None,
-                      progress: Optional[ProgressCallback] = None,
-                      device: Optional[torch.device] = None) -> SfrPlusResult:
+                      progress: Optional[ProgressCallback] = None, device: Optional[torch.device] = None,
+                      labeller: Callable[..., Tuple[SfrPseudoLabel, ...]] = sfr_pseudo_labels) -> SfrPlusResult:
     """SFR+'s two fine-tunings of SAM and the pool's final pseudo-labels.
 
     Args:
@@ -82,13 +82,14 @@ def sfr_plus_finetune(model: Sam, labelled: Sequence[SfrCase], pool: Sequence[Vo
         pool_ids: names of the pool volumes (file names by default).
         progress: ``phase`` events for each step, then those of the steps themselves; may cancel.
         device: where SAM runs.
+        labeller: SAM's pseudo-labeller of the pool, called as :func:`~.pseudo.sfr_pseudo_labels` (the default).
     """
     if not pool:
         raise InputError("SFR+ needs an unlabelled pool to select pseudo-labelled volumes from")
     emit(progress, "phase", phase=PHASE, message="SFR+ step 1/4: fine-tuning SAM on the labelled volumes")
     first = finetune_sam(model, labelled, config, sam_input, progress, device)
     emit(progress, "phase", phase=PHASE, message="SFR+ step 2/4: pseudo-labelling the pool")
-    first_pseudo = sfr_pseudo_labels(first.model, pool, sam_input, pool_ids, progress, device)
+    first_pseudo = labeller(first.model, pool, sam_input, pool_ids, progress, device)
     decisions = sfr_plus_select([p.case_id for p in first_pseudo], [p.confidence for p in first_pseudo],
                                 plus.kappa)
     kept = {d.case_id for d in decisions if d.kept}
@@ -102,6 +103,6 @@ def sfr_plus_finetune(model: Sam, labelled: Sequence[SfrCase], pool: Sequence[Vo
     start = model if plus.restart_from_prior else first.model
     second = finetune_sam(start, list(labelled) + extra, second_config or config, sam_input, progress, device)
     emit(progress, "phase", phase=PHASE, message="SFR+ step 4/4: pseudo-labelling the pool with the second SAM")
-    final = sfr_pseudo_labels(second.model, pool, sam_input, pool_ids, progress, device)
+    final = labeller(second.model, pool, sam_input, pool_ids, progress, device)
     return SfrPlusResult(first=first, first_pseudo=first_pseudo, decisions=decisions, second=second,
                          pseudo_labels=final)
