@@ -67,12 +67,21 @@ from ASSFTActive.io import Volume, case_id, read_label, read_volume  # noqa: E40
 from ASSFTActive.models import ModelCard, build_network, load_model, save_card, save_weights  # noqa: E402
 from ASSFTActive.store import resolve_card  # noqa: E402
 from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, ShiftConfig, apply_shift  # noqa: E402
-from Testing.Benchmarks.harness.splits import acdc_patient, groups_of, hold_out, read_reserved, split_acdc  # noqa: E402
+from Testing.Benchmarks.harness.splits import (  # noqa: E402
+    acdc_path_split,
+    acdc_patient,
+    groups_of,
+    hold_out,
+    read_reserved,
+    split_acdc,
+)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "acdc"
 #: Where the model is written and where ``Testing/Benchmarks/annotation_efficiency.py --anatomy acdc`` looks for it
 #: (outside the repository: the weights derive from non-commercial data).
 DEFAULT_OUT = Path("~/.cache/assft/acdc-source")
+#: The ACDC-Path source model (``--split acdc_path``): trained on the dilated, infarct and normal patients only.
+DEFAULT_PATH_OUT = Path("~/.cache/assft/acdc-path-source")
 RESULTS = ROOT / "Testing" / "Benchmarks" / "results"
 
 CARD = {
@@ -100,14 +109,25 @@ SWEEP: Tuple[Tuple[str, float], ...] = tuple(("scanner", s) for s in (0.1, 0.2, 
     + (("gamma", 1.0), ("bias_field", 1.0), ("noise", 1.0))
 
 
-def load_split(data: Path) -> Dict[str, List[str]]:
-    """Case ids of each part: ``train`` and ``source_test`` (the source split), ``target_pool``, ``target_test``."""
+def load_split(data: Path, rule: str = "acdc") -> Dict[str, List[str]]:
+    """Case ids of each part: ``train`` and ``source_test`` (the source split), ``target_pool``, ``target_test``.
+
+    ``rule`` ``acdc``: :func:`split_acdc`; ``acdc_path``: :func:`acdc_path_split` (source = the dilated, infarct
+    and normal patients; target pool / test = the development part's pool candidates / evaluation cases of the
+    hypertrophic and abnormal-RV patients, the only target cases this script ever scores).
+    """
     if not (data / "imagesTr").is_dir():
         sys.exit(f"error: {data} has no imagesTr folder; pass --data <ACDC folder> (../shared/data/acdc).")
     reserved = read_reserved(data / "reserved.txt")
     if not reserved:
         sys.exit(f"error: {data / 'reserved.txt'} lists no case; it must list the reserved cases.")
-    split = split_acdc([case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))], reserved)
+    cases = [case_id(p) for p in sorted((data / "imagesTr").glob("*.nii.gz"))]
+    if rule == "acdc_path":
+        path = acdc_path_split(cases, reserved)
+        train, held_out = hold_out(path.source, acdc_patient)
+        return {"train": list(train), "source_test": list(held_out), "target_pool": list(path.development.pool),
+                "target_test": list(path.development.eval)}
+    split = split_acdc(cases, reserved)
     train, held_out = hold_out(split.source, acdc_patient)
     return {"train": list(train), "source_test": list(held_out), "target_pool": list(split.target_pool),
             "target_test": list(split.target_test)}
@@ -321,7 +341,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="ACDC folder (imagesTr, labelsTr, reserved.txt)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    parser.add_argument("--split", choices=("acdc", "acdc_path"), default="acdc",
+                        help="acdc: the source split of all five diagnoses (default); acdc_path: the dilated, infarct "
+                             f"and normal patients only (the ACDC-Path source model; default --out {DEFAULT_PATH_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
                         help="model folder for card.json and weights.safetensors (outside the repository)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="folder for acdc_source_model.md and .json")
@@ -337,7 +360,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    parts = load_split(args.data)
+    if args.out is None:
+        args.out = DEFAULT_PATH_OUT if args.split == "acdc_path" else DEFAULT_OUT
+    parts = load_split(args.data, args.split)
     print(f"split by patient: train {len(parts['train'])}, source test {len(parts['source_test'])}, target pool "
           f"{len(parts['target_pool'])}, target test {len(parts['target_test'])} volumes", flush=True)
     out = args.out.expanduser()
@@ -349,16 +374,19 @@ def main() -> None:
     card = json.loads((out / "card.json").read_text())
     report = {
         "card": card, "split": parts, "results": results, "rule": RULE, "machine": machine(),
-        "model_folder_default": str(DEFAULT_OUT),
+        "model_folder_default": str(DEFAULT_OUT if args.split == "acdc" else DEFAULT_PATH_OUT),
         "patients": {part: sorted(groups_of(cases, acdc_patient)) for part, cases in parts.items()},
         "commands": {
             "train": "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py"
+                     + (f" --split {args.split}" if args.split != "acdc" else "")
                      + (f" --iterations {args.iterations}" if args.iterations != 3000 else ""),
-            "evaluate": "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py --evaluate"},
+            "evaluate": "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py --evaluate"
+                        + (f" --split {args.split}" if args.split != "acdc" else "")},
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "acdc_source_model.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.results / "acdc_source_model.md").write_text(markdown(report))
+    stem = "acdc_source_model" if args.split == "acdc" else f"{args.split}_source_model"
+    (args.results / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.results / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
 
 

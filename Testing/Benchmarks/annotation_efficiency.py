@@ -1,13 +1,13 @@
 """Annotation efficiency (issues 5 and 15): the reports of the committed runs, re-rendered or merged from their JSON.
 
-What the committed runs measured. Setting (issue 5): the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split
-of MSD Hippocampus). The target domain is the other non-reserved cases under a seeded scanner-appearance shift
-(``harness.shifts``; kind and strength are parameters), split deterministically into a target pool
-(candidates for labelling) and a target test set (``harness.splits``). The 40 cases of ``reserved.txt`` are
-never read.
+What the committed runs measured. Setting (issue 5): the pre-trained model is the embedded default (a small MONAI
+UNet trained on the *source* split of MSD Hippocampus). The target domain is the other non-reserved cases under a
+seeded scanner-appearance shift (``harness.shifts``; kind and strength are parameters), split deterministically into
+a target pool (candidates for labelling) and a target test set (``harness.splits``). The 40 cases of
+``reserved.txt`` were never read.
 
-Two anatomies (``experiment.anatomy``, issue 15 item 5), each with its data folder, split, pre-trained model and a mild and a
-harsh shift (``experiment.shift``; ``harness.shifts.BENCHMARK_SHIFTS``):
+Two anatomies (``experiment.anatomy``, issue 15 item 5), each with its data folder, split, pre-trained model and a
+mild and a harsh shift (``experiment.shift``; ``harness.shifts.BENCHMARK_SHIFTS``):
 
 * ``hippocampus`` (default): MSD Hippocampus, split by case, the embedded default model;
 * ``acdc``: ACDC cine cardiac MRI (RV, myocardium, LV), split by patient (both frames of a patient in one part,

@@ -113,3 +113,16 @@ def test_acdc_path_tasks_report_the_two_unseen_diagnoses_as_groups():
     task = tasks.make_task("acdc_path", "development", 0)
     assert {task.setting.group_of(c) for c in task.eval} == {"hypertrophic", "abnormal_rv"}
     assert task.setting.site_of(task.pool[0]).shift is None and task.model == tasks.ACDC_PATH_SOURCE_MODEL
+
+
+def test_the_acdc_path_source_model_trains_on_three_diagnoses_and_is_scored_on_the_other_two(train_script):
+    need(ACDC)
+    from Testing.Benchmarks.harness.splits import acdc_diagnosis
+
+    parts = train_script.load_split(ACDC, "acdc_path")
+    source = parts["train"] + parts["source_test"]
+    target = parts["target_pool"] + parts["target_test"]
+    assert {acdc_diagnosis(c) for c in source} == {"dilated", "infarct", "normal"}
+    assert {acdc_diagnosis(c) for c in target} == {"hypertrophic", "abnormal_rv"}
+    assert not {acdc_patient(c) for c in parts["train"]} & {acdc_patient(c) for c in parts["source_test"]}
+    assert train_script.load_split(ACDC)["train"] == train_script.load_split(ACDC, "acdc")["train"]

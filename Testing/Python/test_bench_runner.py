@@ -83,6 +83,9 @@ def test_arms_name_any_query_strategy_with_fields():
     assert named.name == "cb" and dict(named.query) == {"strategy": "assft", "asd_reduce": "class_balanced",
                                                         "dkd_weight": 0.3}
     assert arms.parse_arm("strategy=random").seeded
+    noised = arms.parse_arm("strategy=clasp_pe,seeded=true,guard=true")
+    assert noised.seeded and noised.guard and dict(noised.query) == {"strategy": "clasp_pe"}
+    assert noised.draws(2) == arms.SEEDED_DRAWS and noised.draws(2, override=7) == 7
     with pytest.raises(ValueError, match="unknown arm"):
         arms.parse_arm("typicality")
     with pytest.raises(ValueError, match="no strategy"):

@@ -1,6 +1,7 @@
 """Command line of the harness (from the repository root):
 
     .venv/bin/python -m Testing.Benchmarks.harness splits                 # write the committed split files
+    .venv/bin/python -m Testing.Benchmarks.harness plan --profile development   # units and CPU-time estimate
     .venv/bin/python -m Testing.Benchmarks.harness run --profile development --name dev1 [--settings ...]
         [--pools 0 1] [--arms random coreset strategy=typicality] [--threads 1]
     .venv/bin/python -m Testing.Benchmarks.harness report --name dev1     # Markdown, JSON, PNG, goal rows
@@ -50,6 +51,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--arms", nargs="+", help="arm names or strategy=<QueryConfig strategy>[,field=value]")
     run.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     run.add_argument("--records", type=Path, default=runner.RECORDS, help="parent folder of the record folders")
+    plan = sub.add_parser("plan", help="count a profile's units and estimate their CPU time")
+    plan.add_argument("--profile", choices=sorted(runner.PROFILES), required=True)
+    plan.add_argument("--settings", nargs="+")
+    plan.add_argument("--arms", nargs="+")
     rep = sub.add_parser("report", help="tables, plots and goal rows from the records")
     rep.add_argument("--name", required=True)
     rep.add_argument("--default-arm", default="assft", help="the arm whose goal rows are written")
@@ -60,6 +65,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "splits":
         for path in write_splits():
             print(f"wrote {path}")
+        return 0
+    if args.command == "plan":
+        units = runner.plan(runner.PROFILES[args.profile], settings=args.settings, arms=args.arms)
+        hours = runner.estimate_cpu_hours(units)
+        for name, value in hours.items():
+            print(f"{name}: {sum(u.setting == name for u in units)} units, ~{value:.1f} CPU hours (one thread)")
+        print(f"total: {len(units)} units, ~{sum(hours.values()):.1f} CPU hours")
         return 0
     if args.command == "run":
         import torch

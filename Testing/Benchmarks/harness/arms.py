@@ -16,6 +16,9 @@ from typing import Any, Dict, Tuple
 #: >= 15 at B = 4; larger budgets get 10.
 RANDOM_DRAWS = {2: 30, 4: 15}
 DEFAULT_RANDOM_DRAWS = 10
+#: Draws per pool and budget of the other seeded arms (foreground-aware random, a noised-score sampler): 5 draws x
+#: 5 pools = 25 labelled sets per setting, beyond the >= 10 ``BENCHMARKS.md`` asks for a claim.
+SEEDED_DRAWS = 5
 
 #: Step counts of the converged ceiling (the whole pool labelled); the flat point is the ceiling.
 CEILING_STEPS = (120, 400, 800)
@@ -51,7 +54,11 @@ class Arm:
         """How many labelled sets this arm is measured on per (pool, budget)."""
         if not self.seeded:
             return 1
-        return override or RANDOM_DRAWS.get(budget, DEFAULT_RANDOM_DRAWS)
+        if override:
+            return override
+        if self.strategy == "random":
+            return RANDOM_DRAWS.get(budget, DEFAULT_RANDOM_DRAWS)
+        return SEEDED_DRAWS
 
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "query": dict(self.query), "finetune": dict(self.finetune), "guard": self.guard,
@@ -87,7 +94,9 @@ BASELINES = ("fg_random", "coreset", "clasp_pe", "typicality")
 
 def parse_arm(text: str) -> Arm:
     """An arm by name (:data:`ARMS`) or built from ``QueryConfig`` fields: ``strategy=typicality`` or
-    ``name:strategy=assft,combine=two_stage`` (values parsed as int / float / bool when they look like one).
+    ``name:strategy=assft,combine=two_stage`` (values parsed as int / float / bool when they look like one). Two
+    fields are the arm's, not the query's: ``seeded=true`` (a sampling query: measured on several draws) and
+    ``guard=true`` (Adapt Model's guard on).
 
     Raises:
         ValueError: an unknown arm name, or fields without ``strategy``.
@@ -104,10 +113,12 @@ def parse_arm(text: str) -> Arm:
     if "strategy" not in fields:
         raise ValueError(f"arm {text!r} names no strategy (e.g. strategy=typicality)")
     strategy = str(fields["strategy"])
+    seeded = bool(fields.pop("seeded", strategy in ("random", "fg_random")))
+    guard = bool(fields.pop("guard", False))
     extra = {k: v for k, v in fields.items() if k != "strategy"}
     name = name or (strategy if not extra else strategy + "_" + "_".join(f"{k}-{v}" for k, v in sorted(extra.items())))
-    return Arm(name=name, query=(("strategy", strategy), *sorted(extra.items())),
-               seeded=strategy in ("random", "fg_random"), label=name)
+    return Arm(name=name, query=(("strategy", strategy), *sorted(extra.items())), seeded=seeded, guard=guard,
+               label=name)
 
 
 def _value(text: str) -> Any:

@@ -100,8 +100,30 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
                                               worst_idx, arm_mats)
             entry["budgets"][str(budget)] = row
         entry["default_arm"] = default_arm
+        entry["guarded"] = _guarded(cells, floor, cases)
         out[f"{setting}/{split}"] = entry
     return out
+
+
+def _guarded(cells: Mapping[Tuple[str, int], Mapping[int, list]], floor: Mapping[int, np.ndarray],
+             cases: Sequence[str]) -> List[Dict[str, Any]]:
+    """Per guarded record (an arm run with Adapt Model's guard): the guard's cross-validated gain and its interval,
+    its verdict, and the evaluation-case gain over no adaptation in the same pool (what a guard calibration needs:
+    does the fold gain predict the test gain?)."""
+    rows = []
+    for (arm, budget), cell in sorted(cells.items()):
+        for pool, records in sorted(cell.items()):
+            for r in records:
+                activation = r.get("activation") or {}
+                if activation.get("method") in (None, "unguarded") or pool not in floor:
+                    continue
+                test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
+                rows.append({"arm": arm, "budget": budget, "pool": pool, "draw": r["draw"], "seed": r["seed"],
+                             "labelled": r.get("labelled"), "activated": r.get("activated"),
+                             "cv_gain": activation.get("gain"), "cv_gain_low": activation.get("gain_low"),
+                             "cv_gain_high": activation.get("gain_high"), "stop_step": activation.get("stop_step"),
+                             "test_gain_over_floor": test, "cross_validation": r.get("cross_validation")})
+    return rows
 
 
 def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:

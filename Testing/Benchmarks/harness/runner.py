@@ -132,6 +132,35 @@ def plan(profile: Profile, settings: Optional[Sequence[str]] = None, pools: Opti
     return units
 
 
+#: Measured cost on one CPU thread of the shared 2-core machine (AMD EPYC), seconds: per training step of Adapt
+#: Model's default recipe, and per unit for loading, the label pass and the evaluation (see RESULTS.md, harness).
+SECONDS_PER_STEP = {"hippocampus": 0.55, "acdc": 0.35, "acdc_path": 0.35}
+SECONDS_PER_UNIT = {"hippocampus": 15.0, "acdc": 15.0, "acdc_path": 10.0}
+#: Adapt Model's default steps (100 supervised + 100 second stage), for arms that do not set their own.
+DEFAULT_STEPS = 200
+
+
+def unit_steps(unit: Unit) -> int:
+    """Training steps of a unit: the arm's overrides, else the product default; 0 for the floor."""
+    if unit.arm.name == FLOOR.name:
+        return 0
+    finetune = dict(unit.arm.finetune)
+    supervised = int(finetune.get("train.iterations", DEFAULT_STEPS // 2))
+    return supervised + int(finetune.get("semi_iterations", supervised) or 0)
+
+
+def estimate_cpu_hours(units: Sequence[Unit]) -> Dict[str, float]:
+    """CPU hours (one thread) per setting, from :data:`SECONDS_PER_STEP` and :data:`SECONDS_PER_UNIT`."""
+    from .tasks import SETTINGS
+
+    hours: Dict[str, float] = {}
+    for unit in units:
+        anatomy = SETTINGS[unit.setting].anatomy
+        seconds = SECONDS_PER_UNIT[anatomy] + unit_steps(unit) * SECONDS_PER_STEP[anatomy]
+        hours[unit.setting] = hours.get(unit.setting, 0.0) + seconds / 3600.0
+    return hours
+
+
 def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
