@@ -70,3 +70,22 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "| 0.005 | none | 4/5 | 100 % (2/2) | 0 % (0/2) |" in printed
     assert [r["false_activations"] for r in json.loads(out.read_text())["rows"]] == [2, 1]
     assert main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("guard_cost", REPO / "Testing" / "Benchmarks" / "guard_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    goals = tmp_path / "goals.json"
+    other = {"topic": "query", "goal": "gap", "setting": "s", "budget": 2, "split": "test", "value": 0.1}
+    old = {"topic": "speed", "goal": "guard_cost_ratio", "setting": "sample_tiny_guarded", "budget": 3,
+           "split": "dev", "value": 4.0}
+    goals.write_text(json.dumps({"rows": [other, old]}))
+    new = dict(old, value=3.3)
+    module.merge_goal_rows(goals, [new, dict(new, setting="sample_tiny_fast_0.34", value=1.9)])
+    rows = json.loads(goals.read_text())["rows"]
+    assert rows[0] == other and [r["value"] for r in rows[1:]] == [3.3, 1.9]
