@@ -1,10 +1,11 @@
-"""Adapt Model as a user gets it: target-test Dice after ``adapt_model`` on a few labels, per fine-tuning recipe.
+"""Adapt Model as a user gets it: target-test Dice after ``run_adaptation`` on a few labels, per fine-tuning recipe.
 
 Question (issue 8): does Adapt Model with two to eight labelled volumes make the model better, never worse, and do
-the pseudo-labels add anything over the labels alone? Every arm runs the product's own ``adapt_model`` (no second
-trainer) into a throw-away model store; what is measured is the model that is **active afterwards**: the adapted
-one when the guard activated it, else the current (pre-trained) one. The adapted model's own Dice is recorded too,
-so what the guard prevented is visible.
+the pseudo-labels add anything over the labels alone? Every arm runs the product's own adaptation spine
+(``run_adaptation`` with ASSFT's or SFR's method; the oracle arm hands in its own pseudo-labeller, nothing of the
+product is patched; no second trainer) into a throw-away model store; what is measured is the model that is
+**active afterwards**: the adapted one when the guard activated it, else the current (pre-trained) one. The adapted
+model's own Dice is recorded too, so what the guard prevented is visible.
 
 Setting: the pre-trained model is the embedded default (a small MONAI UNet trained on the *source* split of MSD
 Hippocampus). The target site is the target pool and target test split (``harness.splits``; the 40 cases of
@@ -118,8 +119,8 @@ ORACLE_ARMS = {"oracle_mean_teacher": "lr1e-4_plain_mean_teacher"}
 QUERY_ARMS = {"query_mean_teacher": "lr1e-4_plain_mean_teacher"}
 ARMS.update({name: ARMS[base] for name, base in {**ORACLE_ARMS, **QUERY_ARMS}.items()})
 
-#: SFR arms (issue 13): ``sfr_adapt`` from the embedded SAM prior (``sfr-sam-tiny``, not Meta's SAM), guard off like
-#: the sweep arms. SFR's own schedule (6,000 SAM steps, 6,000 SGD re-training steps) does not fit a CPU benchmark:
+#: SFR arms (issue 13): the ``Sfr`` method from the embedded SAM prior (``sfr-sam-tiny``, not Meta's SAM), guard off
+#: like the sweep arms. SFR's own schedule (6,000 SAM steps, 6,000 SGD re-training steps) does not fit a CPU benchmark:
 #: SAM is fine-tuned ``SFR_SAM_STEPS`` steps, the 3D re-training runs as many steps as Adapt Model's two stages, with
 #: SFR's optimiser (SGD lr 0.01) and its consistency ramp shrunk in proportion (40 "epochs" over those steps).
 #: ``mean_teacher_no_sam`` is SFR's own baseline: the same re-training with the SAM pseudo-labels' weight at 0 (the
@@ -203,29 +204,29 @@ def _config(arm: str, seed: int):
     return FinetuneConfig.from_dict(data)
 
 
-def _oracle_label_pool(label_dir: Path):
-    """``pseudo_round.label_pool`` that keeps the pool volumes whose teacher label has the highest true Dice."""
-    from dataclasses import replace
+class OracleLabeller:
+    """A :class:`~ASSFTActive.finetune.pseudo_round.PseudoLabeller` that keeps the pool volumes whose teacher label
+    has the highest true Dice (hidden labels in ``label_dir``), as many as ``keep_fraction`` of the pool."""
 
-    from ASSFTActive.evaluate import dice_per_class, mean_scored
-    from ASSFTActive.finetune import pseudo_round
-    from ASSFTActive.finetune.checkpoints import PseudoLabels
-    from ASSFTActive.finetune.config import PseudoMode
-    from ASSFTActive.finetune.pseudo import PseudoDecision
-    from ASSFTActive.io import read_label, read_volume
+    def __init__(self, label_dir: Path):
+        self.label_dir = label_dir
 
-    original_label_pool, original_select = pseudo_round.label_pool, pseudo_round.select_reliable
+    def label_pool(self, run, round_index, network, train):
+        from dataclasses import replace
 
-    def label_pool(run, round_index, network, train):
-        pseudo_round.select_reliable = lambda c, rule: original_select(c, replace(rule, mode=PseudoMode.ALL))
-        try:
-            everything = original_label_pool(run, round_index, network, train)
-        finally:
-            pseudo_round.select_reliable = original_select
+        from ASSFTActive.evaluate import dice_per_class, mean_scored
+        from ASSFTActive.finetune.checkpoints import PseudoLabels
+        from ASSFTActive.finetune.config import PseudoMode
+        from ASSFTActive.finetune.pseudo import PseudoDecision, select_reliable
+        from ASSFTActive.finetune.pseudo_round import TeacherLabeller
+        from ASSFTActive.io import read_label, read_volume
+
+        everyone = TeacherLabeller(lambda c, rule: select_reliable(c, replace(rule, mode=PseudoMode.ALL)))
+        everything = everyone.label_pool(run, round_index, network, train)
         classes = run.card.num_classes
         dice = {}
         for case, label in everything.labels.items():
-            truth = read_label(label_dir / f"{case}.nii.gz", read_volume(run.pool[case]), classes).array
+            truth = read_label(self.label_dir / f"{case}.nii.gz", read_volume(run.pool[case]), classes).array
             dice[case] = float(mean_scored(dice_per_class(label, truth, classes)))
         order = sorted(dice, key=lambda c: (-dice[c], c))
         keep = set(order[: int(math.ceil(run.config.pseudo.keep_fraction * len(order) - 1e-9))])
@@ -234,8 +235,6 @@ def _oracle_label_pool(label_dir: Path):
                           for d in everything.decisions)
         return PseudoLabels(decisions, labels={c: v for c, v in everything.labels.items() if c in keep},
                             masks={c: v for c, v in everything.masks.items() if c in keep})
-
-    return label_pool
 
 
 def _sfr_config(arm: str, seed: int):
@@ -251,20 +250,21 @@ def _sfr_config(arm: str, seed: int):
     return SfrConfig.from_dict(data)
 
 
-def _run_sfr(task: Task, images: Dict[str, str], labels: Dict[str, str], store: str):
-    """``sfr_adapt`` for an SFR arm; also the true Dice of SAM's last pseudo-labels of the pool (hidden labels)."""
+def _run_sfr(task: Task, request):
+    """SFR's method for an SFR arm; also the true Dice of SAM's last pseudo-labels of the pool (hidden labels)."""
     from ASSFTActive.evaluate import dice_per_class, mean_scored
+    from ASSFTActive.finetune.adapt import run_adaptation
     from ASSFTActive.io import read_label
-    from ASSFTActive.sfr import pipeline, plus
-    from ASSFTActive.store import resolve_card
+    from ASSFTActive.models import resolve_card
+    from ASSFTActive.sfr.pipeline import Sfr
+    from ASSFTActive.sfr.pseudo import sfr_pseudo_labels
 
     classes = resolve_card("default").num_classes
     seen: Dict[str, float] = {}
-    original = pipeline.sfr_pseudo_labels
     root = Path(_WORKER["data"])
 
     def recording(model, volumes, *args, **kwargs):
-        out = original(model, volumes, *args, **kwargs)
+        out = sfr_pseudo_labels(model, volumes, *args, **kwargs)
         seen.clear()
         for pseudo, volume in zip(out, volumes):
             truth = read_label(root / "labelsTr" / f"{pseudo.case_id}.nii.gz", volume, classes).array
@@ -273,12 +273,9 @@ def _run_sfr(task: Task, images: Dict[str, str], labels: Dict[str, str], store: 
         return out
 
     config = _sfr_config(task.arm, task.seed)
-    if config.mean_teacher.pseudo_weight > 0:  # SAM's labels are used: score them
-        pipeline.sfr_pseudo_labels = plus.sfr_pseudo_labels = recording
-    try:
-        result = pipeline.sfr_adapt(images, labels, store=store, model="default", name="bench", config=config)
-    finally:
-        pipeline.sfr_pseudo_labels = plus.sfr_pseudo_labels = original
+    # SAM's labels are used when their weight is positive: score them
+    labeller = recording if config.mean_teacher.pseudo_weight > 0 else sfr_pseudo_labels
+    result = run_adaptation(request, Sfr(config, labeller=labeller))
     kept = [r.case_id for r in result.pseudo if r.kept]
     diagnosis = {"pseudo_true_dice": float(np.mean(list(seen.values()))) if seen else None,
                  "pseudo_true_dice_kept": float(np.mean([seen[c] for c in kept if c in seen])) if kept else None}
@@ -286,8 +283,8 @@ def _run_sfr(task: Task, images: Dict[str, str], labels: Dict[str, str], store: 
 
 
 def run_task(task: Task) -> Dict[str, Any]:
-    from ASSFTActive.finetune import pseudo_round
-    from ASSFTActive.finetune.adapt import adapt_model
+    from ASSFTActive.finetune.adapt import AdaptRequest, run_adaptation
+    from ASSFTActive.finetune.assft import SelectiveSelfTraining
 
     if task.arm == "floor":
         return {"task": task.__dict__, "test_dice": _test_dice(None, task.shift), "activated": False,
@@ -296,21 +293,18 @@ def run_task(task: Task) -> Dict[str, Any]:
     images = {c: str(Path(_WORKER["pool_dirs"][task.shift]) / f"{c}.nii.gz") for c in _WORKER["pool_ids"]}
     labels = {c: str(root / "labelsTr" / f"{c}.nii.gz") for c in task.labeled}
     store = tempfile.mkdtemp(prefix="adapt-bench-")
+    request = AdaptRequest(images, labels, store, model="default", name="bench")
     start = time.perf_counter()
-    original_label_pool = pseudo_round.label_pool
-    if task.arm in ORACLE_ARMS:
-        pseudo_round.label_pool = _oracle_label_pool(root / "labelsTr")
     diagnosis: Dict[str, Any] = {}
     try:
         if task.arm in SFR_ARMS:
-            result, kept, diagnosis = _run_sfr(task, images, labels, store)
+            result, kept, diagnosis = _run_sfr(task, request)
         else:
-            result = adapt_model(images, labels, store=store, model="default", name="bench",
-                                 config=_config(task.arm, task.seed))
+            labeller = OracleLabeller(root / "labelsTr") if task.arm in ORACLE_ARMS else None
+            result = run_adaptation(request, SelectiveSelfTraining(_config(task.arm, task.seed), labeller=labeller))
             kept = [d.case_id for d in result.pseudo if d.kept]
         adapted = _test_dice(result.card_path, task.shift)
     finally:
-        pseudo_round.label_pool = original_label_pool
         shutil.rmtree(store, ignore_errors=True)
     floor = _test_dice(None, task.shift)
     return {"task": task.__dict__, "activated": result.activated, "adapted_dice": adapted,
