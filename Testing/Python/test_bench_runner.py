@@ -117,3 +117,35 @@ def test_the_report_places_the_default_in_the_random_distribution_and_writes_goa
     assert set(mine) == {"gap_vs_random", "random_percentile", "headroom_captured"}
     assert mine["gap_vs_random"]["split"] == "dev" and mine["gap_vs_random"]["value"] == pytest.approx(0.05)
     assert any(r["topic"] == "adapt" for r in rows) and len(rows) == 4
+
+
+def test_a_heterogeneous_setting_reports_its_worst_group_and_the_best_baseline(tmp_path):
+    profile = runner.Profile(settings=("hippocampus_multisite",), split="development", pools=2, budgets=(2,),
+                             arms=("random", "coreset", "assft"), draws=3, ceiling_steps=())
+
+    def task_of(unit, profile):
+        setting = tasks.SETTINGS[unit.setting]
+        cases = tuple(f"hippocampus_{i:03d}" for i in range(40))
+        return tasks.Task(setting=setting, split=unit.split, replicate=unit.pool, pool=("a", "b", "c"),
+                          eval=cases, model="default", data=Path("/nowhere"))
+
+    def execute(task, unit, work):
+        worst = task.setting.sites[-1].name  # the source model fails at one site; the default query fixes it
+        dice = {}
+        for c in task.eval:
+            hard = task.setting.group_of(c) == worst
+            base = {"floor": 0.3 if hard else 0.7, "random": 0.4 if hard else 0.75, "coreset": 0.42 if hard else 0.75,
+                    "assft": 0.5 if hard else 0.76}[unit.arm.name]
+            dice[c] = [base + 0.01 * unit.draw]
+        return {"labelled": [], "per_case": dice, "mean_dice": 0.0}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=task_of, log=lambda _: None)
+    entry = report.summarise(runner.load_records(tmp_path))["hippocampus_multisite/development"]
+    assert entry["worst_group"] == tasks.SETTINGS["hippocampus_multisite"].sites[-1].name
+    assisted = entry["budgets"]["2"]["arms"]["assft"]
+    assert assisted["worst_group_gap_vs_random"]["gap"] == pytest.approx(0.09)  # 0.5 vs random's 0.41 draw mean
+    assert assisted["gap_vs_best_baseline"]["baseline"] == "coreset"
+    rows = {r["goal"]: r for r in report.goal_rows({"e": entry}, "assft", "s.json", "abc")}
+    assert rows["hetero_worst_group_gap_vs_random"]["value"] == pytest.approx(0.09)
+    assert rows["hetero_worst_group_gap_vs_random"]["target"] == 0.05
+    assert {"hetero_mean_gap_vs_random", "gap_vs_best_baseline"} <= set(rows)
