@@ -19,10 +19,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import InputError
 from ..finetune.config import FinetuneConfig, Optimizer, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
-from ..settings import check_enum, check_fields, check_keys, plain
+from ..settings import check_enum, check_fields, check_keys, check_number, plain
 
 __all__ = ["MeanTeacherConfig", "SfrConfig", "SfrFinetuneConfig", "SfrMethod", "SfrPlusConfig", "known_fields",
            "sfr_train_config"]
+
+
+#: Upper bounds of SAM fine-tuning settings: far above any sensible value, far below one that exhausts memory or
+#: time before the first step (a batch of 100,000 canvases, a LoRA rank of 10^7).
+SAM_LIMITS = {"iterations": 1_000_000, "batch_size": 64, "lora_rank": 256, "canvas": 4096, "seed": 2**32 - 1}
 
 
 def known_fields(cls: type, data: Mapping[str, Any]) -> Dict[str, Any]:
@@ -70,24 +75,27 @@ class SfrFinetuneConfig:
     seed: int = 1337
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        problems = []
-        if self.iterations < 1 or self.batch_size < 1:
-            problems.append("iterations and batch_size must be >= 1")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.poly_power < 0:
-            problems.append("learning_rate > 0, weight_decay >= 0 and poly_power >= 0 are required")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not 0 <= self.warmup_iterations < self.iterations:
-            problems.append("warmup_iterations must lie in 0..iterations-1")
-        if self.lora_rank < 0:
-            problems.append("lora_rank must be >= 0 (0 trains every parameter)")
-        if not 0.0 <= self.bezier_probability <= 1.0:
-            problems.append("bezier_probability must lie in [0, 1]")
-        if self.canvas is not None and self.canvas < 16:
-            problems.append("canvas must be >= 16 pixels")
-        if problems:
-            raise InputError("invalid SFR fine-tuning settings: " + "; ".join(problems))
+        try:
+            check_fields(self, wholes={"iterations": 1, "batch_size": 1, "warmup_iterations": 0, "lora_rank": 0,
+                                       "seed": 0, "canvas": 16},
+                         numbers={"learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, False),
+                                  "poly_power": (0.0, 10.0, False), "bezier_probability": (0.0, 1.0, False),
+                                  "lora_alpha": (0.0, 1e6, True)},
+                         flags=("rot_flip", "amp"), optional=("lora_alpha", "canvas"))
+            for name, most in SAM_LIMITS.items():
+                value = getattr(self, name)
+                if value is not None and value > most:
+                    raise ValueError(f"SfrFinetuneConfig.{name} must be at most {most}, got {value}.")
+            betas = self.betas
+            if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                    or not all(check_number(b, "SfrFinetuneConfig", "betas", 0.0, 1.0) < 1.0 for b in betas)):
+                raise ValueError(f"SfrFinetuneConfig.betas must be two numbers in [0, 1), got {betas!r}.")
+            object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+            if self.warmup_iterations >= self.iterations:
+                raise ValueError(f"SfrFinetuneConfig.warmup_iterations must lie in 0..iterations-1, got "
+                                 f"{self.warmup_iterations} with iterations {self.iterations}.")
+        except ValueError as exc:
+            raise InputError(f"invalid SFR fine-tuning settings: {exc}") from None
 
     @classmethod
     def tiny(cls, iterations: int = 40, seed: int = 0) -> SfrFinetuneConfig:
@@ -123,10 +131,11 @@ class SfrPlusConfig:
     restart_from_prior: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.kappa <= 1.0:
-            raise InputError(f"kappa must lie in (0, 1], got {self.kappa}")
-        if self.voxel_threshold is not None and not 0.0 <= self.voxel_threshold <= 1.0:
-            raise InputError(f"voxel_threshold must lie in [0, 1] or be null, got {self.voxel_threshold}")
+        try:
+            check_fields(self, numbers={"kappa": (0.0, 1.0, True), "voxel_threshold": (0.0, 1.0, False)},
+                         flags=("restart_from_prior",), optional=("voxel_threshold",))
+        except ValueError as exc:
+            raise InputError(f"invalid SFR+ settings: {exc}") from None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -229,12 +238,8 @@ class SfrConfig:
                 object.__setattr__(self, name, kind.from_dict(value))
             elif not isinstance(value, kind):
                 raise ValueError(f"SfrConfig.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
-        if self.plus_voxel_threshold is not None and not 0.0 <= self.plus_voxel_threshold <= 1.0:
-            raise ValueError(f"SfrConfig.plus_voxel_threshold must lie in [0, 1] or be null, got "
-                             f"{self.plus_voxel_threshold}")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 1:
-            raise ValueError(f"SfrConfig.checkpoint_every must be a whole number >= 1, got {self.checkpoint_every!r}")
+        check_fields(self, numbers={"plus_voxel_threshold": (0.0, 1.0, False)}, wholes={"checkpoint_every": 1},
+                     flags=("predict_pool", "allow_implausible_labels"), optional=("plus_voxel_threshold",))
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`FinetuneConfig` the shared run state and guard read (re-training steps, validation)."""

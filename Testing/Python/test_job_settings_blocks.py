@@ -24,18 +24,18 @@ BAD_SETTINGS = [
     ("finetune", {"train": {"iterations": 0}}, ["finetune", "iterations"]),
     ("finetune", {"train": {"patch_size": [100000, 100000, 100000]}}, ["finetune", "patch_size"]),
     ("finetune", {"semi_iterations": True}, ["finetune", "semi_iterations"]),
-    ("sfr", {"method": "bogus"}, ["sfr.method"]),
-    ("sfr", {"sam": {"iterations": True}}, ["sfr.sam.iterations", "whole number"]),
-    ("sfr", {"sam": {"iterations": 2.5}}, ["sfr.sam.iterations"]),
-    ("sfr", {"sam": {"learning_rate": float("nan")}}, ["sfr.sam.learning_rate", "finite"]),
-    ("sfr", {"sam": {"batch_size": 100000}}, ["sfr.sam.batch_size"]),
-    ("sfr", {"sam": {"lora_rank": 10**7}}, ["sfr.sam.lora_rank"]),
-    ("sfr", {"sam": {"iteration": 5}}, ["sfr.sam", "iteration"]),
-    ("sfr", {"retrain": {"patch_size": [100000, 100000, 100000]}}, ["sfr.retrain", "patch_size"]),
-    ("sfr", {"plus": {"kappa": 0}}, ["sfr.plus.kappa"]),
-    ("sfr", {"mean_teacher": {"ema_decay": 2}}, ["sfr.mean_teacher.ema_decay"]),
-    ("sfr", {"validation": {"folds": "three"}}, ["sfr.validation", "folds"]),
-    ("sfr", {"checkpoint_every": 0}, ["sfr.checkpoint_every"]),
+    ("sfr", {"method": "bogus"}, ["sfr", "method", "bogus"]),
+    ("sfr", {"sam": {"iterations": True}}, ["sfr", "SfrFinetuneConfig.iterations", "whole number"]),
+    ("sfr", {"sam": {"iterations": 2.5}}, ["sfr", "SfrFinetuneConfig.iterations"]),
+    ("sfr", {"sam": {"learning_rate": float("nan")}}, ["sfr", "SfrFinetuneConfig.learning_rate", "finite"]),
+    ("sfr", {"sam": {"batch_size": 100000}}, ["sfr", "SfrFinetuneConfig.batch_size", "at most"]),
+    ("sfr", {"sam": {"lora_rank": 10**7}}, ["sfr", "SfrFinetuneConfig.lora_rank"]),
+    ("sfr", {"sam": {"iteration": 5}}, ["sfr", "SfrFinetuneConfig", "iteration"]),
+    ("sfr", {"retrain": {"patch_size": [100000, 100000, 100000]}}, ["sfr", "TrainConfig.patch_size"]),
+    ("sfr", {"plus": {"kappa": 0}}, ["sfr", "SfrPlusConfig.kappa"]),
+    ("sfr", {"mean_teacher": {"ema_decay": 2}}, ["sfr", "MeanTeacherConfig.ema_decay"]),
+    ("sfr", {"validation": {"folds": "three"}}, ["sfr", "ValidationConfig.folds"]),
+    ("sfr", {"checkpoint_every": 0}, ["sfr", "SfrConfig.checkpoint_every"]),
 ]
 
 
@@ -89,21 +89,16 @@ def test_good_settings_of_every_block_are_accepted_and_round_trip(tmp_path):
     assert spec.query_config().strategy.value == "assft"
 
 
-def test_the_sfr_validator_accepts_what_sfr_config_accepts_and_knows_its_fields():
-    """The torch-free check mirrors SfrConfig: the same field names, and SFR's defaults pass."""
-    pytest.importorskip("torch")
-    from dataclasses import fields
+def test_the_sfr_block_is_checked_by_sfr_config_itself_so_the_command_line_refuses_the_same():
+    """One rule in one place: ``assft sfr --config`` (SfrConfig) refuses what the job protocol refuses."""
+    from ASSFTActive.errors import InputError
+    from ASSFTActive.sfr.config import SfrConfig
 
-    from ASSFTActive.jobs import check_sfr
-    from ASSFTActive.jobs.blocks import _SAM_FIELDS, _SFR_FIELDS
-    from ASSFTActive.sfr.finetune import SfrFinetuneConfig
-    from ASSFTActive.sfr.pipeline import SfrConfig
-
-    assert sorted(_SFR_FIELDS) == sorted(f.name for f in fields(SfrConfig))
-    assert sorted(_SAM_FIELDS) == sorted(f.name for f in fields(SfrFinetuneConfig))
-    defaults = SfrConfig().to_dict()
-    check_sfr(defaults)
-    SfrConfig.from_dict(defaults)
+    for block, settings, _ in BAD_SETTINGS:
+        if block == "sfr":
+            with pytest.raises((InputError, ValueError)):
+                SfrConfig.from_dict(settings)
+    SfrConfig.from_dict(SfrConfig().to_dict())
 
 
 def test_checking_every_block_loads_neither_torch_nor_numpy():
@@ -122,7 +117,7 @@ def test_no_module_of_the_protocol_package_reaches_400_lines():
     assert len(sizes) >= 5 and max(sizes.values()) < 400, sizes
 
 
-@pytest.mark.parametrize("value", [math.inf, -1.0])
+@pytest.mark.parametrize("value", [math.inf, -1.0, True])
 def test_a_bad_plus_voxel_threshold_is_named(value):
-    with pytest.raises(ValueError, match="sfr.plus_voxel_threshold"):
+    with pytest.raises(ValueError, match="SfrConfig.plus_voxel_threshold"):
         JobSpec.from_dict(_spec("sfr", {"plus_voxel_threshold": value}))

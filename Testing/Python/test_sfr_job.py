@@ -68,7 +68,7 @@ def test_rank_and_adapt_jobs_keep_their_job_file_without_sfr_keys(tmp_path):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"sfr": {"method": "sam"}}, "sfr.method must be one of"),
+    ({"sfr": {"method": "sam"}}, "sfr: SfrConfig.method='sam' is not valid"),
     ({"store": ""}, "an sfr job needs store"),
     ({"labels": {}}, "an sfr job needs at least one labelled volume"),
     ({"sfr": "sfr_plus"}, "sfr must be a JSON object"),
@@ -79,10 +79,13 @@ def test_an_invalid_sfr_job_is_refused_naming_the_problem(data, message):
         JobSpec.from_dict(dict(base, **data))
 
 
-def test_sfr_settings_the_worker_cannot_use_are_a_job_error():
-    spec = JobSpec(kind="sfr", images={"a": "/a"}, labels={"a": "/l"}, store="/s", sfr={"iterations": 3})
-    with pytest.raises(JobError, match="invalid sfr settings.*iterations"):
-        spec.sfr_config()
+def test_sfr_settings_the_worker_cannot_use_are_refused_when_written_and_a_job_error_when_read(tmp_path):
+    data = {"kind": "sfr", "images": {"a": "/a"}, "labels": {"a": "/l"}, "store": "/s", "sfr": {"iterations": 3}}
+    with pytest.raises(ValueError, match="sfr: .*iterations"):
+        JobSpec.from_dict(data)
+    (tmp_path / "job.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(JobError, match="job.json: sfr: .*iterations"):
+        read_job(tmp_path)
 
 
 def test_the_job_methods_are_the_engine_methods_and_the_cli_choices():
