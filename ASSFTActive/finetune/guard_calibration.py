@@ -16,8 +16,14 @@ A rate is ``None`` when no set falls in its group (nothing to err on); the count
                "test_gain": 0.015}, ...]}
 
 ``fold_gains`` / ``volume_gains`` may instead come as the guard's own record, ``"activation": {...}`` (the
-``activation`` of a job result or of a version's provenance, which holds both). ``volume_gains`` is optional (the
-fold gains stand in for it, as at leave-one-out).
+``activation`` of a job result or of a version's provenance, which holds both), or as the cross-validation itself,
+``"cross_validation": {...}`` (:meth:`~.guard.CrossValidation.to_dict`, as the result's metrics hold it) with
+``"stop_step"`` (default: the curve's peak, as the guard reads it). ``volume_gains`` is optional (the fold gains
+stand in for it, as at leave-one-out).
+
+``test_gain`` must be the *adapted* model's gain on the test cases whether or not the guard activated it (a
+refused model is stored as a version, so it can be scored): the active model's gain is 0 for every refused set and
+would hide every false refusal.
 
 Command line (prints a table, writes JSON with ``--out``)::
 
@@ -35,7 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..io import atomic_write_text
-from .guard import GuardRule, judge
+from .guard import CrossValidation, GuardRule, judge
 
 __all__ = ["CalibrationRecord", "calibrate", "main", "read_records", "sweep"]
 
@@ -79,8 +85,13 @@ def read_records(data: Mapping[str, Any]) -> List[CalibrationRecord]:
     for index, item in enumerate(sets):
         where = f"sets[{index}]"
         source = item.get("activation") or item
+        if "fold_gains" not in source and item.get("cross_validation"):
+            cv = CrossValidation.from_dict(item["cross_validation"])
+            step = int(item["stop_step"]) if item.get("stop_step") is not None else cv.stop_step()
+            source = {"fold_gains": cv.fold_gains(step), "volume_gains": cv.gains(step)}
         if "fold_gains" not in source or "test_gain" not in item:
-            raise ValueError(f'{where}: needs "fold_gains" (or "activation" holding them) and "test_gain"')
+            raise ValueError(f'{where}: needs "fold_gains" (or "activation" or "cross_validation" giving them) and '
+                             '"test_gain"')
         volumes = source.get("volume_gains")
         if isinstance(volumes, Mapping):
             volumes = list(volumes.values())

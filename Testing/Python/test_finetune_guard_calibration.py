@@ -89,3 +89,13 @@ def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
     module.merge_goal_rows(goals, [new, dict(new, setting="sample_tiny_fast_0.34", value=1.9)])
     rows = json.loads(goals.read_text())["rows"]
     assert rows[0] == other and [r["value"] for r in rows[1:]] == [3.3, 1.9]
+
+
+def test_a_set_may_give_the_cross_validation_itself():
+    cv = {"steps": [0, 10, 20], "dice": {"a": [0.5, 0.6, 0.55], "b": [0.5, 0.45, 0.4], "c": [0.5, 0.7, 0.6]},
+          "folds": [["a", "b"], ["c"]]}
+    record = read_records({"sets": [{"cross_validation": cv, "test_gain": 0.01}]})[0]
+    assert record.fold_gains == pytest.approx((0.025, 0.2)), "read at the curve's peak, step 10"
+    assert record.volume_gains == pytest.approx((0.1, -0.05, 0.2))
+    late = read_records({"sets": [{"cross_validation": cv, "stop_step": 20, "test_gain": 0.0}]})[0]
+    assert late.fold_gains == pytest.approx((-0.025, 0.1))
