@@ -17,7 +17,9 @@ import slicer
 import vtk
 from ASSFTModuleLib import (
     enginePath,  # also puts the engine (ASSFTActive) on sys.path
+    guidance,
     parameters,
+    segmentation,
 )
 from ASSFTModuleLib.guiBinding import GuiBinding
 from ASSFTModuleLib.logic import ASSFTSceneLogic
@@ -169,6 +171,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
         self.ui.rankingTableView.connect("clicked(QModelIndex)", self.onRankingRowClicked)
         self.ui.regionListWidget.connect("itemClicked(QListWidgetItem*)", self.onRegionClicked)
+        self.ui.expertLabelCheckBox.connect("toggled(bool)", self.onExpertLabelToggled)
 
         self.initializeParameterNode()
         self.ui.deviceLabel.text = _("checking...")
@@ -194,6 +197,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to update the annotation states."), waitCursor=True):
             card = self.sceneLogic.modelCard(self.controller.modelReference())
             self.sceneLogic.refreshLabeledStates(self._parameterNode.rankingTable, card)
+            self.updateGuidance()
             volume = self._parameterNode.currentVolume
             issues = self.sceneLogic.labelIssues(volume, card) if volume is not None else ()
             if issues:  # flagged as the labels come back from the Segment Editor, not 13 s into Adapt Model
@@ -239,6 +243,25 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.activeModelLabel.text = self.controller.modelDescription()
         self.updateOverlayDisplay()
 
+    def updateGuidance(self) -> None:
+        """The one next step under the Rank button and the legend (ASSFTModuleLib.guidance)."""
+        running = self.controller is not None and self.controller.isRunning()
+        table = self._parameterNode.rankingTable if self._parameterNode is not None else None
+        writing = running and self.controller.isWritingJob()
+        self.ui.nextStepLabel.text = guidance.nextStep(table, running=running, writing=writing)
+        try:
+            classNames = self.sceneLogic.modelCard(self.controller.modelReference()).class_names
+        except Exception:  # no parameter node or an unreadable card: the legend without classes
+            classNames = ()
+        rows = []
+        for entry in guidance.legend(classNames):
+            swatch = ""
+            if entry.color is not None:
+                hexColor = "#" + "".join(f"{round(255 * c):02x}" for c in entry.color)
+                swatch = f'<span style="color:{hexColor}">&#9632;</span> '
+            rows.append(f"{swatch}<b>{entry.label}</b>: {entry.text}")
+        self.ui.legendLabel.text = "<br>".join(rows)
+
     def updateButtonStates(self) -> None:
         running = self.controller is not None and self.controller.isRunning()
         hasVolume = self._parameterNode is not None and self._parameterNode.currentVolume is not None
@@ -249,6 +272,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkCardButton.enabled = self.controller is not None and not self.controller.isCheckingCard()
         self.ui.annotateButton.enabled = hasVolume and not running
         self.ui.showPlotButton.enabled = hasTable
+        self.updateGuidance()
 
     def showRankingTable(self, tableNode) -> None:
         self.ui.rankingTableView.setMRMLTableNode(tableNode)
@@ -339,6 +363,33 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for index, region in enumerate(view.regions):
                 self.ui.regionListWidget.addItem(region.describe(index))
             slicer.util.setSliceViewerLayers(background=view.volumeNode, fit=True)
+            self.updateExpertLabelTick()
+
+    def updateExpertLabelTick(self) -> None:
+        """The tick is offered when the shown volume has a segmentation made outside ASSFT with class-named segments;
+        it is ticked when the user marked it (never by default)."""
+        volume = self._parameterNode.currentVolume if self._parameterNode is not None else None
+        candidates = []
+        if volume is not None:
+            card = self.sceneLogic.modelCard(self.controller.modelReference())
+            candidates = segmentation.expertLabelCandidates(slicer.mrmlScene, volume, card)
+        wasBlocked = self.ui.expertLabelCheckBox.blockSignals(True)
+        self.ui.expertLabelCheckBox.enabled = bool(candidates)
+        self.ui.expertLabelCheckBox.checked = any(segmentation.isExpertLabel(node) for node in candidates)
+        if candidates:
+            self.ui.expertLabelCheckBox.text = _("Use '{name}' as this volume's expert labels").format(
+                name=candidates[0].GetName())
+        self.ui.expertLabelCheckBox.blockSignals(wasBlocked)
+
+    def onExpertLabelToggled(self, checked: bool) -> None:
+        volume = self._parameterNode.currentVolume if self._parameterNode is not None else None
+        if volume is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to mark the labels."), waitCursor=True):
+            card = self.sceneLogic.modelCard(self.controller.modelReference())
+            for node in segmentation.expertLabelCandidates(slicer.mrmlScene, volume, card):
+                segmentation.setExpertLabel(node, checked)
+        self.refreshLabeledStates()
 
     def onRegionClicked(self, item) -> None:
         regionsNode = self._parameterNode.currentRegions if self._parameterNode else None

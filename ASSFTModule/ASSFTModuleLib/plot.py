@@ -12,6 +12,9 @@ CHART_ROLE = "scores-chart"
 ALL_SERIES_ROLE = "scores-all"
 PROPOSED_SERIES_ROLE = "scores-proposed"
 PROPOSED_TABLE_ROLE = "scores-proposed-table"
+#: Series colours (RGB): every volume grey, the proposed ones orange (the legend names both).
+ALL_COLOR = (0.55, 0.55, 0.55)
+PROPOSED_COLOR = (0.95, 0.5, 0.1)
 
 
 def _nodeWithRole(scene, className: str, role: str, name: str):
@@ -69,8 +72,8 @@ def scoresChart(scene, rankingTable):
         the ``vtkMRMLPlotChartNode``.
     """
     proposed = _proposedTable(scene, rankingTable)
-    allSeries = _series(scene, ALL_SERIES_ROLE, "All volumes", rankingTable, (0.55, 0.55, 0.55), 8.0)
-    proposedSeries = _series(scene, PROPOSED_SERIES_ROLE, "Proposed", proposed, (0.95, 0.5, 0.1), 12.0)
+    allSeries = _series(scene, ALL_SERIES_ROLE, "All volumes", rankingTable, ALL_COLOR, 8.0)
+    proposedSeries = _series(scene, PROPOSED_SERIES_ROLE, "Proposed", proposed, PROPOSED_COLOR, 12.0)
     chart = _nodeWithRole(scene, "vtkMRMLPlotChartNode", CHART_ROLE, "ASSFT DKD vs ASD")
     wasModifying = chart.StartModify()
     chart.RemoveAllPlotSeriesNodeIDs()

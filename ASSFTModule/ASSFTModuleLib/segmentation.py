@@ -33,16 +33,17 @@ PREDICTION_ROLE = "prediction"
 #: segments are named after the model's classes is not used as labels.
 EXPERT_LABEL_ATTRIBUTE = "ASSFT.ExpertLabel"
 
-#: Segment colours by foreground class (cycled when a model has more classes).
+#: Segment colours by foreground class (cycled when a model has more classes): blues, greens, cyans and purples
+#: only, so that no class colour can be taken for the entropy overlay's dark-red-to-yellow heat map (PET-Heat).
 CLASS_COLORS = (
-    (0.90, 0.35, 0.25),
-    (0.25, 0.60, 0.90),
-    (0.35, 0.80, 0.35),
-    (0.95, 0.80, 0.25),
-    (0.70, 0.45, 0.90),
-    (0.25, 0.80, 0.80),
-    (0.90, 0.50, 0.75),
-    (0.60, 0.60, 0.35),
+    (0.20, 0.45, 0.95),  # blue
+    (0.20, 0.80, 0.35),  # green
+    (0.10, 0.80, 0.85),  # cyan
+    (0.60, 0.35, 0.95),  # purple
+    (0.90, 0.30, 0.85),  # magenta
+    (0.45, 0.70, 1.00),  # sky blue
+    (0.10, 0.50, 0.30),  # dark green
+    (0.35, 0.20, 0.65),  # violet
 )
 
 _REFERENCE_ROLE = "referenceImageGeometryRef"
