@@ -56,7 +56,7 @@ class ASSFTModule(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Active Learning")]
         # MRML classes of these modules are used by the parameter node and the logic
         self.parent.dependencies = ["Markups", "Segmentations", "Plots", "Tables"]
-        self.parent.contributors = ["ASSFT developers"]
+        self.parent.contributors = ["ASSFT maintainers (ASSFT project)"]
         self.parent.helpText = _(
             "Adapt a pre-trained 3D segmentation model to your site with few expert labels. "
             "<b>Rank Volumes</b> scores every volume in the scene (diversified knowledge divergence, anatomical "
@@ -69,8 +69,9 @@ class ASSFTModule(ScriptedLoadableModule):
             "labeled volumes gives the pseudo-labels, then Mean-Teacher re-training)."
         )
         self.parent.acknowledgementText = _(
-            "Built on 3D Slicer, MONAI and PyTorch. The embedded default model was trained on the Medical "
-            "Segmentation Decathlon hippocampus data (CC-BY-SA 4.0)."
+            "Built on 3D Slicer, MONAI and PyTorch. The embedded default model was trained on, and the sample data is "
+            "derived from, the Medical Segmentation Decathlon hippocampus data (Simpson et al. 2019, Antonelli et al. "
+            "2022), licensed CC-BY-SA 4.0; the sample data is distributed under the same licence."
         )
 
 

@@ -327,6 +327,18 @@ def test_every_file_listed_in_the_module_cmake_exists_and_every_lib_file_is_list
         assert (MODULE_DIR / source).resolve().is_file()
 
 
+def test_extension_description_is_short_names_contributors_with_affiliation_and_states_the_data_licence():
+    text = TOP_CMAKE.read_text(encoding="utf-8")
+    contributors = re.search(r"set\(EXTENSION_CONTRIBUTORS \"([^\"]+)\"\)", text).group(1)
+    for contributor in contributors.split(","):
+        assert re.fullmatch(r"\s*[^()]+ \([^()]+\)\s*", contributor), f"not 'Name (Affiliation)': {contributor!r}"
+    description = re.search(r"set\(EXTENSION_DESCRIPTION \"([^\"]+)\"\)", text).group(1)
+    assert len(description) <= 300 and description.count(". ") <= 2  # one or two sentences, plus the licence
+    assert "CC-BY-SA 4.0" in description
+    for jargon in ("diversified knowledge divergence", "anatomical segmentation difficulty"):
+        assert jargon not in description
+
+
 def test_top_level_cmake_follows_the_extension_template():
     text = TOP_CMAKE.read_text(encoding="utf-8")
 
