@@ -12,10 +12,12 @@ across ranks itself, with the same staging and the same all-or-nothing output.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cards import load_card
 from .confine import replace_into
 from .distributed import DistContext, map_shards, shippable
 from .errors import InputError
@@ -45,6 +48,8 @@ from .query import (
     select,
     summarize_case,
 )
+from .query.ood import SourceReference, air_share, card_modality, load_reference, ood_reason
+from .query.wrong import probably_wrong_list
 from .writing import BackgroundWriter
 
 #: Strategies that need MC-dropout passes (their running moments: :class:`~ASSFTActive.query.McDropoutAccumulator`).
@@ -142,6 +147,7 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
     evidence = summarize_case(name, prediction.sums, prediction.features, prediction.pretrained_features, scoring,
                               epistemic=moments.epistemic() if wants_mc else None,
                               mutual_information=moments.mutual_information() if wants_mc else None)
+    evidence = replace(evidence, ood_reason=volume_ood_reason(image, prediction, predictor.current.card))
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled:
         paths = output_paths(Path(out_dir), name)
@@ -153,6 +159,31 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
         entropy_path, regions_path, label_path = paths
     return VolumeReport(case_id=name, image=Path(image_path), labeled=labeled, evidence=evidence,
                         entropy_map=entropy_path, regions=regions_path, prediction=label_path)
+
+
+def foreground_share(prediction: Prediction) -> float:
+    """Share of the model-space voxels in the dilated predicted foreground (rule 2 of :mod:`ASSFTActive.query.ood`)."""
+    return float(prediction.sums.foreground_voxels) / max(1, int(np.prod(prediction.space.model_shape)))
+
+
+@lru_cache(maxsize=8)
+def _source_reference(card_path: str) -> Tuple[Optional[SourceReference], str]:
+    """The source statistics beside the pre-trained card of ``card_path`` and the card's modality (read once)."""
+    pretrained = load_card(Path(card_path)).pretrained_card()
+    folder = pretrained.path.parent if pretrained.path is not None else None
+    return (load_reference(folder) if folder is not None else None,
+            card_modality(pretrained.preprocessing.get("profile", "")))
+
+
+def volume_ood_reason(image: Volume, prediction: Prediction, card: ModelCard) -> str:
+    """Why ``image`` looks out of distribution for ``card``'s model (:func:`ASSFTActive.query.ood.ood_reason`), or
+    ``""``; a card without a file, or whose pre-trained card has no source reference, gets the modality rule only."""
+    if card.path is not None:
+        reference, modality = _source_reference(str(card.path))
+    else:
+        reference, modality = None, card_modality(card.preprocessing.get("profile", ""))
+    return ood_reason(np.asarray(prediction.pretrained_features[-1]), foreground_share(prediction),
+                      air_share(image.array), modality, reference)
 
 
 def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
@@ -223,14 +254,18 @@ def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelC
             case_id=case.case_id, rank=case.rank, selected=case.selected, labeled=False, dkd=case.dkd, asd=case.asd,
             score=case.score, knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
             entropy_map=_text(report.entropy_map), regions=_text(report.regions),
-            prediction=_text(report.prediction)))
+            prediction=_text(report.prediction), reason=case.reason or None,
+            asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None))
     for report in reports:
         if report.labeled:
             entries.append(RankingEntry(
                 case_id=report.case_id, rank=None, selected=False, labeled=True, asd=report.evidence.asd,
-                knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image)))
+                knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
+                asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None))
+    wrong = probably_wrong_list([(e.case_id, math.nan if e.asd_class_balanced is None else e.asd_class_balanced)
+                                 for e in entries])
     return RankingFile(strategy=ranking.strategy, budget=ranking.budget,
-                       model=str(card.path) if card.path else card.name, cases=tuple(entries))
+                       model=str(card.path) if card.path else card.name, cases=tuple(entries), probably_wrong=wrong)
 
 
 def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,

@@ -27,7 +27,7 @@ from .config import (
     SourceKnowledge,
     Strategy,
 )
-from .ranking_file import RANKING_CSV_COLUMNS, RankingEntry, RankingFile
+from .ranking_file import RANKING_CSV_COLUMNS, RankingEntry, RankingFile, WrongList
 from .rounds import RoundPlan, plan_round, round_budgets
 
 #: Names served from the numpy modules on first use (module ``__getattr__``), so that importing a torch- and
@@ -86,6 +86,7 @@ def __getattr__(name: str):
 __all__ = [
     "RANKING_CSV_COLUMNS",
     "RankingEntry",
+    "WrongList",
     "RankingFile",
     "RegionSpec",
     "RegionSums",

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..settings import check_record_keys, optional_number, optional_text
 
-__all__ = ["RANKING_CSV_COLUMNS", "RankingEntry", "RankingFile"]
+__all__ = ["RANKING_CSV_COLUMNS", "RankingEntry", "RankingFile", "WrongList"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class RankingEntry:
             (NaN in memory is ``None`` here: the DKD and score of a labelled volume, ASD at cold start).
         knowledge_divergence: raw KD of the volume (``None`` when not computed).
         image: the image file; entropy_map, regions, prediction: the files written for it (``None`` when not).
+        reason: one line saying why the volume was proposed, or why it was held back (``None`` for the others).
+        asd_class_balanced: the score of the "where the model is probably wrong" list (``None`` when not computed).
+        ood: why the volume looks out of distribution for the model (``None`` when it does not).
     """
 
     case_id: str
@@ -45,6 +48,9 @@ class RankingEntry:
     entropy_map: Optional[str] = None
     regions: Optional[str] = None
     prediction: Optional[str] = None
+    reason: Optional[str] = None
+    asd_class_balanced: Optional[float] = None
+    ood: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
@@ -60,9 +66,9 @@ class RankingEntry:
             raise ValueError(f"{where}: a labelled volume is not proposed for annotation (\"selected\": false)")
         if not self.labeled and self.rank is None:
             raise ValueError(f"{where}: an unlabelled volume needs a \"rank\"")
-        for key in ("dkd", "asd", "score", "knowledge_divergence"):
+        for key in ("dkd", "asd", "score", "knowledge_divergence", "asd_class_balanced"):
             object.__setattr__(self, key, optional_number(getattr(self, key), f"{where}: \"{key}\""))
-        for key in ("image", "entropy_map", "regions", "prediction"):
+        for key in ("image", "entropy_map", "regions", "prediction", "reason", "ood"):
             object.__setattr__(self, key, optional_text(getattr(self, key), f"{where}: \"{key}\""))
 
     def to_dict(self) -> Dict[str, Any]:
@@ -86,7 +92,43 @@ class RankingEntry:
 
 #: Columns of ``ranking.csv``, in order.
 RANKING_CSV_COLUMNS = ("rank", "case_id", "selected", "labeled", "dkd", "asd", "score", "knowledge_divergence",
-                       "image")
+                       "image", "asd_class_balanced", "ood", "reason")
+
+
+@dataclass(frozen=True)
+class WrongList:
+    """The second list of ``ranking.json``: "where the model is probably wrong" (:mod:`.wrong`).
+
+    Attributes:
+        score: the score the volumes are ordered by (``asd_class_balanced``).
+        evidence: one line saying how well that score predicted the error, and on which split (from the shipped
+            evidence file; empty when there is none).
+        cases: every volume's case id, the most likely wrong first (volumes without the score last).
+    """
+
+    score: str
+    evidence: str
+    cases: Tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.score, str) or not self.score:
+            raise ValueError(f"\"probably_wrong\": \"score\" must be a non-empty string, got {self.score!r}")
+        if not isinstance(self.evidence, str):
+            raise ValueError(f"\"probably_wrong\": \"evidence\" must be a string, got {self.evidence!r}")
+        cases = tuple(self.cases)
+        if not all(isinstance(c, str) and c for c in cases) or len(set(cases)) != len(cases):
+            raise ValueError("\"probably_wrong\": \"cases\" must be distinct case ids")
+        object.__setattr__(self, "cases", cases)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"score": self.score, "evidence": self.evidence, "cases": list(self.cases)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WrongList:
+        check_record_keys(data, "\"probably_wrong\"", required=("score", "evidence", "cases"), optional=())
+        if not isinstance(data["cases"], (list, tuple)):
+            raise ValueError("\"probably_wrong\": \"cases\" must be a list")
+        return cls(score=data["score"], evidence=data["evidence"], cases=tuple(data["cases"]))
 
 
 @dataclass(frozen=True)
@@ -99,12 +141,15 @@ class RankingFile:
         budget: volumes requested.
         model: the model card's path (its name when it has no file).
         cases: the ranked volumes in rank order, then the labelled ones (``rank`` null).
+        probably_wrong: the "where the model is probably wrong" list over the same volumes (``None`` in rankings
+            written before it existed, or at cold start without a segmentation head).
     """
 
     strategy: str
     budget: int
     model: str
     cases: Tuple[RankingEntry, ...]
+    probably_wrong: Optional[WrongList] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) or not self.strategy:
@@ -125,6 +170,12 @@ class RankingFile:
             raise ValueError(f"the ranks must be 1..{len(ranks)}, got {ranks}")
         if sum(c.selected for c in cases) > self.budget:
             raise ValueError(f"more volumes are selected than the budget {self.budget}")
+        if self.probably_wrong is not None:
+            if not isinstance(self.probably_wrong, WrongList):
+                raise ValueError("\"probably_wrong\" must be a WrongList record")
+            unknown = sorted(set(self.probably_wrong.cases) - set(ids))
+            if unknown:
+                raise ValueError(f"\"probably_wrong\" names case id(s) {unknown} that are not in \"cases\"")
         object.__setattr__(self, "cases", cases)
 
     @property
@@ -139,8 +190,11 @@ class RankingFile:
         raise KeyError(case_id)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"strategy": self.strategy, "budget": self.budget, "model": self.model,
-                "cases": [case.to_dict() for case in self.cases]}
+        out = {"strategy": self.strategy, "budget": self.budget, "model": self.model,
+               "cases": [case.to_dict() for case in self.cases]}
+        if self.probably_wrong is not None:
+            out["probably_wrong"] = self.probably_wrong.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankingFile:
@@ -149,11 +203,14 @@ class RankingFile:
         Raises:
             ValueError: unknown or missing keys, wrong types, inconsistent ranks (the message names the case).
         """
-        check_record_keys(data, "a ranking", required=("strategy", "budget", "cases"), optional=("model",))
+        check_record_keys(data, "a ranking", required=("strategy", "budget", "cases"),
+                          optional=("model", "probably_wrong"))
         if not isinstance(data["cases"], (list, tuple)):
             raise ValueError("\"cases\" must be a list")
         cases = tuple(RankingEntry.from_dict(row, where=f"case {index}") for index, row in enumerate(data["cases"]))
-        return cls(strategy=data["strategy"], budget=data["budget"], model=data.get("model", ""), cases=cases)
+        wrong = data.get("probably_wrong")
+        return cls(strategy=data["strategy"], budget=data["budget"], model=data.get("model", ""), cases=cases,
+                   probably_wrong=None if wrong is None else WrongList.from_dict(wrong))
 
     def to_csv(self) -> str:
         """``ranking.csv``: :data:`RANKING_CSV_COLUMNS`, numbers with 6 decimals, ``None`` as an empty cell."""

@@ -151,7 +151,8 @@ def test_a_ranking_round_trips_with_nan_as_null_and_selected_ids_in_rank_order(t
     assert data["cases"][0]["asd"] is None and data["cases"][3]["rank"] is None
     assert set(data) == {"strategy", "budget", "model", "cases"}
     assert list(data["cases"][0]) == ["case_id", "rank", "selected", "labeled", "dkd", "asd", "score",
-                                      "knowledge_divergence", "image", "entropy_map", "regions", "prediction"]
+                                      "knowledge_divergence", "image", "entropy_map", "regions", "prediction",
+                                      "reason", "asd_class_balanced", "ood"]
 
 
 def test_ranking_csv_is_the_same_record_with_fixed_columns(tmp_path):
@@ -159,8 +160,8 @@ def test_ranking_csv_is_the_same_record_with_fixed_columns(tmp_path):
         entry("a", 1, selected=True, image="/a.nii.gz"), entry("lab", None, dkd=None, score=None)))
     lines = ranking.to_csv().splitlines()
     assert lines[0].split(",") == list(RANKING_CSV_COLUMNS)
-    assert lines[1] == "1,a,True,False,0.500000,0.250000,0.500000,,/a.nii.gz"
-    assert lines[2] == ",lab,False,True,,0.250000,,,"
+    assert lines[1] == "1,a,True,False,0.500000,0.250000,0.500000,,/a.nii.gz,,,"
+    assert lines[2] == ",lab,False,True,,0.250000,,,,,,"
 
 
 @pytest.mark.parametrize("data, message", [
