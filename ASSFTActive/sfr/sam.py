@@ -40,6 +40,7 @@ from monai.networks.blocks.attention_utils import add_decomposed_rel_pos
 from torch import nn
 
 from ..errors import ModelError
+from ..settings import check_number, check_whole
 
 __all__ = [
     "LoRAQKV",
@@ -56,6 +57,15 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------- configuration
+#: ``(least, most)`` of every size of a :class:`SamConfig`: far beyond ViT-H (1280 wide, 32 deep, 1024 pixels), far
+#: below what exhausts memory while the network is built (a depth of 100,000, an embedding of 2^20, a patch of 0).
+_SAM_SIZE_RANGES = {"image_size": (16, 4096), "patch_size": (1, 256), "in_chans": (1, 16), "embed_dim": (8, 4096),
+                    "depth": (1, 64), "num_heads": (1, 64), "window_size": (0, 4096), "out_chans": (8, 4096),
+                    "mask_in_chans": (4, 1024), "decoder_depth": (1, 32), "decoder_heads": (1, 64),
+                    "decoder_mlp_dim": (1, 16384), "num_mask_tokens": (1, 256), "iou_head_depth": (1, 16),
+                    "iou_head_hidden_dim": (1, 4096)}
+
+
 @dataclass(frozen=True)
 class SamConfig:
     """Sizes of a SAM. Defaults are ViT-B (``build_sam_vit_b`` of segment-anything) with SFR's pixel normalisation.
@@ -96,6 +106,22 @@ class SamConfig:
     pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
+        for name, (low, high) in _SAM_SIZE_RANGES.items():  # a prior card is data from anywhere: bound every size
+            check_whole(getattr(self, name), "SamConfig", name, low)
+            if getattr(self, name) > high:
+                raise ValueError(f"SamConfig.{name} must be at most {high}, got {getattr(self, name)}.")
+        check_number(self.mlp_ratio, "SamConfig", "mlp_ratio", 0.0, 16.0, low_open=True)
+        for name in ("pixel_mean", "pixel_std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"SamConfig.{name} must be a list of numbers, got {values!r}.")
+            for value in values:
+                check_number(value, "SamConfig", name, 0.0 if name == "pixel_std" else -1e6, 1e6,
+                             low_open=name == "pixel_std")
+        if not isinstance(self.global_attn_indexes, (list, tuple)):
+            raise ValueError(f"SamConfig.global_attn_indexes must be a list, got {self.global_attn_indexes!r}.")
+        for index in self.global_attn_indexes:
+            check_whole(index, "SamConfig", "global_attn_indexes", 0)
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
