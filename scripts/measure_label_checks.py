@@ -7,8 +7,8 @@ For every true label of the development split (``Testing.Benchmarks.harness.spli
   class spans, the in-plane interior share of its thinnest class, each class's volume in mm³;
 * against the anatomy's model, unshifted and under each benchmark shift (``harness.shifts.BENCHMARK_SHIFTS``):
   label / predicted foreground, label / label-near-the-prediction (the existing ``label_prediction_ratio`` rule),
-  and for each class the swap ratio (voxels in the model's predicted other class over those in the predicted same
-  class) with the share that ratio rests on.
+  and for each pair of classes the swap ratio (voxels predicted the other way round over those predicted as
+  labelled, ``ClassOverlap.swap``) with the share that ratio rests on.
 
 The rule that turns the worst true label into a limit (fixed before the numbers were looked at):
 
@@ -16,8 +16,8 @@ The rule that turns the worst true label into a limit (fixed before the numbers 
 * ``max_box_fill`` = halfway between the fullest true label and a painted box (1.0);
 * ``min_thinnest`` = 2 when every true class spans at least 2 slices along every axis (else 1: no check);
 * ``min_interior_share`` = half the lowest true interior share;
-* ``max_swap_ratio`` = 2 x the largest true swap ratio among classes with at least ``min_swap_share`` (0.2) of
-  their voxels in the other predicted class, at least 1 (the other class must win); measured under every shift;
+* ``max_swap_ratio`` = 2 x the largest true swap ratio among class pairs with at least ``min_swap_share`` (0.2)
+  of their voxels crossed, at least 1 (crossing must win); measured under every shift;
 * ``class_volume_mm3`` = [least / 3, most x 3] of the true class volumes;
 * ``default`` (cards of other anatomies): the loosest of each limit over the measured anatomies, no volume range.
 
@@ -136,13 +136,13 @@ def measure(anatomy: str, model_path: str) -> Dict[str, Any]:
             predicted = predictors.predict(shown).label
             agreement = foreground_agreement(case, label, predicted)
             overlap = class_overlap(case, label, predicted, num_classes)
-            swaps = [overlap.swap(k) for k in range(1, num_classes)]
+            pairs_kj = [(k, j) for k in range(1, num_classes) for j in range(k + 1, num_classes)]
             bad = wrong_labels(label, num_classes)["swapped"]
             swapped_overlap = class_overlap(case, bad, predicted, num_classes)
             prediction_rows[name].append({
                 "case": case, "excess": agreement.excess, "away": agreement.away,
-                "swap": [[j, r, sh] for j, r, sh in swaps],
-                "swapped_label_swap": [list(swapped_overlap.swap(k)) for k in range(1, num_classes)]})
+                "swap": [[k, j, *overlap.swap(k, j)] for k, j in pairs_kj],
+                "swapped_label_swap": [[k, j, *swapped_overlap.swap(k, j)] for k, j in pairs_kj]})
     return {"cases": cases, "class_names": class_names, "shapes": [s.__dict__ for s in shapes],
             "predictions": prediction_rows if predictors is not None else None, "wrong": wrong,
             "model": model_path if model is not None else None}
@@ -171,7 +171,7 @@ def limits(measured: Dict[str, Any]) -> Dict[str, Any]:
         worst_swap, worst_excess, worst_away = 0.0, 0.0, 0.0
         per_shift = {}
         for name, rows in measured["predictions"].items():
-            swap = max([r for row in rows for _, r, sh in row["swap"] if sh >= MIN_SWAP_SHARE] or [0.0])
+            swap = max([r for row in rows for _, _, r, sh in row["swap"] if sh >= MIN_SWAP_SHARE] or [0.0])
             excess = max(row["excess"] for row in rows)
             away = max(row["away"] for row in rows)
             per_shift[name] = {"swap_ratio": swap, "excess": excess, "away": away}
@@ -202,8 +202,8 @@ def caught(measured: Dict[str, Any], lim: Dict[str, Any]) -> Dict[str, float]:
         rates[kind] = hit / len(rows)
     if measured["predictions"] is not None and lim["max_swap_ratio"] is not None:
         for name, rows in measured["predictions"].items():
-            hit = sum(any(r > lim["max_swap_ratio"] and sh >= MIN_SWAP_SHARE for _, r, sh in row["swapped_label_swap"])
-                      for row in rows)
+            hit = sum(any(r > lim["max_swap_ratio"] and sh >= MIN_SWAP_SHARE
+                          for _, _, r, sh in row["swapped_label_swap"]) for row in rows)
             rates[f"swapped_by_prediction_{name}"] = hit / len(rows)
     return rates
 
