@@ -375,7 +375,7 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
     scores = f"cross-validated mean Dice {before:.3f} -> {after:.3f} on {len(cv.cases)} labelled volume(s)"
     limits = what_folds_can_know(cv, verdict.low, verdict.high)
     mean = verdict.mean
-    worst = _fold_words(cv, verdict)
+    worst = _fold_words(cv, verdict, volume_gains)
     if verdict.failed == "mean":
         return ActivationDecision(activate=False, failed="mean", **common, reason=(
             f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}). {limits} "
@@ -407,9 +407,12 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
         f"better than the current model: {scores} (gain {mean:+.3f} >= {min_gain:+.3f}); {spread}. {limits}"))
 
 
-def _fold_words(cv: CrossValidation, verdict: Judgement) -> str:
-    """``fold 2 (case_a, case_b)``: the fold with the smallest gain."""
+def _fold_words(cv: CrossValidation, verdict: Judgement, volume_gains: Mapping[str, float]) -> str:
+    """``fold 2 (case_a -0.150, case_b +0.080)``: the fold with the smallest gain, with each volume's gain when it
+    holds several."""
     if verdict.worst_fold < 0:
         return "no fold"
     held = cv.fold_cases()[verdict.worst_fold]
-    return f"fold {verdict.worst_fold + 1} ({', '.join(held)})"
+    if len(held) == 1:
+        return f"fold {verdict.worst_fold + 1} ({held[0]})"
+    return f"fold {verdict.worst_fold + 1} ({', '.join(f'{c} {volume_gains.get(c, math.nan):+.3f}' for c in held)})"

@@ -116,11 +116,12 @@ def test_a_mean_gain_with_one_fold_far_below_zero_is_refused_with_that_fold_name
     cv = _cv_folds((0, 100), folds, a=(0.60, 0.70), b=(0.60, 0.72), c=(0.60, 0.45), d=(0.60, 0.68))
     assert cv.fold_gains(100) == pytest.approx((0.10, 0.12, -0.035))
     permissive = decide(cv, None, min_gain=0.005, stop_step=100, labelled=4)
-    assert permissive.activate and "fold 3 (c, d) lost 0.035" in permissive.reason, "the loss is said even when allowed"
+    assert permissive.activate, "without a limit on a fold's loss the mean decides"
+    assert "fold 3 (c -0.150, d +0.080) lost 0.035" in permissive.reason, "the loss is said even when allowed"
     guarded = decide(cv, None, min_gain=0.005, stop_step=100, labelled=4, max_fold_loss=0.02)
     assert not guarded.activate and guarded.failed == "worst_fold"
     assert guarded.gain == pytest.approx(0.0375), "the mean over the four volumes"
-    assert "fold 3 (c, d) lost 0.035, more than the 0.020 allowed" in guarded.reason
+    assert "fold 3 (c -0.150, d +0.080) lost 0.035, more than the 0.020 allowed" in guarded.reason
     assert "assft models activate" in guarded.reason
     record = guarded.to_dict()
     assert record["fold_gains"] == pytest.approx([0.10, 0.12, -0.035]) and record["failed"] == "worst_fold"
