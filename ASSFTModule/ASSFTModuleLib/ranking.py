@@ -36,17 +36,22 @@ COLUMN_IMAGE = "Image"
 COLUMN_ENTROPY = "Entropy map"
 COLUMN_REGIONS = "Regions"
 COLUMN_PREDICTION = "Prediction"
+COLUMN_WHY = "Why"
+COLUMN_WRONG = "Likely wrong"
+COLUMN_OOD = "Out of distribution"
 
-#: Columns shown to the user, in order.
-VISIBLE_COLUMNS = (COLUMN_VOLUME, COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE, COLUMN_RANK, COLUMN_STATE)
+#: Columns shown to the user, in order. "Likely wrong" is the second list of ``ranking.json`` ("where the model is
+#: probably wrong", 1 = most likely wrong); its header tooltip states the measured correlation.
+VISIBLE_COLUMNS = (COLUMN_VOLUME, COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE, COLUMN_RANK, COLUMN_STATE, COLUMN_WHY,
+                   COLUMN_WRONG)
 #: Columns kept for the logic (hidden in the widget's table view).
 HIDDEN_COLUMNS = (COLUMN_CASE, COLUMN_NODE, COLUMN_SELECTED, COLUMN_IMAGE, COLUMN_ENTROPY, COLUMN_REGIONS,
-                  COLUMN_PREDICTION)
+                  COLUMN_PREDICTION, COLUMN_OOD)
 #: ``RankedCase.rank`` (and the Rank cell) of a case the engine did not rank: labeled cases have ``"rank": null``.
 NOT_RANKED = 0
 
 _NUMERIC = (COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE)
-_INTEGER = (COLUMN_RANK, COLUMN_SELECTED)
+_INTEGER = (COLUMN_RANK, COLUMN_SELECTED, COLUMN_WRONG)
 
 
 def _optionalPath(value: Optional[str], base: Path) -> Optional[Path]:
@@ -60,7 +65,7 @@ def _orNan(value: Optional[float]) -> float:
     return math.nan if value is None else value
 
 
-def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str]) -> RankedCase:
+def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str], wrongRanks: Dict[str, int]) -> RankedCase:
     """The table row of a ``ranking.json`` entry."""
     return RankedCase(
         caseId=entry.case_id,
@@ -75,6 +80,9 @@ def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str]) -> Ran
         entropyMap=_optionalPath(entry.entropy_map, base),
         regions=_optionalPath(entry.regions, base),
         prediction=_optionalPath(entry.prediction, base),
+        reason=entry.reason or "",
+        ood=entry.ood or "",
+        wrongRank=wrongRanks.get(entry.case_id, 0),
     )
 
 
@@ -97,9 +105,12 @@ def readRanking(path, pseudoLabeled: Collection[str] = ()) -> Ranking:
     except JobError as exc:
         raise ResultFormatError(str(exc)) from exc
     pseudo = set(pseudoLabeled)
-    cases = [_row(entry, path.parent, pseudo) for entry in data.cases]
+    wrong = data.probably_wrong
+    wrongRanks = {caseId: place for place, caseId in enumerate(wrong.cases, start=1)} if wrong else {}
+    cases = [_row(entry, path.parent, pseudo, wrongRanks) for entry in data.cases]
     cases.sort(key=lambda case: (case.rank == NOT_RANKED, case.rank))  # stable: file order within equal keys
-    return Ranking(strategy=data.strategy, budget=data.budget, model=data.model, cases=tuple(cases), path=path)
+    return Ranking(strategy=data.strategy, budget=data.budget, model=data.model, cases=tuple(cases), path=path,
+                   wrongEvidence=wrong.evidence if wrong else "")
 
 
 def _column(name: str, values) -> vtk.vtkAbstractArray:
@@ -147,6 +158,9 @@ def writeRankingTable(scene, ranking: Ranking, caseNames: Dict[str, str], caseNo
         COLUMN_ENTROPY: [str(c.entropyMap) if c.entropyMap else "" for c in rows],
         COLUMN_REGIONS: [str(c.regions) if c.regions else "" for c in rows],
         COLUMN_PREDICTION: [str(c.prediction) if c.prediction else "" for c in rows],
+        COLUMN_WHY: [c.reason for c in rows],
+        COLUMN_WRONG: [c.wrongRank for c in rows],
+        COLUMN_OOD: [c.ood for c in rows],
     }
     wasModifying = tableNode.StartModify()
     tableNode.SetLocked(False)
@@ -160,7 +174,11 @@ def writeRankingTable(scene, ranking: Ranking, caseNames: Dict[str, str], caseNo
         tableNode.SetUseColumnTitleAsColumnHeader(True)
     else:
         tableNode.SetUseColumnNameAsColumnHeader(True)
+    tableNode.SetColumnDescription(COLUMN_WHY, "why the volume was proposed, or held back")
+    tableNode.SetColumnDescription(COLUMN_WRONG, "where the model is probably wrong: 1 = most likely wrong, ordered "
+                                   "by class-balanced ASD. " + (ranking.wrongEvidence or "No measured correlation."))
     tableNode.SetAttribute(ROLE_ATTRIBUTE, RANKING_ROLE)
+    tableNode.SetAttribute("ASSFT.ProbablyWrongEvidence", ranking.wrongEvidence)
     tableNode.SetAttribute("ASSFT.Strategy", ranking.strategy)
     tableNode.SetAttribute("ASSFT.Budget", str(ranking.budget))
     tableNode.SetAttribute("ASSFT.Model", ranking.model)
@@ -205,8 +223,18 @@ def rankedCaseFromTable(tableNode, row: int) -> Tuple[RankedCase, str]:
         entropyMap=pathOrNone(COLUMN_ENTROPY),
         regions=pathOrNone(COLUMN_REGIONS),
         prediction=pathOrNone(COLUMN_PREDICTION),
+        reason=_optionalCell(tableNode, row, COLUMN_WHY, ""),
+        ood=_optionalCell(tableNode, row, COLUMN_OOD, ""),
+        wrongRank=int(_optionalCell(tableNode, row, COLUMN_WRONG, 0)),
     )
     return case, str(_cell(tableNode, row, COLUMN_NODE))
+
+
+def _optionalCell(tableNode, row: int, name: str, default):
+    """A cell of a column that tables saved before it existed lack (``default`` then)."""
+    column = tableNode.GetTable().GetColumnByName(name)
+    return default if column is None else (str(column.GetValue(row)) if isinstance(default, str)
+                                           else column.GetValue(row))
 
 
 def tableRowOfCase(tableNode, caseId: str) -> int:

@@ -59,6 +59,9 @@ class RankedCase:
     entropyMap: Optional[Path] = None
     regions: Optional[Path] = None
     prediction: Optional[Path] = None
+    reason: str = ""  #: why the engine proposed (or held back) the volume, one line; empty for the others
+    ood: str = ""  #: why the volume looks out of distribution; empty when it does not
+    wrongRank: int = 0  #: place in "where the model is probably wrong" (1 = most likely wrong); 0 when not listed
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Ranking:
     model: str
     cases: Tuple[RankedCase, ...]
     path: Optional[Path] = None
+    wrongEvidence: str = ""  #: how well the "probably wrong" order predicted error, and on which split
 
     def case(self, caseId: str) -> RankedCase:
         for case in self.cases:
