@@ -518,6 +518,34 @@ def _atomic(path: Path, write, suffix: str) -> None:
         raise
 
 
+def check_writable_folder(folder: PathLike, what: str) -> None:
+    """Fail before any heavy work when files cannot be written into ``folder``; creates nothing.
+
+    The nearest existing folder on the way to ``folder`` must be a folder in which a file can be created (a probe file
+    is created and removed at once), so an unwritable output is refused before a training, not after it.
+
+    Args:
+        what: how the user names the folder (``--predictions``).
+
+    Raises:
+        OutputError: a path component is a file, or the folder cannot be written.
+    """
+    target = Path(folder)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{target}: the {what} cannot be created because {existing} is a file, not a folder. Choose "
+                          "another folder.")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(existing))
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{target}: the {what} is not writable ({exc.strerror or exc} in {existing}). Choose another "
+                          "folder or fix its permissions.") from exc
+
+
 def _output_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"{path}: cannot be written ({exc.strerror or exc}). Choose another output folder, fix its "
                        "permissions or free disk space.")

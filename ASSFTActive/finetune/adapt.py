@@ -45,7 +45,7 @@ from .. import __version__
 from ..distributed import DistContext, map_shards
 from ..errors import InputError
 from ..evaluate import EvaluationReport, SkippedVolume, format_score, json_ready
-from ..io import PathLike, read_volume, write_volume
+from ..io import PathLike, check_writable_folder, read_volume, write_volume
 from ..models import LoadedModel, ModelCard, load_card, load_model
 from ..plausibility import check_image
 from ..progress import ProgressCallback, emit
@@ -248,8 +248,11 @@ def start_run(request: AdaptRequest, method: AdaptMethod) -> AdaptRun:
     name = check_name(request.name or default_name(card))
     model_store = ModelStore(request.store)
     ctx = request.context()
+    predictions_dir = Path(request.predictions_dir) if request.predictions_dir is not None else None
     if ctx.is_main:
         model_store.check_writable(name)
+        if predictions_dir is not None and config.predict_pool:  # refused now, not after the training
+            check_writable_folder(predictions_dir, "predictions folder")
     emit(request.progress, "phase", phase="load",
          message=f"adapting {card.name} ({card_path}) into {model_store.root / name}")
     loaded = load_model(card)
@@ -257,7 +260,6 @@ def start_run(request: AdaptRequest, method: AdaptMethod) -> AdaptRun:
     work_dir = Path(request.work_dir) if request.work_dir is not None else None
     checkpoints = Checkpoints(work_dir, run_fingerprint(image_paths, label_paths, method.identity()),
                               card_signature(card), ctx.is_main)
-    predictions_dir = Path(request.predictions_dir) if request.predictions_dir is not None else None
     return AdaptRun(images=image_paths, labels=label_paths, card=card, pretrained=card.pretrained_card().path,
                     model=loaded, store=model_store, name=name, config=config, ctx=ctx, checkpoints=checkpoints,
                     method=method, progress=request.progress, predictions_dir=predictions_dir,
