@@ -154,6 +154,10 @@ class Sfr:
             raise ModelError(f"the SAM prior {prior.path} has {len(prior.class_names)} classes "
                              f"({', '.join(prior.class_names)}) but the model {card.name} has {card.num_classes} "
                              f"({', '.join(card.class_names)}); give a SAM with the model's classes.")
+        if tuple(prior.class_names[1:]) != tuple(card.class_names[1:]):  # same count, other meaning or order
+            raise ModelError(f"the SAM prior {prior.path} names its classes {list(prior.class_names[1:])} but the "
+                             f"model {card.name} names them {list(card.class_names[1:])}; its masks would train each "
+                             "class as another. Give a SAM prior whose class_names match the model card's, in order.")
         emit(progress, "phase", phase="load", message=f"SAM prior {prior.card.get('name', prior.path.name)} "
              f"({prior.path})" + ("; NOT Meta's SAM" if prior.card.get("not_meta_sam") else ""))
         self.prior = prior
