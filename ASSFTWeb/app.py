@@ -135,7 +135,8 @@ class ASSFTWebApp(TrameApp):
             volumes=[], skipped=[], model_text=str(config.model), model_description=self.session.model_description(),
             budget=int(config.budget), query_rounds=self.session.parameters.queryRounds,
             adapt_methods=[{"title": m.label(), "value": m.value} for m in AdaptMethod],
-            adapt_method=self.session.parameters.adaptMethod.value, rows=[], selected_row=-1, ranking_round=0,
+            adapt_method=self.session.parameters.adaptMethod.value, rows=[], wrong_rows=[], wrong_evidence="",
+            selected_row=-1, ranking_round=0,
             ranking_caption="Not ranked yet.", plot_svg="", plot_legend=LEGEND, overlay_visible=True,
             overlay_opacity=DEFAULT_OPACITY, regions=[], slice_offsets={}, current_volume="", prefill=False,
             voxel_counts={}, voxel_total=0, annotated_name="", saved_message="", saved=False, job_running=False,
@@ -230,6 +231,8 @@ class ASSFTWebApp(TrameApp):
     def _refresh_rows(self) -> None:
         rows = [{k: _finite(v) for k, v in row.items()} for row in self.session.ranking_rows()]
         self.state.rows = rows
+        self.state.wrong_rows = sorted((r for r in rows if r.get("wrong")), key=lambda r: r["wrong"])
+        self.state.wrong_evidence = self.session.probably_wrong_evidence()
         plotted = [r for r in rows if r["dkd"] is not None and r["asd"] is not None]
         self.state.plot_svg = scores_svg(plotted) if plotted else ""
 
@@ -520,6 +523,7 @@ class ASSFTWebApp(TrameApp):
                     html.Td("{{ r.asd === null ? '-' : r.asd.toFixed(3) }}")
                     html.Td("{{ r.score === null ? '-' : r.score.toFixed(3) }}")
                     html.Td("{{ r.state }}", classes="row-state")
+                    html.Td("{{ r.why }}", classes="row-why", style="font-size: 11px;")
             with html.Div(id="table_legend", classes="text-caption mb-2", v_if=("rows.length",),
                           style="opacity: 0.85;"):
                 html.Span("", style=f"display:inline-block;width:10px;height:10px;background:{ROW_PROPOSED};"
@@ -529,6 +533,15 @@ class ASSFTWebApp(TrameApp):
                                     "border:1px solid #aaa;margin:0 3px 0 8px;")
                 html.Span("shown in the views. ")
                 html.Span(TABLE_NOTE)
+            with html.Details(id="probably_wrong", v_if=("wrong_rows.length",), classes="text-caption mb-2"):
+                html.Summary("Where the model is probably wrong (check these predictions first)",
+                             classes="text-subtitle-2", style="cursor: pointer;")
+                html.Div("Ordered by class-balanced ASD. {{ wrong_evidence || 'No measured correlation.' }}",
+                         id="wrong_evidence", style="opacity: 0.85;")
+                with html.Ol(id="wrong_list", style="margin: 2px 0 0 18px;"):
+                    html.Li("{{ r.volume }}{{ r.ood ? ' (' + r.ood + ')' : '' }}", v_for="r in wrong_rows",
+                            key="r.case", classes="wrong-row", click="trigger('select_row', [r.row])",
+                            style="cursor: pointer;")
             html.Div("Showing: {{ current_volume }}", classes="text-subtitle-2", id="current_volume")
             with html.Div(classes="d-flex align-center ga-2"):
                 v3.VSwitch(v_model=("overlay_visible",), label="Entropy overlay", density="compact",
@@ -568,6 +581,7 @@ COLUMNS = (
               "the ones already picked, so the column need not fall with the rank."),
     ("State", "unlabeled, proposed (label it), labeled (a label file exists), pseudo-labeled (the model's own "
               "prediction is trusted for training)."),
+    ("Why", "Why the query proposed the volume (or held it back as out of distribution), in one line."),
 )
 TABLE_NOTE = ("DKD: newness to the model; ASD: difficulty; Score: value at the time of the pick (hover a column "
               "title for more).")

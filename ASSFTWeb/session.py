@@ -252,7 +252,8 @@ class AnnotatorSession:
 
     # ------------------------------------------------------------------ ranking
     def ranking_rows(self) -> List[dict]:
-        """The ranking table as plain rows for the page (volume, DKD, ASD, score, rank, state)."""
+        """The ranking table as plain rows for the page (volume, DKD, ASD, score, rank, state, why it was proposed,
+        place in the probably-wrong list, out-of-distribution reason)."""
         table = self.parameters.rankingTable
         if table is None:
             return []
@@ -264,8 +265,14 @@ class AnnotatorSession:
                 "row": row, "volume": node.GetName() if node is not None else case.caseId, "case": case.caseId,
                 "dkd": round(case.dkd, 4), "asd": round(case.asd, 4), "score": round(case.score, 4),
                 "rank": case.rank, "state": CaseState.of(case.labeled, case.pseudoLabeled, case.selected),
+                "why": case.reason, "wrong": case.wrongRank, "ood": case.ood,
             })
         return rows
+
+    def probably_wrong_evidence(self) -> str:
+        """How well the "probably wrong" order predicted the model's error, and on which split (from the ranking)."""
+        table = self.parameters.rankingTable
+        return (table.GetAttribute("ASSFT.ProbablyWrongEvidence") or "") if table is not None else ""
 
     def show_row(self, row: int, threshold: float = DEFAULT_THRESHOLD, opacity: float = DEFAULT_OPACITY) -> CaseView:
         """Look at a ranked volume: volume, entropy overlay and regions (the Slicer module's ``showCase``)."""
