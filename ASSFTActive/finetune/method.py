@@ -51,7 +51,7 @@ class Trained:
 class AdaptMethod(Protocol):
     """An adaptation method: what :func:`~ASSFTActive.finetune.adapt.run_adaptation` cannot do the same way for all.
 
-    Called by the spine in this order: :meth:`run_config`, :meth:`identity` and :meth:`load` at the start,
+    Called by the spine in this order: :meth:`run_config`, :meth:`load` and :meth:`identity` at the start,
     :meth:`prepare` once the run state exists, :meth:`recipe` once per cross-validation fold, :meth:`train_final`,
     then :meth:`settings` and :meth:`result` at the commit. :meth:`recipe_steps` sizes the progress and the guard's
     curve.
