@@ -195,3 +195,53 @@ def threeVolumeScene(folder: Path):
     segmentation.fillSegmentationFromClassLabelmap(
         labeled, Volume(syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
     return env, logic, card, cardPath, nodes
+
+
+class RecordingRunner:
+    """The job runner interface (start, cancel, isRunning) for job-controller tests: records the commands; the test
+    ends the run with :meth:`end` (real runners are tested with real processes in ``test_slicer_cancel.py``)."""
+
+    def __init__(self, onEvent, onFinished):
+        self.onEvent, self.onFinished = onEvent, onFinished
+        self.commands = []
+        self.running = False
+        self.cancelled = False
+
+    def start(self, command, environment, workingDirectory):
+        self.commands.append(list(command))
+        self.running = True
+
+    def isRunning(self):
+        return self.running
+
+    def cancel(self):
+        self.cancelled = True
+
+    def end(self, exitCode=0, cancelled=False, errorText=""):
+        self.running = False
+        self.onFinished(exitCode, cancelled, errorText)
+
+
+def parameterNode(workDirectory, cardPath=None, queryRounds=1, budget=1, method=None):
+    """The fields of the module's parameter node the job controller reads and writes (the real node needs desktop
+    Slicer): the embedded default model when ``cardPath`` is None, else that card."""
+    import types
+
+    from ASSFTModuleLib.parameters import AdaptMethod, ModelSource
+
+    return types.SimpleNamespace(modelSource=ModelSource.CardFile if cardPath else ModelSource.Default,
+                                 modelCardPath=Path(cardPath) if cardPath else Path(""), workDirectory=workDirectory,
+                                 budget=budget, queryRounds=queryRounds, adaptMethod=method or AdaptMethod.ASSFT,
+                                 rankingTable=None, lastJobDirectory="")
+
+
+class Signals:
+    """What a job controller emitted: status lines, device, failures, outcomes, running states."""
+
+    def __init__(self, controller):
+        self.status, self.device, self.failed, self.finished, self.running = [], [], [], [], []
+        controller.statusChanged.connect(self.status.append)
+        controller.deviceChanged.connect(self.device.append)
+        controller.failed.connect(lambda message, details: self.failed.append(message))
+        controller.finished.connect(self.finished.append)
+        controller.runningChanged.connect(self.running.append)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,10 @@ from ASSFTModuleLib.jobController import DONE, ERROR, JobController  # noqa: E40
 from ASSFTModuleLib.parameters import (  # noqa: E402
     DEFAULT_QUERY_ROUNDS,
     AdaptMethod,
-    ModelSource,
     jobQuery,
     queryRoundsValue,
 )
-from slicer_scene import fakeFinishedJob  # noqa: E402
-from test_slicer_job_controller import RecordingRunner  # noqa: E402
+from slicer_scene import RecordingRunner, fakeFinishedJob  # noqa: E402
 
 from ASSFTActive.jobs import read_job  # noqa: E402
 from ASSFTActive.query.rounds import plan_round  # noqa: E402
@@ -38,10 +35,8 @@ ROUNDS_REFUSED = "Query rounds must be a whole number of at least 1"
 
 def parameterNode(workDirectory: Path, cardPath: Path, queryRounds=DEFAULT_QUERY_ROUNDS, budget=4,
                   method=AdaptMethod.ASSFT):
-    """The parameter node fields the controller reads (the real node needs desktop Slicer), with the rounds."""
-    return types.SimpleNamespace(modelSource=ModelSource.CardFile, modelCardPath=cardPath,
-                                 workDirectory=workDirectory, budget=budget, queryRounds=queryRounds,
-                                 adaptMethod=method, rankingTable=None, lastJobDirectory="")
+    """The parameter node fields the controller reads, with the rounds (budget 4 by default here)."""
+    return slicer_scene.parameterNode(workDirectory, cardPath, queryRounds=queryRounds, budget=budget, method=method)
 
 
 @pytest.fixture()

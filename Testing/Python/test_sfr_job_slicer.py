@@ -16,8 +16,7 @@ slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib.jobController import DONE, JobController  # noqa: E402
 from ASSFTModuleLib.parameters import AdaptMethod, ModelSource, adaptJobFor  # noqa: E402
-from slicer_scene import fakeFinishedJob, writeModelCard  # noqa: E402
-from test_slicer_job_controller import RecordingRunner  # noqa: E402
+from slicer_scene import RecordingRunner, fakeFinishedJob, writeModelCard  # noqa: E402
 
 from ASSFTActive.jobs import JobResult, read_job, write_result  # noqa: E402
 

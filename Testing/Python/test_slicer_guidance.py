@@ -12,8 +12,7 @@ slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import guidance, overlay, segmentation  # noqa: E402
 from ASSFTModuleLib.jobController import JobController  # noqa: E402
-from slicer_scene import fakeFinishedJob  # noqa: E402
-from test_slicer_job_controller import RecordingRunner, parameterNode  # noqa: E402
+from slicer_scene import RecordingRunner, fakeFinishedJob, parameterNode  # noqa: E402
 
 
 def hueDistance(a: float, b: float) -> float:

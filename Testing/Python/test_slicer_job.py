@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer_scene
-from conftest import HIPPOCAMPUS
-from test_query_rounds_panel import parameterNode
-from test_slicer_job_controller import RecordingRunner
+from conftest import HIPPOCAMPUS, read_json
+from slicer_scene import RecordingRunner, parameterNode
 
 slicer = slicer_scene.requireSlicer()
 
@@ -28,7 +27,7 @@ from ASSFTModuleLib.parameters import ModelSource, jobQuery  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
 from ASSFTActive.io import case_id  # noqa: E402
-from ASSFTActive.jobs import read_job, read_result  # noqa: E402
+from ASSFTActive.jobs import RESULT_FILE, read_job  # noqa: E402
 from ASSFTActive.progress import Event  # noqa: E402
 
 WORKER_TIMEOUT_S = 600
@@ -132,7 +131,7 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     states = [loaded.tableNode.GetTable().GetColumnByName("State").GetValue(r) for r in range(3)]
     assert states.count(CaseState.LABELED) == 1 and states.count(CaseState.PROPOSED) == 1
     # what the module read is what the worker wrote, each key once (no copies inside the metrics)
-    written = read_result(spec.jobDir)
+    written = read_json(Path(spec.jobDir) / RESULT_FILE)  # the file as written
     assert loaded.result.activated is True and written["activated"] is True
     assert "guard is off" in loaded.result.activationReason == written["activation"]["reason"]
     assert list(loaded.result.pseudoLabeled) == written["pseudo_labeled"]
@@ -165,7 +164,7 @@ def test_sfr_plus_job_from_the_scene_runs_in_the_worker_and_comes_back_like_adap
     assert loaded.activeModel is not None and loaded.adaptedModel == loaded.activeModel
     assert "guard is off" in loaded.result.activationReason
     assert logic.modelCard(loaded.activeModel).class_names == card.class_names
-    written = read_result(spec.jobDir)
+    written = read_json(Path(spec.jobDir) / RESULT_FILE)  # the file as written
     assert written["metrics"]["method"] == "sfr_plus" and list(loaded.result.pseudoLabeled) == written["pseudo_labeled"]
     assert len(written["pseudo_labeled"]) == 1  # SFR+ keeps ceil(0.5 * 2) of the two unlabelled volumes
     assert loaded.tableNode is not None and loaded.tableNode.GetNumberOfRows() == 3  # re-ranked like adapt

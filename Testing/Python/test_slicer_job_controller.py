@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -28,48 +27,7 @@ from ASSFTModuleLib.parameters import (  # noqa: E402
     initialCardPath,
     modelReferenceFor,
 )
-from slicer_scene import fakeFinishedJob  # noqa: E402
-
-
-class RecordingRunner:
-    """Runner interface (start, cancel, isRunning); the test ends the run with :meth:`end`."""
-
-    def __init__(self, onEvent, onFinished):
-        self.onEvent, self.onFinished = onEvent, onFinished
-        self.commands = []
-        self.running = False
-        self.cancelled = False
-
-    def start(self, command, environment, workingDirectory):
-        self.commands.append(list(command))
-        self.running = True
-
-    def isRunning(self):
-        return self.running
-
-    def cancel(self):
-        self.cancelled = True
-
-    def end(self, exitCode=0, cancelled=False, errorText=""):
-        self.running = False
-        self.onFinished(exitCode, cancelled, errorText)
-
-
-def parameterNode(workDirectory, cardPath=None):
-    """The fields of the module's parameter node the controller uses (the real one needs desktop Slicer)."""
-    return types.SimpleNamespace(modelSource=ModelSource.CardFile if cardPath else ModelSource.Default,
-                                 modelCardPath=Path(cardPath) if cardPath else Path(""), workDirectory=workDirectory,
-                                 budget=1, rankingTable=None, lastJobDirectory="")
-
-
-class Signals:
-    def __init__(self, controller):
-        self.status, self.device, self.failed, self.finished, self.running = [], [], [], [], []
-        controller.statusChanged.connect(self.status.append)
-        controller.deviceChanged.connect(self.device.append)
-        controller.failed.connect(lambda message, details: self.failed.append(message))
-        controller.finished.connect(self.finished.append)
-        controller.runningChanged.connect(self.running.append)
+from slicer_scene import RecordingRunner, Signals, fakeFinishedJob, parameterNode  # noqa: E402
 
 
 @pytest.fixture()

@@ -21,8 +21,7 @@ from ASSFTModuleLib import geometry, jobPreparation, jobs, ranking, segmentation
 from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.records import OutputLine  # noqa: E402
-from slicer_scene import fakeFinishedJob  # noqa: E402
-from test_slicer_job_controller import RecordingRunner, Signals, parameterNode  # noqa: E402
+from slicer_scene import RecordingRunner, Signals, fakeFinishedJob, parameterNode  # noqa: E402
 
 from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
 from ASSFTActive.progress import Event  # noqa: E402
