@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -281,13 +281,31 @@ def run_before_commit(run: AdaptRun, decision: ActivationDecision, before_commit
 
 def decide_activation(run: AdaptRun, labeled: Sequence[LabeledVolume], cv: Optional[CrossValidation],
                       stop: int) -> ActivationDecision:
-    """The guard's verdict (:func:`.guard.decide`), or unconditional activation when the guard is off."""
+    """The guard's verdict (:func:`.guard.decide`), or unconditional activation when the guard is off; its
+    ``label_meaning`` says what cross-validation cannot see (:func:`label_meaning_note`)."""
     guard = run.config.validation
     if not guard.guard:
-        return ActivationDecision(activate=True, method="unguarded", stop_step=stop, reason=(
+        decision = ActivationDecision(activate=True, method="unguarded", stop_step=stop, reason=(
             "the guard is off (validation.guard = false): activated without checking that it is better."))
-    return decide(cv, pool_check(run, run.network, labeled), guard.min_gain, stop, len(labeled),
-                  max_fold_loss=guard.max_fold_loss, min_gain_low=guard.min_gain_low)
+    else:
+        decision = decide(cv, pool_check(run, run.network, labeled), guard.min_gain, stop, len(labeled),
+                          max_fold_loss=guard.max_fold_loss, min_gain_low=guard.min_gain_low)
+    return replace(decision, label_meaning=label_meaning_note(run))
+
+
+def label_meaning_note(run: AdaptRun) -> str:
+    """The record's sentence on mislabelling: cross-validation scores against the same labels and cannot detect
+    labels of the wrong meaning; the label checks before training could, unless they were overridden."""
+    limits = thresholds_for(run.card)
+    blind = ("Cross-validation scores every fold against the same labels, so it cannot detect labels of the wrong "
+             "meaning (swapped classes, another structure, partial labels): they raise its score as true ones do.")
+    if getattr(run.config, "allow_implausible_labels", False):
+        return (blind + " The label checks only warned (allow_implausible_labels): a label they flagged was trained "
+                "on, so neither the checks nor the guard vouch for the labels' meaning.")
+    return (blind + " Before training, every label passed the label checks against the current model's prediction "
+            f"and the {limits.anatomy} label shapes (swapped classes, another structure, inverted, box, "
+            + ("partial labels declared" if getattr(run.config, "partial_labels", False) else "one-slice, outline")
+            + ").")
 
 
 def summarise_metrics(run: AdaptRun, labeled: Sequence[LabeledVolume], before_report: EvaluationReport,

@@ -290,6 +290,9 @@ class ActivationDecision:
         volume_gains: ``{case_id: held-out gain}`` of each labelled volume at ``stop_step``.
         rule: the thresholds the verdict applied (``None`` without cross-validation).
         failed: the check that refused (``mean``, ``worst_fold``, ``lower_bound``, ``pool``), empty otherwise.
+        label_meaning: what the guard cannot see and what checked it instead: cross-validation scores against the
+            same labels, so labels of the wrong meaning (swapped classes, another structure) pass it; whether the
+            label checks refused such labels before training or were overridden (set by the adaptation run).
     """
 
     activate: bool
@@ -306,6 +309,7 @@ class ActivationDecision:
     volume_gains: Mapping[str, float] = field(default_factory=dict)
     rule: Optional[GuardRule] = None
     failed: str = ""
+    label_meaning: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         def clean(x: float) -> Optional[float]:
@@ -317,7 +321,8 @@ class ActivationDecision:
                 "pool": None if self.pool is None else self.pool.to_dict(),
                 "fold_gains": [clean(g) for g in self.fold_gains],
                 "volume_gains": {c: clean(g) for c, g in self.volume_gains.items()},
-                "rule": None if self.rule is None else self.rule.to_dict(), "failed": self.failed}
+                "rule": None if self.rule is None else self.rule.to_dict(), "failed": self.failed,
+                "label_meaning": self.label_meaning}
 
 
 _OVERRIDE = "Stored but not activated (assft models activate makes it active anyway)."
