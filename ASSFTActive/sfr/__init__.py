@@ -6,8 +6,10 @@ load; LoRA on the image encoder's q/v), ``inputs`` (how volumes enter SAM), ``fi
 stitched labelled volumes), ``pseudo`` (un-stitched 3D pseudo-labels of a pool, the SFR+ volume confidence and
 selection), ``plus`` (SFR+: select confident pseudo-labelled volumes, fine-tune SAM again) and ``prior`` (the
 embedded small SAM-architecture prior, which is not Meta's SAM), ``retrain`` (stage 3: Mean-Teacher re-training of
-the 3D model in the shared trainer of ``finetune/``) and ``pipeline`` (:func:`~.pipeline.sfr_adapt`, the product run
-behind ``assft sfr``, with Adapt Model's guard and store). Nothing heavy is imported here.
+the 3D model as a loss term of the shared trainer of ``finetune/``), ``config`` (every setting, torch-free) and
+``pipeline`` (:class:`~.pipeline.Sfr`, the adaptation method behind ``assft sfr``, which the shared spine
+:func:`ASSFTActive.finetune.adapt.run_adaptation` runs with Adapt Model's guard and store). Nothing heavy is
+imported here.
 
 References:
     Li, Qi, Yu, Huo, Shi, Gao, "Stitching, Fine-tuning, Re-training: A SAM-enabled Framework for Semi-supervised 3D
