@@ -55,7 +55,6 @@ from .result import (
     RESULT_STATUSES,
     JobResult,
     read_job_result,
-    read_result,
     write_result,
 )
 from .spec import JobSpec, read_job, write_job
@@ -94,7 +93,6 @@ __all__ = [
     "read_job_result",
     "read_query_round",
     "read_ranking_file",
-    "read_result",
     "write_job",
     "write_ranking_file",
     "write_result",

@@ -22,7 +22,7 @@ from ..settings import check_record_keys, optional_text
 from .files import ADAPT_KINDS, JOB_KINDS, RESULT_FILE, PathLike, read_json_if_present, write_text_atomic
 
 __all__ = ["RESULT_CANCELLED", "RESULT_DONE", "RESULT_ERROR", "RESULT_STATUSES", "JobResult", "read_job_result",
-           "read_result", "write_result"]
+           "write_result"]
 
 #: ``status`` of a ``result.json``.
 RESULT_DONE, RESULT_ERROR, RESULT_CANCELLED = "done", "error", "cancelled"
@@ -164,16 +164,3 @@ def read_job_result(job_dir: PathLike) -> Optional[JobResult]:
     except (TypeError, ValueError) as exc:
         raise JobError(f"{path}: {exc}; the worker that wrote it may be older than this reader. Run the job "
                        "again.") from exc
-
-
-def read_result(job_dir: PathLike) -> Optional[Dict[str, Any]]:
-    """``result.json`` as the plain JSON dict, or ``None`` when the job has not finished (no checks; readers that act
-    on a result use :func:`read_job_result`)."""
-    path = Path(job_dir) / RESULT_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

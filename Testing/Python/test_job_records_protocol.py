@@ -123,14 +123,14 @@ def test_the_worker_builds_the_adapt_result_as_a_record_without_copies_in_metric
                "resumed_from": None, "activation": {"activate": True, "reason": "guard off"},
                "predictions": {"b": str(tmp_path / "b.nii.gz")}}
     outcome = FakeAdaptOutcome(card_path=tmp_path / "card.json", summary=summary)
-    monkeypatch.setattr(adapt, "adapt_model", lambda *args, **kwargs: outcome)
+    monkeypatch.setattr(adapt, "run_adaptation", lambda *args, **kwargs: outcome)
     spec = JobSpec(kind="adapt", images={"a": "/a.nii.gz", "b": "/b.nii.gz", "c": "/c.nii.gz"},
                    labels={"a": "/la.nii.gz"}, store=str(tmp_path / "store"))
 
     class Ctx:
         is_main = True
 
-    result = worker._run_adapt(spec, tmp_path, Ctx(), channel=None)
+    result = worker._run_adaptation(spec, tmp_path, Ctx(), channel=None)
 
     assert isinstance(result, JobResult)
     assert result.pseudo_labeled == ("b",) and result.activated and result.activation_reason == "guard off"
@@ -288,7 +288,9 @@ def test_the_worker_takes_the_same_device_choices(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", "--help"], capture_output=True, text=True,
                          cwd=str(REPO), timeout=120)
-    assert out.returncode == 0 and "{auto,cpu,cuda}" in out.stdout
+    from ASSFTActive.cli.common import Device
+
+    assert out.returncode == 0 and "{" + ",".join(d.value for d in Device) + "}" in out.stdout
 
 
 def test_the_protocols_files_are_readable_by_others_like_every_other_output(tmp_path):

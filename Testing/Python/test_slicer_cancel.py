@@ -179,7 +179,7 @@ def test_descendants_are_found_without_psutil_or_command_line_tools(tmp_path, mo
 def test_cancelling_the_real_worker_under_a_launcher_leaves_no_process_and_ends_cancelled(tmp_path):
     """The real ``python -m ASSFTActive.worker`` on a rank job, started through a launcher-like parent."""
     from ASSFTActive.io import Volume, write_volume
-    from ASSFTActive.jobs import JobSpec, read_result, write_job
+    from ASSFTActive.jobs import JobSpec, read_job_result, write_job
 
     images = {}
     for n in range(12):
@@ -204,6 +204,6 @@ def test_cancelling_the_real_worker_under_a_launcher_leaves_no_process_and_ends_
 
     assert recorder.childAliveAtEnd is False and not processTree.isRunning(childPid)
     assert recorder.ends[0][1] is True and recorder.ends[0][2] == ""
-    assert read_result(jobDir)["status"] == "cancelled"
+    assert read_job_result(jobDir).status == "cancelled"
     assert json.loads((jobDir / "events.jsonl").read_text().splitlines()[-1])["message"] == "cancelled"
     assert jobOutcome(jobDir, *recorder.ends[0])[0] == CANCELLED

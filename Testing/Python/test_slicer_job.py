@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import slicer_scene
 from conftest import HIPPOCAMPUS, read_json
-from slicer_scene import RecordingRunner, parameterNode
+from test_query_rounds_panel import parameterNode
+from test_slicer_job_controller import RecordingRunner
 
 slicer = slicer_scene.requireSlicer()
 
