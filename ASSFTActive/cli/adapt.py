@@ -111,10 +111,10 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     a progress bar, the ``--work-dir`` lock; print ``summary(result)``."""
     from ..finetune.adapt import AdaptRequest, run_adaptation
     from ..io import case_id, find_images, match_labels
-    from .common import resolve_device
+    from .common import resolve_device, warn_line
 
     images = find_images(args.images)
-    labels = match_labels(images, args.labels)
+    labels = match_labels(images, args.labels, warn=warn_line)
     bar, progress = progress_channel(args)
     try:
         with work_dir_lock(args.work_dir):

@@ -90,3 +90,17 @@ def test_a_folder_without_a_ranking_is_left_alone(tmp_path):
     (tmp_path / "predictions" / "a.nii.gz").write_bytes(b"x")
     assert remove_stale_outputs(tmp_path, ["b"]) == []
     assert (tmp_path / "predictions" / "a.nii.gz").exists()
+
+
+def test_adapt_warns_about_a_label_without_an_image(tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    shutil.copy(POOL_IMAGES[0], images)
+    shutil.copy(SAMPLE_POOL / "labels" / POOL_IMAGES[0].name, labels)
+    shutil.copy(SAMPLE_POOL / "labels" / POOL_IMAGES[0].name, labels / "hippocampus_999.nii.gz")
+    main(["adapt", "--images", str(images), "--labels", str(labels), "--store", str(tmp_path / "store"),
+          "--iterations", "1", "--semi-iterations", "1", "--batch-size", "1", "--patch-size", "16", "16", "16",
+          "--pseudo", "none", "--no-guard", "--quiet"])
+    err = capsys.readouterr().err
+    assert "warning:" in err and "hippocampus_999.nii.gz" in err and "match no image" in err
