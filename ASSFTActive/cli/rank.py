@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
                              "them; each call proposes the current round's share, the round being read from how "
                              "many pool volumes are labelled (default 1: the whole budget at once)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
+    parser.add_argument("--propose-ood", action="store_true",
+                        help="propose volumes flagged as out of distribution (another modality or body part than the "
+                             "model's training data) like any other; by default they are ranked last, not proposed")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--no-overlays", action="store_true", help="write only the ranking, no overlays")
     parser.add_argument("--feature-cache", type=Path, help="folder caching the pre-trained encoder's features")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     labeled = sorted(match_labels(images, args.labels, warn=warn_line))
     card = resolve_card(args.model)
     try:
-        query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds)
+        query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds, propose_ood=args.propose_ood)
     except ValueError as exc:  # e.g. --rounds 0 or a negative --seed
         raise InputError(f"{exc} (--strategy, --seed, --rounds)") from exc
     bar = ProgressBar(enabled=not args.quiet, kind="rank", volumes=len(images))
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
               + ("; after labelling them, run assft adapt and rank again with the adapted model"
                  if plan.round_index + 1 < plan.total_rounds and plan.size else ""))
     print(f"\nproposed for annotation: {', '.join(result.ranking.selected_ids) or '(none)'}")
+    for case in result.ranking.cases:
+        if case.reason:
+            print(f"  {case.case_id}: {case.reason}")
     print(f"wrote {result.files['ranking_csv']}, {result.files['ranking_json'].name}"
           + ("" if args.no_overlays else ", overlays/ and predictions/"))
     return 0

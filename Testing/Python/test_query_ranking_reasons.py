@@ -123,3 +123,29 @@ def test_rank_pool_writes_reasons_the_wrong_list_and_holds_back_the_phantom(tmp_
     asked = rank_pool(images, card, 1, tmp_path / "out2", query=QueryConfig(strategy="asd_only", propose_ood=True),
                       write_outputs=False)
     assert asked.ranking.selected_ids == ("prostate_phantom_subvolume",)  # the most uncertain, when asked for
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PHANTOM.is_file(), reason="../shared/data/fixtures is not available")
+def test_assft_rank_prints_each_reason_and_proposes_the_phantom_only_with_propose_ood(tmp_path):
+    import subprocess
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for image in sorted(SAMPLE_POOL.glob("*.nii.gz"))[:2]:
+        shutil.copy(image, pool / image.name)
+    shutil.copy(PHANTOM, pool / PHANTOM.name)
+
+    def assft(*extra):
+        return subprocess.run([sys.executable, "-m", "ASSFTActive", "rank", "--images", str(pool), "--budget", "1",
+                               "--strategy", "asd_only", "--no-overlays", "--quiet", "--device", "cpu", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+    plain = assft("--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    assert "prostate_phantom_subvolume: not proposed: out of distribution" in plain.stdout
+    assert "most uncertain anatomy" in plain.stdout
+    asked = assft("--out", str(tmp_path / "asked"), "--propose-ood")
+    assert asked.returncode == 0, asked.stderr
+    assert "proposed for annotation: prostate_phantom_subvolume" in asked.stdout
