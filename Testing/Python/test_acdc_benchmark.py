@@ -113,6 +113,9 @@ def test_acdc_path_tasks_report_the_two_unseen_diagnoses_as_groups():
     task = tasks.make_task("acdc_path", "development", 0)
     assert {task.setting.group_of(c) for c in task.eval} == {"hypertrophic", "abnormal_rv"}
     assert task.setting.site_of(task.pool[0]).shift is None and task.model == tasks.ACDC_PATH_SOURCE_MODEL
+    shifted = tasks.make_task("acdc_path_scanner", "development", 0)
+    assert shifted.pool == task.pool and shifted.eval == task.eval  # the same patients, a scanner shift on top
+    assert shifted.setting.site_of(shifted.pool[0]).shift == BENCHMARK_SHIFTS["acdc"]["mild"]
 
 
 def test_the_acdc_path_source_model_trains_on_three_diagnoses_and_is_scored_on_the_other_two(train_script):

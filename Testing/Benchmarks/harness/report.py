@@ -20,6 +20,7 @@ import numpy as np
 from . import stats
 from .arms import BASELINES
 from .runner import REPO, RESULTS
+from .tasks import SETTINGS
 
 GOALS = RESULTS / "goals.json"
 GOAL_KEY = ("topic", "goal", "setting", "budget", "split")
@@ -192,7 +193,7 @@ def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: st
             arm = row["arms"].get(default_arm)
             if not arm or arm.get("incomplete"):
                 continue
-            hetero = entry["setting"] in ("hippocampus_multisite", "acdc_path")
+            hetero = SETTINGS[entry["setting"]].heterogeneous if entry["setting"] in SETTINGS else False
             base = {"topic": "query", "setting": entry["setting"], "budget": int(budget),
                     "split": SPLIT_NAMES.get(entry["split"], entry["split"]), "source": source, "git": git}
             gap = arm["gap_vs_random"]

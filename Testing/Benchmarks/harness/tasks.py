@@ -172,6 +172,10 @@ SETTINGS: Dict[str, Setting] = {
     # list later; the pathology is the shift here)
     "acdc_path": Setting("acdc_path", "acdc_path", (Site("as_stored", None),), pool_size=16, groups="diagnosis",
                          heterogeneous=True),
+    # the same with ACDC's mild scanner shift on top (not in the default profiles; name it with --settings)
+    "acdc_path_scanner": Setting("acdc_path_scanner", "acdc_path", (Site("scanner_mild",
+                                                                         BENCHMARK_SHIFTS["acdc"]["mild"]),),
+                                 pool_size=16, groups="diagnosis", heterogeneous=True),
 }
 
 
