@@ -39,8 +39,29 @@ def _overflow(path: Path) -> None:
     _nifti(array, path)
 
 
+def _sheared_without_qform(path: Path) -> None:
+    image = nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), None)
+    shear = np.eye(4)
+    shear[0, 1] = 0.5
+    image.set_qform(None, code=0)
+    image.set_sform(shear, code=1)
+    nib.save(image, str(path))
+
+
+def _declares_2gb(path: Path) -> None:
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 512))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4 + 1024)))
+
+
 #: image file written next to two good pool volumes -> expected message
 BAD_IMAGES = {
+    "sheared_sform_without_qform": (_sheared_without_qform, "the way 3D Slicer (ITK) reads it"),
+    "header_declares_2gb": (_declares_2gb, "more than the limit"),
     "corrupt_gzip_crc": (_flipped, "corrupt"),
     "one_voxel": (lambda p: _nifti(np.ones((1, 1, 1), np.float32), p), "ASSFT needs at least"),
     "constant": (lambda p: _nifti(np.full((16, 16, 16), 3.0, np.float32), p), "every voxel has the value"),
