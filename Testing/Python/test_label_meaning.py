@@ -96,6 +96,10 @@ def test_the_card_selects_the_limits(tmp_path):
     data.update(provenance={})
     (tmp_path / "card.json").write_text(json.dumps(data))
     assert thresholds_for(load_card(tmp_path / "card.json")).anatomy == "default"
+    adapted = card.to_dict()  # an adapted version names its pre-trained card, whose anatomy it keeps
+    adapted.update(name="hippocampus-unet-adapted", pretrained=str(EMBEDDED_DEFAULT_CARD))
+    (tmp_path / "adapted.json").write_text(json.dumps(adapted))
+    assert thresholds_for(load_card(tmp_path / "adapted.json")).anatomy == "hippocampus"
 
 
 def test_swapped_classes_are_named_and_true_overlap_passes():
