@@ -149,3 +149,20 @@ def test_a_heterogeneous_setting_reports_its_worst_group_and_the_best_baseline(t
     assert rows["hetero_worst_group_gap_vs_random"]["value"] == pytest.approx(0.09)
     assert rows["hetero_worst_group_gap_vs_random"]["target"] == 0.05
     assert {"hetero_mean_gap_vs_random", "gap_vs_best_baseline"} <= set(rows)
+
+
+def test_the_report_command_regenerates_the_table_from_records_alone(tmp_path):
+    from Testing.Benchmarks.harness.__main__ import main
+
+    runner.run(runner.plan(PROFILE), tmp_path / "runs" / "r", PROFILE, execute=fake_execute([]), task_of=fake_task,
+               log=lambda _: None)
+    out = tmp_path / "out"
+    assert main(["report", "--name", "r", "--records", str(tmp_path / "runs"), "--out-dir", str(out),
+                 "--goals", ""]) == 0
+    assert (out / "harness_r.md").read_text().count("| assft |") == 1
+    assert (out / "harness_r_hippocampus_mild_development.png").is_file()
+    assert not list(tmp_path.rglob("goals.json"))  # --goals '' writes no rows
+    goals = tmp_path / "goals.json"
+    assert main(["report", "--name", "r", "--records", str(tmp_path / "runs"), "--out-dir", str(out),
+                 "--goals", str(goals), "--default-arm", "random"]) == 0
+    assert (out / "harness_r_random.md").is_file()  # another default arm, another file

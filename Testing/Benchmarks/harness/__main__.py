@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep.add_argument("--default-arm", default="assft", help="the arm whose goal rows are written")
     rep.add_argument("--records", type=Path, default=runner.RECORDS)
     rep.add_argument("--out-dir", type=Path, default=runner.RESULTS)
-    rep.add_argument("--goals", type=Path, default=report.GOALS, help="goals file ('' = do not write rows)")
+    rep.add_argument("--goals", default=str(report.GOALS), help="goals file ('' = do not write rows)")
     args = parser.parse_args(argv)
     if args.command == "splits":
         for path in write_splits():
@@ -84,10 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = runner.run(units, root, profile, log=lambda line: print(line, flush=True))
         print(f"done {summary.done}, skipped {summary.skipped} (already there), {summary.seconds:.0f} s")
         return 0
-    stem = args.out_dir / f"harness_{args.name}"
-    command = f"python -m Testing.Benchmarks.harness report --name {args.name}"
+    suffix = "" if args.default_arm == "assft" else f"_{args.default_arm}"
+    stem = args.out_dir / f"harness_{args.name}{suffix}"
+    command = f"python -m Testing.Benchmarks.harness report --name {args.name}" + (
+        f" --default-arm {args.default_arm}" if suffix else "") + ("" if args.goals else " --goals ''")
     result = report.write(args.records / args.name, stem, default_arm=args.default_arm,
-                          goals=Path(args.goals) if str(args.goals) else None, git=runner.git_revision(),
+                          goals=Path(args.goals) if args.goals else None, git=runner.git_revision(),
                           command=command)
     print(stem.with_suffix(".md").read_text())
     print("wrote", stem.with_suffix(".md"), stem.with_suffix(".json"), *result["png"])

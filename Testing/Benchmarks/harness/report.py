@@ -304,11 +304,15 @@ def plot(summary: Mapping[str, Any], path_of) -> List[Path]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         bands = [entry["budgets"][str(b)]["random"]["band"] for b in budgets]
-        ax.fill_between(budgets, [b["p10"] for b in bands], [b["p90"] for b in bands], alpha=0.15, color="grey",
-                        label="random subsets 10-90 %")
-        ax.fill_between(budgets, [b["p25"] for b in bands], [b["p75"] for b in bands], alpha=0.3, color="grey",
-                        label="random subsets 25-75 %")
-        ax.plot(budgets, [b["p50"] for b in bands], color="grey", lw=1)
+        # the random-subset distribution: a band between budgets, a bar at each budget (visible with one budget)
+        if len(budgets) > 1:
+            ax.fill_between(budgets, [b["p10"] for b in bands], [b["p90"] for b in bands], alpha=0.1, color="grey")
+            ax.fill_between(budgets, [b["p25"] for b in bands], [b["p75"] for b in bands], alpha=0.2, color="grey")
+        ax.vlines(budgets, [b["p10"] for b in bands], [b["p90"] for b in bands], lw=14, alpha=0.25, color="grey",
+                  label="random subsets 10-90 %")
+        ax.vlines(budgets, [b["p25"] for b in bands], [b["p75"] for b in bands], lw=14, alpha=0.5, color="grey",
+                  label="random subsets 25-75 %")
+        ax.plot(budgets, [b["p50"] for b in bands], color="grey", lw=1, marker="_", ms=16, label="random median")
         arms = sorted({a for b in budgets for a in entry["budgets"][str(b)]["arms"]})
         for arm in arms:
             ys = [entry["budgets"][str(b)]["arms"].get(arm, {}).get("mean") for b in budgets]
