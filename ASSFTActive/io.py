@@ -357,10 +357,11 @@ def itk_geometry(path: Path, header=None) -> np.ndarray:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1].replace("ITK ERROR: ", "")
-        raise InputError(
-            f"{path}: its voxel-to-world geometry cannot be read the way 3D Slicer (ITK) reads it: {reason} The "
-            "header is probably sheared (non-orthogonal) without an orthogonal alternative; resample the image "
-            "onto an orthogonal grid (e.g. in Slicer or with ITK) and export it again.") from exc
+        advice = ("The header is sheared (non-orthogonal) without an orthogonal alternative; resample the image onto "
+                  "an orthogonal grid (e.g. in Slicer or with ITK) and export it again." if "orthonormal" in reason
+                  else "Slicer could not open it either; export it again from the scanner or viewer.")
+        raise InputError(f"{path}: its voxel-to-world geometry cannot be read the way 3D Slicer (ITK) reads it: "
+                         f"{reason} {advice}") from exc
     finally:
         sitk.ProcessObject_SetGlobalWarningDisplay(shown)
     dim = reader.GetDimension()
