@@ -194,11 +194,12 @@ def probcover_radius(points: np.ndarray, n_clusters: int, purity: float, seed: i
     """ProbCover's radius rule: the largest delta whose balls are at least ``purity`` pure.
 
     The pseudo-labels are k-means clusters of ``points`` (``n_clusters`` of them; ProbCover uses the number of
-    classes, a volume pool has none, so the caller passes the number of groups the budget can cover). Candidate
-    radii are the distinct pairwise distances; purity falls as delta grows (with ties it may not be monotone, so
-    the largest candidate that passes is taken, scanning all of them). With a single cluster every ball is pure and
-    the rule would cover the pool with one ball; the radius is then the median pairwise distance, so that a ball
-    still stands for "similar volumes".
+    classes, a volume pool has none, so the caller passes the number of groups the budget can cover). The ball
+    ``B(x_i, delta)`` is pure exactly while ``delta`` is below ``d_i``, the distance from ``x_i`` to the nearest point
+    of another cluster, so purity falls monotonically with delta and the rule is the largest pairwise distance
+    below the ``ceil(purity * N)``-th largest ``d_i`` (O(N^2), no scan over radii). With a single cluster every ball
+    is pure and the rule would cover the pool with one ball; the radius is then the median pairwise distance, so
+    that a ball still stands for "similar volumes".
 
     Args:
         points: ``[N, D]`` unit embeddings (pool and labelled cases).
@@ -207,7 +208,7 @@ def probcover_radius(points: np.ndarray, n_clusters: int, purity: float, seed: i
         seed: k-means seed.
 
     Returns:
-        delta (Euclidean); 0 when fewer than two points are given.
+        delta (Euclidean); 0 when fewer than two points are given or no positive radius is pure enough.
 
     References:
         Yehuda et al., NeurIPS 2022, arXiv 2205.11320 (delta = the largest radius with purity >= alpha = 0.95).
@@ -216,17 +217,16 @@ def probcover_radius(points: np.ndarray, n_clusters: int, purity: float, seed: i
     if n < 2:
         return 0.0
     distances = _distances(points, points)
-    candidates = np.unique(distances[np.triu_indices(n, 1)])
+    pairs = distances[np.triu_indices(n, 1)]
     labels = kmeans_labels(points, n_clusters, seed)
     if np.unique(labels).size <= 1:
-        return float(np.median(distances[np.triu_indices(n, 1)]))
-    same = labels[:, None] == labels[None, :]
-    best = 0.0
-    for radius in candidates:
-        inside = distances <= radius
-        if float(np.mean(np.all(~inside | same, axis=1))) >= purity:
-            best = float(radius)
-    return best
+        return float(np.median(pairs))
+    other = np.where(labels[:, None] != labels[None, :], distances, np.inf)
+    first_impure = np.sort(other.min(axis=1))[::-1]  # d_i, largest first
+    needed = int(np.ceil(purity * n - 1e-9))
+    limit = first_impure[max(needed, 1) - 1]  # purity(delta) >= alpha  <=>  delta < limit
+    below = pairs[pairs < limit]
+    return float(below.max()) if below.size else 0.0
 
 
 def probcover_order(pool: np.ndarray, labeled: np.ndarray, budget: int, purity: float, seed: int) -> CoverageOrder:

@@ -19,7 +19,7 @@ from ASSFTActive.query import (
     typicality,
     typiclust_order,
 )
-from ASSFTActive.query.coverage import ball_purity, kmeans_labels
+from ASSFTActive.query.coverage import _distances, ball_purity, kmeans_labels
 
 
 def case(case_id: str, embedding: Sequence[float], kd: float = 0.0, asd: float = 0.5, mean_entropy: float = 0.5,
@@ -114,6 +114,18 @@ def test_probcover_radius_is_the_largest_distance_that_keeps_balls_pure():
     radius = probcover_radius(points, n_clusters=2, purity=0.95, seed=0)
     # every larger candidate distance is across the two groups, so the widest pure ball is the group's diameter
     assert radius == pytest.approx(np.linalg.norm(points[1] - points[2]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probcover_radius_equals_the_scan_over_every_candidate_radius(seed):
+    rng = np.random.default_rng(seed)
+    points = unit(rng.normal(size=(30, 4)))
+    radius = probcover_radius(points, n_clusters=3, purity=0.9, seed=seed)
+    labels = kmeans_labels(points, 3, seed)
+    distances = _distances(points, points)  # the same arithmetic as the rule: no rounding at the boundary
+    candidates = np.unique(distances[np.triu_indices(30, 1)])
+    scanned = max([r for r in candidates if ball_purity(points, labels, r) >= 0.9], default=0.0)
+    assert radius == pytest.approx(scanned)
 
 
 def test_probcover_first_ball_covers_the_largest_group():
