@@ -354,7 +354,7 @@ def test_region_click_prefill_and_cancel_during_adapt_in_headless_chromium(serve
     # Adapt on the pre-filled labels, cancelled while it trains
     page.click("#btn_adapt")
     expect(page.locator("#btn_cancel")).to_be_enabled(timeout=10_000)
-    expect(page.locator("#job_status")).to_contain_text("| train", timeout=240_000)  # the status is the phase
+    expect(page.locator("#job_status")).to_contain_text("Adapt: train", timeout=240_000)  # the phase, in words
     page.click("#btn_cancel")
     expect(page.locator("#job_status")).to_contain_text("adapt cancelled", timeout=60_000)
     expect(page.locator("#job_status")).to_contain_text("The active model is unchanged")
