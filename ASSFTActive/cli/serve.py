@@ -1,8 +1,10 @@
 """``assft serve``: the browser annotator (rank, look, paint, adapt) on trame-slicer, on this machine by default.
 
 The server is the ``ASSFTWeb`` package beside the engine in a source checkout; it runs in a child process so that
-the engine never imports trame, slicer or vtk. It needs the ``web`` extra (``pip install -e '.[web]'``: trame-slicer
-with slicer-core) and Mesa EGL for rendering without a display.
+the engine never imports trame, slicer or vtk. It prints the page's address with a secret made for this start: only
+a page opened at that address can drive it (``ASSFTWeb.security``; ``--allow-host`` adds host names it answers to).
+It needs the ``web`` extra (``pip install -e '.[web]'``: trame-slicer with slicer-core) and Mesa EGL for rendering
+without a display.
 """
 
 from __future__ import annotations

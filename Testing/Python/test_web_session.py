@@ -204,6 +204,12 @@ def test_assft_serve_passes_its_options_to_the_server_package():
     assert command[command.index("--data") + 1] == "pool" and command[command.index("--labels") + 1] == "labs"
     assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "9000"
     assert command[command.index("--finetune-json") + 1] == '{"train": {"iterations": 5}}'
+    assert "--allow-host" not in command
+    args = build_parser().parse_args(["serve", "--data", "pool", "--host", "0.0.0.0", "--allow-host", "gpu01",
+                                      "--allow-host", "gpu01.lab.example"])
+    command = server_command(args)
+    assert [command[i + 1] for i, part in enumerate(command) if part == "--allow-host"] == ["gpu01",
+                                                                                            "gpu01.lab.example"]
 
 
 def test_the_server_refuses_a_missing_data_folder_with_one_error_line(tmp_path):
