@@ -250,26 +250,28 @@ def probcover_order(pool: np.ndarray, labeled: np.ndarray, budget: int, purity: 
     points = np.concatenate([pool, labeled]) if m else pool
     radius = probcover_radius(points, max(m + max(int(budget), 1), 2), purity, seed)
     within = _distances(pool, pool) <= radius  # [N, N], symmetric, diagonal true
-    covered = np.zeros(n, dtype=bool)
+    uncovered = np.ones(n, dtype=bool)
     if m:
-        covered |= np.any(_distances(pool, labeled) <= radius, axis=1)
+        uncovered &= ~np.any(_distances(pool, labeled) <= radius, axis=1)
+    gain = within[:, uncovered].sum(axis=1)  # uncovered volumes in each ball, kept up to date: O(N^2) in all
+    density = within.sum(axis=1)  # not-yet-ranked volumes in each ball
     taken = np.zeros(n, dtype=bool)
     order: List[int] = []
     scores = np.zeros(n, dtype=np.float64)
     group_sizes = np.zeros(n, dtype=np.float64)
     while len(order) < n:
         candidates = np.flatnonzero(~taken)
-        gain = within[np.ix_(candidates, np.flatnonzero(~covered))].sum(axis=1) if np.any(~covered) else None
-        if gain is None or gain.max() == 0:
-            gain = within[np.ix_(candidates, candidates)].sum(axis=1)
-            newly = np.zeros(candidates.size)
+        if gain[candidates].max() > 0:
+            pick = int(candidates[np.argmax(gain[candidates])])
+            scores[pick] = group_sizes[pick] = float(gain[pick])
         else:
-            newly = gain
-        best = int(np.argmax(gain))
-        pick = int(candidates[best])
-        scores[pick] = float(gain[best])
-        group_sizes[pick] = float(newly[best])
-        covered |= within[pick]
+            pick = int(candidates[np.argmax(density[candidates])])
+            scores[pick] = float(density[pick])
+        newly = within[pick] & uncovered
+        if newly.any():
+            gain -= within[:, newly].sum(axis=1)
+            uncovered &= ~newly
+        density -= within[:, pick]
         taken[pick] = True
         order.append(pick)
     return CoverageOrder(order=order, scores=scores, group_sizes=group_sizes, radius=radius)

@@ -128,6 +128,28 @@ def test_probcover_radius_equals_the_scan_over_every_candidate_radius(seed):
     assert radius == pytest.approx(scanned)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probcover_greedy_order_equals_recounting_every_ball_at_every_step(seed):
+    rng = np.random.default_rng(seed)
+    pool = unit(rng.normal(size=(25, 3)))
+    labeled = unit(rng.normal(size=(2, 3)))
+    result = probcover_order(pool, labeled, budget=3, purity=0.9, seed=seed)
+    within = _distances(pool, pool) <= result.radius
+    covered = np.any(_distances(pool, labeled) <= result.radius, axis=1)
+    taken = np.zeros(25, dtype=bool)
+    expected = []
+    for _ in range(25):
+        candidates = np.flatnonzero(~taken)
+        gain = within[np.ix_(candidates, np.flatnonzero(~covered))].sum(axis=1)
+        if gain.size == 0 or gain.max() == 0:
+            gain = within[np.ix_(candidates, candidates)].sum(axis=1)
+        pick = int(candidates[np.argmax(gain)])
+        expected.append(pick)
+        covered |= within[pick]
+        taken[pick] = True
+    assert result.order == expected
+
+
 def test_probcover_first_ball_covers_the_largest_group():
     pool = groups(sizes=(6, 3), outlier=False)
     embedded = unit([c.pretrained_embedding for c in pool])
