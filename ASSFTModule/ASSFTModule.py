@@ -22,10 +22,10 @@ from ASSFTModuleLib import (
     segmentation,
 )
 from ASSFTModuleLib.guiBinding import GuiBinding
+from ASSFTModuleLib.jobProcess import workerEnvironment
 from ASSFTModuleLib.logic import ASSFTSceneLogic
 from ASSFTModuleLib.parameters import AdaptMethod, ModelSource
 from ASSFTModuleLib.ranking import HIDDEN_COLUMNS
-from ASSFTModuleLib.workerProcess import workerEnvironment
 from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -606,9 +606,8 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
         The worker runs in a child process while the GUI keeps processing events; it is cancelled after
         ``WORKER_SELFTEST_TIMEOUT_S``.
         """
-        from ASSFTModuleLib import installer, jobs, workerProcess
-        from ASSFTModuleLib.events import formatEvent
-        from ASSFTModuleLib.jobRun import SubprocessJobRunner
+        from ASSFTModuleLib import installer, jobFolder, jobProcess
+        from ASSFTModuleLib.jobProcess import SubprocessJobRunner, formatEvent
 
         missing = installer.missingWorkerRequirements(enginePath.requirementsPath())
         if missing or not EMBEDDED_DEFAULT_CARD.is_file():
@@ -624,7 +623,7 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
             ended = []
             runner = SubprocessJobRunner(lambda event: logging.info(formatEvent(event)),
                                          lambda *args: ended.append(args))
-            runner.start(workerProcess.workerCommand(spec.jobDir), ASSFTModuleLogic.workerEnvironment(),
+            runner.start(jobProcess.workerCommand(spec.jobDir), ASSFTModuleLogic.workerEnvironment(),
                          str(spec.jobDir))
             deadline = qt.QElapsedTimer()
             deadline.start()
@@ -634,7 +633,7 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
                     runner.cancel()
                     runner.wait(30)
                     self.fail(f"the worker job took longer than {self.WORKER_SELFTEST_TIMEOUT_S} s")
-            self.assertEqual(jobs.readJobResult(spec.jobDir).status, "done")
+            self.assertEqual(jobFolder.readJobResult(spec.jobDir).status, "done")
             loaded = logic.loadJobResult(spec.jobDir, DEFAULT_MODEL)
             self.assertEqual(loaded.tableNode.GetNumberOfRows(), 3)
         self.delayDisplay("Worker job passed")

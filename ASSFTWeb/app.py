@@ -20,8 +20,8 @@ from typing import Callable, Optional
 import slicer
 from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
-from ASSFTModuleLib.jobRun import SubprocessJobRunner
-from ASSFTModuleLib.jobs import describeQueryRound
+from ASSFTModuleLib.jobFolder import describeQueryRound
+from ASSFTModuleLib.jobProcess import SubprocessJobRunner
 from ASSFTModuleLib.parameters import AdaptMethod, queryRoundsValue
 from trame.app import TrameApp
 from trame.widgets import html

@@ -18,10 +18,10 @@ from ASSFTModuleLib import ranking, segmentation
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
+from ASSFTModuleLib.jobProcess import workerEnvironment
 from ASSFTModuleLib.logic import ASSFTSceneLogic, CaseView
 from ASSFTModuleLib.parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, queryRoundsValue
 from ASSFTModuleLib.records import CaseState
-from ASSFTModuleLib.workerProcess import workerEnvironment
 
 from ASSFTActive.cards import DEFAULT_MODEL
 from ASSFTActive.io import SUPPORTED_SUFFIXES, Volume, case_id

@@ -5,7 +5,7 @@ its signals; it never builds a process, reads a job folder or decides which mode
 owns:
 
 * the runner of the worker process (``python -m ASSFTActive.worker JOB_DIR``; a ``qt.QProcess`` runner in
-  desktop Slicer, :class:`~.jobRun.SubprocessJobRunner` headless), the device probe and the card check
+  desktop Slicer, :class:`~.jobProcess.SubprocessJobRunner` headless), the device probe and the card check
   (``python -m ASSFTActive check-card CARD --modules``, :class:`CardCheck`), each with the same runner kind;
 * the running job: the model it started with, its folder, Cancel;
 * what happens at the end: the outcome (``done`` / ``cancelled`` / ``error``, read from the job folder, not from
@@ -31,19 +31,18 @@ from ASSFTActive.progress import DONE as PROGRESS_DONE
 from ASSFTActive.progress import FAILED as PROGRESS_FAILED
 from ASSFTActive.progress import JobProgress, ProgressState
 
-from . import jobs
+from . import jobFolder
 from .errors import ASSFTModuleError, JobFailedError
-from .events import WorkerOutput, formatEvent
+from .jobProcess import WorkerOutput, deviceProbeCommand, formatEvent, parseDeviceProbe, pythonExecutable, workerCommand
 from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
 from .records import OutputLine, PreparedJob
-from .workerProcess import deviceProbeCommand, parseDeviceProbe, pythonExecutable, workerCommand
 
 #: Job folders kept under ``<workDir>/jobs`` (older ones are removed when a new job starts; the folder of the
 #: ranking shown in the panel and that of the newest ranking are always kept).
 KEEP_JOB_FOLDERS = 3
 #: The job setting behind "Train anyway" (``FinetuneConfig.allow_implausible_labels``, ``SfrConfig``'s too).
 ALLOW_IMPLAUSIBLE_LABELS = "allow_implausible_labels"
-#: Worker output lines kept for the failure report (:func:`~.jobs.failureReport`).
+#: Worker output lines kept for the failure report (:func:`~.jobFolder.failureReport`).
 OUTPUT_LINES_KEPT = 200
 
 DONE, CANCELLED, ERROR = RESULT_DONE, RESULT_CANCELLED, RESULT_ERROR
@@ -373,7 +372,7 @@ class JobController:
                     sfr = {**sfr, ALLOW_IMPLAUSIBLE_LABELS: True}
                 else:
                     finetune = {ALLOW_IMPLAUSIBLE_LABELS: True}
-        jobs.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
+        jobFolder.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
                              protect=self.sceneLogic.protectedJobFolders(node.workDirectory, node.rankingTable))
         extra = {"finetune": finetune} if finetune else {}
         if self.callInMainThread is None:  # written here, before the worker starts
@@ -463,9 +462,9 @@ class JobController:
 
     def failureReport(self, jobDir=None) -> Tuple[str, str]:
         """``(message, details)`` of the last job's failure: the worker's error and its last lines (log, else what
-        it printed; :func:`~.jobs.failureReport`). The panel and the browser show both."""
+        it printed; :func:`~.jobFolder.failureReport`). The panel and the browser show both."""
         folder = jobDir if jobDir is not None else (self.job.jobDir if self.job is not None else None)
-        return jobs.failureReport(folder, list(self._output), self._workerError)
+        return jobFolder.failureReport(folder, list(self._output), self._workerError)
 
     def _onFinished(self, exitCode: int, cancelled: bool, errorText: str) -> None:
         spec = self.job
@@ -476,7 +475,7 @@ class JobController:
         loaded = None
         if status == ERROR and jobDir is not None:
             try:
-                jobs.readJobResult(jobDir)
+                jobFolder.readJobResult(jobDir)
                 message = message or "the worker ended without a result"
             except JobFailedError:
                 reason, details = self.failureReport(jobDir)
@@ -532,7 +531,7 @@ class JobController:
             message = (f"The adapted model was stored but not activated: {loaded.result.activationReason} "
                        f"({loaded.adaptedModel}).{method}")
         if loaded.queryRound is not None:
-            message += " " + jobs.describeQueryRound(loaded.queryRound)
+            message += " " + jobFolder.describeQueryRound(loaded.queryRound)
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

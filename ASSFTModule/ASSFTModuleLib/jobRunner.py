@@ -2,7 +2,7 @@
 
 stdout and stderr are merged; each line becomes an engine ``Event`` (the JSON-line events) or an
 :class:`OutputLine` (any other text) for the controller. What happens on output, at the end and on Cancel is
-decided by the Qt-free :class:`~.jobRun.JobRunCore` (shared with the subprocess runner the tests drive): Cancel
+decided by the Qt-free :class:`~.jobProcess.JobRunCore` (shared with the subprocess runner the tests drive): Cancel
 stops the worker under ``PythonSlicer`` first and kills whatever is left after a timeout, even when the launcher
 has already ended, and the run is reported finished only when the whole tree is gone. Callbacks are plain Python
 callables (custom ``qt.Signal`` objects are unreliable in PythonQt).
@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import qt
 
-from .jobRun import CANCEL_POLL_S, CANCEL_TIMEOUT_S, JobRunCore, OnEvent, OnFinished
+from .jobProcess import CANCEL_POLL_S, CANCEL_TIMEOUT_S, JobRunCore, OnEvent, OnFinished
 
 
 def _bytesOf(byteArray) -> bytes:
@@ -41,7 +41,7 @@ class JobRunner:
         return self.core.isRunning()
 
     def start(self, command: Sequence[str], environment: Mapping[str, str], workingDirectory: str) -> None:
-        """Start ``command`` (e.g. ``workerProcess.workerCommand(jobDir)``) with ``environment``."""
+        """Start ``command`` (e.g. ``jobProcess.workerCommand(jobDir)``) with ``environment``."""
         if self.isRunning():
             raise RuntimeError("A job is already running; cancel it or wait for it to finish.")
         self.core.begin(command)
@@ -60,7 +60,7 @@ class JobRunner:
         process.start(str(command[0]), [str(argument) for argument in command[1:]])
 
     def cancel(self) -> None:
-        """Stop the process tree (see :class:`~.processTree.ProcessTreeStopper`); the end is reported later."""
+        """Stop the process tree (see :class:`~.jobProcess.ProcessTreeStopper`); the end is reported later."""
         if not self.core.cancel():
             return
         self._timer = qt.QTimer()

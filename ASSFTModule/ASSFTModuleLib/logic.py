@@ -16,7 +16,7 @@ from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
 from ASSFTActive.jobs import ADAPT_KINDS, RoundPlan
 
-from . import jobPreparation, jobs, overlay, plot, ranking, regions, segmentation
+from . import jobFolder, overlay, plot, ranking, regions, segmentation
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
@@ -136,7 +136,7 @@ class ASSFTSceneLogic:
         if segmentationNode is None:
             return ()
         conversion = segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
-        caseId = jobs.caseIdForName(volumeNode.GetName())
+        caseId = jobFolder.caseIdForName(volumeNode.GetName())
         return tuple(issue.message for issue in find_label_issues({caseId: conversion.labels},
                                                                   modelCard.class_names))
 
@@ -170,20 +170,20 @@ class ASSFTSceneLogic:
         """Write a ``rank``, ``adapt`` or ``sfr`` job folder for the pool (default: :meth:`poolVolumeNodes`);
         ``query`` holds the engine's query settings (``rounds``: the multi-round schedule, also for the re-rank of
         an adaptation), ``sfr`` an ``sfr`` job's settings (its ``method``: ``sfr`` or ``sfr_plus``), ``storeDir``
-        the model store (default ``<workDir>/models``); see :func:`~.jobPreparation.prepareJob`."""
+        the model store (default ``<workDir>/models``); see :func:`~.jobFolder.prepareJob`."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
-        return jobPreparation.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
+        return jobFolder.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
                                          storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
 
     def planJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
                 query: Optional[dict] = None, finetune: Optional[dict] = None, sfr: Optional[dict] = None,
-                storeDir=None) -> jobPreparation.JobPlan:
-        """:meth:`prepareJob` without writing the volumes: the returned :class:`~.jobPreparation.JobPlan` writes them
+                storeDir=None) -> jobFolder.JobPlan:
+        """:meth:`prepareJob` without writing the volumes: the returned :class:`~.jobFolder.JobPlan` writes them
         with ``writeFiles()`` in any thread (the job controller does it off the GUI thread)."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
-        return jobPreparation.planJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
+        return jobFolder.planJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
                                       storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
 
     def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True) -> LoadedResult:
@@ -202,18 +202,18 @@ class ASSFTSceneLogic:
         Raises:
             JobFailedError: the job did not finish with ``done``.
         """
-        result = jobs.readJobResult(jobDir)
+        result = jobFolder.readJobResult(jobDir)
         adaptedModel = result.modelCard if result.kind in ADAPT_KINDS else None
         activeModel = adaptedModel if result.activated else None
         card = self.modelCard(adaptedModel if adaptedModel is not None else model)
-        nodes = jobPreparation.caseNodesInScene(self.scene, jobs.readCaseNodes(jobDir))
-        skipped = tuple(sorted(set(jobs.readCaseNodes(jobDir)) - set(nodes)))
+        nodes = jobFolder.caseNodesInScene(self.scene, jobFolder.readCaseNodes(jobDir))
+        skipped = tuple(sorted(set(jobFolder.readCaseNodes(jobDir)) - set(nodes)))
 
         chartNode = None
         queryRound = None
         if result.ranking is not None:
             rankingData = ranking.readRanking(result.ranking, result.pseudoLabeled)
-            queryRound = jobs.readQueryRound(result.ranking)
+            queryRound = jobFolder.readQueryRound(result.ranking)
             labeled = {caseId for caseId, node in nodes.items() if self.isLabeled(node, card)}
             tableNode = ranking.writeRankingTable(
                 self.scene, rankingData,
@@ -282,7 +282,7 @@ class ASSFTSceneLogic:
     def protectedJobFolders(self, workDir, tableNode=None) -> list:
         """Job folders that pruning must keep: the folder of the ranking shown (``tableNode``) and the newest job
         that ended with a ranking (a failed or cancelled job never pushes it out)."""
-        folders = [self.rankingJobDirectory(tableNode), jobs.latestRankingJobDir(workDir)]
+        folders = [self.rankingJobDirectory(tableNode), jobFolder.latestRankingJobDir(workDir)]
         return [str(folder) for folder in folders if folder]
 
     def caseForVolume(self, tableNode, volumeNode) -> Optional[RankedCase]:

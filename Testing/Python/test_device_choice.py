@@ -34,7 +34,7 @@ def test_worker_environment_lets_mps_fall_back_to_the_cpu():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ASSFTModule"))
-    from ASSFTModuleLib.workerProcess import DEVICE_PROBE_CODE, workerEnvironment
+    from ASSFTModuleLib.jobProcess import DEVICE_PROBE_CODE, workerEnvironment
 
     assert workerEnvironment({})["PYTORCH_ENABLE_MPS_FALLBACK"] == "1"
     assert workerEnvironment({"PYTORCH_ENABLE_MPS_FALLBACK": "0"})["PYTORCH_ENABLE_MPS_FALLBACK"] == "0"

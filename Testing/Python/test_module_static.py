@@ -233,8 +233,8 @@ def test_importing_the_logic_files_loads_no_torch_in_a_clean_interpreter():
     skipped = set() if haveSlicerCore else libFilesNeedingSlicerCore()
     names = sorted(f"ASSFTModuleLib.{path.stem}" for path in logicFiles()
                    if path.parent == LIB_DIR and path.stem not in skipped)
-    assert {"ASSFTModuleLib.jobs", "ASSFTModuleLib.events", "ASSFTModuleLib.modelCard"} <= set(names)
-    assert "ASSFTModuleLib.logic" in names or not haveSlicerCore
+    assert {"ASSFTModuleLib.jobProcess", "ASSFTModuleLib.jobController", "ASSFTModuleLib.modelCard"} <= set(names)
+    assert {"ASSFTModuleLib.logic", "ASSFTModuleLib.jobFolder"} <= set(names) or not haveSlicerCore
     code = (
         f"import importlib, sys; sys.path[:0] = [{str(REPO)!r}, {str(MODULE_DIR)!r}]\n"
         f"for name in {names!r}: importlib.import_module(name)\n"
@@ -284,9 +284,11 @@ def test_module_file_holds_no_job_or_model_logic():
                         "cardCheckCommand", "parseCardCheck", "CardCheck"}
     assert not {s for s in strings if "-adapted" in s or "ASSFTActive.worker" in s or "check-card" in s}
     assert not {name for name in topLevelImports if name.startswith(("ASSFTModuleLib.jobRunner",
-                                                                     "ASSFTModuleLib.workerProcess.workerCommand",
-                                                                     "ASSFTModuleLib.events",
-                                                                     "ASSFTModuleLib.processTree"))}
+                                                                     "ASSFTModuleLib.jobFolder",
+                                                                     "ASSFTModuleLib.jobProcess.workerCommand",
+                                                                     "ASSFTModuleLib.jobProcess.formatEvent",
+                                                                     "ASSFTModuleLib.jobProcess.ProcessTreeStopper",
+                                                                     "ASSFTModuleLib.jobProcess.JobRunCore"))}
     widget = classNode(tree, "ASSFTModuleWidget")
     init = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     assert "controller" in [a.arg for a in init.args.args], "the widget receives its job controller"

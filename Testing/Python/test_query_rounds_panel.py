@@ -16,7 +16,7 @@ import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
 
-from ASSFTModuleLib import jobs  # noqa: E402
+from ASSFTModuleLib import jobFolder  # noqa: E402
 from ASSFTModuleLib.errors import ASSFTModuleError, ResultFormatError  # noqa: E402
 from ASSFTModuleLib.jobController import DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.parameters import (  # noqa: E402
@@ -183,4 +183,4 @@ def test_a_malformed_query_round_is_an_error_naming_config_json(setup):
     assert "config.json" in finished[-1].message and "query_round" in finished[-1].message
     assert env.nodes("vtkMRMLTableNode") == []  # nothing half-loaded
     with pytest.raises(ResultFormatError, match="query_round"):
-        jobs.readQueryRound(spec.jobDir / "ranking.json")
+        jobFolder.readQueryRound(spec.jobDir / "ranking.json")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import slicer_scene  # noqa: F401  (puts the module folder on sys.path)
-from ASSFTModuleLib import processTree, workerProcess  # noqa: E402
+from ASSFTModuleLib import jobProcess  # noqa: E402
 from ASSFTModuleLib.jobController import CANCELLED, jobOutcome  # noqa: E402
-from ASSFTModuleLib.jobRun import SubprocessJobRunner  # noqa: E402
+from ASSFTModuleLib.jobProcess import SubprocessJobRunner  # noqa: E402
 
 from ASSFTActive.progress import Event  # noqa: E402
 
@@ -94,7 +94,7 @@ class Recorder:
             self.started.set()
 
     def onFinished(self, exitCode, cancelled, errorText):
-        self.childAliveAtEnd = processTree.isRunning(int(self.childPidFile.read_text()))
+        self.childAliveAtEnd = jobProcess.isRunning(int(self.childPidFile.read_text()))
         self.ends.append((exitCode, cancelled, errorText))
 
     def events(self):
@@ -120,7 +120,7 @@ def test_cancel_waits_for_the_worker_under_the_launcher_and_ends_cancelled(tmp_p
     assert runner.wait(30)
 
     assert recorder.ends == [(130, True, "")] and recorder.childAliveAtEnd is False
-    assert not processTree.isRunning(childPid)
+    assert not jobProcess.isRunning(childPid)
     assert time.monotonic() - started < 10, "the polite stop should not have needed the kill timeout"
     last = recorder.events()[-1]
     assert (last.event, last.message) == ("error", "cancelled"), "the launcher's pipe was cut before the last event"
@@ -134,7 +134,7 @@ def test_a_worker_ignoring_the_polite_stop_is_killed_after_the_timeout_and_the_j
     assert runner.wait(30)
 
     assert len(recorder.ends) == 1 and recorder.ends[0][1] is True and recorder.ends[0][2] == ""
-    assert recorder.childAliveAtEnd is False and not processTree.isRunning(childPid)
+    assert recorder.childAliveAtEnd is False and not jobProcess.isRunning(childPid)
     assert childPid in runner.core.stopper.killed
     assert jobOutcome(tmp_path, *recorder.ends[0])[0] == CANCELLED  # no result.json: the Cancel decides
 
@@ -147,17 +147,17 @@ def test_the_worker_is_killed_even_when_the_launcher_died_first(tmp_path):
     process = subprocess.Popen([str(launcher), str(script), str(tmp_path), "ignore"], stdout=subprocess.DEVNULL)
     assert waitFor(lambda: (tmp_path / "child.pid").is_file() and (tmp_path / "child.pid").read_text(), 30)
     childPid = int((tmp_path / "child.pid").read_text())
-    assert waitFor(lambda: childPid in processTree.descendantPids(process.pid), 10)
+    assert waitFor(lambda: childPid in jobProcess.descendantPids(process.pid), 10)
     assert waitFor((tmp_path / "ready").is_file, 30)  # else a SIGTERM could come before the child ignores it
 
-    stopper = processTree.ProcessTreeStopper(process.pid, timeout=1.0)
+    stopper = jobProcess.ProcessTreeStopper(process.pid, timeout=1.0)
     stopper.start()
     os.kill(process.pid, signal.SIGKILL)  # the launcher is gone; its child is re-parented and keeps running
     process.wait(timeout=10)
-    assert processTree.isRunning(childPid)
+    assert jobProcess.isRunning(childPid)
 
     assert waitFor(stopper.poll, 15)
-    assert not processTree.isRunning(childPid) and childPid in stopper.killed
+    assert not jobProcess.isRunning(childPid) and childPid in stopper.killed
 
 
 def test_descendants_are_found_without_psutil_or_command_line_tools(tmp_path, monkeypatch):
@@ -168,10 +168,10 @@ def test_descendants_are_found_without_psutil_or_command_line_tools(tmp_path, mo
         childPid = int((tmp_path / "child.pid").read_text())
         monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil -> ImportError
         monkeypatch.setenv("PATH", "")  # no pgrep, no ps
-        assert processTree.descendantPids(process.pid) == [childPid]
+        assert jobProcess.descendantPids(process.pid) == [childPid]
     finally:
         monkeypatch.undo()
-        processTree.terminateProcessTree(process.pid, timeout=5.0)
+        jobProcess.terminateProcessTree(process.pid, timeout=5.0)
         process.wait(timeout=10)
 
 
@@ -193,16 +193,16 @@ def test_cancelling_the_real_worker_under_a_launcher_leaves_no_process_and_ends_
     launcher = writeLauncher(tmp_path)
     recorder = Recorder(tmp_path / "child.pid")
     runner = SubprocessJobRunner(recorder.onEvent, recorder.onFinished, cancelTimeout=20.0)
-    environment = workerProcess.workerEnvironment()
+    environment = jobProcess.workerEnvironment()
     environment.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    runner.start(workerProcess.workerCommand(jobDir, python=str(launcher)), environment, str(jobDir))
+    runner.start(jobProcess.workerCommand(jobDir, python=str(launcher)), environment, str(jobDir))
     assert waitFor(lambda: any(e.event == "phase" for e in recorder.events()), 120), recorder.items[-5:]
     childPid = int((tmp_path / "child.pid").read_text())
 
     runner.cancel()
     assert runner.wait(60)
 
-    assert recorder.childAliveAtEnd is False and not processTree.isRunning(childPid)
+    assert recorder.childAliveAtEnd is False and not jobProcess.isRunning(childPid)
     assert recorder.ends[0][1] is True and recorder.ends[0][2] == ""
     assert read_job_result(jobDir).status == "cancelled"
     assert json.loads((jobDir / "events.jsonl").read_text().splitlines()[-1])["message"] == "cancelled"

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import slicer_scene
 from conftest import HIPPOCAMPUS, read_json
-from test_query_rounds_panel import parameterNode
-from test_slicer_job_controller import RecordingRunner
+from slicer_scene import RecordingRunner, parameterNode
 
 slicer = slicer_scene.requireSlicer()
 
-from ASSFTModuleLib import geometry, ranking, segmentation, workerProcess  # noqa: E402
+from ASSFTModuleLib import geometry, jobProcess, ranking, segmentation  # noqa: E402
 from ASSFTModuleLib.jobController import DONE, JobController  # noqa: E402
-from ASSFTModuleLib.jobs import describeQueryRound  # noqa: E402
+from ASSFTModuleLib.jobFolder import describeQueryRound  # noqa: E402
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.parameters import ModelSource, jobQuery  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
@@ -62,7 +61,7 @@ def scene(tmp_path, reserved_cases):
 def runJob(spec):
     """Run the worker; returns its result and its events (other output lines, e.g. warnings, left out)."""
     outputs = []
-    result = workerProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=outputs.append,
+    result = jobProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=outputs.append,
                                      timeout=WORKER_TIMEOUT_S)
     return result, [item for item in outputs if isinstance(item, Event)]
 

@@ -16,11 +16,11 @@ import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
 
-from ASSFTModuleLib import jobs  # noqa: E402
+from ASSFTModuleLib import jobFolder  # noqa: E402
 from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
 from ASSFTModuleLib.guiBinding import GuiBinding  # noqa: E402
 from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
-from ASSFTModuleLib.jobRun import SubprocessJobRunner  # noqa: E402
+from ASSFTModuleLib.jobProcess import SubprocessJobRunner  # noqa: E402
 from ASSFTModuleLib.parameters import (  # noqa: E402
     ModelSource,
     cardPathText,
@@ -155,7 +155,7 @@ def cardChecks(controller):
 
 def test_card_check_in_a_child_process_gives_the_verdict_and_the_module_names(setup):
     env, logic, _, _, nodes, cardPath, tmp_path = setup
-    from ASSFTModuleLib.workerProcess import workerEnvironment
+    from ASSFTModuleLib.jobProcess import workerEnvironment
 
     controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment,
                                python=sys.executable)
@@ -175,7 +175,7 @@ def test_card_check_in_a_child_process_gives_the_verdict_and_the_module_names(se
 
 def test_card_check_of_a_card_contradicting_its_network_reports_the_engines_error(setup):
     env, logic, _, _, nodes, cardPath, tmp_path = setup
-    from ASSFTModuleLib.workerProcess import workerEnvironment
+    from ASSFTModuleLib.jobProcess import workerEnvironment
 
     bad = json.loads(cardPath.read_text(encoding="utf-8"))
     bad["arguments"]["out_channels"] = 2  # three class names, a two-channel network
@@ -239,7 +239,7 @@ def test_pruning_keeps_unfinished_recent_folders(tmp_path):
         os.utime(folder / "job.json", ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
     (tmp_path / "jobs" / "20260101-000001-rank" / "result.json").write_text("{}")
 
-    removed = jobs.pruneJobFolders(tmp_path, keep=1)
+    removed = jobFolder.pruneJobFolders(tmp_path, keep=1)
 
     assert [p.name for p in removed] == ["20260101-000001-rank"]
 

@@ -17,7 +17,7 @@ import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
 
-from ASSFTModuleLib import geometry, jobPreparation, jobs, ranking, segmentation  # noqa: E402
+from ASSFTModuleLib import geometry, jobFolder, ranking, segmentation  # noqa: E402
 from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.records import OutputLine  # noqa: E402
@@ -100,7 +100,7 @@ def test_image_on_another_filesystem_is_copied_never_symlinked(tmp_path, monkeyp
     def crossDevice(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(jobPreparation.os, "link", crossDevice)
+    monkeypatch.setattr(jobFolder.os, "link", crossDevice)
     spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
 
     image = Path(spec.job.images["scan"])
@@ -173,8 +173,8 @@ def test_case_list_without_tokens_from_an_older_version_still_needs_the_same_nam
     env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
     cases = {"case_a": {"node_id": nodes[0].GetID(), "name": "case a"},
              "case_b": {"node_id": nodes[1].GetID(), "name": "renamed"}}
-    assert jobPreparation.caseNodesInScene(env.scene, cases) == {"case_a": nodes[0]}
-    assert jobs.readCaseNodes(tmp_path) == {}
+    assert jobFolder.caseNodesInScene(env.scene, cases) == {"case_a": nodes[0]}
+    assert jobFolder.readCaseNodes(tmp_path) == {}
 
 
 class MainThread:
@@ -238,13 +238,13 @@ def test_cancel_while_the_job_is_being_written_removes_the_folder_and_starts_not
     controller.setParameterNode(parameterNode(tmp_path / "work", controller_card(tmp_path)))
     signals = Signals(controller)
     release = threading.Event()
-    realWrite = jobPreparation.write_volume
+    realWrite = jobFolder.write_volume
 
     def slowWrite(volume, path):
         release.wait(30)
         return realWrite(volume, path)
 
-    monkeypatch.setattr(jobPreparation, "write_volume", slowWrite)
+    monkeypatch.setattr(jobFolder, "write_volume", slowWrite)
     spec = controller.startJob("rank")
     controller.cancel()
     release.set()
@@ -289,23 +289,23 @@ def test_a_half_labelled_volume_is_flagged_with_what_adapt_would_say(tmp_path):
 def test_windows_cancel_asks_the_worker_first_then_kills_without_console_windows(tmp_path, monkeypatch):
     """On Windows the polite stop is the job's cancel file; the kill after the timeout runs taskkill with
     CREATE_NO_WINDOW. (Simulated here: the process look-ups and taskkill are recorded.)"""
-    from ASSFTModuleLib import jobRun, processTree
+    from ASSFTModuleLib import jobProcess
 
     calls = []
-    monkeypatch.setattr(processTree, "IS_WINDOWS", True)
-    monkeypatch.setattr(processTree, "NO_WINDOW", 0x08000000)
-    monkeypatch.setattr(processTree, "descendantPids", lambda pid: [pid + 1])
+    monkeypatch.setattr(jobProcess, "IS_WINDOWS", True)
+    monkeypatch.setattr(jobProcess, "NO_WINDOW", 0x08000000)
+    monkeypatch.setattr(jobProcess, "descendantPids", lambda pid: [pid + 1])
     alive = {"value": True}
-    monkeypatch.setattr(processTree, "isRunning", lambda pid: alive["value"])
-    monkeypatch.setattr(processTree.subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
+    monkeypatch.setattr(jobProcess, "isRunning", lambda pid: alive["value"])
+    monkeypatch.setattr(jobProcess.subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
     clock = Clock()
     jobDir = tmp_path / "job"
     jobDir.mkdir()
-    cancelFile = jobRun.cancelFileOf(["PythonSlicer", "-m", "ASSFTActive.worker", str(jobDir)])
+    cancelFile = jobProcess.cancelFileOf(["PythonSlicer", "-m", "ASSFTActive.worker", str(jobDir)])
     assert cancelFile == jobDir / "cancel"
-    assert jobRun.cancelFileOf(["PythonSlicer", "-m", "ASSFTActive", "check-card", "default"]) is None
+    assert jobProcess.cancelFileOf(["PythonSlicer", "-m", "ASSFTActive", "check-card", "default"]) is None
 
-    stopper = processTree.ProcessTreeStopper(100, timeout=10.0, clock=clock, cancelFile=cancelFile)
+    stopper = jobProcess.ProcessTreeStopper(100, timeout=10.0, clock=clock, cancelFile=cancelFile)
     stopper.start()
     assert cancelFile.is_file() and calls == []  # asked, not killed
     clock.now = 5.0
@@ -316,7 +316,7 @@ def test_windows_cancel_asks_the_worker_first_then_kills_without_console_windows
     assert all(kwargs["creationflags"] == 0x08000000 for _, kwargs in calls)
 
     calls.clear()  # a probe (no cancel file) is killed at once, still without a console window
-    processTree.ProcessTreeStopper(200, timeout=10.0, clock=clock).start()
+    jobProcess.ProcessTreeStopper(200, timeout=10.0, clock=clock).start()
     assert [command[2] for command, _ in calls] == ["201", "200"]
 
 

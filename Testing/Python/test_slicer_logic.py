@@ -18,7 +18,7 @@ import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
 
-from ASSFTModuleLib import geometry, jobs, segmentation  # noqa: E402
+from ASSFTModuleLib import geometry, jobFolder, segmentation  # noqa: E402
 from ASSFTModuleLib.errors import (  # noqa: E402
     ASSFTModuleError,
     JobFailedError,
@@ -68,7 +68,7 @@ def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
     label = read_volume(job["labels"]["case_b"])
     np.testing.assert_array_equal(label.array, slicer_scene.syntheticLabels())
     np.testing.assert_allclose(label.affine, geometry.ijkToRasArray(nodes[1]), atol=1e-9)
-    assert jobs.readCaseNodes(spec.jobDir)["case_c"] == {"node_id": nodes[2].GetID(), "name": "case/c",
+    assert jobFolder.readCaseNodes(spec.jobDir)["case_c"] == {"node_id": nodes[2].GetID(), "name": "case/c",
                                                          "token": nodes[2].GetAttribute("ASSFT.CaseToken")}
     # the engine's own job reader accepts the file as written
     from ASSFTActive.jobs import read_job
@@ -162,11 +162,11 @@ def test_case_ids_are_unique_and_file_safe():
     from ASSFTActive.io import case_id
 
     names = ["a b", "a b", "a_b", "../x", "", "a b", "scan.seg", "t1.nii", "ü-ß"]
-    ids = jobs.assignCaseIds(names)
+    ids = jobFolder.assignCaseIds(names)
 
     assert ids == ["a_b", "a_b_2", "a_b_3", "x", "volume", "a_b_4", "scan_seg", "t1_nii", "volume_2"]
     # the engine derives the same id from the file the job writes
-    assert all(case_id(f"/jobs/images/{caseId}{jobs.IMAGE_SUFFIX}") == caseId for caseId in ids)
+    assert all(case_id(f"/jobs/images/{caseId}{jobFolder.IMAGE_SUFFIX}") == caseId for caseId in ids)
 
 
 def test_load_job_result_fills_table_chart_predictions_and_active_model(pool):
@@ -254,7 +254,7 @@ def test_failed_job_reports_the_workers_error(pool):
 def test_logic_imports_headless_without_qt_or_torch():
     code = (
         f"import sys; sys.path[:0] = [{str(slicer_scene.REPO_ROOT)!r}, {str(slicer_scene.MODULE_DIR)!r}]\n"
-        "import ASSFTModuleLib.logic, ASSFTModuleLib.jobs, ASSFTModuleLib.workerProcess\n"
+        "import ASSFTModuleLib.logic, ASSFTModuleLib.jobFolder, ASSFTModuleLib.jobProcess\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'qt', 'ctk', 'PythonQt')))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import slicer_scene
-from ASSFTModuleLib import enginePath, events, processTree, requirements, workerProcess  # noqa: E402
+from ASSFTModuleLib import enginePath, jobProcess, requirements  # noqa: E402
 from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
 from ASSFTModuleLib.modelCard import modelReference, readModelCard  # noqa: E402
 from ASSFTModuleLib.records import OutputLine  # noqa: E402
@@ -25,7 +25,7 @@ from ASSFTActive.progress import Event  # noqa: E402
 
 
 def test_event_lines_split_across_chunks_become_events():
-    buffer = events.EventLineBuffer()
+    buffer = jobProcess.EventLineBuffer()
     line1 = json.dumps({"event": "progress", "phase": "train", "step": 3, "total": 12, "message": "epoch",
                         "metrics": {"loss": 0.41}, "time": 1.5})
     line2 = json.dumps({"event": "done", "phase": "adapt", "message": "finished"})
@@ -38,28 +38,28 @@ def test_event_lines_split_across_chunks_become_events():
     assert second == [Event.from_json(line1), OutputLine("Traceback (most recent call last):")]
     progress = second[0]
     assert (progress.phase, progress.step, progress.total, progress.metrics) == ("train", 3, 12, {"loss": 0.41})
-    assert events.eventFraction(progress) == pytest.approx(0.25)
-    assert last == [Event.from_json(line2)] and events.eventFraction(last[0]) is None
+    assert jobProcess.eventFraction(progress) == pytest.approx(0.25)
+    assert last == [Event.from_json(line2)] and jobProcess.eventFraction(last[0]) is None
     assert buffer.flush() == []
 
 
 def test_unknown_or_malformed_json_lines_are_plain_output_lines():
-    assert events.parseEventLine('{"event": "banana"}') == OutputLine('{"event": "banana"}')
-    assert events.parseEventLine("[1, 2]") == OutputLine("[1, 2]")
+    assert jobProcess.parseEventLine('{"event": "banana"}') == OutputLine('{"event": "banana"}')
+    assert jobProcess.parseEventLine("[1, 2]") == OutputLine("[1, 2]")
     badStep = '{"event": "progress", "step": "x"}'
-    assert events.parseEventLine(badStep) == OutputLine(badStep)
-    assert events.parseEventLine("   ") is None
+    assert jobProcess.parseEventLine(badStep) == OutputLine(badStep)
+    assert jobProcess.parseEventLine("   ") is None
 
 
 def test_event_text_is_plain():
-    event = events.parseEventLine(json.dumps({"event": "metric", "phase": "validate", "step": 2, "total": 5,
+    event = jobProcess.parseEventLine(json.dumps({"event": "metric", "phase": "validate", "step": 2, "total": 5,
                                               "metrics": {"dice": 0.81234, "epoch": 2}}))
-    warning = events.parseEventLine(json.dumps({"event": "warning", "message": "few labels"}))
+    warning = jobProcess.parseEventLine(json.dumps({"event": "warning", "message": "few labels"}))
 
-    assert events.formatEvent(event) == "[validate] 2/5 dice=0.8123, epoch=2"
-    assert events.formatEvent(warning) == "[warning] WARNING: few labels"
-    assert events.formatEvent(OutputLine("raw <text>")) == "raw <text>"
-    assert "<" not in events.formatEvent(event)
+    assert jobProcess.formatEvent(event) == "[validate] 2/5 dice=0.8123, epoch=2"
+    assert jobProcess.formatEvent(warning) == "[warning] WARNING: few labels"
+    assert jobProcess.formatEvent(OutputLine("raw <text>")) == "raw <text>"
+    assert "<" not in jobProcess.formatEvent(event)
 
 
 def test_read_events_from_a_job_folder(tmp_path):
@@ -70,14 +70,14 @@ def test_read_events_from_a_job_folder(tmp_path):
 
 
 def test_worker_command_and_environment_put_the_engine_first(tmp_path):
-    command = workerProcess.workerCommand(tmp_path, python="/opt/Slicer/bin/PythonSlicer")
-    environment = workerProcess.workerEnvironment({"PYTHONPATH": "/elsewhere"}, useGpu=False)
+    command = jobProcess.workerCommand(tmp_path, python="/opt/Slicer/bin/PythonSlicer")
+    environment = jobProcess.workerEnvironment({"PYTHONPATH": "/elsewhere"}, useGpu=False)
 
     assert command == ["/opt/Slicer/bin/PythonSlicer", "-m", "ASSFTActive.worker", str(tmp_path.resolve())]
     assert environment["PYTHONPATH"].split(os.pathsep) == [str(slicer_scene.REPO_ROOT), "/elsewhere"]
     assert environment["PYTHONUNBUFFERED"] == "1" and environment["CUDA_VISIBLE_DEVICES"] == ""
-    assert "CUDA_VISIBLE_DEVICES" not in workerProcess.workerEnvironment({})
-    assert workerProcess.pythonExecutable()  # PythonSlicer inside Slicer, this interpreter here
+    assert "CUDA_VISIBLE_DEVICES" not in jobProcess.workerEnvironment({})
+    assert jobProcess.pythonExecutable()  # PythonSlicer inside Slicer, this interpreter here
 
 
 def test_engine_root_and_default_card_location():
@@ -89,15 +89,15 @@ def test_engine_root_and_default_card_location():
 
 
 def test_device_probe_reports_cpu_or_gpu_from_a_child_process():
-    output = subprocess.run(workerProcess.deviceProbeCommand(sys.executable), capture_output=True, text=True,
+    output = subprocess.run(jobProcess.deviceProbeCommand(sys.executable), capture_output=True, text=True,
                             timeout=120, check=True).stdout
 
-    info = workerProcess.parseDeviceProbe(output)
+    info = jobProcess.parseDeviceProbe(output)
 
     assert info.kind in ("CPU", "GPU")
     assert info.torchVersion
-    assert workerProcess.parseDeviceProbe("noise\n").kind == "unknown"
-    assert workerProcess.parseDeviceProbe('{"kind": "unknown", "message": "torch is not installed"}').describe() == (
+    assert jobProcess.parseDeviceProbe("noise\n").kind == "unknown"
+    assert jobProcess.parseDeviceProbe('{"kind": "unknown", "message": "torch is not installed"}').describe() == (
         "unknown (torch is not installed)")
 
 
@@ -115,16 +115,16 @@ def test_terminating_a_process_tree_stops_children_too(tmp_path):
     while not (pidFile.exists() and pidFile.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     childPid = int(pidFile.read_text())
-    assert childPid in processTree.descendantPids(parent.pid)
+    assert childPid in jobProcess.descendantPids(parent.pid)
 
-    killed = processTree.terminateProcessTree(parent.pid, timeout=5.0)
+    killed = jobProcess.terminateProcessTree(parent.pid, timeout=5.0)
     parent.wait(timeout=5)
 
     assert killed == []  # SIGTERM was enough
     deadline = time.monotonic() + 5
-    while processTree.isRunning(childPid) and time.monotonic() < deadline:
+    while jobProcess.isRunning(childPid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not processTree.isRunning(childPid)
+    assert not jobProcess.isRunning(childPid)
 
 
 def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(tmp_path):
@@ -135,7 +135,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
 
-    killed = processTree.terminateProcessTree(process.pid, timeout=0.5)
+    killed = jobProcess.terminateProcessTree(process.pid, timeout=0.5)
 
     assert killed == [process.pid]
     assert process.wait(timeout=5) != 0
