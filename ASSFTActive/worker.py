@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, TextIO
+from typing import Any, Dict, List, Mapping, Optional, TextIO, Tuple
 
 from .confine import confined_to
 from .errors import AssftError, CancelledError, JobError
@@ -362,28 +362,12 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
             channel.emit("done", phase="done", message=message,
                          metrics=_numbers(result.metrics if result is not None else {}))
             code = EXIT_DONE
-        except CancelledError:
+        except Exception as exc:  # every failure, expected or not, ends with a result and an error event
             cancel.interruptible = False
-            channel.note(f"cancelled ({cancel.signal_name or 'by request'}); the model store was not changed")
+            status, message, code = _failure(exc, cancel, job_dir, channel)
             if rank == 0:
-                write_result(job_dir, JobResult(status=RESULT_CANCELLED, message="cancelled"))
-            channel.emit("error", phase="cancelled", message="cancelled")
-            code = EXIT_CANCELLED
-        except AssftError as exc:
-            cancel.interruptible = False
-            channel.note(f"error: {exc}")
-            if rank == 0:
-                write_result(job_dir, JobResult(status=RESULT_ERROR, message=str(exc)))
-            channel.emit("error", phase="error", message=str(exc))
-            code = EXIT_ERROR
-        except Exception as exc:  # an unexpected failure still ends with an error event
-            cancel.interruptible = False
-            channel.note("unexpected error:\n" + traceback.format_exc())
-            message = f"unexpected {type(exc).__name__}: {exc} (details in {job_dir / LOG_FILE})"
-            if rank == 0:
-                write_result(job_dir, JobResult(status=RESULT_ERROR, message=message))
-            channel.emit("error", phase="error", message=message)
-            code = EXIT_ERROR
+                write_result(job_dir, JobResult(status=status, message=message))
+            channel.emit("error", phase="cancelled" if status == RESULT_CANCELLED else "error", message=message)
     finally:
         cancel.interruptible = False
         if ctx is not None:
@@ -395,6 +379,23 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code
+
+
+def _failure(exc: Exception, cancel: _Cancel, job_dir: Path, channel: _Channel) -> Tuple[str, str, int]:
+    """How a failed job ends: ``(result status, message, exit code)``; the log gets the details.
+
+    Cancelled (a signal or the cancel file): ``cancelled``, exit 130. An :class:`~ASSFTActive.errors.AssftError` (bad
+    input, card, store, output; also a failing rank's error shipped by :func:`~ASSFTActive.distributed.map_shards`):
+    its message, exit 1. Anything else is a bug: ``unexpected <type>: ...`` with the traceback in ``log.txt``.
+    """
+    if isinstance(exc, CancelledError):
+        channel.note(f"cancelled ({cancel.signal_name or 'by request'}); the model store was not changed")
+        return RESULT_CANCELLED, "cancelled", EXIT_CANCELLED
+    if isinstance(exc, AssftError):
+        channel.note(f"error: {exc}")
+        return RESULT_ERROR, str(exc), EXIT_ERROR
+    channel.note("unexpected error:\n" + traceback.format_exc())
+    return RESULT_ERROR, f"unexpected {type(exc).__name__}: {exc} (details in {job_dir / LOG_FILE})", EXIT_ERROR
 
 
 def _size_threads() -> int:
