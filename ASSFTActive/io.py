@@ -425,6 +425,26 @@ def _nifti_class(magic: bytes, path: Path):
                      "bytes); it may be corrupt.")
 
 
+class _ImageBuffer:
+    """The voxels of a SimpleITK image, exposed to numpy while keeping the image (which owns the memory) alive.
+
+    ``sitk.GetArrayFromImage`` copies the voxels, so reading a volume needed twice its size; a view of the image's
+    buffer needs it once, as long as the image outlives every view. An array made from this object has it as its
+    base (numpy does not collapse a base chain past an object that is not an array), so every view and transpose
+    keeps the image alive.
+    """
+
+    def __init__(self, view: np.ndarray, image) -> None:
+        interface = dict(view.__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writable, as a copy was: the image is this array's alone
+        self.__array_interface__ = interface
+        self._view, self._image = view, image
+
+    @classmethod
+    def wrap(cls, view: np.ndarray, image) -> np.ndarray:
+        return np.asarray(cls(view, image))
+
+
 def _read_itk(path: Path):
     import SimpleITK as sitk
 
@@ -434,7 +454,7 @@ def _read_itk(path: Path):
     pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
     check_declared_size(path, reader.GetSize(), reader.GetNumberOfComponents() * pixel.GetSizeOfPixelComponent())
     image = reader.Execute()
-    array = sitk.GetArrayFromImage(image)  # [k, j, i] or [k, j, i, c]
+    array = _ImageBuffer.wrap(sitk.GetArrayViewFromImage(image), image)  # [k, j, i] or [k, j, i, c], no copy
     if image.GetNumberOfComponentsPerPixel() > 1:
         array = np.moveaxis(array, -1, 0)  # [c, k, j, i]
         array = np.transpose(array, tuple(range(array.ndim - 1, 0, -1)) + (0,))  # [i, j, k, c]

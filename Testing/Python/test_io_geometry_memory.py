@@ -183,3 +183,24 @@ def test_reading_a_gzip_bomb_needs_at_most_1_2_times_its_decompressed_size(tmp_p
         tracemalloc.stop()
     assert volume.shape == shape
     assert peak <= 1.2 * decompressed, f"peak {peak / decompressed:.2f} x the decompressed size"
+
+
+def test_reading_a_compressed_nrrd_needs_about_its_decompressed_size(tmp_path):
+    """ITK allocates outside Python's tracer, so the peak resident memory of a fresh process is measured."""
+    import subprocess
+    import sys
+
+    path = write_volume(Volume(np.zeros((256, 256, 256), np.float32), np.eye(4)), tmp_path / "zeros.nrrd")
+    script = (
+        "import resource, sys\n"
+        "from ASSFTActive.io import read_volume\n"
+        "import numpy as np, SimpleITK\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"volume = read_volume({str(path)!r})\n"
+        "extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base\n"
+        "volume.array[0, 0, 0] = 1.0\n"  # writable, like a copy
+        "print(extra * 1024 / volume.array.nbytes)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) <= 1.2, done.stdout
