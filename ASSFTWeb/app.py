@@ -22,7 +22,7 @@ from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.jobFolder import describeQueryRound
 from ASSFTModuleLib.jobProcess import SubprocessJobRunner
-from ASSFTModuleLib.parameters import AdaptMethod, queryRoundsValue
+from ASSFTModuleLib.parameters import AdaptMethodChoice, queryRoundsValue
 from trame.app import TrameApp
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
@@ -134,7 +134,7 @@ class ASSFTWebApp(TrameApp):
             trame__title="ASSFT annotator", data_dir=str(config.data_dir), labels_dir=str(config.labels_folder),
             volumes=[], skipped=[], model_text=str(config.model), model_description=self.session.model_description(),
             budget=int(config.budget), query_rounds=self.session.parameters.queryRounds,
-            adapt_methods=[{"title": m.label(), "value": m.value} for m in AdaptMethod],
+            adapt_methods=[{"title": m.label(), "value": m.value} for m in AdaptMethodChoice],
             adapt_method=self.session.parameters.adaptMethod.value, rows=[], wrong_rows=[], wrong_evidence="",
             selected_row=-1, ranking_round=0,
             ranking_caption="Not ranked yet.", plot_svg="", plot_legend=LEGEND, overlay_visible=True,
@@ -147,7 +147,7 @@ class ASSFTWebApp(TrameApp):
             "model_text": fields.text("Model"),
             "budget": fields.whole_number("Budget", 1, lambda: max(1, len(self.state.volumes))),
             "query_rounds": _query_rounds,
-            "adapt_method": fields.choice("Adapt method", [m.value for m in AdaptMethod]),
+            "adapt_method": fields.choice("Adapt method", [m.value for m in AdaptMethodChoice]),
             "overlay_visible": fields.boolean("Entropy overlay"),
             "overlay_opacity": fields.number_in("Overlay opacity", 0.0, 1.0),
             "prefill": fields.boolean("Pre-fill with the prediction"),

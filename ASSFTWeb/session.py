@@ -20,7 +20,7 @@ from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
 from ASSFTModuleLib.jobProcess import workerEnvironment
 from ASSFTModuleLib.logic import ASSFTSceneLogic, CaseView
-from ASSFTModuleLib.parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, queryRoundsValue
+from ASSFTModuleLib.parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, queryRoundsValue
 from ASSFTModuleLib.records import CaseState
 
 from ASSFTActive.cards import DEFAULT_MODEL
@@ -41,7 +41,7 @@ class WebParameters:
     workDirectory: Path = Path("")
     budget: int = 2
     queryRounds: int = DEFAULT_QUERY_ROUNDS
-    adaptMethod: AdaptMethod = AdaptMethod.ASSFT
+    adaptMethod: AdaptMethodChoice = AdaptMethodChoice.ASSFT
     rankingTable: object = None
     lastJobDirectory: str = ""
 
@@ -213,16 +213,16 @@ class AnnotatorSession:
 
     # ------------------------------------------------------------------ jobs
     def set_adapt_method(self, method) -> None:
-        """How Adapt Model adapts: ``assft``, ``sfr`` or ``sfr_plus`` (an :class:`AdaptMethod` value).
+        """How Adapt Model adapts: ``assft``, ``sfr`` or ``sfr_plus`` (an :class:`AdaptMethodChoice` value).
 
         Raises:
             ASSFTModuleError: an unknown method.
         """
         try:
-            self.parameters.adaptMethod = AdaptMethod(method)
+            self.parameters.adaptMethod = AdaptMethodChoice(method)
         except ValueError as error:
             raise ASSFTModuleError(f"Unknown adapt method {method!r}; choose one of "
-                                   f"{[m.value for m in AdaptMethod]}.") from error
+                                   f"{[m.value for m in AdaptMethodChoice]}.") from error
 
     def set_query_rounds(self, rounds) -> int:
         """Rounds of the multi-round query (the Slicer panel's Query rounds): every later Rank and the re-rank after

@@ -34,7 +34,7 @@ from ASSFTActive.progress import JobProgress, ProgressState
 from . import jobFolder
 from .errors import ASSFTModuleError, JobFailedError
 from .jobProcess import WorkerOutput, deviceProbeCommand, formatEvent, parseDeviceProbe, pythonExecutable, workerCommand
-from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethod, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
+from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
 from .records import OutputLine, PreparedJob
 
 #: Job folders kept under ``<workDir>/jobs`` (older ones are removed when a new job starts; the folder of the
@@ -366,7 +366,7 @@ class JobController:
         model = self.modelReference(node)
         sfr, finetune = {}, {}
         if kind == "adapt":
-            kind, sfr = adaptJobFor(getattr(node, "adaptMethod", AdaptMethod.ASSFT))
+            kind, sfr = adaptJobFor(getattr(node, "adaptMethod", AdaptMethodChoice.ASSFT))
             if trainAnyway:
                 if kind == "sfr":
                     sfr = {**sfr, ALLOW_IMPLAUSIBLE_LABELS: True}

@@ -3,7 +3,7 @@
 Writing (:func:`planJob`, :meth:`JobPlan.writeFiles`, :func:`prepareJob`): the pool's volumes (hard-linked or
 copied when unchanged since loaded, else written from the scene, off the GUI thread), the labeled volumes' class
 label maps, ``job.json`` (the engine's :class:`~ASSFTActive.jobs.JobSpec`) and the scene's case list. Reading:
-``result.json`` as a :class:`~.records.JobResult`, the worker's error and last lines (:func:`failureReport`), the
+``result.json`` as a :class:`~.records.FinishedJob`, the worker's error and last lines (:func:`failureReport`), the
 ranking's query round. Keeping: which folders pruning may remove (:func:`pruneJobFolders`).
 
 The folder follows the engine's job protocol (:mod:`ASSFTActive.jobs`, which writes and reads ``job.json``,
@@ -52,7 +52,7 @@ from .errors import ASSFTModuleError, JobFailedError, ResultFormatError
 from .geometry import ijkToRasArray
 from .modelCard import modelReference
 from .parameters import queryRoundsValue
-from .records import JobResult, PreparedJob
+from .records import FinishedJob, PreparedJob
 from .segmentation import (
     conversionVolume,
     findLabelSegmentation,
@@ -129,7 +129,7 @@ def _failureMessage(jobDir: Path) -> str:
     return failureReport(jobDir)[0]
 
 
-def readJobResult(jobDir) -> JobResult:
+def readJobResult(jobDir) -> FinishedJob:
     """Read ``result.json`` of a finished job with the engine's reader (:func:`ASSFTActive.jobs.read_job_result`,
     which checks it), paths resolved against the job folder.
 
@@ -148,7 +148,7 @@ def readJobResult(jobDir) -> JobResult:
         message = record.message or _failureMessage(jobDir)
         raise JobFailedError(f"Job {jobDir.name} ended with status '{record.status}': {message}.", str(jobDir),
                              logTail(jobDir))
-    return JobResult(jobDir=jobDir, record=record)
+    return FinishedJob(jobDir=jobDir, record=record)
 
 
 def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:

@@ -43,7 +43,7 @@ from ASSFTActive.progress import Event
 
 from .enginePath import pythonPathWithEngine
 from .errors import JobFailedError
-from .records import DeviceInfo, JobResult, OutputLine
+from .records import DeviceInfo, FinishedJob, OutputLine
 
 #: One line of worker output: an engine event, or any other text as it was printed.
 WorkerOutput = Union[Event, OutputLine]
@@ -394,7 +394,7 @@ def workerEnvironment(base: Optional[Mapping[str, str]] = None, useGpu: Optional
 
 
 def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[WorkerOutput], None]] = None,
-              timeout: Optional[float] = None, environment: Optional[Mapping[str, str]] = None) -> JobResult:
+              timeout: Optional[float] = None, environment: Optional[Mapping[str, str]] = None) -> FinishedJob:
     """Run the worker on ``jobDir`` and wait for it (blocking); every output line goes to ``onEvent`` (an engine
     ``Event``, or an :class:`OutputLine` for other text).
 

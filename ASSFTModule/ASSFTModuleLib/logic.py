@@ -20,7 +20,7 @@ from . import jobFolder, overlay, plot, ranking, regions, segmentation
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
-from .records import CaseState, JobResult, LabelConversion, PreparedJob, RankedCase, Region
+from .records import CaseState, FinishedJob, LabelConversion, PreparedJob, RankingRow, RegionMarker
 
 #: Attribute of a ranking table node: the job folder its rows point into (overlays, regions, predictions); that
 #: folder is never pruned while the table is shown (:meth:`ASSFTSceneLogic.protectedJobFolders`).
@@ -45,7 +45,7 @@ class LoadedResult:
             proposes (None without ranking, or when its ``config.json`` does not record it).
     """
 
-    result: JobResult
+    result: FinishedJob
     activeModel: Optional[Path]
     adaptedModel: Optional[Path] = None
     tableNode: object = None
@@ -59,11 +59,11 @@ class LoadedResult:
 class CaseView:
     """What :meth:`ASSFTSceneLogic.showCase` shows for one ranked volume."""
 
-    case: RankedCase
+    case: RankingRow
     volumeNode: object
     overlayNode: object = None
     regionsNode: object = None
-    regions: Tuple[Region, ...] = ()
+    regions: Tuple[RegionMarker, ...] = ()
 
 
 class ASSFTSceneLogic:
@@ -237,7 +237,7 @@ class ASSFTSceneLogic:
                             queryRound=queryRound)
 
     # ------------------------------------------------------------------ looking at one case
-    def volumeNodeForCase(self, case: RankedCase, nodeId: str = ""):
+    def volumeNodeForCase(self, case: RankingRow, nodeId: str = ""):
         """The case's volume node; loaded from the job's image file when it is no longer in the scene."""
         node = self.scene.GetNodeByID(nodeId) if nodeId else None
         if node is not None:
@@ -285,8 +285,8 @@ class ASSFTSceneLogic:
         folders = [self.rankingJobDirectory(tableNode), jobFolder.latestRankingJobDir(workDir)]
         return [str(folder) for folder in folders if folder]
 
-    def caseForVolume(self, tableNode, volumeNode) -> Optional[RankedCase]:
-        """The ranking table row of ``volumeNode`` as a :class:`RankedCase`, or None when it is not ranked."""
+    def caseForVolume(self, tableNode, volumeNode) -> Optional[RankingRow]:
+        """The ranking table row of ``volumeNode`` as a :class:`RankingRow`, or None when it is not ranked."""
         if tableNode is None or volumeNode is None:
             return None
         for row in range(tableNode.GetNumberOfRows()):

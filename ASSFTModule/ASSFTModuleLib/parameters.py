@@ -28,7 +28,7 @@ class ModelSource(enum.Enum):
         return translateLabel("Embedded default model" if self is ModelSource.Default else "Model card file")
 
 
-class AdaptMethod(enum.Enum):
+class AdaptMethodChoice(enum.Enum):
     """How Adapt Model adapts the model: ASSFT's selective fine-tuning (an ``adapt`` job) or SFR / SFR+ (an ``sfr``
     job: SAM pseudo-labels and Mean-Teacher re-training, ``ASSFTActive.sfr.pipeline.sfr_adapt``)."""
 
@@ -40,12 +40,12 @@ class AdaptMethod(enum.Enum):
         return translateLabel({"assft": "ASSFT", "sfr": "SFR", "sfr_plus": "SFR+"}[self.value])
 
 
-def adaptJobFor(method: Union[AdaptMethod, str, None]) -> Tuple[str, Dict[str, str]]:
+def adaptJobFor(method: Union[AdaptMethodChoice, str, None]) -> Tuple[str, Dict[str, str]]:
     """The job kind and SFR settings of the Adapt Model button for ``method``: ``("adapt", {})`` for ASSFT,
     ``("sfr", {"method": ...})`` for SFR and SFR+ (the engine's ``JobSpec.sfr``; its other settings keep SFR's
     defaults)."""
-    method = AdaptMethod(method) if method is not None else AdaptMethod.ASSFT
-    if method is AdaptMethod.ASSFT:
+    method = AdaptMethodChoice(method) if method is not None else AdaptMethodChoice.ASSFT
+    if method is AdaptMethodChoice.ASSFT:
         return "adapt", {}
     return "sfr", {"method": method.value}
 

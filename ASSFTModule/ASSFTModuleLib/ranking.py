@@ -18,7 +18,7 @@ from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import RankingEntry, read_ranking_file
 
 from .errors import ResultFormatError
-from .records import CaseState, RankedCase, Ranking
+from .records import CaseState, RankingRow, RankingRows
 
 RANKING_ROLE = "ranking"
 ROLE_ATTRIBUTE = "ASSFT.Role"
@@ -47,7 +47,7 @@ VISIBLE_COLUMNS = (COLUMN_VOLUME, COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE, COLUMN_R
 #: Columns kept for the logic (hidden in the widget's table view).
 HIDDEN_COLUMNS = (COLUMN_CASE, COLUMN_NODE, COLUMN_SELECTED, COLUMN_IMAGE, COLUMN_ENTROPY, COLUMN_REGIONS,
                   COLUMN_PREDICTION, COLUMN_OOD)
-#: ``RankedCase.rank`` (and the Rank cell) of a case the engine did not rank: labeled cases have ``"rank": null``.
+#: ``RankingRow.rank`` (and the Rank cell) of a case the engine did not rank: labeled cases have ``"rank": null``.
 NOT_RANKED = 0
 
 _NUMERIC = (COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE)
@@ -65,9 +65,9 @@ def _orNan(value: Optional[float]) -> float:
     return math.nan if value is None else value
 
 
-def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str], wrongRanks: Dict[str, int]) -> RankedCase:
+def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str], wrongRanks: Dict[str, int]) -> RankingRow:
     """The table row of a ``ranking.json`` entry."""
-    return RankedCase(
+    return RankingRow(
         caseId=entry.case_id,
         image=_optionalPath(entry.image, base),
         dkd=_orNan(entry.dkd),
@@ -86,7 +86,7 @@ def _row(entry: RankingEntry, base: Path, pseudoLabeled: Collection[str], wrongR
     )
 
 
-def readRanking(path, pseudoLabeled: Collection[str] = ()) -> Ranking:
+def readRanking(path, pseudoLabeled: Collection[str] = ()) -> RankingRows:
     """Read ``ranking.json``; cases ordered by rank, unranked (labeled) cases last with rank :data:`NOT_RANKED`.
 
     Missing numbers (``null``, e.g. the DKD of a labeled case) become NaN.
@@ -109,7 +109,7 @@ def readRanking(path, pseudoLabeled: Collection[str] = ()) -> Ranking:
     wrongRanks = {caseId: place for place, caseId in enumerate(wrong.cases, start=1)} if wrong else {}
     cases = [_row(entry, path.parent, pseudo, wrongRanks) for entry in data.cases]
     cases.sort(key=lambda case: (case.rank == NOT_RANKED, case.rank))  # stable: file order within equal keys
-    return Ranking(strategy=data.strategy, budget=data.budget, model=data.model, cases=tuple(cases), path=path,
+    return RankingRows(strategy=data.strategy, budget=data.budget, model=data.model, cases=tuple(cases), path=path,
                    wrongEvidence=wrong.evidence if wrong else "")
 
 
@@ -126,7 +126,7 @@ def _column(name: str, values) -> vtk.vtkAbstractArray:
     return array
 
 
-def writeRankingTable(scene, ranking: Ranking, caseNames: Dict[str, str], caseNodeIds: Dict[str, str],
+def writeRankingTable(scene, ranking: RankingRows, caseNames: Dict[str, str], caseNodeIds: Dict[str, str],
                       labeled: Collection[str] = (), tableNode=None):
     """Write a ranking into a table node (created when ``tableNode`` is None), one row per case in rank order.
 
@@ -196,11 +196,11 @@ def _cell(tableNode, row: int, name: str):
     return column.GetValue(row)
 
 
-def rankedCaseFromTable(tableNode, row: int) -> Tuple[RankedCase, str]:
+def rankedCaseFromTable(tableNode, row: int) -> Tuple[RankingRow, str]:
     """Read row ``row`` of a ranking table back.
 
     Returns:
-        ``(RankedCase, volume node ID)``; the node ID is empty when the volume was not in the scene.
+        ``(RankingRow, volume node ID)``; the node ID is empty when the volume was not in the scene.
     """
     if row < 0 or row >= tableNode.GetNumberOfRows():
         raise IndexError(f"row {row} is outside the ranking table (rows 0..{tableNode.GetNumberOfRows() - 1})")
@@ -210,7 +210,7 @@ def rankedCaseFromTable(tableNode, row: int) -> Tuple[RankedCase, str]:
         return Path(text) if text else None
 
     state = str(_cell(tableNode, row, COLUMN_STATE))
-    case = RankedCase(
+    case = RankingRow(
         caseId=str(_cell(tableNode, row, COLUMN_CASE)),
         image=pathOrNone(COLUMN_IMAGE),
         dkd=float(_cell(tableNode, row, COLUMN_DKD)),

@@ -2,8 +2,8 @@
 
 The files of the engine's job protocol are read with the engine's own records, which check them (one schema, one
 validation): ``job.json`` (``ASSFTActive.jobs.JobSpec``), ``result.json`` (``ASSFTActive.jobs.JobResult``, held by
-:class:`JobResult` with the job folder), ``ranking.json`` (``ASSFTActive.jobs.RankingFile``, shown as the rows of
-the ranking table, :class:`RankedCase`), events (``ASSFTActive.progress.Event``), the model card
+:class:`FinishedJob` with the job folder), ``ranking.json`` (``ASSFTActive.jobs.RankingFile``, shown as the rows of
+the ranking table, :class:`RankingRow`), events (``ASSFTActive.progress.Event``), the model card
 (``ASSFTActive.cards.ModelCard``). The records here add what only the scene has (table state, node IDs, resolved
 paths), camelCase (Slicer side).
 """
@@ -43,7 +43,7 @@ class CaseState:
 
 
 @dataclass(frozen=True)
-class RankedCase:
+class RankingRow:
     """One row of the ranking table: a ``ranking.json`` entry (``ASSFTActive.jobs.RankingEntry``) as the table
     shows it (missing numbers NaN, an unranked case rank 0, paths resolved) plus its state in the scene."""
 
@@ -65,18 +65,18 @@ class RankedCase:
 
 
 @dataclass(frozen=True)
-class Ranking:
+class RankingRows:
     """The content of a ranking table: a ``ranking.json`` read by :func:`ranking.readRanking`, cases ordered by
     rank."""
 
     strategy: str
     budget: int
     model: str
-    cases: Tuple[RankedCase, ...]
+    cases: Tuple[RankingRow, ...]
     path: Optional[Path] = None
     wrongEvidence: str = ""  #: how well the "probably wrong" order predicted error, and on which split
 
-    def case(self, caseId: str) -> RankedCase:
+    def case(self, caseId: str) -> RankingRow:
         for case in self.cases:
             if case.caseId == caseId:
                 return case
@@ -84,7 +84,7 @@ class Ranking:
 
 
 @dataclass(frozen=True)
-class Region:
+class RegionMarker:
     """One high-entropy region (connected component of the thresholded entropy map)."""
 
     centerRas: Tuple[float, float, float]
@@ -109,7 +109,7 @@ class RegionSet:
 
     caseId: str
     threshold: float
-    regions: Tuple[Region, ...]
+    regions: Tuple[RegionMarker, ...]
     path: Optional[Path] = None
 
 
@@ -138,7 +138,7 @@ class PreparedJob:
 
 
 @dataclass(frozen=True)
-class JobResult:
+class FinishedJob:
     """``result.json`` of a finished job (the engine's ``ASSFTActive.jobs.JobResult``, checked by the engine's reader)
     with its job folder, paths resolved against it.
 

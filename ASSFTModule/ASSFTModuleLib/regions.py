@@ -10,7 +10,7 @@ import numpy as np
 import slicer
 
 from .errors import ResultFormatError
-from .records import Region, RegionSet
+from .records import RegionMarker, RegionSet
 
 ROLE_ATTRIBUTE = "ASSFT.Role"
 VOLUME_ATTRIBUTE = "ASSFT.VolumeID"
@@ -47,7 +47,7 @@ def readRegions(path) -> RegionSet:
         if not isinstance(entry, dict):
             raise ResultFormatError(f"{where}: expected an object.")
         regions.append(
-            Region(
+            RegionMarker(
                 centerRas=_triple(entry.get("center_ras"), float, where, "center_ras"),
                 bboxIjkMin=_triple(entry.get("bbox_ijk_min", (0, 0, 0)), int, where, "bbox_ijk_min"),
                 bboxIjkMax=_triple(entry.get("bbox_ijk_max", (0, 0, 0)), int, where, "bbox_ijk_max"),
@@ -78,7 +78,7 @@ def findRegionsNode(scene, volumeNode):
     return None
 
 
-def regionsToMarkups(scene, volumeNode, regions: Sequence[Region], markupsNode=None):
+def regionsToMarkups(scene, volumeNode, regions: Sequence[RegionMarker], markupsNode=None):
     """Put one control point per region (at its RAS centre, labelled R1, R2, ...) in a locked fiducial node.
 
     Args:

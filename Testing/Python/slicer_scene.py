@@ -227,11 +227,11 @@ def parameterNode(workDirectory, cardPath=None, queryRounds=1, budget=1, method=
     Slicer): the embedded default model when ``cardPath`` is None, else that card."""
     import types
 
-    from ASSFTModuleLib.parameters import AdaptMethod, ModelSource
+    from ASSFTModuleLib.parameters import AdaptMethodChoice, ModelSource
 
     return types.SimpleNamespace(modelSource=ModelSource.CardFile if cardPath else ModelSource.Default,
                                  modelCardPath=Path(cardPath) if cardPath else Path(""), workDirectory=workDirectory,
-                                 budget=budget, queryRounds=queryRounds, adaptMethod=method or AdaptMethod.ASSFT,
+                                 budget=budget, queryRounds=queryRounds, adaptMethod=method or AdaptMethodChoice.ASSFT,
                                  rankingTable=None, lastJobDirectory="")
 
 

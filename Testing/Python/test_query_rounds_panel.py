@@ -21,7 +21,7 @@ from ASSFTModuleLib.errors import ASSFTModuleError, ResultFormatError  # noqa: E
 from ASSFTModuleLib.jobController import DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.parameters import (  # noqa: E402
     DEFAULT_QUERY_ROUNDS,
-    AdaptMethod,
+    AdaptMethodChoice,
     jobQuery,
     queryRoundsValue,
 )
@@ -34,7 +34,7 @@ ROUNDS_REFUSED = "Query rounds must be a whole number of at least 1"
 
 
 def parameterNode(workDirectory: Path, cardPath: Path, queryRounds=DEFAULT_QUERY_ROUNDS, budget=4,
-                  method=AdaptMethod.ASSFT):
+                  method=AdaptMethodChoice.ASSFT):
     """The parameter node fields the controller reads, with the rounds (budget 4 by default here)."""
     return slicer_scene.parameterNode(workDirectory, cardPath, queryRounds=queryRounds, budget=budget, method=method)
 
@@ -64,7 +64,7 @@ def test_rank_writes_the_panels_query_rounds_into_job_json(setup):
     assert job.query_config().rounds == 2  # the engine's own settings accept it as the schedule's R
 
 
-@pytest.mark.parametrize("method, kind", [(AdaptMethod.ASSFT, "adapt"), (AdaptMethod.SFR_PLUS, "sfr")])
+@pytest.mark.parametrize("method, kind", [(AdaptMethodChoice.ASSFT, "adapt"), (AdaptMethodChoice.SFR_PLUS, "sfr")])
 def test_adapt_model_writes_the_query_rounds_its_re_ranking_follows(setup, method, kind):
     env, logic, controller, nodes, cardPath, tmp_path, _ = setup
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, queryRounds=3, budget=6, method=method))

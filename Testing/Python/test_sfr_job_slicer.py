@@ -15,13 +15,13 @@ import slicer_scene
 slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib.jobController import DONE, JobController  # noqa: E402
-from ASSFTModuleLib.parameters import AdaptMethod, ModelSource, adaptJobFor  # noqa: E402
+from ASSFTModuleLib.parameters import AdaptMethodChoice, ModelSource, adaptJobFor  # noqa: E402
 from slicer_scene import RecordingRunner, fakeFinishedJob, writeModelCard  # noqa: E402
 
 from ASSFTActive.jobs import JobResult, read_job, write_result  # noqa: E402
 
 
-def parameterNode(workDirectory: Path, cardPath: Path, method: AdaptMethod):
+def parameterNode(workDirectory: Path, cardPath: Path, method: AdaptMethodChoice):
     """The parameter node fields the controller reads (the real node needs desktop Slicer), with the method."""
     return types.SimpleNamespace(modelSource=ModelSource.CardFile, modelCardPath=cardPath,
                                  workDirectory=workDirectory, budget=1, rankingTable=None, lastJobDirectory="",
@@ -36,7 +36,8 @@ def setup(tmp_path):
 
 
 @pytest.mark.parametrize("method, kind, sfrMethod", [
-    (AdaptMethod.ASSFT, "adapt", "sfr"), (AdaptMethod.SFR, "sfr", "sfr"), (AdaptMethod.SFR_PLUS, "sfr", "sfr_plus"),
+    (AdaptMethodChoice.ASSFT, "adapt", "sfr"), (AdaptMethodChoice.SFR, "sfr", "sfr"),
+    (AdaptMethodChoice.SFR_PLUS, "sfr", "sfr_plus"),
 ])
 def test_the_adapt_method_decides_the_job_the_adapt_button_writes(setup, method, kind, sfrMethod):
     env, logic, controller, nodes, cardPath, tmp_path = setup
@@ -46,7 +47,7 @@ def test_the_adapt_method_decides_the_job_the_adapt_button_writes(setup, method,
 
     job = read_job(spec.jobDir)  # what the worker will read
     assert job.kind == kind and job.sfr_method == sfrMethod
-    assert job.sfr == ({} if method is AdaptMethod.ASSFT else {"method": sfrMethod})
+    assert job.sfr == ({} if method is AdaptMethodChoice.ASSFT else {"method": sfrMethod})
     assert list(job.labels) == ["case_b"] and sorted(job.images) == ["case_a", "case_b", "case_c"]
     assert spec.jobDir.name.endswith(f"-{kind}")
     assert controller._runner.commands[0][1:] == ["-m", "ASSFTActive.worker", str(spec.jobDir)]
@@ -54,13 +55,13 @@ def test_the_adapt_method_decides_the_job_the_adapt_button_writes(setup, method,
 
 def test_rank_ignores_the_adapt_method(setup):
     env, logic, controller, nodes, cardPath, tmp_path = setup
-    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, AdaptMethod.SFR_PLUS))
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, AdaptMethodChoice.SFR_PLUS))
     assert read_job(controller.startJob("rank").jobDir).kind == "rank"
 
 
 def test_an_sfr_job_that_was_not_activated_comes_back_with_its_reason_and_keeps_the_model(setup):
     env, logic, controller, nodes, cardPath, tmp_path = setup
-    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, AdaptMethod.SFR_PLUS))
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, AdaptMethodChoice.SFR_PLUS))
     finished = []
     controller.finished.connect(finished.append)
     spec = controller.startJob("adapt")
@@ -85,6 +86,6 @@ def test_an_sfr_job_that_was_not_activated_comes_back_with_its_reason_and_keeps_
 
 
 def test_adapt_job_for_names_the_engine_kinds():
-    assert adaptJobFor(AdaptMethod.ASSFT) == ("adapt", {})
+    assert adaptJobFor(AdaptMethodChoice.ASSFT) == ("adapt", {})
     assert adaptJobFor("sfr_plus") == ("sfr", {"method": "sfr_plus"})
-    assert [m.label() for m in AdaptMethod] == ["ASSFT", "SFR", "SFR+"]
+    assert [m.label() for m in AdaptMethodChoice] == ["ASSFT", "SFR", "SFR+"]

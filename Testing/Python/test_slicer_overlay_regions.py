@@ -12,7 +12,7 @@ slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import geometry, overlay, regions  # noqa: E402
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
-from ASSFTModuleLib.records import Region  # noqa: E402
+from ASSFTModuleLib.records import RegionMarker  # noqa: E402
 
 from ASSFTActive.io import Volume, write_volume  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_regions_become_locked_markups_points_at_their_ras_centres(env, tmp_path
     node = regions.regionsToMarkups(env.scene, scan, regionSet.regions)
 
     assert regionSet.threshold == 0.5 and regionSet.caseId == "scan"
-    assert regionSet.regions[1] == Region(centers[1], (1, 2, 3), (4, 5, 6), 20.0, 0.8, 10)
+    assert regionSet.regions[1] == RegionMarker(centers[1], (1, 2, 3), (4, 5, 6), 20.0, 0.8, 10)
     assert node.IsA("vtkMRMLMarkupsFiducialNode") and node.GetLocked()
     assert node.GetNumberOfControlPoints() == 3
     for index, center in enumerate(centers):
