@@ -103,13 +103,13 @@ class JobSpec:
         return FinetuneConfig.from_dict(self.finetune)
 
     def sfr_config(self):
-        """The :class:`~ASSFTActive.sfr.pipeline.SfrConfig` of this job (imports torch).
+        """The :class:`~ASSFTActive.sfr.config.SfrConfig` of this job (torch-free).
 
         Raises:
             JobError: invalid SFR settings.
         """
         from ..errors import InputError
-        from ..sfr.pipeline import SfrConfig
+        from ..sfr.config import SfrConfig
 
         try:
             return SfrConfig.from_dict(dict(self.sfr))
