@@ -68,24 +68,29 @@ def emit(progress: Optional[ProgressCallback], event: str, **kwargs: Any) -> Non
 # ---------------------------------------------------------------------------------------------- one job's progress
 
 #: Seconds one unit (one step of the phase's ``step / total``) costs, measured on the shipped sample on 2 CPU cores
-#: (hippocampus volumes, the embedded U-Net; ``ui-slicer-review.md`` Part 1 and the job logs of the browser run):
-#: the worker's start (Python, torch and MONAI imports) 9 s, reading a volume 0.15 s, scoring one labelled volume
-#: 0.3 s, one optimiser step 1.2 s, pseudo-labelling / predicting / ranking one pool volume 0.25 s, committing a
-#: model version 1 s. Only the ratios matter for the fraction; a faster machine scales all of them alike.
+#: (hippocampus volumes, the embedded U-Net): the worker's start (Python, torch and MONAI imports) 9 s; ``load``
+#: 1.07 s per step (reading a labelled volume, then comparing its label with the model's prediction; the model's
+#: own loading falls in the first step); scoring one labelled volume 0.20 s; one optimiser step 1.2 s; predicting or
+#: ranking one pool volume 0.25 s; committing a model version 1 s. Only the ratios matter for the fraction; a
+#: faster machine scales all of them alike.
 PHASE_COST_S: Mapping[str, float] = {
-    "start": 9.0, "load": 0.15, "evaluate": 0.3, "resume": 0.0, "train": 1.2, "validate": 0.3, "pseudo": 0.25,
-    "sfr_pseudo_labels": 0.4, "sfr_finetune": 1.2, "predict": 0.25, "rank": 0.25, "commit": 1.0,
+    "start": 9.0, "load": 1.07, "evaluate": 0.2, "train": 1.2, "sfr_pseudo_labels": 0.4, "sfr_finetune": 1.2,
+    "predict": 0.25, "rank": 0.25, "commit": 1.0,
 }
+#: Phases that run inside another one's step count (an adapt job's cross-validation scoring and the
+#: pseudo-labelling rounds run between training steps, whose ``total`` already spans every fold and stage): they
+#: only update the message; their time shows in the time left as slower training.
+INNER_PHASES = frozenset({"validate", "pseudo", "resume"})
 #: Cost of a phase missing from :data:`PHASE_COST_S`, per unit.
 DEFAULT_PHASE_COST_S = 0.5
 
 #: The phases of each job kind in the order they run, with the units expected before their first event
-#: (``None``: the number of pool volumes; the train phase's units come with its first event). ``validate`` runs
-#: inside ``train``'s step count (cross-validation), so it has no units of its own.
+#: (``None``: the number of pool volumes; the train phase's units come with its first event). Phases of
+#: :data:`INNER_PHASES` are not listed: they run inside ``train``.
 JOB_PHASES: Mapping[str, Tuple[Tuple[str, Optional[int]], ...]] = {
     "rank": (("start", 1), ("rank", None)),
-    "adapt": (("start", 1), ("load", None), ("evaluate", 1), ("train", 100), ("pseudo", None), ("predict", None),
-              ("commit", 1), ("rank", None)),
+    "adapt": (("start", 1), ("load", None), ("evaluate", 1), ("train", 100), ("predict", None), ("commit", 1),
+              ("rank", None)),
     "sfr": (("start", 1), ("load", None), ("sfr_pseudo_labels", None), ("sfr_finetune", 100), ("train", 100),
             ("predict", None), ("commit", 1), ("rank", None)),
     "evaluate": (("evaluate", None),),
@@ -166,9 +171,10 @@ class JobProgress:
     Each phase of the job kind (:data:`JOB_PHASES`) has units (its events' ``total``; before its first event a
     prior from the job's size) and a cost per unit (:data:`PHASE_COST_S`). The fraction is the cost of the units
     done over the cost of all units; a phase counts as complete once a later phase of the kind has started, a
-    phase that starts over (the pseudo-labelling of a second round) adds its units again, and the fraction never
-    goes back (an estimate that grows only holds the bar still). The time left is the elapsed time scaled by the
-    cost still to do. Phases not listed for the kind only update the message.
+    phase that starts over (``load`` reads the labels, then compares them with the prediction) adds its units
+    again, and the fraction never goes back (an estimate that grows only holds the bar still). The time left is the
+    elapsed time scaled by the cost still to do. Phases not listed for the kind (:data:`INNER_PHASES` among them)
+    only update the message.
 
     Args:
         kind: ``rank``, ``adapt``, ``sfr``, ``evaluate``, or any name (then every phase seen is added in order).
@@ -218,7 +224,8 @@ class JobProgress:
         if self._state.ended:
             return self._state
         phase = event.phase
-        if phase and phase not in self._units and self._adaptive and event.event in ("progress", "phase"):
+        if (phase and phase not in self._units and phase not in INNER_PHASES and self._adaptive
+                and event.event in ("progress", "phase")):
             self._add(phase, float(event.total or 1))
         if phase in self._units:
             index = self._order.index(phase)
