@@ -29,9 +29,9 @@ CARD_SCHEMA_VERSION = 1
 DEFAULT_MODEL = "default"
 
 #: Weight layouts a card may declare.
-WEIGHT_FORMATS = ("state_dict", "swinvit_ssl")
+WEIGHT_FORMATS = ("state_dict", "swinvit_ssl", "nnunet_checkpoint")
 #: Preprocessing profiles understood by :mod:`ASSFTActive.preprocess`.
-PREPROCESSING_PROFILES = ("zscore_nonzero", "ct_window")
+PREPROCESSING_PROFILES = ("zscore_nonzero", "ct_window", "nnunet")
 #: Bounds of a card's ``patch_size`` (voxels per axis) and ``spacing`` (mm per axis): values outside them are
 #: typing mistakes (a patch of 100000 voxels, a spacing of 0 or -1 mm), refused when the card is read.
 MIN_PATCH_EDGE, MAX_PATCH_EDGE = 4, 512
@@ -171,8 +171,22 @@ def _check_types(data: Mapping[str, Any], where: str) -> None:
 
 
 def _validate(card: ModelCard, where: str) -> None:
+    """Refuse a card whose values (not types: :func:`_check_types`) cannot describe a usable model."""
     if card.weights_format not in WEIGHT_FORMATS:
         raise ModelError(f"{where}: weights_format {card.weights_format!r} unknown; use one of {WEIGHT_FORMATS}.")
+    _validate_classes(card, where)
+    _validate_grid(card, where)
+    if not card.encoder_stages:
+        raise ModelError(f"{where}: encoder_stages is empty; name the encoder layers (network.named_modules()).")
+    _validate_preprocessing(card.preprocessing, where)
+    asks_download = sorted(k for k, v in card.arguments.items() if "pretrained" in str(k).lower() and v)
+    if asks_download:
+        raise ModelError(f"{where}: arguments {asks_download} would make the network fetch weights from the "
+                         "internet; ASSFT loads weights only from the card's \"weights\" file. Remove them.")
+
+
+def _validate_classes(card: ModelCard, where: str) -> None:
+    """Background plus at least one class, every name once, one name per output channel."""
     if len(card.class_names) < 2:
         raise ModelError(f"{where}: class_names needs background plus at least one class.")
     duplicates = sorted({name for name in card.class_names if card.class_names.count(name) > 1})
@@ -183,6 +197,10 @@ def _validate(card: ModelCard, where: str) -> None:
     if out_channels is not None and out_channels != card.num_classes:
         raise ModelError(f"{where}: the network has out_channels = {out_channels!r} but class_names lists "
                          f"{card.num_classes} classes; give one class name per output channel (background first).")
+
+
+def _validate_grid(card: ModelCard, where: str) -> None:
+    """Patch size, spacing and orientation within their bounds."""
     if (len(card.patch_size) != 3 or min(card.patch_size) < MIN_PATCH_EDGE
             or max(card.patch_size) > MAX_PATCH_EDGE):
         raise ModelError(f"{where}: patch_size must be three integers from {MIN_PATCH_EDGE} to {MAX_PATCH_EDGE} "
@@ -190,27 +208,36 @@ def _validate(card: ModelCard, where: str) -> None:
     if card.spacing is not None and not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in card.spacing):
         raise ModelError(f"{where}: spacing must be three voxel sizes from {MIN_SPACING_MM} to {MAX_SPACING_MM} mm, "
                          f"got {list(card.spacing)}.")
-    if not card.encoder_stages:
-        raise ModelError(f"{where}: encoder_stages is empty; name the encoder layers (network.named_modules()).")
-    profile = card.preprocessing.get("profile")
+    if card.orientation not in (None, "RAS"):
+        raise ModelError(f"{where}: orientation must be \"RAS\" or null, got {card.orientation!r}.")
+
+
+def _validate_preprocessing(preprocessing: Mapping[str, Any], where: str) -> None:
+    """A known profile; ``ct_window`` with numbers ``a_min < a_max``."""
+    profile = preprocessing.get("profile")
     if profile not in PREPROCESSING_PROFILES:
         raise ModelError(f"{where}: preprocessing profile {profile!r} unknown; use one of {PREPROCESSING_PROFILES}.")
     if profile == "ct_window":
-        a_min, a_max = card.preprocessing.get("a_min"), card.preprocessing.get("a_max")
+        a_min, a_max = preprocessing.get("a_min"), preprocessing.get("a_max")
         if not (_is_number(a_min) and _is_number(a_max)) or not a_min < a_max:
             raise ModelError(f"{where}: the ct_window profile needs numbers a_min < a_max (HU), got a_min={a_min!r}, "
                              f"a_max={a_max!r}.")
-    if card.orientation not in (None, "RAS"):
-        raise ModelError(f"{where}: orientation must be \"RAS\" or null, got {card.orientation!r}.")
-    asks_download = sorted(k for k, v in card.arguments.items() if "pretrained" in str(k).lower() and v)
-    if asks_download:
-        raise ModelError(f"{where}: arguments {asks_download} would make the network fetch weights from the "
-                         "internet; ASSFT loads weights only from the card's \"weights\" file. Remove them.")
+    if profile == "nnunet":  # nnU-Net's normalisation schemes (ASSFTActive.sources.nnunet)
+        from .sources.nnunet import check_preprocessing
+
+        check_preprocessing(preprocessing, where)
 
 
 def load_card(path: PathLike) -> ModelCard:
-    """Read and validate a model card JSON file."""
+    """Read and validate a model card JSON file, or the weights file of a model source (an nnU-Net fold's
+    checkpoint, a MONAI bundle's ``models/model.pt``: :mod:`ASSFTActive.sources` reads the card from its folder)."""
     path = Path(path).resolve()
+    if path.suffix in (".pth", ".pt") and path.is_file():
+        from .sources import card_for_weights
+
+        source_card = card_for_weights(path)
+        if source_card is not None:
+            return source_card
     if not path.is_file():
         raise ModelError(f"{path}: model card not found. Pass a card JSON file (see `assft models`).")
     try:

@@ -104,7 +104,13 @@ ARCHITECTURES: Dict[str, str] = {
 def build_network(card: ModelCard) -> nn.Module:
     """Instantiate the card's architecture with its arguments (random weights)."""
     arch = card.architecture
-    if arch.startswith("monai:"):
+    if arch.startswith("nnunet:"):  # an nnU-Net v2 result folder (ASSFTActive.sources.nnunet)
+        from functools import partial
+
+        from .sources.nnunet import build_network as build_nnunet
+
+        builder = partial(build_nnunet, arch)
+    elif arch.startswith("monai:"):
         builder = _monai_network(arch.split(":", 1)[1])
     elif arch in ARCHITECTURES:
         builder = _monai_network(ARCHITECTURES[arch])
@@ -260,22 +266,9 @@ def load_weights(network: nn.Module, card: ModelCard, state: Optional[Mapping[st
         ModelError: unknown layout, shape mismatch, or an encoder that did not load.
     """
     where = card.path or card.name
-    if state is None:
-        state = read_state_dict(card_weights_file(card))
-    if card.weights_format == "swinvit_ssl":
-        state = swinvit_ssl_to_swinunetr(state)
-        encoder_prefixes: Tuple[str, ...] = ("swinViT.",)
-    else:
-        state = _strip_prefix(state, "module.")
-        encoder_prefixes = tuple(s + "." for s in _encoder_modules(card))
+    state, encoder_prefixes = _in_network_layout(card, state)
     own = network.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    if mismatched:
-        k = mismatched[0]
-        raise ModelError(
-            f"{where}: checkpoint does not match the card: {k} has shape {tuple(state[k].shape)} but the network "
-            f"expects {tuple(own[k].shape)} ({len(mismatched)} mismatched tensors). Check the card's arguments."
-        )
+    _check_shapes(where, state, own)
     loadable = {k: v for k, v in state.items() if k in own}
     missing = tuple(sorted(k for k in own if k not in loadable))
     unexpected = tuple(sorted(k for k in state if k not in own))
@@ -290,6 +283,32 @@ def load_weights(network: nn.Module, card: ModelCard, state: Optional[Mapping[st
         )
     network.load_state_dict(loadable, strict=False)
     return LoadReport(loaded=len(loadable), missing=missing, unexpected=unexpected)
+
+
+def _in_network_layout(card: ModelCard, state: Optional[Mapping[str, torch.Tensor]]
+                       ) -> Tuple[Dict[str, torch.Tensor], Tuple[str, ...]]:
+    """The card's weights (read when ``state`` is ``None``) under the network's key names, and the key prefixes of
+    its encoder."""
+    if state is None and card.weights_format == "nnunet_checkpoint":  # ASSFTActive.sources.nnunet
+        from .sources.nnunet import read_state_dict as read_nnunet_state_dict
+
+        state = read_nnunet_state_dict(card_weights_file(card))
+    if state is None:
+        state = read_state_dict(card_weights_file(card))
+    if card.weights_format == "swinvit_ssl":
+        return swinvit_ssl_to_swinunetr(state), ("swinViT.",)
+    return _strip_prefix(state, "module."), tuple(s + "." for s in _encoder_modules(card))
+
+
+def _check_shapes(where: Any, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
+    """Every checkpoint tensor that the network has must have the network's shape."""
+    mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if mismatched:
+        k = mismatched[0]
+        raise ModelError(
+            f"{where}: checkpoint does not match the card: {k} has shape {tuple(state[k].shape)} but the network "
+            f"expects {tuple(own[k].shape)} ({len(mismatched)} mismatched tensors). Check the card's arguments."
+        )
 
 
 def _encoder_modules(card: ModelCard) -> List[str]:

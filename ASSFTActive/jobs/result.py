@@ -29,6 +29,22 @@ RESULT_DONE, RESULT_ERROR, RESULT_CANCELLED = "done", "error", "cancelled"
 RESULT_STATUSES = (RESULT_DONE, RESULT_ERROR, RESULT_CANCELLED)
 
 
+def _case_files(value: Any, what: str) -> Dict[str, str]:
+    """``{case_id: file}`` with string keys and path values."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, (str, os.PathLike))
+                                                 for k, v in value.items()):
+        raise ValueError(f"{what} must map case ids to label files")
+    return {k: str(v) for k, v in value.items()}
+
+
+def _case_ids(value: Any, what: str) -> Tuple[str, ...]:
+    """A list of case ids (not a string, whose characters would pass as ids)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(c, str) for c in value):
+        raise ValueError(f"{what} must be a list of case ids")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class JobResult:
     """``JOB_DIR/result.json``: how a job ended and what it produced (see the module docstring for the keys).
@@ -66,22 +82,13 @@ class JobResult:
             raise ValueError(f"\"status\" must be one of {list(RESULT_STATUSES)}, got {self.status!r}")
         if not isinstance(self.message, str):
             raise ValueError(f"\"message\" must be a string, got {self.message!r}")
-        if self.status == RESULT_DONE and self.kind not in JOB_KINDS:
-            raise ValueError(f"\"kind\" of a finished job must be one of {list(JOB_KINDS)}, got {self.kind!r}")
-        if self.status != RESULT_DONE and self.kind not in ("",) + JOB_KINDS:
-            raise ValueError(f"\"kind\" must be one of {list(JOB_KINDS)}, got {self.kind!r}")
+        kinds = JOB_KINDS if self.status == RESULT_DONE else ("",) + JOB_KINDS
+        if self.kind not in kinds:
+            raise ValueError(f"\"kind\" of a {self.status} job must be one of {list(kinds)}, got {self.kind!r}")
         for key in ("model_card", "ranking"):
             object.__setattr__(self, key, optional_text(getattr(self, key), f"\"{key}\""))
-        predictions = self.predictions
-        if not isinstance(predictions, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, (str, os.PathLike)) for k, v in predictions.items()):
-            raise ValueError("\"predictions\" must map case ids to label files")
-        object.__setattr__(self, "predictions", {k: str(v) for k, v in predictions.items()})
-        pseudo = self.pseudo_labeled
-        if isinstance(pseudo, (str, bytes)) or not isinstance(pseudo, (list, tuple)) or not all(
-                isinstance(c, str) for c in pseudo):
-            raise ValueError("\"pseudo_labeled\" must be a list of case ids")
-        object.__setattr__(self, "pseudo_labeled", tuple(pseudo))
+        object.__setattr__(self, "predictions", _case_files(self.predictions, "\"predictions\""))
+        object.__setattr__(self, "pseudo_labeled", _case_ids(self.pseudo_labeled, "\"pseudo_labeled\""))
         if not isinstance(self.activated, bool):
             raise ValueError(f"\"activated\" must be true or false, got {self.activated!r}")
         if self.kind not in ADAPT_KINDS and (self.activated or self.activation or self.pseudo_labeled):

@@ -131,6 +131,23 @@ class WrongList:
         return cls(score=data["score"], evidence=data["evidence"], cases=tuple(data["cases"]))
 
 
+def _checked_cases(cases: Any, budget: int) -> Tuple[RankingEntry, ...]:
+    """The cases of a ranking: records with distinct ids, ranks 1..n, at most ``budget`` selected."""
+    cases = tuple(cases)
+    if not all(isinstance(c, RankingEntry) for c in cases):
+        raise ValueError("\"cases\" must hold RankingEntry records")
+    ids = [c.case_id for c in cases]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"case id(s) {repeated} appear more than once")
+    ranks = sorted(c.rank for c in cases if c.rank is not None)
+    if ranks != list(range(1, len(ranks) + 1)):
+        raise ValueError(f"the ranks must be 1..{len(ranks)}, got {ranks}")
+    if sum(c.selected for c in cases) > budget:
+        raise ValueError(f"more volumes are selected than the budget {budget}")
+    return cases
+
+
 @dataclass(frozen=True)
 class RankingFile:
     """``ranking.json``: the one schema of a ranking on disk, written by the engine (:func:`ASSFTActive.api.rank_pool`
@@ -158,18 +175,8 @@ class RankingFile:
             raise ValueError(f"\"budget\" must be a whole number >= 0, got {self.budget!r}")
         if not isinstance(self.model, str):
             raise ValueError(f"\"model\" must be a string, got {self.model!r}")
-        cases = tuple(self.cases)
-        if not all(isinstance(c, RankingEntry) for c in cases):
-            raise ValueError("\"cases\" must hold RankingEntry records")
+        cases = _checked_cases(self.cases, self.budget)
         ids = [c.case_id for c in cases]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
-        if repeated:
-            raise ValueError(f"case id(s) {repeated} appear more than once")
-        ranks = sorted(c.rank for c in cases if c.rank is not None)
-        if ranks != list(range(1, len(ranks) + 1)):
-            raise ValueError(f"the ranks must be 1..{len(ranks)}, got {ranks}")
-        if sum(c.selected for c in cases) > self.budget:
-            raise ValueError(f"more volumes are selected than the budget {self.budget}")
         if self.probably_wrong is not None:
             if not isinstance(self.probably_wrong, WrongList):
                 raise ValueError("\"probably_wrong\" must be a WrongList record")
