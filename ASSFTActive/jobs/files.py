@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Union
 
+from ..confine import write_confined
 from ..errors import JobError
 from ..progress import Event
 
@@ -69,6 +70,8 @@ def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename; the file gets
     mode ``0666 & ~umask`` like every other output."""
     path = Path(path)
+    if write_confined(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), ".txt", 0o666 & ~_umask()):
+        return path  # inside the worker's job folder: no link on the way is followed (ASSFTActive.confine)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:

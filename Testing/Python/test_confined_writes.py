@@ -90,3 +90,14 @@ def test_a_link_planted_in_the_ranking_folder_mid_ranking_receives_nothing(tmp_p
     finally:
         torch.set_num_threads(threads)
     assert list(outside.iterdir()) == []
+
+
+def test_the_protocols_own_files_are_confined_too(tmp_path):
+    from ASSFTActive.jobs import RankingFile, write_ranking_file
+
+    job = tmp_path / "job"
+    job.mkdir()
+    outside = _outside_link(job, "sub", tmp_path)
+    with confined_to(job), pytest.raises(OutputError, match="sub.*symbolic link"):
+        write_ranking_file(job / "sub" / "ranking.json", RankingFile(strategy="assft", budget=0, model="m", cases=()))
+    assert list(outside.iterdir()) == []
