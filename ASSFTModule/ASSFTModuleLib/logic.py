@@ -148,7 +148,8 @@ class ASSFTSceneLogic:
         return segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard).isLabeled
 
     def refreshLabeledStates(self, tableNode, modelCard: ModelCard) -> int:
-        """Mark rows whose volume got a non-empty class segmentation since ranking as labeled.
+        """Mark rows whose volume got labels since ranking as labeled, and rows whose labels are gone (emptied, or
+        a segmentation made outside ASSFT that the user unmarked as expert labels) as proposed or unlabeled again.
 
         Returns:
             the number of rows whose state changed.
@@ -157,9 +158,12 @@ class ASSFTSceneLogic:
         for row in range(tableNode.GetNumberOfRows()):
             case, nodeId = ranking.rankedCaseFromTable(tableNode, row)
             node = self.scene.GetNodeByID(nodeId) if nodeId else None
-            if node is None or case.labeled or not self.isLabeled(node, modelCard):
+            if node is None:
                 continue
-            ranking.setCaseState(tableNode, case.caseId, CaseState.LABELED)
+            labeled = self.isLabeled(node, modelCard)
+            if labeled == case.labeled:
+                continue
+            ranking.setCaseState(tableNode, case.caseId, CaseState.of(labeled, case.pseudoLabeled, case.selected))
             changed += 1
         return changed
 

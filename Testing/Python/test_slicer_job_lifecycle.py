@@ -338,3 +338,25 @@ def test_worker_stops_at_its_next_event_when_the_cancel_file_appears(tmp_path):
     with pytest.raises(CancelledError):
         cancel.check()
     assert cancel.requested
+
+
+def test_marking_and_unmarking_an_automatic_segmentation_updates_the_rows_state(tmp_path):
+    env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
+    spec = controller.startJob("rank")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    controller._runner.end(0)
+    table = controller.parameterNode.rankingTable
+    automatic = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    automatic.SetReferenceImageGeometryParameterFromVolumeNode(nodes[2])
+    segmentation.fillSegmentationFromClassLabelmap(
+        automatic, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[2])), card)
+
+    def state():
+        case = ranking.rankedCaseFromTable(table, rowOf(table, nodes[2]))[0]
+        return case.labeled, case.selected
+
+    assert logic.refreshLabeledStates(table, card) == 0 and state()[0] is False  # not the user's labels
+    segmentation.setExpertLabel(automatic, True)
+    assert logic.refreshLabeledStates(table, card) == 1 and state()[0] is True
+    segmentation.setExpertLabel(automatic, False)
+    assert logic.refreshLabeledStates(table, card) == 1 and state()[0] is False
