@@ -165,7 +165,10 @@ class QueryConfig:
         sampling: ``"top_k"`` (default) or ``"power"``: picks are made from the noised key
             ``log(max(score, 1e-12)) + g``, ``g ~ Gumbel(0, 1 / sampling_beta)`` drawn once per case from
             ``default_rng(seed)`` (the Gumbel-top-k trick: the first pick is drawn with probability proportional to
-            ``score ** sampling_beta``, later ones without replacement). ClaSP PE's power noising (method-spec.md
+            ``score ** sampling_beta``, later ones without replacement; in the greedy ``assft`` query each case
+            keeps its one draw while its score is recomputed after every pick). The score is the strategy's key as it
+            is, min-max normalised where the strategy normalises, so the pool's lowest case (key 0) is drawn last.
+            ClaSP PE's power noising (method-spec.md
             §3.2), offered for the scores that are otherwise taken top-k: ``assft`` (its combined score at each
             greedy step), ``asd_only``, ``dkd_only``, ``mean_entropy``, ``mc_dropout``, ``bald``, and the ASSFT branch
             of ``budget_aware``. Refused for strategies that already draw or cover (``random``, ``fg_random``,
