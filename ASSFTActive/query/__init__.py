@@ -6,7 +6,9 @@ Pipeline, each step a pure function testable alone:
 2. entropy sums over the scored regions (:mod:`.regions`) and per-case scores (:mod:`.scores`): ASD, knowledge
    divergence, mean entropy, MC-dropout (epistemic and BALD), ClaSP PE;
 3. one :class:`CaseEvidence` per case (:func:`summarize_case`);
-4. a full ordering of the pool, the first ``budget`` selected (:func:`select`);
+4. a full ordering of the pool, the first ``budget`` selected, each with a one-line reason (:func:`select`; the
+   coverage rules for tiny budgets in :mod:`.coverage`); out-of-distribution volumes flagged (:mod:`.ood`) and held
+   back, and the "where the model is probably wrong" list (:mod:`.wrong`);
 5. the multi-round schedule (:mod:`.rounds`: :func:`round_budgets`, :func:`plan_round`). How well each score
    predicts the model's error (hidden labels) is the benchmark harness's (``Testing/Benchmarks/harness``).
 
