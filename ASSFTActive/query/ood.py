@@ -9,8 +9,8 @@ The rule has three parts; a volume is flagged when any holds. The thresholds wer
 chosen freely, on the embedded hippocampus model (62 source training volumes), 40 other non-reserved hippocampus
 volumes without and with shifts of ``Testing/Benchmarks/harness/shifts.py``, 20 ACDC volumes and the five files of
 ``../shared/data/fixtures`` (``Testing/Benchmarks/ood_rule.py`` prints the table, ``results/ood_rule.md``;
-``Testing/Python/test_query_ood.py`` re-measures the fixtures and a hippocampus sample). "Ratio" is a statistic divided by its largest value over the source training volumes (leave-one-out for
-the feature distance):
+``Testing/Python/test_query_ood.py`` re-measures the fixtures and a hippocampus sample). "Ratio" is a statistic
+divided by its largest value over the source training volumes (leave-one-out for the feature distance):
 
 1. **Feature distance to the source statistics** (:data:`FEATURE_FACTOR` = 1.5): the Euclidean distance of the
    volume's unit pre-trained deepest-stage embedding to the nearest source training volume's, as a ratio.
