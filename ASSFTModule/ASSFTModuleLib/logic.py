@@ -210,8 +210,9 @@ class ASSFTSceneLogic:
         adaptedModel = result.modelCard if result.kind in ADAPT_KINDS else None
         activeModel = adaptedModel if result.activated else None
         card = self.modelCard(adaptedModel if adaptedModel is not None else model)
-        nodes = jobFolder.caseNodesInScene(self.scene, jobFolder.readCaseNodes(jobDir))
-        skipped = tuple(sorted(set(jobFolder.readCaseNodes(jobDir)) - set(nodes)))
+        cases = jobFolder.readCaseNodes(jobDir)
+        nodes = jobFolder.caseNodesInScene(self.scene, cases)  # the nodes the job was prepared from, no others
+        skipped = tuple(sorted(set(cases) - set(nodes)))
 
         chartNode = None
         queryRound = None
