@@ -48,7 +48,7 @@ CHECKPOINT_DIR = "checkpoints"
 JOB_KINDS = ("rank", "adapt", "sfr")
 #: The kinds that adapt the model: they store a new version, decide its activation and pseudo-label the pool.
 ADAPT_KINDS = ("adapt", "sfr")
-#: ``method`` of an ``sfr`` job's settings: the values of :class:`ASSFTActive.sfr.pipeline.SfrMethod` (kept here as
+#: ``method`` of an ``sfr`` job's settings: the values of :class:`ASSFTActive.sfr.config.SfrMethod` (kept here as
 #: plain strings so that this module imports no torch; a test checks that the two agree).
 SFR_METHODS = ("sfr", "sfr_plus")
 

@@ -38,7 +38,7 @@ class JobSpec:
         budget: volumes to propose when ranking.
         query: :class:`ASSFTActive.query.config.QueryConfig` settings (a dict).
         finetune: :class:`ASSFTActive.finetune.config.FinetuneConfig` settings (a dict).
-        sfr: :class:`ASSFTActive.sfr.pipeline.SfrConfig` settings of an ``sfr`` job (a dict, e.g.
+        sfr: :class:`ASSFTActive.sfr.config.SfrConfig` settings of an ``sfr`` job (a dict, e.g.
             ``{"method": "sfr_plus"}``; missing keys take SFR's defaults).
         sam_prior: SAM prior folder (``sam-card.json`` + weights) of an ``sfr`` job; ``""`` is the embedded
             ``sfr-sam-tiny`` (not Meta's SAM).
