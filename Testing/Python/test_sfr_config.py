@@ -1,0 +1,36 @@
+"""SFR's settings live in a torch-free module beside ``finetune/config.py``: the job protocol, the Slicer module and
+the browser check an ``sfr`` block without importing torch, and the settings SFR's run reads are derived there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from ASSFTActive.sfr.config import SfrConfig, SfrMethod
+
+
+def test_sfr_settings_import_without_torch_or_numpy():
+    code = ("import sys; from ASSFTActive.sfr.config import SfrConfig; SfrConfig.from_dict({'method': 'sfr_plus'}); "
+            "print(sorted(m for m in ('torch', 'numpy', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_run_settings_of_sfr_are_its_re_training_and_guard():
+    config = SfrConfig.from_dict({"method": "sfr_plus", "retrain": {"iterations": 7},
+                                  "validation": {"guard": False}, "checkpoint_every": 3})
+    run = config.finetune_config()
+    assert config.method == SfrMethod.SFR_PLUS
+    assert run.train == config.retrain and run.train.iterations == 7 and run.train.learning_rate == 0.01
+    assert run.validation.guard is False and run.checkpoint_every == 3
+
+
+def test_a_bad_sfr_setting_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="plus_voxel_threshold"):
+        SfrConfig(plus_voxel_threshold=2.0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        SfrConfig(checkpoint_every=0)
