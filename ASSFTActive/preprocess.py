@@ -49,17 +49,24 @@ class IntensityTransform:
 
     ``zscore_nonzero``: ``(x - mean) / std`` over the non-zero voxels (hippocampus crops are stored as uint8, float
     up to 1e4 or up to 1.7e6, so scaling must be per volume; all-zero volumes are left at 0). ``ct_window``: clip
-    to ``[a_min, a_max]`` HU and scale to ``[0, 1]``.
+    to ``[a_min, a_max]`` HU and scale to ``[0, 1]``. ``nnunet``: nnU-Net's schemes
+    (:func:`ASSFTActive.sources.nnunet.intensity_transform`); ``zero_stays_zero`` keeps voxels that are 0 at 0 (its
+    masked z-score leaves the voxels outside the non-zero mask alone).
     """
 
     scale: float
     offset: float
     low: float = -np.inf
     high: float = np.inf
+    zero_stays_zero: bool = False
 
     @classmethod
     def of(cls, array: np.ndarray, preprocessing: Mapping) -> IntensityTransform:
         """The transform of the card's ``preprocessing`` profile for ``array`` ``[I, J, K]`` (read slab by slab)."""
+        if preprocessing["profile"] == "nnunet":
+            from .sources.nnunet import intensity_transform
+
+            return intensity_transform(array, preprocessing)
         if preprocessing["profile"] == "ct_window":
             a_min, a_max = float(preprocessing["a_min"]), float(preprocessing["a_max"])
             return cls(scale=1.0 / (a_max - a_min), offset=-a_min / (a_max - a_min), low=0.0, high=1.0)
@@ -69,9 +76,13 @@ class IntensityTransform:
 
     def __call__(self, slab: np.ndarray) -> torch.Tensor:
         """Apply to ``slab`` (any shape and dtype): a new float32 tensor of the same shape (``slab`` is left as is)."""
-        x = torch.from_numpy(np.array(slab, dtype=np.float32, copy=True)).mul_(self.scale).add_(self.offset)
+        x = torch.from_numpy(np.array(slab, dtype=np.float32, copy=True))
+        zeros = x == 0 if self.zero_stays_zero else None
+        x.mul_(self.scale).add_(self.offset)
         if np.isfinite(self.low) or np.isfinite(self.high):
             x.clamp_(self.low, self.high)
+        if zeros is not None:
+            x[zeros] = 0.0
         return x
 
 

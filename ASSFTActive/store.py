@@ -414,7 +414,9 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
     """The model card a user means by ``spec``.
 
     Accepted: ``None`` or ``"default"`` (the embedded default), a card JSON file, a version folder of a store
-    (``<store>/<name>/v2``), or a model folder of a store (``<store>/<name>``: its active version). Whenever the card
+    (``<store>/<name>/v2``), a model folder of a store (``<store>/<name>``: its active version), or a model source
+    folder (an nnU-Net v2 result or fold folder, a MONAI bundle: the path of its weights file, which
+    :func:`ASSFTActive.cards.load_card` reads as a card; :mod:`ASSFTActive.sources`). Whenever the card
     lies in a store version (however it was named), the version is checked against its manifest (every file's size
     and SHA-256, :func:`verify_version` without loading) on every call, so a version changed after it was written is
     never used silently.
@@ -443,6 +445,12 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
             return active.card_path.resolve()
         if (path / CARD_FILE).is_file():
             return (path / CARD_FILE).resolve()
+        # an nnU-Net result folder or a MONAI bundle: its weights file is the card reference (load_card reads it)
+        from .sources import weights_in_folder
+
+        source_weights = weights_in_folder(path)
+        if source_weights is not None:
+            return source_weights.resolve()
     raise ModelError(
         f"{path}: no model card there. Pass 'default', a card JSON file, or a model folder of a store "
         "(<store>/<name> or <store>/<name>/v<k>)."

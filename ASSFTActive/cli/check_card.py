@@ -77,6 +77,7 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
 
 def run(args: argparse.Namespace) -> int:
     from ..models import load_model
+    from ..sources import describe
     from ..store import resolve_card
     from .common import resolve_device
 
@@ -86,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(card.class_names)}")
     model = load_model(card)
     print(f"weights:      {card.weights_path} ({model.report.summary()})")
+    for label, keys in (("missing", model.report.missing), ("unexpected", model.report.unexpected)):
+        if keys:
+            print(f"  {label} keys: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+    print("\n".join(describe(card)))
     if args.modules:
         print("modules (name: type); * = an encoder stage of the card:")
         for name, module in model.network.named_modules():

@@ -1,0 +1,347 @@
+"""nnU-Net v2 result folders as a model source: the card read from plans.json / dataset.json, the checkpoint read
+weights-only in nnU-Net's real layout, nnU-Net's axis order and normalisation, and rank / overlay / check-card /
+adapt on the folder as a user types them.
+
+The folder is written here as nnU-Net v2 (2.2 and later) writes it: ``plans.json`` with ``configurations`` ->
+``3d_fullres`` -> ``architecture`` (``network_class_name``, ``arch_kwargs``, ``_kw_requires_import``),
+``foreground_intensity_properties_per_channel``, ``transpose_forward``; ``dataset.json`` with ``channel_names``,
+``labels``, ``numTraining``, ``file_ending``; ``fold_0/checkpoint_final.pth`` with the keys of
+``nnUNetTrainer.save_checkpoint`` (``network_weights``, ``optimizer_state``, ``grad_scaler_state``, ``logging``,
+``_best_ema``, ``current_epoch``, ``init_args``, ``trainer_name``, ``inference_allowed_mirroring_axes``), holding the
+numpy scalars and ``torch.device`` a real one holds. The network is a randomly initialised ``PlainConvUNet`` of
+``dynamic-network-architectures`` (the package nnU-Net builds it with), small enough for CI.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_dataset
+
+from ASSFTActive.cli import main
+from ASSFTActive.errors import ModelError
+from ASSFTActive.io import Volume, read_volume
+from ASSFTActive.models import load_model
+from ASSFTActive.preprocess import to_model_space
+from ASSFTActive.sources import nnunet
+from ASSFTActive.store import ModelStore, resolve_card, resolve_card_path
+
+unet = pytest.importorskip("dynamic_network_architectures.architectures.unet",
+                           reason="dynamic-network-architectures is not installed (requirements.txt pins it)")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARCH_KWARGS = {
+    "n_stages": 3,
+    "features_per_stage": [4, 8, 16],
+    "conv_op": "torch.nn.modules.conv.Conv3d",
+    "kernel_sizes": [[3, 3, 3], [3, 3, 3], [3, 3, 3]],
+    "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+    "n_conv_per_stage": [2, 2, 2],
+    "n_conv_per_stage_decoder": [2, 2],
+    "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "dropout_op": None,
+    "dropout_op_kwargs": None,
+    "nonlin": "torch.nn.LeakyReLU",
+    "nonlin_kwargs": {"inplace": True},
+}
+
+#: Per nnU-Net's SimpleITK axis order [z, y, x]: the synthetic volumes are 1 x 1 x 1.5 mm in [i, j, k].
+PLANS = {
+    "dataset_name": "Dataset004_Hippocampus",
+    "plans_name": "nnUNetPlans",
+    "original_median_spacing_after_transp": [1.5, 1.0, 1.0],
+    "original_median_shape_after_transp": [20, 24, 24],
+    "image_reader_writer": "SimpleITKIO",
+    "transpose_forward": [0, 1, 2],
+    "transpose_backward": [0, 1, 2],
+    "configurations": {
+        "2d": {
+            "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 366,
+            "patch_size": [24, 24], "median_image_size_in_voxels": [24.0, 24.0], "spacing": [1.0, 1.0],
+            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                             "arch_kwargs": {**ARCH_KWARGS, "conv_op": "torch.nn.modules.conv.Conv2d",
+                                             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                                             "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]},
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+            "batch_dice": True,
+        },
+        "3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 9, "patch_size": [12, 16, 20], "median_image_size_in_voxels": [20.0, 24.0, 24.0],
+            "spacing": [1.5, 1.0, 1.0],
+            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape",
+            "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                             "arch_kwargs": ARCH_KWARGS,
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+            "batch_dice": False,
+        },
+    },
+    "experiment_planner_used": "ExperimentPlanner",
+    "label_manager": "LabelManager",
+    "foreground_intensity_properties_per_channel": {
+        "0": {"max": 540.0, "mean": 400.0, "median": 405.0, "min": 250.0, "percentile_00_5": 280.0,
+              "percentile_99_5": 520.0, "std": 100.0}},
+}
+
+DATASET = {
+    "channel_names": {"0": "CT"},
+    "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+    "numTraining": 3,
+    "file_ending": ".nii.gz",
+    "name": "Hippocampus",
+    "description": "synthetic two-box volumes written by the test",
+}
+
+
+def nnunet_network(arch_kwargs=ARCH_KWARGS, classes: int = 3) -> torch.nn.Module:
+    """The network as nnU-Net's trainer builds it (deep supervision on), straight from the package."""
+    ops = {"conv_op": torch.nn.Conv3d, "norm_op": torch.nn.InstanceNorm3d, "nonlin": torch.nn.LeakyReLU,
+           "dropout_op": None}
+    return unet.PlainConvUNet(input_channels=1, num_classes=classes, deep_supervision=True,
+                              **{**arch_kwargs, **ops})
+
+
+def write_checkpoint(path: Path, network: torch.nn.Module, plans=PLANS, dataset=DATASET) -> Path:
+    """A checkpoint with the keys and value types of ``nnUNetTrainer.save_checkpoint``."""
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
+    network(torch.zeros(1, 1, 12, 16, 20))[0].sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "network_weights": network.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "grad_scaler_state": None,
+        "logging": {"mean_fg_dice": [np.float64(0.41)], "ema_fg_dice": [np.float64(0.41)],
+                    "dice_per_class_or_region": [[np.float64(0.35), np.float64(0.47)]],
+                    "train_losses": [np.float32(-0.25)], "val_losses": [np.float32(-0.21)], "lrs": [0.01],
+                    "epoch_start_timestamps": [1.7e9], "epoch_end_timestamps": [1.7e9 + 30.0]},
+        "_best_ema": np.float64(0.41),
+        "current_epoch": 1,
+        "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset,
+                      "device": torch.device("cpu")},
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def write_nnunet_folder(root: Path, plans=PLANS, dataset=DATASET, seed: int = 0) -> Path:
+    """``<root>/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres`` with fold_0 trained."""
+    folder = root / "Dataset004_Hippocampus" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=4))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=4))
+    torch.manual_seed(seed)
+    write_checkpoint(folder / "fold_0" / "checkpoint_final.pth", nnunet_network())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_nnunet_folder(tmp_path_factory.mktemp("nnunet"))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pool")
+    write_dataset(root, count=4, labeled=2)
+    return root
+
+
+def test_folder_resolves_to_a_card_with_the_plans_geometry_normalisation_and_classes(folder):
+    card = resolve_card(folder)
+    assert resolve_card_path(folder) == (folder / "fold_0" / "checkpoint_final.pth").resolve()
+    assert card.architecture == "nnunet:PlainConvUNet" and card.weights_format == "nnunet_checkpoint"
+    assert card.class_names == ("background", "Anterior", "Posterior")
+    # nnU-Net's [z, y, x] becomes ASSFT's [i, j, k]; nnU-Net never reorients
+    assert card.patch_size == (20, 16, 12) and card.spacing == (1.0, 1.0, 1.5) and card.orientation is None
+    assert card.preprocessing == {"profile": "nnunet", "scheme": "CTNormalization", "use_mask_for_norm": False,
+                                  "mean": 400.0, "std": 100.0, "percentile_00_5": 280.0, "percentile_99_5": 520.0}
+    assert card.encoder_stages == ("encoder.stages.0", "encoder.stages.1", "encoder.stages.2")
+    assert card.provenance["configuration"] == "3d_fullres" and card.provenance["fold"] == "fold_0"
+    assert resolve_card(folder / "fold_0") == card  # a fold folder means the same checkpoint
+    assert resolve_card(card.path) == card  # the reference a job or a store version keeps resolves again
+
+
+def test_checkpoint_weights_load_exactly_into_the_network_nnunet_builds(folder):
+    model = load_model(resolve_card(folder))
+    saved = nnunet.read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    assert model.report.missing == () and model.report.unexpected == ()
+    assert model.report.loaded == len(saved) == len(model.network.state_dict())
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_checkpoint_extras_need_the_numpy_allow_list_and_nothing_more(folder):
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    with pytest.raises(Exception, match="numpy"):  # plain weights_only refuses the training log's numpy scalars
+        torch.load(str(path), map_location="cpu", weights_only=True)
+    checkpoint = nnunet.read_checkpoint(path)
+    assert checkpoint["trainer_name"] == "nnUNetTrainer" and nnunet.mirroring_axes(checkpoint) == (0, 1, 2)
+    assert float(checkpoint["_best_ema"]) == pytest.approx(0.41)
+
+
+class _RunsCode:
+    """An object whose unpickling would run code (writes a marker file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("payload", ["whole-model", "code"])
+def test_a_pickled_model_or_object_is_refused_without_running_it(tmp_path, payload):
+    folder = write_nnunet_folder(tmp_path)
+    checkpoint = folder / "fold_0" / "checkpoint_final.pth"
+    marker = tmp_path / "ran"
+    if payload == "whole-model":
+        torch.save(nnunet_network(), checkpoint)
+    else:
+        torch.save({"network_weights": nnunet_network().state_dict(), "trainer": _RunsCode(str(marker))}, checkpoint)
+    with pytest.raises(ModelError, match="never unpickles model objects"):
+        load_model(resolve_card(folder))
+    assert not marker.exists()
+
+
+def test_network_sees_its_input_in_nnunets_axis_order(tmp_path):
+    plans = copy.deepcopy(PLANS)
+    plans["transpose_forward"], plans["transpose_backward"] = [1, 0, 2], [1, 0, 2]
+    plans["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.5, 1.0]  # nnU-Net stores it transposed
+    folder = write_nnunet_folder(tmp_path, plans=plans)
+    card = resolve_card(folder)
+    # network axes: transpose_forward of SimpleITK's [k, j, i] = [j, k, i]
+    assert card.arguments["axes"] == [1, 2, 0]
+    assert card.patch_size == (20, 12, 16) and card.spacing == (1.0, 1.0, 1.5)
+    model = load_model(card)
+    reference = nnunet_network()
+    reference.load_state_dict(model.network.state_dict())
+    reference.decoder.deep_supervision = False
+    reference.eval()
+    x = torch.randn(1, 1, 20, 12, 16)  # [i, j, k]
+    with torch.no_grad():
+        ours = model.network(x)
+        theirs = reference(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+    assert ours.shape == (1, 3, 20, 12, 16)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def _volume_with_empty_border(seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.zeros((24, 24, 20), dtype=np.float32)
+    image[3:21, 2:22, 4:17] = rng.normal(350.0, 90.0, (18, 20, 13))
+    image[8:12, 8:12, 8:12] = 0.0  # a hole of zeros inside the body
+    return image
+
+
+@pytest.mark.parametrize("scheme, use_mask", [("CTNormalization", False), ("ZScoreNormalization", False),
+                                              ("ZScoreNormalization", True)])
+def test_normalisation_equals_nnunets_formulas(scheme, use_mask):
+    image = _volume_with_empty_border()
+    preprocessing = {"profile": "nnunet", "scheme": scheme, "use_mask_for_norm": use_mask, "mean": 400.0,
+                     "std": 100.0, "percentile_00_5": 280.0, "percentile_99_5": 520.0}
+    box, expected = nnunet.reference_normalisation(image, preprocessing)
+    ours = nnunet.intensity_transform(image, preprocessing)(image).numpy()[box]
+    if use_mask:  # nnU-Net z-scores zeros inside its hole-filled mask; ASSFT keeps every zero at zero
+        hole = image[box] == 0
+        assert np.abs(ours - expected)[~hole].max() < 1e-4
+        assert hole.sum() == 64 and np.all(ours[hole] == 0)
+    else:
+        assert np.abs(ours - expected).max() < 1e-4
+
+
+def test_model_space_input_is_nnunets_preprocessed_crop(folder):
+    card = resolve_card(folder)
+    image = _volume_with_empty_border()
+    volume = Volume(image, np.diag([1.0, 1.0, 1.5, 1.0]))
+    tensor, space = to_model_space(volume, card)
+    assert space.model_shape == image.shape  # the plans' spacing: no resampling
+    box, expected = nnunet.reference_normalisation(image, card.preprocessing)
+    assert np.abs(tensor[0].numpy()[box] - expected).max() < 1e-4
+
+
+def test_unsupported_folders_are_refused_naming_the_reason(tmp_path):
+    dataset = {**DATASET, "labels": {"background": 0, "whole": [1, 2], "core": 2}, "regions_class_order": [1, 2]}
+    with pytest.raises(ModelError, match="region-based"):
+        resolve_card(write_nnunet_folder(tmp_path / "a", dataset=dataset))
+    with pytest.raises(ModelError, match="single-channel"):
+        resolve_card(write_nnunet_folder(tmp_path / "b", dataset={**DATASET, "channel_names": {"0": "T1", "1": "T2"}}))
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"] = {**ARCH_KWARGS, "nonlin": "os.system"}
+    with pytest.raises(ModelError, match="not an operator ASSFT builds"):
+        load_model(resolve_card(write_nnunet_folder(tmp_path / "c", plans=plans)))
+    empty = tmp_path / "d" / "Dataset001_X" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    empty.mkdir(parents=True)
+    (empty / "plans.json").write_text(json.dumps(PLANS))
+    (empty / "dataset.json").write_text(json.dumps(DATASET))
+    with pytest.raises(ModelError, match="no fold_<k>/checkpoint_final.pth"):
+        resolve_card(empty)
+
+
+def test_check_card_reports_the_source_and_runs_a_forward_pass(folder, capsys):
+    assert main(["check-card", str(folder), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "nnunet:PlainConvUNet" in out and "background, Anterior, Posterior" in out
+    assert "0 missing, 0 unexpected" in out
+    assert "CTNormalization" in out and "spacing" in out
+    assert "forward pass: [20, 16, 12] patch -> output [1, 3, 20, 16, 12]" in out
+    assert "the card is usable" in out
+
+
+def test_rank_and_overlay_run_on_the_folder(folder, pool, tmp_path, capsys):
+    out = tmp_path / "ranked"
+    assert main(["rank", "--images", str(pool / "images"), "--model", str(folder), "--budget", "1",
+                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    ranking = json.loads((out / "ranking.json").read_text())
+    assert len(ranking["cases"]) == 4 and sum(c["selected"] for c in ranking["cases"]) == 1
+    image = read_volume(pool / "images" / "case_000.nii.gz")
+    assert read_volume(out / "overlays" / "case_000_entropy.nii.gz").shape == image.shape
+    overlay = tmp_path / "overlay"
+    assert main(["overlay", "--image", str(pool / "images" / "case_001.nii.gz"), "--model", str(folder),
+                 "--out", str(overlay), "--device", "cpu"]) == 0
+    assert any(p.name.endswith(".nii.gz") for p in overlay.iterdir())
+
+
+@pytest.mark.slow
+def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, pool, tmp_path):
+    store = tmp_path / "store"
+    assert main(["adapt", "--images", str(pool / "images"), "--labels", str(pool / "labels"), "--model",
+                 str(folder), "--store", str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "4",
+                 "--semi-iterations", "2", "--batch-size", "2", "--device", "cpu"]) == 0
+    version = ModelStore(store).active("site")
+    assert version is not None and version.version == "v1"
+    adapted = resolve_card(store / "site")
+    assert adapted.architecture == "nnunet:PlainConvUNet" and adapted.preprocessing["profile"] == "nnunet"
+    assert adapted.pretrained_card() == resolve_card(folder)
+    before = load_model(resolve_card(folder)).network.state_dict()
+    after = load_model(adapted).network.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    out = tmp_path / "reranked"
+    assert main(["rank", "--images", str(pool / "images"), "--model", str(store / "site"), "--budget", "1",
+                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert len(json.loads((out / "ranking.json").read_text())["cases"]) == 4
