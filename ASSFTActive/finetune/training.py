@@ -52,7 +52,8 @@ class SupervisedCase:
     """A training volume with its (true or pseudo) label map on the same grid.
 
     Attributes:
-        voxel_mask: optional bool ``[I, J, K]``; only these voxels count in the loss (confident pseudo-labels).
+        voxel_mask: optional bool ``[I, J, K]``; only these voxels count in the loss (confident pseudo-labels, or
+            the annotated voxels of a partially labelled volume).
     """
 
     case_id: str
@@ -578,7 +579,8 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
     Args:
         network: the model to train (moved to ``device``); may be wrapped in ``DistributedDataParallel``.
         card: the model card (preprocessing, default patch size, encoder stages).
-        labeled: cases with expert labels.
+        labeled: cases with expert labels; a case's ``voxel_mask`` limits the supervised loss to those voxels
+            (partial labels: only the annotated voxels count).
         config: optimisation settings; ``l2sp_weight > 0`` adds :class:`L2SpPenalty` toward the weights at the call
             unless ``terms`` holds one (with its own anchor).
         terms: loss terms, added in this order after the supervised loss.
@@ -597,6 +599,7 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
     rng = np.random.default_rng([config.seed, start, schedule.rank])
     patch = tuple(config.patch_size or card.patch_size)
     sampler = _PatchSampler(card, labeled, patch, config, rng)
+    partial = any(case.voxel_mask is not None for case in labeled)
     network.to(device).train()
     optimizer, scheduler = make_optimizer(
         parameter_groups(network, card.encoder_stages, config.learning_rate, config.encoder_lr_scale), config)
@@ -614,10 +617,10 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
         part.on_train_start(state)
     for step in range(start, last):
         state.step = step
-        images, labels, _ = sampler.sample(config.batch_size)
+        images, labels, masks = sampler.sample(config.batch_size)
         images, labels = images.to(device), labels.to(device)
         logits = network(images)
-        loss = dice_ce_loss(logits, labels)
+        loss = dice_ce_loss(logits, labels, masks.to(device) if partial else None)
         state.metrics = {"loss_labeled": float(loss.detach())}
         batch = Batch(images, labels, logits)
         for term in terms:

@@ -138,3 +138,17 @@ def test_the_checkpoint_state_carries_the_optimiser_and_a_terms_teacher(tmp_path
     assert any(not torch.equal(v, network.state_dict()[k]) for k, v in teacher.items()
                if v.dtype.is_floating_point), "the teacher is an average, not the student"
     assert np.isfinite([float(v.float().sum()) for v in teacher.values()]).all()
+
+
+def test_a_labelled_case_counts_only_its_annotated_voxels(tmp_path):
+    card = load_card(make_tiny_card(tmp_path / "model"))
+    case = _cases(1)[0]
+    unannotated = SupervisedCase(case.case_id, case.image, case.label, np.zeros(case.label.array.shape, dtype=bool))
+    events = []
+    train_supervised(build_network(card), card, [unannotated], TrainConfig(iterations=2, batch_size=1), device=CPU,
+                     hooks=[ProgressHook(events.append)])
+    assert [e.metrics["loss_labeled"] for e in events] == [0.0, 0.0]
+    events.clear()
+    train_supervised(build_network(card), card, [case], TrainConfig(iterations=2, batch_size=1), device=CPU,
+                     hooks=[ProgressHook(events.append)])
+    assert all(e.metrics["loss_labeled"] > 0.1 for e in events)
