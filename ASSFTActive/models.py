@@ -334,12 +334,23 @@ def load_model(card: ModelCard, device: Optional[torch.device] = None) -> Loaded
 
 
 def save_weights(network: nn.Module, path: PathLike) -> Path:
-    """Write the network's state dict as safetensors, atomically."""
+    """Write the network's state dict as safetensors, atomically.
+
+    A tensor reachable under several names (nnU-Net's networks register each conv also as ``all_modules.0`` and the
+    encoder again as ``decoder.encoder``) is written once per name: safetensors refuses shared memory, and every
+    name must load back (the encoder check of :func:`load_weights` looks for each one).
+    """
     from safetensors.torch import save
 
     from .io import atomic_write_bytes
 
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    state, seen = {}, set()
+    for key, value in network.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        if tensor.numel() and tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        state[key] = tensor
     return atomic_write_bytes(path, save(state))
 
 
