@@ -8,7 +8,8 @@ For every true label of the development split (``Testing.Benchmarks.harness.spli
 * against the anatomy's model, unshifted and under each benchmark shift (``harness.shifts.BENCHMARK_SHIFTS``):
   label / predicted foreground, label / label-near-the-prediction (the existing ``label_prediction_ratio`` rule),
   and for each pair of classes the swap ratio (voxels predicted the other way round over those predicted as
-  labelled, ``ClassOverlap.swap``) with the share that ratio rests on.
+  labelled, ``ClassOverlap.swap``) with the share that ratio rests on, and how much better the label overlaps the
+  prediction when shifted (misregistration).
 
 The rule that turns the worst true label into a limit (fixed before the numbers were looked at):
 
@@ -19,7 +20,11 @@ The rule that turns the worst true label into a limit (fixed before the numbers 
 * ``max_swap_ratio`` = 2 x the largest true swap ratio among class pairs with at least ``min_swap_share`` (0.2)
   of their voxels crossed, at least 1 (crossing must win); measured under every shift;
 * ``class_volume_mm3`` = [least / 3, most x 3] of the true class volumes;
-* ``default`` (cards of other anatomies): the loosest of each limit over the measured anatomies, no volume range.
+* ``max_shift_gain`` = 1 + 2 x (the largest true gain - 1), where the gain is how much better a label overlaps the
+  prediction when shifted (``registration_shift``), measured under every shift; only for an anatomy whose model
+  was measured (else no misregistration check);
+* ``default`` (cards of other anatomies): the loosest of each limit over the measured anatomies, no volume range,
+  no misregistration check.
 
 The same script also reports how often wrong labels made from the same cases are caught at those limits (classes
 swapped, a 1-voxel outline in 3D or drawn in-plane, the middle slice only, a filled box, an inverted mask).
@@ -48,7 +53,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ASSFTActive.finetune.label_checks import class_overlap, foreground_agreement, label_shape  # noqa: E402
+from ASSFTActive.finetune.label_checks import (  # noqa: E402
+    class_overlap,
+    foreground_agreement,
+    label_shape,
+    registration_shift,
+)
 from ASSFTActive.io import case_id, read_label, read_volume  # noqa: E402
 from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, apply_shift  # noqa: E402
 from Testing.Benchmarks.harness.splits import acdc_patient, benchmark_split, each_case, read_reserved  # noqa: E402
@@ -56,6 +66,8 @@ from Testing.Benchmarks.harness.splits import acdc_patient, benchmark_split, eac
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "Testing" / "Benchmarks" / "results" / "label_check_thresholds.json"
 MIN_SWAP_SHARE = 0.2
+#: Shifts (voxels, along each axis in turn) of the misregistered labels whose detection is reported.
+SHIFTS_VOXELS = (2, 4, 6, 10)
 
 
 def development_cases(anatomy: str) -> List[str]:
@@ -136,11 +148,17 @@ def measure(anatomy: str, model_path: str) -> Dict[str, Any]:
             predicted = predictors.predict(shown).label
             agreement = foreground_agreement(case, label, predicted)
             overlap = class_overlap(case, label, predicted, num_classes)
+            shift = registration_shift(label > 0, predicted > 0, image.spacing)
+            moved = {f"shifted_{d}_axis{a}": registration_shift(np.roll(label > 0, d, axis=a), predicted > 0,
+                                                                 image.spacing)
+                     for d in SHIFTS_VOXELS for a in range(3)} if name == "none" else {}
             pairs_kj = [(k, j) for k in range(1, num_classes) for j in range(k + 1, num_classes)]
             bad = wrong_labels(label, num_classes)["swapped"]
             swapped_overlap = class_overlap(case, bad, predicted, num_classes)
             prediction_rows[name].append({
                 "case": case, "excess": agreement.excess, "away": agreement.away,
+                "shift_gain": shift.gain if shift is not None else None,
+                "shifted_label_gain": {k: (v.gain if v is not None else None) for k, v in moved.items()},
                 "swap": [[k, j, *overlap.swap(k, j)] for k, j in pairs_kj],
                 "swapped_label_swap": [[k, j, *swapped_overlap.swap(k, j)] for k, j in pairs_kj]})
     return {"cases": cases, "class_names": class_names, "shapes": [s.__dict__ for s in shapes],
@@ -168,20 +186,24 @@ def limits(measured: Dict[str, Any]) -> Dict[str, Any]:
         "class_volume_mm3": {n: [round(lo / 3, 1), round(hi * 3, 1)] for n, (lo, hi) in volumes.items()},
     }
     if measured["predictions"] is not None:
-        worst_swap, worst_excess, worst_away = 0.0, 0.0, 0.0
+        worst_swap, worst_excess, worst_away, worst_gain = 0.0, 0.0, 0.0, 1.0
         per_shift = {}
         for name, rows in measured["predictions"].items():
             swap = max([r for row in rows for _, _, r, sh in row["swap"] if sh >= MIN_SWAP_SHARE] or [0.0])
             excess = max(row["excess"] for row in rows)
             away = max(row["away"] for row in rows)
-            per_shift[name] = {"swap_ratio": swap, "excess": excess, "away": away}
+            gain = max([row["shift_gain"] for row in rows if row["shift_gain"] is not None] or [1.0])
+            per_shift[name] = {"swap_ratio": swap, "excess": excess, "away": away, "shift_gain": gain}
+            worst_gain = max(worst_gain, gain)
             worst_swap, worst_excess, worst_away = max(worst_swap, swap), max(worst_excess, excess), max(worst_away,
                                                                                                         away)
         out["worst_true"].update({"swap_ratio": worst_swap, "excess": worst_excess, "away": worst_away,
-                                  "per_shift": per_shift})
+                                  "shift_gain": worst_gain, "per_shift": per_shift})
         out["max_swap_ratio"] = round(max(1.0, 2 * worst_swap), 3)
+        out["max_shift_gain"] = round(1.0 + 2 * (worst_gain - 1.0), 3)
     else:
         out["max_swap_ratio"] = None
+        out["max_shift_gain"] = None
     return out
 
 
@@ -205,6 +227,11 @@ def caught(measured: Dict[str, Any], lim: Dict[str, Any]) -> Dict[str, float]:
             hit = sum(any(r > lim["max_swap_ratio"] and sh >= MIN_SWAP_SHARE
                           for _, _, r, sh in row["swapped_label_swap"]) for row in rows)
             rates[f"swapped_by_prediction_{name}"] = hit / len(rows)
+        for d in SHIFTS_VOXELS:  # over the three axes
+            gains = [row["shifted_label_gain"][f"shifted_{d}_axis{a}"] for row in measured["predictions"]["none"]
+                     for a in range(3)]
+            rates[f"shifted_{d}_voxels_by_prediction"] = sum(g is not None and g > lim["max_shift_gain"]
+                                                            for g in gains) / len(gains)
     return rates
 
 
@@ -244,7 +271,7 @@ def main() -> int:
         "min_thinnest": min(r["min_thinnest"] for r in results.values()),
         "min_interior_share": min(r["min_interior_share"] for r in results.values()),
         "max_swap_ratio": max(measured_swaps) if measured_swaps else None,
-        "min_swap_share": MIN_SWAP_SHARE, "class_volume_mm3": None}
+        "min_swap_share": MIN_SWAP_SHARE, "class_volume_mm3": None, "max_shift_gain": None}
     for anatomy in ("hippocampus", "acdc"):
         if anatomy in results and results[anatomy]["max_swap_ratio"] is None:
             results[anatomy]["max_swap_ratio"] = results["default"]["max_swap_ratio"]

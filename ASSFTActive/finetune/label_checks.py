@@ -270,6 +270,9 @@ class LabelCheckThresholds:
         class_volume_mm3: ``{class name: (least, most)}`` mm³ of a complete label's class; outside is another
             structure (most) or a partial label (least, unless declared); ``None``: not measured (no check).
         measured_on: where the numbers come from, in words.
+        max_shift_gain: a label is refused as misregistered when shifting it (up to :data:`SHIFT_REACH_VOXELS`
+            voxels) makes it overlap the model's prediction more than this many times better than in place
+            (:func:`registration_shift`); ``None``: not measured for this anatomy (no check).
     """
 
     anatomy: str
@@ -281,21 +284,22 @@ class LabelCheckThresholds:
     min_swap_share: float
     class_volume_mm3: Optional[Mapping[str, Tuple[float, float]]]
     measured_on: str
+    max_shift_gain: Optional[float] = None
 
 
 _MEASURED = ("development split ({n} cases, reserved.txt excluded) by scripts/measure_label_checks.py; "
              "Testing/Benchmarks/results/label_check_thresholds.json")
 
 #: The limits per anatomy (:class:`LabelCheckThresholds`), as ``scripts/measure_label_checks.py`` set them. ACDC's
-#: swap limit is the hippocampus's: the ACDC source model was not on the machine that measured (its shape limits
-#: need no model and are ACDC's own).
+#: swap limit is the hippocampus's and it has no misregistration check: the ACDC source model was not on the machine
+#: that measured (its shape limits need no model and are ACDC's own).
 LABEL_CHECK_THRESHOLDS: Dict[str, LabelCheckThresholds] = {
     "hippocampus": LabelCheckThresholds(
         "hippocampus", max_volume_share=0.1495, max_box_fill=0.6237, min_thinnest=2, min_interior_share=0.2442,
         max_swap_ratio=1.365, min_swap_share=0.2,
         class_volume_mm3={"anterior": (386.0, 7431.0), "posterior": (360.0, 5958.0)},
         measured_on="MSD hippocampus " + _MEASURED.format(n=70) + "; embedded default model, no shift, scanner 0.3 "
-                    "and 0.7"),
+                    "and 0.7", max_shift_gain=1.722),
     "acdc": LabelCheckThresholds(
         "acdc", max_volume_share=0.1356, max_box_fill=0.767, min_thinnest=2, min_interior_share=0.2383,
         max_swap_ratio=1.365, min_swap_share=0.2,
@@ -392,6 +396,23 @@ def find_shape_issues(shapes: Sequence[LabelShape], class_names: Sequence[str], 
     return issues
 
 
+def find_registration_issues(agreements: Sequence[ForegroundAgreement],
+                             limits: LabelCheckThresholds) -> List[LabelIssue]:
+    """Labels that overlap the current model's prediction far better when shifted: drawn on another image or
+    exported with another origin (misregistered by a few millimetres)."""
+    if limits.max_shift_gain is None:
+        return []
+    issues = []
+    for a in agreements:
+        if a.shift is not None and a.shift.gain > limits.max_shift_gain:
+            gain = "only when shifted" if math.isinf(a.shift.gain) else f"{a.shift.gain:.1f} times better"
+            issues.append(LabelIssue("misregistered", (a.case_id,), None, (
+                f"{a.case_id}: the label overlaps the current model's prediction {gain} when shifted by "
+                f"{a.shift.offset_mm:.1f} mm than where it is (true {limits.anatomy} labels at most "
+                f"{limits.max_shift_gain:g} times); was it drawn on another image, or exported with another origin?")))
+    return issues
+
+
 def find_swap_issues(overlaps: Sequence[ClassOverlap], class_names: Sequence[str],
                      limits: LabelCheckThresholds) -> List[LabelIssue]:
     """Pairs of label classes that the current model predicts the other way round far more than as labelled
@@ -411,6 +432,59 @@ def find_swap_issues(overlaps: Sequence[ClassOverlap], class_names: Sequence[str
     return issues
 
 
+#: Largest shift (voxels, per axis) :func:`registration_shift` tries.
+SHIFT_REACH_VOXELS = 12
+#: Voxels of the label's box (with the reach) above which :func:`registration_shift` subsamples the grid.
+_SHIFT_VOXELS = 1 << 21
+
+
+@dataclass(frozen=True)
+class RegistrationShift:
+    """Where the label overlaps the model's predicted foreground best, among shifts of up to
+    :data:`SHIFT_REACH_VOXELS` voxels per axis.
+
+    Attributes:
+        offset_mm: length of the best shift (mm).
+        gain: overlap at the best shift / overlap in place (1 = the label lies best where it is; inf when it does
+            not overlap in place at all).
+    """
+
+    offset_mm: float
+    gain: float
+
+
+def registration_shift(label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
+                       reach: int = SHIFT_REACH_VOXELS) -> Optional[RegistrationShift]:
+    """How much better a label's foreground (bool ``[I, J, K]``) overlaps the prediction's (bool, same grid) when
+    shifted, by cross-correlation (FFT) over the label's bounding box; ``None`` when either is empty. Large boxes are
+    subsampled so at most about 2 M voxels are transformed (the gain is a ratio of overlaps, robust to it)."""
+    truth, predicted = np.asarray(label, bool), np.asarray(prediction, bool)
+    if not truth.any() or not predicted.any():
+        return None
+    from scipy.signal import fftconvolve
+
+    where = np.nonzero(truth)
+    low = [int(w.min()) for w in where]
+    high = [int(w.max()) + 1 for w in where]
+    step = 1
+    while np.prod([(h - lo + 2 * reach) / step for lo, h in zip(low, high)]) > _SHIFT_VOXELS:
+        step += 1
+    reach_steps = max(1, reach // step)
+    box = tuple(slice(lo, h, step) for lo, h in zip(low, high))
+    inner = truth[box].astype(np.float32)
+    padded = np.pad(predicted, [(reach_steps * step, reach_steps * step)] * 3)
+    around = padded[tuple(slice(lo, h + 2 * reach_steps * step, step) for lo, h in zip(low, high))]
+    around = around[tuple(slice(0, n + 2 * reach_steps) for n in inner.shape)].astype(np.float32)
+    corr = fftconvolve(around, inner[::-1, ::-1, ::-1], mode="valid")  # [2 reach + 1] per axis, centre = no shift
+    corr = np.rint(corr)
+    centre = tuple(n // 2 for n in corr.shape)
+    best = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    offset = (np.asarray(best) - np.asarray(centre)) * step * np.asarray([float(x) for x in spacing])
+    in_place = float(corr[centre])
+    gain = float(corr[best]) / in_place if in_place > 0 else (math.inf if corr[best] > 0 else 1.0)
+    return RegistrationShift(float(np.linalg.norm(offset)), gain)
+
+
 @dataclass(frozen=True)
 class ForegroundAgreement:
     """How one label's foreground (every class > 0) compares with the current model's prediction of its volume.
@@ -421,6 +495,7 @@ class ForegroundAgreement:
         predicted_voxels: foreground voxels of the prediction.
         near_voxels: label foreground voxels within :data:`REACH_VOXELS` of the predicted foreground.
         overlap: the per-class comparison (:func:`class_overlap`), when computed.
+        shift: the label's registration against the prediction (:func:`registration_shift`), when computed.
     """
 
     case_id: str
@@ -428,6 +503,7 @@ class ForegroundAgreement:
     predicted_voxels: int
     near_voxels: int
     overlap: Optional[ClassOverlap] = None
+    shift: Optional[RegistrationShift] = None
 
     @property
     def excess(self) -> float:
@@ -442,13 +518,15 @@ class ForegroundAgreement:
 
 
 def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray,
-                         num_classes: Optional[int] = None) -> ForegroundAgreement:
+                         num_classes: Optional[int] = None,
+                         spacing: Optional[Sequence[float]] = None) -> ForegroundAgreement:
     """Compare a label with a prediction of the same volume.
 
     Args:
         label: class-index label map ``[I, J, K]``.
         prediction: the model's class-index map ``[I, J, K]`` on the same grid.
         num_classes: also compare class by class (:func:`class_overlap`).
+        spacing: voxel size in mm ``[3]``: also measure the label's registration (:func:`registration_shift`).
     """
     truth, predicted = np.asarray(label) > 0, np.asarray(prediction) > 0
     near = 0
@@ -459,8 +537,9 @@ def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray
         grown = ndimage.binary_dilation(predicted[box], iterations=REACH_VOXELS)
         near = int(np.count_nonzero(truth[box] & grown))
     overlap = class_overlap(case_id, label, prediction, num_classes) if num_classes else None
+    shift = registration_shift(truth, predicted, spacing) if spacing is not None else None
     return ForegroundAgreement(str(case_id), int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)), near,
-                               overlap)
+                               overlap, shift)
 
 
 def find_prediction_issues(agreements: Sequence[ForegroundAgreement],
@@ -532,7 +611,7 @@ def predict_agreements(cases: Sequence[Any], model: Any, *, ctx: Any = None, dev
         step = next(steps)
         prediction = predictor.predict(case.image).label
         agreement = foreground_agreement(case.case_id, np.asarray(case.label.array), prediction,
-                                         model.card.num_classes)
+                                         model.card.num_classes, case.image.spacing)
         emit(progress, "progress", phase=phase, step=step, total=len(cases),
              message=f"compared the label of {case.case_id} with the current model's prediction")
         return agreement
@@ -565,6 +644,7 @@ def require_labels_near_prediction(cases: Sequence[Any], model: Any, max_ratio: 
     if limits is not None:
         refused += find_swap_issues([a.overlap for a in agreements if a.overlap is not None],
                                     model.card.class_names, limits)
+        refused += find_registration_issues(agreements, limits)
     if refused and not allow:
         raise InputError(
             "the labels do not fit the current model's prediction, so the model was not adapted: "
@@ -613,7 +693,8 @@ def check_evaluation_label(case_id: str, label: np.ndarray, prediction: np.ndarr
             f"{case_id}: the label contains only background; a score against it says nothing."))], []
     refused = find_shape_issues([label_shape(case_id, label, spacing, n)], checks.class_names, checks.limits,
                                 checks.partial)
-    agreement = foreground_agreement(case_id, label, prediction, n)
+    agreement = foreground_agreement(case_id, label, prediction, n, spacing)
     far, warned = find_prediction_issues([agreement], checks.max_ratio)
     refused += far + find_swap_issues([agreement.overlap], checks.class_names, checks.limits)
+    refused += find_registration_issues([agreement], checks.limits)
     return refused, warned

@@ -19,6 +19,7 @@ from ASSFTActive.finetune.label_checks import (
     ClassOverlap,
     class_overlap,
     find_prediction_issues,
+    find_registration_issues,
     find_shape_issues,
     find_swap_issues,
     foreground_agreement,
@@ -27,6 +28,7 @@ from ASSFTActive.finetune.label_checks import (
     require_plausible_labelled_set,
     thresholds_for,
 )
+from ASSFTActive.inference import Predictor
 from ASSFTActive.io import read_label, read_volume, write_volume
 from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, load_card
 
@@ -72,6 +74,8 @@ def test_the_engine_limits_are_the_measured_ones():
             assert getattr(limits, key) == pytest.approx(row[key]), (anatomy, key)
         volumes = {k: tuple(v) for k, v in (row["class_volume_mm3"] or {}).items()} or None
         assert limits.class_volume_mm3 == volumes
+        gain = row["max_shift_gain"]
+        assert limits.max_shift_gain == (None if gain is None else pytest.approx(gain))
     # every true development label passed at these limits when they were measured
     for anatomy in ("hippocampus", "acdc"):
         worst = measured[anatomy]["worst_true"]
@@ -230,3 +234,28 @@ def test_acdc_patient006_frame01_passes_although_the_failing_model_predicts_19_t
     assert refused == [] and find_swap_issues([agreement.overlap], ACDC_NAMES, limits) == []
     if agreement.excess > 15:
         assert [i.kind for i in warned] == ["more_foreground_than_predicted"]
+
+
+def test_a_misregistered_label_is_refused_and_one_in_place_passes(default_model):
+    name = _labelled_sample_names()[0]
+    image, label = _sample(name)
+    limits = LABEL_CHECK_THRESHOLDS["hippocampus"]
+    prediction = Predictor(default_model).predict(image).label
+    in_place = foreground_agreement(name, label, prediction, 3, image.spacing)
+    assert in_place.shift.gain <= limits.max_shift_gain and find_registration_issues([in_place], limits) == []
+    moved = np.roll(label, 6, axis=2)  # 6 mm off (detection depends on the direction: RESULTS.md)
+    agreement = foreground_agreement(name, moved, prediction, 3, image.spacing)
+    issues = find_registration_issues([agreement], limits)
+    assert [i.kind for i in issues] == ["misregistered"] and "shifted by" in issues[0].message
+    assert 4.0 <= agreement.shift.offset_mm <= 8.0
+
+
+def test_registration_shift_finds_a_known_offset_also_on_a_subsampled_large_box():
+    from ASSFTActive.finetune.label_checks import registration_shift
+
+    prediction = np.zeros((200, 200, 120), bool)
+    prediction[40:160, 30:170, 20:100] = True
+    label = np.roll(prediction, 8, axis=1)
+    shift = registration_shift(label, prediction, (1.0, 1.0, 2.0))
+    assert 6.0 <= shift.offset_mm <= 10.0 and shift.gain > 1.0
+    assert registration_shift(prediction, prediction, (1.0, 1.0, 2.0)).gain == 1.0
