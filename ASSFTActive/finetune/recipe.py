@@ -45,7 +45,7 @@ Scorer = Callable[[nn.Module, int], None]
 def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume], stop: int, *,
                progress_offset: int, label: str, scorer: Optional[Scorer] = None, final: bool = False,
                resume: Optional[TrainingCheckpoint] = None,
-               labeller: PseudoLabeller = TeacherLabeller()) -> List[Tuple[PseudoDecision, ...]]:
+               labeller: Optional[PseudoLabeller] = None) -> List[Tuple[PseudoDecision, ...]]:
     """Train ``network`` in place on ``train`` (+ pseudo-labels of the pool) up to global step ``stop``.
 
     Args:
@@ -54,11 +54,13 @@ def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume]
         scorer: called every ``validation.every`` steps and at the end of each stage (cross-validation folds).
         final: the run on every labelled volume: writes resumable checkpoints and caches its pseudo-labels.
         resume: the final run's checkpoint to continue from.
-        labeller: labels the pool in each round (:class:`~.pseudo_round.PseudoLabeller`).
+        labeller: labels the pool in each round (:class:`~.pseudo_round.PseudoLabeller`; default the teacher,
+            :class:`~.pseudo_round.TeacherLabeller`).
 
     Returns:
         the pseudo-labelling decisions of each self-training round that ran (none in ``none`` mode).
     """
+    labeller = labeller if labeller is not None else TeacherLabeller()
     rounds: List[Tuple[PseudoDecision, ...]] = []
     start_stage = resume.stage if resume else 0
     if final and run.config.pseudo.mode != PseudoMode.NONE:
