@@ -14,8 +14,10 @@ caught here, by looking at what the labelled set contains, and reported with the
   more or less foreground than predicted only warns: a model that fails on a new site under- or over-segments, and
   its labels are exactly what adaptation needs (ACDC's patient006_frame01 under the harsh shift holds 19 times the
   failing model's foreground);
-* **swapped classes** (:func:`find_swap_issues`): a label class ``k`` far more of whose voxels lie where the model
-  predicts another class ``j`` than where it predicts ``k`` (anterior and posterior swapped in the export);
+* **swapped classes** (:func:`find_swap_issues`): two label classes that the model predicts the other way round far
+  more than as labelled (anterior and posterior swapped in the export);
+* **misregistered** (:func:`find_registration_issues`): a label that overlaps the prediction far better when shifted
+  by a few millimetres than where it is (drawn on another image, exported with another origin);
 * **shape** (:func:`find_shape_issues`, no model needed): an inverted mask (too much of the volume), a painted box
   (too much of its bounding box), a class spanning one slice, a one-voxel-thick outline, a class far larger than
   the anatomy's structure (another organ: a spleen given as hippocampus) or far smaller. The last three are
