@@ -156,7 +156,8 @@ def preprocessing(config: _Config) -> Dict[str, Any]:
         elif (name == "ScaleIntensityRanged" and float(args.get("b_min", 0)) == 0.0
               and float(args.get("b_max", 1)) == 1.0 and args.get("clip", False) is True and not profile):
             profile = {"profile": "ct_window", "a_min": float(args["a_min"]), "a_max": float(args["a_max"])}
-        elif name == "NormalizeIntensityd" and args.get("nonzero", False) is True and not profile:
+        elif (name == "NormalizeIntensityd" and args.get("nonzero", False) is True and not profile
+              and set(args) <= {"keys", "nonzero", "channel_wise", "dtype"}):
             profile = {"profile": "zscore_nonzero"}
         else:
             refused.append(f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items() if k != 'keys')})")

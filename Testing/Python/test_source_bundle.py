@@ -1,0 +1,211 @@
+"""MONAI bundles as a model source: the card read from configs/inference.json and configs/metadata.json without
+running the bundle's code, the weights from models/model.pt, and rank / check-card / adapt on the bundle folder.
+
+The configs are written here in the structure of the MONAI model zoo's ``spleen_ct_segmentation`` bundle
+(``imports``, ``$`` expressions for paths and the device, ``network_def`` -> ``network``, a ``Compose`` of
+preprocessing transforms, ``SlidingWindowInferer``, post-processing, ``CheckpointLoader`` handler, evaluator) and its
+``metadata.json`` (``network_data_format.outputs.pred.channel_def``). ``models/model.pt`` is the state dict of a
+randomly initialised network, as the model zoo's bundles store it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_dataset
+
+from ASSFTActive.cli import main
+from ASSFTActive.errors import ModelError
+from ASSFTActive.models import load_model
+from ASSFTActive.store import ModelStore, resolve_card, resolve_card_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPLEEN_INFERENCE = {
+    "imports": ["$import glob", "$import os"],
+    "bundle_root": ".",
+    "output_dir": "$@bundle_root + '/eval'",
+    "dataset_dir": "/workspace/data/Task09_Spleen",
+    "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
+    "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+    "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                    "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2,
+                    "norm": "batch"},
+    "network": "$@network_def.to(@device)",
+    "preprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
+         "clip": True},
+        {"_target_": "EnsureTyped", "keys": "image"}]},
+    "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+    "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                   "num_workers": 4},
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.5},
+    "postprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+         "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
+         "squeeze_end_dims": True}]},
+    "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+                  "load_dict": {"model": "@network"}},
+                 {"_target_": "StatsHandler", "iteration_log": False}],
+    "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                  "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                  "val_handlers": "@handlers", "amp": True},
+    "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', True)"],
+    "run": ["$@evaluator.run()"],
+}
+
+SPLEEN_METADATA = {
+    "version": "0.5.9", "monai_version": "1.3.0", "name": "Spleen CT segmentation",
+    "task": "Decathlon spleen segmentation",
+    "description": "A pre-trained model for volumetric (3D) segmentation of the spleen from CT image",
+    "network_data_format": {
+        "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+                             "spatial_shape": [96, 96, 96], "dtype": "float32", "value_range": [0, 1],
+                             "is_patch_data": True, "channel_def": {"0": "image"}}},
+        "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                             "spatial_shape": [96, 96, 96], "dtype": "float32", "value_range": [0, 1],
+                             "is_patch_data": True, "channel_def": {"0": "background", "1": "spleen"}}}},
+}
+
+
+def small_bundle_configs():
+    """The spleen bundle's structure around a network and patch small enough for CI, three classes, MRI-like
+    z-scoring (as MONAI's brats bundle) and the synthetic volumes' spacing (``write_dataset``: 1 x 1 x 1.5 mm)."""
+    inference = copy.deepcopy(SPLEEN_INFERENCE)
+    inference["network_def"].update({"out_channels": "@num_classes", "channels": [4, 8, 16], "strides": [2, 2],
+                                     "num_res_units": 1, "norm": "instance"})
+    inference["num_classes"] = 3
+    transforms = inference["preprocessing"]["transforms"]
+    transforms[3]["pixdim"] = [1.0, 1.0, 1.5]
+    transforms[4] = {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}
+    inference["inferer"]["roi_size"] = [24, 24, 16]
+    metadata = copy.deepcopy(SPLEEN_METADATA)
+    metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "background", "1": "a", "2": "b"}
+    return inference, metadata
+
+
+def write_bundle(folder: Path, inference=SPLEEN_INFERENCE, metadata=SPLEEN_METADATA, seed: int = 0) -> Path:
+    """A bundle folder with a random network's state dict built by MONAI from ``network_def`` (ConfigParser)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=4))
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4))
+    torch.manual_seed(seed)
+    network = reference_network(folder)
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return folder
+
+
+def reference_network(folder: Path) -> torch.nn.Module:
+    """``network_def`` instantiated by MONAI's own ConfigParser (safe here: the test wrote the config)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.fixture(scope="module")
+def spleen(tmp_path_factory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "spleen_ct_segmentation")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    inference, metadata = small_bundle_configs()
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "small_bundle", inference, metadata)
+
+
+def test_spleen_bundle_resolves_to_a_card_with_its_network_preprocessing_and_classes(spleen):
+    card = resolve_card(spleen)
+    assert resolve_card_path(spleen) == (spleen / "models" / "model.pt").resolve()
+    assert card.architecture == "monai:UNet"
+    assert dict(card.arguments) == {k: v for k, v in SPLEEN_INFERENCE["network_def"].items() if k != "_target_"}
+    assert card.class_names == ("background", "spleen")
+    assert card.preprocessing == {"profile": "ct_window", "a_min": -57.0, "a_max": 164.0}
+    assert card.spacing == (1.5, 1.5, 2.0) and card.orientation == "RAS" and card.patch_size == (96, 96, 96)
+    assert card.provenance["source"] == "monai_bundle" and card.provenance["version"] == "0.5.9"
+    assert resolve_card(card.path) == card
+
+
+def test_bundle_weights_load_exactly_into_the_network_configparser_builds(spleen):
+    model = load_model(resolve_card(spleen))
+    reference = reference_network(spleen)
+    saved = torch.load(str(spleen / "models" / "model.pt"), weights_only=True)
+    assert model.report.missing == () and model.report.unexpected == ()
+    assert list(model.network.state_dict()) == list(reference.state_dict())
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_references_to_literals_resolve_and_code_is_refused(tmp_path, small):
+    card = resolve_card(small)
+    assert card.arguments["out_channels"] == 3 and card.class_names == ("background", "a", "b")
+    inference, metadata = small_bundle_configs()
+    inference["network_def"]["channels"] = "$[4, 8, 16]"
+    with pytest.raises(ModelError, match="does not run code from a bundle"):
+        resolve_card(write_bundle_files(tmp_path / "expr", inference, metadata))
+    inference, metadata = small_bundle_configs()
+    inference["network_def"]["_target_"] = "os.system"
+    with pytest.raises(ModelError, match="not a MONAI network name"):
+        resolve_card(write_bundle_files(tmp_path / "target", inference, metadata))
+
+
+def write_bundle_files(folder: Path, inference, metadata, weights=None) -> Path:
+    """Configs and a weights file without building the network (for configs MONAI would refuse or run)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference))
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    torch.save(weights if weights is not None else {"x": torch.zeros(1)}, folder / "models" / "model.pt")
+    return folder
+
+
+def test_preprocessing_the_card_cannot_express_is_refused_by_name(tmp_path):
+    inference, metadata = small_bundle_configs()
+    inference["preprocessing"]["transforms"].insert(
+        4, {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "margin": 10})
+    with pytest.raises(ModelError, match=r"CropForegroundd\(source_key='image', margin=10\)"):
+        resolve_card(write_bundle_files(tmp_path / "crop", inference, metadata))
+
+
+def test_a_pickled_whole_model_is_refused(tmp_path):
+    inference, metadata = small_bundle_configs()
+    folder = write_bundle(tmp_path / "pickled", inference, metadata)
+    torch.save(reference_network(folder), folder / "models" / "model.pt")
+    with pytest.raises(ModelError, match="never unpickles model objects"):
+        load_model(resolve_card(folder))
+
+
+def test_check_card_rank_and_adapt_run_on_the_bundle(small, tmp_path, capsys):
+    assert main(["check-card", str(small), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "monai:UNet" in out and "0 missing, 0 unexpected" in out and "zscore_nonzero" in out
+    assert "MONAI bundle" in out and "the card is usable" in out
+    write_dataset(tmp_path / "pool", count=4, labeled=2)
+    images, labels = tmp_path / "pool" / "images", tmp_path / "pool" / "labels"
+    ranked = tmp_path / "ranked"
+    assert main(["rank", "--images", str(images), "--model", str(small), "--budget", "1", "--out", str(ranked),
+                 "--quiet", "--device", "cpu"]) == 0
+    cases = json.loads((ranked / "ranking.json").read_text())["cases"]
+    assert len(cases) == 4 and sum(c["selected"] for c in cases) == 1
+    assert all(np.isfinite(c["dkd"]) for c in cases)
+    store = tmp_path / "store"
+    assert main(["adapt", "--images", str(images), "--labels", str(labels), "--model", str(small), "--store",
+                 str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "4", "--semi-iterations",
+                 "2", "--batch-size", "2", "--device", "cpu", "--allow-implausible-labels"]) == 0
+    adapted = resolve_card(store / "site")
+    assert ModelStore(store).active("site").version == "v1"
+    assert adapted.architecture == "monai:UNet" and adapted.pretrained_card() == resolve_card(small)
