@@ -338,6 +338,12 @@ def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, poo
     adapted = resolve_card(store / "site")
     assert adapted.architecture == "nnunet:PlainConvUNet" and adapted.preprocessing["profile"] == "nnunet"
     assert adapted.pretrained_card() == resolve_card(folder)
+    import jsonschema
+
+    from ASSFTActive.cards import RESOURCES
+
+    schema = json.loads((RESOURCES / "model-card.schema.json").read_text())
+    jsonschema.validate(json.loads(adapted.path.read_text()), schema)
     before = load_model(resolve_card(folder)).network.state_dict()
     after = load_model(adapted).network.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
