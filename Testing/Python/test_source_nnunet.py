@@ -351,3 +351,30 @@ def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, poo
     assert main(["rank", "--images", str(pool / "images"), "--model", str(store / "site"), "--budget", "1",
                  "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     assert len(json.loads((out / "ranking.json").read_text())["cases"]) == 4
+
+
+def test_an_adapted_version_is_written_back_in_nnunets_layout(folder, pool, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(["adapt", "--images", str(pool / "images"), "--labels", str(pool / "labels"), "--model",
+                 str(folder), "--store", str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "2",
+                 "--semi-iterations", "1", "--batch-size", "2", "--device", "cpu",
+                 "--allow-implausible-labels"]) == 0
+    out = tmp_path / "nnUNet_results" / "Dataset004_Hippocampus_site"
+    assert main(["export-nnunet", str(store / "site"), "--out", str(out)]) == 0
+    exported = out / folder.name
+    assert sorted(p.name for p in exported.iterdir()) == ["dataset.json", "fold_0", "plans.json"]
+    assert (exported / "plans.json").read_bytes() == (folder / "plans.json").read_bytes()
+    adapted = load_model(resolve_card(store / "site")).network.state_dict()
+    # as nnUNetPredictor.initialize_from_trained_model_folder reads it: trainer, configuration, mirroring, a strict load
+    checkpoint = torch.load(str(exported / "fold_0" / "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    original = nnunet.read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    assert checkpoint["trainer_name"] == "nnUNetTrainer" and checkpoint["init_args"]["configuration"] == "3d_fullres"
+    assert checkpoint["inference_allowed_mirroring_axes"] == (0, 1, 2)
+    assert set(checkpoint["network_weights"]) == set(original["network_weights"])
+    network = nnunet_network()
+    network.load_state_dict(checkpoint["network_weights"], strict=True)
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, adapted[key]), key
+    assert resolve_card(exported).class_names == ("background", "Anterior", "Posterior")  # and ASSFT reads it again
+    assert main(["export-nnunet", str(store / "site"), "--out", str(out)]) == 2  # never overwritten
+    assert "exists" in capsys.readouterr().err
