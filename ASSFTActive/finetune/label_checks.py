@@ -410,8 +410,10 @@ def find_registration_issues(agreements: Sequence[ForegroundAgreement],
             gain = "only when shifted" if math.isinf(a.shift.gain) else f"{a.shift.gain:.1f} times better"
             issues.append(LabelIssue("misregistered", (a.case_id,), None, (
                 f"{a.case_id}: the label overlaps the current model's prediction {gain} when shifted by "
-                f"{a.shift.offset_mm:.1f} mm than where it is (true {limits.anatomy} labels at most "
-                f"{limits.max_shift_gain:g} times); was it drawn on another image, or exported with another origin?")))
+                f"{a.shift.offset_mm:.1f} mm than where it is ({100 * a.shift.share:.0f} % of the label then "
+                f"overlaps; true {limits.anatomy} labels at most {limits.max_shift_gain:g} times); was it drawn on "
+                "another image, or exported with another origin? (A model that fails on this image and predicts a "
+                "blob elsewhere gives the same sign.)")))
     return issues
 
 
@@ -449,10 +451,13 @@ class RegistrationShift:
         offset_mm: length of the best shift (mm).
         gain: overlap at the best shift / overlap in place (1 = the label lies best where it is; inf when it does
             not overlap in place at all).
+        share: the overlap at the best shift as a share of the label's foreground (what the gain rests on: a
+            failing model's small blob elsewhere can give a large gain on a small share).
     """
 
     offset_mm: float
     gain: float
+    share: float = 1.0
 
 
 def registration_shift(label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
@@ -484,7 +489,7 @@ def registration_shift(label: np.ndarray, prediction: np.ndarray, spacing: Seque
     offset = (np.asarray(best) - np.asarray(centre)) * step * np.asarray([float(x) for x in spacing])
     in_place = float(corr[centre])
     gain = float(corr[best]) / in_place if in_place > 0 else (math.inf if corr[best] > 0 else 1.0)
-    return RegistrationShift(float(np.linalg.norm(offset)), gain)
+    return RegistrationShift(float(np.linalg.norm(offset)), gain, float(corr[best]) / float(inner.sum()))
 
 
 @dataclass(frozen=True)
