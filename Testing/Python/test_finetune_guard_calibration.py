@@ -89,6 +89,11 @@ def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
     module.merge_goal_rows(goals, [new, dict(new, setting="sample_tiny_fast_0.34", value=1.9)])
     rows = json.loads(goals.read_text())["rows"]
     assert rows[0] == other and [r["value"] for r in rows[1:]] == [3.3, 1.9]
+    source = {"source": "Testing/Benchmarks/results/guard_cost.json"}
+    goals.write_text(json.dumps({"rows": [other, dict(old, **source), dict(old, setting="gone", **source)]}))
+    module.merge_goal_rows(goals, [dict(new, **source)])
+    rows = json.loads(goals.read_text())["rows"]
+    assert rows == [other, dict(new, **source)], "a variant the source no longer holds leaves no stale row"
 
 
 def test_a_set_may_give_the_cross_validation_itself():
