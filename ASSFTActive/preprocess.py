@@ -51,7 +51,8 @@ class IntensityTransform:
     up to 1e4 or up to 1.7e6, so scaling must be per volume; all-zero volumes are left at 0). ``ct_window``: clip
     to ``[a_min, a_max]`` HU and scale to ``[0, 1]``. ``nnunet``: nnU-Net's schemes
     (:func:`ASSFTActive.sources.nnunet.intensity_transform`); ``zero_stays_zero`` keeps voxels that are 0 at 0 (its
-    masked z-score leaves the voxels outside the non-zero mask alone).
+    masked z-score leaves the voxels outside the non-zero mask alone; ``zscore_nonzero`` with ``"keep_zeros": true`` is
+    MONAI's ``NormalizeIntensity(nonzero=True)``, which normalises only the non-zero voxels).
     """
 
     scale: float
@@ -72,7 +73,7 @@ class IntensityTransform:
             return cls(scale=1.0 / (a_max - a_min), offset=-a_min / (a_max - a_min), low=0.0, high=1.0)
         mean, std = nonzero_mean_std(array)
         scale = 1.0 / max(std, 1e-6)
-        return cls(scale=scale, offset=-mean * scale)
+        return cls(scale=scale, offset=-mean * scale, zero_stays_zero=bool(preprocessing.get("keep_zeros", False)))
 
     def __call__(self, slab: np.ndarray) -> torch.Tensor:
         """Apply to ``slab`` (any shape and dtype): a new float32 tensor of the same shape (``slab`` is left as is)."""

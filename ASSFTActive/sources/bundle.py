@@ -12,8 +12,8 @@ This module turns it into a :class:`~ASSFTActive.cards.ModelCard` without runnin
   (:data:`ASSFTActive.models.ALLOWED_MONAI_NETWORKS`), with literal arguments or ``@id`` references to literals;
 - ``preprocessing`` is mapped transform by transform onto the card's fields (``Orientationd`` -> ``orientation``,
   ``Spacingd`` -> ``spacing``, ``ScaleIntensityRanged`` -> the ``ct_window`` profile, ``NormalizeIntensityd`` with
-  ``nonzero`` -> ``zscore_nonzero``; loading and type transforms are ASSFT's own); a transform the card cannot
-  express is refused, named;
+  ``nonzero`` -> ``zscore_nonzero`` with ``keep_zeros``; loading and type transforms are ASSFT's own); a transform
+  the card cannot express is refused, named;
 - ``inferer.roi_size`` is the patch size.
 
 Why not ``monai.bundle.ConfigParser.get_parsed_content``: it instantiates every ``_target_`` and evaluates every
@@ -158,7 +158,7 @@ def preprocessing(config: _Config) -> Dict[str, Any]:
             profile = {"profile": "ct_window", "a_min": float(args["a_min"]), "a_max": float(args["a_max"])}
         elif (name == "NormalizeIntensityd" and args.get("nonzero", False) is True and not profile
               and set(args) <= {"keys", "nonzero", "channel_wise", "dtype"}):
-            profile = {"profile": "zscore_nonzero"}
+            profile = {"profile": "zscore_nonzero", "keep_zeros": True}  # MONAI leaves the zero voxels at 0
         else:
             refused.append(f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items() if k != 'keys')})")
     if refused:

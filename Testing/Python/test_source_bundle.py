@@ -192,7 +192,7 @@ def test_a_pickled_whole_model_is_refused(tmp_path):
 def test_check_card_rank_and_adapt_run_on_the_bundle(small, tmp_path, capsys):
     assert main(["check-card", str(small), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "monai:UNet" in out and "0 missing, 0 unexpected" in out and "zscore_nonzero" in out
+    assert "monai:UNet" in out and "0 missing, 0 unexpected" in out and "zscore_nonzero" in out and "keep_zeros" in out
     assert "MONAI bundle" in out and "the card is usable" in out
     write_dataset(tmp_path / "pool", count=4, labeled=2)
     images, labels = tmp_path / "pool" / "images", tmp_path / "pool" / "labels"
@@ -209,3 +209,79 @@ def test_check_card_rank_and_adapt_run_on_the_bundle(small, tmp_path, capsys):
     adapted = resolve_card(store / "site")
     assert ModelStore(store).active("site").version == "v1"
     assert adapted.architecture == "monai:UNet" and adapted.pretrained_card() == resolve_card(small)
+
+
+def test_bundle_preprocessing_equals_monais_own_transforms_on_a_volume(small, tmp_path):
+    """ASSFT's model-space input for the bundle's card against the bundle's Compose run by MONAI, on a volume stored
+    left-right flipped (Orientationd flips it) with zero voxels (NormalizeIntensityd nonzero leaves them at 0)."""
+    from monai.bundle import ConfigParser
+
+    from ASSFTActive.io import Volume, write_volume
+    from ASSFTActive.preprocess import to_model_space
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(200.0, 50.0, (24, 24, 20)).astype(np.float32)
+    image[:3] = 0.0
+    image[10:12, 10:12, 10:12] = 0.0
+    path = write_volume(Volume(image, np.diag([-1.0, 1.0, 1.5, 1.0])), tmp_path / "flipped.nii.gz")
+    parser = ConfigParser()
+    parser.read_config(str(small / "configs" / "inference.json"))
+    theirs = parser.get_parsed_content("preprocessing")({"image": str(path)})["image"][0].numpy()
+    from ASSFTActive.io import read_volume
+
+    ours, space = to_model_space(read_volume(path), resolve_card(small))
+    assert ours.shape[1:] == theirs.shape
+    print(f"bundle preprocessing: max |ASSFT - MONAI| = {np.abs(ours[0].numpy() - theirs).max():.2e}")
+    assert np.abs(ours[0].numpy() - theirs).max() < 1e-4
+
+
+def test_a_bundle_of_the_shipped_unet_scores_the_dice_monais_own_pipeline_scores(hippocampus_dir, tmp_path):
+    """The embedded hippocampus UNet written as a MONAI bundle: ASSFT's Dice on source-test volumes through the
+    bundle folder equals the Dice of the bundle's own preprocessing, network and SlidingWindowInferer run by MONAI
+    (issue 28: difference at most 0.01)."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+    from safetensors.torch import load_file
+
+    from ASSFTActive.cards import EMBEDDED_DEFAULT_CARD, load_card
+    from ASSFTActive.evaluate import LabelledCase, dice_per_class, evaluate_cases
+
+    default = load_card(EMBEDDED_DEFAULT_CARD)
+    inference = copy.deepcopy(SPLEEN_INFERENCE)
+    inference["network_def"] = {"_target_": "UNet", **default.arguments}
+    transforms = inference["preprocessing"]["transforms"]
+    transforms[3]["pixdim"] = list(default.spacing)
+    transforms[4] = {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}
+    inference["inferer"].update({"roi_size": list(default.patch_size), "sw_batch_size": 1, "mode": "gaussian"})
+    metadata = copy.deepcopy(SPLEEN_METADATA)
+    metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = dict(enumerate(default.class_names))
+    folder = write_bundle_files(tmp_path / "hippocampus_bundle", inference, metadata,
+                                weights=load_file(str(default.weights_path)))
+    cases = default.provenance["source_test_cases"][:8]
+    images = [hippocampus_dir / "imagesTr" / f"{c}.nii.gz" for c in cases]
+    labels = [hippocampus_dir / "labelsTr" / f"{c}.nii.gz" for c in cases]
+
+    ours = evaluate_cases(load_model(resolve_card(folder)), [LabelledCase(c, i, lab) for c, i, lab in
+                                                             zip(cases, images, labels)], hd95=False,
+                          device=torch.device("cpu"))
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(str(folder / "models" / "model.pt"), weights_only=True))
+    network.eval()
+    label_transform = Compose([LoadImaged("label"), EnsureChannelFirstd("label"), Orientationd("label", "RAS"),
+                               Spacingd("label", list(default.spacing), mode="nearest")])
+    theirs = []
+    with torch.no_grad():
+        for image, label in zip(images, labels):
+            x = preprocessing({"image": str(image)})["image"][None]
+            prediction = inferer(x, network).argmax(1)[0].numpy()
+            truth = label_transform({"label": str(label)})["label"][0].numpy().astype(np.int64)
+            theirs.append(dice_per_class(prediction, truth, default.num_classes))
+    ours_mean = float(np.mean([np.mean(case.dice) for case in ours.cases]))
+    theirs_mean = float(np.mean([np.mean(d) for d in theirs]))
+    print(f"mean Dice over {len(cases)} source-test volumes: ASSFT through the bundle {ours_mean:.6f}, "
+          f"MONAI's own bundle pipeline {theirs_mean:.6f}")
+    assert ours_mean > 0.5
+    assert abs(ours_mean - theirs_mean) <= 0.01
