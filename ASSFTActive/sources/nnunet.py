@@ -493,35 +493,6 @@ def intensity_transform(array, preprocessing: Mapping[str, Any]):
                               zero_stays_zero=bool(preprocessing.get("use_mask_for_norm", False)))
 
 
-def reference_normalisation(image, preprocessing: Mapping[str, Any]):
-    """nnU-Net v2's normalisation of one channel written out as its ``DefaultPreprocessor`` does it (crop to the
-    non-zero box, ``ZScoreNormalization`` / ``CTNormalization`` on the crop), for the equivalence test only.
-
-    Returns:
-        ``(box, normalised crop)`` in float32, as nnU-Net computes it.
-    """
-    import numpy as np
-    from scipy.ndimage import binary_fill_holes
-
-    box = nonzero_box(image)
-    crop = np.array(image[box], dtype=np.float32)
-    scheme = preprocessing["scheme"]
-    if scheme == "CTNormalization":
-        np.clip(crop, preprocessing["percentile_00_5"], preprocessing["percentile_99_5"], out=crop)
-        crop -= preprocessing["mean"]
-        crop /= max(preprocessing["std"], 1e-8)
-    elif scheme == "ZScoreNormalization":
-        if preprocessing.get("use_mask_for_norm", False):
-            mask = binary_fill_holes(crop != 0)
-            mean, std = crop[mask].mean(), crop[mask].std()
-            crop[mask] = (crop[mask] - mean) / max(std, 1e-8)
-        else:
-            mean, std = crop.mean(), crop.std()
-            crop -= mean
-            crop /= max(std, 1e-8)
-    return box, crop
-
-
 def mirroring_axes(checkpoint: Mapping[str, Any]) -> Optional[Sequence[int]]:
     """The checkpoint's ``inference_allowed_mirroring_axes`` (nnU-Net's network axes), or ``None``."""
     axes = checkpoint.get("inference_allowed_mirroring_axes")

@@ -251,6 +251,36 @@ def test_network_sees_its_input_in_nnunets_axis_order(tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def reference_normalisation(image: np.ndarray, preprocessing) -> tuple:
+    """nnU-Net v2's normalisation of one channel as its ``DefaultPreprocessor`` runs it: crop to the bounding box of
+    the non-zero voxels (``crop_to_nonzero``; the mask is the non-zero voxels with holes filled), then
+    ``ZScoreNormalization.run`` / ``CTNormalization.run`` (``nnunetv2/preprocessing/normalization/
+    default_normalization_schemes.py``) on the crop, in float32.
+
+    Returns:
+        ``(box, normalised crop)``.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    box = nnunet.nonzero_box(image)
+    crop = np.array(image[box], dtype=np.float32)
+    scheme = preprocessing["scheme"]
+    if scheme == "CTNormalization":
+        np.clip(crop, preprocessing["percentile_00_5"], preprocessing["percentile_99_5"], out=crop)
+        crop -= preprocessing["mean"]
+        crop /= max(preprocessing["std"], 1e-8)
+    elif scheme == "ZScoreNormalization":
+        if preprocessing.get("use_mask_for_norm", False):
+            mask = binary_fill_holes(crop != 0)  # seg >= 0 after crop_to_nonzero
+            mean, std = crop[mask].mean(), crop[mask].std()
+            crop[mask] = (crop[mask] - mean) / max(std, 1e-8)
+        else:
+            mean, std = crop.mean(), crop.std()
+            crop -= mean
+            crop /= max(std, 1e-8)
+    return box, crop
+
+
 def _volume_with_empty_border(seed: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = np.zeros((24, 24, 20), dtype=np.float32)
@@ -265,7 +295,7 @@ def test_normalisation_equals_nnunets_formulas(scheme, use_mask):
     image = _volume_with_empty_border()
     preprocessing = {"profile": "nnunet", "scheme": scheme, "use_mask_for_norm": use_mask, "mean": 400.0,
                      "std": 100.0, "percentile_00_5": 280.0, "percentile_99_5": 520.0}
-    box, expected = nnunet.reference_normalisation(image, preprocessing)
+    box, expected = reference_normalisation(image, preprocessing)
     ours = nnunet.intensity_transform(image, preprocessing)(image).numpy()[box]
     if use_mask:  # nnU-Net z-scores zeros inside its hole-filled mask; ASSFT keeps every zero at zero
         hole = image[box] == 0
@@ -281,7 +311,7 @@ def test_model_space_input_is_nnunets_preprocessed_crop(folder):
     volume = Volume(image, np.diag([1.0, 1.0, 1.5, 1.0]))
     tensor, space = to_model_space(volume, card)
     assert space.model_shape == image.shape  # the plans' spacing: no resampling
-    box, expected = nnunet.reference_normalisation(image, card.preprocessing)
+    box, expected = reference_normalisation(image, card.preprocessing)
     assert np.abs(tensor[0].numpy()[box] - expected).max() < 1e-4
 
 
