@@ -452,9 +452,11 @@ class ASSFTWebApp(TrameApp):
             with v3.VAlert(v_if=("error",), type="error", density="compact", closable=True, id="error_message",
                            classes="mb-2 text-caption", style="overflow-wrap: anywhere;"):
                 html.Div("{{ error }}", id="error_text")
-                html.Pre("{{ error_details }}", v_if=("error_details",), id="error_details",
-                         style="white-space: pre-wrap; max-height: 160px; overflow-y: auto; font-size: 11px; "
-                               "margin-top: 4px; background: rgba(0,0,0,0.25); padding: 4px;")
+                with html.Div(v_if=("error_details",), style="display: flex; flex-direction: column-reverse; "
+                              "max-height: 160px; overflow-y: auto; margin-top: 4px;"):  # scrolled to the last line
+                    html.Pre("{{ error_details }}", id="error_details",
+                             style="white-space: pre-wrap; font-size: 11px; background: rgba(0,0,0,0.25); "
+                                   "padding: 4px; margin: 0;")
                 with html.Div(v_if=("can_train_anyway",), id="train_anyway_box", classes="mt-1"):
                     html.Div("{{ train_anyway_warning }}", classes="mb-1")
                     v3.VBtn("Train anyway", click=self.train_anyway, disabled=("job_running",), size="small",
@@ -511,19 +513,19 @@ class ASSFTWebApp(TrameApp):
                             classes="text-caption"):
                 with html.Tr():
                     for title, tip in COLUMNS:
-                        html.Th(title, title=tip, style="text-align: left; border-bottom: 1px solid #666; "
-                                                        "cursor: help;")
+                        html.Th(title, title=tip, style=CELL + " text-align: left; border-bottom: 1px solid #666; "
+                                                               "cursor: help;")
                 with html.Tr(v_for="r in rows", key="r.case", classes="ranking-row",
                              click="trigger('select_row', [r.row])",
                              style=("{cursor: 'pointer', background: r.row === selected_row ? '" + ROW_SHOWN
                                     + "' : (r.state === 'proposed' ? '" + ROW_PROPOSED + "' : '')}",)):
-                    html.Td("{{ r.rank || '-' }}")
-                    html.Td("{{ r.volume }}")
-                    html.Td("{{ r.dkd === null ? '-' : r.dkd.toFixed(3) }}")
-                    html.Td("{{ r.asd === null ? '-' : r.asd.toFixed(3) }}")
-                    html.Td("{{ r.score === null ? '-' : r.score.toFixed(3) }}")
-                    html.Td("{{ r.state }}", classes="row-state")
-                    html.Td("{{ r.why }}", classes="row-why", style="font-size: 11px;")
+                    html.Td("{{ r.rank || '-' }}", style=CELL)
+                    html.Td("{{ r.volume }}", style=CELL)
+                    html.Td("{{ r.dkd === null ? '-' : r.dkd.toFixed(3) }}", style=CELL)
+                    html.Td("{{ r.asd === null ? '-' : r.asd.toFixed(3) }}", style=CELL)
+                    html.Td("{{ r.score === null ? '-' : r.score.toFixed(3) }}", style=CELL)
+                    html.Td("{{ r.state }}", classes="row-state", style=CELL)
+                    html.Td("{{ r.why }}", classes="row-why", style=CELL + " font-size: 11px;")
             with html.Div(id="table_legend", classes="text-caption mb-2", v_if=("rows.length",),
                           style="opacity: 0.85;"):
                 html.Span("", style=f"display:inline-block;width:10px;height:10px;background:{ROW_PROPOSED};"
@@ -567,6 +569,8 @@ class ASSFTWebApp(TrameApp):
         self.server.trigger("jump_to_region")(self.jump_to_region)
 
 
+#: A ranking table cell: a gap after each column, text at the top of the row.
+CELL = "padding: 1px 6px 1px 0; vertical-align: top;"
 #: Row colours of the ranking table (also in its legend).
 ROW_PROPOSED, ROW_SHOWN = "#5a3d00", "#37474f"
 #: The ranking table's columns and what each means (a tooltip on the header).

@@ -3,8 +3,9 @@
 One round as a user does it: open the page, Rank Volumes on the shipped sample data with the embedded model, see
 the ranking rows, toggle the entropy overlay, paint a stroke of each class with the mouse (the second class chosen in
 the page's segment list) and see the segment voxel counts grow, Save labels and find the file on disk with the
-painted voxels, Adapt Model (tiny training through the job spec, the product's label checks on) and see progress
-reach done and the table re-ranked, in a second tab opened while the job runs after the first tab was closed.
+painted voxels, Adapt Model (tiny training through the job spec, the product's label checks on: two strokes are
+refused as a partial label, Train anyway adapts) and see progress reach done and the table re-ranked, in a second
+tab opened while the job runs after the first tab was closed.
 A second, shorter round: a region click moves the slice views, Annotate pre-filled with the prediction, and Cancel
 during Adapt (the job ends cancelled, the model unchanged, the buttons usable again). Screenshots go to
 ``$ASSFT_SCREENSHOT_DIR`` (the committed ones: ``Testing/Benchmarks/results/browser_ui/``), else a temporary folder.
@@ -39,7 +40,8 @@ CHROMIUM = Path(os.environ.get("ASSFT_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(os.environ.get("ASSFT_SCREENSHOT_DIR", tempfile.mkdtemp(prefix="assft-browser-shots-")))
 CASES = ("hippocampus_011", "hippocampus_023", "hippocampus_026", "hippocampus_035")
 #: The smallest real Adapt: two supervised and one semi-supervised step on 16^3 patches, guard off (one labelled
-#: volume cannot be cross-validated); the label checks stay on (both classes are painted).
+#: volume cannot be cross-validated); the label checks stay on (a stroke per class is refused as a partial label
+#: until the page's Train anyway).
 TINY_FINETUNE = {"train": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
                  "semi_iterations": 1, "validation": {"guard": False}}
 #: An Adapt long enough to be cancelled while it trains.
@@ -291,13 +293,18 @@ def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(serve, ch
     backups = list((data / "labels" / "backup").glob(f"{volume}.*.nii.gz"))
     assert len(backups) == 1
 
-    # Adapt (label checks on): the buttons lock while it runs; a second tab opens on the running job and the
-    # first tab closes, which must neither cancel nor disturb the job
+    # Adapt (label checks on): two strokes are a partial label, which the checks refuse with the page's choice
+    # instead of command-line advice; Train anyway adapts. The buttons lock while it runs; a second tab opens on
+    # the running job and the first tab closes, which must neither cancel nor disturb the job
     page.click("#btn_adapt")
+    expect(page.locator("#job_status")).to_contain_text("adapt error", timeout=300_000)
+    expect(page.locator("#error_text")).to_contain_text("the labels look wrong")
+    page.click("#btn_train_anyway")
     expect(page.locator("#btn_adapt")).to_be_disabled(timeout=10_000)
     expect(page.locator("#btn_cancel")).to_be_enabled()
+    expect(page.locator("#error_message")).to_have_count(0)
     _shot(page, "04_adapting.png")
-    other = _open(chromium, served["url"], height=1250)  # tall enough for the chart under the table
+    other = _open(chromium, served["url"], height=1400)  # tall enough for the chart under the table
     expect(other.locator("#job_status")).to_contain_text("adapt running", timeout=30_000)
     expect(other.locator("#btn_adapt")).to_be_disabled()
     expect(other.locator("#ranking_caption")).to_contain_text("Ranked: ranking 1")
@@ -382,7 +389,7 @@ def test_adapt_with_sfr_plus_chosen_on_the_page_starts_an_sfr_job_that_cancels(s
     (job,) = list((served["data"] / ".assft" / "jobs").glob("*-sfr"))
     spec = json.loads((job / "job.json").read_text())
     assert spec["kind"] == "sfr" and spec["sfr"] == {"method": "sfr_plus"} and list(spec["labels"]) == [CASES[0]]
-    expect(page.locator("#job_status")).to_contain_text("| sfr", timeout=240_000)  # a phase of the SFR run
+    expect(page.locator("#job_status")).to_contain_text("Sfr: sfr", timeout=240_000)  # a phase of the SFR run
     page.click("#btn_cancel")
     expect(page.locator("#job_status")).to_contain_text("sfr cancelled", timeout=60_000)
     expect(page.locator("#btn_adapt")).to_be_enabled()
