@@ -80,11 +80,18 @@ def to_final_step(step: int, iterations: int, semi_steps: int, fold_iterations: 
 def fold_run(run: AdaptRun, progress_offset: int) -> AdaptRun:
     """The run a cross-validation fold trains in: ``run`` itself when ``validation.fold_fraction`` is 1 and the
     folds use the whole pool, else a copy with the shortened recipe (scored every ``every × fraction`` steps),
-    part of the pool, and training progress shown at the final run's steps (from ``progress_offset`` on)."""
+    part of the pool, and training progress shown at the final run's steps (from ``progress_offset`` on).
+
+    Only a recipe made of ASSFT's stages (``train.iterations`` + ``rounds × semi_steps``) is shortened; another
+    method's folds (SFR's, whose steps are its re-training's) run in full, with a warning."""
     config, validation = run.config, run.config.validation
     fraction, wanted = validation.fold_fraction, validation.fold_pool_cases
     pool = sorted(run.pool)
     if fraction == 1.0 and (wanted is None or wanted >= len(pool)):
+        return run
+    if run.recipe_steps != config.train.iterations + run.rounds * config.semi_steps:
+        run.warn("validation.fold_fraction and fold_pool_cases shorten Adapt Model's recipe (a supervised stage and "
+                 "semi-supervised rounds) only; this method's folds run in full.", phase="validate")
         return run
     iterations, semi = fold_stage_steps(config.train.iterations, config.semi_steps, fraction)
     short = replace(config, train=replace(config.train, iterations=iterations), semi_iterations=semi,

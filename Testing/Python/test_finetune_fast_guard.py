@@ -100,3 +100,17 @@ def test_the_fast_guard_refuses_contradicting_labels_like_the_full_guard(tmp_pat
     fast, _ = _adapt(world, "fast", dict(FAST, max_fold_loss=0.05), labels=labels, allow_implausible_labels=True)
     assert not full.activated and not fast.activated, (full.decision.reason, fast.decision.reason)
     assert full.decision.failed == fast.decision.failed
+
+
+def test_another_method_s_folds_run_in_full_with_a_warning():
+    """SFR's recipe is its re-training, not ASSFT's stages: the fold shortcut must not stretch its steps."""
+    from types import SimpleNamespace
+
+    from ASSFTActive.finetune.cross_validation import fold_run
+
+    warnings = []
+    config = _config({"fold_fraction": 0.5})
+    sfr_like = SimpleNamespace(config=config, pool={"u": "u.nii.gz"}, recipe_steps=config.train.iterations,
+                               rounds=1, warn=lambda message, phase: warnings.append(message))
+    assert fold_run(sfr_like, 0) is sfr_like
+    assert warnings and "this method's folds run in full" in warnings[0]
