@@ -49,6 +49,7 @@ from .query import (
     summarize_case,
 )
 from .query.ood import SourceReference, air_share, card_modality, load_reference, ood_reason
+from .query.units import ProposedUnit, Unit, UnitConfig, select_units, volume_priors, volume_units
 from .query.wrong import probably_wrong_list
 from .writing import BackgroundWriter
 
@@ -64,6 +65,8 @@ class VolumeReport:
         labeled: the volume already has an expert label (not a candidate; its embedding anchors diversity).
         evidence: the scores the selectors need.
         entropy_map, regions, prediction: written files (``None`` when outputs were not requested).
+        units: the volume's candidate slices or regions with their scores (:mod:`ASSFTActive.query.units`; empty
+            for ``--unit volume`` and for labelled volumes).
     """
 
     case_id: str
@@ -73,16 +76,19 @@ class VolumeReport:
     entropy_map: Optional[Path] = None
     regions: Optional[Path] = None
     prediction: Optional[Path] = None
+    units: Tuple[ProposedUnit, ...] = ()
 
 
 @dataclass(frozen=True)
 class RankResult:
-    """Everything ``rank_pool`` produced."""
+    """Everything ``rank_pool`` produced (``proposed``: the slices or regions proposed, best first, with
+    ``--unit slice|region``)."""
 
     ranking: Ranking
     volumes: Sequence[VolumeReport]
     out_dir: Path
     files: Mapping[str, Path] = field(default_factory=dict)
+    proposed: Tuple[ProposedUnit, ...] = ()
 
 
 def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
@@ -122,7 +128,7 @@ def _write_outputs(prediction: Prediction, geometry: Volume, paths: Tuple[Path, 
 
 def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *, labeled: bool = False,
                    out_dir: Optional[Path] = None, image: Optional[Volume] = None,
-                   writer: Optional[BackgroundWriter] = None) -> VolumeReport:
+                   writer: Optional[BackgroundWriter] = None, units: UnitConfig = UnitConfig()) -> VolumeReport:
     """Predict one volume, score it and (when ``out_dir`` is given) write its overlay, regions and prediction.
 
     Args:
@@ -134,6 +140,10 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
         image: the volume, when already in memory.
         writer: queue the outputs on this writer and return at once (the report names the files; they exist once
             the writer is closed); default: write them before returning.
+        units: with ``unit`` slice or region, score every slice / region of an unlabelled volume on its own grid.
+
+    Raises:
+        InputError: slice or region units asked of a model with no segmentation head yet (no entropy to score).
     """
     image = check_image(image if image is not None else read_volume(image_path))
     name = case_id(image_path)
@@ -148,6 +158,12 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
                               epistemic=moments.epistemic() if wants_mc else None,
                               mutual_information=moments.mutual_information() if wants_mc else None)
     evidence = replace(evidence, ood_reason=volume_ood_reason(image, prediction, predictor.current.card))
+    candidates: Tuple[ProposedUnit, ...] = ()
+    if units.unit != Unit.VOLUME and not labeled:
+        if math.isnan(evidence.asd):
+            raise InputError(f"--unit {units.unit.value} scores slices or regions by the model's entropy, but the "
+                             "model has no segmentation head yet (cold start); rank with --unit volume.")
+        candidates = volume_units(name, prediction.entropy_levels, prediction.region, image.spacing, units)
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled:
         paths = output_paths(Path(out_dir), name)
@@ -158,7 +174,7 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
             writer.submit(lambda: _write_outputs(prediction, geometry, paths, name))
         entropy_path, regions_path, label_path = paths
     return VolumeReport(case_id=name, image=Path(image_path), labeled=labeled, evidence=evidence,
-                        entropy_map=entropy_path, regions=regions_path, prediction=label_path)
+                        entropy_map=entropy_path, regions=regions_path, prediction=label_path, units=candidates)
 
 
 def foreground_share(prediction: Prediction) -> float:
@@ -188,7 +204,7 @@ def volume_ood_reason(image: Volume, prediction: Prediction, card: ModelCard) ->
 
 def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
                  out_dir: Optional[Path], progress: Optional[ProgressCallback] = None, *,
-                 background_writes: bool = True) -> List[VolumeReport]:
+                 background_writes: bool = True, units: UnitConfig = UnitConfig()) -> List[VolumeReport]:
     """:func:`analyse_volume` for every image, with a progress event per volume (once it is predicted and scored).
 
     The outputs of a volume are written while the next one is predicted (``background_writes=False``: before it);
@@ -200,7 +216,7 @@ def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfi
         for index, path in enumerate(images):
             name = case_id(path)
             reports.append(analyse_volume(Path(path), predictor, query, labeled=name in labeled, out_dir=out_dir,
-                                          writer=writer))
+                                          writer=writer, units=units))
             emit(progress, "progress", phase="rank", step=index + 1, total=len(images), message=name)
     return reports
 
@@ -217,6 +233,24 @@ def select_from_reports(reports: Sequence[VolumeReport], budget: int, query: Que
                   labeled_embeddings=[e.pretrained_embedding for e in labeled],
                   labeled_current_embeddings=[e.current_embedding for e in labeled],
                   round_index=round_index, total_rounds=total_rounds)
+
+
+def propose_units(ranking: Ranking, reports: Sequence[VolumeReport], budget: int, query: QueryConfig,
+                  units: UnitConfig) -> Tuple[Ranking, Tuple[ProposedUnit, ...]]:
+    """``budget`` slices or regions spread over the pool (:func:`~ASSFTActive.query.units.select_units`), the
+    volume ``ranking`` as their prior; the ranking comes back with ``selected`` marking the volumes that hold a
+    proposal. Out-of-distribution volumes get none unless ``query.propose_ood``; labelled volumes have no units.
+    """
+    by_id = {r.case_id: r for r in reports}
+    eligible = [c.case_id for c in ranking.cases if query.propose_ood or not by_id[c.case_id].evidence.ood_reason]
+    chosen = tuple(select_units([u for r in reports for u in r.units], budget, volume_priors(eligible), units))
+    count = {c.case_id: sum(u.case_id == c.case_id for u in chosen) for c in ranking.cases}
+    word = units.unit.value
+    cases = tuple(replace(c, selected=count[c.case_id] > 0, reason=(
+        c.reason if c.reason.startswith("not proposed") else
+        f"{count[c.case_id]} {word}(s) proposed (foreground entropy, volume rank as prior)" if count[c.case_id]
+        else "")) for c in ranking.cases)
+    return Ranking(strategy=ranking.strategy, budget=budget, cases=cases), chosen
 
 
 def round_plan(names: Sequence[str], labeled_ids: Sequence[str], budget: int, query: QueryConfig) -> RoundPlan:
@@ -243,19 +277,25 @@ def _text(path: Optional[Path]) -> Optional[str]:
     return str(path) if path else None
 
 
-def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard) -> RankingFile:
+def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
+                 proposed: Sequence[ProposedUnit] = (), unit: Unit = Unit.VOLUME) -> RankingFile:
     """The :class:`~ASSFTActive.jobs.RankingFile` of a selection: the ranked volumes in rank order with their scores
-    and files, then the labelled ones (not ranked; their ASD and KD are reported)."""
+    and files (with ``unit`` slice or region, each volume's ``proposed`` units, best first), then the labelled ones
+    (not ranked; their ASD and KD are reported)."""
     by_id = {r.case_id: r for r in reports}
+    unit = Unit(unit)
     entries = []
     for case in ranking.cases:
         report = by_id[case.case_id]
+        mine = tuple(u.to_record() for u in proposed if u.case_id == case.case_id) if unit != Unit.VOLUME else None
         entries.append(RankingEntry(
             case_id=case.case_id, rank=case.rank, selected=case.selected, labeled=False, dkd=case.dkd, asd=case.asd,
             score=case.score, knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
             entropy_map=_text(report.entropy_map), regions=_text(report.regions),
             prediction=_text(report.prediction), reason=case.reason or None,
-            asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None))
+            asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None,
+            proposed_slices=mine if unit == Unit.SLICE else None,
+            proposed_regions=mine if unit == Unit.REGION else None))
     for report in reports:
         if report.labeled:
             entries.append(RankingEntry(
@@ -265,20 +305,23 @@ def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelC
     wrong = probably_wrong_list([(e.case_id, math.nan if e.asd_class_balanced is None else e.asd_class_balanced)
                                  for e in entries])
     return RankingFile(strategy=ranking.strategy, budget=ranking.budget,
-                       model=str(card.path) if card.path else card.name, cases=tuple(entries), probably_wrong=wrong)
+                       model=str(card.path) if card.path else card.name, cases=tuple(entries), probably_wrong=wrong,
+                       unit=unit.value)
 
 
 def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
-                  query: QueryConfig, extra: Optional[Mapping] = None) -> Dict[str, Path]:
+                  query: QueryConfig, extra: Optional[Mapping] = None, proposed: Sequence[ProposedUnit] = (),
+                  units: UnitConfig = UnitConfig()) -> Dict[str, Path]:
     """``ranking.json`` and ``ranking.csv`` (one :class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``
-    (resolved settings, model card, versions)."""
+    (resolved settings, model card, versions; ``units`` with ``--unit slice|region``)."""
     out_dir = Path(out_dir)
-    record = ranking_file(ranking, reports, card)
+    record = ranking_file(ranking, reports, card, proposed, units.unit)
     files = {"ranking_json": write_ranking_file(out_dir / RANKING_FILE, record),
              "ranking_csv": atomic_write_text(out_dir / RANKING_CSV, record.to_csv())}
     config = {"assft_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
               "query": query.to_dict(), "model_card": card.to_dict(),
-              "model_card_path": str(card.path) if card.path else None, **(extra or {})}
+              "model_card_path": str(card.path) if card.path else None,
+              **({"units": units.to_dict()} if units.unit != Unit.VOLUME else {}), **(extra or {})}
     files["config_json"] = atomic_write_text(out_dir / RANKING_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return files
 
@@ -343,7 +386,7 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
               inference: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
               feature_cache: Optional[Path] = None, write_outputs: bool = True,
               progress: Optional[ProgressCallback] = None, predictor: Optional[Predictor] = None,
-              ctx: Optional[DistContext] = None) -> RankResult:
+              ctx: Optional[DistContext] = None, units: UnitConfig = UnitConfig()) -> RankResult:
     """Score every volume, select ``budget`` of the unlabeled ones and write the ranking folder.
 
     Per-volume files are written to a hidden staging folder and moved into ``out_dir`` only after every volume was
@@ -370,6 +413,8 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
         progress: event callback (every rank calls it).
         predictor: reuse already loaded models.
         ctx: the data-parallel context (default: one process on ``device``).
+        units: ``unit`` slice or region: ``budget`` counts slices or regions, spread over the unlabelled volumes
+            (:func:`propose_units`; one round only).
 
     Returns:
         the :class:`RankResult`; on ranks other than 0 the same ranking with no volumes and no files.
@@ -379,6 +424,8 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
     ctx = ctx or DistContext.single(device)
     images = [Path(p) for p in images]
     names = _check_pool(images, budget)
+    if units.unit != Unit.VOLUME and query.rounds != 1:
+        raise InputError(f"--unit {units.unit.value} proposes its budget in one round; leave --rounds at 1.")
     out_dir = Path(out_dir)
     staging: Optional[Path] = None
     if ctx.is_main:
@@ -390,12 +437,16 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
         where = f"{ctx.world_size} ranks ({predictor.device.type})" if ctx.distributed else predictor.device.type
         emit(progress, "phase", phase="rank", total=len(images), message=f"ranking {len(images)} volumes on {where}")
         staged = map_shards(ctx, images, lambda shard: analyse_pool(
-            shard, predictor, query, labeled_ids, staging if write_outputs else None, progress), whole_shard=True)
+            shard, predictor, query, labeled_ids, staging if write_outputs else None, progress, units=units),
+            whole_shard=True)
         plan = round_plan(names, labeled_ids, budget, query)
         for message in _round_warnings(plan, budget, predictor.encoders_identical) if ctx.is_main else ():
             emit(progress, "warning", phase="rank", message=message)
         ranking = select_from_reports(staged, plan.size, query, round_index=plan.round_index,
                                       total_rounds=plan.total_rounds)
+        proposed: Tuple[ProposedUnit, ...] = ()
+        if units.unit != Unit.VOLUME:
+            ranking, proposed = propose_units(ranking, staged, budget, query, units)
         reports: Sequence[VolumeReport] = ()
         files: Dict[str, Path] = {}
         written: Optional[BaseException] = None
@@ -411,7 +462,8 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
                          "query_round": plan.to_dict()}
                 if ctx.distributed:
                     extra["world_size"] = ctx.world_size
-                files = write_ranking(out_dir, ranking, reports, card, query, extra=extra)
+                files = write_ranking(out_dir, ranking, reports, card, query, extra=extra, proposed=proposed,
+                                      units=units)
             except Exception as exc:
                 if not ctx.distributed:
                     raise
@@ -425,4 +477,4 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
     finally:
         if ctx.is_main and staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    return RankResult(ranking=ranking, volumes=reports, out_dir=out_dir, files=files)
+    return RankResult(ranking=ranking, volumes=reports, out_dir=out_dir, files=files, proposed=proposed)

@@ -19,7 +19,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--labels", help="folder of existing labels; volumes with a label count as labeled")
     add_model_argument(parser)
     parser.add_argument("--budget", type=int, required=True,
-                        help="how many volumes to propose; with --rounds R > 1 the total over the R rounds")
+                        help="how many volumes to propose (with --unit slice|region: how many slices or regions); "
+                             "with --rounds R > 1 the total over the R rounds")
+    parser.add_argument("--unit", choices=("volume", "slice", "region"), default="volume",
+                        help="what to propose: whole volumes (default), single slices, or boxes of --region-size "
+                             "voxels where the model is unsure, spread over the pool (ranking.json lists each "
+                             "volume's proposed_slices / proposed_regions on the image's own voxel grid)")
+    parser.add_argument("--slice-axis", type=int, choices=(0, 1, 2),
+                        help="with --unit slice: the image file's voxel axis to slice (default: its coarsest-spacing "
+                             "axis)")
+    parser.add_argument("--region-size", type=int, nargs=3, default=(32, 32, 32), metavar=("I", "J", "K"),
+                        help="with --unit region: a region's size in voxels of the image grid (default 32 32 32)")
+    parser.add_argument("--min-gap", type=int, default=3,
+                        help="with --unit slice: slices proposed in one volume are at least this many apart "
+                             "(default 3)")
     parser.add_argument("--strategy", choices=STRATEGIES, default=Strategy.ASSFT.value, help="selection strategy")
     parser.add_argument("--rounds", type=int, default=1,
                         help="multi-round test-time query: spread --budget over R rounds with Adapt Model between "
@@ -42,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import case_id, find_images, match_labels
     from ..query import QueryConfig
+    from ..query.units import UnitConfig
     from ..store import resolve_card
 
     images = find_images(args.images)
@@ -51,11 +65,16 @@ def run(args: argparse.Namespace) -> int:
         query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds, propose_ood=args.propose_ood)
     except ValueError as exc:  # e.g. --rounds 0 or a negative --seed
         raise InputError(f"{exc} (--strategy, --seed, --rounds)") from exc
+    try:
+        units = UnitConfig(unit=args.unit, axis=args.slice_axis, region_size=tuple(args.region_size),
+                           min_gap=args.min_gap)
+    except ValueError as exc:  # e.g. --region-size 0 4 4 or --min-gap 0
+        raise InputError(f"{exc} (--unit, --slice-axis, --region-size, --min-gap)") from exc
     bar = ProgressBar(enabled=not args.quiet, kind="rank", volumes=len(images))
     with bar.job():
         result = rank_pool(images, card, args.budget, args.out, labeled_ids=labeled, query=query,
                            device=resolve_device(args.device), feature_cache=args.feature_cache,
-                           write_outputs=not args.no_overlays, progress=bar)
+                           write_outputs=not args.no_overlays, progress=bar, units=units)
     print(format_ranking(result.ranking, limit=max(args.budget, 10)))
     if query.rounds > 1:
         plan = round_plan([case_id(p) for p in images], labeled, args.budget, query)
@@ -63,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
               f"{plan.labeled} pool volumes labelled): {plan.size} proposed"
               + ("; after labelling them, run assft adapt and rank again with the adapted model"
                  if plan.round_index + 1 < plan.total_rounds and plan.size else ""))
+    if result.proposed:
+        print(f"\nproposed {len(result.proposed)} {args.unit}(s) for annotation (on each image's own voxel grid):")
+        for unit in result.proposed:
+            where = (f"axis {unit.axis} slice {unit.index}" if unit.index is not None
+                     else f"voxels {list(unit.start)} size {list(unit.size)}")
+            print(f"  {unit.case_id}: {where}  (score {unit.score:.3f})")
     print(f"\nproposed for annotation: {', '.join(result.ranking.selected_ids) or '(none)'}")
     for case in result.ranking.cases:
         if case.reason:

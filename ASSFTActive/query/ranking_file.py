@@ -34,6 +34,10 @@ class RankingEntry:
         reason: one line saying why the volume was proposed, or why it was held back (``None`` for the others).
         asd_class_balanced: the score of the "where the model is probably wrong" list (``None`` when not computed).
         ood: why the volume looks out of distribution for the model (``None`` when it does not).
+        proposed_slices: with ``--unit slice``, the slices proposed in this volume, best first, each
+            ``{"axis": k, "index": i[, "score": s]}`` on the image's own voxel grid (``None`` otherwise).
+        proposed_regions: with ``--unit region``, the boxes proposed, each ``{"start": [i, j, k], "size": [a, b, c]
+            [, "score": s]}`` in voxels of the image's grid (``None`` otherwise).
     """
 
     case_id: str
@@ -51,6 +55,8 @@ class RankingEntry:
     reason: Optional[str] = None
     asd_class_balanced: Optional[float] = None
     ood: Optional[str] = None
+    proposed_slices: Optional[Tuple[Dict[str, Any], ...]] = None
+    proposed_regions: Optional[Tuple[Dict[str, Any], ...]] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
@@ -70,9 +76,18 @@ class RankingEntry:
             object.__setattr__(self, key, optional_number(getattr(self, key), f"{where}: \"{key}\""))
         for key in ("image", "entropy_map", "regions", "prediction", "reason", "ood"):
             object.__setattr__(self, key, optional_text(getattr(self, key), f"{where}: \"{key}\""))
+        for key, required in (("proposed_slices", ("axis", "index")), ("proposed_regions", ("start", "size"))):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, _units(getattr(self, key), required, f"{where}: \"{key}\""))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("proposed_slices", "proposed_regions"):  # absent unless proposed (files of --unit volume)
+            if out[key] is None:
+                del out[key]
+            else:
+                out[key] = [dict(u) for u in out[key]]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "case") -> RankingEntry:
@@ -88,6 +103,34 @@ class RankingEntry:
             return cls(**dict(data))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+
+
+def _whole(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _units(units: Any, required: Tuple[str, ...], where: str) -> Tuple[Dict[str, Any], ...]:
+    """Checked slice (``axis`` 0-2, ``index`` >= 0) or region (``start`` >= 0, ``size`` >= 1, three each) records."""
+    if not isinstance(units, (list, tuple)):
+        raise ValueError(f"{where} must be a list")
+    checked = []
+    for unit in units:
+        if not isinstance(unit, Mapping):
+            raise ValueError(f"{where}: every item must be an object, got {unit!r}")
+        check_record_keys(unit, where, required=required, optional=("score",))
+        if required == ("axis", "index"):
+            ok = unit["axis"] in (0, 1, 2) and _whole(unit["axis"], 0) and _whole(unit["index"], 0)
+        else:
+            ok = all(isinstance(unit[k], (list, tuple)) and len(unit[k]) == 3 for k in required) and all(
+                _whole(v, 0) for v in unit["start"]) and all(_whole(v, 1) for v in unit["size"])
+        if not ok:
+            raise ValueError(f"{where}: {dict(unit)} is not a slice {{axis 0-2, index >= 0}} or a region "
+                             "{start [3 whole numbers >= 0], size [3 whole numbers >= 1]}")
+        item = {k: (list(unit[k]) if isinstance(unit[k], (list, tuple)) else unit[k]) for k in required}
+        if "score" in unit:
+            item["score"] = optional_number(unit["score"], f"{where}: \"score\"")
+        checked.append(item)
+    return tuple(checked)
 
 
 #: Columns of ``ranking.csv``, in order.
@@ -160,6 +203,9 @@ class RankingFile:
         cases: the ranked volumes in rank order, then the labelled ones (``rank`` null).
         probably_wrong: the "where the model is probably wrong" list over the same volumes (``None`` in rankings
             written before it existed, or at cold start without a segmentation head).
+        unit: what ``budget`` counts and what is proposed: ``volume`` (``selected`` volumes), ``slice`` or
+            ``region`` (each case's ``proposed_slices`` / ``proposed_regions``; ``selected`` marks the volumes
+            that hold one).
     """
 
     strategy: str
@@ -167,8 +213,11 @@ class RankingFile:
     model: str
     cases: Tuple[RankingEntry, ...]
     probably_wrong: Optional[WrongList] = None
+    unit: str = "volume"
 
     def __post_init__(self) -> None:
+        if self.unit not in ("volume", "slice", "region"):
+            raise ValueError(f"\"unit\" must be volume, slice or region, got {self.unit!r}")
         if not isinstance(self.strategy, str) or not self.strategy:
             raise ValueError(f"\"strategy\" must be a non-empty string, got {self.strategy!r}")
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
@@ -201,6 +250,8 @@ class RankingFile:
                "cases": [case.to_dict() for case in self.cases]}
         if self.probably_wrong is not None:
             out["probably_wrong"] = self.probably_wrong.to_dict()
+        if self.unit != "volume":
+            out["unit"] = self.unit
         return out
 
     @classmethod
@@ -211,13 +262,14 @@ class RankingFile:
             ValueError: unknown or missing keys, wrong types, inconsistent ranks (the message names the case).
         """
         check_record_keys(data, "a ranking", required=("strategy", "budget", "cases"),
-                          optional=("model", "probably_wrong"))
+                          optional=("model", "probably_wrong", "unit"))
         if not isinstance(data["cases"], (list, tuple)):
             raise ValueError("\"cases\" must be a list")
         cases = tuple(RankingEntry.from_dict(row, where=f"case {index}") for index, row in enumerate(data["cases"]))
         wrong = data.get("probably_wrong")
         return cls(strategy=data["strategy"], budget=data["budget"], model=data.get("model", ""), cases=cases,
-                   probably_wrong=None if wrong is None else WrongList.from_dict(wrong))
+                   probably_wrong=None if wrong is None else WrongList.from_dict(wrong),
+                   unit=data.get("unit", "volume"))
 
     def to_csv(self) -> str:
         """``ranking.csv``: :data:`RANKING_CSV_COLUMNS`, numbers with 6 decimals, ``None`` as an empty cell."""
