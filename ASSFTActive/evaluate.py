@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io as _stdio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
@@ -25,8 +25,9 @@ from torch import nn
 
 from .distributed import DistContext, map_shards
 from .errors import InputError
-from .io import PathLike, Volume, read_label, read_volume
+from .io import PathLike, Volume, read_volume
 from .models import LoadedModel, LoadReport, ModelCard
+from .partial import read_partial_label
 from .progress import ProgressCallback, emit
 
 __all__ = [
@@ -116,7 +117,12 @@ class SkippedVolume:
 
 @dataclass(frozen=True)
 class LabelledCase:
-    """One volume with its expert label; either may still be a file, read when the case is scored."""
+    """One volume with its expert label; either may still be a file, read when the case is scored.
+
+    A label file that marks voxels as not annotated (:data:`ASSFTActive.partial.NOT_ANNOTATED`), or a case with an
+    ``annotated`` mask (adaptation's ``LabeledVolume``), is scored on its annotated voxels only: the prediction is
+    set to background elsewhere, as the label is, so Dice counts the annotated voxels alone.
+    """
 
     case_id: str
     image: Union[Volume, PathLike]
@@ -234,17 +240,24 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
         step = next(steps)
         try:
             image = case.image if isinstance(case.image, Volume) else check_image(read_volume(case.image))
-            truth = case.label if isinstance(case.label, Volume) else read_label(case.label, image, n)
+            annotated = getattr(case, "annotated", None)  # adaptation's LabeledVolume of a partial label
+            if isinstance(case.label, Volume):
+                truth = case.label
+            else:
+                partial = read_partial_label(case.label, image, n)
+                truth, annotated = partial.label, partial.voxel_mask
         except InputError as exc:
             return skip(case, exc), ()
         prediction = predictor.predict(image).label
+        if annotated is not None:  # a partial label: only the annotated voxels are scored (truth is 0 elsewhere)
+            prediction = np.where(annotated, prediction, 0).astype(prediction.dtype)
         truth_array = np.asarray(truth.array)
         present = tuple(int(v) for v in np.unique(truth_array))
         if label_checks is not None:
             from .finetune.label_checks import check_evaluation_label
 
-            refused, warned = check_evaluation_label(case.case_id, truth_array, prediction, image.spacing,
-                                                     label_checks)
+            checks = label_checks if annotated is None else replace(label_checks, partial=True)  # on annotated part
+            refused, warned = check_evaluation_label(case.case_id, truth_array, prediction, image.spacing, checks)
             if refused and not label_checks.allow:
                 return skip(case, InputError(
                     "the label looks wrong for this model, so it is not scored: "

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
-from .io import GEOMETRY_TOLERANCE_MM, Volume, check_same_geometry, read_volume, write_volume
+from .io import GEOMETRY_TOLERANCE_MM, Volume, check_same_geometry, read_label, read_volume, write_volume
 
 __all__ = ["NOT_ANNOTATED", "PartialLabel", "annotated_slices_mask", "encode_partial", "is_partial",
            "read_partial_label", "split_partial", "write_partial_label"]
@@ -105,12 +105,16 @@ def split_partial(array: np.ndarray, num_classes: int, where: str = "label") -> 
 
 def read_partial_label(path: PathLike, image: Volume, num_classes: int,
                        tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> PartialLabel:
-    """Read a label file with the partial-label convention, on the grid of ``image``.
+    """Read a label file with the partial-label convention, on the grid of ``image`` (a model with 255 classes or
+    more reads every label as a full one, :func:`~ASSFTActive.io.read_label`).
 
     Raises:
         InputError: unreadable file, a grid other than the image's, values that are neither classes nor
             :data:`NOT_ANNOTATED`.
     """
+    if num_classes >= NOT_ANNOTATED:  # 255 is a class of this model: every label is a full label
+        label = read_label(path, image, num_classes, tolerance_mm)
+        return PartialLabel(label, np.ones(label.shape, dtype=bool))
     raw = read_volume(path)
     check_same_geometry(image, raw, tolerance_mm)
     labels, annotated = split_partial(raw.array, num_classes, where=str(raw.path or path))

@@ -173,7 +173,8 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
     labeled = read_labeled(run)
     limits = thresholds_for(run.card)
     require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn,
-                                   limits=limits, partial=getattr(config, "partial_labels", False))
+                                   limits=limits, partial=getattr(config, "partial_labels", False)
+                                   or any(c.annotated is not None for c in labeled))  # slices/regions: partial
     require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
                                    config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress,
                                    limits=limits)

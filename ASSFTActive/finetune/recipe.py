@@ -111,7 +111,7 @@ def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[
     last = min(stop, train_config.iterations)
     offset = run.stage_offset(stage)
     if start_step < last:
-        labeled = [SupervisedCase(c.case_id, c.image, c.label) for c in train]
+        labeled = [SupervisedCase(c.case_id, c.image, c.label, c.annotated) for c in train]  # partial: masked loss
         resuming = f", resuming at {start_step}" if start_step else ""
         run.emit("phase", phase="train", step=progress_offset + offset + start_step, total=run.total_steps,
                  message=f"{label}{_stage_name(stage)} training: {len(labeled)} labelled + {len(pseudo)} "

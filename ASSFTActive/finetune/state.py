@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,8 +22,9 @@ from ..distributed import DistContext
 from ..errors import InputError, ModelError
 from ..evaluate import EvaluationReport, LabelledCase, SkippedVolume, evaluate_cases
 from ..inference import Predictor
-from ..io import PathLike, Volume, read_label, read_volume
+from ..io import PathLike, Volume, read_volume
 from ..models import LoadedModel, LoadReport, ModelCard
+from ..partial import NOT_ANNOTATED, read_partial_label
 from ..progress import ProgressCallback, emit
 from ..store import ModelStore
 from .checkpoints import Checkpoints
@@ -36,12 +38,18 @@ __all__ = ["AdaptRun", "LabeledVolume", "check_inputs", "cpu_state", "load_state
 
 @dataclass(frozen=True)
 class LabeledVolume(LabelledCase):
-    """A labelled volume read and checked (image and label on the same grid), with the files it came from."""
+    """A labelled volume read and checked (image and label on the same grid), with the files it came from.
+
+    ``annotated``: bool ``[I, J, K]``, the voxels an annotator labelled when the label file marks others as not
+    annotated (:mod:`ASSFTActive.partial`; ``label`` holds 0 there); ``None`` for a full label. Training, the label
+    checks, evaluation and the guard's cross-validation use only the annotated voxels.
+    """
 
     image: Volume
     label: Volume
     image_path: str
     label_path: str
+    annotated: Optional[np.ndarray] = None
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -194,12 +202,15 @@ def read_labeled(run: AdaptRun) -> List[LabeledVolume]:
         image_path, label_path = run.images[case], run.labels[case]
         try:
             image = read_volume(image_path)
-            label = read_label(label_path, image, run.card.num_classes)
+            partial = read_partial_label(label_path, image, run.card.num_classes)
+            if not partial.is_labelled:
+                raise InputError(f"every voxel is marked not annotated ({NOT_ANNOTATED}); a volume with no annotated "
+                                 "voxel is not a labelled volume")
         except InputError as exc:
             run.skipped.append(SkippedVolume(case, label_path, str(exc)))
             run.warn(f"skipped labelled volume {case} ({label_path}): {exc}")
             continue
-        cases.append(LabeledVolume(case, image, label, image_path, label_path))
+        cases.append(LabeledVolume(case, image, partial.label, image_path, label_path, partial.voxel_mask))
         run.emit("progress", phase="load", step=index + 1, total=len(ids), message=f"read {case}")
     if not cases:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in run.skipped[:3])

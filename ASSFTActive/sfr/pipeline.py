@@ -330,7 +330,7 @@ def sfr_adapt(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *,
 
 
 def _supervised(cases: Sequence[LabeledVolume]) -> List[SupervisedCase]:
-    return [SupervisedCase(c.case_id, c.image, c.label) for c in cases]
+    return [SupervisedCase(c.case_id, c.image, c.label, c.annotated) for c in cases]
 
 
 def _announce_stage3(run: AdaptRun, config: SfrConfig, train: Sequence[LabeledVolume],
