@@ -280,9 +280,9 @@ class ASSFTWebApp(TrameApp):
     def start_job(self, kind: str, allow_implausible_labels: bool = False) -> None:
         """Rank or Adapt; refused (with the reason on the page) while a job runs, while a field of the page holds
         a refused value, or when nothing can run."""
-        pending = self.guard.pending()
+        pending = self._restore_refused_fields()
         if pending:
-            self.state.error = pending
+            self.state.error = pending + " The fields show the values in use again; check them and press again."
             return
         self.state.error = ""
         self.state.error_details = ""
@@ -297,6 +297,18 @@ class ASSFTWebApp(TrameApp):
             self.state.job_kind = f"{kind} running"
             self.state.job_outcome = "running"
         self._update_next_step()
+
+    def _restore_refused_fields(self):
+        """The refusals still shown in the page's fields (None when there are none), and those fields pushed back to
+        the values in use in every tab (a tab opened later never showed the refused value, so it could not fix
+        it)."""
+        pending = self.guard.pending()
+        if pending:
+            keys = list(self.guard.errors)
+            self.guard.errors.clear()
+            self.server.clear_state_client_cache(*keys)
+            self.state.dirty(*keys)
+        return pending
 
     def rank(self) -> None:
         self.start_job("rank")
@@ -485,9 +497,9 @@ class ASSFTWebApp(TrameApp):
                     v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
                                density="compact", hide_details=True, id="adapt_method")
             with html.Div(classes="d-flex ga-2 mt-2 mb-1"):
-                v3.VBtn("Rank Volumes", click=self.rank, disabled=("job_running",), color="primary", size="small",
-                        id="btn_rank")
-                v3.VBtn("Adapt Model", click=self.adapt, disabled=("job_running",), color="secondary",
+                v3.VBtn("Rank Volumes", click="trigger('rank')", disabled=("job_running",), color="primary",
+                        size="small", id="btn_rank")
+                v3.VBtn("Adapt Model", click="trigger('adapt')", disabled=("job_running",), color="secondary",
                         size="small", id="btn_adapt")
                 v3.VBtn("Cancel", click=self.cancel, disabled=("!job_running",), color="error", size="small",
                         variant="outlined", id="btn_cancel")
@@ -566,6 +578,8 @@ class ASSFTWebApp(TrameApp):
                 v3.VAlert(v_for="(m, i) in skipped", key="i", text=("m",), type="warning", density="compact",
                           classes="mb-1 text-caption")
         self.server.trigger("select_row")(self.select_row)
+        self.server.trigger("rank")(self.rank)
+        self.server.trigger("adapt")(self.adapt)
         self.server.trigger("jump_to_region")(self.jump_to_region)
 
 

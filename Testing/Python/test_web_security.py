@@ -292,6 +292,7 @@ class WslinkClient:
         self.unchunker.set_max_message_size(1 << 30)
         self.count = 0
         self.client_id = "c0"
+        self.published = []  # what the server pushed meanwhile (state changes)
 
     async def send(self, message: dict, size: int = 4096) -> None:
         for chunk in wslink_chunking.generate_chunks(msgpack.packb(message), size):
@@ -309,6 +310,8 @@ class WslinkClient:
             message = self.unchunker.process_chunk(frame.data)
             if message is not None and message.get("id") == rpc_id:
                 return message
+            if message is not None and str(message.get("id", "")).startswith("publish:"):
+                self.published.append(message)
 
     async def hello(self, secret: str) -> dict:
         answer = await self.call("wslink.hello", [{"secret": secret}], rpc_id="system:c0:0")
@@ -463,3 +466,26 @@ def test_an_error_inside_a_request_sends_no_traceback_or_path_to_the_browser(ser
     text = repr(answer)
     assert answer["error"]["message"] == SERVER_ERROR_MESSAGE
     assert "Traceback" not in text and str(REPO) not in text and ".py" not in text
+
+
+def test_rank_refuses_to_start_while_a_field_shows_a_refused_value_and_puts_the_value_in_use_back(server):
+    async def work(client):
+        await client.hello(server["secret"])
+        await client.call("trame.state.update", [[{"key": "budget", "value": 0}]])
+        client.published.clear()
+        await client.call("trame.trigger", ["rank", [], {}])
+        state = _state(await client.call("trame.state.get"))
+        for _ in range(50):  # publications travel beside the answers; later calls take in what arrived
+            if any(isinstance(m.get("result"), dict) and "budget" in m["result"] for m in client.published):
+                break
+            await asyncio.sleep(0.1)
+            await client.call("trame.state.get")
+        return state, list(client.published)
+
+    state, published = _run(_session(server, work))
+    assert state["error"].startswith("Correct the page's fields first: ")  # (other tests' refusals may be listed)
+    assert "Budget must be a whole number from 1 to 2, got 0." in state["error"]
+    assert "show the values in use again" in state["error"] and not state["job_running"]
+    assert not (server["data"] / ".assft" / "jobs").exists()
+    pushed = [m["result"] for m in published if isinstance(m.get("result"), dict)]
+    assert any(change.get("budget") == 2 for change in pushed), [sorted(change) for change in pushed]
