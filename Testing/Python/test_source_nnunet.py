@@ -408,3 +408,46 @@ def test_an_adapted_version_is_written_back_in_nnunets_layout(folder, pool, tmp_
     assert resolve_card(exported).class_names == ("background", "Anterior", "Posterior")  # and ASSFT reads it again
     assert main(["export-nnunet", str(store / "site"), "--out", str(out)]) == 2  # never overwritten
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme", ["CTNormalization", "ZScoreNormalization"])
+def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
+    """nnU-Net's own ``nnUNetPredictor`` (mirroring off, as ASSFT) and ASSFT on the same volume from the same folder:
+    the same preprocessed input, the same logits up to nnU-Net's float16 accumulation of windows, the same label map.
+    One window covers the volume, so the two tilings cannot differ. Skipped where nnunetv2 is not installed (it is
+    not a dependency; installed beside the project it ran here: nnunetv2 2.6.4)."""
+    predict = pytest.importorskip("nnunetv2.inference.predict_from_raw_data",
+                                  reason="nnunetv2 is not installed (only this cross-check needs it)")
+    from ASSFTActive.inference import Predictor
+
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = [scheme]
+    folder = write_nnunet_folder(tmp_path, plans=plans)
+    rng = np.random.default_rng(5)
+    zyx = rng.normal(380.0, 120.0, (12, 16, 20)).astype(np.float32)  # nnU-Net's [z, y, x] = the plans' patch
+    properties = {"spacing": [1.5, 1.0, 1.0]}
+    predictor = predict.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                        perform_everything_on_device=False, device=torch.device("cpu"),
+                                        verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    segmentation, _ = predictor.predict_single_npy_array(zyx[None], dict(properties), None, None, True)
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    their_input, _, _ = preprocessor.run_case_npy(zyx[None].copy(), None, dict(properties), predictor.plans_manager,
+                                                  predictor.configuration_manager, predictor.dataset_json)
+    their_logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(their_input)).float()
+
+    volume = Volume(np.ascontiguousarray(zyx.transpose(2, 1, 0)), np.diag([1.0, 1.0, 1.5, 1.0]))
+    model = load_model(resolve_card(folder))
+    our_input, _ = to_model_space(volume, model.card)
+    with torch.no_grad():
+        our_logits = model.network(our_input[None])[0].permute(0, 3, 2, 1)
+    ours = Predictor(model, device=torch.device("cpu")).predict(volume)
+    input_difference = float(np.abs(our_input[0].numpy().transpose(2, 1, 0) - their_input[0]).max())
+    logit_difference = float((our_logits - their_logits).abs().max())
+    scale = float(their_logits.abs().max())
+    print(f"{scheme}: input max|diff| {input_difference:.1e}; logits max|diff| {logit_difference:.2e} for "
+          f"max|logit| {scale:.0f} (float16 step there: {scale * 2 ** -10:.2e}); label maps equal: "
+          f"{np.array_equal(ours.label.transpose(2, 1, 0), segmentation)}")
+    assert input_difference < 1e-5
+    assert logit_difference <= scale * 2 ** -10 + 1e-3  # nnU-Net sums the windows' logits in float16
+    assert np.array_equal(ours.label.transpose(2, 1, 0), segmentation)
