@@ -42,7 +42,9 @@ from ASSFTWeb.security import (  # noqa: E402
     SERVER_ERROR_MESSAGE,
     AccessPolicy,
     BoundedUnChunker,
+    SecurityHookError,
     host_name,
+    install,
     new_secret,
 )
 
@@ -166,6 +168,41 @@ def test_the_next_step_line_follows_the_round():
     assert next_step(labeled, True, "adapt").startswith("Wait while the server is adapting")
     assert "Train anyway" in next_step(labeled, False, failed=True, can_train_anyway=True)
     assert next_step(labeled, False, failed=True).startswith("The job failed")
+
+
+class _Controller:
+    def __init__(self):
+        self.on_server_bind = self
+
+    def add(self, callback):
+        self.callback = callback
+
+
+class _Trame:
+    def __init__(self):
+        self.controller = _Controller()
+
+
+class _WebServer:
+    def __init__(self, handlers, app=None):
+        self._ws_handlers = handlers
+        self.app = app
+        self.config = {"ws": {"ws": None}}
+
+
+def test_the_server_refuses_to_start_when_a_hook_point_of_its_doors_is_missing():
+    from aiohttp import web
+
+    server = _Trame()
+    install(server, AccessPolicy.for_address("127.0.0.1"))
+    with pytest.raises(SecurityHookError, match="no WebSocket handler to secure"):
+        server.controller.callback(_WebServer([], web.Application()))
+
+    class OldHandler:  # a wslink without the pieces the doors wrap
+        functionMap = {}
+
+    with pytest.raises(SecurityHookError, match="handler has no 'onConnect'"):
+        server.controller.callback(_WebServer([OldHandler()], web.Application()))
 
 
 # ------------------------------------------------------------------ labels and links
@@ -489,3 +526,22 @@ def test_rank_refuses_to_start_while_a_field_shows_a_refused_value_and_puts_the_
     assert not (server["data"] / ".assft" / "jobs").exists()
     pushed = [m["result"] for m in published if isinstance(m.get("result"), dict)]
     assert any(change.get("budget") == 2 for change in pushed), [sorted(change) for change in pushed]
+
+
+def test_malformed_frames_close_only_their_connection(server):
+    """A text frame, random bytes, a cut message: whatever happens to that connection, the server goes on."""
+
+    async def alive(client):
+        return await client.hello(server["secret"])
+
+    for frame in ("not wslink", os.urandom(40), _chunk(3, 0, 9, msgpack.packb([1, 2, 3])[:9])):
+        async def work(client, frame=frame):
+            await client.hello(server["secret"])
+            await (client.ws.send_str(frame) if isinstance(frame, str) else client.ws.send_bytes(frame))
+            return await client.call("trame.state.get", timeout=5)
+
+        try:
+            _run(_session(server, work))
+        except (ConnectionError, asyncio.TimeoutError):
+            pass  # that connection was closed: fine
+        assert "result" in _run(_session(server, alive))
