@@ -10,7 +10,9 @@ Layers (imports point down only)::
                                          ->  ASSFTModuleLib (logic, jobController)  ->  ASSFTActive (torch-free parts)
 
 Modules: ``session`` (the annotator's round on one scene), ``label_files`` (saving label maps next to the data
-with a backup), ``plot`` (the DKD-against-ASD chart as SVG), ``app`` (the page), ``__main__`` (command line).
+with a backup, never through links), ``plot`` (the DKD-against-ASD chart as SVG), ``guidance`` (the next-step line),
+``fields`` (what a browser may change, validated), ``security`` (the server's doors: secret, Host, Origin, message
+sizes, no tracebacks), ``app`` (the page), ``__main__`` (command line).
 The engine (``ASSFTActive``) never imports this package; ``assft serve`` starts it as a child process.
 """
 
