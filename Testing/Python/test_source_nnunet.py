@@ -451,3 +451,24 @@ def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
     assert input_difference < 1e-5
     assert logit_difference <= scale * 2 ** -10 + 1e-3  # nnU-Net sums the windows' logits in float16
     assert np.array_equal(ours.label.transpose(2, 1, 0), segmentation)
+
+
+def test_a_background_rank_job_takes_the_folder_as_its_model(folder, pool, tmp_path):
+    """The job protocol (the Slicer panel and the browser start jobs this way): ``job.json``'s ``model`` is the
+    nnU-Net folder, the worker process resolves it with the same resolver."""
+    import subprocess
+    import sys
+
+    from conftest import worker_env
+
+    from ASSFTActive.jobs import EXIT_DONE, JobSpec, write_job
+
+    job = tmp_path / "job"
+    images = {p.name[: -len(".nii.gz")]: str(p) for p in sorted((pool / "images").glob("*.nii.gz"))}
+    write_job(job, JobSpec(kind="rank", images=images, labels={}, model=str(folder), budget=1))
+    done = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(job)], env=worker_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_DONE, done.stderr[-2000:]
+    result = json.loads((job / "result.json").read_text())
+    assert result["status"] == "done" and result["model_card"] == str(folder / "fold_0" / "checkpoint_final.pth")
+    assert len(result["metrics"]["selected"]) == 1
