@@ -27,7 +27,7 @@ def weights_in_folder(folder: Path) -> Optional[Path]:
     """The weights file of the source ``folder`` is (an nnU-Net training or fold folder, a MONAI bundle), or ``None``.
 
     Raises:
-        ModelError: an nnU-Net folder without a finished fold.
+        ModelError: an nnU-Net folder without a finished fold, a bundle without JSON config or state dict.
     """
     folder = Path(folder)
     found = nnunet.checkpoint_in(folder)
@@ -35,6 +35,7 @@ def weights_in_folder(folder: Path) -> Optional[Path]:
         return found
     if bundle.is_bundle(folder):
         return bundle.weights_in(folder)
+    bundle.check_incomplete(folder)
     return None
 
 

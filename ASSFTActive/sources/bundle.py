@@ -52,6 +52,27 @@ def weights_in(folder: Path) -> Path:
     return folder / WEIGHTS_FILE
 
 
+def check_incomplete(folder: Path) -> None:
+    """Refuse, saying what is missing, a folder that looks like a bundle (a ``configs`` folder with an inference
+    config or ``metadata.json``) but is not one ASSFT reads.
+
+    Raises:
+        ModelError: a YAML config, or no ``models/model.pt`` (e.g. only TorchScript ``model.ts``: that is code).
+    """
+    configs = folder / "configs"
+    if not configs.is_dir() or is_bundle(folder):
+        return
+    if not (folder / INFERENCE_FILE).is_file():
+        if any((configs / name).is_file() for name in ("inference.yaml", "inference.yml")):
+            raise ModelError(f"{folder}: the bundle's inference config is YAML; ASSFT reads configs/inference.json. "
+                             "Save the same config as JSON beside it.")
+        if (configs / METADATA_FILE.name).is_file():
+            raise ModelError(f"{folder}: a MONAI bundle without {INFERENCE_FILE}.")
+        return
+    raise ModelError(f"{folder}: a MONAI bundle without {WEIGHTS_FILE} (the state dict); a TorchScript model.ts is "
+                     "code and is not loaded. Put the trained weights there (torch.save(network.state_dict(), ...)).")
+
+
 def is_weights(path: Path) -> bool:
     """Whether ``path`` is ``<bundle>/models/model.pt``."""
     return path.name == WEIGHTS_FILE.name and path.parent.name == "models" and is_bundle(path.parent.parent)

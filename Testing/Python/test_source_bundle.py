@@ -285,3 +285,18 @@ def test_a_bundle_of_the_shipped_unet_scores_the_dice_monais_own_pipeline_scores
           f"MONAI's own bundle pipeline {theirs_mean:.6f}")
     assert ours_mean > 0.5
     assert abs(ours_mean - theirs_mean) <= 0.01
+
+
+def test_an_incomplete_bundle_says_what_is_missing(tmp_path, small):
+    import shutil
+
+    yaml_bundle = tmp_path / "yaml"
+    shutil.copytree(small, yaml_bundle)
+    (yaml_bundle / "configs" / "inference.json").rename(yaml_bundle / "configs" / "inference.yaml")
+    with pytest.raises(ModelError, match="YAML"):
+        resolve_card(yaml_bundle)
+    scripted = tmp_path / "scripted"
+    shutil.copytree(small, scripted)
+    (scripted / "models" / "model.pt").rename(scripted / "models" / "model.ts")
+    with pytest.raises(ModelError, match="TorchScript model.ts is code"):
+        resolve_card(scripted)
