@@ -472,3 +472,19 @@ def test_a_background_rank_job_takes_the_folder_as_its_model(folder, pool, tmp_p
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "done" and result["model_card"] == str(folder / "fold_0" / "checkpoint_final.pth")
     assert len(result["metrics"]["selected"]) == 1
+
+
+def test_plans_written_before_nnunet_2_2_build_the_same_network(tmp_path):
+    """nnU-Net 2.0/2.1 plans have no "architecture" but UNet_class_name, UNet_base_num_features,
+    unet_max_num_features, conv_kernel_sizes, pool_op_kernel_sizes and n_conv_per_stage_encoder/decoder."""
+    plans = copy.deepcopy(PLANS)
+    config = plans["configurations"]["3d_fullres"]
+    del config["architecture"]
+    config.update({"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 16,
+                   "conv_kernel_sizes": ARCH_KWARGS["kernel_sizes"], "pool_op_kernel_sizes": ARCH_KWARGS["strides"],
+                   "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2]})
+    folder = write_nnunet_folder(tmp_path, plans=plans)
+    model = load_model(resolve_card(folder))
+    saved = nnunet.read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    assert model.report.missing == () and model.report.unexpected == ()
+    assert all(torch.equal(v, saved[k]) for k, v in model.network.state_dict().items())
