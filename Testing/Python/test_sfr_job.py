@@ -112,7 +112,8 @@ def test_an_sfr_result_carries_the_activation_and_pseudo_labels_like_adapt(tmp_p
 
 @pytest.fixture
 def world(tmp_path):
-    card = make_tiny_card(tmp_path / "base")
+    # the embedded SAM prior's classes: SFR refuses a prior whose class names differ from the model's
+    card = make_tiny_card(tmp_path / "base", class_names=["background", "anterior", "posterior"])
     images, labels = write_dataset(tmp_path / "data", count=6, labeled=3)
     return {"card": card, "images": images, "labels": labels, "store": tmp_path / "store", "tmp": tmp_path}
 

@@ -18,7 +18,8 @@ from ASSFTActive.store import ModelStore
 def world(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    card = make_tiny_card(tmp_path / "base")
+    # the embedded SAM prior's classes: SFR refuses a prior whose class names differ from the model's
+    card = make_tiny_card(tmp_path / "base", class_names=["background", "anterior", "posterior"])
     images, labels = write_dataset(tmp_path / "data", count=5, labeled=2)
     yield {"card": card, "images": images, "labels": labels, "store": tmp_path / "store", "work": tmp_path / "work"}
     torch.set_num_threads(threads)
