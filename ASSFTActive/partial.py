@@ -29,7 +29,7 @@ import numpy as np
 from .errors import InputError
 from .io import GEOMETRY_TOLERANCE_MM, Volume, check_same_geometry, read_label, read_volume, write_volume
 
-__all__ = ["NOT_ANNOTATED", "PartialLabel", "annotated_slices_mask", "encode_partial", "is_partial",
+__all__ = ["NOT_ANNOTATED", "PartialLabel", "annotated_slices_mask", "encode_partial", "has_annotation", "is_partial",
            "read_partial_label", "split_partial", "write_partial_label"]
 
 #: The label value of a voxel that was not annotated (the one convention; see the module docstring).
@@ -119,6 +119,12 @@ def read_partial_label(path: PathLike, image: Volume, num_classes: int,
     check_same_geometry(image, raw, tolerance_mm)
     labels, annotated = split_partial(raw.array, num_classes, where=str(raw.path or path))
     return PartialLabel(Volume(array=labels, affine=raw.affine, path=raw.path), annotated)
+
+
+def has_annotation(path: PathLike, num_classes: int) -> bool:
+    """The label file marks at least one voxel as annotated (always true for a model with 255 classes or more, where
+    255 is a class); a file of 255 only is not a label of its volume."""
+    return num_classes >= NOT_ANNOTATED or bool(np.any(read_volume(path).array != NOT_ANNOTATED))
 
 
 def encode_partial(labels: np.ndarray, annotated: np.ndarray) -> np.ndarray:

@@ -54,13 +54,20 @@ def run(args: argparse.Namespace) -> int:
     from ..api import rank_pool, round_plan
     from ..errors import InputError
     from ..io import case_id, find_images, match_labels
+    from ..partial import NOT_ANNOTATED, has_annotation
     from ..query import QueryConfig
     from ..query.units import UnitConfig
     from ..store import resolve_card
 
     images = find_images(args.images)
-    labeled = sorted(match_labels(images, args.labels, warn=warn_line))
     card = resolve_card(args.model)
+    labeled = []
+    for case, path in sorted(match_labels(images, args.labels, warn=warn_line).items()):
+        if has_annotation(path, card.num_classes):
+            labeled.append(case)
+        else:  # every voxel 255: nobody annotated it, so the volume stays in the pool
+            warn_line(f"{path}: every voxel is marked not annotated ({NOT_ANNOTATED}); {case} is not a labelled "
+                      "volume and stays a candidate.")
     try:
         query = QueryConfig(strategy=args.strategy, seed=args.seed, rounds=args.rounds, propose_ood=args.propose_ood)
     except ValueError as exc:  # e.g. --rounds 0 or a negative --seed

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, SHAPE, make_tiny_card, worker_env, write_dataset
@@ -14,7 +15,9 @@ from conftest import REPO, SHAPE, make_tiny_card, worker_env, write_dataset
 from ASSFTActive.api import rank_pool
 from ASSFTActive.cards import load_card
 from ASSFTActive.errors import InputError
+from ASSFTActive.io import read_volume
 from ASSFTActive.jobs import read_ranking_file
+from ASSFTActive.partial import annotated_slices_mask, write_partial_label
 from ASSFTActive.query import QueryConfig
 from ASSFTActive.query.ranking_file import RankingEntry, RankingFile
 from ASSFTActive.query.units import UnitConfig
@@ -89,3 +92,20 @@ def test_ranking_file_refuses_a_slice_outside_the_three_axes():
     assert again.unit == "slice" and again.cases[0].proposed_slices == ({"axis": 2, "index": 4, "score": 0.5},)
     plain = RankingEntry(case_id="b", rank=1, selected=True, labeled=False).to_dict()
     assert "proposed_slices" not in plain and "proposed_regions" not in plain  # --unit volume files as before
+
+
+def test_a_label_file_with_no_annotated_voxel_leaves_its_volume_in_the_pool(pool, tmp_path):
+    root, card = pool
+    labels = tmp_path / "labels"
+    image = read_volume(root / "images" / "case_001.nii.gz")
+    annotated = annotated_slices_mask(image.shape, [{"axis": 2, "index": 5}])
+    write_partial_label(np.ones(image.shape, np.uint8), annotated, image, labels / "case_001.nii.gz")
+    write_partial_label(np.zeros(image.shape, np.uint8), np.zeros(image.shape, bool), image,
+                        labels / "case_002.nii.gz")
+    out = tmp_path / "out"
+    done = assft("rank", "--images", str(root / "images"), "--labels", str(labels), "--model", str(card),
+                 "--budget", "2", "--unit", "slice", "--out", str(out), "--quiet", "--no-overlays", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    cases = {c.case_id: c for c in read_ranking_file(out / "ranking.json").cases}
+    assert cases["case_001"].labeled and not cases["case_002"].labeled
+    assert "case_002 is not a labelled volume" in done.stderr
