@@ -488,3 +488,18 @@ def test_plans_written_before_nnunet_2_2_build_the_same_network(tmp_path):
     saved = nnunet.read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")["network_weights"]
     assert model.report.missing == () and model.report.unexpected == ()
     assert all(torch.equal(v, saved[k]) for k, v in model.network.state_dict().items())
+
+
+def test_the_guard_decides_about_an_adapted_nnunet_model_as_about_any_other(folder, tmp_path, capsys):
+    """Adapt with the guard on (cross-validation over the labelled volumes): the random-weight network gains nothing,
+    so the version is stored with the reason and the source stays the model in use."""
+    write_dataset(tmp_path / "pool", count=5, labeled=3)
+    store = tmp_path / "store"
+    assert main(["adapt", "--images", str(tmp_path / "pool" / "images"), "--labels", str(tmp_path / "pool" / "labels"),
+                 "--model", str(folder), "--store", str(store), "--name", "site", "--quiet", "--iterations", "6",
+                 "--semi-iterations", "2", "--batch-size", "2", "--device", "cpu",
+                 "--allow-implausible-labels"]) == 0
+    out = capsys.readouterr().out
+    assert "model site v1 was stored but NOT activated" in out and "cross-validated mean Dice" in out
+    versions = ModelStore(store).versions("site")
+    assert ModelStore(store).active("site") is None and [v.version for v in versions] == ["v1"]
