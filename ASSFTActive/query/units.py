@@ -123,6 +123,10 @@ class ProposedUnit:
                 "score": float(self.score)}
 
 
+#: Voxels per slab when summing slices (the temporaries of :func:`slice_scores` are one slab, 32 MB in float64).
+_SLAB_VOXELS = 1 << 22
+
+
 def slice_axis(spacing: Sequence[float], axis: Optional[int] = None) -> int:
     """``axis`` when given, else the axis of the largest voxel spacing (the last such axis on a tie)."""
     if axis is not None:
@@ -152,10 +156,20 @@ def slice_scores(entropy: np.ndarray, region: np.ndarray, axis: int,
         ``(scores [n], foreground voxels [n])`` with ``n = shape[axis]``: the mean entropy over the slice's
         foreground voxels (0 below the floor of :class:`UnitConfig`), and how many there are.
     """
-    entropy, region = _check_maps(entropy, region)
-    other = tuple(a for a in range(3) if a != axis)
-    counts = region.sum(axis=other).astype(np.float64)
-    sums = np.where(region, entropy, 0.0).sum(axis=other, dtype=np.float64)
+    entropy, region, scale = _check_maps(entropy, region)
+    n = entropy.shape[axis]
+    sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+    rows = max(1, _SLAB_VOXELS // max(1, entropy.shape[1] * entropy.shape[2]))
+    for first in range(0, entropy.shape[0], rows):  # slabs of rows: temporaries of one slab, not of the volume
+        inside = region[first:first + rows]
+        values = np.where(inside, entropy[first:first + rows], 0).astype(np.float64) * scale
+        if axis == 0:
+            sums[first:first + rows] = values.sum(axis=(1, 2))
+            counts[first:first + rows] = inside.sum(axis=(1, 2))
+        else:
+            rest = (0, 2) if axis == 1 else (0, 1)
+            sums += values.sum(axis=rest)
+            counts += inside.sum(axis=rest)
     return _floored(sums, counts, min_foreground_share), counts
 
 
@@ -181,7 +195,7 @@ def region_scores(entropy: np.ndarray, region: np.ndarray, size: Sequence[int],
     Returns:
         ``[(start, size, score)]`` in tiling order; ``score`` as in :func:`slice_scores`.
     """
-    entropy, region = _check_maps(entropy, region)
+    entropy, region, scale = _check_maps(entropy, region)
     size = tuple(min(int(s), n) for s, n in zip(size, region.shape))
     boxes, sums, counts = [], [], []
     for i in _tiles(region.shape[0], size[0]):
@@ -191,18 +205,18 @@ def region_scores(entropy: np.ndarray, region: np.ndarray, size: Sequence[int],
                 mask = region[where]
                 boxes.append((i, j, k))
                 counts.append(float(mask.sum()))
-                sums.append(float(np.where(mask, entropy[where], 0.0).sum(dtype=np.float64)))
+                sums.append(float(np.where(mask, entropy[where], 0).sum(dtype=np.float64)) * scale)
     scores = _floored(np.array(sums), np.array(counts), min_foreground_share)
     return [(start, size, float(score)) for start, score in zip(boxes, scores)]
 
 
-def _check_maps(entropy: np.ndarray, region: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _check_maps(entropy: np.ndarray, region: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
+    """``(entropy, region, scale)``: the maps as arrays (not copied) and the factor from ``entropy``'s values to
+    ``H`` (``1 / 255`` for uint8 levels, else 1)."""
     entropy, region = np.asarray(entropy), np.asarray(region, dtype=bool)
     if entropy.ndim != 3 or entropy.shape != region.shape:
         raise ValueError(f"entropy {entropy.shape} and region {region.shape} must be the same [I, J, K] grid")
-    if entropy.dtype == np.uint8:
-        entropy = entropy.astype(np.float32) / 255.0
-    return entropy, region
+    return entropy, region, (1.0 / 255.0 if entropy.dtype == np.uint8 else 1.0)
 
 
 def volume_units(case_id: str, entropy: np.ndarray, region: np.ndarray, spacing: Sequence[float],
