@@ -47,9 +47,13 @@ from ..errors import InputError
 from ..plausibility import check_image
 from ..progress import ProgressCallback, emit
 
-__all__ = ["REACH_VOXELS", "ForegroundAgreement", "LabelIssue", "find_label_issues", "find_prediction_issues",
-           "foreground_agreement", "predict_agreements", "require_labels_near_prediction",
-           "require_plausible_labelled_set", "require_plausible_labels"]
+__all__ = ["CARD_ANATOMY", "LABEL_CHECK_THRESHOLDS", "REACH_VOXELS", "SHIFT_REACH_VOXELS", "ClassOverlap",
+           "EvaluationChecks", "ForegroundAgreement", "LabelCheckThresholds", "LabelIssue", "LabelShape",
+           "RegistrationShift", "check_evaluation_label", "class_overlap", "find_label_issues",
+           "find_prediction_issues", "find_registration_issues", "find_shape_issues", "find_swap_issues",
+           "foreground_agreement", "label_shape", "pooled_overlap", "predict_agreements", "registration_shift",
+           "require_labels_near_prediction", "require_plausible_labelled_set", "require_plausible_labels",
+           "thresholds_for"]
 
 #: A labelled voxel counts as "where the model sees the structure" when it lies within this many face-connected
 #: steps of a predicted foreground voxel (a 3-voxel tolerance: the real labels under the scanner shift at strength
@@ -62,8 +66,11 @@ class LabelIssue:
     """One reason to distrust the labelled set.
 
     Attributes:
-        kind: ``"no_foreground"``, ``"class_never_labelled"``, ``"more_foreground_than_predicted"``,
-            ``"away_from_prediction"`` or ``"less_foreground_than_predicted"`` (the last one only warns).
+        kind: ``"no_foreground"``, ``"class_never_labelled"``, ``"away_from_prediction"``,
+            ``"more_foreground_than_predicted"`` (refused only where nothing is predicted, else a warning, like
+            ``"less_foreground_than_predicted"``), ``"swapped"``, ``"misregistered"``, or a shape kind of
+            :func:`find_shape_issues` (``"inverted"``, ``"filled_box"``, ``"one_slice"``, ``"outline"``,
+            ``"class_too_large"``, ``"class_too_small"``).
         cases: the labelled volumes concerned (for ``class_never_labelled``: every labelled volume).
         class_name: the class concerned, or ``None``.
         message: a sentence a user can act on.
