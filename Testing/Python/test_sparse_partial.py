@@ -12,7 +12,7 @@ from ASSFTActive.cards import load_card
 from ASSFTActive.errors import InputError
 from ASSFTActive.finetune.config import TrainConfig
 from ASSFTActive.finetune.partial_loss import PartialLabelTerm, masked_dice_ce_loss
-from ASSFTActive.finetune.training import SupervisedCase, train_supervised
+from ASSFTActive.finetune.training import SupervisedCase, dice_ce_loss, train_supervised
 from ASSFTActive.io import Volume, read_volume
 from ASSFTActive.models import build_network
 from ASSFTActive.partial import (
@@ -103,6 +103,14 @@ def test_unannotated_voxels_get_exactly_zero_gradient_and_do_not_change_the_loss
     other_target = target.clone()
     other_target[:, 3] = 2
     assert float(masked_dice_ce_loss(other_logits, other_target, mask)) == pytest.approx(float(loss.detach()))
+
+
+def test_masked_loss_equals_the_trainers_supervised_loss_under_the_same_mask():
+    """The trainer's own ``dice_ce_loss`` (used for labelled cases with a voxel mask) and this MONAI-based one agree,
+    so a partial label means the same whichever path trains on it."""
+    logits, target = _logits_target(3)
+    mask = (torch.rand(target.shape, generator=torch.Generator().manual_seed(4)) > 0.6).float()
+    assert torch.allclose(masked_dice_ce_loss(logits, target, mask), dice_ce_loss(logits, target, mask), atol=1e-6)
 
 
 def test_masked_loss_with_nothing_annotated_is_zero_with_zero_gradient():
