@@ -164,3 +164,15 @@ def worker_env(**extra: str) -> Dict[str, str]:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def fast_sfr(**changes) -> dict:
+    """SFR settings (the ``job.json`` form) that run in seconds on the tiny world: 2 SAM steps, 8 re-training steps,
+    a checkpoint every 2."""
+    from ASSFTActive.sfr.finetune import SfrFinetuneConfig
+    from ASSFTActive.sfr.pipeline import SfrConfig
+    from ASSFTActive.sfr.retrain import sfr_train_config
+
+    config = SfrConfig(sam=SfrFinetuneConfig.tiny(iterations=2), retrain=sfr_train_config(iterations=8, batch_size=1),
+                       validation={"every": 4, "hd95": False}, checkpoint_every=2)
+    return dict(config.to_dict(), **changes)

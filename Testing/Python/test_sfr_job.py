@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_card, read_json, tree, write_dataset
+from conftest import fast_sfr, make_tiny_card, read_json, tree, write_dataset
 
 from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import (
@@ -25,18 +25,6 @@ from ASSFTActive.jobs import (
     write_result,
 )
 from ASSFTActive.store import ModelStore
-
-
-def fast_sfr(**changes) -> dict:
-    """SFR settings (the ``job.json`` form) that run in seconds on the tiny world: 2 SAM steps, 8 re-training steps,
-    a checkpoint every 2."""
-    from ASSFTActive.sfr.finetune import SfrFinetuneConfig
-    from ASSFTActive.sfr.pipeline import SfrConfig
-    from ASSFTActive.sfr.retrain import sfr_train_config
-
-    config = SfrConfig(sam=SfrFinetuneConfig.tiny(iterations=2), retrain=sfr_train_config(iterations=8, batch_size=1),
-                       validation={"every": 4, "hd95": False}, checkpoint_every=2)
-    return dict(config.to_dict(), **changes)
 
 
 def sfr_spec(images, labels, store, card, **changes) -> JobSpec:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_card, write_dataset
-from test_sfr_job import fast_sfr
+from conftest import fast_sfr, make_tiny_card, write_dataset
 
 from ASSFTActive.errors import CancelledError, JobError
 from ASSFTActive.sfr.pipeline import SfrConfig, sfr_adapt
