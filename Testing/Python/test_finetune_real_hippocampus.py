@@ -82,7 +82,9 @@ def test_adapting_the_default_model_to_a_shifted_site_raises_dice_on_held_out_ta
     assert dice_before < dice_source - 0.1, "the simulated shift should clearly hurt the default model"
     assert dice_after > dice_before + 0.08
     assert result.activated and result.decision.gain > 0.0, result.decision.reason
-    if result.metrics["stop_step"] > 60:  # the final run reached the semi-supervised stage
-        assert sum(d.kept for d in result.pseudo) == UNLABELED // 2
+    # The final run stops where the cross-validated curve peaks: past step 60 it ran the semi-supervised stage and
+    # kept half of the pool; before it, no pool volume was pseudo-labelled. Both outcomes are checked.
+    reached_semi = result.metrics["stop_step"] > 60
+    assert sum(d.kept for d in result.pseudo) == (UNLABELED // 2 if reached_semi else 0), result.metrics
     assert ModelStore(tmp_path / "store").active(result.name).version == "v1"
     assert load_card(result.card_path).pretrained_card().path == EMBEDDED_DEFAULT_CARD.resolve()

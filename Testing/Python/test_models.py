@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RESERVED_LIST, require
 
 from ASSFTActive.errors import ModelError
 from ASSFTActive.models import (
@@ -141,10 +142,12 @@ def test_embedded_default_card_loads_with_its_shipped_weights_and_records_its_sp
     provenance = card.provenance
     assert provenance["seed"] == 0 and provenance["source_test_mean_dice"] > 0.7
     assert not set(provenance["train_cases"]) & set(provenance["source_test_cases"])
-    reserved_file = Path(__file__).resolve().parents[3] / "shared" / "data" / "hippocampus" / "reserved.txt"
-    if reserved_file.is_file():
-        reserved = set(reserved_file.read_text().split())
-        assert not reserved & set(provenance["train_cases"] + provenance["source_test_cases"])
+
+
+def test_embedded_default_card_never_trained_or_tested_on_a_reserved_case():
+    provenance = resolve_card("default").provenance
+    reserved = set(require(RESERVED_LIST).read_text().split())
+    assert reserved and not reserved & set(provenance["train_cases"] + provenance["source_test_cases"])
 
 
 def test_shipped_cards_and_saved_cards_follow_the_published_schema(tmp_path):
