@@ -28,6 +28,20 @@ FIXTURES = SHARED_DATA / "fixtures"
 RESERVED_LIST = HIPPOCAMPUS / "reserved.txt"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where torch sees a CUDA device and are skipped, saying why, everywhere else."""
+    needing = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not needing:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False on this machine)")
+    for item in needing:
+        item.add_marker(skip)
+
+
 def require(path: Path) -> Path:
     """``path`` if it exists, else skip the test saying which shared data it needs."""
     if not path.exists():
