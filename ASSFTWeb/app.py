@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from typing import Callable, Optional
 
 import slicer
@@ -46,6 +47,7 @@ from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, AnnotatorSession, Serve
 LAYOUT_ID = "ASSFT"
 #: Brush diameter (mm) the Paint effect starts with on Annotate; the segment editor's slider changes it.
 BRUSH_DIAMETER_MM = 4.0
+#: Worker lines kept on the server (not sent to the page: only a failed job's last lines are shown).
 LOG_LINES = 200
 #: Worker log lines shown under a failed job's error.
 ERROR_LOG_LINES = 8
@@ -96,6 +98,7 @@ class ASSFTWebApp(TrameApp):
         self._count_pending = False
         self._observed = set()
         self._field_error = ""  # the page's report of refused field values, taken back once they are good
+        self._log: deque = deque(maxlen=LOG_LINES)
         self._init_state(config)
         install(self.server, self.policy, self.guard, self._on_fields_refused)
         self._connect_controller()
@@ -141,7 +144,7 @@ class ASSFTWebApp(TrameApp):
             overlay_opacity=DEFAULT_OPACITY, regions=[], slice_offsets={}, current_volume="", prefill=False,
             voxel_counts={}, voxel_total=0, annotated_name="", saved_message="", saved=False, job_running=False,
             job_kind="", job_outcome="", progress=0, progress_colour="green", status="Ready.", error="",
-            error_details="", can_train_anyway=False, train_anyway_warning=TRAIN_ANYWAY_WARNING, next_step="", log=[],
+            error_details="", can_train_anyway=False, train_anyway_warning=TRAIN_ANYWAY_WARNING, next_step="",
         )
         editable = {
             "model_text": fields.text("Model"),
@@ -197,14 +200,14 @@ class ASSFTWebApp(TrameApp):
         self.state.job_running = bool(running)
 
     def _on_log(self, text: str) -> None:
-        self.state.log = (list(self.state.log) + [text])[-LOG_LINES:]
+        self._log.append(text)
 
     def _on_failed(self, message: str, details: str) -> None:
         """The error, and the worker's last lines under it (what it printed before it ended)."""
         self.state.error = message
         lines = [line for line in (details or "").splitlines() if line.strip()]
         if not lines:
-            lines = [line for line in self.state.log if line.strip()]
+            lines = [line for line in self._log if line.strip()]
         self.state.error_details = "\n".join(lines[-ERROR_LOG_LINES:])
 
     def _on_finished(self, outcome) -> None:

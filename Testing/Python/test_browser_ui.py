@@ -386,7 +386,9 @@ def test_adapt_with_sfr_plus_chosen_on_the_page_starts_an_sfr_job_that_cancels(s
 
     page.click("#btn_adapt")  # SFR's default settings: thousands of SAM steps, so it is still running when cancelled
     expect(page.locator("#btn_cancel")).to_be_enabled(timeout=10_000)
-    (job,) = list((served["data"] / ".assft" / "jobs").glob("*-sfr"))
+    jobs = served["data"] / ".assft" / "jobs"
+    _wait_until(lambda: list(jobs.glob("*-sfr/job.json")), 60, "the job's files are written (off the event loop)")
+    (job,) = list(jobs.glob("*-sfr"))
     spec = json.loads((job / "job.json").read_text())
     assert spec["kind"] == "sfr" and spec["sfr"] == {"method": "sfr_plus"} and list(spec["labels"]) == [CASES[0]]
     expect(page.locator("#job_status")).to_contain_text("Sfr: sfr", timeout=240_000)  # a phase of the SFR run
