@@ -16,6 +16,9 @@ from ASSFTActive.finetune.guard import (
     mean_interval,
 )
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 
 def test_every_labelled_volume_is_held_out_exactly_once():
     ids = [f"case_{i}" for i in range(7)]

@@ -9,6 +9,9 @@ import pytest
 from ASSFTActive.finetune.guard import GuardRule
 from ASSFTActive.finetune.guard_calibration import calibrate, main, read_records, sweep
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 SETS = {"sets": [
     # consistent gain, better on test: activated by both rules
     {"setting": "s", "budget": 2, "set": "d0", "fold_gains": [0.05, 0.04], "test_gain": 0.05},

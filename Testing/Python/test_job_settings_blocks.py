@@ -14,6 +14,9 @@ import pytest
 from ASSFTActive.errors import JobError
 from ASSFTActive.jobs import JOB_FILE, JobSpec, read_job, write_job
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: (block, bad settings, words the message must contain: the block and the setting)

@@ -14,6 +14,9 @@ from ASSFTActive.errors import InputError
 from ASSFTActive.locks import LOCK_FILE, folder_lock
 from ASSFTActive.progress import Event
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 
 def test_a_lock_on_a_folder_it_created_leaves_no_folder_behind(tmp_path):
     work = tmp_path / "work"

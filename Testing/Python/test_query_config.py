@@ -10,6 +10,9 @@ import pytest
 
 from ASSFTActive.query import AsdReduce, Combine, KDMetric, QueryConfig, Strategy
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 
 def test_defaults_are_the_method_spec_values():
     config = QueryConfig()

@@ -11,6 +11,9 @@ from conftest import REPO
 
 from ASSFTActive.sfr.config import SfrConfig, SfrMethod
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 
 def test_sfr_settings_import_without_torch_or_numpy():
     code = ("import sys; from ASSFTActive.sfr.config import SfrConfig; SfrConfig.from_dict({'method': 'sfr_plus'}); "

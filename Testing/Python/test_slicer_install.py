@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+#: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
+pytestmark = pytest.mark.torchfree
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "ASSFTModule"))
 
