@@ -1,12 +1,12 @@
 """The engine's entry points: rank a pool of volumes and write what an annotator needs.
 
-``rank_pool`` runs one sliding-window pass per volume (probabilities plus encoder features of the current and the
-frozen pre-trained model), reduces it to a :class:`~ASSFTActive.query.CaseEvidence`, writes the entropy overlay,
-its regions and the predicted label map on a background thread while the next volume is predicted
-(:class:`~ASSFTActive.writing.BackgroundWriter`: the maps of at most two earlier volumes wait beside the one being
-predicted), then selects the budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` (one
-:class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``. Given a data-parallel context it shards the pool
-across ranks itself, with the same staging and the same all-or-nothing output.
+``rank_pool`` runs one sliding-window pass per volume (probabilities plus encoder features of the current and the frozen
+pre-trained model), reduces it to a :class:`~ASSFTActive.query.CaseEvidence`, writes the entropy overlay, its regions
+and the predicted label map on a background thread while the next volume is predicted
+(:class:`~ASSFTActive.inference.writing.BackgroundWriter`: the maps of at most two earlier volumes wait beside the one
+being predicted), then selects the budget with the configured strategy and writes ``ranking.csv``, ``ranking.json`` (one
+:class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``. Given a data-parallel context it shards the pool across
+ranks itself, with the same staging and the same all-or-nothing output.
 """
 
 from __future__ import annotations
@@ -29,11 +29,18 @@ from .cards import load_card
 from .confine import replace_into
 from .distributed import DistContext, map_shards, shippable
 from .errors import InputError
-from .inference import InferenceConfig, Prediction, Predictor, default_device
+from .inference import (
+    BackgroundWriter,
+    InferenceConfig,
+    Prediction,
+    Predictor,
+    default_device,
+    overlay_paths,
+    write_overlay,
+)
 from .io import Volume, atomic_write_text, case_id, read_volume, write_volume
 from .jobs import RANKING_CONFIG_FILE, RANKING_CSV, RANKING_FILE, RankingEntry, RankingFile, write_ranking_file
 from .models import LoadedModel, ModelCard, load_model
-from .overlay import overlay_paths, write_overlay
 from .plausibility import check_image
 from .progress import ProgressCallback, emit
 from .query import (
@@ -51,7 +58,6 @@ from .query import (
 from .query.ood import SourceReference, air_share, card_modality, load_reference, ood_reason
 from .query.units import ProposedUnit, Unit, UnitConfig, select_units, volume_priors, volume_units
 from .query.wrong import probably_wrong_list
-from .writing import BackgroundWriter
 
 #: Strategies that need MC-dropout passes (their running moments: :class:`~ASSFTActive.query.McDropoutAccumulator`).
 MC_STRATEGIES = (Strategy.MC_DROPOUT, Strategy.BALD)
@@ -105,7 +111,7 @@ def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
 
 def output_paths(out_dir: Path, name: str) -> Tuple[Path, Path, Path]:
     """Where :func:`analyse_volume` writes a volume's files: ``(entropy map, regions, prediction)``, known before
-    they are written (the names :func:`~ASSFTActive.overlay.write_overlay` gives)."""
+    they are written (the names :func:`~ASSFTActive.inference.overlay.write_overlay` gives)."""
     out_dir = Path(out_dir)
     return (*overlay_paths(out_dir / "overlays", name), out_dir / "predictions" / f"{name}.nii.gz")
 

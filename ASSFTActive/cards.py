@@ -30,7 +30,7 @@ DEFAULT_MODEL = "default"
 
 #: Weight layouts a card may declare.
 WEIGHT_FORMATS = ("state_dict", "swinvit_ssl", "nnunet_checkpoint")
-#: Preprocessing profiles understood by :mod:`ASSFTActive.preprocess`.
+#: Preprocessing profiles understood by :mod:`ASSFTActive.inference.preprocess`.
 PREPROCESSING_PROFILES = ("zscore_nonzero", "ct_window", "nnunet")
 #: Bounds of a card's ``patch_size`` (voxels per axis) and ``spacing`` (mm per axis): values outside them are
 #: typing mistakes (a patch of 100000 voxels, a spacing of 0 or -1 mm), refused when the card is read.

@@ -26,8 +26,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import make_predictor
     from ..errors import InputError
+    from ..inference import OverlayConfig, write_overlay
     from ..io import case_id, read_volume
-    from ..overlay import OverlayConfig, write_overlay
     from ..plausibility import check_image
     from ..query import QueryConfig, RegionSpec
     from ..store import resolve_card

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
+from ..inference import PAD_VALUE, label_to_model_space, to_model_space
 from .training import Batch, LossTerm, SupervisedCase, TrainState
 
 __all__ = ["PartialLabelTerm", "masked_dice_ce_loss"]

@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..inference import default_device
+from ..inference import PAD_VALUE, default_device, label_to_model_space, to_model_space
 from ..io import Volume
 from ..models import ModelCard
-from ..preprocess import PAD_VALUE, label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
 from .config import Optimizer, TrainConfig
 from .mixing import bidirectional_copy_paste, random_boxes

@@ -2,7 +2,7 @@
 
 ASD, mean entropy and ClaSP PE are means of voxel maps over regions of the predicted segmentation (the whole volume,
 the dilated predicted foreground, each dilated predicted class). Their sums and voxel counts are all a score needs,
-so they can be gathered while the sliding window streams out finished rows (``ASSFTActive.reduction``) and the
+so they can be gathered while the sliding window streams out finished rows (``ASSFTActive.inference.reduction``) and the
 class probabilities never have to exist for the whole volume at once. :func:`region_sums` computes the same
 record from a full probability array; it is the reference definition the streaming reducer is tested against.
 """

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..preprocess import label_to_model_space, to_model_space
+from ..inference import label_to_model_space, to_model_space
 from ..progress import ProgressCallback, emit
 from .config import SfrFinetuneConfig
 from .inputs import SamInput, SfrCase

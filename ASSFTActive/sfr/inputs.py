@@ -37,7 +37,7 @@ class SfrCase:
 class SamInput:
     """How a volume enters SAM: the space it is brought to and the axis its slices are cut along.
 
-    Duck-types the fields of a model card that :func:`ASSFTActive.preprocess.to_model_space` reads, so the 3D
+    Duck-types the fields of a model card that :func:`ASSFTActive.inference.preprocess.to_model_space` reads, so the 3D
     models and SAM share one preprocessing path.
 
     Attributes:

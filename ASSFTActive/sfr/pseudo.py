@@ -32,8 +32,8 @@ from ..finetune.pseudo import (
     select_reliable,
     voxel_confidence_mask,
 )
+from ..inference import from_model_space, to_model_space
 from ..io import Volume
-from ..preprocess import from_model_space, to_model_space
 from ..progress import ProgressCallback, emit
 from .inputs import SamInput
 from .stitching import StitchLayout, plan_layout, stitch, unstitch

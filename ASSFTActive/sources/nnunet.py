@@ -457,7 +457,8 @@ def nonzero_box(array) -> Tuple[slice, ...]:
 
 
 def intensity_transform(array, preprocessing: Mapping[str, Any]):
-    """The :class:`~ASSFTActive.preprocess.IntensityTransform` of nnU-Net's normalisation for ``array`` ``[I, J, K]``.
+    """The :class:`~ASSFTActive.inference.preprocess.IntensityTransform` of nnU-Net's normalisation for ``array``
+    ``[I, J, K]``.
 
     - ``CTNormalization``: ``clip(x, p0.5, p99.5)`` then ``(x - mean) / max(std, 1e-8)`` with the plans' foreground
       statistics; the same as the affine map followed by a clip to the mapped bounds.
@@ -469,7 +470,7 @@ def intensity_transform(array, preprocessing: Mapping[str, Any]):
     """
     import numpy as np
 
-    from ..preprocess import IntensityTransform
+    from ..inference.preprocess import IntensityTransform
 
     scheme = preprocessing["scheme"]
     if scheme == "NoNormalization":

@@ -14,8 +14,8 @@ For each size and card:
 * ``assft_pool`` and ``assft_pool_with_outputs``: one ``rank_pool`` call (selection and ranking files included) over
   a pool of ``--pool-size`` volumes (default 4; for 128³ and the CT the one made volume under as many names),
   without and with the per-volume outputs. There the outputs of a volume are written on a background thread while
-  the next one is predicted (:class:`~ASSFTActive.writing.BackgroundWriter`), so their cost shows as the difference
-  between the two rows; seconds and ratios are per volume;
+  the next one is predicted (:class:`~ASSFTActive.inference.writing.BackgroundWriter`), so their cost shows as the
+  difference between the two rows; seconds and ratios are per volume;
 * ``assft_full_softmax``: the ranking pass that also keeps the whole softmax on the input grid (what every pass did
   before the streamed reduction; the memory it needs grows with C; not run for the ``many`` card on the CT);
 * ``assft_adapted``: ranking with an adapted model, so the frozen pre-trained encoder runs too (encoder only);

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_tiny_card, tree, write_dataset
 
-from ASSFTActive.writing import BackgroundWriter
+from ASSFTActive.inference.writing import BackgroundWriter
 
 WAIT = 10.0  # seconds an event may take before a test fails instead of hanging
 

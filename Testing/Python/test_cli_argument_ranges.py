@@ -10,8 +10,8 @@ import pytest
 
 from ASSFTActive.api import remove_stale_outputs
 from ASSFTActive.cli import main
+from ASSFTActive.inference.overlay import OverlayConfig
 from ASSFTActive.io import match_labels
-from ASSFTActive.overlay import OverlayConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_POOL = REPO / "ASSFTActive" / "resources" / "sample" / "pool"

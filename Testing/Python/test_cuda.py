@@ -14,9 +14,9 @@ from conftest import make_tiny_card, synthetic_case
 from ASSFTActive.finetune.config import TrainConfig
 from ASSFTActive.finetune.training import SupervisedCase, train_supervised
 from ASSFTActive.inference import InferenceConfig, Predictor
+from ASSFTActive.inference.sliding import stream_sliding_window
 from ASSFTActive.io import Volume
 from ASSFTActive.models import build_network, load_card, load_model
-from ASSFTActive.sliding import stream_sliding_window
 
 pytestmark = pytest.mark.cuda
 

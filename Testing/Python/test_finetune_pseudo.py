@@ -18,8 +18,8 @@ from ASSFTActive.finetune.pseudo import (
     semantic_distance,
     voxel_confidence_mask,
 )
+from ASSFTActive.inference.reduction import reduce_probs
 from ASSFTActive.query import RegionSpec
-from ASSFTActive.reduction import reduce_probs
 
 
 def _probs(foreground_prob: float, background_prob: float = 0.9) -> np.ndarray:

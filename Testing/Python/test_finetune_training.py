@@ -180,7 +180,7 @@ def test_stop_at_ends_early_on_the_full_run_schedule(tmp_path, one_thread):
 def test_patches_larger_than_the_volume_are_padded_as_sliding_window_inference_pads(tmp_path):
     """The regression behind issue 8: padding with the image minimum taught the network a border it never sees."""
     from ASSFTActive.finetune.training import _PatchSampler
-    from ASSFTActive.preprocess import PAD_VALUE
+    from ASSFTActive.inference.preprocess import PAD_VALUE
 
     card = load_card(make_tiny_card(tmp_path / "model"))
     case = _cases(1)[0]

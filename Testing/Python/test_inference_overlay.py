@@ -10,9 +10,9 @@ import torch
 from conftest import rotated_affine
 
 from ASSFTActive.inference import Predictor
+from ASSFTActive.inference.overlay import OverlayConfig, high_entropy_regions, write_overlay
 from ASSFTActive.io import Volume, read_volume
 from ASSFTActive.models import load_model
-from ASSFTActive.overlay import OverlayConfig, high_entropy_regions, write_overlay
 from ASSFTActive.query import normalized_entropy
 from ASSFTActive.store import resolve_card
 

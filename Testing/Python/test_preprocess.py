@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from conftest import rotated_affine
 
-import ASSFTActive.preprocess as preprocess
+import ASSFTActive.inference.preprocess as preprocess
+from ASSFTActive.inference.preprocess import linear_source_rows, nonzero_mean_std, to_model_space
 from ASSFTActive.io import Volume, read_volume, write_volume
-from ASSFTActive.preprocess import linear_source_rows, nonzero_mean_std, to_model_space
 
 ZSCORE = {"profile": "zscore_nonzero"}
 CT_WINDOW = {"profile": "ct_window", "a_min": -100, "a_max": 200}

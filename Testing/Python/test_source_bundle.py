@@ -216,8 +216,8 @@ def test_bundle_preprocessing_equals_monais_own_transforms_on_a_volume(small, tm
     left-right flipped (Orientationd flips it) with zero voxels (NormalizeIntensityd nonzero leaves them at 0)."""
     from monai.bundle import ConfigParser
 
+    from ASSFTActive.inference.preprocess import to_model_space
     from ASSFTActive.io import Volume, write_volume
-    from ASSFTActive.preprocess import to_model_space
 
     rng = np.random.default_rng(1)
     image = rng.normal(200.0, 50.0, (24, 24, 20)).astype(np.float32)

@@ -25,9 +25,9 @@ from conftest import write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import ModelError
+from ASSFTActive.inference.preprocess import to_model_space
 from ASSFTActive.io import Volume, read_volume
 from ASSFTActive.models import load_model
-from ASSFTActive.preprocess import to_model_space
 from ASSFTActive.sources import nnunet
 from ASSFTActive.store import ModelStore, resolve_card, resolve_card_path
 

@@ -10,8 +10,9 @@ from conftest import make_tiny_card
 
 from ASSFTActive.cards import load_card
 from ASSFTActive.inference import Prediction
+from ASSFTActive.inference.preprocess import label_to_model_space, to_model_space
+from ASSFTActive.inference.reduction import VoxelMaps
 from ASSFTActive.io import Volume
-from ASSFTActive.preprocess import label_to_model_space, to_model_space
 from ASSFTActive.query.units import (
     ProposedUnit,
     Unit,
@@ -23,7 +24,6 @@ from ASSFTActive.query.units import (
     volume_priors,
     volume_units,
 )
-from ASSFTActive.reduction import VoxelMaps
 
 
 def test_slice_score_is_the_mean_entropy_over_the_slice_foreground():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ASSFTActive.inference.reduction import MapReducer, ball_offsets, reduce_probs
+from ASSFTActive.inference.sliding import stream_sliding_window
 from ASSFTActive.query import QueryConfig, RegionSpec, foreground_mask, normalized_entropy, region_sums
-from ASSFTActive.reduction import MapReducer, ball_offsets, reduce_probs
-from ASSFTActive.sliding import stream_sliding_window
 
 
 def _streamed(image: torch.Tensor, roi, network, **kwargs) -> torch.Tensor:

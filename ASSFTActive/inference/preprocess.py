@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import SLAB_VOXELS, Volume, slab_rows, storage_slabs
+from ..io import SLAB_VOXELS, Volume, slab_rows, storage_slabs
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_TOLERANCE = 0.01
@@ -65,7 +65,7 @@ class IntensityTransform:
     def of(cls, array: np.ndarray, preprocessing: Mapping) -> IntensityTransform:
         """The transform of the card's ``preprocessing`` profile for ``array`` ``[I, J, K]`` (read slab by slab)."""
         if preprocessing["profile"] == "nnunet":
-            from .sources.nnunet import intensity_transform
+            from ..sources.nnunet import intensity_transform
 
             return intensity_transform(array, preprocessing)
         if preprocessing["profile"] == "ct_window":

@@ -1,10 +1,10 @@
 """One sliding-window pass per volume: the reduced voxel maps, the score sums and pooled encoder features.
 
-Each window goes through the current network once; the blended logits stream out in finished rows
-(``ASSFTActive.sliding``) and are reduced on the compute device to the one-channel maps and the region sums the
-scores need (``ASSFTActive.reduction``), so the softmax ``[C, ...]`` never exists for the whole volume unless a
-caller asks for it (``keep_probs``, for small class counts). Scores are computed in model space; only the maps that
-are written (label, entropy, confidence, regions) are brought back to the input grid.
+Each window goes through the current network once; the blended logits stream out in finished rows (:mod:`.sliding`) and
+are reduced on the compute device to the one-channel maps and the region sums the scores need (:mod:`.reduction`), so
+the softmax ``[C, ...]`` never exists for the whole volume unless a caller asks for it (``keep_probs``, for small class
+counts). Scores are computed in model space; only the maps that are written (label, entropy, confidence, regions) are
+brought back to the input grid.
 
 Forward hooks on the card's encoder stages pool every stage output over space, and the pooled vectors are averaged
 over the windows (method-spec §1.3: "for whole volumes, average over the patches of a sliding window"). The frozen
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import Volume
-from .models import LoadedModel
+from ..io import Volume
+from ..models import LoadedModel
+from ..query.regions import RegionSpec, RegionSums
 from .preprocess import (
     PAD_VALUE,
     ModelSpace,
@@ -39,7 +40,6 @@ from .preprocess import (
     to_model_space,
     unit_levels_from_model_space,
 )
-from .query.regions import RegionSpec, RegionSums
 from .reduction import MapReducer, VoxelMaps
 from .sliding import stream_sliding_window
 
@@ -370,7 +370,7 @@ class Predictor:
             return
         import io as _stdio
 
-        from .io import atomic_write_bytes
+        from ..io import atomic_write_bytes
 
         buffer = _stdio.BytesIO()
         np.savez(buffer, **{f"stage{i}": f for i, f in enumerate(features)})

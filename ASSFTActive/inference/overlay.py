@@ -16,7 +16,7 @@ from typing import List, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .io import UNIT_MAP_LEVELS, Volume, atomic_write_text, unit_levels, write_unit_map
+from ..io import UNIT_MAP_LEVELS, Volume, atomic_write_text, unit_levels, write_unit_map
 
 
 @dataclass(frozen=True)

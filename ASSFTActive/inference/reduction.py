@@ -4,7 +4,7 @@ Everything downstream of one pass needs far less than the softmax ``[C, X, Y, Z]
 maximum probability (pseudo-label confidence), the foreground probability ``1 - p_0``, the normalised entropy
 (overlays) and the dilated predicted foreground (the high-entropy regions), all one channel, plus the
 :class:`~ASSFTActive.query.regions.RegionSums` of the scores. :class:`MapReducer` computes them from finished rows of
-blended logits on the compute device (``ASSFTActive.sliding``), so the full softmax never exists for a whole volume
+blended logits on the compute device (:mod:`.sliding`), so the full softmax never exists for a whole volume
 and the cost per voxel does not grow with the class count beyond the softmax itself.
 
 Dilations are city-block balls of radius r (scipy's 6-connected cross applied r times, the reference of
@@ -24,8 +24,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .query.config import FgMask
-from .query.regions import RegionSpec, RegionSums
+from ..query.config import FgMask
+from ..query.regions import RegionSpec, RegionSums
 
 #: Up to this many foreground classes, each present class gets its own dilated mask (cost grows with C); beyond,
 #: the labels of the ball's offsets are gathered and sorted per voxel (cost independent of C).
