@@ -30,6 +30,10 @@ DEFAULT_MODEL = "default"
 
 #: Weight layouts a card may declare.
 WEIGHT_FORMATS = ("state_dict", "swinvit_ssl", "nnunet_checkpoint")
+#: Weight layouts that hold a pre-trained encoder only (no segmentation head): the head is initialised when the
+#: network is built (:data:`ASSFTActive.models.HEAD_INIT_SEED`), the first ranking has no prediction to take ASD from
+#: (DKD's diversity alone ranks), and the first Adapt trains head and encoder together.
+ENCODER_ONLY_FORMATS = ("swinvit_ssl",)
 #: Preprocessing profiles understood by :mod:`ASSFTActive.inference.preprocess`.
 PREPROCESSING_PROFILES = ("zscore_nonzero", "ct_window", "nnunet")
 #: Bounds of a card's ``patch_size`` (voxels per axis) and ``spacing`` (mm per axis): values outside them are
@@ -81,6 +85,12 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def has_trained_head(self) -> bool:
+        """False for an encoder-only card (:data:`ENCODER_ONLY_FORMATS`): its segmentation head is initialised,
+        not trained, so its prediction means nothing until the first Adapt (whose stored card has a head)."""
+        return self.weights_format not in ENCODER_ONLY_FORMATS
 
     @property
     def weights_path(self) -> Path:

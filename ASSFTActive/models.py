@@ -101,8 +101,24 @@ ARCHITECTURES: Dict[str, str] = {
 }
 
 
+#: Seed of the random initialisation of an encoder-only card's head (decoder and output layer): the network is built
+#: under ``torch.manual_seed(HEAD_INIT_SEED)`` in a forked RNG (the caller's random state is left as it was), with
+#: the constructor's own initialisers (MONAI's defaults: PyTorch's Kaiming-uniform for convolutions, ones and
+#: zeros for norms), so every process that builds the same card starts Adapt from the same head.
+HEAD_INIT_SEED = 0
+
+
 def build_network(card: ModelCard) -> nn.Module:
-    """Instantiate the card's architecture with its arguments (random weights)."""
+    """Instantiate the card's architecture with its arguments (random weights; for an encoder-only card the
+    weights are drawn with :data:`HEAD_INIT_SEED`, so its head is the same on every build)."""
+    if not card.has_trained_head:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(HEAD_INIT_SEED)
+            return _build_network(card)
+    return _build_network(card)
+
+
+def _build_network(card: ModelCard) -> nn.Module:
     arch = card.architecture
     if arch.startswith("nnunet:"):  # an nnU-Net v2 result folder (ASSFTActive.sources.nnunet)
         from functools import partial
@@ -148,14 +164,24 @@ def build_network(card: ModelCard) -> nn.Module:
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What loading a checkpoint did: tensors copied, keys the network lacked, keys the checkpoint lacked."""
+    """What loading a checkpoint did: tensors copied, keys the network lacked, keys the checkpoint lacked.
+
+    ``head_initialised``: the card holds an encoder only (``ModelCard.has_trained_head`` is false), so the
+    ``missing`` keys are the segmentation head's, initialised as :func:`build_network` does with
+    :data:`HEAD_INIT_SEED`, not loaded.
+    """
 
     loaded: int
     missing: Tuple[str, ...]
     unexpected: Tuple[str, ...]
+    head_initialised: bool = False
 
     def summary(self) -> str:
-        return f"{self.loaded} tensors loaded, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
+        text = f"{self.loaded} tensors loaded, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
+        if self.head_initialised:
+            text += (f"; encoder-only weights: the head ({len(self.missing)} tensors) is initialised with seed "
+                     f"{HEAD_INIT_SEED}, not trained, until the first Adapt")
+        return text
 
 
 _CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "network_weights", "model", "net")
@@ -281,8 +307,10 @@ def load_weights(network: nn.Module, card: ModelCard, state: Optional[Mapping[st
             f"{example}; {len(unexpected)} checkpoint keys unused). The checkpoint layout does not match "
             f"weights_format {card.weights_format!r}."
         )
+    # an encoder-only card: the check above leaves only the head's keys missing (none under the encoder's prefixes)
     network.load_state_dict(loadable, strict=False)
-    return LoadReport(loaded=len(loadable), missing=missing, unexpected=unexpected)
+    return LoadReport(loaded=len(loadable), missing=missing, unexpected=unexpected,
+                      head_initialised=not card.has_trained_head)
 
 
 def _in_network_layout(card: ModelCard, state: Optional[Mapping[str, torch.Tensor]]

@@ -7,6 +7,8 @@ Checks, in order: the card's fields and types (the schema), the architecture (a 
 channel per class name, the weights file (inside the card's folder, weights-only, the encoder loads), then one
 forward pass on a zero patch of the card's ``patch_size``: the output must have ``len(class_names)`` channels and
 the input's size, and every encoder stage must produce an output. Exit code 0 when the card passes, 2 otherwise.
+A card with encoder weights only (``weights_format`` ``swinvit_ssl``) passes with its head's keys missing, and the
+check says that the head will be initialised.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_model
+    from ..models import HEAD_INIT_SEED, load_model
     from ..sources import describe
     from ..store import resolve_card
     from .common import resolve_device
@@ -90,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     for label, keys in (("missing", model.report.missing), ("unexpected", model.report.unexpected)):
         if keys:
             print(f"  {label} keys: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+    if not card.has_trained_head:
+        print(f"head:         initialised, not loaded: {card.weights_format!r} holds encoder weights only; the "
+              f"{len(model.report.missing)} head tensors (the missing keys) are drawn with seed {HEAD_INIT_SEED}. The "
+              "first ranking uses DKD's diversity alone (no ASD without a trained head); the first Adapt trains head "
+              "and encoder")
     print("\n".join(describe(card)))
     if args.modules:
         print("modules (name: type); * = an encoder stage of the card:")

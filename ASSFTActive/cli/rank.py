@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..query.config import Strategy
@@ -108,8 +109,11 @@ def format_ranking(ranking, limit: int = 10) -> str:
     """A fixed-width table of the first ``limit`` ranked volumes."""
     lines = [f"{'rank':>4}  {'volume':<28} {'DKD':>7} {'ASD':>7} {'score':>7}  proposed"]
     for case in ranking.cases[:limit]:
-        lines.append(f"{case.rank:>4}  {case.case_id:<28} {case.dkd:7.3f} {case.asd:7.3f} {case.score:7.3f}  "
+        asd = "n/a" if math.isnan(case.asd) else f"{case.asd:.3f}"
+        lines.append(f"{case.rank:>4}  {case.case_id:<28} {case.dkd:7.3f} {asd:>7} {case.score:7.3f}  "
                      f"{'yes' if case.selected else ''}")
     if len(ranking.cases) > limit:
         lines.append(f"      ... {len(ranking.cases) - limit} more in ranking.csv")
+    if ranking.asd_unavailable:
+        lines.append(f"ASD n/a: {ranking.asd_unavailable}.")
     return "\n".join(lines)

@@ -175,9 +175,13 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
     require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn,
                                    limits=limits, partial=getattr(config, "partial_labels", False)
                                    or any(c.annotated is not None for c in labeled))  # slices/regions: partial
-    require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
-                                   config.allow_implausible_labels, run.warn, ctx=run.ctx, progress=run.progress,
-                                   limits=limits)
+    if run.card.has_trained_head:
+        require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
+                                       config.allow_implausible_labels, run.warn, ctx=run.ctx,
+                                       progress=run.progress, limits=limits)
+    else:  # encoder-only weights: the head is initialised, its prediction is no reference for the labels
+        run.warn(f"{run.card.name} holds encoder weights only: the labels are not compared with its prediction "
+                 "(its head is not trained yet); the label shape checks still ran.")
     run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
     return labeled
 

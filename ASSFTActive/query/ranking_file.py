@@ -206,6 +206,9 @@ class RankingFile:
         unit: what ``budget`` counts and what is proposed: ``volume`` (``selected`` volumes), ``slice`` or
             ``region`` (each case's ``proposed_slices`` / ``proposed_regions``; ``selected`` marks the volumes
             that hold one).
+        asd_unavailable: why no volume has an ASD (``asd`` null): at cold start, when the model holds encoder
+            weights only and has no trained segmentation head, the volumes are ranked by DKD's diversity alone and
+            this says so; ``None`` (absent from the file) when ASD was computed.
     """
 
     strategy: str
@@ -214,6 +217,7 @@ class RankingFile:
     cases: Tuple[RankingEntry, ...]
     probably_wrong: Optional[WrongList] = None
     unit: str = "volume"
+    asd_unavailable: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.unit not in ("volume", "slice", "region"):
@@ -224,6 +228,9 @@ class RankingFile:
             raise ValueError(f"\"budget\" must be a whole number >= 0, got {self.budget!r}")
         if not isinstance(self.model, str):
             raise ValueError(f"\"model\" must be a string, got {self.model!r}")
+        if self.asd_unavailable is not None and (not isinstance(self.asd_unavailable, str)
+                                                 or not self.asd_unavailable):
+            raise ValueError(f"\"asd_unavailable\" must be a non-empty string or absent, got {self.asd_unavailable!r}")
         cases = _checked_cases(self.cases, self.budget)
         ids = [c.case_id for c in cases]
         if self.probably_wrong is not None:
@@ -252,6 +259,8 @@ class RankingFile:
             out["probably_wrong"] = self.probably_wrong.to_dict()
         if self.unit != "volume":
             out["unit"] = self.unit
+        if self.asd_unavailable is not None:  # absent when ASD was computed (files written before are unchanged)
+            out["asd_unavailable"] = self.asd_unavailable
         return out
 
     @classmethod
@@ -262,14 +271,14 @@ class RankingFile:
             ValueError: unknown or missing keys, wrong types, inconsistent ranks (the message names the case).
         """
         check_record_keys(data, "a ranking", required=("strategy", "budget", "cases"),
-                          optional=("model", "probably_wrong", "unit"))
+                          optional=("model", "probably_wrong", "unit", "asd_unavailable"))
         if not isinstance(data["cases"], (list, tuple)):
             raise ValueError("\"cases\" must be a list")
         cases = tuple(RankingEntry.from_dict(row, where=f"case {index}") for index, row in enumerate(data["cases"]))
         wrong = data.get("probably_wrong")
         return cls(strategy=data["strategy"], budget=data["budget"], model=data.get("model", ""), cases=cases,
                    probably_wrong=None if wrong is None else WrongList.from_dict(wrong),
-                   unit=data.get("unit", "volume"))
+                   unit=data.get("unit", "volume"), asd_unavailable=data.get("asd_unavailable"))
 
     def to_csv(self) -> str:
         """``ranking.csv``: :data:`RANKING_CSV_COLUMNS`, numbers with 6 decimals, ``None`` as an empty cell."""

@@ -198,11 +198,14 @@ class Ranking:
         strategy: the strategy's name (a :class:`~.config.Strategy` value).
         budget: the requested number of cases (may exceed the pool; then every case is selected).
         cases: every candidate, ordered by rank (rank 1 first).
+        asd_unavailable: why no case has an ASD (cold start: the model has no trained segmentation head, so the
+            pool was ranked by DKD's diversity alone; :func:`~.selection.cold_start`), or ``""``.
     """
 
     strategy: str
     budget: int
     cases: Tuple[RankedCase, ...]
+    asd_unavailable: str = ""
 
     @property
     def selected_ids(self) -> Tuple[str, ...]:

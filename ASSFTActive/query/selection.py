@@ -27,10 +27,15 @@ from .diversity import (
 )
 from .records import CaseEvidence, RankedCase, Ranking
 
-__all__ = ["clasp_beta", "fg_random_eligible", "resolved_strategy", "select"]
+__all__ = ["COLD_START_ASD_REASON", "clasp_beta", "cold_start", "fg_random_eligible", "resolved_strategy", "select"]
 
 #: Floor of ClaSP PE scores (and of power-sampled scores) before the logarithm (a class absent scores 0).
 CLASP_LOG_FLOOR = 1e-12
+
+#: ``Ranking.asd_unavailable`` (and ``ranking.json``'s ``asd_unavailable``) of a pool ranked at cold start.
+COLD_START_ASD_REASON = ("ASD needs a prediction, and the model has no trained segmentation head yet (encoder-only "
+                         "weights): ranked by DKD's diversity alone; Adapt trains the head, and rankings with the "
+                         "adapted model use both scores")
 
 Order = Tuple[List[int], np.ndarray]  # pool indices in rank order, and each case's score indexed like the pool
 
@@ -65,6 +70,8 @@ def select(
       the rest follow in DKD order [DKD at its greedy pick]. The greedy continues past the budget so every case
       gets a rank. With ``normalise_scores=False`` raw KD and ASD are used (KD still becomes 1 when it has no
       spread, for the cold start).
+      At cold start (:func:`cold_start`: no case has a prediction, the card holds encoder weights only) ``assft``
+      ranks as ``dkd_only`` and the ranking's ``asd_unavailable`` says why (:data:`COLD_START_ASD_REASON`).
     * ``dkd_only`` / ``asd_only``: the ablations lambda = 1 / lambda = 0 of ``weighted_sum`` (``combine`` is
       ignored). ``dkd_only`` needs no probabilities: it is the cold-start query.
     * ``random``: uniform order from ``numpy.random.default_rng(config.seed)`` [the uniform key].
@@ -182,7 +189,8 @@ def select(
         )
         for rank, index in enumerate(order, start=1)
     )
-    return Ranking(strategy=config.strategy.value, budget=budget, cases=rows)
+    return Ranking(strategy=config.strategy.value, budget=budget, cases=rows,
+                   asd_unavailable=COLD_START_ASD_REASON if cold_start(cases) else "")
 
 
 def resolved_strategy(config: QueryConfig, budget: int) -> Strategy:
@@ -203,6 +211,9 @@ def _order(cases: List[CaseEvidence], pool: np.ndarray, labeled: np.ndarray, bud
     reasons = [""] * len(cases)
     if strategy in (Strategy.ASSFT, Strategy.DKD_ONLY, Strategy.ASD_ONLY):
         kd_tilde = _kd_tilde(cases, config, budget, round_index)
+        cold = strategy == Strategy.ASSFT and cold_start(cases)
+        if cold:
+            strategy = Strategy.DKD_ONLY  # the cold-start rule: no ASD yet, DKD's diversity alone
         if strategy == Strategy.DKD_ONLY:
             asd_tilde = np.zeros(len(cases))
         else:
@@ -211,6 +222,8 @@ def _order(cases: List[CaseEvidence], pool: np.ndarray, labeled: np.ndarray, bud
         order, scores, asd_led = _assft_order(kd_tilde, asd_tilde, pool, labeled, budget, config, strategy, noise)
         kd_live = has_spread(np.array([c.knowledge_divergence for c in cases])) and bool(np.any(kd_tilde != 1.0))
         reasons = _assft_reasons(cases, order, asd_led, kd_live, config, budget)
+        if cold:
+            reasons = [r + "; ASD not computed (no trained segmentation head yet)" if r else r for r in reasons]
     elif strategy in (Strategy.TYPICLUST, Strategy.PROBCOVER):
         ids = [case.case_id for case in cases]
         embedded = unit_rows([c.pretrained_embedding for c in cases], ids, "pretrained embedding")
@@ -236,6 +249,15 @@ def _order(cases: List[CaseEvidence], pool: np.ndarray, labeled: np.ndarray, bud
         for index in order[:budget]:
             reasons[index] += f"; drawn from the noised score (beta {config.sampling_beta:g})"
     return order, scores, reasons
+
+
+def cold_start(cases: Sequence[CaseEvidence]) -> bool:
+    """The cold-start rule of the ``assft`` query: when no candidate has a prediction (every ASD is NaN: the model
+    holds encoder weights only, its head not trained yet), the pool is ranked by DKD alone (``dkd_only``, lambda =
+    1), and since the encoders are the same model at that point, KD~ is 1 and DKD is the diversity ``Div``. A pool
+    where only some cases lack ASD is not cold start: ``assft`` refuses it (the evidence was built inconsistently).
+    """
+    return bool(cases) and not any(case.has_probabilities for case in cases)
 
 
 def _noise(n: int, config: QueryConfig) -> Optional[np.ndarray]:
