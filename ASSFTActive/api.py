@@ -150,6 +150,10 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
 
     Raises:
         InputError: slice or region units asked of a model with no segmentation head yet (no entropy to score).
+
+    A card with encoder weights only (``ModelCard.has_trained_head`` false) gives the volume no ASD (NaN: the
+    query's cold start, :func:`~ASSFTActive.query.selection.cold_start`) and writes no overlay or prediction: the
+    initialised head's output says nothing about the volume.
     """
     image = check_image(image if image is not None else read_volume(image_path))
     name = case_id(image_path)
@@ -160,7 +164,10 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
                                    sample_callback=moments.add if wants_mc else None)
     # a labelled volume is never a candidate, only an anchor of diversity: it needs no MC-dropout score
     scoring = replace(query, strategy=Strategy.ASSFT) if labeled and query.strategy in MC_STRATEGIES else query
-    evidence = summarize_case(name, prediction.sums, prediction.features, prediction.pretrained_features, scoring,
+    # an encoder-only card's head is initialised, not trained: its prediction is no evidence (cold start, no ASD)
+    headed = predictor.current.card.has_trained_head
+    evidence = summarize_case(name, prediction.sums if headed else None, prediction.features,
+                              prediction.pretrained_features, scoring,
                               epistemic=moments.epistemic() if wants_mc else None,
                               mutual_information=moments.mutual_information() if wants_mc else None)
     evidence = replace(evidence, ood_reason=volume_ood_reason(image, prediction, predictor.current.card))
@@ -171,7 +178,7 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
                              "model has no segmentation head yet (cold start); rank with --unit volume.")
         candidates = volume_units(name, prediction.entropy_levels, prediction.region, image.spacing, units)
     entropy_path = regions_path = label_path = None
-    if out_dir is not None and not labeled:
+    if out_dir is not None and not labeled and headed:  # no overlay or label map from an untrained head
         paths = output_paths(Path(out_dir), name)
         geometry = _geometry(image)
         if writer is None:
@@ -204,7 +211,8 @@ def volume_ood_reason(image: Volume, prediction: Prediction, card: ModelCard) ->
         reference, modality = _source_reference(str(card.path))
     else:
         reference, modality = None, card_modality(card.preprocessing.get("profile", ""))
-    return ood_reason(np.asarray(prediction.pretrained_features[-1]), foreground_share(prediction),
+    share = foreground_share(prediction) if card.has_trained_head else 0.0  # an untrained head's share: no rule
+    return ood_reason(np.asarray(prediction.pretrained_features[-1]), share,
                       air_share(image.array), modality, reference)
 
 
@@ -308,11 +316,11 @@ def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelC
                 case_id=report.case_id, rank=None, selected=False, labeled=True, asd=report.evidence.asd,
                 knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
                 asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None))
-    wrong = probably_wrong_list([(e.case_id, math.nan if e.asd_class_balanced is None else e.asd_class_balanced)
-                                 for e in entries])
+    wrong = None if ranking.asd_unavailable else probably_wrong_list(
+        [(e.case_id, math.nan if e.asd_class_balanced is None else e.asd_class_balanced) for e in entries])
     return RankingFile(strategy=ranking.strategy, budget=ranking.budget,
                        model=str(card.path) if card.path else card.name, cases=tuple(entries), probably_wrong=wrong,
-                       unit=unit.value)
+                       unit=unit.value, asd_unavailable=ranking.asd_unavailable or None)
 
 
 def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
