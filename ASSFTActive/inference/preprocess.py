@@ -50,7 +50,7 @@ class IntensityTransform:
     ``zscore_nonzero``: ``(x - mean) / std`` over the non-zero voxels (hippocampus crops are stored as uint8, float
     up to 1e4 or up to 1.7e6, so scaling must be per volume; all-zero volumes are left at 0). ``ct_window``: clip
     to ``[a_min, a_max]`` HU and scale to ``[0, 1]``. ``nnunet``: nnU-Net's schemes
-    (:func:`ASSFTActive.sources.nnunet.intensity_transform`); ``zero_stays_zero`` keeps voxels that are 0 at 0 (its
+    (:func:`nnunet_intensity_transform`); ``zero_stays_zero`` keeps voxels that are 0 at 0 (its
     masked z-score leaves the voxels outside the non-zero mask alone; ``zscore_nonzero`` with ``"keep_zeros": true`` is
     MONAI's ``NormalizeIntensity(nonzero=True)``, which normalises only the non-zero voxels).
     """
@@ -65,9 +65,7 @@ class IntensityTransform:
     def of(cls, array: np.ndarray, preprocessing: Mapping) -> IntensityTransform:
         """The transform of the card's ``preprocessing`` profile for ``array`` ``[I, J, K]`` (read slab by slab)."""
         if preprocessing["profile"] == "nnunet":
-            from ..sources.nnunet import intensity_transform
-
-            return intensity_transform(array, preprocessing)
+            return nnunet_intensity_transform(array, preprocessing)
         if preprocessing["profile"] == "ct_window":
             a_min, a_max = float(preprocessing["a_min"]), float(preprocessing["a_max"])
             return cls(scale=1.0 / (a_max - a_min), offset=-a_min / (a_max - a_min), low=0.0, high=1.0)
@@ -85,6 +83,51 @@ class IntensityTransform:
         if zeros is not None:
             x[zeros] = 0.0
         return x
+
+
+def nonzero_box(array: np.ndarray) -> Tuple[slice, ...]:
+    """The bounding box of the non-zero voxels of ``array`` ``[I, J, K]`` (nnU-Net's ``crop_to_nonzero``; the
+    whole array when all voxels are zero)."""
+    box = []
+    for axis in range(array.ndim):
+        others = tuple(a for a in range(array.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(array != 0, axis=others))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, array.shape[axis]))
+    return tuple(box)
+
+
+def nnunet_intensity_transform(array: np.ndarray, preprocessing: Mapping) -> IntensityTransform:
+    """The :class:`IntensityTransform` of nnU-Net's normalisation (the card's ``"nnunet"`` profile, read from the
+    plans by :mod:`ASSFTActive.sources.nnunet`) for ``array`` ``[I, J, K]``.
+
+    - ``CTNormalization``: ``clip(x, p0.5, p99.5)`` then ``(x - mean) / max(std, 1e-8)`` with the plans' foreground
+      statistics; the same as the affine map followed by a clip to the mapped bounds.
+    - ``ZScoreNormalization`` without mask: mean and standard deviation over the non-zero bounding box (nnU-Net
+      crops to it before normalising); with ``use_mask_for_norm``: over nnU-Net's non-zero mask (holes filled) and
+      voxels that are zero stay zero (nnU-Net leaves the voxels outside the mask alone; zeros inside holes of the
+      mask are the one difference).
+    - ``NoNormalization``: unchanged.
+    """
+    scheme = preprocessing["scheme"]
+    if scheme == "NoNormalization":
+        return IntensityTransform(scale=1.0, offset=0.0)
+    if scheme == "CTNormalization":
+        mean, std = float(preprocessing["mean"]), max(float(preprocessing["std"]), 1e-8)
+        low, high = float(preprocessing["percentile_00_5"]), float(preprocessing["percentile_99_5"])
+        return IntensityTransform(scale=1.0 / std, offset=-mean / std, low=(low - mean) / std,
+                                  high=(high - mean) / std)
+    box = nonzero_box(array)
+    region = np.asarray(array[box])
+    if preprocessing.get("use_mask_for_norm", False):
+        from scipy.ndimage import binary_fill_holes
+
+        values = region[binary_fill_holes(region != 0)].astype(np.float64)
+    else:
+        values = region.astype(np.float64).ravel()
+    mean = float(values.mean()) if values.size else 0.0
+    std = max(float(values.std()) if values.size else 0.0, 1e-8)
+    return IntensityTransform(scale=1.0 / std, offset=-mean / std,
+                              zero_stays_zero=bool(preprocessing.get("use_mask_for_norm", False)))
 
 
 def nonzero_mean_std(array: np.ndarray) -> Tuple[float, float]:

@@ -14,7 +14,7 @@ into a :class:`~ASSFTActive.cards.ModelCard` without touching the folder:
   axis order. No reorientation (nnU-Net never reorients either);
 - the intensity normalisation: the plans' ``normalization_schemes`` and ``use_mask_for_norm`` and, for
   ``CTNormalization``, ``foreground_intensity_properties_per_channel`` (profile ``"nnunet"``,
-  :func:`intensity_transform`);
+  :func:`ASSFTActive.inference.preprocess.nnunet_intensity_transform` applies it);
 - the classes: ``dataset.json`` ``labels`` (background first, the ``ignore`` label dropped; region-based models are
   refused: their outputs are sigmoids, not one softmax channel per class);
 - the weights: ``checkpoint_final.pth`` read with ``torch.load(weights_only=True)`` and an allow-list of exactly the
@@ -438,60 +438,6 @@ def read_state_dict(path: Path) -> Dict[str, Any]:
     """The network weights of an nnU-Net checkpoint, with ``torch.compile``'s ``_orig_mod.`` prefix removed."""
     weights = read_checkpoint(path)["network_weights"]
     return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in weights.items()}
-
-
-# --------------------------------------------------------------------------------------------- intensity
-
-
-def nonzero_box(array) -> Tuple[slice, ...]:
-    """The bounding box of the non-zero voxels of ``array`` ``[I, J, K]`` (nnU-Net's ``crop_to_nonzero``; the
-    whole array when all voxels are zero)."""
-    import numpy as np
-
-    box = []
-    for axis in range(array.ndim):
-        others = tuple(a for a in range(array.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(array != 0, axis=others))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, array.shape[axis]))
-    return tuple(box)
-
-
-def intensity_transform(array, preprocessing: Mapping[str, Any]):
-    """The :class:`~ASSFTActive.inference.preprocess.IntensityTransform` of nnU-Net's normalisation for ``array``
-    ``[I, J, K]``.
-
-    - ``CTNormalization``: ``clip(x, p0.5, p99.5)`` then ``(x - mean) / max(std, 1e-8)`` with the plans' foreground
-      statistics; the same as the affine map followed by a clip to the mapped bounds.
-    - ``ZScoreNormalization`` without mask: mean and standard deviation over the non-zero bounding box (nnU-Net
-      crops to it before normalising); with ``use_mask_for_norm``: over nnU-Net's non-zero mask (holes filled) and
-      voxels that are zero stay zero (nnU-Net leaves the voxels outside the mask alone; zeros inside holes of the
-      mask are the one difference).
-    - ``NoNormalization``: unchanged.
-    """
-    import numpy as np
-
-    from ..inference.preprocess import IntensityTransform
-
-    scheme = preprocessing["scheme"]
-    if scheme == "NoNormalization":
-        return IntensityTransform(scale=1.0, offset=0.0)
-    if scheme == "CTNormalization":
-        mean, std = float(preprocessing["mean"]), max(float(preprocessing["std"]), 1e-8)
-        low, high = float(preprocessing["percentile_00_5"]), float(preprocessing["percentile_99_5"])
-        return IntensityTransform(scale=1.0 / std, offset=-mean / std, low=(low - mean) / std,
-                                  high=(high - mean) / std)
-    box = nonzero_box(array)
-    region = np.asarray(array[box])
-    if preprocessing.get("use_mask_for_norm", False):
-        from scipy.ndimage import binary_fill_holes
-
-        values = region[binary_fill_holes(region != 0)].astype(np.float64)
-    else:
-        values = region.astype(np.float64).ravel()
-    mean = float(values.mean()) if values.size else 0.0
-    std = max(float(values.std()) if values.size else 0.0, 1e-8)
-    return IntensityTransform(scale=1.0 / std, offset=-mean / std,
-                              zero_stays_zero=bool(preprocessing.get("use_mask_for_norm", False)))
 
 
 def mirroring_axes(checkpoint: Mapping[str, Any]) -> Optional[Sequence[int]]:

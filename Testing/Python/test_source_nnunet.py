@@ -25,7 +25,7 @@ from conftest import write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import ModelError
-from ASSFTActive.inference.preprocess import to_model_space
+from ASSFTActive.inference.preprocess import nnunet_intensity_transform, nonzero_box, to_model_space
 from ASSFTActive.io import Volume, read_volume
 from ASSFTActive.models import load_model
 from ASSFTActive.sources import nnunet
@@ -262,7 +262,7 @@ def reference_normalisation(image: np.ndarray, preprocessing) -> tuple:
     """
     from scipy.ndimage import binary_fill_holes
 
-    box = nnunet.nonzero_box(image)
+    box = nonzero_box(image)
     crop = np.array(image[box], dtype=np.float32)
     scheme = preprocessing["scheme"]
     if scheme == "CTNormalization":
@@ -296,7 +296,7 @@ def test_normalisation_equals_nnunets_formulas(scheme, use_mask):
     preprocessing = {"profile": "nnunet", "scheme": scheme, "use_mask_for_norm": use_mask, "mean": 400.0,
                      "std": 100.0, "percentile_00_5": 280.0, "percentile_99_5": 520.0}
     box, expected = reference_normalisation(image, preprocessing)
-    ours = nnunet.intensity_transform(image, preprocessing)(image).numpy()[box]
+    ours = nnunet_intensity_transform(image, preprocessing)(image).numpy()[box]
     if use_mask:  # nnU-Net z-scores zeros inside its hole-filled mask; ASSFT keeps every zero at zero
         hole = image[box] == 0
         assert np.abs(ours - expected)[~hole].max() < 1e-4
