@@ -103,7 +103,11 @@ def test_cold_start_summary_without_probabilities_ranks_only_with_probability_fr
     for strategy in ("dkd_only", "random", "coreset"):
         ranking = select(pool, 2, QueryConfig(strategy=strategy))
         assert len(ranking.selected_ids) == 2
-    for strategy in ("assft", "asd_only", "mean_entropy", "clasp_pe"):
+    # assft's cold-start rule: DKD's diversity alone, saying why (test_source_encoder_only.py tests it in full)
+    cold = select(pool, 2, QueryConfig(strategy="assft"))
+    assert cold.selected_ids == select(pool, 2, QueryConfig(strategy="dkd_only")).selected_ids
+    assert cold.asd_unavailable
+    for strategy in ("asd_only", "mean_entropy", "clasp_pe"):
         with pytest.raises(ValueError, match="dkd_only"):
             select(pool, 2, QueryConfig(strategy=strategy))
 
