@@ -37,7 +37,8 @@ def summarize_case(
             asks for (streamed by the predictor, or :func:`~.regions.region_sums` of a probability volume), or
             ``None`` at cold start (no segmentation head yet): then ``asd`` and ``mean_entropy`` are NaN and
             ``clasp_scores`` is empty, ``foreground_voxels`` is NaN, and only ``dkd_only``, ``random`` and
-            ``coreset`` can rank the pool.
+            ``coreset`` can rank the pool, and ``assft``, which then ranks as ``dkd_only``
+            (:func:`~.selection.cold_start`).
         current_features: pooled features ``[D_s]`` of the current encoder, one per stage, shallow to deep.
         pretrained_features: the same for the frozen pre-trained encoder. The deepest stage of each becomes the
             case's embedding for diversity and coreset.
