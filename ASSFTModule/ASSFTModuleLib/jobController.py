@@ -141,6 +141,8 @@ class CardCheck:
             failed before the network was built).
         encoderStages: the modules the card names as ``encoder_stages``.
         output: everything the check printed.
+        headInitialised: the card holds encoder weights only; its segmentation head will be initialised (the
+            engine's ``head:`` line), so the first ranking uses diversity alone.
     """
 
     card: str
@@ -149,13 +151,17 @@ class CardCheck:
     modules: Tuple[Tuple[str, str], ...] = ()
     encoderStages: Tuple[str, ...] = ()
     output: str = ""
+    headInitialised: bool = False
 
     def summary(self) -> str:
         """One line for the status label."""
         if not self.usable:
             return f"Card check failed: {self.message}"
         return (f"Card check passed: {self.card} is usable ({len(self.modules)} modules; encoder stages: "
-                f"{', '.join(self.encoderStages) or 'none'}).")
+                f"{', '.join(self.encoderStages) or 'none'})."
+                + (" Encoder weights only: the segmentation head will be initialised, the first ranking uses "
+                   "diversity alone (no ASD), and the first Adapt trains head and encoder." if self.headInitialised
+                   else ""))
 
 
 def cardCheckCommand(card: str, python: Optional[str] = None) -> List[str]:
@@ -190,8 +196,9 @@ def parseCardCheck(card: str, output: str, exitCode: int, errorText: str = "") -
     else:
         tail = [line for line in lines if line.strip()][-1:]
         message = f"the check ended with exit code {exitCode}" + (f": {tail[0]}" if tail else "")
+    headInitialised = any(line.startswith("head:") and "initialised" in line for line in lines)
     return CardCheck(card=str(card), usable=usable, message=message, modules=tuple(modules),
-                     encoderStages=tuple(stages), output=output)
+                     encoderStages=tuple(stages), output=output, headInitialised=headInitialised)
 
 
 class JobController:

@@ -219,3 +219,15 @@ def test_round_on_an_encoder_only_card_ranks_by_diversity_adapts_head_and_encode
     assert len(candidates) == 3 and all(c["asd"] is not None and np.isfinite(c["asd"]) for c in candidates)
     assert any(c["knowledge_divergence"] > 0 for c in candidates)  # the adapted encoder against the pre-trained one
     assert (second / "predictions").is_dir()
+
+
+def test_the_panels_card_check_says_the_head_will_be_initialised(encoder_card, capsys):
+    import slicer_scene
+
+    slicer_scene.requireSlicer()  # ASSFTModuleLib reads volumes through vtk
+    from ASSFTModuleLib.jobController import parseCardCheck
+
+    assert main(["check-card", str(encoder_card), "--modules", "--device", "cpu"]) == 0
+    check = parseCardCheck(str(encoder_card), capsys.readouterr().out, 0)
+    assert check.usable and check.headInitialised
+    assert "the segmentation head will be initialised" in check.summary()
