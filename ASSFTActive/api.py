@@ -458,6 +458,8 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
             emit(progress, "warning", phase="rank", message=message)
         ranking = select_from_reports(staged, plan.size, query, round_index=plan.round_index,
                                       total_rounds=plan.total_rounds)
+        if ranking.asd_unavailable and ctx.is_main:  # cold start: the panel, the browser and the CLI say why
+            emit(progress, "warning", phase="rank", message=ranking.asd_unavailable)
         proposed: Tuple[ProposedUnit, ...] = ()
         if units.unit != Unit.VOLUME:
             ranking, proposed = propose_units(ranking, staged, budget, query, units)

@@ -183,8 +183,9 @@ def test_round_on_an_encoder_only_card_ranks_by_diversity_adapts_head_and_encode
     first = tmp_path / "round1"
     assert main(["rank", "--images", str(images), "--model", str(encoder_card), "--budget", "2", "--out", str(first),
                  "--quiet", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "n/a" in out and "ASD n/a: ASD needs a prediction" in out
+    printed = capsys.readouterr()
+    assert "n/a" in printed.out and "ASD n/a: ASD needs a prediction" in printed.out
+    assert f"warning: {COLD_START_ASD_REASON}" in printed.err  # the event the panel and the browser show
     ranking = json.loads((first / "ranking.json").read_text())
     assert ranking["asd_unavailable"] == COLD_START_ASD_REASON and "probably_wrong" not in ranking
     assert all(c["asd"] is None and math.isfinite(c["dkd"]) for c in ranking["cases"])
