@@ -175,6 +175,23 @@ def test_ranking_file_carries_the_reason_asd_is_missing_and_omits_it_otherwise()
         RankingFile(strategy="assft", budget=1, model="m", cases=(entry,), asd_unavailable="")
 
 
+def test_first_ranking_on_an_encoder_only_card_uses_diversity_alone_and_says_why(encoder_card, tmp_path,
+                                                                                  one_thread):
+    from ASSFTActive.api import rank_pool
+
+    images, _ = write_dataset(tmp_path / "pool", count=3, labeled=0)
+    events = []
+    result = rank_pool(sorted(images.values()), load_card(encoder_card), 1, tmp_path / "ranked",
+                       progress=events.append)
+    assert result.ranking.asd_unavailable == COLD_START_ASD_REASON
+    assert [c.case_id for c in result.ranking.cases] == [
+        c.case_id for c in select([v.evidence for v in result.volumes], 1, QueryConfig(strategy="dkd_only")).cases]
+    record = RankingFile.from_dict(json.loads((tmp_path / "ranked" / "ranking.json").read_text()))
+    assert record.asd_unavailable == COLD_START_ASD_REASON and record.probably_wrong is None
+    assert all(e.asd is None and e.entropy_map is None and e.prediction is None for e in record.cases)
+    assert any(e.event == "warning" and e.message == COLD_START_ASD_REASON for e in events)
+
+
 @pytest.mark.slow
 def test_round_on_an_encoder_only_card_ranks_by_diversity_adapts_head_and_encoder_and_reranks_with_both(
         encoder_card, tmp_path, capsys, one_thread):
