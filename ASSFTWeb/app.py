@@ -59,6 +59,15 @@ def _finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _round_line(plan) -> str:
+    """The ranking caption's query line: the round only when the budget is spread over several rounds."""
+    if plan is None:
+        return ""
+    if plan.total_rounds > 1:
+        return f" {describeQueryRound(plan)}"
+    return f" {plan.size} volume{'' if plan.size == 1 else 's'} proposed."
+
+
 def _query_rounds(value) -> int:
     try:
         return queryRoundsValue(value)
@@ -222,12 +231,14 @@ class ASSFTWebApp(TrameApp):
             what = "Re-ranked with the adapted model" if outcome.kind in ADAPT_KINDS else "Ranked"
             caption = f"{what}: ranking {self.state.ranking_round}, model {model}."
             query_round = getattr(outcome.loaded, "queryRound", None)
-            self.state.ranking_caption = caption + (f" {describeQueryRound(query_round)}"
-                                                    if query_round is not None else "")
+            self.state.ranking_caption = caption + _round_line(query_round)
             self._refresh_rows()
             if self.state.rows:
                 self.select_row(self.state.selected_row if self.state.selected_row >= 0 else 0)
-        self.state.status = outcome.message or outcome.status
+        if outcome.status == "error" and self.state.error:  # the message is in the red box, not twice
+            self.state.status = f"{outcome.kind.capitalize()} failed: see the message above."
+        else:
+            self.state.status = outcome.message or outcome.status
         self.state.job_kind = f"{outcome.kind} {outcome.status}"
         self._update_next_step()
 
@@ -518,9 +529,9 @@ class ASSFTWebApp(TrameApp):
                              hide_details=True, id="prefill_toggle")
                 v3.VBtn("Save labels", click=self.save_labels, size="small", color="success", id="btn_save",
                         title=("'Writes the label file into ' + labels_dir",))
-            html.Div("Labeled voxels: {{ voxel_total }} ({{ Object.entries(voxel_counts).map(([k, v]) => k + ' '"
-                     " + v).join(', ') }}) in {{ annotated_name || 'no volume yet' }}", id="voxel_counts",
-                     classes="text-caption")
+            html.Div("Labeled voxels: {{ annotated_name ? voxel_total + ' (' + Object.entries(voxel_counts).map("
+                     "([k, v]) => k + ' ' + v).join(', ') + ') in ' + annotated_name : 'none yet (Annotate opens the "
+                     "volume shown in the segment editor)' }}", id="voxel_counts", classes="text-caption")
             html.Div("{{ saved_message }}", id="saved_message", classes="text-caption mb-1",
                      style="overflow-wrap: anywhere;")
             html.Div("{{ ranking_caption }}", id="ranking_caption", classes="text-subtitle-2")

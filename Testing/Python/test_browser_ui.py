@@ -155,8 +155,9 @@ def _shot(page, name: str) -> None:
 
 
 def _labeled_voxels(page) -> int:
-    text = page.inner_text("#voxel_counts")  # "Labeled voxels: N (anterior a, posterior p)"
-    return int(text.split(":", 1)[1].split("(", 1)[0].strip())
+    """``N`` of "Labeled voxels: N (anterior a, posterior p) in <volume>"; 0 before Annotate ("none yet")."""
+    text = page.inner_text("#voxel_counts").split(":", 1)[1].split("(", 1)[0].strip()
+    return 0 if text.startswith("none yet") else int(text)
 
 
 def _class_voxels(page) -> dict:
