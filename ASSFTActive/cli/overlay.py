@@ -36,8 +36,14 @@ def run(args: argparse.Namespace) -> int:
         config = OverlayConfig(threshold=args.threshold, max_regions=args.max_regions)
     except ValueError as exc:
         raise InputError(f"{exc} (--threshold, --max-regions).") from exc
+    card = resolve_card(args.model)
+    if not card.has_trained_head:
+        raise InputError(f"{card.path or card.name} holds encoder weights only ({card.weights_format}): its "
+                         "segmentation head is not trained, so there is no prediction to take an entropy overlay "
+                         "from. Label a few volumes, run assft adapt, and use the adapted model (--model "
+                         "<store>/<name>).")
     image = check_image(read_volume(args.image))
-    predictor = make_predictor(resolve_card(args.model), resolve_device(args.device))
+    predictor = make_predictor(card, resolve_device(args.device))
     prediction = predictor.predict(image, regions=RegionSpec.from_config(QueryConfig()))
     map_path, regions_path = write_overlay(image, prediction.entropy_levels, prediction.region, args.out,
                                            case_id(args.image), config)

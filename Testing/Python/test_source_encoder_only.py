@@ -140,6 +140,13 @@ def test_check_card_says_the_head_will_be_initialised(encoder_card, capsys):
     assert "the card is usable" in out
 
 
+def test_an_overlay_from_an_encoder_only_card_is_refused_with_what_to_do(encoder_card, tmp_path, capsys):
+    images, _ = write_dataset(tmp_path / "pool", count=1, labeled=0)
+    assert main(["overlay", "--image", str(images["case_000"]), "--model", str(encoder_card), "--out",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "encoder weights only" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def _evidence(case_id: str, embedding, asd: float) -> CaseEvidence:
     return CaseEvidence(case_id=case_id, knowledge_divergence=0.0, asd=asd, mean_entropy=asd,
                         pretrained_embedding=embedding, current_embedding=embedding, clasp_scores=[])
