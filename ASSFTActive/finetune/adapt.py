@@ -25,19 +25,19 @@ store as it was. With ``work_dir`` the run writes resumable checkpoints there an
 Under ``torchrun`` (a :class:`~ASSFTActive.distributed.DistContext` with several ranks) training is
 DistributedDataParallel, and prediction and validation are sharded across ranks; only rank 0 writes.
 
-Where each step lives: the run state and the reading of inputs :mod:`.state`; resumable state :mod:`.checkpoints`;
-what a method supplies :mod:`.method`; the cross-validation and the pool check :mod:`.cross_validation`, the
-decision :mod:`.guard`; scoring :func:`ASSFTActive.evaluate.evaluate_cases`; the new version
-:meth:`ASSFTActive.store.ModelStore.add_version`.
+Where each step lives: the run state and the reading of inputs :mod:`.state`; resumable state :mod:`.checkpoints`; what
+a method supplies :mod:`.method`; what a run produced :mod:`.result`; the cross-validation and the pool check
+:mod:`.cross_validation`, the decision :mod:`.guard`; scoring :func:`ASSFTActive.evaluate.evaluate_cases`; the new
+version :meth:`ASSFTActive.store.ModelStore.add_version`.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -50,13 +50,14 @@ from ..models import LoadedModel, ModelCard, load_card, load_model
 from ..plausibility import check_image
 from ..progress import ProgressCallback, emit
 from ..store import ModelStore, ModelVersion, check_name, resolve_card_path
+from .assft import SelectiveSelfTraining
 from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .guard import ActivationDecision, CrossValidation, decide
 from .label_checks import require_labels_near_prediction, require_plausible_labelled_set, thresholds_for
 from .method import AdaptMethod, Trained
-from .pseudo import PseudoDecision
+from .result import AdaptResult
 from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, read_labeled, unwrap
 
 __all__ = ["AdaptRequest", "AdaptResult", "SkippedVolume", "adapt_model", "default_name", "run_adaptation"]
@@ -100,64 +101,6 @@ class AdaptRequest:
 
     def context(self) -> DistContext:
         return self.ctx if self.ctx is not None else DistContext.single(self.device)
-
-
-@dataclass(frozen=True)
-class AdaptResult:
-    """What an adaptation run produced.
-
-    Attributes:
-        name: model name in the store.
-        version: the new version, ``"v<k>"``.
-        version_dir: its folder.
-        card_path: its model card (the active card when ``activated``).
-        activated: whether the new version became the active one.
-        decision: the guard's verdict and its reason (:class:`~.guard.ActivationDecision`).
-        labeled: labelled volumes trained on.
-        skipped: volumes left out, with the reason.
-        pseudo: the pseudo-labelling decision on every unlabelled volume (last self-training round).
-        metrics: ``{"evaluated_on": "cross_validation" | "labeled", "cases", "before": {...}, "after": {...},
-            "stop_step", "cross_validation": {...} | None}`` (the verdict is ``decision``), each summary
-            ``{"mean_dice", "dice": {class: x}, "hd95": {class: mm}}``. With cross-validation, "before" is the
-            current model on the labelled volumes and "after" the held-out score of the folds at ``stop_step``;
-            without it (one label, or the guard off), "after" is the new model on its own training volumes.
-        predictions: ``{case_id: label file}`` of the unlabelled volumes predicted by the new model.
-        seconds: wall time of the run.
-        resumed_from: global training step the run resumed from (0 = fresh start).
-    """
-
-    name: str
-    version: str
-    version_dir: Path
-    card_path: Path
-    activated: bool
-    decision: ActivationDecision
-    labeled: Tuple[str, ...]
-    skipped: Tuple[SkippedVolume, ...]
-    pseudo: Tuple[PseudoDecision, ...]
-    metrics: Mapping[str, Any]
-    predictions: Mapping[str, Path] = field(default_factory=dict)
-    seconds: float = 0.0
-    resumed_from: int = 0
-
-    @property
-    def dice_before(self) -> float:
-        return float(self.metrics["before"]["mean_dice"])
-
-    @property
-    def dice_after(self) -> float:
-        return float(self.metrics["after"]["mean_dice"])
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "name": self.name, "version": self.version, "version_dir": str(self.version_dir),
-            "card_path": str(self.card_path), "activated": self.activated,
-            "activation": self.decision.to_dict(), "labeled": list(self.labeled),
-            "skipped": [s.to_dict() for s in self.skipped],
-            "pseudo": [d.to_dict() for d in self.pseudo], "metrics": json_ready(self.metrics),
-            "predictions": {k: str(v) for k, v in self.predictions.items()}, "seconds": round(self.seconds, 2),
-            "resumed_from": self.resumed_from,
-        }
 
 
 def default_name(card: ModelCard) -> str:
@@ -233,8 +176,6 @@ def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], 
     """:func:`run_adaptation` with ASSFT's method (:class:`~.assft.SelectiveSelfTraining` of ``config``): fine-tune
     on the labelled volumes plus reliable pseudo-labelled ones. The arguments are :class:`AdaptRequest`'s (``dist``
     is its ``ctx``)."""
-    from .assft import SelectiveSelfTraining
-
     return run_adaptation(AdaptRequest(images, labels, store, model=model, name=name, progress=progress,
                                        work_dir=work_dir, predictions_dir=predictions_dir, device=device, ctx=dist,
                                        before_commit=before_commit), SelectiveSelfTraining(config))

@@ -25,7 +25,7 @@ from .recipe import check_replicas, run_recipe
 from .state import AdaptRun, LabeledVolume, load_state
 
 if TYPE_CHECKING:
-    from .adapt import AdaptResult
+    from .result import AdaptResult
 
 __all__ = ["SelectiveSelfTraining"]
 

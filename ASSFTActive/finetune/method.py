@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from ..models import ModelCard
     from ..progress import ProgressCallback
-    from .adapt import AdaptResult
     from .config import FinetuneConfig
+    from .result import AdaptResult
     from .state import AdaptRun, LabeledVolume
 
 __all__ = ["AdaptMethod", "FoldScorer", "Trained"]

@@ -50,11 +50,12 @@ import torch
 from ..distributed import DistContext
 from ..errors import InputError, JobError, ModelError
 from ..evaluate import SkippedVolume
-from ..finetune.adapt import AdaptRequest, AdaptResult, BeforeCommit, run_adaptation
+from ..finetune.adapt import AdaptRequest, BeforeCommit, run_adaptation
 from ..finetune.checkpoints import CHECKPOINT_FILE, PseudoLabels, TrainingCheckpoint
 from ..finetune.config import FinetuneConfig
 from ..finetune.method import FoldScorer, Trained
 from ..finetune.pseudo import PseudoDecision
+from ..finetune.result import AdaptResult
 from ..finetune.state import AdaptRun, LabeledVolume, cpu_state, load_state
 from ..finetune.training import (
     CheckpointHook,

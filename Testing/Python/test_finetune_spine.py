@@ -11,12 +11,13 @@ import pytest
 import torch
 from conftest import FAST_FINETUNE, make_tiny_card, read_json, write_dataset
 
-from ASSFTActive.finetune.adapt import AdaptRequest, AdaptResult, run_adaptation
+from ASSFTActive.finetune.adapt import AdaptRequest, run_adaptation
 from ASSFTActive.finetune.assft import SelectiveSelfTraining
 from ASSFTActive.finetune.checkpoints import PseudoLabels
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.finetune.method import Trained
 from ASSFTActive.finetune.pseudo import PseudoDecision
+from ASSFTActive.finetune.result import AdaptResult
 from ASSFTActive.store import ModelStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
