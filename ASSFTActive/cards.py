@@ -21,6 +21,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import ModelError
 from .io import PathLike, atomic_write_text
+from .sources import card_for_weights
+from .sources.nnunet import check_preprocessing as check_nnunet_preprocessing
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 EMBEDDED_DEFAULT_CARD = RESOURCES / "models" / "hippocampus-unet" / "card.json"
@@ -233,9 +235,7 @@ def _validate_preprocessing(preprocessing: Mapping[str, Any], where: str) -> Non
             raise ModelError(f"{where}: the ct_window profile needs numbers a_min < a_max (HU), got a_min={a_min!r}, "
                              f"a_max={a_max!r}.")
     if profile == "nnunet":  # nnU-Net's normalisation schemes (ASSFTActive.sources.nnunet)
-        from .sources.nnunet import check_preprocessing
-
-        check_preprocessing(preprocessing, where)
+        check_nnunet_preprocessing(preprocessing, where)
 
 
 def load_card(path: PathLike) -> ModelCard:
@@ -243,11 +243,9 @@ def load_card(path: PathLike) -> ModelCard:
     checkpoint, a MONAI bundle's ``models/model.pt``: :mod:`ASSFTActive.sources` reads the card from its folder)."""
     path = Path(path).resolve()
     if path.suffix in (".pth", ".pt") and path.is_file():
-        from .sources import card_for_weights
-
-        source_card = card_for_weights(path)
-        if source_card is not None:
-            return source_card
+        source_fields = card_for_weights(path)
+        if source_fields is not None:
+            return ModelCard.from_dict(source_fields, path=path)
     if not path.is_file():
         raise ModelError(f"{path}: model card not found. Pass a card JSON file (see `assft models`).")
     try:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import List, Tuple
 
+from ..cards import ModelCard
+from ..sources import nnunet
 from .common import add_device_argument
 
 
@@ -77,9 +79,29 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
     return shape, [(name, seen[name]) for name in card.encoder_stages]
 
 
+def describe(card: ModelCard) -> List[str]:
+    """Lines ``assft check-card`` prints about what a card will do to a volume: the preprocessing (profile and
+    values, spacing, orientation, patch) and, for a source, where it came from and what is not reproduced (for
+    nnU-Net, the checkpoint's test-time mirroring axes)."""
+    spacing = "the volume's own" if card.spacing is None else f"{list(card.spacing)} mm"
+    lines = [f"preprocessing: {dict(card.preprocessing)}",
+             f"spacing:      {spacing}; orientation: {card.orientation or 'as stored (no reorientation)'}; "
+             f"patch: {list(card.patch_size)}"]
+    source = card.provenance.get("source") if isinstance(card.provenance, dict) else None
+    if source == "nnunet" and card.path is not None:
+        checkpoint = nnunet.read_checkpoint(card.path)
+        lines.append(f"source:       nnU-Net {card.provenance.get('configuration')} {card.provenance.get('fold')} "
+                     f"of {card.provenance.get('folder')} (trainer {checkpoint.get('trainer_name')})")
+        lines.append(f"not applied:  test-time mirroring over nnU-Net axes {nnunet.mirroring_axes(checkpoint)}; "
+                     f"{', '.join(card.provenance.get('not_reproduced', []))}")
+    elif source == "monai_bundle":
+        lines.append(f"source:       MONAI bundle {card.provenance.get('folder')} (version "
+                     f"{card.provenance.get('version')})")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from ..models import HEAD_INIT_SEED, load_model
-    from ..sources import describe
     from ..store import resolve_card
     from .common import resolve_device
 

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models import load_model
-    from ..sources.nnunet import export
+    from ..sources.nnunet_export import export
     from ..store import resolve_card
 
     card = resolve_card(args.model)

@@ -6,7 +6,8 @@ A bundle (MONAI model zoo, MONAI Label, Auto3DSeg) is a folder::
     configs/metadata.json     network_data_format.outputs.pred.channel_def: the class names
     models/model.pt           the weights: a state dict (or {"model": state dict}, CheckpointLoader's layout)
 
-This module turns it into a :class:`~ASSFTActive.cards.ModelCard` without running anything from the bundle:
+This module turns it into the fields of a model card (:func:`card_for_weights`) without running anything from
+the bundle:
 
 - ``network_def`` must name one of the MONAI networks ASSFT builds
   (:data:`ASSFTActive.models.ALLOWED_MONAI_NETWORKS`), with literal arguments or ``@id`` references to literals;
@@ -30,7 +31,6 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
-from ..cards import ModelCard
 from ..errors import ModelError
 
 INFERENCE_FILE = Path("configs") / "inference.json"
@@ -232,8 +232,9 @@ def class_names(folder: Path, out_channels: Any) -> Tuple[str, ...]:
     return tuple(name for _, name in ordered)
 
 
-def card_for_weights(weights: Path) -> ModelCard:
-    """The card of the bundle whose ``models/model.pt`` is ``weights`` (``card.path`` is that file).
+def card_for_weights(weights: Path) -> Dict[str, Any]:
+    """The card fields (the card file's JSON) of the bundle whose ``models/model.pt`` is ``weights``
+    (:func:`ASSFTActive.cards.load_card` validates them; the card's path is that file).
 
     Raises:
         ModelError: a file is missing or unreadable, or something the card cannot express (named in the message).
@@ -251,18 +252,17 @@ def card_for_weights(weights: Path) -> ModelCard:
     if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) for r in roi)):
         raise ModelError(f"{where}: inferer::roi_size must be three integers, got {roi!r}.")
     metadata = _read_json(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
-    return ModelCard(
+    return dict(
         name=re.sub(r"[^A-Za-z0-9._-]", "_", folder.name).lstrip("._-")[:100] or "bundle",
         architecture=f"monai:{name}",
         arguments=arguments,
         weights=weights.name,
         class_names=class_names(folder, arguments.get("out_channels")),
         encoder_stages=encoder_stages(name, arguments, where),
-        patch_size=tuple(roi),
+        patch_size=list(roi),
         preprocessing=mapped["preprocessing"],
         spacing=mapped["spacing"],
         orientation=mapped["orientation"],
         provenance={"source": "monai_bundle", "folder": str(folder), "version": metadata.get("version"),
                     "monai_version": metadata.get("monai_version")},
-        path=weights,
     )

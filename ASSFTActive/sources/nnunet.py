@@ -2,7 +2,7 @@
 
 A trained nnU-Net v2 model is a folder ``<Dataset>/<Trainer>__<Plans>__<configuration>`` holding ``plans.json``,
 ``dataset.json`` and ``fold_<k>/checkpoint_final.pth`` (or ``fold_all``). This module turns one fold of such a folder
-into a :class:`~ASSFTActive.cards.ModelCard` without touching the folder:
+into the fields of a model card (:func:`card_for_checkpoint`) without touching the folder:
 
 - the network: ``plans["configurations"][c]["architecture"]`` (nnU-Net >= 2.2: ``network_class_name`` and
   ``arch_kwargs``) or the older ``UNet_class_name`` / ``conv_kernel_sizes`` / ``pool_op_kernel_sizes`` keys, built
@@ -28,7 +28,8 @@ third-order spline resampling (ASSFT resamples trilinearly; no resampling happen
 plans' spacing). The cascade's second stage is refused (it needs the first stage's segmentation as input).
 
 This module imports neither torch nor numpy at import time: reading the card is torch-free like
-:mod:`ASSFTActive.cards`.
+:mod:`ASSFTActive.cards`, which it lies below (it imports no card type). Writing an adapted model back in nnU-Net's
+layout is :mod:`.nnunet_export`.
 
 References:
     Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical image segmentation",
@@ -39,12 +40,10 @@ References:
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..cards import ModelCard
 from ..errors import ModelError
 
 PLANS_FILE = "plans.json"
@@ -247,11 +246,11 @@ def check_preprocessing(preprocessing: Mapping[str, Any], where: str) -> None:
             raise ModelError(f"{where}: CTNormalization needs numbers mean, std, percentile_00_5 <= percentile_99_5.")
 
 
-def card_for_checkpoint(checkpoint: Path) -> ModelCard:
-    """The card of one fold of an nnU-Net training folder, built from its JSON files (the folder is not changed).
-
-    ``card.path`` is the checkpoint itself, so that the card reference (``str(card.path)``, stored in jobs and store
-    versions) resolves to the same fold again.
+def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
+    """The card fields (the card file's JSON) of one fold of an nnU-Net training folder, built from its JSON files
+    (the folder is not changed). :func:`ASSFTActive.cards.load_card` validates them and gives the card the checkpoint
+    itself as its path, so that the card reference (``str(card.path)``, stored in jobs and store versions) resolves
+    to the same fold again.
 
     Raises:
         ModelError: a file is missing or unreadable, or the model is one ASSFT cannot run (named in the message).
@@ -286,18 +285,18 @@ def card_for_checkpoint(checkpoint: Path) -> ModelCard:
     for network_axis, array_axis in enumerate(axes):
         in_assft_order[array_axis] = network_axis
     n_stages = int(kwargs.get("n_stages", 0))
-    return ModelCard(
+    return dict(
         name=_card_name(folder, checkpoint),
         architecture=f"nnunet:{class_name}",
         arguments={"in_channels": 1, "out_channels": len(classes), "arch_kwargs": kwargs,
                    "requires_import": list(architecture.get("_kw_requires_import") or []), "axes": axes},
         weights=checkpoint.name,
         class_names=classes,
-        encoder_stages=tuple(f"encoder.stages.{i}" for i in range(n_stages)),
-        patch_size=tuple(int(patch[a]) for a in in_assft_order),
+        encoder_stages=[f"encoder.stages.{i}" for i in range(n_stages)],
+        patch_size=[int(patch[a]) for a in in_assft_order],
         preprocessing=normalisation(plans, config, folder / PLANS_FILE),
         weights_format=WEIGHTS_FORMAT,
-        spacing=tuple(float(spacing[a]) for a in in_assft_order),
+        spacing=[float(spacing[a]) for a in in_assft_order],
         orientation=None,
         pretrained=None,
         provenance={"source": "nnunet", "folder": str(folder), "fold": checkpoint.parent.name,
@@ -306,7 +305,6 @@ def card_for_checkpoint(checkpoint: Path) -> ModelCard:
                     "transpose_forward": plans.get("transpose_forward", [0, 1, 2]),
                     "not_reproduced": ["test-time mirroring", "crop to the non-zero box before prediction",
                                        "third-order resampling (trilinear here)"]},
-        path=checkpoint,
     )
 
 
@@ -444,81 +442,3 @@ def mirroring_axes(checkpoint: Mapping[str, Any]) -> Optional[Sequence[int]]:
     """The checkpoint's ``inference_allowed_mirroring_axes`` (nnU-Net's network axes), or ``None``."""
     axes = checkpoint.get("inference_allowed_mirroring_axes")
     return tuple(int(a) for a in axes) if isinstance(axes, (list, tuple)) else None
-
-
-# --------------------------------------------------------------------------------------------- writing back
-
-
-def source_card(card: ModelCard) -> ModelCard:
-    """The nnU-Net card ``card`` descends from (itself, or the first of its ``pretrained`` chain read from an nnU-Net
-    folder).
-
-    Raises:
-        ModelError: the card is not an nnU-Net network or does not descend from an nnU-Net folder.
-    """
-    current, seen = card, set()
-    while True:
-        if not current.architecture.startswith("nnunet:"):
-            raise ModelError(f"{card.path or card.name}: not an nnU-Net network ({current.architecture}); only models "
-                             "read from an nnU-Net folder, or adapted from one, can be written in nnU-Net's layout.")
-        if current.weights_format == WEIGHTS_FORMAT and current.path is not None and is_checkpoint(current.path):
-            return current
-        if current.pretrained is None or str(current.path) in seen:
-            raise ModelError(f"{card.path or card.name}: its pre-trained model is not an nnU-Net folder; nothing to "
-                             "copy plans.json and dataset.json from.")
-        seen.add(str(current.path))
-        current = current.pretrained_card()
-
-
-def export(card: ModelCard, network, out: Path, fold: str = "fold_0") -> Path:
-    """Write ``network`` (the card's model, e.g. an adapted store version) as an nnU-Net v2 training folder that
-    nnU-Net's own predictor runs: ``<out>/<Trainer>__<Plans>__<configuration>/`` with the source folder's
-    ``plans.json`` and ``dataset.json`` and ``<fold>/checkpoint_final.pth`` holding the new ``network_weights``
-    (nnU-Net's key names, aliases included) and the source checkpoint's ``init_args``, ``trainer_name`` and
-    ``inference_allowed_mirroring_axes`` (what ``nnUNetPredictor.initialize_from_trained_model_folder`` reads).
-
-    The folder is assembled beside its destination and renamed into place only when complete; an existing
-    destination is never overwritten.
-
-    Returns:
-        the written training folder.
-
-    Raises:
-        ModelError: the card does not descend from an nnU-Net folder, or the destination exists.
-    """
-    import shutil
-    import tempfile
-
-    import torch
-
-    source = source_card(card)
-    folder = Path(source.provenance["folder"])
-    original = read_checkpoint(source.path)
-    out = Path(out).resolve()
-    if not _FOLD.match(fold):
-        raise ModelError(f"fold {fold!r} must be fold_<k> or fold_all.")
-    target = out / folder.name
-    if target.exists():
-        raise ModelError(f"{target}: exists; choose another --out folder (an nnU-Net folder is never overwritten).")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".assft-export-", dir=str(out)))
-    try:
-        shutil.copyfile(folder / PLANS_FILE, staging / PLANS_FILE)
-        shutil.copyfile(folder / DATASET_FILE, staging / DATASET_FILE)
-        (staging / fold).mkdir()
-        checkpoint = {
-            "network_weights": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-            "init_args": original.get("init_args"),
-            "trainer_name": original.get("trainer_name"),
-            "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes"),
-            "current_epoch": original.get("current_epoch"),
-            "assft_provenance": json.dumps({"model": card.name, "card": str(card.path),
-                                            "source_checkpoint": str(source.path),
-                                            "provenance": dict(card.provenance)}, default=str),
-        }
-        torch.save(checkpoint, staging / fold / CHECKPOINT_NAMES[0])
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
