@@ -26,6 +26,7 @@ from torch import nn
 from .distributed import DistContext, map_shards
 from .errors import InputError
 from .io import PathLike, Volume, read_volume
+from .label_checks import check_evaluation_label, find_label_issues
 from .models import LoadedModel, LoadReport, ModelCard
 from .partial import read_partial_label
 from .progress import ProgressCallback, emit
@@ -208,9 +209,9 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
         skip_unreadable: a case whose files cannot be used (:class:`~ASSFTActive.errors.InputError`) is skipped
             and listed in ``report.skipped``; otherwise the error propagates.
         ctx: under data parallelism, each rank scores its share and every rank gets the whole report.
-        label_checks: an :class:`~ASSFTActive.finetune.label_checks.EvaluationChecks`: each label is checked as
+        label_checks: an :class:`~ASSFTActive.label_checks.EvaluationChecks`: each label is checked as
             Adapt checks it (all background, shape, far from or swapped against the prediction,
-            :func:`~ASSFTActive.finetune.label_checks.check_evaluation_label`) and a refused label is skipped (or,
+            :func:`~ASSFTActive.label_checks.check_evaluation_label`) and a refused label is skipped (or,
             without ``skip_unreadable``, raises) unless the checks allow it, then it is scored with a warning; a
             class that no label contains is refused for the whole set. ``None`` (adaptation, benchmarks: labels
             already checked or known to be true): no checks.
@@ -254,8 +255,6 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
         truth_array = np.asarray(truth.array)
         present = tuple(int(v) for v in np.unique(truth_array))
         if label_checks is not None:
-            from .finetune.label_checks import check_evaluation_label
-
             checks = label_checks if annotated is None else replace(label_checks, partial=True)  # on annotated part
             refused, warned = check_evaluation_label(case.case_id, truth_array, prediction, image.spacing, checks)
             if refused and not label_checks.allow:
@@ -274,8 +273,6 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
     scored = map_shards(ctx, cases, score)
     results = [r for r, _ in scored]
     if label_checks is not None:
-        from .finetune.label_checks import find_label_issues
-
         labels = {c.case_id: np.asarray(present) for c, (r, present) in zip(cases, scored) if present}
         never = [i for i in find_label_issues(labels, label_checks.class_names) if i.kind == "class_never_labelled"]
         if never and not label_checks.allow:

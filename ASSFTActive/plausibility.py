@@ -11,7 +11,7 @@ about them. :func:`check_image` refuses them with an :class:`~ASSFTActive.errors
 
 Refused everywhere an image is read for ranking, overlays, evaluation and adaptation (labelled volumes). Label maps
 are not checked here (an all-background label is a label-plausibility question, see
-:mod:`ASSFTActive.finetune.label_checks`).
+:mod:`ASSFTActive.label_checks`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Measure the label-meaning checks on each anatomy's development cases and set their limits by a stated rule.
 
 For every true label of the development split (``Testing.Benchmarks.harness.splits.benchmark_split``; the cases of
-``reserved.txt`` are never read) this computes what :mod:`ASSFTActive.finetune.label_checks` checks:
+``reserved.txt`` are never read) this computes what :mod:`ASSFTActive.label_checks` checks:
 
 * the label's shape (no model): foreground share of the volume, share of its bounding box, the fewest slices a
   class spans, the in-plane interior share of its thinnest class, each class's volume in mm³;
@@ -55,7 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ASSFTActive.finetune.label_checks import (  # noqa: E402
+from ASSFTActive.io import case_id, read_label, read_volume  # noqa: E402
+from ASSFTActive.label_checks import (  # noqa: E402
     ClassOverlap,
     class_overlap,
     foreground_agreement,
@@ -63,7 +64,6 @@ from ASSFTActive.finetune.label_checks import (  # noqa: E402
     pooled_overlap,
     registration_shift,
 )
-from ASSFTActive.io import case_id, read_label, read_volume  # noqa: E402
 from Testing.Benchmarks.harness.shifts import BENCHMARK_SHIFTS, apply_shift  # noqa: E402
 from Testing.Benchmarks.harness.splits import acdc_patient, benchmark_split, each_case, read_reserved  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Every image with a label file of the same name in ``--labels`` is predicted and scored. A label that does not fit
 its image (other grid, classes the model lacks) is skipped with a warning; the table says how many were scored.
-The labels go through Adapt's label checks first (:mod:`ASSFTActive.finetune.label_checks`): an all-background
+The labels go through Adapt's label checks first (:mod:`ASSFTActive.label_checks`): an all-background
 label, a painted box, an inverted mask, a one-slice label or an outline, a class far larger than the anatomy's
 structure, a label away from or with classes swapped against the model's prediction is skipped with the reason, and
 a model class that no label contains (a 0/1 mask for a two-class model) refuses the evaluation, unless
@@ -41,8 +41,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..evaluate import LabelledCase, evaluate_cases
-    from ..finetune.label_checks import EvaluationChecks, thresholds_for
     from ..io import atomic_write_text, case_id, find_images, match_labels
+    from ..label_checks import EvaluationChecks, thresholds_for
     from ..models import load_card, load_model
     from ..store import resolve_card_path
     from .common import resolve_device

@@ -8,7 +8,8 @@ and the benchmarks; they differ only in the :class:`~.method.AdaptMethod` they p
    and what the method needs beside it, and opens the resumable checkpoints (:func:`start_run`);
 2. reads every labelled volume; a label whose geometry does not match its image, or with classes the model does
    not have, is skipped with a ``warning`` event naming the file (no usable labelled volume left: an error);
-   refuses implausible labels (:mod:`.label_checks`), and scores the current model on each (Dice, HD95 per class);
+   refuses implausible labels (:mod:`ASSFTActive.label_checks`), and scores the current model on each (Dice, HD95
+   per class);
 3. **the guard's cross-validation** (:func:`~.cross_validation.cross_validate`): the method's recipe once per fold,
    each fold trained on the other labelled volumes and scored on its held-out ones along the way;
 4. **the method's final training** on every labelled volume, up to the step where the cross-validated Dice peaked
@@ -46,6 +47,7 @@ from ..distributed import DistContext, map_shards
 from ..errors import InputError
 from ..evaluate import EvaluationReport, SkippedVolume, format_score, json_ready
 from ..io import PathLike, check_writable_folder, read_volume, write_volume
+from ..label_checks import require_labels_near_prediction, require_plausible_labelled_set, thresholds_for
 from ..models import LoadedModel, ModelCard, load_card, load_model
 from ..plausibility import check_image
 from ..progress import ProgressCallback, emit
@@ -55,7 +57,6 @@ from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .guard import ActivationDecision, CrossValidation, decide
-from .label_checks import require_labels_near_prediction, require_plausible_labelled_set, thresholds_for
 from .method import AdaptMethod, Trained
 from .result import AdaptResult
 from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, read_labeled, unwrap

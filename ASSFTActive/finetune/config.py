@@ -344,15 +344,15 @@ class FinetuneConfig:
         predict_pool: after training, predict every unlabelled volume with the new model (label maps written by
             the caller), True.
         allow_implausible_labels: train even on labels that look wrong (an all-background label, a class that no
-            labelled volume contains; :mod:`ASSFTActive.finetune.label_checks`), with a warning instead of an
+            labelled volume contains; :mod:`ASSFTActive.label_checks`), with a warning instead of an
             error, False.
         partial_labels: the labels are declared partial (some slices or part of a structure painted): the label
             checks then accept a one-slice label, an outline and a class smaller than a complete one
-            (:func:`~ASSFTActive.finetune.label_checks.find_shape_issues`), False.
+            (:func:`~ASSFTActive.label_checks.find_shape_issues`), False.
         label_prediction_ratio: a labelled volume is refused when less than 1/this of its foreground lies within
             3 voxels of the predicted foreground (a mask of another structure); this many times more or less
             foreground than predicted only warns since issue 29 (a filled or inverted mask is refused by its shape;
-            :func:`~ASSFTActive.finetune.label_checks.find_prediction_issues`), 15.
+            :func:`~ASSFTActive.label_checks.find_prediction_issues`), 15.
             Measured with the embedded default model on the 191 non-reserved MSD Hippocampus cases: label/predicted
             foreground is at most 2.8 unshifted, 7.7 under the scanner shift at strength 0.7 (the adapt benchmark's
             harsh site) and 8.7 at 1.0; label/label-near-the-prediction at most 1.4, 2.8 and 5.4. 15 leaves a

@@ -124,12 +124,12 @@ class ASSFTSceneLogic:
         return segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
 
     def labelIssues(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> Tuple[str, ...]:
-        """What the engine's label checks (``ASSFTActive.finetune.label_checks.find_label_issues``, numpy only) say
+        """What the engine's label checks (``ASSFTActive.label_checks.find_label_issues``, numpy only) say
         of this volume's labels alone: no foreground, or a model class with no voxel (a half-labelled volume).
         Shown when labels are saved, so that the user paints the missing class (or later chooses Train anyway)
         instead of learning it from Adapt Model's refusal. Empty when the labels look complete or there are none.
         """
-        from ASSFTActive.finetune.label_checks import find_label_issues
+        from ASSFTActive.label_checks import find_label_issues
 
         if segmentationNode is None:
             segmentationNode = segmentation.findLabelSegmentation(self.scene, volumeNode, modelCard)

@@ -10,7 +10,8 @@ from conftest import FAST_FINETUNE, make_tiny_card, write_dataset
 from ASSFTActive.errors import InputError
 from ASSFTActive.finetune.adapt import adapt_model
 from ASSFTActive.finetune.config import FinetuneConfig
-from ASSFTActive.finetune.label_checks import (
+from ASSFTActive.io import read_volume, write_volume
+from ASSFTActive.label_checks import (
     LABEL_CHECK_THRESHOLDS,
     ForegroundAgreement,
     find_label_issues,
@@ -20,7 +21,6 @@ from ASSFTActive.finetune.label_checks import (
     require_plausible_labelled_set,
     require_plausible_labels,
 )
-from ASSFTActive.io import read_volume, write_volume
 from ASSFTActive.store import ModelStore
 
 CLASSES = ("background", "anterior", "posterior")

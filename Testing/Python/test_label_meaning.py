@@ -14,7 +14,9 @@ from conftest import SHARED_DATA, require
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import InputError
-from ASSFTActive.finetune.label_checks import (
+from ASSFTActive.inference import Predictor
+from ASSFTActive.io import read_label, read_volume, write_volume
+from ASSFTActive.label_checks import (
     LABEL_CHECK_THRESHOLDS,
     ClassOverlap,
     class_overlap,
@@ -28,8 +30,6 @@ from ASSFTActive.finetune.label_checks import (
     require_plausible_labelled_set,
     thresholds_for,
 )
-from ASSFTActive.inference import Predictor
-from ASSFTActive.io import read_label, read_volume, write_volume
 from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, load_card
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,7 +257,7 @@ def test_a_misregistered_label_is_refused_and_one_in_place_passes(default_model)
 
 
 def test_registration_shift_finds_a_known_offset_also_on_a_subsampled_large_box():
-    from ASSFTActive.finetune.label_checks import registration_shift
+    from ASSFTActive.label_checks import registration_shift
 
     prediction = np.zeros((200, 200, 120), bool)
     prediction[40:160, 30:170, 20:100] = True

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ASSFTActive.finetune.label_checks import (
+from ASSFTActive.label_checks import (
     LABEL_CHECK_THRESHOLDS,
     EvaluationChecks,
     check_evaluation_label,

@@ -44,9 +44,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..plausibility import check_image
-from ..progress import ProgressCallback, emit
+from .errors import InputError
+from .plausibility import check_image
+from .progress import ProgressCallback, emit
 
 __all__ = ["CARD_ANATOMY", "LABEL_CHECK_THRESHOLDS", "REACH_VOXELS", "SHIFT_REACH_VOXELS", "ClassOverlap",
            "EvaluationChecks", "ForegroundAgreement", "LabelCheckThresholds", "LabelIssue", "LabelShape",
@@ -653,8 +653,8 @@ def predict_agreements(cases: Sequence[Any], model: Any, *, ctx: Any = None, dev
     Returns:
         one agreement per case, in the order given.
     """
-    from ..distributed import map_shards
-    from ..inference import Predictor
+    from .distributed import map_shards
+    from .inference import Predictor
 
     predictor = Predictor(model, device=ctx.device if ctx is not None else device)
     cases = list(cases)
