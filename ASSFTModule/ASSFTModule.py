@@ -186,7 +186,26 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.restoreLastRanking()
         self.refreshLabeledStates()
+
+    def restoreLastRanking(self) -> None:
+        """After a scene close or a restart of Slicer: the work folder's last ranking comes back on the volumes loaded
+        again from the same, unchanged files (ASSFTSceneLogic.restoreLatestRanking), never on other volumes."""
+        node = self._parameterNode
+        if node is None or node.rankingTable is not None or self.controller.isRunning():
+            return
+        if not self.sceneLogic.poolVolumeNodes():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the last ranking again."), waitCursor=True):
+            restored = self.sceneLogic.restoreLatestRanking(node.workDirectory)
+            if restored is None:
+                return
+            jobDir, loaded = restored
+            node.rankingTable = loaded.tableNode
+            node.lastJobDirectory = str(jobDir)
+            self.showRankingTable(loaded.tableNode)
+            self.setStatus(_("Last ranking shown again from job {job}.").format(job=jobDir.name))
 
     def exit(self) -> None:
         """The panel stays connected to its parameter node while hidden (see ASSFTModuleLib.guiBinding)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from pathlib import Path
 from typing import Callable, Optional
 
 import slicer
@@ -260,6 +261,27 @@ class ASSFTWebApp(TrameApp):
         nodes = self.session.logic.poolVolumeNodes()
         if nodes:
             self._show_volume(nodes[0])
+        self._restore_ranking()
+
+    def _restore_ranking(self) -> None:
+        """The last successful ranking of the work folder, shown again on the volumes it ranked (a restarted server
+        on the same data; never on volumes loaded from other or changed files)."""
+        try:
+            loaded = self.session.restore_ranking()
+        except (ASSFTModuleError, AssftError, OSError) as error:
+            self.state.error = f"The last ranking could not be shown again: {error}"
+            return
+        if loaded is None:
+            return
+        self.state.ranking_round = 1
+        job = Path(self.session.parameters.lastJobDirectory).name
+        skipped = f" Not loaded now: {', '.join(loaded.skippedCases)}." if loaded.skippedCases else ""
+        self.state.ranking_caption = (f"Last ranking, shown again from job {job}." + _round_line(loaded.queryRound)
+                                      + skipped)
+        self._refresh_rows()
+        if self.state.rows:
+            self.select_row(0)
+        self._update_next_step()
 
     def _show_volume(self, node) -> None:
         self.slicer_app.display_manager.show_volume_in_slice_background(node)

@@ -269,6 +269,23 @@ class AnnotatorSession:
             })
         return rows
 
+    def restore_ranking(self):
+        """Show again the last successful ranking of the work folder on the volumes it ranked, when they were loaded
+        from the same files, unchanged (after ``assft serve`` is stopped and started again on the same data
+        folder; :meth:`ASSFTSceneLogic.restoreLatestRanking`). Returns the ``LoadedResult`` or None when there is
+        nothing to show again.
+
+        Raises:
+            ASSFTModuleError: the ranking's files or its model card cannot be read.
+        """
+        restored = self.logic.restoreLatestRanking(self.config.work_folder, self.parameters.rankingTable)
+        if restored is None:
+            return None
+        job_dir, loaded = restored
+        self.parameters.rankingTable = loaded.tableNode
+        self.parameters.lastJobDirectory = str(job_dir)
+        return loaded
+
     def probably_wrong_evidence(self) -> str:
         """How well the "probably wrong" order predicted the model's error, and on which split (from the ranking)."""
         table = self.parameters.rankingTable

@@ -10,7 +10,8 @@ The folder follows the engine's job protocol (:mod:`ASSFTActive.jobs`, which wri
 ``events.jsonl`` and ``result.json``)::
 
     JOB_DIR/job.json            inputs (ASSFTActive.jobs.write_job)
-    JOB_DIR/slicer-cases.json   which volume node each case came from (node ID, name, token; written and read here)
+    JOB_DIR/slicer-cases.json   which volume node each case came from (node ID, name, token, and for a volume linked
+                                from its file that file's path, size and time: written and read here)
     JOB_DIR/images/<case>.nrrd  the scene's volumes (or <case>.nii.gz etc. linked or copied from their files)
     JOB_DIR/labels/<case>.nrrd  class label maps of the labeled volumes
     JOB_DIR/events.jsonl, log.txt, result.json, ...   written by the worker (JOB_DIR/cancel: a GUI's Cancel)
@@ -346,6 +347,43 @@ def caseNodesInScene(scene, cases) -> dict:
     return nodes
 
 
+def sourceFingerprint(path) -> dict:
+    """``{"path", "size", "mtime_ns"}`` of a volume's file: what says, without reading it, that a volume loaded
+    again later (after a restart of the browser server, or a scene reload) is the very file a job was prepared
+    from."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": int(stat.st_size), "mtime_ns": int(stat.st_mtime_ns)}
+
+
+def caseNodesFromFiles(cases, volumeNodes: Sequence) -> dict:
+    """``{case_id: volume node}`` for the cases of a job's case list (:func:`readCaseNodes`) whose recorded source
+    file (:func:`sourceFingerprint`, written for volumes linked from their file) is the file a node of
+    ``volumeNodes`` was loaded from, unchanged since (same path, size and modification time; the node not modified
+    since it was read). Cases written from the scene (no file recorded) and nodes loaded from other files, or from
+    the same file since changed, are never matched; each node matches one case at most."""
+    byFile = {}
+    for node in volumeNodes:
+        source = sourceFileCandidate(node)
+        if source is None:
+            continue
+        try:
+            fingerprint = sourceFingerprint(source)
+        except OSError:
+            continue
+        byFile.setdefault((fingerprint["path"], fingerprint["size"], fingerprint["mtime_ns"]), node)
+    nodes = {}
+    for caseId, info in cases.items():
+        recorded = info.get("source")
+        if not isinstance(recorded, dict):
+            continue
+        key = (str(recorded.get("path", "")), recorded.get("size"), recorded.get("mtime_ns"))
+        node = byFile.pop(key, None)
+        if node is not None:
+            nodes[caseId] = node
+    return nodes
+
+
 @dataclasses.dataclass(frozen=True)
 class JobPlan:
     """A job taken from the scene, its files not written yet: :meth:`writeFiles` writes them without touching MRML,
@@ -369,15 +407,23 @@ class JobPlan:
         """Link, copy or write every image, write the label maps, then ``job.json`` (last: a folder with ``job.json``
         is complete). Returns the prepared job, or None when ``cancelled()`` became true (the folder is removed)."""
         job = self.prepared.job
+        sources = {}
         for caseId, (source, inScene) in self.volumes.items():
             if cancelled():
                 shutil.rmtree(self.jobDir, ignore_errors=True)
                 return None
             target = Path(job.images[caseId])
             if source is not None and sameVoxels(source, inScene):
+                sources[caseId] = sourceFingerprint(source)
                 linkOrCopy(source, target)
             else:
                 write_volume(inScene, target)
+        if sources:  # which file each linked case is, for re-attaching the results after a restart
+            cases = readCaseNodes(self.jobDir)
+            for caseId, fingerprint in sources.items():
+                if caseId in cases:
+                    cases[caseId]["source"] = fingerprint
+            atomic_write_text(self.jobDir / CASES_FILE, json.dumps(cases, indent=2))
         for caseId, labels in self.labels.items():
             write_volume(labels, job.labels[caseId])
         Path(job.store).mkdir(parents=True, exist_ok=True)

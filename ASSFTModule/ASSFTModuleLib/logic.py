@@ -190,7 +190,8 @@ class ASSFTSceneLogic:
         return jobFolder.planJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
                                       storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
 
-    def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True) -> LoadedResult:
+    def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True,
+                      caseNodes: Optional[Dict[str, object]] = None) -> LoadedResult:
         """Bring a finished job's results into the scene.
 
         Args:
@@ -198,6 +199,9 @@ class ASSFTSceneLogic:
             model: the model that was active when the job started (card path or ``"default"``).
             tableNode: ranking table to overwrite (a new one when None).
             showPredictions: refresh the prediction segmentations of the volumes still in the scene.
+            caseNodes: ``{case_id: volume node}`` the results go to; default: the nodes the job was prepared from
+                (:func:`~.jobFolder.caseNodesInScene`). :meth:`restoreLatestRanking` passes the nodes loaded again
+                from the same files.
 
         Returns:
             :class:`LoadedResult`; ``activeModel`` is the adapted card after an ``adapt`` or ``sfr`` job that
@@ -211,7 +215,10 @@ class ASSFTSceneLogic:
         activeModel = adaptedModel if result.activated else None
         card = self.modelCard(adaptedModel if adaptedModel is not None else model)
         cases = jobFolder.readCaseNodes(jobDir)
-        nodes = jobFolder.caseNodesInScene(self.scene, cases)  # the nodes the job was prepared from, no others
+        if caseNodes is None:
+            nodes = jobFolder.caseNodesInScene(self.scene, cases)  # the nodes the job was prepared from, no others
+        else:
+            nodes = {caseId: node for caseId, node in caseNodes.items() if caseId in cases}
         skipped = tuple(sorted(set(cases) - set(nodes)))
 
         chartNode = None
@@ -240,6 +247,46 @@ class ASSFTSceneLogic:
         return LoadedResult(result=result, activeModel=activeModel, adaptedModel=adaptedModel, tableNode=tableNode,
                             chartNode=chartNode, predictionNodes=predictionNodes, skippedCases=skipped,
                             queryRound=queryRound)
+
+    def restoreLatestRanking(self, workDir, tableNode=None, volumeNodes: Optional[Sequence] = None):
+        """Show again the newest successful ranking under ``<workDir>/jobs`` (its table, chart, overlays, regions,
+        predictions and probably-wrong list) on the volumes it ranked, after the browser server restarted or the
+        scene was loaded again.
+
+        A case is re-attached to a volume only when the volume is the one the job was prepared from (same node and
+        :data:`~.jobFolder.CASE_TOKEN_ATTRIBUTE`), or when it was loaded from the very file the job linked, unchanged
+        (same path, size and modification time: :func:`~.jobFolder.caseNodesFromFiles`). Volumes loaded from other
+        files, or written into the job from the scene, are never given another volume's results.
+
+        Args:
+            workDir: the folder of ``jobs/``.
+            tableNode: ranking table to overwrite (a new one when None).
+            volumeNodes: the volumes that may receive results (default: :meth:`poolVolumeNodes`).
+
+        Returns:
+            ``(jobDir, LoadedResult)``, or None when there is no finished ranking or none of its volumes is loaded.
+
+        Raises:
+            ASSFTModuleError: the ranking's files or its model card cannot be read (the message says which).
+        """
+        from ASSFTActive.errors import JobError
+        from ASSFTActive.jobs import read_job
+
+        jobDir = jobFolder.latestRankingJobDir(workDir)
+        if not jobDir:
+            return None
+        cases = jobFolder.readCaseNodes(jobDir)
+        nodes = jobFolder.caseNodesInScene(self.scene, cases)
+        pool = [node for node in (volumeNodes if volumeNodes is not None else self.poolVolumeNodes())
+                if node not in nodes.values()]
+        nodes.update(jobFolder.caseNodesFromFiles({c: i for c, i in cases.items() if c not in nodes}, pool))
+        if not nodes:
+            return None
+        try:
+            model = read_job(jobDir).model
+        except JobError as exc:
+            raise ASSFTModuleError(f"Cannot show the last ranking again: {exc}") from exc
+        return Path(jobDir), self.loadJobResult(jobDir, model, tableNode=tableNode, caseNodes=nodes)
 
     # ------------------------------------------------------------------ looking at one case
     def volumeNodeForCase(self, case: RankingRow, nodeId: str = ""):
