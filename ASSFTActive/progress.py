@@ -7,8 +7,9 @@ The worker turns the same records into JSON lines.
 
 :class:`JobProgress` turns the events of one job (a ``rank``, ``adapt`` or ``sfr`` job, or a command-line run)
 into one :class:`ProgressState`: an overall fraction that only moves forward, a time-left estimate, and a final
-state in words (done / failed / cancelled). Phases are weighted by their measured cost (:data:`PHASE_COST_S`), so
-the fraction tracks time rather than restarting at every phase. The command-line bar, the Slicer panel and the
+state in words (done / failed / cancelled). Phases are weighted by their step counts times their cost per step,
+timed in the job itself (priors in :data:`PHASE_COST_S` until then), so the fraction tracks time rather than
+restarting at every phase. The command-line bar, the Slicer panel and the
 browser all read it. Pure Python (no torch): the GUIs import it.
 """
 
@@ -67,34 +68,86 @@ def emit(progress: Optional[ProgressCallback], event: str, **kwargs: Any) -> Non
 
 # ---------------------------------------------------------------------------------------------- one job's progress
 
-#: Seconds one unit (one step of the phase's ``step / total``) costs, measured on the shipped sample on 2 CPU cores
-#: (hippocampus volumes, the embedded U-Net): the worker's start (Python, torch and MONAI imports) 9 s; ``load``
-#: 1.07 s per step (reading a labelled volume, then comparing its label with the model's prediction; the model's
-#: own loading falls in the first step); scoring one labelled volume 0.20 s; one optimiser step 1.2 s; predicting or
-#: ranking one pool volume 0.25 s; committing a model version 1 s. Only the ratios matter for the fraction; a
-#: faster machine scales all of them alike.
+#: Prior seconds one unit (one step of the phase's ``step / total``) costs, until the phase's own steps have been
+#: timed in this job (:class:`JobProgress` then uses the measured cost). Measured on the shipped sample on 2 CPU
+#: cores (hippocampus volumes, the embedded U-Net): the worker's start (Python, torch and MONAI imports) 9 s;
+#: ``load`` 1.07 s per step (reading a labelled volume, then comparing its label with the model's prediction; the
+#: model's own loading falls in the first step); scoring one labelled volume 0.20 s; one optimiser step of the 3D
+#: model 1.2 s; predicting or ranking one pool volume 0.25 s; committing a model version 1 s. SFR's SAM steps
+#: (``sfr_finetune``, one optimiser step of SAM on a stitched canvas) 0.5 s and its pseudo-labels 0.4 s per pool
+#: volume are estimates: only their ratio to the other phases matters before the first SAM step is timed, and a
+#: faster machine scales all of them alike (the phases not yet run are scaled by how much faster the timed ones
+#: ran than their priors).
 PHASE_COST_S: Mapping[str, float] = {
-    "start": 9.0, "load": 1.07, "evaluate": 0.2, "train": 1.2, "sfr_pseudo_labels": 0.4, "sfr_finetune": 1.2,
+    "start": 9.0, "load": 1.07, "evaluate": 0.2, "train": 1.2, "sfr_pseudo_labels": 0.4, "sfr_finetune": 0.5,
     "predict": 0.25, "rank": 0.25, "commit": 1.0,
 }
 #: Phases that run inside another one's step count (an adapt job's cross-validation scoring and the
 #: pseudo-labelling rounds run between training steps, whose ``total`` already spans every fold and stage): they
-#: only update the message; their time shows in the time left as slower training.
+#: only update the message; their time counts as time of the phase they run in (slower training).
 INNER_PHASES = frozenset({"validate", "pseudo", "resume"})
 #: Cost of a phase missing from :data:`PHASE_COST_S`, per unit.
 DEFAULT_PHASE_COST_S = 0.5
+#: A phase's cost per unit is measured once this many of its units have been timed.
+MEASURE_FROM_UNITS = 3
 
 #: The phases of each job kind in the order they run, with the units expected before their first event
-#: (``None``: the number of pool volumes; the train phase's units come with its first event). Phases of
-#: :data:`INNER_PHASES` are not listed: they run inside ``train``.
+#: (``None``: the number of pool volumes; the train phase's units come with its first event, or from
+#: :func:`job_units`). Phases of :data:`INNER_PHASES` are not listed: they run inside ``train``.
 JOB_PHASES: Mapping[str, Tuple[Tuple[str, Optional[int]], ...]] = {
     "rank": (("start", 1), ("rank", None)),
     "adapt": (("start", 1), ("load", None), ("evaluate", 1), ("train", 100), ("predict", None), ("commit", 1),
               ("rank", None)),
-    "sfr": (("start", 1), ("load", None), ("sfr_pseudo_labels", None), ("sfr_finetune", 100), ("train", 100),
+    "sfr": (("start", 1), ("load", None), ("sfr_finetune", 6000), ("sfr_pseudo_labels", None), ("train", 6000),
             ("predict", None), ("commit", 1), ("rank", None)),
     "evaluate": (("evaluate", None),),
 }
+#: Phases of a job kind that run again and again in turn (SFR: SAM fine-tuning, SAM's pseudo-labels and the 3D
+#: re-training, once per cross-validation fold and once for the final run; SFR+ fine-tunes SAM twice per pass):
+#: starting one of them does not complete the others, and each new pass (its step counting from the start again)
+#: adds to the units done.
+JOB_LOOPS: Mapping[str, frozenset] = {"sfr": frozenset({"sfr_finetune", "sfr_pseudo_labels", "train"})}
+
+
+def sfr_units(volumes: int, labelled: int, sam_iterations: int, retrain_iterations: int, folds: int,
+              plus: bool = False) -> Dict[str, float]:
+    """The units of a whole ``sfr`` job per phase: every pass (``folds`` cross-validation folds, then the final run)
+    fine-tunes SAM (twice for SFR+), pseudo-labels the unlabelled volumes with it (twice for SFR+) and re-trains the
+    3D model.
+
+    Args:
+        volumes: the job's volumes (labelled and unlabelled).
+        labelled: the labelled volumes among them.
+        sam_iterations: SAM steps per fine-tuning (``SfrConfig.sam.iterations``).
+        retrain_iterations: re-training steps per pass (``SfrConfig.retrain.iterations``).
+        folds: cross-validation folds (0 without the guard).
+        plus: SFR+.
+    """
+    passes = max(int(folds), 0) + 1
+    sam_runs = passes * (2 if plus else 1)
+    pool = max(int(volumes) - int(labelled), 1)
+    return {"load": float(max(int(labelled), 1) * 2), "sfr_finetune": float(sam_runs * int(sam_iterations)),
+            "sfr_pseudo_labels": float(sam_runs * pool), "train": float(passes * int(retrain_iterations)),
+            "predict": float(max(int(volumes), 1)), "rank": float(max(int(volumes), 1))}
+
+
+def job_units(job) -> Dict[str, float]:
+    """The planned units per phase of a job (a :class:`~ASSFTActive.jobs.JobSpec`) where its settings give them
+    before the worker's first event: an ``sfr`` job's SAM steps, pseudo-labels and re-training steps over all its
+    passes (:func:`sfr_units`). Empty for other kinds (their events carry whole-job totals); settings that cannot
+    be read also give an empty plan (the worker reports them)."""
+    if getattr(job, "kind", "") != "sfr":
+        return {}
+    try:
+        config = job.sfr_config()
+    except Exception:  # the worker refuses bad settings with the message; the bar then falls back on its priors
+        return {}
+    labelled = len(job.labels)
+    validation = config.validation
+    folds = min(validation.folds, labelled) if validation.guard and labelled >= 2 else 0
+    return sfr_units(len(job.images), labelled, config.sam.iterations, config.retrain.iterations, folds,
+                     plus=getattr(config.method, "value", config.method) == "sfr_plus")
+
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 PROGRESS_STATUSES = (RUNNING, DONE, FAILED, CANCELLED)
@@ -168,34 +221,45 @@ class ProgressState:
 class JobProgress:
     """The progress model of one job: feed it the job's events, read :attr:`state`.
 
-    Each phase of the job kind (:data:`JOB_PHASES`) has units (its events' ``total``; before its first event a
-    prior from the job's size) and a cost per unit (:data:`PHASE_COST_S`). The fraction is the cost of the units
-    done over the cost of all units; a phase counts as complete once a later phase of the kind has started, a
-    phase that starts over (``load`` reads the labels, then compares them with the prediction) adds its units
-    again, and the fraction never goes back (an estimate that grows only holds the bar still). The time left is the
-    elapsed time scaled by the cost still to do. Phases not listed for the kind (:data:`INNER_PHASES` among them)
-    only update the message.
+    Each phase of the job kind (:data:`JOB_PHASES`) has units (the whole job's: ``units`` from :func:`job_units`
+    where the settings give them, else its events' ``total``, and before its first event a prior from the job's
+    size) and a cost per unit: the phase's own seconds per unit as timed in this job once
+    :data:`MEASURE_FROM_UNITS` of its units ran, before that its prior (:data:`PHASE_COST_S`) scaled by how fast
+    the phases timed so far ran against their priors. The fraction is the cost of the units done over the cost of
+    all units; the time left is the cost of the units still to do. A phase counts as complete once a later phase
+    of the kind has started (except among the phases of one loop, :data:`JOB_LOOPS`), a phase that starts over
+    (``load`` reads the labels, then compares them with the prediction; SFR's SAM steps in every pass) adds its
+    units again, and the fraction never goes back (an estimate that grows only holds the bar still). Phases not
+    listed for the kind (:data:`INNER_PHASES` among them) only update the message; their time counts as time of
+    the phase they run in.
 
     Args:
         kind: ``rank``, ``adapt``, ``sfr``, ``evaluate``, or any name (then every phase seen is added in order).
         volumes: the pool's size (the units of the per-volume phases before their first event).
         clock: seconds, monotonic (tests pass their own).
+        units: planned units of the whole job per phase (:func:`job_units`); events never make them smaller.
     """
 
-    #: The time left is estimated from this fraction on (earlier it is mostly start-up and noise).
+    #: Without a timed phase, the time left is estimated from this fraction on (earlier it is mostly start-up).
     ESTIMATE_FROM = 0.03
 
-    def __init__(self, kind: str = "", volumes: int = 1, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, kind: str = "", volumes: int = 1, clock: Callable[[], float] = time.monotonic,
+                 units: Optional[Mapping[str, float]] = None):
         self.kind = kind
         self.clock = clock
         self._start = clock()
+        self._lastTime = self._start
         self._order: List[str] = []
         self._units: Dict[str, float] = {}
         self._done: Dict[str, float] = {}
         self._completed: Dict[str, float] = {}  # units of earlier passes of a phase that started over
         self._last: Dict[str, Tuple[int, int]] = {}
-        for phase, units in JOB_PHASES.get(kind, ()):
-            self._add(phase, float(volumes if units is None else units))
+        self._seconds: Dict[str, float] = {}  # time spent in each phase (its inner phases included)
+        self._timedUnits: Dict[str, float] = {}  # units done while that time ran
+        self._planned = {phase: float(n) for phase, n in (units or {}).items()}
+        self._loop = JOB_LOOPS.get(kind, frozenset())
+        for phase, prior in JOB_PHASES.get(kind, ()):
+            self._add(phase, self._planned.get(phase, float(volumes if prior is None else prior)))
         self._adaptive = kind not in JOB_PHASES
         self._reached = -1
         self._fraction = 0.0
@@ -206,46 +270,75 @@ class JobProgress:
         self._units[phase] = max(units, 1.0)
         self._done[phase] = 0.0
         self._completed[phase] = 0.0
+        self._seconds[phase] = 0.0
+        self._timedUnits[phase] = 0.0
 
     @property
     def state(self) -> ProgressState:
         return self._state
 
-    def _cost(self, phase: str) -> float:
+    def _prior(self, phase: str) -> float:
         return PHASE_COST_S.get(phase, DEFAULT_PHASE_COST_S)
 
-    def _computed_fraction(self) -> float:
-        total = sum(self._cost(p) * self._units[p] for p in self._order)
-        done = sum(self._cost(p) * min(self._done[p], self._units[p]) for p in self._order)
-        return done / total if total > 0 else 0.0
+    def _speed(self) -> float:
+        """How the timed phases ran against their priors (measured seconds over prior seconds; 1 when none is)."""
+        timed = [p for p in self._order if self._timedUnits[p] >= MEASURE_FROM_UNITS]
+        prior = sum(self._prior(p) * self._timedUnits[p] for p in timed)
+        return sum(self._seconds[p] for p in timed) / prior if prior > 0 else 1.0
+
+    def _costs(self) -> Dict[str, float]:
+        """Seconds per unit of every phase: measured where timed, else the prior scaled by :meth:`_speed`."""
+        speed = self._speed()
+        return {p: (self._seconds[p] / self._timedUnits[p] if self._timedUnits[p] >= MEASURE_FROM_UNITS
+                    else self._prior(p) * speed) for p in self._order}
+
+    def _startsOver(self, phase: str, index: int, step: int) -> bool:
+        lastStep = self._last.get(phase, (0, 0))[0]
+        return step < lastStep and (index == self._reached or phase in self._loop)
 
     def update(self, event: Event) -> ProgressState:
         """Take one event; returns the new state (an ended job ignores further events)."""
         if self._state.ended:
             return self._state
+        now = self.clock()
         phase = event.phase
         if (phase and phase not in self._units and phase not in INNER_PHASES and self._adaptive
                 and event.event in ("progress", "phase")):
             self._add(phase, float(event.total or 1))
+        timed = phase if phase in self._units else (self._order[self._reached] if self._reached >= 0 else "")
+        doneBefore = self._done.get(timed, 0.0)
         if phase in self._units:
             index = self._order.index(phase)
             if index > self._reached:
                 for earlier in self._order[:index]:
-                    self._done[earlier] = self._units[earlier]
+                    if not (phase in self._loop and earlier in self._loop):
+                        self._done[earlier] = self._units[earlier]
                 self._reached = index
             if event.total > 0 and event.event in ("progress", "phase", "metric"):
                 lastStep, lastTotal = self._last.get(phase, (0, 0))
-                if event.step < lastStep and index == self._reached:  # the phase started over (another round)
-                    self._completed[phase] += lastTotal
+                if self._startsOver(phase, index, event.step):  # another round, fold or pass
+                    self._completed[phase] += lastStep if phase in self._loop else lastTotal
                 self._last[phase] = (event.step, event.total)
-                self._units[phase] = max(self._units[phase] if event.event != "progress" else 0.0,
-                                         self._completed[phase] + event.total, 1.0)
+                seen = self._completed[phase] + event.total
+                if phase in self._planned:
+                    self._units[phase] = max(self._units[phase], seen, 1.0)
+                else:
+                    self._units[phase] = max(self._units[phase] if event.event != "progress" else 0.0, seen, 1.0)
                 self._done[phase] = max(self._done[phase], self._completed[phase] + min(event.step, event.total))
-        self._fraction = max(self._fraction, min(self._computed_fraction(), 0.99))
-        elapsed = self.clock() - self._start
+        if timed:
+            self._seconds[timed] += max(now - self._lastTime, 0.0)
+            self._timedUnits[timed] += max(self._done[timed] - doneBefore, 0.0)
+        self._lastTime = now
+        costs = self._costs()
+        total = sum(costs[p] * self._units[p] for p in self._order)
+        left = sum(costs[p] * max(self._units[p] - self._done[p], 0.0) for p in self._order)
+        if total > 0:
+            self._fraction = max(self._fraction, min(1.0 - left / total, 0.99))
+        elapsed = now - self._start
+        measured = any(self._timedUnits[p] >= MEASURE_FROM_UNITS for p in self._order)
         remaining = None
-        if self._fraction >= self.ESTIMATE_FROM and elapsed > 0:
-            remaining = elapsed * (1.0 - self._fraction) / self._fraction
+        if measured or (self._fraction >= self.ESTIMATE_FROM and elapsed > 0):
+            remaining = left if measured else elapsed * (1.0 - self._fraction) / self._fraction
         self._state = ProgressState(
             kind=self.kind, status=RUNNING, fraction=self._fraction, phase=phase or self._state.phase,
             step=event.step if event.total else 0, total=event.total, message=event.message or self._state.message,

@@ -29,7 +29,7 @@ from ASSFTActive.jobs import RESULT_CANCELLED, RESULT_DONE, RESULT_ERROR, read_j
 from ASSFTActive.progress import CANCELLED as PROGRESS_CANCELLED
 from ASSFTActive.progress import DONE as PROGRESS_DONE
 from ASSFTActive.progress import FAILED as PROGRESS_FAILED
-from ASSFTActive.progress import JobProgress, ProgressState
+from ASSFTActive.progress import JobProgress, ProgressState, job_units
 
 from . import jobFolder
 from .errors import ASSFTModuleError, JobFailedError
@@ -394,7 +394,7 @@ class JobController:
         self._output.clear()
         self._workerError = ""
         self._cancelWriting = False
-        self.progress = JobProgress(kind, volumes=len(spec.job.images))
+        self.progress = JobProgress(kind, volumes=len(spec.job.images), units=job_units(spec.job))
         self.progressChanged.emit(0.0)
         self.progressStateChanged.emit(self.progress.state)
         if plan is None:

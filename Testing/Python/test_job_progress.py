@@ -150,3 +150,73 @@ def test_hd95_uses_monai_without_its_future_warning():
         warnings.simplefilter("error", FutureWarning)
         value = hd95_per_class(a, b, 2, (1.0, 1.0, 2.0))
     assert value[0] == pytest.approx(1.0)
+
+
+def sfrEvents(folds=2, pool=10, sam_steps=6000, retrain_steps=6000):
+    """The events of an SFR job in the order the worker sends them, with made-up seconds per event that are not the
+    model's priors (SAM steps 0.08 s, 3D re-training steps 0.2 s, SAM's pseudo-label 1.5 s per volume): start-up;
+    the SAM prior's and the labels' loading; per pass (``folds`` cross-validation folds, then the final run) SAM
+    fine-tuning, its pseudo-labels of the pool and the Mean-Teacher re-training, whose steps count from 0 again in
+    every pass, with the guard's scoring between training steps; predict, commit, re-rank."""
+    events = [(9.0, Event("phase", phase="start")), (2.0, Event("phase", phase="load", message="SAM prior"))]
+    events += [(1.0, Event("progress", phase="load", step=i, total=2)) for i in (1, 2, 1, 2)]
+    for index in range(folds + 1):
+        if index == folds:
+            events.append((0.1, Event("phase", phase="train", message="sfr: final run")))
+        events.append((3.0, Event("phase", phase="sfr_finetune", step=0, total=sam_steps)))
+        events += [(0.08, Event("progress", phase="sfr_finetune", step=i, total=sam_steps))
+                   for i in range(1, sam_steps + 1)]
+        events += [(1.5, Event("progress", phase="sfr_pseudo_labels", step=i, total=pool)) for i in range(1, pool + 1)]
+        events.append((0.5, Event("phase", phase="train", step=0, total=retrain_steps)))
+        for i in range(1, retrain_steps + 1):
+            events.append((0.2, Event("progress", phase="train", step=i, total=retrain_steps)))
+            if index < folds and i % 500 == 0:
+                events.append((1.0, Event("progress", phase="validate", step=1, total=1)))
+    volumes = pool + 2
+    events += [(0.3, Event("progress", phase="predict", step=i, total=volumes)) for i in range(1, volumes + 1)]
+    events += [(1.0, Event("phase", phase="commit"))]
+    events += [(0.3, Event("progress", phase="rank", step=i, total=volumes)) for i in range(1, volumes + 1)]
+    return events
+
+
+def test_sfr_time_left_is_plausible_from_the_first_sam_steps_and_at_half_way():
+    """Issue 26: at 51 % an SFR job said 'about 7 s left' with 6,000 SAM steps still to run. Weighted by each
+    phase's step count (all passes, from the job's settings) times its own timed cost per step, the time left is
+    within a factor of 2 of the truth early on and at half way, and the bar follows the time spent."""
+    from ASSFTActive.progress import sfr_units
+
+    events = sfrEvents()
+    total_time = sum(seconds for seconds, _ in events)
+    clock = Clock()
+    model = JobProgress("sfr", volumes=12, clock=clock, units=sfr_units(12, 2, 6000, 6000, folds=2))
+    checked, fractions = [], []
+    for seconds, event in events:
+        clock.now += seconds
+        state = model.update(event)
+        fractions.append(state.fraction)
+        truth = total_time - clock.now
+        early = event.phase == "sfr_finetune" and event.step == 100 and not checked
+        if early or (state.fraction >= 0.51 and len(checked) == 1):
+            assert state.remaining_s is not None
+            assert truth / 2 <= state.remaining_s <= truth * 2, (state.describe(), truth)
+            assert abs(state.fraction - clock.now / total_time) < 0.15, (state.fraction, clock.now / total_time)
+            checked.append(state.remaining_s / truth)
+    assert len(checked) == 2
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+
+
+def test_an_sfr_jobs_plan_counts_every_pass_of_sam_and_the_re_training():
+    from ASSFTActive.jobs import JobSpec
+    from ASSFTActive.progress import job_units
+
+    images = {f"case{i}": f"/data/case{i}.nii.gz" for i in range(6)}
+    labels = {"case0": "/labels/case0.nii.gz", "case1": "/labels/case1.nii.gz", "case2": "/labels/case2.nii.gz"}
+    spec = JobSpec(kind="sfr", images=images, labels=labels, model="default", store="/store",
+                   sfr={"method": "sfr_plus", "sam": {"iterations": 50}, "retrain": {"iterations": 40}})
+    units = job_units(spec)
+    assert units["sfr_finetune"] == 4 * 2 * 50  # 3 folds + the final run, two SAM fine-tunings each (SFR+)
+    assert units["train"] == 4 * 40 and units["sfr_pseudo_labels"] == 4 * 2 * 3
+    no_guard = JobSpec(kind="sfr", images=images, labels=labels, model="default", store="/store",
+                       sfr={"validation": {"guard": False}})
+    assert job_units(no_guard)["sfr_finetune"] == 6000 and job_units(no_guard)["train"] == 6000
+    assert job_units(JobSpec(kind="rank", images=images, labels={}, model="default", store="/store")) == {}
