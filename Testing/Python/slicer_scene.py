@@ -27,6 +27,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO_ROOT / "ASSFTModule"
+#: The shipped sample pool (images/, labels/) and three of its volumes for tests that load real files.
+SAMPLE_POOL = REPO_ROOT / "ASSFTActive" / "resources" / "sample" / "pool"
+SAMPLE_CASES = ("hippocampus_011", "hippocampus_023", "hippocampus_026")
 for _path in (str(REPO_ROOT), str(MODULE_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
@@ -245,3 +248,37 @@ class Signals:
         controller.failed.connect(lambda message, details: self.failed.append(message))
         controller.finished.connect(self.finished.append)
         controller.runningChanged.connect(self.running.append)
+
+
+def finishSampleRankJob(spec, wrongCases=SAMPLE_CASES[1::-1]) -> None:
+    """What the worker leaves after ranking: ranking.json with a probably-wrong list, entropy maps and regions on
+    each image's grid, predictions, result.json (rank 1 = the last case)."""
+    from ASSFTActive.io import Volume, read_volume, write_volume
+
+    job_dir = spec.jobDir
+    cases, predictions = [], {}
+    for rank, case in enumerate(reversed(list(spec.job.images)), start=1):
+        image = read_volume(spec.job.images[case])
+        entropy = np.zeros(image.array.shape, np.float32)
+        entropy[10:20, 10:20, 10:20] = 0.9
+        entropy_path = write_volume(Volume(entropy, image.affine), job_dir / "overlays" / f"{case}_entropy.nii.gz")
+        centre = (image.affine @ [15.0, 15.0, 15.0, 1.0])[:3]
+        regions_path = job_dir / "overlays" / f"{case}_regions.json"
+        regions_path.write_text(json.dumps({"case_id": case, "threshold": 0.5, "regions": [
+            {"center_ras": centre.tolist(), "bbox_ijk_min": [10, 10, 10], "bbox_ijk_max": [19, 19, 19],
+             "volume_mm3": 1000.0, "mean_entropy": 0.9, "voxel_count": 1000}]}))
+        labels = np.zeros(image.array.shape, np.uint8)
+        labels[12:16, 12:16, 12:16] = 1
+        prediction = write_volume(Volume(labels, image.affine), job_dir / "predictions" / f"{case}.nii.gz")
+        predictions[case] = str(prediction)
+        cases.append({"case_id": case, "image": spec.job.images[case], "dkd": 1.0 / rank, "asd": 0.1 * rank,
+                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": False,
+                      "entropy_map": str(entropy_path), "regions": str(regions_path), "prediction": str(prediction)})
+    wrong = {"score": "mean_entropy", "evidence": "Spearman 0.5 on the development split", "cases": list(wrongCases)}
+    (job_dir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "default",
+                                                      "cases": cases, "probably_wrong": wrong}))
+    (job_dir / "result.json").write_text(json.dumps({"status": "done", "kind": "rank",
+                                                     "ranking": str(job_dir / "ranking.json"),
+                                                     "predictions": predictions, "model_card": "default",
+                                                     "pseudo_labeled": [], "metrics": {}}))
+    (job_dir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "rank", "message": "ok"}) + "\n")

@@ -4,48 +4,23 @@ and only on volumes loaded from the very same, unchanged files (real slicer-core
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import slicer_scene
 
 slicer = slicer_scene.requireSlicer()
 
 from ASSFTModuleLib import jobFolder, ranking  # noqa: E402
+from slicer_scene import SAMPLE_CASES as CASES  # noqa: E402
+from slicer_scene import SAMPLE_POOL as SAMPLE  # noqa: E402
+from slicer_scene import RecordingRunner, finishSampleRankJob  # noqa: E402
 
-from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
 from ASSFTWeb.session import AnnotatorSession, ServeConfig  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "ASSFTActive" / "resources" / "sample" / "pool"
-CASES = ("hippocampus_011", "hippocampus_023", "hippocampus_026")
-
-
-class RecordingRunner:
-    """Runner interface of the job controller; nothing is started, the run stays 'running' until :meth:`end`."""
-
-    def __init__(self, onEvent, onFinished):
-        self.onFinished = onFinished
-        self.running = False
-
-    def start(self, command, environment, workingDirectory):
-        self.running = True
-
-    def isRunning(self):
-        return self.running
-
-    def cancel(self):
-        pass
-
-    def end(self, exitCode=0):
-        self.running = False
-        self.onFinished(exitCode, False, "")
 
 
 def start_server(data: Path) -> AnnotatorSession:
@@ -56,39 +31,6 @@ def start_server(data: Path) -> AnnotatorSession:
     session.load_pool()
     session.restore_ranking()
     return session
-
-
-def finish_rank_job(spec) -> None:
-    """What the worker leaves after ranking: ranking.json with a probably-wrong list, entropy maps and regions on
-    each image's grid, predictions, result.json (rank 1 = the last case)."""
-    job_dir = spec.jobDir
-    cases, predictions = [], {}
-    for rank, case in enumerate(reversed(list(spec.job.images)), start=1):
-        image = read_volume(spec.job.images[case])
-        entropy = np.zeros(image.array.shape, np.float32)
-        entropy[10:20, 10:20, 10:20] = 0.9
-        entropy_path = write_volume(Volume(entropy, image.affine), job_dir / "overlays" / f"{case}_entropy.nii.gz")
-        centre = (image.affine @ [15.0, 15.0, 15.0, 1.0])[:3]
-        regions_path = job_dir / "overlays" / f"{case}_regions.json"
-        regions_path.write_text(json.dumps({"case_id": case, "threshold": 0.5, "regions": [
-            {"center_ras": centre.tolist(), "bbox_ijk_min": [10, 10, 10], "bbox_ijk_max": [19, 19, 19],
-             "volume_mm3": 1000.0, "mean_entropy": 0.9, "voxel_count": 1000}]}))
-        labels = np.zeros(image.array.shape, np.uint8)
-        labels[12:16, 12:16, 12:16] = 1
-        prediction = write_volume(Volume(labels, image.affine), job_dir / "predictions" / f"{case}.nii.gz")
-        predictions[case] = str(prediction)
-        cases.append({"case_id": case, "image": spec.job.images[case], "dkd": 1.0 / rank, "asd": 0.1 * rank,
-                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": False,
-                      "entropy_map": str(entropy_path), "regions": str(regions_path), "prediction": str(prediction)})
-    wrong = {"score": "mean_entropy", "evidence": "Spearman 0.5 on the development split",
-             "cases": [CASES[1], CASES[0]]}
-    (job_dir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "default",
-                                                      "cases": cases, "probably_wrong": wrong}))
-    (job_dir / "result.json").write_text(json.dumps({"status": "done", "kind": "rank",
-                                                     "ranking": str(job_dir / "ranking.json"),
-                                                     "predictions": predictions, "model_card": "default",
-                                                     "pseudo_labeled": [], "metrics": {}}))
-    (job_dir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "rank", "message": "ok"}) + "\n")
 
 
 def ranked(session) -> list:
@@ -117,7 +59,7 @@ def ranked_server(data: Path) -> AnnotatorSession:
     session = start_server(data)
     assert session.ranking_rows() == []  # nothing ranked yet in this work folder
     spec = session.start_job("rank")
-    finish_rank_job(spec)
+    finishSampleRankJob(spec)
     session.controller._runner.end(0)
     assert session.controller.lastOutcome.status == "done", session.controller.lastOutcome.message
     return session
