@@ -21,6 +21,7 @@ from ASSFTModuleLib.errors import ASSFTModuleError  # noqa: E402
 from ASSFTModuleLib.guiBinding import GuiBinding  # noqa: E402
 from ASSFTModuleLib.jobController import CANCELLED, DONE, ERROR, JobController  # noqa: E402
 from ASSFTModuleLib.jobProcess import SubprocessJobRunner  # noqa: E402
+from ASSFTModuleLib.logic import RANKING_JOB_ATTRIBUTE  # noqa: E402
 from ASSFTModuleLib.parameters import (  # noqa: E402
     ModelSource,
     cardPathText,
@@ -216,8 +217,8 @@ def test_old_job_folders_are_pruned_but_the_shown_ranking_is_kept(setup):
     controller.keepJobFolders = 2
     folders, shown = [], None
     for n in range(4):
-        if shown is not None:  # the panel still shows the first ranking (its table points into that folder)
-            controller.parameterNode.lastJobDirectory = str(shown)
+        if shown is not None:  # the panel still shows the first ranking: its table points into that folder
+            controller.parameterNode.rankingTable.SetAttribute(RANKING_JOB_ATTRIBUTE, str(shown))
         spec = controller.startJob("rank")
         fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
         controller._runner.end(0)
