@@ -142,10 +142,16 @@ def job_units(job) -> Dict[str, float]:
         config = job.sfr_config()
     except Exception:  # the worker refuses bad settings with the message; the bar then falls back on its priors
         return {}
-    labelled = len(job.labels)
+    return sfr_config_units(config, len(job.images), len(job.labels))
+
+
+def sfr_config_units(config, volumes: int, labelled: int) -> Dict[str, float]:
+    """:func:`sfr_units` of an :class:`~ASSFTActive.sfr.config.SfrConfig` on ``volumes`` volumes of which
+    ``labelled`` are labelled (the guard's folds as ``finetune.adapt`` counts them: ``validation.folds`` at most, one
+    per labelled volume, none without the guard or with fewer than two labelled volumes)."""
     validation = config.validation
     folds = min(validation.folds, labelled) if validation.guard and labelled >= 2 else 0
-    return sfr_units(len(job.images), labelled, config.sam.iterations, config.retrain.iterations, folds,
+    return sfr_units(volumes, labelled, config.sam.iterations, config.retrain.iterations, folds,
                      plus=getattr(config.method, "value", config.method) == "sfr_plus")
 
 

@@ -111,11 +111,14 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     a progress bar, the ``--work-dir`` lock; print ``summary(result)``."""
     from ..finetune.adapt import AdaptRequest, run_adaptation
     from ..io import case_id, find_images, match_labels
+    from ..progress import sfr_config_units
     from .common import resolve_device, warn_line
 
     images = find_images(args.images)
     labels = match_labels(images, args.labels, warn=warn_line)
-    bar, progress = progress_channel(args)
+    config = getattr(method, "config", None)  # SFR's settings plan its SAM and re-training passes for the bar
+    units = sfr_config_units(config, len(images), len(labels)) if hasattr(config, "sam") else None
+    bar, progress = progress_channel(args, volumes=len(images), units=units)
     try:
         with work_dir_lock(args.work_dir):
             request = AdaptRequest({case_id(p): p for p in images}, labels, args.store, model=args.model,

@@ -69,14 +69,15 @@ class ProgressBar:
         kind: the run's job kind for the phase weights (``rank``, ``adapt``, ``sfr``, ``evaluate``; any other name
             adds phases as they come).
         volumes: the pool's size, for the weights before the first event of a per-volume phase.
+        units: planned units of the whole run per phase (``JobProgress``'s ``units``).
     """
 
     #: The bar's text: no counts or rates (the units are the model's, not the phase's steps).
     BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
 
-    def __init__(self, enabled: bool = True, kind: str = "", volumes: int = 1):
+    def __init__(self, enabled: bool = True, kind: str = "", volumes: int = 1, units=None):
         self.enabled = enabled and sys.stderr is not None
-        self.model = JobProgress(kind, volumes=volumes)
+        self.model = JobProgress(kind, volumes=volumes, units=units)
         self._bar = None
 
     def __call__(self, event: Event) -> None:
@@ -175,9 +176,11 @@ def read_settings_file(path: Optional[Path]) -> dict:
     return data
 
 
-def progress_channel(args: argparse.Namespace, kind: str = "") -> Tuple[ProgressBar, Any]:
-    """The progress bar of a long command (``kind``: its job kind, see :class:`ProgressBar`) and the callback to hand
-    the engine (it also watches for a cancel)."""
-    bar = ProgressBar(enabled=not args.quiet, kind=kind or getattr(args, "command", "") or "")
+def progress_channel(args: argparse.Namespace, kind: str = "", volumes: int = 1,
+                     units=None) -> Tuple[ProgressBar, Any]:
+    """The progress bar of a long command (``kind``: its job kind; ``volumes``, ``units``: see :class:`ProgressBar`)
+    and the callback to hand the engine (it also watches for a cancel)."""
+    bar = ProgressBar(enabled=not args.quiet, kind=kind or getattr(args, "command", "") or "", volumes=volumes,
+                      units=units)
     cancellation = getattr(args, "cancellation", None)
     return bar, (cancellation.watch(bar) if cancellation is not None else bar)

@@ -220,3 +220,19 @@ def test_an_sfr_jobs_plan_counts_every_pass_of_sam_and_the_re_training():
                        sfr={"validation": {"guard": False}})
     assert job_units(no_guard)["sfr_finetune"] == 6000 and job_units(no_guard)["train"] == 6000
     assert job_units(JobSpec(kind="rank", images=images, labels={}, model="default", store="/store")) == {}
+
+
+def test_assft_sfrs_bar_plans_every_pass_of_sam_and_the_re_training_from_its_settings():
+    """The command line's bar gets the same plan as the panel's: ``assft sfr`` passes SFR's settings to it."""
+    import argparse
+
+    from ASSFTActive.cli.common import progress_channel
+    from ASSFTActive.progress import sfr_config_units
+    from ASSFTActive.sfr.config import SfrConfig
+
+    config = SfrConfig.from_dict({"sam": {"iterations": 30}, "retrain": {"iterations": 20}})
+    units = sfr_config_units(config, volumes=8, labelled=2)
+    assert units["sfr_finetune"] == 3 * 30 and units["train"] == 3 * 20  # 2 folds + the final run
+    bar, _ = progress_channel(argparse.Namespace(quiet=True, command="sfr"), volumes=8, units=units)
+    state = bar.model.update(Event("progress", phase="sfr_finetune", step=30, total=30))
+    assert state.fraction < 0.5  # one SAM run of three, with the re-training still to come
