@@ -143,3 +143,24 @@ def test_a_real_ranking_is_shown_again_after_a_restart(data):
 
     assert ranked(again) == before
     assert again.show_row(0).overlayNode is not None
+
+
+def test_the_restarted_page_shows_the_ranking_caption_rows_and_next_step(data):
+    """The page itself (the trame app, no browser): a server started on a folder ranked before shows the rows, says
+    where they come from, opens the first row and names the next step."""
+    pytest.importorskip("trame_slicer", reason="the browser extra (trame-slicer) is not installed")
+    from trame.app import get_server
+
+    from ASSFTWeb.app import ASSFTWebApp
+
+    first = ASSFTWebApp(ServeConfig(data_dir=data), server=get_server("assft-first-start"))
+    assert first.state.rows == [] and first.state.ranking_caption == "Not ranked yet."
+    spec = first.session.logic.prepareJob("rank", data / ".assft", "default", budget=1)
+    finishSampleRankJob(spec)
+
+    again = ASSFTWebApp(ServeConfig(data_dir=data), server=get_server("assft-second-start"))
+
+    assert [row["volume"] for row in again.state.rows] == list(reversed(CASES))
+    assert again.state.ranking_caption.startswith(f"Last ranking, shown again from job {spec.jobDir.name}")
+    assert again.state.current_volume == CASES[-1] and not again.state.error
+    assert "proposed" in again.state.next_step
