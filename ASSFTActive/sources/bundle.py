@@ -26,12 +26,12 @@ compares the network this module describes with the one ``ConfigParser`` instant
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
 from ..errors import ModelError
+from .jsonfile import read_json_object
 
 INFERENCE_FILE = Path("configs") / "inference.json"
 METADATA_FILE = Path("configs") / "metadata.json"
@@ -76,16 +76,6 @@ def check_incomplete(folder: Path) -> None:
 def is_weights(path: Path) -> bool:
     """Whether ``path`` is ``<bundle>/models/model.pt``."""
     return path.name == WEIGHTS_FILE.name and path.parent.name == "models" and is_bundle(path.parent.parent)
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable JSON file ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: must be a JSON object.")
-    return data
 
 
 class _Config:
@@ -213,7 +203,7 @@ def encoder_stages(name: str, arguments: Mapping[str, Any], where: Path) -> Tupl
 def class_names(folder: Path, out_channels: Any) -> Tuple[str, ...]:
     """Class names from ``metadata.json`` ``network_data_format.outputs.pred.channel_def`` (index -> name)."""
     path = folder / METADATA_FILE
-    metadata = _read_json(path) if path.is_file() else {}
+    metadata = read_json_object(path) if path.is_file() else {}
     outputs = (metadata.get("network_data_format") or {}).get("outputs") or {}
     pred = outputs.get("pred") or next(iter(outputs.values()), {})
     channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
@@ -242,7 +232,7 @@ def card_for_weights(weights: Path) -> Dict[str, Any]:
     weights = Path(weights).resolve()
     folder = weights.parent.parent
     where = folder / INFERENCE_FILE
-    config = _Config(_read_json(where), where)
+    config = _Config(read_json_object(where), where)
     name, arguments = network(config)
     mapped = preprocessing(config)
     try:
@@ -251,7 +241,7 @@ def card_for_weights(weights: Path) -> Dict[str, Any]:
         raise ModelError(f"{where}: no inferer::roi_size (the sliding-window patch size).") from exc
     if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) for r in roi)):
         raise ModelError(f"{where}: inferer::roi_size must be three integers, got {roi!r}.")
-    metadata = _read_json(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
+    metadata = read_json_object(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
     return dict(
         name=re.sub(r"[^A-Za-z0-9._-]", "_", folder.name).lstrip("._-")[:100] or "bundle",
         architecture=f"monai:{name}",

@@ -39,12 +39,12 @@ References:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ModelError
+from .jsonfile import read_json_object
 
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
@@ -116,16 +116,6 @@ def is_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a checkpoint inside ``<training folder>/fold_<k>/``."""
     return (path.suffix == ".pth" and _FOLD.match(path.parent.name) is not None
             and is_training_folder(path.parent.parent))
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable JSON file ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: must be a JSON object.")
-    return data
 
 
 def configuration_name(folder: Path, plans: Mapping[str, Any]) -> str:
@@ -257,8 +247,8 @@ def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
     """
     checkpoint = Path(checkpoint).resolve()
     folder = checkpoint.parent.parent
-    plans = _read_json(folder / PLANS_FILE)
-    dataset = _read_json(folder / DATASET_FILE)
+    plans = read_json_object(folder / PLANS_FILE)
+    dataset = read_json_object(folder / DATASET_FILE)
     name = configuration_name(folder, plans)
     if "cascade" in name or (plans["configurations"].get(name) or {}).get("previous_stage"):
         raise ModelError(f"{folder}: configuration {name!r} is a cascade stage that needs the previous stage's "
