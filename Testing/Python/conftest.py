@@ -144,6 +144,20 @@ def synthetic_case(seed: int, contrast: float = 1.0) -> Tuple[np.ndarray, np.nda
     return image, label, affine
 
 
+def box_cases(count: int, first_seed: int = 0) -> list:
+    """``count`` labelled training cases (:class:`~ASSFTActive.finetune.training.SupervisedCase`, ids ``c<seed>``)
+    of :func:`synthetic_case` with seeds ``first_seed``, ``first_seed + 1``, ...; for the trainer's tests."""
+    from ASSFTActive.finetune.training import SupervisedCase
+    from ASSFTActive.io import Volume
+
+    cases = []
+    for seed in range(first_seed, first_seed + count):
+        image, label, affine = synthetic_case(seed)
+        volume = Volume(image, affine)
+        cases.append(SupervisedCase(f"c{seed}", volume, volume.with_array(label)))
+    return cases
+
+
 def write_dataset(folder: Path, count: int, labeled: int, first_seed: int = 0,
                   contrast: float = 1.0) -> Tuple[Dict[str, Path], Dict[str, Path]]:
     """``count`` synthetic volumes in ``folder/images``, the first ``labeled`` with labels in ``folder/labels``."""

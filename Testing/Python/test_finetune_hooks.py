@@ -8,7 +8,7 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_card, synthetic_case
+from conftest import box_cases, make_tiny_card
 
 from ASSFTActive.finetune.config import TrainConfig
 from ASSFTActive.finetune.training import (
@@ -23,20 +23,10 @@ from ASSFTActive.finetune.training import (
     ema_teacher,
     train_supervised,
 )
-from ASSFTActive.io import Volume
 from ASSFTActive.models import build_network, load_card
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cases(count: int, first_seed: int = 0) -> List[SupervisedCase]:
-    cases = []
-    for index in range(count):
-        image, label, affine = synthetic_case(first_seed + index)
-        volume = Volume(image, affine)
-        cases.append(SupervisedCase(f"c{first_seed + index}", volume, volume.with_array(label)))
-    return cases
 
 
 class Recorder(TrainHook):
@@ -78,7 +68,7 @@ def test_hooks_are_called_in_order_with_the_trainers_state(tmp_path):
     card = load_card(make_tiny_card(tmp_path / "model"))
     log: List[Tuple] = []
     config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
-    losses = train_supervised(build_network(card), card, _cases(1), config, device=CPU,
+    losses = train_supervised(build_network(card), card, box_cases(1), config, device=CPU,
                               terms=[ConstantTerm(0.0, log)], hooks=[Recorder(log, "a"), Recorder(log, "b")],
                               schedule=TrainSchedule(start=1, stop=5, validate_every=2))
     assert len(losses) == 4
@@ -103,7 +93,7 @@ def test_a_loss_term_adds_to_the_loss_and_reports_its_part(tmp_path):
     events, log = [], []
     config = TrainConfig(iterations=2, batch_size=1, seed=4)
     network = build_network(card)
-    train_supervised(network, card, _cases(1), config, device=CPU, terms=[ConstantTerm(2.5, log)],
+    train_supervised(network, card, box_cases(1), config, device=CPU, terms=[ConstantTerm(2.5, log)],
                      hooks=[ProgressHook(events.append)])
     metrics = [e.metrics for e in events]
     assert [m["constant"] for m in metrics] == [2.5, 2.5]
@@ -117,7 +107,7 @@ def test_a_hook_can_stop_training_early(tmp_path):
 
     card = load_card(make_tiny_card(tmp_path / "model"))
     log: List[Tuple] = []
-    losses = train_supervised(build_network(card), card, _cases(1), TrainConfig(iterations=10, batch_size=1),
+    losses = train_supervised(build_network(card), card, box_cases(1), TrainConfig(iterations=10, batch_size=1),
                               device=CPU, hooks=[StopAfterThree(), Recorder(log)])
     assert len(losses) == 3
     assert [(event, step) for _, event, step, *_ in log][-2:] == [("validation", 3), ("end", 3)]
@@ -127,8 +117,8 @@ def test_the_checkpoint_state_carries_the_optimiser_and_a_terms_teacher(tmp_path
     card = load_card(make_tiny_card(tmp_path / "model"))
     network = build_network(card)
     saved = []
-    term = PseudoLabelTerm(_cases(1, 10), SemiParts(ema_decay=0.5), ema_teacher(network))
-    train_supervised(network, card, _cases(1), TrainConfig(iterations=4, batch_size=1), device=CPU, terms=[term],
+    term = PseudoLabelTerm(box_cases(1, 10), SemiParts(ema_decay=0.5), ema_teacher(network))
+    train_supervised(network, card, box_cases(1), TrainConfig(iterations=4, batch_size=1), device=CPU, terms=[term],
                      hooks=[CheckpointHook(2, lambda step, net, state: saved.append((step, net, state)))])
     assert [step for step, _, _ in saved] == [2, 4]
     step, net, state = saved[-1]
@@ -142,7 +132,7 @@ def test_the_checkpoint_state_carries_the_optimiser_and_a_terms_teacher(tmp_path
 
 def test_a_labelled_case_counts_only_its_annotated_voxels(tmp_path):
     card = load_card(make_tiny_card(tmp_path / "model"))
-    case = _cases(1)[0]
+    case = box_cases(1)[0]
     unannotated = SupervisedCase(case.case_id, case.image, case.label, np.zeros(case.label.array.shape, dtype=bool))
     events = []
     train_supervised(build_network(card), card, [unannotated], TrainConfig(iterations=2, batch_size=1), device=CPU,

@@ -3,29 +3,17 @@ used only when chosen, on the tiny network and synthetic boxes of ``conftest.py`
 
 from __future__ import annotations
 
-from typing import List
-
 import pytest
 import torch
-from conftest import make_tiny_card, synthetic_case
+from conftest import box_cases, make_tiny_card
 
 from ASSFTActive.finetune import training
 from ASSFTActive.finetune.config import TrainConfig
 from ASSFTActive.finetune.teachers import FrozenFlipTeacher, flips_of_axes
-from ASSFTActive.finetune.training import PseudoLabelTerm, SemiParts, SupervisedCase, train_supervised
-from ASSFTActive.io import Volume
+from ASSFTActive.finetune.training import PseudoLabelTerm, SemiParts, train_supervised
 from ASSFTActive.models import build_network, load_card, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cases(count: int, first_seed: int = 0) -> List[SupervisedCase]:
-    cases = []
-    for index in range(count):
-        image, label, affine = synthetic_case(first_seed + index)
-        volume = Volume(image, affine)
-        cases.append(SupervisedCase(f"c{index}", volume, volume.with_array(label)))
-    return cases
 
 
 def _spy(network):
@@ -49,8 +37,8 @@ def test_with_bcp_the_student_learns_on_both_mixed_patches_whose_targets_follow_
 
     monkeypatch.setattr(training, "bidirectional_copy_paste", spy)
     config = TrainConfig(iterations=2, batch_size=2, learning_rate=0.01)
-    train_supervised(student, card, _cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), SemiParts(bcp=True, voxel_threshold=0.5),
+    train_supervised(student, card, box_cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(bcp=True, voxel_threshold=0.5),
                                             teacher)])
     assert student.batches == [2, 4] * 2, "per step: the labelled patches, then 2 × 2 mixed patches"
     assert len(mixes) == 2
@@ -61,8 +49,8 @@ def test_with_bcp_the_student_learns_on_both_mixed_patches_whose_targets_follow_
     off = []
     monkeypatch.setattr(training, "bidirectional_copy_paste", lambda *a, **k: off.append(1))
     plain = _spy(build_network(card))
-    train_supervised(plain, card, _cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), SemiParts(voxel_threshold=0.5), teacher)])
+    train_supervised(plain, card, box_cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(voxel_threshold=0.5), teacher)])
     assert plain.batches == [2, 2] * 2 and not off, "off by default"
 
 
@@ -88,8 +76,8 @@ def test_the_frozen_flip_teacher_labels_the_patches_when_chosen_and_stays_frozen
     monkeypatch.setattr(training, "dice_ce_loss", lambda logits, target, mask=None: (
         targets.append(target.clone()), real_loss(logits, target, mask))[1])
     config = TrainConfig(iterations=3, batch_size=1, learning_rate=0.05)
-    train_supervised(student, card, _cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), SemiParts(), labeller=labeller)])
+    train_supervised(student, card, box_cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(), labeller=labeller)])
     assert labeller.calls == 3
     pseudo_targets = targets[1::2]
     reference = build_network(card)

@@ -6,12 +6,10 @@ worker and CLI tests share.
 
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_card, synthetic_case, write_dataset
+from conftest import box_cases, make_tiny_card, write_dataset
 
 from ASSFTActive.finetune.config import TrainConfig
 from ASSFTActive.finetune.training import (
@@ -19,7 +17,6 @@ from ASSFTActive.finetune.training import (
     ProgressHook,
     PseudoLabelTerm,
     SemiParts,
-    SupervisedCase,
     TrainSchedule,
     dice_ce_loss,
     ema_update,
@@ -28,19 +25,9 @@ from ASSFTActive.finetune.training import (
     pseudo_weight_at,
     train_supervised,
 )
-from ASSFTActive.io import Volume
 from ASSFTActive.models import build_network, load_card
 
 # --------------------------------------------------------------------------------------------- tests
-
-
-def _cases(count: int, first_seed: int = 0) -> List[SupervisedCase]:
-    cases = []
-    for index in range(count):
-        image, label, affine = synthetic_case(first_seed + index)
-        volume = Volume(image, affine)
-        cases.append(SupervisedCase(f"c{index}", volume, volume.with_array(label)))
-    return cases
 
 
 def test_pseudo_weight_follows_the_gaussian_ramp_then_stays_at_its_maximum():
@@ -77,7 +64,7 @@ def test_training_lowers_the_loss_on_synthetic_boxes(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     network = build_network(card)
     config = TrainConfig(iterations=60, batch_size=2, learning_rate=0.01, seed=1)
-    losses = train_supervised(network, card, _cases(3), config, device=torch.device("cpu"))
+    losses = train_supervised(network, card, box_cases(3), config, device=torch.device("cpu"))
     assert len(losses) == 60
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
     assert not network.training
@@ -92,8 +79,8 @@ def test_ema_teacher_labels_pseudo_patches_and_is_handed_to_checkpoints(tmp_path
     seen = []
     config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
     semi = SemiParts(ema_decay=0.5, voxel_threshold=0.5, class_keep_min=0.5, strong_view=True, cutmix_probability=0.5)
-    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), semi, teacher)],
+    train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), semi, teacher)],
                      hooks=[CheckpointHook(3, lambda step, net, state: seen.append((step, sorted(state))))])
     assert seen == [(3, ["optimizer", "scheduler", "teacher"]), (6, ["optimizer", "scheduler", "teacher"])]
     changed = [k for k, v in teacher.state_dict().items()
@@ -111,11 +98,11 @@ def test_resuming_from_a_checkpoint_continues_the_step_count_and_schedule(tmp_pa
         saved["weights"] = {k: v.clone() for k, v in net.state_dict().items()}
 
     config = TrainConfig(iterations=10, batch_size=1, learning_rate=0.01)
-    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"), hooks=[CheckpointHook(5, keep)])
+    train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"), hooks=[CheckpointHook(5, keep)])
     resumed = build_network(card)
     resumed.load_state_dict(saved["weights"])
     events = []
-    losses = train_supervised(resumed, card, _cases(2), config, device=torch.device("cpu"),
+    losses = train_supervised(resumed, card, box_cases(2), config, device=torch.device("cpu"),
                               schedule=TrainSchedule(start=10 - 5, resume_state=saved["state"]),
                               hooks=[ProgressHook(events.append)])
     assert len(losses) == 5
@@ -141,7 +128,7 @@ def test_a_frozen_encoder_does_not_move_during_training(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     network = build_network(card)
     start = {n: p.detach().clone() for n, p in network.named_parameters()}
-    train_supervised(network, card, _cases(2), TrainConfig(iterations=4, batch_size=1, learning_rate=0.01,
+    train_supervised(network, card, box_cases(2), TrainConfig(iterations=4, batch_size=1, learning_rate=0.01,
                                                            encoder_lr_scale=0.0), device=torch.device("cpu"))
     moved = {n for n, p in network.named_parameters() if not torch.equal(p, start[n])}
     assert moved and not any(n.startswith("model.0.") for n in moved)
@@ -162,7 +149,7 @@ def test_l2sp_keeps_the_weights_closer_to_where_they_started(tmp_path, one_threa
     for weight in (0.0, 1.0):
         network = build_network(card)
         start = {n: p.detach().clone() for n, p in network.named_parameters()}
-        train_supervised(network, card, _cases(2), TrainConfig(iterations=15, batch_size=1, learning_rate=0.01,
+        train_supervised(network, card, box_cases(2), TrainConfig(iterations=15, batch_size=1, learning_rate=0.01,
                                                                l2sp_weight=weight, seed=3), device=torch.device("cpu"))
         distances.append(float(l2sp_penalty(network, start).detach()))
     assert distances[1] < 0.8 * distances[0]
@@ -171,7 +158,7 @@ def test_l2sp_keeps_the_weights_closer_to_where_they_started(tmp_path, one_threa
 def test_stop_at_ends_early_on_the_full_run_schedule(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     events = []
-    losses = train_supervised(build_network(card), card, _cases(2), TrainConfig(iterations=10, batch_size=1),
+    losses = train_supervised(build_network(card), card, box_cases(2), TrainConfig(iterations=10, batch_size=1),
                               device=torch.device("cpu"), schedule=TrainSchedule(stop=4),
                               hooks=[ProgressHook(events.append)])
     assert len(losses) == 4 and [e.total for e in events] == [10] * 4
@@ -183,7 +170,7 @@ def test_patches_larger_than_the_volume_are_padded_as_sliding_window_inference_p
     from ASSFTActive.inference.preprocess import PAD_VALUE
 
     card = load_card(make_tiny_card(tmp_path / "model"))
-    case = _cases(1)[0]
+    case = box_cases(1)[0]
     config = TrainConfig(augment=False, foreground_fraction=0.0)
     sampler = _PatchSampler(card, [case], (32, 32, 28), config, np.random.default_rng(0))
     image, label, _, _ = sampler.items[0]
@@ -227,11 +214,11 @@ def test_the_spatial_view_moves_every_pseudo_batch_with_its_targets(tmp_path, on
     teacher.load_state_dict(network.state_dict())
     config = TrainConfig(iterations=4, batch_size=1, learning_rate=0.01)
     semi = SemiParts(voxel_threshold=0.5, strong_view=True, spatial_view=True)
-    losses = train_supervised(network, card, _cases(2), config, device=torch.device("cpu"),
-                              terms=[PseudoLabelTerm(_cases(2, first_seed=10), semi, teacher)])
+    losses = train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"),
+                              terms=[PseudoLabelTerm(box_cases(2, first_seed=10), semi, teacher)])
     assert len(calls) == 4 and all(dtype == torch.long for _, _, dtype in calls)
     assert np.isfinite(losses).all()
     calls.clear()
-    train_supervised(network, card, _cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(_cases(2, first_seed=10), SemiParts(strong_view=True), teacher)])
+    train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"),
+                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(strong_view=True), teacher)])
     assert calls == [], "only when asked for (SemiParts)"
