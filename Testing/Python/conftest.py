@@ -158,6 +158,17 @@ def box_cases(count: int, first_seed: int = 0) -> list:
     return cases
 
 
+def write_swapped_label(label: Path, folder: Path) -> Path:
+    """A copy of the label file ``label`` in ``folder`` (same name) with classes 1 and 2 swapped: a label that
+    contradicts a decent model of the synthetic boxes."""
+    from ASSFTActive.io import read_volume, write_volume
+
+    swapped = read_volume(label)
+    array = np.asarray(swapped.array).copy()
+    array[swapped.array == 1], array[swapped.array == 2] = 2, 1
+    return write_volume(swapped.with_array(array), folder / Path(label).name)
+
+
 def write_dataset(folder: Path, count: int, labeled: int, first_seed: int = 0,
                   contrast: float = 1.0) -> Tuple[Dict[str, Path], Dict[str, Path]]:
     """``count`` synthetic volumes in ``folder/images``, the first ``labeled`` with labels in ``folder/labels``."""

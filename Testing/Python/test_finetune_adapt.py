@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_FINETUNE, make_tiny_card, read_json, synthetic_case, tree, write_dataset
+from conftest import (
+    FAST_FINETUNE,
+    make_tiny_card,
+    read_json,
+    synthetic_case,
+    tree,
+    write_dataset,
+    write_swapped_label,
+)
 
 from ASSFTActive.errors import CancelledError, InputError, JobError, ModelError
 from ASSFTActive.finetune.adapt import adapt_model
@@ -100,12 +108,7 @@ def test_adapting_on_contradicting_labels_does_not_change_the_active_model(tmp_p
     """A decent model, then two labelled volumes whose classes are swapped in one of them: not activated."""
     card = _trained_card(tmp_path)
     images, labels = write_dataset(tmp_path / "data", count=4, labeled=2, first_seed=40)
-    from ASSFTActive.io import read_volume
-
-    swapped = read_volume(labels["case_001"])
-    array = np.asarray(swapped.array).copy()
-    array[swapped.array == 1], array[swapped.array == 2] = 2, 1
-    labels["case_001"] = write_volume(swapped.with_array(array), tmp_path / "swapped" / "case_001.nii.gz")
+    labels["case_001"] = write_swapped_label(labels["case_001"], tmp_path / "swapped")
     store = tmp_path / "store"
     first = adapt_model(images, {"case_000": labels["case_000"]}, store=store, model=card, name="site",
                         config=_config(validation=UNGUARDED))

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from conftest import FAST_FINETUNE, make_tiny_card, write_dataset
+from conftest import FAST_FINETUNE, make_tiny_card, write_dataset, write_swapped_label
 
 from ASSFTActive.finetune.adapt import adapt_model
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.finetune.cross_validation import fold_stage_steps, to_final_step
-from ASSFTActive.io import read_volume, write_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,10 +89,7 @@ def test_the_fast_guard_refuses_contradicting_labels_like_the_full_guard(tmp_pat
     """A decent model and two labelled volumes, the classes of one swapped: both guards refuse, for one reason."""
     card = _trained_card(tmp_path)
     images, labels = write_dataset(tmp_path / "data", count=4, labeled=2, first_seed=40)
-    swapped = read_volume(labels["case_001"])
-    array = np.asarray(swapped.array).copy()
-    array[swapped.array == 1], array[swapped.array == 2] = 2, 1
-    labels["case_001"] = write_volume(swapped.with_array(array), tmp_path / "swapped" / "case_001.nii.gz")
+    labels["case_001"] = write_swapped_label(labels["case_001"], tmp_path / "swapped")
     world = {"images": images, "card": card, "tmp": tmp_path}
     full, _ = _adapt(world, "full", {"max_fold_loss": 0.05}, labels=labels, allow_implausible_labels=True)
     fast, _ = _adapt(world, "fast", dict(FAST, max_fold_loss=0.05), labels=labels, allow_implausible_labels=True)
