@@ -49,13 +49,19 @@ def test_a_label_file_without_an_image_is_reported(tmp_path):
     assert len(said) == 1 and "hippocampus_999.nii.gz" in said[0] and "match no image" in said[0]
 
 
-def test_evaluate_warns_about_a_label_without_an_image(tmp_path, capsys):
+def _one_image_and_an_orphan_label(tmp_path):
+    """``(images, labels)`` folders: one sample image with its label, and a label ``hippocampus_999`` without one."""
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
     shutil.copy(POOL_IMAGES[0], images)
     shutil.copy(SAMPLE_POOL / "labels" / POOL_IMAGES[0].name, labels)
     shutil.copy(SAMPLE_POOL / "labels" / POOL_IMAGES[0].name, labels / "hippocampus_999.nii.gz")
+    return images, labels
+
+
+def test_evaluate_warns_about_a_label_without_an_image(tmp_path, capsys):
+    images, labels = _one_image_and_an_orphan_label(tmp_path)
     code = main(["evaluate", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "ev"),
                  "--no-hd95", "--quiet"])
     err = capsys.readouterr().err
@@ -93,12 +99,7 @@ def test_a_folder_without_a_ranking_is_left_alone(tmp_path):
 
 
 def test_adapt_warns_about_a_label_without_an_image(tmp_path, capsys):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    shutil.copy(POOL_IMAGES[0], images)
-    shutil.copy(SAMPLE_POOL / "labels" / POOL_IMAGES[0].name, labels)
-    shutil.copy(SAMPLE_POOL / "labels" / POOL_IMAGES[0].name, labels / "hippocampus_999.nii.gz")
+    images, labels = _one_image_and_an_orphan_label(tmp_path)
     main(["adapt", "--images", str(images), "--labels", str(labels), "--store", str(tmp_path / "store"),
           "--iterations", "1", "--semi-iterations", "1", "--batch-size", "1", "--patch-size", "16", "16", "16",
           "--pseudo", "none", "--no-guard", "--quiet"])
