@@ -35,6 +35,7 @@ from . import __version__
 from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD, ModelCard, load_card, save_card
 from .errors import AssftError, ModelError, OutputError
 from .io import PathLike, atomic_write_text
+from .processes import is_running
 
 __all__ = [
     "ACTIVE_FILE",
@@ -386,7 +387,7 @@ class ModelStore:
             if not item.name.startswith(PENDING_PREFIX):
                 continue
             pid_text = item.name[len(PENDING_PREFIX):].split("-", 1)[0]
-            if pid_text.isdigit() and (int(pid_text) == os.getpid() or _process_alive(int(pid_text))):
+            if pid_text.isdigit() and (int(pid_text) == os.getpid() or is_running(int(pid_text))):
                 continue  # still being written (a reused process id only delays the clean-up)
             shutil.rmtree(item, ignore_errors=True)
             removed.append(item)
@@ -396,18 +397,6 @@ class ModelStore:
         folder = self.root / name
         numbers = [int(m.group(1)) for m in (_VERSION.match(p.name) for p in folder.iterdir()) if m]
         return max(numbers, default=0) + 1
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def resolve_card_path(spec: Optional[PathLike]) -> Path:

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from ASSFTActive.jobs import CANCEL_FILE
+from ASSFTActive.processes import is_running as isRunning
+from ASSFTActive.processes import windows_parents as _parentsWindows
 from ASSFTActive.progress import Event
 
 from .enginePath import pythonPathWithEngine
@@ -135,36 +137,6 @@ def _childrenPgrep(pid: int) -> List[int]:
     return [int(token) for token in output.split() if token.isdigit()]
 
 
-def _parentsWindows() -> Dict[int, int]:
-    """``{pid: parent pid}`` of every process, from a Toolhelp32 snapshot (kernel32, no extra tool needed)."""
-    import ctypes
-    from ctypes import wintypes
-
-    class PROCESSENTRY32W(ctypes.Structure):
-        _fields_ = [("dwSize", wintypes.DWORD), ("cntUsage", wintypes.DWORD), ("th32ProcessID", wintypes.DWORD),
-                    ("th32DefaultHeapID", ctypes.c_size_t), ("th32ModuleID", wintypes.DWORD),
-                    ("cntThreads", wintypes.DWORD), ("th32ParentProcessID", wintypes.DWORD),
-                    ("pcPriClassBase", ctypes.c_long), ("dwFlags", wintypes.DWORD),
-                    ("szExeFile", wintypes.WCHAR * 260)]
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.CreateToolhelp32Snapshot.restype = wintypes.HANDLE
-    snapshot = kernel32.CreateToolhelp32Snapshot(0x00000002, 0)  # TH32CS_SNAPPROCESS
-    if snapshot in (None, wintypes.HANDLE(-1).value):
-        return {}
-    parents: Dict[int, int] = {}
-    try:
-        entry = PROCESSENTRY32W()
-        entry.dwSize = ctypes.sizeof(PROCESSENTRY32W)
-        more = kernel32.Process32FirstW(snapshot, ctypes.byref(entry))
-        while more:
-            parents[int(entry.th32ProcessID)] = int(entry.th32ParentProcessID)
-            more = kernel32.Process32NextW(snapshot, ctypes.byref(entry))
-    finally:
-        kernel32.CloseHandle(snapshot)
-    return parents
-
-
 def _childrenFunction() -> Callable[[int], List[int]]:
     if IS_WINDOWS:
         parents = _parentsWindows()
@@ -191,32 +163,6 @@ def descendantPids(pid: int) -> List[int]:
         result.extend(children)
         frontier = children
     return result
-
-
-def isRunning(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    if IS_WINDOWS:
-        return pid in _parentsWindows()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
-            stat = handle.read()
-        return stat[stat.rfind(")") + 2:].split()[0] != "Z"
-    except OSError:
-        pass
-    if os.path.isdir("/proc"):
-        return False  # the /proc entry vanished between the two looks
-    try:  # macOS: a zombie still answers kill(pid, 0)
-        state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True,
-                               check=False).stdout.strip()
-    except OSError:
-        return True
-    return bool(state) and not state.startswith("Z")
 
 
 #: ``subprocess`` flag that keeps a console window from flashing up on Windows (0 elsewhere).
