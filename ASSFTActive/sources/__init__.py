@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 
 from . import bundle, nnunet
 
-__all__ = ["card_for_weights", "is_source_weights", "weights_in_folder"]
+__all__ = ["card_for_weights", "weights_in_folder"]
 
 
 def weights_in_folder(folder: Path) -> Optional[Path]:
@@ -38,12 +38,6 @@ def weights_in_folder(folder: Path) -> Optional[Path]:
         return bundle.weights_in(folder)
     bundle.check_incomplete(folder)
     return None
-
-
-def is_source_weights(path: Path) -> bool:
-    """Whether ``path`` is the weights file of a source layout."""
-    path = Path(path)
-    return nnunet.is_checkpoint(path) or bundle.is_weights(path)
 
 
 def card_for_weights(path: Path) -> Optional[Dict[str, Any]]:
