@@ -31,11 +31,11 @@ def test_importing_every_engine_module_loads_no_slicer_qt_vtk_or_trame():
 
 
 def test_the_job_protocol_and_card_modules_load_without_torch():
-    """What the Slicer GUI process imports from the engine: the job protocol and events without torch or numpy,
-    model cards and the store listing without torch."""
+    """What the Slicer GUI process imports from the engine: the job protocol, events and the process probe without
+    torch or numpy, model cards and the store listing without torch."""
     code = (
         "import json, sys\n"
-        "import ASSFTActive.jobs, ASSFTActive.progress\n"
+        "import ASSFTActive.jobs, ASSFTActive.processes, ASSFTActive.progress\n"
         "light = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai'))\n"
         "import ASSFTActive.cards, ASSFTActive.store\n"
         "print(json.dumps([light, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai'))]))\n"
