@@ -103,6 +103,22 @@ def test_folders_without_a_manifest_are_invisible_and_stale_pending_folders_are_
     assert _add_version(store, "m", base).version == "v8"  # numbers are never reused
 
 
+@pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs os.waitid to leave an exited child unreaped (POSIX)")
+def test_a_pending_folder_is_kept_while_its_writer_runs_and_removed_once_the_writer_is_a_zombie(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    (tmp_path / "store" / "m").mkdir(parents=True)
+    writer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        pending = tmp_path / "store" / "m" / f".pending-{writer.pid}-abc"
+        pending.mkdir()
+        assert store.remove_stale("m") == [] and pending.is_dir()
+        writer.stdin.close()
+        os.waitid(os.P_PID, writer.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+        assert store.remove_stale("m") == [pending] and not pending.exists()
+    finally:
+        writer.wait()
+
+
 def test_an_unwritable_store_is_reported_before_anything_is_written(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
