@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_card, synthetic_case
+from conftest import box_cases, make_tiny_card, synthetic_case
 
 from ASSFTActive.finetune.config import TrainConfig
-from ASSFTActive.finetune.training import SupervisedCase, train_supervised
+from ASSFTActive.finetune.training import train_supervised
 from ASSFTActive.inference import InferenceConfig, Predictor
 from ASSFTActive.inference.sliding import stream_sliding_window
 from ASSFTActive.io import Volume
@@ -23,17 +23,11 @@ pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 
 
-def _case(seed: int) -> SupervisedCase:
-    image, label, affine = synthetic_case(seed)
-    volume = Volume(image, affine)
-    return SupervisedCase(f"c{seed}", volume, volume.with_array(label))
-
-
 def test_a_training_step_on_cuda_updates_the_weights_on_the_device_with_finite_losses(tmp_path):
     card = load_card(make_tiny_card(tmp_path / "card"))
     network = build_network(card)
     before = [p.detach().clone() for p in network.parameters()]
-    losses = train_supervised(network, card, [_case(0), _case(1)], TrainConfig(iterations=3, batch_size=2),
+    losses = train_supervised(network, card, box_cases(2), TrainConfig(iterations=3, batch_size=2),
                               device=CUDA)
     assert len(losses) == 3 and all(np.isfinite(losses))
     after = list(network.parameters())
