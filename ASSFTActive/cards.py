@@ -66,6 +66,9 @@ class ModelCard:
         pretrained: card (path relative to this card's folder, or absolute) of the frozen pre-trained model whose
             encoder is the "source knowledge" of DKD; ``None`` means this model is itself the pre-trained one.
         provenance: free-form record of how the weights were made (data split, seed, metrics).
+        test_time_mirroring: model-space axes (``0..2`` of the card's ``[I, J, K]`` after orientation and spacing)
+            whose every flip combination the predictor averages the window logits over (nnU-Net's default inference,
+            set from its checkpoint's ``inference_allowed_mirroring_axes``); ``None`` = one plain pass.
         path: where the card was read from (not serialised).
     """
 
@@ -82,6 +85,7 @@ class ModelCard:
     orientation: Optional[str] = "RAS"
     pretrained: Optional[str] = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    test_time_mirroring: Optional[Tuple[int, ...]] = None
     path: Optional[Path] = field(default=None, compare=False)
 
     @property
@@ -114,6 +118,10 @@ class ModelCard:
         data["encoder_stages"] = list(self.encoder_stages)
         data["patch_size"] = list(self.patch_size)
         data["spacing"] = list(self.spacing) if self.spacing is not None else None
+        if self.test_time_mirroring is None:
+            data.pop("test_time_mirroring")  # cards without mirroring are written as before
+        else:
+            data["test_time_mirroring"] = list(self.test_time_mirroring)
         return data
 
     @classmethod
@@ -147,6 +155,8 @@ class ModelCard:
             orientation=data.get("orientation", "RAS"),
             pretrained=data.get("pretrained"),
             provenance=dict(data.get("provenance") or {}),
+            test_time_mirroring=(tuple(int(a) for a in data["test_time_mirroring"])
+                                 if data.get("test_time_mirroring") is not None else None),
             path=path,
         )
         _validate(card, where)
@@ -180,6 +190,10 @@ def _check_types(data: Mapping[str, Any], where: str) -> None:
     need(isinstance(data.get("weights_format", "state_dict"), str), "weights_format", "a string")
     need(data.get("pretrained") is None or isinstance(data["pretrained"], str), "pretrained", "null or a path")
     need(data.get("provenance") is None or isinstance(data["provenance"], dict), "provenance", "a JSON object")
+    mirror = data.get("test_time_mirroring")
+    need(mirror is None or (isinstance(mirror, (list, tuple)) and len(mirror) >= 1 and len(set(mirror)) == len(mirror)
+                            and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in mirror)),
+         "test_time_mirroring", "null or a list of distinct spatial axes 0, 1, 2 (model space)")
 
 
 def _validate(card: ModelCard, where: str) -> None:

@@ -81,8 +81,8 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
 
 def describe(card: ModelCard) -> List[str]:
     """Lines ``assft check-card`` prints about what a card will do to a volume: the preprocessing (profile and
-    values, spacing, orientation, patch) and, for a source, where it came from and what is not reproduced (for
-    nnU-Net, the checkpoint's test-time mirroring axes)."""
+    values, spacing, orientation, patch) and, for a source, where it came from and what is and is not reproduced (for
+    nnU-Net, the test-time mirroring axes taken from its checkpoint)."""
     spacing = "the volume's own" if card.spacing is None else f"{list(card.spacing)} mm"
     lines = [f"preprocessing: {dict(card.preprocessing)}",
              f"spacing:      {spacing}; orientation: {card.orientation or 'as stored (no reorientation)'}; "
@@ -92,8 +92,11 @@ def describe(card: ModelCard) -> List[str]:
         checkpoint = nnunet.read_checkpoint(card.path)
         lines.append(f"source:       nnU-Net {card.provenance.get('configuration')} {card.provenance.get('fold')} "
                      f"of {card.provenance.get('folder')} (trainer {checkpoint.get('trainer_name')})")
-        lines.append(f"not applied:  test-time mirroring over nnU-Net axes {nnunet.mirroring_axes(checkpoint)}; "
-                     f"{', '.join(card.provenance.get('not_reproduced', []))}")
+        mirror = card.test_time_mirroring
+        lines.append("applied:      " + (f"test-time mirroring over model axes {list(mirror)} (nnU-Net axes "
+                                         f"{nnunet.mirroring_axes(checkpoint)}; {2 ** len(mirror)} passes per window)"
+                                         if mirror else "no test-time mirroring (the checkpoint allows none)"))
+        lines.append(f"not applied:  {', '.join(card.provenance.get('not_reproduced', []))}")
     elif source == "monai_bundle":
         lines.append(f"source:       MONAI bundle {card.provenance.get('folder')} (version "
                      f"{card.provenance.get('version')})")

@@ -12,6 +12,11 @@ pre-trained encoder runs on the same windows only up to its deepest encoder stag
 when its weights differ from the current ones; its features can be cached on disk because they never change for a
 given volume.
 
+A card with ``test_time_mirroring`` (nnU-Net's checkpoints) gets each window's logits averaged over every flip
+combination of those axes (:func:`mirrored_logits`), as nnU-Net's default predictor does; the encoder features come
+from the unflipped pass only, so there is still one pooled vector per stage and window. The MC-dropout samples stay
+single passes (each is one stochastic draw, not a prediction to be made more accurate).
+
 Windows and reductions run on the compute device (CUDA with mixed precision when present); the one-channel maps are
 gathered on the CPU, so a large CT does not need a large GPU.
 """
@@ -19,7 +24,9 @@ gathered on the CPU, so a large CT does not need a large GPU.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -124,6 +131,31 @@ class Prediction:
         return np.clip(from_model_space(torch.from_numpy(array)[None], self.space)[0], 0.0, 1.0)
 
 
+def mirrored_logits(network: Callable[[torch.Tensor], torch.Tensor], window: torch.Tensor, axes: Sequence[int],
+                    unflipped: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The mean over every subset ``S`` of ``axes`` (the empty one included) of ``flip_S(network(flip_S(window)))``.
+
+    nnU-Net's test-time mirroring (``nnUNetPredictor._internal_maybe_mirror_and_predict``: ``2 ** len(axes)`` passes
+    per window, logits averaged before the softmax). MONAI's test-time augmentation draws random transforms and
+    averages after inversion per sample, not this fixed exhaustive set of logit flips, hence this function.
+
+    Args:
+        network: maps ``[B, C_in, I, J, K]`` to logits ``[B, C, I, J, K]``.
+        window: ``[B, C_in, I, J, K]``.
+        axes: spatial axes (``0..2`` of ``[I, J, K]``) to mirror.
+        unflipped: ``network(window)`` when already computed (the pass whose encoder features are kept).
+
+    Returns:
+        float32 logits ``[B, C, I, J, K]``.
+    """
+    total = (network(window) if unflipped is None else unflipped).float()
+    dims = [2 + int(a) for a in axes]
+    combinations = [c for size in range(1, len(dims) + 1) for c in itertools.combinations(dims, size)]
+    for flip in combinations:
+        total = total + torch.flip(network(torch.flip(window, flip)), flip).float()
+    return total / (len(combinations) + 1)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the deepest encoder stage ran."""
 
@@ -141,6 +173,7 @@ class StageFeatures:
         modules = dict(network.named_modules())
         self._sums: List[Optional[torch.Tensor]] = [None] * len(stages)
         self._count = 0
+        self._paused = False
         self._handles = []
         for index, name in enumerate(stages):
             last = index == len(stages) - 1
@@ -148,6 +181,8 @@ class StageFeatures:
 
     def _hook(self, index: int, stop: bool):
         def hook(_module, _inputs, output):
+            if self._paused:
+                return
             if isinstance(output, (tuple, list)):
                 output = output[0]
             pooled = output.detach().float().flatten(2).mean(dim=2).sum(dim=0).cpu()  # [D]
@@ -157,6 +192,15 @@ class StageFeatures:
             if stop:
                 raise _StopForward
         return hook
+
+    @contextmanager
+    def paused(self):
+        """Forward passes inside this block add nothing (the flipped passes of test-time mirroring)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def result(self) -> Tuple[np.ndarray, ...]:
         if self._count == 0:
@@ -221,6 +265,17 @@ class Predictor:
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast("cpu", enabled=False)
 
+    def _window_logits(self, window: torch.Tensor, hooks: Optional[StageFeatures] = None) -> torch.Tensor:
+        """The current network's float32 logits ``[B, C, I, J, K]`` of windows ``[B, 1, I, J, K]``: one pass, or
+        the mean over the card's test-time mirroring flips (``hooks`` see the unflipped pass only)."""
+        network = self.current.network
+        logits = network(window)
+        axes = self.current.card.test_time_mirroring
+        if not axes:
+            return logits.float()
+        with hooks.paused() if hooks is not None else nullcontext():
+            return mirrored_logits(network, window, axes, unflipped=logits)
+
     def _stream(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
                 on_rows: Callable[[torch.Tensor, int], None]) -> None:
         stream_sliding_window(image, self.current.card.patch_size, fn, on_rows, overlap=self.config.overlap,
@@ -268,7 +323,7 @@ class Predictor:
 
         def forward(window: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                logits = network(window)
+                logits = self._window_logits(window, hooks)
                 if pre_hooks is not None:
                     try:
                         self.pretrained.network(window)
@@ -336,12 +391,11 @@ class Predictor:
     def plain_pass(self, volume: Volume) -> np.ndarray:
         """One plain sliding-window pass without hooks or scores: the label map ``[I, J, K]`` (the benchmark's unit)."""
         image, space = to_model_space(volume, self.current.card)
-        network = self.current.network
         label = torch.zeros(tuple(space.model_shape), dtype=torch.int16)
 
         def forward(window: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return network(window).float()
+                return self._window_logits(window)
 
         def on_rows(logits: torch.Tensor, first: int) -> None:
             label[first:first + logits.shape[1]] = logits.argmax(dim=0).to(torch.int16).cpu()

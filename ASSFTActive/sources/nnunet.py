@@ -19,13 +19,16 @@ into the fields of a model card (:func:`card_for_checkpoint`) without touching t
   refused: their outputs are sigmoids, not one softmax channel per class);
 - the weights: ``checkpoint_final.pth`` read with ``torch.load(weights_only=True)`` and an allow-list of exactly the
   numpy scalar types nnU-Net's training log and ``torch.device`` hold (:func:`read_checkpoint`); a pickled whole
-  model is refused.
+  model is refused;
+- the test-time mirroring: the checkpoint's ``inference_allowed_mirroring_axes`` (nnU-Net's network axes, read
+  without torch by :func:`checkpoint_mirroring_axes`) become the card's ``test_time_mirroring`` in ASSFT's axes
+  (:func:`model_space_mirroring`); the predictor averages the logits over every flip of those axes, as nnU-Net's
+  default predictor does.
 
-What is not reproduced: nnU-Net's test-time mirroring (``inference_allowed_mirroring_axes`` is reported by
-``assft check-card`` and recorded in the card's provenance, not applied), its cropping to the non-zero bounding box
-before prediction (statistics are taken over that box, as nnU-Net does, but the whole volume is predicted) and its
-third-order spline resampling (ASSFT resamples trilinearly; no resampling happens when the volume already has the
-plans' spacing). The cascade's second stage is refused (it needs the first stage's segmentation as input).
+What is not reproduced: nnU-Net's cropping to the non-zero bounding box before prediction (statistics are taken
+over that box, as nnU-Net does, but the whole volume is predicted) and its third-order spline resampling (ASSFT
+resamples trilinearly; no resampling happens when the volume already has the plans' spacing). The cascade's second
+stage is refused (it needs the first stage's segmentation as input).
 
 This module imports neither torch nor numpy at import time: reading the card is torch-free like
 :mod:`ASSFTActive.cards`, which it lies below (it imports no card type). Writing an adapted model back in nnU-Net's
@@ -275,6 +278,7 @@ def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
     for network_axis, array_axis in enumerate(axes):
         in_assft_order[array_axis] = network_axis
     n_stages = int(kwargs.get("n_stages", 0))
+    mirror = checkpoint_mirroring_axes(checkpoint)
     return dict(
         name=_card_name(folder, checkpoint),
         architecture=f"nnunet:{class_name}",
@@ -289,13 +293,100 @@ def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
         spacing=[float(spacing[a]) for a in in_assft_order],
         orientation=None,
         pretrained=None,
+        test_time_mirroring=model_space_mirroring(mirror, axes),
         provenance={"source": "nnunet", "folder": str(folder), "fold": checkpoint.parent.name,
                     "configuration": name, "plans_name": plans.get("plans_name"),
                     "dataset_name": plans.get("dataset_name"),
                     "transpose_forward": plans.get("transpose_forward", [0, 1, 2]),
-                    "not_reproduced": ["test-time mirroring", "crop to the non-zero box before prediction",
+                    "inference_allowed_mirroring_axes": list(mirror) if mirror is not None else None,
+                    "not_reproduced": ["crop to the non-zero box before prediction",
                                        "third-order resampling (trilinear here)"]},
     )
+
+
+def model_space_mirroring(nnunet_axes: Optional[Sequence[int]], axes: Sequence[int]) -> Optional[List[int]]:
+    """The card's ``test_time_mirroring`` for nnU-Net's ``inference_allowed_mirroring_axes``.
+
+    nnU-Net's mirroring axis ``m`` is the network's spatial input axis ``m``; the network receives ASSFT's array axis
+    ``axes[m]`` there (:func:`_axes`, the card's ``arguments["axes"]``), and flipping an input axis before the
+    permutation is flipping the permuted axis after it. So the axis is ``axes[m]`` in the card's model space (the
+    card has no reorientation: model space keeps the array's axis order).
+
+    Args:
+        nnunet_axes: the checkpoint's axes (network spatial axes, 0-based), or ``None`` (mirroring off).
+        axes: for each network input axis, the ASSFT array axis it is.
+
+    Returns:
+        the sorted model-space axes, or ``None`` when ``nnunet_axes`` is ``None`` or empty.
+    """
+    if not nnunet_axes:
+        return None
+    if not all(0 <= int(m) < len(axes) for m in nnunet_axes):
+        raise ModelError(f"nnU-Net checkpoint: inference_allowed_mirroring_axes {list(nnunet_axes)} are not axes of "
+                         f"a {len(axes)}D network.")
+    return sorted({int(axes[int(m)]) for m in nnunet_axes})
+
+
+class _Opaque(dict):
+    """What every pickled object becomes in :func:`checkpoint_mirroring_axes`: accepts any arguments and state and
+    keeps none of them (no class named by the file is ever imported or called)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:  # a pickled ``getattr(cls, name)`` gets called too
+        return _Opaque()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+def checkpoint_mirroring_axes(checkpoint: Path) -> Optional[Tuple[int, ...]]:
+    """The checkpoint's ``inference_allowed_mirroring_axes`` without torch (card reading stays torch-free).
+
+    A checkpoint written by ``torch.save`` is a zip holding ``<name>/data.pkl`` (the dict) and one file per tensor
+    storage. Only ``data.pkl`` is read, by an unpickler whose ``find_class`` returns the inert :class:`_Opaque` for
+    every global (tensors, numpy scalars, ``OrderedDict``) and whose ``persistent_load`` returns ``None`` for every
+    storage: nothing named by the file is imported or run, and the storages are never read. Plain containers, strings
+    and numbers (the mirroring axes) come out as they are. A checkpoint in torch's legacy (non-zip) format is read with
+    :func:`read_checkpoint` instead (weights-only, allow-listed).
+
+    Returns:
+        the axes as nnU-Net stores them (network spatial axes), or ``None`` when the entry is missing or ``None``.
+
+    Raises:
+        ModelError: the file cannot be parsed.
+    """
+    import pickle
+    import zipfile
+
+    class _DataOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return _Opaque
+
+        def persistent_load(self, pid: Any) -> None:
+            return None
+
+    checkpoint = Path(checkpoint)
+    if not zipfile.is_zipfile(checkpoint):
+        return mirroring_axes(read_checkpoint(checkpoint))
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not names:
+                raise ValueError("no data.pkl in the archive")
+            with archive.open(sorted(names, key=len)[0]) as stream:
+                data = _DataOnly(stream).load()
+    except Exception as exc:
+        raise ModelError(f"{checkpoint}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
+                         "a checkpoint written by nnU-Net's trainer is a torch.save zip.") from exc
+    return mirroring_axes(data) if isinstance(data, dict) else None
 
 
 def _card_name(folder: Path, checkpoint: Path) -> str:

@@ -124,7 +124,8 @@ def nnunet_network(arch_kwargs=ARCH_KWARGS, classes: int = 3) -> torch.nn.Module
                               **{**arch_kwargs, **ops})
 
 
-def write_checkpoint(path: Path, network: torch.nn.Module, plans=PLANS, dataset=DATASET) -> Path:
+def write_checkpoint(path: Path, network: torch.nn.Module, plans=PLANS, dataset=DATASET,
+                     mirror_axes=(0, 1, 2)) -> Path:
     """A checkpoint with the keys and value types of ``nnUNetTrainer.save_checkpoint``."""
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     network(torch.zeros(1, 1, 12, 16, 20))[0].sum().backward()
@@ -142,21 +143,21 @@ def write_checkpoint(path: Path, network: torch.nn.Module, plans=PLANS, dataset=
         "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset,
                       "device": torch.device("cpu")},
         "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": (0, 1, 2),
+        "inference_allowed_mirroring_axes": mirror_axes,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
     return path
 
 
-def write_nnunet_folder(root: Path, plans=PLANS, dataset=DATASET, seed: int = 0) -> Path:
+def write_nnunet_folder(root: Path, plans=PLANS, dataset=DATASET, seed: int = 0, mirror_axes=(0, 1, 2)) -> Path:
     """``<root>/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres`` with fold_0 trained."""
     folder = root / "Dataset004_Hippocampus" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=4))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=4))
     torch.manual_seed(seed)
-    write_checkpoint(folder / "fold_0" / "checkpoint_final.pth", nnunet_network())
+    write_checkpoint(folder / "fold_0" / "checkpoint_final.pth", nnunet_network(), mirror_axes=mirror_axes)
     return folder
 
 
@@ -412,13 +413,15 @@ def test_an_adapted_version_is_written_back_in_nnunets_layout(folder, pool, tmp_
 
 @pytest.mark.parametrize("scheme", ["CTNormalization", "ZScoreNormalization"])
 def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
-    """nnU-Net's own ``nnUNetPredictor`` (mirroring off, as ASSFT) and ASSFT on the same volume from the same folder:
-    the same preprocessed input, the same logits up to nnU-Net's float16 accumulation of windows, the same label map.
-    One window covers the volume, so the two tilings cannot differ. Skipped where nnunetv2 is not installed (it is
-    not a dependency; installed beside the project it ran here: nnunetv2 2.6.4)."""
+    """nnU-Net's own ``nnUNetPredictor`` (its default test-time mirroring over the checkpoint's axes, which ASSFT
+    applies too) and ASSFT on the same volume from the same folder: the same preprocessed input, the same logits up
+    to nnU-Net's float16 accumulation of windows, the same label map. One window covers the volume, so the two
+    tilings cannot differ. Skipped where nnunetv2 is not installed (it is not a dependency; installed beside the
+    project it ran here: nnunetv2 2.6.4)."""
     predict = pytest.importorskip("nnunetv2.inference.predict_from_raw_data",
                                   reason="nnunetv2 is not installed (only this cross-check needs it)")
     from ASSFTActive.inference import Predictor
+    from ASSFTActive.inference.predictor import mirrored_logits
 
     plans = copy.deepcopy(PLANS)
     plans["configurations"]["3d_fullres"]["normalization_schemes"] = [scheme]
@@ -426,7 +429,7 @@ def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
     rng = np.random.default_rng(5)
     zyx = rng.normal(380.0, 120.0, (12, 16, 20)).astype(np.float32)  # nnU-Net's [z, y, x] = the plans' patch
     properties = {"spacing": [1.5, 1.0, 1.0]}
-    predictor = predict.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+    predictor = predict.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                         perform_everything_on_device=False, device=torch.device("cpu"),
                                         verbose=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
@@ -440,7 +443,8 @@ def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
     model = load_model(resolve_card(folder))
     our_input, _ = to_model_space(volume, model.card)
     with torch.no_grad():
-        our_logits = model.network(our_input[None])[0].permute(0, 3, 2, 1)
+        our_logits = mirrored_logits(model.network, our_input[None], model.card.test_time_mirroring)[0]
+        our_logits = our_logits.permute(0, 3, 2, 1)
     ours = Predictor(model, device=torch.device("cpu")).predict(volume)
     input_difference = float(np.abs(our_input[0].numpy().transpose(2, 1, 0) - their_input[0]).max())
     logit_difference = float((our_logits - their_logits).abs().max())
