@@ -213,7 +213,7 @@ def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[
     card = load_card(resolve_card_path(_resolve_in_job(job_dir, spec.model or "default")))
     query = spec.query_config()
     result = rank_pool(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels), query=query,
-                       ctx=ctx, progress=channel)
+                       ctx=ctx, progress=channel, units=spec.unit_config())
     if not ctx.is_main:
         return None
     return JobResult(status=RESULT_DONE, kind="rank", model_card=str(card.path), ranking=str(job_dir / RANKING_FILE),
@@ -248,7 +248,8 @@ class _Rerank:
         card = derive_card(model.card, name=spec.name or default_name(model.card), weights="weights.safetensors",
                            pretrained=str(model.card.pretrained_card().path), provenance={})
         result = rank_pool(_images(spec), card, spec.budget, self.job_dir, labeled_ids=sorted(spec.labels),
-                           query=spec.query_config(), ctx=rank_ctx, progress=self.channel, predictor=predictor)
+                           query=spec.query_config(), ctx=rank_ctx, progress=self.channel, predictor=predictor,
+                           units=spec.unit_config())
         if rank_ctx.is_main:
             self.ranking = str(self.job_dir / RANKING_FILE)
             self.predictions = _predictions(result)

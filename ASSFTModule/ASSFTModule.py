@@ -24,7 +24,7 @@ from ASSFTModuleLib import (
 from ASSFTModuleLib.guiBinding import GuiBinding
 from ASSFTModuleLib.jobProcess import workerEnvironment
 from ASSFTModuleLib.logic import ASSFTSceneLogic
-from ASSFTModuleLib.parameters import AdaptMethodChoice, ModelSource
+from ASSFTModuleLib.parameters import AdaptMethodChoice, AnnotationUnitChoice, ModelSource
 from ASSFTModuleLib.ranking import HIDDEN_COLUMNS
 from slicer import vtkMRMLNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
@@ -92,6 +92,8 @@ class ASSFTModuleParameterNode:
         after Adapt Model): 1 proposes the whole budget at once; R > 1 spreads it over R rounds, each ranked with the
         model adapted on the rounds before (ASSFTModuleLib.parameters.queryRoundsValue).
     adaptMethod - how Adapt Model adapts: ASSFT, SFR or SFR+ (ASSFTModuleLib.parameters.AdaptMethodChoice).
+    annotationUnit - what Rank proposes and Annotate steps through: volumes, slices or regions (job.json's
+        query.units; ASSFTModuleLib.parameters.AnnotationUnitChoice, ASSFTModuleLib.unitProposals).
     overlayOpacity, overlayThreshold - entropy overlay display in the slice views.
     prefillFromPrediction - Annotate starts from the model's prediction.
     rankingTable - the ranking table node.
@@ -105,6 +107,7 @@ class ASSFTModuleParameterNode:
     budget: Annotated[int, WithinRange(1, 1000)] = 3
     queryRounds: Annotated[int, WithinRange(1, parameters.MAX_QUERY_ROUNDS)] = parameters.DEFAULT_QUERY_ROUNDS
     adaptMethod: AdaptMethodChoice = AdaptMethodChoice.ASSFT
+    annotationUnit: AnnotationUnitChoice = AnnotationUnitChoice.VOLUME
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     overlayThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.3
     prefillFromPrediction: bool = True

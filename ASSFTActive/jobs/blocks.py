@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["check_finetune", "check_query", "check_sfr"]
+__all__ = ["check_finetune", "check_query", "check_sfr", "unit_config"]
 
 
 def check_query(data: Mapping[str, Any]) -> None:
@@ -24,9 +24,39 @@ def check_query(data: Mapping[str, Any]) -> None:
     from ..query.config import QueryConfig
 
     try:
-        QueryConfig.from_dict(data)
+        settings = dict(data)
+        units = settings.pop("units", None)
+        QueryConfig.from_dict(settings)
+        if units is not None:  # UnitConfig's module loads numpy: only a slice / region job pays for it
+            unit_config(units)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"query: {exc}") from None
+
+
+def unit_config(data: Any):
+    """The :class:`~ASSFTActive.query.units.UnitConfig` of a job's ``query.units`` block (``None`` or absent: whole
+    volumes), e.g. ``{"unit": "slice", "axis": 2}`` (the settings of ``assft rank --unit``; ``region_size`` as a list
+    of three whole numbers). Unlike the other blocks this one imports numpy (the units module's).
+
+    Raises:
+        ValueError: ``units`` is not an object of UnitConfig settings, or a value is invalid.
+    """
+    from dataclasses import fields
+
+    from ..query.units import UnitConfig
+
+    if data is None:
+        return UnitConfig()
+    if not isinstance(data, Mapping):
+        raise ValueError(f"units must be a JSON object of unit settings, got {type(data).__name__}")
+    known = {f.name for f in fields(UnitConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"units has settings that do not exist: {unknown} (known: {sorted(known)})")
+    settings = dict(data)
+    if "region_size" in settings and isinstance(settings["region_size"], list):
+        settings["region_size"] = tuple(settings["region_size"])
+    return UnitConfig(**settings)
 
 
 def check_finetune(data: Mapping[str, Any]) -> None:

@@ -36,7 +36,8 @@ class JobSpec:
         store: model store folder (required for ``adapt`` and ``sfr``).
         name: model name in the store; ``""`` derives one from the card.
         budget: volumes to propose when ranking.
-        query: :class:`ASSFTActive.query.config.QueryConfig` settings (a dict).
+        query: :class:`ASSFTActive.query.config.QueryConfig` settings (a dict), and optionally ``units``: the
+            :class:`~ASSFTActive.query.units.UnitConfig` settings of slice / region proposals (:meth:`unit_config`).
         finetune: :class:`ASSFTActive.finetune.config.FinetuneConfig` settings (a dict).
         sfr: :class:`ASSFTActive.sfr.config.SfrConfig` settings of an ``sfr`` job (a dict, e.g.
             ``{"method": "sfr_plus"}``; missing keys take SFR's defaults).
@@ -120,7 +121,14 @@ class JobSpec:
         """The :class:`~ASSFTActive.query.config.QueryConfig` of this job."""
         from ..query.config import QueryConfig
 
-        return QueryConfig.from_dict(self.query)
+        return QueryConfig.from_dict({k: v for k, v in self.query.items() if k != "units"})
+
+    def unit_config(self):
+        """The :class:`~ASSFTActive.query.units.UnitConfig` of this job (``query.units``; whole volumes when
+        absent): what a rank job, or the re-rank after an adaptation, proposes (``assft rank --unit``)."""
+        from .blocks import unit_config
+
+        return unit_config(self.query.get("units"))
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; ``sfr`` and ``sam_prior`` only for an ``sfr`` job or when set."""

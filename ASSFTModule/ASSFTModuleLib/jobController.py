@@ -366,7 +366,8 @@ class JobController:
             raise ASSFTModuleError("The module has no parameter node; open the module again.")
         if self.isRunning():
             raise ASSFTModuleError("A job is already running; cancel it or wait for it to finish.")
-        query = jobQuery(getattr(node, "queryRounds", DEFAULT_QUERY_ROUNDS))
+        query = jobQuery(getattr(node, "queryRounds", DEFAULT_QUERY_ROUNDS),
+                         unit=getattr(node, "annotationUnit", "volume"))  # slice / region: query.units
         if not self.ensureRequirements():
             self.statusChanged.emit("Not started: the Python packages the worker needs were not installed.")
             return None
@@ -408,6 +409,8 @@ class JobController:
         self.runningChanged.emit(self.isRunning())
         for note in spec.ignoredSegments:
             self.logLine.emit(f"Left out, not classes of the model: {note}")
+        for note in spec.notLabelled:
+            self.logLine.emit(f"Not labelled: {note}")
         return spec
 
     def _writeJobFiles(self, plan) -> None:

@@ -60,6 +60,7 @@ from .segmentation import (
     requireKnownSegments,
     segmentationToClassLabelmap,
 )
+from .unitProposals import annotatedConversion, notLabelledReason
 
 CASES_FILE = "slicer-cases.json"
 IMAGE_SUFFIX = ".nrrd"
@@ -496,11 +497,15 @@ def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCa
     caseIds = assignCaseIds([node.GetName() for node in volumeNodes])
     conversions = {}
     ignored = []
+    notLabelled = []
     for caseId, node in zip(caseIds, volumeNodes):
         segmentationNode = findLabelSegmentation(scene, node, modelCard)
         if segmentationNode is None:
             continue
-        conversion = segmentationToClassLabelmap(scene, segmentationNode, node, modelCard)
+        conversion = annotatedConversion(node, segmentationToClassLabelmap(scene, segmentationNode, node, modelCard))
+        if conversion is None:  # proposed slices / regions, none marked done: not a labelled volume
+            notLabelled.append(notLabelledReason(node))
+            continue
         if conversion.unknownSegments:
             if kind in ADAPT_KINDS and conversion.isLabeled:  # training labels must not drop a misnamed class
                 requireKnownSegments(conversion, segmentationNode, modelCard)
@@ -510,7 +515,7 @@ def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCa
     if kind in ADAPT_KINDS and not conversions:
         raise ASSFTModuleError(
             "Adapt Model needs at least one labeled volume: annotate a proposed volume (Annotate) so that its "
-            "segmentation has a non-empty segment named after a model class."
+            "segmentation has a non-empty segment named after a model class." + "".join(f" {n}" for n in notLabelled)
         )
 
     if int(budget) < 1:
@@ -535,7 +540,8 @@ def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCa
     cases = {caseId: {"node_id": node.GetID(), "name": node.GetName(), "token": caseToken(node)}
              for caseId, node in zip(caseIds, volumeNodes)}
     atomic_write_text(jobDir / CASES_FILE, json.dumps(cases, indent=2))
-    prepared = PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored))
+    prepared = PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored),
+                           notLabelled=tuple(notLabelled))
     return JobPlan(prepared=prepared, volumes={caseId: (sources[caseId], snapshots[caseId]) for caseId in caseIds},
                    labels={caseId: conversionVolume(conversion) for caseId, conversion in conversions.items()})
 

@@ -16,7 +16,7 @@ from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
 from ASSFTActive.jobs import ADAPT_KINDS, RoundPlan
 
-from . import jobFolder, overlay, plot, ranking, regions, segmentation
+from . import jobFolder, overlay, plot, ranking, regions, segmentation, unitProposals
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
@@ -233,6 +233,7 @@ class ASSFTSceneLogic:
                 caseNodeIds={caseId: node.GetID() for caseId, node in nodes.items()},
                 labeled=labeled, tableNode=tableNode)
             tableNode.SetAttribute(RANKING_JOB_ATTRIBUTE, str(Path(jobDir).resolve()))
+            unitProposals.attachProposals(result.ranking, nodes)  # --unit slice / region: what Annotate steps through
             chartNode = plot.scoresChart(self.scene, tableNode)
 
         predictionNodes = {}
@@ -368,6 +369,37 @@ class ASSFTSceneLogic:
     def jumpToRegion(self, regionsNode, index: int) -> Dict[str, float]:
         """Centre every slice view on region ``index``; returns ``{slice view: offset}``."""
         return regions.jumpSlicesTo(self.scene, regions.regionCenter(regionsNode, index))
+
+    # ------------------------------------------------------------------ annotating proposed slices / regions
+    def proposals(self, volumeNode) -> Tuple[unitProposals.UnitProposal, ...]:
+        """The volume's proposed slices or regions, best first (empty: annotate the whole volume)."""
+        return unitProposals.proposalsOf(volumeNode)
+
+    def jumpToNextProposal(self, volumeNode) -> Optional[int]:
+        """Centre every slice view on the next proposed slice / region not yet done (after the current one,
+        wrapping round); returns its position, or None when all are done or there are none."""
+        position = unitProposals.nextProposal(volumeNode)
+        if position is not None:
+            unitProposals.jumpToProposal(self.scene, volumeNode, position)
+        return position
+
+    def markProposalDone(self, volumeNode, position: Optional[int] = None) -> Tuple[unitProposals.UnitProposal, ...]:
+        """Mark proposal ``position`` (default: the one the views are on) done; returns the done units.
+
+        Raises:
+            ASSFTModuleError: no proposal is shown yet (step to one first) or there is no such proposal.
+        """
+        if position is None:
+            position = unitProposals.currentProposal(volumeNode)
+            if position is None:
+                raise ASSFTModuleError("No proposed slice or region is shown yet: choose Next proposed slice first.")
+        return unitProposals.markDone(volumeNode, position)
+
+    def savedLabels(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> Optional[LabelConversion]:
+        """The labels as saved (:meth:`classLabelmap`, then 255 = not annotated outside the done units of a volume
+        with proposals); None when such a volume has no done unit (``unitProposals.notLabelledReason``)."""
+        return unitProposals.annotatedConversion(volumeNode, self.classLabelmap(volumeNode, modelCard,
+                                                                               segmentationNode))
 
     # ------------------------------------------------------------------ plot
     def scoresChart(self, tableNode):

@@ -113,11 +113,32 @@ def queryRoundsValue(value) -> int:
     return number
 
 
-def jobQuery(rounds, settings: Optional[Dict] = None) -> Dict:
+class AnnotationUnitChoice(enum.Enum):
+    """What Rank proposes and Annotate steps through (``assft rank --unit``): whole volumes, slices, or regions of
+    the image grid (``ASSFTActive.query.units``)."""
+
+    VOLUME = "volume"
+    SLICE = "slice"
+    REGION = "region"
+
+
+#: The annotation units' values (job.json's ``query.units.unit``; absent for whole volumes).
+ANNOTATION_UNITS = tuple(choice.value for choice in AnnotationUnitChoice)
+
+
+def jobQuery(rounds, settings: Optional[Dict] = None, unit=AnnotationUnitChoice.VOLUME) -> Dict:
     """The ``query`` of a job's ``job.json``: the engine's ``QueryConfig`` settings ``settings`` (unchanged) with the
-    panel's ``rounds`` (:func:`queryRoundsValue`), which decides over any ``rounds`` in ``settings``.
+    panel's ``rounds`` (:func:`queryRoundsValue`), which decides over any ``rounds`` in ``settings``, and with
+    ``unit`` slice or region the block ``units: {"unit": unit}`` (the engine's ``UnitConfig``; the budget then counts
+    slices or regions).
 
     Raises:
-        ASSFTModuleError: ``rounds`` is not a whole number >= 1.
+        ASSFTModuleError: ``rounds`` is not a whole number >= 1, or ``unit`` is not one of :data:`ANNOTATION_UNITS`.
     """
-    return {**dict(settings or {}), "rounds": queryRoundsValue(rounds)}
+    unit = getattr(unit, "value", unit)
+    if unit not in ANNOTATION_UNITS:
+        raise ASSFTModuleError(f"The annotation unit must be one of {', '.join(ANNOTATION_UNITS)}, got {unit!r}.")
+    query = {**dict(settings or {}), "rounds": queryRoundsValue(rounds)}
+    if unit != "volume":
+        query["units"] = {**dict(query.get("units") or {}), "unit": unit}
+    return query

@@ -129,12 +129,15 @@ class PreparedJob:
         job: what ``job.json`` holds (the engine's :class:`ASSFTActive.jobs.JobSpec`: kind, images, labels, ...).
         caseNodeIds: ``{case_id: volume node ID}`` of the scene volumes written into the job.
         ignoredSegments: ``"<segmentation>: <names>"`` for segments left out because they are not model classes.
+        notLabelled: why a painted volume was not taken as labelled (proposed slices / regions, none marked done:
+            ``unitProposals.notLabelledReason``).
     """
 
     jobDir: Path
     job: JobSpec
     caseNodeIds: Dict[str, str]
     ignoredSegments: Tuple[str, ...] = ()
+    notLabelled: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
