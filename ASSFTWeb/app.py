@@ -24,7 +24,7 @@ from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.jobFolder import describeQueryRound
 from ASSFTModuleLib.jobProcess import SubprocessJobRunner
-from ASSFTModuleLib.parameters import AdaptMethodChoice, queryRoundsValue
+from ASSFTModuleLib.parameters import AdaptMethodChoice, AnnotationUnitChoice, queryRoundsValue
 from trame.app import TrameApp
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
@@ -148,7 +148,10 @@ class ASSFTWebApp(TrameApp):
             volumes=[], skipped=[], model_text=str(config.model), model_description=self.session.model_description(),
             budget=int(config.budget), query_rounds=self.session.parameters.queryRounds,
             adapt_methods=[{"title": m.label(), "value": m.value} for m in AdaptMethodChoice],
-            adapt_method=self.session.parameters.adaptMethod.value, rows=[], wrong_rows=[], wrong_evidence="",
+            adapt_method=self.session.parameters.adaptMethod.value,
+            annotation_units=[{"title": u.value, "value": u.value} for u in AnnotationUnitChoice],
+            annotation_unit=self.session.parameters.annotationUnit.value, unit_message="", rows=[], wrong_rows=[],
+            wrong_evidence="",
             selected_row=-1, ranking_round=0,
             ranking_caption="Not ranked yet.", plot_svg="", plot_legend=LEGEND, overlay_visible=True,
             overlay_opacity=DEFAULT_OPACITY, regions=[], slice_offsets={}, current_volume="", prefill=False,
@@ -161,6 +164,7 @@ class ASSFTWebApp(TrameApp):
             "budget": fields.whole_number("Budget", 1, lambda: max(1, len(self.state.volumes))),
             "query_rounds": _query_rounds,
             "adapt_method": fields.choice("Adapt method", [m.value for m in AdaptMethodChoice]),
+            "annotation_unit": fields.choice("Unit", [u.value for u in AnnotationUnitChoice]),
             "overlay_visible": fields.boolean("Entropy overlay"),
             "overlay_opacity": fields.number_in("Overlay opacity", 0.0, 1.0),
             "prefill": fields.boolean("Pre-fill with the prediction"),
@@ -173,6 +177,7 @@ class ASSFTWebApp(TrameApp):
         s.change("budget")(self._on_budget_changed)
         s.change("query_rounds")(self._on_query_rounds_changed)
         s.change("adapt_method")(self._on_adapt_method_changed)
+        s.change("annotation_unit")(self._on_annotation_unit_changed)
 
     def _on_fields_refused(self, result: fields.GuardResult) -> None:
         """Report refused values of the page's fields; the report goes once every field is good again."""
@@ -186,7 +191,7 @@ class ASSFTWebApp(TrameApp):
         s.next_step = next_step(s.rows, bool(s.job_running), str(s.job_kind).split(" ")[0],
                                 failed=s.job_outcome == "error", annotated=s.annotated_name,
                                 painted_voxels=int(s.voxel_total), saved=bool(s.saved),
-                                can_train_anyway=bool(s.can_train_anyway))
+                                can_train_anyway=bool(s.can_train_anyway), unit=str(s.annotation_unit))
 
     def _connect_controller(self) -> None:
         c = self.session.controller
@@ -311,6 +316,10 @@ class ASSFTWebApp(TrameApp):
 
     def _on_adapt_method_changed(self, adapt_method, **_) -> None:
         self.session.set_adapt_method(adapt_method)
+
+    def _on_annotation_unit_changed(self, annotation_unit, **_) -> None:
+        self.session.set_annotation_unit(annotation_unit)
+        self._update_next_step()
 
     # ------------------------------------------------------------------ jobs
     def start_job(self, kind: str, allow_implausible_labels: bool = False) -> None:
@@ -459,6 +468,25 @@ class ASSFTWebApp(TrameApp):
             self.state.voxel_total = total
         self._update_next_step()
 
+    def next_proposal(self) -> None:
+        """Centre the views on the shown volume's next proposed slice / region not yet done."""
+        self.state.error = ""
+        try:
+            self.state.unit_message = self.session.next_proposal(self.annotated_volume or self._current_volume_node())
+        except (ASSFTModuleError, AssftError, ValueError) as error:
+            self.state.error = str(error)
+
+    def mark_done(self) -> None:
+        """Mark the proposed slice / region the views are on done: its painting counts as labels."""
+        self.state.error = ""
+        try:
+            self.state.unit_message = self.session.mark_done(self.annotated_volume or self._current_volume_node())
+        except (ASSFTModuleError, AssftError, ValueError) as error:
+            self.state.error = str(error)
+            return
+        self.state.saved = False
+        self._update_next_step()
+
     def save_labels(self) -> None:
         self.state.error = ""
         try:
@@ -529,7 +557,12 @@ class ASSFTWebApp(TrameApp):
                                   title="Spread the budget over this many rounds: each Rank proposes the current "
                                         "round's share; label it, Adapt Model, and the re-ranking proposes the next "
                                         "round with the adapted model. 1: the whole budget at once.")
-                with v3.VCol(cols=6):
+                with v3.VCol(cols=3):
+                    v3.VSelect(v_model=("annotation_unit",), items=("annotation_units",), label="Unit",
+                               density="compact", hide_details=True, id="annotation_unit",
+                               title="What Rank proposes and you annotate: whole volumes, slices or regions (the "
+                                     "budget then counts slices or regions)")
+                with v3.VCol(cols=3):
                     v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
                                density="compact", hide_details=True, id="adapt_method")
             with html.Div(classes="d-flex ga-2 mt-2 mb-1"):
@@ -551,6 +584,15 @@ class ASSFTWebApp(TrameApp):
                              hide_details=True, id="prefill_toggle")
                 v3.VBtn("Save labels", click=self.save_labels, size="small", color="success", id="btn_save",
                         title=("'Writes the label file into ' + labels_dir",))
+            with html.Div(classes="d-flex align-center ga-2 mt-1", v_if=("annotation_unit !== 'volume'",),
+                          id="unit_buttons"):
+                v3.VBtn("{{ annotation_unit === 'region' ? 'Next proposed region' : 'Next proposed slice' }}",
+                        click=self.next_proposal, size="small", color="primary", variant="outlined",
+                        id="btn_next_unit")
+                v3.VBtn("Mark done", click=self.mark_done, size="small", color="success", variant="outlined",
+                        id="btn_mark_done", title="Your painting in this slice or region counts as labels "
+                                                  "(unpainted voxels in it as background); the rest stays unlabelled")
+                html.Span("{{ unit_message }}", id="unit_message", classes="text-caption")
             html.Div("Labeled voxels: {{ annotated_name ? voxel_total + ' (' + Object.entries(voxel_counts).map("
                      "([k, v]) => k + ' ' + v).join(', ') + ') in ' + annotated_name : 'none yet (Annotate opens the "
                      "volume shown in the segment editor)' }}", id="voxel_counts", classes="text-caption")

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 def next_step(rows: Sequence[Mapping], job_running: bool, job_kind: str = "", failed: bool = False,
               annotated: str = "", painted_voxels: int = 0, saved: bool = False,
-              can_train_anyway: bool = False) -> str:
+              can_train_anyway: bool = False, unit: str = "volume") -> str:
     """One line saying what to do next.
 
     Args:
@@ -17,6 +17,8 @@ def next_step(rows: Sequence[Mapping], job_running: bool, job_kind: str = "", fa
         failed: the last job failed; ``can_train_anyway``: it was refused by the label checks.
         annotated: the volume open in the segment editor (empty: none); ``painted_voxels`` its labelled voxels;
             ``saved``: they were saved since the last change.
+        unit: what Rank proposes (``volume``, ``slice``, ``region``): with slices or regions the annotator steps with
+            Next proposed slice / region, paints there and presses Mark done before Save labels.
     """
     if job_running:
         what = "ranking the pool" if job_kind == "rank" else "adapting the model"
@@ -29,11 +31,17 @@ def next_step(rows: Sequence[Mapping], job_running: bool, job_kind: str = "", fa
         return "Next: press Rank Volumes to score every volume of the pool and propose the ones to label."
     proposed = [r["volume"] for r in rows if r.get("state") == "proposed"]
     labeled = [r["volume"] for r in rows if r.get("state") == "labeled"]
+    if annotated and unit != "volume" and not saved:
+        return (f"Next: press Next proposed {unit} to go to a {unit} of {annotated} the ranking proposed, paint (or "
+                f"correct) it, press Mark done, repeat, then Save labels (only the {unit}s marked done count).")
     if annotated and painted_voxels and not saved:
         return f"Next: paint every class of {annotated} (pick the class in the segment list), then Save labels."
     if annotated and not painted_voxels:
         return (f"Next: paint {annotated} in the slice views (pick the class in the segment list on the left), "
                 "then Save labels.")
+    if proposed and unit != "volume":
+        return (f"Next: click an orange (proposed) row such as {proposed[0]}, press Annotate, then Next proposed "
+                f"{unit} and Mark done for each proposed {unit}, then Save labels.")
     if proposed:
         first = proposed[0]
         return (f"Next: click an orange (proposed) row such as {first}, press Annotate, paint each class, then "

@@ -14,17 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from ASSFTModuleLib import ranking, segmentation
+import numpy as np
+from ASSFTModuleLib import ranking, segmentation, unitProposals
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
 from ASSFTModuleLib.jobProcess import workerEnvironment
 from ASSFTModuleLib.logic import ASSFTSceneLogic, CaseView
-from ASSFTModuleLib.parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, queryRoundsValue
+from ASSFTModuleLib.parameters import (
+    DEFAULT_QUERY_ROUNDS,
+    AdaptMethodChoice,
+    AnnotationUnitChoice,
+    ModelSource,
+    queryRoundsValue,
+)
 from ASSFTModuleLib.records import CaseState
 
 from ASSFTActive.cards import DEFAULT_MODEL
 from ASSFTActive.io import SUPPORTED_SUFFIXES, Volume, case_id
+from ASSFTActive.partial import NOT_ANNOTATED
 
 from .label_files import SavedLabel, save_label_file
 
@@ -42,6 +50,7 @@ class WebParameters:
     budget: int = 2
     queryRounds: int = DEFAULT_QUERY_ROUNDS
     adaptMethod: AdaptMethodChoice = AdaptMethodChoice.ASSFT
+    annotationUnit: AnnotationUnitChoice = AnnotationUnitChoice.VOLUME
     rankingTable: object = None
     lastJobDirectory: str = ""
 
@@ -196,6 +205,15 @@ class AnnotatorSession:
             try:
                 labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self.logic.volumesLogic, str(path),
                                                                   node)
+                annotated = np.asarray(labels.array) != NOT_ANNOTATED
+                if not annotated.all():  # a partial label: annotated in whole slices, 255 elsewhere
+                    done = unitProposals.doneSlicesFromMask(annotated)
+                    if done is None:
+                        messages.append(f"Label file {path.name} not used: its annotated voxels (not {NOT_ANNOTATED}) "
+                                        "are not whole slices of one axis, which is what the page can continue.")
+                        continue
+                    unitProposals.restoreDone(node, done)
+                    labels = Volume(array=np.where(annotated, labels.array, 0), affine=labels.affine)
                 segmentationNode = self.logic.annotationSegmentation(node, card)
                 segmentation.fillSegmentationFromClassLabelmap(segmentationNode, labels, card)
             except (OSError, ValueError) as error:
@@ -233,6 +251,20 @@ class AnnotatorSession:
         """
         self.parameters.queryRounds = queryRoundsValue(rounds)
         return self.parameters.queryRounds
+
+    def set_annotation_unit(self, unit) -> str:
+        """What Rank proposes and Annotate steps through: ``volume``, ``slice`` or ``region`` (the Slicer panel's
+        annotation unit; job.json's ``query.units``). Returns the value set.
+
+        Raises:
+            ASSFTModuleError: an unknown unit (the one in use is kept).
+        """
+        try:
+            self.parameters.annotationUnit = AnnotationUnitChoice(unit)
+        except ValueError as error:
+            raise ASSFTModuleError(f"Unknown annotation unit {unit!r}; choose one of "
+                                   f"{[u.value for u in AnnotationUnitChoice]}.") from error
+        return self.parameters.annotationUnit.value
 
     def start_job(self, kind: str, allow_implausible_labels: bool = False):
         """Start a ``rank`` job, or Adapt Model with ``kind`` ``adapt`` (an ``adapt`` or ``sfr`` job, by the adapt
@@ -321,14 +353,38 @@ class AnnotatorSession:
         except ASSFTModuleError:
             return {}
 
-    def save_labels(self, volume_node, segmentation_node=None) -> SavedLabel:
-        """Write the volume's class label map to ``<labels>/<volume name>.nii.gz`` (the old file kept as backup).
+    def next_proposal(self, volume_node) -> str:
+        """Centre the views on the volume's next proposed slice / region not yet done (the logic's
+        ``jumpToNextProposal``); returns the line to show.
 
         Raises:
-            ASSFTModuleError: the volume has no segmentation, or it holds no class voxels.
+            ASSFTModuleError: the volume has no proposed slices or regions (rank by slice or region first).
         """
-        conversion = self.logic.classLabelmap(volume_node, self.card(), segmentation_node)
-        if not conversion.isLabeled:
+        if not self.logic.proposals(volume_node):
+            raise ASSFTModuleError(f"Volume '{volume_node.GetName()}' has no proposed slices or regions; choose the "
+                                   "unit slice or region, then Rank Volumes.")
+        if self.logic.jumpToNextProposal(volume_node) is None:
+            return f"Every proposed unit of {volume_node.GetName()} is done: {unitProposals.progressLine(volume_node)}."
+        return unitProposals.progressLine(volume_node)
+
+    def mark_done(self, volume_node) -> str:
+        """Mark the proposed slice / region the views are on done (its painting counts as labels, background
+        included); returns the line to show."""
+        self.logic.markProposalDone(volume_node)
+        return unitProposals.progressLine(volume_node)
+
+    def save_labels(self, volume_node, segmentation_node=None) -> SavedLabel:
+        """Write the volume's class label map to ``<labels>/<volume name>.nii.gz`` (the old file kept as backup);
+        with proposed slices / regions, 255 (not annotated) outside the ones marked done.
+
+        Raises:
+            ASSFTModuleError: the volume has no segmentation, it holds no class voxels, or it has proposed slices /
+                regions and none is marked done.
+        """
+        conversion = self.logic.savedLabels(volume_node, self.card(), segmentation_node)
+        if conversion is None:
+            raise ASSFTModuleError(unitProposals.notLabelledReason(volume_node))
+        if not conversion.isLabeled and not unitProposals.doneUnits(volume_node):
             raise ASSFTModuleError(f"Volume '{volume_node.GetName()}' has no labeled voxels yet; paint first.")
         saved = save_label_file(Volume(array=conversion.labels, affine=conversion.affine),
                                 self.config.labels_folder, volume_node.GetName())

@@ -37,8 +37,8 @@ from .records import LabelConversion
 
 __all__ = ["DONE_ATTRIBUTE", "PROPOSALS_ATTRIBUTE", "UnitProposal", "annotatedConversion", "attachProposals",
            "currentProposal", "doneUnits", "jumpToProposal", "markDone", "nextProposal", "notLabelledReason",
-           "partialLabels", "progressLine", "proposalCenterRas", "proposalsFromRanking", "proposalsOf", "setProposals",
-           "unitMask"]
+           "partialLabels", "progressLine", "proposalCenterRas", "proposalsFromRanking", "proposalsOf", "restoreDone",
+           "setProposals", "unitMask", "doneSlicesFromMask"]
 
 #: Volume node attribute: the volume's proposed units, best first (JSON list of :meth:`UnitProposal.toRecord`).
 PROPOSALS_ATTRIBUTE = "ASSFT.ProposedUnits"
@@ -293,6 +293,25 @@ def annotatedConversion(volumeNode, conversion: LabelConversion) -> Optional[Lab
         return None
     counts = {name: int(np.count_nonzero(labels == index)) for index, name in enumerate(conversion.voxelCounts, 1)}
     return dataclasses.replace(conversion, labels=labels, voxelCounts=counts)
+
+
+def doneSlicesFromMask(annotated: np.ndarray) -> Optional[Tuple[UnitProposal, ...]]:
+    """The slices a saved partial label was annotated in: the whole slices of one axis whose union is exactly the
+    annotated mask (bool ``[I, J, K]``), trying axis 2, 1, 0; None when it is not such a union (e.g. regions)."""
+    for axis in (2, 1, 0):
+        other = tuple(a for a in range(3) if a != axis)
+        full = np.flatnonzero(annotated.all(axis=other))
+        if full.size and int(np.count_nonzero(annotated)) == full.size * annotated.size // annotated.shape[axis]:
+            return tuple(UnitProposal("slice", axis=axis, index=int(i)) for i in full)
+    return None
+
+
+def restoreDone(volumeNode, done: Sequence[UnitProposal]) -> None:
+    """Mark ``done`` units done again (a partial label read back); a volume without proposals gets them as its
+    proposals, so that it stays annotated in those units only."""
+    if not proposalsOf(volumeNode):
+        setProposals(volumeNode, done)
+    _writeUnits(volumeNode, DONE_ATTRIBUTE, done, withScore=False)
 
 
 def notLabelledReason(volumeNode) -> str:
