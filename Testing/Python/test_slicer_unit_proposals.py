@@ -150,3 +150,37 @@ def test_units_done_stay_done_when_a_new_ranking_proposes_others(pool):
     unitProposals.setProposals(nodes[1], [UnitProposal("slice", axis=0, index=10)])
     assert [u.index for u in unitProposals.doneUnits(nodes[1])] == [4]
     assert logic.jumpToNextProposal(nodes[1]) == 0
+
+
+def test_a_slice_rank_job_in_the_real_worker_proposes_slices_the_logic_steps_to_and_saves_partially(tmp_path):
+    """The panel's unit slice through job.json, the worker and ranking.json back onto the volumes (shipped sample)."""
+    import sys
+
+    from ASSFTModuleLib import jobProcess
+    from ASSFTModuleLib.geometry import loadVolumeFile
+    from ASSFTModuleLib.logic import ASSFTSceneLogic
+
+    env = slicer_scene.SlicerScene()
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    nodes = [loadVolumeFile(logic.volumesLogic, str(slicer_scene.SAMPLE_POOL / "images" / f"{case}.nii.gz"))
+             for case in slicer_scene.SAMPLE_CASES]
+    spec = logic.prepareJob("rank", tmp_path / "work", "default", budget=4, query=jobQuery(1, unit="slice"))
+    result = jobProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=lambda item: None, timeout=600)
+    assert result.status == "done", result
+    logic.loadJobResult(spec.jobDir, "default", showPredictions=False)
+
+    proposed = {node.GetName(): logic.proposals(node) for node in nodes}
+    assert sum(len(p) for p in proposed.values()) == 4
+    assert all(u.unit == "slice" for p in proposed.values() for u in p)
+    node = next(n for n in nodes if proposed[n.GetName()])
+    first = logic.jumpToNextProposal(node)
+    assert first == 0
+    shape = node.GetImageData().GetDimensions()
+    unit = logic.proposals(node)[0]
+    assert 0 <= unit.index < shape[unit.axis]
+    card = logic.modelCard("default")
+    segmentationNode = logic.annotationSegmentation(node, card)
+    assert logic.savedLabels(node, card, segmentationNode) is None  # nothing done yet: not labelled
+    logic.markProposalDone(node)
+    saved = logic.savedLabels(node, card, segmentationNode).labels
+    assert int(np.count_nonzero(saved != NOT_ANNOTATED)) == int(np.prod(shape)) // shape[unit.axis]
