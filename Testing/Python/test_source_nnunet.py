@@ -369,6 +369,7 @@ def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, poo
     adapted = resolve_card(store / "site")
     assert adapted.architecture == "nnunet:PlainConvUNet" and adapted.preprocessing["profile"] == "nnunet"
     assert adapted.pretrained_card() == resolve_card(folder)
+    assert adapted.test_time_mirroring == (0, 1, 2)  # the stored card keeps the source's test-time mirroring
     import jsonschema
 
     from ASSFTActive.cards import RESOURCES
