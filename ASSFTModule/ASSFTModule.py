@@ -20,6 +20,7 @@ from ASSFTModuleLib import (
     guidance,
     parameters,
     segmentation,
+    unitProposals,
 )
 from ASSFTModuleLib.guiBinding import GuiBinding
 from ASSFTModuleLib.jobProcess import workerEnvironment
@@ -172,6 +173,8 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.controller.cancel)
         self.ui.checkCardButton.connect("clicked(bool)", self.onCheckCardButton)
         self.ui.annotateButton.connect("clicked(bool)", self.onAnnotateButton)
+        self.ui.nextProposalButton.connect("clicked(bool)", self.onNextProposalButton)
+        self.ui.markDoneButton.connect("clicked(bool)", self.onMarkDoneButton)
         self.ui.showPlotButton.connect("clicked(bool)", self.onShowPlotButton)
         self.ui.rankingTableView.connect("clicked(QModelIndex)", self.onRankingRowClicked)
         self.ui.regionListWidget.connect("itemClicked(QListWidgetItem*)", self.onRegionClicked)
@@ -294,6 +297,9 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = running
         self.ui.checkCardButton.enabled = self.controller is not None and not self.controller.isCheckingCard()
         self.ui.annotateButton.enabled = hasVolume and not running
+        hasProposals = hasVolume and bool(self.sceneLogic.proposals(self._parameterNode.currentVolume))
+        self.ui.nextProposalButton.enabled = hasProposals
+        self.ui.markDoneButton.enabled = hasProposals
         self.ui.showPlotButton.enabled = hasTable
         self.updateGuidance()
 
@@ -446,6 +452,19 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor = slicer.util.getModuleWidget("SegmentEditor").editor
             editor.setSegmentationNode(segmentationNode)
             editor.setSourceVolumeNode(volumeNode)
+
+    def onNextProposalButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the next proposed slice or region."), waitCursor=True):
+            volumeNode = self._parameterNode.currentVolume
+            if self.sceneLogic.jumpToNextProposal(volumeNode) is None:
+                slicer.util.infoDisplay(_("Every proposed slice or region of this volume is marked done."))
+            self.ui.statusLabel.text = unitProposals.progressLine(volumeNode)
+
+    def onMarkDoneButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to mark the slice or region done."), waitCursor=True):
+            volumeNode = self._parameterNode.currentVolume
+            self.sceneLogic.markProposalDone(volumeNode)
+            self.ui.statusLabel.text = unitProposals.progressLine(volumeNode)
 
 
 #
