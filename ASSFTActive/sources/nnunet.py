@@ -327,51 +327,90 @@ def model_space_mirroring(nnunet_axes: Optional[Sequence[int]], axes: Sequence[i
     return sorted({int(axes[int(m)]) for m in nnunet_axes})
 
 
-class _Opaque(dict):
-    """What every pickled object becomes in :func:`checkpoint_mirroring_axes`: accepts any arguments and state and
-    keeps none of them (no class named by the file is ever imported or called)."""
+#: pickle opcodes that push one whole number (the mirroring axes are a tuple of them).
+_INT_OPS = frozenset({"BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4"})
+#: opcodes that only store the value on top of the stack in the memo; they change nothing this parser reads.
+_MEMO_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE", "FRAME"})
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__()
 
-    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:  # a pickled ``getattr(cls, name)`` gets called too
-        return _Opaque()
+def _axes_after_key(ops: Sequence[Tuple[str, Any]], key: str) -> Optional[Tuple[int, ...]]:
+    """The value pickled right after the string ``key`` when it is ``None`` or a tuple or list of whole numbers.
 
-    def __setstate__(self, state: Any) -> None:
-        pass
+    A stack machine for exactly the opcodes that build such a value (whole numbers, ``None``, marks, tuples, lists);
+    the first other opcode ends the value (the dict's next key, ``SETITEM``, or an object the file names, which is
+    refused, never built).
 
-    def append(self, item: Any) -> None:
-        pass
+    Args:
+        ops: ``(opcode name, argument)`` pairs of a pickle, as :func:`pickletools.genops` lists them.
 
-    def extend(self, items: Any) -> None:
-        pass
+    Raises:
+        ValueError: ``key`` is there but its value is something else (a pickled object, nested containers).
+    """
+    mark = object()
+
+    def pop_to_mark(stack: List[Any]) -> List[Any]:
+        at = max(i for i, item in enumerate(stack) if item is mark)
+        items = stack[at + 1:]
+        del stack[at:]
+        return items
+
+    for index, (name, arg) in enumerate(ops):
+        if name not in _STRING_OPS or arg != key:
+            continue
+        stack: List[Any] = []
+        try:
+            for name, arg in ops[index + 1:]:
+                if name in _MEMO_OPS:
+                    continue
+                if name in _INT_OPS:
+                    stack.append(int(arg))
+                elif name in ("NONE", "MARK", "EMPTY_TUPLE", "EMPTY_LIST"):
+                    stack.append({"NONE": None, "MARK": mark, "EMPTY_TUPLE": (), "EMPTY_LIST": []}[name])
+                elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                    count = int(name[-1])
+                    items = stack[-count:]
+                    del stack[-count:]
+                    stack.append(tuple(items))
+                elif name in ("TUPLE", "LIST"):
+                    items = pop_to_mark(stack)
+                    stack.append(tuple(items) if name == "TUPLE" else items)
+                elif name == "APPEND":
+                    item = stack.pop()
+                    stack[-1].append(item)
+                elif name == "APPENDS":
+                    items = pop_to_mark(stack)
+                    stack[-1].extend(items)
+                else:
+                    break
+        except (IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{key}: malformed value ({exc})") from exc
+        value = stack[0] if len(stack) == 1 else mark
+        if value is None:
+            return None
+        if isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise ValueError(f"{key} is not None or a tuple of whole numbers")
+    return None
 
 
 def checkpoint_mirroring_axes(checkpoint: Path) -> Optional[Tuple[int, ...]]:
     """The checkpoint's ``inference_allowed_mirroring_axes`` without torch (card reading stays torch-free).
 
     A checkpoint written by ``torch.save`` is a zip holding ``<name>/data.pkl`` (the dict) and one file per tensor
-    storage. Only ``data.pkl`` is read, by an unpickler whose ``find_class`` returns the inert :class:`_Opaque` for
-    every global (tensors, numpy scalars, ``OrderedDict``) and whose ``persistent_load`` returns ``None`` for every
-    storage: nothing named by the file is imported or run, and the storages are never read. Plain containers, strings
-    and numbers (the mirroring axes) come out as they are. A checkpoint in torch's legacy (non-zip) format is read with
-    :func:`read_checkpoint` instead (weights-only, allow-listed).
+    storage. ``data.pkl`` is not unpickled: :func:`pickletools.genops` lists its opcodes (parsing only, no object is
+    built, nothing the file names is imported or called) and :func:`_axes_after_key` reads the whole numbers pickled
+    after the key. A checkpoint in torch's legacy (non-zip) format is read with :func:`read_checkpoint` instead
+    (weights-only, allow-listed).
 
     Returns:
         the axes as nnU-Net stores them (network spatial axes), or ``None`` when the entry is missing or ``None``.
 
     Raises:
-        ModelError: the file cannot be parsed.
+        ModelError: the file cannot be parsed, or the entry is not ``None`` or a tuple of whole numbers.
     """
-    import pickle
+    import pickletools
     import zipfile
-
-    class _DataOnly(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            return _Opaque
-
-        def persistent_load(self, pid: Any) -> None:
-            return None
 
     checkpoint = Path(checkpoint)
     if not zipfile.is_zipfile(checkpoint):
@@ -381,12 +420,13 @@ def checkpoint_mirroring_axes(checkpoint: Path) -> Optional[Tuple[int, ...]]:
             names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if not names:
                 raise ValueError("no data.pkl in the archive")
-            with archive.open(sorted(names, key=len)[0]) as stream:
-                data = _DataOnly(stream).load()
+            data = archive.read(sorted(names, key=len)[0])
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+        return _axes_after_key(ops, "inference_allowed_mirroring_axes")
     except Exception as exc:
         raise ModelError(f"{checkpoint}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
-                         "a checkpoint written by nnU-Net's trainer is a torch.save zip.") from exc
-    return mirroring_axes(data) if isinstance(data, dict) else None
+                         "a checkpoint written by nnU-Net's trainer is a torch.save zip whose "
+                         "inference_allowed_mirroring_axes is None or a tuple of whole numbers.") from exc
 
 
 def _card_name(folder: Path, checkpoint: Path) -> str:

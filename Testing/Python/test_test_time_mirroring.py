@@ -119,7 +119,9 @@ def test_encoder_features_come_from_the_unflipped_pass_only():
 
 # --------------------------------------------------------------------------------------------- the nnU-Net source
 
-nnunet_tests = pytest.importorskip("test_source_nnunet")
+pytest.importorskip("dynamic_network_architectures",
+                    reason="dynamic-network-architectures is not installed (requirements.txt pins it)")
+import nnunet_layout as nnunet_tests  # noqa: E402
 
 
 @pytest.mark.parametrize("transpose, nnunet_axes, expected", [
@@ -218,3 +220,22 @@ def test_card_field_is_validated_and_written_only_when_set(tmp_path):
             load_card(path)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**data, "test_time_mirroring": bad}, schema)
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_the_axes_are_parsed_from_the_opcodes_in_every_pickle_protocol_and_objects_are_refused(protocol):
+    import pickle
+    import pickletools
+
+    key = "inference_allowed_mirroring_axes"
+
+    def parse(value):
+        data = pickle.dumps({"a": 1, key: value, "z": [1, 2]}, protocol=protocol)
+        return nnunet._axes_after_key([(op.name, arg) for op, arg, _ in pickletools.genops(data)], key)
+
+    for value in [(0, 1, 2), (1, 2), (2,), (), [0, 2], [], (300, 70000)]:
+        assert parse(value) == tuple(value)
+    assert parse(None) is None
+    for bad in [("a",), ((1, 2),), 3.5, {1: 2}, _RunsCode("never")]:
+        with pytest.raises(ValueError, match=key):
+            parse(bad)
