@@ -613,3 +613,82 @@ def test_one_progress_bar_per_job_only_moves_forward_and_ends_in_words(serve, ch
     assert adapted == sorted(adapted), adapted
     assert adapted[-1] < 100 and page.evaluate("() => window.trame.state.get('progress_colour')") == "grey"
     _shot(page, "12_cancelled_progress.png")
+
+
+def _paint_proposed_slice(page) -> str:
+    """Next proposed slice, one anterior stroke through the axial view's centre (the views are centred on the
+    slice), Mark done; returns the unit line after Next."""
+    shown = page.inner_text("#unit_message")
+    page.click("#btn_next_unit")
+    _wait_until(lambda: page.inner_text("#unit_message") != shown, 30, "Next proposed slice answers")
+    line = page.inner_text("#unit_message")
+    assert "now: slice" in line, line
+    time.sleep(2)
+    before = _class_voxels(page).get("anterior", 0)
+    cx, cy = _axial_view_centre(page)
+    _stroke(page, cx - 30, cy, 3, 0)
+    _wait_until(lambda: _class_voxels(page).get("anterior", 0) > before, 30, "the stroke is counted")
+    time.sleep(1)
+    page.click("#btn_mark_done")
+    expect(page.locator("#unit_message")).to_contain_text("done; now:", timeout=30_000)
+    return line
+
+
+def test_rank_by_slice_annotate_two_proposed_slices_save_and_adapt_in_headless_chromium(serve, chromium):
+    """Issue 27 item 3: the page's Unit slice makes Rank propose slices; Next proposed slice centres the views on
+    one, a stroke there and Mark done make it annotated; Save labels writes 255 (not annotated) outside the two
+    done slices; Adapt Model trains on that partial label."""
+    served = serve(TINY_FINETUNE)
+    data = served["data"]
+    page = _open(chromium, served["url"])
+    page.click("#annotation_unit", force=True)  # the select's shown value lies over its input
+    page.locator(".v-overlay-container .v-list-item").filter(has_text=re.compile(r"^\s*slice\s*$")).click()
+    expect(page.locator("#unit_buttons")).to_be_visible(timeout=10_000)
+    page.fill("#budget_field", "4")
+    _wait_until(lambda: page.evaluate("() => window.trame.state.get('budget')") == 4, 10, "the budget reaches it")
+    _rank(page)
+    (job,) = list((data / ".assft" / "jobs").glob("*-rank"))
+    assert json.loads((job / "job.json").read_text())["query"]["units"] == {"unit": "slice"}
+    ranking = json.loads(next(job.rglob("ranking.json")).read_text())
+    slices = {c["case_id"]: [s["index"] for s in c.get("proposed_slices") or []] for c in ranking["cases"]}
+    assert sum(len(v) for v in slices.values()) == 4, slices
+
+    done = {}
+    while sum(len(v) for v in done.values()) < 2:
+        proposed = [v for v in slices if slices[v] and v not in done]
+        volume = page.inner_text("#current_volume").split(":", 1)[1].strip()
+        if volume in done or not slices.get(volume):
+            _row_of(page, proposed[0]).click()
+            expect(page.locator("#current_volume")).to_contain_text(proposed[0], timeout=30_000)
+            volume = proposed[0]
+        page.click("#btn_annotate")
+        expect(page.locator("#voxel_counts")).to_contain_text("anterior", timeout=30_000)
+        expect(page.locator("#next_step")).to_contain_text("Mark done")
+        done[volume] = []
+        for _ in range(min(2, len(slices[volume]))):
+            line = _paint_proposed_slice(page)
+            done[volume].append(int(re.search(r"now: slice (\d+)", line).group(1)))
+            if sum(len(v) for v in done.values()) == 2:
+                break
+        page.click("#btn_save")
+        expect(page.locator("#saved_message")).to_contain_text("Saved", timeout=30_000)
+    _shot(page, "13_slices_annotated.png")
+
+    for volume, indices in done.items():
+        label = read_volume(data / "labels" / f"{volume}.nii.gz").array
+        annotated = label != 255
+        assert sorted(np.flatnonzero(annotated.all(axis=(0, 1))).tolist()) == sorted(indices)
+        assert int(np.count_nonzero(annotated)) == len(indices) * label.shape[0] * label.shape[1]
+        assert int(np.count_nonzero(label == 1)) > 0  # the strokes, inside the done slices
+
+    page.click("#btn_adapt")
+    expect(page.locator("#job_status")).to_contain_text(re.compile("adapt (done|error)"), timeout=600_000)
+    if page.locator("#btn_train_anyway").count():  # two strokes in two slices may look implausible to the checks
+        page.click("#btn_train_anyway")
+        expect(page.locator("#job_status")).to_contain_text("adapt running", timeout=30_000)
+        expect(page.locator("#job_status")).to_contain_text(re.compile("adapt (done|error)"), timeout=600_000)
+    assert "adapt done" in page.inner_text("#job_status"), (page.inner_text("#job_status"),
+                                                            page.inner_text("#error_message")
+                                                            if page.locator("#error_message").count() else "")
+    adapt = sorted((data / ".assft" / "jobs").glob("*-adapt"))[-1]  # the one that ran (after a refusal: the second)
+    assert sorted(json.loads((adapt / "job.json").read_text())["labels"]) == sorted(done)
