@@ -60,7 +60,7 @@ from .segmentation import (
     requireKnownSegments,
     segmentationToClassLabelmap,
 )
-from .unitProposals import annotatedConversion, notLabelledReason
+from .unitProposals import annotatedConversion, notLabelledReason, proposalsOf
 
 CASES_FILE = "slicer-cases.json"
 IMAGE_SUFFIX = ".nrrd"
@@ -510,7 +510,7 @@ def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCa
             if kind in ADAPT_KINDS and conversion.isLabeled:  # training labels must not drop a misnamed class
                 requireKnownSegments(conversion, segmentationNode, modelCard)
             ignored.append(f"{segmentationNode.GetName()}: {', '.join(conversion.unknownSegments)}")
-        if conversion.isLabeled:
+        if conversion.isLabeled or proposalsOf(node):  # a done unit's unpainted voxels are annotated background
             conversions[caseId] = conversion
     if kind in ADAPT_KINDS and not conversions:
         raise ASSFTModuleError(

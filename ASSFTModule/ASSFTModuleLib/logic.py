@@ -141,11 +141,14 @@ class ASSFTSceneLogic:
                                                                   modelCard.class_names))
 
     def isLabeled(self, volumeNode, modelCard: ModelCard) -> bool:
-        """Whether the volume has a segmentation with a non-empty segment named after a model class."""
+        """Whether the volume has a segmentation with a non-empty segment named after a model class (a volume with
+        proposed slices / regions: whether one of them is marked done, ``unitProposals.annotatedConversion``)."""
         node = segmentation.findLabelSegmentation(self.scene, volumeNode, modelCard)
         if node is None:
             return False
-        return segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard).isLabeled
+        conversion = unitProposals.annotatedConversion(
+            volumeNode, segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard))
+        return conversion is not None and (conversion.isLabeled or bool(unitProposals.proposalsOf(volumeNode)))
 
     def refreshLabeledStates(self, tableNode, modelCard: ModelCard) -> int:
         """Mark rows whose volume got labels since ranking as labeled, and rows whose labels are gone (emptied, or

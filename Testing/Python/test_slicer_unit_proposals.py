@@ -131,6 +131,19 @@ def test_a_volume_with_proposals_and_none_done_is_not_labelled_and_the_reason_is
         logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
 
 
+def test_a_done_slice_left_unpainted_is_annotated_background_and_the_volume_is_labelled(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    unitProposals.setProposals(nodes[1], [UnitProposal("slice", axis=0, index=0)])  # no class painted at i = 0
+    assert not logic.isLabeled(nodes[1], card)
+    logic.markProposalDone(nodes[1], 0)
+    assert logic.isLabeled(nodes[1], card)
+
+    spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+
+    saved = read_volume(spec.job.labels["case_b"]).array
+    assert int(np.count_nonzero(saved[0] == 0)) == 16 * 12 and int(np.count_nonzero(saved[1:] != NOT_ANNOTATED)) == 0
+
+
 def test_done_regions_are_clipped_at_the_volume_edge_and_the_rest_is_not_annotated():
     labels = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6) % 3
     region = UnitProposal("region", start=(2, 3, 4), size=(4, 4, 4))
