@@ -59,6 +59,21 @@ def test_a_slice_ranking_job_asks_the_worker_for_slices(pool):
         jobQuery(1, unit="cube")
 
 
+
+@pytest.mark.parametrize("units, message", [({"unit": "cube"}, "query: unit must be one of"),
+                                            ({"unit": "slice", "axis": 3}, "query: axis must be 0, 1, 2"),
+                                            ({"unit": "slice", "depth": 2}, "query: units has settings that do not"),
+                                            ("slice", "query: units must be a JSON object")])
+def test_job_json_refuses_bad_unit_settings_naming_them(units, message):
+    from ASSFTActive.jobs import JobSpec
+
+    with pytest.raises(ValueError, match=message):
+        JobSpec(kind="rank", images={"a": "/x/a.nii.gz"}, store="/s", query={"units": units})
+    spec = JobSpec(kind="rank", images={"a": "/x/a.nii.gz"}, store="/s",
+                   query={"units": {"unit": "region", "region_size": [8, 8, 4]}})
+    assert spec.unit_config().region_size == (8, 8, 4)
+
+
 def test_proposals_reach_their_volume_and_next_steps_best_first_skipping_done_and_wrapping(pool):
     env, logic, card, cardPath, nodes, tmp_path = pool
     rankedBySlice(pool)
