@@ -97,9 +97,12 @@ class RankResult:
     proposed: Tuple[ProposedUnit, ...] = ()
 
 
-def make_predictor(card: ModelCard, device: Optional[torch.device] = None,
-                   inference: InferenceConfig = InferenceConfig(),
-                   feature_cache: Optional[Path] = None) -> Predictor:
+def make_predictor(
+    card: ModelCard,
+    device: Optional[torch.device] = None,
+    inference: InferenceConfig = InferenceConfig(),
+    feature_cache: Optional[Path] = None,
+) -> Predictor:
     """Load the card's model and, if it was adapted from another, the frozen pre-trained one."""
     device = device or default_device()
     current = load_model(card, device)
@@ -118,8 +121,9 @@ def output_paths(out_dir: Path, name: str) -> Tuple[Path, Path, Path]:
 
 def _geometry(image: Volume) -> Volume:
     """``image``'s grid and affine without its voxels (a zero-stride array), so a queued write does not hold them."""
-    return Volume(array=np.broadcast_to(np.zeros((), dtype=np.uint8), image.shape), affine=image.affine.copy(),
-                  path=image.path)
+    return Volume(
+        array=np.broadcast_to(np.zeros((), dtype=np.uint8), image.shape), affine=image.affine.copy(), path=image.path
+    )
 
 
 def _write_outputs(prediction: Prediction, geometry: Volume, paths: Tuple[Path, Path, Path], name: str) -> None:
@@ -132,9 +136,17 @@ def _write_outputs(prediction: Prediction, geometry: Volume, paths: Tuple[Path, 
         raise RuntimeError(f"outputs of {name} were written to {written}, expected {paths}")
 
 
-def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *, labeled: bool = False,
-                   out_dir: Optional[Path] = None, image: Optional[Volume] = None,
-                   writer: Optional[BackgroundWriter] = None, units: UnitConfig = UnitConfig()) -> VolumeReport:
+def analyse_volume(
+    image_path: Path,
+    predictor: Predictor,
+    query: QueryConfig,
+    *,
+    labeled: bool = False,
+    out_dir: Optional[Path] = None,
+    image: Optional[Volume] = None,
+    writer: Optional[BackgroundWriter] = None,
+    units: UnitConfig = UnitConfig(),
+) -> VolumeReport:
     """Predict one volume, score it and (when ``out_dir`` is given) write its overlay, regions and prediction.
 
     Args:
@@ -159,23 +171,33 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
     name = case_id(image_path)
     moments = McDropoutAccumulator()  # running mean of the passes and of their entropies, one pass in memory
     wants_mc = query.strategy in MC_STRATEGIES and not labeled
-    prediction = predictor.predict(image, regions=RegionSpec.from_config(query),
-                                   dropout_samples=query.mc_samples if wants_mc else 0,
-                                   sample_callback=moments.add if wants_mc else None)
+    prediction = predictor.predict(
+        image,
+        regions=RegionSpec.from_config(query),
+        dropout_samples=query.mc_samples if wants_mc else 0,
+        sample_callback=moments.add if wants_mc else None,
+    )
     # a labelled volume is never a candidate, only an anchor of diversity: it needs no MC-dropout score
     scoring = replace(query, strategy=Strategy.ASSFT) if labeled and query.strategy in MC_STRATEGIES else query
     # an encoder-only card's head is initialised, not trained: its prediction is no evidence (cold start, no ASD)
     headed = predictor.current.card.has_trained_head
-    evidence = summarize_case(name, prediction.sums if headed else None, prediction.features,
-                              prediction.pretrained_features, scoring,
-                              epistemic=moments.epistemic() if wants_mc else None,
-                              mutual_information=moments.mutual_information() if wants_mc else None)
+    evidence = summarize_case(
+        name,
+        prediction.sums if headed else None,
+        prediction.features,
+        prediction.pretrained_features,
+        scoring,
+        epistemic=moments.epistemic() if wants_mc else None,
+        mutual_information=moments.mutual_information() if wants_mc else None,
+    )
     evidence = replace(evidence, ood_reason=volume_ood_reason(image, prediction, predictor.current.card))
     candidates: Tuple[ProposedUnit, ...] = ()
     if units.unit != Unit.VOLUME and not labeled:
         if math.isnan(evidence.asd):
-            raise InputError(f"--unit {units.unit.value} scores slices or regions by the model's entropy, but the "
-                             "model has no segmentation head yet (cold start); rank with --unit volume.")
+            raise InputError(
+                f"--unit {units.unit.value} scores slices or regions by the model's entropy, but the "
+                "model has no segmentation head yet (cold start); rank with --unit volume."
+            )
         candidates = volume_units(name, prediction.entropy_levels, prediction.region, image.spacing, units)
     entropy_path = regions_path = label_path = None
     if out_dir is not None and not labeled and headed:  # no overlay or label map from an untrained head
@@ -186,8 +208,16 @@ def analyse_volume(image_path: Path, predictor: Predictor, query: QueryConfig, *
         else:
             writer.submit(lambda: _write_outputs(prediction, geometry, paths, name))
         entropy_path, regions_path, label_path = paths
-    return VolumeReport(case_id=name, image=Path(image_path), labeled=labeled, evidence=evidence,
-                        entropy_map=entropy_path, regions=regions_path, prediction=label_path, units=candidates)
+    return VolumeReport(
+        case_id=name,
+        image=Path(image_path),
+        labeled=labeled,
+        evidence=evidence,
+        entropy_map=entropy_path,
+        regions=regions_path,
+        prediction=label_path,
+        units=candidates,
+    )
 
 
 def foreground_share(prediction: Prediction) -> float:
@@ -200,8 +230,10 @@ def _source_reference(card_path: str) -> Tuple[Optional[SourceReference], str]:
     """The source statistics beside the pre-trained card of ``card_path`` and the card's modality (read once)."""
     pretrained = load_card(Path(card_path)).pretrained_card()
     folder = pretrained.path.parent if pretrained.path is not None else None
-    return (load_reference(folder) if folder is not None else None,
-            card_modality(pretrained.preprocessing.get("profile", "")))
+    return (
+        load_reference(folder) if folder is not None else None,
+        card_modality(pretrained.preprocessing.get("profile", "")),
+    )
 
 
 def volume_ood_reason(image: Volume, prediction: Prediction, card: ModelCard) -> str:
@@ -212,13 +244,22 @@ def volume_ood_reason(image: Volume, prediction: Prediction, card: ModelCard) ->
     else:
         reference, modality = None, card_modality(card.preprocessing.get("profile", ""))
     share = foreground_share(prediction) if card.has_trained_head else 0.0  # an untrained head's share: no rule
-    return ood_reason(np.asarray(prediction.pretrained_features[-1]), share,
-                      air_share(image.array), modality, reference)
+    return ood_reason(
+        np.asarray(prediction.pretrained_features[-1]), share, air_share(image.array), modality, reference
+    )
 
 
-def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfig, labeled_ids: Sequence[str],
-                 out_dir: Optional[Path], progress: Optional[ProgressCallback] = None, *,
-                 background_writes: bool = True, units: UnitConfig = UnitConfig()) -> List[VolumeReport]:
+def analyse_pool(
+    images: Sequence[Path],
+    predictor: Predictor,
+    query: QueryConfig,
+    labeled_ids: Sequence[str],
+    out_dir: Optional[Path],
+    progress: Optional[ProgressCallback] = None,
+    *,
+    background_writes: bool = True,
+    units: UnitConfig = UnitConfig(),
+) -> List[VolumeReport]:
     """:func:`analyse_volume` for every image, with a progress event per volume (once it is predicted and scored).
 
     The outputs of a volume are written while the next one is predicted (``background_writes=False``: before it);
@@ -229,28 +270,38 @@ def analyse_pool(images: Sequence[Path], predictor: Predictor, query: QueryConfi
     with BackgroundWriter(enabled=background_writes) as writer:
         for index, path in enumerate(images):
             name = case_id(path)
-            reports.append(analyse_volume(Path(path), predictor, query, labeled=name in labeled, out_dir=out_dir,
-                                          writer=writer, units=units))
+            reports.append(
+                analyse_volume(
+                    Path(path), predictor, query, labeled=name in labeled, out_dir=out_dir, writer=writer, units=units
+                )
+            )
             emit(progress, "progress", phase="rank", step=index + 1, total=len(images), message=name)
     return reports
 
 
-def select_from_reports(reports: Sequence[VolumeReport], budget: int, query: QueryConfig, *, round_index: int = 0,
-                        total_rounds: int = 1) -> Ranking:
+def select_from_reports(
+    reports: Sequence[VolumeReport], budget: int, query: QueryConfig, *, round_index: int = 0, total_rounds: int = 1
+) -> Ranking:
     """Rank the unlabeled volumes; the labeled ones are never candidates and anchor diversity (DKD, coreset).
 
     ``round_index`` of ``total_rounds`` is the query round (ClaSP PE's noise schedule; :func:`round_plan`).
     """
     candidates = [r.evidence for r in reports if not r.labeled]
     labeled = [r.evidence for r in reports if r.labeled]
-    return select(candidates, budget, query,
-                  labeled_embeddings=[e.pretrained_embedding for e in labeled],
-                  labeled_current_embeddings=[e.current_embedding for e in labeled],
-                  round_index=round_index, total_rounds=total_rounds)
+    return select(
+        candidates,
+        budget,
+        query,
+        labeled_embeddings=[e.pretrained_embedding for e in labeled],
+        labeled_current_embeddings=[e.current_embedding for e in labeled],
+        round_index=round_index,
+        total_rounds=total_rounds,
+    )
 
 
-def propose_units(ranking: Ranking, reports: Sequence[VolumeReport], budget: int, query: QueryConfig,
-                  units: UnitConfig) -> Tuple[Ranking, Tuple[ProposedUnit, ...]]:
+def propose_units(
+    ranking: Ranking, reports: Sequence[VolumeReport], budget: int, query: QueryConfig, units: UnitConfig
+) -> Tuple[Ranking, Tuple[ProposedUnit, ...]]:
     """``budget`` slices or regions spread over the pool (:func:`~ASSFTActive.query.units.select_units`), the
     volume ``ranking`` as their prior; the ranking comes back with ``selected`` marking the volumes that hold a
     proposal. Out-of-distribution volumes get none unless ``query.propose_ood``; labelled volumes have no units.
@@ -260,10 +311,20 @@ def propose_units(ranking: Ranking, reports: Sequence[VolumeReport], budget: int
     chosen = tuple(select_units([u for r in reports for u in r.units], budget, volume_priors(eligible), units))
     count = {c.case_id: sum(u.case_id == c.case_id for u in chosen) for c in ranking.cases}
     word = units.unit.value
-    cases = tuple(replace(c, selected=count[c.case_id] > 0, reason=(
-        c.reason if c.reason.startswith("not proposed") else
-        f"{count[c.case_id]} {word}(s) proposed (foreground entropy, volume rank as prior)" if count[c.case_id]
-        else "")) for c in ranking.cases)
+    cases = tuple(
+        replace(
+            c,
+            selected=count[c.case_id] > 0,
+            reason=(
+                c.reason
+                if c.reason.startswith("not proposed")
+                else f"{count[c.case_id]} {word}(s) proposed (foreground entropy, volume rank as prior)"
+                if count[c.case_id]
+                else ""
+            ),
+        )
+        for c in ranking.cases
+    )
     return Ranking(strategy=ranking.strategy, budget=budget, cases=cases), chosen
 
 
@@ -278,12 +339,16 @@ def _round_warnings(plan: RoundPlan, budget: int, encoders_identical: bool) -> L
     if plan.total_rounds == 1:
         return []
     if plan.complete:
-        return [f"the {plan.total_rounds}-round schedule of budget {budget} is complete ({plan.labeled} pool volumes "
-                "are labelled); nothing is proposed. Raise --budget to label more."]
+        return [
+            f"the {plan.total_rounds}-round schedule of budget {budget} is complete ({plan.labeled} pool volumes "
+            "are labelled); nothing is proposed. Raise --budget to label more."
+        ]
     if plan.round_index > 0 and encoders_identical:
-        return [f"round {plan.round_index + 1} of {plan.total_rounds} ranks with a model that was not adapted, so "
-                "DKD's knowledge divergence is 0; run Adapt Model (assft adapt) on the labelled volumes and rank "
-                "with the adapted model (--model <store>/<name>)."]
+        return [
+            f"round {plan.round_index + 1} of {plan.total_rounds} ranks with a model that was not adapted, so "
+            "DKD's knowledge divergence is 0; run Adapt Model (assft adapt) on the labelled volumes and rank "
+            "with the adapted model (--model <store>/<name>)."
+        ]
     return []
 
 
@@ -291,8 +356,13 @@ def _text(path: Optional[Path]) -> Optional[str]:
     return str(path) if path else None
 
 
-def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
-                 proposed: Sequence[ProposedUnit] = (), unit: Unit = Unit.VOLUME) -> RankingFile:
+def ranking_file(
+    ranking: Ranking,
+    reports: Sequence[VolumeReport],
+    card: ModelCard,
+    proposed: Sequence[ProposedUnit] = (),
+    unit: Unit = Unit.VOLUME,
+) -> RankingFile:
     """The :class:`~ASSFTActive.jobs.RankingFile` of a selection: the ranked volumes in rank order with their scores
     and files (with ``unit`` slice or region, each volume's ``proposed`` units, best first), then the labelled ones
     (not ranked; their ASD and KD are reported)."""
@@ -302,40 +372,88 @@ def ranking_file(ranking: Ranking, reports: Sequence[VolumeReport], card: ModelC
     for case in ranking.cases:
         report = by_id[case.case_id]
         mine = tuple(u.to_record() for u in proposed if u.case_id == case.case_id) if unit != Unit.VOLUME else None
-        entries.append(RankingEntry(
-            case_id=case.case_id, rank=case.rank, selected=case.selected, labeled=False, dkd=case.dkd, asd=case.asd,
-            score=case.score, knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
-            entropy_map=_text(report.entropy_map), regions=_text(report.regions),
-            prediction=_text(report.prediction), reason=case.reason or None,
-            asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None,
-            proposed_slices=mine if unit == Unit.SLICE else None,
-            proposed_regions=mine if unit == Unit.REGION else None))
+        entries.append(
+            RankingEntry(
+                case_id=case.case_id,
+                rank=case.rank,
+                selected=case.selected,
+                labeled=False,
+                dkd=case.dkd,
+                asd=case.asd,
+                score=case.score,
+                knowledge_divergence=report.evidence.knowledge_divergence,
+                image=str(report.image),
+                entropy_map=_text(report.entropy_map),
+                regions=_text(report.regions),
+                prediction=_text(report.prediction),
+                reason=case.reason or None,
+                asd_class_balanced=report.evidence.asd_class_balanced,
+                ood=report.evidence.ood_reason or None,
+                proposed_slices=mine if unit == Unit.SLICE else None,
+                proposed_regions=mine if unit == Unit.REGION else None,
+            )
+        )
     for report in reports:
         if report.labeled:
-            entries.append(RankingEntry(
-                case_id=report.case_id, rank=None, selected=False, labeled=True, asd=report.evidence.asd,
-                knowledge_divergence=report.evidence.knowledge_divergence, image=str(report.image),
-                asd_class_balanced=report.evidence.asd_class_balanced, ood=report.evidence.ood_reason or None))
-    wrong = None if ranking.asd_unavailable else probably_wrong_list(
-        [(e.case_id, math.nan if e.asd_class_balanced is None else e.asd_class_balanced) for e in entries])
-    return RankingFile(strategy=ranking.strategy, budget=ranking.budget,
-                       model=str(card.path) if card.path else card.name, cases=tuple(entries), probably_wrong=wrong,
-                       unit=unit.value, asd_unavailable=ranking.asd_unavailable or None)
+            entries.append(
+                RankingEntry(
+                    case_id=report.case_id,
+                    rank=None,
+                    selected=False,
+                    labeled=True,
+                    asd=report.evidence.asd,
+                    knowledge_divergence=report.evidence.knowledge_divergence,
+                    image=str(report.image),
+                    asd_class_balanced=report.evidence.asd_class_balanced,
+                    ood=report.evidence.ood_reason or None,
+                )
+            )
+    wrong = (
+        None
+        if ranking.asd_unavailable
+        else probably_wrong_list(
+            [(e.case_id, math.nan if e.asd_class_balanced is None else e.asd_class_balanced) for e in entries]
+        )
+    )
+    return RankingFile(
+        strategy=ranking.strategy,
+        budget=ranking.budget,
+        model=str(card.path) if card.path else card.name,
+        cases=tuple(entries),
+        probably_wrong=wrong,
+        unit=unit.value,
+        asd_unavailable=ranking.asd_unavailable or None,
+    )
 
 
-def write_ranking(out_dir: Path, ranking: Ranking, reports: Sequence[VolumeReport], card: ModelCard,
-                  query: QueryConfig, extra: Optional[Mapping] = None, proposed: Sequence[ProposedUnit] = (),
-                  units: UnitConfig = UnitConfig()) -> Dict[str, Path]:
+def write_ranking(
+    out_dir: Path,
+    ranking: Ranking,
+    reports: Sequence[VolumeReport],
+    card: ModelCard,
+    query: QueryConfig,
+    extra: Optional[Mapping] = None,
+    proposed: Sequence[ProposedUnit] = (),
+    units: UnitConfig = UnitConfig(),
+) -> Dict[str, Path]:
     """``ranking.json`` and ``ranking.csv`` (one :class:`~ASSFTActive.jobs.RankingFile`) and ``config.json``
     (resolved settings, model card, versions; ``units`` with ``--unit slice|region``)."""
     out_dir = Path(out_dir)
     record = ranking_file(ranking, reports, card, proposed, units.unit)
-    files = {"ranking_json": write_ranking_file(out_dir / RANKING_FILE, record),
-             "ranking_csv": atomic_write_text(out_dir / RANKING_CSV, record.to_csv())}
-    config = {"assft_version": __version__, "python": platform.python_version(), "torch": torch.__version__,
-              "query": query.to_dict(), "model_card": card.to_dict(),
-              "model_card_path": str(card.path) if card.path else None,
-              **({"units": units.to_dict()} if units.unit != Unit.VOLUME else {}), **(extra or {})}
+    files = {
+        "ranking_json": write_ranking_file(out_dir / RANKING_FILE, record),
+        "ranking_csv": atomic_write_text(out_dir / RANKING_CSV, record.to_csv()),
+    }
+    config = {
+        "assft_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "query": query.to_dict(),
+        "model_card": card.to_dict(),
+        "model_card_path": str(card.path) if card.path else None,
+        **({"units": units.to_dict()} if units.unit != Unit.VOLUME else {}),
+        **(extra or {}),
+    }
     files["config_json"] = atomic_write_text(out_dir / RANKING_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return files
 
@@ -395,12 +513,23 @@ def _check_pool(images: Sequence[Path], budget: int) -> List[str]:
     return names
 
 
-def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Path, *,
-              labeled_ids: Sequence[str] = (), query: QueryConfig = QueryConfig(),
-              inference: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
-              feature_cache: Optional[Path] = None, write_outputs: bool = True,
-              progress: Optional[ProgressCallback] = None, predictor: Optional[Predictor] = None,
-              ctx: Optional[DistContext] = None, units: UnitConfig = UnitConfig()) -> RankResult:
+def rank_pool(
+    images: Sequence[Path],
+    card: ModelCard,
+    budget: int,
+    out_dir: Path,
+    *,
+    labeled_ids: Sequence[str] = (),
+    query: QueryConfig = QueryConfig(),
+    inference: InferenceConfig = InferenceConfig(),
+    device: Optional[torch.device] = None,
+    feature_cache: Optional[Path] = None,
+    write_outputs: bool = True,
+    progress: Optional[ProgressCallback] = None,
+    predictor: Optional[Predictor] = None,
+    ctx: Optional[DistContext] = None,
+    units: UnitConfig = UnitConfig(),
+) -> RankResult:
     """Score every volume, select ``budget`` of the unlabeled ones and write the ranking folder.
 
     Per-volume files are written to a hidden staging folder and moved into ``out_dir`` only after every volume was
@@ -450,14 +579,20 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
         predictor = predictor or make_predictor(card, ctx.device, inference, feature_cache)
         where = f"{ctx.world_size} ranks ({predictor.device.type})" if ctx.distributed else predictor.device.type
         emit(progress, "phase", phase="rank", total=len(images), message=f"ranking {len(images)} volumes on {where}")
-        staged = map_shards(ctx, images, lambda shard: analyse_pool(
-            shard, predictor, query, labeled_ids, staging if write_outputs else None, progress, units=units),
-            whole_shard=True)
+        staged = map_shards(
+            ctx,
+            images,
+            lambda shard: analyse_pool(
+                shard, predictor, query, labeled_ids, staging if write_outputs else None, progress, units=units
+            ),
+            whole_shard=True,
+        )
         plan = round_plan(names, labeled_ids, budget, query)
         for message in _round_warnings(plan, budget, predictor.encoders_identical) if ctx.is_main else ():
             emit(progress, "warning", phase="rank", message=message)
-        ranking = select_from_reports(staged, plan.size, query, round_index=plan.round_index,
-                                      total_rounds=plan.total_rounds)
+        ranking = select_from_reports(
+            staged, plan.size, query, round_index=plan.round_index, total_rounds=plan.total_rounds
+        )
         if ranking.asd_unavailable and ctx.is_main:  # cold start: the panel, the browser and the CLI say why
             emit(progress, "warning", phase="rank", message=ranking.asd_unavailable)
         proposed: Tuple[ProposedUnit, ...] = ()
@@ -470,16 +605,27 @@ def rank_pool(images: Sequence[Path], card: ModelCard, budget: int, out_dir: Pat
             try:
                 removed = remove_stale_outputs(out_dir, names)
                 if removed:
-                    emit(progress, "warning", phase="rank", message=(
-                        f"removed {len(removed)} file(s) of an earlier ranking in {out_dir} for volumes no longer in "
-                        "the pool"))
+                    emit(
+                        progress,
+                        "warning",
+                        phase="rank",
+                        message=(
+                            f"removed {len(removed)} file(s) of an earlier ranking in {out_dir} for volumes no "
+                            "longer in "
+                            "the pool"
+                        ),
+                    )
                 reports = [_publish(r, staging, out_dir) for r in staged]
-                extra = {"encoders_identical": predictor.encoders_identical, "device": predictor.device.type,
-                         "query_round": plan.to_dict()}
+                extra = {
+                    "encoders_identical": predictor.encoders_identical,
+                    "device": predictor.device.type,
+                    "query_round": plan.to_dict(),
+                }
                 if ctx.distributed:
                     extra["world_size"] = ctx.world_size
-                files = write_ranking(out_dir, ranking, reports, card, query, extra=extra, proposed=proposed,
-                                      units=units)
+                files = write_ranking(
+                    out_dir, ranking, reports, card, query, extra=extra, proposed=proposed, units=units
+                )
             except Exception as exc:
                 if not ctx.distributed:
                     raise

@@ -135,8 +135,16 @@ class ModelCard:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelError(f"{where}: unknown field(s) {unknown}. Known fields: {sorted(known)}.")
-        required = ["name", "architecture", "arguments", "weights", "class_names", "encoder_stages", "patch_size",
-                    "preprocessing"]
+        required = [
+            "name",
+            "architecture",
+            "arguments",
+            "weights",
+            "class_names",
+            "encoder_stages",
+            "patch_size",
+            "preprocessing",
+        ]
         missing = [k for k in required if k not in data]
         if missing:
             raise ModelError(f"{where}: missing required field(s) {missing}. See resources/model-card.schema.json.")
@@ -155,8 +163,11 @@ class ModelCard:
             orientation=data.get("orientation", "RAS"),
             pretrained=data.get("pretrained"),
             provenance=dict(data.get("provenance") or {}),
-            test_time_mirroring=(tuple(int(a) for a in data["test_time_mirroring"])
-                                 if data.get("test_time_mirroring") is not None else None),
+            test_time_mirroring=(
+                tuple(int(a) for a in data["test_time_mirroring"])
+                if data.get("test_time_mirroring") is not None
+                else None
+            ),
             path=path,
         )
         _validate(card, where)
@@ -169,18 +180,24 @@ def _is_number(value: Any) -> bool:
 
 def _check_types(data: Mapping[str, Any], where: str) -> None:
     """Refuse a card whose fields have the wrong JSON types (the schema's ``type`` of every field)."""
+
     def need(ok: bool, field_name: str, what: str) -> None:
         if not ok:
-            raise ModelError(f"{where}: field {field_name!r} must be {what}, got {data.get(field_name)!r}. "
-                             "See resources/model-card.schema.json.")
+            raise ModelError(
+                f"{where}: field {field_name!r} must be {what}, got {data.get(field_name)!r}. "
+                "See resources/model-card.schema.json."
+            )
 
     for key in ("name", "architecture", "weights"):
         need(isinstance(data[key], str) and bool(data[key].strip()), key, "a non-empty string")
     need(isinstance(data["arguments"], dict), "arguments", "a JSON object of constructor arguments")
-    need(isinstance(data["preprocessing"], dict), "preprocessing", "a JSON object with a \"profile\"")
+    need(isinstance(data["preprocessing"], dict), "preprocessing", 'a JSON object with a "profile"')
     for key in ("class_names", "encoder_stages"):
-        need(isinstance(data[key], (list, tuple)) and all(isinstance(x, str) and x for x in data[key]), key,
-             "a list of non-empty strings")
+        need(
+            isinstance(data[key], (list, tuple)) and all(isinstance(x, str) and x for x in data[key]),
+            key,
+            "a list of non-empty strings",
+        )
     patch = data["patch_size"]
     whole = isinstance(patch, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in patch)
     need(whole and len(patch) == 3, "patch_size", "three integers")
@@ -191,9 +208,17 @@ def _check_types(data: Mapping[str, Any], where: str) -> None:
     need(data.get("pretrained") is None or isinstance(data["pretrained"], str), "pretrained", "null or a path")
     need(data.get("provenance") is None or isinstance(data["provenance"], dict), "provenance", "a JSON object")
     mirror = data.get("test_time_mirroring")
-    need(mirror is None or (isinstance(mirror, (list, tuple)) and len(mirror) >= 1 and len(set(mirror)) == len(mirror)
-                            and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in mirror)),
-         "test_time_mirroring", "null or a list of distinct spatial axes 0, 1, 2 (model space)")
+    need(
+        mirror is None
+        or (
+            isinstance(mirror, (list, tuple))
+            and len(mirror) >= 1
+            and len(set(mirror)) == len(mirror)
+            and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in mirror)
+        ),
+        "test_time_mirroring",
+        "null or a list of distinct spatial axes 0, 1, 2 (model space)",
+    )
 
 
 def _validate(card: ModelCard, where: str) -> None:
@@ -207,8 +232,10 @@ def _validate(card: ModelCard, where: str) -> None:
     _validate_preprocessing(card.preprocessing, where)
     asks_download = sorted(k for k, v in card.arguments.items() if "pretrained" in str(k).lower() and v)
     if asks_download:
-        raise ModelError(f"{where}: arguments {asks_download} would make the network fetch weights from the "
-                         "internet; ASSFT loads weights only from the card's \"weights\" file. Remove them.")
+        raise ModelError(
+            f"{where}: arguments {asks_download} would make the network fetch weights from the "
+            'internet; ASSFT loads weights only from the card\'s "weights" file. Remove them.'
+        )
 
 
 def _validate_classes(card: ModelCard, where: str) -> None:
@@ -217,25 +244,32 @@ def _validate_classes(card: ModelCard, where: str) -> None:
         raise ModelError(f"{where}: class_names needs background plus at least one class.")
     duplicates = sorted({name for name in card.class_names if card.class_names.count(name) > 1})
     if duplicates:
-        raise ModelError(f"{where}: class_names has duplicates {duplicates}; every class needs its own name "
-                         "(segments are matched to classes by name).")
+        raise ModelError(
+            f"{where}: class_names has duplicates {duplicates}; every class needs its own name "
+            "(segments are matched to classes by name)."
+        )
     out_channels = card.arguments.get("out_channels")
     if out_channels is not None and out_channels != card.num_classes:
-        raise ModelError(f"{where}: the network has out_channels = {out_channels!r} but class_names lists "
-                         f"{card.num_classes} classes; give one class name per output channel (background first).")
+        raise ModelError(
+            f"{where}: the network has out_channels = {out_channels!r} but class_names lists "
+            f"{card.num_classes} classes; give one class name per output channel (background first)."
+        )
 
 
 def _validate_grid(card: ModelCard, where: str) -> None:
     """Patch size, spacing and orientation within their bounds."""
-    if (len(card.patch_size) != 3 or min(card.patch_size) < MIN_PATCH_EDGE
-            or max(card.patch_size) > MAX_PATCH_EDGE):
-        raise ModelError(f"{where}: patch_size must be three integers from {MIN_PATCH_EDGE} to {MAX_PATCH_EDGE} "
-                         f"voxels, got {list(card.patch_size)}.")
+    if len(card.patch_size) != 3 or min(card.patch_size) < MIN_PATCH_EDGE or max(card.patch_size) > MAX_PATCH_EDGE:
+        raise ModelError(
+            f"{where}: patch_size must be three integers from {MIN_PATCH_EDGE} to {MAX_PATCH_EDGE} "
+            f"voxels, got {list(card.patch_size)}."
+        )
     if card.spacing is not None and not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in card.spacing):
-        raise ModelError(f"{where}: spacing must be three voxel sizes from {MIN_SPACING_MM} to {MAX_SPACING_MM} mm, "
-                         f"got {list(card.spacing)}.")
+        raise ModelError(
+            f"{where}: spacing must be three voxel sizes from {MIN_SPACING_MM} to {MAX_SPACING_MM} mm, "
+            f"got {list(card.spacing)}."
+        )
     if card.orientation not in (None, "RAS"):
-        raise ModelError(f"{where}: orientation must be \"RAS\" or null, got {card.orientation!r}.")
+        raise ModelError(f'{where}: orientation must be "RAS" or null, got {card.orientation!r}.')
 
 
 def _validate_preprocessing(preprocessing: Mapping[str, Any], where: str) -> None:
@@ -246,8 +280,10 @@ def _validate_preprocessing(preprocessing: Mapping[str, Any], where: str) -> Non
     if profile == "ct_window":
         a_min, a_max = preprocessing.get("a_min"), preprocessing.get("a_max")
         if not (_is_number(a_min) and _is_number(a_max)) or not a_min < a_max:
-            raise ModelError(f"{where}: the ct_window profile needs numbers a_min < a_max (HU), got a_min={a_min!r}, "
-                             f"a_max={a_max!r}.")
+            raise ModelError(
+                f"{where}: the ct_window profile needs numbers a_min < a_max (HU), got a_min={a_min!r}, "
+                f"a_max={a_max!r}."
+            )
     if profile == "nnunet":  # nnU-Net's normalisation schemes (ASSFTActive.sources.nnunet)
         check_nnunet_preprocessing(preprocessing, where)
 

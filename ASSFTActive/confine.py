@@ -57,9 +57,11 @@ def confinement_root(path: Path) -> Optional[Path]:
 
 
 def _refuse(link: Path) -> OutputError:
-    return OutputError(f"{link}: a symbolic link (or something other than a folder) where the job writes; the worker "
-                       "writes only plain files inside its job folder and does not follow links. Remove it and run the "
-                       "job again.")
+    return OutputError(
+        f"{link}: a symbolic link (or something other than a folder) where the job writes; the worker "
+        "writes only plain files inside its job folder and does not follow links. Remove it and run the "
+        "job again."
+    )
 
 
 def open_folder(folder: Path, root: Path) -> int:

@@ -68,7 +68,7 @@ class DistContext:
 
     def shard(self, items: Sequence[T]) -> List[T]:
         """This rank's share: ``items[rank::world_size]`` (deterministic, balanced to within one item)."""
-        return list(items[self.rank::self.world_size])
+        return list(items[self.rank :: self.world_size])
 
     def barrier(self) -> None:
         if self.distributed:
@@ -182,8 +182,9 @@ def shippable(exc: BaseException) -> BaseException:
         return JobError(f"{type(exc).__name__}: {exc}")
 
 
-def map_shards(ctx: Optional[DistContext], items: Sequence[T], fn: Callable[[Any], Any], *,
-               whole_shard: bool = False) -> List[Any]:
+def map_shards(
+    ctx: Optional[DistContext], items: Sequence[T], fn: Callable[[Any], Any], *, whole_shard: bool = False
+) -> List[Any]:
     """``[fn(item) for item in items]`` with the items shared out over the ranks of ``ctx``, on every rank.
 
     Each rank runs ``fn`` on its share (``items[rank::world_size]``), the results are gathered on every rank and

@@ -71,8 +71,9 @@ def mean_scored(values: Iterable[float]) -> float:
     return float(np.mean(kept)) if kept else NOT_SCORED
 
 
-def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
-                   spacing: Sequence[float]) -> Tuple[float, ...]:
+def hd95_per_class(
+    prediction: np.ndarray, truth: np.ndarray, num_classes: int, spacing: Sequence[float]
+) -> Tuple[float, ...]:
     """95th-percentile symmetric Hausdorff distance (mm) of each foreground class; NaN when a map lacks the class.
 
     MONAI's edge and surface-distance pieces (``get_mask_edges``, ``get_surface_distance``), combined as
@@ -100,8 +101,8 @@ def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
 @dataclass(frozen=True)
 class CaseMetrics:
     case_id: str
-    dice: Tuple[float, ...]   # per foreground class
-    hd95: Tuple[float, ...]   # per foreground class, mm (NaN if undefined)
+    dice: Tuple[float, ...]  # per foreground class
+    hd95: Tuple[float, ...]  # per foreground class, mm (NaN if undefined)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def json_ready(value: Any) -> Any:
 class EvaluationReport:
     """Per-case metrics of one model on one set of labelled volumes, and the volumes that could not be scored."""
 
-    class_names: Tuple[str, ...]   # foreground classes
+    class_names: Tuple[str, ...]  # foreground classes
     cases: Tuple[CaseMetrics, ...]
     skipped: Tuple[SkippedVolume, ...] = ()
 
@@ -168,8 +169,14 @@ class EvaluationReport:
 
     def summary(self) -> Dict[str, Any]:
         """``{"mean_dice", "dice": {class: x}, "hd95": {class: mm or None}, "cases": n}``, ready for JSON."""
-        return json_ready({"mean_dice": self.mean_dice(), "dice": self.mean_dice_per_class(),
-                           "hd95": self.mean_hd95_per_class(), "cases": len(self.cases)})
+        return json_ready(
+            {
+                "mean_dice": self.mean_dice(),
+                "dice": self.mean_dice_per_class(),
+                "hd95": self.mean_hd95_per_class(),
+                "cases": len(self.cases),
+            }
+        )
 
     def to_csv(self) -> str:
         buffer = _stdio.StringIO()
@@ -177,8 +184,11 @@ class EvaluationReport:
         writer.writerow(["case_id"] + [f"dice_{n}" for n in self.class_names] + [f"hd95_{n}" for n in self.class_names])
         for c in self.cases:
             writer.writerow([c.case_id] + [f"{d:.4f}" for d in c.dice] + [f"{h:.2f}" for h in c.hd95])
-        writer.writerow(["mean"] + [f"{v:.4f}" for v in self.mean_dice_per_class().values()]
-                        + [f"{v:.2f}" for v in self.mean_hd95_per_class().values()])
+        writer.writerow(
+            ["mean"]
+            + [f"{v:.4f}" for v in self.mean_dice_per_class().values()]
+            + [f"{v:.2f}" for v in self.mean_hd95_per_class().values()]
+        )
         return buffer.getvalue()
 
     def to_markdown(self) -> str:
@@ -193,10 +203,18 @@ def format_score(value: Optional[float], digits: int = 3) -> str:
     return "not scored" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: bool = True,
-                   device: Optional[torch.device] = None, progress: Optional[ProgressCallback] = None,
-                   phase: str = "evaluate", skip_unreadable: bool = False,
-                   ctx: Optional[DistContext] = None, label_checks: Any = None) -> EvaluationReport:
+def evaluate_cases(
+    model: LoadedModel,
+    cases: Sequence[LabelledCase],
+    *,
+    hd95: bool = True,
+    device: Optional[torch.device] = None,
+    progress: Optional[ProgressCallback] = None,
+    phase: str = "evaluate",
+    skip_unreadable: bool = False,
+    ctx: Optional[DistContext] = None,
+    label_checks: Any = None,
+) -> EvaluationReport:
     """Predict every case and score Dice (and HD95) per foreground class.
 
     Args:
@@ -258,13 +276,22 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
             checks = label_checks if annotated is None else replace(label_checks, partial=True)  # on annotated part
             refused, warned = check_evaluation_label(case.case_id, truth_array, prediction, image.spacing, checks)
             if refused and not label_checks.allow:
-                return skip(case, InputError(
-                    "the label looks wrong for this model, so it is not scored: "
-                    + " ".join(i.message for i in refused) + " Fix the label file (or the model card's class_names), "
-                    "or pass --allow-implausible-labels to score it anyway.")), present
+                return skip(
+                    case,
+                    InputError(
+                        "the label looks wrong for this model, so it is not scored: "
+                        + " ".join(i.message for i in refused)
+                        + " Fix the label file (or the model card's class_names), "
+                        "or pass --allow-implausible-labels to score it anyway."
+                    ),
+                ), present
             for issue in refused + warned:
-                emit(progress, "warning", phase=phase, message=(
-                    "scored although implausible (allowed): " if issue in refused else "") + issue.message)
+                emit(
+                    progress,
+                    "warning",
+                    phase=phase,
+                    message=("scored although implausible (allowed): " if issue in refused else "") + issue.message,
+                )
         hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([NOT_SCORED] * (n - 1))
         metrics = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd)
         emit(progress, "progress", phase=phase, step=step, total=len(cases), message=f"scored {case.case_id}")
@@ -276,19 +303,28 @@ def evaluate_cases(model: LoadedModel, cases: Sequence[LabelledCase], *, hd95: b
         labels = {c.case_id: np.asarray(present) for c, (r, present) in zip(cases, scored) if present}
         never = [i for i in find_label_issues(labels, label_checks.class_names) if i.kind == "class_never_labelled"]
         if never and not label_checks.allow:
-            raise InputError("the labels do not mark every class of the model, so no score would mean what it says: "
-                             + " ".join(i.message for i in never) + " Fix the label files (or the model card's "
-                             "class_names), or pass --allow-implausible-labels to score them anyway.")
+            raise InputError(
+                "the labels do not mark every class of the model, so no score would mean what it says: "
+                + " ".join(i.message for i in never)
+                + " Fix the label files (or the model card's "
+                "class_names), or pass --allow-implausible-labels to score them anyway."
+            )
         for issue in never:
             emit(progress, "warning", phase=phase, message=f"scored although implausible (allowed): {issue.message}")
-    return EvaluationReport(class_names=tuple(model.card.class_names[1:]),
-                            cases=tuple(r for r in results if isinstance(r, CaseMetrics)),
-                            skipped=tuple(r for r in results if isinstance(r, SkippedVolume)))
+    return EvaluationReport(
+        class_names=tuple(model.card.class_names[1:]),
+        cases=tuple(r for r in results if isinstance(r, CaseMetrics)),
+        skipped=tuple(r for r in results if isinstance(r, SkippedVolume)),
+    )
 
 
-def evaluate_model(network: Union[nn.Module, LoadedModel], card: Optional[ModelCard],
-                   cases: Sequence[Tuple[Volume, Union[str, Path, Volume]]], hd95: bool = True,
-                   progress: Optional[ProgressCallback] = None) -> EvaluationReport:
+def evaluate_model(
+    network: Union[nn.Module, LoadedModel],
+    card: Optional[ModelCard],
+    cases: Sequence[Tuple[Volume, Union[str, Path, Volume]]],
+    hd95: bool = True,
+    progress: Optional[ProgressCallback] = None,
+) -> EvaluationReport:
     """Predict every ``(image, label)`` pair and score Dice (and HD95) per foreground class (:func:`evaluate_cases`
     with each image's name as its case id).
 
@@ -297,5 +333,6 @@ def evaluate_model(network: Union[nn.Module, LoadedModel], card: Optional[ModelC
         cases: image volumes with their label path or label volume.
     """
     model = network if isinstance(network, LoadedModel) else LoadedModel(card, network, LoadReport(0, (), ()))
-    return evaluate_cases(model, [LabelledCase(image.name, image, label) for image, label in cases], hd95=hd95,
-                          progress=progress)
+    return evaluate_cases(
+        model, [LabelledCase(image.name, image, label) for image, label in cases], hd95=hd95, progress=progress
+    )

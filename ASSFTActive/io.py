@@ -188,7 +188,7 @@ def storage_slabs(array: np.ndarray, voxels: int = SLAB_VOXELS) -> Iterator[np.n
     array = np.moveaxis(array, int(np.argmax(np.abs(array.strides))), 0)
     rows = slab_rows(array.shape, voxels)
     for first in range(0, array.shape[0], rows):
-        yield array[first:first + rows]
+        yield array[first : first + rows]
 
 
 def _count_non_finite(array: np.ndarray, voxels: int = SLAB_VOXELS) -> int:
@@ -214,8 +214,12 @@ def _read_nifti(path: Path):
     if not path.name.lower().endswith(".nii.gz"):
         image = nib.load(str(path))
         header = image.header
-        check_declared_size(path, header.get_data_shape(), header.get_data_dtype().itemsize,
-                            stored=path.stat().st_size - int(header.get_data_offset()))
+        check_declared_size(
+            path,
+            header.get_data_shape(),
+            header.get_data_dtype().itemsize,
+            stored=path.stat().st_size - int(header.get_data_offset()),
+        )
         return np.asanyarray(image.dataobj), itk_geometry(path, header)
     try:
         with gzip.open(path, "rb") as stream:
@@ -251,13 +255,16 @@ def max_image_bytes() -> int:
     except ValueError:
         megabytes = float("nan")
     if not megabytes > 0 or megabytes == float("inf"):
-        raise InputError(f"{MAX_IMAGE_MB_ENV}={text!r}: the image size limit must be a positive number of MiB "
-                         f"(default {DEFAULT_MAX_IMAGE_MB}).")
+        raise InputError(
+            f"{MAX_IMAGE_MB_ENV}={text!r}: the image size limit must be a positive number of MiB "
+            f"(default {DEFAULT_MAX_IMAGE_MB})."
+        )
     return int(megabytes * (1 << 20))
 
 
-def check_declared_size(path: Path, shape: Sequence[int], itemsize: int, *, stored: Optional[int] = None,
-                        most: Optional[int] = None) -> int:
+def check_declared_size(
+    path: Path, shape: Sequence[int], itemsize: int, *, stored: Optional[int] = None, most: Optional[int] = None
+) -> int:
     """Refuse an image whose header declares more voxel bytes than the limit or than its file can hold.
 
     Args:
@@ -282,13 +289,16 @@ def check_declared_size(path: Path, shape: Sequence[int], itemsize: int, *, stor
             f"{path}: the header declares {dims} voxels of {itemsize} byte(s), {declared / (1 << 20):.0f} MiB, more "
             f"than the limit of {limit / (1 << 20):.0f} MiB. If the image is real, raise the limit with the "
             f"environment variable {MAX_IMAGE_MB_ENV} (in MiB); otherwise the header is damaged or the file is a "
-            "decompression bomb.")
-    short = stored if stored is not None and stored < declared else most if most is not None and most < declared \
-        else None
+            "decompression bomb."
+        )
+    short = (
+        stored if stored is not None and stored < declared else most if most is not None and most < declared else None
+    )
     if short is not None:
         raise InputError(
             f"{path}: the header declares {dims} voxels ({declared} bytes), but the file can hold at most "
-            f"{max(short, 0)} bytes of them; the file is truncated or its header is damaged. Export it again.")
+            f"{max(short, 0)} bytes of them; the file is truncated or its header is damaged. Export it again."
+        )
     return declared
 
 
@@ -357,11 +367,15 @@ def itk_geometry(path: Path, header=None) -> np.ndarray:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1].replace("ITK ERROR: ", "")
-        advice = ("The header is sheared (non-orthogonal) without an orthogonal alternative; resample the image onto "
-                  "an orthogonal grid (e.g. in Slicer or with ITK) and export it again." if "orthonormal" in reason
-                  else "Slicer could not open it either; export it again from the scanner or viewer.")
-        raise InputError(f"{path}: its voxel-to-world geometry cannot be read the way 3D Slicer (ITK) reads it: "
-                         f"{reason} {advice}") from exc
+        advice = (
+            "The header is sheared (non-orthogonal) without an orthogonal alternative; resample the image onto "
+            "an orthogonal grid (e.g. in Slicer or with ITK) and export it again."
+            if "orthonormal" in reason
+            else "Slicer could not open it either; export it again from the scanner or viewer."
+        )
+        raise InputError(
+            f"{path}: its voxel-to-world geometry cannot be read the way 3D Slicer (ITK) reads it: {reason} {advice}"
+        ) from exc
     finally:
         sitk.ProcessObject_SetGlobalWarningDisplay(shown)
     dim = reader.GetDimension()
@@ -401,7 +415,7 @@ class _ChunkedReader(io.RawIOBase):
             piece = self._stream.read(min(self.CHUNK, len(view) - filled))
             if not piece:
                 break
-            view[filled:filled + len(piece)] = piece
+            view[filled : filled + len(piece)] = piece
             filled += len(piece)
         return filled
 
@@ -421,8 +435,10 @@ def _nifti_class(magic: bytes, path: Path):
         return nib.Nifti1Image
     if size in ((540).to_bytes(4, "little"), (540).to_bytes(4, "big")):
         return nib.Nifti2Image
-    raise InputError(f"{path}: cannot read the file: not a NIfTI file (the header size is neither 348 nor 540 "
-                     "bytes); it may be corrupt.")
+    raise InputError(
+        f"{path}: cannot read the file: not a NIfTI file (the header size is neither 348 nor 540 "
+        "bytes); it may be corrupt."
+    )
 
 
 class _ImageBuffer:
@@ -556,20 +572,25 @@ def check_writable_folder(folder: PathLike, what: str) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"{target}: the {what} cannot be created because {existing} is a file, not a folder. Choose "
-                          "another folder.")
+        raise OutputError(
+            f"{target}: the {what} cannot be created because {existing} is a file, not a folder. Choose another folder."
+        )
     try:
         handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(existing))
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{target}: the {what} is not writable ({exc.strerror or exc} in {existing}). Choose another "
-                          "folder or fix its permissions.") from exc
+        raise OutputError(
+            f"{target}: the {what} is not writable ({exc.strerror or exc} in {existing}). Choose another "
+            "folder or fix its permissions."
+        ) from exc
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:
-    return OutputError(f"{path}: cannot be written ({exc.strerror or exc}). Choose another output folder, fix its "
-                       "permissions or free disk space.")
+    return OutputError(
+        f"{path}: cannot be written ({exc.strerror or exc}). Choose another output folder, fix its "
+        "permissions or free disk space."
+    )
 
 
 def _umask() -> int:
@@ -609,8 +630,7 @@ def check_same_geometry(image: Volume, label: Volume, tolerance_mm: float = GEOM
         )
 
 
-def read_label(path: PathLike, image: Volume, num_classes: int,
-               tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> Volume:
+def read_label(path: PathLike, image: Volume, num_classes: int, tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> Volume:
     """Read a class-index label map on the grid of ``image`` and check it.
 
     Returns:
@@ -658,8 +678,9 @@ def find_images(spec: PathLike) -> List[Path]:
     return files
 
 
-def match_labels(images: Sequence[Path], labels_dir: Optional[PathLike],
-                 warn: Optional[Callable[[str], None]] = None) -> Dict[str, Path]:
+def match_labels(
+    images: Sequence[Path], labels_dir: Optional[PathLike], warn: Optional[Callable[[str], None]] = None
+) -> Dict[str, Path]:
     """Label files in ``labels_dir`` whose case id equals an image's case id: ``{case_id: label_path}``.
 
     Args:
@@ -671,14 +692,19 @@ def match_labels(images: Sequence[Path], labels_dir: Optional[PathLike],
     folder = Path(labels_dir)
     if not folder.is_dir():
         raise InputError(f"{folder}: labels folder not found. Pass an existing folder to --labels.")
-    by_id = {case_id(p): p for p in folder.iterdir()
-             if p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith(".")}
+    by_id = {
+        case_id(p): p
+        for p in folder.iterdir()
+        if p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith(".")
+    }
     wanted = {case_id(image) for image in images}
     orphans = sorted(name for name in by_id if name not in wanted)
     if orphans and warn is not None:
         shown = ", ".join(by_id[name].name for name in orphans[:8]) + (", ..." if len(orphans) > 8 else "")
-        warn(f"{len(orphans)} label file(s) in {folder} match no image and are not used: {shown}. Name each label "
-             "like its image, or add the image to --images.")
+        warn(
+            f"{len(orphans)} label file(s) in {folder} match no image and are not used: {shown}. Name each label "
+            "like its image, or add the image to --images."
+        )
     return {case_id(image): by_id[case_id(image)] for image in images if case_id(image) in by_id}
 
 

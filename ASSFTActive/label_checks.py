@@ -48,14 +48,36 @@ from .errors import InputError
 from .plausibility import check_image
 from .progress import ProgressCallback, emit
 
-__all__ = ["CARD_ANATOMY", "LABEL_CHECK_THRESHOLDS", "REACH_VOXELS", "SHIFT_REACH_VOXELS", "ClassOverlap",
-           "EvaluationChecks", "ForegroundAgreement", "LabelCheckThresholds", "LabelIssue", "LabelShape",
-           "RegistrationShift", "check_evaluation_label", "class_overlap", "find_label_issues",
-           "find_prediction_issues", "find_registration_issues", "find_registration_warnings", "find_shape_issues",
-           "find_swap_issues",
-           "foreground_agreement", "label_shape", "pooled_overlap", "predict_agreements", "registration_shift",
-           "require_labels_near_prediction", "require_plausible_labelled_set", "require_plausible_labels",
-           "thresholds_for"]
+__all__ = [
+    "CARD_ANATOMY",
+    "LABEL_CHECK_THRESHOLDS",
+    "REACH_VOXELS",
+    "SHIFT_REACH_VOXELS",
+    "ClassOverlap",
+    "EvaluationChecks",
+    "ForegroundAgreement",
+    "LabelCheckThresholds",
+    "LabelIssue",
+    "LabelShape",
+    "RegistrationShift",
+    "check_evaluation_label",
+    "class_overlap",
+    "find_label_issues",
+    "find_prediction_issues",
+    "find_registration_issues",
+    "find_registration_warnings",
+    "find_shape_issues",
+    "find_swap_issues",
+    "foreground_agreement",
+    "label_shape",
+    "pooled_overlap",
+    "predict_agreements",
+    "registration_shift",
+    "require_labels_near_prediction",
+    "require_plausible_labelled_set",
+    "require_plausible_labels",
+    "thresholds_for",
+]
 
 #: A labelled voxel counts as "where the model sees the structure" when it lies within this many face-connected
 #: steps of a predicted foreground voxel (a 3-voxel tolerance: the real labels under the scanner shift at strength
@@ -99,23 +121,45 @@ def find_label_issues(labels: Mapping[str, np.ndarray], class_names: Sequence[st
     present = {case: set(int(v) for v in np.unique(np.asarray(array))) for case, array in labels.items()}
     empty = tuple(sorted(case for case, values in present.items() if not values - {0}))
     if empty:
-        issues.append(LabelIssue("no_foreground", empty, None, (
-            f"{len(empty)} label file(s) contain only background: {', '.join(empty)}. Training on them teaches the "
-            "model to predict nothing.")))
+        issues.append(
+            LabelIssue(
+                "no_foreground",
+                empty,
+                None,
+                (
+                    f"{len(empty)} label file(s) contain only background: {', '.join(empty)}. Training on them "
+                    "teaches the "
+                    "model to predict nothing."
+                ),
+            )
+        )
     labelled = [values for case, values in present.items() if case not in empty]
     if labelled:
         for index, name in enumerate(class_names[1:], start=1):
             if not any(index in values for values in labelled):
-                issues.append(LabelIssue("class_never_labelled", tuple(sorted(present)), name, (
-                    f"class {name!r} (value {index}) appears in none of the {len(present)} labelled volume(s) "
-                    f"({', '.join(sorted(present)[:8])}{', ...' if len(present) > 8 else ''}); the labels may be of "
-                    "another structure or use other class values than the model card.")))
+                issues.append(
+                    LabelIssue(
+                        "class_never_labelled",
+                        tuple(sorted(present)),
+                        name,
+                        (
+                            f"class {name!r} (value {index}) appears in none of the {len(present)} labelled volume(s) "
+                            f"({', '.join(sorted(present)[:8])}{', ...' if len(present) > 8 else ''}); the labels "
+                            "may be of "
+                            "another structure or use other class values than the model card."
+                        ),
+                    )
+                )
     return issues
 
 
-def require_plausible_labels(labels: Mapping[str, np.ndarray], class_names: Sequence[str], allow: bool,
-                             warn: Optional[Callable[[str], None]] = None,
-                             more: Sequence[LabelIssue] = ()) -> List[LabelIssue]:
+def require_plausible_labels(
+    labels: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    allow: bool,
+    warn: Optional[Callable[[str], None]] = None,
+    more: Sequence[LabelIssue] = (),
+) -> List[LabelIssue]:
     """Raise on implausible labels unless ``allow``; then each issue is passed to ``warn`` instead.
 
     Args:
@@ -127,7 +171,8 @@ def require_plausible_labels(labels: Mapping[str, np.ndarray], class_names: Sequ
     issues = find_label_issues(labels, class_names) + list(more)
     if issues and not allow:
         raise InputError(
-            "the labels look wrong, so the model was not adapted: " + " ".join(i.message for i in issues)
+            "the labels look wrong, so the model was not adapted: "
+            + " ".join(i.message for i in issues)
             + " Fix the label files (or the model card's class_names), or pass --allow-implausible-labels "
             "(FinetuneConfig.allow_implausible_labels) if this is intended."
         )
@@ -137,10 +182,15 @@ def require_plausible_labels(labels: Mapping[str, np.ndarray], class_names: Sequ
     return issues
 
 
-def require_plausible_labelled_set(cases: Sequence[Any], class_names: Sequence[str], allow: bool,
-                                   warn: Optional[Callable[[str], None]] = None, *,
-                                   limits: Optional[LabelCheckThresholds] = None,
-                                   partial: bool = False) -> List[LabelIssue]:
+def require_plausible_labelled_set(
+    cases: Sequence[Any],
+    class_names: Sequence[str],
+    allow: bool,
+    warn: Optional[Callable[[str], None]] = None,
+    *,
+    limits: Optional[LabelCheckThresholds] = None,
+    partial: bool = False,
+) -> List[LabelIssue]:
     """The checks of adaptation's labelled set: every image plausible, then the labels (and their shapes).
 
     Args:
@@ -307,29 +357,52 @@ class LabelCheckThresholds:
     warn_shift_gain: Optional[float] = None
 
 
-_MEASURED = ("development split ({n} cases, reserved.txt excluded) by scripts/measure_label_checks.py; "
-             "Testing/Benchmarks/results/label_check_thresholds.json")
+_MEASURED = (
+    "development split ({n} cases, reserved.txt excluded) by scripts/measure_label_checks.py; "
+    "Testing/Benchmarks/results/label_check_thresholds.json"
+)
 
 #: The limits per anatomy (:class:`LabelCheckThresholds`), as ``scripts/measure_label_checks.py`` set them. ACDC's
 #: swap limit is the hippocampus's and it has no misregistration check: the ACDC source model was not on the machine
 #: that measured (its shape limits need no model and are ACDC's own).
 LABEL_CHECK_THRESHOLDS: Dict[str, LabelCheckThresholds] = {
     "hippocampus": LabelCheckThresholds(
-        "hippocampus", max_volume_share=0.1495, max_box_fill=0.6237, min_thinnest=2, min_interior_share=0.2442,
-        max_swap_ratio=1.0, min_swap_share=0.2,
+        "hippocampus",
+        max_volume_share=0.1495,
+        max_box_fill=0.6237,
+        min_thinnest=2,
+        min_interior_share=0.2442,
+        max_swap_ratio=1.0,
+        min_swap_share=0.2,
         class_volume_mm3={"anterior": (386.0, 7431.0), "posterior": (360.0, 5958.0)},
         measured_on="MSD hippocampus " + _MEASURED.format(n=70) + "; embedded default model, no shift, scanner 0.3 "
-                    "and 0.7", max_shift_gain=1.722, warn_shift_gain=1.361),
+        "and 0.7",
+        max_shift_gain=1.722,
+        warn_shift_gain=1.361,
+    ),
     "acdc": LabelCheckThresholds(
-        "acdc", max_volume_share=0.1356, max_box_fill=0.767, min_thinnest=2, min_interior_share=0.2383,
-        max_swap_ratio=1.0, min_swap_share=0.2,
+        "acdc",
+        max_volume_share=0.1356,
+        max_box_fill=0.767,
+        min_thinnest=2,
+        min_interior_share=0.2383,
+        max_swap_ratio=1.0,
+        min_swap_share=0.2,
         class_volume_mm3={"RV": (231.3, 45465.0), "myocardium": (627.3, 69291.0), "LV": (386.0, 61140.0)},
-        measured_on="ACDC " + _MEASURED.format(n=50) + " (label shapes; swap limit from the hippocampus)"),
+        measured_on="ACDC " + _MEASURED.format(n=50) + " (label shapes; swap limit from the hippocampus)",
+    ),
     "default": LabelCheckThresholds(
-        "default", max_volume_share=0.5, max_box_fill=1.0, min_thinnest=2, min_interior_share=0.0,
-        max_swap_ratio=1.0, min_swap_share=0.2, class_volume_mm3=None,
+        "default",
+        max_volume_share=0.5,
+        max_box_fill=1.0,
+        min_thinnest=2,
+        min_interior_share=0.0,
+        max_swap_ratio=1.0,
+        min_swap_share=0.2,
+        class_volume_mm3=None,
         measured_on="only what does not depend on the structure's shape and size (an inverted mask, a one-slice "
-                    "class, swapped classes at the measured limit); no box, outline, volume or misregistration limit"),
+        "class, swapped classes at the measured limit); no box, outline, volume or misregistration limit",
+    ),
 }
 
 #: Source-model card names whose anatomy is known; a card may also say ``provenance.anatomy``.
@@ -360,8 +433,9 @@ def _pretrained(card: Any) -> Any:
         return None
 
 
-def find_shape_issues(shapes: Sequence[LabelShape], class_names: Sequence[str], limits: LabelCheckThresholds,
-                      partial: bool = False) -> List[LabelIssue]:
+def find_shape_issues(
+    shapes: Sequence[LabelShape], class_names: Sequence[str], limits: LabelCheckThresholds, partial: bool = False
+) -> List[LabelIssue]:
     """Labels whose shape says they mark something else than a complete structure of the model's classes.
 
     Args:
@@ -382,43 +456,96 @@ def find_shape_issues(shapes: Sequence[LabelShape], class_names: Sequence[str], 
             continue
         c = s.case_id
         if s.volume_share > limits.max_volume_share:
-            issues.append(LabelIssue("inverted", (c,), None, (
-                f"{c}: {100 * s.volume_share:.0f} % of the volume is foreground (at most "
-                f"{100 * limits.max_volume_share:.0f} % in true {limits.anatomy} labels); an inverted mask?")))
+            issues.append(
+                LabelIssue(
+                    "inverted",
+                    (c,),
+                    None,
+                    (
+                        f"{c}: {100 * s.volume_share:.0f} % of the volume is foreground (at most "
+                        f"{100 * limits.max_volume_share:.0f} % in true {limits.anatomy} labels); an inverted mask?"
+                    ),
+                )
+            )
         if s.box_fill > limits.max_box_fill:
-            issues.append(LabelIssue("filled_box", (c,), None, (
-                f"{c}: the foreground fills {100 * s.box_fill:.0f} % of its bounding box (at most "
-                f"{100 * limits.max_box_fill:.0f} % in true {limits.anatomy} labels); a painted box, not a "
-                "structure?")))
+            issues.append(
+                LabelIssue(
+                    "filled_box",
+                    (c,),
+                    None,
+                    (
+                        f"{c}: the foreground fills {100 * s.box_fill:.0f} % of its bounding box (at most "
+                        f"{100 * limits.max_box_fill:.0f} % in true {limits.anatomy} labels); a painted box, not a "
+                        "structure?"
+                    ),
+                )
+            )
         for index, name in enumerate(class_names[1:]):
             volume = s.class_volume_mm3[index] if index < len(s.class_volume_mm3) else 0.0
             span = (limits.class_volume_mm3 or {}).get(name)
             if span is None or volume == 0:
                 continue
             if volume > span[1]:
-                issues.append(LabelIssue("class_too_large", (c,), name, (
-                    f"{c}: class {name!r} covers {volume:.0f} mm³, more than any true {limits.anatomy} label allows "
-                    f"({span[1]:.0f} mm³); the label marks another structure?")))
+                issues.append(
+                    LabelIssue(
+                        "class_too_large",
+                        (c,),
+                        name,
+                        (
+                            f"{c}: class {name!r} covers {volume:.0f} mm³, more than any true {limits.anatomy} label "
+                            "allows "
+                            f"({span[1]:.0f} mm³); the label marks another structure?"
+                        ),
+                    )
+                )
             elif volume < span[0] and not partial:
-                issues.append(LabelIssue("class_too_small", (c,), name, (
-                    f"{c}: class {name!r} covers only {volume:.0f} mm³ (a complete {limits.anatomy} label has at "
-                    f"least {span[0]:.0f} mm³); a partial or misplaced label?" + partial_hint)))
+                issues.append(
+                    LabelIssue(
+                        "class_too_small",
+                        (c,),
+                        name,
+                        (
+                            f"{c}: class {name!r} covers only {volume:.0f} mm³ (a complete {limits.anatomy} label "
+                            "has at "
+                            f"least {span[0]:.0f} mm³); a partial or misplaced label?" + partial_hint
+                        ),
+                    )
+                )
         if partial:
             continue
         if s.thinnest < limits.min_thinnest:
-            issues.append(LabelIssue("one_slice", (c,), None, (
-                f"{c}: a class spans only {s.thinnest} slice(s) along an axis; a one-slice label trains the rest of "
-                "the structure as background." + partial_hint)))
+            issues.append(
+                LabelIssue(
+                    "one_slice",
+                    (c,),
+                    None,
+                    (
+                        f"{c}: a class spans only {s.thinnest} slice(s) along an axis; a one-slice label trains the "
+                        "rest of "
+                        "the structure as background." + partial_hint
+                    ),
+                )
+            )
         elif s.interior_share < limits.min_interior_share:
-            issues.append(LabelIssue("outline", (c,), None, (
-                f"{c}: only {100 * s.interior_share:.0f} % of a class's voxels lie inside it (at least "
-                f"{100 * limits.min_interior_share:.0f} % in true {limits.anatomy} labels); an outline trains the "
-                "interior as background. Fill the outline." + partial_hint)))
+            issues.append(
+                LabelIssue(
+                    "outline",
+                    (c,),
+                    None,
+                    (
+                        f"{c}: only {100 * s.interior_share:.0f} % of a class's voxels lie inside it (at least "
+                        f"{100 * limits.min_interior_share:.0f} % in true {limits.anatomy} labels); an outline "
+                        "trains the "
+                        "interior as background. Fill the outline." + partial_hint
+                    ),
+                )
+            )
     return issues
 
 
-def find_registration_issues(agreements: Sequence[ForegroundAgreement],
-                             limits: LabelCheckThresholds) -> List[LabelIssue]:
+def find_registration_issues(
+    agreements: Sequence[ForegroundAgreement], limits: LabelCheckThresholds
+) -> List[LabelIssue]:
     """Labels that overlap the current model's prediction far better when shifted: drawn on another image or
     exported with another origin (misregistered by a few millimetres)."""
     if limits.max_shift_gain is None:
@@ -427,28 +554,48 @@ def find_registration_issues(agreements: Sequence[ForegroundAgreement],
     for a in agreements:
         if a.shift is not None and a.shift.gain > limits.max_shift_gain:
             gain = "only when shifted" if math.isinf(a.shift.gain) else f"{a.shift.gain:.1f} times better"
-            issues.append(LabelIssue("misregistered", (a.case_id,), None, (
-                f"{a.case_id}: the label overlaps the current model's prediction {gain} when shifted by "
-                f"{a.shift.offset_mm:.1f} mm than where it is ({100 * a.shift.share:.0f} % of the label then "
-                f"overlaps; true {limits.anatomy} labels at most {limits.max_shift_gain:g} times); was it drawn on "
-                "another image, or exported with another origin? (A model that fails on this image and predicts a "
-                "blob elsewhere gives the same sign.)")))
+            issues.append(
+                LabelIssue(
+                    "misregistered",
+                    (a.case_id,),
+                    None,
+                    (
+                        f"{a.case_id}: the label overlaps the current model's prediction {gain} when shifted by "
+                        f"{a.shift.offset_mm:.1f} mm than where it is ({100 * a.shift.share:.0f} % of the label then "
+                        f"overlaps; true {limits.anatomy} labels at most {limits.max_shift_gain:g} times); was it "
+                        "drawn on "
+                        "another image, or exported with another origin? (A model that fails on this image and "
+                        "predicts a "
+                        "blob elsewhere gives the same sign.)"
+                    ),
+                )
+            )
     return issues
 
 
-def find_registration_warnings(agreements: Sequence[ForegroundAgreement],
-                               limits: LabelCheckThresholds) -> List[LabelIssue]:
+def find_registration_warnings(
+    agreements: Sequence[ForegroundAgreement], limits: LabelCheckThresholds
+) -> List[LabelIssue]:
     """Labels that overlap the prediction better when shifted than any true label did (``warn_shift_gain``), but
     not enough to be refused (``max_shift_gain``, :func:`find_registration_issues`): possibly misregistered by a
     few millimetres; accepted with a warning so it is not silent."""
     if limits.warn_shift_gain is None:
         return []
     ceiling = limits.max_shift_gain if limits.max_shift_gain is not None else math.inf
-    return [LabelIssue("possibly_misregistered", (a.case_id,), None, (
-        f"{a.case_id}: the label overlaps the current model's prediction {a.shift.gain:.2f} times better when "
-        f"shifted by {a.shift.offset_mm:.1f} mm than where it is (true {limits.anatomy} labels at most "
-        f"{limits.warn_shift_gain:g} times; refused above {ceiling:g}); check that it was drawn on this image."))
-        for a in agreements if a.shift is not None and limits.warn_shift_gain < a.shift.gain <= ceiling]
+    return [
+        LabelIssue(
+            "possibly_misregistered",
+            (a.case_id,),
+            None,
+            (
+                f"{a.case_id}: the label overlaps the current model's prediction {a.shift.gain:.2f} times better when "
+                f"shifted by {a.shift.offset_mm:.1f} mm than where it is (true {limits.anatomy} labels at most "
+                f"{limits.warn_shift_gain:g} times; refused above {ceiling:g}); check that it was drawn on this image."
+            ),
+        )
+        for a in agreements
+        if a.shift is not None and limits.warn_shift_gain < a.shift.gain <= ceiling
+    ]
 
 
 def pooled_overlap(overlaps: Sequence[ClassOverlap]) -> Optional[ClassOverlap]:
@@ -458,12 +605,14 @@ def pooled_overlap(overlaps: Sequence[ClassOverlap]) -> Optional[ClassOverlap]:
     if not overlaps:
         return None
     counts = np.sum([np.asarray(o.counts) for o in overlaps], axis=0)
-    return ClassOverlap(f"the {len(overlaps)} labelled volumes together",
-                        tuple(tuple(int(v) for v in row) for row in counts))
+    return ClassOverlap(
+        f"the {len(overlaps)} labelled volumes together", tuple(tuple(int(v) for v in row) for row in counts)
+    )
 
 
-def find_swap_issues(overlaps: Sequence[ClassOverlap], class_names: Sequence[str],
-                     limits: LabelCheckThresholds) -> List[LabelIssue]:
+def find_swap_issues(
+    overlaps: Sequence[ClassOverlap], class_names: Sequence[str], limits: LabelCheckThresholds
+) -> List[LabelIssue]:
     """Pairs of label classes that the current model predicts the other way round far more than as labelled
     (classes swapped in the label file or the card, e.g. anterior and posterior), per labelled volume."""
     issues: List[LabelIssue] = []
@@ -473,12 +622,23 @@ def find_swap_issues(overlaps: Sequence[ClassOverlap], class_names: Sequence[str
                 ratio, share = overlap.swap(k, j)
                 if share >= limits.min_swap_share and ratio > limits.max_swap_ratio:
                     times = "" if math.isinf(ratio) else f" ({ratio:.1f} times or more as many as as labelled)"
-                    issues.append(LabelIssue("swapped", (overlap.case_id,), class_names[k], (
-                        f"{overlap.case_id}: at least {100 * share:.0f} % of the voxels labelled {class_names[k]!r} "
-                        f"(value {k}) lie where the current model predicts {class_names[j]!r} (value {j}), and of "
-                        f"those labelled {class_names[j]!r} where it predicts {class_names[k]!r}{times}; true "
-                        f"{limits.anatomy} labels at most {limits.max_swap_ratio:g} times. Are classes {k} and {j} "
-                        "swapped in the label file or the model card?")))
+                    issues.append(
+                        LabelIssue(
+                            "swapped",
+                            (overlap.case_id,),
+                            class_names[k],
+                            (
+                                f"{overlap.case_id}: at least {100 * share:.0f} % of the voxels labelled "
+                                f"{class_names[k]!r} "
+                                f"(value {k}) lie where the current model predicts {class_names[j]!r} (value {j}), "
+                                "and of "
+                                f"those labelled {class_names[j]!r} where it predicts {class_names[k]!r}{times}; true "
+                                f"{limits.anatomy} labels at most {limits.max_swap_ratio:g} times. Are classes {k} "
+                                f"and {j} "
+                                "swapped in the label file or the model card?"
+                            ),
+                        )
+                    )
     return issues
 
 
@@ -506,8 +666,9 @@ class RegistrationShift:
     share: float = 1.0
 
 
-def registration_shift(label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
-                       reach: int = SHIFT_REACH_VOXELS) -> Optional[RegistrationShift]:
+def registration_shift(
+    label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], reach: int = SHIFT_REACH_VOXELS
+) -> Optional[RegistrationShift]:
     """How much better a label's foreground (bool ``[I, J, K]``) overlaps the prediction's (bool, same grid) when
     shifted, by cross-correlation (FFT) over the label's bounding box; ``None`` when either is empty. Large boxes are
     subsampled so at most about 2 M voxels are transformed (the gain is a ratio of overlaps, robust to it)."""
@@ -570,9 +731,13 @@ class ForegroundAgreement:
         return self.label_voxels / self.near_voxels if self.near_voxels else math.inf
 
 
-def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray,
-                         num_classes: Optional[int] = None,
-                         spacing: Optional[Sequence[float]] = None) -> ForegroundAgreement:
+def foreground_agreement(
+    case_id: str,
+    label: np.ndarray,
+    prediction: np.ndarray,
+    num_classes: Optional[int] = None,
+    spacing: Optional[Sequence[float]] = None,
+) -> ForegroundAgreement:
     """Compare a label with a prediction of the same volume.
 
     Args:
@@ -591,12 +756,14 @@ def foreground_agreement(case_id: str, label: np.ndarray, prediction: np.ndarray
         near = int(np.count_nonzero(truth[box] & grown))
     overlap = class_overlap(case_id, label, prediction, num_classes) if num_classes else None
     shift = registration_shift(truth, predicted, spacing) if spacing is not None else None
-    return ForegroundAgreement(str(case_id), int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)), near,
-                               overlap, shift)
+    return ForegroundAgreement(
+        str(case_id), int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)), near, overlap, shift
+    )
 
 
-def find_prediction_issues(agreements: Sequence[ForegroundAgreement],
-                           max_ratio: float) -> Tuple[List[LabelIssue], List[LabelIssue]]:
+def find_prediction_issues(
+    agreements: Sequence[ForegroundAgreement], max_ratio: float
+) -> Tuple[List[LabelIssue], List[LabelIssue]]:
     """Labels far from the current model's prediction.
 
     Args:
@@ -616,31 +783,72 @@ def find_prediction_issues(agreements: Sequence[ForegroundAgreement],
             continue
         counts = f"{a.label_voxels} labelled foreground voxels, {a.predicted_voxels} predicted"
         if a.predicted_voxels == 0:
-            refused.append(LabelIssue("more_foreground_than_predicted", (a.case_id,), None, (
-                f"{a.case_id}: the current model predicts no foreground at all where the label has "
-                f"{a.label_voxels} voxels; the label may be of another structure, or the model fails completely "
-                "on this image.")))
+            refused.append(
+                LabelIssue(
+                    "more_foreground_than_predicted",
+                    (a.case_id,),
+                    None,
+                    (
+                        f"{a.case_id}: the current model predicts no foreground at all where the label has "
+                        f"{a.label_voxels} voxels; the label may be of another structure, or the model fails "
+                        "completely "
+                        "on this image."
+                    ),
+                )
+            )
         elif a.away > max_ratio:
             share = a.near_voxels / a.label_voxels
-            refused.append(LabelIssue("away_from_prediction", (a.case_id,), None, (
-                f"{a.case_id}: only {100 * share:.1f} % of the label's foreground lies within {REACH_VOXELS} voxels "
-                f"of what the current model predicts ({counts}; less than 1/{max_ratio:g}); a mask of another "
-                "structure?")))
+            refused.append(
+                LabelIssue(
+                    "away_from_prediction",
+                    (a.case_id,),
+                    None,
+                    (
+                        f"{a.case_id}: only {100 * share:.1f} % of the label's foreground lies within {REACH_VOXELS} "
+                        "voxels "
+                        f"of what the current model predicts ({counts}; less than 1/{max_ratio:g}); a mask of another "
+                        "structure?"
+                    ),
+                )
+            )
         elif a.excess > max_ratio:
-            warned.append(LabelIssue("more_foreground_than_predicted", (a.case_id,), None, (
-                f"{a.case_id}: the label has {a.excess:.0f} times more foreground than the current model predicts "
-                f"({counts}); the model under-segments this image (its label is what adaptation needs), or the "
-                "label marks a larger structure.")))
+            warned.append(
+                LabelIssue(
+                    "more_foreground_than_predicted",
+                    (a.case_id,),
+                    None,
+                    (
+                        f"{a.case_id}: the label has {a.excess:.0f} times more foreground than the current model "
+                        "predicts "
+                        f"({counts}); the model under-segments this image (its label is what adaptation needs), or the "
+                        "label marks a larger structure."
+                    ),
+                )
+            )
         elif a.excess < 1.0 / max_ratio:
-            warned.append(LabelIssue("less_foreground_than_predicted", (a.case_id,), None, (
-                f"{a.case_id}: the label has {1.0 / a.excess:.0f} times less foreground than the current model "
-                f"predicts ({counts}); a partial label, or a model that over-segments this image.")))
+            warned.append(
+                LabelIssue(
+                    "less_foreground_than_predicted",
+                    (a.case_id,),
+                    None,
+                    (
+                        f"{a.case_id}: the label has {1.0 / a.excess:.0f} times less foreground than the current model "
+                        f"predicts ({counts}); a partial label, or a model that over-segments this image."
+                    ),
+                )
+            )
     return refused, warned
 
 
-def predict_agreements(cases: Sequence[Any], model: Any, *, ctx: Any = None, device: Any = None,
-                       progress: Optional[ProgressCallback] = None,
-                       phase: str = "load") -> List[ForegroundAgreement]:
+def predict_agreements(
+    cases: Sequence[Any],
+    model: Any,
+    *,
+    ctx: Any = None,
+    device: Any = None,
+    progress: Optional[ProgressCallback] = None,
+    phase: str = "load",
+) -> List[ForegroundAgreement]:
     """Predict every labelled volume once with ``model`` and compare (:func:`foreground_agreement`).
 
     Args:
@@ -666,19 +874,34 @@ def predict_agreements(cases: Sequence[Any], model: Any, *, ctx: Any = None, dev
         annotated = getattr(case, "annotated", None)
         if annotated is not None:  # a partial label (ASSFTActive.partial): compared on its annotated voxels only
             prediction = np.where(annotated, prediction, 0).astype(prediction.dtype)
-        agreement = foreground_agreement(case.case_id, np.asarray(case.label.array), prediction,
-                                         model.card.num_classes, case.image.spacing)
-        emit(progress, "progress", phase=phase, step=step, total=len(cases),
-             message=f"compared the label of {case.case_id} with the current model's prediction")
+        agreement = foreground_agreement(
+            case.case_id, np.asarray(case.label.array), prediction, model.card.num_classes, case.image.spacing
+        )
+        emit(
+            progress,
+            "progress",
+            phase=phase,
+            step=step,
+            total=len(cases),
+            message=f"compared the label of {case.case_id} with the current model's prediction",
+        )
         return agreement
 
     return map_shards(ctx, cases, compare)
 
 
-def require_labels_near_prediction(cases: Sequence[Any], model: Any, max_ratio: float, allow: bool,
-                                   warn: Optional[Callable[[str], None]] = None, *, ctx: Any = None,
-                                   device: Any = None, progress: Optional[ProgressCallback] = None,
-                                   limits: Optional[LabelCheckThresholds] = None) -> List[ForegroundAgreement]:
+def require_labels_near_prediction(
+    cases: Sequence[Any],
+    model: Any,
+    max_ratio: float,
+    allow: bool,
+    warn: Optional[Callable[[str], None]] = None,
+    *,
+    ctx: Any = None,
+    device: Any = None,
+    progress: Optional[ProgressCallback] = None,
+    limits: Optional[LabelCheckThresholds] = None,
+) -> List[ForegroundAgreement]:
     """Refuse labels far from the current model's prediction (:func:`find_prediction_issues`) or with classes
     swapped against it (:func:`find_swap_issues`, with ``limits``) unless ``allow``.
 
@@ -703,9 +926,14 @@ def require_labels_near_prediction(cases: Sequence[Any], model: Any, max_ratio: 
         named = {c for i in swapped for c in i.cases}
         pooled = pooled_overlap(overlaps) if len(overlaps) > 1 else None
         if pooled is not None and named != {o.case_id for o in overlaps}:
-            swapped += [replace(i, cases=tuple(o.case_id for o in overlaps), message=i.message + " (Volumes: "
-                                + ", ".join(o.case_id for o in overlaps) + ".)")
-                        for i in find_swap_issues([pooled], model.card.class_names, limits)]
+            swapped += [
+                replace(
+                    i,
+                    cases=tuple(o.case_id for o in overlaps),
+                    message=i.message + " (Volumes: " + ", ".join(o.case_id for o in overlaps) + ".)",
+                )
+                for i in find_swap_issues([pooled], model.card.class_names, limits)
+            ]
         refused += swapped + find_registration_issues(agreements, limits)
         warned += find_registration_warnings(agreements, limits)
     if refused and not allow:
@@ -743,8 +971,9 @@ class EvaluationChecks:
     allow: bool = False
 
 
-def check_evaluation_label(case_id: str, label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
-                           checks: EvaluationChecks) -> Tuple[List[LabelIssue], List[LabelIssue]]:
+def check_evaluation_label(
+    case_id: str, label: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], checks: EvaluationChecks
+) -> Tuple[List[LabelIssue], List[LabelIssue]]:
     """``(refused, warned)`` issues of one labelled volume scored against ``prediction`` (the evaluated model's
     class-index map ``[I, J, K]`` on the label's grid): an all-background label, its shape, its distance from the
     prediction and swapped classes. The set-level check (a class no label contains) is
@@ -752,10 +981,17 @@ def check_evaluation_label(case_id: str, label: np.ndarray, prediction: np.ndarr
     label = np.asarray(label)
     n = len(checks.class_names)
     if not np.any(label > 0):
-        return [LabelIssue("no_foreground", (case_id,), None, (
-            f"{case_id}: the label contains only background; a score against it says nothing."))], []
-    refused = find_shape_issues([label_shape(case_id, label, spacing, n)], checks.class_names, checks.limits,
-                                checks.partial)
+        return [
+            LabelIssue(
+                "no_foreground",
+                (case_id,),
+                None,
+                (f"{case_id}: the label contains only background; a score against it says nothing."),
+            )
+        ], []
+    refused = find_shape_issues(
+        [label_shape(case_id, label, spacing, n)], checks.class_names, checks.limits, checks.partial
+    )
     agreement = foreground_agreement(case_id, label, prediction, n, spacing)
     far, warned = find_prediction_issues([agreement], checks.max_ratio)
     refused += far + find_swap_issues([agreement.overlap], checks.class_names, checks.limits)

@@ -68,18 +68,21 @@ def _open_locked(folder: Path, path: Path, what: str) -> int:
                 raise OutputError(f"{folder}: cannot create the {what}: a file is in the way.") from None
             continue  # mkdir raced with a holder removing and another recreating the folder
         except OSError as exc:
-            raise OutputError(f"{folder}: cannot create the lock file of the {what} ({exc.strerror or exc}).") \
-                from exc
+            raise OutputError(f"{folder}: cannot create the lock file of the {what} ({exc.strerror or exc}).") from exc
         if not _try_lock(fd):
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() if hasattr(os, "pread") else "?"
             os.close(fd)
-            raise InputError(f"{folder}: the {what} is in use by another process (pid {holder or '?'}); two runs "
-                             f"must not share it. Wait for that run or choose another {what}.")
+            raise InputError(
+                f"{folder}: the {what} is in use by another process (pid {holder or '?'}); two runs "
+                f"must not share it. Wait for that run or choose another {what}."
+            )
         if _same_file(fd, path):
             return fd
         os.close(fd)  # we locked a file that its holder removed at release: not the lock any more
-    raise OutputError(f"{folder}: could not take the lock of the {what} after {_ATTEMPTS} attempts (other runs keep "
-                      "starting and stopping on it); try again.")
+    raise OutputError(
+        f"{folder}: could not take the lock of the {what} after {_ATTEMPTS} attempts (other runs keep "
+        "starting and stopping on it); try again."
+    )
 
 
 def _is_non_folder(path: Path) -> bool:

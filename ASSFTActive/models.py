@@ -40,8 +40,21 @@ from .io import PathLike
 #: the installed MONAI). Others are refused even when they are network classes: ``EfficientNetBN``,
 #: ``ResNetFeatures`` and ``MILModel`` download from the internet by default (into ``$HOME/.cache``), whatever the card
 #: says.
-ALLOWED_MONAI_NETWORKS = ("AttentionUnet", "BasicUNet", "BasicUNetPlusPlus", "DynUNet", "HighResNet", "MedNeXt",
-                          "SegResNet", "SegResNetDS", "SegResNetDS2", "SwinUNETR", "UNETR", "UNet", "VNet")
+ALLOWED_MONAI_NETWORKS = (
+    "AttentionUnet",
+    "BasicUNet",
+    "BasicUNetPlusPlus",
+    "DynUNet",
+    "HighResNet",
+    "MedNeXt",
+    "SegResNet",
+    "SegResNetDS",
+    "SegResNetDS2",
+    "SwinUNETR",
+    "UNETR",
+    "UNet",
+    "VNet",
+)
 #: A network with more parameters than this (2 GB of float32 weights) is refused before it is allocated: a card with
 #: channels in the tens of thousands is a mistake, not a model.
 MAX_PARAMETERS = 500_000_000
@@ -60,14 +73,22 @@ def _monai_network(name: str) -> Callable[..., nn.Module]:
     from monai.networks import nets
 
     builder = getattr(nets, name, None) if name.isidentifier() and not name.startswith("_") else None
-    if (builder is None or not inspect.isclass(builder) or not issubclass(builder, nn.Module)
-            or not str(getattr(builder, "__module__", "")).startswith("monai.networks")):
-        raise ModelError(f"architecture monai:{name} is not a network class (torch.nn.Module) of "
-                         "monai.networks.nets; name a network class such as monai:BasicUNet or monai:SwinUNETR.")
+    if (
+        builder is None
+        or not inspect.isclass(builder)
+        or not issubclass(builder, nn.Module)
+        or not str(getattr(builder, "__module__", "")).startswith("monai.networks")
+    ):
+        raise ModelError(
+            f"architecture monai:{name} is not a network class (torch.nn.Module) of "
+            "monai.networks.nets; name a network class such as monai:BasicUNet or monai:SwinUNETR."
+        )
     if name not in ALLOWED_MONAI_NETWORKS:
-        raise ModelError(f"architecture monai:{name} is not one of the networks ASSFT builds: its constructor is not "
-                         "checked to stay off the network (some MONAI networks download weights by default). Use one "
-                         f"of {', '.join('monai:' + n for n in ALLOWED_MONAI_NETWORKS)}.")
+        raise ModelError(
+            f"architecture monai:{name} is not one of the networks ASSFT builds: its constructor is not "
+            "checked to stay off the network (some MONAI networks download weights by default). Use one "
+            f"of {', '.join('monai:' + n for n in ALLOWED_MONAI_NETWORKS)}."
+        )
     return builder
 
 
@@ -137,20 +158,35 @@ def _build_network(card: ModelCard) -> nn.Module:
         )
     out_channels = card.arguments.get("out_channels", _default_out_channels(builder))
     if out_channels is not None and out_channels != card.num_classes:
-        raise ModelError(f"{card.path or card.name}: {arch} has out_channels = {out_channels} but class_names lists "
-                         f"{card.num_classes} classes; give one class name per output channel (background first).")
+        raise ModelError(
+            f"{card.path or card.name}: {arch} has out_channels = {out_channels} but class_names lists "
+            f"{card.num_classes} classes; give one class name per output channel (background first)."
+        )
     where = card.path or card.name
     count = _parameters_on_meta(builder, card.arguments)
     if count is not None and count > MAX_PARAMETERS:
-        raise ModelError(f"{where}: {arch} with these arguments has {count:,} parameters (more than "
-                         f"{MAX_PARAMETERS:,}); check the channel counts of the card's \"arguments\".")
+        raise ModelError(
+            f"{where}: {arch} with these arguments has {count:,} parameters (more than "
+            f'{MAX_PARAMETERS:,}); check the channel counts of the card\'s "arguments".'
+        )
     try:
         network = builder(**dict(card.arguments))
     except ImportError as exc:  # MONAI's optional imports (OptionalImportError is an ImportError)
-        raise ModelError(f"{where}: {arch} needs an optional package that is not installed ({exc}); install it or "
-                         "choose another architecture.") from exc
-    except (TypeError, ValueError, AssertionError, KeyError, IndexError, NotImplementedError, ZeroDivisionError,
-            RuntimeError, MemoryError) as exc:
+        raise ModelError(
+            f"{where}: {arch} needs an optional package that is not installed ({exc}); install it or "
+            "choose another architecture."
+        ) from exc
+    except (
+        TypeError,
+        ValueError,
+        AssertionError,
+        KeyError,
+        IndexError,
+        NotImplementedError,
+        ZeroDivisionError,
+        RuntimeError,
+        MemoryError,
+    ) as exc:
         raise ModelError(f"{where}: arguments do not fit {arch}: {type(exc).__name__}: {exc}") from exc
     names = dict(network.named_modules())
     absent = [s for s in card.encoder_stages if s not in names]
@@ -179,8 +215,10 @@ class LoadReport:
     def summary(self) -> str:
         text = f"{self.loaded} tensors loaded, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
         if self.head_initialised:
-            text += (f"; encoder-only weights: the head ({len(self.missing)} tensors) is initialised with seed "
-                     f"{HEAD_INIT_SEED}, not trained, until the first Adapt")
+            text += (
+                f"; encoder-only weights: the head ({len(self.missing)} tensors) is initialised with seed "
+                f"{HEAD_INIT_SEED}, not trained, until the first Adapt"
+            )
         return text
 
 
@@ -195,7 +233,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: weights file not found. Check the card's \"weights\" field.")
+        raise ModelError(f'{path}: weights file not found. Check the card\'s "weights" field.')
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -260,7 +298,7 @@ def _is_tensor_dict(obj: Mapping) -> bool:
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -274,7 +312,7 @@ def swinvit_ssl_to_swinunetr(state: Mapping[str, torch.Tensor]) -> Dict[str, tor
     """
     mapped: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         if name.startswith(("patch_embed.", "layers")):
             name = "swinViT." + name.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
         mapped[name] = value
@@ -309,12 +347,14 @@ def load_weights(network: nn.Module, card: ModelCard, state: Optional[Mapping[st
         )
     # an encoder-only card: the check above leaves only the head's keys missing (none under the encoder's prefixes)
     network.load_state_dict(loadable, strict=False)
-    return LoadReport(loaded=len(loadable), missing=missing, unexpected=unexpected,
-                      head_initialised=not card.has_trained_head)
+    return LoadReport(
+        loaded=len(loadable), missing=missing, unexpected=unexpected, head_initialised=not card.has_trained_head
+    )
 
 
-def _in_network_layout(card: ModelCard, state: Optional[Mapping[str, torch.Tensor]]
-                       ) -> Tuple[Dict[str, torch.Tensor], Tuple[str, ...]]:
+def _in_network_layout(
+    card: ModelCard, state: Optional[Mapping[str, torch.Tensor]]
+) -> Tuple[Dict[str, torch.Tensor], Tuple[str, ...]]:
     """The card's weights (read when ``state`` is ``None``) under the network's key names, and the key prefixes of
     its encoder."""
     if state is None and card.weights_format == "nnunet_checkpoint":  # ASSFTActive.sources.nnunet
@@ -387,8 +427,16 @@ def embedded_cards() -> List[ModelCard]:
     return [load_card(p) for p in sorted((RESOURCES / "models").glob("*/card.json"))]
 
 
-def derive_card(base: ModelCard, *, name: str, weights: str, pretrained: str,
-                provenance: Mapping[str, Any]) -> ModelCard:
+def derive_card(
+    base: ModelCard, *, name: str, weights: str, pretrained: str, provenance: Mapping[str, Any]
+) -> ModelCard:
     """A card for new weights of the same network (e.g. an adapted model in a store)."""
-    return replace(base, name=name, weights=weights, weights_format="state_dict", pretrained=pretrained,
-                   provenance=dict(provenance), path=None)
+    return replace(
+        base,
+        name=name,
+        weights=weights,
+        weights_format="state_dict",
+        pretrained=pretrained,
+        provenance=dict(provenance),
+        path=None,
+    )

@@ -29,8 +29,17 @@ import numpy as np
 from .errors import InputError
 from .io import GEOMETRY_TOLERANCE_MM, Volume, check_same_geometry, read_label, read_volume, write_volume
 
-__all__ = ["NOT_ANNOTATED", "PartialLabel", "annotated_slices_mask", "encode_partial", "has_annotation", "is_partial",
-           "read_partial_label", "split_partial", "write_partial_label"]
+__all__ = [
+    "NOT_ANNOTATED",
+    "PartialLabel",
+    "annotated_slices_mask",
+    "encode_partial",
+    "has_annotation",
+    "is_partial",
+    "read_partial_label",
+    "split_partial",
+    "write_partial_label",
+]
 
 #: The label value of a voxel that was not annotated (the one convention; see the module docstring).
 NOT_ANNOTATED = 255
@@ -84,8 +93,10 @@ def split_partial(array: np.ndarray, num_classes: int, where: str = "label") -> 
             :data:`NOT_ANNOTATED`; a model with 255 or more classes (the reserved value would be a class).
     """
     if num_classes >= NOT_ANNOTATED:
-        raise InputError(f"{where}: the model has {num_classes} classes, so the value {NOT_ANNOTATED} is a class and "
-                         "cannot mark unannotated voxels; give full labels for this model.")
+        raise InputError(
+            f"{where}: the model has {num_classes} classes, so the value {NOT_ANNOTATED} is a class and "
+            "cannot mark unannotated voxels; give full labels for this model."
+        )
     values = np.asarray(array)
     if np.issubdtype(values.dtype, np.floating):
         rounded = np.rint(values)
@@ -96,15 +107,18 @@ def split_partial(array: np.ndarray, num_classes: int, where: str = "label") -> 
     present = np.unique(values[annotated]) if annotated.any() else np.zeros(0)
     unknown = [int(v) for v in present if v < 0 or v >= num_classes]
     if unknown:
-        raise InputError(f"{where}: label values {unknown} are neither classes of the model (0..{num_classes - 1}) "
-                         f"nor {NOT_ANNOTATED} (not annotated). Relabel the file or choose a model card with these "
-                         "classes.")
+        raise InputError(
+            f"{where}: label values {unknown} are neither classes of the model (0..{num_classes - 1}) "
+            f"nor {NOT_ANNOTATED} (not annotated). Relabel the file or choose a model card with these "
+            "classes."
+        )
     labels = np.where(annotated, values, 0).astype(np.uint8)
     return labels, annotated
 
 
-def read_partial_label(path: PathLike, image: Volume, num_classes: int,
-                       tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> PartialLabel:
+def read_partial_label(
+    path: PathLike, image: Volume, num_classes: int, tolerance_mm: float = GEOMETRY_TOLERANCE_MM
+) -> PartialLabel:
     """Read a label file with the partial-label convention, on the grid of ``image`` (a model with 255 classes or
     more reads every label as a full one, :func:`~ASSFTActive.io.read_label`).
 

@@ -43,8 +43,15 @@ class Event:
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; a metric that is not a finite number (a Dice that was not scored) becomes ``null``."""
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.metrics.items()}
-        return {"event": self.event, "phase": self.phase, "step": self.step, "total": self.total,
-                "message": self.message, "metrics": metrics, "time": self.time}
+        return {
+            "event": self.event,
+            "phase": self.phase,
+            "step": self.step,
+            "total": self.total,
+            "message": self.message,
+            "metrics": metrics,
+            "time": self.time,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
@@ -52,9 +59,15 @@ class Event:
     @classmethod
     def from_json(cls, line: str) -> Event:
         data = json.loads(line)
-        return cls(event=data["event"], phase=data.get("phase", ""), step=int(data.get("step", 0)),
-                   total=int(data.get("total", 0)), message=data.get("message", ""),
-                   metrics=dict(data.get("metrics") or {}), time=float(data.get("time", 0.0)))
+        return cls(
+            event=data["event"],
+            phase=data.get("phase", ""),
+            step=int(data.get("step", 0)),
+            total=int(data.get("total", 0)),
+            message=data.get("message", ""),
+            metrics=dict(data.get("metrics") or {}),
+            time=float(data.get("time", 0.0)),
+        )
 
 
 ProgressCallback = Callable[[Event], None]
@@ -79,8 +92,15 @@ def emit(progress: Optional[ProgressCallback], event: str, **kwargs: Any) -> Non
 #: faster machine scales all of them alike (the phases not yet run are scaled by how much faster the timed ones
 #: ran than their priors).
 PHASE_COST_S: Mapping[str, float] = {
-    "start": 9.0, "load": 1.07, "evaluate": 0.2, "train": 1.2, "sfr_pseudo_labels": 0.4, "sfr_finetune": 0.5,
-    "predict": 0.25, "rank": 0.25, "commit": 1.0,
+    "start": 9.0,
+    "load": 1.07,
+    "evaluate": 0.2,
+    "train": 1.2,
+    "sfr_pseudo_labels": 0.4,
+    "sfr_finetune": 0.5,
+    "predict": 0.25,
+    "rank": 0.25,
+    "commit": 1.0,
 }
 #: Phases that run inside another one's step count (an adapt job's cross-validation scoring and the
 #: pseudo-labelling rounds run between training steps, whose ``total`` already spans every fold and stage): they
@@ -96,10 +116,25 @@ MEASURE_FROM_UNITS = 3
 #: :func:`job_units`). Phases of :data:`INNER_PHASES` are not listed: they run inside ``train``.
 JOB_PHASES: Mapping[str, Tuple[Tuple[str, Optional[int]], ...]] = {
     "rank": (("start", 1), ("rank", None)),
-    "adapt": (("start", 1), ("load", None), ("evaluate", 1), ("train", 100), ("predict", None), ("commit", 1),
-              ("rank", None)),
-    "sfr": (("start", 1), ("load", None), ("sfr_finetune", 6000), ("sfr_pseudo_labels", None), ("train", 6000),
-            ("predict", None), ("commit", 1), ("rank", None)),
+    "adapt": (
+        ("start", 1),
+        ("load", None),
+        ("evaluate", 1),
+        ("train", 100),
+        ("predict", None),
+        ("commit", 1),
+        ("rank", None),
+    ),
+    "sfr": (
+        ("start", 1),
+        ("load", None),
+        ("sfr_finetune", 6000),
+        ("sfr_pseudo_labels", None),
+        ("train", 6000),
+        ("predict", None),
+        ("commit", 1),
+        ("rank", None),
+    ),
     "evaluate": (("evaluate", None),),
 }
 #: Phases of a job kind that run again and again in turn (SFR: SAM fine-tuning, SAM's pseudo-labels and the 3D
@@ -109,8 +144,9 @@ JOB_PHASES: Mapping[str, Tuple[Tuple[str, Optional[int]], ...]] = {
 JOB_LOOPS: Mapping[str, frozenset] = {"sfr": frozenset({"sfr_finetune", "sfr_pseudo_labels", "train"})}
 
 
-def sfr_units(volumes: int, labelled: int, sam_iterations: int, retrain_iterations: int, folds: int,
-              plus: bool = False) -> Dict[str, float]:
+def sfr_units(
+    volumes: int, labelled: int, sam_iterations: int, retrain_iterations: int, folds: int, plus: bool = False
+) -> Dict[str, float]:
     """The units of a whole ``sfr`` job per phase: every pass (``folds`` cross-validation folds, then the final run)
     fine-tunes SAM (twice for SFR+), pseudo-labels the unlabelled volumes with it (twice for SFR+) and re-trains the
     3D model.
@@ -126,9 +162,14 @@ def sfr_units(volumes: int, labelled: int, sam_iterations: int, retrain_iteratio
     passes = max(int(folds), 0) + 1
     sam_runs = passes * (2 if plus else 1)
     pool = max(int(volumes) - int(labelled), 1)
-    return {"load": float(max(int(labelled), 1) * 2), "sfr_finetune": float(sam_runs * int(sam_iterations)),
-            "sfr_pseudo_labels": float(sam_runs * pool), "train": float(passes * int(retrain_iterations)),
-            "predict": float(max(int(volumes), 1)), "rank": float(max(int(volumes), 1))}
+    return {
+        "load": float(max(int(labelled), 1) * 2),
+        "sfr_finetune": float(sam_runs * int(sam_iterations)),
+        "sfr_pseudo_labels": float(sam_runs * pool),
+        "train": float(passes * int(retrain_iterations)),
+        "predict": float(max(int(volumes), 1)),
+        "rank": float(max(int(volumes), 1)),
+    }
 
 
 def job_units(job) -> Dict[str, float]:
@@ -151,8 +192,14 @@ def sfr_config_units(config, volumes: int, labelled: int) -> Dict[str, float]:
     per labelled volume, none without the guard or with fewer than two labelled volumes)."""
     validation = config.validation
     folds = min(validation.folds, labelled) if validation.guard and labelled >= 2 else 0
-    return sfr_units(volumes, labelled, config.sam.iterations, config.retrain.iterations, folds,
-                     plus=getattr(config.method, "value", config.method) == "sfr_plus")
+    return sfr_units(
+        volumes,
+        labelled,
+        config.sam.iterations,
+        config.retrain.iterations,
+        folds,
+        plus=getattr(config.method, "value", config.method) == "sfr_plus",
+    )
 
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
@@ -249,8 +296,13 @@ class JobProgress:
     #: Without a timed phase, the time left is estimated from this fraction on (earlier it is mostly start-up).
     ESTIMATE_FROM = 0.03
 
-    def __init__(self, kind: str = "", volumes: int = 1, clock: Callable[[], float] = time.monotonic,
-                 units: Optional[Mapping[str, float]] = None):
+    def __init__(
+        self,
+        kind: str = "",
+        volumes: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        units: Optional[Mapping[str, float]] = None,
+    ):
         self.kind = kind
         self.clock = clock
         self._start = clock()
@@ -295,8 +347,14 @@ class JobProgress:
     def _costs(self) -> Dict[str, float]:
         """Seconds per unit of every phase: measured where timed, else the prior scaled by :meth:`_speed`."""
         speed = self._speed()
-        return {p: (self._seconds[p] / self._timedUnits[p] if self._timedUnits[p] >= MEASURE_FROM_UNITS
-                    else self._prior(p) * speed) for p in self._order}
+        return {
+            p: (
+                self._seconds[p] / self._timedUnits[p]
+                if self._timedUnits[p] >= MEASURE_FROM_UNITS
+                else self._prior(p) * speed
+            )
+            for p in self._order
+        }
 
     def _startsOver(self, phase: str, index: int, step: int) -> bool:
         lastStep = self._last.get(phase, (0, 0))[0]
@@ -308,8 +366,13 @@ class JobProgress:
             return self._state
         now = self.clock()
         phase = event.phase
-        if (phase and phase not in self._units and phase not in INNER_PHASES and self._adaptive
-                and event.event in ("progress", "phase")):
+        if (
+            phase
+            and phase not in self._units
+            and phase not in INNER_PHASES
+            and self._adaptive
+            and event.event in ("progress", "phase")
+        ):
             self._add(phase, float(event.total or 1))
         timed = phase if phase in self._units else (self._order[self._reached] if self._reached >= 0 else "")
         doneBefore = self._done.get(timed, 0.0)
@@ -346,9 +409,16 @@ class JobProgress:
         if measured or (self._fraction >= self.ESTIMATE_FROM and elapsed > 0):
             remaining = left if measured else elapsed * (1.0 - self._fraction) / self._fraction
         self._state = ProgressState(
-            kind=self.kind, status=RUNNING, fraction=self._fraction, phase=phase or self._state.phase,
-            step=event.step if event.total else 0, total=event.total, message=event.message or self._state.message,
-            elapsed_s=elapsed, remaining_s=remaining)
+            kind=self.kind,
+            status=RUNNING,
+            fraction=self._fraction,
+            phase=phase or self._state.phase,
+            step=event.step if event.total else 0,
+            total=event.total,
+            message=event.message or self._state.message,
+            elapsed_s=elapsed,
+            remaining_s=remaining,
+        )
         return self._state
 
     def finish(self, status: str, message: str = "") -> ProgressState:
@@ -359,7 +429,12 @@ class JobProgress:
         if self._state.ended:
             return self._state
         self._state = ProgressState(
-            kind=self.kind, status=status, fraction=1.0 if status == DONE else self._fraction,
-            phase=self._state.phase, message=message or (self._state.message if status == DONE else ""),
-            elapsed_s=self.clock() - self._start, remaining_s=None)
+            kind=self.kind,
+            status=status,
+            fraction=1.0 if status == DONE else self._fraction,
+            phase=self._state.phase,
+            message=message or (self._state.message if status == DONE else ""),
+            elapsed_s=self.clock() - self._start,
+            remaining_s=None,
+        )
         return self._state

@@ -41,8 +41,9 @@ def check_enum(enum_type: Type[_E], value: Any, owner: str, name: str) -> _E:
         raise ValueError(f"{owner}.{name}={value!r} is not valid; use one of {allowed}.") from None
 
 
-def check_number(value: Any, owner: str, name: str, low: float, high: float = math.inf,
-                 low_open: bool = False) -> float:
+def check_number(
+    value: Any, owner: str, name: str, low: float, high: float = math.inf, low_open: bool = False
+) -> float:
     """A finite number in ``[low, high]`` (``(low, high]`` with ``low_open``), as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}.")
@@ -73,9 +74,15 @@ def check_flag(value: Any, owner: str, name: str) -> bool:
 Range = Tuple[float, float, bool]
 
 
-def check_fields(record: Any, *, enums: Optional[Mapping[str, Type[Enum]]] = None,
-                 numbers: Optional[Mapping[str, Range]] = None, wholes: Optional[Mapping[str, int]] = None,
-                 flags: Collection[str] = (), optional: Collection[str] = ()) -> None:
+def check_fields(
+    record: Any,
+    *,
+    enums: Optional[Mapping[str, Type[Enum]]] = None,
+    numbers: Optional[Mapping[str, Range]] = None,
+    wholes: Optional[Mapping[str, int]] = None,
+    flags: Collection[str] = (),
+    optional: Collection[str] = (),
+) -> None:
     """Check the named fields of a frozen settings dataclass in its ``__post_init__``; enums given as strings are
     stored as their member and numbers as floats.
 

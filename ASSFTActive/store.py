@@ -111,8 +111,15 @@ class ModelVersion:
         return self.path / CARD_FILE
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "version": self.version, "path": str(self.path), "card": str(self.card_path),
-                "created": self.created, "metrics": dict(self.metrics), "active": self.active}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "card": str(self.card_path),
+            "created": self.created,
+            "metrics": dict(self.metrics),
+            "active": self.active,
+        }
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -196,8 +203,13 @@ class PendingVersion:
             if not item.is_file() or item.name.startswith("."):
                 raise StoreError(f"{item}: unexpected entry in a model version; only plain files are stored.")
             files[item.name] = {"bytes": item.stat().st_size, "sha256": _sha256(item)}
-        manifest = {"name": self.name, "created": time.time(), "package_version": __version__, "files": files,
-                    "metrics": dict(metrics or {})}
+        manifest = {
+            "name": self.name,
+            "created": time.time(),
+            "package_version": __version__,
+            "files": files,
+            "metrics": dict(metrics or {}),
+        }
         atomic_write_text(self.path / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         try:
             verify_version(self.path, load=load)
@@ -216,8 +228,14 @@ class PendingVersion:
                     self.abort()
                     raise
                 number += 1  # another writer took this number first
-        self.version = ModelVersion(name=self.name, version=final.name, path=final, created=manifest["created"],
-                                    metrics=manifest["metrics"], active=False)
+        self.version = ModelVersion(
+            name=self.name,
+            version=final.name,
+            path=final,
+            created=manifest["created"],
+            metrics=manifest["metrics"],
+            active=False,
+        )
         return self.version
 
 
@@ -237,8 +255,9 @@ class ModelStore:
         """Models with at least one complete version, sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and _NAME.match(p.name) and self.versions(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
+        )
 
     def active_version(self, name: str) -> Optional[str]:
         """The ``v<k>`` that ``active.json`` names, or ``None``."""
@@ -260,9 +279,16 @@ class ModelStore:
             manifest = _read_json(item / MANIFEST_FILE)
             if manifest is None:
                 continue
-            found.append(ModelVersion(name=name, version=item.name, path=item,
-                                      created=float(manifest.get("created", 0.0)),
-                                      metrics=dict(manifest.get("metrics") or {}), active=item.name == active))
+            found.append(
+                ModelVersion(
+                    name=name,
+                    version=item.name,
+                    path=item,
+                    created=float(manifest.get("created", 0.0)),
+                    metrics=dict(manifest.get("metrics") or {}),
+                    active=item.name == active,
+                )
+            )
         return sorted(found, key=lambda v: v.number)
 
     def version(self, name: str, version: str) -> ModelVersion:
@@ -328,8 +354,18 @@ class ModelStore:
         self.remove_stale(name)
         return PendingVersion(self, check_name(name))
 
-    def add_version(self, name: str, card: Any, network: Any, *, pretrained: PathLike, config: Mapping[str, Any],
-                    provenance: Mapping[str, Any], metrics: Mapping[str, Any], activate: bool) -> ModelVersion:
+    def add_version(
+        self,
+        name: str,
+        card: Any,
+        network: Any,
+        *,
+        pretrained: PathLike,
+        config: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        activate: bool,
+    ) -> ModelVersion:
         """Write ``network`` as the next version of ``name``; make it the active one when ``activate``.
 
         The version holds the weights (``weights.safetensors``), a card derived from ``card`` (same network, this
@@ -352,8 +388,9 @@ class ModelStore:
 
         with self.begin(name) as pending:
             save_weights(network, pending.path / WEIGHTS_FILE)
-            new_card = derive_card(card, name=name, weights=WEIGHTS_FILE, pretrained=str(pretrained),
-                                   provenance=dict(provenance))
+            new_card = derive_card(
+                card, name=name, weights=WEIGHTS_FILE, pretrained=str(pretrained), provenance=dict(provenance)
+            )
             save_card(new_card, pending.path / CARD_FILE)
             pending.write_json(CONFIG_FILE, dict(config))
             pending.write_json(PROVENANCE_FILE, dict(provenance))
@@ -374,8 +411,14 @@ class ModelStore:
             atomic_write_text(self.root / name / ACTIVE_FILE, json.dumps(record, indent=2) + "\n")
         except (OSError, OutputError) as exc:
             raise StoreError(f"{self.root / name / ACTIVE_FILE}: cannot switch the active version ({exc}).") from exc
-        return ModelVersion(name=item.name, version=item.version, path=item.path, created=item.created,
-                            metrics=item.metrics, active=True)
+        return ModelVersion(
+            name=item.name,
+            version=item.version,
+            path=item.path,
+            created=item.created,
+            metrics=item.metrics,
+            active=True,
+        )
 
     def remove_stale(self, name: str) -> List[Path]:
         """Delete pending folders left by processes that no longer run (e.g. after ``kill -9``)."""
@@ -386,7 +429,7 @@ class ModelStore:
         for item in folder.iterdir():
             if not item.name.startswith(PENDING_PREFIX):
                 continue
-            pid_text = item.name[len(PENDING_PREFIX):].split("-", 1)[0]
+            pid_text = item.name[len(PENDING_PREFIX) :].split("-", 1)[0]
             if pid_text.isdigit() and (int(pid_text) == os.getpid() or is_running(int(pid_text))):
                 continue  # still being written (a reused process id only delays the clean-up)
             shutil.rmtree(item, ignore_errors=True)

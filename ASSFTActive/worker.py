@@ -129,7 +129,7 @@ class _Channel:
 
     def _log(self, event: Event) -> None:
         if event.event == "progress":
-            last = self._last_logged_step.get(event.phase, -10**9)
+            last = self._last_logged_step.get(event.phase, -(10**9))
             if event.step != event.total and event.step - last < 25:
                 return
             self._last_logged_step[event.phase] = event.step
@@ -151,8 +151,10 @@ def _open_append(path: Path) -> TextIO:
     try:
         fd = os.open(str(path), flags, 0o666)
     except OSError as exc:
-        raise JobError(f"{path}: cannot be opened for writing ({exc.strerror or exc}); it must be a plain file "
-                       "inside the job folder.") from exc
+        raise JobError(
+            f"{path}: cannot be opened for writing ({exc.strerror or exc}); it must be a plain file "
+            "inside the job folder."
+        ) from exc
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
@@ -174,8 +176,10 @@ def _refuse_links(job_dir: Path) -> None:
     links = find_links(job_dir)
     if links:
         shown = ", ".join(str(p.relative_to(job_dir)) for p in links[:5]) + (" ..." if len(links) > 5 else "")
-        raise JobError(f"{job_dir}: the job folder contains symbolic links ({shown}); the worker writes only plain "
-                       "files inside its job folder and refuses to follow links. Remove them and run the job again.")
+        raise JobError(
+            f"{job_dir}: the job folder contains symbolic links ({shown}); the worker writes only plain "
+            "files inside its job folder and refuses to follow links. Remove them and run the job again."
+        )
 
 
 def _resolve_in_job(job_dir: Path, value: str) -> str:
@@ -195,8 +199,10 @@ def _check_case_ids(spec: JobSpec) -> None:
     wrong = [(k, v) for k, v in spec.images.items() if case_id(v) != k]
     if wrong:
         key, path = wrong[0]
-        raise JobError(f"job.json: image {path} is listed as case {key!r} but its file name gives case "
-                       f"{case_id(path)!r}; key images by their file name (without suffix).")
+        raise JobError(
+            f"job.json: image {path} is listed as case {key!r} but its file name gives case "
+            f"{case_id(path)!r}; key images by their file name (without suffix)."
+        )
 
 
 def _predictions(result) -> Dict[str, str]:
@@ -212,14 +218,27 @@ def _run_rank(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[
     _check_case_ids(spec)
     card = load_card(resolve_card_path(_resolve_in_job(job_dir, spec.model or "default")))
     query = spec.query_config()
-    result = rank_pool(_images(spec), card, spec.budget, job_dir, labeled_ids=sorted(spec.labels), query=query,
-                       ctx=ctx, progress=channel, units=spec.unit_config())
+    result = rank_pool(
+        _images(spec),
+        card,
+        spec.budget,
+        job_dir,
+        labeled_ids=sorted(spec.labels),
+        query=query,
+        ctx=ctx,
+        progress=channel,
+        units=spec.unit_config(),
+    )
     if not ctx.is_main:
         return None
-    return JobResult(status=RESULT_DONE, kind="rank", model_card=str(card.path), ranking=str(job_dir / RANKING_FILE),
-                     predictions=_predictions(result),
-                     metrics={"volumes": len(result.volumes), "budget": spec.budget,
-                              "selected": list(result.ranking.selected_ids)})
+    return JobResult(
+        status=RESULT_DONE,
+        kind="rank",
+        model_card=str(card.path),
+        ranking=str(job_dir / RANKING_FILE),
+        predictions=_predictions(result),
+        metrics={"volumes": len(result.volumes), "budget": spec.budget, "selected": list(result.ranking.selected_ids)},
+    )
 
 
 class _Rerank:
@@ -245,11 +264,25 @@ class _Rerank:
         _check_case_ids(spec)
         pretrained = load_model(model.card.pretrained_card(), rank_ctx.device)
         predictor = Predictor(model, pretrained, device=rank_ctx.device)
-        card = derive_card(model.card, name=spec.name or default_name(model.card), weights="weights.safetensors",
-                           pretrained=str(model.card.pretrained_card().path), provenance={})
-        result = rank_pool(_images(spec), card, spec.budget, self.job_dir, labeled_ids=sorted(spec.labels),
-                           query=spec.query_config(), ctx=rank_ctx, progress=self.channel, predictor=predictor,
-                           units=spec.unit_config())
+        card = derive_card(
+            model.card,
+            name=spec.name or default_name(model.card),
+            weights="weights.safetensors",
+            pretrained=str(model.card.pretrained_card().path),
+            provenance={},
+        )
+        result = rank_pool(
+            _images(spec),
+            card,
+            spec.budget,
+            self.job_dir,
+            labeled_ids=sorted(spec.labels),
+            query=spec.query_config(),
+            ctx=rank_ctx,
+            progress=self.channel,
+            predictor=predictor,
+            units=spec.unit_config(),
+        )
         if rank_ctx.is_main:
             self.ranking = str(self.job_dir / RANKING_FILE)
             self.predictions = _predictions(result)
@@ -260,19 +293,30 @@ def _adaptation_result(kind: str, outcome, rerank: _Rerank) -> JobResult:
     """The :class:`JobResult` of an adaptation (an ``AdaptResult``, or an ``SfrResult`` with its ``method``)."""
     summary = outcome.to_dict()
     # activated, activation and pseudo_labeled are top-level keys of the result, written once (not in metrics)
-    metrics = dict(summary["metrics"], version=outcome.version, labeled=summary["labeled"],
-                   skipped=summary["skipped"], pseudo=summary["pseudo"], seconds=summary["seconds"],
-                   resumed_from=summary["resumed_from"])
+    metrics = dict(
+        summary["metrics"],
+        version=outcome.version,
+        labeled=summary["labeled"],
+        skipped=summary["skipped"],
+        pseudo=summary["pseudo"],
+        seconds=summary["seconds"],
+        resumed_from=summary["resumed_from"],
+    )
     if "method" in summary:
         metrics["method"] = summary["method"]
     if rerank.selected is not None:
         metrics["selected"] = rerank.selected
-    return JobResult(status=RESULT_DONE, kind=kind, model_card=str(outcome.card_path),
-                     ranking=rerank.ranking, activated=bool(outcome.activated),
-                     activation=summary["activation"],
-                     pseudo_labeled=tuple(d["case_id"] for d in summary["pseudo"] if d["kept"]),
-                     predictions=rerank.predictions if rerank.predictions is not None else summary["predictions"],
-                     metrics=metrics)
+    return JobResult(
+        status=RESULT_DONE,
+        kind=kind,
+        model_card=str(outcome.card_path),
+        ranking=rerank.ranking,
+        activated=bool(outcome.activated),
+        activation=summary["activation"],
+        pseudo_labeled=tuple(d["case_id"] for d in summary["pseudo"] if d["kept"]),
+        predictions=rerank.predictions if rerank.predictions is not None else summary["predictions"],
+        metrics=metrics,
+    )
 
 
 def _method(spec: JobSpec, job_dir: Path):
@@ -293,9 +337,17 @@ def _run_adaptation(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Opt
 
     method = _method(spec, job_dir)
     rerank = _Rerank(spec, job_dir, channel)
-    request = AdaptRequest(spec.images, spec.labels, _resolve_in_job(job_dir, spec.store),
-                           model=_resolve_in_job(job_dir, spec.model or "default"), name=spec.name or None,
-                           progress=channel, work_dir=job_dir / CHECKPOINT_DIR, ctx=ctx, before_commit=rerank)
+    request = AdaptRequest(
+        spec.images,
+        spec.labels,
+        _resolve_in_job(job_dir, spec.store),
+        model=_resolve_in_job(job_dir, spec.model or "default"),
+        name=spec.name or None,
+        progress=channel,
+        work_dir=job_dir / CHECKPOINT_DIR,
+        ctx=ctx,
+        before_commit=rerank,
+    )
     outcome = run_adaptation(request, method)
     if not ctx.is_main:
         return None
@@ -349,19 +401,28 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
 
             ctx = init_from_env(resolve_device(device))
             if ctx.distributed:
-                channel.emit("phase", phase="start", message=(
-                    f"{ctx.world_size} ranks, backend {ctx.backend}, device {ctx.device.type}"))
+                channel.emit(
+                    "phase",
+                    phase="start",
+                    message=(f"{ctx.world_size} ranks, backend {ctx.backend}, device {ctx.device.type}"),
+                )
             with confined_to(job_dir):  # no write inside the job folder follows a link, even one planted now
                 result = _RUNNERS[spec.kind](spec, job_dir, ctx, channel)
             cancel.interruptible = False
             if result is not None:
                 write_result(job_dir, result)
-            message = ("done" if result is None else f"new model {result.model_card}" if spec.kind in ADAPT_KINDS
-                       else f"ranking {result.ranking}")
+            message = (
+                "done"
+                if result is None
+                else f"new model {result.model_card}"
+                if spec.kind in ADAPT_KINDS
+                else f"ranking {result.ranking}"
+            )
             if cancel.requested:
                 channel.note(f"{cancel.signal_name} arrived after the new version was committed; finished normally")
-            channel.emit("done", phase="done", message=message,
-                         metrics=_numbers(result.metrics if result is not None else {}))
+            channel.emit(
+                "done", phase="done", message=message, metrics=_numbers(result.metrics if result is not None else {})
+            )
             code = EXIT_DONE
         except Exception as exc:  # every failure, expected or not, ends with a result and an error event
             cancel.interruptible = False
@@ -421,8 +482,9 @@ def _numbers(metrics: Mapping[str, Any]) -> Dict[str, float]:
 def main(argv: Optional[List[str]] = None) -> int:
     from .cli.common import add_device_argument
 
-    parser = argparse.ArgumentParser(prog="python -m ASSFTActive.worker",
-                                     description="Run one ASSFT background job (rank, adapt or sfr) in JOB_DIR.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ASSFTActive.worker", description="Run one ASSFT background job (rank, adapt or sfr) in JOB_DIR."
+    )
     parser.add_argument("job_dir", type=Path, help="folder holding job.json; outputs are written there")
     add_device_argument(parser)
     args = parser.parse_args(argv)

@@ -227,8 +227,9 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume = self._parameterNode.currentVolume
             issues = self.sceneLogic.labelIssues(volume, card) if volume is not None else ()
             if issues:  # flagged as the labels come back from the Segment Editor, not 13 s into Adapt Model
-                self.setStatus(_("Check the labels of {volume}: {issues}").format(volume=volume.GetName(),
-                                                                               issues=" ".join(issues)))
+                self.setStatus(
+                    _("Check the labels of {volume}: {issues}").format(volume=volume.GetName(), issues=" ".join(issues))
+                )
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -348,9 +349,12 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None:
             self.showRankingTable(self._parameterNode.rankingTable)
         if outcome.labelsRefused and slicer.util.confirmYesNoDisplay(
-                _("Adapt Model refused the labels:\n\n{reason}\n\nTrain anyway? The model may learn to miss a "
-                  "class or to predict nothing; the previous model stays available.").format(reason=outcome.message),
-                windowTitle=_("Train anyway?")):
+            _(
+                "Adapt Model refused the labels:\n\n{reason}\n\nTrain anyway? The model may learn to miss a "
+                "class or to predict nothing; the previous model stays available."
+            ).format(reason=outcome.message),
+            windowTitle=_("Train anyway?"),
+        ):
             self.startJob("adapt", trainAnyway=True)
 
     # ------------------------------------------------------------------ buttons
@@ -382,9 +386,12 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def showRankingRow(self, row: int) -> None:
         """Show a ranked volume (the user clicked its row): the only place that changes the slice views."""
         with slicer.util.tryWithErrorDisplay(_("Failed to show the volume."), waitCursor=True):
-            view = self.sceneLogic.showCase(self._parameterNode.rankingTable, row,
-                                            self._parameterNode.overlayThreshold,
-                                            self._parameterNode.overlayOpacity)
+            view = self.sceneLogic.showCase(
+                self._parameterNode.rankingTable,
+                row,
+                self._parameterNode.overlayThreshold,
+                self._parameterNode.overlayOpacity,
+            )
             with slicer.util.NodeModify(self._parameterNode):
                 self._parameterNode.currentVolume = view.volumeNode
                 self._parameterNode.currentRegions = view.regionsNode
@@ -407,7 +414,8 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.expertLabelCheckBox.checked = any(segmentation.isExpertLabel(node) for node in candidates)
         if candidates:
             self.ui.expertLabelCheckBox.text = _("Use '{name}' as this volume's expert labels").format(
-                name=candidates[0].GetName())
+                name=candidates[0].GetName()
+            )
         self.ui.expertLabelCheckBox.blockSignals(wasBlocked)
 
     def onExpertLabelToggled(self, checked: bool) -> None:
@@ -431,8 +439,9 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Apply the parameter node's overlay opacity and threshold (the sliders are bound to it)."""
         if self._parameterNode is None or self._parameterNode.currentVolume is None:
             return
-        self.sceneLogic.updateOverlay(self._parameterNode.currentVolume, self._parameterNode.overlayThreshold,
-                                      self._parameterNode.overlayOpacity)
+        self.sceneLogic.updateOverlay(
+            self._parameterNode.currentVolume, self._parameterNode.overlayThreshold, self._parameterNode.overlayOpacity
+        )
 
     def onShowPlotButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the plot."), waitCursor=True):
@@ -544,8 +553,9 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
         i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
         angle = np.deg2rad(25)
         affine = np.eye(4)
-        affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
-                                   [0, 0, 1]]) @ np.diag([0.8, 1.1, 2.0])
+        affine[:3, :3] = np.array(
+            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+        ) @ np.diag([0.8, 1.1, 2.0])
         affine[:3, 3] = (5.0, -10.0, 20.0)
         image = (i * 100 + j * 10 + k).astype(np.int16)
         labels = np.zeros(shape, np.uint8)
@@ -621,15 +631,43 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
                 entropyPath = write_volume(Volume(entropy, affine), spec.jobDir / f"{caseId}_entropy.nrrd")
                 regionsPath = spec.jobDir / f"{caseId}_regions.json"
                 center = (affine @ [11.5, 7.5, 5.5, 1.0])[:3].tolist()
-                regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
-                    {"center_ras": center, "bbox_ijk_min": [10, 6, 4], "bbox_ijk_max": [13, 9, 7],
-                     "volume_mm3": 112.6, "mean_entropy": 0.8, "voxel_count": 64}]}))
-                cases.append(RankingEntry(case_id=caseId, image=spec.job.images[caseId], dkd=1.0 / rank,
-                                          asd=0.5 * rank, score=1.0 / rank, rank=rank, selected=rank == 1,
-                                          labeled=False, entropy_map=str(entropyPath), regions=str(regionsPath)))
+                regionsPath.write_text(
+                    json.dumps(
+                        {
+                            "case_id": caseId,
+                            "threshold": 0.5,
+                            "regions": [
+                                {
+                                    "center_ras": center,
+                                    "bbox_ijk_min": [10, 6, 4],
+                                    "bbox_ijk_max": [13, 9, 7],
+                                    "volume_mm3": 112.6,
+                                    "mean_entropy": 0.8,
+                                    "voxel_count": 64,
+                                }
+                            ],
+                        }
+                    )
+                )
+                cases.append(
+                    RankingEntry(
+                        case_id=caseId,
+                        image=spec.job.images[caseId],
+                        dkd=1.0 / rank,
+                        asd=0.5 * rank,
+                        score=1.0 / rank,
+                        rank=rank,
+                        selected=rank == 1,
+                        labeled=False,
+                        entropy_map=str(entropyPath),
+                        regions=str(regionsPath),
+                    )
+                )
             # the engine's own records and writers: the files are exactly what the worker writes
-            rankingPath = write_ranking_file(spec.jobDir / RANKING_FILE, RankingFile(
-                strategy="assft", budget=1, model=str(cardPath), cases=tuple(cases)))
+            rankingPath = write_ranking_file(
+                spec.jobDir / RANKING_FILE,
+                RankingFile(strategy="assft", budget=1, model=str(cardPath), cases=tuple(cases)),
+            )
             write_result(spec.jobDir, JobResult(status="done", kind="rank", ranking=str(rankingPath)))
             loaded = logic.loadJobResult(spec.jobDir, str(cardPath))
             self.assertEqual(loaded.tableNode.GetNumberOfRows(), 2)
@@ -662,10 +700,10 @@ class ASSFTModuleTest(ScriptedLoadableModuleTest):
         with tempfile.TemporaryDirectory() as folder:
             spec = logic.prepareJob("rank", pathlib.Path(folder), DEFAULT_MODEL, budget=1)
             ended = []
-            runner = SubprocessJobRunner(lambda event: logging.info(formatEvent(event)),
-                                         lambda *args: ended.append(args))
-            runner.start(jobProcess.workerCommand(spec.jobDir), ASSFTModuleLogic.workerEnvironment(),
-                         str(spec.jobDir))
+            runner = SubprocessJobRunner(
+                lambda event: logging.info(formatEvent(event)), lambda *args: ended.append(args)
+            )
+            runner.start(jobProcess.workerCommand(spec.jobDir), ASSFTModuleLogic.workerEnvironment(), str(spec.jobDir))
             deadline = qt.QElapsedTimer()
             deadline.start()
             while not runner.wait(0.05):

@@ -15,25 +15,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the ASSFT annotator (rank, look, paint, adapt) as a web page on trame-slicer.",
     )
     parser.add_argument("--data", required=True, type=Path, help="folder of the unlabeled volumes (NIfTI/NRRD/MHA)")
-    parser.add_argument("--labels", type=Path,
-                        help="folder of label files <case>.nii.gz, read at start and written by Save labels "
-                             "(default: <data>/labels)")
-    parser.add_argument("--model", default="default",
-                        help="'default' (the embedded model), a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        help="folder of label files <case>.nii.gz, read at start and written by Save labels (default: <data>/labels)",
+    )
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded model), a card JSON, or a store folder <store>/<name>[/v<k>]",
+    )
     parser.add_argument("--store", type=Path, help="model store for adapted models (default: <work>/models)")
     parser.add_argument("--work", type=Path, help="folder of job folders (default: <data>/.assft)")
     parser.add_argument("--budget", type=int, default=2, help="volumes proposed for annotation (default 2)")
-    parser.add_argument("--query-json", default="{}",
-                        help="engine QueryConfig settings for every job, as JSON; its 'rounds' is where the page's "
-                             "Query rounds field starts (e.g. '{\"rounds\": 2}')")
-    parser.add_argument("--finetune-json", default="{}",
-                        help="engine FinetuneConfig settings for Adapt jobs, as JSON "
-                             "(e.g. '{\"train\": {\"iterations\": 50}}')")
+    parser.add_argument(
+        "--query-json",
+        default="{}",
+        help="engine QueryConfig settings for every job, as JSON; its 'rounds' is where the page's "
+        "Query rounds field starts (e.g. '{\"rounds\": 2}')",
+    )
+    parser.add_argument(
+        "--finetune-json",
+        default="{}",
+        help='engine FinetuneConfig settings for Adapt jobs, as JSON (e.g. \'{"train": {"iterations": 50}}\')',
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                        help="another host name the page may be opened under (a DNS alias or a reverse proxy's "
-                             "name); requests naming any other host are refused. Repeatable")
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name the page may be opened under (a DNS alias or a reverse proxy's "
+        "name); requests naming any other host are refused. Repeatable",
+    )
     return parser
 
 
@@ -43,7 +58,7 @@ def _json_option(text: str, option: str) -> dict:
     except json.JSONDecodeError as exc:
         raise SystemExit(f"error: {option} is not valid JSON ({exc.msg} at character {exc.pos}).") from exc
     if not isinstance(value, dict):
-        raise SystemExit(f"error: {option} must be a JSON object such as '{{\"train\": {{\"iterations\": 50}}}}'.")
+        raise SystemExit(f'error: {option} must be a JSON object such as \'{{"train": {{"iterations": 50}}}}\'.')
     return value
 
 
@@ -73,11 +88,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ASSFTModuleError as error:
             print(f"error: --query-json: {error}", file=sys.stderr)
             return 2
-    config = ServeConfig(data_dir=args.data.resolve(), labels_dir=args.labels.resolve() if args.labels else None,
-                         model=args.model, store_dir=args.store.resolve() if args.store else None,
-                         work_dir=args.work.resolve() if args.work else None, budget=args.budget,
-                         query=query,
-                         finetune=_json_option(args.finetune_json, "--finetune-json"))
+    config = ServeConfig(
+        data_dir=args.data.resolve(),
+        labels_dir=args.labels.resolve() if args.labels else None,
+        model=args.model,
+        store_dir=args.store.resolve() if args.store else None,
+        work_dir=args.work.resolve() if args.work else None,
+        budget=args.budget,
+        query=query,
+        finetune=_json_option(args.finetune_json, "--finetune-json"),
+    )
     try:
         check_labels_folder(config.labels_folder)
     except OutputError as error:

@@ -52,8 +52,10 @@ BRUSH_DIAMETER_MM = 4.0
 LOG_LINES = 200
 #: Worker log lines shown under a failed job's error.
 ERROR_LOG_LINES = 8
-TRAIN_ANYWAY_WARNING = ("The label checks refused these labels (above). Train anyway uses them as they are: if a "
-                        "class is missing, swapped or misplaced, the adapted model learns that mistake.")
+TRAIN_ANYWAY_WARNING = (
+    "The label checks refused these labels (above). Train anyway uses them as they are: if a "
+    "class is missing, swapped or misplaced, the adapted model learns that mistake."
+)
 
 
 def _finite(value):
@@ -94,14 +96,27 @@ class ASSFTWebApp(TrameApp):
         self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
         self.editor = self.slicer_app.segmentation_editor
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
-        self.layout_manager.register_layout(LAYOUT_ID, Layout(LayoutDirection.Horizontal, [
-            ViewLayoutDefinition.axial_view(),
-            Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.coronal_view(),
-                                              ViewLayoutDefinition.sagittal_view()]),
-        ]))
+        self.layout_manager.register_layout(
+            LAYOUT_ID,
+            Layout(
+                LayoutDirection.Horizontal,
+                [
+                    ViewLayoutDefinition.axial_view(),
+                    Layout(
+                        LayoutDirection.Vertical,
+                        [ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()],
+                    ),
+                ],
+            ),
+        )
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self.session = AnnotatorSession(self.slicer_app.scene, self.slicer_app.app_logic, config,
-                                        self._runner_factory, call_in_main_thread=self._post)
+        self.session = AnnotatorSession(
+            self.slicer_app.scene,
+            self.slicer_app.app_logic,
+            config,
+            self._runner_factory,
+            call_in_main_thread=self._post,
+        )
         self.case_view = None
         self.annotated_volume = None
         self.annotated_segmentation = None
@@ -126,6 +141,7 @@ class ASSFTWebApp(TrameApp):
 
     def _post(self, callback: Callable, *args) -> None:
         """Run ``callback(*args)`` on the server's event loop and push the state changes to every browser."""
+
         def run():
             with self.state:
                 callback(*args)
@@ -136,28 +152,59 @@ class ASSFTWebApp(TrameApp):
             self._loop.call_soon_threadsafe(run)
 
     def _runner_factory(self, on_event, on_finished):
-        return SubprocessJobRunner(lambda item: self._post(on_event, item),
-                                   lambda *args: self._post(on_finished, *args))
+        return SubprocessJobRunner(
+            lambda item: self._post(on_event, item), lambda *args: self._post(on_finished, *args)
+        )
 
     # ------------------------------------------------------------------ state
     def _init_state(self, config: ServeConfig) -> None:
         """The page's state, and the rules for what a browser may change in it (:class:`fields.StateGuard`): the
         fields the user edits are validated, every other ASSFT field is the server's."""
         initial = dict(
-            trame__title="ASSFT annotator", data_dir=str(config.data_dir), labels_dir=str(config.labels_folder),
-            volumes=[], skipped=[], model_text=str(config.model), model_description=self.session.model_description(),
-            budget=int(config.budget), query_rounds=self.session.parameters.queryRounds,
+            trame__title="ASSFT annotator",
+            data_dir=str(config.data_dir),
+            labels_dir=str(config.labels_folder),
+            volumes=[],
+            skipped=[],
+            model_text=str(config.model),
+            model_description=self.session.model_description(),
+            budget=int(config.budget),
+            query_rounds=self.session.parameters.queryRounds,
             adapt_methods=[{"title": m.label(), "value": m.value} for m in AdaptMethodChoice],
             adapt_method=self.session.parameters.adaptMethod.value,
             annotation_units=[{"title": u.value, "value": u.value} for u in AnnotationUnitChoice],
-            annotation_unit=self.session.parameters.annotationUnit.value, unit_message="", rows=[], wrong_rows=[],
+            annotation_unit=self.session.parameters.annotationUnit.value,
+            unit_message="",
+            rows=[],
+            wrong_rows=[],
             wrong_evidence="",
-            selected_row=-1, ranking_round=0,
-            ranking_caption="Not ranked yet.", plot_svg="", plot_legend=LEGEND, overlay_visible=True,
-            overlay_opacity=DEFAULT_OPACITY, regions=[], slice_offsets={}, current_volume="", prefill=False,
-            voxel_counts={}, voxel_total=0, annotated_name="", saved_message="", saved=False, job_running=False,
-            job_kind="", job_outcome="", progress=0, progress_colour="green", status="Ready.", error="",
-            error_details="", can_train_anyway=False, train_anyway_warning=TRAIN_ANYWAY_WARNING, next_step="",
+            selected_row=-1,
+            ranking_round=0,
+            ranking_caption="Not ranked yet.",
+            plot_svg="",
+            plot_legend=LEGEND,
+            overlay_visible=True,
+            overlay_opacity=DEFAULT_OPACITY,
+            regions=[],
+            slice_offsets={},
+            current_volume="",
+            prefill=False,
+            voxel_counts={},
+            voxel_total=0,
+            annotated_name="",
+            saved_message="",
+            saved=False,
+            job_running=False,
+            job_kind="",
+            job_outcome="",
+            progress=0,
+            progress_colour="green",
+            status="Ready.",
+            error="",
+            error_details="",
+            can_train_anyway=False,
+            train_anyway_warning=TRAIN_ANYWAY_WARNING,
+            next_step="",
         )
         editable = {
             "model_text": fields.text("Model"),
@@ -188,10 +235,17 @@ class ASSFTWebApp(TrameApp):
 
     def _update_next_step(self) -> None:
         s = self.state
-        s.next_step = next_step(s.rows, bool(s.job_running), str(s.job_kind).split(" ")[0],
-                                failed=s.job_outcome == "error", annotated=s.annotated_name,
-                                painted_voxels=int(s.voxel_total), saved=bool(s.saved),
-                                can_train_anyway=bool(s.can_train_anyway), unit=str(s.annotation_unit))
+        s.next_step = next_step(
+            s.rows,
+            bool(s.job_running),
+            str(s.job_kind).split(" ")[0],
+            failed=s.job_outcome == "error",
+            annotated=s.annotated_name,
+            painted_voxels=int(s.voxel_total),
+            saved=bool(s.saved),
+            can_train_anyway=bool(s.can_train_anyway),
+            unit=str(s.annotation_unit),
+        )
 
     def _connect_controller(self) -> None:
         c = self.session.controller
@@ -281,8 +335,9 @@ class ASSFTWebApp(TrameApp):
         self.state.ranking_round = 1
         job = Path(self.session.parameters.lastJobDirectory).name
         skipped = f" Not loaded now: {', '.join(loaded.skippedCases)}." if loaded.skippedCases else ""
-        self.state.ranking_caption = (f"Last ranking, shown again from job {job}." + _round_line(loaded.queryRound)
-                                      + skipped)
+        self.state.ranking_caption = (
+            f"Last ranking, shown again from job {job}." + _round_line(loaded.queryRound) + skipped
+        )
         self._refresh_rows()
         if self.state.rows:
             self.select_row(0)
@@ -401,8 +456,9 @@ class ASSFTWebApp(TrameApp):
         if view is None or view.overlayNode is None:
             return
         if overlay_visible:
-            overlay_logic.showOverlay(self.slicer_app.scene, view.volumeNode, view.overlayNode, DEFAULT_THRESHOLD,
-                                      float(overlay_opacity))
+            overlay_logic.showOverlay(
+                self.slicer_app.scene, view.volumeNode, view.overlayNode, DEFAULT_THRESHOLD, float(overlay_opacity)
+            )
         else:
             overlay_logic.hideOverlay(self.slicer_app.scene)
 
@@ -511,9 +567,14 @@ class ASSFTWebApp(TrameApp):
                 self.editor_logic.set_ui(self.editor_ui)
             names = self.layout.typed_state.name
             with self.layout.toolbar:
-                with v3.VBtn(icon=True, size="small", variant="text", id="btn_editor",
-                             click=f"{names.is_drawer_visible} = !{names.is_drawer_visible}; "
-                                   f"{names.active_tool} = 'SegmentEditorUI'"):
+                with v3.VBtn(
+                    icon=True,
+                    size="small",
+                    variant="text",
+                    id="btn_editor",
+                    click=f"{names.is_drawer_visible} = !{names.is_drawer_visible}; "
+                    f"{names.active_tool} = 'SegmentEditorUI'",
+                ):
                     v3.VIcon("mdi-brush")
             with self.layout.content:
                 self.layout_manager.initialize_layout_grid(self.layout)
@@ -525,90 +586,221 @@ class ASSFTWebApp(TrameApp):
         Annotate and Save (visible without scrolling at 1366x768), then the ranking with its legend, the overlay,
         the regions, the pool and the chart."""
         with html.Div(classes="pa-2", style="font-size: 13px;"):
-            with v3.VAlert(v_if=("error",), type="error", density="compact", closable=True, id="error_message",
-                           classes="mb-2 text-caption", style="overflow-wrap: anywhere;"):
+            with v3.VAlert(
+                v_if=("error",),
+                type="error",
+                density="compact",
+                closable=True,
+                id="error_message",
+                classes="mb-2 text-caption",
+                style="overflow-wrap: anywhere;",
+            ):
                 html.Div("{{ error }}", id="error_text")
-                with html.Div(v_if=("error_details",), style="display: flex; flex-direction: column-reverse; "
-                              "max-height: 160px; overflow-y: auto; margin-top: 4px;"):  # scrolled to the last line
-                    html.Pre("{{ error_details }}", id="error_details",
-                             style="white-space: pre-wrap; font-size: 11px; background: rgba(0,0,0,0.25); "
-                                   "padding: 4px; margin: 0;")
+                with html.Div(
+                    v_if=("error_details",),
+                    style="display: flex; flex-direction: column-reverse; "
+                    "max-height: 160px; overflow-y: auto; margin-top: 4px;",
+                ):  # scrolled to the last line
+                    html.Pre(
+                        "{{ error_details }}",
+                        id="error_details",
+                        style="white-space: pre-wrap; font-size: 11px; background: rgba(0,0,0,0.25); "
+                        "padding: 4px; margin: 0;",
+                    )
                 with html.Div(v_if=("can_train_anyway",), id="train_anyway_box", classes="mt-1"):
                     html.Div("{{ train_anyway_warning }}", classes="mb-1")
-                    v3.VBtn("Train anyway", click=self.train_anyway, disabled=("job_running",), size="small",
-                            color="warning", variant="flat", id="btn_train_anyway")
+                    v3.VBtn(
+                        "Train anyway",
+                        click=self.train_anyway,
+                        disabled=("job_running",),
+                        size="small",
+                        color="warning",
+                        variant="flat",
+                        id="btn_train_anyway",
+                    )
             with v3.VRow(dense=True):
                 with v3.VCol(cols=12):
-                    v3.VTextField(v_model=("model_text",), label="Model (default, card JSON or store folder)",
-                                  density="compact", hide_details=True, id="model_field",
-                                  append_inner_icon="mdi-check", click_appendInner=self.apply_model,
-                                  keydown_enter=self.apply_model, __events=[("keydown_enter", "keydown.enter")],
-                                  title="Type a model and press the check mark (or Enter) to use it")
-            html.Div("{{ model_description }}", classes="text-caption mb-1", id="model_description",
-                     style="overflow-wrap: anywhere;")
+                    v3.VTextField(
+                        v_model=("model_text",),
+                        label="Model (default, card JSON or store folder)",
+                        density="compact",
+                        hide_details=True,
+                        id="model_field",
+                        append_inner_icon="mdi-check",
+                        click_appendInner=self.apply_model,
+                        keydown_enter=self.apply_model,
+                        __events=[("keydown_enter", "keydown.enter")],
+                        title="Type a model and press the check mark (or Enter) to use it",
+                    )
+            html.Div(
+                "{{ model_description }}",
+                classes="text-caption mb-1",
+                id="model_description",
+                style="overflow-wrap: anywhere;",
+            )
             with v3.VRow(dense=True):
                 with v3.VCol(cols=3):
-                    v3.VTextField(v_model_number=("budget",), type="number", min=1, label="Budget",
-                                  density="compact", hide_details=True, id="budget_field",
-                                  title="How many volumes to propose for labelling")
+                    v3.VTextField(
+                        v_model_number=("budget",),
+                        type="number",
+                        min=1,
+                        label="Budget",
+                        density="compact",
+                        hide_details=True,
+                        id="budget_field",
+                        title="How many volumes to propose for labelling",
+                    )
                 with v3.VCol(cols=3):
-                    v3.VTextField(v_model_number=("query_rounds",), type="number", min=1, label="Rounds",
-                                  density="compact", hide_details=True, id="query_rounds_field",
-                                  title="Spread the budget over this many rounds: each Rank proposes the current "
-                                        "round's share; label it, Adapt Model, and the re-ranking proposes the next "
-                                        "round with the adapted model. 1: the whole budget at once.")
+                    v3.VTextField(
+                        v_model_number=("query_rounds",),
+                        type="number",
+                        min=1,
+                        label="Rounds",
+                        density="compact",
+                        hide_details=True,
+                        id="query_rounds_field",
+                        title="Spread the budget over this many rounds: each Rank proposes the current "
+                        "round's share; label it, Adapt Model, and the re-ranking proposes the next "
+                        "round with the adapted model. 1: the whole budget at once.",
+                    )
                 with v3.VCol(cols=3):
-                    v3.VSelect(v_model=("annotation_unit",), items=("annotation_units",), label="Unit",
-                               density="compact", hide_details=True, id="annotation_unit",
-                               title="What Rank proposes and you annotate: whole volumes, slices or regions (the "
-                                     "budget then counts slices or regions)")
+                    v3.VSelect(
+                        v_model=("annotation_unit",),
+                        items=("annotation_units",),
+                        label="Unit",
+                        density="compact",
+                        hide_details=True,
+                        id="annotation_unit",
+                        title="What Rank proposes and you annotate: whole volumes, slices or regions (the "
+                        "budget then counts slices or regions)",
+                    )
                 with v3.VCol(cols=3):
-                    v3.VSelect(v_model=("adapt_method",), items=("adapt_methods",), label="Adapt method",
-                               density="compact", hide_details=True, id="adapt_method")
+                    v3.VSelect(
+                        v_model=("adapt_method",),
+                        items=("adapt_methods",),
+                        label="Adapt method",
+                        density="compact",
+                        hide_details=True,
+                        id="adapt_method",
+                    )
             with html.Div(classes="d-flex ga-2 mt-2 mb-1"):
-                v3.VBtn("Rank Volumes", click="trigger('rank')", disabled=("job_running",), color="primary",
-                        size="small", id="btn_rank")
-                v3.VBtn("Adapt Model", click="trigger('adapt')", disabled=("job_running",), color="secondary",
-                        size="small", id="btn_adapt")
-                v3.VBtn("Cancel", click=self.cancel, disabled=("!job_running",), color="error", size="small",
-                        variant="outlined", id="btn_cancel")
-            v3.VProgressLinear(model_value=("progress",), height=12, id="job_progress", striped=("job_running",),
-                               color=("progress_colour",))
-            html.Div("{{ progress }}% | {{ job_kind }} | {{ status }}", id="job_status",
-                     classes="text-caption mb-1", style="overflow-wrap: anywhere;")
-            html.Div("{{ next_step }}", id="next_step", classes="text-body-2 mb-2 pa-1",
-                     style="border-left: 3px solid #ff9800; background: rgba(255,152,0,0.08);")
+                v3.VBtn(
+                    "Rank Volumes",
+                    click="trigger('rank')",
+                    disabled=("job_running",),
+                    color="primary",
+                    size="small",
+                    id="btn_rank",
+                )
+                v3.VBtn(
+                    "Adapt Model",
+                    click="trigger('adapt')",
+                    disabled=("job_running",),
+                    color="secondary",
+                    size="small",
+                    id="btn_adapt",
+                )
+                v3.VBtn(
+                    "Cancel",
+                    click=self.cancel,
+                    disabled=("!job_running",),
+                    color="error",
+                    size="small",
+                    variant="outlined",
+                    id="btn_cancel",
+                )
+            v3.VProgressLinear(
+                model_value=("progress",),
+                height=12,
+                id="job_progress",
+                striped=("job_running",),
+                color=("progress_colour",),
+            )
+            html.Div(
+                "{{ progress }}% | {{ job_kind }} | {{ status }}",
+                id="job_status",
+                classes="text-caption mb-1",
+                style="overflow-wrap: anywhere;",
+            )
+            html.Div(
+                "{{ next_step }}",
+                id="next_step",
+                classes="text-body-2 mb-2 pa-1",
+                style="border-left: 3px solid #ff9800; background: rgba(255,152,0,0.08);",
+            )
             with html.Div(classes="d-flex align-center ga-2"):
                 v3.VBtn("Annotate", click=self.annotate, size="small", color="primary", id="btn_annotate")
-                v3.VCheckbox(v_model=("prefill",), label="Pre-fill with the prediction", density="compact",
-                             hide_details=True, id="prefill_toggle")
-                v3.VBtn("Save labels", click=self.save_labels, size="small", color="success", id="btn_save",
-                        title=("'Writes the label file into ' + labels_dir",))
-            with html.Div(classes="d-flex align-center ga-2 mt-1", v_if=("annotation_unit !== 'volume'",),
-                          id="unit_buttons"):
-                v3.VBtn("{{ annotation_unit === 'region' ? 'Next proposed region' : 'Next proposed slice' }}",
-                        click=self.next_proposal, size="small", color="primary", variant="outlined",
-                        id="btn_next_unit")
-                v3.VBtn("Mark done", click=self.mark_done, size="small", color="success", variant="outlined",
-                        id="btn_mark_done", title="Your painting in this slice or region counts as labels "
-                                                  "(unpainted voxels in it as background); the rest stays unlabelled")
+                v3.VCheckbox(
+                    v_model=("prefill",),
+                    label="Pre-fill with the prediction",
+                    density="compact",
+                    hide_details=True,
+                    id="prefill_toggle",
+                )
+                v3.VBtn(
+                    "Save labels",
+                    click=self.save_labels,
+                    size="small",
+                    color="success",
+                    id="btn_save",
+                    title=("'Writes the label file into ' + labels_dir",),
+                )
+            with html.Div(
+                classes="d-flex align-center ga-2 mt-1", v_if=("annotation_unit !== 'volume'",), id="unit_buttons"
+            ):
+                v3.VBtn(
+                    "{{ annotation_unit === 'region' ? 'Next proposed region' : 'Next proposed slice' }}",
+                    click=self.next_proposal,
+                    size="small",
+                    color="primary",
+                    variant="outlined",
+                    id="btn_next_unit",
+                )
+                v3.VBtn(
+                    "Mark done",
+                    click=self.mark_done,
+                    size="small",
+                    color="success",
+                    variant="outlined",
+                    id="btn_mark_done",
+                    title="Your painting in this slice or region counts as labels "
+                    "(unpainted voxels in it as background); the rest stays unlabelled",
+                )
                 html.Span("{{ unit_message }}", id="unit_message", classes="text-caption")
-            html.Div("Labeled voxels: {{ annotated_name ? voxel_total + ' (' + Object.entries(voxel_counts).map("
-                     "([k, v]) => k + ' ' + v).join(', ') + ') in ' + annotated_name : 'none yet (Annotate opens the "
-                     "volume shown in the segment editor)' }}", id="voxel_counts", classes="text-caption")
-            html.Div("{{ saved_message }}", id="saved_message", classes="text-caption mb-1",
-                     style="overflow-wrap: anywhere;")
+            html.Div(
+                "Labeled voxels: {{ annotated_name ? voxel_total + ' (' + Object.entries(voxel_counts).map("
+                "([k, v]) => k + ' ' + v).join(', ') + ') in ' + annotated_name : 'none yet (Annotate opens the "
+                "volume shown in the segment editor)' }}",
+                id="voxel_counts",
+                classes="text-caption",
+            )
+            html.Div(
+                "{{ saved_message }}", id="saved_message", classes="text-caption mb-1", style="overflow-wrap: anywhere;"
+            )
             html.Div("{{ ranking_caption }}", id="ranking_caption", classes="text-subtitle-2")
-            with html.Table(id="ranking_table", style="width: 100%; border-collapse: collapse;",
-                            classes="text-caption"):
+            with html.Table(
+                id="ranking_table", style="width: 100%; border-collapse: collapse;", classes="text-caption"
+            ):
                 with html.Tr():
                     for title, tip in COLUMNS:
-                        html.Th(title, title=tip, style=CELL + " text-align: left; border-bottom: 1px solid #666; "
-                                                               "cursor: help;")
-                with html.Tr(v_for="r in rows", key="r.case", classes="ranking-row",
-                             click="trigger('select_row', [r.row])",
-                             style=("{cursor: 'pointer', background: r.row === selected_row ? '" + ROW_SHOWN
-                                    + "' : (r.state === 'proposed' ? '" + ROW_PROPOSED + "' : '')}",)):
+                        html.Th(
+                            title,
+                            title=tip,
+                            style=CELL + " text-align: left; border-bottom: 1px solid #666; cursor: help;",
+                        )
+                with html.Tr(
+                    v_for="r in rows",
+                    key="r.case",
+                    classes="ranking-row",
+                    click="trigger('select_row', [r.row])",
+                    style=(
+                        "{cursor: 'pointer', background: r.row === selected_row ? '"
+                        + ROW_SHOWN
+                        + "' : (r.state === 'proposed' ? '"
+                        + ROW_PROPOSED
+                        + "' : '')}",
+                    ),
+                ):
                     html.Td("{{ r.rank || '-' }}", style=CELL)
                     html.Td("{{ r.volume }}", style=CELL)
                     html.Td("{{ r.dkd === null ? '-' : r.dkd.toFixed(3) }}", style=CELL)
@@ -616,45 +808,95 @@ class ASSFTWebApp(TrameApp):
                     html.Td("{{ r.score === null ? '-' : r.score.toFixed(3) }}", style=CELL)
                     html.Td("{{ r.state }}", classes="row-state", style=CELL)
                     html.Td("{{ r.why }}", classes="row-why", style=CELL + " font-size: 11px;")
-            with html.Div(id="table_legend", classes="text-caption mb-2", v_if=("rows.length",),
-                          style="opacity: 0.85;"):
-                html.Span("", style=f"display:inline-block;width:10px;height:10px;background:{ROW_PROPOSED};"
-                                    "border:1px solid #aaa;margin-right:3px;")
+            with html.Div(
+                id="table_legend", classes="text-caption mb-2", v_if=("rows.length",), style="opacity: 0.85;"
+            ):
+                html.Span(
+                    "",
+                    style=f"display:inline-block;width:10px;height:10px;background:{ROW_PROPOSED};"
+                    "border:1px solid #aaa;margin-right:3px;",
+                )
                 html.Span("proposed for labelling  ")
-                html.Span("", style=f"display:inline-block;width:10px;height:10px;background:{ROW_SHOWN};"
-                                    "border:1px solid #aaa;margin:0 3px 0 8px;")
+                html.Span(
+                    "",
+                    style=f"display:inline-block;width:10px;height:10px;background:{ROW_SHOWN};"
+                    "border:1px solid #aaa;margin:0 3px 0 8px;",
+                )
                 html.Span("shown in the views. ")
                 html.Span(TABLE_NOTE)
             with html.Details(id="probably_wrong", v_if=("wrong_rows.length",), classes="text-caption mb-2"):
-                html.Summary("Where the model is probably wrong (check these predictions first)",
-                             classes="text-subtitle-2", style="cursor: pointer;")
-                html.Div("Ordered by class-balanced ASD. {{ wrong_evidence || 'No measured correlation.' }}",
-                         id="wrong_evidence", style="opacity: 0.85;")
+                html.Summary(
+                    "Where the model is probably wrong (check these predictions first)",
+                    classes="text-subtitle-2",
+                    style="cursor: pointer;",
+                )
+                html.Div(
+                    "Ordered by class-balanced ASD. {{ wrong_evidence || 'No measured correlation.' }}",
+                    id="wrong_evidence",
+                    style="opacity: 0.85;",
+                )
                 with html.Ol(id="wrong_list", style="margin: 2px 0 0 18px;"):
-                    html.Li("{{ r.volume }}{{ r.ood ? ' (' + r.ood + ')' : '' }}", v_for="r in wrong_rows",
-                            key="r.case", classes="wrong-row", click="trigger('select_row', [r.row])",
-                            style="cursor: pointer;")
+                    html.Li(
+                        "{{ r.volume }}{{ r.ood ? ' (' + r.ood + ')' : '' }}",
+                        v_for="r in wrong_rows",
+                        key="r.case",
+                        classes="wrong-row",
+                        click="trigger('select_row', [r.row])",
+                        style="cursor: pointer;",
+                    )
             html.Div("Showing: {{ current_volume }}", classes="text-subtitle-2", id="current_volume")
             with html.Div(classes="d-flex align-center ga-2"):
-                v3.VSwitch(v_model=("overlay_visible",), label="Entropy overlay", density="compact",
-                           hide_details=True, color="orange", id="overlay_toggle")
-                v3.VSlider(v_model=("overlay_opacity",), min=0, max=1, step=0.05, density="compact",
-                           hide_details=True, label="Opacity", id="overlay_opacity")
-            html.Div("High-entropy regions (click to centre the views)", v_if=("regions.length",),
-                     classes="text-subtitle-2 mt-1")
+                v3.VSwitch(
+                    v_model=("overlay_visible",),
+                    label="Entropy overlay",
+                    density="compact",
+                    hide_details=True,
+                    color="orange",
+                    id="overlay_toggle",
+                )
+                v3.VSlider(
+                    v_model=("overlay_opacity",),
+                    min=0,
+                    max=1,
+                    step=0.05,
+                    density="compact",
+                    hide_details=True,
+                    label="Opacity",
+                    id="overlay_opacity",
+                )
+            html.Div(
+                "High-entropy regions (click to centre the views)",
+                v_if=("regions.length",),
+                classes="text-subtitle-2 mt-1",
+            )
             with html.Div(id="region_list"):
-                html.Div("{{ reg.text }}", v_for="reg in regions", key="reg.index", classes="region-item text-caption",
-                         style="cursor: pointer; text-decoration: underline;",
-                         click="trigger('jump_to_region', [reg.index])")
+                html.Div(
+                    "{{ reg.text }}",
+                    v_for="reg in regions",
+                    key="reg.index",
+                    classes="region-item text-caption",
+                    style="cursor: pointer; text-decoration: underline;",
+                    click="trigger('jump_to_region', [reg.index])",
+                )
             html.Div("DKD against ASD", v_if=("plot_svg",), classes="text-subtitle-2 mt-2")
             html.Div("{{ plot_legend }}", v_if=("plot_svg",), id="plot_legend", classes="text-caption")
             html.Div(v_html=("plot_svg",), id="scores_plot")
             html.Div("Volumes ({{ volumes.length }}) in {{ data_dir }}", classes="text-subtitle-2 mt-2")
-            html.Div("{{ volumes.join(', ') }}", id="volume_list", classes="text-caption mb-1",
-                     style="max-height: 60px; overflow-y: auto;")
+            html.Div(
+                "{{ volumes.join(', ') }}",
+                id="volume_list",
+                classes="text-caption mb-1",
+                style="max-height: 60px; overflow-y: auto;",
+            )
             with html.Div(v_if=("skipped.length",), id="skipped_messages"):
-                v3.VAlert(v_for="(m, i) in skipped", key="i", text=("m",), type="warning", density="compact",
-                          classes="mb-1 text-caption")
+                v3.VAlert(
+                    v_for="(m, i) in skipped",
+                    key="i",
+                    text=("m",),
+                    type="warning",
+                    density="compact",
+                    classes="mb-1 text-caption",
+                )
         self.server.trigger("select_row")(self.select_row)
         self.server.trigger("rank")(self.rank)
         self.server.trigger("adapt")(self.adapt)
@@ -669,18 +911,31 @@ ROW_PROPOSED, ROW_SHOWN = "#5a3d00", "#37474f"
 COLUMNS = (
     ("#", "Rank: the order in which the query picked the volumes (1 first)."),
     ("Volume", "The volume's name (its file name without the extension)."),
-    ("DKD", "Diversified knowledge divergence: how far the volume's features lie from what the pre-trained model "
-            "knows and from the labelled volumes (higher: newer to the model)."),
-    ("ASD", "Anatomical segmentation difficulty: the prediction's entropy inside the predicted anatomy (higher: "
-            "harder to segment)."),
-    ("Score", "The combined score when the volume was picked. Picks are greedy: each later pick is scored against "
-              "the ones already picked, so the column need not fall with the rank."),
-    ("State", "unlabeled, proposed (label it), labeled (a label file exists), pseudo-labeled (the model's own "
-              "prediction is trusted for training)."),
+    (
+        "DKD",
+        "Diversified knowledge divergence: how far the volume's features lie from what the pre-trained model "
+        "knows and from the labelled volumes (higher: newer to the model).",
+    ),
+    (
+        "ASD",
+        "Anatomical segmentation difficulty: the prediction's entropy inside the predicted anatomy (higher: "
+        "harder to segment).",
+    ),
+    (
+        "Score",
+        "The combined score when the volume was picked. Picks are greedy: each later pick is scored against "
+        "the ones already picked, so the column need not fall with the rank.",
+    ),
+    (
+        "State",
+        "unlabeled, proposed (label it), labeled (a label file exists), pseudo-labeled (the model's own "
+        "prediction is trusted for training).",
+    ),
     ("Why", "Why the query proposed the volume (or held it back as out of distribution), in one line."),
 )
-TABLE_NOTE = ("DKD: newness to the model; ASD: difficulty; Score: value at the time of the pick (hover a column "
-              "title for more).")
+TABLE_NOTE = (
+    "DKD: newness to the model; ASD: difficulty; Score: value at the time of the pick (hover a column title for more)."
+)
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, allow_hosts=()) -> None:
@@ -689,13 +944,19 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, allow_
     app = ASSFTWebApp(config, policy=policy)
 
     def announce(**_):
-        print(f"\nASSFT annotator ready. Open this address in a browser (it holds this start's secret; keep it to "
-              f"yourself):\n\n    {policy.url(app.server.port)}\n", flush=True)
+        print(
+            f"\nASSFT annotator ready. Open this address in a browser (it holds this start's secret; keep it to "
+            f"yourself):\n\n    {policy.url(app.server.port)}\n",
+            flush=True,
+        )
         if not is_loopback(host):
-            print(f"Listening on {host}: anyone who can reach this address AND has the secret can drive the "
-                  "annotator, and the connection is not encrypted (plain http). On a remote GPU machine prefer "
-                  "--host 127.0.0.1 with an SSH tunnel (ssh -L 8080:127.0.0.1:8080 <machine>) and open the "
-                  "address above with the tunnel's port.", flush=True)
+            print(
+                f"Listening on {host}: anyone who can reach this address AND has the secret can drive the "
+                "annotator, and the connection is not encrypted (plain http). On a remote GPU machine prefer "
+                "--host 127.0.0.1 with an SSH tunnel (ssh -L 8080:127.0.0.1:8080 <machine>) and open the "
+                "address above with the tunnel's port.",
+                flush=True,
+            )
 
     app.server.controller.on_server_ready.add(announce)
     app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)

@@ -156,8 +156,9 @@ class StateGuard:
         Raises:
             FieldError: the update is not such a list (nothing of it is applied).
         """
-        if not isinstance(changes, list) or not all(isinstance(c, dict) and isinstance(c.get("key"), str)
-                                                    for c in changes):
+        if not isinstance(changes, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("key"), str) for c in changes
+        ):
             raise FieldError("A state update must be a list of {key, value} entries; this one was ignored.")
         accepted: Dict[str, Any] = {}
         refused: Dict[str, str] = {}

@@ -6,9 +6,17 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 
-def next_step(rows: Sequence[Mapping], job_running: bool, job_kind: str = "", failed: bool = False,
-              annotated: str = "", painted_voxels: int = 0, saved: bool = False,
-              can_train_anyway: bool = False, unit: str = "volume") -> str:
+def next_step(
+    rows: Sequence[Mapping],
+    job_running: bool,
+    job_kind: str = "",
+    failed: bool = False,
+    annotated: str = "",
+    painted_voxels: int = 0,
+    saved: bool = False,
+    can_train_anyway: bool = False,
+    unit: str = "volume",
+) -> str:
     """One line saying what to do next.
 
     Args:
@@ -32,22 +40,31 @@ def next_step(rows: Sequence[Mapping], job_running: bool, job_kind: str = "", fa
     proposed = [r["volume"] for r in rows if r.get("state") == "proposed"]
     labeled = [r["volume"] for r in rows if r.get("state") == "labeled"]
     if annotated and unit != "volume" and not saved:
-        return (f"Next: press Next proposed {unit} to go to a {unit} of {annotated} the ranking proposed, paint (or "
-                f"correct) it, press Mark done, repeat, then Save labels (only the {unit}s marked done count).")
+        return (
+            f"Next: press Next proposed {unit} to go to a {unit} of {annotated} the ranking proposed, paint (or "
+            f"correct) it, press Mark done, repeat, then Save labels (only the {unit}s marked done count)."
+        )
     if annotated and painted_voxels and not saved:
         return f"Next: paint every class of {annotated} (pick the class in the segment list), then Save labels."
     if annotated and not painted_voxels:
-        return (f"Next: paint {annotated} in the slice views (pick the class in the segment list on the left), "
-                "then Save labels.")
+        return (
+            f"Next: paint {annotated} in the slice views (pick the class in the segment list on the left), "
+            "then Save labels."
+        )
     if proposed and unit != "volume":
-        return (f"Next: click an orange (proposed) row such as {proposed[0]}, press Annotate, then Next proposed "
-                f"{unit} and Mark done for each proposed {unit}, then Save labels.")
+        return (
+            f"Next: click an orange (proposed) row such as {proposed[0]}, press Annotate, then Next proposed "
+            f"{unit} and Mark done for each proposed {unit}, then Save labels."
+        )
     if proposed:
         first = proposed[0]
-        return (f"Next: click an orange (proposed) row such as {first}, press Annotate, paint each class, then "
-                f"Save labels ({len(proposed)} proposed volume{'s' if len(proposed) != 1 else ''} left).")
+        return (
+            f"Next: click an orange (proposed) row such as {first}, press Annotate, paint each class, then "
+            f"Save labels ({len(proposed)} proposed volume{'s' if len(proposed) != 1 else ''} left)."
+        )
     if labeled:
-        return (f"Next: press Adapt Model to fine-tune on the {len(labeled)} labelled volume"
-                f"{'s' if len(labeled) != 1 else ''}; the pool is re-ranked afterwards.")
+        return (
+            f"Next: press Adapt Model to fine-tune on the {len(labeled)} labelled volume"
+            f"{'s' if len(labeled) != 1 else ''}; the pool is re-ranked afterwards."
+        )
     return "Next: pick a row, press Annotate and label it, then Save labels and Adapt Model."
-

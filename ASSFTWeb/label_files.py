@@ -53,9 +53,11 @@ def backup_path(labels_dir, case_id: str, now: Optional[float] = None) -> Path:
 
 
 def _link_error(path: Path) -> OutputError:
-    return OutputError(f"{path} is a symbolic link; ASSFT never writes labels through a link (it could send them "
-                       "outside the labels folder). Replace the link with a real folder or file (or pass the folder "
-                       "it points to as --labels) and try again.")
+    return OutputError(
+        f"{path} is a symbolic link; ASSFT never writes labels through a link (it could send them "
+        "outside the labels folder). Replace the link with a real folder or file (or pass the folder "
+        "it points to as --labels) and try again."
+    )
 
 
 def check_labels_folder(labels_dir) -> None:
@@ -70,8 +72,10 @@ def check_labels_folder(labels_dir) -> None:
         if path.is_symlink():
             raise _link_error(path)
     if folder.exists() and os.path.realpath(folder) != os.path.abspath(folder):
-        raise OutputError(f"{folder} now leads elsewhere ({os.path.realpath(folder)}): one of its parent folders "
-                          "became a symbolic link after the server started. Restart assft serve.")
+        raise OutputError(
+            f"{folder} now leads elsewhere ({os.path.realpath(folder)}): one of its parent folders "
+            "became a symbolic link after the server started. Restart assft serve."
+        )
 
 
 def _open_folder(path: Path) -> int:

@@ -74,11 +74,14 @@ PAGE_SCRIPT = """<script>
     });
   }
 })();
-</script>""".replace("__PARAM__", SECRET_PARAMETER).replace(
-    "__KEY__", SESSION_KEY)
+</script>""".replace("__PARAM__", SECRET_PARAMETER).replace("__KEY__", SESSION_KEY)
 #: Headers on every HTTP answer: no framing by other sites, no address (with its secret) in a Referer.
-RESPONSE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
-                    "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+RESPONSE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class SecurityHookError(RuntimeError):
@@ -133,8 +136,7 @@ class AccessPolicy:
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
     @classmethod
-    def for_address(cls, bind_host: str, secret: Optional[str] = None, extra_hosts: Iterable[str] = ()
-                    ) -> AccessPolicy:
+    def for_address(cls, bind_host: str, secret: Optional[str] = None, extra_hosts: Iterable[str] = ()) -> AccessPolicy:
         """The policy of a server listening on ``bind_host``: loopback names always; the address itself when it is
         a specific one; the machine's names and addresses when it listens on all of them; plus ``extra_hosts``
         (``--allow-host``: e.g. the name a reverse proxy or a DNS alias gives the server)."""
@@ -187,7 +189,7 @@ def host_name(host_header: Optional[str]) -> Optional[str]:
     value = host_header.strip().lower()
     if value.startswith("["):
         end = value.find("]")
-        if end < 0 or (len(value) > end + 1 and not value[end + 1:].startswith(":")):
+        if end < 0 or (len(value) > end + 1 and not value[end + 1 :].startswith(":")):
             return None
         return value[1:end]
     name, _, port = value.partition(":")
@@ -241,8 +243,10 @@ def _bind(server, ws_server, policy: AccessPolicy, guard, on_refused) -> None:
     handlers = getattr(ws_server, "_ws_handlers", None)
     app = getattr(ws_server, "app", None)
     if not handlers or app is None:
-        raise SecurityHookError("assft serve: the installed wslink has no WebSocket handler to secure; install the "
-                                "pinned versions (pip install -e '.[web]').")
+        raise SecurityHookError(
+            "assft serve: the installed wslink has no WebSocket handler to secure; install the "
+            "pinned versions (pip install -e '.[web]')."
+        )
     ws_paths = {"/" + str(route).lstrip("/") for route in ws_server.config.get("ws", {})}
     static_root = ws_server.config.get("static", {}).get("/")
 
@@ -250,13 +254,17 @@ def _bind(server, ws_server, policy: AccessPolicy, guard, on_refused) -> None:
     async def doors(request, handler):
         if not policy.host_allowed(request.headers.get("Host")):
             LOGGER.warning("refused a request for %s with Host %r", request.path, request.headers.get("Host"))
-            return _text_response(403, "This server answers only to its own address (the Host header names "
-                                       "another). Open the address assft serve printed; for another name start "
-                                       "it with --allow-host NAME.")
+            return _text_response(
+                403,
+                "This server answers only to its own address (the Host header names "
+                "another). Open the address assft serve printed; for another name start "
+                "it with --allow-host NAME.",
+            )
         if request.path in ws_paths:
             if request.headers.get("Upgrade", "").lower() != "websocket":
-                return _text_response(400, "This address is the page's WebSocket; open the address assft serve "
-                                           "printed instead.")
+                return _text_response(
+                    400, "This address is the page's WebSocket; open the address assft serve printed instead."
+                )
             if not policy.origin_allowed(request.headers.get("Origin"), request.headers.get("Host")):
                 LOGGER.warning("refused a WebSocket from Origin %r", request.headers.get("Origin"))
                 return _text_response(403, "WebSocket refused: it comes from a page of another site (Origin).")
@@ -286,8 +294,10 @@ def _bind(server, ws_server, policy: AccessPolicy, guard, on_refused) -> None:
 def _secure_handler(handler, policy: AccessPolicy, guard, on_refused, server) -> None:
     for name in ("onConnect", "validateToken", "sendWrappedError", "unchunkers", "functionMap"):
         if not hasattr(handler, name):
-            raise SecurityHookError(f"assft serve: the installed wslink's handler has no '{name}'; install the "
-                                    "pinned versions (pip install -e '.[web]').")
+            raise SecurityHookError(
+                f"assft serve: the installed wslink's handler has no '{name}'; install the "
+                "pinned versions (pip install -e '.[web]')."
+            )
     connect = handler.onConnect
     send_error = handler.sendWrappedError
 
@@ -313,8 +323,10 @@ def _secure_handler(handler, policy: AccessPolicy, guard, on_refused, server) ->
     if guard is not None:
         update = handler.functionMap.get("trame.state.update")
         if update is None:
-            raise SecurityHookError("assft serve: trame's 'trame.state.update' is not where it was expected; install "
-                                    "the pinned versions (pip install -e '.[web]').")
+            raise SecurityHookError(
+                "assft serve: trame's 'trame.state.update' is not where it was expected; install "
+                "the pinned versions (pip install -e '.[web]')."
+            )
         protocol, update_state = update
 
         def guarded_update(protocol_object, changes):

@@ -105,13 +105,17 @@ class _JobSettings:
         return getattr(self._logic, name)
 
     def _settings(self, query=None, finetune=None, sfr=None, storeDir=None) -> dict:
-        return {"query": {**self._config.query, **(query or {})},
-                "finetune": {**self._config.finetune, **(finetune or {})}, "sfr": sfr,
-                "storeDir": storeDir or self._config.store_dir}
+        return {
+            "query": {**self._config.query, **(query or {})},
+            "finetune": {**self._config.finetune, **(finetune or {})},
+            "sfr": sfr,
+            "storeDir": storeDir or self._config.store_dir,
+        }
 
     def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, **settings):
-        return self._logic.prepareJob(kind, workDir, model, budget, volumeNodes=volumeNodes,
-                                      **self._settings(**settings))
+        return self._logic.prepareJob(
+            kind, workDir, model, budget, volumeNodes=volumeNodes, **self._settings(**settings)
+        )
 
     def planJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, **settings):
         return self._logic.planJob(kind, workDir, model, budget, volumeNodes=volumeNodes, **self._settings(**settings))
@@ -129,16 +133,28 @@ class AnnotatorSession:
             volumes are written off the loop); None writes them before the worker starts, in the calling thread.
     """
 
-    def __init__(self, scene, app_logic, config: ServeConfig, runner_factory: Callable,
-                 call_in_main_thread: Optional[Callable] = None):
+    def __init__(
+        self,
+        scene,
+        app_logic,
+        config: ServeConfig,
+        runner_factory: Callable,
+        call_in_main_thread: Optional[Callable] = None,
+    ):
         self.scene = scene
         self.config = config
         self.logic = ASSFTSceneLogic(scene, app_logic)
-        self.controller = JobController(_JobSettings(self.logic, config), runner_factory, environment=workerEnvironment,
-                                        callInMainThread=call_in_main_thread)
-        self.parameters = WebParameters(workDirectory=config.work_folder, budget=int(config.budget),
-                                        queryRounds=queryRoundsValue(config.query.get("rounds",
-                                                                                      DEFAULT_QUERY_ROUNDS)))
+        self.controller = JobController(
+            _JobSettings(self.logic, config),
+            runner_factory,
+            environment=workerEnvironment,
+            callInMainThread=call_in_main_thread,
+        )
+        self.parameters = WebParameters(
+            workDirectory=config.work_folder,
+            budget=int(config.budget),
+            queryRounds=queryRoundsValue(config.query.get("rounds", DEFAULT_QUERY_ROUNDS)),
+        )
         self.set_model(config.model)
         self.controller.setParameterNode(self.parameters)
         self.messages: List[str] = []
@@ -199,18 +215,21 @@ class AnnotatorSession:
             if path is None:
                 continue
             if path.is_symlink():
-                messages.append(f"Label file {path.name} not used: it is a symbolic link (Save labels never writes "
-                                "through links). Replace it with the file it points to.")
+                messages.append(
+                    f"Label file {path.name} not used: it is a symbolic link (Save labels never writes "
+                    "through links). Replace it with the file it points to."
+                )
                 continue
             try:
-                labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self.logic.volumesLogic, str(path),
-                                                                  node)
+                labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self.logic.volumesLogic, str(path), node)
                 annotated = np.asarray(labels.array) != NOT_ANNOTATED
                 if not annotated.all():  # a partial label: annotated in whole slices, 255 elsewhere
                     done = unitProposals.doneSlicesFromMask(annotated)
                     if done is None:
-                        messages.append(f"Label file {path.name} not used: its annotated voxels (not {NOT_ANNOTATED}) "
-                                        "are not whole slices of one axis, which is what the page can continue.")
+                        messages.append(
+                            f"Label file {path.name} not used: its annotated voxels (not {NOT_ANNOTATED}) "
+                            "are not whole slices of one axis, which is what the page can continue."
+                        )
                         continue
                     unitProposals.restoreDone(node, done)
                     labels = Volume(array=np.where(annotated, labels.array, 0), affine=labels.affine)
@@ -239,8 +258,9 @@ class AnnotatorSession:
         try:
             self.parameters.adaptMethod = AdaptMethodChoice(method)
         except ValueError as error:
-            raise ASSFTModuleError(f"Unknown adapt method {method!r}; choose one of "
-                                   f"{[m.value for m in AdaptMethodChoice]}.") from error
+            raise ASSFTModuleError(
+                f"Unknown adapt method {method!r}; choose one of {[m.value for m in AdaptMethodChoice]}."
+            ) from error
 
     def set_query_rounds(self, rounds) -> int:
         """Rounds of the multi-round query (the Slicer panel's Query rounds): every later Rank and the re-rank after
@@ -262,8 +282,9 @@ class AnnotatorSession:
         try:
             self.parameters.annotationUnit = AnnotationUnitChoice(unit)
         except ValueError as error:
-            raise ASSFTModuleError(f"Unknown annotation unit {unit!r}; choose one of "
-                                   f"{[u.value for u in AnnotationUnitChoice]}.") from error
+            raise ASSFTModuleError(
+                f"Unknown annotation unit {unit!r}; choose one of {[u.value for u in AnnotationUnitChoice]}."
+            ) from error
         return self.parameters.annotationUnit.value
 
     def start_job(self, kind: str, allow_implausible_labels: bool = False):
@@ -293,12 +314,21 @@ class AnnotatorSession:
         for row in range(table.GetNumberOfRows()):
             case, node_id = ranking.rankedCaseFromTable(table, row)
             node = self.scene.GetNodeByID(node_id) if node_id else None
-            rows.append({
-                "row": row, "volume": node.GetName() if node is not None else case.caseId, "case": case.caseId,
-                "dkd": round(case.dkd, 4), "asd": round(case.asd, 4), "score": round(case.score, 4),
-                "rank": case.rank, "state": CaseState.of(case.labeled, case.pseudoLabeled, case.selected),
-                "why": case.reason, "wrong": case.wrongRank, "ood": case.ood,
-            })
+            rows.append(
+                {
+                    "row": row,
+                    "volume": node.GetName() if node is not None else case.caseId,
+                    "case": case.caseId,
+                    "dkd": round(case.dkd, 4),
+                    "asd": round(case.asd, 4),
+                    "score": round(case.score, 4),
+                    "rank": case.rank,
+                    "state": CaseState.of(case.labeled, case.pseudoLabeled, case.selected),
+                    "why": case.reason,
+                    "wrong": case.wrongRank,
+                    "ood": case.ood,
+                }
+            )
         return rows
 
     def restore_ranking(self):
@@ -361,8 +391,10 @@ class AnnotatorSession:
             ASSFTModuleError: the volume has no proposed slices or regions (rank by slice or region first).
         """
         if not self.logic.proposals(volume_node):
-            raise ASSFTModuleError(f"Volume '{volume_node.GetName()}' has no proposed slices or regions; choose the "
-                                   "unit slice or region, then Rank Volumes.")
+            raise ASSFTModuleError(
+                f"Volume '{volume_node.GetName()}' has no proposed slices or regions; choose the "
+                "unit slice or region, then Rank Volumes."
+            )
         if self.logic.jumpToNextProposal(volume_node) is None:
             return f"Every proposed unit of {volume_node.GetName()} is done: {unitProposals.progressLine(volume_node)}."
         return unitProposals.progressLine(volume_node)
@@ -386,7 +418,8 @@ class AnnotatorSession:
             raise ASSFTModuleError(unitProposals.notLabelledReason(volume_node))
         if not conversion.isLabeled and not unitProposals.doneUnits(volume_node):
             raise ASSFTModuleError(f"Volume '{volume_node.GetName()}' has no labeled voxels yet; paint first.")
-        saved = save_label_file(Volume(array=conversion.labels, affine=conversion.affine),
-                                self.config.labels_folder, volume_node.GetName())
+        saved = save_label_file(
+            Volume(array=conversion.labels, affine=conversion.affine), self.config.labels_folder, volume_node.GetName()
+        )
         self.refresh_labeled_states()
         return saved

@@ -65,8 +65,9 @@ def main() -> None:
             write_volume(stored, args.out / part / "images" / f"{case}.nii.gz")
             write_volume(label.with_array(label.array.astype("uint8")), args.out / part / "labels" / f"{case}.nii.gz")
     (args.out / "README.md").write_text(LICENCE)
-    (args.out / "sample.json").write_text(json.dumps({"shift": shift.to_dict(), **{k: list(v) for k, v in
-                                                                                    chosen.items()}}, indent=2) + "\n")
+    (args.out / "sample.json").write_text(
+        json.dumps({"shift": shift.to_dict(), **{k: list(v) for k, v in chosen.items()}}, indent=2) + "\n"
+    )
     print(f"wrote {sum(len(v) for v in chosen.values())} cases to {args.out}")
 
 

@@ -54,8 +54,10 @@ def main(argv=None) -> int:
     reference = SourceReference.from_volumes(embeddings, shares, cases)
     out = args.card.parent / REFERENCE_FILE
     out.write_text(json.dumps(reference.to_dict()) + "\n", encoding="utf-8")
-    print(f"{len(cases)} source volumes: largest leave-one-out feature distance {reference.nn_distance_max:.4f}, "
-          f"largest foreground share {reference.foreground_share_max:.4f}; wrote {out}")
+    print(
+        f"{len(cases)} source volumes: largest leave-one-out feature distance {reference.nn_distance_max:.4f}, "
+        f"largest foreground share {reference.foreground_share_max:.4f}; wrote {out}"
+    )
     return 0
 
 

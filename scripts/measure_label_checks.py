@@ -143,8 +143,9 @@ def measure(anatomy: str, model_path: str) -> Dict[str, Any]:
         shapes.append(shape)
         pairs.append((case, image, label))
         for kind, bad in wrong_labels(label, num_classes).items():
-            wrong.setdefault(kind, []).append({"case": case, "shape": label_shape(case, bad, image.spacing,
-                                                                                   num_classes).__dict__})
+            wrong.setdefault(kind, []).append(
+                {"case": case, "shape": label_shape(case, bad, image.spacing, num_classes).__dict__}
+            )
         if predictors is None:
             continue
         for name, shift in shifts.items():
@@ -153,21 +154,40 @@ def measure(anatomy: str, model_path: str) -> Dict[str, Any]:
             agreement = foreground_agreement(case, label, predicted)
             overlap = class_overlap(case, label, predicted, num_classes)
             shift = registration_shift(label > 0, predicted > 0, image.spacing)
-            moved = {f"shifted_{d}_axis{a}": registration_shift(np.roll(label > 0, d, axis=a), predicted > 0,
-                                                                 image.spacing)
-                     for d in SHIFTS_VOXELS for a in range(3)} if name == "none" else {}
+            moved = (
+                {
+                    f"shifted_{d}_axis{a}": registration_shift(
+                        np.roll(label > 0, d, axis=a), predicted > 0, image.spacing
+                    )
+                    for d in SHIFTS_VOXELS
+                    for a in range(3)
+                }
+                if name == "none"
+                else {}
+            )
             pairs_kj = [(k, j) for k in range(1, num_classes) for j in range(k + 1, num_classes)]
             bad = wrong_labels(label, num_classes)["swapped"]
             swapped_overlap = class_overlap(case, bad, predicted, num_classes)
-            prediction_rows[name].append({
-                "case": case, "excess": agreement.excess, "away": agreement.away, "counts": overlap.counts,
-                "shift_gain": shift.gain if shift is not None else None,
-                "shifted_label_gain": {k: (v.gain if v is not None else None) for k, v in moved.items()},
-                "swap": [[k, j, *overlap.swap(k, j)] for k, j in pairs_kj],
-                "swapped_label_swap": [[k, j, *swapped_overlap.swap(k, j)] for k, j in pairs_kj]})
-    return {"cases": cases, "class_names": class_names, "shapes": [s.__dict__ for s in shapes],
-            "predictions": prediction_rows if predictors is not None else None, "wrong": wrong,
-            "model": model_path if model is not None else None}
+            prediction_rows[name].append(
+                {
+                    "case": case,
+                    "excess": agreement.excess,
+                    "away": agreement.away,
+                    "counts": overlap.counts,
+                    "shift_gain": shift.gain if shift is not None else None,
+                    "shifted_label_gain": {k: (v.gain if v is not None else None) for k, v in moved.items()},
+                    "swap": [[k, j, *overlap.swap(k, j)] for k, j in pairs_kj],
+                    "swapped_label_swap": [[k, j, *swapped_overlap.swap(k, j)] for k, j in pairs_kj],
+                }
+            )
+    return {
+        "cases": cases,
+        "class_names": class_names,
+        "shapes": [s.__dict__ for s in shapes],
+        "predictions": prediction_rows if predictors is not None else None,
+        "wrong": wrong,
+        "model": model_path if model is not None else None,
+    }
 
 
 def limits(measured: Dict[str, Any]) -> Dict[str, Any]:
@@ -177,11 +197,18 @@ def limits(measured: Dict[str, Any]) -> Dict[str, Any]:
     thinnest = min(s["thinnest"] for s in shapes)
     interior = min(s["interior_share"] for s in shapes)
     names = measured["class_names"]
-    volumes = {name: (min(s["class_volume_mm3"][i] for s in shapes), max(s["class_volume_mm3"][i] for s in shapes))
-               for i, name in enumerate(names)}
+    volumes = {
+        name: (min(s["class_volume_mm3"][i] for s in shapes), max(s["class_volume_mm3"][i] for s in shapes))
+        for i, name in enumerate(names)
+    }
     out = {
-        "worst_true": {"volume_share": share, "box_fill": fill, "thinnest": thinnest, "interior_share": interior,
-                       "class_volume_mm3": volumes},
+        "worst_true": {
+            "volume_share": share,
+            "box_fill": fill,
+            "thinnest": thinnest,
+            "interior_share": interior,
+            "class_volume_mm3": volumes,
+        },
         "max_volume_share": round(min(0.5, 2 * share), 4),
         "max_box_fill": round((1.0 + fill) / 2, 4),
         "min_thinnest": 2 if thinnest >= 2 else 1,
@@ -197,15 +224,27 @@ def limits(measured: Dict[str, Any]) -> Dict[str, Any]:
             excess = max(row["excess"] for row in rows)
             away = max(row["away"] for row in rows)
             pooled = pooled_overlap([ClassOverlap(row["case"], tuple(map(tuple, row["counts"]))) for row in rows])
-            swap = max([swap] + [pooled.swap(k, j)[0] for k, j, *_ in rows[0]["swap"]
-                                 if pooled.swap(k, j)[1] >= MIN_SWAP_SHARE])
+            swap = max(
+                [swap]
+                + [pooled.swap(k, j)[0] for k, j, *_ in rows[0]["swap"] if pooled.swap(k, j)[1] >= MIN_SWAP_SHARE]
+            )
             gain = max([row["shift_gain"] for row in rows if row["shift_gain"] is not None] or [1.0])
             per_shift[name] = {"swap_ratio": swap, "excess": excess, "away": away, "shift_gain": gain}
             worst_gain = max(worst_gain, gain)
-            worst_swap, worst_excess, worst_away = max(worst_swap, swap), max(worst_excess, excess), max(worst_away,
-                                                                                                        away)
-        out["worst_true"].update({"swap_ratio": worst_swap, "excess": worst_excess, "away": worst_away,
-                                  "shift_gain": worst_gain, "per_shift": per_shift})
+            worst_swap, worst_excess, worst_away = (
+                max(worst_swap, swap),
+                max(worst_excess, excess),
+                max(worst_away, away),
+            )
+        out["worst_true"].update(
+            {
+                "swap_ratio": worst_swap,
+                "excess": worst_excess,
+                "away": worst_away,
+                "shift_gain": worst_gain,
+                "per_shift": per_shift,
+            }
+        )
         out["max_swap_ratio"] = round(max(1.0, 2 * worst_swap), 3)
         out["max_shift_gain"] = round(1.0 + 2 * (worst_gain - 1.0), 3)
     else:
@@ -223,22 +262,36 @@ def caught(measured: Dict[str, Any], lim: Dict[str, Any]) -> Dict[str, float]:
         for row in rows:
             s = row["shape"]
             span = lim["class_volume_mm3"]
-            volumes_out = any(not span[n][0] <= s["class_volume_mm3"][i] <= span[n][1]
-                              for i, n in enumerate(names) if s["class_volume_mm3"][i] > 0)
-            hit += bool(s["thinnest"] == 0 or s["volume_share"] > lim["max_volume_share"]
-                        or s["box_fill"] > lim["max_box_fill"] or s["thinnest"] < lim["min_thinnest"]
-                        or s["interior_share"] < lim["min_interior_share"] or volumes_out)
+            volumes_out = any(
+                not span[n][0] <= s["class_volume_mm3"][i] <= span[n][1]
+                for i, n in enumerate(names)
+                if s["class_volume_mm3"][i] > 0
+            )
+            hit += bool(
+                s["thinnest"] == 0
+                or s["volume_share"] > lim["max_volume_share"]
+                or s["box_fill"] > lim["max_box_fill"]
+                or s["thinnest"] < lim["min_thinnest"]
+                or s["interior_share"] < lim["min_interior_share"]
+                or volumes_out
+            )
         rates[kind] = hit / len(rows)
     if measured["predictions"] is not None and lim["max_swap_ratio"] is not None:
         for name, rows in measured["predictions"].items():
-            hit = sum(any(r > lim["max_swap_ratio"] and sh >= MIN_SWAP_SHARE
-                          for _, _, r, sh in row["swapped_label_swap"]) for row in rows)
+            hit = sum(
+                any(r > lim["max_swap_ratio"] and sh >= MIN_SWAP_SHARE for _, _, r, sh in row["swapped_label_swap"])
+                for row in rows
+            )
             rates[f"swapped_by_prediction_{name}"] = hit / len(rows)
         for d in SHIFTS_VOXELS:  # over the three axes
-            gains = [row["shifted_label_gain"][f"shifted_{d}_axis{a}"] for row in measured["predictions"]["none"]
-                     for a in range(3)]
-            rates[f"shifted_{d}_voxels_by_prediction"] = sum(g is not None and g > lim["max_shift_gain"]
-                                                            for g in gains) / len(gains)
+            gains = [
+                row["shifted_label_gain"][f"shifted_{d}_axis{a}"]
+                for row in measured["predictions"]["none"]
+                for a in range(3)
+            ]
+            rates[f"shifted_{d}_voxels_by_prediction"] = sum(
+                g is not None and g > lim["max_shift_gain"] for g in gains
+            ) / len(gains)
     return rates
 
 
@@ -255,8 +308,11 @@ def finite(value: Any) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--acdc-model", default="~/.cache/assft/acdc-source",
-                        help="folder of the ACDC source model (scripts/train_acdc_source.py)")
+    parser.add_argument(
+        "--acdc-model",
+        default="~/.cache/assft/acdc-source",
+        help="folder of the ACDC source model (scripts/train_acdc_source.py)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -273,23 +329,34 @@ def main() -> int:
         results[anatomy] = lim
     measured_swaps = [r["max_swap_ratio"] for r in results.values() if r["max_swap_ratio"] is not None]
     results["default"] = {  # only what does not depend on the structure's shape and size
-        "max_volume_share": 0.5, "max_box_fill": 1.0, "min_thinnest": 2, "min_interior_share": 0.0,
+        "max_volume_share": 0.5,
+        "max_box_fill": 1.0,
+        "min_thinnest": 2,
+        "min_interior_share": 0.0,
         "max_swap_ratio": max(measured_swaps) if measured_swaps else None,
-        "min_swap_share": MIN_SWAP_SHARE, "class_volume_mm3": None, "max_shift_gain": None}
+        "min_swap_share": MIN_SWAP_SHARE,
+        "class_volume_mm3": None,
+        "max_shift_gain": None,
+    }
     for anatomy in ("hippocampus", "acdc"):
         if anatomy in results and results[anatomy]["max_swap_ratio"] is None:
             results[anatomy]["max_swap_ratio"] = results["default"]["max_swap_ratio"]
             results[anatomy]["max_swap_ratio_from"] = "default (no model of this anatomy on this machine)"
-    record = {"script": "scripts/measure_label_checks.py", "seconds": round(time.perf_counter() - start, 1),
-              "split": "development (Testing.Benchmarks.harness.splits.benchmark_split), reserved.txt excluded",
-              "anatomies": results}
+    record = {
+        "script": "scripts/measure_label_checks.py",
+        "seconds": round(time.perf_counter() - start, 1),
+        "split": "development (Testing.Benchmarks.harness.splits.benchmark_split), reserved.txt excluded",
+        "anatomies": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(finite(record), indent=1) + "\n")
     print(f"{'anatomy':<12} {'share':>7} {'fill':>6} {'thin':>5} {'interior':>8} {'swap':>6}  caught")
     for anatomy, r in results.items():
-        print(f"{anatomy:<12} {r['max_volume_share']:>7} {r['max_box_fill']:>6} {r['min_thinnest']:>5} "
-              f"{r['min_interior_share']:>8} {str(r['max_swap_ratio']):>6}  "
-              + ", ".join(f"{k} {v:.2f}" for k, v in r.get("caught", {}).items()))
+        print(
+            f"{anatomy:<12} {r['max_volume_share']:>7} {r['max_box_fill']:>6} {r['min_thinnest']:>5} "
+            f"{r['min_interior_share']:>8} {str(r['max_swap_ratio']):>6}  "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r.get("caught", {}).items())
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -81,8 +81,12 @@ def find_builtin_trainers() -> None:
     from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as base
     from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs as lengths
 
-    known = {n: c for module in (base, lengths) for n, c in inspect.getmembers(module, inspect.isclass)
-             if issubclass(c, base.nnUNetTrainer)}
+    known = {
+        n: c
+        for module in (base, lengths)
+        for n, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, base.nnUNetTrainer)
+    }
     original = training_module.recursive_find_python_class
 
     def lookup(folder: str, class_name: str, current_module: str):
@@ -104,8 +108,10 @@ def split_cases(train_n: int, test_n: int) -> Dict[str, List[str]]:
         raise SystemExit(f"{SPLIT}: source cases listed in reserved.txt: {bad}")
     train, held = hold_out(source)
     if len(train) < train_n or len(held) < test_n:
-        raise SystemExit(f"the source split has {len(train)} training and {len(held)} held-out cases; "
-                         f"asked for {train_n} and {test_n}")
+        raise SystemExit(
+            f"the source split has {len(train)} training and {len(held)} held-out cases; "
+            f"asked for {train_n} and {test_n}"
+        )
     return {"train": list(train[:train_n]), "test": list(held[:test_n])}
 
 
@@ -123,13 +129,25 @@ def prepare(work: Path, train: Sequence[str]) -> None:
     (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
     (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
     for case in train:
-        for src, dst in ((DATA / "imagesTr" / f"{case}.nii.gz", raw / "imagesTr" / f"{case}_0000.nii.gz"),
-                         (DATA / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr" / f"{case}.nii.gz")):
+        for src, dst in (
+            (DATA / "imagesTr" / f"{case}.nii.gz", raw / "imagesTr" / f"{case}_0000.nii.gz"),
+            (DATA / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr" / f"{case}.nii.gz"),
+        ):
             if not dst.exists():
                 dst.symlink_to(src)
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": CLASSES, "numTraining": len(train), "file_ending": ".nii.gz",
-        "name": DATASET_NAME, "description": "MSD Task04 hippocampus, ASSFT source split (CC-BY-SA 4.0)"}, indent=1))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": CLASSES,
+                "numTraining": len(train),
+                "file_ending": ".nii.gz",
+                "name": DATASET_NAME,
+                "description": "MSD Task04 hippocampus, ASSFT source split (CC-BY-SA 4.0)",
+            },
+            indent=1,
+        )
+    )
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
     os.environ["nnUNet_n_proc_DA"] = "1"  # the planner sets torch's threads to this number; 0 is refused
@@ -145,18 +163,26 @@ def train_model(work: Path, trainer: str, iterations: int, val_iterations: int) 
     from nnunetv2.run.run_training import get_trainer_from_args
 
     t0 = time.time()
-    net_trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD, trainer, PLANS,
-                                        device=torch.device("cpu"))
+    net_trainer = get_trainer_from_args(
+        str(DATASET_ID), CONFIGURATION, FOLD, trainer, PLANS, device=torch.device("cpu")
+    )
     net_trainer.num_iterations_per_epoch = iterations
     net_trainer.num_val_iterations_per_epoch = val_iterations
     net_trainer.run_training()
     train_s = time.time() - t0
     net_trainer.perform_actual_validation(False)
-    return {"trainer": trainer, "epochs": net_trainer.num_epochs, "iterations_per_epoch": iterations,
-            "val_iterations_per_epoch": val_iterations, "batch_size": net_trainer.batch_size,
-            "patch_size": list(net_trainer.configuration_manager.patch_size), "fold": FOLD,
-            "train_wall_s": round(train_s, 1), "train_and_validation_wall_s": round(time.time() - t0, 1),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "trainer": trainer,
+        "epochs": net_trainer.num_epochs,
+        "iterations_per_epoch": iterations,
+        "val_iterations_per_epoch": val_iterations,
+        "batch_size": net_trainer.batch_size,
+        "patch_size": list(net_trainer.configuration_manager.patch_size),
+        "fold": FOLD,
+        "train_wall_s": round(train_s, 1),
+        "train_and_validation_wall_s": round(time.time() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def dice_table(per_case: Dict[str, Sequence[float]]) -> Dict[str, float]:
@@ -179,13 +205,25 @@ def predict_nnunet(work: Path, trainer: str, test: Sequence[str], mirroring: boo
     out = work / ("pred_nnunet_mirror" if mirroring else "pred_nnunet")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(result_folder(work, trainer)), use_folds=(FOLD,),
-                                                   checkpoint_name="checkpoint_final.pth")
-    predictor.predict_from_files_sequential([[str(DATA / "imagesTr" / f"{c}.nii.gz")] for c in test],
-                                            [str(out / c) for c in test], save_probabilities=False, overwrite=True)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=mirroring,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(
+        str(result_folder(work, trainer)), use_folds=(FOLD,), checkpoint_name="checkpoint_final.pth"
+    )
+    predictor.predict_from_files_sequential(
+        [[str(DATA / "imagesTr" / f"{c}.nii.gz")] for c in test],
+        [str(out / c) for c in test],
+        save_probabilities=False,
+        overwrite=True,
+    )
     wall = time.time() - t0
     torch.set_num_threads(1)
     dice = {}
@@ -215,8 +253,12 @@ def predict_assft(work: Path, trainer: str, test: Sequence[str], mirroring: bool
     report = evaluate_cases(model, cases, hd95=False, device=torch.device("cpu"))
     if report.skipped:
         raise SystemExit(f"ASSFT skipped cases: {[s.to_dict() for s in report.skipped]}")
-    return {"dice_per_case": {m.case_id: m.dice for m in report.cases}, "wall_s": round(time.time() - t0, 1),
-            "class_names": list(model.card.class_names), "test_time_mirroring": model.card.test_time_mirroring}
+    return {
+        "dice_per_case": {m.case_id: m.dice for m in report.cases},
+        "wall_s": round(time.time() - t0, 1),
+        "class_names": list(model.card.class_names),
+        "test_time_mirroring": model.card.test_time_mirroring,
+    }
 
 
 def compare(work: Path, trainer: str, test: Sequence[str], training: Dict[str, object]) -> Dict[str, object]:
@@ -224,10 +266,12 @@ def compare(work: Path, trainer: str, test: Sequence[str], training: Dict[str, o
     nn_mirror = predict_nnunet(work, trainer, test, mirroring=True)
     ours = predict_assft(work, trainer, test, mirroring=False)
     ours_mirror = predict_assft(work, trainer, test, mirroring=True)
-    table = {"nnunet": dice_table(nn_plain["dice_per_case"]),
-             "nnunet_mirroring": dice_table(nn_mirror["dice_per_case"]),
-             "assft": dice_table(ours["dice_per_case"]),
-             "assft_mirroring": dice_table(ours_mirror["dice_per_case"])}
+    table = {
+        "nnunet": dice_table(nn_plain["dice_per_case"]),
+        "nnunet_mirroring": dice_table(nn_mirror["dice_per_case"]),
+        "assft": dice_table(ours["dice_per_case"]),
+        "assft_mirroring": dice_table(ours_mirror["dice_per_case"]),
+    }
     diff = {k: round(table["assft"][k] - table["nnunet"][k], 5) for k in table["assft"]}
     diff_mirror = {k: round(table["assft_mirroring"][k] - table["nnunet_mirroring"][k], 5) for k in table["assft"]}
 
@@ -241,14 +285,14 @@ def compare(work: Path, trainer: str, test: Sequence[str], training: Dict[str, o
     return {
         "goal": "issue 28: |Dice through ASSFT - Dice through nnU-Net's own inference| <= 0.01 per class",
         "dataset": "MSD Task04 hippocampus (../shared/data/hippocampus), source split only; "
-                   f"nnU-Net {DATASET_NAME}, {CONFIGURATION}, {PLANS}",
+        f"nnU-Net {DATASET_NAME}, {CONFIGURATION}, {PLANS}",
         "train_cases": len(training.get("train_cases", [])) or None,
         "test_cases": list(test),
         "training": training,
         "mirroring_note": "two matched pairs: 'nnunet' and 'assft' predict without test-time mirroring "
-                          "(nnU-Net's use_mirroring=False; the card's test_time_mirroring switched off), "
-                          "'nnunet_mirroring' and 'assft_mirroring' with the checkpoint's mirroring axes (both tools' "
-                          "default); the *_mirroring differences are assft_mirroring - nnunet_mirroring",
+        "(nnU-Net's use_mirroring=False; the card's test_time_mirroring switched off), "
+        "'nnunet_mirroring' and 'assft_mirroring' with the checkpoint's mirroring axes (both tools' "
+        "default); the *_mirroring differences are assft_mirroring - nnunet_mirroring",
         "assft_test_time_mirroring": list(ours_mirror["test_time_mirroring"] or []),
         "dice": table,
         "difference_assft_minus_nnunet": diff,
@@ -256,17 +300,29 @@ def compare(work: Path, trainer: str, test: Sequence[str], training: Dict[str, o
         "max_abs_difference": max(abs(v) for v in diff.values()),
         "max_abs_difference_mirroring": max(abs(v) for v in diff_mirror.values()),
         "max_abs_difference_per_case_class": per_case_max(ours["dice_per_case"], nn_plain["dice_per_case"]),
-        "max_abs_difference_per_case_class_mirroring": per_case_max(ours_mirror["dice_per_case"],
-                                                                    nn_mirror["dice_per_case"]),
+        "max_abs_difference_per_case_class_mirroring": per_case_max(
+            ours_mirror["dice_per_case"], nn_mirror["dice_per_case"]
+        ),
         "goal_met": max(abs(v) for v in diff.values()) <= 0.01,
         "goal_met_mirroring": max(abs(v) for v in diff_mirror.values()) <= 0.01,
-        "wall_s": {"nnunet": nn_plain["wall_s"], "nnunet_mirroring": nn_mirror["wall_s"], "assft": ours["wall_s"],
-                   "assft_mirroring": ours_mirror["wall_s"]},
-        "dice_per_case": {"nnunet": nn_plain["dice_per_case"], "nnunet_mirroring": nn_mirror["dice_per_case"],
-                          "assft": ours["dice_per_case"], "assft_mirroring": ours_mirror["dice_per_case"]},
+        "wall_s": {
+            "nnunet": nn_plain["wall_s"],
+            "nnunet_mirroring": nn_mirror["wall_s"],
+            "assft": ours["wall_s"],
+            "assft_mirroring": ours_mirror["wall_s"],
+        },
+        "dice_per_case": {
+            "nnunet": nn_plain["dice_per_case"],
+            "nnunet_mirroring": nn_mirror["dice_per_case"],
+            "assft": ours["dice_per_case"],
+            "assft_mirroring": ours_mirror["dice_per_case"],
+        },
         "torch_threads": torch.get_num_threads(),
-        "versions": {"nnunetv2": metadata.version("nnunetv2"), "torch": torch.__version__,
-                     "dynamic_network_architectures": metadata.version("dynamic_network_architectures")},
+        "versions": {
+            "nnunetv2": metadata.version("nnunetv2"),
+            "torch": torch.__version__,
+            "dynamic_network_architectures": metadata.version("dynamic_network_architectures"),
+        },
         "load_average_at_end": list(os.getloadavg()),
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=<nnunetv2 lib> .venv/bin/python scripts/nnunet_equivalence.py all",
     }
@@ -307,9 +363,11 @@ def main(argv: Sequence[str] = None) -> int:
         print("| path | " + " | ".join(result["dice"]["assft"]) + " |")
         for name, row in result["dice"].items():
             print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
-        print(f"max |ASSFT - nnU-Net| without mirroring = {result['max_abs_difference']:.4f}, with both tools' "
-              f"mirroring = {result['max_abs_difference_mirroring']:.4f}; goal met: {result['goal_met']} / "
-              f"{result['goal_met_mirroring']}")
+        print(
+            f"max |ASSFT - nnU-Net| without mirroring = {result['max_abs_difference']:.4f}, with both tools' "
+            f"mirroring = {result['max_abs_difference_mirroring']:.4f}; goal met: {result['goal_met']} / "
+            f"{result['goal_met_mirroring']}"
+        )
     return 0
 
 

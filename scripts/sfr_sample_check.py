@@ -51,12 +51,13 @@ def main() -> None:
 
     pool = [load("pool", c) for c in meta["pool"]]
     test = [load("test", c) for c in meta["test"]]
-    labelled, unlabelled = pool[:args.labelled], pool[args.labelled:]
+    labelled, unlabelled = pool[: args.labelled], pool[args.labelled :]
     prior = load_sam_prior()
 
     def dice(pseudo, cases) -> float:
-        scores = [dice_per_class(np.asarray(p.label.array), np.asarray(c.label.array), 3)
-                  for p, c in zip(pseudo, cases)]
+        scores = [
+            dice_per_class(np.asarray(p.label.array), np.asarray(c.label.array), 3) for p, c in zip(pseudo, cases)
+        ]
         return mean_scored(s for row in scores for s in row)
 
     def test_dice(model) -> float:
@@ -67,19 +68,38 @@ def main() -> None:
     rows = {"prior": test_dice(prior.model)}
     sfr = finetune_sam(prior.model, labelled, config, prior.sam_input, device=cpu)
     rows["sfr"] = test_dice(sfr.model)
-    plus = sfr_plus_finetune(prior.model, labelled, [c.image for c in unlabelled], config,
-                             SfrPlusConfig(kappa=args.kappa), prior.sam_input,
-                             pool_ids=[c.case_id for c in unlabelled], device=cpu)
+    plus = sfr_plus_finetune(
+        prior.model,
+        labelled,
+        [c.image for c in unlabelled],
+        config,
+        SfrPlusConfig(kappa=args.kappa),
+        prior.sam_input,
+        pool_ids=[c.case_id for c in unlabelled],
+        device=cpu,
+    )
     rows["sfr_plus"] = test_dice(plus.model)
-    pseudo = [{"case": p.case_id, "confidence": round(p.confidence, 4), "true_dice": round(dice([p], [c]), 4),
-               "selected": p.case_id in plus.selected} for p, c in zip(plus.first_pseudo, unlabelled)]
+    pseudo = [
+        {
+            "case": p.case_id,
+            "confidence": round(p.confidence, 4),
+            "true_dice": round(dice([p], [c]), 4),
+            "selected": p.case_id in plus.selected,
+        }
+        for p, c in zip(plus.first_pseudo, unlabelled)
+    ]
     kept = [r["true_dice"] for r in pseudo if r["selected"]]
     dropped = [r["true_dice"] for r in pseudo if not r["selected"]]
-    result = {"test_mean_dice": rows, "pool_pseudo_labels": pseudo,
-              "selected_mean_true_dice": float(np.mean(kept)) if kept else None,
-              "dropped_mean_true_dice": float(np.mean(dropped)) if dropped else None,
-              "labelled": [c.case_id for c in labelled], "config": config.to_dict(), "kappa": args.kappa,
-              "note": "one seed on the shipped sample; the SAM prior is not Meta's SAM"}
+    result = {
+        "test_mean_dice": rows,
+        "pool_pseudo_labels": pseudo,
+        "selected_mean_true_dice": float(np.mean(kept)) if kept else None,
+        "dropped_mean_true_dice": float(np.mean(dropped)) if dropped else None,
+        "labelled": [c.case_id for c in labelled],
+        "config": config.to_dict(),
+        "kappa": args.kappa,
+        "note": "one seed on the shipped sample; the SAM prior is not Meta's SAM",
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

@@ -87,14 +87,25 @@ RESULTS = ROOT / "Testing" / "Benchmarks" / "results"
 CARD = {
     "name": "acdc-source-unet",
     "architecture": "UNet",
-    "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [16, 32, 64, 128],
-                  "strides": [[2, 2, 1], [2, 2, 2], [2, 2, 2]], "num_res_units": 1, "dropout": 0.1,
-                  "norm": "instance"},
+    "arguments": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 4,
+        "channels": [16, 32, 64, 128],
+        "strides": [[2, 2, 1], [2, 2, 2], [2, 2, 2]],
+        "num_res_units": 1,
+        "dropout": 0.1,
+        "norm": "instance",
+    },
     "weights": "weights.safetensors",
     "weights_format": "state_dict",
     "class_names": ["background", "RV", "myocardium", "LV"],
-    "encoder_stages": ["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0",
-                       "model.1.submodule.1.submodule.1.submodule"],
+    "encoder_stages": [
+        "model.0",
+        "model.1.submodule.0",
+        "model.1.submodule.1.submodule.0",
+        "model.1.submodule.1.submodule.1.submodule",
+    ],
     "patch_size": [80, 80, 8],
     "preprocessing": {"profile": "zscore_nonzero"},
     "spacing": [2.0, 2.0, 1.0],
@@ -105,8 +116,11 @@ TRAIN_PATCH = (64, 64, 8)
 
 #: Shifts measured by ``--evaluate`` (kind, strength): the strength sweep of the scanner shift the benchmarks use,
 #: and each of its parts alone at full strength, to see which part hurts.
-SWEEP: Tuple[Tuple[str, float], ...] = tuple(("scanner", s) for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)) \
-    + (("gamma", 1.0), ("bias_field", 1.0), ("noise", 1.0))
+SWEEP: Tuple[Tuple[str, float], ...] = tuple(("scanner", s) for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)) + (
+    ("gamma", 1.0),
+    ("bias_field", 1.0),
+    ("noise", 1.0),
+)
 
 
 def load_split(data: Path, rule: str = "acdc") -> Dict[str, List[str]]:
@@ -125,12 +139,20 @@ def load_split(data: Path, rule: str = "acdc") -> Dict[str, List[str]]:
     if rule == "acdc_path":
         path = acdc_path_split(cases, reserved)
         train, held_out = hold_out(path.source, acdc_patient)
-        return {"train": list(train), "source_test": list(held_out), "target_pool": list(path.development.pool),
-                "target_test": list(path.development.eval)}
+        return {
+            "train": list(train),
+            "source_test": list(held_out),
+            "target_pool": list(path.development.pool),
+            "target_test": list(path.development.eval),
+        }
     split = split_acdc(cases, reserved)
     train, held_out = hold_out(split.source, acdc_patient)
-    return {"train": list(train), "source_test": list(held_out), "target_pool": list(split.target_pool),
-            "target_test": list(split.target_test)}
+    return {
+        "train": list(train),
+        "source_test": list(held_out),
+        "target_pool": list(split.target_pool),
+        "target_test": list(split.target_test),
+    }
 
 
 def read_case(data: Path, case: str, num_classes: int) -> Tuple[Volume, Volume]:
@@ -148,8 +170,13 @@ def train(args: argparse.Namespace, parts: Dict[str, List[str]]) -> float:
         image, label = read_case(args.data, c, card.num_classes)
         cases.append(SupervisedCase(case_id=c, image=image, label=label))
     network = build_network(card)
-    config = TrainConfig(iterations=args.iterations, patch_size=TRAIN_PATCH, batch_size=4,
-                         learning_rate=args.learning_rate, seed=args.seed)
+    config = TrainConfig(
+        iterations=args.iterations,
+        patch_size=TRAIN_PATCH,
+        batch_size=4,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
     start = time.time()
 
     def progress(event) -> None:
@@ -164,13 +191,13 @@ def train(args: argparse.Namespace, parts: Dict[str, List[str]]) -> float:
     save_weights(network, out / "weights.safetensors")
     provenance = {
         "description": "Small 3D UNet trained from scratch on the source split of ACDC (cine cardiac MRI, short "
-                       "axis). Stands in for a pre-trained model in the annotation-efficiency benchmark's second "
-                       "anatomy. Not shipped: derived from non-commercial data.",
+        "axis). Stands in for a pre-trained model in the annotation-efficiency benchmark's second "
+        "anatomy. Not shipped: derived from non-commercial data.",
         "data": "ACDC (Bernard et al., IEEE TMI 37(11):2514-2525, 2018), CC BY-NC-SA 4.0; 100 training patients x 2 "
-                "frames, SSL4MIS min-max preprocessing, identity affines (voxel space)",
+        "frames, SSL4MIS min-max preprocessing, identity affines (voxel space)",
         "licence_note": "derived from CC BY-NC-SA 4.0 data: non-commercial use only, do not ship",
         "split": "harness.splits.split_acdc (sha256 of the patient id; both frames in one part); every patient "
-                 "of reserved.txt excluded; source patients of hash bucket 0 held out (splits.hold_out)",
+        "of reserved.txt excluded; source patients of hash bucket 0 held out (splits.hold_out)",
         "train_cases": parts["train"],
         "source_test_cases": parts["source_test"],
         "seed": args.seed,
@@ -187,8 +214,11 @@ def train(args: argparse.Namespace, parts: Dict[str, List[str]]) -> float:
 
 def dice_of(model, pairs: Sequence[Tuple[Volume, Volume]], cases: Sequence[str]) -> Dict[str, Any]:
     report = evaluate_model(model, None, pairs, hd95=False)
-    return {"mean_dice": report.mean_dice(), "per_class": report.mean_dice_per_class(),
-            "per_case": {c: [float(d) for d in m.dice] for c, m in zip(cases, report.cases)}}
+    return {
+        "mean_dice": report.mean_dice(),
+        "per_class": report.mean_dice_per_class(),
+        "per_case": {c: [float(d) for d in m.dice] for c, m in zip(cases, report.cases)},
+    }
 
 
 def shifted(pairs: Sequence[Tuple[Volume, Volume]], cases: Sequence[str], shift: ShiftConfig):
@@ -202,9 +232,11 @@ def evaluate(args: argparse.Namespace, parts: Dict[str, List[str]]) -> Dict[str,
     model = load_model(card)
     model.network.eval()
     if args.limit:
-        parts = {part: cases[:args.limit] for part, cases in parts.items()}
-    data = {part: [read_case(args.data, c, card.num_classes) for c in parts[part]]
-            for part in ("source_test", "target_pool", "target_test")}
+        parts = {part: cases[: args.limit] for part, cases in parts.items()}
+    data = {
+        part: [read_case(args.data, c, card.num_classes) for c in parts[part]]
+        for part in ("source_test", "target_pool", "target_test")
+    }
     results: Dict[str, Any] = {"source_test": dice_of(model, data["source_test"], parts["source_test"])}
     print(f"source test: {json.dumps(results['source_test']['per_class'])}", flush=True)
     rows = []
@@ -218,27 +250,42 @@ def evaluate(args: argparse.Namespace, parts: Dict[str, List[str]]) -> Dict[str,
             row[part] = dice_of(model, pairs, parts[part])
         rows.append(row)
         name = "none" if shift is None else f"{shift.kind.value} {shift.strength}"
-        print(f"{name:>16}: pool {row['target_pool']['mean_dice']:.3f}, test {row['target_test']['mean_dice']:.3f} "
-              f"{json.dumps({k: round(v, 3) for k, v in row['target_test']['per_class'].items()})}", flush=True)
+        print(
+            f"{name:>16}: pool {row['target_pool']['mean_dice']:.3f}, test {row['target_test']['mean_dice']:.3f} "
+            f"{json.dumps({k: round(v, 3) for k, v in row['target_test']['per_class'].items()})}",
+            flush=True,
+        )
     results["shifts"] = rows
     results["chosen"] = chosen
     results["rule_choice"] = choose_shifts(results)
     if results["rule_choice"] != chosen:
-        print(f"warning: the rule picks {results['rule_choice']} but harness.shifts.BENCHMARK_SHIFTS['acdc'] "
-              f"holds {chosen}; update BENCHMARK_SHIFTS (or the rule) and rerun with --evaluate.", flush=True)
+        print(
+            f"warning: the rule picks {results['rule_choice']} but harness.shifts.BENCHMARK_SHIFTS['acdc'] "
+            f"holds {chosen}; update BENCHMARK_SHIFTS (or the rule) and rerun with --evaluate.",
+            flush=True,
+        )
     return results
 
 
 def machine() -> Dict[str, Any]:
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
-            "load_average_at_evaluation": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "torch": torch.__version__, "gpu": torch.cuda.is_available()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_evaluation": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.is_available(),
+    }
 
 
 def _row_for(results: Dict[str, Any], shift: Dict[str, Any]) -> Dict[str, Any]:
@@ -288,19 +335,32 @@ def markdown(report: Dict[str, Any]) -> str:
     ]
     for row in res["shifts"]:
         name = "none" if row["shift"] is None else f"{row['shift']['kind']} {row['shift']['strength']}"
-        lines.append(f"| {name} | {row['target_pool']['mean_dice']:.3f} | {row['target_test']['mean_dice']:.3f} | "
-                     f"{fmt(row['target_test']['per_class'])} |")
+        lines.append(
+            f"| {name} | {row['target_pool']['mean_dice']:.3f} | {row['target_test']['mean_dice']:.3f} | "
+            f"{fmt(row['target_test']['per_class'])} |"
+        )
     agrees = res["rule_choice"] == res["chosen"]
-    lines += ["", "## Chosen benchmark shifts (`harness.shifts.BENCHMARK_SHIFTS[\"acdc\"]`)", "",
-              report["rule"] + (" The shifts in `BENCHMARK_SHIFTS` are the ones the rule picks." if agrees else
-                                f" **The rule picks {res['rule_choice']}, not the shifts below: update "
-                                "`BENCHMARK_SHIFTS`.**"), "", "| severity | shift | target pool | target test | "
-              + " | ".join(f"test {c}" for c in classes) + " |", "|" + "---|" * (len(classes) + 4)]
+    lines += [
+        "",
+        '## Chosen benchmark shifts (`harness.shifts.BENCHMARK_SHIFTS["acdc"]`)',
+        "",
+        report["rule"]
+        + (
+            " The shifts in `BENCHMARK_SHIFTS` are the ones the rule picks."
+            if agrees
+            else f" **The rule picks {res['rule_choice']}, not the shifts below: update `BENCHMARK_SHIFTS`.**"
+        ),
+        "",
+        "| severity | shift | target pool | target test | " + " | ".join(f"test {c}" for c in classes) + " |",
+        "|" + "---|" * (len(classes) + 4),
+    ]
     for severity, shift in res["chosen"].items():
         row = _row_for(res, shift)
-        lines.append(f"| {severity} | {shift['kind']} {shift['strength']} (seed {shift['seed']}) | "
-                     f"{row['target_pool']['mean_dice']:.3f} | {row['target_test']['mean_dice']:.3f} | "
-                     f"{fmt(row['target_test']['per_class'])} |")
+        lines.append(
+            f"| {severity} | {shift['kind']} {shift['strength']} (seed {shift['seed']}) | "
+            f"{row['target_pool']['mean_dice']:.3f} | {row['target_test']['mean_dice']:.3f} | "
+            f"{fmt(row['target_test']['per_class'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -310,19 +370,23 @@ MILD_MAX_DROP = 0.10
 HARSH_SHARE = 0.5
 
 #: How the mild and harsh strengths are chosen (written into the results; :func:`choose_shifts` applies it).
-RULE = (f"Chosen on the target pool, never on the target test, among the scanner strengths of the sweep (the kind "
-        f"the hippocampus benchmark uses): **mild** is the strongest under which the source model loses at most "
-        f"{MILD_MAX_DROP} mean Dice on the pool against no shift (decent: most of each structure is still found), "
-        f"**harsh** the weakest under which its pool Dice falls below {HARSH_SHARE:.0%} of its source-test Dice (it "
-        "fails). The target test is only reported.")
+RULE = (
+    f"Chosen on the target pool, never on the target test, among the scanner strengths of the sweep (the kind "
+    f"the hippocampus benchmark uses): **mild** is the strongest under which the source model loses at most "
+    f"{MILD_MAX_DROP} mean Dice on the pool against no shift (decent: most of each structure is still found), "
+    f"**harsh** the weakest under which its pool Dice falls below {HARSH_SHARE:.0%} of its source-test Dice (it "
+    "fails). The target test is only reported."
+)
 
 
 def choose_shifts(results: Dict[str, Any]) -> Dict[str, Any]:
     """The mild and harsh scanner shifts :data:`RULE` picks from the sweep (``None`` where none qualifies)."""
     unshifted = _row_for(results, None)["target_pool"]["mean_dice"]
     source = results["source_test"]["mean_dice"]
-    scanner = sorted((r for r in results["shifts"] if r["shift"] is not None and r["shift"]["kind"] == "scanner"),
-                     key=lambda r: r["shift"]["strength"])
+    scanner = sorted(
+        (r for r in results["shifts"] if r["shift"] is not None and r["shift"]["kind"] == "scanner"),
+        key=lambda r: r["shift"]["strength"],
+    )
     mild = [r["shift"] for r in scanner if r["target_pool"]["mean_dice"] >= unshifted - MILD_MAX_DROP]
     harsh = [r["shift"] for r in scanner if r["target_pool"]["mean_dice"] < HARSH_SHARE * source]
     return {"mild": mild[-1] if mild else None, "harsh": harsh[0] if harsh else None}
@@ -333,38 +397,55 @@ def parse_sweep(text: str) -> Tuple[Tuple[str, float], ...]:
     try:
         return tuple((kind, float(strength)) for kind, strength in (item.split(":") for item in text.split(",")))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected kind:strength,... e.g. scanner:0.3,scanner:0.7") \
-            from error
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected kind:strength,... e.g. scanner:0.3,scanner:0.7"
+        ) from error
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="ACDC folder (imagesTr, labelsTr, reserved.txt)")
-    parser.add_argument("--split", choices=("acdc", "acdc_path"), default="acdc",
-                        help="acdc: the source split of all five diagnoses (default); acdc_path: the dilated, infarct "
-                             f"and normal patients only (the ACDC-Path source model; default --out {DEFAULT_PATH_OUT})")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="model folder for card.json and weights.safetensors (outside the repository)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="folder for acdc_source_model.md and .json")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="ACDC folder (imagesTr, labelsTr, reserved.txt)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("acdc", "acdc_path"),
+        default="acdc",
+        help="acdc: the source split of all five diagnoses (default); acdc_path: the dilated, infarct "
+        f"and normal patients only (the ACDC-Path source model; default --out {DEFAULT_PATH_OUT})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="model folder for card.json and weights.safetensors (outside the repository)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for acdc_source_model.md and .json")
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--evaluate", action="store_true", help="only evaluate the model already in --out")
-    parser.add_argument("--sweep", type=parse_sweep, default=SWEEP,
-                        help="shifts to measure, as kind:strength,... (default: the scanner sweep and its parts)")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="evaluate only the first N cases of each part (smoke runs; 0 = all)")
+    parser.add_argument(
+        "--sweep",
+        type=parse_sweep,
+        default=SWEEP,
+        help="shifts to measure, as kind:strength,... (default: the scanner sweep and its parts)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="evaluate only the first N cases of each part (smoke runs; 0 = all)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     if args.out is None:
         args.out = DEFAULT_PATH_OUT if args.split == "acdc_path" else DEFAULT_OUT
     parts = load_split(args.data, args.split)
-    print(f"split by patient: train {len(parts['train'])}, source test {len(parts['source_test'])}, target pool "
-          f"{len(parts['target_pool'])}, target test {len(parts['target_test'])} volumes", flush=True)
+    print(
+        f"split by patient: train {len(parts['train'])}, source test {len(parts['source_test'])}, target pool "
+        f"{len(parts['target_pool'])}, target test {len(parts['target_test'])} volumes",
+        flush=True,
+    )
     out = args.out.expanduser()
     if args.evaluate and not (out / "card.json").is_file():
         sys.exit(f"error: {out} holds no card.json; train the model first (run this script without --evaluate).")
@@ -373,15 +454,20 @@ def main() -> None:
     results = evaluate(args, parts)
     card = json.loads((out / "card.json").read_text())
     report = {
-        "card": card, "split": parts, "results": results, "rule": RULE, "machine": machine(),
+        "card": card,
+        "split": parts,
+        "results": results,
+        "rule": RULE,
+        "machine": machine(),
         "model_folder_default": str(DEFAULT_OUT if args.split == "acdc" else DEFAULT_PATH_OUT),
         "patients": {part: sorted(groups_of(cases, acdc_patient)) for part, cases in parts.items()},
         "commands": {
             "train": "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py"
-                     + (f" --split {args.split}" if args.split != "acdc" else "")
-                     + (f" --iterations {args.iterations}" if args.iterations != 3000 else ""),
+            + (f" --split {args.split}" if args.split != "acdc" else "")
+            + (f" --iterations {args.iterations}" if args.iterations != 3000 else ""),
             "evaluate": "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py --evaluate"
-                        + (f" --split {args.split}" if args.split != "acdc" else "")},
+            + (f" --split {args.split}" if args.split != "acdc" else ""),
+        },
     }
     args.results.mkdir(parents=True, exist_ok=True)
     stem = "acdc_source_model" if args.split == "acdc" else f"{args.split}_source_model"

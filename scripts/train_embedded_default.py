@@ -39,13 +39,25 @@ from Testing.Benchmarks.harness.splits import read_reserved, split_cases  # noqa
 CARD = {
     "name": "hippocampus-unet",
     "architecture": "UNet",
-    "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [16, 32, 64, 128],
-                  "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1, "norm": "instance"},
+    "arguments": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [16, 32, 64, 128],
+        "strides": [2, 2, 2],
+        "num_res_units": 1,
+        "dropout": 0.1,
+        "norm": "instance",
+    },
     "weights": "weights.safetensors",
     "weights_format": "state_dict",
     "class_names": ["background", "anterior", "posterior"],
-    "encoder_stages": ["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0",
-                       "model.1.submodule.1.submodule.1.submodule"],
+    "encoder_stages": [
+        "model.0",
+        "model.1.submodule.0",
+        "model.1.submodule.1.submodule.0",
+        "model.1.submodule.1.submodule.1.submodule",
+    ],
     "patch_size": [48, 64, 48],
     "preprocessing": {"profile": "zscore_nonzero"},
     "spacing": [1.0, 1.0, 1.0],
@@ -78,21 +90,28 @@ def main() -> None:
         cases.append(SupervisedCase(case_id=c, image=image, label=label))
 
     network = build_network(card)
-    config = TrainConfig(iterations=args.iterations, patch_size=(32, 48, 32), batch_size=4, learning_rate=2e-3,
-                         seed=args.seed)
+    config = TrainConfig(
+        iterations=args.iterations, patch_size=(32, 48, 32), batch_size=4, learning_rate=2e-3, seed=args.seed
+    )
     start = time.time()
-    train_supervised(network, card, cases, config, hooks=[ProgressHook(lambda e: print(e.message, flush=True)
-                                                                   if e.step % 100 == 0 else None)])
+    train_supervised(
+        network,
+        card,
+        cases,
+        config,
+        hooks=[ProgressHook(lambda e: print(e.message, flush=True) if e.step % 100 == 0 else None)],
+    )
     seconds = time.time() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
     save_weights(network, args.out / "weights.safetensors")
-    eval_cases = [(read_volume(args.data / "imagesTr" / f"{c}.nii.gz"), args.data / "labelsTr" / f"{c}.nii.gz")
-                  for c in held_out]
+    eval_cases = [
+        (read_volume(args.data / "imagesTr" / f"{c}.nii.gz"), args.data / "labelsTr" / f"{c}.nii.gz") for c in held_out
+    ]
     metrics = evaluate_model(network, card, eval_cases)
     provenance = {
         "description": "Small 3D UNet trained from scratch on the source split of MSD Task04 Hippocampus (T1 MRI). "
-                       "Stands in for a pre-trained foundation model in demos and tests.",
+        "Stands in for a pre-trained foundation model in demos and tests.",
         "data": "MSD Task04 Hippocampus, CC-BY-SA 4.0 (Simpson et al. 2019; Antonelli et al. 2022)",
         "split": "harness.splits.split_cases (sha256 of case name); reserved.txt excluded",
         "train_cases": train,

@@ -65,9 +65,17 @@ def main() -> None:
         cases.append(SfrCase(case_id=c, image=image, label=label))
 
     model = build_sam(prior_sam_config(len(CLASS_NAMES), args.canvas), seed=args.seed)
-    config = SfrFinetuneConfig(iterations=args.iterations, batch_size=2, learning_rate=2e-3, weight_decay=0.01,
-                               warmup_iterations=min(100, args.iterations // 10), lora_rank=0, rot_flip=False,
-                               bezier_probability=0.5, seed=args.seed)
+    config = SfrFinetuneConfig(
+        iterations=args.iterations,
+        batch_size=2,
+        learning_rate=2e-3,
+        weight_decay=0.01,
+        warmup_iterations=min(100, args.iterations // 10),
+        lora_rank=0,
+        rot_flip=False,
+        bezier_probability=0.5,
+        seed=args.seed,
+    )
 
     def report(event) -> None:
         if event.event == "progress" and event.step % 100 == 0:

@@ -61,11 +61,13 @@ def rank_sample(logic, work: Path, volumes: int):
         shutil.copy(path, data)
         loadVolumeFile(logic.volumesLogic, str(data / path.name))
     spec = logic.prepareJob("rank", work / "assft", "default", budget=2)
-    done = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(spec.jobDir)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ASSFTActive.worker", str(spec.jobDir)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        raise SystemExit(f"the rank job failed (exit code {done.returncode}):\n{done.stdout[-3000:]}"
-                         f"\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"the rank job failed (exit code {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return logic.loadJobResult(spec.jobDir, "default")
 
 
@@ -110,17 +112,25 @@ def draw_panel(rows, shown: str, model: str, height: int, segments=()):
             colour = (179, 212, 252)
         if colour:
             draw.rectangle((10, y - 2, PANEL_WIDTH - 10, y + 18), fill=colour)
-        values = (row["volume"], _number(row["dkd"]), _number(row["asd"]), _number(row["score"]),
-                  str(row["rank"]) if row["rank"] > 0 else "-", row["state"])
+        values = (
+            row["volume"],
+            _number(row["dkd"]),
+            _number(row["asd"]),
+            _number(row["score"]),
+            str(row["rank"]) if row["rank"] > 0 else "-",
+            row["state"],
+        )
         for (_, x), text in zip(columns, values):
             draw.text((x, y), text, font=_font(13), fill=(20, 20, 20))
         y += 22
     y += 12
-    for line in (f"Shown: {shown}, the top proposed volume,",
-                 "with its entropy overlay (where the model is unsure)",
-                 "and the model's prediction to correct (Annotate",
-                 "with pre-fill); views centred on its first",
-                 "high-entropy region."):
+    for line in (
+        f"Shown: {shown}, the top proposed volume,",
+        "with its entropy overlay (where the model is unsure)",
+        "and the model's prediction to correct (Annotate",
+        "with pre-fill); views centred on its first",
+        "high-entropy region.",
+    ):
         draw.text((16, y), line, font=_font(13), fill=(40, 40, 40))
         y += 19
     y += 10
@@ -128,8 +138,7 @@ def draw_panel(rows, shown: str, model: str, height: int, segments=()):
         draw.rectangle((16, y + 2, 30, y + 14), fill=tuple(int(255 * c) for c in colour), outline=(60, 60, 60))
         draw.text((38, y), f"{name} (the model's prediction, to correct)", font=_font(13), fill=(40, 40, 40))
         y += 20
-    draw.text((16, y), "Heat colours: voxel-wise entropy above 0.2 (overlay, 50 %)", font=_font(13),
-              fill=(40, 40, 40))
+    draw.text((16, y), "Heat colours: voxel-wise entropy above 0.2 (overlay, 50 %)", font=_font(13), fill=(40, 40, 40))
     draw.text((16, y + 20), "R1: the first high-entropy region", font=_font(13), fill=(40, 40, 40))
     return panel
 
@@ -154,8 +163,14 @@ def main(argv=None) -> int:
 
     app = SlicerApp()
     app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
-    views = [app.view_manager.create_view(definition) for definition in (
-        ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view())]
+    views = [
+        app.view_manager.create_view(definition)
+        for definition in (
+            ViewLayoutDefinition.axial_view(),
+            ViewLayoutDefinition.coronal_view(),
+            ViewLayoutDefinition.sagittal_view(),
+        )
+    ]
     sizes = (VIEW_SIZE, VIEW_SIZE // 2, VIEW_SIZE // 2)
     for view, size in zip(views, sizes):
         view.render_window().SetSize(size, size)
@@ -163,8 +178,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="assft-screenshot-") as folder:
         loaded = rank_sample(logic, Path(folder), args.volumes)
         table = loaded.tableNode
-        top = next(row for row in range(table.GetNumberOfRows())
-                   if ranking.rankedCaseFromTable(table, row)[0].selected)
+        top = next(row for row in range(table.GetNumberOfRows()) if ranking.rankedCaseFromTable(table, row)[0].selected)
         shown = logic.showCase(table, top, 0.2, 0.5)
         card = logic.modelCard("default")
         segmentation = logic.annotationSegmentation(shown.volumeNode, card, str(shown.case.prediction))
@@ -181,13 +195,22 @@ def main(argv=None) -> int:
         for row in range(table.GetNumberOfRows()):
             case, nodeId = ranking.rankedCaseFromTable(table, row)
             node = app.scene.GetNodeByID(nodeId) if nodeId else None
-            rows.append({"volume": node.GetName() if node is not None else case.caseId, "dkd": case.dkd,
-                         "asd": case.asd, "score": case.score, "rank": case.rank,
-                         "state": CaseState.of(case.labeled, case.pseudoLabeled, case.selected)})
+            rows.append(
+                {
+                    "volume": node.GetName() if node is not None else case.caseId,
+                    "dkd": case.dkd,
+                    "asd": case.asd,
+                    "score": case.score,
+                    "rank": case.rank,
+                    "state": CaseState.of(case.labeled, case.pseudoLabeled, case.selected),
+                }
+            )
         name = shown.volumeNode.GetName()
         content = segmentation.GetSegmentation()
-        segments = [(content.GetNthSegment(i).GetName(), content.GetNthSegment(i).GetColor())
-                    for i in range(content.GetNumberOfSegments())]
+        segments = [
+            (content.GetNthSegment(i).GetName(), content.GetNthSegment(i).GetColor())
+            for i in range(content.GetNumberOfSegments())
+        ]
         model = f"{card.name} ({', '.join(card.class_names[1:])})"
     height = max(VIEW_SIZE, 140 + 22 * len(rows) + 200)
     canvas = Image.new("RGB", (PANEL_WIDTH + VIEW_SIZE + VIEW_SIZE // 2, height), (0, 0, 0))

@@ -20,8 +20,7 @@ from typing import List, Optional
 from .. import __version__
 from ..errors import AssftError, CancelledError
 
-SUBCOMMANDS = ("rank", "overlay", "adapt", "sfr", "evaluate", "models", "demo", "check_card", "export_nnunet",
-               "serve")
+SUBCOMMANDS = ("rank", "overlay", "adapt", "sfr", "evaluate", "models", "demo", "check_card", "export_nnunet", "serve")
 #: Exit code of an expected failure (bad input, card, store, output) and of a cancelled command.
 EXIT_ERROR, EXIT_CANCELLED = 2, 130
 

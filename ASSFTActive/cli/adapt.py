@@ -19,23 +19,37 @@ PSEUDO_MODES = tuple(mode.value for mode in PseudoMode)
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("adapt", help="fine-tune the model on labelled + reliable pseudo-labelled volumes",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "adapt", help="fine-tune the model on labelled + reliable pseudo-labelled volumes", description=__doc__
+    )
     add_input_arguments(parser, "adapt")
-    parser.add_argument("--pseudo", choices=PSEUDO_MODES, default=None,
-                        help="pseudo-labelling of the unlabelled pool (default: selective)")
+    parser.add_argument(
+        "--pseudo",
+        choices=PSEUDO_MODES,
+        default=None,
+        help="pseudo-labelling of the unlabelled pool (default: selective)",
+    )
     parser.add_argument("--iterations", type=int, help="supervised training steps (default 100)")
     parser.add_argument("--semi-iterations", type=int, help="semi-supervised steps (default: = --iterations)")
-    parser.add_argument("--keep-fraction", type=float, help="share of the pool pseudo-labelled in selective mode "
-                                                            "(default 0.5)")
-    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="training patch in voxels (default: the card's patch size)")
+    parser.add_argument(
+        "--keep-fraction", type=float, help="share of the pool pseudo-labelled in selective mode (default 0.5)"
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="training patch in voxels (default: the card's patch size)",
+    )
     parser.add_argument("--batch-size", type=int, help="patches per step (default 4)")
     parser.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, help="seed of sampling, augmentation and the cross-validation folds")
-    parser.add_argument("--partial-labels", action="store_true",
-                        help="the labels are deliberately partial (some slices, an outline, part of a structure); "
-                             "without it such labels are refused")
+    parser.add_argument(
+        "--partial-labels",
+        action="store_true",
+        help="the labels are deliberately partial (some slices, an outline, part of a structure); "
+        "without it such labels are refused",
+    )
     add_run_arguments(parser, "fine-tuning settings (FinetuneConfig)")
     add_work_dir_argument(parser)
     parser.set_defaults(run=run)
@@ -45,23 +59,33 @@ def add_input_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     """The data, model and store options of every adaptation command (``assft adapt``, ``assft sfr``)."""
     parser.add_argument("--images", required=True, help="folder or glob of all volumes (labelled and unlabelled)")
     parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
-    parser.add_argument("--model", default="default",
-                        help=f"model to {verb}: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help=f"model to {verb}: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]",
+    )
     parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
     parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, settings: str) -> None:
     """The guard, label-check, settings-file, output and device options of every adaptation command."""
-    parser.add_argument("--no-guard", action="store_true",
-                        help="skip the cross-validated check and activate the new version unconditionally "
-                             "(one training run instead of folds + 1)")
-    parser.add_argument("--allow-implausible-labels", action="store_true",
-                        help="train even when a label has no foreground, a model class appears in no label, or a "
-                             "label lies far from the current model's prediction (refused by default)")
+    parser.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="skip the cross-validated check and activate the new version unconditionally "
+        "(one training run instead of folds + 1)",
+    )
+    parser.add_argument(
+        "--allow-implausible-labels",
+        action="store_true",
+        help="train even when a label has no foreground, a model class appears in no label, or a "
+        "label lies far from the current model's prediction (refused by default)",
+    )
     parser.add_argument("--config", type=Path, help=f"JSON file of {settings}; the other options override it")
-    parser.add_argument("--predictions", type=Path, help="write the new model's label maps of the unlabelled "
-                                                         "volumes to this folder")
+    parser.add_argument(
+        "--predictions", type=Path, help="write the new model's label maps of the unlabelled volumes to this folder"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(parser)
 
@@ -73,8 +97,13 @@ def build_config(args: argparse.Namespace):
 
     data: Dict[str, Any] = read_settings_file(args.config)
     train = dict(data.get("train") or {})
-    for option, key in (("iterations", "iterations"), ("batch_size", "batch_size"),
-                        ("learning_rate", "learning_rate"), ("seed", "seed"), ("patch_size", "patch_size")):
+    for option, key in (
+        ("iterations", "iterations"),
+        ("batch_size", "batch_size"),
+        ("learning_rate", "learning_rate"),
+        ("seed", "seed"),
+        ("patch_size", "patch_size"),
+    ):
         value = getattr(args, option)
         if value is not None:
             train[key] = list(value) if option == "patch_size" else value
@@ -121,9 +150,17 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     bar, progress = progress_channel(args, volumes=len(images), units=units)
     try:
         with work_dir_lock(args.work_dir):
-            request = AdaptRequest({case_id(p): p for p in images}, labels, args.store, model=args.model,
-                                   name=args.name, progress=progress, work_dir=args.work_dir,
-                                   predictions_dir=args.predictions, device=resolve_device(args.device))
+            request = AdaptRequest(
+                {case_id(p): p for p in images},
+                labels,
+                args.store,
+                model=args.model,
+                name=args.name,
+                progress=progress,
+                work_dir=args.work_dir,
+                predictions_dir=args.predictions,
+                device=resolve_device(args.device),
+            )
             result = run_adaptation(request, method)
     finally:
         bar.close()
@@ -138,10 +175,14 @@ def format_summary(result, title: str = "", pseudo_line: Optional[str] = None) -
     before, after = metrics["before"], metrics["after"]
     kept = [d for d in result.pseudo if d.kept]
     if pseudo_line is None:
-        pseudo_line = ((f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
-                        + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})"
-                           if kept else ""))
-                       if result.pseudo else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)")
+        pseudo_line = (
+            (
+                f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
+                + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})" if kept else "")
+            )
+            if result.pseudo
+            else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)"
+        )
     lines = [
         f"{title}model {result.name} {result.version} "
         + ("is now active" if result.activated else "was stored but NOT activated"),
@@ -151,15 +192,22 @@ def format_summary(result, title: str = "", pseudo_line: Optional[str] = None) -
         pseudo_line,
     ]
     if result.skipped:
-        lines.append(f"skipped: {len(result.skipped)} volume(s): "
-                     + "; ".join(f"{s.case_id} ({s.reason[:80]})" for s in result.skipped[:3]))
-    where = ("labelled volume(s), each held out once (cross-validation; no HD95 after)"
-             if metrics["evaluated_on"] == "cross_validation" else "labelled training volume(s)")
+        lines.append(
+            f"skipped: {len(result.skipped)} volume(s): "
+            + "; ".join(f"{s.case_id} ({s.reason[:80]})" for s in result.skipped[:3])
+        )
+    where = (
+        "labelled volume(s), each held out once (cross-validation; no HD95 after)"
+        if metrics["evaluated_on"] == "cross_validation"
+        else "labelled training volume(s)"
+    )
     lines.append(f"\nDice and HD95 on {len(metrics['cases'])} {where}, before -> after:")
     lines.append(f"{'class':<16} {'Dice before':>11} {'Dice after':>11} {'HD95 before':>12} {'HD95 after':>11}")
     for name in before["dice"]:
-        lines.append(f"{name:<16} {_num(before['dice'][name]):>11} {_num(after['dice'][name]):>11} "
-                     f"{_num(before['hd95'].get(name), 2):>12} {_num(after['hd95'].get(name), 2):>11}")
+        lines.append(
+            f"{name:<16} {_num(before['dice'][name]):>11} {_num(after['dice'][name]):>11} "
+            f"{_num(before['hd95'].get(name), 2):>12} {_num(after['hd95'].get(name), 2):>11}"
+        )
     lines.append(f"{'mean':<16} {_num(before['mean_dice']):>11} {_num(after['mean_dice']):>11}")
     if result.predictions:
         first = next(iter(result.predictions.values()))

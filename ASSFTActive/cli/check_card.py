@@ -22,11 +22,16 @@ from .common import add_device_argument
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("check-card", help="validate a model card, list its modules, run one forward pass",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "check-card",
+        help="validate a model card, list its modules, run one forward pass",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("card", help="card JSON, 'default', or a store folder <store>/<name>[/v<k>]")
-    parser.add_argument("--modules", action="store_true",
-                        help="list every module name of the network (candidates for encoder_stages)")
+    parser.add_argument(
+        "--modules", action="store_true", help="list every module name of the network (candidates for encoder_stages)"
+    )
     add_device_argument(parser)
     parser.set_defaults(run=run)
 
@@ -52,6 +57,7 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
     def record(name: str):
         def hook(_module, _inputs, out) -> None:  # returns None: the output is left unchanged
             seen.setdefault(name, tuple((out[0] if isinstance(out, (list, tuple)) else out).shape))
+
         return hook
 
     hooks = [modules[name].register_forward_hook(record(name)) for name in card.encoder_stages]
@@ -61,8 +67,10 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
         with torch.no_grad():
             output = network(patch)
     except Exception as exc:  # any failure of the user's network/arguments is the card's problem
-        raise ModelError(f"{card.path or card.name}: the forward pass on a {list(card.patch_size)} patch failed "
-                         f"({type(exc).__name__}: {exc}). Check patch_size and the constructor arguments.") from exc
+        raise ModelError(
+            f"{card.path or card.name}: the forward pass on a {list(card.patch_size)} patch failed "
+            f"({type(exc).__name__}: {exc}). Check patch_size and the constructor arguments."
+        ) from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -71,8 +79,10 @@ def forward_check(model, device) -> Tuple[Tuple[int, ...], List[Tuple[str, Tuple
     shape = tuple(output.shape)
     expected = (1, card.num_classes) + tuple(card.patch_size)
     if shape != expected:
-        raise ModelError(f"{card.path or card.name}: the network returned shape {list(shape)} for a "
-                         f"{list(card.patch_size)} patch; expected {list(expected)} (one channel per class name).")
+        raise ModelError(
+            f"{card.path or card.name}: the network returned shape {list(shape)} for a "
+            f"{list(card.patch_size)} patch; expected {list(expected)} (one channel per class name)."
+        )
     silent = [name for name in card.encoder_stages if name not in seen]
     if silent:
         raise ModelError(f"{card.path or card.name}: encoder_stages {silent} produced no output in the forward pass.")
@@ -84,22 +94,33 @@ def describe(card: ModelCard) -> List[str]:
     values, spacing, orientation, patch) and, for a source, where it came from and what is and is not reproduced (for
     nnU-Net, the test-time mirroring axes taken from its checkpoint)."""
     spacing = "the volume's own" if card.spacing is None else f"{list(card.spacing)} mm"
-    lines = [f"preprocessing: {dict(card.preprocessing)}",
-             f"spacing:      {spacing}; orientation: {card.orientation or 'as stored (no reorientation)'}; "
-             f"patch: {list(card.patch_size)}"]
+    lines = [
+        f"preprocessing: {dict(card.preprocessing)}",
+        f"spacing:      {spacing}; orientation: {card.orientation or 'as stored (no reorientation)'}; "
+        f"patch: {list(card.patch_size)}",
+    ]
     source = card.provenance.get("source") if isinstance(card.provenance, dict) else None
     if source == "nnunet" and card.path is not None:
         checkpoint = nnunet.read_checkpoint(card.path)
-        lines.append(f"source:       nnU-Net {card.provenance.get('configuration')} {card.provenance.get('fold')} "
-                     f"of {card.provenance.get('folder')} (trainer {checkpoint.get('trainer_name')})")
+        lines.append(
+            f"source:       nnU-Net {card.provenance.get('configuration')} {card.provenance.get('fold')} "
+            f"of {card.provenance.get('folder')} (trainer {checkpoint.get('trainer_name')})"
+        )
         mirror = card.test_time_mirroring
-        lines.append("applied:      " + (f"test-time mirroring over model axes {list(mirror)} (nnU-Net axes "
-                                         f"{nnunet.mirroring_axes(checkpoint)}; {2 ** len(mirror)} passes per window)"
-                                         if mirror else "no test-time mirroring (the checkpoint allows none)"))
+        lines.append(
+            "applied:      "
+            + (
+                f"test-time mirroring over model axes {list(mirror)} (nnU-Net axes "
+                f"{nnunet.mirroring_axes(checkpoint)}; {2 ** len(mirror)} passes per window)"
+                if mirror
+                else "no test-time mirroring (the checkpoint allows none)"
+            )
+        )
         lines.append(f"not applied:  {', '.join(card.provenance.get('not_reproduced', []))}")
     elif source == "monai_bundle":
-        lines.append(f"source:       MONAI bundle {card.provenance.get('folder')} (version "
-                     f"{card.provenance.get('version')})")
+        lines.append(
+            f"source:       MONAI bundle {card.provenance.get('folder')} (version {card.provenance.get('version')})"
+        )
     return lines
 
 
@@ -110,18 +131,19 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     card = resolve_card(args.card)
-    print(f"card:         {card.path}\narchitecture: {card.architecture}\nclasses:      "
-          f"{', '.join(card.class_names)}")
+    print(f"card:         {card.path}\narchitecture: {card.architecture}\nclasses:      {', '.join(card.class_names)}")
     model = load_model(card)
     print(f"weights:      {card.weights_path} ({model.report.summary()})")
     for label, keys in (("missing", model.report.missing), ("unexpected", model.report.unexpected)):
         if keys:
             print(f"  {label} keys: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
     if not card.has_trained_head:
-        print(f"head:         initialised, not loaded: {card.weights_format!r} holds encoder weights only; the "
-              f"{len(model.report.missing)} head tensors (the missing keys) are drawn with seed {HEAD_INIT_SEED}. The "
-              "first ranking uses DKD's diversity alone (no ASD without a trained head); the first Adapt trains head "
-              "and encoder")
+        print(
+            f"head:         initialised, not loaded: {card.weights_format!r} holds encoder weights only; the "
+            f"{len(model.report.missing)} head tensors (the missing keys) are drawn with seed {HEAD_INIT_SEED}. The "
+            "first ranking uses DKD's diversity alone (no ASD without a trained head); the first Adapt trains head "
+            "and encoder"
+        )
     print("\n".join(describe(card)))
     if args.modules:
         print("modules (name: type); * = an encoder stage of the card:")

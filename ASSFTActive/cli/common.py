@@ -23,14 +23,21 @@ class Device(str, Enum):
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default",
-                        help="model: 'default' (the embedded hippocampus model), a card JSON, or a store folder "
-                             "<store>/<name>[/v<k>] (see `assft models`)")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="model: 'default' (the embedded hippocampus model), a card JSON, or a store folder "
+        "<store>/<name>[/v<k>] (see `assft models`)",
+    )
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=[d.value for d in Device], default=Device.AUTO.value,
-                        help="compute device (auto: CUDA when present, else Apple MPS, else CPU)")
+    parser.add_argument(
+        "--device",
+        choices=[d.value for d in Device],
+        default=Device.AUTO.value,
+        help="compute device (auto: CUDA when present, else Apple MPS, else CPU)",
+    )
 
 
 def resolve_device(name: Optional[str]):
@@ -53,8 +60,10 @@ def resolve_device(name: Optional[str]):
     if choice is Device.CUDA and not torch.cuda.is_available():
         raise InputError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
     if choice is Device.MPS and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("--device mps was requested but Apple's MPS is not available (it needs Apple Silicon and "
-                         "macOS 12.3+); use --device cpu or auto.")
+        raise InputError(
+            "--device mps was requested but Apple's MPS is not available (it needs Apple Silicon and "
+            "macOS 12.3+); use --device cpu or auto."
+        )
     return torch.device(choice.value)
 
 
@@ -90,8 +99,14 @@ class ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=100, desc=self.model.kind or "progress", file=sys.stderr, leave=False,
-                             dynamic_ncols=True, bar_format=self.BAR_FORMAT)
+            self._bar = tqdm(
+                total=100,
+                desc=self.model.kind or "progress",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+                bar_format=self.BAR_FORMAT,
+            )
         self._bar.n = round(100 * state.fraction, 1)
         left = f", {format_duration(state.remaining_s)} left" if state.remaining_s is not None else ""
         step = f" {state.step}/{state.total}" if state.total else ""
@@ -142,8 +157,11 @@ def warn_line(message: str) -> None:
 
 def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:
     """``--work-dir`` of the resumable commands (``assft adapt``, ``assft sfr``)."""
-    parser.add_argument("--work-dir", type=Path, help="folder for resumable checkpoints; running the same command "
-                                                      "again continues from them")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="folder for resumable checkpoints; running the same command again continues from them",
+    )
 
 
 def work_dir_lock(work_dir: Optional[Path]):
@@ -176,11 +194,11 @@ def read_settings_file(path: Optional[Path]) -> dict:
     return data
 
 
-def progress_channel(args: argparse.Namespace, kind: str = "", volumes: int = 1,
-                     units=None) -> Tuple[ProgressBar, Any]:
+def progress_channel(args: argparse.Namespace, kind: str = "", volumes: int = 1, units=None) -> Tuple[ProgressBar, Any]:
     """The progress bar of a long command (``kind``: its job kind; ``volumes``, ``units``: see :class:`ProgressBar`)
     and the callback to hand the engine (it also watches for a cancel)."""
-    bar = ProgressBar(enabled=not args.quiet, kind=kind or getattr(args, "command", "") or "", volumes=volumes,
-                      units=units)
+    bar = ProgressBar(
+        enabled=not args.quiet, kind=kind or getattr(args, "command", "") or "", volumes=volumes, units=units
+    )
     cancellation = getattr(args, "cancellation", None)
     return bar, (cancellation.watch(bar) if cancellation is not None else bar)

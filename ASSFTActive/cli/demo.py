@@ -23,8 +23,12 @@ SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="a whole round (rank, annotate, adapt, evaluate) on the shipped sample",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "demo",
+        help="a whole round (rank, annotate, adapt, evaluate) on the shipped sample",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--budget", type=int, default=3, help="volumes to annotate (default 3)")
     parser.add_argument("--strategy", choices=STRATEGIES, default=Strategy.ASSFT.value)
@@ -62,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
     proposed = first.ranking.selected_ids
     report = next(r for r in first.volumes if r.case_id == proposed[0])
     regions = json.loads(Path(report.regions).read_text())["regions"] if report.regions else []
-    print(f"\n   overlays: {out / 'round1' / 'overlays'}; top region of {proposed[0]}:",
-          _region_text(regions[0]) if regions else "none above threshold")
+    print(
+        f"\n   overlays: {out / 'round1' / 'overlays'}; top region of {proposed[0]}:",
+        _region_text(regions[0]) if regions else "none above threshold",
+    )
 
     print(f"\n2. Annotate: the shipped labels of {', '.join(proposed)} stand in for the annotator")
     labels = {c: SAMPLE / "pool" / "labels" / f"{c}.nii.gz" for c in proposed}
@@ -73,12 +79,22 @@ def run(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         train = TrainConfig.from_dict({**train.to_dict(), "iterations": args.iterations})
     config = FinetuneConfig(train=train, pseudo=PseudoLabelConfig(mode=args.pseudo))
-    result = adapt_model({case_id(p): p for p in pool}, labels, store=out / "store", model="default",
-                         config=config, progress=bar, device=device, predictions_dir=out / "round1" / "adapted")
+    result = adapt_model(
+        {case_id(p): p for p in pool},
+        labels,
+        store=out / "store",
+        model="default",
+        config=config,
+        progress=bar,
+        device=device,
+        predictions_dir=out / "round1" / "adapted",
+    )
     bar.close()
     kept = [d.case_id for d in result.pseudo if d.kept]
-    print(f"   new version {result.name}/{result.version} ({result.seconds:.0f} s): "
-          + ("now active" if result.activated else "stored, NOT activated"))
+    print(
+        f"   new version {result.name}/{result.version} ({result.seconds:.0f} s): "
+        + ("now active" if result.activated else "stored, NOT activated")
+    )
     print(f"   why: {result.decision.reason}")
     print(f"   pseudo-labelled volumes kept: {len(kept)} of {len(result.pseudo)}")
 
@@ -92,8 +108,17 @@ def run(args: argparse.Namespace) -> int:
 
     active_card = adapted_card if result.activated else card
     print(f"\n5. Re-rank the rest of the pool with the active model ({active_card.name})")
-    second = rank_pool(pool, active_card, args.budget, out / "round2", labeled_ids=proposed, query=query,
-                       device=device, progress=bar, feature_cache=out / "store" / "feature-cache")
+    second = rank_pool(
+        pool,
+        active_card,
+        args.budget,
+        out / "round2",
+        labeled_ids=proposed,
+        query=query,
+        device=device,
+        progress=bar,
+        feature_cache=out / "store" / "feature-cache",
+    )
     bar.close()
     print(format_ranking(second.ranking, limit=args.budget + 3))
     print(f"\nnext proposals: {', '.join(second.ranking.selected_ids)}\nall outputs in {out}")
@@ -102,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _region_text(region: dict) -> str:
     x, y, z = region["center_ras"]
-    return (f"centre RAS ({x:.0f}, {y:.0f}, {z:.0f}) mm, {region['volume_mm3']:.0f} mm³, "
-            f"mean entropy {region['mean_entropy']:.2f}")
+    return (
+        f"centre RAS ({x:.0f}, {y:.0f}, {z:.0f}) mm, {region['volume_mm3']:.0f} mm³, "
+        f"mean entropy {region['mean_entropy']:.2f}"
+    )
 
 
 def _before_after(before, after) -> str:

@@ -19,20 +19,28 @@ from .common import ProgressBar, add_device_argument, warn_line
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("evaluate", help="score a model (Dice, HD95 per class) on labelled volumes",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "evaluate", help="score a model (Dice, HD95 per class) on labelled volumes", description=__doc__
+    )
     parser.add_argument("--images", required=True, help="folder or glob of volumes")
     parser.add_argument("--labels", required=True, help="folder of label maps named like their images")
-    parser.add_argument("--model", default="default",
-                        help="model: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder for evaluation.csv (per case) and evaluation.md (per class)")
+    parser.add_argument(
+        "--model", default="default", help="model: 'default', a card JSON, or a store folder <store>/<name>[/v<k>]"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder for evaluation.csv (per case) and evaluation.md (per class)"
+    )
     parser.add_argument("--no-hd95", action="store_true", help="skip the (slower) HD95")
-    parser.add_argument("--allow-implausible-labels", action="store_true",
-                        help="score labels the label checks refuse (empty, a box, swapped classes, ...), with a "
-                             "warning each")
-    parser.add_argument("--partial-labels", action="store_true",
-                        help="the labels are deliberately partial (some slices, part of a structure)")
+    parser.add_argument(
+        "--allow-implausible-labels",
+        action="store_true",
+        help="score labels the label checks refuse (empty, a box, swapped classes, ...), with a warning each",
+    )
+    parser.add_argument(
+        "--partial-labels",
+        action="store_true",
+        help="the labels are deliberately partial (some slices, part of a structure)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(parser)
     parser.set_defaults(run=run)
@@ -50,18 +58,22 @@ def run(args: argparse.Namespace) -> int:
     images = find_images(args.images)
     labels = match_labels(images, args.labels, warn=warn_line)
     if not labels:
-        raise InputError(f"{args.labels}: no label file is named like an image of {args.images}; name each label "
-                         "like its image (e.g. case_001.nii.gz in both folders).")
+        raise InputError(
+            f"{args.labels}: no label file is named like an image of {args.images}; name each label "
+            "like its image (e.g. case_001.nii.gz in both folders)."
+        )
     cases = [LabelledCase(case_id(p), p, labels[case_id(p)]) for p in images if case_id(p) in labels]
     device = resolve_device(args.device)
     card = load_card(resolve_card_path(args.model))
     model = load_model(card, device)
-    checks = EvaluationChecks(tuple(card.class_names), thresholds_for(card), partial=args.partial_labels,
-                              allow=args.allow_implausible_labels)
+    checks = EvaluationChecks(
+        tuple(card.class_names), thresholds_for(card), partial=args.partial_labels, allow=args.allow_implausible_labels
+    )
     bar = ProgressBar(enabled=not args.quiet)
     try:
-        report = evaluate_cases(model, cases, hd95=not args.no_hd95, device=device, progress=bar,
-                                skip_unreadable=True, label_checks=checks)
+        report = evaluate_cases(
+            model, cases, hd95=not args.no_hd95, device=device, progress=bar, skip_unreadable=True, label_checks=checks
+        )
     finally:
         bar.close()
     if not report.cases:
@@ -69,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
     skipped = report.skipped
     out = Path(args.out)
     csv_path = atomic_write_text(out / "evaluation.csv", report.to_csv())
-    header = (f"Model `{card.name}` ({card.path}) on {len(report.cases)} labelled volume(s)"
-              + (f"; {len(skipped)} skipped" if skipped else "") + "\n\n")
+    header = (
+        f"Model `{card.name}` ({card.path}) on {len(report.cases)} labelled volume(s)"
+        + (f"; {len(skipped)} skipped" if skipped else "")
+        + "\n\n"
+    )
     md_path = atomic_write_text(out / "evaluation.md", header + report.to_markdown())
     print(header + report.to_markdown(), end="")
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     print(f"\nwrote {csv_path} and {md_path}")
     return 0
-

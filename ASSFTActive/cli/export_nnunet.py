@@ -16,13 +16,20 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("export-nnunet", help="write a model adapted from an nnU-Net folder back in "
-                                   "nnU-Net's layout", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "export-nnunet",
+        help="write a model adapted from an nnU-Net folder back in nnU-Net's layout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("model", help="store folder <store>/<name>[/v<k>] of a model adapted from an nnU-Net folder")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder that receives <Trainer>__<Plans>__<configuration>/ (e.g. nnUNet_results/"
-                        "Dataset004_Hippocampus_site)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder that receives <Trainer>__<Plans>__<configuration>/ (e.g. nnUNet_results/"
+        "Dataset004_Hippocampus_site)",
+    )
     parser.add_argument("--fold", default="fold_0", help="fold folder name to write (default fold_0)")
     parser.set_defaults(run=run)
 
@@ -35,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     card = resolve_card(args.model)
     model = load_model(card)
     target = export(card, model.network, args.out, fold=args.fold)
-    print(f"wrote {target} ({model.report.summary()}); nnU-Net runs it as fold {args.fold[len('fold_'):]}")
+    print(f"wrote {target} ({model.report.summary()}); nnU-Net runs it as fold {args.fold[len('fold_') :]}")
     return 0

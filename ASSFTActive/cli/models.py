@@ -1,9 +1,9 @@
 """``assft models``: list the embedded models and every version in a model store; ``activate`` rolls back.
 
-    assft models                                   embedded models
-    assft models --store STORE                     ... and every model version in STORE (* = active; a version
-                                                   whose files differ from its manifest is marked CHANGED)
-    assft models activate --store STORE NAME v2    make v2 the active version of NAME
+assft models                                   embedded models
+assft models --store STORE                     ... and every model version in STORE (* = active; a version
+                                               whose files differ from its manifest is marked CHANGED)
+assft models activate --store STORE NAME v2    make v2 the active version of NAME
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("models", help="list model versions; `activate` switches the active one",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "models",
+        help="list model versions; `activate` switches the active one",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--store", type=Path, help="model store folder")
     parser.add_argument("--json", action="store_true", help="print the listing as JSON")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -62,8 +66,11 @@ def run_list(args: argparse.Namespace) -> int:
             dice = ""
             if metrics.get("dice_after") is not None:
                 before = metrics.get("dice_before")
-                dice = (f"Dice {before:.3f} -> {metrics['dice_after']:.3f}" if before is not None
-                        else f"Dice {metrics['dice_after']:.3f}")
+                dice = (
+                    f"Dice {before:.3f} -> {metrics['dice_after']:.3f}"
+                    if before is not None
+                    else f"Dice {metrics['dice_after']:.3f}"
+                )
             created = time.strftime("%Y-%m-%d %H:%M", time.localtime(item["created"]))
             marker = "*" if item["active"] else " "
             print(f"{marker} {item['name']:<28} {item['version']:<5} {created}  {dice:<22} {item['card']}")
@@ -73,8 +80,10 @@ def run_list(args: argparse.Namespace) -> int:
             print("\n* = active version; roll back with `assft models activate --store STORE NAME vK`")
         changed = [f"{item['name']} {item['version']}" for item in stored if item["problem"]]
         if changed:
-            print(f"! {len(changed)} version(s) differ from their manifest ({', '.join(changed)}): every load refuses "
-                  "them; activate another version or adapt again.")
+            print(
+                f"! {len(changed)} version(s) differ from their manifest ({', '.join(changed)}): every load refuses "
+                "them; activate another version or adapt again."
+            )
     return 0
 
 

@@ -22,12 +22,16 @@ SERVER_PACKAGE = "ASSFTWeb"
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("serve", help="serve the annotator as a web page (trame-slicer)",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "serve", help="serve the annotator as a web page (trame-slicer)", description=__doc__
+    )
     parser.add_argument("--data", required=True, help="folder of the unlabeled volumes (NIfTI/NRRD/MetaImage)")
     parser.add_argument("--labels", help="folder of label files <case>.nii.gz (default: <data>/labels)")
-    parser.add_argument("--model", default="default",
-                        help="'default' (the embedded model), a card JSON, or a store folder <store>/<name>[/v<k>]")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded model), a card JSON, or a store folder <store>/<name>[/v<k>]",
+    )
     parser.add_argument("--store", help="model store for adapted models (default: <data>/.assft/models)")
     parser.add_argument("--work", help="folder of job folders (default: <data>/.assft)")
     parser.add_argument("--budget", type=int, default=2, help="volumes proposed for annotation")
@@ -35,18 +39,39 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--query-json", help="engine QueryConfig settings for every job, as JSON")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    parser.add_argument("--allow-host", action="append", metavar="NAME",
-                        help="another host name the page may be opened under (a DNS alias, a reverse proxy); "
-                             "repeatable")
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="another host name the page may be opened under (a DNS alias, a reverse proxy); repeatable",
+    )
     parser.set_defaults(run=run)
 
 
 def server_command(args: argparse.Namespace) -> list:
     """``python -m ASSFTWeb ...`` with the arguments given."""
-    command = [sys.executable, "-m", SERVER_PACKAGE, "--data", str(args.data), "--model", str(args.model),
-               "--budget", str(args.budget), "--host", str(args.host), "--port", str(args.port)]
-    for option, value in (("--labels", args.labels), ("--store", args.store), ("--work", args.work),
-                          ("--finetune-json", args.finetune_json), ("--query-json", args.query_json)):
+    command = [
+        sys.executable,
+        "-m",
+        SERVER_PACKAGE,
+        "--data",
+        str(args.data),
+        "--model",
+        str(args.model),
+        "--budget",
+        str(args.budget),
+        "--host",
+        str(args.host),
+        "--port",
+        str(args.port),
+    ]
+    for option, value in (
+        ("--labels", args.labels),
+        ("--store", args.store),
+        ("--work", args.work),
+        ("--finetune-json", args.finetune_json),
+        ("--query-json", args.query_json),
+    ):
         if value is not None:
             command += [option, str(value)]
     for name in getattr(args, "allow_host", None) or ():
@@ -57,8 +82,10 @@ def server_command(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[2]
     if not (root / SERVER_PACKAGE / "__main__.py").is_file():
-        raise InputError(f"assft serve needs the source checkout: {root / SERVER_PACKAGE} is missing. Run it from a "
-                         "clone of the repository (pip install -e '.[web]').")
+        raise InputError(
+            f"assft serve needs the source checkout: {root / SERVER_PACKAGE} is missing. Run it from a "
+            "clone of the repository (pip install -e '.[web]')."
+        )
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), environment.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen(server_command(args), env=environment)

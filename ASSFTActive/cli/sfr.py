@@ -23,12 +23,14 @@ METHODS = SFR_METHODS
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("sfr", help="adapt the model with SFR / SFR+ (SAM pseudo-labels + Mean Teacher)",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "sfr", help="adapt the model with SFR / SFR+ (SAM pseudo-labels + Mean Teacher)", description=__doc__
+    )
     add_input_arguments(parser, "re-train")
     parser.add_argument("--method", choices=METHODS, default=None, help="sfr (default) or sfr_plus")
-    parser.add_argument("--sam", type=Path,
-                        help="SAM prior folder (default: the embedded sfr-sam-tiny, not Meta's SAM)")
+    parser.add_argument(
+        "--sam", type=Path, help="SAM prior folder (default: the embedded sfr-sam-tiny, not Meta's SAM)"
+    )
     parser.add_argument("--sam-iterations", type=int, help="SAM fine-tuning steps (default 6000, SFR's)")
     parser.add_argument("--iterations", type=int, help="3D re-training steps (default 6000, SFR's)")
     parser.add_argument("--seed", type=int, help="seed of SAM fine-tuning, re-training and the folds")
@@ -77,6 +79,8 @@ def format_summary(result) -> str:
     from .adapt import format_summary as adapt_summary
 
     kept = [p for p in result.pseudo if p.kept]
-    return adapt_summary(result, title=f"{result.method.value}: ",
-                         pseudo_line=f"SAM pseudo-labelled volumes re-trained on: {len(kept)} of {len(result.pseudo)} "
-                                     "unlabelled")
+    return adapt_summary(
+        result,
+        title=f"{result.method.value}: ",
+        pseudo_line=f"SAM pseudo-labelled volumes re-trained on: {len(kept)} of {len(result.pseudo)} unlabelled",
+    )

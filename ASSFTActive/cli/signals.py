@@ -35,6 +35,7 @@ class Cancellation:
 
     def watch(self, progress: Optional[Callable[[Event], None]]) -> Callable[[Event], None]:
         """``progress`` wrapped so that the commit phase is not interrupted and a pending cancel is raised."""
+
         def forward(event: Event) -> None:
             if event.event == "phase" and event.phase == "commit":
                 self.check()

@@ -116,16 +116,30 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
     config = run.config
     labeled = read_labeled(run)
     limits = thresholds_for(run.card)
-    require_plausible_labelled_set(labeled, run.card.class_names, config.allow_implausible_labels, run.warn,
-                                   limits=limits, partial=getattr(config, "partial_labels", False)
-                                   or any(c.annotated is not None for c in labeled))  # slices/regions: partial
+    require_plausible_labelled_set(
+        labeled,
+        run.card.class_names,
+        config.allow_implausible_labels,
+        run.warn,
+        limits=limits,
+        partial=getattr(config, "partial_labels", False) or any(c.annotated is not None for c in labeled),
+    )  # slices/regions: partial
     if run.card.has_trained_head:
-        require_labels_near_prediction(labeled, run.loaded(run.network), config.label_prediction_ratio,
-                                       config.allow_implausible_labels, run.warn, ctx=run.ctx,
-                                       progress=run.progress, limits=limits)
+        require_labels_near_prediction(
+            labeled,
+            run.loaded(run.network),
+            config.label_prediction_ratio,
+            config.allow_implausible_labels,
+            run.warn,
+            ctx=run.ctx,
+            progress=run.progress,
+            limits=limits,
+        )
     else:  # encoder-only weights: the head is initialised, its prediction is no reference for the labels
-        run.warn(f"{run.card.name} holds encoder weights only: the labels are not compared with its prediction "
-                 "(its head is not trained yet); the label shape checks still ran.")
+        run.warn(
+            f"{run.card.name} holds encoder weights only: the labels are not compared with its prediction "
+            "(its head is not trained yet); the label shape checks still ran."
+        )
     run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
     return labeled
 
@@ -157,29 +171,65 @@ def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
     predictions = predict_pool(run) if run.predictions_dir is not None and run.config.predict_pool else {}
     run_before_commit(run, decision, request.before_commit)
     version = commit(run, labeled, trained, metrics, decision)
-    result = method.result(AdaptResult(
-        name=run.name, version=version["version"], version_dir=Path(version["path"]),
-        card_path=Path(version["path"]) / "card.json", activated=version["activated"], decision=decision,
-        labeled=tuple(c.case_id for c in labeled), skipped=tuple(run.skipped), pseudo=tuple(trained.pseudo),
-        metrics=json_ready(metrics), predictions=predictions, seconds=time.time() - run.started,
-        resumed_from=trained.resumed_from))
-    run.emit("phase", phase="done", message=(
-        f"{run.name} {result.version} written" + (" and active" if result.activated else " (not activated)")))
+    result = method.result(
+        AdaptResult(
+            name=run.name,
+            version=version["version"],
+            version_dir=Path(version["path"]),
+            card_path=Path(version["path"]) / "card.json",
+            activated=version["activated"],
+            decision=decision,
+            labeled=tuple(c.case_id for c in labeled),
+            skipped=tuple(run.skipped),
+            pseudo=tuple(trained.pseudo),
+            metrics=json_ready(metrics),
+            predictions=predictions,
+            seconds=time.time() - run.started,
+            resumed_from=trained.resumed_from,
+        )
+    )
+    run.emit(
+        "phase",
+        phase="done",
+        message=(f"{run.name} {result.version} written" + (" and active" if result.activated else " (not activated)")),
+    )
     return result
 
 
-def adapt_model(images: Mapping[str, PathLike], labels: Mapping[str, PathLike], *, store: PathLike,
-                model: Optional[PathLike] = "default", name: Optional[str] = None,
-                config: FinetuneConfig = FinetuneConfig(), progress: Optional[ProgressCallback] = None,
-                work_dir: Optional[PathLike] = None, predictions_dir: Optional[PathLike] = None,
-                device: Optional[torch.device] = None, dist: Optional[DistContext] = None,
-                before_commit: Optional[BeforeCommit] = None) -> AdaptResult:
+def adapt_model(
+    images: Mapping[str, PathLike],
+    labels: Mapping[str, PathLike],
+    *,
+    store: PathLike,
+    model: Optional[PathLike] = "default",
+    name: Optional[str] = None,
+    config: FinetuneConfig = FinetuneConfig(),
+    progress: Optional[ProgressCallback] = None,
+    work_dir: Optional[PathLike] = None,
+    predictions_dir: Optional[PathLike] = None,
+    device: Optional[torch.device] = None,
+    dist: Optional[DistContext] = None,
+    before_commit: Optional[BeforeCommit] = None,
+) -> AdaptResult:
     """:func:`run_adaptation` with ASSFT's method (:class:`~.assft.SelectiveSelfTraining` of ``config``): fine-tune
     on the labelled volumes plus reliable pseudo-labelled ones. The arguments are :class:`AdaptRequest`'s (``dist``
     is its ``ctx``)."""
-    return run_adaptation(AdaptRequest(images, labels, store, model=model, name=name, progress=progress,
-                                       work_dir=work_dir, predictions_dir=predictions_dir, device=device, ctx=dist,
-                                       before_commit=before_commit), SelectiveSelfTraining(config))
+    return run_adaptation(
+        AdaptRequest(
+            images,
+            labels,
+            store,
+            model=model,
+            name=name,
+            progress=progress,
+            work_dir=work_dir,
+            predictions_dir=predictions_dir,
+            device=device,
+            ctx=dist,
+            before_commit=before_commit,
+        ),
+        SelectiveSelfTraining(config),
+    )
 
 
 # --------------------------------------------------------------------------------------------- the steps
@@ -200,17 +250,34 @@ def start_run(request: AdaptRequest, method: AdaptMethod) -> AdaptRun:
         model_store.check_writable(name)
         if predictions_dir is not None and config.predict_pool:  # refused now, not after the training
             check_writable_folder(predictions_dir, "predictions folder")
-    emit(request.progress, "phase", phase="load",
-         message=f"adapting {card.name} ({card_path}) into {model_store.root / name}")
+    emit(
+        request.progress,
+        "phase",
+        phase="load",
+        message=f"adapting {card.name} ({card_path}) into {model_store.root / name}",
+    )
     loaded = load_model(card)
     method.load(card, request.progress)
     work_dir = Path(request.work_dir) if request.work_dir is not None else None
-    checkpoints = Checkpoints(work_dir, run_fingerprint(image_paths, label_paths, method.identity()),
-                              card_signature(card), ctx.is_main)
-    return AdaptRun(images=image_paths, labels=label_paths, card=card, pretrained=card.pretrained_card().path,
-                    model=loaded, store=model_store, name=name, config=config, ctx=ctx, checkpoints=checkpoints,
-                    method=method, progress=request.progress, predictions_dir=predictions_dir,
-                    anchor=cpu_state(loaded.network))
+    checkpoints = Checkpoints(
+        work_dir, run_fingerprint(image_paths, label_paths, method.identity()), card_signature(card), ctx.is_main
+    )
+    return AdaptRun(
+        images=image_paths,
+        labels=label_paths,
+        card=card,
+        pretrained=card.pretrained_card().path,
+        model=loaded,
+        store=model_store,
+        name=name,
+        config=config,
+        ctx=ctx,
+        checkpoints=checkpoints,
+        method=method,
+        progress=request.progress,
+        predictions_dir=predictions_dir,
+        anchor=cpu_state(loaded.network),
+    )
 
 
 def score_current_model(run: AdaptRun, labeled: Sequence[LabeledVolume]) -> EvaluationReport:
@@ -226,17 +293,29 @@ def run_before_commit(run: AdaptRun, decision: ActivationDecision, before_commit
         before_commit(LoadedModel(run.card, active, run.model.report), run.ctx)
 
 
-def decide_activation(run: AdaptRun, labeled: Sequence[LabeledVolume], cv: Optional[CrossValidation],
-                      stop: int) -> ActivationDecision:
+def decide_activation(
+    run: AdaptRun, labeled: Sequence[LabeledVolume], cv: Optional[CrossValidation], stop: int
+) -> ActivationDecision:
     """The guard's verdict (:func:`.guard.decide`), or unconditional activation when the guard is off; its
     ``label_meaning`` says what cross-validation cannot see (:func:`label_meaning_note`)."""
     guard = run.config.validation
     if not guard.guard:
-        decision = ActivationDecision(activate=True, method="unguarded", stop_step=stop, reason=(
-            "the guard is off (validation.guard = false): activated without checking that it is better."))
+        decision = ActivationDecision(
+            activate=True,
+            method="unguarded",
+            stop_step=stop,
+            reason=("the guard is off (validation.guard = false): activated without checking that it is better."),
+        )
     else:
-        decision = decide(cv, pool_check(run, run.network, labeled), guard.min_gain, stop, len(labeled),
-                          max_fold_loss=guard.max_fold_loss, min_gain_low=guard.min_gain_low)
+        decision = decide(
+            cv,
+            pool_check(run, run.network, labeled),
+            guard.min_gain,
+            stop,
+            len(labeled),
+            max_fold_loss=guard.max_fold_loss,
+            min_gain_low=guard.min_gain_low,
+        )
     return replace(decision, label_meaning=label_meaning_note(run))
 
 
@@ -244,19 +323,31 @@ def label_meaning_note(run: AdaptRun) -> str:
     """The record's sentence on mislabelling: cross-validation scores against the same labels and cannot detect
     labels of the wrong meaning; the label checks before training could, unless they were overridden."""
     limits = thresholds_for(run.card)
-    blind = ("Cross-validation scores every fold against the same labels, so it cannot detect labels of the wrong "
-             "meaning (swapped classes, another structure, partial labels): they raise its score as true ones do.")
+    blind = (
+        "Cross-validation scores every fold against the same labels, so it cannot detect labels of the wrong "
+        "meaning (swapped classes, another structure, partial labels): they raise its score as true ones do."
+    )
     if getattr(run.config, "allow_implausible_labels", False):
-        return (blind + " The label checks only warned (allow_implausible_labels): a label they flagged was trained "
-                "on, so neither the checks nor the guard vouch for the labels' meaning.")
-    return (blind + " Before training, every label passed the label checks against the current model's prediction "
-            f"and the {limits.anatomy} label shapes (swapped classes, another structure, inverted, box, "
-            + ("partial labels declared" if getattr(run.config, "partial_labels", False) else "one-slice, outline")
-            + ").")
+        return (
+            blind + " The label checks only warned (allow_implausible_labels): a label they flagged was trained "
+            "on, so neither the checks nor the guard vouch for the labels' meaning."
+        )
+    return (
+        blind + " Before training, every label passed the label checks against the current model's prediction "
+        f"and the {limits.anatomy} label shapes (swapped classes, another structure, inverted, box, "
+        + ("partial labels declared" if getattr(run.config, "partial_labels", False) else "one-slice, outline")
+        + ")."
+    )
 
 
-def summarise_metrics(run: AdaptRun, labeled: Sequence[LabeledVolume], before_report: EvaluationReport,
-                      cv: Optional[CrossValidation], stop: int, decision: ActivationDecision) -> Dict[str, Any]:
+def summarise_metrics(
+    run: AdaptRun,
+    labeled: Sequence[LabeledVolume],
+    before_report: EvaluationReport,
+    cv: Optional[CrossValidation],
+    stop: int,
+    decision: ActivationDecision,
+) -> Dict[str, Any]:
     """Before/after scores (see :attr:`AdaptResult.metrics`); "after" is cross-validated when the folds ran."""
     if cv is not None:
         after = cv_summary(cv, cv.stop_step(), run.card.class_names[1:])
@@ -264,15 +355,22 @@ def summarise_metrics(run: AdaptRun, labeled: Sequence[LabeledVolume], before_re
         run.emit("phase", phase="evaluate", message="scoring the adapted model on its training volumes")
         after = run.evaluate(run.network, labeled, run.config.validation.hd95, "evaluate").summary()
     before = before_report.summary()
-    run.emit("metric", phase="evaluate", step=run.total_steps, total=run.total_steps,
-             message=f"mean Dice {format_score(before['mean_dice'])} -> {format_score(after['mean_dice'])} "
-                     + ("cross-validated" if cv is not None else "on the training volumes")
-                     + f"; {'activating' if decision.activate else 'not activating'}: {decision.reason}",
-             metrics={"dice_before": before["mean_dice"] or 0.0, "dice_after": after["mean_dice"] or 0.0})
+    run.emit(
+        "metric",
+        phase="evaluate",
+        step=run.total_steps,
+        total=run.total_steps,
+        message=f"mean Dice {format_score(before['mean_dice'])} -> {format_score(after['mean_dice'])} "
+        + ("cross-validated" if cv is not None else "on the training volumes")
+        + f"; {'activating' if decision.activate else 'not activating'}: {decision.reason}",
+        metrics={"dice_before": before["mean_dice"] or 0.0, "dice_after": after["mean_dice"] or 0.0},
+    )
     return {
         "evaluated_on": "cross_validation" if cv is not None else "labeled",
         "cases": [c.case_id for c in labeled],
-        "before": before, "after": after, "stop_step": stop,
+        "before": before,
+        "after": after,
+        "stop_step": stop,
         "cross_validation": cv.to_dict() if cv is not None else None,
     }
 
@@ -299,39 +397,65 @@ def predict_pool(run: AdaptRun) -> Dict[str, Path]:
     return {case: Path(path) for case, path in zip(ids, written) if path is not None}
 
 
-def commit(run: AdaptRun, labeled: Sequence[LabeledVolume], trained: Trained, metrics: Mapping[str, Any],
-           decision: ActivationDecision) -> Dict[str, Any]:
+def commit(
+    run: AdaptRun,
+    labeled: Sequence[LabeledVolume],
+    trained: Trained,
+    metrics: Mapping[str, Any],
+    decision: ActivationDecision,
+) -> Dict[str, Any]:
     """Write the new version (rank 0; :meth:`~ASSFTActive.store.ModelStore.add_version`) with the shared provenance
     plus the method's (``trained.provenance``) and the method's settings, activated when the guard agreed; remove
     the checkpoints. Returns ``{"version", "path", "activated"}`` on every rank."""
     run.emit("phase", phase="commit", message=f"writing a new version of {run.name}")
     card, ctx = run.card, run.ctx
-    provenance = json_ready({
-        "base_model": str(card.path), "base_name": card.name, "pretrained": str(run.pretrained),
-        "labeled": [{"case_id": c.case_id, "image": c.image_path, "label": c.label_path, "role": "train"}
-                    for c in labeled],
-        "skipped": [s.to_dict() for s in run.skipped],
-        **trained.provenance,
-        "activation": decision.to_dict(),
-        "metrics": metrics,
-        "package_version": __version__, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "device": str(ctx.device), "world_size": ctx.world_size,
-        "created": time.time(), "seconds": round(time.time() - run.started, 1),
-        "resumed_from_step": trained.resumed_from,
-    })
+    provenance = json_ready(
+        {
+            "base_model": str(card.path),
+            "base_name": card.name,
+            "pretrained": str(run.pretrained),
+            "labeled": [
+                {"case_id": c.case_id, "image": c.image_path, "label": c.label_path, "role": "train"} for c in labeled
+            ],
+            "skipped": [s.to_dict() for s in run.skipped],
+            **trained.provenance,
+            "activation": decision.to_dict(),
+            "metrics": metrics,
+            "package_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "device": str(ctx.device),
+            "world_size": ctx.world_size,
+            "created": time.time(),
+            "seconds": round(time.time() - run.started, 1),
+            "resumed_from_step": trained.resumed_from,
+        }
+    )
     info = None
     if ctx.is_main:
-        summary = {"dice_before": metrics["before"]["mean_dice"], "dice_after": metrics["after"]["mean_dice"],
-                   "evaluated_on": metrics["evaluated_on"], "labeled": len(labeled), **trained.summary,
-                   "activation": decision.to_dict()}
+        summary = {
+            "dice_before": metrics["before"]["mean_dice"],
+            "dice_after": metrics["after"]["mean_dice"],
+            "evaluated_on": metrics["evaluated_on"],
+            "labeled": len(labeled),
+            **trained.summary,
+            "activation": decision.to_dict(),
+        }
         version: ModelVersion = run.store.add_version(
-            run.name, card, unwrap(run.network), pretrained=run.pretrained, provenance=provenance,
-            config={**run.method.settings(), "model": str(card.path), "name": run.name,
-                    "package_version": __version__},
-            metrics=json_ready(summary), activate=decision.activate)
+            run.name,
+            card,
+            unwrap(run.network),
+            pretrained=run.pretrained,
+            provenance=provenance,
+            config={**run.method.settings(), "model": str(card.path), "name": run.name, "package_version": __version__},
+            metrics=json_ready(summary),
+            activate=decision.activate,
+        )
         if not decision.activate:
-            run.warn(f"{run.name} {version.version} is stored but the active model was not changed: "
-                     f"{decision.reason}", phase="commit")
+            run.warn(
+                f"{run.name} {version.version} is stored but the active model was not changed: {decision.reason}",
+                phase="commit",
+            )
         info = {"version": version.version, "path": str(version.path), "activated": decision.activate}
     info = ctx.broadcast(info)
     run.checkpoints.clear()

@@ -61,13 +61,29 @@ class SelectiveSelfTraining:
     def prepare(self, run: AdaptRun) -> None:
         """Nothing: the pool is read by each round's labeller."""
 
-    def recipe(self, run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume], stop: int, *,
-               progress_offset: int, label: str, scorer: FoldScorer) -> None:
-        run_recipe(run, network, train, stop, progress_offset=progress_offset, label=label, scorer=scorer,
-                   labeller=self.labeller)
+    def recipe(
+        self,
+        run: AdaptRun,
+        network: nn.Module,
+        train: Sequence[LabeledVolume],
+        stop: int,
+        *,
+        progress_offset: int,
+        label: str,
+        scorer: FoldScorer,
+    ) -> None:
+        run_recipe(
+            run,
+            network,
+            train,
+            stop,
+            progress_offset=progress_offset,
+            label=label,
+            scorer=scorer,
+            labeller=self.labeller,
+        )
 
-    def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int,
-                    cross_validated: bool) -> Trained:
+    def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int, cross_validated: bool) -> Trained:
         """The recipe on every labelled volume up to ``stop``, resuming from the run's checkpoint when there is one;
         the provenance holds every round's pseudo-labelling decisions."""
         checkpoint = run.checkpoints.load()
@@ -75,22 +91,48 @@ class SelectiveSelfTraining:
         if checkpoint is not None:
             load_state(run.network, checkpoint.network, str(run.checkpoints.folder / CHECKPOINT_FILE))
             resumed = run.stage_offset(checkpoint.stage) + checkpoint.step
-            run.emit("phase", phase="resume", step=run.folds * run.recipe_steps + resumed, total=run.total_steps,
-                     message=f"resuming the final training from its checkpoint at step {resumed}")
-        run.emit("phase", phase="train", message=(
-            f"final training on all {len(labeled)} labelled volume(s) up to step {stop} of {run.recipe_steps}"
-            + (" (the cross-validated best)" if cross_validated else "")))
-        rounds = run_recipe(run, run.network, labeled, stop, progress_offset=run.folds * run.recipe_steps, label="",
-                            final=True, resume=checkpoint, labeller=self.labeller)
+            run.emit(
+                "phase",
+                phase="resume",
+                step=run.folds * run.recipe_steps + resumed,
+                total=run.total_steps,
+                message=f"resuming the final training from its checkpoint at step {resumed}",
+            )
+        run.emit(
+            "phase",
+            phase="train",
+            message=(
+                f"final training on all {len(labeled)} labelled volume(s) up to step {stop} of {run.recipe_steps}"
+                + (" (the cross-validated best)" if cross_validated else "")
+            ),
+        )
+        rounds = run_recipe(
+            run,
+            run.network,
+            labeled,
+            stop,
+            progress_offset=run.folds * run.recipe_steps,
+            label="",
+            final=True,
+            resume=checkpoint,
+            labeller=self.labeller,
+        )
         check_replicas(run, run.network)
         run.network.eval()
         last = rounds[-1] if rounds else ()
         kept = [d.to_dict() for d in last if d.kept]
         mode, seed = self.config.pseudo.mode.value, self.config.train.seed
-        return Trained(resumed_from=resumed, pseudo=tuple(last), provenance={
-            "pseudo_labeled": kept, "pseudo_decisions": [[d.to_dict() for d in r] for r in rounds],
-            "pseudo_mode": mode, "seeds": {"train": seed, "folds": seed},
-        }, summary={"pseudo_labeled": len(kept), "pseudo_mode": mode})
+        return Trained(
+            resumed_from=resumed,
+            pseudo=tuple(last),
+            provenance={
+                "pseudo_labeled": kept,
+                "pseudo_decisions": [[d.to_dict() for d in r] for r in rounds],
+                "pseudo_mode": mode,
+                "seeds": {"train": seed, "folds": seed},
+            },
+            summary={"pseudo_labeled": len(kept), "pseudo_mode": mode},
+        )
 
     def result(self, result: AdaptResult) -> AdaptResult:
         return result

@@ -45,8 +45,16 @@ CHECKPOINT_FORMAT = 1
 
 def card_signature(card: ModelCard) -> str:
     """Hash of what fixes a network's tensors and inputs (architecture, arguments, classes, patch, preprocessing)."""
-    keys = ("architecture", "arguments", "class_names", "encoder_stages", "patch_size", "preprocessing", "spacing",
-            "orientation")
+    keys = (
+        "architecture",
+        "arguments",
+        "class_names",
+        "encoder_stages",
+        "patch_size",
+        "preprocessing",
+        "spacing",
+        "orientation",
+    )
     data = {k: v for k, v in card.to_dict().items() if k in keys}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -54,9 +62,17 @@ def card_signature(card: ModelCard) -> str:
 def run_fingerprint(images: Mapping[str, str], labels: Mapping[str, str], identity: Mapping[str, Any]) -> str:
     """Hash of a run's volumes and its method's identity (:meth:`~.method.AdaptMethod.identity`: every setting, and
     what else the state depends on): a checkpoint of another run is refused."""
-    return hashlib.sha256(json.dumps({
-        "images": dict(sorted(images.items())), "labels": dict(sorted(labels.items())), "config": dict(identity),
-    }, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "images": dict(sorted(images.items())),
+                "labels": dict(sorted(labels.items())),
+                "config": dict(identity),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,13 +107,17 @@ class FoldScores:
     scores: Mapping[str, Mapping[int, Tuple[float, ...]]]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"held_out": list(self.held_out),
-                "scores": {c: {str(s): json_ready(list(v)) for s, v in by.items()} for c, by in self.scores.items()}}
+        return {
+            "held_out": list(self.held_out),
+            "scores": {c: {str(s): json_ready(list(v)) for s, v in by.items()} for c, by in self.scores.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FoldScores:
-        scores = {str(c): {int(s): tuple(NOT_SCORED if v is None else float(v) for v in values)
-                           for s, values in by.items()} for c, by in data["scores"].items()}
+        scores = {
+            str(c): {int(s): tuple(NOT_SCORED if v is None else float(v) for v in values) for s, values in by.items()}
+            for c, by in data["scores"].items()
+        }
         return cls(held_out=tuple(data.get("held_out", ())), scores=scores)
 
 
@@ -162,17 +182,25 @@ class Checkpoints:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise JobError(f"{path}: the checkpoint cannot be read ({type(exc).__name__}: {exc}). Delete "
-                           f"{self.folder} to start the job over.") from exc
+            raise JobError(
+                f"{path}: the checkpoint cannot be read ({type(exc).__name__}: {exc}). Delete "
+                f"{self.folder} to start the job over."
+            ) from exc
         state = self._verified(state, path)
-        return TrainingCheckpoint(stage=int(state["stage"]), step=int(state["step"]), network=state["network"],
-                                  optimizer=state["optim"])
+        return TrainingCheckpoint(
+            stage=int(state["stage"]), step=int(state["step"]), network=state["network"], optimizer=state["optim"]
+        )
 
     def save(self, checkpoint: TrainingCheckpoint) -> None:
         if not self.writer:
             return
-        payload = dict(self._identity(), stage=checkpoint.stage, step=checkpoint.step,
-                       network=dict(checkpoint.network), optim=checkpoint.optimizer)
+        payload = dict(
+            self._identity(),
+            stage=checkpoint.stage,
+            step=checkpoint.step,
+            network=dict(checkpoint.network),
+            optim=checkpoint.optimizer,
+        )
         buffer = _stdio.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.folder / CHECKPOINT_FILE, buffer.getvalue())
@@ -186,14 +214,16 @@ class Checkpoints:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise JobError(f"{path}: the fold's scores cannot be read ({exc}). Delete {self.folder} to start the "
-                           "job over.") from exc
+            raise JobError(
+                f"{path}: the fold's scores cannot be read ({exc}). Delete {self.folder} to start the job over."
+            ) from exc
         return FoldScores.from_dict(self._verified(state, path))
 
     def save_fold(self, index: int, fold: FoldScores) -> None:
         if self.writer:
-            atomic_write_text(self.folder / f"cv-fold{index}.json", json.dumps(dict(self._identity(),
-                                                                                   **fold.to_dict())))
+            atomic_write_text(
+                self.folder / f"cv-fold{index}.json", json.dumps(dict(self._identity(), **fold.to_dict()))
+            )
 
     # ------------------------------------------------------------------ pseudo-labels of a self-training round
 
@@ -211,7 +241,7 @@ class Checkpoints:
             arrays = {k: loaded[k] for k in loaded.files}
 
         def named(prefix: str) -> Dict[str, np.ndarray]:
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         return PseudoLabels(decisions, labels=named("label_"), masks=named("mask_"))
 

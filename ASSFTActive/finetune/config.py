@@ -122,21 +122,37 @@ class TrainConfig:
     lr_step_gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        check_fields(self, wholes={"iterations": 1, "batch_size": 1, "seed": 0, "lr_step_every": 1}, numbers={
-            "learning_rate": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, False),
-            "foreground_fraction": (0.0, 1.0, False), "encoder_lr_scale": (0.0, 1.0, False),
-            "l2sp_weight": (0.0, math.inf, False), "pseudo_weight": (0.0, math.inf, False),
-            "rampup_fraction": (0.0, 1.0, False), "momentum": (0.0, 1.0, False),
-            "lr_step_gamma": (0.0, 1.0, True)}, flags=("augment",), enums={"optimizer": Optimizer},
-            optional=("lr_step_every",))
+        check_fields(
+            self,
+            wholes={"iterations": 1, "batch_size": 1, "seed": 0, "lr_step_every": 1},
+            numbers={
+                "learning_rate": (0.0, math.inf, True),
+                "weight_decay": (0.0, math.inf, False),
+                "foreground_fraction": (0.0, 1.0, False),
+                "encoder_lr_scale": (0.0, 1.0, False),
+                "l2sp_weight": (0.0, math.inf, False),
+                "pseudo_weight": (0.0, math.inf, False),
+                "rampup_fraction": (0.0, 1.0, False),
+                "momentum": (0.0, 1.0, False),
+                "lr_step_gamma": (0.0, 1.0, True),
+            },
+            flags=("augment",),
+            enums={"optimizer": Optimizer},
+            optional=("lr_step_every",),
+        )
         if self.patch_size is not None:
             # the card's bounds (cards.MAX_PATCH_EDGE): a patch of 100000 voxels per axis is a typing mistake that
             # would otherwise surface as an allocation of petabytes after the earlier stages ran
             patch = tuple(self.patch_size) if isinstance(self.patch_size, (list, tuple)) else ()
-            if (len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) for p in patch)
-                    or min(patch) < 1 or max(patch) > 512):
-                raise ValueError(f"TrainConfig.patch_size must be three whole numbers from 1 to 512 voxels, got "
-                                 f"{self.patch_size!r}.")
+            if (
+                len(patch) != 3
+                or not all(isinstance(p, int) and not isinstance(p, bool) for p in patch)
+                or min(patch) < 1
+                or max(patch) > 512
+            ):
+                raise ValueError(
+                    f"TrainConfig.patch_size must be three whole numbers from 1 to 512 voxels, got {self.patch_size!r}."
+                )
             object.__setattr__(self, "patch_size", tuple(int(p) for p in patch))
 
     def to_dict(self) -> Dict[str, Any]:
@@ -229,18 +245,32 @@ class PseudoLabelConfig:
     flip_axes: Tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
-        check_fields(self, enums={"mode": PseudoMode, "select_mode": SelectMode, "confidence": ConfidenceMetric,
-                                  "teacher": Teacher},
-                     numbers={"keep_fraction": (0.0, 1.0, True), "dist_weight": (0.0, math.inf, False),
-                              "tau_conf": (0.0, 1.0, False), "tau_dist_quantile": (0.0, 1.0, False),
-                              "empty_foreground_confidence": (0.0, 1.0, False), "voxel_threshold": (0.0, 1.0, False),
-                              "ema_decay": (0.0, 1.0, False), "cutmix_probability": (0.0, 1.0, False),
-                              "class_keep_min": (0.0, 1.0, False), "bcp_box_share": (0.0, 1.0, True),
-                              "bcp_pseudo_weight": (0.0, math.inf, False)},
-                     wholes={"rounds": 1}, flags=("strong_view", "spatial_view", "bcp"), optional=("voxel_threshold",))
+        check_fields(
+            self,
+            enums={"mode": PseudoMode, "select_mode": SelectMode, "confidence": ConfidenceMetric, "teacher": Teacher},
+            numbers={
+                "keep_fraction": (0.0, 1.0, True),
+                "dist_weight": (0.0, math.inf, False),
+                "tau_conf": (0.0, 1.0, False),
+                "tau_dist_quantile": (0.0, 1.0, False),
+                "empty_foreground_confidence": (0.0, 1.0, False),
+                "voxel_threshold": (0.0, 1.0, False),
+                "ema_decay": (0.0, 1.0, False),
+                "cutmix_probability": (0.0, 1.0, False),
+                "class_keep_min": (0.0, 1.0, False),
+                "bcp_box_share": (0.0, 1.0, True),
+                "bcp_pseudo_weight": (0.0, math.inf, False),
+            },
+            wholes={"rounds": 1},
+            flags=("strong_view", "spatial_view", "bcp"),
+            optional=("voxel_threshold",),
+        )
         axes = self.flip_axes
-        valid = isinstance(axes, (list, tuple)) and len(set(axes)) == len(axes) and all(
-            isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in axes)
+        valid = (
+            isinstance(axes, (list, tuple))
+            and len(set(axes)) == len(axes)
+            and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in axes)
+        )
         if not valid:
             raise ValueError(f"PseudoLabelConfig.flip_axes must list distinct patch axes among 0, 1, 2, got {axes!r}.")
         object.__setattr__(self, "flip_axes", tuple(axes))
@@ -311,11 +341,19 @@ class ValidationConfig:
     hd95: bool = True
 
     def __post_init__(self) -> None:
-        check_fields(self, numbers={"min_gain": (-1.0, 1.0, False), "collapse_ratio": (0.0, 1.0, False),
-                                    "max_fold_loss": (0.0, 1.0, False), "min_gain_low": (-1.0, 1.0, False),
-                                    "fold_fraction": (0.0, 1.0, True)},
-                     wholes={"folds": 2, "every": 1, "pool_cases": 0, "fold_pool_cases": 1},
-                     flags=("guard", "hd95"), optional=("max_fold_loss", "min_gain_low", "fold_pool_cases"))
+        check_fields(
+            self,
+            numbers={
+                "min_gain": (-1.0, 1.0, False),
+                "collapse_ratio": (0.0, 1.0, False),
+                "max_fold_loss": (0.0, 1.0, False),
+                "min_gain_low": (-1.0, 1.0, False),
+                "fold_fraction": (0.0, 1.0, True),
+            },
+            wholes={"folds": 2, "every": 1, "pool_cases": 0, "fold_pool_cases": 1},
+            flags=("guard", "hd95"),
+            optional=("max_fold_loss", "min_gain_low", "fold_pool_cases"),
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -381,10 +419,13 @@ class FinetuneConfig:
                 object.__setattr__(self, name, kind.from_dict(value))
             elif not isinstance(value, kind):
                 raise ValueError(f"{owner}.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}.")
-        check_fields(self, wholes={"semi_iterations": 1, "checkpoint_every": 1},
-                     numbers={"label_prediction_ratio": (1.0, math.inf, True)},
-                     flags=("predict_pool", "allow_implausible_labels", "partial_labels"),
-                     optional=("semi_iterations",))
+        check_fields(
+            self,
+            wholes={"semi_iterations": 1, "checkpoint_every": 1},
+            numbers={"label_prediction_ratio": (1.0, math.inf, True)},
+            flags=("predict_pool", "allow_implausible_labels", "partial_labels"),
+            optional=("semi_iterations",),
+        )
 
     @property
     def semi_steps(self) -> int:

@@ -43,18 +43,23 @@ def cross_validate(run: AdaptRun, labeled: Sequence[LabeledVolume], before: Eval
     for index, held in enumerate(folds):
         fold = run.checkpoints.load_fold(index)
         if fold is not None and set(fold.held_out) == set(held):
-            run.emit("phase", phase="resume", message=(
-                f"cross-validation fold {index + 1} of {len(folds)}: kept from an earlier run, skipped"))
+            run.emit(
+                "phase",
+                phase="resume",
+                message=(f"cross-validation fold {index + 1} of {len(folds)}: kept from an earlier run, skipped"),
+            )
         else:
             fold = _run_fold(run, labeled, index, len(folds), held)
             run.checkpoints.save_fold(index, fold)
         for case, by_step in fold.scores.items():
             per_class[case].update(by_step)
     steps = sorted(set.intersection(*(set(v) for v in per_class.values())))
-    return CrossValidation(steps=tuple(steps),
-                           dice={c: tuple(mean_scored(v[s]) for s in steps) for c, v in per_class.items()},
-                           dice_per_class={c: tuple(v[s] for s in steps) for c, v in per_class.items()},
-                           folds=tuple(folds))
+    return CrossValidation(
+        steps=tuple(steps),
+        dice={c: tuple(mean_scored(v[s]) for s in steps) for c, v in per_class.items()},
+        dice_per_class={c: tuple(v[s] for s in steps) for c, v in per_class.items()},
+        folds=tuple(folds),
+    )
 
 
 def fold_stage_steps(iterations: int, semi_steps: int, fraction: float) -> Tuple[int, int]:
@@ -90,12 +95,19 @@ def fold_run(run: AdaptRun, progress_offset: int) -> AdaptRun:
     if fraction == 1.0 and (wanted is None or wanted >= len(pool)):
         return run
     if run.recipe_steps != config.train.iterations + run.rounds * config.semi_steps:
-        run.warn("validation.fold_fraction and fold_pool_cases shorten Adapt Model's recipe (a supervised stage and "
-                 "semi-supervised rounds) only; this method's folds run in full.", phase="validate")
+        run.warn(
+            "validation.fold_fraction and fold_pool_cases shorten Adapt Model's recipe (a supervised stage and "
+            "semi-supervised rounds) only; this method's folds run in full.",
+            phase="validate",
+        )
         return run
     iterations, semi = fold_stage_steps(config.train.iterations, config.semi_steps, fraction)
-    short = replace(config, train=replace(config.train, iterations=iterations), semi_iterations=semi,
-                    validation=replace(validation, every=max(1, int(round(validation.every * fraction)))))
+    short = replace(
+        config,
+        train=replace(config.train, iterations=iterations),
+        semi_iterations=semi,
+        validation=replace(validation, every=max(1, int(round(validation.every * fraction)))),
+    )
     images = dict(run.images)
     if wanted is not None and wanted < len(pool):
         kept = {pool[int(i)] for i in np.linspace(0, len(pool) - 1, wanted)}
@@ -107,15 +119,17 @@ def fold_run(run: AdaptRun, progress_offset: int) -> AdaptRun:
         if event.phase != "train":
             run.progress(event)
             return
-        step = progress_offset + to_final_step(max(0, event.step - progress_offset), config.train.iterations,
-                                               config.semi_steps, iterations, semi)
+        step = progress_offset + to_final_step(
+            max(0, event.step - progress_offset), config.train.iterations, config.semi_steps, iterations, semi
+        )
         run.progress(replace(event, step=step, total=run.total_steps))
 
     return replace(run, config=short, images=images, progress=forward)
 
 
-def _run_fold(run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count: int,
-              held: Sequence[str]) -> FoldScores:
+def _run_fold(
+    run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count: int, held: Sequence[str]
+) -> FoldScores:
     held_cases = [c for c in labeled if c.case_id in held]
     train = [c for c in labeled if c.case_id not in held]
     scores: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {} for c in held}
@@ -126,26 +140,49 @@ def _run_fold(run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count
     def final_step(step: int) -> int:
         if fold is run:
             return step
-        return to_final_step(step, run.config.train.iterations, run.config.semi_steps, short.train.iterations,
-                             short.semi_steps)
+        return to_final_step(
+            step, run.config.train.iterations, run.config.semi_steps, short.train.iterations, short.semi_steps
+        )
 
     def score(net: nn.Module, step: int) -> None:
         step = final_step(step)
         report = run.evaluate(net, held_cases, hd95=False, phase="validate")
         for case in report.cases:
             scores[case.case_id][step] = tuple(case.dice)
-        run.emit("metric", phase="validate", step=step, total=run.recipe_steps,
-                 message=f"fold {index + 1}/{count}: held-out Dice {report.mean_dice():.3f} at step {step}",
-                 metrics={"cv_dice": report.mean_dice(), "fold": float(index)})
+        run.emit(
+            "metric",
+            phase="validate",
+            step=step,
+            total=run.recipe_steps,
+            message=f"fold {index + 1}/{count}: held-out Dice {report.mean_dice():.3f} at step {step}",
+            metrics={"cv_dice": report.mean_dice(), "fold": float(index)},
+        )
 
-    shortened = "" if fold is run else (
-        f" ({short.train.iterations} + {short.semi_steps} steps per stage instead of {run.config.train.iterations} "
-        f"+ {run.config.semi_steps}, {len(fold.pool)} of {len(run.pool)} unlabelled volumes)")
-    run.emit("phase", phase="validate", message=(
-        f"cross-validation fold {index + 1} of {count}: adapting on {len(train)} labelled volume(s), scoring "
-        f"{', '.join(held)}{shortened}"))
-    fold.method.recipe(fold, fold.current_network(fold.network), train, fold.recipe_steps, progress_offset=offset,
-                       label=f"fold {index + 1}/{count} ", scorer=score)
+    shortened = (
+        ""
+        if fold is run
+        else (
+            f" ({short.train.iterations} + {short.semi_steps} steps per stage instead of {run.config.train.iterations} "
+            f"+ {run.config.semi_steps}, {len(fold.pool)} of {len(run.pool)} unlabelled volumes)"
+        )
+    )
+    run.emit(
+        "phase",
+        phase="validate",
+        message=(
+            f"cross-validation fold {index + 1} of {count}: adapting on {len(train)} labelled volume(s), scoring "
+            f"{', '.join(held)}{shortened}"
+        ),
+    )
+    fold.method.recipe(
+        fold,
+        fold.current_network(fold.network),
+        train,
+        fold.recipe_steps,
+        progress_offset=offset,
+        label=f"fold {index + 1}/{count} ",
+        scorer=score,
+    )
     return FoldScores(held_out=tuple(held), scores=scores)
 
 
@@ -154,9 +191,14 @@ def cv_summary(cv: CrossValidation, step: int, class_names: Sequence[str]) -> Di
     ``step`` (no HD95)."""
     index = cv.steps.index(step)
     per_class = np.array([cv.dice_per_class[c][index] for c in cv.cases])
-    return json_ready({"mean_dice": mean_scored(cv.dice[c][index] for c in cv.cases),
-                       "dice": {name: mean_scored(per_class[:, i]) for i, name in enumerate(class_names)},
-                       "hd95": {name: None for name in class_names}, "cases": len(cv.cases)})
+    return json_ready(
+        {
+            "mean_dice": mean_scored(cv.dice[c][index] for c in cv.cases),
+            "dice": {name: mean_scored(per_class[:, i]) for i, name in enumerate(class_names)},
+            "hd95": {name: None for name in class_names},
+            "cases": len(cv.cases),
+        }
+    )
 
 
 def pool_check(run: AdaptRun, adapted: nn.Module, labeled: Sequence[LabeledVolume]) -> Optional[PoolCheck]:
@@ -181,7 +223,13 @@ def pool_check(run: AdaptRun, adapted: nn.Module, labeled: Sequence[LabeledVolum
     counted = {c: v for c, v in zip(picks, map_shards(run.ctx, picks, count)) if v is not None}
     if not counted:
         return None
-    labelled_mean = [float(np.mean([np.count_nonzero(np.asarray(c.label.array) == k) for c in labeled]))
-                     for k in range(1, n)]
-    return check_pool({c: v["current"] for c, v in counted.items()}, {c: v["adapted"] for c, v in counted.items()},
-                      run.card.class_names[1:], run.config.validation.collapse_ratio, labelled_mean)
+    labelled_mean = [
+        float(np.mean([np.count_nonzero(np.asarray(c.label.array) == k) for c in labeled])) for k in range(1, n)
+    ]
+    return check_pool(
+        {c: v["current"] for c, v in counted.items()},
+        {c: v["adapted"] for c, v in counted.items()},
+        run.card.class_names[1:],
+        run.config.validation.collapse_ratio,
+        labelled_mean,
+    )

@@ -137,17 +137,23 @@ class CrossValidation:
         return tuple(out)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"steps": list(self.steps), "dice": {c: list(v) for c, v in self.dice.items()},
-                "dice_per_class": {c: [list(x) for x in v] for c, v in self.dice_per_class.items()},
-                "folds": [list(f) for f in self.folds]}
+        return {
+            "steps": list(self.steps),
+            "dice": {c: list(v) for c, v in self.dice.items()},
+            "dice_per_class": {c: [list(x) for x in v] for c, v in self.dice_per_class.items()},
+            "folds": [list(f) for f in self.folds],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CrossValidation:
-        return cls(steps=tuple(int(s) for s in data["steps"]),
-                   dice={str(c): tuple(float(x) for x in v) for c, v in data["dice"].items()},
-                   dice_per_class={str(c): tuple(tuple(float(y) for y in x) for x in v)
-                                   for c, v in data.get("dice_per_class", {}).items()},
-                   folds=tuple(tuple(str(c) for c in f) for f in data.get("folds", ())))
+        return cls(
+            steps=tuple(int(s) for s in data["steps"]),
+            dice={str(c): tuple(float(x) for x in v) for c, v in data["dice"].items()},
+            dice_per_class={
+                str(c): tuple(tuple(float(y) for y in x) for x in v) for c, v in data.get("dice_per_class", {}).items()
+            },
+            folds=tuple(tuple(str(c) for c in f) for f in data.get("folds", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -173,13 +179,23 @@ class PoolCheck:
         return not self.collapsed
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"cases": list(self.cases), "class_names": list(self.class_names), "current_voxels": list(self.current),
-                "adapted_voxels": list(self.adapted), "collapsed": list(self.collapsed), "passed": self.passed}
+        return {
+            "cases": list(self.cases),
+            "class_names": list(self.class_names),
+            "current_voxels": list(self.current),
+            "adapted_voxels": list(self.adapted),
+            "collapsed": list(self.collapsed),
+            "passed": self.passed,
+        }
 
 
-def check_pool(current: Mapping[str, Sequence[int]], adapted: Mapping[str, Sequence[int]],
-               class_names: Sequence[str], collapse_ratio: float,
-               labelled_mean: Optional[Sequence[float]] = None) -> PoolCheck:
+def check_pool(
+    current: Mapping[str, Sequence[int]],
+    adapted: Mapping[str, Sequence[int]],
+    class_names: Sequence[str],
+    collapse_ratio: float,
+    labelled_mean: Optional[Sequence[float]] = None,
+) -> PoolCheck:
     """Flag the classes the adapted model all but stops predicting on unlabelled volumes.
 
     The reference amount of a class is what the current model predicts on the same volumes, capped by what the
@@ -206,8 +222,13 @@ def check_pool(current: Mapping[str, Sequence[int]], adapted: Mapping[str, Seque
         expected = np.asarray(labelled_mean, dtype=np.float64) * len(cases)
         reference = np.where(expected > 0, np.minimum(reference, expected), reference)
     collapsed = tuple(name for name, ref, b in zip(class_names, reference, new) if ref > 0 and b < collapse_ratio * ref)
-    return PoolCheck(cases=cases, current=tuple(int(x) for x in now), adapted=tuple(int(x) for x in new),
-                     class_names=tuple(class_names), collapsed=collapsed)
+    return PoolCheck(
+        cases=cases,
+        current=tuple(int(x) for x in now),
+        adapted=tuple(int(x) for x in new),
+        class_names=tuple(class_names),
+        collapsed=collapsed,
+    )
 
 
 @dataclass(frozen=True)
@@ -315,14 +336,23 @@ class ActivationDecision:
         def clean(x: float) -> Optional[float]:
             return None if math.isnan(x) else round(float(x), 6)
 
-        return {"activate": self.activate, "reason": self.reason, "method": self.method, "stop_step": self.stop_step,
-                "dice_before": clean(self.dice_before), "dice_after": clean(self.dice_after),
-                "gain": clean(self.gain), "gain_low": clean(self.gain_low), "gain_high": clean(self.gain_high),
-                "pool": None if self.pool is None else self.pool.to_dict(),
-                "fold_gains": [clean(g) for g in self.fold_gains],
-                "volume_gains": {c: clean(g) for c, g in self.volume_gains.items()},
-                "rule": None if self.rule is None else self.rule.to_dict(), "failed": self.failed,
-                "label_meaning": self.label_meaning}
+        return {
+            "activate": self.activate,
+            "reason": self.reason,
+            "method": self.method,
+            "stop_step": self.stop_step,
+            "dice_before": clean(self.dice_before),
+            "dice_after": clean(self.dice_after),
+            "gain": clean(self.gain),
+            "gain_low": clean(self.gain_low),
+            "gain_high": clean(self.gain_high),
+            "pool": None if self.pool is None else self.pool.to_dict(),
+            "fold_gains": [clean(g) for g in self.fold_gains],
+            "volume_gains": {c: clean(g) for c, g in self.volume_gains.items()},
+            "rule": None if self.rule is None else self.rule.to_dict(),
+            "failed": self.failed,
+            "label_meaning": self.label_meaning,
+        }
 
 
 _OVERRIDE = "Stored but not activated (assft models activate makes it active anyway)."
@@ -332,17 +362,27 @@ def what_folds_can_know(cv: CrossValidation, low: float, high: float) -> str:
     """One or two sentences on what this cross-validation can and cannot show (said with every verdict)."""
     n = len(cv.cases)
     if n == 2:
-        return ("With 2 labelled volumes each fold adapts on one volume and scores the other: this shows whether "
-                "adapting on one labelled volume helped the other, not how the model trained on both does on the "
-                "rest of the site, and 2 values give no useful interval. Label more volumes for firmer evidence.")
+        return (
+            "With 2 labelled volumes each fold adapts on one volume and scores the other: this shows whether "
+            "adapting on one labelled volume helped the other, not how the model trained on both does on the "
+            "rest of the site, and 2 values give no useful interval. Label more volumes for firmer evidence."
+        )
     interval = f"[{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "not available"
-    return (f"The 95 % interval of the gain over the {n} labelled volumes is {interval}; it says how the recipe "
-            f"does on volumes like these {n}, not on the whole site.")
+    return (
+        f"The 95 % interval of the gain over the {n} labelled volumes is {interval}; it says how the recipe "
+        f"does on volumes like these {n}, not on the whole site."
+    )
 
 
-def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: float, stop_step: int,
-           labelled: int, max_fold_loss: Optional[float] = None,
-           min_gain_low: Optional[float] = None) -> ActivationDecision:
+def decide(
+    cv: Optional[CrossValidation],
+    pool: Optional[PoolCheck],
+    min_gain: float,
+    stop_step: int,
+    labelled: int,
+    max_fold_loss: Optional[float] = None,
+    min_gain_low: Optional[float] = None,
+) -> ActivationDecision:
     """The guard's verdict.
 
     Activate only when cross-validation over at least two labelled volumes passes :func:`judge` at the stopping
@@ -363,10 +403,17 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
     """
     if cv is None:
         return ActivationDecision(
-            activate=False, method="too_few_labels", stop_step=stop_step, pool=pool, failed="too_few_labels",
-            reason=(f"only {labelled} labelled volume(s): nothing can be held out to check that the adapted model is "
-                    "better, so it was stored but not activated. Label at least one more volume, or activate it "
-                    "yourself (assft models activate)."))
+            activate=False,
+            method="too_few_labels",
+            stop_step=stop_step,
+            pool=pool,
+            failed="too_few_labels",
+            reason=(
+                f"only {labelled} labelled volume(s): nothing can be held out to check that the adapted model is "
+                "better, so it was stored but not activated. Label at least one more volume, or activate it "
+                "yourself (assft models activate)."
+            ),
+        )
     rule = GuardRule(min_gain=min_gain, max_fold_loss=max_fold_loss, min_gain_low=min_gain_low)
     volume_gains = cv.gains(stop_step)
     fold_gains = cv.fold_gains(stop_step)
@@ -374,42 +421,79 @@ def decide(cv: Optional[CrossValidation], pool: Optional[PoolCheck], min_gain: f
     index = cv.steps.index(stop_step)
     before = mean_interval([cv.dice[c][0] for c in cv.cases])[0]
     after = mean_interval([cv.dice[c][index] for c in cv.cases])[0]
-    common = dict(method="cross_validation", stop_step=stop_step, dice_before=before, dice_after=after,
-                  gain=verdict.mean, gain_low=verdict.low, gain_high=verdict.high, pool=pool,
-                  fold_gains=tuple(fold_gains), volume_gains=dict(volume_gains), rule=rule)
+    common = dict(
+        method="cross_validation",
+        stop_step=stop_step,
+        dice_before=before,
+        dice_after=after,
+        gain=verdict.mean,
+        gain_low=verdict.low,
+        gain_high=verdict.high,
+        pool=pool,
+        fold_gains=tuple(fold_gains),
+        volume_gains=dict(volume_gains),
+        rule=rule,
+    )
     scores = f"cross-validated mean Dice {before:.3f} -> {after:.3f} on {len(cv.cases)} labelled volume(s)"
     limits = what_folds_can_know(cv, verdict.low, verdict.high)
     mean = verdict.mean
     worst = _fold_words(cv, verdict, volume_gains)
     if verdict.failed == "mean":
-        return ActivationDecision(activate=False, failed="mean", **common, reason=(
-            f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}). {limits} "
-            + _OVERRIDE))
+        return ActivationDecision(
+            activate=False,
+            failed="mean",
+            **common,
+            reason=(
+                f"likely not better than the current model ({scores}, gain {mean:+.3f} < {min_gain:+.3f}). {limits} "
+                + _OVERRIDE
+            ),
+        )
     if verdict.failed == "worst_fold":
-        return ActivationDecision(activate=False, failed="worst_fold", **common, reason=(
-            f"not activated although the mean gain is {mean:+.3f} ({scores}): {worst} lost "
-            f"{-verdict.worst_gain:.3f}, more than the {max_fold_loss:.3f} allowed (validation.max_fold_loss). "
-            f"The folds disagree, so the adapted model may be worse on part of the site. {limits} " + _OVERRIDE))
+        return ActivationDecision(
+            activate=False,
+            failed="worst_fold",
+            **common,
+            reason=(
+                f"not activated although the mean gain is {mean:+.3f} ({scores}): {worst} lost "
+                f"{-verdict.worst_gain:.3f}, more than the {max_fold_loss:.3f} allowed (validation.max_fold_loss). "
+                f"The folds disagree, so the adapted model may be worse on part of the site. {limits} " + _OVERRIDE
+            ),
+        )
     if verdict.failed == "lower_bound":
-        return ActivationDecision(activate=False, failed="lower_bound", **common, reason=(
-            f"not activated although the mean gain is {mean:+.3f} ({scores}): the lower end of its 95 % interval, "
-            f"{verdict.low:+.3f}, is below the {min_gain_low:+.3f} required (validation.min_gain_low). {limits} "
-            + _OVERRIDE))
+        return ActivationDecision(
+            activate=False,
+            failed="lower_bound",
+            **common,
+            reason=(
+                f"not activated although the mean gain is {mean:+.3f} ({scores}): the lower end of its 95 % interval, "
+                f"{verdict.low:+.3f}, is below the {min_gain_low:+.3f} required (validation.min_gain_low). {limits} "
+                + _OVERRIDE
+            ),
+        )
     if pool is not None and not pool.passed:
-        return ActivationDecision(activate=False, failed="pool", **common, reason=(
-            f"its predictions on the unlabelled pool collapsed for {', '.join(pool.collapsed)} (far fewer voxels "
-            f"than the current model predicts), although {scores}; the labels may be empty or of another structure. "
-            + _OVERRIDE))
+        return ActivationDecision(
+            activate=False,
+            failed="pool",
+            **common,
+            reason=(
+                f"its predictions on the unlabelled pool collapsed for {', '.join(pool.collapsed)} (far fewer voxels "
+                f"than the current model predicts), although {scores}; the labels may be empty or of another "
+                "structure. " + _OVERRIDE
+            ),
+        )
     if max_fold_loss is not None:
-        spread = (f"no fold lost more than the {max_fold_loss:.3f} allowed (worst: {worst}, "
-                  f"{verdict.worst_gain:+.3f})")
+        spread = f"no fold lost more than the {max_fold_loss:.3f} allowed (worst: {worst}, {verdict.worst_gain:+.3f})"
     elif verdict.worst_gain < 0:
-        spread = (f"note: {worst} lost {-verdict.worst_gain:.3f}; no limit on a fold's loss is set "
-                  "(validation.max_fold_loss)")
+        spread = (
+            f"note: {worst} lost {-verdict.worst_gain:.3f}; no limit on a fold's loss is set (validation.max_fold_loss)"
+        )
     else:
         spread = f"every fold gained (worst: {worst}, {verdict.worst_gain:+.3f})"
-    return ActivationDecision(activate=True, **common, reason=(
-        f"better than the current model: {scores} (gain {mean:+.3f} >= {min_gain:+.3f}); {spread}. {limits}"))
+    return ActivationDecision(
+        activate=True,
+        **common,
+        reason=(f"better than the current model: {scores} (gain {mean:+.3f} >= {min_gain:+.3f}); {spread}. {limits}"),
+    )
 
 
 def _fold_words(cv: CrossValidation, verdict: Judgement, volume_gains: Mapping[str, float]) -> str:

@@ -90,16 +90,22 @@ def read_records(data: Mapping[str, Any]) -> List[CalibrationRecord]:
             step = int(item["stop_step"]) if item.get("stop_step") is not None else cv.stop_step()
             source = {"fold_gains": cv.fold_gains(step), "volume_gains": cv.gains(step)}
         if "fold_gains" not in source or "test_gain" not in item:
-            raise ValueError(f'{where}: needs "fold_gains" (or "activation" or "cross_validation" giving them) and '
-                             '"test_gain"')
+            raise ValueError(
+                f'{where}: needs "fold_gains" (or "activation" or "cross_validation" giving them) and "test_gain"'
+            )
         volumes = source.get("volume_gains")
         if isinstance(volumes, Mapping):
             volumes = list(volumes.values())
-        records.append(CalibrationRecord(
-            setting=str(item.get("setting", "")), budget=int(item.get("budget", 0)),
-            labelled_set=str(item.get("set", index)), fold_gains=_floats(source["fold_gains"], where),
-            volume_gains=None if volumes is None else _floats(volumes, where),
-            test_gain=float(item["test_gain"])))
+        records.append(
+            CalibrationRecord(
+                setting=str(item.get("setting", "")),
+                budget=int(item.get("budget", 0)),
+                labelled_set=str(item.get("set", index)),
+                fold_gains=_floats(source["fold_gains"], where),
+                volume_gains=None if volumes is None else _floats(volumes, where),
+                test_gain=float(item["test_gain"]),
+            )
+        )
     return records
 
 
@@ -107,24 +113,31 @@ def _rate(count: int, total: int) -> Optional[float]:
     return None if total == 0 else count / total
 
 
-def calibrate(records: Sequence[CalibrationRecord], rule: GuardRule, worse: float = 0.01,
-              better: float = 0.02) -> Dict[str, Any]:
+def calibrate(
+    records: Sequence[CalibrationRecord], rule: GuardRule, worse: float = 0.01, better: float = 0.02
+) -> Dict[str, Any]:
     """False activation and false refusal of ``rule`` over ``records``, overall and per (setting, budget).
 
     Returns:
         ``{"rule", "sets", "activated", "worse_sets", "false_activations", "false_activation_rate", "better_sets",
         "false_refusals", "false_refusal_rate", "by_setting": {"<setting> B=<budget>": {same counts}}}``.
     """
+
     def count(group: Sequence[CalibrationRecord]) -> Dict[str, Any]:
         verdicts = [judge(r.fold_gains, rule, r.volume_gains).activate for r in group]
         worse_sets = [a for r, a in zip(group, verdicts) if r.test_gain < -worse]
         better_sets = [a for r, a in zip(group, verdicts) if r.test_gain > better]
         false_activations, false_refusals = sum(worse_sets), sum(not a for a in better_sets)
-        return {"sets": len(group), "activated": sum(verdicts),
-                "worse_sets": len(worse_sets), "false_activations": false_activations,
-                "false_activation_rate": _rate(false_activations, len(worse_sets)),
-                "better_sets": len(better_sets), "false_refusals": false_refusals,
-                "false_refusal_rate": _rate(false_refusals, len(better_sets))}
+        return {
+            "sets": len(group),
+            "activated": sum(verdicts),
+            "worse_sets": len(worse_sets),
+            "false_activations": false_activations,
+            "false_activation_rate": _rate(false_activations, len(worse_sets)),
+            "better_sets": len(better_sets),
+            "false_refusals": false_refusals,
+            "false_refusal_rate": _rate(false_refusals, len(better_sets)),
+        }
 
     groups: Dict[str, List[CalibrationRecord]] = {}
     for record in records:
@@ -135,12 +148,19 @@ def calibrate(records: Sequence[CalibrationRecord], rule: GuardRule, worse: floa
     return result
 
 
-def sweep(records: Sequence[CalibrationRecord], min_gains: Sequence[float],
-          max_fold_losses: Sequence[Optional[float]], worse: float = 0.01,
-          better: float = 0.02) -> List[Dict[str, Any]]:
+def sweep(
+    records: Sequence[CalibrationRecord],
+    min_gains: Sequence[float],
+    max_fold_losses: Sequence[Optional[float]],
+    worse: float = 0.01,
+    better: float = 0.02,
+) -> List[Dict[str, Any]]:
     """:func:`calibrate` for every pair of ``min_gain`` and ``max_fold_loss``."""
-    return [calibrate(records, GuardRule(min_gain=g, max_fold_loss=m), worse, better)
-            for g in min_gains for m in max_fold_losses]
+    return [
+        calibrate(records, GuardRule(min_gain=g, max_fold_loss=m), worse, better)
+        for g in min_gains
+        for m in max_fold_losses
+    ]
 
 
 def _optional_float(text: str) -> Optional[float]:
@@ -152,12 +172,19 @@ def _show(rate: Optional[float]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ASSFTActive.finetune.guard_calibration",
-                                     description="False activation / refusal of guard rules over labelled sets.")
-    parser.add_argument("input", type=Path, help="JSON with a list \"sets\" (see the module docstring)")
+    parser = argparse.ArgumentParser(
+        prog="python -m ASSFTActive.finetune.guard_calibration",
+        description="False activation / refusal of guard rules over labelled sets.",
+    )
+    parser.add_argument("input", type=Path, help='JSON with a list "sets" (see the module docstring)')
     parser.add_argument("--min-gain", type=float, nargs="+", default=[0.005])
-    parser.add_argument("--max-fold-loss", type=_optional_float, nargs="+", default=[None],
-                        help="limits on a fold's loss to try ('none' = no limit)")
+    parser.add_argument(
+        "--max-fold-loss",
+        type=_optional_float,
+        nargs="+",
+        default=[None],
+        help="limits on a fold's loss to try ('none' = no limit)",
+    )
     parser.add_argument("--worse", type=float, default=0.01, help="a test loss beyond this makes activation false")
     parser.add_argument("--better", type=float, default=0.02, help="a test gain beyond this makes refusal false")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -173,10 +200,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("|---|---|---|---|---|")
     for row in rows:
         rule = row["rule"]
-        print(f"| {rule['min_gain']:.3f} | {rule['max_fold_loss'] if rule['max_fold_loss'] is not None else 'none'} "
-              f"| {row['activated']}/{row['sets']} | {_show(row['false_activation_rate'])} "
-              f"({row['false_activations']}/{row['worse_sets']}) | {_show(row['false_refusal_rate'])} "
-              f"({row['false_refusals']}/{row['better_sets']}) |")
+        print(
+            f"| {rule['min_gain']:.3f} | {rule['max_fold_loss'] if rule['max_fold_loss'] is not None else 'none'} "
+            f"| {row['activated']}/{row['sets']} | {_show(row['false_activation_rate'])} "
+            f"({row['false_activations']}/{row['worse_sets']}) | {_show(row['false_refusal_rate'])} "
+            f"({row['false_refusals']}/{row['better_sets']}) |"
+        )
     if args.out is not None:
         atomic_write_text(args.out, json.dumps({"input": str(args.input), "rows": rows}, indent=1))
     return 0

@@ -79,15 +79,23 @@ class AdaptMethod(Protocol):
         """Once the run state exists, before the labels are read (SFR: read the unlabelled pool; none is an
         error)."""
 
-    def recipe(self, run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume], stop: int, *,
-               progress_offset: int, label: str, scorer: FoldScorer) -> None:
+    def recipe(
+        self,
+        run: AdaptRun,
+        network: nn.Module,
+        train: Sequence[LabeledVolume],
+        stop: int,
+        *,
+        progress_offset: int,
+        label: str,
+        scorer: FoldScorer,
+    ) -> None:
         """One cross-validation fold: train ``network`` in place on ``train`` up to step ``stop``, calling ``scorer``
         every ``run.config.validation.every`` steps and at the end. ``label`` prefixes the messages;
         ``progress_offset`` is where the fold's steps start on the whole run's progress (ASSFT counts on it; SFR
         reports its re-training's own steps)."""
 
-    def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int,
-                    cross_validated: bool) -> Trained:
+    def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int, cross_validated: bool) -> Trained:
         """Train ``run.network`` in place on every labelled volume up to ``stop`` (resuming from ``run.checkpoints``
         when they hold state), leaving it in eval mode."""
 

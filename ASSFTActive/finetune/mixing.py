@@ -62,9 +62,15 @@ class MixedBatch:
     expert: torch.Tensor
 
 
-def bidirectional_copy_paste(labelled_images: torch.Tensor, labels: torch.Tensor, unlabelled_images: torch.Tensor,
-                             pseudo_labels: torch.Tensor, pseudo_masks: torch.Tensor, boxes: torch.Tensor,
-                             pseudo_weight: float = 0.5) -> MixedBatch:
+def bidirectional_copy_paste(
+    labelled_images: torch.Tensor,
+    labels: torch.Tensor,
+    unlabelled_images: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    pseudo_masks: torch.Tensor,
+    boxes: torch.Tensor,
+    pseudo_weight: float = 0.5,
+) -> MixedBatch:
     """Mix each unlabelled patch ``b`` with labelled patch ``b mod B_l`` both ways, inside box ``boxes[b]``.
 
     Args:
@@ -78,8 +84,10 @@ def bidirectional_copy_paste(labelled_images: torch.Tensor, labels: torch.Tensor
         the :class:`MixedBatch`; the inputs are not modified.
     """
     if labelled_images.shape[2:] != unlabelled_images.shape[2:] or boxes.shape[1:] != unlabelled_images.shape[2:]:
-        raise ValueError("labelled patches, unlabelled patches and boxes must have the same spatial size, got "
-                         f"{tuple(labelled_images.shape)}, {tuple(unlabelled_images.shape)}, {tuple(boxes.shape)}")
+        raise ValueError(
+            "labelled patches, unlabelled patches and boxes must have the same spatial size, got "
+            f"{tuple(labelled_images.shape)}, {tuple(unlabelled_images.shape)}, {tuple(boxes.shape)}"
+        )
     count = unlabelled_images.shape[0]
     pick = torch.arange(count) % labelled_images.shape[0]
     l_img, l_lab = labelled_images[pick], labels[pick].long()
@@ -88,9 +96,16 @@ def bidirectional_copy_paste(labelled_images: torch.Tensor, labels: torch.Tensor
     box_img = box[:, None]
     u_weight = pseudo_weight * pseudo_masks.to(torch.float32)
     ones = torch.ones_like(u_weight)
-    into_unlabelled = (torch.where(box_img, l_img, u_img), torch.where(box, l_lab, u_lab),
-                       torch.where(box, ones, u_weight), box)
-    into_labelled = (torch.where(box_img, u_img, l_img), torch.where(box, u_lab, l_lab),
-                     torch.where(box, u_weight, ones), ~box)
+    into_unlabelled = (
+        torch.where(box_img, l_img, u_img),
+        torch.where(box, l_lab, u_lab),
+        torch.where(box, ones, u_weight),
+        box,
+    )
+    into_labelled = (
+        torch.where(box_img, u_img, l_img),
+        torch.where(box, u_lab, l_lab),
+        torch.where(box, u_weight, ones),
+        ~box,
+    )
     return MixedBatch(*(torch.cat([a, b]) for a, b in zip(into_unlabelled, into_labelled)))
-

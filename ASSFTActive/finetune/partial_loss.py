@@ -42,8 +42,10 @@ def masked_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.
         a scalar; 0 (with a zero gradient) when no voxel is masked in.
     """
     if logits.ndim != 5 or target.shape != logits.shape[:1] + logits.shape[2:] or mask.shape != target.shape:
-        raise ValueError(f"expected logits [B, C, X, Y, Z] with target and mask [B, X, Y, Z], got "
-                         f"{tuple(logits.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected logits [B, C, X, Y, Z] with target and mask [B, X, Y, Z], got "
+            f"{tuple(logits.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}"
+        )
     weight = mask.to(logits.dtype)
     if not bool(weight.sum() > 0):
         return logits.sum() * 0.0
@@ -121,8 +123,9 @@ class PartialLabelTerm(LossTerm):
             if case.voxel_mask is None or not np.any(case.voxel_mask):
                 raise ValueError(f"{case.case_id}: no annotated voxel; a volume with none is not a labelled volume")
             if case.voxel_mask.shape != case.label.shape:
-                raise ValueError(f"{case.case_id}: voxel_mask {case.voxel_mask.shape} differs from label "
-                                 f"{case.label.shape}")
+                raise ValueError(
+                    f"{case.case_id}: voxel_mask {case.voxel_mask.shape} differs from label {case.label.shape}"
+                )
         self.cases, self.weight = list(cases), float(weight)
         self.sampler: Optional[_AnnotatedPatches] = None
 

@@ -31,8 +31,13 @@ __all__ = [
 ]
 
 
-def foreground_confidence(label: np.ndarray, max_prob: np.ndarray, entropy: np.ndarray,
-                          metric: ConfidenceMetric = ConfidenceMetric.FG_MAX_PROB, empty_value: float = 0.0) -> float:
+def foreground_confidence(
+    label: np.ndarray,
+    max_prob: np.ndarray,
+    entropy: np.ndarray,
+    metric: ConfidenceMetric = ConfidenceMetric.FG_MAX_PROB,
+    empty_value: float = 0.0,
+) -> float:
     """``conf_u`` of method-spec §1.7: confidence of the teacher inside its own predicted foreground.
 
     Args:
@@ -48,8 +53,10 @@ def foreground_confidence(label: np.ndarray, max_prob: np.ndarray, entropy: np.n
     """
     label, max_prob, entropy = np.asarray(label), np.asarray(max_prob), np.asarray(entropy)
     if not (label.ndim == 3 and label.shape == max_prob.shape == entropy.shape):
-        raise ValueError(f"label, max_prob and entropy must be [I, J, K] maps of one shape, got {label.shape}, "
-                         f"{max_prob.shape}, {entropy.shape}")
+        raise ValueError(
+            f"label, max_prob and entropy must be [I, J, K] maps of one shape, got {label.shape}, "
+            f"{max_prob.shape}, {entropy.shape}"
+        )
     metric = ConfidenceMetric(metric)
     foreground = label != 0
     if not foreground.any():
@@ -132,16 +139,28 @@ class PseudoDecision:
         def clean(x: float) -> Optional[float]:
             return None if math.isnan(x) else round(float(x), 6)
 
-        return {"case_id": self.case_id, "confidence": clean(self.confidence), "distance": clean(self.distance),
-                "reliability": clean(self.reliability), "kept": self.kept, "rank": self.rank}
+        return {
+            "case_id": self.case_id,
+            "confidence": clean(self.confidence),
+            "distance": clean(self.distance),
+            "reliability": clean(self.reliability),
+            "kept": self.kept,
+            "rank": self.rank,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PseudoDecision:
         def num(x: Any) -> float:
             return float("nan") if x is None else float(x)
 
-        return cls(case_id=str(data["case_id"]), confidence=num(data["confidence"]), distance=num(data["distance"]),
-                   reliability=num(data["reliability"]), kept=bool(data["kept"]), rank=int(data["rank"]))
+        return cls(
+            case_id=str(data["case_id"]),
+            confidence=num(data["confidence"]),
+            distance=num(data["distance"]),
+            reliability=num(data["reliability"]),
+            kept=bool(data["kept"]),
+            rank=int(data["rank"]),
+        )
 
 
 def select_reliable(candidates: Sequence[PseudoCandidate], config: PseudoLabelConfig) -> Tuple[PseudoDecision, ...]:
@@ -175,13 +194,22 @@ def select_reliable(candidates: Sequence[PseudoCandidate], config: PseudoLabelCo
     else:
         limit = float(np.quantile(dist, config.tau_dist_quantile))
         kept = (conf >= config.tau_conf) & (dist <= limit + 1e-12)
-    return tuple(PseudoDecision(case_id=c.case_id, confidence=float(conf[i]), distance=float(dist[i]),
-                                reliability=float(rel[i]), kept=bool(kept[i]), rank=int(ranks[i]))
-                 for i, c in enumerate(candidates))
+    return tuple(
+        PseudoDecision(
+            case_id=c.case_id,
+            confidence=float(conf[i]),
+            distance=float(dist[i]),
+            reliability=float(rel[i]),
+            kept=bool(kept[i]),
+            rank=int(ranks[i]),
+        )
+        for i, c in enumerate(candidates)
+    )
 
 
-def voxel_confidence_mask(label: np.ndarray, max_prob: np.ndarray, threshold: Optional[float],
-                          class_keep_min: float = 0.0) -> Optional[np.ndarray]:
+def voxel_confidence_mask(
+    label: np.ndarray, max_prob: np.ndarray, threshold: Optional[float], class_keep_min: float = 0.0
+) -> Optional[np.ndarray]:
     """The trusted voxels of an offline pseudo-label as bool ``[I, J, K]``; ``None`` when the threshold is off.
 
     ``max_c p_c(v) >= threshold``, relaxed per predicted class by ``class_keep_min`` (the rule of
@@ -197,6 +225,9 @@ def voxel_confidence_mask(label: np.ndarray, max_prob: np.ndarray, threshold: Op
 
     from .semi import confident_from_maps
 
-    return confident_from_maps(torch.from_numpy(np.ascontiguousarray(max_prob)),
-                               torch.from_numpy(np.ascontiguousarray(label)).long(), float(threshold),
-                               class_keep_min).numpy()
+    return confident_from_maps(
+        torch.from_numpy(np.ascontiguousarray(max_prob)),
+        torch.from_numpy(np.ascontiguousarray(label)).long(),
+        float(threshold),
+        class_keep_min,
+    ).numpy()

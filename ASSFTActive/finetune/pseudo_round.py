@@ -42,8 +42,9 @@ Selection = Callable[[Sequence[PseudoCandidate], PseudoLabelConfig], Tuple[Pseud
 class PseudoLabeller(Protocol):
     """Labels the unlabelled pool in a self-training round."""
 
-    def label_pool(self, run: AdaptRun, round_index: int, network: nn.Module,
-                   train: Sequence[LabeledVolume]) -> PseudoLabels:
+    def label_pool(
+        self, run: AdaptRun, round_index: int, network: nn.Module, train: Sequence[LabeledVolume]
+    ) -> PseudoLabels:
         """The decision on every pool volume of ``run`` and the label (and voxel mask) of the kept ones.
 
         Args:
@@ -59,13 +60,20 @@ class TeacherLabeller:
     def __init__(self, select: Selection = select_reliable):
         self.select = select
 
-    def label_pool(self, run: AdaptRun, round_index: int, network: nn.Module,
-                   train: Sequence[LabeledVolume]) -> PseudoLabels:
+    def label_pool(
+        self, run: AdaptRun, round_index: int, network: nn.Module, train: Sequence[LabeledVolume]
+    ) -> PseudoLabels:
         return label_pool(run, round_index, network, train, self.select)
 
 
-def pseudo_round(run: AdaptRun, round_index: int, network: nn.Module, train: Sequence[LabeledVolume],
-                 cache: bool, labeller: PseudoLabeller) -> Tuple[List[SupervisedCase], Tuple[PseudoDecision, ...]]:
+def pseudo_round(
+    run: AdaptRun,
+    round_index: int,
+    network: nn.Module,
+    train: Sequence[LabeledVolume],
+    cache: bool,
+    labeller: PseudoLabeller,
+) -> Tuple[List[SupervisedCase], Tuple[PseudoDecision, ...]]:
     """The pseudo-labelled training cases of round ``round_index`` and the decision on every pool volume.
 
     Args:
@@ -93,15 +101,25 @@ def pseudo_round(run: AdaptRun, round_index: int, network: nn.Module, train: Seq
         label = image.with_array(labelled.labels[decision.case_id])
         mask = labelled.masks.get(decision.case_id)
         cases.append(SupervisedCase(decision.case_id, image, label, None if mask is None else mask.astype(bool)))
-    run.emit("phase", phase="pseudo", message=(
-        f"round {round_index}: {len(kept)} of {len(labelled.decisions)} unlabelled volumes pseudo-labelled "
-        f"({rule.mode.value}" + (f", {rule.select_mode.value}" if rule.mode == PseudoMode.SELECTIVE else "") + ")"),
-        metrics={"pseudo_kept": float(len(kept)), "pseudo_pool": float(len(labelled.decisions))})
+    run.emit(
+        "phase",
+        phase="pseudo",
+        message=(
+            f"round {round_index}: {len(kept)} of {len(labelled.decisions)} unlabelled volumes pseudo-labelled "
+            f"({rule.mode.value}" + (f", {rule.select_mode.value}" if rule.mode == PseudoMode.SELECTIVE else "") + ")"
+        ),
+        metrics={"pseudo_kept": float(len(kept)), "pseudo_pool": float(len(labelled.decisions))},
+    )
     return cases, labelled.decisions
 
 
-def label_pool(run: AdaptRun, round_index: int, network: nn.Module, train: Sequence[LabeledVolume],
-               select: Selection = select_reliable) -> PseudoLabels:
+def label_pool(
+    run: AdaptRun,
+    round_index: int,
+    network: nn.Module,
+    train: Sequence[LabeledVolume],
+    select: Selection = select_reliable,
+) -> PseudoLabels:
     """The teacher's label, confidence, distance and voxel mask of every pool volume; ``select`` applied."""
     rule = run.config.pseudo
     pool = run.pool
@@ -119,12 +137,18 @@ def label_pool(run: AdaptRun, round_index: int, network: nn.Module, train: Seque
             return str(exc)
         prediction = predictor.predict(image)
         item = {
-            "confidence": foreground_confidence(prediction.label, prediction.max_prob, prediction.entropy,
-                                                rule.confidence, rule.empty_foreground_confidence),
+            "confidence": foreground_confidence(
+                prediction.label,
+                prediction.max_prob,
+                prediction.entropy,
+                rule.confidence,
+                rule.empty_foreground_confidence,
+            ),
             "distance": semantic_distance(prediction.features[-1], references),
             "label": prediction.label,
-            "mask": voxel_confidence_mask(prediction.label, prediction.max_prob, rule.voxel_threshold,
-                                          rule.class_keep_min),
+            "mask": voxel_confidence_mask(
+                prediction.label, prediction.max_prob, rule.voxel_threshold, rule.class_keep_min
+            ),
         }
         run.emit("progress", phase="pseudo", step=step, total=len(ids), message=f"pseudo-labelled {case}")
         return item
@@ -142,5 +166,8 @@ def label_pool(run: AdaptRun, round_index: int, network: nn.Module, train: Seque
             masks[case] = item["mask"]
     decisions = select(candidates, rule)
     kept = {d.case_id for d in decisions if d.kept}
-    return PseudoLabels(decisions, labels={k: v for k, v in labels.items() if k in kept},
-                        masks={k: v for k, v in masks.items() if k in kept})
+    return PseudoLabels(
+        decisions,
+        labels={k: v for k, v in labels.items() if k in kept},
+        masks={k: v for k, v in masks.items() if k in kept},
+    )

@@ -42,10 +42,19 @@ __all__ = ["Scorer", "check_replicas", "run_recipe"]
 Scorer = Callable[[nn.Module, int], None]
 
 
-def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume], stop: int, *,
-               progress_offset: int, label: str, scorer: Optional[Scorer] = None, final: bool = False,
-               resume: Optional[TrainingCheckpoint] = None,
-               labeller: Optional[PseudoLabeller] = None) -> List[Tuple[PseudoDecision, ...]]:
+def run_recipe(
+    run: AdaptRun,
+    network: nn.Module,
+    train: Sequence[LabeledVolume],
+    stop: int,
+    *,
+    progress_offset: int,
+    label: str,
+    scorer: Optional[Scorer] = None,
+    final: bool = False,
+    resume: Optional[TrainingCheckpoint] = None,
+    labeller: Optional[PseudoLabeller] = None,
+) -> List[Tuple[PseudoDecision, ...]]:
     """Train ``network`` in place on ``train`` (+ pseudo-labels of the pool) up to global step ``stop``.
 
     Args:
@@ -78,8 +87,20 @@ def run_recipe(run: AdaptRun, network: nn.Module, train: Sequence[LabeledVolume]
             if decisions:
                 rounds.append(decisions)
         resuming = resume is not None and stage == start_stage
-        _train_stage(run, stage, network, train, pseudo, stop - offset, progress_offset, label, scorer, final,
-                     start_step=resume.step if resuming else 0, optim=resume.optimizer if resuming else None)
+        _train_stage(
+            run,
+            stage,
+            network,
+            train,
+            pseudo,
+            stop - offset,
+            progress_offset,
+            label,
+            scorer,
+            final,
+            start_step=resume.step if resuming else 0,
+            optim=resume.optimizer if resuming else None,
+        )
     return rounds
 
 
@@ -94,17 +115,34 @@ def _stage_progress(run: AdaptRun, stage: int, offset: int, label: str) -> Progr
     def forward(event: Event) -> None:
         if run.progress is None:
             return
-        run.progress(Event(event=event.event, phase="train", step=offset + stage_start + event.step,
-                           total=run.total_steps, message=f"{label}{_stage_name(stage)}: {event.message}",
-                           metrics=dict(event.metrics, stage=float(stage))))
+        run.progress(
+            Event(
+                event=event.event,
+                phase="train",
+                step=offset + stage_start + event.step,
+                total=run.total_steps,
+                message=f"{label}{_stage_name(stage)}: {event.message}",
+                metrics=dict(event.metrics, stage=float(stage)),
+            )
+        )
 
     return forward
 
 
-def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[LabeledVolume],
-                 pseudo: Sequence[SupervisedCase], stop: int, progress_offset: int, label: str,
-                 scorer: Optional[Scorer], final: bool, start_step: int = 0,
-                 optim: Optional[Mapping] = None) -> None:
+def _train_stage(
+    run: AdaptRun,
+    stage: int,
+    network: nn.Module,
+    train: Sequence[LabeledVolume],
+    pseudo: Sequence[SupervisedCase],
+    stop: int,
+    progress_offset: int,
+    label: str,
+    scorer: Optional[Scorer],
+    final: bool,
+    start_step: int = 0,
+    optim: Optional[Mapping] = None,
+) -> None:
     config = run.config
     base = config.train
     train_config = base if stage == 0 else replace(base, iterations=config.semi_steps, seed=base.seed + stage)
@@ -113,27 +151,44 @@ def _train_stage(run: AdaptRun, stage: int, network: nn.Module, train: Sequence[
     if start_step < last:
         labeled = [SupervisedCase(c.case_id, c.image, c.label, c.annotated) for c in train]  # partial: masked loss
         resuming = f", resuming at {start_step}" if start_step else ""
-        run.emit("phase", phase="train", step=progress_offset + offset + start_step, total=run.total_steps,
-                 message=f"{label}{_stage_name(stage)} training: {len(labeled)} labelled + {len(pseudo)} "
-                         f"pseudo-labelled volumes, {last} of {train_config.iterations} steps{resuming}")
+        run.emit(
+            "phase",
+            phase="train",
+            step=progress_offset + offset + start_step,
+            total=run.total_steps,
+            message=f"{label}{_stage_name(stage)} training: {len(labeled)} labelled + {len(pseudo)} "
+            f"pseudo-labelled volumes, {last} of {train_config.iterations} steps{resuming}",
+        )
         hooks: List[TrainHook] = [ProgressHook(_stage_progress(run, stage, progress_offset, label))]
         if final and run.checkpoints.enabled:
             hooks.append(CheckpointHook(config.checkpoint_every, _saver(run, stage, last)))
         if scorer is not None:
             hooks.append(ScoreHook(scorer, offset))
-        train_supervised(run.ctx.wrap(network), run.card, labeled, train_config,
-                         terms=_terms(run, stage, network, pseudo, optim), hooks=hooks,
-                         schedule=TrainSchedule(start=start_step, stop=last, resume_state=optim, rank=run.ctx.rank,
-                                                validate_every=config.validation.every if scorer else 0),
-                         device=run.device)
+        train_supervised(
+            run.ctx.wrap(network),
+            run.card,
+            labeled,
+            train_config,
+            terms=_terms(run, stage, network, pseudo, optim),
+            hooks=hooks,
+            schedule=TrainSchedule(
+                start=start_step,
+                stop=last,
+                resume_state=optim,
+                rank=run.ctx.rank,
+                validate_every=config.validation.every if scorer else 0,
+            ),
+            device=run.device,
+        )
     elif scorer is not None:
         scorer(network, offset + last)
     if final:
         _save(run, stage + 1, 0, network, None)
 
 
-def _terms(run: AdaptRun, stage: int, network: nn.Module, pseudo: Sequence[SupervisedCase],
-           optim: Optional[Mapping]) -> List[LossTerm]:
+def _terms(
+    run: AdaptRun, stage: int, network: nn.Module, pseudo: Sequence[SupervisedCase], optim: Optional[Mapping]
+) -> List[LossTerm]:
     """L2-SP toward the run's starting weights, and in a semi-supervised round the pseudo-labelled patches (with an
     EMA teacher when ``pseudo.teacher`` is ``ema``, the frozen current model with flip test-time augmentation when
     it is ``source_flip``; with bidirectional copy-paste when ``pseudo.bcp``)."""
@@ -141,12 +196,22 @@ def _terms(run: AdaptRun, stage: int, network: nn.Module, pseudo: Sequence[Super
     terms: List[LossTerm] = [L2SpPenalty(run.anchor)] if run.config.train.l2sp_weight > 0 else []
     if stage > 0 and pseudo:
         teacher = ema_teacher(network, optim) if rule.teacher == Teacher.EMA else None
-        labeller = (FrozenFlipTeacher(run.current_network(network), flips_of_axes(rule.flip_axes))
-                    if rule.teacher == Teacher.SOURCE_FLIP else None)
-        semi = SemiParts(voxel_threshold=rule.voxel_threshold, class_keep_min=rule.class_keep_min,
-                         strong_view=rule.strong_view, spatial_view=rule.spatial_view,
-                         cutmix_probability=rule.cutmix_probability, ema_decay=rule.ema_decay, bcp=rule.bcp,
-                         bcp_box_share=rule.bcp_box_share, bcp_pseudo_weight=rule.bcp_pseudo_weight)
+        labeller = (
+            FrozenFlipTeacher(run.current_network(network), flips_of_axes(rule.flip_axes))
+            if rule.teacher == Teacher.SOURCE_FLIP
+            else None
+        )
+        semi = SemiParts(
+            voxel_threshold=rule.voxel_threshold,
+            class_keep_min=rule.class_keep_min,
+            strong_view=rule.strong_view,
+            spatial_view=rule.spatial_view,
+            cutmix_probability=rule.cutmix_probability,
+            ema_decay=rule.ema_decay,
+            bcp=rule.bcp,
+            bcp_box_share=rule.bcp_box_share,
+            bcp_pseudo_weight=rule.bcp_pseudo_weight,
+        )
         terms.append(PseudoLabelTerm(pseudo, semi, teacher, labeller))
     return terms
 
@@ -176,6 +241,8 @@ def check_replicas(run: AdaptRun, network: nn.Module) -> None:
     sums = ctx.all_gather(checksum)
     spread = max(sums) - min(sums)
     if spread > 1e-6 * max(1.0, abs(sums[0])):
-        raise JobError(f"the {ctx.world_size} ranks ended with different weights (parameter checksums {sums}); the "
-                       "data-parallel run is inconsistent and no model was stored.")
+        raise JobError(
+            f"the {ctx.world_size} ranks ended with different weights (parameter checksums {sums}); the "
+            "data-parallel run is inconsistent and no model was stored."
+        )
     run.emit("phase", phase="train", message=f"{ctx.world_size} ranks hold identical weights (checksum {sums[0]:.6g})")

@@ -65,11 +65,17 @@ class AdaptResult:
 
     def to_dict(self) -> Dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "version_dir": str(self.version_dir),
-            "card_path": str(self.card_path), "activated": self.activated,
-            "activation": self.decision.to_dict(), "labeled": list(self.labeled),
+            "name": self.name,
+            "version": self.version,
+            "version_dir": str(self.version_dir),
+            "card_path": str(self.card_path),
+            "activated": self.activated,
+            "activation": self.decision.to_dict(),
+            "labeled": list(self.labeled),
             "skipped": [s.to_dict() for s in self.skipped],
-            "pseudo": [d.to_dict() for d in self.pseudo], "metrics": json_ready(self.metrics),
-            "predictions": {k: str(v) for k, v in self.predictions.items()}, "seconds": round(self.seconds, 2),
+            "pseudo": [d.to_dict() for d in self.pseudo],
+            "metrics": json_ready(self.metrics),
+            "predictions": {k: str(v) for k, v in self.predictions.items()},
+            "seconds": round(self.seconds, 2),
             "resumed_from": self.resumed_from,
         }

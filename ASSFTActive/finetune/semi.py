@@ -46,8 +46,9 @@ def confident_voxels(probs: torch.Tensor, threshold: float, class_keep_min: floa
     return confident_from_maps(confidence, hard, threshold, class_keep_min)
 
 
-def confident_from_maps(confidence: torch.Tensor, hard: torch.Tensor, threshold: float,
-                        class_keep_min: float = 0.0) -> torch.Tensor:
+def confident_from_maps(
+    confidence: torch.Tensor, hard: torch.Tensor, threshold: float, class_keep_min: float = 0.0
+) -> torch.Tensor:
     """:func:`confident_voxels` from the maximum probability and the predicted class, ``[B, X, Y, Z]`` or
     ``[X, Y, Z]`` each (what the streaming predictor keeps)."""
     single = confidence.dim() == 3
@@ -87,14 +88,16 @@ class StrongView:
             RandShiftIntensity,
         )
 
-        self.transform = Compose([
-            RandAdjustContrast(prob=0.8, gamma=(0.5, 2.0)),
-            RandGaussianNoise(prob=0.5, mean=0.0, std=0.15),
-            RandGaussianSmooth(prob=0.3, sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), sigma_z=(0.5, 1.2)),
-            RandScaleIntensity(prob=0.8, factors=0.25),
-            RandShiftIntensity(prob=0.8, offsets=0.25),
-        ])
-        self.transform.set_random_state(seed=int(seed) % (2 ** 32))
+        self.transform = Compose(
+            [
+                RandAdjustContrast(prob=0.8, gamma=(0.5, 2.0)),
+                RandGaussianNoise(prob=0.5, mean=0.0, std=0.15),
+                RandGaussianSmooth(prob=0.3, sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), sigma_z=(0.5, 1.2)),
+                RandScaleIntensity(prob=0.8, factors=0.25),
+                RandShiftIntensity(prob=0.8, offsets=0.25),
+            ]
+        )
+        self.transform.set_random_state(seed=int(seed) % (2**32))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 1, X, Y, Z]`` -> the same shape, a new tensor (the input is not modified)."""
@@ -120,31 +123,44 @@ class SpatialJitter:
     def __init__(self, seed: int, rotate: float = 0.15, scale: float = 0.1):
         from monai.transforms import RandAffined
 
-        self.transform = RandAffined(keys=("image", "label", "mask"), prob=1.0, rotate_range=(rotate,) * 3,
-                                     scale_range=(scale,) * 3, mode=("bilinear", "nearest", "nearest"),
-                                     padding_mode="zeros")
-        self.transform.set_random_state(seed=int(seed) % (2 ** 32))
+        self.transform = RandAffined(
+            keys=("image", "label", "mask"),
+            prob=1.0,
+            rotate_range=(rotate,) * 3,
+            scale_range=(scale,) * 3,
+            mode=("bilinear", "nearest", "nearest"),
+            padding_mode="zeros",
+        )
+        self.transform.set_random_state(seed=int(seed) % (2**32))
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``images [B, 1, X, Y, Z]``, ``labels [B, X, Y, Z]`` (integer), ``masks [B, X, Y, Z]`` -> the jittered
         triple, same shapes and dtypes, new tensors on the inputs' devices."""
         out_images, out_labels, out_masks = [], [], []
         for image, label, mask in zip(images.cpu(), labels.cpu(), masks.cpu()):
-            moved = self.transform({"image": image.clone(), "label": label[None].float(),
-                                    "mask": mask[None].float()})
+            moved = self.transform({"image": image.clone(), "label": label[None].float(), "mask": mask[None].float()})
             out_images.append(torch.as_tensor(moved["image"]).as_subclass(torch.Tensor))
             out_labels.append(torch.as_tensor(moved["label"]).as_subclass(torch.Tensor)[0].round())
             out_masks.append(torch.as_tensor(moved["mask"]).as_subclass(torch.Tensor)[0])
-        return (torch.stack(out_images).to(images.device, images.dtype),
-                torch.stack(out_labels).to(labels.device, labels.dtype),
-                torch.stack(out_masks).to(masks.device, masks.dtype))
+        return (
+            torch.stack(out_images).to(images.device, images.dtype),
+            torch.stack(out_labels).to(labels.device, labels.dtype),
+            torch.stack(out_masks).to(masks.device, masks.dtype),
+        )
 
 
-def paste_labelled_boxes(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
-                         source_images: torch.Tensor, source_labels: torch.Tensor, probability: float,
-                         rng: np.random.Generator, size: Tuple[float, float] = (0.25, 0.5)
-                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def paste_labelled_boxes(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    source_images: torch.Tensor,
+    source_labels: torch.Tensor,
+    probability: float,
+    rng: np.random.Generator,
+    size: Tuple[float, float] = (0.25, 0.5),
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Copy a random box of a labelled patch, with its expert labels, into pseudo-labelled patches.
 
     For each pseudo-labelled sample ``b``, with chance ``probability``, a box whose sides are a random share

@@ -161,8 +161,7 @@ class AdaptRun:
 
     def evaluate(self, network: nn.Module, cases: Sequence[LabelledCase], hd95: bool, phase: str) -> EvaluationReport:
         """``network`` scored on ``cases`` (:func:`~ASSFTActive.evaluate.evaluate_cases`, sharded across ranks)."""
-        return evaluate_cases(self.loaded(network), cases, hd95=hd95, progress=self.progress, phase=phase,
-                              ctx=self.ctx)
+        return evaluate_cases(self.loaded(network), cases, hd95=hd95, progress=self.progress, phase=phase, ctx=self.ctx)
 
     def current_network(self, network: nn.Module) -> nn.Module:
         """A copy of ``network`` holding the weights the run started from (the current, active model)."""
@@ -171,18 +170,23 @@ class AdaptRun:
         return current
 
 
-def check_inputs(images: Mapping[str, PathLike], labels: Mapping[str, PathLike]) -> Tuple[Dict[str, str],
-                                                                                           Dict[str, str]]:
+def check_inputs(
+    images: Mapping[str, PathLike], labels: Mapping[str, PathLike]
+) -> Tuple[Dict[str, str], Dict[str, str]]:
     """Resolved ``(images, labels)``; a clear error for no label, a label without image, or a missing file."""
     images = {str(k): str(Path(v).expanduser().resolve()) for k, v in dict(images).items()}
     labels = {str(k): str(Path(v).expanduser().resolve()) for k, v in dict(labels).items()}
     if not labels:
-        raise InputError("no labelled volumes were given: label at least one volume (pass --labels with label files "
-                         "named like their images) before adapting the model.")
+        raise InputError(
+            "no labelled volumes were given: label at least one volume (pass --labels with label files "
+            "named like their images) before adapting the model."
+        )
     stray = sorted(set(labels) - set(images))
     if stray:
-        raise InputError(f"label files {stray[:5]} have no matching image; name each label like its image "
-                         "(e.g. images/case_001.nii.gz and labels/case_001.nii.gz).")
+        raise InputError(
+            f"label files {stray[:5]} have no matching image; name each label like its image "
+            "(e.g. images/case_001.nii.gz and labels/case_001.nii.gz)."
+        )
     missing = [p for p in list(images.values()) + list(labels.values()) if not Path(p).is_file()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -204,8 +208,10 @@ def read_labeled(run: AdaptRun) -> List[LabeledVolume]:
             image = read_volume(image_path)
             partial = read_partial_label(label_path, image, run.card.num_classes)
             if not partial.is_labelled:
-                raise InputError(f"every voxel is marked not annotated ({NOT_ANNOTATED}); a volume with no annotated "
-                                 "voxel is not a labelled volume")
+                raise InputError(
+                    f"every voxel is marked not annotated ({NOT_ANNOTATED}); a volume with no annotated "
+                    "voxel is not a labelled volume"
+                )
         except InputError as exc:
             run.skipped.append(SkippedVolume(case, label_path, str(exc)))
             run.warn(f"skipped labelled volume {case} ({label_path}): {exc}")

@@ -46,8 +46,9 @@ def flips_of_axes(axes: Sequence[int]) -> Tuple[Tuple[int, ...], ...]:
 
 
 @torch.no_grad()
-def flip_tta_probabilities(network: nn.Module, images: torch.Tensor,
-                           flips: Sequence[Tuple[int, ...]] = ALL_SINGLE_FLIPS) -> torch.Tensor:
+def flip_tta_probabilities(
+    network: nn.Module, images: torch.Tensor, flips: Sequence[Tuple[int, ...]] = ALL_SINGLE_FLIPS
+) -> torch.Tensor:
     """``mean_f flip_f(softmax(network(flip_f(images))))``: class probabilities averaged over flipped passes.
 
     Args:

@@ -40,10 +40,32 @@ from .mixing import bidirectional_copy_paste, random_boxes
 from .semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
 from .teachers import PatchLabeller
 
-__all__ = ["Batch", "CheckpointHook", "L2SpPenalty", "LossTerm", "ProgressHook", "PseudoLabelTerm", "ScoreHook",
-           "SemiParts", "SupervisedCase", "TrainConfig", "TrainHook", "TrainSchedule", "TrainState",
-           "consistency_weight_at", "dice_ce_loss", "ema_teacher", "ema_update", "l2sp_penalty", "make_optimizer",
-           "noisy_view", "parameter_groups", "pseudo_weight_at", "softmax_mse", "train_supervised"]
+__all__ = [
+    "Batch",
+    "CheckpointHook",
+    "L2SpPenalty",
+    "LossTerm",
+    "ProgressHook",
+    "PseudoLabelTerm",
+    "ScoreHook",
+    "SemiParts",
+    "SupervisedCase",
+    "TrainConfig",
+    "TrainHook",
+    "TrainSchedule",
+    "TrainState",
+    "consistency_weight_at",
+    "dice_ce_loss",
+    "ema_teacher",
+    "ema_update",
+    "l2sp_penalty",
+    "make_optimizer",
+    "noisy_view",
+    "parameter_groups",
+    "pseudo_weight_at",
+    "softmax_mse",
+    "train_supervised",
+]
 
 
 @dataclass(frozen=True)
@@ -92,8 +114,14 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torc
 class _PatchSampler:
     """Random patches from cases held in model space: images ``[1, X, Y, Z]``, labels ``[X, Y, Z]``."""
 
-    def __init__(self, card: ModelCard, cases: Sequence[SupervisedCase], patch: Tuple[int, int, int],
-                 config: TrainConfig, rng: np.random.Generator):
+    def __init__(
+        self,
+        card: ModelCard,
+        cases: Sequence[SupervisedCase],
+        patch: Tuple[int, int, int],
+        config: TrainConfig,
+        rng: np.random.Generator,
+    ):
         self.patch = patch
         self.config = config
         self.rng = rng
@@ -165,8 +193,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
                 target.copy_(value)
 
 
-def parameter_groups(network: nn.Module, encoder_stages: Sequence[str], learning_rate: float,
-                     encoder_lr_scale: float) -> List[dict]:
+def parameter_groups(
+    network: nn.Module, encoder_stages: Sequence[str], learning_rate: float, encoder_lr_scale: float
+) -> List[dict]:
     """AdamW parameter groups: encoder-stage parameters at ``learning_rate × encoder_lr_scale``, the rest at
     ``learning_rate``. With a scale of 0 the encoder parameters are frozen (``requires_grad=False``) and left out.
 
@@ -284,16 +313,19 @@ def make_optimizer(groups: List[dict], config: TrainConfig) -> Tuple[torch.optim
     """The optimiser and learning-rate scheduler of ``config``: AdamW or SGD with momentum, and a cosine decay to
     5 % over ``iterations`` or a step decay ``× lr_step_gamma`` every ``lr_step_every`` steps."""
     if config.optimizer == Optimizer.SGD:
-        optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(
+            groups, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     if config.lr_step_every is not None:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_every,
-                                                    gamma=config.lr_step_gamma)
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.lr_step_every, gamma=config.lr_step_gamma
+        )
     else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations,
-                                                               eta_min=config.learning_rate * 0.05)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.iterations, eta_min=config.learning_rate * 0.05
+        )
     return optimizer, scheduler
 
 
@@ -427,8 +459,15 @@ class ProgressHook(TrainHook):
 
     def on_step(self, state: TrainState) -> None:
         total = state.config.iterations
-        emit(self.progress, "progress", phase="train", step=state.step, total=total,
-             message=f"step {state.step}/{total} loss {state.loss:.4f}", metrics=state.metrics)
+        emit(
+            self.progress,
+            "progress",
+            phase="train",
+            step=state.step,
+            total=total,
+            message=f"step {state.step}/{total} loss {state.loss:.4f}",
+            metrics=state.metrics,
+        )
 
 
 class CheckpointHook(TrainHook):
@@ -461,8 +500,9 @@ class L2SpPenalty(LossTerm):
         self.reference: Dict[str, torch.Tensor] = {}
 
     def on_train_start(self, state: TrainState) -> None:
-        source = self.anchor if self.anchor is not None else getattr(state.network, "module",
-                                                                      state.network).state_dict()
+        source = (
+            self.anchor if self.anchor is not None else getattr(state.network, "module", state.network).state_dict()
+        )
         self.reference = {k: v.detach().to(state.device).clone() for k, v in source.items()}
 
     def add(self, loss: torch.Tensor, batch: Batch, state: TrainState) -> torch.Tensor:
@@ -492,8 +532,13 @@ class PseudoLabelTerm(LossTerm):
         ValueError: ``semi.consistency_weight > 0`` without a teacher.
     """
 
-    def __init__(self, cases: Sequence[SupervisedCase], semi: SemiParts = SemiParts(),
-                 teacher: Optional[nn.Module] = None, labeller: Optional[PatchLabeller] = None):
+    def __init__(
+        self,
+        cases: Sequence[SupervisedCase],
+        semi: SemiParts = SemiParts(),
+        teacher: Optional[nn.Module] = None,
+        labeller: Optional[PatchLabeller] = None,
+    ):
         if semi.consistency_weight > 0 and teacher is None:
             raise ValueError("SemiParts.consistency_weight > 0 needs a teacher network (Mean Teacher)")
         self.cases, self.semi, self.teacher, self.labeller = list(cases), semi, teacher, labeller
@@ -527,8 +572,11 @@ class PseudoLabelTerm(LossTerm):
         labeller = self.labeller
         if (teacher is not None or labeller is not None) and not fixed:
             with torch.no_grad():
-                probs = (labeller.probabilities(images) if labeller is not None
-                         else torch.softmax(teacher(images).float(), dim=1))
+                probs = (
+                    labeller.probabilities(images)
+                    if labeller is not None
+                    else torch.softmax(teacher(images).float(), dim=1)
+                )
                 labels = probs.argmax(dim=1)
                 masks = torch.ones_like(masks)
                 if semi.voxel_threshold is not None:
@@ -538,12 +586,14 @@ class PseudoLabelTerm(LossTerm):
             view, labels, masks = self.jitter(view, labels, masks)
         if semi.bcp:
             boxes = random_boxes(view.shape[0], view.shape[2:], semi.bcp_box_share, state.rng)
-            mixed = bidirectional_copy_paste(batch.images, batch.labels, view, labels, masks, boxes,
-                                             semi.bcp_pseudo_weight)
+            mixed = bidirectional_copy_paste(
+                batch.images, batch.labels, view, labels, masks, boxes, semi.bcp_pseudo_weight
+            )
             view, labels, masks = mixed.images, mixed.targets, mixed.weights
         else:
-            view, labels, masks = paste_labelled_boxes(view, labels, masks, batch.images, batch.labels,
-                                                       semi.cutmix_probability, state.rng)
+            view, labels, masks = paste_labelled_boxes(
+                view, labels, masks, batch.images, batch.labels, semi.cutmix_probability, state.rng
+            )
         logits = state.network(view)
         p_loss = dice_ce_loss(logits, labels, masks)
         loss = loss + weight * p_loss
@@ -565,9 +615,17 @@ class PseudoLabelTerm(LossTerm):
 # --------------------------------------------------------------------------------------------- the trainer
 
 
-def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[SupervisedCase], config: TrainConfig,
-                     *, terms: Sequence[LossTerm] = (), hooks: Sequence[TrainHook] = (),
-                     schedule: TrainSchedule = TrainSchedule(), device: Optional[torch.device] = None) -> List[float]:
+def train_supervised(
+    network: nn.Module,
+    card: ModelCard,
+    labeled: Sequence[SupervisedCase],
+    config: TrainConfig,
+    *,
+    terms: Sequence[LossTerm] = (),
+    hooks: Sequence[TrainHook] = (),
+    schedule: TrainSchedule = TrainSchedule(),
+    device: Optional[torch.device] = None,
+) -> List[float]:
     """Train ``network`` in place on Dice+CE of labelled patches plus ``terms``; returns the loss of every step.
 
     Each step draws ``config.batch_size`` patches (foreground-aware) of the labelled cases, adds every loss term
@@ -601,13 +659,15 @@ def train_supervised(network: nn.Module, card: ModelCard, labeled: Sequence[Supe
     partial = any(case.voxel_mask is not None for case in labeled)
     network.to(device).train()
     optimizer, scheduler = make_optimizer(
-        parameter_groups(network, card.encoder_stages, config.learning_rate, config.encoder_lr_scale), config)
+        parameter_groups(network, card.encoder_stages, config.learning_rate, config.encoder_lr_scale), config
+    )
     if schedule.resume_state is not None:
         optimizer.load_state_dict(schedule.resume_state["optimizer"])
         scheduler.load_state_dict(schedule.resume_state["scheduler"])
     last = config.iterations if schedule.stop is None else min(int(schedule.stop), config.iterations)
-    state = TrainState(network, card, config, device, schedule.rank, patch, rng, optimizer, scheduler, start, start,
-                       last)
+    state = TrainState(
+        network, card, config, device, schedule.rank, patch, rng, optimizer, scheduler, start, start, last
+    )
     terms = list(terms)
     if config.l2sp_weight > 0 and not any(isinstance(t, L2SpPenalty) for t in terms):
         terms.insert(0, L2SpPenalty())

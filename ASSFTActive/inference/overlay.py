@@ -63,8 +63,9 @@ class Region:
     voxel_count: int
 
 
-def high_entropy_regions(entropy: Volume, region_mask: np.ndarray,
-                         config: OverlayConfig = OverlayConfig()) -> List[Region]:
+def high_entropy_regions(
+    entropy: Volume, region_mask: np.ndarray, config: OverlayConfig = OverlayConfig()
+) -> List[Region]:
     """Connected components of ``entropy >= threshold`` inside ``region_mask`` (bool ``[I, J, K]``).
 
     ``entropy.array`` holds the normalised entropy ``[I, J, K]``, as floats in ``[0, 1]`` or as uint8 levels
@@ -100,14 +101,16 @@ def high_entropy_regions(entropy: Volume, region_mask: np.ndarray,
             coordinate = np.arange(box[axis].start, box[axis].stop, dtype=np.float64)
             centre_ijk.append(float((coordinate * marginal).sum() / max(marginal.sum(), 1e-12)))
         centre_ras = entropy.affine @ np.append(centre_ijk, 1.0)
-        regions.append(Region(
-            center_ras=tuple(round(float(x), 3) for x in centre_ras[:3]),
-            bbox_ijk_min=tuple(int(s.start) for s in box),
-            bbox_ijk_max=tuple(int(s.stop) - 1 for s in box),
-            volume_mm3=round(size * voxel_volume, 3),
-            mean_entropy=round(float(totals[order] / size), 4),
-            voxel_count=size,
-        ))
+        regions.append(
+            Region(
+                center_ras=tuple(round(float(x), 3) for x in centre_ras[:3]),
+                bbox_ijk_min=tuple(int(s.start) for s in box),
+                bbox_ijk_max=tuple(int(s.stop) - 1 for s in box),
+                volume_mm3=round(size * voxel_volume, 3),
+                mean_entropy=round(float(totals[order] / size), 4),
+                voxel_count=size,
+            )
+        )
         if len(regions) == config.max_regions:
             break
     return regions
@@ -119,8 +122,14 @@ def overlay_paths(out_dir: Path, case: str) -> Tuple[Path, Path]:
     return out_dir / f"{case}_entropy.nii.gz", out_dir / f"{case}_regions.json"
 
 
-def write_overlay(image: Volume, entropy: np.ndarray, region_mask: np.ndarray, out_dir: Path, case: str,
-                  config: OverlayConfig = OverlayConfig()) -> Tuple[Path, Path]:
+def write_overlay(
+    image: Volume,
+    entropy: np.ndarray,
+    region_mask: np.ndarray,
+    out_dir: Path,
+    case: str,
+    config: OverlayConfig = OverlayConfig(),
+) -> Tuple[Path, Path]:
     """Write ``<case>_entropy.nii.gz`` and ``<case>_regions.json`` into ``out_dir``; returns both paths.
 
     Args:
@@ -132,8 +141,9 @@ def write_overlay(image: Volume, entropy: np.ndarray, region_mask: np.ndarray, o
     """
     out_dir = Path(out_dir)
     if entropy.shape != image.shape or region_mask.shape != image.shape:
-        raise ValueError(f"entropy {entropy.shape} and region mask {region_mask.shape} must have the image's shape "
-                         f"{image.shape}")
+        raise ValueError(
+            f"entropy {entropy.shape} and region mask {region_mask.shape} must have the image's shape {image.shape}"
+        )
     entropy_volume = image.with_array(unit_levels(entropy))
     regions = high_entropy_regions(entropy_volume, np.asarray(region_mask, dtype=bool), config)
     map_path, regions_path = overlay_paths(out_dir, case)

@@ -131,8 +131,12 @@ class Prediction:
         return np.clip(from_model_space(torch.from_numpy(array)[None], self.space)[0], 0.0, 1.0)
 
 
-def mirrored_logits(network: Callable[[torch.Tensor], torch.Tensor], window: torch.Tensor, axes: Sequence[int],
-                    unflipped: Optional[torch.Tensor] = None) -> torch.Tensor:
+def mirrored_logits(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    window: torch.Tensor,
+    axes: Sequence[int],
+    unflipped: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The mean over every subset ``S`` of ``axes`` (the empty one included) of ``flip_S(network(flip_S(window)))``.
 
     nnU-Net's test-time mirroring (``nnUNetPredictor._internal_maybe_mirror_and_predict``: ``2 ** len(axes)`` passes
@@ -191,6 +195,7 @@ class StageFeatures:
                 self._count += output.shape[0]
             if stop:
                 raise _StopForward
+
         return hook
 
     @contextmanager
@@ -239,9 +244,14 @@ class Predictor:
         feature_cache: folder for cached pre-trained features (``.npz`` per volume), or ``None``.
     """
 
-    def __init__(self, current: LoadedModel, pretrained: Optional[LoadedModel] = None,
-                 config: InferenceConfig = InferenceConfig(), device: Optional[torch.device] = None,
-                 feature_cache: Optional[Path] = None):
+    def __init__(
+        self,
+        current: LoadedModel,
+        pretrained: Optional[LoadedModel] = None,
+        config: InferenceConfig = InferenceConfig(),
+        device: Optional[torch.device] = None,
+        feature_cache: Optional[Path] = None,
+    ):
         self.current = current
         self.config = config
         self.device = device or default_device()
@@ -276,11 +286,23 @@ class Predictor:
         with hooks.paused() if hooks is not None else nullcontext():
             return mirrored_logits(network, window, axes, unflipped=logits)
 
-    def _stream(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                on_rows: Callable[[torch.Tensor, int], None]) -> None:
-        stream_sliding_window(image, self.current.card.patch_size, fn, on_rows, overlap=self.config.overlap,
-                              mode=self.config.blend_mode, sw_batch_size=self.config.sw_batch_size,
-                              device=self.device, cval=PAD_VALUE)
+    def _stream(
+        self,
+        image: torch.Tensor,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        on_rows: Callable[[torch.Tensor, int], None],
+    ) -> None:
+        stream_sliding_window(
+            image,
+            self.current.card.patch_size,
+            fn,
+            on_rows,
+            overlap=self.config.overlap,
+            mode=self.config.blend_mode,
+            sw_batch_size=self.config.sw_batch_size,
+            device=self.device,
+            cval=PAD_VALUE,
+        )
 
     def _sliding_window(self, image: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """MONAI's whole-volume sliding window (MC dropout needs every class of every sample)."""
@@ -289,17 +311,33 @@ class Predictor:
         with warnings.catch_warnings():
             # MONAI <= 1.5.2 indexes tensors with a list of slices, and torch >= 2.8 warns at every window: noise on
             # the user's stderr, which must hold nothing but an `error:` line when something fails.
-            warnings.filterwarnings("ignore", message=r"Using a non-tuple sequence for multidimensional indexing",
-                                    category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"Using a non-tuple sequence for multidimensional indexing", category=UserWarning
+            )
             return sliding_window_inference(
-                image[None], roi_size=self.current.card.patch_size, sw_batch_size=self.config.sw_batch_size,
-                predictor=fn, overlap=self.config.overlap, mode=self.config.blend_mode, sw_device=self.device,
-                device=torch.device("cpu"), progress=False, padding_mode="constant", cval=PAD_VALUE,
+                image[None],
+                roi_size=self.current.card.patch_size,
+                sw_batch_size=self.config.sw_batch_size,
+                predictor=fn,
+                overlap=self.config.overlap,
+                mode=self.config.blend_mode,
+                sw_device=self.device,
+                device=torch.device("cpu"),
+                progress=False,
+                padding_mode="constant",
+                cval=PAD_VALUE,
             )[0]
 
     @torch.no_grad()
-    def predict(self, volume: Volume, *, regions: RegionSpec = RegionSpec(), keep_probs: bool = False,
-                dropout_samples: int = 0, sample_callback: Optional[Callable[[np.ndarray], None]] = None) -> Prediction:
+    def predict(
+        self,
+        volume: Volume,
+        *,
+        regions: RegionSpec = RegionSpec(),
+        keep_probs: bool = False,
+        dropout_samples: int = 0,
+        sample_callback: Optional[Callable[[np.ndarray], None]] = None,
+    ) -> Prediction:
         """Reduced maps, score sums and encoder features of ``volume`` (see :class:`Prediction`).
 
         Args:
@@ -318,8 +356,9 @@ class Predictor:
         cached = self._cached_pretrained(volume)
         pre_hooks = None
         if self.pretrained is not None and cached is None:
-            pre_hooks = StageFeatures(self.pretrained.network, self.pretrained.card.encoder_stages,
-                                      stop_after_last=True)
+            pre_hooks = StageFeatures(
+                self.pretrained.network, self.pretrained.card.encoder_stages, stop_after_last=True
+            )
 
         def forward(window: torch.Tensor) -> torch.Tensor:
             with self._autocast():
@@ -338,7 +377,7 @@ class Predictor:
             probs = torch.softmax(logits, dim=0)
             reducer.add_probs(probs, first)
             if full is not None:
-                full[:, first:first + probs.shape[1]] = probs.cpu()
+                full[:, first : first + probs.shape[1]] = probs.cpu()
 
         try:
             self._stream(image, forward, on_rows)
@@ -359,9 +398,13 @@ class Predictor:
                 raise ValueError("dropout_samples needs a sample_callback")
             for sample in self._mc_dropout(image, space, dropout_samples):
                 sample_callback(sample)
-        return Prediction(maps=reducer.result(), space=space, features=features,
-                          pretrained_features=pretrained_features,
-                          probs=None if full is None else self._to_input_grid(full, space))
+        return Prediction(
+            maps=reducer.result(),
+            space=space,
+            features=features,
+            pretrained_features=pretrained_features,
+            probs=None if full is None else self._to_input_grid(full, space),
+        )
 
     def _to_input_grid(self, probs: torch.Tensor, space) -> np.ndarray:
         out = from_model_space(probs, space)
@@ -378,6 +421,7 @@ class Predictor:
             m.train()
         try:
             for _ in range(samples):
+
                 def forward(window: torch.Tensor) -> torch.Tensor:
                     with self._autocast():
                         return network(window).float()
@@ -398,7 +442,7 @@ class Predictor:
                 return self._window_logits(window)
 
         def on_rows(logits: torch.Tensor, first: int) -> None:
-            label[first:first + logits.shape[1]] = logits.argmax(dim=0).to(torch.int16).cpu()
+            label[first : first + logits.shape[1]] = logits.argmax(dim=0).to(torch.int16).cpu()
 
         with torch.no_grad():
             self._stream(image, forward, on_rows)
@@ -429,4 +473,3 @@ class Predictor:
         buffer = _stdio.BytesIO()
         np.savez(buffer, **{f"stage{i}": f for i, f in enumerate(features)})
         atomic_write_bytes(path, buffer.getvalue())
-

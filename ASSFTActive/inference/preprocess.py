@@ -114,8 +114,7 @@ def nnunet_intensity_transform(array: np.ndarray, preprocessing: Mapping) -> Int
     if scheme == "CTNormalization":
         mean, std = float(preprocessing["mean"]), max(float(preprocessing["std"]), 1e-8)
         low, high = float(preprocessing["percentile_00_5"]), float(preprocessing["percentile_99_5"])
-        return IntensityTransform(scale=1.0 / std, offset=-mean / std, low=(low - mean) / std,
-                                  high=(high - mean) / std)
+        return IntensityTransform(scale=1.0 / std, offset=-mean / std, low=(low - mean) / std, high=(high - mean) / std)
     box = nonzero_box(array)
     region = np.asarray(array[box])
     if preprocessing.get("use_mask_for_norm", False):
@@ -126,8 +125,9 @@ def nnunet_intensity_transform(array: np.ndarray, preprocessing: Mapping) -> Int
         values = region.astype(np.float64).ravel()
     mean = float(values.mean()) if values.size else 0.0
     std = max(float(values.std()) if values.size else 0.0, 1e-8)
-    return IntensityTransform(scale=1.0 / std, offset=-mean / std,
-                              zero_stays_zero=bool(preprocessing.get("use_mask_for_norm", False)))
+    return IntensityTransform(
+        scale=1.0 / std, offset=-mean / std, zero_stays_zero=bool(preprocessing.get("use_mask_for_norm", False))
+    )
 
 
 def nonzero_mean_std(array: np.ndarray) -> Tuple[float, float]:
@@ -221,8 +221,7 @@ def to_model_space(volume: Volume, card) -> Tuple[torch.Tensor, ModelSpace]:
             out[0, first:stop] = transform(array[first:stop])
     else:
         _resample_rows(array, transform, out[0])
-    space = ModelSpace(ornt=ornt, oriented_shape=oriented_shape, model_shape=model_shape,
-                       original_shape=volume.shape)
+    space = ModelSpace(ornt=ornt, oriented_shape=oriented_shape, model_shape=model_shape, original_shape=volume.shape)
     return out, space
 
 
@@ -235,8 +234,9 @@ def _resample_rows(array: np.ndarray, transform: IntensityTransform, out: torch.
     first_out = 0
     while first_out < out.shape[0]:
         stop_out = first_out + 1  # grow the output chunk while it and its input rows fit in one slab each
-        while (stop_out < out.shape[0] and stop_out - first_out < rows_out
-               and upper[stop_out] - lower[first_out] < rows_in):
+        while (
+            stop_out < out.shape[0] and stop_out - first_out < rows_out and upper[stop_out] - lower[first_out] < rows_in
+        ):
             stop_out += 1
         base, end = int(lower[first_out]), int(upper[stop_out - 1]) + 1
         slab = transform(array[base:end])
@@ -300,8 +300,10 @@ def label_from_model_space(label: np.ndarray, space: ModelSpace) -> np.ndarray:
 
     array = np.asarray(label)
     if tuple(array.shape) != tuple(space.oriented_shape):
-        index = [np.minimum((np.arange(out) * (size / out)).astype(np.int64), size - 1)
-                 for size, out in zip(array.shape, space.oriented_shape)]
+        index = [
+            np.minimum((np.arange(out) * (size / out)).astype(np.int64), size - 1)
+            for size, out in zip(array.shape, space.oriented_shape)
+        ]
         array = array[np.ix_(*index)]
     return np.ascontiguousarray(nio.apply_orientation(array, _inverse_ornt(space.ornt)))
 
@@ -316,8 +318,9 @@ def unit_levels_from_model_space(unit_map: np.ndarray, space: ModelSpace, levels
 
     values = torch.from_numpy(np.ascontiguousarray(unit_map, dtype=np.float32))
     if tuple(values.shape) != tuple(space.oriented_shape):
-        values = F.interpolate(values[None, None], size=space.oriented_shape, mode="trilinear",
-                               align_corners=False)[0, 0]
+        values = F.interpolate(values[None, None], size=space.oriented_shape, mode="trilinear", align_corners=False)[
+            0, 0
+        ]
     else:
         values = values.clone()
     quantised = values.mul_(levels).round_().clamp_(0, levels).to(torch.uint8).numpy()

@@ -63,8 +63,13 @@ class VoxelMaps:
 def ball_offsets(radius: int) -> List[Tuple[int, int, int]]:
     """Offsets of the city-block ball of ``radius`` (the cross applied ``radius`` times), centre first."""
     r = int(radius)
-    offsets = [(x, y, z) for x in range(-r, r + 1) for y in range(-r, r + 1) for z in range(-r, r + 1)
-               if abs(x) + abs(y) + abs(z) <= r]
+    offsets = [
+        (x, y, z)
+        for x in range(-r, r + 1)
+        for y in range(-r, r + 1)
+        for z in range(-r, r + 1)
+        if abs(x) + abs(y) + abs(z) <= r
+    ]
     return sorted(offsets, key=lambda o: (abs(o[0]) + abs(o[1]) + abs(o[2]), o))
 
 
@@ -82,8 +87,13 @@ class MapReducer:
         device: where the reductions run (the sliding window's device).
     """
 
-    def __init__(self, shape: Tuple[int, int, int], num_classes: int, spec: RegionSpec,
-                 device: torch.device = torch.device("cpu")):
+    def __init__(
+        self,
+        shape: Tuple[int, int, int],
+        num_classes: int,
+        spec: RegionSpec,
+        device: torch.device = torch.device("cpu"),
+    ):
         if num_classes < 2:
             raise ValueError(f"a reduction needs C >= 2 classes, got {num_classes}")
         self.shape = tuple(int(s) for s in shape)
@@ -98,10 +108,10 @@ class MapReducer:
         self.foreground_prob = torch.zeros(self.shape, dtype=torch.float32)
         self.entropy = torch.zeros(self.shape, dtype=torch.float32)
         self.region = torch.zeros(self.shape, dtype=torch.bool)
-        self._rows_in = 0          # rows whose one-channel maps are written
-        self._rows_reduced = 0     # rows whose region sums are added
+        self._rows_in = 0  # rows whose one-channel maps are written
+        self._rows_reduced = 0  # rows whose region sums are added
         self._pending: Optional[torch.Tensor] = None  # [C, n, Y, Z] probabilities of rows not yet reduced
-        self._power: Optional[torch.Tensor] = None    # [n, Y, Z] their power entropy (nats)
+        self._power: Optional[torch.Tensor] = None  # [n, Y, Z] their power entropy (nats)
         zeros = torch.zeros(self.classes, dtype=torch.float64, device=device)
         self._class_voxels, self._class_entropy, self._class_power = zeros.clone(), zeros.clone(), zeros.clone()
         self._totals = torch.zeros(4, dtype=torch.float64, device=device)  # H sum, PE sum, |M|, H sum over M
@@ -144,15 +154,25 @@ class MapReducer:
             raise RuntimeError(f"only {self._rows_in} of {self.shape[0]} rows arrived")
         totals = self._totals.cpu().numpy()
         sums = RegionSums(
-            spec=self.spec, num_classes=self.classes, voxels=int(np.prod(self.shape)),
-            entropy_sum=float(totals[0]), power_entropy_sum=float(totals[1]),
-            foreground_voxels=int(round(totals[2])), foreground_entropy_sum=float(totals[3]),
-            class_voxels=self._class_voxels.cpu().numpy(), class_entropy_sums=self._class_entropy.cpu().numpy(),
+            spec=self.spec,
+            num_classes=self.classes,
+            voxels=int(np.prod(self.shape)),
+            entropy_sum=float(totals[0]),
+            power_entropy_sum=float(totals[1]),
+            foreground_voxels=int(round(totals[2])),
+            foreground_entropy_sum=float(totals[3]),
+            class_voxels=self._class_voxels.cpu().numpy(),
+            class_entropy_sums=self._class_entropy.cpu().numpy(),
             class_power_entropy_sums=self._class_power.cpu().numpy(),
         )
-        return VoxelMaps(label=self.label.numpy(), max_prob=self.max_prob.numpy(),
-                         foreground_prob=self.foreground_prob.numpy(), entropy=self.entropy.numpy(),
-                         region=self.region.numpy(), sums=sums)
+        return VoxelMaps(
+            label=self.label.numpy(),
+            max_prob=self.max_prob.numpy(),
+            foreground_prob=self.foreground_prob.numpy(),
+            entropy=self.entropy.numpy(),
+            region=self.region.numpy(),
+            sums=sums,
+        )
 
     # ------------------------------------------------------------------------------------------- region sums
 
@@ -188,9 +208,9 @@ class MapReducer:
         r = self.radius
         n, (_, y, z) = b - a, self.shape
         offset = a - self._rows_reduced
-        probs = self._pending[:, offset:offset + n]                 # [C, n, Y, Z]
-        power = self._power[offset:offset + n]                      # [n, Y, Z]
-        entropy = self.entropy[a:b].to(self.device)                 # [n, Y, Z]
+        probs = self._pending[:, offset : offset + n]  # [C, n, Y, Z]
+        power = self._power[offset : offset + n]  # [n, Y, Z]
+        entropy = self.entropy[a:b].to(self.device)  # [n, Y, Z]
         labels, foreground = self._neighbourhood(a, b)
         crop = (slice(r, r + n), slice(r, r + y), slice(r, r + z))
         region = dilate_cross(foreground, r)[crop]
@@ -206,15 +226,16 @@ class MapReducer:
                 self._class_entropy[c] += (entropy * mask).sum(dtype=torch.float64)
                 self._class_power[c] += (power * probs[c] * mask).sum(dtype=torch.float64)
             return
-        shifted = torch.stack([labels[r + dx:r + dx + n, r + dy:r + dy + y, r + dz:r + dz + z]
-                               for dx, dy, dz in self.offsets])     # [K, n, Y, Z]
+        shifted = torch.stack(
+            [labels[r + dx : r + dx + n, r + dy : r + dy + y, r + dz : r + dz + z] for dx, dy, dz in self.offsets]
+        )  # [K, n, Y, Z]
         ordered = shifted.sort(dim=0).values
         first = torch.ones_like(ordered[:1], dtype=torch.bool)
-        distinct = torch.cat([first, ordered[1:] != ordered[:-1]]) & (ordered > 0)   # each class once per voxel
+        distinct = torch.cat([first, ordered[1:] != ordered[:-1]]) & (ordered > 0)  # each class once per voxel
         classes = ordered[distinct]
         if classes.numel() == 0:
             return
-        gathered = probs.gather(0, ordered.clamp_min(0))            # [K, n, Y, Z]: p_c(v) of the class c at offset
+        gathered = probs.gather(0, ordered.clamp_min(0))  # [K, n, Y, Z]: p_c(v) of the class c at offset
         weighted = (power[None] * gathered)[distinct]
         entropies = entropy[None].expand_as(gathered)[distinct]
         self._class_voxels.index_add_(0, classes, torch.ones_like(weighted, dtype=torch.float64))

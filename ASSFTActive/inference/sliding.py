@@ -23,11 +23,18 @@ import torch.nn.functional as F
 RowsCallback = Callable[[torch.Tensor, int], None]
 
 
-def stream_sliding_window(image: torch.Tensor, roi_size: Sequence[int],
-                          predictor: Callable[[torch.Tensor], torch.Tensor], on_rows: RowsCallback, *,
-                          overlap: float = 0.5, mode: str = "gaussian",
-                          sw_batch_size: int = 4, device: torch.device = torch.device("cpu"),
-                          cval: float = 0.0) -> None:
+def stream_sliding_window(
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    on_rows: RowsCallback,
+    *,
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    sw_batch_size: int = 4,
+    device: torch.device = torch.device("cpu"),
+    cval: float = 0.0,
+) -> None:
     """Run ``predictor`` over windows of ``image`` and stream the blended output to ``on_rows``.
 
     Args:
@@ -84,7 +91,7 @@ def stream_sliding_window(image: torch.Tensor, roi_size: Sequence[int],
         emit(start)
         group = groups[start]
         for offset in range(0, len(group), sw_batch_size):
-            batch = group[offset:offset + sw_batch_size]
+            batch = group[offset : offset + sw_batch_size]
             data = torch.cat([image[None, :, x0:x1, y0:y1, z0:z1] for (x0, x1), (y0, y1), (z0, z1) in batch])
             output = predictor(data.to(device))
             for window, out in zip(batch, output):
@@ -103,8 +110,9 @@ class _Slab:
 
     def add(self, window: Tuple[Tuple[int, int], ...], weighted: torch.Tensor, weight: torch.Tensor) -> None:
         if self.values is None:
-            self.values = torch.zeros((weighted.shape[0], self.depth) + self.size[1:], dtype=torch.float32,
-                                      device=self.device)
+            self.values = torch.zeros(
+                (weighted.shape[0], self.depth) + self.size[1:], dtype=torch.float32, device=self.device
+            )
         (x0, x1), (y0, y1), (z0, z1) = window
         rows = slice(x0 - self.base, x1 - self.base)
         self.values[:, rows, y0:y1, z0:z1] += weighted

@@ -15,8 +15,14 @@ from ..query.ranking_file import RankingFile
 from ..query.rounds import RoundPlan
 from .files import PathLike, read_json_if_present, write_text_atomic
 
-__all__ = ["RANKING_CONFIG_FILE", "RANKING_CSV", "RANKING_FILE", "read_query_round", "read_ranking_file",
-           "write_ranking_file"]
+__all__ = [
+    "RANKING_CONFIG_FILE",
+    "RANKING_CSV",
+    "RANKING_FILE",
+    "read_query_round",
+    "read_ranking_file",
+    "write_ranking_file",
+]
 
 RANKING_FILE = "ranking.json"
 RANKING_CSV = "ranking.csv"

@@ -21,8 +21,15 @@ from ..errors import JobError
 from ..settings import check_record_keys, optional_text
 from .files import ADAPT_KINDS, JOB_KINDS, RESULT_FILE, PathLike, read_json_if_present, write_text_atomic
 
-__all__ = ["RESULT_CANCELLED", "RESULT_DONE", "RESULT_ERROR", "RESULT_STATUSES", "JobResult", "read_job_result",
-           "write_result"]
+__all__ = [
+    "RESULT_CANCELLED",
+    "RESULT_DONE",
+    "RESULT_ERROR",
+    "RESULT_STATUSES",
+    "JobResult",
+    "read_job_result",
+    "write_result",
+]
 
 #: ``status`` of a ``result.json``.
 RESULT_DONE, RESULT_ERROR, RESULT_CANCELLED = "done", "error", "cancelled"
@@ -31,16 +38,20 @@ RESULT_STATUSES = (RESULT_DONE, RESULT_ERROR, RESULT_CANCELLED)
 
 def _case_files(value: Any, what: str) -> Dict[str, str]:
     """``{case_id: file}`` with string keys and path values."""
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, (str, os.PathLike))
-                                                 for k, v in value.items()):
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, (str, os.PathLike)) for k, v in value.items()
+    ):
         raise ValueError(f"{what} must map case ids to label files")
     return {k: str(v) for k, v in value.items()}
 
 
 def _case_ids(value: Any, what: str) -> Tuple[str, ...]:
     """A list of case ids (not a string, whose characters would pass as ids)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
-            isinstance(c, str) for c in value):
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, (list, tuple))
+        or not all(isinstance(c, str) for c in value)
+    ):
         raise ValueError(f"{what} must be a list of case ids")
     return tuple(value)
 
@@ -79,23 +90,23 @@ class JobResult:
 
     def __post_init__(self) -> None:
         if self.status not in RESULT_STATUSES:
-            raise ValueError(f"\"status\" must be one of {list(RESULT_STATUSES)}, got {self.status!r}")
+            raise ValueError(f'"status" must be one of {list(RESULT_STATUSES)}, got {self.status!r}')
         if not isinstance(self.message, str):
-            raise ValueError(f"\"message\" must be a string, got {self.message!r}")
+            raise ValueError(f'"message" must be a string, got {self.message!r}')
         kinds = JOB_KINDS if self.status == RESULT_DONE else ("",) + JOB_KINDS
         if self.kind not in kinds:
-            raise ValueError(f"\"kind\" of a {self.status} job must be one of {list(kinds)}, got {self.kind!r}")
+            raise ValueError(f'"kind" of a {self.status} job must be one of {list(kinds)}, got {self.kind!r}')
         for key in ("model_card", "ranking"):
-            object.__setattr__(self, key, optional_text(getattr(self, key), f"\"{key}\""))
-        object.__setattr__(self, "predictions", _case_files(self.predictions, "\"predictions\""))
-        object.__setattr__(self, "pseudo_labeled", _case_ids(self.pseudo_labeled, "\"pseudo_labeled\""))
+            object.__setattr__(self, key, optional_text(getattr(self, key), f'"{key}"'))
+        object.__setattr__(self, "predictions", _case_files(self.predictions, '"predictions"'))
+        object.__setattr__(self, "pseudo_labeled", _case_ids(self.pseudo_labeled, '"pseudo_labeled"'))
         if not isinstance(self.activated, bool):
-            raise ValueError(f"\"activated\" must be true or false, got {self.activated!r}")
+            raise ValueError(f'"activated" must be true or false, got {self.activated!r}')
         if self.kind not in ADAPT_KINDS and (self.activated or self.activation or self.pseudo_labeled):
             raise ValueError("only an adapt or sfr job activates a model or keeps pseudo-labels")
         for key in ("activation", "metrics"):
             if not isinstance(getattr(self, key), Mapping):
-                raise ValueError(f"\"{key}\" must be a JSON object")
+                raise ValueError(f'"{key}" must be a JSON object')
             object.__setattr__(self, key, dict(getattr(self, key)))
 
     @property
@@ -120,9 +131,14 @@ class JobResult:
         adapt and sfr; ``ranking`` only when one was written."""
         if self.status != RESULT_DONE:
             return {"status": self.status, "message": self.message}
-        data: Dict[str, Any] = {"status": self.status, "kind": self.kind, "model_card": self.model_card,
-                                "predictions": dict(self.predictions), "pseudo_labeled": list(self.pseudo_labeled),
-                                "metrics": dict(self.metrics)}
+        data: Dict[str, Any] = {
+            "status": self.status,
+            "kind": self.kind,
+            "model_card": self.model_card,
+            "predictions": dict(self.predictions),
+            "pseudo_labeled": list(self.pseudo_labeled),
+            "metrics": dict(self.metrics),
+        }
         if self.ranking is not None:
             data["ranking"] = self.ranking
         if self.kind in ADAPT_KINDS:
@@ -145,15 +161,20 @@ class JobResult:
         required = ["status", "kind", "predictions", "pseudo_labeled", "metrics"]
         if data.get("kind") in ADAPT_KINDS:
             required.append("activated")
-        check_record_keys(data, "a finished job's result", required=required,
-                    optional=[f.name for f in fields(cls) if f.name not in required])
+        check_record_keys(
+            data,
+            "a finished job's result",
+            required=required,
+            optional=[f.name for f in fields(cls) if f.name not in required],
+        )
         return cls(**dict(data))
 
 
 def write_result(job_dir: PathLike, result: JobResult) -> Path:
     """Write ``JOB_DIR/result.json`` atomically; returns its path."""
-    return write_text_atomic(Path(job_dir) / RESULT_FILE, json.dumps(result.to_dict(), indent=2, sort_keys=True,
-                                                                      default=str) + "\n")
+    return write_text_atomic(
+        Path(job_dir) / RESULT_FILE, json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+    )
 
 
 def read_job_result(job_dir: PathLike) -> Optional[JobResult]:
@@ -169,5 +190,6 @@ def read_job_result(job_dir: PathLike) -> Optional[JobResult]:
     try:
         return JobResult.from_dict(data)
     except (TypeError, ValueError) as exc:
-        raise JobError(f"{path}: {exc}; the worker that wrote it may be older than this reader. Run the job "
-                       "again.") from exc
+        raise JobError(
+            f"{path}: {exc}; the worker that wrote it may be older than this reader. Run the job again."
+        ) from exc

@@ -64,8 +64,9 @@ class JobSpec:
             raise ValueError(f"kind must be one of {list(JOB_KINDS)}, got {self.kind!r}")
         for key in ("images", "labels"):
             value = getattr(self, key)
-            if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, (str, os.PathLike))
-                                                         for k, v in value.items()):
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (str, os.PathLike)) for k, v in value.items()
+            ):
                 raise ValueError(f"{key} must map case ids to file paths")
             object.__setattr__(self, key, {str(k): str(v) for k, v in value.items()})
         if not self.images:
@@ -132,8 +133,12 @@ class JobSpec:
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; ``sfr`` and ``sam_prior`` only for an ``sfr`` job or when set."""
-        data = {f.name: (dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), Mapping)
-                         else getattr(self, f.name)) for f in fields(self)}
+        data = {
+            f.name: (
+                dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), Mapping) else getattr(self, f.name)
+            )
+            for f in fields(self)
+        }
         if self.kind != "sfr":
             for key in ("sfr", "sam_prior"):
                 if not data[key]:

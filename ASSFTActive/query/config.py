@@ -226,8 +226,13 @@ class QueryConfig:
     propose_ood: bool = False
 
     def __post_init__(self) -> None:
-        check_fields(self, enums=_ENUM_FIELDS, numbers=_FLOAT_RANGES, wholes=_INT_MINIMA,
-                     flags=("normalise_scores", "propose_ood"))
+        check_fields(
+            self,
+            enums=_ENUM_FIELDS,
+            numbers=_FLOAT_RANGES,
+            wholes=_INT_MINIMA,
+            flags=("normalise_scores", "propose_ood"),
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-ready values (enums as their strings)."""

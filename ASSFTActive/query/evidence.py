@@ -96,8 +96,10 @@ def summarize_case(
             moments.add(sample)
         epistemic = moments.epistemic()
         mutual_information = moments.mutual_information()
-    for strategy, value, what in ((Strategy.MC_DROPOUT, epistemic, "epistemic"),
-                                  (Strategy.BALD, mutual_information, "mutual_information")):
+    for strategy, value, what in (
+        (Strategy.MC_DROPOUT, epistemic, "epistemic"),
+        (Strategy.BALD, mutual_information, "mutual_information"),
+    ):
         if config.strategy == strategy and value is None:
             raise ValueError(
                 f"case {case_id!r}: strategy {strategy.value!r} needs prob_samples from {config.mc_samples} forward "

@@ -128,13 +128,20 @@ class SourceReference:
         if rows.shape[0] < 2:
             raise ValueError("the source reference needs at least 2 volumes (a leave-one-out distance).")
         nn = max(nearest_source_distance(rows[i], rows, exclude=i) for i in range(rows.shape[0]))
-        return cls(embeddings=rows, nn_distance_max=float(nn),
-                   foreground_share_max=float(np.max(np.asarray(foreground_shares, dtype=np.float64))),
-                   cases=tuple(cases))
+        return cls(
+            embeddings=rows,
+            nn_distance_max=float(nn),
+            foreground_share_max=float(np.max(np.asarray(foreground_shares, dtype=np.float64))),
+            cases=tuple(cases),
+        )
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"embeddings": np.round(self.embeddings, 6).tolist(), "nn_distance_max": self.nn_distance_max,
-                "foreground_share_max": self.foreground_share_max, "cases": list(self.cases)}
+        return {
+            "embeddings": np.round(self.embeddings, 6).tolist(),
+            "nn_distance_max": self.nn_distance_max,
+            "foreground_share_max": self.foreground_share_max,
+            "cases": list(self.cases),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "source reference") -> SourceReference:
@@ -147,16 +154,17 @@ class SourceReference:
             rows = np.asarray(data["embeddings"], dtype=np.float64)
             nn, share = float(data["nn_distance_max"]), float(data["foreground_share_max"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: needs \"embeddings\" (a list of vectors), \"nn_distance_max\" and "
-                             f"\"foreground_share_max\" ({exc}); re-create it with "
-                             "scripts/make_source_reference.py") from exc
+            raise ValueError(
+                f'{where}: needs "embeddings" (a list of vectors), "nn_distance_max" and '
+                f'"foreground_share_max" ({exc}); re-create it with '
+                "scripts/make_source_reference.py"
+            ) from exc
         if rows.ndim != 2 or rows.shape[0] < 2 or not np.all(np.isfinite(rows)):
-            raise ValueError(f"{where}: \"embeddings\" must be at least 2 finite vectors of one length")
+            raise ValueError(f'{where}: "embeddings" must be at least 2 finite vectors of one length')
         if not (np.isfinite(nn) and nn > 0 and np.isfinite(share) and 0 < share <= 1):
-            raise ValueError(f"{where}: \"nn_distance_max\" must be > 0 and \"foreground_share_max\" in (0, 1]")
+            raise ValueError(f'{where}: "nn_distance_max" must be > 0 and "foreground_share_max" in (0, 1]')
         rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-        return cls(embeddings=rows, nn_distance_max=nn, foreground_share_max=share,
-                   cases=tuple(data.get("cases", ())))
+        return cls(embeddings=rows, nn_distance_max=nn, foreground_share_max=share, cases=tuple(data.get("cases", ())))
 
 
 def load_reference(card_folder: Path) -> Optional[SourceReference]:
@@ -175,8 +183,9 @@ def load_reference(card_folder: Path) -> Optional[SourceReference]:
     return SourceReference.from_dict(data, where=str(path))
 
 
-def ood_reason(embedding: np.ndarray, foreground_share: float, air: float, modality: str,
-               reference: Optional[SourceReference]) -> str:
+def ood_reason(
+    embedding: np.ndarray, foreground_share: float, air: float, modality: str, reference: Optional[SourceReference]
+) -> str:
     """One line saying why a volume looks out of distribution, or ``""`` when no rule holds.
 
     Args:
@@ -193,15 +202,20 @@ def ood_reason(embedding: np.ndarray, foreground_share: float, air: float, modal
         reasons.append(f"no voxel below {AIR_HU:.0f}: not a CT in Hounsfield units, which the model takes")
     if reference is not None:
         if np.asarray(embedding).size != reference.embeddings.shape[1]:
-            raise ValueError(f"the source reference holds {reference.embeddings.shape[1]}-long embeddings but the "
-                             f"model gives {np.asarray(embedding).size}; re-create {REFERENCE_FILE} for this card "
-                             "with scripts/make_source_reference.py")
+            raise ValueError(
+                f"the source reference holds {reference.embeddings.shape[1]}-long embeddings but the "
+                f"model gives {np.asarray(embedding).size}; re-create {REFERENCE_FILE} for this card "
+                "with scripts/make_source_reference.py"
+            )
         ratio = nearest_source_distance(embedding, reference.embeddings) / reference.nn_distance_max
         if ratio > FEATURE_FACTOR:
-            reasons.append(f"unlike every volume the model was trained on (feature distance {ratio:.1f}x the "
-                           "largest among them)")
+            reasons.append(
+                f"unlike every volume the model was trained on (feature distance {ratio:.1f}x the largest among them)"
+            )
         share = foreground_share / reference.foreground_share_max
         if share > FOREGROUND_FACTOR:
-            reasons.append(f"the model marks {100 * foreground_share:.0f} % of it as anatomy, at most "
-                           f"{100 * reference.foreground_share_max:.0f} % in its training volumes")
+            reasons.append(
+                f"the model marks {100 * foreground_share:.0f} % of it as anatomy, at most "
+                f"{100 * reference.foreground_share_max:.0f} % in its training volumes"
+            )
     return "out of distribution: " + "; ".join(reasons) if reasons else ""

@@ -60,25 +60,24 @@ class RankingEntry:
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
-            raise ValueError(f"every case needs a \"case_id\" (a non-empty string), got {self.case_id!r}")
+            raise ValueError(f'every case needs a "case_id" (a non-empty string), got {self.case_id!r}')
         where = f"case {self.case_id!r}"
         for key in ("selected", "labeled"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{where}: \"{key}\" must be true or false, got {getattr(self, key)!r}")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
-                                      or self.rank < 1):
-            raise ValueError(f"{where}: \"rank\" must be a whole number >= 1 or null, got {self.rank!r}")
+                raise ValueError(f'{where}: "{key}" must be true or false, got {getattr(self, key)!r}')
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise ValueError(f'{where}: "rank" must be a whole number >= 1 or null, got {self.rank!r}')
         if self.labeled and self.selected:
-            raise ValueError(f"{where}: a labelled volume is not proposed for annotation (\"selected\": false)")
+            raise ValueError(f'{where}: a labelled volume is not proposed for annotation ("selected": false)')
         if not self.labeled and self.rank is None:
-            raise ValueError(f"{where}: an unlabelled volume needs a \"rank\"")
+            raise ValueError(f'{where}: an unlabelled volume needs a "rank"')
         for key in ("dkd", "asd", "score", "knowledge_divergence", "asd_class_balanced"):
-            object.__setattr__(self, key, optional_number(getattr(self, key), f"{where}: \"{key}\""))
+            object.__setattr__(self, key, optional_number(getattr(self, key), f'{where}: "{key}"'))
         for key in ("image", "entropy_map", "regions", "prediction", "reason", "ood"):
-            object.__setattr__(self, key, optional_text(getattr(self, key), f"{where}: \"{key}\""))
+            object.__setattr__(self, key, optional_text(getattr(self, key), f'{where}: "{key}"'))
         for key, required in (("proposed_slices", ("axis", "index")), ("proposed_regions", ("start", "size"))):
             if getattr(self, key) is not None:
-                object.__setattr__(self, key, _units(getattr(self, key), required, f"{where}: \"{key}\""))
+                object.__setattr__(self, key, _units(getattr(self, key), required, f'{where}: "{key}"'))
 
     def to_dict(self) -> Dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -97,8 +96,12 @@ class RankingEntry:
             ValueError: unknown or missing keys, wrong types.
         """
         names = [f.name for f in fields(cls)]
-        check_record_keys(data, where, required=("case_id", "rank", "selected", "labeled"),
-                    optional=[n for n in names if n not in ("case_id", "rank", "selected", "labeled")])
+        check_record_keys(
+            data,
+            where,
+            required=("case_id", "rank", "selected", "labeled"),
+            optional=[n for n in names if n not in ("case_id", "rank", "selected", "labeled")],
+        )
         try:
             return cls(**dict(data))
         except ValueError as exc:
@@ -121,21 +124,38 @@ def _units(units: Any, required: Tuple[str, ...], where: str) -> Tuple[Dict[str,
         if required == ("axis", "index"):
             ok = unit["axis"] in (0, 1, 2) and _whole(unit["axis"], 0) and _whole(unit["index"], 0)
         else:
-            ok = all(isinstance(unit[k], (list, tuple)) and len(unit[k]) == 3 for k in required) and all(
-                _whole(v, 0) for v in unit["start"]) and all(_whole(v, 1) for v in unit["size"])
+            ok = (
+                all(isinstance(unit[k], (list, tuple)) and len(unit[k]) == 3 for k in required)
+                and all(_whole(v, 0) for v in unit["start"])
+                and all(_whole(v, 1) for v in unit["size"])
+            )
         if not ok:
-            raise ValueError(f"{where}: {dict(unit)} is not a slice {{axis 0-2, index >= 0}} or a region "
-                             "{start [3 whole numbers >= 0], size [3 whole numbers >= 1]}")
+            raise ValueError(
+                f"{where}: {dict(unit)} is not a slice {{axis 0-2, index >= 0}} or a region "
+                "{start [3 whole numbers >= 0], size [3 whole numbers >= 1]}"
+            )
         item = {k: (list(unit[k]) if isinstance(unit[k], (list, tuple)) else unit[k]) for k in required}
         if "score" in unit:
-            item["score"] = optional_number(unit["score"], f"{where}: \"score\"")
+            item["score"] = optional_number(unit["score"], f'{where}: "score"')
         checked.append(item)
     return tuple(checked)
 
 
 #: Columns of ``ranking.csv``, in order.
-RANKING_CSV_COLUMNS = ("rank", "case_id", "selected", "labeled", "dkd", "asd", "score", "knowledge_divergence",
-                       "image", "asd_class_balanced", "ood", "reason")
+RANKING_CSV_COLUMNS = (
+    "rank",
+    "case_id",
+    "selected",
+    "labeled",
+    "dkd",
+    "asd",
+    "score",
+    "knowledge_divergence",
+    "image",
+    "asd_class_balanced",
+    "ood",
+    "reason",
+)
 
 
 @dataclass(frozen=True)
@@ -155,12 +175,12 @@ class WrongList:
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, str) or not self.score:
-            raise ValueError(f"\"probably_wrong\": \"score\" must be a non-empty string, got {self.score!r}")
+            raise ValueError(f'"probably_wrong": "score" must be a non-empty string, got {self.score!r}')
         if not isinstance(self.evidence, str):
-            raise ValueError(f"\"probably_wrong\": \"evidence\" must be a string, got {self.evidence!r}")
+            raise ValueError(f'"probably_wrong": "evidence" must be a string, got {self.evidence!r}')
         cases = tuple(self.cases)
         if not all(isinstance(c, str) and c for c in cases) or len(set(cases)) != len(cases):
-            raise ValueError("\"probably_wrong\": \"cases\" must be distinct case ids")
+            raise ValueError('"probably_wrong": "cases" must be distinct case ids')
         object.__setattr__(self, "cases", cases)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -168,9 +188,9 @@ class WrongList:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WrongList:
-        check_record_keys(data, "\"probably_wrong\"", required=("score", "evidence", "cases"), optional=())
+        check_record_keys(data, '"probably_wrong"', required=("score", "evidence", "cases"), optional=())
         if not isinstance(data["cases"], (list, tuple)):
-            raise ValueError("\"probably_wrong\": \"cases\" must be a list")
+            raise ValueError('"probably_wrong": "cases" must be a list')
         return cls(score=data["score"], evidence=data["evidence"], cases=tuple(data["cases"]))
 
 
@@ -178,7 +198,7 @@ def _checked_cases(cases: Any, budget: int) -> Tuple[RankingEntry, ...]:
     """The cases of a ranking: records with distinct ids, ranks 1..n, at most ``budget`` selected."""
     cases = tuple(cases)
     if not all(isinstance(c, RankingEntry) for c in cases):
-        raise ValueError("\"cases\" must hold RankingEntry records")
+        raise ValueError('"cases" must hold RankingEntry records')
     ids = [c.case_id for c in cases]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
@@ -221,24 +241,23 @@ class RankingFile:
 
     def __post_init__(self) -> None:
         if self.unit not in ("volume", "slice", "region"):
-            raise ValueError(f"\"unit\" must be volume, slice or region, got {self.unit!r}")
+            raise ValueError(f'"unit" must be volume, slice or region, got {self.unit!r}')
         if not isinstance(self.strategy, str) or not self.strategy:
-            raise ValueError(f"\"strategy\" must be a non-empty string, got {self.strategy!r}")
+            raise ValueError(f'"strategy" must be a non-empty string, got {self.strategy!r}')
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
-            raise ValueError(f"\"budget\" must be a whole number >= 0, got {self.budget!r}")
+            raise ValueError(f'"budget" must be a whole number >= 0, got {self.budget!r}')
         if not isinstance(self.model, str):
-            raise ValueError(f"\"model\" must be a string, got {self.model!r}")
-        if self.asd_unavailable is not None and (not isinstance(self.asd_unavailable, str)
-                                                 or not self.asd_unavailable):
-            raise ValueError(f"\"asd_unavailable\" must be a non-empty string or absent, got {self.asd_unavailable!r}")
+            raise ValueError(f'"model" must be a string, got {self.model!r}')
+        if self.asd_unavailable is not None and (not isinstance(self.asd_unavailable, str) or not self.asd_unavailable):
+            raise ValueError(f'"asd_unavailable" must be a non-empty string or absent, got {self.asd_unavailable!r}')
         cases = _checked_cases(self.cases, self.budget)
         ids = [c.case_id for c in cases]
         if self.probably_wrong is not None:
             if not isinstance(self.probably_wrong, WrongList):
-                raise ValueError("\"probably_wrong\" must be a WrongList record")
+                raise ValueError('"probably_wrong" must be a WrongList record')
             unknown = sorted(set(self.probably_wrong.cases) - set(ids))
             if unknown:
-                raise ValueError(f"\"probably_wrong\" names case id(s) {unknown} that are not in \"cases\"")
+                raise ValueError(f'"probably_wrong" names case id(s) {unknown} that are not in "cases"')
         object.__setattr__(self, "cases", cases)
 
     @property
@@ -253,8 +272,12 @@ class RankingFile:
         raise KeyError(case_id)
 
     def to_dict(self) -> Dict[str, Any]:
-        out = {"strategy": self.strategy, "budget": self.budget, "model": self.model,
-               "cases": [case.to_dict() for case in self.cases]}
+        out = {
+            "strategy": self.strategy,
+            "budget": self.budget,
+            "model": self.model,
+            "cases": [case.to_dict() for case in self.cases],
+        }
         if self.probably_wrong is not None:
             out["probably_wrong"] = self.probably_wrong.to_dict()
         if self.unit != "volume":
@@ -270,15 +293,25 @@ class RankingFile:
         Raises:
             ValueError: unknown or missing keys, wrong types, inconsistent ranks (the message names the case).
         """
-        check_record_keys(data, "a ranking", required=("strategy", "budget", "cases"),
-                          optional=("model", "probably_wrong", "unit", "asd_unavailable"))
+        check_record_keys(
+            data,
+            "a ranking",
+            required=("strategy", "budget", "cases"),
+            optional=("model", "probably_wrong", "unit", "asd_unavailable"),
+        )
         if not isinstance(data["cases"], (list, tuple)):
-            raise ValueError("\"cases\" must be a list")
+            raise ValueError('"cases" must be a list')
         cases = tuple(RankingEntry.from_dict(row, where=f"case {index}") for index, row in enumerate(data["cases"]))
         wrong = data.get("probably_wrong")
-        return cls(strategy=data["strategy"], budget=data["budget"], model=data.get("model", ""), cases=cases,
-                   probably_wrong=None if wrong is None else WrongList.from_dict(wrong),
-                   unit=data.get("unit", "volume"), asd_unavailable=data.get("asd_unavailable"))
+        return cls(
+            strategy=data["strategy"],
+            budget=data["budget"],
+            model=data.get("model", ""),
+            cases=cases,
+            probably_wrong=None if wrong is None else WrongList.from_dict(wrong),
+            unit=data.get("unit", "volume"),
+            asd_unavailable=data.get("asd_unavailable"),
+        )
 
     def to_csv(self) -> str:
         """``ranking.csv``: :data:`RANKING_CSV_COLUMNS`, numbers with 6 decimals, ``None`` as an empty cell."""
@@ -287,6 +320,10 @@ class RankingFile:
         writer.writerow(RANKING_CSV_COLUMNS)
         for case in self.cases:
             row = case.to_dict()
-            writer.writerow([f"{row[k]:.6f}" if isinstance(row[k], float) else ("" if row[k] is None else row[k])
-                             for k in RANKING_CSV_COLUMNS])
+            writer.writerow(
+                [
+                    f"{row[k]:.6f}" if isinstance(row[k], float) else ("" if row[k] is None else row[k])
+                    for k in RANKING_CSV_COLUMNS
+                ]
+            )
         return buffer.getvalue()

@@ -37,8 +37,11 @@ class RegionSpec:
 
     @classmethod
     def from_config(cls, config: QueryConfig) -> RegionSpec:
-        return cls(dilation=int(config.fg_dilation), fg_mask=FgMask(config.fg_mask),
-                   fg_prob_threshold=float(config.fg_prob_threshold))
+        return cls(
+            dilation=int(config.fg_dilation),
+            fg_mask=FgMask(config.fg_mask),
+            fg_prob_threshold=float(config.fg_prob_threshold),
+        )
 
 
 def _count_vector(value: Any, classes: int, what: str) -> np.ndarray:
@@ -82,8 +85,9 @@ class RegionSums:
 
     def __post_init__(self) -> None:
         if self.num_classes < 2 or self.voxels < 1:
-            raise ValueError(f"RegionSums needs C >= 2 and at least one voxel, got C={self.num_classes}, "
-                             f"{self.voxels} voxels.")
+            raise ValueError(
+                f"RegionSums needs C >= 2 and at least one voxel, got C={self.num_classes}, {self.voxels} voxels."
+            )
         for name in ("class_voxels", "class_entropy_sums", "class_power_entropy_sums"):
             object.__setattr__(self, name, _count_vector(getattr(self, name), self.num_classes, name))
 
@@ -91,8 +95,10 @@ class RegionSums:
         """Raise ``ValueError`` when the sums were taken over other regions than ``config`` asks for."""
         wanted = RegionSpec.from_config(config)
         if wanted != self.spec:
-            raise ValueError(f"the region sums were computed for {self.spec}, but the query settings ask for {wanted}; "
-                             "predict again with the query's region settings.")
+            raise ValueError(
+                f"the region sums were computed for {self.spec}, but the query settings ask for {wanted}; "
+                "predict again with the query's region settings."
+            )
 
     def mean_entropy(self) -> float:
         """Whole-volume mean of ``H``."""
@@ -141,9 +147,14 @@ def region_sums(probs: np.ndarray, spec: RegionSpec) -> RegionSums:
         class_entropy[c] = float(entropy[mask].sum(dtype=np.float64))
         class_power[c] = float(np.sum(power[mask] * array[c][mask], dtype=np.float64))
     return RegionSums(
-        spec=spec, num_classes=classes, voxels=int(entropy.size),
-        entropy_sum=float(entropy.sum(dtype=np.float64)), power_entropy_sum=float(power.sum(dtype=np.float64)),
+        spec=spec,
+        num_classes=classes,
+        voxels=int(entropy.size),
+        entropy_sum=float(entropy.sum(dtype=np.float64)),
+        power_entropy_sum=float(power.sum(dtype=np.float64)),
         foreground_voxels=int(np.count_nonzero(foreground)),
         foreground_entropy_sum=float(entropy[foreground].sum(dtype=np.float64)),
-        class_voxels=class_voxels, class_entropy_sums=class_entropy, class_power_entropy_sums=class_power,
+        class_voxels=class_voxels,
+        class_entropy_sums=class_entropy,
+        class_power_entropy_sums=class_power,
     )

@@ -48,8 +48,13 @@ class RoundPlan:
         return self.labeled >= sum(self.budgets)
 
     def to_dict(self) -> dict:
-        return {"round": self.round_index + 1, "rounds": self.total_rounds, "round_budgets": list(self.budgets),
-                "proposed": self.size, "labeled_before": self.labeled}
+        return {
+            "round": self.round_index + 1,
+            "rounds": self.total_rounds,
+            "round_budgets": list(self.budgets),
+            "proposed": self.size,
+            "labeled_before": self.labeled,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoundPlan:
@@ -59,21 +64,35 @@ class RoundPlan:
             ValueError: missing or unknown keys, values that are not whole numbers, ``rounds`` other than the number
                 of round budgets, or ``round`` outside ``1..rounds``.
         """
-        check_record_keys(data, "a query round", required=("round", "rounds", "round_budgets", "proposed",
-                                                     "labeled_before"), optional=())
+        check_record_keys(
+            data,
+            "a query round",
+            required=("round", "rounds", "round_budgets", "proposed", "labeled_before"),
+            optional=(),
+        )
 
         def whole(value: Any, minimum: int) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
         budgets = data["round_budgets"]
-        if (not isinstance(budgets, list) or not budgets or not all(whole(b, 0) for b in budgets)
-                or not whole(data["rounds"], 1) or data["rounds"] != len(budgets)
-                or not whole(data["round"], 1) or data["round"] > data["rounds"]
-                or not whole(data["proposed"], 0) or not whole(data["labeled_before"], 0)):
-            raise ValueError("'query_round' must hold whole numbers 'round' (1..rounds), 'rounds', 'round_budgets' "
-                             f"(one per round), 'proposed' and 'labeled_before', got {dict(data)!r}")
-        return cls(budgets=tuple(budgets), round_index=data["round"] - 1, size=data["proposed"],
-                   labeled=data["labeled_before"])
+        if (
+            not isinstance(budgets, list)
+            or not budgets
+            or not all(whole(b, 0) for b in budgets)
+            or not whole(data["rounds"], 1)
+            or data["rounds"] != len(budgets)
+            or not whole(data["round"], 1)
+            or data["round"] > data["rounds"]
+            or not whole(data["proposed"], 0)
+            or not whole(data["labeled_before"], 0)
+        ):
+            raise ValueError(
+                "'query_round' must hold whole numbers 'round' (1..rounds), 'rounds', 'round_budgets' "
+                f"(one per round), 'proposed' and 'labeled_before', got {dict(data)!r}"
+            )
+        return cls(
+            budgets=tuple(budgets), round_index=data["round"] - 1, size=data["proposed"], labeled=data["labeled_before"]
+        )
 
 
 def _whole(value: object, name: str, minimum: int) -> int:

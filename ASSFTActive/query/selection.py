@@ -33,15 +33,24 @@ __all__ = ["COLD_START_ASD_REASON", "clasp_beta", "cold_start", "fg_random_eligi
 CLASP_LOG_FLOOR = 1e-12
 
 #: ``Ranking.asd_unavailable`` (and ``ranking.json``'s ``asd_unavailable``) of a pool ranked at cold start.
-COLD_START_ASD_REASON = ("ASD needs a prediction, and the model has no trained segmentation head yet (encoder-only "
-                         "weights): ranked by DKD's diversity alone; Adapt trains the head, and rankings with the "
-                         "adapted model use both scores")
+COLD_START_ASD_REASON = (
+    "ASD needs a prediction, and the model has no trained segmentation head yet (encoder-only "
+    "weights): ranked by DKD's diversity alone; Adapt trains the head, and rankings with the "
+    "adapted model use both scores"
+)
 
 Order = Tuple[List[int], np.ndarray]  # pool indices in rank order, and each case's score indexed like the pool
 
 #: Strategies whose picks can be sampled from a noised score (``QueryConfig.sampling = "power"``).
-SAMPLED_STRATEGIES = (Strategy.ASSFT, Strategy.DKD_ONLY, Strategy.ASD_ONLY, Strategy.MEAN_ENTROPY,
-                      Strategy.MC_DROPOUT, Strategy.BALD, Strategy.BUDGET_AWARE)
+SAMPLED_STRATEGIES = (
+    Strategy.ASSFT,
+    Strategy.DKD_ONLY,
+    Strategy.ASD_ONLY,
+    Strategy.MEAN_ENTROPY,
+    Strategy.MC_DROPOUT,
+    Strategy.BALD,
+    Strategy.BUDGET_AWARE,
+)
 
 
 def select(
@@ -160,8 +169,9 @@ def select(
     order: List[int] = []
     if ranked:
         sub = [cases[i] for i in ranked]
-        sub_order, sub_scores, sub_reasons = _order(sub, pool[ranked], labeled, budget, config, strategy,
-                                                    labeled_embeddings, round_index, total_rounds)
+        sub_order, sub_scores, sub_reasons = _order(
+            sub, pool[ranked], labeled, budget, config, strategy, labeled_embeddings, round_index, total_rounds
+        )
         order = [ranked[j] for j in sub_order]
         scores[ranked] = sub_scores
         for j, text in enumerate(sub_reasons):
@@ -189,8 +199,12 @@ def select(
         )
         for rank, index in enumerate(order, start=1)
     )
-    return Ranking(strategy=config.strategy.value, budget=budget, cases=rows,
-                   asd_unavailable=COLD_START_ASD_REASON if cold_start(cases) else "")
+    return Ranking(
+        strategy=config.strategy.value,
+        budget=budget,
+        cases=rows,
+        asd_unavailable=COLD_START_ASD_REASON if cold_start(cases) else "",
+    )
 
 
 def resolved_strategy(config: QueryConfig, budget: int) -> Strategy:
@@ -203,9 +217,17 @@ def resolved_strategy(config: QueryConfig, budget: int) -> Strategy:
     return Strategy.ASSFT
 
 
-def _order(cases: List[CaseEvidence], pool: np.ndarray, labeled: np.ndarray, budget: int, config: QueryConfig,
-           strategy: Strategy, labeled_embeddings: Sequence[np.ndarray], round_index: int,
-           total_rounds: int) -> Tuple[List[int], np.ndarray, List[str]]:
+def _order(
+    cases: List[CaseEvidence],
+    pool: np.ndarray,
+    labeled: np.ndarray,
+    budget: int,
+    config: QueryConfig,
+    strategy: Strategy,
+    labeled_embeddings: Sequence[np.ndarray],
+    round_index: int,
+    total_rounds: int,
+) -> Tuple[List[int], np.ndarray, List[str]]:
     """Order ``cases`` (all candidates) with ``strategy``: ``(order, scores, reason of each case)``."""
     noise = _noise(len(cases), config)
     reasons = [""] * len(cases)
@@ -236,13 +258,17 @@ def _order(cases: List[CaseEvidence], pool: np.ndarray, labeled: np.ndarray, bud
         for index in order[:budget]:
             reasons[index] = _coverage_reason(strategy, int(result.group_sizes[index]))
     else:
-        order, scores = _BASELINES[strategy](cases, budget, config, labeled_embeddings, round_index, total_rounds,
-                                             noise)
+        order, scores = _BASELINES[strategy](
+            cases, budget, config, labeled_embeddings, round_index, total_rounds, noise
+        )
         for index in order[:budget]:
             reasons[index] = _baseline_reason(strategy, cases[index], config, scores[index])
     if config.strategy == Strategy.BUDGET_AWARE:
-        why = (f"coverage at budget {budget} <= {config.coverage_max_budget}" if budget <= config.coverage_max_budget
-               else f"DKD + ASD at budget {budget} > {config.coverage_max_budget}")
+        why = (
+            f"coverage at budget {budget} <= {config.coverage_max_budget}"
+            if budget <= config.coverage_max_budget
+            else f"DKD + ASD at budget {budget} > {config.coverage_max_budget}"
+        )
         for index in order[:budget]:
             reasons[index] += f" ({why})"
     if noise is not None:
@@ -275,7 +301,7 @@ def _noised(values: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
 
 
 def _ordinal(value: float, values: np.ndarray) -> str:
-    """"#k of N": the place of ``value`` among ``values`` sorted from the highest."""
+    """ "#k of N": the place of ``value`` among ``values`` sorted from the highest."""
     finite = values[np.isfinite(values)]
     return f"#{int(np.sum(finite > value)) + 1} of {finite.size}"
 
@@ -288,8 +314,9 @@ def _coverage_reason(strategy: Strategy, group: int) -> str:
     return "densest volume left once every group is covered"
 
 
-def _assft_reasons(cases: List[CaseEvidence], order: List[int], asd_led: np.ndarray, kd_live: bool,
-                   config: QueryConfig, budget: int) -> List[str]:
+def _assft_reasons(
+    cases: List[CaseEvidence], order: List[int], asd_led: np.ndarray, kd_live: bool, config: QueryConfig, budget: int
+) -> List[str]:
     asd = np.array([c.asd for c in cases], dtype=np.float64)
     reasons = [""] * len(cases)
     for index in order[:budget]:
@@ -425,8 +452,9 @@ def _assft_order(
     if strategy == Strategy.ASD_ONLY:
         return _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 0.0, False, noise)
     if config.combine != Combine.TWO_STAGE:
-        return _greedy(kd_tilde, asd_tilde, pool, labeled, config.combine, config.dkd_weight,
-                       config.normalise_scores, noise)
+        return _greedy(
+            kd_tilde, asd_tilde, pool, labeled, config.combine, config.dkd_weight, config.normalise_scores, noise
+        )
 
     dkd_order, dkd_scores, _ = _greedy(kd_tilde, asd_tilde, pool, labeled, Combine.WEIGHTED_SUM, 1.0, False, None)
     shortlist_size = min(config.two_stage_factor * budget, len(dkd_order))
@@ -497,8 +525,7 @@ def _greedy(
 
 # ------------------------------------------------------------------------------------------------- baselines
 
-Baseline = Callable[[List[CaseEvidence], int, QueryConfig, Sequence[np.ndarray], int, int, Optional[np.ndarray]],
-                    Order]
+Baseline = Callable[[List[CaseEvidence], int, QueryConfig, Sequence[np.ndarray], int, int, Optional[np.ndarray]], Order]
 
 
 def _by_descending(values: np.ndarray, noise: Optional[np.ndarray] = None) -> Order:

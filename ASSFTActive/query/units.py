@@ -33,8 +33,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ProposedUnit", "Unit", "UnitConfig", "region_scores", "select_units", "slice_axis", "slice_scores",
-           "volume_priors", "volume_units"]
+__all__ = [
+    "ProposedUnit",
+    "Unit",
+    "UnitConfig",
+    "region_scores",
+    "select_units",
+    "slice_axis",
+    "slice_scores",
+    "volume_priors",
+    "volume_units",
+]
 
 
 class Unit(str, Enum):
@@ -84,15 +93,22 @@ class UnitConfig:
             raise ValueError(f"region_size must be three whole numbers >= 1, got {self.region_size!r}")
         object.__setattr__(self, "region_size", size)
         if int(self.min_gap) < 1 or int(self.per_volume_extra) < 0:
-            raise ValueError(f"min_gap must be >= 1 and per_volume_extra >= 0, got {self.min_gap}, "
-                             f"{self.per_volume_extra}")
+            raise ValueError(
+                f"min_gap must be >= 1 and per_volume_extra >= 0, got {self.min_gap}, {self.per_volume_extra}"
+            )
         if not self.prior_weight >= 0 or not 0 <= self.min_foreground_share <= 1:
             raise ValueError("prior_weight must be >= 0 and min_foreground_share in [0, 1]")
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"unit": self.unit.value, "axis": self.axis, "region_size": list(self.region_size),
-                "min_gap": self.min_gap, "per_volume_extra": self.per_volume_extra,
-                "prior_weight": self.prior_weight, "min_foreground_share": self.min_foreground_share}
+        return {
+            "unit": self.unit.value,
+            "axis": self.axis,
+            "region_size": list(self.region_size),
+            "min_gap": self.min_gap,
+            "per_volume_extra": self.per_volume_extra,
+            "prior_weight": self.prior_weight,
+            "min_foreground_share": self.min_foreground_share,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,8 +137,7 @@ class ProposedUnit:
         """The ranking file's form: ``{"axis", "index", "score"}`` or ``{"start", "size", "score"}``."""
         if self.unit == Unit.SLICE:
             return {"axis": int(self.axis), "index": int(self.index), "score": float(self.score)}
-        return {"start": [int(v) for v in self.start], "size": [int(v) for v in self.size],
-                "score": float(self.score)}
+        return {"start": [int(v) for v in self.start], "size": [int(v) for v in self.size], "score": float(self.score)}
 
 
 #: Voxels per slab when summing slices (the temporaries of :func:`slice_scores` are one slab, 32 MB in float64).
@@ -144,8 +159,9 @@ def _floored(sums: np.ndarray, counts: np.ndarray, share: float) -> np.ndarray:
     return np.where(counts >= floor, means, 0.0)
 
 
-def slice_scores(entropy: np.ndarray, region: np.ndarray, axis: int,
-                 min_foreground_share: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
+def slice_scores(
+    entropy: np.ndarray, region: np.ndarray, axis: int, min_foreground_share: float = 0.2
+) -> Tuple[np.ndarray, np.ndarray]:
     """Foreground entropy of every slice along ``axis``.
 
     Args:
@@ -163,11 +179,11 @@ def slice_scores(entropy: np.ndarray, region: np.ndarray, axis: int,
     sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
     rows = max(1, _SLAB_VOXELS // max(1, entropy.shape[1] * entropy.shape[2]))
     for first in range(0, entropy.shape[0], rows):  # slabs of rows: temporaries of one slab, not of the volume
-        inside = region[first:first + rows]
-        values = np.where(inside, entropy[first:first + rows], 0).astype(np.float64) * scale
+        inside = region[first : first + rows]
+        values = np.where(inside, entropy[first : first + rows], 0).astype(np.float64) * scale
         if axis == 0:
-            sums[first:first + rows] = values.sum(axis=(1, 2))
-            counts[first:first + rows] = inside.sum(axis=(1, 2))
+            sums[first : first + rows] = values.sum(axis=(1, 2))
+            counts[first : first + rows] = inside.sum(axis=(1, 2))
         else:
             rest = (0, 2) if axis == 1 else (0, 1)
             sums += values.sum(axis=rest)
@@ -186,8 +202,9 @@ def _tiles(length: int, size: int) -> List[int]:
     return starts
 
 
-def region_scores(entropy: np.ndarray, region: np.ndarray, size: Sequence[int],
-                  min_foreground_share: float = 0.2) -> List[Tuple[Tuple[int, int, int], Tuple[int, int, int], float]]:
+def region_scores(
+    entropy: np.ndarray, region: np.ndarray, size: Sequence[int], min_foreground_share: float = 0.2
+) -> List[Tuple[Tuple[int, int, int], Tuple[int, int, int], float]]:
     """Foreground entropy of every box of a tiling of the volume by ``size``.
 
     Args:
@@ -221,19 +238,22 @@ def _check_maps(entropy: np.ndarray, region: np.ndarray) -> Tuple[np.ndarray, np
     return entropy, region, (1.0 / 255.0 if entropy.dtype == np.uint8 else 1.0)
 
 
-def volume_units(case_id: str, entropy: np.ndarray, region: np.ndarray, spacing: Sequence[float],
-                 config: UnitConfig) -> Tuple[ProposedUnit, ...]:
+def volume_units(
+    case_id: str, entropy: np.ndarray, region: np.ndarray, spacing: Sequence[float], config: UnitConfig
+) -> Tuple[ProposedUnit, ...]:
     """Every candidate unit of one volume (``score = asd`` until :func:`select_units` adds the prior); none for
     ``unit = volume``."""
     if config.unit == Unit.SLICE:
         axis = slice_axis(spacing, config.axis)
         scores, _ = slice_scores(entropy, region, axis, config.min_foreground_share)
-        return tuple(ProposedUnit(case_id, Unit.SLICE, float(s), float(s), axis=axis, index=i)
-                     for i, s in enumerate(scores))
+        return tuple(
+            ProposedUnit(case_id, Unit.SLICE, float(s), float(s), axis=axis, index=i) for i, s in enumerate(scores)
+        )
     if config.unit == Unit.REGION:
-        return tuple(ProposedUnit(case_id, Unit.REGION, s, s, start=start, size=size)
-                     for start, size, s in region_scores(entropy, region, config.region_size,
-                                                         config.min_foreground_share))
+        return tuple(
+            ProposedUnit(case_id, Unit.REGION, s, s, start=start, size=size)
+            for start, size, s in region_scores(entropy, region, config.region_size, config.min_foreground_share)
+        )
     return ()
 
 
@@ -255,8 +275,9 @@ def _too_close(unit: ProposedUnit, taken: _Taken, min_gap: int) -> bool:
     return any(abs(unit.index - other) < min_gap for other in taken.slices.get((unit.case_id, unit.axis), ()))
 
 
-def select_units(candidates: Sequence[ProposedUnit], budget: int, priors: Mapping[str, float],
-                 config: UnitConfig) -> List[ProposedUnit]:
+def select_units(
+    candidates: Sequence[ProposedUnit], budget: int, priors: Mapping[str, float], config: UnitConfig
+) -> List[ProposedUnit]:
     """The ``budget`` units to annotate, best first, spread over the volumes.
 
     Args:
@@ -272,8 +293,20 @@ def select_units(candidates: Sequence[ProposedUnit], budget: int, priors: Mappin
     """
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    scored = [ProposedUnit(u.case_id, u.unit, u.asd, u.asd * (1.0 + config.prior_weight * priors[u.case_id]),
-                           u.axis, u.index, u.start, u.size) for u in candidates if u.case_id in priors]
+    scored = [
+        ProposedUnit(
+            u.case_id,
+            u.unit,
+            u.asd,
+            u.asd * (1.0 + config.prior_weight * priors[u.case_id]),
+            u.axis,
+            u.index,
+            u.start,
+            u.size,
+        )
+        for u in candidates
+        if u.case_id in priors
+    ]
     order = {case: i for i, case in enumerate(sorted(priors, key=lambda c: -priors[c]))}
     scored.sort(key=lambda u: (-u.score, order[u.case_id], u.index or 0, u.start or (0, 0, 0)))
     n_volumes = len({u.case_id for u in scored})

@@ -21,8 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .ranking_file import WrongList
 
-__all__ = ["ERROR_EVIDENCE_FILE", "WRONG_SCORE", "ErrorEvidence", "load_error_evidence", "probably_wrong_list",
-           "probably_wrong_order"]
+__all__ = [
+    "ERROR_EVIDENCE_FILE",
+    "WRONG_SCORE",
+    "ErrorEvidence",
+    "load_error_evidence",
+    "probably_wrong_list",
+    "probably_wrong_order",
+]
 
 #: The score the list is ordered by (``CaseEvidence.asd_class_balanced``).
 WRONG_SCORE = "asd_class_balanced"
@@ -50,8 +56,12 @@ class ErrorEvidence:
     settings: Tuple[Tuple[str, float, int, str], ...]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"score": self.score, "split": self.split, "summary": self.summary,
-                "settings": [{"setting": s, "spearman_rho": r, "n": n, "source": f} for s, r, n, f in self.settings]}
+        return {
+            "score": self.score,
+            "split": self.split,
+            "summary": self.summary,
+            "settings": [{"setting": s, "spearman_rho": r, "n": n, "source": f} for s, r, n, f in self.settings],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "error evidence") -> ErrorEvidence:
@@ -64,18 +74,24 @@ class ErrorEvidence:
             raise ValueError(f"{where}: expected a JSON object")
         for key in ("score", "split", "summary"):
             if not isinstance(data.get(key), str) or not data[key]:
-                raise ValueError(f"{where}: \"{key}\" must be a non-empty string")
+                raise ValueError(f'{where}: "{key}" must be a non-empty string')
         rows = data.get("settings")
         if not isinstance(rows, list) or not rows:
-            raise ValueError(f"{where}: \"settings\" must be a non-empty list")
+            raise ValueError(f'{where}: "settings" must be a non-empty list')
         settings = []
         for row in rows:
             if not isinstance(row, Mapping):
-                raise ValueError(f"{where}: every entry of \"settings\" must be a JSON object")
+                raise ValueError(f'{where}: every entry of "settings" must be a JSON object')
             rho, n = row.get("spearman_rho"), row.get("n")
-            if (not isinstance(rho, (int, float)) or isinstance(rho, bool) or not math.isfinite(rho)
-                    or not -1.0 <= rho <= 1.0 or not isinstance(n, int) or n < 3):
-                raise ValueError(f"{where}: every setting needs a \"spearman_rho\" in [-1, 1] and an \"n\" >= 3")
+            if (
+                not isinstance(rho, (int, float))
+                or isinstance(rho, bool)
+                or not math.isfinite(rho)
+                or not -1.0 <= rho <= 1.0
+                or not isinstance(n, int)
+                or n < 3
+            ):
+                raise ValueError(f'{where}: every setting needs a "spearman_rho" in [-1, 1] and an "n" >= 3')
             settings.append((str(row.get("setting", "")), float(rho), int(n), str(row.get("source", ""))))
         return cls(score=data["score"], split=data["split"], summary=data["summary"], settings=tuple(settings))
 
@@ -108,8 +124,9 @@ def probably_wrong_order(values: Sequence[Tuple[str, float]]) -> List[Tuple[str,
     return [v for _, v in known + unknown]
 
 
-def probably_wrong_list(values: Sequence[Tuple[str, float]],
-                        evidence: Optional[ErrorEvidence] = None) -> Optional[WrongList]:
+def probably_wrong_list(
+    values: Sequence[Tuple[str, float]], evidence: Optional[ErrorEvidence] = None
+) -> Optional[WrongList]:
     """The :class:`~.ranking_file.WrongList` of ``(case_id, class-balanced ASD)`` pairs (NaN: not computed).
 
     ``evidence`` defaults to :func:`load_error_evidence`; its ``summary`` is the line shown beside the list (empty
@@ -120,5 +137,8 @@ def probably_wrong_list(values: Sequence[Tuple[str, float]],
     if not values or all(math.isnan(v) for _, v in values):
         return None
     evidence = evidence if evidence is not None else load_error_evidence()
-    return WrongList(score=WRONG_SCORE, evidence=evidence.summary if evidence is not None else "",
-                     cases=tuple(case_id for case_id, _ in probably_wrong_order(values)))
+    return WrongList(
+        score=WRONG_SCORE,
+        evidence=evidence.summary if evidence is not None else "",
+        cases=tuple(case_id for case_id, _ in probably_wrong_order(values)),
+    )

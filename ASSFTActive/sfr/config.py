@@ -21,8 +21,15 @@ from ..errors import InputError
 from ..finetune.config import FinetuneConfig, Optimizer, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
 from ..settings import check_enum, check_fields, check_keys, check_number, plain
 
-__all__ = ["MeanTeacherConfig", "SfrConfig", "SfrFinetuneConfig", "SfrMethod", "SfrPlusConfig", "known_fields",
-           "sfr_train_config"]
+__all__ = [
+    "MeanTeacherConfig",
+    "SfrConfig",
+    "SfrFinetuneConfig",
+    "SfrMethod",
+    "SfrPlusConfig",
+    "known_fields",
+    "sfr_train_config",
+]
 
 
 #: Upper bounds of SAM fine-tuning settings: far above any sensible value, far below one that exhausts memory or
@@ -76,24 +83,43 @@ class SfrFinetuneConfig:
 
     def __post_init__(self) -> None:
         try:
-            check_fields(self, wholes={"iterations": 1, "batch_size": 1, "warmup_iterations": 0, "lora_rank": 0,
-                                       "seed": 0, "canvas": 16},
-                         numbers={"learning_rate": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, False),
-                                  "poly_power": (0.0, 10.0, False), "bezier_probability": (0.0, 1.0, False),
-                                  "lora_alpha": (0.0, 1e6, True)},
-                         flags=("rot_flip", "amp"), optional=("lora_alpha", "canvas"))
+            check_fields(
+                self,
+                wholes={
+                    "iterations": 1,
+                    "batch_size": 1,
+                    "warmup_iterations": 0,
+                    "lora_rank": 0,
+                    "seed": 0,
+                    "canvas": 16,
+                },
+                numbers={
+                    "learning_rate": (0.0, 1.0, True),
+                    "weight_decay": (0.0, 10.0, False),
+                    "poly_power": (0.0, 10.0, False),
+                    "bezier_probability": (0.0, 1.0, False),
+                    "lora_alpha": (0.0, 1e6, True),
+                },
+                flags=("rot_flip", "amp"),
+                optional=("lora_alpha", "canvas"),
+            )
             for name, most in SAM_LIMITS.items():
                 value = getattr(self, name)
                 if value is not None and value > most:
                     raise ValueError(f"SfrFinetuneConfig.{name} must be at most {most}, got {value}.")
             betas = self.betas
-            if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-                    or not all(check_number(b, "SfrFinetuneConfig", "betas", 0.0, 1.0) < 1.0 for b in betas)):
+            if (
+                not isinstance(betas, (list, tuple))
+                or len(betas) != 2
+                or not all(check_number(b, "SfrFinetuneConfig", "betas", 0.0, 1.0) < 1.0 for b in betas)
+            ):
                 raise ValueError(f"SfrFinetuneConfig.betas must be two numbers in [0, 1), got {betas!r}.")
             object.__setattr__(self, "betas", tuple(float(b) for b in betas))
             if self.warmup_iterations >= self.iterations:
-                raise ValueError(f"SfrFinetuneConfig.warmup_iterations must lie in 0..iterations-1, got "
-                                 f"{self.warmup_iterations} with iterations {self.iterations}.")
+                raise ValueError(
+                    f"SfrFinetuneConfig.warmup_iterations must lie in 0..iterations-1, got "
+                    f"{self.warmup_iterations} with iterations {self.iterations}."
+                )
         except ValueError as exc:
             raise InputError(f"invalid SFR fine-tuning settings: {exc}") from None
 
@@ -132,8 +158,12 @@ class SfrPlusConfig:
 
     def __post_init__(self) -> None:
         try:
-            check_fields(self, numbers={"kappa": (0.0, 1.0, True), "voxel_threshold": (0.0, 1.0, False)},
-                         flags=("restart_from_prior",), optional=("voxel_threshold",))
+            check_fields(
+                self,
+                numbers={"kappa": (0.0, 1.0, True), "voxel_threshold": (0.0, 1.0, False)},
+                flags=("restart_from_prior",),
+                optional=("voxel_threshold",),
+            )
         except ValueError as exc:
             raise InputError(f"invalid SFR+ settings: {exc}") from None
 
@@ -148,8 +178,17 @@ class SfrPlusConfig:
 def sfr_train_config(**overrides: Any) -> TrainConfig:
     """SFR's re-training optimisation (method-spec §2.3): SGD lr 0.01, momentum 0.9, weight decay 1e-4, ×0.1 every
     2,500 of 6,000 steps, 2 labelled + 2 unlabelled patches per step; ``overrides`` replace any field."""
-    base = TrainConfig(iterations=6000, batch_size=2, learning_rate=0.01, weight_decay=1e-4,
-                       optimizer=Optimizer.SGD, momentum=0.9, lr_step_every=2500, lr_step_gamma=0.1, seed=1337)
+    base = TrainConfig(
+        iterations=6000,
+        batch_size=2,
+        learning_rate=0.01,
+        weight_decay=1e-4,
+        optimizer=Optimizer.SGD,
+        momentum=0.9,
+        lr_step_every=2500,
+        lr_step_gamma=0.1,
+        seed=1337,
+    )
     return replace(base, **overrides) if overrides else base
 
 
@@ -175,10 +214,17 @@ class MeanTeacherConfig:
     ema_decay: float = 0.99
 
     def __post_init__(self) -> None:
-        check_fields(self, numbers={"pseudo_weight": (0.0, math.inf, False),
-                                    "consistency_weight": (0.0, math.inf, False), "noise_std": (0.0, math.inf, False),
-                                    "noise_clip": (0.0, math.inf, False), "ema_decay": (0.0, 1.0, False)},
-                     wholes={"consistency_rampup": 0, "consistency_epoch_steps": 1})
+        check_fields(
+            self,
+            numbers={
+                "pseudo_weight": (0.0, math.inf, False),
+                "consistency_weight": (0.0, math.inf, False),
+                "noise_std": (0.0, math.inf, False),
+                "noise_clip": (0.0, math.inf, False),
+                "ema_decay": (0.0, 1.0, False),
+            },
+            wholes={"consistency_rampup": 0, "consistency_epoch_steps": 1},
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -229,31 +275,58 @@ class SfrConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", check_enum(SfrMethod, self.method, "SfrConfig", "method"))
         if isinstance(self.retrain, Mapping):  # key by key over SFR's optimisation, not TrainConfig's defaults
-            object.__setattr__(self, "retrain", TrainConfig.from_dict(
-                dict(sfr_train_config().to_dict(), **check_keys(TrainConfig, self.retrain, "SfrConfig.retrain"))))
-        for name, kind in (("sam", SfrFinetuneConfig), ("plus", SfrPlusConfig), ("retrain", TrainConfig),
-                           ("mean_teacher", MeanTeacherConfig), ("validation", ValidationConfig)):
+            object.__setattr__(
+                self,
+                "retrain",
+                TrainConfig.from_dict(
+                    dict(sfr_train_config().to_dict(), **check_keys(TrainConfig, self.retrain, "SfrConfig.retrain"))
+                ),
+            )
+        for name, kind in (
+            ("sam", SfrFinetuneConfig),
+            ("plus", SfrPlusConfig),
+            ("retrain", TrainConfig),
+            ("mean_teacher", MeanTeacherConfig),
+            ("validation", ValidationConfig),
+        ):
             value = getattr(self, name)
             if isinstance(value, Mapping):
                 object.__setattr__(self, name, kind.from_dict(value))
             elif not isinstance(value, kind):
                 raise ValueError(f"SfrConfig.{name} must be a {kind.__name__} or a mapping, got {type(value).__name__}")
-        check_fields(self, numbers={"plus_voxel_threshold": (0.0, 1.0, False)}, wholes={"checkpoint_every": 1},
-                     flags=("predict_pool", "allow_implausible_labels"), optional=("plus_voxel_threshold",))
+        check_fields(
+            self,
+            numbers={"plus_voxel_threshold": (0.0, 1.0, False)},
+            wholes={"checkpoint_every": 1},
+            flags=("predict_pool", "allow_implausible_labels"),
+            optional=("plus_voxel_threshold",),
+        )
 
     def finetune_config(self) -> FinetuneConfig:
         """The :class:`FinetuneConfig` the shared run state and guard read (re-training steps, validation)."""
-        return FinetuneConfig(train=self.retrain, semi_iterations=1, pseudo=PseudoLabelConfig(mode=PseudoMode.NONE),
-                              validation=self.validation, predict_pool=self.predict_pool,
-                              allow_implausible_labels=self.allow_implausible_labels,
-                              checkpoint_every=self.checkpoint_every)
+        return FinetuneConfig(
+            train=self.retrain,
+            semi_iterations=1,
+            pseudo=PseudoLabelConfig(mode=PseudoMode.NONE),
+            validation=self.validation,
+            predict_pool=self.predict_pool,
+            allow_implausible_labels=self.allow_implausible_labels,
+            checkpoint_every=self.checkpoint_every,
+        )
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"method": plain(self.method), "sam": self.sam.to_dict(), "plus": self.plus.to_dict(),
-                "plus_voxel_threshold": self.plus_voxel_threshold, "retrain": self.retrain.to_dict(),
-                "mean_teacher": self.mean_teacher.to_dict(), "validation": self.validation.to_dict(),
-                "predict_pool": self.predict_pool, "allow_implausible_labels": self.allow_implausible_labels,
-                "checkpoint_every": self.checkpoint_every}
+        return {
+            "method": plain(self.method),
+            "sam": self.sam.to_dict(),
+            "plus": self.plus.to_dict(),
+            "plus_voxel_threshold": self.plus_voxel_threshold,
+            "retrain": self.retrain.to_dict(),
+            "mean_teacher": self.mean_teacher.to_dict(),
+            "validation": self.validation.to_dict(),
+            "predict_pool": self.predict_pool,
+            "allow_implausible_labels": self.allow_implausible_labels,
+            "checkpoint_every": self.checkpoint_every,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SfrConfig:

@@ -78,8 +78,7 @@ class StitchedCase:
     layout: StitchLayout
 
 
-def prepare_cases(cases: Sequence[SfrCase], canvas: int, sam_input: Optional[SamInput] = None
-                  ) -> List[StitchedCase]:
+def prepare_cases(cases: Sequence[SfrCase], canvas: int, sam_input: Optional[SamInput] = None) -> List[StitchedCase]:
     """Bring labelled (or pseudo-labelled) volumes into SAM's input space and plan their layouts.
 
     A case's ``voxel_mask`` (bool ``[I, J, K]`` on the image grid), when given, marks the voxels that count; the
@@ -107,7 +106,7 @@ def bezier_curve(rng: np.random.Generator, samples: int = 1000) -> Tuple[np.ndar
     inner = np.sort(rng.random((2, 2)), axis=0)  # sorted x and y of the two random points
     points = np.array([[0.0, 0.0], inner[0], inner[1], [1.0, 1.0]])
     t = np.linspace(0.0, 1.0, samples)[:, None]
-    basis = np.concatenate([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3], axis=1)
+    basis = np.concatenate([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3], axis=1)
     curve = basis @ points
     return np.sort(curve[:, 0]), np.sort(curve[:, 1])
 
@@ -129,8 +128,7 @@ def _bezier_slices(slices: torch.Tensor, probability: float, rng: np.random.Gene
     return torch.from_numpy(out)
 
 
-def _rot_flip(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
-              ) -> Tuple[torch.Tensor, torch.Tensor]:
+def _rot_flip(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
     image, label = torch.rot90(image, k, (-2, -1)), torch.rot90(label, k, (-2, -1))
@@ -192,6 +190,7 @@ class SfrFinetuneResult:
 
 def _rng_state(state: Mapping[str, Any]) -> Dict[str, Any]:
     """A numpy generator state read back from a checkpoint (``torch.load`` may give tensors for its integers)."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, Mapping):
             return {k: plain(v) for k, v in value.items()}
@@ -218,11 +217,18 @@ def _trainable(model: Sam, config: SfrFinetuneConfig) -> List[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def finetune_sam(model: Sam, cases: Sequence[SfrCase], config: SfrFinetuneConfig = SfrFinetuneConfig(),
-                 sam_input: Optional[SamInput] = None, progress: Optional[ProgressCallback] = None,
-                 device: Optional[torch.device] = None, *,
-                 checkpoint: Optional[Callable[[int, Dict[str, Any]], None]] = None, checkpoint_every: int = 0,
-                 resume: Optional[Mapping[str, Any]] = None) -> SfrFinetuneResult:
+def finetune_sam(
+    model: Sam,
+    cases: Sequence[SfrCase],
+    config: SfrFinetuneConfig = SfrFinetuneConfig(),
+    sam_input: Optional[SamInput] = None,
+    progress: Optional[ProgressCallback] = None,
+    device: Optional[torch.device] = None,
+    *,
+    checkpoint: Optional[Callable[[int, Dict[str, Any]], None]] = None,
+    checkpoint_every: int = 0,
+    resume: Optional[Mapping[str, Any]] = None,
+) -> SfrFinetuneResult:
     """Fine-tune a copy of ``model`` on the stitched canvases of ``cases`` (SFR stage 2).
 
     Args:
@@ -251,8 +257,10 @@ def finetune_sam(model: Sam, cases: Sequence[SfrCase], config: SfrFinetuneConfig
     """
     side = int(model.config.image_size)
     if config.canvas is not None and int(config.canvas) != side:
-        raise InputError(f"canvas {config.canvas} differs from the SAM's image_size {side}; a SAM takes canvases "
-                         "of its own image size (build or adapt the SAM for this canvas)")
+        raise InputError(
+            f"canvas {config.canvas} differs from the SAM's image_size {side}; a SAM takes canvases "
+            "of its own image size (build or adapt the SAM for this canvas)"
+        )
     if not cases:
         raise InputError("SFR fine-tuning needs at least one labelled volume")
     stitched = prepare_cases(cases, side, sam_input)
@@ -260,15 +268,16 @@ def finetune_sam(model: Sam, cases: Sequence[SfrCase], config: SfrFinetuneConfig
     for case in stitched:
         valid = case.labels[case.labels != IGNORE_INDEX]
         if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
-            raise InputError(f"label of {case.case_id} has classes up to {int(valid.max())} but the SAM has "
-                             f"{n_classes} outputs (num_mask_tokens = number of classes, background included)")
+            raise InputError(
+                f"label of {case.case_id} has classes up to {int(valid.max())} but the SAM has "
+                f"{n_classes} outputs (num_mask_tokens = number of classes, background included)"
+            )
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     net = copy.deepcopy(model).to(device)
     params = _trainable(net, config)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_factor(step, config))
     rng = np.random.default_rng(config.seed)
     sampler = CanvasSampler(stitched, config, rng)
@@ -285,9 +294,15 @@ def finetune_sam(model: Sam, cases: Sequence[SfrCase], config: SfrFinetuneConfig
         scheduler.load_state_dict(resume["scheduler"])
         rng.bit_generator.state = _rng_state(resume["rng"])
         losses = [float(v) for v in resume["losses"]]
-    emit(progress, "phase", phase=PHASE, step=first, total=config.iterations,
-         message=f"fine-tuning SAM on {len(stitched)} stitched volume(s), {n_trainable} trainable parameters"
-                 + (f", resumed at step {first}" if first else ""))
+    emit(
+        progress,
+        "phase",
+        phase=PHASE,
+        step=first,
+        total=config.iterations,
+        message=f"fine-tuning SAM on {len(stitched)} stitched volume(s), {n_trainable} trainable parameters"
+        + (f", resumed at step {first}" if first else ""),
+    )
     start = time.time()
     net.train()
     for step in range(first, config.iterations):
@@ -305,17 +320,35 @@ def finetune_sam(model: Sam, cases: Sequence[SfrCase], config: SfrFinetuneConfig
         if not math.isfinite(value):
             raise InputError(f"SFR fine-tuning diverged at step {step + 1} (loss {value}); lower the learning rate")
         losses.append(value)
-        emit(progress, "progress", phase=PHASE, step=step + 1, total=config.iterations,
-             message=f"SAM step {step + 1}/{config.iterations} loss {value:.4f}",
-             metrics={"loss": value, "lr": float(lr)})
+        emit(
+            progress,
+            "progress",
+            phase=PHASE,
+            step=step + 1,
+            total=config.iterations,
+            message=f"SAM step {step + 1}/{config.iterations} loss {value:.4f}",
+            metrics={"loss": value, "lr": float(lr)},
+        )
         if checkpoint is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
-            checkpoint(step + 1, {"step": step + 1,
-                                  "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                  "rng": rng.bit_generator.state, "losses": list(losses)})
+            checkpoint(
+                step + 1,
+                {
+                    "step": step + 1,
+                    "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng.bit_generator.state,
+                    "losses": list(losses),
+                },
+            )
     net.eval()
     for param in net.parameters():
         param.requires_grad_(False)
-    return SfrFinetuneResult(model=net, losses=tuple(losses), seconds=time.time() - start,
-                             trainable_parameters=n_trainable, case_ids=tuple(c.case_id for c in stitched),
-                             config=config)
+    return SfrFinetuneResult(
+        model=net,
+        losses=tuple(losses),
+        seconds=time.time() - start,
+        trainable_parameters=n_trainable,
+        case_ids=tuple(c.case_id for c in stitched),
+        config=config,
+    )

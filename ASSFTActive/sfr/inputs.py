@@ -69,5 +69,3 @@ class SamInput:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SamInput:
         return cls(**known_fields(cls, data))
-
-

@@ -19,8 +19,13 @@ from .stitching import IGNORE_INDEX
 __all__ = ["stitched_dice_ce"]
 
 
-def stitched_dice_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                     ce_weight: float = 0.5, dice_weight: float = 0.5) -> torch.Tensor:
+def stitched_dice_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    ce_weight: float = 0.5,
+    dice_weight: float = 0.5,
+) -> torch.Tensor:
     """``ce_weight * CE + dice_weight * Dice`` over the pixels whose label is not ``ignore_index``.
 
     Args:
@@ -31,8 +36,9 @@ def stitched_dice_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: i
         a scalar; 0 (with a gradient) when every pixel is ignored.
     """
     if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"expected logits [B, C, H, W] and target [B, H, W], got {tuple(logits.shape)} and "
-                         f"{tuple(target.shape)}")
+        raise ValueError(
+            f"expected logits [B, C, H, W] and target [B, H, W], got {tuple(logits.shape)} and {tuple(target.shape)}"
+        )
     target = target.long()
     valid = target != ignore_index
     if not bool(valid.any()):

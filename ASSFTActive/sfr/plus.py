@@ -64,12 +64,19 @@ class SfrPlusResult:
         return self.second.model
 
 
-def sfr_plus_finetune(model: Sam, labelled: Sequence[SfrCase], pool: Sequence[Volume],
-                      config: SfrFinetuneConfig = SfrFinetuneConfig(), plus: SfrPlusConfig = SfrPlusConfig(),
-                      sam_input: Optional[SamInput] = None, pool_ids: Optional[Sequence[str]] = None,
-                      second_config: Optional[SfrFinetuneConfig] = None,
-                      progress: Optional[ProgressCallback] = None, device: Optional[torch.device] = None,
-                      labeller: Callable[..., Tuple[SfrPseudoLabel, ...]] = sfr_pseudo_labels) -> SfrPlusResult:
+def sfr_plus_finetune(
+    model: Sam,
+    labelled: Sequence[SfrCase],
+    pool: Sequence[Volume],
+    config: SfrFinetuneConfig = SfrFinetuneConfig(),
+    plus: SfrPlusConfig = SfrPlusConfig(),
+    sam_input: Optional[SamInput] = None,
+    pool_ids: Optional[Sequence[str]] = None,
+    second_config: Optional[SfrFinetuneConfig] = None,
+    progress: Optional[ProgressCallback] = None,
+    device: Optional[torch.device] = None,
+    labeller: Callable[..., Tuple[SfrPseudoLabel, ...]] = sfr_pseudo_labels,
+) -> SfrPlusResult:
     """SFR+'s two fine-tunings of SAM and the pool's final pseudo-labels.
 
     Args:
@@ -90,19 +97,23 @@ def sfr_plus_finetune(model: Sam, labelled: Sequence[SfrCase], pool: Sequence[Vo
     first = finetune_sam(model, labelled, config, sam_input, progress, device)
     emit(progress, "phase", phase=PHASE, message="SFR+ step 2/4: pseudo-labelling the pool")
     first_pseudo = labeller(first.model, pool, sam_input, pool_ids, progress, device)
-    decisions = sfr_plus_select([p.case_id for p in first_pseudo], [p.confidence for p in first_pseudo],
-                                plus.kappa)
+    decisions = sfr_plus_select([p.case_id for p in first_pseudo], [p.confidence for p in first_pseudo], plus.kappa)
     kept = {d.case_id for d in decisions if d.kept}
     extra = []
     for image, pseudo in zip(pool, first_pseudo):
         if pseudo.case_id in kept:
             mask = pseudo.voxel_mask(plus.voxel_threshold) if plus.voxel_threshold is not None else None
             extra.append(SfrCase(pseudo.case_id, image, pseudo.label, mask))
-    emit(progress, "phase", phase=PHASE,
-         message=f"SFR+ step 3/4: fine-tuning SAM on {len(labelled)} labelled + {len(extra)} selected volumes")
+    emit(
+        progress,
+        "phase",
+        phase=PHASE,
+        message=f"SFR+ step 3/4: fine-tuning SAM on {len(labelled)} labelled + {len(extra)} selected volumes",
+    )
     start = model if plus.restart_from_prior else first.model
     second = finetune_sam(start, list(labelled) + extra, second_config or config, sam_input, progress, device)
     emit(progress, "phase", phase=PHASE, message="SFR+ step 4/4: pseudo-labelling the pool with the second SAM")
     final = labeller(second.model, pool, sam_input, pool_ids, progress, device)
-    return SfrPlusResult(first=first, first_pseudo=first_pseudo, decisions=decisions, second=second,
-                         pseudo_labels=final)
+    return SfrPlusResult(
+        first=first, first_pseudo=first_pseudo, decisions=decisions, second=second, pseudo_labels=final
+    )

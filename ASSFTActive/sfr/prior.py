@@ -22,22 +22,36 @@ from ..io import atomic_write_bytes, atomic_write_text
 from .inputs import SamInput
 from .sam import Sam, SamConfig, load_sam_weights
 
-__all__ = ["CARD_FILE", "NOT_META_SAM", "PRIOR_DIR", "SamPrior", "load_sam_prior", "prior_sam_config",
-           "save_sam_prior"]
+__all__ = ["CARD_FILE", "NOT_META_SAM", "PRIOR_DIR", "SamPrior", "load_sam_prior", "prior_sam_config", "save_sam_prior"]
 
 PRIOR_DIR = Path(__file__).resolve().parents[1] / "resources" / "models" / "sfr-sam-tiny"
 CARD_FILE = "sam-card.json"
-NOT_META_SAM = ("This is NOT Meta's Segment Anything model: it is a small network of SAM's architecture, trained "
-                "from scratch by ASSFT on stitched canvases of MSD Hippocampus (source split), with none of SAM's "
-                "pre-training. For the real SAM, supply Meta's sam_vit_b_01ec64.pth yourself.")
+NOT_META_SAM = (
+    "This is NOT Meta's Segment Anything model: it is a small network of SAM's architecture, trained "
+    "from scratch by ASSFT on stitched canvases of MSD Hippocampus (source split), with none of SAM's "
+    "pre-training. For the real SAM, supply Meta's sam_vit_b_01ec64.pth yourself."
+)
 
 
 def prior_sam_config(num_classes: int = 3, image_size: int = 256) -> SamConfig:
     """The embedded prior's sizes: patch 8 (a 32 x 32 embedding at 256), 4 blocks of width 64 (windowed 8 x 8,
     the last global), a 64-channel decoder; about 0.5 M parameters, cheap enough to train on one CPU thread."""
-    return SamConfig(image_size=image_size, patch_size=8, embed_dim=64, depth=4, num_heads=2, window_size=8,
-                     global_attn_indexes=(3,), out_chans=64, mask_in_chans=16, decoder_depth=2, decoder_heads=4,
-                     decoder_mlp_dim=256, num_mask_tokens=num_classes, iou_head_hidden_dim=64)
+    return SamConfig(
+        image_size=image_size,
+        patch_size=8,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        window_size=8,
+        global_attn_indexes=(3,),
+        out_chans=64,
+        mask_in_chans=16,
+        decoder_depth=2,
+        decoder_heads=4,
+        decoder_mlp_dim=256,
+        num_mask_tokens=num_classes,
+        iou_head_hidden_dim=64,
+    )
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,14 @@ class SamPrior:
     path: Path
 
 
-def save_sam_prior(model: Sam, folder: Union[str, Path], sam_input: SamInput, class_names: Sequence[str],
-                   provenance: Mapping[str, Any], name: str = "sfr-sam-tiny") -> Path:
+def save_sam_prior(
+    model: Sam,
+    folder: Union[str, Path],
+    sam_input: SamInput,
+    class_names: Sequence[str],
+    provenance: Mapping[str, Any],
+    name: str = "sfr-sam-tiny",
+) -> Path:
     """Write ``weights.safetensors`` then ``sam-card.json`` into ``folder`` (each atomically); returns the card."""
     from safetensors.torch import save
 

@@ -59,8 +59,14 @@ def volume_layout(shape: Sequence[int], canvas: int, slice_axis: int = 2, resize
 
 
 @torch.no_grad()
-def predict_volume(model: nn.Module, volume: np.ndarray, slice_axis: int = 2, canvas: Optional[int] = None,
-                   resize: bool = True, device: Optional[torch.device] = None) -> np.ndarray:
+def predict_volume(
+    model: nn.Module,
+    volume: np.ndarray,
+    slice_axis: int = 2,
+    canvas: Optional[int] = None,
+    resize: bool = True,
+    device: Optional[torch.device] = None,
+) -> np.ndarray:
     """SAM's class probabilities of a whole volume from one stitched canvas.
 
     Args:
@@ -100,12 +106,14 @@ def sfr_plus_confidence(probs: np.ndarray, empty_value: float = 0.0) -> float:
     """SFR+'s volume confidence: mean ``max_c p_c`` over SAM's predicted-foreground voxels (``[C, I, J, K]``);
     ``empty_value`` when SAM predicts no foreground."""
     label, max_prob = _maps(probs)
-    return foreground_confidence(label, max_prob, np.zeros_like(max_prob), ConfidenceMetric.FG_MAX_PROB,
-                                 empty_value=empty_value)
+    return foreground_confidence(
+        label, max_prob, np.zeros_like(max_prob), ConfidenceMetric.FG_MAX_PROB, empty_value=empty_value
+    )
 
 
-def sfr_plus_select(case_ids: Sequence[str], confidences: Sequence[float],
-                    kappa: float = 0.5) -> Tuple[PseudoDecision, ...]:
+def sfr_plus_select(
+    case_ids: Sequence[str], confidences: Sequence[float], kappa: float = 0.5
+) -> Tuple[PseudoDecision, ...]:
     """Keep the ``ceil(kappa * N)`` most confident unlabelled volumes (SFR+ selective fine-tuning/re-training).
 
     ASSFT's top-k selection with the distance weight at 0, so the ranking is by confidence alone (ties: listed
@@ -115,8 +123,9 @@ def sfr_plus_select(case_ids: Sequence[str], confidences: Sequence[float],
         raise ValueError(f"{len(case_ids)} case ids but {len(confidences)} confidences")
     if not 0.0 < kappa <= 1.0:
         raise ValueError(f"kappa must lie in (0, 1], got {kappa}")
-    config = PseudoLabelConfig(mode=PseudoMode.SELECTIVE, select_mode=SelectMode.TOPK, keep_fraction=kappa,
-                               dist_weight=0.0)
+    config = PseudoLabelConfig(
+        mode=PseudoMode.SELECTIVE, select_mode=SelectMode.TOPK, keep_fraction=kappa, dist_weight=0.0
+    )
     candidates = [PseudoCandidate(str(c), float(v), 0.0) for c, v in zip(case_ids, confidences)]
     return select_reliable(candidates, config)
 
@@ -154,9 +163,14 @@ class SfrPseudoLabel:
 
 
 @torch.no_grad()
-def sfr_pseudo_labels(model: nn.Module, images: Sequence[Volume], sam_input: Optional[SamInput] = None,
-                      case_ids: Optional[Sequence[str]] = None, progress: Optional[ProgressCallback] = None,
-                      device: Optional[torch.device] = None) -> Tuple[SfrPseudoLabel, ...]:
+def sfr_pseudo_labels(
+    model: nn.Module,
+    images: Sequence[Volume],
+    sam_input: Optional[SamInput] = None,
+    case_ids: Optional[Sequence[str]] = None,
+    progress: Optional[ProgressCallback] = None,
+    device: Optional[torch.device] = None,
+) -> Tuple[SfrPseudoLabel, ...]:
     """SAM's 3D pseudo-labels of an unlabelled pool (SFR stage 3's targets, SFR+'s candidates).
 
     Each volume is brought into SAM's input space (:class:`~.inputs.SamInput`), stitched, segmented in one forward
@@ -183,15 +197,22 @@ def sfr_pseudo_labels(model: nn.Module, images: Sequence[Volume], sam_input: Opt
     for index, image in enumerate(images):
         case = str(case_ids[index]) if case_ids is not None else image.name
         x, space = to_model_space(image, sam_input)
-        probs = predict_volume(model, x[0].numpy(), slice_axis=sam_input.slice_axis, canvas=side,
-                               resize=sam_input.resize, device=device)
+        probs = predict_volume(
+            model, x[0].numpy(), slice_axis=sam_input.slice_axis, canvas=side, resize=sam_input.resize, device=device
+        )
         back = from_model_space(torch.from_numpy(probs), space)
         back = back / np.clip(back.sum(0, keepdims=True), 1e-6, None)
         label = np.argmax(back, axis=0).astype(np.uint8)
         max_prob = back.max(axis=0).astype(np.float32)
         confidence = foreground_confidence(label, max_prob, np.zeros_like(max_prob), ConfidenceMetric.FG_MAX_PROB)
         results.append(SfrPseudoLabel(case, image.with_array(label), max_prob, confidence))
-        emit(progress, "progress", phase="sfr_pseudo_labels", step=index + 1, total=len(images),
-             message=f"SAM pseudo-label {index + 1}/{len(images)}: {case} (confidence {confidence:.3f})",
-             metrics={"confidence": confidence})
+        emit(
+            progress,
+            "progress",
+            phase="sfr_pseudo_labels",
+            step=index + 1,
+            total=len(images),
+            message=f"SAM pseudo-label {index + 1}/{len(images)}: {case} (confidence {confidence:.3f})",
+            metrics={"confidence": confidence},
+        )
     return tuple(results)

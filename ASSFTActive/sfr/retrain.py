@@ -35,14 +35,23 @@ __all__ = ["MeanTeacherConfig", "mean_teacher_parts", "mean_teacher_term", "sfr_
 def mean_teacher_parts(config: MeanTeacherConfig) -> SemiParts:
     """The trainer's parts of SFR's Mean Teacher: fixed pseudo-label targets at a constant weight, the consistency
     term, no masks, views or pasting."""
-    return SemiParts(ema_decay=config.ema_decay, fixed_pseudo_weight=config.pseudo_weight,
-                     consistency_weight=config.consistency_weight, consistency_rampup=config.consistency_rampup,
-                     consistency_epoch_steps=config.consistency_epoch_steps, noise_std=config.noise_std,
-                     noise_clip=config.noise_clip)
+    return SemiParts(
+        ema_decay=config.ema_decay,
+        fixed_pseudo_weight=config.pseudo_weight,
+        consistency_weight=config.consistency_weight,
+        consistency_rampup=config.consistency_rampup,
+        consistency_epoch_steps=config.consistency_epoch_steps,
+        noise_std=config.noise_std,
+        noise_clip=config.noise_clip,
+    )
 
 
-def mean_teacher_term(network: nn.Module, pseudo: Sequence[SupervisedCase], config: MeanTeacherConfig,
-                      resume_state: Optional[Mapping] = None) -> PseudoLabelTerm:
+def mean_teacher_term(
+    network: nn.Module,
+    pseudo: Sequence[SupervisedCase],
+    config: MeanTeacherConfig,
+    resume_state: Optional[Mapping] = None,
+) -> PseudoLabelTerm:
     """The loss term of SFR's re-training of ``network`` (the student): SAM's hard pseudo-labels of ``pseudo`` (with
     SFR+'s optional ``voxel_mask``) as fixed targets, and an EMA copy of ``network`` as the Mean Teacher (restored
     from ``resume_state["teacher"]`` when resuming). Pass it to

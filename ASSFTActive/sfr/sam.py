@@ -59,11 +59,23 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------- configuration
 #: ``(least, most)`` of every size of a :class:`SamConfig`: far beyond ViT-H (1280 wide, 32 deep, 1024 pixels), far
 #: below what exhausts memory while the network is built (a depth of 100,000, an embedding of 2^20, a patch of 0).
-_SAM_SIZE_RANGES = {"image_size": (16, 4096), "patch_size": (1, 256), "in_chans": (1, 16), "embed_dim": (8, 4096),
-                    "depth": (1, 64), "num_heads": (1, 64), "window_size": (0, 4096), "out_chans": (8, 4096),
-                    "mask_in_chans": (4, 1024), "decoder_depth": (1, 32), "decoder_heads": (1, 64),
-                    "decoder_mlp_dim": (1, 16384), "num_mask_tokens": (1, 256), "iou_head_depth": (1, 16),
-                    "iou_head_hidden_dim": (1, 4096)}
+_SAM_SIZE_RANGES = {
+    "image_size": (16, 4096),
+    "patch_size": (1, 256),
+    "in_chans": (1, 16),
+    "embed_dim": (8, 4096),
+    "depth": (1, 64),
+    "num_heads": (1, 64),
+    "window_size": (0, 4096),
+    "out_chans": (8, 4096),
+    "mask_in_chans": (4, 1024),
+    "decoder_depth": (1, 32),
+    "decoder_heads": (1, 64),
+    "decoder_mlp_dim": (1, 16384),
+    "num_mask_tokens": (1, 256),
+    "iou_head_depth": (1, 16),
+    "iou_head_hidden_dim": (1, 4096),
+}
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,9 @@ class SamConfig:
             if not isinstance(values, (list, tuple)) or not values:
                 raise ValueError(f"SamConfig.{name} must be a list of numbers, got {values!r}.")
             for value in values:
-                check_number(value, "SamConfig", name, 0.0 if name == "pixel_std" else -1e6, 1e6,
-                             low_open=name == "pixel_std")
+                check_number(
+                    value, "SamConfig", name, 0.0 if name == "pixel_std" else -1e6, 1e6, low_open=name == "pixel_std"
+                )
         if not isinstance(self.global_attn_indexes, (list, tuple)):
             raise ValueError(f"SamConfig.global_attn_indexes must be a list, got {self.global_attn_indexes!r}.")
         for index in self.global_attn_indexes:
@@ -149,9 +162,22 @@ class SamConfig:
     @classmethod
     def tiny(cls, num_mask_tokens: int = 4, image_size: int = 64) -> SamConfig:
         """A SAM-architecture network small enough for CPU tests (every part present: windowed and global blocks)."""
-        return cls(image_size=image_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=4,
-                   global_attn_indexes=(1,), out_chans=32, mask_in_chans=8, decoder_depth=2, decoder_heads=2,
-                   decoder_mlp_dim=64, num_mask_tokens=num_mask_tokens, iou_head_hidden_dim=32)
+        return cls(
+            image_size=image_size,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            window_size=4,
+            global_attn_indexes=(1,),
+            out_chans=32,
+            mask_in_chans=8,
+            decoder_depth=2,
+            decoder_heads=2,
+            decoder_mlp_dim=64,
+            num_mask_tokens=num_mask_tokens,
+            iou_head_hidden_dim=32,
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -237,7 +263,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
@@ -265,8 +291,9 @@ def window_partition(x: torch.Tensor, window: int) -> Tuple[torch.Tensor, Tuple[
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
 
 
-def window_unpartition(windows: torch.Tensor, window: int, padded: Tuple[int, int],
-                       size: Tuple[int, int]) -> torch.Tensor:
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded: Tuple[int, int], size: Tuple[int, int]
+) -> torch.Tensor:
     """The inverse of :func:`window_partition`, cropping the padding."""
     hp, wp = padded
     h, w = size
@@ -279,8 +306,9 @@ def window_unpartition(windows: torch.Tensor, window: int, padded: Tuple[int, in
 class Block(nn.Module):
     """Pre-norm ViT block; attention in windows unless ``window_size == 0`` (global)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int,
-                 input_size: Tuple[int, int]) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, input_size: Tuple[int, int]
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, input_size if window_size == 0 else (window_size, window_size))
@@ -311,9 +339,15 @@ class ImageEncoderViT(nn.Module):
         self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, config.embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, side, side, config.embed_dim))
         self.blocks = nn.ModuleList(
-            Block(config.embed_dim, config.num_heads, config.mlp_ratio,
-                  0 if i in config.global_attn_indexes else config.window_size, (side, side))
-            for i in range(config.depth))
+            Block(
+                config.embed_dim,
+                config.num_heads,
+                config.mlp_ratio,
+                0 if i in config.global_attn_indexes else config.window_size,
+                (side, side),
+            )
+            for i in range(config.depth)
+        )
         self.neck = nn.Sequential(
             nn.Conv2d(config.embed_dim, config.out_chans, kernel_size=1, bias=False),
             LayerNorm2d(config.out_chans),
@@ -365,8 +399,12 @@ class PromptEncoder(nn.Module):
         self.not_a_point_embed = nn.Embedding(1, dim)
         c = config.mask_in_chans
         self.mask_downscaling = nn.Sequential(
-            nn.Conv2d(1, c // 4, kernel_size=2, stride=2), LayerNorm2d(c // 4), nn.GELU(),
-            nn.Conv2d(c // 4, c, kernel_size=2, stride=2), LayerNorm2d(c), nn.GELU(),
+            nn.Conv2d(1, c // 4, kernel_size=2, stride=2),
+            LayerNorm2d(c // 4),
+            nn.GELU(),
+            nn.Conv2d(c // 4, c, kernel_size=2, stride=2),
+            LayerNorm2d(c),
+            nn.GELU(),
             nn.Conv2d(c, dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, dim)
@@ -422,8 +460,9 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = DecoderAttention(dim, num_heads, downsample_rate=2)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                key_pe: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -441,13 +480,15 @@ class TwoWayAttentionBlock(nn.Module):
 class TwoWayTransformer(nn.Module):
     def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(TwoWayAttentionBlock(dim, num_heads, mlp_dim, skip_first_layer_pe=(i == 0))
-                                    for i in range(depth))
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(dim, num_heads, mlp_dim, skip_first_layer_pe=(i == 0)) for i in range(depth)
+        )
         self.final_attn_token_to_image = DecoderAttention(dim, num_heads, downsample_rate=2)
         self.norm_final_attn = nn.LayerNorm(dim)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = tokens
@@ -468,15 +509,18 @@ class MaskDecoder(nn.Module):
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4), nn.GELU(),
-            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
         )
-        self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3)
-                                                       for _ in range(self.num_mask_tokens))
+        self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens))
         self.iou_prediction_head = MLP(dim, config.iou_head_hidden_dim, self.num_mask_tokens, config.iou_head_depth)
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Masks ``[B, T, 4h, 4w]`` (every token, none dropped) and predicted IoU ``[B, T]``."""
         b = image_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -486,10 +530,11 @@ class MaskDecoder(nn.Module):
         _, c, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-                               dim=1)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
         _, c2, h2, w2 = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c2, h2 * w2)).view(b, -1, h2, w2)
         return masks, self.iou_prediction_head(iou_token_out)
@@ -642,8 +687,9 @@ def _resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
     return resized[0].t().to(rel_pos.dtype)
 
 
-def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig,
-                     seed: int = 0) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def adapt_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: SamConfig, seed: int = 0
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """An official-layout state dict made to fit ``config``: another number of mask tokens or another image size.
 
     * Mask tokens, hypernetwork MLPs and the IoU head's last layer: the checkpoint's first
@@ -663,11 +709,11 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig,
         old = state[tokens_key]
         n_old, n_new = old.shape[0], config.num_mask_tokens
         new = torch.randn((n_new, old.shape[1]), generator=generator).to(old.dtype)
-        new[:min(n_old, n_new)] = old[:min(n_old, n_new)]
+        new[: min(n_old, n_new)] = old[: min(n_old, n_new)]
         state[tokens_key] = new
         notes.append(f"{tokens_key}: {n_old} -> {n_new} tokens (first {min(n_old, n_new)} kept)")
         prefix = "mask_decoder.output_hypernetworks_mlps."
-        old_mlps = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        old_mlps = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         for key in [k for k in state if k.startswith(prefix)]:
             del state[key]
         for i in range(n_new):
@@ -682,15 +728,14 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig,
             if key in state:
                 old_t = state[key]
                 new_t = torch.zeros((n_new,) + tuple(old_t.shape[1:]), dtype=old_t.dtype)
-                new_t[:min(n_old, n_new)] = old_t[:min(n_old, n_new)]
+                new_t[: min(n_old, n_new)] = old_t[: min(n_old, n_new)]
                 state[key] = new_t
         notes.append(f"{last}: {n_old} -> {n_new} outputs (extra rows zero)")
     pos_key = "image_encoder.pos_embed"
     side = config.embedding_size
     if pos_key in state and state[pos_key].shape[1] != side:
         old = state[pos_key]
-        resized = F.interpolate(old.permute(0, 3, 1, 2).float(), size=(side, side), mode="bicubic",
-                                align_corners=False)
+        resized = F.interpolate(old.permute(0, 3, 1, 2).float(), size=(side, side), mode="bicubic", align_corners=False)
         state[pos_key] = resized.permute(0, 2, 3, 1).to(old.dtype).contiguous()
         notes.append(f"{pos_key}: {old.shape[1]} -> {side} positions per side (bicubic)")
         for i in config.global_attn_indexes:
@@ -702,8 +747,9 @@ def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig,
     return state, notes
 
 
-def load_sam_weights(model: Sam, source: Union[str, Path, Mapping[str, torch.Tensor]],
-                     adapt: bool = False) -> LoadReport:
+def load_sam_weights(
+    model: Sam, source: Union[str, Path, Mapping[str, torch.Tensor]], adapt: bool = False
+) -> LoadReport:
     """Load SAM weights into ``model``, every tensor strictly.
 
     Args:
@@ -723,8 +769,10 @@ def load_sam_weights(model: Sam, source: Union[str, Path, Mapping[str, torch.Ten
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
-            raise ModelError(f"cannot read SAM weights {path}: {exc}. Give a state dict saved with torch.save "
-                             "(Meta's sam_vit_b_01ec64.pth is one)") from exc
+            raise ModelError(
+                f"cannot read SAM weights {path}: {exc}. Give a state dict saved with torch.save "
+                "(Meta's sam_vit_b_01ec64.pth is one)"
+            ) from exc
         where = str(path)
     else:
         state, where = source, "the given state dict"
@@ -742,15 +790,21 @@ def load_sam_weights(model: Sam, source: Union[str, Path, Mapping[str, torch.Ten
     lora_keys = {k for k in expected if ".lora_" in k}
     missing = sorted(set(expected) - set(state) - lora_keys)
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})"
-                   for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    wrong = sorted(
+        f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
     if missing or unexpected or wrong:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
             if items:
                 parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        raise ModelError(f"SAM weights in {where} do not fit this SamConfig: " + "; ".join(parts)
-                         + ". Check the preset (vit_b), num_mask_tokens and image_size, or load with adapt=True")
+        raise ModelError(
+            f"SAM weights in {where} do not fit this SamConfig: "
+            + "; ".join(parts)
+            + ". Check the preset (vit_b), num_mask_tokens and image_size, or load with adapt=True"
+        )
     kept = lora_keys - set(state)
     full = dict(state)
     if kept:

@@ -145,8 +145,9 @@ class StitchLayout:
         return cls(**values)
 
 
-def plan_layout(depth: int, slice_shape: Tuple[int, int], canvas: int = 1024, resize: bool = True,
-                min_cell: int = 4) -> StitchLayout:
+def plan_layout(
+    depth: int, slice_shape: Tuple[int, int], canvas: int = 1024, resize: bool = True, min_cell: int = 4
+) -> StitchLayout:
     """The layout SFR uses for a ``[depth, H, W]`` volume on a ``canvas x canvas`` image.
 
     Native slices first: ``n_row = canvas // H``, ``n_col = canvas // W`` (SFR's grid; LA ``112 x 112 x 80`` on
@@ -176,7 +177,8 @@ def plan_layout(depth: int, slice_shape: Tuple[int, int], canvas: int = 1024, re
         raise StitchingError(
             f"{depth} slices of {h} x {w} do not fit on a {canvas} x {canvas} canvas: its {n_row} x {n_col} grid "
             f"holds {native} slices. Crop the volume to at most {native} slices, use a larger canvas, or allow "
-            "resizing the slices")
+            "resizing the slices"
+        )
     best: Optional[Tuple[float, int, int, Tuple[int, int]]] = None
     for rows in range(1, depth + 1):
         cols = math.ceil(depth / rows)
@@ -191,7 +193,8 @@ def plan_layout(depth: int, slice_shape: Tuple[int, int], canvas: int = 1024, re
     if best is None:
         raise StitchingError(
             f"{depth} slices of {h} x {w} do not fit on a {canvas} x {canvas} canvas even when shrunk to cells of "
-            f"{min_cell} pixels. Crop the volume in depth or use a larger canvas")
+            f"{min_cell} pixels. Crop the volume in depth or use a larger canvas"
+        )
     _, _, rows, placed = best
     cols = math.ceil(depth / rows)
     return StitchLayout(depth, (h, w), rows, cols, canvas, placed, (rows * cols - depth) // 2)
@@ -214,15 +217,22 @@ def _resize(x: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
     if mode == "nearest":
         out = F.interpolate(flat.float(), size=size, mode="nearest-exact").to(x.dtype)
     else:
-        out = F.interpolate(flat.float(), size=size, mode="bilinear", align_corners=False,
-                            antialias=size[0] < x.shape[-2] or size[1] < x.shape[-1]).to(x.dtype)
+        out = F.interpolate(
+            flat.float(),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+            antialias=size[0] < x.shape[-2] or size[1] < x.shape[-1],
+        ).to(x.dtype)
     return out.reshape(*lead, size[0], size[1])
 
 
 def _stitch(x: torch.Tensor, layout: StitchLayout, fill: float, mode: str) -> torch.Tensor:
     if x.dim() < 3 or tuple(x.shape[-3:]) != (layout.depth, *layout.slice_shape):
-        raise StitchingError(f"expected a volume [..., {layout.depth}, {layout.slice_shape[0]}, "
-                             f"{layout.slice_shape[1]}] for this layout, got shape {tuple(x.shape)}")
+        raise StitchingError(
+            f"expected a volume [..., {layout.depth}, {layout.slice_shape[0]}, "
+            f"{layout.slice_shape[1]}] for this layout, got shape {tuple(x.shape)}"
+        )
     lead = x.shape[:-3]
     if layout.resized:
         x = _resize(x, layout.placed_shape, mode)
@@ -235,24 +245,27 @@ def _stitch(x: torch.Tensor, layout: StitchLayout, fill: float, mode: str) -> to
     x = x.reshape(*lead, layout.n_row, layout.n_col, ch, cw)
     n = len(lead)
     x = x.permute(*range(n), n, n + 2, n + 1, n + 3).reshape(*lead, layout.n_row * ch, layout.n_col * cw)
-    return F.pad(x, (gx, layout.canvas - layout.n_col * cw - gx, gy, layout.canvas - layout.n_row * ch - gy),
-                 value=fill)
+    return F.pad(
+        x, (gx, layout.canvas - layout.n_col * cw - gx, gy, layout.canvas - layout.n_row * ch - gy), value=fill
+    )
 
 
 def _unstitch(canvas: torch.Tensor, layout: StitchLayout, mode: str) -> torch.Tensor:
     if canvas.dim() < 2 or tuple(canvas.shape[-2:]) != (layout.canvas, layout.canvas):
-        raise StitchingError(f"expected a canvas [..., {layout.canvas}, {layout.canvas}] for this layout, got shape "
-                             f"{tuple(canvas.shape)}")
+        raise StitchingError(
+            f"expected a canvas [..., {layout.canvas}, {layout.canvas}] for this layout, got shape "
+            f"{tuple(canvas.shape)}"
+        )
     lead = canvas.shape[:-2]
     n = len(lead)
     ch, cw = layout.cell_shape
     gy, gx = layout.grid_offset
     sy, sx = layout.slice_offset
     ph, pw = layout.placed_shape
-    grid = canvas[..., gy:gy + layout.n_row * ch, gx:gx + layout.n_col * cw]
+    grid = canvas[..., gy : gy + layout.n_row * ch, gx : gx + layout.n_col * cw]
     cells = grid.reshape(*lead, layout.n_row, ch, layout.n_col, cw).permute(*range(n), n, n + 2, n + 1, n + 3)
     cells = cells.reshape(*lead, layout.n_cells, ch, cw)
-    x = cells[..., layout.pad_before:layout.pad_before + layout.depth, sy:sy + ph, sx:sx + pw]
+    x = cells[..., layout.pad_before : layout.pad_before + layout.depth, sy : sy + ph, sx : sx + pw]
     if layout.resized:
         x = _resize(x, layout.slice_shape, mode)
     return x.contiguous()

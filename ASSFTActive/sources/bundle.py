@@ -37,8 +37,19 @@ INFERENCE_FILE = Path("configs") / "inference.json"
 METADATA_FILE = Path("configs") / "metadata.json"
 WEIGHTS_FILE = Path("models") / "model.pt"
 #: Transforms that only load, add a channel or change the type: ASSFT's reader does their job.
-PASS_THROUGH = ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "EnsureTyped", "EnsureType",
-                "ToTensord", "ToTensor", "AddChanneld", "CastToTyped", "Identityd")
+PASS_THROUGH = (
+    "LoadImaged",
+    "LoadImage",
+    "EnsureChannelFirstd",
+    "EnsureChannelFirst",
+    "EnsureTyped",
+    "EnsureType",
+    "ToTensord",
+    "ToTensor",
+    "AddChanneld",
+    "CastToTyped",
+    "Identityd",
+)
 #: Encoder stages of the MONAI networks a bundle may use, from the constructor arguments.
 _MONAI_PREFIX = re.compile(r"^(monai\.networks\.nets\.)?([A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -64,13 +75,17 @@ def check_incomplete(folder: Path) -> None:
         return
     if not (folder / INFERENCE_FILE).is_file():
         if any((configs / name).is_file() for name in ("inference.yaml", "inference.yml")):
-            raise ModelError(f"{folder}: the bundle's inference config is YAML; ASSFT reads configs/inference.json. "
-                             "Save the same config as JSON beside it.")
+            raise ModelError(
+                f"{folder}: the bundle's inference config is YAML; ASSFT reads configs/inference.json. "
+                "Save the same config as JSON beside it."
+            )
         if (configs / METADATA_FILE.name).is_file():
             raise ModelError(f"{folder}: a MONAI bundle without {INFERENCE_FILE}.")
         return
-    raise ModelError(f"{folder}: a MONAI bundle without {WEIGHTS_FILE} (the state dict); a TorchScript model.ts is "
-                     "code and is not loaded. Put the trained weights there (torch.save(network.state_dict(), ...)).")
+    raise ModelError(
+        f"{folder}: a MONAI bundle without {WEIGHTS_FILE} (the state dict); a TorchScript model.ts is "
+        "code and is not loaded. Put the trained weights there (torch.save(network.state_dict(), ...))."
+    )
 
 
 def is_weights(path: Path) -> bool:
@@ -103,12 +118,15 @@ class _Config:
         if isinstance(value, str) and value.startswith("@"):
             return self.literal(self.get(value[1:]), value[1:], depth + 1)
         if isinstance(value, str) and value.startswith(("$", "%")):
-            raise ModelError(f"{self.where}: {ident} is an expression ({value!r}); ASSFT does not run code from a "
-                             "bundle. Write the value itself into the config.")
+            raise ModelError(
+                f"{self.where}: {ident} is an expression ({value!r}); ASSFT does not run code from a "
+                "bundle. Write the value itself into the config."
+            )
         if isinstance(value, dict):
             if "_target_" in value:
-                raise ModelError(f"{self.where}: {ident} builds an object ({value['_target_']}); only literal values "
-                                 "are read.")
+                raise ModelError(
+                    f"{self.where}: {ident} builds an object ({value['_target_']}); only literal values are read."
+                )
             return {k: self.literal(v, f"{ident}::{k}", depth) for k, v in value.items()}
         if isinstance(value, list):
             return [self.literal(v, f"{ident}::{i}", depth) for i, v in enumerate(value)]
@@ -125,13 +143,13 @@ def network(config: _Config) -> Tuple[str, Dict[str, Any]]:
     if isinstance(item, str) and item.startswith("@"):
         item = config.get(item[1:])
     if not isinstance(item, dict) or "_target_" not in item:
-        raise ModelError(f"{config.where}: \"network_def\" must be an object with a \"_target_\".")
+        raise ModelError(f'{config.where}: "network_def" must be an object with a "_target_".')
     match = _MONAI_PREFIX.match(str(item["_target_"]))
     if match is None:
         raise ModelError(f"{config.where}: network_def _target_ {item['_target_']!r} is not a MONAI network name.")
     unsupported = sorted(k for k in item if k.startswith("_") and k not in ("_target_", "_desc_"))
     if unsupported:
-        raise ModelError(f"{config.where}: network_def uses {unsupported}; only \"_target_\" is read.")
+        raise ModelError(f'{config.where}: network_def uses {unsupported}; only "_target_" is read.')
     arguments = {k: config.literal(v, f"network_def::{k}") for k, v in item.items() if not k.startswith("_")}
     return match.group(2), arguments
 
@@ -144,7 +162,7 @@ def _transforms(config: _Config) -> List[Mapping[str, Any]]:
     if isinstance(item, dict) and _target(item) == "Compose":
         item = item.get("transforms", [])
     if not isinstance(item, list):
-        raise ModelError(f"{config.where}: \"preprocessing\" must be a Compose or a list of transforms.")
+        raise ModelError(f'{config.where}: "preprocessing" must be a Compose or a list of transforms.')
     return [t for t in item if isinstance(t, dict)]
 
 
@@ -164,21 +182,34 @@ def preprocessing(config: _Config) -> Dict[str, Any]:
             orientation = "RAS"
         elif name == "Spacingd" and isinstance(args.get("pixdim"), list) and len(args["pixdim"]) == 3:
             spacing = tuple(float(s) for s in args["pixdim"])
-        elif (name == "ScaleIntensityRanged" and float(args.get("b_min", 0)) == 0.0
-              and float(args.get("b_max", 1)) == 1.0 and args.get("clip", False) is True and not profile):
+        elif (
+            name == "ScaleIntensityRanged"
+            and float(args.get("b_min", 0)) == 0.0
+            and float(args.get("b_max", 1)) == 1.0
+            and args.get("clip", False) is True
+            and not profile
+        ):
             profile = {"profile": "ct_window", "a_min": float(args["a_min"]), "a_max": float(args["a_max"])}
-        elif (name == "NormalizeIntensityd" and args.get("nonzero", False) is True and not profile
-              and set(args) <= {"keys", "nonzero", "channel_wise", "dtype"}):
+        elif (
+            name == "NormalizeIntensityd"
+            and args.get("nonzero", False) is True
+            and not profile
+            and set(args) <= {"keys", "nonzero", "channel_wise", "dtype"}
+        ):
             profile = {"profile": "zscore_nonzero", "keep_zeros": True}  # MONAI leaves the zero voxels at 0
         else:
             refused.append(f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items() if k != 'keys')})")
     if refused:
-        raise ModelError(f"{config.where}: preprocessing transform(s) {refused} cannot be expressed by a model card "
-                         "(orientation RAS, spacing, ScaleIntensityRanged to [0, 1] with clip, NormalizeIntensityd "
-                         "nonzero). Write a model card for this network instead (see `assft check-card`).")
+        raise ModelError(
+            f"{config.where}: preprocessing transform(s) {refused} cannot be expressed by a model card "
+            "(orientation RAS, spacing, ScaleIntensityRanged to [0, 1] with clip, NormalizeIntensityd "
+            "nonzero). Write a model card for this network instead (see `assft check-card`)."
+        )
     if not profile:
-        raise ModelError(f"{config.where}: no intensity transform (ScaleIntensityRanged or NormalizeIntensityd) in "
-                         "\"preprocessing\"; ASSFT needs to know how intensities were normalised.")
+        raise ModelError(
+            f"{config.where}: no intensity transform (ScaleIntensityRanged or NormalizeIntensityd) in "
+            '"preprocessing"; ASSFT needs to know how intensities were normalised.'
+        )
     return {"preprocessing": profile, "spacing": spacing, "orientation": orientation}
 
 
@@ -187,17 +218,22 @@ def encoder_stages(name: str, arguments: Mapping[str, Any], where: Path) -> Tupl
     if name == "UNet":
         depth = len(arguments.get("channels", ()))
         if depth < 2:
-            raise ModelError(f"{where}: UNet needs at least two \"channels\".")
-        return tuple(["model.0"] + ["model" + ".1.submodule" * i + ".0" for i in range(1, depth - 1)]
-                     + ["model" + ".1.submodule" * (depth - 1)])
+            raise ModelError(f'{where}: UNet needs at least two "channels".')
+        return tuple(
+            ["model.0"]
+            + ["model" + ".1.submodule" * i + ".0" for i in range(1, depth - 1)]
+            + ["model" + ".1.submodule" * (depth - 1)]
+        )
     if name == "BasicUNet":
         return ("conv_0", "down_1", "down_2", "down_3", "down_4")
     if name == "SegResNet":
         return tuple(f"down_layers.{i}" for i in range(len(arguments.get("blocks_down", (1, 2, 2, 4)))))
     if name == "SwinUNETR":
         return ("swinViT.layers1", "swinViT.layers2", "swinViT.layers3", "swinViT.layers4")
-    raise ModelError(f"{where}: network {name} in a bundle: ASSFT knows the encoder stages of UNet, BasicUNet, "
-                     "SegResNet and SwinUNETR only; write a model card naming the encoder_stages.")
+    raise ModelError(
+        f"{where}: network {name} in a bundle: ASSFT knows the encoder stages of UNet, BasicUNet, "
+        "SegResNet and SwinUNETR only; write a model card naming the encoder_stages."
+    )
 
 
 def class_names(folder: Path, out_channels: Any) -> Tuple[str, ...]:
@@ -208,8 +244,10 @@ def class_names(folder: Path, out_channels: Any) -> Tuple[str, ...]:
     pred = outputs.get("pred") or next(iter(outputs.values()), {})
     channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
     if not isinstance(channel_def, dict) or not channel_def:
-        raise ModelError(f"{path}: no network_data_format.outputs.pred.channel_def; the class names of the bundle "
-                         "are unknown. Add {\"0\": \"background\", \"1\": \"...\"} there.")
+        raise ModelError(
+            f"{path}: no network_data_format.outputs.pred.channel_def; the class names of the bundle "
+            'are unknown. Add {"0": "background", "1": "..."} there.'
+        )
     try:
         ordered = sorted(((int(k), str(v)) for k, v in channel_def.items()))
     except ValueError as exc:
@@ -217,8 +255,9 @@ def class_names(folder: Path, out_channels: Any) -> Tuple[str, ...]:
     if [i for i, _ in ordered] != list(range(len(ordered))):
         raise ModelError(f"{path}: channel_def must number the channels 0, 1, ..., got {list(channel_def)}.")
     if out_channels is not None and out_channels != len(ordered):
-        raise ModelError(f"{path}: channel_def names {len(ordered)} channels but network_def has out_channels = "
-                         f"{out_channels}.")
+        raise ModelError(
+            f"{path}: channel_def names {len(ordered)} channels but network_def has out_channels = {out_channels}."
+        )
     return tuple(name for _, name in ordered)
 
 
@@ -253,6 +292,10 @@ def card_for_weights(weights: Path) -> Dict[str, Any]:
         preprocessing=mapped["preprocessing"],
         spacing=mapped["spacing"],
         orientation=mapped["orientation"],
-        provenance={"source": "monai_bundle", "folder": str(folder), "version": metadata.get("version"),
-                    "monai_version": metadata.get("monai_version")},
+        provenance={
+            "source": "monai_bundle",
+            "folder": str(folder),
+            "version": metadata.get("version"),
+            "monai_version": metadata.get("monai_version"),
+        },
     )

@@ -65,12 +65,26 @@ NETWORK_CLASSES = {
 #: The operators plans name by dotted path (``_kw_requires_import``), mapped to ``torch.nn`` attribute names. A plans
 #: file is data from anywhere: ``pydoc.locate`` on its strings (what nnU-Net does) would import any module it names.
 OPERATORS = {
-    "Conv1d": "Conv1d", "Conv2d": "Conv2d", "Conv3d": "Conv3d",
-    "InstanceNorm1d": "InstanceNorm1d", "InstanceNorm2d": "InstanceNorm2d", "InstanceNorm3d": "InstanceNorm3d",
-    "BatchNorm1d": "BatchNorm1d", "BatchNorm2d": "BatchNorm2d", "BatchNorm3d": "BatchNorm3d",
-    "GroupNorm": "GroupNorm", "LayerNorm": "LayerNorm",
-    "Dropout": "Dropout", "Dropout1d": "Dropout1d", "Dropout2d": "Dropout2d", "Dropout3d": "Dropout3d",
-    "LeakyReLU": "LeakyReLU", "ReLU": "ReLU", "PReLU": "PReLU", "GELU": "GELU", "ELU": "ELU",
+    "Conv1d": "Conv1d",
+    "Conv2d": "Conv2d",
+    "Conv3d": "Conv3d",
+    "InstanceNorm1d": "InstanceNorm1d",
+    "InstanceNorm2d": "InstanceNorm2d",
+    "InstanceNorm3d": "InstanceNorm3d",
+    "BatchNorm1d": "BatchNorm1d",
+    "BatchNorm2d": "BatchNorm2d",
+    "BatchNorm3d": "BatchNorm3d",
+    "GroupNorm": "GroupNorm",
+    "LayerNorm": "LayerNorm",
+    "Dropout": "Dropout",
+    "Dropout1d": "Dropout1d",
+    "Dropout2d": "Dropout2d",
+    "Dropout3d": "Dropout3d",
+    "LeakyReLU": "LeakyReLU",
+    "ReLU": "ReLU",
+    "PReLU": "PReLU",
+    "GELU": "GELU",
+    "ELU": "ELU",
 }
 _FOLD = re.compile(r"^fold_(all|[0-9]+)$")
 
@@ -93,19 +107,25 @@ def checkpoint_in(folder: Path) -> Optional[Path]:
     if _FOLD.match(folder.name) and is_training_folder(folder.parent):
         found = _fold_checkpoint(folder)
         if found is None:
-            raise ModelError(f"{folder}: no {' or '.join(CHECKPOINT_NAMES)} in this nnU-Net fold folder; train the "
-                             "fold to the end or pass another fold.")
+            raise ModelError(
+                f"{folder}: no {' or '.join(CHECKPOINT_NAMES)} in this nnU-Net fold folder; train the "
+                "fold to the end or pass another fold."
+            )
         return found
     if not is_training_folder(folder):
         return None
-    folds = sorted((p for p in folder.iterdir() if p.is_dir() and _FOLD.match(p.name)),
-                   key=lambda p: (p.name == "fold_all", int(p.name[5:]) if p.name[5:].isdigit() else 0))
+    folds = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and _FOLD.match(p.name)),
+        key=lambda p: (p.name == "fold_all", int(p.name[5:]) if p.name[5:].isdigit() else 0),
+    )
     for fold in folds:
         found = _fold_checkpoint(fold)
         if found is not None:
             return found
-    raise ModelError(f"{folder}: an nnU-Net training folder (plans.json, dataset.json) but no fold_<k>/"
-                     f"{CHECKPOINT_NAMES[0]}; pass a folder whose training finished.")
+    raise ModelError(
+        f"{folder}: an nnU-Net training folder (plans.json, dataset.json) but no fold_<k>/"
+        f"{CHECKPOINT_NAMES[0]}; pass a folder whose training finished."
+    )
 
 
 def _fold_checkpoint(fold: Path) -> Optional[Path]:
@@ -117,8 +137,9 @@ def _fold_checkpoint(fold: Path) -> Optional[Path]:
 
 def is_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a checkpoint inside ``<training folder>/fold_<k>/``."""
-    return (path.suffix == ".pth" and _FOLD.match(path.parent.name) is not None
-            and is_training_folder(path.parent.parent))
+    return (
+        path.suffix == ".pth" and _FOLD.match(path.parent.name) is not None and is_training_folder(path.parent.parent)
+    )
 
 
 def configuration_name(folder: Path, plans: Mapping[str, Any]) -> str:
@@ -126,14 +147,16 @@ def configuration_name(folder: Path, plans: Mapping[str, Any]) -> str:
     (``nnUNetTrainer__nnUNetPlans__3d_fullres``), or the only configuration of the plans."""
     configurations = plans.get("configurations")
     if not isinstance(configurations, dict) or not configurations:
-        raise ModelError(f"{folder / PLANS_FILE}: no \"configurations\"; not an nnU-Net v2 plans file.")
+        raise ModelError(f'{folder / PLANS_FILE}: no "configurations"; not an nnU-Net v2 plans file.')
     parts = folder.name.split("__")
     if len(parts) == 3 and parts[2] in configurations:
         return parts[2]
     if len(configurations) == 1:
         return next(iter(configurations))
-    raise ModelError(f"{folder}: the folder name does not say which configuration of plans.json was trained "
-                     f"({sorted(configurations)}); keep nnU-Net's folder name <Trainer>__<Plans>__<configuration>.")
+    raise ModelError(
+        f"{folder}: the folder name does not say which configuration of plans.json was trained "
+        f"({sorted(configurations)}); keep nnU-Net's folder name <Trainer>__<Plans>__<configuration>."
+    )
 
 
 def configuration(plans: Mapping[str, Any], name: str, where: Path) -> Dict[str, Any]:
@@ -156,16 +179,18 @@ def class_names(dataset: Mapping[str, Any], where: Path) -> Tuple[str, ...]:
     """Output channel names from ``dataset.json`` ``labels`` (``{"background": 0, "Anterior": 1, ...}``)."""
     labels = dataset.get("labels")
     if not isinstance(labels, dict) or not labels:
-        raise ModelError(f"{where}: no \"labels\" object; not an nnU-Net v2 dataset.json.")
+        raise ModelError(f'{where}: no "labels" object; not an nnU-Net v2 dataset.json.')
     if any(isinstance(v, (list, tuple)) for v in labels.values()) or "regions_class_order" in dataset:
-        raise ModelError(f"{where}: a region-based nnU-Net model (labels with lists of values); its outputs are one "
-                         "sigmoid per region, not one softmax channel per class, and ASSFT cannot rank or adapt it.")
+        raise ModelError(
+            f"{where}: a region-based nnU-Net model (labels with lists of values); its outputs are one "
+            "sigmoid per region, not one softmax channel per class, and ASSFT cannot rank or adapt it."
+        )
     values = {name: value for name, value in labels.items() if name != "ignore"}
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
-        raise ModelError(f"{where}: \"labels\" values must be integers, got {labels}.")
+        raise ModelError(f'{where}: "labels" values must be integers, got {labels}.')
     ordered = sorted(values, key=lambda name: values[name])
     if [values[n] for n in ordered] != list(range(len(ordered))):
-        raise ModelError(f"{where}: \"labels\" must be consecutive from 0 (background), got {labels}.")
+        raise ModelError(f'{where}: "labels" must be consecutive from 0 (background), got {labels}.')
     return tuple(ordered)
 
 
@@ -179,18 +204,31 @@ def _old_architecture(config: Mapping[str, Any], where: Path) -> Dict[str, Any]:
         encoder, decoder = config["n_conv_per_stage_encoder"], config["n_conv_per_stage_decoder"]
         name = config.get("UNet_class_name", "PlainConvUNet")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{where}: the configuration has neither \"architecture\" nor the older UNet_* keys "
-                         f"({exc}).") from exc
+        raise ModelError(
+            f'{where}: the configuration has neither "architecture" nor the older UNet_* keys ({exc}).'
+        ) from exc
     dim = len(kernels[0])
-    kwargs = {"n_stages": len(kernels), "features_per_stage": [min(base * 2 ** i, top) for i in range(len(kernels))],
-              "conv_op": f"torch.nn.modules.conv.Conv{dim}d", "kernel_sizes": kernels, "strides": strides,
-              "conv_bias": True, "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-              "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-              "n_conv_per_stage_decoder": decoder}
+    kwargs = {
+        "n_stages": len(kernels),
+        "features_per_stage": [min(base * 2**i, top) for i in range(len(kernels))],
+        "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+        "kernel_sizes": kernels,
+        "strides": strides,
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+        "n_conv_per_stage_decoder": decoder,
+    }
     kwargs["n_blocks_per_stage" if name == "ResidualEncoderUNet" else "n_conv_per_stage"] = encoder
-    return {"network_class_name": name, "arch_kwargs": kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    return {
+        "network_class_name": name,
+        "arch_kwargs": kwargs,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
 
 
 def _axes(plans: Mapping[str, Any], where: Path) -> List[int]:
@@ -207,21 +245,27 @@ def normalisation(plans: Mapping[str, Any], config: Mapping[str, Any], where: Pa
     schemes = config.get("normalization_schemes")
     masks = config.get("use_mask_for_norm", [False])
     if not isinstance(schemes, list) or len(schemes) != 1:
-        raise ModelError(f"{where}: {len(schemes) if isinstance(schemes, list) else 'no'} input channels "
-                         "(normalization_schemes); ASSFT runs single-channel models only.")
+        raise ModelError(
+            f"{where}: {len(schemes) if isinstance(schemes, list) else 'no'} input channels "
+            "(normalization_schemes); ASSFT runs single-channel models only."
+        )
     scheme = schemes[0]
     if scheme not in SCHEMES:
         raise ModelError(f"{where}: normalisation scheme {scheme!r} is not reproduced by ASSFT; supported: {SCHEMES}.")
     use_mask = bool(masks[0]) if isinstance(masks, list) and masks else False
     preprocessing: Dict[str, Any] = {"profile": PROFILE, "scheme": scheme, "use_mask_for_norm": use_mask}
     if scheme == "CTNormalization":
-        properties = (plans.get("foreground_intensity_properties_per_channel")
-                      or plans.get("foreground_intensity_properties_by_modality") or {})
+        properties = (
+            plans.get("foreground_intensity_properties_per_channel")
+            or plans.get("foreground_intensity_properties_by_modality")
+            or {}
+        )
         stats = properties.get("0") if isinstance(properties, dict) else None
         keys = ("mean", "std", "percentile_00_5", "percentile_99_5")
         if not isinstance(stats, dict) or not all(isinstance(stats.get(k), (int, float)) for k in keys):
-            raise ModelError(f"{where}: CTNormalization needs foreground_intensity_properties_per_channel[\"0\"] with "
-                             f"{list(keys)}.")
+            raise ModelError(
+                f'{where}: CTNormalization needs foreground_intensity_properties_per_channel["0"] with {list(keys)}.'
+            )
         preprocessing.update({k: float(stats[k]) for k in keys})
     return preprocessing
 
@@ -230,9 +274,9 @@ def check_preprocessing(preprocessing: Mapping[str, Any], where: str) -> None:
     """Validate a card's ``"nnunet"`` preprocessing (called by :func:`ASSFTActive.cards.load_card`'s validation)."""
     scheme = preprocessing.get("scheme")
     if scheme not in SCHEMES:
-        raise ModelError(f"{where}: the nnunet profile needs \"scheme\" one of {SCHEMES}, got {scheme!r}.")
+        raise ModelError(f'{where}: the nnunet profile needs "scheme" one of {SCHEMES}, got {scheme!r}.')
     if not isinstance(preprocessing.get("use_mask_for_norm", False), bool):
-        raise ModelError(f"{where}: the nnunet profile's \"use_mask_for_norm\" must be true or false.")
+        raise ModelError(f'{where}: the nnunet profile\'s "use_mask_for_norm" must be true or false.')
     if scheme == "CTNormalization":
         values = [preprocessing.get(k) for k in ("mean", "std", "percentile_00_5", "percentile_99_5")]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or values[2] > values[3]:
@@ -254,24 +298,32 @@ def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
     dataset = read_json_object(folder / DATASET_FILE)
     name = configuration_name(folder, plans)
     if "cascade" in name or (plans["configurations"].get(name) or {}).get("previous_stage"):
-        raise ModelError(f"{folder}: configuration {name!r} is a cascade stage that needs the previous stage's "
-                         "segmentation as input; use the 3d_fullres or 3d_lowres folder.")
+        raise ModelError(
+            f"{folder}: configuration {name!r} is a cascade stage that needs the previous stage's "
+            "segmentation as input; use the 3d_fullres or 3d_lowres folder."
+        )
     config = configuration(plans, name, folder / PLANS_FILE)
     patch = config.get("patch_size")
     spacing = config.get("spacing")
     if not (isinstance(patch, list) and len(patch) == 3 and isinstance(spacing, list) and len(spacing) == 3):
-        raise ModelError(f"{folder / PLANS_FILE}: configuration {name!r} is not 3D (patch_size {patch}); ASSFT runs "
-                         "3D models: use the 3d_fullres folder.")
+        raise ModelError(
+            f"{folder / PLANS_FILE}: configuration {name!r} is not 3D (patch_size {patch}); ASSFT runs "
+            "3D models: use the 3d_fullres folder."
+        )
     classes = class_names(dataset, folder / DATASET_FILE)
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     if len(channels) != 1:
-        raise ModelError(f"{folder / DATASET_FILE}: {len(channels)} input channels {channels}; ASSFT runs "
-                         "single-channel models only.")
+        raise ModelError(
+            f"{folder / DATASET_FILE}: {len(channels)} input channels {channels}; ASSFT runs "
+            "single-channel models only."
+        )
     architecture = config.get("architecture") or _old_architecture(config, folder / PLANS_FILE)
     class_name = str(architecture.get("network_class_name", "")).rsplit(".", 1)[-1]
     if class_name not in NETWORK_CLASSES:
-        raise ModelError(f"{folder / PLANS_FILE}: network {architecture.get('network_class_name')!r} is not one ASSFT "
-                         f"builds; supported: {sorted(NETWORK_CLASSES)}.")
+        raise ModelError(
+            f"{folder / PLANS_FILE}: network {architecture.get('network_class_name')!r} is not one ASSFT "
+            f"builds; supported: {sorted(NETWORK_CLASSES)}."
+        )
     kwargs = dict(architecture.get("arch_kwargs") or {})
     axes = _axes(plans, folder / PLANS_FILE)
     in_assft_order = [0, 0, 0]
@@ -282,8 +334,13 @@ def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
     return dict(
         name=_card_name(folder, checkpoint),
         architecture=f"nnunet:{class_name}",
-        arguments={"in_channels": 1, "out_channels": len(classes), "arch_kwargs": kwargs,
-                   "requires_import": list(architecture.get("_kw_requires_import") or []), "axes": axes},
+        arguments={
+            "in_channels": 1,
+            "out_channels": len(classes),
+            "arch_kwargs": kwargs,
+            "requires_import": list(architecture.get("_kw_requires_import") or []),
+            "axes": axes,
+        },
         weights=checkpoint.name,
         class_names=classes,
         encoder_stages=[f"encoder.stages.{i}" for i in range(n_stages)],
@@ -294,13 +351,17 @@ def card_for_checkpoint(checkpoint: Path) -> Dict[str, Any]:
         orientation=None,
         pretrained=None,
         test_time_mirroring=model_space_mirroring(mirror, axes),
-        provenance={"source": "nnunet", "folder": str(folder), "fold": checkpoint.parent.name,
-                    "configuration": name, "plans_name": plans.get("plans_name"),
-                    "dataset_name": plans.get("dataset_name"),
-                    "transpose_forward": plans.get("transpose_forward", [0, 1, 2]),
-                    "inference_allowed_mirroring_axes": list(mirror) if mirror is not None else None,
-                    "not_reproduced": ["crop to the non-zero box before prediction",
-                                       "third-order resampling (trilinear here)"]},
+        provenance={
+            "source": "nnunet",
+            "folder": str(folder),
+            "fold": checkpoint.parent.name,
+            "configuration": name,
+            "plans_name": plans.get("plans_name"),
+            "dataset_name": plans.get("dataset_name"),
+            "transpose_forward": plans.get("transpose_forward", [0, 1, 2]),
+            "inference_allowed_mirroring_axes": list(mirror) if mirror is not None else None,
+            "not_reproduced": ["crop to the non-zero box before prediction", "third-order resampling (trilinear here)"],
+        },
     )
 
 
@@ -322,8 +383,10 @@ def model_space_mirroring(nnunet_axes: Optional[Sequence[int]], axes: Sequence[i
     if not nnunet_axes:
         return None
     if not all(0 <= int(m) < len(axes) for m in nnunet_axes):
-        raise ModelError(f"nnU-Net checkpoint: inference_allowed_mirroring_axes {list(nnunet_axes)} are not axes of "
-                         f"a {len(axes)}D network.")
+        raise ModelError(
+            f"nnU-Net checkpoint: inference_allowed_mirroring_axes {list(nnunet_axes)} are not axes of "
+            f"a {len(axes)}D network."
+        )
     return sorted({int(axes[int(m)]) for m in nnunet_axes})
 
 
@@ -351,7 +414,7 @@ def _axes_after_key(ops: Sequence[Tuple[str, Any]], key: str) -> Optional[Tuple[
 
     def pop_to_mark(stack: List[Any]) -> List[Any]:
         at = max(i for i, item in enumerate(stack) if item is mark)
-        items = stack[at + 1:]
+        items = stack[at + 1 :]
         del stack[at:]
         return items
 
@@ -360,7 +423,7 @@ def _axes_after_key(ops: Sequence[Tuple[str, Any]], key: str) -> Optional[Tuple[
             continue
         stack: List[Any] = []
         try:
-            for name, arg in ops[index + 1:]:
+            for name, arg in ops[index + 1 :]:
                 if name in _MEMO_OPS:
                     continue
                 if name in _INT_OPS:
@@ -424,9 +487,11 @@ def checkpoint_mirroring_axes(checkpoint: Path) -> Optional[Tuple[int, ...]]:
         ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
         return _axes_after_key(ops, "inference_allowed_mirroring_axes")
     except Exception as exc:
-        raise ModelError(f"{checkpoint}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
-                         "a checkpoint written by nnU-Net's trainer is a torch.save zip whose "
-                         "inference_allowed_mirroring_axes is None or a tuple of whole numbers.") from exc
+        raise ModelError(
+            f"{checkpoint}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
+            "a checkpoint written by nnU-Net's trainer is a torch.save zip whose "
+            "inference_allowed_mirroring_axes is None or a tuple of whole numbers."
+        ) from exc
 
 
 def _card_name(folder: Path, checkpoint: Path) -> str:
@@ -445,8 +510,10 @@ def _operator(value: Any, key: str) -> Any:
 
     short = str(value).rsplit(".", 1)[-1]
     if short not in OPERATORS:
-        raise ModelError(f"plans.json: {key} = {value!r} is not an operator ASSFT builds; supported: "
-                         f"{sorted(OPERATORS)} (of torch.nn).")
+        raise ModelError(
+            f"plans.json: {key} = {value!r} is not an operator ASSFT builds; supported: "
+            f"{sorted(OPERATORS)} (of torch.nn)."
+        )
     return getattr(nn, OPERATORS[short])
 
 
@@ -461,8 +528,10 @@ def _network_class(name: str) -> Any:
     try:
         from dynamic_network_architectures.architectures import unet
     except ImportError as exc:
-        raise ModelError("nnU-Net models need the package dynamic-network-architectures (pip install "
-                         "'dynamic-network-architectures==0.4.4', or the assft[nnunet] extra).") from exc
+        raise ModelError(
+            "nnU-Net models need the package dynamic-network-architectures (pip install "
+            "'dynamic-network-architectures==0.4.4', or the assft[nnunet] extra)."
+        ) from exc
     base = getattr(unet, name)
 
     def forward(self, x):  # x: [B, C, I, J, K] in ASSFT's axes -> logits [B, classes, I, J, K]
@@ -473,8 +542,11 @@ def _network_class(name: str) -> Any:
         inverse = [axes.index(a) for a in range(3)]
         return y.permute(0, 1, *(2 + a for a in inverse))
 
-    cls = type(name, (base,), {"forward": forward, "__module__": __name__,
-                                "__doc__": f"nnU-Net's {name}, fed in ASSFT's array axis order."})
+    cls = type(
+        name,
+        (base,),
+        {"forward": forward, "__module__": __name__, "__doc__": f"nnU-Net's {name}, fed in ASSFT's array axis order."},
+    )
     _AXIS_CLASSES[name] = cls
     return cls
 
@@ -489,8 +561,10 @@ def build_network(architecture: str, **arguments: Any):
     """
     name = architecture.split(":", 1)[1]
     if name not in NETWORK_CLASSES:
-        raise ModelError(f"architecture {architecture} unknown; nnU-Net networks: "
-                         f"{', '.join('nnunet:' + n for n in NETWORK_CLASSES)}.")
+        raise ModelError(
+            f"architecture {architecture} unknown; nnU-Net networks: "
+            f"{', '.join('nnunet:' + n for n in NETWORK_CLASSES)}."
+        )
     kwargs = dict(arguments.get("arch_kwargs") or {})
     for key in arguments.get("requires_import") or []:
         if key in kwargs:
@@ -498,8 +572,12 @@ def build_network(architecture: str, **arguments: Any):
     axes = [int(a) for a in arguments.get("axes", [0, 1, 2])]
     if sorted(axes) != [0, 1, 2]:
         raise ModelError(f"nnU-Net card: axes must be a permutation of [0, 1, 2], got {axes}.")
-    network = _network_class(name)(input_channels=int(arguments.get("in_channels", 1)),
-                                   num_classes=int(arguments["out_channels"]), deep_supervision=False, **kwargs)
+    network = _network_class(name)(
+        input_channels=int(arguments.get("in_channels", 1)),
+        num_classes=int(arguments["out_channels"]),
+        deep_supervision=False,
+        **kwargs,
+    )
     network.assft_axes = tuple(axes)
     return network
 
@@ -512,8 +590,7 @@ def _allowed_globals() -> List[Any]:
 
     core = getattr(np, "_core", None) or np.core
     scalar = core.multiarray.scalar
-    allowed: List[Any] = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
-                          np.dtype]
+    allowed: List[Any] = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
     for kind in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_):
         allowed.append(type(np.dtype(kind)))
     return allowed
@@ -548,15 +625,14 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     weights = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         top = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ModelError(f"{path}: no \"network_weights\" state dict (top level: {top}); not an nnU-Net v2 "
-                         "checkpoint.")
+        raise ModelError(f'{path}: no "network_weights" state dict (top level: {top}); not an nnU-Net v2 checkpoint.')
     return checkpoint
 
 
 def read_state_dict(path: Path) -> Dict[str, Any]:
     """The network weights of an nnU-Net checkpoint, with ``torch.compile``'s ``_orig_mod.`` prefix removed."""
     weights = read_checkpoint(path)["network_weights"]
-    return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in weights.items()}
+    return {k[len("_orig_mod.") :] if k.startswith("_orig_mod.") else k: v for k, v in weights.items()}
 
 
 def mirroring_axes(checkpoint: Mapping[str, Any]) -> Optional[Sequence[int]]:

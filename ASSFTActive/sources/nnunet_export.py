@@ -27,13 +27,17 @@ def source_card(card: ModelCard) -> ModelCard:
     current, seen = card, set()
     while True:
         if not current.architecture.startswith("nnunet:"):
-            raise ModelError(f"{card.path or card.name}: not an nnU-Net network ({current.architecture}); only models "
-                             "read from an nnU-Net folder, or adapted from one, can be written in nnU-Net's layout.")
+            raise ModelError(
+                f"{card.path or card.name}: not an nnU-Net network ({current.architecture}); only models "
+                "read from an nnU-Net folder, or adapted from one, can be written in nnU-Net's layout."
+            )
         if current.weights_format == WEIGHTS_FORMAT and current.path is not None and is_checkpoint(current.path):
             return current
         if current.pretrained is None or str(current.path) in seen:
-            raise ModelError(f"{card.path or card.name}: its pre-trained model is not an nnU-Net folder; nothing to "
-                             "copy plans.json and dataset.json from.")
+            raise ModelError(
+                f"{card.path or card.name}: its pre-trained model is not an nnU-Net folder; nothing to "
+                "copy plans.json and dataset.json from."
+            )
         seen.add(str(current.path))
         current = current.pretrained_card()
 
@@ -80,9 +84,15 @@ def export(card: ModelCard, network, out: Path, fold: str = "fold_0") -> Path:
             "trainer_name": original.get("trainer_name"),
             "inference_allowed_mirroring_axes": original.get("inference_allowed_mirroring_axes"),
             "current_epoch": original.get("current_epoch"),
-            "assft_provenance": json.dumps({"model": card.name, "card": str(card.path),
-                                            "source_checkpoint": str(source.path),
-                                            "provenance": dict(card.provenance)}, default=str),
+            "assft_provenance": json.dumps(
+                {
+                    "model": card.name,
+                    "card": str(card.path),
+                    "source_checkpoint": str(source.path),
+                    "provenance": dict(card.provenance),
+                },
+                default=str,
+            ),
         }
         torch.save(checkpoint, staging / fold / CHECKPOINT_NAMES[0])
         os.rename(staging, target)

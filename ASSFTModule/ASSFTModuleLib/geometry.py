@@ -126,4 +126,3 @@ def loadVolumeFile(volumesLogic, path: str, name: Optional[str] = None, labelMap
     if node is None:
         raise ValueError(f"{path}: Slicer could not read this file as a volume. It may be truncated or corrupt.")
     return node
-

@@ -15,12 +15,20 @@ from .segmentation import classColor
 
 #: What the columns and the score mean (the table's header tooltips and the legend).
 COLUMN_HELP = (
-    ("DKD", "knowledge divergence: how far this volume's features are from what the model learned (higher: newer "
-            "to the model)"),
-    ("ASD", "anatomical segmentation difficulty: how unsure the model is about the structure's boundary (higher: "
-            "harder)"),
-    ("Score", "the combined value when the volume was picked among those still left; rows are in pick order, so "
-              "scores of different rows are not comparable"),
+    (
+        "DKD",
+        "knowledge divergence: how far this volume's features are from what the model learned (higher: newer "
+        "to the model)",
+    ),
+    (
+        "ASD",
+        "anatomical segmentation difficulty: how unsure the model is about the structure's boundary (higher: harder)",
+    ),
+    (
+        "Score",
+        "the combined value when the volume was picked among those still left; rows are in pick order, so "
+        "scores of different rows are not comparable",
+    ),
 )
 
 
@@ -52,11 +60,13 @@ def legend(classNames: Sequence[str] = ()) -> Tuple[LegendEntry, ...]:
     entries += [
         LegendEntry("All volumes", "chart: every volume of the pool, DKD against ASD", plot.ALL_COLOR),
         LegendEntry("Proposed", "chart: the proposed volumes", plot.PROPOSED_COLOR),
-        LegendEntry("Overlay", "dark red to yellow: where the model is unsure (entropy above the threshold)",
-                    (0.9, 0.6, 0.1)),
+        LegendEntry(
+            "Overlay", "dark red to yellow: where the model is unsure (entropy above the threshold)", (0.9, 0.6, 0.1)
+        ),
     ]
-    entries += [LegendEntry(name, f"class {index}", classColor(index))
-                for index, name in enumerate(classNames) if index > 0]
+    entries += [
+        LegendEntry(name, f"class {index}", classColor(index)) for index, name in enumerate(classNames) if index > 0
+    ]
     return tuple(entries)
 
 
@@ -79,8 +89,10 @@ def nextStep(tableNode=None, running: bool = False, writing: bool = False) -> st
     proposed = states.count(CaseState.PROPOSED)
     labeled = states.count(CaseState.LABELED)
     if proposed:
-        return (f"Next: click a proposed row ({proposed} left), press Annotate and paint every class, then come back "
-                + ("and press Adapt Model." if labeled else "here."))
+        return (
+            f"Next: click a proposed row ({proposed} left), press Annotate and paint every class, then come back "
+            + ("and press Adapt Model." if labeled else "here.")
+        )
     if labeled:
         return f"Next: press Adapt Model to fine-tune the model on your {labeled} labelled volume(s)."
     return "Next: press Rank Volumes again (no volume is proposed or labelled)."

@@ -49,7 +49,8 @@ def installTorch(requirement: str, constraintsFile=None) -> None:
 
         logging.info("Installing %s with the PyTorch extension", requirement)
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=torchVersionRequirement(requirement))
+            askConfirmation=False, torchVersionRequirement=torchVersionRequirement(requirement)
+        )
         if torch is None:
             raise RuntimeError("The PyTorch extension did not install torch; install it in the PyTorch Utils module.")
         return
@@ -70,8 +71,10 @@ def ensureWorkerRequirements(requirementsFile, askConfirmation: bool = True) -> 
     """
     broken = missingShipped()
     if broken:
-        raise RuntimeError(f"Slicer's Python lacks {', '.join(broken)}, which Slicer ships; ASSFT does not install "
-                           "them. Reinstall Slicer.")
+        raise RuntimeError(
+            f"Slicer's Python lacks {', '.join(broken)}, which Slicer ships; ASSFT does not install "
+            "them. Reinstall Slicer."
+        )
     requirements = readRequirements(requirementsFile)
     missing = missingRequirements(requirements)
     if not missing:
@@ -81,12 +84,16 @@ def ensureWorkerRequirements(requirementsFile, askConfirmation: bool = True) -> 
         raise RuntimeError(plan.problem)
     if askConfirmation and not slicer.app.commandOptions().testingEnabled:
         accepted = slicer.util.confirmOkCancelDisplay(
-            _("ASSFT needs these Python packages to rank volumes and adapt the model:\n\n  {packages}\n\nThey will "
-              "be downloaded and installed into Slicer's Python (this can take several minutes, torch is large). "
-              "{torch}").format(
+            _(
+                "ASSFT needs these Python packages to rank volumes and adapt the model:\n\n  {packages}\n\nThey will "
+                "be downloaded and installed into Slicer's Python (this can take several minutes, torch is large). "
+                "{torch}"
+            ).format(
                 packages="\n  ".join(missing),
                 torch=_("torch comes from the PyTorch extension (a GPU build when a GPU is found).")
-                if plan.torch and pyTorchExtensionPresent() else ""),
+                if plan.torch and pyTorchExtensionPresent()
+                else "",
+            ),
             _("Install Python packages"),
         )
         if not accepted:

@@ -157,11 +157,16 @@ class CardCheck:
         """One line for the status label."""
         if not self.usable:
             return f"Card check failed: {self.message}"
-        return (f"Card check passed: {self.card} is usable ({len(self.modules)} modules; encoder stages: "
-                f"{', '.join(self.encoderStages) or 'none'})."
-                + (" Encoder weights only: the segmentation head will be initialised, the first ranking uses "
-                   "diversity alone (no ASD), and the first Adapt trains head and encoder." if self.headInitialised
-                   else ""))
+        return (
+            f"Card check passed: {self.card} is usable ({len(self.modules)} modules; encoder stages: "
+            f"{', '.join(self.encoderStages) or 'none'})."
+            + (
+                " Encoder weights only: the segmentation head will be initialised, the first ranking uses "
+                "diversity alone (no ASD), and the first Adapt trains head and encoder."
+                if self.headInitialised
+                else ""
+            )
+        )
 
 
 def cardCheckCommand(card: str, python: Optional[str] = None) -> List[str]:
@@ -185,7 +190,7 @@ def parseCardCheck(card: str, output: str, exitCode: int, errorText: str = "") -
         modules.append((match.group(2), match.group(3)))
         if match.group(1):
             stages.append(match.group(2))
-    errors = [line[len("error:"):].strip() for line in lines if line.startswith("error:")]
+    errors = [line[len("error:") :].strip() for line in lines if line.startswith("error:")]
     usable = exitCode == 0 and CARD_USABLE in lines
     if usable:
         message = CARD_USABLE
@@ -197,8 +202,15 @@ def parseCardCheck(card: str, output: str, exitCode: int, errorText: str = "") -
         tail = [line for line in lines if line.strip()][-1:]
         message = f"the check ended with exit code {exitCode}" + (f": {tail[0]}" if tail else "")
     headInitialised = any(line.startswith("head:") and "initialised" in line for line in lines)
-    return CardCheck(card=str(card), usable=usable, message=message, modules=tuple(modules),
-                     encoderStages=tuple(stages), output=output, headInitialised=headInitialised)
+    return CardCheck(
+        card=str(card),
+        usable=usable,
+        message=message,
+        modules=tuple(modules),
+        encoderStages=tuple(stages),
+        output=output,
+        headInitialised=headInitialised,
+    )
 
 
 class JobController:
@@ -224,10 +236,16 @@ class JobController:
     lines), ``finished(JobOutcome)``, ``cardChecked(CardCheck)``.
     """
 
-    def __init__(self, sceneLogic, runnerFactory: Callable, environment: Callable[[], Mapping[str, str]],
-                 ensureRequirements: Callable[[], bool] = lambda: True, python: Optional[str] = None,
-                 keepJobFolders: int = KEEP_JOB_FOLDERS,
-                 callInMainThread: Optional[Callable[[Callable[[], None]], None]] = None):
+    def __init__(
+        self,
+        sceneLogic,
+        runnerFactory: Callable,
+        environment: Callable[[], Mapping[str, str]],
+        ensureRequirements: Callable[[], bool] = lambda: True,
+        python: Optional[str] = None,
+        keepJobFolders: int = KEEP_JOB_FOLDERS,
+        callInMainThread: Optional[Callable[[Callable[[], None]], None]] = None,
+    ):
         self.sceneLogic = sceneLogic
         self.runnerFactory = runnerFactory
         self.environment = environment
@@ -366,8 +384,9 @@ class JobController:
             raise ASSFTModuleError("The module has no parameter node; open the module again.")
         if self.isRunning():
             raise ASSFTModuleError("A job is already running; cancel it or wait for it to finish.")
-        query = jobQuery(getattr(node, "queryRounds", DEFAULT_QUERY_ROUNDS),
-                         unit=getattr(node, "annotationUnit", "volume"))  # slice / region: query.units
+        query = jobQuery(
+            getattr(node, "queryRounds", DEFAULT_QUERY_ROUNDS), unit=getattr(node, "annotationUnit", "volume")
+        )  # slice / region: query.units
         if not self.ensureRequirements():
             self.statusChanged.emit("Not started: the Python packages the worker needs were not installed.")
             return None
@@ -380,15 +399,19 @@ class JobController:
                     sfr = {**sfr, ALLOW_IMPLAUSIBLE_LABELS: True}
                 else:
                     finetune = {ALLOW_IMPLAUSIBLE_LABELS: True}
-        jobFolder.pruneJobFolders(node.workDirectory, keep=max(self.keepJobFolders - 1, 0),
-                             protect=self.sceneLogic.protectedJobFolders(node.workDirectory, node.rankingTable))
+        jobFolder.pruneJobFolders(
+            node.workDirectory,
+            keep=max(self.keepJobFolders - 1, 0),
+            protect=self.sceneLogic.protectedJobFolders(node.workDirectory, node.rankingTable),
+        )
         extra = {"finetune": finetune} if finetune else {}
         if self.callInMainThread is None:  # written here, before the worker starts
-            plan, spec = None, self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, query=query,
-                                                          sfr=sfr, **extra)
+            plan, spec = (
+                None,
+                self.sceneLogic.prepareJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr, **extra),
+            )
         else:
-            plan = self.sceneLogic.planJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr,
-                                           **extra)
+            plan = self.sceneLogic.planJob(kind, node.workDirectory, model, node.budget, query=query, sfr=sfr, **extra)
             spec = plan.prepared
         self.job, self.jobModel = spec, model
         node.lastJobDirectory = str(spec.jobDir)
@@ -401,10 +424,12 @@ class JobController:
         if plan is None:
             self._jobFilesWritten(spec, "")
         else:
-            self.statusChanged.emit(f"Writing {len(spec.job.images)} volume(s) into the {kind} job "
-                                    f"{spec.jobDir.name}...")
-            self._writer = threading.Thread(target=self._writeJobFiles, args=(plan,), daemon=True,
-                                            name="ASSFT job writer")
+            self.statusChanged.emit(
+                f"Writing {len(spec.job.images)} volume(s) into the {kind} job {spec.jobDir.name}..."
+            )
+            self._writer = threading.Thread(
+                target=self._writeJobFiles, args=(plan,), daemon=True, name="ASSFT job writer"
+            )
             self._writer.start()
         self.runningChanged.emit(self.isRunning())
         for note in spec.ignoredSegments:
@@ -509,8 +534,16 @@ class JobController:
             final = self.progress.finish(ended, message if status == ERROR else "")
             self.progressChanged.emit(final.fraction)
             self.progressStateChanged.emit(final)
-        outcome = JobOutcome(status=status, message=message, jobDir=jobDir, kind=kind, details=details,
-                             loaded=loaded, progress=final, labelsRefused=labelsRefused)
+        outcome = JobOutcome(
+            status=status,
+            message=message,
+            jobDir=jobDir,
+            kind=kind,
+            details=details,
+            loaded=loaded,
+            progress=final,
+            labelsRefused=labelsRefused,
+        )
         self.lastOutcome = outcome
         self.runningChanged.emit(False)
         self.statusChanged.emit(message)
@@ -526,8 +559,10 @@ class JobController:
         """
         node = self.parameterNode
         if node is None:  # the scene was closed while the job ran
-            return None, (f"The job finished while the scene was closed; its results are in {jobDir}. "
-                          "Load the volumes again and rank to see them.")
+            return None, (
+                f"The job finished while the scene was closed; its results are in {jobDir}. "
+                "Load the volumes again and rank to see them."
+            )
         loaded = self.sceneLogic.loadJobResult(jobDir, self.jobModel, tableNode=node.rankingTable)
         node.rankingTable = loaded.tableNode
         if loaded.activeModel is not None:
@@ -538,8 +573,10 @@ class JobController:
         if loaded.activeModel is not None:
             message = f"Adapted model is now active: {loaded.activeModel}.{method}"
         elif loaded.adaptedModel is not None:
-            message = (f"The adapted model was stored but not activated: {loaded.result.activationReason} "
-                       f"({loaded.adaptedModel}).{method}")
+            message = (
+                f"The adapted model was stored but not activated: {loaded.result.activationReason} "
+                f"({loaded.adaptedModel}).{method}"
+            )
         if loaded.queryRound is not None:
             message += " " + jobFolder.describeQueryRound(loaded.queryRound)
         if loaded.skippedCases:

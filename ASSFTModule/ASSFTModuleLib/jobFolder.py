@@ -148,8 +148,9 @@ def readJobResult(jobDir) -> FinishedJob:
         raise JobFailedError(f"Job {jobDir.name} failed: {_failureMessage(jobDir)}.", str(jobDir), logTail(jobDir))
     if not record.done:
         message = record.message or _failureMessage(jobDir)
-        raise JobFailedError(f"Job {jobDir.name} ended with status '{record.status}': {message}.", str(jobDir),
-                             logTail(jobDir))
+        raise JobFailedError(
+            f"Job {jobDir.name} ended with status '{record.status}': {message}.", str(jobDir), logTail(jobDir)
+        )
     return FinishedJob(jobDir=jobDir, record=record)
 
 
@@ -169,10 +170,13 @@ def pruneJobFolders(workDir, keep: int, protect: Sequence = ()) -> list:
     if not jobsDir.is_dir():
         return []
     protected = {Path(p).resolve() for p in protect if p and str(p) not in (".", "")}
-    folders = sorted((p for p in jobsDir.iterdir() if p.is_dir() and (p / "job.json").is_file()),
-                     key=lambda p: ((p / "job.json").stat().st_mtime_ns, p.name), reverse=True)
+    folders = sorted(
+        (p for p in jobsDir.iterdir() if p.is_dir() and (p / "job.json").is_file()),
+        key=lambda p: ((p / "job.json").stat().st_mtime_ns, p.name),
+        reverse=True,
+    )
     removed = []
-    for folder in folders[max(int(keep), 0):]:
+    for folder in folders[max(int(keep), 0) :]:
         if folder.resolve() in protected:
             continue
         unfinished = not (folder / RESULT_FILE).is_file()
@@ -189,8 +193,11 @@ def latestRankingJobDir(workDir) -> str:
     jobsDir = Path(workDir) / "jobs"
     if not jobsDir.is_dir():
         return ""
-    folders = sorted((p for p in jobsDir.iterdir() if (p / RESULT_FILE).is_file()),
-                     key=lambda p: ((p / RESULT_FILE).stat().st_mtime_ns, p.name), reverse=True)
+    folders = sorted(
+        (p for p in jobsDir.iterdir() if (p / RESULT_FILE).is_file()),
+        key=lambda p: ((p / RESULT_FILE).stat().st_mtime_ns, p.name),
+        reverse=True,
+    )
     for folder in folders:
         try:
             record = read_job_result(folder)
@@ -278,9 +285,11 @@ def sameVoxels(fileName: Path, inScene: Volume) -> bool:
         onDisk = read_volume(fileName)
     except Exception:  # anything the engine cannot read is written from the scene instead
         return False
-    return (onDisk.array.shape == inScene.array.shape
-            and np.allclose(onDisk.affine, inScene.affine, atol=GEOMETRY_TOLERANCE_MM)
-            and np.array_equal(onDisk.array, inScene.array))
+    return (
+        onDisk.array.shape == inScene.array.shape
+        and np.allclose(onDisk.affine, inScene.affine, atol=GEOMETRY_TOLERANCE_MM)
+        and np.array_equal(onDisk.array, inScene.array)
+    )
 
 
 def voxelSnapshot(volumeNode) -> Volume:
@@ -294,7 +303,8 @@ def voxelSnapshot(volumeNode) -> Volume:
     if scalars.GetNumberOfComponents() != 1:
         raise ASSFTModuleError(
             f"Volume '{volumeNode.GetName()}' has {scalars.GetNumberOfComponents()} components per voxel; "
-            "ASSFT needs a scalar (grey-level) volume.")
+            "ASSFT needs a scalar (grey-level) volume."
+        )
     i, j, k = image.GetDimensions()
     kji = numpy_support.vtk_to_numpy(scalars).reshape(k, j, i)
     return Volume(array=kji.transpose(2, 1, 0), affine=ijkToRasArray(volumeNode))
@@ -432,18 +442,52 @@ class JobPlan:
         return self.prepared
 
 
-def prepareJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
-               storeDir=None, modelName: str = "", query: Optional[dict] = None,
-               finetune: Optional[dict] = None, sfr: Optional[dict] = None) -> PreparedJob:
+def prepareJob(
+    scene,
+    workDir,
+    kind: str,
+    volumeNodes: Sequence,
+    modelCard: ModelCard,
+    model: str,
+    budget: int,
+    storeDir=None,
+    modelName: str = "",
+    query: Optional[dict] = None,
+    finetune: Optional[dict] = None,
+    sfr: Optional[dict] = None,
+) -> PreparedJob:
     """Write the scene's volumes and labels into a new job folder with its ``job.json`` (:func:`planJob`, then
     :meth:`JobPlan.writeFiles` in this thread); arguments and errors as :func:`planJob`."""
-    return planJob(scene, workDir, kind, volumeNodes, modelCard, model, budget, storeDir=storeDir,
-                   modelName=modelName, query=query, finetune=finetune, sfr=sfr).writeFiles()
+    return planJob(
+        scene,
+        workDir,
+        kind,
+        volumeNodes,
+        modelCard,
+        model,
+        budget,
+        storeDir=storeDir,
+        modelName=modelName,
+        query=query,
+        finetune=finetune,
+        sfr=sfr,
+    ).writeFiles()
 
 
-def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCard, model: str, budget: int,
-            storeDir=None, modelName: str = "", query: Optional[dict] = None,
-            finetune: Optional[dict] = None, sfr: Optional[dict] = None) -> JobPlan:
+def planJob(
+    scene,
+    workDir,
+    kind: str,
+    volumeNodes: Sequence,
+    modelCard: ModelCard,
+    model: str,
+    budget: int,
+    storeDir=None,
+    modelName: str = "",
+    query: Optional[dict] = None,
+    finetune: Optional[dict] = None,
+    sfr: Optional[dict] = None,
+) -> JobPlan:
     """Take a job from the scene (the GUI-thread part: checks, label maps, a view of each volume's voxels, the job
     folder and its case list); :meth:`JobPlan.writeFiles` writes the volumes, labels and ``job.json``.
 
@@ -530,20 +574,35 @@ def planJob(scene, workDir, kind: str, volumeNodes: Sequence, modelCard: ModelCa
     labels = {caseId: jobDir / "labels" / f"{caseId}{IMAGE_SUFFIX}" for caseId in caseIds if caseId in conversions}
     store = (Path(storeDir) if storeDir else Path(workDir) / "models").resolve()
     try:
-        job = JobSpec(kind=kind, images=images, labels=labels, model=modelReference(model), store=str(store),
-                      name=caseIdForName(modelName) if modelName else "", budget=int(budget),
-                      query=query, finetune=dict(finetune or {}), sfr=dict(sfr or {}))
+        job = JobSpec(
+            kind=kind,
+            images=images,
+            labels=labels,
+            model=modelReference(model),
+            store=str(store),
+            name=caseIdForName(modelName) if modelName else "",
+            budget=int(budget),
+            query=query,
+            finetune=dict(finetune or {}),
+            sfr=dict(sfr or {}),
+        )
     except ValueError as exc:
         jobDir.rmdir()  # still empty: nothing was written yet
         raise ASSFTModuleError(f"Cannot prepare the {kind} job: {exc}.") from exc
     caseNodeIds = {caseId: node.GetID() for caseId, node in zip(caseIds, volumeNodes)}
-    cases = {caseId: {"node_id": node.GetID(), "name": node.GetName(), "token": caseToken(node)}
-             for caseId, node in zip(caseIds, volumeNodes)}
+    cases = {
+        caseId: {"node_id": node.GetID(), "name": node.GetName(), "token": caseToken(node)}
+        for caseId, node in zip(caseIds, volumeNodes)
+    }
     atomic_write_text(jobDir / CASES_FILE, json.dumps(cases, indent=2))
-    prepared = PreparedJob(jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored),
-                           notLabelled=tuple(notLabelled))
-    return JobPlan(prepared=prepared, volumes={caseId: (sources[caseId], snapshots[caseId]) for caseId in caseIds},
-                   labels={caseId: conversionVolume(conversion) for caseId, conversion in conversions.items()})
+    prepared = PreparedJob(
+        jobDir=jobDir, job=job, caseNodeIds=caseNodeIds, ignoredSegments=tuple(ignored), notLabelled=tuple(notLabelled)
+    )
+    return JobPlan(
+        prepared=prepared,
+        volumes={caseId: (sources[caseId], snapshots[caseId]) for caseId in caseIds},
+        labels={caseId: conversionVolume(conversion) for caseId, conversion in conversions.items()},
+    )
 
 
 def _suffixOf(source: Optional[Path]) -> str:
@@ -552,4 +611,3 @@ def _suffixOf(source: Optional[Path]) -> str:
     if source is None:
         return IMAGE_SUFFIX
     return next(s for s in LINKABLE_SUFFIXES if source.name.lower().endswith(s))
-

@@ -123,7 +123,7 @@ def _childrenLinux(pid: int) -> List[int]:
                 stat = handle.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) > 1 and int(fields[1]) == pid:
             children.append(int(entry))
     return children
@@ -178,8 +178,9 @@ def signalProcesses(pids: Iterable[int], force: bool) -> None:
     """
     for pid in pids:
         if IS_WINDOWS:
-            subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False,
-                           creationflags=NO_WINDOW)
+            subprocess.run(
+                ["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False, creationflags=NO_WINDOW
+            )
             continue
         try:
             os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
@@ -204,8 +205,9 @@ class ProcessTreeStopper:
         cancelFile: the worker's cancel file (``ASSFTActive.jobs.CANCEL_FILE`` in the job folder), or None.
     """
 
-    def __init__(self, rootPid: int, timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 cancelFile=None):
+    def __init__(
+        self, rootPid: int, timeout: float = 10.0, clock: Callable[[], float] = time.monotonic, cancelFile=None
+    ):
         self.rootPid = int(rootPid)
         self.timeout = float(timeout)
         self.clock = clock
@@ -275,8 +277,9 @@ class ProcessTreeStopper:
         signalProcesses(ordered, force=True)
 
 
-def terminateProcessTree(pid: int, timeout: float = 10.0, pollInterval: float = 0.1,
-                         afterKill: float = 5.0) -> List[int]:
+def terminateProcessTree(
+    pid: int, timeout: float = 10.0, pollInterval: float = 0.1, afterKill: float = 5.0
+) -> List[int]:
     """Stop ``pid`` and its descendants (blocking): see :class:`ProcessTreeStopper`.
 
     The caller still reaps ``pid`` if it is its own child (``Popen.wait``, ``QProcess.waitForFinished``).
@@ -339,8 +342,13 @@ def workerEnvironment(base: Optional[Mapping[str, str]] = None, useGpu: Optional
     return environment
 
 
-def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[WorkerOutput], None]] = None,
-              timeout: Optional[float] = None, environment: Optional[Mapping[str, str]] = None) -> FinishedJob:
+def runWorker(
+    jobDir,
+    python: Optional[str] = None,
+    onEvent: Optional[Callable[[WorkerOutput], None]] = None,
+    timeout: Optional[float] = None,
+    environment: Optional[Mapping[str, str]] = None,
+) -> FinishedJob:
     """Run the worker on ``jobDir`` and wait for it (blocking); every output line goes to ``onEvent`` (an engine
     ``Event``, or an :class:`OutputLine` for other text).
 
@@ -403,8 +411,9 @@ def runWorker(jobDir, python: Optional[str] = None, onEvent: Optional[Callable[[
         text = "\n".join(line for line in outputTail if line)
         raise JobFailedError(f"{error} Worker output (exit code {returnCode}):\n{text}", str(jobDir), text) from error
     if returnCode != 0:
-        raise JobFailedError(f"Job {jobDir.name} exited with code {returnCode} although it wrote a result.",
-                             str(jobDir), logTail(jobDir))
+        raise JobFailedError(
+            f"Job {jobDir.name} exited with code {returnCode} although it wrote a result.", str(jobDir), logTail(jobDir)
+        )
     return result
 
 
@@ -421,8 +430,12 @@ def parseDeviceProbe(output: str) -> DeviceInfo:
         except ValueError:
             continue
         if isinstance(data, dict) and data.get("kind") in ("GPU", "CPU", "unknown"):
-            return DeviceInfo(kind=data["kind"], name=str(data.get("name") or ""),
-                              torchVersion=str(data.get("torch") or ""), message=str(data.get("message") or ""))
+            return DeviceInfo(
+                kind=data["kind"],
+                name=str(data.get("name") or ""),
+                torchVersion=str(data.get("torch") or ""),
+                message=str(data.get("message") or ""),
+            )
     return DeviceInfo(kind="unknown", message="the device probe printed no result")
 
 
@@ -430,6 +443,7 @@ def parseDeviceProbe(output: str) -> DeviceInfo:
 CANCEL_TIMEOUT_S = 10.0
 #: How often a runner polls a cancelled process tree.
 CANCEL_POLL_S = 0.1
+
 
 def cancelFileOf(command: Sequence[str]) -> Optional[Path]:
     """The cancel file of a worker command (``python -m ASSFTActive.worker JOB_DIR``: ``JOB_DIR/cancel``); None for
@@ -573,10 +587,18 @@ class SubprocessJobRunner:
         self.core.onFinished = finished
         self.core.begin(command)
         try:
-            self.process = subprocess.Popen([str(part) for part in command], cwd=str(workingDirectory),
-                                            env=dict(environment), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            text=True, encoding="utf-8", errors="replace", bufsize=1,
-                                            creationflags=NO_WINDOW)
+            self.process = subprocess.Popen(
+                [str(part) for part in command],
+                cwd=str(workingDirectory),
+                env=dict(environment),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                creationflags=NO_WINDOW,
+            )
         except OSError as exc:
             self.core.failedToStart(str(exc))
             return

@@ -114,14 +114,20 @@ class MainThreadCalls:
             call()
 
 
-def createJobController(sceneLogic, environment: Callable[[], Mapping[str, str]],
-                        ensureRequirements: Callable[[], bool]):
+def createJobController(
+    sceneLogic, environment: Callable[[], Mapping[str, str]], ensureRequirements: Callable[[], bool]
+):
     """The controller desktop Slicer uses: jobs and the device probe in ``qt.QProcess`` runners; the job's files are
     written by a background thread that hands the worker's start back to the GUI thread."""
     from .jobController import JobController
 
     calls = MainThreadCalls()
-    controller = JobController(sceneLogic, runnerFactory=JobRunner, environment=environment,
-                               ensureRequirements=ensureRequirements, callInMainThread=calls.post)
+    controller = JobController(
+        sceneLogic,
+        runnerFactory=JobRunner,
+        environment=environment,
+        ensureRequirements=ensureRequirements,
+        callInMainThread=calls.post,
+    )
     controller.mainThreadCalls = calls  # kept alive with the controller
     return controller

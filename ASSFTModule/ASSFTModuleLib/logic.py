@@ -111,8 +111,15 @@ class ASSFTSceneLogic:
         """
         node = segmentation.ensureClassSegmentation(self.scene, volumeNode, modelCard)
         if predictionPath:
-            segmentation.prefillFromPrediction(self.scene, self._volumesLogic(), node, str(predictionPath), modelCard,
-                                               overwrite=False, volumeNode=volumeNode)
+            segmentation.prefillFromPrediction(
+                self.scene,
+                self._volumesLogic(),
+                node,
+                str(predictionPath),
+                modelCard,
+                overwrite=False,
+                volumeNode=volumeNode,
+            )
         return node
 
     def classLabelmap(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> LabelConversion:
@@ -137,8 +144,7 @@ class ASSFTSceneLogic:
             return ()
         conversion = segmentation.segmentationToClassLabelmap(self.scene, segmentationNode, volumeNode, modelCard)
         caseId = jobFolder.caseIdForName(volumeNode.GetName())
-        return tuple(issue.message for issue in find_label_issues({caseId: conversion.labels},
-                                                                  modelCard.class_names))
+        return tuple(issue.message for issue in find_label_issues({caseId: conversion.labels}, modelCard.class_names))
 
     def isLabeled(self, volumeNode, modelCard: ModelCard) -> bool:
         """Whether the volume has a segmentation with a non-empty segment named after a model class (a volume with
@@ -147,7 +153,8 @@ class ASSFTSceneLogic:
         if node is None:
             return False
         conversion = unitProposals.annotatedConversion(
-            volumeNode, segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard))
+            volumeNode, segmentation.segmentationToClassLabelmap(self.scene, node, volumeNode, modelCard)
+        )
         return conversion is not None and (conversion.isLabeled or bool(unitProposals.proposalsOf(volumeNode)))
 
     def refreshLabeledStates(self, tableNode, modelCard: ModelCard) -> int:
@@ -171,30 +178,71 @@ class ASSFTSceneLogic:
         return changed
 
     # ------------------------------------------------------------------ jobs
-    def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
-                   query: Optional[dict] = None, finetune: Optional[dict] = None,
-                   sfr: Optional[dict] = None, storeDir=None) -> PreparedJob:
+    def prepareJob(
+        self,
+        kind: str,
+        workDir,
+        model,
+        budget: int,
+        volumeNodes: Optional[Sequence] = None,
+        query: Optional[dict] = None,
+        finetune: Optional[dict] = None,
+        sfr: Optional[dict] = None,
+        storeDir=None,
+    ) -> PreparedJob:
         """Write a ``rank``, ``adapt`` or ``sfr`` job folder for the pool (default: :meth:`poolVolumeNodes`);
         ``query`` holds the engine's query settings (``rounds``: the multi-round schedule, also for the re-rank of
         an adaptation), ``sfr`` an ``sfr`` job's settings (its ``method``: ``sfr`` or ``sfr_plus``), ``storeDir``
         the model store (default ``<workDir>/models``); see :func:`~.jobFolder.prepareJob`."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
-        return jobFolder.prepareJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
-                                         storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
+        return jobFolder.prepareJob(
+            self.scene,
+            workDir,
+            kind,
+            nodes,
+            card,
+            str(model or ""),
+            budget,
+            storeDir=storeDir,
+            query=query,
+            finetune=finetune,
+            sfr=sfr,
+        )
 
-    def planJob(self, kind: str, workDir, model, budget: int, volumeNodes: Optional[Sequence] = None,
-                query: Optional[dict] = None, finetune: Optional[dict] = None, sfr: Optional[dict] = None,
-                storeDir=None) -> jobFolder.JobPlan:
+    def planJob(
+        self,
+        kind: str,
+        workDir,
+        model,
+        budget: int,
+        volumeNodes: Optional[Sequence] = None,
+        query: Optional[dict] = None,
+        finetune: Optional[dict] = None,
+        sfr: Optional[dict] = None,
+        storeDir=None,
+    ) -> jobFolder.JobPlan:
         """:meth:`prepareJob` without writing the volumes: the returned :class:`~.jobFolder.JobPlan` writes them
         with ``writeFiles()`` in any thread (the job controller does it off the GUI thread)."""
         card = self.modelCard(model)
         nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
-        return jobFolder.planJob(self.scene, workDir, kind, nodes, card, str(model or ""), budget,
-                                      storeDir=storeDir, query=query, finetune=finetune, sfr=sfr)
+        return jobFolder.planJob(
+            self.scene,
+            workDir,
+            kind,
+            nodes,
+            card,
+            str(model or ""),
+            budget,
+            storeDir=storeDir,
+            query=query,
+            finetune=finetune,
+            sfr=sfr,
+        )
 
-    def loadJobResult(self, jobDir, model, tableNode=None, showPredictions: bool = True,
-                      caseNodes: Optional[Dict[str, object]] = None) -> LoadedResult:
+    def loadJobResult(
+        self, jobDir, model, tableNode=None, showPredictions: bool = True, caseNodes: Optional[Dict[str, object]] = None
+    ) -> LoadedResult:
         """Bring a finished job's results into the scene.
 
         Args:
@@ -231,10 +279,13 @@ class ASSFTSceneLogic:
             queryRound = jobFolder.readQueryRound(result.ranking)
             labeled = {caseId for caseId, node in nodes.items() if self.isLabeled(node, card)}
             tableNode = ranking.writeRankingTable(
-                self.scene, rankingData,
+                self.scene,
+                rankingData,
                 caseNames={caseId: node.GetName() for caseId, node in nodes.items()},
                 caseNodeIds={caseId: node.GetID() for caseId, node in nodes.items()},
-                labeled=labeled, tableNode=tableNode)
+                labeled=labeled,
+                tableNode=tableNode,
+            )
             tableNode.SetAttribute(RANKING_JOB_ATTRIBUTE, str(Path(jobDir).resolve()))
             unitProposals.attachProposals(result.ranking, nodes)  # --unit slice / region: what Annotate steps through
             chartNode = plot.scoresChart(self.scene, tableNode)
@@ -248,9 +299,16 @@ class ASSFTSceneLogic:
                 predictionNode = segmentation.showPredictionSegmentation(self.scene, nodes[caseId], labels, card)
                 predictionNode.GetDisplayNode().SetVisibility(False)
                 predictionNodes[caseId] = predictionNode
-        return LoadedResult(result=result, activeModel=activeModel, adaptedModel=adaptedModel, tableNode=tableNode,
-                            chartNode=chartNode, predictionNodes=predictionNodes, skippedCases=skipped,
-                            queryRound=queryRound)
+        return LoadedResult(
+            result=result,
+            activeModel=activeModel,
+            adaptedModel=adaptedModel,
+            tableNode=tableNode,
+            chartNode=chartNode,
+            predictionNodes=predictionNodes,
+            skippedCases=skipped,
+            queryRound=queryRound,
+        )
 
     def restoreLatestRanking(self, workDir, tableNode=None, volumeNodes: Optional[Sequence] = None):
         """Show again the newest successful ranking under ``<workDir>/jobs`` (its table, chart, overlays, regions,
@@ -281,8 +339,11 @@ class ASSFTSceneLogic:
             return None
         cases = jobFolder.readCaseNodes(jobDir)
         nodes = jobFolder.caseNodesInScene(self.scene, cases)
-        pool = [node for node in (volumeNodes if volumeNodes is not None else self.poolVolumeNodes())
-                if node not in nodes.values()]
+        pool = [
+            node
+            for node in (volumeNodes if volumeNodes is not None else self.poolVolumeNodes())
+            if node not in nodes.values()
+        ]
         nodes.update(jobFolder.caseNodesFromFiles({c: i for c, i in cases.items() if c not in nodes}, pool))
         if not nodes:
             return None
@@ -320,8 +381,13 @@ class ASSFTSceneLogic:
             regionsNode = regions.regionsToMarkups(self.scene, volumeNode, caseRegions)
         regions.showOnlyRegionsOf(self.scene, volumeNode)
         self.showOnlyLabelsOf(volumeNode)
-        return CaseView(case=case, volumeNode=volumeNode, overlayNode=overlayNode, regionsNode=regionsNode,
-                        regions=tuple(caseRegions))
+        return CaseView(
+            case=case,
+            volumeNode=volumeNode,
+            overlayNode=overlayNode,
+            regionsNode=regionsNode,
+            regions=tuple(caseRegions),
+        )
 
     def showOnlyLabelsOf(self, volumeNode) -> int:
         """Hide every segmentation that belongs to another volume (ASSFT annotations and predictions, and the user's
@@ -401,8 +467,9 @@ class ASSFTSceneLogic:
     def savedLabels(self, volumeNode, modelCard: ModelCard, segmentationNode=None) -> Optional[LabelConversion]:
         """The labels as saved (:meth:`classLabelmap`, then 255 = not annotated outside the done units of a volume
         with proposals); None when such a volume has no done unit (``unitProposals.notLabelledReason``)."""
-        return unitProposals.annotatedConversion(volumeNode, self.classLabelmap(volumeNode, modelCard,
-                                                                               segmentationNode))
+        return unitProposals.annotatedConversion(
+            volumeNode, self.classLabelmap(volumeNode, modelCard, segmentationNode)
+        )
 
     # ------------------------------------------------------------------ plot
     def scoresChart(self, tableNode):

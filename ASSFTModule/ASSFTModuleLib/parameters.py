@@ -107,7 +107,8 @@ def queryRoundsValue(value) -> int:
     if number is None or number < 1:
         raise ASSFTModuleError(
             f"Query rounds must be a whole number of at least 1 (1 proposes the whole budget at once; R > 1 spreads "
-            f"the budget over R rounds with Adapt Model between them), got {value!r}.")
+            f"the budget over R rounds with Adapt Model between them), got {value!r}."
+        )
     if number > MAX_QUERY_ROUNDS:
         raise ASSFTModuleError(f"Query rounds must be at most {MAX_QUERY_ROUNDS}, got {number}.")
     return number

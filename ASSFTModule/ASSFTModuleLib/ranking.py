@@ -42,11 +42,27 @@ COLUMN_OOD = "Out of distribution"
 
 #: Columns shown to the user, in order. "Likely wrong" is the second list of ``ranking.json`` ("where the model is
 #: probably wrong", 1 = most likely wrong); its header tooltip states the measured correlation.
-VISIBLE_COLUMNS = (COLUMN_VOLUME, COLUMN_DKD, COLUMN_ASD, COLUMN_SCORE, COLUMN_RANK, COLUMN_STATE, COLUMN_WHY,
-                   COLUMN_WRONG)
+VISIBLE_COLUMNS = (
+    COLUMN_VOLUME,
+    COLUMN_DKD,
+    COLUMN_ASD,
+    COLUMN_SCORE,
+    COLUMN_RANK,
+    COLUMN_STATE,
+    COLUMN_WHY,
+    COLUMN_WRONG,
+)
 #: Columns kept for the logic (hidden in the widget's table view).
-HIDDEN_COLUMNS = (COLUMN_CASE, COLUMN_NODE, COLUMN_SELECTED, COLUMN_IMAGE, COLUMN_ENTROPY, COLUMN_REGIONS,
-                  COLUMN_PREDICTION, COLUMN_OOD)
+HIDDEN_COLUMNS = (
+    COLUMN_CASE,
+    COLUMN_NODE,
+    COLUMN_SELECTED,
+    COLUMN_IMAGE,
+    COLUMN_ENTROPY,
+    COLUMN_REGIONS,
+    COLUMN_PREDICTION,
+    COLUMN_OOD,
+)
 #: ``RankingRow.rank`` (and the Rank cell) of a case the engine did not rank: labeled cases have ``"rank": null``.
 NOT_RANKED = 0
 
@@ -109,8 +125,14 @@ def readRanking(path, pseudoLabeled: Collection[str] = ()) -> RankingRows:
     wrongRanks = {caseId: place for place, caseId in enumerate(wrong.cases, start=1)} if wrong else {}
     cases = [_row(entry, path.parent, pseudo, wrongRanks) for entry in data.cases]
     cases.sort(key=lambda case: (case.rank == NOT_RANKED, case.rank))  # stable: file order within equal keys
-    return RankingRows(strategy=data.strategy, budget=data.budget, model=data.model, cases=tuple(cases), path=path,
-                   wrongEvidence=wrong.evidence if wrong else "")
+    return RankingRows(
+        strategy=data.strategy,
+        budget=data.budget,
+        model=data.model,
+        cases=tuple(cases),
+        path=path,
+        wrongEvidence=wrong.evidence if wrong else "",
+    )
 
 
 def _column(name: str, values) -> vtk.vtkAbstractArray:
@@ -126,8 +148,14 @@ def _column(name: str, values) -> vtk.vtkAbstractArray:
     return array
 
 
-def writeRankingTable(scene, ranking: RankingRows, caseNames: Dict[str, str], caseNodeIds: Dict[str, str],
-                      labeled: Collection[str] = (), tableNode=None):
+def writeRankingTable(
+    scene,
+    ranking: RankingRows,
+    caseNames: Dict[str, str],
+    caseNodeIds: Dict[str, str],
+    labeled: Collection[str] = (),
+    tableNode=None,
+):
     """Write a ranking into a table node (created when ``tableNode`` is None), one row per case in rank order.
 
     Args:
@@ -175,8 +203,11 @@ def writeRankingTable(scene, ranking: RankingRows, caseNames: Dict[str, str], ca
     else:
         tableNode.SetUseColumnNameAsColumnHeader(True)
     tableNode.SetColumnDescription(COLUMN_WHY, "why the volume was proposed, or held back")
-    tableNode.SetColumnDescription(COLUMN_WRONG, "where the model is probably wrong: 1 = most likely wrong, ordered "
-                                   "by class-balanced ASD. " + (ranking.wrongEvidence or "No measured correlation."))
+    tableNode.SetColumnDescription(
+        COLUMN_WRONG,
+        "where the model is probably wrong: 1 = most likely wrong, ordered "
+        "by class-balanced ASD. " + (ranking.wrongEvidence or "No measured correlation."),
+    )
     tableNode.SetAttribute(ROLE_ATTRIBUTE, RANKING_ROLE)
     tableNode.SetAttribute("ASSFT.ProbablyWrongEvidence", ranking.wrongEvidence)
     tableNode.SetAttribute("ASSFT.Strategy", ranking.strategy)
@@ -233,8 +264,9 @@ def rankedCaseFromTable(tableNode, row: int) -> Tuple[RankingRow, str]:
 def _optionalCell(tableNode, row: int, name: str, default):
     """A cell of a column that tables saved before it existed lack (``default`` then)."""
     column = tableNode.GetTable().GetColumnByName(name)
-    return default if column is None else (str(column.GetValue(row)) if isinstance(default, str)
-                                           else column.GetValue(row))
+    return (
+        default if column is None else (str(column.GetValue(row)) if isinstance(default, str) else column.GetValue(row))
+    )
 
 
 def tableRowOfCase(tableNode, caseId: str) -> int:

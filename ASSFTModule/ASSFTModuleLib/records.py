@@ -172,8 +172,9 @@ class FinishedJob:
 
     @property
     def predictions(self) -> Dict[str, Path]:
-        return {caseId: EngineJobResult.path(path, self.jobDir) for caseId, path in self.record.predictions.items()
-                if path}
+        return {
+            caseId: EngineJobResult.path(path, self.jobDir) for caseId, path in self.record.predictions.items() if path
+        }
 
     @property
     def metrics(self) -> Dict[str, object]:

@@ -19,11 +19,11 @@ REGIONS_ROLE = "regions"
 
 def _triple(value, kind, where: str, key: str) -> tuple:
     if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise ResultFormatError(f"{where}: \"{key}\" must be a list of 3 numbers, got {value!r}.")
+        raise ResultFormatError(f'{where}: "{key}" must be a list of 3 numbers, got {value!r}.')
     try:
         return tuple(kind(v) for v in value)
     except (TypeError, ValueError) as exc:
-        raise ResultFormatError(f"{where}: \"{key}\" must be a list of 3 numbers, got {value!r}.") from exc
+        raise ResultFormatError(f'{where}: "{key}" must be a list of 3 numbers, got {value!r}.') from exc
 
 
 def readRegions(path) -> RegionSet:
@@ -40,7 +40,7 @@ def readRegions(path) -> RegionSet:
     except (OSError, ValueError) as exc:
         raise ResultFormatError(f"{path}: cannot read the regions ({exc}).") from exc
     if not isinstance(data, dict) or not isinstance(data.get("regions"), list):
-        raise ResultFormatError(f"{path}: expected an object with a \"regions\" list.")
+        raise ResultFormatError(f'{path}: expected an object with a "regions" list.')
     regions = []
     for index, entry in enumerate(data["regions"]):
         where = f"{path}, region {index}"

@@ -39,7 +39,7 @@ def requirementName(requirement: str) -> str:
 
 
 def _satisfied(requirement: str, version: str) -> bool:
-    specifier = requirement[len(requirementName(requirement)):].strip()
+    specifier = requirement[len(requirementName(requirement)) :].strip()
     if not specifier:
         return True
     try:
@@ -163,16 +163,18 @@ def installPlan(requirements: Sequence[str]) -> InstallPlan:
     if installed:
         constraints.append(f"{TORCH}=={installed}")
         if torch:
-            problem = (f"torch {installed} is installed but ASSFT needs {torchRequirement}. ASSFT does not replace an "
-                       "installed torch (it may be a GPU build): update it in the PyTorch Utils module (PyTorch "
-                       "extension) or with Slicer's pip, then restart Slicer.")
+            problem = (
+                f"torch {installed} is installed but ASSFT needs {torchRequirement}. ASSFT does not replace an "
+                "installed torch (it may be a GPU build): update it in the PyTorch Utils module (PyTorch "
+                "extension) or with Slicer's pip, then restart Slicer."
+            )
         return InstallPlan(torch="", others=tuple(others), constraints=tuple(constraints), problem=problem)
     return InstallPlan(torch=torch[0] if torch else "", others=tuple(others), constraints=tuple(constraints))
 
 
 def torchVersionRequirement(requirement: str) -> str:
     """The version part of a torch requirement (``torch>=2.8`` -> ``>=2.8``), as PyTorchUtils takes it."""
-    return requirement[len(requirementName(requirement)):].strip()
+    return requirement[len(requirementName(requirement)) :].strip()
 
 
 def splitTorch(requirements: Sequence[str]) -> Tuple[List[str], List[str]]:

@@ -95,9 +95,11 @@ def findSegmentationForVolume(scene, volumeNode, role: str = ANNOTATION_ROLE):
 
 def userSegmentationsForVolume(scene, volumeNode) -> list:
     """Segmentations made outside the module on ``volumeNode`` (reference geometry set to it, no ASSFT role)."""
-    return [node for node in _nodesByClass(scene, "vtkMRMLSegmentationNode")
-            if node.GetAttribute(ROLE_ATTRIBUTE) is None
-            and node.GetNodeReferenceID(_REFERENCE_ROLE) == volumeNode.GetID()]
+    return [
+        node
+        for node in _nodesByClass(scene, "vtkMRMLSegmentationNode")
+        if node.GetAttribute(ROLE_ATTRIBUTE) is None and node.GetNodeReferenceID(_REFERENCE_ROLE) == volumeNode.GetID()
+    ]
 
 
 def isExpertLabel(segmentationNode) -> bool:
@@ -351,15 +353,23 @@ def readClassLabelmapFileOnGrid(scene, volumesLogic, path: str, volumeNode) -> V
     node = loadVolumeFile(volumesLogic, str(path), name="ASSFT label map (temporary)", labelMap=True)
     try:
         if not sameGeometry(node, volumeNode):
-            raise ValueError(f"its voxel grid differs from that of '{volumeNode.GetName()}'; it belongs to another "
-                             "image")
+            raise ValueError(
+                f"its voxel grid differs from that of '{volumeNode.GetName()}'; it belongs to another image"
+            )
         return volumeFromNode(node)
     finally:
         _removeNodeAndDisplay(scene, node)
 
 
-def prefillFromPrediction(scene, volumesLogic, segmentationNode, predictionPath: str, modelCard: ModelCard,
-                          overwrite: bool = False, volumeNode=None) -> bool:
+def prefillFromPrediction(
+    scene,
+    volumesLogic,
+    segmentationNode,
+    predictionPath: str,
+    modelCard: ModelCard,
+    overwrite: bool = False,
+    volumeNode=None,
+) -> bool:
     """Fill the class segments from a prediction label map file.
 
     Manual work is never overwritten silently: when the segmentation already has non-empty class segments
@@ -379,8 +389,9 @@ def prefillFromPrediction(scene, volumesLogic, segmentationNode, predictionPath:
 
 def showPredictionSegmentation(scene, volumeNode, labels: Volume, modelCard: ModelCard):
     """Create or refresh the read-only prediction segmentation of a volume (kept apart from manual work)."""
-    node = ensureClassSegmentation(scene, volumeNode, modelCard, role=PREDICTION_ROLE,
-                                   name=f"{volumeNode.GetName()} prediction")
+    node = ensureClassSegmentation(
+        scene, volumeNode, modelCard, role=PREDICTION_ROLE, name=f"{volumeNode.GetName()} prediction"
+    )
     fillSegmentationFromClassLabelmap(node, labels, modelCard)
     display = node.GetDisplayNode()
     if display is not None:

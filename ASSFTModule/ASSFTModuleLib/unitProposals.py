@@ -35,10 +35,28 @@ from .errors import ASSFTModuleError
 from .geometry import ijkToRasArray
 from .records import LabelConversion
 
-__all__ = ["DONE_ATTRIBUTE", "PROPOSALS_ATTRIBUTE", "UnitProposal", "annotatedConversion", "attachProposals",
-           "currentProposal", "doneUnits", "jumpToProposal", "markDone", "nextProposal", "notLabelledReason",
-           "partialLabels", "progressLine", "proposalCenterRas", "proposalsFromRanking", "proposalsOf", "restoreDone",
-           "setProposals", "unitMask", "doneSlicesFromMask"]
+__all__ = [
+    "DONE_ATTRIBUTE",
+    "PROPOSALS_ATTRIBUTE",
+    "UnitProposal",
+    "annotatedConversion",
+    "attachProposals",
+    "currentProposal",
+    "doneUnits",
+    "jumpToProposal",
+    "markDone",
+    "nextProposal",
+    "notLabelledReason",
+    "partialLabels",
+    "progressLine",
+    "proposalCenterRas",
+    "proposalsFromRanking",
+    "proposalsOf",
+    "restoreDone",
+    "setProposals",
+    "unitMask",
+    "doneSlicesFromMask",
+]
 
 #: Volume node attribute: the volume's proposed units, best first (JSON list of :meth:`UnitProposal.toRecord`).
 PROPOSALS_ATTRIBUTE = "ASSFT.ProposedUnits"
@@ -89,8 +107,11 @@ class UnitProposal:
             raise ASSFTModuleError(f"A proposed slice or region {dict(record)!r} cannot be read: {exc}.") from None
 
     def toRecord(self, withScore: bool = True) -> Dict[str, Any]:
-        record: Dict[str, Any] = ({"axis": self.axis, "index": self.index} if self.unit == "slice"
-                                  else {"start": list(self.start), "size": list(self.size)})
+        record: Dict[str, Any] = (
+            {"axis": self.axis, "index": self.index}
+            if self.unit == "slice"
+            else {"start": list(self.start), "size": list(self.size)}
+        )
         if withScore:
             record["score"] = self.score
         return record
@@ -109,14 +130,17 @@ class UnitProposal:
         shape = tuple(int(s) for s in shape[:3])
         if self.unit == "slice":
             if self.index >= shape[self.axis]:
-                raise ASSFTModuleError(f"Proposed slice {self.index} on axis {self.axis} is outside the volume "
-                                       f"{shape}; rank this volume again.")
+                raise ASSFTModuleError(
+                    f"Proposed slice {self.index} on axis {self.axis} is outside the volume "
+                    f"{shape}; rank this volume again."
+                )
             where = [slice(None)] * 3
             where[self.axis] = slice(self.index, self.index + 1)
             return tuple(where)
         if any(s >= n for s, n in zip(self.start, shape)):
-            raise ASSFTModuleError(f"Proposed region at {list(self.start)} is outside the volume {shape}; rank this "
-                                   "volume again.")
+            raise ASSFTModuleError(
+                f"Proposed region at {list(self.start)} is outside the volume {shape}; rank this volume again."
+            )
         return tuple(slice(s, min(s + z, n)) for s, z, n in zip(self.start, self.size, shape))
 
     def describe(self) -> str:
@@ -194,8 +218,10 @@ def markDone(volumeNode, position: int, done: bool = True) -> Tuple[UnitProposal
     """
     proposals = proposalsOf(volumeNode)
     if not 0 <= position < len(proposals):
-        raise ASSFTModuleError(f"Volume '{volumeNode.GetName()}' has {len(proposals)} proposed slices or regions; "
-                               f"there is no number {position + 1}.")
+        raise ASSFTModuleError(
+            f"Volume '{volumeNode.GetName()}' has {len(proposals)} proposed slices or regions; "
+            f"there is no number {position + 1}."
+        )
     unit = proposals[position]
     kept = [u for u in doneUnits(volumeNode) if u.key != unit.key]
     if done:
@@ -229,8 +255,9 @@ def proposalCenterRas(volumeNode, proposal: UnitProposal) -> Tuple[float, float,
     """RAS of the unit's centre: the middle voxel of a slice (on its index along the axis), a region's centre."""
     shape = volumeNode.GetImageData().GetDimensions()
     where = proposal.voxelSlices(shape)
-    ijk = np.array([(s.start + s.stop - 1) / 2.0 if s.start is not None else (n - 1) / 2.0
-                    for s, n in zip(where, shape)] + [1.0])
+    ijk = np.array(
+        [(s.start + s.stop - 1) / 2.0 if s.start is not None else (n - 1) / 2.0 for s, n in zip(where, shape)] + [1.0]
+    )
     ras = ijkToRasArray(volumeNode) @ ijk
     return (float(ras[0]), float(ras[1]), float(ras[2]))
 
@@ -243,8 +270,10 @@ def jumpToProposal(scene, volumeNode, position: int) -> Dict[str, float]:
     """
     proposals = proposalsOf(volumeNode)
     if not 0 <= position < len(proposals):
-        raise ASSFTModuleError(f"Volume '{volumeNode.GetName()}' has {len(proposals)} proposed slices or regions; "
-                               f"there is no number {position + 1}.")
+        raise ASSFTModuleError(
+            f"Volume '{volumeNode.GetName()}' has {len(proposals)} proposed slices or regions; "
+            f"there is no number {position + 1}."
+        )
     offsets = regions.jumpSlicesTo(scene, proposalCenterRas(volumeNode, proposals[position]))
     volumeNode.SetAttribute(CURRENT_ATTRIBUTE, str(position))
     return offsets
@@ -274,8 +303,10 @@ def partialLabels(labels: np.ndarray, done: Sequence[UnitProposal]) -> Optional[
     if not done:
         return None
     if labels.size and int(labels.max()) >= NOT_ANNOTATED:
-        raise ASSFTModuleError(f"A class index of {int(labels.max())} cannot be saved as a partial label "
-                               f"({NOT_ANNOTATED} means not annotated).")
+        raise ASSFTModuleError(
+            f"A class index of {int(labels.max())} cannot be saved as a partial label "
+            f"({NOT_ANNOTATED} means not annotated)."
+        )
     out = np.full(labels.shape[:3], NOT_ANNOTATED, dtype=np.uint8)
     inside = unitMask(labels.shape, done)
     out[inside] = labels[inside]
@@ -320,8 +351,10 @@ def notLabelledReason(volumeNode) -> str:
     if not proposals or doneUnits(volumeNode):
         return ""
     word = "slices" if proposals[0].unit == "slice" else "regions"
-    return (f"'{volumeNode.GetName()}' has {len(proposals)} proposed {word} and none is marked done, so it is not a "
-            f"labelled volume: paint a proposed {word[:-1]}, then Mark done.")
+    return (
+        f"'{volumeNode.GetName()}' has {len(proposals)} proposed {word} and none is marked done, so it is not a "
+        f"labelled volume: paint a proposed {word[:-1]}, then Mark done."
+    )
 
 
 def progressLine(volumeNode) -> str:

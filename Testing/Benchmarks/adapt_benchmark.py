@@ -63,52 +63,117 @@ ARMS: Dict[str, Dict[str, Any]] = {
     "assft_no_pseudo": {"pseudo": {"mode": "none"}},
     "labels_only_unguarded": {"pseudo": {"mode": "none"}, "validation": {"guard": False}},
     "assft_unguarded": {"validation": {"guard": False}},
-    "legacy": {"train": {"learning_rate": 1e-3, "encoder_lr_scale": 1.0, "l2sp_weight": 0.0},
-               "pseudo": {"mode": "selective", "teacher": "offline", "strong_view": False, "spatial_view": False,
-                          "cutmix_probability": 0.0, "voxel_threshold": None},
-               "validation": {"guard": False}},
-    "legacy_no_pseudo": {"train": {"learning_rate": 1e-3, "encoder_lr_scale": 1.0, "l2sp_weight": 0.0},
-                         "pseudo": {"mode": "none"}, "validation": {"guard": False}},
-    "protected_no_pseudo": {"train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
-                            "pseudo": {"mode": "none"}, "validation": {"guard": False}},
-    "protected_offline": {"train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
-                          "pseudo": {"mode": "selective", "teacher": "offline", "strong_view": False,
-                                     "spatial_view": False, "cutmix_probability": 0.0, "voxel_threshold": None},
-                          "validation": {"guard": False}},
-    "protected_mean_teacher": {"train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
-                               "pseudo": {"mode": "selective", "teacher": "ema", "strong_view": True,
-                                          "spatial_view": False, "cutmix_probability": 0.5, "voxel_threshold": 0.7,
-                                          "class_keep_min": 0.5},
-                               "validation": {"guard": False}},
+    "legacy": {
+        "train": {"learning_rate": 1e-3, "encoder_lr_scale": 1.0, "l2sp_weight": 0.0},
+        "pseudo": {
+            "mode": "selective",
+            "teacher": "offline",
+            "strong_view": False,
+            "spatial_view": False,
+            "cutmix_probability": 0.0,
+            "voxel_threshold": None,
+        },
+        "validation": {"guard": False},
+    },
+    "legacy_no_pseudo": {
+        "train": {"learning_rate": 1e-3, "encoder_lr_scale": 1.0, "l2sp_weight": 0.0},
+        "pseudo": {"mode": "none"},
+        "validation": {"guard": False},
+    },
+    "protected_no_pseudo": {
+        "train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
+        "pseudo": {"mode": "none"},
+        "validation": {"guard": False},
+    },
+    "protected_offline": {
+        "train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
+        "pseudo": {
+            "mode": "selective",
+            "teacher": "offline",
+            "strong_view": False,
+            "spatial_view": False,
+            "cutmix_probability": 0.0,
+            "voxel_threshold": None,
+        },
+        "validation": {"guard": False},
+    },
+    "protected_mean_teacher": {
+        "train": {"learning_rate": 3e-4, "encoder_lr_scale": 0.1, "l2sp_weight": 0.01},
+        "pseudo": {
+            "mode": "selective",
+            "teacher": "ema",
+            "strong_view": True,
+            "spatial_view": False,
+            "cutmix_probability": 0.5,
+            "voxel_threshold": 0.7,
+            "class_keep_min": 0.5,
+        },
+        "validation": {"guard": False},
+    },
 }
 #: The learning-rate and protection sweep that chose the defaults (RESULTS.md, "Few-label fine-tuning").
 _PLAIN = {"encoder_lr_scale": 1.0, "l2sp_weight": 0.0}
 _PROTECTED = {"encoder_lr_scale": 0.1, "l2sp_weight": 0.01}
-_OFFLINE = {"mode": "selective", "teacher": "offline", "strong_view": False, "spatial_view": False,
-            "cutmix_probability": 0.0, "voxel_threshold": None}
+_OFFLINE = {
+    "mode": "selective",
+    "teacher": "offline",
+    "strong_view": False,
+    "spatial_view": False,
+    "cutmix_probability": 0.0,
+    "voxel_threshold": None,
+}
 #: The Mean-Teacher recipe as measured in the sweep (intensity-only strong view; the spatial jitter is its own arm).
-_MEAN_TEACHER = {"mode": "selective", "teacher": "ema", "strong_view": True, "spatial_view": False,
-                 "cutmix_probability": 0.5, "voxel_threshold": 0.7, "class_keep_min": 0.5}
+_MEAN_TEACHER = {
+    "mode": "selective",
+    "teacher": "ema",
+    "strong_view": True,
+    "spatial_view": False,
+    "cutmix_probability": 0.5,
+    "voxel_threshold": 0.7,
+    "class_keep_min": 0.5,
+}
 for _lr, _name in ((1e-4, "lr1e-4"), (3e-5, "lr3e-5")):
-    ARMS[f"{_name}_plain_no_pseudo"] = {"train": {"learning_rate": _lr, **_PLAIN}, "pseudo": {"mode": "none"},
-                                        "validation": {"guard": False}}
-    ARMS[f"{_name}_protected_no_pseudo"] = {"train": {"learning_rate": _lr, **_PROTECTED},
-                                            "pseudo": {"mode": "none"}, "validation": {"guard": False}}
-    ARMS[f"{_name}_protected_offline"] = {"train": {"learning_rate": _lr, **_PROTECTED}, "pseudo": _OFFLINE,
-                                          "validation": {"guard": False}}
-    ARMS[f"{_name}_protected_mean_teacher"] = {"train": {"learning_rate": _lr, **_PROTECTED},
-                                               "pseudo": _MEAN_TEACHER, "validation": {"guard": False}}
-    ARMS[f"{_name}_plain_offline"] = {"train": {"learning_rate": _lr, **_PLAIN}, "pseudo": _OFFLINE,
-                                      "validation": {"guard": False}}
-    ARMS[f"{_name}_plain_mean_teacher"] = {"train": {"learning_rate": _lr, **_PLAIN}, "pseudo": _MEAN_TEACHER,
-                                           "validation": {"guard": False}}
-    ARMS[f"{_name}_plain_mean_teacher_confidence"] = {"train": {"learning_rate": _lr, **_PLAIN},
-                                                      "pseudo": {**_MEAN_TEACHER, "dist_weight": 0.0},
-                                                      "validation": {"guard": False}}
+    ARMS[f"{_name}_plain_no_pseudo"] = {
+        "train": {"learning_rate": _lr, **_PLAIN},
+        "pseudo": {"mode": "none"},
+        "validation": {"guard": False},
+    }
+    ARMS[f"{_name}_protected_no_pseudo"] = {
+        "train": {"learning_rate": _lr, **_PROTECTED},
+        "pseudo": {"mode": "none"},
+        "validation": {"guard": False},
+    }
+    ARMS[f"{_name}_protected_offline"] = {
+        "train": {"learning_rate": _lr, **_PROTECTED},
+        "pseudo": _OFFLINE,
+        "validation": {"guard": False},
+    }
+    ARMS[f"{_name}_protected_mean_teacher"] = {
+        "train": {"learning_rate": _lr, **_PROTECTED},
+        "pseudo": _MEAN_TEACHER,
+        "validation": {"guard": False},
+    }
+    ARMS[f"{_name}_plain_offline"] = {
+        "train": {"learning_rate": _lr, **_PLAIN},
+        "pseudo": _OFFLINE,
+        "validation": {"guard": False},
+    }
+    ARMS[f"{_name}_plain_mean_teacher"] = {
+        "train": {"learning_rate": _lr, **_PLAIN},
+        "pseudo": _MEAN_TEACHER,
+        "validation": {"guard": False},
+    }
+    ARMS[f"{_name}_plain_mean_teacher_confidence"] = {
+        "train": {"learning_rate": _lr, **_PLAIN},
+        "pseudo": {**_MEAN_TEACHER, "dist_weight": 0.0},
+        "validation": {"guard": False},
+    }
 
-ARMS["lr1e-4_plain_mean_teacher_spatial"] = {"train": {"learning_rate": 1e-4, **_PLAIN},
-                                             "pseudo": {**_MEAN_TEACHER, "spatial_view": True},
-                                             "validation": {"guard": False}}
+ARMS["lr1e-4_plain_mean_teacher_spatial"] = {
+    "train": {"learning_rate": 1e-4, **_PLAIN},
+    "pseudo": {**_MEAN_TEACHER, "spatial_view": True},
+    "validation": {"guard": False},
+}
 #: Oracle arms (diagnosis only, issue 8 item 3): the base arm's recipe, but the kept share of the pool is chosen by
 #: the true Dice of the teacher's pseudo-labels against the hidden labels instead of by reliability: how much a
 #: perfect volume selection would add.
@@ -133,10 +198,24 @@ SFR_ARMS: Dict[str, Dict[str, Any]] = {
 SFR_SAM_STEPS = 300
 
 PROFILES = {
-    "quick": {"budgets": [2, 4], "draws": 2, "train_seeds": 2, "pool_size": 36, "test_size": 20,
-              "iterations": 100, "semi_iterations": 100},
-    "full": {"budgets": [2, 4, 8], "draws": 3, "train_seeds": 3, "pool_size": 0, "test_size": 0,
-             "iterations": 100, "semi_iterations": 100},
+    "quick": {
+        "budgets": [2, 4],
+        "draws": 2,
+        "train_seeds": 2,
+        "pool_size": 36,
+        "test_size": 20,
+        "iterations": 100,
+        "semi_iterations": 100,
+    },
+    "full": {
+        "budgets": [2, 4, 8],
+        "draws": 3,
+        "train_seeds": 3,
+        "pool_size": 0,
+        "test_size": 0,
+        "iterations": 100,
+        "semi_iterations": 100,
+    },
 }
 
 
@@ -230,21 +309,35 @@ class OracleLabeller:
             dice[case] = float(mean_scored(dice_per_class(label, truth, classes)))
         order = sorted(dice, key=lambda c: (-dice[c], c))
         keep = set(order[: int(math.ceil(run.config.pseudo.keep_fraction * len(order) - 1e-9))])
-        decisions = tuple(PseudoDecision(d.case_id, d.confidence, d.distance, dice.get(d.case_id, float("nan")),
-                                         d.case_id in keep, order.index(d.case_id) + 1 if d.case_id in dice else 0)
-                          for d in everything.decisions)
-        return PseudoLabels(decisions, labels={c: v for c, v in everything.labels.items() if c in keep},
-                            masks={c: v for c, v in everything.masks.items() if c in keep})
+        decisions = tuple(
+            PseudoDecision(
+                d.case_id,
+                d.confidence,
+                d.distance,
+                dice.get(d.case_id, float("nan")),
+                d.case_id in keep,
+                order.index(d.case_id) + 1 if d.case_id in dice else 0,
+            )
+            for d in everything.decisions
+        )
+        return PseudoLabels(
+            decisions,
+            labels={c: v for c, v in everything.labels.items() if c in keep},
+            masks={c: v for c, v in everything.masks.items() if c in keep},
+        )
 
 
 def _sfr_config(arm: str, seed: int):
     from ASSFTActive.sfr.pipeline import SfrConfig
 
     steps = _WORKER["iterations"] + _WORKER["semi_iterations"]
-    data: Dict[str, Any] = {"sam": {"iterations": _WORKER["sam_iterations"], "seed": 1337 + seed},
-                            "retrain": {"iterations": steps, "seed": seed},
-                            "mean_teacher": {"consistency_epoch_steps": max(1, steps // 40)},
-                            "validation": {"guard": False, "hd95": False}, "predict_pool": False}
+    data: Dict[str, Any] = {
+        "sam": {"iterations": _WORKER["sam_iterations"], "seed": 1337 + seed},
+        "retrain": {"iterations": steps, "seed": seed},
+        "mean_teacher": {"consistency_epoch_steps": max(1, steps // 40)},
+        "validation": {"guard": False, "hd95": False},
+        "predict_pool": False,
+    }
     for key, value in SFR_ARMS[arm].items():
         data[key] = dict(data.get(key, {}), **value) if isinstance(value, dict) else value
     return SfrConfig.from_dict(data)
@@ -268,8 +361,7 @@ def _run_sfr(task: Task, request):
         seen.clear()
         for pseudo, volume in zip(out, volumes):
             truth = read_label(root / "labelsTr" / f"{pseudo.case_id}.nii.gz", volume, classes).array
-            seen[pseudo.case_id] = float(mean_scored(dice_per_class(np.asarray(pseudo.label.array), truth,
-                                                                    classes)))
+            seen[pseudo.case_id] = float(mean_scored(dice_per_class(np.asarray(pseudo.label.array), truth, classes)))
         return out
 
     config = _sfr_config(task.arm, task.seed)
@@ -277,8 +369,10 @@ def _run_sfr(task: Task, request):
     labeller = recording if config.mean_teacher.pseudo_weight > 0 else sfr_pseudo_labels
     result = run_adaptation(request, Sfr(config, labeller=labeller))
     kept = [r.case_id for r in result.pseudo if r.kept]
-    diagnosis = {"pseudo_true_dice": float(np.mean(list(seen.values()))) if seen else None,
-                 "pseudo_true_dice_kept": float(np.mean([seen[c] for c in kept if c in seen])) if kept else None}
+    diagnosis = {
+        "pseudo_true_dice": float(np.mean(list(seen.values()))) if seen else None,
+        "pseudo_true_dice_kept": float(np.mean([seen[c] for c in kept if c in seen])) if kept else None,
+    }
     return result, kept, diagnosis
 
 
@@ -287,8 +381,13 @@ def run_task(task: Task) -> Dict[str, Any]:
     from ASSFTActive.finetune.assft import SelectiveSelfTraining
 
     if task.arm == "floor":
-        return {"task": task.__dict__, "test_dice": _test_dice(None, task.shift), "activated": False,
-                "adapted_dice": None, "seconds": 0.0}
+        return {
+            "task": task.__dict__,
+            "test_dice": _test_dice(None, task.shift),
+            "activated": False,
+            "adapted_dice": None,
+            "seconds": 0.0,
+        }
     root = Path(_WORKER["data"])
     images = {c: str(Path(_WORKER["pool_dirs"][task.shift]) / f"{c}.nii.gz") for c in _WORKER["pool_ids"]}
     labels = {c: str(root / "labelsTr" / f"{c}.nii.gz") for c in task.labeled}
@@ -307,9 +406,16 @@ def run_task(task: Task) -> Dict[str, Any]:
     finally:
         shutil.rmtree(store, ignore_errors=True)
     floor = _test_dice(None, task.shift)
-    return {"task": task.__dict__, "activated": result.activated, "adapted_dice": adapted,
-            "test_dice": adapted if result.activated else floor, "activation": result.decision.to_dict(),
-            "kept": kept, "seconds": time.perf_counter() - start, **diagnosis}
+    return {
+        "task": task.__dict__,
+        "activated": result.activated,
+        "adapted_dice": adapted,
+        "test_dice": adapted if result.activated else floor,
+        "activation": result.decision.to_dict(),
+        "kept": kept,
+        "seconds": time.perf_counter() - start,
+        **diagnosis,
+    }
 
 
 def _interval(values: Sequence[float]) -> Tuple[float, float]:
@@ -328,8 +434,9 @@ def _draw_balanced_mean(runs: Sequence[Dict[str, Any]]) -> np.ndarray:
     return np.mean([np.mean(np.array(v), axis=0) for v in by_draw.values()], axis=0)
 
 
-def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence[int],
-              reference: str = "assft_no_pseudo") -> Dict[str, Any]:
+def summarise(
+    runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence[int], reference: str = "assft_no_pseudo"
+) -> Dict[str, Any]:
     """Per shift, budget and arm: mean Dice, paired differences to ``reference`` (labels only) and to the floor,
     and the noise floor."""
     table: Dict[str, Any] = {}
@@ -342,8 +449,11 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
         for budget in budgets:
             row = {}
             for arm in arms:
-                mine = [r for r in runs if r["task"]["shift"] == shift and r["task"]["budget"] == budget
-                        and r["task"]["arm"] == arm]
+                mine = [
+                    r
+                    for r in runs
+                    if r["task"]["shift"] == shift and r["task"]["budget"] == budget and r["task"]["arm"] == arm
+                ]
                 if not mine:
                     continue
                 per_run = np.array([r["test_dice"] for r in mine])  # [runs, cases]
@@ -352,19 +462,28 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
                 for r in mine:
                     by_draw.setdefault(r["task"]["draw"], []).append(float(np.mean(r["test_dice"])))
                 spreads = [float(np.std(v, ddof=1)) for v in by_draw.values() if len(v) > 1]
-                entry = {"mean": float(per_case.mean()), "runs": len(mine),
-                         "run_means": [float(x) for x in per_run.mean(axis=1)],
-                         "activated": sum(bool(r["activated"]) for r in mine),
-                         "adapted_mean": (float(np.mean([np.mean(r["adapted_dice"]) for r in mine]))
-                                          if all(r["adapted_dice"] is not None for r in mine) else None),
-                         "noise_floor": float(np.mean(spreads)) if spreads else None,
-                         "vs_floor": _interval(per_case - floor)}
+                entry = {
+                    "mean": float(per_case.mean()),
+                    "runs": len(mine),
+                    "run_means": [float(x) for x in per_run.mean(axis=1)],
+                    "activated": sum(bool(r["activated"]) for r in mine),
+                    "adapted_mean": (
+                        float(np.mean([np.mean(r["adapted_dice"]) for r in mine]))
+                        if all(r["adapted_dice"] is not None for r in mine)
+                        else None
+                    ),
+                    "noise_floor": float(np.mean(spreads)) if spreads else None,
+                    "vs_floor": _interval(per_case - floor),
+                }
                 for key in ("pseudo_true_dice", "pseudo_true_dice_kept"):
                     values = [r[key] for r in mine if r.get(key) is not None]
                     if values:
                         entry[key] = float(np.mean(values))
-                paired = [r for r in runs if r["task"]["shift"] == shift and r["task"]["budget"] == budget
-                          and r["task"]["arm"] == reference]
+                paired = [
+                    r
+                    for r in runs
+                    if r["task"]["shift"] == shift and r["task"]["budget"] == budget and r["task"]["arm"] == reference
+                ]
                 if paired and arm != reference:
                     ref = _draw_balanced_mean(paired)
                     entry["vs_labels_only"] = _interval(per_case - ref)
@@ -374,35 +493,58 @@ def summarise(runs: List[Dict[str, Any]], arms: Sequence[str], budgets: Sequence
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    lines = [f"# Adapt Model benchmark ({report['profile']}{report['tag']})", "",
-             f"Command: `{report['command']}`", "",
-             f"Machine: {report['machine']}; {report['seconds'] / 60:.1f} min; revision {report['revision']}.", "",
-             "Mean target-test Dice of the model that is active after Adapt Model (the adapted one when the guard "
-             "activated it, else the pre-trained one); `adapted` is the adapted model's own Dice; Δ are paired "
-             "per-test-case differences with a 95 % interval over test cases; `noise` is the standard deviation of "
-             "the mean Dice between training seeds of the same labelled set.", ""]
+    lines = [
+        f"# Adapt Model benchmark ({report['profile']}{report['tag']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']}; {report['seconds'] / 60:.1f} min; revision {report['revision']}.",
+        "",
+        "Mean target-test Dice of the model that is active after Adapt Model (the adapted one when the guard "
+        "activated it, else the pre-trained one); `adapted` is the adapted model's own Dice; Δ are paired "
+        "per-test-case differences with a 95 % interval over test cases; `noise` is the standard deviation of "
+        "the mean Dice between training seeds of the same labelled set.",
+        "",
+    ]
     for shift, data in report["summary"].items():
-        lines += [f"## {shift} shift (strength {SHIFTS[shift]}), floor {data['floor']:.3f}", "",
-                  f"| budget | arm | active Dice | adapted Dice | activated | Δ vs floor | Δ vs {report['reference']} "
-                  "| noise |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {shift} shift (strength {SHIFTS[shift]}), floor {data['floor']:.3f}",
+            "",
+            f"| budget | arm | active Dice | adapted Dice | activated | Δ vs floor | Δ vs {report['reference']} "
+            "| noise |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for budget, row in data["budgets"].items():
             for arm, e in row.items():
+
                 def fmt(pair):
                     return "" if pair is None else f"{pair[0]:+.3f} ± {pair[1]:.3f}"
 
                 adapted = "" if e["adapted_mean"] is None else f"{e['adapted_mean']:.3f}"
                 noise = "" if e["noise_floor"] is None else f"{e['noise_floor']:.3f}"
-                lines.append(f"| {budget} | {arm} | {e['mean']:.3f} | {adapted} | {e['activated']}/{e['runs']} | "
-                             f"{fmt(e['vs_floor'])} | {fmt(e.get('vs_labels_only'))} | {noise} |")
+                lines.append(
+                    f"| {budget} | {arm} | {e['mean']:.3f} | {adapted} | {e['activated']}/{e['runs']} | "
+                    f"{fmt(e['vs_floor'])} | {fmt(e.get('vs_labels_only'))} | {noise} |"
+                )
         lines.append("")
-        sam = [(budget, arm, e) for budget, row in data["budgets"].items() for arm, e in row.items()
-               if e.get("pseudo_true_dice") is not None]
+        sam = [
+            (budget, arm, e)
+            for budget, row in data["budgets"].items()
+            for arm, e in row.items()
+            if e.get("pseudo_true_dice") is not None
+        ]
         if sam:
-            lines += ["True Dice of SAM's pseudo-labels of the pool (hidden labels; diagnosis only):", "",
-                      "| budget | arm | all pool volumes | kept for re-training |", "|---|---|---|---|"]
-            lines += [f"| {budget} | {arm} | {e['pseudo_true_dice']:.3f} | "
-                      f"{e.get('pseudo_true_dice_kept', float('nan')):.3f} |" for budget, arm, e in sam]
+            lines += [
+                "True Dice of SAM's pseudo-labels of the pool (hidden labels; diagnosis only):",
+                "",
+                "| budget | arm | all pool volumes | kept for re-training |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {budget} | {arm} | {e['pseudo_true_dice']:.3f} | "
+                f"{e.get('pseudo_true_dice_kept', float('nan')):.3f} |"
+                for budget, arm, e in sam
+            ]
             lines.append("")
     return "\n".join(lines)
 
@@ -424,8 +566,9 @@ def query_selection(pool_dir: Path, budget: int) -> Tuple[str, ...]:
     from ASSFTActive.store import resolve_card
 
     with tempfile.TemporaryDirectory(prefix="adapt-bench-rank-") as out:
-        result = rank_pool(sorted(pool_dir.glob("*.nii.gz")), resolve_card("default"), budget, Path(out),
-                           write_outputs=False)
+        result = rank_pool(
+            sorted(pool_dir.glob("*.nii.gz")), resolve_card("default"), budget, Path(out), write_outputs=False
+        )
     return tuple(sorted(result.ranking.selected_ids))
 
 
@@ -440,16 +583,22 @@ def main() -> None:
     parser.add_argument("--train-seeds", type=int)
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--semi-iterations", type=int)
-    parser.add_argument("--sam-iterations", type=int, default=SFR_SAM_STEPS, help="SAM fine-tuning steps of the "
-                                                                                  "SFR arms")
+    parser.add_argument(
+        "--sam-iterations", type=int, default=SFR_SAM_STEPS, help="SAM fine-tuning steps of the SFR arms"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reference", default="assft_no_pseudo", help="the labels-only arm others are paired with")
     parser.add_argument("--tag", default="")
     parser.add_argument("--first-seed", type=int, default=0, help="training seeds start here (to add seeds)")
     parser.add_argument("--first-draw", type=int, default=0, help="random labelled draws start here (to add draws)")
-    parser.add_argument("--summarise", type=Path, nargs="+", metavar="JSON",
-                        help="only rewrite the tables of earlier runs' JSON (the runs of several files are merged "
-                             "into the first, e.g. more seeds of the same arms; --reference may change)")
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="only rewrite the tables of earlier runs' JSON (the runs of several files are merged "
+        "into the first, e.g. more seeds of the same arms; --reference may change)",
+    )
     args = parser.parse_args()
     if args.summarise is not None:
         report = json.loads(args.summarise[0].read_text())
@@ -459,8 +608,11 @@ def main() -> None:
             report["command"] += f" + {more['command']}"
             report["seconds"] += more["seconds"]
         arms = list(dict.fromkeys(r["task"]["arm"] for r in report["runs"] if r["task"]["arm"] != "floor"))
-        report.update(reference=args.reference, tag=report.get("tag", ""),
-                      summary=summarise(report["runs"], arms, report["profile_settings"]["budgets"], args.reference))
+        report.update(
+            reference=args.reference,
+            tag=report.get("tag", ""),
+            summary=summarise(report["runs"], arms, report["profile_settings"]["budgets"], args.reference),
+        )
         args.summarise[0].write_text(json.dumps(report, indent=1))
         args.summarise[0].with_suffix(".md").write_text(markdown(report))
         print(markdown(report))
@@ -494,15 +646,30 @@ def main() -> None:
         for shift in shifts:
             pool_dirs[shift] = str(work / shift)
             write_pool(args.data, pool, SHIFTS[shift], work / shift)
-        setup = {"data": str(args.data), "pool_ids": pool, "test_ids": test, "pool_dirs": pool_dirs,
-                 "iterations": profile["iterations"], "semi_iterations": profile["semi_iterations"],
-                 "sam_iterations": args.sam_iterations, "threads": max(1, (os.cpu_count() or 2) // args.workers)}
+        setup = {
+            "data": str(args.data),
+            "pool_ids": pool,
+            "test_ids": test,
+            "pool_dirs": pool_dirs,
+            "iterations": profile["iterations"],
+            "semi_iterations": profile["semi_iterations"],
+            "sam_iterations": args.sam_iterations,
+            "threads": max(1, (os.cpu_count() or 2) // args.workers),
+        }
         runs = []
         with futures.ProcessPoolExecutor(args.workers, initializer=_init, initargs=(setup,)) as pool_exec:
             # the query runs in a worker: torch threads in this process would hang the forked workers
-            queried = ({shift: {b: pool_exec.submit(query_selection, Path(pool_dirs[shift]), b).result()
-                                for b in profile["budgets"]} for shift in shifts}
-                       if any(a in QUERY_ARMS for a in arms) else {})
+            queried = (
+                {
+                    shift: {
+                        b: pool_exec.submit(query_selection, Path(pool_dirs[shift]), b).result()
+                        for b in profile["budgets"]
+                    }
+                    for shift in shifts
+                }
+                if any(a in QUERY_ARMS for a in arms)
+                else {}
+            )
             rng_tasks: List[Task] = []
             for shift in shifts:
                 rng_tasks.append(Task(shift, 0, 0, 0, "floor", ()))
@@ -521,21 +688,29 @@ def main() -> None:
                 result = job.result()
                 runs.append(result)
                 t = result["task"]
-                print(f"[{done}/{len(jobs)}] {t['shift']} B={t['budget']} draw {t['draw']} seed {t['seed']} "
-                      f"{t['arm']}: active {np.mean(result['test_dice']):.3f} "
-                      f"activated={result['activated']} ({result['seconds']:.0f} s)", flush=True)
+                print(
+                    f"[{done}/{len(jobs)}] {t['shift']} B={t['budget']} draw {t['draw']} seed {t['seed']} "
+                    f"{t['arm']}: active {np.mean(result['test_dice']):.3f} "
+                    f"activated={result['activated']} ({result['seconds']:.0f} s)",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     import torch
 
     report = {
-        "profile": args.profile, "tag": args.tag, "command": " ".join(["Testing/Benchmarks/adapt_benchmark.py"]
-                                                                      + sys.argv[1:]),
+        "profile": args.profile,
+        "tag": args.tag,
+        "command": " ".join(["Testing/Benchmarks/adapt_benchmark.py"] + sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "revision": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
-        "seconds": time.time() - started, "profile_settings": profile,
+        "seconds": time.time() - started,
+        "profile_settings": profile,
         "arms": {a: ARMS.get(a, SFR_ARMS.get(a)) for a in arms},
-        "pool": pool, "test": test, "runs": runs, "reference": args.reference,
+        "pool": pool,
+        "test": test,
+        "runs": runs,
+        "reference": args.reference,
         "summary": summarise(runs, arms, profile["budgets"], args.reference),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ ANATOMY_TEXT = {"hippocampus": ("case", "the two hippocampus classes"), "acdc": 
 def _home_relative(path: str) -> str:
     """``path`` with the user's home folder written ``~`` (reports name no machine's home)."""
     home = str(Path.home())
-    return "~" + path[len(home):] if path.startswith(home + "/") else path
+    return "~" + path[len(home) :] if path.startswith(home + "/") else path
 
 
 def _aubc_cell(row: Dict[str, Any]) -> str:
@@ -99,8 +99,10 @@ def _runs(report: Dict[str, Any], arm: str, budget: int) -> List[Dict[str, Any]]
 def gap(report: Dict[str, Any], arm: str, reference: str, budget: int):
     """``query_stats.PairedGap`` of ``arm`` over ``reference`` at ``budget``, paired over the target-test cases."""
     cases = report["experiment"]["test"]
-    return query_stats.paired_gap(query_stats.draw_matrix(_runs(report, arm, budget), cases),
-                                  query_stats.draw_matrix(_runs(report, reference, budget), cases))
+    return query_stats.paired_gap(
+        query_stats.draw_matrix(_runs(report, arm, budget), cases),
+        query_stats.draw_matrix(_runs(report, reference, budget), cases),
+    )
 
 
 def _gap_cell(g) -> str:
@@ -139,13 +141,21 @@ def variant_lines(report: Dict[str, Any]) -> List[str]:
     if DEFAULT_QUERY_ARM not in rows or not variants:
         return []
     budgets = report["experiment"]["budgets"]
-    lines = ["", f"Difference of each query variant to the default ({rows[DEFAULT_QUERY_ARM]['label']}): mean "
-             "over the test cases of the per-case Dice difference, [95 % bootstrap interval], Wilcoxon p (same "
-             "model, same fine-tuning):", "",
-             "| variant | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
+    lines = [
+        "",
+        f"Difference of each query variant to the default ({rows[DEFAULT_QUERY_ARM]['label']}): mean "
+        "over the test cases of the per-case Dice difference, [95 % bootstrap interval], Wilcoxon p (same "
+        "model, same fine-tuning):",
+        "",
+        "| variant | " + " | ".join(f"B = {b}" for b in budgets) + " |",
+        "|" + "---|" * (len(budgets) + 1),
+    ]
     for name in variants:
-        lines.append(f"| {rows[name]['label']} | "
-                     + " | ".join(_gap_cell(gap(report, name, DEFAULT_QUERY_ARM, b)) for b in budgets) + " |")
+        lines.append(
+            f"| {rows[name]['label']} | "
+            + " | ".join(_gap_cell(gap(report, name, DEFAULT_QUERY_ARM, b)) for b in budgets)
+            + " |"
+        )
     return lines
 
 
@@ -157,39 +167,56 @@ def comparison_lines(report: Dict[str, Any]) -> List[str]:
     if "random" not in rows:
         return []
     floors = [gap(report, "random", "random", b).noise_floor for b in budgets]
-    lines = ["", "Difference to random: mean over the target-test cases of the per-case Dice difference (each side "
-             "averaged over its runs), [95 % interval] from a two-level bootstrap that resamples the test cases "
-             "and the query seeds together, and the two-sided Wilcoxon signed-rank p over the test cases. "
-             "Noise floor: the standard deviation of random's mean Dice between its query seeds "
-             + ", ".join(f"B = {b}: {f:.3f}" for b, f in zip(budgets, floors)) + ".", ""]
-    lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " | noise floor |",
-              "|" + "---|" * (len(budgets) + 2)]
+    lines = [
+        "",
+        "Difference to random: mean over the target-test cases of the per-case Dice difference (each side "
+        "averaged over its runs), [95 % interval] from a two-level bootstrap that resamples the test cases "
+        "and the query seeds together, and the two-sided Wilcoxon signed-rank p over the test cases. "
+        "Noise floor: the standard deviation of random's mean Dice between its query seeds "
+        + ", ".join(f"B = {b}: {f:.3f}" for b, f in zip(budgets, floors))
+        + ".",
+        "",
+    ]
+    lines += [
+        "| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " | noise floor |",
+        "|" + "---|" * (len(budgets) + 2),
+    ]
     for name, row in rows.items():
         if name == "random":
             continue
         cells = [_gap_cell(gap(report, name, "random", b)) for b in budgets]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " | "
-                     + " / ".join(f"{f:.3f}" for f in floors) + " |")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " | " + " / ".join(f"{f:.3f}" for f in floors) + " |")
     candidates = [a for a in QUERY_ARMS if a in rows]
     baselines = [a for a in STRONG_BASELINES if a in rows]
     if not candidates:
         return lines
-    lines += ["", f"Goal of issue 15 (labels-only fine-tuning): ASSFT's query >= random + {GOAL_OVER_RANDOM} with the "
-              f"interval above 0, and >= the best of {' / '.join(baselines) or 'the strong baselines'} + "
-              f"{GOAL_OVER_BEST} (the best chosen per budget by its mean). Headroom: the ceiling (every pool "
-              "volume labelled, same fine-tuning) minus random; where it is below "
-              f"{GOAL_OVER_RANDOM}, no query can reach the goal over random in this setting.", "",
-              "| query | B | vs random | vs best strong baseline | headroom | goal |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Goal of issue 15 (labels-only fine-tuning): ASSFT's query >= random + {GOAL_OVER_RANDOM} with the "
+        f"interval above 0, and >= the best of {' / '.join(baselines) or 'the strong baselines'} + "
+        f"{GOAL_OVER_BEST} (the best chosen per budget by its mean). Headroom: the ceiling (every pool "
+        "volume labelled, same fine-tuning) minus random; where it is below "
+        f"{GOAL_OVER_RANDOM}, no query can reach the goal over random in this setting.",
+        "",
+        "| query | B | vs random | vs best strong baseline | headroom | goal |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in candidates:
         for b in budgets:
             over_random = gap(report, name, "random", b)
             best = max(baselines, key=lambda a: rows[a]["budgets"][_k(rows[a], b)]["mean"]) if baselines else None
             over_best = gap(report, name, best, b) if best else None
-            met = (over_random.gap >= GOAL_OVER_RANDOM and over_random.low > 0
-                   and (over_best is None or over_best.gap >= GOAL_OVER_BEST))
-            lines.append(f"| {rows[name]['label']} | {b} | {_gap_cell(over_random)} | "
-                         + (f"{best}: {_gap_cell(over_best)}" if best else "n/a") + f" | "
-                         f"{headroom(report, b):+.3f} | {'met' if met else 'missed'} |")
+            met = (
+                over_random.gap >= GOAL_OVER_RANDOM
+                and over_random.low > 0
+                and (over_best is None or over_best.gap >= GOAL_OVER_BEST)
+            )
+            lines.append(
+                f"| {rows[name]['label']} | {b} | {_gap_cell(over_random)} | "
+                + (f"{best}: {_gap_cell(over_best)}" if best else "n/a")
+                + f" | "
+                f"{headroom(report, b):+.3f} | {'met' if met else 'missed'} |"
+            )
     return lines
 
 
@@ -202,8 +229,7 @@ def markdown(report: Dict[str, Any]) -> str:
     anatomy_name = exp.get("anatomy", "hippocampus")
     grouping, classes = ANATOMY_TEXT[anatomy_name]
     where = "" if anatomy_name == "hippocampus" else f", {anatomy_name}"
-    lines = [f"# Annotation efficiency ({exp['profile']} profile{where}{' ' + exp['tag'] if exp['tag'] else ''})",
-             ""]
+    lines = [f"# Annotation efficiency ({exp['profile']} profile{where}{' ' + exp['tag'] if exp['tag'] else ''})", ""]
     lines += [
         f"- Command: `{exp['command']}`",
         f"- Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram']} RAM, torch {m['torch']}, "
@@ -225,41 +251,67 @@ def markdown(report: Dict[str, Any]) -> str:
         f"pseudo-labels: `{ {k: v for k, v in exp['pseudo'].items() if k in _SHOWN_PSEUDO} }`",
     ]
     for index, part in enumerate(exp.get("merged_from", [])):
-        lines.insert(3 + index, f"- Merged from `{part['file']}` (revision {part['git']}, "
-                                f"{part['total_s'] / 60:.1f} min): `{part['command']}`")
+        lines.insert(
+            3 + index,
+            f"- Merged from `{part['file']}` (revision {part['git']}, "
+            f"{part['total_s'] / 60:.1f} min): `{part['command']}`",
+        )
     if anatomy_name != "hippocampus":
-        lines.insert(3, f"- Anatomy: {anatomy_name}, pre-trained model `{_home_relative(exp['model'])}` (split by "
-                        f"{grouping})")
-    lines += ["", f"Mean target-test Dice (mean of {classes}); ± is the standard deviation over "
-              "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
-              "normalised area under the Dice-versus-budget curve on a log2 budget axis, ± the spread of the "
-              "per-run AUBCs.", ""]
+        lines.insert(
+            3, f"- Anatomy: {anatomy_name}, pre-trained model `{_home_relative(exp['model'])}` (split by {grouping})"
+        )
+    lines += [
+        "",
+        f"Mean target-test Dice (mean of {classes}); ± is the standard deviation over "
+        "runs (random query seeds x training seeds), shown where an arm has more than one run. AUBC: "
+        "normalised area under the Dice-versus-budget curve on a log2 budget axis, ± the spread of the "
+        "per-run AUBCs.",
+        "",
+    ]
     header = "| strategy | fine-tuning | " + " | ".join(f"B = {b}" for b in budgets) + " | AUBC |"
     lines += [header, "|" + "---|" * (len(budgets) + 3)]
-    lines.append("| no adaptation (floor) | none | " + " | ".join(f"{report['floor']['mean_dice']:.3f}"
-                                                                for _ in budgets)
-                 + f" | {report['floor']['mean_dice']:.3f} |")
+    lines.append(
+        "| no adaptation (floor) | none | "
+        + " | ".join(f"{report['floor']['mean_dice']:.3f}" for _ in budgets)
+        + f" | {report['floor']['mean_dice']:.3f} |"
+    )
     for row in report["arms"].values():
         cells = [_cell(row["budgets"][_k(row, b)]) for b in budgets]
         n = row["budgets"][_k(row, budgets[0])]["n"]
-        lines.append(f"| {row['label']}{f' (n={n})' if n > 1 else ''} | {row['pseudo']} | " + " | ".join(cells)
-                     + f" | {_aubc_cell(row)} |")
+        lines.append(
+            f"| {row['label']}{f' (n={n})' if n > 1 else ''} | {row['pseudo']} | "
+            + " | ".join(cells)
+            + f" | {_aubc_cell(row)} |"
+        )
     ceiling = report["ceiling"]
-    lines.append(f"| all {len(exp['pool'])} pool volumes labelled (ceiling) | none | "
-                 + " | ".join(_cell(ceiling) for _ in budgets) + f" | {ceiling['mean']:.3f} |")
+    lines.append(
+        f"| all {len(exp['pool'])} pool volumes labelled (ceiling) | none | "
+        + " | ".join(_cell(ceiling) for _ in budgets)
+        + f" | {ceiling['mean']:.3f} |"
+    )
     lines += comparison_lines(report)
     lines += variant_lines(report)
-    lines += ["", "Mean cold-start Dice of the pre-trained model on the volumes each arm chose (low = the arm "
-              "picked volumes the model fails on; hidden labels, diagnostic only):", ""]
+    lines += [
+        "",
+        "Mean cold-start Dice of the pre-trained model on the volumes each arm chose (low = the arm "
+        "picked volumes the model fails on; hidden labels, diagnostic only):",
+        "",
+    ]
     lines += ["| strategy | " + " | ".join(f"B = {b}" for b in budgets) + " |", "|" + "---|" * (len(budgets) + 1)]
     for row in report["arms"].values():
-        cells = [f"{np.mean([r['selected_pretrained_dice'] for r in row['budgets'][_k(row, b)]['runs']]):.3f}"
-                 for b in budgets]
+        cells = [
+            f"{np.mean([r['selected_pretrained_dice'] for r in row['budgets'][_k(row, b)]['runs']]):.3f}"
+            for b in budgets
+        ]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     diag = report["pool_diagnostics"]
-    lines += ["", f"Pool under the shift, pre-trained model: mean Dice {diag['pool_pretrained_mean_dice']:.3f} "
-              f"(range {diag['pool_pretrained_dice_range'][0]:.3f} to {diag['pool_pretrained_dice_range'][1]:.3f}). "
-              "Spearman correlation of each cold-start score with the model's error (1 - Dice) over the pool:", ""]
+    lines += [
+        "",
+        f"Pool under the shift, pre-trained model: mean Dice {diag['pool_pretrained_mean_dice']:.3f} "
+        f"(range {diag['pool_pretrained_dice_range'][0]:.3f} to {diag['pool_pretrained_dice_range'][1]:.3f}). "
+        "Spearman correlation of each cold-start score with the model's error (1 - Dice) over the pool:",
+        "",
+    ]
     lines += ["| score | rho | p |", "|---|---|---|"]
     for name, v in diag["score_vs_pretrained_error"].items():
         if v["spearman_rho"] is None:
@@ -278,14 +330,27 @@ def markdown(report: Dict[str, Any]) -> str:
             shown = f"{np.mean(quality):.3f}" if quality else "not recorded"
             pseudo_rows.append(f"| {row['label']} | {b} | {np.mean(kept):.1f} | {shown} |")
     if pseudo_rows:
-        lines += ["", "Pseudo-labelled volumes used, and their true Dice against the hidden labels (diagnostic):",
-                  "", "| strategy | B | volumes | Dice of the pseudo-labels |", "|---|---|---|---|"] + pseudo_rows
+        lines += [
+            "",
+            "Pseudo-labelled volumes used, and their true Dice against the hidden labels (diagnostic):",
+            "",
+            "| strategy | B | volumes | Dice of the pseudo-labels |",
+            "|---|---|---|---|",
+        ] + pseudo_rows
     lines += ["", f"![Dice against budget]({Path(report['png']).name})", ""]
     return "\n".join(lines)
 
 
-_INTERIM_SCORES = ("asd_voxel_mean", "asd_class_balanced", "clasp_class_mean", "mean_entropy", "dkd",
-                   "knowledge_divergence", "mc_dropout", "bald")
+_INTERIM_SCORES = (
+    "asd_voxel_mean",
+    "asd_class_balanced",
+    "clasp_class_mean",
+    "mean_entropy",
+    "dkd",
+    "knowledge_divergence",
+    "mc_dropout",
+    "bald",
+)
 
 
 def interim_rhos(row: Dict[str, Any]) -> Dict[str, List[float]]:
@@ -324,26 +389,47 @@ def kd_variant_table(report: Dict[str, Any]) -> List[str]:
         if collected:
             names = names or list(collected)
             count = max(len(v) for v in collected.values())
-            rows.append(f"| {row['label']} | {count} | " + " | ".join(
-                f"{np.mean(collected[n]):+.2f}" if n in collected else "n/a" for n in names) + " |")
+            rows.append(
+                f"| {row['label']} | {count} | "
+                + " | ".join(f"{np.mean(collected[n]):+.2f}" if n in collected else "n/a" for n in names)
+                + " |"
+            )
     if not rows:
         return []
-    return ["", "Knowledge divergence variants after adaptation: Spearman rho with the interim model's error over "
-            "the remaining candidates, per divergence and number of deepest encoder stages (features globally "
-            "mean-pooled), mean over the arm's later rounds (hidden labels, diagnostic only):", "",
-            "| strategy | rounds | " + " | ".join(n[3:] for n in names) + " |",
-            "|" + "---|" * (len(names) + 2)] + rows
+    return [
+        "",
+        "Knowledge divergence variants after adaptation: Spearman rho with the interim model's error over "
+        "the remaining candidates, per divergence and number of deepest encoder stages (features globally "
+        "mean-pooled), mean over the arm's later rounds (hidden labels, diagnostic only):",
+        "",
+        "| strategy | rounds | " + " | ".join(n[3:] for n in names) + " |",
+        "|" + "---|" * (len(names) + 2),
+    ] + rows
 
 
 def _interim_lines(rows: List[str]) -> List[str]:
-    return ["", "After adaptation (rounds 2+): Spearman rho of each score with the interim model's error over the "
-            "remaining candidates, mean over the arm's later rounds (KD is live here; hidden labels, diagnostic "
-            "only):", "", "| strategy | " + " | ".join(_INTERIM_SCORES) + " |",
-            "|" + "---|" * (len(_INTERIM_SCORES) + 1)] + rows
+    return [
+        "",
+        "After adaptation (rounds 2+): Spearman rho of each score with the interim model's error over the "
+        "remaining candidates, mean over the arm's later rounds (KD is live here; hidden labels, diagnostic "
+        "only):",
+        "",
+        "| strategy | " + " | ".join(_INTERIM_SCORES) + " |",
+        "|" + "---|" * (len(_INTERIM_SCORES) + 1),
+    ] + rows
 
 
-_SHOWN_QUERY = ("combine", "dkd_weight", "asd_reduce", "div_space", "fg_mask", "fg_dilation", "kd_metric",
-                "kd_stages", "normalise_scores")
+_SHOWN_QUERY = (
+    "combine",
+    "dkd_weight",
+    "asd_reduce",
+    "div_space",
+    "fg_mask",
+    "fg_dilation",
+    "kd_metric",
+    "kd_stages",
+    "normalise_scores",
+)
 _SHOWN_PSEUDO = ("select_mode", "keep_fraction", "dist_weight", "confidence", "voxel_threshold", "teacher")
 
 
@@ -364,8 +450,15 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     for index, (name, row) in enumerate(report["arms"].items()):
         means = [row["budgets"][_k(row, b)]["mean"] for b in budgets]
         sds = [row["budgets"][_k(row, b)]["sd"] or 0.0 for b in budgets]
-        style = styles.get(name, dict(color=f"C{(index + 4) % 10}", lw=1.2, marker=".",
-                                      ls="--" if name.startswith(("assft_", "dkd", "asd", "random_")) else "-"))
+        style = styles.get(
+            name,
+            dict(
+                color=f"C{(index + 4) % 10}",
+                lw=1.2,
+                marker=".",
+                ls="--" if name.startswith(("assft_", "dkd", "asd", "random_")) else "-",
+            ),
+        )
         ax.errorbar(budgets, means, yerr=sds if any(sds) else None, label=name, capsize=3, **style)
     ax.axhline(report["floor"]["mean_dice"], color="grey", ls=":", label="no adaptation")
     ax.axhline(report["ceiling"]["mean"], color="grey", ls="-.", label=f"all {len(exp['pool'])} labelled")
@@ -375,8 +468,10 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     ax.set_xlabel("labelled target volumes (budget)")
     ax.set_ylabel("target-test mean Dice")
     anatomy = exp.get("anatomy", "hippocampus")
-    ax.set_title(f"Annotation efficiency{'' if anatomy == 'hippocampus' else ', ' + anatomy}, {exp['profile']} "
-                 f"profile, shift {exp['shift']['kind']} {exp['shift']['strength']}")
+    ax.set_title(
+        f"Annotation efficiency{'' if anatomy == 'hippocampus' else ', ' + anatomy}, {exp['profile']} "
+        f"profile, shift {exp['shift']['kind']} {exp['shift']['strength']}"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
@@ -399,17 +494,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", default="", help="suffix of the output names (for variants)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
-                        help="write one report from the arms of several runs of the same experiment (no "
-                             "computation; name it with --tag)")
-    parser.add_argument("--report", type=Path, metavar="JSON",
-                        help="only re-render the .md and .png of an earlier run's JSON (no computation)")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="write one report from the arms of several runs of the same experiment (no "
+        "computation; name it with --tag)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="only re-render the .md and .png of an earlier run's JSON (no computation)",
+    )
     return parser
 
 
 #: Experiment settings two runs must share for their arms to stand in one table.
-MERGE_KEYS = ("anatomy", "model", "data", "pool", "test", "budgets", "rounds", "shift", "train", "semi_iterations",
-              "pseudo", "assft_query", "random_seeds", "train_seeds", "mc_samples", "guard", "profile")
+MERGE_KEYS = (
+    "anatomy",
+    "model",
+    "data",
+    "pool",
+    "test",
+    "budgets",
+    "rounds",
+    "shift",
+    "train",
+    "semi_iterations",
+    "pseudo",
+    "assft_query",
+    "random_seeds",
+    "train_seeds",
+    "mc_samples",
+    "guard",
+    "profile",
+)
 
 
 #: How far two runs' floor, ceiling or shared arm may differ and still be the same experiment: CPU training of one
@@ -440,8 +561,10 @@ def merge_reports(reports: Sequence[Dict[str, Any]], names: Sequence[str] = ()) 
                 raise ValueError(f"cannot merge {name}: its setting {key!r} differs from {names[0]}'s.")
         for part, key in (("floor", "mean_dice"), ("ceiling", "mean")):
             if not math.isclose(first[part][key], other[part][key], abs_tol=MERGE_TOLERANCE):
-                raise ValueError(f"cannot merge {name}: its {part} ({other[part][key]:.6f}) differs from "
-                                 f"{names[0]}'s ({first[part][key]:.6f}); the runs are not the same experiment.")
+                raise ValueError(
+                    f"cannot merge {name}: its {part} ({other[part][key]:.6f}) differs from "
+                    f"{names[0]}'s ({first[part][key]:.6f}); the runs are not the same experiment."
+                )
     arms: Dict[str, Any] = {}
     for name, report in zip(names, reports):
         for arm, row in report["arms"].items():
@@ -453,13 +576,18 @@ def merge_reports(reports: Sequence[Dict[str, Any]], names: Sequence[str] = ()) 
     merged["experiment"]["arms"] = list(arms)
     merged["experiment"]["merged_from"] = [
         {"file": name, "command": r["experiment"]["command"], "git": r["git"], "total_s": r["timings"]["total_s"]}
-        for name, r in zip(names, reports)]
+        for name, r in zip(names, reports)
+    ]
     merged["git"] = " + ".join(dict.fromkeys(r["git"] for r in reports))
     merged["timings"] = {key: float(sum(r["timings"][key] for r in reports)) for key in first["timings"]}
-    runs = sum(r["timings"]["finetune_s"] / r["timings"]["mean_train_seconds_per_run"] for r in reports
-               if r["timings"]["mean_train_seconds_per_run"])
+    runs = sum(
+        r["timings"]["finetune_s"] / r["timings"]["mean_train_seconds_per_run"]
+        for r in reports
+        if r["timings"]["mean_train_seconds_per_run"]
+    )
     merged["timings"]["mean_train_seconds_per_run"] = (
-        float(sum(r["timings"]["finetune_s"] for r in reports) / runs) if runs else 0.0)
+        float(sum(r["timings"]["finetune_s"] for r in reports) / runs) if runs else 0.0
+    )
     return merged
 
 
@@ -501,16 +629,19 @@ def main() -> None:
         except ValueError as error:
             raise SystemExit(f"error: {error}") from error
         merged["experiment"]["tag"] = ARGS.tag
-        merged["experiment"]["command"] = " ".join(["PYTHONPATH=. .venv/bin/python",
-                                                    "Testing/Benchmarks/annotation_efficiency.py", *sys.argv[1:]])
+        merged["experiment"]["command"] = " ".join(
+            ["PYTHONPATH=. .venv/bin/python", "Testing/Benchmarks/annotation_efficiency.py", *sys.argv[1:]]
+        )
         stem = report_stem(ARGS.out_dir, merged["experiment"]["anatomy"], merged["experiment"]["profile"], ARGS.tag)
         if any(stem.with_suffix(".json").resolve() == path.resolve() for path in ARGS.merge):
             raise SystemExit(f"--merge would overwrite its input {stem}.json; give another --tag.")
         ARGS.out_dir.mkdir(parents=True, exist_ok=True)
         write_report(merged, stem)
         return
-    raise SystemExit("error: pass --report JSON or --merge JSON...; runs are made by the benchmark harness now: "
-                     "python -m Testing.Benchmarks.harness run --profile development (see RESULTS.md)")
+    raise SystemExit(
+        "error: pass --report JSON or --merge JSON...; runs are made by the benchmark harness now: "
+        "python -m Testing.Benchmarks.harness run --profile development (see RESULTS.md)"
+    )
 
 
 ARGS: argparse.Namespace

@@ -54,16 +54,22 @@ def evidence(files: Sequence[tuple]) -> ErrorEvidence:
     split = "; ".join(sorted(splits))
     rhos = [rho for _, rho, _, _ in settings]
     span = f"{min(rhos):+.2f}" if len(rhos) == 1 else f"{min(rhos):+.2f} to {max(rhos):+.2f}"
-    summary = (f"Spearman {span} with the pre-trained model's error (1 - Dice) over {len(settings)} benchmark "
-               f"pool{'s' if len(settings) != 1 else ''}; measured on the {split}")
+    summary = (
+        f"Spearman {span} with the pre-trained model's error (1 - Dice) over {len(settings)} benchmark "
+        f"pool{'s' if len(settings) != 1 else ''}; measured on the {split}"
+    )
     return ErrorEvidence(score=WRONG_SCORE, split=split, summary=summary, settings=tuple(settings))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", nargs="+", metavar="SETTING=FILE",
-                        help="setting name and results JSON, e.g. 'hippocampus dev=results/x.json' (default: the "
-                             "four power-profile runs)")
+    parser.add_argument(
+        "--results",
+        nargs="+",
+        metavar="SETTING=FILE",
+        help="setting name and results JSON, e.g. 'hippocampus dev=results/x.json' (default: the "
+        "four power-profile runs)",
+    )
     parser.add_argument("--out", type=Path, default=ERROR_EVIDENCE_FILE)
     args = parser.parse_args(argv)
     if args.results:

@@ -42,10 +42,12 @@ GOAL_KEY = ("topic", "goal", "setting", "budget", "split")
 
 def revision() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ASSFTActive"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "ASSFTActive"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
         return head + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -65,29 +67,63 @@ def merge_goal_rows(path: Path, rows: List[Dict[str, Any]]) -> None:
 
 def goal_rows(report: Dict[str, Any], source: Path) -> List[Dict[str, Any]]:
     """One ``guard_cost_ratio`` row per guarded variant of a report."""
-    return [{"topic": "speed", "goal": "guard_cost_ratio", "setting": f"sample_tiny_{r['variant']}",
-             "budget": len(report["setting"]["labelled"]), "split": "dev", "value": r["ratio"], "ci_low": None,
-             "ci_high": None, "target": 2.0, "higher_is_better": False,
-             "source": str(source.resolve().relative_to(REPO)), "git": report["revision"]}
-            for r in report["runs"][1:]]
+    return [
+        {
+            "topic": "speed",
+            "goal": "guard_cost_ratio",
+            "setting": f"sample_tiny_{r['variant']}",
+            "budget": len(report["setting"]["labelled"]),
+            "split": "dev",
+            "value": r["ratio"],
+            "ci_low": None,
+            "ci_high": None,
+            "target": 2.0,
+            "higher_is_better": False,
+            "source": str(source.resolve().relative_to(REPO)),
+            "git": report["revision"],
+        }
+        for r in report["runs"][1:]
+    ]
 
 
-def run_variant(name: str, validation: Dict[str, Any], images: Dict[str, Path], labels: Dict[str, Path], steps: int,
-                every: int, work: Path) -> Dict[str, Any]:
+def run_variant(
+    name: str,
+    validation: Dict[str, Any],
+    images: Dict[str, Path],
+    labels: Dict[str, Path],
+    steps: int,
+    every: int,
+    work: Path,
+) -> Dict[str, Any]:
     from ASSFTActive.finetune.adapt import adapt_model
     from ASSFTActive.finetune.config import FinetuneConfig
 
-    config = FinetuneConfig.from_dict({"train": {"iterations": steps}, "semi_iterations": steps,
-                                       "validation": dict({"every": every, "hd95": False}, **validation)})
+    config = FinetuneConfig.from_dict(
+        {
+            "train": {"iterations": steps},
+            "semi_iterations": steps,
+            "validation": dict({"every": every, "hd95": False}, **validation),
+        }
+    )
     started, cpu = time.perf_counter(), time.process_time()
     result = adapt_model(images, labels, store=work / name, model="default", name="site", config=config)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     decision = result.decision
-    print(f"{name:>12}: {seconds:7.1f} s wall, {cpu:7.1f} s CPU, activated {result.activated}, "
-          f"stop step {decision.stop_step}, gain {decision.gain:+.3f}", flush=True)
-    return {"variant": name, "validation": validation, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-            "activated": result.activated, "stop_step": decision.stop_step, "failed": decision.failed,
-            "gain": None if decision.gain != decision.gain else round(decision.gain, 4)}
+    print(
+        f"{name:>12}: {seconds:7.1f} s wall, {cpu:7.1f} s CPU, activated {result.activated}, "
+        f"stop step {decision.stop_step}, gain {decision.gain:+.3f}",
+        flush=True,
+    )
+    return {
+        "variant": name,
+        "validation": validation,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
+        "activated": result.activated,
+        "stop_step": decision.stop_step,
+        "failed": decision.failed,
+        "gain": None if decision.gain != decision.gain else round(decision.gain, 4),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -95,12 +131,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="steps per stage (default recipe: 100)")
     parser.add_argument("--every", type=int, default=3, help="held-out scoring interval of the full folds")
     parser.add_argument("--labelled", type=int, default=3, help="labelled volumes (the demo's budget: 3)")
-    parser.add_argument("--fast", nargs="*", default=["0.5", "0.34", "0.34:3", "0.25:3"],
-                        help="fast variants: a fold fraction, or fraction:unlabelled volumes pseudo-labelled in folds")
+    parser.add_argument(
+        "--fast",
+        nargs="*",
+        default=["0.5", "0.34", "0.34:3", "0.25:3"],
+        help="fast variants: a fold fraction, or fraction:unlabelled volumes pseudo-labelled in folds",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "guard_cost.json")
     parser.add_argument("--goals", type=Path, default=RESULTS / "goals.json")
-    parser.add_argument("--goals-only", action="store_true",
-                        help="measure nothing: write the goal rows of the existing --json again")
+    parser.add_argument(
+        "--goals-only", action="store_true", help="measure nothing: write the goal rows of the existing --json again"
+    )
     args = parser.parse_args(argv)
     if args.goals_only:
         report = json.loads(args.json.read_text(encoding="utf-8"))
@@ -111,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     torch.set_num_threads(1)
     images = {p.name.split(".")[0]: p for p in sorted((SAMPLE / "images").glob("*.nii.gz"))}
-    labelled = sorted(images)[:args.labelled]
+    labelled = sorted(images)[: args.labelled]
     labels = {c: SAMPLE / "labels" / images[c].name for c in labelled}
     variants = [("unguarded", {"guard": False}), ("guarded", {})]
     for spec in args.fast:
@@ -131,23 +172,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         run["wall_ratio"] = round(run["seconds"] / runs[0]["seconds"], 3)
     git = revision()
     report = {
-        "what": ("time of a guarded Adapt / an unguarded Adapt of the same recipe on the same volumes; 'ratio' is of "
-                 "the process's CPU time (one thread, so it equals wall time on an idle machine and is much less "
-                 "inflated than wall time by other processes on a shared one: the unguarded run took 17.3 s CPU at "
-                 "load 2.6 and 19.6 s at load 4-5), 'wall_ratio' of wall time"),
-        "command": " ".join(["python", "Testing/Benchmarks/guard_cost.py"] + list(sys.argv[1:] if argv is None
-                                                                                  else argv)),
-        "machine": {"platform": platform.platform(), "threads": 1, "load_before": round(load, 2),
-                    "load_after": round(os.getloadavg()[0], 2)},
-        "revision": git, "split": "dev",
-        "setting": {"data": "shipped sample pool (12 hippocampus volumes, simulated scanner shift)",
-                    "labelled": labelled, "model": "embedded default", "steps_per_stage": args.steps,
-                    "every": args.every, "predict_pool": False},
+        "what": (
+            "time of a guarded Adapt / an unguarded Adapt of the same recipe on the same volumes; 'ratio' is of "
+            "the process's CPU time (one thread, so it equals wall time on an idle machine and is much less "
+            "inflated than wall time by other processes on a shared one: the unguarded run took 17.3 s CPU at "
+            "load 2.6 and 19.6 s at load 4-5), 'wall_ratio' of wall time"
+        ),
+        "command": " ".join(
+            ["python", "Testing/Benchmarks/guard_cost.py"] + list(sys.argv[1:] if argv is None else argv)
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "threads": 1,
+            "load_before": round(load, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        },
+        "revision": git,
+        "split": "dev",
+        "setting": {
+            "data": "shipped sample pool (12 hippocampus volumes, simulated scanner shift)",
+            "labelled": labelled,
+            "model": "embedded default",
+            "steps_per_stage": args.steps,
+            "every": args.every,
+            "predict_pool": False,
+        },
         "runs": runs,
         "ratio": {r["variant"]: r["ratio"] for r in runs[1:]},
-        "same_decision_as_guarded": {r["variant"]: (r["activated"], r["failed"]) == (runs[1]["activated"],
-                                                                                      runs[1]["failed"])
-                                     for r in runs[2:]},
+        "same_decision_as_guarded": {
+            r["variant"]: (r["activated"], r["failed"]) == (runs[1]["activated"], runs[1]["failed"]) for r in runs[2:]
+        },
     }
     from ASSFTActive.io import atomic_write_text
 

@@ -42,8 +42,13 @@ from ASSFTActive.query.ood import (  # noqa: E402
 from ASSFTActive.store import resolve_card  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-FIXTURES = ("monai-anatomical/anatomical.nii", "pyradiomics/brain1_image.nrrd", "pyradiomics/breast1_image.nrrd",
-            "pyradiomics/prostate_phantom_subvolume.nrrd", "totalsegmentator-ct/example_ct_sm.nii.gz")
+FIXTURES = (
+    "monai-anatomical/anatomical.nii",
+    "pyradiomics/brain1_image.nrrd",
+    "pyradiomics/breast1_image.nrrd",
+    "pyradiomics/prostate_phantom_subvolume.nrrd",
+    "totalsegmentator-ct/example_ct_sm.nii.gz",
+)
 
 
 def main(argv=None) -> int:
@@ -74,8 +79,11 @@ def main(argv=None) -> int:
     reserved = set((hippocampus / "reserved.txt").read_text().split())
     names = sorted(p.name.split(".")[0] for p in (hippocampus / "imagesTr").glob("*.nii.gz"))
     cases = [n for n in names if n not in used | reserved][: args.cases]
-    shifts = {"none": None, "mild (benchmark)": benchmark_shift("hippocampus", "mild"),
-              "harsh (benchmark)": benchmark_shift("hippocampus", "harsh")}
+    shifts = {
+        "none": None,
+        "mild (benchmark)": benchmark_shift("hippocampus", "mild"),
+        "harsh (benchmark)": benchmark_shift("hippocampus", "harsh"),
+    }
     shifts.update({f"{kind.value} 1.0": ShiftConfig(kind.value, 1.0, 0) for kind in ShiftKind})
     groups = {}
     for label, shift in shifts.items():
@@ -88,31 +96,49 @@ def main(argv=None) -> int:
     groups["ACDC cardiac MRI"] = [{"case": p.name.split(".")[0], **measure(check_image(read_volume(p)))} for p in acdc]
     for fixture in FIXTURES:
         path = DATA / "fixtures" / fixture
-        groups[f"fixture {Path(fixture).name}"] = [{"case": Path(fixture).name,
-                                                    **measure(check_image(read_volume(path)))}]
+        groups[f"fixture {Path(fixture).name}"] = [
+            {"case": Path(fixture).name, **measure(check_image(read_volume(path)))}
+        ]
 
-    lines = ["| volumes | n | flagged | feature ratio (max) | foreground ratio (max) | air share (max) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| volumes | n | flagged | feature ratio (max) | foreground ratio (max) | air share (max) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, rows in groups.items():
-        lines.append(f"| {name} | {len(rows)} | {sum(bool(r['reason']) for r in rows)} | "
-                     f"{max(r['feature_ratio'] for r in rows):.2f} | {max(r['foreground_ratio'] for r in rows):.2f} | "
-                     f"{max(r['air_share'] for r in rows):.3f} |")
+        lines.append(
+            f"| {name} | {len(rows)} | {sum(bool(r['reason']) for r in rows)} | "
+            f"{max(r['feature_ratio'] for r in rows):.2f} | {max(r['foreground_ratio'] for r in rows):.2f} | "
+            f"{max(r['air_share'] for r in rows):.3f} |"
+        )
     table = "\n".join(lines)
-    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
-    header = ("# Out-of-distribution rule, embedded hippocampus model\n\n"
-              f"Thresholds: feature ratio > {FEATURE_FACTOR}, foreground ratio > {FOREGROUND_FACTOR}, "
-              f"air share >= {CT_AIR_SHARE} (MRI card). Source: "
-              f"{len(reference.cases)} training volumes. Revision {revision}, {time.time() - started:.0f} s.\n\n")
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    header = (
+        "# Out-of-distribution rule, embedded hippocampus model\n\n"
+        f"Thresholds: feature ratio > {FEATURE_FACTOR}, foreground ratio > {FOREGROUND_FACTOR}, "
+        f"air share >= {CT_AIR_SHARE} (MRI card). Source: "
+        f"{len(reference.cases)} training volumes. Revision {revision}, {time.time() - started:.0f} s.\n\n"
+    )
     print(header + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(header + table + "\n", encoding="utf-8")
-    record = {"git": revision, "machine": platform.platform(), "seconds": time.time() - started,
-              "thresholds": {"feature_factor": FEATURE_FACTOR, "foreground_factor": FOREGROUND_FACTOR,
-                             "ct_air_share": CT_AIR_SHARE},
-              "source": {"cases": len(reference.cases), "nn_distance_max": reference.nn_distance_max,
-                         "foreground_share_max": reference.foreground_share_max},
-              "groups": groups}
+    record = {
+        "git": revision,
+        "machine": platform.platform(),
+        "seconds": time.time() - started,
+        "thresholds": {
+            "feature_factor": FEATURE_FACTOR,
+            "foreground_factor": FOREGROUND_FACTOR,
+            "ct_air_share": CT_AIR_SHARE,
+        },
+        "source": {
+            "cases": len(reference.cases),
+            "nn_distance_max": reference.nn_distance_max,
+            "foreground_share_max": reference.foreground_share_max,
+        },
+        "groups": groups,
+    }
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 0
 

@@ -39,8 +39,9 @@ if str(ROOT) not in sys.path:
 from adapt_benchmark import DEFAULT_DATA, RESULTS, SHIFTS, write_pool  # noqa: E402
 
 
-def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iterations: int, seed: int
-             ) -> Dict[str, Any]:
+def diagnose(
+    data: Path, pool: List[str], folder: Path, labeled: List[str], iterations: int, seed: int
+) -> Dict[str, Any]:
     from scipy import stats
 
     from ASSFTActive.evaluate import dice_per_class, mean_scored
@@ -51,9 +52,15 @@ def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iter
     from ASSFTActive.io import read_label, read_volume
     from ASSFTActive.models import load_card, load_model
 
-    config = FinetuneConfig.from_dict({"train": {"iterations": iterations, "seed": seed}, "semi_iterations": 1,
-                                       "pseudo": {"mode": "none"}, "validation": {"guard": False, "hd95": False},
-                                       "predict_pool": False})
+    config = FinetuneConfig.from_dict(
+        {
+            "train": {"iterations": iterations, "seed": seed},
+            "semi_iterations": 1,
+            "pseudo": {"mode": "none"},
+            "validation": {"guard": False, "hd95": False},
+            "predict_pool": False,
+        }
+    )
     images = {c: str(folder / f"{c}.nii.gz") for c in pool}
     labels = {c: str(data / "labelsTr" / f"{c}.nii.gz") for c in labeled}
     store = tempfile.mkdtemp(prefix="pl-diagnosis-")
@@ -72,12 +79,21 @@ def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iter
         prediction = teacher.predict(image)
         classes = teacher.current.card.num_classes
         truth = np.asarray(read_label(data / "labelsTr" / f"{case}.nii.gz", image, classes).array)
-        rows.append({"case": case,
-                     "confidence": foreground_confidence(prediction.label, prediction.max_prob, prediction.entropy,
-                                                         rule.confidence, rule.empty_foreground_confidence),
-                     "distance": semantic_distance(prediction.features[-1], references),
-                     "true_dice": float(mean_scored(dice_per_class(prediction.label, truth, classes))),
-                     "volume_ratio": float((prediction.label > 0).sum() / max(1, (truth > 0).sum()))})
+        rows.append(
+            {
+                "case": case,
+                "confidence": foreground_confidence(
+                    prediction.label,
+                    prediction.max_prob,
+                    prediction.entropy,
+                    rule.confidence,
+                    rule.empty_foreground_confidence,
+                ),
+                "distance": semantic_distance(prediction.features[-1], references),
+                "true_dice": float(mean_scored(dice_per_class(prediction.label, truth, classes))),
+                "volume_ratio": float((prediction.label > 0).sum() / max(1, (truth > 0).sum())),
+            }
+        )
     decisions = select_reliable([PseudoCandidate(r["case"], r["confidence"], r["distance"]) for r in rows], rule)
     for row, decision in zip(rows, decisions):
         row["reliability"], row["kept"] = decision.reliability, decision.kept
@@ -88,13 +104,18 @@ def diagnose(data: Path, pool: List[str], folder: Path, labeled: List[str], iter
     def rho(key: str, sign: float = 1.0) -> float:
         return float(stats.spearmanr([sign * r[key] for r in rows], dice).correlation)
 
-    return {"labeled": labeled, "rows": rows,
-            "spearman_reliability": rho("reliability"), "spearman_confidence": rho("confidence"),
-            "spearman_minus_distance": rho("distance", -1.0),
-            "dice_all": float(dice.mean()), "dice_kept": float(dice[kept].mean()),
-            "dice_rejected": float(dice[~kept].mean()) if (~kept).any() else None,
-            "dice_oracle_half": float(dice[oracle].mean()),
-            "volume_ratio_mean": float(np.mean([r["volume_ratio"] for r in rows]))}
+    return {
+        "labeled": labeled,
+        "rows": rows,
+        "spearman_reliability": rho("reliability"),
+        "spearman_confidence": rho("confidence"),
+        "spearman_minus_distance": rho("distance", -1.0),
+        "dice_all": float(dice.mean()),
+        "dice_kept": float(dice[kept].mean()),
+        "dice_rejected": float(dice[~kept].mean()) if (~kept).any() else None,
+        "dice_oracle_half": float(dice[oracle].mean()),
+        "volume_ratio_mean": float(np.mean([r["volume_ratio"] for r in rows])),
+    }
 
 
 def main() -> None:
@@ -114,11 +135,19 @@ def main() -> None:
     cases = sorted(p.name[: -len(".nii.gz")] for p in (args.data / "imagesTr").glob("*.nii.gz"))
     pool = list(split_cases(cases, reserved).target_pool[: args.pool_size])
     assert not set(pool) & set(reserved)
-    out: Dict[str, Any] = {"command": " ".join(["Testing/Benchmarks/pseudo_label_diagnosis.py"] + sys.argv[1:]),
-                           "results": []}
-    lines = ["# Pseudo-label diagnosis", "", f"Command: `{out['command']}`", "",
-             "| shift | B | draw | ρ(reliability, Dice) | ρ(confidence) | ρ(−distance) | Dice all | kept | rejected "
-             "| oracle half | predicted/true volume |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out: Dict[str, Any] = {
+        "command": " ".join(["Testing/Benchmarks/pseudo_label_diagnosis.py"] + sys.argv[1:]),
+        "results": [],
+    }
+    lines = [
+        "# Pseudo-label diagnosis",
+        "",
+        f"Command: `{out['command']}`",
+        "",
+        "| shift | B | draw | ρ(reliability, Dice) | ρ(confidence) | ρ(−distance) | Dice all | kept | rejected "
+        "| oracle half | predicted/true volume |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     work = Path(tempfile.mkdtemp(prefix="pl-diagnosis-pool-"))
     try:
         for shift, strength in SHIFTS.items():
@@ -130,10 +159,12 @@ def main() -> None:
                     r = diagnose(args.data, pool, work / shift, labeled, args.iterations, seed=0)
                     r.update(shift=shift, budget=budget, draw=draw)
                     out["results"].append(r)
-                    line = (f"| {shift} | {budget} | {draw} | {r['spearman_reliability']:+.2f} | "
-                            f"{r['spearman_confidence']:+.2f} | {r['spearman_minus_distance']:+.2f} | "
-                            f"{r['dice_all']:.3f} | {r['dice_kept']:.3f} | {r['dice_rejected']:.3f} | "
-                            f"{r['dice_oracle_half']:.3f} | {r['volume_ratio_mean']:.2f} |")
+                    line = (
+                        f"| {shift} | {budget} | {draw} | {r['spearman_reliability']:+.2f} | "
+                        f"{r['spearman_confidence']:+.2f} | {r['spearman_minus_distance']:+.2f} | "
+                        f"{r['dice_all']:.3f} | {r['dice_kept']:.3f} | {r['dice_rejected']:.3f} | "
+                        f"{r['dice_oracle_half']:.3f} | {r['volume_ratio_mean']:.2f} |"
+                    )
                     lines.append(line)
                     print(line, flush=True)
     finally:

@@ -64,9 +64,12 @@ def _live_kd(runs: Sequence[Dict[str, Any]]) -> Dict[str, Optional[float]]:
     """Mean Spearman rho with the interim error of KD and DKD over the later rounds (``None`` with one round)."""
     out: Dict[str, Optional[float]] = {}
     for name in ("knowledge_divergence", "dkd", "asd_voxel_mean"):
-        values = [record["score_vs_interim_error"][name]["spearman_rho"] for run in runs
-                  for record in run.get("rounds", [])[1:]
-                  if record.get("score_vs_interim_error", {}).get(name, {}).get("spearman_rho") is not None]
+        values = [
+            record["score_vs_interim_error"][name]["spearman_rho"]
+            for run in runs
+            for record in run.get("rounds", [])[1:]
+            if record.get("score_vs_interim_error", {}).get(name, {}).get("spearman_rho") is not None
+        ]
         out[name] = float(np.mean(values)) if values else None
     return out
 
@@ -93,14 +96,23 @@ def compare(reports: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             for rounds, runs in present:
                 matrix = query_stats.draw_matrix(runs, cases)
                 dice = [r["mean_dice"] for r in runs]
-                rows.append({
-                    "arm": arm, "budget": budget, "rounds": rounds, "mean_dice": float(np.mean(dice)),
-                    "sd": query_stats.spread(dice), "n": len(dice),
-                    "vs_first": None if rounds == base_rounds else
-                    {**query_stats.paired_gap(matrix, base).to_dict(), "reference_rounds": base_rounds},
-                    "vs_random": None if random_matrix is None else query_stats.paired_gap(matrix,
-                                                                                          random_matrix).to_dict(),
-                    "live_kd_rho": _live_kd(runs)})
+                rows.append(
+                    {
+                        "arm": arm,
+                        "budget": budget,
+                        "rounds": rounds,
+                        "mean_dice": float(np.mean(dice)),
+                        "sd": query_stats.spread(dice),
+                        "n": len(dice),
+                        "vs_first": None
+                        if rounds == base_rounds
+                        else {**query_stats.paired_gap(matrix, base).to_dict(), "reference_rounds": base_rounds},
+                        "vs_random": None
+                        if random_matrix is None
+                        else query_stats.paired_gap(matrix, random_matrix).to_dict(),
+                        "live_kd_rho": _live_kd(runs),
+                    }
+                )
     return {"rows": rows, "noise_floor": floors}
 
 
@@ -113,25 +125,36 @@ def _gap(g: Optional[Dict[str, Any]]) -> str:
 
 def markdown(reports: Sequence[Dict[str, Any]], result: Dict[str, Any], paths: Sequence[Path]) -> str:
     exp = reports[0]["experiment"]
-    lines = [f"# Query rounds at equal budget ({exp.get('anatomy', 'hippocampus')}, shift {exp['shift']})", "",
-             "- Runs: " + ", ".join(f"`{Path(p).name}` ({r['experiment']['rounds']} round(s), revision "
-                                    f"{r.get('git', '?')})" for p, r in zip(paths, reports)),
-             f"- Target test: {len(exp['test'])} cases; training seeds {exp['train_seeds']}; fine-tuning labels only "
-             f"unless the arm says otherwise; guard {'on' if exp.get('guard', True) else 'off'}",
-             "- Noise floor (random's mean Dice, standard deviation between query seeds): "
-             + (", ".join(f"B = {b}: {v:.3f}" for b, v in sorted(result["noise_floor"].items())) or "no random arm"),
-             "", "Gaps: mean over the test cases of the per-case Dice difference, [95 % two-level bootstrap interval "
-             "over test cases and query seeds], Wilcoxon p. Live KD: Spearman rho of the knowledge divergence, DKD "
-             "and ASD with the interim model's error over the remaining candidates, mean over the later rounds.", "",
-             "| arm | B | rounds | mean Dice | vs one round | vs random | live KD / DKD / ASD rho |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Query rounds at equal budget ({exp.get('anatomy', 'hippocampus')}, shift {exp['shift']})",
+        "",
+        "- Runs: "
+        + ", ".join(
+            f"`{Path(p).name}` ({r['experiment']['rounds']} round(s), revision {r.get('git', '?')})"
+            for p, r in zip(paths, reports)
+        ),
+        f"- Target test: {len(exp['test'])} cases; training seeds {exp['train_seeds']}; fine-tuning labels only "
+        f"unless the arm says otherwise; guard {'on' if exp.get('guard', True) else 'off'}",
+        "- Noise floor (random's mean Dice, standard deviation between query seeds): "
+        + (", ".join(f"B = {b}: {v:.3f}" for b, v in sorted(result["noise_floor"].items())) or "no random arm"),
+        "",
+        "Gaps: mean over the test cases of the per-case Dice difference, [95 % two-level bootstrap interval "
+        "over test cases and query seeds], Wilcoxon p. Live KD: Spearman rho of the knowledge divergence, DKD "
+        "and ASD with the interim model's error over the remaining candidates, mean over the later rounds.",
+        "",
+        "| arm | B | rounds | mean Dice | vs one round | vs random | live KD / DKD / ASD rho |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         sd = "" if row["sd"] is None else f" ± {row['sd']:.3f}"
         kd = row["live_kd_rho"]
-        live = " / ".join("n/a" if kd[k] is None else f"{kd[k]:+.2f}"
-                          for k in ("knowledge_divergence", "dkd", "asd_voxel_mean"))
-        lines.append(f"| {row['arm']} | {row['budget']} | {row['rounds']} | {row['mean_dice']:.3f}{sd} (n={row['n']}) "
-                     f"| {_gap(row['vs_first'])} | {_gap(row['vs_random'])} | {live} |")
+        live = " / ".join(
+            "n/a" if kd[k] is None else f"{kd[k]:+.2f}" for k in ("knowledge_divergence", "dkd", "asd_voxel_mean")
+        )
+        lines.append(
+            f"| {row['arm']} | {row['budget']} | {row['rounds']} | {row['mean_dice']:.3f}{sd} (n={row['n']}) "
+            f"| {_gap(row['vs_first'])} | {_gap(row['vs_random'])} | {live} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,8 +168,7 @@ def main() -> None:
     text = markdown(reports, result, args.runs)
     out = args.out if args.out.is_absolute() else HERE / args.out
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"inputs": [str(p) for p in args.runs], **result}, indent=1)
-                                        + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"inputs": [str(p) for p in args.runs], **result}, indent=1) + "\n")
     print(text)
 
 

@@ -55,8 +55,17 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 HIPPOCAMPUS = SHARED / "hippocampus"
 CT_FIXTURE = SHARED / "fixtures" / "totalsegmentator-ct" / "example_ct_sm.nii.gz"
-METHODS = ("plain", "assft", "assft_with_outputs", "assft_full_softmax", "assft_adapted", "assft_adapted_cached",
-           "mc_dropout", "assft_pool", "assft_pool_with_outputs")
+METHODS = (
+    "plain",
+    "assft",
+    "assft_with_outputs",
+    "assft_full_softmax",
+    "assft_adapted",
+    "assft_adapted_cached",
+    "mc_dropout",
+    "assft_pool",
+    "assft_pool_with_outputs",
+)
 #: Methods that rank a pool in one ``rank_pool`` call (their seconds cover ``pool_size`` volumes).
 POOL_METHODS = ("assft_pool", "assft_pool_with_outputs")
 POOL_SIZE = 4
@@ -111,8 +120,9 @@ def _adapted_card(folder: Path):
         for p in model.network.parameters():
             p.mul_(1 + 0.05 * torch.randn_like(p))
     save_weights(model.network, folder / "weights.safetensors")
-    card = derive_card(base, name="adapted", weights="weights.safetensors", pretrained=str(EMBEDDED_DEFAULT_CARD),
-                       provenance={})
+    card = derive_card(
+        base, name="adapted", weights="weights.safetensors", pretrained=str(EMBEDDED_DEFAULT_CARD), provenance={}
+    )
     save_card(card, folder / "card.json")
     return folder / "card.json"
 
@@ -126,10 +136,17 @@ def _many_class_card(folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     names = ["background"] + [f"structure_{i:03d}" for i in range(1, MANY_CLASSES)]
-    card = dataclasses.replace(resolve_card("default"), name="many-class", weights="weights.safetensors",
-                               weights_format="state_dict", pretrained=None, provenance={}, path=None,
-                               arguments={**resolve_card("default").arguments, "out_channels": MANY_CLASSES},
-                               class_names=tuple(names))
+    card = dataclasses.replace(
+        resolve_card("default"),
+        name="many-class",
+        weights="weights.safetensors",
+        weights_format="state_dict",
+        pretrained=None,
+        provenance={},
+        path=None,
+        arguments={**resolve_card("default").arguments, "out_channels": MANY_CLASSES},
+        class_names=tuple(names),
+    )
     torch.manual_seed(0)
     save_weights(build_network(card), folder / "weights.safetensors")
     save_card(card, folder / "card.json")
@@ -172,8 +189,9 @@ def measure(method: str, card_name: str, images, work: Path, device: str, pool_s
         card = load_card(_adapted_card(work / "adapted"))
     else:
         card = resolve_card("default")
-    predictor = make_predictor(card, device=torch.device(device),
-                               feature_cache=cache if method == "assft_adapted_cached" else None)
+    predictor = make_predictor(
+        card, device=torch.device(device), feature_cache=cache if method == "assft_adapted_cached" else None
+    )
     query = QueryConfig(strategy="mc_dropout" if method == "mc_dropout" else "assft", mc_samples=MC_SAMPLES)
     if method == "assft_adapted_cached":  # fill the cache first, as the previous round did
         for path in images:
@@ -188,8 +206,7 @@ def measure(method: str, card_name: str, images, work: Path, device: str, pool_s
         elif method == "assft_full_softmax":
             predictor.predict(read_volume(path), regions=RegionSpec.from_config(query), keep_probs=True)
         else:
-            analyse_volume(Path(path), predictor, query,
-                           out_dir=outputs if method == "assft_with_outputs" else None)
+            analyse_volume(Path(path), predictor, query, out_dir=outputs if method == "assft_with_outputs" else None)
 
     run_once(_hippocampus_cases(1)[0])  # warm-up: the first convolutions of a process pick their kernels
     if device == "cuda":
@@ -198,8 +215,16 @@ def measure(method: str, card_name: str, images, work: Path, device: str, pool_s
         images = _pool(images, pool_size, work / "pool")
     start = time.perf_counter()
     if method in POOL_METHODS:
-        rank_pool(images, card, 1, outputs, query=query, device=torch.device(device), predictor=predictor,
-                  write_outputs=method == "assft_pool_with_outputs")
+        rank_pool(
+            images,
+            card,
+            1,
+            outputs,
+            query=query,
+            device=torch.device(device),
+            predictor=predictor,
+            write_outputs=method == "assft_pool_with_outputs",
+        )
     else:
         for path in images:
             run_once(path)
@@ -207,17 +232,33 @@ def measure(method: str, card_name: str, images, work: Path, device: str, pool_s
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"method": method, "card": card_name, "device": device, "seconds": seconds, "peak_rss_mb": peak_mb,
-              "volumes": len(images)}
+    result = {
+        "method": method,
+        "card": card_name,
+        "device": device,
+        "seconds": seconds,
+        "peak_rss_mb": peak_mb,
+        "volumes": len(images),
+    }
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
-def _run_isolated(method: str, card: str, size: str, images, work: Path, device: str,
-                  pool_size: int = POOL_SIZE) -> dict:
-    spec = json.dumps({"method": method, "card": card, "size": size, "images": [str(p) for p in images],
-                       "work": str(work), "device": device, "pool_size": pool_size})
+def _run_isolated(
+    method: str, card: str, size: str, images, work: Path, device: str, pool_size: int = POOL_SIZE
+) -> dict:
+    spec = json.dumps(
+        {
+            "method": method,
+            "card": card,
+            "size": size,
+            "images": [str(p) for p in images],
+            "work": str(work),
+            "device": device,
+            "pool_size": pool_size,
+        }
+    )
     out = subprocess.run([sys.executable, __file__, "--measure", spec], capture_output=True, text=True)
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -227,8 +268,24 @@ def _run_isolated(method: str, card: str, size: str, images, work: Path, device:
 
 def _cli_rank(images_dir: Path, out: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ASSFTActive", "rank", "--images", str(images_dir), "--budget", "4",
-                    "--out", str(out), "--quiet"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ASSFTActive",
+            "rank",
+            "--images",
+            str(images_dir),
+            "--budget",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -238,24 +295,42 @@ def main() -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the results as JSON (after every measurement)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the windows run")
-    parser.add_argument("--sizes", nargs="+", choices=("hippocampus", "128", "ct"),
-                        help="volume sizes (default: the profile's)")
+    parser.add_argument(
+        "--sizes", nargs="+", choices=("hippocampus", "128", "ct"), help="volume sizes (default: the profile's)"
+    )
     parser.add_argument("--cards", nargs="+", choices=("default", "many"), default=["default", "many"])
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods (default: all)")
-    parser.add_argument("--pool-size", type=int, default=POOL_SIZE,
-                        help=f"volumes ranked in one call by the pool methods (default {POOL_SIZE})")
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=POOL_SIZE,
+        help=f"volumes ranked in one call by the pool methods (default {POOL_SIZE})",
+    )
     parser.add_argument("--no-cli", action="store_true", help="skip the end-to-end `assft rank` timing")
     parser.add_argument("--render", type=Path, help="print the table of a JSON file written by --json, and stop")
     args = parser.parse_args()
     if args.render:
         data = json.loads(args.render.read_text())
-        print(format_table(data["rows"], data.get("cli_seconds_20"), "recorded", data.get("device", "cpu"),
-                           machine=data.get("machine")))
+        print(
+            format_table(
+                data["rows"],
+                data.get("cli_seconds_20"),
+                "recorded",
+                data.get("device", "cpu"),
+                machine=data.get("machine"),
+            )
+        )
         return
     if args.measure:
         spec = json.loads(args.measure)
-        result = measure(spec["method"], spec["card"], [Path(p) for p in spec["images"]], Path(spec["work"]),
-                         spec["device"], spec.get("pool_size", POOL_SIZE))
+        result = measure(
+            spec["method"],
+            spec["card"],
+            [Path(p) for p in spec["images"]],
+            Path(spec["work"]),
+            spec["device"],
+            spec.get("pool_size", POOL_SIZE),
+        )
         print(json.dumps({**result, "size": spec["size"]}))
         return
     if not HIPPOCAMPUS.is_dir():
@@ -269,8 +344,12 @@ def main() -> None:
 
     def save() -> None:
         if args.json:
-            args.json.write_text(json.dumps({"cli_seconds_20": cli_seconds, "device": args.device,
-                                             "machine": _machine(), "rows": rows}, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {"cli_seconds_20": cli_seconds, "device": args.device, "machine": _machine(), "rows": rows},
+                    indent=2,
+                )
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -286,17 +365,25 @@ def main() -> None:
             work.mkdir()
             images = _make_volume(size, work, count=20)
             for card in args.cards:
-                for method in (METHODS if card == "default" else MANY_CLASS_METHODS):
+                for method in METHODS if card == "default" else MANY_CLASS_METHODS:
                     if args.methods and method not in args.methods:
                         continue
                     if card == "many" and size == "ct" and method == "assft_full_softmax":
                         continue  # 105 × 78.6 M float32 on the input grid: 33 GB, the point of the reduction
-                    rows.append({**_run_isolated(method, card, size, images, work, args.device, args.pool_size),
-                                 "size": size})
+                    rows.append(
+                        {**_run_isolated(method, card, size, images, work, args.device, args.pool_size), "size": size}
+                    )
                     row = rows[-1]
-                    print(f"  {size:<12} {card:<8} {method:<22} " + (
-                        f"{row['seconds']:8.2f} s  {row['peak_rss_mb']:7.0f} MB" if "seconds" in row
-                        else f"failed: {row['failed']}"), file=sys.stderr, flush=True)
+                    print(
+                        f"  {size:<12} {card:<8} {method:<22} "
+                        + (
+                            f"{row['seconds']:8.2f} s  {row['peak_rss_mb']:7.0f} MB"
+                            if "seconds" in row
+                            else f"failed: {row['failed']}"
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     save()
     print(format_table(rows, cli_seconds, args.profile, args.device))
 
@@ -315,24 +402,35 @@ def _machine() -> str:
 
 def format_table(rows, cli_seconds, profile: str, device: str, machine: Optional[str] = None) -> str:
     """The Markdown table of a run (also used to render a JSON file: ``--render``)."""
-    lines = [f"# Ranking cost ({profile} profile, windows on {device})\n",
-             f"Machine: {machine or _machine()}.\n"]
+    lines = [f"# Ranking cost ({profile} profile, windows on {device})\n", f"Machine: {machine or _machine()}.\n"]
     if cli_seconds is not None:
-        lines.append(f"`assft rank` on 20 hippocampus cases, end to end as typed (process start, model load, "
-                     f"overlays): **{cli_seconds:.1f} s** (goal < 60 s)\n")
-    lines += ["| volume | card | method | seconds per volume | ratio to plain pass | peak RSS (MB) | peak GPU (MB) |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"`assft rank` on 20 hippocampus cases, end to end as typed (process start, model load, "
+            f"overlays): **{cli_seconds:.1f} s** (goal < 60 s)\n"
+        )
+    lines += [
+        "| volume | card | method | seconds per volume | ratio to plain pass | peak RSS (MB) | peak GPU (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "seconds" not in r:
             lines.append(f"| {r['size']} | {r['card']} | {r['method']} | failed: {r['failed']} | | | |")
             continue
-        plain = next((p for p in rows if p["size"] == r["size"] and p["card"] == r["card"]
-                      and p["method"] == "plain" and "seconds" in p), None)
+        plain = next(
+            (
+                p
+                for p in rows
+                if p["size"] == r["size"] and p["card"] == r["card"] and p["method"] == "plain" and "seconds" in p
+            ),
+            None,
+        )
         per_volume = r["seconds"] / r["volumes"]  # the pool methods rank more volumes than the others
         ratio = f"{per_volume / (plain['seconds'] / plain['volumes']):.2f}" if plain else "-"
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
-        lines.append(f"| {r['size']} | {r['card']} | {r['method']} | {per_volume:.3f} | {ratio} | "
-                     f"{r['peak_rss_mb']:.0f} | {gpu} |")
+        lines.append(
+            f"| {r['size']} | {r['card']} | {r['method']} | {per_volume:.3f} | {ratio} | "
+            f"{r['peak_rss_mb']:.0f} | {gpu} |"
+        )
     return "\n".join(lines)
 
 

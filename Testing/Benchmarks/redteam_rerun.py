@@ -13,6 +13,7 @@ Usage: ``python Testing/Benchmarks/redteam_rerun.py [--only NAME,...] [--md OUT.
 ``../shared/data`` (hippocampus and fixtures); exits 0 with a note when it is absent. Every subprocess runs with one
 thread under ``nice``; a whole run takes about 10 minutes of CPU on the 2-core machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,21 @@ HIPPO = DATA / "hippocampus"
 FIXTURES = DATA / "fixtures"
 TINY_SAM = REPO / "ASSFTActive" / "resources" / "models" / "sfr-sam-tiny"
 CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_007")
-FAST_ADAPT = ["--iterations", "3", "--semi-iterations", "3", "--batch-size", "1", "--patch-size", "32", "32", "32",
-              "--pseudo", "none", "--quiet"]
+FAST_ADAPT = [
+    "--iterations",
+    "3",
+    "--semi-iterations",
+    "3",
+    "--batch-size",
+    "1",
+    "--patch-size",
+    "32",
+    "32",
+    "32",
+    "--pseudo",
+    "none",
+    "--quiet",
+]
 
 
 @dataclass
@@ -82,8 +96,16 @@ class World:
 
     def __init__(self, root: Path):
         self.root = root
-        self.env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", ASSFT_NUM_THREADS="1",
-                        PYTHONWARNINGS="ignore", HOME=str(root / "home"), NO_PROXY="*", no_proxy="*")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            OMP_NUM_THREADS="1",
+            ASSFT_NUM_THREADS="1",
+            PYTHONWARNINGS="ignore",
+            HOME=str(root / "home"),
+            NO_PROXY="*",
+            no_proxy="*",
+        )
         for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             self.env.pop(key, None)
         (root / "home").mkdir()
@@ -94,8 +116,14 @@ class World:
         return self.root.joinpath(*parts)
 
     # -- running ------------------------------------------------------------------------------------------------
-    def cmd(self, args: List[str], timeout: float = 240, env: Optional[dict] = None, prefix: Optional[list] = None,
-            module: str = "ASSFTActive") -> Run:
+    def cmd(
+        self,
+        args: List[str],
+        timeout: float = 240,
+        env: Optional[dict] = None,
+        prefix: Optional[list] = None,
+        module: str = "ASSFTActive",
+    ) -> Run:
         argv = list(prefix or []) + ["nice", "-n", "19", sys.executable, "-m", module] + [str(a) for a in args]
         return self.popen(argv, timeout, env)
 
@@ -103,8 +131,9 @@ class World:
         """Run ``argv`` in the scratch folder; its own peak RSS comes from ``wait4`` (not the children's maximum)."""
         start = time.monotonic()
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.Popen(argv, cwd=self.root, env=env or self.env, stdout=out, stderr=err,
-                                    start_new_session=True, text=True)
+            proc = subprocess.Popen(
+                argv, cwd=self.root, env=env or self.env, stdout=out, stderr=err, start_new_session=True, text=True
+            )
             rc: Optional[int] = None
             peak = 0.0
             while True:
@@ -148,8 +177,14 @@ class World:
 
         swap = np.where(lab == 1, 2, np.where(lab == 2, 1, lab))
         save("swapped", swap)
-        for name, shifts in (("shift2", (2, 0, 0)), ("shift4", (4, 0, 0)), ("shiftjk4", (0, 4, 4)),
-                             ("shift6", (6, 0, 0)), ("shiftjk6", (0, 6, 6)), ("shift10", (10, 0, 0))):
+        for name, shifts in (
+            ("shift2", (2, 0, 0)),
+            ("shift4", (4, 0, 0)),
+            ("shiftjk4", (0, 4, 4)),
+            ("shift6", (6, 0, 0)),
+            ("shiftjk6", (0, 6, 6)),
+            ("shift10", (10, 0, 0)),
+        ):
             save(name, np.roll(lab, shifts, axis=(0, 1, 2)))
         thin = np.zeros_like(lab)
         ks = np.nonzero(lab)[2]
@@ -170,7 +205,7 @@ class World:
             dil[grown] = c
         save("dilated3", dil)
         filled = np.ones_like(lab)
-        filled[lab.shape[0] // 2:] = 2
+        filled[lab.shape[0] // 2 :] = 2
         save("filled", filled)
         save("only_anterior", np.where(lab == 2, 0, lab))
         save("zero", np.zeros_like(lab))
@@ -219,8 +254,9 @@ class World:
         angle = np.deg2rad(20)
         rot = np.eye(4)
         rot[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-        nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32), rot @ image.affine),
-                 str(bad / "oblique.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.asarray(image.dataobj, np.float32), rot @ image.affine), str(bad / "oblique.nii.gz")
+        )
         # sheared: sform with a 0.5 shear, qform unsheared
         sheared = nib.Nifti1Image(np.asarray(image.dataobj, np.float32), image.affine)
         shear = image.affine.copy()
@@ -263,10 +299,16 @@ class World:
             shutil.copy(weights, folder / "weights.safetensors")
             (folder / "card.json").write_text(json.dumps(data, indent=1))
 
-        write("default_pretrained_effnet", architecture="monai:EfficientNetBN",
-              arguments={"model_name": "efficientnet-b0", "spatial_dims": 3, "in_channels": 1, "num_classes": 3})
-        write("default_pretrained_resnetfeatures", architecture="monai:ResNetFeatures",
-              arguments={"model_name": "resnet10", "spatial_dims": 3, "in_channels": 1})
+        write(
+            "default_pretrained_effnet",
+            architecture="monai:EfficientNetBN",
+            arguments={"model_name": "efficientnet-b0", "spatial_dims": 3, "in_channels": 1, "num_classes": 3},
+        )
+        write(
+            "default_pretrained_resnetfeatures",
+            architecture="monai:ResNetFeatures",
+            arguments={"model_name": "resnet10", "spatial_dims": 3, "in_channels": 1},
+        )
         write("default_pretrained_mil", architecture="monai:MILModel", arguments={"num_classes": 3})
         write("huge_channels", arguments=dict(card["arguments"], channels=[4096, 8192, 16384, 32768]))
         write("kernel_zero", arguments=dict(card["arguments"], kernel_size=0))
@@ -287,7 +329,7 @@ class World:
 
         write("patch_zero", patch_size=0)
         write("depth_huge", depth=100000)
-        write("embed_huge", embed_dim=2 ** 20)
+        write("embed_huge", embed_dim=2**20)
         write("image_neg", image_size=-256)
         write("classes_renamed", class_names=["background", "posterior", "anterior"])
         folder = self.p("priors", "weights_abs")
@@ -321,8 +363,9 @@ def worker_refused(run: Run, job: Path, *words: str) -> Tuple[bool, str]:
     last = events[-1] if events else {}
     unexpected = any("unexpected" in str(e.get("message", "")) for e in events)
     msg = str(last.get("message", run.last_error()))[:220]
-    ok = (run.rc == 1 and last.get("event") == "error" and not unexpected
-          and all(w.lower() in msg.lower() for w in words))
+    ok = (
+        run.rc == 1 and last.get("event") == "error" and not unexpected and all(w.lower() in msg.lower() for w in words)
+    )
     return ok, f"exit {run.rc} in {run.seconds:.0f} s: {last.get('event', '?')}: {msg}"
 
 
@@ -360,8 +403,18 @@ def accepted(run: Run) -> Tuple[bool, str]:
 
 # -- probes --------------------------------------------------------------------------------------------------------
 def p_orphan_eval(w: World):
-    run = w.cmd(["evaluate", "--images", "base/images/hippocampus_001.nii.gz", "--labels", "lab/orphan",
-                 "--out", "p3/ev_orphan", "--no-hd95"])
+    run = w.cmd(
+        [
+            "evaluate",
+            "--images",
+            "base/images/hippocampus_001.nii.gz",
+            "--labels",
+            "lab/orphan",
+            "--out",
+            "p3/ev_orphan",
+            "--no-hd95",
+        ]
+    )
     ok = run.rc == 0 and "hippocampus_999" in run.text and not run.traceback
     return ok, f"exit {run.rc}: " + ("warns: " + _line_with(run.text, "hippocampus_999") if ok else run.last_error())
 
@@ -369,8 +422,7 @@ def p_orphan_eval(w: World):
 def p_orphan_adapt(w: World):
     run = adapt(w, "lab/orphan", "p3/st_orphan")
     ok = run.rc in (0, 2) and "hippocampus_999" in run.text and not run.traceback
-    return ok, f"exit {run.rc}: " + ("names it: " + _line_with(run.text, "hippocampus_999") if ok
-                                     else run.last_error())
+    return ok, f"exit {run.rc}: " + ("names it: " + _line_with(run.text, "hippocampus_999") if ok else run.last_error())
 
 
 def _line_with(text: str, word: str) -> str:
@@ -385,22 +437,43 @@ def p_card(name: str, *words: str, command: str = "check-card"):
         if command == "check-card":
             run = w.cmd(["check-card", f"cards/{name}/card.json"], env=env)
         else:
-            run = w.cmd(["overlay", "--image", "base/images/hippocampus_001.nii.gz", "--model",
-                         f"cards/{name}/card.json", "--out", f"p4/out_{name}"], env=env)
+            run = w.cmd(
+                [
+                    "overlay",
+                    "--image",
+                    "base/images/hippocampus_001.nii.gz",
+                    "--model",
+                    f"cards/{name}/card.json",
+                    "--out",
+                    f"p4/out_{name}",
+                ],
+                env=env,
+            )
         ok, text = refused(run, *words)
-        fetched = [str(p.relative_to(home_dir)) for p in home_dir.rglob("*")
-                   if re.search("torch|hub|huggingface|checkpoints", str(p.relative_to(home_dir)))]
+        fetched = [
+            str(p.relative_to(home_dir))
+            for p in home_dir.rglob("*")
+            if re.search("torch|hub|huggingface|checkpoints", str(p.relative_to(home_dir)))
+        ]
         if fetched:
             ok, text = False, text + f"; wrote under $HOME: {fetched[:3]}"
         if "Downloading" in run.text:
             ok, text = False, text + "; tried to download"
         return ok, text
+
     return probe
 
 
 def p_worker_effnet(w: World):
-    job = w.job("model_effnet_card", {"kind": "rank", "images": w.images(), "budget": 1,
-                                      "model": str(w.p("cards", "default_pretrained_effnet", "card.json"))})
+    job = w.job(
+        "model_effnet_card",
+        {
+            "kind": "rank",
+            "images": w.images(),
+            "budget": 1,
+            "model": str(w.p("cards", "default_pretrained_effnet", "card.json")),
+        },
+    )
     home_dir = w.p("home_worker_effnet")
     home_dir.mkdir()
     run = w.cmd([str(job)], module="ASSFTActive.worker", env=dict(w.env, HOME=str(home_dir)))
@@ -414,8 +487,9 @@ def p_symlink_after_start(w: World):
     outside = w.p("p7_outside")
     outside.mkdir()
     argv = ["nice", "-n", "19", sys.executable, "-m", "ASSFTActive.worker", str(job)]
-    proc = subprocess.Popen(argv, cwd=w.root, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=w.root, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
+    )
     planted = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -437,8 +511,10 @@ def p_symlink_after_start(w: World):
     events = _events(job)
     last = events[-1] if events else {}
     ok = bool(planted) and not written
-    return ok, (f"links planted ({', '.join(planted) or 'none'}); exit {proc.returncode}, "
-                f"{last.get('event')}: {str(last.get('message', ''))[:150]}; {len(written)} files outside")
+    return ok, (
+        f"links planted ({', '.join(planted) or 'none'}); exit {proc.returncode}, "
+        f"{last.get('event')}: {str(last.get('message', ''))[:150]}; {len(written)} files outside"
+    )
 
 
 def p_predictions_ro(w: World):
@@ -451,18 +527,62 @@ def p_predictions_ro(w: World):
         w.immutable.append(ro)
     else:
         ro.chmod(0o555)
-    run = w.cmd(["adapt", "--images", "base/images", "--labels", "lab/real2", "--store", "p8/newstore3",
-                 "--predictions", "p8/ro/pred", "--iterations", "2", "--semi-iterations", "2", "--batch-size", "1",
-                 "--patch-size", "32", "32", "32", "--pseudo", "none", "--no-guard", "--quiet"])
+    run = w.cmd(
+        [
+            "adapt",
+            "--images",
+            "base/images",
+            "--labels",
+            "lab/real2",
+            "--store",
+            "p8/newstore3",
+            "--predictions",
+            "p8/ro/pred",
+            "--iterations",
+            "2",
+            "--semi-iterations",
+            "2",
+            "--batch-size",
+            "1",
+            "--patch-size",
+            "32",
+            "32",
+            "32",
+            "--pseudo",
+            "none",
+            "--no-guard",
+            "--quiet",
+        ]
+    )
     ok, text = refused(run, "pred")
     stored = list(w.p("p8").glob("newstore3/*/v*"))
     return ok and not stored, text + ("; a version was stored" if stored else "; nothing stored")
 
 
 def p_models_tampered(w: World):
-    run = adapt(w, "lab/real2", "p9/store", ["--name", "base", "--iterations", "2", "--semi-iterations", "2",
-                                               "--batch-size", "1", "--patch-size", "32", "32", "32", "--pseudo",
-                                               "none", "--no-guard", "--quiet"])
+    run = adapt(
+        w,
+        "lab/real2",
+        "p9/store",
+        [
+            "--name",
+            "base",
+            "--iterations",
+            "2",
+            "--semi-iterations",
+            "2",
+            "--batch-size",
+            "1",
+            "--patch-size",
+            "32",
+            "32",
+            "32",
+            "--pseudo",
+            "none",
+            "--no-guard",
+            "--quiet",
+        ],
+    )
     if run.rc != 0:
         return False, f"could not build the store: exit {run.rc}: {run.last_error()}"
     from safetensors.numpy import load_file, save_file
@@ -481,14 +601,29 @@ def p_models_tampered(w: World):
 def p_tampered_overlay(w: World):
     if not w.p("p9", "store", "base", "v1").exists():
         return False, "store not built (models_list_tampered failed first)"
-    return refused(w.cmd(["overlay", "--image", "base/images/hippocampus_001.nii.gz", "--model", "p9/store/base",
-                          "--out", "p9/ov1"]), "manifest")
+    return refused(
+        w.cmd(
+            ["overlay", "--image", "base/images/hippocampus_001.nii.gz", "--model", "p9/store/base", "--out", "p9/ov1"]
+        ),
+        "manifest",
+    )
 
 
 def p_overlay_opt(*opts: str):
     def probe(w: World):
-        return refused(w.cmd(["overlay", "--image", "base/images/hippocampus_001.nii.gz", *opts,
-                              "--out", "p6/o" + "_".join(o.strip("-") for o in opts)]))
+        return refused(
+            w.cmd(
+                [
+                    "overlay",
+                    "--image",
+                    "base/images/hippocampus_001.nii.gz",
+                    *opts,
+                    "--out",
+                    "p6/o" + "_".join(o.strip("-") for o in opts),
+                ]
+            )
+        )
+
     return probe
 
 
@@ -512,8 +647,10 @@ def p_output_modes(w: World):
         return False, "no ranking (rerank_smaller_pool failed first)"
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in sorted(out.rglob("*")) if p.is_file()}
     odd = {name: mode for name, mode in modes.items() if mode != oct(0o644)}
-    return not odd, (f"{len(modes)} files, ranking.json {modes.get('ranking.json')}, ranking.csv "
-                     f"{modes.get('ranking.csv')}" + (f"; other modes: {odd}" if odd else "; all 0o644"))
+    return not odd, (
+        f"{len(modes)} files, ranking.json {modes.get('ranking.json')}, ranking.csv "
+        f"{modes.get('ranking.csv')}" + (f"; other modes: {odd}" if odd else "; all 0o644")
+    )
 
 
 THREADS_CHILD = r"""
@@ -532,39 +669,75 @@ def p_threads_affinity(w: World):
     pinned = w.popen(["taskset", "-c", "0", sys.executable, "-c", THREADS_CHILD, str(REPO)], 120, env)
     chosen = w.popen([sys.executable, "-c", THREADS_CHILD, str(REPO)], 120, dict(env, ASSFT_NUM_THREADS="3"))
     ok = pinned.out.split() == ["1", "1"] and chosen.out.split() == ["3", "3"]
-    return ok, (f"taskset -c 0: intra/inter-op threads {pinned.out.strip() or pinned.last_error()}; "
-                f"ASSFT_NUM_THREADS=3: {chosen.out.strip() or chosen.last_error()} (machine: {os.cpu_count()} cores; "
-                "the side-by-side timing, 35-40 min, not repeated)")
+    return ok, (
+        f"taskset -c 0: intra/inter-op threads {pinned.out.strip() or pinned.last_error()}; "
+        f"ASSFT_NUM_THREADS=3: {chosen.out.strip() or chosen.last_error()} (machine: {os.cpu_count()} cores; "
+        "the side-by-side timing, 35-40 min, not repeated)"
+    )
 
 
 def p_threads_bad_env(w: World):
-    run = w.cmd(["overlay", "--image", "base/images/hippocampus_001.nii.gz", "--out", "p6/threads"],
-                env=dict(w.env, ASSFT_NUM_THREADS="many"))
+    run = w.cmd(
+        ["overlay", "--image", "base/images/hippocampus_001.nii.gz", "--out", "p6/threads"],
+        env=dict(w.env, ASSFT_NUM_THREADS="many"),
+    )
     return refused(run, "ASSFT_NUM_THREADS")
 
 
-def sfr_job(name: str, sam: Optional[dict] = None, retrain: Optional[dict] = None, *words: str,
-            timeout: float = 90):
+def sfr_job(name: str, sam: Optional[dict] = None, retrain: Optional[dict] = None, *words: str, timeout: float = 90):
     def probe(w: World):
-        settings = {"sam": dict({"iterations": 2}, **(sam or {})),
-                    "retrain": dict({"iterations": 2, "batch_size": 1, "patch_size": [32, 32, 32]}, **(retrain or {})),
-                    "checkpoint_every": 1}
+        settings = {
+            "sam": dict({"iterations": 2}, **(sam or {})),
+            "retrain": dict({"iterations": 2, "batch_size": 1, "patch_size": [32, 32, 32]}, **(retrain or {})),
+            "checkpoint_every": 1,
+        }
         labels = {c: str(w.p("base", "labels", f"{c}.nii.gz")) for c in CASES[:2]}
-        job = w.job(name, {"kind": "sfr", "images": w.images(), "labels": labels, "store": str(w.p("p7", "st_" + name)),
-                           "sfr": settings, "sam_prior": str(TINY_SAM)})
+        job = w.job(
+            name,
+            {
+                "kind": "sfr",
+                "images": w.images(),
+                "labels": labels,
+                "store": str(w.p("p7", "st_" + name)),
+                "sfr": settings,
+                "sam_prior": str(TINY_SAM),
+            },
+        )
         run = w.worker(job, timeout=timeout)
         if run.rc is None:
             return False, f"still running after {timeout:.0f} s (stopped)"
         return worker_refused(run, job, *words)
+
     return probe
 
 
 def sfr_cli(prior: str, *words: str, config: str = "p2b/small.json"):
     def probe(w: World):
-        return refused(w.cmd(["sfr", "--images", "base/images", "--labels", "lab/real2", "--store",
-                              f"p2b/st_{prior or 'x'}", *(["--sam", f"priors/{prior}"] if prior else []),
-                              "--sam-iterations", "2", "--iterations", "2", "--no-guard", "--config", config,
-                              "--quiet"], timeout=150), *words)
+        return refused(
+            w.cmd(
+                [
+                    "sfr",
+                    "--images",
+                    "base/images",
+                    "--labels",
+                    "lab/real2",
+                    "--store",
+                    f"p2b/st_{prior or 'x'}",
+                    *(["--sam", f"priors/{prior}"] if prior else []),
+                    "--sam-iterations",
+                    "2",
+                    "--iterations",
+                    "2",
+                    "--no-guard",
+                    "--config",
+                    config,
+                    "--quiet",
+                ],
+                timeout=150,
+            ),
+            *words,
+        )
+
     return probe
 
 
@@ -600,9 +773,17 @@ print(got, overlap, busy, other)
 def p_lock_churn(w: World):
     folder = w.p("p2c", "locked", "wd")
     folder.parent.mkdir(parents=True)
-    procs = [subprocess.Popen([sys.executable, "-c", LOCK_CHILD, str(folder), "2000", str(REPO)], cwd=w.root,
-                              env=w.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOCK_CHILD, str(folder), "2000", str(REPO)],
+            cwd=w.root,
+            env=w.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     totals = [0, 0, 0, 0]
     for proc in procs:
         out, err = proc.communicate(timeout=240)
@@ -611,20 +792,24 @@ def p_lock_churn(w: World):
             return False, f"child failed: {err.strip()[-200:]}"
         totals = [a + int(b) for a, b in zip(totals, fields)]
     got, overlap, busy, other = totals
-    return overlap == 0 and other == 0, (f"3 x 2000 attempts: {got} acquisitions, {overlap} overlapping another "
-                                         f"holder, {busy} refused as busy, {other} other errors")
+    return overlap == 0 and other == 0, (
+        f"3 x 2000 attempts: {got} acquisitions, {overlap} overlapping another "
+        f"holder, {busy} refused as busy, {other} other errors"
+    )
 
 
 def p_hugedims(w: World):
-    run = w.cmd(["overlay", "--image", "bad/hugedims_2GB.nii.gz", "--out", "p2e/ov_huge"],
-                prefix=["prlimit", "--as=6000000000"])
+    run = w.cmd(
+        ["overlay", "--image", "bad/hugedims_2GB.nii.gz", "--out", "p2e/ov_huge"], prefix=["prlimit", "--as=6000000000"]
+    )
     ok, text = refused(run)
     return ok and run.peak_mb < 1200, text + f"; peak RSS {run.peak_mb:.0f} MB"
 
 
 def p_bomb(w: World):
-    run = w.cmd(["overlay", "--image", "bad/bomb_2GiB.nii.gz", "--out", "p2e/ov_bomb"],
-                prefix=["prlimit", "--as=8000000000"])
+    run = w.cmd(
+        ["overlay", "--image", "bad/bomb_2GiB.nii.gz", "--out", "p2e/ov_bomb"], prefix=["prlimit", "--as=8000000000"]
+    )
     ok, text = refused(run, "ASSFT_MAX_IMAGE_MB")
     return ok and run.seconds < 60, text
 
@@ -663,8 +848,10 @@ def p_read_bomb(w: World):
             return False, f"exit {run.rc}: {run.last_error()}"
         peaks.append(run.peak_mb)
     ratio = (peaks[1] - peaks[0]) / 256.0
-    return ratio <= 1.2, (f"read {path.stat().st_size / 1e6:.1f} MB decompressing to 256 MiB: peak RSS "
-                          f"{peaks[1]:.0f} MB, {ratio:.2f}x the voxels above the imports ({peaks[0]:.0f} MB)")
+    return ratio <= 1.2, (
+        f"read {path.stat().st_size / 1e6:.1f} MB decompressing to 256 MiB: peak RSS "
+        f"{peaks[1]:.0f} MB, {ratio:.2f}x the voxels above the imports ({peaks[0]:.0f} MB)"
+    )
 
 
 def _itk_geometry(path: Path):
@@ -696,6 +883,7 @@ def p_geometry(name: str):
 
         gap = float(np.abs(_itk_geometry(image) - _itk_geometry(overlay)).max())
         return gap < 0.01, f"exit 0; overlay read by ITK lies {gap:.3g} mm from the image read by ITK (corners)"
+
     return probe
 
 
@@ -738,7 +926,8 @@ def p_fixture_domain(w: World):
     foreign = {"prostate_phantom_subvolume", "example_ct_sm"}
     ok = foreign <= set(flagged) and not (foreign & set(proposed))
     return ok, f"exit 0; flagged out-of-distribution: {flagged or 'none'}; proposed: {proposed or 'none'}" + (
-        "" if rows else f" (rows not found in {text[:80]})")
+        "" if rows else f" (rows not found in {text[:80]})"
+    )
 
 
 def _rows(ranking) -> list:
@@ -751,34 +940,72 @@ def _rows(ranking) -> list:
 
 
 def p_rank_corrupt(w: World):
-    return refused(w.cmd(["rank", "--images", "pool_corrupt", "--budget", "1", "--out", "p12/out_corrupt",
-                          "--quiet"]), "corrupt")
+    return refused(
+        w.cmd(["rank", "--images", "pool_corrupt", "--budget", "1", "--out", "p12/out_corrupt", "--quiet"]), "corrupt"
+    )
 
 
 def p_overlay_bad(name: str, *words: str):
     def probe(w: World):
         return refused(w.cmd(["overlay", "--image", f"bad/{name}", "--out", f"p12/ov_{name}"]), *words)
+
     return probe
 
 
 def p_eval(name: str, *words: str):
     def probe(w: World):
-        return refused(w.cmd(["evaluate", "--images", "base/images/hippocampus_001.nii.gz", "--labels",
-                              f"lab/{name}", "--out", f"p3/ev_{name}", "--no-hd95"]), *words)
+        return refused(
+            w.cmd(
+                [
+                    "evaluate",
+                    "--images",
+                    "base/images/hippocampus_001.nii.gz",
+                    "--labels",
+                    f"lab/{name}",
+                    "--out",
+                    f"p3/ev_{name}",
+                    "--no-hd95",
+                ]
+            ),
+            *words,
+        )
+
     return probe
 
 
 def p_label_ok(name: str):
     def probe(w: World):
         return accepted(adapt(w, f"lab/{name}", f"p3/st_{name}"))
+
     return probe
 
 
 def p_swapped3_nopool(w: World):
-    return refused(adapt(w, "lab/swapped3", "p2d/st_sw2", ["--learning-rate", "0.001", "--iterations", "10",
-                                                           "--semi-iterations", "10", "--batch-size", "1",
-                                                           "--patch-size", "32", "32", "32", "--pseudo", "none"],
-                         images="base/images"), "swap")
+    return refused(
+        adapt(
+            w,
+            "lab/swapped3",
+            "p2d/st_sw2",
+            [
+                "--learning-rate",
+                "0.001",
+                "--iterations",
+                "10",
+                "--semi-iterations",
+                "10",
+                "--batch-size",
+                "1",
+                "--patch-size",
+                "32",
+                "32",
+                "32",
+                "--pseudo",
+                "none",
+            ],
+            images="base/images",
+        ),
+        "swap",
+    )
 
 
 def p_job_symlinks(w: World):
@@ -798,9 +1025,14 @@ class Served:
             shutil.copy(w.p("base", "images", f"{case}.nii.gz"), self.data)
         self.log = w.p("p2a", "server.log")
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "ASSFTWeb", "--data",
-                                          str(self.data), "--port", "0"], cwd=w.root, env=w.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["nice", "-n", "19", sys.executable, "-m", "ASSFTWeb", "--data", str(self.data), "--port", "0"],
+                cwd=w.root,
+                env=w.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 240
         found = None
         while found is None and time.monotonic() < deadline and self.proc.poll() is None:
@@ -846,6 +1078,7 @@ class Served:
             async with aiohttp.ClientSession() as client_session:
                 async with client_session.ws_connect(f"http://{self.host}/ws", headers=headers) as ws:
                     return await work(WsClient(ws))
+
         return asyncio.run(run())
 
     def rss_mb(self) -> float:
@@ -895,6 +1128,7 @@ def _handshake_status(served: Served, origin: str, host: Optional[str] = None) -
 
     async def work(client):
         return await client.hello(served.secret)
+
     try:
         answer = served.session(work, origin=origin, host=host)
         return "accepted: " + ("session" if "result" in answer else str(answer)[:80])
@@ -908,11 +1142,14 @@ def b_authentication(w: World, served: Served):
         state = await client.call("trame.state.get")
         printed = await client.hello(served.secret)
         return public, state, printed
+
     public, state, printed = served.session(work)
     ok = "error" in public and "result" not in state and "result" in printed
-    return ok, (f"'wslink-secret': {'refused' if 'error' in public else 'ACCEPTED'}; state without it: "
-                f"{'refused' if 'result' not in state else 'SERVED'}; the printed secret: "
-                f"{'accepted' if 'result' in printed else 'refused'}")
+    return ok, (
+        f"'wslink-secret': {'refused' if 'error' in public else 'ACCEPTED'}; state without it: "
+        f"{'refused' if 'result' not in state else 'SERVED'}; the printed secret: "
+        f"{'accepted' if 'result' in printed else 'refused'}"
+    )
 
 
 def b_origin(w: World, served: Served):
@@ -930,32 +1167,49 @@ def b_host(w: World, served: Served):
 
 
 def b_static_traversal(w: World, served: Served):
-    answers = {path: served.get(path) for path in ("/../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
-                                                   "/static/..%2f..%2f..%2f..%2fetc%2fpasswd", "//etc/passwd")}
+    answers = {
+        path: served.get(path)
+        for path in (
+            "/../../../../etc/passwd",
+            "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+            "/static/..%2f..%2f..%2f..%2fetc%2fpasswd",
+            "//etc/passwd",
+        )
+    }
     leaked = [p for p, (_, body) in answers.items() if "root:" in body]
     return not leaked and all(code >= 400 for code, _ in answers.values()), (
-        "; ".join(f"{p} {code}" for p, (code, _) in answers.items()) + (f"; LEAKED {leaked}" if leaked else ""))
+        "; ".join(f"{p} {code}" for p, (code, _) in answers.items()) + (f"; LEAKED {leaked}" if leaked else "")
+    )
 
 
 def b_bad_state(w: World, served: Served):
     async def work(client):
         await client.hello(served.secret)
         states = {}
-        for key, value in (("budget", -5), ("budget", 10 ** 12), ("overlay_opacity", "abc")):
+        for key, value in (("budget", -5), ("budget", 10**12), ("overlay_opacity", "abc")):
             await client.call("trame.state.update", [[{"key": key, "value": value}]])
             states[f"{key}={value}"] = (await client.call("trame.state.get")).get("result", {}).get("state", {})
         select = await client.call("trame.trigger", ["select_row", [0], {}])
         odd = await client.call("trame.trigger", ["select_row", [0], {"not_an_argument": 1}])
         return states, select, odd
+
     states, select, odd = served.session(work)
-    neg, huge, opacity = (states["budget=-5"], states[f"budget={10 ** 12}"], states["overlay_opacity=abc"])
-    ok = (neg.get("budget") != 1 and "-5" in str(neg.get("error")) and huge.get("budget") != 10 ** 12
-          and opacity.get("overlay_opacity") != "abc" and "error" not in select
-          and "Traceback" not in repr(odd) and ".py" not in repr(odd))
-    return ok, (f"budget -5 -> {neg.get('budget')} ({str(neg.get('error'))[:70]}); 10**12 -> {huge.get('budget')}; "
-                f"opacity 'abc' -> {opacity.get('overlay_opacity')}; a later select_row: "
-                f"{'ok' if 'error' not in select else 'ERROR'}; a failing call answers "
-                f"{str(odd.get('error', {}).get('message', odd))[:60]!r}")
+    neg, huge, opacity = (states["budget=-5"], states[f"budget={10**12}"], states["overlay_opacity=abc"])
+    ok = (
+        neg.get("budget") != 1
+        and "-5" in str(neg.get("error"))
+        and huge.get("budget") != 10**12
+        and opacity.get("overlay_opacity") != "abc"
+        and "error" not in select
+        and "Traceback" not in repr(odd)
+        and ".py" not in repr(odd)
+    )
+    return ok, (
+        f"budget -5 -> {neg.get('budget')} ({str(neg.get('error'))[:70]}); 10**12 -> {huge.get('budget')}; "
+        f"opacity 'abc' -> {opacity.get('overlay_opacity')}; a later select_row: "
+        f"{'ok' if 'error' not in select else 'ERROR'}; a failing call answers "
+        f"{str(odd.get('error', {}).get('message', odd))[:60]!r}"
+    )
 
 
 def b_allocation(w: World, served: Served):
@@ -965,7 +1219,7 @@ def b_allocation(w: World, served: Served):
     async def work(client):
         await client.hello(served.secret)
         before = served.rss_mb()
-        await client.ws.send_bytes(struct.pack("<III", 7, 0, 256 * 1024 ** 2) + b"x" * 16)
+        await client.ws.send_bytes(struct.pack("<III", 7, 0, 256 * 1024**2) + b"x" * 16)
         try:
             frame = await asyncio.wait_for(client.ws.receive(), 30)
             kind = frame.type.name.lower()
@@ -978,10 +1232,13 @@ def b_allocation(w: World, served: Served):
 
     async def alive(client):
         return await client.hello(served.secret)
+
     still = "result" in served.session(alive)
     ok = after - before < 64 and still
-    return ok, (f"28-byte frame claiming 256 MB: RSS {before:.0f} -> {after:.0f} MB, connection {kind}; "
-                f"server {'still answers' if still else 'DEAD'}")
+    return ok, (
+        f"28-byte frame claiming 256 MB: RSS {before:.0f} -> {after:.0f} MB, connection {kind}; "
+        f"server {'still answers' if still else 'DEAD'}"
+    )
 
 
 def b_plain_get(w: World, served: Served):
@@ -1023,8 +1280,21 @@ def b_backup_link(w: World, served: Served):
     """The Save button's function (``ASSFTWeb.label_files.save_label_file``) with ``labels/backup`` a link."""
     labels, outside = w.p("p2a", "labels_b"), w.p("p2a", "outside_b")
     outside.mkdir()
-    run = w.popen(["nice", "-n", "19", sys.executable, "-c", SAVE_CHILD, str(REPO),
-                   str(w.p("base", "labels", "hippocampus_001.nii.gz")), str(labels), str(outside)], 120)
+    run = w.popen(
+        [
+            "nice",
+            "-n",
+            "19",
+            sys.executable,
+            "-c",
+            SAVE_CHILD,
+            str(REPO),
+            str(w.p("base", "labels", "hippocampus_001.nii.gz")),
+            str(labels),
+            str(outside),
+        ],
+        120,
+    )
     moved = sorted(p.name for p in outside.iterdir())
     ok = run.rc == 0 and run.out.startswith("refused") and not moved
     return ok, f"second save: {run.out.strip()[:150] or run.last_error()}; files outside: {moved or 'none'}"
@@ -1032,10 +1302,14 @@ def b_backup_link(w: World, served: Served):
 
 BROWSER = [
     ("default_bind", "-", "hold", lambda w, s: (True, f"printed http://{s.host}/?secret=... (127.0.0.1)")),
-    ("authentication", "1", "FAIL", b_authentication), ("websocket_origin", "2", "FAIL", b_origin),
-    ("host_header", "3", "FAIL", b_host), ("static_traversal", "-", "hold", b_static_traversal),
-    ("label_backup_symlink", "4", "FAIL", b_backup_link), ("labels_folder_link_at_start", "4", "new", b_labels_link),
-    ("bad_state_values", "5", "FAIL", b_bad_state), ("allocation_claim", "5", "FAIL", b_allocation),
+    ("authentication", "1", "FAIL", b_authentication),
+    ("websocket_origin", "2", "FAIL", b_origin),
+    ("host_header", "3", "FAIL", b_host),
+    ("static_traversal", "-", "hold", b_static_traversal),
+    ("label_backup_symlink", "4", "FAIL", b_backup_link),
+    ("labels_folder_link_at_start", "4", "new", b_labels_link),
+    ("bad_state_values", "5", "FAIL", b_bad_state),
+    ("allocation_claim", "5", "FAIL", b_allocation),
     ("plain_get_ws", "5", "FAIL", b_plain_get),
 ]
 
@@ -1055,9 +1329,13 @@ def browser_probes() -> List[Probe]:
             if isinstance(state["served"], Exception):
                 return False, f"server did not start: {state['served']}"
             return check(w, state["served"])
+
         return probe
-    return [Probe("2.1", name, item, before, T + "test_web_security.py", run(name, check))
-            for name, item, before, check in BROWSER]
+
+    return [
+        Probe("2.1", name, item, before, T + "test_web_security.py", run(name, check))
+        for name, item, before, check in BROWSER
+    ]
 
 
 T = "Testing/Python/"
@@ -1072,20 +1350,38 @@ PROBES = [
     Probe("1.2", "adapt_zero", "-", "hold", T + "test_label_checks.py", lambda w: label_refused(w, "zero")),
     Probe("1.2", "eval_zero", "9", "hold*", T + "test_label_meaning.py", p_eval("zero")),
     # 1.3 cards
-    Probe("1.3", "check_default_pretrained_effnet", "11", "FAIL", T + "test_models.py",
-          p_card("default_pretrained_effnet", "EfficientNetBN")),
-    Probe("1.3", "check_default_pretrained_resnetfeatures", "11", "FAIL", T + "test_models.py",
-          p_card("default_pretrained_resnetfeatures", "ResNetFeatures")),
-    Probe("1.3", "check_default_pretrained_mil", "11", "FAIL", T + "test_models.py",
-          p_card("default_pretrained_mil", "MILModel")),
-    Probe("1.3", "overlay_huge_channels", "11", "FAIL", T + "test_models.py",
-          p_card("huge_channels", command="overlay")),
+    Probe(
+        "1.3",
+        "check_default_pretrained_effnet",
+        "11",
+        "FAIL",
+        T + "test_models.py",
+        p_card("default_pretrained_effnet", "EfficientNetBN"),
+    ),
+    Probe(
+        "1.3",
+        "check_default_pretrained_resnetfeatures",
+        "11",
+        "FAIL",
+        T + "test_models.py",
+        p_card("default_pretrained_resnetfeatures", "ResNetFeatures"),
+    ),
+    Probe(
+        "1.3",
+        "check_default_pretrained_mil",
+        "11",
+        "FAIL",
+        T + "test_models.py",
+        p_card("default_pretrained_mil", "MILModel"),
+    ),
+    Probe(
+        "1.3", "overlay_huge_channels", "11", "FAIL", T + "test_models.py", p_card("huge_channels", command="overlay")
+    ),
     Probe("1.3", "overlay_kernel_zero", "11", "FAIL", T + "test_models.py", p_card("kernel_zero", command="overlay")),
     Probe("1.3", "overlay_arch_os", "-", "hold", T + "test_models.py", p_card("arch_os", command="overlay")),
     # 1.5 worker
     Probe("1.5", "job_model_effnet_card", "11", "FAIL", T + "test_models.py", p_worker_effnet),
-    Probe("1.5", "job_symlink_planted_after_start", "12", "FAIL", T + "test_confined_writes.py",
-          p_symlink_after_start),
+    Probe("1.5", "job_symlink_planted_after_start", "12", "FAIL", T + "test_confined_writes.py", p_symlink_after_start),
     Probe("1.5", "job_symlinks", "-", "hold", T + "test_confined_writes.py", p_job_symlinks),
     # 1.6 unwritable
     Probe("1.6", "adapt_predictions_ro", "16", "FAIL", T + "test_outputs_checked_first.py", p_predictions_ro),
@@ -1093,46 +1389,120 @@ PROBES = [
     Probe("1.7", "models_list_tampered", "17", "FAIL", T + "test_cli_models.py", p_models_tampered),
     Probe("1.7", "overlay_tampered_active_storefolder", "-", "hold", T + "test_cli_models.py", p_tampered_overlay),
     # 1.8 smoke edges
-    Probe("1.8", "overlay_threshold_15", "21", "FAIL", T + "test_cli_argument_ranges.py",
-          p_overlay_opt("--threshold", "1.5")),
-    Probe("1.8", "overlay_max_regions_0", "21", "FAIL", T + "test_cli_argument_ranges.py",
-          p_overlay_opt("--max-regions", "0")),
-    Probe("1.8", "overlay_max_regions_neg", "21", "FAIL", T + "test_cli_argument_ranges.py",
-          p_overlay_opt("--max-regions", "-1")),
+    Probe(
+        "1.8",
+        "overlay_threshold_15",
+        "21",
+        "FAIL",
+        T + "test_cli_argument_ranges.py",
+        p_overlay_opt("--threshold", "1.5"),
+    ),
+    Probe(
+        "1.8",
+        "overlay_max_regions_0",
+        "21",
+        "FAIL",
+        T + "test_cli_argument_ranges.py",
+        p_overlay_opt("--max-regions", "0"),
+    ),
+    Probe(
+        "1.8",
+        "overlay_max_regions_neg",
+        "21",
+        "FAIL",
+        T + "test_cli_argument_ranges.py",
+        p_overlay_opt("--max-regions", "-1"),
+    ),
     Probe("1.8", "rerank_smaller_pool", "21", "FAIL", T + "test_cli_rank.py", p_rerank),
     Probe("1.8", "ranking_file_modes", "18", "issue", T + "test_cli_rank.py", p_output_modes),
     Probe("1.8", "threads_affinity", "19", "new", T + "test_threads.py", p_threads_affinity),
     Probe("1.8", "threads_bad_env", "19", "new", T + "test_threads.py", p_threads_bad_env),
     # 2.2 sfr
-    Probe("2.2", "job_sfr_retrain_patch_huge", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_job("sfr_retrain_patch_huge", None, {"patch_size": [100000] * 3}, "patch")),
-    Probe("2.2", "job_sfr_sam_lr_nan", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_job("sfr_sam_lr_nan", {"learning_rate": float("nan")}, None, "learning_rate")),
-    Probe("2.2", "job_sfr_sam_iter_float", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_job("sfr_sam_iter_float", {"iterations": 2.5}, None, "iterations")),
-    Probe("2.2", "job_sfr_sam_iter_bool", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_job("sfr_sam_iter_bool", {"iterations": True}, None, "iterations")),
-    Probe("2.2", "job_sfr_sam_batch_huge", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_job("sfr_sam_batch_huge", {"batch_size": 100000}, None, "batch_size")),
-    Probe("2.2", "job_sfr_sam_lora_huge", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_job("sfr_sam_lora_huge", {"lora_rank": 10 ** 7}, None, "lora_rank")),
-    Probe("2.2", "job_sfr_sam_iter_neg", "-", "hold", T + "test_sfr_config.py",
-          sfr_job("sfr_sam_iter_neg", {"iterations": -5}, None, "iterations")),
+    Probe(
+        "2.2",
+        "job_sfr_retrain_patch_huge",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_retrain_patch_huge", None, {"patch_size": [100000] * 3}, "patch"),
+    ),
+    Probe(
+        "2.2",
+        "job_sfr_sam_lr_nan",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_sam_lr_nan", {"learning_rate": float("nan")}, None, "learning_rate"),
+    ),
+    Probe(
+        "2.2",
+        "job_sfr_sam_iter_float",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_sam_iter_float", {"iterations": 2.5}, None, "iterations"),
+    ),
+    Probe(
+        "2.2",
+        "job_sfr_sam_iter_bool",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_sam_iter_bool", {"iterations": True}, None, "iterations"),
+    ),
+    Probe(
+        "2.2",
+        "job_sfr_sam_batch_huge",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_sam_batch_huge", {"batch_size": 100000}, None, "batch_size"),
+    ),
+    Probe(
+        "2.2",
+        "job_sfr_sam_lora_huge",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_sam_lora_huge", {"lora_rank": 10**7}, None, "lora_rank"),
+    ),
+    Probe(
+        "2.2",
+        "job_sfr_sam_iter_neg",
+        "-",
+        "hold",
+        T + "test_sfr_config.py",
+        sfr_job("sfr_sam_iter_neg", {"iterations": -5}, None, "iterations"),
+    ),
     Probe("2.2", "cli_prior_patch_zero", "13", "FAIL", T + "test_sfr_prior_cards.py", sfr_cli("patch_zero", "patch")),
     Probe("2.2", "cli_prior_depth_huge", "13", "FAIL", T + "test_sfr_prior_cards.py", sfr_cli("depth_huge", "depth")),
     Probe("2.2", "cli_prior_embed_huge", "13", "FAIL", T + "test_sfr_prior_cards.py", sfr_cli("embed_huge", "embed")),
     Probe("2.2", "cli_prior_image_neg", "13", "FAIL", T + "test_sfr_prior_cards.py", sfr_cli("image_neg", "image")),
-    Probe("2.2", "cli_prior_classes_renamed", "8", "FAIL", T + "test_sfr_prior_class_names.py",
-          sfr_cli("classes_renamed", "class")),
-    Probe("2.2", "cli_prior_weights_abs", "-", "hold", T + "test_sfr_prior_cards.py",
-          sfr_cli("weights_abs", "outside")),
-    Probe("2.2", "cli_config_sam_lr_nan", "13", "FAIL", T + "test_sfr_config.py",
-          sfr_cli("", "learning_rate", config="p2b/nan.json")),
+    Probe(
+        "2.2",
+        "cli_prior_classes_renamed",
+        "8",
+        "FAIL",
+        T + "test_sfr_prior_class_names.py",
+        sfr_cli("classes_renamed", "class"),
+    ),
+    Probe(
+        "2.2", "cli_prior_weights_abs", "-", "hold", T + "test_sfr_prior_cards.py", sfr_cli("weights_abs", "outside")
+    ),
+    Probe(
+        "2.2",
+        "cli_config_sam_lr_nan",
+        "13",
+        "FAIL",
+        T + "test_sfr_config.py",
+        sfr_cli("", "learning_rate", config="p2b/nan.json"),
+    ),
     # 2.3 lock
     Probe("2.3", "workdir_lock_churn", "20", "FAIL", T + "test_locks_and_events.py", p_lock_churn),
     # 2.4 label checks
-    Probe("2.4", "adapt_swapped", "6", "FAIL", T + "test_label_meaning.py",
-          lambda w: label_refused(w, "swapped", "swap")),
+    Probe(
+        "2.4", "adapt_swapped", "6", "FAIL", T + "test_label_meaning.py", lambda w: label_refused(w, "swapped", "swap")
+    ),
     Probe("2.4", "eval_swapped", "9", "new", T + "test_label_meaning.py", p_eval("swapped", "swap")),
     Probe("2.4", "adapt_shift2", "-", "hold", T + "test_label_meaning.py", p_label_ok("shift2")),
     Probe("2.4", "adapt_shift4", "8", "FAIL", T + "test_label_shift_warning.py", shifted("shift4")),
@@ -1140,14 +1510,19 @@ PROBES = [
     Probe("2.4", "adapt_shift6", "8", "FAIL", T + "test_label_meaning.py", shifted("shift6")),
     Probe("2.4", "adapt_shiftjk6", "8", "FAIL", T + "test_label_meaning.py", shifted("shiftjk6")),
     Probe("2.4", "adapt_shift10", "8", "FAIL", T + "test_label_meaning.py", shifted("shift10")),
-    Probe("2.4", "adapt_thin_slice", "8", "FAIL", T + "test_label_checks.py",
-          lambda w: label_refused(w, "thin_slice")),
+    Probe("2.4", "adapt_thin_slice", "8", "FAIL", T + "test_label_checks.py", lambda w: label_refused(w, "thin_slice")),
     Probe("2.4", "adapt_outline", "8", "FAIL", T + "test_label_checks.py", lambda w: label_refused(w, "outline")),
     Probe("2.4", "adapt_swapped3_guard_nopool", "6", "FAIL", T + "test_guard_label_meaning.py", p_swapped3_nopool),
     Probe("2.4", "adapt_dilated3", "-", "hold", T + "test_label_checks.py", p_label_ok("dilated3")),
     Probe("2.4", "adapt_filled", "-", "hold", T + "test_label_checks.py", lambda w: label_refused(w, "filled")),
-    Probe("2.4", "adapt_only_anterior", "-", "hold", T + "test_label_checks.py",
-          lambda w: label_refused(w, "only_anterior", "posterior")),
+    Probe(
+        "2.4",
+        "adapt_only_anterior",
+        "-",
+        "hold",
+        T + "test_label_checks.py",
+        lambda w: label_refused(w, "only_anterior", "posterior"),
+    ),
     # 2.5 inputs
     Probe("2.5", "overlay_hugedims_2GB_nii_gz", "14", "FAIL", T + "test_io_geometry_memory.py", p_hugedims),
     Probe("2.5", "overlay_bomb_2GiB", "15", "FAIL", T + "test_io_geometry_memory.py", p_bomb),
@@ -1155,53 +1530,50 @@ PROBES = [
     Probe("2.5", "overlay_sheared", "10", "FAIL", T + "test_io_geometry_memory.py", p_geometry("sheared.nii.gz")),
     Probe("2.5", "overlay_neg_pixdim", "10", "FAIL", T + "test_io_geometry_memory.py", p_geometry("neg_pixdim.nii")),
     Probe("2.5", "overlay_oblique", "-", "hold", T + "test_io_geometry_memory.py", p_geometry("oblique.nii.gz")),
-    Probe("2.5", "overlay_singular", "-", "hold", T + "test_cli_bad_inputs.py",
-          p_overlay_bad("singular.nii", "geometry")),
+    Probe(
+        "2.5", "overlay_singular", "-", "hold", T + "test_cli_bad_inputs.py", p_overlay_bad("singular.nii", "geometry")
+    ),
     # 3 foreign
     Probe("3", "adapt_ts_spleen1_kidney2", "7", "FAIL", T + "test_label_meaning.py", p_ts_labels),
     Probe("3", "rank_fixture_domain", "21", "FAIL", T + "test_query_ood.py", p_fixture_domain),
 ] + browser_probes()
 
 
+_REFUSED_DOWNLOADS = "test_models.py::test_networks_whose_constructors_may_download_are_refused_before_they_are_built"
+
 #: The test that fails without the fix of each probe's finding (``file::test``), where one names it.
 TESTS = {
     "eval_orphan": "test_cli_argument_ranges.py::test_evaluate_warns_about_a_label_without_an_image",
     "adapt_orphan": "test_cli_argument_ranges.py::test_adapt_warns_about_a_label_without_an_image",
     "eval_zero": "test_cli_evaluate.py::test_evaluate_refuses_labels_the_label_checks_refuse",
-    "check_default_pretrained_effnet":
-        "test_models.py::test_networks_whose_constructors_may_download_are_refused_before_they_are_built",
-    "check_default_pretrained_resnetfeatures":
-        "test_models.py::test_networks_whose_constructors_may_download_are_refused_before_they_are_built",
-    "check_default_pretrained_mil":
-        "test_models.py::test_networks_whose_constructors_may_download_are_refused_before_they_are_built",
-    "job_model_effnet_card":
-        "test_models.py::test_networks_whose_constructors_may_download_are_refused_before_they_are_built",
+    "check_default_pretrained_effnet": _REFUSED_DOWNLOADS,
+    "check_default_pretrained_resnetfeatures": _REFUSED_DOWNLOADS,
+    "check_default_pretrained_mil": _REFUSED_DOWNLOADS,
+    "job_model_effnet_card": _REFUSED_DOWNLOADS,
     "overlay_huge_channels": "test_models.py::test_card_arguments_that_cannot_build_a_network_are_card_errors_not_"
-                             "tracebacks",
+    "tracebacks",
     "overlay_kernel_zero": "test_models.py::test_card_arguments_that_cannot_build_a_network_are_card_errors_not_"
-                           "tracebacks",
-    "job_symlink_planted_after_start":
-        "test_confined_writes.py::test_a_link_planted_in_the_ranking_folder_mid_ranking_receives_nothing",
+    "tracebacks",
+    "job_symlink_planted_after_start": "test_confined_writes.py::"
+    "test_a_link_planted_in_the_ranking_folder_mid_ranking_receives_nothing",
     "job_symlinks": "test_worker_trust.py::test_a_symlink_planted_in_the_job_folder_stops_the_job_and_nothing_is_"
-                    "written_through_it",
+    "written_through_it",
     "adapt_predictions_ro": "test_outputs_checked_first.py::test_adapt_with_a_predictions_folder_that_cannot_be_"
-                            "created_fails_before_training",
-    "models_list_tampered": "test_cli_models.py::test_models_marks_a_version_whose_weights_were_changed_after_"
-                            "writing",
+    "created_fails_before_training",
+    "models_list_tampered": "test_cli_models.py::test_models_marks_a_version_whose_weights_were_changed_after_writing",
     "overlay_tampered_active_storefolder": "test_cli_bad_inputs.py::test_a_tampered_active_version_is_refused_"
-                                           "through_the_store_folder",
-    "overlay_threshold_15": "test_cli_argument_ranges.py::test_overlay_settings_outside_their_range_are_one_error_"
-                            "line",
+    "through_the_store_folder",
+    "overlay_threshold_15": "test_cli_argument_ranges.py::test_overlay_settings_outside_their_range_are_one_error_line",
     "overlay_max_regions_0": "test_cli_argument_ranges.py::test_overlay_settings_outside_their_range_are_one_error_"
-                             "line",
+    "line",
     "overlay_max_regions_neg": "test_cli_argument_ranges.py::test_overlay_settings_outside_their_range_are_one_"
-                               "error_line",
+    "error_line",
     "rerank_smaller_pool": "test_cli_argument_ranges.py::test_reranking_a_smaller_pool_removes_the_files_of_the_"
-                           "volumes_that_left",
+    "volumes_that_left",
     "ranking_file_modes": "test_confined_writes.py::test_confined_files_keep_the_usual_permissions",
     "cli_prior_classes_renamed": "test_sfr_prior_class_names.py::test_a_prior_with_swapped_class_names_is_refused",
     "workdir_lock_churn": "test_locks_and_events.py::test_the_lock_has_one_holder_at_a_time_while_three_processes_"
-                          "take_and_release_it",
+    "take_and_release_it",
     "adapt_swapped": "test_label_meaning.py::test_assft_adapt_refuses_swapped_labels_and_stores_nothing",
     "eval_swapped": "test_cli_evaluate.py::test_evaluate_refuses_labels_the_label_checks_refuse",
     "adapt_shift4": "test_label_shift_warning.py::test_a_shift_beyond_true_labels_but_below_the_refusal_limit_warns",
@@ -1213,30 +1585,30 @@ TESTS = {
     "adapt_outline": "test_label_meaning.py::test_partial_labels_are_refused_unless_declared",
     "adapt_swapped3_guard_nopool": "test_label_meaning.py::test_swapped_real_labels_are_refused_before_training",
     "overlay_hugedims_2GB_nii_gz": "test_io_geometry_memory.py::test_a_small_file_declaring_2_gb_is_refused_before_"
-                                   "allocating",
+    "allocating",
     "overlay_bomb_2GiB": "test_io_geometry_memory.py::test_the_decompression_limit_is_configurable_and_named_in_the_"
-                         "error",
+    "error",
     "read_bomb_256MiB": "test_io_geometry_memory.py::test_reading_a_gzip_bomb_needs_at_most_1_2_times_its_"
-                        "decompressed_size",
+    "decompressed_size",
     "overlay_sheared": "test_io_geometry_memory.py::test_an_overlay_of_a_disputed_header_lies_on_the_image_when_"
-                       "slicer_reads_it_back",
+    "slicer_reads_it_back",
     "overlay_neg_pixdim": "test_io_geometry_memory.py::test_an_overlay_of_a_disputed_header_lies_on_the_image_when_"
-                          "slicer_reads_it_back",
+    "slicer_reads_it_back",
     "adapt_ts_spleen1_kidney2": "test_label_meaning.py::test_a_spleen_and_kidney_label_given_as_hippocampus_is_"
-                                "refused_as_another_structure",
+    "refused_as_another_structure",
     "rank_fixture_domain": "test_query_ood.py::test_small_foreign_fixtures_are_flagged_for_the_hippocampus_model",
     "threads_affinity": "test_threads.py::test_a_process_pinned_to_one_core_runs_one_torch_thread_per_pool",
     "threads_bad_env": "test_threads.py::test_the_command_line_refuses_a_malformed_thread_variable_before_any_work",
     "authentication": "test_web_security.py::test_the_page_connects_only_with_the_printed_secret_never_the_public_"
-                      "default",
+    "default",
     "websocket_origin": "test_web_security.py::test_a_websocket_opened_by_another_sites_page_is_refused",
     "host_header": "test_web_security.py::test_a_foreign_host_name_is_refused_for_the_page_and_the_websocket",
     "label_backup_symlink": "test_web_security.py::test_a_save_never_moves_the_previous_label_through_a_backup_"
-                            "folder_that_is_a_link",
+    "folder_that_is_a_link",
     "labels_folder_link_at_start": "test_web_security.py::test_the_server_refuses_to_start_on_a_labels_folder_that_"
-                                   "is_a_link",
+    "is_a_link",
     "bad_state_values": "test_web_security.py::test_bad_field_values_from_a_browser_are_refused_with_a_message_and_"
-                        "never_used",
+    "never_used",
     "allocation_claim": "test_web_security.py::test_a_message_claiming_a_huge_size_is_refused_without_allocating_it",
     "plain_get_ws": "test_web_security.py::test_a_plain_get_on_the_websocket_path_answers_400_without_a_traceback",
 }
@@ -1251,8 +1623,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--md", type=Path, help="write the table as Markdown here")
     parser.add_argument("--json", type=Path, help="write the records as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (printed)")
-    parser.add_argument("--render", type=Path, help="run nothing: re-render the table of a --json file of an earlier "
-                        "run with the probes' current item, verdict before and test")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        help="run nothing: re-render the table of a --json file of an earlier "
+        "run with the probes' current item, verdict before and test",
+    )
     args = parser.parse_args(argv)
     if args.render:
         known = {p.name: p for p in PROBES}
@@ -1286,10 +1662,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             except Exception as error:  # a probe that cannot be built is reported, not hidden
                 ok, observed = False, f"probe error: {type(error).__name__}: {error}"
             observed = re.sub(re.escape(str(root)) + "/?", "", observed).replace("|", "/").replace("\n", " ")
-            record = {"area": probe.area, "probe": probe.name, "item": probe.item, "before": probe.before,
-                      "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tree": tree,
-                      "now": "hold" if ok else "FAIL", "observed": observed, "test": probe.test,
-                      "seconds": round(time.monotonic() - start, 1)}
+            record = {
+                "area": probe.area,
+                "probe": probe.name,
+                "item": probe.item,
+                "before": probe.before,
+                "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "tree": tree,
+                "now": "hold" if ok else "FAIL",
+                "observed": observed,
+                "test": probe.test,
+                "seconds": round(time.monotonic() - start, 1),
+            }
             records.append(record)
             print(json.dumps(record), flush=True)
     finally:
@@ -1312,9 +1696,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _tree() -> str:
     """The commit the run tested, and how many tracked files differed from it (others' work in progress)."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
+
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = len([line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line])
     return f"`{head}`" + (f" with {changed} tracked files changed in the working tree" if changed else "")
@@ -1325,22 +1711,28 @@ def render(records: list) -> str:
     failing = [r for r in records if r["before"] in ("FAIL", "issue")]
     fixed = sum(r["now"] == "hold" for r in failing)
     when = records[0].get("time", "") if records else ""
-    lines = ["# Red-team catalogue re-run", "",
-             f"Generated by `Testing/Benchmarks/redteam_rerun.py` on {when or 'an unrecorded date'} against "
-             f"{records[0].get('tree', _tree()) if records else _tree()}; catalogue: "
-             "`../shared/research/redteam.md` (2026-12-05). \"before\" is the catalogue's verdict (`new`: a "
-             "probe added here; `issue`: a finding of issue 29 with no catalogue row; `hold*`: held there only by "
-             "the documented scope of the time; the catalogue's `overlay_max_regions_0_neg` is two rows here). "
-             "A refusal holds when it is exit 2 with one `error:` line and no traceback (a worker: exit 1 "
-             "with an `error` event and no `unexpected` one); nothing may be written outside the job or data folder.",
-             "", f"Failing before (catalogue or issue 29) and re-run: {len(failing)}, now holding: {fixed}. "
-             f"All probes: {len(records)}, {held} hold, {len(records) - held} fail.", "",
-             "| area | probe | issue 29 item | before | now | observed now | covered by |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Red-team catalogue re-run",
+        "",
+        f"Generated by `Testing/Benchmarks/redteam_rerun.py` on {when or 'an unrecorded date'} against "
+        f"{records[0].get('tree', _tree()) if records else _tree()}; catalogue: "
+        '`../shared/research/redteam.md` (2026-12-05). "before" is the catalogue\'s verdict (`new`: a '
+        "probe added here; `issue`: a finding of issue 29 with no catalogue row; `hold*`: held there only by "
+        "the documented scope of the time; the catalogue's `overlay_max_regions_0_neg` is two rows here). "
+        "A refusal holds when it is exit 2 with one `error:` line and no traceback (a worker: exit 1 "
+        "with an `error` event and no `unexpected` one); nothing may be written outside the job or data folder.",
+        "",
+        f"Failing before (catalogue or issue 29) and re-run: {len(failing)}, now holding: {fixed}. "
+        f"All probes: {len(records)}, {held} hold, {len(records) - held} fail.",
+        "",
+        "| area | probe | issue 29 item | before | now | observed now | covered by |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         now = r["now"] if r["now"] == "hold" else "**FAIL**"
-        lines.append(f"| {r['area']} | {r['probe']} | {r['item']} | {r['before']} | {now} | {r['observed']} | "
-                     f"`{r['test']}` |")
+        lines.append(
+            f"| {r['area']} | {r['probe']} | {r['item']} | {r['before']} | {now} | {r['observed']} | `{r['test']}` |"
+        )
     return "\n".join(lines) + "\n"
 
 

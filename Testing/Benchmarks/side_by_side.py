@@ -44,16 +44,32 @@ def _site(folder: Path) -> Path:
 
 def _command(site: Path, store: Path, iterations: int) -> List[str]:
     assft = Path(sys.executable).with_name("assft")
-    return [str(assft), "adapt", "--images", str(site / "images"), "--labels", str(site / "labels"), "--store",
-            str(store), "--iterations", str(iterations), "--semi-iterations", str(iterations), "--no-guard",
-            "--quiet", "--device", "cpu"]
+    return [
+        str(assft),
+        "adapt",
+        "--images",
+        str(site / "images"),
+        "--labels",
+        str(site / "labels"),
+        "--store",
+        str(store),
+        "--iterations",
+        str(iterations),
+        "--semi-iterations",
+        str(iterations),
+        "--no-guard",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
 
 
 def _run_together(commands: List[List[str]], env: Dict[str, str]) -> List[float]:
     """Start every command at once; the wall seconds of each."""
     start = time.perf_counter()
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for command in commands]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for command in commands
+    ]
     seconds = []
     for process in processes:
         _, err = process.communicate()
@@ -79,15 +95,29 @@ def main(argv=None) -> int:
             stores = [Path(tmp) / f"store-{repeat}-{k}" for k in range(3)]
             (alone,) = _run_together([_command(site, stores[0], args.iterations)], env)
             together = _run_together([_command(site, s, args.iterations) for s in stores[1:]], env)
-            rows.append({"alone_s": round(alone, 2), "together_s": [round(s, 2) for s in together],
-                         "ratio": round(max(together) / alone, 3)})
-            print(f"repeat {repeat}: alone {alone:.1f} s, two side by side {together[0]:.1f} / {together[1]:.1f} s, "
-                  f"ratio {max(together) / alone:.2f}")
+            rows.append(
+                {
+                    "alone_s": round(alone, 2),
+                    "together_s": [round(s, 2) for s in together],
+                    "ratio": round(max(together) / alone, 3),
+                }
+            )
+            print(
+                f"repeat {repeat}: alone {alone:.1f} s, two side by side {together[0]:.1f} / {together[1]:.1f} s, "
+                f"ratio {max(together) / alone:.2f}"
+            )
     ratios = [row["ratio"] for row in rows]
-    result = {"benchmark": "side_by_side", "cores": len(os.sched_getaffinity(0)), "iterations": args.iterations,
-              "labelled": LABELLED, "rows": rows, "ratio_max": max(ratios),
-              "ratio_median": sorted(ratios)[len(ratios) // 2],
-              "goal": 2.5, "machine_note": "run on a quiet machine; other load counts as slowdown"}
+    result = {
+        "benchmark": "side_by_side",
+        "cores": len(os.sched_getaffinity(0)),
+        "iterations": args.iterations,
+        "labelled": LABELLED,
+        "rows": rows,
+        "ratio_max": max(ratios),
+        "ratio_median": sorted(ratios)[len(ratios) // 2],
+        "goal": 2.5,
+        "machine_note": "run on a quiet machine; other load counts as slowdown",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"max ratio {result['ratio_max']:.2f} (goal <= 2.5); written {args.out}")

@@ -98,8 +98,15 @@ SHAPE = (24, 24, 20)
 TINY_CARD = {
     "name": "tiny-unet",
     "architecture": "UNet",
-    "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16],
-                  "strides": [2, 2], "num_res_units": 1, "norm": "instance"},
+    "arguments": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
+        "norm": "instance",
+    },
     "weights": "weights.safetensors",
     "class_names": ["background", "box_a", "box_b"],
     "encoder_stages": ["model.0", "model.1.submodule.0", "model.1.submodule.1.submodule"],
@@ -110,8 +117,12 @@ TINY_CARD = {
 }
 
 #: Small, fast fine-tuning settings for tests (dict form, as in job.json).
-FAST_FINETUNE = {"train": {"iterations": 12, "batch_size": 2, "learning_rate": 0.01},
-                 "semi_iterations": 8, "validation": {"every": 6, "hd95": False}, "checkpoint_every": 4}
+FAST_FINETUNE = {
+    "train": {"iterations": 12, "batch_size": 2, "learning_rate": 0.01},
+    "semi_iterations": 8,
+    "validation": {"every": 6, "hd95": False},
+    "checkpoint_every": 4,
+}
 
 
 def make_tiny_card(folder: Path, seed: int = 0, **changes) -> Path:
@@ -169,8 +180,9 @@ def write_swapped_label(label: Path, folder: Path) -> Path:
     return write_volume(swapped.with_array(array), folder / Path(label).name)
 
 
-def write_dataset(folder: Path, count: int, labeled: int, first_seed: int = 0,
-                  contrast: float = 1.0) -> Tuple[Dict[str, Path], Dict[str, Path]]:
+def write_dataset(
+    folder: Path, count: int, labeled: int, first_seed: int = 0, contrast: float = 1.0
+) -> Tuple[Dict[str, Path], Dict[str, Path]]:
     """``count`` synthetic volumes in ``folder/images``, the first ``labeled`` with labels in ``folder/labels``."""
     from ASSFTActive.io import Volume, write_volume
 
@@ -212,6 +224,10 @@ def fast_sfr(**changes) -> dict:
     from ASSFTActive.sfr.pipeline import SfrConfig
     from ASSFTActive.sfr.retrain import sfr_train_config
 
-    config = SfrConfig(sam=SfrFinetuneConfig.tiny(iterations=2), retrain=sfr_train_config(iterations=8, batch_size=1),
-                       validation={"every": 4, "hd95": False}, checkpoint_every=2)
+    config = SfrConfig(
+        sam=SfrFinetuneConfig.tiny(iterations=2),
+        retrain=sfr_train_config(iterations=8, batch_size=1),
+        validation={"every": 4, "hd95": False},
+        checkpoint_every=2,
+    )
     return dict(config.to_dict(), **changes)

@@ -155,22 +155,56 @@ def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
         entropyPath = write_volume(Volume(entropy, affine), jobDir / "overlays" / f"{caseId}_entropy.nii.gz")
         center = (affine @ [9.5, 6.0, 4.5, 1.0])[:3]
         regionsPath = jobDir / "overlays" / f"{caseId}_regions.json"
-        regionsPath.write_text(json.dumps({"case_id": caseId, "threshold": 0.5, "regions": [
-            {"center_ras": center.tolist(), "bbox_ijk_min": [8, 4, 3], "bbox_ijk_max": [11, 8, 6],
-             "volume_mm3": 193.0, "mean_entropy": 0.9, "voxel_count": 80}]}))
-        predictionPath = write_volume(Volume(syntheticLabels(), affine),
-                                      jobDir / "predictions" / f"{caseId}.nii.gz")
+        regionsPath.write_text(
+            json.dumps(
+                {
+                    "case_id": caseId,
+                    "threshold": 0.5,
+                    "regions": [
+                        {
+                            "center_ras": center.tolist(),
+                            "bbox_ijk_min": [8, 4, 3],
+                            "bbox_ijk_max": [11, 8, 6],
+                            "volume_mm3": 193.0,
+                            "mean_entropy": 0.9,
+                            "voxel_count": 80,
+                        }
+                    ],
+                }
+            )
+        )
+        predictionPath = write_volume(Volume(syntheticLabels(), affine), jobDir / "predictions" / f"{caseId}.nii.gz")
         predictions[caseId] = str(predictionPath)
-        cases.append({"case_id": caseId, "image": spec.job.images[caseId], "dkd": 1.0 / rank, "asd": 0.1 * rank,
-                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": caseId in spec.job.labels,
-                      "entropy_map": str(entropyPath), "regions": str(regionsPath), "prediction": str(predictionPath)})
+        cases.append(
+            {
+                "case_id": caseId,
+                "image": spec.job.images[caseId],
+                "dkd": 1.0 / rank,
+                "asd": 0.1 * rank,
+                "score": 1.0 / rank,
+                "rank": rank,
+                "selected": rank == 1,
+                "labeled": caseId in spec.job.labels,
+                "entropy_map": str(entropyPath),
+                "regions": str(regionsPath),
+                "prediction": str(predictionPath),
+            }
+        )
     (jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": cases}))
     newCard = writeModelCard(tmp_path / "store" / "test-unet-adapted-v2", name="test-unet-adapted")
-    result = {"status": "done", "kind": kind, "ranking": str(jobDir / "ranking.json"), "predictions": predictions,
-              "pseudo_labeled": ["case_a"] if kind == "adapt" else [],
-              "metrics": {"dice": 0.8, "activated": activated, "pseudo": [
-                  {"case_id": "case_a", "kept": True, "rank": 1}, {"case_id": "case_c", "kept": False, "rank": 2}]},
-              "model_card": str(newCard) if kind == "adapt" else "card-used-for-ranking.json"}
+    result = {
+        "status": "done",
+        "kind": kind,
+        "ranking": str(jobDir / "ranking.json"),
+        "predictions": predictions,
+        "pseudo_labeled": ["case_a"] if kind == "adapt" else [],
+        "metrics": {
+            "dice": 0.8,
+            "activated": activated,
+            "pseudo": [{"case_id": "case_a", "kept": True, "rank": 1}, {"case_id": "case_c", "kept": False, "rank": 2}],
+        },
+        "model_card": str(newCard) if kind == "adapt" else "card-used-for-ranking.json",
+    }
     if kind == "adapt":
         result["activated"] = activated
     (jobDir / "result.json").write_text(json.dumps(result))
@@ -196,7 +230,8 @@ def threeVolumeScene(folder: Path):
         nodes.append(geometry.addVolumeNode(env.scene, Volume(syntheticImage(seed=n), affine), name))
     labeled = logic.annotationSegmentation(nodes[1], card)
     segmentation.fillSegmentationFromClassLabelmap(
-        labeled, Volume(syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card)
+        labeled, Volume(syntheticLabels(), geometry.ijkToRasArray(nodes[1])), card
+    )
     return env, logic, card, cardPath, nodes
 
 
@@ -232,10 +267,16 @@ def parameterNode(workDirectory, cardPath=None, queryRounds=1, budget=1, method=
 
     from ASSFTModuleLib.parameters import AdaptMethodChoice, ModelSource
 
-    return types.SimpleNamespace(modelSource=ModelSource.CardFile if cardPath else ModelSource.Default,
-                                 modelCardPath=Path(cardPath) if cardPath else Path(""), workDirectory=workDirectory,
-                                 budget=budget, queryRounds=queryRounds, adaptMethod=method or AdaptMethodChoice.ASSFT,
-                                 rankingTable=None, lastJobDirectory="")
+    return types.SimpleNamespace(
+        modelSource=ModelSource.CardFile if cardPath else ModelSource.Default,
+        modelCardPath=Path(cardPath) if cardPath else Path(""),
+        workDirectory=workDirectory,
+        budget=budget,
+        queryRounds=queryRounds,
+        adaptMethod=method or AdaptMethodChoice.ASSFT,
+        rankingTable=None,
+        lastJobDirectory="",
+    )
 
 
 class Signals:
@@ -264,21 +305,58 @@ def finishSampleRankJob(spec, wrongCases=SAMPLE_CASES[1::-1]) -> None:
         entropy_path = write_volume(Volume(entropy, image.affine), job_dir / "overlays" / f"{case}_entropy.nii.gz")
         centre = (image.affine @ [15.0, 15.0, 15.0, 1.0])[:3]
         regions_path = job_dir / "overlays" / f"{case}_regions.json"
-        regions_path.write_text(json.dumps({"case_id": case, "threshold": 0.5, "regions": [
-            {"center_ras": centre.tolist(), "bbox_ijk_min": [10, 10, 10], "bbox_ijk_max": [19, 19, 19],
-             "volume_mm3": 1000.0, "mean_entropy": 0.9, "voxel_count": 1000}]}))
+        regions_path.write_text(
+            json.dumps(
+                {
+                    "case_id": case,
+                    "threshold": 0.5,
+                    "regions": [
+                        {
+                            "center_ras": centre.tolist(),
+                            "bbox_ijk_min": [10, 10, 10],
+                            "bbox_ijk_max": [19, 19, 19],
+                            "volume_mm3": 1000.0,
+                            "mean_entropy": 0.9,
+                            "voxel_count": 1000,
+                        }
+                    ],
+                }
+            )
+        )
         labels = np.zeros(image.array.shape, np.uint8)
         labels[12:16, 12:16, 12:16] = 1
         prediction = write_volume(Volume(labels, image.affine), job_dir / "predictions" / f"{case}.nii.gz")
         predictions[case] = str(prediction)
-        cases.append({"case_id": case, "image": spec.job.images[case], "dkd": 1.0 / rank, "asd": 0.1 * rank,
-                      "score": 1.0 / rank, "rank": rank, "selected": rank == 1, "labeled": False,
-                      "entropy_map": str(entropy_path), "regions": str(regions_path), "prediction": str(prediction)})
+        cases.append(
+            {
+                "case_id": case,
+                "image": spec.job.images[case],
+                "dkd": 1.0 / rank,
+                "asd": 0.1 * rank,
+                "score": 1.0 / rank,
+                "rank": rank,
+                "selected": rank == 1,
+                "labeled": False,
+                "entropy_map": str(entropy_path),
+                "regions": str(regions_path),
+                "prediction": str(prediction),
+            }
+        )
     wrong = {"score": "mean_entropy", "evidence": "Spearman 0.5 on the development split", "cases": list(wrongCases)}
-    (job_dir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "default",
-                                                      "cases": cases, "probably_wrong": wrong}))
-    (job_dir / "result.json").write_text(json.dumps({"status": "done", "kind": "rank",
-                                                     "ranking": str(job_dir / "ranking.json"),
-                                                     "predictions": predictions, "model_card": "default",
-                                                     "pseudo_labeled": [], "metrics": {}}))
+    (job_dir / "ranking.json").write_text(
+        json.dumps({"strategy": "assft", "budget": 1, "model": "default", "cases": cases, "probably_wrong": wrong})
+    )
+    (job_dir / "result.json").write_text(
+        json.dumps(
+            {
+                "status": "done",
+                "kind": "rank",
+                "ranking": str(job_dir / "ranking.json"),
+                "predictions": predictions,
+                "model_card": "default",
+                "pseudo_labeled": [],
+                "metrics": {},
+            }
+        )
+    )
     (job_dir / "events.jsonl").write_text(json.dumps({"event": "done", "phase": "rank", "message": "ok"}) + "\n")

@@ -14,8 +14,15 @@ from Testing.Benchmarks.harness import arms, report, runner, tasks
 
 def fake_task(unit, profile):
     setting = tasks.SETTINGS[unit.setting]
-    return tasks.Task(setting=setting, split=unit.split, replicate=unit.pool, pool=("a", "b", "c", "d"),
-                      eval=("x1", "x2", "x3"), model="default", data=Path("/nowhere"))
+    return tasks.Task(
+        setting=setting,
+        split=unit.split,
+        replicate=unit.pool,
+        pool=("a", "b", "c", "d"),
+        eval=("x1", "x2", "x3"),
+        model="default",
+        data=Path("/nowhere"),
+    )
 
 
 def fake_execute(calls):
@@ -23,13 +30,25 @@ def fake_execute(calls):
         calls.append(unit.key)
         base = {"floor": 0.5, "random": 0.6 + 0.01 * unit.draw, "assft": 0.66}.get(unit.arm.name, 0.7)
         dice = {c: [base + 0.01 * i, base + 0.01 * i] for i, c in enumerate(task.eval)}
-        return {"labelled": list(task.pool[:unit.budget]), "per_case": dice,
-                "mean_dice": base + 0.01, "activated": True}
+        return {
+            "labelled": list(task.pool[: unit.budget]),
+            "per_case": dice,
+            "mean_dice": base + 0.01,
+            "activated": True,
+        }
+
     return execute
 
 
-PROFILE = runner.Profile(settings=("hippocampus_mild",), split="development", pools=2, budgets=(2,),
-                         arms=("random", "assft"), draws=3, ceiling_steps=(4, 8))
+PROFILE = runner.Profile(
+    settings=("hippocampus_mild",),
+    split="development",
+    pools=2,
+    budgets=(2,),
+    arms=("random", "assft"),
+    draws=3,
+    ceiling_steps=(4, 8),
+)
 
 
 def test_the_plan_has_a_floor_every_draw_and_the_ceiling_steps_per_pool():
@@ -80,8 +99,11 @@ def test_arms_name_any_query_strategy_with_fields():
     arm = arms.parse_arm("strategy=typicality")
     assert arm.name == "typicality" and dict(arm.query) == {"strategy": "typicality"} and not arm.seeded
     named = arms.parse_arm("cb:strategy=assft,asd_reduce=class_balanced,dkd_weight=0.3")
-    assert named.name == "cb" and dict(named.query) == {"strategy": "assft", "asd_reduce": "class_balanced",
-                                                        "dkd_weight": 0.3}
+    assert named.name == "cb" and dict(named.query) == {
+        "strategy": "assft",
+        "asd_reduce": "class_balanced",
+        "dkd_weight": 0.3,
+    }
     assert arms.parse_arm("strategy=random").seeded
     noised = arms.parse_arm("strategy=clasp_pe,seeded=true,guard=true")
     assert noised.seeded and noised.guard and dict(noised.query) == {"strategy": "clasp_pe"}
@@ -108,8 +130,11 @@ def test_the_report_places_the_default_in_the_random_distribution_and_writes_goa
     assert entry["ceiling"]["by_steps"] == {"4": pytest.approx(0.71), "8": pytest.approx(0.71)}
     assert entry["ceiling"]["flat_at"] == 4 and entry["ceiling"]["converged"]
     goals = tmp_path / "goals.json"
-    goals.write_text(json.dumps({"rows": [{"topic": "adapt", "goal": "other", "setting": "s", "budget": 2,
-                                           "split": "dev", "value": 1.0}]}))
+    goals.write_text(
+        json.dumps(
+            {"rows": [{"topic": "adapt", "goal": "other", "setting": "s", "budget": 2, "split": "dev", "value": 1.0}]}
+        )
+    )
     report.merge_goal_rows(goals, report.goal_rows(summary, "assft", "src.json", "abc"))
     report.merge_goal_rows(goals, report.goal_rows(summary, "assft", "src.json", "abc"))  # merged by key, no dup
     rows = json.loads(goals.read_text())["rows"]
@@ -120,22 +145,40 @@ def test_the_report_places_the_default_in_the_random_distribution_and_writes_goa
 
 
 def test_a_heterogeneous_setting_reports_its_worst_group_and_the_best_baseline(tmp_path):
-    profile = runner.Profile(settings=("hippocampus_multisite",), split="development", pools=2, budgets=(2,),
-                             arms=("random", "coreset", "assft"), draws=3, ceiling_steps=())
+    profile = runner.Profile(
+        settings=("hippocampus_multisite",),
+        split="development",
+        pools=2,
+        budgets=(2,),
+        arms=("random", "coreset", "assft"),
+        draws=3,
+        ceiling_steps=(),
+    )
 
     def task_of(unit, profile):
         setting = tasks.SETTINGS[unit.setting]
         cases = tuple(f"hippocampus_{i:03d}" for i in range(40))
-        return tasks.Task(setting=setting, split=unit.split, replicate=unit.pool, pool=("a", "b", "c"),
-                          eval=cases, model="default", data=Path("/nowhere"))
+        return tasks.Task(
+            setting=setting,
+            split=unit.split,
+            replicate=unit.pool,
+            pool=("a", "b", "c"),
+            eval=cases,
+            model="default",
+            data=Path("/nowhere"),
+        )
 
     def execute(task, unit, work):
         worst = task.setting.sites[-1].name  # the source model fails at one site; the default query fixes it
         dice = {}
         for c in task.eval:
             hard = task.setting.group_of(c) == worst
-            base = {"floor": 0.3 if hard else 0.7, "random": 0.4 if hard else 0.75, "coreset": 0.42 if hard else 0.75,
-                    "assft": 0.5 if hard else 0.76}[unit.arm.name]
+            base = {
+                "floor": 0.3 if hard else 0.7,
+                "random": 0.4 if hard else 0.75,
+                "coreset": 0.42 if hard else 0.75,
+                "assft": 0.5 if hard else 0.76,
+            }[unit.arm.name]
             dice[c] = [base + 0.01 * unit.draw]
         return {"labelled": [], "per_case": dice, "mean_dice": 0.0}
 
@@ -154,15 +197,38 @@ def test_a_heterogeneous_setting_reports_its_worst_group_and_the_best_baseline(t
 def test_the_report_command_regenerates_the_table_from_records_alone(tmp_path):
     from Testing.Benchmarks.harness.__main__ import main
 
-    runner.run(runner.plan(PROFILE), tmp_path / "runs" / "r", PROFILE, execute=fake_execute([]), task_of=fake_task,
-               log=lambda _: None)
+    runner.run(
+        runner.plan(PROFILE),
+        tmp_path / "runs" / "r",
+        PROFILE,
+        execute=fake_execute([]),
+        task_of=fake_task,
+        log=lambda _: None,
+    )
     out = tmp_path / "out"
-    assert main(["report", "--name", "r", "--records", str(tmp_path / "runs"), "--out-dir", str(out),
-                 "--goals", ""]) == 0
+    assert (
+        main(["report", "--name", "r", "--records", str(tmp_path / "runs"), "--out-dir", str(out), "--goals", ""]) == 0
+    )
     assert (out / "harness_r.md").read_text().count("| assft |") == 1
     assert (out / "harness_r_hippocampus_mild_development.png").is_file()
     assert not list(tmp_path.rglob("goals.json"))  # --goals '' writes no rows
     goals = tmp_path / "goals.json"
-    assert main(["report", "--name", "r", "--records", str(tmp_path / "runs"), "--out-dir", str(out),
-                 "--goals", str(goals), "--default-arm", "random"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--name",
+                "r",
+                "--records",
+                str(tmp_path / "runs"),
+                "--out-dir",
+                str(out),
+                "--goals",
+                str(goals),
+                "--default-arm",
+                "random",
+            ]
+        )
+        == 0
+    )
     assert (out / "harness_r_random.md").is_file()  # another default arm, another file

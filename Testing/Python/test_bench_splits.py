@@ -22,8 +22,13 @@ def _need(anatomy: str) -> tasks.Anatomy:
 
 
 def _parts(split: splits.BenchmarkSplit):
-    return {"source": split.source, "dev_pool": split.development.pool, "dev_eval": split.development.eval,
-            "test_pool": split.test.pool, "test_eval": split.test.eval}
+    return {
+        "source": split.source,
+        "dev_pool": split.development.pool,
+        "dev_eval": split.development.eval,
+        "test_pool": split.test.pool,
+        "test_eval": split.test.eval,
+    }
 
 
 def test_acdc_parts_are_disjoint_by_patient_and_hold_no_reserved_patient():
@@ -73,8 +78,9 @@ def test_multisite_cases_fall_into_four_sites_in_unequal_shares():
     setting = tasks.SETTINGS["hippocampus_multisite"]
     counts = {}
     for i in range(2000):
-        counts[setting.site_of(f"hippocampus_{i:04d}").name] = counts.get(setting.site_of(f"hippocampus_{i:04d}")
-                                                                          .name, 0) + 1
+        counts[setting.site_of(f"hippocampus_{i:04d}").name] = (
+            counts.get(setting.site_of(f"hippocampus_{i:04d}").name, 0) + 1
+        )
     shares = {s.name: s.share for s in setting.sites}
     assert set(counts) == set(shares)
     for name, share in shares.items():
@@ -124,7 +130,8 @@ def test_acdc_patient_numbers_follow_the_diagnosis_groups_the_labels_show():
             counts.append([int((label == k).sum()) for k in (1, 2, 3)])
         (rv, myo, lv), (_, _, lv_es) = counts
         rows.setdefault(splits.acdc_diagnosis(f"patient{p:03d}_frame01"), []).append(
-            ((lv - lv_es) / lv, myo / lv, rv / lv))
+            ((lv - lv_es) / lv, myo / lv, rv / lv)
+        )
     median = {g: np.median(np.array(v), axis=0) for g, v in rows.items()}
     ef = {g: m[0] for g, m in median.items()}
     assert max(ef["dilated"], ef["infarct"]) < 0.45 < min(ef["hypertrophic"], ef["normal"], ef["abnormal_rv"])

@@ -19,7 +19,7 @@ def test_a_constant_gap_in_every_pool_and_case_has_a_point_interval():
     assert gap.gap == pytest.approx(0.05)
     assert gap.low == pytest.approx(0.05) and gap.high == pytest.approx(0.05)
     assert gap.per_pool == pytest.approx((0.05,) * 5)
-    assert gap.p_wilcoxon == pytest.approx(2 / 2 ** 5)  # five positive pool gaps: the exact two-sided p
+    assert gap.p_wilcoxon == pytest.approx(2 / 2**5)  # five positive pool gaps: the exact two-sided p
     assert (gap.pools, gap.cases, gap.clusters) == (5, 6, 6)
 
 

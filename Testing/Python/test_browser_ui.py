@@ -44,11 +44,17 @@ CASES = ("hippocampus_011", "hippocampus_023", "hippocampus_026", "hippocampus_0
 #: The smallest real Adapt: two supervised and one semi-supervised step on 16^3 patches, guard off (one labelled
 #: volume cannot be cross-validated); the label checks stay on (a stroke per class is refused as a partial label
 #: until the page's Train anyway).
-TINY_FINETUNE = {"train": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
-                 "semi_iterations": 1, "validation": {"guard": False}}
+TINY_FINETUNE = {
+    "train": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
+    "semi_iterations": 1,
+    "validation": {"guard": False},
+}
 #: An Adapt long enough to be cancelled while it trains.
-LONG_FINETUNE = {"train": {"iterations": 5000, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
-                 "semi_iterations": 1, "validation": {"guard": False}}
+LONG_FINETUNE = {
+    "train": {"iterations": 5000, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
+    "semi_iterations": 1,
+    "validation": {"guard": False},
+}
 
 pytestmark = pytest.mark.slow
 
@@ -113,18 +119,36 @@ def serve(tmp_path):
             if keep_classes is not None:  # a half-labelled volume: the other classes erased
                 path = data / "labels" / f"{case}.nii.gz"
                 label = read_volume(path)
-                write_volume(Volume(array=np.where(np.isin(label.array, keep_classes), label.array, 0)
-                                    .astype(np.uint8), affine=label.affine), path)
+                write_volume(
+                    Volume(
+                        array=np.where(np.isin(label.array, keep_classes), label.array, 0).astype(np.uint8),
+                        affine=label.affine,
+                    ),
+                    path,
+                )
         (data / "notes.txt").write_text("not a volume\n")
         (data / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
         port = _free_port()
         log = tmp_path / "server.log"
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        command = [sys.executable, "-m", "ASSFTActive", "serve", "--data", str(data), "--port", str(port),
-                   "--budget", "2", "--finetune-json", json.dumps(finetune)]
+        command = [
+            sys.executable,
+            "-m",
+            "ASSFTActive",
+            "serve",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--budget",
+            "2",
+            "--finetune-json",
+            json.dumps(finetune),
+        ]
         with open(log, "w") as out:
-            process = subprocess.Popen(command, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         processes.append(process)
         url = _wait_address(process, log)
         assert url.startswith(f"http://127.0.0.1:{port}/?secret=")
@@ -215,8 +239,10 @@ def _stroke(page, x0: float, y0: float, dx: float, dy: float, steps: int = 20) -
 
 def _slice_offsets(page) -> list:
     """The slice offset each slice view's slider shows, in page order (axial, coronal, sagittal)."""
-    return page.evaluate("() => Array.from(document.querySelectorAll('.slice-slider [role=slider]'))"
-                         ".map(e => parseFloat(e.getAttribute('aria-valuenow')))")
+    return page.evaluate(
+        "() => Array.from(document.querySelectorAll('.slice-slider [role=slider]'))"
+        ".map(e => parseFloat(e.getAttribute('aria-valuenow')))"
+    )
 
 
 def _row_of(page, volume: str):
@@ -224,8 +250,10 @@ def _row_of(page, volume: str):
 
 
 def _axial_view_centre(page) -> tuple:
-    rects = page.evaluate("() => Array.from(document.querySelectorAll('.v-main img')).map(e => {"
-                          "const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })")
+    rects = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.v-main img')).map(e => {"
+        "const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })"
+    )
     assert rects, "the page shows no rendered slice views"
     x, y, w, h = max(rects, key=lambda r: r[2] * r[3])  # the axial view is the large one
     return x + w / 2, y + h / 2
@@ -313,11 +341,11 @@ def test_a_whole_round_rank_look_paint_save_adapt_in_headless_chromium(serve, ch
     expect(other.locator("#ranking_caption")).to_contain_text("Ranked: ranking 1")
     assert other.inner_text("#ranking_table") == page.inner_text("#ranking_table")
     page.close()
-    expect(other.locator("#job_status")).to_contain_text(re.compile("adapt (done|error|cancelled)"),
-                                                         timeout=600_000)
-    assert "adapt done" in other.inner_text("#job_status"), (other.inner_text("#job_status"),
-                                                             other.inner_text("#error_message")
-                                                             if other.locator("#error_message").count() else "")
+    expect(other.locator("#job_status")).to_contain_text(re.compile("adapt (done|error|cancelled)"), timeout=600_000)
+    assert "adapt done" in other.inner_text("#job_status"), (
+        other.inner_text("#job_status"),
+        other.inner_text("#error_message") if other.locator("#error_message").count() else "",
+    )
     expect(other.locator("#job_status")).to_contain_text("100%")
     expect(other.locator("#ranking_caption")).to_contain_text("Re-ranked with the adapted model: ranking 2")
     expect(other.locator("#model_description")).to_contain_text("adapted")
@@ -345,12 +373,18 @@ def test_region_click_prefill_and_cancel_during_adapt_in_headless_chromium(serve
     before = _slice_offsets(page)
     assert len(before) == 3, before
     page.locator("#region_list .region-item").nth(1).click()
-    _wait_until(lambda: page.evaluate("() => window.trame.state.get('slice_offsets')"), 20,
-                "the server reports the region's slice offsets")
+    _wait_until(
+        lambda: page.evaluate("() => window.trame.state.get('slice_offsets')"),
+        20,
+        "the server reports the region's slice offsets",
+    )
     expected = sorted(page.evaluate("() => Object.values(window.trame.state.get('slice_offsets'))"))
     assert len(expected) == 3, expected
-    _wait_until(lambda: all(abs(a - e) <= 1.0 for a, e in zip(sorted(_slice_offsets(page)), expected)), 20,
-                lambda: f"the sliders show {expected} (offsets {before} -> {_slice_offsets(page)})")
+    _wait_until(
+        lambda: all(abs(a - e) <= 1.0 for a, e in zip(sorted(_slice_offsets(page)), expected)),
+        20,
+        lambda: f"the sliders show {expected} (offsets {before} -> {_slice_offsets(page)})",
+    )
     assert max(abs(a - b) for a, b in zip(_slice_offsets(page), before)) > 1.0
 
     # Annotate pre-filled with the model's prediction: both classes have voxels before any painting
@@ -384,8 +418,11 @@ def test_adapt_with_sfr_plus_chosen_on_the_page_starts_an_sfr_job_that_cancels(s
     page.locator("#adapt_method").click(force=True)  # Vuetify's field wrapper takes the pointer events
     page.get_by_role("option", name="SFR+").click()
     expect(page.locator("#adapt_method")).to_have_value("SFR+")
-    _wait_until(lambda: page.evaluate("() => window.trame.state.get('adapt_method')") == "sfr_plus", 10,
-                "the page's choice reaches the server")
+    _wait_until(
+        lambda: page.evaluate("() => window.trame.state.get('adapt_method')") == "sfr_plus",
+        10,
+        "the page's choice reaches the server",
+    )
 
     page.click("#btn_adapt")  # SFR's default settings: thousands of SAM steps, so it is still running when cancelled
     expect(page.locator("#btn_cancel")).to_be_enabled(timeout=10_000)
@@ -411,29 +448,37 @@ def test_query_rounds_typed_on_the_page_rank_the_first_rounds_share(serve, chrom
     expect(page.locator("#error_message")).to_contain_text("Query rounds must be a whole number of at least 1")
     page.fill("#query_rounds_field", "2")
     expect(page.locator("#error_message")).to_have_count(0)  # the report goes once the value is good
-    _wait_until(lambda: page.evaluate("() => window.trame.state.get('query_rounds')") == 2, 10,
-                "the page's value reaches the server")
+    _wait_until(
+        lambda: page.evaluate("() => window.trame.state.get('query_rounds')") == 2,
+        10,
+        "the page's value reaches the server",
+    )
 
     _rank(page)
     (job,) = list((served["data"] / ".assft" / "jobs").glob("*-rank"))
     assert json.loads((job / "job.json").read_text())["query"] == {"rounds": 2}
-    expect(page.locator("#ranking_caption")).to_contain_text(
-        "Query round 1 of 2 (1 + 1 volumes): 1 volume proposed.")
+    expect(page.locator("#ranking_caption")).to_contain_text("Query round 1 of 2 (1 + 1 volumes): 1 volume proposed.")
     assert page.locator("#ranking_table td.row-state").all_inner_texts().count("proposed") == 1
     _shot(page, "08_query_rounds.png")
 
 
 def _in_viewport(page, selector: str) -> bool:
-    return page.evaluate("(s) => { const r = document.querySelector(s).getBoundingClientRect(); "
-                         "return r.top >= 0 && r.left >= 0 && r.bottom <= window.innerHeight "
-                         "&& r.right <= window.innerWidth; }", selector)
+    return page.evaluate(
+        "(s) => { const r = document.querySelector(s).getBoundingClientRect(); "
+        "return r.top >= 0 && r.left >= 0 && r.bottom <= window.innerHeight "
+        "&& r.right <= window.innerWidth; }",
+        selector,
+    )
 
 
 def _apply_model(page, text: str) -> None:
     """Type ``text`` into the Model field and press its check mark, as a user does."""
     page.fill("#model_field", text)
-    _wait_until(lambda: page.evaluate("() => window.trame.state.get('model_text')") == text, 10,
-                "the typed model reaches the server")
+    _wait_until(
+        lambda: page.evaluate("() => window.trame.state.get('model_text')") == text,
+        10,
+        "the typed model reaches the server",
+    )
     page.locator(".v-field:has(#model_field) .v-field__append-inner .v-icon").click()
 
 
@@ -472,8 +517,9 @@ def test_a_small_screen_shows_the_round_s_buttons_next_step_and_legends_and_the_
     expect(page.locator("#ranking_table tr.ranking-row")).to_have_count(len(CASES), timeout=90_000)
     bare = chromium.new_page(viewport={"width": 1366, "height": 768})
     bare.goto(served["url"].split("?", 1)[0])
-    expect(bare.locator("#assft_no_secret")).to_contain_text("Open the address that assft serve printed",
-                                                             timeout=30_000)
+    expect(bare.locator("#assft_no_secret")).to_contain_text(
+        "Open the address that assft serve printed", timeout=30_000
+    )
 
 
 def test_a_label_check_refusal_shows_the_workers_lines_and_train_anyway_adapts(serve, chromium):
@@ -499,8 +545,11 @@ def test_a_label_check_refusal_shows_the_workers_lines_and_train_anyway_adapts(s
     page.click("#btn_train_anyway")
 
     def started() -> list:
-        return [j for j in (served["data"] / ".assft" / "jobs").glob("*-adapt")
-                if j.name not in refused and (j / "job.json").is_file()]
+        return [
+            j
+            for j in (served["data"] / ".assft" / "jobs").glob("*-adapt")
+            if j.name not in refused and (j / "job.json").is_file()
+        ]
 
     _wait_until(started, 60, "Train anyway starts another Adapt job")
     (job,) = started()
@@ -515,8 +564,10 @@ def _coloured_pixels(page) -> int:
 
     from PIL import Image
 
-    rects = page.evaluate("() => Array.from(document.querySelectorAll('.v-main img')).map(e => {"
-                          "const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })")
+    rects = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.v-main img')).map(e => {"
+        "const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })"
+    )
     total = 0
     for x, y, w, h in rects:
         png = page.screenshot(clip={"x": x, "y": y, "width": w, "height": h})
@@ -687,8 +738,9 @@ def test_rank_by_slice_annotate_two_proposed_slices_save_and_adapt_in_headless_c
         page.click("#btn_train_anyway")
         expect(page.locator("#job_status")).to_contain_text("adapt running", timeout=30_000)
         expect(page.locator("#job_status")).to_contain_text(re.compile("adapt (done|error)"), timeout=600_000)
-    assert "adapt done" in page.inner_text("#job_status"), (page.inner_text("#job_status"),
-                                                            page.inner_text("#error_message")
-                                                            if page.locator("#error_message").count() else "")
+    assert "adapt done" in page.inner_text("#job_status"), (
+        page.inner_text("#job_status"),
+        page.inner_text("#error_message") if page.locator("#error_message").count() else "",
+    )
     adapt = sorted((data / ".assft" / "jobs").glob("*-adapt"))[-1]  # the one that ran (after a refusal: the second)
     assert sorted(json.loads((adapt / "job.json").read_text())["labels"]) == sorted(done)

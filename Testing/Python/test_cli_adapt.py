@@ -17,8 +17,14 @@ FAST = ["--iterations", "12", "--semi-iterations", "8", "--batch-size", "2", "--
 
 
 def assft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ASSFTActive", *args], cwd=str(cwd), env=worker_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ASSFTActive", *args],
+        cwd=str(cwd),
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 #: In-process runs use one thread (the conftest fixture), like the worker subprocesses.
@@ -36,9 +42,23 @@ def world(tmp_path_factory):
 @pytest.mark.slow
 def test_adapt_prints_a_summary_shows_progress_and_activates_the_new_version(world):
     store = world["tmp"] / "store"
-    done = assft("adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
-                 str(world["card"]), "--store", str(store), "--name", "site", *FAST, "--predictions",
-                 str(world["tmp"] / "pred"), cwd=world["tmp"])
+    done = assft(
+        "adapt",
+        "--images",
+        str(world["images"]),
+        "--labels",
+        str(world["labels"]),
+        "--model",
+        str(world["card"]),
+        "--store",
+        str(store),
+        "--name",
+        "site",
+        *FAST,
+        "--predictions",
+        str(world["tmp"] / "pred"),
+        cwd=world["tmp"],
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "model site v1 is now active" in out
@@ -49,15 +69,32 @@ def test_adapt_prints_a_summary_shows_progress_and_activates_the_new_version(wor
     assert "train" in done.stderr  # the progress bar
     assert ModelStore(store).active("site").version == "v1"
     assert sorted(p.name for p in (world["tmp"] / "pred").iterdir()) == [
-        "case_003.nii.gz", "case_004.nii.gz", "case_005.nii.gz"]
+        "case_003.nii.gz",
+        "case_004.nii.gz",
+        "case_005.nii.gz",
+    ]
     config = read_json(store / "site" / "v1" / "config.json")["finetune"]
     assert config["train"]["iterations"] == 12 and config["pseudo"]["mode"] == "selective"
 
 
 def test_no_guard_activates_without_cross_validation(world, capsys):
     store = world["tmp"] / "store-unguarded"
-    code = main(["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
-                 str(world["card"]), "--store", str(store), "--no-guard", "--quiet", *FAST])
+    code = main(
+        [
+            "adapt",
+            "--images",
+            str(world["images"]),
+            "--labels",
+            str(world["labels"]),
+            "--model",
+            str(world["card"]),
+            "--store",
+            str(store),
+            "--no-guard",
+            "--quiet",
+            *FAST,
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "is now active" in out and "why: the guard is off" in out and "labelled training volume(s)" in out
@@ -66,13 +103,36 @@ def test_no_guard_activates_without_cross_validation(world, capsys):
 
 def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
     settings = world["tmp"] / "settings.json"
-    settings.write_text(json.dumps({"train": {"iterations": 99, "batch_size": 2, "learning_rate": 0.01},
-                                    "semi_iterations": 4,
-                                    "pseudo": {"mode": "all", "keep_fraction": 0.3}}))
+    settings.write_text(
+        json.dumps(
+            {
+                "train": {"iterations": 99, "batch_size": 2, "learning_rate": 0.01},
+                "semi_iterations": 4,
+                "pseudo": {"mode": "all", "keep_fraction": 0.3},
+            }
+        )
+    )
     store = world["tmp"] / "store-none"
-    code = main(["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
-                 str(world["card"]), "--store", str(store), "--config", str(settings), "--iterations", "6",
-                 "--pseudo", "none", "--quiet"])
+    code = main(
+        [
+            "adapt",
+            "--images",
+            str(world["images"]),
+            "--labels",
+            str(world["labels"]),
+            "--model",
+            str(world["card"]),
+            "--store",
+            str(store),
+            "--config",
+            str(settings),
+            "--iterations",
+            "6",
+            "--pseudo",
+            "none",
+            "--quiet",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "pseudo-labelled volumes: none" in out and "tiny-unet-adapted v1 is now active" in out
@@ -83,19 +143,33 @@ def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
     assert config["semi_iterations"] == 4
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_labels", "error: no labelled volumes"),
-    ("store_is_file", "is a file, not a folder"),
-    ("bad_setting", "unknown TrainConfig setting(s) 'lr'"),
-    ("missing_images", "no NIfTI/NRRD/MetaImage files found"),
-    ("bad_number", "PseudoLabelConfig.keep_fraction must be in (0.0, 1.0]"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_labels", "error: no labelled volumes"),
+        ("store_is_file", "is a file, not a folder"),
+        ("bad_setting", "unknown TrainConfig setting(s) 'lr'"),
+        ("missing_images", "no NIfTI/NRRD/MetaImage files found"),
+        ("bad_number", "PseudoLabelConfig.keep_fraction must be in (0.0, 1.0]"),
+    ],
+)
 def test_bad_input_is_a_one_line_error_with_exit_code_2_and_no_store_change(world, capsys, case, message):
     tmp = world["tmp"] / case
     tmp.mkdir()
     store = tmp / "store"
-    args = ["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
-            str(world["card"]), "--store", str(store), "--quiet", *FAST]
+    args = [
+        "adapt",
+        "--images",
+        str(world["images"]),
+        "--labels",
+        str(world["labels"]),
+        "--model",
+        str(world["card"]),
+        "--store",
+        str(store),
+        "--quiet",
+        *FAST,
+    ]
     if case == "no_labels":
         (tmp / "empty").mkdir()
         args[4] = str(tmp / "empty")

@@ -18,10 +18,16 @@ SAMPLE_POOL = REPO / "ASSFTActive" / "resources" / "sample" / "pool"
 POOL_IMAGES = sorted((SAMPLE_POOL / "images").glob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("arguments, named", [
-    (["--threshold", "1.5"], "threshold"), (["--threshold", "0"], "threshold"), (["--threshold", "-0.2"], "threshold"),
-    (["--max-regions", "0"], "max_regions"), (["--max-regions", "-1"], "max_regions"),
-])
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        (["--threshold", "1.5"], "threshold"),
+        (["--threshold", "0"], "threshold"),
+        (["--threshold", "-0.2"], "threshold"),
+        (["--max-regions", "0"], "max_regions"),
+        (["--max-regions", "-1"], "max_regions"),
+    ],
+)
 def test_overlay_settings_outside_their_range_are_one_error_line(tmp_path, capsys, arguments, named):
     code = main(["overlay", "--image", str(POOL_IMAGES[0]), "--out", str(tmp_path / "ov"), *arguments])
     err = capsys.readouterr().err
@@ -62,8 +68,19 @@ def _one_image_and_an_orphan_label(tmp_path):
 
 def test_evaluate_warns_about_a_label_without_an_image(tmp_path, capsys):
     images, labels = _one_image_and_an_orphan_label(tmp_path)
-    code = main(["evaluate", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "ev"),
-                 "--no-hd95", "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-hd95",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0
     assert "warning:" in err and "hippocampus_999.nii.gz" in err
@@ -77,8 +94,11 @@ def test_reranking_a_smaller_pool_removes_the_files_of_the_volumes_that_left(tmp
     out = tmp_path / "out"
     assert main(["rank", "--images", str(pool), "--budget", "1", "--out", str(out), "--quiet"]) == 0
     gone = POOL_IMAGES[1].name[: -len(".nii.gz")]
-    stale = [out / "overlays" / f"{gone}_entropy.nii.gz", out / "overlays" / f"{gone}_regions.json",
-             out / "predictions" / f"{gone}.nii.gz"]
+    stale = [
+        out / "overlays" / f"{gone}_entropy.nii.gz",
+        out / "overlays" / f"{gone}_regions.json",
+        out / "predictions" / f"{gone}.nii.gz",
+    ]
     assert all(p.is_file() for p in stale)
     (out / "overlays" / "notes.txt").write_text("mine")  # not a ranking file: never touched
     (pool / POOL_IMAGES[1].name).unlink()
@@ -100,8 +120,30 @@ def test_a_folder_without_a_ranking_is_left_alone(tmp_path):
 
 def test_adapt_warns_about_a_label_without_an_image(tmp_path, capsys):
     images, labels = _one_image_and_an_orphan_label(tmp_path)
-    main(["adapt", "--images", str(images), "--labels", str(labels), "--store", str(tmp_path / "store"),
-          "--iterations", "1", "--semi-iterations", "1", "--batch-size", "1", "--patch-size", "16", "16", "16",
-          "--pseudo", "none", "--no-guard", "--quiet"])
+    main(
+        [
+            "adapt",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--store",
+            str(tmp_path / "store"),
+            "--iterations",
+            "1",
+            "--semi-iterations",
+            "1",
+            "--batch-size",
+            "1",
+            "--patch-size",
+            "16",
+            "16",
+            "16",
+            "--pseudo",
+            "none",
+            "--no-guard",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert "warning:" in err and "hippocampus_999.nii.gz" in err and "match no image" in err

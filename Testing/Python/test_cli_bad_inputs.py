@@ -79,8 +79,10 @@ BAD_CARDS = {
     "window_without_a_min": ({"preprocessing": {"profile": "ct_window", "a_max": 100}}, "a_min < a_max"),
     "huge_patch": ({"patch_size": [100000, 64, 48]}, "patch_size must be"),
     "class_names_text": ({"class_names": "background"}, "'class_names' must be"),
-    "too_many_classes": ({"class_names": ["background", "anterior", "posterior", "extra"]},
-                         "out_channels = 3 but class_names lists 4"),
+    "too_many_classes": (
+        {"class_names": ["background", "anterior", "posterior", "extra"]},
+        "out_channels = 3 but class_names lists 4",
+    ),
     "dunder_architecture": ({"architecture": "monai:__class__"}, "not a network class"),
     "function_architecture": ({"architecture": "monai:resnet10"}, "not a network class"),
     "weights_elsewhere": ({"weights": "../outside.safetensors"}, "outside the card's folder"),
@@ -134,8 +136,19 @@ def test_a_bad_model_card_is_refused_by_rank_and_check_card(tmp_path, capsys, ki
             data[key] = value
     (folder / "card.json").write_text(json.dumps(data))
     out = tmp_path / "out"
-    code, err = _run(capsys, "rank", "--images", str(POOL[0]), "--budget", "1", "--model", str(folder / "card.json"),
-                     "--out", str(out), "--quiet")
+    code, err = _run(
+        capsys,
+        "rank",
+        "--images",
+        str(POOL[0]),
+        "--budget",
+        "1",
+        "--model",
+        str(folder / "card.json"),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     _assert_contract(code, err, message)
     assert _files(out) == []
     _assert_contract(*_run(capsys, "check-card", str(folder / "card.json")), message)
@@ -155,9 +168,11 @@ def test_a_tampered_active_version_is_refused_through_the_store_folder(tmp_path,
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
     out = tmp_path / "out"
-    for command in (["rank", "--images", str(POOL[0]), "--budget", "1", "--out", str(out), "--quiet"],
-                    ["overlay", "--image", str(POOL[0]), "--out", str(out)],
-                    ["check-card", str(tmp_path / "store" / "site")]):
+    for command in (
+        ["rank", "--images", str(POOL[0]), "--budget", "1", "--out", str(out), "--quiet"],
+        ["overlay", "--image", str(POOL[0]), "--out", str(out)],
+        ["check-card", str(tmp_path / "store" / "site")],
+    ):
         if command[0] != "check-card":
             command += ["--model", str(tmp_path / "store" / "site")]
         _assert_contract(*_run(capsys, *command), "differs from the manifest")
@@ -182,8 +197,19 @@ def test_all_background_labels_stop_adapt_and_leave_no_version(tmp_path, capsys)
         image = nib.load(str(path))
         nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), str(labels / path.name))
     store = tmp_path / "store"
-    code, err = _run(capsys, "adapt", "--images", str(images), "--labels", str(labels), "--store", str(store),
-                     "--quiet", "--iterations", "2")
+    code, err = _run(
+        capsys,
+        "adapt",
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--store",
+        str(store),
+        "--quiet",
+        "--iterations",
+        "2",
+    )
     _assert_contract(code, err, "contain only background")
     assert "--allow-implausible-labels" in err
     assert [p for p in _files(store) if "v1" in p.parts] == []
@@ -193,7 +219,18 @@ def test_a_second_adapt_on_the_same_work_dir_is_refused(tmp_path, capsys):
     from ASSFTActive.locks import folder_lock
 
     with folder_lock(tmp_path / "work", "--work-dir"):
-        code, err = _run(capsys, "adapt", "--images", str(POOL[0]), "--labels", str(tmp_path), "--store",
-                         str(tmp_path / "store"), "--work-dir", str(tmp_path / "work"), "--quiet")
+        code, err = _run(
+            capsys,
+            "adapt",
+            "--images",
+            str(POOL[0]),
+            "--labels",
+            str(tmp_path),
+            "--store",
+            str(tmp_path / "store"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--quiet",
+        )
     _assert_contract(code, err, "in use by another process")
     assert not (tmp_path / "store").exists()

@@ -15,8 +15,25 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_demo_ranks_adapts_evaluates_and_reranks_the_shipped_sample(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "ASSFTActive", "demo", "--out", str(out), "--budget", "2",
-                           "--iterations", "15", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ASSFTActive",
+            "demo",
+            "--out",
+            str(out),
+            "--budget",
+            "2",
+            "--iterations",
+            "15",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     first = json.loads((out / "round1" / "ranking.json").read_text())
     proposed = [c["case_id"] for c in first["cases"] if c["selected"]]

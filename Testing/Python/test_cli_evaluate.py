@@ -36,8 +36,21 @@ def world(tmp_path_factory):
 
 def test_evaluate_prints_the_table_and_writes_csv_and_markdown(world, capsys):
     out = world["tmp"] / "eval"
-    code = main(["evaluate", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model",
-                 str(world["card"]), "--out", str(out), "--quiet", *SYNTHETIC])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(world["images"]),
+            "--labels",
+            str(world["labels"]),
+            "--model",
+            str(world["card"]),
+            "--out",
+            str(out),
+            "--quiet",
+            *SYNTHETIC,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| class | Dice | HD95 (mm) |" in printed and "| box_a |" in printed and "| box_b |" in printed
@@ -57,8 +70,22 @@ def test_a_label_that_does_not_fit_is_skipped_with_a_warning(world, capsys, tmp_
         (labels / name).write_bytes((world["labels"] / name).read_bytes())
     _, label, affine = synthetic_case(0)
     write_volume(Volume(label[:-1], affine), labels / "case_002.nii.gz")
-    code = main(["evaluate", "--images", str(world["images"]), "--labels", str(labels), "--model",
-                 str(world["card"]), "--out", str(tmp_path / "eval"), "--quiet", "--no-hd95", *SYNTHETIC])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(world["images"]),
+            "--labels",
+            str(labels),
+            "--model",
+            str(world["card"]),
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+            "--no-hd95",
+            *SYNTHETIC,
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "on 2 labelled volume(s); 1 skipped" in captured.out
@@ -67,8 +94,20 @@ def test_a_label_that_does_not_fit_is_skipped_with_a_warning(world, capsys, tmp_
 
 def test_no_matching_labels_is_an_error(world, capsys, tmp_path):
     (tmp_path / "none").mkdir()
-    code = main(["evaluate", "--images", str(world["images"]), "--labels", str(tmp_path / "none"), "--model",
-                 str(world["card"]), "--out", str(tmp_path / "eval"), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(world["images"]),
+            "--labels",
+            str(tmp_path / "none"),
+            "--model",
+            str(world["card"]),
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "no label file is named like an image" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
@@ -84,9 +123,26 @@ def test_evaluate_the_default_model_on_real_hippocampus_volumes(tmp_path):
     for case in ("hippocampus_001", "hippocampus_007"):  # source-split training cases, not reserved
         (images / f"{case}.nii.gz").symlink_to(HIPPOCAMPUS / "imagesTr" / f"{case}.nii.gz")
         (labels / f"{case}.nii.gz").symlink_to(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz")
-    done = subprocess.run([sys.executable, "-m", "ASSFTActive", "evaluate", "--images", str(images), "--labels",
-                           str(labels), "--out", str(tmp_path / "eval"), "--quiet"], cwd=str(tmp_path),
-                          env=worker_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ASSFTActive",
+            "evaluate",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+        ],
+        cwd=str(tmp_path),
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "eval" / "evaluation.csv").open()))
     assert float(rows[-1]["dice_anterior"]) > 0.5 and float(rows[-1]["dice_posterior"]) > 0.5
@@ -115,10 +171,16 @@ def _wrong(label: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind, said", [
-    ("all_zero", "only background"), ("one_voxel_per_class", "spans only 1 slice"),
-    ("filled_box", "of its bounding box"), ("only_one_class", "appears in none"), ("binary_0_1", "appears in none"),
-])
+@pytest.mark.parametrize(
+    "kind, said",
+    [
+        ("all_zero", "only background"),
+        ("one_voxel_per_class", "spans only 1 slice"),
+        ("filled_box", "of its bounding box"),
+        ("only_one_class", "appears in none"),
+        ("binary_0_1", "appears in none"),
+    ],
+)
 def test_evaluate_refuses_labels_the_label_checks_refuse(tmp_path, capsys, kind, said):
     from ASSFTActive.io import read_volume
 
@@ -129,18 +191,52 @@ def test_evaluate_refuses_labels_the_label_checks_refuse(tmp_path, capsys, kind,
     (images / case.name).symlink_to(case)
     truth = read_volume(SAMPLE / "labels" / case.name)
     write_volume(truth.with_array(_wrong(np.asarray(truth.array), kind)), labels / case.name)
-    code = main(["evaluate", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "eval"),
-                 "--quiet", "--no-hd95"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+            "--no-hd95",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and said in err and "Traceback" not in err
     assert not (tmp_path / "eval").exists()
-    code = main(["evaluate", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "eval"),
-                 "--quiet", "--no-hd95", "--allow-implausible-labels"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+            "--no-hd95",
+            "--allow-implausible-labels",
+        ]
+    )
     assert code == 0 and "allowed" in capsys.readouterr().err
 
 
 def test_evaluate_scores_the_true_sample_labels_without_a_label_warning(tmp_path, capsys):
-    code = main(["evaluate", "--images", str(SAMPLE / "images"), "--labels", str(SAMPLE / "labels"), "--out",
-                 str(tmp_path / "eval"), "--quiet", "--no-hd95"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(SAMPLE / "images"),
+            "--labels",
+            str(SAMPLE / "labels"),
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+            "--no-hd95",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and "skipped" not in captured.out and "allowed" not in captured.err

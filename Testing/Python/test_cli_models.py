@@ -66,11 +66,14 @@ def test_activate_rolls_back_and_the_listing_follows(store, capsys):
     assert store.active("site").version == "v2"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["activate", "site", "v9"], "no complete version v9"),
-    (["activate", "nobody", "v1"], "no complete version v1 of model 'nobody'"),
-    (["activate", "site", "latest"], "not of the form v1, v2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["activate", "site", "v9"], "no complete version v9"),
+        (["activate", "nobody", "v1"], "no complete version v1 of model 'nobody'"),
+        (["activate", "site", "latest"], "not of the form v1, v2"),
+    ],
+)
 def test_activating_what_does_not_exist_is_an_error_and_changes_nothing(store, capsys, argv, message):
     assert main(["models", "--store", str(store.root)] + argv) == 2
     assert message in capsys.readouterr().err

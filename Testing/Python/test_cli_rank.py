@@ -22,8 +22,9 @@ SAMPLE_POOL = REPO / "ASSFTActive" / "resources" / "sample" / "pool"
 
 
 def assft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ASSFTActive", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ASSFTActive", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,21 @@ def test_labeled_volumes_are_not_proposed_again(tmp_path):
     first_two = sorted((SAMPLE_POOL / "labels").glob("*.nii.gz"))[:2]
     for path in first_two:
         shutil.copy(path, labels / path.name)
-    done = assft("rank", "--images", str(SAMPLE_POOL / "images"), "--labels", str(labels), "--budget", "4",
-                 "--strategy", "coreset", "--out", str(tmp_path / "out"), "--quiet", "--no-overlays")
+    done = assft(
+        "rank",
+        "--images",
+        str(SAMPLE_POOL / "images"),
+        "--labels",
+        str(labels),
+        "--budget",
+        "4",
+        "--strategy",
+        "coreset",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--no-overlays",
+    )
     assert done.returncode == 0, done.stderr
     cases = json.loads((tmp_path / "out" / "ranking.json").read_text())["cases"]
     labeled = {c["case_id"] for c in cases if c["labeled"]}
@@ -95,13 +109,21 @@ def _pool_with(tmp_path: Path, bad_name: str, write_bad) -> Path:
 
 BAD_INPUTS = {
     "corrupt": ("zz_corrupt.nii.gz", lambda p: p.write_bytes(b"\x1f\x8b\x08garbage"), "cannot read the file"),
-    "two_d": ("zz_flat.nii.gz", lambda p: nib.save(nib.Nifti1Image(np.zeros((9, 9), np.float32), np.eye(4)), str(p)),
-              "2D"),
-    "four_d": ("zz_series.nii.gz",
-               lambda p: nib.save(nib.Nifti1Image(np.zeros((9, 9, 9, 2), np.float32), np.eye(4)), str(p)), "4D"),
-    "nan": ("zz_nan.nii.gz",
-            lambda p: nib.save(nib.Nifti1Image(np.full((9, 9, 9), np.nan, np.float32), np.eye(4)), str(p)),
-            "729 voxels are NaN"),
+    "two_d": (
+        "zz_flat.nii.gz",
+        lambda p: nib.save(nib.Nifti1Image(np.zeros((9, 9), np.float32), np.eye(4)), str(p)),
+        "2D",
+    ),
+    "four_d": (
+        "zz_series.nii.gz",
+        lambda p: nib.save(nib.Nifti1Image(np.zeros((9, 9, 9, 2), np.float32), np.eye(4)), str(p)),
+        "4D",
+    ),
+    "nan": (
+        "zz_nan.nii.gz",
+        lambda p: nib.save(nib.Nifti1Image(np.full((9, 9, 9), np.nan, np.float32), np.eye(4)), str(p)),
+        "729 voxels are NaN",
+    ),
 }
 
 
@@ -122,8 +144,17 @@ def test_missing_images_and_broken_model_card_are_reported(tmp_path):
     assert done.returncode == 2 and "no NIfTI/NRRD/MetaImage files found" in done.stderr
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"name": "x"}))
-    done = assft("rank", "--images", str(SAMPLE_POOL / "images"), "--budget", "1", "--model", str(card),
-                 "--out", str(tmp_path / "o"))
+    done = assft(
+        "rank",
+        "--images",
+        str(SAMPLE_POOL / "images"),
+        "--budget",
+        "1",
+        "--model",
+        str(card),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert done.returncode == 2 and "missing required field(s)" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -146,13 +177,19 @@ def test_multiclass_ct_model_ranks_the_ct_fixture_with_class_balanced_asd(fixtur
     from ASSFTActive.query import QueryConfig
 
     names = ["background", "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas"]
-    card = ModelCard.from_dict({
-        "name": "ct-basic", "architecture": "monai:BasicUNet",
-        "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 8, "features": [4, 4, 8, 8, 16, 4]},
-        "weights": "w.safetensors", "class_names": names,
-        "encoder_stages": ["conv_0", "down_1", "down_2", "down_3", "down_4"], "patch_size": [64, 64, 32],
-        "preprocessing": {"profile": "ct_window", "a_min": -175, "a_max": 250}, "spacing": [3.0, 3.0, 3.0],
-    })
+    card = ModelCard.from_dict(
+        {
+            "name": "ct-basic",
+            "architecture": "monai:BasicUNet",
+            "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 8, "features": [4, 4, 8, 8, 16, 4]},
+            "weights": "w.safetensors",
+            "class_names": names,
+            "encoder_stages": ["conv_0", "down_1", "down_2", "down_3", "down_4"],
+            "patch_size": [64, 64, 32],
+            "preprocessing": {"profile": "ct_window", "a_min": -175, "a_max": 250},
+            "spacing": [3.0, 3.0, 3.0],
+        }
+    )
     torch.manual_seed(0)
     save_weights(build_network(card), tmp_path / "w.safetensors")
     save_card(card, tmp_path / "card.json")
@@ -160,8 +197,13 @@ def test_multiclass_ct_model_ranks_the_ct_fixture_with_class_balanced_asd(fixtur
     images = tmp_path / "images"
     write_volume(ct, images / "ct_a.nii.gz")
     write_volume(Volume(np.flip(ct.array, 0).copy(), ct.affine), images / "ct_b.nii.gz")
-    result = rank_pool(sorted(images.iterdir()), load_card(tmp_path / "card.json"), 1, tmp_path / "out",
-                       query=QueryConfig(asd_reduce="class_balanced"))
+    result = rank_pool(
+        sorted(images.iterdir()),
+        load_card(tmp_path / "card.json"),
+        1,
+        tmp_path / "out",
+        query=QueryConfig(asd_reduce="class_balanced"),
+    )
     assert len(result.ranking.cases) == 2 and len(result.ranking.selected_ids) == 1
     assert all(len(r.evidence.clasp_scores) == 8 for r in result.volumes)
     prediction = read_volume(tmp_path / "out" / "predictions" / "ct_a.nii.gz")

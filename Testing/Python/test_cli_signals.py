@@ -17,14 +17,42 @@ def test_sigterm_cancels_adapt_cleanly(tmp_path):
     card = make_tiny_card(tmp_path / "base")
     images, labels = write_dataset(tmp_path / "data", count=4, labeled=2)
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"train": {"iterations": 100000, "batch_size": 1}, "semi_iterations": 4,
-                                    "validation": {"guard": False, "hd95": False}}))
+    settings.write_text(
+        json.dumps(
+            {
+                "train": {"iterations": 100000, "batch_size": 1},
+                "semi_iterations": 4,
+                "validation": {"guard": False, "hd95": False},
+            }
+        )
+    )
     store = tmp_path / "store"
     process = subprocess.Popen(
-        [sys.executable, "-m", "ASSFTActive", "adapt", "--images", str(tmp_path / "data" / "images"),
-         "--labels", str(tmp_path / "data" / "labels"), "--model", str(card), "--store", str(store),
-         "--config", str(settings), "--work-dir", str(tmp_path / "work"), "--device", "cpu"],
-        env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "ASSFTActive",
+            "adapt",
+            "--images",
+            str(tmp_path / "data" / "images"),
+            "--labels",
+            str(tmp_path / "data" / "labels"),
+            "--model",
+            str(card),
+            "--store",
+            str(store),
+            "--config",
+            str(settings),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--device",
+            "cpu",
+        ],
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (tmp_path / "work" / LOCK_FILE).exists() and process.poll() is None:

@@ -85,8 +85,15 @@ def test_a_link_planted_in_the_ranking_folder_mid_ranking_receives_nothing(tmp_p
     torch.set_num_threads(1)
     try:
         with confined_to(job), pytest.raises(OutputError, match="symbolic link"):
-            rank_pool([images[k] for k in sorted(images)], card, 1, job, labeled_ids=sorted(labels),
-                      device=torch.device("cpu"), progress=plant)
+            rank_pool(
+                [images[k] for k in sorted(images)],
+                card,
+                1,
+                job,
+                labeled_ids=sorted(labels),
+                device=torch.device("cpu"),
+                progress=plant,
+            )
     finally:
         torch.set_num_threads(threads)
     assert list(outside.iterdir()) == []

@@ -27,8 +27,7 @@ def test_a_training_step_on_cuda_updates_the_weights_on_the_device_with_finite_l
     card = load_card(make_tiny_card(tmp_path / "card"))
     network = build_network(card)
     before = [p.detach().clone() for p in network.parameters()]
-    losses = train_supervised(network, card, box_cases(2), TrainConfig(iterations=3, batch_size=2),
-                              device=CUDA)
+    losses = train_supervised(network, card, box_cases(2), TrainConfig(iterations=3, batch_size=2), device=CUDA)
     assert len(losses) == 3 and all(np.isfinite(losses))
     after = list(network.parameters())
     assert all(p.device.type == "cuda" for p in after)
@@ -54,8 +53,16 @@ def test_the_streamed_sliding_window_on_cuda_equals_monai_on_cuda():
     image = torch.randn(1, 40, 36, 30, device=CUDA)
     rows = []
     with torch.no_grad():
-        stream_sliding_window(image, (16, 16, 16), network, lambda blended, first: rows.append(blended.clone()),
-                              overlap=0.5, mode="gaussian", sw_batch_size=2, device=CUDA)
+        stream_sliding_window(
+            image,
+            (16, 16, 16),
+            network,
+            lambda blended, first: rows.append(blended.clone()),
+            overlap=0.5,
+            mode="gaussian",
+            sw_batch_size=2,
+            device=CUDA,
+        )
         reference = sliding_window_inference(image[None], (16, 16, 16), 2, network, overlap=0.5, mode="gaussian")[0]
     streamed = torch.cat(rows, dim=1)
     assert streamed.device.type == "cuda" and streamed.shape == reference.shape

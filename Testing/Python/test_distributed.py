@@ -38,7 +38,7 @@ class ThreadRank:
         self.distributed, self.is_main = True, rank == 0
 
     def shard(self, items):
-        return list(items[self.rank::self.world_size])
+        return list(items[self.rank :: self.world_size])
 
     def all_gather(self, obj):
         self.group.slots[self.rank] = obj
@@ -89,8 +89,9 @@ def test_map_shards_over_two_ranks_runs_each_item_once_and_returns_the_items_ord
     assert [error for _, error in outcomes] == [None, None]
     assert [result for result, _ in outcomes] == [[item.upper() for item in items]] * 2
     assert sorted(calls) == sorted(items)  # every item once, on one rank
-    whole = ThreadGroup(3).run(lambda ctx: map_shards(ctx, items, lambda shard: [len(shard)] * len(shard),
-                                                      whole_shard=True))
+    whole = ThreadGroup(3).run(
+        lambda ctx: map_shards(ctx, items, lambda shard: [len(shard)] * len(shard), whole_shard=True)
+    )
     assert whole[0][0] == [3, 2, 2, 3, 2, 2, 3]  # rank r's share is items[r::3]
     assert map_shards(None, items, upper) == [item.upper() for item in items]
 
@@ -155,11 +156,19 @@ def _gloo_pair(code: str, tmp_path: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env=worker_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-             for rank in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=str(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(
+                RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+            ),
+        )
+        for rank in range(2)
+    ]
     outs = [proc.communicate(timeout=120) for proc in procs]
     return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs], outs
 
@@ -188,8 +197,9 @@ def test_rank_pool_sharded_over_ranks_writes_what_one_process_writes(small_pool)
     torch.set_num_threads(1)
     try:
         single = rank_pool(images, card, 2, tmp / "single", labeled_ids=labeled, device=torch.device("cpu"))
-        outcomes = ThreadGroup(2).run(lambda ctx: rank_pool(images, card, 2, tmp / "sharded", labeled_ids=labeled,
-                                                            ctx=ctx))
+        outcomes = ThreadGroup(2).run(
+            lambda ctx: rank_pool(images, card, 2, tmp / "sharded", labeled_ids=labeled, ctx=ctx)
+        )
     finally:
         torch.set_num_threads(threads)
     assert [error for _, error in outcomes] == [None, None]
@@ -198,8 +208,9 @@ def test_rank_pool_sharded_over_ranks_writes_what_one_process_writes(small_pool)
     assert other.volumes == () and other.files == {}
     assert tree(tmp / "sharded") == tree(tmp / "single")  # no staging folder left, the same files
     a, b = read_ranking_file(tmp / "single" / "ranking.json"), read_ranking_file(tmp / "sharded" / "ranking.json")
-    assert [(c.case_id, c.rank, c.selected, c.labeled) for c in a.cases] == \
-        [(c.case_id, c.rank, c.selected, c.labeled) for c in b.cases]
+    assert [(c.case_id, c.rank, c.selected, c.labeled) for c in a.cases] == [
+        (c.case_id, c.rank, c.selected, c.labeled) for c in b.cases
+    ]
     for x, y in zip(a.cases, b.cases):
         assert (x.dkd is None and y.dkd is None) or x.dkd == pytest.approx(y.dkd, abs=1e-6)
         if not y.labeled:  # published from the staging folder into the ranking folder
@@ -232,14 +243,31 @@ def test_a_volume_failing_on_one_rank_fails_every_rank_and_publishes_nothing(sma
 
 
 def _torchrun(job: Path, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "ASSFTActive.worker", str(job), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ASSFTActive.worker",
+        str(job),
+        "--device",
+        "cpu",
+    ]
     return subprocess.run(command, cwd=str(cwd), env=worker_env(), capture_output=True, text=True, timeout=600)
 
 
 def _single(job: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(job)], cwd=str(cwd), env=worker_env(),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ASSFTActive.worker", str(job)],
+        cwd=str(cwd),
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -248,16 +276,31 @@ def world(tmp_path_factory):
     card = make_tiny_card(tmp / "base")
     images, labels = write_dataset(tmp / "data", count=7, labeled=3)
     (tmp / "cwd").mkdir()
-    return {"card": card, "images": {k: str(v) for k, v in images.items()},
-            "labels": {k: str(v) for k, v in labels.items()}, "tmp": tmp}
+    return {
+        "card": card,
+        "images": {k: str(v) for k, v in images.items()},
+        "labels": {k: str(v) for k, v in labels.items()},
+        "tmp": tmp,
+    }
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_fine_tune_with_ddp_and_store_one_version(world):
     job = world["tmp"] / "adapt"
     store = world["tmp"] / "store"
-    write_job(job, JobSpec(kind="adapt", images=world["images"], labels=world["labels"], model=str(world["card"]),
-                           store=str(store), name="site", budget=2, finetune=FAST_FINETUNE))
+    write_job(
+        job,
+        JobSpec(
+            kind="adapt",
+            images=world["images"],
+            labels=world["labels"],
+            model=str(world["card"]),
+            store=str(store),
+            name="site",
+            budget=2,
+            finetune=FAST_FINETUNE,
+        ),
+    )
     out = _torchrun(job, world["tmp"] / "cwd")
     assert out.returncode == EXIT_DONE, out.stderr[-3000:]
     events = read_events(job)
@@ -280,14 +323,15 @@ def test_ranking_sharded_over_two_processes_equals_the_single_process_ranking(wo
     rankings = {}
     for name, launch in (("single", _single), ("sharded", _torchrun)):
         job = world["tmp"] / f"rank-{name}"
-        write_job(job, JobSpec(kind="rank", images=world["images"], labels=world["labels"],
-                               model=str(world["card"]), budget=2))
+        write_job(
+            job,
+            JobSpec(kind="rank", images=world["images"], labels=world["labels"], model=str(world["card"]), budget=2),
+        )
         out = launch(job, world["tmp"] / "cwd")
         assert out.returncode == EXIT_DONE, out.stderr[-3000:]
         assert read_events(job)[-1].event == "done"
         rankings[name] = read_json(job / "ranking.json")
-        assert sorted(read_json(job / "result.json")["predictions"]) == ["case_003", "case_004", "case_005",
-                                                                        "case_006"]
+        assert sorted(read_json(job / "result.json")["predictions"]) == ["case_003", "case_004", "case_005", "case_006"]
     single, sharded = rankings["single"]["cases"], rankings["sharded"]["cases"]
     assert [r["case_id"] for r in sharded] == [r["case_id"] for r in single]
     assert [r["selected"] for r in sharded] == [r["selected"] for r in single]

@@ -14,8 +14,9 @@ FORBIDDEN = ("slicer", "qt", "vtk", "vtkmodules", "trame", "ctk", "PythonQt")
 
 
 def test_importing_every_engine_module_loads_no_slicer_qt_vtk_or_trame():
-    modules = sorted(m.name for m in pkgutil.walk_packages(ASSFTActive.__path__, "ASSFTActive.")
-                     if not m.name.endswith("__main__"))
+    modules = sorted(
+        m.name for m in pkgutil.walk_packages(ASSFTActive.__path__, "ASSFTActive.") if not m.name.endswith("__main__")
+    )
     assert "ASSFTActive.api" in modules and "ASSFTActive.query" in modules
     code = (
         "import importlib, json, sys\n"
@@ -27,7 +28,6 @@ def test_importing_every_engine_module_loads_no_slicer_qt_vtk_or_trame():
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     offending = [m for m in loaded if m.split(".")[0] in FORBIDDEN or m.split(".")[0].lower() in ("pyqt5", "pyside6")]
     assert offending == []
-
 
 
 def test_the_job_protocol_and_card_modules_load_without_torch():

@@ -27,8 +27,10 @@ def test_an_empty_prediction_on_an_empty_label_does_not_score_one():
 
 
 def test_means_leave_out_what_was_not_scored():
-    report = EvaluationReport(("a", "b"), (CaseMetrics("x", (0.8, float("nan")), (2.0, float("nan"))),
-                                           CaseMetrics("y", (0.6, 0.4), (4.0, 6.0))))
+    report = EvaluationReport(
+        ("a", "b"),
+        (CaseMetrics("x", (0.8, float("nan")), (2.0, float("nan"))), CaseMetrics("y", (0.6, 0.4), (4.0, 6.0))),
+    )
     assert report.mean_dice_per_class() == pytest.approx({"a": 0.7, "b": 0.4})
     assert report.mean_dice() == pytest.approx((0.8 + 0.5) / 2)
     assert report.mean_hd95_per_class() == pytest.approx({"a": 3.0, "b": 6.0})
@@ -64,9 +66,11 @@ def test_evaluate_cases_scores_in_the_given_order_and_lists_an_unusable_label_wh
     images, labels = write_dataset(tmp_path / "data", count=3, labeled=3)
     _, label, affine = synthetic_case(0)
     bad = write_volume(Volume(label[:-2], affine), tmp_path / "bad" / "case_001.nii.gz")
-    cases = [LabelledCase("case_002", images["case_002"], labels["case_002"]),
-             LabelledCase("case_001", images["case_001"], bad),
-             LabelledCase("case_000", read_volume(images["case_000"]), read_volume(labels["case_000"]))]
+    cases = [
+        LabelledCase("case_002", images["case_002"], labels["case_002"]),
+        LabelledCase("case_001", images["case_001"], bad),
+        LabelledCase("case_000", read_volume(images["case_000"]), read_volume(labels["case_000"])),
+    ]
     events = []
     report = evaluate_cases(model, cases, hd95=False, progress=events.append, skip_unreadable=True)
     assert [c.case_id for c in report.cases] == ["case_002", "case_000"]

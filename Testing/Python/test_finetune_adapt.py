@@ -52,8 +52,15 @@ UNGUARDED = {"guard": False}
 
 def test_adapting_writes_an_active_version_with_card_weights_config_and_provenance(world):
     events = []
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                         config=_config(validation=UNGUARDED), progress=events.append)
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        name="site",
+        config=_config(validation=UNGUARDED),
+        progress=events.append,
+    )
     assert (result.name, result.version, result.activated) == ("site", "v1", True)
     assert ModelStore(world["store"]).active("site").version == "v1"
     files = sorted(p.name for p in result.version_dir.iterdir())
@@ -77,8 +84,13 @@ def test_adapting_writes_an_active_version_with_card_weights_config_and_provenan
 
 
 def test_a_cross_validated_improvement_is_activated_with_its_reason(world):
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(train={"iterations": 60}, semi_iterations=20))
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(train={"iterations": 60}, semi_iterations=20),
+    )
     assert result.metrics["evaluated_on"] == "cross_validation"
     assert result.dice_after > result.dice_before + 0.2, "held-out Dice of the folds against the random model"
     assert result.activated and result.decision.method == "cross_validation"
@@ -89,8 +101,14 @@ def test_a_cross_validated_improvement_is_activated_with_its_reason(world):
 
 def test_cross_validation_holds_each_label_out_once_and_the_final_run_stops_at_the_best_step(world):
     events = []
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(), progress=events.append)
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(),
+        progress=events.append,
+    )
     cv = result.metrics["cross_validation"]
     assert sorted(c for fold in cv["folds"] for c in fold) == ["case_000", "case_001", "case_002"]
     assert len(cv["folds"]) == 3 and cv["steps"] == [0, 6, 12, 18, 20]
@@ -110,18 +128,32 @@ def test_adapting_on_contradicting_labels_does_not_change_the_active_model(tmp_p
     images, labels = write_dataset(tmp_path / "data", count=4, labeled=2, first_seed=40)
     labels["case_001"] = write_swapped_label(labels["case_001"], tmp_path / "swapped")
     store = tmp_path / "store"
-    first = adapt_model(images, {"case_000": labels["case_000"]}, store=store, model=card, name="site",
-                        config=_config(validation=UNGUARDED))
+    first = adapt_model(
+        images,
+        {"case_000": labels["case_000"]},
+        store=store,
+        model=card,
+        name="site",
+        config=_config(validation=UNGUARDED),
+    )
     events, handed = [], []
     # the label checks refuse the swapped label before training (test_label_meaning.py); past them, the guard
-    result = adapt_model(images, labels, store=store, model=store / "site", name="site",
-                         config=_config(allow_implausible_labels=True), progress=events.append,
-                         before_commit=lambda model, ctx: handed.append(model))
+    result = adapt_model(
+        images,
+        labels,
+        store=store,
+        model=store / "site",
+        name="site",
+        config=_config(allow_implausible_labels=True),
+        progress=events.append,
+        before_commit=lambda model, ctx: handed.append(model),
+    )
     assert any("swapped" in e.message for e in events if e.event == "warning")
     assert result.version == "v2" and not result.activated
     current = load_model(load_card(first.card_path)).network.state_dict()
-    assert all(torch.equal(v, current[k]) for k, v in handed[0].network.state_dict().items()), \
+    assert all(torch.equal(v, current[k]) for k, v in handed[0].network.state_dict().items()), (
         "re-ranking (before_commit) gets the model that stays active"
+    )
     assert ModelStore(store).active("site").version == first.version
     assert result.decision.gain < 0.005 and "likely not better" in result.decision.reason
     assert any("active model was not changed" in e.message for e in events if e.event == "warning")
@@ -136,15 +168,27 @@ def test_empty_labels_are_caught_by_the_pool_check(tmp_path):
     for case in labels:
         empty = read_volume(labels[case])
         labels[case] = write_volume(empty.with_array(np.zeros_like(empty.array)), tmp_path / "empty" / f"{case}.nii.gz")
-    result = adapt_model(images, labels, store=tmp_path / "store", model=card, name="site",
-                         config=_config(train={"iterations": 30}, allow_implausible_labels=True))
+    result = adapt_model(
+        images,
+        labels,
+        store=tmp_path / "store",
+        model=card,
+        name="site",
+        config=_config(train={"iterations": 30}, allow_implausible_labels=True),
+    )
     assert not result.activated and ModelStore(tmp_path / "store").active("site") is None
     assert result.decision.pool is not None and set(result.decision.pool.collapsed) == {"box_a", "box_b"}
 
 
 def test_one_labelled_volume_is_stored_but_not_activated(world):
-    result = adapt_model(world["images"], {"case_000": world["labels"]["case_000"]}, store=world["store"],
-                         model=world["card"], name="site", config=_config())
+    result = adapt_model(
+        world["images"],
+        {"case_000": world["labels"]["case_000"]},
+        store=world["store"],
+        model=world["card"],
+        name="site",
+        config=_config(),
+    )
     assert not result.activated and result.decision.method == "too_few_labels"
     assert result.metrics["evaluated_on"] == "labeled" and result.metrics["stop_step"] == 20
     assert ModelStore(world["store"]).active("site") is None
@@ -158,9 +202,14 @@ def _trained_card(tmp_path):
 
     base = make_tiny_card(tmp_path / "untrained")
     images, labels = write_dataset(tmp_path / "source", count=3, labeled=3, first_seed=80)
-    result = adapt_model(images, labels, store=tmp_path / "pretraining", model=base, name="source",
-                         config=_config(train={"iterations": 60}, semi_iterations=1, validation=UNGUARDED,
-                                        pseudo={"mode": "none"}))
+    result = adapt_model(
+        images,
+        labels,
+        store=tmp_path / "pretraining",
+        model=base,
+        name="source",
+        config=_config(train={"iterations": 60}, semi_iterations=1, validation=UNGUARDED, pseudo={"mode": "none"}),
+    )
     folder = tmp_path / "pretrained"
     folder.mkdir()
     save_weights(load_model(read_card(result.card_path)).network, folder / "weights.safetensors")
@@ -171,8 +220,13 @@ def _trained_card(tmp_path):
 
 @pytest.mark.parametrize("mode, kept", [("none", 0), ("all", 3), ("selective", 2)])
 def test_pseudo_label_modes_decide_how_many_unlabelled_volumes_are_used(world, mode, kept):
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(pseudo={"mode": mode}))
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(pseudo={"mode": mode}),
+    )
     assert sum(d.kept for d in result.pseudo) == kept
     assert len(result.pseudo) == (0 if mode == "none" else 3)
 
@@ -190,8 +244,15 @@ def _spy_on_training(monkeypatch):
         teacher = term.teacher if term is not None else None
         start = None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()}
         losses = real(network, card, labeled, config, **kwargs)
-        stages.append({"pseudo": list(pseudo), "teacher": teacher, "teacher_start": start, "student": network,
-                       "semi": term.semi if term is not None else None})
+        stages.append(
+            {
+                "pseudo": list(pseudo),
+                "teacher": teacher,
+                "teacher_start": start,
+                "student": network,
+                "semi": term.semi if term is not None else None,
+            }
+        )
         return losses
 
     monkeypatch.setattr(recipe, "train_supervised", spy)
@@ -204,9 +265,15 @@ def _moved(state, reference):
 
 def test_an_ema_teacher_follows_the_student_and_voxel_masks_leave_unsure_voxels_out(world, monkeypatch):
     stages = _spy_on_training(monkeypatch)
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(pseudo={"teacher": "ema", "voxel_threshold": 0.5, "rounds": 2,
-                                                "class_keep_min": 0.5}, validation=UNGUARDED))
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(
+            pseudo={"teacher": "ema", "voxel_threshold": 0.5, "rounds": 2, "class_keep_min": 0.5}, validation=UNGUARDED
+        ),
+    )
     supervised, *semi = stages
     assert supervised["teacher"] is None and not supervised["pseudo"]
     assert len(semi) == 2 and len(read_json(result.version_dir / "provenance.json")["pseudo_decisions"]) == 2
@@ -222,18 +289,34 @@ def test_an_ema_teacher_follows_the_student_and_voxel_masks_leave_unsure_voxels_
 
 def test_an_offline_teacher_without_voxel_threshold_trains_on_whole_fixed_pseudo_labels(world, monkeypatch):
     stages = _spy_on_training(monkeypatch)
-    adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                config=_config(pseudo={"teacher": "offline", "voxel_threshold": None}, validation=UNGUARDED))
+    adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(pseudo={"teacher": "offline", "voxel_threshold": None}, validation=UNGUARDED),
+    )
     semi = stages[1]
     assert semi["teacher"] is None and semi["pseudo"]
     assert all(case.voxel_mask is None for case in semi["pseudo"]) and semi["semi"].voxel_threshold is None
 
 
 def test_a_model_adapted_twice_still_points_at_the_original_pretrained_card(world):
-    first = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                        config=_config(validation=UNGUARDED))
-    second = adapt_model(world["images"], world["labels"], store=world["store"],
-                         model=world["store"] / "site", config=_config(validation=UNGUARDED))
+    first = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        name="site",
+        config=_config(validation=UNGUARDED),
+    )
+    second = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["store"] / "site",
+        config=_config(validation=UNGUARDED),
+    )
     assert second.name == "site" and second.version == "v2"
     assert load_card(second.card_path).pretrained_card().path == world["card"].resolve()
     assert load_card(second.card_path).provenance["base_model"] == str(first.card_path)
@@ -247,8 +330,9 @@ def test_a_label_on_another_grid_or_with_unknown_classes_is_skipped_with_a_warni
     bad_class = write_volume(Volume(wrong, affine), world["tmp"] / "bad" / "case_002.nii.gz")
     labels = dict(world["labels"], case_001=bad_grid, case_002=bad_class)
     events = []
-    result = adapt_model(world["images"], labels, store=world["store"], model=world["card"], config=_config(),
-                         progress=events.append)
+    result = adapt_model(
+        world["images"], labels, store=world["store"], model=world["card"], config=_config(), progress=events.append
+    )
     warnings = [e.message for e in events if e.event == "warning"]
     assert any(str(bad_grid) in w and "shape" in w for w in warnings)
     assert any(str(bad_class) in w and "[7]" in w for w in warnings)
@@ -268,11 +352,19 @@ def test_empty_labelled_set_missing_files_and_stray_labels_are_clear_errors(worl
     with pytest.raises(InputError, match="no labelled volumes"):
         adapt_model(world["images"], {}, store=world["store"], model=world["card"])
     with pytest.raises(InputError, match="not found: .*nowhere.nii.gz"):
-        adapt_model(dict(world["images"], case_009=world["tmp"] / "nowhere.nii.gz"), world["labels"],
-                    store=world["store"], model=world["card"])
+        adapt_model(
+            dict(world["images"], case_009=world["tmp"] / "nowhere.nii.gz"),
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+        )
     with pytest.raises(InputError, match="no matching image"):
-        adapt_model(world["images"], dict(world["labels"], other=world["labels"]["case_000"]),
-                    store=world["store"], model=world["card"])
+        adapt_model(
+            world["images"],
+            dict(world["labels"], other=world["labels"]["case_000"]),
+            store=world["store"],
+            model=world["card"],
+        )
     assert not world["store"].exists()
 
 
@@ -281,14 +373,26 @@ def test_an_unwritable_store_fails_before_training(world):
     blocker.write_text("a file, not a folder")
     events = []
     with pytest.raises(StoreError, match="is a file"):
-        adapt_model(world["images"], world["labels"], store=blocker / "store", model=world["card"],
-                    config=_config(), progress=events.append)
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=blocker / "store",
+            model=world["card"],
+            config=_config(),
+            progress=events.append,
+        )
     assert not any(e.phase == "train" for e in events)
 
 
 def test_cancelling_mid_training_leaves_the_store_and_the_active_version_as_they_were(world):
-    adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                config=_config(validation=UNGUARDED))
+    adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        name="site",
+        config=_config(validation=UNGUARDED),
+    )
     before = tree(world["store"])
 
     def cancel_at_step_5(event):
@@ -296,8 +400,15 @@ def test_cancelling_mid_training_leaves_the_store_and_the_active_version_as_they
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                    config=_config(), progress=cancel_at_step_5)
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+            name="site",
+            config=_config(),
+            progress=cancel_at_step_5,
+        )
     assert tree(world["store"]) == before
     assert ModelStore(world["store"]).active("site").version == "v1"
 
@@ -311,12 +422,26 @@ def test_a_cancelled_run_resumes_from_its_last_checkpoint(world):
 
     config = _config(validation=UNGUARDED)
     with pytest.raises(CancelledError):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], config=config,
-                    work_dir=work, progress=cancel_at_step_14)
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+            config=config,
+            work_dir=work,
+            progress=cancel_at_step_14,
+        )
     assert (work / "checkpoint.pt").is_file() and (work / "pseudo-r1.npz").is_file()
     events = []
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=config, work_dir=work, progress=events.append)
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=config,
+        work_dir=work,
+        progress=events.append,
+    )
     assert result.resumed_from == 12  # stage 1 ended at 12; the semi-supervised checkpoint every 4 steps is next
     steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
     assert steps == list(range(13, 21))
@@ -332,22 +457,38 @@ def test_a_cancelled_cross_validation_resumes_after_its_finished_folds(world):
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(),
-                    work_dir=work, progress=cancel_in_the_second_fold)
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+            config=_config(),
+            work_dir=work,
+            progress=cancel_in_the_second_fold,
+        )
     assert (work / "cv-fold0.json").is_file() and not (work / "cv-fold1.json").exists()
     events = []
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(), work_dir=work, progress=events.append)
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(),
+        work_dir=work,
+        progress=events.append,
+    )
     steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
     assert steps[0] == 21, "fold 1 is not trained again"
     assert len(result.metrics["cross_validation"]["folds"]) == 3
     with pytest.raises(JobError, match="changed since this checkpoint"):
         (work / "cv-fold0.json").parent.mkdir(exist_ok=True)
         signature = card_signature(load_card(world["card"]))
-        (work / "cv-fold0.json").write_text(json.dumps({"format": 1, "fingerprint": "other",
-                                                        "card_signature": signature, "scores": {}}))
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                    config=_config(), work_dir=work)
+        (work / "cv-fold0.json").write_text(
+            json.dumps({"format": 1, "fingerprint": "other", "card_signature": signature, "scores": {}})
+        )
+        adapt_model(
+            world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(), work_dir=work
+        )
 
 
 def test_a_checkpoint_written_for_another_card_is_refused(world):
@@ -358,23 +499,49 @@ def test_a_checkpoint_written_for_another_card_is_refused(world):
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                    config=_config(validation=UNGUARDED), work_dir=work, progress=cancel)
-    other = make_tiny_card(world["tmp"] / "other", arguments={**load_card(world["card"]).arguments,
-                                                              "channels": [8, 16, 32]})
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+            config=_config(validation=UNGUARDED),
+            work_dir=work,
+            progress=cancel,
+        )
+    other = make_tiny_card(
+        world["tmp"] / "other", arguments={**load_card(world["card"]).arguments, "channels": [8, 16, 32]}
+    )
     with pytest.raises(ModelError, match="another model card"):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=other,
-                    config=_config(validation=UNGUARDED), work_dir=work)
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=other,
+            config=_config(validation=UNGUARDED),
+            work_dir=work,
+        )
     with pytest.raises(JobError, match="changed since this checkpoint"):
-        adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                    config=_config(train={"seed": 3}, validation=UNGUARDED), work_dir=work)
+        adapt_model(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+            config=_config(train={"seed": 3}, validation=UNGUARDED),
+            work_dir=work,
+        )
     assert not world["store"].exists()
 
 
 def test_predictions_of_the_unlabelled_pool_are_written_on_the_image_grid(world):
     out = world["tmp"] / "pred"
-    result = adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"],
-                         config=_config(), predictions_dir=out)
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(),
+        predictions_dir=out,
+    )
     assert sorted(result.predictions) == ["case_003", "case_004", "case_005"]
     from ASSFTActive.io import read_volume
 

@@ -15,8 +15,9 @@ from ASSFTActive.finetune.config import FinetuneConfig, PseudoLabelConfig, Pseud
 def test_missing_settings_take_their_defaults_at_every_level():
     assert FinetuneConfig.from_dict({}) == FinetuneConfig()
     partial = FinetuneConfig.from_dict({"pseudo": {"mode": "all"}, "train": {"seed": 3}})
-    assert partial == dataclasses.replace(FinetuneConfig(), pseudo=PseudoLabelConfig(mode=PseudoMode.ALL),
-                                          train=TrainConfig(seed=3))
+    assert partial == dataclasses.replace(
+        FinetuneConfig(), pseudo=PseudoLabelConfig(mode=PseudoMode.ALL), train=TrainConfig(seed=3)
+    )
 
 
 def test_a_default_run_is_guarded_and_its_semi_supervised_rounds_are_as_long_as_the_supervised_stage():
@@ -30,9 +31,13 @@ def test_the_default_selection_keeps_the_more_reliable_half_of_the_pool():
     """Reliability = confidence - distance (both min-max normalised); the top half is pseudo-labelled."""
     from ASSFTActive.finetune.pseudo import PseudoCandidate, select_reliable
 
-    pool = [PseudoCandidate("near_sure", 0.9, 0.1), PseudoCandidate("far_sure", 0.9, 0.9),
-            PseudoCandidate("near_unsure", 0.3, 0.1), PseudoCandidate("far_unsure", 0.2, 0.9),
-            PseudoCandidate("middle", 0.6, 0.4)]
+    pool = [
+        PseudoCandidate("near_sure", 0.9, 0.1),
+        PseudoCandidate("far_sure", 0.9, 0.9),
+        PseudoCandidate("near_unsure", 0.3, 0.1),
+        PseudoCandidate("far_unsure", 0.2, 0.9),
+        PseudoCandidate("middle", 0.6, 0.4),
+    ]
     decisions = select_reliable(pool, PseudoLabelConfig())
     assert [d.case_id for d in decisions if d.kept] == ["near_sure", "near_unsure", "middle"]
     assert min(decisions, key=lambda d: d.rank).case_id == "near_sure"
@@ -57,9 +62,13 @@ def test_the_default_voxel_mask_keeps_confident_voxels_and_part_of_every_predict
 
 
 def test_config_round_trips_through_json_unchanged():
-    config = FinetuneConfig(train=TrainConfig(iterations=7, patch_size=(8, 16, 8)), semi_iterations=3,
-                            pseudo=PseudoLabelConfig(mode="all", voxel_threshold=0.5, teacher="ema"),
-                            validation=ValidationConfig(folds=4, guard=False, min_gain=0.01), checkpoint_every=2)
+    config = FinetuneConfig(
+        train=TrainConfig(iterations=7, patch_size=(8, 16, 8)),
+        semi_iterations=3,
+        pseudo=PseudoLabelConfig(mode="all", voxel_threshold=0.5, teacher="ema"),
+        validation=ValidationConfig(folds=4, guard=False, min_gain=0.01),
+        checkpoint_every=2,
+    )
     text = json.dumps(config.to_dict())
     again = FinetuneConfig.from_dict(json.loads(text))
     assert again == config
@@ -72,21 +81,24 @@ def test_configs_are_frozen():
         FinetuneConfig().checkpoint_every = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"trian": {}}, ["unknown FinetuneConfig setting", "'trian'"]),
-    ({"pseudo": {"mode": "some"}}, ["PseudoLabelConfig.mode", "'selective'"]),
-    ({"pseudo": {"keep_fraction": 0.0}}, ["keep_fraction"]),
-    ({"pseudo": {"voxel_threshold": 1.5}}, ["voxel_threshold"]),
-    ({"train": {"iterations": 0}}, ["iterations"]),
-    ({"train": {"lr": 0.1}}, ["unknown TrainConfig setting", "'lr'"]),
-    ({"validation": {"folds": 1}}, ["ValidationConfig.folds"]),
-    ({"validation": {"collapse_ratio": 2}}, ["ValidationConfig.collapse_ratio"]),
-    ({"train": {"encoder_lr_scale": 1.5}}, ["TrainConfig.encoder_lr_scale"]),
-    ({"train": {"l2sp_weight": -1}}, ["TrainConfig.l2sp_weight"]),
-    ({"pseudo": {"cutmix_probability": 2}}, ["PseudoLabelConfig.cutmix_probability"]),
-    ({"pseudo": {"strong_view": "yes"}}, ["PseudoLabelConfig.strong_view"]),
-    ({"checkpoint_every": "5"}, ["checkpoint_every"]),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"trian": {}}, ["unknown FinetuneConfig setting", "'trian'"]),
+        ({"pseudo": {"mode": "some"}}, ["PseudoLabelConfig.mode", "'selective'"]),
+        ({"pseudo": {"keep_fraction": 0.0}}, ["keep_fraction"]),
+        ({"pseudo": {"voxel_threshold": 1.5}}, ["voxel_threshold"]),
+        ({"train": {"iterations": 0}}, ["iterations"]),
+        ({"train": {"lr": 0.1}}, ["unknown TrainConfig setting", "'lr'"]),
+        ({"validation": {"folds": 1}}, ["ValidationConfig.folds"]),
+        ({"validation": {"collapse_ratio": 2}}, ["ValidationConfig.collapse_ratio"]),
+        ({"train": {"encoder_lr_scale": 1.5}}, ["TrainConfig.encoder_lr_scale"]),
+        ({"train": {"l2sp_weight": -1}}, ["TrainConfig.l2sp_weight"]),
+        ({"pseudo": {"cutmix_probability": 2}}, ["PseudoLabelConfig.cutmix_probability"]),
+        ({"pseudo": {"strong_view": "yes"}}, ["PseudoLabelConfig.strong_view"]),
+        ({"checkpoint_every": "5"}, ["checkpoint_every"]),
+    ],
+)
 def test_bad_settings_name_the_setting(data, words):
     with pytest.raises(ValueError) as info:
         FinetuneConfig.from_dict(data)
@@ -95,8 +107,10 @@ def test_bad_settings_name_the_setting(data, words):
 
 
 def test_settings_module_imports_without_torch_or_numpy():
-    code = ("import sys; import ASSFTActive.finetune.config, ASSFTActive.jobs; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai')))")
+    code = (
+        "import sys; import ASSFTActive.finetune.config, ASSFTActive.jobs; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -109,21 +123,27 @@ def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip
     assert not config.pseudo.bcp and config.pseudo.teacher is Teacher.EMA
     assert config.validation.max_fold_loss is None and config.validation.min_gain_low is None
     assert config.validation.fold_fraction == 1.0 and config.validation.fold_pool_cases is None
-    chosen = FinetuneConfig.from_dict({"pseudo": {"bcp": True, "teacher": "source_flip", "flip_axes": [2]},
-                                       "validation": {"max_fold_loss": 0.02, "fold_fraction": 0.25,
-                                                      "fold_pool_cases": 4}})
+    chosen = FinetuneConfig.from_dict(
+        {
+            "pseudo": {"bcp": True, "teacher": "source_flip", "flip_axes": [2]},
+            "validation": {"max_fold_loss": 0.02, "fold_fraction": 0.25, "fold_pool_cases": 4},
+        }
+    )
     assert chosen.pseudo.teacher is Teacher.SOURCE_FLIP and chosen.pseudo.flip_axes == (2,)
     assert FinetuneConfig.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
 
 
-@pytest.mark.parametrize("data, words", [
-    ({"pseudo": {"flip_axes": [3]}}, ["PseudoLabelConfig.flip_axes", "0, 1, 2"]),
-    ({"pseudo": {"flip_axes": [0, 0]}}, ["flip_axes", "distinct"]),
-    ({"pseudo": {"bcp_box_share": 0.0}}, ["bcp_box_share"]),
-    ({"validation": {"fold_fraction": 0.0}}, ["fold_fraction"]),
-    ({"validation": {"max_fold_loss": -0.1}}, ["max_fold_loss"]),
-    ({"validation": {"fold_pool_cases": 0}}, ["fold_pool_cases"]),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"pseudo": {"flip_axes": [3]}}, ["PseudoLabelConfig.flip_axes", "0, 1, 2"]),
+        ({"pseudo": {"flip_axes": [0, 0]}}, ["flip_axes", "distinct"]),
+        ({"pseudo": {"bcp_box_share": 0.0}}, ["bcp_box_share"]),
+        ({"validation": {"fold_fraction": 0.0}}, ["fold_fraction"]),
+        ({"validation": {"max_fold_loss": -0.1}}, ["max_fold_loss"]),
+        ({"validation": {"fold_pool_cases": 0}}, ["fold_pool_cases"]),
+    ],
+)
 def test_bad_new_options_name_the_setting(data, words):
     with pytest.raises(ValueError) as error:
         FinetuneConfig.from_dict(data)

@@ -45,29 +45,42 @@ FAST = {"fold_fraction": 0.5, "fold_pool_cases": 2}
 
 def _adapt(world, name, validation=None, labels=None, **changes):
     events = []
-    result = adapt_model(world["images"], labels or world["labels"], store=world["tmp"] / name, model=world["card"],
-                         config=_config(validation, **changes), progress=events.append)
+    result = adapt_model(
+        world["images"],
+        labels or world["labels"],
+        store=world["tmp"] / name,
+        model=world["card"],
+        config=_config(validation, **changes),
+        progress=events.append,
+    )
     return result, events
 
 
 def test_the_fast_guard_activates_the_same_improvement_with_half_the_fold_steps(world):
-    changes = {"train": dict(FAST_FINETUNE["train"], iterations=60), "semi_iterations": 20,
-               "allow_implausible_labels": True}  # the synthetic boxes are tiny; this test is about the guard
+    changes = {
+        "train": dict(FAST_FINETUNE["train"], iterations=60),
+        "semi_iterations": 20,
+        "allow_implausible_labels": True,
+    }  # the synthetic boxes are tiny; this test is about the guard
     full, full_events = _adapt(world, "full", **changes)
     fast, fast_events = _adapt(world, "fast", FAST, **changes)
     assert full.activated and fast.activated, (full.decision.reason, fast.decision.reason)
     assert fast.metrics["cross_validation"]["steps"][-1] == 80, "the fold curve is read at the final run's steps"
     assert set(fast.metrics["cross_validation"]["steps"]) <= set(range(0, 81, 2))
-    trained = [len([e for e in events if e.event == "progress" and e.phase == "train" and "fold" in e.message])
-               for events in (full_events, fast_events)]
+    trained = [
+        len([e for e in events if e.event == "progress" and e.phase == "train" and "fold" in e.message])
+        for events in (full_events, fast_events)
+    ]
     assert trained == [3 * 80, 3 * 40], "each fold trains half the steps"
     fold_messages = [e.message for e in fast_events if e.phase == "validate" and e.event == "phase"]
     assert all("30 + 10 steps per stage instead of 60 + 20, 2 of 3 unlabelled volumes" in m for m in fold_messages)
-    fold_bar = [(e.step, e.total) for e in fast_events if e.event == "progress" and e.phase == "train"
-                and "fold" in e.message]
+    fold_bar = [
+        (e.step, e.total) for e in fast_events if e.event == "progress" and e.phase == "train" and "fold" in e.message
+    ]
     assert {total for _, total in fold_bar} == {4 * 80}, "fold progress is shown on the run's whole bar"
     steps = [step for step, _ in fold_bar]
     assert steps == sorted(steps) and steps[-1] == 3 * 80, "the three folds fill the first three quarters"
+
 
 def _trained_card(tmp_path):
     """A tiny model fitted to the synthetic boxes (a decent "current" model), as a card."""
@@ -75,9 +88,19 @@ def _trained_card(tmp_path):
 
     base = make_tiny_card(tmp_path / "untrained")
     images, labels = write_dataset(tmp_path / "source", count=3, labeled=3, first_seed=80)
-    result = adapt_model(images, labels, store=tmp_path / "pretraining", model=base, name="source",
-                         config=_config({"guard": False}, train=dict(FAST_FINETUNE["train"], iterations=60),
-                                        semi_iterations=1, pseudo={"mode": "none"}))
+    result = adapt_model(
+        images,
+        labels,
+        store=tmp_path / "pretraining",
+        model=base,
+        name="source",
+        config=_config(
+            {"guard": False},
+            train=dict(FAST_FINETUNE["train"], iterations=60),
+            semi_iterations=1,
+            pseudo={"mode": "none"},
+        ),
+    )
     folder = tmp_path / "pretrained"
     folder.mkdir()
     save_weights(load_model(load_card(result.card_path)).network, folder / "weights.safetensors")
@@ -105,7 +128,12 @@ def test_another_method_s_folds_run_in_full_with_a_warning():
 
     warnings = []
     config = _config({"fold_fraction": 0.5})
-    sfr_like = SimpleNamespace(config=config, pool={"u": "u.nii.gz"}, recipe_steps=config.train.iterations,
-                               rounds=1, warn=lambda message, phase: warnings.append(message))
+    sfr_like = SimpleNamespace(
+        config=config,
+        pool={"u": "u.nii.gz"},
+        recipe_steps=config.train.iterations,
+        rounds=1,
+        warn=lambda message, phase: warnings.append(message),
+    )
     assert fold_run(sfr_like, 0) is sfr_like
     assert warnings and "this method's folds run in full" in warnings[0]

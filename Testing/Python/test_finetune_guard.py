@@ -35,8 +35,11 @@ def test_few_labelled_volumes_give_leave_one_out_and_one_is_refused():
 
 
 def _cv(**dice):
-    return CrossValidation(steps=(0, 50, 100), dice={k: tuple(v) for k, v in dice.items()},
-                           dice_per_class={k: tuple((x, x) for x in v) for k, v in dice.items()})
+    return CrossValidation(
+        steps=(0, 50, 100),
+        dice={k: tuple(v) for k, v in dice.items()},
+        dice_per_class={k: tuple((x, x) for x in v) for k, v in dice.items()},
+    )
 
 
 def test_the_stop_step_is_where_the_mean_held_out_dice_peaks_after_step_0():
@@ -109,8 +112,12 @@ def test_one_labelled_volume_is_never_activated_by_the_guard():
 
 
 def _cv_folds(steps, folds, **dice):
-    return CrossValidation(steps=steps, dice={k: tuple(v) for k, v in dice.items()},
-                           dice_per_class={k: tuple((x,) for x in v) for k, v in dice.items()}, folds=folds)
+    return CrossValidation(
+        steps=steps,
+        dice={k: tuple(v) for k, v in dice.items()},
+        dice_per_class={k: tuple((x,) for x in v) for k, v in dice.items()},
+        folds=folds,
+    )
 
 
 def test_a_mean_gain_with_one_fold_far_below_zero_is_refused_with_that_fold_named():
@@ -157,8 +164,14 @@ def test_with_two_labelled_volumes_the_verdict_says_what_it_can_and_cannot_know(
     assert decision.activate
     assert "each fold adapts on one volume and scores the other" in decision.reason
     assert "2 values give no useful interval" in decision.reason
-    refused = decide(_cv_folds((0, 100), (("a",), ("b",)), a=(0.6, 0.8), b=(0.5, 0.45)), None, min_gain=0.005,
-                     stop_step=100, labelled=2, max_fold_loss=0.02)
+    refused = decide(
+        _cv_folds((0, 100), (("a",), ("b",)), a=(0.6, 0.8), b=(0.5, 0.45)),
+        None,
+        min_gain=0.005,
+        stop_step=100,
+        labelled=2,
+        max_fold_loss=0.02,
+    )
     assert not refused.activate and "fold 2 (b) lost 0.050" in refused.reason
     assert "each fold adapts on one volume" in refused.reason
 
@@ -172,4 +185,5 @@ def test_judge_applies_the_checks_in_order_and_a_fold_with_nothing_scored_is_no_
     assert judge([0.05, math.nan], rule).activate, "an unscored fold neither refuses nor activates by itself"
     assert judge([math.nan, math.nan], rule).failed == "mean"
     assert judge([0.1, 0.1, 0.1], GuardRule(min_gain=0.0), volume_gains=[0.3, 0.0, 0.0, 0.0]).mean == pytest.approx(
-        0.075), "the mean is over volumes when they are given"
+        0.075
+    ), "the mean is over volumes when they are given"

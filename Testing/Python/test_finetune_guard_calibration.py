@@ -12,19 +12,26 @@ from ASSFTActive.finetune.guard_calibration import calibrate, main, read_records
 #: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
 pytestmark = pytest.mark.torchfree
 
-SETS = {"sets": [
-    # consistent gain, better on test: activated by both rules
-    {"setting": "s", "budget": 2, "set": "d0", "fold_gains": [0.05, 0.04], "test_gain": 0.05},
-    # mean gain hiding a fold far below zero, worse on test: the mean-only rule activates it (false activation)
-    {"setting": "s", "budget": 4, "set": "d1", "fold_gains": [0.10, 0.08, -0.12], "test_gain": -0.03},
-    # a fold slightly below zero, better on test: refused by a tight limit (false refusal), kept by a loose one
-    {"setting": "s", "budget": 4, "set": "d2", "fold_gains": [0.06, 0.05, -0.015], "test_gain": 0.04},
-    # no gain, no change on test: refused, counts in neither group
-    {"setting": "s", "budget": 4, "set": "d3", "fold_gains": [0.0, -0.01], "test_gain": 0.0},
-    # the guard's own record as input
-    {"setting": "t", "budget": 2, "set": "d4", "test_gain": -0.02,
-     "activation": {"fold_gains": [0.01, 0.02], "volume_gains": {"a": 0.01, "b": 0.02}}},
-]}
+SETS = {
+    "sets": [
+        # consistent gain, better on test: activated by both rules
+        {"setting": "s", "budget": 2, "set": "d0", "fold_gains": [0.05, 0.04], "test_gain": 0.05},
+        # mean gain hiding a fold far below zero, worse on test: the mean-only rule activates it (false activation)
+        {"setting": "s", "budget": 4, "set": "d1", "fold_gains": [0.10, 0.08, -0.12], "test_gain": -0.03},
+        # a fold slightly below zero, better on test: refused by a tight limit (false refusal), kept by a loose one
+        {"setting": "s", "budget": 4, "set": "d2", "fold_gains": [0.06, 0.05, -0.015], "test_gain": 0.04},
+        # no gain, no change on test: refused, counts in neither group
+        {"setting": "s", "budget": 4, "set": "d3", "fold_gains": [0.0, -0.01], "test_gain": 0.0},
+        # the guard's own record as input
+        {
+            "setting": "t",
+            "budget": 2,
+            "set": "d4",
+            "test_gain": -0.02,
+            "activation": {"fold_gains": [0.01, 0.02], "volume_gains": {"a": 0.01, "b": 0.02}},
+        },
+    ]
+}
 
 
 def test_the_mean_only_rule_activates_a_worse_model_and_the_fold_limit_refuses_it():
@@ -38,9 +45,16 @@ def test_the_mean_only_rule_activates_a_worse_model_and_the_fold_limit_refuses_i
     assert tight["false_activation_rate"] == 0.5 and tight["false_refusal_rate"] == 0.5
     loose = calibrate(records, GuardRule(min_gain=0.005, max_fold_loss=0.05))
     assert (loose["false_activations"], loose["false_refusals"]) == (1, 0)
-    assert loose["by_setting"]["s B=4"] == {"sets": 3, "activated": 1, "worse_sets": 1, "false_activations": 0,
-                                            "false_activation_rate": 0.0, "better_sets": 1, "false_refusals": 0,
-                                            "false_refusal_rate": 0.0}
+    assert loose["by_setting"]["s B=4"] == {
+        "sets": 3,
+        "activated": 1,
+        "worse_sets": 1,
+        "false_activations": 0,
+        "false_activation_rate": 0.0,
+        "better_sets": 1,
+        "false_refusals": 0,
+        "false_refusal_rate": 0.0,
+    }
 
 
 def test_a_rate_with_no_set_to_err_on_is_none_not_zero():
@@ -53,7 +67,11 @@ def test_a_rate_with_no_set_to_err_on_is_none_not_zero():
 def test_sweep_covers_every_pair_of_thresholds():
     rows = sweep(read_records(SETS), [0.0, 0.03], [None, 0.02])
     assert [(r["rule"]["min_gain"], r["rule"]["max_fold_loss"]) for r in rows] == [
-        (0.0, None), (0.0, 0.02), (0.03, None), (0.03, 0.02)]
+        (0.0, None),
+        (0.0, 0.02),
+        (0.03, None),
+        (0.03, 0.02),
+    ]
     assert rows[2]["activated"] == 2, "a min_gain of 0.03 keeps d0 (mean 0.045) and d2 (0.032) only"
 
 
@@ -85,8 +103,14 @@ def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
     spec.loader.exec_module(module)
     goals = tmp_path / "goals.json"
     other = {"topic": "query", "goal": "gap", "setting": "s", "budget": 2, "split": "test", "value": 0.1}
-    old = {"topic": "speed", "goal": "guard_cost_ratio", "setting": "sample_tiny_guarded", "budget": 3,
-           "split": "dev", "value": 4.0}
+    old = {
+        "topic": "speed",
+        "goal": "guard_cost_ratio",
+        "setting": "sample_tiny_guarded",
+        "budget": 3,
+        "split": "dev",
+        "value": 4.0,
+    }
     goals.write_text(json.dumps({"rows": [other, old]}))
     new = dict(old, value=3.3)
     module.merge_goal_rows(goals, [new, dict(new, setting="sample_tiny_fast_0.34", value=1.9)])
@@ -100,8 +124,11 @@ def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
 
 
 def test_a_set_may_give_the_cross_validation_itself():
-    cv = {"steps": [0, 10, 20], "dice": {"a": [0.5, 0.6, 0.55], "b": [0.5, 0.45, 0.4], "c": [0.5, 0.7, 0.6]},
-          "folds": [["a", "b"], ["c"]]}
+    cv = {
+        "steps": [0, 10, 20],
+        "dice": {"a": [0.5, 0.6, 0.55], "b": [0.5, 0.45, 0.4], "c": [0.5, 0.7, 0.6]},
+        "folds": [["a", "b"], ["c"]],
+    }
     record = read_records({"sets": [{"cross_validation": cv, "test_gain": 0.01}]})[0]
     assert record.fold_gains == pytest.approx((0.025, 0.2)), "read at the curve's peak, step 10"
     assert record.volume_gains == pytest.approx((0.1, -0.05, 0.2))

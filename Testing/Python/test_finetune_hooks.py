@@ -68,15 +68,30 @@ def test_hooks_are_called_in_order_with_the_trainers_state(tmp_path):
     card = load_card(make_tiny_card(tmp_path / "model"))
     log: List[Tuple] = []
     config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
-    losses = train_supervised(build_network(card), card, box_cases(1), config, device=CPU,
-                              terms=[ConstantTerm(0.0, log)], hooks=[Recorder(log, "a"), Recorder(log, "b")],
-                              schedule=TrainSchedule(start=1, stop=5, validate_every=2))
+    losses = train_supervised(
+        build_network(card),
+        card,
+        box_cases(1),
+        config,
+        device=CPU,
+        terms=[ConstantTerm(0.0, log)],
+        hooks=[Recorder(log, "a"), Recorder(log, "b")],
+        schedule=TrainSchedule(start=1, stop=5, validate_every=2),
+    )
     assert len(losses) == 4
     calls = [(who, event, step) for who, event, step, *_ in log if who != "term"]
     assert calls[:2] == [("a", "start", 1), ("b", "start", 1)]
     assert [c for c in calls if c[0] == "a"] == [
-        ("a", "start", 1), ("a", "step", 2), ("a", "validation", 2), ("a", "step", 3), ("a", "step", 4),
-        ("a", "validation", 4), ("a", "step", 5), ("a", "validation", 5), ("a", "end", 5)]
+        ("a", "start", 1),
+        ("a", "step", 2),
+        ("a", "validation", 2),
+        ("a", "step", 3),
+        ("a", "step", 4),
+        ("a", "validation", 4),
+        ("a", "step", 5),
+        ("a", "validation", 5),
+        ("a", "end", 5),
+    ]
     assert all(entry[3:5] == (1, 5) for entry in log if entry[0] != "term"), "start and last as scheduled"
     steps = [entry for entry in log if entry[1] == "step"]
     assert all(entry[5] for entry in steps), "the network trains during steps"
@@ -93,8 +108,15 @@ def test_a_loss_term_adds_to_the_loss_and_reports_its_part(tmp_path):
     events, log = [], []
     config = TrainConfig(iterations=2, batch_size=1, seed=4)
     network = build_network(card)
-    train_supervised(network, card, box_cases(1), config, device=CPU, terms=[ConstantTerm(2.5, log)],
-                     hooks=[ProgressHook(events.append)])
+    train_supervised(
+        network,
+        card,
+        box_cases(1),
+        config,
+        device=CPU,
+        terms=[ConstantTerm(2.5, log)],
+        hooks=[ProgressHook(events.append)],
+    )
     metrics = [e.metrics for e in events]
     assert [m["constant"] for m in metrics] == [2.5, 2.5]
     assert metrics[0]["loss"] == pytest.approx(metrics[0]["loss_labeled"] + 2.5, rel=1e-6)
@@ -107,8 +129,14 @@ def test_a_hook_can_stop_training_early(tmp_path):
 
     card = load_card(make_tiny_card(tmp_path / "model"))
     log: List[Tuple] = []
-    losses = train_supervised(build_network(card), card, box_cases(1), TrainConfig(iterations=10, batch_size=1),
-                              device=CPU, hooks=[StopAfterThree(), Recorder(log)])
+    losses = train_supervised(
+        build_network(card),
+        card,
+        box_cases(1),
+        TrainConfig(iterations=10, batch_size=1),
+        device=CPU,
+        hooks=[StopAfterThree(), Recorder(log)],
+    )
     assert len(losses) == 3
     assert [(event, step) for _, event, step, *_ in log][-2:] == [("validation", 3), ("end", 3)]
 
@@ -118,15 +146,23 @@ def test_the_checkpoint_state_carries_the_optimiser_and_a_terms_teacher(tmp_path
     network = build_network(card)
     saved = []
     term = PseudoLabelTerm(box_cases(1, 10), SemiParts(ema_decay=0.5), ema_teacher(network))
-    train_supervised(network, card, box_cases(1), TrainConfig(iterations=4, batch_size=1), device=CPU, terms=[term],
-                     hooks=[CheckpointHook(2, lambda step, net, state: saved.append((step, net, state)))])
+    train_supervised(
+        network,
+        card,
+        box_cases(1),
+        TrainConfig(iterations=4, batch_size=1),
+        device=CPU,
+        terms=[term],
+        hooks=[CheckpointHook(2, lambda step, net, state: saved.append((step, net, state)))],
+    )
     assert [step for step, _, _ in saved] == [2, 4]
     step, net, state = saved[-1]
     assert net is network and sorted(state) == ["optimizer", "scheduler", "teacher"]
     teacher = term.teacher.state_dict()
     assert all(torch.equal(state["teacher"][k], teacher[k]) for k in teacher)
-    assert any(not torch.equal(v, network.state_dict()[k]) for k, v in teacher.items()
-               if v.dtype.is_floating_point), "the teacher is an average, not the student"
+    assert any(not torch.equal(v, network.state_dict()[k]) for k, v in teacher.items() if v.dtype.is_floating_point), (
+        "the teacher is an average, not the student"
+    )
     assert np.isfinite([float(v.float().sum()) for v in teacher.values()]).all()
 
 
@@ -135,10 +171,22 @@ def test_a_labelled_case_counts_only_its_annotated_voxels(tmp_path):
     case = box_cases(1)[0]
     unannotated = SupervisedCase(case.case_id, case.image, case.label, np.zeros(case.label.array.shape, dtype=bool))
     events = []
-    train_supervised(build_network(card), card, [unannotated], TrainConfig(iterations=2, batch_size=1), device=CPU,
-                     hooks=[ProgressHook(events.append)])
+    train_supervised(
+        build_network(card),
+        card,
+        [unannotated],
+        TrainConfig(iterations=2, batch_size=1),
+        device=CPU,
+        hooks=[ProgressHook(events.append)],
+    )
     assert [e.metrics["loss_labeled"] for e in events] == [0.0, 0.0]
     events.clear()
-    train_supervised(build_network(card), card, [case], TrainConfig(iterations=2, batch_size=1), device=CPU,
-                     hooks=[ProgressHook(events.append)])
+    train_supervised(
+        build_network(card),
+        card,
+        [case],
+        TrainConfig(iterations=2, batch_size=1),
+        device=CPU,
+        hooks=[ProgressHook(events.append)],
+    )
     assert all(e.metrics["loss_labeled"] > 0.1 for e in events)

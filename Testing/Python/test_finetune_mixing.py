@@ -56,9 +56,16 @@ def test_unlabelled_patches_cycle_over_fewer_labelled_ones():
     labels = torch.stack([torch.full((2, 2, 2), v) for v in (1, 2)])
     unlabelled = torch.zeros((3, 1, 2, 2, 2))
     box = torch.ones((3, 2, 2, 2), dtype=torch.bool)
-    mixed = bidirectional_copy_paste(labelled, labels, unlabelled, torch.zeros((3, 2, 2, 2)), torch.ones((3, 2, 2, 2)),
-                                     box)
+    mixed = bidirectional_copy_paste(
+        labelled, labels, unlabelled, torch.zeros((3, 2, 2, 2)), torch.ones((3, 2, 2, 2)), box
+    )
     assert [int(mixed.targets[b, 0, 0, 0]) for b in range(3)] == [1, 2, 1]
     with pytest.raises(ValueError, match="same spatial size"):
-        bidirectional_copy_paste(labelled, labels, torch.zeros((1, 1, 3, 3, 3)), torch.zeros((1, 3, 3, 3)),
-                                 torch.ones((1, 3, 3, 3)), torch.ones((1, 3, 3, 3), dtype=torch.bool))
+        bidirectional_copy_paste(
+            labelled,
+            labels,
+            torch.zeros((1, 1, 3, 3, 3)),
+            torch.zeros((1, 3, 3, 3)),
+            torch.ones((1, 3, 3, 3)),
+            torch.ones((1, 3, 3, 3), dtype=torch.bool),
+        )

@@ -77,8 +77,13 @@ def test_reliability_is_normalised_confidence_minus_weighted_normalised_distance
     assert np.allclose(minmax([3.0, 3.0]), [0.0, 0.0])
 
 
-CANDIDATES = [PseudoCandidate("a", 0.95, 0.10), PseudoCandidate("b", 0.80, 0.05), PseudoCandidate("c", 0.99, 0.40),
-              PseudoCandidate("d", 0.60, 0.50), PseudoCandidate("e", 0.92, 0.20)]
+CANDIDATES = [
+    PseudoCandidate("a", 0.95, 0.10),
+    PseudoCandidate("b", 0.80, 0.05),
+    PseudoCandidate("c", 0.99, 0.40),
+    PseudoCandidate("d", 0.60, 0.50),
+    PseudoCandidate("e", 0.92, 0.20),
+]
 
 
 def test_topk_keeps_the_most_reliable_ceil_rho_n_volumes():

@@ -49,7 +49,7 @@ def test_adapting_the_default_model_to_a_shifted_site_raises_dice_on_held_out_ta
         cases = [case_id(p) for p in sorted((HIPPOCAMPUS / "imagesTr").glob("*.nii.gz"))]
         reserved = read_reserved(HIPPOCAMPUS / "reserved.txt")
         split = split_cases(cases, reserved)
-        pool = split.target_pool[:LABELED + UNLABELED]
+        pool = split.target_pool[: LABELED + UNLABELED]
         test = split.target_test[:TEST]
         assert not set(pool + test) & set(reserved)
 
@@ -70,15 +70,18 @@ def test_adapting_the_default_model_to_a_shifted_site_raises_dice_on_held_out_ta
         dice_source = _mean_dice(default, test_source)
         dice_before = _mean_dice(default, test_site)
         # Adapt Model's defaults (the guard included), shorter runs
-        config = FinetuneConfig.from_dict({"train": {"iterations": 60}, "semi_iterations": 40,
-                                           "validation": {"hd95": False}})
+        config = FinetuneConfig.from_dict(
+            {"train": {"iterations": 60}, "semi_iterations": 40, "validation": {"hd95": False}}
+        )
         result = adapt_model(images, labels, store=tmp_path / "store", config=config, device=torch.device("cpu"))
         adapted = Predictor(load_model(load_card(result.card_path)), device=torch.device("cpu"))
         dice_after = _mean_dice(adapted, test_site)
     finally:
         torch.set_num_threads(threads)
-    print(f"target test Dice: source appearance {dice_source:.3f}; shifted site before {dice_before:.3f}, "
-          f"after adaptation {dice_after:.3f}; pseudo-labelled {[d.case_id for d in result.pseudo if d.kept]}")
+    print(
+        f"target test Dice: source appearance {dice_source:.3f}; shifted site before {dice_before:.3f}, "
+        f"after adaptation {dice_after:.3f}; pseudo-labelled {[d.case_id for d in result.pseudo if d.kept]}"
+    )
     assert dice_before < dice_source - 0.1, "the simulated shift should clearly hurt the default model"
     assert dice_after > dice_before + 0.08
     assert result.activated and result.decision.gain > 0.0, result.decision.reason

@@ -12,11 +12,13 @@ from ASSFTActive.finetune.semi import SpatialJitter, StrongView, confident_voxel
 
 def _probs():
     """[3, 1, 1, 6]: background voxels very confident, class-2 voxels all unsure (0.5-0.6)."""
-    p = torch.tensor([
-        [0.95, 0.90, 0.20, 0.20, 0.20, 0.20],  # background
-        [0.03, 0.05, 0.10, 0.20, 0.25, 0.30],  # class 1
-        [0.02, 0.05, 0.70, 0.60, 0.55, 0.50],  # class 2
-    ])
+    p = torch.tensor(
+        [
+            [0.95, 0.90, 0.20, 0.20, 0.20, 0.20],  # background
+            [0.03, 0.05, 0.10, 0.20, 0.25, 0.30],  # class 1
+            [0.02, 0.05, 0.70, 0.60, 0.55, 0.50],  # class 2
+        ]
+    )
     return p.reshape(3, 1, 1, 6)
 
 
@@ -45,11 +47,12 @@ def test_pasted_boxes_carry_the_expert_labels_and_a_full_mask():
     masks = torch.zeros(2, 8, 8, 8)
     source = torch.ones(1, 1, 8, 8, 8)
     source_labels = torch.full((1, 8, 8, 8), 2, dtype=torch.long)
-    out_images, out_labels, out_masks = paste_labelled_boxes(images, labels, masks, source, source_labels, 1.0,
-                                                             np.random.default_rng(0))
+    out_images, out_labels, out_masks = paste_labelled_boxes(
+        images, labels, masks, source, source_labels, 1.0, np.random.default_rng(0)
+    )
     for b in range(2):
         box = out_images[b, 0] == 1
-        assert 8 <= int(box.sum()) <= 4 ** 3
+        assert 8 <= int(box.sum()) <= 4**3
         assert torch.equal(box, out_labels[b] == 2) and torch.equal(box, out_masks[b] == 1)
     assert float(images.abs().sum()) == 0.0, "the inputs are not modified"
     same = paste_labelled_boxes(images, labels, masks, source, source_labels, 0.0, np.random.default_rng(0))

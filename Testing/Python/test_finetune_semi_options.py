@@ -37,9 +37,14 @@ def test_with_bcp_the_student_learns_on_both_mixed_patches_whose_targets_follow_
 
     monkeypatch.setattr(training, "bidirectional_copy_paste", spy)
     config = TrainConfig(iterations=2, batch_size=2, learning_rate=0.01)
-    train_supervised(student, card, box_cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(bcp=True, voxel_threshold=0.5),
-                                            teacher)])
+    train_supervised(
+        student,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(bcp=True, voxel_threshold=0.5), teacher)],
+    )
     assert student.batches == [2, 4] * 2, "per step: the labelled patches, then 2 × 2 mixed patches"
     assert len(mixes) == 2
     (labelled, labels, _, pseudo, _, boxes, alpha), mixed = mixes[0]
@@ -49,8 +54,14 @@ def test_with_bcp_the_student_learns_on_both_mixed_patches_whose_targets_follow_
     off = []
     monkeypatch.setattr(training, "bidirectional_copy_paste", lambda *a, **k: off.append(1))
     plain = _spy(build_network(card))
-    train_supervised(plain, card, box_cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(voxel_threshold=0.5), teacher)])
+    train_supervised(
+        plain,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(voxel_threshold=0.5), teacher)],
+    )
     assert plain.batches == [2, 2] * 2 and not off, "off by default"
 
 
@@ -73,11 +84,20 @@ def test_the_frozen_flip_teacher_labels_the_patches_when_chosen_and_stays_frozen
     labeller = _CountingTeacher(student, flips_of_axes((0, 1, 2)))
     targets = []
     real_loss = training.dice_ce_loss
-    monkeypatch.setattr(training, "dice_ce_loss", lambda logits, target, mask=None: (
-        targets.append(target.clone()), real_loss(logits, target, mask))[1])
+    monkeypatch.setattr(
+        training,
+        "dice_ce_loss",
+        lambda logits, target, mask=None: (targets.append(target.clone()), real_loss(logits, target, mask))[1],
+    )
     config = TrainConfig(iterations=3, batch_size=1, learning_rate=0.05)
-    train_supervised(student, card, box_cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(), labeller=labeller)])
+    train_supervised(
+        student,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(), labeller=labeller)],
+    )
     assert labeller.calls == 3
     pseudo_targets = targets[1::2]
     reference = build_network(card)
@@ -85,12 +105,20 @@ def test_the_frozen_flip_teacher_labels_the_patches_when_chosen_and_stays_frozen
     reference.eval()
     for (images, probs), target in zip(labeller.outputs, pseudo_targets):
         with torch.no_grad():
-            expected = sum(torch.flip(torch.softmax(reference(torch.flip(images, d) if d else images), 1), d)
-                           if d else torch.softmax(reference(images), 1) for d in flips_of_axes((0, 1, 2))) / 4
+            expected = (
+                sum(
+                    torch.flip(torch.softmax(reference(torch.flip(images, d) if d else images), 1), d)
+                    if d
+                    else torch.softmax(reference(images), 1)
+                    for d in flips_of_axes((0, 1, 2))
+                )
+                / 4
+            )
         assert torch.allclose(probs, expected, atol=1e-5), "the mean of the frozen model's flipped predictions"
         assert torch.equal(target, probs.argmax(dim=1)), "the student's pseudo targets are the teacher's labels"
-    assert any(not torch.equal(v, frozen_weights[k]) for k, v in student.state_dict().items()
-               if v.dtype.is_floating_point), "the student trained while the teacher stayed as it started"
+    assert any(
+        not torch.equal(v, frozen_weights[k]) for k, v in student.state_dict().items() if v.dtype.is_floating_point
+    ), "the student trained while the teacher stayed as it started"
 
 
 def test_adapt_model_uses_bcp_and_the_frozen_flip_teacher_only_when_chosen(tmp_path, monkeypatch):
@@ -117,8 +145,9 @@ def test_adapt_model_uses_bcp_and_the_frozen_flip_teacher_only_when_chosen(tmp_p
         data = json.loads(json.dumps(FAST_FINETUNE))
         data.update(pseudo=pseudo, validation={"guard": False, "hd95": False}, allow_implausible_labels=True)
         terms_seen.clear()
-        adapt_model(images, labels, store=tmp_path / f"store{len(pseudo)}", model=card,
-                    config=FinetuneConfig.from_dict(data))
+        adapt_model(
+            images, labels, store=tmp_path / f"store{len(pseudo)}", model=card, config=FinetuneConfig.from_dict(data)
+        )
         return [t for stage in terms_seen for t in stage]
 
     default = adapt({})

@@ -89,8 +89,14 @@ class FakeMethod:
 
 
 def _request(world, events=None, model=None) -> AdaptRequest:
-    return AdaptRequest(world["images"], world["labels"], world["store"], model=model or world["card"], name="site",
-                        progress=None if events is None else events.append)
+    return AdaptRequest(
+        world["images"],
+        world["labels"],
+        world["store"],
+        model=model or world["card"],
+        name="site",
+        progress=None if events is None else events.append,
+    )
 
 
 def test_the_spine_runs_a_methods_parts_once_each_in_order_and_commits_once(world):
@@ -98,8 +104,18 @@ def test_the_spine_runs_a_methods_parts_once_each_in_order_and_commits_once(worl
     method = FakeMethod(_config(guard=True))
     result = run_adaptation(_request(world, events), method)
     names = [c if isinstance(c, str) else c[0] for c in method.calls]
-    assert names == ["run_config", "load", "identity", "prepare", "recipe", "recipe", "recipe", "train_final",
-                     "settings", "result"]
+    assert names == [
+        "run_config",
+        "load",
+        "identity",
+        "prepare",
+        "recipe",
+        "recipe",
+        "recipe",
+        "train_final",
+        "settings",
+        "result",
+    ]
     assert method.calls[3] == ("prepare", True, ["case_003", "case_004"])
     folds = [c[1] for c in method.calls if c[0] == "recipe"]
     assert sorted(len(f) for f in folds) == [2, 2, 2] and set().union(*folds) == {"case_000", "case_001", "case_002"}

@@ -55,8 +55,9 @@ def test_dice_ce_loss_ignores_masked_voxels():
     wrong[..., :2] = 2
     mask = torch.ones(1, 4, 4, 4)
     mask[..., :2] = 0.0
-    assert float(dice_ce_loss(logits, wrong, mask)) == pytest.approx(float(dice_ce_loss(logits, target, mask)),
-                                                                      abs=1e-4)
+    assert float(dice_ce_loss(logits, wrong, mask)) == pytest.approx(
+        float(dice_ce_loss(logits, target, mask)), abs=1e-4
+    )
     assert float(dice_ce_loss(logits, wrong)) > float(dice_ce_loss(logits, target)) + 0.5
 
 
@@ -79,12 +80,19 @@ def test_ema_teacher_labels_pseudo_patches_and_is_handed_to_checkpoints(tmp_path
     seen = []
     config = TrainConfig(iterations=6, batch_size=1, learning_rate=0.01)
     semi = SemiParts(ema_decay=0.5, voxel_threshold=0.5, class_keep_min=0.5, strong_view=True, cutmix_probability=0.5)
-    train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), semi, teacher)],
-                     hooks=[CheckpointHook(3, lambda step, net, state: seen.append((step, sorted(state))))])
+    train_supervised(
+        network,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        terms=[PseudoLabelTerm(box_cases(2, first_seed=10), semi, teacher)],
+        hooks=[CheckpointHook(3, lambda step, net, state: seen.append((step, sorted(state))))],
+    )
     assert seen == [(3, ["optimizer", "scheduler", "teacher"]), (6, ["optimizer", "scheduler", "teacher"])]
-    changed = [k for k, v in teacher.state_dict().items()
-               if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    changed = [
+        k for k, v in teacher.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
+    ]
     assert changed, "the EMA teacher did not follow the student"
 
 
@@ -102,9 +110,15 @@ def test_resuming_from_a_checkpoint_continues_the_step_count_and_schedule(tmp_pa
     resumed = build_network(card)
     resumed.load_state_dict(saved["weights"])
     events = []
-    losses = train_supervised(resumed, card, box_cases(2), config, device=torch.device("cpu"),
-                              schedule=TrainSchedule(start=10 - 5, resume_state=saved["state"]),
-                              hooks=[ProgressHook(events.append)])
+    losses = train_supervised(
+        resumed,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        schedule=TrainSchedule(start=10 - 5, resume_state=saved["state"]),
+        hooks=[ProgressHook(events.append)],
+    )
     assert len(losses) == 5
     assert [e.step for e in events] == [6, 7, 8, 9, 10]
 
@@ -114,10 +128,10 @@ def test_encoder_stages_learn_at_the_scaled_rate_and_freeze_at_zero(tmp_path):
     network = build_network(card)
     groups = parameter_groups(network, card.encoder_stages, 1e-3, 0.1)
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
-    encoder_names = {n for n, _ in network.named_parameters() if n.startswith(tuple(f"{s}." for s in
-                                                                                  card.encoder_stages))}
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for n, p in network.named_parameters()
-                                                    if n in encoder_names}
+    encoder_names = {
+        n for n, _ in network.named_parameters() if n.startswith(tuple(f"{s}." for s in card.encoder_stages))
+    }
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for n, p in network.named_parameters() if n in encoder_names}
     frozen = parameter_groups(network, card.encoder_stages, 1e-3, 0.0)
     assert len(frozen) == 1
     assert all(not p.requires_grad for n, p in network.named_parameters() if n in encoder_names)
@@ -128,8 +142,13 @@ def test_a_frozen_encoder_does_not_move_during_training(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     network = build_network(card)
     start = {n: p.detach().clone() for n, p in network.named_parameters()}
-    train_supervised(network, card, box_cases(2), TrainConfig(iterations=4, batch_size=1, learning_rate=0.01,
-                                                           encoder_lr_scale=0.0), device=torch.device("cpu"))
+    train_supervised(
+        network,
+        card,
+        box_cases(2),
+        TrainConfig(iterations=4, batch_size=1, learning_rate=0.01, encoder_lr_scale=0.0),
+        device=torch.device("cpu"),
+    )
     moved = {n for n, p in network.named_parameters() if not torch.equal(p, start[n])}
     assert moved and not any(n.startswith("model.0.") for n in moved)
 
@@ -149,8 +168,13 @@ def test_l2sp_keeps_the_weights_closer_to_where_they_started(tmp_path, one_threa
     for weight in (0.0, 1.0):
         network = build_network(card)
         start = {n: p.detach().clone() for n, p in network.named_parameters()}
-        train_supervised(network, card, box_cases(2), TrainConfig(iterations=15, batch_size=1, learning_rate=0.01,
-                                                               l2sp_weight=weight, seed=3), device=torch.device("cpu"))
+        train_supervised(
+            network,
+            card,
+            box_cases(2),
+            TrainConfig(iterations=15, batch_size=1, learning_rate=0.01, l2sp_weight=weight, seed=3),
+            device=torch.device("cpu"),
+        )
         distances.append(float(l2sp_penalty(network, start).detach()))
     assert distances[1] < 0.8 * distances[0]
 
@@ -158,9 +182,15 @@ def test_l2sp_keeps_the_weights_closer_to_where_they_started(tmp_path, one_threa
 def test_stop_at_ends_early_on_the_full_run_schedule(tmp_path, one_thread):
     card = load_card(make_tiny_card(tmp_path / "model"))
     events = []
-    losses = train_supervised(build_network(card), card, box_cases(2), TrainConfig(iterations=10, batch_size=1),
-                              device=torch.device("cpu"), schedule=TrainSchedule(stop=4),
-                              hooks=[ProgressHook(events.append)])
+    losses = train_supervised(
+        build_network(card),
+        card,
+        box_cases(2),
+        TrainConfig(iterations=10, batch_size=1),
+        device=torch.device("cpu"),
+        schedule=TrainSchedule(stop=4),
+        hooks=[ProgressHook(events.append)],
+    )
     assert len(losses) == 4 and [e.total for e in events] == [10] * 4
 
 
@@ -214,11 +244,23 @@ def test_the_spatial_view_moves_every_pseudo_batch_with_its_targets(tmp_path, on
     teacher.load_state_dict(network.state_dict())
     config = TrainConfig(iterations=4, batch_size=1, learning_rate=0.01)
     semi = SemiParts(voxel_threshold=0.5, strong_view=True, spatial_view=True)
-    losses = train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"),
-                              terms=[PseudoLabelTerm(box_cases(2, first_seed=10), semi, teacher)])
+    losses = train_supervised(
+        network,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        terms=[PseudoLabelTerm(box_cases(2, first_seed=10), semi, teacher)],
+    )
     assert len(calls) == 4 and all(dtype == torch.long for _, _, dtype in calls)
     assert np.isfinite(losses).all()
     calls.clear()
-    train_supervised(network, card, box_cases(2), config, device=torch.device("cpu"),
-                     terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(strong_view=True), teacher)])
+    train_supervised(
+        network,
+        card,
+        box_cases(2),
+        config,
+        device=torch.device("cpu"),
+        terms=[PseudoLabelTerm(box_cases(2, first_seed=10), SemiParts(strong_view=True), teacher)],
+    )
     assert calls == [], "only when asked for (SemiParts)"

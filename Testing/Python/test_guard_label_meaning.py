@@ -12,8 +12,10 @@ from ASSFTActive.models import EMBEDDED_DEFAULT_CARD, load_card
 
 
 def _run(**settings):
-    return SimpleNamespace(card=load_card(EMBEDDED_DEFAULT_CARD),
-                           config=FinetuneConfig(validation=ValidationConfig(guard=False), **settings))
+    return SimpleNamespace(
+        card=load_card(EMBEDDED_DEFAULT_CARD),
+        config=FinetuneConfig(validation=ValidationConfig(guard=False), **settings),
+    )
 
 
 def test_the_record_says_cross_validation_cannot_detect_mislabelling_and_what_checked_instead():

@@ -44,8 +44,9 @@ def test_prediction_gives_maps_on_the_input_grid_and_one_feature_vector_per_stag
 
 def test_reoriented_input_gives_the_same_prediction_in_its_own_voxel_order(default_model, hippocampus_dir):
     image = read_volume(hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz")
-    flipped_affine = image.affine @ np.array([[-1, 0, 0, image.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0],
-                                              [0, 0, 0, 1.0]])
+    flipped_affine = image.affine @ np.array(
+        [[-1, 0, 0, image.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]
+    )
     flipped = Volume(array=image.array[::-1].copy(), affine=flipped_affine)  # same anatomy stored L->R
     predictor = Predictor(default_model)
     a, b = predictor.predict(image, keep_probs=True), predictor.predict(flipped, keep_probs=True)
@@ -109,9 +110,9 @@ def test_regions_are_uncertain_foreground_components_with_ras_centre_and_volume(
     shape = (20, 20, 20)
     probs = np.zeros((2,) + shape, np.float32)
     probs[0] = 1.0
-    probs[:, 3:7, 3:7, 3:7] = [[[[0.5]]], [[[0.5]]]]        # uncertain foreground-ish cube: 64 voxels
+    probs[:, 3:7, 3:7, 3:7] = [[[[0.5]]], [[[0.5]]]]  # uncertain foreground-ish cube: 64 voxels
     probs[:, 12:14, 12:14, 12:14] = [[[[0.45]]], [[[0.55]]]]  # small uncertain foreground cube: 8 voxels
-    probs[:, 0:2, 15:19, 0:2] = [[[[0.6]]], [[[0.4]]]]        # uncertain background: predicted bg, far away
+    probs[:, 0:2, 15:19, 0:2] = [[[[0.6]]], [[[0.4]]]]  # uncertain background: predicted bg, far away
     image = Volume(np.zeros(shape, np.float32), affine)
     entropy = image.with_array(normalized_entropy(probs))
     mask = np.argmax(probs, 0) > 0

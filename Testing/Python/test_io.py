@@ -25,8 +25,9 @@ from ASSFTActive.io import (
 
 def _volume(shape=(12, 10, 8), affine=None, dtype=np.int16) -> Volume:
     rng = np.random.default_rng(0)
-    return Volume(array=rng.integers(0, 1000, size=shape).astype(dtype),
-                  affine=rotated_affine() if affine is None else affine)
+    return Volume(
+        array=rng.integers(0, 1000, size=shape).astype(dtype), affine=rotated_affine() if affine is None else affine
+    )
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"])

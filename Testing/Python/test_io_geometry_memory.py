@@ -199,8 +199,14 @@ def test_reading_a_compressed_nrrd_needs_about_its_decompressed_size(tmp_path):
         f"volume = read_volume({str(path)!r})\n"
         "extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base\n"
         "volume.array[0, 0, 0] = 1.0\n"  # writable, like a copy
-        "print(extra * 1024 / volume.array.nbytes)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=str(Path(__file__).resolve().parents[2]))
+        "print(extra * 1024 / volume.array.nbytes)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.strip()) <= 1.2, done.stdout

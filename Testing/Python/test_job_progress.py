@@ -164,8 +164,9 @@ def sfrEvents(folds=2, pool=10, sam_steps=6000, retrain_steps=6000):
         if index == folds:
             events.append((0.1, Event("phase", phase="train", message="sfr: final run")))
         events.append((3.0, Event("phase", phase="sfr_finetune", step=0, total=sam_steps)))
-        events += [(0.08, Event("progress", phase="sfr_finetune", step=i, total=sam_steps))
-                   for i in range(1, sam_steps + 1)]
+        events += [
+            (0.08, Event("progress", phase="sfr_finetune", step=i, total=sam_steps)) for i in range(1, sam_steps + 1)
+        ]
         events += [(1.5, Event("progress", phase="sfr_pseudo_labels", step=i, total=pool)) for i in range(1, pool + 1)]
         events.append((0.5, Event("phase", phase="train", step=0, total=retrain_steps)))
         for i in range(1, retrain_steps + 1):
@@ -211,13 +212,20 @@ def test_an_sfr_jobs_plan_counts_every_pass_of_sam_and_the_re_training():
 
     images = {f"case{i}": f"/data/case{i}.nii.gz" for i in range(6)}
     labels = {"case0": "/labels/case0.nii.gz", "case1": "/labels/case1.nii.gz", "case2": "/labels/case2.nii.gz"}
-    spec = JobSpec(kind="sfr", images=images, labels=labels, model="default", store="/store",
-                   sfr={"method": "sfr_plus", "sam": {"iterations": 50}, "retrain": {"iterations": 40}})
+    spec = JobSpec(
+        kind="sfr",
+        images=images,
+        labels=labels,
+        model="default",
+        store="/store",
+        sfr={"method": "sfr_plus", "sam": {"iterations": 50}, "retrain": {"iterations": 40}},
+    )
     units = job_units(spec)
     assert units["sfr_finetune"] == 4 * 2 * 50  # 3 folds + the final run, two SAM fine-tunings each (SFR+)
     assert units["train"] == 4 * 40 and units["sfr_pseudo_labels"] == 4 * 2 * 3
-    no_guard = JobSpec(kind="sfr", images=images, labels=labels, model="default", store="/store",
-                       sfr={"validation": {"guard": False}})
+    no_guard = JobSpec(
+        kind="sfr", images=images, labels=labels, model="default", store="/store", sfr={"validation": {"guard": False}}
+    )
     assert job_units(no_guard)["sfr_finetune"] == 6000 and job_units(no_guard)["train"] == 6000
     assert job_units(JobSpec(kind="rank", images=images, labels={}, model="default", store="/store")) == {}
 

@@ -43,9 +43,17 @@ def entry(case_id: str, rank, **changes) -> RankingEntry:
 
 
 def adapt_result(**changes) -> JobResult:
-    values = dict(status="done", kind="adapt", model_card="/store/site/v1/card.json", ranking="/job/ranking.json",
-                  predictions={"a": "/job/predictions/a.nii.gz"}, pseudo_labeled=("a",), activated=True,
-                  activation={"activate": True, "reason": "cross-validated Dice improved"}, metrics={"version": "v1"})
+    values = dict(
+        status="done",
+        kind="adapt",
+        model_card="/store/site/v1/card.json",
+        ranking="/job/ranking.json",
+        predictions={"a": "/job/predictions/a.nii.gz"},
+        pseudo_labeled=("a",),
+        activated=True,
+        activation={"activate": True, "reason": "cross-validated Dice improved"},
+        metrics={"version": "v1"},
+    )
     values.update(changes)
     return JobResult(**values)
 
@@ -57,8 +65,17 @@ def test_a_result_round_trips_through_its_file_and_each_key_is_written_once(tmp_
     data = json.loads((tmp_path / "result.json").read_text())
 
     assert read_job_result(tmp_path) == result
-    assert set(data) == {"status", "kind", "model_card", "ranking", "predictions", "pseudo_labeled", "activated",
-                         "activation", "metrics"}
+    assert set(data) == {
+        "status",
+        "kind",
+        "model_card",
+        "ranking",
+        "predictions",
+        "pseudo_labeled",
+        "activated",
+        "activation",
+        "metrics",
+    }
     assert data["activated"] is True and data["pseudo_labeled"] == ["a"]
     assert result.activation_reason == "cross-validated Dice improved"
 
@@ -73,14 +90,17 @@ def test_a_rank_result_has_no_activation_and_a_failure_only_status_and_message(t
         JobResult(status="done", kind="rank", activated=True)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"activated": None}, "missing key(s) ['activated']"),
-    ({"pseudo_labeled": None}, "missing key(s) ['pseudo_labeled']"),
-    ({"pseudo_labeled": "a"}, "pseudo_labeled"),
-    ({"predictions": ["a"]}, "predictions"),
-    ({"status": "finished"}, "status"),
-    ({"colour": "red"}, "unknown key(s) ['colour']"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"activated": None}, "missing key(s) ['activated']"),
+        ({"pseudo_labeled": None}, "missing key(s) ['pseudo_labeled']"),
+        ({"pseudo_labeled": "a"}, "pseudo_labeled"),
+        ({"predictions": ["a"]}, "predictions"),
+        ({"status": "finished"}, "status"),
+        ({"colour": "red"}, "unknown key(s) ['colour']"),
+    ],
+)
 def test_a_malformed_result_file_is_refused_with_the_key_named(tmp_path, change, message):
     data = adapt_result().to_dict()
     for key, value in change.items():
@@ -119,13 +139,24 @@ def test_the_worker_builds_the_adapt_result_as_a_record_without_copies_in_metric
     from ASSFTActive.jobs import JobSpec
 
     pseudo = [{"case_id": "b", "kept": True}, {"case_id": "c", "kept": False}]
-    summary = {"metrics": {"dice_after": 0.8}, "labeled": ["a"], "skipped": [], "pseudo": pseudo, "seconds": 1.0,
-               "resumed_from": None, "activation": {"activate": True, "reason": "guard off"},
-               "predictions": {"b": str(tmp_path / "b.nii.gz")}}
+    summary = {
+        "metrics": {"dice_after": 0.8},
+        "labeled": ["a"],
+        "skipped": [],
+        "pseudo": pseudo,
+        "seconds": 1.0,
+        "resumed_from": None,
+        "activation": {"activate": True, "reason": "guard off"},
+        "predictions": {"b": str(tmp_path / "b.nii.gz")},
+    }
     outcome = FakeAdaptOutcome(card_path=tmp_path / "card.json", summary=summary)
     monkeypatch.setattr(adapt, "run_adaptation", lambda *args, **kwargs: outcome)
-    spec = JobSpec(kind="adapt", images={"a": "/a.nii.gz", "b": "/b.nii.gz", "c": "/c.nii.gz"},
-                   labels={"a": "/la.nii.gz"}, store=str(tmp_path / "store"))
+    spec = JobSpec(
+        kind="adapt",
+        images={"a": "/a.nii.gz", "b": "/b.nii.gz", "c": "/c.nii.gz"},
+        labels={"a": "/la.nii.gz"},
+        store=str(tmp_path / "store"),
+    )
 
     class Ctx:
         is_main = True
@@ -140,9 +171,17 @@ def test_the_worker_builds_the_adapt_result_as_a_record_without_copies_in_metric
 
 # ---------------------------------------------------------------------------------------------------- ranking.json
 def test_a_ranking_round_trips_with_nan_as_null_and_selected_ids_in_rank_order(tmp_path):
-    ranking = RankingFile(strategy="assft", budget=2, model="card.json", cases=(
-        entry("b", 2, selected=True, asd=math.nan), entry("a", 1, selected=True), entry("c", 3),
-        entry("lab", None, dkd=None, score=None)))
+    ranking = RankingFile(
+        strategy="assft",
+        budget=2,
+        model="card.json",
+        cases=(
+            entry("b", 2, selected=True, asd=math.nan),
+            entry("a", 1, selected=True),
+            entry("c", 3),
+            entry("lab", None, dkd=None, score=None),
+        ),
+    )
     path = write_ranking_file(tmp_path / "ranking.json", ranking)
     data = json.loads(path.read_text())
 
@@ -150,31 +189,70 @@ def test_a_ranking_round_trips_with_nan_as_null_and_selected_ids_in_rank_order(t
     assert ranking.selected_ids == ("a", "b") and ranking.entry("b").asd is None
     assert data["cases"][0]["asd"] is None and data["cases"][3]["rank"] is None
     assert set(data) == {"strategy", "budget", "model", "cases"}
-    assert list(data["cases"][0]) == ["case_id", "rank", "selected", "labeled", "dkd", "asd", "score",
-                                      "knowledge_divergence", "image", "entropy_map", "regions", "prediction",
-                                      "reason", "asd_class_balanced", "ood"]
+    assert list(data["cases"][0]) == [
+        "case_id",
+        "rank",
+        "selected",
+        "labeled",
+        "dkd",
+        "asd",
+        "score",
+        "knowledge_divergence",
+        "image",
+        "entropy_map",
+        "regions",
+        "prediction",
+        "reason",
+        "asd_class_balanced",
+        "ood",
+    ]
 
 
 def test_ranking_csv_is_the_same_record_with_fixed_columns(tmp_path):
-    ranking = RankingFile(strategy="assft", budget=1, model="m", cases=(
-        entry("a", 1, selected=True, image="/a.nii.gz"), entry("lab", None, dkd=None, score=None)))
+    ranking = RankingFile(
+        strategy="assft",
+        budget=1,
+        model="m",
+        cases=(entry("a", 1, selected=True, image="/a.nii.gz"), entry("lab", None, dkd=None, score=None)),
+    )
     lines = ranking.to_csv().splitlines()
     assert lines[0].split(",") == list(RANKING_CSV_COLUMNS)
     assert lines[1] == "1,a,True,False,0.500000,0.250000,0.500000,,/a.nii.gz,,,"
     assert lines[2] == ",lab,False,True,,0.250000,,,,,,"
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"strategy": "assft", "budget": 1, "cases": [{"dkd": 1}]}, "case 0: missing key"),
-    ({"strategy": "assft", "budget": 1, "cases": [{"case_id": "a", "rank": 1, "selected": True, "labeled": False,
-                                                   "dkd": "high"}]}, "'a'.*dkd"),
-    ({"strategy": "assft", "budget": 1, "cases": [{"case_id": "a", "rank": 2, "selected": False, "labeled": False}]},
-     "ranks must be 1..1"),
-    ({"strategy": "assft", "budget": 0, "cases": [{"case_id": "a", "rank": 1, "selected": True, "labeled": False}]},
-     "budget"),
-    ({"strategy": "assft", "budget": 1, "cases": [], "selected_ids": []}, "unknown key"),
-    ({"budget": 1, "cases": []}, "strategy"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"strategy": "assft", "budget": 1, "cases": [{"dkd": 1}]}, "case 0: missing key"),
+        (
+            {
+                "strategy": "assft",
+                "budget": 1,
+                "cases": [{"case_id": "a", "rank": 1, "selected": True, "labeled": False, "dkd": "high"}],
+            },
+            "'a'.*dkd",
+        ),
+        (
+            {
+                "strategy": "assft",
+                "budget": 1,
+                "cases": [{"case_id": "a", "rank": 2, "selected": False, "labeled": False}],
+            },
+            "ranks must be 1..1",
+        ),
+        (
+            {
+                "strategy": "assft",
+                "budget": 0,
+                "cases": [{"case_id": "a", "rank": 1, "selected": True, "labeled": False}],
+            },
+            "budget",
+        ),
+        ({"strategy": "assft", "budget": 1, "cases": [], "selected_ids": []}, "unknown key"),
+        ({"budget": 1, "cases": []}, "strategy"),
+    ],
+)
 def test_a_malformed_ranking_file_is_refused_naming_the_case_and_key(tmp_path, data, message):
     path = tmp_path / "ranking.json"
     path.write_text(json.dumps(data))
@@ -201,11 +279,22 @@ def test_the_selection_becomes_the_ranking_file_the_engine_writes(tmp_path):
     rng = np.random.default_rng(0)
 
     def report(name: str, labeled: bool) -> VolumeReport:
-        evidence = CaseEvidence(name, knowledge_divergence=0.1, asd=float(rng.uniform()), mean_entropy=0.2,
-                                pretrained_embedding=rng.normal(size=4), current_embedding=rng.normal(size=4),
-                                clasp_scores=np.ones(2))
-        return VolumeReport(case_id=name, image=tmp_path / f"{name}.nii.gz", labeled=labeled, evidence=evidence,
-                            prediction=tmp_path / "predictions" / f"{name}.nii.gz" if not labeled else None)
+        evidence = CaseEvidence(
+            name,
+            knowledge_divergence=0.1,
+            asd=float(rng.uniform()),
+            mean_entropy=0.2,
+            pretrained_embedding=rng.normal(size=4),
+            current_embedding=rng.normal(size=4),
+            clasp_scores=np.ones(2),
+        )
+        return VolumeReport(
+            case_id=name,
+            image=tmp_path / f"{name}.nii.gz",
+            labeled=labeled,
+            evidence=evidence,
+            prediction=tmp_path / "predictions" / f"{name}.nii.gz" if not labeled else None,
+        )
 
     reports = [report("a", False), report("b", True), report("c", False), report("d", False)]
     query = QueryConfig()
@@ -251,8 +340,12 @@ def test_every_device_default_is_the_inference_default(monkeypatch):
     assert resolve_device("auto") == resolve_device(None) == torch.device("meta")
     assert DistContext.single().device == init_from_env(None).device == torch.device("meta")
     assert resolve_device(Device.CPU.value) == torch.device("cpu")
-    for path in ("ASSFTActive/api.py", "ASSFTActive/distributed.py", "ASSFTActive/cli/common.py",
-                 "ASSFTActive/worker.py"):
+    for path in (
+        "ASSFTActive/api.py",
+        "ASSFTActive/distributed.py",
+        "ASSFTActive/cli/common.py",
+        "ASSFTActive/worker.py",
+    ):
         assert "cuda.is_available() else" not in (REPO / path).read_text(), path
 
 
@@ -286,8 +379,13 @@ def test_command_line_choices_are_the_enum_values():
 def test_the_worker_takes_the_same_device_choices(tmp_path):
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", "--help"], capture_output=True, text=True,
-                         cwd=str(REPO), timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ASSFTActive.worker", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=120,
+    )
     from ASSFTActive.cli.common import Device
 
     assert out.returncode == 0 and "{" + ",".join(d.value for d in Device) + "}" in out.stdout
@@ -304,9 +402,11 @@ def test_the_protocols_files_are_readable_by_others_like_every_other_output(tmp_
     previous = os.umask(0o022)
     try:
         ranking = RankingFile(strategy="assft", budget=1, model="m", cases=(entry("a", 1, selected=True),))
-        paths = [write_ranking_file(tmp_path / "ranking.json", ranking),
-                 write_result(tmp_path, adapt_result()),
-                 write_job(tmp_path, JobSpec(kind="rank", images={"a": "/x/a.nii.gz"}))]
+        paths = [
+            write_ranking_file(tmp_path / "ranking.json", ranking),
+            write_result(tmp_path, adapt_result()),
+            write_job(tmp_path, JobSpec(kind="rank", images={"a": "/x/a.nii.gz"})),
+        ]
     finally:
         os.umask(previous)
     assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in paths] == [oct(0o644)] * 3

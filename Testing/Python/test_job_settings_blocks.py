@@ -43,14 +43,19 @@ BAD_SETTINGS = [
 
 
 def _spec(block: str, settings: dict) -> dict:
-    data = {"kind": "sfr" if block == "sfr" else "adapt", "images": {"a": "/x/a.nii.gz"}, "labels": {"a": "/x/a.nrrd"},
-            "store": "/x/store"}
+    data = {
+        "kind": "sfr" if block == "sfr" else "adapt",
+        "images": {"a": "/x/a.nii.gz"},
+        "labels": {"a": "/x/a.nrrd"},
+        "store": "/x/store",
+    }
     data[block] = settings
     return data
 
 
-@pytest.mark.parametrize("block,settings,words", BAD_SETTINGS, ids=[f"{b}-{i}" for i, (b, _, _) in
-                                                                     enumerate(BAD_SETTINGS)])
+@pytest.mark.parametrize(
+    "block,settings,words", BAD_SETTINGS, ids=[f"{b}-{i}" for i, (b, _, _) in enumerate(BAD_SETTINGS)]
+)
 def test_a_bad_setting_is_refused_when_the_spec_is_built_and_written_with_the_setting_named(block, settings, words):
     with pytest.raises(ValueError) as caught:
         JobSpec.from_dict(_spec(block, settings))
@@ -58,10 +63,12 @@ def test_a_bad_setting_is_refused_when_the_spec_is_built_and_written_with_the_se
         assert word in str(caught.value)
 
 
-@pytest.mark.parametrize("block,settings,words", BAD_SETTINGS, ids=[f"{b}-{i}" for i, (b, _, _) in
-                                                                     enumerate(BAD_SETTINGS)])
+@pytest.mark.parametrize(
+    "block,settings,words", BAD_SETTINGS, ids=[f"{b}-{i}" for i, (b, _, _) in enumerate(BAD_SETTINGS)]
+)
 def test_a_bad_setting_in_a_hand_edited_job_file_is_refused_when_read_with_the_file_and_setting_named(
-        tmp_path, block, settings, words):
+    tmp_path, block, settings, words
+):
     (tmp_path / JOB_FILE).write_text(json.dumps(_spec(block, settings)), encoding="utf-8")
     with pytest.raises(JobError) as caught:
         read_job(tmp_path)
@@ -80,10 +87,17 @@ def test_write_job_refuses_settings_changed_in_place_after_the_spec_was_built(tm
 
 
 def test_good_settings_of_every_block_are_accepted_and_round_trip(tmp_path):
-    data = _spec("sfr", {"method": "sfr_plus", "sam": {"iterations": 3, "batch_size": 2, "learning_rate": 1e-3,
-                                                       "betas": [0.9, 0.99]},
-                         "retrain": {"iterations": 4, "patch_size": [32, 32, 32]}, "plus": {"kappa": 0.5},
-                         "mean_teacher": {"ema_decay": 0.99}, "checkpoint_every": 5})
+    data = _spec(
+        "sfr",
+        {
+            "method": "sfr_plus",
+            "sam": {"iterations": 3, "batch_size": 2, "learning_rate": 1e-3, "betas": [0.9, 0.99]},
+            "retrain": {"iterations": 4, "patch_size": [32, 32, 32]},
+            "plus": {"kappa": 0.5},
+            "mean_teacher": {"ema_decay": 0.99},
+            "checkpoint_every": 5,
+        },
+    )
     data["query"] = {"strategy": "assft"}
     data["finetune"] = {"train": {"iterations": 2}}
     write_job(tmp_path, JobSpec.from_dict(data))
@@ -105,11 +119,13 @@ def test_the_sfr_block_is_checked_by_sfr_config_itself_so_the_command_line_refus
 
 
 def test_checking_every_block_loads_neither_torch_nor_numpy():
-    code = ("import json, sys\n"
-            "from ASSFTActive.jobs import JobSpec\n"
-            "JobSpec(kind='sfr', images={'a': '/x/a.nii.gz'}, labels={'a': '/x/a.nrrd'}, store='/s', "
-            "query={'strategy': 'assft'}, finetune={'train': {'iterations': 2}}, sfr={'sam': {'iterations': 2}})\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai'))))\n")
+    code = (
+        "import json, sys\n"
+        "from ASSFTActive.jobs import JobSpec\n"
+        "JobSpec(kind='sfr', images={'a': '/x/a.nii.gz'}, labels={'a': '/x/a.nrrd'}, store='/s', "
+        "query={'strategy': 'assft'}, finetune={'train': {'iterations': 2}}, sfr={'sam': {'iterations': 2}})\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai'))))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 

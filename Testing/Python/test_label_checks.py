@@ -65,8 +65,15 @@ def test_adapt_refuses_all_background_labels_before_training_and_leaves_the_stor
         labels[case] = write_volume(label.with_array(np.zeros_like(label.array)), tmp_path / "empty" / f"{case}.nii.gz")
     events = []
     with pytest.raises(InputError, match="only background: case_000, case_001"):
-        adapt_model(images, labels, store=tmp_path / "store", model=card, name="site",
-                    config=FinetuneConfig.from_dict(FAST_FINETUNE), progress=events.append)
+        adapt_model(
+            images,
+            labels,
+            store=tmp_path / "store",
+            model=card,
+            name="site",
+            config=FinetuneConfig.from_dict(FAST_FINETUNE),
+            progress=events.append,
+        )
     assert ModelStore(tmp_path / "store").versions("site") == []
     assert not any(e.phase == "train" for e in events)
 
@@ -88,21 +95,27 @@ def _agreement(label: int, predicted: int, near: int) -> ForegroundAgreement:
     return ForegroundAgreement("case", label, predicted, near)
 
 
-@pytest.mark.parametrize("agreement, kind", [
-    (_agreement(500, 0, 0), "more_foreground_than_predicted"),  # the model predicts nothing there
-    (_agreement(3000, 2900, 190), "away_from_prediction"),  # 6 % of the label near the prediction
-])
+@pytest.mark.parametrize(
+    "agreement, kind",
+    [
+        (_agreement(500, 0, 0), "more_foreground_than_predicted"),  # the model predicts nothing there
+        (_agreement(3000, 2900, 190), "away_from_prediction"),  # 6 % of the label near the prediction
+    ],
+)
 def test_a_label_away_from_the_prediction_or_where_nothing_is_predicted_is_refused(agreement, kind):
     refused, warned = find_prediction_issues([agreement], max_ratio=15.0)
     assert [i.kind for i in refused] == [kind] and warned == []
 
 
-@pytest.mark.parametrize("agreement, kind", [
-    (_agreement(100, 1600, 100), "less_foreground_than_predicted"),
-    # 15.5 times the prediction: a model failing under a shift (ACDC patient006_frame01, harsh: 19 times); a filled
-    # or inverted mask is refused by its shape instead (test_label_meaning.py)
-    (_agreement(3100, 200, 3100), "more_foreground_than_predicted"),
-])
+@pytest.mark.parametrize(
+    "agreement, kind",
+    [
+        (_agreement(100, 1600, 100), "less_foreground_than_predicted"),
+        # 15.5 times the prediction: a model failing under a shift (ACDC patient006_frame01, harsh: 19 times); a filled
+        # or inverted mask is refused by its shape instead (test_label_meaning.py)
+        (_agreement(3100, 200, 3100), "more_foreground_than_predicted"),
+    ],
+)
 def test_a_label_far_below_or_above_the_prediction_only_warns_and_close_labels_pass(agreement, kind):
     refused, warned = find_prediction_issues([agreement], max_ratio=15.0)
     assert refused == [] and [i.kind for i in warned] == [kind]
@@ -153,8 +166,9 @@ def test_real_hippocampus_labels_pass_also_on_a_shifted_site(hippocampus_dir, de
         if strength:
             image = apply_shift(image, ShiftConfig(kind="scanner", strength=strength, seed=0), case)
         cases.append(_case(case, image, label.array))
-    agreements = require_labels_near_prediction(cases, default_model, FinetuneConfig().label_prediction_ratio,
-                                                allow=False)
+    agreements = require_labels_near_prediction(
+        cases, default_model, FinetuneConfig().label_prediction_ratio, allow=False
+    )
     assert [a.case_id for a in agreements] == list(HIPPOCAMPUS_CASES)
     assert max(max(a.excess, a.away, 1 / a.excess) for a in agreements) < 10
 
@@ -165,7 +179,7 @@ def _spinal_cord_like(label: np.ndarray) -> np.ndarray:
     size = np.array(label.shape)
     corners = [np.array([i, j]) for i in (4, size[0] - 5) for j in (4, size[1] - 5)]
     corner = max(corners, key=lambda c: float(np.linalg.norm(c - centre[:2])))
-    ii, jj = np.mgrid[:size[0], :size[1]]
+    ii, jj = np.mgrid[: size[0], : size[1]]
     tube = np.zeros(label.shape, np.uint8)
     tube[(ii - corner[0]) ** 2 + (jj - corner[1]) ** 2 <= 9] = 1
     return tube
@@ -180,8 +194,15 @@ def test_adapt_refuses_a_spinal_cord_mask_given_as_anterior_hippocampus(hippocam
         labels[case] = write_volume(label.with_array(array), tmp_path / "labels" / f"{case}.nii.gz")
     events = []
     with pytest.raises(InputError, match=r"hippocampus_001: only 0\.0 % of the label's foreground") as error:
-        adapt_model(images, labels, store=tmp_path / "store", model="default", name="site",
-                    config=FinetuneConfig.from_dict(FAST_FINETUNE), progress=events.append)
+        adapt_model(
+            images,
+            labels,
+            store=tmp_path / "store",
+            model="default",
+            name="site",
+            config=FinetuneConfig.from_dict(FAST_FINETUNE),
+            progress=events.append,
+        )
     assert "hippocampus_107" not in str(error.value) and "--allow-implausible-labels" in str(error.value)
     assert ModelStore(tmp_path / "store").versions("site") == []
     assert not any(e.phase in ("train", "evaluate") for e in events)

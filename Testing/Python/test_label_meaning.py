@@ -69,8 +69,14 @@ def test_the_engine_limits_are_the_measured_ones():
     measured = json.loads(RESULTS.read_text())["anatomies"]
     for anatomy, limits in LABEL_CHECK_THRESHOLDS.items():
         row = measured[anatomy]
-        for key in ("max_volume_share", "max_box_fill", "min_thinnest", "min_interior_share", "max_swap_ratio",
-                    "min_swap_share"):
+        for key in (
+            "max_volume_share",
+            "max_box_fill",
+            "min_thinnest",
+            "min_interior_share",
+            "max_swap_ratio",
+            "min_swap_share",
+        ):
             assert getattr(limits, key) == pytest.approx(row[key]), (anatomy, key)
         volumes = {k: tuple(v) for k, v in (row["class_volume_mm3"] or {}).items()} or None
         assert limits.class_volume_mm3 == volumes
@@ -134,14 +140,24 @@ def test_swapped_real_labels_are_refused_before_training(default_model):
         image, label = _sample(name)
         cases.append(_case(name, image, np.choose(label, [0, 2, 1])))
     with pytest.raises(InputError, match="Are classes 1 and 2 swapped") as error:
-        require_labels_near_prediction(cases, default_model, 15.0, allow=False,
-                                       limits=LABEL_CHECK_THRESHOLDS["hippocampus"])
+        require_labels_near_prediction(
+            cases, default_model, 15.0, allow=False, limits=LABEL_CHECK_THRESHOLDS["hippocampus"]
+        )
     # the sample is a shifted site: where the model barely predicts one class, a volume alone may rest on < 20 % of
     # a class one way, and the labelled set together names them all
     assert all(case.case_id in str(error.value) for case in cases)
-    one = find_swap_issues([class_overlap(cases[0].case_id, np.asarray(cases[0].label.array),
-                                          Predictor(default_model).predict(cases[0].image).label, 3)],
-                           HIPPOCAMPUS_NAMES, LABEL_CHECK_THRESHOLDS["hippocampus"])
+    one = find_swap_issues(
+        [
+            class_overlap(
+                cases[0].case_id,
+                np.asarray(cases[0].label.array),
+                Predictor(default_model).predict(cases[0].image).label,
+                3,
+            )
+        ],
+        HIPPOCAMPUS_NAMES,
+        LABEL_CHECK_THRESHOLDS["hippocampus"],
+    )
     assert [i.kind for i in one] == ["swapped"]
 
 
@@ -153,9 +169,28 @@ def test_assft_adapt_refuses_swapped_labels_and_stores_nothing(tmp_path, capsys)
         shutil.copy(SAMPLE_POOL / "images" / f"{name}.nii.gz", images)
         image, label = _sample(name)
         write_volume(image.with_array(np.choose(label, [0, 2, 1]).astype(np.uint8)), labels / f"{name}.nii.gz")
-    code = main(["adapt", "--images", str(images), "--labels", str(labels), "--store", str(tmp_path / "store"),
-                 "--iterations", "2", "--semi-iterations", "2", "--batch-size", "1", "--patch-size", "32", "32", "32",
-                 "--quiet"])
+    code = main(
+        [
+            "adapt",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--store",
+            str(tmp_path / "store"),
+            "--iterations",
+            "2",
+            "--semi-iterations",
+            "2",
+            "--batch-size",
+            "1",
+            "--patch-size",
+            "32",
+            "32",
+            "32",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "swapped" in err and "Traceback" not in err
     assert not any((tmp_path / "store").rglob("weights*"))
@@ -196,8 +231,10 @@ def test_a_spleen_and_kidney_label_given_as_hippocampus_is_refused_as_another_st
     label = np.where(seg == 1, 1, np.where(seg == 2, 2, 0)).astype(np.uint8)  # 1 = spleen, 2 = right kidney
     shape = label_shape("example_ct_sm", label, image.spacing, 3)
     issues = find_shape_issues([shape], HIPPOCAMPUS_NAMES, LABEL_CHECK_THRESHOLDS["hippocampus"])
-    assert {(i.kind, i.class_name) for i in issues} >= {("class_too_large", "anterior"),
-                                                        ("class_too_large", "posterior")}
+    assert {(i.kind, i.class_name) for i in issues} >= {
+        ("class_too_large", "anterior"),
+        ("class_too_large", "posterior"),
+    }
 
 
 def test_true_development_hippocampus_labels_pass_under_the_harsh_shift(default_model):
@@ -233,7 +270,7 @@ def test_acdc_patient006_frame01_passes_although_the_failing_model_predicts_19_t
     else:  # its stand-in: a prediction with 1/19 of the label's foreground, inside it (RESULTS.md, issue 25.4)
         prediction = np.zeros_like(label)
         where = np.argwhere(label > 0)
-        keep = where[:: 19]
+        keep = where[::19]
         prediction[tuple(keep.T)] = label[tuple(keep.T)]
     agreement = foreground_agreement(name, label, prediction, 4)
     refused, warned = find_prediction_issues([agreement], 15.0)

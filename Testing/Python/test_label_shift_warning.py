@@ -2,6 +2,7 @@
 it is accepted with a ``possibly_misregistered`` warning (red-team probe ``adapt_shift4``: hippocampus_001 shifted
 4 voxels overlapped the prediction 1.56 times better when shifted back, between the true labels' 1.36 and the
 refusal limit 1.72, and passed without a word)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,12 @@ def test_the_warning_limit_lies_between_the_largest_true_gain_and_the_refusal_li
 
 def test_evaluate_warns_about_a_possibly_misregistered_label_and_still_scores_it():
     label, prediction = _box_and_prediction(4)
-    refused, warned = check_evaluation_label("case", label, prediction, (1.0, 1.0, 1.0),
-                                             EvaluationChecks(("background", "anterior", "posterior"), HIPPOCAMPUS))
+    refused, warned = check_evaluation_label(
+        "case",
+        label,
+        prediction,
+        (1.0, 1.0, 1.0),
+        EvaluationChecks(("background", "anterior", "posterior"), HIPPOCAMPUS),
+    )
     assert not [i for i in refused if "misregistered" in i.kind]
     assert [i.kind for i in warned] == ["possibly_misregistered"]

@@ -74,8 +74,16 @@ def test_the_lock_has_one_holder_at_a_time_while_three_processes_take_and_releas
     repo = Path(__file__).resolve().parents[2]
     work, marker = tmp_path / "work", tmp_path / "marker"
     start = f"{time.time() + 1.5:.3f}"  # all three start together, after their interpreters are up
-    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(work), str(marker), start, "2.0"], cwd=repo,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTENDER, str(work), str(marker), start, "2.0"],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)

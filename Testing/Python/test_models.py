@@ -29,11 +29,19 @@ SWIN_STAGES = ["swinViT.layers1.0", "swinViT.layers2.0", "swinViT.layers3.0", "s
 
 
 def _swin_card(tmp_path: Path, weights: str, fmt: str = "swinvit_ssl", args=None) -> ModelCard:
-    card = ModelCard.from_dict({
-        "name": "swin-ssl", "architecture": "SwinUNETR", "arguments": args or SWIN_ARGS, "weights": weights,
-        "weights_format": fmt, "class_names": ["background", "a", "b"], "encoder_stages": SWIN_STAGES,
-        "patch_size": [64, 64, 64], "preprocessing": {"profile": "ct_window", "a_min": -1000, "a_max": 1000},
-    })
+    card = ModelCard.from_dict(
+        {
+            "name": "swin-ssl",
+            "architecture": "SwinUNETR",
+            "arguments": args or SWIN_ARGS,
+            "weights": weights,
+            "weights_format": fmt,
+            "class_names": ["background", "a", "b"],
+            "encoder_stages": SWIN_STAGES,
+            "patch_size": [64, 64, 64],
+            "preprocessing": {"profile": "ct_window", "a_min": -1000, "a_max": 1000},
+        }
+    )
     save_card(card, tmp_path / "card.json")
     return load_card(tmp_path / "card.json")
 
@@ -43,7 +51,7 @@ def _published_swinvit_layout(network) -> dict:
     state = {}
     for key, value in network.state_dict().items():
         if key.startswith("swinViT."):
-            name = key[len("swinViT."):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+            name = key[len("swinViT.") :].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
             state["module." + name] = value.clone()
     state["module.rotation_head.weight"] = torch.zeros(4, 768)  # an SSL head the segmentation net does not have
     return {"state_dict": state, "epoch": 100}
@@ -104,13 +112,18 @@ def test_unknown_checkpoint_layout_is_reported(tmp_path):
 
 
 def test_generic_card_builds_any_monai_network_and_round_trips_safetensors(tmp_path):
-    card = ModelCard.from_dict({
-        "name": "basic", "architecture": "monai:BasicUNet",
-        "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]},
-        "weights": "w.safetensors", "class_names": ["background", "organ"],
-        "encoder_stages": ["conv_0", "down_1", "down_2", "down_3", "down_4"], "patch_size": [32, 32, 32],
-        "preprocessing": {"profile": "zscore_nonzero"},
-    })
+    card = ModelCard.from_dict(
+        {
+            "name": "basic",
+            "architecture": "monai:BasicUNet",
+            "arguments": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]},
+            "weights": "w.safetensors",
+            "class_names": ["background", "organ"],
+            "encoder_stages": ["conv_0", "down_1", "down_2", "down_3", "down_4"],
+            "patch_size": [32, 32, 32],
+            "preprocessing": {"profile": "zscore_nonzero"},
+        }
+    )
     source = build_network(card)
     save_weights(source, tmp_path / "w.safetensors")
     save_card(card, tmp_path / "card.json")
@@ -122,10 +135,12 @@ def test_generic_card_builds_any_monai_network_and_round_trips_safetensors(tmp_p
 
 def test_card_errors_name_the_problem(tmp_path):
     base = json.loads(EMBEDDED_DEFAULT_CARD.read_text())
-    for change, message in [({"architecture": "NoSuchNet"}, "architecture 'NoSuchNet' unknown"),
-                            ({"encoder_stages": ["nope"]}, r"encoder_stages \['nope'\] are not modules"),
-                            ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
-                            ({"preprocessing": {"profile": "magic"}}, "preprocessing profile 'magic' unknown")]:
+    for change, message in [
+        ({"architecture": "NoSuchNet"}, "architecture 'NoSuchNet' unknown"),
+        ({"encoder_stages": ["nope"]}, r"encoder_stages \['nope'\] are not modules"),
+        ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+        ({"preprocessing": {"profile": "magic"}}, "preprocessing profile 'magic' unknown"),
+    ]:
         path = tmp_path / "card.json"
         path.write_text(json.dumps({**base, **change}))
         with pytest.raises(ModelError, match=message):
@@ -186,18 +201,23 @@ def test_card_architectures_are_limited_to_network_classes_of_monai(architecture
         build_network(card)
 
 
-@pytest.mark.parametrize("architecture", ["monai:EfficientNetBN", "monai:ResNetFeatures", "monai:MILModel",
-                                          "monai:DenseNet121"])
+@pytest.mark.parametrize(
+    "architecture", ["monai:EfficientNetBN", "monai:ResNetFeatures", "monai:MILModel", "monai:DenseNet121"]
+)
 def test_networks_whose_constructors_may_download_are_refused_before_they_are_built(architecture, monkeypatch):
     """EfficientNetBN, ResNetFeatures and MILModel default to pretrained=True (a download into $HOME/.cache, or a
     ModuleNotFoundError traceback for torchvision / huggingface_hub); none is ever constructed."""
     from monai.networks import nets
 
     name = architecture.split(":")[1]
-    monkeypatch.setattr(nets, name, type(name, (getattr(nets, name),), {"__init__": _never_called,
-                                                                         "__module__": "monai.networks.nets.x"}))
-    card = ModelCard.from_dict(_default_card_data(architecture=architecture,
-                                                  arguments={"spatial_dims": 3, "in_channels": 1, "num_classes": 3}))
+    monkeypatch.setattr(
+        nets,
+        name,
+        type(name, (getattr(nets, name),), {"__init__": _never_called, "__module__": "monai.networks.nets.x"}),
+    )
+    card = ModelCard.from_dict(
+        _default_card_data(architecture=architecture, arguments={"spatial_dims": 3, "in_channels": 1, "num_classes": 3})
+    )
     with pytest.raises(ModelError, match="not one of the networks ASSFT builds"):
         build_network(card)
 
@@ -216,17 +236,38 @@ def test_every_allowed_network_exists_and_has_no_constructor_argument_that_fetch
     for name in ALLOWED_MONAI_NETWORKS:
         builder = getattr(nets, name)
         parameters = inspect.signature(builder).parameters
-        fetching = [p for p in parameters if any(w in p.lower() for w in ("pretrain", "weights", "url", "download",
-                                                                             "hub"))]
+        fetching = [
+            p for p in parameters if any(w in p.lower() for w in ("pretrain", "weights", "url", "download", "hub"))
+        ]
         assert inspect.isclass(builder) and fetching == [], (name, fetching)
 
 
-@pytest.mark.parametrize("arguments,message", [
-    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2],
-      "kernel_size": 0}, "arguments do not fit"),
-    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4096, 8192, 16384, 32768],
-      "strides": [2, 2, 2]}, "parameters"),
-])
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 3,
+                "channels": [8, 16, 32],
+                "strides": [2, 2],
+                "kernel_size": 0,
+            },
+            "arguments do not fit",
+        ),
+        (
+            {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 3,
+                "channels": [4096, 8192, 16384, 32768],
+                "strides": [2, 2, 2],
+            },
+            "parameters",
+        ),
+    ],
+)
 def test_card_arguments_that_cannot_build_a_network_are_card_errors_not_tracebacks(arguments, message):
     card = ModelCard.from_dict(_default_card_data(arguments=arguments))
     with pytest.raises(ModelError, match=message):
@@ -240,45 +281,58 @@ def test_a_network_needing_a_missing_optional_package_is_a_card_error(monkeypatc
     def needs_einops(self, *args, **kwargs):
         raise OptionalImportError("required package `einops` is not installed")
 
-    monkeypatch.setattr(nets, "UNETR", type("UNETR", (nets.UNETR,), {"__init__": needs_einops,
-                                                                      "__module__": "monai.networks.nets.unetr"}))
-    card = ModelCard.from_dict(_default_card_data(architecture="monai:UNETR",
-                                                  arguments={"in_channels": 1, "out_channels": 3, "img_size": 32}))
+    monkeypatch.setattr(
+        nets,
+        "UNETR",
+        type("UNETR", (nets.UNETR,), {"__init__": needs_einops, "__module__": "monai.networks.nets.unetr"}),
+    )
+    card = ModelCard.from_dict(
+        _default_card_data(architecture="monai:UNETR", arguments={"in_channels": 1, "out_channels": 3, "img_size": 32})
+    )
     with pytest.raises(ModelError, match="needs an optional package that is not installed.*einops"):
         build_network(card)
 
 
 def test_card_arguments_that_would_download_weights_are_refused():
     with pytest.raises(ModelError, match="fetch weights from the internet"):
-        ModelCard.from_dict(_default_card_data(architecture="monai:DenseNet121",
-                                               arguments={"spatial_dims": 3, "in_channels": 1, "out_channels": 3,
-                                                          "pretrained": True}))
+        ModelCard.from_dict(
+            _default_card_data(
+                architecture="monai:DenseNet121",
+                arguments={"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "pretrained": True},
+            )
+        )
 
 
 def test_out_channels_must_match_the_class_names():
     names = ["background", "anterior", "posterior", "tail"]
     with pytest.raises(ModelError, match="out_channels = 3 but class_names lists 4"):
         ModelCard.from_dict(_default_card_data(class_names=names))
-    card = ModelCard.from_dict(_default_card_data(architecture="BasicUNet", class_names=names[:3],
-                                                  arguments={"spatial_dims": 3, "in_channels": 1}))
+    card = ModelCard.from_dict(
+        _default_card_data(
+            architecture="BasicUNet", class_names=names[:3], arguments={"spatial_dims": 3, "in_channels": 1}
+        )
+    )
     with pytest.raises(ModelError, match="out_channels = 2 but class_names lists 3"):
         build_network(card)  # BasicUNet's default out_channels is 2
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"spacing": [-1.0, 1.0, 1.0]}, "spacing must be"),
-    ({"spacing": [0, 1, 1]}, "spacing must be"),
-    ({"spacing": "1mm"}, "'spacing' must be"),
-    ({"patch_size": [100000, 64, 48]}, "patch_size must be"),
-    ({"patch_size": [1, 1, 1]}, "patch_size must be"),
-    ({"patch_size": "48"}, "'patch_size' must be"),
-    ({"class_names": "background,a"}, "'class_names' must be"),
-    ({"arguments": [1, 2]}, "'arguments' must be"),
-    ({"name": 3}, "'name' must be"),
-    ({"preprocessing": {"profile": "ct_window", "a_min": 5, "a_max": 5}}, "a_min < a_max"),
-    ({"preprocessing": {"profile": "ct_window", "a_max": 5}}, "a_min < a_max"),
-    ({"preprocessing": {"profile": "ct_window", "a_min": "low", "a_max": 5}}, "a_min < a_max"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"spacing": [-1.0, 1.0, 1.0]}, "spacing must be"),
+        ({"spacing": [0, 1, 1]}, "spacing must be"),
+        ({"spacing": "1mm"}, "'spacing' must be"),
+        ({"patch_size": [100000, 64, 48]}, "patch_size must be"),
+        ({"patch_size": [1, 1, 1]}, "patch_size must be"),
+        ({"patch_size": "48"}, "'patch_size' must be"),
+        ({"class_names": "background,a"}, "'class_names' must be"),
+        ({"arguments": [1, 2]}, "'arguments' must be"),
+        ({"name": 3}, "'name' must be"),
+        ({"preprocessing": {"profile": "ct_window", "a_min": 5, "a_max": 5}}, "a_min < a_max"),
+        ({"preprocessing": {"profile": "ct_window", "a_max": 5}}, "a_min < a_max"),
+        ({"preprocessing": {"profile": "ct_window", "a_min": "low", "a_max": 5}}, "a_min < a_max"),
+    ],
+)
 def test_implausible_or_mistyped_card_fields_are_refused(changes, message):
     with pytest.raises(ModelError, match=message):
         ModelCard.from_dict(_default_card_data(**changes))

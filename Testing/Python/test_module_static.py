@@ -50,9 +50,13 @@ def uiWidgetNames() -> set:
 def selfUiNames(tree: ast.AST) -> set:
     names = set()
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"
-                and node.value.attr == "ui"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+            and node.value.attr == "ui"
+        ):
             names.add(node.attr)
     return names
 
@@ -80,8 +84,9 @@ def test_every_ui_name_the_module_uses_exists_in_the_ui_file():
 
 def test_ui_parameter_bindings_name_parameter_node_fields():
     tree = parse(MODULE_FILE)
-    fields = {node.target.id for node in classNode(tree, "ASSFTModuleParameterNode").body
-              if isinstance(node, ast.AnnAssign)}
+    fields = {
+        node.target.id for node in classNode(tree, "ASSFTModuleParameterNode").body if isinstance(node, ast.AnnAssign)
+    }
     root = ElementTree.parse(UI_FILE).getroot()
     bound = {}
     for widget in root.iter("widget"):
@@ -112,8 +117,11 @@ def test_query_rounds_spin_box_sits_beside_the_budget_and_is_bound_to_the_parame
     assert properties["SlicerParameterName"].find("string").text == "queryRounds"
     assert int(properties["minimum"].find("number").text) == 1
     assert int(properties["maximum"].find("number").text) == MAX_QUERY_ROUNDS
-    field = next(node for node in classNode(parse(MODULE_FILE), "ASSFTModuleParameterNode").body
-                 if isinstance(node, ast.AnnAssign) and node.target.id == "queryRounds")
+    field = next(
+        node
+        for node in classNode(parse(MODULE_FILE), "ASSFTModuleParameterNode").body
+        if isinstance(node, ast.AnnAssign) and node.target.id == "queryRounds"
+    )
     assert ast.unparse(field.annotation) == "Annotated[int, WithinRange(1, parameters.MAX_QUERY_ROUNDS)]"
     assert ast.unparse(field.value) == "parameters.DEFAULT_QUERY_ROUNDS" and DEFAULT_QUERY_ROUNDS == 1
 
@@ -136,7 +144,8 @@ def test_module_file_parses_with_python_3_9_grammar(path):
     if any(isinstance(node, (ast.AnnAssign, ast.arg)) and getattr(node, "annotation", None) for node in ast.walk(tree)):
         futures = [node for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "__future__"]
         assert any(alias.name == "annotations" for node in futures for alias in node.names), (
-            f"{path}: annotations need 'from __future__ import annotations' on Python 3.9")
+            f"{path}: annotations need 'from __future__ import annotations' on Python 3.9"
+        )
 
 
 def test_runtime_evaluated_annotations_use_no_pep604_unions():
@@ -183,10 +192,18 @@ def test_logic_files_use_no_qt_ctk_or_slicer_gui_helpers(path):
     chains = attributeChains(tree)
 
     forbidden = {name for name in imports if name.split(".")[0] in ("qt", "ctk", "PythonQt")}
-    forbidden |= {name for name in imports if name.startswith(("slicer.util", "slicer.ScriptedLoadableModule",
-                                                               "slicer.parameterNodeWrapper", "slicer.i18n"))}
-    forbidden |= {chain for chain in chains if chain.startswith(("slicer.util", "slicer.app", "slicer.modules",
-                                                                "slicer.mrmlScene", "qt.", "ctk."))}
+    forbidden |= {
+        name
+        for name in imports
+        if name.startswith(
+            ("slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n")
+        )
+    }
+    forbidden |= {
+        chain
+        for chain in chains
+        if chain.startswith(("slicer.util", "slicer.app", "slicer.modules", "slicer.mrmlScene", "qt.", "ctk."))
+    }
     assert sorted(forbidden) == []
 
 
@@ -201,7 +218,8 @@ def test_no_module_file_imports_torch_or_installs_at_import_time(path):
             if isinstance(call, ast.Call):
                 name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
                 assert name not in ("pip_install", "ensureWorkerRequirements", "installTorch"), (
-                    f"{path}: installs packages at import time")
+                    f"{path}: installs packages at import time"
+                )
 
 
 def libFilesNeedingSlicerCore() -> set:
@@ -231,8 +249,9 @@ def test_importing_the_logic_files_loads_no_torch_in_a_clean_interpreter():
     """
     haveSlicerCore = importlib.util.find_spec("slicer") is not None and importlib.util.find_spec("vtk") is not None
     skipped = set() if haveSlicerCore else libFilesNeedingSlicerCore()
-    names = sorted(f"ASSFTModuleLib.{path.stem}" for path in logicFiles()
-                   if path.parent == LIB_DIR and path.stem not in skipped)
+    names = sorted(
+        f"ASSFTModuleLib.{path.stem}" for path in logicFiles() if path.parent == LIB_DIR and path.stem not in skipped
+    )
     assert {"ASSFTModuleLib.jobProcess", "ASSFTModuleLib.jobController", "ASSFTModuleLib.modelCard"} <= set(names)
     assert {"ASSFTModuleLib.logic", "ASSFTModuleLib.jobFolder"} <= set(names) or not haveSlicerCore
     code = (
@@ -254,8 +273,12 @@ def test_widget_holds_no_computation():
     chains = attributeChains(widget)
 
     assert not names & {"np", "numpy", "vtk_to_numpy", "numpy_support"}
-    assert not {chain for chain in chains if chain.split(".")[-1] in (
-        "arrayFromVolume", "updateVolumeFromArray", "GetImageData", "AddNewNodeByClass", "GetNumberOfNodesByClass")}
+    assert not {
+        chain
+        for chain in chains
+        if chain.split(".")[-1]
+        in ("arrayFromVolume", "updateVolumeFromArray", "GetImageData", "AddNewNodeByClass", "GetNumberOfNodesByClass")
+    }
     # scene work goes through the logic
     assert any(chain.startswith("self.sceneLogic.") for chain in chains)
     parameterNode = classNode(tree, "ASSFTModuleParameterNode")
@@ -267,38 +290,71 @@ def test_module_file_holds_no_job_or_model_logic():
     model becomes active belong to the job controller (ASSFTModuleLib.jobController); model names to the engine."""
     tree = parse(MODULE_FILE)
     wiring = [classNode(tree, "ASSFTModuleWidget"), classNode(tree, "ASSFTModuleLogic")]
-    topLevelImports = importedModules(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import,
-                                                                                            ast.ImportFrom))],
-                                                 type_ignores=[]))
+    topLevelImports = importedModules(
+        ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    )
     names = set()
     for node in wiring:
         names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         names |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
-    strings = {n.value for node in wiring for n in ast.walk(node) if isinstance(n, ast.Constant)
-               and isinstance(n.value, str)}
+    strings = {
+        n.value for node in wiring for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
 
-    assert not names & {"QProcess", "JobRunner", "SubprocessJobRunner", "workerCommand", "deviceProbeCommand",
-                        "parseDeviceProbe", "prepareJob", "loadJobResult", "readJobResult", "activeModel",
-                        "adaptedModel", "activationReason", "terminateProcessTree", "signalProcesses",
-                        "modelReferenceFor", "DEFAULT_MODEL", "pruneJobFolders", "eventFraction", "formatEvent",
-                        "cardCheckCommand", "parseCardCheck", "CardCheck"}
+    assert not names & {
+        "QProcess",
+        "JobRunner",
+        "SubprocessJobRunner",
+        "workerCommand",
+        "deviceProbeCommand",
+        "parseDeviceProbe",
+        "prepareJob",
+        "loadJobResult",
+        "readJobResult",
+        "activeModel",
+        "adaptedModel",
+        "activationReason",
+        "terminateProcessTree",
+        "signalProcesses",
+        "modelReferenceFor",
+        "DEFAULT_MODEL",
+        "pruneJobFolders",
+        "eventFraction",
+        "formatEvent",
+        "cardCheckCommand",
+        "parseCardCheck",
+        "CardCheck",
+    }
     assert not {s for s in strings if "-adapted" in s or "ASSFTActive.worker" in s or "check-card" in s}
-    assert not {name for name in topLevelImports if name.startswith(("ASSFTModuleLib.jobRunner",
-                                                                     "ASSFTModuleLib.jobFolder",
-                                                                     "ASSFTModuleLib.jobProcess.workerCommand",
-                                                                     "ASSFTModuleLib.jobProcess.formatEvent",
-                                                                     "ASSFTModuleLib.jobProcess.ProcessTreeStopper",
-                                                                     "ASSFTModuleLib.jobProcess.JobRunCore"))}
+    assert not {
+        name
+        for name in topLevelImports
+        if name.startswith(
+            (
+                "ASSFTModuleLib.jobRunner",
+                "ASSFTModuleLib.jobFolder",
+                "ASSFTModuleLib.jobProcess.workerCommand",
+                "ASSFTModuleLib.jobProcess.formatEvent",
+                "ASSFTModuleLib.jobProcess.ProcessTreeStopper",
+                "ASSFTModuleLib.jobProcess.JobRunCore",
+            )
+        )
+    }
     widget = classNode(tree, "ASSFTModuleWidget")
     init = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     assert "controller" in [a.arg for a in init.args.args], "the widget receives its job controller"
     chains = attributeChains(widget)
-    assert {"self.controller.startJob", "self.controller.cancel", "self.controller.probeDevice",
-            "self.controller.checkCard"} <= chains
+    assert {
+        "self.controller.startJob",
+        "self.controller.cancel",
+        "self.controller.probeDevice",
+        "self.controller.checkCard",
+    } <= chains
     # the only slice view change is the user's click on a row, never the end of a job
     onFinished = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "onJobFinished")
-    assert not {c for c in attributeChains(onFinished) if c.endswith(("showRankingRow", "setSliceViewerLayers",
-                                                                      "showCase"))}
+    assert not {
+        c for c in attributeChains(onFinished) if c.endswith(("showRankingRow", "setSliceViewerLayers", "showCase"))
+    }
 
 
 def test_module_has_a_scripted_loadable_module_test_with_run_test():
@@ -344,8 +400,13 @@ def test_extension_description_is_short_names_contributors_with_affiliation_and_
 def test_top_level_cmake_follows_the_extension_template():
     text = TOP_CMAKE.read_text(encoding="utf-8")
 
-    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
-                     "EXTENSION_DEPENDS"):
+    for variable in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_DEPENDS",
+    ):
         assert re.search(r"set\(" + variable + r" \"[^\"]+\"\)", text), variable
     # every screenshot URL names a file of this repository (none is allowed; a URL without its file is not)
     screenshots = re.search(r"set\(EXTENSION_SCREENSHOTURLS \"([^\"]*)\"\)", text).group(1).split()
@@ -366,8 +427,17 @@ def test_top_level_cmake_follows_the_extension_template():
 
 def test_extensions_index_entry_matches_the_schema_and_the_cmake_metadata():
     entry = json.loads(INDEX_JSON.read_text(encoding="utf-8"))
-    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
-               "build_subdirectory", "enabled", "tier"}
+    allowed = {
+        "$schema",
+        "category",
+        "scm_url",
+        "scm_revision",
+        "scm_type",
+        "build_dependencies",
+        "build_subdirectory",
+        "enabled",
+        "tier",
+    }
 
     assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
@@ -394,18 +464,23 @@ def readPng(path: Path):
     width, height = struct.unpack(">II", data[16:24])
     chunks, offset = [], 8
     while offset < len(data):
-        length = struct.unpack(">I", data[offset:offset + 4])[0]
-        tag = data[offset + 4:offset + 8]
-        chunks.append((tag, data[offset + 8:offset + 8 + length]))
-        assert zlib.crc32(tag + data[offset + 8:offset + 8 + length]) & 0xFFFFFFFF == struct.unpack(
-            ">I", data[offset + 8 + length:offset + 12 + length])[0]
+        length = struct.unpack(">I", data[offset : offset + 4])[0]
+        tag = data[offset + 4 : offset + 8]
+        chunks.append((tag, data[offset + 8 : offset + 8 + length]))
+        assert (
+            zlib.crc32(tag + data[offset + 8 : offset + 8 + length]) & 0xFFFFFFFF
+            == struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])[0]
+        )
         offset += 12 + length
     pixels = zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT"))
     return width, height, pixels
 
 
-@pytest.mark.parametrize("path", [MODULE_DIR / "Resources" / "Icons" / "ASSFTModule.png",
-                                  REPO / "Resources" / "Icons" / "ASSFT.png"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [MODULE_DIR / "Resources" / "Icons" / "ASSFTModule.png", REPO / "Resources" / "Icons" / "ASSFT.png"],
+    ids=lambda p: p.name,
+)
 def test_icons_are_real_128_pixel_pngs(path):
     width, height, pixels = readPng(path)
     assert (width, height) == (128, 128)

@@ -17,9 +17,26 @@ def test_adapt_with_a_predictions_folder_that_cannot_be_created_fails_before_tra
     write_dataset(tmp_path / "data", count=4, labeled=2)
     (tmp_path / "file").write_text("in the way")
     started = time.monotonic()
-    code = main(["adapt", "--images", str(tmp_path / "data" / "images"), "--labels", str(tmp_path / "data" / "labels"),
-                 "--model", str(card), "--store", str(tmp_path / "store"), "--predictions",
-                 str(tmp_path / "file" / "predictions"), "--iterations", "200", "--semi-iterations", "200", "--quiet"])
+    code = main(
+        [
+            "adapt",
+            "--images",
+            str(tmp_path / "data" / "images"),
+            "--labels",
+            str(tmp_path / "data" / "labels"),
+            "--model",
+            str(card),
+            "--store",
+            str(tmp_path / "store"),
+            "--predictions",
+            str(tmp_path / "file" / "predictions"),
+            "--iterations",
+            "200",
+            "--semi-iterations",
+            "200",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "predictions folder cannot be created" in err and str(tmp_path / "file") in err

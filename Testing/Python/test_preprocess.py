@@ -25,8 +25,11 @@ def _whole_volume_reference(volume: Volume, card) -> np.ndarray:
     ornt = preprocess._orientation(volume, card.orientation)
     array = nio.apply_orientation(volume.array, ornt).astype(np.float32)
     if card.preprocessing["profile"] == "ct_window":
-        x = np.clip((array - card.preprocessing["a_min"]) / (card.preprocessing["a_max"] - card.preprocessing["a_min"]),
-                    0.0, 1.0)
+        x = np.clip(
+            (array - card.preprocessing["a_min"]) / (card.preprocessing["a_max"] - card.preprocessing["a_min"]),
+            0.0,
+            1.0,
+        )
     else:
         values = array[array != 0]
         x = (array - values.mean()) / values.std()
@@ -49,13 +52,16 @@ def _volume(shape, spacing, seed=0, flip_first_axis=True, order="F"):
 
 
 @pytest.mark.parametrize("slab_voxels", [1 << 22, 700, 1])
-@pytest.mark.parametrize("shape, spacing, profile", [
-    ((40, 30, 20), (0.7, 1.3, 2.0), ZSCORE),       # down in one axis, up in two
-    ((33, 50, 17), (1.0, 1.0, 2.5), CT_WINDOW),    # only the last axis resampled; clipping before resampling
-    ((20, 21, 22), (1.0, 1.0, 1.0), ZSCORE),       # no resampling
-    ((50, 40, 30), (0.3, 0.5, 1.0), ZSCORE),       # strong downsampling of the first axis
-    ((7, 30, 30), (4.0, 1.0, 1.0), CT_WINDOW),     # strong upsampling of the first axis
-])
+@pytest.mark.parametrize(
+    "shape, spacing, profile",
+    [
+        ((40, 30, 20), (0.7, 1.3, 2.0), ZSCORE),  # down in one axis, up in two
+        ((33, 50, 17), (1.0, 1.0, 2.5), CT_WINDOW),  # only the last axis resampled; clipping before resampling
+        ((20, 21, 22), (1.0, 1.0, 1.0), ZSCORE),  # no resampling
+        ((50, 40, 30), (0.3, 0.5, 1.0), ZSCORE),  # strong downsampling of the first axis
+        ((7, 30, 30), (4.0, 1.0, 1.0), CT_WINDOW),  # strong upsampling of the first axis
+    ],
+)
 def test_streamed_model_space_equals_whole_volume_trilinear(monkeypatch, shape, spacing, profile, slab_voxels):
     monkeypatch.setattr(preprocess, "SLAB_VOXELS", slab_voxels)
     volume = _volume(shape, spacing)

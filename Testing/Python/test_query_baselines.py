@@ -38,10 +38,18 @@ def features():
 
 
 def evidence(case_id: str, embedding, *, fg: float = float("nan"), mi=None, epistemic=None) -> CaseEvidence:
-    return CaseEvidence(case_id=case_id, knowledge_divergence=0.0, asd=0.5, mean_entropy=0.5,
-                        pretrained_embedding=np.asarray(embedding, dtype=float),
-                        current_embedding=np.asarray(embedding, dtype=float), clasp_scores=np.array([0.5, 0.1]),
-                        epistemic=epistemic, mutual_information=mi, foreground_voxels=fg)
+    return CaseEvidence(
+        case_id=case_id,
+        knowledge_divergence=0.0,
+        asd=0.5,
+        mean_entropy=0.5,
+        pretrained_embedding=np.asarray(embedding, dtype=float),
+        current_embedding=np.asarray(embedding, dtype=float),
+        clasp_scores=np.array([0.5, 0.1]),
+        epistemic=epistemic,
+        mutual_information=mi,
+        foreground_voxels=fg,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ BALD
@@ -90,8 +98,9 @@ def test_streamed_moments_give_the_same_scores_as_all_samples_at_once():
     assert accumulator.count == 6
     assert accumulator.mutual_information() == pytest.approx(bald_mutual_information(samples), rel=1e-12)
     assert accumulator.epistemic() == pytest.approx(mc_dropout_epistemic(samples), rel=1e-5)
-    np.testing.assert_allclose(bald_from_moments(samples.mean(axis=0), accumulator.mean_sample_entropy),
-                               bald_voxel_map(samples), atol=1e-6)
+    np.testing.assert_allclose(
+        bald_from_moments(samples.mean(axis=0), accumulator.mean_sample_entropy), bald_voxel_map(samples), atol=1e-6
+    )
 
 
 def test_the_accumulator_keeps_no_reference_to_a_sample():
@@ -118,8 +127,9 @@ def test_summary_stores_both_mc_dropout_scores_and_bald_needs_them():
     samples = np.stack([constant_probs((0.9, 0.1)), constant_probs((0.5, 0.5))])
     sums = region_sums(samples.mean(axis=0), RegionSpec())
     case = summarize_case("c", sums, features(), features(), QueryConfig(strategy="bald"), prob_samples=samples)
-    assert case.mutual_information == pytest.approx(entropy(0.7, 0.3) - (entropy(0.9, 0.1) + entropy(0.5, 0.5)) / 2,
-                                                    rel=1e-6)
+    assert case.mutual_information == pytest.approx(
+        entropy(0.7, 0.3) - (entropy(0.9, 0.1) + entropy(0.5, 0.5)) / 2, rel=1e-6
+    )
     assert case.epistemic == pytest.approx(mc_dropout_epistemic(samples), rel=1e-5)
     streamed = summarize_case("c", sums, features(), features(), QueryConfig(strategy="bald"), mutual_information=0.25)
     assert streamed.mutual_information == 0.25
@@ -208,18 +218,19 @@ def test_summary_records_the_dilated_predicted_foreground_size():
     probs = np.zeros((2, 6, 6, 6), dtype=np.float32)
     probs[0] = 1.0
     probs[:, 2:4, 2:4, 2:4] = np.array([0.2, 0.8], dtype=np.float32)[:, None, None, None]  # a 2x2x2 cube
-    undilated = summarize_case("c", region_sums(probs, RegionSpec(dilation=0)), features(), features(),
-                               QueryConfig(fg_dilation=0))
+    undilated = summarize_case(
+        "c", region_sums(probs, RegionSpec(dilation=0)), features(), features(), QueryConfig(fg_dilation=0)
+    )
     assert undilated.foreground_voxels == 8.0
-    dilated = summarize_case("c", region_sums(probs, RegionSpec(dilation=1)), features(), features(),
-                             QueryConfig(fg_dilation=1))
+    dilated = summarize_case(
+        "c", region_sums(probs, RegionSpec(dilation=1)), features(), features(), QueryConfig(fg_dilation=1)
+    )
     assert dilated.foreground_voxels == 8.0 + 6 * 4  # the cube plus one face layer on each of its 6 sides
     cold = summarize_case("c", None, features(), features(), QueryConfig(strategy="dkd_only"))
     assert math.isnan(cold.foreground_voxels)
 
 
-@pytest.mark.parametrize("name, value", [("fg_random_min_share", -0.1), ("fg_random_min_share", 1.5),
-                                         ("rounds", 0)])
+@pytest.mark.parametrize("name, value", [("fg_random_min_share", -0.1), ("fg_random_min_share", 1.5), ("rounds", 0)])
 def test_new_settings_are_range_checked(name, value):
     with pytest.raises(ValueError, match=name):
         QueryConfig(**{name: value})

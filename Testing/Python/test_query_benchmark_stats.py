@@ -39,8 +39,12 @@ def rounds():
 
 def run(query_seed, train_seed, dice_by_case, mean=None):
     per_case = {c: [d, d] for c, d in dice_by_case.items()}  # two classes of equal Dice
-    return {"query_seed": query_seed, "train_seed": train_seed, "per_case": per_case,
-            "mean_dice": float(np.mean(list(dice_by_case.values()))) if mean is None else mean}
+    return {
+        "query_seed": query_seed,
+        "train_seed": train_seed,
+        "per_case": per_case,
+        "mean_dice": float(np.mean(list(dice_by_case.values()))) if mean is None else mean,
+    }
 
 
 def test_draw_matrix_averages_training_seeds_within_each_query_seed(stats):
@@ -60,7 +64,7 @@ def test_a_constant_gap_has_a_point_interval_and_the_exact_wilcoxon_p(stats):
     assert gap.gap == pytest.approx(0.1)
     assert gap.low == pytest.approx(0.1) and gap.high == pytest.approx(0.1)
     assert gap.noise_floor == pytest.approx(0.0) and gap.excludes_zero
-    assert gap.p_wilcoxon == pytest.approx(2 / 2 ** 10)  # all ten differences positive: exact two-sided p
+    assert gap.p_wilcoxon == pytest.approx(2 / 2**10)  # all ten differences positive: exact two-sided p
     assert gap.cases == 10 and gap.draws == (1, 3)
 
 
@@ -93,8 +97,10 @@ def test_cases_missing_in_either_strategy_are_dropped_and_mismatches_refused(sta
 
 
 def test_aubc_is_computed_per_seed_pair_present_at_every_budget(stats):
-    runs = {2: [run(0, 0, {"a": 0.5}), run(1, 0, {"a": 0.6}), run(2, 0, {"a": 0.1})],
-            4: [run(0, 0, {"a": 0.7}), run(1, 0, {"a": 0.8})]}
+    runs = {
+        2: [run(0, 0, {"a": 0.5}), run(1, 0, {"a": 0.6}), run(2, 0, {"a": 0.1})],
+        4: [run(0, 0, {"a": 0.7}), run(1, 0, {"a": 0.8})],
+    }
     values = stats.aubc_runs(runs, lambda budgets, ys: float(np.mean(ys)))
     assert values == pytest.approx([0.6, 0.7])  # seed 2 has no B = 4 run
     assert stats.spread(values) == pytest.approx(np.std([0.6, 0.7], ddof=1))
@@ -126,21 +132,47 @@ def test_kd_variants_carry_no_information_at_cold_start():
 
 
 def _report(rounds, arms, test=("a", "b", "c", "d")):
-    experiment = {"anatomy": "hippocampus", "shift": {"kind": "scanner"}, "test": list(test), "pool": ["p"],
-                  "train": {}, "semi_iterations": 1, "assft_query": {}, "pseudo": {}, "guard": False, "rounds": rounds,
-                  "budgets": [2], "train_seeds": [0, 1]}
-    return {"experiment": experiment, "git": "abc", "arms": {
-        name: {"budgets": {"2": {"runs": runs}}} for name, runs in arms.items()}}
+    experiment = {
+        "anatomy": "hippocampus",
+        "shift": {"kind": "scanner"},
+        "test": list(test),
+        "pool": ["p"],
+        "train": {},
+        "semi_iterations": 1,
+        "assft_query": {},
+        "pseudo": {},
+        "guard": False,
+        "rounds": rounds,
+        "budgets": [2],
+        "train_seeds": [0, 1],
+    }
+    return {
+        "experiment": experiment,
+        "git": "abc",
+        "arms": {name: {"budgets": {"2": {"runs": runs}}} for name, runs in arms.items()},
+    }
 
 
 def test_rounds_are_compared_per_case_with_one_round_and_with_random(rounds, tmp_path):
     cases = {"a": 0.5, "b": 0.6, "c": 0.7, "d": 0.8}
     shifted = {c: v + 0.05 for c, v in cases.items()}
     live = {"score_vs_interim_error": {"knowledge_divergence": {"spearman_rho": 0.4}, "dkd": {"spearman_rho": 0.2}}}
-    one = _report(1, {"assft_no_pseudo": [run(0, 0, cases), run(0, 1, cases)],
-                      "random": [run(0, 0, cases), run(1, 0, {c: v - 0.1 for c, v in cases.items()})]})
-    two = _report(2, {"assft_no_pseudo": [{**run(0, 0, shifted), "rounds": [{}, live]},
-                                          {**run(0, 1, shifted), "rounds": [{}, live]}]})
+    one = _report(
+        1,
+        {
+            "assft_no_pseudo": [run(0, 0, cases), run(0, 1, cases)],
+            "random": [run(0, 0, cases), run(1, 0, {c: v - 0.1 for c, v in cases.items()})],
+        },
+    )
+    two = _report(
+        2,
+        {
+            "assft_no_pseudo": [
+                {**run(0, 0, shifted), "rounds": [{}, live]},
+                {**run(0, 1, shifted), "rounds": [{}, live]},
+            ]
+        },
+    )
     files = []
     for index, report in enumerate((two, one)):
         files.append(tmp_path / f"r{index}.json")
@@ -171,13 +203,39 @@ def bench():
 
 
 def _full_report(arms, floor=0.4, ceiling=0.8, git="abc", pool=("p1", "p2")):
-    experiment = {key: None for key in ("data", "shift", "train", "semi_iterations", "pseudo", "assft_query",
-                                        "random_seeds", "train_seeds", "mc_samples", "guard", "rounds")}
-    experiment.update(anatomy="hippocampus", profile="power", pool=list(pool), test=["a", "b"], budgets=[2],
-                      command=f"run {git}", arms=list(arms))
-    return {"experiment": experiment, "git": git, "floor": {"mean_dice": floor}, "ceiling": {"mean": ceiling},
-            "timings": {"total_s": 60.0, "finetune_s": 50.0, "mean_train_seconds_per_run": 10.0},
-            "arms": {name: {"aubc": aubc, "budgets": {"2": {"mean": aubc}}} for name, aubc in arms.items()}}
+    experiment = {
+        key: None
+        for key in (
+            "data",
+            "shift",
+            "train",
+            "semi_iterations",
+            "pseudo",
+            "assft_query",
+            "random_seeds",
+            "train_seeds",
+            "mc_samples",
+            "guard",
+            "rounds",
+        )
+    }
+    experiment.update(
+        anatomy="hippocampus",
+        profile="power",
+        pool=list(pool),
+        test=["a", "b"],
+        budgets=[2],
+        command=f"run {git}",
+        arms=list(arms),
+    )
+    return {
+        "experiment": experiment,
+        "git": git,
+        "floor": {"mean_dice": floor},
+        "ceiling": {"mean": ceiling},
+        "timings": {"total_s": 60.0, "finetune_s": 50.0, "mean_train_seconds_per_run": 10.0},
+        "arms": {name: {"aubc": aubc, "budgets": {"2": {"mean": aubc}}} for name, aubc in arms.items()},
+    }
 
 
 def test_merging_runs_of_one_experiment_puts_all_their_arms_in_one_report(bench):
@@ -208,9 +266,14 @@ def test_each_query_variant_is_compared_with_the_default_query_case_by_case(benc
         runs = [run(0, seed, {"a": dice, "b": dice + 0.1}) for seed in (0, 1)]
         return {"label": label, "budgets": {"2": {"mean": dice + 0.05, "runs": runs}}}
 
-    report = {"experiment": {"budgets": [2], "test": ["a", "b"]},
-              "arms": {"assft_no_pseudo": arm("default", 0.5), "asd_only_no_pseudo": arm("ASD only", 0.6),
-                       "coreset": arm("coreset", 0.9)}}
+    report = {
+        "experiment": {"budgets": [2], "test": ["a", "b"]},
+        "arms": {
+            "assft_no_pseudo": arm("default", 0.5),
+            "asd_only_no_pseudo": arm("ASD only", 0.6),
+            "coreset": arm("coreset", 0.9),
+        },
+    }
     lines = bench.variant_lines(report)
     rows = [line for line in lines if line.startswith("| ASD only")]
     assert rows == ["| ASD only | +0.100 [+0.100, +0.100], p 0.500 |"]  # both cases +0.1: exact p = 2 / 2**2
@@ -221,5 +284,7 @@ def test_each_query_variant_is_compared_with_the_default_query_case_by_case(benc
 
 def test_runs_and_merges_share_one_naming_rule(bench, tmp_path):
     assert bench.report_stem(tmp_path, "hippocampus", "power", "").name == "annotation_efficiency_power"
-    assert bench.report_stem(tmp_path, "acdc", "power", "mild_variants").name == \
-        "annotation_efficiency_acdc_power_mild_variants"
+    assert (
+        bench.report_stem(tmp_path, "acdc", "power", "mild_variants").name
+        == "annotation_efficiency_acdc_power_mild_variants"
+    )

@@ -14,8 +14,12 @@ import pytest
 from ASSFTActive.query import CaseEvidence, QueryConfig, select
 
 RESULTS = Path(__file__).resolve().parents[2] / "Testing" / "Benchmarks" / "results"
-RUNS = ("annotation_efficiency_power_mild", "annotation_efficiency_power_harsh",
-        "annotation_efficiency_acdc_power_mild", "annotation_efficiency_acdc_power_harsh")
+RUNS = (
+    "annotation_efficiency_power_mild",
+    "annotation_efficiency_power_harsh",
+    "annotation_efficiency_acdc_power_mild",
+    "annotation_efficiency_acdc_power_harsh",
+)
 ARMS = {"assft_no_pseudo": "assft", "coreset": "coreset", "clasp_pe": "clasp_pe"}
 
 

@@ -32,9 +32,15 @@ def test_spearman_is_nan_without_ranking_information_and_refuses_bad_input():
 def sums(big_class_mean: float, small_class_mean: float, clasp_small: float, plain: float, whole: float) -> RegionSums:
     """Three classes in 1000 voxels: class 1 covers 90 voxels, class 2 covers 10; ``M`` is their union."""
     return RegionSums(
-        spec=RegionSpec(), num_classes=3, voxels=1000, entropy_sum=1000 * whole, power_entropy_sum=1000 * plain,
-        foreground_voxels=100, foreground_entropy_sum=90 * big_class_mean + 10 * small_class_mean,
-        class_voxels=[0, 90, 10], class_entropy_sums=[0, 90 * big_class_mean, 10 * small_class_mean],
+        spec=RegionSpec(),
+        num_classes=3,
+        voxels=1000,
+        entropy_sum=1000 * whole,
+        power_entropy_sum=1000 * plain,
+        foreground_voxels=100,
+        foreground_entropy_sum=90 * big_class_mean + 10 * small_class_mean,
+        class_voxels=[0, 90, 10],
+        class_entropy_sums=[0, 90 * big_class_mean, 10 * small_class_mean],
         class_power_entropy_sums=[0, 90 * 0.2, 10 * clasp_small],
     )
 
@@ -68,9 +74,15 @@ def test_the_correlations_do_not_depend_on_the_asd_reduce_of_the_config():
 
 
 def case(case_id: str, embedding, kd: float = 0.0) -> CaseEvidence:
-    return CaseEvidence(case_id=case_id, knowledge_divergence=kd, asd=0.5, mean_entropy=0.5,
-                        pretrained_embedding=np.asarray(embedding, dtype=float),
-                        current_embedding=np.asarray(embedding, dtype=float), clasp_scores=np.array([0.5, 0.1, 0.1]))
+    return CaseEvidence(
+        case_id=case_id,
+        knowledge_divergence=kd,
+        asd=0.5,
+        mean_entropy=0.5,
+        pretrained_embedding=np.asarray(embedding, dtype=float),
+        current_embedding=np.asarray(embedding, dtype=float),
+        clasp_scores=np.array([0.5, 0.1, 0.1]),
+    )
 
 
 def test_pool_dkd_is_normalised_kd_times_the_distance_to_the_labelled_set():
@@ -85,8 +97,14 @@ def test_pool_dkd_is_normalised_kd_times_the_distance_to_the_labelled_set():
 def test_dkd_and_extra_scores_join_the_report():
     angles = [0.2, 0.5, 0.9, 1.3]  # farther and farther from the labelled direction (1, 0)
     evidence = [case(f"c{i}", [math.cos(t), math.sin(t)]) for i, t in enumerate(angles)]
-    result = score_error_correlations(POOL, ERRORS, QueryConfig(), evidence=evidence,
-                                      labeled_embeddings=[np.array([1.0, 0.0])], extra={"bald": [4, 3, 2, 1]})
+    result = score_error_correlations(
+        POOL,
+        ERRORS,
+        QueryConfig(),
+        evidence=evidence,
+        labeled_embeddings=[np.array([1.0, 0.0])],
+        extra={"bald": [4, 3, 2, 1]},
+    )
     assert result["dkd"].rho == pytest.approx(1.0)
     assert math.isnan(result["knowledge_divergence"].rho)  # KD = 0 for every case: no information
     assert result["bald"].rho == pytest.approx(-1.0)

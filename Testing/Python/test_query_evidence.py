@@ -75,8 +75,9 @@ def test_summary_does_not_modify_its_inputs():
 
 def test_summary_stores_the_mc_dropout_score_and_mc_dropout_needs_samples():
     samples = np.stack([random_probs(7), random_probs(8), random_probs(9)])
-    evidence = summarize_case("c", sums_of(random_probs(7)), features(0), features(0), QueryConfig(),
-                              prob_samples=samples)
+    evidence = summarize_case(
+        "c", sums_of(random_probs(7)), features(0), features(0), QueryConfig(), prob_samples=samples
+    )
     assert evidence.epistemic == pytest.approx(mc_dropout_epistemic(samples))
     with pytest.raises(ValueError, match="prob_samples"):
         summarize_case("c", sums_of(random_probs(7)), features(0), features(0), QueryConfig(strategy="mc_dropout"))
@@ -87,7 +88,12 @@ def test_bn_stats_source_knowledge_uses_batchnorm_statistics():
     shifted = [(np.ones(2), np.ones(2))]
     config = QueryConfig(source_knowledge="bn_stats")
     evidence = summarize_case(
-        "c", sums_of(random_probs(0), config), features(0), features(0), config, bn_stage_stats=shifted,
+        "c",
+        sums_of(random_probs(0), config),
+        features(0),
+        features(0),
+        config,
+        bn_stage_stats=shifted,
         bn_running_stats=running,
     )
     assert evidence.knowledge_divergence == pytest.approx(0.5, rel=1e-4)  # mean shift of 1 at unit variance

@@ -22,12 +22,25 @@ from ASSFTActive.query import (
 from ASSFTActive.query.coverage import _distances, ball_purity, kmeans_labels
 
 
-def case(case_id: str, embedding: Sequence[float], kd: float = 0.0, asd: float = 0.5, mean_entropy: float = 0.5,
-         ood_reason: str = "") -> CaseEvidence:
+def case(
+    case_id: str,
+    embedding: Sequence[float],
+    kd: float = 0.0,
+    asd: float = 0.5,
+    mean_entropy: float = 0.5,
+    ood_reason: str = "",
+) -> CaseEvidence:
     vector = np.asarray(embedding, dtype=float)
-    return CaseEvidence(case_id=case_id, knowledge_divergence=kd, asd=asd, mean_entropy=mean_entropy,
-                        pretrained_embedding=vector, current_embedding=vector, clasp_scores=np.array([0.5, 0.1]),
-                        ood_reason=ood_reason)
+    return CaseEvidence(
+        case_id=case_id,
+        knowledge_divergence=kd,
+        asd=asd,
+        mean_entropy=mean_entropy,
+        pretrained_embedding=vector,
+        current_embedding=vector,
+        clasp_scores=np.array([0.5, 0.1]),
+        ood_reason=ood_reason,
+    )
 
 
 def unit(rows) -> np.ndarray:
@@ -172,12 +185,16 @@ def test_probcover_labeled_balls_are_covered_from_the_start():
 def test_power_sampling_draws_the_first_pick_in_proportion_to_score_to_the_beta():
     pool = [case("low", [1, 0], asd=0.25), case("high", [0, 1], asd=0.75)]
     raw = {"strategy": "asd_only", "sampling": "power", "normalise_scores": False}
-    firsts = [select(pool, 1, QueryConfig.from_dict({**raw, "sampling_beta": 1.0, "seed": s})).selected_ids[0]
-              for s in range(2000)]
+    firsts = [
+        select(pool, 1, QueryConfig.from_dict({**raw, "sampling_beta": 1.0, "seed": s})).selected_ids[0]
+        for s in range(2000)
+    ]
     share = firsts.count("high") / len(firsts)
     assert share == pytest.approx(0.75, abs=0.03)  # Gumbel-top-k: P(first) = s^beta / sum s^beta = 0.75
-    firsts = [select(pool, 1, QueryConfig.from_dict({**raw, "sampling_beta": 2.0, "seed": s})).selected_ids[0]
-              for s in range(2000)]
+    firsts = [
+        select(pool, 1, QueryConfig.from_dict({**raw, "sampling_beta": 2.0, "seed": s})).selected_ids[0]
+        for s in range(2000)
+    ]
     assert firsts.count("high") / len(firsts) == pytest.approx(0.9, abs=0.03)  # 0.75^2 / (0.75^2 + 0.25^2)
 
 
@@ -192,8 +209,7 @@ def test_power_sampling_is_seeded_and_large_beta_is_top_k():
 
 def test_power_sampling_changes_assfts_combined_score_picks_across_seeds():
     pool = [case(f"c{i}", np.eye(8)[i], asd=0.3 + 0.05 * i) for i in range(8)]
-    picks = {select(pool, 2, QueryConfig(strategy="assft", sampling="power", seed=s)).selected_ids
-             for s in range(30)}
+    picks = {select(pool, 2, QueryConfig(strategy="assft", sampling="power", seed=s)).selected_ids for s in range(30)}
     assert len(picks) > 3
 
 
@@ -252,12 +268,25 @@ def test_budget_aware_is_not_the_default():
 
 
 def test_new_settings_round_trip_and_are_checked():
-    config = QueryConfig(strategy="probcover", sampling="top_k", kd_direction="low", kd_min_budget=3,
-                         kd_min_round=1, coverage="probcover", coverage_max_budget=2, probcover_purity=0.9,
-                         propose_ood=True)
+    config = QueryConfig(
+        strategy="probcover",
+        sampling="top_k",
+        kd_direction="low",
+        kd_min_budget=3,
+        kd_min_round=1,
+        coverage="probcover",
+        coverage_max_budget=2,
+        probcover_purity=0.9,
+        propose_ood=True,
+    )
     assert QueryConfig.from_dict(config.to_dict()) == config
-    for bad in ({"sampling_beta": 0.0}, {"probcover_purity": 1.5}, {"kd_direction": "sideways"},
-                {"coverage_max_budget": -1}, {"propose_ood": "yes"}):
+    for bad in (
+        {"sampling_beta": 0.0},
+        {"probcover_purity": 1.5},
+        {"kd_direction": "sideways"},
+        {"coverage_max_budget": -1},
+        {"propose_ood": "yes"},
+    ):
         with pytest.raises(ValueError):
             QueryConfig.from_dict(bad)
 

@@ -46,8 +46,9 @@ def test_reference_keeps_the_largest_leave_one_out_distance_and_foreground_share
 
 def test_nearest_source_distance_is_the_chord_to_the_closest_source_volume():
     ref = reference()
-    assert nearest_source_distance([np.cos(np.radians(50)), np.sin(np.radians(50))], ref.embeddings) == \
-        pytest.approx(2 * np.sin(np.radians(15.0)))
+    assert nearest_source_distance([np.cos(np.radians(50)), np.sin(np.radians(50))], ref.embeddings) == pytest.approx(
+        2 * np.sin(np.radians(15.0))
+    )
 
 
 def test_a_volume_like_the_source_is_not_flagged():
@@ -75,8 +76,9 @@ def test_a_volume_mostly_predicted_as_anatomy_is_flagged():
 
 
 def test_ct_intensities_for_an_mri_model_and_mri_for_a_ct_model_are_flagged_without_a_reference():
-    assert "looks like CT (36 % of voxels below -500 HU) but the model takes MRI" in \
-        ood_reason(np.array([1.0, 0.0]), 0.1, 0.36, "MRI", None)
+    assert "looks like CT (36 % of voxels below -500 HU) but the model takes MRI" in ood_reason(
+        np.array([1.0, 0.0]), 0.1, 0.36, "MRI", None
+    )
     assert ood_reason(np.array([1.0, 0.0]), 0.1, CT_AIR_SHARE / 2, "MRI", None) == ""
     assert "not a CT" in ood_reason(np.array([1.0, 0.0]), 0.1, 0.0, "CT", None)
     assert ood_reason(np.array([1.0, 0.0]), 0.1, 0.3, "CT", None) == ""
@@ -113,8 +115,10 @@ def test_the_embedded_model_ships_its_source_reference():
 
 
 # ---------------------------------------------------------------------------- measured on the shared fixtures
-needs_data = pytest.mark.skipif(not (FIXTURES.is_dir() and HIPPOCAMPUS.is_dir()),
-                                reason="../shared/data (fixtures and hippocampus) is not available")
+needs_data = pytest.mark.skipif(
+    not (FIXTURES.is_dir() and HIPPOCAMPUS.is_dir()),
+    reason="../shared/data (fixtures and hippocampus) is not available",
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,21 +147,27 @@ def reason_of(path: Path, embedded, shift=None) -> str:
 
 
 @needs_data
-@pytest.mark.parametrize("fixture, why", [
-    ("monai-anatomical/anatomical.nii", "unlike every volume"),
-    ("pyradiomics/breast1_image.nrrd", "as anatomy"),
-    ("pyradiomics/prostate_phantom_subvolume.nrrd", "as anatomy"),
-])
+@pytest.mark.parametrize(
+    "fixture, why",
+    [
+        ("monai-anatomical/anatomical.nii", "unlike every volume"),
+        ("pyradiomics/breast1_image.nrrd", "as anatomy"),
+        ("pyradiomics/prostate_phantom_subvolume.nrrd", "as anatomy"),
+    ],
+)
 def test_small_foreign_fixtures_are_flagged_for_the_hippocampus_model(fixture, why, embedded, one_thread):
     assert why in reason_of(FIXTURES / fixture, embedded)
 
 
 @needs_data
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture, why", [
-    ("pyradiomics/brain1_image.nrrd", "unlike every volume"),
-    ("totalsegmentator-ct/example_ct_sm.nii.gz", "looks like CT"),
-])
+@pytest.mark.parametrize(
+    "fixture, why",
+    [
+        ("pyradiomics/brain1_image.nrrd", "unlike every volume"),
+        ("totalsegmentator-ct/example_ct_sm.nii.gz", "looks like CT"),
+    ],
+)
 def test_large_foreign_fixtures_are_flagged_for_the_hippocampus_model(fixture, why, embedded, one_thread):
     assert why in reason_of(FIXTURES / fixture, embedded)
 

@@ -28,35 +28,64 @@ PHANTOM = REPO.parent / "shared" / "data" / "fixtures" / "pyradiomics" / "prosta
 
 
 def entry(case_id: str, rank, **kwargs) -> RankingEntry:
-    return RankingEntry(case_id=case_id, rank=rank, selected=kwargs.pop("selected", False),
-                        labeled=kwargs.pop("labeled", False), **kwargs)
+    return RankingEntry(
+        case_id=case_id,
+        rank=rank,
+        selected=kwargs.pop("selected", False),
+        labeled=kwargs.pop("labeled", False),
+        **kwargs,
+    )
 
 
 def test_ranking_entries_carry_reason_ood_and_class_balanced_asd_through_json_and_csv():
-    ranking = RankingFile(strategy="typiclust", budget=1, model="m", cases=(
-        entry("a", 1, selected=True, reason="most typical of a group of 9 similar volumes", asd_class_balanced=0.2),
-        entry("b", 2, ood="out of distribution: looks like CT", reason="not proposed: out of distribution"),
-    ), probably_wrong=WrongList(score=WRONG_SCORE, evidence="Spearman +0.69", cases=("b", "a")))
+    ranking = RankingFile(
+        strategy="typiclust",
+        budget=1,
+        model="m",
+        cases=(
+            entry("a", 1, selected=True, reason="most typical of a group of 9 similar volumes", asd_class_balanced=0.2),
+            entry("b", 2, ood="out of distribution: looks like CT", reason="not proposed: out of distribution"),
+        ),
+        probably_wrong=WrongList(score=WRONG_SCORE, evidence="Spearman +0.69", cases=("b", "a")),
+    )
     again = RankingFile.from_dict(json.loads(json.dumps(ranking.to_dict())))
     assert again == ranking
     header, first, second = ranking.to_csv().splitlines()
     assert header.split(",")[-3:] == ["asd_class_balanced", "ood", "reason"]
-    assert RANKING_CSV_COLUMNS[:9] == ("rank", "case_id", "selected", "labeled", "dkd", "asd", "score",
-                                       "knowledge_divergence", "image")  # earlier columns stay where they were
+    assert RANKING_CSV_COLUMNS[:9] == (
+        "rank",
+        "case_id",
+        "selected",
+        "labeled",
+        "dkd",
+        "asd",
+        "score",
+        "knowledge_divergence",
+        "image",
+    )  # earlier columns stay where they were
     assert first.endswith(",0.200000,,most typical of a group of 9 similar volumes")
 
 
 def test_a_ranking_without_the_new_fields_still_reads():
-    old = {"strategy": "assft", "budget": 1, "model": "m",
-           "cases": [{"case_id": "a", "rank": 1, "selected": True, "labeled": False}]}
+    old = {
+        "strategy": "assft",
+        "budget": 1,
+        "model": "m",
+        "cases": [{"case_id": "a", "rank": 1, "selected": True, "labeled": False}],
+    }
     ranking = RankingFile.from_dict(old)
     assert ranking.probably_wrong is None and ranking.cases[0].reason is None
 
 
 def test_the_wrong_list_may_only_name_ranked_volumes():
-    with pytest.raises(ValueError, match="not in \"cases\""):
-        RankingFile(strategy="assft", budget=0, model="", cases=(entry("a", 1),),
-                    probably_wrong=WrongList(score=WRONG_SCORE, evidence="", cases=("z",)))
+    with pytest.raises(ValueError, match='not in "cases"'):
+        RankingFile(
+            strategy="assft",
+            budget=0,
+            model="",
+            cases=(entry("a", 1),),
+            probably_wrong=WrongList(score=WRONG_SCORE, evidence="", cases=("z",)),
+        )
 
 
 def test_probably_wrong_orders_by_descending_score_with_missing_scores_last():
@@ -106,8 +135,7 @@ def test_rank_pool_writes_reasons_the_wrong_list_and_holds_back_the_phantom(tmp_
     shutil.copy(PHANTOM, pool / PHANTOM.name)
     images = sorted(pool.iterdir())
     card = resolve_card("default")
-    result = rank_pool(images, card, 2, tmp_path / "out", query=QueryConfig(strategy="asd_only"),
-                       write_outputs=False)
+    result = rank_pool(images, card, 2, tmp_path / "out", query=QueryConfig(strategy="asd_only"), write_outputs=False)
     ranking = read_ranking_file(result.files["ranking_json"])
     phantom = ranking.entry("prostate_phantom_subvolume")
     assert not phantom.selected and phantom.rank == 5
@@ -120,8 +148,14 @@ def test_rank_pool_writes_reasons_the_wrong_list_and_holds_back_the_phantom(tmp_
     scores = [ranking.entry(c).asd_class_balanced for c in wrong.cases]
     assert scores == sorted(scores, reverse=True)
     assert wrong.evidence == load_error_evidence().summary
-    asked = rank_pool(images, card, 1, tmp_path / "out2", query=QueryConfig(strategy="asd_only", propose_ood=True),
-                      write_outputs=False)
+    asked = rank_pool(
+        images,
+        card,
+        1,
+        tmp_path / "out2",
+        query=QueryConfig(strategy="asd_only", propose_ood=True),
+        write_outputs=False,
+    )
     assert asked.ranking.selected_ids == ("prostate_phantom_subvolume",)  # the most uncertain, when asked for
 
 
@@ -137,10 +171,30 @@ def test_assft_rank_prints_each_reason_and_proposes_the_phantom_only_with_propos
     shutil.copy(PHANTOM, pool / PHANTOM.name)
 
     def assft(*extra):
-        return subprocess.run([sys.executable, "-m", "ASSFTActive", "rank", "--images", str(pool), "--budget", "1",
-                               "--strategy", "asd_only", "--no-overlays", "--quiet", "--device", "cpu", *extra],
-                              cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ASSFTActive",
+                "rank",
+                "--images",
+                str(pool),
+                "--budget",
+                "1",
+                "--strategy",
+                "asd_only",
+                "--no-overlays",
+                "--quiet",
+                "--device",
+                "cpu",
+                *extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )
 
     plain = assft("--out", str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr

@@ -33,8 +33,9 @@ from ASSFTActive.query.rounds import plan_round  # noqa: E402
 ROUNDS_REFUSED = "Query rounds must be a whole number of at least 1"
 
 
-def parameterNode(workDirectory: Path, cardPath: Path, queryRounds=DEFAULT_QUERY_ROUNDS, budget=4,
-                  method=AdaptMethodChoice.ASSFT):
+def parameterNode(
+    workDirectory: Path, cardPath: Path, queryRounds=DEFAULT_QUERY_ROUNDS, budget=4, method=AdaptMethodChoice.ASSFT
+):
     """The parameter node fields the controller reads, with the rounds (budget 4 by default here)."""
     return slicer_scene.parameterNode(workDirectory, cardPath, queryRounds=queryRounds, budget=budget, method=method)
 
@@ -103,8 +104,9 @@ def test_the_logic_refuses_query_rounds_below_one_from_any_caller(setup, rounds)
         logic.prepareJob("rank", tmp_path / "work", str(cardPath), budget=2, query={"rounds": rounds})
     assert jobFolders(tmp_path / "work") == []
     # other query settings pass through unchanged, rounds as a whole number
-    spec = logic.prepareJob("rank", tmp_path / "work", str(cardPath), budget=2,
-                            query={"rounds": 2.0, "strategy": "random"})
+    spec = logic.prepareJob(
+        "rank", tmp_path / "work", str(cardPath), budget=2, query={"rounds": 2.0, "strategy": "random"}
+    )
     assert read_job(spec.jobDir).query == {"rounds": 2, "strategy": "random"}
 
 
@@ -122,15 +124,19 @@ def writeQueryRound(jobDir: Path, budget: int, rounds: int, labeled: int) -> dic
     return plan
 
 
-@pytest.mark.parametrize("budget, rounds, labeled, text", [
-    (4, 2, 1, "Query round 1 of 2 (2 + 2 volumes): 1 volume proposed."),
-    (4, 2, 2, "Query round 2 of 2 (2 + 2 volumes): 2 volumes proposed."),
-    (5, 3, 0, "Query round 1 of 3 (2 + 2 + 1 volumes): 2 volumes proposed."),
-    (3, 1, 1, "Query round 1 of 1 (3 volumes): 3 volumes proposed."),
-    (2, 2, 3, "Query round 2 of 2 (1 + 1 volumes): the schedule is complete, no volume proposed."),
-])
-def test_the_status_says_which_query_round_a_finished_ranking_is_and_what_it_proposes(setup, budget, rounds,
-                                                                                      labeled, text):
+@pytest.mark.parametrize(
+    "budget, rounds, labeled, text",
+    [
+        (4, 2, 1, "Query round 1 of 2 (2 + 2 volumes): 1 volume proposed."),
+        (4, 2, 2, "Query round 2 of 2 (2 + 2 volumes): 2 volumes proposed."),
+        (5, 3, 0, "Query round 1 of 3 (2 + 2 + 1 volumes): 2 volumes proposed."),
+        (3, 1, 1, "Query round 1 of 1 (3 volumes): 3 volumes proposed."),
+        (2, 2, 3, "Query round 2 of 2 (1 + 1 volumes): the schedule is complete, no volume proposed."),
+    ],
+)
+def test_the_status_says_which_query_round_a_finished_ranking_is_and_what_it_proposes(
+    setup, budget, rounds, labeled, text
+):
     env, logic, controller, nodes, cardPath, tmp_path, finished = setup
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, queryRounds=rounds, budget=budget))
     status = []
@@ -175,9 +181,11 @@ def test_a_malformed_query_round_is_an_error_naming_config_json(setup):
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
     spec = controller.startJob("rank")
     fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
-    (spec.jobDir / "config.json").write_text(json.dumps({"query_round": {"round": 3, "rounds": 2,
-                                                                          "round_budgets": [1, 1], "proposed": 1,
-                                                                          "labeled_before": 0}}))
+    (spec.jobDir / "config.json").write_text(
+        json.dumps(
+            {"query_round": {"round": 3, "rounds": 2, "round_budgets": [1, 1], "proposed": 1, "labeled_before": 0}}
+        )
+    )
     controller._runner.end(0)
     assert finished[-1].status == ERROR
     assert "config.json" in finished[-1].message and "query_round" in finished[-1].message

@@ -268,5 +268,6 @@ def test_mc_dropout_score_from_a_running_mean_equals_the_score_from_all_samples(
 
     rng = np.random.default_rng(3)
     samples = np.moveaxis(rng.dirichlet([2, 1, 1], size=(6, 5, 4, 3)).astype(np.float32), -1, 1)  # [T, C, I, J, K]
-    assert mc_dropout_epistemic_from_mean(samples.mean(axis=0)) == pytest.approx(mc_dropout_epistemic(samples),
-                                                                                rel=1e-5)
+    assert mc_dropout_epistemic_from_mean(samples.mean(axis=0)) == pytest.approx(
+        mc_dropout_epistemic(samples), rel=1e-5
+    )

@@ -25,8 +25,11 @@ CASE_ID = re.compile(r"hippocampus_\d{3}")
 EMBEDDED_CARD = REPO / "ASSFTActive" / "resources" / "models" / "hippocampus-unet" / "card.json"
 SAMPLE = REPO / "ASSFTActive" / "resources" / "sample"
 #: Where case ids are written down: test inputs, benchmark code and results, scripts, shipped resources.
-SCANNED = [(REPO / "Testing", ("*.py", "*.json", "*.md", "*.csv", "*.txt")), (REPO / "scripts", ("*.py",)),
-           (REPO / "ASSFTActive" / "resources", ("*.json", "*.md"))]
+SCANNED = [
+    (REPO / "Testing", ("*.py", "*.json", "*.md", "*.csv", "*.txt")),
+    (REPO / "scripts", ("*.py",)),
+    (REPO / "ASSFTActive" / "resources", ("*.json", "*.md")),
+]
 
 
 def test_the_split_never_assigns_a_reserved_case_and_keeps_every_other_one():

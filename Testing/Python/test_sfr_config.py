@@ -16,16 +16,18 @@ pytestmark = pytest.mark.torchfree
 
 
 def test_sfr_settings_import_without_torch_or_numpy():
-    code = ("import sys; from ASSFTActive.sfr.config import SfrConfig; SfrConfig.from_dict({'method': 'sfr_plus'}); "
-            "print(sorted(m for m in ('torch', 'numpy', 'monai') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=REPO).stdout
+    code = (
+        "import sys; from ASSFTActive.sfr.config import SfrConfig; SfrConfig.from_dict({'method': 'sfr_plus'}); "
+        "print(sorted(m for m in ('torch', 'numpy', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
 
 
 def test_the_run_settings_of_sfr_are_its_re_training_and_guard():
-    config = SfrConfig.from_dict({"method": "sfr_plus", "retrain": {"iterations": 7},
-                                  "validation": {"guard": False}, "checkpoint_every": 3})
+    config = SfrConfig.from_dict(
+        {"method": "sfr_plus", "retrain": {"iterations": 7}, "validation": {"guard": False}, "checkpoint_every": 3}
+    )
     run = config.finetune_config()
     assert config.method == SfrMethod.SFR_PLUS
     assert run.train == config.retrain and run.train.iterations == 7 and run.train.learning_rate == 0.01

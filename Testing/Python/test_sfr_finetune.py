@@ -50,8 +50,14 @@ def test_config_round_trips_and_refuses_bad_settings():
     config = SfrFinetuneConfig.tiny()
     assert SfrFinetuneConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert SfrFinetuneConfig().to_dict()["iterations"] == 6000 and SfrFinetuneConfig().lora_rank == 4
-    for bad in ({"iterations": 0}, {"learning_rate": 0.0}, {"warmup_iterations": 10, "iterations": 10},
-                {"bezier_probability": 1.5}, {"lora_rank": -1}, {"betas": (0.9, 1.0)}):
+    for bad in (
+        {"iterations": 0},
+        {"learning_rate": 0.0},
+        {"warmup_iterations": 10, "iterations": 10},
+        {"bezier_probability": 1.5},
+        {"lora_rank": -1},
+        {"betas": (0.9, 1.0)},
+    ):
         with pytest.raises(InputError):
             SfrFinetuneConfig(**bad)
     with pytest.raises(InputError, match="unknown"):
@@ -62,8 +68,8 @@ def test_config_round_trips_and_refuses_bad_settings():
 def test_poly_schedule_warms_up_linearly_then_decays_to_zero():
     config = SfrFinetuneConfig(iterations=100, warmup_iterations=10)
     assert poly_factor(0, config) == pytest.approx(0.1) and poly_factor(9, config) == pytest.approx(1.0)
-    assert poly_factor(10, config) == pytest.approx(0.9 ** 0.9)
-    assert poly_factor(50, config) == pytest.approx(0.5 ** 0.9) and poly_factor(100, config) == 0.0
+    assert poly_factor(10, config) == pytest.approx(0.9**0.9)
+    assert poly_factor(50, config) == pytest.approx(0.5**0.9) and poly_factor(100, config) == 0.0
     factors = [poly_factor(s, config) for s in range(10, 100)]
     assert all(a > b for a, b in zip(factors, factors[1:]))
 
@@ -103,8 +109,9 @@ def test_fine_tuning_on_stitched_hippocampus_lowers_the_loss_and_leaves_the_inpu
     model = _tiny_sam()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     events = []
-    result = finetune_sam(model, sample_cases[:3], SfrFinetuneConfig.tiny(iterations=30), progress=events.append,
-                          device=CPU)
+    result = finetune_sam(
+        model, sample_cases[:3], SfrFinetuneConfig.tiny(iterations=30), progress=events.append, device=CPU
+    )
     losses = np.array(result.losses)
     assert len(losses) == 30 and losses[-8:].mean() < 0.8 * losses[:8].mean()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
@@ -117,8 +124,10 @@ def test_fine_tuning_on_stitched_hippocampus_lowers_the_loss_and_leaves_the_inpu
 
 
 def test_fine_tuning_is_deterministic_for_a_seed(sample_cases):
-    runs = [finetune_sam(_tiny_sam(), sample_cases[:2], SfrFinetuneConfig.tiny(iterations=4, seed=7), device=CPU)
-            for _ in range(2)]
+    runs = [
+        finetune_sam(_tiny_sam(), sample_cases[:2], SfrFinetuneConfig.tiny(iterations=4, seed=7), device=CPU)
+        for _ in range(2)
+    ]
     assert runs[0].losses == runs[1].losses
     a, b = runs[0].model.state_dict(), runs[1].model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -151,8 +160,9 @@ def test_a_progress_callback_cancels_fine_tuning_at_the_step_it_raises(sample_ca
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        finetune_sam(_tiny_sam(), sample_cases[:1], SfrFinetuneConfig.tiny(iterations=50), progress=cancel_at_three,
-                     device=CPU)
+        finetune_sam(
+            _tiny_sam(), sample_cases[:1], SfrFinetuneConfig.tiny(iterations=50), progress=cancel_at_three, device=CPU
+        )
     assert seen[-1] == 3 and len(seen) == 4  # the phase event, then steps 1..3
 
 
@@ -179,14 +189,21 @@ def test_pseudo_labels_lie_on_each_volume_grid_with_a_confidence(sample_cases):
 def test_sfr_plus_keeps_the_most_confident_share_and_fine_tunes_again_on_them(sample_cases):
     labelled, pool = sample_cases[:2], [c.image for c in sample_cases[2:]]
     phases = []
-    result = sfr_plus_finetune(_tiny_sam(), labelled, pool, SfrFinetuneConfig.tiny(iterations=3),
-                               SfrPlusConfig(kappa=0.5, voxel_threshold=0.5), pool_ids=list(CASES[2:]),
-                               progress=lambda e: phases.append(e.message) if e.phase == "sfr_plus" else None,
-                               device=CPU)
+    result = sfr_plus_finetune(
+        _tiny_sam(),
+        labelled,
+        pool,
+        SfrFinetuneConfig.tiny(iterations=3),
+        SfrPlusConfig(kappa=0.5, voxel_threshold=0.5),
+        pool_ids=list(CASES[2:]),
+        progress=lambda e: phases.append(e.message) if e.phase == "sfr_plus" else None,
+        device=CPU,
+    )
     confidences = {p.case_id: p.confidence for p in result.first_pseudo}
     assert len(result.selected) == 2  # ceil(0.5 * 3)
     assert min(confidences[c] for c in result.selected) >= max(
-        confidences[c] for c in CASES[2:] if c not in result.selected)
+        confidences[c] for c in CASES[2:] if c not in result.selected
+    )
     assert result.second.case_ids == tuple(CASES[:2]) + tuple(c for c in CASES[2:] if c in result.selected)
     assert [p.case_id for p in result.pseudo_labels] == list(CASES[2:])
     assert len(phases) == 4 and result.model is result.second.model
@@ -219,7 +236,7 @@ def test_the_embedded_prior_was_trained_on_the_source_split_only_and_segments_a_
     prior = load_sam_prior()
     provenance = prior.card["provenance"]
     assert "NOT Meta's" in prior.card["not_meta_sam"] and "source_test_mean_dice" in provenance
-    assert (PRIOR_DIR / "weights.safetensors").stat().st_size < 8 * 2 ** 20
+    assert (PRIOR_DIR / "weights.safetensors").stat().st_size < 8 * 2**20
     (pseudo,) = sfr_pseudo_labels(prior.model, [sample_cases[0].image], prior.sam_input)
     assert pseudo.label.shape == sample_cases[0].image.shape
 

@@ -28,17 +28,30 @@ from ASSFTActive.store import ModelStore
 
 
 def sfr_spec(images, labels, store, card, **changes) -> JobSpec:
-    return JobSpec(kind="sfr", images={k: str(v) for k, v in images.items()},
-                   labels={k: str(v) for k, v in labels.items()}, model=str(card), store=str(store), name="site",
-                   budget=2, **changes)
+    return JobSpec(
+        kind="sfr",
+        images={k: str(v) for k, v in images.items()},
+        labels={k: str(v) for k, v in labels.items()},
+        model=str(card),
+        store=str(store),
+        name="site",
+        budget=2,
+        **changes,
+    )
 
 
 # ------------------------------------------------------------------ job.json and result.json of an sfr job
 
 
 def test_an_sfr_job_round_trips_with_its_method_and_settings(tmp_path):
-    spec = JobSpec(kind="sfr", images={"a": "/a.nii.gz", "b": "/b.nii.gz"}, labels={"a": "/la.nii.gz"},
-                   store="/store", sfr={"method": "sfr_plus", "retrain": {"iterations": 7}}, sam_prior="/sam/vit-b")
+    spec = JobSpec(
+        kind="sfr",
+        images={"a": "/a.nii.gz", "b": "/b.nii.gz"},
+        labels={"a": "/la.nii.gz"},
+        store="/store",
+        sfr={"method": "sfr_plus", "retrain": {"iterations": 7}},
+        sam_prior="/sam/vit-b",
+    )
     write_job(tmp_path, spec)
     back = read_job(tmp_path)
     assert back == spec and back.sfr_method == "sfr_plus" and back.sam_prior == "/sam/vit-b"
@@ -55,12 +68,15 @@ def test_rank_and_adapt_jobs_keep_their_job_file_without_sfr_keys(tmp_path):
     assert JobSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"sfr": {"method": "sam"}}, "sfr: SfrConfig.method='sam' is not valid"),
-    ({"store": ""}, "an sfr job needs store"),
-    ({"labels": {}}, "an sfr job needs at least one labelled volume"),
-    ({"sfr": "sfr_plus"}, "sfr must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"sfr": {"method": "sam"}}, "sfr: SfrConfig.method='sam' is not valid"),
+        ({"store": ""}, "an sfr job needs store"),
+        ({"labels": {}}, "an sfr job needs at least one labelled volume"),
+        ({"sfr": "sfr_plus"}, "sfr must be a JSON object"),
+    ],
+)
 def test_an_invalid_sfr_job_is_refused_naming_the_problem(data, message):
     base = {"kind": "sfr", "images": {"a": "/a"}, "labels": {"a": "/l"}, "store": "/s"}
     with pytest.raises(ValueError, match=message):
@@ -84,9 +100,15 @@ def test_the_job_methods_are_the_engine_methods_and_the_cli_choices():
 
 
 def test_an_sfr_result_carries_the_activation_and_pseudo_labels_like_adapt(tmp_path):
-    result = JobResult(status="done", kind="sfr", model_card="/store/site/v1/card.json", activated=False,
-                       activation={"activate": False, "reason": "no gain"}, pseudo_labeled=("b",),
-                       metrics={"method": "sfr_plus"})
+    result = JobResult(
+        status="done",
+        kind="sfr",
+        model_card="/store/site/v1/card.json",
+        activated=False,
+        activation={"activate": False, "reason": "no gain"},
+        pseudo_labeled=("b",),
+        metrics={"method": "sfr_plus"},
+    )
     write_result(tmp_path, result)
     written = read_json(tmp_path / "result.json")
     assert written["activated"] is False and written["activation"]["reason"] == "no gain"
@@ -117,8 +139,9 @@ def _worker():
 def test_an_sfr_plus_job_runs_in_the_worker_and_ends_with_the_adapt_result(world):
     _, run_worker = _worker()
     job = world["tmp"] / "job"
-    write_job(job, sfr_spec(world["images"], world["labels"], world["store"], world["card"],
-                            sfr=fast_sfr(method="sfr_plus")))
+    write_job(
+        job, sfr_spec(world["images"], world["labels"], world["store"], world["card"], sfr=fast_sfr(method="sfr_plus"))
+    )
     code, worker = run_worker(job, world["tmp"] / "cwd")
     assert code == EXIT_DONE, worker.stderr_path.read_text()[-3000:]
     events = worker.events
@@ -149,8 +172,16 @@ def test_an_sfr_job_cancelled_in_re_training_resumes_without_fine_tuning_sam_aga
     job = world["tmp"] / "job"
     # one labelled volume: no folds, so the final run comes at once
     labels = dict(list(world["labels"].items())[:1])
-    write_job(job, sfr_spec(world["images"], labels, world["store"], world["card"],
-                            sfr=fast_sfr(retrain=dict(fast_sfr()["retrain"], iterations=40))))
+    write_job(
+        job,
+        sfr_spec(
+            world["images"],
+            labels,
+            world["store"],
+            world["card"],
+            sfr=fast_sfr(retrain=dict(fast_sfr()["retrain"], iterations=40)),
+        ),
+    )
     worker = Worker(job, world["tmp"] / "cwd")
     worker.events_until(lambda e: e.event == "progress" and e.phase == "train" and e.step >= 5)
     worker.process.send_signal(signal.SIGTERM)

@@ -23,9 +23,15 @@ from ASSFTActive.jobs import JobResult, read_job, write_result  # noqa: E402
 
 def parameterNode(workDirectory: Path, cardPath: Path, method: AdaptMethodChoice):
     """The parameter node fields the controller reads (the real node needs desktop Slicer), with the method."""
-    return types.SimpleNamespace(modelSource=ModelSource.CardFile, modelCardPath=cardPath,
-                                 workDirectory=workDirectory, budget=1, rankingTable=None, lastJobDirectory="",
-                                 adaptMethod=method)
+    return types.SimpleNamespace(
+        modelSource=ModelSource.CardFile,
+        modelCardPath=cardPath,
+        workDirectory=workDirectory,
+        budget=1,
+        rankingTable=None,
+        lastJobDirectory="",
+        adaptMethod=method,
+    )
 
 
 @pytest.fixture()
@@ -35,10 +41,14 @@ def setup(tmp_path):
     return env, logic, controller, nodes, cardPath, tmp_path
 
 
-@pytest.mark.parametrize("method, kind, sfrMethod", [
-    (AdaptMethodChoice.ASSFT, "adapt", "sfr"), (AdaptMethodChoice.SFR, "sfr", "sfr"),
-    (AdaptMethodChoice.SFR_PLUS, "sfr", "sfr_plus"),
-])
+@pytest.mark.parametrize(
+    "method, kind, sfrMethod",
+    [
+        (AdaptMethodChoice.ASSFT, "adapt", "sfr"),
+        (AdaptMethodChoice.SFR, "sfr", "sfr"),
+        (AdaptMethodChoice.SFR_PLUS, "sfr", "sfr_plus"),
+    ],
+)
 def test_the_adapt_method_decides_the_job_the_adapt_button_writes(setup, method, kind, sfrMethod):
     env, logic, controller, nodes, cardPath, tmp_path = setup
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, method))
@@ -67,10 +77,19 @@ def test_an_sfr_job_that_was_not_activated_comes_back_with_its_reason_and_keeps_
     spec = controller.startJob("adapt")
     fakeFinishedJob(spec, nodes, tmp_path, kind="rank")  # the re-ranking's files
     newCard = writeModelCard(tmp_path / "store" / "test-unet-adapted" / "v1", name="test-unet-adapted")
-    write_result(spec.jobDir, JobResult(
-        status="done", kind="sfr", model_card=str(newCard), ranking=str(spec.jobDir / "ranking.json"),
-        activated=False, activation={"activate": False, "reason": "no cross-validated gain"},
-        pseudo_labeled=("case_a",), metrics={"method": "sfr_plus"}))
+    write_result(
+        spec.jobDir,
+        JobResult(
+            status="done",
+            kind="sfr",
+            model_card=str(newCard),
+            ranking=str(spec.jobDir / "ranking.json"),
+            activated=False,
+            activation={"activate": False, "reason": "no cross-validated gain"},
+            pseudo_labeled=("case_a",),
+            metrics={"method": "sfr_plus"},
+        ),
+    )
     controller._runner.end(0)
 
     outcome = finished[-1]
@@ -80,8 +99,12 @@ def test_an_sfr_job_that_was_not_activated_comes_back_with_its_reason_and_keeps_
     assert loaded.adaptedModel == newCard and loaded.activeModel is None
     assert loaded.result.adaptMethod == "SFR+" and loaded.result.pseudoLabeled == ("case_a",)
     assert controller.parameterNode.modelCardPath == cardPath  # the active model did not change
-    states = {loaded.tableNode.GetTable().GetColumnByName("Case ID").GetValue(r):
-              loaded.tableNode.GetTable().GetColumnByName("State").GetValue(r) for r in range(3)}
+    states = {
+        loaded.tableNode.GetTable().GetColumnByName("Case ID").GetValue(r): loaded.tableNode.GetTable()
+        .GetColumnByName("State")
+        .GetValue(r)
+        for r in range(3)
+    }
     assert states["case_b"] == "labeled"
 
 

@@ -28,8 +28,26 @@ def _labels(tmp_path: Path, cases) -> Path:
 def test_assft_sfr_on_the_sample_stores_a_version_with_the_guards_reason(tmp_path, capsys):
     labels = _labels(tmp_path, ["hippocampus_011", "hippocampus_023", "hippocampus_026"])
     store = tmp_path / "store"
-    code = main(["sfr", "--images", str(SAMPLE / "images"), "--labels", str(labels), "--store", str(store),
-                 "--sam-iterations", "3", "--iterations", "4", "--seed", "0", "--quiet", "--device", "cpu"])
+    code = main(
+        [
+            "sfr",
+            "--images",
+            str(SAMPLE / "images"),
+            "--labels",
+            str(labels),
+            "--store",
+            str(store),
+            "--sam-iterations",
+            "3",
+            "--iterations",
+            "4",
+            "--seed",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "sfr: model hippocampus-unet-adapted v1" in out and "why: " in out
@@ -51,9 +69,27 @@ def test_assft_sfr_on_the_sample_stores_a_version_with_the_guards_reason(tmp_pat
 def test_assft_sfr_plus_without_the_guard_activates_on_a_confident_selection(tmp_path, capsys):
     labels = _labels(tmp_path, ["hippocampus_011"])
     store = tmp_path / "store"
-    code = main(["sfr", "--images", str(SAMPLE / "images"), "--labels", str(labels), "--store", str(store),
-                 "--method", "sfr_plus", "--sam-iterations", "2", "--iterations", "2", "--no-guard", "--quiet",
-                 "--device", "cpu"])
+    code = main(
+        [
+            "sfr",
+            "--images",
+            str(SAMPLE / "images"),
+            "--labels",
+            str(labels),
+            "--store",
+            str(store),
+            "--method",
+            "sfr_plus",
+            "--sam-iterations",
+            "2",
+            "--iterations",
+            "2",
+            "--no-guard",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "sfr_plus: model hippocampus-unet-adapted v1 is now active" in out
@@ -71,8 +107,20 @@ def test_sfr_needs_an_unlabelled_pool(tmp_path, capsys):
     images.mkdir()
     shutil.copy(SAMPLE / "images" / "hippocampus_011.nii.gz", images)
     labels = _labels(tmp_path, ["hippocampus_011"])
-    code = main(["sfr", "--images", str(images), "--labels", str(labels), "--store", str(tmp_path / "store"),
-                 "--quiet", "--device", "cpu"])
+    code = main(
+        [
+            "sfr",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--store",
+            str(tmp_path / "store"),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2
     assert "unlabelled volumes" in capsys.readouterr().err
     assert not (tmp_path / "store" / "hippocampus-unet-adapted").exists()
@@ -105,7 +153,12 @@ def test_cancelling_during_sam_fine_tuning_leaves_the_store_unchanged(tmp_path):
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
-        sfr_adapt({case_id(p): p for p in images}, match_labels(images, str(labels)), store=tmp_path / "store",
-                  config=SfrConfig(sam=SfrFinetuneConfig.tiny(iterations=5)), progress=progress)
+        sfr_adapt(
+            {case_id(p): p for p in images},
+            match_labels(images, str(labels)),
+            store=tmp_path / "store",
+            config=SfrConfig(sam=SfrFinetuneConfig.tiny(iterations=5)),
+            progress=progress,
+        )
     assert "commit" not in phases
     assert ModelStore(tmp_path / "store").versions("hippocampus-unet-adapted") == []

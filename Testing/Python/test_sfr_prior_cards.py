@@ -14,15 +14,18 @@ from ASSFTActive.errors import ModelError  # noqa: E402
 from ASSFTActive.sfr.prior import CARD_FILE, PRIOR_DIR, load_sam_prior  # noqa: E402
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"patch_size": 0}, "patch_size"),
-    ({"image_size": -256}, "image_size"),
-    ({"depth": 100000}, "depth"),
-    ({"embed_dim": 2**20}, "embed_dim"),
-    ({"mlp_ratio": math.nan}, "mlp_ratio"),
-    ({"num_heads": True}, "num_heads"),
-    ({"pixel_std": [0.0, 1.0, 1.0]}, "pixel_std"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"patch_size": 0}, "patch_size"),
+        ({"image_size": -256}, "image_size"),
+        ({"depth": 100000}, "depth"),
+        ({"embed_dim": 2**20}, "embed_dim"),
+        ({"mlp_ratio": math.nan}, "mlp_ratio"),
+        ({"num_heads": True}, "num_heads"),
+        ({"pixel_std": [0.0, 1.0, 1.0]}, "pixel_std"),
+    ],
+)
 def test_a_prior_card_with_impossible_sizes_is_refused_naming_the_card_and_the_size(tmp_path, change, field):
     folder = tmp_path / "prior"
     shutil.copytree(PRIOR_DIR, folder)

@@ -35,8 +35,16 @@ def _run(world, config: SfrConfig, cancel_at=None):
             raise CancelledError("cancelled")
 
     try:
-        result = sfr_adapt(world["images"], world["labels"], store=world["store"], model=world["card"], name="site",
-                           config=config, progress=progress, work_dir=world["work"])
+        result = sfr_adapt(
+            world["images"],
+            world["labels"],
+            store=world["store"],
+            model=world["card"],
+            name="site",
+            config=config,
+            progress=progress,
+            work_dir=world["work"],
+        )
     except CancelledError:
         return None, events
     return result, events

@@ -59,7 +59,7 @@ def test_consistency_weight_follows_sfrs_epoch_ramp():
     assert consistency_weight_at(149, semi) == pytest.approx(0.1 * np.exp(-5.0))  # e = step // 150
     assert consistency_weight_at(20 * 150, semi) == pytest.approx(0.1 * np.exp(-5.0 * 0.25))
     assert consistency_weight_at(40 * 150, semi) == pytest.approx(0.1)
-    assert consistency_weight_at(10 ** 6, semi) == pytest.approx(0.1)  # min(e/40, 1)
+    assert consistency_weight_at(10**6, semi) == pytest.approx(0.1)  # min(e/40, 1)
     assert consistency_weight_at(5, SemiParts()) == 0.0  # off by default
 
 
@@ -113,12 +113,22 @@ def test_the_defaults_are_adapt_models_adamw_cosine_without_sfr_parts():
 def test_sfrs_settings_are_the_released_codes():
     config = sfr_train_config()
     assert (config.optimizer, config.learning_rate, config.momentum, config.weight_decay) == (
-        Optimizer.SGD, 0.01, 0.9, 1e-4)
+        Optimizer.SGD,
+        0.01,
+        0.9,
+        1e-4,
+    )
     assert (config.lr_step_every, config.lr_step_gamma, config.iterations, config.batch_size) == (2500, 0.1, 6000, 2)
     semi = mean_teacher_parts(MeanTeacherConfig())
-    assert (semi.fixed_pseudo_weight, semi.consistency_weight, semi.consistency_rampup,
-            semi.consistency_epoch_steps, semi.noise_std, semi.noise_clip, semi.ema_decay) == (
-        1.0, 0.1, 40, 150, 0.1, 0.2, 0.99)
+    assert (
+        semi.fixed_pseudo_weight,
+        semi.consistency_weight,
+        semi.consistency_rampup,
+        semi.consistency_epoch_steps,
+        semi.noise_std,
+        semi.noise_clip,
+        semi.ema_decay,
+    ) == (1.0, 0.1, 40, 150, 0.1, 0.2, 0.99)
     assert (semi.voxel_threshold, semi.strong_view, semi.cutmix_probability) == (None, False, 0.0)
     assert MeanTeacherConfig.from_dict(MeanTeacherConfig().to_dict()) == MeanTeacherConfig()
 
@@ -134,9 +144,15 @@ def test_fixed_pseudo_targets_stay_and_are_weighted_by_a_constant(tmp_path, one_
     _record(teacher, teacher_calls)
     config = TrainConfig(iterations=3, batch_size=1, learning_rate=0.01, augment=False, seed=3)
     # pseudo-labels all background on images with foreground: a teacher's argmax would not give that
-    train_supervised(network, card, _cases(1), config, device=CPU,
-                     terms=[PseudoLabelTerm(_cases(1, 10, background=True), SemiParts(fixed_pseudo_weight=0.7),
-                                            teacher)], hooks=[ProgressHook(events.append)])
+    train_supervised(
+        network,
+        card,
+        _cases(1),
+        config,
+        device=CPU,
+        terms=[PseudoLabelTerm(_cases(1, 10, background=True), SemiParts(fixed_pseudo_weight=0.7), teacher)],
+        hooks=[ProgressHook(events.append)],
+    )
     assert teacher_calls == []  # the EMA teacher labels nothing
     metrics = [e.metrics for e in events if e.event == "progress"]
     assert [m["pseudo_weight"] for m in metrics] == [0.7] * 3  # no ramp
@@ -155,10 +171,16 @@ def test_the_ema_teacher_adds_the_consistency_term_on_a_noisy_view(tmp_path, one
     _record(network, student_calls)
     _record(teacher, teacher_calls)
     config = TrainConfig(iterations=4, batch_size=1, learning_rate=0.01, augment=False, seed=5)
-    semi = SemiParts(fixed_pseudo_weight=1.0, consistency_weight=0.1, consistency_rampup=1,
-                     consistency_epoch_steps=2)
-    train_supervised(network, card, _cases(1), config, device=CPU,
-                     terms=[PseudoLabelTerm(_cases(1, 10), semi, teacher)], hooks=[ProgressHook(events.append)])
+    semi = SemiParts(fixed_pseudo_weight=1.0, consistency_weight=0.1, consistency_rampup=1, consistency_epoch_steps=2)
+    train_supervised(
+        network,
+        card,
+        _cases(1),
+        config,
+        device=CPU,
+        terms=[PseudoLabelTerm(_cases(1, 10), semi, teacher)],
+        hooks=[ProgressHook(events.append)],
+    )
     assert len(teacher_calls) == 4  # once per step, on the unlabelled patches
     metrics = [e.metrics for e in events if e.event == "progress"]
     assert [m["consistency_weight"] for m in metrics] == pytest.approx([0.1 * np.exp(-5.0)] * 2 + [0.1] * 2)
@@ -168,16 +190,25 @@ def test_the_ema_teacher_adds_the_consistency_term_on_a_noisy_view(tmp_path, one
     assert 0.0 < float(difference.max()) <= 0.2 + 1e-6  # x + clipped noise
     assert metrics[0]["loss_consistency"] == pytest.approx(float(softmax_mse(student_out, teacher_out)), rel=1e-5)
     first = metrics[0]
-    total = first["loss_labeled"] + first["pseudo_weight"] * first["loss_pseudo"] + (
-        first["consistency_weight"] * first["loss_consistency"])
+    total = (
+        first["loss_labeled"]
+        + first["pseudo_weight"] * first["loss_pseudo"]
+        + (first["consistency_weight"] * first["loss_consistency"])
+    )
     assert first["loss"] == pytest.approx(total, rel=1e-5)
 
 
 def test_consistency_without_a_teacher_is_refused(tmp_path):
     card = load_card(make_tiny_card(tmp_path / "model"))
     with pytest.raises(ValueError, match="teacher"):
-        train_supervised(build_network(card), card, _cases(1), TrainConfig(iterations=1), device=CPU,
-                         terms=[PseudoLabelTerm(_cases(1, 10), SemiParts(consistency_weight=0.1))])
+        train_supervised(
+            build_network(card),
+            card,
+            _cases(1),
+            TrainConfig(iterations=1),
+            device=CPU,
+            terms=[PseudoLabelTerm(_cases(1, 10), SemiParts(consistency_weight=0.1))],
+        )
 
 
 def test_mean_teacher_re_training_scores_along_the_way_and_stops_early(tmp_path, one_thread):
@@ -185,9 +216,15 @@ def test_mean_teacher_re_training_scores_along_the_way_and_stops_early(tmp_path,
     network = build_network(card)
     scored = []
     config = sfr_train_config(iterations=6, batch_size=1, augment=False, lr_step_every=4)
-    losses = train_supervised(network, card, _cases(1), config, device=CPU,
-                              terms=[mean_teacher_term(network, _cases(1, 10), MeanTeacherConfig())],
-                              hooks=[ScoreHook(lambda net, step: scored.append(step))],
-                              schedule=TrainSchedule(stop=5, validate_every=2))
+    losses = train_supervised(
+        network,
+        card,
+        _cases(1),
+        config,
+        device=CPU,
+        terms=[mean_teacher_term(network, _cases(1, 10), MeanTeacherConfig())],
+        hooks=[ScoreHook(lambda net, step: scored.append(step))],
+        schedule=TrainSchedule(stop=5, validate_every=2),
+    )
     assert len(losses) == 5 and all(np.isfinite(losses))
     assert scored == [2, 4, 5]

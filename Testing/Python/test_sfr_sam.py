@@ -71,8 +71,10 @@ def test_official_checkpoint_loads_into_a_lora_wrapped_vit_b_keeping_the_lora_te
     key = "image_encoder.blocks.3.attn.qkv.weight"
     assert torch.equal(model.state_dict()[key], state[key])
     assert not model.image_encoder.blocks[3].attn.qkv.weight.requires_grad
-    assert all(torch.count_nonzero(model.state_dict()[n.replace("lora_a", "lora_b") + ".weight"]) == 0
-               for n in (k.rsplit(".", 1)[0] for k in names if ".lora_a_" in k))
+    assert all(
+        torch.count_nonzero(model.state_dict()[n.replace("lora_a", "lora_b") + ".weight"]) == 0
+        for n in (k.rsplit(".", 1)[0] for k in names if ".lora_a_" in k)
+    )
 
 
 def test_a_checkpoint_of_another_layout_is_refused_naming_the_offending_tensors(tmp_path):
@@ -149,8 +151,9 @@ def test_lora_starts_as_identity_and_trains_only_low_rank_q_v_and_the_decoder():
         assert torch.equal(model(x), before)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if n.startswith("image_encoder.")} == set(names)
-    assert any(n.startswith("mask_decoder.") for n in trainable) and any(n.startswith("prompt_encoder.")
-                                                                      for n in trainable)
+    assert any(n.startswith("mask_decoder.") for n in trainable) and any(
+        n.startswith("prompt_encoder.") for n in trainable
+    )
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     target = torch.randint(0, 3, (2, 64, 64))
     for _ in range(3):
@@ -164,7 +167,7 @@ def test_lora_starts_as_identity_and_trains_only_low_rank_q_v_and_the_decoder():
     assert any(torch.count_nonzero(v) for k, v in lora_state_dict(model).items() if ".lora_b_" in k)
     qkv = model.image_encoder.blocks[0].attn.qkv
     delta = qkv.delta_weight()
-    assert torch.count_nonzero(delta[qkv.dim:2 * qkv.dim]) == 0 and torch.count_nonzero(delta[:qkv.dim]) > 0
+    assert torch.count_nonzero(delta[qkv.dim : 2 * qkv.dim]) == 0 and torch.count_nonzero(delta[: qkv.dim]) > 0
 
 
 def test_merged_lora_weights_load_strictly_into_a_plain_sam_and_give_the_same_output():
@@ -195,8 +198,10 @@ def test_official_layout_adapts_to_class_tokens_and_a_smaller_canvas():
     assert any("mask_tokens" in line for line in report.adapted) and any("pos_embed" in line for line in report.adapted)
     got, ref = target.state_dict(), source.state_dict()
     assert torch.equal(got["mask_decoder.mask_tokens.weight"][:4], ref["mask_decoder.mask_tokens.weight"])
-    assert torch.equal(got["mask_decoder.output_hypernetworks_mlps.5.layers.0.weight"],
-                       ref["mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"])
+    assert torch.equal(
+        got["mask_decoder.output_hypernetworks_mlps.5.layers.0.weight"],
+        ref["mask_decoder.output_hypernetworks_mlps.1.layers.0.weight"],
+    )
     assert got["image_encoder.blocks.1.attn.rel_pos_h"].shape == (7, 16)  # global block: 2 * 4 - 1
     assert torch.equal(got["image_encoder.blocks.0.attn.rel_pos_h"], ref["image_encoder.blocks.0.attn.rel_pos_h"])
     state, notes = adapt_state_dict(ref, SamConfig.tiny())

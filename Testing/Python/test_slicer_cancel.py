@@ -184,8 +184,10 @@ def test_cancelling_the_real_worker_under_a_launcher_leaves_no_process_and_ends_
     images = {}
     for n in range(12):
         path = tmp_path / "images" / f"case{n:02d}.nii.gz"
-        write_volume(Volume(slicer_scene.syntheticImage((48, 48, 40), seed=n).astype("float32"),
-                            slicer_scene.rotatedAffine()), path)
+        write_volume(
+            Volume(slicer_scene.syntheticImage((48, 48, 40), seed=n).astype("float32"), slicer_scene.rotatedAffine()),
+            path,
+        )
         images[path.name[: -len(".nii.gz")]] = str(path)
     jobDir = tmp_path / "job"
     jobDir.mkdir()

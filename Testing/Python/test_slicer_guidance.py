@@ -41,8 +41,19 @@ def test_class_colours_stay_far_from_every_colour_of_the_overlay_heat_map():
 def test_legend_explains_states_columns_chart_overlay_and_class_colours():
     entries = guidance.legend(["background", "anterior", "posterior"])
     labels = [entry.label for entry in entries]
-    for label in ("proposed", "labeled", "pseudo-labeled", "DKD", "ASD", "Score", "All volumes", "Proposed",
-                  "Overlay", "anterior", "posterior"):
+    for label in (
+        "proposed",
+        "labeled",
+        "pseudo-labeled",
+        "DKD",
+        "ASD",
+        "Score",
+        "All volumes",
+        "Proposed",
+        "Overlay",
+        "anterior",
+        "posterior",
+    ):
         assert label in labels
     byLabel = {entry.label: entry for entry in entries}
     assert byLabel["anterior"].color == segmentation.classColor(1)
@@ -67,8 +78,7 @@ def test_next_step_walks_the_round_rank_annotate_adapt(tmp_path):
     for node in nodes:  # the proposed volume gets annotated
         if not logic.isLabeled(node, card):
             segmentationNode = logic.annotationSegmentation(node, card)
-            segmentation.fillSegmentationFromClassLabelmap(
-                segmentationNode, slicer_scene_volume(node), card)
+            segmentation.fillSegmentationFromClassLabelmap(segmentationNode, slicer_scene_volume(node), card)
     logic.refreshLabeledStates(table, card)
     assert guidance.nextStep(table).startswith("Next: press Adapt Model")
 

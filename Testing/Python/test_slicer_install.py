@@ -30,8 +30,8 @@ def floors(lines):
 def test_slicer_requirements_and_pyproject_name_the_same_floors():
     slicerFloors = floors(requirements.readRequirements(REPO / "Resources" / "requirements.txt"))
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
-    block = pyproject[pyproject.index("dependencies = ["):]
-    engineFloors = floors(re.findall(r'"([^"]+)"', block[:block.index("]")]))
+    block = pyproject[pyproject.index("dependencies = [") :]
+    engineFloors = floors(re.findall(r'"([^"]+)"', block[: block.index("]")]))
     shared = set(slicerFloors) & set(engineFloors)
     assert {"torch", "monai", "scipy", "nibabel"} <= shared
     assert {name: slicerFloors[name] for name in shared} == {name: engineFloors[name] for name in shared}

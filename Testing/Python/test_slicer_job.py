@@ -61,8 +61,7 @@ def scene(tmp_path, reserved_cases):
 def runJob(spec):
     """Run the worker; returns its result and its events (other output lines, e.g. warnings, left out)."""
     outputs = []
-    result = jobProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=outputs.append,
-                                     timeout=WORKER_TIMEOUT_S)
+    result = jobProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=outputs.append, timeout=WORKER_TIMEOUT_S)
     return result, [item for item in outputs if isinstance(item, Event)]
 
 
@@ -111,8 +110,11 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
     env, logic, card, nodes, tmp_path = scene
     # the smallest real run: one supervised and one semi-supervised step on 16^3 patches
     # with one labelled volume the guard cannot cross-validate; switched off, the new version is activated
-    finetune = {"train": {"iterations": 1, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
-                "semi_iterations": 1, "validation": {"guard": False}}
+    finetune = {
+        "train": {"iterations": 1, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
+        "semi_iterations": 1,
+        "validation": {"guard": False},
+    }
 
     # the panel's two query rounds over a budget of 2 (1 + 1): one volume is labelled, so the re-ranking with the
     # adapted model is round 2 and proposes one volume
@@ -152,8 +154,12 @@ def test_adapt_job_makes_a_new_active_model_and_refreshes_predictions(scene):
 def test_sfr_plus_job_from_the_scene_runs_in_the_worker_and_comes_back_like_adapt(scene):
     env, logic, card, nodes, tmp_path = scene
     # the smallest real SFR+ run: two SAM steps, two re-training steps; one labelled volume, so no folds
-    sfr = {"method": "sfr_plus", "sam": {"iterations": 2, "batch_size": 1},
-           "retrain": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16]}, "validation": {"guard": False}}
+    sfr = {
+        "method": "sfr_plus",
+        "sam": {"iterations": 2, "batch_size": 1},
+        "retrain": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16]},
+        "validation": {"guard": False},
+    }
 
     spec = logic.prepareJob("sfr", tmp_path / "work", "default", budget=1, sfr=sfr)
     result, events = runJob(spec)

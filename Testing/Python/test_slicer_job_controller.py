@@ -44,8 +44,14 @@ def sliceViewState(env):
     for sliceLogic in env.sliceLogics:
         sliceNode, composite = sliceLogic.GetSliceNode(), sliceLogic.GetSliceCompositeNode()
         matrix = [sliceNode.GetSliceToRAS().GetElement(i, j) for i in range(4) for j in range(4)]
-        state.append((composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(),
-                      tuple(sliceNode.GetFieldOfView()), tuple(matrix)))
+        state.append(
+            (
+                composite.GetBackgroundVolumeID(),
+                composite.GetForegroundVolumeID(),
+                tuple(sliceNode.GetFieldOfView()),
+                tuple(matrix),
+            )
+        )
     return state
 
 
@@ -121,8 +127,9 @@ def test_declining_the_install_says_so_and_starts_nothing(setup):
 
 def test_device_probe_that_cannot_start_says_so(setup, tmp_path):
     env, logic, _, _, nodes, cardPath, _ = setup
-    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=dict,
-                               python=str(tmp_path / "no-such-PythonSlicer"))
+    controller = JobController(
+        logic, runnerFactory=SubprocessJobRunner, environment=dict, python=str(tmp_path / "no-such-PythonSlicer")
+    )
     signals = Signals(controller)
 
     controller.probeDevice()
@@ -136,8 +143,9 @@ def test_device_probe_reports_the_device_of_a_child_process(setup):
     env, logic, _, _, nodes, cardPath, tmp_path = setup
     import os
 
-    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=lambda: dict(os.environ),
-                               python=sys.executable)
+    controller = JobController(
+        logic, runnerFactory=SubprocessJobRunner, environment=lambda: dict(os.environ), python=sys.executable
+    )
     signals = Signals(controller)
 
     controller.probeDevice()
@@ -158,8 +166,9 @@ def test_card_check_in_a_child_process_gives_the_verdict_and_the_module_names(se
     env, logic, _, _, nodes, cardPath, tmp_path = setup
     from ASSFTModuleLib.jobProcess import workerEnvironment
 
-    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment,
-                               python=sys.executable)
+    controller = JobController(
+        logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment, python=sys.executable
+    )
     controller.setParameterNode(parameterNode(tmp_path / "work"))  # the embedded default model
     checks, status, log = cardChecks(controller)
 
@@ -181,8 +190,9 @@ def test_card_check_of_a_card_contradicting_its_network_reports_the_engines_erro
     bad = json.loads(cardPath.read_text(encoding="utf-8"))
     bad["arguments"]["out_channels"] = 2  # three class names, a two-channel network
     cardPath.write_text(json.dumps(bad), encoding="utf-8")
-    controller = JobController(logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment,
-                               python=sys.executable)
+    controller = JobController(
+        logic, runnerFactory=SubprocessJobRunner, environment=workerEnvironment, python=sys.executable
+    )
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath))
     checks, status, _ = cardChecks(controller)
 
@@ -201,8 +211,9 @@ def test_card_check_that_cannot_start_says_so_and_a_second_check_waits_for_the_f
     checks, status, _ = cardChecks(controller)
 
     controller.checkCard()
-    assert controller._cardCheck.commands == [[sys.executable, "-m", "ASSFTActive", "check-card", str(cardPath),
-                                               "--modules"]]
+    assert controller._cardCheck.commands == [
+        [sys.executable, "-m", "ASSFTActive", "check-card", str(cardPath), "--modules"]
+    ]
     with pytest.raises(ASSFTModuleError, match="already running"):
         controller.checkCard()
     controller._cardCheck.end(exitCode=-1, errorText="the worker could not start: no such file")

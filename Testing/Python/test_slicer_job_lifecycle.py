@@ -35,8 +35,11 @@ def controllerFor(tmp_path):
 
 
 def rowOf(table, volumeNode) -> int:
-    return next(row for row in range(table.GetNumberOfRows())
-                if ranking.rankedCaseFromTable(table, row)[1] == volumeNode.GetID())
+    return next(
+        row
+        for row in range(table.GetNumberOfRows())
+        if ranking.rankedCaseFromTable(table, row)[1] == volumeNode.GetID()
+    )
 
 
 def visible(node) -> bool:
@@ -93,8 +96,9 @@ def test_image_on_another_filesystem_is_copied_never_symlinked(tmp_path, monkeyp
     env = slicer_scene.SlicerScene()
     cardPath = slicer_scene.writeModelCard(tmp_path / "model")
     logic = ASSFTSceneLogic(env.scene, env.appLogic)
-    source = write_volume(Volume(slicer_scene.syntheticImage(), slicer_scene.rotatedAffine()),
-                          tmp_path / "data" / "scan.nii.gz")
+    source = write_volume(
+        Volume(slicer_scene.syntheticImage(), slicer_scene.rotatedAffine()), tmp_path / "data" / "scan.nii.gz"
+    )
     env.volumesLogic.AddArchetypeVolume(str(source), "scan", 0)
 
     def crossDevice(src, dst):
@@ -134,9 +138,12 @@ def test_closing_the_scene_mid_job_never_attaches_results_to_new_volumes_with_re
     oldIds = [node.GetID() for node in nodes]
     env.scene.Clear(0)  # File > Close Scene; the panel binds the new scene's parameter node
     controller.setParameterNode(parameterNode(tmp_path / "work", controller.parameterNode.modelCardPath))
-    newNodes = [geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(seed=9),
-                                                         slicer_scene.rotatedAffine()), f"unrelated {n}")
-                for n in range(3)]
+    newNodes = [
+        geometry.addVolumeNode(
+            env.scene, Volume(slicer_scene.syntheticImage(seed=9), slicer_scene.rotatedAffine()), f"unrelated {n}"
+        )
+        for n in range(3)
+    ]
     assert [node.GetID() for node in newNodes] == oldIds  # Slicer reuses the IDs
 
     controller._runner.end(0)
@@ -152,12 +159,14 @@ def test_an_automatic_segmentation_counts_as_labels_only_when_the_user_marks_it(
     cardPath = slicer_scene.writeModelCard(tmp_path / "model")
     logic = ASSFTSceneLogic(env.scene, env.appLogic)
     card = logic.modelCard(cardPath)
-    volume = geometry.addVolumeNode(env.scene, Volume(slicer_scene.syntheticImage(), slicer_scene.rotatedAffine()),
-                                    "ct")
+    volume = geometry.addVolumeNode(
+        env.scene, Volume(slicer_scene.syntheticImage(), slicer_scene.rotatedAffine()), "ct"
+    )
     automatic = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
     automatic.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segmentation.fillSegmentationFromClassLabelmap(
-        automatic, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(volume)), card)
+        automatic, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(volume)), card
+    )
 
     assert not logic.isLabeled(volume, card)
     assert logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1).job.labels == {}
@@ -171,8 +180,10 @@ def test_an_automatic_segmentation_counts_as_labels_only_when_the_user_marks_it(
 
 def test_case_list_without_tokens_from_an_older_version_still_needs_the_same_name(tmp_path):
     env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
-    cases = {"case_a": {"node_id": nodes[0].GetID(), "name": "case a"},
-             "case_b": {"node_id": nodes[1].GetID(), "name": "renamed"}}
+    cases = {
+        "case_a": {"node_id": nodes[0].GetID(), "name": "case a"},
+        "case_b": {"node_id": nodes[1].GetID(), "name": "renamed"},
+    }
     assert jobFolder.caseNodesInScene(env.scene, cases) == {"case_a": nodes[0]}
     assert jobFolder.readCaseNodes(tmp_path) == {}
 
@@ -201,11 +212,18 @@ def test_volumes_that_cannot_be_linked_are_written_off_the_gui_thread(tmp_path):
 
     env, logic, card, _, _, _ = controllerFor(tmp_path)
     rng = np.random.default_rng(0)
-    geometry.addVolumeNode(env.scene, Volume(rng.integers(-1000, 2000, (512, 512, 100), dtype=np.int16),
-                                             slicer_scene.rotatedAffine(spacing=(0.7, 0.7, 2.5))), "ct 1")
+    geometry.addVolumeNode(
+        env.scene,
+        Volume(
+            rng.integers(-1000, 2000, (512, 512, 100), dtype=np.int16),
+            slicer_scene.rotatedAffine(spacing=(0.7, 0.7, 2.5)),
+        ),
+        "ct 1",
+    )
     gui = MainThread()
-    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable,
-                               callInMainThread=gui.post)
+    controller = JobController(
+        logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable, callInMainThread=gui.post
+    )
     controller.setParameterNode(parameterNode(tmp_path / "work2", controller_card(tmp_path)))
 
     began = time.perf_counter()
@@ -233,8 +251,9 @@ def test_cancel_while_the_job_is_being_written_removes_the_folder_and_starts_not
 
     env, logic, card, _, signals0, nodes = controllerFor(tmp_path)
     gui = MainThread()
-    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable,
-                               callInMainThread=gui.post)
+    controller = JobController(
+        logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable, callInMainThread=gui.post
+    )
     controller.setParameterNode(parameterNode(tmp_path / "work", controller_card(tmp_path)))
     signals = Signals(controller)
     release = threading.Event()
@@ -260,9 +279,11 @@ def test_train_anyway_sets_the_jobs_allow_implausible_labels_and_the_refusal_off
     env, logic, card, controller, signals, nodes = controllerFor(tmp_path)
     spec = controller.startJob("adapt")
     assert "allow_implausible_labels" not in spec.job.finetune
-    refusal = ("the labels look wrong, so the model was not adapted: class 'posterior' (value 2) appears in none of "
-               "the 1 labelled volume(s) (case_b). Fix the label files (or the model card's class_names), or pass "
-               "--allow-implausible-labels (FinetuneConfig.allow_implausible_labels) if this is intended.")
+    refusal = (
+        "the labels look wrong, so the model was not adapted: class 'posterior' (value 2) appears in none of "
+        "the 1 labelled volume(s) (case_b). Fix the label files (or the model card's class_names), or pass "
+        "--allow-implausible-labels (FinetuneConfig.allow_implausible_labels) if this is intended."
+    )
     (spec.jobDir / "result.json").write_text(json.dumps({"status": "error", "message": refusal}))
     controller._runner.end(1)
 
@@ -349,7 +370,8 @@ def test_marking_and_unmarking_an_automatic_segmentation_updates_the_rows_state(
     automatic = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
     automatic.SetReferenceImageGeometryParameterFromVolumeNode(nodes[2])
     segmentation.fillSegmentationFromClassLabelmap(
-        automatic, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[2])), card)
+        automatic, Volume(slicer_scene.syntheticLabels(), geometry.ijkToRasArray(nodes[2])), card
+    )
 
     def state():
         case = ranking.rankedCaseFromTable(table, rowOf(table, nodes[2]))[0]

@@ -68,8 +68,11 @@ def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
     label = read_volume(job["labels"]["case_b"])
     np.testing.assert_array_equal(label.array, slicer_scene.syntheticLabels())
     np.testing.assert_allclose(label.affine, geometry.ijkToRasArray(nodes[1]), atol=1e-9)
-    assert jobFolder.readCaseNodes(spec.jobDir)["case_c"] == {"node_id": nodes[2].GetID(), "name": "case/c",
-                                                         "token": nodes[2].GetAttribute("ASSFT.CaseToken")}
+    assert jobFolder.readCaseNodes(spec.jobDir)["case_c"] == {
+        "node_id": nodes[2].GetID(),
+        "name": "case/c",
+        "token": nodes[2].GetAttribute("ASSFT.CaseToken"),
+    }
     # the engine's own job reader accepts the file as written
     from ASSFTActive.jobs import read_job
 
@@ -139,8 +142,10 @@ def test_job_links_unchanged_source_files_instead_of_copying_them(tmp_path):
     logic = ASSFTSceneLogic(env.scene, env.appLogic)
     nodes = []
     for n in range(2):
-        path = write_volume(Volume(slicer_scene.syntheticImage(seed=n), slicer_scene.rotatedAffine()),
-                            tmp_path / "data" / f"scan{n}.nii.gz")
+        path = write_volume(
+            Volume(slicer_scene.syntheticImage(seed=n), slicer_scene.rotatedAffine()),
+            tmp_path / "data" / f"scan{n}.nii.gz",
+        )
         nodes.append(env.volumesLogic.AddArchetypeVolume(str(path), f"scan{n}", 0))
     edited = nodes[1].GetImageData()
     edited.GetPointData().GetScalars().SetValue(0, 4321)
@@ -182,7 +187,10 @@ def test_load_job_result_fills_table_chart_predictions_and_active_model(pool):
     column = table.GetTable().GetColumnByName
     assert [column("Volume").GetValue(r) for r in range(3)] == ["case/c", "case b", "case a"]
     assert [column("State").GetValue(r) for r in range(3)] == [
-        CaseState.PROPOSED, CaseState.LABELED, CaseState.PSEUDO_LABELED]
+        CaseState.PROPOSED,
+        CaseState.LABELED,
+        CaseState.PSEUDO_LABELED,
+    ]
     assert loaded.chartNode.GetNumberOfPlotSeriesNodes() == 2
     assert sorted(loaded.predictionNodes) == ["case_a", "case_b", "case_c"]
     for caseId, node in zip(["case_a", "case_b", "case_c"], nodes):
@@ -238,8 +246,11 @@ def test_failed_job_reports_the_workers_error(pool):
     env, logic, card, cardPath, nodes, tmp_path = pool
     spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
     (spec.jobDir / "events.jsonl").write_text(
-        json.dumps({"event": "phase", "phase": "rank", "message": "start"}) + "\n"
-        + json.dumps({"event": "error", "phase": "rank", "message": "cancelled"}) + "\n")
+        json.dumps({"event": "phase", "phase": "rank", "message": "start"})
+        + "\n"
+        + json.dumps({"event": "error", "phase": "rank", "message": "cancelled"})
+        + "\n"
+    )
     (spec.jobDir / "log.txt").write_text("line 1\nline 2\n")
 
     with pytest.raises(JobFailedError, match="cancelled") as caught:
@@ -270,8 +281,9 @@ def test_annotating_a_proposed_volume_marks_its_row_labeled(pool):
 
     annotation = logic.annotationSegmentation(nodes[2], card, predictionPath=loaded.result.predictions["case_c"])
 
-    np.testing.assert_array_equal(logic.classLabelmap(nodes[2], card, annotation).labels,
-                                  slicer_scene.syntheticLabels())
+    np.testing.assert_array_equal(
+        logic.classLabelmap(nodes[2], card, annotation).labels, slicer_scene.syntheticLabels()
+    )
     assert logic.refreshLabeledStates(loaded.tableNode, card) == 1
     assert loaded.tableNode.GetTable().GetColumnByName("State").GetValue(0) == CaseState.LABELED
 

@@ -83,9 +83,21 @@ def test_overlay_on_another_grid_is_refused(env, tmp_path):
 
 
 def writeRegions(path, centers):
-    data = {"case_id": "scan", "threshold": 0.5, "regions": [
-        {"center_ras": list(c), "bbox_ijk_min": [1, 2, 3], "bbox_ijk_max": [4, 5, 6], "volume_mm3": 10.0 * (n + 1),
-         "mean_entropy": 0.9 - 0.1 * n, "voxel_count": 5 * (n + 1)} for n, c in enumerate(centers)]}
+    data = {
+        "case_id": "scan",
+        "threshold": 0.5,
+        "regions": [
+            {
+                "center_ras": list(c),
+                "bbox_ijk_min": [1, 2, 3],
+                "bbox_ijk_max": [4, 5, 6],
+                "volume_mm3": 10.0 * (n + 1),
+                "mean_entropy": 0.9 - 0.1 * n,
+                "voxel_count": 5 * (n + 1),
+            }
+            for n, c in enumerate(centers)
+        ],
+    }
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
@@ -117,7 +129,8 @@ def test_jump_to_region_centres_every_slice_view_and_reports_offsets(env, tmp_pa
     scan = addScan(env)
     center = (12.5, -7.25, 33.0)
     node = regions.regionsToMarkups(
-        env.scene, scan, regions.readRegions(writeRegions(tmp_path / "r.json", [center])).regions)
+        env.scene, scan, regions.readRegions(writeRegions(tmp_path / "r.json", [center])).regions
+    )
     logic = ASSFTSceneLogic(env.scene, env.appLogic)
 
     offsets = logic.jumpToRegion(node, 0)

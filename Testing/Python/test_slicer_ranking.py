@@ -21,21 +21,64 @@ from ASSFTActive.jobs import RankingEntry, RankingFile, write_ranking_file  # no
 def writeRanking(folder):
     """A ranking as the engine writes it (its own record and writer), entries out of rank order on purpose."""
     cases = [
-        RankingEntry(case_id="c3", image=str(folder / "c3.nrrd"), dkd=0.9, asd=0.5, score=0.95, rank=1,
-                     selected=True, labeled=False, entropy_map=str(folder / "c3_entropy.nii.gz"),
-                     regions="c3_regions.json"),
-        RankingEntry(case_id="c1", image=str(folder / "c1.nrrd"), dkd=0.4, asd=0.8, score=0.7, rank=2,
-                     selected=True, labeled=False),
-        RankingEntry(case_id="c2", image=str(folder / "c2.nrrd"), dkd=0.2, asd=0.1, score=0.1, rank=3,
-                     selected=False, labeled=True),
-        RankingEntry(case_id="c4", image=str(folder / "c4.nrrd"), dkd=0.1, asd=None, score=0.05, rank=4,
-                     selected=False, labeled=False),
-        RankingEntry(case_id="c5", image=str(folder / "c5.nrrd"), dkd=0.05, asd=0.02, score=0.01, rank=5,
-                     selected=False, labeled=False),
+        RankingEntry(
+            case_id="c3",
+            image=str(folder / "c3.nrrd"),
+            dkd=0.9,
+            asd=0.5,
+            score=0.95,
+            rank=1,
+            selected=True,
+            labeled=False,
+            entropy_map=str(folder / "c3_entropy.nii.gz"),
+            regions="c3_regions.json",
+        ),
+        RankingEntry(
+            case_id="c1",
+            image=str(folder / "c1.nrrd"),
+            dkd=0.4,
+            asd=0.8,
+            score=0.7,
+            rank=2,
+            selected=True,
+            labeled=False,
+        ),
+        RankingEntry(
+            case_id="c2",
+            image=str(folder / "c2.nrrd"),
+            dkd=0.2,
+            asd=0.1,
+            score=0.1,
+            rank=3,
+            selected=False,
+            labeled=True,
+        ),
+        RankingEntry(
+            case_id="c4",
+            image=str(folder / "c4.nrrd"),
+            dkd=0.1,
+            asd=None,
+            score=0.05,
+            rank=4,
+            selected=False,
+            labeled=False,
+        ),
+        RankingEntry(
+            case_id="c5",
+            image=str(folder / "c5.nrrd"),
+            dkd=0.05,
+            asd=0.02,
+            score=0.01,
+            rank=5,
+            selected=False,
+            labeled=False,
+        ),
     ]
     # written out of order on purpose: the reader orders by rank
-    return write_ranking_file(folder / "ranking.json", RankingFile(strategy="assft", budget=2, model="card.json",
-                                                                   cases=tuple(reversed(cases))))
+    return write_ranking_file(
+        folder / "ranking.json",
+        RankingFile(strategy="assft", budget=2, model="card.json", cases=tuple(reversed(cases))),
+    )
 
 
 def test_read_ranking_orders_by_rank_and_resolves_relative_paths(tmp_path):
@@ -54,8 +97,12 @@ def test_ranking_table_columns_values_and_states(tmp_path):
     data = ranking.readRanking(writeRanking(tmp_path), pseudoLabeled=["c4", "c5"])
 
     table = ranking.writeRankingTable(
-        env.scene, data, caseNames={"c3": "Case three", "c1": "Case one"},
-        caseNodeIds={"c3": "vtkMRMLScalarVolumeNode3"}, labeled={"c1"})
+        env.scene,
+        data,
+        caseNames={"c3": "Case three", "c1": "Case one"},
+        caseNodeIds={"c3": "vtkMRMLScalarVolumeNode3"},
+        labeled={"c1"},
+    )
 
     assert table.IsA("vtkMRMLTableNode")
     assert table.GetNumberOfRows() == 5
@@ -68,7 +115,12 @@ def test_ranking_table_columns_values_and_states(tmp_path):
     assert [column("Score").GetValue(r) for r in range(5)] == [0.95, 0.7, 0.1, 0.05, 0.01]
     assert [column("Rank").GetValue(r) for r in range(5)] == [1, 2, 3, 4, 5]
     assert [column("State").GetValue(r) for r in range(5)] == [
-        CaseState.PROPOSED, CaseState.LABELED, CaseState.LABELED, CaseState.PSEUDO_LABELED, CaseState.PSEUDO_LABELED]
+        CaseState.PROPOSED,
+        CaseState.LABELED,
+        CaseState.LABELED,
+        CaseState.PSEUDO_LABELED,
+        CaseState.PSEUDO_LABELED,
+    ]
     assert column("DKD").IsA("vtkDoubleArray") and column("Rank").IsA("vtkIntArray")
     assert table.GetLocked()
     assert table.GetAttribute("ASSFT.Role") == "ranking"
@@ -134,14 +186,30 @@ def test_malformed_ranking_files_say_what_is_wrong(tmp_path):
     with pytest.raises(ResultFormatError, match="case_id"):
         ranking.readRanking(bad)
     worse = tmp_path / "worse.json"
-    worse.write_text(json.dumps({"strategy": "assft", "budget": 1, "cases": [
-        {"case_id": "a", "rank": 1, "selected": False, "labeled": False, "dkd": "high"}]}), encoding="utf-8")
+    worse.write_text(
+        json.dumps(
+            {
+                "strategy": "assft",
+                "budget": 1,
+                "cases": [{"case_id": "a", "rank": 1, "selected": False, "labeled": False, "dkd": "high"}],
+            }
+        ),
+        encoding="utf-8",
+    )
     with pytest.raises(ResultFormatError, match="dkd"):
         ranking.readRanking(worse)
     # a key the engine does not write (a per-case "pseudo_labeled" once read here) is refused, not ignored
     stray = tmp_path / "stray.json"
-    stray.write_text(json.dumps({"strategy": "assft", "budget": 1, "cases": [
-        {"case_id": "a", "rank": 1, "selected": False, "labeled": False, "pseudo_labeled": True}]}), encoding="utf-8")
+    stray.write_text(
+        json.dumps(
+            {
+                "strategy": "assft",
+                "budget": 1,
+                "cases": [{"case_id": "a", "rank": 1, "selected": False, "labeled": False, "pseudo_labeled": True}],
+            }
+        ),
+        encoding="utf-8",
+    )
     with pytest.raises(ResultFormatError, match="pseudo_labeled"):
         ranking.readRanking(stray)
 
@@ -168,11 +236,45 @@ def test_the_module_reads_rankings_through_the_engine_reader(tmp_path, monkeypat
 
 def test_labeled_cases_without_rank_or_scores_come_last(tmp_path):
     path = tmp_path / "ranking.json"
-    path.write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": [
-        {"case_id": "lab", "image": "lab.nrrd", "dkd": None, "asd": 0.3, "score": None, "rank": None,
-         "selected": False, "labeled": True},
-        {"case_id": "u2", "dkd": 0.1, "asd": 0.2, "score": 0.1, "rank": 2, "selected": False, "labeled": False},
-        {"case_id": "u1", "dkd": 0.5, "asd": 0.4, "score": 0.6, "rank": 1, "selected": True, "labeled": False}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "strategy": "assft",
+                "budget": 1,
+                "model": "m",
+                "cases": [
+                    {
+                        "case_id": "lab",
+                        "image": "lab.nrrd",
+                        "dkd": None,
+                        "asd": 0.3,
+                        "score": None,
+                        "rank": None,
+                        "selected": False,
+                        "labeled": True,
+                    },
+                    {
+                        "case_id": "u2",
+                        "dkd": 0.1,
+                        "asd": 0.2,
+                        "score": 0.1,
+                        "rank": 2,
+                        "selected": False,
+                        "labeled": False,
+                    },
+                    {
+                        "case_id": "u1",
+                        "dkd": 0.5,
+                        "asd": 0.4,
+                        "score": 0.6,
+                        "rank": 1,
+                        "selected": True,
+                        "labeled": False,
+                    },
+                ],
+            }
+        )
+    )
     env = slicer_scene.SlicerScene()
 
     data = ranking.readRanking(path)

@@ -16,17 +16,30 @@ EVIDENCE = "Spearman +0.69 to +0.92 with the pre-trained model's error; measured
 
 def writeRanking(folder, wrong=True):
     cases = (
-        RankingEntry(case_id="typical", rank=1, selected=True, labeled=False, asd_class_balanced=0.1,
-                     reason="most typical of a group of 9 similar volumes"),
+        RankingEntry(
+            case_id="typical",
+            rank=1,
+            selected=True,
+            labeled=False,
+            asd_class_balanced=0.1,
+            reason="most typical of a group of 9 similar volumes",
+        ),
         RankingEntry(case_id="plain", rank=2, selected=False, labeled=False, asd_class_balanced=0.3),
-        RankingEntry(case_id="phantom", rank=3, selected=False, labeled=False, asd_class_balanced=0.5,
-                     ood="out of distribution: the model marks 24 % of it as anatomy",
-                     reason="not proposed: out of distribution: the model marks 24 % of it as anatomy"),
+        RankingEntry(
+            case_id="phantom",
+            rank=3,
+            selected=False,
+            labeled=False,
+            asd_class_balanced=0.5,
+            ood="out of distribution: the model marks 24 % of it as anatomy",
+            reason="not proposed: out of distribution: the model marks 24 % of it as anatomy",
+        ),
     )
     listed = WrongList(score="asd_class_balanced", evidence=EVIDENCE, cases=("phantom", "plain", "typical"))
-    return write_ranking_file(folder / "ranking.json", RankingFile(strategy="typiclust", budget=1, model="m",
-                                                                   cases=cases,
-                                                                   probably_wrong=listed if wrong else None))
+    return write_ranking_file(
+        folder / "ranking.json",
+        RankingFile(strategy="typiclust", budget=1, model="m", cases=cases, probably_wrong=listed if wrong else None),
+    )
 
 
 def test_the_table_shows_the_reason_and_the_probably_wrong_place(tmp_path):
@@ -36,8 +49,10 @@ def test_the_table_shows_the_reason_and_the_probably_wrong_place(tmp_path):
 
     column = table.GetTable().GetColumnByName
     assert [column("Why").GetValue(r) for r in range(3)] == [
-        "most typical of a group of 9 similar volumes", "",
-        "not proposed: out of distribution: the model marks 24 % of it as anatomy"]
+        "most typical of a group of 9 similar volumes",
+        "",
+        "not proposed: out of distribution: the model marks 24 % of it as anatomy",
+    ]
     assert [column("Likely wrong").GetValue(r) for r in range(3)] == [3, 2, 1]
     assert "Why" in ranking.VISIBLE_COLUMNS and "Likely wrong" in ranking.VISIBLE_COLUMNS
     assert table.GetAttribute("ASSFT.ProbablyWrongEvidence") == EVIDENCE

@@ -45,8 +45,9 @@ def test_user_segmentation_is_read_but_never_edited(setup):
     userNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
     labels = slicer_scene.syntheticLabels()
     posterior = np.where(labels == 2, 2, 0).astype(np.uint8)
-    segmentation.fillSegmentationFromClassLabelmap(userNode, Volume(posterior, geometry.ijkToRasArray(volumeNode)),
-                                                   card)
+    segmentation.fillSegmentationFromClassLabelmap(
+        userNode, Volume(posterior, geometry.ijkToRasArray(volumeNode)), card
+    )
     userNode.GetSegmentation().RemoveSegment(userNode.GetSegmentation().GetSegmentIdBySegmentName("anterior"))
     userNode.GetSegmentation().AddEmptySegment("liver", "liver", (1, 0, 0))
     segmentation.setExpertLabel(userNode, True)
@@ -135,8 +136,9 @@ def test_prefill_from_prediction_file_and_never_over_manual_work(setup, tmp_path
     path = write_volume(Volume(prediction, affine), tmp_path / "case_001_pred.nii.gz")
     node = segmentation.ensureClassSegmentation(env.scene, volumeNode, card)
 
-    applied = segmentation.prefillFromPrediction(env.scene, env.volumesLogic, node, str(path), card,
-                                                 volumeNode=volumeNode)
+    applied = segmentation.prefillFromPrediction(
+        env.scene, env.volumesLogic, node, str(path), card, volumeNode=volumeNode
+    )
     conversion = segmentation.segmentationToClassLabelmap(env.scene, node, volumeNode, card)
     assert applied
     np.testing.assert_array_equal(conversion.labels, prediction)
@@ -144,8 +146,9 @@ def test_prefill_from_prediction_file_and_never_over_manual_work(setup, tmp_path
     other = np.zeros_like(prediction)
     other[0:3, 0:3, 0:3] = 2
     otherPath = write_volume(Volume(other, affine), tmp_path / "other_pred.nii.gz")
-    assert not segmentation.prefillFromPrediction(env.scene, env.volumesLogic, node, str(otherPath), card,
-                                                  volumeNode=volumeNode)
+    assert not segmentation.prefillFromPrediction(
+        env.scene, env.volumesLogic, node, str(otherPath), card, volumeNode=volumeNode
+    )
     np.testing.assert_array_equal(
         segmentation.segmentationToClassLabelmap(env.scene, node, volumeNode, card).labels, prediction
     )

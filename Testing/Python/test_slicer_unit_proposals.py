@@ -29,8 +29,11 @@ def pool(tmp_path):
     return (*slicer_scene.threeVolumeScene(tmp_path), tmp_path)
 
 
-SLICES = [{"axis": 2, "index": 5, "score": 0.9}, {"axis": 2, "index": 2, "score": 0.5},
-          {"axis": 2, "index": 9, "score": 0.3}]
+SLICES = [
+    {"axis": 2, "index": 5, "score": 0.9},
+    {"axis": 2, "index": 2, "score": 0.5},
+    {"axis": 2, "index": 9, "score": 0.3},
+]
 
 
 def rankedBySlice(pool):
@@ -59,18 +62,26 @@ def test_a_slice_ranking_job_asks_the_worker_for_slices(pool):
         jobQuery(1, unit="cube")
 
 
-
-@pytest.mark.parametrize("units, message", [({"unit": "cube"}, "query: unit must be one of"),
-                                            ({"unit": "slice", "axis": 3}, "query: axis must be 0, 1, 2"),
-                                            ({"unit": "slice", "depth": 2}, "query: units has settings that do not"),
-                                            ("slice", "query: units must be a JSON object")])
+@pytest.mark.parametrize(
+    "units, message",
+    [
+        ({"unit": "cube"}, "query: unit must be one of"),
+        ({"unit": "slice", "axis": 3}, "query: axis must be 0, 1, 2"),
+        ({"unit": "slice", "depth": 2}, "query: units has settings that do not"),
+        ("slice", "query: units must be a JSON object"),
+    ],
+)
 def test_job_json_refuses_bad_unit_settings_naming_them(units, message):
     from ASSFTActive.jobs import JobSpec
 
     with pytest.raises(ValueError, match=message):
         JobSpec(kind="rank", images={"a": "/x/a.nii.gz"}, store="/s", query={"units": units})
-    spec = JobSpec(kind="rank", images={"a": "/x/a.nii.gz"}, store="/s",
-                   query={"units": {"unit": "region", "region_size": [8, 8, 4]}})
+    spec = JobSpec(
+        kind="rank",
+        images={"a": "/x/a.nii.gz"},
+        store="/s",
+        query={"units": {"unit": "region", "region_size": [8, 8, 4]}},
+    )
     assert spec.unit_config().region_size == (8, 8, 4)
 
 
@@ -106,8 +117,9 @@ def test_next_centres_every_slice_view_on_the_proposed_slice(pool):
     rankedBySlice(pool)
     position = logic.jumpToNextProposal(nodes[0])
     expected = (geometry.ijkToRasArray(nodes[0]) @ [9.5, 7.5, 5.0, 1.0])[:3]  # middle of slice k = 5 of 20x16x12
-    np.testing.assert_allclose(unitProposals.proposalCenterRas(nodes[0], logic.proposals(nodes[0])[position]),
-                               expected, atol=1e-9)
+    np.testing.assert_allclose(
+        unitProposals.proposalCenterRas(nodes[0], logic.proposals(nodes[0])[position]), expected, atol=1e-9
+    )
     for sliceNode in env.nodes("vtkMRMLSliceNode"):
         matrix = sliceNode.GetSliceToRAS()
         np.testing.assert_allclose([matrix.GetElement(r, 3) for r in range(3)], expected, atol=1e-6)
@@ -116,8 +128,9 @@ def test_next_centres_every_slice_view_on_the_proposed_slice(pool):
 def test_saved_labels_are_not_annotated_outside_the_done_slices_and_keep_the_painted_classes_inside(pool):
     env, logic, card, cardPath, nodes, tmp_path = pool
     painted = slicer_scene.syntheticLabels()
-    unitProposals.setProposals(nodes[1], [UnitProposal("slice", axis=0, index=4), UnitProposal("slice", axis=0,
-                                                                                               index=12)])
+    unitProposals.setProposals(
+        nodes[1], [UnitProposal("slice", axis=0, index=4), UnitProposal("slice", axis=0, index=12)]
+    )
     logic.markProposalDone(nodes[1], 0)  # slice i = 4: class 1 in [3:8, 2:6], background elsewhere
 
     spec = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
@@ -139,8 +152,10 @@ def test_a_volume_with_proposals_and_none_done_is_not_labelled_and_the_reason_is
 
     spec = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
     assert "case_b" not in spec.job.labels
-    assert spec.notLabelled == ("'case b' has 1 proposed slices and none is marked done, so it is not a labelled "
-                                "volume: paint a proposed slice, then Mark done.",)
+    assert spec.notLabelled == (
+        "'case b' has 1 proposed slices and none is marked done, so it is not a labelled "
+        "volume: paint a proposed slice, then Mark done.",
+    )
     assert logic.savedLabels(nodes[1], card) is None
     with pytest.raises(ASSFTModuleError, match="none is marked done"):
         logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
@@ -190,8 +205,10 @@ def test_a_slice_rank_job_in_the_real_worker_proposes_slices_the_logic_steps_to_
 
     env = slicer_scene.SlicerScene()
     logic = ASSFTSceneLogic(env.scene, env.appLogic)
-    nodes = [loadVolumeFile(logic.volumesLogic, str(slicer_scene.SAMPLE_POOL / "images" / f"{case}.nii.gz"))
-             for case in slicer_scene.SAMPLE_CASES]
+    nodes = [
+        loadVolumeFile(logic.volumesLogic, str(slicer_scene.SAMPLE_POOL / "images" / f"{case}.nii.gz"))
+        for case in slicer_scene.SAMPLE_CASES
+    ]
     spec = logic.prepareJob("rank", tmp_path / "work", "default", budget=4, query=jobQuery(1, unit="slice"))
     result = jobProcess.runWorker(spec.jobDir, python=sys.executable, onEvent=lambda item: None, timeout=600)
     assert result.status == "done", result

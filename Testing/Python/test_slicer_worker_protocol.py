@@ -26,8 +26,17 @@ from ASSFTActive.progress import Event  # noqa: E402
 
 def test_event_lines_split_across_chunks_become_events():
     buffer = jobProcess.EventLineBuffer()
-    line1 = json.dumps({"event": "progress", "phase": "train", "step": 3, "total": 12, "message": "epoch",
-                        "metrics": {"loss": 0.41}, "time": 1.5})
+    line1 = json.dumps(
+        {
+            "event": "progress",
+            "phase": "train",
+            "step": 3,
+            "total": 12,
+            "message": "epoch",
+            "metrics": {"loss": 0.41},
+            "time": 1.5,
+        }
+    )
     line2 = json.dumps({"event": "done", "phase": "adapt", "message": "finished"})
 
     first = buffer.feed(line1[:10])
@@ -52,8 +61,11 @@ def test_unknown_or_malformed_json_lines_are_plain_output_lines():
 
 
 def test_event_text_is_plain():
-    event = jobProcess.parseEventLine(json.dumps({"event": "metric", "phase": "validate", "step": 2, "total": 5,
-                                              "metrics": {"dice": 0.81234, "epoch": 2}}))
+    event = jobProcess.parseEventLine(
+        json.dumps(
+            {"event": "metric", "phase": "validate", "step": 2, "total": 5, "metrics": {"dice": 0.81234, "epoch": 2}}
+        )
+    )
     warning = jobProcess.parseEventLine(json.dumps({"event": "warning", "message": "few labels"}))
 
     assert jobProcess.formatEvent(event) == "[validate] 2/5 dice=0.8123, epoch=2"
@@ -64,7 +76,8 @@ def test_event_text_is_plain():
 
 def test_read_events_from_a_job_folder(tmp_path):
     (tmp_path / "events.jsonl").write_text(
-        json.dumps({"event": "phase", "phase": "rank"}) + "\n\n" + json.dumps({"event": "done"}) + "\n[1, 2]\n")
+        json.dumps({"event": "phase", "phase": "rank"}) + "\n\n" + json.dumps({"event": "done"}) + "\n[1, 2]\n"
+    )
     assert [e.event for e in read_events(tmp_path)] == ["phase", "done"]
     assert read_events(tmp_path / "missing") == []
 
@@ -84,13 +97,15 @@ def test_engine_root_and_default_card_location():
     assert enginePath.engineRoot() == slicer_scene.REPO_ROOT
     # the engine imported is the one shipped beside the module, with its embedded default card
     assert EMBEDDED_DEFAULT_CARD == (
-        slicer_scene.REPO_ROOT / "ASSFTActive" / "resources" / "models" / "hippocampus-unet" / "card.json")
+        slicer_scene.REPO_ROOT / "ASSFTActive" / "resources" / "models" / "hippocampus-unet" / "card.json"
+    )
     assert enginePath.requirementsPath() == slicer_scene.REPO_ROOT / "Resources" / "requirements.txt"
 
 
 def test_device_probe_reports_cpu_or_gpu_from_a_child_process():
-    output = subprocess.run(jobProcess.deviceProbeCommand(sys.executable), capture_output=True, text=True,
-                            timeout=120, check=True).stdout
+    output = subprocess.run(
+        jobProcess.deviceProbeCommand(sys.executable), capture_output=True, text=True, timeout=120, check=True
+    ).stdout
 
     info = jobProcess.parseDeviceProbe(output)
 
@@ -98,17 +113,20 @@ def test_device_probe_reports_cpu_or_gpu_from_a_child_process():
     assert info.torchVersion
     assert jobProcess.parseDeviceProbe("noise\n").kind == "unknown"
     assert jobProcess.parseDeviceProbe('{"kind": "unknown", "message": "torch is not installed"}').describe() == (
-        "unknown (torch is not installed)")
+        "unknown (torch is not installed)"
+    )
 
 
 def test_terminating_a_process_tree_stops_children_too(tmp_path):
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        open({str(tmp_path / 'child.pid')!r}, "w").write(str(child.pid))
+        open({str(tmp_path / "child.pid")!r}, "w").write(str(child.pid))
         time.sleep(60)
-    """))
+    """)
+    )
     parent = subprocess.Popen([sys.executable, str(script)])
     pidFile = tmp_path / "child.pid"
     deadline = time.monotonic() + 20
@@ -130,8 +148,9 @@ def test_terminating_a_process_tree_stops_children_too(tmp_path):
 def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(tmp_path):
     if sys.platform == "win32":
         pytest.skip("SIGTERM handlers do not exist on Windows")
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
-           "time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
 
@@ -168,8 +187,9 @@ def test_what_slicer_ships_is_never_installed_and_is_pinned_during_installs(tmp_
     assert requirements.missingRequirements(["numpy>=999", "SimpleITK>=999", "monai>=999"]) == ["monai>=999"]
     constraints = requirements.shippedConstraints()
     assert f"numpy=={importlib.metadata.version('numpy')}" in constraints
-    arguments = requirements.pipInstallArguments(["numpy>=2", "monai>=1.5", "simpleitk", "psutil>=5.9"],
-                                                 tmp_path / "c.txt")
+    arguments = requirements.pipInstallArguments(
+        ["numpy>=2", "monai>=1.5", "simpleitk", "psutil>=5.9"], tmp_path / "c.txt"
+    )
     assert arguments == ["-c", str(tmp_path / "c.txt"), "monai>=1.5", "psutil>=5.9"]
     assert requirements.missingShipped() == []
     shipped = requirements.readRequirements(enginePath.requirementsPath())

@@ -33,50 +33,123 @@ SPLEEN_INFERENCE = {
     "dataset_dir": "/workspace/data/Task09_Spleen",
     "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
     "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-    "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
-                    "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2,
-                    "norm": "batch"},
+    "network_def": {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+        "channels": [16, 32, 64, 128, 256],
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 2,
+        "norm": "batch",
+    },
     "network": "$@network_def.to(@device)",
-    "preprocessing": {"_target_": "Compose", "transforms": [
-        {"_target_": "LoadImaged", "keys": "image"},
-        {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
-         "clip": True},
-        {"_target_": "EnsureTyped", "keys": "image"}]},
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": -57,
+                "a_max": 164,
+                "b_min": 0,
+                "b_max": 1,
+                "clip": True,
+            },
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ],
+    },
     "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
-    "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
-                   "num_workers": 4},
+    "dataloader": {
+        "_target_": "DataLoader",
+        "dataset": "@dataset",
+        "batch_size": 1,
+        "shuffle": False,
+        "num_workers": 4,
+    },
     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.5},
-    "postprocessing": {"_target_": "Compose", "transforms": [
-        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-         "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-        {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
-         "squeeze_end_dims": True}]},
-    "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
-                  "load_dict": {"model": "@network"}},
-                 {"_target_": "StatsHandler", "iteration_log": False}],
-    "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
-                  "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                  "val_handlers": "@handlers", "amp": True},
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "meta_key_postfix": "meta_dict",
+                "nearest_interp": False,
+                "to_tensor": True,
+            },
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@output_dir",
+                "resample": False,
+                "squeeze_end_dims": True,
+            },
+        ],
+    },
+    "handlers": [
+        {
+            "_target_": "CheckpointLoader",
+            "load_path": "$@bundle_root + '/models/model.pt'",
+            "load_dict": {"model": "@network"},
+        },
+        {"_target_": "StatsHandler", "iteration_log": False},
+    ],
+    "evaluator": {
+        "_target_": "SupervisedEvaluator",
+        "device": "@device",
+        "val_data_loader": "@dataloader",
+        "network": "@network",
+        "inferer": "@inferer",
+        "postprocessing": "@postprocessing",
+        "val_handlers": "@handlers",
+        "amp": True,
+    },
     "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', True)"],
     "run": ["$@evaluator.run()"],
 }
 
 SPLEEN_METADATA = {
-    "version": "0.5.9", "monai_version": "1.3.0", "name": "Spleen CT segmentation",
+    "version": "0.5.9",
+    "monai_version": "1.3.0",
+    "name": "Spleen CT segmentation",
     "task": "Decathlon spleen segmentation",
     "description": "A pre-trained model for volumetric (3D) segmentation of the spleen from CT image",
     "network_data_format": {
-        "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
-                             "spatial_shape": [96, 96, 96], "dtype": "float32", "value_range": [0, 1],
-                             "is_patch_data": True, "channel_def": {"0": "image"}}},
-        "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
-                             "spatial_shape": [96, 96, 96], "dtype": "float32", "value_range": [0, 1],
-                             "is_patch_data": True, "channel_def": {"0": "background", "1": "spleen"}}}},
+        "inputs": {
+            "image": {
+                "type": "image",
+                "format": "hounsfield",
+                "modality": "CT",
+                "num_channels": 1,
+                "spatial_shape": [96, 96, 96],
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": True,
+                "channel_def": {"0": "image"},
+            }
+        },
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "format": "segmentation",
+                "num_channels": 2,
+                "spatial_shape": [96, 96, 96],
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": True,
+                "channel_def": {"0": "background", "1": "spleen"},
+            }
+        },
+    },
 }
 
 
@@ -84,8 +157,15 @@ def small_bundle_configs():
     """The spleen bundle's structure around a network and patch small enough for CI, three classes, MRI-like
     z-scoring (as MONAI's brats bundle) and the synthetic volumes' spacing (``write_dataset``: 1 x 1 x 1.5 mm)."""
     inference = copy.deepcopy(SPLEEN_INFERENCE)
-    inference["network_def"].update({"out_channels": "@num_classes", "channels": [4, 8, 16], "strides": [2, 2],
-                                     "num_res_units": 1, "norm": "instance"})
+    inference["network_def"].update(
+        {
+            "out_channels": "@num_classes",
+            "channels": [4, 8, 16],
+            "strides": [2, 2],
+            "num_res_units": 1,
+            "norm": "instance",
+        }
+    )
     inference["num_classes"] = 3
     transforms = inference["preprocessing"]["transforms"]
     transforms[3]["pixdim"] = [1.0, 1.0, 1.5]
@@ -176,7 +256,8 @@ def write_bundle_files(folder: Path, inference, metadata, weights=None) -> Path:
 def test_preprocessing_the_card_cannot_express_is_refused_by_name(tmp_path):
     inference, metadata = small_bundle_configs()
     inference["preprocessing"]["transforms"].insert(
-        4, {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "margin": 10})
+        4, {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "margin": 10}
+    )
     with pytest.raises(ModelError, match=r"CropForegroundd\(source_key='image', margin=10\)"):
         resolve_card(write_bundle_files(tmp_path / "crop", inference, metadata))
 
@@ -197,15 +278,58 @@ def test_check_card_rank_and_adapt_run_on_the_bundle(small, tmp_path, capsys):
     write_dataset(tmp_path / "pool", count=4, labeled=2)
     images, labels = tmp_path / "pool" / "images", tmp_path / "pool" / "labels"
     ranked = tmp_path / "ranked"
-    assert main(["rank", "--images", str(images), "--model", str(small), "--budget", "1", "--out", str(ranked),
-                 "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--images",
+                str(images),
+                "--model",
+                str(small),
+                "--budget",
+                "1",
+                "--out",
+                str(ranked),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     cases = json.loads((ranked / "ranking.json").read_text())["cases"]
     assert len(cases) == 4 and sum(c["selected"] for c in cases) == 1
     assert all(np.isfinite(c["dkd"]) for c in cases)
     store = tmp_path / "store"
-    assert main(["adapt", "--images", str(images), "--labels", str(labels), "--model", str(small), "--store",
-                 str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "4", "--semi-iterations",
-                 "2", "--batch-size", "2", "--device", "cpu", "--allow-implausible-labels"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--model",
+                str(small),
+                "--store",
+                str(store),
+                "--name",
+                "site",
+                "--no-guard",
+                "--quiet",
+                "--iterations",
+                "4",
+                "--semi-iterations",
+                "2",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--allow-implausible-labels",
+            ]
+        )
+        == 0
+    )
     adapted = resolve_card(store / "site")
     assert ModelStore(store).active("site").version == "v1"
     assert adapted.architecture == "monai:UNet" and adapted.pretrained_card() == resolve_card(small)
@@ -255,23 +379,33 @@ def test_a_bundle_of_the_shipped_unet_scores_the_dice_monais_own_pipeline_scores
     inference["inferer"].update({"roi_size": list(default.patch_size), "sw_batch_size": 1, "mode": "gaussian"})
     metadata = copy.deepcopy(SPLEEN_METADATA)
     metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = dict(enumerate(default.class_names))
-    folder = write_bundle_files(tmp_path / "hippocampus_bundle", inference, metadata,
-                                weights=load_file(str(default.weights_path)))
+    folder = write_bundle_files(
+        tmp_path / "hippocampus_bundle", inference, metadata, weights=load_file(str(default.weights_path))
+    )
     cases = default.provenance["source_test_cases"][:8]
     images = [hippocampus_dir / "imagesTr" / f"{c}.nii.gz" for c in cases]
     labels = [hippocampus_dir / "labelsTr" / f"{c}.nii.gz" for c in cases]
 
-    ours = evaluate_cases(load_model(resolve_card(folder)), [LabelledCase(c, i, lab) for c, i, lab in
-                                                             zip(cases, images, labels)], hd95=False,
-                          device=torch.device("cpu"))
+    ours = evaluate_cases(
+        load_model(resolve_card(folder)),
+        [LabelledCase(c, i, lab) for c, i, lab in zip(cases, images, labels)],
+        hd95=False,
+        device=torch.device("cpu"),
+    )
     parser = ConfigParser()
     parser.read_config(str(folder / "configs" / "inference.json"))
     preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(str(folder / "models" / "model.pt"), weights_only=True))
     network.eval()
-    label_transform = Compose([LoadImaged("label"), EnsureChannelFirstd("label"), Orientationd("label", "RAS"),
-                               Spacingd("label", list(default.spacing), mode="nearest")])
+    label_transform = Compose(
+        [
+            LoadImaged("label"),
+            EnsureChannelFirstd("label"),
+            Orientationd("label", "RAS"),
+            Spacingd("label", list(default.spacing), mode="nearest"),
+        ]
+    )
     theirs = []
     with torch.no_grad():
         for image, label in zip(images, labels):
@@ -281,8 +415,10 @@ def test_a_bundle_of_the_shipped_unet_scores_the_dice_monais_own_pipeline_scores
             theirs.append(dice_per_class(prediction, truth, default.num_classes))
     ours_mean = float(np.mean([np.mean(case.dice) for case in ours.cases]))
     theirs_mean = float(np.mean([np.mean(d) for d in theirs]))
-    print(f"mean Dice over {len(cases)} source-test volumes: ASSFT through the bundle {ours_mean:.6f}, "
-          f"MONAI's own bundle pipeline {theirs_mean:.6f}")
+    print(
+        f"mean Dice over {len(cases)} source-test volumes: ASSFT through the bundle {ours_mean:.6f}, "
+        f"MONAI's own bundle pipeline {theirs_mean:.6f}"
+    )
     assert ours_mean > 0.5
     assert abs(ours_mean - theirs_mean) <= 0.01
 

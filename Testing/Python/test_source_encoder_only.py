@@ -33,9 +33,13 @@ SWIN_ARGS = {"in_channels": 1, "out_channels": 3, "feature_size": 12, "norm_name
 SWIN_STAGES = ["swinViT.layers1.0", "swinViT.layers2.0", "swinViT.layers3.0", "swinViT.layers4.0"]
 #: The heads of the SSL pre-training network (research-contributions SwinUNETR/Pretrain/models/ssl_head.py) that a
 #: segmentation network does not have: rotation (4 classes), contrastive (512) and the reconstruction convolution.
-SSL_HEADS = {"module.rotation_head.weight": (4, 192), "module.rotation_head.bias": (4,),
-             "module.contrastive_head.weight": (512, 192), "module.contrastive_head.bias": (512,),
-             "module.conv.0.weight": (96, 192, 3, 3, 3)}
+SSL_HEADS = {
+    "module.rotation_head.weight": (4, 192),
+    "module.rotation_head.bias": (4,),
+    "module.contrastive_head.weight": (512, 192),
+    "module.contrastive_head.bias": (512,),
+    "module.conv.0.weight": (96, 192, 3, 3, 3),
+}
 
 
 def _ssl_checkpoint(network) -> dict:
@@ -43,7 +47,7 @@ def _ssl_checkpoint(network) -> dict:
     state = {}
     for key, value in network.state_dict().items():
         if key.startswith("swinViT."):
-            name = key[len("swinViT."):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+            name = key[len("swinViT.") :].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
             state["module." + name] = value.clone()
     generator = torch.Generator().manual_seed(7)
     for key, shape in SSL_HEADS.items():
@@ -52,11 +56,21 @@ def _ssl_checkpoint(network) -> dict:
 
 
 def _write_card(folder: Path, weights: str) -> Path:
-    card = ModelCard.from_dict({
-        "name": "swin-ssl", "architecture": "SwinUNETR", "arguments": SWIN_ARGS, "weights": weights,
-        "weights_format": "swinvit_ssl", "class_names": ["background", "box_a", "box_b"],
-        "encoder_stages": SWIN_STAGES, "patch_size": [32, 32, 32], "preprocessing": {"profile": "zscore_nonzero"},
-        "spacing": None, "orientation": "RAS"})
+    card = ModelCard.from_dict(
+        {
+            "name": "swin-ssl",
+            "architecture": "SwinUNETR",
+            "arguments": SWIN_ARGS,
+            "weights": weights,
+            "weights_format": "swinvit_ssl",
+            "class_names": ["background", "box_a", "box_b"],
+            "encoder_stages": SWIN_STAGES,
+            "patch_size": [32, 32, 32],
+            "preprocessing": {"profile": "zscore_nonzero"},
+            "spacing": None,
+            "orientation": "RAS",
+        }
+    )
     return save_card(card, folder / "card.json")
 
 
@@ -91,7 +105,7 @@ def test_encoder_weights_load_exactly_as_monai_load_from_and_only_the_head_is_mi
     encoder = [k for k in own if k.startswith("swinViT.")]
     assert report.loaded == len(encoder) == 126
     assert set(report.missing) == {k for k in own if not k.startswith("swinViT.")} and report.missing
-    assert set(report.unexpected) == {k[len("module."):] for k in SSL_HEADS}
+    assert set(report.unexpected) == {k[len("module.") :] for k in SSL_HEADS}
     assert report.head_initialised and f"initialised with seed {HEAD_INIT_SEED}" in report.summary()
     theirs = reference.state_dict()
     for key in encoder:
@@ -142,14 +156,35 @@ def test_check_card_says_the_head_will_be_initialised(encoder_card, capsys):
 
 def test_an_overlay_from_an_encoder_only_card_is_refused_with_what_to_do(encoder_card, tmp_path, capsys):
     images, _ = write_dataset(tmp_path / "pool", count=1, labeled=0)
-    assert main(["overlay", "--image", str(images["case_000"]), "--model", str(encoder_card), "--out",
-                 str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "overlay",
+                "--image",
+                str(images["case_000"]),
+                "--model",
+                str(encoder_card),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "encoder weights only" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def _evidence(case_id: str, embedding, asd: float) -> CaseEvidence:
-    return CaseEvidence(case_id=case_id, knowledge_divergence=0.0, asd=asd, mean_entropy=asd,
-                        pretrained_embedding=embedding, current_embedding=embedding, clasp_scores=[])
+    return CaseEvidence(
+        case_id=case_id,
+        knowledge_divergence=0.0,
+        asd=asd,
+        mean_entropy=asd,
+        pretrained_embedding=embedding,
+        current_embedding=embedding,
+        clasp_scores=[],
+    )
 
 
 def test_cold_start_ranks_by_diversity_alone_and_says_why():
@@ -182,17 +217,16 @@ def test_ranking_file_carries_the_reason_asd_is_missing_and_omits_it_otherwise()
         RankingFile(strategy="assft", budget=1, model="m", cases=(entry,), asd_unavailable="")
 
 
-def test_first_ranking_on_an_encoder_only_card_uses_diversity_alone_and_says_why(encoder_card, tmp_path,
-                                                                                  one_thread):
+def test_first_ranking_on_an_encoder_only_card_uses_diversity_alone_and_says_why(encoder_card, tmp_path, one_thread):
     from ASSFTActive.api import rank_pool
 
     images, _ = write_dataset(tmp_path / "pool", count=3, labeled=0)
     events = []
-    result = rank_pool(sorted(images.values()), load_card(encoder_card), 1, tmp_path / "ranked",
-                       progress=events.append)
+    result = rank_pool(sorted(images.values()), load_card(encoder_card), 1, tmp_path / "ranked", progress=events.append)
     assert result.ranking.asd_unavailable == COLD_START_ASD_REASON
     assert [c.case_id for c in result.ranking.cases] == [
-        c.case_id for c in select([v.evidence for v in result.volumes], 1, QueryConfig(strategy="dkd_only")).cases]
+        c.case_id for c in select([v.evidence for v in result.volumes], 1, QueryConfig(strategy="dkd_only")).cases
+    ]
     record = RankingFile.from_dict(json.loads((tmp_path / "ranked" / "ranking.json").read_text()))
     assert record.asd_unavailable == COLD_START_ASD_REASON and record.probably_wrong is None
     assert all(e.asd is None and e.entropy_map is None and e.prediction is None for e in record.cases)
@@ -201,12 +235,30 @@ def test_first_ranking_on_an_encoder_only_card_uses_diversity_alone_and_says_why
 
 @pytest.mark.slow
 def test_round_on_an_encoder_only_card_ranks_by_diversity_adapts_head_and_encoder_and_reranks_with_both(
-        encoder_card, tmp_path, capsys, one_thread):
+    encoder_card, tmp_path, capsys, one_thread
+):
     write_dataset(tmp_path / "pool", count=5, labeled=2)
     images, labels = tmp_path / "pool" / "images", tmp_path / "pool" / "labels"
     first = tmp_path / "round1"
-    assert main(["rank", "--images", str(images), "--model", str(encoder_card), "--budget", "2", "--out", str(first),
-                 "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--images",
+                str(images),
+                "--model",
+                str(encoder_card),
+                "--budget",
+                "2",
+                "--out",
+                str(first),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
     assert "n/a" in printed.out and "ASD n/a: ASD needs a prediction" in printed.out
     assert f"warning: {COLD_START_ASD_REASON}" in printed.err  # the event the panel and the browser show
@@ -218,10 +270,39 @@ def test_round_on_an_encoder_only_card_ranks_by_diversity_adapts_head_and_encode
 
     encoder_before = {k: v.clone() for k, v in load_model(load_card(encoder_card)).network.state_dict().items()}
     store = tmp_path / "store"
-    assert main(["adapt", "--images", str(images), "--labels", str(labels), "--model", str(encoder_card),
-                 "--store", str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "3",
-                 "--pseudo", "none", "--semi-iterations", "1", "--batch-size", "2", "--learning-rate", "0.01",
-                 "--device", "cpu", "--allow-implausible-labels"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--model",
+                str(encoder_card),
+                "--store",
+                str(store),
+                "--name",
+                "site",
+                "--no-guard",
+                "--quiet",
+                "--iterations",
+                "3",
+                "--pseudo",
+                "none",
+                "--semi-iterations",
+                "1",
+                "--batch-size",
+                "2",
+                "--learning-rate",
+                "0.01",
+                "--device",
+                "cpu",
+                "--allow-implausible-labels",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     adapted = resolve_card(store / "site")
     assert ModelStore(store).active("site").version == "v1"
@@ -235,8 +316,27 @@ def test_round_on_an_encoder_only_card_ranks_by_diversity_adapts_head_and_encode
     assert any(not k.startswith("swinViT.") for k in changed), "the head was not trained"
 
     second = tmp_path / "round2"
-    assert main(["rank", "--images", str(images), "--labels", str(labels), "--model", str(store / "site"),
-                 "--budget", "2", "--out", str(second), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--model",
+                str(store / "site"),
+                "--budget",
+                "2",
+                "--out",
+                str(second),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "ASD n/a" not in capsys.readouterr().out
     ranking = json.loads((second / "ranking.json").read_text())
     assert "asd_unavailable" not in ranking

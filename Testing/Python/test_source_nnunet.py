@@ -31,8 +31,10 @@ from ASSFTActive.models import load_model
 from ASSFTActive.sources import nnunet
 from ASSFTActive.store import ModelStore, resolve_card, resolve_card_path
 
-pytest.importorskip("dynamic_network_architectures.architectures.unet",
-                    reason="dynamic-network-architectures is not installed (requirements.txt pins it)")
+pytest.importorskip(
+    "dynamic_network_architectures.architectures.unet",
+    reason="dynamic-network-architectures is not installed (requirements.txt pins it)",
+)
 from nnunet_layout import (  # noqa: E402
     ARCH_KWARGS,
     DATASET,
@@ -42,6 +44,7 @@ from nnunet_layout import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
@@ -62,8 +65,15 @@ def test_folder_resolves_to_a_card_with_the_plans_geometry_normalisation_and_cla
     assert card.class_names == ("background", "Anterior", "Posterior")
     # nnU-Net's [z, y, x] becomes ASSFT's [i, j, k]; nnU-Net never reorients
     assert card.patch_size == (20, 16, 12) and card.spacing == (1.0, 1.0, 1.5) and card.orientation is None
-    assert card.preprocessing == {"profile": "nnunet", "scheme": "CTNormalization", "use_mask_for_norm": False,
-                                  "mean": 400.0, "std": 100.0, "percentile_00_5": 280.0, "percentile_99_5": 520.0}
+    assert card.preprocessing == {
+        "profile": "nnunet",
+        "scheme": "CTNormalization",
+        "use_mask_for_norm": False,
+        "mean": 400.0,
+        "std": 100.0,
+        "percentile_00_5": 280.0,
+        "percentile_99_5": 520.0,
+    }
     assert card.encoder_stages == ("encoder.stages.0", "encoder.stages.1", "encoder.stages.2")
     assert card.provenance["configuration"] == "3d_fullres" and card.provenance["fold"] == "fold_0"
     assert resolve_card(folder / "fold_0") == card  # a fold folder means the same checkpoint
@@ -172,12 +182,20 @@ def _volume_with_empty_border(seed: int = 3) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("scheme, use_mask", [("CTNormalization", False), ("ZScoreNormalization", False),
-                                              ("ZScoreNormalization", True)])
+@pytest.mark.parametrize(
+    "scheme, use_mask", [("CTNormalization", False), ("ZScoreNormalization", False), ("ZScoreNormalization", True)]
+)
 def test_normalisation_equals_nnunets_formulas(scheme, use_mask):
     image = _volume_with_empty_border()
-    preprocessing = {"profile": "nnunet", "scheme": scheme, "use_mask_for_norm": use_mask, "mean": 400.0,
-                     "std": 100.0, "percentile_00_5": 280.0, "percentile_99_5": 520.0}
+    preprocessing = {
+        "profile": "nnunet",
+        "scheme": scheme,
+        "use_mask_for_norm": use_mask,
+        "mean": 400.0,
+        "std": 100.0,
+        "percentile_00_5": 280.0,
+        "percentile_99_5": 520.0,
+    }
     box, expected = reference_normalisation(image, preprocessing)
     ours = nnunet_intensity_transform(image, preprocessing)(image).numpy()[box]
     if use_mask:  # nnU-Net z-scores zeros inside its hole-filled mask; ASSFT keeps every zero at zero
@@ -228,24 +246,80 @@ def test_check_card_reports_the_source_and_runs_a_forward_pass(folder, capsys):
 
 def test_rank_and_overlay_run_on_the_folder(folder, pool, tmp_path, capsys):
     out = tmp_path / "ranked"
-    assert main(["rank", "--images", str(pool / "images"), "--model", str(folder), "--budget", "1",
-                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--images",
+                str(pool / "images"),
+                "--model",
+                str(folder),
+                "--budget",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ranking = json.loads((out / "ranking.json").read_text())
     assert len(ranking["cases"]) == 4 and sum(c["selected"] for c in ranking["cases"]) == 1
     image = read_volume(pool / "images" / "case_000.nii.gz")
     assert read_volume(out / "overlays" / "case_000_entropy.nii.gz").shape == image.shape
     overlay = tmp_path / "overlay"
-    assert main(["overlay", "--image", str(pool / "images" / "case_001.nii.gz"), "--model", str(folder),
-                 "--out", str(overlay), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "overlay",
+                "--image",
+                str(pool / "images" / "case_001.nii.gz"),
+                "--model",
+                str(folder),
+                "--out",
+                str(overlay),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert any(p.name.endswith(".nii.gz") for p in overlay.iterdir())
 
 
 def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, pool, tmp_path):
     store = tmp_path / "store"
-    assert main(["adapt", "--images", str(pool / "images"), "--labels", str(pool / "labels"), "--model",
-                 str(folder), "--store", str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "4",
-                 "--semi-iterations", "2", "--batch-size", "2", "--device", "cpu",
-                 "--allow-implausible-labels"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--images",
+                str(pool / "images"),
+                "--labels",
+                str(pool / "labels"),
+                "--model",
+                str(folder),
+                "--store",
+                str(store),
+                "--name",
+                "site",
+                "--no-guard",
+                "--quiet",
+                "--iterations",
+                "4",
+                "--semi-iterations",
+                "2",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--allow-implausible-labels",
+            ]
+        )
+        == 0
+    )
     version = ModelStore(store).active("site")
     assert version is not None and version.version == "v1"
     adapted = resolve_card(store / "site")
@@ -262,17 +336,59 @@ def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, poo
     after = load_model(adapted).network.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     out = tmp_path / "reranked"
-    assert main(["rank", "--images", str(pool / "images"), "--model", str(store / "site"), "--budget", "1",
-                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--images",
+                str(pool / "images"),
+                "--model",
+                str(store / "site"),
+                "--budget",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads((out / "ranking.json").read_text())["cases"]) == 4
 
 
 def test_an_adapted_version_is_written_back_in_nnunets_layout(folder, pool, tmp_path, capsys):
     store = tmp_path / "store"
-    assert main(["adapt", "--images", str(pool / "images"), "--labels", str(pool / "labels"), "--model",
-                 str(folder), "--store", str(store), "--name", "site", "--no-guard", "--quiet", "--iterations", "2",
-                 "--semi-iterations", "1", "--batch-size", "2", "--device", "cpu",
-                 "--allow-implausible-labels"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--images",
+                str(pool / "images"),
+                "--labels",
+                str(pool / "labels"),
+                "--model",
+                str(folder),
+                "--store",
+                str(store),
+                "--name",
+                "site",
+                "--no-guard",
+                "--quiet",
+                "--iterations",
+                "2",
+                "--semi-iterations",
+                "1",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--allow-implausible-labels",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "nnUNet_results" / "Dataset004_Hippocampus_site"
     assert main(["export-nnunet", str(store / "site"), "--out", str(out)]) == 0
     exported = out / folder.name
@@ -301,8 +417,9 @@ def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
     to nnU-Net's float16 accumulation of windows, the same label map. One window covers the volume, so the two
     tilings cannot differ. Skipped where nnunetv2 is not installed (it is not a dependency; installed beside the
     project it ran here: nnunetv2 2.6.4)."""
-    predict = pytest.importorskip("nnunetv2.inference.predict_from_raw_data",
-                                  reason="nnunetv2 is not installed (only this cross-check needs it)")
+    predict = pytest.importorskip(
+        "nnunetv2.inference.predict_from_raw_data", reason="nnunetv2 is not installed (only this cross-check needs it)"
+    )
     from ASSFTActive.inference import Predictor
     from ASSFTActive.inference.predictor import mirrored_logits
 
@@ -312,14 +429,26 @@ def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
     rng = np.random.default_rng(5)
     zyx = rng.normal(380.0, 120.0, (12, 16, 20)).astype(np.float32)  # nnU-Net's [z, y, x] = the plans' patch
     properties = {"spacing": [1.5, 1.0, 1.0]}
-    predictor = predict.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                        perform_everything_on_device=False, device=torch.device("cpu"),
-                                        verbose=False, allow_tqdm=False)
+    predictor = predict.nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=True,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
     segmentation, _ = predictor.predict_single_npy_array(zyx[None], dict(properties), None, None, True)
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    their_input, _, _ = preprocessor.run_case_npy(zyx[None].copy(), None, dict(properties), predictor.plans_manager,
-                                                  predictor.configuration_manager, predictor.dataset_json)
+    their_input, _, _ = preprocessor.run_case_npy(
+        zyx[None].copy(),
+        None,
+        dict(properties),
+        predictor.plans_manager,
+        predictor.configuration_manager,
+        predictor.dataset_json,
+    )
     their_logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(their_input)).float()
 
     volume = Volume(np.ascontiguousarray(zyx.transpose(2, 1, 0)), np.diag([1.0, 1.0, 1.5, 1.0]))
@@ -332,11 +461,13 @@ def test_prediction_equals_nnunets_own_predictor(tmp_path, scheme):
     input_difference = float(np.abs(our_input[0].numpy().transpose(2, 1, 0) - their_input[0]).max())
     logit_difference = float((our_logits - their_logits).abs().max())
     scale = float(their_logits.abs().max())
-    print(f"{scheme}: input max|diff| {input_difference:.1e}; logits max|diff| {logit_difference:.2e} for "
-          f"max|logit| {scale:.0f} (float16 step there: {scale * 2 ** -10:.2e}); label maps equal: "
-          f"{np.array_equal(ours.label.transpose(2, 1, 0), segmentation)}")
+    print(
+        f"{scheme}: input max|diff| {input_difference:.1e}; logits max|diff| {logit_difference:.2e} for "
+        f"max|logit| {scale:.0f} (float16 step there: {scale * 2**-10:.2e}); label maps equal: "
+        f"{np.array_equal(ours.label.transpose(2, 1, 0), segmentation)}"
+    )
     assert input_difference < 1e-5
-    assert logit_difference <= scale * 2 ** -10 + 1e-3  # nnU-Net sums the windows' logits in float16
+    assert logit_difference <= scale * 2**-10 + 1e-3  # nnU-Net sums the windows' logits in float16
     assert np.array_equal(ours.label.transpose(2, 1, 0), segmentation)
 
 
@@ -353,8 +484,13 @@ def test_a_background_rank_job_takes_the_folder_as_its_model(folder, pool, tmp_p
     job = tmp_path / "job"
     images = {p.name[: -len(".nii.gz")]: str(p) for p in sorted((pool / "images").glob("*.nii.gz"))}
     write_job(job, JobSpec(kind="rank", images=images, labels={}, model=str(folder), budget=1))
-    done = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(job)], env=worker_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ASSFTActive.worker", str(job)],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == EXIT_DONE, done.stderr[-2000:]
     result = json.loads((job / "result.json").read_text())
     assert result["status"] == "done" and result["model_card"] == str(folder / "fold_0" / "checkpoint_final.pth")
@@ -367,9 +503,17 @@ def test_plans_written_before_nnunet_2_2_build_the_same_network(tmp_path):
     plans = copy.deepcopy(PLANS)
     config = plans["configurations"]["3d_fullres"]
     del config["architecture"]
-    config.update({"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 16,
-                   "conv_kernel_sizes": ARCH_KWARGS["kernel_sizes"], "pool_op_kernel_sizes": ARCH_KWARGS["strides"],
-                   "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2]})
+    config.update(
+        {
+            "UNet_class_name": "PlainConvUNet",
+            "UNet_base_num_features": 4,
+            "unet_max_num_features": 16,
+            "conv_kernel_sizes": ARCH_KWARGS["kernel_sizes"],
+            "pool_op_kernel_sizes": ARCH_KWARGS["strides"],
+            "n_conv_per_stage_encoder": [2, 2, 2],
+            "n_conv_per_stage_decoder": [2, 2],
+        }
+    )
     folder = write_nnunet_folder(tmp_path, plans=plans)
     model = load_model(resolve_card(folder))
     saved = nnunet.read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")["network_weights"]
@@ -382,10 +526,34 @@ def test_the_guard_decides_about_an_adapted_nnunet_model_as_about_any_other(fold
     so the version is stored with the reason and the source stays the model in use."""
     write_dataset(tmp_path / "pool", count=5, labeled=3)
     store = tmp_path / "store"
-    assert main(["adapt", "--images", str(tmp_path / "pool" / "images"), "--labels", str(tmp_path / "pool" / "labels"),
-                 "--model", str(folder), "--store", str(store), "--name", "site", "--quiet", "--iterations", "6",
-                 "--semi-iterations", "2", "--batch-size", "2", "--device", "cpu",
-                 "--allow-implausible-labels"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--images",
+                str(tmp_path / "pool" / "images"),
+                "--labels",
+                str(tmp_path / "pool" / "labels"),
+                "--model",
+                str(folder),
+                "--store",
+                str(store),
+                "--name",
+                "site",
+                "--quiet",
+                "--iterations",
+                "6",
+                "--semi-iterations",
+                "2",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--allow-implausible-labels",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "model site v1 was stored but NOT activated" in out and "cross-validated mean Dice" in out
     versions = ModelStore(store).versions("site")

@@ -37,10 +37,15 @@ def test_a_partial_label_is_scored_on_its_annotated_voxels_only(tmp_path):
     assert (predicted[annotated] > 0).any() and (predicted[~annotated] > 0).any()
     # the annotator agrees with the prediction on the one annotated slice; outside it the truth is unknown
     partial = write_partial_label(predicted, annotated, image, tmp_path / "partial.nii.gz")
-    full = write_partial_label(np.where(annotated, predicted, 0), np.ones(image.shape, bool), image,
-                               tmp_path / "full.nii.gz")
-    report = evaluate_cases(model, [LabelledCase("partial", image, partial), LabelledCase("full", image, full)],
-                            hd95=False, device=torch.device("cpu"))
+    full = write_partial_label(
+        np.where(annotated, predicted, 0), np.ones(image.shape, bool), image, tmp_path / "full.nii.gz"
+    )
+    report = evaluate_cases(
+        model,
+        [LabelledCase("partial", image, partial), LabelledCase("full", image, full)],
+        hd95=False,
+        device=torch.device("cpu"),
+    )
     scored = {c.case_id: c for c in report.cases}
     present = [k - 1 for k in np.unique(predicted[annotated]) if k > 0]
     assert all(scored["partial"].dice[k] == pytest.approx(1.0) for k in present)
@@ -54,8 +59,10 @@ def test_adapt_trains_checks_and_cross_validates_on_annotated_slices(tmp_path, m
     images, labels = write_dataset(tmp_path / "data", count=5, labeled=3)
     folder = tmp_path / "partial"
     folder.mkdir()
-    partial = {case: _partial_copy(path, folder, [{"axis": 2, "index": i} for i in (4, 8, 12)])
-               for case, path in labels.items()}
+    partial = {
+        case: _partial_copy(path, folder, [{"axis": 2, "index": i} for i in (4, 8, 12)])
+        for case, path in labels.items()
+    }
     empty = read_volume(labels["case_002"])
     write_partial_label(empty.array, np.zeros(empty.shape, bool), empty, folder / "case_002.nii.gz")
     handed = []
@@ -68,8 +75,15 @@ def test_adapt_trains_checks_and_cross_validates_on_annotated_slices(tmp_path, m
     monkeypatch.setattr(recipe, "train_supervised", spy)
     config = FinetuneConfig.from_dict(json.loads(json.dumps(FAST_FINETUNE)))
     warnings = []
-    result = adapt_model(images, partial, store=tmp_path / "store", model=card, name="site", config=config,
-                         progress=lambda e: warnings.append(e.message) if e.event == "warning" else None)
+    result = adapt_model(
+        images,
+        partial,
+        store=tmp_path / "store",
+        model=card,
+        name="site",
+        config=config,
+        progress=lambda e: warnings.append(e.message) if e.event == "warning" else None,
+    )
     assert result.version == "v1"
     # case_002 has no annotated voxel: not a labelled volume, skipped with a warning naming it
     assert any("case_002" in w and "not a labelled volume" in w for w in warnings)
@@ -82,10 +96,18 @@ def test_adapt_trains_checks_and_cross_validates_on_annotated_slices(tmp_path, m
         assert not case.label.array[~mask].any()  # the unknown voxels hold background, and are masked out
     # the guard's cross-validation starts from the current model scored on the annotated slices only
     base = load_model(load_card(card), torch.device("cpu"))
-    expected = evaluate_cases(base, [LabelledCase(c, read_volume(images[c]), partial[c]) for c in sorted(cases)],
-                              hd95=False, device=torch.device("cpu"))
-    as_full = evaluate_cases(base, [LabelledCase(c, read_volume(images[c]), labels[c]) for c in sorted(cases)],
-                             hd95=False, device=torch.device("cpu"))
+    expected = evaluate_cases(
+        base,
+        [LabelledCase(c, read_volume(images[c]), partial[c]) for c in sorted(cases)],
+        hd95=False,
+        device=torch.device("cpu"),
+    )
+    as_full = evaluate_cases(
+        base,
+        [LabelledCase(c, read_volume(images[c]), labels[c]) for c in sorted(cases)],
+        hd95=False,
+        device=torch.device("cpu"),
+    )
     provenance = json.loads((result.version_dir / "provenance.json").read_text())
     folds = provenance["metrics"]["cross_validation"]["dice"]
     for case, full in zip(expected.cases, as_full.cases):

@@ -135,8 +135,9 @@ def test_partial_term_trains_on_annotated_patches_only(tmp_path):
     partial = _case(1, annotated)
     term = PartialLabelTerm([partial], weight=0.5)
     network = build_network(card)
-    losses = train_supervised(network, card, [full], TrainConfig(iterations=2, batch_size=1), terms=[term],
-                              device=torch.device("cpu"))
+    losses = train_supervised(
+        network, card, [full], TrainConfig(iterations=2, batch_size=1), terms=[term], device=torch.device("cpu")
+    )
     assert len(losses) == 2 and all(np.isfinite(losses))
     images, labels, masks = term.sampler.sample(4)
     assert images.shape[0] == 4 and all(bool(m.any()) for m in masks)  # every patch holds annotated voxels

@@ -24,8 +24,14 @@ from ASSFTActive.query.units import UnitConfig
 
 
 def assft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ASSFTActive", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=worker_env())
+    return subprocess.run(
+        [sys.executable, "-m", "ASSFTActive", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=worker_env(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +44,27 @@ def pool(tmp_path_factory):
 def test_rank_unit_slice_spreads_the_slice_budget_over_the_unlabelled_volumes(pool, tmp_path):
     root, card = pool
     out = tmp_path / "out"
-    done = assft("rank", "--images", str(root / "images"), "--labels", str(root / "labels"), "--model", str(card),
-                 "--budget", "5", "--unit", "slice", "--min-gap", "2", "--out", str(out), "--quiet", "--no-overlays",
-                 "--device", "cpu")
+    done = assft(
+        "rank",
+        "--images",
+        str(root / "images"),
+        "--labels",
+        str(root / "labels"),
+        "--model",
+        str(card),
+        "--budget",
+        "5",
+        "--unit",
+        "slice",
+        "--min-gap",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-overlays",
+        "--device",
+        "cpu",
+    )
     assert done.returncode == 0, done.stderr
     payload = json.loads((out / "ranking.json").read_text())
     assert payload["unit"] == "slice" and payload["budget"] == 5
@@ -65,8 +89,15 @@ def test_rank_unit_slice_spreads_the_slice_budget_over_the_unlabelled_volumes(po
 def test_rank_unit_region_proposes_boxes_of_the_stated_size_inside_each_volume(pool, tmp_path):
     root, card_path = pool
     images = sorted((root / "images").iterdir())
-    result = rank_pool(images, load_card(card_path), 3, tmp_path / "out", device=torch.device("cpu"),
-                       write_outputs=False, units=UnitConfig(unit="region", region_size=(8, 8, 8)))
+    result = rank_pool(
+        images,
+        load_card(card_path),
+        3,
+        tmp_path / "out",
+        device=torch.device("cpu"),
+        write_outputs=False,
+        units=UnitConfig(unit="region", region_size=(8, 8, 8)),
+    )
     assert len(result.proposed) == 3
     record = read_ranking_file(tmp_path / "out" / "ranking.json")
     regions = [r for c in record.cases for r in (c.proposed_regions or ())]
@@ -79,15 +110,23 @@ def test_rank_unit_region_proposes_boxes_of_the_stated_size_inside_each_volume(p
 def test_rank_unit_slice_with_several_rounds_is_refused(pool, tmp_path):
     root, card_path = pool
     with pytest.raises(InputError, match="--rounds"):
-        rank_pool(sorted((root / "images").iterdir()), load_card(card_path), 3, tmp_path / "out",
-                  device=torch.device("cpu"), query=QueryConfig(rounds=2), units=UnitConfig(unit="slice"))
+        rank_pool(
+            sorted((root / "images").iterdir()),
+            load_card(card_path),
+            3,
+            tmp_path / "out",
+            device=torch.device("cpu"),
+            query=QueryConfig(rounds=2),
+            units=UnitConfig(unit="slice"),
+        )
 
 
 def test_ranking_file_refuses_a_slice_outside_the_three_axes():
     with pytest.raises(ValueError, match="proposed_slices"):
         RankingEntry(case_id="a", rank=1, selected=True, labeled=False, proposed_slices=[{"axis": 3, "index": 0}])
-    entry = RankingEntry(case_id="a", rank=1, selected=True, labeled=False,
-                         proposed_slices=[{"axis": 2, "index": 4, "score": 0.5}])
+    entry = RankingEntry(
+        case_id="a", rank=1, selected=True, labeled=False, proposed_slices=[{"axis": 2, "index": 4, "score": 0.5}]
+    )
     again = RankingFile.from_dict(RankingFile("assft", 1, "m", (entry,), unit="slice").to_dict())
     assert again.unit == "slice" and again.cases[0].proposed_slices == ({"axis": 2, "index": 4, "score": 0.5},)
     plain = RankingEntry(case_id="b", rank=1, selected=True, labeled=False).to_dict()
@@ -100,11 +139,27 @@ def test_a_label_file_with_no_annotated_voxel_leaves_its_volume_in_the_pool(pool
     image = read_volume(root / "images" / "case_001.nii.gz")
     annotated = annotated_slices_mask(image.shape, [{"axis": 2, "index": 5}])
     write_partial_label(np.ones(image.shape, np.uint8), annotated, image, labels / "case_001.nii.gz")
-    write_partial_label(np.zeros(image.shape, np.uint8), np.zeros(image.shape, bool), image,
-                        labels / "case_002.nii.gz")
+    write_partial_label(np.zeros(image.shape, np.uint8), np.zeros(image.shape, bool), image, labels / "case_002.nii.gz")
     out = tmp_path / "out"
-    done = assft("rank", "--images", str(root / "images"), "--labels", str(labels), "--model", str(card),
-                 "--budget", "2", "--unit", "slice", "--out", str(out), "--quiet", "--no-overlays", "--device", "cpu")
+    done = assft(
+        "rank",
+        "--images",
+        str(root / "images"),
+        "--labels",
+        str(labels),
+        "--model",
+        str(card),
+        "--budget",
+        "2",
+        "--unit",
+        "slice",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-overlays",
+        "--device",
+        "cpu",
+    )
     assert done.returncode == 0, done.stderr
     cases = {c.case_id: c for c in read_ranking_file(out / "ranking.json").cases}
     assert cases["case_001"].labeled and not cases["case_002"].labeled

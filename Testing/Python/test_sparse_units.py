@@ -67,8 +67,9 @@ def test_region_scores_tile_the_volume_and_find_the_unsure_box():
     assert best[0][:2] == (4, 0) and best[1] == (4, 4, 4) and best[2] == pytest.approx(0.9)
 
 
-@pytest.mark.parametrize("spacing, axis", [((0.8, 1.2, 2.5), 2), ((3.0, 1.0, 1.0), 0), ((1.0, 1.0, 1.0), 2),
-                                           ((1.0, 2.0, 2.0), 2)])
+@pytest.mark.parametrize(
+    "spacing, axis", [((0.8, 1.2, 2.5), 2), ((3.0, 1.0, 1.0), 0), ((1.0, 1.0, 1.0), 2), ((1.0, 2.0, 2.0), 2)]
+)
 def test_slice_axis_is_the_coarsest_spacing_axis(spacing, axis):
     assert slice_axis(spacing) == axis
     assert slice_axis(spacing, axis=1) == 1
@@ -117,8 +118,12 @@ def test_cap_is_lifted_when_the_budget_would_go_unspent_but_the_gap_is_kept():
 
 
 def test_volumes_without_a_prior_are_never_proposed():
-    chosen = select_units(_slices("labelled", [1.0] * 5) + _slices("pool", [0.1] * 5), 2, {"pool": 1.0},
-                          UnitConfig(unit="slice", min_gap=1))
+    chosen = select_units(
+        _slices("labelled", [1.0] * 5) + _slices("pool", [0.1] * 5),
+        2,
+        {"pool": 1.0},
+        UnitConfig(unit="slice", min_gap=1),
+    )
     assert {u.case_id for u in chosen} == {"pool"}
 
 
@@ -142,12 +147,17 @@ def test_proposed_slices_index_the_input_grid_of_a_rotated_permuted_resampled_vo
     sheet[7] = 1
     model_sheet = label_to_model_space(sheet, space).astype(np.float32)
     entropy = 0.1 + 0.8 * model_sheet
-    maps = VoxelMaps(label=np.zeros(space.model_shape, np.uint8), max_prob=1 - entropy, foreground_prob=entropy,
-                     entropy=entropy.astype(np.float32), region=np.ones(space.model_shape, bool), sums=None)
+    maps = VoxelMaps(
+        label=np.zeros(space.model_shape, np.uint8),
+        max_prob=1 - entropy,
+        foreground_prob=entropy,
+        entropy=entropy.astype(np.float32),
+        region=np.ones(space.model_shape, bool),
+        sums=None,
+    )
     prediction = Prediction(maps=maps, space=space, features=(), pretrained_features=())
     assert prediction.entropy_levels.shape == shape
-    units = volume_units("case", prediction.entropy_levels, prediction.region, volume.spacing,
-                         UnitConfig(unit="slice"))
+    units = volume_units("case", prediction.entropy_levels, prediction.region, volume.spacing, UnitConfig(unit="slice"))
     assert len(units) == shape[0] and {u.axis for u in units} == {0}  # the 3 mm axis of the file
     best = max(units, key=lambda u: u.asd)
     assert best.index == 7 and best.asd == pytest.approx(0.9, abs=0.01)

@@ -67,8 +67,9 @@ def test_a_failure_while_writing_leaves_no_visible_version(tmp_path, base):
 
 def test_a_version_whose_weights_do_not_fit_its_card_is_refused_at_commit(tmp_path, base):
     store = ModelStore(tmp_path / "store")
-    other = make_tiny_card(tmp_path / "other", arguments={**load_card(base / "card.json").arguments,
-                                                          "channels": [8, 16, 32]})
+    other = make_tiny_card(
+        tmp_path / "other", arguments={**load_card(base / "card.json").arguments, "channels": [8, 16, 32]}
+    )
     with pytest.raises(ModelError, match="does not match the card"):
         with store.begin("m") as pending:
             (pending.path / "weights.safetensors").write_bytes((base / "weights.safetensors").read_bytes())
@@ -198,17 +199,31 @@ def test_add_version_stores_weights_card_settings_and_provenance_and_activates_o
     store = ModelStore(tmp_path / "store")
     card = load_card(base / "card.json")
     network = load_model(card).network
-    kept = store.add_version("m", card, network, pretrained=base / "card.json", config={"finetune": {"seed": 1}},
-                             provenance={"note": "kept"}, metrics={"dice_after": 0.7}, activate=False)
+    kept = store.add_version(
+        "m",
+        card,
+        network,
+        pretrained=base / "card.json",
+        config={"finetune": {"seed": 1}},
+        provenance={"note": "kept"},
+        metrics={"dice_after": 0.7},
+        activate=False,
+    )
     assert (kept.version, kept.active, store.active("m")) == ("v1", False, None)
-    assert sorted(p.name for p in kept.path.iterdir()) == ["card.json", "config.json", "provenance.json",
-                                                           "version.json", "weights.safetensors"]
+    assert sorted(p.name for p in kept.path.iterdir()) == [
+        "card.json",
+        "config.json",
+        "provenance.json",
+        "version.json",
+        "weights.safetensors",
+    ]
     stored = load_card(kept.card_path)
     assert (stored.name, stored.pretrained, stored.provenance) == ("m", str(base / "card.json"), {"note": "kept"})
     assert json.loads((kept.path / "config.json").read_text()) == {"finetune": {"seed": 1}}
     assert store.version("m", "v1").metrics == {"dice_after": 0.7}
     again = load_model(stored).network.state_dict()
     assert all(torch.equal(v, again[k]) for k, v in network.state_dict().items())
-    active = store.add_version("m", card, network, pretrained=base / "card.json", config={}, provenance={},
-                               metrics={}, activate=True)
+    active = store.add_version(
+        "m", card, network, pretrained=base / "card.json", config={}, provenance={}, metrics={}, activate=True
+    )
     assert active.version == "v2" and active.active and store.active("m").version == "v2"

@@ -23,12 +23,15 @@ def _streamed(image: torch.Tensor, roi, network, **kwargs) -> torch.Tensor:
     return torch.cat([r for _, r in rows], dim=1)
 
 
-@pytest.mark.parametrize("shape, roi, overlap, mode", [
-    ((20, 17, 13), (8, 6, 8), 0.5, "gaussian"),
-    ((33, 12, 40), (10, 12, 7), 0.6, "gaussian"),
-    ((5, 30, 9), (8, 8, 8), 0.25, "constant"),      # smaller than the window on two axes: padded like MONAI
-    ((16, 16, 16), (16, 16, 16), 0.5, "gaussian"),  # one window
-])
+@pytest.mark.parametrize(
+    "shape, roi, overlap, mode",
+    [
+        ((20, 17, 13), (8, 6, 8), 0.5, "gaussian"),
+        ((33, 12, 40), (10, 12, 7), 0.6, "gaussian"),
+        ((5, 30, 9), (8, 8, 8), 0.25, "constant"),  # smaller than the window on two axes: padded like MONAI
+        ((16, 16, 16), (16, 16, 16), 0.5, "gaussian"),  # one window
+    ],
+)
 def test_streamed_windows_equal_monai_sliding_window_inference(shape, roi, overlap, mode):
     from monai.inferers import sliding_window_inference
 
@@ -36,8 +39,9 @@ def test_streamed_windows_equal_monai_sliding_window_inference(shape, roi, overl
     network = torch.nn.Conv3d(1, 5, 3, padding=1)
     image = torch.randn(1, *shape)
     with torch.no_grad():
-        expected = sliding_window_inference(image[None], roi, 3, network, overlap=overlap, mode=mode,
-                                            padding_mode="constant", cval=0.0)[0]
+        expected = sliding_window_inference(
+            image[None], roi, 3, network, overlap=overlap, mode=mode, padding_mode="constant", cval=0.0
+        )[0]
         streamed = _streamed(image, roi, network, overlap=overlap, mode=mode, sw_batch_size=3)
     assert streamed.shape == expected.shape
     torch.testing.assert_close(streamed, expected, rtol=1e-5, atol=1e-6)
@@ -57,20 +61,23 @@ def _stream_rows(probs: np.ndarray, spec: RegionSpec, chunks) -> MapReducer:
         size = min(size, probs.shape[1] - first)
         if size <= 0:
             break
-        reducer.add_probs(torch.from_numpy(probs[:, first:first + size]), first)
+        reducer.add_probs(torch.from_numpy(probs[:, first : first + size]), first)
         first += size
     if first < probs.shape[1]:
         reducer.add_probs(torch.from_numpy(probs[:, first:]), first)
     return reducer
 
 
-@pytest.mark.parametrize("classes, shape, spec", [
-    (2, (10, 9, 7), RegionSpec()),
-    (3, (12, 9, 7), RegionSpec(dilation=0)),
-    (4, (9, 5, 10), RegionSpec(dilation=1, fg_mask="pred_prob", fg_prob_threshold=0.4)),
-    (7, (11, 6, 6), RegionSpec(dilation=3)),
-    (120, (8, 8, 8), RegionSpec()),
-])
+@pytest.mark.parametrize(
+    "classes, shape, spec",
+    [
+        (2, (10, 9, 7), RegionSpec()),
+        (3, (12, 9, 7), RegionSpec(dilation=0)),
+        (4, (9, 5, 10), RegionSpec(dilation=1, fg_mask="pred_prob", fg_prob_threshold=0.4)),
+        (7, (11, 6, 6), RegionSpec(dilation=3)),
+        (120, (8, 8, 8), RegionSpec()),
+    ],
+)
 def test_reduced_maps_and_sums_equal_the_full_softmax_computation(classes, shape, spec):
     probs = _random_probs(classes, shape, seed=classes)
     maps = _stream_rows(probs, spec, chunks=(1, 3, 2, 4)).result()
@@ -89,8 +96,9 @@ def test_reduced_maps_and_sums_equal_the_full_softmax_computation(classes, shape
     np.testing.assert_allclose(got.class_entropy_sums, expected.class_entropy_sums, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(got.class_power_entropy_sums, expected.class_power_entropy_sums, rtol=1e-6, atol=1e-5)
     for reduce in ("voxel_mean", "class_balanced"):
-        wanted = QueryConfig(fg_dilation=spec.dilation, fg_mask=spec.fg_mask,
-                             fg_prob_threshold=spec.fg_prob_threshold, asd_reduce=reduce)
+        wanted = QueryConfig(
+            fg_dilation=spec.dilation, fg_mask=spec.fg_mask, fg_prob_threshold=spec.fg_prob_threshold, asd_reduce=reduce
+        )
         assert got.asd(wanted) == pytest.approx(expected.asd(wanted), rel=1e-6)
     np.testing.assert_allclose(got.clasp_scores(), expected.clasp_scores(), rtol=1e-6, atol=1e-7)
 

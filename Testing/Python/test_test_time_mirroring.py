@@ -41,15 +41,27 @@ class _Skewed(nn.Module):
         self.head = nn.Conv3d(4, 2, 1)
 
     def forward(self, x):
-        ramp = torch.linspace(0.0, 1.0, x.shape[2])[:, None, None] + torch.linspace(0.0, 2.0, x.shape[3])[:, None] \
+        ramp = (
+            torch.linspace(0.0, 1.0, x.shape[2])[:, None, None]
+            + torch.linspace(0.0, 2.0, x.shape[3])[:, None]
             + torch.linspace(0.0, 3.0, x.shape[4])
+        )
         return self.head(torch.relu(self.conv(x))) + ramp
 
 
 def _model(mirror) -> LoadedModel:
-    card = ModelCard(name="skewed", architecture="test", arguments={}, weights="none.pt",
-                     class_names=("background", "fg"), encoder_stages=("conv",), patch_size=(8, 8, 8),
-                     preprocessing={"profile": "zscore_nonzero"}, orientation=None, test_time_mirroring=mirror)
+    card = ModelCard(
+        name="skewed",
+        architecture="test",
+        arguments={},
+        weights="none.pt",
+        class_names=("background", "fg"),
+        encoder_stages=("conv",),
+        patch_size=(8, 8, 8),
+        preprocessing={"profile": "zscore_nonzero"},
+        orientation=None,
+        test_time_mirroring=mirror,
+    )
     return LoadedModel(card=card, network=_Skewed().eval(), report=LoadReport(loaded=0, missing=(), unexpected=()))
 
 
@@ -58,8 +70,9 @@ def test_mirrored_window_forward_is_the_mean_of_the_flipped_passes():
     window = torch.randn(2, 1, 8, 8, 8)
     net = model.network
     with torch.no_grad():
-        expected = (net(window) + net(window.flip(2)).flip(2) + net(window.flip(4)).flip(4)
-                    + net(window.flip(2, 4)).flip(2, 4)) / 4
+        expected = (
+            net(window) + net(window.flip(2)).flip(2) + net(window.flip(4)).flip(4) + net(window.flip(2, 4)).flip(2, 4)
+        ) / 4
         ours = Predictor(model, device=torch.device("cpu"))._window_logits(window)
         plain = net(window)
     assert ours.shape == (2, 2, 8, 8, 8)
@@ -102,8 +115,9 @@ def test_a_card_without_mirroring_predicts_with_one_pass_per_window():
     counted = dataclasses.replace(counted, card=counted_card)
     Predictor(counted, device=torch.device("cpu")).predict(_volume())
     windows = counted.network.calls
-    mirrored = dataclasses.replace(counted, card=dataclasses.replace(counted_card, test_time_mirroring=(0, 1, 2)),
-                                   network=_Counting(plain.network))
+    mirrored = dataclasses.replace(
+        counted, card=dataclasses.replace(counted_card, test_time_mirroring=(0, 1, 2)), network=_Counting(plain.network)
+    )
     Predictor(mirrored, device=torch.device("cpu")).predict(_volume())
     assert windows >= 1 and mirrored.network.calls == 8 * windows  # ranking cost: 2 ** len(axes) passes per window
 
@@ -119,18 +133,22 @@ def test_encoder_features_come_from_the_unflipped_pass_only():
 
 # --------------------------------------------------------------------------------------------- the nnU-Net source
 
-pytest.importorskip("dynamic_network_architectures",
-                    reason="dynamic-network-architectures is not installed (requirements.txt pins it)")
+pytest.importorskip(
+    "dynamic_network_architectures", reason="dynamic-network-architectures is not installed (requirements.txt pins it)"
+)
 import nnunet_layout as nnunet_tests  # noqa: E402
 
 
-@pytest.mark.parametrize("transpose, nnunet_axes, expected", [
-    ([0, 1, 2], (0, 1, 2), [0, 1, 2]),
-    ([0, 1, 2], (0,), [2]),           # network axis 0 is SimpleITK's first axis, ASSFT's k
-    ([1, 0, 2], (0,), [1]),           # network [j, k, i]: axis 0 is j
-    ([1, 0, 2], (1, 2), [0, 2]),
-    ([0, 1, 2], None, None),
-])
+@pytest.mark.parametrize(
+    "transpose, nnunet_axes, expected",
+    [
+        ([0, 1, 2], (0, 1, 2), [0, 1, 2]),
+        ([0, 1, 2], (0,), [2]),  # network axis 0 is SimpleITK's first axis, ASSFT's k
+        ([1, 0, 2], (0,), [1]),  # network [j, k, i]: axis 0 is j
+        ([1, 0, 2], (1, 2), [0, 2]),
+        ([0, 1, 2], None, None),
+    ],
+)
 def test_nnunet_checkpoint_axes_become_model_space_axes(tmp_path, transpose, nnunet_axes, expected):
     plans = copy.deepcopy(nnunet_tests.PLANS)
     plans["transpose_forward"], plans["transpose_backward"] = transpose, transpose
@@ -181,8 +199,15 @@ class _RunsCode:
 def test_checkpoint_axes_are_read_without_torch_and_without_running_the_file(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "checkpoint.pth"
-    torch.save({"network_weights": {"w": torch.ones(2)}, "trainer": _RunsCode(str(marker)),
-                "_best_ema": np.float64(0.4), "inference_allowed_mirroring_axes": (1, 2)}, path)
+    torch.save(
+        {
+            "network_weights": {"w": torch.ones(2)},
+            "trainer": _RunsCode(str(marker)),
+            "_best_ema": np.float64(0.4),
+            "inference_allowed_mirroring_axes": (1, 2),
+        },
+        path,
+    )
     assert nnunet.checkpoint_mirroring_axes(path) == (1, 2)
     assert not marker.exists()
     torch.save({"network_weights": {"w": torch.ones(2)}, "inference_allowed_mirroring_axes": None}, path)

@@ -36,23 +36,48 @@ def test_a_malformed_thread_variable_is_refused_with_its_name(value):
         thread_count({THREADS_VARIABLE: value}, cores=8)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None,
-                    reason="needs CPU affinity (Linux, taskset)")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None,
+    reason="needs CPU affinity (Linux, taskset)",
+)
 def test_a_process_pinned_to_one_core_runs_one_torch_thread_per_pool():
-    code = ("import torch\nfrom ASSFTActive.threads import size_thread_pools\n"
-            "size_thread_pools()\nprint(torch.get_num_threads(), torch.get_num_interop_threads())\n")
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], env=_env(), capture_output=True,
-                         text=True, check=True)
+    code = (
+        "import torch\nfrom ASSFTActive.threads import size_thread_pools\n"
+        "size_thread_pools()\nprint(torch.get_num_threads(), torch.get_num_interop_threads())\n"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["1", "1"]
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], env=_env(**{THREADS_VARIABLE: "3"}),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code],
+        env=_env(**{THREADS_VARIABLE: "3"}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.split() == ["3", "3"]
 
 
 def test_the_command_line_refuses_a_malformed_thread_variable_before_any_work(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ASSFTActive", "rank", "--images", str(tmp_path / "none"), "--budget",
-                          "1", "--out", str(tmp_path / "out")], env=_env(**{THREADS_VARIABLE: "lots"}),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ASSFTActive",
+            "rank",
+            "--images",
+            str(tmp_path / "none"),
+            "--budget",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=_env(**{THREADS_VARIABLE: "lots"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {THREADS_VARIABLE}='lots'")
     assert not (tmp_path / "out").exists()

@@ -95,11 +95,14 @@ def test_results_are_never_attached_to_a_volume_whose_file_changed(data):
     assert node_of_row(again, CASES[0]) is again.volume_node(CASES[0])
     assert node_of_row(again, CASES[2]) is again.volume_node(CASES[2])
     assert node_of_row(again, CASES[1]) is None  # its row stays (the job's own image), no loaded volume gets it
-    segmentations = [again.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
-                     for i in range(again.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
+    segmentations = [
+        again.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+        for i in range(again.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
+    ]
     changed_node = again.volume_node(CASES[1])
-    assert all(s.GetNodeReferenceID(s.GetReferenceImageGeometryReferenceRole()) != changed_node.GetID()
-               for s in segmentations)
+    assert all(
+        s.GetNodeReferenceID(s.GetReferenceImageGeometryReferenceRole()) != changed_node.GetID() for s in segmentations
+    )
     assert again.logic.caseForVolume(again.parameters.rankingTable, changed_node) is None
 
 
@@ -110,8 +113,9 @@ def test_a_server_on_other_data_with_the_same_work_folder_shows_no_ranking(data,
     for case in CASES:  # the same names and voxels, but other files
         shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", other)
     env = slicer_scene.SlicerScene()
-    session = AnnotatorSession(env.scene, env.appLogic, ServeConfig(data_dir=other, work_dir=data / ".assft"),
-                               RecordingRunner)
+    session = AnnotatorSession(
+        env.scene, env.appLogic, ServeConfig(data_dir=other, work_dir=data / ".assft"), RecordingRunner
+    )
     session.load_pool()
     assert session.restore_ranking() is None and session.ranking_rows() == []
 
@@ -122,8 +126,11 @@ def test_cases_linked_from_their_files_record_which_file_they_are(data):
     cases = jobFolder.readCaseNodes(spec.jobDir)
     for case in CASES:
         stat = (data / f"{case}.nii.gz").stat()
-        assert cases[case]["source"] == {"path": str((data / f"{case}.nii.gz").resolve()), "size": stat.st_size,
-                                         "mtime_ns": stat.st_mtime_ns}
+        assert cases[case]["source"] == {
+            "path": str((data / f"{case}.nii.gz").resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
 
 
 @pytest.mark.slow
@@ -132,8 +139,13 @@ def test_a_real_ranking_is_shown_again_after_a_restart(data):
     session = start_server(data)
     spec = session.start_job("rank")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(spec.jobDir)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "ASSFTActive.worker", str(spec.jobDir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     session.controller._runner.end(0)
     before = ranked(session)

@@ -61,11 +61,22 @@ def test_every_start_gets_its_own_long_random_secret_never_the_public_default():
     assert policy.url(8123) == f"http://127.0.0.1:8123/?secret={policy.secret}"
 
 
-@pytest.mark.parametrize("header, allowed", [
-    ("127.0.0.1:8080", True), ("localhost:9000", True), ("[::1]:8080", True), ("LOCALHOST", True),
-    ("evil.example:8080", False), ("127.0.0.1.evil.example:8080", False), ("", False), (None, False),
-    ("[::1", False), ("127.0.0.1:80x", False), ("10.0.0.5:8080", False),
-])
+@pytest.mark.parametrize(
+    "header, allowed",
+    [
+        ("127.0.0.1:8080", True),
+        ("localhost:9000", True),
+        ("[::1]:8080", True),
+        ("LOCALHOST", True),
+        ("evil.example:8080", False),
+        ("127.0.0.1.evil.example:8080", False),
+        ("", False),
+        (None, False),
+        ("[::1", False),
+        ("127.0.0.1:80x", False),
+        ("10.0.0.5:8080", False),
+    ],
+)
 def test_a_loopback_server_answers_only_to_loopback_host_names(header, allowed):
     assert AccessPolicy.for_address("127.0.0.1").host_allowed(header) is allowed
 
@@ -79,15 +90,19 @@ def test_a_server_on_another_address_answers_to_that_address_and_to_allowed_name
     assert host_name("[fe80::1]:8080") == "fe80::1"
 
 
-@pytest.mark.parametrize("origin, host, allowed", [
-    (None, "127.0.0.1:8080", True),  # not a browser: it must still present the secret
-    ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
-    ("http://localhost:9000", "localhost:9000", True),  # a tunnel to another local port
-    ("http://evil.example", "127.0.0.1:8080", False),
-    ("http://evil.example:8080", "evil.example:8080", False),  # DNS rebinding: a foreign name on both
-    ("http://127.0.0.1:9999", "127.0.0.1:8080", False),  # another local page (another port)
-    ("null", "127.0.0.1:8080", False), ("file://", "127.0.0.1:8080", False),
-])
+@pytest.mark.parametrize(
+    "origin, host, allowed",
+    [
+        (None, "127.0.0.1:8080", True),  # not a browser: it must still present the secret
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("http://localhost:9000", "localhost:9000", True),  # a tunnel to another local port
+        ("http://evil.example", "127.0.0.1:8080", False),
+        ("http://evil.example:8080", "evil.example:8080", False),  # DNS rebinding: a foreign name on both
+        ("http://127.0.0.1:9999", "127.0.0.1:8080", False),  # another local page (another port)
+        ("null", "127.0.0.1:8080", False),
+        ("file://", "127.0.0.1:8080", False),
+    ],
+)
 def test_a_websocket_origin_must_be_the_pages_own_address(origin, host, allowed):
     assert AccessPolicy.for_address("127.0.0.1").origin_allowed(origin, host) is allowed
 
@@ -98,10 +113,10 @@ def _chunk(message_id: int, offset: int, total: int, content: bytes = b"") -> by
 
 def test_a_message_claiming_more_than_the_limit_is_refused_before_anything_is_allocated():
     unchunker = BoundedUnChunker(limit=1024)
-    unchunker.set_max_message_size(4 * 1024 ** 3)  # what wslink asks after hello
+    unchunker.set_max_message_size(4 * 1024**3)  # what wslink asks after hello
     assert unchunker.max_message_size == 1024
     with pytest.raises(ValueError, match="exceeds the allocation limit"):
-        unchunker.process_chunk(_chunk(1, 0, 256 * 1024 ** 2))
+        unchunker.process_chunk(_chunk(1, 0, 256 * 1024**2))
     assert unchunker.pending_messages == {}
     packed = msgpack.packb({"id": "x", "method": "m"})
     assert unchunker.process_chunk(_chunk(2, 0, len(packed), packed)) == {"id": "x", "method": "m"}
@@ -118,21 +133,24 @@ def test_a_connection_may_have_only_a_few_messages_in_flight():
         unchunker.process_chunk(b"abc")
 
 
-@pytest.mark.parametrize("check, value, message", [
-    (fields.whole_number("Budget", 1, 4), -5, "Budget must be a whole number from 1 to 4, got -5."),
-    (fields.whole_number("Budget", 1, 4), 10 ** 12, "got 1000000000000"),
-    (fields.whole_number("Budget", 1, 4), "abc", "got 'abc'"),
-    (fields.whole_number("Budget", 1, 4), 2.5, "got 2.5"),
-    (fields.whole_number("Budget", 1, 4), True, "got True"),
-    (fields.whole_number("Budget", 1, 4), float("nan"), "got nan"),
-    (fields.number_in("Overlay opacity", 0, 1), "abc", "Overlay opacity must be a number from 0 to 1, got 'abc'."),
-    (fields.number_in("Overlay opacity", 0, 1), 1.5, "got 1.5"),
-    (fields.number_in("Overlay opacity", 0, 1), float("inf"), "got inf"),
-    (fields.boolean("Entropy overlay"), "false", "must be true or false, got 'false'"),
-    (fields.choice("Adapt method", ["assft", "sfr"]), "evil", "must be one of assft, sfr, got 'evil'"),
-    (fields.text("Model", 10), "x" * 11, "at most 10 characters"),
-    (fields.text("Model"), "a\nb", "control characters"),
-])
+@pytest.mark.parametrize(
+    "check, value, message",
+    [
+        (fields.whole_number("Budget", 1, 4), -5, "Budget must be a whole number from 1 to 4, got -5."),
+        (fields.whole_number("Budget", 1, 4), 10**12, "got 1000000000000"),
+        (fields.whole_number("Budget", 1, 4), "abc", "got 'abc'"),
+        (fields.whole_number("Budget", 1, 4), 2.5, "got 2.5"),
+        (fields.whole_number("Budget", 1, 4), True, "got True"),
+        (fields.whole_number("Budget", 1, 4), float("nan"), "got nan"),
+        (fields.number_in("Overlay opacity", 0, 1), "abc", "Overlay opacity must be a number from 0 to 1, got 'abc'."),
+        (fields.number_in("Overlay opacity", 0, 1), 1.5, "got 1.5"),
+        (fields.number_in("Overlay opacity", 0, 1), float("inf"), "got inf"),
+        (fields.boolean("Entropy overlay"), "false", "must be true or false, got 'false'"),
+        (fields.choice("Adapt method", ["assft", "sfr"]), "evil", "must be one of assft, sfr, got 'evil'"),
+        (fields.text("Model", 10), "x" * 11, "at most 10 characters"),
+        (fields.text("Model"), "a\nb", "control characters"),
+    ],
+)
 def test_each_field_refuses_a_bad_value_with_a_message_naming_it(check, value, message):
     with pytest.raises(fields.FieldError) as error:
         check(value)
@@ -147,8 +165,9 @@ def test_good_field_values_are_parsed_not_clamped():
 
 def test_the_state_guard_refuses_server_fields_and_bad_values_and_keeps_the_value_in_use():
     guard = fields.StateGuard({"budget": fields.whole_number("Budget", 1, 4)}, server_owned={"rows", "budget"})
-    result = guard.check([{"key": "budget", "value": -5}, {"key": "rows", "value": []},
-                          {"key": "trame_slicer_slider", "value": 3}])
+    result = guard.check(
+        [{"key": "budget", "value": -5}, {"key": "rows", "value": []}, {"key": "trame_slicer_slider", "value": 3}]
+    )
     assert result.accepted == {"trame_slicer_slider": 3}  # other widgets' keys pass unchanged
     assert set(result.refused) == {"budget", "rows"} and "only the server writes it" in result.refused["rows"]
     assert guard.pending().startswith("Correct the page's fields first: Budget must be")
@@ -260,14 +279,20 @@ def test_the_server_refuses_to_start_on_a_labels_folder_that_is_a_link(tmp_path)
     data.mkdir()
     outside.mkdir()
     (data / "labels").symlink_to(outside, target_is_directory=True)
-    out = subprocess.run([sys.executable, "-m", "ASSFTWeb", "--data", str(data)], cwd=str(REPO),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ASSFTWeb", "--data", str(data)],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"error: {data / 'labels'} is a symbolic link") and "--labels" in line
 
 
 # ------------------------------------------------------------------ a real server, a real WebSocket client
+
 
 def _served_missing() -> str:
     try:
@@ -295,9 +320,14 @@ def server(tmp_path_factory):
     log = root / "server.log"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ASSFTWeb", "--data", str(data), "--port", "0"],
-                                   cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ASSFTWeb", "--data", str(data), "--port", "0"],
+            cwd=str(REPO),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         url = None
@@ -309,8 +339,14 @@ def server(tmp_path_factory):
                 assert time.monotonic() < deadline, f"no address printed:\n{log.read_text()[-3000:]}"
                 time.sleep(0.3)
         parts = urlsplit(url)
-        yield {"url": url, "host": parts.netloc, "secret": parse_qs(parts.query)["secret"][0], "data": data,
-               "log": log, "pid": process.pid}
+        yield {
+            "url": url,
+            "host": parts.netloc,
+            "secret": parse_qs(parts.query)["secret"][0],
+            "data": data,
+            "log": log,
+            "pid": process.pid,
+        }
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -338,8 +374,7 @@ class WslinkClient:
     async def call(self, method: str, args=(), kwargs=None, rpc_id=None, timeout: float = 30) -> dict:
         self.count += 1
         rpc_id = rpc_id or f"rpc:{self.client_id}:{self.count}"
-        await self.send({"wslink": "1.0", "id": rpc_id, "method": method, "args": list(args),
-                         "kwargs": kwargs or {}})
+        await self.send({"wslink": "1.0", "id": rpc_id, "method": method, "args": list(args), "kwargs": kwargs or {}})
         while True:
             frame = await asyncio.wait_for(self.ws.receive(), timeout)
             if frame.type != aiohttp.WSMsgType.BINARY:
@@ -452,7 +487,7 @@ def test_a_message_claiming_a_huge_size_is_refused_without_allocating_it(server)
     async def work(client):
         await client.hello(server["secret"])
         before = _rss_kb(pid)
-        await client.ws.send_bytes(_chunk(7, 0, 256 * 1024 ** 2))  # 28 bytes claiming 256 MB
+        await client.ws.send_bytes(_chunk(7, 0, 256 * 1024**2))  # 28 bytes claiming 256 MB
         frame = await asyncio.wait_for(client.ws.receive(), 30)
         return before, _rss_kb(pid), frame.type
 
@@ -470,8 +505,14 @@ def test_bad_field_values_from_a_browser_are_refused_with_a_message_and_never_us
     async def work(client):
         await client.hello(server["secret"])
         answers = {}
-        for key, value in (("budget", -5), ("budget", 10 ** 12), ("overlay_opacity", "abc"),
-                           ("adapt_method", "evil"), ("rows", [{"volume": "x"}]), ("data_dir", "/etc")):
+        for key, value in (
+            ("budget", -5),
+            ("budget", 10**12),
+            ("overlay_opacity", "abc"),
+            ("adapt_method", "evil"),
+            ("rows", [{"volume": "x"}]),
+            ("data_dir", "/etc"),
+        ):
             await client.call("trame.state.update", [[{"key": key, "value": value}]])
             answers[(key, str(value))] = _state(await client.call("trame.state.get"))
         await client.call("trame.state.update", [[{"key": "budget", "value": 2}]])
@@ -483,7 +524,7 @@ def test_bad_field_values_from_a_browser_are_refused_with_a_message_and_never_us
     answers, fixed, select, after_select = _run(_session(server, work))
     state = answers[("budget", "-5")]
     assert state["budget"] == 2 and "Budget must be a whole number from 1 to 2, got -5." in state["error"]
-    assert answers[("budget", str(10 ** 12))]["budget"] == 2
+    assert answers[("budget", str(10**12))]["budget"] == 2
     state = answers[("overlay_opacity", "abc")]
     assert state["overlay_opacity"] == 0.5 and "Overlay opacity must be a number from 0 to 1" in state["error"]
     assert "Adapt method must be one of" in answers[("adapt_method", "evil")]["error"]
@@ -535,6 +576,7 @@ def test_malformed_frames_close_only_their_connection(server):
         return await client.hello(server["secret"])
 
     for frame in ("not wslink", os.urandom(40), _chunk(3, 0, 9, msgpack.packb([1, 2, 3])[:9])):
+
         async def work(client, frame=frame):
             await client.hello(server["secret"])
             await (client.ws.send_str(frame) if isinstance(frame, str) else client.ws.send_bytes(frame))

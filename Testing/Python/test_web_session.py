@@ -80,8 +80,9 @@ def test_a_label_file_on_another_voxel_grid_is_reported_and_not_used(pool):
     session, data = pool
     shutil.copy(SAMPLE / "labels" / "hippocampus_011.nii.gz", data / "labels" / "hippocampus_023.nii.gz")
     messages = session.load_pool()
-    assert any(m.startswith("Label file hippocampus_023.nii.gz not used") and "voxel grid differs" in m
-               for m in messages), messages
+    assert any(
+        m.startswith("Label file hippocampus_023.nii.gz not used") and "voxel grid differs" in m for m in messages
+    ), messages
     assert session.voxel_counts(session.volume_node("hippocampus_023")) == {}
     assert session.voxel_counts(session.volume_node("hippocampus_011"))["anterior"] > 0
 
@@ -155,8 +156,13 @@ def test_the_servers_query_settings_start_the_field_and_reach_every_job_with_the
 
 
 def test_the_server_refuses_query_rounds_below_one_with_one_error_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ASSFTWeb", "--data", str(tmp_path), "--query-json",
-                          '{"rounds": 0}'], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ASSFTWeb", "--data", str(tmp_path), "--query-json", '{"rounds": 0}'],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("error: --query-json: Query rounds must be a whole number of at least 1") and "got 0" in line
@@ -174,8 +180,9 @@ def test_save_labels_writes_next_to_the_data_and_keeps_the_old_file_as_backup(po
     # the labels read at start went through the class segmentation and back unchanged, on the image's grid
     np.testing.assert_array_equal(read_volume(saved.path).array, read_volume(saved.backup).array)
     with pytest.raises(ASSFTModuleError, match="no labeled voxels"):
-        session.save_labels(session.volume_node("hippocampus_023"), session.annotate(
-            session.volume_node("hippocampus_023")))
+        session.save_labels(
+            session.volume_node("hippocampus_023"), session.annotate(session.volume_node("hippocampus_023"))
+        )
 
 
 def test_label_file_backups_never_overwrite_each_other(tmp_path):
@@ -188,16 +195,29 @@ def test_label_file_backups_never_overwrite_each_other(tmp_path):
 
 
 def test_the_scores_chart_has_one_dot_per_finite_case():
-    rows = [{"volume": "a", "dkd": 0.1, "asd": 0.2, "state": "proposed"},
-            {"volume": "b", "dkd": 0.3, "asd": 0.1, "state": "labeled"},
-            {"volume": "c", "dkd": float("nan"), "asd": 0.1, "state": "labeled"}]
+    rows = [
+        {"volume": "a", "dkd": 0.1, "asd": 0.2, "state": "proposed"},
+        {"volume": "b", "dkd": 0.3, "asd": 0.1, "state": "labeled"},
+        {"volume": "c", "dkd": float("nan"), "asd": 0.1, "state": "labeled"},
+    ]
     svg = scores_svg(rows)
     assert svg.startswith("<svg") and svg.count("<circle") == 2 and "#ff9800" in svg
 
 
 def test_assft_serve_passes_its_options_to_the_server_package():
-    args = build_parser().parse_args(["serve", "--data", "pool", "--labels", "labs", "--port", "9000",
-                                      "--finetune-json", '{"train": {"iterations": 5}}'])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--data",
+            "pool",
+            "--labels",
+            "labs",
+            "--port",
+            "9000",
+            "--finetune-json",
+            '{"train": {"iterations": 5}}',
+        ]
+    )
     assert isinstance(args, argparse.Namespace)
     command = server_command(args)
     assert command[1:3] == ["-m", "ASSFTWeb"]
@@ -205,27 +225,39 @@ def test_assft_serve_passes_its_options_to_the_server_package():
     assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "9000"
     assert command[command.index("--finetune-json") + 1] == '{"train": {"iterations": 5}}'
     assert "--allow-host" not in command
-    args = build_parser().parse_args(["serve", "--data", "pool", "--host", "0.0.0.0", "--allow-host", "gpu01",
-                                      "--allow-host", "gpu01.lab.example"])
+    args = build_parser().parse_args(
+        ["serve", "--data", "pool", "--host", "0.0.0.0", "--allow-host", "gpu01", "--allow-host", "gpu01.lab.example"]
+    )
     command = server_command(args)
-    assert [command[i + 1] for i, part in enumerate(command) if part == "--allow-host"] == ["gpu01",
-                                                                                            "gpu01.lab.example"]
+    assert [command[i + 1] for i, part in enumerate(command) if part == "--allow-host"] == [
+        "gpu01",
+        "gpu01.lab.example",
+    ]
 
 
 def test_the_server_refuses_a_missing_data_folder_with_one_error_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ASSFTWeb", "--data", str(tmp_path / "nope")], cwd=str(REPO),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ASSFTWeb", "--data", str(tmp_path / "nope")],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: data folder not found. "
-                                               "Pass an existing folder to --data."]
+    assert out.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'}: data folder not found. Pass an existing folder to --data."
+    ]
 
 
 def test_the_web_server_process_never_imports_torch():
     pytest.importorskip("trame_slicer", reason="trame-slicer is not installed (pip install -e '.[web]')")
-    code = ("import json, sys\nimport ASSFTWeb.app, ASSFTWeb.session\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120,
-                         check=True)
+    code = (
+        "import json, sys\nimport ASSFTWeb.app, ASSFTWeb.session\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 

@@ -59,8 +59,9 @@ def test_next_and_mark_done_then_save_writes_not_annotated_outside_the_done_slic
     session = sessionOn(data)
     node = session.volume_node(CASE)
     k = int(np.argmax((full > 0).sum(axis=(0, 1))))  # the slice with the most foreground, and one beside it
-    unitProposals.setProposals(node, [UnitProposal("slice", axis=2, index=k), UnitProposal("slice", axis=2,
-                                                                                           index=k - 3)])
+    unitProposals.setProposals(
+        node, [UnitProposal("slice", axis=2, index=k), UnitProposal("slice", axis=2, index=k - 3)]
+    )
 
     assert session.next_proposal(node) == f"0 of 2 proposed slices done; now: slice {k} (axis 2)"
     assert session.mark_done(node) == f"1 of 2 proposed slices done; now: slice {k} (axis 2)"

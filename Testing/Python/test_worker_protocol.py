@@ -50,9 +50,14 @@ class Worker:
         cwd.mkdir(parents=True, exist_ok=True)
         self.stderr_path = job_dir.parent / f"{job_dir.name}-stderr-{time.time_ns()}.txt"
         self._stderr = open(self.stderr_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "ASSFTActive.worker", str(job_dir)], cwd=str(cwd),
-                                        env=worker_env(**env), stdout=subprocess.PIPE, stderr=self._stderr,
-                                        text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ASSFTActive.worker", str(job_dir)],
+            cwd=str(cwd),
+            env=worker_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
         self.lines: queue.Queue[Optional[str]] = queue.Queue()
         self.raw: List[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -78,8 +83,10 @@ class Worker:
             seen.append(event)
             if predicate(event):
                 return seen
-        raise AssertionError(f"no matching event; got {[(e.event, e.phase, e.step) for e in seen][-5:]}; stderr:\n"
-                             + self.stderr_path.read_text()[-3000:])
+        raise AssertionError(
+            f"no matching event; got {[(e.event, e.phase, e.step) for e in seen][-5:]}; stderr:\n"
+            + self.stderr_path.read_text()[-3000:]
+        )
 
     def finish(self, timeout: float = 300.0) -> int:
         code = self.process.wait(timeout=timeout)
@@ -121,24 +128,37 @@ def primed_store(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        adapt_model(images, labels, store=tmp / "store", model=card, name="site",
-                    config=FinetuneConfig.from_dict(FAST_FINETUNE))
+        adapt_model(
+            images, labels, store=tmp / "store", model=card, name="site", config=FinetuneConfig.from_dict(FAST_FINETUNE)
+        )
     finally:
         torch.set_num_threads(threads)
     return {"card": card, "images": images, "labels": labels, "store": tmp / "store"}
 
 
 def adapt_job(world, job_dir: Path, finetune=None, labels=None, **changes) -> Path:
-    spec = JobSpec(kind="adapt", images={k: str(v) for k, v in world["images"].items()},
-                   labels={k: str(v) for k, v in (labels or world["labels"]).items()}, model=str(world["card"]),
-                   store=str(world["store"]), name="site", budget=2, finetune=finetune or FAST_FINETUNE, **changes)
+    spec = JobSpec(
+        kind="adapt",
+        images={k: str(v) for k, v in world["images"].items()},
+        labels={k: str(v) for k, v in (labels or world["labels"]).items()},
+        model=str(world["card"]),
+        store=str(world["store"]),
+        name="site",
+        budget=2,
+        finetune=finetune or FAST_FINETUNE,
+        **changes,
+    )
     write_job(job_dir, spec)
     return job_dir
 
 
 def long_training(iterations: int = 100000, checkpoint_every: int = 4) -> dict:
-    return {"train": {"iterations": iterations, "batch_size": 1}, "semi_iterations": 4,
-            "validation": {"hd95": False}, "checkpoint_every": checkpoint_every}
+    return {
+        "train": {"iterations": iterations, "batch_size": 1},
+        "semi_iterations": 4,
+        "validation": {"hd95": False},
+        "checkpoint_every": checkpoint_every,
+    }
 
 
 def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_model(world):
@@ -177,14 +197,28 @@ def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_m
     assert result["metrics"]["after"]["mean_dice"] is not None and result["metrics"]["version"] == "v1"
     # the worker wrote only in its job folder and the store
     assert tree(world["tmp"] / "cwd") == [] and tree(world["tmp"] / "tmpdir") == []
-    assert sorted(p.name for p in world["tmp"].iterdir() if not p.name.startswith("job-stderr")) == \
-        ["base", "cwd", "data", "job", "store", "tmpdir"]
+    assert sorted(p.name for p in world["tmp"].iterdir() if not p.name.startswith("job-stderr")) == [
+        "base",
+        "cwd",
+        "data",
+        "job",
+        "store",
+        "tmpdir",
+    ]
 
 
 def test_rank_job_result_lists_no_pseudo_labels_and_activates_nothing(world):
     job = world["tmp"] / "job"
-    write_job(job, JobSpec(kind="rank", images={k: str(v) for k, v in world["images"].items()},
-                           labels={k: str(v) for k, v in world["labels"].items()}, model=str(world["card"]), budget=2))
+    write_job(
+        job,
+        JobSpec(
+            kind="rank",
+            images={k: str(v) for k, v in world["images"].items()},
+            labels={k: str(v) for k, v in world["labels"].items()},
+            model=str(world["card"]),
+            budget=2,
+        ),
+    )
     code, worker = run_worker(job, world["tmp"] / "cwd")
     assert code == EXIT_DONE, worker.stderr_path.read_text()[-2000:]
     result = read_json(job / "result.json")
@@ -196,7 +230,8 @@ def test_rank_job_result_lists_no_pseudo_labels_and_activates_nothing(world):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_training_stops_at_the_next_step_with_a_cancelled_result_and_the_store_untouched(
-        primed_store, tmp_path, sig):
+    primed_store, tmp_path, sig
+):
     """The worker is frozen (SIGSTOP) so that ``events.jsonl`` shows exactly where it was, signalled, and let go:
     at most the one event it was writing follows, then the ``cancelled`` error; no wall-clock bound (the
     ``finish`` timeout only stops a hung test)."""

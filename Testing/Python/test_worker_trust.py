@@ -26,8 +26,14 @@ def _rank_job(job_dir: Path, model: str = "default") -> Path:
 
 def _run(job_dir: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "ASSFTActive.worker", str(job_dir)], cwd=str(cwd),
-                          env=worker_env(**env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ASSFTActive.worker", str(job_dir)],
+        cwd=str(cwd),
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("planted", ["log.txt", "events.jsonl", "predictions", "overlays"])

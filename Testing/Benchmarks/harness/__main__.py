@@ -29,9 +29,14 @@ def write_splits(out_dir: Path = SPLITS_DIR) -> List[Path]:
     written = []
     for name, anatomy in ANATOMIES.items():
         split = anatomy.split()
-        data = {"anatomy": name, "rule": BENCHMARK_SPLIT_RULE, "data": f"../shared/data/{anatomy.data.name}",
-                "reserved_excluded": len(anatomy.reserved()), "command": "python -m Testing.Benchmarks.harness splits",
-                **split.to_dict()}
+        data = {
+            "anatomy": name,
+            "rule": BENCHMARK_SPLIT_RULE,
+            "data": f"../shared/data/{anatomy.data.name}",
+            "reserved_excluded": len(anatomy.reserved()),
+            "command": "python -m Testing.Benchmarks.harness splits",
+            **split.to_dict(),
+        }
         path = out_dir / f"{name}.json"
         path.write_text(json.dumps(data, indent=1) + "\n")
         written.append(path)
@@ -39,8 +44,11 @@ def write_splits(out_dir: Path = SPLITS_DIR) -> List[Path]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Testing.Benchmarks.harness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m Testing.Benchmarks.harness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("splits", help="write Testing/Benchmarks/splits/<anatomy>.json")
     run = sub.add_parser("run", help="compute the missing records of a profile")
@@ -86,11 +94,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     suffix = "" if args.default_arm == "assft" else f"_{args.default_arm}"
     stem = args.out_dir / f"harness_{args.name}{suffix}"
-    command = f"python -m Testing.Benchmarks.harness report --name {args.name}" + (
-        f" --default-arm {args.default_arm}" if suffix else "") + ("" if args.goals else " --goals ''")
-    result = report.write(args.records / args.name, stem, default_arm=args.default_arm,
-                          goals=Path(args.goals) if args.goals else None, git=runner.git_revision(),
-                          command=command)
+    command = (
+        f"python -m Testing.Benchmarks.harness report --name {args.name}"
+        + (f" --default-arm {args.default_arm}" if suffix else "")
+        + ("" if args.goals else " --goals ''")
+    )
+    result = report.write(
+        args.records / args.name,
+        stem,
+        default_arm=args.default_arm,
+        goals=Path(args.goals) if args.goals else None,
+        git=runner.git_revision(),
+        command=command,
+    )
     print(stem.with_suffix(".md").read_text())
     print("wrote", stem.with_suffix(".md"), stem.with_suffix(".json"), *result["png"])
     return 0

@@ -61,14 +61,25 @@ class Arm:
         return SEEDED_DRAWS
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "query": dict(self.query), "finetune": dict(self.finetune), "guard": self.guard,
-                "seeded": self.seeded, "whole_pool": self.whole_pool, "label": self.label or self.name}
+        return {
+            "name": self.name,
+            "query": dict(self.query),
+            "finetune": dict(self.finetune),
+            "guard": self.guard,
+            "seeded": self.seeded,
+            "whole_pool": self.whole_pool,
+            "label": self.label or self.name,
+        }
 
 
 def ceiling_arm(steps: int) -> Arm:
     """The whole pool labelled, fine-tuned ``steps`` steps (half supervised, half Adapt Model's second stage)."""
-    return Arm(f"ceiling_{steps}", finetune=(("semi_iterations", steps // 2), ("train.iterations", steps - steps // 2)),
-               whole_pool=True, label=f"whole pool labelled, {steps} steps")
+    return Arm(
+        f"ceiling_{steps}",
+        finetune=(("semi_iterations", steps // 2), ("train.iterations", steps - steps // 2)),
+        whole_pool=True,
+        label=f"whole pool labelled, {steps} steps",
+    )
 
 
 def _strategy(name: str, label: str = "", **query: Any) -> Arm:
@@ -77,16 +88,19 @@ def _strategy(name: str, label: str = "", **query: Any) -> Arm:
 
 
 #: The named arms. ``random`` is the reference distribution; the product's default query is ``assft``.
-ARMS: Dict[str, Arm] = {a.name: a for a in (
-    _strategy("random", "random (the distribution of random subsets)"),
-    _strategy("fg_random", "foreground-aware random"),
-    _strategy("coreset", "k-centre coreset"),
-    _strategy("clasp_pe", "ClaSP PE (volume level)"),
-    _strategy("mean_entropy", "mean entropy"),
-    _strategy("assft", "ASSFT query (DKD+ASD), the product default"),
-    Arm("assft_guarded", (("strategy", "assft"),), guard=True, label="ASSFT query + Adapt Model with its guard"),
-    *(ceiling_arm(steps) for steps in CEILING_STEPS),
-)}
+ARMS: Dict[str, Arm] = {
+    a.name: a
+    for a in (
+        _strategy("random", "random (the distribution of random subsets)"),
+        _strategy("fg_random", "foreground-aware random"),
+        _strategy("coreset", "k-centre coreset"),
+        _strategy("clasp_pe", "ClaSP PE (volume level)"),
+        _strategy("mean_entropy", "mean entropy"),
+        _strategy("assft", "ASSFT query (DKD+ASD), the product default"),
+        Arm("assft_guarded", (("strategy", "assft"),), guard=True, label="ASSFT query + Adapt Model with its guard"),
+        *(ceiling_arm(steps) for steps in CEILING_STEPS),
+    )
+}
 
 #: The baselines a default must match or beat (issue 23's ``gap_vs_best_baseline``), when measured.
 BASELINES = ("fg_random", "coreset", "clasp_pe", "typicality")
@@ -117,8 +131,9 @@ def parse_arm(text: str) -> Arm:
     guard = bool(fields.pop("guard", False))
     extra = {k: v for k, v in fields.items() if k != "strategy"}
     name = name or (strategy if not extra else strategy + "_" + "_".join(f"{k}-{v}" for k, v in sorted(extra.items())))
-    return Arm(name=name, query=(("strategy", strategy), *sorted(extra.items())), seeded=seeded, guard=guard,
-               label=name)
+    return Arm(
+        name=name, query=(("strategy", strategy), *sorted(extra.items())), seeded=seeded, guard=guard, label=name
+    )
 
 
 def _value(text: str) -> Any:

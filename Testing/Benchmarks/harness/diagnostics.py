@@ -21,12 +21,18 @@ from ASSFTActive.query.records import CaseEvidence
 from ASSFTActive.query.regions import RegionSums
 from ASSFTActive.query.scores import knowledge_divergence
 
-__all__ = ["ScoreCorrelation", "kd_variant_correlations", "pool_dkd", "score_error_correlations",
-           "spearman_with_error"]
+__all__ = ["ScoreCorrelation", "kd_variant_correlations", "pool_dkd", "score_error_correlations", "spearman_with_error"]
 
 #: The scores :func:`score_error_correlations` computes from the region sums and the evidence, in report order.
-STANDARD_SCORES = ("asd_voxel_mean", "asd_class_balanced", "clasp_class_mean", "clasp_plain", "mean_entropy",
-                   "dkd", "knowledge_divergence")
+STANDARD_SCORES = (
+    "asd_voxel_mean",
+    "asd_class_balanced",
+    "clasp_class_mean",
+    "clasp_plain",
+    "mean_entropy",
+    "dkd",
+    "knowledge_divergence",
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,11 @@ class ScoreCorrelation:
     n: int
 
     def to_dict(self) -> Dict[str, Optional[float]]:
-        return {"spearman_rho": None if math.isnan(self.rho) else self.rho,
-                "p": None if math.isnan(self.p) else self.p, "n": self.n}
+        return {
+            "spearman_rho": None if math.isnan(self.rho) else self.rho,
+            "p": None if math.isnan(self.p) else self.p,
+            "n": self.n,
+        }
 
 
 def spearman_with_error(name: str, scores: Sequence[float], errors: Sequence[float]) -> ScoreCorrelation:
@@ -72,8 +81,9 @@ def spearman_with_error(name: str, scores: Sequence[float], errors: Sequence[flo
     return ScoreCorrelation(name, float(rho), float(p), n)
 
 
-def pool_dkd(evidence: Sequence[CaseEvidence], config: QueryConfig,
-             labeled_embeddings: Sequence[np.ndarray] = ()) -> np.ndarray:
+def pool_dkd(
+    evidence: Sequence[CaseEvidence], config: QueryConfig, labeled_embeddings: Sequence[np.ndarray] = ()
+) -> np.ndarray:
     """DKD of every case against the labelled set only: ``KD~_i * Div_i(L)`` ``[N]`` (no greedy picks).
 
     The greedy query recomputes diversity after each pick, so its DKD depends on the order; as a per-case score of
@@ -95,9 +105,14 @@ def pool_dkd(evidence: Sequence[CaseEvidence], config: QueryConfig,
     return minmax_normalise(kd) * diversity(initial_min_distance(pool, anchors))
 
 
-def score_error_correlations(sums: Sequence[RegionSums], errors: Sequence[float], config: QueryConfig,
-                             evidence: Sequence[CaseEvidence] = (), labeled_embeddings: Sequence[np.ndarray] = (),
-                             extra: Optional[Mapping[str, Sequence[float]]] = None) -> Dict[str, ScoreCorrelation]:
+def score_error_correlations(
+    sums: Sequence[RegionSums],
+    errors: Sequence[float],
+    config: QueryConfig,
+    evidence: Sequence[CaseEvidence] = (),
+    labeled_embeddings: Sequence[np.ndarray] = (),
+    extra: Optional[Mapping[str, Sequence[float]]] = None,
+) -> Dict[str, ScoreCorrelation]:
     """Spearman correlation of each per-case score with the per-case error ``1 - Dice`` over a pool.
 
     Scores, all from the same prediction of each case:
@@ -131,8 +146,9 @@ def score_error_correlations(sums: Sequence[RegionSums], errors: Sequence[float]
     errors = list(errors)
     if len(sums) != len(errors):
         raise ValueError(f"{len(sums)} region sums for {len(errors)} errors; give one of each per case.")
-    by_reduce = {reduce: QueryConfig.from_dict({**config.to_dict(), "asd_reduce": reduce.value})
-                 for reduce in AsdReduce}
+    by_reduce = {
+        reduce: QueryConfig.from_dict({**config.to_dict(), "asd_reduce": reduce.value}) for reduce in AsdReduce
+    }
     scores: Dict[str, Sequence[float]] = {
         "asd_voxel_mean": [s.asd(by_reduce[AsdReduce.VOXEL_MEAN]) for s in sums],
         "asd_class_balanced": [s.asd(by_reduce[AsdReduce.CLASS_BALANCED]) for s in sums],
@@ -153,9 +169,12 @@ def score_error_correlations(sums: Sequence[RegionSums], errors: Sequence[float]
     return {name: spearman_with_error(name, values, errors) for name, values in scores.items()}
 
 
-def kd_variant_correlations(current_features: Sequence[Sequence[np.ndarray]],
-                            pretrained_features: Sequence[Sequence[np.ndarray]], errors: Sequence[float],
-                            config: QueryConfig) -> Dict[str, ScoreCorrelation]:
+def kd_variant_correlations(
+    current_features: Sequence[Sequence[np.ndarray]],
+    pretrained_features: Sequence[Sequence[np.ndarray]],
+    errors: Sequence[float],
+    config: QueryConfig,
+) -> Dict[str, ScoreCorrelation]:
     """Which encoder stages and which divergence give a knowledge divergence that predicts the error (issue 15).
 
     For every ``kd_metric`` and every ``kd_stages`` from 1 (the deepest stage) to all stages, the Spearman
@@ -174,8 +193,10 @@ def kd_variant_correlations(current_features: Sequence[Sequence[np.ndarray]],
     """
     current, pretrained = list(current_features), list(pretrained_features)
     if not (len(current) == len(pretrained) == len(errors)):
-        raise ValueError(f"{len(current)} current and {len(pretrained)} pre-trained feature sets for {len(errors)} "
-                         "errors; give one of each per case.")
+        raise ValueError(
+            f"{len(current)} current and {len(pretrained)} pre-trained feature sets for {len(errors)} "
+            "errors; give one of each per case."
+        )
     stages = min((len(f) for f in current), default=0)
     out: Dict[str, ScoreCorrelation] = {}
     for metric in KDMetric:

@@ -71,9 +71,17 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
         floor_mean = float(np.mean([np.nanmean(floor[p]) for p in pools])) if pools else float("nan")
         worst = _worst_group(groups, cases, np.nanmean(np.stack(list(floor.values())), axis=0)) if pools else None
         worst_idx = [i for i, c in enumerate(cases) if worst is not None and groups[c] == worst]
-        entry: Dict[str, Any] = {"setting": setting, "split": split, "pools": pools, "cases": len(cases),
-                                 "clusters": len(set(clusters)), "floor": floor_mean, "worst_group": worst,
-                                 "ceiling": _ceiling(cells, cases), "budgets": {}}
+        entry: Dict[str, Any] = {
+            "setting": setting,
+            "split": split,
+            "pools": pools,
+            "cases": len(cases),
+            "clusters": len(set(clusters)),
+            "floor": floor_mean,
+            "worst_group": worst,
+            "ceiling": _ceiling(cells, cases),
+            "budgets": {},
+        }
         budgets = sorted({b for (_, b) in cells if b > 0})
         for budget in budgets:
             random_cell = cells.get(("random", budget), {})
@@ -81,12 +89,16 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
             random_m = {p: _case_matrix(random_cell[p], cases) for p in common}
             random_draw_means = {p: np.nanmean(m, axis=1) for p, m in random_m.items()}
             headrooms = {p: stats.oracle_headroom(v) for p, v in random_draw_means.items()}
-            row: Dict[str, Any] = {"random": {
-                "mean": float(np.mean([h.mean for h in headrooms.values()])) if headrooms else float("nan"),
-                "subsets_per_pool": [h.subsets for h in headrooms.values()],
-                "best_gain": float(np.mean([h.best_gain for h in headrooms.values()])) if headrooms else None,
-                "p90_gain": float(np.mean([h.p90_gain for h in headrooms.values()])) if headrooms else None,
-                "band": _band(random_draw_means)}, "arms": {}}
+            row: Dict[str, Any] = {
+                "random": {
+                    "mean": float(np.mean([h.mean for h in headrooms.values()])) if headrooms else float("nan"),
+                    "subsets_per_pool": [h.subsets for h in headrooms.values()],
+                    "best_gain": float(np.mean([h.best_gain for h in headrooms.values()])) if headrooms else None,
+                    "p90_gain": float(np.mean([h.p90_gain for h in headrooms.values()])) if headrooms else None,
+                    "band": _band(random_draw_means),
+                },
+                "arms": {},
+            }
             arm_mats: Dict[str, Dict[int, np.ndarray]] = {}
             for (arm, b), cell in sorted(cells.items()):
                 if b != budget or arm == "random":
@@ -94,11 +106,15 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
                 arm_mats[arm] = {p: _case_matrix(cell[p], cases) for p in common if p in cell}
             for arm, mats in arm_mats.items():
                 if set(mats) != set(common) or not common:
-                    row["arms"][arm] = {"mean": float(np.mean([np.nanmean(m) for m in mats.values()])) if mats
-                                        else None, "incomplete": True, "pools": sorted(mats)}
+                    row["arms"][arm] = {
+                        "mean": float(np.mean([np.nanmean(m) for m in mats.values()])) if mats else None,
+                        "incomplete": True,
+                        "pools": sorted(mats),
+                    }
                     continue
-                row["arms"][arm] = _arm_stats(arm, mats, random_m, random_draw_means, headrooms, common, clusters,
-                                              worst_idx, arm_mats)
+                row["arms"][arm] = _arm_stats(
+                    arm, mats, random_m, random_draw_means, headrooms, common, clusters, worst_idx, arm_mats
+                )
             entry["budgets"][str(budget)] = row
         entry["default_arm"] = default_arm
         entry["guarded"] = _guarded(cells, floor, cases)
@@ -106,8 +122,9 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
     return out
 
 
-def _guarded(cells: Mapping[Tuple[str, int], Mapping[int, list]], floor: Mapping[int, np.ndarray],
-             cases: Sequence[str]) -> List[Dict[str, Any]]:
+def _guarded(
+    cells: Mapping[Tuple[str, int], Mapping[int, list]], floor: Mapping[int, np.ndarray], cases: Sequence[str]
+) -> List[Dict[str, Any]]:
     """Per guarded record (an arm run with Adapt Model's guard): the guard's cross-validated gain and its interval,
     its verdict, and the evaluation-case gain over no adaptation in the same pool (what a guard calibration needs:
     does the fold gain predict the test gain?)."""
@@ -119,48 +136,74 @@ def _guarded(cells: Mapping[Tuple[str, int], Mapping[int, list]], floor: Mapping
                 if activation.get("method") in (None, "unguarded") or pool not in floor:
                     continue
                 test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
-                rows.append({"arm": arm, "budget": budget, "pool": pool, "draw": r["draw"], "seed": r["seed"],
-                             "labelled": r.get("labelled"), "activated": r.get("activated"),
-                             "cv_gain": activation.get("gain"), "cv_gain_low": activation.get("gain_low"),
-                             "cv_gain_high": activation.get("gain_high"), "stop_step": activation.get("stop_step"),
-                             "test_gain_over_floor": test, "cross_validation": r.get("cross_validation")})
+                rows.append(
+                    {
+                        "arm": arm,
+                        "budget": budget,
+                        "pool": pool,
+                        "draw": r["draw"],
+                        "seed": r["seed"],
+                        "labelled": r.get("labelled"),
+                        "activated": r.get("activated"),
+                        "cv_gain": activation.get("gain"),
+                        "cv_gain_low": activation.get("gain_low"),
+                        "cv_gain_high": activation.get("gain_high"),
+                        "stop_step": activation.get("stop_step"),
+                        "test_gain_over_floor": test,
+                        "cross_validation": r.get("cross_validation"),
+                    }
+                )
     return rows
 
 
 def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:
     values = np.concatenate(list(random_draw_means.values())) if random_draw_means else np.array([np.nan])
-    return {k: float(np.nanpercentile(values, q)) for k, q in (("p10", 10), ("p25", 25), ("p50", 50), ("p75", 75),
-                                                               ("p90", 90))} | {"max": float(np.nanmax(values))}
+    return {
+        k: float(np.nanpercentile(values, q))
+        for k, q in (("p10", 10), ("p25", 25), ("p50", 50), ("p75", 75), ("p90", 90))
+    } | {"max": float(np.nanmax(values))}
 
 
 def _restrict(mats: Mapping[int, np.ndarray], idx: Sequence[int]) -> List[np.ndarray]:
     return [m[:, list(idx)] for _, m in sorted(mats.items())]
 
 
-def _arm_stats(arm: str, mats: Mapping[int, np.ndarray], random_m: Mapping[int, np.ndarray],
-               random_draw_means: Mapping[int, np.ndarray], headrooms: Mapping[int, stats.Headroom],
-               pools: Sequence[int], clusters: Sequence[str], worst_idx: Sequence[int],
-               all_arms: Mapping[str, Mapping[int, np.ndarray]]) -> Dict[str, Any]:
+def _arm_stats(
+    arm: str,
+    mats: Mapping[int, np.ndarray],
+    random_m: Mapping[int, np.ndarray],
+    random_draw_means: Mapping[int, np.ndarray],
+    headrooms: Mapping[int, stats.Headroom],
+    pools: Sequence[int],
+    clusters: Sequence[str],
+    worst_idx: Sequence[int],
+    all_arms: Mapping[str, Mapping[int, np.ndarray]],
+) -> Dict[str, Any]:
     per_pool = {p: float(np.nanmean(mats[p])) for p in pools}
     gap = stats.clustered_gap([mats[p] for p in pools], [random_m[p] for p in pools], clusters)
     result: Dict[str, Any] = {
-        "mean": float(np.mean(list(per_pool.values()))), "per_pool": per_pool, "draws": [int(mats[p].shape[0])
-                                                                                        for p in pools],
+        "mean": float(np.mean(list(per_pool.values()))),
+        "per_pool": per_pool,
+        "draws": [int(mats[p].shape[0]) for p in pools],
         "gap_vs_random": gap.to_dict(),
-        "random_percentile": stats.pooled_percentile([per_pool[p] for p in pools],
-                                                     [random_draw_means[p] for p in pools]),
+        "random_percentile": stats.pooled_percentile(
+            [per_pool[p] for p in pools], [random_draw_means[p] for p in pools]
+        ),
         "headroom_captured": _nanmean([stats.headroom_captured(per_pool[p], headrooms[p]) for p in pools]),
     }
     if worst_idx:
-        worst = stats.clustered_gap(_restrict(mats, worst_idx), _restrict(random_m, worst_idx),
-                                    [clusters[i] for i in worst_idx])
+        worst = stats.clustered_gap(
+            _restrict(mats, worst_idx), _restrict(random_m, worst_idx), [clusters[i] for i in worst_idx]
+        )
         result["worst_group_gap_vs_random"] = worst.to_dict()
         result["worst_group_mean"] = float(np.mean([np.nanmean(m) for m in _restrict(mats, worst_idx)]))
     baselines = {b: m for b, m in all_arms.items() if b in BASELINES and b != arm and set(m) == set(pools)}
     if baselines:
         best = max(baselines, key=lambda b: np.mean([np.nanmean(baselines[b][p]) for p in pools]))
-        result["gap_vs_best_baseline"] = {"baseline": best, **stats.clustered_gap(
-            [mats[p] for p in pools], [baselines[best][p] for p in pools], clusters).to_dict()}
+        result["gap_vs_best_baseline"] = {
+            "baseline": best,
+            **stats.clustered_gap([mats[p] for p in pools], [baselines[best][p] for p in pools], clusters).to_dict(),
+        }
     return result
 
 
@@ -171,7 +214,7 @@ def _nanmean(values: Sequence[float]) -> Optional[float]:
 
 def _ceiling(cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequence[str]) -> Dict[str, Any]:
     """Whole-pool Dice per step count and the flat point: the first step count the next one improves by < FLAT."""
-    steps = sorted(int(a[len("ceiling_"):]) for (a, _) in cells if a.startswith("ceiling_"))
+    steps = sorted(int(a[len("ceiling_") :]) for (a, _) in cells if a.startswith("ceiling_"))
     means = {}
     for s in steps:
         cell = cells[(f"ceiling_{s}", 0)]
@@ -179,11 +222,16 @@ def _ceiling(cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequenc
     flat = next((s for s, t in zip(steps, steps[1:]) if means[t] - means[s] < FLAT), None)
     # the ceiling: the flat point's Dice (or, not flat yet, the best measured, a lower bound of the ceiling)
     value = means[flat] if flat is not None else (max(means.values()) if means else None)
-    return {"by_steps": {str(s): v for s, v in means.items()}, "flat_at": flat, "value": value,
-            "converged": flat is not None}
+    return {
+        "by_steps": {str(s): v for s, v in means.items()},
+        "flat_at": flat,
+        "value": value,
+        "converged": flat is not None,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ goal rows
+
 
 def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: str) -> List[Dict[str, Any]]:
     """Issue 23's goal rows (topic ``query``) of the default arm, per setting, budget and split."""
@@ -194,28 +242,87 @@ def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: st
             if not arm or arm.get("incomplete"):
                 continue
             hetero = SETTINGS[entry["setting"]].heterogeneous if entry["setting"] in SETTINGS else False
-            base = {"topic": "query", "setting": entry["setting"], "budget": int(budget),
-                    "split": SPLIT_NAMES.get(entry["split"], entry["split"]), "source": source, "git": git}
+            base = {
+                "topic": "query",
+                "setting": entry["setting"],
+                "budget": int(budget),
+                "split": SPLIT_NAMES.get(entry["split"], entry["split"]),
+                "source": source,
+                "git": git,
+            }
             gap = arm["gap_vs_random"]
-            rows.append({**base, "goal": "gap_vs_random", "value": gap["gap"], "ci_low": gap["ci_low"],
-                         "ci_high": gap["ci_high"], "target": -0.01, "higher_is_better": True})
+            rows.append(
+                {
+                    **base,
+                    "goal": "gap_vs_random",
+                    "value": gap["gap"],
+                    "ci_low": gap["ci_low"],
+                    "ci_high": gap["ci_high"],
+                    "target": -0.01,
+                    "higher_is_better": True,
+                }
+            )
             if hetero:
-                rows.append({**base, "goal": "hetero_mean_gap_vs_random", "value": gap["gap"], "ci_low": gap["ci_low"],
-                             "ci_high": gap["ci_high"], "target": 0.03, "higher_is_better": True})
+                rows.append(
+                    {
+                        **base,
+                        "goal": "hetero_mean_gap_vs_random",
+                        "value": gap["gap"],
+                        "ci_low": gap["ci_low"],
+                        "ci_high": gap["ci_high"],
+                        "target": 0.03,
+                        "higher_is_better": True,
+                    }
+                )
                 worst = arm.get("worst_group_gap_vs_random")
                 if worst:
-                    rows.append({**base, "goal": "hetero_worst_group_gap_vs_random", "value": worst["gap"],
-                                 "ci_low": worst["ci_low"], "ci_high": worst["ci_high"], "target": 0.05,
-                                 "higher_is_better": True})
-            rows.append({**base, "goal": "random_percentile", "value": arm["random_percentile"], "ci_low": None,
-                         "ci_high": None, "target": 75.0, "higher_is_better": True})
-            rows.append({**base, "goal": "headroom_captured", "value": arm["headroom_captured"], "ci_low": None,
-                         "ci_high": None, "target": 0.5, "higher_is_better": True})
+                    rows.append(
+                        {
+                            **base,
+                            "goal": "hetero_worst_group_gap_vs_random",
+                            "value": worst["gap"],
+                            "ci_low": worst["ci_low"],
+                            "ci_high": worst["ci_high"],
+                            "target": 0.05,
+                            "higher_is_better": True,
+                        }
+                    )
+            rows.append(
+                {
+                    **base,
+                    "goal": "random_percentile",
+                    "value": arm["random_percentile"],
+                    "ci_low": None,
+                    "ci_high": None,
+                    "target": 75.0,
+                    "higher_is_better": True,
+                }
+            )
+            rows.append(
+                {
+                    **base,
+                    "goal": "headroom_captured",
+                    "value": arm["headroom_captured"],
+                    "ci_low": None,
+                    "ci_high": None,
+                    "target": 0.5,
+                    "higher_is_better": True,
+                }
+            )
             best = arm.get("gap_vs_best_baseline")
             if best:
-                rows.append({**base, "goal": "gap_vs_best_baseline", "value": best["gap"], "ci_low": best["ci_low"],
-                             "ci_high": best["ci_high"], "target": 0.0, "higher_is_better": True,
-                             "baseline": best["baseline"]})
+                rows.append(
+                    {
+                        **base,
+                        "goal": "gap_vs_best_baseline",
+                        "value": best["gap"],
+                        "ci_low": best["ci_low"],
+                        "ci_high": best["ci_high"],
+                        "target": 0.0,
+                        "higher_is_better": True,
+                        "baseline": best["baseline"],
+                    }
+                )
     return rows
 
 
@@ -238,6 +345,7 @@ def merge_goal_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 # ------------------------------------------------------------------------------------------------- rendering
 
+
 def _f(x: Optional[float], sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -249,42 +357,62 @@ def _gap_cell(gap: Optional[Mapping[str, Any]]) -> str:
         return "–"
     p = gap.get("p_wilcoxon")
     return f"{_f(gap['gap'], True)} [{_f(gap['ci_low'], True)}, {_f(gap['ci_high'], True)}]" + (
-        f", p {p:.3f}" if p is not None else "")
+        f", p {p:.3f}" if p is not None else ""
+    )
 
 
 def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
-    lines = [f"# {title}", "", f"Regenerate: `{command}`", "",
-             "Mean Dice over pool replicates; gaps are paired per pool and evaluation case, with 95 % intervals from a "
-             "bootstrap over pools, draws and evaluation cases (ACDC: by patient); p: Wilcoxon signed-rank over the "
-             "per-pool gaps (from 5 pools). Percentile: where the arm sits in the pool's random-subset distribution "
-             "(mean over pools). Headroom: best / 90th-percentile random subset minus random's mean; captured: "
-             "(arm - random mean) / (best - random mean).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Regenerate: `{command}`",
+        "",
+        "Mean Dice over pool replicates; gaps are paired per pool and evaluation case, with 95 % intervals from a "
+        "bootstrap over pools, draws and evaluation cases (ACDC: by patient); p: Wilcoxon signed-rank over the "
+        "per-pool gaps (from 5 pools). Percentile: where the arm sits in the pool's random-subset distribution "
+        "(mean over pools). Headroom: best / 90th-percentile random subset minus random's mean; captured: "
+        "(arm - random mean) / (best - random mean).",
+        "",
+    ]
     for name, entry in summary.items():
         ceiling = entry["ceiling"]
         steps = ", ".join(f"{s} steps {_f(v)}" for s, v in ceiling["by_steps"].items()) or "not run"
-        flat = (f"flat at {ceiling['flat_at']} steps" if ceiling["converged"] else "not flat yet") if \
-            ceiling["by_steps"] else ""
-        lines += [f"## {name} ({len(entry['pools'])} pools, {entry['cases']} evaluation cases in "
-                  f"{entry['clusters']} clusters)", "",
-                  f"No adaptation: {_f(entry['floor'])}. Whole pool labelled: {steps} ({flat})."
-                  + (f" Worst group (by the source model): {entry['worst_group']}." if entry["worst_group"] else ""),
-                  ""]
+        flat = (
+            (f"flat at {ceiling['flat_at']} steps" if ceiling["converged"] else "not flat yet")
+            if ceiling["by_steps"]
+            else ""
+        )
+        lines += [
+            f"## {name} ({len(entry['pools'])} pools, {entry['cases']} evaluation cases in "
+            f"{entry['clusters']} clusters)",
+            "",
+            f"No adaptation: {_f(entry['floor'])}. Whole pool labelled: {steps} ({flat})."
+            + (f" Worst group (by the source model): {entry['worst_group']}." if entry["worst_group"] else ""),
+            "",
+        ]
         for budget, row in entry["budgets"].items():
             rnd = row["random"]
-            lines += [f"B = {budget}: random mean {_f(rnd['mean'])} over {sum(rnd['subsets_per_pool'])} subsets "
-                      f"({rnd['subsets_per_pool']} per pool); oracle-subset headroom best "
-                      f"{_f(rnd['best_gain'], True)}, 90th percentile {_f(rnd['p90_gain'], True)}.", "",
-                      "| arm | mean Dice | gap vs random | percentile | headroom captured | worst-group gap | "
-                      "gap vs best baseline |", "|---|---|---|---|---|---|---|"]
+            lines += [
+                f"B = {budget}: random mean {_f(rnd['mean'])} over {sum(rnd['subsets_per_pool'])} subsets "
+                f"({rnd['subsets_per_pool']} per pool); oracle-subset headroom best "
+                f"{_f(rnd['best_gain'], True)}, 90th percentile {_f(rnd['p90_gain'], True)}.",
+                "",
+                "| arm | mean Dice | gap vs random | percentile | headroom captured | worst-group gap | "
+                "gap vs best baseline |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for arm, s in row["arms"].items():
                 if s.get("incomplete"):
                     lines.append(f"| {arm} | {_f(s['mean'])} | incomplete (pools {s['pools']}) | | | | |")
                     continue
                 best = s.get("gap_vs_best_baseline")
-                lines.append(f"| {arm} | {_f(s['mean'])} | {_gap_cell(s['gap_vs_random'])} | "
-                             f"{s['random_percentile']:.0f} | {_f(s['headroom_captured'])} | "
-                             f"{_gap_cell(s.get('worst_group_gap_vs_random'))} | "
-                             + (f"{_gap_cell(best)} ({best['baseline']})" if best else "–") + " |")
+                lines.append(
+                    f"| {arm} | {_f(s['mean'])} | {_gap_cell(s['gap_vs_random'])} | "
+                    f"{s['random_percentile']:.0f} | {_f(s['headroom_captured'])} | "
+                    f"{_gap_cell(s.get('worst_group_gap_vs_random'))} | "
+                    + (f"{_gap_cell(best)} ({best['baseline']})" if best else "–")
+                    + " |"
+                )
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -308,10 +436,24 @@ def plot(summary: Mapping[str, Any], path_of) -> List[Path]:
         if len(budgets) > 1:
             ax.fill_between(budgets, [b["p10"] for b in bands], [b["p90"] for b in bands], alpha=0.1, color="grey")
             ax.fill_between(budgets, [b["p25"] for b in bands], [b["p75"] for b in bands], alpha=0.2, color="grey")
-        ax.vlines(budgets, [b["p10"] for b in bands], [b["p90"] for b in bands], lw=14, alpha=0.25, color="grey",
-                  label="random subsets 10-90 %")
-        ax.vlines(budgets, [b["p25"] for b in bands], [b["p75"] for b in bands], lw=14, alpha=0.5, color="grey",
-                  label="random subsets 25-75 %")
+        ax.vlines(
+            budgets,
+            [b["p10"] for b in bands],
+            [b["p90"] for b in bands],
+            lw=14,
+            alpha=0.25,
+            color="grey",
+            label="random subsets 10-90 %",
+        )
+        ax.vlines(
+            budgets,
+            [b["p25"] for b in bands],
+            [b["p75"] for b in bands],
+            lw=14,
+            alpha=0.5,
+            color="grey",
+            label="random subsets 25-75 %",
+        )
         ax.plot(budgets, [b["p50"] for b in bands], color="grey", lw=1, marker="_", ms=16, label="random median")
         arms = sorted({a for b in budgets for a in entry["budgets"][str(b)]["arms"]})
         for arm in arms:
@@ -333,8 +475,15 @@ def plot(summary: Mapping[str, Any], path_of) -> List[Path]:
     return written
 
 
-def write(records_root: Path, out_stem: Path, *, default_arm: str = "assft", goals: Optional[Path] = GOALS,
-          git: str = "", command: str = "") -> Dict[str, Any]:
+def write(
+    records_root: Path,
+    out_stem: Path,
+    *,
+    default_arm: str = "assft",
+    goals: Optional[Path] = GOALS,
+    git: str = "",
+    command: str = "",
+) -> Dict[str, Any]:
     """Summarise the records under ``records_root`` into ``<out_stem>.md``, ``.json`` and one PNG per setting;
     merge the goal rows into ``goals`` (skipped when ``None``)."""
     from .runner import load_records
@@ -345,8 +494,13 @@ def write(records_root: Path, out_stem: Path, *, default_arm: str = "assft", goa
     summary = summarise(records, default_arm)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     source = _relative(out_stem.with_suffix(".json"))
-    report = {"records": _relative(records_root), "default_arm": default_arm, "git": git, "command": command,
-              "summary": summary}
+    report = {
+        "records": _relative(records_root),
+        "default_arm": default_arm,
+        "git": git,
+        "command": command,
+        "summary": summary,
+    }
     out_stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
     out_stem.with_suffix(".md").write_text(markdown(summary, f"Query benchmark: {out_stem.name}", command))
     pngs = plot(summary, lambda name: out_stem.parent / f"{out_stem.name}_{name.replace('/', '_')}.png")

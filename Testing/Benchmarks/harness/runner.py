@@ -87,17 +87,26 @@ COMPARED = ("random", "fg_random", "coreset", "clasp_pe", "assft")
 
 PROFILES: Dict[str, Profile] = {
     # the whole pipeline on tiny settings (the slow-marked smoke test): < 3 min on one thread
-    "smoke": Profile(settings=("hippocampus_mild",), split="development", pools=2, budgets=(2,),
-                     arms=("random", "assft"), draws=2, ceiling_steps=(4,),
-                     finetune=(("train.iterations", 2), ("semi_iterations", 2), ("train.batch_size", 1)),
-                     pool_size=5, eval_size=3),
+    "smoke": Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=2,
+        budgets=(2,),
+        arms=("random", "assft"),
+        draws=2,
+        ceiling_steps=(4,),
+        finetune=(("train.iterations", 2), ("semi_iterations", 2), ("train.batch_size", 1)),
+        pool_size=5,
+        eval_size=3,
+    ),
     # every choice is made here
     "development": Profile(settings=UNIFORM + HETERO, split="development", pools=5, budgets=(2, 4), arms=COMPARED),
     # once per default, after the choice rule is in RESULTS.md
     "test": Profile(settings=UNIFORM + HETERO, split="test", pools=5, budgets=(2, 4), arms=COMPARED),
     # the one final table with the guard on
-    "guarded": Profile(settings=UNIFORM + HETERO, split="test", pools=5, budgets=(2, 4), arms=("assft_guarded",),
-                       ceiling_steps=()),
+    "guarded": Profile(
+        settings=UNIFORM + HETERO, split="test", pools=5, budgets=(2, 4), arms=("assft_guarded",), ceiling_steps=()
+    ),
 }
 
 
@@ -109,8 +118,12 @@ def with_finetune(arm: Arm, overrides: Sequence[Tuple[str, Any]]) -> Arm:
     return Arm(arm.name, arm.query, tuple(sorted(merged.items())), arm.guard, arm.seeded, arm.whole_pool, arm.label)
 
 
-def plan(profile: Profile, settings: Optional[Sequence[str]] = None, pools: Optional[Iterable[int]] = None,
-         arms: Optional[Sequence[str]] = None) -> List[Unit]:
+def plan(
+    profile: Profile,
+    settings: Optional[Sequence[str]] = None,
+    pools: Optional[Iterable[int]] = None,
+    arms: Optional[Sequence[str]] = None,
+) -> List[Unit]:
     """Every unit of ``profile`` (optionally only some settings, pool replicates or arms), in run order: per pool,
     the floor, then each arm's budgets, draws and seeds, then the ceiling step counts."""
     chosen = [parse_arm(a) for a in (arms or profile.arms)]
@@ -121,14 +134,15 @@ def plan(profile: Profile, settings: Optional[Sequence[str]] = None, pools: Opti
             units.append(Unit(name, profile.split, pool, FLOOR, 0, 0, 0))
             for arm in chosen:
                 arm = with_finetune(arm, profile.finetune)
-                for budget in ((0,) if arm.whole_pool else profile.budgets):
+                for budget in (0,) if arm.whole_pool else profile.budgets:
                     for draw in range(arm.draws(budget, profile.draws)):
                         for seed in range(profile.seeds):
                             units.append(Unit(name, profile.split, pool, arm, budget, draw, seed))
             for steps in profile.ceiling_steps:
                 for seed in range(profile.seeds):
-                    units.append(Unit(name, profile.split, pool, with_finetune(ceiling_arm(steps), profile.finetune),
-                                      0, 0, seed))
+                    units.append(
+                        Unit(name, profile.split, pool, with_finetune(ceiling_arm(steps), profile.finetune), 0, 0, seed)
+                    )
     return units
 
 
@@ -164,8 +178,9 @@ def estimate_cpu_hours(units: Sequence[Unit]) -> Dict[str, float]:
 def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        )
         return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
     except OSError:
         return "unknown"
@@ -202,8 +217,11 @@ def execute_unit(task: Task, unit: Unit, work: Path) -> Dict[str, Any]:
         return {"labelled": [], **units.floor(task)}
     labelled = units.select_cases(task, unit.arm, unit.budget, unit.draw)
     result = units.adapt_and_evaluate(task, unit.arm, labelled, unit.seed, work)
-    return {"labelled": labelled, "labelled_source_dice": list(units.pool_dice(task, labelled))
-            if not unit.arm.whole_pool else None, **result}
+    return {
+        "labelled": labelled,
+        "labelled_source_dice": list(units.pool_dice(task, labelled)) if not unit.arm.whole_pool else None,
+        **result,
+    }
 
 
 @dataclass
@@ -214,9 +232,14 @@ class RunSummary:
     keys: List[str] = field(default_factory=list)
 
 
-def run(units: Sequence[Unit], root: Path, profile: Profile,
-        execute: Callable[[Task, Unit, Path], Dict[str, Any]] = execute_unit,
-        task_of: Optional[Callable[[Unit, Profile], Task]] = None, log: Callable[[str], None] = print) -> RunSummary:
+def run(
+    units: Sequence[Unit],
+    root: Path,
+    profile: Profile,
+    execute: Callable[[Task, Unit, Path], Dict[str, Any]] = execute_unit,
+    task_of: Optional[Callable[[Unit, Profile], Task]] = None,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
     """Compute every unit whose record is missing under ``root``; skip the others.
 
     Args:
@@ -245,12 +268,25 @@ def run(units: Sequence[Unit], root: Path, profile: Profile,
             task = tasks[task_key]
             start = time.perf_counter()
             body = execute(task, unit, work)
-            record = {"key": unit.key, "setting": unit.setting, "split": unit.split, "pool": unit.pool,
-                      "arm": unit.arm.to_dict(), "budget": unit.budget, "draw": unit.draw, "seed": unit.seed,
-                      "pool_cases": list(task.pool), "eval_cases": list(task.eval), "clusters": task.clusters(),
-                      "groups": {c: task.setting.group_of(c) for c in task.eval}, "model": task.model,
-                      "profile": profile.to_dict(), "git": revision,
-                      "seconds": round(time.perf_counter() - start, 2), **body}
+            record = {
+                "key": unit.key,
+                "setting": unit.setting,
+                "split": unit.split,
+                "pool": unit.pool,
+                "arm": unit.arm.to_dict(),
+                "budget": unit.budget,
+                "draw": unit.draw,
+                "seed": unit.seed,
+                "pool_cases": list(task.pool),
+                "eval_cases": list(task.eval),
+                "clusters": task.clusters(),
+                "groups": {c: task.setting.group_of(c) for c in task.eval},
+                "model": task.model,
+                "profile": profile.to_dict(),
+                "git": revision,
+                "seconds": round(time.perf_counter() - start, 2),
+                **body,
+            }
             write_atomic(path, record)
             summary.done += 1
             summary.keys.append(unit.key)

@@ -18,12 +18,12 @@ from ASSFTActive.io import Volume
 
 
 class ShiftKind(str, Enum):
-    GAMMA = "gamma"          # contrast change: x -> x ** gamma on [0, 1]-scaled intensities
+    GAMMA = "gamma"  # contrast change: x -> x ** gamma on [0, 1]-scaled intensities
     INVERSION = "inversion"  # T1 -> T2-like contrast inversion inside the head
     BIAS_FIELD = "bias_field"  # smooth multiplicative field
-    NOISE = "noise"          # additive Gaussian noise (Rician-like magnitude)
-    BLUR = "blur"            # anisotropic blur, as from thicker slices
-    SCANNER = "scanner"      # a combination: gamma + bias field + noise (default "new site")
+    NOISE = "noise"  # additive Gaussian noise (Rician-like magnitude)
+    BLUR = "blur"  # anisotropic blur, as from thicker slices
+    SCANNER = "scanner"  # a combination: gamma + bias field + noise (default "new site")
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,9 @@ def apply_shift(volume: Volume, config: ShiftConfig, name: str = "") -> Volume:
     scale = float(np.percentile(x, 99.5)) or 1.0
     x = np.clip(x / scale, 0.0, 1.5)
     s = config.strength
-    kinds = [config.kind] if config.kind != ShiftKind.SCANNER else [ShiftKind.GAMMA, ShiftKind.BIAS_FIELD,
-                                                                     ShiftKind.NOISE]
+    kinds = (
+        [config.kind] if config.kind != ShiftKind.SCANNER else [ShiftKind.GAMMA, ShiftKind.BIAS_FIELD, ShiftKind.NOISE]
+    )
     for kind in kinds:
         if kind == ShiftKind.GAMMA:
             gamma = float(np.exp(rng.uniform(0.8, 1.2) * s * 1.2))  # up to ~x4 contrast change

@@ -57,8 +57,10 @@ def acdc_patient(case: str) -> str:
     """
     match = ACDC_CASE.match(case)
     if match is None:
-        raise InputError(f"{case!r} is not an ACDC case id (expected patientNNN_frameNN, e.g. patient001_frame01); "
-                         "the ACDC split groups the frames of one patient and cannot place this case.")
+        raise InputError(
+            f"{case!r} is not an ACDC case id (expected patientNNN_frameNN, e.g. patient001_frame01); "
+            "the ACDC split groups the frames of one patient and cannot place this case."
+        )
     return match.group(1)
 
 
@@ -114,8 +116,10 @@ def read_reserved(path: Optional[Path]) -> Tuple[str, ...]:
     if path is None:
         return ()
     if not Path(path).is_file():
-        raise InputError(f"{path}: the list of reserved cases is missing; without it a split could use cases kept "
-                         "for external evaluation. Restore the file (or pass no list on purpose).")
+        raise InputError(
+            f"{path}: the list of reserved cases is missing; without it a split could use cases kept "
+            "for external evaluation. Restore the file (or pass no list on purpose)."
+        )
     return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
 
 
@@ -139,7 +143,7 @@ def acdc_diagnosis(case: str) -> str:
     Raises:
         InputError: not an ACDC case id, or a patient number outside 1-100 (the testing patients carry no group).
     """
-    number = int(acdc_patient(case)[len("patient"):])
+    number = int(acdc_patient(case)[len("patient") :])
     if not 1 <= number <= 100:
         raise InputError(f"{case!r}: only ACDC training patients 001-100 have a known diagnosis group")
     return ACDC_DIAGNOSES[(number - 1) // 20]
@@ -147,7 +151,7 @@ def acdc_diagnosis(case: str) -> str:
 
 def _hash_unit(salt: str, name: str) -> float:
     """A number in [0, 1) fixed by ``salt`` and ``name`` (the same on every machine)."""
-    return int(hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()[:15], 16) / 16 ** 15
+    return int(hashlib.sha256(f"{salt}:{name}".encode()).hexdigest()[:15], 16) / 16**15
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,7 @@ class BenchmarkSplit:
         return self.development if name == "development" else self.test
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"source": list(self.source), "development": self.development.to_dict(),
-                "test": self.test.to_dict()}
+        return {"source": list(self.source), "development": self.development.to_dict(), "test": self.test.to_dict()}
 
 
 #: The rule of :func:`benchmark_split`, written into the committed split files.
@@ -185,7 +188,8 @@ BENCHMARK_SPLIT_RULE = (
     "the groups that made the source model (split_cases: sha256(group) % 10 < 4; ACDC-Path: the dilated, infarct and "
     "normal patients). Each other group goes to development when int(sha256('assft-dev-test:' + group)) is even, "
     "else to test; inside each part it is a pool candidate when sha256('assft-pool-eval:' + group) mapped to [0, 1) "
-    "is below 3/5, else an evaluation case.")
+    "is below 3/5, else an evaluation case."
+)
 
 
 def _part(groups: Dict[str, List[str]]) -> Part:
@@ -194,9 +198,13 @@ def _part(groups: Dict[str, List[str]]) -> Part:
     return Part(pool=tuple(pool), eval=tuple(rest))
 
 
-def benchmark_split(cases: Iterable[str], reserved: Iterable[str] = (), group: Grouping = each_case,
-                    is_source: Optional[Callable[[str], bool]] = None,
-                    is_target: Optional[Callable[[str], bool]] = None) -> BenchmarkSplit:
+def benchmark_split(
+    cases: Iterable[str],
+    reserved: Iterable[str] = (),
+    group: Grouping = each_case,
+    is_source: Optional[Callable[[str], bool]] = None,
+    is_target: Optional[Callable[[str], bool]] = None,
+) -> BenchmarkSplit:
     """Source / development / test by a hash of each group (see :data:`BENCHMARK_SPLIT_RULE`).
 
     Args:
@@ -233,6 +241,10 @@ ACDC_PATH_TARGET = ("hypertrophic", "abnormal_rv")
 def acdc_path_split(cases: Iterable[str], reserved: Iterable[str] = ()) -> BenchmarkSplit:
     """ACDC-Path: source = the dilated, infarct and normal patients; development and test from the hypertrophic and
     abnormal-RV patients (by patient, reserved patients excluded)."""
-    return benchmark_split(cases, reserved, acdc_patient,
-                           is_source=lambda c: acdc_diagnosis(c) not in ACDC_PATH_TARGET,
-                           is_target=lambda c: acdc_diagnosis(c) in ACDC_PATH_TARGET)
+    return benchmark_split(
+        cases,
+        reserved,
+        acdc_patient,
+        is_source=lambda c: acdc_diagnosis(c) not in ACDC_PATH_TARGET,
+        is_target=lambda c: acdc_diagnosis(c) in ACDC_PATH_TARGET,
+    )

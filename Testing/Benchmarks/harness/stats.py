@@ -80,13 +80,22 @@ class PairedGap:
         return bool(self.low > 0 or self.high < 0)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"gap": self.gap, "case_half_width": self.case_half_width, "p_wilcoxon": self.p_wilcoxon,
-                "low": self.low, "high": self.high, "noise_floor": self.noise_floor, "cases": self.cases,
-                "draws": list(self.draws), "excludes_zero": self.excludes_zero}
+        return {
+            "gap": self.gap,
+            "case_half_width": self.case_half_width,
+            "p_wilcoxon": self.p_wilcoxon,
+            "low": self.low,
+            "high": self.high,
+            "noise_floor": self.noise_floor,
+            "cases": self.cases,
+            "draws": list(self.draws),
+            "excludes_zero": self.excludes_zero,
+        }
 
 
-def paired_gap(arm: np.ndarray, reference: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-               seed: int = BOOTSTRAP_SEED) -> PairedGap:
+def paired_gap(
+    arm: np.ndarray, reference: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> PairedGap:
     """The gap of ``arm`` over ``reference``.
 
     Args:
@@ -121,15 +130,25 @@ def paired_gap(arm: np.ndarray, reference: np.ndarray, resamples: int = BOOTSTRA
     low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     draw_means = reference.mean(axis=1)
     floor = float(draw_means.std(ddof=1)) if draw_means.size > 1 else float("nan")
-    return PairedGap(gap=gap, case_half_width=half, p_wilcoxon=p, low=low, high=high, noise_floor=floor, cases=n,
-                     draws=(arm.shape[0], reference.shape[0]))
+    return PairedGap(
+        gap=gap,
+        case_half_width=half,
+        p_wilcoxon=p,
+        low=low,
+        high=high,
+        noise_floor=floor,
+        cases=n,
+        draws=(arm.shape[0], reference.shape[0]),
+    )
 
 
 def aubc_runs(runs_by_budget: Mapping[int, Sequence[Mapping[str, Any]]], aubc) -> List[float]:
     """AUBC of every ``(query seed, training seed)`` present at all budgets, with ``aubc(budgets, values)``."""
     budgets = sorted(runs_by_budget)
-    keyed = [{(int(r.get("query_seed", 0)), int(r.get("train_seed", 0))): float(r["mean_dice"])
-              for r in runs_by_budget[b]} for b in budgets]
+    keyed = [
+        {(int(r.get("query_seed", 0)), int(r.get("train_seed", 0))): float(r["mean_dice"]) for r in runs_by_budget[b]}
+        for b in budgets
+    ]
     common = sorted(set.intersection(*(set(k) for k in keyed))) if keyed else []
     return [aubc(budgets, [k[pair] for k in keyed]) for pair in common]
 
@@ -181,9 +200,16 @@ class ClusteredGap:
     p_wilcoxon: float
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"gap": self.gap, "ci_low": self.low, "ci_high": self.high, "pools": self.pools, "cases": self.cases,
-                "clusters": self.clusters, "per_pool": list(self.per_pool),
-                "p_wilcoxon": None if math.isnan(self.p_wilcoxon) else self.p_wilcoxon}
+        return {
+            "gap": self.gap,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "pools": self.pools,
+            "cases": self.cases,
+            "clusters": self.clusters,
+            "per_pool": list(self.per_pool),
+            "p_wilcoxon": None if math.isnan(self.p_wilcoxon) else self.p_wilcoxon,
+        }
 
 
 #: Below this many pools a signed-rank test over pools cannot reach p < 0.05 (n = 5 gives at best 0.0625).
@@ -196,13 +222,20 @@ def _matrices(values: PoolMatrices, name: str) -> List[np.ndarray]:
         raise ValueError(f"{name}: no pool")
     widths = {m.shape[1] for m in out}
     if len(widths) != 1:
-        raise ValueError(f"{name}: the pools were scored on different numbers of cases {sorted(widths)}; every "
-                         "pool of a setting must be evaluated on the same cases")
+        raise ValueError(
+            f"{name}: the pools were scored on different numbers of cases {sorted(widths)}; every "
+            "pool of a setting must be evaluated on the same cases"
+        )
     return out
 
 
-def clustered_gap(arm: PoolMatrices, reference: PoolMatrices, clusters: Optional[Sequence[str]] = None,
-                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> ClusteredGap:
+def clustered_gap(
+    arm: PoolMatrices,
+    reference: PoolMatrices,
+    clusters: Optional[Sequence[str]] = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> ClusteredGap:
     """The gap of ``arm`` over ``reference`` with an interval over pools, draws and clustered evaluation cases.
 
     Args:
@@ -254,8 +287,16 @@ def clustered_gap(arm: PoolMatrices, reference: PoolMatrices, clusters: Optional
             total += float(np.dot(weights, a_mean - r_mean) / weights.sum())
         boot[b] = total / pools
     low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-    return ClusteredGap(gap=gap, low=low, high=high, pools=pools, cases=int(keep.sum()), clusters=k,
-                        per_pool=tuple(float(x) for x in per_pool), p_wilcoxon=p)
+    return ClusteredGap(
+        gap=gap,
+        low=low,
+        high=high,
+        pools=pools,
+        cases=int(keep.sum()),
+        clusters=k,
+        per_pool=tuple(float(x) for x in per_pool),
+        p_wilcoxon=p,
+    )
 
 
 def wilcoxon_over_pools(per_pool_gaps: Sequence[float]) -> float:
@@ -306,8 +347,14 @@ class Headroom:
         return self.p90 - self.mean
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"mean": self.mean, "best": self.best, "p90": self.p90, "best_gain": self.best_gain,
-                "p90_gain": self.p90_gain, "subsets": self.subsets}
+        return {
+            "mean": self.mean,
+            "best": self.best,
+            "p90": self.p90,
+            "best_gain": self.best_gain,
+            "p90_gain": self.p90_gain,
+            "subsets": self.subsets,
+        }
 
 
 def oracle_headroom(random_values: Sequence[float]) -> Headroom:
@@ -319,8 +366,12 @@ def oracle_headroom(random_values: Sequence[float]) -> Headroom:
     values = np.asarray(random_values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no random subset: the headroom needs the random-subset distribution")
-    return Headroom(mean=float(values.mean()), best=float(values.max()), p90=float(np.percentile(values, 90)),
-                    subsets=int(values.size))
+    return Headroom(
+        mean=float(values.mean()),
+        best=float(values.max()),
+        p90=float(np.percentile(values, 90)),
+        subsets=int(values.size),
+    )
 
 
 def headroom_captured(value: float, headroom: Headroom) -> float:
@@ -341,6 +392,3 @@ def pooled_percentile(values: Sequence[float], random_by_pool: Sequence[Sequence
     if len(values) != len(random_by_pool):
         raise ValueError(f"{len(values)} values for {len(random_by_pool)} pools")
     return float(np.mean([percentile_in_random(v, r) for v, r in zip(values, random_by_pool)]))
-
-
-

@@ -59,8 +59,10 @@ class Anatomy:
     def cases(self) -> List[str]:
         images = self.data / "imagesTr"
         if not images.is_dir():
-            raise FileNotFoundError(f"{images} is missing: the {self.name} benchmark needs the shared data "
-                                    f"(../shared/data/{self.data.name})")
+            raise FileNotFoundError(
+                f"{images} is missing: the {self.name} benchmark needs the shared data "
+                f"(../shared/data/{self.data.name})"
+            )
         return sorted(p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz"))
 
     def reserved(self) -> Tuple[str, ...]:
@@ -77,15 +79,31 @@ ACDC_SOURCE_MODEL = "~/.cache/assft/acdc-source"
 ACDC_PATH_SOURCE_MODEL = "~/.cache/assft/acdc-path-source"
 
 ANATOMIES: Dict[str, Anatomy] = {
-    "hippocampus": Anatomy("hippocampus", SHARED_DATA / "hippocampus", each_case, "default", "(embedded)",
-                           lambda cases, reserved: benchmark_split(cases, reserved, each_case)),
-    "acdc": Anatomy("acdc", SHARED_DATA / "acdc", acdc_patient, ACDC_SOURCE_MODEL,
-                    "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py",
-                    lambda cases, reserved: benchmark_split(cases, reserved, acdc_patient)),
-    "acdc_path": Anatomy("acdc_path", SHARED_DATA / "acdc", acdc_patient, ACDC_PATH_SOURCE_MODEL,
-                         "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py "
-                         "--split acdc_path --out ~/.cache/assft/acdc-path-source",
-                         acdc_path_split),
+    "hippocampus": Anatomy(
+        "hippocampus",
+        SHARED_DATA / "hippocampus",
+        each_case,
+        "default",
+        "(embedded)",
+        lambda cases, reserved: benchmark_split(cases, reserved, each_case),
+    ),
+    "acdc": Anatomy(
+        "acdc",
+        SHARED_DATA / "acdc",
+        acdc_patient,
+        ACDC_SOURCE_MODEL,
+        "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py",
+        lambda cases, reserved: benchmark_split(cases, reserved, acdc_patient),
+    ),
+    "acdc_path": Anatomy(
+        "acdc_path",
+        SHARED_DATA / "acdc",
+        acdc_patient,
+        ACDC_PATH_SOURCE_MODEL,
+        "OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_acdc_source.py "
+        "--split acdc_path --out ~/.cache/assft/acdc-path-source",
+        acdc_path_split,
+    ),
 }
 
 
@@ -126,7 +144,7 @@ class Setting:
         if len(self.sites) == 1:
             return self.sites[0]
         group = ANATOMIES[self.anatomy].group(case)
-        u = int(hashlib.sha256(f"assft-site:{self.name}:{group}".encode()).hexdigest()[:15], 16) / 16 ** 15
+        u = int(hashlib.sha256(f"assft-site:{self.name}:{group}".encode()).hexdigest()[:15], 16) / 16**15
         total = sum(s.share for s in self.sites)
         edge = 0.0
         for site in self.sites:
@@ -144,8 +162,14 @@ class Setting:
         return "all"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "anatomy": self.anatomy, "sites": [s.to_dict() for s in self.sites],
-                "pool_size": self.pool_size, "groups": self.groups, "heterogeneous": self.heterogeneous}
+        return {
+            "name": self.name,
+            "anatomy": self.anatomy,
+            "sites": [s.to_dict() for s in self.sites],
+            "pool_size": self.pool_size,
+            "groups": self.groups,
+            "heterogeneous": self.heterogeneous,
+        }
 
 
 def _uniform(name: str, anatomy: str, severity: str, pool_size: int) -> Setting:
@@ -162,20 +186,33 @@ SETTINGS: Dict[str, Setting] = {
     "acdc_mild": _uniform("acdc_mild", "acdc", "mild", 24),
     "acdc_harsh": _uniform("acdc_harsh", "acdc", "harsh", 24),
     # four scanners in unequal shares, each a different kind and strength of shift
-    "hippocampus_multisite": Setting("hippocampus_multisite", "hippocampus", (
-        Site("scanner_mild", ShiftConfig(ShiftKind.SCANNER, 0.3, seed=1), 0.5),
-        Site("gamma_strong", ShiftConfig(ShiftKind.GAMMA, 0.9, seed=2), 0.25),
-        Site("bias_noise_harsh", ShiftConfig(ShiftKind.SCANNER, 0.8, seed=3), 0.15),
-        Site("thick_slices", ShiftConfig(ShiftKind.BLUR, 0.9, seed=4), 0.10)), pool_size=0, groups="site",
-        heterogeneous=True),
+    "hippocampus_multisite": Setting(
+        "hippocampus_multisite",
+        "hippocampus",
+        (
+            Site("scanner_mild", ShiftConfig(ShiftKind.SCANNER, 0.3, seed=1), 0.5),
+            Site("gamma_strong", ShiftConfig(ShiftKind.GAMMA, 0.9, seed=2), 0.25),
+            Site("bias_noise_harsh", ShiftConfig(ShiftKind.SCANNER, 0.8, seed=3), 0.15),
+            Site("thick_slices", ShiftConfig(ShiftKind.BLUR, 0.9, seed=4), 0.10),
+        ),
+        pool_size=0,
+        groups="site",
+        heterogeneous=True,
+    ),
     # the diagnoses the source model never saw, images as stored (a scanner shift can be added as a second site
     # list later; the pathology is the shift here)
-    "acdc_path": Setting("acdc_path", "acdc_path", (Site("as_stored", None),), pool_size=16, groups="diagnosis",
-                         heterogeneous=True),
+    "acdc_path": Setting(
+        "acdc_path", "acdc_path", (Site("as_stored", None),), pool_size=16, groups="diagnosis", heterogeneous=True
+    ),
     # the same with ACDC's mild scanner shift on top (not in the default profiles; name it with --settings)
-    "acdc_path_scanner": Setting("acdc_path_scanner", "acdc_path", (Site("scanner_mild",
-                                                                         BENCHMARK_SHIFTS["acdc"]["mild"]),),
-                                 pool_size=16, groups="diagnosis", heterogeneous=True),
+    "acdc_path_scanner": Setting(
+        "acdc_path_scanner",
+        "acdc_path",
+        (Site("scanner_mild", BENCHMARK_SHIFTS["acdc"]["mild"]),),
+        pool_size=16,
+        groups="diagnosis",
+        heterogeneous=True,
+    ),
 }
 
 
@@ -217,8 +254,15 @@ class Task:
         return [group(c) for c in self.eval]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"setting": self.setting.to_dict(), "split": self.split, "replicate": self.replicate,
-                "pool": list(self.pool), "eval": list(self.eval), "model": self.model, "data": str(self.data)}
+        return {
+            "setting": self.setting.to_dict(),
+            "split": self.split,
+            "replicate": self.replicate,
+            "pool": list(self.pool),
+            "eval": list(self.eval),
+            "model": self.model,
+            "data": str(self.data),
+        }
 
 
 def pool_replicate(candidates: Sequence[str], size: int, replicate: int, group: Grouping) -> Tuple[str, ...]:
@@ -240,9 +284,16 @@ def pool_replicate(candidates: Sequence[str], size: int, replicate: int, group: 
     return tuple(sorted(chosen))
 
 
-def make_task(setting_name: str, split: str, replicate: int, *, pool_size: Optional[int] = None,
-              eval_size: Optional[int] = None, model: Optional[str] = None,
-              split_of: Optional[BenchmarkSplit] = None) -> Task:
+def make_task(
+    setting_name: str,
+    split: str,
+    replicate: int,
+    *,
+    pool_size: Optional[int] = None,
+    eval_size: Optional[int] = None,
+    model: Optional[str] = None,
+    split_of: Optional[BenchmarkSplit] = None,
+) -> Task:
     """The task of ``replicate`` of a setting on ``split`` (``development`` or ``test``).
 
     Args:
@@ -263,5 +314,12 @@ def make_task(setting_name: str, split: str, replicate: int, *, pool_size: Optio
     leaked = reserved & (set(pool) | set(evaluation))
     if leaked:  # the split already drops them; this guards the rule itself
         raise RuntimeError(f"reserved cases {sorted(leaked)} reached the benchmark task")
-    return Task(setting=chosen, split=split, replicate=replicate, pool=pool, eval=tuple(sorted(evaluation)),
-                model=model or anatomy.model, data=anatomy.data)
+    return Task(
+        setting=chosen,
+        split=split,
+        replicate=replicate,
+        pool=pool,
+        eval=tuple(sorted(evaluation)),
+        model=model or anatomy.model,
+        data=anatomy.data,
+    )

@@ -39,8 +39,9 @@ def card_of(task: Task):
         spec = task.model if task.model == "default" else str(Path(task.model).expanduser())
         if spec != "default" and not Path(spec).exists():
             anatomy = ANATOMIES[task.setting.anatomy]
-            raise FileNotFoundError(f"the {anatomy.name} source model {spec} does not exist; train it with "
-                                    f"`{anatomy.make_model}`")
+            raise FileNotFoundError(
+                f"the {anatomy.name} source model {spec} does not exist; train it with `{anatomy.make_model}`"
+            )
         _CACHE[key] = resolve_card(spec)
     return _CACHE[key]
 
@@ -97,10 +98,13 @@ def analyse_pool(task: Task) -> Dict[str, Dict[str, Any]]:
             image, label = case_pair(task, case)
             prediction = predictor.predict(image, keep_probs=True)
             dice = dice_per_class(prediction.label, np.asarray(label.array), card_of(task).num_classes)
-            out[case] = {"case_id": case, "probs": prediction.probs.astype(np.float16),
-                         "features": [f.copy() for f in prediction.features],
-                         "pretrained_features": [f.copy() for f in prediction.pretrained_features],
-                         "dice": float(mean_scored(dice))}
+            out[case] = {
+                "case_id": case,
+                "probs": prediction.probs.astype(np.float16),
+                "features": [f.copy() for f in prediction.features],
+                "pretrained_features": [f.copy() for f in prediction.pretrained_features],
+                "dice": float(mean_scored(dice)),
+            }
         _CACHE[key] = out
     return _CACHE[key]
 
@@ -164,8 +168,10 @@ def evaluate(task: Task, network) -> Dict[str, Any]:
 
     pairs = [case_pair(task, c) for c in task.eval]
     report = evaluate_model(network, card_of(task), pairs, hd95=False)
-    return {"mean_dice": float(report.mean_dice()),
-            "per_case": {c: [float(d) for d in m.dice] for c, m in zip(task.eval, report.cases)}}
+    return {
+        "mean_dice": float(report.mean_dice()),
+        "per_case": {c: [float(d) for d in m.dice] for c, m in zip(task.eval, report.cases)},
+    }
 
 
 def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int, work: Path) -> Dict[str, Any]:
@@ -181,8 +187,14 @@ def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int,
     start = time.perf_counter()
     store = tempfile.mkdtemp(prefix="harness-store-", dir=work)
     try:
-        result = adapt_model(images, labels, store=store, model=task.model if task.model == "default"
-                             else str(Path(task.model).expanduser()), name="benchmark", config=config)
+        result = adapt_model(
+            images,
+            labels,
+            store=store,
+            model=task.model if task.model == "default" else str(Path(task.model).expanduser()),
+            name="benchmark",
+            config=config,
+        )
         network = load_model(load_card(result.card_path)).network if result.activated else pretrained(task).network
     finally:
         shutil.rmtree(store, ignore_errors=True)
@@ -190,9 +202,14 @@ def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int,
     seconds = time.perf_counter() - start
     scores = evaluate(task, network)
     metrics = dict(result.metrics)
-    return {**scores, "train_seconds": round(seconds, 2), "activated": bool(result.activated),
-            "activation": result.decision.to_dict(), "cross_validation": metrics.get("cross_validation"),
-            "kept_pseudo": [d.case_id for d in result.pseudo if d.kept]}
+    return {
+        **scores,
+        "train_seconds": round(seconds, 2),
+        "activated": bool(result.activated),
+        "activation": result.decision.to_dict(),
+        "cross_validation": metrics.get("cross_validation"),
+        "kept_pseudo": [d.case_id for d in result.pseudo if d.kept],
+    }
 
 
 def floor(task: Task) -> Dict[str, Any]:
