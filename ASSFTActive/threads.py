@@ -7,14 +7,34 @@ beside another). :func:`size_thread_pools` gives torch the cores in the process'
 (``os.sched_getaffinity``), shared between the ranks of one machine under ``torchrun``; ``ASSFT_NUM_THREADS`` overrides
 the count (and an explicit ``OMP_NUM_THREADS`` is respected). The worker and every computing ``assft`` command call it
 before their first torch operation.
+
+Sizing alone does not stop two jobs on the same cores from starving each other: libgomp (torch's OpenMP on Linux)
+lets a thread that waits for work busy-spin before it sleeps, and each job's spinning threads take the cores the other
+job's working threads need. :func:`bound_openmp_spinning` shortens that spin; the worker and ``assft`` call it before
+torch is imported.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+import sys
+from typing import Mapping, MutableMapping, Optional
 
-__all__ = ["THREADS_VARIABLE", "size_thread_pools", "thread_count"]
+__all__ = [
+    "BOUNDED_SPIN",
+    "SPIN_VARIABLE",
+    "THREADS_VARIABLE",
+    "bound_openmp_spinning",
+    "size_thread_pools",
+    "thread_count",
+]
+
+#: libgomp's busy-wait (iterations) of an idle OpenMP thread before it sleeps; 300,000 when unset.
+SPIN_VARIABLE = "GOMP_SPINCOUNT"
+#: The bound ASSFT sets. Measured on 2 cores (``Testing/Benchmarks/side_by_side.py``, the shipped sample, 20 + 20
+#: steps, no guard): two Adapt jobs side by side took 13.5x one alone with libgomp's default, 2.0x with 10,000, while
+#: one alone took 22.9 s against 22.0 s; ``OMP_WAIT_POLICY=PASSIVE`` gave 1.4x but 28.5 s alone.
+BOUNDED_SPIN = "10000"
 
 #: Environment variable that sets torch's intra- and inter-op thread counts (a whole number >= 1).
 THREADS_VARIABLE = "ASSFT_NUM_THREADS"
@@ -72,3 +92,19 @@ def size_thread_pools(environ: Optional[Mapping[str, str]] = None) -> int:
     except RuntimeError:  # the inter-op pool already started
         pass
     return count
+
+
+def bound_openmp_spinning(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+    """Set :data:`SPIN_VARIABLE` to :data:`BOUNDED_SPIN` so that jobs sharing cores do not starve each other.
+
+    libgomp reads the variable once, when torch loads it, so this acts only before torch is imported; the user's own
+    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` is left alone.
+
+    Returns:
+        whether the variable was set.
+    """
+    environ = os.environ if environ is None else environ
+    if "torch" in sys.modules or SPIN_VARIABLE in environ or "OMP_WAIT_POLICY" in environ:
+        return False
+    environ[SPIN_VARIABLE] = BOUNDED_SPIN
+    return True

@@ -480,6 +480,9 @@ def _numbers(metrics: Mapping[str, Any]) -> Dict[str, float]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .threads import bound_openmp_spinning
+
+    bound_openmp_spinning()  # before torch is imported
     from .cli.common import add_device_argument
 
     parser = argparse.ArgumentParser(

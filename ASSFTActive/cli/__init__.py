@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..threads import bound_openmp_spinning
+
+    bound_openmp_spinning()  # before any subcommand imports torch
     from .signals import cancel_on_signals
 
     parser = build_parser()

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)  # the product's own sizing, not the caller's
-    env.pop("ASSFT_NUM_THREADS", None)
+    for variable in ("ASSFT_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):  # the product's own settings
+        env.pop(variable, None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="assft-side-by-side-") as tmp:
         site = _site(Path(tmp) / "site")

@@ -81,3 +81,28 @@ def test_the_command_line_refuses_a_malformed_thread_variable_before_any_work(tm
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {THREADS_VARIABLE}='lots'")
     assert not (tmp_path / "out").exists()
+
+
+def _spin_after(code: str, **env: str) -> str:
+    """``GOMP_SPINCOUNT`` as a fresh interpreter sees it after ``code`` ("-" when unset), and whether torch loaded."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    environ.update(env)
+    probe = f"{code}\nimport os, sys\nprint(os.environ.get('GOMP_SPINCOUNT', '-'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], env=environ, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-2] + " " + out.stdout.split()[-1]
+
+
+def test_openmp_spinning_is_bounded_before_torch_loads_and_the_users_choice_is_kept():
+    call = "from ASSFTActive.threads import bound_openmp_spinning\nbound_openmp_spinning()"
+    assert _spin_after(call) == "10000 False"
+    assert _spin_after(call, GOMP_SPINCOUNT="5") == "5 False"
+    assert _spin_after(call, OMP_WAIT_POLICY="PASSIVE") == "- False"
+    assert _spin_after("import torch\n" + call) == "- True"  # too late: libgomp read it when torch loaded
+
+
+def test_the_command_line_and_the_worker_bound_openmp_spinning_before_importing_torch():
+    command_line = "from ASSFTActive.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass"
+    assert _spin_after(command_line).startswith("10000")
+    worker = "from ASSFTActive import worker\ntry:\n    worker.main(['--help'])\nexcept SystemExit:\n    pass"
+    assert _spin_after(worker).startswith("10000")
