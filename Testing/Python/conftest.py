@@ -231,3 +231,22 @@ def fast_sfr(**changes) -> dict:
         checkpoint_every=2,
     )
     return dict(config.to_dict(), **changes)
+
+
+def overlay_evaluate_and_rerank(model: Path, images: Path, labels: Path, out: Path) -> None:
+    """The rest of a round on ``model`` (a source folder or a store version) through the command line, as a user
+    types it: an overlay of the first image, an evaluation on the labelled images, a ranking of the pool. Each
+    command must succeed and write its outputs."""
+    from ASSFTActive.cli import main
+
+    first = sorted(images.iterdir())[0]
+    common = ["--model", str(model), "--device", "cpu"]
+    assert main(["overlay", "--image", str(first), "--out", str(out / "overlay"), *common]) == 0
+    assert any((out / "overlay").rglob("*_entropy.nii.gz"))
+    evaluate = ["evaluate", "--images", str(images), "--labels", str(labels), "--out", str(out / "evaluation")]
+    assert main([*evaluate, "--no-hd95", "--allow-implausible-labels", "--quiet", *common]) == 0
+    assert any((out / "evaluation").glob("*.csv"))
+    rank = ["rank", "--images", str(images), "--labels", str(labels), "--budget", "1", "--out", str(out / "rank")]
+    assert main([*rank, "--quiet", *common]) == 0
+    cases = json.loads((out / "rank" / "ranking.json").read_text())["cases"]
+    assert sum(c["selected"] for c in cases) == 1

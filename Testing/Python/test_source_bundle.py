@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_dataset
+from conftest import overlay_evaluate_and_rerank, write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import ModelError
@@ -333,6 +333,8 @@ def test_check_card_rank_and_adapt_run_on_the_bundle(small, tmp_path, capsys):
     adapted = resolve_card(store / "site")
     assert ModelStore(store).active("site").version == "v1"
     assert adapted.architecture == "monai:UNet" and adapted.pretrained_card() == resolve_card(small)
+    overlay_evaluate_and_rerank(small, images, labels, tmp_path / "source")
+    overlay_evaluate_and_rerank(store / "site", images, labels, tmp_path / "adapted")
 
 
 def test_bundle_preprocessing_equals_monais_own_transforms_on_a_volume(small, tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_dataset
+from conftest import overlay_evaluate_and_rerank, write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import ModelError
@@ -326,6 +326,8 @@ def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, poo
     assert adapted.architecture == "nnunet:PlainConvUNet" and adapted.preprocessing["profile"] == "nnunet"
     assert adapted.pretrained_card() == resolve_card(folder)
     assert adapted.test_time_mirroring == (0, 1, 2)  # the stored card keeps the source's test-time mirroring
+    overlay_evaluate_and_rerank(folder, pool / "images", pool / "labels", tmp_path / "source")
+    overlay_evaluate_and_rerank(store / "site", pool / "images", pool / "labels", tmp_path / "adapted")
     import jsonschema
 
     from ASSFTActive.cards import RESOURCES
@@ -395,8 +397,10 @@ def test_an_adapted_version_is_written_back_in_nnunets_layout(folder, pool, tmp_
     assert sorted(p.name for p in exported.iterdir()) == ["dataset.json", "fold_0", "plans.json"]
     assert (exported / "plans.json").read_bytes() == (folder / "plans.json").read_bytes()
     adapted = load_model(resolve_card(store / "site")).network.state_dict()
-    # as nnUNetPredictor.initialize_from_trained_model_folder reads it: trainer, configuration, mirroring, a strict load
-    checkpoint = torch.load(str(exported / "fold_0" / "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    # what nnUNetPredictor.initialize_from_trained_model_folder reads: trainer, configuration, mirroring, a strict
+    # load; read weights-only (the export holds tensors, numbers and numpy scalars only, so nnU-Net's full unpickling
+    # of it finds the same)
+    checkpoint = nnunet.read_checkpoint(exported / "fold_0" / "checkpoint_final.pth")
     original = nnunet.read_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and checkpoint["init_args"]["configuration"] == "3d_fullres"
     assert checkpoint["inference_allowed_mirroring_axes"] == (0, 1, 2)
