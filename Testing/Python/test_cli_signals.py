@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import make_tiny_card, worker_env, write_dataset
 
 from ASSFTActive.locks import LOCK_FILE
 
 
+@pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_sigterm_cancels_adapt_cleanly(tmp_path):
     card = make_tiny_card(tmp_path / "base")
     images, labels = write_dataset(tmp_path / "data", count=4, labeled=2)

@@ -56,6 +56,7 @@ def _adapt(world, name, validation=None, labels=None, **changes):
     return result, events
 
 
+@pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_the_fast_guard_activates_the_same_improvement_with_half_the_fold_steps(world):
     changes = {
         "train": dict(FAST_FINETUNE["train"], iterations=60),

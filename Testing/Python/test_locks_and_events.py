@@ -68,6 +68,7 @@ print(json.dumps(counts))
 """
 
 
+@pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_the_lock_has_one_holder_at_a_time_while_three_processes_take_and_release_it(tmp_path):
     """The churn probe (29.20): holders remove the lock file and folder at release while others open them; a
     process that won the lock on a removed file must not count as a holder."""

@@ -289,6 +289,7 @@ def test_rank_and_overlay_run_on_the_folder(folder, pool, tmp_path, capsys):
     assert any(p.name.endswith(".nii.gz") for p in overlay.iterdir())
 
 
+@pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, pool, tmp_path):
     store = tmp_path / "store"
     assert (
@@ -525,6 +526,7 @@ def test_plans_written_before_nnunet_2_2_build_the_same_network(tmp_path):
     assert all(torch.equal(v, saved[k]) for k, v in model.network.state_dict().items())
 
 
+@pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_the_guard_decides_about_an_adapted_nnunet_model_as_about_any_other(folder, tmp_path, capsys):
     """Adapt with the guard on (cross-validation over the labelled volumes): the random-weight network gains nothing,
     so the version is stored with the reason and the source stays the model in use."""

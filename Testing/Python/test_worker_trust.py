@@ -69,6 +69,7 @@ def test_relative_paths_of_a_job_are_relative_to_the_job_folder(tmp_path):
     assert _resolve_in_job(tmp_path, str(tmp_path / "x")) == str(tmp_path / "x")
 
 
+@pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_a_rank_job_reads_a_relative_model_from_its_folder_and_leaves_home_alone(tmp_path):
     job = tmp_path / "job"
     shutil.copytree(EMBEDDED_DEFAULT_CARD.parent, job / "model")
