@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON39=${PYTHON39:-}
 if [ -z "$PYTHON39" ]; then
-    for candidate in python3.9 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python3.9; do
+    for candidate in python3.9 "${PYENV_ROOT:-${HOME:-/root}/.pyenv}"/versions/3.9*/bin/python3.9; do
         if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1; then
             PYTHON39=$candidate
             break
