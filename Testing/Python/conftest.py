@@ -250,3 +250,34 @@ def overlay_evaluate_and_rerank(model: Path, images: Path, labels: Path, out: Pa
     assert main([*rank, "--quiet", *common]) == 0
     cases = json.loads((out / "rank" / "ranking.json").read_text())["cases"]
     assert sum(c["selected"] for c in cases) == 1
+
+
+def tiny_adapt_args(
+    images, labels, model, store, *, iterations: int = 4, semi_iterations: int = 2, guard: bool = False
+) -> List[str]:
+    """``assft adapt`` arguments for a few steps on CPU into ``store/site``, the labels' checks only warning (the
+    synthetic boxes are not real anatomy); the guard off unless asked for."""
+    args = [
+        "adapt",
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--model",
+        str(model),
+        "--store",
+        str(store),
+        "--name",
+        "site",
+        "--quiet",
+        "--iterations",
+        str(iterations),
+        "--semi-iterations",
+        str(semi_iterations),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--allow-implausible-labels",
+    ]
+    return args if guard else [*args, "--no-guard"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import overlay_evaluate_and_rerank, write_dataset
+from conftest import overlay_evaluate_and_rerank, tiny_adapt_args, write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import ModelError
@@ -301,35 +301,7 @@ def test_check_card_rank_and_adapt_run_on_the_bundle(small, tmp_path, capsys):
     assert len(cases) == 4 and sum(c["selected"] for c in cases) == 1
     assert all(np.isfinite(c["dkd"]) for c in cases)
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "adapt",
-                "--images",
-                str(images),
-                "--labels",
-                str(labels),
-                "--model",
-                str(small),
-                "--store",
-                str(store),
-                "--name",
-                "site",
-                "--no-guard",
-                "--quiet",
-                "--iterations",
-                "4",
-                "--semi-iterations",
-                "2",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--allow-implausible-labels",
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_adapt_args(images, labels, small, store, iterations=4, semi_iterations=2)) == 0
     adapted = resolve_card(store / "site")
     assert ModelStore(store).active("site").version == "v1"
     assert adapted.architecture == "monai:UNet" and adapted.pretrained_card() == resolve_card(small)

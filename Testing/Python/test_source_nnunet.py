@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import overlay_evaluate_and_rerank, write_dataset
+from conftest import overlay_evaluate_and_rerank, tiny_adapt_args, write_dataset
 
 from ASSFTActive.cli import main
 from ASSFTActive.errors import ModelError
@@ -292,35 +292,7 @@ def test_rank_and_overlay_run_on_the_folder(folder, pool, tmp_path, capsys):
 @pytest.mark.slow  # a whole job (or several processes) end to end; keeps the fast tier under 3 min
 def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, pool, tmp_path):
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "adapt",
-                "--images",
-                str(pool / "images"),
-                "--labels",
-                str(pool / "labels"),
-                "--model",
-                str(folder),
-                "--store",
-                str(store),
-                "--name",
-                "site",
-                "--no-guard",
-                "--quiet",
-                "--iterations",
-                "4",
-                "--semi-iterations",
-                "2",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--allow-implausible-labels",
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_adapt_args(pool / "images", pool / "labels", folder, store, iterations=4, semi_iterations=2)) == 0
     version = ModelStore(store).active("site")
     assert version is not None and version.version == "v1"
     adapted = resolve_card(store / "site")
@@ -363,35 +335,7 @@ def test_adapt_on_the_folder_writes_a_store_version_that_ranks_again(folder, poo
 
 def test_an_adapted_version_is_written_back_in_nnunets_layout(folder, pool, tmp_path, capsys):
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "adapt",
-                "--images",
-                str(pool / "images"),
-                "--labels",
-                str(pool / "labels"),
-                "--model",
-                str(folder),
-                "--store",
-                str(store),
-                "--name",
-                "site",
-                "--no-guard",
-                "--quiet",
-                "--iterations",
-                "2",
-                "--semi-iterations",
-                "1",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--allow-implausible-labels",
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_adapt_args(pool / "images", pool / "labels", folder, store, iterations=2, semi_iterations=1)) == 0
     out = tmp_path / "nnUNet_results" / "Dataset004_Hippocampus_site"
     assert main(["export-nnunet", str(store / "site"), "--out", str(out)]) == 0
     exported = out / folder.name
@@ -534,29 +478,15 @@ def test_the_guard_decides_about_an_adapted_nnunet_model_as_about_any_other(fold
     store = tmp_path / "store"
     assert (
         main(
-            [
-                "adapt",
-                "--images",
-                str(tmp_path / "pool" / "images"),
-                "--labels",
-                str(tmp_path / "pool" / "labels"),
-                "--model",
-                str(folder),
-                "--store",
-                str(store),
-                "--name",
-                "site",
-                "--quiet",
-                "--iterations",
-                "6",
-                "--semi-iterations",
-                "2",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--allow-implausible-labels",
-            ]
+            tiny_adapt_args(
+                tmp_path / "pool" / "images",
+                tmp_path / "pool" / "labels",
+                folder,
+                store,
+                iterations=6,
+                semi_iterations=2,
+                guard=True,
+            )
         )
         == 0
     )
