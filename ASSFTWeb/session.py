@@ -113,9 +113,7 @@ class _JobSettings:
         }
 
     def prepareJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, **settings):
-        return self._logic.prepareJob(
-            kind, workDir, model, budget, volumeNodes=volumeNodes, **self._settings(**settings)
-        )
+        return self.planJob(kind, workDir, model, budget, volumeNodes=volumeNodes, **settings).writeFiles()
 
     def planJob(self, kind: str, workDir, model, budget: int, volumeNodes=None, **settings):
         return self._logic.planJob(kind, workDir, model, budget, volumeNodes=volumeNodes, **self._settings(**settings))

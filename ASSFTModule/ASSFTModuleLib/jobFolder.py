@@ -1,6 +1,6 @@
 """A job folder on the Slicer side: written from the scene, read back when the worker has finished.
 
-Writing (:func:`planJob`, :meth:`JobPlan.writeFiles`, :func:`prepareJob`): the pool's volumes (hard-linked or
+Writing (:func:`planJob`, :meth:`JobPlan.writeFiles`): the pool's volumes (hard-linked or
 copied when unchanged since loaded, else written from the scene, off the GUI thread), the labeled volumes' class
 label maps, ``job.json`` (the engine's :class:`~ASSFTActive.jobs.JobSpec`) and the scene's case list. Reading:
 ``result.json`` as a :class:`~.records.FinishedJob`, the worker's error and last lines (:func:`failureReport`), the
@@ -108,7 +108,7 @@ def newJobDir(workDir, kind: str) -> Path:
 
 
 def readCaseNodes(jobDir) -> Dict[str, dict]:
-    """``{case_id: {"node_id": ..., "name": ...}}`` written by :func:`prepareJob` (empty when missing)."""
+    """``{case_id: {"node_id": ..., "name": ...}}`` written by :meth:`JobPlan.writeFiles` (empty when missing)."""
     path = Path(jobDir) / CASES_FILE
     if not path.is_file():
         return {}
@@ -440,38 +440,6 @@ class JobPlan:
         Path(job.store).mkdir(parents=True, exist_ok=True)
         write_job(self.jobDir, job)
         return self.prepared
-
-
-def prepareJob(
-    scene,
-    workDir,
-    kind: str,
-    volumeNodes: Sequence,
-    modelCard: ModelCard,
-    model: str,
-    budget: int,
-    storeDir=None,
-    modelName: str = "",
-    query: Optional[dict] = None,
-    finetune: Optional[dict] = None,
-    sfr: Optional[dict] = None,
-) -> PreparedJob:
-    """Write the scene's volumes and labels into a new job folder with its ``job.json`` (:func:`planJob`, then
-    :meth:`JobPlan.writeFiles` in this thread); arguments and errors as :func:`planJob`."""
-    return planJob(
-        scene,
-        workDir,
-        kind,
-        volumeNodes,
-        modelCard,
-        model,
-        budget,
-        storeDir=storeDir,
-        modelName=modelName,
-        query=query,
-        finetune=finetune,
-        sfr=sfr,
-    ).writeFiles()
 
 
 def planJob(

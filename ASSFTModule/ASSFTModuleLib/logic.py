@@ -193,22 +193,10 @@ class ASSFTSceneLogic:
         """Write a ``rank``, ``adapt`` or ``sfr`` job folder for the pool (default: :meth:`poolVolumeNodes`);
         ``query`` holds the engine's query settings (``rounds``: the multi-round schedule, also for the re-rank of
         an adaptation), ``sfr`` an ``sfr`` job's settings (its ``method``: ``sfr`` or ``sfr_plus``), ``storeDir``
-        the model store (default ``<workDir>/models``); see :func:`~.jobFolder.prepareJob`."""
-        card = self.modelCard(model)
-        nodes = list(volumeNodes) if volumeNodes is not None else self.poolVolumeNodes()
-        return jobFolder.prepareJob(
-            self.scene,
-            workDir,
-            kind,
-            nodes,
-            card,
-            str(model or ""),
-            budget,
-            storeDir=storeDir,
-            query=query,
-            finetune=finetune,
-            sfr=sfr,
-        )
+        the model store (default ``<workDir>/models``); :meth:`planJob`, then its files written here."""
+        return self.planJob(
+            kind, workDir, model, budget, volumeNodes, query=query, finetune=finetune, sfr=sfr, storeDir=storeDir
+        ).writeFiles()
 
     def planJob(
         self,

@@ -122,7 +122,7 @@ class OutputLine:
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A job folder prepared from the scene by :func:`jobFolder.prepareJob`.
+    """A job folder prepared from the scene by :func:`jobFolder.planJob` and :meth:`jobFolder.JobPlan.writeFiles`.
 
     Attributes:
         jobDir: the folder holding ``job.json``.
