@@ -1617,6 +1617,37 @@ for _probe in PROBES:
         _probe.test = T + TESTS[_probe.name]
 
 
+#: The catalogue's other rows, one module per group of areas under ``Testing/Benchmarks/redteam_areas/``; each
+#: defines ``PROBES`` (a list of :class:`Probe`) and may define ``prepare(world)`` for inputs of its own.
+AREA_MODULES = ("bad_inputs", "cards_store", "jobs_serve", "sfr_labels_inputs")
+
+
+def _area_modules() -> list:
+    import importlib
+
+    modules = []
+    for name in AREA_MODULES:
+        try:
+            modules.append(importlib.import_module(f"Testing.Benchmarks.redteam_areas.{name}"))
+        except ModuleNotFoundError as error:
+            if error.name != f"Testing.Benchmarks.redteam_areas.{name}":
+                raise
+    return modules
+
+
+def catalogue() -> List[Probe]:
+    """Every probe, in the catalogue's area order: the rows above and the area modules' rows."""
+    probes = list(PROBES)
+    for module in _area_modules():
+        probes.extend(module.PROBES)
+    names = [p.name for p in probes]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"probe names used twice: {repeated}")
+    order = ("1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.7", "1.8", "2.1", "2.2", "2.3", "2.4", "2.5", "3")
+    return sorted(probes, key=lambda p: order.index(p.area) if p.area in order else len(order))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated probe names")
@@ -1631,7 +1662,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render:
-        known = {p.name: p for p in PROBES}
+        known = {p.name: p for p in catalogue()}
         records = json.loads(args.render.read_text(encoding="utf-8"))
         for record in records:
             probe = known.get(record["probe"])
@@ -1646,7 +1677,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"skipped: {DATA} (hippocampus and fixtures) is absent")
         return 0
     wanted = set(args.only.split(",")) if args.only else None
-    probes = [p for p in PROBES if wanted is None or p.name in wanted]
+    probes = [p for p in catalogue() if wanted is None or p.name in wanted]
     root = Path(tempfile.mkdtemp(prefix="assft-redteam-"))
     records = []
     os.umask(0o022)
@@ -1655,6 +1686,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     tree = _tree()
     try:
         world.build()
+        for module in _area_modules():
+            if hasattr(module, "prepare"):
+                module.prepare(world)
         for probe in probes:
             start = time.monotonic()
             try:
@@ -1737,4 +1771,8 @@ def render(records: list) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # one copy of this module: the area modules import it by its package name
+    sys.path.insert(0, str(REPO))
+    from Testing.Benchmarks import redteam_rerun
+
+    sys.exit(redteam_rerun.main())
