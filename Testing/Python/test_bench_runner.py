@@ -232,3 +232,37 @@ def test_the_report_command_regenerates_the_table_from_records_alone(tmp_path):
         == 0
     )
     assert (out / "harness_r_random.md").is_file()  # another default arm, another file
+
+
+def test_the_guard_calibration_scores_a_refused_model_so_a_false_refusal_is_counted(tmp_path):
+    """A refused record's own Dice is the source model's; its candidate's Dice decides false refusal / activation."""
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=("assft_guarded",),
+        draws=1,
+        ceiling_steps=(),
+    )
+    verdicts = iter([False, True])  # budget 2 draw 0 refused; then (second run) activated
+
+    def execute(task, unit, work):
+        floor_dice = {c: [0.5] for c in task.eval}
+        if unit.arm.name == "floor":
+            return {"labelled": [], "per_case": floor_dice, "mean_dice": 0.5, "activated": False}
+        activated = next(verdicts)
+        candidate = {c: [0.56] for c in task.eval}  # better than the floor by 0.06
+        record = {"labelled": ["a", "b"], "activated": activated, "activation": {"method": "cross_validation"}}
+        if activated:
+            return {**record, "per_case": candidate, "mean_dice": 0.56}
+        return {**record, "per_case": floor_dice, "mean_dice": 0.5, "candidate_per_case": candidate}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    (row,) = report.summarise(runner.load_records(tmp_path))["hippocampus_mild/development"]["guarded"]
+    assert row["activated"] is False
+    assert row["test_gain_over_floor"] == pytest.approx(0.0)
+    assert row["candidate_gain_over_floor"] == pytest.approx(0.06)
+    assert row["false_refusal"] and not row["false_activation"]
+    text = report.markdown(report.summarise(runner.load_records(tmp_path)), "t", "c")
+    assert "false refusals (better by > 0.02 yet refused) 1 / 1" in text

@@ -23,6 +23,11 @@ from .runner import REPO, RESULTS
 from .tasks import SETTINGS
 
 GOALS = RESULTS / "goals.json"
+
+#: Issue 25's guard calibration: a model worse than the source model by more than this on the evaluation cases yet
+#: activated is a false activation; one better by more than ``FALSE_REFUSAL_MARGIN`` yet refused is a false refusal.
+FALSE_ACTIVATION_MARGIN = 0.01
+FALSE_REFUSAL_MARGIN = 0.02
 GOAL_KEY = ("topic", "goal", "setting", "budget", "split")
 #: Goal-row names of the split parts (``BENCHMARKS.md``'s goals file; the same as the other benchmarks write).
 SPLIT_NAMES = {"development": "dev", "test": "test"}
@@ -136,6 +141,10 @@ def _guarded(
                 if activation.get("method") in (None, "unguarded") or pool not in floor:
                     continue
                 test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
+                candidate = test  # an activated record's Dice is its candidate's
+                if not r.get("activated") and r.get("candidate_per_case") is not None:
+                    by_case = {"per_case": r["candidate_per_case"]}
+                    candidate = float(np.nanmean(stats.case_dice(by_case, cases)) - np.nanmean(floor[pool]))
                 rows.append(
                     {
                         "arm": arm,
@@ -150,6 +159,10 @@ def _guarded(
                         "cv_gain_high": activation.get("gain_high"),
                         "stop_step": activation.get("stop_step"),
                         "test_gain_over_floor": test,
+                        "candidate_gain_over_floor": candidate,
+                        # issue 25's calibration: worse by > 0.01 yet activated, better by > 0.02 yet refused
+                        "false_activation": bool(r.get("activated")) and candidate < -FALSE_ACTIVATION_MARGIN,
+                        "false_refusal": not r.get("activated") and candidate > FALSE_REFUSAL_MARGIN,
                         "cross_validation": r.get("cross_validation"),
                     }
                 )
@@ -414,6 +427,17 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
                     + " |"
                 )
             lines.append("")
+        guarded = entry.get("guarded") or []
+        if guarded:
+            n = len(guarded)
+            lines += [
+                f"Guard (issue 25 calibration, {n} guarded labelled sets): activated "
+                f"{sum(bool(g['activated']) for g in guarded)}; false activations (worse than no adaptation by "
+                f"> {FALSE_ACTIVATION_MARGIN} yet active) {sum(g['false_activation'] for g in guarded)} / {n}; "
+                f"false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
+                f"{sum(g['false_refusal'] for g in guarded)} / {n}.",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -177,7 +177,11 @@ def evaluate(task: Task, network) -> Dict[str, Any]:
 def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int, work: Path) -> Dict[str, Any]:
     """Adapt Model on ``labelled`` (the rest of the pool unlabelled) into a throw-away store, then score the model
     that is active afterwards on the evaluation cases. The record keeps the guard's decision and the
-    cross-validation (fold gains; what the guard calibration consumes)."""
+    cross-validation (fold gains; what the guard calibration consumes).
+
+    When the guard refused, the refused version (written to the store, not activated) is scored too, as
+    ``candidate_mean_dice`` / ``candidate_per_case``: the record's own Dice is the active (source) model's, so without
+    it a false refusal would look like a gain of 0 and stay invisible to the calibration."""
     from ASSFTActive.finetune.adapt import adapt_model
     from ASSFTActive.models import load_card, load_model
 
@@ -195,15 +199,25 @@ def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int,
             name="benchmark",
             config=config,
         )
-        network = load_model(load_card(result.card_path)).network if result.activated else pretrained(task).network
+        candidate = load_model(load_card(result.card_path)).network
     finally:
         shutil.rmtree(store, ignore_errors=True)
-    network.eval()
     seconds = time.perf_counter() - start
-    scores = evaluate(task, network)
+    candidate.eval()
+    candidate_scores = evaluate(task, candidate)
+    scores = candidate_scores if result.activated else floor(task)
+    refused = (
+        {}
+        if result.activated
+        else {
+            "candidate_mean_dice": candidate_scores["mean_dice"],
+            "candidate_per_case": candidate_scores["per_case"],
+        }
+    )
     metrics = dict(result.metrics)
     return {
-        **scores,
+        **{k: v for k, v in scores.items() if k in ("mean_dice", "per_case")},
+        **refused,
         "train_seconds": round(seconds, 2),
         "activated": bool(result.activated),
         "activation": result.decision.to_dict(),
