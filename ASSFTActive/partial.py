@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Tuple, Union
+from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -34,6 +34,7 @@ __all__ = [
     "PartialLabel",
     "annotated_slices_mask",
     "encode_partial",
+    "fill_from_teacher",
     "has_annotation",
     "is_partial",
     "read_partial_label",
@@ -158,6 +159,46 @@ def encode_partial(labels: np.ndarray, annotated: np.ndarray) -> np.ndarray:
 def write_partial_label(labels: np.ndarray, annotated: np.ndarray, geometry: Volume, path: PathLike) -> Path:
     """Write ``labels`` with the unannotated voxels as :data:`NOT_ANNOTATED` on ``geometry``'s grid (atomically)."""
     return write_volume(geometry.with_array(encode_partial(labels, annotated)), path)
+
+
+def fill_from_teacher(
+    labels: np.ndarray, annotated: np.ndarray, teacher: np.ndarray, confident: Optional[np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The target of a partially labelled volume in a semi-supervised round: the annotator's class where annotated,
+    the teacher's class where not annotated and the teacher is trusted, nothing elsewhere.
+
+    The supervised stage trains on the annotated voxels only; a semi-supervised round also learns the unannotated
+    voxels of the same volume from the teacher, with the confidence rule it applies to the unlabelled pool
+    (:func:`~ASSFTActive.finetune.pseudo.voxel_confidence_mask`). An annotated voxel always keeps the annotator's
+    class, whatever the teacher says; an unannotated voxel the teacher is not confident about stays out of the loss.
+
+    Args:
+        labels: the annotator's classes ``[I, J, K]`` (the values at unannotated voxels are ignored).
+        annotated: bool ``[I, J, K]``, true where the annotator set the class.
+        teacher: the teacher's classes (argmax) ``[I, J, K]``.
+        confident: bool ``[I, J, K]``, true where the teacher's class is trusted; ``None``: every voxel is.
+
+    Returns:
+        ``(target, mask)``: ``target`` ``uint8 [I, J, K]`` (``labels`` where annotated, ``teacher`` where not) and
+        ``mask`` bool ``[I, J, K]`` = ``annotated | confident`` (the voxels that count in the loss). The inputs are
+        not modified.
+
+    Raises:
+        ValueError: the shapes differ, or a class is negative or not below :data:`NOT_ANNOTATED`.
+    """
+    labels, annotated, teacher = np.asarray(labels), np.asarray(annotated, dtype=bool), np.asarray(teacher)
+    trusted = np.ones(annotated.shape, dtype=bool) if confident is None else np.asarray(confident, dtype=bool)
+    shapes = {a.shape for a in (labels, annotated, teacher, trusted)}
+    if len(shapes) != 1 or labels.ndim != 3:
+        raise ValueError(
+            f"labels, annotated, teacher and confident must be [I, J, K] maps of one shape, got {labels.shape}, "
+            f"{annotated.shape}, {teacher.shape}, {trusted.shape}"
+        )
+    for name, values in (("labels", labels[annotated]), ("teacher", teacher[~annotated])):
+        if values.size and (values.min() < 0 or values.max() >= NOT_ANNOTATED):
+            raise ValueError(f"{name}: classes must lie in 0..{NOT_ANNOTATED - 1}")
+    target = np.where(annotated, labels, teacher).astype(np.uint8)
+    return target, annotated | trusted
 
 
 def annotated_slices_mask(shape: Sequence[int], slices: Iterable[Mapping[str, int]]) -> np.ndarray:

@@ -256,11 +256,35 @@ class Checkpoints:
         atomic_write_bytes(data, buffer.getvalue())
         atomic_write_text(meta, json.dumps([d.to_dict() for d in round_labels.decisions], indent=1))
 
+    def _filled_file(self, round_index: int) -> Path:
+        return self.folder / f"filled-r{round_index}.npz"
+
+    def load_filled(self, round_index: int) -> Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+        """The partially labelled volumes of round ``round_index`` as the teacher filled them
+        (:meth:`save_filled`), or None when that round was not saved."""
+        if self.folder is None or not self._filled_file(round_index).is_file():
+            return None
+        with np.load(self._filled_file(round_index)) as loaded:
+            arrays = {k: loaded[k] for k in loaded.files}
+        cases = [k[len("label_") :] for k in arrays if k.startswith("label_")]
+        return {case: (arrays[f"label_{case}"], arrays[f"mask_{case}"].astype(bool)) for case in cases}
+
+    def save_filled(self, round_index: int, filled: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Keep ``{case_id: (target [I, J, K], mask [I, J, K])}`` of round ``round_index``
+        (:func:`~ASSFTActive.partial.fill_from_teacher`), so that a resumed round trains on the same targets."""
+        if not self.writer:
+            return
+        arrays = {f"label_{k}": v[0] for k, v in filled.items()}
+        arrays.update({f"mask_{k}": v[1] for k, v in filled.items()})
+        buffer = _stdio.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        atomic_write_bytes(self._filled_file(round_index), buffer.getvalue())
+
     def clear(self) -> None:
         """Remove every file this class wrote (after the version was committed: nothing is left to resume)."""
         if not self.writer:
             return
-        for pattern in (CHECKPOINT_FILE, "cv-fold*.json", "pseudo-r*.json", "pseudo-r*.npz"):
+        for pattern in (CHECKPOINT_FILE, "cv-fold*.json", "pseudo-r*.json", "pseudo-r*.npz", "filled-r*.npz"):
             for item in self.folder.glob(pattern):
                 item.unlink(missing_ok=True)
         try:

@@ -1,5 +1,9 @@
 """The recipe: a supervised stage, then semi-supervised rounds on labelled plus pseudo-labelled volumes.
 
+A partially labelled volume (:mod:`ASSFTActive.partial`) trains on its annotated voxels in the supervised stage; in
+each semi-supervised round its unannotated voxels also take the round's teacher's class where the teacher is
+confident (:func:`teacher_filled`), the annotated ones always keeping the annotator's.
+
 The same recipe runs once per cross-validation fold (with a ``scorer`` that scores the fold's held-out volumes) and
 once on every labelled volume (``final``: it writes resumable checkpoints and caches its pseudo-labels). Steps are
 counted globally over the recipe: stage 0 covers ``train.iterations`` steps, each round ``semi_steps`` more.
@@ -10,14 +14,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import map_shards
 from ..errors import JobError
+from ..partial import fill_from_teacher
 from ..progress import Event, ProgressCallback
 from .checkpoints import TrainingCheckpoint
 from .config import PseudoMode, Teacher
-from .pseudo import PseudoDecision
+from .pseudo import PseudoDecision, voxel_confidence_mask
 from .pseudo_round import PseudoLabeller, TeacherLabeller, pseudo_round
 from .state import AdaptRun, LabeledVolume, cpu_state, unwrap
 from .teachers import FrozenFlipTeacher, flips_of_axes
@@ -36,7 +43,7 @@ from .training import (
     train_supervised,
 )
 
-__all__ = ["Scorer", "check_replicas", "run_recipe"]
+__all__ = ["Scorer", "check_replicas", "run_recipe", "teacher_filled"]
 
 #: Called as ``scorer(network, global_step)`` during a cross-validation fold.
 Scorer = Callable[[nn.Module, int], None]
@@ -82,6 +89,7 @@ def run_recipe(
         if offset >= stop:
             break
         pseudo: List[SupervisedCase] = []
+        labeled = teacher_filled(run, stage, network, train, final)
         if stage > 0:
             pseudo, decisions = pseudo_round(run, stage, network, train, final, labeller)
             if decisions:
@@ -91,7 +99,7 @@ def run_recipe(
             run,
             stage,
             network,
-            train,
+            labeled,
             pseudo,
             stop - offset,
             progress_offset,
@@ -102,6 +110,60 @@ def run_recipe(
             optim=resume.optimizer if resuming else None,
         )
     return rounds
+
+
+def teacher_filled(
+    run: AdaptRun, stage: int, network: nn.Module, train: Sequence[LabeledVolume], cache: bool
+) -> List[SupervisedCase]:
+    """The labelled volumes as stage ``stage`` trains on them.
+
+    A full label as it is. A partial label (``annotated`` set): in the supervised stage (0) only its annotated voxels
+    count (``voxel_mask = annotated``); in a semi-supervised round its unannotated voxels take the class of the
+    round's teacher (``network``, the model after the previous stage, the one that labels and selects the pool)
+    where the teacher passes the pool's voxel rule (``pseudo.voxel_threshold`` relaxed by ``class_keep_min``,
+    :func:`~.pseudo.voxel_confidence_mask`; every voxel when the threshold is off), by
+    :func:`~ASSFTActive.partial.fill_from_teacher`: annotated voxels keep the annotator's class, unconfident ones
+    stay out of the loss. With ``pseudo.mode`` ``none`` nothing is pseudo-labelled, so nothing is filled.
+
+    Args:
+        cache: read and write the round's filled labels in the run's checkpoints (the final training, so that a
+            resumed round trains on the targets of its own teacher, not of the resumed student).
+    """
+    rule = run.config.pseudo
+    cases = [SupervisedCase(c.case_id, c.image, c.label, c.annotated) for c in train]  # partial: masked loss
+    partial = [c for c in train if c.annotated is not None]
+    if stage == 0 or rule.mode == PseudoMode.NONE or not partial:
+        return cases
+    filled = run.checkpoints.load_filled(stage) if cache else None
+    if filled is None:
+        predictor = run.predictor(network)
+
+        def teach(case: LabeledVolume):
+            prediction = predictor.predict(case.image)
+            confident = voxel_confidence_mask(
+                prediction.label, prediction.max_prob, rule.voxel_threshold, rule.class_keep_min
+            )
+            return fill_from_teacher(case.label.array, case.annotated, prediction.label, confident)
+
+        filled = dict(zip([c.case_id for c in partial], map_shards(run.ctx, partial, teach)))
+        if cache:
+            run.checkpoints.save_filled(stage, filled)
+            run.ctx.barrier()
+    unannotated = sum(int(np.count_nonzero(~c.annotated)) for c in partial)
+    taken = sum(int(np.count_nonzero(filled[c.case_id][1] & ~c.annotated)) for c in partial)
+    run.emit(
+        "phase",
+        phase="pseudo",
+        message=f"round {stage}: the teacher labels {taken} of the {unannotated} unannotated voxels of "
+        f"{len(partial)} partially labelled volume(s)",
+        metrics={"filled_voxels": float(taken), "unannotated_voxels": float(unannotated)},
+    )
+    return [
+        SupervisedCase(c.case_id, c.image, c.label.with_array(filled[c.case_id][0]), filled[c.case_id][1])
+        if c.case_id in filled
+        else c
+        for c in cases
+    ]
 
 
 def _stage_name(stage: int) -> str:
@@ -133,7 +195,7 @@ def _train_stage(
     run: AdaptRun,
     stage: int,
     network: nn.Module,
-    train: Sequence[LabeledVolume],
+    labeled: Sequence[SupervisedCase],
     pseudo: Sequence[SupervisedCase],
     stop: int,
     progress_offset: int,
@@ -149,7 +211,6 @@ def _train_stage(
     last = min(stop, train_config.iterations)
     offset = run.stage_offset(stage)
     if start_step < last:
-        labeled = [SupervisedCase(c.case_id, c.image, c.label, c.annotated) for c in train]  # partial: masked loss
         resuming = f", resuming at {start_step}" if start_step else ""
         run.emit(
             "phase",

@@ -65,11 +65,12 @@ def test_adapt_trains_checks_and_cross_validates_on_annotated_slices(tmp_path, m
     }
     empty = read_volume(labels["case_002"])
     write_partial_label(empty.array, np.zeros(empty.shape, bool), empty, folder / "case_002.nii.gz")
-    handed = []
+    handed, configs = [], []
     real = recipe.train_supervised
 
     def spy(network, card_, labeled, config, **kwargs):
         handed.append(list(labeled))
+        configs.append(config)
         return real(network, card_, labeled, config, **kwargs)
 
     monkeypatch.setattr(recipe, "train_supervised", spy)
@@ -87,7 +88,9 @@ def test_adapt_trains_checks_and_cross_validates_on_annotated_slices(tmp_path, m
     assert result.version == "v1"
     # case_002 has no annotated voxel: not a labelled volume, skipped with a warning naming it
     assert any("case_002" in w and "not a labelled volume" in w for w in warnings)
-    cases = {c.case_id: c for stage in handed for c in stage}
+    supervised = FAST_FINETUNE["train"]["iterations"]  # the supervised stage; a semi-supervised round fills the rest
+    assert {c.case_id for stage in handed for c in stage} == {"case_000", "case_001"}
+    cases = {c.case_id: c for stage, config in zip(handed, configs) if config.iterations == supervised for c in stage}
     assert set(cases) == {"case_000", "case_001"}
     for case in cases.values():
         mask = case.voxel_mask
