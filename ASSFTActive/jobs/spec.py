@@ -40,9 +40,10 @@ class JobSpec:
             :class:`~ASSFTActive.query.units.UnitConfig` settings of slice / region proposals (:meth:`unit_config`).
         finetune: :class:`ASSFTActive.finetune.config.FinetuneConfig` settings (a dict).
         sfr: :class:`ASSFTActive.sfr.config.SfrConfig` settings of an ``sfr`` job (a dict, e.g.
-            ``{"method": "sfr_plus"}``; missing keys take SFR's defaults).
+            ``{"method": "sfr_plus"}``; missing keys take SFR's defaults). Refused in a ``rank`` or ``adapt`` job,
+            which would run without it.
         sam_prior: SAM prior folder (``sam-card.json`` + weights) of an ``sfr`` job; ``""`` is the embedded
-            ``sfr-sam-tiny`` (not Meta's SAM).
+            ``sfr-sam-tiny`` (not Meta's SAM). Refused in other kinds, like ``sfr``.
 
     Every settings block is checked when the spec is built (:mod:`.blocks`).
     """
@@ -80,6 +81,14 @@ class JobSpec:
             object.__setattr__(self, key, str(getattr(self, key)))
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
             raise ValueError(f"budget must be a whole number >= 0, got {self.budget!r}")
+        if self.kind != "sfr":  # a rank or adapt job would run without them, as if they had not been given
+            given = [k for k in ("sfr", "sam_prior") if getattr(self, k)]
+            if given:
+                verb = "apply" if len(given) > 1 else "applies"
+                raise ValueError(
+                    f"{' and '.join(given)} {verb} only to an sfr job; this {self.kind} job would run without "
+                    'them. Use "kind": "sfr", or leave them out'
+                )
         if self.kind in ADAPT_KINDS:
             if not self.store:
                 raise ValueError(f"an {self.kind} job needs store (the model store folder)")

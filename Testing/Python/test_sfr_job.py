@@ -69,6 +69,25 @@ def test_rank_and_adapt_jobs_keep_their_job_file_without_sfr_keys(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "kind, data, named",
+    [
+        ("adapt", {"sam_prior": "/sam/prior"}, "sam_prior applies"),
+        ("adapt", {"sfr": {"method": "sfr_plus"}}, "sfr applies"),
+        ("rank", {"sfr": {"method": "sfr"}, "sam_prior": "/sam/prior"}, "sfr and sam_prior apply"),
+    ],
+)
+def test_a_rank_or_adapt_job_given_a_sam_prior_or_sfr_settings_is_refused_not_run_without_them(
+    tmp_path, kind, data, named
+):
+    base = {"kind": kind, "images": {"a": "/a"}, "labels": {"a": "/l"}, "store": "/s"}
+    with pytest.raises(ValueError, match=f"{named} only to an sfr job; this {kind} job would run without them"):
+        JobSpec.from_dict(dict(base, **data))
+    (tmp_path / "job.json").write_text(json.dumps(dict(base, **data)), encoding="utf-8")
+    with pytest.raises(JobError, match=f"job.json: {named} only to an sfr job"):
+        read_job(tmp_path)
+
+
+@pytest.mark.parametrize(
     "data, message",
     [
         ({"sfr": {"method": "sam"}}, "sfr: SfrConfig.method='sam' is not valid"),
