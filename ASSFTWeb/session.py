@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-from ASSFTModuleLib import ranking, segmentation, unitProposals
+from ASSFTModuleLib import ranking, unitProposals
 from ASSFTModuleLib.errors import ASSFTModuleError
 from ASSFTModuleLib.geometry import loadVolumeFile
 from ASSFTModuleLib.jobController import JobController
@@ -32,7 +31,6 @@ from ASSFTModuleLib.records import CaseState
 
 from ASSFTActive.cards import DEFAULT_MODEL
 from ASSFTActive.io import SUPPORTED_SUFFIXES, Volume, case_id
-from ASSFTActive.partial import NOT_ANNOTATED
 
 from .label_files import SavedLabel, save_label_file
 
@@ -218,22 +216,9 @@ class AnnotatorSession:
                     "through links). Replace it with the file it points to."
                 )
                 continue
-            try:
-                labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self.logic.volumesLogic, str(path), node)
-                annotated = np.asarray(labels.array) != NOT_ANNOTATED
-                if not annotated.all():  # a partial label: annotated in whole slices, 255 elsewhere
-                    done = unitProposals.doneSlicesFromMask(annotated)
-                    if done is None:
-                        messages.append(
-                            f"Label file {path.name} not used: its annotated voxels (not {NOT_ANNOTATED}) "
-                            "are not whole slices of one axis, which is what the page can continue."
-                        )
-                        continue
-                    unitProposals.restoreDone(node, done)
-                    labels = Volume(array=np.where(annotated, labels.array, 0), affine=labels.affine)
-                segmentationNode = self.logic.annotationSegmentation(node, card)
-                segmentation.fillSegmentationFromClassLabelmap(segmentationNode, labels, card)
-            except (OSError, ValueError) as error:
+            try:  # a partial label (255 outside the annotated slices / regions) marks those done again
+                self.logic.loadSavedLabels(node, path, card)
+            except ASSFTModuleError as error:
                 messages.append(f"Label file {path.name} not used: {error}")
         return messages
 

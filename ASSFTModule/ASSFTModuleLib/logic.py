@@ -459,6 +459,33 @@ class ASSFTSceneLogic:
             volumeNode, self.classLabelmap(volumeNode, modelCard, segmentationNode)
         )
 
+    def loadSavedLabels(self, volumeNode, path, modelCard: ModelCard):
+        """Read a label file saved for ``volumeNode`` (a job folder's or the browser's ``labels/``, after Slicer or the
+        browser started again) into its annotation segmentation; returns the segmentation node.
+
+        A partial label (255 = not annotated outside the slices or regions annotated) marks those units done again,
+        the volume's proposals first (``unitProposals.restoreSavedLabels``), so that the volume stays annotated in
+        exactly those voxels and the next job or save writes the same file; nothing is painted where it was not
+        annotated. A full label is painted as it is.
+
+        Raises:
+            ASSFTModuleError: the file cannot be read, lies on another voxel grid, has no annotated voxel, or its
+                annotated voxels are no union of slices or a few regions.
+        """
+        try:
+            labels = segmentation.readClassLabelmapFileOnGrid(self.scene, self._volumesLogic(), str(path), volumeNode)
+        except (OSError, ValueError) as exc:
+            raise ASSFTModuleError(str(exc)) from exc
+        classes = unitProposals.restoreSavedLabels(volumeNode, labels.array)
+        segmentationNode = self.annotationSegmentation(volumeNode, modelCard)
+        try:
+            segmentation.fillSegmentationFromClassLabelmap(
+                segmentationNode, Volume(array=classes, affine=labels.affine), modelCard
+            )
+        except ValueError as exc:  # class values the model does not have
+            raise ASSFTModuleError(str(exc)) from exc
+        return segmentationNode
+
     # ------------------------------------------------------------------ plot
     def scoresChart(self, tableNode):
         """The DKD-against-ASD chart of a ranking table."""

@@ -14,6 +14,12 @@ voxel inside keeps its class (0 inside a done unit is annotated background). A v
 is not a labelled volume (:func:`notLabelledReason` says why). A volume without proposals (a ``--unit volume``
 ranking) is labelled as a whole, as before.
 
+What a saved label records is its annotated voxels (everything but 255). Read back after a restart of Slicer or the
+browser (:func:`restoreSavedLabels`), they are turned into done units again (:func:`unitsFromMask`: the volume's
+proposals lying wholly inside them, then whole slices or boxes for the rest), so the volume stays annotated in
+exactly those voxels whatever order the label and the ranking come back in; :func:`setProposals` keeps the done
+units when a later ranking proposes other units, or none (a labelled volume gets none), for the same reason.
+
 The node's IJK grid is the image file's voxel grid (Slicer reads files with ITK, as the engine does), so the engine's
 ``(axis, index)`` and ``start`` apply to the node's ``[I, J, K]`` array (:func:`~.geometry.volumeFromNode`) unchanged.
 """
@@ -53,8 +59,10 @@ __all__ = [
     "proposalsFromRanking",
     "proposalsOf",
     "restoreDone",
+    "restoreSavedLabels",
     "setProposals",
     "unitMask",
+    "unitsFromMask",
     "doneSlicesFromMask",
 ]
 
@@ -64,6 +72,8 @@ PROPOSALS_ATTRIBUTE = "ASSFT.ProposedUnits"
 DONE_ATTRIBUTE = "ASSFT.DoneUnits"
 #: Volume node attribute: the position in the proposal list the views were last centred on.
 CURRENT_ATTRIBUTE = "ASSFT.CurrentUnit"
+#: :func:`unitsFromMask` refuses a mask that takes more boxes than this (not annotated in slices or regions).
+MAX_RESTORED_UNITS = 4096
 
 
 @dataclass(frozen=True)
@@ -185,8 +195,35 @@ def _writeUnits(volumeNode, attribute: str, units: Iterable[UnitProposal], withS
     volumeNode.SetAttribute(attribute, json.dumps([u.toRecord(withScore) for u in units]))
 
 
+def _inside(unit: UnitProposal, shape: Sequence[int]) -> bool:
+    try:
+        unit.voxelSlices(shape)
+    except ASSFTModuleError:
+        return False
+    return True
+
+
 def setProposals(volumeNode, proposals: Sequence[UnitProposal]) -> None:
-    """Store ``proposals`` (best first) on the volume; units already marked done stay done."""
+    """Store ``proposals`` (best first) on the volume; the voxels of the units already marked done stay done.
+
+    A new proposal lying wholly inside the done units is marked done itself (a ranking read back after a label whose
+    done units were restored as boxes, :func:`restoreSavedLabels`); a done unit that the new proposals do not cover
+    stays among the proposals, after them, so that the volume stays annotated in exactly its done units (a later
+    ranking proposes nothing for a labelled volume; without this its unannotated voxels would be saved as
+    background).
+    """
+    proposals = tuple(proposals)
+    done = doneUnits(volumeNode)
+    if done:
+        shape = tuple(volumeNode.GetImageData().GetDimensions())
+        covered = unitMask(shape, done)
+        matched = [p for p in proposals if _inside(p, shape) and covered[p.voxelSlices(shape)].all()]
+        byMatched = unitMask(shape, matched)
+        kept = [u for u in done if not byMatched[u.voxelSlices(shape)].all()]
+        done = tuple(dict((u.key, u) for u in [*matched, *kept]).values())
+        _writeUnits(volumeNode, DONE_ATTRIBUTE, done, withScore=False)
+        keys = {p.key for p in proposals}
+        proposals += tuple(u for u in done if u.key not in keys)
     _writeUnits(volumeNode, PROPOSALS_ATTRIBUTE, proposals, withScore=True)
     volumeNode.SetAttribute(CURRENT_ATTRIBUTE, "")
 
@@ -337,12 +374,91 @@ def doneSlicesFromMask(annotated: np.ndarray) -> Optional[Tuple[UnitProposal, ..
     return None
 
 
+def _boxes(mask: np.ndarray, limit: int) -> List[UnitProposal]:
+    """Disjoint boxes whose union is ``mask`` (bool ``[I, J, K]``): from the first voxel left in C order, the
+    longest run along K, then as many rows along J and planes along I as are wholly left."""
+    left = np.array(mask, dtype=bool, order="C")
+    flat = left.reshape(-1)  # a view: clearing a box in ``left`` clears it here
+    shape, cursor, boxes = left.shape, 0, []
+    while True:
+        rest = flat[cursor:]
+        if not rest.any():
+            return boxes
+        if len(boxes) == limit:
+            raise ASSFTModuleError(
+                f"its annotated voxels (not {NOT_ANNOTATED}) are not annotated in slices or regions: they need more "
+                f"than {limit} boxes. Save labels from the proposed slices or regions, or a full label."
+            )
+        cursor += int(np.argmax(rest))
+        i, j, k = (int(v) for v in np.unravel_index(cursor, shape))
+        run = left[i, j, k:]
+        k1 = k + (int(np.argmin(run)) if not run.all() else run.size)
+        j1 = j + 1
+        while j1 < shape[1] and left[i, j1, k:k1].all():
+            j1 += 1
+        i1 = i + 1
+        while i1 < shape[0] and left[i1, j:j1, k:k1].all():
+            i1 += 1
+        left[i:i1, j:j1, k:k1] = False
+        boxes.append(UnitProposal("region", start=(i, j, k), size=(i1 - i, j1 - j, k1 - k)))
+
+
+def unitsFromMask(
+    annotated: np.ndarray, proposals: Sequence[UnitProposal] = (), limit: int = MAX_RESTORED_UNITS
+) -> Tuple[UnitProposal, ...]:
+    """Units whose union is exactly the ``annotated`` voxels of a saved label (bool ``[I, J, K]``).
+
+    First the ``proposals`` lying wholly inside the mask (in their order: the proposed units the annotator marked
+    done), then for the voxels they leave: whole slices of one axis when those voxels are such a union
+    (:func:`doneSlicesFromMask`), else boxes (regions) covering them, disjoint, found in voxel order.
+
+    Raises:
+        ASSFTModuleError: the rest takes more than ``limit`` boxes (a scattered mask, not annotated in slices or
+            regions).
+    """
+    annotated = np.asarray(annotated, dtype=bool)
+    shape = annotated.shape
+    taken = [p for p in proposals if _inside(p, shape) and annotated[p.voxelSlices(shape)].all()]
+    rest = annotated & ~unitMask(shape, taken)
+    if not rest.any():
+        return tuple(taken)
+    slices = doneSlicesFromMask(rest)
+    return tuple(taken) + (slices if slices is not None else tuple(_boxes(rest, limit)))
+
+
 def restoreDone(volumeNode, done: Sequence[UnitProposal]) -> None:
-    """Mark ``done`` units done again (a partial label read back); a volume without proposals gets them as its
-    proposals, so that it stays annotated in those units only."""
-    if not proposalsOf(volumeNode):
-        setProposals(volumeNode, done)
+    """Mark ``done`` units done again (a partial label read back) in place of those marked so far; those that are not
+    among the volume's proposals join them (:func:`setProposals`), so that it stays annotated in those units only."""
     _writeUnits(volumeNode, DONE_ATTRIBUTE, done, withScore=False)
+    setProposals(volumeNode, proposalsOf(volumeNode))
+
+
+def restoreSavedLabels(volumeNode, labels: np.ndarray) -> np.ndarray:
+    """A saved label read back onto its volume (Slicer or the browser started again): the class map to paint.
+
+    A full label (no :data:`~ASSFTActive.partial.NOT_ANNOTATED`) is returned as it is and changes nothing. A partial
+    one marks the units whose union is its annotated voxels done (:func:`unitsFromMask`, preferring the volume's
+    proposals), so that the volume is saved again with exactly the same voxels not annotated, and returns the
+    classes with 0 where not annotated (nothing is painted there).
+
+    Args:
+        labels: the saved label ``[I, J, K]`` on the volume's grid.
+
+    Raises:
+        ASSFTModuleError: no annotated voxel (not a label of its volume), or annotated voxels that are no union of
+            slices or a few boxes.
+    """
+    labels = np.asarray(labels)
+    annotated = labels != NOT_ANNOTATED
+    if annotated.all():
+        return labels
+    if not annotated.any():
+        raise ASSFTModuleError(
+            f"it has no annotated voxel (every voxel is {NOT_ANNOTATED}, not annotated), so it is not a label of "
+            f"'{volumeNode.GetName()}'."
+        )
+    restoreDone(volumeNode, unitsFromMask(annotated, proposalsOf(volumeNode)))
+    return np.where(annotated, labels, 0).astype(labels.dtype)
 
 
 def notLabelledReason(volumeNode) -> str:
