@@ -15,7 +15,9 @@ above any class count a model card of this project has, so it can never be a cla
 
 Reading yields ``(labels, annotated)``: the labels with unannotated voxels set to 0 (so downstream code that wants a
 class map gets one) and a bool mask of the annotated voxels; only the masked voxels may be used by a loss, a check
-or a score. A volume with no annotated voxel is not a labelled volume.
+or a score. A volume with no annotated voxel is not a labelled volume. The one exception is a semi-supervised round
+of Adapt, which fills the unannotated voxels with the teacher's confident classes (:func:`fill_from_teacher`), the
+annotated ones keeping the annotator's.
 """
 
 from __future__ import annotations
