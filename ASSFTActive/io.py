@@ -116,6 +116,24 @@ def _suffix(path: Path) -> str:
     )
 
 
+def _not_a_file(path: Path) -> str:
+    """What ``path``, not a regular file nor a link to one, is instead: ``"is a folder, not an image file"``,
+    ``"is a link that leads to no file (...)"`` or ``"was not found"``."""
+    if path.is_dir():
+        return "is a folder, not an image file"
+    if path.is_symlink():
+        return "is a link that leads to no file (its target is missing or the links form a loop)"
+    return "was not found"
+
+
+def _unreadable(path: Path, exc: PermissionError) -> InputError:
+    """The refusal of a file this user may not read: a permission problem, not a corrupt file."""
+    return InputError(
+        f"{path}: cannot be read: permission denied ({exc.strerror or exc}). Make it readable (e.g. chmod a+r) or "
+        "run as a user who may read it."
+    )
+
+
 def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
     """Read a 3D volume with its RAS affine.
 
@@ -124,13 +142,17 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
         allow_channels: accept a 4D file ``[I, J, K, C]`` (only for models whose card declares channels).
 
     Raises:
-        InputError: missing, unreadable or corrupt file; a declared size beyond the limit or the file
+        InputError: missing, unreadable or corrupt file (a folder, a broken link and a file this user may not read
+            are each named as such, not as corrupt); a declared size beyond the limit or the file
             (:func:`check_declared_size`); a geometry ITK cannot read (:func:`itk_geometry`); not 3D; NaN or
             infinite voxels.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found. Check the path or the --images/--labels argument.")
+        what = _not_a_file(path)
+        if what == "was not found":
+            raise InputError(f"{path}: file not found. Check the path or the --images/--labels argument.")
+        raise InputError(f"{path}: {what}. Pass an image file (NIfTI, NRRD or MetaImage) or fix the link.")
     suffix = _suffix(path)
     try:
         if suffix in NIFTI_SUFFIXES:
@@ -139,7 +161,9 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
             array, affine = _read_itk(path)
     except InputError:
         raise
-    except Exception as exc:  # any reader failure means a corrupt or truncated file
+    except PermissionError as exc:
+        raise _unreadable(path, exc) from exc
+    except Exception as exc:  # any other reader failure means a corrupt or truncated file
         raise InputError(
             f"{path}: cannot read the file ({type(exc).__name__}: {exc}). It may be truncated or corrupt; "
             "re-export it from the scanner or viewer."
@@ -233,6 +257,8 @@ def _read_nifti(path: Path):
             array = np.asanyarray(image.dataobj)
             while stream.read(1 << 20):  # to the trailer: gzip checks the CRC-32 and length there
                 pass
+    except PermissionError as exc:  # an OSError too, but nothing is wrong with the data
+        raise _unreadable(path, exc) from exc
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise InputError(
             f"{path}: cannot read the file: its compressed data are corrupt or truncated ({exc}), so the voxels cannot "
@@ -662,15 +688,21 @@ def find_images(spec: PathLike) -> List[Path]:
     """Image files named by a folder or a glob pattern, sorted by name.
 
     Raises:
-        InputError: nothing matches.
+        InputError: nothing matches; an entry named like an image is not a file (a folder, a dangling link or a link
+            loop): it would otherwise be left out of the pool without a word.
     """
     text = str(spec)
     base = Path(text)
-    if base.is_dir():
-        candidates = [p for p in base.iterdir() if p.is_file()]
-    else:
-        candidates = [Path(p) for p in glob.glob(text) if Path(p).is_file()]
-    files = sorted(p for p in candidates if p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith("."))
+    candidates = list(base.iterdir()) if base.is_dir() else [Path(p) for p in glob.glob(text)]
+    named = sorted(p for p in candidates if p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith("."))
+    odd = [p for p in named if not p.is_file()]
+    if odd:
+        more = f" ({len(odd) - 1} more such entries: {', '.join(p.name for p in odd[1:4])})" if len(odd) > 1 else ""
+        raise InputError(
+            f"{odd[0]}: named like an image but {_not_a_file(odd[0])}{more}, so it cannot be ranked or used. "
+            "Move it out of the --images folder, or pass a glob that leaves it out."
+        )
+    files = named
     if not files:
         raise InputError(
             f"{text}: no NIfTI/NRRD/MetaImage files found. Pass a folder or a glob such as 'images/*.nii.gz'."
