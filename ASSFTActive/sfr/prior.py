@@ -100,14 +100,24 @@ def load_sam_prior(folder: Union[str, Path] = PRIOR_DIR, device: Optional[torch.
     """Read a SAM prior folder (the embedded one by default); every tensor is loaded strictly from safetensors.
 
     Raises:
-        ModelError: a missing or malformed card, weights outside the folder, or weights that do not fit.
+        ModelError: a missing or malformed card (not a JSON object, a 3D model card's folder), weights outside the
+            folder, or weights that do not fit the card's ``sam_config`` (each naming the card).
     """
     from safetensors.torch import load_file
 
     folder = Path(folder)
     card_path = folder / CARD_FILE
+    if not card_path.exists() and (folder / "card.json").is_file():
+        raise ModelError(
+            f"{folder} holds card.json, a 3D model card, not a SAM prior: a SAM prior folder holds {CARD_FILE} and "
+            "its weights. Give a SAM prior folder, or none for the embedded one."
+        )
     try:
         card = json.loads(card_path.read_text())
+        if not isinstance(card, dict):
+            raise ValueError(f"the card must be a JSON object, got {type(card).__name__}")
+        if not isinstance(card.get("sam_config", {}), dict):
+            raise ValueError(f"sam_config must be a JSON object of SamConfig fields, got {card['sam_config']!r}")
         config = SamConfig.from_dict(card["sam_config"])
         sam_input = SamInput.from_dict(card.get("sam_input", {}))
         class_names = tuple(str(c) for c in card["class_names"])
@@ -123,7 +133,10 @@ def load_sam_prior(folder: Union[str, Path] = PRIOR_DIR, device: Optional[torch.
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
         raise ModelError(f"cannot read SAM prior weights {weights}: {exc}") from exc
     model = Sam(config)
-    load_sam_weights(model, state)
+    try:
+        load_sam_weights(model, state)
+    except ModelError as exc:
+        raise ModelError(f"{card_path}: its weights {weights.name} do not fit its sam_config: {exc}") from exc
     if device is not None:
         model = model.to(device)
     return SamPrior(model=model.eval(), sam_input=sam_input, class_names=class_names, card=card, path=folder)

@@ -39,3 +39,42 @@ def test_a_prior_card_with_impossible_sizes_is_refused_naming_the_card_and_the_s
 def test_the_embedded_prior_still_loads():
     prior = load_sam_prior()
     assert prior.class_names and prior.model is not None
+
+
+def _prior_folder(tmp_path, change):
+    folder = tmp_path / "prior"
+    shutil.copytree(PRIOR_DIR, folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    (folder / CARD_FILE).write_text(change(card))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        (lambda card: json.dumps([card]), "the card must be a JSON object, got list"),
+        (lambda card: json.dumps(dict(card, sam_config="big")), "sam_config must be a JSON object of SamConfig"),
+        (
+            lambda card: json.dumps(
+                dict(
+                    card,
+                    class_names=["background", "hippocampus"],
+                    sam_config=dict(card["sam_config"], num_mask_tokens=2),
+                )
+            ),
+            "its weights weights.safetensors do not fit its sam_config: .*unexpected: mask_decoder",
+        ),
+    ],
+    ids=["card-is-a-list", "sam-config-is-a-string", "two-classes-three-class-weights"],
+)
+def test_a_prior_card_of_the_wrong_shape_is_refused_naming_the_card_and_what_is_wrong(tmp_path, change, said):
+    folder = _prior_folder(tmp_path, change)
+    with pytest.raises(ModelError, match=f"{CARD_FILE}.*{said}"):
+        load_sam_prior(folder)
+
+
+def test_a_3d_model_card_folder_given_as_the_sam_prior_is_named_as_such():
+    from ASSFTActive.cards import EMBEDDED_DEFAULT_CARD
+
+    with pytest.raises(ModelError, match="holds card.json, a 3D model card, not a SAM prior"):
+        load_sam_prior(EMBEDDED_DEFAULT_CARD.parent)
