@@ -41,3 +41,19 @@ class JobError(AssftError):
 
 class CancelledError(JobError):
     """The user asked to cancel."""
+
+
+def cancelled_by(error: BaseException) -> bool:
+    """Whether ``error`` is a cancellation or was raised while handling one.
+
+    A signal raises :class:`CancelledError` wherever the computation stands, also inside a ``try`` that turns any
+    failure into an error of its own (a reader's "cannot read the file"); such an error is the cancellation, not
+    a fault of the input, and is reported as ``cancelled``.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (CancelledError, KeyboardInterrupt)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, TextIO, Tuple
 
 from .confine import confined_to
-from .errors import AssftError, CancelledError, JobError
+from .errors import AssftError, CancelledError, JobError, cancelled_by
 from .jobs import (
     ADAPT_KINDS,
     CANCEL_FILE,
@@ -446,11 +446,13 @@ def run_job(job_dir: Path, device: Optional[str] = None, stdout: Optional[TextIO
 def _failure(exc: Exception, cancel: _Cancel, job_dir: Path, channel: _Channel) -> Tuple[str, str, int]:
     """How a failed job ends: ``(result status, message, exit code)``; the log gets the details.
 
-    Cancelled (a signal or the cancel file): ``cancelled``, exit 130. An :class:`~ASSFTActive.errors.AssftError` (bad
-    input, card, store, output; also a failing rank's error shipped by :func:`~ASSFTActive.distributed.map_shards`):
-    its message, exit 1. Anything else is a bug: ``unexpected <type>: ...`` with the traceback in ``log.txt``.
+    Cancelled (a signal or the cancel file, also when it arrived inside code that wraps any failure in an error of its
+    own, :func:`~ASSFTActive.errors.cancelled_by`): ``cancelled``, exit 130. An
+    :class:`~ASSFTActive.errors.AssftError` (bad input, card, store, output; also a failing rank's error shipped by
+    :func:`~ASSFTActive.distributed.map_shards`): its message, exit 1. Anything else is a bug: ``unexpected
+    <type>: ...`` with the traceback in ``log.txt``.
     """
-    if isinstance(exc, CancelledError):
+    if cancelled_by(exc):  # also a signal that arrived inside a reader's "cannot read the file" and the like
         channel.note(f"cancelled ({cancel.signal_name or 'by request'}); the model store was not changed")
         return RESULT_CANCELLED, "cancelled", EXIT_CANCELLED
     if isinstance(exc, AssftError):

@@ -5,7 +5,8 @@ Each subcommand lives in its own module of this package with two functions, ``ad
 
 * an :class:`ASSFTActive.errors.AssftError` (bad input, card, store, output; see :mod:`ASSFTActive.errors`) or an
   ``OSError`` from a file or the disk: one line ``error: ...`` on stderr, exit code 2, no traceback;
-* SIGTERM or SIGINT (:mod:`ASSFTActive.cli.signals`): ``cancelled``, exit code 130.
+* SIGTERM or SIGINT (:mod:`ASSFTActive.cli.signals`): ``cancelled``, exit code 130, also when the cancellation
+  arrived inside code that wraps any failure in an error of its own (:func:`ASSFTActive.errors.cancelled_by`).
 
 Anything else is a bug and keeps its traceback.
 """
@@ -18,7 +19,7 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from ..errors import AssftError, CancelledError
+from ..errors import AssftError, CancelledError, cancelled_by
 
 SUBCOMMANDS = ("rank", "overlay", "adapt", "sfr", "evaluate", "models", "demo", "check_card", "export_nnunet", "serve")
 #: Exit code of an expected failure (bad input, card, store, output) and of a cancelled command.
@@ -55,11 +56,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CancelledError, KeyboardInterrupt):
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
-    except AssftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:  # a file or the disk (permissions, a file where a folder should be, disk full)
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+    except (AssftError, OSError) as exc:
+        if cancelled_by(exc):  # a signal that arrived inside a reader's "cannot read the file" and the like
+            print("cancelled", file=sys.stderr)
+            return EXIT_CANCELLED
+        # an OSError: a file or the disk (permissions, a file where a folder should be, disk full)
+        print(f"error: {exc if isinstance(exc, AssftError) else describe_os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

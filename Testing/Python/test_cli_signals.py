@@ -72,3 +72,46 @@ def test_sigterm_cancels_adapt_cleanly(tmp_path):
     assert err.strip().splitlines()[-1] == "cancelled" and "Traceback" not in err
     assert not [p for p in store.rglob("version.json")]
     assert not [p for p in store.rglob(".pending-*")]
+
+
+def _cancel_inside_the_reader(monkeypatch):
+    """A SIGTERM arriving while a NIfTI file is read: the handler's ``CancelledError`` is raised inside the reader,
+    whose catch-all turns any failure into "cannot read the file"."""
+    import ASSFTActive.io as io_module
+    from ASSFTActive.errors import CancelledError
+
+    def interrupted(path):
+        raise CancelledError("cancelled (SIGTERM)")
+
+    monkeypatch.setattr(io_module, "_read_nifti", interrupted)
+
+
+def test_a_cancel_arriving_while_a_volume_is_read_ends_the_command_as_cancelled_not_as_a_corrupt_file(
+    tmp_path, monkeypatch, capsys
+):
+    from ASSFTActive.cli import EXIT_CANCELLED, main
+
+    images, _ = write_dataset(tmp_path / "data", count=1, labeled=0)
+    _cancel_inside_the_reader(monkeypatch)
+    code = main(["overlay", "--image", str(next(iter(images.values()))), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == EXIT_CANCELLED, err
+    assert err.strip().splitlines()[-1] == "cancelled" and "cannot read" not in err
+
+
+def test_a_worker_cancelled_while_a_volume_is_read_ends_with_the_cancelled_event_and_exit_130(tmp_path, monkeypatch):
+    import io
+
+    from ASSFTActive.jobs import EXIT_CANCELLED, RESULT_CANCELLED, JobSpec, read_job_result, write_job
+    from ASSFTActive.worker import run_job
+
+    images, _ = write_dataset(tmp_path / "data", count=2, labeled=0)
+    job = tmp_path / "job"
+    write_job(job, JobSpec(kind="rank", images={k: str(v) for k, v in images.items()}, budget=1))
+    _cancel_inside_the_reader(monkeypatch)
+    out = io.StringIO()
+    code = run_job(job, device="cpu", stdout=out)
+    last = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert code == EXIT_CANCELLED, last
+    assert last["event"] == "error" and last["message"] == "cancelled"
+    assert read_job_result(job).status == RESULT_CANCELLED
