@@ -78,3 +78,39 @@ def test_a_3d_model_card_folder_given_as_the_sam_prior_is_named_as_such():
 
     with pytest.raises(ModelError, match="holds card.json, a 3D model card, not a SAM prior"):
         load_sam_prior(EMBEDDED_DEFAULT_CARD.parent)
+
+
+def _weights_as_pickle(folder):
+    import torch
+    from safetensors.torch import load
+
+    weights = folder / "weights.safetensors"
+    torch.save(load(weights.read_bytes()), str(weights))  # the same tensors, pickled (not memory-mapped: rewritten)
+
+
+def _weights_linked_outside(folder):
+    outside = folder.parent / "outside.safetensors"
+    (folder / "weights.safetensors").rename(outside)
+    (folder / "weights.safetensors").symlink_to(outside)
+
+
+@pytest.mark.parametrize(
+    "spoil, said",
+    [
+        (lambda folder: (folder / CARD_FILE).unlink(), f"cannot read the SAM prior card .*{CARD_FILE}"),
+        (lambda folder: (folder / CARD_FILE).write_text("{bad json"), f"cannot read the SAM prior card .*{CARD_FILE}"),
+        (
+            lambda folder: (folder / "weights.safetensors").unlink(),
+            "cannot read SAM prior weights .*weights.safetensors",
+        ),
+        (_weights_as_pickle, "cannot read SAM prior weights .*weights.safetensors"),
+        (_weights_linked_outside, "weights 'weights.safetensors' lie outside the card's folder"),
+    ],
+    ids=["no-card", "card-not-json", "no-weights", "pickled-weights", "weights-linked-outside"],
+)
+def test_a_prior_folder_that_cannot_be_read_safely_is_refused_naming_the_file(tmp_path, spoil, said):
+    folder = tmp_path / "prior"
+    shutil.copytree(PRIOR_DIR, folder)
+    spoil(folder)
+    with pytest.raises(ModelError, match=said):
+        load_sam_prior(folder)
