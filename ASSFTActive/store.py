@@ -463,15 +463,24 @@ def resolve_card_path(spec: Optional[PathLike]) -> Path:
     if path.is_file():
         if _is_version_folder(path.parent):
             verify_version(path.parent, load=False)
+        else:
+            _refuse_version_without_manifest(path.parent)
         return path.resolve()
     if path.is_dir():
         if _is_version_folder(path):
             verify_version(path, load=False)
             return (path / CARD_FILE).resolve()
+        _refuse_version_without_manifest(path)
         if (path / ACTIVE_FILE).is_file() or any(_VERSION.match(p.name) for p in path.iterdir()):
             store = ModelStore(path.parent)
             active = store.active(path.name)
             if active is None:
+                named = store.active_version(path.name)
+                if named is not None and (path / named).is_dir():
+                    raise StoreError(
+                        f"{path / named}: the active version has no readable {MANIFEST_FILE} (incomplete or changed "
+                        "after writing); it cannot be used. Activate a complete version with `assft models activate`."
+                    )
                 raise StoreError(f"{path}: model has no active version; activate one with `assft models activate`.")
             verify_version(active.path, load=False)
             return active.card_path.resolve()
@@ -502,3 +511,25 @@ def resolve_card(spec: Optional[PathLike]) -> ModelCard:
 def _is_version_folder(path: Path) -> bool:
     """A store version (or a copy of one): a folder holding a manifest."""
     return (path / MANIFEST_FILE).is_file()
+
+
+def _refuse_version_without_manifest(folder: Path) -> None:
+    """Refuse a ``v<k>`` folder inside a store's model folder (beside ``active.json`` or a complete version) that
+    has lost its manifest: its files cannot be checked against what was written, and using its card as a plain card
+    would run changed weights without a word.
+
+    Raises:
+        StoreError: ``folder`` is such a version.
+    """
+    model = folder.parent
+    if not _VERSION.match(folder.name) or _is_version_folder(folder) or not model.is_dir():
+        return
+    in_store = (model / ACTIVE_FILE).is_file() or any(
+        _VERSION.match(p.name) and _is_version_folder(p) for p in model.iterdir() if p.is_dir()
+    )
+    if in_store:
+        raise StoreError(
+            f"{folder}: a model store version without its manifest ({MANIFEST_FILE}; incomplete or changed after "
+            "writing); its files cannot be checked, so it is not used. Use a complete version (see `assft models "
+            f"--store {model.parent}`), or copy the card and its weights to a folder of their own."
+        )
