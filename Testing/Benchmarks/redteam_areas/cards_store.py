@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -135,10 +136,13 @@ def _write_cards(w: World) -> None:
 
     state = load_file(str(DEFAULT / "weights.safetensors"))
     w.p("cs_pwned").mkdir()
+    shared = w.p("cs_cards", "default.safetensors")  # one copy, hard-linked into each card's folder
+    shared.parent.mkdir()
+    shutil.copy(DEFAULT / "weights.safetensors", shared)
     for case, changes in CARD_CHANGES.items():
         folder = w.p("cs_cards", case)
-        folder.mkdir(parents=True)
-        shutil.copy(DEFAULT / "weights.safetensors", folder / "weights.safetensors")
+        folder.mkdir()
+        os.link(shared, folder / "weights.safetensors")
         if changes is None:
             (folder / "card.json").write_text(RAW_TEXT[case])
             continue
@@ -158,6 +162,7 @@ def _write_cards(w: World) -> None:
         pickle.dumps(_Payload(w.p("cs_pwned", "pickle_as_safetensors")))
     )
     encoder = _card_data()["encoder_stages"][0] + "."
+    w.p("cs_cards", "encoder_missing", "weights.safetensors").unlink()  # a file of its own, not the shared copy
     save_file(
         {k: v for k, v in state.items() if not k.startswith(encoder)},
         str(w.p("cs_cards", "encoder_missing", "weights.safetensors")),
