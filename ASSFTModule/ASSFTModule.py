@@ -227,9 +227,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume = self._parameterNode.currentVolume
             issues = self.sceneLogic.labelIssues(volume, card) if volume is not None else ()
             if issues:  # flagged as the labels come back from the Segment Editor, not 13 s into Adapt Model
-                self.setStatus(
-                    _("Check the labels of {volume}: {issues}").format(volume=volume.GetName(), issues=" ".join(issues))
-                )
+                self.setStatus(guidance.labelCheckLine(volume.GetName(), issues))
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import slicer
 from ASSFTModuleLib import overlay as overlay_logic
 from ASSFTModuleLib.errors import ASSFTModuleError
+from ASSFTModuleLib.guidance import outOfDistributionNote
 from ASSFTModuleLib.jobFolder import describeQueryRound
 from ASSFTModuleLib.jobProcess import SubprocessJobRunner
 from ASSFTModuleLib.parameters import AdaptMethodChoice, AnnotationUnitChoice, queryRoundsValue
@@ -40,7 +41,7 @@ from ASSFTActive.errors import AssftError
 from ASSFTActive.jobs import ADAPT_KINDS
 
 from . import fields
-from .guidance import next_step
+from .guidance import held_back_reasons, next_step
 from .plot import LEGEND, scores_svg
 from .security import AccessPolicy, install, is_loopback
 from .session import DEFAULT_OPACITY, DEFAULT_THRESHOLD, AnnotatorSession, ServeConfig
@@ -62,13 +63,18 @@ def _finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _round_line(plan) -> str:
-    """The ranking caption's query line: the round only when the budget is spread over several rounds."""
+def _round_line(plan, rows) -> str:
+    """The ranking caption's query line (the round only when the budget is spread over several rounds), with the
+    volumes actually proposed and those held back as out of distribution (``rows``: the table's rows)."""
+    proposed = sum(1 for row in rows if row.get("state") == "proposed")
+    held_back = held_back_reasons(rows)
+    note = f" {outOfDistributionNote(held_back, len(rows), proposed)}" if held_back else ""
     if plan is None:
-        return ""
+        return note
     if plan.total_rounds > 1:
-        return f" {describeQueryRound(plan)}"
-    return f" {plan.size} volume{'' if plan.size == 1 else 's'} proposed."
+        return f" {describeQueryRound(plan, proposed=proposed)}{note}"
+    count = "No volume" if proposed == 0 else f"{proposed} volume{'' if proposed == 1 else 's'}"
+    return f" {count} proposed.{note}"
 
 
 def _query_rounds(value) -> int:
@@ -291,8 +297,8 @@ class ASSFTWebApp(TrameApp):
             what = "Re-ranked with the adapted model" if outcome.kind in ADAPT_KINDS else "Ranked"
             caption = f"{what}: ranking {self.state.ranking_round}, model {model}."
             query_round = getattr(outcome.loaded, "queryRound", None)
-            self.state.ranking_caption = caption + _round_line(query_round)
             self._refresh_rows()
+            self.state.ranking_caption = caption + _round_line(query_round, self.state.rows)
             if self.state.rows:
                 self.select_row(self.state.selected_row if self.state.selected_row >= 0 else 0)
         if outcome.status == "error" and self.state.error:  # the message is in the red box, not twice
@@ -335,10 +341,10 @@ class ASSFTWebApp(TrameApp):
         self.state.ranking_round = 1
         job = Path(self.session.parameters.lastJobDirectory).name
         skipped = f" Not loaded now: {', '.join(loaded.skippedCases)}." if loaded.skippedCases else ""
-        self.state.ranking_caption = (
-            f"Last ranking, shown again from job {job}." + _round_line(loaded.queryRound) + skipped
-        )
         self._refresh_rows()
+        self.state.ranking_caption = (
+            f"Last ranking, shown again from job {job}." + _round_line(loaded.queryRound, self.state.rows) + skipped
+        )
         if self.state.rows:
             self.select_row(0)
         self._update_next_step()

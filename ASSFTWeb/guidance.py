@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from ASSFTModuleLib.guidance import outOfDistributionNote
+
 
 def next_step(
     rows: Sequence[Mapping],
@@ -67,4 +69,13 @@ def next_step(
             f"Next: press Adapt Model to fine-tune on the {len(labeled)} labelled volume"
             f"{'s' if len(labeled) != 1 else ''}; the pool is re-ranked afterwards."
         )
+    held_back = held_back_reasons(rows)
+    if held_back and not annotated:  # ranking again would change nothing
+        return outOfDistributionNote(held_back, len(rows), proposed=0)
     return "Next: pick a row, press Annotate and label it, then Save labels and Adapt Model."
+
+
+def held_back_reasons(rows: Sequence[Mapping]) -> tuple:
+    """The ``ood`` reasons of the rows the ranking held back as out of distribution (flagged, not proposed, not
+    labelled)."""
+    return tuple(r["ood"] for r in rows if r.get("ood") and r.get("state") not in ("proposed", "labeled"))

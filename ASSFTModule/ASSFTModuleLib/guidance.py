@@ -70,6 +70,51 @@ def legend(classNames: Sequence[str] = ()) -> Tuple[LegendEntry, ...]:
     return tuple(entries)
 
 
+#: The engine's prefix of a volume's out-of-distribution reason (``ASSFTActive.query.ood``), left out when quoted.
+_OOD_PREFIX = "out of distribution: "
+
+
+def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int) -> str:
+    """What the ranking held back as out of distribution for the model (``ranking.json``'s ``ood``), in one or two
+    plain sentences with what to do; "" when nothing was held back. Both UIs show it after a ranking, and as the next
+    step when it left nothing proposed (a CT pool ranked with an MRI model: ranking again changes nothing).
+
+    Args:
+        reasons: the ``ood`` reason of every unlabelled volume that was flagged and not proposed.
+        total: the volumes ranked.
+        proposed: the volumes proposed.
+    """
+    if not reasons:
+        return ""
+    first = reasons[0][len(_OOD_PREFIX) :] if reasons[0].startswith(_OOD_PREFIX) else reasons[0]
+    count = f"{len(reasons)} of {total} volume{'s' if total != 1 else ''}"
+    if proposed:
+        return f"{count} not proposed: out of distribution for this model (e.g. {first}); see the Why column."
+    return (
+        f"No volume proposed: {count} look out of distribution for this model (e.g. {first}). Load volumes like "
+        "those the model was trained on, or choose a model made for these; to label one anyway, click its row and "
+        "press Annotate."
+    )
+
+
+def labelCheckLine(volumeName: str, issues: Sequence[str]) -> str:
+    """The status line when the labels of a volume come back from the Segment Editor and the engine's label checks
+    (:meth:`~.logic.ASSFTSceneLogic.labelIssues`) flag them: what is wrong and what to do about it, in the panel, not
+    13 s into Adapt Model. "" when nothing is flagged."""
+    if not issues:
+        return ""
+    return (
+        f"Check the labels of {volumeName}: {' '.join(issues)} Press Annotate and paint every class of the model "
+        "(pick the class in the segment list), or keep them as they are: Adapt Model will then refuse them and "
+        "offer Train anyway."
+    )
+
+
+def heldBackReasons(cases: Sequence) -> Tuple[str, ...]:
+    """The ``ood`` reasons of the ranking rows (:class:`~.records.RankingRow`) flagged, not proposed, not labelled."""
+    return tuple(case.ood for case in cases if case.ood and not case.selected and not case.labeled)
+
+
 def nextStep(tableNode=None, running: bool = False, writing: bool = False) -> str:
     """The one next step of the round, rank -> annotate the proposed -> Adapt Model, from the ranking table.
 
@@ -95,4 +140,7 @@ def nextStep(tableNode=None, running: bool = False, writing: bool = False) -> st
         )
     if labeled:
         return f"Next: press Adapt Model to fine-tune the model on your {labeled} labelled volume(s)."
+    heldBack = heldBackReasons(cases)
+    if heldBack:  # ranking again would change nothing
+        return outOfDistributionNote(heldBack, len(cases), proposed=0)
     return "Next: press Rank Volumes again (no volume is proposed or labelled)."

@@ -31,7 +31,7 @@ from ASSFTActive.progress import DONE as PROGRESS_DONE
 from ASSFTActive.progress import FAILED as PROGRESS_FAILED
 from ASSFTActive.progress import JobProgress, ProgressState, job_units
 
-from . import jobFolder
+from . import guidance, jobFolder, ranking
 from .errors import ASSFTModuleError, JobFailedError
 from .jobProcess import WorkerOutput, deviceProbeCommand, formatEvent, parseDeviceProbe, pythonExecutable, workerCommand
 from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
@@ -577,8 +577,14 @@ class JobController:
                 f"The adapted model was stored but not activated: {loaded.result.activationReason} "
                 f"({loaded.adaptedModel}).{method}"
             )
+        table = loaded.tableNode
+        cases = [ranking.rankedCaseFromTable(table, row)[0] for row in range(table.GetNumberOfRows())] if table else []
+        proposed = sum(1 for case in cases if case.selected)
         if loaded.queryRound is not None:
-            message += " " + jobFolder.describeQueryRound(loaded.queryRound)
+            message += " " + jobFolder.describeQueryRound(loaded.queryRound, proposed=proposed)
+        heldBack = guidance.heldBackReasons(cases)
+        if heldBack:  # the user is told, not left with an empty proposal
+            message += " " + guidance.outOfDistributionNote(heldBack, len(cases), proposed)
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

@@ -1,0 +1,156 @@
+"""What the CT-pool walkthrough (``Testing/Benchmarks/walkthrough_ct.py``, issue 26's goal) found, on real MRML through
+slicer-core: a pool the model was not made for (every volume out of distribution) was reported as "2 volumes
+proposed" with the next step "press Rank Volumes again"; and volumes loaded without a file (from DICOM) lost their
+ranking when the scene was loaded again."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import slicer_scene
+
+slicer = slicer_scene.requireSlicer()
+
+from ASSFTModuleLib import geometry, guidance, ranking  # noqa: E402
+from ASSFTModuleLib.jobController import DONE, JobController  # noqa: E402
+from ASSFTModuleLib.jobFolder import readCaseNodes  # noqa: E402
+from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
+from ASSFTModuleLib.records import CaseState  # noqa: E402
+from slicer_scene import RecordingRunner, Signals, fakeFinishedJob, parameterNode  # noqa: E402
+
+from ASSFTActive.io import Volume  # noqa: E402
+
+CT_REASON = "out of distribution: looks like CT (46 % of voxels below -500 HU) but the model takes MRI"
+
+
+def flagEveryCase(spec, budget: int = 1) -> None:
+    """Turn a finished fake ranking into what the worker writes for a pool that is out of distribution for the
+    model: every case flagged, none selected, and the round's plan of ``budget`` volumes in ``config.json``."""
+    path = spec.jobDir / "ranking.json"
+    data = json.loads(path.read_text())
+    for case in data["cases"]:
+        case.update(selected=False, ood=CT_REASON, reason=f"not proposed: {CT_REASON}")
+    path.write_text(json.dumps(data))
+    plan = {"round": 1, "rounds": 1, "round_budgets": [budget], "proposed": budget, "labeled_before": 0}
+    (spec.jobDir / "config.json").write_text(json.dumps({"query_round": plan}))
+
+
+def test_a_pool_held_back_as_out_of_distribution_is_reported_with_what_to_do_not_as_proposed(tmp_path):
+    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
+    controller = JobController(logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable)
+    node = parameterNode(tmp_path / "work", cardPath, budget=2)
+    controller.setParameterNode(node)
+    signals = Signals(controller)
+
+    spec = controller.startJob("rank")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    flagEveryCase(spec, budget=2)
+    controller._runner.end(0)
+
+    outcome = signals.finished[-1]
+    assert outcome.status == DONE
+    message = signals.status[-1]
+    assert "2 volumes proposed" not in message
+    assert "no volume proposed" in message
+    assert "No volume proposed: 2 of 3 volumes look out of distribution for this model" in message
+    assert "looks like CT (46 % of voxels below -500 HU) but the model takes MRI" in message
+    assert "press Annotate" in message  # what to do
+    # the next step under the buttons says the same (ranking again would change nothing); case b is labelled
+    step = guidance.nextStep(node.rankingTable)
+    assert "Adapt Model" in step  # one labelled volume: adapting is still the next step
+    ranking.setCaseState(node.rankingTable, "case_b", CaseState.UNLABELED)
+    step = guidance.nextStep(node.rankingTable)
+    assert step.startswith("No volume proposed: 3 of 3 volumes look out of distribution")
+    assert "Rank Volumes again" not in step
+
+
+def test_a_partly_flagged_pool_says_how_many_were_held_back():
+    note = guidance.outOfDistributionNote((CT_REASON,), total=4, proposed=2)
+    assert note.startswith("1 of 4 volumes not proposed: out of distribution for this model (e.g. looks like CT")
+    assert "Why column" in note
+    assert guidance.outOfDistributionNote((), total=4, proposed=2) == ""
+
+
+def test_the_browser_next_step_and_caption_say_the_pool_is_out_of_distribution():
+    from ASSFTActive.query.rounds import RoundPlan
+    from ASSFTWeb.app import _round_line
+    from ASSFTWeb.guidance import next_step
+
+    rows = [{"volume": f"ct {n}", "state": "unlabeled", "ood": CT_REASON} for n in range(4)]
+    step = next_step(rows, job_running=False)
+    assert step.startswith("No volume proposed: 4 of 4 volumes look out of distribution for this model")
+    caption = _round_line(RoundPlan(budgets=(2,), round_index=0, size=2, labeled=0), rows)
+    assert "2 volumes proposed" not in caption and caption.startswith(" No volume proposed.")
+    assert "out of distribution" in caption
+
+
+def addArray(scene, volume: Volume, name: str):
+    return geometry.addVolumeNode(scene, volume, name)
+
+
+def test_a_ranking_of_volumes_made_in_the_scene_comes_back_on_the_same_voxels_after_a_scene_reload(tmp_path):
+    """Volumes loaded from DICOM have no file to link: the job writes them from the scene and records a digest of
+    their voxels and grid; the ranking comes back on nodes made again with the same voxels, never on changed ones."""
+    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
+    volumes = {node.GetName(): geometry.volumeFromNode(node) for node in nodes}
+    volumes = {name: Volume(np.array(v.array), v.affine) for name, v in volumes.items()}
+    spec = logic.prepareJob("rank", tmp_path / "work", str(cardPath), budget=1)
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    recorded = readCaseNodes(spec.jobDir)
+    assert all("content" in info and "source" not in info for info in recorded.values())
+
+    again = slicer_scene.SlicerScene()  # Slicer restarted, the same series loaded again (new IDs, no tokens)
+    changed = volumes["case b"].array.copy()
+    changed[0, 0, 0] += 1
+    made = [
+        addArray(again.scene, volumes["case/c"], "case/c"),
+        addArray(again.scene, Volume(changed, volumes["case b"].affine), "case b"),
+        addArray(again.scene, volumes["case a"], "case a"),
+    ]
+    restored = ASSFTSceneLogic(again.scene, again.appLogic).restoreLatestRanking(tmp_path / "work")
+
+    assert restored is not None
+    table = restored[1].tableNode
+    attached = {}
+    for row in range(table.GetNumberOfRows()):
+        case, nodeId = ranking.rankedCaseFromTable(table, row)
+        if nodeId:
+            attached[case.caseId] = again.scene.GetNodeByID(nodeId).GetName()
+    assert attached == {"case_a": "case a", "case_c": "case/c"}  # case b's voxels changed: not attached
+    assert made[1].GetID() not in attached.values()
+
+
+def test_the_content_digest_tells_voxels_and_grid_apart():
+    from ASSFTModuleLib.jobFolder import contentFingerprint
+
+    image = slicer_scene.syntheticImage()
+    affine = slicer_scene.rotatedAffine()
+    first = contentFingerprint(Volume(image, affine))
+    assert first == contentFingerprint(Volume(image.copy(), affine.copy()))
+    moved = affine.copy()
+    moved[0, 3] += 0.5
+    assert contentFingerprint(Volume(image, moved))["digest"] != first["digest"]
+    assert contentFingerprint(Volume(image.astype(np.int32), affine))["dtype"] != first["dtype"]
+    other = image.copy()
+    other[3, 4, 5] += 1
+    assert contentFingerprint(Volume(other, affine))["digest"] != first["digest"]
+
+
+def test_a_half_labelled_volume_is_flagged_with_what_to_do_when_its_labels_come_back(tmp_path):
+    from ASSFTModuleLib import segmentation
+
+    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
+    labels = slicer_scene.syntheticLabels()
+    labels[labels == 2] = 0  # only 'anterior' painted
+    annotation = logic.annotationSegmentation(nodes[0], card)
+    segmentation.fillSegmentationFromClassLabelmap(annotation, Volume(labels, geometry.ijkToRasArray(nodes[0])), card)
+
+    issues = logic.labelIssues(nodes[0], card)
+    line = guidance.labelCheckLine(nodes[0].GetName(), issues)
+
+    assert issues and "'posterior'" in line
+    assert line.startswith("Check the labels of case a: ")
+    assert "Press Annotate and paint every class of the model" in line and "Train anyway" in line
+    assert guidance.labelCheckLine("case b", logic.labelIssues(nodes[1], card)) == ""
