@@ -103,6 +103,8 @@ class CaseMetrics:
     case_id: str
     dice: Tuple[float, ...]  # per foreground class
     hd95: Tuple[float, ...]  # per foreground class, mm (NaN if undefined)
+    #: voxels the label file marks as not annotated (:data:`ASSFTActive.partial.NOT_ANNOTATED`), left out of the score
+    not_annotated: int = 0
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,10 @@ def evaluate_cases(
                     message=("scored although implausible (allowed): " if issue in refused else "") + issue.message,
                 )
         hd = hd95_per_class(prediction, truth_array, n, image.spacing) if hd95 else tuple([NOT_SCORED] * (n - 1))
-        metrics = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd)
+        unknown = (
+            0 if annotated is None or isinstance(case.label, Volume) else int(np.size(annotated) - annotated.sum())
+        )
+        metrics = CaseMetrics(case.case_id, dice_per_class(prediction, truth_array, n), hd, not_annotated=unknown)
         emit(progress, "progress", phase=phase, step=step, total=len(cases), message=f"scored {case.case_id}")
         return metrics, present
 

@@ -191,6 +191,17 @@ def format_summary(result, title: str = "", pseudo_line: Optional[str] = None) -
         f"labelled volumes: {len(result.labeled)}; training stopped at step {metrics['stop_step']}",
         pseudo_line,
     ]
+    from ..partial import NOT_ANNOTATED
+
+    partial = getattr(result, "not_annotated", ())
+    if partial:  # the value 255 is read as "not annotated", never as a class: say so, a 0/255 mask is common
+        lines.insert(
+            -1,
+            f"partial labels, trained on their annotated voxels only: {len(partial)} label file(s) mark voxels as "
+            f"not annotated ({NOT_ANNOTATED}): "
+            + ", ".join(f"{case} ({voxels} voxels)" for case, voxels in partial[:8])
+            + (", ..." if len(partial) > 8 else ""),
+        )
     if result.skipped:
         lines.append(
             f"skipped: {len(result.skipped)} volume(s): "

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text, case_id, find_images, match_labels
     from ..label_checks import EvaluationChecks, thresholds_for
     from ..models import load_card, load_model
+    from ..partial import NOT_ANNOTATED
     from ..store import resolve_card_path
     from .common import resolve_device
 
@@ -88,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     )
     md_path = atomic_write_text(out / "evaluation.md", header + report.to_markdown())
     print(header + report.to_markdown(), end="")
+    partial = [case for case in report.cases if case.not_annotated]
+    if partial:  # the value 255 is read as "not annotated", never as a class: say so, a 0/255 mask is common
+        print(
+            f"\npartial labels, scored on their annotated voxels only: {len(partial)} label file(s) mark voxels as "
+            f"not annotated ({NOT_ANNOTATED}): "
+            + ", ".join(f"{case.case_id} ({case.not_annotated} voxels)" for case in partial[:8])
+            + (", ..." if len(partial) > 8 else "")
+        )
     for item in skipped:
         print(f"skipped {item.path}: {item.reason}", file=sys.stderr)
     print(f"\nwrote {csv_path} and {md_path}")

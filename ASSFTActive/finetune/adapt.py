@@ -186,6 +186,9 @@ def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
             predictions=predictions,
             seconds=time.time() - run.started,
             resumed_from=trained.resumed_from,
+            not_annotated=tuple(
+                (c.case_id, int(c.annotated.size - c.annotated.sum())) for c in labeled if c.annotated is not None
+            ),
         )
     )
     run.emit(

@@ -39,6 +39,8 @@ class AdaptResult:
         predictions: ``{case_id: label file}`` of the unlabelled volumes predicted by the new model.
         seconds: wall time of the run.
         resumed_from: global training step the run resumed from (0 = fresh start).
+        not_annotated: ``(case_id, voxels)`` of each partial label, the voxels it marks as not annotated
+            (:data:`ASSFTActive.partial.NOT_ANNOTATED`, left out of the training), so a report can name them.
     """
 
     name: str
@@ -54,6 +56,7 @@ class AdaptResult:
     predictions: Mapping[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     resumed_from: int = 0
+    not_annotated: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def dice_before(self) -> float:
