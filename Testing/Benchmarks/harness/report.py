@@ -28,7 +28,9 @@ GOALS = RESULTS / "goals.json"
 #: activated is a false activation; one better by more than ``FALSE_REFUSAL_MARGIN`` yet refused is a false refusal.
 FALSE_ACTIVATION_MARGIN = 0.01
 FALSE_REFUSAL_MARGIN = 0.02
-GOAL_KEY = ("topic", "goal", "setting", "budget", "split")
+#: A goal row's key in the goals file; ``effort`` (the effort measure of a ``sparse`` row) is absent, i.e. ``None``,
+#: from the other topics' rows, so their keys are what they were.
+GOAL_KEY = ("topic", "goal", "setting", "budget", "split", "effort")
 #: Goal-row names of the split parts (``BENCHMARKS.md``'s goals file; the same as the other benchmarks write).
 SPLIT_NAMES = {"development": "dev", "test": "test"}
 #: A step count is the ceiling's flat point when the next one gains less than this (mean Dice).
@@ -509,7 +511,11 @@ def write(
     command: str = "",
 ) -> Dict[str, Any]:
     """Summarise the records under ``records_root`` into ``<out_stem>.md``, ``.json`` and one PNG per setting;
-    merge the goal rows into ``goals`` (skipped when ``None``)."""
+    merge the goal rows into ``goals`` (skipped when ``None``). Records that carry an annotation effort (the
+    ``sparse`` profile, issue 27) add the Dice-against-effort section, its PNG per setting
+    (``<stem>_effort_<setting>.png``) and the ``sparse`` goal rows (:mod:`.sparse_report`); without them the
+    outputs are exactly the query report's."""
+    from . import sparse_report
     from .runner import load_records
 
     records = load_records(records_root)
@@ -525,11 +531,22 @@ def write(
         "command": command,
         "summary": summary,
     }
+    text = markdown(summary, f"Query benchmark: {out_stem.name}", command)
+    effort = sparse_report.summarise(records) if sparse_report.has_effort(records) else None
+    if effort is not None:
+        report["effort"] = effort
+        text += "\n" + sparse_report.markdown(effort)
     out_stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
-    out_stem.with_suffix(".md").write_text(markdown(summary, f"Query benchmark: {out_stem.name}", command))
+    out_stem.with_suffix(".md").write_text(text)
     pngs = plot(summary, lambda name: out_stem.parent / f"{out_stem.name}_{name.replace('/', '_')}.png")
+    if effort is not None:
+        pngs += sparse_report.plot(
+            effort, lambda name: out_stem.parent / f"{out_stem.name}_effort_{name.replace('/', '_')}.png"
+        )
     if goals is not None:
         merge_goal_rows(goals, goal_rows(summary, default_arm, source, git))
+        if effort is not None:
+            merge_goal_rows(goals, sparse_report.goal_rows(effort, source, git))
     report["png"] = [_relative(p) for p in pngs]
     return report
 

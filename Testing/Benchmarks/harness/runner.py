@@ -13,7 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -63,6 +63,8 @@ class Profile:
         ceiling_steps: step counts of the whole-pool ceiling (half supervised, half second stage).
         finetune: ``FinetuneConfig`` overrides for every arm (tiny runs only; the real profiles use the default).
         pool_size, eval_size: override the settings' pool size / evaluate on the first cases only (tiny runs).
+        effort: every arm's records carry the annotation effort (:mod:`.sparse`; the effort profile, so that the
+            whole-volume reference is drawn against effort beside the slice and region arms).
     """
 
     settings: Tuple[str, ...]
@@ -76,14 +78,31 @@ class Profile:
     finetune: Tuple[Tuple[str, Any], ...] = ()
     pool_size: Optional[int] = None
     eval_size: Optional[int] = None
+    effort: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        """The record's ``profile`` (``effort`` only when set, so the other profiles' records keep their keys)."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        if not self.effort:
+            del out["effort"]
+        return out
 
 
 UNIFORM = ("hippocampus_mild", "hippocampus_harsh", "acdc_mild", "acdc_harsh")
 HETERO = ("hippocampus_multisite", "acdc_path")
 COMPARED = ("random", "fg_random", "coreset", "clasp_pe", "assft")
+#: The effort benchmark's arms (issue 27 item 4): whole volumes by the default query (the reference, effort recorded;
+#: its voxels changed are those of correcting its volumes' pre-fill, so ``prefill_correction``, the same labels and
+#: training, is not run twice), slices and regions by score, random slices, each budget an effort of B volumes in
+#: painted slices; and slices by score / at random within the voxels changed of B pre-filled volumes.
+SPARSE = (
+    "assft",
+    "slices_by_score",
+    "slices_random",
+    "regions_by_score",
+    "slices_by_score_prefill",
+    "slices_random_prefill",
+)
 
 PROFILES: Dict[str, Profile] = {
     # the whole pipeline on tiny settings (the slow-marked smoke test): < 3 min on one thread
@@ -107,6 +126,11 @@ PROFILES: Dict[str, Profile] = {
     "guarded": Profile(
         settings=UNIFORM + HETERO, split="test", pools=5, budgets=(2, 4), arms=("assft_guarded",), ceiling_steps=()
     ),
+    # effort as the budget (issue 27 item 4), development split: Dice against annotation effort at 2 and 4 whole
+    # volumes' effort, and 8 so that the curves reach 95 % of the converged ceiling
+    "sparse": Profile(
+        settings=UNIFORM + HETERO, split="development", pools=5, budgets=(2, 4, 8), arms=SPARSE, effort=True
+    ),
 }
 
 
@@ -115,7 +139,12 @@ def with_finetune(arm: Arm, overrides: Sequence[Tuple[str, Any]]) -> Arm:
         return arm
     merged = dict(overrides)
     merged.update(dict(arm.finetune))  # an arm's own steps (the ceiling) win over the profile's
-    return Arm(arm.name, arm.query, tuple(sorted(merged.items())), arm.guard, arm.seeded, arm.whole_pool, arm.label)
+    return replace(arm, finetune=tuple(sorted(merged.items())))
+
+
+def with_effort(arm: Arm, profile: Profile) -> Arm:
+    """The arm as ``profile`` runs it: a volume arm of an effort profile records its effort."""
+    return replace(arm, record_effort=True) if profile.effort and not arm.records_effort else arm
 
 
 def plan(
@@ -133,16 +162,15 @@ def plan(
         for pool in replicates:
             units.append(Unit(name, profile.split, pool, FLOOR, 0, 0, 0))
             for arm in chosen:
-                arm = with_finetune(arm, profile.finetune)
+                arm = with_effort(with_finetune(arm, profile.finetune), profile)
                 for budget in (0,) if arm.whole_pool else profile.budgets:
                     for draw in range(arm.draws(budget, profile.draws)):
                         for seed in range(profile.seeds):
                             units.append(Unit(name, profile.split, pool, arm, budget, draw, seed))
             for steps in profile.ceiling_steps:
                 for seed in range(profile.seeds):
-                    units.append(
-                        Unit(name, profile.split, pool, with_finetune(ceiling_arm(steps), profile.finetune), 0, 0, seed)
-                    )
+                    ceiling = with_effort(with_finetune(ceiling_arm(steps), profile.finetune), profile)
+                    units.append(Unit(name, profile.split, pool, ceiling, 0, 0, seed))
     return units
 
 
@@ -215,13 +243,22 @@ def execute_unit(task: Task, unit: Unit, work: Path) -> Dict[str, Any]:
 
     if unit.arm.name == FLOOR.name:
         return {"labelled": [], **units.floor(task)}
+    if unit.arm.sparse:  # slices or regions: oracle partial labels within an effort budget
+        from . import sparse
+
+        return sparse.execute_sparse(task, unit, work)
     labelled = units.select_cases(task, unit.arm, unit.budget, unit.draw)
     result = units.adapt_and_evaluate(task, unit.arm, labelled, unit.seed, work)
-    return {
+    body = {
         "labelled": labelled,
         "labelled_source_dice": list(units.pool_dice(task, labelled)) if not unit.arm.whole_pool else None,
         **result,
     }
+    if unit.arm.records_effort:
+        from . import sparse
+
+        body["effort"] = sparse.volume_arm_effort(task, unit.arm, labelled)
+    return body
 
 
 @dataclass

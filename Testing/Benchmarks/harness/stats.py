@@ -392,3 +392,127 @@ def pooled_percentile(values: Sequence[float], random_by_pool: Sequence[Sequence
     if len(values) != len(random_by_pool):
         raise ValueError(f"{len(values)} values for {len(random_by_pool)} pools")
     return float(np.mean([percentile_in_random(v, r) for v, r in zip(values, random_by_pool)]))
+
+
+# ----------------------------------------------------------------------------- effort to reach a Dice (issue 27)
+
+
+def effort_to_reach(efforts: Sequence[float], values: Sequence[float], target: float) -> Tuple[float, bool]:
+    """The effort at which a Dice-versus-effort curve first reaches ``target``.
+
+    Args:
+        efforts: increasing efforts of the curve's points (the first is usually 0: no adaptation).
+        values: mean Dice at each point.
+        target: the Dice to reach.
+
+    Returns:
+        ``(effort, True)`` with the effort linearly interpolated between the last point below ``target`` and the
+        first at or above it (the first point's effort when it is already there); ``(last effort, False)`` when
+        the curve never reaches ``target`` (the effort needed is above the last one measured).
+
+    Raises:
+        ValueError: no point, lengths differ, or efforts that decrease.
+    """
+    e, v = np.asarray(efforts, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if e.size == 0 or e.shape != v.shape:
+        raise ValueError(f"a curve needs points with one value each, got {e.size} efforts and {v.size} values")
+    if np.any(np.diff(e) < 0):
+        raise ValueError(f"efforts must not decrease along the curve, got {e.tolist()}")
+    for i in range(e.size):
+        if v[i] >= target:
+            if i == 0 or v[i] == v[i - 1]:
+                return float(e[i]), True
+            share = (target - v[i - 1]) / (v[i] - v[i - 1])
+            return float(e[i - 1] + share * (e[i] - e[i - 1])), True
+    return float(e[-1]), False
+
+
+@dataclass(frozen=True)
+class EffortRatio:
+    """Effort of an arm to reach a Dice over the effort of a reference to reach it (lower = cheaper).
+
+    Attributes:
+        value: the ratio on the pools' mean curves; NaN when neither curve reaches the target or the reference
+            needs no effort.
+        low, high: 95 % percentile interval of a bootstrap over pools (each resample's curves are the means of its
+            pools; a censored resample counts at its bound).
+        bound: ``"exact"`` (both reach the target), ``"upper"`` (only the arm does: the true ratio is at most
+            ``value``, the reference's effort being above its last point), ``"lower"`` (only the reference does),
+            ``None`` (neither).
+        arm_effort, reference_effort: the efforts on the mean curves (the last point's when not reached).
+        target: the Dice to reach (mean over pools).
+    """
+
+    value: float
+    low: float
+    high: float
+    bound: Optional[str]
+    arm_effort: float
+    reference_effort: float
+    target: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        clean = lambda x: None if x is None or math.isnan(x) else float(x)  # noqa: E731
+        return {
+            "ratio": clean(self.value),
+            "ci_low": clean(self.low),
+            "ci_high": clean(self.high),
+            "bound": self.bound,
+            "arm_effort": clean(self.arm_effort),
+            "reference_effort": clean(self.reference_effort),
+            "target": clean(self.target),
+        }
+
+
+def _ratio(arm: Tuple[np.ndarray, np.ndarray], ref: Tuple[np.ndarray, np.ndarray], target: float):
+    ea, reached_a = effort_to_reach(arm[0], arm[1], target)
+    er, reached_r = effort_to_reach(ref[0], ref[1], target)
+    bound = "exact" if reached_a and reached_r else "upper" if reached_a else "lower" if reached_r else None
+    value = ea / er if bound is not None and er > 0 else float("nan")
+    return value, bound, ea, er
+
+
+def effort_ratio(
+    arm_efforts: np.ndarray,
+    arm_values: np.ndarray,
+    ref_efforts: np.ndarray,
+    ref_values: np.ndarray,
+    targets: Sequence[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> EffortRatio:
+    """The effort ratio of an arm to a reference to reach each pool's target, with a bootstrap over pools.
+
+    Args:
+        arm_efforts, arm_values: ``[P, K]`` the arm's curve per pool (K points, the same budgets in every pool;
+            efforts increasing along K).
+        ref_efforts, ref_values: ``[P, L]`` the reference's.
+        targets: ``[P]`` the Dice to reach per pool (e.g. 95 % of the pool's converged ceiling).
+        resamples, seed: the bootstrap's.
+
+    Raises:
+        ValueError: the arrays do not share the pool count, or a curve's arrays differ in shape.
+    """
+    a_e, a_v = np.atleast_2d(np.asarray(arm_efforts, float)), np.atleast_2d(np.asarray(arm_values, float))
+    r_e, r_v = np.atleast_2d(np.asarray(ref_efforts, float)), np.atleast_2d(np.asarray(ref_values, float))
+    t = np.asarray(targets, dtype=np.float64)
+    if a_e.shape != a_v.shape or r_e.shape != r_v.shape or not a_e.shape[0] == r_e.shape[0] == t.size:
+        raise ValueError(
+            f"curves per pool must match: arm {a_e.shape}/{a_v.shape}, reference {r_e.shape}/{r_v.shape}, "
+            f"{t.size} targets"
+        )
+
+    def on(rows: np.ndarray):
+        return _ratio(
+            (a_e[rows].mean(axis=0), a_v[rows].mean(axis=0)),
+            (r_e[rows].mean(axis=0), r_v[rows].mean(axis=0)),
+            float(t[rows].mean()),
+        )
+
+    pools = t.size
+    value, bound, ea, er = on(np.arange(pools))
+    rng = np.random.default_rng(seed)
+    boot = np.array([on(rng.integers(0, pools, size=pools))[0] for _ in range(resamples)])
+    boot = boot[~np.isnan(boot)]
+    low, high = (float(x) for x in np.percentile(boot, [2.5, 97.5])) if boot.size else (float("nan"),) * 2
+    return EffortRatio(float(value), low, high, bound, float(ea), float(er), float(t.mean()))

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -86,7 +86,10 @@ def pool_images(task: Task, work: Path) -> Dict[str, str]:
 def analyse_pool(task: Task) -> Dict[str, Dict[str, Any]]:
     """The ranking pass of the source model over the pool (what ``assft rank`` computes), per case: ``probs
     [C, I, J, K]`` (float16), pooled ``features`` / ``pretrained_features`` and the source model's ``dice``
-    (diagnostic only, never an input of a selector). Cached per task."""
+    (diagnostic only, never an input of a selector); for slice / region proposals and the effort count
+    (:mod:`.sparse`), on the image's grid ``[I, J, K]``: ``entropy_levels`` (uint8, ``round(255 H)``), ``region``
+    (bool, ASD's dilated predicted foreground), ``prefill`` (the hard prediction an annotator would correct) and the
+    voxel ``spacing``. Cached per task."""
     from ASSFTActive.evaluate import dice_per_class, mean_scored
     from ASSFTActive.inference import Predictor
 
@@ -104,6 +107,10 @@ def analyse_pool(task: Task) -> Dict[str, Dict[str, Any]]:
                 "features": [f.copy() for f in prediction.features],
                 "pretrained_features": [f.copy() for f in prediction.pretrained_features],
                 "dice": float(mean_scored(dice)),
+                "entropy_levels": prediction.entropy_levels,
+                "region": prediction.region,
+                "prefill": prediction.label,
+                "spacing": tuple(float(s) for s in image.spacing),
             }
         _CACHE[key] = out
     return _CACHE[key]
@@ -174,10 +181,18 @@ def evaluate(task: Task, network) -> Dict[str, Any]:
     }
 
 
-def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int, work: Path) -> Dict[str, Any]:
+def adapt_and_evaluate(
+    task: Task,
+    arm: Arm,
+    labelled: Sequence[str],
+    seed: int,
+    work: Path,
+    labels: Optional[Mapping[str, str]] = None,
+) -> Dict[str, Any]:
     """Adapt Model on ``labelled`` (the rest of the pool unlabelled) into a throw-away store, then score the model
     that is active afterwards on the evaluation cases. The record keeps the guard's decision and the
-    cross-validation (fold gains; what the guard calibration consumes).
+    cross-validation (fold gains; what the guard calibration consumes). ``labels``: ``{case: label file}`` of the
+    labelled cases (a sparse arm's oracle partial labels); default: the collection's full labels.
 
     When the guard refused, the refused version (written to the store, not activated) is scored too, as
     ``candidate_mean_dice`` / ``candidate_per_case``: the record's own Dice is the active (source) model's, so without
@@ -186,7 +201,10 @@ def adapt_and_evaluate(task: Task, arm: Arm, labelled: Sequence[str], seed: int,
     from ASSFTActive.models import load_card, load_model
 
     images = pool_images(task, work)
-    labels = {c: str(task.data / "labelsTr" / f"{c}.nii.gz") for c in labelled}
+    if labels is None:
+        labels = {c: str(task.data / "labelsTr" / f"{c}.nii.gz") for c in labelled}
+    elif sorted(labels) != sorted(labelled):
+        raise ValueError(f"label files for {sorted(labels)} but the labelled cases are {sorted(labelled)}")
     config = finetune_config(arm, seed)
     start = time.perf_counter()
     store = tempfile.mkdtemp(prefix="harness-store-", dir=work)
