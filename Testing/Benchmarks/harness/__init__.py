@@ -13,6 +13,8 @@ One run, in the order the data flows:
 - :mod:`.stats`: every statistic (paired and clustered gaps, random percentile, oracle-subset headroom, Wilcoxon);
 - :mod:`.report`: Markdown, JSON and PNG from the records, and the goal rows of ``results/goals.json``;
 - :mod:`.diagnostics`: how well each per-case score predicts the model's error (hidden labels).
+- :mod:`.sparse` / :mod:`.sparse_report`: effort as the budget (issue 27): slice and region arms, oracle partial
+  labels, the effort spent per record, the Dice-against-effort table and the ``sparse`` goal rows.
 
 Command line: ``python -m Testing.Benchmarks.harness {splits,plan,run,report}`` from the repository root (see
 ``__main__``). Imported as ``Testing.Benchmarks.harness`` (the repository root on ``sys.path``: the tests, the
