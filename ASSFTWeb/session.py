@@ -182,7 +182,13 @@ class AnnotatorSession:
         if not data.is_dir():
             raise ASSFTModuleError(f"{data}: data folder not found. Pass an existing folder to --data.")
         volumes_logic = self.logic.volumesLogic
-        for path in sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for path in sorted(p for p in data.iterdir() if p.is_file()):
+            if path.name.startswith("."):
+                if path.name.lower().endswith(SUPPORTED_SUFFIXES):  # '..nii.gz' must not vanish without a word
+                    messages.append(
+                        f"Skipped {path.name}: a hidden file (its name starts with '.'); rename it to use it."
+                    )
+                continue
             if not path.name.lower().endswith(SUPPORTED_SUFFIXES):
                 messages.append(f"Skipped {path.name}: not a NIfTI, NRRD or MetaImage volume.")
                 continue

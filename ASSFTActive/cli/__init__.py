@@ -43,6 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ..threads import bound_openmp_spinning
 
     bound_openmp_spinning()  # before any subcommand imports torch
+    from ..caches import keep_library_caches_out_of_home
+
+    keep_library_caches_out_of_home()  # matplotlib's font cache (MONAI imports it): a temporary folder, not $HOME
     from .signals import cancel_on_signals
 
     parser = build_parser()

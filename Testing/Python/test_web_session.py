@@ -76,6 +76,16 @@ def test_the_pool_loads_volumes_and_their_labels_and_reports_files_it_skips(pool
     assert session.voxel_counts(session.volume_node("hippocampus_023")) == {}
 
 
+def test_a_hidden_volume_file_is_reported_not_dropped_without_a_word(pool):
+    session, data = pool
+    shutil.copy(SAMPLE / "images" / "hippocampus_011.nii.gz", data / "..nii.gz")
+    (data / ".DS_Store").write_bytes(b"finder")  # hidden non-volumes stay quiet
+    messages = session.load_pool()
+    assert "..nii.gz" not in session.volume_names()
+    assert any(m.startswith("Skipped ..nii.gz: a hidden file") and "rename" in m for m in messages), messages
+    assert not any(".DS_Store" in m for m in messages)
+
+
 def test_a_label_file_on_another_voxel_grid_is_reported_and_not_used(pool):
     session, data = pool
     shutil.copy(SAMPLE / "labels" / "hippocampus_011.nii.gz", data / "labels" / "hippocampus_023.nii.gz")
