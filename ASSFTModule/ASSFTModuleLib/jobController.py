@@ -31,7 +31,7 @@ from ASSFTActive.progress import DONE as PROGRESS_DONE
 from ASSFTActive.progress import FAILED as PROGRESS_FAILED
 from ASSFTActive.progress import JobProgress, ProgressState, job_units
 
-from . import guidance, jobFolder, ranking
+from . import guidance, jobFolder, ranking, segmentation
 from .errors import ASSFTModuleError, JobFailedError
 from .jobProcess import WorkerOutput, deviceProbeCommand, formatEvent, parseDeviceProbe, pythonExecutable, workerCommand
 from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
@@ -551,6 +551,29 @@ class JobController:
             self.failed.emit(message, details)
         self.finished.emit(outcome)
 
+    def _showPredictionsLater(self, jobDir, loaded) -> None:
+        """Refresh the (hidden) prediction segmentations of a finished job one volume per call through
+        :attr:`callInMainThread`: on a pool of CTs each takes 0.2-0.4 s, all of them at once froze the panel for
+        seconds when a job ended (the CT-pool walkthrough, ``Testing/Benchmarks/walkthrough_ct.py``). A volume that
+        is no longer the case's node when its turn comes (the scene was closed) is skipped."""
+        card = self.sceneLogic.modelCard(loaded.adaptedModel if loaded.adaptedModel is not None else self.jobModel)
+        cases = jobFolder.readCaseNodes(jobDir)
+        for caseId, path in sorted(loaded.result.predictions.items()):
+            if path is not None and caseId in cases:
+                self.callInMainThread(lambda caseId=caseId, path=path: self._showPrediction(cases, caseId, path, card))
+
+    def _showPrediction(self, cases, caseId: str, path, card) -> None:
+        volumeNode = jobFolder.caseNodesInScene(self.sceneLogic.scene, {caseId: cases[caseId]}).get(caseId)
+        if volumeNode is None:
+            return
+        try:
+            labels = segmentation.readClassLabelmapFile(self.sceneLogic.scene, self.sceneLogic.volumesLogic, str(path))
+            predictionNode = segmentation.showPredictionSegmentation(self.sceneLogic.scene, volumeNode, labels, card)
+        except (OSError, ValueError, RuntimeError) as error:  # the results are shown; only this overlay is missing
+            self.logLine.emit(f"The prediction of {caseId} could not be shown: {error}")
+            return
+        predictionNode.GetDisplayNode().SetVisibility(False)
+
     def _loadResult(self, jobDir) -> tuple:
         """Load a finished job into the scene and the parameter node; ``(LoadedResult or None, message)``.
 
@@ -563,7 +586,12 @@ class JobController:
                 f"The job finished while the scene was closed; its results are in {jobDir}. "
                 "Load the volumes again and rank to see them."
             )
-        loaded = self.sceneLogic.loadJobResult(jobDir, self.jobModel, tableNode=node.rankingTable)
+        later = self.callInMainThread is not None  # the GUI thread: each prediction in a turn of its own
+        loaded = self.sceneLogic.loadJobResult(
+            jobDir, self.jobModel, tableNode=node.rankingTable, showPredictions=not later
+        )
+        if later:
+            self._showPredictionsLater(jobDir, loaded)
         node.rankingTable = loaded.tableNode
         if loaded.activeModel is not None:
             node.modelSource = ModelSource.CardFile

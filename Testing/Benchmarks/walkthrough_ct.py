@@ -146,7 +146,9 @@ class GuiThread:
         self.calls = calls
         self.step = ""
 
-    def post(self, call: Callable[[], None], label: str = "posted") -> None:
+    def post(
+        self, call: Callable[[], None], label: str = "posted (worker start after writing; one prediction)"
+    ) -> None:
         self._queue.put((label, call))
 
     def call(self, label: str, function: Callable, *args, **kwargs):
@@ -168,6 +170,10 @@ class GuiThread:
                 continue
             self.call(label, function)
         return True
+
+    def idle(self) -> bool:
+        """Nothing is waiting to run."""
+        return self._queue.empty()
 
     def runnerFactory(self, onEvent, onFinished):
         """A subprocess runner whose callbacks arrive on this thread (as ``qt.QProcess``'s do in Slicer)."""
@@ -289,6 +295,7 @@ def runJob(gui: GuiThread, controller: JobController, watch: JobWatch, kind: str
     began = time.perf_counter()
     spec = gui.call(f"{kind} button (startJob)", controller.startJob, kind, **kwargs)
     finished = gui.pump(lambda: bool(watch.finished), timeout)
+    gui.pump(gui.idle, timeout)  # what the job's end posted for later turns (the predictions), timed too
     seconds = time.perf_counter() - began
     outcome = watch.finished[-1] if watch.finished else None
     return {"spec": spec, "outcome": outcome, "seconds": seconds, "timed_out": not finished}

@@ -154,3 +154,89 @@ def test_a_half_labelled_volume_is_flagged_with_what_to_do_when_its_labels_come_
     assert line.startswith("Check the labels of case a: ")
     assert "Press Annotate and paint every class of the model" in line and "Train anyway" in line
     assert guidance.labelCheckLine("case b", logic.labelIssues(nodes[1], card)) == ""
+
+
+class GuiQueue:
+    """Calls posted for the GUI thread (``jobRunner.MainThreadCalls`` in Slicer); the test runs them one by one."""
+
+    def __init__(self):
+        self.calls = []
+
+    def post(self, call):
+        self.calls.append(call)
+
+    def runOne(self):
+        self.calls.pop(0)()
+
+
+def test_a_finished_job_shows_its_predictions_one_volume_per_gui_turn_not_all_at_once(tmp_path):
+    """Each CT prediction takes 0.2-0.4 s to become a segmentation: all of them in the call that ends the job froze
+    the panel for seconds (walkthrough: 2.7 s). The table comes first; each prediction follows in a turn of its own."""
+    from ASSFTModuleLib import segmentation
+
+    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
+    gui = GuiQueue()
+    controller = JobController(
+        logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable, callInMainThread=gui.post
+    )
+    node = parameterNode(tmp_path / "work", cardPath, budget=1)
+    controller.setParameterNode(node)
+    signals = Signals(controller)
+    spec = controller.startJob("rank")
+    assert controller.waitUntilWritten(60)
+    gui.runOne()  # the writer hands the start back: the worker starts
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+
+    controller._runner.end(0)
+
+    outcome = signals.finished[-1]
+    assert outcome.status == DONE and outcome.loaded.tableNode is node.rankingTable
+    assert outcome.loaded.predictionNodes == {}
+    assert len(gui.calls) == 3  # one per volume with a prediction
+    shown = []
+    while gui.calls:
+        gui.runOne()
+        shown.append(sum(segmentation.findSegmentationForVolume(env.scene, n, "prediction") is not None for n in nodes))
+    assert shown == [1, 2, 3]
+    for volume in nodes:
+        prediction = segmentation.findSegmentationForVolume(env.scene, volume, "prediction")
+        assert not prediction.GetDisplayNode().GetVisibility()  # refreshed, hidden as before
+        assert segmentation.segmentNames(prediction) == list(card.class_names[1:])
+
+
+def test_a_prediction_whose_volume_left_the_scene_before_its_turn_is_skipped(tmp_path):
+    from ASSFTModuleLib import segmentation
+
+    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
+    gui = GuiQueue()
+    controller = JobController(
+        logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable, callInMainThread=gui.post
+    )
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, budget=1))
+    spec = controller.startJob("rank")
+    assert controller.waitUntilWritten(60)
+    gui.runOne()
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    controller._runner.end(0)
+
+    env.scene.RemoveNode(nodes[0])
+    while gui.calls:
+        gui.runOne()
+
+    assert segmentation.findSegmentationForVolume(env.scene, nodes[1], "prediction") is not None
+    assert env.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 3  # case b's labels + 2 predictions
+
+
+def test_a_volume_read_from_the_scene_keeps_slicers_memory_order_and_is_a_copy(tmp_path):
+    """Reordering a 512 x 512 x 75 CT's memory into C order cost the GUI thread 0.1-0.25 s per read (three reads per
+    Annotate); the [I, J, K] array is a Fortran-ordered view of a private copy instead."""
+    env = slicer_scene.SlicerScene()
+    image = slicer_scene.syntheticImage()
+    node = addArray(env.scene, Volume(image, slicer_scene.rotatedAffine()), "ct")
+
+    volume = geometry.volumeFromNode(node)
+
+    assert volume.array.flags.f_contiguous and volume.array.shape == image.shape
+    np.testing.assert_array_equal(volume.array, image)
+    volume.array[0, 0, 0] += 7  # a copy: the scene's voxels are unchanged
+    np.testing.assert_array_equal(geometry.volumeFromNode(node).array, image)

@@ -72,6 +72,8 @@ def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
         "node_id": nodes[2].GetID(),
         "name": "case/c",
         "token": nodes[2].GetAttribute("ASSFT.CaseToken"),
+        # written from the scene (no file to link): its voxels' digest, to find it again after a scene reload
+        "content": jobFolder.contentFingerprint(geometry.volumeFromNode(nodes[2])),
     }
     # the engine's own job reader accepts the file as written
     from ASSFTActive.jobs import read_job
