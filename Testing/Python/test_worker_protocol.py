@@ -291,6 +291,27 @@ def test_after_kill_9_a_new_run_of_the_job_resumes_from_the_last_checkpoint(worl
     assert len([e for e in read_events(job) if e.event == "done"]) == 1
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_commit_lets_the_job_finish_with_the_new_version_and_says_so(world, sig):
+    """Frozen (SIGSTOP) as soon as the ``commit`` phase is printed, signalled, let go: the version being written is
+    finished and activated, the job ends ``done`` with exit 0, and ``log.txt`` says the signal came too late."""
+    unguarded = dict(FAST_FINETUNE, validation={"every": 6, "hd95": False, "guard": False})
+    job = adapt_job(world, world["tmp"] / "job", finetune=unguarded)
+    worker = Worker(job, world["tmp"] / "cwd")
+    worker.events_until(lambda e: e.event == "phase" and e.phase == "commit", timeout=300)
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        worker.process.send_signal(sig)
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+    code = worker.finish(timeout=300)
+
+    assert code == EXIT_DONE, worker.stderr_path.read_text()[-2000:]
+    assert worker.events[-1].event == "done" and not any(e.event == "error" for e in worker.events)
+    assert ModelStore(world["store"]).active("site").version == "v1"
+    assert f"{signal.Signals(sig).name} arrived after the new version was committed" in (job / "log.txt").read_text()
+
+
 def test_a_job_without_usable_labels_ends_with_an_error_event_and_the_store_unchanged(world):
     image, label, affine = synthetic_case(99)
     bad = write_volume(Volume(label[:, :-3], affine), world["tmp"] / "bad" / "case_000.nii.gz")
