@@ -266,3 +266,17 @@ def test_the_guard_calibration_scores_a_refused_model_so_a_false_refusal_is_coun
     assert row["false_refusal"] and not row["false_activation"]
     text = report.markdown(report.summarise(runner.load_records(tmp_path)), "t", "c")
     assert "false refusals (better by > 0.02 yet refused) 1 / 1" in text
+
+
+def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_table(tmp_path):
+    calls = []
+    runner.run(runner.plan(PROFILE), tmp_path, PROFILE, execute=fake_execute(calls), task_of=fake_task, log=print)
+
+    def changed_task(unit, profile):
+        task = fake_task(unit, profile)
+        return tasks.Task(
+            task.setting, task.split, task.replicate, ("a", "b", "c", "e"), task.eval, task.model, task.data
+        )
+
+    with pytest.raises(runner.StaleRecord, match="pool_cases differ"):
+        runner.run(runner.plan(PROFILE), tmp_path, PROFILE, execute=fake_execute([]), task_of=changed_task, log=print)

@@ -237,6 +237,26 @@ def is_done(path: Path) -> bool:
         return False
 
 
+class StaleRecord(ValueError):
+    """A record on disk was made for another pool or other evaluation cases than its unit's task has now."""
+
+
+def check_same_task(path: Path, task: Task) -> None:
+    """Refuse to resume over a record whose pool or evaluation cases differ from ``task``'s (the setting or the
+    split changed since it was written): skipping it would mix two benchmarks in one table.
+
+    Raises:
+        StaleRecord: naming the record and what differs.
+    """
+    record = json.loads(path.read_text())
+    for name, now in (("pool_cases", task.pool), ("eval_cases", task.eval)):
+        if list(record.get(name, now)) != list(now):
+            raise StaleRecord(
+                f"{path}: its {name} differ from the task's now ({task.key}); the setting or split changed since it "
+                f"was written. Move the record folder away (or run under another --name) and run again."
+            )
+
+
 def execute_unit(task: Task, unit: Unit, work: Path) -> Dict[str, Any]:
     """Select, adapt and evaluate one unit through the product (see :mod:`.work`)."""
     from . import work as units
@@ -296,13 +316,14 @@ def run(
     try:
         for index, unit in enumerate(units, start=1):
             path = unit.path(root)
-            if is_done(path):
-                summary.skipped += 1
-                continue
             task_key = (unit.setting, unit.split, unit.pool)
             if task_key not in tasks:
                 tasks[task_key] = task_of(unit, profile)
             task = tasks[task_key]
+            if is_done(path):
+                check_same_task(path, task)
+                summary.skipped += 1
+                continue
             start = time.perf_counter()
             body = execute(task, unit, work)
             record = {
