@@ -109,6 +109,9 @@ def test_a_worker_cancelled_while_a_volume_is_read_ends_with_the_cancelled_event
     job = tmp_path / "job"
     write_job(job, JobSpec(kind="rank", images={k: str(v) for k, v in images.items()}, budget=1))
     _cancel_inside_the_reader(monkeypatch)
+    for variable in ("MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # run_job sets them: undone after
+        monkeypatch.setenv(variable, "")  # recorded, so that the value run_job sets is taken back
+        monkeypatch.delenv(variable)
     out = io.StringIO()
     code = run_job(job, device="cpu", stdout=out)
     last = json.loads(out.getvalue().strip().splitlines()[-1])
