@@ -114,6 +114,13 @@ def test_tasks_of_one_split_share_their_evaluation_cases_and_never_hold_a_reserv
     assert not (set(test.pool) | set(test.eval)) & (set(first.pool) | set(first.eval))
 
 
+@pytest.mark.parametrize("setting", sorted(tasks.SETTINGS))
+def test_every_settings_pool_replicates_differ_so_a_deterministic_query_meets_several_labelled_sets(setting):
+    _need(tasks.SETTINGS[setting].anatomy)
+    pools = {tasks.make_task(setting, "development", r).pool for r in range(5)}
+    assert len(pools) == 5
+
+
 def test_acdc_patient_numbers_follow_the_diagnosis_groups_the_labels_show():
     """Verified from the labels (the shared copy has no Info.cfg): per block of 20 patients, the median left-ventricle
     ejection fraction (LV cavity, end-diastole vs end-systole frame), myocardium / LV cavity and RV / LV cavity at
