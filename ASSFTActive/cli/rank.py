@@ -109,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:  # e.g. --region-size 0 4 4 or --min-gap 0
         raise InputError(f"{exc} (--unit, --slice-axis, --region-size, --min-gap)") from exc
+    candidates = len(images) - len(labeled)
+    if args.unit == "volume" and args.budget > candidates:
+        warn_line(
+            f"--budget {args.budget} is more than the {candidates} unlabelled volume(s) in the pool; every one of "
+            "them is proposed."
+        )
     bar = ProgressBar(enabled=not args.quiet, kind="rank", volumes=len(images))
     with bar.job():
         result = rank_pool(

@@ -209,3 +209,17 @@ def test_multiclass_ct_model_ranks_the_ct_fixture_with_class_balanced_asd(fixtur
     prediction = read_volume(tmp_path / "out" / "predictions" / "ct_a.nii.gz")
     assert prediction.shape == ct.shape
     np.testing.assert_allclose(prediction.affine, ct.affine, atol=1e-5)
+
+
+def test_a_budget_larger_than_the_pool_proposes_every_volume_and_says_so(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for image in sorted((SAMPLE_POOL / "images").glob("*.nii.gz"))[:2]:
+        shutil.copy(image, pool)
+    done = assft(
+        "rank", "--images", str(pool), "--budget", "20", "--out", str(tmp_path / "out"), "--quiet", "--no-overlays"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: --budget 20 is more than the 2 unlabelled volume(s) in the pool" in done.stderr
+    payload = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert sum(c["selected"] for c in payload["cases"]) == 2
