@@ -398,6 +398,10 @@ def rank_probe(name: str, images: str, budget: str, expect_ok: bool, *words: str
             chosen = sum(bool(r.get("selected")) for r in rows)
             ok = len(rows) == 3 and chosen == 3
             text += f"; {len(rows)} volumes ranked, {chosen} proposed"
+            if int(budget) > len(rows):  # nothing silent: a budget beyond the pool is said
+                warned = "is more than the" in run.err
+                ok = ok and warned
+                text += ", the budget beyond the pool " + ("said" if warned else "NOT said")
         return _outside(home, ok, text)
 
     return probe
@@ -605,7 +609,7 @@ PROBES: List[Probe] = [
         "rank_budget_20",
         "-",
         "hold",
-        _HOME_TEST,
+        T + "test_cli_rank.py::test_a_budget_larger_than_the_pool_proposes_every_volume_and_says_so",
         rank_probe("rank_budget_20", "base/images", "20", True),
     ),
     Probe(
