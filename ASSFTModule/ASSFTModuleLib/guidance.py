@@ -74,7 +74,7 @@ def legend(classNames: Sequence[str] = ()) -> Tuple[LegendEntry, ...]:
 _OOD_PREFIX = "out of distribution: "
 
 
-def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int) -> str:
+def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int, standalone: bool = True) -> str:
     """What the ranking held back as out of distribution for the model (``ranking.json``'s ``ood``), in one or two
     plain sentences with what to do; "" when nothing was held back. Both UIs show it after a ranking, and as the next
     step when it left nothing proposed (a CT pool ranked with an MRI model: ranking again changes nothing).
@@ -83,6 +83,8 @@ def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int) -> 
         reasons: the ``ood`` reason of every unlabelled volume that was flagged and not proposed.
         total: the volumes ranked.
         proposed: the volumes proposed.
+        standalone: the note begins with "No volume proposed: " when nothing was proposed; False after a line that
+            already says so (the query round's).
     """
     if not reasons:
         return ""
@@ -91,7 +93,8 @@ def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int) -> 
     if proposed:
         return f"{count} not proposed: out of distribution for this model (e.g. {first}); see the Why column."
     return (
-        f"No volume proposed: {count} look out of distribution for this model (e.g. {first}). Load volumes like "
+        ("No volume proposed: " if standalone else "")
+        + f"{count} look out of distribution for this model (e.g. {first}). Load volumes like "
         "those the model was trained on, or choose a model made for these; to label one anyway, click its row and "
         "press Annotate."
     )

@@ -612,7 +612,8 @@ class JobController:
             message += " " + jobFolder.describeQueryRound(loaded.queryRound, proposed=proposed)
         heldBack = guidance.heldBackReasons(cases)
         if heldBack:  # the user is told, not left with an empty proposal
-            message += " " + guidance.outOfDistributionNote(heldBack, len(cases), proposed)
+            standalone = loaded.queryRound is None
+            message += " " + guidance.outOfDistributionNote(heldBack, len(cases), proposed, standalone=standalone)
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

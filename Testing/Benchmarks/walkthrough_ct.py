@@ -38,6 +38,7 @@ import os
 import platform
 import queue
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -62,7 +63,7 @@ from ASSFTModuleLib.jobProcess import SubprocessJobRunner, workerEnvironment  # 
 from ASSFTModuleLib.logic import ASSFTSceneLogic  # noqa: E402
 from ASSFTModuleLib.records import CaseState  # noqa: E402
 
-from ASSFTActive.io import Volume, read_volume, write_volume  # noqa: E402
+from ASSFTActive.io import Volume, atomic_write_text, read_volume, write_volume  # noqa: E402
 
 CT_FIXTURE = ROOT.parent / "shared" / "data" / "fixtures" / "totalsegmentator-ct" / "example_ct_sm.nii.gz"
 #: The goal's limit for one call on the GUI thread.
@@ -138,7 +139,9 @@ def loadPool(env, pool) -> list:
 class GuiThread:
     """The stand-in for Slicer's GUI thread: callables posted from any thread run here, one at a time, each timed.
 
-    ``calls`` holds ``(step, label, seconds)`` for every call made on it (posted or run with :meth:`call`).
+    ``calls`` holds ``(step, label, wall seconds, this thread's CPU seconds)`` for every call made on it (posted or
+    run with :meth:`call`). The wall time is the freeze the user sees on this machine; the CPU time is what the call
+    would take on an idle one (this machine's 2 cores are shared with other work, so wall > CPU here).
     """
 
     def __init__(self, calls: List[tuple]):
@@ -152,11 +155,11 @@ class GuiThread:
         self._queue.put((label, call))
 
     def call(self, label: str, function: Callable, *args, **kwargs):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             return function(*args, **kwargs)
         finally:
-            self.calls.append((self.step, label, time.perf_counter() - began))
+            self.calls.append((self.step, label, time.perf_counter() - began, time.thread_time() - cpu))
 
     def pump(self, until: Callable[[], bool], timeout: float) -> bool:
         """Run posted calls until ``until()`` is true; False on time-out."""
@@ -538,36 +541,40 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     # ------------------------------------------------------------ refusals
     gui.step = "refusals"
     refusal(findings, "Mark done without a proposed slice", lambda: logic.markProposalDone(nodes[1]))
-    record["work_folder"] = str(work)
+    record["work_folder"] = str(work) if args.keep else "(removed)"
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return record
 
 
 def summarise(record: dict, calls: List[tuple]) -> dict:
     longest = sorted(calls, key=lambda c: -c[2])
+
+    def add(table: Dict[str, dict], key: str, wall: float, cpu: float) -> None:
+        entry = table.setdefault(key, {"calls": 0, "max_s": 0.0, "max_cpu_s": 0.0, "total_s": 0.0})
+        entry["calls"] += 1
+        entry["max_s"] = round(max(entry["max_s"], wall), 4)
+        entry["max_cpu_s"] = round(max(entry["max_cpu_s"], cpu), 4)
+        entry["total_s"] = round(entry["total_s"] + wall, 4)
+
     byLabel: Dict[str, dict] = {}
-    for step, label, seconds in calls:
-        entry = byLabel.setdefault(f"{step} | {label}", {"calls": 0, "max_s": 0.0, "total_s": 0.0})
-        entry["calls"] += 1
-        entry["max_s"] = max(entry["max_s"], seconds)
-        entry["total_s"] += seconds
     perStep: Dict[str, dict] = {}
-    for step, _label, seconds in calls:
-        entry = perStep.setdefault(step, {"calls": 0, "max_s": 0.0, "total_s": 0.0})
-        entry["calls"] += 1
-        entry["max_s"] = round(max(entry["max_s"], seconds), 4)
-        entry["total_s"] = round(entry["total_s"] + seconds, 4)
+    for step, label, wall, cpu in calls:
+        add(byLabel, f"{step} | {label}", wall, cpu)
+        add(perStep, step, wall, cpu)
+    limited = [c for c in calls if not c[1].startswith(("load volumes", "paint"))]
     return {
         "per_step": perStep,
         "max_gui_call_s": longest[0][2] if longest else 0.0,
         "max_gui_call": f"{longest[0][0]} | {longest[0][1]}" if longest else "",
+        "max_limited_call_s": max((c[2] for c in limited), default=0.0),
+        "max_limited_call_cpu_s": max((c[3] for c in limited), default=0.0),
         "over_limit": [
-            {"step": s, "call": label, "seconds": round(t, 3)}
-            for s, label, t in longest
+            {"step": s, "call": label, "seconds": round(t, 3), "cpu_seconds": round(u, 3)}
+            for s, label, t, u in longest
             if t > GUI_LIMIT_S and not label.startswith(("load volumes", "paint"))
         ],
-        "calls": {
-            k: {**v, "max_s": round(v["max_s"], 4), "total_s": round(v["total_s"], 4)} for k, v in byLabel.items()
-        },
+        "calls": byLabel,
     }
 
 
@@ -579,20 +586,29 @@ def markdown(record: dict) -> str:
         f"Run {record['date']} on {record['machine']}; pool {json.dumps(record.get('pool', {}))}; "
         f"Adapt recipe {json.dumps(TINY_FINETUNE)}.",
         "",
-        f"**Longest GUI-thread call: {gui['max_gui_call_s']:.3f} s** ({gui['max_gui_call']}); limit {GUI_LIMIT_S} s "
-        "(Slicer's own loaders and the Segment Editor stand-in excluded from the limit).",
+        f"**Longest GUI-thread call of ASSFT code: {gui['max_limited_call_s']:.3f} s wall, "
+        f"{gui['max_limited_call_cpu_s']:.3f} s CPU** (limit {GUI_LIMIT_S} s; Slicer's own loaders and the Segment "
+        f"Editor stand-in are not ASSFT code; longest of all: {gui['max_gui_call_s']:.3f} s, {gui['max_gui_call']}). "
+        "Wall: the freeze on this shared, loaded 2-core machine; CPU: the GUI thread's own CPU time, what the call "
+        "takes on an idle machine.",
         "",
-        "| step | wall s (jobs: start to results shown) | GUI-thread calls | longest call s | GUI-thread total s |",
+        "| step | wall s (a job: start to results shown) | GUI calls | longest call s (CPU s) | GUI total s |",
         "|---|---|---|---|---|",
     ]
     for name, entry in gui["per_step"].items():
         step = record["steps"].get(name, {})
         wall = f"{step['seconds']:.1f}" if isinstance(step, dict) and "seconds" in step else ""
-        lines.append(f"| {name} | {wall} | {entry['calls']} | {entry['max_s']:.3f} | {entry['total_s']:.3f} |")
-    lines += ["", "| GUI-thread call (step, what) | calls | max s | total s |", "|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {wall} | {entry['calls']} | {entry['max_s']:.3f} ({entry['max_cpu_s']:.3f}) | "
+            f"{entry['total_s']:.3f} |"
+        )
+    lines += ["", "| GUI-thread call (step, what) | calls | max s | max CPU s | total s |", "|---|---|---|---|---|"]
     for name, entry in sorted(gui["calls"].items(), key=lambda kv: -kv[1]["max_s"]):
         flag = " **> 0.5 s**" if entry["max_s"] > GUI_LIMIT_S else ""
-        lines.append(f"| {name} | {entry['calls']} | {entry['max_s']:.3f}{flag} | {entry['total_s']:.3f} |")
+        lines.append(
+            f"| {name} | {entry['calls']} | {entry['max_s']:.3f}{flag} | {entry['max_cpu_s']:.3f} | "
+            f"{entry['total_s']:.3f} |"
+        )
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     for item in record["checks"]:
         detail = item["detail"].replace("|", "/").replace("\n", " ")[:300]
@@ -607,6 +623,7 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=75, help="slices of the two 512 x 512 volumes")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one job may take")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "walkthrough_ct")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary pool and work folder")
     args = parser.parse_args(argv)
     if not CT_FIXTURE.is_file():
         raise SystemExit(f"error: the CT fixture {CT_FIXTURE} is missing; the walkthrough needs it.")
@@ -624,17 +641,34 @@ def main(argv=None) -> int:
         record["gui"] = summarise(record, gui_calls)
         record["total_s"] = time.perf_counter() - began
         record["gui"]["limit_s"] = GUI_LIMIT_S
+        if "checks" in record:
+            gui = record["gui"]
+            slow = ", ".join(f"{c['step']} | {c['call']} {c['seconds']:.2f} s" for c in gui["over_limit"][:4])
+            record["checks"].append(
+                {
+                    "check": f"no GUI-thread call of ASSFT code over {GUI_LIMIT_S} s (wall, this machine)",
+                    "ok": not gui["over_limit"],
+                    "detail": f"longest {gui['max_limited_call_s']:.3f} s; {slow}",
+                }
+            )
+            record["checks"].append(
+                {
+                    "check": f"no GUI-thread call of ASSFT code over {GUI_LIMIT_S} s (CPU: an idle machine)",
+                    "ok": gui["max_limited_call_cpu_s"] <= GUI_LIMIT_S,
+                    "detail": f"longest {gui['max_limited_call_cpu_s']:.3f} s",
+                }
+            )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         jsonable = json.loads(json.dumps(record, default=str))
-        args.out.with_suffix(".json").write_text(json.dumps(jsonable, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(jsonable, indent=1) + "\n")
         if "checks" in record:
-            args.out.with_suffix(".md").write_text(markdown(record), encoding="utf-8")
+            atomic_write_text(args.out.with_suffix(".md"), markdown(record))
     failed = [c for c in record.get("checks", []) if not c["ok"]]
     print(
         f"longest GUI-thread call {record['gui']['max_gui_call_s']:.3f} s ({record['gui']['max_gui_call']}); "
         f"{len(failed)} check(s) failed; {record['total_s']:.0f} s"
     )
-    return 1 if failed or record["gui"]["over_limit"] else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
