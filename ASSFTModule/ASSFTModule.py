@@ -18,7 +18,9 @@ import vtk
 from ASSFTModuleLib import (
     enginePath,  # also puts the engine (ASSFTActive) on sys.path
     guidance,
+    overlay,
     parameters,
+    ranking,
     segmentation,
     unitProposals,
 )
@@ -211,6 +213,9 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.rankingTable = loaded.tableNode
             node.lastJobDirectory = str(jobDir)
             self.showRankingTable(loaded.tableNode)
+            table = loaded.tableNode
+            cases = [ranking.rankedCaseFromTable(table, row)[0] for row in range(table.GetNumberOfRows())]
+            overlay.READ_AHEAD.start([case.entropyMap for case in cases if not case.labeled])  # before the clicks
             self.setStatus(_("Last ranking shown again from job {job}.").format(job=jobDir.name))
 
     def exit(self) -> None:

@@ -31,7 +31,7 @@ from ASSFTActive.progress import DONE as PROGRESS_DONE
 from ASSFTActive.progress import FAILED as PROGRESS_FAILED
 from ASSFTActive.progress import JobProgress, ProgressState, job_units
 
-from . import guidance, jobFolder, ranking, segmentation
+from . import guidance, jobFolder, overlay, ranking, segmentation
 from .errors import ASSFTModuleError, JobFailedError
 from .jobProcess import WorkerOutput, deviceProbeCommand, formatEvent, parseDeviceProbe, pythonExecutable, workerCommand
 from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
@@ -610,6 +610,8 @@ class JobController:
         proposed = sum(1 for case in cases if case.selected)
         if loaded.queryRound is not None:
             message += " " + jobFolder.describeQueryRound(loaded.queryRound, proposed=proposed)
+        if later:  # the maps of the rows the user will click first, read before the click
+            overlay.READ_AHEAD.start([case.entropyMap for case in cases if not case.labeled])
         heldBack = guidance.heldBackReasons(cases)
         if heldBack:  # the user is told, not left with an empty proposal
             standalone = loaded.queryRound is None
