@@ -126,11 +126,11 @@ def _not_a_file(path: Path) -> str:
     return "was not found"
 
 
-def _unreadable(path: Path, exc: PermissionError) -> InputError:
+def _unreadable(path: Path) -> InputError:
     """The refusal of a file this user may not read: a permission problem, not a corrupt file."""
     return InputError(
-        f"{path}: cannot be read: permission denied ({exc.strerror or exc}). Make it readable (e.g. chmod a+r) or "
-        "run as a user who may read it."
+        f"{path}: cannot be read: permission denied for this user (the file itself is not known to be damaged). "
+        "Make it readable (e.g. chmod a+r) or run as a user who may read it."
     )
 
 
@@ -162,7 +162,7 @@ def read_volume(path: PathLike, *, allow_channels: bool = False) -> Volume:
     except InputError:
         raise
     except PermissionError as exc:
-        raise _unreadable(path, exc) from exc
+        raise _unreadable(path) from exc
     except Exception as exc:  # any other reader failure means a corrupt or truncated file
         raise InputError(
             f"{path}: cannot read the file ({type(exc).__name__}: {exc}). It may be truncated or corrupt; "
@@ -258,7 +258,7 @@ def _read_nifti(path: Path):
             while stream.read(1 << 20):  # to the trailer: gzip checks the CRC-32 and length there
                 pass
     except PermissionError as exc:  # an OSError too, but nothing is wrong with the data
-        raise _unreadable(path, exc) from exc
+        raise _unreadable(path) from exc
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise InputError(
             f"{path}: cannot read the file: its compressed data are corrupt or truncated ({exc}), so the voxels cannot "
