@@ -32,6 +32,16 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _DIR_FD = os.open in os.supports_dir_fd and os.replace in getattr(os, "supports_dir_fd", set())
 
 
+def output_mode(folder: bool = False) -> int:
+    """The permission bits every output gets: ``0666`` (a file) or ``0777`` (a folder) less the process's umask,
+    i.e. what ``open``/``mkdir`` would give (``0644``/``0755`` under the usual umask). ``mkstemp``/``mkdtemp``
+    create ``0600``/``0700``, which would hide a ranking or a model version from the rest of a lab sharing the
+    folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 @contextlib.contextmanager
 def confined_to(root: Path) -> Iterator[Path]:
     """Confine every write below ``root`` (resolved) for the block, in every thread of the process."""

@@ -554,10 +554,10 @@ def _atomic(path: Path, write, suffix: str) -> None:
     Raises:
         OutputError: the folder cannot be created or written, or the disk is full (nothing is left behind).
     """
-    from .confine import write_confined
+    from .confine import output_mode, write_confined
 
     try:
-        if write_confined(path, write, suffix, 0o666 & ~_umask()):
+        if write_confined(path, write, suffix, output_mode()):
             return
     except OutputError:
         raise
@@ -572,7 +572,7 @@ def _atomic(path: Path, write, suffix: str) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, output_mode())
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -617,12 +617,6 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
         f"{path}: cannot be written ({exc.strerror or exc}). Choose another output folder, fix its "
         "permissions or free disk space."
     )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from . import __version__
 from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD, ModelCard, load_card, save_card
+from .confine import output_mode
 from .errors import AssftError, ModelError, OutputError
 from .io import PathLike, atomic_write_text
 from .processes import is_running
@@ -175,6 +176,7 @@ class PendingVersion:
         folder = store.root / name
         folder.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f"{PENDING_PREFIX}{os.getpid()}-", dir=str(folder)))
+        os.chmod(self.path, output_mode(folder=True))  # v<k> readable by whoever may read the store, like its files
         self.version: Optional[ModelVersion] = None
 
     def __enter__(self) -> PendingVersion:

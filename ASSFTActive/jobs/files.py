@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Union
 
-from ..confine import write_confined
+from ..confine import output_mode, write_confined
 from ..errors import JobError
 from ..progress import Event
 
@@ -60,24 +60,18 @@ EXIT_CANCELLED = 130
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename; the file gets
     mode ``0666 & ~umask`` like every other output."""
     path = Path(path)
-    if write_confined(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), ".txt", 0o666 & ~_umask()):
+    if write_confined(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), ".txt", output_mode()):
         return path  # inside the worker's job folder: no link on the way is followed (ASSFTActive.confine)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, output_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -45,6 +45,16 @@ def test_committed_versions_are_numbered_listed_and_only_activated_on_request(tm
     assert set(manifest["files"]) == {"card.json", "weights.safetensors", "provenance.json"}
 
 
+def test_a_version_folder_is_readable_by_the_lab_like_its_files_not_private_to_its_writer(tmp_path, base):
+    old = os.umask(0o022)
+    try:
+        version = _add_version(ModelStore(tmp_path / "store"), "m", base)
+    finally:
+        os.umask(old)
+    assert oct(version.path.stat().st_mode & 0o777) == oct(0o755)  # mkdtemp alone: 0700, "versions: none" to others
+    assert oct((version.path / "card.json").stat().st_mode & 0o777) == oct(0o644)
+
+
 def test_activate_rolls_back_to_an_older_version_and_records_the_previous_one(tmp_path, base):
     store = ModelStore(tmp_path / "store")
     _add_version(store, "m", base)
