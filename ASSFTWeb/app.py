@@ -68,7 +68,7 @@ def _round_line(plan, rows) -> str:
     volumes actually proposed and those held back as out of distribution (``rows``: the table's rows)."""
     proposed = sum(1 for row in rows if row.get("state") == "proposed")
     held_back = held_back_reasons(rows)
-    note = f" {outOfDistributionNote(held_back, len(rows), proposed, standalone=plan is None)}" if held_back else ""
+    note = f" {outOfDistributionNote(held_back, len(rows), proposed, brief=True)}" if held_back else ""
     if plan is None:
         return note
     if plan.total_rounds > 1:

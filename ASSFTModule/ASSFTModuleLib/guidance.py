@@ -74,27 +74,28 @@ def legend(classNames: Sequence[str] = ()) -> Tuple[LegendEntry, ...]:
 _OOD_PREFIX = "out of distribution: "
 
 
-def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int, standalone: bool = True) -> str:
-    """What the ranking held back as out of distribution for the model (``ranking.json``'s ``ood``), in one or two
-    plain sentences with what to do; "" when nothing was held back. Both UIs show it after a ranking, and as the next
-    step when it left nothing proposed (a CT pool ranked with an MRI model: ranking again changes nothing).
+def outOfDistributionNote(reasons: Sequence[str], total: int, proposed: int, brief: bool = False) -> str:
+    """What the ranking held back as out of distribution for the model (``ranking.json``'s ``ood``), with what to do;
+    "" when nothing was held back. The next step of both UIs gives the whole note when the ranking left nothing
+    proposed (a CT pool ranked with an MRI model: ranking again changes nothing); the status line and the browser's
+    caption give the brief one, so that the page does not say the same paragraph three times.
 
     Args:
         reasons: the ``ood`` reason of every unlabelled volume that was flagged and not proposed.
         total: the volumes ranked.
         proposed: the volumes proposed.
-        standalone: the note begins with "No volume proposed: " when nothing was proposed; False after a line that
-            already says so (the query round's).
+        brief: one short sentence pointing to the Why column.
     """
     if not reasons:
         return ""
-    first = reasons[0][len(_OOD_PREFIX) :] if reasons[0].startswith(_OOD_PREFIX) else reasons[0]
     count = f"{len(reasons)} of {total} volume{'s' if total != 1 else ''}"
+    if brief:
+        return f"{count} not proposed: out of distribution for this model (see the Why column)."
+    first = reasons[0][len(_OOD_PREFIX) :] if reasons[0].startswith(_OOD_PREFIX) else reasons[0]
     if proposed:
         return f"{count} not proposed: out of distribution for this model (e.g. {first}); see the Why column."
     return (
-        ("No volume proposed: " if standalone else "")
-        + f"{count} look out of distribution for this model (e.g. {first}). Load volumes like "
+        f"No volume proposed: {count} look out of distribution for this model (e.g. {first}). Load volumes like "
         "those the model was trained on, or choose a model made for these; to label one anyway, click its row and "
         "press Annotate."
     )

@@ -614,8 +614,7 @@ class JobController:
             overlay.READ_AHEAD.start([case.entropyMap for case in cases if not case.labeled])
         heldBack = guidance.heldBackReasons(cases)
         if heldBack:  # the user is told, not left with an empty proposal
-            standalone = loaded.queryRound is None
-            message += " " + guidance.outOfDistributionNote(heldBack, len(cases), proposed, standalone=standalone)
+            message += " " + guidance.outOfDistributionNote(heldBack, len(cases), proposed, brief=True)
         if loaded.skippedCases:
             message += " Not in the scene any more: " + ", ".join(loaded.skippedCases)
         return loaded, message

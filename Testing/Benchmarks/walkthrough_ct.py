@@ -68,6 +68,9 @@ from ASSFTActive.io import Volume, atomic_write_text, read_volume, write_volume 
 CT_FIXTURE = ROOT.parent / "shared" / "data" / "fixtures" / "totalsegmentator-ct" / "example_ct_sm.nii.gz"
 #: The goal's limit for one call on the GUI thread.
 GUI_LIMIT_S = 0.5
+#: Seconds the user takes to read the status line after a job before clicking a row (the panel reads the
+#: ranking's entropy maps ahead meanwhile).
+THINK_S = 2.0
 #: Adapt Model's tiny recipe (as ``assft serve --finetune-json`` would set it): a few steps on 16^3 patches.
 TINY_FINETUNE = {
     "train": {"iterations": 2, "batch_size": 1, "patch_size": [16, 16, 16], "augment": False},
@@ -385,6 +388,7 @@ def walkthrough(args, calls: List[tuple]) -> dict:
 
     # ------------------------------------------------------------ look at each row
     gui.step = "show overlay"
+    time.sleep(THINK_S)  # the user reads the status line before the first click
     views = {}
     for row in range(table.GetNumberOfRows()):
         view = gui.call("row click (showCase)", logic.showCase, table, row, 0.3, 0.5)
@@ -529,6 +533,7 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     record["steps"]["adapt"] = steps
     if outcome is not None and outcome.loaded is not None and outcome.loaded.tableNode is not None:
         table = outcome.loaded.tableNode
+        time.sleep(THINK_S)  # the user reads the result before clicking a row
         for row in range(table.GetNumberOfRows()):
             view = gui.call("row click (showCase)", logic.showCase, table, row, 0.3, 0.5)
             wrong = shownLabelOwners(env.scene, view.volumeNode)
@@ -541,9 +546,107 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     # ------------------------------------------------------------ refusals
     gui.step = "refusals"
     refusal(findings, "Mark done without a proposed slice", lambda: logic.markProposalDone(nodes[1]))
+    if args.browser:
+        record["browser"] = browserWalkthrough(args, pool, findings)
     record["work_folder"] = str(work) if args.keep else "(removed)"
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------- browser
+def browserWalkthrough(args, pool, findings: Findings) -> dict:
+    """The same pool through ``assft serve`` in headless Chromium (Debian's, driven by Playwright, as
+    ``Testing/Python/test_browser_ui.py`` does): Rank, then a click on every row. Each click is timed from the click
+    to the page showing that volume (the server's answer, what the user waits for)."""
+    import signal
+    import socket
+    import subprocess
+
+    chromium = Path(os.environ.get("ASSFT_CHROMIUM", "/usr/bin/chromium"))
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError as exc:
+        return {"run": False, "why": f"playwright is not installed ({exc})"}
+    if not chromium.is_file():
+        return {"run": False, "why": f"no chromium at {chromium}"}
+    data = Path(tempfile.mkdtemp(prefix="assft_walkthrough_web_"))
+    for name, path in pool["files"].items():
+        shutil.copy(path, data / f"{name}.nii.gz")
+    for name, volume in pool["arrays"].items():  # the browser loads files: the 512 x 512 volumes as NIfTI
+        write_volume(volume, data / f"{name}.nii.gz")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = data.parent / f"{data.name}.log"
+    command = [sys.executable, "-m", "ASSFTActive", "serve", "--data", str(data), "--port", str(port)]
+    command += ["--budget", "2", "--finetune-json", json.dumps(TINY_FINETUNE)]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    record: dict = {"run": True, "clicks_s": {}}
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            command, cwd=str(ROOT), env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = ""
+        deadline = time.monotonic() + 300
+        while not url and time.monotonic() < deadline and server.poll() is None:
+            found = re.search(r"http://127\.0\.0\.1:\d+/\?secret=[A-Za-z0-9_-]+", log.read_text())
+            url = found.group(0) if found else ""
+            time.sleep(0.5)
+        if not url:
+            findings.check("browser: the server starts", False, log.read_text()[-500:])
+            return record
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                page.goto(url)
+                expect(page.locator("#btn_rank")).to_be_visible(timeout=120_000)
+                began = time.perf_counter()
+                page.click("#btn_rank")
+                rows = page.locator("#ranking_table tr.ranking-row")
+                expect(rows).to_have_count(4, timeout=int(args.timeout * 1000))
+                expect(page.locator("#job_status")).to_contain_text("rank done", timeout=60_000)
+                record["rank_s"] = time.perf_counter() - began
+                caption = page.inner_text("#ranking_caption")
+                step = page.inner_text("#next_step")
+                table = page.inner_text("#ranking_table")
+                record.update(caption=caption, next_step=step, status=page.inner_text("#job_status"))
+                findings.check(
+                    "browser: the caption says the pool is out of distribution",
+                    "out of distribution" in caption and "2 volumes proposed" not in caption,
+                    caption,
+                )
+                findings.check(
+                    "browser: the next step says it, with what to do",
+                    "out of distribution" in step and "Annotate" in step,
+                    step,
+                )
+                findings.check(
+                    "browser: every row names its reason",
+                    table.count("out of distribution") >= 4,
+                    f"{table.count('out of distribution')} rows",
+                )
+                page.screenshot(path=str(args.out.parent / f"{args.out.name}_browser.png"))
+                for name in list(pool["files"]) + list(pool["arrays"]):
+                    began = time.perf_counter()
+                    rows.filter(has_text=name).first.click()
+                    expect(page.locator("#current_volume")).to_contain_text(name, timeout=60_000)
+                    record["clicks_s"][name] = round(time.perf_counter() - began, 3)
+                    counts = page.inner_text("#voxel_counts")
+                    findings.check(f"browser: showing {name} shows no labels", "none yet" in counts, counts)
+            finally:
+                browser.close()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and a worker it may have started (its own session)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        shutil.rmtree(data, ignore_errors=True)
+        log.unlink(missing_ok=True)
     return record
 
 
@@ -609,6 +712,18 @@ def markdown(record: dict) -> str:
             f"| {name} | {entry['calls']} | {entry['max_s']:.3f}{flag} | {entry['max_cpu_s']:.3f} | "
             f"{entry['total_s']:.3f} |"
         )
+    browser = record.get("browser") or {}
+    if browser.get("run"):
+        clicks = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in browser.get("clicks_s", {}).items())
+        lines += [
+            "",
+            f"Browser (`assft serve`, headless Chromium, 1366 x 768): Rank {browser.get('rank_s', 0):.1f} s from the "
+            f"click to the rows and 'rank done'; row clicks, from the click to the page showing the volume: {clicks}. "
+            f"Caption: {browser.get('caption', '')!r}. Next step: {browser.get('next_step', '')!r}. Screenshot "
+            f"`{Path(record.get('out', 'walkthrough_ct')).name}_browser.png`.",
+        ]
+    elif browser:
+        lines += ["", f"Browser part not run: {browser.get('why', '')}."]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     for item in record["checks"]:
         detail = item["detail"].replace("|", "/").replace("\n", " ")[:300]
@@ -624,6 +739,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one job may take")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "walkthrough_ct")
     parser.add_argument("--keep", action="store_true", help="keep the temporary pool and work folder")
+    parser.add_argument("--browser", action="store_true", help="also the pool through assft serve in Chromium")
     args = parser.parse_args(argv)
     if not CT_FIXTURE.is_file():
         raise SystemExit(f"error: the CT fixture {CT_FIXTURE} is missing; the walkthrough needs it.")
@@ -631,6 +747,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     gui_calls: List[tuple] = []
     record = {
+        "out": args.out.name,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }

@@ -53,18 +53,17 @@ def test_a_pool_held_back_as_out_of_distribution_is_reported_with_what_to_do_not
     assert outcome.status == DONE
     message = signals.status[-1]
     assert "2 volumes proposed" not in message
-    assert (
-        "Query round 1 of 1 (2 volumes): no volume proposed. 2 of 3 volumes look out of distribution for this model"
-        in message
+    assert message.endswith(
+        "Query round 1 of 1 (2 volumes): no volume proposed. 2 of 3 volumes not proposed: out of distribution for "
+        "this model (see the Why column)."
     )
-    assert "looks like CT (46 % of voxels below -500 HU) but the model takes MRI" in message
-    assert "press Annotate" in message  # what to do
-    # the next step under the buttons says the same (ranking again would change nothing); case b is labelled
+    # the next step under the buttons says why and what to do (ranking again would change nothing); case b is labelled
     step = guidance.nextStep(node.rankingTable)
     assert "Adapt Model" in step  # one labelled volume: adapting is still the next step
     ranking.setCaseState(node.rankingTable, "case_b", CaseState.UNLABELED)
     step = guidance.nextStep(node.rankingTable)
-    assert step.startswith("No volume proposed: 3 of 3 volumes look out of distribution")
+    assert step.startswith("No volume proposed: 3 of 3 volumes look out of distribution for this model (e.g. looks")
+    assert "but the model takes MRI" in step and "press Annotate" in step  # why, and what to do
     assert "Rank Volumes again" not in step
 
 
@@ -84,8 +83,9 @@ def test_the_browser_next_step_and_caption_say_the_pool_is_out_of_distribution()
     step = next_step(rows, job_running=False)
     assert step.startswith("No volume proposed: 4 of 4 volumes look out of distribution for this model")
     caption = _round_line(RoundPlan(budgets=(2,), round_index=0, size=2, labeled=0), rows)
-    assert "2 volumes proposed" not in caption and caption.startswith(" No volume proposed. 4 of 4 volumes look out")
-    assert "out of distribution" in caption
+    assert caption == (
+        " No volume proposed. 4 of 4 volumes not proposed: out of distribution for this model (see the Why column)."
+    )
 
 
 def addArray(scene, volume: Volume, name: str):
