@@ -280,3 +280,22 @@ def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_tab
 
     with pytest.raises(runner.StaleRecord, match="pool_cases differ"):
         runner.run(runner.plan(PROFILE), tmp_path, PROFILE, execute=fake_execute([]), task_of=changed_task, log=print)
+
+
+def test_a_partial_run_without_random_subsets_still_shows_each_arms_mean_and_says_why_no_gap(tmp_path):
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=2,
+        budgets=(2,),
+        arms=("assft",),
+        ceiling_steps=(),
+    )
+    runner.run(runner.plan(profile), tmp_path, profile, execute=fake_execute([]), task_of=fake_task, log=print)
+    summary = report.summarise(runner.load_records(tmp_path))
+    arm = summary["hippocampus_mild/development"]["budgets"]["2"]["arms"]["assft"]
+    assert arm["incomplete"] and arm["pools"] == [0, 1]
+    assert arm["mean"] == pytest.approx(0.67)  # 0.66, 0.67, 0.68 over the three cases
+    assert "not comparable yet (the arm in pools [0, 1], random subsets in 0 pools)" in report.markdown(
+        summary, "t", "c"
+    )

@@ -107,16 +107,19 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
                 "arms": {},
             }
             arm_mats: Dict[str, Dict[int, np.ndarray]] = {}
+            own_mats: Dict[str, Dict[int, np.ndarray]] = {}  # every pool the arm ran in, random or not
             for (arm, b), cell in sorted(cells.items()):
                 if b != budget or arm == "random":
                     continue
-                arm_mats[arm] = {p: _case_matrix(cell[p], cases) for p in common if p in cell}
+                own_mats[arm] = {p: _case_matrix(cell[p], cases) for p in sorted(cell)}
+                arm_mats[arm] = {p: m for p, m in own_mats[arm].items() if p in common}
             for arm, mats in arm_mats.items():
                 if set(mats) != set(common) or not common:
-                    row["arms"][arm] = {
-                        "mean": float(np.mean([np.nanmean(m) for m in mats.values()])) if mats else None,
+                    own = own_mats[arm]
+                    row["arms"][arm] = {  # a partial run still shows what each pool gave
+                        "mean": float(np.mean([np.nanmean(m) for m in own.values()])) if own else None,
                         "incomplete": True,
-                        "pools": sorted(mats),
+                        "pools": sorted(own),
                     }
                     continue
                 row["arms"][arm] = _arm_stats(
@@ -418,7 +421,10 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
             ]
             for arm, s in row["arms"].items():
                 if s.get("incomplete"):
-                    lines.append(f"| {arm} | {_f(s['mean'])} | incomplete (pools {s['pools']}) | | | | |")
+                    lines.append(
+                        f"| {arm} | {_f(s['mean'])} | not comparable yet (the arm in pools {s['pools']}, random "
+                        f"subsets in {len(rnd['subsets_per_pool'])} pools) | | | | |"
+                    )
                     continue
                 best = s.get("gap_vs_best_baseline")
                 lines.append(
