@@ -26,8 +26,15 @@ Checks (each a finding when it fails): no other case's labels shown; the ranking
 scene and a new scene with the same volumes; every progress bar only moves forward and ends in words; every refusal
 says what to do; no GUI-thread call over :data:`GUI_LIMIT_S`.
 
-Usage: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python Testing/Benchmarks/walkthrough_ct.py [--slices 75]``
-(about 10 minutes on one CPU thread). Writes ``results/walkthrough_ct.{md,json}``.
+Each call is timed twice: wall time (``time.perf_counter``, the freeze the user sees on this machine, whose two cores
+are shared) and the GUI thread's own CPU time (``time.thread_time``, what the call takes on an idle machine). After
+each job the walkthrough waits :data:`THINK_S` before the first click, as a user reads the status line.
+
+``--browser`` also takes the pool through ``assft serve`` in headless Chromium (Rank, a timed click on every row, the
+caption, the next step and the rows checked) and saves ``results/walkthrough_ct_browser.png``.
+
+Usage: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python Testing/Benchmarks/walkthrough_ct.py [--slices 75] [--browser]``
+(about 6 minutes on one CPU thread, 8 with the browser). Writes ``results/walkthrough_ct.{md,json}``.
 """
 
 from __future__ import annotations
