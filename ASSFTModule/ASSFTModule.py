@@ -206,7 +206,10 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.sceneLogic.poolVolumeNodes():
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to show the last ranking again."), waitCursor=True):
-            restored = self.sceneLogic.restoreLatestRanking(node.workDirectory)
+            # the table now, each volume's prediction on a later GUI turn (CT pools: 0.2-0.4 s each)
+            restored = self.sceneLogic.restoreLatestRanking(
+                node.workDirectory, schedule=lambda show: qt.QTimer.singleShot(0, show)
+            )
             if restored is None:
                 return
             jobDir, loaded = restored

@@ -8,9 +8,10 @@ worker process, and :meth:`loadJobResult` brings its results back into the scene
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ASSFTActive.cards import ModelCard
 from ASSFTActive.io import Volume
@@ -229,7 +230,13 @@ class ASSFTSceneLogic:
         )
 
     def loadJobResult(
-        self, jobDir, model, tableNode=None, showPredictions: bool = True, caseNodes: Optional[Dict[str, object]] = None
+        self,
+        jobDir,
+        model,
+        tableNode=None,
+        showPredictions: bool = True,
+        caseNodes: Optional[Dict[str, object]] = None,
+        schedule: Optional[Callable[[Callable[[], None]], None]] = None,
     ) -> LoadedResult:
         """Bring a finished job's results into the scene.
 
@@ -241,6 +248,9 @@ class ASSFTSceneLogic:
             caseNodes: ``{case_id: volume node}`` the results go to; default: the nodes the job was prepared from
                 (:func:`~.jobFolder.caseNodesInScene`). :meth:`restoreLatestRanking` passes the nodes loaded again
                 from the same files.
+            schedule: when given, each volume's prediction is shown by a callable handed to it (the panel passes
+                one that runs it on a later GUI turn: on a pool of CTs each takes 0.2-0.4 s, all at once froze the
+                panel); ``predictionNodes`` then stays empty. None: shown before returning.
 
         Returns:
             :class:`LoadedResult`; ``activeModel`` is the adapted card after an ``adapt`` or ``sfr`` job that
@@ -283,10 +293,10 @@ class ASSFTSceneLogic:
             for caseId, path in sorted(result.predictions.items()):
                 if caseId not in nodes or path is None:
                     continue
-                labels = segmentation.readClassLabelmapFile(self.scene, self._volumesLogic(), str(path))
-                predictionNode = segmentation.showPredictionSegmentation(self.scene, nodes[caseId], labels, card)
-                predictionNode.GetDisplayNode().SetVisibility(False)
-                predictionNodes[caseId] = predictionNode
+                if schedule is not None:
+                    schedule(functools.partial(self._showPrediction, nodes[caseId], path, card))
+                else:
+                    predictionNodes[caseId] = self._showPrediction(nodes[caseId], path, card)
         return LoadedResult(
             result=result,
             activeModel=activeModel,
@@ -298,7 +308,23 @@ class ASSFTSceneLogic:
             queryRound=queryRound,
         )
 
-    def restoreLatestRanking(self, workDir, tableNode=None, volumeNodes: Optional[Sequence] = None):
+    def _showPrediction(self, volumeNode, path, card):
+        """The (hidden) prediction segmentation of one volume from its job's label file; skipped (None) when the
+        volume left the scene before a scheduled call ran."""
+        if volumeNode.GetScene() is not self.scene:
+            return None
+        labels = segmentation.readClassLabelmapFile(self.scene, self._volumesLogic(), str(path))
+        predictionNode = segmentation.showPredictionSegmentation(self.scene, volumeNode, labels, card)
+        predictionNode.GetDisplayNode().SetVisibility(False)
+        return predictionNode
+
+    def restoreLatestRanking(
+        self,
+        workDir,
+        tableNode=None,
+        volumeNodes: Optional[Sequence] = None,
+        schedule: Optional[Callable[[Callable[[], None]], None]] = None,
+    ):
         """Show again the newest successful ranking under ``<workDir>/jobs`` (its table, chart, overlays, regions,
         predictions and probably-wrong list) on the volumes it ranked, after the browser server restarted or the
         scene was loaded again.
@@ -312,6 +338,7 @@ class ASSFTSceneLogic:
             workDir: the folder of ``jobs/``.
             tableNode: ranking table to overwrite (a new one when None).
             volumeNodes: the volumes that may receive results (default: :meth:`poolVolumeNodes`).
+            schedule: show the predictions later, one per call handed to it (see :meth:`loadJobResult`).
 
         Returns:
             ``(jobDir, LoadedResult)``, or None when there is no finished ranking or none of its volumes is loaded.
@@ -339,7 +366,7 @@ class ASSFTSceneLogic:
             model = read_job(jobDir).model
         except JobError as exc:
             raise ASSFTModuleError(f"Cannot show the last ranking again: {exc}") from exc
-        return Path(jobDir), self.loadJobResult(jobDir, model, tableNode=tableNode, caseNodes=nodes)
+        return Path(jobDir), self.loadJobResult(jobDir, model, tableNode=tableNode, caseNodes=nodes, schedule=schedule)
 
     # ------------------------------------------------------------------ looking at one case
     def volumeNodeForCase(self, case: RankingRow, nodeId: str = ""):

@@ -462,9 +462,15 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     gui.step = "reload"
     shown = [(r["case"], r["rank"], r["score"]) for r in rowsAfter]
     logic2 = ASSFTSceneLogic(env.scene, env.appLogic)
+    later = []  # as the panel's enter() does: the table now, each prediction on a later GUI turn
     restored = gui.call(
-        "restore the last ranking (same scene, new logic)", logic2.restoreLatestRanking, node.workDirectory
+        "restore the last ranking (same scene, new logic)",
+        logic2.restoreLatestRanking,
+        node.workDirectory,
+        schedule=later.append,
     )
+    for show in later:
+        gui.call("show one restored prediction (a later GUI turn)", show)
     again = [(r["case"], r["rank"], r["score"]) for r in tableRows(restored[1].tableNode)] if restored else []
     findings.check(
         "ranking survives a new logic on the same scene",
@@ -475,9 +481,15 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     env2 = slicer_scene.SlicerScene()
     nodes2 = loadPool(env2, pool)
     logic3 = ASSFTSceneLogic(env2.scene, env2.appLogic)
+    later = []
     restored2 = gui.call(
-        "restore the last ranking (new scene, same volumes)", logic3.restoreLatestRanking, node.workDirectory
+        "restore the last ranking (new scene, same volumes)",
+        logic3.restoreLatestRanking,
+        node.workDirectory,
+        schedule=later.append,
     )
+    for show in later:
+        gui.call("show one restored prediction (a later GUI turn)", show)
     again2 = tableRows(restored2[1].tableNode) if restored2 else []
     attached = {r["case"]: env2.scene.GetNodeByID(r["node"]).GetName() for r in again2 if r["node"]}
     findings.check(

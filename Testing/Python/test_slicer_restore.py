@@ -58,3 +58,27 @@ def test_after_a_scene_close_the_last_ranking_comes_back_on_the_volumes_loaded_a
     assert set(loaded.predictionNodes) == set(CASES) and not loaded.skippedCases
     assert logic.caseForVolume(loaded.tableNode, other) is None
     assert all(logic.caseForVolume(loaded.tableNode, node) is not None for node in nodes)
+
+
+def test_the_panel_restores_the_table_at_once_and_each_prediction_on_a_later_turn_skipping_removed_volumes(tmp_path):
+    """What the panel's enter() asks for (a CT pool froze it for 1.5 s building every prediction in one call)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for case in CASES:
+        shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
+    env = slicer_scene.SlicerScene()
+    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    load(logic, data)
+    finishSampleRankJob(logic.prepareJob("rank", tmp_path / "work", "default", budget=1))
+    env.scene.Clear(0)
+    nodes = load(logic, data)
+
+    later = []
+    _, loaded = logic.restoreLatestRanking(tmp_path / "work", schedule=later.append)
+
+    assert loaded.tableNode is not None and loaded.predictionNodes == {}
+    assert len(later) == len(CASES) and not env.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
+    env.scene.RemoveNode(nodes[0])  # the user closed one volume before its turn came
+    shown = [show() for show in later]
+    assert sum(node is not None for node in shown) == len(CASES) - 1
+    assert env.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == len(CASES) - 1
