@@ -360,9 +360,13 @@ class ASSFTWebApp(TrameApp):
         if self.guard.errors.get("model_text"):
             self.state.error = self.guard.errors["model_text"]
             return
+        parameters = self.session.parameters
+        in_use = (parameters.modelSource, parameters.modelCardPath)
         try:
             self.session.set_model(self.state.model_text)
+            self.session.card()  # read and checked as the worker reads it: a file that is no model card is refused
         except (ASSFTModuleError, AssftError, OSError) as error:
+            parameters.modelSource, parameters.modelCardPath = in_use
             self.state.error = str(error)
             return
         self.state.model_description = self.session.model_description()

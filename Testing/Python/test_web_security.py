@@ -587,3 +587,41 @@ def test_malformed_frames_close_only_their_connection(server):
         except (ConnectionError, asyncio.TimeoutError):
             pass  # that connection was closed: fine
         assert "result" in _run(_session(server, alive))
+
+
+def _trigger_of(state: dict, element_id: str) -> str:
+    """The ``trigger__N`` name the served template binds to the element ``element_id`` (what the page sends)."""
+    template = "".join(str(v) for k, v in state.items() if k.startswith("trame__template"))
+    for tag in re.findall(r"<[^>]+>", template):
+        if f'id="{element_id}"' in tag:
+            found = re.search(r"trigger\('(trigger__\d+)'", tag)
+            if found:
+                return found.group(1)
+    raise AssertionError(f"no trigger bound to #{element_id} in the served template")
+
+
+def test_the_model_field_refuses_a_file_that_is_no_model_card_and_keeps_the_model_in_use(server, tmp_path):
+    """A client's Model field with ``/etc/passwd`` or a JSON that is no card: the check mark reports the card error
+    and the model in use stays (before, both were 'set' and only a later Rank failed)."""
+    not_a_card = tmp_path / "not_a_card.json"
+    not_a_card.write_text('{"architecture": "monai:os.system", "arguments": {}}')
+
+    async def work(client):
+        await client.hello(server["secret"])
+        state = _state(await client.call("trame.state.get"))
+        check = _trigger_of(state, "model_field")
+        answers = []
+        for text in ("/etc/passwd", str(not_a_card)):
+            await client.call("trame.state.update", [[{"key": "model_text", "value": text}]])
+            await client.call("trame.trigger", [check, [], {}])
+            answers.append(_state(await client.call("trame.state.get")))
+        await client.call("trame.state.update", [[{"key": "model_text", "value": "default"}]])
+        await client.call("trame.trigger", [check, [], {}])
+        return state["model_description"], answers
+
+    in_use, answers = _run(_session(server, work))
+    passwd, other = answers
+    assert "/etc/passwd" in passwd["error"] and "model card" in passwd["error"]
+    assert str(not_a_card) in other["error"] and "missing required field" in other["error"]
+    assert passwd["model_description"] == in_use and other["model_description"] == in_use
+    assert not passwd["status"].startswith("Model set") and not other["status"].startswith("Model set")
