@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
@@ -37,21 +37,23 @@ HIPPO = DATA / "hippocampus"
 FIXTURES = DATA / "fixtures"
 TINY_SAM = REPO / "ASSFTActive" / "resources" / "models" / "sfr-sam-tiny"
 CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_007")
-FAST_ADAPT = [
-    "--iterations",
-    "3",
-    "--semi-iterations",
-    "3",
-    "--batch-size",
-    "1",
-    "--patch-size",
-    "32",
-    "32",
-    "32",
-    "--pseudo",
-    "none",
-    "--quiet",
-]
+#: ``assft adapt`` options of the catalogue's small runs: one 32^3 patch a batch.
+PATCH32 = ["--batch-size", "1", "--patch-size", "32", "32", "32"]
+
+
+def steps(n: int) -> List[str]:
+    """``assft adapt`` options of a run of ``n`` supervised and ``n`` semi-supervised steps on :data:`PATCH32`."""
+    return ["--iterations", str(n), "--semi-iterations", str(n), *PATCH32]
+
+
+FAST_ADAPT = [*steps(3), "--pseudo", "none", "--quiet"]
+#: ``assft sfr`` options of the catalogue's short runs: 2 SAM fine-tuning and 2 re-training steps, no guard.
+SFR_SHORT = ["--sam-iterations", "2", "--iterations", "2", "--no-guard"]
+
+
+def sfr_argv(store: str, *options: str) -> List[str]:
+    """``assft sfr`` on the base images and ``lab/real2`` into ``store`` (relative to the world), then ``options``."""
+    return ["sfr", "--images", "base/images", "--labels", "lab/real2", "--store", store, *options]
 
 
 @dataclass
@@ -350,6 +352,14 @@ class World:
         return {c: str(self.p("base", "images", f"{c}.nii.gz")) for c in cases}
 
 
+def started(w: World, argv: List[str], stdout=subprocess.PIPE, own_session: bool = False) -> subprocess.Popen:
+    """``argv`` started (not waited for) in the world's folder with its environment: stderr piped as text, stdout
+    piped unless ``stdout`` says otherwise; ``own_session`` starts it in a session (process group) of its own."""
+    return subprocess.Popen(
+        argv, cwd=w.root, env=w.env, stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=own_session
+    )
+
+
 # -- judges --------------------------------------------------------------------------------------------------------
 def refused(run: Run, *words: str) -> Tuple[bool, str]:
     """exit 2, an ``error:`` line, no traceback (and each of ``words`` in the message)."""
@@ -487,9 +497,7 @@ def p_symlink_after_start(w: World):
     outside = w.p("p7_outside")
     outside.mkdir()
     argv = ["nice", "-n", "19", sys.executable, "-m", "ASSFTActive.worker", str(job)]
-    proc = subprocess.Popen(
-        argv, cwd=w.root, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True
-    )
+    proc = started(w, argv, own_session=True)
     planted = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -538,16 +546,7 @@ def p_predictions_ro(w: World):
             "p8/newstore3",
             "--predictions",
             "p8/ro/pred",
-            "--iterations",
-            "2",
-            "--semi-iterations",
-            "2",
-            "--batch-size",
-            "1",
-            "--patch-size",
-            "32",
-            "32",
-            "32",
+            *steps(2),
             "--pseudo",
             "none",
             "--no-guard",
@@ -567,16 +566,7 @@ def p_models_tampered(w: World):
         [
             "--name",
             "base",
-            "--iterations",
-            "2",
-            "--semi-iterations",
-            "2",
-            "--batch-size",
-            "1",
-            "--patch-size",
-            "32",
-            "32",
-            "32",
+            *steps(2),
             "--pseudo",
             "none",
             "--no-guard",
@@ -715,24 +705,14 @@ def sfr_cli(prior: str, *words: str, config: str = "p2b/small.json"):
     def probe(w: World):
         return refused(
             w.cmd(
-                [
-                    "sfr",
-                    "--images",
-                    "base/images",
-                    "--labels",
-                    "lab/real2",
-                    "--store",
+                sfr_argv(
                     f"p2b/st_{prior or 'x'}",
                     *(["--sam", f"priors/{prior}"] if prior else []),
-                    "--sam-iterations",
-                    "2",
-                    "--iterations",
-                    "2",
-                    "--no-guard",
+                    *SFR_SHORT,
                     "--config",
                     config,
                     "--quiet",
-                ],
+                ),
                 timeout=150,
             ),
             *words,
@@ -773,17 +753,7 @@ print(got, overlap, busy, other)
 def p_lock_churn(w: World):
     folder = w.p("p2c", "locked", "wd")
     folder.parent.mkdir(parents=True)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", LOCK_CHILD, str(folder), "2000", str(REPO)],
-            cwd=w.root,
-            env=w.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
+    procs = [started(w, [sys.executable, "-c", LOCK_CHILD, str(folder), "2000", str(REPO)]) for _ in range(3)]
     totals = [0, 0, 0, 0]
     for proc in procs:
         out, err = proc.communicate(timeout=240)
@@ -989,16 +959,7 @@ def p_swapped3_nopool(w: World):
             [
                 "--learning-rate",
                 "0.001",
-                "--iterations",
-                "10",
-                "--semi-iterations",
-                "10",
-                "--batch-size",
-                "1",
-                "--patch-size",
-                "32",
-                "32",
-                "32",
+                *steps(10),
                 "--pseudo",
                 "none",
             ],
@@ -1016,14 +977,20 @@ def p_job_symlinks(w: World):
 
 class Served:
     """``python -m ASSFTWeb`` (what ``assft serve`` starts) on two of the base volumes, on 127.0.0.1 with a port
-    the system chooses; its printed address gives the host and this start's secret."""
+    the system chooses; its printed address gives the host and this start's secret.
 
-    def __init__(self, w: World):
-        self.data = w.p("p2a", "data")
+    ``root``: the folder of its ``data/`` and ``server.log`` (default ``p2a`` of the world); ``extra``: more files of
+    the data folder, ``(base case, file name)`` copies of base images."""
+
+    def __init__(self, w: World, root: Optional[Path] = None, extra: Sequence[Tuple[str, str]] = ()):
+        root = root or w.p("p2a")
+        self.data = root / "data"
         self.data.mkdir(parents=True)
         for case in CASES[:2]:
             shutil.copy(w.p("base", "images", f"{case}.nii.gz"), self.data)
-        self.log = w.p("p2a", "server.log")
+        for case, name in extra:
+            shutil.copy(w.p("base", "images", f"{case}.nii.gz"), self.data / name)
+        self.log = root / "server.log"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 ["nice", "-n", "19", sys.executable, "-m", "ASSFTWeb", "--data", str(self.data), "--port", "0"],
@@ -1314,21 +1281,28 @@ BROWSER = [
 ]
 
 
+def served_once(cache: dict, w: World, start: Callable[[World], Served]):
+    """The server ``start(w)``, started at the first call with this ``cache`` and stopped when the run ends: the
+    :class:`Served`, or the exception its start raised (each later call gets the same)."""
+    if "served" not in cache:
+        try:
+            cache["served"] = start(w)
+            w.cleanup.append(cache["served"].stop)
+        except Exception as error:  # reported on the rows
+            cache["served"] = error
+    return cache["served"]
+
+
 def browser_probes() -> List[Probe]:
     """The 2.1 rows, against one server start (``--only`` names them like the others)."""
     state: dict = {}
 
     def run(name, check):
         def probe(w: World):
-            if "served" not in state:
-                try:
-                    state["served"] = Served(w)
-                    w.cleanup.append(state["served"].stop)
-                except Exception as error:  # reported on the row
-                    state["served"] = error
-            if isinstance(state["served"], Exception):
-                return False, f"server did not start: {state['served']}"
-            return check(w, state["served"])
+            served = served_once(state, w, Served)
+            if isinstance(served, Exception):
+                return False, f"server did not start: {served}"
+            return check(w, served)
 
         return probe
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from Testing.Benchmarks.redteam_rerun import REPO, Probe, Run, World, accepted, refused
+from Testing.Benchmarks.redteam_rerun import REPO, SFR_SHORT, Probe, Run, World, accepted, refused, sfr_argv
 
 T = "Testing/Python/"
 NOBODY = 65534
@@ -720,23 +720,7 @@ UNWRITABLE_ROWS = [
         "hold",
         T + "test_locks_and_events.py",
         ro(
-            [
-                "sfr",
-                "--images",
-                "base/images",
-                "--labels",
-                "lab/real2",
-                "--store",
-                "p8/rw/newstore2",
-                "--work-dir",
-                "p8/ro/wd",
-                "--sam-iterations",
-                "2",
-                "--iterations",
-                "2",
-                "--no-guard",
-                "--quiet",
-            ],
+            sfr_argv("p8/rw/newstore2", "--work-dir", "p8/ro/wd", *SFR_SHORT, "--quiet"),
             "p8/rw/newstore2",
             "work-dir",
             "Permission denied",

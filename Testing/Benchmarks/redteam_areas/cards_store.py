@@ -45,25 +45,24 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+def _changed(data: dict, changes: dict) -> dict:
+    """``data`` with ``changes`` applied in place: a value set, or its key removed where the value is ``ABSENT``."""
+    for key, value in changes.items():
+        if value is ABSENT:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
 def _card_data(**changes) -> dict:
     data = json.loads((DEFAULT / "card.json").read_text())
     data.pop("provenance", None)
-    for key, value in changes.items():
-        if value is ABSENT:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    return data
+    return _changed(data, changes)
 
 
 def _arguments(**changes) -> dict:
-    data = dict(_card_data()["arguments"])
-    for key, value in changes.items():
-        if value is ABSENT:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    return data
+    return _changed(dict(_card_data()["arguments"]), changes)
 
 
 #: case -> changes of the embedded default card (``ABSENT`` removes a field)

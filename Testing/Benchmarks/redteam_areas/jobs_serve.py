@@ -48,6 +48,9 @@ from Testing.Benchmarks.redteam_rerun import (
     World,
     _events,
     refused,
+    served_once,
+    started,
+    steps,
     worker_refused,
 )
 
@@ -70,20 +73,7 @@ KILL_FINETUNE = {
     "checkpoint_every": 5,
 }
 #: ``assft adapt`` options of the 2.3 kill runs (10 + 10 steps; the config file sets ``checkpoint_every`` 5).
-KILL_ADAPT = [
-    "--iterations",
-    "10",
-    "--semi-iterations",
-    "10",
-    "--batch-size",
-    "1",
-    "--patch-size",
-    "32",
-    "32",
-    "32",
-    "--no-guard",
-    "--quiet",
-]
+KILL_ADAPT = [*steps(10), "--no-guard", "--quiet"]
 
 
 def _root(w: World, *parts: str) -> Path:
@@ -396,6 +386,11 @@ def p_worker_sigterm_step7(w: World) -> Result:
     )
 
 
+def _resumed(events: list) -> str:
+    """The message of the first of ``events`` that speaks of resuming ('' if none does)."""
+    return next((e.get("message", "") for e in events if "resum" in str(e.get("message", ""))), "")
+
+
 _WORKER_KILL: dict = {}
 
 
@@ -416,7 +411,7 @@ def _worker_kill_rerun(w: World) -> dict:
     )
     rc2, _, _ = second.wait()
     events = _events(job)[lines_before:]
-    resumed = next((e.get("message", "") for e in events if "resum" in str(e.get("message", ""))), "")
+    resumed = _resumed(events)
     log = (job / "log.txt").read_text() if (job / "log.txt").exists() else ""
     _WORKER_KILL.update(
         sent=sent,
@@ -489,7 +484,7 @@ def _sfr_kill(w: World) -> dict:
         changed=changed,
         refusal=refusal,
         rerun=rerun,
-        resumed=next((e.get("message", "") for e in events if "resum" in str(e.get("message", ""))), ""),
+        resumed=_resumed(events),
         sam_again=sorted(
             {e.get("phase") for e in events if e.get("event") == "progress" and "sfr_f" in str(e.get("phase"))}
         ),
@@ -794,26 +789,9 @@ def p_concurrent_activate(w: World) -> Result:
     if len(versions) < 3:
         return False, f"the store has only {versions}"
     seconds = 60
-    activators = [
-        subprocess.Popen(
-            [sys.executable, "-c", ACTIVATOR, str(REPO), str(store), str(seconds)] + versions,
-            cwd=w.root,
-            env=w.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    adapt = subprocess.Popen(
-        _cli_argv(_adapt_args(w, store, None, FAST_ADAPT)),
-        cwd=w.root,
-        env=w.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    activator = [sys.executable, "-c", ACTIVATOR, str(REPO), str(store), str(seconds)] + versions
+    activators = [started(w, activator) for _ in range(2)]
+    adapt = started(w, _cli_argv(_adapt_args(w, store, None, FAST_ADAPT)), subprocess.DEVNULL, own_session=True)
     reads = changes = bad = 0
     last, problems = None, []
     digests: Dict[Tuple[str, int], str] = {}
@@ -868,18 +846,8 @@ def p_two_adapts_same_workdir(w: World) -> Result:
 
 def p_two_adapts_same_store_name(w: World) -> Result:
     store = _root(w, "p2c", "store_twin")
-    runs = [
-        subprocess.Popen(
-            _cli_argv(_adapt_args(w, store, None, FAST_ADAPT + ["--no-guard"])),
-            cwd=w.root,
-            env=w.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for _ in range(2)
-    ]
+    argv = _cli_argv(_adapt_args(w, store, None, FAST_ADAPT + ["--no-guard"]))
+    runs = [started(w, argv, subprocess.DEVNULL, own_session=True) for _ in range(2)]
     codes = []
     for run in runs:
         _, err = run.communicate(timeout=300)
@@ -894,51 +862,15 @@ def p_two_adapts_same_store_name(w: World) -> Result:
 ODD_NAMES = ("..nii.gz", "...nii.gz", "a\\..\\..\\b.nii.gz")
 
 
-class _OwnServed(Served):
-    """``python -m ASSFTWeb`` on ``js/p2a/data``: 001, 004 and the row's odd names (see :class:`Served`)."""
-
-    def __init__(self, w: World):  # noqa: D107 - Served.__init__ with another folder
-        self.data = _root(w, "p2a", "data")
-        self.data.mkdir(parents=True)
-        for case in CASES[:2]:
-            shutil.copy(w.p("base", "images", f"{case}.nii.gz"), self.data)
-        for name in ODD_NAMES:
-            shutil.copy(w.p("base", "images", f"{CASES[2]}.nii.gz"), self.data / name)
-        self.log = _root(w, "p2a", "server.log")
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                ["nice", "-n", "19", sys.executable, "-m", "ASSFTWeb", "--data", str(self.data), "--port", "0"],
-                cwd=w.root,
-                env=w.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 240
-        found = None
-        while found is None and time.monotonic() < deadline and self.proc.poll() is None:
-            found = re.search(r"http://127\.0\.0\.1:(\d+)/\?secret=([A-Za-z0-9_-]+)", self.log.read_text())
-            time.sleep(0.3)
-        if found is None:
-            self.stop()
-            raise RuntimeError(f"the server printed no address: {self.log.read_text()[-300:]}")
-        self.port, self.secret = int(found.group(1)), found.group(2)
-        self.host = f"127.0.0.1:{self.port}"
-
-
 _SERVED: dict = {}
 
 
-def _served(w: World) -> _OwnServed:
-    if "served" not in _SERVED:
-        try:
-            _SERVED["served"] = _OwnServed(w)
-            w.cleanup.append(_SERVED["served"].stop)
-        except Exception as error:  # noqa: BLE001 - reported on the rows
-            _SERVED["served"] = error
-    if isinstance(_SERVED["served"], Exception):
-        raise RuntimeError(f"server did not start: {_SERVED['served']}")
-    return _SERVED["served"]
+def _served(w: World) -> Served:
+    """``python -m ASSFTWeb`` on ``js/p2a/data``: 001, 004 and the row's odd names (copies of 007), started once."""
+    served = served_once(_SERVED, w, lambda w: Served(w, _root(w, "p2a"), [(CASES[2], name) for name in ODD_NAMES]))
+    if isinstance(served, Exception):
+        raise RuntimeError(f"server did not start: {served}")
+    return served
 
 
 def _state(answer: dict) -> dict:

@@ -28,6 +28,7 @@ from Testing.Benchmarks.redteam_rerun import (
     FIXTURES,
     HIPPO,
     REPO,
+    SFR_SHORT,
     TINY_SAM,
     Probe,
     World,
@@ -41,6 +42,8 @@ from Testing.Benchmarks.redteam_rerun import (
     label_refused,
     p_geometry,
     refused,
+    sfr_argv,
+    steps,
     worker_refused,
 )
 
@@ -288,10 +291,7 @@ def cli(store: str, *args: str, words: Tuple[str, ...] = (), timeout: float = 15
     """``assft sfr --images base/images --labels lab/real2 --store p2b/<store> ARGS``: refused, nothing stored."""
 
     def probe(w: World) -> Verdict:
-        run = w.cmd(
-            ["sfr", "--images", "base/images", "--labels", "lab/real2", "--store", f"p2b/{store}", *args],
-            timeout=timeout,
-        )
+        run = w.cmd(sfr_argv(f"p2b/{store}", *args), timeout=timeout)
         ok, text = refused(run, *words)
         stored = _nothing_stored(w, w.p("p2b", store))
         return ok and not stored, text + stored
@@ -300,7 +300,7 @@ def cli(store: str, *args: str, words: Tuple[str, ...] = (), timeout: float = 15
 
 
 def prior(name: str, *words: str, config: str = "p2b/small.json"):
-    common = ["--sam-iterations", "2", "--iterations", "2", "--no-guard", "--config", config, "--quiet"]
+    common = [*SFR_SHORT, "--config", config, "--quiet"]
     return cli(f"st_{name}", "--sam", f"priors/{name}", *common, words=words)
 
 
@@ -324,16 +324,7 @@ def p_swapped3_guard(w: World) -> Verdict:
         [
             "--learning-rate",
             "0.001",
-            "--iterations",
-            "10",
-            "--semi-iterations",
-            "10",
-            "--batch-size",
-            "1",
-            "--patch-size",
-            "32",
-            "32",
-            "32",
+            *steps(10),
             "--pseudo",
             "none",
             "--quiet",
@@ -449,7 +440,7 @@ def p_evaluate_ts_41(w: World) -> Verdict:
 J = T + "test_job_settings_blocks.py"
 PC = T + "test_sfr_prior_cards.py"
 SC = T + "test_sfr_config.py"
-CFG = ("--sam-iterations", "2", "--iterations", "2", "--no-guard", "--quiet")
+CFG = (*SFR_SHORT, "--quiet")
 HIPPO_CARD = str(REPO / "ASSFTActive" / "resources" / "models" / "hippocampus-unet")
 
 PROBES: List[Probe] = [
