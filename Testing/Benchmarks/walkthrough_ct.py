@@ -303,6 +303,16 @@ def refusal(findings: Findings, name: str, function: Callable) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- the round
+def restoreAsThePanel(gui: GuiThread, label: str, logic: ASSFTSceneLogic, workDirectory: Path):
+    """``logic.restoreLatestRanking(workDirectory)`` as the panel's enter() does it: the table in one GUI call
+    (timed as ``label``), then each prediction on a later GUI turn. Returns what the restore returned."""
+    later = []
+    restored = gui.call(label, logic.restoreLatestRanking, workDirectory, schedule=later.append)
+    for show in later:
+        gui.call("show one restored prediction (a later GUI turn)", show)
+    return restored
+
+
 def runJob(gui: GuiThread, controller: JobController, watch: JobWatch, kind: str, timeout: float, **kwargs) -> dict:
     watch.reset()
     began = time.perf_counter()
@@ -429,26 +439,24 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     size = [max(2, n // 10) for n in shape]
     labels[c[0] - size[0] : c[0], c[1] - size[1] : c[1] + size[1], c[2] - size[2] : c[2] + size[2]] = 1
     gui.step = "paint + save"
-    gui.call(
-        "paint (Segment Editor stand-in)",
-        segmentation.fillSegmentationFromClassLabelmap,
-        segmentationNode,
-        Volume(labels, geometry.ijkToRasArray(target)),
-        card,
-    )
+
+    def paint() -> None:  # what the Segment Editor leaves: ``labels`` as they are now in the segmentation
+        gui.call(
+            "paint (Segment Editor stand-in)",
+            segmentation.fillSegmentationFromClassLabelmap,
+            segmentationNode,
+            Volume(labels, geometry.ijkToRasArray(target)),
+            card,
+        )
+
+    paint()
     issues = gui.call("come back (labelIssues)", logic.labelIssues, target, card)
     findings.check("a half-labelled volume is flagged when saved", bool(issues), " ".join(issues))
     if issues:
         line = guidance.labelCheckLine(target.GetName(), issues)
         findings.check("the half-label flag says what to do", bool(ACTION_WORDS.search(line)), line)
     labels[c[0] : c[0] + size[0], c[1] - size[1] : c[1] + size[1], c[2] - size[2] : c[2] + size[2]] = 2
-    gui.call(
-        "paint (Segment Editor stand-in)",
-        segmentation.fillSegmentationFromClassLabelmap,
-        segmentationNode,
-        Volume(labels, geometry.ijkToRasArray(target)),
-        card,
-    )
+    paint()
     gui.call("come back (refreshLabeledStates)", logic.refreshLabeledStates, table, card)
     issues = gui.call("come back (labelIssues)", logic.labelIssues, target, card)
     rowsAfter = tableRows(table)
@@ -462,15 +470,7 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     gui.step = "reload"
     shown = [(r["case"], r["rank"], r["score"]) for r in rowsAfter]
     logic2 = ASSFTSceneLogic(env.scene, env.appLogic)
-    later = []  # as the panel's enter() does: the table now, each prediction on a later GUI turn
-    restored = gui.call(
-        "restore the last ranking (same scene, new logic)",
-        logic2.restoreLatestRanking,
-        node.workDirectory,
-        schedule=later.append,
-    )
-    for show in later:
-        gui.call("show one restored prediction (a later GUI turn)", show)
+    restored = restoreAsThePanel(gui, "restore the last ranking (same scene, new logic)", logic2, node.workDirectory)
     again = [(r["case"], r["rank"], r["score"]) for r in tableRows(restored[1].tableNode)] if restored else []
     findings.check(
         "ranking survives a new logic on the same scene",
@@ -481,15 +481,7 @@ def walkthrough(args, calls: List[tuple]) -> dict:
     env2 = slicer_scene.SlicerScene()
     nodes2 = loadPool(env2, pool)
     logic3 = ASSFTSceneLogic(env2.scene, env2.appLogic)
-    later = []
-    restored2 = gui.call(
-        "restore the last ranking (new scene, same volumes)",
-        logic3.restoreLatestRanking,
-        node.workDirectory,
-        schedule=later.append,
-    )
-    for show in later:
-        gui.call("show one restored prediction (a later GUI turn)", show)
+    restored2 = restoreAsThePanel(gui, "restore the last ranking (new scene, same volumes)", logic3, node.workDirectory)
     again2 = tableRows(restored2[1].tableNode) if restored2 else []
     attached = {r["case"]: env2.scene.GetNodeByID(r["node"]).GetName() for r in again2 if r["node"]}
     findings.check(

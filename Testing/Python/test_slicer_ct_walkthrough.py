@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import slicer_scene
@@ -171,11 +172,23 @@ class GuiQueue:
         self.calls.pop(0)()
 
 
-def test_a_finished_job_shows_its_predictions_one_volume_per_gui_turn_not_all_at_once(tmp_path):
-    """Each CT prediction takes 0.2-0.4 s to become a segmentation: all of them in the call that ends the job froze
-    the panel for seconds (walkthrough: 2.7 s). The table comes first; each prediction follows in a turn of its own."""
-    from ASSFTModuleLib import segmentation
+@dataclass(frozen=True)
+class RankJob:
+    """A rank job of a :class:`JobController` on ``slicer_scene.threeVolumeScene``, its worker's results written."""
 
+    env: object
+    logic: ASSFTSceneLogic
+    card: object
+    nodes: list
+    gui: GuiQueue
+    controller: JobController
+    node: object  # the parameter node
+    signals: Signals  # connected before the job started
+
+
+def rankJobWritten(tmp_path) -> RankJob:
+    """Start a rank job (budget 1, work folder ``tmp_path/work``) and write a finished worker's results, up to the
+    moment the worker's process ends (``job.controller._runner.end(0)``, left to the test)."""
     env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
     gui = GuiQueue()
     controller = JobController(
@@ -188,11 +201,21 @@ def test_a_finished_job_shows_its_predictions_one_volume_per_gui_turn_not_all_at
     assert controller.waitUntilWritten(60)
     gui.runOne()  # the writer hands the start back: the worker starts
     fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    return RankJob(env, logic, card, nodes, gui, controller, node, signals)
 
-    controller._runner.end(0)
 
-    outcome = signals.finished[-1]
-    assert outcome.status == DONE and outcome.loaded.tableNode is node.rankingTable
+def test_a_finished_job_shows_its_predictions_one_volume_per_gui_turn_not_all_at_once(tmp_path):
+    """Each CT prediction takes 0.2-0.4 s to become a segmentation: all of them in the call that ends the job froze
+    the panel for seconds (walkthrough: 2.7 s). The table comes first; each prediction follows in a turn of its own."""
+    from ASSFTModuleLib import segmentation
+
+    job = rankJobWritten(tmp_path)
+    env, card, nodes, gui = job.env, job.card, job.nodes, job.gui
+
+    job.controller._runner.end(0)
+
+    outcome = job.signals.finished[-1]
+    assert outcome.status == DONE and outcome.loaded.tableNode is job.node.rankingTable
     assert outcome.loaded.predictionNodes == {}
     assert len(gui.calls) == 3  # one per volume with a prediction
     shown = []
@@ -209,17 +232,9 @@ def test_a_finished_job_shows_its_predictions_one_volume_per_gui_turn_not_all_at
 def test_a_prediction_whose_volume_left_the_scene_before_its_turn_is_skipped(tmp_path):
     from ASSFTModuleLib import segmentation
 
-    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
-    gui = GuiQueue()
-    controller = JobController(
-        logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable, callInMainThread=gui.post
-    )
-    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, budget=1))
-    spec = controller.startJob("rank")
-    assert controller.waitUntilWritten(60)
-    gui.runOne()
-    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
-    controller._runner.end(0)
+    job = rankJobWritten(tmp_path)
+    env, nodes, gui = job.env, job.nodes, job.gui
+    job.controller._runner.end(0)
 
     env.scene.RemoveNode(nodes[0])
     while gui.calls:
@@ -309,19 +324,10 @@ def test_a_finished_ranking_reads_its_entropy_maps_ahead(tmp_path, monkeypatch):
 
     ahead = overlay.ReadAhead()
     monkeypatch.setattr(overlay, "READ_AHEAD", ahead)
-    env, logic, card, cardPath, nodes = slicer_scene.threeVolumeScene(tmp_path)
-    gui = GuiQueue()
-    controller = JobController(
-        logic, runnerFactory=RecordingRunner, environment=dict, python=sys.executable, callInMainThread=gui.post
-    )
-    node = parameterNode(tmp_path / "work", cardPath, budget=1)
-    controller.setParameterNode(node)
-    spec = controller.startJob("rank")
-    assert controller.waitUntilWritten(60)
-    gui.runOne()
-    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    job = rankJobWritten(tmp_path)
+    logic, node = job.logic, job.node
 
-    controller._runner.end(0)
+    job.controller._runner.end(0)
 
     deadline = time.monotonic() + 30
     while ahead.heldBytes() < 2 * 20 * 16 * 12 * 4 and time.monotonic() < deadline:

@@ -32,13 +32,18 @@ def rows(scene, table):
     return out
 
 
-def test_after_a_scene_close_the_last_ranking_comes_back_on_the_volumes_loaded_again(tmp_path):
+def sampleDataAndScene(tmp_path: Path):
+    """``tmp_path/data`` with the sample cases' images, an empty real MRML scene and the module's logic on it."""
     data = tmp_path / "data"
     data.mkdir()
     for case in CASES:
         shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
     env = slicer_scene.SlicerScene()
-    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    return data, env, ASSFTSceneLogic(env.scene, env.appLogic)
+
+
+def test_after_a_scene_close_the_last_ranking_comes_back_on_the_volumes_loaded_again(tmp_path):
+    data, env, logic = sampleDataAndScene(tmp_path)
     nodes = load(logic, data)
     spec = logic.prepareJob("rank", tmp_path / "work", "default", budget=1)
     finishSampleRankJob(spec)
@@ -62,12 +67,7 @@ def test_after_a_scene_close_the_last_ranking_comes_back_on_the_volumes_loaded_a
 
 def test_the_panel_restores_the_table_at_once_and_each_prediction_on_a_later_turn_skipping_removed_volumes(tmp_path):
     """What the panel's enter() asks for (a CT pool froze it for 1.5 s building every prediction in one call)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for case in CASES:
-        shutil.copy(SAMPLE / "images" / f"{case}.nii.gz", data)
-    env = slicer_scene.SlicerScene()
-    logic = ASSFTSceneLogic(env.scene, env.appLogic)
+    data, env, logic = sampleDataAndScene(tmp_path)
     load(logic, data)
     finishSampleRankJob(logic.prepareJob("rank", tmp_path / "work", "default", budget=1))
     env.scene.Clear(0)
