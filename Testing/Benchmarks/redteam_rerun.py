@@ -1,6 +1,8 @@
-"""Re-run the red-team catalogue's failing probes (and a sample of the holding ones) against the current tree.
+"""Re-run the whole red-team catalogue against the current tree.
 
-The catalogue is ``../shared/research/redteam.md`` (2026-12-05, 300 probes, 49 failing). Each probe here is rebuilt
+The catalogue is ``../shared/research/redteam.md`` (2026-12-05, 300 probes, 49 failing): the rows here
+(:data:`PROBES`, the failing ones first re-run) and the rest in one module per group of areas under
+``Testing/Benchmarks/redteam_areas/`` (:func:`catalogue`), 307 probes in all with the 7 added. Each probe is rebuilt
 from its row there (same inputs where the row names them: MSD hippocampus 001/004/007 and the shared fixtures),
 run as a subprocess (``python -m ASSFTActive ...`` or the worker) inside a temporary folder this script creates and
 removes, and judged by the row's "expected" column: a refusal is exit 2 with one ``error:`` line and no traceback; a
@@ -11,7 +13,8 @@ data folder. The browser-server rows (2.1) run against one ``python -m ASSFTWeb`
 
 Usage: ``python Testing/Benchmarks/redteam_rerun.py [--only NAME,...] [--md OUT.md] [--json OUT.json]``. Needs
 ``../shared/data`` (hippocampus and fixtures); exits 0 with a note when it is absent. Every subprocess runs with one
-thread under ``nice``; a whole run takes about 10 minutes of CPU on the 2-core machine.
+thread under ``nice``; a whole run took 14 minutes on the 2-core machine beside a one-thread benchmark
+(``results/redteam_rerun.{md,json}``).
 """
 
 from __future__ import annotations
