@@ -134,11 +134,12 @@ def writeModelCard(folder: Path, classNames=("background", "anterior", "posterio
     return path
 
 
-def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
+def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True, selected=1):
     """Write what the worker writes at the end of a job: result, ranking, regions, entropy maps, predictions.
 
     The logic and job-controller tests load these files without running a worker; ``nodes`` are the job's volume
-    nodes in the order of ``spec.job.images``. Returns the card of the new model version (adapt jobs).
+    nodes in the order of ``spec.job.images``; the ``selected`` best-ranked volumes are proposed. Returns the card of
+    the new model version (adapt jobs).
     """
     from ASSFTModuleLib import geometry
 
@@ -146,6 +147,7 @@ def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
 
     jobDir = spec.jobDir
     caseIds = list(spec.job.images)
+    proposed = [caseId for caseId in reversed(caseIds) if caseId not in spec.job.labels][:selected]
     cases = []
     predictions = {}
     for rank, (caseId, node) in enumerate(zip(reversed(caseIds), reversed(nodes)), start=1):
@@ -183,14 +185,15 @@ def fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", activated=True):
                 "asd": 0.1 * rank,
                 "score": 1.0 / rank,
                 "rank": rank,
-                "selected": rank == 1,
+                "selected": caseId in proposed,
                 "labeled": caseId in spec.job.labels,
                 "entropy_map": str(entropyPath),
                 "regions": str(regionsPath),
                 "prediction": str(predictionPath),
             }
         )
-    (jobDir / "ranking.json").write_text(json.dumps({"strategy": "assft", "budget": 1, "model": "m", "cases": cases}))
+    ranked = {"strategy": "assft", "budget": max(1, len(proposed)), "model": "m", "cases": cases}
+    (jobDir / "ranking.json").write_text(json.dumps(ranked))
     newCard = writeModelCard(tmp_path / "store" / "test-unet-adapted-v2", name="test-unet-adapted")
     result = {
         "status": "done",

@@ -130,7 +130,7 @@ def writeQueryRound(jobDir: Path, budget: int, rounds: int, labeled: int) -> dic
         (4, 2, 1, "Query round 1 of 2 (2 + 2 volumes): 1 volume proposed."),
         (4, 2, 2, "Query round 2 of 2 (2 + 2 volumes): 2 volumes proposed."),
         (5, 3, 0, "Query round 1 of 3 (2 + 2 + 1 volumes): 2 volumes proposed."),
-        (3, 1, 1, "Query round 1 of 1 (3 volumes): 3 volumes proposed."),
+        (2, 1, 1, "Query round 1 of 1 (2 volumes): 2 volumes proposed."),
         (2, 2, 3, "Query round 2 of 2 (1 + 1 volumes): the schedule is complete, no volume proposed."),
     ],
 )
@@ -142,12 +142,13 @@ def test_the_status_says_which_query_round_a_finished_ranking_is_and_what_it_pro
     status = []
     controller.statusChanged.connect(status.append)
     spec = controller.startJob("rank")
-    fakeFinishedJob(spec, nodes, tmp_path, kind="rank")
+    proposing = plan_round(budget, rounds, labeled).size  # the ranking proposes what the round asks for
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank", selected=proposing)
     plan = writeQueryRound(spec.jobDir, budget, rounds, labeled)
     controller._runner.end(0)
 
     outcome = finished[-1]
-    assert outcome.status == DONE and status[-1] == outcome.message
+    assert outcome.status == DONE and status[-1] == outcome.message, outcome.message
     assert outcome.message == f"Done. {text}"
     queryRound = outcome.loaded.queryRound
     assert queryRound.to_dict() == plan
@@ -157,13 +158,24 @@ def test_the_re_ranking_after_adapt_model_reports_its_round_after_the_model(setu
     env, logic, controller, nodes, cardPath, tmp_path, finished = setup
     controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, queryRounds=2, budget=4))
     spec = controller.startJob("adapt")
-    fakeFinishedJob(spec, nodes, tmp_path, kind="adapt")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="adapt", selected=2)
     writeQueryRound(spec.jobDir, 4, 2, 2)
     controller._runner.end(0)
 
     message = finished[-1].message
     assert message.startswith("Adapted model is now active: ")
     assert message.endswith("Adapt method: ASSFT. Query round 2 of 2 (2 + 2 volumes): 2 volumes proposed.")
+
+
+def test_the_status_counts_the_volumes_the_ranking_proposed_when_fewer_than_the_round_asks(setup):
+    """Volumes held back (e.g. out of distribution) are not counted as proposed: the line says what the table shows."""
+    env, logic, controller, nodes, cardPath, tmp_path, finished = setup
+    controller.setParameterNode(parameterNode(tmp_path / "work", cardPath, queryRounds=2, budget=4))
+    spec = controller.startJob("rank")
+    fakeFinishedJob(spec, nodes, tmp_path, kind="rank", selected=1)
+    writeQueryRound(spec.jobDir, 4, 2, 2)  # round 2 asks for 2
+    controller._runner.end(0)
+    assert finished[-1].message == "Done. Query round 2 of 2 (2 + 2 volumes): 1 volume proposed."
 
 
 def test_a_ranking_without_a_recorded_round_says_nothing_about_rounds(setup):
