@@ -1645,10 +1645,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             probe = known.get(record["probe"])
             if probe is not None:
                 record.update(item=probe.item, before=probe.before, test=probe.test)
+            record["observed"] = portable(record["observed"])
         table = render(records)
         print(table)
         if args.md:
             args.md.write_text(table, encoding="utf-8")
+        if args.json:
+            args.json.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
         return 0
     if not (HIPPO / "imagesTr").is_dir() or not FIXTURES.is_dir():
         print(f"skipped: {DATA} (hippocampus and fixtures) is absent")
@@ -1672,7 +1675,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ok, observed = probe.run(world)
             except Exception as error:  # a probe that cannot be built is reported, not hidden
                 ok, observed = False, f"probe error: {type(error).__name__}: {error}"
-            observed = re.sub(re.escape(str(root)) + "/?", "", observed).replace("|", "/").replace("\n", " ")
+            observed = portable(re.sub(re.escape(str(root)) + "/?", "", observed))
             record = {
                 "area": probe.area,
                 "probe": probe.name,
@@ -1715,6 +1718,12 @@ def _tree() -> str:
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = len([line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line])
     return f"`{head}`" + (f" with {changed} tracked files changed in the working tree" if changed else "")
+
+
+def portable(observed: str) -> str:
+    """An observation as the table shows it: one line, no ``|``, paths in this checkout relative to it (a result file
+    names no machine's folders)."""
+    return observed.replace(str(REPO) + "/", "").replace("|", "/").replace("\n", " ")
 
 
 def render(records: list) -> str:
