@@ -744,6 +744,12 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def portable(text: str) -> str:
+    """``text`` with the walkthrough's temporary folders (removed when it ends) written ``<scratch>``: the results
+    name no machine's folders."""
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/assft_walkthrough_\w+", "<scratch>", text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=75, help="slices of the two 512 x 512 volumes")
@@ -787,10 +793,10 @@ def main(argv=None) -> int:
                 }
             )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        jsonable = json.loads(json.dumps(record, default=str))
+        jsonable = json.loads(portable(json.dumps(record, default=str)))
         atomic_write_text(args.out.with_suffix(".json"), json.dumps(jsonable, indent=1) + "\n")
         if "checks" in record:
-            atomic_write_text(args.out.with_suffix(".md"), markdown(record))
+            atomic_write_text(args.out.with_suffix(".md"), markdown(jsonable))
     failed = [c for c in record.get("checks", []) if not c["ok"]]
     print(
         f"longest GUI-thread call {record['gui']['max_gui_call_s']:.3f} s ({record['gui']['max_gui_call']}); "
