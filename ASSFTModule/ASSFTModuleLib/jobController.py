@@ -31,7 +31,7 @@ from ASSFTActive.progress import DONE as PROGRESS_DONE
 from ASSFTActive.progress import FAILED as PROGRESS_FAILED
 from ASSFTActive.progress import JobProgress, ProgressState, job_units
 
-from . import guidance, jobFolder, overlay, ranking, segmentation
+from . import guidance, jobFolder, overlay, ranking
 from .errors import ASSFTModuleError, JobFailedError
 from .jobProcess import WorkerOutput, deviceProbeCommand, formatEvent, parseDeviceProbe, pythonExecutable, workerCommand
 from .parameters import DEFAULT_QUERY_ROUNDS, AdaptMethodChoice, ModelSource, adaptJobFor, jobQuery, modelReferenceFor
@@ -567,12 +567,9 @@ class JobController:
         if volumeNode is None:
             return
         try:
-            labels = segmentation.readClassLabelmapFile(self.sceneLogic.scene, self.sceneLogic.volumesLogic, str(path))
-            predictionNode = segmentation.showPredictionSegmentation(self.sceneLogic.scene, volumeNode, labels, card)
+            self.sceneLogic.showPrediction(volumeNode, path, card)
         except (OSError, ValueError, RuntimeError) as error:  # the results are shown; only this overlay is missing
             self.logLine.emit(f"The prediction of {caseId} could not be shown: {error}")
-            return
-        predictionNode.GetDisplayNode().SetVisibility(False)
 
     def _loadResult(self, jobDir) -> tuple:
         """Load a finished job into the scene and the parameter node; ``(LoadedResult or None, message)``.

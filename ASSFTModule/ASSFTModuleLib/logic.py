@@ -294,9 +294,9 @@ class ASSFTSceneLogic:
                 if caseId not in nodes or path is None:
                     continue
                 if schedule is not None:
-                    schedule(functools.partial(self._showPrediction, nodes[caseId], path, card))
+                    schedule(functools.partial(self.showPrediction, nodes[caseId], path, card))
                 else:
-                    predictionNodes[caseId] = self._showPrediction(nodes[caseId], path, card)
+                    predictionNodes[caseId] = self.showPrediction(nodes[caseId], path, card)
         return LoadedResult(
             result=result,
             activeModel=activeModel,
@@ -308,7 +308,7 @@ class ASSFTSceneLogic:
             queryRound=queryRound,
         )
 
-    def _showPrediction(self, volumeNode, path, card):
+    def showPrediction(self, volumeNode, path, card):
         """The (hidden) prediction segmentation of one volume from its job's label file; skipped (None) when the
         volume left the scene before a scheduled call ran."""
         if volumeNode.GetScene() is not self.scene:
