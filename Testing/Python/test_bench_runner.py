@@ -68,6 +68,17 @@ def test_the_default_random_distribution_has_30_subsets_at_b2_and_15_at_b4():
     assert sum(u.budget == 2 for u in units) == 30 and sum(u.budget == 4 for u in units) == 15
 
 
+def test_a_budget_filter_keeps_the_floor_and_drops_the_ceiling_unless_zero_is_named():
+    profile = runner.PROFILES["development"]
+    only_two = runner.plan(profile, settings=["acdc_mild"], pools=[0], arms=["random", "assft"], budgets=[2])
+    assert {(u.arm.name, u.budget) for u in only_two} == {("floor", 0), ("random", 2), ("assft", 2)}
+    assert sum(u.arm.name == "random" for u in only_two) == 30
+    with_ceiling = runner.plan(profile, settings=["acdc_mild"], pools=[0], arms=["assft"], budgets=[0, 4])
+    assert {u.arm.name for u in with_ceiling if u.budget == 0} == {"floor", "ceiling_120", "ceiling_400", "ceiling_800"}
+    everything = {u.key for u in runner.plan(profile, settings=["acdc_mild"], pools=[0], arms=["random", "assft"])}
+    assert {u.key for u in only_two} <= everything, "a filtered run writes the profile's own records"
+
+
 def test_a_rerun_skips_every_record_that_exists_and_computes_only_the_missing(tmp_path):
     units = runner.plan(PROFILE)
     calls = []

@@ -3,7 +3,7 @@
     .venv/bin/python -m Testing.Benchmarks.harness splits                 # write the committed split files
     .venv/bin/python -m Testing.Benchmarks.harness plan --profile development   # units and CPU-time estimate
     .venv/bin/python -m Testing.Benchmarks.harness run --profile development --name dev1 [--settings ...]
-        [--pools 0 1] [--arms random coreset strategy=typicality] [--threads 1]
+        [--pools 0 1] [--arms random coreset strategy=typicality] [--budgets 2] [--threads 1]
     .venv/bin/python -m Testing.Benchmarks.harness report --name dev1     # Markdown, JSON, PNG, goal rows
 
 A run writes one record per unit under ``Testing/Benchmarks/results/harness/<name>/``; running it again skips the
@@ -57,12 +57,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--settings", nargs="+", help="only these settings")
     run.add_argument("--pools", type=int, nargs="+", help="only these pool replicates")
     run.add_argument("--arms", nargs="+", help="arm names or strategy=<QueryConfig strategy>[,field=value]")
+    run.add_argument(
+        "--budgets", type=int, nargs="+", help="only these budgets (and the floor; 0 = the whole-pool ceiling)"
+    )
     run.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     run.add_argument("--records", type=Path, default=runner.RECORDS, help="parent folder of the record folders")
     plan = sub.add_parser("plan", help="count a profile's units and estimate their CPU time")
     plan.add_argument("--profile", choices=sorted(runner.PROFILES), required=True)
     plan.add_argument("--settings", nargs="+")
     plan.add_argument("--arms", nargs="+")
+    plan.add_argument("--budgets", type=int, nargs="+")
     rep = sub.add_parser("report", help="tables, plots and goal rows from the records")
     rep.add_argument("--name", required=True)
     rep.add_argument("--default-arm", default="assft", help="the arm whose goal rows are written")
@@ -75,7 +79,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"wrote {path}")
         return 0
     if args.command == "plan":
-        units = runner.plan(runner.PROFILES[args.profile], settings=args.settings, arms=args.arms)
+        units = runner.plan(
+            runner.PROFILES[args.profile], settings=args.settings, arms=args.arms, budgets=args.budgets
+        )
         hours = runner.estimate_cpu_hours(units)
         for name, value in hours.items():
             print(f"{name}: {sum(u.setting == name for u in units)} units, ~{value:.1f} CPU hours (one thread)")
@@ -86,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
         profile = runner.PROFILES[args.profile]
-        units = runner.plan(profile, settings=args.settings, pools=args.pools, arms=args.arms)
+        units = runner.plan(profile, settings=args.settings, pools=args.pools, arms=args.arms, budgets=args.budgets)
         root = args.records / (args.name or args.profile)
         print(f"{len(units)} units under {root}", flush=True)
         summary = runner.run(units, root, profile, log=lambda line: print(line, flush=True))
