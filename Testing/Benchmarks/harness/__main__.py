@@ -79,9 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"wrote {path}")
         return 0
     if args.command == "plan":
-        units = runner.plan(
-            runner.PROFILES[args.profile], settings=args.settings, arms=args.arms, budgets=args.budgets
-        )
+        units = runner.plan(runner.PROFILES[args.profile], settings=args.settings, arms=args.arms, budgets=args.budgets)
         hours = runner.estimate_cpu_hours(units)
         for name, value in hours.items():
             print(f"{name}: {sum(u.setting == name for u in units)} units, ~{value:.1f} CPU hours (one thread)")
