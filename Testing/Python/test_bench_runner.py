@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from Testing.Benchmarks.harness import arms, report, runner, tasks
+from Testing.Benchmarks.harness import work as harness_work
 
 
 def fake_task(unit, profile):
@@ -118,11 +119,31 @@ def test_arms_name_any_query_strategy_with_fields():
     assert arms.parse_arm("strategy=random").seeded
     noised = arms.parse_arm("strategy=clasp_pe,seeded=true,guard=true")
     assert noised.seeded and noised.guard and dict(noised.query) == {"strategy": "clasp_pe"}
+    assert noised.name == "clasp_pe_guard-True", "a guarded arm must not share the unguarded arm's records"
     assert noised.draws(2) == arms.SEEDED_DRAWS and noised.draws(2, override=7) == 7
     with pytest.raises(ValueError, match="unknown arm"):
         arms.parse_arm("typicality")
     with pytest.raises(ValueError, match="no strategy"):
         arms.parse_arm("dkd_weight=0.3")
+
+
+def test_an_arm_overrides_the_recipe_with_finetune_fields_and_is_named_apart():
+    fast = arms.parse_arm("strategy=random,guard=true,finetune.validation.fold_fraction=0.34")
+    assert fast.guard and fast.seeded and dict(fast.query) == {"strategy": "random"}
+    assert dict(fast.finetune) == {"validation.fold_fraction": 0.34}
+    assert fast.name not in ("random", arms.parse_arm("strategy=random,guard=true").name)
+    assert harness_work.finetune_config(fast, seed=0).validation.fold_fraction == 0.34
+    assert harness_work.finetune_config(fast, seed=0).validation.guard
+    typo = arms.parse_arm("strategy=random,finetune.validation.fold_fractoin=0.3")
+    with pytest.raises(ValueError, match="fold_fractoin"):
+        harness_work.finetune_config(typo, seed=0)
+
+
+def test_a_draw_filter_keeps_the_first_draws_of_seeded_arms_only():
+    profile = runner.PROFILES["development"]
+    units = runner.plan(profile, settings=["acdc_mild"], pools=[0], arms=["random", "assft"], budgets=[2], draws=10)
+    assert sorted(u.draw for u in units if u.arm.name == "random") == list(range(10))
+    assert {u.arm.name for u in units} == {"floor", "random", "assft"}
 
 
 def test_the_report_places_the_default_in_the_random_distribution_and_writes_goal_rows(tmp_path):

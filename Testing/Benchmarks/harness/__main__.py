@@ -60,6 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument(
         "--budgets", type=int, nargs="+", help="only these budgets (and the floor; 0 = the whole-pool ceiling)"
     )
+    run.add_argument("--draws", type=int, help="only the first N draws of each seeded arm (the rest later)")
     run.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     run.add_argument("--records", type=Path, default=runner.RECORDS, help="parent folder of the record folders")
     plan = sub.add_parser("plan", help="count a profile's units and estimate their CPU time")
@@ -90,7 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
         profile = runner.PROFILES[args.profile]
-        units = runner.plan(profile, settings=args.settings, pools=args.pools, arms=args.arms, budgets=args.budgets)
+        units = runner.plan(
+            profile, settings=args.settings, pools=args.pools, arms=args.arms, budgets=args.budgets, draws=args.draws
+        )
         root = args.records / (args.name or args.profile)
         print(f"{len(units)} units under {root}", flush=True)
         summary = runner.run(units, root, profile, log=lambda line: print(line, flush=True))

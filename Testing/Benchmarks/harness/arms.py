@@ -202,9 +202,12 @@ def parse_arm(text: str) -> Arm:
     """An arm by name (:data:`ARMS`) or built from ``QueryConfig`` fields: ``strategy=typicality`` or
     ``name:strategy=assft,combine=two_stage`` (values parsed as int / float / bool when they look like one). Two
     fields are the arm's, not the query's: ``seeded=true`` (a sampling query: measured on several draws) and
-    ``guard=true`` (Adapt Model's guard on). Slices and regions: ``unit=slice|region`` (budget in ``measure=slices``
-    by default, or ``measure=voxels_changed``) and the ``UnitConfig`` fields of :data:`UNIT_FIELDS`
-    (``region_size=16x16x16``); ``strategy=random`` with a unit gives random units.
+    ``guard=true`` (Adapt Model's guard on); a field named ``finetune.<dotted FinetuneConfig field>`` overrides the
+    recipe (``guard=true,finetune.validation.fold_fraction=0.34``: the guard with short folds). An unnamed arm's
+    name lists every field besides ``strategy``, so a guarded or re-tuned arm never shares another arm's records.
+    Slices and regions: ``unit=slice|region`` (budget in ``measure=slices`` by default, or
+    ``measure=voxels_changed``) and the ``UnitConfig`` fields of :data:`UNIT_FIELDS` (``region_size=16x16x16``);
+    ``strategy=random`` with a unit gives random units.
 
     Raises:
         ValueError: an unknown arm name, or fields without ``strategy``; an unknown unit or measure.
@@ -226,15 +229,19 @@ def parse_arm(text: str) -> Arm:
     unit = str(fields.pop("unit", "volume"))
     measure = str(fields.pop("measure", "slices" if unit != "volume" else ""))
     unit_fields = {k: _unit_value(k, fields.pop(k)) for k in list(fields) if k in UNIT_FIELDS}
+    finetune = {k[len("finetune.") :]: fields.pop(k) for k in list(fields) if k.startswith("finetune.")}
     extra = {k: v for k, v in fields.items() if k != "strategy"}
     default_measure = "slices" if unit != "volume" else ""
     named = {**extra, **({"unit": unit} if unit != "volume" else {})}
     named.update({"measure": measure} if measure != default_measure else {})
     named.update({k: "x".join(map(str, v)) if isinstance(v, tuple) else v for k, v in unit_fields.items()})
+    named.update({k: v for k, v in finetune.items()})
+    named.update({"guard": True} if guard else {})
     name = name or (strategy if not named else strategy + "_" + "_".join(f"{k}-{v}" for k, v in sorted(named.items())))
     return Arm(
         name=name,
         query=(("strategy", strategy), *sorted(extra.items())),
+        finetune=tuple(sorted(finetune.items())),
         seeded=seeded,
         guard=guard,
         label=name,

@@ -153,13 +153,15 @@ def plan(
     pools: Optional[Iterable[int]] = None,
     arms: Optional[Sequence[str]] = None,
     budgets: Optional[Iterable[int]] = None,
+    draws: Optional[int] = None,
 ) -> List[Unit]:
     """Every unit of ``profile`` (optionally only some settings, pool replicates, arms or budgets), in run order:
     per pool, the floor, then each arm's budgets, draws and seeds, then the ceiling step counts.
 
     ``budgets`` keeps the labelled-set units of those budgets and the floor (every gap is measured against it);
-    the whole-pool units (the ceiling, budget 0) are kept only when 0 is among them. The records are the profile's
-    own either way, so a later run without the filter resumes over them."""
+    the whole-pool units (the ceiling, budget 0) are kept only when 0 is among them. ``draws`` keeps only the first
+    that many draws of each seeded arm (e.g. 10 guarded labelled sets before the rest). The records are the
+    profile's own either way, so a later run without the filters resumes over them."""
     chosen = [parse_arm(a) for a in (arms or profile.arms)]
     replicates = list(pools) if pools is not None else list(range(profile.pools))
     wanted = None if budgets is None else set(budgets)
@@ -177,9 +179,11 @@ def plan(
                 for seed in range(profile.seeds):
                     ceiling = with_effort(with_finetune(ceiling_arm(steps), profile.finetune), profile)
                     units.append(Unit(name, profile.split, pool, ceiling, 0, 0, seed))
-    if wanted is None:
-        return units
-    return [u for u in units if u.arm.name == FLOOR.name or u.budget in wanted]
+    if wanted is not None:
+        units = [u for u in units if u.arm.name == FLOOR.name or u.budget in wanted]
+    if draws is not None:
+        units = [u for u in units if u.draw < draws]
+    return units
 
 
 #: Measured cost on one CPU thread of the shared 2-core machine (AMD EPYC), seconds: per training step of Adapt
