@@ -144,6 +144,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[ASSFTModuleParameterNode] = None
         self._binding: Optional[GuiBinding] = None
         self._describedModel = None
+        self._labelsReadBackFor: set = set()  # volume node IDs whose saved labels were looked for in this scene
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -195,6 +196,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         self.initializeParameterNode()
         self.restoreLastRanking()
+        self.restoreSavedLabels()
         self.refreshLabeledStates()
 
     def restoreLastRanking(self) -> None:
@@ -221,6 +223,22 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             overlay.READ_AHEAD.start([case.entropyMap for case in cases if not case.labeled])  # before the clicks
             self.setStatus(_("Last ranking shown again from job {job}.").format(job=jobDir.name))
 
+    def restoreSavedLabels(self) -> None:
+        """After a restart without a saved scene: the labels painted before come back from the job folders on the
+        volumes they were painted on, never over labels in the scene (ASSFTSceneLogic.restoreSavedLabels)."""
+        node = self._parameterNode
+        if node is None or self.controller.isRunning():
+            return
+        fresh = [v for v in self.sceneLogic.poolVolumeNodes() if v.GetID() not in self._labelsReadBackFor]
+        if not fresh:  # each volume once per scene: entering the panel again reads no folder
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to read back the saved labels."), waitCursor=True):
+            card = self.sceneLogic.modelCard(self.controller.modelReference())
+            self._labelsReadBackFor.update(v.GetID() for v in fresh)
+            line = self.sceneLogic.restoreSavedLabels(node.workDirectory, card, fresh).statusLine()
+            if line:
+                self.setStatus(line)
+
     def exit(self) -> None:
         """The panel stays connected to its parameter node while hidden (see ASSFTModuleLib.guiBinding)."""
 
@@ -239,6 +257,7 @@ class ASSFTModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self._labelsReadBackFor.clear()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:

@@ -121,6 +121,22 @@ def readCaseNodes(jobDir) -> Dict[str, dict]:
     return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
 
 
+def jobDirsNewestFirst(workDir) -> list:
+    """Every job folder under ``<workDir>/jobs`` that holds a case list, newest first (by when the case list was
+    written, i.e. when the job was prepared; then by name)."""
+    jobsDir = Path(workDir) / "jobs"
+    if not jobsDir.is_dir():
+        return []
+    folders = [p for p in jobsDir.iterdir() if (p / CASES_FILE).is_file()]
+    return sorted(folders, key=lambda p: ((p / CASES_FILE).stat().st_mtime_ns, p.name), reverse=True)
+
+
+def savedLabelFile(jobDir, caseId: str) -> Optional[Path]:
+    """The class label map a job folder holds for ``caseId`` (written when the job was prepared), or None."""
+    path = Path(jobDir) / "labels" / f"{caseId}{IMAGE_SUFFIX}"
+    return path if path.is_file() else None
+
+
 def logTail(jobDir, lines: int = 50) -> str:
     """The last ``lines`` lines of the job's ``log.txt`` ("" when there is none)."""
     path = Path(jobDir) / LOG_FILE

@@ -21,7 +21,7 @@ from . import jobFolder, overlay, plot, ranking, regions, segmentation, unitProp
 from .errors import ASSFTModuleError
 from .geometry import loadVolumeFile
 from .modelCard import readModelCard
-from .records import CaseState, FinishedJob, LabelConversion, PreparedJob, RankingRow, RegionMarker
+from .records import CaseState, FinishedJob, LabelConversion, PreparedJob, RankingRow, RegionMarker, RestoredLabels
 
 #: Attribute of a ranking table node: the job folder its rows point into (overlays, regions, predictions); that
 #: folder is never pruned while the table is shown (:meth:`ASSFTSceneLogic.protectedJobFolders`).
@@ -352,6 +352,18 @@ class ASSFTSceneLogic:
         jobDir = jobFolder.latestRankingJobDir(workDir)
         if not jobDir:
             return None
+        nodes = self._jobCaseNodes(jobDir, volumeNodes)
+        if not nodes:
+            return None
+        try:
+            model = read_job(jobDir).model
+        except JobError as exc:
+            raise ASSFTModuleError(f"Cannot show the last ranking again: {exc}") from exc
+        return Path(jobDir), self.loadJobResult(jobDir, model, tableNode=tableNode, caseNodes=nodes, schedule=schedule)
+
+    def _jobCaseNodes(self, jobDir, volumeNodes: Optional[Sequence] = None) -> dict:
+        """``{case_id: volume node}`` of a job's cases that are in the scene: the very node the job was prepared
+        from, or a volume loaded again from the same, unchanged file (:meth:`restoreLatestRanking`'s rule)."""
         cases = jobFolder.readCaseNodes(jobDir)
         nodes = jobFolder.caseNodesInScene(self.scene, cases)
         pool = [
@@ -360,13 +372,51 @@ class ASSFTSceneLogic:
             if node not in nodes.values()
         ]
         nodes.update(jobFolder.caseNodesFromFiles({c: i for c, i in cases.items() if c not in nodes}, pool))
-        if not nodes:
-            return None
-        try:
-            model = read_job(jobDir).model
-        except JobError as exc:
-            raise ASSFTModuleError(f"Cannot show the last ranking again: {exc}") from exc
-        return Path(jobDir), self.loadJobResult(jobDir, model, tableNode=tableNode, caseNodes=nodes, schedule=schedule)
+        return nodes
+
+    def restoreSavedLabels(
+        self, workDir, modelCard: ModelCard, volumeNodes: Optional[Sequence] = None
+    ) -> RestoredLabels:
+        """After Slicer started again: read back the labels the user had painted, from the newest job that saved
+        labels for each volume (every job writes the labelled volumes' class label maps, partial ones with their
+        annotated slices or regions, into ``labels/``), so that no annotation is lost with an unsaved scene. The
+        newest job prepared from a volume decides: when it saved no labels for it (the user had removed them), older
+        labels are not brought back.
+
+        Only volumes with no segmentation to read labels from get them (:func:`~.segmentation.findLabelSegmentation`
+        finds none): labels in the scene are the user's current work and are never replaced. A volume gets labels
+        only from a job that was prepared from it (the same node, or the same unchanged file), as
+        :meth:`restoreLatestRanking` decides. A partial label marks its units done again (:meth:`loadSavedLabels`).
+        A job folder whose case list cannot be read is skipped and named in the result.
+
+        Raises:
+            ASSFTModuleError: a saved label file cannot be read or does not fit its volume (the message names
+                both); the volumes before it keep what they got.
+        """
+        volumes: Dict[str, Path] = {}
+        unreadable = []
+        decided = set()
+        for jobDir in jobFolder.jobDirsNewestFirst(workDir):  # every job folder, not only finished ones
+            try:
+                nodes = self._jobCaseNodes(jobDir, volumeNodes)
+            except ASSFTModuleError:
+                unreadable.append(Path(jobDir))
+                continue
+            for caseId, node in sorted(nodes.items()):
+                if node.GetID() in decided:
+                    continue
+                decided.add(node.GetID())  # the newest job of this volume decides: labels then, or none then
+                path = jobFolder.savedLabelFile(jobDir, caseId)
+                if path is None or segmentation.findLabelSegmentation(self.scene, node, modelCard) is not None:
+                    continue
+                try:
+                    self.loadSavedLabels(node, path, modelCard)
+                except ASSFTModuleError as exc:
+                    raise ASSFTModuleError(
+                        f"Cannot read back the labels of '{node.GetName()}' ({path}): {exc}"
+                    ) from exc
+                volumes[node.GetName()] = path
+        return RestoredLabels(volumes, tuple(unreadable))
 
     # ------------------------------------------------------------------ looking at one case
     def volumeNodeForCase(self, case: RankingRow, nodeId: str = ""):

@@ -10,7 +10,7 @@ paths), camelCase (Slicer side).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -203,6 +203,30 @@ class FinishedJob:
         if self.kind == "sfr":
             return "SFR+" if self.record.metrics.get("method") == "sfr_plus" else "SFR"
         return ""
+
+
+@dataclass(frozen=True)
+class RestoredLabels:
+    """Labels read back from the job folders after a restart (``ASSFTSceneLogic.restoreSavedLabels``).
+
+    Attributes:
+        volumes: ``{volume node name: label file}`` of the volumes that got their labels back.
+        unreadableJobs: job folders whose case list could not be read, so their labels could not be placed.
+    """
+
+    volumes: Dict[str, Path] = field(default_factory=dict)
+    unreadableJobs: Tuple[Path, ...] = ()
+
+    def statusLine(self) -> str:
+        """One line for the panel ("" when nothing was read back and nothing was skipped)."""
+        parts = []
+        if self.volumes:
+            names = ", ".join(sorted(self.volumes))
+            parts.append(f"Labels read back from the job folders for {len(self.volumes)} volume(s): {names}.")
+        if self.unreadableJobs:
+            folders = ", ".join(p.name for p in self.unreadableJobs)
+            parts.append(f"Could not read the case list of job folder(s) {folders}; their labels were not read back.")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)

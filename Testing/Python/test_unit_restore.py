@@ -186,6 +186,90 @@ def test_a_saved_full_label_is_read_back_whole_and_a_label_with_no_annotated_vox
         logic.loadSavedLabels(nodes[1], empty, card)
 
 
+def test_after_a_restart_the_panel_reads_the_labels_back_from_the_newest_job_of_each_volume(files, tmp_path):
+    env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
+    regionRanking(logic, cardPath, nodes, tmp_path)
+    expected = paintAndMarkTwo(logic, card, nodes[1])
+    full = slicer_scene.syntheticLabels()
+    segmentation.fillSegmentationFromClassLabelmap(
+        logic.annotationSegmentation(nodes[2], card), Volume(full, geometry.ijkToRasArray(nodes[2])), card
+    )
+    spec = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
+    assert sorted(spec.job.labels) == ["case_b", "case_c"]
+
+    env, logic, card, cardPath, nodes = openScene(files, cardPath)  # Slicer started again, the scene not saved
+    assert logic.restoreLatestRanking(tmp_path / "work") is not None
+    restored = logic.restoreSavedLabels(tmp_path / "work", card)
+
+    assert sorted(restored.volumes) == ["case_b", "case_c"] and restored.unreadableJobs == ()
+    assert restored.volumes["case_b"] == Path(spec.job.labels["case_b"])
+    assert "2 volume(s): case_b, case_c" in restored.statusLine()
+    assert {u.key for u in unitProposals.doneUnits(nodes[1])} == {region(REGIONS[0]).key, region(REGIONS[2]).key}
+    np.testing.assert_array_equal(logic.savedLabels(nodes[1], card).labels, expected)
+    np.testing.assert_array_equal(logic.classLabelmap(nodes[2], card).labels, full)
+    assert segmentation.findLabelSegmentation(env.scene, nodes[0], card) is None, "case_a was never labelled"
+    assert logic.restoreSavedLabels(tmp_path / "work", card).volumes == {}, "a second call replaces nothing"
+
+
+def test_labels_in_the_scene_are_never_replaced_and_labels_removed_before_the_newest_job_stay_removed(files, tmp_path):
+    env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
+    full = slicer_scene.syntheticLabels()
+    for node in nodes[1:]:
+        segmentation.fillSegmentationFromClassLabelmap(
+            logic.annotationSegmentation(node, card), Volume(full, geometry.ijkToRasArray(node)), card
+        )
+    logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)  # saves both labels
+    removed = segmentation.findLabelSegmentation(env.scene, nodes[2], card)
+    env.scene.RemoveNode(removed)  # the user deleted case_c's labels, then ranked again
+    newest = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    assert sorted(newest.job.labels) == ["case_b"]
+
+    env, logic, card, cardPath, nodes = openScene(files, cardPath)
+    other = full.copy()
+    other[other > 0] = 1  # case_b painted again, differently, before the panel restores anything
+    segmentation.fillSegmentationFromClassLabelmap(
+        logic.annotationSegmentation(nodes[1], card), Volume(other, geometry.ijkToRasArray(nodes[1])), card
+    )
+    restored = logic.restoreSavedLabels(tmp_path / "work", card)
+
+    assert restored.volumes == {} and restored.statusLine() == ""
+    np.testing.assert_array_equal(logic.classLabelmap(nodes[1], card).labels, other)
+    assert segmentation.findLabelSegmentation(env.scene, nodes[2], card) is None, "deleted labels came back"
+
+
+def test_a_job_folder_with_a_broken_case_list_is_named_and_the_other_jobs_labels_still_come_back(files, tmp_path):
+    env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
+    full = slicer_scene.syntheticLabels()
+    segmentation.fillSegmentationFromClassLabelmap(
+        logic.annotationSegmentation(nodes[1], card), Volume(full, geometry.ijkToRasArray(nodes[1])), card
+    )
+    older = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    broken = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    (broken.jobDir / "slicer-cases.json").write_text("{not json")
+
+    env, logic, card, cardPath, nodes = openScene(files, cardPath)
+    restored = logic.restoreSavedLabels(tmp_path / "work", card)
+
+    assert restored.volumes == {"case_b": Path(older.job.labels["case_b"])}
+    assert restored.unreadableJobs == (broken.jobDir,)
+    assert broken.jobDir.name in restored.statusLine() and "not read back" in restored.statusLine()
+
+
+def test_labels_are_not_read_back_onto_a_volume_loaded_from_another_file(files, tmp_path):
+    env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
+    full = slicer_scene.syntheticLabels()
+    segmentation.fillSegmentationFromClassLabelmap(
+        logic.annotationSegmentation(nodes[1], card), Volume(full, geometry.ijkToRasArray(nodes[1])), card
+    )
+    logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    image = read_volume(files / "case_b.nii.gz")
+    write_volume(Volume(image.array + 1, image.affine), files / "case_b.nii.gz")  # the file changed since
+
+    env, logic, card, cardPath, nodes = openScene(files, cardPath)
+    assert logic.restoreSavedLabels(tmp_path / "work", card).volumes == {}
+    assert segmentation.findLabelSegmentation(env.scene, nodes[1], card) is None
+
+
 # ------------------------------------------------------------------ the browser
 
 
