@@ -175,7 +175,11 @@ def _guarded(
 
 
 def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:
-    values = np.concatenate(list(random_draw_means.values())) if random_draw_means else np.array([np.nan])
+    """Percentiles and maximum of the random subsets' mean Dice (NaN without random subsets, without a warning)."""
+    keys = ("p10", "p25", "p50", "p75", "p90", "max")
+    values = np.concatenate(list(random_draw_means.values())) if random_draw_means else np.array([])
+    if not np.isfinite(values).any():
+        return dict.fromkeys(keys, float("nan"))
     return {
         k: float(np.nanpercentile(values, q))
         for k, q in (("p10", 10), ("p25", 25), ("p50", 50), ("p75", 75), ("p90", 90))
