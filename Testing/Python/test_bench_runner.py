@@ -300,6 +300,56 @@ def test_the_guard_calibration_scores_a_refused_model_so_a_false_refusal_is_coun
     assert "false refusals (better by > 0.02 yet refused) 1 / 1" in text
 
 
+def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_the_same_labelled_sets(tmp_path):
+    """Two guarded arms on the same draws: each has its own calibration line and rule table (a fold that lost 0.2
+    is activated by the shipped rule and refused under a limit of 0.1), their agreement is counted, and ``write``
+    leaves the sets in the guard calibration's input format."""
+    from ASSFTActive.finetune.guard_calibration import read_records
+
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=("full:strategy=random,guard=true", "short:strategy=random,guard=true"),
+        draws=2,
+        ceiling_steps=(),
+    )
+
+    def execute(task, unit, work):
+        floor_dice = {c: [0.5] for c in task.eval}
+        if unit.arm.name == "floor":
+            return {"labelled": [], "per_case": floor_dice, "mean_dice": 0.5, "activated": False}
+        # draw 0: fold 'b' lost 0.2 but the mean gained 0.05; the model is worse on the evaluation cases (0.45)
+        # draw 1: both folds gained 0.05; the model is better (0.6). 'short' refuses draw 1 (a false refusal).
+        after = {"a": 0.8, "b": 0.3} if unit.draw == 0 else {"a": 0.55, "b": 0.55}
+        cv = {"steps": [0, 25], "dice": {"a": [0.5, after["a"]], "b": [0.5, after["b"]]}, "folds": [["a"], ["b"]]}
+        activated = not (unit.arm.name == "short" and unit.draw == 1)
+        test = {c: [0.45 if unit.draw == 0 else 0.6] for c in task.eval}
+        record = {"labelled": ["a", "b"], "activated": activated, "cross_validation": cv}
+        record["activation"] = {"method": "cross_validation", "stop_step": 25}
+        if activated:
+            return {**record, "per_case": test, "mean_dice": 0.5}
+        return {**record, "per_case": floor_dice, "mean_dice": 0.5, "candidate_per_case": test}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    summary = report.summarise(runner.load_records(tmp_path))
+    text = report.markdown(summary, "t", "c")
+    assert "`full`, 2 guarded labelled sets: activated 2; false activations" in text
+    assert "yet active) 1 / 2" in text.split("`full`, 2 guarded")[1].split("\n")[0]
+    assert "| 0.005 | none | 2 / 2 | 1 / 1 | 0 / 1 |" in text
+    assert "| 0.005 | 0.1 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "the fold that lost 0.2 is refused under 0.1"
+    assert "`full` and `short` decided alike on 1 of 2 shared labelled sets." in text
+
+    out = tmp_path / "out"
+    result = report.write(tmp_path, out / "harness_g", goals=None)
+    sets = json.loads((out / "harness_g_guard_sets.json").read_text())["sets"]
+    assert result["guard_sets"].endswith("harness_g_guard_sets.json") and len(sets) == 4
+    records = read_records({"sets": sets})
+    worse = [r for r in records if r.labelled_set == "full/pool0/d0_s0"]
+    assert worse[0].fold_gains == pytest.approx((0.3, -0.2)) and worse[0].test_gain == pytest.approx(-0.05)
+
+
 def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_table(tmp_path):
     calls = []
     runner.run(runner.plan(PROFILE), tmp_path, PROFILE, execute=fake_execute(calls), task_of=fake_task, log=print)

@@ -439,18 +439,87 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
                     + " |"
                 )
             lines.append("")
-        guarded = entry.get("guarded") or []
-        if guarded:
-            n = len(guarded)
-            lines += [
-                f"Guard (issue 25 calibration, {n} guarded labelled sets): activated "
-                f"{sum(bool(g['activated']) for g in guarded)}; false activations (worse than no adaptation by "
-                f"> {FALSE_ACTIVATION_MARGIN} yet active) {sum(g['false_activation'] for g in guarded)} / {n}; "
-                f"false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
-                f"{sum(g['false_refusal'] for g in guarded)} / {n}.",
-                "",
-            ]
+        lines += guard_markdown(name, entry.get("guarded") or [])
     return "\n".join(lines) + "\n"
+
+
+#: Rules under which the report judges every guarded labelled set again, from the same cross-validation folds
+#: (issue 25 item 1's candidates): ``(min_gain, max_fold_loss)``, the shipped rule first.
+GUARD_RULES: Tuple[Tuple[float, Optional[float]], ...] = ((0.005, None), (0.005, 0.1), (0.005, 0.05), (0.005, 0.02))
+
+
+def guard_sets(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The guarded labelled sets as the guard calibration reads them (``ASSFTActive.finetune.guard_calibration``:
+    the folds' curves and the candidate's gain over no adaptation on the evaluation cases); sets without
+    cross-validation (one labelled volume) are left out."""
+    return [
+        {
+            "setting": name,
+            "budget": g["budget"],
+            "set": f"{g['arm']}/pool{g['pool']}/d{g['draw']}_s{g['seed']}",
+            "arm": g["arm"],
+            "cross_validation": g["cross_validation"],
+            "stop_step": g.get("stop_step"),
+            "test_gain": g["candidate_gain_over_floor"],
+        }
+        for g in guarded
+        if g.get("cross_validation")
+    ]
+
+
+def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Per guarded arm: its decisions against the evaluation cases, the same folds judged under :data:`GUARD_RULES`,
+    and how often two guarded arms on the same labelled sets decided alike (e.g. the guard with short folds)."""
+    from ASSFTActive.finetune.guard_calibration import read_records, sweep
+
+    lines: List[str] = []
+    arms = sorted({g["arm"] for g in guarded})
+    for arm in arms:
+        rows = [g for g in guarded if g["arm"] == arm]
+        n = len(rows)
+        lines += [
+            f"Guard (issue 25 calibration), `{arm}`, {n} guarded labelled sets: activated "
+            f"{sum(bool(g['activated']) for g in rows)}; false activations (worse than no adaptation by "
+            f"> {FALSE_ACTIVATION_MARGIN} yet active) {sum(g['false_activation'] for g in rows)} / {n}; "
+            f"false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
+            f"{sum(g['false_refusal'] for g in rows)} / {n}.",
+            "",
+        ]
+        sets = guard_sets(name, rows)
+        if not sets:
+            continue
+        lines += [
+            "| min_gain | max_fold_loss | activated | false activation (of the worse sets) | false refusal (of the "
+            "better sets) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in sweep(read_records({"sets": sets}), *_rule_axes(), FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN):
+            rule = row["rule"]
+            if (rule["min_gain"], rule["max_fold_loss"]) not in GUARD_RULES:
+                continue
+            limit = "none" if rule["max_fold_loss"] is None else f"{rule['max_fold_loss']:g}"
+            lines.append(
+                f"| {rule['min_gain']:g} | {limit} | {row['activated']} / {row['sets']} | "
+                f"{row['false_activations']} / {row['worse_sets']} | {row['false_refusals']} / {row['better_sets']} |"
+            )
+        lines.append("")
+    for i, first in enumerate(arms):
+        for second in arms[i + 1 :]:
+            pairs = _same_sets(guarded, first, second)
+            if pairs:
+                same = sum(bool(a["activated"]) == bool(b["activated"]) for a, b in pairs)
+                lines += [f"`{first}` and `{second}` decided alike on {same} of {len(pairs)} shared labelled sets.", ""]
+    return lines
+
+
+def _rule_axes() -> Tuple[List[float], List[Optional[float]]]:
+    return sorted({g for g, _ in GUARD_RULES}), list(dict.fromkeys(m for _, m in GUARD_RULES))
+
+
+def _same_sets(guarded: Sequence[Mapping[str, Any]], first: str, second: str) -> List[Tuple[Mapping, Mapping]]:
+    key = lambda g: (g["pool"], g["budget"], g["draw"], g["seed"])  # noqa: E731
+    other = {key(g): g for g in guarded if g["arm"] == second}
+    return [(g, other[key(g)]) for g in guarded if g["arm"] == first and key(g) in other]
 
 
 def plot(summary: Mapping[str, Any], path_of) -> List[Path]:
@@ -546,6 +615,11 @@ def write(
     if effort is not None:
         report["effort"] = effort
         text += "\n" + sparse_report.markdown(effort)
+    sets = [s for name, entry in summary.items() for s in guard_sets(name, entry.get("guarded") or [])]
+    if sets:  # the guard calibration's input: python -m ASSFTActive.finetune.guard_calibration <this file>
+        calibration = out_stem.parent / f"{out_stem.name}_guard_sets.json"
+        calibration.write_text(json.dumps({"sets": sets}, indent=1, default=_jsonable) + "\n")
+        report["guard_sets"] = _relative(calibration)
     out_stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
     out_stem.with_suffix(".md").write_text(text)
     pngs = plot(summary, lambda name: out_stem.parent / f"{out_stem.name}_{name.replace('/', '_')}.png")
