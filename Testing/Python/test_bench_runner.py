@@ -341,6 +341,12 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     assert "| 0.005 | 0.1 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "the fold that lost 0.2 is refused under 0.1"
     assert "`full` and `short` decided alike on 1 of 2 shared labelled sets." in text
 
+    rows = {(r["setting"], r["goal"]): r for r in report.guard_goal_rows(summary, "s.json", "abc")}
+    assert rows[("hippocampus_mild:full", "false_activation_rate")]["value"] == 1.0
+    assert rows[("hippocampus_mild:short", "false_refusal_rate")]["value"] == 1.0
+    assert rows[("hippocampus_mild:full", "false_refusal_rate")]["count"] == "0 / 1"
+    assert rows[("hippocampus_mild:full", "false_activation_rate")]["split"] == "dev"
+
     out = tmp_path / "out"
     result = report.write(tmp_path, out / "harness_g", goals=None)
     sets = json.loads((out / "harness_g_guard_sets.json").read_text())["sets"]
@@ -348,6 +354,36 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     records = read_records({"sets": sets})
     worse = [r for r in records if r.labelled_set == "full/pool0/d0_s0"]
     assert worse[0].fold_gains == pytest.approx((0.3, -0.2)) and worse[0].test_gain == pytest.approx(-0.05)
+
+
+def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_the_same_labelled_sets(tmp_path):
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=("random", "g:strategy=random,guard=true,finetune.validation.fold_fraction=0.5"),
+        draws=2,
+        ceiling_steps=(),
+    )
+
+    def execute(task, unit, work):
+        dice = {c: [0.5] for c in task.eval}
+        body = {"labelled": [task.pool[unit.draw], task.pool[2]], "per_case": dice, "mean_dice": 0.5}
+        if unit.arm.name == "floor":
+            return {**body, "labelled": [], "activated": False}
+        if unit.arm.name == "random":
+            return {**body, "activated": True, "train_seconds": 100.0}
+        cv = {"steps": [0, 25], "dice": {"a": [0.5, 0.6], "b": [0.5, 0.6]}, "folds": [["a"], ["b"]]}
+        activation = {"method": "cross_validation", "stop_step": 25}
+        return {**body, "activated": True, "train_seconds": 150.0, "cross_validation": cv, "activation": activation}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    summary = report.summarise(runner.load_records(tmp_path))
+    assert [g["unguarded_train_seconds"] for g in summary["hippocampus_mild/development"]["guarded"]] == [100.0] * 2
+    assert "150 s per guarded Adapt against 100 s unguarded" in report.markdown(summary, "t", "c")
+    (cost,) = [r for r in report.guard_goal_rows(summary, "s", "g") if r["goal"] == "guard_cost_ratio"]
+    assert cost["value"] == 1.5 and cost["topic"] == "speed" and cost["sets"] == 2
 
 
 def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_table(tmp_path):

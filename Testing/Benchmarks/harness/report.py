@@ -145,6 +145,7 @@ def _guarded(
                 activation = r.get("activation") or {}
                 if activation.get("method") in (None, "unguarded") or pool not in floor:
                     continue
+                twin = _unguarded_twin(cells, r, budget, pool)
                 test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
                 candidate = test  # an activated record's Dice is its candidate's
                 if not r.get("activated") and r.get("candidate_per_case") is not None:
@@ -169,9 +170,32 @@ def _guarded(
                         "false_activation": bool(r.get("activated")) and candidate < -FALSE_ACTIVATION_MARGIN,
                         "false_refusal": not r.get("activated") and candidate > FALSE_REFUSAL_MARGIN,
                         "cross_validation": r.get("cross_validation"),
+                        "train_seconds": r.get("train_seconds"),
+                        "unguarded_train_seconds": None if twin is None else twin.get("train_seconds"),
                     }
                 )
     return rows
+
+
+def _recipe(record: Mapping[str, Any]) -> Tuple[str, str]:
+    """A record's query and training recipe, the guard's own settings (``validation.*``) left out."""
+    arm = record.get("arm") or {}
+    finetune = {k: v for k, v in (arm.get("finetune") or {}).items() if not k.startswith("validation.")}
+    return json.dumps(arm.get("query") or {}, sort_keys=True), json.dumps(finetune, sort_keys=True)
+
+
+def _unguarded_twin(
+    cells: Mapping[Tuple[str, int], Mapping[int, list]], guarded: Mapping[str, Any], budget: int, pool: int
+) -> Optional[Mapping[str, Any]]:
+    """The unguarded record of the same query and recipe on the same labelled set (pool, budget, draw, seed): the
+    unit of the guard's cost ratio (issue 25: a guarded Adapt against an unguarded one on the same volumes)."""
+    for (_, b), cell in cells.items():
+        for r in cell.get(pool, []) if b == budget else []:
+            same_set = (r["draw"], r["seed"]) == (guarded["draw"], guarded["seed"])
+            if same_set and not (r.get("arm") or {}).get("guard") and _recipe(r) == _recipe(guarded):
+                if sorted(r.get("labelled") or []) == sorted(guarded.get("labelled") or []):
+                    return r
+    return None
 
 
 def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:
@@ -348,6 +372,71 @@ def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: st
     return rows
 
 
+def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[Dict[str, Any]]:
+    """Issue 25's goal rows of every guarded arm, per setting and budget: ``false_activation_rate`` and
+    ``false_refusal_rate`` (topic ``adapt``; ``None`` when no labelled set was worse / better, with the counts) and
+    ``guard_cost_ratio`` (topic ``speed``: guarded over unguarded Adapt on the same labelled sets). The row's
+    ``setting`` is ``<setting>:<arm>``, so that the shipped guard and a variant (short folds) keep their own rows."""
+    rows = []
+    for entry in summary.values():
+        guarded = entry.get("guarded") or []
+        for arm, budget in sorted({(g["arm"], g["budget"]) for g in guarded}):
+            group = [g for g in guarded if g["arm"] == arm and g["budget"] == budget]
+            base = {
+                "setting": f"{entry['setting']}:{arm}",
+                "budget": int(budget),
+                "split": SPLIT_NAMES.get(entry["split"], entry["split"]),
+                "source": source,
+                "git": git,
+                "ci_low": None,
+                "ci_high": None,
+                "sets": len(group),
+            }
+            worse = [g for g in group if g["candidate_gain_over_floor"] < -FALSE_ACTIVATION_MARGIN]
+            better = [g for g in group if g["candidate_gain_over_floor"] > FALSE_REFUSAL_MARGIN]
+            false_activations = sum(bool(g["activated"]) for g in worse)
+            false_refusals = sum(not g["activated"] for g in better)
+            rows.append(
+                {
+                    **base,
+                    "topic": "adapt",
+                    "goal": "false_activation_rate",
+                    "value": false_activations / len(worse) if worse else None,
+                    "count": f"{false_activations} / {len(worse)}",
+                    "target": 0.0,
+                    "higher_is_better": False,
+                }
+            )
+            rows.append(
+                {
+                    **base,
+                    "topic": "adapt",
+                    "goal": "false_refusal_rate",
+                    "value": false_refusals / len(better) if better else None,
+                    "count": f"{false_refusals} / {len(better)}",
+                    "target": 0.2,
+                    "higher_is_better": False,
+                }
+            )
+            timed = [g for g in group if g.get("train_seconds") and g.get("unguarded_train_seconds")]
+            if timed:
+                ratio = float(np.mean([g["train_seconds"] for g in timed])) / float(
+                    np.mean([g["unguarded_train_seconds"] for g in timed])
+                )
+                rows.append(
+                    {
+                        **base,
+                        "topic": "speed",
+                        "goal": "guard_cost_ratio",
+                        "value": round(ratio, 3),
+                        "sets": len(timed),
+                        "target": 2.0,
+                        "higher_is_better": False,
+                    }
+                )
+    return rows
+
+
 def merge_goal_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Merge ``rows`` into the goals file by :data:`GOAL_KEY` (a row with the same key is replaced, other rows kept),
     written atomically."""
@@ -485,6 +574,15 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
             f"{sum(g['false_refusal'] for g in rows)} / {n}.",
             "",
         ]
+        timed = [g for g in rows if g.get("train_seconds") and g.get("unguarded_train_seconds")]
+        if timed:
+            guarded_s = float(np.mean([g["train_seconds"] for g in timed]))
+            unguarded_s = float(np.mean([g["unguarded_train_seconds"] for g in timed]))
+            lines += [
+                f"Cost: {guarded_s:.0f} s per guarded Adapt against {unguarded_s:.0f} s unguarded (same query, recipe "
+                f"and labelled sets, {len(timed)} sets): **{guarded_s / unguarded_s:.2f}x**.",
+                "",
+            ]
         sets = guard_sets(name, rows)
         if not sets:
             continue
@@ -628,7 +726,7 @@ def write(
             effort, lambda name: out_stem.parent / f"{out_stem.name}_effort_{name.replace('/', '_')}.png"
         )
     if goals is not None:
-        merge_goal_rows(goals, goal_rows(summary, default_arm, source, git))
+        merge_goal_rows(goals, goal_rows(summary, default_arm, source, git) + guard_goal_rows(summary, source, git))
         if effort is not None:
             merge_goal_rows(goals, sparse_report.goal_rows(effort, source, git))
     report["png"] = [_relative(p) for p in pngs]
