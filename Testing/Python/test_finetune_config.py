@@ -116,12 +116,14 @@ def test_settings_module_imports_without_torch_or_numpy():
 
 
 def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip():
-    """Issue 25: BCP, the frozen flip teacher, the fold-loss limit and the fast folds are options, off by default."""
+    """Issue 25: BCP, the frozen flip teacher and the fast folds are options, off by default; the fold-loss limit is
+    on at 0.05 (chosen on the development split) and can be switched off."""
     from ASSFTActive.finetune.config import Teacher
 
     config = FinetuneConfig()
     assert not config.pseudo.bcp and config.pseudo.teacher is Teacher.EMA
-    assert config.validation.max_fold_loss is None and config.validation.min_gain_low is None
+    assert config.validation.max_fold_loss == 0.05 and config.validation.min_gain_low is None
+    assert FinetuneConfig.from_dict({"validation": {"max_fold_loss": None}}).validation.max_fold_loss is None
     assert config.validation.fold_fraction == 1.0 and config.validation.fold_pool_cases is None
     chosen = FinetuneConfig.from_dict(
         {
