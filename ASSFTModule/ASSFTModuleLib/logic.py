@@ -387,7 +387,11 @@ class ASSFTSceneLogic:
         finds none): labels in the scene are the user's current work and are never replaced. A volume gets labels
         only from a job that was prepared from it (the same node, or the same unchanged file), as
         :meth:`restoreLatestRanking` decides. A partial label marks its units done again (:meth:`loadSavedLabels`).
-        A job folder whose case list cannot be read is skipped and named in the result.
+        A job folder whose case list cannot be read is skipped and named in the result. Job folders are read newest
+        first until every volume without labels is decided, so this is usually one folder.
+
+        Args:
+            volumeNodes: the volumes that may get labels back (default: :meth:`poolVolumeNodes`).
 
         Raises:
             ASSFTModuleError: a saved label file cannot be read or does not fit its volume (the message names
@@ -395,19 +399,26 @@ class ASSFTSceneLogic:
         """
         volumes: Dict[str, Path] = {}
         unreadable = []
-        decided = set()
+        candidates = [  # labels in the scene are never replaced, so only volumes without them are looked for
+            node
+            for node in (volumeNodes if volumeNodes is not None else self.poolVolumeNodes())
+            if segmentation.findLabelSegmentation(self.scene, node, modelCard) is None
+        ]
+        pending = {node.GetID() for node in candidates}
         for jobDir in jobFolder.jobDirsNewestFirst(workDir):  # every job folder, not only finished ones
+            if not pending:  # usually after the newest job: it holds the whole pool
+                break
             try:
-                nodes = self._jobCaseNodes(jobDir, volumeNodes)
+                nodes = self._jobCaseNodes(jobDir, candidates)
             except ASSFTModuleError:
                 unreadable.append(Path(jobDir))
                 continue
             for caseId, node in sorted(nodes.items()):
-                if node.GetID() in decided:
+                if node.GetID() not in pending:
                     continue
-                decided.add(node.GetID())  # the newest job of this volume decides: labels then, or none then
+                pending.discard(node.GetID())  # the newest job of this volume decides: labels then, or none then
                 path = jobFolder.savedLabelFile(jobDir, caseId)
-                if path is None or segmentation.findLabelSegmentation(self.scene, node, modelCard) is not None:
+                if path is None:
                     continue
                 try:
                     self.loadSavedLabels(node, path, modelCard)

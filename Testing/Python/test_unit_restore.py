@@ -6,6 +6,7 @@ proposes nothing for the volume does not turn them into background either (real 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -253,6 +254,26 @@ def test_a_job_folder_with_a_broken_case_list_is_named_and_the_other_jobs_labels
     assert restored.volumes == {"case_b": Path(older.job.labels["case_b"])}
     assert restored.unreadableJobs == (broken.jobDir,)
     assert broken.jobDir.name in restored.statusLine() and "not read back" in restored.statusLine()
+
+
+def test_older_job_folders_are_not_read_once_the_newest_job_has_decided_every_volume(files, tmp_path):
+    env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
+    full = slicer_scene.syntheticLabels()
+    segmentation.fillSegmentationFromClassLabelmap(
+        logic.annotationSegmentation(nodes[1], card), Volume(full, geometry.ijkToRasArray(nodes[1])), card
+    )
+    older = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    newest = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    cases = older.jobDir / "slicer-cases.json"
+    cases.write_text("{not json")
+    stamp = (newest.jobDir / "slicer-cases.json").stat().st_mtime_ns - 10**9
+    os.utime(cases, ns=(stamp, stamp))  # prepared a second before the newest job
+
+    env, logic, card, cardPath, nodes = openScene(files, cardPath)
+    restored = logic.restoreSavedLabels(tmp_path / "work", card)
+
+    assert restored.volumes == {"case_b": Path(newest.job.labels["case_b"])}
+    assert restored.unreadableJobs == (), "the newest job held every volume, so the older one was not read"
 
 
 def test_labels_are_not_read_back_onto_a_volume_loaded_from_another_file(files, tmp_path):
