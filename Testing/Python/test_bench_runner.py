@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from Testing.Benchmarks.harness import arms, report, runner, tasks
+from Testing.Benchmarks.harness import arms, guard_report, report, runner, tasks
 from Testing.Benchmarks.harness import work as harness_work
 
 
@@ -341,7 +341,7 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     assert "| 0.005 | 0.1 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "the fold that lost 0.2 is refused under 0.1"
     assert "`full` and `short` decided alike on 1 of 2 shared labelled sets." in text
 
-    rows = {(r["setting"], r["goal"]): r for r in report.guard_goal_rows(summary, "s.json", "abc")}
+    rows = {(r["setting"], r["goal"]): r for r in guard_report.guard_goal_rows(summary, "s.json", "abc")}
     assert rows[("hippocampus_mild:full", "false_activation_rate")]["value"] == 1.0
     assert rows[("hippocampus_mild:short", "false_refusal_rate")]["value"] == 1.0
     assert rows[("hippocampus_mild:full", "false_refusal_rate")]["count"] == "0 / 1"
@@ -382,7 +382,7 @@ def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_t
     summary = report.summarise(runner.load_records(tmp_path))
     assert [g["unguarded_train_seconds"] for g in summary["hippocampus_mild/development"]["guarded"]] == [100.0] * 2
     assert "150 s per guarded Adapt against 100 s unguarded" in report.markdown(summary, "t", "c")
-    (cost,) = [r for r in report.guard_goal_rows(summary, "s", "g") if r["goal"] == "guard_cost_ratio"]
+    (cost,) = [r for r in guard_report.guard_goal_rows(summary, "s", "g") if r["goal"] == "guard_cost_ratio"]
     assert cost["value"] == 1.5 and cost["topic"] == "speed" and cost["sets"] == 2
 
 

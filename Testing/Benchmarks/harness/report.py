@@ -19,20 +19,15 @@ import numpy as np
 
 from . import stats
 from .arms import BASELINES
+from .guard_report import SPLIT_NAMES, guard_goal_rows, guard_markdown, guard_sets, guarded_rows
 from .runner import REPO, RESULTS
 from .tasks import SETTINGS
 
 GOALS = RESULTS / "goals.json"
 
-#: Issue 25's guard calibration: a model worse than the source model by more than this on the evaluation cases yet
-#: activated is a false activation; one better by more than ``FALSE_REFUSAL_MARGIN`` yet refused is a false refusal.
-FALSE_ACTIVATION_MARGIN = 0.01
-FALSE_REFUSAL_MARGIN = 0.02
 #: A goal row's key in the goals file; ``effort`` (the effort measure of a ``sparse`` row) is absent, i.e. ``None``,
 #: from the other topics' rows, so their keys are what they were.
 GOAL_KEY = ("topic", "goal", "setting", "budget", "split", "effort")
-#: Goal-row names of the split parts (``BENCHMARKS.md``'s goals file; the same as the other benchmarks write).
-SPLIT_NAMES = {"development": "dev", "test": "test"}
 #: A step count is the ceiling's flat point when the next one gains less than this (mean Dice).
 FLAT = 0.01
 
@@ -127,75 +122,9 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
                 )
             entry["budgets"][str(budget)] = row
         entry["default_arm"] = default_arm
-        entry["guarded"] = _guarded(cells, floor, cases)
+        entry["guarded"] = guarded_rows(cells, floor, cases)
         out[f"{setting}/{split}"] = entry
     return out
-
-
-def _guarded(
-    cells: Mapping[Tuple[str, int], Mapping[int, list]], floor: Mapping[int, np.ndarray], cases: Sequence[str]
-) -> List[Dict[str, Any]]:
-    """Per guarded record (an arm run with Adapt Model's guard): the guard's cross-validated gain and its interval,
-    its verdict, and the evaluation-case gain over no adaptation in the same pool (what a guard calibration needs:
-    does the fold gain predict the test gain?)."""
-    rows = []
-    for (arm, budget), cell in sorted(cells.items()):
-        for pool, records in sorted(cell.items()):
-            for r in records:
-                activation = r.get("activation") or {}
-                if activation.get("method") in (None, "unguarded") or pool not in floor:
-                    continue
-                twin = _unguarded_twin(cells, r, budget, pool)
-                test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
-                candidate = test  # an activated record's Dice is its candidate's
-                if not r.get("activated") and r.get("candidate_per_case") is not None:
-                    by_case = {"per_case": r["candidate_per_case"]}
-                    candidate = float(np.nanmean(stats.case_dice(by_case, cases)) - np.nanmean(floor[pool]))
-                rows.append(
-                    {
-                        "arm": arm,
-                        "budget": budget,
-                        "pool": pool,
-                        "draw": r["draw"],
-                        "seed": r["seed"],
-                        "labelled": r.get("labelled"),
-                        "activated": r.get("activated"),
-                        "cv_gain": activation.get("gain"),
-                        "cv_gain_low": activation.get("gain_low"),
-                        "cv_gain_high": activation.get("gain_high"),
-                        "stop_step": activation.get("stop_step"),
-                        "test_gain_over_floor": test,
-                        "candidate_gain_over_floor": candidate,
-                        # issue 25's calibration: worse by > 0.01 yet activated, better by > 0.02 yet refused
-                        "false_activation": bool(r.get("activated")) and candidate < -FALSE_ACTIVATION_MARGIN,
-                        "false_refusal": not r.get("activated") and candidate > FALSE_REFUSAL_MARGIN,
-                        "cross_validation": r.get("cross_validation"),
-                        "train_seconds": r.get("train_seconds"),
-                        "unguarded_train_seconds": None if twin is None else twin.get("train_seconds"),
-                    }
-                )
-    return rows
-
-
-def _recipe(record: Mapping[str, Any]) -> Tuple[str, str]:
-    """A record's query and training recipe, the guard's own settings (``validation.*``) left out."""
-    arm = record.get("arm") or {}
-    finetune = {k: v for k, v in (arm.get("finetune") or {}).items() if not k.startswith("validation.")}
-    return json.dumps(arm.get("query") or {}, sort_keys=True), json.dumps(finetune, sort_keys=True)
-
-
-def _unguarded_twin(
-    cells: Mapping[Tuple[str, int], Mapping[int, list]], guarded: Mapping[str, Any], budget: int, pool: int
-) -> Optional[Mapping[str, Any]]:
-    """The unguarded record of the same query and recipe on the same labelled set (pool, budget, draw, seed): the
-    unit of the guard's cost ratio (issue 25: a guarded Adapt against an unguarded one on the same volumes)."""
-    for (_, b), cell in cells.items():
-        for r in cell.get(pool, []) if b == budget else []:
-            same_set = (r["draw"], r["seed"]) == (guarded["draw"], guarded["seed"])
-            if same_set and not (r.get("arm") or {}).get("guard") and _recipe(r) == _recipe(guarded):
-                if sorted(r.get("labelled") or []) == sorted(guarded.get("labelled") or []):
-                    return r
-    return None
 
 
 def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:
@@ -372,71 +301,6 @@ def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: st
     return rows
 
 
-def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[Dict[str, Any]]:
-    """Issue 25's goal rows of every guarded arm, per setting and budget: ``false_activation_rate`` and
-    ``false_refusal_rate`` (topic ``adapt``; ``None`` when no labelled set was worse / better, with the counts) and
-    ``guard_cost_ratio`` (topic ``speed``: guarded over unguarded Adapt on the same labelled sets). The row's
-    ``setting`` is ``<setting>:<arm>``, so that the shipped guard and a variant (short folds) keep their own rows."""
-    rows = []
-    for entry in summary.values():
-        guarded = entry.get("guarded") or []
-        for arm, budget in sorted({(g["arm"], g["budget"]) for g in guarded}):
-            group = [g for g in guarded if g["arm"] == arm and g["budget"] == budget]
-            base = {
-                "setting": f"{entry['setting']}:{arm}",
-                "budget": int(budget),
-                "split": SPLIT_NAMES.get(entry["split"], entry["split"]),
-                "source": source,
-                "git": git,
-                "ci_low": None,
-                "ci_high": None,
-                "sets": len(group),
-            }
-            worse = [g for g in group if g["candidate_gain_over_floor"] < -FALSE_ACTIVATION_MARGIN]
-            better = [g for g in group if g["candidate_gain_over_floor"] > FALSE_REFUSAL_MARGIN]
-            false_activations = sum(bool(g["activated"]) for g in worse)
-            false_refusals = sum(not g["activated"] for g in better)
-            rows.append(
-                {
-                    **base,
-                    "topic": "adapt",
-                    "goal": "false_activation_rate",
-                    "value": false_activations / len(worse) if worse else None,
-                    "count": f"{false_activations} / {len(worse)}",
-                    "target": 0.0,
-                    "higher_is_better": False,
-                }
-            )
-            rows.append(
-                {
-                    **base,
-                    "topic": "adapt",
-                    "goal": "false_refusal_rate",
-                    "value": false_refusals / len(better) if better else None,
-                    "count": f"{false_refusals} / {len(better)}",
-                    "target": 0.2,
-                    "higher_is_better": False,
-                }
-            )
-            timed = [g for g in group if g.get("train_seconds") and g.get("unguarded_train_seconds")]
-            if timed:
-                ratio = float(np.mean([g["train_seconds"] for g in timed])) / float(
-                    np.mean([g["unguarded_train_seconds"] for g in timed])
-                )
-                rows.append(
-                    {
-                        **base,
-                        "topic": "speed",
-                        "goal": "guard_cost_ratio",
-                        "value": round(ratio, 3),
-                        "sets": len(timed),
-                        "target": 2.0,
-                        "higher_is_better": False,
-                    }
-                )
-    return rows
-
-
 def merge_goal_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Merge ``rows`` into the goals file by :data:`GOAL_KEY` (a row with the same key is replaced, other rows kept),
     written atomically."""
@@ -530,94 +394,6 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
             lines.append("")
         lines += guard_markdown(name, entry.get("guarded") or [])
     return "\n".join(lines) + "\n"
-
-
-#: Rules under which the report judges every guarded labelled set again, from the same cross-validation folds
-#: (issue 25 item 1's candidates): ``(min_gain, max_fold_loss)``, the shipped rule first.
-GUARD_RULES: Tuple[Tuple[float, Optional[float]], ...] = ((0.005, None), (0.005, 0.1), (0.005, 0.05), (0.005, 0.02))
-
-
-def guard_sets(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The guarded labelled sets as the guard calibration reads them (``ASSFTActive.finetune.guard_calibration``:
-    the folds' curves and the candidate's gain over no adaptation on the evaluation cases); sets without
-    cross-validation (one labelled volume) are left out."""
-    return [
-        {
-            "setting": name,
-            "budget": g["budget"],
-            "set": f"{g['arm']}/pool{g['pool']}/d{g['draw']}_s{g['seed']}",
-            "arm": g["arm"],
-            "cross_validation": g["cross_validation"],
-            "stop_step": g.get("stop_step"),
-            "test_gain": g["candidate_gain_over_floor"],
-        }
-        for g in guarded
-        if g.get("cross_validation")
-    ]
-
-
-def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]:
-    """Per guarded arm: its decisions against the evaluation cases, the same folds judged under :data:`GUARD_RULES`,
-    and how often two guarded arms on the same labelled sets decided alike (e.g. the guard with short folds)."""
-    from ASSFTActive.finetune.guard_calibration import read_records, sweep
-
-    lines: List[str] = []
-    arms = sorted({g["arm"] for g in guarded})
-    for arm in arms:
-        rows = [g for g in guarded if g["arm"] == arm]
-        n = len(rows)
-        lines += [
-            f"Guard (issue 25 calibration), `{arm}`, {n} guarded labelled sets: activated "
-            f"{sum(bool(g['activated']) for g in rows)}; false activations (worse than no adaptation by "
-            f"> {FALSE_ACTIVATION_MARGIN} yet active) {sum(g['false_activation'] for g in rows)} / {n}; "
-            f"false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
-            f"{sum(g['false_refusal'] for g in rows)} / {n}.",
-            "",
-        ]
-        timed = [g for g in rows if g.get("train_seconds") and g.get("unguarded_train_seconds")]
-        if timed:
-            guarded_s = float(np.mean([g["train_seconds"] for g in timed]))
-            unguarded_s = float(np.mean([g["unguarded_train_seconds"] for g in timed]))
-            lines += [
-                f"Cost: {guarded_s:.0f} s per guarded Adapt against {unguarded_s:.0f} s unguarded (same query, recipe "
-                f"and labelled sets, {len(timed)} sets): **{guarded_s / unguarded_s:.2f}x**.",
-                "",
-            ]
-        sets = guard_sets(name, rows)
-        if not sets:
-            continue
-        lines += [
-            "| min_gain | max_fold_loss | activated | false activation (of the worse sets) | false refusal (of the "
-            "better sets) |",
-            "|---|---|---|---|---|",
-        ]
-        for row in sweep(read_records({"sets": sets}), *_rule_axes(), FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN):
-            rule = row["rule"]
-            if (rule["min_gain"], rule["max_fold_loss"]) not in GUARD_RULES:
-                continue
-            limit = "none" if rule["max_fold_loss"] is None else f"{rule['max_fold_loss']:g}"
-            lines.append(
-                f"| {rule['min_gain']:g} | {limit} | {row['activated']} / {row['sets']} | "
-                f"{row['false_activations']} / {row['worse_sets']} | {row['false_refusals']} / {row['better_sets']} |"
-            )
-        lines.append("")
-    for i, first in enumerate(arms):
-        for second in arms[i + 1 :]:
-            pairs = _same_sets(guarded, first, second)
-            if pairs:
-                same = sum(bool(a["activated"]) == bool(b["activated"]) for a, b in pairs)
-                lines += [f"`{first}` and `{second}` decided alike on {same} of {len(pairs)} shared labelled sets.", ""]
-    return lines
-
-
-def _rule_axes() -> Tuple[List[float], List[Optional[float]]]:
-    return sorted({g for g, _ in GUARD_RULES}), list(dict.fromkeys(m for _, m in GUARD_RULES))
-
-
-def _same_sets(guarded: Sequence[Mapping[str, Any]], first: str, second: str) -> List[Tuple[Mapping, Mapping]]:
-    key = lambda g: (g["pool"], g["budget"], g["draw"], g["seed"])  # noqa: E731
-    other = {key(g): g for g in guarded if g["arm"] == second}
-    return [(g, other[key(g)]) for g in guarded if g["arm"] == first and key(g) in other]
 
 
 def plot(summary: Mapping[str, Any], path_of) -> List[Path]:
