@@ -187,14 +187,19 @@ def test_a_saved_full_label_is_read_back_whole_and_a_label_with_no_annotated_vox
         logic.loadSavedLabels(nodes[1], empty, card)
 
 
+def paint(logic, card, node, labels):
+    """Paint ``labels`` (class indices on the node's grid) into the node's annotation segmentation."""
+    segmentation.fillSegmentationFromClassLabelmap(
+        logic.annotationSegmentation(node, card), Volume(labels, geometry.ijkToRasArray(node)), card
+    )
+
+
 def test_after_a_restart_the_panel_reads_the_labels_back_from_the_newest_job_of_each_volume(files, tmp_path):
     env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
     regionRanking(logic, cardPath, nodes, tmp_path)
     expected = paintAndMarkTwo(logic, card, nodes[1])
     full = slicer_scene.syntheticLabels()
-    segmentation.fillSegmentationFromClassLabelmap(
-        logic.annotationSegmentation(nodes[2], card), Volume(full, geometry.ijkToRasArray(nodes[2])), card
-    )
+    paint(logic, card, nodes[2], full)
     spec = logic.prepareJob("adapt", tmp_path / "work", cardPath, budget=1)
     assert sorted(spec.job.labels) == ["case_b", "case_c"]
 
@@ -216,9 +221,7 @@ def test_labels_in_the_scene_are_never_replaced_and_labels_removed_before_the_ne
     env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
     full = slicer_scene.syntheticLabels()
     for node in nodes[1:]:
-        segmentation.fillSegmentationFromClassLabelmap(
-            logic.annotationSegmentation(node, card), Volume(full, geometry.ijkToRasArray(node)), card
-        )
+        paint(logic, card, node, full)
     logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)  # saves both labels
     removed = segmentation.findLabelSegmentation(env.scene, nodes[2], card)
     env.scene.RemoveNode(removed)  # the user deleted case_c's labels, then ranked again
@@ -228,9 +231,7 @@ def test_labels_in_the_scene_are_never_replaced_and_labels_removed_before_the_ne
     env, logic, card, cardPath, nodes = openScene(files, cardPath)
     other = full.copy()
     other[other > 0] = 1  # case_b painted again, differently, before the panel restores anything
-    segmentation.fillSegmentationFromClassLabelmap(
-        logic.annotationSegmentation(nodes[1], card), Volume(other, geometry.ijkToRasArray(nodes[1])), card
-    )
+    paint(logic, card, nodes[1], other)
     restored = logic.restoreSavedLabels(tmp_path / "work", card)
 
     assert restored.volumes == {} and restored.statusLine() == ""
@@ -238,14 +239,16 @@ def test_labels_in_the_scene_are_never_replaced_and_labels_removed_before_the_ne
     assert segmentation.findLabelSegmentation(env.scene, nodes[2], card) is None, "deleted labels came back"
 
 
-def test_a_job_folder_with_a_broken_case_list_is_named_and_the_other_jobs_labels_still_come_back(files, tmp_path):
+def twoRankJobsWithLabels(files, tmp_path):
+    """'case_b' painted, then two rank jobs prepared one after the other: ``(cardPath, older, newest)``."""
     env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
-    full = slicer_scene.syntheticLabels()
-    segmentation.fillSegmentationFromClassLabelmap(
-        logic.annotationSegmentation(nodes[1], card), Volume(full, geometry.ijkToRasArray(nodes[1])), card
-    )
+    paint(logic, card, nodes[1], slicer_scene.syntheticLabels())
     older = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
-    broken = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    return cardPath, older, logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+
+
+def test_a_job_folder_with_a_broken_case_list_is_named_and_the_other_jobs_labels_still_come_back(files, tmp_path):
+    cardPath, older, broken = twoRankJobsWithLabels(files, tmp_path)
     (broken.jobDir / "slicer-cases.json").write_text("{not json")
 
     env, logic, card, cardPath, nodes = openScene(files, cardPath)
@@ -257,13 +260,7 @@ def test_a_job_folder_with_a_broken_case_list_is_named_and_the_other_jobs_labels
 
 
 def test_older_job_folders_are_not_read_once_the_newest_job_has_decided_every_volume(files, tmp_path):
-    env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
-    full = slicer_scene.syntheticLabels()
-    segmentation.fillSegmentationFromClassLabelmap(
-        logic.annotationSegmentation(nodes[1], card), Volume(full, geometry.ijkToRasArray(nodes[1])), card
-    )
-    older = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
-    newest = logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
+    cardPath, older, newest = twoRankJobsWithLabels(files, tmp_path)
     cases = older.jobDir / "slicer-cases.json"
     cases.write_text("{not json")
     stamp = (newest.jobDir / "slicer-cases.json").stat().st_mtime_ns - 10**9
@@ -279,9 +276,7 @@ def test_older_job_folders_are_not_read_once_the_newest_job_has_decided_every_vo
 def test_labels_are_not_read_back_onto_a_volume_loaded_from_another_file(files, tmp_path):
     env, logic, card, cardPath, nodes = openScene(files, folder=tmp_path)
     full = slicer_scene.syntheticLabels()
-    segmentation.fillSegmentationFromClassLabelmap(
-        logic.annotationSegmentation(nodes[1], card), Volume(full, geometry.ijkToRasArray(nodes[1])), card
-    )
+    paint(logic, card, nodes[1], full)
     logic.prepareJob("rank", tmp_path / "work", cardPath, budget=1)
     image = read_volume(files / "case_b.nii.gz")
     write_volume(Volume(image.array + 1, image.affine), files / "case_b.nii.gz")  # the file changed since
