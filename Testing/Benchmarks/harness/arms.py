@@ -235,7 +235,7 @@ def parse_arm(text: str) -> Arm:
     named = {**extra, **({"unit": unit} if unit != "volume" else {})}
     named.update({"measure": measure} if measure != default_measure else {})
     named.update({k: "x".join(map(str, v)) if isinstance(v, tuple) else v for k, v in unit_fields.items()})
-    named.update({k: v for k, v in finetune.items()})
+    named.update(finetune)
     named.update({"guard": True} if guard else {})
     name = name or (strategy if not named else strategy + "_" + "_".join(f"{k}-{v}" for k, v in sorted(named.items())))
     return Arm(

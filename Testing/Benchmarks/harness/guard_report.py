@@ -10,6 +10,7 @@ visible.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -90,6 +91,48 @@ def _unguarded_twin(
     return None
 
 
+@dataclass(frozen=True)
+class GuardTally:
+    """One guarded arm's labelled sets counted once, for its Markdown lines and its goal rows.
+
+    Attributes:
+        sets, activated: labelled sets and how many the guard activated.
+        worse, false_activations: sets worse than no adaptation by more than :data:`FALSE_ACTIVATION_MARGIN`, and
+            how many of them were activated.
+        better, false_refusals: sets better by more than :data:`FALSE_REFUSAL_MARGIN`, and how many were refused.
+        timed, guarded_seconds, unguarded_seconds: sets with an unguarded twin, and their mean Adapt times.
+    """
+
+    sets: int
+    activated: int
+    worse: int
+    false_activations: int
+    better: int
+    false_refusals: int
+    timed: int
+    guarded_seconds: float
+    unguarded_seconds: float
+
+    @classmethod
+    def of(cls, rows: Sequence[Mapping[str, Any]]) -> GuardTally:
+        timed = [g for g in rows if g.get("train_seconds") and g.get("unguarded_train_seconds")]
+        return cls(
+            sets=len(rows),
+            activated=sum(bool(g["activated"]) for g in rows),
+            worse=sum(g["candidate_gain_over_floor"] < -FALSE_ACTIVATION_MARGIN for g in rows),
+            false_activations=sum(bool(g["false_activation"]) for g in rows),
+            better=sum(g["candidate_gain_over_floor"] > FALSE_REFUSAL_MARGIN for g in rows),
+            false_refusals=sum(bool(g["false_refusal"]) for g in rows),
+            timed=len(timed),
+            guarded_seconds=float(np.mean([g["train_seconds"] for g in timed])) if timed else float("nan"),
+            unguarded_seconds=float(np.mean([g["unguarded_train_seconds"] for g in timed])) if timed else float("nan"),
+        )
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.guarded_seconds / self.unguarded_seconds if self.timed else float("nan")
+
+
 def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[Dict[str, Any]]:
     """Issue 25's goal rows of every guarded arm, per setting and budget: ``false_activation_rate`` and
     ``false_refusal_rate`` (topic ``adapt``; ``None`` when no labelled set was worse / better, with the counts) and
@@ -110,17 +153,14 @@ def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[D
                 "ci_high": None,
                 "sets": len(group),
             }
-            worse = [g for g in group if g["candidate_gain_over_floor"] < -FALSE_ACTIVATION_MARGIN]
-            better = [g for g in group if g["candidate_gain_over_floor"] > FALSE_REFUSAL_MARGIN]
-            false_activations = sum(bool(g["activated"]) for g in worse)
-            false_refusals = sum(not g["activated"] for g in better)
+            tally = GuardTally.of(group)
             rows.append(
                 {
                     **base,
                     "topic": "adapt",
                     "goal": "false_activation_rate",
-                    "value": false_activations / len(worse) if worse else None,
-                    "count": f"{false_activations} / {len(worse)}",
+                    "value": tally.false_activations / tally.worse if tally.worse else None,
+                    "count": f"{tally.false_activations} / {tally.worse}",
                     "target": 0.0,
                     "higher_is_better": False,
                 }
@@ -130,24 +170,20 @@ def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[D
                     **base,
                     "topic": "adapt",
                     "goal": "false_refusal_rate",
-                    "value": false_refusals / len(better) if better else None,
-                    "count": f"{false_refusals} / {len(better)}",
+                    "value": tally.false_refusals / tally.better if tally.better else None,
+                    "count": f"{tally.false_refusals} / {tally.better}",
                     "target": 0.2,
                     "higher_is_better": False,
                 }
             )
-            timed = [g for g in group if g.get("train_seconds") and g.get("unguarded_train_seconds")]
-            if timed:
-                ratio = float(np.mean([g["train_seconds"] for g in timed])) / float(
-                    np.mean([g["unguarded_train_seconds"] for g in timed])
-                )
+            if tally.timed:
                 rows.append(
                     {
                         **base,
                         "topic": "speed",
                         "goal": "guard_cost_ratio",
-                        "value": round(ratio, 3),
-                        "sets": len(timed),
+                        "value": round(tally.cost_ratio, 3),
+                        "sets": tally.timed,
                         "target": 2.0,
                         "higher_is_better": False,
                     }
@@ -183,28 +219,26 @@ def guard_sets(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[Dict[str
 def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]:
     """Per guarded arm: its decisions against the evaluation cases, the same folds judged under :data:`GUARD_RULES`,
     and how often two guarded arms on the same labelled sets decided alike (e.g. the guard with short folds)."""
-    from ASSFTActive.finetune.guard_calibration import read_records, sweep
+    from ASSFTActive.finetune.guard import GuardRule
+    from ASSFTActive.finetune.guard_calibration import calibrate, read_records
 
     lines: List[str] = []
     arms = sorted({g["arm"] for g in guarded})
     for arm in arms:
         rows = [g for g in guarded if g["arm"] == arm]
-        n = len(rows)
+        tally = GuardTally.of(rows)
+        n = tally.sets
         lines += [
-            f"Guard (issue 25 calibration), `{arm}`, {n} guarded labelled sets: activated "
-            f"{sum(bool(g['activated']) for g in rows)}; false activations (worse than no adaptation by "
-            f"> {FALSE_ACTIVATION_MARGIN} yet active) {sum(g['false_activation'] for g in rows)} / {n}; "
-            f"false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
-            f"{sum(g['false_refusal'] for g in rows)} / {n}.",
+            f"Guard (issue 25 calibration), `{arm}`, {n} guarded labelled sets: activated {tally.activated}; false "
+            f"activations (worse than no adaptation by > {FALSE_ACTIVATION_MARGIN} yet active) "
+            f"{tally.false_activations} / {n}; false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
+            f"{tally.false_refusals} / {n}.",
             "",
         ]
-        timed = [g for g in rows if g.get("train_seconds") and g.get("unguarded_train_seconds")]
-        if timed:
-            guarded_s = float(np.mean([g["train_seconds"] for g in timed]))
-            unguarded_s = float(np.mean([g["unguarded_train_seconds"] for g in timed]))
+        if tally.timed:
             lines += [
-                f"Cost: {guarded_s:.0f} s per guarded Adapt against {unguarded_s:.0f} s unguarded (same query, recipe "
-                f"and labelled sets, {len(timed)} sets): **{guarded_s / unguarded_s:.2f}x**.",
+                f"Cost: {tally.guarded_seconds:.0f} s per guarded Adapt against {tally.unguarded_seconds:.0f} s "
+                f"unguarded (same query, recipe and labelled sets, {tally.timed} sets): **{tally.cost_ratio:.2f}x**.",
                 "",
             ]
         sets = guard_sets(name, rows)
@@ -215,10 +249,11 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
             "better sets) |",
             "|---|---|---|---|---|",
         ]
-        for row in sweep(read_records({"sets": sets}), *_rule_axes(), FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN):
+        records = read_records({"sets": sets})
+        for min_gain, max_fold_loss in GUARD_RULES:
+            rule = GuardRule(min_gain=min_gain, max_fold_loss=max_fold_loss)
+            row = calibrate(records, rule, FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN)
             rule = row["rule"]
-            if (rule["min_gain"], rule["max_fold_loss"]) not in GUARD_RULES:
-                continue
             limit = "none" if rule["max_fold_loss"] is None else f"{rule['max_fold_loss']:g}"
             lines.append(
                 f"| {rule['min_gain']:g} | {limit} | {row['activated']} / {row['sets']} | "
@@ -232,10 +267,6 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
                 same = sum(bool(a["activated"]) == bool(b["activated"]) for a, b in pairs)
                 lines += [f"`{first}` and `{second}` decided alike on {same} of {len(pairs)} shared labelled sets.", ""]
     return lines
-
-
-def _rule_axes() -> Tuple[List[float], List[Optional[float]]]:
-    return sorted({g for g, _ in GUARD_RULES}), list(dict.fromkeys(m for _, m in GUARD_RULES))
 
 
 def _same_sets(guarded: Sequence[Mapping[str, Any]], first: str, second: str) -> List[Tuple[Mapping, Mapping]]:
