@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from Testing.Benchmarks.harness import arms, guard_report, report, runner, tasks
+from Testing.Benchmarks.harness import arms, guard_report, recipe_report, report, runner, tasks
 from Testing.Benchmarks.harness import work as harness_work
 
 
@@ -381,6 +381,7 @@ def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_t
     runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
     summary = report.summarise(runner.load_records(tmp_path))
     assert [g["unguarded_train_seconds"] for g in summary["hippocampus_mild/development"]["guarded"]] == [100.0] * 2
+    assert list(summary["hippocampus_mild/development"]["budgets"]["2"]["arms"]) == []  # random, guarded: no query
     assert "150 s per guarded Adapt against 100 s unguarded" in report.markdown(summary, "t", "c")
     (cost,) = [r for r in guard_report.guard_goal_rows(summary, "s", "g") if r["goal"] == "guard_cost_ratio"]
     assert cost["value"] == 1.5 and cost["topic"] == "speed" and cost["sets"] == 2
@@ -417,3 +418,39 @@ def test_a_partial_run_without_random_subsets_still_shows_each_arms_mean_and_say
     assert "not comparable yet (the arm in pools [0, 1], random subsets in 0 pools)" in report.markdown(
         summary, "t", "c"
     )
+
+
+def test_a_recipe_arm_is_compared_with_the_default_recipe_on_the_same_labelled_sets_not_with_random(tmp_path):
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=("random", "labels_only:strategy=random,finetune.pseudo.mode=none"),
+        draws=3,
+        ceiling_steps=(),
+    )
+
+    def execute(task, unit, work):
+        # each draw labels another pair; the default recipe scores 0.6 + 0.1 * draw, labels only 0.03 less, and
+        # draw 0's default is worse than no adaptation (0.55)
+        base = {"floor": 0.55, "random": 0.5 + 0.1 * unit.draw}.get(unit.arm.name, 0.47 + 0.1 * unit.draw)
+        body = {"labelled": [task.pool[unit.draw], task.pool[3]], "per_case": {c: [base] for c in task.eval}}
+        seconds = 60.0 if unit.arm.name == "labels_only" else 80.0
+        return {**body, "mean_dice": base, "activated": unit.arm.name != "floor", "train_seconds": seconds}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    summary = report.summarise(runner.load_records(tmp_path))
+    entry = summary["hippocampus_mild/development"]
+    assert "labels_only" not in entry["budgets"]["2"]["arms"]  # not a query: no gap against the random subsets
+    (recipe,) = entry["recipes"]
+    assert recipe["reference"] == "random" and recipe["changes"] == {"pseudo.mode": "none"}
+    assert recipe["gap"]["gap"] == pytest.approx(-0.03) and recipe["gap"]["sets"] == 3
+    assert recipe["gap"]["ci_low"] == pytest.approx(-0.03) and recipe["gap"]["ci_high"] == pytest.approx(-0.03)
+    assert (recipe["worse"], recipe["reference_worse"]) == (1, 1)  # 0.47 and 0.5 against the floor's 0.55
+    assert recipe["cost_ratio"] == pytest.approx(0.75)
+    assert "| labels_only | `pseudo.mode=none` | 2 | 3 | 0.570 (0.600) | -0.030 [-0.030, -0.030] | 1 (1) | 0.75x |" in (
+        report.markdown(summary, "t", "c")
+    )
+    (row,) = recipe_report.recipe_goal_rows(summary, "s", "g", guard_report.SPLIT_NAMES)
+    assert (row["goal"], row["value"], row["split"], row["budget"]) == ("ssl_gap_vs_labels_only", 0.03, "dev", 2)

@@ -95,3 +95,26 @@ def test_aubc_is_the_mean_of_a_flat_curve_on_a_log_budget_axis():
     assert stats.aubc([2, 4, 8], [0.7, 0.7, 0.7]) == pytest.approx(0.7)
     assert stats.aubc([2, 8], [0.6, 0.8]) == pytest.approx(0.7)
     assert stats.aubc([4], [0.5]) == 0.5
+
+
+def test_a_recipe_gap_paired_by_labelled_set_cancels_the_spread_between_sets():
+    # five labelled sets whose Dice differ by up to 0.2; the recipe adds exactly 0.03 to each
+    reference = np.array([[0.5 + 0.05 * s] * 4 for s in range(5)])
+    arm = reference + 0.03
+    paired = stats.set_paired_gap(arm, reference)
+    assert paired.gap == pytest.approx(0.03) and paired.per_set == pytest.approx((0.03,) * 5)
+    assert paired.low == pytest.approx(0.03) and paired.high == pytest.approx(0.03)
+    # the same numbers as independent draws: the set-to-set spread stays in the interval
+    unpaired = stats.clustered_gap([arm], [reference])
+    assert unpaired.high - unpaired.low > 0.1
+
+
+def test_a_recipe_gap_resamples_labelled_sets_and_patients():
+    reference = np.zeros((2, 4))
+    arm = np.array([[0.0, 0.0, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1]])  # set 0 gains on patient q only
+    paired = stats.set_paired_gap(arm, reference, ["p", "p", "q", "q"])
+    assert paired.gap == pytest.approx(0.075) and (paired.sets, paired.cases, paired.clusters) == (2, 4, 2)
+    # the extremes: set 0 on patient p only (0.0) and any set on q (0.1)
+    assert paired.low == pytest.approx(0.0) and paired.high == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same shape"):
+        stats.set_paired_gap(arm, reference[:1])

@@ -20,6 +20,7 @@ import numpy as np
 from . import stats
 from .arms import BASELINES
 from .guard_report import SPLIT_NAMES, guard_goal_rows, guard_markdown, guard_sets, guarded_rows
+from .recipe_report import is_recipe_arm, recipe_comparisons, recipe_goal_rows, recipe_markdown
 from .runner import REPO, RESULTS
 from .tasks import SETTINGS
 
@@ -104,7 +105,7 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
             arm_mats: Dict[str, Dict[int, np.ndarray]] = {}
             own_mats: Dict[str, Dict[int, np.ndarray]] = {}  # every pool the arm ran in, random or not
             for (arm, b), cell in sorted(cells.items()):
-                if b != budget or arm == "random":
+                if b != budget or arm == "random" or not _is_query_arm(cell):
                     continue
                 own_mats[arm] = {p: _case_matrix(cell[p], cases) for p in sorted(cell)}
                 arm_mats[arm] = {p: m for p, m in own_mats[arm].items() if p in common}
@@ -123,8 +124,16 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
             entry["budgets"][str(budget)] = row
         entry["default_arm"] = default_arm
         entry["guarded"] = guarded_rows(cells, floor, cases)
+        entry["recipes"] = [c.to_dict() for c in recipe_comparisons(cells, floor, cases, clusters)]
         out[f"{setting}/{split}"] = entry
     return out
+
+
+def _is_query_arm(cell: Mapping[int, Sequence[Mapping[str, Any]]]) -> bool:
+    """Whether an arm belongs in the query table: not a recipe arm (its own section, :mod:`.recipe_report`) and not
+    random subsets run another way (e.g. ``random_guarded``: the guard's section), which are no query."""
+    queries = {json.dumps(r["arm"].get("query") or {}, sort_keys=True) for rs in cell.values() for r in rs}
+    return not is_recipe_arm(cell) and queries != {json.dumps({"strategy": "random"})}
 
 
 def _band(random_draw_means: Mapping[int, np.ndarray]) -> Dict[str, float]:
@@ -393,6 +402,7 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
                 )
             lines.append("")
         lines += guard_markdown(name, entry.get("guarded") or [])
+        lines += recipe_markdown(entry.get("recipes") or [])
     return "\n".join(lines) + "\n"
 
 
@@ -502,7 +512,12 @@ def write(
             effort, lambda name: out_stem.parent / f"{out_stem.name}_effort_{name.replace('/', '_')}.png"
         )
     if goals is not None:
-        merge_goal_rows(goals, goal_rows(summary, default_arm, source, git) + guard_goal_rows(summary, source, git))
+        merge_goal_rows(
+            goals,
+            goal_rows(summary, default_arm, source, git)
+            + guard_goal_rows(summary, source, git)
+            + recipe_goal_rows(summary, source, git, SPLIT_NAMES),
+        )
         if effort is not None:
             merge_goal_rows(goals, sparse_report.goal_rows(effort, source, git))
     report["png"] = [_relative(p) for p in pngs]
