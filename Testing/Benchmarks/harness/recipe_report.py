@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class RecipeComparison:
         budget: labelled volumes per set.
         changes: the recipe arm's ``finetune`` overrides (dotted field -> value).
         gap: the paired gap (recipe minus default) with its interval over sets and clustered evaluation cases.
+        worst_group_gap: the same on the worst group's cases only (``None`` without groups).
         mean, reference_mean: mean Dice over the paired sets.
         worse, reference_worse: sets whose model is worse than no adaptation by more than :data:`WORSE_MARGIN`.
         seconds, reference_seconds: mean Adapt (training) time per set.
@@ -45,6 +46,7 @@ class RecipeComparison:
     budget: int
     changes: Dict[str, Any]
     gap: stats.SetPairedGap
+    worst_group_gap: Optional[stats.SetPairedGap]
     mean: float
     reference_mean: float
     worse: int
@@ -67,6 +69,7 @@ class RecipeComparison:
             "budget": self.budget,
             "changes": self.changes,
             "gap": self.gap.to_dict(),
+            "worst_group_gap": None if self.worst_group_gap is None else self.worst_group_gap.to_dict(),
             "mean": self.mean,
             "reference_mean": self.reference_mean,
             "worse": self.worse,
@@ -108,6 +111,7 @@ def recipe_comparisons(
     floor: Mapping[int, np.ndarray],
     cases: Sequence[str],
     clusters: Sequence[str],
+    worst_idx: Sequence[int] = (),
 ) -> List[RecipeComparison]:
     """Every recipe arm of one (setting, split) against its default-recipe twins, per budget.
 
@@ -115,6 +119,7 @@ def recipe_comparisons(
         cells: ``(arm, budget) -> pool -> records`` (the report's index).
         floor: per pool, the source model's per-case Dice ``[N]`` (no adaptation).
         cases, clusters: the N evaluation cases and the cluster (patient) of each.
+        worst_idx: the indices of the worst group's cases (by the source model), or none.
     """
     defaults: Dict[Tuple[int, int], Dict[Tuple[Any, ...], Mapping[str, Any]]] = {}
     for (_, budget), cell in cells.items():
@@ -147,6 +152,11 @@ def recipe_comparisons(
                 budget=int(budget),
                 changes=pairs[0][2],
                 gap=stats.set_paired_gap(mine, theirs, clusters),
+                worst_group_gap=(
+                    stats.set_paired_gap(mine[:, worst_idx], theirs[:, worst_idx], [clusters[i] for i in worst_idx])
+                    if len(worst_idx)
+                    else None
+                ),
                 mean=float(np.nanmean(mine)),
                 reference_mean=float(np.nanmean(theirs)),
                 worse=int(worse),
@@ -166,17 +176,19 @@ def recipe_markdown(comparisons: Sequence[Mapping[str, Any]]) -> List[str]:
         "Recipe changes (issue 25), each against Adapt Model's default recipe on the same labelled sets (gap: "
         "recipe minus default, 95 % interval over sets and evaluation cases by cluster):",
         "",
-        "| arm | change | B | sets | mean Dice (default) | gap [95 %] | sets worse than no adaptation (default) | "
-        "Adapt time vs default |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | change | B | sets | mean Dice (default) | gap [95 %] | worst-group gap | sets worse than no "
+        "adaptation (default) | Adapt time vs default |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         change = ", ".join(f"`{k}={v}`" for k, v in sorted(c["changes"].items()))
         gap = c["gap"]
         interval = f"{gap['gap']:+.3f} [{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}]"
+        worst = c.get("worst_group_gap")
+        worst_cell = f"{worst['gap']:+.3f} [{worst['ci_low']:+.3f}, {worst['ci_high']:+.3f}]" if worst else "–"
         lines.append(
             f"| {c['arm']} | {change} | {c['budget']} | {gap['sets']} | {c['mean']:.3f} ({c['reference_mean']:.3f}) "
-            f"| {interval} | {c['worse']} ({c['reference_worse']}) | {c['cost_ratio']:.2f}x |"
+            f"| {interval} | {worst_cell} | {c['worse']} ({c['reference_worse']}) | {c['cost_ratio']:.2f}x |"
         )
     return lines + [""]
 
