@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, Mapping, Optional, Tuple
 
 from .errors import ModelError
 from .io import PathLike, atomic_write_text
@@ -286,6 +286,30 @@ def _validate_preprocessing(preprocessing: Mapping[str, Any], where: str) -> Non
             )
     if profile == "nnunet":  # nnU-Net's normalisation schemes (ASSFTActive.sources.nnunet)
         check_nnunet_preprocessing(preprocessing, where)
+
+
+#: Source-model card names whose anatomy is known; a card may also say ``provenance.anatomy``.
+CARD_ANATOMY = {"hippocampus-unet": "hippocampus", "acdc-source-unet": "acdc"}
+
+
+def card_anatomy(card: ModelCard, known: Collection[str]) -> Optional[str]:
+    """The anatomy a card's model segments, when it is one of ``known`` (the anatomies a table has values for: label
+    check limits, a recipe): the card's own ``provenance.anatomy`` or its name in :data:`CARD_ANATOMY`, else its
+    pre-trained card's (an adapted version names the model it came from there), else ``None``."""
+    for candidate in (card, _pretrained_or_none(card)):
+        if candidate is None:
+            continue
+        anatomy = (candidate.provenance or {}).get("anatomy") or CARD_ANATOMY.get(candidate.name)
+        if anatomy in known:
+            return anatomy
+    return None
+
+
+def _pretrained_or_none(card: ModelCard) -> Optional[ModelCard]:
+    try:
+        return card.pretrained_card() if card.pretrained else None
+    except Exception:  # an unreadable pre-trained card is reported where the model is loaded, not here
+        return None
 
 
 def load_card(path: PathLike) -> ModelCard:

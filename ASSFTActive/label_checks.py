@@ -44,12 +44,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .cards import card_anatomy
 from .errors import InputError
 from .plausibility import check_image
 from .progress import ProgressCallback, emit
 
 __all__ = [
-    "CARD_ANATOMY",
     "LABEL_CHECK_THRESHOLDS",
     "REACH_VOXELS",
     "SHIFT_REACH_VOXELS",
@@ -405,32 +405,15 @@ LABEL_CHECK_THRESHOLDS: Dict[str, LabelCheckThresholds] = {
     ),
 }
 
-#: Source-model card names whose anatomy is known; a card may also say ``provenance.anatomy``.
-CARD_ANATOMY = {"hippocampus-unet": "hippocampus", "acdc-source-unet": "acdc"}
-
 
 def thresholds_for(card: Any) -> LabelCheckThresholds:
-    """The limits for a model card: those of its anatomy (its own or its pre-trained card's ``provenance.anatomy``,
-    else its source card's name, :data:`CARD_ANATOMY`), else ``default``. A class-volume range is used only when the
-    card's foreground class names are the measured ones."""
-    anatomy = None
-    for candidate in (card, _pretrained(card)):
-        if candidate is None:
-            continue
-        anatomy = (candidate.provenance or {}).get("anatomy") or CARD_ANATOMY.get(candidate.name)
-        if anatomy in LABEL_CHECK_THRESHOLDS:
-            break
-    limits = LABEL_CHECK_THRESHOLDS.get(anatomy or "default", LABEL_CHECK_THRESHOLDS["default"])
+    """The limits for a model card: those of its anatomy (:func:`ASSFTActive.cards.card_anatomy`), else ``default``.
+    A class-volume range is used only when the card's foreground class names are the measured ones."""
+    anatomy = card_anatomy(card, LABEL_CHECK_THRESHOLDS)
+    limits = LABEL_CHECK_THRESHOLDS[anatomy or "default"]
     if limits.class_volume_mm3 is not None and set(limits.class_volume_mm3) != set(card.class_names[1:]):
         limits = replace(limits, class_volume_mm3=None)
     return limits
-
-
-def _pretrained(card: Any) -> Any:
-    try:
-        return card.pretrained_card() if getattr(card, "pretrained", None) else None
-    except Exception:  # an unreadable pre-trained card is reported where the model is loaded, not here
-        return None
 
 
 def find_shape_issues(

@@ -29,10 +29,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Collection, Dict, List, Mapping, Optional
 
 from . import __version__
-from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD, ModelCard, load_card, save_card
+from .cards import DEFAULT_MODEL, EMBEDDED_DEFAULT_CARD, ModelCard, card_anatomy, load_card, save_card
 from .confine import output_mode
 from .errors import AssftError, ModelError, OutputError
 from .io import PathLike, atomic_write_text
@@ -508,6 +508,16 @@ def resolve_card(spec: Optional[PathLike]) -> ModelCard:
     verified against the version's manifest by :func:`resolve_card_path`.
     """
     return load_card(resolve_card_path(spec))
+
+
+def reference_anatomy(spec: Optional[PathLike], known: Collection[str]) -> Optional[str]:
+    """:func:`~ASSFTActive.cards.card_anatomy` of the model a reference means (:func:`resolve_card`); ``None`` when
+    the reference does not resolve: the run that loads the model reports why, with the resolver's own message."""
+    try:
+        card = resolve_card(spec)
+    except (AssftError, OSError, ValueError):
+        return None
+    return card_anatomy(card, known)
 
 
 def _is_version_folder(path: Path) -> bool:

@@ -326,8 +326,11 @@ def _method(spec: JobSpec, job_dir: Path):
 
         return Sfr(spec.sfr_config(), _resolve_in_job(job_dir, spec.sam_prior) or None)
     from .finetune.assft import SelectiveSelfTraining
+    from .finetune.config import ANATOMY_RECIPES
+    from .store import reference_anatomy
 
-    return SelectiveSelfTraining(spec.finetune_config())
+    anatomy = reference_anatomy(_resolve_in_job(job_dir, spec.model or "default"), ANATOMY_RECIPES)
+    return SelectiveSelfTraining(spec.finetune_config(anatomy))
 
 
 def _run_adaptation(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Optional[JobResult]:

@@ -91,9 +91,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, settings: str) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The :class:`FinetuneConfig` of the command line: ``--config`` file, then the explicit options."""
+    """The :class:`FinetuneConfig` of the command line: the model's anatomy's recipe
+    (:data:`~ASSFTActive.finetune.config.ANATOMY_RECIPES`), the ``--config`` file over it, then the explicit
+    options."""
     from ..errors import InputError
-    from ..finetune.config import FinetuneConfig
+    from ..finetune.config import ANATOMY_RECIPES, FinetuneConfig
+    from ..store import reference_anatomy
 
     data: Dict[str, Any] = read_settings_file(args.config)
     train = dict(data.get("train") or {})
@@ -123,7 +126,7 @@ def build_config(args: argparse.Namespace):
     if getattr(args, "partial_labels", False):
         data["partial_labels"] = True
     try:
-        return FinetuneConfig.from_dict(data)
+        return FinetuneConfig.for_anatomy(data, reference_anatomy(args.model, ANATOMY_RECIPES))
     except (TypeError, ValueError) as exc:
         raise InputError(f"invalid fine-tuning settings: {exc}") from exc
 

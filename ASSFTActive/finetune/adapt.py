@@ -216,7 +216,9 @@ def adapt_model(
 ) -> AdaptResult:
     """:func:`run_adaptation` with ASSFT's method (:class:`~.assft.SelectiveSelfTraining` of ``config``): fine-tune
     on the labelled volumes plus reliable pseudo-labelled ones. The arguments are :class:`AdaptRequest`'s (``dist``
-    is its ``ctx``)."""
+    is its ``ctx``). ``config`` is used as given: the jobs and the CLI build theirs with
+    :meth:`~.config.FinetuneConfig.for_anatomy`, which adds the model's anatomy's recipe (an ACDC model: 50 + 50
+    steps)."""
     return run_adaptation(
         AdaptRequest(
             images,

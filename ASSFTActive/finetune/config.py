@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..settings import check_fields, check_keys, plain
 
 __all__ = [
+    "ANATOMY_RECIPES",
     "ConfidenceMetric",
     "FinetuneConfig",
     "Optimizer",
@@ -74,7 +75,7 @@ class TrainConfig:
     Attributes:
         iterations: optimiser steps, 100 (measured: 100 + 100 steps lift target-test Dice from 0.64 to 0.82 on the
             mild and from 0.46 to 0.74 on the harsh shift with two labels; RESULTS.md; the guard's cross-validation
-            multiplies the cost by ``folds + 1``).
+            multiplies the cost by ``folds + 1``). 50 for ACDC models (:data:`ANATOMY_RECIPES`).
         patch_size: training patch ``[3]`` in voxels; ``None`` uses the card's patch size.
         batch_size: patches per step from the labelled cases (and as many from pseudo-labelled ones).
         learning_rate: AdamW learning rate (cosine-decayed to 5 % over the run), 1e-4 (beat 1e-3 and 3e-4 in the
@@ -364,6 +365,36 @@ class ValidationConfig:
         return cls(**check_keys(cls, data))
 
 
+#: Adapt Model's recipe per anatomy: changes to the defaults of this module (``{section: {field: value}}``, as in
+#: :meth:`FinetuneConfig.to_dict`) for a model of that anatomy (:func:`ASSFTActive.cards.card_anatomy`), under what
+#: the user sets. Chosen on each anatomy's development split by the rule written in RESULTS.md before the
+#: comparison ("The rule that chooses the recipe per anatomy"; table: ``results/harness_dev.md``, recipe section).
+#: ACDC: 50 + 50 steps. On ACDC-Path's development pools 0 and 1, 10 random labelled sets per budget, each paired
+#: with the default recipe: +0.013 [+0.002, +0.028] at B = 2 and +0.009 [-0.003, +0.023] at B = 4, no set left below
+#: no adaptation (100 + 100: 2 of 10 at each budget), at 0.53x the Adapt time; lr 3e-5 did as well at full cost, and
+#: lr 3e-4, 200 + 200 steps and BCP did worse. The hippocampus keeps 100 + 100: 50 + 50 scored -0.006
+#: [-0.010, -0.003] on its development sets (hippocampus multi-site pools 0 and 1, B = 2, 6 sets).
+ANATOMY_RECIPES: Mapping[str, Mapping[str, Mapping[str, Any]]] = {"acdc": {"train": {"iterations": 50}}}
+
+
+def settings_for_anatomy(settings: Mapping[str, Any], anatomy: Optional[str]) -> Dict[str, Any]:
+    """A user's settings (a subset of :meth:`FinetuneConfig.to_dict`) over the anatomy's recipe
+    (:data:`ANATOMY_RECIPES`): what the user set wins, field by field; another anatomy or ``None`` adds nothing.
+
+    Raises:
+        ValueError: ``settings`` is not a mapping, or a section of it is not one.
+    """
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"fine-tuning settings must be a mapping, got {type(settings).__name__}")
+    merged: Dict[str, Any] = dict(settings)
+    for section, changes in ANATOMY_RECIPES.get(anatomy or "", {}).items():
+        given = merged.get(section)
+        if given is not None and not isinstance(given, Mapping):
+            raise ValueError(f"fine-tuning settings: {section} must be a mapping, got {type(given).__name__}")
+        merged[section] = {**changes, **(given or {})}
+    return merged
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that decides an adaptation run; saved with every model version and job.
@@ -454,3 +485,13 @@ class FinetuneConfig:
             ValueError: not a mapping, an unknown key at any level, or an invalid value.
         """
         return cls(**check_keys(cls, data))
+
+    @classmethod
+    def for_anatomy(cls, settings: Mapping[str, Any], anatomy: Optional[str]) -> FinetuneConfig:
+        """The configuration of a user's ``settings`` for a model of ``anatomy``: its recipe
+        (:data:`ANATOMY_RECIPES`) under what the user set (:func:`settings_for_anatomy`).
+
+        Raises:
+            ValueError: as :meth:`from_dict`.
+        """
+        return cls.from_dict(settings_for_anatomy(settings, anatomy))

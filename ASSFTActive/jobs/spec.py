@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from ..errors import JobError
 from .blocks import check_finetune, check_query, check_sfr
@@ -107,11 +107,12 @@ class JobSpec:
         method = self.sfr.get("method", SFR_METHODS[0])
         return method.value if hasattr(method, "value") else method
 
-    def finetune_config(self):
-        """The :class:`~ASSFTActive.finetune.config.FinetuneConfig` of this job."""
+    def finetune_config(self, anatomy: Optional[str] = None):
+        """The :class:`~ASSFTActive.finetune.config.FinetuneConfig` of this job for a model of ``anatomy``: that
+        anatomy's recipe (:data:`~ASSFTActive.finetune.config.ANATOMY_RECIPES`) under the job's settings."""
         from ..finetune.config import FinetuneConfig
 
-        return FinetuneConfig.from_dict(self.finetune)
+        return FinetuneConfig.for_anatomy(self.finetune, anatomy)
 
     def sfr_config(self):
         """The :class:`~ASSFTActive.sfr.config.SfrConfig` of this job (torch-free).

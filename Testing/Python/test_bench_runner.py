@@ -436,7 +436,8 @@ def test_a_recipe_arm_is_compared_with_the_default_recipe_on_the_same_labelled_s
         # draw 0's default is worse than no adaptation (0.55)
         base = {"floor": 0.55, "random": 0.5 + 0.1 * unit.draw}.get(unit.arm.name, 0.47 + 0.1 * unit.draw)
         body = {"labelled": [task.pool[unit.draw], task.pool[3]], "per_case": {c: [base] for c in task.eval}}
-        seconds = 60.0 if unit.arm.name == "labels_only" else 80.0
+        # one default run took 4,000 s on a busy machine: the median ratio is not moved by it
+        seconds = 60.0 if unit.arm.name == "labels_only" else (4000.0 if unit.draw == 2 else 80.0)
         return {**body, "mean_dice": base, "activated": unit.arm.name != "floor", "train_seconds": seconds}
 
     runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)

@@ -38,7 +38,9 @@ class RecipeComparison:
         worst_group_gap: the same on the worst group's cases only (``None`` without groups).
         mean, reference_mean: mean Dice over the paired sets.
         worse, reference_worse: sets whose model is worse than no adaptation by more than :data:`WORSE_MARGIN`.
-        seconds, reference_seconds: mean Adapt (training) time per set.
+        seconds, reference_seconds: median Adapt (training) time per set.
+        cost_ratio: median over sets of the recipe's Adapt time over the default's on the same set (a median: a
+            record made while the machine was busy, e.g. a 4,000 s outlier among 140 s runs, does not decide it).
     """
 
     arm: str
@@ -53,10 +55,7 @@ class RecipeComparison:
     reference_worse: int
     seconds: float
     reference_seconds: float
-
-    @property
-    def cost_ratio(self) -> float:
-        return self.seconds / self.reference_seconds if self.reference_seconds else float("nan")
+    cost_ratio: float
 
     @property
     def is_labels_only(self) -> bool:
@@ -145,6 +144,8 @@ def recipe_comparisons(
             continue
         mine = np.stack([stats.case_dice(r, cases) for r, _, _ in pairs])  # [S, N]
         theirs = np.stack([stats.case_dice(t, cases) for _, t, _ in pairs])
+        mine_seconds = np.array([r.get("train_seconds") or np.nan for r, _, _ in pairs], dtype=np.float64)
+        their_seconds = np.array([t.get("train_seconds") or np.nan for _, t, _ in pairs], dtype=np.float64)
         out.append(
             RecipeComparison(
                 arm=arm,
@@ -161,8 +162,9 @@ def recipe_comparisons(
                 reference_mean=float(np.nanmean(theirs)),
                 worse=int(worse),
                 reference_worse=int(reference_worse),
-                seconds=float(np.mean([r.get("train_seconds") or np.nan for r, _, _ in pairs])),
-                reference_seconds=float(np.mean([t.get("train_seconds") or np.nan for _, t, _ in pairs])),
+                seconds=float(np.median(mine_seconds)),
+                reference_seconds=float(np.median(their_seconds)),
+                cost_ratio=float(np.median(mine_seconds / their_seconds)),
             )
         )
     return out

@@ -255,17 +255,27 @@ class StaleRecord(ValueError):
 
 def check_same_task(path: Path, task: Task) -> None:
     """Refuse to resume over a record whose pool or evaluation cases differ from ``task``'s (the setting or the
-    split changed since it was written): skipping it would mix two benchmarks in one table.
+    split changed since it was written), or that was trained with another anatomy recipe than Adapt Model's default
+    for the task's model is now: skipping it would mix two benchmarks in one table.
 
     Raises:
         StaleRecord: naming the record and what differs.
     """
+    from .work import anatomy_recipe
+
     record = json.loads(path.read_text())
     for name, now in (("pool_cases", task.pool), ("eval_cases", task.eval)):
         if list(record.get(name, now)) != list(now):
             raise StaleRecord(
                 f"{path}: its {name} differ from the task's now ({task.key}); the setting or split changed since it "
                 f"was written. Move the record folder away (or run under another --name) and run again."
+            )
+    if (record.get("arm") or {}).get("name") != FLOOR.name:
+        made, now = record.get("anatomy_recipe", {}), anatomy_recipe(task)
+        if made != now:
+            raise StaleRecord(
+                f"{path}: trained with the anatomy recipe {made} of an earlier Adapt Model default, the default for "
+                f"this model is now {now} (ANATOMY_RECIPES); a table would mix the two. Run under another --name."
             )
 
 

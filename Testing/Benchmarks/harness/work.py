@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -146,10 +147,22 @@ def select_cases(task: Task, arm: Arm, budget: int, draw: int) -> List[str]:
     return sorted(select(evidence, budget, config, round_index=0, total_rounds=1).selected_ids)
 
 
-def finetune_config(arm: Arm, seed: int):
-    """Adapt Model's default ``FinetuneConfig`` with the arm's overrides, the guard as the arm says, no pool
-    prediction, and the label checks off (the labels are the collection's ground truth: the checks guard a user's
-    mistakes and could only refuse them falsely under a harsh shift)."""
+def anatomy_recipe(task: Task) -> Dict[str, Any]:
+    """Adapt Model's recipe changes for the task's model (``ANATOMY_RECIPES`` of its card's anatomy) as dotted
+    fields (``{"train.iterations": 50}``): part of the product's default for this model, kept in every trained record
+    so that records of two defaults are never mixed (:func:`.runner.check_same_task`)."""
+    from ASSFTActive.cards import card_anatomy
+    from ASSFTActive.finetune.config import ANATOMY_RECIPES
+
+    changes = ANATOMY_RECIPES.get(card_anatomy(card_of(task), ANATOMY_RECIPES) or "", {})
+    return {f"{section}.{name}": value for section, fields in changes.items() for name, value in fields.items()}
+
+
+def finetune_config(arm: Arm, seed: int, recipe: Mapping[str, Any] = MappingProxyType({})):
+    """Adapt Model's default ``FinetuneConfig`` for the model (``recipe``: :func:`anatomy_recipe`) with the arm's
+    overrides, the guard as the arm says, no pool prediction, and the label checks off (the labels are the
+    collection's ground truth: the checks guard a user's mistakes and could only refuse them falsely under a harsh
+    shift)."""
     from ASSFTActive.finetune.config import FinetuneConfig
 
     data = FinetuneConfig().to_dict()
@@ -158,7 +171,7 @@ def finetune_config(arm: Arm, seed: int):
     data["validation"]["hd95"] = False
     data["predict_pool"] = False
     data["allow_implausible_labels"] = True
-    for dotted, value in arm.finetune:
+    for dotted, value in (*recipe.items(), *arm.finetune):
         node = data
         *path, leaf = dotted.split(".")
         for part in path:
@@ -205,7 +218,8 @@ def adapt_and_evaluate(
         labels = {c: str(task.data / "labelsTr" / f"{c}.nii.gz") for c in labelled}
     elif sorted(labels) != sorted(labelled):
         raise ValueError(f"label files for {sorted(labels)} but the labelled cases are {sorted(labelled)}")
-    config = finetune_config(arm, seed)
+    recipe = anatomy_recipe(task)
+    config = finetune_config(arm, seed, recipe)
     start = time.perf_counter()
     store = tempfile.mkdtemp(prefix="harness-store-", dir=work)
     try:
@@ -241,6 +255,7 @@ def adapt_and_evaluate(
         "activation": result.decision.to_dict(),
         "cross_validation": metrics.get("cross_validation"),
         "kept_pseudo": [d.case_id for d in result.pseudo if d.kept],
+        "anatomy_recipe": recipe,
     }
 
 
