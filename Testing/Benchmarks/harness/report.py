@@ -381,6 +381,10 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
                 f"({rnd['subsets_per_pool']} per pool); oracle-subset headroom best "
                 f"{_f(rnd['best_gain'], True)}, 90th percentile {_f(rnd['p90_gain'], True)}.",
                 "",
+            ]
+            if not row["arms"]:
+                continue  # random subsets only (e.g. the recipe section's references): no query to compare
+            lines += [
                 "| arm | mean Dice | gap vs random | percentile | headroom captured | worst-group gap | "
                 "gap vs best baseline |",
                 "|---|---|---|---|---|---|---|",
