@@ -371,7 +371,7 @@ class ValidationConfig:
 #: comparison ("The rule that chooses the recipe per anatomy"; table: ``results/harness_dev.md``, recipe section).
 #: ACDC: 50 + 50 steps. On ACDC-Path's development pools 0 and 1, 10 random labelled sets per budget, each paired
 #: with the default recipe: +0.013 [+0.002, +0.028] at B = 2 and +0.009 [-0.003, +0.023] at B = 4, no set left below
-#: no adaptation (100 + 100: 2 of 10 at each budget), at 0.53x the Adapt time; lr 3e-5 did as well at full cost, and
+#: no adaptation (100 + 100: 2 of 10 at each budget), at 0.54x the Adapt time; lr 3e-5 did as well at full cost, and
 #: lr 3e-4, 200 + 200 steps and BCP did worse. The hippocampus keeps 100 + 100: 50 + 50 scored -0.006
 #: [-0.010, -0.003] on its development sets (hippocampus multi-site pools 0 and 1, B = 2, 6 sets).
 ANATOMY_RECIPES: Mapping[str, Mapping[str, Mapping[str, Any]]] = {"acdc": {"train": {"iterations": 50}}}
