@@ -367,3 +367,25 @@ def test_overlapping_regions_cost_their_union_within_the_budget():
     proposal = sparse.propose({"v": view}, arm, 1, ranked_ids=["v"])
     assert len(proposal.units) == 2  # both boxes: their union is the whole volume, 80 voxels = 4 slices
     assert proposal.effort.voxels_annotated == 80 and proposal.effort.slice_equivalents == pytest.approx(4.0)
+
+
+def test_a_painted_voxel_budget_stops_regions_at_b_volumes_foreground_where_slice_equivalents_do_not():
+    """A small structure in a large slice (the heart on a cardiac slice): boxes around it are a small part of the
+    slice, so slice-equivalents let regions cover the whole pool's foreground at the effort of one volume; counted in
+    painted foreground voxels, the same budget buys one volume's foreground."""
+    shape, views = (24, 24, 4), {}
+    for v in range(3):
+        truth = np.zeros(shape, np.uint8)
+        truth[10:14, 10:14, :] = 1  # 16 foreground voxels per slice, 64 per volume
+        entropy = np.full(shape, 10, np.uint8)
+        entropy[8:16, 8:16, :] = 240
+        views[f"v{v}"] = sparse.VolumeView(f"v{v}", truth, truth.copy(), entropy, truth > 0, (1.0, 1.0, 3.0))
+    fields = (("region_size", (4, 4, 4)), ("per_volume_extra", 5))
+    by_area = arms.Arm("a", (("strategy", "assft"),), unit="region", measure="slices", unit_fields=fields)
+    by_paint = arms.Arm("p", (("strategy", "assft"),), unit="region", measure="voxels_painted", unit_fields=fields)
+    area = sparse.propose(views, by_area, 1, ranked_ids=["v0", "v1", "v2"])
+    paint = sparse.propose(views, by_paint, 1, ranked_ids=["v0", "v1", "v2"])
+    assert paint.per_volume["voxels_painted"] == 64 and paint.budget == 64
+    assert area.effort.slice_equivalents <= area.budget == 4  # within the budget it was given ...
+    assert area.effort.voxels_painted == 3 * 64  # ... yet it paints all three volumes' foreground
+    assert 0 < paint.effort.voxels_painted <= 64

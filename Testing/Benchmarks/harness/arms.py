@@ -8,9 +8,9 @@ final table (``guard=True``). The converged ceiling is the whole pool labelled a
 
 An arm may annotate **slices or regions** instead of whole volumes (issue 27 item 4): ``Arm.unit`` is ``slice`` or
 ``region`` (``--arms strategy=assft,unit=slice``, or the named arms ``slices_by_score``, ``slices_random``,
-``regions_by_score``, ...). Its budget B is an *effort equal to B whole volumes* in ``Arm.measure`` (``slices`` or
-``voxels_changed``, :mod:`.sparse`), and its labels are oracle partial labels (255 outside the proposed units) fed
-to Adapt Model as a user's partial labels would be.
+``regions_by_score_painted``, ...). Its budget B is an *effort equal to B whole volumes* in ``Arm.measure``
+(``slices``, ``voxels_changed`` or ``voxels_painted``, :mod:`.sparse`), and its labels are oracle partial labels
+(255 outside the proposed units) fed to Adapt Model as a user's partial labels would be.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from typing import Any, Dict, Tuple
 #: What an arm annotates: whole volumes (the classic arms), slices or regions (``ASSFTActive.query.units.Unit``).
 UNITS = ("volume", "slice", "region")
 #: Effort measures a sparse arm's budget is counted in (:mod:`.sparse`): ``slices`` (slice-equivalents painted from
-#: scratch) and ``voxels_changed`` (voxels changed when correcting the source model's pre-filled prediction).
-MEASURES = ("slices", "voxels_changed")
+#: scratch), ``voxels_changed`` (voxels changed when correcting the source model's pre-filled prediction) and
+#: ``voxels_painted`` (foreground voxels painted from scratch: a region's effort where its box is a small part of the
+#: slice, as around the heart on a cardiac slice, which slice-equivalents count as a fraction of a slice).
+MEASURES = ("slices", "voxels_changed", "voxels_painted")
 #: ``UnitConfig`` fields an arm may set (``--arms strategy=assft,unit=region,region_size=16x16x16``).
 UNIT_FIELDS = ("axis", "region_size", "min_gap", "per_volume_extra", "prior_weight", "min_foreground_share")
 
@@ -166,6 +168,10 @@ SPARSE_ARMS = (
     _sparse("slices_random", "slice", "random", "slices", "random slices (same spread rule)"),
     _sparse("regions_by_score", "region", "assft", "slices", "regions by foreground entropy (ASSFT volume prior)"),
     _sparse("regions_random", "region", "random", "slices", "random regions (same spread rule)"),
+    _sparse(
+        "regions_by_score_painted", "region", "assft", "voxels_painted", "regions by score, budget in painted voxels"
+    ),
+    _sparse("regions_random_painted", "region", "random", "voxels_painted", "random regions, budget in painted voxels"),
     Arm(
         "prefill_correction",
         (("strategy", "assft"),),

@@ -93,13 +93,15 @@ HETERO = ("hippocampus_multisite", "acdc_path")
 COMPARED = ("random", "fg_random", "coreset", "clasp_pe", "assft")
 #: The effort benchmark's arms (issue 27 item 4): whole volumes by the default query (the reference, effort recorded;
 #: its voxels changed are those of correcting its volumes' pre-fill, so ``prefill_correction``, the same labels and
-#: training, is not run twice), slices and regions by score, random slices, each budget an effort of B volumes in
-#: painted slices; and slices by score / at random within the voxels changed of B pre-filled volumes.
+#: training, is not run twice), slices by score and random slices, each budget an effort of B volumes in painted
+#: slices; regions by score within the foreground voxels painted in B volumes (slice-equivalents undercount a box
+#: that is a small part of its slices: RESULTS.md, ACDC-Path effort); and slices by score / at random within the
+#: voxels changed of B pre-filled volumes.
 SPARSE = (
     "assft",
     "slices_by_score",
     "slices_random",
-    "regions_by_score",
+    "regions_by_score_painted",
     "slices_by_score_prefill",
     "slices_random_prefill",
 )

@@ -42,7 +42,7 @@ from .arms import MEASURES, Arm
 from .tasks import Task
 
 #: The record field that holds each measure's value.
-MEASURE_FIELD = {"slices": "slice_equivalents", "voxels_changed": "voxels_changed"}
+MEASURE_FIELD = {"slices": "slice_equivalents", "voxels_changed": "voxels_changed", "voxels_painted": "voxels_painted"}
 
 
 @dataclass(frozen=True)
@@ -231,9 +231,7 @@ class Proposal:
 def per_volume_effort(views: Mapping[str, VolumeView], config) -> Dict[str, float]:
     """``{measure: mean whole-volume effort over the pool}`` (the annotation axis of ``config``)."""
     efforts = [whole_volume_effort(v, v.axis(config)) for v in views.values()]
-    out = {m: float(np.mean([e.value(m) for e in efforts])) for m in MEASURES}
-    out["voxels_painted"] = float(np.mean([e.voxels_painted for e in efforts]))
-    return out
+    return {m: float(np.mean([e.value(m) for e in efforts])) for m in MEASURES}
 
 
 def candidates(views: Mapping[str, VolumeView], arm: Arm, config, seed: int) -> List[Any]:

@@ -6,7 +6,7 @@ the mean Dice over pools and the mean effort spent (slices touched, slice-equiva
 voxels changed from the pre-fill), and that effort in whole-volume equivalents (divided by the pool's mean effort of
 one whole volume in the same measure). The floor is the curve's point at effort 0.
 
-Goal rows, per effort measure (``effort``: ``slices`` or ``voxels_changed``) and split, following
+Goal rows, per effort measure (``effort``: ``slices``, ``voxels_changed`` or ``voxels_painted``) and split, following
 :func:`.report.goal_rows`' form (``split`` named, intervals from :mod:`.stats`):
 
 - ``gap_vs_whole_volume`` (per budget): the sparse arm of the measure (:data:`SPARSE_DEFAULTS`) minus whole-volume
@@ -35,9 +35,16 @@ from .sparse import MEASURE_FIELD
 SPARSE_DEFAULTS = {
     "slices": ("slices_by_score", "slices_random"),
     "voxels_changed": ("slices_by_score_prefill", "slices_random_prefill"),
+    "voxels_painted": ("regions_by_score_painted", "regions_random_painted"),
 }
 #: Per measure: the whole-volume reference, the first one present in the records.
-WHOLE_VOLUME = {"slices": ("assft",), "voxels_changed": ("prefill_correction", "assft")}
+WHOLE_VOLUME = {"slices": ("assft",), "voxels_changed": ("prefill_correction", "assft"), "voxels_painted": ("assft",)}
+#: Per measure: the plot's words for it.
+MEASURE_TITLES = {
+    "slices": "painted slices",
+    "voxels_changed": "voxels changed from the pre-fill",
+    "voxels_painted": "foreground voxels painted",
+}
 #: The share of the converged ceiling's Dice the effort ratio is measured at.
 CEILING_SHARE = 0.95
 #: The effort fields of the table, in order.
@@ -89,10 +96,7 @@ def summarise(
         floor = {p: _pool_dice(rs, cases) for p, rs in cells.get(("floor", 0), {}).items()}
         steps, ceiling = _ceiling_per_pool(cells, cases)
         with_effort = [r for cell in effort_cells.values() for rs in cell.values() for r in rs]
-        per_volume = {
-            m: float(np.mean([r["effort"]["per_volume"][m] for r in with_effort]))
-            for m in (*MEASURES, "voxels_painted")
-        }
+        per_volume = {m: float(np.mean([r["effort"]["per_volume"][m] for r in with_effort])) for m in MEASURES}
         rows = []
         for (arm, budget), cell in sorted(effort_cells.items()):
             flat = [r for rs in cell.values() for r in rs]
@@ -124,7 +128,7 @@ def summarise(
             "gaps": [],
             "ratios": [],
         }
-        for measure in MEASURES:
+        for measure in (m for m in MEASURES if m in sparse_defaults):
             arm, random_arm = sparse_defaults[measure]
             whole = next((w for w in WHOLE_VOLUME[measure] if any(k[0] == w for k in effort_cells)), None)
             budgets = sorted({b for (a, b) in effort_cells if a == arm})
@@ -260,7 +264,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "## Dice against annotation effort (issue 27)",
         "",
         "B: an effort of B whole volumes in the arm's measure (`slices`: slice-equivalents painted; "
-        "`voxels_changed`: voxels changed correcting the source model's pre-fill); a volume arm labels B volumes. "
+        "`voxels_changed`: voxels changed correcting the source model's pre-fill; `voxels_painted`: foreground voxels "
+        "painted from scratch); a volume arm labels B volumes. "
         "Effort columns: mean spent per labelled set; vol-eq: that effort over the pool's mean effort of one whole "
         "volume. Gaps: paired per pool and evaluation case, 95 % intervals over pools, draws and cases.",
         "",
@@ -275,8 +280,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
             + f". One whole volume: {_f(pv['slices'], 1)} slices, {_f(pv['voxels_painted'], 0)} voxels painted, "
             f"{_f(pv['voxels_changed'], 0)} voxels changed from the pre-fill (pool means).",
             "",
-            "| arm | B | measure | mean Dice | volumes | slices touched | slice-eq (vol-eq) | voxels painted | "
-            "voxels changed (vol-eq) | sets |",
+            "| arm | B | measure | mean Dice | volumes | slices touched | slice-eq (vol-eq) | voxels painted (vol-eq) "
+            "| voxels changed (vol-eq) | sets |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in entry["rows"]:
@@ -284,7 +289,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {row['arm']} | {row['budget']} | {row['measure'] or 'volumes'} | {_f(row['mean_dice'])} | "
                 f"{_f(row['volumes_labelled'], 1)} | {_f(row['slices_touched'], 1)} | "
-                f"{_f(row['slice_equivalents'], 1)} ({_f(veq['slices'], 2)}) | {_f(row['voxels_painted'], 0)} | "
+                f"{_f(row['slice_equivalents'], 1)} ({_f(veq['slices'], 2)}) | {_f(row['voxels_painted'], 0)} "
+                f"({_f(veq['voxels_painted'], 2)}) | "
                 f"{_f(row['voxels_changed'], 0)} ({_f(veq['voxels_changed'], 2)}) | {row['labelled_sets']} |"
             )
         lines.append("")
@@ -308,8 +314,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 def plot(summary: Mapping[str, Any], path_of) -> List:
-    """One PNG per (setting, split): mean Dice against effort in whole-volume equivalents, painted slices (left)
-    and voxels changed from the pre-fill (right); every arm through the floor at 0; the ceiling and 95 % of it."""
+    """One PNG per (setting, split): mean Dice against effort in whole-volume equivalents, one panel per measure
+    (:data:`MEASURE_TITLES`); every arm through the floor at 0; the ceiling and 95 % of it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,9 +323,10 @@ def plot(summary: Mapping[str, Any], path_of) -> List:
 
     written = []
     for name, entry in summary.items():
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        fig, axes = plt.subplots(1, len(MEASURES), figsize=(5 * len(MEASURES), 4), sharey=True)
         arms = sorted({r["arm"] for r in entry["rows"]})
-        for ax, measure, title in zip(axes, MEASURES, ("painted slices", "voxels changed from the pre-fill")):
+        for ax, measure in zip(axes, MEASURES):
+            title = MEASURE_TITLES[measure]
             for arm in arms:
                 rows = sorted((r for r in entry["rows"] if r["arm"] == arm), key=lambda r: r["budget"])
                 xs = [0.0] + [r["volume_equivalents"][measure] or np.nan for r in rows]
@@ -331,7 +338,7 @@ def plot(summary: Mapping[str, Any], path_of) -> List:
             ax.set_xlabel(f"effort in whole volumes ({title})")
             ax.set_title(name)
         axes[0].set_ylabel("mean Dice (evaluation cases)")
-        axes[1].legend(fontsize=7)
+        axes[-1].legend(fontsize=7)
         fig.tight_layout()
         path = path_of(name)
         fig.savefig(path, dpi=100)
