@@ -194,7 +194,8 @@ class PseudoLabelConfig:
             that labels each pseudo patch on the weak view; it beat ``offline`` by 0.004-0.02 and labels-only by
             0.01 / 0.04 on the mild / harsh shift; RESULTS.md), or ``source_flip``: the frozen model the run started
             from, with flip test-time augmentation (``flip_axes``), labels each pseudo patch, a labeller that is not
-            the student (not yet measured; default unchanged).
+            the student. Measured on the development split (RESULTS.md, recipe per anatomy; B = 2, paired with
+            ``ema``): +0.002 on ACDC-Path, -0.146 on hippocampus multi-site (2 of 6 sets below no adaptation). Off.
         ema_decay: EMA decay of the ``ema`` teacher, 0.99 [inferred, method-spec §4.1].
         rounds: self-training rounds (re-select, re-label, fine-tune), 1 [inferred, method-spec §1.7
             ``ssl_rounds``].
@@ -214,14 +215,17 @@ class PseudoLabelConfig:
             pseudo-labelled patch is mixed with a labelled one both ways (a labelled box into the unlabelled patch
             and an unlabelled box into the labelled one), the targets following the box (expert label where the
             voxels came from the labelled patch, the teacher's label elsewhere); the student learns on the two
-            mixed patches in place of the pseudo-labelled one. Bai et al., CVPR 2023. Not yet measured; default
-            unchanged (off) until the development split decides.
+            mixed patches in place of the pseudo-labelled one. Bai et al., CVPR 2023. Off: on the development split
+            it scored -0.014 (ACDC-Path, 10 sets) and -0.005 (hippocampus multi-site, 6 sets) against the default
+            (RESULTS.md, recipe per anatomy).
         bcp_box_share: side of the pasted box as a share of the patch side, 2/3 (BCP's value; not yet measured
             here).
         bcp_pseudo_weight: weight of the pseudo-labelled voxels of a mixed patch relative to the expert ones, 0.5
             (BCP's α; not yet measured here).
         flip_axes: with ``teacher = "source_flip"``, the patch axes flipped in the extra test-time passes (one pass
-            per axis, plus the patch as it is), ``(0, 1, 2)``. Not yet measured.
+            per axis, plus the patch as it is), ``(0, 1, 2)``. Leave out an axis along which the classes differ
+            (the hippocampus's anterior and posterior): a model that tells them apart by position is not
+            flip-equivariant, the likely reason for ``source_flip``'s -0.146 there (not verified).
     """
 
     mode: PseudoMode = PseudoMode.SELECTIVE
