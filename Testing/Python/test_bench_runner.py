@@ -456,3 +456,21 @@ def test_a_recipe_arm_is_compared_with_the_default_recipe_on_the_same_labelled_s
     assert "| arm | mean Dice | gap vs random |" not in text  # random subsets only: no empty query table
     (row,) = recipe_report.recipe_goal_rows(summary, "s", "g", guard_report.SPLIT_NAMES)
     assert (row["goal"], row["value"], row["split"], row["budget"]) == ("ssl_gap_vs_labels_only", 0.03, "dev", 2)
+
+
+def test_overrides_the_profile_gives_every_arm_are_the_runs_default_recipe_not_a_recipe_arm(tmp_path):
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=("random", "assft", "short:strategy=random,finetune.semi_iterations=1"),
+        draws=2,
+        ceiling_steps=(),
+        finetune=(("train.iterations", 2),),
+    )
+    runner.run(runner.plan(profile), tmp_path, profile, execute=fake_execute([]), task_of=fake_task, log=print)
+    entry = report.summarise(runner.load_records(tmp_path))["hippocampus_mild/development"]
+    assert list(entry["budgets"]["2"]["arms"]) == ["assft"]  # a query, though its records carry the profile's steps
+    (recipe,) = entry["recipes"]
+    assert recipe["arm"] == "short" and recipe["changes"] == {"semi_iterations": 1}

@@ -84,7 +84,11 @@ def _query(record: Mapping[str, Any]) -> str:
 
 
 def _changes(record: Mapping[str, Any]) -> Dict[str, Any]:
-    return dict((record.get("arm") or {}).get("finetune") or {})
+    """The arm's own ``finetune`` overrides: those its profile gives every arm (e.g. the smoke profile's few steps)
+    are the run's default recipe, not a change of it."""
+    everyone = {k: v for k, v in (record.get("profile") or {}).get("finetune") or []}
+    own = (record.get("arm") or {}).get("finetune") or {}
+    return {k: v for k, v in own.items() if k not in everyone or everyone[k] != v}
 
 
 def _unguarded(record: Mapping[str, Any]) -> bool:
