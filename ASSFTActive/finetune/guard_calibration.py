@@ -43,7 +43,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from ..io import atomic_write_text
 from .guard import CrossValidation, GuardRule, judge
 
-__all__ = ["CalibrationRecord", "calibrate", "main", "read_records", "sweep"]
+__all__ = ["CalibrationRecord", "calibrate", "fold_agreement", "main", "read_records", "sweep"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,27 @@ def calibrate(
     return result
 
 
+def fold_agreement(records: Sequence[CalibrationRecord]) -> Tuple[Optional[float], int]:
+    """How well the folds predict: Spearman's rank correlation of each set's mean cross-validated gain (the mean of
+    its volume gains, else of its fold gains) with its gain on the test cases, and the number of sets it is over
+    (those with a finite mean gain). ``None`` with fewer than 3 such sets or when either side is constant.
+
+    A rule can only sort better from worse models as far as this allows: near 0, every threshold on the folds
+    refuses better models about as often as worse ones.
+    """
+    from scipy import stats
+
+    pairs = []
+    for record in records:
+        values = [v for v in (record.volume_gains or record.fold_gains) if not math.isnan(v)]
+        if values and not math.isnan(record.test_gain):
+            pairs.append((sum(values) / len(values), record.test_gain))
+    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+        return None, len(pairs)
+    rho = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0]
+    return float(rho), len(pairs)
+
+
 def sweep(
     records: Sequence[CalibrationRecord],
     min_gains: Sequence[float],
@@ -206,8 +227,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"({row['false_activations']}/{row['worse_sets']}) | {_show(row['false_refusal_rate'])} "
             f"({row['false_refusals']}/{row['better_sets']}) |"
         )
+    by_budget = {}
+    for record in records:
+        by_budget.setdefault(record.budget, []).append(record)
+    agreement = {}
+    for budget, group in sorted(by_budget.items()):
+        rho, n = fold_agreement(group)
+        agreement[str(budget)] = {"spearman": rho, "sets": n}
+        shown = "-" if rho is None else f"{rho:+.2f}"
+        print(f"B = {budget}: Spearman of the cross-validated gain with the test gain {shown} over {n} sets")
     if args.out is not None:
-        atomic_write_text(args.out, json.dumps({"input": str(args.input), "rows": rows}, indent=1))
+        payload = {"input": str(args.input), "rows": rows, "fold_agreement_by_budget": agreement}
+        atomic_write_text(args.out, json.dumps(payload, indent=1))
     return 0
 
 

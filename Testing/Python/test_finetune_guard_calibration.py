@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ASSFTActive.finetune.guard import GuardRule
-from ASSFTActive.finetune.guard_calibration import calibrate, main, read_records, sweep
+from ASSFTActive.finetune.guard_calibration import calibrate, fold_agreement, main, read_records, sweep
 
 #: Needs neither torch nor Slicer: CI also runs this module on Python 3.9 (Slicer 5.8's), tools/check_python39.sh.
 pytestmark = pytest.mark.torchfree
@@ -90,6 +90,10 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| 0.005 | none | 4/5 | 100 % (2/2) | 0 % (0/2) |" in printed
     assert [r["false_activations"] for r in json.loads(out.read_text())["rows"]] == [2, 1]
+    assert "B = 4: Spearman of the cross-validated gain with the test gain" in printed
+    agreement = json.loads(out.read_text())["fold_agreement_by_budget"]
+    assert agreement["2"] == {"spearman": None, "sets": 2}, "two sets give no rank correlation"
+    assert agreement["4"]["sets"] == 3
     assert main([str(tmp_path / "missing.json")]) == 2
 
 
@@ -134,3 +138,29 @@ def test_a_set_may_give_the_cross_validation_itself():
     assert record.volume_gains == pytest.approx((0.1, -0.05, 0.2))
     late = read_records({"sets": [{"cross_validation": cv, "stop_step": 20, "test_gain": 0.0}]})[0]
     assert late.fold_gains == pytest.approx((-0.025, 0.1))
+
+
+def _sets(pairs):
+    return read_records({"sets": [{"fold_gains": [g, g], "test_gain": t} for g, t in pairs]})
+
+
+def test_fold_agreement_is_the_rank_correlation_of_fold_and_test_gains():
+    assert fold_agreement(_sets([(0.01, 0.0), (0.02, 0.01), (0.05, 0.03)])) == (pytest.approx(1.0), 3)
+    assert fold_agreement(_sets([(0.01, 0.03), (0.02, 0.01), (0.05, 0.0)])) == (pytest.approx(-1.0), 3)
+    # the mean of the volume gains ranks a set, not its best fold
+    records = read_records(
+        {
+            "sets": [
+                {"fold_gains": [0.2, -0.2], "volume_gains": [0.2, -0.2], "test_gain": 0.0},
+                {"fold_gains": [0.01, 0.01], "test_gain": 0.01},
+                {"fold_gains": [0.02, 0.03], "test_gain": 0.02},
+            ]
+        }
+    )
+    assert fold_agreement(records)[0] == pytest.approx(1.0)
+
+
+def test_fold_agreement_needs_three_sets_that_vary():
+    assert fold_agreement(_sets([(0.01, 0.0), (0.02, 0.01)])) == (None, 2)
+    assert fold_agreement(_sets([(0.01, 0.0), (0.02, 0.0), (0.03, 0.0)])) == (None, 3)
+    assert fold_agreement(_sets([(float("nan"), 0.0), (0.02, 0.01), (0.03, 0.02)])) == (None, 2)

@@ -192,9 +192,10 @@ def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[D
 
 
 #: Rules under which the report judges every guarded labelled set again, from the same cross-validation folds
-#: (issue 25 item 1's candidates): ``(min_gain, max_fold_loss)``; no limit is the guard before the calibration,
-#: 0.05 the default it chose (``ValidationConfig.max_fold_loss``).
-GUARD_RULES: Tuple[Tuple[float, Optional[float]], ...] = ((0.005, None), (0.005, 0.1), (0.005, 0.05), (0.005, 0.02))
+#: (issue 25 item 1's candidates, RESULTS.md's rules): every ``min_gain`` with every ``max_fold_loss``; (0.005, none)
+#: is the guard before its first calibration, (0.005, 0.05) the default it chose (``ValidationConfig``).
+GUARD_MIN_GAINS: Tuple[float, ...] = (0.0, 0.005, 0.01)
+GUARD_FOLD_LOSSES: Tuple[Optional[float], ...] = (None, 0.1, 0.05, 0.02)
 
 
 def guard_sets(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -217,22 +218,23 @@ def guard_sets(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[Dict[str
 
 
 def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]:
-    """Per guarded arm: its decisions against the evaluation cases, the same folds judged under :data:`GUARD_RULES`,
-    and how often two guarded arms on the same labelled sets decided alike (e.g. the guard with short folds)."""
-    from ASSFTActive.finetune.guard import GuardRule
-    from ASSFTActive.finetune.guard_calibration import calibrate, read_records
+    """Per guarded arm and budget: its decisions against the evaluation cases, how well its folds predicted them
+    (:func:`~ASSFTActive.finetune.guard_calibration.fold_agreement`), the same folds judged under every rule of
+    :data:`GUARD_MIN_GAINS` x :data:`GUARD_FOLD_LOSSES`, and how often two guarded arms on the same labelled sets
+    decided alike (e.g. the guard with short folds)."""
+    from ASSFTActive.finetune.guard_calibration import fold_agreement, read_records, sweep
 
     lines: List[str] = []
     arms = sorted({g["arm"] for g in guarded})
-    for arm in arms:
-        rows = [g for g in guarded if g["arm"] == arm]
+    for arm, budget in sorted({(g["arm"], g["budget"]) for g in guarded}):
+        rows = [g for g in guarded if g["arm"] == arm and g["budget"] == budget]
         tally = GuardTally.of(rows)
         n = tally.sets
         lines += [
-            f"Guard (issue 25 calibration), `{arm}`, {n} guarded labelled sets: activated {tally.activated}; false "
-            f"activations (worse than no adaptation by > {FALSE_ACTIVATION_MARGIN} yet active) "
-            f"{tally.false_activations} / {n}; false refusals (better by > {FALSE_REFUSAL_MARGIN} yet refused) "
-            f"{tally.false_refusals} / {n}.",
+            f"Guard (issue 25 calibration), `{arm}`, B = {budget}, {n} guarded labelled sets: activated "
+            f"{tally.activated}; false activations (worse than no adaptation by > {FALSE_ACTIVATION_MARGIN} yet "
+            f"active) {tally.false_activations} / {n}; false refusals (better by > {FALSE_REFUSAL_MARGIN} yet "
+            f"refused) {tally.false_refusals} / {n}.",
             "",
         ]
         if tally.timed:
@@ -244,15 +246,18 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
         sets = guard_sets(name, rows)
         if not sets:
             continue
+        records = read_records({"sets": sets})
+        rho, scored = fold_agreement(records)
+        shown = "- (too few sets that vary)" if rho is None else f"{rho:+.2f}"
         lines += [
+            f"How well the folds predict: Spearman of the cross-validated mean gain with the evaluation-case gain "
+            f"{shown} over {scored} sets.",
+            "",
             "| min_gain | max_fold_loss | activated | false activation (of the worse sets) | false refusal (of the "
             "better sets) |",
             "|---|---|---|---|---|",
         ]
-        records = read_records({"sets": sets})
-        for min_gain, max_fold_loss in GUARD_RULES:
-            rule = GuardRule(min_gain=min_gain, max_fold_loss=max_fold_loss)
-            row = calibrate(records, rule, FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN)
+        for row in sweep(records, GUARD_MIN_GAINS, GUARD_FOLD_LOSSES, FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN):
             rule = row["rule"]
             limit = "none" if rule["max_fold_loss"] is None else f"{rule['max_fold_loss']:g}"
             lines.append(
