@@ -335,7 +335,7 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
     summary = report.summarise(runner.load_records(tmp_path))
     text = report.markdown(summary, "t", "c")
-    assert "`full`, B = 2, 2 guarded labelled sets: activated 2; false activations" in text
+    assert "`full`, B = 2, 2 guarded labelled sets (1 distinct): activated 2; false activations" in text
     assert "yet active) 1 / 2" in text.split("`full`, B = 2, 2 guarded")[1].split("\n")[0]
     assert "| 0.005 | none | 2 / 2 | 1 / 1 | 0 / 1 |" in text
     assert "| 0.005 | 0.1 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "the fold that lost 0.2 is refused under 0.1"

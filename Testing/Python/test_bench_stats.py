@@ -118,3 +118,8 @@ def test_a_recipe_gap_resamples_labelled_sets_and_patients():
     assert paired.low == pytest.approx(0.0) and paired.high == pytest.approx(0.1)
     with pytest.raises(ValueError, match="same shape"):
         stats.set_paired_gap(arm, reference[:1])
+
+
+def test_a_labelled_set_drawn_in_two_pools_counts_once_whatever_its_order():
+    records = [{"labelled": ["b", "a"]}, {"labelled": ["a", "b"]}, {"labelled": ["a", "c"]}, {"labelled": []}]
+    assert stats.distinct_labelled_sets(records) == 3

@@ -101,6 +101,7 @@ class GuardTally:
             how many of them were activated.
         better, false_refusals: sets better by more than :data:`FALSE_REFUSAL_MARGIN`, and how many were refused.
         timed, guarded_seconds, unguarded_seconds: sets with an unguarded twin, and their mean Adapt times.
+        distinct: how many different labelled sets ``sets`` are (pools that share volumes can draw the same one).
     """
 
     sets: int
@@ -112,6 +113,7 @@ class GuardTally:
     timed: int
     guarded_seconds: float
     unguarded_seconds: float
+    distinct: int = 0
 
     @classmethod
     def of(cls, rows: Sequence[Mapping[str, Any]]) -> GuardTally:
@@ -126,6 +128,7 @@ class GuardTally:
             timed=len(timed),
             guarded_seconds=float(np.mean([g["train_seconds"] for g in timed])) if timed else float("nan"),
             unguarded_seconds=float(np.mean([g["unguarded_train_seconds"] for g in timed])) if timed else float("nan"),
+            distinct=stats.distinct_labelled_sets(rows),
         )
 
     @property
@@ -231,7 +234,8 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
         tally = GuardTally.of(rows)
         n = tally.sets
         lines += [
-            f"Guard (issue 25 calibration), `{arm}`, B = {budget}, {n} guarded labelled sets: activated "
+            f"Guard (issue 25 calibration), `{arm}`, B = {budget}, {n} guarded labelled sets ({tally.distinct} "
+            "distinct): activated "
             f"{tally.activated}; false activations (worse than no adaptation by > {FALSE_ACTIVATION_MARGIN} yet "
             f"active) {tally.false_activations} / {n}; false refusals (better by > {FALSE_REFUSAL_MARGIN} yet "
             f"refused) {tally.false_refusals} / {n}.",

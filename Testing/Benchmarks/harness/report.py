@@ -96,6 +96,7 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
                 "random": {
                     "mean": float(np.mean([h.mean for h in headrooms.values()])) if headrooms else float("nan"),
                     "subsets_per_pool": [h.subsets for h in headrooms.values()],
+                    "distinct_sets": stats.distinct_labelled_sets(r for p in common for r in random_cell[p]),
                     "best_gain": float(np.mean([h.best_gain for h in headrooms.values()])) if headrooms else None,
                     "p90_gain": float(np.mean([h.p90_gain for h in headrooms.values()])) if headrooms else None,
                     "band": _band(random_draw_means),
@@ -378,7 +379,8 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
             rnd = row["random"]
             lines += [
                 f"B = {budget}: random mean {_f(rnd['mean'])} over {sum(rnd['subsets_per_pool'])} subsets "
-                f"({rnd['subsets_per_pool']} per pool); oracle-subset headroom best "
+                f"({rnd['subsets_per_pool']} per pool; {rnd.get('distinct_sets', '?')} distinct labelled sets: pools "
+                "that share volumes can draw the same set); oracle-subset headroom best "
                 f"{_f(rnd['best_gain'], True)}, 90th percentile {_f(rnd['p90_gain'], True)}.",
                 "",
             ]

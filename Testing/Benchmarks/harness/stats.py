@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -599,3 +599,9 @@ def effort_ratio(
     boot = boot[~np.isnan(boot)]
     low, high = (float(x) for x in np.percentile(boot, [2.5, 97.5])) if boot.size else (float("nan"),) * 2
     return EffortRatio(float(value), low, high, bound, float(ea), float(er), float(t.mean()))
+
+
+def distinct_labelled_sets(records: Iterable[Mapping[str, Any]]) -> int:
+    """How many different labelled sets ``records`` trained on. Pool replicates that share volumes (ACDC-Path's
+    share 10-14 of 16) can draw the same set with the same draw seed, and such a set counts once here."""
+    return len({tuple(sorted(r.get("labelled") or [])) for r in records})
