@@ -27,7 +27,7 @@ would hide every false refusal.
 
 Command line (prints a table, writes JSON with ``--out``)::
 
-    python -m ASSFTActive.finetune.guard_calibration sets.json --max-fold-loss none 0.01 0.02 0.05 --out calib.json
+    python -m ASSFTActive.finetune.guard_calibration sets.json [more.json ...] --max-fold-loss none 0.05 --out c.json
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m ASSFTActive.finetune.guard_calibration",
         description="False activation / refusal of guard rules over labelled sets.",
     )
-    parser.add_argument("input", type=Path, help='JSON with a list "sets" (see the module docstring)')
+    parser.add_argument(
+        "input", type=Path, nargs="+", help='JSON files, each with a list "sets" (see the module docstring)'
+    )
     parser.add_argument("--min-gain", type=float, nargs="+", default=[0.005])
     parser.add_argument(
         "--max-fold-loss",
@@ -210,13 +212,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--better", type=float, default=0.02, help="a test gain beyond this makes refusal false")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    try:
-        records = read_records(json.loads(args.input.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        print(f"error: {args.input}: {exc}", file=sys.stderr)
-        return 2
+    records: List[CalibrationRecord] = []
+    for path in args.input:
+        try:
+            records += read_records(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
     rows = sweep(records, args.min_gain, args.max_fold_loss, args.worse, args.better)
-    print(f"{len(records)} labelled sets from {args.input}")
+    print(f"{len(records)} labelled sets from {', '.join(str(p) for p in args.input)}")
     print("| min_gain | max_fold_loss | activated | false activation | false refusal |")
     print("|---|---|---|---|---|")
     for row in rows:
@@ -237,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shown = "-" if rho is None else f"{rho:+.2f}"
         print(f"B = {budget}: Spearman of the cross-validated gain with the test gain {shown} over {n} sets")
     if args.out is not None:
-        payload = {"input": str(args.input), "rows": rows, "fold_agreement_by_budget": agreement}
+        payload = {"input": [str(p) for p in args.input], "rows": rows, "fold_agreement_by_budget": agreement}
         atomic_write_text(args.out, json.dumps(payload, indent=1))
     return 0
 

@@ -95,6 +95,8 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert agreement["2"] == {"spearman": None, "sets": 2}, "two sets give no rank correlation"
     assert agreement["4"]["sets"] == 3
     assert main([str(tmp_path / "missing.json")]) == 2
+    assert main([str(source), str(source), "--out", str(out)]) == 0, "several inputs are read as one"
+    assert json.loads(out.read_text())["rows"][0]["sets"] == 10
 
 
 def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
