@@ -200,6 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "input", type=Path, nargs="+", help='JSON files, each with a list "sets" (see the module docstring)'
     )
+    parser.add_argument("--arm", nargs="+", help='only the sets whose "arm" is one of these (harness guard sets)')
     parser.add_argument("--min-gain", type=float, nargs="+", default=[0.005])
     parser.add_argument(
         "--max-fold-loss",
@@ -215,7 +216,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records: List[CalibrationRecord] = []
     for path in args.input:
         try:
-            records += read_records(json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if args.arm and isinstance(data, Mapping) and isinstance(data.get("sets"), list):
+                data = {"sets": [s for s in data["sets"] if isinstance(s, Mapping) and s.get("arm") in args.arm]}
+            records += read_records(data)
         except (OSError, ValueError) as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
             return 2

@@ -97,6 +97,13 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert main([str(tmp_path / "missing.json")]) == 2
     assert main([str(source), str(source), "--out", str(out)]) == 0, "several inputs are read as one"
     assert json.loads(out.read_text())["rows"][0]["sets"] == 10
+    armed = tmp_path / "armed.json"
+    armed.write_text(
+        json.dumps({"sets": [{**s, "arm": "full" if i % 2 else "short"} for i, s in enumerate(SETS["sets"])]})
+    )
+    assert main([str(armed), "--arm", "full", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["sets"] == 2, "only the full guard's sets"
+    assert main([str(armed), "--arm", "nothing"]) == 2, "no set left is an error, not an empty table"
 
 
 def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
