@@ -315,6 +315,10 @@ class ValidationConfig:
             limit"; table `results/harness_dev.md`, ACDC-Path, 20 guarded labelled sets at B = 2: without a limit
             1 of 1 worse model activated, with 0.05 none, and 0 of 4 better ones refused either way; the 12
             earlier hippocampus guarded runs cannot have lost 0.05 in any fold, `results/guard_fold_bound.md`).
+            Re-checked with ACDC's 50 + 50 steps ("The guard on ACDC's 50 + 50 recipe"; `results/harness_dev2.md`,
+            42 guarded sets at B = 2 and 4, and `results/guard_calibration_acdc_path.json`): no pair of
+            ``min_gain`` in {0, 0.005, 0.01} and limit in {none, 0.1, 0.05, 0.02} avoids the one false activation
+            (both folds gained), so both defaults stay; the folds did not predict the gain there (Spearman -0.03).
         min_gain_low: the lower end of the gain's 95 % t-interval over the labelled volumes must reach this;
             ``None`` = not checked. Not yet measured; default unchanged (``None``). With 2-3 labelled volumes the
             interval is so wide that this refuses almost every model.
