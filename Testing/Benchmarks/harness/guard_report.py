@@ -113,7 +113,7 @@ class GuardTally:
     timed: int
     guarded_seconds: float
     unguarded_seconds: float
-    distinct: int = 0
+    distinct: int
 
     @classmethod
     def of(cls, rows: Sequence[Mapping[str, Any]]) -> GuardTally:
@@ -235,10 +235,9 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
         n = tally.sets
         lines += [
             f"Guard (issue 25 calibration), `{arm}`, B = {budget}, {n} guarded labelled sets ({tally.distinct} "
-            "distinct): activated "
-            f"{tally.activated}; false activations (worse than no adaptation by > {FALSE_ACTIVATION_MARGIN} yet "
-            f"active) {tally.false_activations} / {n}; false refusals (better by > {FALSE_REFUSAL_MARGIN} yet "
-            f"refused) {tally.false_refusals} / {n}.",
+            f"distinct): activated {tally.activated}; false activations (worse than no adaptation by > "
+            f"{FALSE_ACTIVATION_MARGIN} yet active) {tally.false_activations} / {n}; false refusals (better by > "
+            f"{FALSE_REFUSAL_MARGIN} yet refused) {tally.false_refusals} / {n}.",
             "",
         ]
         if tally.timed:

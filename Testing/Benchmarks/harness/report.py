@@ -379,7 +379,7 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
             rnd = row["random"]
             lines += [
                 f"B = {budget}: random mean {_f(rnd['mean'])} over {sum(rnd['subsets_per_pool'])} subsets "
-                f"({rnd['subsets_per_pool']} per pool; {rnd.get('distinct_sets', '?')} distinct labelled sets: pools "
+                f"({rnd['subsets_per_pool']} per pool; {rnd['distinct_sets']} distinct labelled sets: pools "
                 "that share volumes can draw the same set); oracle-subset headroom best "
                 f"{_f(rnd['best_gain'], True)}, 90th percentile {_f(rnd['p90_gain'], True)}.",
                 "",
