@@ -14,7 +14,8 @@ and the benchmarks; they differ only in the :class:`~.method.AdaptMethod` they p
    each fold trained on the other labelled volumes and scored on its held-out ones along the way;
 4. **the method's final training** on every labelled volume, up to the step where the cross-validated Dice peaked
    (ASSFT: a supervised stage, then selective semi-supervised rounds, :mod:`.assft`; SFR: SAM fine-tuning, SAM
-   pseudo-labels, Mean-Teacher re-training, :mod:`ASSFTActive.sfr.pipeline`);
+   pseudo-labels, Mean-Teacher re-training, :mod:`ASSFTActive.sfr.pipeline`), or, with ``validation.final =
+   fold_average``, the folds' weights at that step averaged instead (:mod:`.fold_average`);
 5. **the guard** (:func:`.guard.decide`): the new model becomes active only when the cross-validated Dice beats
    the current model's and its predictions on the unlabelled pool did not collapse; otherwise it is stored,
    not activated, and the reason is given (``assft models activate`` overrides);
@@ -54,8 +55,9 @@ from ..progress import ProgressCallback, emit
 from ..store import ModelStore, ModelVersion, check_name, resolve_card_path
 from .assft import SelectiveSelfTraining
 from .checkpoints import Checkpoints, card_signature, run_fingerprint
-from .config import FinetuneConfig
+from .config import FinalModel, FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
+from .fold_average import FoldWeights, average_folds
 from .guard import ActivationDecision, CrossValidation, decide
 from .method import AdaptMethod, Trained
 from .result import AdaptResult
@@ -163,9 +165,14 @@ def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
     method.prepare(run)
     labeled = read_checked_labels(run)
     before = score_current_model(run, labeled)
-    cv = cross_validate(run, labeled, before) if run.folds else None
+    averaged = bool(run.folds) and run.config.validation.final is FinalModel.FOLD_AVERAGE
+    fold_weights: Optional[List[FoldWeights]] = [] if averaged else None
+    cv = cross_validate(run, labeled, before, fold_weights) if run.folds else None
     stop = cv.stop_step() if cv is not None else run.recipe_steps
-    trained = method.train_final(run, labeled, stop, cross_validated=cv is not None)
+    if fold_weights is not None:
+        trained = average_folds(run, fold_weights, stop)
+    else:
+        trained = method.train_final(run, labeled, stop, cross_validated=cv is not None)
     decision = decide_activation(run, labeled, cv, stop)
     metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
     predictions = predict_pool(run) if run.predictions_dir is not None and run.config.predict_pool else {}

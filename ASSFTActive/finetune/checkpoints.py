@@ -4,6 +4,8 @@
 
 * ``checkpoint.pt``: a :class:`TrainingCheckpoint` of the final training (stage, step, weights, optimiser state);
 * ``cv-fold<k>.json``: the :class:`FoldScores` of each finished cross-validation fold (a resumed run skips it);
+* ``cv-fold<k>-weights.pt``: that fold's weights at each scored step, kept only when the new model is the folds'
+  average (``validation.final = fold_average``);
 * ``pseudo-r<k>.json`` + ``.npz``: the :class:`PseudoLabels` of self-training round ``k`` of the final training.
 
 The checkpoint and the fold files carry the run's identity (format, a fingerprint of volumes and settings, the
@@ -18,7 +20,7 @@ import io as _stdio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -225,6 +227,33 @@ class Checkpoints:
                 self.folder / f"cv-fold{index}.json", json.dumps(dict(self._identity(), **fold.to_dict()))
             )
 
+    def _fold_weights_file(self, index: int) -> Path:
+        return self.folder / f"cv-fold{index}-weights.pt"
+
+    def load_fold_weights(self, index: int) -> Optional[Dict[int, Dict[str, torch.Tensor]]]:
+        """Fold ``index``'s weights by scored step (``{step: state dict}``), or ``None`` when none were kept."""
+        if self.folder is None or not self._fold_weights_file(index).is_file():
+            return None
+        path = self._fold_weights_file(index)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise JobError(
+                f"{path}: the fold's weights cannot be read ({type(exc).__name__}: {exc}). Delete {self.folder} to "
+                "start the job over."
+            ) from exc
+        state = self._verified(state, path)
+        return {int(step): dict(weights) for step, weights in zip(state["steps"], state["weights"])}
+
+    def save_fold_weights(self, index: int, weights: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
+        if not self.writer:
+            return
+        steps: List[int] = sorted(weights)
+        payload = dict(self._identity(), steps=steps, weights=[dict(weights[s]) for s in steps])
+        buffer = _stdio.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self._fold_weights_file(index), buffer.getvalue())
+
     # ------------------------------------------------------------------ pseudo-labels of a self-training round
 
     def _pseudo_files(self, round_index: int) -> Tuple[Path, Path]:
@@ -284,7 +313,7 @@ class Checkpoints:
         """Remove every file this class wrote (after the version was committed: nothing is left to resume)."""
         if not self.writer:
             return
-        for pattern in (CHECKPOINT_FILE, "cv-fold*.json", "pseudo-r*.json", "pseudo-r*.npz", "filled-r*.npz"):
+        for pattern in (CHECKPOINT_FILE, "cv-fold*.json", "cv-fold*-weights.pt", "pseudo-r*.json", "pseudo-r*.npz", "filled-r*.npz"):
             for item in self.folder.glob(pattern):
                 item.unlink(missing_ok=True)
         try:

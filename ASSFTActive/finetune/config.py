@@ -18,6 +18,7 @@ from ..settings import check_fields, check_keys, plain
 __all__ = [
     "ANATOMY_RECIPES",
     "ConfidenceMetric",
+    "FinalModel",
     "FinetuneConfig",
     "Optimizer",
     "PseudoLabelConfig",
@@ -35,6 +36,13 @@ class PseudoMode(str, Enum):
     NONE = "none"  #: labelled volumes only (same number of steps as the other modes)
     ALL = "all"  #: every unlabelled volume of the pool, no selection
     SELECTIVE = "selective"  #: only the reliable ones (method-spec §1.7), the ASSFT method
+
+
+class FinalModel(str, Enum):
+    """Where the guarded run's new model comes from once the cross-validation folds are done."""
+
+    RETRAIN = "retrain"  #: the recipe trained again on every labelled volume up to the stopping step
+    FOLD_AVERAGE = "fold_average"  #: the folds' weights at the stopping step, averaged (no further training)
 
 
 class SelectMode(str, Enum):
@@ -331,6 +339,13 @@ class ValidationConfig:
         fold_pool_cases: inside cross-validation folds the teacher pseudo-labels at most this many unlabelled
             volumes (evenly spread over the sorted pool; the final run uses the whole pool); ``None`` = the whole
             pool. Not yet measured; default unchanged (``None``).
+        final: where the new model comes from once the folds are done (:class:`FinalModel`): ``retrain`` (default)
+            trains the recipe again on every labelled volume up to the stopping step; ``fold_average`` averages the
+            folds' weights at that step (:func:`~ASSFTActive.finetune.fold_average.average_states`), so a guarded
+            run costs the folds alone and decides exactly as ``retrain`` does (same folds; only the pool check sees
+            another model). Each fold then keeps its weights at every scored step (2.4 MB each for the embedded
+            card, on disk in the work dir for a resume). Without folds (guard off, one labelled volume) the run
+            trains as ``retrain``. Not yet measured on the development split; default unchanged (``retrain``).
         collapse_ratio: the pool check refuses a model that predicts less than this share of the current model's
             voxels of some class on the unlabelled pool (e.g. after training on empty labels), 0.2.
         pool_cases: unlabelled volumes predicted by both models for the pool check (evenly spread over the sorted
@@ -346,6 +361,7 @@ class ValidationConfig:
     min_gain_low: Optional[float] = None
     fold_fraction: float = 1.0
     fold_pool_cases: Optional[int] = None
+    final: FinalModel = FinalModel.RETRAIN
     collapse_ratio: float = 0.2
     pool_cases: int = 8
     hd95: bool = True
@@ -360,13 +376,14 @@ class ValidationConfig:
                 "min_gain_low": (-1.0, 1.0, False),
                 "fold_fraction": (0.0, 1.0, True),
             },
+            enums={"final": FinalModel},
             wholes={"folds": 2, "every": 1, "pool_cases": 0, "fold_pool_cases": 1},
             flags=("guard", "hd95"),
             optional=("max_fold_loss", "min_gain_low", "fold_pool_cases"),
         )
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ValidationConfig:

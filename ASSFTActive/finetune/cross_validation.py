@@ -22,13 +22,19 @@ from ..io import read_volume
 from ..plausibility import check_image
 from ..progress import Event
 from .checkpoints import FoldScores
+from .fold_average import FoldWeights
 from .guard import CrossValidation, PoolCheck, assign_folds, check_pool
-from .state import AdaptRun, LabeledVolume
+from .state import AdaptRun, LabeledVolume, cpu_state
 
 __all__ = ["cross_validate", "cv_summary", "fold_run", "fold_stage_steps", "pool_check", "to_final_step"]
 
 
-def cross_validate(run: AdaptRun, labeled: Sequence[LabeledVolume], before: EvaluationReport) -> CrossValidation:
+def cross_validate(
+    run: AdaptRun,
+    labeled: Sequence[LabeledVolume],
+    before: EvaluationReport,
+    weights: Optional[List[FoldWeights]] = None,
+) -> CrossValidation:
     """Run the recipe once per fold from the current weights; score each fold's held-out volumes.
 
     With ``validation.fold_fraction < 1`` each fold runs a shortened recipe (:func:`fold_run`) and its scores are
@@ -37,20 +43,28 @@ def cross_validate(run: AdaptRun, labeled: Sequence[LabeledVolume], before: Eval
 
     Args:
         before: the current model on ``labeled`` (step 0 of every curve).
+        weights: when given, filled with each fold's weights at its scored steps, in fold order (kept in the
+            checkpoints beside the fold's scores; a finished fold whose weights were not kept is run again).
     """
     folds = assign_folds([c.case_id for c in labeled], run.config.validation.folds, run.config.train.seed)
     per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c.case_id: {0: tuple(c.dice)} for c in before.cases}
     for index, held in enumerate(folds):
         fold = run.checkpoints.load_fold(index)
-        if fold is not None and set(fold.held_out) == set(held):
+        kept = run.checkpoints.load_fold_weights(index) if weights is not None and fold is not None else None
+        if fold is not None and set(fold.held_out) == set(held) and (weights is None or kept is not None):
             run.emit(
                 "phase",
                 phase="resume",
                 message=(f"cross-validation fold {index + 1} of {len(folds)}: kept from an earlier run, skipped"),
             )
         else:
-            fold = _run_fold(run, labeled, index, len(folds), held)
+            kept = {} if weights is not None else None
+            fold = _run_fold(run, labeled, index, len(folds), held, kept)
+            if kept is not None:
+                run.checkpoints.save_fold_weights(index, kept)
             run.checkpoints.save_fold(index, fold)
+        if weights is not None:
+            weights.append(kept)
         for case, by_step in fold.scores.items():
             per_class[case].update(by_step)
     steps = sorted(set.intersection(*(set(v) for v in per_class.values())))
@@ -128,8 +142,15 @@ def fold_run(run: AdaptRun, progress_offset: int) -> AdaptRun:
 
 
 def _run_fold(
-    run: AdaptRun, labeled: Sequence[LabeledVolume], index: int, count: int, held: Sequence[str]
+    run: AdaptRun,
+    labeled: Sequence[LabeledVolume],
+    index: int,
+    count: int,
+    held: Sequence[str],
+    weights: Optional[FoldWeights] = None,
 ) -> FoldScores:
+    """One fold: the recipe on ``labeled`` minus ``held``, scored on ``held``; ``weights`` (when given) receives
+    the fold's weights at every scored step."""
     held_cases = [c for c in labeled if c.case_id in held]
     train = [c for c in labeled if c.case_id not in held]
     scores: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {} for c in held}
@@ -149,6 +170,8 @@ def _run_fold(
         report = run.evaluate(net, held_cases, hd95=False, phase="validate")
         for case in report.cases:
             scores[case.case_id][step] = tuple(case.dice)
+        if weights is not None:
+            weights[step] = cpu_state(net)
         run.emit(
             "metric",
             phase="validate",

@@ -389,6 +389,49 @@ def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_t
     assert cost["value"] == 1.5 and cost["topic"] == "speed" and cost["sets"] == 2
 
 
+def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled_sets(tmp_path):
+    """A guarded arm that changes only the guard's settings (here the final model) is paired with the shipped
+    guard's arm by labelled set: decisions alike, its candidate model's paired gap (a refused model counts), the
+    sets it left worse, and its cost."""
+    profile = runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=(
+            "shipped:strategy=random,guard=true",
+            "soup:strategy=random,guard=true,finetune.validation.final=fold_average",
+        ),
+        draws=2,
+        ceiling_steps=(),
+    )
+
+    def execute(task, unit, work):
+        floor_dice = {c: [0.5] for c in task.eval}
+        if unit.arm.name == "floor":
+            return {"labelled": [], "per_case": floor_dice, "mean_dice": 0.5, "activated": False}
+        # the soup is 0.02 below the shipped model on draw 0 and equal on draw 1; draw 1 is refused by both
+        dice = 0.6 - (0.02 if unit.arm.name == "soup" and unit.draw == 0 else 0.0)
+        model = {c: [dice] for c in task.eval}
+        activated = unit.draw == 0
+        record = {"labelled": [task.pool[unit.draw], task.pool[2]], "activated": activated}
+        record.update(activation={"method": "cross_validation", "stop_step": 25}, train_seconds=50.0)
+        if unit.arm.name == "shipped":
+            record["train_seconds"] = 100.0
+        if activated:
+            return {**record, "per_case": model, "mean_dice": dice}
+        return {**record, "per_case": floor_dice, "mean_dice": 0.5, "candidate_per_case": model}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    summary = report.summarise(runner.load_records(tmp_path))
+    (variant,) = summary["hippocampus_mild/development"]["guard_variants"]
+    assert (variant["arm"], variant["reference"], variant["sets"], variant["decided_alike"]) == ("soup", "shipped", 2, 2)
+    assert variant["gap"]["gap"] == pytest.approx(-0.01) and variant["gap"]["per_set"] == pytest.approx([-0.02, 0.0])
+    assert variant["worse_sets"] == 1 and variant["cost_vs_reference"] == pytest.approx(0.5)
+    text = report.markdown(summary, "t", "c")
+    assert "Guard variant `soup` against `shipped`, B = 2, 2 shared labelled sets: decided alike on 2" in text
+
+
 def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_table(tmp_path):
     calls = []
     runner.run(runner.plan(PROFILE), tmp_path, PROFILE, execute=fake_execute(calls), task_of=fake_task, log=print)

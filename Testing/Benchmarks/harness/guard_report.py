@@ -70,6 +70,88 @@ def guarded_rows(
     return rows
 
 
+def guard_variants(
+    cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequence[str], clusters: Sequence[str]
+) -> List[Dict[str, Any]]:
+    """Each guarded arm that changes the guard's own settings (``finetune.validation.*``, e.g. ``final =
+    fold_average`` or short folds) against the shipped guard (the guarded arm of the same query and recipe without
+    such changes) on the labelled sets both ran: how often they decided alike, the gap of the variant's candidate
+    model over the shipped one's (:func:`.stats.set_paired_gap`, per-case Dice; a refused model is scored as
+    well), the sets it left worse by more than :data:`FALSE_ACTIVATION_MARGIN`, and its cost against the shipped
+    guard's (mean Adapt seconds on those sets)."""
+    guarded = {
+        key: cell
+        for key, cell in cells.items()
+        if any((r.get("arm") or {}).get("guard") for rs in cell.values() for r in rs)
+    }
+    out = []
+    for (arm, budget), cell in sorted(guarded.items()):
+        sample = next(r for rs in cell.values() for r in rs)
+        if not _guard_settings(sample):
+            continue
+        for (reference, b), theirs in sorted(guarded.items()):
+            first = next(r for rs in theirs.values() for r in rs)
+            if b != budget or reference == arm or _guard_settings(first) or _recipe(first) != _recipe(sample):
+                continue
+            pairs = [
+                (mine, other)
+                for pool in sorted(set(cell) & set(theirs))
+                for mine in cell[pool]
+                for other in theirs[pool]
+                if (mine["draw"], mine["seed"]) == (other["draw"], other["seed"])
+            ]
+            if not pairs:
+                continue
+            variant = np.stack([_candidate_dice(m, cases) for m, _ in pairs])
+            shipped = np.stack([_candidate_dice(o, cases) for _, o in pairs])
+            gap = stats.set_paired_gap(variant, shipped, clusters)
+            timed = [(m["train_seconds"], o["train_seconds"]) for m, o in pairs if m.get("train_seconds")]
+            out.append(
+                {
+                    "arm": arm,
+                    "reference": reference,
+                    "budget": budget,
+                    "sets": len(pairs),
+                    "decided_alike": sum(bool(m.get("activated")) == bool(o.get("activated")) for m, o in pairs),
+                    "gap": gap.to_dict(),
+                    "worse_sets": int(sum(g < -FALSE_ACTIVATION_MARGIN for g in gap.per_set)),
+                    "cost_vs_reference": (
+                        float(np.mean([t for t, _ in timed]) / np.mean([t for _, t in timed])) if timed else None
+                    ),
+                }
+            )
+    return out
+
+
+def guard_variants_markdown(variants: Sequence[Mapping[str, Any]]) -> List[str]:
+    """One line per :func:`guard_variants` entry."""
+    lines: List[str] = []
+    for v in variants:
+        gap = v["gap"]
+        cost = "" if v["cost_vs_reference"] is None else f", {v['cost_vs_reference']:.2f}x its Adapt time"
+        lines += [
+            f"Guard variant `{v['arm']}` against `{v['reference']}`, B = {v['budget']}, {v['sets']} shared labelled "
+            f"sets: decided alike on {v['decided_alike']}; its model minus the shipped guard's {gap['gap']:+.3f} "
+            f"[{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}], {v['worse_sets']} set(s) worse by more than "
+            f"{FALSE_ACTIVATION_MARGIN}{cost}.",
+            "",
+        ]
+    return lines
+
+
+def _guard_settings(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The guard's own settings an arm changes (``finetune.validation.*``)."""
+    finetune = (record.get("arm") or {}).get("finetune") or {}
+    return {k: v for k, v in finetune.items() if k.startswith("validation.")}
+
+
+def _candidate_dice(record: Mapping[str, Any], cases: Sequence[str]) -> np.ndarray:
+    """Per-case Dice ``[N]`` of the model a guarded run trained, activated or not."""
+    if not record.get("activated") and record.get("candidate_per_case") is not None:
+        return stats.case_dice({"per_case": record["candidate_per_case"]}, cases)
+    return stats.case_dice(record, cases)
+
+
 def _recipe(record: Mapping[str, Any]) -> Tuple[str, str]:
     """A record's query and training recipe, the guard's own settings (``validation.*``) left out."""
     arm = record.get("arm") or {}

@@ -19,7 +19,15 @@ import numpy as np
 
 from . import stats
 from .arms import BASELINES
-from .guard_report import SPLIT_NAMES, guard_goal_rows, guard_markdown, guard_sets, guarded_rows
+from .guard_report import (
+    SPLIT_NAMES,
+    guard_goal_rows,
+    guard_markdown,
+    guard_sets,
+    guard_variants,
+    guard_variants_markdown,
+    guarded_rows,
+)
 from .recipe_report import is_recipe_arm, recipe_comparisons, recipe_goal_rows, recipe_markdown
 from .runner import REPO, RESULTS
 from .tasks import SETTINGS
@@ -125,6 +133,7 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
             entry["budgets"][str(budget)] = row
         entry["default_arm"] = default_arm
         entry["guarded"] = guarded_rows(cells, floor, cases)
+        entry["guard_variants"] = guard_variants(cells, cases, clusters)
         entry["recipes"] = [c.to_dict() for c in recipe_comparisons(cells, floor, cases, clusters, worst_idx)]
         out[f"{setting}/{split}"] = entry
     return out
@@ -408,6 +417,7 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
                 )
             lines.append("")
         lines += guard_markdown(name, entry.get("guarded") or [])
+        lines += guard_variants_markdown(entry.get("guard_variants") or [])
         lines += recipe_markdown(entry.get("recipes") or [])
     return "\n".join(lines) + "\n"
 

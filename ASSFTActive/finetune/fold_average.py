@@ -1,0 +1,85 @@
+"""The guarded run's new model without a final training: the cross-validation folds' weights, averaged.
+
+Each fold adapts the current weights on all but its held-out labelled volumes. With ``validation.final =
+fold_average`` (:class:`~.config.FinalModel`) the folds keep their weights at every scored step, and the new model
+is their uniform average at the stopping step (a "model soup" of fine-tunings that start from the same weights:
+Wortsman et al., ICML 2022) instead of the recipe trained again on every labelled volume. The guard reads only the
+folds, so it decides as it would have; the run costs the folds alone.
+
+MONAI has no weight averaging of separate networks, and torch's ``swa_utils.AveragedModel`` averages the iterates
+of one run as it trains, not a set of finished state dicts, hence :func:`average_states`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence
+
+import torch
+
+from .method import Trained
+from .state import AdaptRun, load_state
+
+__all__ = ["FoldWeights", "average_folds", "average_states"]
+
+#: One fold's weights: ``{final-run step: CPU state dict}`` at each step its held-out volumes were scored.
+FoldWeights = Dict[int, Dict[str, torch.Tensor]]
+
+
+def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """The uniform average of state dicts of one architecture.
+
+    Floating-point tensors are averaged (summed in float64, cast back to their dtype); the others (e.g. BatchNorm's
+    ``num_batches_tracked``) are taken from the first state.
+
+    Raises:
+        ValueError: no state, or the states differ in their keys or a tensor's shape.
+    """
+    if not states:
+        raise ValueError("no weights to average")
+    first = states[0]
+    for index, state in enumerate(states[1:], start=1):
+        if set(state) != set(first):
+            raise ValueError(f"weights {index} have other tensors than weights 0: {sorted(set(state) ^ set(first))}")
+        shapes = [k for k in first if tuple(state[k].shape) != tuple(first[k].shape)]
+        if shapes:
+            raise ValueError(f"weights {index} differ from weights 0 in the shape of {shapes}")
+    out: Dict[str, torch.Tensor] = {}
+    for key, tensor in first.items():
+        if tensor.is_floating_point():
+            total = sum(state[key].detach().to("cpu", torch.float64) for state in states)
+            out[key] = (total / len(states)).to(tensor.dtype)
+        else:
+            out[key] = tensor.detach().cpu().clone()
+    return out
+
+
+def average_folds(run: AdaptRun, weights: Sequence[FoldWeights], stop: int) -> Trained:
+    """Load the folds' average at step ``stop`` into ``run.network`` (in place; step 0: the network keeps the
+    current weights, as a final training up to step 0 would).
+
+    Raises:
+        ValueError: a fold kept no weights at ``stop``.
+    """
+    if stop > 0:
+        missing = [index + 1 for index, fold in enumerate(weights) if stop not in fold]
+        if missing:
+            raise ValueError(f"cross-validation fold(s) {missing} kept no weights at step {stop}")
+        load_state(run.network, average_states([fold[stop] for fold in weights]), "the folds' average")
+    run.network.eval()
+    run.emit(
+        "phase",
+        phase="train",
+        message=(
+            f"the new model is the average of the {len(weights)} cross-validation folds' weights at step {stop} "
+            "(validation.final = fold_average: no final training)"
+        ),
+    )
+    return Trained(
+        resumed_from=0,
+        provenance={
+            "final": "fold_average",
+            "fold_average": {"folds": len(weights), "step": int(stop)},
+            "seeds": {"folds": run.config.train.seed},
+        },
+        summary={"final": "fold_average"},
+    )
