@@ -55,7 +55,7 @@ from ..progress import ProgressCallback, emit
 from ..store import ModelStore, ModelVersion, check_name, resolve_card_path
 from .assft import SelectiveSelfTraining
 from .checkpoints import Checkpoints, card_signature, run_fingerprint
-from .config import FinalModel, FinetuneConfig
+from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .fold_average import FoldWeights, average_folds
 from .guard import ActivationDecision, CrossValidation, decide
@@ -165,8 +165,7 @@ def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
     method.prepare(run)
     labeled = read_checked_labels(run)
     before = score_current_model(run, labeled)
-    averaged = bool(run.folds) and run.config.validation.final is FinalModel.FOLD_AVERAGE
-    fold_weights: Optional[List[FoldWeights]] = [] if averaged else None
+    fold_weights: Optional[List[FoldWeights]] = [] if run.averages_folds else None
     cv = cross_validate(run, labeled, before, fold_weights) if run.folds else None
     stop = cv.stop_step() if cv is not None else run.recipe_steps
     if fold_weights is not None:

@@ -28,7 +28,7 @@ from ..partial import NOT_ANNOTATED, read_partial_label
 from ..progress import ProgressCallback, emit
 from ..store import ModelStore
 from .checkpoints import Checkpoints
-from .config import FinetuneConfig
+from .config import FinalModel, FinetuneConfig
 
 if TYPE_CHECKING:
     from .method import AdaptMethod
@@ -138,9 +138,16 @@ class AdaptRun:
         return self.method.recipe_steps(self.config)
 
     @property
+    def averages_folds(self) -> bool:
+        """The new model is the folds' average (``validation.final = fold_average`` and folds to average), so no
+        final training runs."""
+        return bool(self.folds) and self.config.validation.final is FinalModel.FOLD_AVERAGE
+
+    @property
     def total_steps(self) -> int:
-        """Progress steps of the whole run: every fold's recipe, then the final one."""
-        return (self.folds + 1) * self.recipe_steps
+        """Progress steps of the whole run: every fold's recipe, then the final one (none when the folds are
+        averaged)."""
+        return (self.folds + (0 if self.averages_folds else 1)) * self.recipe_steps
 
     def stage_offset(self, stage: int) -> int:
         """First global step of ``stage`` of ASSFT's recipe (0 = supervised, ``k`` = semi-supervised round ``k``)."""

@@ -98,6 +98,8 @@ def test_the_fold_average_decides_as_the_retrained_run_and_is_the_folds_mean(wor
     assert _train_steps(averaged_events, folds=True) == _train_steps(retrained_events, folds=True) > 0
     assert _train_steps(retrained_events, folds=False) == stop and _train_steps(averaged_events, folds=False) == 0
     assert any("average of the 2 cross-validation folds' weights at step" in e.message for e in averaged_events)
+    totals = {e.total for e in averaged_events if e.event == "progress" and e.phase == "train"}
+    assert totals == {_train_steps(averaged_events, folds=True)}, "the bar ends with the folds: no final training"
     provenance = json.loads((averaged.version_dir / "provenance.json").read_text())
     assert provenance["final"] == "fold_average" and provenance["fold_average"] == {"folds": 2, "step": stop}
 
