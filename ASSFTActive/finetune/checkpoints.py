@@ -313,7 +313,14 @@ class Checkpoints:
         """Remove every file this class wrote (after the version was committed: nothing is left to resume)."""
         if not self.writer:
             return
-        for pattern in (CHECKPOINT_FILE, "cv-fold*.json", "cv-fold*-weights.pt", "pseudo-r*.json", "pseudo-r*.npz", "filled-r*.npz"):
+        for pattern in (
+            CHECKPOINT_FILE,
+            "cv-fold*.json",
+            "cv-fold*-weights.pt",
+            "pseudo-r*.json",
+            "pseudo-r*.npz",
+            "filled-r*.npz",
+        ):
             for item in self.folder.glob(pattern):
                 item.unlink(missing_ok=True)
         try:

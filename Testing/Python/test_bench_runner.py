@@ -425,7 +425,12 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
     runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
     summary = report.summarise(runner.load_records(tmp_path))
     (variant,) = summary["hippocampus_mild/development"]["guard_variants"]
-    assert (variant["arm"], variant["reference"], variant["sets"], variant["decided_alike"]) == ("soup", "shipped", 2, 2)
+    assert (variant["arm"], variant["reference"], variant["sets"], variant["decided_alike"]) == (
+        "soup",
+        "shipped",
+        2,
+        2,
+    )
     assert variant["gap"]["gap"] == pytest.approx(-0.01) and variant["gap"]["per_set"] == pytest.approx([-0.02, 0.0])
     assert variant["worse_sets"] == 1 and variant["cost_vs_reference"] == pytest.approx(0.5)
     text = report.markdown(summary, "t", "c")
