@@ -40,10 +40,7 @@ def guarded_rows(
                     continue
                 twin = _unguarded_twin(cells, r, budget, pool)
                 test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
-                candidate = test  # an activated record's Dice is its candidate's
-                if not r.get("activated") and r.get("candidate_per_case") is not None:
-                    by_case = {"per_case": r["candidate_per_case"]}
-                    candidate = float(np.nanmean(stats.case_dice(by_case, cases)) - np.nanmean(floor[pool]))
+                candidate = float(np.nanmean(_candidate_dice(r, cases)) - np.nanmean(floor[pool]))
                 rows.append(
                     {
                         "arm": arm,
