@@ -181,14 +181,7 @@ class Checkpoints:
         path = None if self.folder is None else self.folder / CHECKPOINT_FILE
         if path is None or not path.is_file():
             return None
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise JobError(
-                f"{path}: the checkpoint cannot be read ({type(exc).__name__}: {exc}). Delete "
-                f"{self.folder} to start the job over."
-            ) from exc
-        state = self._verified(state, path)
+        state = self._read_torch(path, "the checkpoint")
         return TrainingCheckpoint(
             stage=int(state["stage"]), step=int(state["step"]), network=state["network"], optimizer=state["optim"]
         )
@@ -203,9 +196,23 @@ class Checkpoints:
             network=dict(checkpoint.network),
             optim=checkpoint.optimizer,
         )
+        self._write_torch(self.folder / CHECKPOINT_FILE, payload)
+
+    def _read_torch(self, path: Path, what: str) -> Dict[str, Any]:
+        """A torch file this class wrote (read with ``weights_only=True``), verified to be this run's."""
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise JobError(
+                f"{path}: {what} cannot be read ({type(exc).__name__}: {exc}). Delete {self.folder} to start the "
+                "job over."
+            ) from exc
+        return self._verified(state, path)
+
+    def _write_torch(self, path: Path, payload: Mapping[str, Any]) -> None:
         buffer = _stdio.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(self.folder / CHECKPOINT_FILE, buffer.getvalue())
+        torch.save(dict(payload), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
     # ------------------------------------------------------------------ cross-validation folds
 
@@ -234,15 +241,7 @@ class Checkpoints:
         """Fold ``index``'s weights by scored step (``{step: state dict}``), or ``None`` when none were kept."""
         if self.folder is None or not self._fold_weights_file(index).is_file():
             return None
-        path = self._fold_weights_file(index)
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise JobError(
-                f"{path}: the fold's weights cannot be read ({type(exc).__name__}: {exc}). Delete {self.folder} to "
-                "start the job over."
-            ) from exc
-        state = self._verified(state, path)
+        state = self._read_torch(self._fold_weights_file(index), "the fold's weights")
         return {int(step): dict(weights) for step, weights in zip(state["steps"], state["weights"])}
 
     def save_fold_weights(self, index: int, weights: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
@@ -250,9 +249,7 @@ class Checkpoints:
             return
         steps: List[int] = sorted(weights)
         payload = dict(self._identity(), steps=steps, weights=[dict(weights[s]) for s in steps])
-        buffer = _stdio.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(self._fold_weights_file(index), buffer.getvalue())
+        self._write_torch(self._fold_weights_file(index), payload)
 
     # ------------------------------------------------------------------ pseudo-labels of a self-training round
 

@@ -52,6 +52,19 @@ PROFILE = runner.Profile(
 )
 
 
+def _one_pool_profile(arms, draws: int) -> runner.Profile:
+    """Hippocampus mild, development split, one pool, B = 2, no ceiling: the guard and recipe tests' profile."""
+    return runner.Profile(
+        settings=("hippocampus_mild",),
+        split="development",
+        pools=1,
+        budgets=(2,),
+        arms=tuple(arms),
+        draws=draws,
+        ceiling_steps=(),
+    )
+
+
 def test_the_plan_has_a_floor_every_draw_and_the_ceiling_steps_per_pool():
     units = runner.plan(PROFILE)
     keys = [u.key for u in units]
@@ -268,15 +281,7 @@ def test_the_report_command_regenerates_the_table_from_records_alone(tmp_path):
 
 def test_the_guard_calibration_scores_a_refused_model_so_a_false_refusal_is_counted(tmp_path):
     """A refused record's own Dice is the source model's; its candidate's Dice decides false refusal / activation."""
-    profile = runner.Profile(
-        settings=("hippocampus_mild",),
-        split="development",
-        pools=1,
-        budgets=(2,),
-        arms=("assft_guarded",),
-        draws=1,
-        ceiling_steps=(),
-    )
+    profile = _one_pool_profile(("assft_guarded",), draws=1)
     verdicts = iter([False, True])  # budget 2 draw 0 refused; then (second run) activated
 
     def execute(task, unit, work):
@@ -306,15 +311,7 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     leaves the sets in the guard calibration's input format."""
     from ASSFTActive.finetune.guard_calibration import read_records
 
-    profile = runner.Profile(
-        settings=("hippocampus_mild",),
-        split="development",
-        pools=1,
-        budgets=(2,),
-        arms=("full:strategy=random,guard=true", "short:strategy=random,guard=true"),
-        draws=2,
-        ceiling_steps=(),
-    )
+    profile = _one_pool_profile(("full:strategy=random,guard=true", "short:strategy=random,guard=true"), draws=2)
 
     def execute(task, unit, work):
         floor_dice = {c: [0.5] for c in task.eval}
@@ -359,14 +356,8 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
 
 
 def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_the_same_labelled_sets(tmp_path):
-    profile = runner.Profile(
-        settings=("hippocampus_mild",),
-        split="development",
-        pools=1,
-        budgets=(2,),
-        arms=("random", "g:strategy=random,guard=true,finetune.validation.fold_fraction=0.5"),
-        draws=2,
-        ceiling_steps=(),
+    profile = _one_pool_profile(
+        ("random", "g:strategy=random,guard=true,finetune.validation.fold_fraction=0.5"), draws=2
     )
 
     def execute(task, unit, work):
@@ -393,17 +384,12 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
     """A guarded arm that changes only the guard's settings (here the final model) is paired with the shipped
     guard's arm by labelled set: decisions alike, its candidate model's paired gap (a refused model counts), the
     sets it left worse, and its cost."""
-    profile = runner.Profile(
-        settings=("hippocampus_mild",),
-        split="development",
-        pools=1,
-        budgets=(2,),
-        arms=(
+    profile = _one_pool_profile(
+        (
             "shipped:strategy=random,guard=true",
             "soup:strategy=random,guard=true,finetune.validation.final=fold_average",
         ),
         draws=2,
-        ceiling_steps=(),
     )
 
     def execute(task, unit, work):
@@ -471,15 +457,7 @@ def test_a_partial_run_without_random_subsets_still_shows_each_arms_mean_and_say
 
 
 def test_a_recipe_arm_is_compared_with_the_default_recipe_on_the_same_labelled_sets_not_with_random(tmp_path):
-    profile = runner.Profile(
-        settings=("hippocampus_mild",),
-        split="development",
-        pools=1,
-        budgets=(2,),
-        arms=("random", "labels_only:strategy=random,finetune.pseudo.mode=none"),
-        draws=3,
-        ceiling_steps=(),
-    )
+    profile = _one_pool_profile(("random", "labels_only:strategy=random,finetune.pseudo.mode=none"), draws=3)
 
     def execute(task, unit, work):
         # each draw labels another pair; the default recipe scores 0.6 + 0.1 * draw, labels only 0.03 less, and
