@@ -16,6 +16,7 @@ from typing import Dict, Mapping, Sequence
 
 import torch
 
+from ..errors import JobError
 from .method import Trained
 from .state import AdaptRun, load_state
 
@@ -58,12 +59,15 @@ def average_folds(run: AdaptRun, weights: Sequence[FoldWeights], stop: int) -> T
     current weights, as a final training up to step 0 would).
 
     Raises:
-        ValueError: a fold kept no weights at ``stop``.
+        JobError: a fold kept no weights at ``stop`` (its work-dir file was not written by this run's folds).
     """
     if stop > 0:
         missing = [index + 1 for index, fold in enumerate(weights) if stop not in fold]
         if missing:
-            raise ValueError(f"cross-validation fold(s) {missing} kept no weights at step {stop}")
+            raise JobError(
+                f"cross-validation fold(s) {missing} kept no weights at step {stop}; delete the job's work folder "
+                "and run it again."
+            )
         load_state(run.network, average_states([fold[stop] for fold in weights]), "the folds' average")
     run.network.eval()
     run.emit(
