@@ -17,7 +17,7 @@ from ASSFTActive.finetune.assft import SelectiveSelfTraining
 from ASSFTActive.finetune.checkpoints import Checkpoints
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.finetune.cross_validation import cross_validate
-from ASSFTActive.finetune.fold_average import average_states
+from ASSFTActive.finetune.fold_average import average_folds, average_states
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,6 +39,11 @@ def test_states_of_different_networks_are_not_averaged():
         average_states([{"w": torch.zeros(2)}, {"v": torch.zeros(2)}])
     with pytest.raises(ValueError, match="shape"):
         average_states([{"w": torch.zeros(2)}, {"w": torch.zeros(3)}])
+
+
+def test_a_fold_without_weights_at_the_stopping_step_is_an_error_that_says_what_to_do():
+    with pytest.raises(JobError, match=r"fold\(s\) \[2\] kept no weights at step 25; delete the job's work folder"):
+        average_folds(None, [{25: {"w": torch.zeros(1)}}, {12: {"w": torch.zeros(1)}}], 25)
 
 
 def test_fold_weights_round_trip_and_belong_to_their_run(tmp_path):
