@@ -18,7 +18,15 @@ from enum import Enum
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import InputError
-from ..finetune.config import FinetuneConfig, Optimizer, PseudoLabelConfig, PseudoMode, TrainConfig, ValidationConfig
+from ..finetune.config import (
+    FinalModel,
+    FinetuneConfig,
+    Optimizer,
+    PseudoLabelConfig,
+    PseudoMode,
+    TrainConfig,
+    ValidationConfig,
+)
 from ..settings import check_enum, check_fields, check_keys, check_number, plain
 
 __all__ = [
@@ -175,6 +183,12 @@ class SfrPlusConfig:
         return cls(**known_fields(cls, data))
 
 
+def sfr_validation_config(**overrides: Any) -> ValidationConfig:
+    """SFR's guard: Adapt Model's, with the final run trained again (``final = retrain``); ``overrides`` replace
+    any field."""
+    return ValidationConfig.from_dict({"final": FinalModel.RETRAIN.value, **overrides})
+
+
 def sfr_train_config(**overrides: Any) -> TrainConfig:
     """SFR's re-training optimisation (method-spec §2.3): SGD lr 0.01, momentum 0.9, weight decay 1e-4, ×0.1 every
     2,500 of 6,000 steps, 2 labelled + 2 unlabelled patches per step; ``overrides`` replace any field."""
@@ -254,7 +268,10 @@ class SfrConfig:
         retrain: 3D re-training optimisation (:func:`~.retrain.sfr_train_config`: SGD, 6,000 steps); a mapping
             given here (``job.json``, a settings file) overrides SFR's defaults key by key.
         mean_teacher: pseudo-label weight and consistency term (:class:`~.retrain.MeanTeacherConfig`).
-        validation: the guard, as for Adapt Model (:class:`~ASSFTActive.finetune.config.ValidationConfig`).
+        validation: the guard, as for Adapt Model (:class:`~ASSFTActive.finetune.config.ValidationConfig`), except
+            that the final run is trained again on every labelled volume (``final = retrain``,
+            :func:`sfr_validation_config`): the folds' average was measured for Adapt Model only, and SFR's final
+            run also fine-tunes SAM on every labelled volume; a mapping given here overrides it key by key.
         predict_pool: predict the unlabelled volumes with the new model when a predictions folder is given.
         allow_implausible_labels: as for Adapt Model.
         checkpoint_every: with a work dir, the final re-training writes a resumable checkpoint every this many
@@ -267,13 +284,24 @@ class SfrConfig:
     plus_voxel_threshold: Optional[float] = 0.9
     retrain: TrainConfig = field(default_factory=sfr_train_config)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    validation: ValidationConfig = field(default_factory=lambda: sfr_validation_config())
     predict_pool: bool = True
     allow_implausible_labels: bool = False
     checkpoint_every: int = 25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", check_enum(SfrMethod, self.method, "SfrConfig", "method"))
+        if isinstance(self.validation, Mapping):  # key by key over SFR's guard (its final run is retrained)
+            object.__setattr__(
+                self,
+                "validation",
+                ValidationConfig.from_dict(
+                    dict(
+                        sfr_validation_config().to_dict(),
+                        **check_keys(ValidationConfig, self.validation, "SfrConfig.validation"),
+                    )
+                ),
+            )
         if isinstance(self.retrain, Mapping):  # key by key over SFR's optimisation, not TrainConfig's defaults
             object.__setattr__(
                 self,
