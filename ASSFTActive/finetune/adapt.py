@@ -39,7 +39,7 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -58,10 +58,10 @@ from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .fold_average import FoldWeights, average_folds
-from .guard import ActivationDecision, CrossValidation, decide
+from .guard import ActivationDecision, CrossValidation, PoolCheck, decide
 from .method import AdaptMethod, Trained
 from .result import AdaptResult
-from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, read_labeled, unwrap
+from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, load_state, read_labeled, unwrap
 
 __all__ = ["AdaptRequest", "AdaptResult", "SkippedVolume", "adapt_model", "default_name", "run_adaptation"]
 
@@ -168,11 +168,8 @@ def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
     fold_weights: Optional[List[FoldWeights]] = [] if run.averages_folds else None
     cv = cross_validate(run, labeled, before, fold_weights) if run.folds else None
     stop = cv.stop_step() if cv is not None else run.recipe_steps
-    if fold_weights is not None:
-        trained = average_folds(run, fold_weights, stop)
-    else:
-        trained = method.train_final(run, labeled, stop, cross_validated=cv is not None)
-    decision = decide_activation(run, labeled, cv, stop)
+    trained, pool = final_model(run, method, labeled, cv, stop, fold_weights)
+    decision = decide_activation(run, labeled, cv, stop, pool)
     metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
     predictions = predict_pool(run) if run.predictions_dir is not None and run.config.predict_pool else {}
     run_before_commit(run, decision, request.before_commit)
@@ -304,11 +301,46 @@ def run_before_commit(run: AdaptRun, decision: ActivationDecision, before_commit
         before_commit(LoadedModel(run.card, active, run.model.report), run.ctx)
 
 
+def final_model(
+    run: AdaptRun,
+    method: AdaptMethod,
+    labeled: Sequence[LabeledVolume],
+    cv: Optional[CrossValidation],
+    stop: int,
+    fold_weights: Optional[Sequence[FoldWeights]],
+) -> Tuple[Trained, Optional[PoolCheck]]:
+    """The new model in ``run.network``: the folds' average (:func:`.fold_average.average_folds`) when the run
+    keeps fold weights, else the method's final training. An average that fails the pool check is replaced by the
+    final training, with a warning, so that the decision is the retrained model's.
+
+    Returns:
+        what the method's provenance needs, and the average's pool check when it passed (``None``: not run yet).
+    """
+    if fold_weights is not None:
+        trained = average_folds(run, fold_weights, stop)
+        pool = pool_check(run, run.network, labeled)
+        if pool is None or pool.passed:
+            return trained, pool
+        run.warn(
+            f"the folds' average all but stopped predicting {', '.join(pool.collapsed)} on the unlabelled pool: the "
+            "final model is trained on every labelled volume instead (validation.final = retrain does this always).",
+            phase="train",
+        )
+        load_state(run.network, run.anchor, "the current model")
+        run.retrains = True
+    return method.train_final(run, labeled, stop, cross_validated=cv is not None), None
+
+
 def decide_activation(
-    run: AdaptRun, labeled: Sequence[LabeledVolume], cv: Optional[CrossValidation], stop: int
+    run: AdaptRun,
+    labeled: Sequence[LabeledVolume],
+    cv: Optional[CrossValidation],
+    stop: int,
+    pool: Optional[PoolCheck] = None,
 ) -> ActivationDecision:
     """The guard's verdict (:func:`.guard.decide`), or unconditional activation when the guard is off; its
-    ``label_meaning`` says what cross-validation cannot see (:func:`label_meaning_note`)."""
+    ``label_meaning`` says what cross-validation cannot see (:func:`label_meaning_note`). ``pool``: the pool check
+    of ``run.network`` when it was already run."""
     guard = run.config.validation
     if not guard.guard:
         decision = ActivationDecision(
@@ -320,7 +352,7 @@ def decide_activation(
     else:
         decision = decide(
             cv,
-            pool_check(run, run.network, labeled),
+            pool if pool is not None else pool_check(run, run.network, labeled),
             guard.min_gain,
             stop,
             len(labeled),

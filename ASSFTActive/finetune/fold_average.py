@@ -6,6 +6,11 @@ is their uniform average at the stopping step (a "model soup" of fine-tunings th
 Wortsman et al., ICML 2022) instead of the recipe trained again on every labelled volume. The guard reads only the
 folds, so it decides as it would have; the run costs the folds alone.
 
+Averaging works for fine-tunings that stay in the basin of the weights they started from (a pre-trained model, a
+small learning rate); folds that left it can average into a broken model. When the average fails the guard's pool
+check (a class it all but stops predicting), the run trains the final model after all
+(:func:`~.adapt.final_model`), so the decision is the one the retrained model gets.
+
 MONAI has no weight averaging of separate networks, and torch's ``swa_utils.AveragedModel`` averages the iterates
 of one run as it trains, not a set of finished state dicts, hence :func:`average_states`.
 """
@@ -18,6 +23,7 @@ import torch
 
 from ..errors import JobError
 from .method import Trained
+from .recipe import check_replicas
 from .state import AdaptRun, load_state
 
 __all__ = ["FoldWeights", "average_folds", "average_states"]
@@ -69,6 +75,7 @@ def average_folds(run: AdaptRun, weights: Sequence[FoldWeights], stop: int) -> T
                 "and run it again."
             )
         load_state(run.network, average_states([fold[stop] for fold in weights]), "the folds' average")
+    check_replicas(run, run.network)  # under data parallelism every rank averaged the same folds
     run.network.eval()
     run.emit(
         "phase",

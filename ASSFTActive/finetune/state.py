@@ -93,6 +93,8 @@ class AdaptRun:
         predictions_dir: where the pool's label maps are written (``None``: not written).
         anchor: the weights the run started from (the current model; L2-SP's reference).
         folds: cross-validation folds of the run (0: no cross-validation).
+        retrains: the folds' average was refused (:func:`~.fold_average.average_holds`), so the final model is
+            trained after all.
         skipped: volumes left out so far, with the reason.
         started: wall-clock start.
     """
@@ -112,6 +114,7 @@ class AdaptRun:
     predictions_dir: Optional[Path] = None
     anchor: Dict[str, torch.Tensor] = field(default_factory=dict)
     folds: int = 0
+    retrains: bool = False
     skipped: List[SkippedVolume] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
@@ -139,9 +142,9 @@ class AdaptRun:
 
     @property
     def averages_folds(self) -> bool:
-        """The new model is the folds' average (``validation.final = fold_average`` and folds to average), so no
-        final training runs."""
-        return bool(self.folds) and self.config.validation.final is FinalModel.FOLD_AVERAGE
+        """The new model is the folds' average (``validation.final = fold_average``, folds to average, and the
+        average not refused), so no final training runs."""
+        return bool(self.folds) and self.config.validation.final is FinalModel.FOLD_AVERAGE and not self.retrains
 
     @property
     def total_steps(self) -> int:

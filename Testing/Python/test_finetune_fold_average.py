@@ -165,3 +165,30 @@ def test_a_resumed_run_skips_a_finished_fold_only_when_its_weights_were_kept(wor
     assert any(e.message.startswith("cross-validation fold 1 of 2: adapting") for e in rerun), "fold 1 runs again"
     assert json.loads((result.version_dir / "provenance.json").read_text())["final"] == "fold_average"
     assert not work.exists() or not list(work.glob("cv-fold*")), "the commit clears the fold files"
+
+
+@pytest.mark.slow  # two guarded jobs end to end
+def test_an_average_that_collapses_a_class_on_the_pool_is_replaced_by_the_final_training(tmp_path):
+    """Folds trained far from their start (a random tiny network, learning rate 0.01) average into a model that
+    stops predicting a class on the pool; the run warns, trains the final model instead, and stores what the
+    retraining run stores."""
+    card = make_tiny_card(tmp_path / "base")
+    images, labels = write_dataset(tmp_path / "data", count=7, labeled=3)
+    results, events = {}, []
+    for final in ("fold_average", "retrain"):
+        config = FinetuneConfig.from_dict(
+            dict(FAST_FINETUNE, validation=dict(FAST_FINETUNE["validation"], final=final))
+        )
+        results[final] = adapt_model(
+            images, labels, store=tmp_path / final, model=card, config=config, progress=events.append
+        )
+    warnings = [e.message for e in events if e.event == "warning" and "folds' average" in e.message]
+    assert len(warnings) == 1 and "all but stopped predicting box_a on the unlabelled pool" in warnings[0]
+    averaged, retrained = results["fold_average"], results["retrain"]
+    assert averaged.activated and retrained.activated
+    assert averaged.decision.reason == retrained.decision.reason
+    provenance = json.loads((averaged.version_dir / "provenance.json").read_text())
+    assert "fold_average" not in provenance, "the stored model is the retrained one"
+    stored = load_file(str(averaged.version_dir / "weights.safetensors"))
+    expected = load_file(str(retrained.version_dir / "weights.safetensors"))
+    assert all(torch.equal(stored[k], expected[k]) for k in expected), "trained from the current weights, same seed"
