@@ -345,7 +345,8 @@ class ValidationConfig:
             decides exactly as ``retrain`` does (same folds; only the pool check sees another model); ``retrain``
             trains the recipe again on every labelled volume up to that step. With ``fold_average`` each fold keeps
             its weights at every scored step (2.4 MB each for the embedded card, on disk in the work dir for a
-            resume). Without folds (guard off, one labelled volume) the run trains as ``retrain``. Chosen on the
+            resume). Without folds (guard off, one labelled volume), or when the average fails the pool check (folds
+            that left the basin of their starting weights), the run trains as ``retrain``. Chosen on the
             development split by the rule in RESULTS.md ("The rule that decides whether the folds' average replaces
             the final training"; tables ``results/harness_dev.md`` and ``results/harness_dev2.md``, B = 2): the same
             decision on all 26 labelled sets; its model minus the retrained one +0.002 [-0.002, +0.006] on
