@@ -41,11 +41,9 @@ def test_a_bad_sfr_setting_is_refused_with_its_name():
         SfrConfig(checkpoint_every=0)
 
 
-def test_sfr_retrains_its_final_run_where_adapt_model_averages_its_folds():
-    from ASSFTActive.finetune.config import FinalModel, FinetuneConfig
+def test_sfr_retrains_its_final_run_unless_told_otherwise():
+    from ASSFTActive.finetune.config import FinalModel
 
-    assert FinetuneConfig().validation.final is FinalModel.FOLD_AVERAGE
-    assert FinetuneConfig.from_dict({"validation": {"folds": 2}}).validation.final is FinalModel.FOLD_AVERAGE
     assert SfrConfig().validation.final is FinalModel.RETRAIN
     partial = SfrConfig.from_dict({"validation": {"folds": 2}}).validation
     assert partial.final is FinalModel.RETRAIN and partial.folds == 2, "a partial mapping keeps SFR's final run"
