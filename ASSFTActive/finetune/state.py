@@ -93,7 +93,7 @@ class AdaptRun:
         predictions_dir: where the pool's label maps are written (``None``: not written).
         anchor: the weights the run started from (the current model; L2-SP's reference).
         folds: cross-validation folds of the run (0: no cross-validation).
-        retrains: the folds' average was refused (:func:`~.fold_average.average_holds`), so the final model is
+        retrains: the folds' average failed the pool check (:func:`~.adapt.final_model`), so the final model is
             trained after all.
         skipped: volumes left out so far, with the reason.
         started: wall-clock start.

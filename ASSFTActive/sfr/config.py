@@ -183,10 +183,10 @@ class SfrPlusConfig:
         return cls(**known_fields(cls, data))
 
 
-def sfr_validation_config(**overrides: Any) -> ValidationConfig:
-    """SFR's guard: Adapt Model's, with the final run trained again (``final = retrain``); ``overrides`` replace
-    any field."""
-    return ValidationConfig.from_dict({"final": FinalModel.RETRAIN.value, **overrides})
+def sfr_validation_config() -> ValidationConfig:
+    """SFR's guard: Adapt Model's, with the final run always trained again (``final = retrain``), whatever Adapt
+    Model's default."""
+    return ValidationConfig(final=FinalModel.RETRAIN)
 
 
 def sfr_train_config(**overrides: Any) -> TrainConfig:
@@ -284,32 +284,22 @@ class SfrConfig:
     plus_voxel_threshold: Optional[float] = 0.9
     retrain: TrainConfig = field(default_factory=sfr_train_config)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
-    validation: ValidationConfig = field(default_factory=lambda: sfr_validation_config())
+    validation: ValidationConfig = field(default_factory=sfr_validation_config)
     predict_pool: bool = True
     allow_implausible_labels: bool = False
     checkpoint_every: int = 25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", check_enum(SfrMethod, self.method, "SfrConfig", "method"))
-        if isinstance(self.validation, Mapping):  # key by key over SFR's guard (its final run is retrained)
-            object.__setattr__(
-                self,
-                "validation",
-                ValidationConfig.from_dict(
-                    dict(
-                        sfr_validation_config().to_dict(),
-                        **check_keys(ValidationConfig, self.validation, "SfrConfig.validation"),
-                    )
-                ),
-            )
-        if isinstance(self.retrain, Mapping):  # key by key over SFR's optimisation, not TrainConfig's defaults
-            object.__setattr__(
-                self,
-                "retrain",
-                TrainConfig.from_dict(
-                    dict(sfr_train_config().to_dict(), **check_keys(TrainConfig, self.retrain, "SfrConfig.retrain"))
-                ),
-            )
+        # key by key over SFR's own defaults (its optimisation, its retrained final run), not the classes' defaults
+        for name, kind, defaults in (
+            ("validation", ValidationConfig, sfr_validation_config),
+            ("retrain", TrainConfig, sfr_train_config),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                merged = dict(defaults().to_dict(), **check_keys(kind, value, f"SfrConfig.{name}"))
+                object.__setattr__(self, name, kind.from_dict(merged))
         for name, kind in (
             ("sam", SfrFinetuneConfig),
             ("plus", SfrPlusConfig),
