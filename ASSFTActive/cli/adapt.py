@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from ..finetune.config import PseudoMode
+from ..finetune.fold_pseudo import FoldVote
 from .common import add_device_argument, add_work_dir_argument, progress_channel, read_settings_file, work_dir_lock
 
 #: ``--pseudo`` choices: the values of :class:`~ASSFTActive.finetune.config.PseudoMode`.
@@ -171,17 +172,26 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     return 0
 
 
+def _named(record) -> str:
+    """A pseudo-labelled volume in the summary: its id, and how many folds kept it when the folds were averaged."""
+    if isinstance(record, FoldVote):
+        return f"{record.case_id} ({record.kept_by}/{record.folds} folds)"
+    return record.case_id
+
+
 def format_summary(result, title: str = "", pseudo_line: Optional[str] = None) -> str:
     """What an adaptation did (``assft adapt``, and ``assft sfr`` with its ``title`` and ``pseudo_line``), as a few
     lines and a per-class table of Dice/HD95 before and after."""
     metrics = result.metrics
     before, after = metrics["before"], metrics["after"]
     kept = [d for d in result.pseudo if d.kept]
+    by_folds = any(isinstance(d, FoldVote) for d in result.pseudo)
     if pseudo_line is None:
         pseudo_line = (
             (
                 f"pseudo-labelled volumes: {len(kept)} of {len(result.pseudo)} unlabelled"
-                + (f" ({', '.join(d.case_id for d in kept[:8])}{', ...' if len(kept) > 8 else ''})" if kept else "")
+                + (" (by the cross-validation folds whose weights were averaged)" if by_folds else "")
+                + (f": {', '.join(map(_named, kept[:8]))}{', ...' if len(kept) > 8 else ''}" if kept else "")
             )
             if result.pseudo
             else "pseudo-labelled volumes: none (--pseudo none, or no unlabelled volume)"

@@ -1,7 +1,8 @@
 """Fine-tuning: supervised training on labelled volumes plus selected pseudo-labelled ones, behind a guard.
 
 Torch-free, importable alone: ``config`` (settings), ``pseudo`` (the selection, numpy only), ``guard`` (the
-activation decision, numpy only) and ``method`` (what an adaptation method supplies). With torch, by job: ``adapt``
+activation decision, numpy only), ``fold_pseudo`` (what the folds pseudo-labelled) and ``method`` (what an
+adaptation method supplies). With torch, by job: ``adapt``
 (:func:`~ASSFTActive.finetune.adapt.run_adaptation`, the one adaptation spine: a short list of steps for every
 method), ``assft`` (ASSFT's method), ``state`` (the run state and its inputs), ``checkpoints`` (the resumable state
 as typed records), ``recipe`` (supervised stage then semi-supervised rounds), ``pseudo_round`` (one self-training

@@ -57,7 +57,7 @@ from .assft import SelectiveSelfTraining
 from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
-from .fold_average import FoldWeights, average_folds
+from .fold_average import KeptFold, average_folds
 from .guard import ActivationDecision, CrossValidation, PoolCheck, decide
 from .method import AdaptMethod, Trained
 from .result import AdaptResult
@@ -165,10 +165,10 @@ def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
     method.prepare(run)
     labeled = read_checked_labels(run)
     before = score_current_model(run, labeled)
-    fold_weights: Optional[List[FoldWeights]] = [] if run.averages_folds else None
-    cv = cross_validate(run, labeled, before, fold_weights) if run.folds else None
+    kept_folds: Optional[List[KeptFold]] = [] if run.averages_folds else None
+    cv = cross_validate(run, labeled, before, kept_folds) if run.folds else None
     stop = cv.stop_step() if cv is not None else run.recipe_steps
-    trained, pool = final_model(run, method, labeled, cv, stop, fold_weights)
+    trained, pool = final_model(run, method, labeled, cv, stop, kept_folds)
     decision = decide_activation(run, labeled, cv, stop, pool)
     metrics = summarise_metrics(run, labeled, before, cv, stop, decision)
     predictions = predict_pool(run) if run.predictions_dir is not None and run.config.predict_pool else {}
@@ -307,17 +307,17 @@ def final_model(
     labeled: Sequence[LabeledVolume],
     cv: Optional[CrossValidation],
     stop: int,
-    fold_weights: Optional[Sequence[FoldWeights]],
+    kept_folds: Optional[Sequence[KeptFold]],
 ) -> Tuple[Trained, Optional[PoolCheck]]:
     """The new model in ``run.network``: the folds' average (:func:`.fold_average.average_folds`) when the run
-    keeps fold weights, else the method's final training. An average that fails the pool check is replaced by the
+    kept its folds, else the method's final training. An average that fails the pool check is replaced by the
     final training, with a warning, so that the decision is the retrained model's.
 
     Returns:
         what the method's provenance needs, and the average's pool check when it passed (``None``: not run yet).
     """
-    if fold_weights is not None:
-        trained = average_folds(run, fold_weights, stop)
+    if kept_folds is not None:
+        trained = average_folds(run, kept_folds, stop)
         pool = pool_check(run, run.network, labeled)
         if pool is None or pool.passed:
             return trained, pool

@@ -11,7 +11,7 @@ another (e.g. an oracle) instead of patching this package.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -19,6 +19,7 @@ from ..models import ModelCard
 from ..progress import ProgressCallback
 from .checkpoints import CHECKPOINT_FILE
 from .config import FinetuneConfig
+from .fold_pseudo import PseudoRound
 from .method import FoldScorer, Trained
 from .pseudo_round import PseudoLabeller, TeacherLabeller
 from .recipe import check_replicas, run_recipe
@@ -71,8 +72,10 @@ class SelectiveSelfTraining:
         progress_offset: int,
         label: str,
         scorer: FoldScorer,
-    ) -> None:
-        run_recipe(
+    ) -> Tuple[PseudoRound, ...]:
+        """The recipe on ``train``; its rounds' decisions, round ``r`` (stage ``r``) starting at the stage's first
+        step."""
+        rounds = run_recipe(
             run,
             network,
             train,
@@ -82,6 +85,7 @@ class SelectiveSelfTraining:
             scorer=scorer,
             labeller=self.labeller,
         )
+        return tuple(PseudoRound.of(run.stage_offset(stage), decisions) for stage, decisions in enumerate(rounds, 1))
 
     def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int, cross_validated: bool) -> Trained:
         """The recipe on every labelled volume up to ``stop``, resuming from the run's checkpoint when there is one;

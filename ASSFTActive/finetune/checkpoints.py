@@ -29,6 +29,7 @@ from ..errors import JobError, ModelError
 from ..evaluate import NOT_SCORED, json_ready
 from ..io import atomic_write_bytes, atomic_write_text
 from ..models import ModelCard
+from .fold_pseudo import PseudoRound
 from .pseudo import PseudoDecision
 
 __all__ = [
@@ -98,21 +99,27 @@ class TrainingCheckpoint:
 
 @dataclass(frozen=True)
 class FoldScores:
-    """Held-out Dice of one finished cross-validation fold.
+    """Held-out Dice of one finished cross-validation fold, and the pseudo-labels it trained with.
 
     Attributes:
         held_out: the fold's held-out case ids.
         scores: ``{case_id: {global step: (Dice of each foreground class, NaN = not scored)}}``.
+        pseudo: the fold's pseudo-labelling rounds (:class:`~.method.PseudoRound`, ``start`` on the final run's
+            steps); ``None`` in a file written before they were kept.
     """
 
     held_out: Tuple[str, ...]
     scores: Mapping[str, Mapping[int, Tuple[float, ...]]]
+    pseudo: Optional[Tuple[PseudoRound, ...]] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        out: Dict[str, Any] = {
             "held_out": list(self.held_out),
             "scores": {c: {str(s): json_ready(list(v)) for s, v in by.items()} for c, by in self.scores.items()},
         }
+        if self.pseudo is not None:
+            out["pseudo"] = [r.to_dict() for r in self.pseudo]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FoldScores:
@@ -120,7 +127,12 @@ class FoldScores:
             str(c): {int(s): tuple(NOT_SCORED if v is None else float(v) for v in values) for s, values in by.items()}
             for c, by in data["scores"].items()
         }
-        return cls(held_out=tuple(data.get("held_out", ())), scores=scores)
+        pseudo = data.get("pseudo")
+        return cls(
+            held_out=tuple(data.get("held_out", ())),
+            scores=scores,
+            pseudo=None if pseudo is None else tuple(PseudoRound.from_dict(r) for r in pseudo),
+        )
 
 
 @dataclass(frozen=True)

@@ -339,21 +339,21 @@ class ValidationConfig:
         fold_pool_cases: inside cross-validation folds the teacher pseudo-labels at most this many unlabelled
             volumes (evenly spread over the sorted pool; the final run uses the whole pool); ``None`` = the whole
             pool. Not yet measured; default unchanged (``None``).
-        final: where the new model comes from once the folds are done (:class:`FinalModel`): ``retrain`` (default)
-            trains the recipe again on every labelled volume up to the stopping step; ``fold_average`` averages the
-            folds' weights at that step (:func:`~ASSFTActive.finetune.fold_average.average_states`), so a guarded
-            run costs the folds alone and decides as ``retrain`` does (same folds; only the pool check sees another
-            model). With ``fold_average`` each fold keeps its weights at every scored step (2.4 MB each for the
-            embedded card, on disk in the work dir for a resume). Without folds (guard off, one labelled volume), or
-            when the average fails the pool check (folds that left the basin of their starting weights), the run
-            trains as ``retrain``. Measured on the development split by the rule in RESULTS.md ("The rule that
-            decides whether the folds' average replaces the final training"; tables ``results/harness_dev.md`` and
-            ``results/harness_dev2.md``, B = 2): the same decision on all 26 labelled sets; its model minus the
-            retrained one +0.002 [-0.002, +0.006] on ACDC-Path (16 sets) and -0.003 [-0.006, -0.001] on hippocampus
-            multi-site (10 sets); a guarded Adapt 1.82x / 2.00x an unguarded one (retrain: 2.66x / 2.72x). The
-            rule's conditions hold, but the default stays ``retrain`` until the folds' pseudo-label decisions reach
-            the result and the version's provenance (with ``fold_average`` the result lists no pseudo-labelled
-            volume). Not measured at B >= 3, nor for SFR, whose config keeps ``retrain`` whatever this default.
+        final: where the new model comes from once the folds are done (:class:`FinalModel`): ``fold_average``
+            (default) averages the folds' weights at the stopping step
+            (:func:`~ASSFTActive.finetune.fold_average.average_states`), so a guarded run costs the folds alone and
+            decides as ``retrain`` does (same folds; only the pool check sees another model); its pseudo-labelled
+            volumes are the folds' (each listed with how many folds pseudo-labelled it). ``retrain`` trains the
+            recipe again on every labelled volume up to the stopping step. With ``fold_average`` each fold keeps
+            its weights at every scored step (2.4 MB each for the embedded card, on disk in the work dir for a
+            resume). Without folds (guard off, one labelled volume), or when the average fails the pool check
+            (folds that left the basin of their starting weights), the run trains as ``retrain``. Chosen on the
+            development split by the rule in RESULTS.md ("The rule that decides whether the folds' average
+            replaces the final training"; tables ``results/harness_dev.md`` and ``results/harness_dev2.md``,
+            B = 2): the same decision on all 26 labelled sets; its model minus the retrained one +0.002
+            [-0.002, +0.006] on ACDC-Path (16 sets) and -0.003 [-0.006, -0.001] on hippocampus multi-site (10
+            sets); a guarded Adapt 1.82x / 2.00x an unguarded one (retrain: 2.66x / 2.72x). B = 4 is checked by
+            "The folds' average at B = 4" in RESULTS.md. SFR's config keeps ``retrain`` (not measured there).
         collapse_ratio: the pool check refuses a model that predicts less than this share of the current model's
             voxels of some class on the unlabelled pool (e.g. after training on empty labels), 0.2.
         pool_cases: unlabelled volumes predicted by both models for the pool check (evenly spread over the sorted
@@ -369,7 +369,7 @@ class ValidationConfig:
     min_gain_low: Optional[float] = None
     fold_fraction: float = 1.0
     fold_pool_cases: Optional[int] = None
-    final: FinalModel = FinalModel.RETRAIN
+    final: FinalModel = FinalModel.FOLD_AVERAGE
     collapse_ratio: float = 0.2
     pool_cases: int = 8
     hd95: bool = True

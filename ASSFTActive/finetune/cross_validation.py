@@ -22,7 +22,7 @@ from ..io import read_volume
 from ..plausibility import check_image
 from ..progress import Event
 from .checkpoints import FoldScores
-from .fold_average import FoldWeights
+from .fold_average import FoldWeights, KeptFold
 from .guard import CrossValidation, PoolCheck, assign_folds, check_pool
 from .state import AdaptRun, LabeledVolume, cpu_state
 
@@ -33,7 +33,7 @@ def cross_validate(
     run: AdaptRun,
     labeled: Sequence[LabeledVolume],
     before: EvaluationReport,
-    weights: Optional[List[FoldWeights]] = None,
+    kept: Optional[List[KeptFold]] = None,
 ) -> CrossValidation:
     """Run the recipe once per fold from the current weights; score each fold's held-out volumes.
 
@@ -43,28 +43,30 @@ def cross_validate(
 
     Args:
         before: the current model on ``labeled`` (step 0 of every curve).
-        weights: when given, filled with each fold's weights at its scored steps, in fold order (kept in the
-            checkpoints beside the fold's scores; a finished fold whose weights were not kept is run again).
+        kept: when given, filled in fold order with each fold's weights at its scored steps and its pseudo-labelling
+            rounds (the folds' average; kept in the checkpoints beside the fold's scores, and a finished fold whose
+            weights or rounds were not kept is run again).
     """
     folds = assign_folds([c.case_id for c in labeled], run.config.validation.folds, run.config.train.seed)
     per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c.case_id: {0: tuple(c.dice)} for c in before.cases}
     for index, held in enumerate(folds):
         fold = run.checkpoints.load_fold(index)
-        kept = run.checkpoints.load_fold_weights(index) if weights is not None and fold is not None else None
-        if fold is not None and set(fold.held_out) == set(held) and (weights is None or kept is not None):
+        weights = run.checkpoints.load_fold_weights(index) if kept is not None and fold is not None else None
+        whole = kept is None or (weights is not None and fold is not None and fold.pseudo is not None)
+        if fold is not None and set(fold.held_out) == set(held) and whole:
             run.emit(
                 "phase",
                 phase="resume",
                 message=(f"cross-validation fold {index + 1} of {len(folds)}: kept from an earlier run, skipped"),
             )
         else:
-            kept = {} if weights is not None else None
-            fold = _run_fold(run, labeled, index, len(folds), held, kept)
-            if kept is not None:
-                run.checkpoints.save_fold_weights(index, kept)
+            weights = {} if kept is not None else None
+            fold = _run_fold(run, labeled, index, len(folds), held, weights)
+            if weights is not None:
+                run.checkpoints.save_fold_weights(index, weights)
             run.checkpoints.save_fold(index, fold)
-        if weights is not None:
-            weights.append(kept)
+        if kept is not None:
+            kept.append(KeptFold(weights, fold.pseudo or ()))
         for case, by_step in fold.scores.items():
             per_class[case].update(by_step)
     steps = sorted(set.intersection(*(set(v) for v in per_class.values())))
@@ -149,8 +151,8 @@ def _run_fold(
     held: Sequence[str],
     weights: Optional[FoldWeights] = None,
 ) -> FoldScores:
-    """One fold: the recipe on ``labeled`` minus ``held``, scored on ``held``; ``weights`` (when given) receives
-    the fold's weights at every scored step."""
+    """One fold: the recipe on ``labeled`` minus ``held``, scored on ``held``, with its pseudo-labelling rounds;
+    ``weights`` (when given) receives the fold's weights at every scored step."""
     held_cases = [c for c in labeled if c.case_id in held]
     train = [c for c in labeled if c.case_id not in held]
     scores: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {} for c in held}
@@ -197,7 +199,7 @@ def _run_fold(
             f"{', '.join(held)}{shortened}"
         ),
     )
-    fold.method.recipe(
+    rounds = fold.method.recipe(
         fold,
         fold.current_network(fold.network),
         train,
@@ -206,7 +208,8 @@ def _run_fold(
         label=f"fold {index + 1}/{count} ",
         scorer=score,
     )
-    return FoldScores(held_out=tuple(held), scores=scores)
+    pseudo = tuple(replace(r, start=final_step(r.start)) for r in rounds or ())
+    return FoldScores(held_out=tuple(held), scores=scores, pseudo=pseudo)
 
 
 def cv_summary(cv: CrossValidation, step: int, class_names: Sequence[str]) -> Dict[str, Any]:

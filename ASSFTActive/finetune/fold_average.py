@@ -11,25 +11,45 @@ small learning rate); folds that left it can average into a broken model. When t
 check (a class it all but stops predicting), the run trains the final model after all
 (:func:`~.adapt.final_model`), so the decision is the one the retrained model gets.
 
+The folds' pseudo-labels are the average's too: each fold pseudo-labelled the pool in its own rounds, which are
+carried out of the fold (:class:`KeptFold`); the result lists every pool volume with how many folds pseudo-labelled
+it in the round their weights at the stopping step trained with (:func:`~.fold_pseudo.fold_votes`), and the
+version's provenance keeps each fold's rounds.
+
 MONAI has no weight averaging of separate networks, and torch's ``swa_utils.AveragedModel`` averages the iterates
 of one run as it trains, not a set of finished state dicts, hence :func:`average_states`.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 
 from ..errors import JobError
+from .fold_pseudo import PseudoRound, fold_votes
 from .method import Trained
 from .recipe import check_replicas
 from .state import AdaptRun, load_state
 
-__all__ = ["FoldWeights", "average_folds", "average_states"]
+__all__ = ["FoldWeights", "KeptFold", "average_folds", "average_states"]
 
 #: One fold's weights: ``{final-run step: CPU state dict}`` at each step its held-out volumes were scored.
 FoldWeights = Dict[int, Dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class KeptFold:
+    """What the folds' average takes from one cross-validation fold.
+
+    Attributes:
+        weights: the fold's weights at each scored step.
+        pseudo: the fold's pseudo-labelling rounds, ``start`` on the final run's steps.
+    """
+
+    weights: FoldWeights
+    pseudo: Tuple[PseudoRound, ...] = ()
 
 
 def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -60,13 +80,15 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]]) -> Dict[str, to
     return out
 
 
-def average_folds(run: AdaptRun, weights: Sequence[FoldWeights], stop: int) -> Trained:
+def average_folds(run: AdaptRun, folds: Sequence[KeptFold], stop: int) -> Trained:
     """Load the folds' average at step ``stop`` into ``run.network`` (in place; step 0: the network keeps the
-    current weights, as a final training up to step 0 would).
+    current weights, as a final training up to step 0 would). Its pseudo-labelled volumes are the folds'
+    (:func:`~.fold_pseudo.fold_votes`).
 
     Raises:
         JobError: a fold kept no weights at ``stop`` (its work-dir file was not written by this run's folds).
     """
+    weights = [fold.weights for fold in folds]
     if stop > 0:
         missing = [index + 1 for index, fold in enumerate(weights) if stop not in fold]
         if missing:
@@ -85,12 +107,17 @@ def average_folds(run: AdaptRun, weights: Sequence[FoldWeights], stop: int) -> T
             "(validation.final = fold_average: no final training)"
         ),
     )
+    votes = fold_votes([fold.pseudo for fold in folds], stop, sorted(run.pool))
+    kept = [v.to_dict() for v in votes if v.kept]
     return Trained(
         resumed_from=0,
+        pseudo=votes,
         provenance={
             "final": "fold_average",
             "fold_average": {"folds": len(weights), "step": int(stop)},
+            "pseudo_labeled": kept,
+            "fold_pseudo_rounds": [[r.to_dict() for r in fold.pseudo] for fold in folds],
             "seeds": {"folds": run.config.train.seed},
         },
-        summary={"final": "fold_average"},
+        summary={"final": "fold_average", "pseudo_labeled": len(kept)},
     )

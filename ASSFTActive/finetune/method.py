@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..models import ModelCard
     from ..progress import ProgressCallback
     from .config import FinetuneConfig
+    from .fold_pseudo import PseudoRound
     from .result import AdaptResult
     from .state import AdaptRun, LabeledVolume
 
@@ -89,11 +90,15 @@ class AdaptMethod(Protocol):
         progress_offset: int,
         label: str,
         scorer: FoldScorer,
-    ) -> None:
+    ) -> Sequence[PseudoRound]:
         """One cross-validation fold: train ``network`` in place on ``train`` up to step ``stop``, calling ``scorer``
         every ``run.config.validation.every`` steps and at the end. ``label`` prefixes the messages;
         ``progress_offset`` is where the fold's steps start on the whole run's progress (ASSFT counts on it; SFR
-        reports its re-training's own steps)."""
+        reports its re-training's own steps).
+
+        Returns:
+            each pseudo-labelling of the pool the fold trained with, ``start`` on ``run``'s steps (none: it
+            trained on its labelled volumes only). The folds' average lists them as its pseudo-labelled volumes."""
 
     def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int, cross_validated: bool) -> Trained:
         """Train ``run.network`` in place on every labelled volume up to ``stop`` (resuming from ``run.checkpoints``

@@ -74,7 +74,8 @@ def run_recipe(
             :class:`~.pseudo_round.TeacherLabeller`).
 
     Returns:
-        the pseudo-labelling decisions of each self-training round that ran (none in ``none`` mode).
+        the pseudo-labelling decisions of each self-training round that ran, in order (the ``r``-th is stage
+        ``r``'s); none in ``none`` mode or without unlabelled volumes.
     """
     labeller = labeller if labeller is not None else TeacherLabeller()
     rounds: List[Tuple[PseudoDecision, ...]] = []

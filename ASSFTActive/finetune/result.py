@@ -12,7 +12,6 @@ from typing import Any, Dict, Mapping, Tuple
 
 from ..evaluate import SkippedVolume, json_ready
 from .guard import ActivationDecision
-from .pseudo import PseudoDecision
 
 __all__ = ["AdaptResult"]
 
@@ -30,7 +29,10 @@ class AdaptResult:
         decision: the guard's verdict and its reason (:class:`~.guard.ActivationDecision`).
         labeled: labelled volumes trained on.
         skipped: volumes left out, with the reason.
-        pseudo: the pseudo-labelling decision on every unlabelled volume (last self-training round).
+        pseudo: one record per unlabelled volume, each with ``case_id``, ``kept`` and ``to_dict()``: the decision of
+            the final training's last self-training round (:class:`~.pseudo.PseudoDecision`), or, when the new
+            model is the folds' average, how many folds pseudo-labelled it (:class:`~.fold_average.FoldVote`;
+            SFR: its ``SfrPseudoRecord``).
         metrics: ``{"evaluated_on": "cross_validation" | "labeled", "cases", "before": {...}, "after": {...},
             "stop_step", "cross_validation": {...} | None}`` (the verdict is ``decision``), each summary
             ``{"mean_dice", "dice": {class: x}, "hd95": {class: mm}}``. With cross-validation, "before" is the
@@ -51,7 +53,7 @@ class AdaptResult:
     decision: ActivationDecision
     labeled: Tuple[str, ...]
     skipped: Tuple[SkippedVolume, ...]
-    pseudo: Tuple[PseudoDecision, ...]
+    pseudo: Tuple[Any, ...]
     metrics: Mapping[str, Any]
     predictions: Mapping[str, Path] = field(default_factory=dict)
     seconds: float = 0.0

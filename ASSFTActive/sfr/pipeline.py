@@ -53,6 +53,7 @@ from ..evaluate import SkippedVolume
 from ..finetune.adapt import AdaptRequest, BeforeCommit, run_adaptation
 from ..finetune.checkpoints import CHECKPOINT_FILE, PseudoLabels, TrainingCheckpoint
 from ..finetune.config import FinetuneConfig
+from ..finetune.fold_pseudo import PseudoRound
 from ..finetune.method import FoldScorer, Trained
 from ..finetune.pseudo import PseudoDecision
 from ..finetune.result import AdaptResult
@@ -210,11 +211,12 @@ class Sfr:
         progress_offset: int,
         label: str,
         scorer: FoldScorer,
-    ) -> None:
+    ) -> Tuple[PseudoRound, ...]:
         """Stages 2 and 3 of a cross-validation fold on ``train``: SAM fine-tuning and pseudo-labels of the fold's
-        pool, then the Mean-Teacher re-training of ``network`` in place up to ``stop``, scored along the way."""
+        pool, then the Mean-Teacher re-training of ``network`` in place up to ``stop``, scored along the way. SAM's
+        one pseudo-labelling trains from step 0."""
         pool = [(case, volume) for case, volume in self.pool if case in run.pool]
-        pseudo, _, _ = self._stage2(run, train, pool, label)
+        pseudo, records, _ = self._stage2(run, train, pool, label)
         _announce_stage3(run, self.config, train, pseudo, stop, label)
         hooks: List[TrainHook] = [ProgressHook(_prefixed(run, label)), ScoreHook(scorer)]
         train_supervised(
@@ -227,6 +229,7 @@ class Sfr:
             schedule=TrainSchedule(stop=stop, validate_every=run.config.validation.every),
             device=run.device,
         )
+        return (PseudoRound.of(0, records),) if records else ()
 
     def train_final(self, run: AdaptRun, labeled: Sequence[LabeledVolume], stop: int, cross_validated: bool) -> Trained:
         """Stages 2 and 3 on every labelled volume, re-training ``run.network`` in place up to ``stop``; resumes from

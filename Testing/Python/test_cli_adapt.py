@@ -6,11 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import make_tiny_card, read_json, tree, worker_env, write_dataset
 
 from ASSFTActive.cli import main
+from ASSFTActive.cli.adapt import format_summary
+from ASSFTActive.finetune.fold_pseudo import FoldVote
 from ASSFTActive.store import ModelStore
 
 FAST = ["--iterations", "12", "--semi-iterations", "8", "--batch-size", "2", "--learning-rate", "0.01"]
@@ -75,6 +78,27 @@ def test_adapt_prints_a_summary_shows_progress_and_activates_the_new_version(wor
     ]
     config = read_json(store / "site" / "v1" / "config.json")["finetune"]
     assert config["train"]["iterations"] == 12 and config["pseudo"]["mode"] == "selective"
+
+
+def test_the_summary_names_the_volumes_the_folds_pseudo_labelled_and_how_many_folds_did():
+    summary = {"mean_dice": 0.5, "dice": {"box_a": 0.5}, "hd95": {"box_a": None}}
+    result = SimpleNamespace(
+        name="site",
+        version="v2",
+        activated=True,
+        decision=SimpleNamespace(reason="better"),
+        card_path="card.json",
+        labeled=("a", "b", "c"),
+        pseudo=(FoldVote("u1", 3, 3), FoldVote("u2", 0, 3), FoldVote("u3", 1, 2)),
+        metrics={"before": summary, "after": summary, "stop_step": 150, "cases": ["a"], "evaluated_on": "labeled"},
+        skipped=(),
+        predictions={},
+        seconds=1.0,
+    )
+    assert (
+        "pseudo-labelled volumes: 2 of 3 unlabelled (by the cross-validation folds whose weights were averaged): "
+        "u1 (3/3 folds), u3 (1/2 folds)\n" in format_summary(result)
+    )
 
 
 def test_no_guard_activates_without_cross_validation(world, capsys):

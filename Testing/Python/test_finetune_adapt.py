@@ -99,14 +99,15 @@ def test_a_cross_validated_improvement_is_activated_with_its_reason(world):
     assert provenance["activation"] == result.decision.to_dict()
 
 
-def test_cross_validation_holds_each_label_out_once_and_the_final_run_stops_at_the_best_step(world):
+@pytest.mark.parametrize("final", ["retrain", "fold_average"])
+def test_cross_validation_holds_each_label_out_once_and_the_final_run_stops_at_the_best_step(world, final):
     events = []
     result = adapt_model(
         world["images"],
         world["labels"],
         store=world["store"],
         model=world["card"],
-        config=_config(),
+        config=_config(validation={"final": final}),
         progress=events.append,
     )
     cv = result.metrics["cross_validation"]
@@ -117,8 +118,11 @@ def test_cross_validation_holds_each_label_out_once_and_the_final_run_stops_at_t
     assert result.metrics["stop_step"] == best == result.decision.stop_step
     assert result.dice_after == pytest.approx(curve[cv["steps"].index(best)])
     assert result.dice_before == pytest.approx(curve[0])
-    final = [e.step for e in events if e.event == "progress" and e.phase == "train"]
-    assert final == list(range(1, 3 * 20 + best + 1)), "three folds of 20 steps, then the final run to the stop"
+    steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
+    if final == "retrain":
+        assert steps == list(range(1, 3 * 20 + best + 1)), "three folds of 20 steps, then the final run to the stop"
+    else:
+        assert steps == list(range(1, 3 * 20 + 1)), "three folds of 20 steps; their average needs no training"
     assert set(result.metrics["before"]["hd95"]) == {"box_a", "box_b"}
 
 
@@ -225,10 +229,27 @@ def test_pseudo_label_modes_decide_how_many_unlabelled_volumes_are_used(world, m
         world["labels"],
         store=world["store"],
         model=world["card"],
-        config=_config(pseudo={"mode": mode}),
+        config=_config(pseudo={"mode": mode}, validation={"final": "retrain"}),
     )
     assert sum(d.kept for d in result.pseudo) == kept
     assert len(result.pseudo) == (0 if mode == "none" else 3)
+
+
+def test_the_folds_average_lists_how_many_folds_pseudo_labelled_each_unlabelled_volume(world):
+    """Selective mode keeps 2 of the 3 unlabelled volumes in each fold's round; the average lists the folds' votes."""
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        config=_config(validation={"final": "fold_average"}),
+    )
+    assert result.decision.stop_step > 12, "this world stops in its semi-supervised round (else nothing to list)"
+    assert [(v.case_id, v.folds) for v in result.pseudo] == [("case_003", 3), ("case_004", 3), ("case_005", 3)]
+    assert sum(v.kept_by for v in result.pseudo) == 2 * 3, "two kept in each of the three folds"
+    assert [v.case_id for v in result.pseudo if v.kept] == [
+        v["case_id"] for v in json.loads((result.version_dir / "provenance.json").read_text())["pseudo_labeled"]
+    ]
 
 
 def _spy_on_training(monkeypatch):

@@ -108,7 +108,7 @@ def test_bad_settings_name_the_setting(data, words):
 
 def test_settings_module_imports_without_torch_or_numpy():
     code = (
-        "import sys; import ASSFTActive.finetune.config, ASSFTActive.jobs; "
+        "import sys; import ASSFTActive.finetune.config, ASSFTActive.finetune.fold_pseudo, ASSFTActive.jobs; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'monai')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

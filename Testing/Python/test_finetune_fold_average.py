@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 from ASSFTActive.errors import CancelledError, JobError
 from ASSFTActive.finetune.adapt import AdaptRequest, adapt_model, read_checked_labels, score_current_model, start_run
 from ASSFTActive.finetune.assft import SelectiveSelfTraining
-from ASSFTActive.finetune.checkpoints import Checkpoints
-from ASSFTActive.finetune.config import FinetuneConfig
+from ASSFTActive.finetune.checkpoints import Checkpoints, FoldScores
+from ASSFTActive.finetune.config import FinalModel, FinetuneConfig, ValidationConfig
 from ASSFTActive.finetune.cross_validation import cross_validate
-from ASSFTActive.finetune.fold_average import average_folds, average_states
+from ASSFTActive.finetune.fold_average import KeptFold, average_folds, average_states
+from ASSFTActive.finetune.fold_pseudo import FoldVote, PseudoRound, fold_votes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,8 +43,38 @@ def test_states_of_different_networks_are_not_averaged():
 
 
 def test_a_fold_without_weights_at_the_stopping_step_is_an_error_that_says_what_to_do():
+    folds = [KeptFold({25: {"w": torch.zeros(1)}}), KeptFold({12: {"w": torch.zeros(1)}})]
     with pytest.raises(JobError, match=r"fold\(s\) \[2\] kept no weights at step 25; delete the job's work folder"):
-        average_folds(None, [{25: {"w": torch.zeros(1)}}, {12: {"w": torch.zeros(1)}}], 25)
+        average_folds(None, folds, 25)
+
+
+def test_the_averaged_model_is_the_default_final_model():
+    assert ValidationConfig().final == FinalModel.FOLD_AVERAGE
+
+
+def test_each_pool_volume_counts_the_folds_that_pseudo_labelled_it_in_the_round_they_stopped_in():
+    fold_1 = (PseudoRound(100, ("u1", "u2", "u3"), ("u1",)), PseudoRound(150, ("u1", "u2", "u3"), ("u2", "u3")))
+    fold_2 = (PseudoRound(100, ("u1", "u2"), ("u1", "u2")), PseudoRound(150, ("u1", "u2"), ("u2",)))
+    at_125 = {v.case_id: (v.kept_by, v.folds, v.kept) for v in fold_votes([fold_1, fold_2], 125, ["u1", "u2", "u4"])}
+    assert at_125 == {
+        "u1": (2, 2, True),
+        "u2": (1, 2, True),
+        "u3": (0, 1, False),
+        "u4": (0, 0, False),  # in the pool, seen by no fold (fold_pool_cases)
+    }
+    at_200 = {v.case_id: v.kept_by for v in fold_votes([fold_1, fold_2], 200)}
+    assert at_200 == {"u1": 0, "u2": 2, "u3": 1}, "the last round before the stop, not the first"
+    assert fold_votes([fold_1, fold_2], 100) == (), "weights at a round's first step have not trained with it yet"
+    assert fold_votes([(), ()], 200) == (), "no pseudo-labels (none mode): none listed, as a final training lists"
+    assert FoldVote("u2", 1, 2).to_dict() == {"case_id": "u2", "kept": True, "kept_by_folds": 1, "folds": 2}
+
+
+def test_a_fold_record_keeps_its_pseudo_rounds_and_an_older_record_says_it_has_none():
+    rounds = (PseudoRound(30, ("a", "b"), ("b",)),)
+    fold = FoldScores(("x",), {"x": {30: (0.5,)}}, rounds)
+    assert FoldScores.from_dict(json.loads(json.dumps(fold.to_dict()))) == fold
+    older = {k: v for k, v in fold.to_dict().items() if k != "pseudo"}
+    assert FoldScores.from_dict(older).pseudo is None
 
 
 def test_fold_weights_round_trip_and_belong_to_their_run(tmp_path):
@@ -114,16 +145,24 @@ def test_the_fold_average_decides_as_the_retrained_run_and_is_the_folds_mean(wor
         SelectiveSelfTraining(_config("fold_average")),
     )
     labeled = read_checked_labels(run)
-    weights = []
-    cross_validate(run, labeled, score_current_model(run, labeled), weights)
-    assert len(weights) == 2 and all(stop in fold for fold in weights)
-    expected = average_states([fold[stop] for fold in weights])
+    kept = []
+    cross_validate(run, labeled, score_current_model(run, labeled), kept)
+    assert len(kept) == 2 and all(stop in fold.weights for fold in kept)
+    expected = average_states([fold.weights[stop] for fold in kept])
     stored = load_file(str(averaged.version_dir / "weights.safetensors"))
     assert set(stored) == set(expected)
     for key, tensor in expected.items():
         assert torch.allclose(stored[key].float(), tensor.float(), atol=1e-6), key
     retrained_weights = load_file(str(retrained.version_dir / "weights.safetensors"))
     assert any(not torch.equal(retrained_weights[k], stored[k]) for k in stored), "another model than the retrained"
+
+    # its pseudo-labelled volumes are the folds': each fold's round that its weights at the stop trained with
+    votes = fold_votes([fold.pseudo for fold in kept], stop, sorted(run.pool))
+    assert averaged.pseudo == votes and any(v.kept for v in votes), "this world's folds pseudo-label before the stop"
+    assert all(v.folds == 2 for v in votes), "both folds decided on the whole pool"
+    assert provenance["pseudo_labeled"] == [v.to_dict() for v in votes if v.kept]
+    assert [len(rounds) for rounds in provenance["fold_pseudo_rounds"]] == [len(fold.pseudo) for fold in kept]
+    assert {p["case_id"] for p in averaged.to_dict()["pseudo"]} == set(run.pool)
 
 
 @pytest.mark.slow  # a guarded job cancelled twice, then resumed
@@ -157,6 +196,14 @@ def test_a_resumed_run_skips_a_finished_fold_only_when_its_weights_were_kept(wor
     with pytest.raises(CancelledError):
         adapt(cancelling(kept))
     assert any(e.message == "cross-validation fold 1 of 2: kept from an earlier run, skipped" for e in kept)
+
+    fold_file = work / "cv-fold0.json"
+    fold_file.write_text(json.dumps({k: v for k, v in json.loads(fold_file.read_text()).items() if k != "pseudo"}))
+    older = []
+    with pytest.raises(CancelledError):
+        adapt(cancelling(older))
+    assert not any("fold 1 of 2: kept" in e.message for e in older), "a fold file without its rounds is run again"
+    assert "pseudo" in json.loads(fold_file.read_text())
 
     (work / "cv-fold0-weights.pt").unlink()
     rerun = []

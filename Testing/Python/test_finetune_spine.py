@@ -30,9 +30,9 @@ def world(tmp_path):
     return {"card": card, "images": images, "labels": labels, "store": tmp_path / "store", "tmp": tmp_path}
 
 
-def _config(guard: bool = True) -> FinetuneConfig:
+def _config(guard: bool = True, final: str = "fold_average") -> FinetuneConfig:
     data = json.loads(json.dumps(FAST_FINETUNE))
-    data["validation"] = dict(data.get("validation") or {}, guard=guard)
+    data["validation"] = dict(data.get("validation") or {}, guard=guard, final=final)
     data["train"]["iterations"] = 4
     data["semi_iterations"] = 2
     return FinetuneConfig.from_dict(data)
@@ -71,10 +71,11 @@ class FakeMethod:
     def prepare(self, run) -> None:
         self._call("prepare", run.method is self, sorted(run.pool))
 
-    def recipe(self, run, network, train, stop, *, progress_offset, label, scorer) -> None:
+    def recipe(self, run, network, train, stop, *, progress_offset, label, scorer) -> tuple:
         self._call("recipe", tuple(sorted(c.case_id for c in train)), stop, label.strip())
         for step in (3, stop):
             scorer(network, step)
+        return ()  # no pseudo-labels
 
     def train_final(self, run, labeled, stop, cross_validated) -> Trained:
         self._call("train_final", len(labeled), stop, cross_validated)
@@ -99,27 +100,22 @@ def _request(world, events=None, model=None) -> AdaptRequest:
     )
 
 
-def test_the_spine_runs_a_methods_parts_once_each_in_order_and_commits_once(world):
+@pytest.mark.parametrize("final", ["retrain", "fold_average"])
+def test_the_spine_runs_a_methods_parts_once_each_in_order_and_commits_once(world, final):
     events = []
-    method = FakeMethod(_config(guard=True))
+    method = FakeMethod(_config(guard=True, final=final))
     result = run_adaptation(_request(world, events), method)
     names = [c if isinstance(c, str) else c[0] for c in method.calls]
-    assert names == [
-        "run_config",
-        "load",
-        "identity",
-        "prepare",
-        "recipe",
-        "recipe",
-        "recipe",
-        "train_final",
-        "settings",
-        "result",
-    ]
+    folds_then = ["run_config", "load", "identity", "prepare", "recipe", "recipe", "recipe"]
+    if final == "retrain":
+        assert names == folds_then + ["train_final", "settings", "result"]
+        assert method.calls[-3][1:] == (3, 3, True), "the final training stops at the cross-validated best step"
+    else:
+        assert names == folds_then + ["settings", "result"], "the folds' average: no final training"
+        assert any("average of the 3 cross-validation folds' weights at step 3" in e.message for e in events)
     assert method.calls[3] == ("prepare", True, ["case_003", "case_004"])
     folds = [c[1] for c in method.calls if c[0] == "recipe"]
     assert sorted(len(f) for f in folds) == [2, 2, 2] and set().union(*folds) == {"case_000", "case_001", "case_002"}
-    assert method.calls[-3][1:] == (3, 3, True), "the final training stops at the cross-validated best step"
     phases = [e.phase for e in events if e.event == "phase"]
     assert phases.count("commit") == 1 and phases.count("done") == 1
     assert phases.index("load") < phases.index("validate") < phases.index("commit") < phases.index("done")
@@ -130,7 +126,11 @@ def test_the_spine_runs_a_methods_parts_once_each_in_order_and_commits_once(worl
     store = ModelStore(world["store"])
     assert [v.version for v in store.versions("site")] == ["v1"] and store.active("site") is None
     provenance = read_json(result.version_dir / "provenance.json")
-    assert provenance["fake_entry"] == [1, 2] and provenance["activation"] == result.decision.to_dict()
+    assert provenance["activation"] == result.decision.to_dict()
+    if final == "retrain":
+        assert provenance["fake_entry"] == [1, 2], "the method's final training's provenance"
+    else:
+        assert provenance["final"] == "fold_average" and provenance["pseudo_labeled"] == []
     assert read_json(result.version_dir / "config.json")["fake"] == {"nudge": 0.0}
 
 

@@ -209,7 +209,8 @@ def adapt_and_evaluate(
 
     When the guard refused, the refused version (written to the store, not activated) is scored too, as
     ``candidate_mean_dice`` / ``candidate_per_case``: the record's own Dice is the active (source) model's, so without
-    it a false refusal would look like a gain of 0 and stay invisible to the calibration."""
+    it a false refusal would look like a gain of 0 and stay invisible to the calibration. ``final_model`` is a guarded
+    run's ``validation.final`` (guarded records without it ran ``retrain``, the default before the folds' average)."""
     from ASSFTActive.finetune.adapt import adapt_model
     from ASSFTActive.models import load_card, load_model
 
@@ -255,6 +256,7 @@ def adapt_and_evaluate(
         "activation": result.decision.to_dict(),
         "cross_validation": metrics.get("cross_validation"),
         "kept_pseudo": [d.case_id for d in result.pseudo if d.kept],
+        "final_model": config.validation.final.value if config.validation.guard else None,
         "anatomy_recipe": recipe,
     }
 
