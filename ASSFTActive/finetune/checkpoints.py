@@ -104,7 +104,7 @@ class FoldScores:
     Attributes:
         held_out: the fold's held-out case ids.
         scores: ``{case_id: {global step: (Dice of each foreground class, NaN = not scored)}}``.
-        pseudo: the fold's pseudo-labelling rounds (:class:`~.method.PseudoRound`, ``start`` on the final run's
+        pseudo: the fold's pseudo-labelling rounds (:class:`~.fold_pseudo.PseudoRound`, ``start`` on the final run's
             steps); ``None`` in a file written before they were kept.
     """
 

@@ -352,8 +352,10 @@ class ValidationConfig:
             replaces the final training"; tables ``results/harness_dev.md`` and ``results/harness_dev2.md``,
             B = 2): the same decision on all 26 labelled sets; its model minus the retrained one +0.002
             [-0.002, +0.006] on ACDC-Path (16 sets) and -0.003 [-0.006, -0.001] on hippocampus multi-site (10
-            sets); a guarded Adapt 1.82x / 2.00x an unguarded one (retrain: 2.66x / 2.72x). B = 4 is checked by
-            "The folds' average at B = 4" in RESULTS.md. SFR's config keeps ``retrain`` (not measured there).
+            sets); a guarded Adapt 1.82x / 2.00x an unguarded one (retrain: 2.66x / 2.72x). At B = 4 ("The folds'
+            average at B = 4: the check applied", ACDC-Path, 10 sets) the same decision on all 10 and +0.002
+            [+0.000, +0.006], but three folds cost 2.80x (retrain: 3.98x). SFR's config keeps ``retrain`` (not
+            measured there).
         collapse_ratio: the pool check refuses a model that predicts less than this share of the current model's
             voxels of some class on the unlabelled pool (e.g. after training on empty labels), 0.2.
         pool_cases: unlabelled volumes predicted by both models for the pool check (evenly spread over the sorted
