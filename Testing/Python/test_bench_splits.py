@@ -74,6 +74,14 @@ def test_pool_replicates_differ_keep_whole_patients_and_repeat_with_their_seed()
     assert tasks.pool_replicate(candidates, 0, 3, splits.acdc_patient) == tuple(sorted(candidates))
 
 
+def test_a_part_no_larger_than_the_pool_gives_replicates_that_each_leave_out_another_whole_patient():
+    candidates = [f"patient{p:03d}_frame0{f}" for p in (1, 2, 3) for f in (1, 2)]
+    pools = [tasks.leave_one_group_out(candidates, r, splits.acdc_patient) for r in range(4)]
+    assert len(set(pools[:3])) == 3 and pools[3] == pools[0], "as many distinct replicates as patients"
+    for pool in pools:
+        assert len(pool) == 4 and len({splits.acdc_patient(c) for c in pool}) == 2, "one whole patient left out"
+
+
 def test_multisite_cases_fall_into_four_sites_in_unequal_shares():
     setting = tasks.SETTINGS["hippocampus_multisite"]
     counts = {}
@@ -114,11 +122,12 @@ def test_tasks_of_one_split_share_their_evaluation_cases_and_never_hold_a_reserv
     assert not (set(test.pool) | set(test.eval)) & (set(first.pool) | set(first.eval))
 
 
+@pytest.mark.parametrize("split", ["development", "test"])
 @pytest.mark.parametrize("setting", sorted(tasks.SETTINGS))
-def test_every_settings_pool_replicates_differ_so_a_deterministic_query_meets_several_labelled_sets(setting):
+def test_every_settings_pool_replicates_differ_so_a_deterministic_query_meets_several_labelled_sets(setting, split):
     _need(tasks.SETTINGS[setting].anatomy)
-    pools = {tasks.make_task(setting, "development", r).pool for r in range(5)}
-    assert len(pools) == 5
+    pools = {tasks.make_task(setting, split, r).pool for r in range(5)}
+    assert len(pools) == 5, "ACDC-Path's test part has only its pool size of candidates: replicates leave one out"
 
 
 def test_acdc_patient_numbers_follow_the_diagnosis_groups_the_labels_show():

@@ -285,6 +285,14 @@ def pool_replicate(candidates: Sequence[str], size: int, replicate: int, group: 
     return tuple(sorted(chosen))
 
 
+def leave_one_group_out(candidates: Sequence[str], replicate: int, group: Grouping) -> Tuple[str, ...]:
+    """``candidates`` without one group: replicate ``r`` leaves out the ``r``-th group of a fixed shuffle, so that
+    as many replicates as groups all differ (sorted)."""
+    groups = sorted({group(c) for c in candidates})
+    left_out = np.random.default_rng(23).permutation(groups)[replicate % len(groups)]
+    return tuple(sorted(c for c in candidates if group(c) != left_out))
+
+
 def make_task(
     setting_name: str,
     split: str,
@@ -295,7 +303,9 @@ def make_task(
     model: Optional[str] = None,
     split_of: Optional[BenchmarkSplit] = None,
 ) -> Task:
-    """The task of ``replicate`` of a setting on ``split`` (``development`` or ``test``).
+    """The task of ``replicate`` of a setting on ``split`` (``development`` or ``test``). A part with no more pool
+    candidates than the pool size (ACDC-Path's test part: 16, eight patients) gives replicates that each leave out
+    another group (:func:`leave_one_group_out`), so that its replicates differ (there: 14 cases, seven patients).
 
     Args:
         pool_size, eval_size: override the setting's pool size / keep only the first evaluation cases (whole
@@ -307,7 +317,11 @@ def make_task(
     anatomy = ANATOMIES[chosen.anatomy]
     parts = split_of if split_of is not None else anatomy.split()
     part = parts.part(split)
-    pool = pool_replicate(part.pool, chosen.pool_size if pool_size is None else pool_size, replicate, anatomy.group)
+    size = chosen.pool_size if pool_size is None else pool_size
+    if size and size >= len(part.pool):  # every replicate would be the whole part, one pool five times
+        pool = leave_one_group_out(part.pool, replicate, anatomy.group)
+    else:
+        pool = pool_replicate(part.pool, size, replicate, anatomy.group)
     evaluation = list(part.eval)
     if eval_size:
         evaluation = list(pool_replicate(part.eval, eval_size, 0, anatomy.group))
