@@ -383,11 +383,13 @@ def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_t
 def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled_sets(tmp_path):
     """A guarded arm that changes only the guard's settings (here the final model) is paired with the shipped
     guard's arm by labelled set: decisions alike, its candidate model's paired gap (a refused model counts), the
-    sets it left worse, and its cost."""
+    sets it left worse, and its cost. A variant of the variant (two folds) is paired with both."""
     profile = _one_pool_profile(
         (
             "shipped:strategy=random,guard=true",
             "soup:strategy=random,guard=true,finetune.validation.final=fold_average",
+            "soup2:strategy=random,guard=true,finetune.validation.final=fold_average,finetune.validation.folds=2",
+            "short:strategy=random,guard=true,finetune.validation.fold_fraction=0.5",
         ),
         draws=2,
     )
@@ -397,7 +399,7 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
         if unit.arm.name == "floor":
             return {"labelled": [], "per_case": floor_dice, "mean_dice": 0.5, "activated": False}
         # the soup is 0.02 below the shipped model on draw 0 and equal on draw 1; draw 1 is refused by both
-        dice = 0.6 - (0.02 if unit.arm.name == "soup" and unit.draw == 0 else 0.0)
+        dice = 0.6 - (0.02 if unit.arm.name in ("soup", "soup2") and unit.draw == 0 else 0.0)
         model = {c: [dice] for c in task.eval}
         activated = unit.draw == 0
         record = {"labelled": [task.pool[unit.draw], task.pool[2]], "activated": activated}
@@ -410,7 +412,16 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
 
     runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
     summary = report.summarise(runner.load_records(tmp_path))
-    (variant,) = summary["hippocampus_mild/development"]["guard_variants"]
+    variants = summary["hippocampus_mild/development"]["guard_variants"]
+    assert sorted((v["arm"], v["reference"]) for v in variants) == [
+        ("short", "shipped"),
+        ("soup", "shipped"),
+        ("soup2", "shipped"),
+        ("soup2", "soup"),  # it extends soup's settings; not short's, whose settings it does not contain
+    ]
+    (of_soup,) = [v for v in variants if v["arm"] == "soup2" and v["reference"] == "soup"]
+    assert of_soup["gap"]["gap"] == pytest.approx(0.0) and of_soup["decided_alike"] == 2
+    (variant,) = [v for v in variants if v["arm"] == "soup" and v["reference"] == "shipped"]
     assert (variant["arm"], variant["reference"], variant["sets"], variant["decided_alike"]) == (
         "soup",
         "shipped",
@@ -421,6 +432,10 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
     assert variant["worse_sets"] == 1 and variant["cost_vs_reference"] == pytest.approx(0.5)
     text = report.markdown(summary, "t", "c")
     assert "Guard variant `soup` against `shipped`, B = 2, 2 shared labelled sets: decided alike on 2" in text
+    assert (
+        "Guard variant `soup2` against `soup`, B = 2, 2 shared labelled sets: decided alike on 2; its model minus "
+        "`soup`'s +0.000" in text
+    )
 
 
 def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_table(tmp_path):

@@ -71,9 +71,10 @@ def guard_variants(
     cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequence[str], clusters: Sequence[str]
 ) -> List[Dict[str, Any]]:
     """Each guarded arm that changes the guard's own settings (``finetune.validation.*``, e.g. ``final =
-    fold_average`` or short folds) against the shipped guard (the guarded arm of the same query and recipe without
-    such changes) on the labelled sets both ran: how often they decided alike, the gap of the variant's candidate
-    model over the shipped one's (:func:`.stats.set_paired_gap`, per-case Dice; a refused model is scored as
+    fold_average`` or short folds) against each guarded arm of the same query and recipe whose guard settings it
+    extends (the shipped guard, without such changes; and e.g. ``final = fold_average`` for ``final =
+    fold_average, folds = 2``) on the labelled sets both ran: how often they decided alike, the gap of the
+    variant's candidate model over the reference's (:func:`.stats.set_paired_gap`, per-case Dice; a refused model is scored as
     well), the sets it left worse by more than :data:`FALSE_ACTIVATION_MARGIN`, and its cost against the shipped
     guard's (mean Adapt seconds on those sets)."""
     guarded = {
@@ -88,7 +89,8 @@ def guard_variants(
             continue
         for (reference, b), theirs in sorted(guarded.items()):
             first = next(r for rs in theirs.values() for r in rs)
-            if b != budget or reference == arm or _guard_settings(first) or _recipe(first) != _recipe(sample):
+            extends = _guard_settings(first).items() < _guard_settings(sample).items()
+            if b != budget or reference == arm or not extends or _recipe(first) != _recipe(sample):
                 continue
             pairs = [
                 (mine, other)
@@ -128,7 +130,7 @@ def guard_variants_markdown(variants: Sequence[Mapping[str, Any]]) -> List[str]:
         cost = "" if v["cost_vs_reference"] is None else f", {v['cost_vs_reference']:.2f}x its Adapt time"
         lines += [
             f"Guard variant `{v['arm']}` against `{v['reference']}`, B = {v['budget']}, {v['sets']} shared labelled "
-            f"sets: decided alike on {v['decided_alike']}; its model minus the shipped guard's {gap['gap']:+.3f} "
+            f"sets: decided alike on {v['decided_alike']}; its model minus `{v['reference']}`'s {gap['gap']:+.3f} "
             f"[{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}], {v['worse_sets']} set(s) worse by more than "
             f"{FALSE_ACTIVATION_MARGIN}{cost}.",
             "",
