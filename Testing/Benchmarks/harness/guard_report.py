@@ -74,9 +74,9 @@ def guard_variants(
     fold_average`` or short folds) against each guarded arm of the same query and recipe whose guard settings it
     extends (the shipped guard, without such changes; and e.g. ``final = fold_average`` for ``final =
     fold_average, folds = 2``) on the labelled sets both ran: how often they decided alike, the gap of the
-    variant's candidate model over the reference's (:func:`.stats.set_paired_gap`, per-case Dice; a refused model is scored as
-    well), the sets it left worse by more than :data:`FALSE_ACTIVATION_MARGIN`, and its cost against the shipped
-    guard's (mean Adapt seconds on those sets)."""
+    variant's candidate model over the reference's (:func:`.stats.set_paired_gap`, per-case Dice; a refused model
+    is scored as well), the sets it left worse by more than :data:`FALSE_ACTIVATION_MARGIN`, and its cost against
+    the reference's (mean Adapt seconds on those sets)."""
     guarded = {
         key: cell
         for key, cell in cells.items()
