@@ -312,7 +312,10 @@ class ValidationConfig:
         guard: run the guard (default). Off: train the full run on every labelled volume and activate it
             unconditionally (the user's explicit choice; costs one training run instead of ``folds + 1``).
         folds: at most this many cross-validation folds (leave-one-out with fewer labelled volumes), 3. With one
-            labelled volume nothing can be held out and the new version is not activated.
+            labelled volume nothing can be held out and the new version is not activated. Two folds were measured
+            by the rule in RESULTS.md ("Two folds instead of three"; ACDC-Path development, B = 4, 10 sets): they
+            refused 2 of the 3 models better by > 0.02 (three folds: 1) and cost 2.10x an unguarded Adapt (three
+            folds with their average: 3.19x), so 3 stays.
         every: score the held-out volumes every this many steps (and at the end of each stage), 25.
         min_gain: the cross-validated mean Dice at the stopping step must exceed the current model's by at least
             this much, 0.005.
@@ -354,7 +357,7 @@ class ValidationConfig:
             [-0.002, +0.006] on ACDC-Path (16 sets) and -0.003 [-0.006, -0.001] on hippocampus multi-site (10
             sets); a guarded Adapt 1.82x / 2.00x an unguarded one (retrain: 2.66x / 2.72x). At B = 4 ("The folds'
             average at B = 4: the check applied", ACDC-Path, 10 sets) the same decision on all 10 and +0.002
-            [+0.000, +0.006], but three folds cost 2.80x (retrain: 3.98x). SFR's config keeps ``retrain`` (not
+            [+0.000, +0.006], but three folds cost 2.8-3.2x (retrain: 4.0-4.5x). SFR's config keeps ``retrain`` (not
             measured there).
         collapse_ratio: the pool check refuses a model that predicts less than this share of the current model's
             voxels of some class on the unlabelled pool (e.g. after training on empty labels), 0.2.
