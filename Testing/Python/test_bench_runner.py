@@ -345,6 +345,8 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     assert rows[("hippocampus_mild:short", "false_refusal_rate")]["value"] == 1.0
     assert rows[("hippocampus_mild:full", "false_refusal_rate")]["count"] == "0 / 1"
     assert rows[("hippocampus_mild:full", "false_activation_rate")]["split"] == "dev"
+    assert rows[("hippocampus_mild:full", "worst_set_gap_vs_floor")]["value"] == pytest.approx(-0.05)
+    assert rows[("hippocampus_mild:short", "worst_set_gap_vs_floor")]["value"] == pytest.approx(-0.05), "draw 0"
 
     out = tmp_path / "out"
     result = report.write(tmp_path, out / "harness_g", goals=None)

@@ -218,8 +218,10 @@ class GuardTally:
 
 
 def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[Dict[str, Any]]:
-    """Issue 25's goal rows of every guarded arm, per setting and budget: ``false_activation_rate`` and
-    ``false_refusal_rate`` (topic ``adapt``; ``None`` when no labelled set was worse / better, with the counts) and
+    """Issue 25's goal rows of every guarded arm, per setting and budget: ``worst_set_gap_vs_floor`` (the active
+    model's Dice minus no adaptation's on the labelled set where it is lowest; 0 when refused),
+    ``false_activation_rate`` and ``false_refusal_rate`` (topic ``adapt``; ``None`` when no labelled set was worse /
+    better, with the counts) and
     ``guard_cost_ratio`` (topic ``speed``: guarded over unguarded Adapt on the same labelled sets). The row's
     ``setting`` is ``<setting>:<arm>``, so that the shipped guard and a variant (short folds) keep their own rows."""
     rows = []
@@ -238,6 +240,16 @@ def guard_goal_rows(summary: Mapping[str, Any], source: str, git: str) -> List[D
                 "sets": len(group),
             }
             tally = GuardTally.of(group)
+            rows.append(
+                {
+                    **base,
+                    "topic": "adapt",
+                    "goal": "worst_set_gap_vs_floor",
+                    "value": round(min(g["test_gain_over_floor"] for g in group), 4),
+                    "target": -FALSE_ACTIVATION_MARGIN,
+                    "higher_is_better": True,
+                }
+            )
             rows.append(
                 {
                     **base,
