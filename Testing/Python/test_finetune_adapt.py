@@ -18,7 +18,7 @@ from conftest import (
 )
 
 from ASSFTActive.errors import CancelledError, InputError, JobError, ModelError
-from ASSFTActive.finetune.adapt import adapt_model
+from ASSFTActive.finetune.adapt import AdaptResult, adapt_model
 from ASSFTActive.finetune.checkpoints import card_signature
 from ASSFTActive.finetune.config import FinetuneConfig
 from ASSFTActive.io import Volume, write_volume
@@ -83,14 +83,15 @@ def test_adapting_writes_an_active_version_with_card_weights_config_and_provenan
     assert steps == list(range(1, 21))
 
 
-def test_a_cross_validated_improvement_is_activated_with_its_reason(world):
-    result = adapt_model(
-        world["images"],
-        world["labels"],
-        store=world["store"],
-        model=world["card"],
-        config=_config(train={"iterations": 60}, semi_iterations=20),
+def _adapt_world(world, **changes) -> AdaptResult:
+    """Adapt Model on the world's volumes into its store, with ``_config(**changes)``."""
+    return adapt_model(
+        world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(**changes)
     )
+
+
+def test_a_cross_validated_improvement_is_activated_with_its_reason(world):
+    result = _adapt_world(world, train={"iterations": 60}, semi_iterations=20)
     assert result.metrics["evaluated_on"] == "cross_validation"
     assert result.dice_after > result.dice_before + 0.2, "held-out Dice of the folds against the random model"
     assert result.activated and result.decision.method == "cross_validation"
@@ -237,13 +238,7 @@ def test_pseudo_label_modes_decide_how_many_unlabelled_volumes_are_used(world, m
 
 def test_the_folds_average_lists_how_many_folds_pseudo_labelled_each_unlabelled_volume(world):
     """Selective mode keeps 2 of the 3 unlabelled volumes in each fold's round; the average lists the folds' votes."""
-    result = adapt_model(
-        world["images"],
-        world["labels"],
-        store=world["store"],
-        model=world["card"],
-        config=_config(validation={"final": "fold_average"}),
-    )
+    result = _adapt_world(world, validation={"final": "fold_average"})
     assert result.decision.stop_step > 12, "this world stops in its semi-supervised round (else nothing to list)"
     assert [(v.case_id, v.folds) for v in result.pseudo] == [("case_003", 3), ("case_004", 3), ("case_005", 3)]
     assert sum(v.kept_by for v in result.pseudo) == 2 * 3, "two kept in each of the three folds"
