@@ -52,7 +52,7 @@ def cross_validate(
     for index, held in enumerate(folds):
         fold = run.checkpoints.load_fold(index)
         weights = run.checkpoints.load_fold_weights(index) if kept is not None and fold is not None else None
-        whole = kept is None or (weights is not None and fold is not None and fold.pseudo is not None)
+        whole = kept is None or (weights is not None and fold.pseudo is not None)  # weights are read with a fold
         if fold is not None and set(fold.held_out) == set(held) and whole:
             run.emit(
                 "phase",

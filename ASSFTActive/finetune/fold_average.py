@@ -107,7 +107,7 @@ def average_folds(run: AdaptRun, folds: Sequence[KeptFold], stop: int) -> Traine
             "(validation.final = fold_average: no final training)"
         ),
     )
-    votes = fold_votes([fold.pseudo for fold in folds], stop, sorted(run.pool))
+    votes = fold_votes([fold.pseudo for fold in folds], stop, list(run.pool))
     kept = [v.to_dict() for v in votes if v.kept]
     return Trained(
         resumed_from=0,
