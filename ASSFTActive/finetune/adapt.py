@@ -356,7 +356,7 @@ def decide_activation(
             guard.min_gain,
             stop,
             len(labeled),
-            max_fold_loss=guard.max_fold_loss,
+            min_fold_gain=guard.min_fold_gain,
             min_gain_low=guard.min_gain_low,
         )
     return replace(decision, label_meaning=label_meaning_note(run))

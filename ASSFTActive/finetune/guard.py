@@ -237,19 +237,20 @@ class GuardRule:
 
     Attributes:
         min_gain: the mean held-out gain over the labelled volumes must reach this.
-        max_fold_loss: no fold may lose more than this (a fold's gain is the mean gain of its held-out volumes);
-            ``None`` = no such limit. This is what refuses a model whose mean gain hides a fold far below zero.
+        min_fold_gain: every fold must gain at least this (a fold's gain is the mean gain of its held-out
+            volumes; negative: a fold may lose up to its size); ``None`` = no such limit. This is what refuses a
+            model whose mean gain hides a fold below, or barely above, zero.
         min_gain_low: the lower end of the 95 % t-interval of the gain over the labelled volumes must reach this;
             ``None`` = not used. With 2-3 labelled volumes the interval is very wide (t at 1-2 degrees of freedom),
             so this refuses almost everything there.
     """
 
     min_gain: float = 0.005
-    max_fold_loss: Optional[float] = None
+    min_fold_gain: Optional[float] = None
     min_gain_low: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"min_gain": self.min_gain, "max_fold_loss": self.max_fold_loss, "min_gain_low": self.min_gain_low}
+        return {"min_gain": self.min_gain, "min_fold_gain": self.min_fold_gain, "min_gain_low": self.min_gain_low}
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def judge(fold_gains: Sequence[float], rule: GuardRule, volume_gains: Optional[S
 
     if not mean >= rule.min_gain:  # a NaN gain (nothing scored) is no evidence of a gain
         return verdict("mean")
-    if rule.max_fold_loss is not None and not worst_gain >= -rule.max_fold_loss:
+    if rule.min_fold_gain is not None and not worst_gain >= rule.min_fold_gain:
         return verdict("worst_fold")
     if rule.min_gain_low is not None and not low >= rule.min_gain_low:  # NaN with one volume: refused
         return verdict("lower_bound")
@@ -380,13 +381,13 @@ def decide(
     min_gain: float,
     stop_step: int,
     labelled: int,
-    max_fold_loss: Optional[float] = None,
+    min_fold_gain: Optional[float] = None,
     min_gain_low: Optional[float] = None,
 ) -> ActivationDecision:
     """The guard's verdict.
 
     Activate only when cross-validation over at least two labelled volumes passes :func:`judge` at the stopping
-    step (a mean held-out Dice gain of at least ``min_gain``, no fold losing more than ``max_fold_loss``, and
+    step (a mean held-out Dice gain of at least ``min_gain``, every fold gaining at least ``min_fold_gain``, and
     the interval's lower end at least ``min_gain_low``, the last two when set), and the pool check (when run)
     found no collapsed class. The reason says which check decided, with the numbers, and what the folds can and
     cannot know (:func:`what_folds_can_know`).
@@ -398,7 +399,7 @@ def decide(
         stop_step: the step the final model was trained to (with cross-validation, one of ``cv.steps``: the
             verdict is read there).
         labelled: number of usable labelled volumes.
-        max_fold_loss: the largest loss any fold may show (``None``: not checked).
+        min_fold_gain: the smallest gain every fold must show (``None``: not checked).
         min_gain_low: the smallest allowed lower end of the gain's 95 % interval (``None``: not checked).
     """
     if cv is None:
@@ -414,7 +415,7 @@ def decide(
                 "yourself (assft models activate)."
             ),
         )
-    rule = GuardRule(min_gain=min_gain, max_fold_loss=max_fold_loss, min_gain_low=min_gain_low)
+    rule = GuardRule(min_gain=min_gain, min_fold_gain=min_fold_gain, min_gain_low=min_gain_low)
     volume_gains = cv.gains(stop_step)
     fold_gains = cv.fold_gains(stop_step)
     verdict = judge(fold_gains, rule, list(volume_gains.values()))
@@ -454,9 +455,10 @@ def decide(
             failed="worst_fold",
             **common,
             reason=(
-                f"not activated although the mean gain is {mean:+.3f} ({scores}): {worst} lost "
-                f"{-verdict.worst_gain:.3f}, more than the {max_fold_loss:.3f} allowed (validation.max_fold_loss). "
-                f"The folds disagree, so the adapted model may be worse on part of the site. {limits} " + _OVERRIDE
+                f"not activated although the mean gain is {mean:+.3f} ({scores}): {worst} changed by "
+                f"{verdict.worst_gain:+.3f}, below the {min_fold_gain:+.3f} every fold must reach "
+                f"(validation.min_fold_gain). The folds do not agree that it helps, so the adapted model may be no "
+                f"better, or worse, on part of the site. {limits} " + _OVERRIDE
             ),
         )
     if verdict.failed == "lower_bound":
@@ -481,12 +483,10 @@ def decide(
                 "structure. " + _OVERRIDE
             ),
         )
-    if max_fold_loss is not None:
-        spread = f"no fold lost more than the {max_fold_loss:.3f} allowed (worst: {worst}, {verdict.worst_gain:+.3f})"
+    if min_fold_gain is not None:
+        spread = f"every fold reached the {min_fold_gain:+.3f} required (worst: {worst}, {verdict.worst_gain:+.3f})"
     elif verdict.worst_gain < 0:
-        spread = (
-            f"note: {worst} lost {-verdict.worst_gain:.3f}; no limit on a fold's loss is set (validation.max_fold_loss)"
-        )
+        spread = f"note: {worst} lost {-verdict.worst_gain:.3f}; no fold is required to gain (validation.min_fold_gain)"
     else:
         spread = f"every fold gained (worst: {worst}, {verdict.worst_gain:+.3f})"
     return ActivationDecision(

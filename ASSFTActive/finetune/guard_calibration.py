@@ -27,7 +27,7 @@ would hide every false refusal.
 
 Command line (prints a table, writes JSON with ``--out``)::
 
-    python -m ASSFTActive.finetune.guard_calibration sets.json [more.json ...] --max-fold-loss none 0.05 --out c.json
+    python -m ASSFTActive.finetune.guard_calibration sets.json [more.json ...] --min-fold-gain none 0.02 --out c.json
 """
 
 from __future__ import annotations
@@ -172,15 +172,15 @@ def fold_agreement(records: Sequence[CalibrationRecord]) -> Tuple[Optional[float
 def sweep(
     records: Sequence[CalibrationRecord],
     min_gains: Sequence[float],
-    max_fold_losses: Sequence[Optional[float]],
+    min_fold_gains: Sequence[Optional[float]],
     worse: float = 0.01,
     better: float = 0.02,
 ) -> List[Dict[str, Any]]:
-    """:func:`calibrate` for every pair of ``min_gain`` and ``max_fold_loss``."""
+    """:func:`calibrate` for every pair of ``min_gain`` and ``min_fold_gain``."""
     return [
-        calibrate(records, GuardRule(min_gain=g, max_fold_loss=m), worse, better)
+        calibrate(records, GuardRule(min_gain=g, min_fold_gain=m), worse, better)
         for g in min_gains
-        for m in max_fold_losses
+        for m in min_fold_gains
     ]
 
 
@@ -203,11 +203,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--arm", nargs="+", help='only the sets whose "arm" is one of these (harness guard sets)')
     parser.add_argument("--min-gain", type=float, nargs="+", default=[0.005])
     parser.add_argument(
-        "--max-fold-loss",
+        "--min-fold-gain",
         type=_optional_float,
         nargs="+",
         default=[None],
-        help="limits on a fold's loss to try ('none' = no limit)",
+        help="smallest gains every fold must show to try, e.g. none -0.05 0.02 ('none' = not checked)",
     )
     parser.add_argument("--worse", type=float, default=0.01, help="a test loss beyond this makes activation false")
     parser.add_argument("--better", type=float, default=0.02, help="a test gain beyond this makes refusal false")
@@ -223,14 +223,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
             return 2
-    rows = sweep(records, args.min_gain, args.max_fold_loss, args.worse, args.better)
+    rows = sweep(records, args.min_gain, args.min_fold_gain, args.worse, args.better)
     print(f"{len(records)} labelled sets from {', '.join(str(p) for p in args.input)}")
-    print("| min_gain | max_fold_loss | activated | false activation | false refusal |")
+    print("| min_gain | min_fold_gain | activated | false activation | false refusal |")
     print("|---|---|---|---|---|")
     for row in rows:
         rule = row["rule"]
         print(
-            f"| {rule['min_gain']:.3f} | {rule['max_fold_loss'] if rule['max_fold_loss'] is not None else 'none'} "
+            f"| {rule['min_gain']:.3f} | {rule['min_fold_gain'] if rule['min_fold_gain'] is not None else 'none'} "
             f"| {row['activated']}/{row['sets']} | {_show(row['false_activation_rate'])} "
             f"({row['false_activations']}/{row['worse_sets']}) | {_show(row['false_refusal_rate'])} "
             f"({row['false_refusals']}/{row['better_sets']}) |"

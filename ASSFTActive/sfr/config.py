@@ -26,6 +26,7 @@ from ..finetune.config import (
     PseudoMode,
     TrainConfig,
     ValidationConfig,
+    upgrade_validation_keys,
 )
 from ..settings import check_enum, check_fields, check_keys, check_number, plain
 
@@ -298,6 +299,8 @@ class SfrConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, Mapping):
+                if kind is ValidationConfig:
+                    value = upgrade_validation_keys(value)
                 merged = dict(defaults().to_dict(), **check_keys(kind, value, f"SfrConfig.{name}"))
                 object.__setattr__(self, name, kind.from_dict(merged))
         for name, kind in (

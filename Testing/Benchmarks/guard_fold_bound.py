@@ -5,7 +5,8 @@ held-out gain over the ``n`` labelled volumes and its 95 % t-interval (``ASSFTAc
 n - 1) * sd / sqrt(n)``), not each fold's gain. That is enough for a bound: the sample standard deviation ``sd``
 follows from the interval, no single volume's gain lies further than ``sd * (n - 1) / sqrt(n)`` below the mean
 (Samuelson's inequality), and a fold's gain is the mean of its held-out volumes' gains, so no fold is below that
-either. A run whose bound is above ``-limit`` cannot have been refused by ``validation.max_fold_loss = limit``.
+either. A run whose bound is above ``-limit`` cannot have been refused by a fold-loss limit ``limit`` (today's
+``validation.min_fold_gain = -limit``).
 
 Used by the rule that sets the fold-loss limit (RESULTS.md, issue 25 item 1). Writes
 ``results/guard_fold_bound.{md,json}``:

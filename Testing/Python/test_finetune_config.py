@@ -116,19 +116,19 @@ def test_settings_module_imports_without_torch_or_numpy():
 
 
 def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip():
-    """Issue 25: BCP, the frozen flip teacher and the fast folds are options, off by default; the fold-loss limit is
-    on at 0.05 (chosen on the development split) and can be switched off."""
+    """Issue 25: BCP, the frozen flip teacher and the fast folds are options, off by default; every fold must gain
+    0.02 (chosen on the development split), which can be switched off."""
     from ASSFTActive.finetune.config import Teacher
 
     config = FinetuneConfig()
     assert not config.pseudo.bcp and config.pseudo.teacher is Teacher.EMA
-    assert config.validation.max_fold_loss == 0.05 and config.validation.min_gain_low is None
-    assert FinetuneConfig.from_dict({"validation": {"max_fold_loss": None}}).validation.max_fold_loss is None
+    assert config.validation.min_fold_gain == 0.02 and config.validation.min_gain_low is None
+    assert FinetuneConfig.from_dict({"validation": {"min_fold_gain": None}}).validation.min_fold_gain is None
     assert config.validation.fold_fraction == 1.0 and config.validation.fold_pool_cases is None
     chosen = FinetuneConfig.from_dict(
         {
             "pseudo": {"bcp": True, "teacher": "source_flip", "flip_axes": [2]},
-            "validation": {"max_fold_loss": 0.02, "fold_fraction": 0.25, "fold_pool_cases": 4},
+            "validation": {"min_fold_gain": -0.02, "fold_fraction": 0.25, "fold_pool_cases": 4},
         }
     )
     assert chosen.pseudo.teacher is Teacher.SOURCE_FLIP and chosen.pseudo.flip_axes == (2,)
@@ -142,7 +142,8 @@ def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip
         ({"pseudo": {"flip_axes": [0, 0]}}, ["flip_axes", "distinct"]),
         ({"pseudo": {"bcp_box_share": 0.0}}, ["bcp_box_share"]),
         ({"validation": {"fold_fraction": 0.0}}, ["fold_fraction"]),
-        ({"validation": {"max_fold_loss": -0.1}}, ["max_fold_loss"]),
+        ({"validation": {"min_fold_gain": -1.5}}, ["min_fold_gain"]),
+        ({"validation": {"min_fold_gain": 0.0, "max_fold_loss": 0.05}}, ["max_fold_loss", "min_fold_gain"]),
         ({"validation": {"fold_pool_cases": 0}}, ["fold_pool_cases"]),
     ],
 )
@@ -150,3 +151,15 @@ def test_bad_new_options_name_the_setting(data, words):
     with pytest.raises(ValueError) as error:
         FinetuneConfig.from_dict(data)
     assert all(w in str(error.value) for w in words), str(error.value)
+
+
+def test_settings_written_with_the_old_fold_loss_key_read_as_the_same_rule():
+    """``max_fold_loss: x`` (a fold may lose x) became ``min_fold_gain: -x``; a saved job or settings file keeps
+    its meaning, for Adapt Model and for SFR."""
+    from ASSFTActive.sfr.config import SfrConfig
+
+    old = FinetuneConfig.from_dict({"validation": {"max_fold_loss": 0.05, "min_gain": 0.01}}).validation
+    assert old.min_fold_gain == -0.05 and old.min_gain == 0.01
+    assert FinetuneConfig.from_dict({"validation": {"max_fold_loss": None}}).validation.min_fold_gain is None
+    assert SfrConfig(validation={"max_fold_loss": 0.1}).validation.min_fold_gain == -0.1
+    assert "max_fold_loss" not in FinetuneConfig().to_dict()["validation"]

@@ -115,8 +115,8 @@ def test_the_fast_guard_refuses_contradicting_labels_like_the_full_guard(tmp_pat
     images, labels = write_dataset(tmp_path / "data", count=4, labeled=2, first_seed=40)
     labels["case_001"] = write_swapped_label(labels["case_001"], tmp_path / "swapped")
     world = {"images": images, "card": card, "tmp": tmp_path}
-    full, _ = _adapt(world, "full", {"max_fold_loss": 0.05}, labels=labels, allow_implausible_labels=True)
-    fast, _ = _adapt(world, "fast", dict(FAST, max_fold_loss=0.05), labels=labels, allow_implausible_labels=True)
+    full, _ = _adapt(world, "full", {"min_fold_gain": -0.05}, labels=labels, allow_implausible_labels=True)
+    fast, _ = _adapt(world, "fast", dict(FAST, min_fold_gain=-0.05), labels=labels, allow_implausible_labels=True)
     assert not full.activated and not fast.activated, (full.decision.reason, fast.decision.reason)
     assert full.decision.failed == fast.decision.failed
 

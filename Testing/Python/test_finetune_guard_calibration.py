@@ -40,10 +40,14 @@ def test_the_mean_only_rule_activates_a_worse_model_and_the_fold_limit_refuses_i
     assert (mean_only["worse_sets"], mean_only["false_activations"]) == (2, 2)
     assert mean_only["false_activation_rate"] == 1.0
     assert (mean_only["better_sets"], mean_only["false_refusals"], mean_only["false_refusal_rate"]) == (2, 0, 0.0)
-    tight = calibrate(records, GuardRule(min_gain=0.005, max_fold_loss=0.01))
+    tight = calibrate(records, GuardRule(min_gain=0.005, min_fold_gain=-0.01))
     assert (tight["false_activations"], tight["false_refusals"]) == (1, 1), "d4 has no losing fold; d2 is refused"
     assert tight["false_activation_rate"] == 0.5 and tight["false_refusal_rate"] == 0.5
-    loose = calibrate(records, GuardRule(min_gain=0.005, max_fold_loss=0.05))
+    every_fold_gains = calibrate(records, GuardRule(min_gain=0.005, min_fold_gain=0.02))
+    assert (every_fold_gains["false_activations"], every_fold_gains["false_refusals"]) == (0, 1), (
+        "d4's folds gain only 0.01 and 0.02: refused; d2's third fold loses: refused; d0 (0.05, 0.04) stays"
+    )
+    loose = calibrate(records, GuardRule(min_gain=0.005, min_fold_gain=-0.05))
     assert (loose["false_activations"], loose["false_refusals"]) == (1, 0)
     assert loose["by_setting"]["s B=4"] == {
         "sets": 3,
@@ -65,12 +69,12 @@ def test_a_rate_with_no_set_to_err_on_is_none_not_zero():
 
 
 def test_sweep_covers_every_pair_of_thresholds():
-    rows = sweep(read_records(SETS), [0.0, 0.03], [None, 0.02])
-    assert [(r["rule"]["min_gain"], r["rule"]["max_fold_loss"]) for r in rows] == [
+    rows = sweep(read_records(SETS), [0.0, 0.03], [None, -0.02])
+    assert [(r["rule"]["min_gain"], r["rule"]["min_fold_gain"]) for r in rows] == [
         (0.0, None),
-        (0.0, 0.02),
+        (0.0, -0.02),
         (0.03, None),
-        (0.03, 0.02),
+        (0.03, -0.02),
     ]
     assert rows[2]["activated"] == 2, "a min_gain of 0.03 keeps d0 (mean 0.045) and d2 (0.032) only"
 
@@ -86,10 +90,10 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     source = tmp_path / "sets.json"
     source.write_text(json.dumps(SETS))
     out = tmp_path / "calibration.json"
-    assert main([str(source), "--max-fold-loss", "none", "0.01", "--out", str(out)]) == 0
+    assert main([str(source), "--min-fold-gain", "none", "-0.01", "0.02", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| 0.005 | none | 4/5 | 100 % (2/2) | 0 % (0/2) |" in printed
-    assert [r["false_activations"] for r in json.loads(out.read_text())["rows"]] == [2, 1]
+    assert [r["false_activations"] for r in json.loads(out.read_text())["rows"]] == [2, 1, 0], "negative values parse"
     assert "B = 4: Spearman of the cross-validated gain with the test gain" in printed
     agreement = json.loads(out.read_text())["fold_agreement_by_budget"]
     assert agreement["2"] == {"spearman": None, "sets": 2}, "two sets give no rank correlation"
