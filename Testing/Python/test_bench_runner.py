@@ -305,10 +305,10 @@ def test_the_guard_calibration_scores_a_refused_model_so_a_false_refusal_is_coun
     assert "false refusals (better by > 0.02 yet refused) 1 / 1" in text
 
 
-def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_the_same_labelled_sets(tmp_path):
+def test_guarded_arms_are_judged_again_under_fold_limits_and_compared_on_the_same_labelled_sets(tmp_path):
     """Two guarded arms on the same draws: each has its own calibration line and rule table (a fold that lost 0.2
-    is activated by the shipped rule and refused under a limit of 0.1), their agreement is counted, and ``write``
-    leaves the sets in the guard calibration's input format."""
+    is activated without a fold limit and refused when every fold must reach -0.1), their agreement is counted,
+    and ``write`` leaves the sets in the guard calibration's input format."""
     from ASSFTActive.finetune.guard_calibration import read_records
 
     profile = _one_pool_profile(("full:strategy=random,guard=true", "short:strategy=random,guard=true"), draws=2)
@@ -335,8 +335,8 @@ def test_guarded_arms_are_judged_again_under_fold_loss_limits_and_compared_on_th
     assert "`full`, B = 2, 2 guarded labelled sets (1 distinct): activated 2; false activations" in text
     assert "yet active) 1 / 2" in text.split("`full`, B = 2, 2 guarded")[1].split("\n")[0]
     assert "| 0.005 | none | 2 / 2 | 1 / 1 | 0 / 1 |" in text
-    assert "| 0.005 | 0.1 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "the fold that lost 0.2 is refused under 0.1"
-    assert "| 0.01 | 0.02 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "every min_gain is crossed with every limit"
+    assert "| 0.005 | -0.1 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "the fold that lost 0.2 is refused at -0.1"
+    assert "| 0.01 | +0.02 | 1 / 2 | 0 / 1 | 0 / 1 |" in text, "every min_gain is crossed with every fold limit"
     assert "Spearman of the cross-validated mean gain with the evaluation-case gain - (too few" in text
     assert "`full` and `short` decided alike on 1 of 2 shared labelled sets." in text
 
