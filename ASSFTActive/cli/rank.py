@@ -173,6 +173,12 @@ def format_ranking(ranking, limit: int = 10) -> str:
         )
     if len(ranking.cases) > limit:
         lines.append(f"      ... {len(ranking.cases) - limit} more in ranking.csv")
+    shown = [case.score for case in ranking.cases[:limit]]
+    if any(later > earlier for earlier, later in zip(shown, shown[1:])):
+        lines.append(
+            "score: what the query ranked each volume by when it picked it. Each pick is scored against the volumes "
+            "picked before it (their diversity, normalised over the volumes left), so a later pick can score higher."
+        )
     if ranking.asd_unavailable:
         lines.append(f"ASD n/a: {ranking.asd_unavailable}.")
     return "\n".join(lines)

@@ -223,3 +223,19 @@ def test_a_budget_larger_than_the_pool_proposes_every_volume_and_says_so(tmp_pat
     assert "warning: --budget 20 is more than the 2 unlabelled volume(s) in the pool" in done.stderr
     payload = json.loads((tmp_path / "out" / "ranking.json").read_text())
     assert sum(c["selected"] for c in payload["cases"]) == 2
+
+
+def test_the_ranking_table_explains_a_score_that_rises_with_rank():
+    """A greedy query scores each pick against the picks before it, so rank 3 may score above rank 2; the table
+    says so instead of looking wrong, and says nothing when the column falls."""
+    from ASSFTActive.cli.rank import format_ranking
+    from ASSFTActive.query.records import RankedCase, Ranking
+
+    def ranking(scores):
+        cases = tuple(
+            RankedCase(f"v{i}", dkd=0.1, asd=0.2, score=s, rank=i + 1, selected=i < 2) for i, s in enumerate(scores)
+        )
+        return Ranking(strategy="assft", budget=2, cases=cases)
+
+    assert "a later pick can score higher" in format_ranking(ranking([0.9, 0.4, 0.7]))
+    assert "a later pick can score higher" not in format_ranking(ranking([0.9, 0.7, 0.4]))
