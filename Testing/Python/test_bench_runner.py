@@ -519,3 +519,49 @@ def test_overrides_the_profile_gives_every_arm_are_the_runs_default_recipe_not_a
     assert list(entry["budgets"]["2"]["arms"]) == ["assft"]  # a query, though its records carry the profile's steps
     (recipe,) = entry["recipes"]
     assert recipe["arm"] == "short" and recipe["changes"] == {"semi_iterations": 1}
+
+
+def test_a_random_draw_picks_another_labelled_set_on_another_pool_replicate():
+    """Replicates that each leave out one patient of 8 (ACDC-Path's test part) drew the same random pairs when the
+    draw alone seeded the query. The seed now depends on the replicate too (and is the same again for the same
+    replicate and draw), so draw 0 of the replicates is not one labelled set."""
+    import numpy as np
+
+    from ASSFTActive.query import select
+    from ASSFTActive.query.records import CaseEvidence
+
+    def evidence(case_id):
+        return CaseEvidence(
+            case_id=case_id,
+            knowledge_divergence=0.0,
+            asd=0.5,
+            mean_entropy=0.5,
+            pretrained_embedding=np.ones(2),
+            current_embedding=np.ones(2),
+            clasp_scores=np.array([0.5]),
+        )
+
+    cases = [f"p{p}_f{f}" for p in range(8) for f in (1, 2)]
+    random_arm = arms.parse_arm("random")
+    picked = []
+    for replicate in range(5):
+        pool = [c for c in cases if not c.startswith(f"p{replicate}_")]  # each replicate leaves one patient out
+        config = harness_work.query_config(random_arm, 0, replicate)
+        picked.append(tuple(select([evidence(c) for c in pool], 2, config).selected_ids))
+    assert len(set(picked)) >= 4, picked
+    again = harness_work.query_config(random_arm, 0, 2)
+    assert again.seed == harness_work.query_seed(2, 0), "the same replicate and draw give the same seed"
+
+
+def test_guard_arms_are_paired_only_on_the_same_labelled_volumes():
+    """Two guarded records with the same pool, budget, draw and seed but other labelled volumes (made before and
+    after the query's seed changed) are not compared as one labelled set."""
+    base = {"pool": 0, "budget": 2, "draw": 0, "seed": 0}
+    guarded = [
+        dict(base, arm="a", labelled=["x", "y"], activated=True),
+        dict(base, arm="b", labelled=["x", "z"], activated=False),
+        dict(base, arm="b", pool=1, labelled=["x", "y"], activated=True),
+        dict(base, arm="a", pool=1, labelled=["y", "x"], activated=True),
+    ]
+    pairs = guard_report._same_sets(guarded, "a", "b")
+    assert [(a["pool"], b["pool"]) for a, b in pairs] == [(1, 1)]

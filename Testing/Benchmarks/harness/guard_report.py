@@ -97,7 +97,7 @@ def guard_variants(
                 for pool in sorted(set(cell) & set(theirs))
                 for mine in cell[pool]
                 for other in theirs[pool]
-                if (mine["draw"], mine["seed"]) == (other["draw"], other["seed"])
+                if (mine["draw"], mine["seed"]) == (other["draw"], other["seed"]) and _same_labelled(mine, other)
             ]
             if not pairs:
                 continue
@@ -167,7 +167,7 @@ def _unguarded_twin(
         for r in cell.get(pool, []) if b == budget else []:
             same_set = (r["draw"], r["seed"]) == (guarded["draw"], guarded["seed"])
             if same_set and not (r.get("arm") or {}).get("guard") and _recipe(r) == _recipe(guarded):
-                if sorted(r.get("labelled") or []) == sorted(guarded.get("labelled") or []):
+                if _same_labelled(r, guarded):
                     return r
     return None
 
@@ -374,4 +374,14 @@ def guard_markdown(name: str, guarded: Sequence[Mapping[str, Any]]) -> List[str]
 def _same_sets(guarded: Sequence[Mapping[str, Any]], first: str, second: str) -> List[Tuple[Mapping, Mapping]]:
     key = lambda g: (g["pool"], g["budget"], g["draw"], g["seed"])  # noqa: E731
     other = {key(g): g for g in guarded if g["arm"] == second}
-    return [(g, other[key(g)]) for g in guarded if g["arm"] == first and key(g) in other]
+    return [
+        (g, other[key(g)])
+        for g in guarded
+        if g["arm"] == first and key(g) in other and _same_labelled(g, other[key(g)])
+    ]
+
+
+def _same_labelled(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """Two records trained on the same labelled volumes (the draw alone does not say so: the query's seed changed
+    once, :func:`.work.query_seed`)."""
+    return sorted(first.get("labelled") or []) == sorted(second.get("labelled") or [])

@@ -342,7 +342,7 @@ def volume_ranking(task: Task, arm: Arm, draw: int) -> List[str]:
 
     if arm.strategy == "random":
         return []
-    config = work.query_config(arm, draw)
+    config = work.query_config(arm, draw, task.replicate)
     analysis = work.analyse_pool(task)
     scoring = replace(config, strategy="assft")
     evidence = [work.evidence_of(analysis[c], scoring) for c in task.pool]

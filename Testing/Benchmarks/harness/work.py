@@ -125,11 +125,22 @@ def evidence_of(analysis: Mapping[str, Any], config) -> Any:
     return summarize_case(analysis["case_id"], sums, analysis["features"], analysis["pretrained_features"], config)
 
 
-def query_config(arm: Arm, draw: int):
-    """The arm's ``QueryConfig`` (``QueryConfig.from_dict`` checks every field; the draw seeds a random query)."""
+def query_seed(replicate: int, draw: int) -> int:
+    """The seed of a seeded query (random, power sampling) for one draw on one pool replicate.
+
+    Until 2026-12-07 the draw alone seeded it. Replicates that share most of their volumes (ACDC-Path's test
+    replicates each leave out one patient) then drew the *same* labelled sets: ACDC-Path's test pools 2-4 gave 5
+    distinct sets in 15 runs. Records made before keep their labelled sets (each record lists them); the reports
+    pair records by their labelled sets, never by the draw alone.
+    """
+    return _seed_of("query", int(replicate), int(draw))
+
+
+def query_config(arm: Arm, draw: int, replicate: int):
+    """The arm's ``QueryConfig`` (``QueryConfig.from_dict`` checks every field) with :func:`query_seed`."""
     from ASSFTActive.query import QueryConfig
 
-    return QueryConfig.from_dict({**dict(arm.query), "seed": int(draw)})
+    return QueryConfig.from_dict({**dict(arm.query), "seed": query_seed(replicate, draw)})
 
 
 def select_cases(task: Task, arm: Arm, budget: int, draw: int) -> List[str]:
@@ -140,7 +151,7 @@ def select_cases(task: Task, arm: Arm, budget: int, draw: int) -> List[str]:
         return list(task.pool)
     if budget > len(task.pool):
         raise ValueError(f"budget {budget} exceeds the pool of {len(task.pool)} cases of {task.key}")
-    config = query_config(arm, draw)
+    config = query_config(arm, draw, task.replicate)
     analysis = analyse_pool(task)
     scoring = replace(config, strategy="assft")  # evidence is strategy-free; the selection uses ``config``
     evidence = [evidence_of(analysis[c], scoring) for c in task.pool]
