@@ -551,6 +551,8 @@ def test_a_random_draw_picks_another_labelled_set_on_another_pool_replicate():
     assert len(set(picked)) >= 4, picked
     again = harness_work.query_config(random_arm, 0, 2)
     assert again.seed == harness_work.query_seed(2, 0), "the same replicate and draw give the same seed"
+    typiclust = harness_work.query_config(arms.parse_arm("typiclust:strategy=typiclust"), 0, 3)
+    assert typiclust.seed == 0, "a deterministic arm runs with the product's default seed on every replicate"
 
 
 def test_guard_arms_are_paired_only_on_the_same_labelled_volumes():

@@ -126,7 +126,8 @@ def evidence_of(analysis: Mapping[str, Any], config) -> Any:
 
 
 def query_seed(replicate: int, draw: int) -> int:
-    """The seed of a seeded query (random, power sampling) for one draw on one pool replicate.
+    """The query's seed for one draw of a seeded arm (a distribution of draws: random, foreground-aware random) on
+    one pool replicate.
 
     Until 2026-12-07 the draw alone seeded it. Replicates that share most of their volumes (ACDC-Path's test
     replicates each leave out one patient) then drew the *same* labelled sets: ACDC-Path's test pools 2-4 gave 5
@@ -137,10 +138,15 @@ def query_seed(replicate: int, draw: int) -> int:
 
 
 def query_config(arm: Arm, draw: int, replicate: int):
-    """The arm's ``QueryConfig`` (``QueryConfig.from_dict`` checks every field) with :func:`query_seed`."""
+    """The arm's ``QueryConfig`` (``QueryConfig.from_dict`` checks every field). A seeded arm's draw gets
+    :func:`query_seed`; any other arm runs with the product's default seed (``QueryConfig.seed``, e.g. k-means in
+    ``typiclust``, the noise of ``clasp_pe``), as a user's ranking would."""
     from ASSFTActive.query import QueryConfig
 
-    return QueryConfig.from_dict({**dict(arm.query), "seed": query_seed(replicate, draw)})
+    query = dict(arm.query)
+    if arm.seeded:
+        query["seed"] = query_seed(replicate, draw)
+    return QueryConfig.from_dict(query)
 
 
 def select_cases(task: Task, arm: Arm, budget: int, draw: int) -> List[str]:
