@@ -10,10 +10,12 @@ caught here, by looking at what the labelled set contains, and reported with the
 * **far from the prediction** (:func:`require_labels_near_prediction`): the current model predicts each labelled
   volume once; a label where it predicts no foreground at all, or whose foreground lies mostly away from anything
   it predicts (fewer than 1/``FinetuneConfig.label_prediction_ratio`` (15) of its voxels within
-  :data:`REACH_VOXELS` of the predicted foreground: a mask of another structure) is refused. A label with 15 times
-  more or less foreground than predicted only warns: a model that fails on a new site under- or over-segments, and
-  its labels are exactly what adaptation needs (ACDC's patient006_frame01 under the harsh shift holds 19 times the
-  failing model's foreground);
+  :data:`REACH_VOXELS` of the predicted foreground, while the model predicts at least 1/15 of the label's amount: a
+  mask of another structure) is refused. A label with 15 times more or less foreground than predicted only warns,
+  also when that little prediction lies elsewhere: a model that fails on a new site under- or over-segments, or
+  predicts specks away from the structure, and its labels are exactly what adaptation needs (ACDC's
+  patient006_frame01 under the harsh shift holds 17-19 times the failing model's foreground; the ACDC model
+  trained again on 2026-12-07 predicts its 1,468 voxels all away from the heart);
 * **swapped classes** (:func:`find_swap_issues`): two label classes that the model predicts, each, as the other far
   more than as labelled (anterior and posterior swapped in the export);
 * **misregistered** (:func:`find_registration_issues`): a label that overlaps the prediction far better when shifted
@@ -781,19 +783,24 @@ def find_prediction_issues(
             )
         elif a.away > max_ratio:
             share = a.near_voxels / a.label_voxels
-            refused.append(
-                LabelIssue(
-                    "away_from_prediction",
-                    (a.case_id,),
-                    None,
-                    (
-                        f"{a.case_id}: only {100 * share:.1f} % of the label's foreground lies within {REACH_VOXELS} "
-                        "voxels "
-                        f"of what the current model predicts ({counts}; less than 1/{max_ratio:g}); a mask of another "
-                        "structure?"
-                    ),
-                )
+            away = (
+                f"{a.case_id}: only {100 * share:.1f} % of the label's foreground lies within {REACH_VOXELS} voxels of "
+                f"what the current model predicts ({counts}; less than 1/{max_ratio:g})"
             )
+            if a.excess > max_ratio:  # too little predicted to say where the structure is: the model fails here
+                warned.append(
+                    LabelIssue(
+                        "away_from_prediction",
+                        (a.case_id,),
+                        None,
+                        f"{away}, but the model predicts so little on this image that it likely fails on it (the "
+                        "label is then what adaptation needs); check that the label marks the right structure.",
+                    )
+                )
+            else:
+                refused.append(
+                    LabelIssue("away_from_prediction", (a.case_id,), None, f"{away}; a mask of another structure?")
+                )
         elif a.excess > max_ratio:
             warned.append(
                 LabelIssue(

@@ -114,6 +114,9 @@ def test_a_label_away_from_the_prediction_or_where_nothing_is_predicted_is_refus
         # 15.5 times the prediction: a model failing under a shift (ACDC patient006_frame01, harsh: 19 times); a filled
         # or inverted mask is refused by its shape instead (test_label_meaning.py)
         (_agreement(3100, 200, 3100), "more_foreground_than_predicted"),
+        # ACDC patient006_frame01 under the harsh shift with the model trained on 2026-12-07: 17 times less
+        # predicted, none of it near the label; too little to say the label is elsewhere
+        (_agreement(25275, 1468, 0), "away_from_prediction"),
     ],
 )
 def test_a_label_far_below_or_above_the_prediction_only_warns_and_close_labels_pass(agreement, kind):

@@ -275,8 +275,9 @@ def test_acdc_patient006_frame01_passes_although_the_failing_model_predicts_19_t
     agreement = foreground_agreement(name, label, prediction, 4)
     refused, warned = find_prediction_issues([agreement], 15.0)
     assert refused == [] and find_swap_issues([agreement.overlap], ACDC_NAMES, limits) == []
-    if agreement.excess > 15:
-        assert [i.kind for i in warned] == ["more_foreground_than_predicted"]
+    if agreement.excess > 15:  # the model trained on 2026-12-07 predicts its little foreground away from the heart
+        expected = "away_from_prediction" if agreement.away > 15 else "more_foreground_than_predicted"
+        assert [i.kind for i in warned] == [expected]
 
 
 def test_a_misregistered_label_is_refused_and_one_in_place_passes(default_model):
