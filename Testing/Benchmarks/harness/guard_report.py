@@ -382,6 +382,5 @@ def _same_sets(guarded: Sequence[Mapping[str, Any]], first: str, second: str) ->
 
 
 def _same_labelled(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
-    """Two records trained on the same labelled volumes (the draw alone does not say so: the query's seed changed
-    once, :func:`.work.query_seed`)."""
-    return sorted(first.get("labelled") or []) == sorted(second.get("labelled") or [])
+    """Two records trained on the same labelled volumes (:func:`.stats.labelled_set`)."""
+    return stats.labelled_set(first) == stats.labelled_set(second)

@@ -106,7 +106,7 @@ def is_recipe_arm(cell: Mapping[int, Sequence[Mapping[str, Any]]]) -> bool:
 
 
 def _set_key(record: Mapping[str, Any]) -> Tuple[Any, ...]:
-    return record["draw"], record["seed"], _query(record), tuple(sorted(record.get("labelled") or []))
+    return record["draw"], record["seed"], _query(record), stats.labelled_set(record)
 
 
 def recipe_comparisons(

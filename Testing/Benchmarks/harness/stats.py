@@ -601,7 +601,14 @@ def effort_ratio(
     return EffortRatio(float(value), low, high, bound, float(ea), float(er), float(t.mean()))
 
 
+def labelled_set(record: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The labelled volumes a record trained on, sorted: what identifies its labelled set (the draw alone does not:
+    pool replicates that share volumes can draw the same set, and the query's seed changed once,
+    :func:`.work.query_seed`)."""
+    return tuple(sorted(record.get("labelled") or []))
+
+
 def distinct_labelled_sets(records: Iterable[Mapping[str, Any]]) -> int:
     """How many different labelled sets ``records`` trained on. Pool replicates that share volumes (ACDC-Path's
     share 10-14 of 16) can draw the same set with the same draw seed, and such a set counts once here."""
-    return len({tuple(sorted(r.get("labelled") or [])) for r in records})
+    return len({labelled_set(r) for r in records})

@@ -165,7 +165,7 @@ def used(run: Run) -> Verdict:
 
 
 #: Run as uid nobody inside a private mount namespace in which the interpreter is reachable: when it lies under a
-#: folder others cannot enter (pyenv's ``/root/.pyenv`` here, ``/root`` being 0700), that folder is covered by an
+#: folder others cannot enter (e.g. a pyenv install inside a 0700 home folder), that folder is covered by an
 #: empty tmpfs (0755) holding a bind mount of the one subfolder on the interpreter's path; nothing else changes and
 #: the host's mounts are untouched.
 NOBODY_SH = r"""set -e
