@@ -5,6 +5,7 @@
     .venv/bin/python -m Testing.Benchmarks.harness run --profile development --name dev1 [--settings ...]
         [--pools 0 1] [--arms random coreset strategy=typicality] [--budgets 2] [--threads 1]
     .venv/bin/python -m Testing.Benchmarks.harness report --name dev1     # Markdown, JSON, PNG, goal rows
+    .venv/bin/python -m Testing.Benchmarks.harness rule --names dev2 dev  # the default-query choice rule
 
 A run writes one record per unit under ``Testing/Benchmarks/results/harness/<name>/``; running it again skips the
 records that exist (resume). ``report`` reads only the records.
@@ -43,6 +44,35 @@ def write_splits(out_dir: Path = SPLITS_DIR) -> List[Path]:
     return written
 
 
+def apply_query_rule(names: List[str], records: Path, out_dir: Path) -> int:
+    """Summarise each record folder, apply :mod:`.query_rule` and write ``query_rule.{md,json}``."""
+    from dataclasses import asdict
+
+    from . import query_rule
+    from .runner import load_records
+
+    summaries = [(name, report.summarise(load_records(records / name))) for name in names]
+    decision = query_rule.apply_rule(query_rule.cells_from_summaries(summaries))
+    command = "python -m Testing.Benchmarks.harness rule --names " + " ".join(names)
+    text = f"# The default-query rule on the development records\n\n`{command}`\n\n" + query_rule.markdown(decision)
+    data = {
+        "command": command,
+        "git": runner.git_revision(),
+        "default": decision.default,
+        "reason": decision.reason,
+        "verdicts": [{**asdict(v), "qualifies": v.qualifies, "failed": v.failed} for v in decision.verdicts],
+        "cells": [
+            {"candidate": a, "setting": s, "budget": b, **asdict(c)} for (a, s, b), c in sorted(decision.cells.items())
+        ],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "query_rule.md").write_text(text)
+    (out_dir / "query_rule.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(text)
+    print("wrote", out_dir / "query_rule.md", out_dir / "query_rule.json")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m Testing.Benchmarks.harness",
@@ -68,6 +98,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     plan.add_argument("--settings", nargs="+")
     plan.add_argument("--arms", nargs="+")
     plan.add_argument("--budgets", type=int, nargs="+")
+    rule = sub.add_parser("rule", help="apply the default-query choice rule to development records")
+    rule.add_argument(
+        "--names", nargs="+", required=True, help="record folders, the first with a complete cell wins (dev2 dev)"
+    )
+    rule.add_argument("--records", type=Path, default=runner.RECORDS)
+    rule.add_argument("--out-dir", type=Path, default=runner.RESULTS)
     rep = sub.add_parser("report", help="tables, plots and goal rows from the records")
     rep.add_argument("--name", required=True)
     rep.add_argument("--default-arm", default="assft", help="the arm whose goal rows are written")
@@ -99,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = runner.run(units, root, profile, log=lambda line: print(line, flush=True))
         print(f"done {summary.done}, skipped {summary.skipped} (already there), {summary.seconds:.0f} s")
         return 0
+    if args.command == "rule":
+        return apply_query_rule(args.names, args.records, args.out_dir)
     suffix = "" if args.default_arm == "assft" else f"_{args.default_arm}"
     stem = args.out_dir / f"harness_{args.name}{suffix}"
     command = (
