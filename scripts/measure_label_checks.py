@@ -25,8 +25,8 @@ The rule that turns the worst true label into a limit (fixed before the numbers 
   was measured (else no misregistration check); ``warn_shift_gain`` = the largest true gain (rounded up);
 * ``max_away_excess`` = half the smallest label / predicted foreground among true labels lying away from the
   prediction (under 1/15 of their voxels near it) under any shift, rounded down; ``None`` when none lies away (then
-  the product's ``label_prediction_ratio``, 15); added 2026-12-07, when ACDC's harsh shift left 5 true labels away
-  from a failing model's specks;
+  the product's ``label_prediction_ratio``, 15); added 2026-12-07, when the checks refused 5 true ACDC labels under
+  the harsh shift, where the model predicts nothing or specks away from the heart;
 * ``default`` (cards of other anatomies): only the checks that do not depend on the structure's shape and size: more
   than half the volume foreground (inverted), a class spanning one slice, and the loosest measured swap limit; no
   box, outline, volume or misregistration limit (a small lesion may be box-like or thin, a box-shaped phantom
