@@ -237,6 +237,8 @@ def test_a_heterogeneous_setting_reports_its_worst_group_and_the_best_baseline(t
     assert rows["hetero_worst_group_gap_vs_random"]["value"] == pytest.approx(0.09)
     assert rows["hetero_worst_group_gap_vs_random"]["target"] == 0.05
     assert {"hetero_mean_gap_vs_random", "gap_vs_best_baseline"} <= set(rows)
+    entry["pools"] = entry["pools"] + [max(entry["pools"]) + 1]  # a pool whose budget has not run yet: no row
+    assert report.goal_rows({"e": entry}, "assft", "s.json", "abc") == []
 
 
 def test_the_report_command_regenerates_the_table_from_records_alone(tmp_path):

@@ -228,12 +228,13 @@ def _ceiling(cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequenc
 
 
 def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: str) -> List[Dict[str, Any]]:
-    """Issue 23's goal rows (topic ``query``) of the default arm, per setting, budget and split."""
+    """Issue 23's goal rows (topic ``query``) of the default arm, per setting, budget and split; a budget whose
+    random subsets have not run in every pool of the setting yet (a run still under way) writes none."""
     rows = []
     for entry in summary.values():
         for budget, row in entry["budgets"].items():
             arm = row["arms"].get(default_arm)
-            if not arm or arm.get("incomplete"):
+            if not arm or arm.get("incomplete") or len(row["random"]["subsets_per_pool"]) < len(entry["pools"]):
                 continue
             hetero = SETTINGS[entry["setting"]].heterogeneous if entry["setting"] in SETTINGS else False
             base = {
