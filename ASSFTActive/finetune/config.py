@@ -485,8 +485,9 @@ class FinetuneConfig:
             checks then accept a one-slice label, an outline and a class smaller than a complete one
             (:func:`~ASSFTActive.label_checks.find_shape_issues`), False.
         label_prediction_ratio: a labelled volume is refused when less than 1/this of its foreground lies within
-            3 voxels of the predicted foreground while the model predicts at least 1/this of the label's amount (a
-            mask of another structure; with less predicted it only warns, 2026-12-07); this many times more or less
+            3 voxels of the predicted foreground while the model predicts enough to locate the structure (a mask of
+            another structure; :func:`~ASSFTActive.label_checks.model_locates`, per anatomy; with less or nothing
+            predicted it only warns, 2026-12-07); this many times more or less
             foreground than predicted only warns since issue 29 (a filled or inverted mask is refused by its shape;
             :func:`~ASSFTActive.label_checks.find_prediction_issues`), 15.
             Measured with the embedded default model on the 191 non-reserved MSD Hippocampus cases: label/predicted

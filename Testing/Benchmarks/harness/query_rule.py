@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .runner import HETERO, UNIFORM
+
 __all__ = ["CellGap", "CandidateVerdict", "QueryDecision", "QueryRule", "apply_rule", "cells_from_summaries"]
 
 
@@ -30,7 +32,8 @@ class QueryRule:
     Attributes:
         candidates: the query arms the rule chooses among (``budget_aware`` is ``typiclust`` at B <= 4, its
             default coverage, so it has no records of its own at these budgets).
-        settings: every setting a candidate must pass; heterogeneous: those weighted twice in step 2.
+        settings: every setting a candidate must pass (the profiles' uniform controls and heterogeneous pools);
+            heterogeneous: those weighted twice in step 2.
         budgets: the budgets of step 1 and of step 2's mean.
         min_low: the lower bound a gap must reach in every setting (step 1).
         tie: differences of the weighted mean gap below this are ties (step 2).
@@ -49,15 +52,8 @@ class QueryRule:
         "coreset",
         "clasp_pe",
     )
-    settings: Tuple[str, ...] = (
-        "hippocampus_mild",
-        "hippocampus_harsh",
-        "acdc_mild",
-        "acdc_harsh",
-        "hippocampus_multisite",
-        "acdc_path",
-    )
-    heterogeneous: Tuple[str, ...] = ("hippocampus_multisite", "acdc_path")
+    settings: Tuple[str, ...] = UNIFORM + HETERO
+    heterogeneous: Tuple[str, ...] = HETERO
     budgets: Tuple[int, ...] = (2, 4)
     min_low: float = -0.01
     tie: float = 0.005
