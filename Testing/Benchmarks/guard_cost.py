@@ -37,7 +37,6 @@ from typing import Any, Dict, List, Optional
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "Testing" / "Benchmarks" / "results"
 SAMPLE = REPO / "ASSFTActive" / "resources" / "sample" / "pool"
-GOAL_KEY = ("topic", "goal", "setting", "budget", "split")
 
 
 def revision() -> str:
@@ -53,16 +52,13 @@ def revision() -> str:
         return "unknown"
 
 
-def merge_goal_rows(path: Path, rows: List[Dict[str, Any]]) -> None:
-    """Replace the rows of ``path`` that share a key (topic, goal, setting, budget, split) or a source file with
-    ``rows`` (so a variant no longer measured leaves no stale row behind); keep the others; write atomically."""
-    from ASSFTActive.io import atomic_write_text
+def write_goal_rows(path: Path, report: Dict[str, Any], source: Path) -> None:
+    """Merge :func:`goal_rows` into the goals file; a variant ``source`` no longer holds leaves no stale row."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from Testing.Benchmarks.harness.goals import merge_goal_rows
 
-    existing = json.loads(path.read_text(encoding="utf-8")).get("rows", []) if path.is_file() else []
-    keys = {tuple(r.get(k) for k in GOAL_KEY) for r in rows}
-    sources = {r["source"] for r in rows if r.get("source")}
-    kept = [r for r in existing if tuple(r.get(k) for k in GOAL_KEY) not in keys and r.get("source") not in sources]
-    atomic_write_text(path, json.dumps({"rows": kept + rows}, indent=1) + "\n")
+    merge_goal_rows(path, goal_rows(report, source), drop_source_rows=True)
 
 
 def goal_rows(report: Dict[str, Any], source: Path) -> List[Dict[str, Any]]:
@@ -145,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.goals_only:
         report = json.loads(args.json.read_text(encoding="utf-8"))
-        merge_goal_rows(args.goals, goal_rows(report, args.json))
+        write_goal_rows(args.goals, report, args.json)
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -206,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ASSFTActive.io import atomic_write_text
 
     atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
-    merge_goal_rows(args.goals, goal_rows(report, args.json))
+    write_goal_rows(args.goals, report, args.json)
     print(json.dumps(report["ratio"]), "written to", args.json)
     return 0
 

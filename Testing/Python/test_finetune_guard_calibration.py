@@ -110,7 +110,7 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert main([str(armed), "--arm", "nothing"]) == 2, "no set left is an error, not an empty table"
 
 
-def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
+def test_guard_cost_rewrites_its_own_goal_rows_and_keeps_the_others(tmp_path):
     import importlib.util
 
     from conftest import REPO
@@ -119,25 +119,20 @@ def test_guard_cost_merges_its_goal_rows_by_key_and_keeps_the_others(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     goals = tmp_path / "goals.json"
+    source = REPO / "Testing" / "Benchmarks" / "results" / "guard_cost.json"
+    mine = "Testing/Benchmarks/results/guard_cost.json"
     other = {"topic": "query", "goal": "gap", "setting": "s", "budget": 2, "split": "test", "value": 0.1}
-    old = {
-        "topic": "speed",
-        "goal": "guard_cost_ratio",
-        "setting": "sample_tiny_guarded",
-        "budget": 3,
-        "split": "dev",
-        "value": 4.0,
+    stale = {"topic": "speed", "goal": "guard_cost_ratio", "setting": "sample_tiny_gone", "budget": 3, "split": "dev"}
+    goals.write_text(json.dumps({"rows": [other, dict(stale, value=4.0, source=mine)]}))
+    report = {
+        "setting": {"labelled": ["a", "b", "c"]},
+        "revision": "abc",
+        "runs": [{"variant": "unguarded", "ratio": 1.0}, {"variant": "guarded", "ratio": 3.3}],
     }
-    goals.write_text(json.dumps({"rows": [other, old]}))
-    new = dict(old, value=3.3)
-    module.merge_goal_rows(goals, [new, dict(new, setting="sample_tiny_fast_0.34", value=1.9)])
+    module.write_goal_rows(goals, report, source)
     rows = json.loads(goals.read_text())["rows"]
-    assert rows[0] == other and [r["value"] for r in rows[1:]] == [3.3, 1.9]
-    source = {"source": "Testing/Benchmarks/results/guard_cost.json"}
-    goals.write_text(json.dumps({"rows": [other, dict(old, **source), dict(old, setting="gone", **source)]}))
-    module.merge_goal_rows(goals, [dict(new, **source)])
-    rows = json.loads(goals.read_text())["rows"]
-    assert rows == [other, dict(new, **source)], "a variant the source no longer holds leaves no stale row"
+    assert [r["setting"] for r in rows] == ["s", "sample_tiny_guarded"], "a variant no longer measured leaves no row"
+    assert rows[0] == other and rows[1]["value"] == 3.3 and rows[1]["source"] == mine
 
 
 def test_a_set_may_give_the_cross_validation_itself():

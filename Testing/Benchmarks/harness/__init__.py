@@ -12,6 +12,7 @@ One run, in the order the data flows:
 - :mod:`.runner`: profiles, one JSON record per unit written atomically, a rerun skips what exists;
 - :mod:`.stats`: every statistic (paired and clustered gaps, random percentile, oracle-subset headroom, Wilcoxon);
 - :mod:`.report`: Markdown, JSON and PNG from the records, and the goal rows of ``results/goals.json``;
+- :mod:`.goals`: the goals file's one merge (by key, atomic; it names rows another result file wrote);
 - :mod:`.diagnostics`: how well each per-case score predicts the model's error (hidden labels).
 - :mod:`.sparse` / :mod:`.sparse_report`: effort as the budget (issue 27): slice and region arms, oracle partial
   labels, the effort spent per record, the Dice-against-effort table and the ``sparse`` goal rows.

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import stats
 from .arms import BASELINES
+from .goals import merge_goal_rows, taken_over_message
 from .guard_report import (
     SPLIT_NAMES,
     guard_goal_rows,
@@ -34,9 +34,6 @@ from .tasks import SETTINGS
 
 GOALS = RESULTS / "goals.json"
 
-#: A goal row's key in the goals file; ``effort`` (the effort measure of a ``sparse`` row) is absent, i.e. ``None``,
-#: from the other topics' rows, so their keys are what they were.
-GOAL_KEY = ("topic", "goal", "setting", "budget", "split", "effort")
 #: A step count is the ceiling's flat point when the next one gains less than this (mean Dice).
 FLAT = 0.01
 
@@ -321,23 +318,6 @@ def goal_rows(summary: Mapping[str, Any], default_arm: str, source: str, git: st
     return rows
 
 
-def merge_goal_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Merge ``rows`` into the goals file by :data:`GOAL_KEY` (a row with the same key is replaced, other rows kept),
-    written atomically."""
-    existing = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
-    key = lambda r: tuple(r.get(k) for k in GOAL_KEY)  # noqa: E731
-    merged = {key(r): r for r in existing}
-    for r in rows:
-        merged[key(r)] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-    ordered = sorted(merged.values(), key=lambda r: tuple(str(r.get(k)) for k in GOAL_KEY))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".goals.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"rows": ordered}, handle, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------- rendering
 
 
@@ -529,14 +509,15 @@ def write(
             effort, lambda name: out_stem.parent / f"{out_stem.name}_effort_{name.replace('/', '_')}.png"
         )
     if goals is not None:
-        merge_goal_rows(
-            goals,
+        rows = (
             goal_rows(summary, default_arm, source, git)
             + guard_goal_rows(summary, source, git)
-            + recipe_goal_rows(summary, source, git, SPLIT_NAMES),
+            + recipe_goal_rows(summary, source, git, SPLIT_NAMES)
+            + (sparse_report.goal_rows(effort, source, git) if effort is not None else [])
         )
-        if effort is not None:
-            merge_goal_rows(goals, sparse_report.goal_rows(effort, source, git))
+        note = taken_over_message(merge_goal_rows(goals, rows), goals)
+        if note:
+            print(note, file=sys.stderr)
     report["png"] = [_relative(p) for p in pngs]
     return report
 
