@@ -37,6 +37,8 @@ from typing import Any, Dict, List, Optional
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "Testing" / "Benchmarks" / "results"
 SAMPLE = REPO / "ASSFTActive" / "resources" / "sample" / "pool"
+if str(REPO) not in sys.path:  # the goals file's merge lives in the harness package
+    sys.path.insert(0, str(REPO))
 
 
 def revision() -> str:
@@ -54,8 +56,6 @@ def revision() -> str:
 
 def write_goal_rows(path: Path, report: Dict[str, Any], source: Path) -> None:
     """Merge :func:`goal_rows` into the goals file; a variant ``source`` no longer holds leaves no stale row."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from Testing.Benchmarks.harness.goals import merge_goal_rows
 
     merge_goal_rows(path, goal_rows(report, source), drop_source_rows=True)
