@@ -6,10 +6,10 @@ rows (the harness report, ``guard_cost.py``) goes through :func:`merge_goal_rows
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from ASSFTActive.evaluate import json_ready
 from ASSFTActive.io import atomic_write_text
 
 #: A goal row's key. ``effort`` (the effort measure of a ``sparse`` row) is absent, i.e. ``None``, from the other
@@ -42,7 +42,7 @@ def merge_goal_rows(
     """
     existing = json.loads(path.read_text(encoding="utf-8")).get("rows", []) if path.is_file() else []
     sources = {r.get("source") for r in rows if r.get("source")}
-    new = {goal_key(r): json_ready(dict(r)) for r in rows}
+    new = {goal_key(r): {k: _null_if_nan(v) for k, v in r.items()} for r in rows}
     taken: List[Dict[str, Any]] = []
     merged: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
     for r in existing:
@@ -59,6 +59,12 @@ def merge_goal_rows(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"rows": ordered}, indent=1) + "\n")
     return taken
+
+
+def _null_if_nan(value: Any) -> Any:
+    """NaN as ``None`` (JSON has no NaN). Not ``ASSFTActive.evaluate.json_ready``: that module imports torch, and
+    this merge runs in the torch-free tier (``tools/check_python39.sh``) through ``guard_cost.py --goals-only``."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def taken_over_message(taken: Sequence[Mapping[str, Any]], path: Path) -> str:
