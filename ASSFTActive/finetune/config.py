@@ -344,6 +344,11 @@ class ValidationConfig:
             the final run. A shorter fold gains less, so the shortcut errs toward refusing, not toward activating.
             Not yet measured on the development split; default unchanged (1.0). Cost on a tiny synthetic setting:
             ``Testing/Benchmarks/results/guard_cost.json``.
+        fold_budget: the folds together train at most this many times the final run's steps: with ``k`` folds each
+            trains ``min(fold_fraction, fold_budget / k)`` of every stage (:func:`~.cross_validation.fold_share`), so
+            under a budget of 2 two folds run whole and three run two thirds each; ``None`` = no cap. It puts a
+            price on the guard whatever the number of labelled volumes (with the folds' average a guarded Adapt
+            costs its folds). Not yet measured on the development split; default unchanged (``None``).
         fold_pool_cases: inside cross-validation folds the teacher pseudo-labels at most this many unlabelled
             volumes (evenly spread over the sorted pool; the final run uses the whole pool); ``None`` = the whole
             pool. Not yet measured; default unchanged (``None``).
@@ -378,6 +383,7 @@ class ValidationConfig:
     min_fold_gain: Optional[float] = 0.02
     min_gain_low: Optional[float] = None
     fold_fraction: float = 1.0
+    fold_budget: Optional[float] = None
     fold_pool_cases: Optional[int] = None
     final: FinalModel = FinalModel.FOLD_AVERAGE
     collapse_ratio: float = 0.2
@@ -393,11 +399,12 @@ class ValidationConfig:
                 "min_fold_gain": (-1.0, 1.0, False),
                 "min_gain_low": (-1.0, 1.0, False),
                 "fold_fraction": (0.0, 1.0, True),
+                "fold_budget": (0.0, 100.0, True),
             },
             enums={"final": FinalModel},
             wholes={"folds": 2, "every": 1, "pool_cases": 0, "fold_pool_cases": 1},
             flags=("guard", "hd95"),
-            optional=("min_fold_gain", "min_gain_low", "fold_pool_cases"),
+            optional=("min_fold_gain", "min_gain_low", "fold_budget", "fold_pool_cases"),
         )
 
     def to_dict(self) -> Dict[str, Any]:

@@ -22,11 +22,20 @@ from ..io import read_volume
 from ..plausibility import check_image
 from ..progress import Event
 from .checkpoints import FoldScores
+from .config import ValidationConfig
 from .fold_average import FoldWeights, KeptFold
 from .guard import CrossValidation, PoolCheck, assign_folds, check_pool
 from .state import AdaptRun, LabeledVolume, cpu_state
 
-__all__ = ["cross_validate", "cv_summary", "fold_run", "fold_stage_steps", "pool_check", "to_final_step"]
+__all__ = [
+    "cross_validate",
+    "cv_summary",
+    "fold_run",
+    "fold_share",
+    "fold_stage_steps",
+    "pool_check",
+    "to_final_step",
+]
 
 
 def cross_validate(
@@ -37,9 +46,9 @@ def cross_validate(
 ) -> CrossValidation:
     """Run the recipe once per fold from the current weights; score each fold's held-out volumes.
 
-    With ``validation.fold_fraction < 1`` each fold runs a shortened recipe (:func:`fold_run`) and its scores are
-    recorded at the final run's steps (:func:`to_final_step`); with ``validation.fold_pool_cases`` the folds
-    pseudo-label only part of the pool.
+    With ``validation.fold_fraction < 1``, or a ``validation.fold_budget`` below the number of folds, each fold runs
+    a shortened recipe (:func:`fold_run`, :func:`fold_share`) and its scores are recorded at the final run's steps
+    (:func:`to_final_step`); with ``validation.fold_pool_cases`` the folds pseudo-label only part of the pool.
 
     Args:
         before: the current model on ``labeled`` (step 0 of every curve).
@@ -78,6 +87,19 @@ def cross_validate(
     )
 
 
+def fold_share(validation: ValidationConfig, folds: int) -> float:
+    """The share of every stage's steps that each of ``folds`` cross-validation folds trains:
+    ``validation.fold_fraction``, capped so that the folds together train at most ``validation.fold_budget`` times
+    the final run's steps.
+
+    Example: ``fold_budget`` 2 leaves two folds whole (1.0) and gives each of three folds two thirds.
+    """
+    share = validation.fold_fraction
+    if validation.fold_budget is not None:
+        share = min(share, validation.fold_budget / max(1, folds))
+    return share
+
+
 def fold_stage_steps(iterations: int, semi_steps: int, fraction: float) -> Tuple[int, int]:
     """Steps of a fold's supervised stage and of each of its semi-supervised rounds: ``fraction`` of the final
     run's, rounded, at least 1."""
@@ -98,22 +120,23 @@ def to_final_step(step: int, iterations: int, semi_steps: int, fold_iterations: 
     return iterations + rounds_done * semi_steps + int(round(within * semi_steps / fold_semi_steps))
 
 
-def fold_run(run: AdaptRun, progress_offset: int) -> AdaptRun:
-    """The run a cross-validation fold trains in: ``run`` itself when ``validation.fold_fraction`` is 1 and the
-    folds use the whole pool, else a copy with the shortened recipe (scored every ``every × fraction`` steps),
-    part of the pool, and training progress shown at the final run's steps (from ``progress_offset`` on).
+def fold_run(run: AdaptRun, progress_offset: int, folds: int = 1) -> AdaptRun:
+    """The run one of ``folds`` cross-validation folds trains in: ``run`` itself when each fold trains the whole
+    recipe (:func:`fold_share` is 1) on the whole pool, else a copy with the shortened recipe (scored every
+    ``every × share`` steps), part of the pool, and training progress shown at the final run's steps (from
+    ``progress_offset`` on).
 
     Only a recipe made of ASSFT's stages (``train.iterations`` + ``rounds × semi_steps``) is shortened; another
     method's folds (SFR's, whose steps are its re-training's) run in full, with a warning."""
     config, validation = run.config, run.config.validation
-    fraction, wanted = validation.fold_fraction, validation.fold_pool_cases
+    fraction, wanted = fold_share(validation, folds), validation.fold_pool_cases
     pool = sorted(run.pool)
     if fraction == 1.0 and (wanted is None or wanted >= len(pool)):
         return run
     if run.recipe_steps != config.train.iterations + run.rounds * config.semi_steps:
         run.warn(
-            "validation.fold_fraction and fold_pool_cases shorten Adapt Model's recipe (a supervised stage and "
-            "semi-supervised rounds) only; this method's folds run in full.",
+            "validation.fold_fraction, fold_budget and fold_pool_cases shorten Adapt Model's recipe (a supervised "
+            "stage and semi-supervised rounds) only; this method's folds run in full.",
             phase="validate",
         )
         return run
@@ -157,7 +180,7 @@ def _run_fold(
     train = [c for c in labeled if c.case_id not in held]
     scores: Dict[str, Dict[int, Tuple[float, ...]]] = {c: {} for c in held}
     offset = index * run.recipe_steps
-    fold = fold_run(run, offset)
+    fold = fold_run(run, offset, count)
     short = fold.config
 
     def final_step(step: int) -> int:

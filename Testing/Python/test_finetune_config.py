@@ -128,7 +128,7 @@ def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip
     chosen = FinetuneConfig.from_dict(
         {
             "pseudo": {"bcp": True, "teacher": "source_flip", "flip_axes": [2]},
-            "validation": {"min_fold_gain": -0.02, "fold_fraction": 0.25, "fold_pool_cases": 4},
+            "validation": {"min_fold_gain": -0.02, "fold_fraction": 0.25, "fold_budget": 1.5, "fold_pool_cases": 4},
         }
     )
     assert chosen.pseudo.teacher is Teacher.SOURCE_FLIP and chosen.pseudo.flip_axes == (2,)
@@ -142,6 +142,7 @@ def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip
         ({"pseudo": {"flip_axes": [0, 0]}}, ["flip_axes", "distinct"]),
         ({"pseudo": {"bcp_box_share": 0.0}}, ["bcp_box_share"]),
         ({"validation": {"fold_fraction": 0.0}}, ["fold_fraction"]),
+        ({"validation": {"fold_budget": 0.0}}, ["fold_budget"]),
         ({"validation": {"min_fold_gain": -1.5}}, ["min_fold_gain"]),
         ({"validation": {"min_fold_gain": 0.0, "max_fold_loss": 0.05}}, ["max_fold_loss", "min_fold_gain"]),
         ({"validation": {"fold_pool_cases": 0}}, ["fold_pool_cases"]),

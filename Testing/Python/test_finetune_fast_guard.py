@@ -10,7 +10,7 @@ from conftest import FAST_FINETUNE, make_tiny_card, write_dataset, write_swapped
 
 from ASSFTActive.finetune.adapt import adapt_model
 from ASSFTActive.finetune.config import FinetuneConfig
-from ASSFTActive.finetune.cross_validation import fold_stage_steps, to_final_step
+from ASSFTActive.finetune.cross_validation import fold_run, fold_share, fold_stage_steps, to_final_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,6 +31,41 @@ def test_a_fold_step_is_stretched_onto_the_final_run_stage_by_stage():
     assert to_final_step(14, 10, 10, 5, 3) == 10 + 10 + 10 + int(round(3 * 10 / 3)), "the third stage"
     steps = [to_final_step(s, 100, 80, 50, 40) for s in range(91)]
     assert steps == sorted(set(steps)), "distinct fold steps stay distinct"
+
+
+def test_a_fold_budget_of_two_leaves_two_folds_whole_and_gives_three_two_thirds():
+    budget = _config({"fold_budget": 2.0}).validation
+    assert [fold_share(budget, k) for k in (2, 3, 4)] == [1.0, 2 / 3, 0.5]
+    assert fold_share(_config({"fold_budget": 2.0, "fold_fraction": 0.5}).validation, 2) == 0.5, "the smaller wins"
+    assert fold_share(_config().validation, 3) == 1.0, "no budget: folds as long as the final run"
+
+
+def test_fold_runs_under_a_budget_are_shortened_only_when_the_folds_exceed_it():
+    """Under ``fold_budget`` 2, two folds train the final recipe itself; each of three trains two thirds of every
+    stage (100 + 100 steps: 67 + 67) and is scored every 17 steps."""
+    from dataclasses import dataclass, field
+    from typing import Any, Callable, Dict, Optional
+
+    config = _config({"fold_budget": 2.0, "every": 25}, train=dict(FAST_FINETUNE["train"], iterations=100))
+    config = FinetuneConfig.from_dict(dict(config.to_dict(), semi_iterations=100))
+
+    @dataclass(frozen=True)
+    class Run:  # the fields of AdaptRun that fold_run reads
+        config: FinetuneConfig
+        rounds: int
+        pool: Dict[str, str] = field(default_factory=lambda: {"u": "u.nii.gz"})
+        images: Dict[str, str] = field(default_factory=lambda: {"u": "u.nii.gz"})
+        labels: Dict[str, Any] = field(default_factory=dict)
+        progress: Optional[Callable[..., None]] = None
+
+        @property
+        def recipe_steps(self) -> int:
+            return self.config.train.iterations + self.rounds * self.config.semi_steps
+
+    run = Run(config=config, rounds=2)
+    assert fold_run(run, 0, folds=2) is run
+    short = fold_run(run, 0, folds=3).config
+    assert (short.train.iterations, short.semi_steps, short.validation.every) == (67, 67, 17)
 
 
 @pytest.fixture
