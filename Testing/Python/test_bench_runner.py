@@ -442,6 +442,49 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
     )
 
 
+def test_guard_variants_are_judged_again_by_today_s_guard_from_their_folds(tmp_path):
+    """Records written under a former rule (both recorded as activated) are compared on today's rule: every fold must
+    gain 0.02. The variant's folds gained +0.30 and +0.01, so today's guard refuses its model, 0.1 better than no
+    adaptation (a false refusal); the reference's folds gained +0.10 and +0.05: activated."""
+    profile = _one_pool_profile(
+        (
+            "shipped:strategy=random,guard=true",
+            "short:strategy=random,guard=true,finetune.validation.fold_budget=2",
+        ),
+        draws=1,
+    )
+
+    def execute(task, unit, work):
+        dice = {c: [0.5] for c in task.eval}
+        body = {"labelled": [task.pool[0], task.pool[2]], "per_case": dice, "mean_dice": 0.5}
+        if unit.arm.name == "floor":
+            return {**body, "labelled": [], "activated": False}
+        late = {"shipped": [0.6, 0.55], "short": [0.8, 0.51]}[unit.arm.name]
+        cv = {"steps": [0, 25], "dice": {"a": [0.5, late[0]], "b": [0.5, late[1]]}, "folds": [["a"], ["b"]]}
+        activation = {"method": "cross_validation", "stop_step": 25, "pool": {"passed": True}}
+        model = {c: [0.6] for c in task.eval}
+        return {
+            **body,
+            "per_case": model,
+            "mean_dice": 0.6,
+            "activated": True,
+            "cross_validation": cv,
+            "activation": activation,
+        }
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    summary = report.summarise(runner.load_records(tmp_path))
+    (variant,) = summary["hippocampus_mild/development"]["guard_variants"]
+    assert variant["decided_alike"] == 1, "as recorded"
+    today = variant["today"]
+    assert today["decided_alike"] == 0
+    assert today["variant"] == {"activated": 0, "false_activations": 0, "better_sets": 1, "false_refusals": 1}
+    assert today["reference"] == {"activated": 1, "false_activations": 0, "better_sets": 1, "false_refusals": 0}
+    assert "Both judged by today's guard: decided alike on 0; activated 0 against 1" in report.markdown(
+        summary, "t", "c"
+    )
+
+
 def test_a_resume_over_records_of_another_pool_is_refused_not_mixed_into_the_table(tmp_path):
     calls = []
     runner.run(runner.plan(PROFILE), tmp_path, PROFILE, execute=fake_execute(calls), task_of=fake_task, log=print)

@@ -68,15 +68,21 @@ def guarded_rows(
 
 
 def guard_variants(
-    cells: Mapping[Tuple[str, int], Mapping[int, list]], cases: Sequence[str], clusters: Sequence[str]
+    cells: Mapping[Tuple[str, int], Mapping[int, list]],
+    floor: Mapping[int, np.ndarray],
+    cases: Sequence[str],
+    clusters: Sequence[str],
 ) -> List[Dict[str, Any]]:
     """Each guarded arm that changes the guard's own settings (``finetune.validation.*``, e.g. ``final =
     fold_average`` or short folds) against each guarded arm of the same query and recipe whose guard settings it
     extends (the shipped guard, without such changes; and e.g. ``final = fold_average`` for ``final =
     fold_average, folds = 2``) on the labelled sets both ran: how often they decided alike, the gap of the
     variant's candidate model over the reference's (:func:`.stats.set_paired_gap`, per-case Dice; a refused model
-    is scored as well), the sets it left worse by more than :data:`FALSE_ACTIVATION_MARGIN`, and its cost against
-    the reference's (mean Adapt seconds on those sets)."""
+    is scored as well), the sets it left worse by more than :data:`FALSE_ACTIVATION_MARGIN`, its cost against the
+    reference's (mean Adapt seconds on those sets), and both judged again by today's guard
+    (:func:`judged_by_todays_guard`): how often they decide alike, how many each activates, and how many of its
+    models better than no adaptation by more than :data:`FALSE_REFUSAL_MARGIN` each refuses (``floor``: per pool,
+    per-case Dice)."""
     guarded = {
         key: cell
         for key, cell in cells.items()
@@ -94,7 +100,7 @@ def guard_variants(
                 continue
             pairs = [
                 (mine, other)
-                for pool in sorted(set(cell) & set(theirs))
+                for pool in sorted(set(cell) & set(theirs) & set(floor))
                 for mine in cell[pool]
                 for other in theirs[pool]
                 if (mine["draw"], mine["seed"]) == (other["draw"], other["seed"]) and _same_labelled(mine, other)
@@ -105,6 +111,8 @@ def guard_variants(
             shipped = np.stack([_candidate_dice(o, cases) for _, o in pairs])
             gap = stats.set_paired_gap(variant, shipped, clusters)
             timed = [(m["train_seconds"], o["train_seconds"]) for m, o in pairs if m.get("train_seconds")]
+            today = [(judged_by_todays_guard(m), judged_by_todays_guard(o)) for m, o in pairs]
+            gains = [(_gain(m, floor, cases), _gain(o, floor, cases)) for m, o in pairs]
             out.append(
                 {
                     "arm": arm,
@@ -114,6 +122,11 @@ def guard_variants(
                     "decided_alike": sum(bool(m.get("activated")) == bool(o.get("activated")) for m, o in pairs),
                     "gap": gap.to_dict(),
                     "worse_sets": int(sum(g < -FALSE_ACTIVATION_MARGIN for g in gap.per_set)),
+                    "today": {
+                        "decided_alike": sum(mine == theirs for mine, theirs in today),
+                        "variant": _tally_today([v[0] for v in today], [g[0] for g in gains]),
+                        "reference": _tally_today([v[1] for v in today], [g[1] for g in gains]),
+                    },
                     "cost_vs_reference": (
                         float(np.mean([t for t, _ in timed]) / np.mean([t for _, t in timed])) if timed else None
                     ),
@@ -126,22 +139,63 @@ def guard_variants_markdown(variants: Sequence[Mapping[str, Any]]) -> List[str]:
     """One line per :func:`guard_variants` entry."""
     lines: List[str] = []
     for v in variants:
-        gap = v["gap"]
+        gap, today = v["gap"], v["today"]
+        mine, theirs = today["variant"], today["reference"]
         cost = "" if v["cost_vs_reference"] is None else f", {v['cost_vs_reference']:.2f}x its Adapt time"
         lines += [
             f"Guard variant `{v['arm']}` against `{v['reference']}`, B = {v['budget']}, {v['sets']} shared labelled "
             f"sets: decided alike on {v['decided_alike']}; its model minus `{v['reference']}`'s {gap['gap']:+.3f} "
             f"[{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}], {v['worse_sets']} set(s) worse by more than "
-            f"{FALSE_ACTIVATION_MARGIN}{cost}.",
+            f"{FALSE_ACTIVATION_MARGIN}{cost}. Both judged by today's guard: decided alike on "
+            f"{today['decided_alike']}; activated {mine['activated']} against {theirs['activated']} (worse than no "
+            f"adaptation by more than {FALSE_ACTIVATION_MARGIN}: {mine['false_activations']} against "
+            f"{theirs['false_activations']}); refused {mine['false_refusals']} of its {mine['better_sets']} model(s) "
+            f"better by more than {FALSE_REFUSAL_MARGIN} against {theirs['false_refusals']} of "
+            f"{theirs['better_sets']}.",
             "",
         ]
     return lines
+
+
+def _tally_today(activated: Sequence[bool], gains: Sequence[float]) -> Dict[str, int]:
+    """One arm's decisions by today's guard on paired sets, against its models' gains over no adaptation."""
+    pairs = list(zip(activated, gains))
+    return {
+        "activated": sum(a for a, _ in pairs),
+        "false_activations": sum(a and g < -FALSE_ACTIVATION_MARGIN for a, g in pairs),
+        "better_sets": sum(g > FALSE_REFUSAL_MARGIN for _, g in pairs),
+        "false_refusals": sum(not a and g > FALSE_REFUSAL_MARGIN for a, g in pairs),
+    }
+
+
+def judged_by_todays_guard(record: Mapping[str, Any]) -> bool:
+    """Whether today's guard (the defaults of :class:`~ASSFTActive.finetune.config.ValidationConfig`) activates a
+    guarded record: its folds judged again at its stopping step (:func:`~ASSFTActive.finetune.guard.judge`), and its
+    pool check as recorded. Records written under a former rule (e.g. "a fold may lose 0.05") are so compared with
+    today's on one rule; the model a record trained does not depend on the rule. ``False`` without folds."""
+    from ASSFTActive.finetune.config import ValidationConfig
+    from ASSFTActive.finetune.guard import CrossValidation, GuardRule, judge
+
+    activation = record.get("activation") or {}
+    if not record.get("cross_validation") or activation.get("method") != "cross_validation":
+        return False
+    v = ValidationConfig()
+    cv = CrossValidation.from_dict(record["cross_validation"])
+    step = int(activation["stop_step"])
+    folds = judge(cv.fold_gains(step), GuardRule(v.min_gain, v.min_fold_gain, v.min_gain_low), cv.gains(step).values())
+    return folds.activate and (activation.get("pool") or {}).get("passed", True)
 
 
 def _guard_settings(record: Mapping[str, Any]) -> Dict[str, Any]:
     """The guard's own settings an arm changes (``finetune.validation.*``)."""
     finetune = (record.get("arm") or {}).get("finetune") or {}
     return {k: v for k, v in finetune.items() if k.startswith("validation.")}
+
+
+def _gain(record: Mapping[str, Any], floor: Mapping[int, np.ndarray], cases: Sequence[str]) -> float:
+    """The candidate model's mean Dice minus no adaptation's in the record's pool (``floor``: per pool, per-case
+    Dice), as :func:`guarded_rows` computes it."""
+    return float(np.nanmean(_candidate_dice(record, cases)) - np.nanmean(floor[record["pool"]]))
 
 
 def _candidate_dice(record: Mapping[str, Any], cases: Sequence[str]) -> np.ndarray:

@@ -130,7 +130,7 @@ def summarise(records: Sequence[Mapping[str, Any]], default_arm: str = "assft") 
             entry["budgets"][str(budget)] = row
         entry["default_arm"] = default_arm
         entry["guarded"] = guarded_rows(cells, floor, cases)
-        entry["guard_variants"] = guard_variants(cells, cases, clusters)
+        entry["guard_variants"] = guard_variants(cells, floor, cases, clusters)
         entry["recipes"] = [c.to_dict() for c in recipe_comparisons(cells, floor, cases, clusters, worst_idx)]
         out[f"{setting}/{split}"] = entry
     return out
