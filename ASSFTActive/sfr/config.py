@@ -185,9 +185,10 @@ class SfrPlusConfig:
 
 
 def sfr_validation_config() -> ValidationConfig:
-    """SFR's guard: Adapt Model's, with the final run always trained again (``final = retrain``), whatever Adapt
-    Model's default."""
-    return ValidationConfig(final=FinalModel.RETRAIN)
+    """SFR's guard: Adapt Model's, with the final run always trained again (``final = retrain``) and folds as long as
+    it (no ``fold_budget``: SFR's recipe is its re-training, which the folds' shortcut does not shorten), whatever
+    Adapt Model's defaults."""
+    return ValidationConfig(final=FinalModel.RETRAIN, fold_budget=None)
 
 
 def sfr_train_config(**overrides: Any) -> TrainConfig:
@@ -272,7 +273,8 @@ class SfrConfig:
         validation: the guard, as for Adapt Model (:class:`~ASSFTActive.finetune.config.ValidationConfig`), except
             that the final run is trained again on every labelled volume (``final = retrain``,
             :func:`sfr_validation_config`): the folds' average was measured for Adapt Model only, and SFR's final
-            run also fine-tunes SAM on every labelled volume; a mapping given here overrides it key by key.
+            run also fine-tunes SAM on every labelled volume; its folds run whole (no ``fold_budget``); a mapping
+            given here overrides it key by key.
         predict_pool: predict the unlabelled volumes with the new model when a predictions folder is given.
         allow_implausible_labels: as for Adapt Model.
         checkpoint_every: with a work dir, the final re-training writes a resumable checkpoint every this many

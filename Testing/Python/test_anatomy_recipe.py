@@ -105,7 +105,7 @@ def test_the_benchmark_trains_with_the_models_recipe_and_refuses_to_mix_records_
         model=str(acdc_card(tmp_path / "acdc")),
         data=tmp_path,
     )
-    assert work.anatomy_recipe(acdc) == {"train.iterations": 50}
+    assert work.anatomy_recipe(acdc) == {"train.iterations": 50, "validation.fold_budget": 1.5}
     config = work.finetune_config(arms.parse_arm("strategy=random"), 0, work.anatomy_recipe(acdc))
     assert config.train.iterations == 50
     arm = arms.parse_arm("long:strategy=random,finetune.train.iterations=200")
@@ -116,6 +116,12 @@ def test_the_benchmark_trains_with_the_models_recipe_and_refuses_to_mix_records_
     with pytest.raises(runner.StaleRecord, match="anatomy recipe"):
         runner.check_same_task(path, acdc)
     path.write_text(json.dumps({**record, "anatomy_recipe": {"train.iterations": 50}}))
+    runner.check_same_task(path, acdc)  # unguarded: ACDC's later guard setting (its fold budget) does not touch it
+    guarded = {**record, "arm": {"name": "g", "guard": True}}
+    path.write_text(json.dumps({**guarded, "anatomy_recipe": {"train.iterations": 50}}))
+    with pytest.raises(runner.StaleRecord, match="anatomy recipe"):
+        runner.check_same_task(path, acdc)  # guarded before ACDC had its fold budget
+    path.write_text(json.dumps({**guarded, "anatomy_recipe": work.anatomy_recipe(acdc)}))
     runner.check_same_task(path, acdc)
     path.write_text(json.dumps({**record, "arm": {"name": "floor"}}))  # no training: any default's floor is the same
     runner.check_same_task(path, acdc)

@@ -146,6 +146,9 @@ def test_an_arm_overrides_the_recipe_with_finetune_fields_and_is_named_apart():
     assert dict(fast.finetune) == {"validation.fold_fraction": 0.34}
     assert fast.name not in ("random", arms.parse_arm("strategy=random,guard=true").name)
     assert harness_work.finetune_config(fast, seed=0).validation.fold_fraction == 0.34
+    whole = arms.parse_arm("strategy=random,guard=true,finetune.validation.fold_budget=null,finetune.pseudo.mode=none")
+    assert harness_work.finetune_config(whole, seed=0).validation.fold_budget is None, "null: no fold budget"
+    assert harness_work.finetune_config(whole, seed=0).pseudo.mode.value == "none", "none stays a setting's value"
     assert harness_work.finetune_config(fast, seed=0).validation.guard
     typo = arms.parse_arm("strategy=random,finetune.validation.fold_fractoin=0.3")
     with pytest.raises(ValueError, match="fold_fractoin"):
@@ -440,6 +443,18 @@ def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled
         "Guard variant `soup2` against `soup`, B = 2, 2 shared labelled sets: decided alike on 2; its model minus "
         "`soup`'s +0.000" in text
     )
+
+
+def test_a_guard_variant_extends_a_reference_whose_option_is_switched_off_but_not_a_sibling():
+    def record(**settings):
+        return {"arm": {"finetune": {f"validation.{k}": v for k, v in settings.items()}}}
+
+    whole = record(final="fold_average", fold_budget=None)
+    assert guard_report.guard_settings_extend(whole, record(final="fold_average", fold_budget=2))
+    assert guard_report.guard_settings_extend(record(), record(final="fold_average"))
+    assert not guard_report.guard_settings_extend(record(fold_budget=2), record(fold_budget=1.5)), "siblings"
+    assert not guard_report.guard_settings_extend(record(final="retrain"), record(final="fold_average", folds=2))
+    assert not guard_report.guard_settings_extend(whole, whole), "not itself"
 
 
 def test_guard_variants_are_judged_again_by_today_s_guard_from_their_folds(tmp_path):

@@ -108,7 +108,7 @@ def test_cross_validation_holds_each_label_out_once_and_the_final_run_stops_at_t
         world["labels"],
         store=world["store"],
         model=world["card"],
-        config=_config(validation={"final": final}),
+        config=_config(validation={"final": final, "fold_budget": None}),  # whole folds (their shortening: fast_guard)
         progress=events.append,
     )
     cv = result.metrics["cross_validation"]
@@ -412,7 +412,7 @@ def test_cancelling_mid_training_leaves_the_store_and_the_active_version_as_they
     before = tree(world["store"])
 
     def cancel_at_step_5(event):
-        if event.phase == "train" and event.step == 5:
+        if event.phase == "train" and event.step >= 5:  # fold steps are shown on the run's bar (may skip 5)
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
@@ -469,7 +469,7 @@ def test_a_cancelled_cross_validation_resumes_after_its_finished_folds(world):
     work = world["tmp"] / "work"
 
     def cancel_in_the_second_fold(event):
-        if event.phase == "train" and event.step == 25:
+        if event.phase == "train" and event.step >= 25:  # in the second fold (steps 21-40 of the bar)
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):
@@ -494,7 +494,7 @@ def test_a_cancelled_cross_validation_resumes_after_its_finished_folds(world):
         progress=events.append,
     )
     steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
-    assert steps[0] == 21, "fold 1 is not trained again"
+    assert 20 < steps[0] <= 22, "fold 1 is not trained again (fold 2 starts after step 20 of the bar)"
     assert len(result.metrics["cross_validation"]["folds"]) == 3
     with pytest.raises(JobError, match="changed since this checkpoint"):
         (work / "cv-fold0.json").parent.mkdir(exist_ok=True)
@@ -511,7 +511,7 @@ def test_a_checkpoint_written_for_another_card_is_refused(world):
     work = world["tmp"] / "work"
 
     def cancel(event):
-        if event.phase == "train" and event.step == 5:
+        if event.phase == "train" and event.step >= 5:  # fold steps are shown on the run's bar (may skip 5)
             raise CancelledError("cancelled")
 
     with pytest.raises(CancelledError):

@@ -125,6 +125,8 @@ def test_new_semi_supervised_and_guard_options_are_off_by_default_and_round_trip
     assert config.validation.min_fold_gain == 0.02 and config.validation.min_gain_low is None
     assert FinetuneConfig.from_dict({"validation": {"min_fold_gain": None}}).validation.min_fold_gain is None
     assert config.validation.fold_fraction == 1.0 and config.validation.fold_pool_cases is None
+    assert config.validation.fold_budget == 2.0, "chosen on the development split (RESULTS.md)"
+    assert FinetuneConfig.from_dict({"validation": {"fold_budget": None}}).validation.fold_budget is None
     chosen = FinetuneConfig.from_dict(
         {
             "pseudo": {"bcp": True, "teacher": "source_flip", "flip_axes": [2]},

@@ -37,7 +37,7 @@ def test_a_fold_budget_of_two_leaves_two_folds_whole_and_gives_three_two_thirds(
     budget = _config({"fold_budget": 2.0}).validation
     assert [fold_share(budget, k) for k in (2, 3, 4)] == [1.0, 2 / 3, 0.5]
     assert fold_share(_config({"fold_budget": 2.0, "fold_fraction": 0.5}).validation, 2) == 0.5, "the smaller wins"
-    assert fold_share(_config().validation, 3) == 1.0, "no budget: folds as long as the final run"
+    assert fold_share(_config({"fold_budget": None}).validation, 3) == 1.0, "no budget: folds as long as the final run"
 
 
 def test_fold_runs_under_a_budget_are_shortened_only_when_the_folds_exceed_it():
@@ -98,7 +98,7 @@ def test_the_fast_guard_activates_the_same_improvement_with_half_the_fold_steps(
         "semi_iterations": 20,
         "allow_implausible_labels": True,
     }  # the synthetic boxes are tiny; this test is about the guard
-    full, full_events = _adapt(world, "full", **changes)
+    full, full_events = _adapt(world, "full", {"fold_budget": None}, **changes)
     fast, fast_events = _adapt(world, "fast", FAST, **changes)
     assert full.activated and fast.activated, (full.decision.reason, fast.decision.reason)
     assert fast.metrics["cross_validation"]["steps"][-1] == 80, "the fold curve is read at the final run's steps"

@@ -32,7 +32,7 @@ def world(tmp_path):
 
 def _config(guard: bool = True, final: str = "fold_average") -> FinetuneConfig:
     data = json.loads(json.dumps(FAST_FINETUNE))
-    data["validation"] = dict(data.get("validation") or {}, guard=guard, final=final)
+    data["validation"] = dict(data.get("validation") or {}, guard=guard, final=final, fold_budget=None)  # whole folds
     data["train"]["iterations"] = 4
     data["semi_iterations"] = 2
     return FinetuneConfig.from_dict(data)

@@ -45,6 +45,7 @@ def test_sfr_retrains_its_final_run_unless_told_otherwise():
     from ASSFTActive.finetune.config import FinalModel
 
     assert SfrConfig().validation.final is FinalModel.RETRAIN
+    assert SfrConfig().validation.fold_budget is None, "SFR's folds run whole"
     partial = SfrConfig.from_dict({"validation": {"folds": 2}}).validation
     assert partial.final is FinalModel.RETRAIN and partial.folds == 2, "a partial mapping keeps SFR's final run"
     chosen = SfrConfig.from_dict({"validation": {"final": "fold_average"}}).validation

@@ -270,8 +270,12 @@ def _unit_value(key: str, value: Any) -> Any:
 
 
 def _value(text: str) -> Any:
+    """An arm field's value: ``true`` / ``false``, ``null`` (JSON's None, e.g. ``validation.fold_budget=null``; not
+    ``none``, which is a value of some settings), a whole or decimal number, else the text itself."""
     if text in ("true", "false"):
         return text == "true"
+    if text == "null":
+        return None
     for kind in (int, float):
         try:
             return kind(text)

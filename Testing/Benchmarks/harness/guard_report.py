@@ -95,7 +95,7 @@ def guard_variants(
             continue
         for (reference, b), theirs in sorted(guarded.items()):
             first = next(r for rs in theirs.values() for r in rs)
-            extends = _guard_settings(first).items() < _guard_settings(sample).items()
+            extends = guard_settings_extend(first, sample)
             if b != budget or reference == arm or not extends or _recipe(first) != _recipe(sample):
                 continue
             pairs = [
@@ -184,6 +184,15 @@ def judged_by_todays_guard(record: Mapping[str, Any]) -> bool:
     step = int(activation["stop_step"])
     folds = judge(cv.fold_gains(step), GuardRule(v.min_gain, v.min_fold_gain, v.min_gain_low), cv.gains(step).values())
     return folds.activate and (activation.get("pool") or {}).get("passed", True)
+
+
+def guard_settings_extend(reference: Mapping[str, Any], variant: Mapping[str, Any]) -> bool:
+    """Whether a guarded record's guard settings (``finetune.validation.*``) extend the reference's: every setting
+    the reference names, the variant names alike, and it names more. A reference setting of ``null`` (an option
+    switched off, e.g. ``fold_budget=null``: whole folds) is what any value of it extends."""
+    mine = _guard_settings(variant)
+    theirs = {k: v for k, v in _guard_settings(reference).items() if v is not None or mine.get(k) is None}
+    return theirs.items() < mine.items()
 
 
 def _guard_settings(record: Mapping[str, Any]) -> Dict[str, Any]:

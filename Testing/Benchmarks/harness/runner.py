@@ -258,7 +258,8 @@ class StaleRecord(ValueError):
 def check_same_task(path: Path, task: Task) -> None:
     """Refuse to resume over a record whose pool or evaluation cases differ from ``task``'s (the setting or the
     split changed since it was written), or that was trained with another anatomy recipe than Adapt Model's default
-    for the task's model is now: skipping it would mix two benchmarks in one table.
+    for the task's model is now: skipping it would mix two benchmarks in one table. An unguarded record is compared
+    without the recipe's guard settings (``validation.*``), which its training never read.
 
     Raises:
         StaleRecord: naming the record and what differs.
@@ -274,6 +275,8 @@ def check_same_task(path: Path, task: Task) -> None:
             )
     if (record.get("arm") or {}).get("name") != FLOOR.name:
         made, now = record.get("anatomy_recipe", {}), anatomy_recipe(task)
+        if not (record.get("arm") or {}).get("guard"):  # the guard's own settings never touch an unguarded training
+            made, now = ({k: v for k, v in r.items() if not k.startswith("validation.")} for r in (made, now))
         if made != now:
             raise StaleRecord(
                 f"{path}: trained with the anatomy recipe {made} of an earlier Adapt Model default, the default for "
