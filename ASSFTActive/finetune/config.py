@@ -303,15 +303,16 @@ class ValidationConfig:
 
     With few labelled volumes there is no held-out labelled set, so the guard cross-validates the whole recipe over
     the labelled volumes: each fold adapts the current model on the other labelled volumes (same settings, same
-    pool) and scores its held-out volumes every ``every`` steps. Step 0 of that curve is the current model, so each
-    labelled volume gives a paired before/after difference. The final model is trained on every labelled volume
-    up to the step where the mean cross-validated Dice peaks, and becomes active only when that Dice beats the
-    current model's by ``min_gain`` and its predictions on the unlabelled pool have not collapsed. A version that
-    is not activated is still stored; ``assft models activate`` makes it active anyway.
+    pool; the folds together at most ``fold_budget`` times the recipe's steps) and scores its held-out volumes
+    every ``every`` steps (of the final run's scale). Step 0 of that curve is the current model, so each labelled
+    volume gives a paired before/after difference. The new model is the folds' average at the step where the mean
+    cross-validated Dice peaks (``final``), and becomes active only when that Dice beats the current model's by
+    ``min_gain``, every fold gained ``min_fold_gain``, and its predictions on the unlabelled pool have not
+    collapsed. A version that is not activated is still stored; ``assft models activate`` makes it active anyway.
 
     Attributes:
         guard: run the guard (default). Off: train the full run on every labelled volume and activate it
-            unconditionally (the user's explicit choice; costs one training run instead of ``folds + 1``).
+            unconditionally (the user's explicit choice; costs one training run instead of the folds').
         folds: at most this many cross-validation folds (leave-one-out with fewer labelled volumes), 3. With one
             labelled volume nothing can be held out and the new version is not activated. Two folds were measured
             by the rule in RESULTS.md ("Two folds instead of three"; ACDC-Path development, B = 4, 10 sets): they
