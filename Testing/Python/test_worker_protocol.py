@@ -171,8 +171,11 @@ def test_adapt_job_streams_events_and_ends_with_done_a_result_and_a_new_active_m
     assert events[-1].event == "done" and [e.event for e in events].count("done") == 1
     assert not any(e.event == "error" for e in events)
     train_steps = [e.step for e in events if e.event == "progress" and e.phase == "train"]
-    # three cross-validation folds of 20 steps; the new model is their average at the stopping step (no training)
-    assert train_steps == list(range(1, 61))
+    # three cross-validation folds, each two thirds of the 20-step recipe (fold_budget 2), shown on the run's bar of
+    # 3 x 20 steps; the new model is their average at the stopping step (no training)
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 60
+    assert [s for s in train_steps if s % 20 == 0] == [20, 40, 60], "each fold ends at its end of the bar"
+    assert len(train_steps) < 60, "the folds train fewer steps than the bar shows"
     assert all(e.total == 60 for e in events if e.phase == "train" and e.event == "progress")
     assert any(e.event == "metric" and "dice_after" in e.metrics for e in events)
     assert (job / "events.jsonl").read_text().splitlines() == [line.rstrip("\n") for line in worker.raw]
