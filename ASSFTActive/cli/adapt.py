@@ -75,7 +75,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, settings: str) -> None:
         "--no-guard",
         action="store_true",
         help="skip the cross-validated check and activate the new version unconditionally "
-        "(one training run instead of folds + 1)",
+        "(one training run instead of the cross-validation folds, about two runs' worth together)",
     )
     parser.add_argument(
         "--allow-implausible-labels",

@@ -84,7 +84,8 @@ class TrainConfig:
     Attributes:
         iterations: optimiser steps, 100 (measured: 100 + 100 steps lift target-test Dice from 0.64 to 0.82 on the
             mild and from 0.46 to 0.74 on the harsh shift with two labels; RESULTS.md; the guard's cross-validation
-            multiplies the cost by ``folds + 1``). 50 for ACDC models (:data:`ANATOMY_RECIPES`).
+            folds together train at most ``validation.fold_budget`` times this). 50 for ACDC models
+            (:data:`ANATOMY_RECIPES`).
         patch_size: training patch ``[3]`` in voxels; ``None`` uses the card's patch size.
         batch_size: patches per step from the labelled cases (and as many from pseudo-labelled ones).
         learning_rate: AdamW learning rate (cosine-decayed to 5 % over the run), 1e-4 (beat 1e-3 and 3e-4 in the
@@ -377,8 +378,8 @@ class ValidationConfig:
             [-0.002, +0.006] on ACDC-Path (16 sets) and -0.003 [-0.006, -0.001] on hippocampus multi-site (10
             sets); a guarded Adapt 1.82x / 2.00x an unguarded one (retrain: 2.66x / 2.72x). At B = 4 ("The folds'
             average at B = 4: the check applied", ACDC-Path, 10 sets) the same decision on all 10 and +0.002
-            [+0.000, +0.006], but three folds cost 2.8-3.2x (retrain: 4.0-4.5x). SFR's config keeps ``retrain`` (not
-            measured there).
+            [+0.000, +0.006], but three whole folds cost 2.8-3.2x (retrain: 4.0-4.5x; with ``fold_budget``: 1.96x
+            on the hippocampus, 1.49x on ACDC-Path). SFR's config keeps ``retrain`` (not measured there).
         collapse_ratio: the pool check refuses a model that predicts less than this share of the current model's
             voxels of some class on the unlabelled pool (e.g. after training on empty labels), 0.2.
         pool_cases: unlabelled volumes predicted by both models for the pool check (evenly spread over the sorted
