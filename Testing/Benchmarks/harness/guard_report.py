@@ -40,7 +40,7 @@ def guarded_rows(
                     continue
                 twin = _unguarded_twin(cells, r, budget, pool)
                 test = float(np.nanmean(stats.case_dice(r, cases)) - np.nanmean(floor[pool]))
-                candidate = float(np.nanmean(_candidate_dice(r, cases)) - np.nanmean(floor[pool]))
+                candidate = _gain(r, floor, cases)
                 rows.append(
                     {
                         "arm": arm,
@@ -202,8 +202,8 @@ def _guard_settings(record: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _gain(record: Mapping[str, Any], floor: Mapping[int, np.ndarray], cases: Sequence[str]) -> float:
-    """The candidate model's mean Dice minus no adaptation's in the record's pool (``floor``: per pool, per-case
-    Dice), as :func:`guarded_rows` computes it."""
+    """The candidate model's (activated or not) mean Dice minus no adaptation's in the record's pool (``floor``: per
+    pool, per-case Dice)."""
     return float(np.nanmean(_candidate_dice(record, cases)) - np.nanmean(floor[record["pool"]]))
 
 
