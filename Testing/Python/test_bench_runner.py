@@ -93,6 +93,15 @@ def test_a_budget_filter_keeps_the_floor_and_drops_the_ceiling_unless_zero_is_na
     assert {u.key for u in only_two} <= everything, "a filtered run writes the profile's own records"
 
 
+def test_a_budget_the_profile_does_not_list_is_run_not_dropped():
+    profile = runner.PROFILES["test"]
+    assert 8 not in profile.budgets
+    units = runner.plan(profile, settings=["acdc_path"], pools=[0], arms=["random"], budgets=[8], draws=2)
+    assert [(u.arm.name, u.budget, u.draw) for u in units] == [("floor", 0, 0), ("random", 8, 0), ("random", 8, 1)]
+    with pytest.raises(ValueError, match="budgets must be"):
+        runner.plan(profile, settings=["acdc_path"], pools=[0], arms=["random"], budgets=[-1])
+
+
 def test_a_rerun_skips_every_record_that_exists_and_computes_only_the_missing(tmp_path):
     units = runner.plan(PROFILE)
     calls = []

@@ -160,20 +160,28 @@ def plan(
     """Every unit of ``profile`` (optionally only some settings, pool replicates, arms or budgets), in run order:
     per pool, the floor, then each arm's budgets, draws and seeds, then the ceiling step counts.
 
-    ``budgets`` keeps the labelled-set units of those budgets and the floor (every gap is measured against it);
-    the whole-pool units (the ceiling, budget 0) are kept only when 0 is among them. ``draws`` keeps only the first
-    that many draws of each seeded arm (e.g. 10 guarded labelled sets before the rest). The records are the
-    profile's own either way, so a later run without the filters resumes over them."""
+    ``budgets`` runs those budgets instead of the profile's, and the floor (every gap is measured against it): a
+    budget the profile does not list is run too (e.g. B = 8 on the test split, whose profile runs 2 and 4), never
+    dropped in silence; the whole-pool units (the ceiling, budget 0) are kept only when 0 is among them. ``draws``
+    keeps only the first that many draws of each seeded arm (e.g. 10 guarded labelled sets before the rest). The
+    records are the profile's own either way, so a later run without the filters resumes over them.
+
+    Raises:
+        ValueError: a budget below 0.
+    """
     chosen = [parse_arm(a) for a in (arms or profile.arms)]
     replicates = list(pools) if pools is not None else list(range(profile.pools))
     wanted = None if budgets is None else set(budgets)
+    if wanted is not None and min(wanted, default=0) < 0:
+        raise ValueError(f"budgets must be 0 (the whole-pool ceiling) or more labelled volumes, got {sorted(wanted)}")
+    labelled_budgets = profile.budgets if wanted is None else tuple(sorted(b for b in wanted if b > 0))
     units: List[Unit] = []
     for name in settings or profile.settings:
         for pool in replicates:
             units.append(Unit(name, profile.split, pool, FLOOR, 0, 0, 0))
             for arm in chosen:
                 arm = with_effort(with_finetune(arm, profile.finetune), profile)
-                for budget in (0,) if arm.whole_pool else profile.budgets:
+                for budget in (0,) if arm.whole_pool else labelled_budgets:
                     for draw in range(arm.draws(budget, profile.draws)):
                         for seed in range(profile.seeds):
                             units.append(Unit(name, profile.split, pool, arm, budget, draw, seed))
