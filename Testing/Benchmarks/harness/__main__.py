@@ -88,7 +88,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--pools", type=int, nargs="+", help="only these pool replicates")
     run.add_argument("--arms", nargs="+", help="arm names or strategy=<QueryConfig strategy>[,field=value]")
     run.add_argument(
-        "--budgets", type=int, nargs="+", help="these budgets instead of the profile's (and the floor; 0 = the whole-pool ceiling)"
+        "--budgets",
+        type=int,
+        nargs="+",
+        help="these budgets instead of the profile's (and the floor; 0 = the whole-pool ceiling)",
     )
     run.add_argument("--draws", type=int, help="only the first N draws of each seeded arm (the rest later)")
     run.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
