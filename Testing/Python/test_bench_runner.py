@@ -396,6 +396,22 @@ def test_the_guard_cost_is_the_ratio_to_the_unguarded_run_of_the_same_query_on_t
     assert cost["value"] == 1.5 and cost["topic"] == "speed" and cost["sets"] == 2
 
 
+def test_a_budget_run_only_by_a_guarded_random_arm_prints_no_empty_random_distribution(tmp_path):
+    profile = _one_pool_profile(("g:strategy=random,guard=true",), draws=1)
+
+    def execute(task, unit, work):
+        dice = {c: [0.5] for c in task.eval}
+        if unit.arm.name == "floor":
+            return {"labelled": [], "per_case": dice, "mean_dice": 0.5, "activated": False}
+        activation = {"method": "cross_validation", "stop_step": 25}
+        return {"labelled": ["a", "b"], "per_case": dice, "mean_dice": 0.5, "activated": True, "activation": activation}
+
+    runner.run(runner.plan(profile), tmp_path, profile, execute=execute, task_of=fake_task, log=lambda _: None)
+    text = report.markdown(report.summarise(runner.load_records(tmp_path)), "t", "c")
+    assert "Guard (issue 25 calibration), `g`, B = 2" in text
+    assert "B = 2: random mean" not in text, "no query ran at B = 2: the guard's section is the budget's only one"
+
+
 def test_a_guard_variant_is_compared_with_the_shipped_guard_on_the_same_labelled_sets(tmp_path):
     """A guarded arm that changes only the guard's settings (here the final model) is paired with the shipped
     guard's arm by labelled set: decisions alike, its candidate model's paired gap (a refused model counts), the

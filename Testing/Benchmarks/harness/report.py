@@ -367,6 +367,8 @@ def markdown(summary: Mapping[str, Any], title: str, command: str) -> str:
         ]
         for budget, row in entry["budgets"].items():
             rnd = row["random"]
+            if not rnd["subsets_per_pool"] and not row["arms"]:
+                continue  # no query at this budget (only guarded or recipe arms: their sections below)
             lines += [
                 f"B = {budget}: random mean {_f(rnd['mean'])} over {sum(rnd['subsets_per_pool'])} subsets "
                 f"({rnd['subsets_per_pool']} per pool; {rnd['distinct_sets']} distinct labelled sets: pools "
