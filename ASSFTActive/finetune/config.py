@@ -359,7 +359,11 @@ class ValidationConfig:
             but cost 2.08x (whole folds: 2.79x): the guard's fixed costs (held-out scoring, the folds'
             pseudo-labelling, the pool check) weigh twice as much against a recipe half as long, so ACDC has its
             own budget, 1.5 (:data:`ANATOMY_RECIPES`: three folds of half the steps, 1.49x, the same 10 decisions,
-            its model +0.002 [-0.001, +0.005]). SFR's folds run whole (``sfr_validation_config``).
+            its model +0.002 [-0.001, +0.005]). A budget of 1.5 for the hippocampus failed the same rule ("The
+            hippocampus's fold budget below two: the rule applied"; ``results/harness_dev_budget_hippo.md``, 4
+            sets): 1.60x, but its model -0.007 [-0.011, -0.003] against three whole folds, so the hippocampus keeps
+            2, which costs 2.0x the steps of an unguarded Adapt (1.96-2.02x timed beside another process, 2.3-2.4x
+            alone). SFR's folds run whole (``sfr_validation_config``).
         fold_pool_cases: inside cross-validation folds the teacher pseudo-labels at most this many unlabelled
             volumes (evenly spread over the sorted pool; the final run uses the whole pool); ``None`` = the whole
             pool. Not yet measured; default unchanged (``None``).

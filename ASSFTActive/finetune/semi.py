@@ -15,12 +15,19 @@ References:
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["SpatialJitter", "StrongView", "confident_from_maps", "confident_voxels", "paste_labelled_boxes"]
+__all__ = [
+    "SpatialJitter",
+    "StrongView",
+    "confident_from_maps",
+    "confident_voxels",
+    "paste_labelled_boxes",
+    "teacher_targets",
+]
 
 
 def confident_voxels(probs: torch.Tensor, threshold: float, class_keep_min: float = 0.0) -> torch.Tensor:
@@ -64,6 +71,31 @@ def confident_from_maps(
                 cut = torch.kthvalue(values.float().flatten(), values.numel() - keep + 1).values
                 mask[b] |= (hard[b] == k) & (confidence[b] >= min(float(cut), threshold))
     return mask[0] if single else mask
+
+
+def teacher_targets(
+    probs: torch.Tensor, threshold: Optional[float], class_keep_min: float = 0.0
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The online teacher's targets from its class probabilities, in one reduction over the classes: the predicted
+    class of every voxel (the first class on ties, as ``argmax``) and the voxels whose pseudo-label is trusted
+    (:func:`confident_voxels`; ``None`` when ``threshold`` is ``None``: every voxel counts).
+
+    One ``max`` gives the class and its probability together; on CPU ``argmax`` over the class dimension of a
+    ``[B, C, X, Y, Z]`` batch took about 20x as long as ``max`` (0.1 s a training step on the hippocampus's patches,
+    measured under cProfile in a semi-supervised round), and the mask needed the ``max`` anyway.
+
+    Args:
+        probs: class probabilities ``[B, C, X, Y, Z]`` or ``[C, X, Y, Z]``.
+        threshold: the global confidence threshold, or ``None`` for no mask.
+        class_keep_min: see :func:`confident_voxels`.
+
+    Returns:
+        ``(labels, mask)``: int64 labels ``[B, X, Y, Z]`` (or ``[X, Y, Z]``) and a bool mask of that shape or ``None``.
+    """
+    confidence, hard = probs.max(dim=-4)
+    if threshold is None:
+        return hard, None
+    return hard, confident_from_maps(confidence, hard, threshold, class_keep_min)
 
 
 class StrongView:

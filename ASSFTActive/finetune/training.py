@@ -37,7 +37,7 @@ from ..models import ModelCard
 from ..progress import ProgressCallback, emit
 from .config import Optimizer, TrainConfig
 from .mixing import bidirectional_copy_paste, random_boxes
-from .semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
+from .semi import SpatialJitter, StrongView, paste_labelled_boxes, teacher_targets
 from .teachers import PatchLabeller
 
 __all__ = [
@@ -577,10 +577,8 @@ class PseudoLabelTerm(LossTerm):
                     if labeller is not None
                     else torch.softmax(teacher(images).float(), dim=1)
                 )
-                labels = probs.argmax(dim=1)
-                masks = torch.ones_like(masks)
-                if semi.voxel_threshold is not None:
-                    masks = confident_voxels(probs, semi.voxel_threshold, semi.class_keep_min).float()
+                labels, confident = teacher_targets(probs, semi.voxel_threshold, semi.class_keep_min)
+                masks = torch.ones_like(masks) if confident is None else confident.float()
         view = self.strong(images.cpu()).to(device) if self.strong is not None else images
         if self.jitter is not None:
             view, labels, masks = self.jitter(view, labels, masks)

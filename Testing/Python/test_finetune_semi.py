@@ -7,7 +7,13 @@ import numpy as np
 import torch
 
 from ASSFTActive.finetune.pseudo import voxel_confidence_mask
-from ASSFTActive.finetune.semi import SpatialJitter, StrongView, confident_voxels, paste_labelled_boxes
+from ASSFTActive.finetune.semi import (
+    SpatialJitter,
+    StrongView,
+    confident_voxels,
+    paste_labelled_boxes,
+    teacher_targets,
+)
 
 
 def _probs():
@@ -32,6 +38,19 @@ def test_the_class_aware_mask_keeps_the_most_confident_share_of_every_class():
     assert mask.flatten().tolist() == [True, True, True, True, False, False]
     batch = confident_voxels(torch.stack([_probs(), _probs()]), 0.8, class_keep_min=0.5)
     assert batch.shape == (2, 1, 1, 6) and torch.equal(batch[0], mask)
+
+
+def test_the_teacher_targets_are_argmax_and_the_confidence_mask_with_ties_going_to_the_first_class():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 3, 5, 6, 4), dim=1)
+    probs[0, :, 0, 0, 0] = 1.0 / 3.0  # a three-way tie: class 0, as argmax
+    probs[1, 0, 1, 1, 1], probs[1, 1:, 1, 1, 1] = 0.2, 0.4  # a tie of classes 1 and 2: class 1
+    labels, mask = teacher_targets(probs, 0.6, class_keep_min=0.25)
+    assert labels.dtype == torch.int64 and torch.equal(labels, probs.argmax(dim=1))
+    assert labels[0, 0, 0, 0] == 0 and labels[1, 1, 1, 1] == 1
+    assert torch.equal(mask, confident_voxels(probs, 0.6, class_keep_min=0.25))
+    unmasked_labels, no_mask = teacher_targets(probs, None)
+    assert no_mask is None and torch.equal(unmasked_labels, labels)
 
 
 def test_the_offline_mask_uses_the_same_rule():
