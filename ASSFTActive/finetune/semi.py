@@ -81,7 +81,7 @@ def teacher_targets(
     (:func:`confident_voxels`; ``None`` when ``threshold`` is ``None``: every voxel counts).
 
     One ``max`` gives the class and its probability together; on CPU ``argmax`` over the class dimension of a
-    ``[B, C, X, Y, Z]`` batch took about 20x as long as ``max`` (0.1 s a training step on the hippocampus's patches,
+    ``[B, C, X, Y, Z]`` batch took about 9x as long as ``max`` (0.1 s a training step on the hippocampus's patches,
     measured under cProfile in a semi-supervised round), and the mask needed the ``max`` anyway.
 
     Args:
