@@ -49,8 +49,7 @@ def confident_voxels(probs: torch.Tensor, threshold: float, class_keep_min: floa
     Returns:
         bool mask ``[B, X, Y, Z]`` (or ``[X, Y, Z]``).
     """
-    confidence, hard = probs.max(dim=-4)
-    return confident_from_maps(confidence, hard, threshold, class_keep_min)
+    return teacher_targets(probs, threshold, class_keep_min)[1]
 
 
 def confident_from_maps(
