@@ -183,15 +183,18 @@ def job_units(job) -> Dict[str, float]:
         config = job.sfr_config()
     except Exception:  # the worker refuses bad settings with the message; the bar then falls back on its priors
         return {}
-    return sfr_config_units(config, len(job.images), len(job.labels))
+    subjects = {job.subjects.get(c, c) for c in job.labels}
+    return sfr_config_units(config, len(job.images), len(job.labels), len(subjects))
 
 
-def sfr_config_units(config, volumes: int, labelled: int) -> Dict[str, float]:
+def sfr_config_units(config, volumes: int, labelled: int, subjects: Optional[int] = None) -> Dict[str, float]:
     """:func:`sfr_units` of an :class:`~ASSFTActive.sfr.config.SfrConfig` on ``volumes`` volumes of which
-    ``labelled`` are labelled (the guard's folds as ``finetune.adapt`` counts them: ``validation.folds`` at most, one
-    per labelled volume, none without the guard or with fewer than two labelled volumes)."""
+    ``labelled`` are labelled, from ``subjects`` subjects (default: one each). The guard's folds as
+    ``finetune.adapt`` counts them: ``validation.folds`` at most, one per subject, none without the guard or with
+    fewer than two subjects."""
     validation = config.validation
-    folds = min(validation.folds, labelled) if validation.guard and labelled >= 2 else 0
+    subjects = labelled if subjects is None else subjects
+    folds = min(validation.folds, subjects) if validation.guard and subjects >= 2 else 0
     return sfr_units(
         volumes,
         labelled,

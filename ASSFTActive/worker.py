@@ -350,6 +350,7 @@ def _run_adaptation(spec: JobSpec, job_dir: Path, ctx, channel: _Channel) -> Opt
         work_dir=job_dir / CHECKPOINT_DIR,
         ctx=ctx,
         before_commit=rerank,
+        subjects=spec.subjects,
     )
     outcome = run_adaptation(request, method)
     if not ctx.is_main:

@@ -67,6 +67,12 @@ def add_input_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     )
     parser.add_argument("--store", required=True, type=Path, help="model store folder for the new version")
     parser.add_argument("--name", help="model name in the store (default: <card name>-adapted)")
+    parser.add_argument(
+        "--subjects",
+        type=Path,
+        help='JSON file {"<case id>": "<subject>"} for volumes that share a subject (two frames of one heart, two '
+        "scans of one patient): the guard's cross-validation holds a subject's volumes out together",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, settings: str) -> None:
@@ -145,12 +151,14 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     from ..finetune.adapt import AdaptRequest, run_adaptation
     from ..io import case_id, find_images, match_labels
     from ..progress import sfr_config_units
-    from .common import resolve_device, warn_line
+    from .common import read_json_object, resolve_device, warn_line
 
     images = find_images(args.images)
     labels = match_labels(images, args.labels, warn=warn_line)
+    subjects = read_json_object(args.subjects, "subjects")
     config = getattr(method, "config", None)  # SFR's settings plan its SAM and re-training passes for the bar
-    units = sfr_config_units(config, len(images), len(labels)) if hasattr(config, "sam") else None
+    count = len({subjects.get(c, c) for c in labels})
+    units = sfr_config_units(config, len(images), len(labels), count) if hasattr(config, "sam") else None
     bar, progress = progress_channel(args, volumes=len(images), units=units)
     try:
         with work_dir_lock(args.work_dir):
@@ -164,6 +172,7 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
                 work_dir=args.work_dir,
                 predictions_dir=args.predictions,
                 device=resolve_device(args.device),
+                subjects=subjects,
             )
             result = run_adaptation(request, method)
     finally:

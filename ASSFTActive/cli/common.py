@@ -179,6 +179,15 @@ def read_settings_file(path: Optional[Path]) -> dict:
     Raises:
         InputError: unreadable, not JSON, or not an object.
     """
+    return read_json_object(path, "settings")
+
+
+def read_json_object(path: Optional[Path], what: str) -> dict:
+    """The JSON object in ``path`` (empty without one); ``what`` names it in errors ("settings", "subjects").
+
+    Raises:
+        InputError: unreadable, not JSON, or not an object.
+    """
     import json
 
     from ..errors import InputError
@@ -188,9 +197,9 @@ def read_settings_file(path: Optional[Path]) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable JSON settings file ({exc}).") from exc
+        raise InputError(f"{path}: not a readable JSON {what} file ({exc}).") from exc
     if not isinstance(data, dict):
-        raise InputError(f"{path}: the settings must be a JSON object.")
+        raise InputError(f"{path}: the {what} must be a JSON object.")
     return data
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -58,10 +58,10 @@ from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .fold_average import KeptFold, average_folds
-from .guard import ActivationDecision, CrossValidation, PoolCheck, decide
+from .guard import ActivationDecision, CrossValidation, PoolCheck, decide, subject_of
 from .method import AdaptMethod, Trained
 from .result import AdaptResult
-from .state import AdaptRun, LabeledVolume, check_inputs, cpu_state, load_state, read_labeled, unwrap
+from .state import AdaptRun, LabeledVolume, check_inputs, check_subjects, cpu_state, load_state, read_labeled, unwrap
 
 __all__ = ["AdaptRequest", "AdaptResult", "SkippedVolume", "adapt_model", "default_name", "run_adaptation"]
 
@@ -88,6 +88,9 @@ class AdaptRequest:
         before_commit: called just before the new version is committed with the model that will be active
             afterwards: the adapted one, or the current one when the guard refused it (e.g. to re-rank the pool
             with the active model); still cancellable.
+        subjects: ``{case_id: subject}`` where volumes share a subject (two frames of one heart, two scans of one
+            patient): the guard's folds hold out a subject's volumes together. Volumes not named are each their
+            own subject.
     """
 
     images: Mapping[str, PathLike]
@@ -101,6 +104,7 @@ class AdaptRequest:
     device: Optional[torch.device] = None
     ctx: Optional[DistContext] = None
     before_commit: Optional[BeforeCommit] = None
+    subjects: Mapping[str, str] = field(default_factory=dict)
 
     def context(self) -> DistContext:
         return self.ctx if self.ctx is not None else DistContext.single(self.device)
@@ -113,7 +117,8 @@ def default_name(card: ModelCard) -> str:
 
 def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
     """The labelled volumes of ``run`` after the label checks (refused or warned, per ``run.config``), with
-    ``run.folds`` set: cross-validation folds when the guard is on and there are at least two labels, else 0.
+    ``run.folds`` set: cross-validation folds when the guard is on and the labels come from at least two subjects
+    (:func:`.guard.subject_of`), else 0.
     Shared by every adaptation method (Adapt Model, SFR), so each runs the same checks and guard."""
     config = run.config
     labeled = read_labeled(run)
@@ -142,8 +147,14 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
             f"{run.card.name} holds encoder weights only: the labels are not compared with its prediction "
             "(its head is not trained yet); the label shape checks still ran."
         )
-    run.folds = min(config.validation.folds, len(labeled)) if config.validation.guard and len(labeled) >= 2 else 0
+    subjects = labelled_subjects(run, labeled)
+    run.folds = min(config.validation.folds, subjects) if config.validation.guard and subjects >= 2 else 0
     return labeled
+
+
+def labelled_subjects(run: AdaptRun, labeled: Sequence[LabeledVolume]) -> int:
+    """How many subjects the labelled volumes come from (each volume its own unless ``run.subjects`` names one)."""
+    return len(set(subject_of([c.case_id for c in labeled], run.subjects).values()))
 
 
 def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:
@@ -216,6 +227,7 @@ def adapt_model(
     device: Optional[torch.device] = None,
     dist: Optional[DistContext] = None,
     before_commit: Optional[BeforeCommit] = None,
+    subjects: Optional[Mapping[str, str]] = None,
 ) -> AdaptResult:
     """:func:`run_adaptation` with ASSFT's method (:class:`~.assft.SelectiveSelfTraining` of ``config``): fine-tune
     on the labelled volumes plus reliable pseudo-labelled ones. The arguments are :class:`AdaptRequest`'s (``dist``
@@ -235,6 +247,7 @@ def adapt_model(
             device=device,
             ctx=dist,
             before_commit=before_commit,
+            subjects=subjects or {},
         ),
         SelectiveSelfTraining(config),
     )
@@ -248,6 +261,7 @@ def start_run(request: AdaptRequest, method: AdaptMethod) -> AdaptRun:
     open the checkpoints (identified by the volumes and :meth:`~.method.AdaptMethod.identity`)."""
     config = method.run_config()
     image_paths, label_paths = check_inputs(request.images, request.labels)
+    subjects = check_subjects(request.subjects, image_paths)
     card_path = resolve_card_path(request.model)
     card = load_card(card_path)
     name = check_name(request.name or default_name(card))
@@ -284,6 +298,7 @@ def start_run(request: AdaptRequest, method: AdaptMethod) -> AdaptRun:
         method=method,
         progress=request.progress,
         predictions_dir=predictions_dir,
+        subjects=subjects,
         anchor=cpu_state(loaded.network),
     )
 
@@ -358,6 +373,7 @@ def decide_activation(
             len(labeled),
             min_fold_gain=guard.min_fold_gain,
             min_gain_low=guard.min_gain_low,
+            subjects=labelled_subjects(run, labeled),
         )
     return replace(decision, label_meaning=label_meaning_note(run))
 

@@ -56,7 +56,7 @@ def cross_validate(
             rounds (the folds' average; kept in the checkpoints beside the fold's scores, and a finished fold whose
             weights or rounds were not kept is run again).
     """
-    folds = assign_folds([c.case_id for c in labeled], run.config.validation.folds, run.config.train.seed)
+    folds = assign_folds([c.case_id for c in labeled], run.config.validation.folds, run.config.train.seed, run.subjects)
     per_class: Dict[str, Dict[int, Tuple[float, ...]]] = {c.case_id: {0: tuple(c.dice)} for c in before.cases}
     for index, held in enumerate(folds):
         fold = run.checkpoints.load_fold(index)

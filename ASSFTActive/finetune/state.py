@@ -33,7 +33,16 @@ from .config import FinalModel, FinetuneConfig
 if TYPE_CHECKING:
     from .method import AdaptMethod
 
-__all__ = ["AdaptRun", "LabeledVolume", "check_inputs", "cpu_state", "load_state", "read_labeled", "unwrap"]
+__all__ = [
+    "AdaptRun",
+    "LabeledVolume",
+    "check_inputs",
+    "check_subjects",
+    "cpu_state",
+    "load_state",
+    "read_labeled",
+    "unwrap",
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,8 @@ class AdaptRun:
         method: what the run adapts with (:class:`~.method.AdaptMethod`).
         progress: the event callback (may raise ``CancelledError``).
         predictions_dir: where the pool's label maps are written (``None``: not written).
+        subjects: ``{case_id: subject}`` of the volumes whose subject is known (:func:`check_subjects`); the
+            guard's folds keep a subject's volumes together (:func:`~.guard.assign_folds`).
         anchor: the weights the run started from (the current model; L2-SP's reference).
         folds: cross-validation folds of the run (0: no cross-validation).
         retrains: the folds' average failed the pool check (:func:`~.adapt.final_model`), so the final model is
@@ -112,6 +123,7 @@ class AdaptRun:
     method: AdaptMethod
     progress: Optional[ProgressCallback] = None
     predictions_dir: Optional[Path] = None
+    subjects: Dict[str, str] = field(default_factory=dict)
     anchor: Dict[str, torch.Tensor] = field(default_factory=dict)
     folds: int = 0
     retrains: bool = False
@@ -202,6 +214,23 @@ def check_inputs(
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InputError(f"file(s) not found: {', '.join(missing[:5])}{more}. Check the paths.")
     return images, labels
+
+
+def check_subjects(subjects: Optional[Mapping[str, str]], images: Mapping[str, str]) -> Dict[str, str]:
+    """``subjects`` as ``{case_id: subject}``, checked: every id is a volume of ``images`` and every subject a
+    non-empty string (a patient id, say). Volumes not named are each their own subject.
+
+    Raises:
+        InputError: an unknown case id or an empty or non-string subject.
+    """
+    subjects = dict(subjects or {})
+    stray = sorted(str(k) for k in subjects if k not in images)
+    if stray:
+        raise InputError(f"subjects names case(s) {stray[:5]} that are not among the images; use the images' case ids")
+    bad = sorted(str(k) for k, v in subjects.items() if not isinstance(v, str) or not v.strip())
+    if bad:
+        raise InputError(f"subjects of {bad[:5]} must be non-empty strings (e.g. a patient id)")
+    return {str(k): v.strip() for k, v in subjects.items()}
 
 
 def read_labeled(run: AdaptRun) -> List[LabeledVolume]:

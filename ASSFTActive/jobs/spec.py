@@ -31,6 +31,9 @@ class JobSpec:
             :func:`ASSFTActive.sfr.pipeline.sfr_adapt`).
         images: ``{case_id: image path}``, every volume of the pool (labelled or not).
         labels: ``{case_id: label path}`` for the labelled volumes; each id must be in ``images``.
+        subjects: ``{case_id: subject}`` where volumes share a subject (a patient id: two frames of one heart,
+            two scans of one patient); an adapt or sfr job's guard then holds a subject's volumes out together.
+            Each id must be in ``images``; volumes not named are each their own subject.
         model: a model card path, ``"default"`` (the embedded model), or a store folder
             (``<store>/<name>`` for its active version, ``<store>/<name>/v<k>``).
         store: model store folder (required for ``adapt`` and ``sfr``).
@@ -51,6 +54,7 @@ class JobSpec:
     kind: str
     images: Mapping[str, str]
     labels: Mapping[str, str] = field(default_factory=dict)
+    subjects: Mapping[str, str] = field(default_factory=dict)
     model: str = "default"
     store: str = ""
     name: str = ""
@@ -75,6 +79,14 @@ class JobSpec:
         stray = sorted(set(self.labels) - set(self.images))
         if stray:
             raise ValueError(f"labels {stray} have no image in images; every labelled case needs its image")
+        if not isinstance(self.subjects, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in self.subjects.items()
+        ):
+            raise ValueError("subjects must map case ids to non-empty subject ids (e.g. patient ids)")
+        stray = sorted(set(self.subjects) - set(self.images))
+        if stray:
+            raise ValueError(f"subjects {stray} name no image in images; use the images' case ids")
+        object.__setattr__(self, "subjects", dict(self.subjects))
         for key in ("model", "store", "name", "sam_prior"):
             if not isinstance(getattr(self, key), (str, os.PathLike)):
                 raise ValueError(f"{key} must be a string")
@@ -142,7 +154,7 @@ class JobSpec:
         return unit_config(self.query.get("units"))
 
     def to_dict(self) -> Dict[str, Any]:
-        """The JSON form; ``sfr`` and ``sam_prior`` only for an ``sfr`` job or when set."""
+        """The JSON form; ``sfr`` and ``sam_prior`` only for an ``sfr`` job or when set, ``subjects`` when set."""
         data = {
             f.name: (
                 dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), Mapping) else getattr(self, f.name)
@@ -153,6 +165,8 @@ class JobSpec:
             for key in ("sfr", "sam_prior"):
                 if not data[key]:
                     del data[key]
+        if not data["subjects"]:
+            del data["subjects"]
         return data
 
     @classmethod

@@ -430,6 +430,7 @@ def sfr_adapt(
     device: Optional[torch.device] = None,
     work_dir: Optional[PathLike] = None,
     before_commit: Optional[BeforeCommit] = None,
+    subjects: Optional[Mapping[str, str]] = None,
 ) -> SfrResult:
     """:func:`~ASSFTActive.finetune.adapt.run_adaptation` with :class:`Sfr` (``method``, when given, overrides
     ``config.method``). The other arguments are :class:`~ASSFTActive.finetune.adapt.AdaptRequest`'s.
@@ -453,6 +454,7 @@ def sfr_adapt(
         predictions_dir=predictions_dir,
         ctx=DistContext.single(device),
         before_commit=before_commit,
+        subjects=subjects or {},
     )
     return run_adaptation(request, Sfr(config, sam_prior))
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import slicer
 from vtk.util import numpy_support
 
 from ASSFTActive.cards import ModelCard
@@ -546,6 +547,9 @@ def planJob(
     ``adapt`` or ``sfr`` job refuses a labeled segmentation that has them (a misnamed class would train as
     background).
 
+    Volumes under one patient in the scene's subject hierarchy go into the job as one subject (:func:`subjectOf`),
+    so that the guard's cross-validation never trains on a patient it scores.
+
     Args:
         scene: the MRML scene.
         workDir: folder for jobs (``<workDir>/jobs``) and, by default, the model store (``<workDir>/models``).
@@ -584,6 +588,7 @@ def planJob(
                 "shown on screen."
             )
     caseIds = assignCaseIds([node.GetName() for node in volumeNodes])
+    subjects = {caseId: subjectOf(scene, node) for caseId, node in zip(caseIds, volumeNodes)}
     conversions = {}
     ignored = []
     notLabelled = []
@@ -623,6 +628,7 @@ def planJob(
             kind=kind,
             images=images,
             labels=labels,
+            subjects={caseId: subject for caseId, subject in subjects.items() if subject},
             model=modelReference(model),
             store=str(store),
             name=caseIdForName(modelName) if modelName else "",
@@ -648,6 +654,26 @@ def planJob(
         volumes={caseId: (sources[caseId], snapshots[caseId]) for caseId in caseIds},
         labels={caseId: conversionVolume(conversion) for caseId, conversion in conversions.items()},
     )
+
+
+def subjectOf(scene, volumeNode) -> str:
+    """The patient ``volumeNode`` belongs to in the scene's subject hierarchy (the Data module's tree): the DICOM
+    Patient ID of the nearest patient-level item above it, else that item's name; ``""`` when it is under none.
+    Volumes of one patient (two frames of one heart, two scans of one patient) are held out together by the
+    engine's guard (``JobSpec.subjects``): a volume loaded from DICOM is under its patient; a NIfTI volume is once
+    the user drags it under a patient ("Create new subject" in the Data module)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return ""
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    root = hierarchy.GetSceneItemID()
+    item = hierarchy.GetItemByDataNode(volumeNode)
+    while item and item != root:
+        if hierarchy.GetItemLevel(item) == constants.GetDICOMLevelPatient():
+            patientId = hierarchy.GetItemAttribute(item, constants.GetDICOMPatientIDAttributeName()).strip()
+            return patientId or hierarchy.GetItemName(item).strip()
+        item = hierarchy.GetItemParent(item)
+    return ""
 
 
 def _suffixOf(source: Optional[Path]) -> str:

@@ -652,3 +652,29 @@ def test_guard_arms_are_paired_only_on_the_same_labelled_volumes():
     ]
     pairs = guard_report._same_sets(guarded, "a", "b")
     assert [(a["pool"], b["pool"]) for a, b in pairs] == [(1, 1)]
+
+
+def test_the_harness_names_each_patient_as_the_guards_subject(monkeypatch, tmp_path):
+    import ASSFTActive.finetune.adapt as adapt
+
+    pool = ("patient001_frame01", "patient001_frame12", "patient002_frame01")
+    task = tasks.Task(tasks.setting("acdc_path"), "test", 0, pool, ("patient003_frame01",), "model", tmp_path)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def adapt_model(images, labels, **kwargs):
+        seen.update(kwargs["subjects"])
+        raise Stop
+
+    monkeypatch.setattr(harness_work, "pool_images", lambda task, work: {c: f"/{c}.nii.gz" for c in task.pool})
+    monkeypatch.setattr(harness_work, "anatomy_recipe", lambda task: {})
+    monkeypatch.setattr(adapt, "adapt_model", adapt_model)
+    with pytest.raises(Stop):
+        harness_work.adapt_and_evaluate(task, arms.Arm("random_guarded", guard=True), pool[:2], 0, tmp_path)
+    assert seen == {
+        "patient001_frame01": "patient001",
+        "patient001_frame12": "patient001",
+        "patient002_frame01": "patient002",
+    }

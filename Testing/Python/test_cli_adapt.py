@@ -125,6 +125,18 @@ def test_no_guard_activates_without_cross_validation(world, capsys):
     assert read_json(store / "tiny-unet-adapted" / "v1" / "config.json")["finetune"]["validation"]["guard"] is False
 
 
+def test_a_subjects_file_of_one_patient_stores_the_model_without_activating_it(world, capsys):
+    subjects = world["tmp"] / "one-patient.json"
+    subjects.write_text(json.dumps({c: "patient-A" for c in ("case_000", "case_001", "case_002")}))
+    store = world["tmp"] / "store-one-patient"
+    args = ["adapt", "--images", str(world["images"]), "--labels", str(world["labels"]), "--model", str(world["card"])]
+    code = main([*args, "--store", str(store), "--subjects", str(subjects), "--quiet", *FAST])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "not activated" in out and "all come from one subject" in out
+    assert ModelStore(store).active("tiny-unet-adapted") is None
+
+
 def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
     settings = world["tmp"] / "settings.json"
     settings.write_text(
@@ -175,6 +187,8 @@ def test_a_settings_file_is_read_and_flags_override_it(world, capsys):
         ("bad_setting", "unknown TrainConfig setting(s) 'lr'"),
         ("missing_images", "no NIfTI/NRRD/MetaImage files found"),
         ("bad_number", "PseudoLabelConfig.keep_fraction must be in (0.0, 1.0]"),
+        ("unknown_subject", "subjects names case(s) ['case_999'] that are not among the images"),
+        ("subjects_not_object", "the subjects must be a JSON object"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_exit_code_2_and_no_store_change(world, capsys, case, message):
@@ -207,6 +221,10 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2_and_no_store_change(worl
         args[2] = str(tmp / "nowhere")
     elif case == "bad_number":
         args += ["--keep-fraction", "0"]
+    elif case in ("unknown_subject", "subjects_not_object"):
+        subjects = {"case_999": "A"} if case == "unknown_subject" else ["case_000"]
+        (tmp / "subjects.json").write_text(json.dumps(subjects))
+        args += ["--subjects", str(tmp / "subjects.json")]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -200,6 +200,40 @@ def test_one_labelled_volume_is_stored_but_not_activated(world):
     assert [v.version for v in ModelStore(world["store"]).versions("site")] == ["v1"]
 
 
+def test_the_guard_holds_out_the_volumes_of_one_subject_together(world):
+    subjects = {"case_000": "patient-A", "case_001": "patient-A"}
+    result = adapt_model(
+        world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(), subjects=subjects
+    )
+    folds = sorted(tuple(f) for f in result.metrics["cross_validation"]["folds"])
+    assert folds == [("case_000", "case_001"), ("case_002",)], "two subjects, two folds; patient A's volumes together"
+
+
+def test_labelled_volumes_of_one_subject_are_stored_but_not_activated(world):
+    events = []
+    result = adapt_model(
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        name="site",
+        config=_config(),
+        progress=events.append,
+        subjects={c: "patient-A" for c in world["labels"]},
+    )
+    assert not result.activated and result.decision.method == "too_few_subjects"
+    assert "all come from one subject" in result.decision.reason
+    assert not any("cross-validation fold" in (e.message or "") for e in events), "no fold can hold out a subject"
+    assert ModelStore(world["store"]).active("site") is None
+
+
+def test_subjects_of_unknown_volumes_or_empty_subjects_are_refused_before_training(world):
+    for subjects, words in (({"case_999": "A"}, "not among the images"), ({"case_000": " "}, "non-empty strings")):
+        with pytest.raises(InputError, match=words):
+            adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], subjects=subjects)
+    assert not world["store"].exists() or not list(world["store"].iterdir())
+
+
 def _trained_card(tmp_path):
     """A tiny model fitted to the synthetic boxes (a decent "pre-trained" model), as a card."""
     from ASSFTActive.models import load_card as read_card

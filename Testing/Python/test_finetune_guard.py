@@ -35,6 +35,34 @@ def test_few_labelled_volumes_give_leave_one_out_and_one_is_refused():
         assign_folds(["a"], 3)
 
 
+def test_the_folds_hold_out_every_volume_of_a_subject_together():
+    ids = [f"p{p}_frame{f}" for p in range(4) for f in (1, 2)] + ["p9_frame1"]
+    subjects = {c: c.split("_")[0] for c in ids}
+    for seed in range(5):
+        folds = assign_folds(ids, 3, seed=seed, subjects=subjects)
+        assert len(folds) == 3 and sorted(c for f in folds for c in f) == sorted(ids)
+        for fold in folds:
+            held = {subjects[c] for c in fold}
+            assert all(c in fold for c in ids if subjects[c] in held), "a subject's frames never straddle two folds"
+    two = assign_folds(["a1", "a2", "b1"], 3, subjects={"a1": "a", "a2": "a", "b1": "b"})
+    assert sorted(two) == [("a1", "a2"), ("b1",)], "as many folds as subjects"
+
+
+def test_volumes_that_are_their_own_subjects_keep_the_folds_they_had_without_subjects():
+    ids = [f"case_{i}" for i in range(7)]
+    for seed in range(3):
+        own = assign_folds(ids, 3, seed=seed, subjects={c: f"patient-{c}" for c in ids[:4]})
+        assert own == assign_folds(ids, 3, seed=seed)
+
+
+def test_labelled_volumes_of_one_subject_cannot_be_cross_validated():
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        assign_folds(["p1_frame1", "p1_frame2"], 3, subjects={"p1_frame1": "p1", "p1_frame2": "p1"})
+    decision = decide(None, None, min_gain=0.005, stop_step=100, labelled=2, subjects=1)
+    assert not decision.activate and decision.method == decision.failed == "too_few_subjects"
+    assert "all come from one subject" in decision.reason and "assft models activate" in decision.reason
+
+
 def _cv(**dice):
     return CrossValidation(
         steps=(0, 50, 100),

@@ -82,6 +82,29 @@ def test_prepare_job_writes_job_json_images_and_labels_the_engine_reads(pool):
     assert engineSpec.kind == "rank" and dict(engineSpec.labels) == job["labels"]
 
 
+def test_volumes_under_one_patient_of_the_subject_hierarchy_are_one_subject_in_the_job(pool):
+    env, logic, card, cardPath, nodes, tmp_path = pool
+    alone = json.loads((logic.prepareJob("rank", tmp_path / "w0", cardPath, budget=1).jobDir / "job.json").read_text())
+    assert "subjects" not in alone, "no patient in the hierarchy: every volume is its own subject"
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(env.scene)
+    constants = slicer.vtkMRMLSubjectHierarchyConstants
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient 7")
+    hierarchy.SetItemAttribute(patient, constants.GetDICOMPatientIDAttributeName(), "PID-7")
+    study = hierarchy.CreateStudyItem(patient, "Cine MRI")
+    unnamed = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Anonymous 2")
+    for node, parent in zip(nodes, (study, study, unnamed)):
+        item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), node)
+        hierarchy.SetItemParent(item, parent)
+
+    spec = logic.prepareJob("adapt", tmp_path / "w1", cardPath, budget=1)
+    job = json.loads((spec.jobDir / "job.json").read_text())
+    assert job["subjects"] == {"case_a": "PID-7", "case_b": "PID-7", "case_c": "Anonymous 2"}
+    from ASSFTActive.jobs import read_job
+
+    assert dict(read_job(spec.jobDir).subjects) == job["subjects"]
+
+
 def test_default_model_is_named_default_in_the_job(pool, monkeypatch):
     env, logic, card, cardPath, nodes, tmp_path = pool
     monkeypatch.setattr(logic, "modelCard", lambda model: card)

@@ -329,6 +329,29 @@ def test_a_job_without_usable_labels_ends_with_an_error_event_and_the_store_unch
     assert not world["store"].exists()
 
 
+def test_an_adapt_job_of_one_patients_volumes_stores_the_model_without_activating_it(world):
+    subjects = {c: "patient-A" for c in world["labels"]}
+    job = adapt_job(world, world["tmp"] / "job", subjects=subjects)
+    assert read_json(job / "job.json")["subjects"] == subjects
+    code, worker = run_worker(job, world["tmp"] / "cwd")
+    assert code == EXIT_DONE, worker.stderr_path.read_text()[-2000:]
+    result = read_json(job / "result.json")
+    assert result["activated"] is False and result["activation"]["method"] == "too_few_subjects"
+    assert ModelStore(world["store"]).active("site") is None
+
+
+def test_job_subjects_must_name_its_images_and_are_written_only_when_given(world):
+    images = {k: str(v) for k, v in world["images"].items()}
+    for subjects, words in (
+        ({"nowhere": "A"}, r"subjects \['nowhere'\] name no image"),
+        ({"case_000": ""}, "non-empty"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            JobSpec(kind="rank", images=images, subjects=subjects)
+    assert "subjects" not in JobSpec(kind="rank", images=images).to_dict()
+    assert JobSpec(kind="rank", images=images, subjects={"case_000": "A"}).to_dict()["subjects"] == {"case_000": "A"}
+
+
 def test_an_invalid_job_file_ends_with_an_error_event_naming_the_problem(world):
     job = world["tmp"] / "job"
     job.mkdir()

@@ -227,7 +227,9 @@ def adapt_and_evaluate(
     When the guard refused, the refused version (written to the store, not activated) is scored too, as
     ``candidate_mean_dice`` / ``candidate_per_case``: the record's own Dice is the active (source) model's, so without
     it a false refusal would look like a gain of 0 and stay invisible to the calibration. ``final_model`` is a guarded
-    run's ``validation.final`` (guarded records without it ran ``retrain``, the default before the folds' average)."""
+    run's ``validation.final`` (guarded records without it ran ``retrain``, the default before the folds' average).
+    Each volume's subject is its anatomy's split group (ACDC: the patient), so the guard's folds never divide a
+    patient's frames (earlier records' folds could; their ``cross_validation.folds`` show it)."""
     from ASSFTActive.finetune.adapt import adapt_model
     from ASSFTActive.models import load_card, load_model
 
@@ -248,6 +250,7 @@ def adapt_and_evaluate(
             model=task.model if task.model == "default" else str(Path(task.model).expanduser()),
             name="benchmark",
             config=config,
+            subjects={c: ANATOMIES[task.setting.anatomy].group(c) for c in images},
         )
         candidate = load_model(load_card(result.card_path)).network
     finally:
