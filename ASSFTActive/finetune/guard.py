@@ -60,9 +60,9 @@ def assign_folds(
     every volume is its own subject, the folds are those of the volumes alone).
 
     Why by subject: a fold that trains on one frame of a heart and scores the other frame of the same heart scores
-    the patient it trained on. On ACDC-Path's development sets at B = 4 (`RESULTS.md`, "The guard's folds by
-    patient"), the 15 of 60 sets with two frames of one patient in different folds showed a cross-validated gain
-    of +0.045 against +0.018 for the others, while their gain on the evaluation patients was no larger (+0.008
+    the patient it trained on. On ACDC-Path's development split at B = 4 (`RESULTS.md`, "The guard's folds by
+    patient"), the 5 of 20 labelled sets whose folds divided a patient's two frames showed a cross-validated gain
+    of +0.045 against +0.018 for the others, while their models gained less on the evaluation patients (+0.008
     against +0.015).
 
     Args:
