@@ -83,10 +83,17 @@ def test_adapting_writes_an_active_version_with_card_weights_config_and_provenan
     assert steps == list(range(1, 21))
 
 
-def _adapt_world(world, **changes) -> AdaptResult:
-    """Adapt Model on the world's volumes into its store, with ``_config(**changes)``."""
+def _adapt_world(world, subjects=None, progress=None, **changes) -> AdaptResult:
+    """Adapt Model on the world's volumes into its store (model ``site``), with ``_config(**changes)``."""
     return adapt_model(
-        world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(**changes)
+        world["images"],
+        world["labels"],
+        store=world["store"],
+        model=world["card"],
+        name="site",
+        config=_config(**changes),
+        progress=progress,
+        subjects=subjects,
     )
 
 
@@ -202,25 +209,14 @@ def test_one_labelled_volume_is_stored_but_not_activated(world):
 
 def test_the_guard_holds_out_the_volumes_of_one_subject_together(world):
     subjects = {"case_000": "patient-A", "case_001": "patient-A"}
-    result = adapt_model(
-        world["images"], world["labels"], store=world["store"], model=world["card"], config=_config(), subjects=subjects
-    )
+    result = _adapt_world(world, subjects=subjects)
     folds = sorted(tuple(f) for f in result.metrics["cross_validation"]["folds"])
     assert folds == [("case_000", "case_001"), ("case_002",)], "two subjects, two folds; patient A's volumes together"
 
 
 def test_labelled_volumes_of_one_subject_are_stored_but_not_activated(world):
     events = []
-    result = adapt_model(
-        world["images"],
-        world["labels"],
-        store=world["store"],
-        model=world["card"],
-        name="site",
-        config=_config(),
-        progress=events.append,
-        subjects={c: "patient-A" for c in world["labels"]},
-    )
+    result = _adapt_world(world, subjects={c: "patient-A" for c in world["labels"]}, progress=events.append)
     assert not result.activated and result.decision.method == "too_few_subjects"
     assert "all come from one subject" in result.decision.reason
     assert not any("cross-validation fold" in (e.message or "") for e in events), "no fold can hold out a subject"
@@ -230,7 +226,7 @@ def test_labelled_volumes_of_one_subject_are_stored_but_not_activated(world):
 def test_subjects_of_unknown_volumes_or_empty_subjects_are_refused_before_training(world):
     for subjects, words in (({"case_999": "A"}, "not among the images"), ({"case_000": " "}, "non-empty strings")):
         with pytest.raises(InputError, match=words):
-            adapt_model(world["images"], world["labels"], store=world["store"], model=world["card"], subjects=subjects)
+            _adapt_world(world, subjects=subjects)
     assert not world["store"].exists() or not list(world["store"].iterdir())
 
 
