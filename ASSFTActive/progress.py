@@ -183,8 +183,9 @@ def job_units(job) -> Dict[str, float]:
         config = job.sfr_config()
     except Exception:  # the worker refuses bad settings with the message; the bar then falls back on its priors
         return {}
-    subjects = {job.subjects.get(c, c) for c in job.labels}
-    return sfr_config_units(config, len(job.images), len(job.labels), len(subjects))
+    from .finetune.guard import count_subjects
+
+    return sfr_config_units(config, len(job.images), len(job.labels), count_subjects(list(job.labels), job.subjects))
 
 
 def sfr_config_units(config, volumes: int, labelled: int, subjects: Optional[int] = None) -> Dict[str, float]:

@@ -149,6 +149,7 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     sfr``: SFR's) on the options of :func:`add_input_arguments` and :func:`add_run_arguments`: the volumes and labels,
     a progress bar, the ``--work-dir`` lock; print ``summary(result)``."""
     from ..finetune.adapt import AdaptRequest, run_adaptation
+    from ..finetune.guard import count_subjects
     from ..io import case_id, find_images, match_labels
     from ..progress import sfr_config_units
     from .common import read_json_object, resolve_device, warn_line
@@ -157,7 +158,7 @@ def run_command(args: argparse.Namespace, method: Any, summary: Callable[[Any], 
     labels = match_labels(images, args.labels, warn=warn_line)
     subjects = read_json_object(args.subjects, "subjects")
     config = getattr(method, "config", None)  # SFR's settings plan its SAM and re-training passes for the bar
-    count = len({subjects.get(c, c) for c in labels})
+    count = count_subjects(list(labels), subjects)
     units = sfr_config_units(config, len(images), len(labels), count) if hasattr(config, "sam") else None
     bar, progress = progress_channel(args, volumes=len(images), units=units)
     try:

@@ -58,7 +58,7 @@ from .checkpoints import Checkpoints, card_signature, run_fingerprint
 from .config import FinetuneConfig
 from .cross_validation import cross_validate, cv_summary, pool_check
 from .fold_average import KeptFold, average_folds
-from .guard import ActivationDecision, CrossValidation, PoolCheck, decide, subject_of
+from .guard import ActivationDecision, CrossValidation, PoolCheck, count_subjects, decide
 from .method import AdaptMethod, Trained
 from .result import AdaptResult
 from .state import AdaptRun, LabeledVolume, check_inputs, check_subjects, cpu_state, load_state, read_labeled, unwrap
@@ -154,7 +154,7 @@ def read_checked_labels(run: AdaptRun) -> List[LabeledVolume]:
 
 def labelled_subjects(run: AdaptRun, labeled: Sequence[LabeledVolume]) -> int:
     """How many subjects the labelled volumes come from (each volume its own unless ``run.subjects`` names one)."""
-    return len(set(subject_of([c.case_id for c in labeled], run.subjects).values()))
+    return count_subjects([c.case_id for c in labeled], run.subjects)
 
 
 def run_adaptation(request: AdaptRequest, method: AdaptMethod) -> AdaptResult:

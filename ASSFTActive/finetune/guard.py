@@ -37,6 +37,7 @@ __all__ = [
     "PoolCheck",
     "assign_folds",
     "check_pool",
+    "count_subjects",
     "decide",
     "judge",
     "mean_interval",
@@ -50,6 +51,11 @@ def subject_of(case_ids: Sequence[str], subjects: Optional[Mapping[str, str]] = 
     share: two frames of one heart, two visits of one patient), else the case id itself (its own subject)."""
     subjects = subjects or {}
     return {c: str(subjects.get(c) or c) for c in case_ids}
+
+
+def count_subjects(case_ids: Sequence[str], subjects: Optional[Mapping[str, str]] = None) -> int:
+    """How many subjects ``case_ids`` come from (:func:`subject_of`): what bounds the guard's folds."""
+    return len(set(subject_of(case_ids, subjects).values()))
 
 
 def assign_folds(

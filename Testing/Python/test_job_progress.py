@@ -223,6 +223,8 @@ def test_an_sfr_jobs_plan_counts_every_pass_of_sam_and_the_re_training():
     units = job_units(spec)
     assert units["sfr_finetune"] == 4 * 2 * 50  # 3 folds + the final run, two SAM fine-tunings each (SFR+)
     assert units["train"] == 4 * 40 and units["sfr_pseudo_labels"] == 4 * 2 * 3
+    two_patients = JobSpec(**{**spec.to_dict(), "subjects": {"case0": "A", "case1": "A"}})
+    assert job_units(two_patients)["train"] == 3 * 40, "one fold per patient: 2 folds + the final run"
     no_guard = JobSpec(
         kind="sfr", images=images, labels=labels, model="default", store="/store", sfr={"validation": {"guard": False}}
     )
