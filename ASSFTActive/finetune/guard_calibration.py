@@ -19,7 +19,9 @@ A rate is ``None`` when no set falls in its group (nothing to err on); the count
 ``activation`` of a job result or of a version's provenance, which holds both), or as the cross-validation itself,
 ``"cross_validation": {...}`` (:meth:`~.guard.CrossValidation.to_dict`, as the result's metrics hold it) with
 ``"stop_step"`` (default: the curve's peak, as the guard reads it). ``volume_gains`` is optional (the fold gains
-stand in for it, as at leave-one-out).
+stand in for it, as at leave-one-out); so are ``dice_before``, the current model's cross-validated Dice (the
+activation record's, or step 0 of the cross-validation), and the activation record's pool check (``"pool":
+{"passed": false}``: the adapted model collapsed on the pool, refused under every rule).
 
 ``test_gain`` must be the *adapted* model's gain on the test cases whether or not the guard activated it (a
 refused model is stored as a version, so it can be scored): the active model's gain is 0 for every refused set and
@@ -55,6 +57,9 @@ class CalibrationRecord:
         fold_gains: mean held-out gain of each cross-validation fold at the stopping step.
         volume_gains: held-out gain of each labelled volume (``None``: the fold gains stand in).
         test_gain: adapted minus current mean Dice on the split's test cases.
+        dice_before: the current model's cross-validated mean Dice on the labelled volumes (how well it does on
+            them before adapting; NaN = not known).
+        pool_passed: the guard's pool check passed (a set whose adapted model collapsed is refused by any rule).
     """
 
     setting: str
@@ -63,6 +68,12 @@ class CalibrationRecord:
     fold_gains: Tuple[float, ...]
     volume_gains: Optional[Tuple[float, ...]]
     test_gain: float
+    dice_before: float = math.nan
+    pool_passed: bool = True
+
+    def activated(self, rule: GuardRule) -> bool:
+        """Whether the guard under ``rule`` activates this set's model."""
+        return judge(self.fold_gains, rule, self.volume_gains).activate and self.pool_passed
 
 
 def _floats(values: Iterable[Any], where: str) -> Tuple[float, ...]:
@@ -88,7 +99,7 @@ def read_records(data: Mapping[str, Any]) -> List[CalibrationRecord]:
         if "fold_gains" not in source and item.get("cross_validation"):
             cv = CrossValidation.from_dict(item["cross_validation"])
             step = int(item["stop_step"]) if item.get("stop_step") is not None else cv.stop_step()
-            source = {"fold_gains": cv.fold_gains(step), "volume_gains": cv.gains(step)}
+            source = {"fold_gains": cv.fold_gains(step), "volume_gains": cv.gains(step), "dice_before": cv.curve()[0]}
         if "fold_gains" not in source or "test_gain" not in item:
             raise ValueError(
                 f'{where}: needs "fold_gains" (or "activation" or "cross_validation" giving them) and "test_gain"'
@@ -104,6 +115,8 @@ def read_records(data: Mapping[str, Any]) -> List[CalibrationRecord]:
                 fold_gains=_floats(source["fold_gains"], where),
                 volume_gains=None if volumes is None else _floats(volumes, where),
                 test_gain=float(item["test_gain"]),
+                dice_before=_floats([source.get("dice_before")], where)[0],
+                pool_passed=bool((source.get("pool") or {}).get("passed", True)),
             )
         )
     return records
@@ -124,7 +137,7 @@ def calibrate(
     """
 
     def count(group: Sequence[CalibrationRecord]) -> Dict[str, Any]:
-        verdicts = [judge(r.fold_gains, rule, r.volume_gains).activate for r in group]
+        verdicts = [r.activated(rule) for r in group]
         worse_sets = [a for r, a in zip(group, verdicts) if r.test_gain < -worse]
         better_sets = [a for r, a in zip(group, verdicts) if r.test_gain > better]
         false_activations, false_refusals = sum(worse_sets), sum(not a for a in better_sets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -172,3 +173,31 @@ def test_fold_agreement_needs_three_sets_that_vary():
     assert fold_agreement(_sets([(0.01, 0.0), (0.02, 0.01)])) == (None, 2)
     assert fold_agreement(_sets([(0.01, 0.0), (0.02, 0.0), (0.03, 0.0)])) == (None, 3)
     assert fold_agreement(_sets([(float("nan"), 0.0), (0.02, 0.01), (0.03, 0.02)])) == (None, 2)
+
+
+def test_records_carry_the_current_models_dice_and_a_collapsed_pool_refuses_under_every_rule():
+    data = {
+        "sets": [
+            {"set": "guard", "test_gain": 0.05, "activation": {"fold_gains": [0.2, 0.05], "dice_before": 0.30}},
+            # the cross-validation itself as input: dice_before is its step 0 (0.35)
+            {
+                "set": "from_cv",
+                "test_gain": 0.05,
+                "cross_validation": {"steps": [0, 50], "dice": {"a": [0.2, 0.4], "b": [0.5, 0.6]}},
+            },
+            # folds that gain, but the pool check saw a collapsed class
+            {
+                "set": "collapsed",
+                "test_gain": 0.05,
+                "activation": {"fold_gains": [0.2, 0.2], "dice_before": 0.3, "pool": {"passed": False}},
+            },
+            {"set": "not_known", "test_gain": 0.0, "fold_gains": [0.1, 0.1]},
+        ]
+    }
+    records = read_records(data)
+    assert [r.dice_before for r in records[:3]] == pytest.approx([0.30, 0.35, 0.30])
+    assert math.isnan(records[3].dice_before)
+    assert [r.pool_passed for r in records] == [True, True, False, True]
+    loose = GuardRule(min_gain=0.0)
+    assert [r.activated(loose) for r in records] == [True, True, False, True]
+    assert calibrate(records, loose)["false_refusals"] == 1, "the collapsed set, better on the test cases"
