@@ -4,10 +4,9 @@ The guard asks every cross-validation fold to gain ``validation.min_fold_gain`` 
 fails on the user's labelled volumes (its cross-validated Dice there, the guard's step 0, is below ``failing_dice``
 ``D``), the candidates ask only ``failing_min_fold_gain`` ``g`` of every fold (:class:`Candidate`). The decision
 is a pure function of a record's folds, its ``dice_before`` and its pool check, so every candidate is judged from
-the same records by the guard calibration
-(:mod:`ASSFTActive.finetune.guard_calibration`); the model a record trained does not depend on the rule. Its gain
-on the evaluation cases: the adapted model's mean Dice there, activated or not, minus the pool's no-adaptation
-record.
+the same records by the guard calibration (:mod:`ASSFTActive.finetune.guard_calibration`); the model a record
+trained does not depend on the rule. Its gain on the evaluation cases: the adapted model's mean Dice there,
+activated or not, minus the pool's no-adaptation record.
 
 The choice (RESULTS.md, "The rule that decides whether a failing model's folds need only not lose", steps 3-4) is
 made on the development records alone (:data:`DEVELOPMENT`); the test records (:data:`TEST`) are judged under the
@@ -57,7 +56,6 @@ TEST = (
     ("test_uniform", "acdc_mild", "random_guarded_budget15"),
     ("test_uniform", "acdc_harsh", "random_guarded_budget15"),
 )
-#: The rule's candidates (:class:`Candidate`): ``failing_dice`` D with ``failing_min_fold_gain`` g; first, today's.
 #: Step 3's limit on hippocampus false refusals.
 MAX_HIPPOCAMPUS_FALSE_REFUSAL = 0.2
 
@@ -117,6 +115,7 @@ class Candidate:
         return f"D {self.failing_dice:.1f}, g {self.failing_min_fold_gain:+.2f}"
 
 
+#: The rule's candidates: ``failing_dice`` D with ``failing_min_fold_gain`` g; first, today's rule.
 CANDIDATES: Tuple[Candidate, ...] = (Candidate(), *(Candidate(d, g) for d in (0.4, 0.5, 0.6) for g in (0.0, -0.01)))
 
 

@@ -49,7 +49,8 @@ def test_a_candidate_that_relaxes_a_failing_models_folds_is_chosen_when_it_activ
     today = decision["candidates"][0]
     assert (today["activated"], today["false_refusals"]) == (0, 2)
     assert decision["chosen"] == {"failing_dice": 0.5, "failing_min_fold_gain": -0.01}, (
-        "D 0.5 with g -0.01 activates both harsh sets; D 0.4 only one; g 0.0 not the fold at -0.005"
+        "D 0.5 and 0.6 with g -0.01 activate both harsh sets (the smaller D wins the tie); D 0.4 only one; g 0.0 "
+        "not the fold at -0.005"
     )
 
 
