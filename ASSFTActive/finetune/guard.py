@@ -281,6 +281,11 @@ class GuardRule:
     min_fold_gain: Optional[float] = None
     min_gain_low: Optional[float] = None
 
+    @classmethod
+    def of(cls, validation: Any) -> GuardRule:
+        """The thresholds a :class:`~.config.ValidationConfig` sets (the rule the guard applies by default there)."""
+        return cls(validation.min_gain, validation.min_fold_gain, validation.min_gain_low)
+
     def to_dict(self) -> Dict[str, Any]:
         return {"min_gain": self.min_gain, "min_fold_gain": self.min_fold_gain, "min_gain_low": self.min_gain_low}
 

@@ -27,11 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ASSFTActive.finetune.config import ValidationConfig  # noqa: E402
 from ASSFTActive.finetune.guard import GuardRule  # noqa: E402
 from ASSFTActive.finetune.guard_calibration import CalibrationRecord, calibrate, read_records  # noqa: E402
 from Testing.Benchmarks.harness.guard_report import FALSE_ACTIVATION_MARGIN, FALSE_REFUSAL_MARGIN  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The guard's rule today (``min_gain`` 0.005, every fold +0.02).
+TODAY = GuardRule.of(ValidationConfig())
 #: The development records the rule judges: (record folder, setting, arm), each the default guard of its time.
 #: ``dev_budget``'s ACDC-Path pool 1 comes from ``dev_subjects`` (the same sets with the folds by patient).
 DEVELOPMENT = (
@@ -97,11 +100,7 @@ class Candidate:
 
     def rules(self) -> Tuple[GuardRule, GuardRule]:
         """The rule for a model that does well, and the one for a failing model."""
-        from ASSFTActive.finetune.config import ValidationConfig
-
-        v = ValidationConfig()
-        today = GuardRule(v.min_gain, v.min_fold_gain, v.min_gain_low)
-        return today, replace(today, min_fold_gain=self.failing_min_fold_gain)
+        return TODAY, replace(TODAY, min_fold_gain=self.failing_min_fold_gain)
 
     def fails(self, record: CalibrationRecord) -> bool:
         return self.failing_dice is not None and record.dice_before < self.failing_dice

@@ -232,3 +232,9 @@ def test_judge_applies_the_checks_in_order_and_a_fold_with_nothing_scored_is_no_
     assert judge([0.1, 0.1, 0.1], GuardRule(min_gain=0.0), volume_gains=[0.3, 0.0, 0.0, 0.0]).mean == pytest.approx(
         0.075
     ), "the mean is over volumes when they are given"
+
+
+def test_the_rule_of_a_validation_config_carries_its_thresholds():
+    assert GuardRule.of(ValidationConfig()) == GuardRule(min_gain=0.005, min_fold_gain=0.02, min_gain_low=None)
+    custom = ValidationConfig(min_gain=0.01, min_fold_gain=None, min_gain_low=-0.1)
+    assert GuardRule.of(custom) == GuardRule(min_gain=0.01, min_fold_gain=None, min_gain_low=-0.1)

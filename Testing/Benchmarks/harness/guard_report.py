@@ -182,7 +182,7 @@ def judged_by_todays_guard(record: Mapping[str, Any]) -> bool:
     v = ValidationConfig()
     cv = CrossValidation.from_dict(record["cross_validation"])
     step = int(activation["stop_step"])
-    folds = judge(cv.fold_gains(step), GuardRule(v.min_gain, v.min_fold_gain, v.min_gain_low), cv.gains(step).values())
+    folds = judge(cv.fold_gains(step), GuardRule.of(v), cv.gains(step).values())
     return folds.activate and (activation.get("pool") or {}).get("passed", True)
 
 
